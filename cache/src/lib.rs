@@ -1,0 +1,1 @@
+//! ringstore-cache (in progress)
