@@ -1,0 +1,583 @@
+//! The crate's only `unsafe` code: a per-shard io_uring for the namespace
+//! operations glommio 0.9 has no call for, and the few raw syscalls that have
+//! no io_uring opcode at all.
+//!
+//! # Why a second ring
+//!
+//! glommio drives file *data* (`BufferedFile::{read_at, write_at, fdatasync}`)
+//! through its own rings, but has no `linkat`, no `*at` variants relative to a
+//! directory fd, and no `openat2` with `RESOLVE_BENEATH`. Those go through
+//! [`Uring`], a small ring owned by the cache (one per shard, never shared
+//! across threads). The kernel punts every one of these opcodes to its io-wq
+//! workers, so submitting never blocks the reactor.
+//!
+//! Completions are signalled through an eventfd registered with the ring. A
+//! reaper task reads that eventfd *through glommio* (a buffered read that the
+//! kernel completes when the counter becomes non-zero), so waiting for a
+//! metadata op parks the task in glommio's reactor like any other I/O: no
+//! thread sleeps, no spinning.
+//!
+//! # Buffer ownership
+//!
+//! Every pointer handed to the kernel (paths, `open_how`, the `statx` buffer)
+//! lives in the op's slot in [`Uring`]'s slab until the completion arrives,
+//! even if the future that submitted it is dropped first (the slot is then
+//! marked abandoned and freed by the reaper; an abandoned `openat2` that
+//! succeeded has its fd closed). Dropping the ring waits for every in-flight
+//! op, so the kernel never writes into freed memory.
+//!
+//! # Syscalls without an io_uring opcode
+//!
+//! `fstatvfs` (filesystem size for percent limits and the free-space floor),
+//! `flock` (one cache instance per directory), and `eventfd` itself have no
+//! io_uring opcode; each is a single non-blocking syscall.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::CString;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use glommio::io::BufferedFile;
+use io_uring::{opcode, squeue, types, IoUring};
+use slab::Slab;
+
+use crate::notify::Notify;
+
+/// Submission-queue entries of the metadata ring. Every cache operation has at
+/// most one metadata op in flight, so this bounds concurrent namespace
+/// operations per shard; more wait (without blocking) for a free slot.
+pub(crate) const URING_ENTRIES: u32 = 64;
+
+/// Ops in flight on the metadata ring at once (the completion queue is twice
+/// the submission queue, so it can never overflow).
+const URING_OPS_IN_FLIGHT_MAX: usize = URING_ENTRIES as usize;
+
+/// Back-off for the reaper if the eventfd read ever fails (it should not):
+/// it then polls the completion queue on a glommio timer instead.
+const REAPER_FALLBACK_POLL: Duration = Duration::from_micros(200);
+
+/// What an op needs kept alive until its completion, and what to undo if
+/// nobody is left to receive the result.
+#[derive(Default)]
+struct OpBufs {
+    path_a: Option<CString>,
+    path_b: Option<CString>,
+    how: Option<Box<types::OpenHow>>,
+    statx: Option<Box<libc::statx>>,
+    /// The op returns a new fd (openat2): close it if the result is abandoned.
+    returns_fd: bool,
+}
+
+struct Slot {
+    result: Option<i32>,
+    waker: Option<Waker>,
+    abandoned: bool,
+    bufs: OpBufs,
+}
+
+struct RingInner {
+    ring: RefCell<IoUring>,
+    slots: RefCell<Slab<Slot>>,
+    /// Signalled when a slot frees up.
+    space: Notify,
+    /// Kept so a fallback poller knows the ring is still wanted.
+    reaper_failed: Cell<bool>,
+}
+
+impl RingInner {
+    /// Moves every posted completion into its slot and wakes its waiter.
+    fn drain(&self) {
+        let mut freed = false;
+        let mut ring = self.ring.borrow_mut();
+        let mut slots = self.slots.borrow_mut();
+        for cqe in ring.completion() {
+            let Ok(index) = usize::try_from(cqe.user_data()) else {
+                continue;
+            };
+            let Some(slot) = slots.get_mut(index) else {
+                // Not ours: every SQE we push carries its slot index.
+                tracing::error!(user_data = cqe.user_data(), "completion for unknown slot");
+                continue;
+            };
+            if slot.abandoned {
+                if slot.bufs.returns_fd && cqe.result() >= 0 {
+                    // SAFETY: the kernel just returned this fd to us and no one
+                    // else has seen it; wrapping it in OwnedFd closes it once.
+                    drop(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
+                }
+                slots.remove(index);
+                freed = true;
+            } else {
+                slot.result = Some(cqe.result());
+                if let Some(waker) = slot.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+        drop(slots);
+        drop(ring);
+        if freed {
+            self.space.notify_all();
+        }
+    }
+}
+
+impl Drop for RingInner {
+    fn drop(&mut self) {
+        // Wait for every op still in flight so the kernel never writes into a
+        // buffer (statx) we are about to free. Bounded by the ops in flight,
+        // each of which completes on its own.
+        let ring = self.ring.get_mut();
+        let slots = self.slots.get_mut();
+        while !slots.is_empty() {
+            if let Err(error) = ring.submit_and_wait(1) {
+                if error.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                tracing::error!(%error, in_flight = slots.len(), "metadata ring teardown failed");
+                // Leak the buffers rather than free memory the kernel may still
+                // write to.
+                std::mem::forget(std::mem::take(slots));
+                return;
+            }
+            for cqe in ring.completion() {
+                let Ok(index) = usize::try_from(cqe.user_data()) else {
+                    continue;
+                };
+                if let Some(slot) = slots.try_remove(index) {
+                    if slot.bufs.returns_fd && cqe.result() >= 0 && slot.result.is_none() {
+                        // SAFETY: fd freshly returned by the kernel, never
+                        // handed out (the slot's waiter is gone).
+                        drop(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A per-shard io_uring for namespace operations (see the module docs).
+pub(crate) struct Uring {
+    inner: Rc<RingInner>,
+    _reaper: glommio::Task<()>,
+}
+
+impl Uring {
+    /// Creates the ring and its reaper task. Must be called on a glommio
+    /// executor thread.
+    pub(crate) fn new() -> io::Result<Uring> {
+        let ring = IoUring::builder()
+            .setup_cqsize(URING_ENTRIES * 2)
+            .build(URING_ENTRIES)?;
+        // SAFETY: plain syscall with constant flags; the result is checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: eventfd just returned this fd; we are its only owner.
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        ring.submitter().register_eventfd(efd.as_raw_fd())?;
+        let inner = Rc::new(RingInner {
+            ring: RefCell::new(ring),
+            slots: RefCell::new(Slab::with_capacity(URING_OPS_IN_FLIGHT_MAX)),
+            space: Notify::new(),
+            reaper_failed: Cell::new(false),
+        });
+        let efd_file = buffered_file_from_fd(efd);
+        let reaper = glommio::spawn_local(reaper(Rc::downgrade(&inner), efd_file));
+        Ok(Uring {
+            inner,
+            _reaper: reaper,
+        })
+    }
+
+    async fn submit(
+        &self,
+        mut bufs: OpBufs,
+        build: impl FnOnce(&mut OpBufs) -> squeue::Entry,
+    ) -> io::Result<(i32, OpBufs)> {
+        loop {
+            if self.inner.slots.borrow().len() < URING_OPS_IN_FLIGHT_MAX {
+                break;
+            }
+            let listen = self.inner.space.listen();
+            if self.inner.slots.borrow().len() < URING_OPS_IN_FLIGHT_MAX {
+                break;
+            }
+            listen.await;
+        }
+        let index = {
+            let mut slots = self.inner.slots.borrow_mut();
+            let entry = slots.vacant_entry();
+            let index = entry.key();
+            // The boxed/heap buffers do not move when the slab grows.
+            let sqe = build(&mut bufs).user_data(index as u64);
+            entry.insert(Slot {
+                result: None,
+                waker: None,
+                abandoned: false,
+                bufs,
+            });
+            (index, sqe)
+        };
+        let (index, sqe) = index;
+        let pushed = {
+            let mut ring = self.inner.ring.borrow_mut();
+            // SAFETY: every pointer in `sqe` points into the slot's `bufs`
+            // (or to an fd the caller keeps open for the duration of the
+            // call), which stay alive until this op's completion is reaped,
+            // even if this future is dropped (see `OpFuture::drop`).
+            let mut pushed = unsafe { ring.submission().push(&sqe).is_ok() };
+            if !pushed {
+                ring.submit()?;
+                // SAFETY: as above.
+                pushed = unsafe { ring.submission().push(&sqe).is_ok() };
+            }
+            if pushed {
+                ring.submit()?;
+            }
+            pushed
+        };
+        if !pushed {
+            self.inner.slots.borrow_mut().remove(index);
+            return Err(io::Error::other("metadata ring submission queue full"));
+        }
+        let result = OpFuture {
+            inner: Rc::clone(&self.inner),
+            index,
+            done: false,
+        }
+        .await;
+        let slot = self.inner.slots.borrow_mut().remove(index);
+        self.inner.space.notify_all();
+        Ok((result, slot.bufs))
+    }
+
+    /// `openat2(dirfd, path, flags, mode)` with `RESOLVE_BENEATH |
+    /// RESOLVE_NO_SYMLINKS`: the path may not leave `dirfd` nor pass through
+    /// any symlink (ELOOP / EXDEV otherwise).
+    pub(crate) async fn open_beneath(
+        &self,
+        dirfd: BorrowedFd<'_>,
+        path: &str,
+        flags: i32,
+        mode: u32,
+    ) -> io::Result<OwnedFd> {
+        let dirfd = dirfd.as_raw_fd();
+        let bufs = OpBufs {
+            path_a: Some(cstring(path)?),
+            how: Some(Box::new(
+                types::OpenHow::new()
+                    .flags((flags | libc::O_CLOEXEC) as u64)
+                    .mode(u64::from(mode))
+                    .resolve(libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS),
+            )),
+            returns_fd: true,
+            ..OpBufs::default()
+        };
+        let (res, _) = self
+            .submit(bufs, |b| {
+                opcode::OpenAt2::new(types::Fd(dirfd), cptr(&b.path_a), how_ptr(&b.how)).build()
+            })
+            .await?;
+        let fd = check(res)?;
+        // SAFETY: the kernel returned a fresh fd that nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// `linkat(dirfd, old, dirfd, new, 0)`; EEXIST if `new` exists.
+    pub(crate) async fn link(&self, dirfd: BorrowedFd<'_>, old: &str, new: &str) -> io::Result<()> {
+        let dirfd = dirfd.as_raw_fd();
+        let bufs = OpBufs {
+            path_a: Some(cstring(old)?),
+            path_b: Some(cstring(new)?),
+            ..OpBufs::default()
+        };
+        let (res, _) = self
+            .submit(bufs, |b| {
+                opcode::LinkAt::new(
+                    types::Fd(dirfd),
+                    cptr(&b.path_a),
+                    types::Fd(dirfd),
+                    cptr(&b.path_b),
+                )
+                .build()
+            })
+            .await?;
+        check(res).map(drop)
+    }
+
+    /// `renameat(dirfd, old, dirfd, new)`: atomically replaces `new`.
+    pub(crate) async fn rename(
+        &self,
+        dirfd: BorrowedFd<'_>,
+        old: &str,
+        new: &str,
+    ) -> io::Result<()> {
+        let dirfd = dirfd.as_raw_fd();
+        let bufs = OpBufs {
+            path_a: Some(cstring(old)?),
+            path_b: Some(cstring(new)?),
+            ..OpBufs::default()
+        };
+        let (res, _) = self
+            .submit(bufs, |b| {
+                opcode::RenameAt::new(
+                    types::Fd(dirfd),
+                    cptr(&b.path_a),
+                    types::Fd(dirfd),
+                    cptr(&b.path_b),
+                )
+                .build()
+            })
+            .await?;
+        check(res).map(drop)
+    }
+
+    /// `unlinkat(dirfd, path, 0)`, or with `AT_REMOVEDIR` when `dir`.
+    pub(crate) async fn unlink(&self, dirfd: BorrowedFd<'_>, path: &str, dir: bool) -> io::Result<()> {
+        let dirfd = dirfd.as_raw_fd();
+        let bufs = OpBufs {
+            path_a: Some(cstring(path)?),
+            ..OpBufs::default()
+        };
+        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        let (res, _) = self
+            .submit(bufs, |b| {
+                opcode::UnlinkAt::new(types::Fd(dirfd), cptr(&b.path_a))
+                    .flags(flags)
+                    .build()
+            })
+            .await?;
+        check(res).map(drop)
+    }
+
+    /// `mkdirat(dirfd, path, mode)`.
+    pub(crate) async fn mkdir(&self, dirfd: BorrowedFd<'_>, path: &str, mode: u32) -> io::Result<()> {
+        let dirfd = dirfd.as_raw_fd();
+        let bufs = OpBufs {
+            path_a: Some(cstring(path)?),
+            ..OpBufs::default()
+        };
+        let (res, _) = self
+            .submit(bufs, |b| {
+                opcode::MkDirAt::new(types::Fd(dirfd), cptr(&b.path_a))
+                    .mode(mode)
+                    .build()
+            })
+            .await?;
+        check(res).map(drop)
+    }
+
+    /// `statx(dirfd, path, AT_SYMLINK_NOFOLLOW)`: what `path` itself is.
+    pub(crate) async fn stat_nofollow(&self, dirfd: BorrowedFd<'_>, path: &str) -> io::Result<StatInfo> {
+        let dirfd = dirfd.as_raw_fd();
+        let bufs = OpBufs {
+            path_a: Some(cstring(path)?),
+            // SAFETY: `statx` is a plain C struct of integers; all-zero is a
+            // valid value.
+            statx: Some(Box::new(unsafe { std::mem::zeroed::<libc::statx>() })),
+            ..OpBufs::default()
+        };
+        let (res, bufs) = self
+            .submit(bufs, |b| {
+                let buf: *mut libc::statx = match b.statx.as_mut() {
+                    Some(statx) => &mut **statx,
+                    None => std::ptr::null_mut(),
+                };
+                opcode::Statx::new(types::Fd(dirfd), cptr(&b.path_a), buf.cast::<types::statx>())
+                    .flags(libc::AT_SYMLINK_NOFOLLOW)
+                    .mask(libc::STATX_TYPE | libc::STATX_SIZE)
+                    .build()
+            })
+            .await?;
+        check(res)?;
+        let Some(statx) = bufs.statx else {
+            return Err(io::Error::other("statx buffer missing"));
+        };
+        let kind = u32::from(statx.stx_mode) & libc::S_IFMT;
+        Ok(StatInfo {
+            is_dir: kind == libc::S_IFDIR,
+            is_file: kind == libc::S_IFREG,
+            is_symlink: kind == libc::S_IFLNK,
+            bytes: statx.stx_size,
+        })
+    }
+
+    /// `fsync(fd)` (full, so a directory's entries are covered).
+    pub(crate) async fn fsync(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let fd = fd.as_raw_fd();
+        let (res, _) = self
+            .submit(OpBufs::default(), |_| opcode::Fsync::new(types::Fd(fd)).build())
+            .await?;
+        check(res).map(drop)
+    }
+}
+
+/// What `statx` said about a path (not following a final symlink).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StatInfo {
+    pub(crate) is_dir: bool,
+    pub(crate) is_file: bool,
+    pub(crate) is_symlink: bool,
+    pub(crate) bytes: u64,
+}
+
+struct OpFuture {
+    inner: Rc<RingInner>,
+    index: usize,
+    done: bool,
+}
+
+impl Future for OpFuture {
+    type Output = i32;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
+        // Completions may already be posted before the reaper ran.
+        self.inner.drain();
+        let mut slots = self.inner.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(self.index) else {
+            // Cannot happen: the slot lives until this future takes it.
+            return Poll::Ready(-libc::EIO);
+        };
+        if let Some(result) = slot.result {
+            drop(slots);
+            self.done = true;
+            return Poll::Ready(result);
+        }
+        slot.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for OpFuture {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut slots = self.inner.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(self.index) else {
+            return;
+        };
+        match slot.result {
+            // Completed but never collected: release now.
+            Some(result) => {
+                if slot.bufs.returns_fd && result >= 0 {
+                    // SAFETY: fd returned by the kernel, never handed out.
+                    drop(unsafe { OwnedFd::from_raw_fd(result) });
+                }
+                slots.remove(self.index);
+                drop(slots);
+                self.inner.space.notify_all();
+            }
+            // Still in flight: the kernel owns the buffers until the reaper
+            // sees the completion.
+            None => {
+                slot.abandoned = true;
+                slot.waker = None;
+            }
+        }
+    }
+}
+
+async fn reaper(ring: Weak<RingInner>, efd: BufferedFile) {
+    loop {
+        let failed = match ring.upgrade() {
+            Some(inner) => inner.reaper_failed.get(),
+            None => return,
+        };
+        if failed {
+            glommio::timer::sleep(REAPER_FALLBACK_POLL).await;
+        } else if let Err(error) = efd.read_at(0, 8).await {
+            tracing::warn!(%error, "metadata ring eventfd read failed; polling instead");
+            if let Some(inner) = ring.upgrade() {
+                inner.reaper_failed.set(true);
+            }
+        }
+        match ring.upgrade() {
+            Some(inner) => inner.drain(),
+            None => return,
+        }
+    }
+}
+
+fn cstring(path: &str) -> io::Result<CString> {
+    CString::new(path).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+fn cptr(s: &Option<CString>) -> *const libc::c_char {
+    s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
+fn how_ptr(how: &Option<Box<types::OpenHow>>) -> *const types::OpenHow {
+    how.as_ref().map_or(std::ptr::null(), |h| &**h as *const types::OpenHow)
+}
+
+fn check(res: i32) -> io::Result<i32> {
+    if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(res)
+    }
+}
+
+/// Hands an owned fd to glommio as a `BufferedFile` (which then owns and
+/// closes it).
+pub(crate) fn buffered_file_from_fd(fd: OwnedFd) -> BufferedFile {
+    // SAFETY: `into_raw_fd` gives up our ownership, so the BufferedFile is
+    // the fd's only owner and closes it exactly once.
+    unsafe { BufferedFile::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// Size and free space of the filesystem holding `fd`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FsSpace {
+    pub(crate) total_bytes: u64,
+    /// Bytes available to unprivileged users (`f_bavail`).
+    pub(crate) avail_bytes: u64,
+}
+
+/// `fstatvfs(fd)`. io_uring has no statfs opcode; this is one short,
+/// non-blocking syscall.
+pub(crate) fn fs_space(fd: BorrowedFd<'_>) -> io::Result<FsSpace> {
+    let mut out = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `out` is a valid, writable statvfs-sized buffer; fd is open.
+    let rc = unsafe { libc::fstatvfs(fd.as_raw_fd(), out.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatvfs returned 0, so it filled the whole struct.
+    let st = unsafe { out.assume_init() };
+    let frsize = st.f_frsize;
+    Ok(FsSpace {
+        total_bytes: st.f_blocks.saturating_mul(frsize),
+        avail_bytes: st.f_bavail.saturating_mul(frsize),
+    })
+}
+
+/// `flock(fd, LOCK_EX | LOCK_NB)`: Ok(false) if another holder has it.
+/// io_uring has no flock opcode; LOCK_NB makes this non-blocking.
+pub(crate) fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: plain syscall on an open fd.
+    let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(error)
+    }
+}
+
+/// Raw fd of an `OwnedFd` for building a `BorrowedFd` in callers that keep the
+/// owner alive (helper to keep `unsafe` here).
+pub(crate) fn raw(fd: &OwnedFd) -> RawFd {
+    fd.as_raw_fd()
+}

@@ -1,0 +1,250 @@
+//! Journal settings: the builder, its validation, and the policy enums.
+//!
+//! Every setting has a named default and a valid range; `open()` checks them
+//! all and returns [`Error::InvalidConfig`] naming the first bad one. Nothing
+//! is clamped silently.
+
+use crate::error::{Error, Result};
+use crate::format::{align_up, entry_footprint, BLOCK_BYTES, SEGMENT_DATA_OFFSET};
+use crate::index::SLOT_BYTES;
+use crate::storage::{DmaStorage, Storage};
+use crate::Journal;
+use std::path::PathBuf;
+
+/// Default ring slots: ops that may sit above the watermark at once.
+pub const SLOT_COUNT_DEFAULT: u64 = 1 << 16;
+/// Most ring slots (the index costs `SLOT_BYTES` each: 2 GiB at this limit).
+pub const SLOT_COUNT_MAX: u64 = 1 << 26;
+/// Default segment file size.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Largest segment: entry offsets are stored as `u32`.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 31;
+/// Default largest payload.
+pub const ENTRY_BYTES_MAX_DEFAULT: u64 = 1 << 20;
+/// Upper bound for `entry_bytes_max`.
+pub const ENTRY_BYTES_MAX_LIMIT: u64 = 64 << 20;
+/// Default largest group-commit write.
+pub const BATCH_BYTES_MAX_DEFAULT: u64 = 4 << 20;
+/// Upper bound for `batch_bytes_max`.
+pub const BATCH_BYTES_MAX_LIMIT: u64 = 256 << 20;
+
+const _: () = assert!(SEGMENT_BYTES_DEFAULT % BLOCK_BYTES == 0);
+const _: () = assert!(BATCH_BYTES_MAX_DEFAULT % BLOCK_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_DATA_OFFSET + BATCH_BYTES_MAX_DEFAULT);
+const _: () = assert!(SLOT_BYTES as u64 * SLOT_COUNT_MAX <= 2 << 30);
+
+/// What an acknowledged append survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fdatasync after every group-commit write, before any append in it
+    /// resolves. An acknowledged entry survives process crashes, kernel
+    /// crashes and power loss (given a device that honours flushes).
+    #[default]
+    Sync,
+    /// No fdatasync: an append resolves once its O_DIRECT write completed.
+    /// Survives a process crash (kill -9). Power loss or a kernel crash may
+    /// lose acknowledged entries (device write cache, unconverted extents);
+    /// recovery still never serves a torn or corrupt entry.
+    NoSync,
+}
+
+/// What recovery does with a damaged tail of the last segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recovery {
+    /// Cut the log at the damage when it is provably torn: nothing valid
+    /// follows within the reach of one write. Only unacknowledged bytes can
+    /// be there (writes are serial: one unsynced write at a time).
+    #[default]
+    TruncateTornTail,
+    /// Report any damage, even a torn tail, as [`Error::Corruption`].
+    Strict,
+}
+
+/// How a new segment file gets its disk space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preallocation {
+    /// fallocate (unwritten extents). Cheap to create; the first write of
+    /// each block makes its fdatasync also commit an extent conversion.
+    /// Where fallocate is unsupported (EOPNOTSUPP) zeros are written instead.
+    #[default]
+    Fallocate,
+    /// fallocate, then write zeros over the whole file and sync it, so later
+    /// fdatasyncs overwrite written blocks and commit no metadata: lowest
+    /// append latency, at the cost of writing each segment twice.
+    ZeroFill,
+}
+
+/// Validated settings of an open journal.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// Directory holding the segment files.
+    pub dir: PathBuf,
+    /// Ring slots.
+    pub slot_count: u64,
+    /// Bytes per segment file.
+    pub segment_bytes: u64,
+    /// Largest payload.
+    pub entry_bytes_max: u64,
+    /// Largest group-commit write.
+    pub batch_bytes_max: u64,
+    /// What acknowledged appends survive.
+    pub durability: Durability,
+    /// Torn-tail policy.
+    pub recovery: Recovery,
+    /// How segments get disk space.
+    pub preallocation: Preallocation,
+}
+
+/// Builds and opens a [`Journal`]. See [`Journal::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until open() is called"]
+pub struct JournalBuilder<S: Storage = DmaStorage> {
+    config: JournalConfig,
+    storage: S,
+}
+
+impl JournalBuilder<DmaStorage> {
+    pub(crate) fn new(dir: PathBuf) -> JournalBuilder<DmaStorage> {
+        JournalBuilder {
+            config: JournalConfig {
+                dir,
+                slot_count: SLOT_COUNT_DEFAULT,
+                segment_bytes: SEGMENT_BYTES_DEFAULT,
+                entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
+                batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
+                durability: Durability::default(),
+                recovery: Recovery::default(),
+                preallocation: Preallocation::default(),
+            },
+            storage: DmaStorage::new(),
+        }
+    }
+
+    /// Accept a filesystem without O_DIRECT (tmpfs), where glommio falls
+    /// back to buffered I/O plus fdatasync. Default: `false`, and such a
+    /// directory fails to open with [`Error::DirectIoUnsupported`].
+    pub fn allow_buffered_io(mut self, allow: bool) -> Self {
+        self.storage = if allow {
+            DmaStorage::allowing_buffered_io()
+        } else {
+            DmaStorage::new()
+        };
+        self
+    }
+}
+
+impl<S: Storage> JournalBuilder<S> {
+    /// Use another storage backend (e.g. [`crate::storage::MemStorage`] for
+    /// simulation).
+    pub fn storage<T: Storage>(self, storage: T) -> JournalBuilder<T> {
+        JournalBuilder {
+            config: self.config,
+            storage,
+        }
+    }
+
+    /// Ring slots: how many ops may sit above the watermark at once.
+    /// Default [`SLOT_COUNT_DEFAULT`]; valid `1..=SLOT_COUNT_MAX`.
+    pub fn slot_count(mut self, slot_count: u64) -> Self {
+        self.config.slot_count = slot_count;
+        self
+    }
+
+    /// Size of each segment file. Default [`SEGMENT_BYTES_DEFAULT`]; a
+    /// multiple of 4096, at most [`SEGMENT_BYTES_MAX`], and at least one
+    /// header block plus `batch_bytes_max`.
+    pub fn segment_bytes(mut self, segment_bytes: u64) -> Self {
+        self.config.segment_bytes = segment_bytes;
+        self
+    }
+
+    /// Largest payload accepted. Default [`ENTRY_BYTES_MAX_DEFAULT`]; valid
+    /// `1..=ENTRY_BYTES_MAX_LIMIT`, and one entry must fit in a batch.
+    pub fn entry_bytes_max(mut self, entry_bytes_max: u64) -> Self {
+        self.config.entry_bytes_max = entry_bytes_max;
+        self
+    }
+
+    /// Largest group-commit write, and so the bound on queued bytes before
+    /// appends wait (backpressure). Default [`BATCH_BYTES_MAX_DEFAULT`]; a
+    /// multiple of 4096 up to [`BATCH_BYTES_MAX_LIMIT`].
+    pub fn batch_bytes_max(mut self, batch_bytes_max: u64) -> Self {
+        self.config.batch_bytes_max = batch_bytes_max;
+        self
+    }
+
+    /// What acknowledged appends survive. Default [`Durability::Sync`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.config.durability = durability;
+        self
+    }
+
+    /// Torn-tail policy. Default [`Recovery::TruncateTornTail`].
+    pub fn recovery(mut self, recovery: Recovery) -> Self {
+        self.config.recovery = recovery;
+        self
+    }
+
+    /// How new segments get disk space. Default [`Preallocation::Fallocate`].
+    pub fn preallocation(mut self, preallocation: Preallocation) -> Self {
+        self.config.preallocation = preallocation;
+        self
+    }
+
+    /// Validates the settings, recovers what the directory holds and opens
+    /// the journal. Must run inside a glommio executor (for `DmaStorage`).
+    pub async fn open(self) -> Result<Journal<S>> {
+        validate(&self.config)?;
+        Journal::open_with(self.config, self.storage).await
+    }
+}
+
+fn invalid(setting: &'static str, value: u64, reason: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        setting,
+        value,
+        reason: reason.into(),
+    }
+}
+
+pub(crate) fn validate(config: &JournalConfig) -> Result<()> {
+    if config.slot_count == 0 || config.slot_count > SLOT_COUNT_MAX {
+        return Err(invalid("slot_count", config.slot_count, format!("must be in 1..={SLOT_COUNT_MAX}")));
+    }
+    if config.entry_bytes_max == 0 || config.entry_bytes_max > ENTRY_BYTES_MAX_LIMIT {
+        return Err(invalid(
+            "entry_bytes_max",
+            config.entry_bytes_max,
+            format!("must be in 1..={ENTRY_BYTES_MAX_LIMIT}"),
+        ));
+    }
+    let batch_min = align_up(entry_footprint(config.entry_bytes_max as usize), BLOCK_BYTES);
+    if config.batch_bytes_max % BLOCK_BYTES != 0
+        || config.batch_bytes_max < batch_min
+        || config.batch_bytes_max > BATCH_BYTES_MAX_LIMIT
+    {
+        return Err(invalid(
+            "batch_bytes_max",
+            config.batch_bytes_max,
+            format!(
+                "must be a multiple of {BLOCK_BYTES} in {batch_min}..={BATCH_BYTES_MAX_LIMIT} \
+                 (one entry of entry_bytes_max must fit)"
+            ),
+        ));
+    }
+    let segment_min = SEGMENT_DATA_OFFSET + config.batch_bytes_max;
+    if config.segment_bytes % BLOCK_BYTES != 0
+        || config.segment_bytes < segment_min
+        || config.segment_bytes > SEGMENT_BYTES_MAX
+    {
+        return Err(invalid(
+            "segment_bytes",
+            config.segment_bytes,
+            format!(
+                "must be a multiple of {BLOCK_BYTES} in {segment_min}..={SEGMENT_BYTES_MAX} \
+                 (a header block plus one batch must fit)"
+            ),
+        ));
+    }
+    Ok(())
+}

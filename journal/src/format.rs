@@ -1,0 +1,294 @@
+//! The on-disk format: segment headers and entry headers.
+//!
+//! `journal/FORMAT.md` is the specification; the constants and offsets here
+//! derive from `size_of` and a test checks that the document agrees.
+//!
+//! Both headers are fixed-size little-endian structs read and written with
+//! `zerocopy`, so there is no hand-written byte shuffling to get wrong. Each
+//! header carries its own CRC-32 (IEEE polynomial, computed with crc32fast)
+//! over every byte after the checksum field; an entry header additionally
+//! carries the checksum of its payload.
+//!
+//! Identity: an entry header names the segment generation and the byte
+//! offset it was written at. A recycled or preallocated region holds either
+//! zeros or entries of an older generation, and a misdirected write lands at
+//! an offset that differs from the one it names, so neither can pass as a
+//! live entry even though its checksums verify.
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// Every write starts and ends on this boundary. 4 KiB covers devices with
+/// 512-byte and 4 KiB logical sectors, so one format fits both.
+pub const BLOCK_BYTES: u64 = 4096;
+
+/// Entries start on multiples of this within a write.
+pub const ENTRY_ALIGN_BYTES: u64 = 8;
+
+/// Entries start after the first block of a segment, which holds its header.
+pub const SEGMENT_DATA_OFFSET: u64 = BLOCK_BYTES;
+
+/// "RSEG" read as a little-endian u32.
+pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"RSEG");
+
+/// "RENT" read as a little-endian u32.
+pub const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"RENT");
+
+/// The format version this build writes and reads. See FORMAT.md's history.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Bytes of the segment header at offset 0 of every segment file.
+pub const SEGMENT_HEADER_BYTES: usize = size_of::<SegmentHeader>();
+
+/// Bytes of the header in front of every entry.
+pub const ENTRY_HEADER_BYTES: usize = size_of::<EntryHeader>();
+
+const _: () = assert!(SEGMENT_HEADER_BYTES == 64);
+const _: () = assert!(ENTRY_HEADER_BYTES == 48);
+const _: () = assert!(ENTRY_HEADER_BYTES as u64 % ENTRY_ALIGN_BYTES == 0);
+const _: () = assert!(BLOCK_BYTES % 512 == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES as u64 <= SEGMENT_DATA_OFFSET);
+
+/// The header at offset 0 of every segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct SegmentHeader {
+    /// CRC-32 of bytes `4..64`.
+    pub checksum: U32,
+    /// [`SEGMENT_MAGIC`].
+    pub magic: U32,
+    /// [`FORMAT_VERSION`].
+    pub version: U32,
+    /// Always [`SEGMENT_DATA_OFFSET`]; recorded so a reader need not assume it.
+    pub data_offset: U32,
+    /// Generation of this segment; equals the number in its file name.
+    pub generation: U64,
+    /// Size of this segment file in bytes.
+    pub segment_bytes: U64,
+    /// Largest write the journal issues; bounds how far recovery looks for
+    /// valid data past a damaged entry.
+    pub batch_bytes_max: U64,
+    /// Generation of the segment written before this one (0: none).
+    pub prev_generation: U64,
+    /// End of valid data in the previous segment: everything before it was
+    /// durable when this segment was created, everything after it is ignored.
+    pub prev_end: U64,
+    /// The journal's watermark when this segment was created.
+    pub watermark: U64,
+}
+
+/// What an entry header describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// A log entry carrying a payload.
+    Data = 1,
+    /// A durable record of the watermark (the `op` field); no payload.
+    Watermark = 2,
+    /// Filler up to the next block boundary; its payload is ignored.
+    Padding = 3,
+}
+
+impl EntryKind {
+    /// Decodes the kind byte.
+    pub fn from_u8(value: u8) -> Option<EntryKind> {
+        match value {
+            1 => Some(EntryKind::Data),
+            2 => Some(EntryKind::Watermark),
+            3 => Some(EntryKind::Padding),
+            _ => None,
+        }
+    }
+}
+
+/// `flags` bit: this entry is the first of a write (a group-commit batch),
+/// and so starts on a block boundary.
+pub const FLAG_FIRST_IN_WRITE: u8 = 1;
+
+/// The header in front of every entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct EntryHeader {
+    /// CRC-32 of bytes `4..48` of this header.
+    pub checksum: U32,
+    /// [`ENTRY_MAGIC`].
+    pub magic: U32,
+    /// Op number (for [`EntryKind::Watermark`]: the watermark).
+    pub op: U64,
+    /// Epoch (term/view) the entry was written in.
+    pub epoch: U64,
+    /// Generation of the segment this entry was written to.
+    pub generation: U64,
+    /// Byte offset of this header within its segment file.
+    pub offset: U32,
+    /// Payload length in bytes (not counting alignment padding).
+    pub payload_len: U32,
+    /// CRC-32 of the payload bytes.
+    pub payload_checksum: U32,
+    /// An [`EntryKind`] as `u8`.
+    pub kind: u8,
+    /// Bit set of `FLAG_*`.
+    pub flags: u8,
+    /// Zero.
+    pub reserved: U16,
+}
+
+impl SegmentHeader {
+    /// Computes the checksum over everything after the checksum field.
+    pub fn compute_checksum(&self) -> u32 {
+        crc32fast::hash(&self.as_bytes()[4..])
+    }
+
+    /// Sets `checksum` from the other fields.
+    pub fn seal(mut self) -> SegmentHeader {
+        self.checksum = self.compute_checksum().into();
+        self
+    }
+}
+
+impl EntryHeader {
+    /// Computes the checksum over everything after the checksum field.
+    pub fn compute_checksum(&self) -> u32 {
+        crc32fast::hash(&self.as_bytes()[4..])
+    }
+
+    /// Sets `checksum` from the other fields.
+    pub fn seal(mut self) -> EntryHeader {
+        self.checksum = self.compute_checksum().into();
+        self
+    }
+
+    /// Bytes from this header's start to where the next entry may start.
+    pub fn footprint(&self) -> u64 {
+        entry_footprint(self.payload_len.get() as usize)
+    }
+
+    /// The decoded kind, if valid.
+    pub fn entry_kind(&self) -> Option<EntryKind> {
+        EntryKind::from_u8(self.kind)
+    }
+}
+
+/// Bytes an entry with this payload occupies: header, payload, alignment.
+pub fn entry_footprint(payload_len: usize) -> u64 {
+    align_up(ENTRY_HEADER_BYTES as u64 + payload_len as u64, ENTRY_ALIGN_BYTES)
+}
+
+/// Rounds `value` up to a multiple of `align` (a power of two).
+pub fn align_up(value: u64, align: u64) -> u64 {
+    debug_assert!(align.is_power_of_two());
+    (value + align - 1) & !(align - 1)
+}
+
+/// Rounds `value` down to a multiple of `align` (a power of two).
+pub fn align_down(value: u64, align: u64) -> u64 {
+    debug_assert!(align.is_power_of_two());
+    value & !(align - 1)
+}
+
+/// Why an entry header at some offset is not a live entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderFault {
+    /// All 48 bytes are zero: never written.
+    Zeroed,
+    /// The header checksum or magic does not match: torn or flipped bits.
+    Checksum,
+    /// Verifies, but belongs to another generation: stale bytes of a
+    /// recycled segment.
+    StaleGeneration,
+    /// Verifies, but names another offset: a misdirected write.
+    Misplaced,
+    /// Verifies, but a field is out of range (kind, flags, length).
+    Invalid,
+}
+
+impl HeaderFault {
+    /// A short description for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HeaderFault::Zeroed => "entry header is zeroed (never written)",
+            HeaderFault::Checksum => "entry header checksum mismatch",
+            HeaderFault::StaleGeneration => "entry header from another segment generation (stale bytes)",
+            HeaderFault::Misplaced => "entry header names another offset (misdirected write)",
+            HeaderFault::Invalid => "entry header field out of range",
+        }
+    }
+}
+
+/// Decodes and checks an entry header read at `offset` of segment
+/// `generation` whose file is `segment_bytes` long.
+pub fn check_entry_header(
+    bytes: &[u8],
+    generation: u64,
+    offset: u64,
+    segment_bytes: u64,
+    payload_bytes_max: u64,
+) -> Result<EntryHeader, HeaderFault> {
+    let Ok((header, _)) = EntryHeader::read_from_prefix(bytes) else {
+        return Err(HeaderFault::Invalid);
+    };
+    if bytes[..ENTRY_HEADER_BYTES].iter().all(|b| *b == 0) {
+        return Err(HeaderFault::Zeroed);
+    }
+    if header.magic.get() != ENTRY_MAGIC || header.checksum.get() != header.compute_checksum() {
+        return Err(HeaderFault::Checksum);
+    }
+    if header.generation.get() != generation {
+        return Err(HeaderFault::StaleGeneration);
+    }
+    if u64::from(header.offset.get()) != offset {
+        return Err(HeaderFault::Misplaced);
+    }
+    let Some(kind) = header.entry_kind() else {
+        return Err(HeaderFault::Invalid);
+    };
+    let len = u64::from(header.payload_len.get());
+    let len_ok = match kind {
+        EntryKind::Data => len <= payload_bytes_max,
+        EntryKind::Watermark => len == 0,
+        EntryKind::Padding => len < BLOCK_BYTES,
+    };
+    let first = header.flags & FLAG_FIRST_IN_WRITE != 0;
+    if !len_ok
+        || header.flags & !FLAG_FIRST_IN_WRITE != 0
+        || header.reserved.get() != 0
+        || (first && offset % BLOCK_BYTES != 0)
+        || offset + header.footprint() > segment_bytes
+    {
+        return Err(HeaderFault::Invalid);
+    }
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip_and_checksum_detects_flips() {
+        let header = EntryHeader {
+            checksum: 0.into(),
+            magic: ENTRY_MAGIC.into(),
+            op: 7.into(),
+            epoch: 2.into(),
+            generation: 3.into(),
+            offset: 4096.into(),
+            payload_len: 5.into(),
+            payload_checksum: crc32fast::hash(b"hello").into(),
+            kind: EntryKind::Data as u8,
+            flags: FLAG_FIRST_IN_WRITE,
+            reserved: 0.into(),
+        }
+        .seal();
+        let bytes = header.as_bytes().to_vec();
+        assert_eq!(check_entry_header(&bytes, 3, 4096, 1 << 20, 100), Ok(header));
+        for bit in 0..ENTRY_HEADER_BYTES * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(check_entry_header(&flipped, 3, 4096, 1 << 20, 100).is_err(), "bit {bit}");
+        }
+        assert_eq!(check_entry_header(&bytes, 4, 4096, 1 << 20, 100), Err(HeaderFault::StaleGeneration));
+        assert_eq!(check_entry_header(&bytes, 3, 8192, 1 << 20, 100), Err(HeaderFault::Misplaced));
+        assert_eq!(check_entry_header(&[0; 48], 3, 8192, 1 << 20, 100), Err(HeaderFault::Zeroed));
+    }
+}

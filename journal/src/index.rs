@@ -1,0 +1,288 @@
+//! The in-memory ring index: where each op above the watermark lives.
+//!
+//! Slot `op % slot_count` holds the location of op `op`. A slot may be taken
+//! by a new op only when the op in it is at or below the watermark (its
+//! state is in a durable snapshot); otherwise the write is refused before any
+//! I/O with [`Error::RingFull`]. The index is allocated once, at open, and
+//! costs [`SLOT_BYTES`] bytes per slot.
+
+use crate::error::{Error, Result};
+
+/// Where a durable entry lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Location {
+    pub generation: u64,
+    pub offset: u32,
+    pub payload_len: u32,
+}
+
+/// One ring slot. `op == 0`: empty. `generation == 0`: reserved by a write
+/// that is not durable yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub(crate) struct Slot {
+    op: u64,
+    epoch: u64,
+    generation: u64,
+    offset: u32,
+    payload_len: u32,
+}
+
+/// Bytes of memory per ring slot.
+pub const SLOT_BYTES: usize = size_of::<Slot>();
+const _: () = assert!(SLOT_BYTES <= 32);
+
+/// What the index knows about an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// At or below the watermark.
+    Compacted,
+    /// Not in the journal.
+    Missing,
+    /// Being written; not durable yet.
+    Pending,
+    /// Durable at this location, with this epoch.
+    Durable(Location, u64),
+}
+
+#[derive(Debug)]
+pub(crate) struct RingIndex {
+    slots: Vec<Slot>,
+    watermark: u64,
+    /// Slots holding an op above the watermark (durable or pending).
+    live: u64,
+    /// Largest op that recovery found sharing a slot with a larger op; it
+    /// must be at or below the watermark, or the log is inconsistent.
+    recovery_evicted_max: u64,
+}
+
+impl RingIndex {
+    pub(crate) fn new(slot_count: u64, watermark: u64) -> RingIndex {
+        let slot_count = usize::try_from(slot_count).expect("slot_count validated to fit in memory");
+        RingIndex {
+            slots: vec![Slot::default(); slot_count],
+            watermark,
+            live: 0,
+            recovery_evicted_max: 0,
+        }
+    }
+
+    fn slot_index(&self, op: u64) -> usize {
+        (op % self.slots.len() as u64) as usize
+    }
+
+    pub(crate) fn slot_count(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    pub(crate) fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
+    pub(crate) fn remaining_capacity(&self) -> u64 {
+        self.slot_count() - self.live
+    }
+
+    fn is_live(&self, slot: &Slot) -> bool {
+        slot.op > self.watermark
+    }
+
+    pub(crate) fn lookup(&self, op: u64) -> Lookup {
+        if op <= self.watermark {
+            return Lookup::Compacted;
+        }
+        let slot = &self.slots[self.slot_index(op)];
+        if slot.op != op {
+            Lookup::Missing
+        } else if slot.generation == 0 {
+            Lookup::Pending
+        } else {
+            let location = Location {
+                generation: slot.generation,
+                offset: slot.offset,
+                payload_len: slot.payload_len,
+            };
+            Lookup::Durable(location, slot.epoch)
+        }
+    }
+
+    /// Claims the slot for a write of `op` in `epoch`. Returns the slot's
+    /// previous contents, to restore with [`RingIndex::release`] if the write
+    /// fails without poisoning the journal.
+    pub(crate) fn reserve(&mut self, op: u64, epoch: u64) -> Result<Reservation> {
+        if op <= self.watermark {
+            return Err(Error::BelowWatermark {
+                op,
+                watermark: self.watermark,
+            });
+        }
+        let index = self.slot_index(op);
+        let previous = self.slots[index];
+        if previous.op == op {
+            // A rewrite of the same op: allowed only in a later epoch, and
+            // never while another write of it is in flight.
+            if previous.generation == 0 || epoch <= previous.epoch {
+                return Err(Error::OpExists {
+                    op,
+                    epoch,
+                    existing_epoch: previous.epoch,
+                });
+            }
+        } else if self.is_live(&previous) {
+            return Err(Error::RingFull {
+                op,
+                slot: index as u64,
+                occupant: previous.op,
+                watermark: self.watermark,
+            });
+        } else {
+            self.live += 1;
+        }
+        self.slots[index] = Slot {
+            op,
+            epoch,
+            ..Slot::default()
+        };
+        Ok(Reservation { previous })
+    }
+
+    /// Undoes a reservation whose write failed.
+    pub(crate) fn release(&mut self, op: u64, reservation: Reservation) {
+        let index = self.slot_index(op);
+        let slot = self.slots[index];
+        assert_eq!(slot.op, op, "released slot holds another op");
+        assert_eq!(slot.generation, 0, "released slot is not pending");
+        if reservation.previous.op != op && op > self.watermark {
+            self.live -= 1;
+        }
+        self.slots[index] = reservation.previous;
+    }
+
+    /// Records that the reserved write of `op` is durable at `location`.
+    pub(crate) fn commit(&mut self, op: u64, location: Location) {
+        let index = self.slot_index(op);
+        let slot = &mut self.slots[index];
+        assert_eq!(slot.op, op, "committed slot holds another op");
+        assert_eq!(slot.generation, 0, "committed slot is not pending");
+        assert_ne!(location.generation, 0);
+        slot.generation = location.generation;
+        slot.offset = location.offset;
+        slot.payload_len = location.payload_len;
+    }
+
+    /// Inserts an entry found by recovery. Of two entries for one op the one
+    /// with the greater epoch wins (a replica rewrite); of two ops sharing a
+    /// slot the greater wins, and the smaller must turn out to be at or below
+    /// the watermark (checked by [`RingIndex::finish_recovery`]).
+    pub(crate) fn insert_recovered(&mut self, op: u64, epoch: u64, location: Location) {
+        let index = self.slot_index(op);
+        let slot = self.slots[index];
+        let replace = if slot.op == 0 {
+            true
+        } else if slot.op == op {
+            epoch >= slot.epoch
+        } else {
+            self.recovery_evicted_max = self.recovery_evicted_max.max(slot.op.min(op));
+            op > slot.op
+        };
+        if replace {
+            self.slots[index] = Slot {
+                op,
+                epoch,
+                generation: location.generation,
+                offset: location.offset,
+                payload_len: location.payload_len,
+            };
+        }
+    }
+
+    /// Ends recovery at `watermark`: counts live slots. Returns the largest
+    /// op that lost its slot to a larger op while above the watermark, if
+    /// any: two live ops in one slot mean the log is inconsistent.
+    pub(crate) fn finish_recovery(&mut self, watermark: u64) -> Option<u64> {
+        self.watermark = watermark;
+        self.live = self.slots.iter().filter(|s| s.op > watermark).count() as u64;
+        (self.recovery_evicted_max > watermark).then_some(self.recovery_evicted_max)
+    }
+
+    /// Moves the watermark forward; slots at or below it become free.
+    pub(crate) fn advance(&mut self, watermark: u64) {
+        assert!(watermark >= self.watermark);
+        let old = self.watermark;
+        let freed = if watermark - old < self.slot_count() {
+            (old + 1..=watermark)
+                .filter(|op| self.slots[self.slot_index(*op)].op == *op)
+                .count()
+        } else {
+            self.slots.iter().filter(|s| s.op > old && s.op <= watermark).count()
+        };
+        self.live -= freed as u64;
+        self.watermark = watermark;
+    }
+}
+
+/// The slot contents a reservation replaced.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reservation {
+    previous: Slot,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(generation: u64) -> Location {
+        Location {
+            generation,
+            offset: 4096,
+            payload_len: 1,
+        }
+    }
+
+    #[test]
+    fn full_ring_refuses_until_watermark_advances() {
+        let mut index = RingIndex::new(4, 0);
+        for op in 1..=4 {
+            index.reserve(op, 1).unwrap();
+            index.commit(op, at(1));
+        }
+        assert_eq!(index.remaining_capacity(), 0);
+        assert!(matches!(index.reserve(5, 1), Err(Error::RingFull { occupant: 1, .. })));
+        index.advance(1);
+        assert_eq!(index.remaining_capacity(), 1);
+        index.reserve(5, 1).unwrap();
+        assert_eq!(index.lookup(5), Lookup::Pending);
+        assert_eq!(index.lookup(1), Lookup::Compacted);
+        assert_eq!(index.lookup(9), Lookup::Missing);
+    }
+
+    #[test]
+    fn rewrite_needs_greater_epoch_and_release_restores() {
+        let mut index = RingIndex::new(8, 0);
+        let r = index.reserve(3, 1).unwrap();
+        assert!(matches!(index.reserve(3, 2), Err(Error::OpExists { .. })));
+        index.release(3, r);
+        assert_eq!(index.lookup(3), Lookup::Missing);
+        assert_eq!(index.remaining_capacity(), 8);
+        index.reserve(3, 1).unwrap();
+        index.commit(3, at(1));
+        assert!(matches!(index.reserve(3, 1), Err(Error::OpExists { .. })));
+        let r = index.reserve(3, 2).unwrap();
+        index.release(3, r);
+        assert_eq!(index.lookup(3), Lookup::Durable(at(1), 1));
+        assert_eq!(index.remaining_capacity(), 7);
+    }
+
+    #[test]
+    fn recovery_conflicts_must_be_below_watermark() {
+        let mut index = RingIndex::new(4, 0);
+        index.insert_recovered(2, 1, at(1));
+        index.insert_recovered(6, 1, at(2));
+        assert_eq!(index.finish_recovery(1), Some(2));
+        let mut index = RingIndex::new(4, 0);
+        index.insert_recovered(2, 1, at(1));
+        index.insert_recovered(6, 1, at(2));
+        assert_eq!(index.finish_recovery(2), None);
+        assert_eq!(index.lookup(6), Lookup::Durable(at(2), 1));
+    }
+}

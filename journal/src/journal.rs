@@ -1,0 +1,802 @@
+//! The journal: appends, replica writes, reads, the watermark, and the
+//! group-commit writer task.
+//!
+//! # Group commit
+//!
+//! Appenders copy their entry into the *filling* batch — one aligned buffer
+//! of at most `batch_bytes_max` bytes — and wait on that batch's completion.
+//! A single writer task per journal takes the filling batch whenever it has
+//! entries, stamps each entry header with the segment generation and offset
+//! the batch lands at, writes it with one O_DIRECT write, calls fdatasync
+//! once, then publishes the entries in the ring index and wakes every
+//! appender of the batch. While one batch is being written the next one
+//! fills, so the batch size grows with load. When the filling batch is full,
+//! appenders wait for the writer to take it: the queue is bounded at two
+//! batches (one in flight, one filling), which is the backpressure.
+//!
+//! Writes are serial: the next write starts only after the previous one's
+//! fdatasync returned. Recovery relies on this — at most one write can be
+//! torn.
+//!
+//! # Poisoning
+//!
+//! If a write or fdatasync fails, the journal cannot know what reached the
+//! disk (and Linux may drop the dirty state after a failed fsync), so it
+//! stops: the failing batch's appenders get the error and every later call
+//! returns [`Error::Poisoned`] until the journal is reopened, which recovers
+//! from what is durable.
+
+use crate::config::{Durability, JournalBuilder, JournalConfig};
+use crate::error::{Error, Result};
+use crate::format::{
+    align_down, align_up, check_entry_header, entry_footprint, EntryHeader, EntryKind, BLOCK_BYTES,
+    ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE,
+};
+use crate::index::{Location, Lookup, Reservation, RingIndex};
+use crate::notify::Notify;
+use crate::recovery::{recover, RecoveryReport};
+use crate::segment::{create_segment, CreateError, Predecessor, Segment};
+use crate::storage::{DmaStorage, IoBuf, Storage, StorageFile};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use zerocopy::IntoBytes;
+
+/// One entry read back from the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Op number.
+    pub op: u64,
+    /// Epoch it was written in.
+    pub epoch: u64,
+    /// The payload, verified against its checksum.
+    pub payload: Vec<u8>,
+}
+
+/// An item of [`Entries`]: an entry, or an op the journal does not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogItem {
+    /// The op is present.
+    Present(Entry),
+    /// The op was never written, or its write is not durable yet.
+    Missing(u64),
+}
+
+/// Counters since open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Data entries accepted (appends and replica writes).
+    pub appends: u64,
+    /// Group-commit writes issued.
+    pub writes: u64,
+    /// fdatasync calls on segments after writes.
+    pub fsyncs: u64,
+    /// Bytes written by group-commit writes (including padding).
+    pub bytes_written: u64,
+    /// Entries (of every kind) made durable.
+    pub entries_written: u64,
+    /// Most entries in one write.
+    pub batch_entries_max: u64,
+    /// Segments created.
+    pub segments_created: u64,
+    /// Segments retired by watermark advances.
+    pub segments_retired: u64,
+}
+
+/// A write-ahead log owned by one shard. Cheap to clone (all clones are the
+/// same journal); `!Send`: it lives on one glommio reactor.
+///
+/// ```no_run
+/// # async fn demo() -> ringstore_journal::Result<()> {
+/// use ringstore_journal::Journal;
+/// let journal = Journal::builder("/var/lib/shard-0/wal").slot_count(1 << 16).open().await?;
+/// let op = journal.append(b"hello").await?; // durable once this resolves
+/// assert_eq!(journal.read(op).await?.unwrap().payload, b"hello");
+/// journal.advance_watermark(op).await?; // after a snapshot covering `op` is durable
+/// journal.close().await?;
+/// # Ok(()) }
+/// ```
+pub struct Journal<S: Storage = DmaStorage> {
+    shared: Rc<Shared<S>>,
+}
+
+impl<S: Storage> Clone for Journal<S> {
+    fn clone(&self) -> Self {
+        Journal {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: Storage> std::fmt::Debug for Journal<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("dir", &self.shared.config.dir).finish_non_exhaustive()
+    }
+}
+
+struct Shared<S: Storage> {
+    config: JournalConfig,
+    storage: S,
+    state: RefCell<State<S::File>>,
+    /// Wakes the writer: the filling batch has entries, or closing.
+    work: Rc<Notify>,
+    /// Wakes appenders waiting for room in the filling batch.
+    space: Notify,
+    /// Wakes `close()` when the writer has exited.
+    writer_exited: Notify,
+    recovery: RecoveryReport,
+}
+
+impl<S: Storage> Drop for Shared<S> {
+    fn drop(&mut self) {
+        // Let the writer task see that the journal is gone and exit.
+        self.work.notify_all();
+    }
+}
+
+struct State<F: StorageFile> {
+    index: RingIndex,
+    /// Oldest first; the back is the active segment.
+    segments: VecDeque<Segment<F>>,
+    next_op: u64,
+    epoch: u64,
+    /// Largest watermark whose record is durable; new segment headers carry it.
+    durable_watermark: u64,
+    filling: Batch<F::Buf>,
+    poisoned: Option<Error>,
+    closing: bool,
+    writer_running: bool,
+    stats: JournalStats,
+}
+
+struct Batch<B> {
+    buf: Option<B>,
+    len: usize,
+    entries: Vec<PendingEntry>,
+    done: Rc<BatchDone>,
+}
+
+impl<B> Batch<B> {
+    fn new() -> Batch<B> {
+        Batch {
+            buf: None,
+            len: 0,
+            entries: Vec::new(),
+            done: Rc::new(BatchDone::default()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct BatchDone {
+    result: RefCell<Option<Result<()>>>,
+    notify: Notify,
+}
+
+impl BatchDone {
+    fn complete(&self, result: Result<()>) {
+        *self.result.borrow_mut() = Some(result);
+        self.notify.notify_all();
+    }
+
+    async fn wait(&self) -> Result<()> {
+        loop {
+            if let Some(result) = self.result.borrow().as_ref() {
+                return result.clone();
+            }
+            self.notify.wait().await;
+        }
+    }
+}
+
+struct PendingEntry {
+    op: u64,
+    epoch: u64,
+    kind: EntryKind,
+    batch_offset: usize,
+    payload_len: u32,
+    payload_checksum: u32,
+    reservation: Option<Reservation>,
+}
+
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    Append(&'a [u8]),
+    Write(u64, &'a [u8]),
+    Watermark(u64),
+}
+
+impl<F: StorageFile> State<F> {
+    fn usable(&self) -> Result<()> {
+        if let Some(cause) = &self.poisoned {
+            return Err(Error::Poisoned {
+                cause: Box::new(cause.clone()),
+            });
+        }
+        if self.closing {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn active(&self) -> &Segment<F> {
+        self.segments.back().expect("an open journal always has an active segment")
+    }
+
+    fn segment(&self, generation: u64) -> Option<&Segment<F>> {
+        let at = self.segments.partition_point(|s| s.generation < generation);
+        self.segments.get(at).filter(|s| s.generation == generation)
+    }
+
+    /// Copies one entry into the filling batch.
+    fn enqueue(&mut self, request: Request<'_>, config: &JournalConfig) -> Result<(u64, Rc<BatchDone>)> {
+        let (op, kind, payload, reservation) = match request {
+            Request::Append(payload) => {
+                let op = self.next_op;
+                if op == u64::MAX {
+                    return Err(Error::InvalidOp { op });
+                }
+                let reservation = self.index.reserve(op, self.epoch)?;
+                self.next_op += 1;
+                (op, EntryKind::Data, payload, Some(reservation))
+            }
+            Request::Write(op, payload) => {
+                if op == 0 || op == u64::MAX {
+                    return Err(Error::InvalidOp { op });
+                }
+                let reservation = self.index.reserve(op, self.epoch)?;
+                self.next_op = self.next_op.max(op + 1);
+                (op, EntryKind::Data, payload, Some(reservation))
+            }
+            Request::Watermark(watermark) => (watermark, EntryKind::Watermark, &[][..], None),
+        };
+        if self.filling.buf.is_none() {
+            self.filling.buf = Some(self.active().file.alloc_buf(config.batch_bytes_max as usize));
+        }
+        let footprint = entry_footprint(payload.len()) as usize;
+        let batch_offset = self.filling.len;
+        let buf = self.filling.buf.as_mut().expect("allocated above").as_bytes_mut();
+        let payload_start = batch_offset + ENTRY_HEADER_BYTES;
+        buf[payload_start..payload_start + payload.len()].copy_from_slice(payload);
+        buf[payload_start + payload.len()..batch_offset + footprint].fill(0);
+        self.filling.entries.push(PendingEntry {
+            op,
+            epoch: self.epoch,
+            kind,
+            batch_offset,
+            payload_len: payload.len() as u32,
+            payload_checksum: crc32fast::hash(payload),
+            reservation,
+        });
+        self.filling.len += footprint;
+        if kind == EntryKind::Data {
+            self.stats.appends += 1;
+        }
+        Ok((op, self.filling.done.clone()))
+    }
+}
+
+impl Journal<DmaStorage> {
+    /// Starts building a journal in `dir` (created if missing) on real
+    /// O_DIRECT files. See [`JournalBuilder`] for the settings.
+    pub fn builder(dir: impl Into<PathBuf>) -> JournalBuilder<DmaStorage> {
+        JournalBuilder::new(dir.into())
+    }
+}
+
+impl<S: Storage> Journal<S> {
+    pub(crate) async fn open_with(config: JournalConfig, storage: S) -> Result<Journal<S>> {
+        storage.prepare_dir(&config.dir).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::Unsupported {
+                Error::DirectIoUnsupported { path: config.dir.clone() }
+            } else {
+                Error::io("prepare directory", &config.dir, None, e)
+            }
+        })?;
+        let recovered = recover(&storage, &config).await?;
+        let watermark = recovered.report.watermark;
+        let predecessor = recovered.segments.last().map(|s| Predecessor {
+            generation: s.generation,
+            end: s.write_pos,
+        });
+        let generation = predecessor.map_or(1, |p| p.generation + 1);
+        // Never append into a segment that existed before: see recovery.
+        let active = create_segment(&storage, &config, generation, predecessor, watermark)
+            .await
+            .map_err(|e: CreateError| e.error)?;
+        let mut segments: VecDeque<_> = recovered.segments.into();
+        segments.push_back(active);
+        let state = State {
+            index: recovered.index,
+            segments,
+            next_op: recovered.max_op.max(watermark) + 1,
+            epoch: recovered.max_epoch,
+            durable_watermark: watermark,
+            filling: Batch::new(),
+            poisoned: None,
+            closing: false,
+            writer_running: true,
+            stats: JournalStats {
+                segments_created: 1,
+                ..JournalStats::default()
+            },
+        };
+        let shared = Rc::new(Shared {
+            config,
+            storage,
+            state: RefCell::new(state),
+            work: Rc::new(Notify::default()),
+            space: Notify::default(),
+            writer_exited: Notify::default(),
+            recovery: recovered.report,
+        });
+        glommio::spawn_local(run_writer(Rc::downgrade(&shared), shared.work.clone())).detach();
+        Ok(Journal { shared })
+    }
+
+    /// Appends `payload` as the next op (leader side). Resolves with the op
+    /// number once the entry is durable (per [`Durability`]). Concurrent
+    /// appends on the shard share one write and one fdatasync.
+    ///
+    /// Fails before any I/O with [`Error::RingFull`] when the next op's slot
+    /// still holds an op above the watermark, and with
+    /// [`Error::EntryTooLarge`] for an oversized payload.
+    pub async fn append(&self, payload: &[u8]) -> Result<u64> {
+        self.submit(Request::Append(payload)).await
+    }
+
+    /// Writes `payload` as op `op` (replica side: ops may arrive out of
+    /// order and with gaps). Resolves once durable. Rewriting an op already
+    /// present needs a strictly greater epoch (see [`Journal::set_epoch`]);
+    /// the later epoch's entry then replaces it.
+    pub async fn write(&self, op: u64, payload: &[u8]) -> Result<()> {
+        self.submit(Request::Write(op, payload)).await.map(|_| ())
+    }
+
+    async fn submit(&self, request: Request<'_>) -> Result<u64> {
+        let shared = &*self.shared;
+        let payload_len = match request {
+            Request::Append(p) | Request::Write(_, p) => p.len(),
+            Request::Watermark(_) => 0,
+        };
+        if payload_len as u64 > shared.config.entry_bytes_max {
+            return Err(Error::EntryTooLarge {
+                len: payload_len,
+                max: shared.config.entry_bytes_max as usize,
+            });
+        }
+        let footprint = entry_footprint(payload_len) as usize;
+        let batch_bytes_max = shared.config.batch_bytes_max as usize;
+        let (op, done) = loop {
+            {
+                let mut state = shared.state.borrow_mut();
+                state.usable()?;
+                if state.filling.len + footprint <= batch_bytes_max {
+                    break state.enqueue(request, &shared.config)?;
+                }
+            }
+            shared.space.wait().await;
+        };
+        shared.work.notify_all();
+        done.wait().await.map(|()| op)
+    }
+
+    /// Reads op `op`. `Ok(None)` if the journal does not hold it (never
+    /// written, or not durable yet); [`Error::BelowWatermark`] if it was
+    /// compacted; [`Error::Corruption`] if its bytes fail verification.
+    pub async fn read(&self, op: u64) -> Result<Option<Entry>> {
+        let (location, file, path, segment_bytes) = {
+            let state = self.shared.state.borrow();
+            state.usable()?;
+            match state.index.lookup(op) {
+                Lookup::Compacted => {
+                    return Err(Error::BelowWatermark {
+                        op,
+                        watermark: state.index.watermark(),
+                    })
+                }
+                Lookup::Missing | Lookup::Pending => return Ok(None),
+                Lookup::Durable(location, _) => {
+                    let segment = state
+                        .segment(location.generation)
+                        .expect("the index only points into live segments");
+                    (location, segment.file.clone(), segment.path.clone(), segment.segment_bytes)
+                }
+            }
+        };
+        let entry_bytes_max = self.shared.config.entry_bytes_max;
+        read_entry(&*file, &path, op, location, segment_bytes, entry_bytes_max).await.map(Some)
+    }
+
+    /// The ops in `range`, in op order, each present or missing. Ops at or
+    /// below the watermark yield [`Error::BelowWatermark`].
+    pub fn entries(&self, range: RangeInclusive<u64>) -> Entries<S> {
+        Entries {
+            journal: self.clone(),
+            next: *range.start(),
+            end: *range.end(),
+            done: range.is_empty(),
+        }
+    }
+
+    /// Records that every op at or below `watermark` is in a durable
+    /// snapshot: writes a watermark record and waits until it is durable,
+    /// then frees those ops' ring slots and deletes whole segments holding
+    /// only such ops (then syncs the directory). Live data is never
+    /// rewritten. A crash at any step leaves either the old watermark or the
+    /// new one, and segments that are either present or no longer needed.
+    pub async fn advance_watermark(&self, watermark: u64) -> Result<()> {
+        {
+            let state = self.shared.state.borrow();
+            state.usable()?;
+            let current = state.index.watermark();
+            if watermark < current {
+                return Err(Error::WatermarkRegression {
+                    requested: watermark,
+                    current,
+                });
+            }
+            if watermark == current {
+                return Ok(());
+            }
+            if watermark == u64::MAX {
+                return Err(Error::InvalidOp { op: watermark });
+            }
+        }
+        self.submit(Request::Watermark(watermark)).await?;
+        let retired = {
+            let mut state = self.shared.state.borrow_mut();
+            if watermark > state.index.watermark() {
+                state.index.advance(watermark);
+            }
+            state.next_op = state.next_op.max(watermark + 1);
+            let current = state.index.watermark();
+            let mut retired = Vec::new();
+            while state.segments.len() > 1 && state.segments.front().is_some_and(|s| s.max_op <= current) {
+                retired.extend(state.segments.pop_front());
+            }
+            retired
+        };
+        if retired.is_empty() {
+            return Ok(());
+        }
+        let storage = &self.shared.storage;
+        for segment in retired {
+            if let Ok(file) = Rc::try_unwrap(segment.file) {
+                let _ = file.close().await;
+            }
+            // Oldest first, stopping at a failure, so the segments left on
+            // disk stay a contiguous run of generations.
+            storage
+                .remove(&segment.path)
+                .await
+                .map_err(|e| Error::io("remove retired segment", &segment.path, None, e))?;
+            self.shared.state.borrow_mut().stats.segments_retired += 1;
+        }
+        let dir = &self.shared.config.dir;
+        if let Err(e) = storage.sync_dir(dir).await {
+            return Err(self.shared.poison(Error::io("fsync directory", dir, None, e)));
+        }
+        Ok(())
+    }
+
+    /// Sets the epoch stamped on later appends and writes. Never decreases.
+    pub fn set_epoch(&self, epoch: u64) -> Result<()> {
+        let mut state = self.shared.state.borrow_mut();
+        state.usable()?;
+        if epoch < state.epoch {
+            return Err(Error::EpochRegression {
+                requested: epoch,
+                current: state.epoch,
+            });
+        }
+        state.epoch = epoch;
+        Ok(())
+    }
+
+    /// The epoch stamped on new entries (after open: the largest recovered).
+    pub fn epoch(&self) -> u64 {
+        self.shared.state.borrow().epoch
+    }
+
+    /// The watermark: ops at or below it are compacted.
+    pub fn watermark(&self) -> u64 {
+        self.shared.state.borrow().index.watermark()
+    }
+
+    /// The op the next `append` will get.
+    pub fn next_op(&self) -> u64 {
+        self.shared.state.borrow().next_op
+    }
+
+    /// Ring slots free for new ops above the watermark.
+    pub fn remaining_capacity(&self) -> u64 {
+        self.shared.state.borrow().index.remaining_capacity()
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> JournalStats {
+        self.shared.state.borrow().stats
+    }
+
+    /// What recovery found when this journal was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.shared.recovery
+    }
+
+    /// The validated settings.
+    pub fn config(&self) -> &JournalConfig {
+        &self.shared.config
+    }
+
+    /// True once a write or fsync failed; reopen to continue.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.state.borrow().poisoned.is_some()
+    }
+
+    /// Stops accepting calls, writes what is queued, and waits for the
+    /// writer to finish. Entries queued before `close` are made durable (or
+    /// fail, if the journal is poisoned).
+    pub async fn close(&self) -> Result<()> {
+        self.shared.state.borrow_mut().closing = true;
+        self.shared.work.notify_all();
+        self.shared.space.notify_all();
+        while self.shared.state.borrow().writer_running {
+            self.shared.writer_exited.wait().await;
+        }
+        Ok(())
+    }
+}
+
+impl<S: Storage> Shared<S> {
+    fn poison(&self, error: Error) -> Error {
+        let mut state = self.state.borrow_mut();
+        if state.poisoned.is_none() {
+            tracing::error!(%error, "journal poisoned");
+            state.poisoned = Some(error.clone());
+        }
+        drop(state);
+        self.space.notify_all();
+        error
+    }
+
+    async fn write_batch(&self, mut batch: Batch<<S::File as StorageFile>::Buf>) {
+        let result = self.write_batch_inner(&mut batch).await;
+        if result.is_err() {
+            let mut state = self.state.borrow_mut();
+            for entry in batch.entries.iter() {
+                if let Some(reservation) = entry.reservation {
+                    state.index.release(entry.op, reservation);
+                }
+            }
+        }
+        batch.done.complete(result);
+    }
+
+    async fn write_batch_inner(&self, batch: &mut Batch<<S::File as StorageFile>::Buf>) -> Result<()> {
+        let total = align_up(batch.len as u64, BLOCK_BYTES);
+        let needs_rollover = {
+            let state = self.state.borrow();
+            state.usable().or_else(|e| if matches!(e, Error::Closed) { Ok(()) } else { Err(e) })?;
+            let active = state.active();
+            active.write_pos + total > active.segment_bytes
+        };
+        if needs_rollover {
+            self.rollover().await?;
+        }
+        let (file, path, generation, pos) = {
+            let state = self.state.borrow();
+            let active = state.active();
+            (active.file.clone(), active.path.clone(), active.generation, active.write_pos)
+        };
+        let mut buf = batch.buf.take().expect("a batch with entries has a buffer");
+        stamp_headers(buf.as_bytes_mut(), &batch.entries, generation, pos, batch.len);
+        buf.trim_to(total as usize);
+        if let Err(e) = file.write_at(buf, pos).await {
+            return Err(self.poison(Error::io("write", &path, Some(pos), e)));
+        }
+        let synced = self.config.durability == Durability::Sync;
+        if synced {
+            if let Err(e) = file.sync().await {
+                return Err(self.poison(Error::io("fdatasync", &path, None, e)));
+            }
+        }
+        let mut state = self.state.borrow_mut();
+        let mut max_op = 0;
+        for entry in &batch.entries {
+            match entry.kind {
+                EntryKind::Data => {
+                    let location = Location {
+                        generation,
+                        offset: (pos + entry.batch_offset as u64) as u32,
+                        payload_len: entry.payload_len,
+                    };
+                    state.index.commit(entry.op, location);
+                    max_op = max_op.max(entry.op);
+                }
+                EntryKind::Watermark => state.durable_watermark = state.durable_watermark.max(entry.op),
+                EntryKind::Padding => unreachable!("padding is added at stamping, never queued"),
+            }
+        }
+        let active = state.segments.back_mut().expect("active segment");
+        assert_eq!(active.generation, generation, "the active segment changed during a write");
+        active.write_pos = pos + total;
+        active.max_op = active.max_op.max(max_op);
+        let stats = &mut state.stats;
+        stats.writes += 1;
+        stats.fsyncs += u64::from(synced);
+        stats.bytes_written += total;
+        stats.entries_written += batch.entries.len() as u64;
+        stats.batch_entries_max = stats.batch_entries_max.max(batch.entries.len() as u64);
+        Ok(())
+    }
+
+    async fn rollover(&self) -> Result<()> {
+        let (generation, predecessor, watermark) = {
+            let state = self.state.borrow();
+            let active = state.active();
+            let predecessor = Predecessor {
+                generation: active.generation,
+                end: active.write_pos,
+            };
+            (active.generation + 1, predecessor, state.durable_watermark)
+        };
+        match create_segment(&self.storage, &self.config, generation, Some(predecessor), watermark).await {
+            Ok(segment) => {
+                let mut state = self.state.borrow_mut();
+                state.segments.push_back(segment);
+                state.stats.segments_created += 1;
+                Ok(())
+            }
+            Err(CreateError { error, poison: true }) => Err(self.poison(error)),
+            Err(CreateError { error, poison: false }) => Err(error),
+        }
+    }
+}
+
+/// Writes each entry's header into the batch buffer now that its final
+/// position is known, and fills the tail up to the block boundary.
+fn stamp_headers(buf: &mut [u8], entries: &[PendingEntry], generation: u64, pos: u64, len: usize) {
+    for (i, entry) in entries.iter().enumerate() {
+        let header = EntryHeader {
+            checksum: 0.into(),
+            magic: ENTRY_MAGIC.into(),
+            op: entry.op.into(),
+            epoch: entry.epoch.into(),
+            generation: generation.into(),
+            offset: ((pos + entry.batch_offset as u64) as u32).into(),
+            payload_len: entry.payload_len.into(),
+            payload_checksum: entry.payload_checksum.into(),
+            kind: entry.kind as u8,
+            flags: if i == 0 { FLAG_FIRST_IN_WRITE } else { 0 },
+            reserved: 0.into(),
+        }
+        .seal();
+        buf[entry.batch_offset..entry.batch_offset + ENTRY_HEADER_BYTES].copy_from_slice(header.as_bytes());
+    }
+    let end = align_up(len as u64, BLOCK_BYTES) as usize;
+    let gap = end - len;
+    buf[len..end].fill(0);
+    if gap >= ENTRY_HEADER_BYTES {
+        let padding = EntryHeader {
+            checksum: 0.into(),
+            magic: ENTRY_MAGIC.into(),
+            op: 0.into(),
+            epoch: 0.into(),
+            generation: generation.into(),
+            offset: ((pos + len as u64) as u32).into(),
+            payload_len: ((gap - ENTRY_HEADER_BYTES) as u32).into(),
+            payload_checksum: 0.into(),
+            kind: EntryKind::Padding as u8,
+            flags: 0,
+            reserved: 0.into(),
+        }
+        .seal();
+        buf[len..len + ENTRY_HEADER_BYTES].copy_from_slice(padding.as_bytes());
+    }
+}
+
+async fn read_entry<F: StorageFile>(
+    file: &F,
+    path: &Path,
+    op: u64,
+    location: Location,
+    segment_bytes: u64,
+    entry_bytes_max: u64,
+) -> Result<Entry> {
+    let offset = u64::from(location.offset);
+    let payload_len = location.payload_len as usize;
+    let start = align_down(offset, BLOCK_BYTES);
+    let end = align_up(offset + (ENTRY_HEADER_BYTES + payload_len) as u64, BLOCK_BYTES);
+    let bytes = file
+        .read_at(start, (end - start) as usize)
+        .await
+        .map_err(|e| Error::io("read", path, Some(offset), e))?;
+    let at = (offset - start) as usize;
+    let corrupt = |reason: String| Error::corruption(path, offset, reason);
+    if bytes.len() < at + ENTRY_HEADER_BYTES + payload_len {
+        return Err(corrupt(format!("file ends before op {op}'s entry")));
+    }
+    let header = check_entry_header(&bytes[at..], location.generation, offset, segment_bytes, entry_bytes_max)
+        .map_err(|fault| corrupt(format!("op {op}: {}", fault.describe())))?;
+    if header.op.get() != op || header.entry_kind() != Some(EntryKind::Data) || header.payload_len.get() != location.payload_len {
+        return Err(corrupt(format!("entry header names op {}, expected op {op}", header.op.get())));
+    }
+    let payload = &bytes[at + ENTRY_HEADER_BYTES..at + ENTRY_HEADER_BYTES + payload_len];
+    if crc32fast::hash(payload) != header.payload_checksum.get() {
+        return Err(corrupt(format!("op {op}: payload checksum mismatch")));
+    }
+    Ok(Entry {
+        op,
+        epoch: header.epoch.get(),
+        payload: payload.to_vec(),
+    })
+}
+
+/// The writer task: takes the filling batch whenever it has entries.
+async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Notify>) {
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let batch = {
+            let mut state = shared.state.borrow_mut();
+            if !state.filling.entries.is_empty() {
+                Some(std::mem::replace(&mut state.filling, Batch::new()))
+            } else if state.closing {
+                state.writer_running = false;
+                drop(state);
+                shared.writer_exited.notify_all();
+                return;
+            } else {
+                None
+            }
+        };
+        match batch {
+            Some(batch) => {
+                shared.space.notify_all();
+                shared.write_batch(batch).await;
+            }
+            None => {
+                drop(shared);
+                work.wait().await;
+            }
+        }
+    }
+}
+
+/// Async iterator over a range of ops; see [`Journal::entries`].
+#[derive(Debug)]
+pub struct Entries<S: Storage = DmaStorage> {
+    journal: Journal<S>,
+    next: u64,
+    end: u64,
+    done: bool,
+}
+
+impl<S: Storage> Entries<S> {
+    /// The next op in the range, or `None` past its end. An error ends the
+    /// iteration.
+    pub async fn next(&mut self) -> Option<Result<LogItem>> {
+        if self.done {
+            return None;
+        }
+        let op = self.next;
+        if op >= self.end {
+            self.done = true;
+        } else {
+            self.next += 1;
+        }
+        let item = match self.journal.read(op).await {
+            Ok(Some(entry)) => Ok(LogItem::Present(entry)),
+            Ok(None) => Ok(LogItem::Missing(op)),
+            Err(error) => {
+                self.done = true;
+                Err(error)
+            }
+        };
+        Some(item)
+    }
+}

@@ -1,0 +1,478 @@
+//! Recovery: scan the segments, verify every entry, rebuild the ring index,
+//! and decide what a damaged byte range means.
+//!
+//! Segments are scanned in generation order. Each one starts with a
+//! [`SegmentHeader`]; the header of segment `g + 1` records where the valid
+//! data of segment `g` ends (`prev_end`), because a segment is only created
+//! once everything before it is durable. So damage in any segment but the
+//! last lies in acknowledged data, and only the last segment can end in a
+//! torn write. Writes are serial (the next starts after the previous one's
+//! fdatasync), so at most one write — at most `batch_bytes_max` bytes — can
+//! be torn, and any valid write after it proves the damage is in the middle.
+//!
+//! # Decision table
+//!
+//! At the first position `p` where the next entry does not verify:
+//!
+//! | row | where | header at `p` | payload | valid write start within `batch_bytes_max` after `p`? | decision |
+//! |-----|-------|---------------|---------|-------------------------------------------------------|----------|
+//! | 1 | last segment | zeroed | — | no | clean end of the log at `p` |
+//! | 2 | last segment | checksum mismatch | — | no | torn tail: cut at `p` (`Strict`: error) |
+//! | 3 | last segment | valid | checksum mismatch | no | torn tail: cut at `p` (`Strict`: error) |
+//! | 4 | last segment | stale generation or wrong offset | — | no | torn tail: cut at `p` (`Strict`: error) |
+//! | 5 | last segment | any fault of rows 1–4 | any | yes | [`Error::Corruption`] at `p` |
+//! | 6 | earlier segment, before its successor's `prev_end` | any fault | any | — | [`Error::Corruption`] at `p` |
+//! | 7 | last segment | segment header invalid, no valid first entry | — | — | incomplete segment creation: file removed |
+//! | 8 | any other segment, or with a valid first entry | segment header invalid | — | — | [`Error::Corruption`] at 0 |
+//! | 9 | between segments | generation missing from the sequence | — | — | [`Error::Corruption`] naming the gap |
+//! | 10 | anywhere | two ops above the watermark in one ring slot | — | — | [`Error::Corruption`] at the later entry |
+//! | 11 | any segment | header verifies, version unknown | — | — | [`Error::UnsupportedVersion`] |
+//!
+//! A "valid write start" is an entry header that verifies, names this
+//! segment's generation and its own offset, and carries the
+//! first-in-write flag, at a block boundary. Entries in the middle of a torn
+//! write may verify too (sectors can persist out of order) but never carry
+//! that flag, so they do not make a torn tail look like mid-log damage.
+//!
+//! Recovery never writes into an existing segment: after it, the journal
+//! creates a new segment whose header records the cut, so stale bytes past
+//! a cut are never scanned as live again and a second recovery reaches the
+//! same state (rows 2–4 are decided the same way each time; row 7 removes a
+//! file that holds no data).
+
+use crate::config::{JournalConfig, Recovery};
+use crate::error::{Error, Result};
+use crate::format::{
+    align_up, check_entry_header, EntryHeader, EntryKind, HeaderFault, SegmentHeader, BLOCK_BYTES,
+    ENTRY_HEADER_BYTES, FLAG_FIRST_IN_WRITE, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_HEADER_BYTES,
+    SEGMENT_MAGIC,
+};
+use crate::index::{Location, RingIndex};
+use crate::segment::{segment_file_name, segment_generation, Segment};
+use crate::storage::{Storage, StorageFile};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use zerocopy::FromBytes;
+
+/// Bytes read per call while scanning.
+const SCAN_READ_BYTES: u64 = 4 << 20;
+const _: () = assert!(SCAN_READ_BYTES % BLOCK_BYTES == 0);
+
+/// How the scan of the last segment ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TailState {
+    /// No segments: a new journal.
+    Empty,
+    /// Zeroed space after the last entry (row 1).
+    Clean,
+    /// A torn write was cut off (rows 2–4).
+    Torn {
+        /// The segment file.
+        path: PathBuf,
+        /// Where the log now ends.
+        offset: u64,
+        /// What did not verify there.
+        reason: String,
+    },
+}
+
+/// What recovery found, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segment files scanned.
+    pub segments: usize,
+    /// Data entries that verified (including ones at or below the watermark).
+    pub entries: u64,
+    /// Bytes of entries scanned.
+    pub bytes: u64,
+    /// The recovered watermark.
+    pub watermark: u64,
+    /// How the log ended.
+    pub tail: TailState,
+    /// A segment removed because its creation never completed (row 7).
+    pub removed_incomplete: Option<PathBuf>,
+}
+
+pub(crate) struct Recovered<F> {
+    pub segments: Vec<Segment<F>>,
+    pub index: RingIndex,
+    pub max_op: u64,
+    pub max_epoch: u64,
+    pub report: RecoveryReport,
+}
+
+/// Reads a file through an aligned, growing window.
+struct ScanReader<'a, F: StorageFile> {
+    file: &'a F,
+    file_len: u64,
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl<'a, F: StorageFile> ScanReader<'a, F> {
+    fn new(file: &'a F, file_len: u64) -> Self {
+        ScanReader {
+            file,
+            file_len,
+            start: 0,
+            bytes: Vec::new(),
+        }
+    }
+
+    /// Bytes `[pos, pos + len)`, or fewer at end of file.
+    async fn get(&mut self, pos: u64, len: u64) -> std::io::Result<&[u8]> {
+        let end = (pos + len).min(self.file_len);
+        if pos < self.start || end > self.start + self.bytes.len() as u64 {
+            let read_start = crate::format::align_down(pos, BLOCK_BYTES);
+            let read_end = align_up(end.max(read_start + SCAN_READ_BYTES), BLOCK_BYTES).min(align_up(self.file_len, BLOCK_BYTES));
+            let read = self.file.read_at(read_start, (read_end - read_start) as usize).await?;
+            self.start = read_start;
+            self.bytes.clear();
+            self.bytes.extend_from_slice(&read);
+        }
+        let from = (pos - self.start) as usize;
+        let to = ((end - self.start) as usize).min(self.bytes.len()).max(from);
+        Ok(&self.bytes[from..to])
+    }
+}
+
+fn read_error(path: &Path, offset: u64) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |err| Error::io("read", path, Some(offset), err)
+}
+
+struct SegmentScan {
+    max_op: u64,
+    max_epoch: u64,
+    entries: u64,
+    bytes: u64,
+    watermark: u64,
+    valid_end: u64,
+    tail: TailState,
+}
+
+pub(crate) async fn recover<S: Storage>(storage: &S, config: &JournalConfig) -> Result<Recovered<S::File>> {
+    let dir = &config.dir;
+    let names = storage.list_dir(dir).map_err(|e| Error::io("list directory", dir, None, e))?;
+    let mut generations: Vec<u64> = names.iter().filter_map(|name| segment_generation(name)).collect();
+    generations.sort_unstable();
+
+    let mut report = RecoveryReport {
+        segments: 0,
+        entries: 0,
+        bytes: 0,
+        watermark: 0,
+        tail: TailState::Empty,
+        removed_incomplete: None,
+    };
+    for pair in generations.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(Error::corruption(
+                dir.join(segment_file_name(pair[0] + 1)),
+                0,
+                format!("segment generation {} is missing between {} and {}", pair[0] + 1, pair[0], pair[1]),
+            ));
+        }
+    }
+
+    // Open every segment and read its header first: each header bounds its
+    // predecessor.
+    let mut opened: Vec<(u64, PathBuf, S::File, u64, SegmentHeader)> = Vec::new();
+    for (i, generation) in generations.iter().copied().enumerate() {
+        let path = dir.join(segment_file_name(generation));
+        let file = storage.open(&path).await.map_err(|e| Error::io("open", &path, None, e))?;
+        let len = file.len().await.map_err(|e| Error::io("stat", &path, None, e))?;
+        let Some(header) = read_segment_header(&file, &path, generation, len).await? else {
+            let is_last = i + 1 == generations.len();
+            if !is_last || first_entry_verifies(&file, generation, len).await {
+                return Err(Error::corruption(&path, 0, "segment header does not verify"));
+            }
+            // Row 7: the crash came before the header was durable, so no
+            // write can have gone to this segment.
+            let _ = file.close().await;
+            storage.remove(&path).await.map_err(|e| Error::io("remove incomplete segment", &path, None, e))?;
+            storage.sync_dir(dir).await.map_err(|e| Error::io("fsync directory", dir, None, e))?;
+            tracing::warn!(path = %path.display(), "removed a segment whose creation did not complete");
+            report.removed_incomplete = Some(path);
+            continue;
+        };
+        opened.push((generation, path, file, len, header));
+    }
+
+    let mut index = RingIndex::new(config.slot_count, 0);
+    let mut segments = Vec::with_capacity(opened.len());
+    let mut watermark = 0;
+    let mut max_op = 0;
+    let mut max_epoch = 0;
+    let count = opened.len();
+    let successors: Vec<Option<SegmentHeader>> = (0..count).map(|i| opened.get(i + 1).map(|o| o.4)).collect();
+    for (i, (generation, path, file, len, header)) in opened.into_iter().enumerate() {
+        let end_limit = match successors[i] {
+            Some(next) if next.prev_generation.get() != generation => {
+                return Err(Error::corruption(
+                    dir.join(segment_file_name(generation + 1)),
+                    0,
+                    format!(
+                        "segment header names previous generation {}, expected {generation}",
+                        next.prev_generation.get()
+                    ),
+                ));
+            }
+            Some(next) => Some(next.prev_end.get()),
+            None => None,
+        };
+        watermark = watermark.max(header.watermark.get());
+        let scan = scan_segment(&file, &path, &header, len, end_limit, config, &mut index).await?;
+        watermark = watermark.max(scan.watermark);
+        max_op = max_op.max(scan.max_op);
+        max_epoch = max_epoch.max(scan.max_epoch);
+        report.entries += scan.entries;
+        report.bytes += scan.bytes;
+        if i + 1 == count {
+            report.tail = scan.tail;
+        }
+        segments.push(Segment {
+            generation,
+            path,
+            file: Rc::new(file),
+            segment_bytes: header.segment_bytes.get(),
+            write_pos: scan.valid_end,
+            max_op: scan.max_op,
+        });
+    }
+    report.segments = segments.len();
+    report.watermark = watermark;
+    if let Some(op) = index.finish_recovery(watermark) {
+        return Err(Error::corruption(
+            dir,
+            0,
+            format!("op {op} shares its ring slot with a later op while above the watermark {watermark}"),
+        ));
+    }
+    Ok(Recovered {
+        segments,
+        index,
+        max_op,
+        max_epoch,
+        report,
+    })
+}
+
+async fn read_segment_header<F: StorageFile>(
+    file: &F,
+    path: &Path,
+    generation: u64,
+    len: u64,
+) -> Result<Option<SegmentHeader>> {
+    if len < BLOCK_BYTES {
+        return Ok(None);
+    }
+    let block = file.read_at(0, BLOCK_BYTES as usize).await.map_err(read_error(path, 0))?;
+    let Ok((header, _)) = SegmentHeader::read_from_prefix(&block[..SEGMENT_HEADER_BYTES.min(block.len())]) else {
+        return Ok(None);
+    };
+    if header.magic.get() != SEGMENT_MAGIC || header.checksum.get() != header.compute_checksum() {
+        return Ok(None);
+    }
+    if header.version.get() != FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: header.version.get(),
+            supported: FORMAT_VERSION,
+        });
+    }
+    let bad = |reason: String| Err(Error::corruption(path, 0, reason));
+    if header.generation.get() != generation {
+        return bad(format!("segment header names generation {}", header.generation.get()));
+    }
+    if u64::from(header.data_offset.get()) != SEGMENT_DATA_OFFSET {
+        return bad(format!("segment header names data offset {}", header.data_offset.get()));
+    }
+    let segment_bytes = header.segment_bytes.get();
+    if segment_bytes % BLOCK_BYTES != 0 || segment_bytes <= SEGMENT_DATA_OFFSET || len < segment_bytes {
+        return bad(format!("segment header names size {segment_bytes}, file holds {len}"));
+    }
+    if header.batch_bytes_max.get() % BLOCK_BYTES != 0 || header.batch_bytes_max.get() == 0 {
+        return bad(format!("segment header names batch size {}", header.batch_bytes_max.get()));
+    }
+    Ok(Some(header))
+}
+
+/// True if the first block of data holds a verifying write start.
+async fn first_entry_verifies<F: StorageFile>(file: &F, generation: u64, len: u64) -> bool {
+    if len < SEGMENT_DATA_OFFSET + BLOCK_BYTES {
+        return false;
+    }
+    match file.read_at(SEGMENT_DATA_OFFSET, BLOCK_BYTES as usize).await {
+        Ok(block) => check_entry_header(&block, generation, SEGMENT_DATA_OFFSET, len, u64::MAX)
+            .is_ok_and(|h| h.flags & FLAG_FIRST_IN_WRITE != 0),
+        // Unreadable: treat as data, so the caller reports corruption
+        // rather than deleting something it could not inspect.
+        Err(_) => true,
+    }
+}
+
+async fn scan_segment<F: StorageFile>(
+    file: &F,
+    path: &Path,
+    segment: &SegmentHeader,
+    file_len: u64,
+    end_limit: Option<u64>,
+    config: &JournalConfig,
+    index: &mut RingIndex,
+) -> Result<SegmentScan> {
+    let generation = segment.generation.get();
+    let segment_bytes = segment.segment_bytes.get();
+    let limit = end_limit.unwrap_or(segment_bytes).min(segment_bytes);
+    let mut reader = ScanReader::new(file, file_len);
+    let mut scan = SegmentScan {
+        max_op: 0,
+        max_epoch: 0,
+        entries: 0,
+        bytes: 0,
+        watermark: 0,
+        valid_end: SEGMENT_DATA_OFFSET,
+        tail: TailState::Clean,
+    };
+    let mut pos = SEGMENT_DATA_OFFSET;
+    // After the header block, padding, or a skipped gap the next entry must
+    // start a write.
+    let mut expect_first = true;
+    loop {
+        let to_boundary = BLOCK_BYTES - pos % BLOCK_BYTES;
+        if to_boundary != BLOCK_BYTES && to_boundary < ENTRY_HEADER_BYTES as u64 {
+            pos = align_up(pos, BLOCK_BYTES);
+            expect_first = true;
+        }
+        scan.valid_end = pos;
+        if pos + ENTRY_HEADER_BYTES as u64 > limit {
+            return Ok(scan);
+        }
+        let bytes = reader.get(pos, ENTRY_HEADER_BYTES as u64).await.map_err(read_error(path, pos))?;
+        let header = match check_entry_header(bytes, generation, pos, segment_bytes, config.entry_bytes_max) {
+            Ok(h) if expect_first && h.flags & FLAG_FIRST_IN_WRITE == 0 => Err(HeaderFault::Invalid),
+            Ok(h) if pos + h.footprint() > limit => Err(HeaderFault::Invalid),
+            other => other,
+        };
+        let header = match header {
+            Ok(header) => header,
+            Err(fault) => {
+                let damage = Damage {
+                    offset: pos,
+                    reason: fault.describe(),
+                    zeroed: fault == HeaderFault::Zeroed,
+                };
+                return finish_at_damage(&mut reader, path, segment, end_limit, config, scan, damage).await;
+            }
+        };
+        let kind = header.entry_kind().expect("check_entry_header validated the kind");
+        if kind == EntryKind::Data {
+            let len = u64::from(header.payload_len.get());
+            let payload = reader
+                .get(pos + ENTRY_HEADER_BYTES as u64, len)
+                .await
+                .map_err(read_error(path, pos))?;
+            if payload.len() as u64 != len || crc32fast::hash(payload) != header.payload_checksum.get() {
+                let damage = Damage {
+                    offset: pos,
+                    reason: "payload checksum mismatch",
+                    zeroed: false,
+                };
+                return finish_at_damage(&mut reader, path, segment, end_limit, config, scan, damage).await;
+            }
+            record_entry(&mut scan, &header, index);
+        } else if kind == EntryKind::Watermark {
+            scan.watermark = scan.watermark.max(header.op.get());
+        }
+        pos += header.footprint();
+        expect_first = kind == EntryKind::Padding;
+    }
+}
+
+fn record_entry(scan: &mut SegmentScan, header: &EntryHeader, index: &mut RingIndex) {
+    let op = header.op.get();
+    let epoch = header.epoch.get();
+    scan.max_op = scan.max_op.max(op);
+    scan.max_epoch = scan.max_epoch.max(epoch);
+    scan.entries += 1;
+    scan.bytes += header.footprint();
+    let location = Location {
+        generation: header.generation.get(),
+        offset: header.offset.get(),
+        payload_len: header.payload_len.get(),
+    };
+    index.insert_recovered(op, epoch, location);
+}
+
+struct Damage {
+    offset: u64,
+    reason: &'static str,
+    zeroed: bool,
+}
+
+/// Applies the decision table (rows 1–6) to damage found at `damage.offset`.
+async fn finish_at_damage<F: StorageFile>(
+    reader: &mut ScanReader<'_, F>,
+    path: &Path,
+    segment: &SegmentHeader,
+    end_limit: Option<u64>,
+    config: &JournalConfig,
+    mut scan: SegmentScan,
+    damage: Damage,
+) -> Result<SegmentScan> {
+    let offset = damage.offset;
+    if end_limit.is_some() {
+        // Row 6: a later segment exists, so this data was durable.
+        return Err(Error::corruption(path, offset, damage.reason));
+    }
+    if let Some(later) = find_write_start_after(reader, path, segment, offset).await? {
+        // Row 5.
+        return Err(Error::corruption(
+            path,
+            offset,
+            format!("{}, but a valid write starts later at offset {later}", damage.reason),
+        ));
+    }
+    scan.valid_end = offset;
+    if damage.zeroed {
+        // Row 1.
+        scan.tail = TailState::Clean;
+        return Ok(scan);
+    }
+    if config.recovery == Recovery::Strict {
+        return Err(Error::corruption(path, offset, format!("{} (torn tail; recovery is Strict)", damage.reason)));
+    }
+    // Rows 2–4.
+    tracing::warn!(path = %path.display(), offset, reason = damage.reason, "cutting a torn tail");
+    scan.tail = TailState::Torn {
+        path: path.to_path_buf(),
+        offset,
+        reason: damage.reason.to_string(),
+    };
+    Ok(scan)
+}
+
+/// The first block boundary after `offset`, within one write's reach,
+/// holding a verifying entry header flagged first-in-write.
+async fn find_write_start_after<F: StorageFile>(
+    reader: &mut ScanReader<'_, F>,
+    path: &Path,
+    segment: &SegmentHeader,
+    offset: u64,
+) -> Result<Option<u64>> {
+    let generation = segment.generation.get();
+    let segment_bytes = segment.segment_bytes.get();
+    let reach = (offset + segment.batch_bytes_max.get()).min(segment_bytes);
+    let mut candidate = align_up(offset + 1, BLOCK_BYTES);
+    while candidate + ENTRY_HEADER_BYTES as u64 <= reach {
+        let bytes = reader
+            .get(candidate, ENTRY_HEADER_BYTES as u64)
+            .await
+            .map_err(read_error(path, candidate))?;
+        let verified = check_entry_header(bytes, generation, candidate, segment_bytes, u64::MAX);
+        if verified.is_ok_and(|h| h.flags & FLAG_FIRST_IN_WRITE != 0) {
+            return Ok(Some(candidate));
+        }
+        candidate += BLOCK_BYTES;
+    }
+    Ok(None)
+}

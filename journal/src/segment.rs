@@ -1,0 +1,166 @@
+//! Segment files: naming, creation, and the bookkeeping kept per segment.
+//!
+//! The log is a sequence of preallocated segment files named by a
+//! generation number that only grows. A segment is created complete —
+//! space reserved, header written and synced, directory synced — before any
+//! entry is written to it, so a segment whose header does not verify can
+//! only be one whose creation a crash interrupted.
+
+use crate::config::{JournalConfig, Preallocation};
+use crate::error::{Error, Result};
+use crate::format::{SegmentHeader, BLOCK_BYTES, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_MAGIC};
+use crate::storage::{IoBuf, Storage, StorageFile};
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use zerocopy::IntoBytes;
+
+const SEGMENT_PREFIX: &str = "segment-";
+const SEGMENT_SUFFIX: &str = ".wal";
+
+/// Bytes written per call when zero-filling a segment.
+const ZERO_FILL_WRITE_BYTES: u64 = 1 << 20;
+const _: () = assert!(ZERO_FILL_WRITE_BYTES % BLOCK_BYTES == 0);
+
+/// File name of segment `generation`: fixed width, so names sort by
+/// generation.
+pub fn segment_file_name(generation: u64) -> String {
+    format!("{SEGMENT_PREFIX}{generation:016x}{SEGMENT_SUFFIX}")
+}
+
+/// The generation in a segment file name, if it is one.
+pub fn segment_generation(name: &OsStr) -> Option<u64> {
+    let name = name.to_str()?;
+    let hex = name.strip_prefix(SEGMENT_PREFIX)?.strip_suffix(SEGMENT_SUFFIX)?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok().filter(|g| *g > 0)
+}
+
+/// An open segment and what the journal knows about it.
+#[derive(Debug)]
+pub(crate) struct Segment<F> {
+    pub generation: u64,
+    pub path: PathBuf,
+    pub file: Rc<F>,
+    pub segment_bytes: u64,
+    /// Next write offset (for older segments: end of valid data).
+    pub write_pos: u64,
+    /// Largest data op written to it; it may be retired once the watermark
+    /// reaches this.
+    pub max_op: u64,
+}
+
+/// Where a new segment continues from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Predecessor {
+    pub generation: u64,
+    pub end: u64,
+}
+
+/// Failure creating a segment: whether the journal must be poisoned.
+pub(crate) struct CreateError {
+    pub error: Error,
+    pub poison: bool,
+}
+
+/// Creates segment `generation`: reserve space, write and sync the header,
+/// sync the directory. On a failure before the header is written the file
+/// is removed again and the journal stays usable (e.g. ENOSPC).
+pub(crate) async fn create_segment<S: Storage>(
+    storage: &S,
+    config: &JournalConfig,
+    generation: u64,
+    predecessor: Option<Predecessor>,
+    watermark: u64,
+) -> Result<Segment<S::File>, CreateError> {
+    let path = config.dir.join(segment_file_name(generation));
+    let usable = |error: Error| CreateError { error, poison: false };
+    let fatal = |error: Error| CreateError { error, poison: true };
+    let file = storage
+        .create(&path)
+        .await
+        .map_err(|e| usable(Error::io("create segment", &path, None, e)))?;
+    if let Err(error) = reserve_space(&file, config, &path).await {
+        let _ = file.close().await;
+        if let Err(e) = storage.remove(&path).await {
+            return Err(fatal(Error::io("remove half-created segment", &path, None, e)));
+        }
+        return Err(usable(error));
+    }
+    let header = SegmentHeader {
+        checksum: 0.into(),
+        magic: SEGMENT_MAGIC.into(),
+        version: FORMAT_VERSION.into(),
+        data_offset: (SEGMENT_DATA_OFFSET as u32).into(),
+        generation: generation.into(),
+        segment_bytes: config.segment_bytes.into(),
+        batch_bytes_max: config.batch_bytes_max.into(),
+        prev_generation: predecessor.map_or(0, |p| p.generation).into(),
+        prev_end: predecessor.map_or(0, |p| p.end).into(),
+        watermark: watermark.into(),
+    }
+    .seal();
+    let mut block = file.alloc_buf(BLOCK_BYTES as usize);
+    block.as_bytes_mut().fill(0);
+    block.as_bytes_mut()[..size_of::<SegmentHeader>()].copy_from_slice(header.as_bytes());
+    file.write_at(block, 0)
+        .await
+        .map_err(|e| fatal(Error::io("write segment header", &path, Some(0), e)))?;
+    file.sync()
+        .await
+        .map_err(|e| fatal(Error::io("fdatasync", &path, None, e)))?;
+    storage
+        .sync_dir(&config.dir)
+        .await
+        .map_err(|e| fatal(Error::io("fsync directory", &config.dir, None, e)))?;
+    Ok(Segment {
+        generation,
+        path,
+        file: Rc::new(file),
+        segment_bytes: config.segment_bytes,
+        write_pos: SEGMENT_DATA_OFFSET,
+        max_op: 0,
+    })
+}
+
+async fn reserve_space<F: StorageFile>(file: &F, config: &JournalConfig, path: &std::path::Path) -> Result<()> {
+    let zero_fill = match file.allocate(config.segment_bytes).await {
+        Ok(()) => config.preallocation == Preallocation::ZeroFill,
+        // No fallocate here (some filesystems): write zeros instead.
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => true,
+        Err(e) => return Err(Error::io("fallocate", path, None, e)),
+    };
+    if zero_fill {
+        let mut pos = 0;
+        while pos < config.segment_bytes {
+            let len = ZERO_FILL_WRITE_BYTES.min(config.segment_bytes - pos);
+            let mut buf = file.alloc_buf(len as usize);
+            buf.as_bytes_mut().fill(0);
+            file.write_at(buf, pos)
+                .await
+                .map_err(|e| Error::io("zero-fill segment", path, Some(pos), e))?;
+            pos += len;
+        }
+        file.sync().await.map_err(|e| Error::io("fdatasync", path, None, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_sort() {
+        for generation in [1, 2, 255, u64::MAX] {
+            let name = segment_file_name(generation);
+            assert_eq!(segment_generation(OsStr::new(&name)), Some(generation));
+        }
+        assert!(segment_file_name(9) < segment_file_name(10));
+        for other in ["segment-0.wal", "segment-0000000000000000.wal", "x.wal", "segment-000000000000000g.wal"] {
+            assert_eq!(segment_generation(OsStr::new(other)), None, "{other}");
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The real backend: glommio DMA files (O_DIRECT, io_uring).
+//!
+//! # The polled-I/O probe pitfall
+//!
+//! glommio 0.9 decides, once per executor thread and block device, whether
+//! the device supports polled I/O, by reading the first `DmaFile` opened on
+//! it. If that file is empty the read "succeeds" without reaching the device,
+//! polling is wrongly cached as supported, and every later DMA read on the
+//! device fails with `EOPNOTSUPP` (glommio issues #605 and #670). Two guards:
+//!
+//! 1. [`DmaStorage::prepare_dir`] opens a non-empty probe file first, so when
+//!    the journal is the first user on its thread the probe answers right.
+//! 2. If something else on the thread already opened an empty file, reads
+//!    still fail with `EOPNOTSUPP`; [`DmaFileHandle`] then reads through a
+//!    buffered handle on the same file from then on. Buffered reads see what
+//!    O_DIRECT writes wrote (the kernel invalidates cached pages on direct
+//!    writes). Writes are unaffected: they take the same path either way.
+
+use super::{IoBuf, Storage, StorageFile};
+use glommio::io::{BufferedFile, DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashSet,
+    ffi::OsString,
+    io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    rc::Rc,
+};
+
+/// Name of the short-lived probe file written by `prepare_dir`.
+const PROBE_FILE_NAME: &str = ".ringstore-iopoll-probe";
+
+/// Size of the probe file: one block, so the probe read reaches the device.
+const PROBE_FILE_BYTES: usize = 4096;
+
+/// `f_type` of tmpfs (linux/magic.h).
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+thread_local! {
+    /// Devices whose polled-I/O support this thread has already probed.
+    static PROBED_DEVICES: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
+}
+
+/// Files on a real filesystem through glommio's O_DIRECT `DmaFile`.
+#[derive(Debug, Clone, Default)]
+pub struct DmaStorage {
+    allow_buffered_io: bool,
+}
+
+impl DmaStorage {
+    /// A backend that refuses filesystems without O_DIRECT.
+    pub fn new() -> DmaStorage {
+        DmaStorage::default()
+    }
+
+    /// A backend that accepts tmpfs, where glommio falls back to buffered
+    /// I/O. fdatasync still runs, so durability is whatever the filesystem
+    /// gives (for tmpfs: nothing survives a reboot).
+    pub fn allowing_buffered_io() -> DmaStorage {
+        DmaStorage { allow_buffered_io: true }
+    }
+}
+
+fn unsupported_direct_io(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{}: filesystem does not support O_DIRECT", path.display()),
+    )
+}
+
+impl Storage for DmaStorage {
+    type File = DmaFileHandle;
+
+    async fn prepare_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let fs = rustix::fs::statfs(dir)?;
+        #[expect(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
+        let is_tmpfs = fs.f_type as i64 == TMPFS_MAGIC;
+        if is_tmpfs && !self.allow_buffered_io {
+            return Err(unsupported_direct_io(dir));
+        }
+        let device = std::fs::metadata(dir)?.dev();
+        if PROBED_DEVICES.with(|probed| probed.borrow().contains(&device)) {
+            return Ok(());
+        }
+        // A non-empty file, so glommio's polled-I/O probe reads real blocks.
+        let probe_path = dir.join(PROBE_FILE_NAME);
+        std::fs::write(&probe_path, [0u8; PROBE_FILE_BYTES])?;
+        let opened = DmaFile::open(&probe_path).await.map_err(io::Error::from);
+        let _ = std::fs::remove_file(&probe_path);
+        let probe = match opened {
+            Ok(file) => file,
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => return Err(unsupported_direct_io(dir)),
+            Err(err) => return Err(err),
+        };
+        let _ = probe.close().await;
+        PROBED_DEVICES.with(|probed| probed.borrow_mut().insert(device));
+        Ok(())
+    }
+
+    async fn create(&self, path: &Path) -> io::Result<DmaFileHandle> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .dma_open(path)
+            .await
+            .map_err(|err| map_open_error(err.into(), path))?;
+        Ok(DmaFileHandle::new(file, path))
+    }
+
+    async fn open(&self, path: &Path) -> io::Result<DmaFileHandle> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(path)
+            .await
+            .map_err(|err| map_open_error(err.into(), path))?;
+        Ok(DmaFileHandle::new(file, path))
+    }
+
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        glommio::io::remove(path).await.map_err(io::Error::from)
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let handle = glommio::io::Directory::open(dir).await?;
+        let synced = handle.sync().await;
+        let _ = handle.close().await;
+        synced.map_err(io::Error::from)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+        std::fs::read_dir(dir)?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect()
+    }
+}
+
+fn map_open_error(err: io::Error, path: &Path) -> io::Error {
+    if err.raw_os_error() == Some(libc::EINVAL) {
+        unsupported_direct_io(path)
+    } else {
+        err
+    }
+}
+
+/// An open DMA file, with the buffered read fallback described in the
+/// module docs.
+#[derive(Debug)]
+pub struct DmaFileHandle {
+    file: DmaFile,
+    path: PathBuf,
+    dma_reads_fail: Cell<bool>,
+    buffered: RefCell<Option<Rc<BufferedFile>>>,
+}
+
+impl DmaFileHandle {
+    fn new(file: DmaFile, path: &Path) -> DmaFileHandle {
+        DmaFileHandle {
+            file,
+            path: path.to_path_buf(),
+            dma_reads_fail: Cell::new(false),
+            buffered: RefCell::new(None),
+        }
+    }
+
+    async fn buffered_reader(&self) -> io::Result<Rc<BufferedFile>> {
+        if let Some(file) = self.buffered.borrow().as_ref() {
+            return Ok(file.clone());
+        }
+        let file = Rc::new(BufferedFile::open(&self.path).await?);
+        *self.buffered.borrow_mut() = Some(file.clone());
+        Ok(file)
+    }
+}
+
+impl IoBuf for DmaBuffer {
+    fn as_bytes(&self) -> &[u8] {
+        DmaBuffer::as_bytes(self)
+    }
+    fn as_bytes_mut(&mut self) -> &mut [u8] {
+        DmaBuffer::as_bytes_mut(self)
+    }
+    fn trim_to(&mut self, len: usize) {
+        self.trim_to_size(len);
+    }
+}
+
+impl StorageFile for DmaFileHandle {
+    type Buf = DmaBuffer;
+    type ReadBuf = ReadResult;
+
+    fn alloc_buf(&self, len: usize) -> DmaBuffer {
+        self.file.alloc_dma_buffer(len)
+    }
+
+    async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {
+        let len = buf.len();
+        let written = self.file.write_at(buf, pos).await?;
+        if written != len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {len} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<ReadResult> {
+        if !self.dma_reads_fail.get() {
+            match self.file.read_at_aligned(pos, len).await {
+                Ok(read) => return Ok(read),
+                Err(err) => {
+                    let err = io::Error::from(err);
+                    if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                        return Err(err);
+                    }
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        "O_DIRECT reads fail with EOPNOTSUPP (glommio cached wrong polled-I/O \
+                         support for this device); reading through the page cache instead"
+                    );
+                    self.dma_reads_fail.set(true);
+                }
+            }
+        }
+        let reader = self.buffered_reader().await?;
+        Ok(reader.read_at(pos, len).await?)
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        Ok(self.file.fdatasync().await?)
+    }
+
+    async fn allocate(&self, len: u64) -> io::Result<()> {
+        Ok(self.file.pre_allocate(len, false).await?)
+    }
+
+    async fn len(&self) -> io::Result<u64> {
+        Ok(self.file.file_size().await?)
+    }
+
+    async fn close(self) -> io::Result<()> {
+        let buffered = self.buffered.borrow_mut().take();
+        if let Some(buffered) = buffered {
+            if let Ok(file) = Rc::try_unwrap(buffered) {
+                let _ = file.close().await;
+            }
+        }
+        Ok(self.file.close().await?)
+    }
+}

@@ -1,0 +1,87 @@
+//! Storage backends: the small set of file and directory calls the journal
+//! (and, later, snapshots and the cache) make, behind one trait so the same
+//! code runs on real O_DIRECT files and on an in-memory disk that can crash.
+//!
+//! * [`DmaStorage`] — glommio DMA files (O_DIRECT, io_uring). The real path.
+//! * [`MemStorage`] — an in-memory disk that keeps what was written apart
+//!   from what was made durable, so a simulated crash drops exactly what a
+//!   power loss may drop, and that can inject failures (EIO, ENOSPC, a failed
+//!   fsync).
+//!
+//! Contracts every backend keeps:
+//! * `write_at` and `read_at` take block-aligned offsets and lengths
+//!   ([`crate::format::BLOCK_BYTES`]).
+//! * A write is durable only once a later `sync` of its file returned `Ok`.
+//! * A create or remove is durable only once a later `sync_dir` of its
+//!   directory returned `Ok`.
+//! * After a failed `write_at` or `sync` nothing about the file's contents is
+//!   promised; the caller poisons itself.
+//!
+//! The traits use `async fn`: every backend runs on one glommio reactor
+//! thread, so the futures need not be `Send`.
+
+mod dma;
+mod mem;
+
+pub use dma::{DmaFileHandle, DmaStorage};
+pub use mem::{MemBuf, MemFile, MemStorage};
+
+use std::{ffi::OsString, io, ops::Deref, path::Path};
+
+/// A writable, aligned buffer that a [`StorageFile`] can write.
+pub trait IoBuf {
+    /// The bytes.
+    fn as_bytes(&self) -> &[u8];
+    /// The bytes, mutable.
+    fn as_bytes_mut(&mut self) -> &mut [u8];
+    /// Shortens the buffer to `len` bytes (an aligned length).
+    fn trim_to(&mut self, len: usize);
+}
+
+/// A directory of files: create, open, list, remove, and make those durable.
+#[expect(async_fn_in_trait, reason = "backends run on one reactor thread; futures need not be Send")]
+pub trait Storage: Clone + 'static {
+    /// The file handle type.
+    type File: StorageFile;
+
+    /// Creates `dir` if missing and checks that it can hold journal files
+    /// (for real disks: O_DIRECT support).
+    async fn prepare_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Creates a new file for reading and writing; fails if it exists.
+    async fn create(&self, path: &Path) -> io::Result<Self::File>;
+    /// Opens an existing file for reading and writing.
+    async fn open(&self, path: &Path) -> io::Result<Self::File>;
+    /// Removes a file. Durable after `sync_dir`.
+    async fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes creates and removes in `dir` durable.
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the entries in `dir`.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<OsString>>;
+}
+
+/// One open file.
+#[expect(async_fn_in_trait, reason = "backends run on one reactor thread; futures need not be Send")]
+pub trait StorageFile: 'static {
+    /// Buffer type for writes.
+    type Buf: IoBuf;
+    /// Buffer type returned by reads.
+    type ReadBuf: Deref<Target = [u8]>;
+
+    /// Allocates an aligned write buffer of `len` bytes. Its contents are
+    /// unspecified: the caller fills every byte it writes.
+    fn alloc_buf(&self, len: usize) -> Self::Buf;
+    /// Writes all of `buf` at `pos`. Takes the buffer by value: the kernel
+    /// owns it while the write is in flight.
+    async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<()>;
+    /// Reads up to `len` bytes at `pos`; shorter only at end of file.
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf>;
+    /// fdatasync: makes completed writes durable.
+    async fn sync(&self) -> io::Result<()>;
+    /// Reserves `len` bytes of disk space for the file (fallocate). May fail
+    /// with `EOPNOTSUPP`; the caller then writes zeros instead.
+    async fn allocate(&self, len: u64) -> io::Result<()>;
+    /// Current length in bytes.
+    async fn len(&self) -> io::Result<u64>;
+    /// Closes the handle.
+    async fn close(self) -> io::Result<()>;
+}
