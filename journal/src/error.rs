@@ -180,7 +180,7 @@ impl Error {
     /// Wraps an I/O error with its context. ENOSPC becomes [`Error::NoSpace`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, offset: Option<u64>, source: io::Error) -> Error {
         let path = path.into();
-        if source.raw_os_error() == Some(libc::ENOSPC) {
+        if crate::storage::is_errno(&source, libc::ENOSPC) {
             return Error::NoSpace { op, path };
         }
         Error::Io {

@@ -129,7 +129,7 @@ async fn reserve_space<F: StorageFile>(file: &F, config: &JournalConfig, path: &
     let zero_fill = match file.allocate(config.segment_bytes).await {
         Ok(()) => config.preallocation == Preallocation::ZeroFill,
         // No fallocate here (some filesystems): write zeros instead.
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => true,
+        Err(e) if crate::storage::is_errno(&e, libc::EOPNOTSUPP) => true,
         Err(e) => return Err(Error::io("fallocate", path, None, e)),
     };
     if zero_fill {

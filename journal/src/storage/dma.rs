@@ -16,7 +16,7 @@
 //!    O_DIRECT writes wrote (the kernel invalidates cached pages on direct
 //!    writes). Writes are unaffected: they take the same path either way.
 
-use super::{IoBuf, Storage, StorageFile};
+use super::{is_errno, IoBuf, Storage, StorageFile};
 use glommio::io::{BufferedFile, DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use std::{
     cell::{Cell, RefCell},
@@ -91,7 +91,9 @@ impl Storage for DmaStorage {
         let _ = std::fs::remove_file(&probe_path);
         let probe = match opened {
             Ok(file) => file,
-            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => return Err(unsupported_direct_io(dir)),
+            Err(err) if is_errno(&err, libc::EINVAL) => {
+                return Err(unsupported_direct_io(dir))
+            }
             Err(err) => return Err(err),
         };
         let _ = probe.close().await;
@@ -139,7 +141,7 @@ impl Storage for DmaStorage {
 }
 
 fn map_open_error(err: io::Error, path: &Path) -> io::Error {
-    if err.raw_os_error() == Some(libc::EINVAL) {
+    if is_errno(&err, libc::EINVAL) {
         unsupported_direct_io(path)
     } else {
         err
@@ -214,7 +216,7 @@ impl StorageFile for DmaFileHandle {
                 Ok(read) => return Ok(read),
                 Err(err) => {
                     let err = io::Error::from(err);
-                    if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                    if !is_errno(&err, libc::EOPNOTSUPP) {
                         return Err(err);
                     }
                     tracing::warn!(

@@ -85,3 +85,19 @@ pub trait StorageFile: 'static {
     /// Closes the handle.
     async fn close(self) -> io::Result<()>;
 }
+
+/// True if `err` is the OS error `errno`. glommio wraps OS errors in its own
+/// type and converting back to `io::Error` keeps only the kind, so a kindless
+/// match on the kind is accepted too.
+pub(crate) fn is_errno(err: &io::Error, errno: i32) -> bool {
+    if let Some(raw) = err.raw_os_error() {
+        return raw == errno;
+    }
+    let kind = match errno {
+        libc::ENOSPC => io::ErrorKind::StorageFull,
+        libc::EOPNOTSUPP => io::ErrorKind::Unsupported,
+        libc::EINVAL => io::ErrorKind::InvalidInput,
+        _ => return false,
+    };
+    err.kind() == kind
+}

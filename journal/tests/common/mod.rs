@@ -1,0 +1,60 @@
+//! Helpers shared by the journal's integration tests.
+#![allow(dead_code)]
+
+use ringstore_journal::format::{EntryHeader, ENTRY_HEADER_BYTES};
+use ringstore_journal::segment_file_name;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Runs `test` on a fresh glommio executor thread and propagates panics.
+pub fn run<F, Fut>(test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    glommio::LocalExecutorBuilder::default()
+        .spawn(test)
+        .expect("spawn executor")
+        .join()
+        .expect("test panicked");
+}
+
+/// A temporary directory on the real disk (never tmpfs: O_DIRECT).
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
+}
+
+pub fn segment_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(segment_file_name(generation))
+}
+
+pub fn payload(op: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (op as usize * 31 + i) as u8).collect()
+}
+
+/// Reads the entry header at `offset` of a segment file.
+pub fn read_header(path: &Path, offset: u64) -> EntryHeader {
+    let bytes = std::fs::read(path).expect("read segment");
+    let at = offset as usize;
+    EntryHeader::read_from_bytes(&bytes[at..at + ENTRY_HEADER_BYTES]).expect("header bytes")
+}
+
+/// Overwrites the entry header at `offset`.
+pub fn write_header(path: &Path, offset: u64, header: &EntryHeader) {
+    patch(path, offset, header.as_bytes());
+}
+
+/// Overwrites bytes of a file in place.
+pub fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(path).expect("open for patch");
+    file.write_all_at(bytes, offset).expect("patch");
+    file.sync_all().expect("sync patch");
+}
+
+/// Flips one bit of a file.
+pub fn flip_bit(path: &Path, offset: u64, bit: u8) {
+    let bytes = std::fs::read(path).expect("read");
+    patch(path, offset, &[bytes[offset as usize] ^ (1 << bit)]);
+}

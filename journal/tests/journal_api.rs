@@ -1,0 +1,340 @@
+//! Pins the journal's contract on real O_DIRECT files: round trips, replica
+//! writes out of order with gaps, group commit, ring backpressure, the
+//! watermark and segment retirement, idempotent reopen, configuration
+//! validation, the tmpfs refusal and the glommio empty-file probe pitfall.
+mod common;
+use common::*;
+use ringstore_journal::{Error, Journal, LogItem, Preallocation, TailState};
+use std::rc::Rc;
+
+const SEGMENT_BYTES: u64 = 1 << 20;
+const BATCH_BYTES: u64 = 64 << 10;
+const ENTRY_BYTES: u64 = 16 << 10;
+
+fn builder(path: &std::path::Path) -> ringstore_journal::JournalBuilder {
+    Journal::builder(path)
+        .segment_bytes(SEGMENT_BYTES)
+        .batch_bytes_max(BATCH_BYTES)
+        .entry_bytes_max(ENTRY_BYTES)
+        .slot_count(1024)
+}
+
+#[test]
+fn round_trip_across_reopen_with_every_payload_size() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let journal = builder(&path).open().await.unwrap();
+        let sizes = [0usize, 1, 7, 8, 40, 4047, 4048, 4096, 9000, ENTRY_BYTES as usize];
+        for (i, len) in sizes.iter().enumerate() {
+            assert_eq!(journal.append(&payload(i as u64 + 1, *len)).await.unwrap(), i as u64 + 1);
+        }
+        journal.close().await.unwrap();
+        let journal = builder(&path).open().await.unwrap();
+        assert_eq!(journal.recovery_report().tail, TailState::Clean);
+        for (i, len) in sizes.iter().enumerate() {
+            let op = i as u64 + 1;
+            let entry = journal.read(op).await.unwrap().expect("present");
+            assert_eq!(entry.payload, payload(op, *len), "op {op}");
+        }
+        assert!(matches!(
+            journal.append(&vec![0; ENTRY_BYTES as usize + 1]).await,
+            Err(Error::EntryTooLarge { .. })
+        ));
+        journal.close().await.unwrap();
+        assert!(matches!(journal.append(b"x").await, Err(Error::Closed)));
+    });
+}
+
+#[test]
+fn replica_writes_out_of_order_with_gaps_report_missing_ops() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let journal = builder(&path).open().await.unwrap();
+        for op in [5u64, 2, 9, 3] {
+            journal.write(op, &payload(op, 50)).await.unwrap();
+        }
+        assert_eq!(journal.next_op(), 10);
+        // The same op again in the same epoch is refused; a later epoch replaces it.
+        assert!(matches!(journal.write(5, b"again").await, Err(Error::OpExists { .. })));
+        journal.set_epoch(2).unwrap();
+        journal.write(5, b"epoch two").await.unwrap();
+        assert!(matches!(journal.set_epoch(1), Err(Error::EpochRegression { .. })));
+        journal.close().await.unwrap();
+
+        let journal = builder(&path).open().await.unwrap();
+        assert_eq!(journal.epoch(), 2);
+        let mut items = Vec::new();
+        let mut entries = journal.entries(1..=10);
+        while let Some(item) = entries.next().await {
+            items.push(item.unwrap());
+        }
+        let present: Vec<u64> = items
+            .iter()
+            .filter_map(|i| match i {
+                LogItem::Present(e) => Some(e.op),
+                LogItem::Missing(_) => None,
+            })
+            .collect();
+        assert_eq!(present, vec![2, 3, 5, 9]);
+        assert_eq!(items.len(), 10);
+        assert!(items.contains(&LogItem::Missing(1)));
+        let five = journal.read(5).await.unwrap().unwrap();
+        assert_eq!((five.epoch, five.payload.as_slice()), (2, &b"epoch two"[..]));
+        assert!(matches!(journal.write(0, b"x").await, Err(Error::InvalidOp { op: 0 })));
+        journal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn concurrent_appends_share_writes_and_fsyncs() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let journal = builder(&path).slot_count(4096).open().await.unwrap();
+        const TASKS: u64 = 64;
+        const PER_TASK: u64 = 20;
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let journal = journal.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut ops = Vec::new();
+                for i in 0..PER_TASK {
+                    let op = journal.append(&payload(t * 1000 + i, 256)).await.unwrap();
+                    ops.push((op, t * 1000 + i));
+                }
+                ops
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await);
+        }
+        let stats = journal.stats();
+        assert_eq!(stats.appends, TASKS * PER_TASK);
+        assert!(stats.writes < stats.appends / 4, "group commit coalesced too little: {stats:?}");
+        assert_eq!(stats.fsyncs, stats.writes);
+        assert!(stats.batch_entries_max > 1);
+        for (op, seed) in all {
+            assert_eq!(journal.read(op).await.unwrap().unwrap().payload, payload(seed, 256));
+        }
+        journal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn full_ring_refuses_before_io_and_watermark_frees_slots() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let journal = builder(&path).slot_count(8).open().await.unwrap();
+        for op in 1..=8u64 {
+            journal.append(&payload(op, 10)).await.unwrap();
+        }
+        assert_eq!(journal.remaining_capacity(), 0);
+        let writes = journal.stats().writes;
+        match journal.append(b"nine").await {
+            Err(Error::RingFull {
+                op: 9,
+                occupant: 1,
+                watermark: 0,
+                ..
+            }) => {}
+            other => panic!("expected RingFull, got {other:?}"),
+        }
+        assert!(matches!(journal.write(16, b"x").await, Err(Error::RingFull { .. })));
+        assert_eq!(journal.stats().writes, writes, "a refused append must not do I/O");
+        journal.advance_watermark(2).await.unwrap();
+        assert_eq!(journal.remaining_capacity(), 2);
+        assert_eq!(journal.append(b"nine").await.unwrap(), 9);
+        assert!(matches!(journal.read(1).await, Err(Error::BelowWatermark { op: 1, watermark: 2 })));
+        assert!(matches!(journal.write(2, b"x").await, Err(Error::BelowWatermark { .. })));
+        assert!(matches!(
+            journal.advance_watermark(1).await,
+            Err(Error::WatermarkRegression { .. })
+        ));
+        journal.close().await.unwrap();
+        // The watermark survives reopen, and so does the ring's occupancy.
+        let journal = builder(&path).slot_count(8).open().await.unwrap();
+        assert_eq!(journal.watermark(), 2);
+        assert_eq!(journal.remaining_capacity(), 1);
+        assert_eq!(journal.read(9).await.unwrap().unwrap().payload, b"nine");
+        journal.close().await.unwrap();
+    });
+}
+
+fn segment_count(path: &std::path::Path) -> usize {
+    std::fs::read_dir(path)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".wal"))
+        .count()
+}
+
+#[test]
+fn watermark_retires_whole_segments_only() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let journal = builder(&path).open().await.unwrap();
+        // 8 KiB entries, one write each: ~127 per 1 MiB segment.
+        let mut last = 0;
+        for i in 0..400u64 {
+            last = journal.append(&payload(i, 8000)).await.unwrap();
+        }
+        let before = segment_count(&path);
+        assert!(before >= 4, "expected several segments, found {before}");
+        // A watermark inside the second segment retires only the first.
+        journal.advance_watermark(150).await.unwrap();
+        assert_eq!(segment_count(&path), before - 1);
+        assert_eq!(journal.stats().segments_retired, 1);
+        assert_eq!(journal.read(151).await.unwrap().unwrap().payload, payload(150, 8000));
+        journal.advance_watermark(last).await.unwrap();
+        assert_eq!(segment_count(&path), 1, "only the active segment stays");
+        journal.close().await.unwrap();
+        let journal = builder(&path).open().await.unwrap();
+        assert_eq!(journal.watermark(), last);
+        assert_eq!(journal.next_op(), last + 1);
+        assert_eq!(journal.append(b"after").await.unwrap(), last + 1);
+        journal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reopening_twice_gives_the_same_state() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let journal = builder(&path).open().await.unwrap();
+        for op in [1u64, 2, 3, 7, 8] {
+            journal.write(op, &payload(op, 300)).await.unwrap();
+        }
+        journal.advance_watermark(2).await.unwrap();
+        journal.close().await.unwrap();
+        let mut states = Vec::new();
+        for _ in 0..3 {
+            let journal = builder(&path).open().await.unwrap();
+            let mut items = Vec::new();
+            let mut entries = journal.entries(3..=9);
+            while let Some(item) = entries.next().await {
+                items.push(item.unwrap());
+            }
+            states.push((items, journal.watermark(), journal.next_op(), journal.remaining_capacity()));
+            journal.close().await.unwrap();
+        }
+        assert_eq!(states[0], states[1]);
+        assert_eq!(states[1], states[2]);
+    });
+}
+
+#[test]
+fn zero_filled_segments_work_the_same() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let journal = builder(&path).preallocation(Preallocation::ZeroFill).open().await.unwrap();
+        for i in 1..=300u64 {
+            journal.append(&payload(i, 5000)).await.unwrap();
+        }
+        journal.close().await.unwrap();
+        let journal = builder(&path).open().await.unwrap();
+        assert_eq!(journal.read(300).await.unwrap().unwrap().payload, payload(300, 5000));
+        journal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_settings_are_typed_errors() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let cases: Vec<(ringstore_journal::JournalBuilder, &str)> = vec![
+            (builder(&path).slot_count(0), "slot_count"),
+            (builder(&path).slot_count(u64::MAX), "slot_count"),
+            (builder(&path).segment_bytes(4097), "segment_bytes"),
+            (builder(&path).segment_bytes(BATCH_BYTES), "segment_bytes"),
+            (builder(&path).batch_bytes_max(4096), "batch_bytes_max"),
+            (builder(&path).entry_bytes_max(0), "entry_bytes_max"),
+            (builder(&path).entry_bytes_max(1 << 40), "entry_bytes_max"),
+        ];
+        for (builder, setting) in cases {
+            match builder.open().await {
+                Err(Error::InvalidConfig { setting: s, .. }) => assert_eq!(s, setting),
+                other => panic!("{setting}: expected InvalidConfig, got {other:?}"),
+            }
+        }
+        assert!(std::fs::read_dir(&path).unwrap().next().is_none(), "nothing created");
+    });
+}
+
+#[test]
+fn tmpfs_is_refused_with_the_path_unless_buffered_io_is_allowed() {
+    let shm = std::path::Path::new("/dev/shm");
+    let is_tmpfs = std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/dev/shm") && l.split_whitespace().nth(2) == Some("tmpfs"));
+    assert!(is_tmpfs, "this test needs /dev/shm to be tmpfs");
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let path = dir.path().join("wal");
+    run(move || async move {
+        match Journal::builder(&path).open().await {
+            Err(Error::DirectIoUnsupported { path: p }) => assert_eq!(p, path),
+            other => panic!("expected DirectIoUnsupported, got {other:?}"),
+        }
+        let journal = Journal::builder(&path).allow_buffered_io(true).open().await.unwrap();
+        let op = journal.append(b"buffered").await.unwrap();
+        assert_eq!(journal.read(op).await.unwrap().unwrap().payload, b"buffered");
+        journal.close().await.unwrap();
+    });
+}
+
+/// glommio 0.9 caches polled-I/O support per device from the first DmaFile
+/// a thread opens; an empty first file makes later DMA reads fail with
+/// EOPNOTSUPP. The journal must still read.
+#[test]
+fn reads_work_after_an_empty_dma_file_was_opened_first() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let empty = path.join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        let file = glommio::io::DmaFile::open(&empty).await.unwrap();
+        file.close().await.unwrap();
+        let wal = path.join("wal");
+        let journal = Journal::builder(&wal).segment_bytes(SEGMENT_BYTES).batch_bytes_max(BATCH_BYTES).entry_bytes_max(ENTRY_BYTES).open().await.unwrap();
+        let op = journal.append(b"readable").await.unwrap();
+        assert_eq!(journal.read(op).await.unwrap().unwrap().payload, b"readable");
+        journal.close().await.unwrap();
+        let journal = Journal::builder(&wal).segment_bytes(SEGMENT_BYTES).batch_bytes_max(BATCH_BYTES).entry_bytes_max(ENTRY_BYTES).open().await.unwrap();
+        assert_eq!(journal.read(op).await.unwrap().unwrap().payload, b"readable");
+        journal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn appends_wait_for_room_when_the_batch_is_full() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        // Each batch holds at most 4 entries of 16 KiB, yet 32 appenders all
+        // complete: the rest wait for the writer to take the batch.
+        let journal = Rc::new(builder(&path).open().await.unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..32u64 {
+            let journal = journal.clone();
+            tasks.push(glommio::spawn_local(async move {
+                journal.append(&payload(t, 15_000)).await.unwrap()
+            }));
+        }
+        let mut ops = Vec::new();
+        for task in tasks {
+            ops.push(task.await);
+        }
+        ops.sort_unstable();
+        assert_eq!(ops, (1..=32).collect::<Vec<_>>());
+        assert!(journal.stats().batch_entries_max <= 4);
+        assert!(journal.stats().writes >= 8);
+        journal.close().await.unwrap();
+    });
+}
