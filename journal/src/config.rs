@@ -30,7 +30,7 @@ pub const BATCH_BYTES_MAX_LIMIT: u64 = 256 << 20;
 
 const _: () = assert!(SEGMENT_BYTES_DEFAULT % BLOCK_BYTES == 0);
 const _: () = assert!(BATCH_BYTES_MAX_DEFAULT % BLOCK_BYTES == 0);
-const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_DATA_OFFSET + BATCH_BYTES_MAX_DEFAULT);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_DATA_OFFSET + BATCH_BYTES_MAX_DEFAULT + BLOCK_BYTES);
 const _: () = assert!(SLOT_BYTES as u64 * SLOT_COUNT_MAX <= 2 << 30);
 
 /// What an acknowledged append survives.
@@ -152,7 +152,8 @@ impl<S: Storage> JournalBuilder<S> {
 
     /// Size of each segment file. Default [`SEGMENT_BYTES_DEFAULT`]; a
     /// multiple of 4096, at most [`SEGMENT_BYTES_MAX`], and at least one
-    /// header block plus `batch_bytes_max`.
+    /// header block plus `batch_bytes_max` plus one block kept for a
+    /// watermark record.
     pub fn segment_bytes(mut self, segment_bytes: u64) -> Self {
         self.config.segment_bytes = segment_bytes;
         self
@@ -232,7 +233,7 @@ pub(crate) fn validate(config: &JournalConfig) -> Result<()> {
             ),
         ));
     }
-    let segment_min = SEGMENT_DATA_OFFSET + config.batch_bytes_max;
+    let segment_min = SEGMENT_DATA_OFFSET + config.batch_bytes_max + crate::journal::WATERMARK_RESERVE_BYTES;
     if config.segment_bytes % BLOCK_BYTES != 0
         || config.segment_bytes < segment_min
         || config.segment_bytes > SEGMENT_BYTES_MAX
@@ -242,7 +243,7 @@ pub(crate) fn validate(config: &JournalConfig) -> Result<()> {
             config.segment_bytes,
             format!(
                 "must be a multiple of {BLOCK_BYTES} in {segment_min}..={SEGMENT_BYTES_MAX} \
-                 (a header block plus one batch must fit)"
+                 (a header block, one batch and a watermark block must fit)"
             ),
         ));
     }

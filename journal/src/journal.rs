@@ -44,6 +44,10 @@ use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use zerocopy::IntoBytes;
 
+/// Space at the end of every segment that only a write carrying a
+/// watermark record may use.
+pub(crate) const WATERMARK_RESERVE_BYTES: u64 = BLOCK_BYTES;
+
 /// One entry read back from the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -144,6 +148,9 @@ struct State<F: StorageFile> {
     epoch: u64,
     /// Largest watermark whose record is durable; new segment headers carry it.
     durable_watermark: u64,
+    /// The back segment is a recovered one (opened on a full disk): the next
+    /// write must create a segment first.
+    needs_fresh_segment: bool,
     filling: Batch<F::Buf>,
     poisoned: Option<Error>,
     closing: bool,
@@ -303,23 +310,31 @@ impl<S: Storage> Journal<S> {
         });
         let generation = predecessor.map_or(1, |p| p.generation + 1);
         // Never append into a segment that existed before: see recovery.
-        let active = create_segment(&storage, &config, generation, predecessor, watermark)
-            .await
-            .map_err(|e: CreateError| e.error)?;
         let mut segments: VecDeque<_> = recovered.segments.into();
-        segments.push_back(active);
+        let mut needs_fresh_segment = false;
+        match create_segment(&storage, &config, generation, predecessor, watermark).await {
+            Ok(active) => segments.push_back(active),
+            // A full disk: open anyway so what is there can be read; the
+            // first write creates the segment (or fails with NoSpace).
+            Err(CreateError { error: error @ Error::NoSpace { .. }, poison: false }) if !segments.is_empty() => {
+                tracing::warn!(%error, "no space for a new segment; the journal opens read-mostly");
+                needs_fresh_segment = true;
+            }
+            Err(e) => return Err(e.error),
+        }
         let state = State {
             index: recovered.index,
             segments,
             next_op: recovered.max_op.max(watermark) + 1,
             epoch: recovered.max_epoch,
             durable_watermark: watermark,
+            needs_fresh_segment,
             filling: Batch::new(),
             poisoned: None,
             closing: false,
             writer_running: true,
             stats: JournalStats {
-                segments_created: 1,
+                segments_created: u64::from(!needs_fresh_segment),
                 ..JournalStats::default()
             },
         };
@@ -546,6 +561,16 @@ impl<S: Storage> Journal<S> {
         while self.shared.state.borrow().writer_running {
             self.shared.writer_exited.wait().await;
         }
+        // Close the files now: glommio closes a dropped file on its reactor,
+        // which may never get to it once the executor ends.
+        let segments = std::mem::take(&mut self.shared.state.borrow_mut().segments);
+        for segment in segments {
+            if let Ok(file) = Rc::try_unwrap(segment.file) {
+                file.close()
+                    .await
+                    .map_err(|e| Error::io("close", &segment.path, None, e))?;
+            }
+        }
         Ok(())
     }
 }
@@ -581,7 +606,11 @@ impl<S: Storage> Shared<S> {
             let state = self.state.borrow();
             state.usable().or_else(|e| if matches!(e, Error::Closed) { Ok(()) } else { Err(e) })?;
             let active = state.active();
-            active.write_pos + total > active.segment_bytes
+            // The last block of each segment is kept for a watermark record,
+            // so the watermark can advance (and free space) on a full disk.
+            let has_watermark = batch.entries.iter().any(|e| e.kind == EntryKind::Watermark);
+            let reserve = if has_watermark { 0 } else { WATERMARK_RESERVE_BYTES };
+            state.needs_fresh_segment || active.write_pos + total + reserve > active.segment_bytes
         };
         if needs_rollover {
             self.rollover().await?;
@@ -647,6 +676,7 @@ impl<S: Storage> Shared<S> {
             Ok(segment) => {
                 let mut state = self.state.borrow_mut();
                 state.segments.push_back(segment);
+                state.needs_fresh_segment = false;
                 state.stats.segments_created += 1;
                 Ok(())
             }

@@ -1,0 +1,267 @@
+//! Pins what the journal does when the storage fails: poisoning after a
+//! failed fdatasync or write, ENOSPC (on the in-memory disk and on a real,
+//! genuinely full ext4 filesystem on a loop device) and power loss that
+//! drops unsynced writes. In every case nothing acknowledged is lost.
+mod common;
+use common::*;
+use ringstore_journal::storage::MemStorage;
+use ringstore_journal::{Durability, Error, Journal, JournalBuilder};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn mem_builder(mem: &MemStorage) -> JournalBuilder<MemStorage> {
+    Journal::builder("/mem/wal")
+        .segment_bytes(256 << 10)
+        .batch_bytes_max(64 << 10)
+        .entry_bytes_max(16 << 10)
+        .slot_count(4096)
+        .storage(mem.clone())
+}
+
+async fn assert_ops_present(journal: &Journal<MemStorage>, ops: &[u64], len: usize) {
+    for op in ops {
+        let entry = journal.read(*op).await.unwrap().unwrap_or_else(|| panic!("acknowledged op {op} lost"));
+        assert_eq!(entry.payload, payload(*op, len));
+    }
+}
+
+#[test]
+fn a_failed_fsync_poisons_until_reopen() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let journal = mem_builder(&mem).open().await.unwrap();
+        let acked: Vec<u64> = {
+            let mut v = Vec::new();
+            for i in 1..=5u64 {
+                v.push(journal.append(&payload(i, 100)).await.unwrap());
+            }
+            v
+        };
+        mem.fail_next_syncs(1, libc::EIO);
+        match journal.append(&payload(6, 100)).await {
+            Err(Error::Io { op: "fdatasync", .. }) => {}
+            other => panic!("expected the fdatasync error, got {other:?}"),
+        }
+        assert!(journal.is_poisoned());
+        // Every later call fails, even ones that would not touch the disk.
+        assert!(matches!(journal.append(b"x").await, Err(Error::Poisoned { .. })));
+        assert!(matches!(journal.read(1).await, Err(Error::Poisoned { .. })));
+        assert!(matches!(journal.advance_watermark(1).await, Err(Error::Poisoned { .. })));
+        assert!(journal.set_epoch(9).unwrap_err().is_poisoned());
+        journal.close().await.unwrap();
+        // The failed sync's bytes may or may not be durable: crash to the
+        // worst case, then reopen.
+        mem.crash();
+        let journal = mem_builder(&mem).open().await.unwrap();
+        assert_ops_present(&journal, &acked, 100).await;
+        assert!(journal.append(b"again").await.is_ok());
+        journal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_failed_write_poisons_and_fails_the_whole_batch() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let journal = mem_builder(&mem).open().await.unwrap();
+        let first = journal.append(&payload(1, 10)).await.unwrap();
+        mem.fail_next_writes(1, libc::EIO);
+        let mut tasks = Vec::new();
+        for i in 0..4u64 {
+            let journal = journal.clone();
+            tasks.push(glommio::spawn_local(async move { journal.append(&payload(100 + i, 10)).await }));
+        }
+        for task in tasks {
+            let result = task.await;
+            assert!(
+                matches!(result, Err(Error::Io { op: "write", .. }) | Err(Error::Poisoned { .. })),
+                "{result:?}"
+            );
+        }
+        assert!(journal.is_poisoned());
+        journal.close().await.unwrap();
+        mem.crash();
+        let journal = mem_builder(&mem).open().await.unwrap();
+        assert_ops_present(&journal, &[first], 10).await;
+        journal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn power_loss_keeps_every_acknowledged_append() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let journal = mem_builder(&mem).open().await.unwrap();
+        let mut acked = Vec::new();
+        for round in 0..20u64 {
+            let mut tasks = Vec::new();
+            for t in 0..16u64 {
+                let journal = journal.clone();
+                let seed = round * 100 + t;
+                tasks.push(glommio::spawn_local(async move { (journal.append(&payload(seed, 700)).await.unwrap(), seed) }));
+            }
+            for task in tasks {
+                acked.push(task.await);
+            }
+        }
+        // The power fails; nothing was closed.
+        mem.crash();
+        drop(journal);
+        let journal = mem_builder(&mem).open().await.unwrap();
+        for (op, seed) in &acked {
+            assert_eq!(journal.read(*op).await.unwrap().unwrap().payload, payload(*seed, 700));
+        }
+        journal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn enospc_is_a_clear_error_and_advancing_the_watermark_recovers() {
+    run(|| async {
+        let mem = MemStorage::new();
+        // Room for the first segment and two more, no fourth.
+        mem.set_capacity(Some(3 * (256 << 10) + 4096));
+        let journal = mem_builder(&mem).open().await.unwrap();
+        let mut acked = Vec::new();
+        let error = loop {
+            match journal.append(&payload(acked.len() as u64 + 1, 8000)).await {
+                Ok(op) => acked.push(op),
+                Err(e) => break e,
+            }
+        };
+        match &error {
+            Error::NoSpace { op, path } => {
+                assert!(["create segment", "fallocate"].contains(op), "{op}");
+                assert!(path.starts_with("/mem/wal"), "{path:?}");
+            }
+            other => panic!("expected NoSpace, got {other:?}"),
+        }
+        assert!(!journal.is_poisoned(), "ENOSPC before any write must not poison");
+        assert_ops_present(&journal, &acked, 8000).await;
+        // Snapshot taken: the watermark advances into the reserved block and
+        // retires segments, and appends flow again.
+        journal.advance_watermark(*acked.last().unwrap()).await.unwrap();
+        assert!(journal.stats().segments_retired >= 2);
+        let op = journal.append(&payload(999, 8000)).await.unwrap();
+        journal.close().await.unwrap();
+        mem.crash();
+        let journal = mem_builder(&mem).open().await.unwrap();
+        assert_eq!(journal.read(op).await.unwrap().unwrap().payload, payload(999, 8000));
+        journal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn nosync_durability_never_serves_wrong_bytes_after_power_loss() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let journal = mem_builder(&mem).durability(Durability::NoSync).open().await.unwrap();
+        for i in 1..=50u64 {
+            journal.append(&payload(i, 300)).await.unwrap();
+        }
+        assert_eq!(journal.stats().fsyncs, 0);
+        mem.crash();
+        drop(journal);
+        // Unsynced appends are gone, and that is what NoSync promises; what
+        // remains must verify.
+        let journal = mem_builder(&mem).open().await.unwrap();
+        for i in 1..=50u64 {
+            if let Some(entry) = journal.read(i).await.unwrap() {
+                assert_eq!(entry.payload, payload(i, 300));
+            }
+        }
+        journal.close().await.unwrap();
+    });
+}
+
+/// A small real ext4 filesystem on a loop device, unmounted on drop.
+struct LoopFs {
+    mount: PathBuf,
+    device: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    fn new(megabytes: u64) -> LoopFs {
+        let uid = Command::new("id").arg("-u").output().expect("id -u");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "this test mounts a loop device and needs root (CI runs as root)"
+        );
+        let dir = temp_dir();
+        let image = dir.path().join("fs.img");
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        let sh = |cmd: &str| {
+            let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+            assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        sh(&format!("truncate -s {megabytes}M {0} && mkfs.ext4 -q {0}", image.display()));
+        let device = sh(&format!("losetup -f --show {}", image.display()));
+        let fs = LoopFs { mount, device, _dir: dir };
+        sh(&format!("mount {} {}", fs.device, fs.mount.display()));
+        fs
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount").arg(&self.mount).status().is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        }
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
+}
+
+#[test]
+fn a_genuinely_full_filesystem_gives_no_space_and_loses_nothing() {
+    let fs = LoopFs::new(32);
+    let path = fs.mount.join("wal");
+    // Someone else's file on the same filesystem, deleted later to make room.
+    let ballast = fs.mount.join("ballast");
+    std::fs::write(&ballast, vec![1u8; 6 << 20]).unwrap();
+    let builder = |p: &Path| Journal::builder(p).segment_bytes(4 << 20).batch_bytes_max(256 << 10).entry_bytes_max(64 << 10);
+    let p = path.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    run(move || async move {
+        let journal = builder(&p).open().await.unwrap();
+        let mut acked = Vec::new();
+        let error = loop {
+            match journal.append(&payload(acked.len() as u64 + 1, 60_000)).await {
+                Ok(op) => acked.push(op),
+                Err(e) => break e,
+            }
+            assert!(acked.len() < 10_000, "the filesystem never filled");
+        };
+        let message = error.to_string();
+        assert!(matches!(error, Error::NoSpace { .. }), "{error:?}");
+        assert!(message.contains(p.to_str().unwrap()), "{message}");
+        assert!(!journal.is_poisoned());
+        journal.close().await.unwrap();
+        // Restart while the disk is still full: the journal opens, serves
+        // every acknowledged entry, and refuses appends with NoSpace.
+        let journal = builder(&p).open().await.unwrap();
+        for op in &acked {
+            assert_eq!(journal.read(*op).await.unwrap().unwrap().payload, payload(*op, 60_000));
+        }
+        assert!(matches!(journal.append(b"no room").await, Err(Error::NoSpace { .. })));
+        journal.close().await.unwrap();
+        tx.send(acked).unwrap();
+    });
+    let acked = rx.recv().unwrap();
+    assert!(acked.len() > 100, "only {} appends fit", acked.len());
+    std::fs::remove_file(&ballast).unwrap();
+    let p = path.clone();
+    run(move || async move {
+        let journal = builder(&p).open().await.unwrap();
+        for op in &acked {
+            assert_eq!(journal.read(*op).await.unwrap().unwrap().payload, payload(*op, 60_000));
+        }
+        let op = journal.append(b"room again").await.unwrap();
+        assert_eq!(op, *acked.last().unwrap() + 1);
+        journal.close().await.unwrap();
+    });
+}
