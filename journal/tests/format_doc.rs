@@ -1,0 +1,97 @@
+//! Pins FORMAT.md to the code: every field row of the two header tables has
+//! the offset and size the structs really have, and the constants it names
+//! match.
+use ringstore_journal::format::*;
+use std::mem::offset_of;
+
+/// Rows `| offset | size | field | ... |` of the table under `heading`.
+fn table(doc: &str, heading: &str) -> Vec<(usize, usize, String)> {
+    let start = doc.find(heading).unwrap_or_else(|| panic!("FORMAT.md lacks {heading}"));
+    doc[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with("| offset"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells[1].parse().unwrap(), cells[2].parse().unwrap(), cells[3].to_string())
+        })
+        .collect()
+}
+
+macro_rules! field {
+    ($ty:ty, $name:ident) => {{
+        let value: $ty = zerocopy::FromZeros::new_zeroed();
+        (offset_of!($ty, $name), std::mem::size_of_val(&value.$name))
+    }};
+}
+
+#[test]
+fn segment_header_table_matches_the_struct() {
+    let doc = include_str!("../FORMAT.md");
+    let rows = table(doc, "### Segment header");
+    let fields = [
+        ("checksum", field!(SegmentHeader, checksum)),
+        ("magic", field!(SegmentHeader, magic)),
+        ("version", field!(SegmentHeader, version)),
+        ("data_offset", field!(SegmentHeader, data_offset)),
+        ("generation", field!(SegmentHeader, generation)),
+        ("segment_bytes", field!(SegmentHeader, segment_bytes)),
+        ("batch_bytes_max", field!(SegmentHeader, batch_bytes_max)),
+        ("prev_generation", field!(SegmentHeader, prev_generation)),
+        ("prev_end", field!(SegmentHeader, prev_end)),
+        ("watermark", field!(SegmentHeader, watermark)),
+    ];
+    assert_eq!(rows.len(), fields.len());
+    for ((offset, size, name), (field, (code_offset, code_size))) in rows.iter().zip(fields) {
+        assert_eq!(name, field);
+        assert_eq!((*offset, *size), (code_offset, code_size), "{name}");
+    }
+    let last = rows.last().unwrap();
+    assert_eq!(last.0 + last.1, SEGMENT_HEADER_BYTES);
+    assert!(doc.contains(&format!("### Segment header ({SEGMENT_HEADER_BYTES} bytes")));
+}
+
+#[test]
+fn entry_header_table_matches_the_struct() {
+    let doc = include_str!("../FORMAT.md");
+    let rows = table(doc, "### Entry header");
+    let fields = [
+        ("checksum", field!(EntryHeader, checksum)),
+        ("magic", field!(EntryHeader, magic)),
+        ("op", field!(EntryHeader, op)),
+        ("epoch", field!(EntryHeader, epoch)),
+        ("generation", field!(EntryHeader, generation)),
+        ("offset", field!(EntryHeader, offset)),
+        ("payload_len", field!(EntryHeader, payload_len)),
+        ("payload_checksum", field!(EntryHeader, payload_checksum)),
+        ("kind", field!(EntryHeader, kind)),
+        ("flags", field!(EntryHeader, flags)),
+        ("reserved", field!(EntryHeader, reserved)),
+    ];
+    assert_eq!(rows.len(), fields.len());
+    for ((offset, size, name), (field, (code_offset, code_size))) in rows.iter().zip(fields) {
+        assert_eq!(name, field);
+        assert_eq!((*offset, *size), (code_offset, code_size), "{name}");
+    }
+    let last = rows.last().unwrap();
+    assert_eq!(last.0 + last.1, ENTRY_HEADER_BYTES);
+    assert!(doc.contains(&format!("### Entry header ({ENTRY_HEADER_BYTES} bytes)")));
+}
+
+#[test]
+fn constants_named_in_the_document_match() {
+    let doc = include_str!("../FORMAT.md");
+    assert!(doc.contains(&format!("(version {FORMAT_VERSION})")));
+    assert!(doc.contains(&format!("`RSEG` (0x{SEGMENT_MAGIC:08x})")));
+    assert!(doc.contains(&format!("`RENT` (0x{ENTRY_MAGIC:08x})")));
+    assert!(doc.contains(&format!("Entries start at byte {SEGMENT_DATA_OFFSET}")));
+    assert!(doc.contains(&format!("{BLOCK_BYTES}-byte boundary")));
+    assert!(doc.contains(&format!("{ENTRY_ALIGN_BYTES}-byte boundary")));
+    assert_eq!(
+        (EntryKind::Data as u8, EntryKind::Watermark as u8, EntryKind::Padding as u8),
+        (1, 2, 3)
+    );
+    assert!(doc.contains("1 data, 2 watermark, 3 padding"));
+    assert_eq!(FLAG_FIRST_IN_WRITE, 1);
+}
