@@ -28,9 +28,10 @@ pub const BATCH_BYTES_MAX_DEFAULT: u64 = 4 << 20;
 /// Upper bound for `batch_bytes_max`.
 pub const BATCH_BYTES_MAX_LIMIT: u64 = 256 << 20;
 
-const _: () = assert!(SEGMENT_BYTES_DEFAULT % BLOCK_BYTES == 0);
-const _: () = assert!(BATCH_BYTES_MAX_DEFAULT % BLOCK_BYTES == 0);
-const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_DATA_OFFSET + BATCH_BYTES_MAX_DEFAULT + BLOCK_BYTES);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(BLOCK_BYTES));
+const _: () = assert!(BATCH_BYTES_MAX_DEFAULT.is_multiple_of(BLOCK_BYTES));
+const _: () =
+    assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_DATA_OFFSET + BATCH_BYTES_MAX_DEFAULT + BLOCK_BYTES);
 const _: () = assert!(SLOT_BYTES as u64 * SLOT_COUNT_MAX <= 2 << 30);
 
 /// What an acknowledged append survives.
@@ -210,7 +211,11 @@ fn invalid(setting: &'static str, value: u64, reason: impl Into<String>) -> Erro
 
 pub(crate) fn validate(config: &JournalConfig) -> Result<()> {
     if config.slot_count == 0 || config.slot_count > SLOT_COUNT_MAX {
-        return Err(invalid("slot_count", config.slot_count, format!("must be in 1..={SLOT_COUNT_MAX}")));
+        return Err(invalid(
+            "slot_count",
+            config.slot_count,
+            format!("must be in 1..={SLOT_COUNT_MAX}"),
+        ));
     }
     if config.entry_bytes_max == 0 || config.entry_bytes_max > ENTRY_BYTES_MAX_LIMIT {
         return Err(invalid(
@@ -219,8 +224,11 @@ pub(crate) fn validate(config: &JournalConfig) -> Result<()> {
             format!("must be in 1..={ENTRY_BYTES_MAX_LIMIT}"),
         ));
     }
-    let batch_min = align_up(entry_footprint(config.entry_bytes_max as usize), BLOCK_BYTES);
-    if config.batch_bytes_max % BLOCK_BYTES != 0
+    let batch_min = align_up(
+        entry_footprint(config.entry_bytes_max as usize),
+        BLOCK_BYTES,
+    );
+    if !config.batch_bytes_max.is_multiple_of(BLOCK_BYTES)
         || config.batch_bytes_max < batch_min
         || config.batch_bytes_max > BATCH_BYTES_MAX_LIMIT
     {
@@ -233,8 +241,9 @@ pub(crate) fn validate(config: &JournalConfig) -> Result<()> {
             ),
         ));
     }
-    let segment_min = SEGMENT_DATA_OFFSET + config.batch_bytes_max + crate::journal::WATERMARK_RESERVE_BYTES;
-    if config.segment_bytes % BLOCK_BYTES != 0
+    let segment_min =
+        SEGMENT_DATA_OFFSET + config.batch_bytes_max + crate::journal::WATERMARK_RESERVE_BYTES;
+    if !config.segment_bytes.is_multiple_of(BLOCK_BYTES)
         || config.segment_bytes < segment_min
         || config.segment_bytes > SEGMENT_BYTES_MAX
     {

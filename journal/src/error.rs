@@ -54,7 +54,9 @@ pub enum Error {
     /// The disk is full. Nothing acknowledged was lost; the operation that
     /// needed the space failed and may be retried once space is freed
     /// (e.g. after advancing the watermark retires segments).
-    #[error("no space left on device: {op} on {path}; free space (advance the watermark) and retry")]
+    #[error(
+        "no space left on device: {op} on {path}; free space (advance the watermark) and retry"
+    )]
     NoSpace {
         /// The step that needed space.
         op: &'static str,
@@ -173,12 +175,19 @@ pub enum Error {
 }
 
 fn offset_suffix(offset: Option<u64>) -> String {
-    offset.map(|o| format!(" at byte offset {o}")).unwrap_or_default()
+    offset
+        .map(|o| format!(" at byte offset {o}"))
+        .unwrap_or_default()
 }
 
 impl Error {
     /// Wraps an I/O error with its context. ENOSPC becomes [`Error::NoSpace`].
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, offset: Option<u64>, source: io::Error) -> Error {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        offset: Option<u64>,
+        source: io::Error,
+    ) -> Error {
         let path = path.into();
         if crate::storage::is_errno(&source, libc::ENOSPC) {
             return Error::NoSpace { op, path };
@@ -191,7 +200,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn corruption(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Error {
+    pub(crate) fn corruption(
+        path: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Error {
         Error::Corruption {
             path: path.into(),
             offset,

@@ -45,12 +45,14 @@ pub const ENTRY_HEADER_BYTES: usize = size_of::<EntryHeader>();
 
 const _: () = assert!(SEGMENT_HEADER_BYTES == 64);
 const _: () = assert!(ENTRY_HEADER_BYTES == 48);
-const _: () = assert!(ENTRY_HEADER_BYTES as u64 % ENTRY_ALIGN_BYTES == 0);
-const _: () = assert!(BLOCK_BYTES % 512 == 0);
+const _: () = assert!((ENTRY_HEADER_BYTES as u64).is_multiple_of(ENTRY_ALIGN_BYTES));
+const _: () = assert!(BLOCK_BYTES.is_multiple_of(512));
 const _: () = assert!(SEGMENT_HEADER_BYTES as u64 <= SEGMENT_DATA_OFFSET);
 
 /// The header at offset 0 of every segment file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct SegmentHeader {
     /// CRC-32 of bytes `4..64`.
@@ -106,7 +108,9 @@ impl EntryKind {
 pub const FLAG_FIRST_IN_WRITE: u8 = 1;
 
 /// The header in front of every entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct EntryHeader {
     /// CRC-32 of bytes `4..48` of this header.
@@ -171,7 +175,10 @@ impl EntryHeader {
 
 /// Bytes an entry with this payload occupies: header, payload, alignment.
 pub fn entry_footprint(payload_len: usize) -> u64 {
-    align_up(ENTRY_HEADER_BYTES as u64 + payload_len as u64, ENTRY_ALIGN_BYTES)
+    align_up(
+        ENTRY_HEADER_BYTES as u64 + payload_len as u64,
+        ENTRY_ALIGN_BYTES,
+    )
 }
 
 /// Rounds `value` up to a multiple of `align` (a power of two).
@@ -208,7 +215,9 @@ impl HeaderFault {
         match self {
             HeaderFault::Zeroed => "entry header is zeroed (never written)",
             HeaderFault::Checksum => "entry header checksum mismatch",
-            HeaderFault::StaleGeneration => "entry header from another segment generation (stale bytes)",
+            HeaderFault::StaleGeneration => {
+                "entry header from another segment generation (stale bytes)"
+            }
             HeaderFault::Misplaced => "entry header names another offset (misdirected write)",
             HeaderFault::Invalid => "entry header field out of range",
         }
@@ -252,7 +261,7 @@ pub fn check_entry_header(
     if !len_ok
         || header.flags & !FLAG_FIRST_IN_WRITE != 0
         || header.reserved.get() != 0
-        || (first && offset % BLOCK_BYTES != 0)
+        || (first && !offset.is_multiple_of(BLOCK_BYTES))
         || offset + header.footprint() > segment_bytes
     {
         return Err(HeaderFault::Invalid);
@@ -281,14 +290,29 @@ mod tests {
         }
         .seal();
         let bytes = header.as_bytes().to_vec();
-        assert_eq!(check_entry_header(&bytes, 3, 4096, 1 << 20, 100), Ok(header));
+        assert_eq!(
+            check_entry_header(&bytes, 3, 4096, 1 << 20, 100),
+            Ok(header)
+        );
         for bit in 0..ENTRY_HEADER_BYTES * 8 {
             let mut flipped = bytes.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
-            assert!(check_entry_header(&flipped, 3, 4096, 1 << 20, 100).is_err(), "bit {bit}");
+            assert!(
+                check_entry_header(&flipped, 3, 4096, 1 << 20, 100).is_err(),
+                "bit {bit}"
+            );
         }
-        assert_eq!(check_entry_header(&bytes, 4, 4096, 1 << 20, 100), Err(HeaderFault::StaleGeneration));
-        assert_eq!(check_entry_header(&bytes, 3, 8192, 1 << 20, 100), Err(HeaderFault::Misplaced));
-        assert_eq!(check_entry_header(&[0; 48], 3, 8192, 1 << 20, 100), Err(HeaderFault::Zeroed));
+        assert_eq!(
+            check_entry_header(&bytes, 4, 4096, 1 << 20, 100),
+            Err(HeaderFault::StaleGeneration)
+        );
+        assert_eq!(
+            check_entry_header(&bytes, 3, 8192, 1 << 20, 100),
+            Err(HeaderFault::Misplaced)
+        );
+        assert_eq!(
+            check_entry_header(&[0; 48], 3, 8192, 1 << 20, 100),
+            Err(HeaderFault::Zeroed)
+        );
     }
 }

@@ -58,7 +58,8 @@ pub(crate) struct RingIndex {
 
 impl RingIndex {
     pub(crate) fn new(slot_count: u64, watermark: u64) -> RingIndex {
-        let slot_count = usize::try_from(slot_count).expect("slot_count validated to fit in memory");
+        let slot_count =
+            usize::try_from(slot_count).expect("slot_count validated to fit in memory");
         RingIndex {
             slots: vec![Slot::default(); slot_count],
             watermark,
@@ -214,7 +215,10 @@ impl RingIndex {
                 .filter(|op| self.slots[self.slot_index(*op)].op == *op)
                 .count()
         } else {
-            self.slots.iter().filter(|s| s.op > old && s.op <= watermark).count()
+            self.slots
+                .iter()
+                .filter(|s| s.op > old && s.op <= watermark)
+                .count()
         };
         self.live -= freed as u64;
         self.watermark = watermark;
@@ -247,7 +251,10 @@ mod tests {
             index.commit(op, at(1));
         }
         assert_eq!(index.remaining_capacity(), 0);
-        assert!(matches!(index.reserve(5, 1), Err(Error::RingFull { occupant: 1, .. })));
+        assert!(matches!(
+            index.reserve(5, 1),
+            Err(Error::RingFull { occupant: 1, .. })
+        ));
         index.advance(1);
         assert_eq!(index.remaining_capacity(), 1);
         index.reserve(5, 1).unwrap();

@@ -116,7 +116,9 @@ impl<S: Storage> Clone for Journal<S> {
 
 impl<S: Storage> std::fmt::Debug for Journal<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal").field("dir", &self.shared.config.dir).finish_non_exhaustive()
+        f.debug_struct("Journal")
+            .field("dir", &self.shared.config.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -229,7 +231,9 @@ impl<F: StorageFile> State<F> {
     }
 
     fn active(&self) -> &Segment<F> {
-        self.segments.back().expect("an open journal always has an active segment")
+        self.segments
+            .back()
+            .expect("an open journal always has an active segment")
     }
 
     fn segment(&self, generation: u64) -> Option<&Segment<F>> {
@@ -238,7 +242,11 @@ impl<F: StorageFile> State<F> {
     }
 
     /// Copies one entry into the filling batch.
-    fn enqueue(&mut self, request: Request<'_>, config: &JournalConfig) -> Result<(u64, Rc<BatchDone>)> {
+    fn enqueue(
+        &mut self,
+        request: Request<'_>,
+        config: &JournalConfig,
+    ) -> Result<(u64, Rc<BatchDone>)> {
         let (op, kind, payload, reservation) = match request {
             Request::Append(payload) => {
                 let op = self.next_op;
@@ -260,11 +268,20 @@ impl<F: StorageFile> State<F> {
             Request::Watermark(watermark) => (watermark, EntryKind::Watermark, &[][..], None),
         };
         if self.filling.buf.is_none() {
-            self.filling.buf = Some(self.active().file.alloc_buf(config.batch_bytes_max as usize));
+            self.filling.buf = Some(
+                self.active()
+                    .file
+                    .alloc_buf(config.batch_bytes_max as usize),
+            );
         }
         let footprint = entry_footprint(payload.len()) as usize;
         let batch_offset = self.filling.len;
-        let buf = self.filling.buf.as_mut().expect("allocated above").as_bytes_mut();
+        let buf = self
+            .filling
+            .buf
+            .as_mut()
+            .expect("allocated above")
+            .as_bytes_mut();
         let payload_start = batch_offset + ENTRY_HEADER_BYTES;
         buf[payload_start..payload_start + payload.len()].copy_from_slice(payload);
         buf[payload_start + payload.len()..batch_offset + footprint].fill(0);
@@ -297,7 +314,9 @@ impl<S: Storage> Journal<S> {
     pub(crate) async fn open_with(config: JournalConfig, storage: S) -> Result<Journal<S>> {
         storage.prepare_dir(&config.dir).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::Unsupported {
-                Error::DirectIoUnsupported { path: config.dir.clone() }
+                Error::DirectIoUnsupported {
+                    path: config.dir.clone(),
+                }
             } else {
                 Error::io("prepare directory", &config.dir, None, e)
             }
@@ -316,7 +335,10 @@ impl<S: Storage> Journal<S> {
             Ok(active) => segments.push_back(active),
             // A full disk: open anyway so what is there can be read; the
             // first write creates the segment (or fails with NoSpace).
-            Err(CreateError { error: error @ Error::NoSpace { .. }, poison: false }) if !segments.is_empty() => {
+            Err(CreateError {
+                error: error @ Error::NoSpace { .. },
+                poison: false,
+            }) if !segments.is_empty() => {
                 tracing::warn!(%error, "no space for a new segment; the journal opens read-mostly");
                 needs_fresh_segment = true;
             }
@@ -417,12 +439,19 @@ impl<S: Storage> Journal<S> {
                     let segment = state
                         .segment(location.generation)
                         .expect("the index only points into live segments");
-                    (location, segment.file.clone(), segment.path.clone(), segment.segment_bytes)
+                    (
+                        location,
+                        segment.file.clone(),
+                        segment.path.clone(),
+                        segment.segment_bytes,
+                    )
                 }
             }
         };
         let entry_bytes_max = self.shared.config.entry_bytes_max;
-        read_entry(&*file, &path, op, location, segment_bytes, entry_bytes_max).await.map(Some)
+        read_entry(&*file, &path, op, location, segment_bytes, entry_bytes_max)
+            .await
+            .map(Some)
     }
 
     /// The ops in `range`, in op order, each present or missing. Ops at or
@@ -469,7 +498,9 @@ impl<S: Storage> Journal<S> {
             state.next_op = state.next_op.max(watermark + 1);
             let current = state.index.watermark();
             let mut retired = Vec::new();
-            while state.segments.len() > 1 && state.segments.front().is_some_and(|s| s.max_op <= current) {
+            while state.segments.len() > 1
+                && state.segments.front().is_some_and(|s| s.max_op <= current)
+            {
                 retired.extend(state.segments.pop_front());
             }
             retired
@@ -492,7 +523,9 @@ impl<S: Storage> Journal<S> {
         }
         let dir = &self.shared.config.dir;
         if let Err(e) = storage.sync_dir(dir).await {
-            return Err(self.shared.poison(Error::io("fsync directory", dir, None, e)));
+            return Err(self
+                .shared
+                .poison(Error::io("fsync directory", dir, None, e)));
         }
         Ok(())
     }
@@ -600,16 +633,29 @@ impl<S: Storage> Shared<S> {
         batch.done.complete(result);
     }
 
-    async fn write_batch_inner(&self, batch: &mut Batch<<S::File as StorageFile>::Buf>) -> Result<()> {
+    async fn write_batch_inner(
+        &self,
+        batch: &mut Batch<<S::File as StorageFile>::Buf>,
+    ) -> Result<()> {
         let total = align_up(batch.len as u64, BLOCK_BYTES);
         let needs_rollover = {
             let state = self.state.borrow();
-            state.usable().or_else(|e| if matches!(e, Error::Closed) { Ok(()) } else { Err(e) })?;
+            state.usable().or_else(|e| {
+                if matches!(e, Error::Closed) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
             let active = state.active();
             // The last block of each segment is kept for a watermark record,
             // so the watermark can advance (and free space) on a full disk.
             let has_watermark = batch.entries.iter().any(|e| e.kind == EntryKind::Watermark);
-            let reserve = if has_watermark { 0 } else { WATERMARK_RESERVE_BYTES };
+            let reserve = if has_watermark {
+                0
+            } else {
+                WATERMARK_RESERVE_BYTES
+            };
             state.needs_fresh_segment || active.write_pos + total + reserve > active.segment_bytes
         };
         if needs_rollover {
@@ -618,10 +664,21 @@ impl<S: Storage> Shared<S> {
         let (file, path, generation, pos) = {
             let state = self.state.borrow();
             let active = state.active();
-            (active.file.clone(), active.path.clone(), active.generation, active.write_pos)
+            (
+                active.file.clone(),
+                active.path.clone(),
+                active.generation,
+                active.write_pos,
+            )
         };
         let mut buf = batch.buf.take().expect("a batch with entries has a buffer");
-        stamp_headers(buf.as_bytes_mut(), &batch.entries, generation, pos, batch.len);
+        stamp_headers(
+            buf.as_bytes_mut(),
+            &batch.entries,
+            generation,
+            pos,
+            batch.len,
+        );
         buf.trim_to(total as usize);
         if let Err(e) = file.write_at(buf, pos).await {
             return Err(self.poison(Error::io("write", &path, Some(pos), e)));
@@ -645,12 +702,17 @@ impl<S: Storage> Shared<S> {
                     state.index.commit(entry.op, location);
                     max_op = max_op.max(entry.op);
                 }
-                EntryKind::Watermark => state.durable_watermark = state.durable_watermark.max(entry.op),
+                EntryKind::Watermark => {
+                    state.durable_watermark = state.durable_watermark.max(entry.op)
+                }
                 EntryKind::Padding => unreachable!("padding is added at stamping, never queued"),
             }
         }
         let active = state.segments.back_mut().expect("active segment");
-        assert_eq!(active.generation, generation, "the active segment changed during a write");
+        assert_eq!(
+            active.generation, generation,
+            "the active segment changed during a write"
+        );
         active.write_pos = pos + total;
         active.max_op = active.max_op.max(max_op);
         let stats = &mut state.stats;
@@ -672,7 +734,15 @@ impl<S: Storage> Shared<S> {
             };
             (active.generation + 1, predecessor, state.durable_watermark)
         };
-        match create_segment(&self.storage, &self.config, generation, Some(predecessor), watermark).await {
+        match create_segment(
+            &self.storage,
+            &self.config,
+            generation,
+            Some(predecessor),
+            watermark,
+        )
+        .await
+        {
             Ok(segment) => {
                 let mut state = self.state.borrow_mut();
                 state.segments.push_back(segment);
@@ -680,8 +750,14 @@ impl<S: Storage> Shared<S> {
                 state.stats.segments_created += 1;
                 Ok(())
             }
-            Err(CreateError { error, poison: true }) => Err(self.poison(error)),
-            Err(CreateError { error, poison: false }) => Err(error),
+            Err(CreateError {
+                error,
+                poison: true,
+            }) => Err(self.poison(error)),
+            Err(CreateError {
+                error,
+                poison: false,
+            }) => Err(error),
         }
     }
 }
@@ -704,7 +780,8 @@ fn stamp_headers(buf: &mut [u8], entries: &[PendingEntry], generation: u64, pos:
             reserved: 0.into(),
         }
         .seal();
-        buf[entry.batch_offset..entry.batch_offset + ENTRY_HEADER_BYTES].copy_from_slice(header.as_bytes());
+        buf[entry.batch_offset..entry.batch_offset + ENTRY_HEADER_BYTES]
+            .copy_from_slice(header.as_bytes());
     }
     let end = align_up(len as u64, BLOCK_BYTES) as usize;
     let gap = end - len;
@@ -739,7 +816,10 @@ async fn read_entry<F: StorageFile>(
     let offset = u64::from(location.offset);
     let payload_len = location.payload_len as usize;
     let start = align_down(offset, BLOCK_BYTES);
-    let end = align_up(offset + (ENTRY_HEADER_BYTES + payload_len) as u64, BLOCK_BYTES);
+    let end = align_up(
+        offset + (ENTRY_HEADER_BYTES + payload_len) as u64,
+        BLOCK_BYTES,
+    );
     let bytes = file
         .read_at(start, (end - start) as usize)
         .await
@@ -749,10 +829,22 @@ async fn read_entry<F: StorageFile>(
     if bytes.len() < at + ENTRY_HEADER_BYTES + payload_len {
         return Err(corrupt(format!("file ends before op {op}'s entry")));
     }
-    let header = check_entry_header(&bytes[at..], location.generation, offset, segment_bytes, entry_bytes_max)
-        .map_err(|fault| corrupt(format!("op {op}: {}", fault.describe())))?;
-    if header.op.get() != op || header.entry_kind() != Some(EntryKind::Data) || header.payload_len.get() != location.payload_len {
-        return Err(corrupt(format!("entry header names op {}, expected op {op}", header.op.get())));
+    let header = check_entry_header(
+        &bytes[at..],
+        location.generation,
+        offset,
+        segment_bytes,
+        entry_bytes_max,
+    )
+    .map_err(|fault| corrupt(format!("op {op}: {}", fault.describe())))?;
+    if header.op.get() != op
+        || header.entry_kind() != Some(EntryKind::Data)
+        || header.payload_len.get() != location.payload_len
+    {
+        return Err(corrupt(format!(
+            "entry header names op {}, expected op {op}",
+            header.op.get()
+        )));
     }
     let payload = &bytes[at + ENTRY_HEADER_BYTES..at + ENTRY_HEADER_BYTES + payload_len];
     if crc32fast::hash(payload) != header.payload_checksum.get() {

@@ -44,8 +44,8 @@ use crate::config::{JournalConfig, Recovery};
 use crate::error::{Error, Result};
 use crate::format::{
     align_up, check_entry_header, EntryHeader, EntryKind, HeaderFault, SegmentHeader, BLOCK_BYTES,
-    ENTRY_HEADER_BYTES, FLAG_FIRST_IN_WRITE, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_HEADER_BYTES,
-    SEGMENT_MAGIC,
+    ENTRY_HEADER_BYTES, FLAG_FIRST_IN_WRITE, FORMAT_VERSION, SEGMENT_DATA_OFFSET,
+    SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
 };
 use crate::index::{Location, RingIndex};
 use crate::segment::{segment_file_name, segment_generation, Segment};
@@ -56,7 +56,7 @@ use zerocopy::FromBytes;
 
 /// Bytes read per call while scanning.
 const SCAN_READ_BYTES: u64 = 4 << 20;
-const _: () = assert!(SCAN_READ_BYTES % BLOCK_BYTES == 0);
+const _: () = assert!(SCAN_READ_BYTES.is_multiple_of(BLOCK_BYTES));
 
 /// How the scan of the last segment ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,14 +124,20 @@ impl<'a, F: StorageFile> ScanReader<'a, F> {
         let end = (pos + len).min(self.file_len);
         if pos < self.start || end > self.start + self.bytes.len() as u64 {
             let read_start = crate::format::align_down(pos, BLOCK_BYTES);
-            let read_end = align_up(end.max(read_start + SCAN_READ_BYTES), BLOCK_BYTES).min(align_up(self.file_len, BLOCK_BYTES));
-            let read = self.file.read_at(read_start, (read_end - read_start) as usize).await?;
+            let read_end = align_up(end.max(read_start + SCAN_READ_BYTES), BLOCK_BYTES)
+                .min(align_up(self.file_len, BLOCK_BYTES));
+            let read = self
+                .file
+                .read_at(read_start, (read_end - read_start) as usize)
+                .await?;
             self.start = read_start;
             self.bytes.clear();
             self.bytes.extend_from_slice(&read);
         }
         let from = (pos - self.start) as usize;
-        let to = ((end - self.start) as usize).min(self.bytes.len()).max(from);
+        let to = ((end - self.start) as usize)
+            .min(self.bytes.len())
+            .max(from);
         Ok(&self.bytes[from..to])
     }
 }
@@ -150,10 +156,18 @@ struct SegmentScan {
     tail: TailState,
 }
 
-pub(crate) async fn recover<S: Storage>(storage: &S, config: &JournalConfig) -> Result<Recovered<S::File>> {
+pub(crate) async fn recover<S: Storage>(
+    storage: &S,
+    config: &JournalConfig,
+) -> Result<Recovered<S::File>> {
     let dir = &config.dir;
-    let names = storage.list_dir(dir).map_err(|e| Error::io("list directory", dir, None, e))?;
-    let mut generations: Vec<u64> = names.iter().filter_map(|name| segment_generation(name)).collect();
+    let names = storage
+        .list_dir(dir)
+        .map_err(|e| Error::io("list directory", dir, None, e))?;
+    let mut generations: Vec<u64> = names
+        .iter()
+        .filter_map(|name| segment_generation(name))
+        .collect();
     generations.sort_unstable();
 
     let mut report = RecoveryReport {
@@ -169,7 +183,12 @@ pub(crate) async fn recover<S: Storage>(storage: &S, config: &JournalConfig) -> 
             return Err(Error::corruption(
                 dir.join(segment_file_name(pair[0] + 1)),
                 0,
-                format!("segment generation {} is missing between {} and {}", pair[0] + 1, pair[0], pair[1]),
+                format!(
+                    "segment generation {} is missing between {} and {}",
+                    pair[0] + 1,
+                    pair[0],
+                    pair[1]
+                ),
             ));
         }
     }
@@ -179,18 +198,34 @@ pub(crate) async fn recover<S: Storage>(storage: &S, config: &JournalConfig) -> 
     let mut opened: Vec<(u64, PathBuf, S::File, u64, SegmentHeader)> = Vec::new();
     for (i, generation) in generations.iter().copied().enumerate() {
         let path = dir.join(segment_file_name(generation));
-        let file = storage.open(&path).await.map_err(|e| Error::io("open", &path, None, e))?;
-        let len = file.len().await.map_err(|e| Error::io("stat", &path, None, e))?;
+        let file = storage
+            .open(&path)
+            .await
+            .map_err(|e| Error::io("open", &path, None, e))?;
+        let len = file
+            .file_len()
+            .await
+            .map_err(|e| Error::io("stat", &path, None, e))?;
         let Some(header) = read_segment_header(&file, &path, generation, len).await? else {
             let is_last = i + 1 == generations.len();
             if !is_last || first_entry_verifies(&file, generation, len).await {
-                return Err(Error::corruption(&path, 0, "segment header does not verify"));
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    "segment header does not verify",
+                ));
             }
             // Row 7: the crash came before the header was durable, so no
             // write can have gone to this segment.
             let _ = file.close().await;
-            storage.remove(&path).await.map_err(|e| Error::io("remove incomplete segment", &path, None, e))?;
-            storage.sync_dir(dir).await.map_err(|e| Error::io("fsync directory", dir, None, e))?;
+            storage
+                .remove(&path)
+                .await
+                .map_err(|e| Error::io("remove incomplete segment", &path, None, e))?;
+            storage
+                .sync_dir(dir)
+                .await
+                .map_err(|e| Error::io("fsync directory", dir, None, e))?;
             tracing::warn!(path = %path.display(), "removed a segment whose creation did not complete");
             report.removed_incomplete = Some(path);
             continue;
@@ -204,7 +239,8 @@ pub(crate) async fn recover<S: Storage>(storage: &S, config: &JournalConfig) -> 
     let mut max_op = 0;
     let mut max_epoch = 0;
     let count = opened.len();
-    let successors: Vec<Option<SegmentHeader>> = (0..count).map(|i| opened.get(i + 1).map(|o| o.4)).collect();
+    let successors: Vec<Option<SegmentHeader>> =
+        (0..count).map(|i| opened.get(i + 1).map(|o| o.4)).collect();
     for (i, (generation, path, file, len, header)) in opened.into_iter().enumerate() {
         let end_limit = match successors[i] {
             Some(next) if next.prev_generation.get() != generation => {
@@ -266,8 +302,13 @@ async fn read_segment_header<F: StorageFile>(
     if len < BLOCK_BYTES {
         return Ok(None);
     }
-    let block = file.read_at(0, BLOCK_BYTES as usize).await.map_err(read_error(path, 0))?;
-    let Ok((header, _)) = SegmentHeader::read_from_prefix(&block[..SEGMENT_HEADER_BYTES.min(block.len())]) else {
+    let block = file
+        .read_at(0, BLOCK_BYTES as usize)
+        .await
+        .map_err(read_error(path, 0))?;
+    let Ok((header, _)) =
+        SegmentHeader::read_from_prefix(&block[..SEGMENT_HEADER_BYTES.min(block.len())])
+    else {
         return Ok(None);
     };
     if header.magic.get() != SEGMENT_MAGIC || header.checksum.get() != header.compute_checksum() {
@@ -282,17 +323,31 @@ async fn read_segment_header<F: StorageFile>(
     }
     let bad = |reason: String| Err(Error::corruption(path, 0, reason));
     if header.generation.get() != generation {
-        return bad(format!("segment header names generation {}", header.generation.get()));
+        return bad(format!(
+            "segment header names generation {}",
+            header.generation.get()
+        ));
     }
     if u64::from(header.data_offset.get()) != SEGMENT_DATA_OFFSET {
-        return bad(format!("segment header names data offset {}", header.data_offset.get()));
+        return bad(format!(
+            "segment header names data offset {}",
+            header.data_offset.get()
+        ));
     }
     let segment_bytes = header.segment_bytes.get();
-    if segment_bytes % BLOCK_BYTES != 0 || segment_bytes <= SEGMENT_DATA_OFFSET || len < segment_bytes {
-        return bad(format!("segment header names size {segment_bytes}, file holds {len}"));
+    if segment_bytes % BLOCK_BYTES != 0
+        || segment_bytes <= SEGMENT_DATA_OFFSET
+        || len < segment_bytes
+    {
+        return bad(format!(
+            "segment header names size {segment_bytes}, file holds {len}"
+        ));
     }
     if header.batch_bytes_max.get() % BLOCK_BYTES != 0 || header.batch_bytes_max.get() == 0 {
-        return bad(format!("segment header names batch size {}", header.batch_bytes_max.get()));
+        return bad(format!(
+            "segment header names batch size {}",
+            header.batch_bytes_max.get()
+        ));
     }
     Ok(Some(header))
 }
@@ -302,7 +357,10 @@ async fn first_entry_verifies<F: StorageFile>(file: &F, generation: u64, len: u6
     if len < SEGMENT_DATA_OFFSET + BLOCK_BYTES {
         return false;
     }
-    match file.read_at(SEGMENT_DATA_OFFSET, BLOCK_BYTES as usize).await {
+    match file
+        .read_at(SEGMENT_DATA_OFFSET, BLOCK_BYTES as usize)
+        .await
+    {
         Ok(block) => check_entry_header(&block, generation, SEGMENT_DATA_OFFSET, len, u64::MAX)
             .is_ok_and(|h| h.flags & FLAG_FIRST_IN_WRITE != 0),
         // Unreadable: treat as data, so the caller reports corruption
@@ -347,9 +405,20 @@ async fn scan_segment<F: StorageFile>(
         if pos + ENTRY_HEADER_BYTES as u64 > limit {
             return Ok(scan);
         }
-        let bytes = reader.get(pos, ENTRY_HEADER_BYTES as u64).await.map_err(read_error(path, pos))?;
-        let header = match check_entry_header(bytes, generation, pos, segment_bytes, config.entry_bytes_max) {
-            Ok(h) if expect_first && h.flags & FLAG_FIRST_IN_WRITE == 0 => Err(HeaderFault::Invalid),
+        let bytes = reader
+            .get(pos, ENTRY_HEADER_BYTES as u64)
+            .await
+            .map_err(read_error(path, pos))?;
+        let header = match check_entry_header(
+            bytes,
+            generation,
+            pos,
+            segment_bytes,
+            config.entry_bytes_max,
+        ) {
+            Ok(h) if expect_first && h.flags & FLAG_FIRST_IN_WRITE == 0 => {
+                Err(HeaderFault::Invalid)
+            }
             Ok(h) if pos + h.footprint() > limit => Err(HeaderFault::Invalid),
             other => other,
         };
@@ -361,23 +430,45 @@ async fn scan_segment<F: StorageFile>(
                     reason: fault.describe(),
                     zeroed: fault == HeaderFault::Zeroed,
                 };
-                return finish_at_damage(&mut reader, path, segment, end_limit, config, scan, damage).await;
+                return finish_at_damage(
+                    &mut reader,
+                    path,
+                    segment,
+                    end_limit,
+                    config,
+                    scan,
+                    damage,
+                )
+                .await;
             }
         };
-        let kind = header.entry_kind().expect("check_entry_header validated the kind");
+        let kind = header
+            .entry_kind()
+            .expect("check_entry_header validated the kind");
         if kind == EntryKind::Data {
             let len = u64::from(header.payload_len.get());
             let payload = reader
                 .get(pos + ENTRY_HEADER_BYTES as u64, len)
                 .await
                 .map_err(read_error(path, pos))?;
-            if payload.len() as u64 != len || crc32fast::hash(payload) != header.payload_checksum.get() {
+            if payload.len() as u64 != len
+                || crc32fast::hash(payload) != header.payload_checksum.get()
+            {
                 let damage = Damage {
                     offset: pos,
                     reason: "payload checksum mismatch",
                     zeroed: false,
                 };
-                return finish_at_damage(&mut reader, path, segment, end_limit, config, scan, damage).await;
+                return finish_at_damage(
+                    &mut reader,
+                    path,
+                    segment,
+                    end_limit,
+                    config,
+                    scan,
+                    damage,
+                )
+                .await;
             }
             record_entry(&mut scan, &header, index);
         } else if kind == EntryKind::Watermark {
@@ -429,7 +520,10 @@ async fn finish_at_damage<F: StorageFile>(
         return Err(Error::corruption(
             path,
             offset,
-            format!("{}, but a valid write starts later at offset {later}", damage.reason),
+            format!(
+                "{}, but a valid write starts later at offset {later}",
+                damage.reason
+            ),
         ));
     }
     scan.valid_end = offset;
@@ -439,7 +533,11 @@ async fn finish_at_damage<F: StorageFile>(
         return Ok(scan);
     }
     if config.recovery == Recovery::Strict {
-        return Err(Error::corruption(path, offset, format!("{} (torn tail; recovery is Strict)", damage.reason)));
+        return Err(Error::corruption(
+            path,
+            offset,
+            format!("{} (torn tail; recovery is Strict)", damage.reason),
+        ));
     }
     // Rows 2–4.
     tracing::warn!(path = %path.display(), offset, reason = damage.reason, "cutting a torn tail");

@@ -8,7 +8,9 @@
 
 use crate::config::{JournalConfig, Preallocation};
 use crate::error::{Error, Result};
-use crate::format::{SegmentHeader, BLOCK_BYTES, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_MAGIC};
+use crate::format::{
+    SegmentHeader, BLOCK_BYTES, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_MAGIC,
+};
 use crate::storage::{IoBuf, Storage, StorageFile};
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -20,7 +22,7 @@ const SEGMENT_SUFFIX: &str = ".wal";
 
 /// Bytes written per call when zero-filling a segment.
 const ZERO_FILL_WRITE_BYTES: u64 = 1 << 20;
-const _: () = assert!(ZERO_FILL_WRITE_BYTES % BLOCK_BYTES == 0);
+const _: () = assert!(ZERO_FILL_WRITE_BYTES.is_multiple_of(BLOCK_BYTES));
 
 /// File name of segment `generation`: fixed width, so names sort by
 /// generation.
@@ -31,7 +33,9 @@ pub fn segment_file_name(generation: u64) -> String {
 /// The generation in a segment file name, if it is one.
 pub fn segment_generation(name: &OsStr) -> Option<u64> {
     let name = name.to_str()?;
-    let hex = name.strip_prefix(SEGMENT_PREFIX)?.strip_suffix(SEGMENT_SUFFIX)?;
+    let hex = name
+        .strip_prefix(SEGMENT_PREFIX)?
+        .strip_suffix(SEGMENT_SUFFIX)?;
     if hex.len() != 16 {
         return None;
     }
@@ -76,8 +80,14 @@ pub(crate) async fn create_segment<S: Storage>(
     watermark: u64,
 ) -> Result<Segment<S::File>, CreateError> {
     let path = config.dir.join(segment_file_name(generation));
-    let usable = |error: Error| CreateError { error, poison: false };
-    let fatal = |error: Error| CreateError { error, poison: true };
+    let usable = |error: Error| CreateError {
+        error,
+        poison: false,
+    };
+    let fatal = |error: Error| CreateError {
+        error,
+        poison: true,
+    };
     let file = storage
         .create(&path)
         .await
@@ -85,7 +95,12 @@ pub(crate) async fn create_segment<S: Storage>(
     if let Err(error) = reserve_space(&file, config, &path).await {
         let _ = file.close().await;
         if let Err(e) = storage.remove(&path).await {
-            return Err(fatal(Error::io("remove half-created segment", &path, None, e)));
+            return Err(fatal(Error::io(
+                "remove half-created segment",
+                &path,
+                None,
+                e,
+            )));
         }
         return Err(usable(error));
     }
@@ -125,7 +140,11 @@ pub(crate) async fn create_segment<S: Storage>(
     })
 }
 
-async fn reserve_space<F: StorageFile>(file: &F, config: &JournalConfig, path: &std::path::Path) -> Result<()> {
+async fn reserve_space<F: StorageFile>(
+    file: &F,
+    config: &JournalConfig,
+    path: &std::path::Path,
+) -> Result<()> {
     let zero_fill = match file.allocate(config.segment_bytes).await {
         Ok(()) => config.preallocation == Preallocation::ZeroFill,
         // No fallocate here (some filesystems): write zeros instead.
@@ -143,7 +162,9 @@ async fn reserve_space<F: StorageFile>(file: &F, config: &JournalConfig, path: &
                 .map_err(|e| Error::io("zero-fill segment", path, Some(pos), e))?;
             pos += len;
         }
-        file.sync().await.map_err(|e| Error::io("fdatasync", path, None, e))?;
+        file.sync()
+            .await
+            .map_err(|e| Error::io("fdatasync", path, None, e))?;
     }
     Ok(())
 }
@@ -159,7 +180,12 @@ mod tests {
             assert_eq!(segment_generation(OsStr::new(&name)), Some(generation));
         }
         assert!(segment_file_name(9) < segment_file_name(10));
-        for other in ["segment-0.wal", "segment-0000000000000000.wal", "x.wal", "segment-000000000000000g.wal"] {
+        for other in [
+            "segment-0.wal",
+            "segment-0000000000000000.wal",
+            "x.wal",
+            "segment-000000000000000g.wal",
+        ] {
             assert_eq!(segment_generation(OsStr::new(other)), None, "{other}");
         }
     }

@@ -20,7 +20,11 @@ fn mem_builder(mem: &MemStorage) -> JournalBuilder<MemStorage> {
 
 async fn assert_ops_present(journal: &Journal<MemStorage>, ops: &[u64], len: usize) {
     for op in ops {
-        let entry = journal.read(*op).await.unwrap().unwrap_or_else(|| panic!("acknowledged op {op} lost"));
+        let entry = journal
+            .read(*op)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("acknowledged op {op} lost"));
         assert_eq!(entry.payload, payload(*op, len));
     }
 }
@@ -39,14 +43,22 @@ fn a_failed_fsync_poisons_until_reopen() {
         };
         mem.fail_next_syncs(1, libc::EIO);
         match journal.append(&payload(6, 100)).await {
-            Err(Error::Io { op: "fdatasync", .. }) => {}
+            Err(Error::Io {
+                op: "fdatasync", ..
+            }) => {}
             other => panic!("expected the fdatasync error, got {other:?}"),
         }
         assert!(journal.is_poisoned());
         // Every later call fails, even ones that would not touch the disk.
-        assert!(matches!(journal.append(b"x").await, Err(Error::Poisoned { .. })));
+        assert!(matches!(
+            journal.append(b"x").await,
+            Err(Error::Poisoned { .. })
+        ));
         assert!(matches!(journal.read(1).await, Err(Error::Poisoned { .. })));
-        assert!(matches!(journal.advance_watermark(1).await, Err(Error::Poisoned { .. })));
+        assert!(matches!(
+            journal.advance_watermark(1).await,
+            Err(Error::Poisoned { .. })
+        ));
         assert!(journal.set_epoch(9).unwrap_err().is_poisoned());
         journal.close().await.unwrap();
         // The failed sync's bytes may or may not be durable: crash to the
@@ -69,12 +81,17 @@ fn a_failed_write_poisons_and_fails_the_whole_batch() {
         let mut tasks = Vec::new();
         for i in 0..4u64 {
             let journal = journal.clone();
-            tasks.push(glommio::spawn_local(async move { journal.append(&payload(100 + i, 10)).await }));
+            tasks.push(glommio::spawn_local(async move {
+                journal.append(&payload(100 + i, 10)).await
+            }));
         }
         for task in tasks {
             let result = task.await;
             assert!(
-                matches!(result, Err(Error::Io { op: "write", .. }) | Err(Error::Poisoned { .. })),
+                matches!(
+                    result,
+                    Err(Error::Io { op: "write", .. }) | Err(Error::Poisoned { .. })
+                ),
                 "{result:?}"
             );
         }
@@ -98,7 +115,9 @@ fn power_loss_keeps_every_acknowledged_append() {
             for t in 0..16u64 {
                 let journal = journal.clone();
                 let seed = round * 100 + t;
-                tasks.push(glommio::spawn_local(async move { (journal.append(&payload(seed, 700)).await.unwrap(), seed) }));
+                tasks.push(glommio::spawn_local(async move {
+                    (journal.append(&payload(seed, 700)).await.unwrap(), seed)
+                }));
             }
             for task in tasks {
                 acked.push(task.await);
@@ -109,7 +128,10 @@ fn power_loss_keeps_every_acknowledged_append() {
         drop(journal);
         let journal = mem_builder(&mem).open().await.unwrap();
         for (op, seed) in &acked {
-            assert_eq!(journal.read(*op).await.unwrap().unwrap().payload, payload(*seed, 700));
+            assert_eq!(
+                journal.read(*op).await.unwrap().unwrap().payload,
+                payload(*seed, 700)
+            );
         }
         journal.close().await.unwrap();
     });
@@ -136,17 +158,26 @@ fn enospc_is_a_clear_error_and_advancing_the_watermark_recovers() {
             }
             other => panic!("expected NoSpace, got {other:?}"),
         }
-        assert!(!journal.is_poisoned(), "ENOSPC before any write must not poison");
+        assert!(
+            !journal.is_poisoned(),
+            "ENOSPC before any write must not poison"
+        );
         assert_ops_present(&journal, &acked, 8000).await;
         // Snapshot taken: the watermark advances into the reserved block and
         // retires segments, and appends flow again.
-        journal.advance_watermark(*acked.last().unwrap()).await.unwrap();
+        journal
+            .advance_watermark(*acked.last().unwrap())
+            .await
+            .unwrap();
         assert!(journal.stats().segments_retired >= 2);
         let op = journal.append(&payload(999, 8000)).await.unwrap();
         journal.close().await.unwrap();
         mem.crash();
         let journal = mem_builder(&mem).open().await.unwrap();
-        assert_eq!(journal.read(op).await.unwrap().unwrap().payload, payload(999, 8000));
+        assert_eq!(
+            journal.read(op).await.unwrap().unwrap().payload,
+            payload(999, 8000)
+        );
         journal.close().await.unwrap();
     });
 }
@@ -155,7 +186,11 @@ fn enospc_is_a_clear_error_and_advancing_the_watermark_recovers() {
 fn nosync_durability_never_serves_wrong_bytes_after_power_loss() {
     run(|| async {
         let mem = MemStorage::new();
-        let journal = mem_builder(&mem).durability(Durability::NoSync).open().await.unwrap();
+        let journal = mem_builder(&mem)
+            .durability(Durability::NoSync)
+            .open()
+            .await
+            .unwrap();
         for i in 1..=50u64 {
             journal.append(&payload(i, 300)).await.unwrap();
         }
@@ -195,12 +230,23 @@ impl LoopFs {
         std::fs::create_dir(&mount).unwrap();
         let sh = |cmd: &str| {
             let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-            assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
-        sh(&format!("truncate -s {megabytes}M {0} && mkfs.ext4 -q {0}", image.display()));
+        sh(&format!(
+            "truncate -s {megabytes}M {0} && mkfs.ext4 -q {0}",
+            image.display()
+        ));
         let device = sh(&format!("losetup -f --show {}", image.display()));
-        let fs = LoopFs { mount, device, _dir: dir };
+        let fs = LoopFs {
+            mount,
+            device,
+            _dir: dir,
+        };
         sh(&format!("mount {} {}", fs.device, fs.mount.display()));
         fs
     }
@@ -208,7 +254,10 @@ impl LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        let unmounted = Command::new("umount").arg(&self.mount).status().is_ok_and(|s| s.success());
+        let unmounted = Command::new("umount")
+            .arg(&self.mount)
+            .status()
+            .is_ok_and(|s| s.success());
         if !unmounted {
             let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
         }
@@ -223,14 +272,22 @@ fn a_genuinely_full_filesystem_gives_no_space_and_loses_nothing() {
     // Someone else's file on the same filesystem, deleted later to make room.
     let ballast = fs.mount.join("ballast");
     std::fs::write(&ballast, vec![1u8; 6 << 20]).unwrap();
-    let builder = |p: &Path| Journal::builder(p).segment_bytes(4 << 20).batch_bytes_max(256 << 10).entry_bytes_max(64 << 10);
+    let builder = |p: &Path| {
+        Journal::builder(p)
+            .segment_bytes(4 << 20)
+            .batch_bytes_max(256 << 10)
+            .entry_bytes_max(64 << 10)
+    };
     let p = path.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     run(move || async move {
         let journal = builder(&p).open().await.unwrap();
         let mut acked = Vec::new();
         let error = loop {
-            match journal.append(&payload(acked.len() as u64 + 1, 60_000)).await {
+            match journal
+                .append(&payload(acked.len() as u64 + 1, 60_000))
+                .await
+            {
                 Ok(op) => acked.push(op),
                 Err(e) => break e,
             }
@@ -245,9 +302,15 @@ fn a_genuinely_full_filesystem_gives_no_space_and_loses_nothing() {
         // every acknowledged entry, and refuses appends with NoSpace.
         let journal = builder(&p).open().await.unwrap();
         for op in &acked {
-            assert_eq!(journal.read(*op).await.unwrap().unwrap().payload, payload(*op, 60_000));
+            assert_eq!(
+                journal.read(*op).await.unwrap().unwrap().payload,
+                payload(*op, 60_000)
+            );
         }
-        assert!(matches!(journal.append(b"no room").await, Err(Error::NoSpace { .. })));
+        assert!(matches!(
+            journal.append(b"no room").await,
+            Err(Error::NoSpace { .. })
+        ));
         journal.close().await.unwrap();
         tx.send(acked).unwrap();
     });
@@ -258,7 +321,10 @@ fn a_genuinely_full_filesystem_gives_no_space_and_loses_nothing() {
     run(move || async move {
         let journal = builder(&p).open().await.unwrap();
         for op in &acked {
-            assert_eq!(journal.read(*op).await.unwrap().unwrap().payload, payload(*op, 60_000));
+            assert_eq!(
+                journal.read(*op).await.unwrap().unwrap().payload,
+                payload(*op, 60_000)
+            );
         }
         let op = journal.append(b"room again").await.unwrap();
         assert_eq!(op, *acked.last().unwrap() + 1);

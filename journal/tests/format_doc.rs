@@ -6,7 +6,9 @@ use std::mem::offset_of;
 
 /// Rows `| offset | size | field | ... |` of the table under `heading`.
 fn table(doc: &str, heading: &str) -> Vec<(usize, usize, String)> {
-    let start = doc.find(heading).unwrap_or_else(|| panic!("FORMAT.md lacks {heading}"));
+    let start = doc
+        .find(heading)
+        .unwrap_or_else(|| panic!("FORMAT.md lacks {heading}"));
     doc[start..]
         .lines()
         .skip_while(|l| !l.starts_with("| offset"))
@@ -14,7 +16,11 @@ fn table(doc: &str, heading: &str) -> Vec<(usize, usize, String)> {
         .take_while(|l| l.starts_with('|'))
         .map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
-            (cells[1].parse().unwrap(), cells[2].parse().unwrap(), cells[3].to_string())
+            (
+                cells[1].parse().unwrap(),
+                cells[2].parse().unwrap(),
+                cells[3].to_string(),
+            )
         })
         .collect()
 }
@@ -89,7 +95,11 @@ fn constants_named_in_the_document_match() {
     assert!(doc.contains(&format!("{BLOCK_BYTES}-byte boundary")));
     assert!(doc.contains(&format!("{ENTRY_ALIGN_BYTES}-byte boundary")));
     assert_eq!(
-        (EntryKind::Data as u8, EntryKind::Watermark as u8, EntryKind::Padding as u8),
+        (
+            EntryKind::Data as u8,
+            EntryKind::Watermark as u8,
+            EntryKind::Padding as u8
+        ),
         (1, 2, 3)
     );
     assert!(doc.contains("1 data, 2 watermark, 3 padding"));

@@ -25,9 +25,23 @@ fn round_trip_across_reopen_with_every_payload_size() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let journal = builder(&path).open().await.unwrap();
-        let sizes = [0usize, 1, 7, 8, 40, 4047, 4048, 4096, 9000, ENTRY_BYTES as usize];
+        let sizes = [
+            0usize,
+            1,
+            7,
+            8,
+            40,
+            4047,
+            4048,
+            4096,
+            9000,
+            ENTRY_BYTES as usize,
+        ];
         for (i, len) in sizes.iter().enumerate() {
-            assert_eq!(journal.append(&payload(i as u64 + 1, *len)).await.unwrap(), i as u64 + 1);
+            assert_eq!(
+                journal.append(&payload(i as u64 + 1, *len)).await.unwrap(),
+                i as u64 + 1
+            );
         }
         journal.close().await.unwrap();
         let journal = builder(&path).open().await.unwrap();
@@ -57,10 +71,16 @@ fn replica_writes_out_of_order_with_gaps_report_missing_ops() {
         }
         assert_eq!(journal.next_op(), 10);
         // The same op again in the same epoch is refused; a later epoch replaces it.
-        assert!(matches!(journal.write(5, b"again").await, Err(Error::OpExists { .. })));
+        assert!(matches!(
+            journal.write(5, b"again").await,
+            Err(Error::OpExists { .. })
+        ));
         journal.set_epoch(2).unwrap();
         journal.write(5, b"epoch two").await.unwrap();
-        assert!(matches!(journal.set_epoch(1), Err(Error::EpochRegression { .. })));
+        assert!(matches!(
+            journal.set_epoch(1),
+            Err(Error::EpochRegression { .. })
+        ));
         journal.close().await.unwrap();
 
         let journal = builder(&path).open().await.unwrap();
@@ -81,8 +101,14 @@ fn replica_writes_out_of_order_with_gaps_report_missing_ops() {
         assert_eq!(items.len(), 10);
         assert!(items.contains(&LogItem::Missing(1)));
         let five = journal.read(5).await.unwrap().unwrap();
-        assert_eq!((five.epoch, five.payload.as_slice()), (2, &b"epoch two"[..]));
-        assert!(matches!(journal.write(0, b"x").await, Err(Error::InvalidOp { op: 0 })));
+        assert_eq!(
+            (five.epoch, five.payload.as_slice()),
+            (2, &b"epoch two"[..])
+        );
+        assert!(matches!(
+            journal.write(0, b"x").await,
+            Err(Error::InvalidOp { op: 0 })
+        ));
         journal.close().await.unwrap();
     });
 }
@@ -113,11 +139,17 @@ fn concurrent_appends_share_writes_and_fsyncs() {
         }
         let stats = journal.stats();
         assert_eq!(stats.appends, TASKS * PER_TASK);
-        assert!(stats.writes < stats.appends / 4, "group commit coalesced too little: {stats:?}");
+        assert!(
+            stats.writes < stats.appends / 4,
+            "group commit coalesced too little: {stats:?}"
+        );
         assert_eq!(stats.fsyncs, stats.writes);
         assert!(stats.batch_entries_max > 1);
         for (op, seed) in all {
-            assert_eq!(journal.read(op).await.unwrap().unwrap().payload, payload(seed, 256));
+            assert_eq!(
+                journal.read(op).await.unwrap().unwrap().payload,
+                payload(seed, 256)
+            );
         }
         journal.close().await.unwrap();
     });
@@ -143,13 +175,29 @@ fn full_ring_refuses_before_io_and_watermark_frees_slots() {
             }) => {}
             other => panic!("expected RingFull, got {other:?}"),
         }
-        assert!(matches!(journal.write(16, b"x").await, Err(Error::RingFull { .. })));
-        assert_eq!(journal.stats().writes, writes, "a refused append must not do I/O");
+        assert!(matches!(
+            journal.write(16, b"x").await,
+            Err(Error::RingFull { .. })
+        ));
+        assert_eq!(
+            journal.stats().writes,
+            writes,
+            "a refused append must not do I/O"
+        );
         journal.advance_watermark(2).await.unwrap();
         assert_eq!(journal.remaining_capacity(), 2);
         assert_eq!(journal.append(b"nine").await.unwrap(), 9);
-        assert!(matches!(journal.read(1).await, Err(Error::BelowWatermark { op: 1, watermark: 2 })));
-        assert!(matches!(journal.write(2, b"x").await, Err(Error::BelowWatermark { .. })));
+        assert!(matches!(
+            journal.read(1).await,
+            Err(Error::BelowWatermark {
+                op: 1,
+                watermark: 2
+            })
+        ));
+        assert!(matches!(
+            journal.write(2, b"x").await,
+            Err(Error::BelowWatermark { .. })
+        ));
         assert!(matches!(
             journal.advance_watermark(1).await,
             Err(Error::WatermarkRegression { .. })
@@ -167,7 +215,13 @@ fn full_ring_refuses_before_io_and_watermark_frees_slots() {
 fn segment_count(path: &std::path::Path) -> usize {
     std::fs::read_dir(path)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".wal"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".wal")
+        })
         .count()
 }
 
@@ -188,7 +242,10 @@ fn watermark_retires_whole_segments_only() {
         journal.advance_watermark(150).await.unwrap();
         assert_eq!(segment_count(&path), before - 1);
         assert_eq!(journal.stats().segments_retired, 1);
-        assert_eq!(journal.read(151).await.unwrap().unwrap().payload, payload(150, 8000));
+        assert_eq!(
+            journal.read(151).await.unwrap().unwrap().payload,
+            payload(150, 8000)
+        );
         journal.advance_watermark(last).await.unwrap();
         assert_eq!(segment_count(&path), 1, "only the active segment stays");
         journal.close().await.unwrap();
@@ -219,7 +276,12 @@ fn reopening_twice_gives_the_same_state() {
             while let Some(item) = entries.next().await {
                 items.push(item.unwrap());
             }
-            states.push((items, journal.watermark(), journal.next_op(), journal.remaining_capacity()));
+            states.push((
+                items,
+                journal.watermark(),
+                journal.next_op(),
+                journal.remaining_capacity(),
+            ));
             journal.close().await.unwrap();
         }
         assert_eq!(states[0], states[1]);
@@ -232,13 +294,20 @@ fn zero_filled_segments_work_the_same() {
     let dir = temp_dir();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let journal = builder(&path).preallocation(Preallocation::ZeroFill).open().await.unwrap();
+        let journal = builder(&path)
+            .preallocation(Preallocation::ZeroFill)
+            .open()
+            .await
+            .unwrap();
         for i in 1..=300u64 {
             journal.append(&payload(i, 5000)).await.unwrap();
         }
         journal.close().await.unwrap();
         let journal = builder(&path).open().await.unwrap();
-        assert_eq!(journal.read(300).await.unwrap().unwrap().payload, payload(300, 5000));
+        assert_eq!(
+            journal.read(300).await.unwrap().unwrap().payload,
+            payload(300, 5000)
+        );
         journal.close().await.unwrap();
     });
 }
@@ -263,7 +332,10 @@ fn bad_settings_are_typed_errors() {
                 other => panic!("{setting}: expected InvalidConfig, got {other:?}"),
             }
         }
-        assert!(std::fs::read_dir(&path).unwrap().next().is_none(), "nothing created");
+        assert!(
+            std::fs::read_dir(&path).unwrap().next().is_none(),
+            "nothing created"
+        );
     });
 }
 
@@ -273,7 +345,10 @@ fn tmpfs_is_refused_with_the_path_unless_buffered_io_is_allowed() {
     let is_tmpfs = std::fs::read_to_string("/proc/mounts")
         .unwrap()
         .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/dev/shm") && l.split_whitespace().nth(2) == Some("tmpfs"));
+        .any(|l| {
+            l.split_whitespace().nth(1) == Some("/dev/shm")
+                && l.split_whitespace().nth(2) == Some("tmpfs")
+        });
     assert!(is_tmpfs, "this test needs /dev/shm to be tmpfs");
     let dir = tempfile::tempdir_in(shm).unwrap();
     let path = dir.path().join("wal");
@@ -282,9 +357,16 @@ fn tmpfs_is_refused_with_the_path_unless_buffered_io_is_allowed() {
             Err(Error::DirectIoUnsupported { path: p }) => assert_eq!(p, path),
             other => panic!("expected DirectIoUnsupported, got {other:?}"),
         }
-        let journal = Journal::builder(&path).allow_buffered_io(true).open().await.unwrap();
+        let journal = Journal::builder(&path)
+            .allow_buffered_io(true)
+            .open()
+            .await
+            .unwrap();
         let op = journal.append(b"buffered").await.unwrap();
-        assert_eq!(journal.read(op).await.unwrap().unwrap().payload, b"buffered");
+        assert_eq!(
+            journal.read(op).await.unwrap().unwrap().payload,
+            b"buffered"
+        );
         journal.close().await.unwrap();
     });
 }
@@ -302,12 +384,30 @@ fn reads_work_after_an_empty_dma_file_was_opened_first() {
         let file = glommio::io::DmaFile::open(&empty).await.unwrap();
         file.close().await.unwrap();
         let wal = path.join("wal");
-        let journal = Journal::builder(&wal).segment_bytes(SEGMENT_BYTES).batch_bytes_max(BATCH_BYTES).entry_bytes_max(ENTRY_BYTES).open().await.unwrap();
+        let journal = Journal::builder(&wal)
+            .segment_bytes(SEGMENT_BYTES)
+            .batch_bytes_max(BATCH_BYTES)
+            .entry_bytes_max(ENTRY_BYTES)
+            .open()
+            .await
+            .unwrap();
         let op = journal.append(b"readable").await.unwrap();
-        assert_eq!(journal.read(op).await.unwrap().unwrap().payload, b"readable");
+        assert_eq!(
+            journal.read(op).await.unwrap().unwrap().payload,
+            b"readable"
+        );
         journal.close().await.unwrap();
-        let journal = Journal::builder(&wal).segment_bytes(SEGMENT_BYTES).batch_bytes_max(BATCH_BYTES).entry_bytes_max(ENTRY_BYTES).open().await.unwrap();
-        assert_eq!(journal.read(op).await.unwrap().unwrap().payload, b"readable");
+        let journal = Journal::builder(&wal)
+            .segment_bytes(SEGMENT_BYTES)
+            .batch_bytes_max(BATCH_BYTES)
+            .entry_bytes_max(ENTRY_BYTES)
+            .open()
+            .await
+            .unwrap();
+        assert_eq!(
+            journal.read(op).await.unwrap().unwrap().payload,
+            b"readable"
+        );
         journal.close().await.unwrap();
     });
 }

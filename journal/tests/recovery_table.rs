@@ -6,7 +6,7 @@
 //! segment 1, which stays the last segment until the next open.
 mod common;
 use common::*;
-use ringstore_journal::format::{SegmentHeader, EntryHeader, ENTRY_HEADER_BYTES};
+use ringstore_journal::format::{EntryHeader, SegmentHeader, ENTRY_HEADER_BYTES};
 use ringstore_journal::{Error, Journal, JournalBuilder, Recovery, TailState};
 use std::path::{Path, PathBuf};
 use zerocopy::{FromBytes, IntoBytes};
@@ -54,7 +54,11 @@ fn reopen(path: &Path, recovery: Recovery) -> Result<(TailState, Vec<u64>), Erro
                 let mut present = Vec::new();
                 for op in 1..=N {
                     if let Some(entry) = journal.read(op).await.unwrap() {
-                        assert_eq!(entry.payload, payload(op, PAYLOAD), "op {op} served with wrong bytes");
+                        assert_eq!(
+                            entry.payload,
+                            payload(op, PAYLOAD),
+                            "op {op} served with wrong bytes"
+                        );
                         present.push(op);
                     }
                 }
@@ -72,7 +76,9 @@ fn reopen(path: &Path, recovery: Recovery) -> Result<(TailState, Vec<u64>), Erro
 fn expect_torn(path: &Path, at_op: u64, reason: &str) {
     let (tail, present) = reopen(path, Recovery::TruncateTornTail).unwrap();
     match tail {
-        TailState::Torn { offset, reason: r, .. } => {
+        TailState::Torn {
+            offset, reason: r, ..
+        } => {
             assert_eq!(offset, offset_of_op(at_op));
             assert!(r.contains(reason), "reason {r:?} should mention {reason:?}");
         }
@@ -93,11 +99,18 @@ fn expect_torn(path: &Path, at_op: u64, reason: &str) {
 
 fn expect_corruption(result: Result<(TailState, Vec<u64>), Error>, file: &Path, offset: u64) {
     match result {
-        Err(Error::Corruption { path, offset: o, reason }) => {
+        Err(Error::Corruption {
+            path,
+            offset: o,
+            reason,
+        }) => {
             assert_eq!(path, file, "{reason}");
             assert_eq!(o, offset, "{reason}");
         }
-        other => panic!("expected corruption in {} at {offset}, got {other:?}", file.display()),
+        other => panic!(
+            "expected corruption in {} at {offset}, got {other:?}",
+            file.display()
+        ),
     }
 }
 
@@ -127,7 +140,11 @@ fn row2_strict_recovery_reports_a_torn_tail() {
 #[test]
 fn row3_payload_checksum_mismatch_at_the_tail_is_cut() {
     let (_dir, path) = write_session(0);
-    flip_bit(&segment_path(&path, 1), offset_of_op(N) + ENTRY_HEADER_BYTES as u64 + 17, 0);
+    flip_bit(
+        &segment_path(&path, 1),
+        offset_of_op(N) + ENTRY_HEADER_BYTES as u64 + 17,
+        0,
+    );
     expect_torn(&path, N, "payload checksum");
 }
 
@@ -137,7 +154,11 @@ fn row3_a_lost_sector_of_the_last_write_is_cut() {
     // The whole last write never reached the disk: its sector reads as zeros.
     patch(&segment_path(&path, 1), offset_of_op(N), &[0; 512]);
     let (tail, present) = reopen(&path, Recovery::Strict).unwrap();
-    assert_eq!(tail, TailState::Clean, "a never-written tail is a clean end");
+    assert_eq!(
+        tail,
+        TailState::Clean,
+        "a never-written tail is a clean end"
+    );
     assert_eq!(present, (1..N).collect::<Vec<_>>());
 }
 
@@ -166,13 +187,25 @@ fn row4_misdirected_write_at_the_tail_is_cut() {
 fn row5_damage_followed_by_a_valid_write_is_corruption() {
     let (_dir, path) = write_session(0);
     let segment = segment_path(&path, 1);
-    flip_bit(&segment, offset_of_op(N - 1) + ENTRY_HEADER_BYTES as u64 + 3, 6);
-    expect_corruption(reopen(&path, Recovery::TruncateTornTail), &segment, offset_of_op(N - 1));
+    flip_bit(
+        &segment,
+        offset_of_op(N - 1) + ENTRY_HEADER_BYTES as u64 + 3,
+        6,
+    );
+    expect_corruption(
+        reopen(&path, Recovery::TruncateTornTail),
+        &segment,
+        offset_of_op(N - 1),
+    );
     // Header damage too.
     let (_dir, path) = write_session(0);
     let segment = segment_path(&path, 1);
     flip_bit(&segment, offset_of_op(2) + 20, 1);
-    expect_corruption(reopen(&path, Recovery::TruncateTornTail), &segment, offset_of_op(2));
+    expect_corruption(
+        reopen(&path, Recovery::TruncateTornTail),
+        &segment,
+        offset_of_op(2),
+    );
 }
 
 #[test]
@@ -180,7 +213,11 @@ fn row6_damage_in_an_earlier_segment_is_corruption_even_at_its_end() {
     let (_dir, path) = write_session(1);
     let segment = segment_path(&path, 1);
     flip_bit(&segment, offset_of_op(N) + 30, 2);
-    expect_corruption(reopen(&path, Recovery::TruncateTornTail), &segment, offset_of_op(N));
+    expect_corruption(
+        reopen(&path, Recovery::TruncateTornTail),
+        &segment,
+        offset_of_op(N),
+    );
 }
 
 #[test]
@@ -192,8 +229,14 @@ fn row7_an_incomplete_new_segment_is_removed() {
     let inc = incomplete.clone();
     run(move || async move {
         let journal = builder(&p).open().await.unwrap();
-        assert_eq!(journal.recovery_report().removed_incomplete.as_deref(), Some(inc.as_path()));
-        assert_eq!(journal.read(N).await.unwrap().unwrap().payload, payload(N, PAYLOAD));
+        assert_eq!(
+            journal.recovery_report().removed_incomplete.as_deref(),
+            Some(inc.as_path())
+        );
+        assert_eq!(
+            journal.read(N).await.unwrap().unwrap().payload,
+            payload(N, PAYLOAD)
+        );
         journal.close().await.unwrap();
     });
     let (tail, present) = reopen(&path, Recovery::Strict).unwrap();
@@ -219,7 +262,11 @@ fn row8_a_damaged_segment_header_with_data_is_corruption() {
 fn row9_a_missing_segment_is_corruption() {
     let (_dir, path) = write_session(2);
     std::fs::remove_file(segment_path(&path, 2)).unwrap();
-    expect_corruption(reopen(&path, Recovery::TruncateTornTail), &segment_path(&path, 2), 0);
+    expect_corruption(
+        reopen(&path, Recovery::TruncateTornTail),
+        &segment_path(&path, 2),
+        0,
+    );
 }
 
 #[test]
@@ -249,7 +296,11 @@ fn row11_an_unknown_format_version_is_refused() {
     header.version = 2.into();
     patch(&segment, 0, header.seal().as_bytes());
     match reopen(&path, Recovery::TruncateTornTail) {
-        Err(Error::UnsupportedVersion { path: p, found: 2, supported: 1 }) => assert_eq!(p, segment),
+        Err(Error::UnsupportedVersion {
+            path: p,
+            found: 2,
+            supported: 1,
+        }) => assert_eq!(p, segment),
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
 }
@@ -269,7 +320,9 @@ fn torn_write_with_later_sectors_persisted_is_still_a_torn_tail() {
         let mut tasks = Vec::new();
         for i in 0..8u64 {
             let journal = journal.clone();
-            tasks.push(glommio::spawn_local(async move { journal.append(&payload(i, 1500)).await.unwrap() }));
+            tasks.push(glommio::spawn_local(async move {
+                journal.append(&payload(i, 1500)).await.unwrap()
+            }));
         }
         for t in tasks {
             t.await;
@@ -280,14 +333,21 @@ fn torn_write_with_later_sectors_persisted_is_still_a_torn_tail() {
     // The second write starts at 8192; drop its first sector.
     let header: EntryHeader = read_header(&segment, 8192);
     assert_eq!(header.flags & 1, 1);
-    assert!(read_header(&segment, 8192 + 1552).op.get() > 1, "a later entry of the write persisted");
+    assert!(
+        read_header(&segment, 8192 + 1552).op.get() > 1,
+        "a later entry of the write persisted"
+    );
     patch(&segment, 8192, &[0; 512]);
     run(move || async move {
         let journal = builder(&path).open().await.unwrap();
         assert_eq!(journal.recovery_report().tail, TailState::Clean);
         assert_eq!(journal.read(1).await.unwrap().unwrap().payload, b"first");
         for op in 2..=9 {
-            assert_eq!(journal.read(op).await.unwrap(), None, "op {op} of the torn write");
+            assert_eq!(
+                journal.read(op).await.unwrap(),
+                None,
+                "op {op} of the torn write"
+            );
         }
         journal.close().await.unwrap();
     });

@@ -58,7 +58,9 @@ impl DmaStorage {
     /// I/O. fdatasync still runs, so durability is whatever the filesystem
     /// gives (for tmpfs: nothing survives a reboot).
     pub fn allowing_buffered_io() -> DmaStorage {
-        DmaStorage { allow_buffered_io: true }
+        DmaStorage {
+            allow_buffered_io: true,
+        }
     }
 }
 
@@ -75,7 +77,10 @@ impl Storage for DmaStorage {
     async fn prepare_dir(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let fs = rustix::fs::statfs(dir)?;
-        #[expect(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
+        #[allow(
+            clippy::unnecessary_cast,
+            reason = "f_type's width differs between targets"
+        )]
         let is_tmpfs = fs.f_type as i64 == TMPFS_MAGIC;
         if is_tmpfs && !self.allow_buffered_io {
             return Err(unsupported_direct_io(dir));
@@ -91,9 +96,7 @@ impl Storage for DmaStorage {
         let _ = std::fs::remove_file(&probe_path);
         let probe = match opened {
             Ok(file) => file,
-            Err(err) if is_errno(&err, libc::EINVAL) => {
-                return Err(unsupported_direct_io(dir))
-            }
+            Err(err) if is_errno(&err, libc::EINVAL) => return Err(unsupported_direct_io(dir)),
             Err(err) => return Err(err),
         };
         let _ = probe.close().await;
@@ -240,7 +243,7 @@ impl StorageFile for DmaFileHandle {
         Ok(self.file.pre_allocate(len, false).await?)
     }
 
-    async fn len(&self) -> io::Result<u64> {
+    async fn file_len(&self) -> io::Result<u64> {
         Ok(self.file.file_size().await?)
     }
 

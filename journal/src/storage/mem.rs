@@ -49,12 +49,19 @@ struct MemFs {
 
 impl MemFs {
     fn used_bytes(&self) -> u64 {
-        self.live.values().map(|f| f.borrow().live.len() as u64).sum()
+        self.live
+            .values()
+            .map(|f| f.borrow().live.len() as u64)
+            .sum()
     }
 
     fn take_fault(slot: &mut Option<(u32, i32)>) -> Option<io::Error> {
         let (remaining, errno) = (*slot)?;
-        *slot = if remaining > 1 { Some((remaining - 1, errno)) } else { None };
+        *slot = if remaining > 1 {
+            Some((remaining - 1, errno))
+        } else {
+            None
+        };
         Some(io::Error::from_raw_os_error(errno))
     }
 }
@@ -101,7 +108,11 @@ impl MemStorage {
 
     /// Live bytes of one file, for tests that corrupt or inspect files.
     pub fn file_bytes(&self, path: &Path) -> Option<Vec<u8>> {
-        self.fs.borrow().live.get(path).map(|f| f.borrow().live.clone())
+        self.fs
+            .borrow()
+            .live
+            .get(path)
+            .map(|f| f.borrow().live.clone())
     }
 
     /// Replaces a file's live and durable bytes, for tests that damage files.
@@ -125,7 +136,10 @@ impl MemStorage {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file", path.display()),
+    )
 }
 
 impl Storage for MemStorage {
@@ -150,12 +164,23 @@ impl Storage for MemStorage {
     }
 
     async fn open(&self, path: &Path) -> io::Result<MemFile> {
-        let data = self.fs.borrow().live.get(path).cloned().ok_or_else(|| not_found(path))?;
+        let data = self
+            .fs
+            .borrow()
+            .live
+            .get(path)
+            .cloned()
+            .ok_or_else(|| not_found(path))?;
         Ok(self.handle(path, data))
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
-        self.fs.borrow_mut().live.remove(path).map(|_| ()).ok_or_else(|| not_found(path))
+        self.fs
+            .borrow_mut()
+            .live
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| not_found(path))
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -164,7 +189,12 @@ impl Storage for MemStorage {
             return Err(err);
         }
         let in_dir = |path: &Path| path.parent() == Some(dir);
-        let live: Vec<_> = fs.live.iter().filter(|(p, _)| in_dir(p)).map(|(p, f)| (p.clone(), f.clone())).collect();
+        let live: Vec<_> = fs
+            .live
+            .iter()
+            .filter(|(p, _)| in_dir(p))
+            .map(|(p, f)| (p.clone(), f.clone()))
+            .collect();
         fs.durable.retain(|path, _| !in_dir(path));
         fs.durable.extend(live);
         Ok(())
@@ -209,10 +239,10 @@ pub struct MemFile {
 impl MemFile {
     fn check_alive(&self) -> io::Result<()> {
         if self.storage.fs.borrow().crash_count != self.crash_count {
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
-                format!("{}: handle from before a simulated crash", self.path.display()),
-            ));
+            return Err(io::Error::other(format!(
+                "{}: handle from before a simulated crash",
+                self.path.display()
+            )));
         }
         Ok(())
     }
@@ -277,7 +307,7 @@ impl StorageFile for MemFile {
         self.grow_to(len)
     }
 
-    async fn len(&self) -> io::Result<u64> {
+    async fn file_len(&self) -> io::Result<u64> {
         self.check_alive()?;
         Ok(self.data.borrow().live.len() as u64)
     }

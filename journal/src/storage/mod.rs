@@ -39,7 +39,10 @@ pub trait IoBuf {
 }
 
 /// A directory of files: create, open, list, remove, and make those durable.
-#[expect(async_fn_in_trait, reason = "backends run on one reactor thread; futures need not be Send")]
+#[expect(
+    async_fn_in_trait,
+    reason = "backends run on one reactor thread; futures need not be Send"
+)]
 pub trait Storage: Clone + 'static {
     /// The file handle type.
     type File: StorageFile;
@@ -60,7 +63,10 @@ pub trait Storage: Clone + 'static {
 }
 
 /// One open file.
-#[expect(async_fn_in_trait, reason = "backends run on one reactor thread; futures need not be Send")]
+#[expect(
+    async_fn_in_trait,
+    reason = "backends run on one reactor thread; futures need not be Send"
+)]
 pub trait StorageFile: 'static {
     /// Buffer type for writes.
     type Buf: IoBuf;
@@ -81,7 +87,7 @@ pub trait StorageFile: 'static {
     /// with `EOPNOTSUPP`; the caller then writes zeros instead.
     async fn allocate(&self, len: u64) -> io::Result<()>;
     /// Current length in bytes.
-    async fn len(&self) -> io::Result<u64>;
+    async fn file_len(&self) -> io::Result<u64>;
     /// Closes the handle.
     async fn close(self) -> io::Result<()>;
 }

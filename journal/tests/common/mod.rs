@@ -48,7 +48,10 @@ pub fn write_header(path: &Path, offset: u64, header: &EntryHeader) {
 /// Overwrites bytes of a file in place.
 pub fn patch(path: &Path, offset: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().write(true).open(path).expect("open for patch");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open for patch");
     file.write_all_at(bytes, offset).expect("patch");
     file.sync_all().expect("sync patch");
 }
