@@ -8,8 +8,9 @@
 //! covered by a directory sync. Handles opened before a crash fail with EIO
 //! afterwards, like file descriptors of a process that died.
 //!
-//! Failures can be injected: the next N syncs or writes fail with a chosen
-//! errno, and a byte capacity makes writes past it fail with ENOSPC.
+//! Failures can be injected: the next N file syncs, directory syncs, writes, allocates or removes
+//! fail with a chosen errno, and a byte capacity makes writes past it fail
+//! with ENOSPC.
 
 use super::{IoBuf, Storage, StorageFile};
 use std::{
@@ -33,6 +34,12 @@ struct Faults {
     fail_syncs: Option<(u32, i32)>,
     /// Remaining writes to fail, and with which errno.
     fail_writes: Option<(u32, i32)>,
+    /// Remaining directory syncs to fail, and with which errno.
+    fail_dir_syncs: Option<(u32, i32)>,
+    /// Remaining allocates (fallocate) to fail, and with which errno.
+    fail_allocates: Option<(u32, i32)>,
+    /// Remaining removes to fail, and with which errno.
+    fail_removes: Option<(u32, i32)>,
     /// Total live bytes across files the disk can hold.
     capacity_bytes: Option<u64>,
 }
@@ -90,14 +97,30 @@ impl MemStorage {
         }
     }
 
-    /// The next `count` syncs fail with `errno`.
+    /// The next `count` file syncs (fdatasync) fail with `errno`.
     pub fn fail_next_syncs(&self, count: u32, errno: i32) {
         self.fs.borrow_mut().faults.fail_syncs = Some((count, errno));
+    }
+
+    /// The next `count` directory syncs fail with `errno`.
+    pub fn fail_next_dir_syncs(&self, count: u32, errno: i32) {
+        self.fs.borrow_mut().faults.fail_dir_syncs = Some((count, errno));
     }
 
     /// The next `count` writes fail with `errno`.
     pub fn fail_next_writes(&self, count: u32, errno: i32) {
         self.fs.borrow_mut().faults.fail_writes = Some((count, errno));
+    }
+
+    /// The next `count` allocates (fallocate) fail with `errno`, e.g.
+    /// `EOPNOTSUPP` as on filesystems without fallocate.
+    pub fn fail_next_allocates(&self, count: u32, errno: i32) {
+        self.fs.borrow_mut().faults.fail_allocates = Some((count, errno));
+    }
+
+    /// The next `count` removes fail with `errno`.
+    pub fn fail_next_removes(&self, count: u32, errno: i32) {
+        self.fs.borrow_mut().faults.fail_removes = Some((count, errno));
     }
 
     /// Writes that would grow the disk's live bytes past `bytes` fail with
@@ -175,6 +198,9 @@ impl Storage for MemStorage {
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
+        if let Some(err) = MemFs::take_fault(&mut self.fs.borrow_mut().faults.fail_removes) {
+            return Err(err);
+        }
         self.fs
             .borrow_mut()
             .live
@@ -185,7 +211,7 @@ impl Storage for MemStorage {
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut fs = self.fs.borrow_mut();
-        if let Some(err) = MemFs::take_fault(&mut fs.faults.fail_syncs) {
+        if let Some(err) = MemFs::take_fault(&mut fs.faults.fail_dir_syncs) {
             return Err(err);
         }
         let in_dir = |path: &Path| path.parent() == Some(dir);
@@ -304,6 +330,11 @@ impl StorageFile for MemFile {
 
     async fn allocate(&self, len: u64) -> io::Result<()> {
         self.check_alive()?;
+        if let Some(err) =
+            MemFs::take_fault(&mut self.storage.fs.borrow_mut().faults.fail_allocates)
+        {
+            return Err(err);
+        }
         self.grow_to(len)
     }
 
