@@ -1,126 +1,510 @@
-//! An in-memory disk for simulation and tests.
+//! An in-memory disk for simulation, fuzzing and tests, with a seeded,
+//! deterministic fault model.
 //!
-//! Each file keeps its *live* bytes (what reads see now) apart from its
-//! *durable* bytes (what the last successful `sync` made survive a crash),
-//! and the directory keeps its live names apart from the names the last
-//! `sync_dir` made durable. [`MemStorage::crash`] throws away everything that
-//! was not made durable: unsynced writes, and creates and removes not
-//! covered by a directory sync. Handles opened before a crash fail with EIO
-//! afterwards, like file descriptors of a process that died.
+//! # What it keeps apart
 //!
-//! Failures can be injected: the next N file syncs, directory syncs, writes, allocates or removes
-//! fail with a chosen errno, and a byte capacity makes writes past it fail
-//! with ENOSPC.
+//! Each file has *live* bytes (what reads see now) and *durable* bytes (what
+//! survives a crash), plus the list of writes and size changes made since
+//! its last successful `sync`. The directory namespace likewise has live
+//! names, durable names, and the creates and removes made since the last
+//! `sync_dir`. [`MemStorage::crash`] turns the durable state into the live
+//! state, deciding the fate of everything unsynced; handles opened before
+//! the crash fail with EIO afterwards, like descriptors of a dead process.
+//!
+//! # The fault model ([`FaultConfig`])
+//!
+//! This is the model of `DESIGN.md` ("Fault model"), made executable:
+//!
+//! * **Crash.** Each write not covered by a completed fdatasync of its file
+//!   is dropped entirely (`crash_drop_rate`), torn — an independent random
+//!   subset of its 512-byte sectors persists (`crash_tear_rate`) — or kept.
+//!   Survivors are applied in a shuffled order, so a later write can persist
+//!   while an earlier one is lost (out of order). Size changes (fallocate)
+//!   not synced may be lost too.
+//! * **Directory operations.** Creates and removes not covered by an fsync
+//!   of their directory: a random prefix of them survives a crash (with
+//!   `dir_undo`), the rest are undone.
+//! * **Reads.** A read returns one flipped bit (`read_flip_rate`) or fails
+//!   with EIO (`read_eio_rate`). Flips are transient: a second read may be
+//!   clean.
+//! * **Writes.** A write lands 1–8 sectors away from where it was aimed and
+//!   reports success (`write_misdirect_rate`), or fails with EIO
+//!   (`write_eio_rate`).
+//! * **Syncs.** A file or directory sync fails with EIO (`sync_eio_rate`); the
+//!   writes it would have covered stay unsynced.
+//! * **Full disk.** Growing the disk's live bytes past `capacity_bytes` fails
+//!   with ENOSPC.
+//! * **fallocate unsupported.** `allocate` fails with EOPNOTSUPP
+//!   (`fallocate_unsupported`).
+//! * **Power cut.** [`MemStorage::cut_power_after_ops`] makes the N-th
+//!   operation from now and every later one fail with EIO, as if the machine
+//!   died mid-flight; [`MemStorage::crash`] then resolves what survived.
+//! * **Interleaving.** Before an operation the calling task yields to the
+//!   reactor with probability `yield_rate`, so concurrent tasks interleave
+//!   differently per seed.
+//!
+//! Every decision comes from one PCG generator seeded by a `u64`, so a seed
+//! replays exactly (given the same sequence of calls). [`FaultCounts`] says
+//! how often each fault fired. Tests can also inject one-off failures
+//! (`fail_next_*`) and damage files directly.
 
 use super::{IoBuf, Storage, StorageFile};
+use rand_core::{RngCore, SeedableRng};
+use rand_pcg::Pcg64Mcg;
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     ffi::OsString,
     io,
     path::{Path, PathBuf},
     rc::Rc,
 };
 
+/// Sector size of the simulated disk: the unit of atomicity and of tearing.
+pub const SIM_SECTOR_BYTES: u64 = 512;
+
+/// Furthest a misdirected write lands from its target, in sectors.
+const MISDIRECT_SECTORS_MAX: u64 = 8;
+
+/// Probabilities of each fault. All zero ([`FaultConfig::none`]) means a
+/// perfect disk whose crashes drop every unsynced write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultConfig {
+    /// At a crash, chance that an unsynced write is lost entirely.
+    pub crash_drop_rate: f64,
+    /// At a crash, chance that an unsynced write is torn at sector granularity.
+    pub crash_tear_rate: f64,
+    /// At a crash, undo a random suffix of the directory operations not yet
+    /// covered by a directory fsync (otherwise all of them are undone).
+    pub dir_undo: bool,
+    /// Chance a read returns one flipped bit.
+    pub read_flip_rate: f64,
+    /// Chance a read fails with EIO.
+    pub read_eio_rate: f64,
+    /// Chance a write lands at the wrong offset (reporting success).
+    pub write_misdirect_rate: f64,
+    /// Chance a write fails with EIO.
+    pub write_eio_rate: f64,
+    /// Chance a file or directory sync fails with EIO.
+    pub sync_eio_rate: f64,
+    /// Live bytes the disk holds before ENOSPC.
+    pub capacity_bytes: Option<u64>,
+    /// fallocate fails with EOPNOTSUPP.
+    pub fallocate_unsupported: bool,
+    /// Chance an operation first yields to other tasks.
+    pub yield_rate: f64,
+}
+
+impl FaultConfig {
+    /// No faults; a crash drops every unsynced write and directory change.
+    pub fn none() -> FaultConfig {
+        FaultConfig {
+            crash_drop_rate: 1.0,
+            crash_tear_rate: 0.0,
+            dir_undo: false,
+            read_flip_rate: 0.0,
+            read_eio_rate: 0.0,
+            write_misdirect_rate: 0.0,
+            write_eio_rate: 0.0,
+            sync_eio_rate: 0.0,
+            capacity_bytes: None,
+            fallocate_unsupported: false,
+            yield_rate: 0.0,
+        }
+    }
+
+    /// Faults after which nothing acknowledged may be lost: crashes that
+    /// drop, tear and reorder unsynced writes and undo directory changes,
+    /// failed writes and syncs, a full disk.
+    pub fn benign() -> FaultConfig {
+        FaultConfig {
+            crash_drop_rate: 0.35,
+            crash_tear_rate: 0.35,
+            dir_undo: true,
+            write_eio_rate: 0.002,
+            sync_eio_rate: 0.002,
+            yield_rate: 0.3,
+            ..FaultConfig::none()
+        }
+    }
+
+    /// Everything in [`FaultConfig::benign`] plus faults that can destroy
+    /// acknowledged data (flipped bits on read, EIO on read, misdirected
+    /// writes): the journal must detect them, never serve wrong bytes.
+    pub fn destructive() -> FaultConfig {
+        FaultConfig {
+            read_flip_rate: 0.002,
+            read_eio_rate: 0.002,
+            write_misdirect_rate: 0.002,
+            ..FaultConfig::benign()
+        }
+    }
+}
+
+/// How often each fault fired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Crashes simulated.
+    pub crashes: u64,
+    /// Power cuts that failed operations in flight.
+    pub power_cuts: u64,
+    /// Unsynced writes lost entirely at a crash.
+    pub writes_dropped: u64,
+    /// Unsynced writes torn at sector granularity at a crash.
+    pub writes_torn: u64,
+    /// Unsynced writes that persisted whole at a crash.
+    pub writes_kept: u64,
+    /// Crashes where a later unsynced write persisted (wholly or partly)
+    /// although an earlier one of the same file did not (out of order).
+    pub crashes_out_of_order: u64,
+    /// Directory operations undone by a crash.
+    pub dir_ops_undone: u64,
+    /// Reads that returned a flipped bit.
+    pub read_flips: u64,
+    /// Reads that failed with EIO.
+    pub read_eios: u64,
+    /// Writes that landed at the wrong offset.
+    pub writes_misdirected: u64,
+    /// Writes that failed with EIO.
+    pub write_eios: u64,
+    /// Syncs that failed with EIO.
+    pub sync_eios: u64,
+    /// Operations that failed with ENOSPC.
+    pub enospc: u64,
+    /// fallocate calls refused with EOPNOTSUPP.
+    pub fallocate_refused: u64,
+}
+
+impl FaultCounts {
+    /// Adds another run's counts.
+    pub fn add(&mut self, other: &FaultCounts) {
+        self.crashes += other.crashes;
+        self.power_cuts += other.power_cuts;
+        self.writes_dropped += other.writes_dropped;
+        self.writes_torn += other.writes_torn;
+        self.writes_kept += other.writes_kept;
+        self.crashes_out_of_order += other.crashes_out_of_order;
+        self.dir_ops_undone += other.dir_ops_undone;
+        self.read_flips += other.read_flips;
+        self.read_eios += other.read_eios;
+        self.writes_misdirected += other.writes_misdirected;
+        self.write_eios += other.write_eios;
+        self.sync_eios += other.sync_eios;
+        self.enospc += other.enospc;
+        self.fallocate_refused += other.fallocate_refused;
+    }
+
+    /// `(name, count)` per fault kind, for reports.
+    pub fn kinds(&self) -> [(&'static str, u64); 14] {
+        [
+            ("crash", self.crashes),
+            ("power cut mid-operation", self.power_cuts),
+            ("unsynced write dropped", self.writes_dropped),
+            ("unsynced write torn", self.writes_torn),
+            ("unsynced write kept", self.writes_kept),
+            ("persisted out of order", self.crashes_out_of_order),
+            ("directory op undone", self.dir_ops_undone),
+            ("read bit flip", self.read_flips),
+            ("read EIO", self.read_eios),
+            ("misdirected write", self.writes_misdirected),
+            ("write EIO", self.write_eios),
+            ("sync EIO", self.sync_eios),
+            ("ENOSPC", self.enospc),
+            ("fallocate EOPNOTSUPP", self.fallocate_refused),
+        ]
+    }
+}
+
+#[derive(Debug, Clone)]
+enum FileOp {
+    Write { pos: u64, data: Vec<u8> },
+    Resize { len: usize },
+}
+
 #[derive(Debug, Default)]
-struct MemFileData {
+struct FileData {
     live: Vec<u8>,
     durable: Vec<u8>,
+    /// Writes and size changes since the last successful sync, in order.
+    unsynced: Vec<FileOp>,
+}
+
+fn apply(target: &mut Vec<u8>, op: &FileOp) {
+    match op {
+        FileOp::Write { pos, data } => {
+            let start = *pos as usize;
+            if target.len() < start + data.len() {
+                target.resize(start + data.len(), 0);
+            }
+            target[start..start + data.len()].copy_from_slice(data);
+        }
+        FileOp::Resize { len } => {
+            if target.len() < *len {
+                target.resize(*len, 0);
+            }
+        }
+    }
+}
+
+type FileRef = Rc<RefCell<FileData>>;
+
+#[derive(Debug, Clone)]
+enum DirOp {
+    Create(PathBuf, FileRef),
+    Remove(PathBuf),
+}
+
+impl DirOp {
+    fn path(&self) -> &Path {
+        match self {
+            DirOp::Create(path, _) | DirOp::Remove(path) => path,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
-struct Faults {
-    /// Remaining syncs to fail, and with which errno.
+struct Oneshots {
     fail_syncs: Option<(u32, i32)>,
-    /// Remaining writes to fail, and with which errno.
-    fail_writes: Option<(u32, i32)>,
-    /// Remaining directory syncs to fail, and with which errno.
     fail_dir_syncs: Option<(u32, i32)>,
-    /// Remaining allocates (fallocate) to fail, and with which errno.
+    fail_writes: Option<(u32, i32)>,
     fail_allocates: Option<(u32, i32)>,
-    /// Remaining removes to fail, and with which errno.
     fail_removes: Option<(u32, i32)>,
-    /// Total live bytes across files the disk can hold.
-    capacity_bytes: Option<u64>,
 }
 
-#[derive(Debug, Default)]
+fn take_oneshot(slot: &mut Option<(u32, i32)>) -> Option<io::Error> {
+    let (remaining, errno) = (*slot)?;
+    *slot = if remaining > 1 { Some((remaining - 1, errno)) } else { None };
+    Some(io::Error::from_raw_os_error(errno))
+}
+
+#[derive(Debug)]
 struct MemFs {
-    dirs: BTreeSet<PathBuf>,
-    live: BTreeMap<PathBuf, Rc<RefCell<MemFileData>>>,
-    durable: BTreeMap<PathBuf, Rc<RefCell<MemFileData>>>,
+    live: BTreeMap<PathBuf, FileRef>,
+    durable: BTreeMap<PathBuf, FileRef>,
+    /// Directory operations since the last `sync_dir` of their directory.
+    unsynced_dir_ops: Vec<DirOp>,
     /// Incremented by every crash; handles from an older generation are dead.
     crash_count: u64,
-    faults: Faults,
+    /// Operations left before the power is cut; `Some(0)`: cut.
+    ops_until_power_cut: Option<u64>,
+    rng: Pcg64Mcg,
+    faults: FaultConfig,
+    counts: FaultCounts,
+    oneshots: Oneshots,
 }
 
 impl MemFs {
-    fn used_bytes(&self) -> u64 {
-        self.live
-            .values()
-            .map(|f| f.borrow().live.len() as u64)
-            .sum()
+    fn chance(&mut self, probability: f64) -> bool {
+        probability > 0.0 && ((self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < probability
     }
 
-    fn take_fault(slot: &mut Option<(u32, i32)>) -> Option<io::Error> {
-        let (remaining, errno) = (*slot)?;
-        *slot = if remaining > 1 {
-            Some((remaining - 1, errno))
+    fn below(&mut self, bound: u64) -> u64 {
+        if bound == 0 {
+            0
         } else {
-            None
-        };
-        Some(io::Error::from_raw_os_error(errno))
+            self.rng.next_u64() % bound
+        }
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.live.values().map(|f| f.borrow().live.len() as u64).sum()
+    }
+
+    /// Counts an operation towards a scheduled power cut; errors once cut.
+    fn tick(&mut self) -> io::Result<()> {
+        match self.ops_until_power_cut {
+            Some(0) => Err(io::Error::from_raw_os_error(libc::EIO)),
+            Some(1) => {
+                self.ops_until_power_cut = Some(0);
+                self.counts.power_cuts += 1;
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            Some(n) => {
+                self.ops_until_power_cut = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn eio(&mut self, rate: f64) -> Option<io::Error> {
+        self.chance(rate).then(|| io::Error::from_raw_os_error(libc::EIO))
+    }
+
+    fn check_growth(&mut self, file: &FileRef, len: u64) -> io::Result<()> {
+        let current = file.borrow().live.len() as u64;
+        if let Some(capacity) = self.faults.capacity_bytes {
+            if len > current && self.used_bytes() + (len - current) > capacity {
+                self.counts.enospc += 1;
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+        }
+        Ok(())
+    }
+
+    fn crash(&mut self) {
+        self.counts.crashes += 1;
+        self.crash_count += 1;
+        self.ops_until_power_cut = None;
+        // Directory operations: a random prefix survives.
+        let ops = std::mem::take(&mut self.unsynced_dir_ops);
+        let keep = if self.faults.dir_undo { self.below(ops.len() as u64 + 1) as usize } else { 0 };
+        self.counts.dir_ops_undone += (ops.len() - keep) as u64;
+        for op in &ops[..keep] {
+            match op {
+                DirOp::Create(path, file) => {
+                    self.durable.insert(path.clone(), file.clone());
+                }
+                DirOp::Remove(path) => {
+                    self.durable.remove(path);
+                }
+            }
+        }
+        // File contents: every file that may be reached again.
+        let mut files: Vec<FileRef> = self.durable.values().cloned().collect();
+        for op in &ops {
+            if let DirOp::Create(_, file) = op {
+                files.push(file.clone());
+            }
+        }
+        for file in files {
+            let unsynced = std::mem::take(&mut file.borrow_mut().unsynced);
+            let mut survivors = Vec::new();
+            let mut lost_earlier = false;
+            let mut out_of_order = false;
+            for op in unsynced {
+                let fate = self.below(1_000_000) as f64 / 1_000_000.0;
+                match op {
+                    FileOp::Resize { .. } if fate < self.faults.crash_drop_rate => lost_earlier = true,
+                    FileOp::Resize { .. } => survivors.push(op),
+                    FileOp::Write { .. } if fate < self.faults.crash_drop_rate => {
+                        self.counts.writes_dropped += 1;
+                        lost_earlier = true;
+                    }
+                    FileOp::Write { pos, data } if fate < self.faults.crash_drop_rate + self.faults.crash_tear_rate => {
+                        self.counts.writes_torn += 1;
+                        out_of_order |= lost_earlier;
+                        lost_earlier = true;
+                        for (i, sector) in data.chunks(SIM_SECTOR_BYTES as usize).enumerate() {
+                            if self.chance(0.5) {
+                                let sector_pos = pos + i as u64 * SIM_SECTOR_BYTES;
+                                survivors.push(FileOp::Write { pos: sector_pos, data: sector.to_vec() });
+                            }
+                        }
+                    }
+                    op => {
+                        self.counts.writes_kept += 1;
+                        out_of_order |= lost_earlier;
+                        survivors.push(op);
+                    }
+                }
+            }
+            self.counts.crashes_out_of_order += u64::from(out_of_order);
+            // Persist in a shuffled order.
+            for i in (1..survivors.len()).rev() {
+                let j = self.below(i as u64 + 1) as usize;
+                survivors.swap(i, j);
+            }
+            let mut data = file.borrow_mut();
+            for op in &survivors {
+                apply(&mut data.durable, op);
+            }
+            data.live = data.durable.clone();
+        }
+        self.live = self.durable.clone();
     }
 }
 
 /// The in-memory disk. Clones share the same disk.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemStorage {
     fs: Rc<RefCell<MemFs>>,
 }
 
+impl Default for MemStorage {
+    fn default() -> Self {
+        MemStorage::new()
+    }
+}
+
 impl MemStorage {
-    /// An empty disk.
+    /// A perfect disk (no faults but crashes, which drop everything
+    /// unsynced).
     pub fn new() -> MemStorage {
-        MemStorage::default()
+        MemStorage::with_faults(0, FaultConfig::none())
     }
 
-    /// Simulates power loss: unsynced writes and undurable directory
-    /// changes are dropped; open handles die.
-    pub fn crash(&self) {
-        let mut fs = self.fs.borrow_mut();
-        fs.crash_count += 1;
-        fs.live = fs.durable.clone();
-        for file in fs.live.values() {
-            let mut data = file.borrow_mut();
-            data.live = data.durable.clone();
+    /// A disk whose faults are drawn from `faults` by a generator seeded
+    /// with `seed`.
+    pub fn with_faults(seed: u64, faults: FaultConfig) -> MemStorage {
+        MemStorage {
+            fs: Rc::new(RefCell::new(MemFs {
+                live: BTreeMap::new(),
+                durable: BTreeMap::new(),
+                unsynced_dir_ops: Vec::new(),
+                crash_count: 0,
+                ops_until_power_cut: None,
+                rng: Pcg64Mcg::seed_from_u64(seed),
+                faults,
+                counts: FaultCounts::default(),
+                oneshots: Oneshots::default(),
+            })),
         }
+    }
+
+    /// Simulates power loss and restart: decides what of the unsynced state
+    /// survived (see the module docs); open handles die.
+    pub fn crash(&self) {
+        self.fs.borrow_mut().crash();
+    }
+
+    /// Cuts the power at the `ops`-th storage operation from now (1: the
+    /// next one): it and every later one fail with EIO until [`crash`].
+    ///
+    /// [`crash`]: MemStorage::crash
+    pub fn cut_power_after_ops(&self, ops: u64) {
+        self.fs.borrow_mut().ops_until_power_cut = Some(ops.max(1));
+    }
+
+    /// True once a scheduled power cut happened (and before `crash`).
+    pub fn power_is_cut(&self) -> bool {
+        self.fs.borrow().ops_until_power_cut == Some(0)
+    }
+
+    /// Replaces the fault rates (the generator keeps its state).
+    pub fn set_faults(&self, faults: FaultConfig) {
+        self.fs.borrow_mut().faults = faults;
+    }
+
+    /// How often each fault fired so far.
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.fs.borrow().counts
     }
 
     /// The next `count` file syncs (fdatasync) fail with `errno`.
     pub fn fail_next_syncs(&self, count: u32, errno: i32) {
-        self.fs.borrow_mut().faults.fail_syncs = Some((count, errno));
+        self.fs.borrow_mut().oneshots.fail_syncs = Some((count, errno));
     }
 
     /// The next `count` directory syncs fail with `errno`.
     pub fn fail_next_dir_syncs(&self, count: u32, errno: i32) {
-        self.fs.borrow_mut().faults.fail_dir_syncs = Some((count, errno));
+        self.fs.borrow_mut().oneshots.fail_dir_syncs = Some((count, errno));
     }
 
     /// The next `count` writes fail with `errno`.
     pub fn fail_next_writes(&self, count: u32, errno: i32) {
-        self.fs.borrow_mut().faults.fail_writes = Some((count, errno));
+        self.fs.borrow_mut().oneshots.fail_writes = Some((count, errno));
     }
 
     /// The next `count` allocates (fallocate) fail with `errno`, e.g.
     /// `EOPNOTSUPP` as on filesystems without fallocate.
     pub fn fail_next_allocates(&self, count: u32, errno: i32) {
-        self.fs.borrow_mut().faults.fail_allocates = Some((count, errno));
+        self.fs.borrow_mut().oneshots.fail_allocates = Some((count, errno));
     }
 
     /// The next `count` removes fail with `errno`.
     pub fn fail_next_removes(&self, count: u32, errno: i32) {
-        self.fs.borrow_mut().faults.fail_removes = Some((count, errno));
+        self.fs.borrow_mut().oneshots.fail_removes = Some((count, errno));
     }
 
     /// Writes that would grow the disk's live bytes past `bytes` fail with
@@ -129,13 +513,9 @@ impl MemStorage {
         self.fs.borrow_mut().faults.capacity_bytes = bytes;
     }
 
-    /// Live bytes of one file, for tests that corrupt or inspect files.
+    /// Live bytes of one file, for tests that inspect files.
     pub fn file_bytes(&self, path: &Path) -> Option<Vec<u8>> {
-        self.fs
-            .borrow()
-            .live
-            .get(path)
-            .map(|f| f.borrow().live.clone())
+        self.fs.borrow().live.get(path).map(|f| f.borrow().live.clone())
     }
 
     /// Replaces a file's live and durable bytes, for tests that damage files.
@@ -145,10 +525,11 @@ impl MemStorage {
             let mut data = file.borrow_mut();
             data.live = bytes.clone();
             data.durable = bytes;
+            data.unsynced.clear();
         }
     }
 
-    fn handle(&self, path: &Path, data: Rc<RefCell<MemFileData>>) -> MemFile {
+    fn handle(&self, path: &Path, data: FileRef) -> MemFile {
         MemFile {
             storage: self.clone(),
             path: path.to_path_buf(),
@@ -156,73 +537,89 @@ impl MemStorage {
             crash_count: self.fs.borrow().crash_count,
         }
     }
+
+    /// Yields to other tasks with the configured probability, then counts
+    /// the operation towards a power cut.
+    async fn begin(&self) -> io::Result<()> {
+        let yield_first = {
+            let mut fs = self.fs.borrow_mut();
+            let rate = fs.faults.yield_rate;
+            fs.chance(rate)
+        };
+        if yield_first {
+            futures_lite::future::yield_now().await;
+        }
+        self.fs.borrow_mut().tick()
+    }
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{}: no such file", path.display()),
-    )
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
 }
 
 impl Storage for MemStorage {
     type File = MemFile;
 
-    async fn prepare_dir(&self, dir: &Path) -> io::Result<()> {
-        self.fs.borrow_mut().dirs.insert(dir.to_path_buf());
+    async fn prepare_dir(&self, _dir: &Path) -> io::Result<()> {
         Ok(())
     }
 
     async fn create(&self, path: &Path) -> io::Result<MemFile> {
+        self.begin().await?;
         let data = {
             let mut fs = self.fs.borrow_mut();
             if fs.live.contains_key(path) {
                 return Err(io::Error::from_raw_os_error(libc::EEXIST));
             }
-            let data = Rc::new(RefCell::new(MemFileData::default()));
+            let data = FileRef::default();
             fs.live.insert(path.to_path_buf(), data.clone());
+            fs.unsynced_dir_ops.push(DirOp::Create(path.to_path_buf(), data.clone()));
             data
         };
         Ok(self.handle(path, data))
     }
 
     async fn open(&self, path: &Path) -> io::Result<MemFile> {
-        let data = self
-            .fs
-            .borrow()
-            .live
-            .get(path)
-            .cloned()
-            .ok_or_else(|| not_found(path))?;
+        self.begin().await?;
+        let data = self.fs.borrow().live.get(path).cloned().ok_or_else(|| not_found(path))?;
         Ok(self.handle(path, data))
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
-        if let Some(err) = MemFs::take_fault(&mut self.fs.borrow_mut().faults.fail_removes) {
+        self.begin().await?;
+        let mut fs = self.fs.borrow_mut();
+        if let Some(err) = take_oneshot(&mut fs.oneshots.fail_removes) {
             return Err(err);
         }
-        self.fs
-            .borrow_mut()
-            .live
-            .remove(path)
-            .map(|_| ())
-            .ok_or_else(|| not_found(path))
+        fs.live.remove(path).ok_or_else(|| not_found(path))?;
+        fs.unsynced_dir_ops.push(DirOp::Remove(path.to_path_buf()));
+        Ok(())
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.begin().await?;
         let mut fs = self.fs.borrow_mut();
-        if let Some(err) = MemFs::take_fault(&mut fs.faults.fail_dir_syncs) {
+        if let Some(err) = take_oneshot(&mut fs.oneshots.fail_dir_syncs) {
             return Err(err);
         }
-        let in_dir = |path: &Path| path.parent() == Some(dir);
-        let live: Vec<_> = fs
-            .live
-            .iter()
-            .filter(|(p, _)| in_dir(p))
-            .map(|(p, f)| (p.clone(), f.clone()))
-            .collect();
-        fs.durable.retain(|path, _| !in_dir(path));
-        fs.durable.extend(live);
+        let rate = fs.faults.sync_eio_rate;
+        if let Some(err) = fs.eio(rate) {
+            fs.counts.sync_eios += 1;
+            return Err(err);
+        }
+        let ops = std::mem::take(&mut fs.unsynced_dir_ops);
+        let (mine, others): (Vec<DirOp>, Vec<DirOp>) = ops.into_iter().partition(|op| op.path().parent() == Some(dir));
+        fs.unsynced_dir_ops = others;
+        for op in mine {
+            match op {
+                DirOp::Create(path, file) => {
+                    fs.durable.insert(path, file);
+                }
+                DirOp::Remove(path) => {
+                    fs.durable.remove(&path);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -258,34 +655,19 @@ impl IoBuf for MemBuf {
 pub struct MemFile {
     storage: MemStorage,
     path: PathBuf,
-    data: Rc<RefCell<MemFileData>>,
+    data: FileRef,
     crash_count: u64,
 }
 
 impl MemFile {
-    fn check_alive(&self) -> io::Result<()> {
+    async fn begin(&self) -> io::Result<()> {
+        self.storage.begin().await?;
         if self.storage.fs.borrow().crash_count != self.crash_count {
             return Err(io::Error::other(format!(
                 "{}: handle from before a simulated crash",
                 self.path.display()
             )));
         }
-        Ok(())
-    }
-
-    fn grow_to(&self, len: u64) -> io::Result<()> {
-        let fs = self.storage.fs.borrow();
-        let current = self.data.borrow().live.len() as u64;
-        if len <= current {
-            return Ok(());
-        }
-        if let Some(capacity) = fs.faults.capacity_bytes {
-            if fs.used_bytes() + (len - current) > capacity {
-                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-            }
-        }
-        let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-        self.data.borrow_mut().live.resize(len, 0);
         Ok(())
     }
 }
@@ -299,47 +681,94 @@ impl StorageFile for MemFile {
     }
 
     async fn write_at(&self, buf: MemBuf, pos: u64) -> io::Result<()> {
-        self.check_alive()?;
-        if let Some(err) = MemFs::take_fault(&mut self.storage.fs.borrow_mut().faults.fail_writes) {
+        self.begin().await?;
+        let mut fs = self.storage.fs.borrow_mut();
+        if let Some(err) = take_oneshot(&mut fs.oneshots.fail_writes) {
             return Err(err);
         }
-        let end = pos + buf.0.len() as u64;
-        self.grow_to(end)?;
-        let start = pos as usize;
-        self.data.borrow_mut().live[start..start + buf.0.len()].copy_from_slice(&buf.0);
+        let rate = fs.faults.write_eio_rate;
+        if let Some(err) = fs.eio(rate) {
+            fs.counts.write_eios += 1;
+            return Err(err);
+        }
+        let mut pos = pos;
+        let misdirect = fs.faults.write_misdirect_rate;
+        if fs.chance(misdirect) {
+            fs.counts.writes_misdirected += 1;
+            let shift = (1 + fs.below(MISDIRECT_SECTORS_MAX)) * SIM_SECTOR_BYTES;
+            pos = if fs.chance(0.5) || pos < shift { pos + shift } else { pos - shift };
+        }
+        fs.check_growth(&self.data, pos + buf.0.len() as u64)?;
+        let op = FileOp::Write { pos, data: buf.0 };
+        let mut data = self.data.borrow_mut();
+        apply(&mut data.live, &op);
+        data.unsynced.push(op);
         Ok(())
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
-        self.check_alive()?;
-        let data = self.data.borrow();
-        let start = (pos as usize).min(data.live.len());
-        let end = start.saturating_add(len).min(data.live.len());
-        Ok(data.live[start..end].to_vec())
+        self.begin().await?;
+        let mut fs = self.storage.fs.borrow_mut();
+        let rate = fs.faults.read_eio_rate;
+        if let Some(err) = fs.eio(rate) {
+            fs.counts.read_eios += 1;
+            return Err(err);
+        }
+        let mut bytes = {
+            let data = self.data.borrow();
+            let start = (pos as usize).min(data.live.len());
+            let end = start.saturating_add(len).min(data.live.len());
+            data.live[start..end].to_vec()
+        };
+        let flip = fs.faults.read_flip_rate;
+        if !bytes.is_empty() && fs.chance(flip) {
+            fs.counts.read_flips += 1;
+            let bit = fs.below(bytes.len() as u64 * 8);
+            bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+        }
+        Ok(bytes)
     }
 
     async fn sync(&self) -> io::Result<()> {
-        self.check_alive()?;
-        if let Some(err) = MemFs::take_fault(&mut self.storage.fs.borrow_mut().faults.fail_syncs) {
+        self.begin().await?;
+        let mut fs = self.storage.fs.borrow_mut();
+        if let Some(err) = take_oneshot(&mut fs.oneshots.fail_syncs) {
+            return Err(err);
+        }
+        let rate = fs.faults.sync_eio_rate;
+        if let Some(err) = fs.eio(rate) {
+            fs.counts.sync_eios += 1;
             return Err(err);
         }
         let mut data = self.data.borrow_mut();
-        data.durable = data.live.clone();
+        let unsynced = std::mem::take(&mut data.unsynced);
+        for op in &unsynced {
+            apply(&mut data.durable, op);
+        }
         Ok(())
     }
 
     async fn allocate(&self, len: u64) -> io::Result<()> {
-        self.check_alive()?;
-        if let Some(err) =
-            MemFs::take_fault(&mut self.storage.fs.borrow_mut().faults.fail_allocates)
-        {
+        self.begin().await?;
+        let mut fs = self.storage.fs.borrow_mut();
+        if let Some(err) = take_oneshot(&mut fs.oneshots.fail_allocates) {
             return Err(err);
         }
-        self.grow_to(len)
+        if fs.faults.fallocate_unsupported {
+            fs.counts.fallocate_refused += 1;
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+        fs.check_growth(&self.data, len)?;
+        let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let op = FileOp::Resize { len };
+        let mut data = self.data.borrow_mut();
+        apply(&mut data.live, &op);
+        data.unsynced.push(op);
+        Ok(())
     }
 
     async fn file_len(&self) -> io::Result<u64> {
-        self.check_alive()?;
+        self.begin().await?;
         Ok(self.data.borrow().live.len() as u64)
     }
 
