@@ -5,7 +5,9 @@
 //! is clamped silently.
 
 use crate::error::{Error, Result};
-use crate::format::{align_up, entry_footprint, BLOCK_BYTES, SEGMENT_DATA_OFFSET};
+use crate::format::{
+    align_up, entry_footprint, BLOCK_BYTES, ENTRY_HEADER_BYTES, SEGMENT_DATA_OFFSET,
+};
 use crate::index::SLOT_BYTES;
 use crate::storage::{DmaStorage, Storage};
 use crate::Journal;
@@ -224,8 +226,9 @@ pub(crate) fn validate(config: &JournalConfig) -> Result<()> {
             format!("must be in 1..={ENTRY_BYTES_MAX_LIMIT}"),
         ));
     }
+    // One entry of the largest size plus the padding header ending its write.
     let batch_min = align_up(
-        entry_footprint(config.entry_bytes_max as usize),
+        entry_footprint(config.entry_bytes_max as usize) + ENTRY_HEADER_BYTES as u64,
         BLOCK_BYTES,
     );
     if !config.batch_bytes_max.is_multiple_of(BLOCK_BYTES)

@@ -51,6 +51,8 @@ pub(crate) struct RingIndex {
     watermark: u64,
     /// Slots holding an op above the watermark (durable or pending).
     live: u64,
+    /// Ops being rewritten in a later epoch (few at a time).
+    rewrites_in_flight: Vec<u64>,
     /// Largest op that recovery found sharing a slot with a larger op; it
     /// must be at or below the watermark, or the log is inconsistent.
     recovery_evicted_max: u64,
@@ -64,6 +66,7 @@ impl RingIndex {
             slots: vec![Slot::default(); slot_count],
             watermark,
             live: 0,
+            rewrites_in_flight: Vec::new(),
             recovery_evicted_max: 0,
         }
     }
@@ -107,9 +110,10 @@ impl RingIndex {
         }
     }
 
-    /// Claims the slot for a write of `op` in `epoch`. Returns the slot's
-    /// previous contents, to restore with [`RingIndex::release`] if the write
-    /// fails without poisoning the journal.
+    /// Claims the slot for a write of `op` in `epoch`. Returns what to pass
+    /// to [`RingIndex::release`] if the write fails without poisoning the
+    /// journal. A rewrite of a durable op leaves the durable entry readable
+    /// until the rewrite is durable.
     pub(crate) fn reserve(&mut self, op: u64, epoch: u64) -> Result<Reservation> {
         if op <= self.watermark {
             return Err(Error::BelowWatermark {
@@ -122,29 +126,32 @@ impl RingIndex {
         if previous.op == op {
             // A rewrite of the same op: allowed only in a later epoch, and
             // never while another write of it is in flight.
-            if previous.generation == 0 || epoch <= previous.epoch {
+            let in_flight = previous.generation == 0 || self.rewrites_in_flight.contains(&op);
+            if in_flight || epoch <= previous.epoch {
                 return Err(Error::OpExists {
                     op,
                     epoch,
                     existing_epoch: previous.epoch,
                 });
             }
-        } else if self.is_live(&previous) {
+            self.rewrites_in_flight.push(op);
+            return Ok(Reservation::Rewrite);
+        }
+        if self.is_live(&previous) {
             return Err(Error::RingFull {
                 op,
                 slot: index as u64,
                 occupant: previous.op,
                 watermark: self.watermark,
             });
-        } else {
-            self.live += 1;
         }
+        self.live += 1;
         self.slots[index] = Slot {
             op,
             epoch,
             ..Slot::default()
         };
-        Ok(Reservation { previous })
+        Ok(Reservation::Fresh { previous })
     }
 
     /// Undoes a reservation whose write failed.
@@ -152,23 +159,56 @@ impl RingIndex {
         let index = self.slot_index(op);
         let slot = self.slots[index];
         assert_eq!(slot.op, op, "released slot holds another op");
-        assert_eq!(slot.generation, 0, "released slot is not pending");
-        if reservation.previous.op != op && op > self.watermark {
-            self.live -= 1;
+        match reservation {
+            Reservation::Rewrite => self.end_rewrite(op),
+            Reservation::Fresh { previous } => {
+                assert_eq!(slot.generation, 0, "released slot is not pending");
+                if op > self.watermark {
+                    self.live -= 1;
+                }
+                self.slots[index] = previous;
+            }
         }
-        self.slots[index] = reservation.previous;
     }
 
-    /// Records that the reserved write of `op` is durable at `location`.
-    pub(crate) fn commit(&mut self, op: u64, location: Location) {
+    fn end_rewrite(&mut self, op: u64) {
+        let at = self
+            .rewrites_in_flight
+            .iter()
+            .position(|o| *o == op)
+            .expect("a rewrite reservation is recorded");
+        self.rewrites_in_flight.swap_remove(at);
+    }
+
+    /// Records that the reserved write of `op` in `epoch` is durable at
+    /// `location`.
+    pub(crate) fn commit(
+        &mut self,
+        op: u64,
+        epoch: u64,
+        reservation: Reservation,
+        location: Location,
+    ) {
         let index = self.slot_index(op);
+        assert_ne!(location.generation, 0);
         let slot = &mut self.slots[index];
         assert_eq!(slot.op, op, "committed slot holds another op");
-        assert_eq!(slot.generation, 0, "committed slot is not pending");
-        assert_ne!(location.generation, 0);
-        slot.generation = location.generation;
-        slot.offset = location.offset;
-        slot.payload_len = location.payload_len;
+        match reservation {
+            Reservation::Rewrite => assert_ne!(slot.generation, 0, "a rewritten slot is durable"),
+            Reservation::Fresh { .. } => {
+                assert_eq!(slot.generation, 0, "committed slot is not pending")
+            }
+        }
+        *slot = Slot {
+            op,
+            epoch,
+            generation: location.generation,
+            offset: location.offset,
+            payload_len: location.payload_len,
+        };
+        if reservation == Reservation::Rewrite {
+            self.end_rewrite(op);
+        }
     }
 
     /// Inserts an entry found by recovery. Of two entries for one op the one
@@ -225,10 +265,16 @@ impl RingIndex {
     }
 }
 
-/// The slot contents a reservation replaced.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Reservation {
-    previous: Slot,
+/// What a reservation changed, so it can be undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reservation {
+    /// The slot was taken for a new op; it held `previous`.
+    Fresh {
+        /// The slot's contents before.
+        previous: Slot,
+    },
+    /// A rewrite of the durable op in the slot, in a later epoch.
+    Rewrite,
 }
 
 #[cfg(test)]
@@ -247,8 +293,8 @@ mod tests {
     fn full_ring_refuses_until_watermark_advances() {
         let mut index = RingIndex::new(4, 0);
         for op in 1..=4 {
-            index.reserve(op, 1).unwrap();
-            index.commit(op, at(1));
+            let r = index.reserve(op, 1).unwrap();
+            index.commit(op, 1, r, at(1));
         }
         assert_eq!(index.remaining_capacity(), 0);
         assert!(matches!(
@@ -271,12 +317,19 @@ mod tests {
         index.release(3, r);
         assert_eq!(index.lookup(3), Lookup::Missing);
         assert_eq!(index.remaining_capacity(), 8);
-        index.reserve(3, 1).unwrap();
-        index.commit(3, at(1));
+        let r = index.reserve(3, 1).unwrap();
+        index.commit(3, 1, r, at(1));
         assert!(matches!(index.reserve(3, 1), Err(Error::OpExists { .. })));
         let r = index.reserve(3, 2).unwrap();
+        // The durable entry stays readable while its rewrite is in flight.
+        assert_eq!(index.lookup(3), Lookup::Durable(at(1), 1));
+        assert!(matches!(index.reserve(3, 3), Err(Error::OpExists { .. })));
         index.release(3, r);
         assert_eq!(index.lookup(3), Lookup::Durable(at(1), 1));
+        assert_eq!(index.remaining_capacity(), 7);
+        let r = index.reserve(3, 2).unwrap();
+        index.commit(3, 2, r, at(2));
+        assert_eq!(index.lookup(3), Lookup::Durable(at(2), 2));
         assert_eq!(index.remaining_capacity(), 7);
     }
 

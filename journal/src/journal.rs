@@ -153,6 +153,8 @@ struct State<F: StorageFile> {
     /// The back segment is a recovered one (opened on a full disk): the next
     /// write must create a segment first.
     needs_fresh_segment: bool,
+    /// A segment retirement is in progress.
+    retiring: bool,
     filling: Batch<F::Buf>,
     poisoned: Option<Error>,
     closing: bool,
@@ -351,6 +353,7 @@ impl<S: Storage> Journal<S> {
             epoch: recovered.max_epoch,
             durable_watermark: watermark,
             needs_fresh_segment,
+            retiring: false,
             filling: Batch::new(),
             poisoned: None,
             closing: false,
@@ -410,7 +413,8 @@ impl<S: Storage> Journal<S> {
             {
                 let mut state = shared.state.borrow_mut();
                 state.usable()?;
-                if state.filling.len + footprint <= batch_bytes_max {
+                // Leave room for the padding header that may end the write.
+                if state.filling.len + footprint + ENTRY_HEADER_BYTES <= batch_bytes_max {
                     break state.enqueue(request, &shared.config)?;
                 }
             }
@@ -449,9 +453,13 @@ impl<S: Storage> Journal<S> {
             }
         };
         let entry_bytes_max = self.shared.config.entry_bytes_max;
-        read_entry(&*file, &path, op, location, segment_bytes, entry_bytes_max)
-            .await
-            .map(Some)
+        let read = || read_entry(&*file, &path, op, location, segment_bytes, entry_bytes_max);
+        match read().await {
+            // Read once more before reporting damage: a transient read error
+            // must not look like corruption.
+            Err(Error::Corruption { .. }) => read().await.map(Some),
+            other => other.map(Some),
+        }
     }
 
     /// The ops in `range`, in op order, each present or missing. Ops at or
@@ -490,36 +498,56 @@ impl<S: Storage> Journal<S> {
             }
         }
         self.submit(Request::Watermark(watermark)).await?;
-        let retired = {
+        {
             let mut state = self.shared.state.borrow_mut();
             if watermark > state.index.watermark() {
                 state.index.advance(watermark);
             }
             state.next_op = state.next_op.max(watermark + 1);
-            let current = state.index.watermark();
-            let mut retired = Vec::new();
-            while state.segments.len() > 1
-                && state.segments.front().is_some_and(|s| s.max_op <= current)
-            {
-                retired.extend(state.segments.pop_front());
+            if state.retiring {
+                // The retirement in progress re-checks before it finishes
+                // and retires what this advance freed as well.
+                return Ok(());
             }
-            retired
-        };
-        if retired.is_empty() {
-            return Ok(());
+            state.retiring = true;
         }
+        let result = self.retire_segments().await;
+        self.shared.state.borrow_mut().retiring = false;
+        result
+    }
+
+    /// Deletes whole segments at the front whose entries are all at or
+    /// below the watermark, one at a time and oldest first — so the
+    /// segments on disk always stay a contiguous run of generations, whatever
+    /// a crash undoes — then syncs the directory. Only one runs at a time.
+    async fn retire_segments(&self) -> Result<()> {
         let storage = &self.shared.storage;
-        for segment in retired {
+        let mut removed = 0;
+        loop {
+            let segment = {
+                let mut state = self.shared.state.borrow_mut();
+                let current = state.index.watermark();
+                let retirable = state.segments.len() > 1
+                    && state.segments.front().is_some_and(|s| s.max_op <= current);
+                if !retirable {
+                    break;
+                }
+                state.segments.pop_front().expect("checked above")
+            };
+            if let Err(e) = storage.remove(&segment.path).await {
+                let error = Error::io("remove retired segment", &segment.path, None, e);
+                // Keep it first in line: a later segment must not go before it.
+                self.shared.state.borrow_mut().segments.push_front(segment);
+                return Err(error);
+            }
             if let Ok(file) = Rc::try_unwrap(segment.file) {
                 let _ = file.close().await;
             }
-            // Oldest first, stopping at a failure, so the segments left on
-            // disk stay a contiguous run of generations.
-            storage
-                .remove(&segment.path)
-                .await
-                .map_err(|e| Error::io("remove retired segment", &segment.path, None, e))?;
+            removed += 1;
             self.shared.state.borrow_mut().stats.segments_retired += 1;
+        }
+        if removed == 0 {
+            return Ok(());
         }
         let dir = &self.shared.config.dir;
         if let Err(e) = storage.sync_dir(dir).await {
@@ -637,7 +665,7 @@ impl<S: Storage> Shared<S> {
         &self,
         batch: &mut Batch<<S::File as StorageFile>::Buf>,
     ) -> Result<()> {
-        let total = align_up(batch.len as u64, BLOCK_BYTES);
+        let total = write_bytes(batch.len);
         let needs_rollover = {
             let state = self.state.borrow();
             state.usable().or_else(|e| {
@@ -699,7 +727,10 @@ impl<S: Storage> Shared<S> {
                         offset: (pos + entry.batch_offset as u64) as u32,
                         payload_len: entry.payload_len,
                     };
-                    state.index.commit(entry.op, location);
+                    let reservation = entry.reservation.expect("data entries hold a reservation");
+                    state
+                        .index
+                        .commit(entry.op, entry.epoch, reservation, location);
                     max_op = max_op.max(entry.op);
                 }
                 EntryKind::Watermark => {
@@ -762,8 +793,21 @@ impl<S: Storage> Shared<S> {
     }
 }
 
+/// Bytes written for a batch of `len` bytes of entries: up to the next block
+/// boundary at which a padding entry header still fits, so that every write
+/// ends either exactly on a boundary or with a padding entry (recovery then
+/// never has to guess where a write ended).
+fn write_bytes(len: usize) -> u64 {
+    let len = len as u64;
+    if len % BLOCK_BYTES == 0 {
+        len
+    } else {
+        align_up(len + ENTRY_HEADER_BYTES as u64, BLOCK_BYTES)
+    }
+}
+
 /// Writes each entry's header into the batch buffer now that its final
-/// position is known, and fills the tail up to the block boundary.
+/// position is known, and pads the tail up to the end of the write.
 fn stamp_headers(buf: &mut [u8], entries: &[PendingEntry], generation: u64, pos: u64, len: usize) {
     for (i, entry) in entries.iter().enumerate() {
         let header = EntryHeader {
@@ -783,10 +827,10 @@ fn stamp_headers(buf: &mut [u8], entries: &[PendingEntry], generation: u64, pos:
         buf[entry.batch_offset..entry.batch_offset + ENTRY_HEADER_BYTES]
             .copy_from_slice(header.as_bytes());
     }
-    let end = align_up(len as u64, BLOCK_BYTES) as usize;
-    let gap = end - len;
+    let end = write_bytes(len) as usize;
     buf[len..end].fill(0);
-    if gap >= ENTRY_HEADER_BYTES {
+    if end > len {
+        let gap = end - len;
         let padding = EntryHeader {
             checksum: 0.into(),
             magic: ENTRY_MAGIC.into(),

@@ -22,6 +22,7 @@ mod journal;
 mod notify;
 pub mod recovery;
 mod segment;
+pub mod sim;
 pub mod storage;
 
 pub use config::{Durability, JournalBuilder, JournalConfig, Preallocation, Recovery};

@@ -91,6 +91,8 @@ pub struct RecoveryReport {
     pub tail: TailState,
     /// A segment removed because its creation never completed (row 7).
     pub removed_incomplete: Option<PathBuf>,
+    /// Entries that failed verification once but verified when read again.
+    pub transient_read_faults: u64,
 }
 
 pub(crate) struct Recovered<F> {
@@ -117,6 +119,11 @@ impl<'a, F: StorageFile> ScanReader<'a, F> {
             start: 0,
             bytes: Vec::new(),
         }
+    }
+
+    /// Forgets what was read, so the next `get` reads the disk again.
+    fn invalidate(&mut self) {
+        self.bytes.clear();
     }
 
     /// Bytes `[pos, pos + len)`, or fewer at end of file.
@@ -154,6 +161,7 @@ struct SegmentScan {
     watermark: u64,
     valid_end: u64,
     tail: TailState,
+    transient_read_faults: u64,
 }
 
 pub(crate) async fn recover<S: Storage>(
@@ -177,6 +185,7 @@ pub(crate) async fn recover<S: Storage>(
         watermark: 0,
         tail: TailState::Empty,
         removed_incomplete: None,
+        transient_read_faults: 0,
     };
     for pair in generations.windows(2) {
         if pair[1] != pair[0] + 1 {
@@ -263,6 +272,7 @@ pub(crate) async fn recover<S: Storage>(
         max_epoch = max_epoch.max(scan.max_epoch);
         report.entries += scan.entries;
         report.bytes += scan.bytes;
+        report.transient_read_faults += scan.transient_read_faults;
         if i + 1 == count {
             report.tail = scan.tail;
         }
@@ -390,46 +400,39 @@ async fn scan_segment<F: StorageFile>(
         watermark: 0,
         valid_end: SEGMENT_DATA_OFFSET,
         tail: TailState::Clean,
+        transient_read_faults: 0,
     };
     let mut pos = SEGMENT_DATA_OFFSET;
-    // After the header block, padding, or a skipped gap the next entry must
-    // start a write.
+    // After the header block or a padding entry the next entry must start a
+    // write.
     let mut expect_first = true;
     loop {
-        let to_boundary = BLOCK_BYTES - pos % BLOCK_BYTES;
-        if to_boundary != BLOCK_BYTES && to_boundary < ENTRY_HEADER_BYTES as u64 {
-            pos = align_up(pos, BLOCK_BYTES);
-            expect_first = true;
-        }
         scan.valid_end = pos;
         if pos + ENTRY_HEADER_BYTES as u64 > limit {
             return Ok(scan);
         }
-        let bytes = reader
-            .get(pos, ENTRY_HEADER_BYTES as u64)
-            .await
-            .map_err(read_error(path, pos))?;
-        let header = match check_entry_header(
-            bytes,
+        let spot = Spot {
+            path,
             generation,
-            pos,
             segment_bytes,
-            config.entry_bytes_max,
-        ) {
-            Ok(h) if expect_first && h.flags & FLAG_FIRST_IN_WRITE == 0 => {
-                Err(HeaderFault::Invalid)
-            }
-            Ok(h) if pos + h.footprint() > limit => Err(HeaderFault::Invalid),
-            other => other,
+            limit,
+            pos,
+            expect_first,
+            entry_bytes_max: config.entry_bytes_max,
         };
-        let header = match header {
+        let mut verdict = verify_at(&mut reader, &spot).await?;
+        if verdict.is_err() {
+            // Read the bytes again before deciding anything: a transient
+            // read error must not cut acknowledged entries.
+            reader.invalidate();
+            verdict = verify_at(&mut reader, &spot).await?;
+            if verdict.is_ok() {
+                scan.transient_read_faults += 1;
+            }
+        }
+        let header = match verdict {
             Ok(header) => header,
-            Err(fault) => {
-                let damage = Damage {
-                    offset: pos,
-                    reason: fault.describe(),
-                    zeroed: fault == HeaderFault::Zeroed,
-                };
+            Err(damage) => {
                 return finish_at_damage(
                     &mut reader,
                     path,
@@ -442,41 +445,78 @@ async fn scan_segment<F: StorageFile>(
                 .await;
             }
         };
-        let kind = header
-            .entry_kind()
-            .expect("check_entry_header validated the kind");
-        if kind == EntryKind::Data {
-            let len = u64::from(header.payload_len.get());
-            let payload = reader
-                .get(pos + ENTRY_HEADER_BYTES as u64, len)
-                .await
-                .map_err(read_error(path, pos))?;
-            if payload.len() as u64 != len
-                || crc32fast::hash(payload) != header.payload_checksum.get()
-            {
-                let damage = Damage {
-                    offset: pos,
-                    reason: "payload checksum mismatch",
-                    zeroed: false,
-                };
-                return finish_at_damage(
-                    &mut reader,
-                    path,
-                    segment,
-                    end_limit,
-                    config,
-                    scan,
-                    damage,
-                )
-                .await;
-            }
-            record_entry(&mut scan, &header, index);
-        } else if kind == EntryKind::Watermark {
-            scan.watermark = scan.watermark.max(header.op.get());
+        let kind = header.entry_kind().expect("verify_at validated the kind");
+        match kind {
+            EntryKind::Data => record_entry(&mut scan, &header, index),
+            EntryKind::Watermark => scan.watermark = scan.watermark.max(header.op.get()),
+            EntryKind::Padding => {}
         }
         pos += header.footprint();
         expect_first = kind == EntryKind::Padding;
     }
+}
+
+/// Where the scan stands.
+struct Spot<'a> {
+    path: &'a Path,
+    generation: u64,
+    segment_bytes: u64,
+    limit: u64,
+    pos: u64,
+    expect_first: bool,
+    entry_bytes_max: u64,
+}
+
+/// Verifies the entry at `spot.pos`: header, placement, and payload.
+async fn verify_at<F: StorageFile>(
+    reader: &mut ScanReader<'_, F>,
+    spot: &Spot<'_>,
+) -> Result<std::result::Result<EntryHeader, Damage>> {
+    let pos = spot.pos;
+    let bytes = reader
+        .get(pos, ENTRY_HEADER_BYTES as u64)
+        .await
+        .map_err(read_error(spot.path, pos))?;
+    let checked = check_entry_header(
+        bytes,
+        spot.generation,
+        pos,
+        spot.segment_bytes,
+        spot.entry_bytes_max,
+    );
+    let header = match checked {
+        Ok(h) if spot.expect_first && h.flags & FLAG_FIRST_IN_WRITE == 0 => {
+            Err(HeaderFault::Invalid)
+        }
+        Ok(h) if pos + h.footprint() > spot.limit => Err(HeaderFault::Invalid),
+        other => other,
+    };
+    let header = match header {
+        Ok(header) => header,
+        Err(fault) => {
+            return Ok(Err(Damage {
+                offset: pos,
+                reason: fault.describe(),
+                zeroed: fault == HeaderFault::Zeroed,
+            }))
+        }
+    };
+    if header.entry_kind() == Some(EntryKind::Data) {
+        let len = u64::from(header.payload_len.get());
+        let payload = reader
+            .get(pos + ENTRY_HEADER_BYTES as u64, len)
+            .await
+            .map_err(read_error(spot.path, pos))?;
+        if payload.len() as u64 != len || crc32fast::hash(payload) != header.payload_checksum.get()
+        {
+            return Ok(Err(Damage {
+                offset: pos,
+                reason: "payload checksum mismatch",
+                zeroed: false,
+            }));
+        }
+    }
+    Ok(Ok(header))
 }
 
 fn record_entry(scan: &mut SegmentScan, header: &EntryHeader, index: &mut RingIndex) {

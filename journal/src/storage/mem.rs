@@ -273,7 +273,11 @@ struct Oneshots {
 
 fn take_oneshot(slot: &mut Option<(u32, i32)>) -> Option<io::Error> {
     let (remaining, errno) = (*slot)?;
-    *slot = if remaining > 1 { Some((remaining - 1, errno)) } else { None };
+    *slot = if remaining > 1 {
+        Some((remaining - 1, errno))
+    } else {
+        None
+    };
     Some(io::Error::from_raw_os_error(errno))
 }
 
@@ -295,7 +299,8 @@ struct MemFs {
 
 impl MemFs {
     fn chance(&mut self, probability: f64) -> bool {
-        probability > 0.0 && ((self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < probability
+        probability > 0.0
+            && ((self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < probability
     }
 
     fn below(&mut self, bound: u64) -> u64 {
@@ -307,7 +312,10 @@ impl MemFs {
     }
 
     fn used_bytes(&self) -> u64 {
-        self.live.values().map(|f| f.borrow().live.len() as u64).sum()
+        self.live
+            .values()
+            .map(|f| f.borrow().live.len() as u64)
+            .sum()
     }
 
     /// Counts an operation towards a scheduled power cut; errors once cut.
@@ -328,7 +336,8 @@ impl MemFs {
     }
 
     fn eio(&mut self, rate: f64) -> Option<io::Error> {
-        self.chance(rate).then(|| io::Error::from_raw_os_error(libc::EIO))
+        self.chance(rate)
+            .then(|| io::Error::from_raw_os_error(libc::EIO))
     }
 
     fn check_growth(&mut self, file: &FileRef, len: u64) -> io::Result<()> {
@@ -348,7 +357,23 @@ impl MemFs {
         self.ops_until_power_cut = None;
         // Directory operations: a random prefix survives.
         let ops = std::mem::take(&mut self.unsynced_dir_ops);
-        let keep = if self.faults.dir_undo { self.below(ops.len() as u64 + 1) as usize } else { 0 };
+        let keep = if self.faults.dir_undo {
+            self.below(ops.len() as u64 + 1) as usize
+        } else {
+            0
+        };
+        if std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some() {
+            eprintln!(
+                "    crash: keeping {keep} of {} directory ops: {:?}",
+                ops.len(),
+                ops.iter()
+                    .map(|o| match o {
+                        DirOp::Create(p, _) => format!("create {}", p.display()),
+                        DirOp::Remove(p) => format!("remove {}", p.display()),
+                    })
+                    .collect::<Vec<_>>()
+            );
+        }
         self.counts.dir_ops_undone += (ops.len() - keep) as u64;
         for op in &ops[..keep] {
             match op {
@@ -375,20 +400,27 @@ impl MemFs {
             for op in unsynced {
                 let fate = self.below(1_000_000) as f64 / 1_000_000.0;
                 match op {
-                    FileOp::Resize { .. } if fate < self.faults.crash_drop_rate => lost_earlier = true,
+                    FileOp::Resize { .. } if fate < self.faults.crash_drop_rate => {
+                        lost_earlier = true
+                    }
                     FileOp::Resize { .. } => survivors.push(op),
                     FileOp::Write { .. } if fate < self.faults.crash_drop_rate => {
                         self.counts.writes_dropped += 1;
                         lost_earlier = true;
                     }
-                    FileOp::Write { pos, data } if fate < self.faults.crash_drop_rate + self.faults.crash_tear_rate => {
+                    FileOp::Write { pos, data }
+                        if fate < self.faults.crash_drop_rate + self.faults.crash_tear_rate =>
+                    {
                         self.counts.writes_torn += 1;
                         out_of_order |= lost_earlier;
                         lost_earlier = true;
                         for (i, sector) in data.chunks(SIM_SECTOR_BYTES as usize).enumerate() {
                             if self.chance(0.5) {
                                 let sector_pos = pos + i as u64 * SIM_SECTOR_BYTES;
-                                survivors.push(FileOp::Write { pos: sector_pos, data: sector.to_vec() });
+                                survivors.push(FileOp::Write {
+                                    pos: sector_pos,
+                                    data: sector.to_vec(),
+                                });
                             }
                         }
                     }
@@ -515,7 +547,11 @@ impl MemStorage {
 
     /// Live bytes of one file, for tests that inspect files.
     pub fn file_bytes(&self, path: &Path) -> Option<Vec<u8>> {
-        self.fs.borrow().live.get(path).map(|f| f.borrow().live.clone())
+        self.fs
+            .borrow()
+            .live
+            .get(path)
+            .map(|f| f.borrow().live.clone())
     }
 
     /// Replaces a file's live and durable bytes, for tests that damage files.
@@ -554,7 +590,10 @@ impl MemStorage {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file", path.display()),
+    )
 }
 
 impl Storage for MemStorage {
@@ -573,7 +612,11 @@ impl Storage for MemStorage {
             }
             let data = FileRef::default();
             fs.live.insert(path.to_path_buf(), data.clone());
-            fs.unsynced_dir_ops.push(DirOp::Create(path.to_path_buf(), data.clone()));
+            if std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some() {
+                eprintln!("    create {}", path.display());
+            }
+            fs.unsynced_dir_ops
+                .push(DirOp::Create(path.to_path_buf(), data.clone()));
             data
         };
         Ok(self.handle(path, data))
@@ -581,7 +624,13 @@ impl Storage for MemStorage {
 
     async fn open(&self, path: &Path) -> io::Result<MemFile> {
         self.begin().await?;
-        let data = self.fs.borrow().live.get(path).cloned().ok_or_else(|| not_found(path))?;
+        let data = self
+            .fs
+            .borrow()
+            .live
+            .get(path)
+            .cloned()
+            .ok_or_else(|| not_found(path))?;
         Ok(self.handle(path, data))
     }
 
@@ -592,6 +641,9 @@ impl Storage for MemStorage {
             return Err(err);
         }
         fs.live.remove(path).ok_or_else(|| not_found(path))?;
+        if std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some() {
+            eprintln!("    remove {}", path.display());
+        }
         fs.unsynced_dir_ops.push(DirOp::Remove(path.to_path_buf()));
         Ok(())
     }
@@ -607,8 +659,13 @@ impl Storage for MemStorage {
             fs.counts.sync_eios += 1;
             return Err(err);
         }
+        if std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some() {
+            eprintln!("    sync_dir {}", dir.display());
+        }
         let ops = std::mem::take(&mut fs.unsynced_dir_ops);
-        let (mine, others): (Vec<DirOp>, Vec<DirOp>) = ops.into_iter().partition(|op| op.path().parent() == Some(dir));
+        let (mine, others): (Vec<DirOp>, Vec<DirOp>) = ops
+            .into_iter()
+            .partition(|op| op.path().parent() == Some(dir));
         fs.unsynced_dir_ops = others;
         for op in mine {
             match op {
@@ -696,9 +753,20 @@ impl StorageFile for MemFile {
         if fs.chance(misdirect) {
             fs.counts.writes_misdirected += 1;
             let shift = (1 + fs.below(MISDIRECT_SECTORS_MAX)) * SIM_SECTOR_BYTES;
-            pos = if fs.chance(0.5) || pos < shift { pos + shift } else { pos - shift };
+            pos = if fs.chance(0.5) || pos < shift {
+                pos + shift
+            } else {
+                pos - shift
+            };
         }
         fs.check_growth(&self.data, pos + buf.0.len() as u64)?;
+        if std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some() {
+            eprintln!(
+                "    write {} at {pos} len {}",
+                self.path.display(),
+                buf.0.len()
+            );
+        }
         let op = FileOp::Write { pos, data: buf.0 };
         let mut data = self.data.borrow_mut();
         apply(&mut data.live, &op);
@@ -739,6 +807,9 @@ impl StorageFile for MemFile {
         if let Some(err) = fs.eio(rate) {
             fs.counts.sync_eios += 1;
             return Err(err);
+        }
+        if std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some() {
+            eprintln!("    sync {}", self.path.display());
         }
         let mut data = self.data.borrow_mut();
         let unsynced = std::mem::take(&mut data.unsynced);

@@ -24,7 +24,7 @@ mod dma;
 mod mem;
 
 pub use dma::{DmaFileHandle, DmaStorage};
-pub use mem::{MemBuf, MemFile, MemStorage};
+pub use mem::{FaultConfig, FaultCounts, MemBuf, MemFile, MemStorage, SIM_SECTOR_BYTES};
 
 use std::{ffi::OsString, io, ops::Deref, path::Path};
 

@@ -1,0 +1,675 @@
+//! Deterministic crash simulation of the journal.
+//!
+//! [`run_ops`] drives a journal on the fault-injecting [`MemStorage`]
+//! through a list of [`SimOp`]s — appends from many concurrent tasks,
+//! out-of-order replica writes, rewrites in later epochs, reads, watermark
+//! advances, clean reopens, and power cuts at a chosen point followed by a
+//! crash and recovery — and checks the journal against a plain model after
+//! every step:
+//!
+//! * every acknowledged entry above the watermark is present with exactly
+//!   the bytes acknowledged (with [`FaultConfig::destructive`] faults, which
+//!   can destroy data, it may instead be missing or reported as corrupt);
+//! * no entry is ever returned with bytes nobody submitted for it, and no
+//!   op appears that was never submitted (no phantoms);
+//! * the watermark never goes back past an acknowledged advance;
+//! * recovery never panics, and damage is a typed error, never served.
+//!
+//! Everything is decided by the seed (the storage's faults, the task
+//! interleavings, [`random_ops`]), so a failing seed replays exactly. The
+//! cargo-fuzz targets feed structured op lists into the same driver.
+
+use crate::storage::{FaultConfig, FaultCounts, MemStorage};
+use crate::{Error, Journal, LogItem};
+use rand_core::{RngCore, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
+
+/// Journal settings used by the simulation: small, so segments roll over,
+/// the ring fills and batches split often.
+#[derive(Debug, Clone, Copy)]
+pub struct SimShape {
+    /// Ring slots.
+    pub slot_count: u64,
+    /// Segment file size.
+    pub segment_bytes: u64,
+    /// Largest write.
+    pub batch_bytes_max: u64,
+    /// Largest payload.
+    pub entry_bytes_max: u64,
+}
+
+impl Default for SimShape {
+    fn default() -> Self {
+        SimShape {
+            slot_count: 64,
+            segment_bytes: 64 << 10,
+            batch_bytes_max: 16 << 10,
+            entry_bytes_max: 2 << 10,
+        }
+    }
+}
+
+/// Most operations one list may hold.
+pub const SIM_OPS_MAX: usize = 4096;
+/// Most concurrent tasks the driver keeps in flight.
+pub const SIM_TASKS_MAX: usize = 64;
+/// Attempts to open the journal after a crash when opening fails with an
+/// I/O error (injected read EIO).
+const OPEN_ATTEMPTS_MAX: u32 = 4;
+
+/// One step of a simulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimOp {
+    /// Spawn a task appending a payload of `len` bytes.
+    Append {
+        /// Payload length (clamped to the shape's maximum).
+        len: u16,
+    },
+    /// Spawn a task writing op `next_op + ahead` (a replica's out-of-order write).
+    Write {
+        /// How far past the next op.
+        ahead: u8,
+        /// Payload length.
+        len: u16,
+    },
+    /// Bump the epoch and spawn a task rewriting an acknowledged op.
+    Rewrite {
+        /// How far below the newest acknowledged op.
+        back: u8,
+        /// Payload length.
+        len: u16,
+    },
+    /// Read an op and check it.
+    Read {
+        /// How far below the next op.
+        back: u16,
+    },
+    /// Spawn a task advancing the watermark to `newest acknowledged - keep`.
+    AdvanceWatermark {
+        /// Acknowledged ops to keep above the watermark.
+        keep: u8,
+    },
+    /// Bump the epoch.
+    NewEpoch,
+    /// Wait for every task in flight.
+    Settle,
+    /// Cut the power after `after_ops` more storage operations, let the
+    /// tasks in flight run into it, crash, recover and check everything.
+    Crash {
+        /// Storage operations that still succeed.
+        after_ops: u8,
+    },
+    /// Wait for the tasks, close cleanly, reopen and check everything.
+    Reopen,
+}
+
+/// Generates `count` ops from `seed`.
+pub fn random_ops(seed: u64, count: usize) -> Vec<SimOp> {
+    let mut rng = Pcg64Mcg::seed_from_u64(seed ^ 0x5eed_0f5e_ed00_0001);
+    let mut next = |bound: u64| rng.next_u64() % bound;
+    (0..count.min(SIM_OPS_MAX))
+        .map(|_| {
+            let len = next(2100) as u16;
+            match next(100) {
+                0..=39 => SimOp::Append { len },
+                40..=47 => SimOp::Write {
+                    ahead: next(8) as u8,
+                    len,
+                },
+                48..=50 => SimOp::Rewrite {
+                    back: next(8) as u8,
+                    len,
+                },
+                51..=64 => SimOp::Read {
+                    back: next(80) as u16,
+                },
+                65..=72 => SimOp::AdvanceWatermark {
+                    keep: next(40) as u8,
+                },
+                73..=74 => SimOp::NewEpoch,
+                75..=84 => SimOp::Settle,
+                85..=94 => SimOp::Crash {
+                    after_ops: next(40) as u8,
+                },
+                _ => SimOp::Reopen,
+            }
+        })
+        .collect()
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimReport {
+    /// Crash-and-recover cycles.
+    pub crash_cycles: u64,
+    /// Clean close-and-reopen cycles.
+    pub reopens: u64,
+    /// Appends and writes acknowledged.
+    pub acked: u64,
+    /// Entries read back and checked.
+    pub reads_checked: u64,
+    /// Damage reported as a typed error (destructive faults only).
+    pub corruption_reported: u64,
+    /// Opens that failed with an I/O error and were retried.
+    pub open_retries: u64,
+    /// How often each fault fired.
+    pub faults: FaultCounts,
+}
+
+impl SimReport {
+    /// Adds another run's figures.
+    pub fn add(&mut self, other: &SimReport) {
+        self.crash_cycles += other.crash_cycles;
+        self.reopens += other.reopens;
+        self.acked += other.acked;
+        self.reads_checked += other.reads_checked;
+        self.corruption_reported += other.corruption_reported;
+        self.open_retries += other.open_retries;
+        self.faults.add(&other.faults);
+    }
+}
+
+/// An invariant the journal broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimViolation {
+    /// The seed that reproduces it.
+    pub seed: u64,
+    /// Index of the op during which it was found.
+    pub step: usize,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for SimViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invariant violated at step {} of seed {}: {} (replay: the same seed and ops)",
+            self.step, self.seed, self.message
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct OpModel {
+    /// Payloads submitted for this op, in order.
+    submissions: Vec<Vec<u8>>,
+    /// Index of the newest acknowledged submission.
+    acked: Option<usize>,
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    ops: BTreeMap<u64, OpModel>,
+    /// Payloads of appends whose op is unknown (in flight at a crash or
+    /// failed after possibly reaching the disk).
+    maybe_appends: HashSet<Vec<u8>>,
+    watermark_acked: u64,
+    watermark_submitted: u64,
+    newest_acked: u64,
+    acked: u64,
+    violation: Option<String>,
+}
+
+impl Model {
+    fn fail(&mut self, message: String) {
+        if self.violation.is_none() {
+            self.violation = Some(message);
+        }
+    }
+
+    /// Checks bytes the journal returned for `op`.
+    fn check_present(&mut self, op: u64, payload: &[u8]) {
+        let known = self.ops.get(&op);
+        let ok = match known {
+            Some(model) => {
+                let from = model.acked.unwrap_or(0);
+                model.submissions[from..].iter().any(|p| p == payload)
+                    || self.maybe_appends.contains(payload)
+            }
+            None => self.maybe_appends.contains(payload),
+        };
+        if !ok {
+            self.fail(format!(
+                "op {op} returned {} bytes nobody submitted for it",
+                payload.len()
+            ));
+        }
+    }
+
+    fn check_missing(&mut self, op: u64, destructive: bool) {
+        if destructive {
+            return;
+        }
+        if self.ops.get(&op).is_some_and(|m| m.acked.is_some()) {
+            self.fail(format!("acknowledged op {op} is missing"));
+        }
+    }
+}
+
+/// Whether an error means the entry certainly never reached the disk.
+fn refused(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::RingFull { .. }
+            | Error::OpExists { .. }
+            | Error::BelowWatermark { .. }
+            | Error::EntryTooLarge { .. }
+            | Error::InvalidOp { .. }
+            | Error::Poisoned { .. }
+            | Error::Closed
+            | Error::EpochRegression { .. }
+            | Error::WatermarkRegression { .. }
+    )
+}
+
+struct Driver {
+    seed: u64,
+    storage: MemStorage,
+    shape: SimShape,
+    destructive: bool,
+    model: Rc<RefCell<Model>>,
+    journal: Option<Journal<MemStorage>>,
+    tasks: Vec<glommio::task::JoinHandle<()>>,
+    payload_counter: u64,
+    report: SimReport,
+}
+
+const SIM_DIR: &str = "/sim/wal";
+
+impl Driver {
+    fn builder(&self) -> crate::JournalBuilder<MemStorage> {
+        Journal::builder(SIM_DIR)
+            .slot_count(self.shape.slot_count)
+            .segment_bytes(self.shape.segment_bytes)
+            .batch_bytes_max(self.shape.batch_bytes_max)
+            .entry_bytes_max(self.shape.entry_bytes_max)
+            .storage(self.storage.clone())
+    }
+
+    /// A payload unique within the run: an 8-byte counter, then a pattern.
+    fn payload(&mut self, len: u16) -> Vec<u8> {
+        self.payload_counter += 1;
+        let len = (len as usize).clamp(8, self.shape.entry_bytes_max as usize);
+        let mut payload: Vec<u8> = (0..len)
+            .map(|i| {
+                (self.payload_counter as usize)
+                    .wrapping_mul(131)
+                    .wrapping_add(i) as u8
+            })
+            .collect();
+        payload[..8].copy_from_slice(&self.payload_counter.to_le_bytes());
+        payload
+    }
+
+    async fn settle(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.await;
+        }
+    }
+
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + 'static) {
+        self.tasks.push(glommio::spawn_local(task).detach());
+    }
+
+    async fn open(&mut self) -> Result<(), String> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.builder().open().await {
+                Ok(journal) => {
+                    if std::env::var_os("RINGSTORE_SIM_TRACE").is_some() {
+                        eprintln!(
+                            "  opened: {:?} next_op {}",
+                            journal.recovery_report(),
+                            journal.next_op()
+                        );
+                    }
+                    self.journal = Some(journal);
+                    return Ok(());
+                }
+                Err(error) if self.destructive && attempts < OPEN_ATTEMPTS_MAX => {
+                    // Read faults can fail (or, as corruption, stop) an open;
+                    // both are typed errors. Try again after a restart.
+                    if matches!(error, Error::Corruption { .. }) {
+                        self.report.corruption_reported += 1;
+                    }
+                    self.report.open_retries += 1;
+                    self.storage.crash();
+                }
+                Err(error) if self.destructive => {
+                    // Persistent damage found on every attempt: reported,
+                    // typed, not served. The run cannot continue on this disk.
+                    return Err(format!("stop: {error}"));
+                }
+                // Injected write/sync EIO or a full disk while creating the
+                // new segment: a typed error; restart and try again.
+                Err(Error::NoSpace { .. } | Error::Io { .. }) if attempts < OPEN_ATTEMPTS_MAX => {
+                    self.report.open_retries += 1;
+                    self.storage.crash();
+                }
+                Err(error) => return Err(format!("open failed: {error}")),
+            }
+        }
+    }
+
+    /// Checks the whole journal against the model after an open.
+    async fn verify_all(&mut self) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        let watermark = journal.watermark();
+        {
+            let mut model = self.model.borrow_mut();
+            if watermark < model.watermark_acked && !self.destructive {
+                let acked = model.watermark_acked;
+                model.fail(format!(
+                    "watermark {watermark} went back below the acknowledged {acked}"
+                ));
+            }
+            if watermark > model.watermark_submitted {
+                let submitted = model.watermark_submitted;
+                model.fail(format!(
+                    "watermark {watermark} above any submitted ({submitted})"
+                ));
+            }
+            model.ops = std::mem::take(&mut model.ops).split_off(&(watermark + 1));
+            model.watermark_acked = model.watermark_acked.max(watermark);
+        }
+        let last = journal.next_op().saturating_sub(1);
+        if last <= watermark {
+            return;
+        }
+        let mut entries = journal.entries(watermark + 1..=last);
+        while let Some(item) = entries.next().await {
+            match item {
+                Ok(LogItem::Present(entry)) => {
+                    self.report.reads_checked += 1;
+                    self.model
+                        .borrow_mut()
+                        .check_present(entry.op, &entry.payload);
+                }
+                Ok(LogItem::Missing(op)) => {
+                    self.model.borrow_mut().check_missing(op, self.destructive)
+                }
+                Err(error) => {
+                    self.note_error(&error);
+                    break;
+                }
+            }
+        }
+        // Acknowledged ops beyond what the journal thinks is last.
+        let beyond: Vec<u64> = self
+            .model
+            .borrow()
+            .ops
+            .iter()
+            .filter(|(op, m)| **op > last && m.acked.is_some())
+            .map(|(op, _)| *op)
+            .collect();
+        for op in beyond {
+            self.model.borrow_mut().check_missing(op, self.destructive);
+        }
+    }
+
+    fn note_error(&mut self, error: &Error) {
+        match error {
+            Error::Corruption { .. } if self.destructive => self.report.corruption_reported += 1,
+            Error::Io { .. } if self.destructive => {}
+            Error::Poisoned { .. } | Error::Closed => {}
+            other => self
+                .model
+                .borrow_mut()
+                .fail(format!("unexpected error: {other}")),
+        }
+    }
+
+    async fn step(&mut self, op: SimOp) -> Result<(), String> {
+        if self.tasks.len() >= SIM_TASKS_MAX {
+            self.settle().await;
+        }
+        let Some(journal) = self.journal.clone() else {
+            return Ok(());
+        };
+        match op {
+            SimOp::Append { len } => {
+                let payload = self.payload(len);
+                let model = self.model.clone();
+                model.borrow_mut().maybe_appends.insert(payload.clone());
+                self.spawn(async move {
+                    let result = journal.append(&payload).await;
+                    let mut model = model.borrow_mut();
+                    match result {
+                        Ok(op) => {
+                            if std::env::var_os("RINGSTORE_SIM_TRACE").is_some() {
+                                eprintln!("  acked append op {op}");
+                            }
+                            model.maybe_appends.remove(&payload);
+                            let entry = model.ops.entry(op).or_default();
+                            entry.submissions.push(payload);
+                            entry.acked = Some(entry.submissions.len() - 1);
+                            model.newest_acked = model.newest_acked.max(op);
+                            model.acked += 1;
+                        }
+                        Err(error) if refused(&error) => {
+                            model.maybe_appends.remove(&payload);
+                        }
+                        Err(Error::Corruption { .. }) => {
+                            model.fail("append returned Corruption".into())
+                        }
+                        Err(_) => {}
+                    }
+                });
+            }
+            SimOp::Write { ahead, len } => {
+                let op = journal.next_op() + u64::from(ahead);
+                self.spawn_write(journal, op, len);
+            }
+            SimOp::Rewrite { back, len } => {
+                let op = self
+                    .model
+                    .borrow()
+                    .newest_acked
+                    .saturating_sub(u64::from(back));
+                if op > journal.watermark() {
+                    if journal.set_epoch(journal.epoch() + 1).is_ok() {
+                        self.spawn_write(journal, op, len);
+                    }
+                }
+            }
+            SimOp::Read { back } => {
+                let op = journal.next_op().saturating_sub(u64::from(back) + 1);
+                if op > journal.watermark() {
+                    match journal.read(op).await {
+                        Ok(Some(entry)) => {
+                            self.report.reads_checked += 1;
+                            self.model.borrow_mut().check_present(op, &entry.payload);
+                        }
+                        Ok(None) => {
+                            // Missing while the journal is up: only ops not
+                            // acknowledged, or acknowledged then refused... an
+                            // acknowledged op must be there.
+                            self.model.borrow_mut().check_missing(op, self.destructive);
+                        }
+                        Err(Error::BelowWatermark { .. }) => {}
+                        Err(error) => self.note_error(&error),
+                    }
+                }
+            }
+            SimOp::AdvanceWatermark { keep } => {
+                let target = self
+                    .model
+                    .borrow()
+                    .newest_acked
+                    .saturating_sub(u64::from(keep));
+                if target > journal.watermark() {
+                    let model = self.model.clone();
+                    {
+                        let mut m = model.borrow_mut();
+                        m.watermark_submitted = m.watermark_submitted.max(target);
+                    }
+                    self.spawn(async move {
+                        let result = journal.advance_watermark(target).await;
+                        let mut model = model.borrow_mut();
+                        match result {
+                            Ok(()) => model.watermark_acked = model.watermark_acked.max(target),
+                            Err(Error::Corruption { .. }) => {
+                                model.fail("advance returned Corruption".into())
+                            }
+                            Err(_) => {}
+                        }
+                    });
+                }
+            }
+            SimOp::NewEpoch => {
+                let _ = journal.set_epoch(journal.epoch() + 1);
+            }
+            SimOp::Settle => self.settle().await,
+            SimOp::Crash { after_ops } => {
+                self.storage.cut_power_after_ops(u64::from(after_ops) + 1);
+                self.settle().await;
+                drop(journal);
+                self.journal = None;
+                self.storage.crash();
+                self.report.crash_cycles += 1;
+                self.open().await?;
+                self.verify_all().await;
+            }
+            SimOp::Reopen => {
+                self.settle().await;
+                let _ = journal.close().await;
+                drop(journal);
+                self.journal = None;
+                self.report.reopens += 1;
+                self.open().await?;
+                self.verify_all().await;
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_write(&mut self, journal: Journal<MemStorage>, op: u64, len: u16) {
+        let payload = self.payload(len);
+        let model = self.model.clone();
+        let index = {
+            let mut model = model.borrow_mut();
+            let entry = model.ops.entry(op).or_default();
+            entry.submissions.push(payload.clone());
+            entry.submissions.len() - 1
+        };
+        self.spawn(async move {
+            let result = journal.write(op, &payload).await;
+            let mut model = model.borrow_mut();
+            match result {
+                Ok(()) => {
+                    if let Some(entry) = model.ops.get_mut(&op) {
+                        entry.acked = Some(entry.acked.map_or(index, |a| a.max(index)));
+                    }
+                    model.newest_acked = model.newest_acked.max(op);
+                    model.acked += 1;
+                }
+                Err(error) if refused(&error) => {
+                    // Never written: forget the submission unless acknowledged
+                    // ones after it depend on its index.
+                    if let Some(entry) = model.ops.get_mut(&op) {
+                        if entry.submissions.len() == index + 1 && entry.acked != Some(index) {
+                            entry.submissions.pop();
+                        }
+                    }
+                }
+                Err(Error::Corruption { .. }) => model.fail("write returned Corruption".into()),
+                Err(_) => {}
+            }
+        });
+    }
+}
+
+/// Runs `ops` against a fresh simulated disk seeded with `seed`. Must run
+/// on a glommio executor; see [`run_ops_blocking`].
+pub async fn run_ops(
+    seed: u64,
+    faults: FaultConfig,
+    shape: SimShape,
+    ops: &[SimOp],
+) -> Result<SimReport, SimViolation> {
+    let destructive = faults.read_flip_rate > 0.0
+        || faults.read_eio_rate > 0.0
+        || faults.write_misdirect_rate > 0.0;
+    let mut driver = Driver {
+        seed,
+        storage: MemStorage::with_faults(seed, faults),
+        shape,
+        destructive,
+        model: Rc::new(RefCell::new(Model::default())),
+        journal: None,
+        tasks: Vec::new(),
+        payload_counter: 0,
+        report: SimReport::default(),
+    };
+    let violation = |step: usize, message: String| SimViolation {
+        seed,
+        step,
+        message,
+    };
+    if let Err(message) = driver.open().await {
+        return Err(violation(0, message));
+    }
+    let trace = std::env::var_os("RINGSTORE_SIM_TRACE").is_some();
+    for (step, op) in ops.iter().take(SIM_OPS_MAX).enumerate() {
+        if trace {
+            let (next, watermark) = driver
+                .journal
+                .as_ref()
+                .map_or((0, 0), |j| (j.next_op(), j.watermark()));
+            eprintln!(
+                "step {step}: {op:?} (next_op {next}, watermark {watermark}, faults {:?})",
+                driver.storage.fault_counts()
+            );
+        }
+        if let Err(message) = driver.step(*op).await {
+            if message.starts_with("stop: ") {
+                break;
+            }
+            return Err(violation(step, message));
+        }
+        if let Some(message) = driver.model.borrow_mut().violation.take() {
+            return Err(violation(step, message));
+        }
+    }
+    driver.settle().await;
+    if let Some(journal) = driver.journal.take() {
+        let _ = journal.close().await;
+    }
+    if let Some(message) = driver.model.borrow_mut().violation.take() {
+        return Err(violation(ops.len(), message));
+    }
+    driver.report.acked = driver.model.borrow().acked;
+    driver.report.faults = driver.storage.fault_counts();
+    let _ = driver.seed;
+    Ok(driver.report)
+}
+
+/// [`run_ops`] on a new glommio executor thread.
+pub fn run_ops_blocking(
+    seed: u64,
+    faults: FaultConfig,
+    shape: SimShape,
+    ops: Vec<SimOp>,
+) -> Result<SimReport, SimViolation> {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move { run_ops(seed, faults, shape, &ops).await })
+        .map_err(|e| SimViolation {
+            seed,
+            step: 0,
+            message: format!("could not start an executor: {e}"),
+        })?
+        .join()
+        .map_err(|e| SimViolation {
+            seed,
+            step: 0,
+            message: format!("the simulation panicked: {e}"),
+        })?
+}
