@@ -197,8 +197,12 @@ impl<S: Storage> JournalBuilder<S> {
 
     /// Validates the settings, recovers what the directory holds and opens
     /// the journal. Must run inside a glommio executor (for `DmaStorage`).
-    pub async fn open(self) -> Result<Journal<S>> {
+    pub async fn open(mut self) -> Result<Journal<S>> {
         validate(&self.config)?;
+        // Absolute, so error messages name the real place and directory
+        // handles do not depend on the working directory.
+        self.config.dir = std::path::absolute(&self.config.dir)
+            .map_err(|e| Error::io("resolve directory", &self.config.dir, None, e))?;
         Journal::open_with(self.config, self.storage).await
     }
 }

@@ -43,7 +43,7 @@ pub const SEGMENT_HEADER_BYTES: usize = size_of::<SegmentHeader>();
 /// Bytes of the header in front of every entry.
 pub const ENTRY_HEADER_BYTES: usize = size_of::<EntryHeader>();
 
-const _: () = assert!(SEGMENT_HEADER_BYTES == 64);
+const _: () = assert!(SEGMENT_HEADER_BYTES == 72);
 const _: () = assert!(ENTRY_HEADER_BYTES == 48);
 const _: () = assert!((ENTRY_HEADER_BYTES as u64).is_multiple_of(ENTRY_ALIGN_BYTES));
 const _: () = assert!(BLOCK_BYTES.is_multiple_of(512));
@@ -55,7 +55,7 @@ const _: () = assert!(SEGMENT_HEADER_BYTES as u64 <= SEGMENT_DATA_OFFSET);
 )]
 #[repr(C)]
 pub struct SegmentHeader {
-    /// CRC-32 of bytes `4..64`.
+    /// CRC-32 of bytes `4..72`.
     pub checksum: U32,
     /// [`SEGMENT_MAGIC`].
     pub magic: U32,
@@ -77,7 +77,16 @@ pub struct SegmentHeader {
     pub prev_end: U64,
     /// The journal's watermark when this segment was created.
     pub watermark: U64,
+    /// Bit set of `SEGMENT_FLAG_*`.
+    pub flags: U32,
+    /// Zero.
+    pub reserved: U32,
 }
+
+/// Segment `flags` bit: writes to this segment were acknowledged without
+/// fdatasync (`Durability::NoSync`), so more than one write at its tail may
+/// be torn or lost.
+pub const SEGMENT_FLAG_NO_SYNC: u32 = 1;
 
 /// What an entry header describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

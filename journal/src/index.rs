@@ -49,7 +49,7 @@ pub(crate) enum Lookup {
 pub(crate) struct RingIndex {
     slots: Vec<Slot>,
     watermark: u64,
-    /// Slots holding an op above the watermark (durable or pending).
+    /// Slots holding a durable op above the watermark, or a pending write.
     live: u64,
     /// Ops being rewritten in a later epoch (few at a time).
     rewrites_in_flight: Vec<u64>,
@@ -137,7 +137,9 @@ impl RingIndex {
             self.rewrites_in_flight.push(op);
             return Ok(Reservation::Rewrite);
         }
-        if self.is_live(&previous) {
+        // A slot whose write is still in flight stays taken even if the
+        // watermark passed its op: the write will publish into it.
+        if self.is_live(&previous) || previous.generation == 0 && previous.op != 0 {
             return Err(Error::RingFull {
                 op,
                 slot: index as u64,
@@ -163,9 +165,9 @@ impl RingIndex {
             Reservation::Rewrite => self.end_rewrite(op),
             Reservation::Fresh { previous } => {
                 assert_eq!(slot.generation, 0, "released slot is not pending");
-                if op > self.watermark {
-                    self.live -= 1;
-                }
+                // A pending slot counts as live whatever the watermark; the
+                // slot it replaced did not.
+                self.live -= 1;
                 self.slots[index] = previous;
             }
         }
@@ -206,8 +208,12 @@ impl RingIndex {
             offset: location.offset,
             payload_len: location.payload_len,
         };
-        if reservation == Reservation::Rewrite {
-            self.end_rewrite(op);
+        match reservation {
+            Reservation::Rewrite => self.end_rewrite(op),
+            // The watermark passed this op while it was in flight: durable
+            // now, and no longer live.
+            Reservation::Fresh { .. } if op <= self.watermark => self.live -= 1,
+            Reservation::Fresh { .. } => {}
         }
     }
 
@@ -250,16 +256,21 @@ impl RingIndex {
     pub(crate) fn advance(&mut self, watermark: u64) {
         assert!(watermark >= self.watermark);
         let old = self.watermark;
+        // Pending slots stay live until their write completes (see commit).
         let freed = if watermark - old < self.slot_count() {
             (old + 1..=watermark)
-                .filter(|op| self.slots[self.slot_index(*op)].op == *op)
+                .filter(|op| {
+                    let slot = &self.slots[self.slot_index(*op)];
+                    slot.op == *op && slot.generation != 0
+                })
                 .count()
         } else {
             self.slots
                 .iter()
-                .filter(|s| s.op > old && s.op <= watermark)
+                .filter(|s| s.op > old && s.op <= watermark && s.generation != 0)
                 .count()
         };
+
         self.live -= freed as u64;
         self.watermark = watermark;
     }
@@ -331,6 +342,26 @@ mod tests {
         index.commit(3, 2, r, at(2));
         assert_eq!(index.lookup(3), Lookup::Durable(at(2), 2));
         assert_eq!(index.remaining_capacity(), 7);
+    }
+
+    #[test]
+    fn watermark_passing_an_in_flight_write_keeps_its_slot() {
+        let mut index = RingIndex::new(4, 0);
+        let r5 = index.reserve(5, 1).unwrap();
+        index.advance(10);
+        // Op 13 maps to op 5's slot, whose write is still in flight.
+        assert!(matches!(
+            index.reserve(13, 1),
+            Err(Error::RingFull { occupant: 5, .. })
+        ));
+        assert_eq!(index.remaining_capacity(), 3);
+        index.commit(5, 1, r5, at(1));
+        assert_eq!(index.remaining_capacity(), 4);
+        assert_eq!(index.lookup(5), Lookup::Compacted);
+        let r13 = index.reserve(13, 1).unwrap();
+        index.advance(20);
+        index.release(13, r13);
+        assert_eq!(index.remaining_capacity(), 4);
     }
 
     #[test]

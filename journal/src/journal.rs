@@ -210,6 +210,8 @@ struct PendingEntry {
     payload_len: u32,
     payload_checksum: u32,
     reservation: Option<Reservation>,
+    /// Assigned its op by `append` (not a replica write).
+    appended: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -295,6 +297,7 @@ impl<F: StorageFile> State<F> {
             payload_len: payload.len() as u32,
             payload_checksum: crc32fast::hash(payload),
             reservation,
+            appended: matches!(request, Request::Append(_)),
         });
         self.filling.len += footprint;
         if kind == EntryKind::Data {
@@ -329,7 +332,19 @@ impl<S: Storage> Journal<S> {
             generation: s.generation,
             end: s.write_pos,
         });
-        let generation = predecessor.map_or(1, |p| p.generation + 1);
+        let generation = match predecessor {
+            None => 1,
+            Some(p) => next_generation(&config.dir, p.generation)?,
+        };
+        // What recovery read of the last segment may not be durable yet (a
+        // failed fsync before a restart, or NoSync writes); the new
+        // segment's header will vouch for it, so make it durable first.
+        if let Some(last) = recovered.segments.last() {
+            last.file
+                .sync()
+                .await
+                .map_err(|e| Error::io("fdatasync", &last.path, None, e))?;
+        }
         // Never append into a segment that existed before: see recovery.
         let mut segments: VecDeque<_> = recovered.segments.into();
         let mut needs_fresh_segment = false;
@@ -452,7 +467,8 @@ impl<S: Storage> Journal<S> {
                 }
             }
         };
-        let entry_bytes_max = self.shared.config.entry_bytes_max;
+        // Not the configured limit: the entry may predate a smaller one.
+        let entry_bytes_max = crate::config::ENTRY_BYTES_MAX_LIMIT;
         let read = || read_entry(&*file, &path, op, location, segment_bytes, entry_bytes_max);
         match read().await {
             // Read once more before reporting damage: a transient read error
@@ -497,16 +513,35 @@ impl<S: Storage> Journal<S> {
                 return Err(Error::InvalidOp { op: watermark });
             }
         }
+        let full_disk = self.shared.state.borrow().needs_fresh_segment;
+        if full_disk {
+            // Opened on a full disk: the watermark record needs a new
+            // segment, and a new segment needs the space of the segments
+            // this watermark covers. The caller's snapshot is durable, so
+            // they may go first; a crash before the record only leaves ops
+            // that the snapshot covers missing.
+            self.apply_watermark(watermark);
+            self.retire_exclusively().await?;
+        }
         self.submit(Request::Watermark(watermark)).await?;
+        self.apply_watermark(watermark);
+        self.retire_exclusively().await
+    }
+
+    fn apply_watermark(&self, watermark: u64) {
+        let mut state = self.shared.state.borrow_mut();
+        if watermark > state.index.watermark() {
+            state.index.advance(watermark);
+        }
+        state.next_op = state.next_op.max(watermark + 1);
+    }
+
+    /// Runs [`Journal::retire_segments`] unless one is running already (it
+    /// re-checks the watermark before it stops, so it retires these too).
+    async fn retire_exclusively(&self) -> Result<()> {
         {
             let mut state = self.shared.state.borrow_mut();
-            if watermark > state.index.watermark() {
-                state.index.advance(watermark);
-            }
-            state.next_op = state.next_op.max(watermark + 1);
             if state.retiring {
-                // The retirement in progress re-checks before it finishes
-                // and retires what this advance freed as well.
                 return Ok(());
             }
             state.retiring = true;
@@ -517,20 +552,21 @@ impl<S: Storage> Journal<S> {
     }
 
     /// Deletes whole segments at the front whose entries are all at or
-    /// below the watermark, one at a time and oldest first — so the
-    /// segments on disk always stay a contiguous run of generations, whatever
-    /// a crash undoes — then syncs the directory. Only one runs at a time.
+    /// below the watermark, one at a time and oldest first, syncing the directory
+    /// after each — so the segments on disk always stay a contiguous run of
+    /// generations, whatever a crash undoes. Only one runs at a time.
     async fn retire_segments(&self) -> Result<()> {
         let storage = &self.shared.storage;
-        let mut removed = 0;
+        let dir = &self.shared.config.dir;
         loop {
             let segment = {
                 let mut state = self.shared.state.borrow_mut();
-                let current = state.index.watermark();
+                // Read afresh each time: a concurrent advance may have moved it.
+                let bound = state.index.watermark();
                 let retirable = state.segments.len() > 1
-                    && state.segments.front().is_some_and(|s| s.max_op <= current);
+                    && state.segments.front().is_some_and(|s| s.max_op <= bound);
                 if !retirable {
-                    break;
+                    return Ok(());
                 }
                 state.segments.pop_front().expect("checked above")
             };
@@ -540,22 +576,18 @@ impl<S: Storage> Journal<S> {
                 self.shared.state.borrow_mut().segments.push_front(segment);
                 return Err(error);
             }
+            // Each removal is made durable before the next, so a crash can
+            // never leave a newer segment removed and an older one present.
+            if let Err(e) = storage.sync_dir(dir).await {
+                return Err(self
+                    .shared
+                    .poison(Error::io("fsync directory", dir, None, e)));
+            }
             if let Ok(file) = Rc::try_unwrap(segment.file) {
                 let _ = file.close().await;
             }
-            removed += 1;
             self.shared.state.borrow_mut().stats.segments_retired += 1;
         }
-        if removed == 0 {
-            return Ok(());
-        }
-        let dir = &self.shared.config.dir;
-        if let Err(e) = storage.sync_dir(dir).await {
-            return Err(self
-                .shared
-                .poison(Error::io("fsync directory", dir, None, e)));
-        }
-        Ok(())
     }
 
     /// Sets the epoch stamped on later appends and writes. Never decreases.
@@ -657,6 +689,15 @@ impl<S: Storage> Shared<S> {
                     state.index.release(entry.op, reservation);
                 }
             }
+            // Hand the failed appends' op numbers out again if no later op
+            // was assigned meanwhile, so a full disk does not leave gaps in
+            // the leader's sequence.
+            let appended = batch.entries.iter().filter(|e| e.appended).map(|e| e.op);
+            if let (Some(first), Some(last)) = (appended.clone().min(), appended.max()) {
+                if state.poisoned.is_none() && state.next_op == last + 1 {
+                    state.next_op = first;
+                }
+            }
         }
         batch.done.complete(result);
     }
@@ -756,15 +797,30 @@ impl<S: Storage> Shared<S> {
     }
 
     async fn rollover(&self) -> Result<()> {
-        let (generation, predecessor, watermark) = {
+        let (generation, predecessor, watermark, active_file, active_path) = {
             let state = self.state.borrow();
             let active = state.active();
             let predecessor = Predecessor {
                 generation: active.generation,
                 end: active.write_pos,
             };
-            (active.generation + 1, predecessor, state.durable_watermark)
+            let generation = next_generation(&self.config.dir, active.generation)?;
+            let file = active.file.clone();
+            (
+                generation,
+                predecessor,
+                state.durable_watermark,
+                file,
+                active.path.clone(),
+            )
         };
+        if self.config.durability == Durability::NoSync {
+            // The new segment's header vouches for everything before
+            // `prev_end`: make it durable first.
+            if let Err(e) = active_file.sync().await {
+                return Err(self.poison(Error::io("fdatasync", &active_path, None, e)));
+            }
+        }
         match create_segment(
             &self.storage,
             &self.config,
@@ -793,13 +849,25 @@ impl<S: Storage> Shared<S> {
     }
 }
 
+/// The generation after `generation`, or an error naming the directory if
+/// the numbers ran out (only a hostile file name can get there).
+fn next_generation(dir: &Path, generation: u64) -> Result<u64> {
+    generation.checked_add(1).ok_or_else(|| {
+        Error::corruption(
+            dir,
+            0,
+            format!("segment generation {generation} cannot be followed"),
+        )
+    })
+}
+
 /// Bytes written for a batch of `len` bytes of entries: up to the next block
 /// boundary at which a padding entry header still fits, so that every write
 /// ends either exactly on a boundary or with a padding entry (recovery then
 /// never has to guess where a write ended).
 fn write_bytes(len: usize) -> u64 {
     let len = len as u64;
-    if len % BLOCK_BYTES == 0 {
+    if len.is_multiple_of(BLOCK_BYTES) {
         len
     } else {
         align_up(len + ENTRY_HEADER_BYTES as u64, BLOCK_BYTES)

@@ -4,29 +4,42 @@
 //! Segments are scanned in generation order. Each one starts with a
 //! [`SegmentHeader`]; the header of segment `g + 1` records where the valid
 //! data of segment `g` ends (`prev_end`), because a segment is only created
-//! once everything before it is durable. So damage in any segment but the
-//! last lies in acknowledged data, and only the last segment can end in a
-//! torn write. Writes are serial (the next starts after the previous one's
-//! fdatasync), so at most one write — at most `batch_bytes_max` bytes — can
-//! be torn, and any valid write after it proves the damage is in the middle.
+//! once everything before it is durable (the previous segment is synced
+//! first, also on open and in `NoSync` mode). So damage in any segment but
+//! the last lies in acknowledged data, and only the last segment can end in a
+//! torn write. In `Sync` mode writes are serial (the next starts after the
+//! previous one's fdatasync), so at most one write — at most
+//! `batch_bytes_max` bytes — can be torn, and any valid write after it proves
+//! the damage is in the middle. A segment written in `NoSync` mode says so in
+//! its header; any number of writes at its end may be torn (row 13).
+//!
+//! Only zeroed bytes end a log cleanly. `Recovery::Strict` turns every other
+//! tail decision into an error; it cannot tell a lost write whose sectors
+//! all read as zeros from one never issued, and neither can anything else.
 //!
 //! # Decision table
 //!
 //! At the first position `p` where the next entry does not verify:
 //!
-//! | row | where | header at `p` | payload | valid write start within `batch_bytes_max` after `p`? | decision |
-//! |-----|-------|---------------|---------|-------------------------------------------------------|----------|
+//! | row | where | header at `p` | payload | evidence within one write's reach after `p`? | decision |
+//! |-----|-------|---------------|---------|-------------------------------------------------|----------|
 //! | 1 | last segment | zeroed | — | no | clean end of the log at `p` |
 //! | 2 | last segment | checksum mismatch | — | no | torn tail: cut at `p` (`Strict`: error) |
 //! | 3 | last segment | valid | checksum mismatch | no | torn tail: cut at `p` (`Strict`: error) |
-//! | 4 | last segment | stale generation or wrong offset | — | no | torn tail: cut at `p` (`Strict`: error) |
-//! | 5 | last segment | any fault of rows 1–4 | any | yes | [`Error::Corruption`] at `p` |
+//! | 4 | last segment | from another generation (stale bytes) | — | no | torn tail: cut at `p` (`Strict`: error) |
+//! | 5 | last segment | any fault of rows 1–4 | any | a valid write start | [`Error::Corruption`] at `p` |
 //! | 6 | earlier segment, before its successor's `prev_end` | any fault | any | — | [`Error::Corruption`] at `p` |
 //! | 7 | last segment | segment header invalid, no valid first entry | — | — | incomplete segment creation: file removed |
 //! | 8 | any other segment, or with a valid first entry | segment header invalid | — | — | [`Error::Corruption`] at 0 |
 //! | 9 | between segments | generation missing from the sequence | — | — | [`Error::Corruption`] naming the gap |
 //! | 10 | anywhere | two ops above the watermark in one ring slot | — | — | [`Error::Corruption`] at the later entry |
 //! | 11 | any segment | header verifies, version unknown | — | — | [`Error::UnsupportedVersion`] |
+//! | 12 | last segment | names another offset, or such a header follows | any | a misdirected copy | [`Error::Corruption`] at `p` |
+//! | 13 | last segment written with `NoSync` | any fault of rows 1–4 | any | not looked for | cut at `p`: any number of its writes may be torn |
+//!
+//! "Within one write's reach": the next write starts at most
+//! `batch_bytes_max` (recorded in the segment header) after the start of the
+//! damaged write, which is at or before `p`.
 //!
 //! A "valid write start" is an entry header that verifies, names this
 //! segment's generation and its own offset, and carries the
@@ -41,11 +54,12 @@
 //! file that holds no data).
 
 use crate::config::{JournalConfig, Recovery};
+use crate::config::{BATCH_BYTES_MAX_LIMIT, ENTRY_BYTES_MAX_LIMIT, SEGMENT_BYTES_MAX};
 use crate::error::{Error, Result};
 use crate::format::{
     align_up, check_entry_header, EntryHeader, EntryKind, HeaderFault, SegmentHeader, BLOCK_BYTES,
-    ENTRY_HEADER_BYTES, FLAG_FIRST_IN_WRITE, FORMAT_VERSION, SEGMENT_DATA_OFFSET,
-    SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE, FORMAT_VERSION,
+    SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
 };
 use crate::index::{Location, RingIndex};
 use crate::segment::{segment_file_name, segment_generation, Segment};
@@ -303,7 +317,21 @@ pub(crate) async fn recover<S: Storage>(
     })
 }
 
+/// Reads and checks a segment header; `Ok(None)` if it does not verify
+/// (after reading it twice, so a transient read error does not count).
 async fn read_segment_header<F: StorageFile>(
+    file: &F,
+    path: &Path,
+    generation: u64,
+    len: u64,
+) -> Result<Option<SegmentHeader>> {
+    match read_segment_header_once(file, path, generation, len).await {
+        Ok(Some(header)) => Ok(Some(header)),
+        _ => read_segment_header_once(file, path, generation, len).await,
+    }
+}
+
+async fn read_segment_header_once<F: StorageFile>(
     file: &F,
     path: &Path,
     generation: u64,
@@ -323,6 +351,15 @@ async fn read_segment_header<F: StorageFile>(
     };
     if header.magic.get() != SEGMENT_MAGIC || header.checksum.get() != header.compute_checksum() {
         return Ok(None);
+    }
+    if block[SEGMENT_HEADER_BYTES..].iter().any(|b| *b != 0) {
+        // Only the header is ever written to block 0: anything else there
+        // is a misdirected write, which may have destroyed a later write.
+        return Err(Error::corruption(
+            path,
+            SEGMENT_HEADER_BYTES as u64,
+            "stray bytes after the segment header (a misdirected write)",
+        ));
     }
     if header.version.get() != FORMAT_VERSION {
         return Err(Error::UnsupportedVersion {
@@ -345,18 +382,26 @@ async fn read_segment_header<F: StorageFile>(
         ));
     }
     let segment_bytes = header.segment_bytes.get();
-    if segment_bytes % BLOCK_BYTES != 0
+    if !segment_bytes.is_multiple_of(BLOCK_BYTES)
         || segment_bytes <= SEGMENT_DATA_OFFSET
-        || len < segment_bytes
+        || segment_bytes > SEGMENT_BYTES_MAX
     {
         return bad(format!(
             "segment header names size {segment_bytes}, file holds {len}"
         ));
     }
-    if header.batch_bytes_max.get() % BLOCK_BYTES != 0 || header.batch_bytes_max.get() == 0 {
+    let batch_bytes_max = header.batch_bytes_max.get();
+    if !batch_bytes_max.is_multiple_of(BLOCK_BYTES)
+        || batch_bytes_max == 0
+        || batch_bytes_max > BATCH_BYTES_MAX_LIMIT
+        || batch_bytes_max > segment_bytes - SEGMENT_DATA_OFFSET
+    {
+        return bad(format!("segment header names batch size {batch_bytes_max}"));
+    }
+    if header.flags.get() & !SEGMENT_FLAG_NO_SYNC != 0 || header.reserved.get() != 0 {
         return bad(format!(
-            "segment header names batch size {}",
-            header.batch_bytes_max.get()
+            "segment header has unknown flags {:#x}",
+            header.flags.get()
         ));
     }
     Ok(Some(header))
@@ -411,6 +456,19 @@ async fn scan_segment<F: StorageFile>(
         if pos + ENTRY_HEADER_BYTES as u64 > limit {
             return Ok(scan);
         }
+        if pos + ENTRY_HEADER_BYTES as u64 > file_len {
+            // The file is shorter than its header says: its size change was
+            // never made durable, so nothing acknowledged lies past it —
+            // unless a later segment vouches for more.
+            if end_limit.is_some() {
+                return Err(Error::corruption(
+                    path,
+                    pos,
+                    format!("segment file ends at {file_len}, before its recorded end"),
+                ));
+            }
+            return Ok(scan);
+        }
         let spot = Spot {
             path,
             generation,
@@ -418,7 +476,9 @@ async fn scan_segment<F: StorageFile>(
             limit,
             pos,
             expect_first,
-            entry_bytes_max: config.entry_bytes_max,
+            // Not the configured entry_bytes_max: the journal may have been
+            // written with a larger one.
+            entry_bytes_max: ENTRY_BYTES_MAX_LIMIT,
         };
         let mut verdict = verify_at(&mut reader, &spot).await?;
         if verdict.is_err() {
@@ -498,6 +558,7 @@ async fn verify_at<F: StorageFile>(
                 offset: pos,
                 reason: fault.describe(),
                 zeroed: fault == HeaderFault::Zeroed,
+                misplaced: fault == HeaderFault::Misplaced,
             }))
         }
     };
@@ -513,6 +574,7 @@ async fn verify_at<F: StorageFile>(
                 offset: pos,
                 reason: "payload checksum mismatch",
                 zeroed: false,
+                misplaced: false,
             }));
         }
     }
@@ -538,6 +600,7 @@ struct Damage {
     offset: u64,
     reason: &'static str,
     zeroed: bool,
+    misplaced: bool,
 }
 
 /// Applies the decision table (rows 1–6) to damage found at `damage.offset`.
@@ -551,20 +614,23 @@ async fn finish_at_damage<F: StorageFile>(
     damage: Damage,
 ) -> Result<SegmentScan> {
     let offset = damage.offset;
-    if end_limit.is_some() {
-        // Row 6: a later segment exists, so this data was durable.
+    if end_limit.is_some() || damage.misplaced {
+        // Row 6: a later segment exists, so this data was durable. Row 12:
+        // bytes meant for another offset are a misdirected write, which no
+        // crash produces.
         return Err(Error::corruption(path, offset, damage.reason));
     }
-    if let Some(later) = find_write_start_after(reader, path, segment, offset).await? {
-        // Row 5.
-        return Err(Error::corruption(
-            path,
-            offset,
-            format!(
-                "{}, but a valid write starts later at offset {later}",
-                damage.reason
-            ),
-        ));
+    // In a segment written without fdatasync any number of writes at its
+    // end may be torn, so later valid data proves nothing there.
+    if segment.flags.get() & SEGMENT_FLAG_NO_SYNC == 0 {
+        if let Some((later, what)) = evidence_after_damage(reader, path, segment, offset).await? {
+            // Rows 5 and 12.
+            return Err(Error::corruption(
+                path,
+                offset,
+                format!("{}, but {what} at offset {later}", damage.reason),
+            ));
+        }
     }
     scan.valid_end = offset;
     if damage.zeroed {
@@ -589,28 +655,50 @@ async fn finish_at_damage<F: StorageFile>(
     Ok(scan)
 }
 
-/// The first block boundary after `offset`, within one write's reach,
-/// holding a verifying entry header flagged first-in-write.
-async fn find_write_start_after<F: StorageFile>(
+/// Evidence that damage at `offset` of the last segment is not a torn
+/// tail: the position and kind of the first proof found after it, within
+/// one write's reach (the next write starts at most `batch_bytes_max` after
+/// the start of the damaged one, which is at or before `offset`).
+///
+/// * A verifying header flagged first-in-write at a block boundary: a later
+///   write completed, so the damaged one was durable.
+/// * A verifying header of this generation at an 8-byte position other than
+///   the offset it names: a misdirected write. A torn write leaves sectors
+///   at their own offsets or none, so this cannot come from a crash.
+async fn evidence_after_damage<F: StorageFile>(
     reader: &mut ScanReader<'_, F>,
     path: &Path,
     segment: &SegmentHeader,
     offset: u64,
-) -> Result<Option<u64>> {
+) -> Result<Option<(u64, &'static str)>> {
     let generation = segment.generation.get();
     let segment_bytes = segment.segment_bytes.get();
-    let reach = (offset + segment.batch_bytes_max.get()).min(segment_bytes);
-    let mut candidate = align_up(offset + 1, BLOCK_BYTES);
-    while candidate + ENTRY_HEADER_BYTES as u64 <= reach {
+    let reach = offset.saturating_add(segment.batch_bytes_max.get());
+    let mut candidate = offset + ENTRY_ALIGN_BYTES;
+    while candidate <= reach && candidate + ENTRY_HEADER_BYTES as u64 <= segment_bytes {
         let bytes = reader
             .get(candidate, ENTRY_HEADER_BYTES as u64)
             .await
             .map_err(read_error(path, candidate))?;
-        let verified = check_entry_header(bytes, generation, candidate, segment_bytes, u64::MAX);
-        if verified.is_ok_and(|h| h.flags & FLAG_FIRST_IN_WRITE != 0) {
-            return Ok(Some(candidate));
+        let magic_matches = bytes.len() >= 8 && bytes[4..8] == ENTRY_MAGIC.to_le_bytes();
+        if magic_matches {
+            match check_entry_header(
+                bytes,
+                generation,
+                candidate,
+                segment_bytes,
+                ENTRY_BYTES_MAX_LIMIT,
+            ) {
+                Ok(h) if h.flags & FLAG_FIRST_IN_WRITE != 0 => {
+                    return Ok(Some((candidate, "a valid write starts later")));
+                }
+                Err(HeaderFault::Misplaced) => {
+                    return Ok(Some((candidate, "a misdirected write lies later")));
+                }
+                _ => {}
+            }
         }
-        candidate += BLOCK_BYTES;
+        candidate += ENTRY_ALIGN_BYTES;
     }
     Ok(None)
 }

@@ -3,13 +3,15 @@
 //! The log is a sequence of preallocated segment files named by a
 //! generation number that only grows. A segment is created complete —
 //! space reserved, header written and synced, directory synced — before any
-//! entry is written to it, so a segment whose header does not verify can
-//! only be one whose creation a crash interrupted.
+//! entry is written to it. So a last segment whose header does not verify
+//! and that holds no valid first write is one whose creation a crash
+//! interrupted (recovery removes it); any other bad header is damage.
 
-use crate::config::{JournalConfig, Preallocation};
+use crate::config::{Durability, JournalConfig, Preallocation};
 use crate::error::{Error, Result};
 use crate::format::{
-    SegmentHeader, BLOCK_BYTES, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_MAGIC,
+    SegmentHeader, BLOCK_BYTES, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC,
+    SEGMENT_MAGIC,
 };
 use crate::storage::{IoBuf, Storage, StorageFile};
 use std::ffi::OsStr;
@@ -115,6 +117,13 @@ pub(crate) async fn create_segment<S: Storage>(
         prev_generation: predecessor.map_or(0, |p| p.generation).into(),
         prev_end: predecessor.map_or(0, |p| p.end).into(),
         watermark: watermark.into(),
+        flags: if config.durability == Durability::NoSync {
+            SEGMENT_FLAG_NO_SYNC
+        } else {
+            0
+        }
+        .into(),
+        reserved: 0.into(),
     }
     .seal();
     let mut block = file.alloc_buf(BLOCK_BYTES as usize);

@@ -7,8 +7,9 @@
 //! crash and recovery — and checks the journal against a plain model after
 //! every step:
 //!
-//! * every acknowledged entry above the watermark is present with exactly
-//!   the bytes acknowledged (with [`FaultConfig::destructive`] faults, which
+//! * every acknowledged entry above the highest watermark submitted (the
+//!   caller's snapshot covers the rest) is present with exactly the bytes
+//!   acknowledged (with [`FaultConfig::destructive`] faults, which
 //!   can destroy data, it may instead be missing or reported as corrupt);
 //! * no entry is ever returned with bytes nobody submitted for it, and no
 //!   op appears that was never submitted (no phantoms);
@@ -26,6 +27,13 @@ use rand_pcg::Pcg64Mcg;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
+
+/// True when `RINGSTORE_SIM_TRACE` is set: each step, open and
+/// acknowledgement is printed to stderr.
+fn trace() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("RINGSTORE_SIM_TRACE").is_some())
+}
 
 /// Journal settings used by the simulation: small, so segments roll over,
 /// the ring fills and batches split often.
@@ -221,12 +229,19 @@ impl Model {
         }
     }
 
-    /// Checks bytes the journal returned for `op`.
-    fn check_present(&mut self, op: u64, payload: &[u8]) {
+    /// Checks bytes the journal returned for `op`. With destructive faults
+    /// the newest acknowledged version may have been destroyed (a misdirected
+    /// write), so an older submitted version is accepted; never bytes that
+    /// were not submitted for this op.
+    fn check_present(&mut self, op: u64, payload: &[u8], destructive: bool) {
         let known = self.ops.get(&op);
         let ok = match known {
             Some(model) => {
-                let from = model.acked.unwrap_or(0);
+                let from = if destructive {
+                    0
+                } else {
+                    model.acked.unwrap_or(0)
+                };
                 model.submissions[from..].iter().any(|p| p == payload)
                     || self.maybe_appends.contains(payload)
             }
@@ -241,7 +256,10 @@ impl Model {
     }
 
     fn check_missing(&mut self, op: u64, destructive: bool) {
-        if destructive {
+        // Once an advance to w was submitted the caller holds a durable
+        // snapshot covering w (the contract of advance_watermark): ops at or
+        // below it are no longer the journal's to keep.
+        if destructive || op <= self.watermark_submitted {
             return;
         }
         if self.ops.get(&op).is_some_and(|m| m.acked.is_some()) {
@@ -321,7 +339,7 @@ impl Driver {
             attempts += 1;
             match self.builder().open().await {
                 Ok(journal) => {
-                    if std::env::var_os("RINGSTORE_SIM_TRACE").is_some() {
+                    if trace() {
                         eprintln!(
                             "  opened: {:?} next_op {}",
                             journal.recovery_report(),
@@ -388,9 +406,11 @@ impl Driver {
             match item {
                 Ok(LogItem::Present(entry)) => {
                     self.report.reads_checked += 1;
-                    self.model
-                        .borrow_mut()
-                        .check_present(entry.op, &entry.payload);
+                    self.model.borrow_mut().check_present(
+                        entry.op,
+                        &entry.payload,
+                        self.destructive,
+                    );
                 }
                 Ok(LogItem::Missing(op)) => {
                     self.model.borrow_mut().check_missing(op, self.destructive)
@@ -444,7 +464,7 @@ impl Driver {
                     let mut model = model.borrow_mut();
                     match result {
                         Ok(op) => {
-                            if std::env::var_os("RINGSTORE_SIM_TRACE").is_some() {
+                            if trace() {
                                 eprintln!("  acked append op {op}");
                             }
                             model.maybe_appends.remove(&payload);
@@ -474,10 +494,8 @@ impl Driver {
                     .borrow()
                     .newest_acked
                     .saturating_sub(u64::from(back));
-                if op > journal.watermark() {
-                    if journal.set_epoch(journal.epoch() + 1).is_ok() {
-                        self.spawn_write(journal, op, len);
-                    }
+                if op > journal.watermark() && journal.set_epoch(journal.epoch() + 1).is_ok() {
+                    self.spawn_write(journal, op, len);
                 }
             }
             SimOp::Read { back } => {
@@ -486,7 +504,11 @@ impl Driver {
                     match journal.read(op).await {
                         Ok(Some(entry)) => {
                             self.report.reads_checked += 1;
-                            self.model.borrow_mut().check_present(op, &entry.payload);
+                            self.model.borrow_mut().check_present(
+                                op,
+                                &entry.payload,
+                                self.destructive,
+                            );
                         }
                         Ok(None) => {
                             // Missing while the journal is up: only ops not
@@ -617,7 +639,7 @@ pub async fn run_ops(
     if let Err(message) = driver.open().await {
         return Err(violation(0, message));
     }
-    let trace = std::env::var_os("RINGSTORE_SIM_TRACE").is_some();
+    let trace = trace();
     for (step, op) in ops.iter().take(SIM_OPS_MAX).enumerate() {
         if trace {
             let (next, watermark) = driver

@@ -47,6 +47,8 @@ fn segment_header_table_matches_the_struct() {
         ("prev_generation", field!(SegmentHeader, prev_generation)),
         ("prev_end", field!(SegmentHeader, prev_end)),
         ("watermark", field!(SegmentHeader, watermark)),
+        ("flags", field!(SegmentHeader, flags)),
+        ("reserved", field!(SegmentHeader, reserved)),
     ];
     assert_eq!(rows.len(), fields.len());
     for ((offset, size, name), (field, (code_offset, code_size))) in rows.iter().zip(fields) {
@@ -104,4 +106,11 @@ fn constants_named_in_the_document_match() {
     );
     assert!(doc.contains("1 data, 2 watermark, 3 padding"));
     assert_eq!(FLAG_FIRST_IN_WRITE, 1);
+    assert_eq!(SEGMENT_FLAG_NO_SYNC, 1);
+    assert!(doc.contains(&format!("CRC-32 of bytes 4..{SEGMENT_HEADER_BYTES}")));
+    assert!(doc.contains(&format!("CRC-32 of bytes 4..{ENTRY_HEADER_BYTES}")));
+    assert!(doc.contains(&format!(
+        "at most {} MiB, the largest `entry_bytes_max`",
+        ringstore_journal::config::ENTRY_BYTES_MAX_LIMIT >> 20
+    )));
 }

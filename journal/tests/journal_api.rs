@@ -438,3 +438,22 @@ fn appends_wait_for_room_when_the_batch_is_full() {
         journal.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_relative_directory_works() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        std::env::set_current_dir(&path).unwrap();
+        let journal = builder(std::path::Path::new("relative-wal"))
+            .open()
+            .await
+            .unwrap();
+        assert!(journal.config().dir.is_absolute());
+        let op = journal.append(b"x").await.unwrap();
+        journal.close().await.unwrap();
+        let journal = builder(&path.join("relative-wal")).open().await.unwrap();
+        assert_eq!(journal.read(op).await.unwrap().unwrap().payload, b"x");
+        journal.close().await.unwrap();
+    });
+}

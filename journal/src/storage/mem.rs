@@ -22,8 +22,8 @@
 //!   while an earlier one is lost (out of order). Size changes (fallocate)
 //!   not synced may be lost too.
 //! * **Directory operations.** Creates and removes not covered by an fsync
-//!   of their directory: a random prefix of them survives a crash (with
-//!   `dir_undo`), the rest are undone.
+//!   of their directory each survive a crash or are undone, independently
+//!   (with `dir_undo`; without it, all are undone).
 //! * **Reads.** A read returns one flipped bit (`read_flip_rate`) or fails
 //!   with EIO (`read_eio_rate`). Flips are transient: a second read may be
 //!   clean.
@@ -60,6 +60,13 @@ use std::{
     rc::Rc,
 };
 
+/// True when `RINGSTORE_SIM_TRACE_IO` is set: every operation is printed to
+/// stderr, for replaying a failing seed by eye.
+fn trace_io() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some())
+}
+
 /// Sector size of the simulated disk: the unit of atomicity and of tearing.
 pub const SIM_SECTOR_BYTES: u64 = 512;
 
@@ -74,8 +81,9 @@ pub struct FaultConfig {
     pub crash_drop_rate: f64,
     /// At a crash, chance that an unsynced write is torn at sector granularity.
     pub crash_tear_rate: f64,
-    /// At a crash, undo a random suffix of the directory operations not yet
-    /// covered by a directory fsync (otherwise all of them are undone).
+    /// At a crash, each directory operation not yet covered by a directory
+    /// fsync survives with probability 1/2, independently (otherwise all of
+    /// them are undone).
     pub dir_undo: bool,
     /// Chance a read returns one flipped bit.
     pub read_flip_rate: f64,
@@ -355,27 +363,16 @@ impl MemFs {
         self.counts.crashes += 1;
         self.crash_count += 1;
         self.ops_until_power_cut = None;
-        // Directory operations: a random prefix survives.
+        // Directory operations: each survives or is undone on its own (a
+        // later one may persist while an earlier one does not), applied in
+        // order.
         let ops = std::mem::take(&mut self.unsynced_dir_ops);
-        let keep = if self.faults.dir_undo {
-            self.below(ops.len() as u64 + 1) as usize
-        } else {
-            0
-        };
-        if std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some() {
-            eprintln!(
-                "    crash: keeping {keep} of {} directory ops: {:?}",
-                ops.len(),
-                ops.iter()
-                    .map(|o| match o {
-                        DirOp::Create(p, _) => format!("create {}", p.display()),
-                        DirOp::Remove(p) => format!("remove {}", p.display()),
-                    })
-                    .collect::<Vec<_>>()
-            );
-        }
-        self.counts.dir_ops_undone += (ops.len() - keep) as u64;
-        for op in &ops[..keep] {
+        for op in &ops {
+            let survives = self.faults.dir_undo && self.chance(0.5);
+            if !survives {
+                self.counts.dir_ops_undone += 1;
+                continue;
+            }
             match op {
                 DirOp::Create(path, file) => {
                     self.durable.insert(path.clone(), file.clone());
@@ -612,7 +609,7 @@ impl Storage for MemStorage {
             }
             let data = FileRef::default();
             fs.live.insert(path.to_path_buf(), data.clone());
-            if std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some() {
+            if trace_io() {
                 eprintln!("    create {}", path.display());
             }
             fs.unsynced_dir_ops
@@ -641,7 +638,7 @@ impl Storage for MemStorage {
             return Err(err);
         }
         fs.live.remove(path).ok_or_else(|| not_found(path))?;
-        if std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some() {
+        if trace_io() {
             eprintln!("    remove {}", path.display());
         }
         fs.unsynced_dir_ops.push(DirOp::Remove(path.to_path_buf()));
@@ -659,7 +656,7 @@ impl Storage for MemStorage {
             fs.counts.sync_eios += 1;
             return Err(err);
         }
-        if std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some() {
+        if trace_io() {
             eprintln!("    sync_dir {}", dir.display());
         }
         let ops = std::mem::take(&mut fs.unsynced_dir_ops);
@@ -760,7 +757,7 @@ impl StorageFile for MemFile {
             };
         }
         fs.check_growth(&self.data, pos + buf.0.len() as u64)?;
-        if std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some() {
+        if trace_io() {
             eprintln!(
                 "    write {} at {pos} len {}",
                 self.path.display(),
@@ -808,7 +805,7 @@ impl StorageFile for MemFile {
             fs.counts.sync_eios += 1;
             return Err(err);
         }
-        if std::env::var_os("RINGSTORE_SIM_TRACE_IO").is_some() {
+        if trace_io() {
             eprintln!("    sync {}", self.path.display());
         }
         let mut data = self.data.borrow_mut();
