@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::device::{self, ProbeResult, SeqResult, PROBE_BLOCK_BYTES};
 use crate::harness::{Harness, ProbeBracket};
-use crate::report::{fmt_num, fmt_ratio, Table};
+use crate::report::{fmt_num, Table};
 
 /// Bytes per raw sequential write; matches the journal's bulk entry size.
 pub const SEQ_WRITE_BLOCK_BYTES: usize = 64 << 10;
@@ -124,26 +124,11 @@ pub fn run(args: &DeviceArgs) -> Result<()> {
         "device limit",
         "value",
         "unit",
-        "probe p50 before/after (us)",
-        "disk mode",
-        "reliable",
+        ProbeBracket::CELL_HEADINGS[0],
+        ProbeBracket::CELL_HEADINGS[1],
+        ProbeBracket::CELL_HEADINGS[2],
     ]);
-    let bracket_cells = |bracket: &ProbeBracket| {
-        [
-            format!(
-                "{} / {}",
-                fmt_num(bracket.before.latency.p50_us),
-                fmt_num(bracket.after.latency.p50_us)
-            ),
-            bracket.modes(),
-            if bracket.reliable {
-                "yes".to_owned()
-            } else {
-                format!("NO ({})", fmt_ratio(bracket.disagreement))
-            },
-        ]
-    };
-    let [probes, mode, reliable] = bracket_cells(&seq_write_probes);
+    let [probes, mode, reliable] = seq_write_probes.cells();
     table.row([
         format!(
             "seq write {} KiB x QD{} (+fdatasync)",
@@ -156,7 +141,7 @@ pub fn run(args: &DeviceArgs) -> Result<()> {
         mode,
         reliable,
     ]);
-    let [probes, mode, reliable] = bracket_cells(&seq_read_probes);
+    let [probes, mode, reliable] = seq_read_probes.cells();
     table.row([
         format!(
             "seq read {} KiB x QD{}",

@@ -52,8 +52,9 @@ pub const PROBE_DURATION_MAX: Duration = Duration::from_secs(1);
 const PROBE_FILL_BLOCK_BYTES: usize = 1 << 20;
 /// Queue depth used to fill the probe region once, at setup.
 const PROBE_FILL_QUEUE_DEPTH: usize = 4;
-/// A probe p50 at or below this is the disk's fast mode; above, the slow one.
-pub const FAST_MODE_P50_MAX: Duration = Duration::from_millis(1);
+/// Probe latencies above this belong to the disk's slow mode (~4 ms); the
+/// fast mode's stay well below it (~0.1 ms, p99 under 1 ms).
+pub const SLOW_MODE_LATENCY_MIN: Duration = Duration::from_millis(2);
 
 /// `statfs` magic of tmpfs: memory, not a disk, so no device limit to measure.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -156,7 +157,7 @@ fn check_stamps(buffer: &[u8], file_offset: u64) -> Result<(), String> {
 
 /// Fills `buffer` with a non-zero, non-repeating-per-sector pattern, so a
 /// filesystem or device cannot shortcut zero pages.
-fn fill_pattern(buffer: &mut [u8], seed: u64) {
+pub fn fill_pattern(buffer: &mut [u8], seed: u64) {
     let mut state = seed | 1;
     for chunk in buffer.chunks_exact_mut(8) {
         // xorshift64: cheap, deterministic, never zero.
@@ -272,7 +273,8 @@ pub struct ProbeResult {
     pub latency: LatencySummary,
     /// Durable writes per second over the probe.
     pub ops_per_s: f64,
-    /// `"fast"` or `"slow"`: which of the disk's modes the p50 points to.
+    /// Which of the disk's modes the probe saw: `"slow"` when the p50 is in
+    /// the slow mode, `"mixed"` when only the p99 is, else `"fast"`.
     pub mode: &'static str,
 }
 
@@ -347,10 +349,13 @@ impl Prober {
             .map_err(|message| anyhow::anyhow!("{}: {message}", self.path.display()))?;
         let latency = recorder.summary();
         let ops_per_s = latency.samples as f64 / elapsed.as_secs_f64();
-        let mode = if latency.p50_us <= FAST_MODE_P50_MAX.as_secs_f64() * 1e6 {
-            "fast"
-        } else {
+        let slow_us = SLOW_MODE_LATENCY_MIN.as_secs_f64() * 1e6;
+        let mode = if latency.p50_us > slow_us {
             "slow"
+        } else if latency.p99_us > slow_us {
+            "mixed"
+        } else {
+            "fast"
         };
         Ok(ProbeResult {
             latency,

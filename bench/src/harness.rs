@@ -6,7 +6,10 @@
 //! next to it. The harness runs the durable-write probe once at start and
 //! once after every workload; each workload is bracketed by the probe before
 //! it (the previous one's "after") and the probe after it, and is flagged
-//! unreliable when their p50s differ by more than [`PROBE_AGREEMENT_RATIO_MAX`].
+//! unreliable when their p50s or their means differ by more than
+//! [`PROBE_AGREEMENT_RATIO_MAX`], or when they saw different disk modes. The mean matters too: the disk also has
+//! spells where most writes are fast but a few percent take the slow mode's
+//! ~4 ms, which leaves the p50 alone yet cuts throughput by half or more.
 
 use std::path::{Path, PathBuf};
 
@@ -15,9 +18,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::device::{ensure_real_disk, ProbeResult, Prober};
+use crate::report::{fmt_num, fmt_ratio};
 
-/// Two probes whose p50s differ by more than this factor mean the disk changed
-/// mode during the workload between them.
+/// Two probes whose p50s or means differ by more than this factor mean the
+/// disk changed mode during the workload between them.
 pub const PROBE_AGREEMENT_RATIO_MAX: f64 = 2.0;
 
 /// Prefix of every file and directory the bench creates in the data directory;
@@ -31,9 +35,10 @@ pub struct ProbeBracket {
     pub before: ProbeResult,
     /// The probe right after the workload.
     pub after: ProbeResult,
-    /// `max(p50) / min(p50)` of the two probes.
+    /// The larger of `max/min` of the two probes' p50s and of their means.
     pub disagreement: f64,
-    /// Whether the two probes agree within [`PROBE_AGREEMENT_RATIO_MAX`].
+    /// Whether the two probes saw the same disk mode and agree within
+    /// [`PROBE_AGREEMENT_RATIO_MAX`].
     pub reliable: bool,
 }
 
@@ -43,6 +48,32 @@ impl ProbeBracket {
     pub fn p50_us(&self) -> f64 {
         (self.before.latency.p50_us + self.after.latency.p50_us) / 2.0
     }
+
+    /// Table cells: probe p50/mean before -> after (us), disk mode(s), reliable.
+    pub fn cells(&self) -> [String; 3] {
+        let figures = |probe: &ProbeResult| {
+            format!(
+                "{}/{}",
+                fmt_num(probe.latency.p50_us),
+                fmt_num(probe.latency.mean_us)
+            )
+        };
+        [
+            format!("{} -> {}", figures(&self.before), figures(&self.after)),
+            self.modes(),
+            if self.reliable {
+                "yes".to_owned()
+            } else if self.disagreement > PROBE_AGREEMENT_RATIO_MAX {
+                format!("NO ({})", fmt_ratio(self.disagreement))
+            } else {
+                "NO (mode)".to_owned()
+            },
+        ]
+    }
+
+    /// Column headings matching [`ProbeBracket::cells`].
+    pub const CELL_HEADINGS: [&'static str; 3] =
+        ["probe p50/mean us before -> after", "disk", "reliable"];
 
     /// Disk mode(s) seen, e.g. `"fast"` or `"fast->slow"`.
     pub fn modes(&self) -> String {
@@ -68,6 +99,11 @@ impl Harness {
     /// the first probe and starts a progress bar of `step_count` steps on stderr.
     pub fn new(dir: &Path, step_count: u64) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        // Absolute from here on: the paths printed are unambiguous, and
+        // nothing depends on the working directory staying put.
+        let dir = &dir
+            .canonicalize()
+            .with_context(|| format!("resolve {}", dir.display()))?;
         ensure_real_disk(dir)?;
         remove_stale_entries(dir)?;
         let progress =
@@ -110,24 +146,20 @@ impl Harness {
         self.progress.inc(1);
     }
 
-    /// Writes a line to stderr without tearing the progress bar.
-    pub fn note(&self, message: impl AsRef<str>) {
-        self.progress.suspend(|| eprintln!("{}", message.as_ref()));
-    }
-
     /// Ends a workload: probes the device again and returns the bracket made
     /// of the previous probe and this one.
     pub fn bracket(&mut self) -> Result<ProbeBracket> {
         self.step("probe");
         let after = self.prober.probe_default()?;
         let before = std::mem::replace(&mut self.last_probe, after.clone());
-        let (low, high) = min_max(before.latency.p50_us, after.latency.p50_us);
-        let disagreement = high / low.max(f64::MIN_POSITIVE);
+        let disagreement = spread(before.latency.p50_us, after.latency.p50_us)
+            .max(spread(before.latency.mean_us, after.latency.mean_us));
+        let reliable = disagreement <= PROBE_AGREEMENT_RATIO_MAX && before.mode == after.mode;
         Ok(ProbeBracket {
             before,
             after,
             disagreement,
-            reliable: disagreement <= PROBE_AGREEMENT_RATIO_MAX,
+            reliable,
         })
     }
 
@@ -141,12 +173,9 @@ impl Harness {
     }
 }
 
-fn min_max(a: f64, b: f64) -> (f64, f64) {
-    if a <= b {
-        (a, b)
-    } else {
-        (b, a)
-    }
+/// `max(a, b) / min(a, b)`, for positive figures.
+fn spread(a: f64, b: f64) -> f64 {
+    a.max(b) / a.min(b).max(f64::MIN_POSITIVE)
 }
 
 /// Removes every `rsb-*` file or directory directly inside `dir`.

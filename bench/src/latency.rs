@@ -43,13 +43,6 @@ impl LatencyRecorder {
         self.histogram.saturating_record(ns.max(LATENCY_NS_MIN));
     }
 
-    /// Adds every sample of `other`.
-    pub fn merge(&mut self, other: &LatencyRecorder) {
-        self.histogram
-            .add(&other.histogram)
-            .expect("recorders share bounds");
-    }
-
     /// Number of samples recorded.
     pub fn len(&self) -> u64 {
         self.histogram.len()

@@ -18,6 +18,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod cmd_device;
+mod cmd_journal;
 mod device;
 mod harness;
 mod latency;
@@ -41,11 +42,15 @@ enum Command {
     /// Raw O_DIRECT io_uring limits of the disk: sequential write and read
     /// bandwidth and the durable 4 KiB write latency.
     Device(cmd_device::DeviceArgs),
+    /// The journal workloads of issue 2 (bulk, small entries at 1/16/256
+    /// appenders, recovery), each as a ratio to the device limit beside it.
+    Journal(cmd_journal::JournalArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Device(args) => cmd_device::run(args),
+        Command::Journal(args) => cmd_journal::run(args),
     }
 }

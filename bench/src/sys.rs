@@ -85,11 +85,6 @@ impl Uring {
         })
     }
 
-    /// Bytes per operation.
-    pub fn block_bytes(&self) -> usize {
-        self.block_bytes
-    }
-
     /// Mutable access to buffer `index`, e.g. to fill it before a write.
     pub fn buffer_mut(&mut self, index: usize) -> &mut [u8] {
         self.buffers[index].as_mut_slice()
@@ -120,6 +115,8 @@ impl Uring {
         let mut offsets = vec![0u64; self.buffers.len()];
         let mut free: Vec<usize> = (0..self.buffers.len()).rev().collect();
         let mut first_error: Option<io::Error> = None;
+        // Reaped (user_data, result) pairs; allocated once, reused every wait.
+        let mut completed: Vec<(u64, i32)> = Vec::with_capacity(self.buffers.len());
 
         loop {
             // Refill the queue unless a failure already stopped the pass.
@@ -159,11 +156,13 @@ impl Uring {
             if let Err(error) = self.wait(1) {
                 return Err(self.abandon(error));
             }
-            let mut completed = Vec::with_capacity(in_flight);
-            for cqe in self.ring.completion() {
-                completed.push((cqe.user_data(), cqe.result()));
-            }
-            for (user_data, result) in completed {
+            completed.clear();
+            completed.extend(
+                self.ring
+                    .completion()
+                    .map(|cqe| (cqe.user_data(), cqe.result())),
+            );
+            for &(user_data, result) in &completed {
                 let index = usize::try_from(user_data).expect("user_data is a buffer index");
                 in_flight -= 1;
                 free.push(index);
