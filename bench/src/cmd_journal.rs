@@ -91,8 +91,8 @@ const KIB: usize = 1 << 10;
 const MIB: u64 = 1 << 20;
 
 const _: () = assert!(BULK_ENTRY_BYTES as u64 <= ENTRY_BYTES_MAX);
-const _: () = assert!(SEQ_BYTES_QUICK % BULK_ENTRY_BYTES as u64 == 0);
-const _: () = assert!(SEQ_BYTES_FULL % BULK_ENTRY_BYTES as u64 == 0);
+const _: () = assert!(SEQ_BYTES_QUICK.is_multiple_of(BULK_ENTRY_BYTES as u64));
+const _: () = assert!(SEQ_BYTES_FULL.is_multiple_of(BULK_ENTRY_BYTES as u64));
 const _: () = assert!(WATERMARK_TRAIL_OPS < WATERMARK_LAG_OPS_MAX);
 const _: () = assert!(SMALL_ENTRY_BYTES >= 8, "payloads carry an 8-byte stamp");
 
@@ -249,14 +249,14 @@ fn keep_sample(
     index: u64,
     sample: (usize, u64, u64),
 ) {
-    if index % *stride != 0 {
+    if !index.is_multiple_of(*stride) {
         return;
     }
     if samples.len() == SAMPLES_PER_TASK_MAX {
         let kept: Vec<_> = samples.iter().copied().step_by(2).collect();
         *samples = kept;
         *stride *= 2;
-        if index % *stride != 0 {
+        if !index.is_multiple_of(*stride) {
             return;
         }
     }

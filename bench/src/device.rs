@@ -59,8 +59,8 @@ pub const SLOW_MODE_LATENCY_MIN: Duration = Duration::from_millis(2);
 /// `statfs` magic of tmpfs: memory, not a disk, so no device limit to measure.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
-const _: () = assert!(PROBE_REGION_BYTES % PROBE_FILL_BLOCK_BYTES as u64 == 0);
-const _: () = assert!(PROBE_BLOCK_BYTES % STAMP_SECTOR_BYTES == 0);
+const _: () = assert!(PROBE_REGION_BYTES.is_multiple_of(PROBE_FILL_BLOCK_BYTES as u64));
+const _: () = assert!(PROBE_BLOCK_BYTES.is_multiple_of(STAMP_SECTOR_BYTES));
 const _: () = assert!(STAMP_BYTES <= STAMP_SECTOR_BYTES);
 
 /// One sequential pass: how many bytes moved, how, and how fast.
@@ -202,11 +202,11 @@ pub fn seq_write(
     queue_depth: usize,
 ) -> Result<SeqResult> {
     ensure!(
-        block_bytes % STAMP_SECTOR_BYTES == 0,
+        block_bytes.is_multiple_of(STAMP_SECTOR_BYTES),
         "block size {block_bytes} is not a multiple of {STAMP_SECTOR_BYTES}"
     );
     ensure!(
-        total_bytes % block_bytes as u64 == 0,
+        total_bytes.is_multiple_of(block_bytes as u64),
         "total {total_bytes} is not a multiple of the block size {block_bytes}"
     );
     let file = create_direct(path)?;

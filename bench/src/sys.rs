@@ -64,7 +64,7 @@ impl Uring {
         );
         assert!(block_bytes > 0, "block size must be positive");
         assert!(
-            block_bytes % BUFFER_ALIGN_BYTES == 0,
+            block_bytes.is_multiple_of(BUFFER_ALIGN_BYTES),
             "block size must be page-aligned"
         );
         assert!(
@@ -106,7 +106,10 @@ impl Uring {
         mut check: impl FnMut(&[u8], u64) -> Result<(), String>,
     ) -> io::Result<()> {
         let block_bytes = self.block_bytes as u64;
-        assert!(total_bytes % block_bytes == 0, "total must be whole blocks");
+        assert!(
+            total_bytes.is_multiple_of(block_bytes),
+            "total must be whole blocks"
+        );
         let fd = types::Fd(file.as_raw_fd());
         let block_count = total_bytes / block_bytes;
         let mut next_block: u64 = 0;
