@@ -551,6 +551,20 @@ impl MemStorage {
             .map(|f| f.borrow().live.clone())
     }
 
+    /// Creates (or replaces) a file holding `bytes`, durable at once, for
+    /// tests and fuzz targets that bring their own files.
+    pub fn insert_file(&self, path: &Path, bytes: Vec<u8>) {
+        let file = FileRef::default();
+        {
+            let mut data = file.borrow_mut();
+            data.live = bytes.clone();
+            data.durable = bytes;
+        }
+        let mut fs = self.fs.borrow_mut();
+        fs.live.insert(path.to_path_buf(), file.clone());
+        fs.durable.insert(path.to_path_buf(), file);
+    }
+
     /// Replaces a file's live and durable bytes, for tests that damage files.
     pub fn set_file_bytes(&self, path: &Path, bytes: Vec<u8>) {
         let fs = self.fs.borrow();
