@@ -35,7 +35,10 @@ use crate::format::{
 use crate::index::{Location, Lookup, Reservation, RingIndex};
 use crate::notify::Notify;
 use crate::recovery::{recover, RecoveryReport};
-use crate::segment::{create_segment, CreateError, Predecessor, Segment};
+use crate::segment::{
+    activate_segment, create_segment, prepare_segment_file, CreateError, Predecessor, PreparedFile,
+    Segment,
+};
 use crate::storage::{DmaStorage, IoBuf, Storage, StorageFile};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -92,6 +95,11 @@ pub struct JournalStats {
 /// A write-ahead log owned by one shard. Cheap to clone (all clones are the
 /// same journal); `!Send`: it lives on one glommio reactor.
 ///
+/// The next segment's file is prepared by a background task on the same
+/// reactor, so rolling over to it costs one header write. Call
+/// [`Journal::close`] before opening the same directory again: it waits for
+/// that task and removes the unused spare.
+///
 /// ```no_run
 /// # async fn demo() -> ringstore_journal::Result<()> {
 /// use ringstore_journal::Journal;
@@ -132,6 +140,8 @@ struct Shared<S: Storage> {
     space: Notify,
     /// Wakes `close()` when the writer has exited.
     writer_exited: Notify,
+    /// Wakes a rollover waiting for the spare segment's preparation.
+    spare_ready: Notify,
     recovery: RecoveryReport,
 }
 
@@ -155,6 +165,10 @@ struct State<F: StorageFile> {
     needs_fresh_segment: bool,
     /// A segment retirement is in progress.
     retiring: bool,
+    /// The next segment's file, prepared in the background.
+    spare: Option<PreparedFile<F>>,
+    /// A background preparation is running.
+    preparing: bool,
     filling: Batch<F::Buf>,
     poisoned: Option<Error>,
     closing: bool,
@@ -369,6 +383,8 @@ impl<S: Storage> Journal<S> {
             durable_watermark: watermark,
             needs_fresh_segment,
             retiring: false,
+            spare: None,
+            preparing: false,
             filling: Batch::new(),
             poisoned: None,
             closing: false,
@@ -385,8 +401,12 @@ impl<S: Storage> Journal<S> {
             work: Rc::new(Notify::default()),
             space: Notify::default(),
             writer_exited: Notify::default(),
+            spare_ready: Notify::default(),
             recovery: recovered.report,
         });
+        if !needs_fresh_segment {
+            shared.prepare_spare();
+        }
         glommio::spawn_local(run_writer(Rc::downgrade(&shared), shared.work.clone())).detach();
         Ok(Journal { shared })
     }
@@ -654,6 +674,25 @@ impl<S: Storage> Journal<S> {
         while self.shared.state.borrow().writer_running {
             self.shared.writer_exited.wait().await;
         }
+        while self.shared.state.borrow().preparing {
+            self.shared.spare_ready.wait().await;
+        }
+        // An unused spare would read as an interrupted segment creation on
+        // the next open; remove it now.
+        let spare = self.shared.state.borrow_mut().spare.take();
+        if let Some(spare) = spare {
+            let _ = spare.file.close().await;
+            let storage = &self.shared.storage;
+            let dir = &self.shared.config.dir;
+            storage
+                .remove(&spare.path)
+                .await
+                .map_err(|e| Error::io("remove spare segment", &spare.path, None, e))?;
+            storage
+                .sync_dir(dir)
+                .await
+                .map_err(|e| Error::io("fsync directory", dir, None, e))?;
+        }
         // Close the files now: glommio closes a dropped file on its reactor,
         // which may never get to it once the executor ends.
         let segments = std::mem::take(&mut self.shared.state.borrow_mut().segments);
@@ -669,6 +708,42 @@ impl<S: Storage> Journal<S> {
 }
 
 impl<S: Storage> Shared<S> {
+    /// Starts preparing the next segment's file in the background, unless a
+    /// spare exists or is being prepared.
+    fn prepare_spare(self: &Rc<Self>) {
+        let generation = {
+            let mut state = self.state.borrow_mut();
+            if state.preparing || state.spare.is_some() || state.closing || state.poisoned.is_some()
+            {
+                return;
+            }
+            let Some(generation) = state.active().generation.checked_add(1) else {
+                return;
+            };
+            state.preparing = true;
+            generation
+        };
+        let shared = Rc::downgrade(self);
+        let preparation = async move {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let prepared = prepare_segment_file(&shared.storage, &shared.config, generation).await;
+            {
+                let mut state = shared.state.borrow_mut();
+                state.preparing = false;
+                match prepared {
+                    Ok(spare) => state.spare = Some(spare),
+                    // The rollover will try again in the foreground and
+                    // report the error to the appenders.
+                    Err(e) => tracing::warn!(error = %e.error, "preparing the next segment failed"),
+                }
+            }
+            shared.spare_ready.notify_all();
+        };
+        glommio::spawn_local(preparation).detach();
+    }
+
     fn poison(&self, error: Error) -> Error {
         let mut state = self.state.borrow_mut();
         if state.poisoned.is_none() {
@@ -680,7 +755,7 @@ impl<S: Storage> Shared<S> {
         error
     }
 
-    async fn write_batch(&self, mut batch: Batch<<S::File as StorageFile>::Buf>) {
+    async fn write_batch(self: &Rc<Self>, mut batch: Batch<<S::File as StorageFile>::Buf>) {
         let result = self.write_batch_inner(&mut batch).await;
         if result.is_err() {
             let mut state = self.state.borrow_mut();
@@ -703,7 +778,7 @@ impl<S: Storage> Shared<S> {
     }
 
     async fn write_batch_inner(
-        &self,
+        self: &Rc<Self>,
         batch: &mut Batch<<S::File as StorageFile>::Buf>,
     ) -> Result<()> {
         let total = write_bytes(batch.len);
@@ -796,7 +871,7 @@ impl<S: Storage> Shared<S> {
         Ok(())
     }
 
-    async fn rollover(&self) -> Result<()> {
+    async fn rollover(self: &Rc<Self>) -> Result<()> {
         let (generation, predecessor, watermark, active_file, active_path) = {
             let state = self.state.borrow();
             let active = state.active();
@@ -821,20 +896,36 @@ impl<S: Storage> Shared<S> {
                 return Err(self.poison(Error::io("fdatasync", &active_path, None, e)));
             }
         }
-        match create_segment(
-            &self.storage,
-            &self.config,
-            generation,
-            Some(predecessor),
-            watermark,
-        )
-        .await
-        {
+        // Take the spare prepared in the background (waiting for it if its
+        // preparation is still running), or create the segment here.
+        while self.state.borrow().preparing {
+            self.spare_ready.wait().await;
+        }
+        let spare = self.state.borrow_mut().spare.take();
+        let created = match spare {
+            Some(spare) if spare.generation == generation => {
+                activate_segment(spare, &self.config, Some(predecessor), watermark).await
+            }
+            _ => {
+                create_segment(
+                    &self.storage,
+                    &self.config,
+                    generation,
+                    Some(predecessor),
+                    watermark,
+                )
+                .await
+            }
+        };
+        match created {
             Ok(segment) => {
-                let mut state = self.state.borrow_mut();
-                state.segments.push_back(segment);
-                state.needs_fresh_segment = false;
-                state.stats.segments_created += 1;
+                {
+                    let mut state = self.state.borrow_mut();
+                    state.segments.push_back(segment);
+                    state.needs_fresh_segment = false;
+                    state.stats.segments_created += 1;
+                }
+                self.prepare_spare();
                 Ok(())
             }
             Err(CreateError {

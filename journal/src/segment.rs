@@ -1,9 +1,11 @@
 //! Segment files: naming, creation, and the bookkeeping kept per segment.
 //!
 //! The log is a sequence of preallocated segment files named by a
-//! generation number that only grows. A segment is created complete —
-//! space reserved, header written and synced, directory synced — before any
-//! entry is written to it. So a last segment whose header does not verify
+//! generation number that only grows. A segment is created complete before
+//! any entry is written to it: the file is created, its space reserved and
+//! synced and the directory synced (*prepared*, which the journal does in the
+//! background for the next segment, so a rollover does not wait for it),
+//! then its header is written and synced (*activated*). So a last segment whose header does not verify
 //! and that holds no valid first write is one whose creation a crash
 //! interrupted (recovery removes it); any other bad header is damage.
 
@@ -71,41 +73,77 @@ pub(crate) struct CreateError {
     pub poison: bool,
 }
 
-/// Creates segment `generation`: reserve space, write and sync the header,
-/// sync the directory. On a failure before the header is written the file
-/// is removed again and the journal stays usable (e.g. ENOSPC).
-pub(crate) async fn create_segment<S: Storage>(
+/// A segment file with its space reserved, synced and its directory entry
+/// durable, but no header yet: a spare waiting to become the next segment.
+/// A crash leaves it as a last segment without a valid header and without
+/// data, which recovery removes.
+pub(crate) struct PreparedFile<F> {
+    pub generation: u64,
+    pub path: PathBuf,
+    pub file: F,
+}
+
+/// Creates the file of segment `generation` and makes it and its space
+/// durable. On failure the file is removed again; the journal stays usable
+/// unless even that removal failed.
+pub(crate) async fn prepare_segment_file<S: Storage>(
     storage: &S,
     config: &JournalConfig,
     generation: u64,
-    predecessor: Option<Predecessor>,
-    watermark: u64,
-) -> Result<Segment<S::File>, CreateError> {
+) -> Result<PreparedFile<S::File>, CreateError> {
     let path = config.dir.join(segment_file_name(generation));
     let usable = |error: Error| CreateError {
         error,
         poison: false,
     };
-    let fatal = |error: Error| CreateError {
-        error,
-        poison: true,
-    };
     let file = storage
         .create(&path)
         .await
         .map_err(|e| usable(Error::io("create segment", &path, None, e)))?;
-    if let Err(error) = reserve_space(&file, config, &path).await {
+    let prepared = async {
+        reserve_space(&file, config, &path).await?;
+        file.sync()
+            .await
+            .map_err(|e| Error::io("fdatasync", &path, None, e))?;
+        storage
+            .sync_dir(&config.dir)
+            .await
+            .map_err(|e| Error::io("fsync directory", &config.dir, None, e))
+    };
+    if let Err(error) = prepared.await {
         let _ = file.close().await;
         if let Err(e) = storage.remove(&path).await {
-            return Err(fatal(Error::io(
-                "remove half-created segment",
-                &path,
-                None,
-                e,
-            )));
+            return Err(CreateError {
+                error: Error::io("remove half-created segment", &path, None, e),
+                poison: true,
+            });
         }
         return Err(usable(error));
     }
+    Ok(PreparedFile {
+        generation,
+        path,
+        file,
+    })
+}
+
+/// Writes and syncs the header that makes a prepared file the next segment.
+/// A failure here poisons: the file's state is unknown.
+pub(crate) async fn activate_segment<F: StorageFile>(
+    prepared: PreparedFile<F>,
+    config: &JournalConfig,
+    predecessor: Option<Predecessor>,
+    watermark: u64,
+) -> Result<Segment<F>, CreateError> {
+    let PreparedFile {
+        generation,
+        path,
+        file,
+    } = prepared;
+    let fatal = |error: Error| CreateError {
+        error,
+        poison: true,
+    };
     let header = SegmentHeader {
         checksum: 0.into(),
         magic: SEGMENT_MAGIC.into(),
@@ -135,10 +173,6 @@ pub(crate) async fn create_segment<S: Storage>(
     file.sync()
         .await
         .map_err(|e| fatal(Error::io("fdatasync", &path, None, e)))?;
-    storage
-        .sync_dir(&config.dir)
-        .await
-        .map_err(|e| fatal(Error::io("fsync directory", &config.dir, None, e)))?;
     Ok(Segment {
         generation,
         path,
@@ -147,6 +181,18 @@ pub(crate) async fn create_segment<S: Storage>(
         write_pos: SEGMENT_DATA_OFFSET,
         max_op: 0,
     })
+}
+
+/// Creates segment `generation` in one go: prepare, then activate.
+pub(crate) async fn create_segment<S: Storage>(
+    storage: &S,
+    config: &JournalConfig,
+    generation: u64,
+    predecessor: Option<Predecessor>,
+    watermark: u64,
+) -> Result<Segment<S::File>, CreateError> {
+    let prepared = prepare_segment_file(storage, config, generation).await?;
+    activate_segment(prepared, config, predecessor, watermark).await
 }
 
 async fn reserve_space<F: StorageFile>(

@@ -212,7 +212,18 @@ fn full_ring_refuses_before_io_and_watermark_frees_slots() {
     });
 }
 
+/// Segments with a written header (a spare prepared in the background for
+/// the next rollover has none yet).
 fn segment_count(path: &std::path::Path) -> usize {
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".wal"))
+        .filter(|p| std::fs::read(p).unwrap().get(4..8) == Some(&b"RSEG"[..]))
+        .count()
+}
+
+fn wal_files(path: &std::path::Path) -> usize {
     std::fs::read_dir(path)
         .unwrap()
         .filter(|e| {
@@ -249,6 +260,7 @@ fn watermark_retires_whole_segments_only() {
         journal.advance_watermark(last).await.unwrap();
         assert_eq!(segment_count(&path), 1, "only the active segment stays");
         journal.close().await.unwrap();
+        assert_eq!(wal_files(&path), 1, "close removes the spare segment");
         let journal = builder(&path).open().await.unwrap();
         assert_eq!(journal.watermark(), last);
         assert_eq!(journal.next_op(), last + 1);

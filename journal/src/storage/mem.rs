@@ -444,10 +444,24 @@ impl MemFs {
     }
 }
 
-/// The in-memory disk. Clones share the same disk.
-#[derive(Debug, Clone)]
+/// The in-memory disk. Clones share the same disk. A clone made before a
+/// crash belongs to the dead process: its calls fail with EIO afterwards
+/// (only the clone that called [`MemStorage::crash`] lives on), so tasks of a
+/// crashed journal that are still scheduled cannot touch the restarted one's
+/// files.
+#[derive(Debug)]
 pub struct MemStorage {
     fs: Rc<RefCell<MemFs>>,
+    incarnation: std::cell::Cell<u64>,
+}
+
+impl Clone for MemStorage {
+    fn clone(&self) -> Self {
+        MemStorage {
+            fs: self.fs.clone(),
+            incarnation: std::cell::Cell::new(self.incarnation.get()),
+        }
+    }
 }
 
 impl Default for MemStorage {
@@ -467,6 +481,7 @@ impl MemStorage {
     /// with `seed`.
     pub fn with_faults(seed: u64, faults: FaultConfig) -> MemStorage {
         MemStorage {
+            incarnation: std::cell::Cell::new(0),
             fs: Rc::new(RefCell::new(MemFs {
                 live: BTreeMap::new(),
                 durable: BTreeMap::new(),
@@ -484,7 +499,9 @@ impl MemStorage {
     /// Simulates power loss and restart: decides what of the unsynced state
     /// survived (see the module docs); open handles die.
     pub fn crash(&self) {
-        self.fs.borrow_mut().crash();
+        let mut fs = self.fs.borrow_mut();
+        fs.crash();
+        self.incarnation.set(fs.crash_count);
     }
 
     /// Cuts the power at the `ops`-th storage operation from now (1: the
@@ -595,6 +612,9 @@ impl MemStorage {
         };
         if yield_first {
             futures_lite::future::yield_now().await;
+        }
+        if self.incarnation.get() != self.fs.borrow().crash_count {
+            return Err(io::Error::other("storage handle of a process that crashed"));
         }
         self.fs.borrow_mut().tick()
     }
