@@ -78,7 +78,8 @@ pub struct JournalStats {
     pub appends: u64,
     /// Group-commit writes issued.
     pub writes: u64,
-    /// fdatasync calls on segments after writes.
+    /// Durability points: fdatasync calls after writes, or writes made
+    /// through O_DSYNC ([`Durability::WriteThrough`]).
     pub fsyncs: u64,
     /// Bytes written by group-commit writes (including padding).
     pub bytes_written: u64,
@@ -828,6 +829,7 @@ impl<S: Storage> Shared<S> {
             return Err(self.poison(Error::io("write", &path, Some(pos), e)));
         }
         let synced = self.config.durability == Durability::Sync;
+        let durable_point = synced || self.config.durability == Durability::WriteThrough;
         if synced {
             if let Err(e) = file.sync().await {
                 return Err(self.poison(Error::io("fdatasync", &path, None, e)));
@@ -864,7 +866,7 @@ impl<S: Storage> Shared<S> {
         active.max_op = active.max_op.max(max_op);
         let stats = &mut state.stats;
         stats.writes += 1;
-        stats.fsyncs += u64::from(synced);
+        stats.fsyncs += u64::from(durable_point);
         stats.bytes_written += total;
         stats.entries_written += batch.entries.len() as u64;
         stats.batch_entries_max = stats.batch_entries_max.max(batch.entries.len() as u64);

@@ -97,7 +97,7 @@ pub(crate) async fn prepare_segment_file<S: Storage>(
         poison: false,
     };
     let file = storage
-        .create(&path)
+        .create(&path, config.durability == Durability::WriteThrough)
         .await
         .map_err(|e| usable(Error::io("create segment", &path, None, e)))?;
     let prepared = async {

@@ -47,6 +47,9 @@ pub struct SimShape {
     pub batch_bytes_max: u64,
     /// Largest payload.
     pub entry_bytes_max: u64,
+    /// How appends are made durable (`NoSync` weakens the check to
+    /// "nothing wrong is served", like destructive faults).
+    pub durability: crate::Durability,
 }
 
 impl Default for SimShape {
@@ -56,6 +59,7 @@ impl Default for SimShape {
             segment_bytes: 64 << 10,
             batch_bytes_max: 16 << 10,
             entry_bytes_max: 2 << 10,
+            durability: crate::Durability::Sync,
         }
     }
 }
@@ -305,6 +309,7 @@ impl Driver {
             .segment_bytes(self.shape.segment_bytes)
             .batch_bytes_max(self.shape.batch_bytes_max)
             .entry_bytes_max(self.shape.entry_bytes_max)
+            .durability(self.shape.durability)
             .storage(self.storage.clone())
     }
 
@@ -617,9 +622,11 @@ pub async fn run_ops(
     shape: SimShape,
     ops: &[SimOp],
 ) -> Result<SimReport, SimViolation> {
+    // NoSync promises nothing about acknowledged entries after power loss.
     let destructive = faults.read_flip_rate > 0.0
         || faults.read_eio_rate > 0.0
-        || faults.write_misdirect_rate > 0.0;
+        || faults.write_misdirect_rate > 0.0
+        || shape.durability == crate::Durability::NoSync;
     let mut driver = Driver {
         seed,
         storage: MemStorage::with_faults(seed, faults),

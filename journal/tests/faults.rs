@@ -106,9 +106,19 @@ fn a_failed_write_poisons_and_fails_the_whole_batch() {
 
 #[test]
 fn power_loss_keeps_every_acknowledged_append() {
-    run(|| async {
+    for durability in [Durability::Sync, Durability::WriteThrough] {
+        power_loss_keeps_every_acknowledged_append_with(durability);
+    }
+}
+
+fn power_loss_keeps_every_acknowledged_append_with(durability: Durability) {
+    run(move || async move {
         let mem = MemStorage::new();
-        let journal = mem_builder(&mem).open().await.unwrap();
+        let journal = mem_builder(&mem)
+            .durability(durability)
+            .open()
+            .await
+            .unwrap();
         let mut acked = Vec::new();
         for round in 0..20u64 {
             let mut tasks = Vec::new();

@@ -26,6 +26,10 @@ fn seeds() -> (u64, u64) {
 }
 
 fn simulate(profile: &str, faults: FaultConfig) -> SimReport {
+    simulate_shape(profile, faults, SimShape::default())
+}
+
+fn simulate_shape(profile: &str, faults: FaultConfig, shape: SimShape) -> SimReport {
     let (base, count) = seeds();
     println!("{profile}: {count} seeds from {base}");
     glommio::LocalExecutorBuilder::default()
@@ -34,7 +38,7 @@ fn simulate(profile: &str, faults: FaultConfig) -> SimReport {
             for i in 0..count {
                 let seed = base.wrapping_add(i);
                 let ops = random_ops(seed, OPS_PER_SEED);
-                match run_ops(seed, faults.clone(), SimShape::default(), &ops).await {
+                match run_ops(seed, faults.clone(), shape, &ops).await {
                     Ok(report) => total.add(&report),
                     Err(violation) => panic!("{violation}; replay with RINGSTORE_SIM_SEED={seed}"),
                 }
@@ -81,4 +85,20 @@ fn unsupported_fallocate_and_a_small_disk() {
     let report = simulate("small disk", faults);
     print("small disk", &report);
     assert!(report.faults.enospc > 0, "the disk never filled");
+}
+
+#[test]
+fn write_through_and_nosync_durability() {
+    for (profile, durability) in [
+        ("write-through", ringstore_journal::Durability::WriteThrough),
+        ("nosync", ringstore_journal::Durability::NoSync),
+    ] {
+        let shape = SimShape {
+            durability,
+            ..SimShape::default()
+        };
+        let report = simulate_shape(profile, FaultConfig::benign(), shape);
+        print(profile, &report);
+        assert!(report.crash_cycles > 0 && report.acked > 0);
+    }
 }

@@ -104,11 +104,12 @@ impl Storage for DmaStorage {
         Ok(())
     }
 
-    async fn create(&self, path: &Path) -> io::Result<DmaFileHandle> {
+    async fn create(&self, path: &Path, write_through: bool) -> io::Result<DmaFileHandle> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .custom_flags(if write_through { libc::O_DSYNC } else { 0 })
             .dma_open(path)
             .await
             .map_err(|err| map_open_error(err.into(), path))?;

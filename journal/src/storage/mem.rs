@@ -599,6 +599,7 @@ impl MemStorage {
             path: path.to_path_buf(),
             data,
             crash_count: self.fs.borrow().crash_count,
+            write_through: false,
         }
     }
 
@@ -634,7 +635,7 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    async fn create(&self, path: &Path) -> io::Result<MemFile> {
+    async fn create(&self, path: &Path, write_through: bool) -> io::Result<MemFile> {
         self.begin().await?;
         let data = {
             let mut fs = self.fs.borrow_mut();
@@ -650,7 +651,9 @@ impl Storage for MemStorage {
                 .push(DirOp::Create(path.to_path_buf(), data.clone()));
             data
         };
-        Ok(self.handle(path, data))
+        let mut handle = self.handle(path, data);
+        handle.write_through = write_through;
+        Ok(handle)
     }
 
     async fn open(&self, path: &Path) -> io::Result<MemFile> {
@@ -745,6 +748,8 @@ pub struct MemFile {
     path: PathBuf,
     data: FileRef,
     crash_count: u64,
+    /// Writes are durable on completion (O_DSYNC).
+    write_through: bool,
 }
 
 impl MemFile {
@@ -801,7 +806,16 @@ impl StorageFile for MemFile {
         let op = FileOp::Write { pos, data: buf.0 };
         let mut data = self.data.borrow_mut();
         apply(&mut data.live, &op);
-        data.unsynced.push(op);
+        if self.write_through {
+            // Durable on completion, and so is everything before it, as an
+            // O_DSYNC write's implied flush makes it.
+            let unsynced = std::mem::take(&mut data.unsynced);
+            for earlier in unsynced.iter().chain(std::iter::once(&op)) {
+                apply(&mut data.durable, earlier);
+            }
+        } else {
+            data.unsynced.push(op);
+        }
         Ok(())
     }
 

@@ -50,8 +50,10 @@ pub trait Storage: Clone + 'static {
     /// Creates `dir` if missing and checks that it can hold journal files
     /// (for real disks: O_DIRECT support).
     async fn prepare_dir(&self, dir: &Path) -> io::Result<()>;
-    /// Creates a new file for reading and writing; fails if it exists.
-    async fn create(&self, path: &Path) -> io::Result<Self::File>;
+    /// Creates a new file for reading and writing; fails if it exists. With
+    /// `write_through` every write is durable when it completes (O_DSYNC), as
+    /// if followed by an fdatasync.
+    async fn create(&self, path: &Path, write_through: bool) -> io::Result<Self::File>;
     /// Opens an existing file for reading and writing.
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
     /// Removes a file. Durable after `sync_dir`.
