@@ -128,12 +128,36 @@ pub struct JournalArgs {
     /// the probe they are compared with, which overwrites written blocks.
     #[arg(long, value_enum, default_value_t = PreallocationArg::ZeroFill)]
     pub small_preallocation: PreallocationArg,
+    /// How every journal of the run makes appends durable.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
+    pub durability: DurabilityArg,
+}
+
+/// How the journal makes appends durable (mirrors the journal's enum; the
+/// bench only compares the durable modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilityArg {
+    /// A write, then fdatasync, per group commit.
+    Sync,
+    /// One O_DSYNC write per group commit.
+    WriteThrough,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(value: DurabilityArg) -> Self {
+        match value {
+            DurabilityArg::Sync => Durability::Sync,
+            DurabilityArg::WriteThrough => Durability::WriteThrough,
+        }
+    }
 }
 
 /// Settings of one journal the bench opens.
 #[derive(Clone, Copy, Debug)]
 struct JournalShape {
     preallocation: PreallocationArg,
+    durability: DurabilityArg,
 }
 
 /// Opens (recovering) the journal in `dir` with the bench's settings.
@@ -143,7 +167,7 @@ async fn open_journal(dir: &Path, shape: JournalShape) -> Result<Journal> {
         .segment_bytes(SEGMENT_BYTES)
         .entry_bytes_max(ENTRY_BYTES_MAX)
         .batch_bytes_max(BATCH_BYTES_MAX)
-        .durability(Durability::Sync)
+        .durability(shape.durability.into())
         .preallocation(shape.preallocation.into())
         .open()
         .await
@@ -720,9 +744,11 @@ pub fn run(args: &JournalArgs) -> Result<()> {
     };
     let bulk_shape = JournalShape {
         preallocation: args.bulk_preallocation,
+        durability: args.durability,
     };
     let small_shape = JournalShape {
         preallocation: args.small_preallocation,
+        durability: args.durability,
     };
 
     // Steps: set-up probe; bulk raw, journal, raw, probe; per small workload
@@ -1058,6 +1084,7 @@ mod tests {
         std::fs::create_dir_all(&root)?;
         let shape = JournalShape {
             preallocation: PreallocationArg::Fallocate,
+            durability: DurabilityArg::Sync,
         };
         let bulk = run_bulk_journal(root.join("bulk"), 8 << 20, shape)?;
         assert_eq!(bulk.entries, (8 << 20) / BULK_ENTRY_BYTES as u64);

@@ -30,7 +30,7 @@ use crate::config::{Durability, JournalBuilder, JournalConfig};
 use crate::error::{Error, Result};
 use crate::format::{
     align_down, align_up, check_entry_header, entry_footprint, EntryHeader, EntryKind, BLOCK_BYTES,
-    ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE,
+    ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE, SEGMENT_DATA_OFFSET,
 };
 use crate::index::{Location, Lookup, Reservation, RingIndex};
 use crate::notify::Notify;
@@ -343,25 +343,55 @@ impl<S: Storage> Journal<S> {
         })?;
         let recovered = recover(&storage, &config).await?;
         let watermark = recovered.report.watermark;
-        let predecessor = recovered.segments.last().map(|s| Predecessor {
+        let mut recovered_segments = recovered.segments;
+        // A last segment that holds nothing (typically the one the previous
+        // open created) is removed and its generation reused, so reopening
+        // does not pile up empty segments.
+        let mut reuse_generation = None;
+        let others_watermark = |segments: &[Segment<S::File>]| {
+            let others = &segments[..segments.len().saturating_sub(1)];
+            others.iter().map(|s| s.watermark_seen).max().unwrap_or(0)
+        };
+        // Only if the others record its watermark too: between the removal
+        // and the new segment's creation a crash must not lose it.
+        if recovered_segments.last().is_some_and(|s| {
+            s.write_pos == SEGMENT_DATA_OFFSET
+                && s.watermark_seen <= others_watermark(&recovered_segments)
+        }) {
+            let empty = recovered_segments.pop().expect("checked above");
+            if let Ok(file) = Rc::try_unwrap(empty.file) {
+                let _ = file.close().await;
+            }
+            storage
+                .remove(&empty.path)
+                .await
+                .map_err(|e| Error::io("remove empty segment", &empty.path, None, e))?;
+            storage
+                .sync_dir(&config.dir)
+                .await
+                .map_err(|e| Error::io("fsync directory", &config.dir, None, e))?;
+            reuse_generation = Some(empty.generation);
+        }
+        let predecessor = recovered_segments.last().map(|s| Predecessor {
             generation: s.generation,
             end: s.write_pos,
         });
-        let generation = match predecessor {
-            None => 1,
-            Some(p) => next_generation(&config.dir, p.generation)?,
+        let generation = match (reuse_generation, predecessor) {
+            (Some(generation), _) => generation,
+            (None, None) => 1,
+            (None, Some(p)) => next_generation(&config.dir, p.generation)?,
         };
         // What recovery read of the last segment may not be durable yet (a
         // failed fsync before a restart, or NoSync writes); the new
         // segment's header will vouch for it, so make it durable first.
-        if let Some(last) = recovered.segments.last() {
+        if let Some(last) = recovered_segments.last() {
             last.file
                 .sync()
                 .await
                 .map_err(|e| Error::io("fdatasync", &last.path, None, e))?;
         }
         // Never append into a segment that existed before: see recovery.
-        let mut segments: VecDeque<_> = recovered.segments.into();
+        let mut segments: VecDeque<_> = recovered_segments.into();
         let mut needs_fresh_segment = false;
         match create_segment(&storage, &config, generation, predecessor, watermark).await {
             Ok(active) => segments.push_back(active),
@@ -852,7 +882,9 @@ impl<S: Storage> Shared<S> {
                     max_op = max_op.max(entry.op);
                 }
                 EntryKind::Watermark => {
-                    state.durable_watermark = state.durable_watermark.max(entry.op)
+                    state.durable_watermark = state.durable_watermark.max(entry.op);
+                    let active = state.segments.back_mut().expect("active segment");
+                    active.watermark_seen = active.watermark_seen.max(entry.op);
                 }
                 EntryKind::Padding => unreachable!("padding is added at stamping, never queued"),
             }

@@ -57,7 +57,7 @@ use crate::config::{JournalConfig, Recovery};
 use crate::config::{BATCH_BYTES_MAX_LIMIT, ENTRY_BYTES_MAX_LIMIT, SEGMENT_BYTES_MAX};
 use crate::error::{Error, Result};
 use crate::format::{
-    align_up, check_entry_header, EntryHeader, EntryKind, HeaderFault, SegmentHeader, BLOCK_BYTES,
+    check_entry_header, EntryHeader, EntryKind, HeaderFault, SegmentHeader, BLOCK_BYTES,
     ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE, FORMAT_VERSION,
     SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
 };
@@ -117,49 +117,84 @@ pub(crate) struct Recovered<F> {
     pub report: RecoveryReport,
 }
 
-/// Reads a file through an aligned, growing window.
-struct ScanReader<'a, F: StorageFile> {
-    file: &'a F,
+/// Reads a file sequentially through an aligned window, keeping the next
+/// chunk's read in flight while the current one is parsed.
+struct ScanReader<F: StorageFile> {
+    file: Rc<F>,
     file_len: u64,
     start: u64,
     bytes: Vec<u8>,
+    /// The read of `[start, start + SCAN_READ_BYTES)` already issued.
+    ahead: Option<(u64, glommio::task::JoinHandle<std::io::Result<F::ReadBuf>>)>,
 }
 
-impl<'a, F: StorageFile> ScanReader<'a, F> {
-    fn new(file: &'a F, file_len: u64) -> Self {
+impl<F: StorageFile> ScanReader<F> {
+    fn new(file: Rc<F>, file_len: u64) -> Self {
         ScanReader {
             file,
             file_len,
             start: 0,
             bytes: Vec::new(),
+            ahead: None,
         }
     }
 
     /// Forgets what was read, so the next `get` reads the disk again.
     fn invalidate(&mut self) {
         self.bytes.clear();
+        self.ahead = None;
+    }
+
+    fn read_ahead(&mut self, start: u64) {
+        if start >= self.file_len {
+            return;
+        }
+        let file = self.file.clone();
+        let read = async move { file.read_at(start, SCAN_READ_BYTES as usize).await };
+        self.ahead = Some((start, glommio::spawn_local(read).detach()));
+    }
+
+    async fn read_chunk(&mut self, start: u64) -> std::io::Result<F::ReadBuf> {
+        if let Some((ahead_start, handle)) = self.ahead.take() {
+            if ahead_start == start {
+                if let Some(read) = handle.await {
+                    return read;
+                }
+            }
+        }
+        self.file.read_at(start, SCAN_READ_BYTES as usize).await
     }
 
     /// Bytes `[pos, pos + len)`, or fewer at end of file.
     async fn get(&mut self, pos: u64, len: u64) -> std::io::Result<&[u8]> {
         let end = (pos + len).min(self.file_len);
-        if pos < self.start || end > self.start + self.bytes.len() as u64 {
+        let window_end = self.start + self.bytes.len() as u64;
+        if pos < self.start || end > window_end {
             let read_start = crate::format::align_down(pos, BLOCK_BYTES);
-            let read_end = align_up(end.max(read_start + SCAN_READ_BYTES), BLOCK_BYTES)
-                .min(align_up(self.file_len, BLOCK_BYTES));
-            let read = self
-                .file
-                .read_at(read_start, (read_end - read_start) as usize)
-                .await?;
+            // Keep what the window already holds from `read_start` on.
+            let mut bytes = if read_start >= self.start && read_start < window_end {
+                self.bytes[(read_start - self.start) as usize..].to_vec()
+            } else {
+                Vec::new()
+            };
+            let mut next = read_start + bytes.len() as u64;
+            while next < end || bytes.is_empty() {
+                let chunk = self.read_chunk(next).await?;
+                if chunk.is_empty() {
+                    break;
+                }
+                bytes.extend_from_slice(&chunk);
+                next += chunk.len() as u64;
+            }
             self.start = read_start;
-            self.bytes.clear();
-            self.bytes.extend_from_slice(&read);
+            self.bytes = bytes;
+            self.read_ahead(next);
         }
         let from = (pos - self.start) as usize;
         let to = ((end - self.start) as usize)
             .min(self.bytes.len())
             .max(from);
-        Ok(&self.bytes[from..to])
+        Ok(&self.bytes[from.min(self.bytes.len())..to])
     }
 }
 
@@ -280,7 +315,17 @@ pub(crate) async fn recover<S: Storage>(
             None => None,
         };
         watermark = watermark.max(header.watermark.get());
-        let scan = scan_segment(&file, &path, &header, len, end_limit, config, &mut index).await?;
+        let file = Rc::new(file);
+        let scan = scan_segment(
+            file.clone(),
+            &path,
+            &header,
+            len,
+            end_limit,
+            config,
+            &mut index,
+        )
+        .await?;
         watermark = watermark.max(scan.watermark);
         max_op = max_op.max(scan.max_op);
         max_epoch = max_epoch.max(scan.max_epoch);
@@ -293,10 +338,11 @@ pub(crate) async fn recover<S: Storage>(
         segments.push(Segment {
             generation,
             path,
-            file: Rc::new(file),
+            file,
             segment_bytes: header.segment_bytes.get(),
             write_pos: scan.valid_end,
             max_op: scan.max_op,
+            watermark_seen: scan.watermark.max(header.watermark.get()),
         });
     }
     report.segments = segments.len();
@@ -425,7 +471,7 @@ async fn first_entry_verifies<F: StorageFile>(file: &F, generation: u64, len: u6
 }
 
 async fn scan_segment<F: StorageFile>(
-    file: &F,
+    file: Rc<F>,
     path: &Path,
     segment: &SegmentHeader,
     file_len: u64,
@@ -529,7 +575,7 @@ struct Spot<'a> {
 
 /// Verifies the entry at `spot.pos`: header, placement, and payload.
 async fn verify_at<F: StorageFile>(
-    reader: &mut ScanReader<'_, F>,
+    reader: &mut ScanReader<F>,
     spot: &Spot<'_>,
 ) -> Result<std::result::Result<EntryHeader, Damage>> {
     let pos = spot.pos;
@@ -605,7 +651,7 @@ struct Damage {
 
 /// Applies the decision table (rows 1–6) to damage found at `damage.offset`.
 async fn finish_at_damage<F: StorageFile>(
-    reader: &mut ScanReader<'_, F>,
+    reader: &mut ScanReader<F>,
     path: &Path,
     segment: &SegmentHeader,
     end_limit: Option<u64>,
@@ -666,7 +712,7 @@ async fn finish_at_damage<F: StorageFile>(
 ///   the offset it names: a misdirected write. A torn write leaves sectors
 ///   at their own offsets or none, so this cannot come from a crash.
 async fn evidence_after_damage<F: StorageFile>(
-    reader: &mut ScanReader<'_, F>,
+    reader: &mut ScanReader<F>,
     path: &Path,
     segment: &SegmentHeader,
     offset: u64,

@@ -58,6 +58,8 @@ pub(crate) struct Segment<F> {
     /// Largest data op written to it; it may be retired once the watermark
     /// reaches this.
     pub max_op: u64,
+    /// Largest watermark this segment records (header or records in it).
+    pub watermark_seen: u64,
 }
 
 /// Where a new segment continues from.
@@ -180,6 +182,7 @@ pub(crate) async fn activate_segment<F: StorageFile>(
         segment_bytes: config.segment_bytes,
         write_pos: SEGMENT_DATA_OFFSET,
         max_op: 0,
+        watermark_seen: watermark,
     })
 }
 

@@ -282,7 +282,17 @@ fn row8_a_damaged_segment_header_with_data_is_corruption() {
 
 #[test]
 fn row9_a_missing_segment_is_corruption() {
-    let (_dir, path) = write_session(2);
+    let (_dir, path) = write_session(0);
+    // Two more sessions that each append, so segments 2 and 3 hold data.
+    let p = path.clone();
+    run(move || async move {
+        for op in [N + 1, N + 2] {
+            let journal = builder(&p).open().await.unwrap();
+            assert_eq!(journal.append(&payload(op, PAYLOAD)).await.unwrap(), op);
+            journal.close().await.unwrap();
+        }
+    });
+    assert!(segment_path(&path, 3).exists());
     std::fs::remove_file(segment_path(&path, 2)).unwrap();
     expect_corruption(
         reopen(&path, Recovery::TruncateTornTail),
@@ -405,8 +415,8 @@ fn damage_in_a_full_size_write_followed_by_another_is_corruption() {
         journal.append(&payload(3, 10)).await.unwrap();
         journal.close().await.unwrap();
     });
-    // Segment 1 holds nothing; segment 2 holds the three writes.
-    let segment = segment_path(&path, 2);
+    // The first open's empty segment was reused: segment 1 holds the writes.
+    let segment = segment_path(&path, 1);
     flip_bit(&segment, 4096 + ENTRY_HEADER_BYTES as u64 + 100, 4);
     let p = path.clone();
     run(move || async move {
@@ -420,7 +430,7 @@ fn damage_in_a_full_size_write_followed_by_another_is_corruption() {
         {
             Err(Error::Corruption {
                 offset: 4096, path, ..
-            }) => assert_eq!(path, segment_path(&p, 2)),
+            }) => assert_eq!(path, segment_path(&p, 1)),
             other => panic!("expected corruption at 4096, got {other:?}"),
         }
     });
@@ -481,23 +491,38 @@ fn hostile_segment_header_fields_are_corruption_not_panics() {
     }
 }
 
-/// A segment named with the last generation there is: an error, not an
-/// overflow.
+/// A segment named with the last generation there is, holding entries: the
+/// next segment cannot be numbered; an error, not an overflow.
 #[test]
 fn the_last_possible_generation_is_an_error_not_an_overflow() {
     let (_dir, path) = write_session(0);
     let from = segment_path(&path, 1);
+    let to = segment_path(&path, u64::MAX);
+    // Renumber the segment: its header and every entry header (each write
+    // is one entry followed by a padding entry).
     let bytes = std::fs::read(&from).unwrap();
     let mut header =
         SegmentHeader::read_from_bytes(&bytes[..ringstore_journal::format::SEGMENT_HEADER_BYTES])
             .unwrap();
     header.generation = u64::MAX.into();
-    let to = segment_path(&path, u64::MAX);
+    patch(&from, 0, header.seal().as_bytes());
+    for op in 1..=N {
+        let entry_at = offset_of_op(op);
+        let mut entry = read_header(&from, entry_at);
+        let padding_at = entry_at + entry.footprint();
+        entry.generation = u64::MAX.into();
+        write_header(&from, entry_at, &entry.seal());
+        let mut padding = read_header(&from, padding_at);
+        padding.generation = u64::MAX.into();
+        write_header(&from, padding_at, &padding.seal());
+    }
     std::fs::rename(&from, &to).unwrap();
-    patch(&to, 0, header.seal().as_bytes());
-    // Entries name their generation too, so the renamed segment's first entry
-    // no longer verifies; what matters is that opening fails cleanly.
-    assert!(reopen(&path, Recovery::TruncateTornTail).is_err());
+    match reopen(&path, Recovery::TruncateTornTail) {
+        Err(Error::Corruption { reason, .. }) => {
+            assert!(reason.contains("cannot be followed"), "{reason}")
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
 }
 
 /// Row 13: a segment written without fdatasync may end in several torn
