@@ -29,6 +29,10 @@ pub const ENTRY_BYTES_MAX_LIMIT: u64 = 64 << 20;
 pub const BATCH_BYTES_MAX_DEFAULT: u64 = 4 << 20;
 /// Upper bound for `batch_bytes_max`.
 pub const BATCH_BYTES_MAX_LIMIT: u64 = 256 << 20;
+/// Default group-commit writes in flight at once.
+pub const WRITES_IN_FLIGHT_DEFAULT: u32 = 2;
+/// Upper bound for `writes_in_flight`.
+pub const WRITES_IN_FLIGHT_MAX: u32 = 8;
 
 const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(BATCH_BYTES_MAX_DEFAULT.is_multiple_of(BLOCK_BYTES));
@@ -100,6 +104,8 @@ pub struct JournalConfig {
     pub recovery: Recovery,
     /// How segments get disk space.
     pub preallocation: Preallocation,
+    /// Group-commit writes in flight at once.
+    pub writes_in_flight: u32,
 }
 
 /// Builds and opens a [`Journal`]. See [`Journal::builder`].
@@ -122,6 +128,7 @@ impl JournalBuilder<DmaStorage> {
                 durability: Durability::default(),
                 recovery: Recovery::default(),
                 preallocation: Preallocation::default(),
+                writes_in_flight: WRITES_IN_FLIGHT_DEFAULT,
             },
             storage: DmaStorage::new(),
         }
@@ -178,6 +185,17 @@ impl<S: Storage> JournalBuilder<S> {
     /// multiple of 4096 up to [`BATCH_BYTES_MAX_LIMIT`].
     pub fn batch_bytes_max(mut self, batch_bytes_max: u64) -> Self {
         self.config.batch_bytes_max = batch_bytes_max;
+        self
+    }
+
+    /// Group-commit writes in flight at once: while one write (and its
+    /// fdatasync) is in flight the next batch is already written, and
+    /// batches are acknowledged in order. Recovery then treats the last this
+    /// many writes of the log as possibly torn. Default
+    /// [`WRITES_IN_FLIGHT_DEFAULT`]; valid `1..=WRITES_IN_FLIGHT_MAX`
+    /// (1: strictly serial writes).
+    pub fn writes_in_flight(mut self, writes: u32) -> Self {
+        self.config.writes_in_flight = writes;
         self
     }
 

@@ -79,8 +79,9 @@ pub struct SegmentHeader {
     pub watermark: U64,
     /// Bit set of `SEGMENT_FLAG_*`.
     pub flags: U32,
-    /// Zero.
-    pub reserved: U32,
+    /// Most writes this segment had in flight at once; recovery treats that
+    /// many writes at the end of the log as possibly torn.
+    pub writes_in_flight: U32,
 }
 
 /// Segment `flags` bit: writes to this segment were acknowledged without

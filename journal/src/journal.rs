@@ -143,6 +143,8 @@ struct Shared<S: Storage> {
     writer_exited: Notify,
     /// Wakes a rollover waiting for the spare segment's preparation.
     spare_ready: Notify,
+    /// Wakes the writer when a write in flight finished.
+    pipeline: Notify,
     recovery: RecoveryReport,
 }
 
@@ -170,6 +172,10 @@ struct State<F: StorageFile> {
     spare: Option<PreparedFile<F>>,
     /// A background preparation is running.
     preparing: bool,
+    /// Writes issued and not yet finished.
+    writes_in_flight: usize,
+    /// The ticket of the newest write in flight.
+    last_ticket: Option<Rc<WriteTicket>>,
     filling: Batch<F::Buf>,
     poisoned: Option<Error>,
     closing: bool,
@@ -416,6 +422,8 @@ impl<S: Storage> Journal<S> {
             retiring: false,
             spare: None,
             preparing: false,
+            writes_in_flight: 0,
+            last_ticket: None,
             filling: Batch::new(),
             poisoned: None,
             closing: false,
@@ -433,6 +441,7 @@ impl<S: Storage> Journal<S> {
             space: Notify::default(),
             writer_exited: Notify::default(),
             spare_ready: Notify::default(),
+            pipeline: Notify::default(),
             recovery: recovered.report,
         });
         if !needs_fresh_segment {
@@ -786,11 +795,167 @@ impl<S: Storage> Shared<S> {
         error
     }
 
-    async fn write_batch(self: &Rc<Self>, mut batch: Batch<<S::File as StorageFile>::Buf>) {
-        let result = self.write_batch_inner(&mut batch).await;
-        if result.is_err() {
+    /// Issues one batch: waits for a free place in the write pipeline, rolls
+    /// over to a new segment if the batch does not fit (after the writes in
+    /// flight finished), reserves the batch's position and starts its write
+    /// in a task of its own.
+    async fn issue_batch(self: &Rc<Self>, mut batch: Batch<<S::File as StorageFile>::Buf>) {
+        let writes_in_flight_max = self.config.writes_in_flight as usize;
+        while self.state.borrow().writes_in_flight >= writes_in_flight_max {
+            self.pipeline.wait().await;
+        }
+        let total = write_bytes(batch.len);
+        let place = match self.place_batch(&batch, total).await {
+            Ok(place) => place,
+            Err(error) => return self.fail_unissued(batch, error),
+        };
+        let ticket = Rc::new(WriteTicket::default());
+        let previous = {
             let mut state = self.state.borrow_mut();
-            for entry in batch.entries.iter() {
+            state.writes_in_flight += 1;
+            state.last_ticket.replace(ticket.clone())
+        };
+        let shared = self.clone();
+        let write = async move {
+            let buf = batch.buf.take().expect("a batch with entries has a buffer");
+            let result = shared.write_and_sync(buf, &batch, &place, total).await;
+            shared
+                .finish_batch(batch, place, total, result, previous, ticket)
+                .await;
+        };
+        glommio::spawn_local(write).detach();
+    }
+
+    /// Where the batch goes: rolls over first if it does not fit.
+    async fn place_batch(
+        self: &Rc<Self>,
+        batch: &Batch<<S::File as StorageFile>::Buf>,
+        total: u64,
+    ) -> Result<Placement<S::File>> {
+        let usable = |state: &State<S::File>| {
+            state.usable().or_else(|e| {
+                if matches!(e, Error::Closed) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        };
+        let needs_rollover = {
+            let state = self.state.borrow();
+            usable(&state)?;
+            let active = state.active();
+            // The last block of each segment is kept for a watermark record,
+            // so the watermark can advance (and free space) on a full disk.
+            let has_watermark = batch.entries.iter().any(|e| e.kind == EntryKind::Watermark);
+            let reserve = if has_watermark {
+                0
+            } else {
+                WATERMARK_RESERVE_BYTES
+            };
+            state.needs_fresh_segment || active.write_pos + total + reserve > active.segment_bytes
+        };
+        if needs_rollover {
+            // The new segment vouches for all of this one: let its writes finish.
+            while self.state.borrow().writes_in_flight > 0 {
+                self.pipeline.wait().await;
+            }
+            usable(&self.state.borrow())?;
+            self.rollover().await?;
+        }
+        let mut state = self.state.borrow_mut();
+        let active = state
+            .segments
+            .back_mut()
+            .expect("an open journal always has an active segment");
+        let place = Placement {
+            file: active.file.clone(),
+            path: active.path.clone(),
+            generation: active.generation,
+            pos: active.write_pos,
+        };
+        active.write_pos += total;
+        Ok(place)
+    }
+
+    /// Stamps the headers and makes the batch durable.
+    async fn write_and_sync(
+        &self,
+        mut buf: <S::File as StorageFile>::Buf,
+        batch: &Batch<<S::File as StorageFile>::Buf>,
+        place: &Placement<S::File>,
+        total: u64,
+    ) -> Result<()> {
+        stamp_headers(
+            buf.as_bytes_mut(),
+            &batch.entries,
+            place.generation,
+            place.pos,
+            batch.len,
+        );
+        buf.trim_to(total as usize);
+        if let Err(e) = place.file.write_at(buf, place.pos).await {
+            return Err(self.poison(Error::io("write", &place.path, Some(place.pos), e)));
+        }
+        if self.config.durability == Durability::Sync {
+            if let Err(e) = place.file.sync().await {
+                return Err(self.poison(Error::io("fdatasync", &place.path, None, e)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a batch in issue order: only once every earlier write
+    /// succeeded too, so no acknowledged entry ever follows a hole.
+    async fn finish_batch(
+        &self,
+        batch: Batch<<S::File as StorageFile>::Buf>,
+        place: Placement<S::File>,
+        total: u64,
+        mut result: Result<()>,
+        previous: Option<Rc<WriteTicket>>,
+        ticket: Rc<WriteTicket>,
+    ) {
+        if let Some(previous) = previous {
+            let earlier_ok = previous.wait().await;
+            if !earlier_ok && result.is_ok() {
+                let cause = self.state.borrow().poisoned.clone();
+                result = Err(Error::Poisoned {
+                    cause: Box::new(cause.unwrap_or(Error::Closed)),
+                });
+            }
+        }
+        {
+            let mut state = self.state.borrow_mut();
+            if result.is_ok() {
+                publish(&mut state, &batch, &place, total, self.config.durability);
+            } else {
+                for entry in &batch.entries {
+                    if let Some(reservation) = entry.reservation {
+                        state.index.release(entry.op, reservation);
+                    }
+                }
+            }
+            state.writes_in_flight -= 1;
+            if state
+                .last_ticket
+                .as_ref()
+                .is_some_and(|t| Rc::ptr_eq(t, &ticket))
+            {
+                state.last_ticket = None;
+            }
+        }
+        ticket.resolve(result.is_ok());
+        self.pipeline.notify_all();
+        batch.done.complete(result);
+    }
+
+    /// Fails a batch that was never written (no room for a new segment, or
+    /// the journal is poisoned), handing its reservations back.
+    fn fail_unissued(&self, batch: Batch<<S::File as StorageFile>::Buf>, error: Error) {
+        {
+            let mut state = self.state.borrow_mut();
+            for entry in &batch.entries {
                 if let Some(reservation) = entry.reservation {
                     state.index.release(entry.op, reservation);
                 }
@@ -805,104 +970,7 @@ impl<S: Storage> Shared<S> {
                 }
             }
         }
-        batch.done.complete(result);
-    }
-
-    async fn write_batch_inner(
-        self: &Rc<Self>,
-        batch: &mut Batch<<S::File as StorageFile>::Buf>,
-    ) -> Result<()> {
-        let total = write_bytes(batch.len);
-        let needs_rollover = {
-            let state = self.state.borrow();
-            state.usable().or_else(|e| {
-                if matches!(e, Error::Closed) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
-            let active = state.active();
-            // The last block of each segment is kept for a watermark record,
-            // so the watermark can advance (and free space) on a full disk.
-            let has_watermark = batch.entries.iter().any(|e| e.kind == EntryKind::Watermark);
-            let reserve = if has_watermark {
-                0
-            } else {
-                WATERMARK_RESERVE_BYTES
-            };
-            state.needs_fresh_segment || active.write_pos + total + reserve > active.segment_bytes
-        };
-        if needs_rollover {
-            self.rollover().await?;
-        }
-        let (file, path, generation, pos) = {
-            let state = self.state.borrow();
-            let active = state.active();
-            (
-                active.file.clone(),
-                active.path.clone(),
-                active.generation,
-                active.write_pos,
-            )
-        };
-        let mut buf = batch.buf.take().expect("a batch with entries has a buffer");
-        stamp_headers(
-            buf.as_bytes_mut(),
-            &batch.entries,
-            generation,
-            pos,
-            batch.len,
-        );
-        buf.trim_to(total as usize);
-        if let Err(e) = file.write_at(buf, pos).await {
-            return Err(self.poison(Error::io("write", &path, Some(pos), e)));
-        }
-        let synced = self.config.durability == Durability::Sync;
-        let durable_point = synced || self.config.durability == Durability::WriteThrough;
-        if synced {
-            if let Err(e) = file.sync().await {
-                return Err(self.poison(Error::io("fdatasync", &path, None, e)));
-            }
-        }
-        let mut state = self.state.borrow_mut();
-        let mut max_op = 0;
-        for entry in &batch.entries {
-            match entry.kind {
-                EntryKind::Data => {
-                    let location = Location {
-                        generation,
-                        offset: (pos + entry.batch_offset as u64) as u32,
-                        payload_len: entry.payload_len,
-                    };
-                    let reservation = entry.reservation.expect("data entries hold a reservation");
-                    state
-                        .index
-                        .commit(entry.op, entry.epoch, reservation, location);
-                    max_op = max_op.max(entry.op);
-                }
-                EntryKind::Watermark => {
-                    state.durable_watermark = state.durable_watermark.max(entry.op);
-                    let active = state.segments.back_mut().expect("active segment");
-                    active.watermark_seen = active.watermark_seen.max(entry.op);
-                }
-                EntryKind::Padding => unreachable!("padding is added at stamping, never queued"),
-            }
-        }
-        let active = state.segments.back_mut().expect("active segment");
-        assert_eq!(
-            active.generation, generation,
-            "the active segment changed during a write"
-        );
-        active.write_pos = pos + total;
-        active.max_op = active.max_op.max(max_op);
-        let stats = &mut state.stats;
-        stats.writes += 1;
-        stats.fsyncs += u64::from(durable_point);
-        stats.bytes_written += total;
-        stats.entries_written += batch.entries.len() as u64;
-        stats.batch_entries_max = stats.batch_entries_max.max(batch.entries.len() as u64);
-        Ok(())
+        batch.done.complete(Err(error));
     }
 
     async fn rollover(self: &Rc<Self>) -> Result<()> {
@@ -972,6 +1040,83 @@ impl<S: Storage> Shared<S> {
             }) => Err(error),
         }
     }
+}
+
+/// Where a batch is written.
+struct Placement<F> {
+    file: Rc<F>,
+    path: PathBuf,
+    generation: u64,
+    pos: u64,
+}
+
+/// Resolves once a write has finished, saying whether it and every write
+/// issued before it succeeded.
+#[derive(Default)]
+struct WriteTicket {
+    outcome: std::cell::Cell<Option<bool>>,
+    notify: Notify,
+}
+
+impl WriteTicket {
+    fn resolve(&self, ok: bool) {
+        self.outcome.set(Some(ok));
+        self.notify.notify_all();
+    }
+
+    async fn wait(&self) -> bool {
+        loop {
+            if let Some(ok) = self.outcome.get() {
+                return ok;
+            }
+            self.notify.wait().await;
+        }
+    }
+}
+
+/// Makes a durable batch visible: ring index, segment bookkeeping, stats.
+fn publish<F: StorageFile>(
+    state: &mut State<F>,
+    batch: &Batch<F::Buf>,
+    place: &Placement<F>,
+    total: u64,
+    durability: Durability,
+) {
+    let mut max_op = 0;
+    let mut watermark = 0;
+    for entry in &batch.entries {
+        match entry.kind {
+            EntryKind::Data => {
+                let location = Location {
+                    generation: place.generation,
+                    offset: (place.pos + entry.batch_offset as u64) as u32,
+                    payload_len: entry.payload_len,
+                };
+                let reservation = entry.reservation.expect("data entries hold a reservation");
+                state
+                    .index
+                    .commit(entry.op, entry.epoch, reservation, location);
+                max_op = max_op.max(entry.op);
+            }
+            EntryKind::Watermark => watermark = watermark.max(entry.op),
+            EntryKind::Padding => unreachable!("padding is added at stamping, never queued"),
+        }
+    }
+    state.durable_watermark = state.durable_watermark.max(watermark);
+    let segment = state
+        .segments
+        .iter_mut()
+        .rev()
+        .find(|s| s.generation == place.generation)
+        .expect("a segment with writes in flight is never retired or replaced");
+    segment.max_op = segment.max_op.max(max_op);
+    segment.watermark_seen = segment.watermark_seen.max(watermark);
+    let stats = &mut state.stats;
+    stats.writes += 1;
+    stats.fsyncs += u64::from(durability != Durability::NoSync);
+    stats.bytes_written += total;
+    stats.entries_written += batch.entries.len() as u64;
+    stats.batch_entries_max = stats.batch_entries_max.max(batch.entries.len() as u64);
 }
 
 /// The generation after `generation`, or an error naming the directory if
@@ -1104,6 +1249,10 @@ async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Notify>) {
             let mut state = shared.state.borrow_mut();
             if !state.filling.entries.is_empty() {
                 Some(std::mem::replace(&mut state.filling, Batch::new()))
+            } else if state.closing && state.writes_in_flight > 0 {
+                drop(state);
+                shared.pipeline.wait().await;
+                continue;
             } else if state.closing {
                 state.writer_running = false;
                 drop(state);
@@ -1116,7 +1265,7 @@ async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Notify>) {
         match batch {
             Some(batch) => {
                 shared.space.notify_all();
-                shared.write_batch(batch).await;
+                shared.issue_batch(batch).await;
             }
             None => {
                 drop(shared);

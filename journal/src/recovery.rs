@@ -7,10 +7,11 @@
 //! once everything before it is durable (the previous segment is synced
 //! first, also on open and in `NoSync` mode). So damage in any segment but
 //! the last lies in acknowledged data, and only the last segment can end in a
-//! torn write. In `Sync` mode writes are serial (the next starts after the
-//! previous one's fdatasync), so at most one write — at most
-//! `batch_bytes_max` bytes — can be torn, and any valid write after it proves
-//! the damage is in the middle. A segment written in `NoSync` mode says so in
+//! torn write. In `Sync` and `WriteThrough` mode at most
+//! `writes_in_flight` writes (D, recorded in the segment header) are
+//! unfinished at any time and they are acknowledged in issue order, so only
+//! the last D writes can be torn, and D valid writes after a damaged one
+//! prove the damage is in the middle. A segment written in `NoSync` mode says so in
 //! its header; any number of writes at its end may be torn (row 13).
 //!
 //! Only zeroed bytes end a log cleanly. `Recovery::Strict` turns every other
@@ -21,13 +22,13 @@
 //!
 //! At the first position `p` where the next entry does not verify:
 //!
-//! | row | where | header at `p` | payload | evidence within one write's reach after `p`? | decision |
+//! | row | where | header at `p` | payload | evidence within reach after `p`? | decision |
 //! |-----|-------|---------------|---------|-------------------------------------------------|----------|
 //! | 1 | last segment | zeroed | — | no | clean end of the log at `p` |
 //! | 2 | last segment | checksum mismatch | — | no | torn tail: cut at `p` (`Strict`: error) |
 //! | 3 | last segment | valid | checksum mismatch | no | torn tail: cut at `p` (`Strict`: error) |
 //! | 4 | last segment | from another generation (stale bytes) | — | no | torn tail: cut at `p` (`Strict`: error) |
-//! | 5 | last segment | any fault of rows 1–4 | any | a valid write start | [`Error::Corruption`] at `p` |
+//! | 5 | last segment | any fault of rows 1–4 | any | `writes_in_flight` valid write starts | [`Error::Corruption`] at `p` |
 //! | 6 | earlier segment, before its successor's `prev_end` | any fault | any | — | [`Error::Corruption`] at `p` |
 //! | 7 | last segment | segment header invalid, no valid first entry | — | — | incomplete segment creation: file removed |
 //! | 8 | any other segment, or with a valid first entry | segment header invalid | — | — | [`Error::Corruption`] at 0 |
@@ -37,9 +38,11 @@
 //! | 12 | last segment | names another offset, or such a header follows | any | a misdirected copy | [`Error::Corruption`] at `p` |
 //! | 13 | last segment written with `NoSync` | any fault of rows 1–4 | any | not looked for | cut at `p`: any number of its writes may be torn |
 //!
-//! "Within one write's reach": the next write starts at most
-//! `batch_bytes_max` (recorded in the segment header) after the start of the
-//! damaged write, which is at or before `p`.
+//! "Within reach": the D-th write after the damaged one starts at most
+//! D × `batch_bytes_max` after the damaged write's start, which is at or
+//! before `p`, where D is the segment's `writes_in_flight` (both recorded in
+//! its header). With D writes in flight at a crash, fewer than D valid
+//! writes after the damage prove nothing: those may be the unfinished ones.
 //!
 //! A "valid write start" is an entry header that verifies, names this
 //! segment's generation and its own offset, and carries the
@@ -54,7 +57,9 @@
 //! file that holds no data).
 
 use crate::config::{JournalConfig, Recovery};
-use crate::config::{BATCH_BYTES_MAX_LIMIT, ENTRY_BYTES_MAX_LIMIT, SEGMENT_BYTES_MAX};
+use crate::config::{
+    BATCH_BYTES_MAX_LIMIT, ENTRY_BYTES_MAX_LIMIT, SEGMENT_BYTES_MAX, WRITES_IN_FLIGHT_MAX,
+};
 use crate::error::{Error, Result};
 use crate::format::{
     check_entry_header, EntryHeader, EntryKind, HeaderFault, SegmentHeader, BLOCK_BYTES,
@@ -236,6 +241,40 @@ pub(crate) async fn recover<S: Storage>(
         removed_incomplete: None,
         transient_read_faults: 0,
     };
+    // Row 7 first: a last file without a verifying header and without data
+    // is a segment whose creation never completed (a crash, or a spare whose
+    // removal a crash undid). Remove such files from the end, so one left
+    // beyond a gap does not read as a missing segment.
+    while let Some(&generation) = generations.last() {
+        let path = dir.join(segment_file_name(generation));
+        let file = storage
+            .open(&path)
+            .await
+            .map_err(|e| Error::io("open", &path, None, e))?;
+        let len = file
+            .file_len()
+            .await
+            .map_err(|e| Error::io("stat", &path, None, e))?;
+        let incomplete = read_segment_header(&file, &path, generation, len)
+            .await?
+            .is_none()
+            && !first_entry_verifies(&file, generation, len).await;
+        let _ = file.close().await;
+        if !incomplete {
+            break;
+        }
+        storage
+            .remove(&path)
+            .await
+            .map_err(|e| Error::io("remove incomplete segment", &path, None, e))?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(|e| Error::io("fsync directory", dir, None, e))?;
+        tracing::warn!(path = %path.display(), "removed a segment whose creation did not complete");
+        report.removed_incomplete = Some(path);
+        generations.pop();
+    }
     for pair in generations.windows(2) {
         if pair[1] != pair[0] + 1 {
             return Err(Error::corruption(
@@ -254,7 +293,7 @@ pub(crate) async fn recover<S: Storage>(
     // Open every segment and read its header first: each header bounds its
     // predecessor.
     let mut opened: Vec<(u64, PathBuf, S::File, u64, SegmentHeader)> = Vec::new();
-    for (i, generation) in generations.iter().copied().enumerate() {
+    for generation in generations.iter().copied() {
         let path = dir.join(segment_file_name(generation));
         let file = storage
             .open(&path)
@@ -265,28 +304,12 @@ pub(crate) async fn recover<S: Storage>(
             .await
             .map_err(|e| Error::io("stat", &path, None, e))?;
         let Some(header) = read_segment_header(&file, &path, generation, len).await? else {
-            let is_last = i + 1 == generations.len();
-            if !is_last || first_entry_verifies(&file, generation, len).await {
-                return Err(Error::corruption(
-                    &path,
-                    0,
-                    "segment header does not verify",
-                ));
-            }
-            // Row 7: the crash came before the header was durable, so no
-            // write can have gone to this segment.
-            let _ = file.close().await;
-            storage
-                .remove(&path)
-                .await
-                .map_err(|e| Error::io("remove incomplete segment", &path, None, e))?;
-            storage
-                .sync_dir(dir)
-                .await
-                .map_err(|e| Error::io("fsync directory", dir, None, e))?;
-            tracing::warn!(path = %path.display(), "removed a segment whose creation did not complete");
-            report.removed_incomplete = Some(path);
-            continue;
+            // Row 8: not the last, or holding data.
+            return Err(Error::corruption(
+                &path,
+                0,
+                "segment header does not verify",
+            ));
         };
         opened.push((generation, path, file, len, header));
     }
@@ -444,7 +467,13 @@ async fn read_segment_header_once<F: StorageFile>(
     {
         return bad(format!("segment header names batch size {batch_bytes_max}"));
     }
-    if header.flags.get() & !SEGMENT_FLAG_NO_SYNC != 0 || header.reserved.get() != 0 {
+    let writes_in_flight = header.writes_in_flight.get();
+    if writes_in_flight == 0 || writes_in_flight > WRITES_IN_FLIGHT_MAX {
+        return bad(format!(
+            "segment header names {writes_in_flight} writes in flight"
+        ));
+    }
+    if header.flags.get() & !SEGMENT_FLAG_NO_SYNC != 0 {
         return bad(format!(
             "segment header has unknown flags {:#x}",
             header.flags.get()
@@ -702,12 +731,16 @@ async fn finish_at_damage<F: StorageFile>(
 }
 
 /// Evidence that damage at `offset` of the last segment is not a torn
-/// tail: the position and kind of the first proof found after it, within
-/// one write's reach (the next write starts at most `batch_bytes_max` after
-/// the start of the damaged one, which is at or before `offset`).
+/// tail: the position and kind of the proof found after it.
 ///
-/// * A verifying header flagged first-in-write at a block boundary: a later
-///   write completed, so the damaged one was durable.
+/// * `writes_in_flight` (D, from the segment header) valid write starts:
+///   at most D writes were unfinished at a crash and any acknowledged write
+///   precedes them all (acknowledgements are in order), so a D-th write
+///   after the damaged one means the damaged one had finished — damage in
+///   the middle. A valid write start is a verifying header flagged
+///   first-in-write at a block boundary; the D-th one begins at most
+///   D × `batch_bytes_max` after the damaged write's start, which is at or
+///   before `offset`.
 /// * A verifying header of this generation at an 8-byte position other than
 ///   the offset it names: a misdirected write. A torn write leaves sectors
 ///   at their own offsets or none, so this cannot come from a crash.
@@ -719,7 +752,9 @@ async fn evidence_after_damage<F: StorageFile>(
 ) -> Result<Option<(u64, &'static str)>> {
     let generation = segment.generation.get();
     let segment_bytes = segment.segment_bytes.get();
-    let reach = offset.saturating_add(segment.batch_bytes_max.get());
+    let depth = u64::from(segment.writes_in_flight.get());
+    let reach = offset.saturating_add(depth * segment.batch_bytes_max.get());
+    let mut write_starts = 0;
     let mut candidate = offset + ENTRY_ALIGN_BYTES;
     while candidate <= reach && candidate + ENTRY_HEADER_BYTES as u64 <= segment_bytes {
         let bytes = reader
@@ -736,7 +771,10 @@ async fn evidence_after_damage<F: StorageFile>(
                 ENTRY_BYTES_MAX_LIMIT,
             ) {
                 Ok(h) if h.flags & FLAG_FIRST_IN_WRITE != 0 => {
-                    return Ok(Some((candidate, "a valid write starts later")));
+                    write_starts += 1;
+                    if write_starts >= depth {
+                        return Ok(Some((candidate, "valid writes follow it")));
+                    }
                 }
                 Err(HeaderFault::Misplaced) => {
                     return Ok(Some((candidate, "a misdirected write lies later")));

@@ -114,7 +114,13 @@ pub(crate) async fn prepare_segment_file<S: Storage>(
     };
     if let Err(error) = prepared.await {
         let _ = file.close().await;
-        if let Err(e) = storage.remove(&path).await {
+        // Durably gone: a crash must not bring the file back behind a later
+        // removal of the segment before it.
+        let removed = match storage.remove(&path).await {
+            Ok(()) => storage.sync_dir(&config.dir).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
             return Err(CreateError {
                 error: Error::io("remove half-created segment", &path, None, e),
                 poison: true,
@@ -163,7 +169,7 @@ pub(crate) async fn activate_segment<F: StorageFile>(
             0
         }
         .into(),
-        reserved: 0.into(),
+        writes_in_flight: config.writes_in_flight.into(),
     }
     .seal();
     let mut block = file.alloc_buf(BLOCK_BYTES as usize);

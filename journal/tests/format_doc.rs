@@ -48,7 +48,7 @@ fn segment_header_table_matches_the_struct() {
         ("prev_end", field!(SegmentHeader, prev_end)),
         ("watermark", field!(SegmentHeader, watermark)),
         ("flags", field!(SegmentHeader, flags)),
-        ("reserved", field!(SegmentHeader, reserved)),
+        ("writes_in_flight", field!(SegmentHeader, writes_in_flight)),
     ];
     assert_eq!(rows.len(), fields.len());
     for ((offset, size, name), (field, (code_offset, code_size))) in rows.iter().zip(fields) {

@@ -206,8 +206,62 @@ fn row12_a_misdirected_last_write_found_past_zeroes_is_corruption() {
 }
 
 #[test]
-fn row5_damage_followed_by_a_valid_write_is_corruption() {
+fn row5_damage_followed_by_enough_valid_writes_is_corruption() {
+    // Two writes in flight at most (the default): two valid writes after
+    // the damaged one prove it had finished.
     let (_dir, path) = write_session(0);
+    let segment = segment_path(&path, 1);
+    flip_bit(
+        &segment,
+        offset_of_op(N - 2) + ENTRY_HEADER_BYTES as u64 + 3,
+        6,
+    );
+    expect_corruption(
+        reopen(&path, Recovery::TruncateTornTail),
+        &segment,
+        offset_of_op(N - 2),
+    );
+    // Header damage too.
+    let (_dir, path) = write_session(0);
+    let segment = segment_path(&path, 1);
+    flip_bit(&segment, offset_of_op(2) + 20, 1);
+    expect_corruption(
+        reopen(&path, Recovery::TruncateTornTail),
+        &segment,
+        offset_of_op(2),
+    );
+}
+
+#[test]
+fn row5_with_two_writes_in_flight_one_valid_write_after_the_damage_is_a_torn_tail() {
+    // The last two writes may both have been in flight at the crash: damage
+    // in the second to last with the last intact is cut, not an error.
+    let (_dir, path) = write_session(0);
+    flip_bit(
+        &segment_path(&path, 1),
+        offset_of_op(N - 1) + ENTRY_HEADER_BYTES as u64 + 3,
+        6,
+    );
+    let (tail, present) = reopen(&path, Recovery::TruncateTornTail).unwrap();
+    assert!(
+        matches!(tail, TailState::Torn { offset, .. } if offset == offset_of_op(N - 1)),
+        "{tail:?}"
+    );
+    assert_eq!(present, (1..N - 1).collect::<Vec<_>>());
+}
+
+#[test]
+fn row5_with_serial_writes_one_valid_write_after_the_damage_is_corruption() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    let p = path.clone();
+    run(move || async move {
+        let journal = builder(&p).writes_in_flight(1).open().await.unwrap();
+        for op in 1..=N {
+            journal.append(&payload(op, PAYLOAD)).await.unwrap();
+        }
+        journal.close().await.unwrap();
+    });
     let segment = segment_path(&path, 1);
     flip_bit(
         &segment,
@@ -218,15 +272,6 @@ fn row5_damage_followed_by_a_valid_write_is_corruption() {
         reopen(&path, Recovery::TruncateTornTail),
         &segment,
         offset_of_op(N - 1),
-    );
-    // Header damage too.
-    let (_dir, path) = write_session(0);
-    let segment = segment_path(&path, 1);
-    flip_bit(&segment, offset_of_op(2) + 20, 1);
-    expect_corruption(
-        reopen(&path, Recovery::TruncateTornTail),
-        &segment,
-        offset_of_op(2),
     );
 }
 

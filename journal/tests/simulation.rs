@@ -102,3 +102,16 @@ fn write_through_and_nosync_durability() {
         assert!(report.crash_cycles > 0 && report.acked > 0);
     }
 }
+
+#[test]
+fn serial_and_deep_write_pipelines() {
+    for (profile, writes_in_flight) in [("1 write in flight", 1), ("4 writes in flight", 4)] {
+        let shape = SimShape {
+            writes_in_flight,
+            ..SimShape::default()
+        };
+        let report = simulate_shape(profile, FaultConfig::benign(), shape);
+        print(profile, &report);
+        assert!(report.crash_cycles > 0 && report.acked > 0);
+    }
+}
