@@ -1245,29 +1245,36 @@ async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Notify>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let batch = {
+        enum Next<B> {
+            Write(Batch<B>),
+            AwaitInFlight,
+            Exit,
+            Idle,
+        }
+        let next = {
             let mut state = shared.state.borrow_mut();
             if !state.filling.entries.is_empty() {
-                Some(std::mem::replace(&mut state.filling, Batch::new()))
+                Next::Write(std::mem::replace(&mut state.filling, Batch::new()))
             } else if state.closing && state.writes_in_flight > 0 {
-                drop(state);
-                shared.pipeline.wait().await;
-                continue;
+                Next::AwaitInFlight
             } else if state.closing {
                 state.writer_running = false;
-                drop(state);
-                shared.writer_exited.notify_all();
-                return;
+                Next::Exit
             } else {
-                None
+                Next::Idle
             }
         };
-        match batch {
-            Some(batch) => {
+        match next {
+            Next::Write(batch) => {
                 shared.space.notify_all();
                 shared.issue_batch(batch).await;
             }
-            None => {
+            Next::AwaitInFlight => shared.pipeline.wait().await,
+            Next::Exit => {
+                shared.writer_exited.notify_all();
+                return;
+            }
+            Next::Idle => {
                 drop(shared);
                 work.wait().await;
             }
