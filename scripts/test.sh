@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # What CI runs (.ci/run calls this), and what a developer runs before pushing:
-# formatting, lints, and every test of the workspace on the real filesystem.
-# Some journal tests mount a small ext4 image on a loop device (a genuinely
-# full disk), so run this as root; it installs what it needs on Debian.
+# formatting, lints, every test of the workspace on the real filesystem, the
+# crash-recovery simulation (with its report) and bounded fuzzing of every
+# fuzz target. Some journal tests mount a small ext4 image on a loop device
+# (a genuinely full disk), so run this as root. It installs what it needs.
+#
+#   FUZZ_SECONDS=60      seconds per fuzz target (0 skips fuzzing)
+#   RINGSTORE_SIM_SEEDS  seeds per simulation profile (default in the test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+fuzz_seconds="${FUZZ_SECONDS:-60}"
+log=target/test-output.txt
+mkdir -p target
+: > "$log"
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need mkfs.ext4 || ! need losetup; then
@@ -20,8 +28,15 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== cargo test"
-# Tests run on a temp dir under target/ (the real disk: O_DIRECT needs it).
-cargo test --workspace 2>&1 | tee target/test-output.txt
+echo "== cargo test (workspace; the journal's crash simulation prints its report)"
+# Tests use temp dirs under target/ (the real disk: O_DIRECT needs it).
+cargo test --workspace --exclude ringstore-journal 2>&1 | tee -a "$log"
+cargo test -p ringstore-journal -- --nocapture 2>&1 | tee -a "$log"
+
+if [[ "$fuzz_seconds" -gt 0 ]]; then
+  echo "== fuzzing every target for ${fuzz_seconds}s"
+  scripts/fuzz.sh all "$fuzz_seconds" 2>&1 | tee -a "$log"
+fi
+
 echo "== summary"
-grep -E '^test result:' target/test-output.txt
+grep -E '^test result:|^simulation total:|executions' "$log" || true

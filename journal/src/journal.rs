@@ -621,6 +621,9 @@ impl<S: Storage> Journal<S> {
         loop {
             let segment = {
                 let mut state = self.shared.state.borrow_mut();
+                // A failed directory fsync poisons: no removal may follow one
+                // that might not be durable, or a crash could leave a gap.
+                state.usable()?;
                 // Read afresh each time: a concurrent advance may have moved it.
                 let bound = state.index.watermark();
                 let retirable = state.segments.len() > 1
