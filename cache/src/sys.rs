@@ -36,7 +36,7 @@ use std::cell::{Cell, RefCell};
 use std::ffi::CString;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
@@ -56,6 +56,9 @@ pub(crate) const URING_ENTRIES: u32 = 64;
 /// Ops in flight on the metadata ring at once (the completion queue is twice
 /// the submission queue, so it can never overflow).
 const URING_OPS_IN_FLIGHT_MAX: usize = URING_ENTRIES as usize;
+
+/// An eventfd read returns its 8-byte counter.
+const EVENTFD_READ_BYTES: usize = 8;
 
 /// Back-off for the reaper if the eventfd read ever fails (it should not):
 /// it then polls the completion queue on a glommio timer instead.
@@ -174,8 +177,11 @@ impl Uring {
         let ring = IoUring::builder()
             .setup_cqsize(URING_ENTRIES * 2)
             .build(URING_ENTRIES)?;
+        // Not EFD_NONBLOCK: io_uring would then complete a read of a zero
+        // counter with EAGAIN instead of waiting for it (it arms a poll
+        // itself, so the blocking fd never blocks the thread).
         // SAFETY: plain syscall with constant flags; the result is checked.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -194,6 +200,33 @@ impl Uring {
             inner,
             _reaper: reaper,
         })
+    }
+
+    /// Blocks until every op already submitted has completed. Used when a
+    /// cache is dropped: a dropped cache must not keep changing the directory
+    /// (a trim's unlink landing after the next instance opened it). Bounded
+    /// by the ops in flight, at most [`URING_ENTRIES`] short metadata calls.
+    pub(crate) fn wait_for_in_flight(&self) {
+        loop {
+            let pending = self
+                .inner
+                .slots
+                .borrow()
+                .iter()
+                .filter(|(_, slot)| slot.result.is_none())
+                .count();
+            if pending == 0 {
+                return;
+            }
+            let waited = self.inner.ring.borrow_mut().submit_and_wait(1);
+            if let Err(error) = waited {
+                if error.raw_os_error() != Some(libc::EINTR) {
+                    tracing::error!(%error, pending, "waiting for metadata ops failed");
+                    return;
+                }
+            }
+            self.inner.drain();
+        }
     }
 
     async fn submit(
@@ -340,7 +373,12 @@ impl Uring {
     }
 
     /// `unlinkat(dirfd, path, 0)`, or with `AT_REMOVEDIR` when `dir`.
-    pub(crate) async fn unlink(&self, dirfd: BorrowedFd<'_>, path: &str, dir: bool) -> io::Result<()> {
+    pub(crate) async fn unlink(
+        &self,
+        dirfd: BorrowedFd<'_>,
+        path: &str,
+        dir: bool,
+    ) -> io::Result<()> {
         let dirfd = dirfd.as_raw_fd();
         let bufs = OpBufs {
             path_a: Some(cstring(path)?),
@@ -358,7 +396,12 @@ impl Uring {
     }
 
     /// `mkdirat(dirfd, path, mode)`.
-    pub(crate) async fn mkdir(&self, dirfd: BorrowedFd<'_>, path: &str, mode: u32) -> io::Result<()> {
+    pub(crate) async fn mkdir(
+        &self,
+        dirfd: BorrowedFd<'_>,
+        path: &str,
+        mode: u32,
+    ) -> io::Result<()> {
         let dirfd = dirfd.as_raw_fd();
         let bufs = OpBufs {
             path_a: Some(cstring(path)?),
@@ -375,7 +418,21 @@ impl Uring {
     }
 
     /// `statx(dirfd, path, AT_SYMLINK_NOFOLLOW)`: what `path` itself is.
-    pub(crate) async fn stat_nofollow(&self, dirfd: BorrowedFd<'_>, path: &str) -> io::Result<StatInfo> {
+    pub(crate) async fn stat_nofollow(
+        &self,
+        dirfd: BorrowedFd<'_>,
+        path: &str,
+    ) -> io::Result<StatInfo> {
+        self.statx(dirfd, path, libc::AT_SYMLINK_NOFOLLOW).await
+    }
+
+    /// `statx(fd, "", AT_EMPTY_PATH)`: the open file itself. (glommio's own
+    /// `stat` needs the file's path, which an fd from `openat2` lacks.)
+    pub(crate) async fn stat_fd(&self, fd: BorrowedFd<'_>) -> io::Result<StatInfo> {
+        self.statx(fd, "", libc::AT_EMPTY_PATH).await
+    }
+
+    async fn statx(&self, dirfd: BorrowedFd<'_>, path: &str, flags: i32) -> io::Result<StatInfo> {
         let dirfd = dirfd.as_raw_fd();
         let bufs = OpBufs {
             path_a: Some(cstring(path)?),
@@ -390,10 +447,14 @@ impl Uring {
                     Some(statx) => &mut **statx,
                     None => std::ptr::null_mut(),
                 };
-                opcode::Statx::new(types::Fd(dirfd), cptr(&b.path_a), buf.cast::<types::statx>())
-                    .flags(libc::AT_SYMLINK_NOFOLLOW)
-                    .mask(libc::STATX_TYPE | libc::STATX_SIZE)
-                    .build()
+                opcode::Statx::new(
+                    types::Fd(dirfd),
+                    cptr(&b.path_a),
+                    buf.cast::<types::statx>(),
+                )
+                .flags(flags)
+                .mask(libc::STATX_TYPE | libc::STATX_SIZE)
+                .build()
             })
             .await?;
         check(res)?;
@@ -403,7 +464,6 @@ impl Uring {
         let kind = u32::from(statx.stx_mode) & libc::S_IFMT;
         Ok(StatInfo {
             is_dir: kind == libc::S_IFDIR,
-            is_file: kind == libc::S_IFREG,
             is_symlink: kind == libc::S_IFLNK,
             bytes: statx.stx_size,
         })
@@ -413,7 +473,9 @@ impl Uring {
     pub(crate) async fn fsync(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let fd = fd.as_raw_fd();
         let (res, _) = self
-            .submit(OpBufs::default(), |_| opcode::Fsync::new(types::Fd(fd)).build())
+            .submit(OpBufs::default(), |_| {
+                opcode::Fsync::new(types::Fd(fd)).build()
+            })
             .await?;
         check(res).map(drop)
     }
@@ -423,7 +485,6 @@ impl Uring {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StatInfo {
     pub(crate) is_dir: bool,
-    pub(crate) is_file: bool,
     pub(crate) is_symlink: bool,
     pub(crate) bytes: u64,
 }
@@ -493,7 +554,7 @@ async fn reaper(ring: Weak<RingInner>, efd: BufferedFile) {
         };
         if failed {
             glommio::timer::sleep(REAPER_FALLBACK_POLL).await;
-        } else if let Err(error) = efd.read_at(0, 8).await {
+        } else if let Err(error) = efd.read_at(0, EVENTFD_READ_BYTES).await {
             tracing::warn!(%error, "metadata ring eventfd read failed; polling instead");
             if let Some(inner) = ring.upgrade() {
                 inner.reaper_failed.set(true);
@@ -515,7 +576,8 @@ fn cptr(s: &Option<CString>) -> *const libc::c_char {
 }
 
 fn how_ptr(how: &Option<Box<types::OpenHow>>) -> *const types::OpenHow {
-    how.as_ref().map_or(std::ptr::null(), |h| &**h as *const types::OpenHow)
+    how.as_ref()
+        .map_or(std::ptr::null(), |h| &**h as *const types::OpenHow)
 }
 
 fn check(res: i32) -> io::Result<i32> {
@@ -576,8 +638,34 @@ pub(crate) fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
-/// Raw fd of an `OwnedFd` for building a `BorrowedFd` in callers that keep the
-/// owner alive (helper to keep `unsafe` here).
-pub(crate) fn raw(fd: &OwnedFd) -> RawFd {
-    fd.as_raw_fd()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn ops_complete_through_the_eventfd_reaper() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async move {
+                // /var/tmp: a real disk, not tmpfs.
+                let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+                let root = std::fs::File::open(dir.path()).unwrap();
+                let ring = Uring::new().unwrap();
+                for i in 0..50 {
+                    let name = format!("d{i}");
+                    ring.mkdir(root.as_fd(), &name, 0o755).await.unwrap();
+                    let info = ring.stat_nofollow(root.as_fd(), &name).await.unwrap();
+                    assert!(info.is_dir && !info.is_symlink);
+                    ring.unlink(root.as_fd(), &name, true).await.unwrap();
+                }
+                let missing = ring.stat_nofollow(root.as_fd(), "nope").await.unwrap_err();
+                assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
+                // Waiting went through glommio's read of the eventfd, not the
+                // timer fallback.
+                assert!(!ring.inner.reaper_failed.get());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }

@@ -1,0 +1,730 @@
+//! The cache model checker (feature `sim`): runs a sequence of bounded
+//! operations against a real [`Cache`] in a temporary directory on the real
+//! filesystem, "crashes" it (drops it without `shutdown`, with staging files
+//! and reservations still open) and reopens it, and checks after every
+//! operation against a plain `BTreeMap` model:
+//!
+//! - accounting is exact: the cache's bytes and objects equal the model's,
+//!   and its reserved bytes/objects equal what the live staging files and
+//!   held reservations hold (so nothing is ever negative or leaked);
+//! - `used + reserved` never exceeds the limits;
+//! - the cache's keys are exactly the model's: nothing committed is lost
+//!   except by a trim (trims report the keys they remove), nothing appears
+//!   that was not committed; `get` returns exactly the committed bytes;
+//! - commits never overwrite (a conflict only when the key exists);
+//! - after a crash and reopen, no `.part` file is left and every committed
+//!   object is intact.
+//!
+//! [`run_ops`] is what the cargo-fuzz target calls (with `Op: Arbitrary`);
+//! `cache/tests/sim_model.rs` drives it from proptest.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use arbitrary::Arbitrary;
+
+/// Re-exported so a fuzz target can build [`Op`]s from raw bytes without
+/// naming the same `arbitrary` version itself.
+pub use arbitrary;
+
+use crate::faults::Faults;
+use crate::{Cache, Error, Reservation, Staging, TrimKind};
+
+/// Keys the operations pick from (by index modulo the count).
+pub const SIM_KEYS: [&str; 8] = ["a", "b", "d1/c", "d1/d", "d1/d2/e", "d2/f", "g", "d2/h"];
+/// Staging-file slots an operation sequence can hold open at once.
+pub const SIM_STAGING_SLOTS: usize = 3;
+/// Reservations a sequence can hold at once.
+pub const SIM_HELD_RESERVATIONS_MAX: usize = 3;
+/// Largest object or append the simulation writes.
+pub const SIM_OBJECT_BYTES_MAX: usize = 24 << 10;
+/// Largest staging file the simulation grows.
+pub const SIM_STAGING_BYTES_MAX: usize = 48 << 10;
+/// Byte limit of the simulated cache.
+pub const SIM_BYTES_LIMIT: u64 = 128 << 10;
+/// Object limit of the simulated cache.
+pub const SIM_OBJECTS_LIMIT: u64 = 6;
+/// Operations run per sequence; the rest are ignored.
+pub const SIM_OPS_MAX: usize = 512;
+
+/// One bounded operation. Numbers are reduced modulo their bounds, so every
+/// value is valid.
+#[derive(Debug, Clone, PartialEq, Eq, Arbitrary)]
+pub enum Op {
+    /// `put` of `len` bytes derived from `fill`.
+    Put {
+        /// Key index.
+        key: u8,
+        /// Length (mod [`SIM_OBJECT_BYTES_MAX`] + 1).
+        len: u16,
+        /// Content seed.
+        fill: u8,
+    },
+    /// `get`.
+    Get {
+        /// Key index.
+        key: u8,
+    },
+    /// `contains`.
+    Contains {
+        /// Key index.
+        key: u8,
+    },
+    /// `invalidate`.
+    Invalidate {
+        /// Key index.
+        key: u8,
+    },
+    /// `create_staging` into a slot (if free).
+    Stage {
+        /// Slot.
+        slot: u8,
+        /// Key index.
+        key: u8,
+    },
+    /// `append` to a slot's staging file.
+    Append {
+        /// Slot.
+        slot: u8,
+        /// Length.
+        len: u16,
+        /// Content seed.
+        fill: u8,
+    },
+    /// `commit` a slot's staging file.
+    Commit {
+        /// Slot.
+        slot: u8,
+    },
+    /// `commit` with the post-link unlink of the staging name failing.
+    CommitUnlinkFails {
+        /// Slot.
+        slot: u8,
+    },
+    /// `close` (abandon) a slot's staging file.
+    Close {
+        /// Slot.
+        slot: u8,
+    },
+    /// Drop a slot's staging file without closing it.
+    DropStaging {
+        /// Slot.
+        slot: u8,
+    },
+    /// `reserve` and hold the reservation (short deadline).
+    Reserve {
+        /// Bytes (mod half the limit).
+        bytes: u16,
+        /// Objects (mod 3).
+        objects: u8,
+    },
+    /// Drop every held reservation.
+    Release,
+    /// A manual trim.
+    Trim {
+        /// Exhaustive instead of fast.
+        exhaustive: bool,
+    },
+    /// Persist the tracker now.
+    Persist,
+    /// A `put` whose data write fails with ENOSPC.
+    PutNoSpace {
+        /// Key index.
+        key: u8,
+        /// Length.
+        len: u16,
+    },
+    /// Drop the cache without shutdown and reopen it.
+    Crash,
+}
+
+/// A whole fuzz input: what a cargo-fuzz target takes (`fuzz_target!(|input:
+/// SimInput| { ringstore_cache::sim::run_input(&input).unwrap(); })`).
+///
+/// Its `Arbitrary` impl is dense: one byte of crash point, then operations
+/// until the input runs out (no per-element continuation flags), so random
+/// or mutated bytes always decode to long sequences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimInput {
+    /// Crash (drop without shutdown, reopen) after this many operations.
+    pub crash_after_ops: u8,
+    /// The operations (at most [`SIM_OPS_MAX`] are decoded).
+    pub ops: Vec<Op>,
+}
+
+impl<'a> Arbitrary<'a> for SimInput {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<SimInput> {
+        let crash_after_ops = u8::arbitrary(u)?;
+        let mut ops = Vec::new();
+        while !u.is_empty() && ops.len() < SIM_OPS_MAX {
+            ops.push(Op::arbitrary(u)?);
+        }
+        Ok(SimInput {
+            crash_after_ops,
+            ops,
+        })
+    }
+}
+
+/// [`run_ops`] for a [`SimInput`].
+pub fn run_input(input: &SimInput) -> Result<SimReport, SimFailure> {
+    run_ops(&input.ops, usize::from(input.crash_after_ops))
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimReport {
+    /// Operations run.
+    pub ops_run: usize,
+    /// Crashes (including the `crash_after_ops` one).
+    pub crashes: usize,
+    /// Successful puts.
+    pub puts: usize,
+    /// Successful commits.
+    pub commits: usize,
+    /// Commit conflicts.
+    pub conflicts: usize,
+    /// Keys removed by trims.
+    pub trimmed: usize,
+    /// Reservation timeouts.
+    pub timeouts: usize,
+    /// ENOSPC errors returned.
+    pub nospace: usize,
+}
+
+/// A violated invariant.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("after op #{op_index} ({op:?}): {message}")]
+pub struct SimFailure {
+    /// Index of the operation (`usize::MAX` for checks after the last one).
+    pub op_index: usize,
+    /// The operation.
+    pub op: Option<Op>,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Runs `ops` in a fresh temporary directory under `$RINGSTORE_SIM_DIR` or
+/// `/var/tmp` (a real disk, not tmpfs), crashing after `crash_after_ops`
+/// operations. Spawns its own glommio executor thread.
+pub fn run_ops(ops: &[Op], crash_after_ops: usize) -> Result<SimReport, SimFailure> {
+    let base = std::env::var_os("RINGSTORE_SIM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    run_ops_in(&base, ops, crash_after_ops)
+}
+
+/// [`run_ops`] with an explicit parent directory for the temporary cache.
+pub fn run_ops_in(
+    base: &Path,
+    ops: &[Op],
+    crash_after_ops: usize,
+) -> Result<SimReport, SimFailure> {
+    let setup = |message: String| SimFailure {
+        op_index: 0,
+        op: None,
+        message,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("ringstore-cache-sim-")
+        .tempdir_in(base)
+        .map_err(|e| setup(format!("tempdir in {}: {e}", base.display())))?;
+    let ops: Vec<Op> = ops.iter().take(SIM_OPS_MAX).cloned().collect();
+    let cache_dir = dir.path().join("cache");
+    let handle = glommio::LocalExecutorBuilder::default()
+        .name("cache-sim")
+        .spawn(move || async move { World::run(cache_dir, &ops, crash_after_ops).await })
+        .map_err(|e| setup(format!("executor: {e}")))?;
+    handle
+        .join()
+        .map_err(|e| setup(format!("executor join: {e}")))?
+}
+
+struct Slot {
+    staging: Staging,
+    data: Vec<u8>,
+}
+
+struct World {
+    dir: PathBuf,
+    faults: Rc<Faults>,
+    cache: Option<Cache>,
+    slots: Vec<Option<Slot>>,
+    held: Vec<Reservation>,
+    model: BTreeMap<String, Vec<u8>>,
+    /// Keys trims removed, not yet applied to the model.
+    pending_trims: Vec<String>,
+    report: SimReport,
+}
+
+fn key_of(index: u8) -> &'static str {
+    SIM_KEYS[usize::from(index) % SIM_KEYS.len()]
+}
+
+fn data_of(len: usize, fill: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| fill.wrapping_add((i as u8).wrapping_mul(31)))
+        .collect()
+}
+
+impl World {
+    async fn run(
+        dir: PathBuf,
+        ops: &[Op],
+        crash_after_ops: usize,
+    ) -> Result<SimReport, SimFailure> {
+        let faults = Rc::new(Faults::new());
+        let mut world = World {
+            cache: None,
+            faults,
+            slots: (0..SIM_STAGING_SLOTS).map(|_| None).collect(),
+            held: Vec::new(),
+            model: BTreeMap::new(),
+            pending_trims: Vec::new(),
+            report: SimReport::default(),
+            dir,
+        };
+        world.open(0).await?;
+        for (index, op) in ops.iter().enumerate() {
+            if index == crash_after_ops {
+                world.crash(index).await?;
+            }
+            world.apply(index, op).await?;
+            world.after_op(index, Some(op))?;
+            world.report.ops_run += 1;
+        }
+        if crash_after_ops >= ops.len() {
+            world.crash(ops.len()).await?;
+        }
+        // A clean shutdown must also come back intact (tracker persisted).
+        world.release_all();
+        world.apply_trims(usize::MAX)?;
+        if let Some(cache) = world.cache.take() {
+            cache
+                .shutdown()
+                .await
+                .map_err(|e| fail(usize::MAX, None, format!("shutdown: {e}")))?;
+        }
+        world.open(usize::MAX).await?;
+        world.verify_full(usize::MAX).await?;
+        world.release_all();
+        if let Some(cache) = world.cache.take() {
+            cache
+                .shutdown()
+                .await
+                .map_err(|e| fail(usize::MAX, None, format!("final shutdown: {e}")))?;
+        }
+        Ok(world.report)
+    }
+
+    async fn open(&mut self, index: usize) -> Result<(), SimFailure> {
+        let cache = Cache::builder(&self.dir)
+            .bytes_limit(SIM_BYTES_LIMIT)
+            .objects_limit(SIM_OBJECTS_LIMIT)
+            .chunk_bytes(8 << 10)
+            .low_watermark_percent(60)
+            .trim_threshold_percent(85)
+            .trim_interval_min(Duration::from_millis(1))
+            .reservation_wait(Duration::from_millis(25))
+            .tracker_persist_interval(Duration::from_millis(15))
+            .tracker_chunk_entries(2)
+            .faults(Rc::clone(&self.faults))
+            .open()
+            .await
+            .map_err(|e| fail(index, None, format!("open: {e}")))?;
+        self.cache = Some(cache);
+        Ok(())
+    }
+
+    fn cache(&self, index: usize) -> Result<&Cache, SimFailure> {
+        self.cache
+            .as_ref()
+            .ok_or_else(|| fail(index, None, "no open cache".into()))
+    }
+
+    fn release_all(&mut self) {
+        for slot in &mut self.slots {
+            *slot = None;
+        }
+        self.held.clear();
+    }
+
+    async fn crash(&mut self, index: usize) -> Result<(), SimFailure> {
+        self.release_all();
+        self.apply_trims(index)?;
+        // No shutdown: background tasks die, nothing is persisted.
+        drop(self.cache.take());
+        self.report.crashes += 1;
+        self.open(index).await?;
+        self.verify_full(index).await
+    }
+
+    async fn apply(&mut self, index: usize, op: &Op) -> Result<(), SimFailure> {
+        let bad = |message: String| fail(index, Some(op.clone()), message);
+        match *op {
+            Op::Put { key, len, fill } => {
+                let key = key_of(key);
+                let data = data_of(usize::from(len) % (SIM_OBJECT_BYTES_MAX + 1), fill);
+                match self.cache(index)?.put(key, &data).await {
+                    Ok(()) => {
+                        self.model.insert(key.to_owned(), data);
+                        self.report.puts += 1;
+                    }
+                    Err(Error::ReservationTimeout { .. }) => self.report.timeouts += 1,
+                    Err(e) => return Err(bad(format!("put: {e}"))),
+                }
+            }
+            Op::Get { key } => {
+                let key = key_of(key);
+                let got = self
+                    .cache(index)?
+                    .get(key)
+                    .await
+                    .map_err(|e| bad(format!("get: {e}")))?;
+                let trimmed = self.peek_trimmed(index, key)?;
+                match (got, self.model.get(key)) {
+                    (Some(object), Some(expected)) => {
+                        if &object[..] != expected.as_slice() {
+                            return Err(bad(format!(
+                                "get returned {} bytes that differ from the committed {}",
+                                object.len(),
+                                expected.len()
+                            )));
+                        }
+                    }
+                    (Some(object), None) => {
+                        return Err(bad(format!(
+                            "get found {} bytes never committed",
+                            object.len()
+                        )))
+                    }
+                    (None, Some(_)) if !trimmed => {
+                        return Err(bad("committed object lost (not trimmed)".into()))
+                    }
+                    (None, _) => {}
+                }
+            }
+            Op::Contains { key } => {
+                let key = key_of(key);
+                let found = self
+                    .cache(index)?
+                    .contains(key)
+                    .map_err(|e| bad(format!("contains: {e}")))?;
+                if found != self.model.contains_key(key) {
+                    return Err(bad(format!("contains = {found}, model disagrees")));
+                }
+            }
+            Op::Invalidate { key } => {
+                let key = key_of(key);
+                let removed = self
+                    .cache(index)?
+                    .invalidate(key)
+                    .await
+                    .map_err(|e| bad(format!("invalidate: {e}")))?;
+                let trimmed = self.peek_trimmed(index, key)?;
+                let expected = self.model.remove(key).is_some();
+                // A trim may have removed it first; then invalidate finds
+                // nothing.
+                let trimmed_first = trimmed && !removed;
+                if removed != expected && !trimmed_first {
+                    return Err(bad(format!(
+                        "invalidate = {removed}, model had it: {expected}"
+                    )));
+                }
+            }
+            Op::Stage { slot, key } => {
+                let slot = usize::from(slot) % SIM_STAGING_SLOTS;
+                if self.slots[slot].is_some() {
+                    return Ok(());
+                }
+                match self.cache(index)?.create_staging(key_of(key)).await {
+                    Ok(staging) => {
+                        self.slots[slot] = Some(Slot {
+                            staging,
+                            data: Vec::new(),
+                        })
+                    }
+                    Err(Error::ReservationTimeout { .. }) => self.report.timeouts += 1,
+                    Err(e) => return Err(bad(format!("create_staging: {e}"))),
+                }
+            }
+            Op::Append { slot, len, fill } => {
+                let slot = usize::from(slot) % SIM_STAGING_SLOTS;
+                let Some(entry) = self.slots[slot].as_mut() else {
+                    return Ok(());
+                };
+                let room = SIM_STAGING_BYTES_MAX - entry.data.len();
+                let len = (usize::from(len) % (SIM_OBJECT_BYTES_MAX + 1)).min(room);
+                let data = data_of(len, fill);
+                match entry.staging.append(&data).await {
+                    Ok(()) => entry.data.extend_from_slice(&data),
+                    Err(Error::ReservationTimeout { .. }) => self.report.timeouts += 1,
+                    Err(e) => return Err(bad(format!("append: {e}"))),
+                }
+            }
+            Op::Commit { slot } | Op::CommitUnlinkFails { slot } => {
+                let slot = usize::from(slot) % SIM_STAGING_SLOTS;
+                let Some(entry) = self.slots[slot].take() else {
+                    return Ok(());
+                };
+                let unlink_fails = matches!(op, Op::CommitUnlinkFails { .. });
+                if unlink_fails {
+                    self.faults.fail_next_staging_unlinks(1);
+                }
+                let key = entry.staging.key().to_owned();
+                let staging_path = entry.staging.path();
+                let existed = self.model.contains_key(&key);
+                let failures_before = self.cache(index)?.stats().staging_unlink_failures;
+                let result = entry.staging.commit().await;
+                self.faults.fail_next_staging_unlinks(0);
+                let trimmed = self.peek_trimmed(index, &key)?;
+                match result {
+                    Ok(()) => {
+                        if existed && !trimmed {
+                            return Err(bad(format!("commit overwrote existing key {key}")));
+                        }
+                        // The dead name may already be gone: the periodic
+                        // maintenance retries it.
+                        let failures = self.cache(index)?.stats().staging_unlink_failures;
+                        if unlink_fails && failures != failures_before + 1 {
+                            return Err(bad("injected unlink failure was not counted".into()));
+                        }
+                        self.model.insert(key, entry.data);
+                        self.report.commits += 1;
+                    }
+                    Err(Error::Conflict { .. }) => {
+                        if !existed {
+                            return Err(bad(format!(
+                                "conflict on {key}, which was never committed"
+                            )));
+                        }
+                        if staging_path.exists() {
+                            return Err(bad("conflicting commit left its staging file".into()));
+                        }
+                        self.report.conflicts += 1;
+                    }
+                    Err(e) => return Err(bad(format!("commit: {e}"))),
+                }
+            }
+            Op::Close { slot } => {
+                let slot = usize::from(slot) % SIM_STAGING_SLOTS;
+                if let Some(entry) = self.slots[slot].take() {
+                    let path = entry.staging.path();
+                    entry
+                        .staging
+                        .close()
+                        .await
+                        .map_err(|e| bad(format!("close: {e}")))?;
+                    if path.exists() {
+                        return Err(bad("closed staging file still on disk".into()));
+                    }
+                }
+            }
+            Op::DropStaging { slot } => {
+                let slot = usize::from(slot) % SIM_STAGING_SLOTS;
+                self.slots[slot] = None;
+            }
+            Op::Reserve { bytes, objects } => {
+                if self.held.len() >= SIM_HELD_RESERVATIONS_MAX {
+                    return Ok(());
+                }
+                let bytes = u64::from(bytes) % (SIM_BYTES_LIMIT / 2);
+                let objects = u64::from(objects) % 3;
+                let deadline = Instant::now() + Duration::from_millis(10);
+                match self.cache(index)?.reserve(bytes, objects, deadline).await {
+                    Ok(reservation) => self.held.push(reservation),
+                    Err(Error::ReservationTimeout { .. }) => self.report.timeouts += 1,
+                    Err(e) => return Err(bad(format!("reserve: {e}"))),
+                }
+            }
+            Op::Release => self.held.clear(),
+            Op::Trim { exhaustive } => {
+                let kind = if exhaustive {
+                    TrimKind::Exhaustive
+                } else {
+                    TrimKind::Fast
+                };
+                let report = self
+                    .cache(index)?
+                    .trim(kind)
+                    .await
+                    .map_err(|e| bad(format!("trim: {e}")))?;
+                if let Some(walk) = &report.walk {
+                    if walk.untracked_added + walk.missing_dropped + walk.resized > 0 {
+                        return Err(bad(format!("walk found the tracker out of date: {walk:?}")));
+                    }
+                }
+            }
+            Op::Persist => self
+                .cache(index)?
+                .persist_tracker()
+                .await
+                .map_err(|e| bad(format!("persist: {e}")))?,
+            Op::PutNoSpace { key, len } => {
+                let key = key_of(key);
+                let data = data_of((usize::from(len) % SIM_OBJECT_BYTES_MAX).max(1), 7);
+                self.faults.fail_next_writes_with_enospc(1);
+                let result = self.cache(index)?.put(key, &data).await;
+                self.faults.fail_next_writes_with_enospc(0);
+                match result {
+                    Err(Error::NoSpace { .. }) => self.report.nospace += 1,
+                    Err(Error::ReservationTimeout { .. }) => self.report.timeouts += 1,
+                    Ok(()) => return Err(bad("put succeeded through an injected ENOSPC".into())),
+                    Err(e) => return Err(bad(format!("put under ENOSPC: {e}"))),
+                }
+            }
+            Op::Crash => self.crash(index).await?,
+        }
+        Ok(())
+    }
+
+    /// True if `key` was trimmed since the model was last updated.
+    fn peek_trimmed(&mut self, index: usize, key: &str) -> Result<bool, SimFailure> {
+        let trimmed = self.cache(index)?.take_trimmed_keys();
+        self.pending_trims.extend(trimmed);
+        Ok(self.pending_trims.iter().any(|k| k == key))
+    }
+
+    /// Applies the keys trims removed: a trimmed key the cache no longer has
+    /// leaves the model; one it has again was re-written after the trim.
+    fn apply_trims(&mut self, index: usize) -> Result<(), SimFailure> {
+        let Some(cache) = self.cache.as_ref() else {
+            return Err(fail(index, None, "no open cache".into()));
+        };
+        let mut trimmed = std::mem::take(&mut self.pending_trims);
+        trimmed.extend(cache.take_trimmed_keys());
+        for key in trimmed {
+            self.report.trimmed += 1;
+            if !cache.contains(&key).unwrap_or(false) {
+                self.model.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    fn after_op(&mut self, index: usize, op: Option<&Op>) -> Result<(), SimFailure> {
+        self.apply_trims(index)?;
+        self.check_accounting(index, op)
+    }
+
+    fn check_accounting(&self, index: usize, op: Option<&Op>) -> Result<(), SimFailure> {
+        let bad = |message: String| fail(index, op.cloned(), message);
+        let cache = self.cache(index)?;
+        let stats = cache.stats();
+        let model_bytes: u64 = self.model.values().map(|v| v.len() as u64).sum();
+        if stats.bytes != model_bytes || stats.objects != self.model.len() as u64 {
+            return Err(bad(format!(
+                "cache holds {} bytes / {} objects, model {} / {}",
+                stats.bytes,
+                stats.objects,
+                model_bytes,
+                self.model.len()
+            )));
+        }
+        if stats.bytes + stats.reserved_bytes > stats.bytes_limit {
+            return Err(bad(format!(
+                "used {} + reserved {} bytes above the limit {}",
+                stats.bytes, stats.reserved_bytes, stats.bytes_limit
+            )));
+        }
+        if stats.objects + stats.reserved_objects > stats.objects_limit {
+            return Err(bad(format!(
+                "used {} + reserved {} objects above the limit {}",
+                stats.objects, stats.reserved_objects, stats.objects_limit
+            )));
+        }
+        let live_slots = self.slots.iter().flatten();
+        let expect_bytes: u64 = self.held.iter().map(Reservation::bytes).sum::<u64>()
+            + live_slots
+                .clone()
+                .map(|s| s.staging.reserved_bytes())
+                .sum::<u64>();
+        let expect_objects: u64 =
+            self.held.iter().map(Reservation::objects).sum::<u64>() + live_slots.count() as u64;
+        if stats.reserved_bytes != expect_bytes || stats.reserved_objects != expect_objects {
+            return Err(bad(format!(
+                "reserved {} bytes / {} objects, holders have {} / {}",
+                stats.reserved_bytes, stats.reserved_objects, expect_bytes, expect_objects
+            )));
+        }
+        let keys: Vec<String> = {
+            let mut keys = cache.keys_oldest_first();
+            keys.sort();
+            keys
+        };
+        let model_keys: Vec<String> = self.model.keys().cloned().collect();
+        if keys != model_keys {
+            return Err(bad(format!("cache keys {keys:?}, model {model_keys:?}")));
+        }
+        Ok(())
+    }
+
+    /// After a (re)open: no staging file left, keys and bytes match, every
+    /// object reads back exactly.
+    async fn verify_full(&mut self, index: usize) -> Result<(), SimFailure> {
+        let objects_dir = self.cache(index)?.objects_dir().to_path_buf();
+        if let Some(part) = find_part(&objects_dir) {
+            return Err(fail(
+                index,
+                None,
+                format!("{} survived a restart", part.display()),
+            ));
+        }
+        self.after_op(index, None)?;
+        let keys: Vec<String> = self.model.keys().cloned().collect();
+        for key in keys {
+            let got = self
+                .cache(index)?
+                .get(&key)
+                .await
+                .map_err(|e| fail(index, None, format!("get {key} after reopen: {e}")))?;
+            let trimmed = self.peek_trimmed(index, &key)?;
+            match (got, self.model.get(&key)) {
+                (Some(object), Some(expected)) if &object[..] == expected.as_slice() => {}
+                (None, _) if trimmed => {}
+                (got, _) => {
+                    return Err(fail(
+                        index,
+                        None,
+                        format!(
+                            "{key} after reopen: got {:?} bytes, committed {:?}",
+                            got.map(|o| o.len()),
+                            self.model.get(&key).map(Vec::len)
+                        ),
+                    ))
+                }
+            }
+        }
+        self.after_op(index, None)
+    }
+}
+
+fn find_part(dir: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let kind = entry.file_type().ok()?;
+        if kind.is_dir() {
+            if let Some(found) = find_part(&path) {
+                return Some(found);
+            }
+        } else if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(crate::STAGING_SUFFIX))
+        {
+            return Some(path);
+        }
+    }
+    None
+}
+
+fn fail(op_index: usize, op: Option<Op>, message: String) -> SimFailure {
+    SimFailure {
+        op_index,
+        op,
+        message,
+    }
+}

@@ -1,0 +1,462 @@
+//! Staging files: how an object gets into the cache.
+//!
+//! A staging file is `<key>.<seq>.part`, created with `O_CREAT | O_EXCL`
+//! (through `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`) in the
+//! *same directory* as its key, so one directory fsync makes both the link
+//! and the unlink of a commit durable, and a trim's empty-directory removal
+//! can never pull the directory out from under a live staging file.
+//!
+//! # Data path: buffered, not O_DIRECT
+//!
+//! Objects have arbitrary sizes, so O_DIRECT would need a padded tail write
+//! and a truncate per object, and every `get` would bypass the page cache —
+//! the wrong trade for a read cache whose hot objects should be served from
+//! memory. (O_DIRECT on an empty file also trips a glommio 0.9 quirk that
+//! disables polled reads for the device.) So the data goes through glommio's
+//! `BufferedFile`, and durability comes from an explicit `fdatasync` before
+//! the commit links the file into place.
+//!
+//! # Commit
+//!
+//! 1. flush, `fdatasync` the staging file (its data is durable);
+//! 2. `linkat(staging, key)` — EEXIST is [`Error::Conflict`]: a commit never
+//!    overwrites (`put` uses `renameat` instead, which replaces atomically);
+//! 3. account the object (reservation -> used) and track it;
+//! 4. `unlinkat(staging)` — if this fails the object is still committed and
+//!    counted once (the two names share one inode); the dead name is retried
+//!    later and removed at the next startup in any case;
+//! 5. `fsync` the directory (covers 2 and 4).
+//!
+//! A crash anywhere leaves either no object or the fully synced one at the
+//! key — never an empty or partial file — plus possibly a `.part` name that
+//! startup removes.
+//!
+//! # Reservations
+//!
+//! A staging file starts with a reservation of one object and one chunk
+//! (`chunk_bytes`); appends reserve further whole chunks before writing past
+//! what is held. Closing or dropping it releases everything; committing turns
+//! the written bytes into usage and releases the rest.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Instant;
+
+use glommio::io::BufferedFile;
+
+use crate::cache::{Shared, STAGING_CREATE_ATTEMPTS_MAX};
+use crate::error::{glommio_io, Error, KeyRejection, Result};
+use crate::key::Key;
+use crate::reservation::Reservation;
+use crate::sys;
+use crate::trim::{self, Trigger};
+
+/// Appends are gathered up to this many bytes before a write.
+pub const WRITE_BUFFER_BYTES: usize = 256 << 10;
+
+/// How a staging file becomes an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FinishMode {
+    /// `linkat`: fails with `Conflict` if the key exists.
+    Link,
+    /// `renameat`: replaces the key atomically (`put`).
+    Replace,
+}
+
+/// A growing object not yet in the cache. See the module docs.
+pub struct Staging {
+    shared: Rc<Shared>,
+    key: Key,
+    /// Relative to `objects/`.
+    rel: String,
+    file: Option<BufferedFile>,
+    reservation: Reservation,
+    /// Bytes already written to the file.
+    written: u64,
+    buf: Vec<u8>,
+    poisoned: bool,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Staging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staging")
+            .field("key", &self.key)
+            .field("rel", &self.rel)
+            .field("len", &self.len())
+            .field("reserved_bytes", &self.reservation.bytes())
+            .finish()
+    }
+}
+
+impl Staging {
+    pub(crate) async fn create(
+        shared: Rc<Shared>,
+        key: Key,
+        reservation: Reservation,
+    ) -> Result<Staging> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let rel = key.staging_name(shared.next_staging_seq());
+            let opened = shared
+                .uring
+                .open_beneath(
+                    shared.objects_fd.as_fd(),
+                    &rel,
+                    libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                    0o644,
+                )
+                .await;
+            let error = match opened {
+                Ok(fd) => {
+                    return Ok(Staging {
+                        file: Some(sys::buffered_file_from_fd(fd)),
+                        shared,
+                        key,
+                        rel,
+                        reservation,
+                        written: 0,
+                        buf: Vec::new(),
+                        poisoned: false,
+                        finished: false,
+                    })
+                }
+                Err(error) => error,
+            };
+            let path = shared.object_path(&rel);
+            if attempts >= STAGING_CREATE_ATTEMPTS_MAX {
+                return Err(Error::io("openat2", path, error));
+            }
+            match error.raw_os_error() {
+                // A leftover with this sequence number: take the next one.
+                Some(libc::EEXIST) => {}
+                // Parent missing (new key, or removed by a concurrent trim's
+                // empty-directory sweep): create it and retry.
+                Some(libc::ENOENT) if key.parent().is_some() => {
+                    shared.ensure_parent_dirs(&key).await?;
+                }
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                    return Err(nospace(&shared, "openat2", path, error, 0).await)
+                }
+                _ => return Err(shared.open_error(&key, &path, error)),
+            }
+        }
+    }
+
+    /// The key this file will be committed to.
+    pub fn key(&self) -> &str {
+        self.key.as_str()
+    }
+
+    /// The staging file's path.
+    pub fn path(&self) -> PathBuf {
+        self.shared.object_path(&self.rel)
+    }
+
+    /// Bytes appended so far.
+    pub fn len(&self) -> u64 {
+        self.written + self.buf.len() as u64
+    }
+
+    /// True if nothing was appended yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes currently reserved for this file.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.reservation.bytes()
+    }
+
+    /// Adds a reservation made with [`crate::Cache::reserve`] (for instance
+    /// the full size of a download, so appends never wait).
+    pub fn attach(&mut self, reservation: Reservation) -> Result<()> {
+        if !reservation.same_ledger(&self.shared.ledger) {
+            return Err(Error::ForeignReservation);
+        }
+        self.reservation.merge(reservation)
+    }
+
+    /// Appends `data`, first reserving more space in whole chunks if the
+    /// file would outgrow its reservation (waiting up to `reservation_wait`).
+    /// Data is copied into a buffer and written in pieces of up to
+    /// [`WRITE_BUFFER_BYTES`] (glommio takes ownership of each write's
+    /// buffer while the kernel holds it). After any error, only
+    /// [`Staging::close`] is useful.
+    pub async fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.check_usable()?;
+        let total = self.len().saturating_add(data.len() as u64);
+        if total > self.shared.bytes_limit {
+            return Err(Error::Oversize {
+                key: self.key.to_string(),
+                bytes: total,
+                bytes_limit: self.shared.bytes_limit,
+            });
+        }
+        if total > self.reservation.bytes() {
+            let missing = total - self.reservation.bytes();
+            let chunk = self.shared.cfg.chunk_bytes;
+            let room = self.shared.bytes_limit - self.reservation.bytes();
+            let ask = missing.div_ceil(chunk).saturating_mul(chunk).min(room);
+            let deadline = Instant::now() + self.shared.cfg.reservation_wait;
+            let more = self.shared.reserve(ask, 0, deadline).await?;
+            self.reservation.merge(more)?;
+        }
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_BUFFER_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        self.shared.check_open()?;
+        if self.poisoned || self.finished {
+            return Err(Error::StagingPoisoned { path: self.path() });
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.buf);
+        let result = self.write_all(pending).await;
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    /// One `write_at` of the whole buffer. On a regular file a short write
+    /// only happens when the filesystem runs out of room (or quota) part-way,
+    /// and glommio has consumed the buffer, so it is reported as
+    /// [`Error::NoSpace`] and the staging file is poisoned.
+    async fn write_all(&mut self, pending: Vec<u8>) -> Result<()> {
+        let path = self.path();
+        let Some(file) = self.file.as_ref() else {
+            return Err(Error::StagingPoisoned { path });
+        };
+        let needed = pending.len() as u64;
+        let written = if self.shared.inject_enospc_write() {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        } else {
+            file.write_at(pending, self.written)
+                .await
+                .map_err(glommio_io)
+        };
+        match written {
+            Ok(n) if n as u64 == needed => {
+                self.written += needed;
+                Ok(())
+            }
+            Ok(n) => {
+                self.written += n as u64;
+                let short = std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("short write: {n} of {needed} bytes"),
+                );
+                Err(nospace(&self.shared, "write", path, short, needed - n as u64).await)
+            }
+            Err(e) if Error::is_nospace(&e) => {
+                Err(nospace(&self.shared, "write", path, e, needed).await)
+            }
+            Err(e) => Err(Error::io("write", path, e)),
+        }
+    }
+
+    /// Commits the file to its key (see the module docs). On
+    /// [`Error::Conflict`] (the key exists) the staging file is removed and
+    /// its reservation released. An `Io` error from the final directory fsync
+    /// means the object *is* in the cache but may not survive power loss.
+    pub async fn commit(self) -> Result<()> {
+        self.finish(FinishMode::Link).await
+    }
+
+    pub(crate) async fn finish(mut self, mode: FinishMode) -> Result<()> {
+        if let Err(error) = self.check_usable() {
+            self.abandon().await;
+            return Err(error);
+        }
+        if let Err(error) = self.seal().await {
+            self.abandon().await;
+            return Err(error);
+        }
+        let shared = Rc::clone(&self.shared);
+        let _guard = shared.locks.lock(self.key.as_str()).await;
+        let key = self.key.as_str();
+        let key_path = shared.object_path(key);
+        let placed = match mode {
+            FinishMode::Link => {
+                shared
+                    .uring
+                    .link(shared.objects_fd.as_fd(), &self.rel, key)
+                    .await
+            }
+            FinishMode::Replace => {
+                shared
+                    .uring
+                    .rename(shared.objects_fd.as_fd(), &self.rel, key)
+                    .await
+            }
+        };
+        if let Err(e) = placed {
+            let error = match (mode, e.raw_os_error()) {
+                (FinishMode::Link, Some(libc::EEXIST)) => {
+                    shared.metrics.commit_conflicts.inc();
+                    Error::Conflict {
+                        key: key.to_owned(),
+                    }
+                }
+                (_, Some(libc::EISDIR)) | (FinishMode::Replace, Some(libc::ENOTEMPTY)) => {
+                    Error::rejected(key, KeyRejection::IsDirectory)
+                }
+                (FinishMode::Link, _) => Error::io("linkat", key_path, e),
+                (FinishMode::Replace, _) => Error::io("renameat", key_path, e),
+            };
+            drop(_guard);
+            self.abandon().await;
+            return Err(error);
+        }
+        // The object is in place: account for it before anything else can
+        // fail, so the accounting matches the disk whatever happens next.
+        let bytes = self.written;
+        let replaced = shared.tracker.borrow_mut().insert_now(key, bytes);
+        self.reservation.commit(bytes, 1);
+        if let Some(old_bytes) = replaced {
+            shared.ledger.sub_used(old_bytes, 1);
+        }
+        self.finished = true;
+        match mode {
+            FinishMode::Link => {
+                shared.metrics.commits.inc();
+                let unlinked = if shared.inject_staging_unlink_failure() {
+                    Err(std::io::Error::from_raw_os_error(libc::EIO))
+                } else {
+                    shared
+                        .uring
+                        .unlink(shared.objects_fd.as_fd(), &self.rel, false)
+                        .await
+                };
+                if let Err(error) = unlinked {
+                    shared.metrics.staging_unlink_failures.inc();
+                    tracing::warn!(rel = self.rel, %error,
+                        "unlink of a committed staging name failed; object committed, name retried later");
+                    shared.defer_unlink(self.rel.clone());
+                }
+            }
+            FinishMode::Replace => shared.metrics.puts.inc(),
+        }
+        let synced = shared.sync_parent_dir(&self.key).await;
+        drop(_guard);
+        shared.maybe_request_trim();
+        synced
+    }
+
+    /// Flushes, fdatasyncs and closes the file.
+    async fn seal(&mut self) -> Result<()> {
+        self.flush().await?;
+        let path = self.path();
+        let Some(file) = self.file.take() else {
+            return Err(Error::StagingPoisoned { path });
+        };
+        if let Err(e) = file.fdatasync().await.map_err(glommio_io) {
+            self.poisoned = true;
+            if Error::is_nospace(&e) {
+                return Err(nospace(&self.shared, "fdatasync", path, e, 0).await);
+            }
+            return Err(Error::io("fdatasync", path, e));
+        }
+        file.close()
+            .await
+            .map_err(|e| Error::io("close", path, glommio_io(e)))
+    }
+
+    /// Abandons the file: closes it, unlinks the staging name and releases
+    /// the reservation. Nothing of it becomes visible in the cache.
+    pub async fn close(mut self) -> Result<()> {
+        self.finished = true;
+        self.shared.metrics.staging_abandoned.inc();
+        drop(self.file.take());
+        let result = self
+            .shared
+            .uring
+            .unlink(self.shared.objects_fd.as_fd(), &self.rel, false)
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => {
+                self.shared.defer_unlink(self.rel.clone());
+                Err(Error::io("unlinkat", self.path(), e))
+            }
+        }
+        // The reservation is released when `self` drops here.
+    }
+
+    /// `close` for internal error paths: errors are logged, not returned.
+    async fn abandon(mut self) {
+        self.finished = true;
+        self.shared.metrics.staging_abandoned.inc();
+        drop(self.file.take());
+        match self
+            .shared
+            .uring
+            .unlink(self.shared.objects_fd.as_fd(), &self.rel, false)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(error) => {
+                tracing::warn!(rel = self.rel, %error, "unlink of an abandoned staging file failed");
+                self.shared.defer_unlink(self.rel.clone());
+            }
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Dropped without close/commit: the reservation goes back when its
+            // field drops; the name is unlinked later (or at startup).
+            self.shared.metrics.staging_abandoned.inc();
+            self.shared.defer_unlink(std::mem::take(&mut self.rel));
+        }
+    }
+}
+
+/// ENOSPC: trims (unless one just ran; then a background trim is requested)
+/// and returns the typed error.
+async fn nospace(
+    shared: &Rc<Shared>,
+    op: &'static str,
+    path: PathBuf,
+    source: std::io::Error,
+    needed_bytes: u64,
+) -> Error {
+    let trimmed_bytes = match trim::run(
+        shared,
+        trim::TrimKind::Exhaustive,
+        Trigger::NoSpace { needed_bytes },
+        false,
+    )
+    .await
+    {
+        Ok(Some(report)) => report.bytes_removed,
+        Ok(None) => 0,
+        Err(error) => {
+            tracing::warn!(%error, "trim after ENOSPC failed");
+            0
+        }
+    };
+    Error::NoSpace {
+        op,
+        path,
+        trimmed_bytes,
+        source,
+    }
+}
