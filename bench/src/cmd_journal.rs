@@ -716,6 +716,10 @@ struct JournalReport {
     small_eps_256: f64,
     single_p50_ratio: f64,
     recovery_ratio: f64,
+    /// Memory of the ring index per slot (target: at most 32).
+    index_bytes_per_slot: usize,
+    /// How appends were made durable in this run.
+    durability: DurabilityArg,
     bulk_mb_s: f64,
     raw_write_mb_s: f64,
     single_p50_us: f64,
@@ -882,6 +886,8 @@ pub fn run(args: &JournalArgs) -> Result<()> {
         small_eps_256: small_eps_256.round(),
         single_p50_ratio: round3(single_p50_ratio),
         recovery_ratio: round3(recovery.ratio),
+        index_bytes_per_slot: ringstore_journal::SLOT_BYTES,
+        durability: args.durability,
         bulk_mb_s: round3(bulk.journal_mb_per_s),
         raw_write_mb_s: round3(bulk.raw_mb_per_s),
         single_p50_us: round3(single_p50_us),

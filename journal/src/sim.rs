@@ -280,6 +280,8 @@ impl Model {
 }
 
 /// Whether an error means the entry certainly never reached the disk.
+/// `Poisoned` is not one: a write issued behind a failed one reaches the
+/// disk and is then refused its acknowledgement.
 fn refused(error: &Error) -> bool {
     matches!(
         error,
@@ -288,7 +290,6 @@ fn refused(error: &Error) -> bool {
             | Error::BelowWatermark { .. }
             | Error::EntryTooLarge { .. }
             | Error::InvalidOp { .. }
-            | Error::Poisoned { .. }
             | Error::Closed
             | Error::EpochRegression { .. }
             | Error::WatermarkRegression { .. }
