@@ -33,6 +33,9 @@ echo "== cargo test (workspace; the journal's crash simulation prints its report
 cargo test --workspace --exclude ringstore-journal 2>&1 | tee -a "$log"
 cargo test -p ringstore-journal -- --nocapture 2>&1 | tee -a "$log"
 
+echo "== fuzz corpus and regressions replayed (stable, no libFuzzer)"
+cargo test --manifest-path fuzz/Cargo.toml 2>&1 | tee -a "$log"
+
 if [[ "$fuzz_seconds" -gt 0 ]]; then
   echo "== fuzzing every target for ${fuzz_seconds}s"
   scripts/fuzz.sh all "$fuzz_seconds" 2>&1 | tee -a "$log"

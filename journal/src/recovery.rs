@@ -170,9 +170,12 @@ impl<F: StorageFile> ScanReader<F> {
         self.file.read_at(start, SCAN_READ_BYTES as usize).await
     }
 
-    /// Bytes `[pos, pos + len)`, or fewer at end of file.
+    /// Bytes `[pos, pos + len)`, or fewer at end of file (none past it).
     async fn get(&mut self, pos: u64, len: u64) -> std::io::Result<&[u8]> {
-        let end = (pos + len).min(self.file_len);
+        if pos >= self.file_len {
+            return Ok(&[]);
+        }
+        let end = pos.saturating_add(len).min(self.file_len);
         let window_end = self.start + self.bytes.len() as u64;
         if pos < self.start || end > window_end {
             let read_start = crate::format::align_down(pos, BLOCK_BYTES);
@@ -195,11 +198,9 @@ impl<F: StorageFile> ScanReader<F> {
             self.bytes = bytes;
             self.read_ahead(next);
         }
-        let from = (pos - self.start) as usize;
-        let to = ((end - self.start) as usize)
-            .min(self.bytes.len())
-            .max(from);
-        Ok(&self.bytes[from.min(self.bytes.len())..to])
+        let to = ((end - self.start) as usize).min(self.bytes.len());
+        let from = ((pos - self.start) as usize).min(to);
+        Ok(&self.bytes[from..to])
     }
 }
 

@@ -1,0 +1,299 @@
+//! Writes the committed seed corpus, `fuzz/corpus/<target>/`:
+//! `cargo run --manifest-path fuzz/Cargo.toml --example make_corpus`.
+//!
+//! `journal_files` seeds are built field by field ([`Input::encode`]): each
+//! valid template untouched, a few damaged, and two templates' files as raw
+//! bytes so raw mode starts past the header checksums. The op-list targets
+//! use derived `Arbitrary` decoding, so their seeds are picked from
+//! deterministic pseudo-random byte strings by what they decode to (long
+//! enough, varied, with crashes). Every seed is run once, on a thread of its
+//! own, before it is written: a seed that fails is a finding, not a seed —
+//! it goes to `fuzz/regressions/<target>/` instead (libFuzzer would stop on
+//! it at startup), and the generator exits non-zero.
+
+use arbitrary::{Arbitrary, Unstructured};
+use ringstore_fuzz::journal_files::{self, Input, Mutation, Source, SECTOR_BYTES};
+use ringstore_fuzz::{cache_ops, journal_ops};
+use std::path::{Path, PathBuf};
+
+/// splitmix64: deterministic bytes without another dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+static FAILED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs `check` on a fresh thread (so a panic cannot leave this thread's
+/// executor half-run), then writes `bytes` to the corpus if it passed, to
+/// the regressions if it panicked.
+fn keep(target: &str, name: &str, bytes: &[u8], check: impl FnOnce() + Send + 'static) {
+    let passed = std::thread::spawn(check).join().is_ok();
+    let kind = if passed { "corpus" } else { "regressions" };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(kind)
+        .join(target);
+    std::fs::create_dir_all(&dir).expect("create the corpus directory");
+    let path: PathBuf = dir.join(name);
+    std::fs::write(&path, bytes).expect("write a seed");
+    println!("{:>8} bytes  {}", bytes.len(), path.display());
+    if !passed {
+        FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("FINDING: seed {name} of {target} fails; kept as a regression input");
+    }
+}
+
+/// Length of `bytes` without trailing zeros, rounded up to a sector.
+fn used_len(bytes: &[u8]) -> usize {
+    let used = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    used.div_ceil(SECTOR_BYTES) * SECTOR_BYTES
+}
+
+fn journal_files_seeds() {
+    let templates = journal_files::templates();
+    let mut seeds: Vec<(String, Input)> = Vec::new();
+    let template_input = |template: usize, strict: bool, mutations: Vec<Mutation>| Input {
+        strict,
+        append_after_open: true,
+        source: Source::Template {
+            template: template as u8,
+            mutations,
+        },
+    };
+    for (index, template) in templates.iter().enumerate() {
+        seeds.push((
+            format!("template-{}", template.name),
+            template_input(index, false, Vec::new()),
+        ));
+        // The sector holding the last written bytes of the newest file: a
+        // torn or damaged tail.
+        let last = template.files.len().saturating_sub(1);
+        let tail_sector = template
+            .files
+            .last()
+            .map_or(0, |(_, bytes)| used_len(bytes) / SECTOR_BYTES)
+            .saturating_sub(1) as u16;
+        seeds.push((
+            format!("template-{}-zeroed-tail", template.name),
+            template_input(
+                index,
+                false,
+                vec![Mutation::ZeroSectors {
+                    file: last as u8,
+                    sector: tail_sector,
+                    count: 0,
+                }],
+            ),
+        ));
+        seeds.push((
+            format!("template-{}-flip-tail-strict", template.name),
+            template_input(
+                index,
+                true,
+                vec![Mutation::FlipBit {
+                    file: last as u8,
+                    bit: (u32::from(tail_sector) * SECTOR_BYTES as u32 + 100) * 8,
+                }],
+            ),
+        ));
+    }
+    seeds.push((
+        "template-watermark-epoch-replica-misdirected".into(),
+        template_input(
+            3,
+            false,
+            vec![Mutation::CopySectors {
+                from_file: 0,
+                from_sector: 8,
+                to_file: 1,
+                to_sector: 24,
+                count: 3,
+            }],
+        ),
+    ));
+    seeds.push((
+        "template-watermark-epoch-replica-lost-file".into(),
+        template_input(3, false, vec![Mutation::Remove { file: 0 }]),
+    ));
+    seeds.push((
+        "template-group-commit-renamed".into(),
+        template_input(
+            2,
+            false,
+            vec![Mutation::Rename {
+                file: 1,
+                generation: 5,
+            }],
+        ),
+    ));
+    seeds.push((
+        "template-appends-truncated".into(),
+        template_input(1, false, vec![Mutation::Truncate { file: 0, len: 9000 }]),
+    ));
+    seeds.push((
+        "template-appends-poked".into(),
+        template_input(
+            1,
+            false,
+            vec![Mutation::Poke {
+                file: 0,
+                offset: 4096 + 8,
+                bytes: vec![0xff; 8],
+            }],
+        ),
+    ));
+    // Real segment files as raw bytes, trailing zeros cut.
+    for index in [1, 4] {
+        let template = &templates[index];
+        let files = template
+            .files
+            .iter()
+            .map(|(generation, bytes)| journal_files::RawFile {
+                generation: *generation as u8,
+                bytes: bytes[..used_len(bytes)].to_vec(),
+            })
+            .collect();
+        seeds.push((
+            format!("raw-{}", template.name),
+            Input {
+                strict: false,
+                append_after_open: true,
+                source: Source::Raw(files),
+            },
+        ));
+    }
+    let mut rng = Rng(0x006a_6f75_726e_616c);
+    seeds.push((
+        "raw-garbage".into(),
+        Input {
+            strict: false,
+            append_after_open: false,
+            source: Source::Raw(vec![journal_files::RawFile {
+                generation: 1,
+                bytes: rng.bytes(5000),
+            }]),
+        },
+    ));
+    for (name, input) in seeds {
+        let bytes = input.encode();
+        assert_eq!(
+            Input::decode(&bytes),
+            input,
+            "{name}: encode/decode mismatch"
+        );
+        keep("journal_files", &name, &bytes, move || {
+            journal_files::run(&input)
+        });
+    }
+}
+
+/// Picks `count` inputs of type `T` from pseudo-random byte strings of
+/// `len_range` bytes that satisfy `keep`.
+fn pick<T: for<'a> Arbitrary<'a>>(
+    rng: &mut Rng,
+    len_range: std::ops::Range<usize>,
+    count: usize,
+    mut keep: impl FnMut(&T) -> bool,
+) -> Vec<Vec<u8>> {
+    let mut picked = Vec::new();
+    for _ in 0..100_000 {
+        if picked.len() == count {
+            break;
+        }
+        let len = len_range.start + rng.next() as usize % (len_range.end - len_range.start);
+        let bytes = rng.bytes(len);
+        if let Ok(input) = T::arbitrary_take_rest(Unstructured::new(&bytes)) {
+            if keep(&input) {
+                picked.push(bytes);
+            }
+        }
+    }
+    assert_eq!(picked.len(), count, "not enough seeds found");
+    picked
+}
+
+fn journal_ops_seeds() {
+    use journal_ops::{FuzzOp, Input, Profile};
+    let mut rng = Rng(0x6f70_735f_6a6f);
+    for (name, profile) in [
+        ("none", Profile::None),
+        ("benign", Profile::Benign),
+        ("destructive", Profile::Destructive),
+        ("small-disk", Profile::SmallDisk),
+    ] {
+        let seeds = pick::<Input>(&mut rng, 150..700, 2, |input| {
+            let appends = input
+                .ops
+                .iter()
+                .filter(|op| matches!(op, FuzzOp::Append { .. }))
+                .count();
+            let reopens = input
+                .ops
+                .iter()
+                .filter(|op| matches!(op, FuzzOp::Crash { .. } | FuzzOp::Reopen))
+                .count();
+            input.profile == profile
+                && (40..=journal_ops::OPS_MAX).contains(&input.ops.len())
+                && appends >= 8
+                && reopens >= 2
+        });
+        for (i, bytes) in seeds.iter().enumerate() {
+            let input = Input::arbitrary_take_rest(Unstructured::new(bytes)).expect("decodes");
+            keep("journal_ops", &format!("{name}-{i}"), bytes, move || {
+                journal_ops::run(&input)
+            });
+        }
+    }
+}
+
+fn cache_ops_seeds() {
+    use ringstore_cache::sim::Op;
+    let mut rng = Rng(0x0063_6163_6865);
+    let seeds = pick::<cache_ops::Input>(&mut rng, 60..300, 5, |input| {
+        let kinds: std::collections::HashSet<std::mem::Discriminant<Op>> =
+            input.ops.iter().map(std::mem::discriminant).collect();
+        let commits = input
+            .ops
+            .iter()
+            .filter(|op| matches!(op, Op::Commit { .. } | Op::Put { .. }))
+            .count();
+        (16..=64).contains(&input.ops.len())
+            && kinds.len() >= 10
+            && commits >= 4
+            && usize::from(input.crash_after_ops) < input.ops.len()
+    });
+    for (i, bytes) in seeds.iter().enumerate() {
+        let input =
+            cache_ops::Input::arbitrary_take_rest(Unstructured::new(bytes)).expect("decodes");
+        keep("cache_ops", &format!("mixed-{i}"), bytes, move || {
+            let started = std::time::Instant::now();
+            cache_ops::run(&input);
+            println!(
+                "cache seed: {} ops in {:?}",
+                input.ops.len(),
+                started.elapsed()
+            );
+        });
+    }
+}
+
+fn main() {
+    journal_files_seeds();
+    journal_ops_seeds();
+    cache_ops_seeds();
+    let failed = FAILED.load(std::sync::atomic::Ordering::Relaxed);
+    if failed > 0 {
+        eprintln!("{failed} seeds failed (see fuzz/regressions/)");
+        std::process::exit(1);
+    }
+}

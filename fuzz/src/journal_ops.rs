@@ -1,0 +1,185 @@
+//! Target `journal_ops`: structured operation lists through the journal's
+//! deterministic crash simulator ([`ringstore_journal::sim::run_ops`]).
+//!
+//! The simulator checks the journal against a plain model after every step
+//! and every crash-and-recover cycle (no acknowledged entry lost, no wrong
+//! bytes served, no phantom ops, recovery never panics, damage is a typed
+//! error); a [`SimViolation`](ringstore_journal::sim::SimViolation) is a
+//! finding and this target panics with it. The seed decides the fault
+//! draws and the task interleavings, so an input replays exactly.
+
+use arbitrary::Arbitrary;
+use ringstore_journal::sim::{run_ops, SimOp, SimShape};
+use ringstore_journal::storage::FaultConfig;
+
+/// Most operations per input (the rest are ignored).
+pub const OPS_MAX: usize = 256;
+
+/// [`SimOp`], for `Arbitrary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Arbitrary)]
+pub enum FuzzOp {
+    /// [`SimOp::Append`].
+    Append {
+        /// Payload length (the simulator clamps it).
+        len: u16,
+    },
+    /// [`SimOp::Write`].
+    Write {
+        /// How far past the next op.
+        ahead: u8,
+        /// Payload length.
+        len: u16,
+    },
+    /// [`SimOp::Rewrite`].
+    Rewrite {
+        /// How far below the newest acknowledged op.
+        back: u8,
+        /// Payload length.
+        len: u16,
+    },
+    /// [`SimOp::Read`].
+    Read {
+        /// How far below the next op.
+        back: u16,
+    },
+    /// [`SimOp::AdvanceWatermark`].
+    AdvanceWatermark {
+        /// Acknowledged ops kept above the watermark.
+        keep: u8,
+    },
+    /// [`SimOp::NewEpoch`].
+    NewEpoch,
+    /// [`SimOp::Settle`].
+    Settle,
+    /// [`SimOp::Crash`].
+    Crash {
+        /// Storage operations that still succeed before the power cut.
+        after_ops: u8,
+    },
+    /// [`SimOp::Reopen`].
+    Reopen,
+}
+
+impl From<FuzzOp> for SimOp {
+    fn from(op: FuzzOp) -> SimOp {
+        match op {
+            FuzzOp::Append { len } => SimOp::Append { len },
+            FuzzOp::Write { ahead, len } => SimOp::Write { ahead, len },
+            FuzzOp::Rewrite { back, len } => SimOp::Rewrite { back, len },
+            FuzzOp::Read { back } => SimOp::Read { back },
+            FuzzOp::AdvanceWatermark { keep } => SimOp::AdvanceWatermark { keep },
+            FuzzOp::NewEpoch => SimOp::NewEpoch,
+            FuzzOp::Settle => SimOp::Settle,
+            FuzzOp::Crash { after_ops } => SimOp::Crash { after_ops },
+            FuzzOp::Reopen => SimOp::Reopen,
+        }
+    }
+}
+
+/// Which faults the simulated disk injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Arbitrary)]
+pub enum Profile {
+    /// [`FaultConfig::none`]: crashes drop every unsynced write.
+    None,
+    /// [`FaultConfig::benign`]: torn, dropped and reordered writes, undone
+    /// directory operations, failed writes and syncs; nothing acknowledged
+    /// may be lost.
+    Benign,
+    /// [`FaultConfig::destructive`]: also flipped bits, read EIO and
+    /// misdirected writes; damage must be reported, never served.
+    Destructive,
+    /// Benign, on a disk of six segments without fallocate (ENOSPC,
+    /// EOPNOTSUPP), as in `journal/tests/simulation.rs`.
+    SmallDisk,
+}
+
+impl Profile {
+    /// The fault configuration.
+    pub fn faults(self) -> FaultConfig {
+        match self {
+            Profile::None => FaultConfig::none(),
+            Profile::Benign => FaultConfig::benign(),
+            Profile::Destructive => FaultConfig::destructive(),
+            Profile::SmallDisk => FaultConfig {
+                fallocate_unsupported: true,
+                capacity_bytes: Some(6 * SimShape::default().segment_bytes),
+                ..FaultConfig::benign()
+            },
+        }
+    }
+}
+
+/// One fuzz input.
+///
+/// Its `Arbitrary` impl is dense: the fixed fields, then operations until
+/// the input runs out (no per-element continuation byte, which a derived
+/// `Vec` spends and which makes random or mutated bytes decode to lists of
+/// two or three ops).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// Seeds the disk's fault draws and the task interleavings.
+    pub seed: u64,
+    /// Fault profile.
+    pub profile: Profile,
+    /// A [`SimOp::Crash`] is inserted before the op at this index (at the
+    /// end if past it).
+    pub crash_after_ops: u8,
+    /// Storage operations that still succeed before that crash's power cut.
+    pub crash_after_storage_ops: u8,
+    /// The operations (at most [`OPS_MAX`] are decoded).
+    pub ops: Vec<FuzzOp>,
+}
+
+impl<'a> Arbitrary<'a> for Input {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Input> {
+        let seed = u64::arbitrary(u)?;
+        let profile = Profile::arbitrary(u)?;
+        let crash_after_ops = u8::arbitrary(u)?;
+        let crash_after_storage_ops = u8::arbitrary(u)?;
+        let mut ops = Vec::new();
+        while !u.is_empty() && ops.len() < OPS_MAX {
+            ops.push(FuzzOp::arbitrary(u)?);
+        }
+        Ok(Input {
+            seed,
+            profile,
+            crash_after_ops,
+            crash_after_storage_ops,
+            ops,
+        })
+    }
+
+    fn arbitrary_take_rest(mut u: arbitrary::Unstructured<'a>) -> arbitrary::Result<Input> {
+        Input::arbitrary(&mut u)
+    }
+}
+
+impl Input {
+    /// The simulator's op list: the bounded ops with the crash inserted.
+    pub fn sim_ops(&self) -> Vec<SimOp> {
+        let mut ops: Vec<SimOp> = self
+            .ops
+            .iter()
+            .take(OPS_MAX)
+            .map(|op| SimOp::from(*op))
+            .collect();
+        let at = usize::from(self.crash_after_ops).min(ops.len());
+        ops.insert(
+            at,
+            SimOp::Crash {
+                after_ops: self.crash_after_storage_ops,
+            },
+        );
+        ops
+    }
+}
+
+/// Runs one input; panics on an invariant violation.
+pub fn run(input: &Input) {
+    let ops = input.sim_ops();
+    let faults = input.profile.faults();
+    let result = crate::block_on(run_ops(input.seed, faults, SimShape::default(), &ops));
+    if let Err(violation) = result {
+        panic!("{violation}\nprofile: {:?}\nops: {ops:?}", input.profile);
+    }
+}

@@ -1,0 +1,70 @@
+//! Replays every committed fuzz input — the seed corpus in
+//! `fuzz/corpus/<target>/` and the reproducers of past findings in
+//! `fuzz/regressions/<target>/` — through the same checks the fuzz targets
+//! run, on the stable toolchain without libFuzzer:
+//! `cargo test --manifest-path fuzz/Cargo.toml`.
+//!
+//! A crash found by the fuzzer becomes a regression test by copying its
+//! input from `fuzz/artifacts/<target>/` into `fuzz/regressions/<target>/`.
+
+use arbitrary::{Arbitrary, Unstructured};
+use std::path::{Path, PathBuf};
+
+fn inputs(target: &str) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for kind in ["corpus", "regressions"] {
+        let dir = root.join(kind).join(target);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("read a corpus directory").path();
+            if path.is_file() && path.file_name().is_some_and(|n| n != ".gitkeep") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Decodes each input as libFuzzer's `fuzz_target!` does and runs it on a
+/// thread of its own (a panic must not leave a half-run executor behind for
+/// the next input), then fails naming every input that panicked.
+fn replay<T: for<'a> Arbitrary<'a> + Send + 'static>(target: &str, run: fn(&T)) {
+    let files = inputs(target);
+    let mut failed = Vec::new();
+    for path in &files {
+        let bytes = std::fs::read(path).expect("read a fuzz input");
+        let input = T::arbitrary_take_rest(Unstructured::new(&bytes))
+            .unwrap_or_else(|e| panic!("{}: does not decode: {e}", path.display()));
+        eprintln!("replaying {}", path.display());
+        if std::thread::spawn(move || run(&input)).join().is_err() {
+            failed.push(path.display().to_string());
+        }
+    }
+    println!("{target}: {} inputs replayed", files.len());
+    assert!(
+        failed.is_empty(),
+        "{target}: {} of {} inputs fail (panics above):\n{}",
+        failed.len(),
+        files.len(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn journal_files_inputs() {
+    replay("journal_files", ringstore_fuzz::journal_files::run);
+}
+
+#[test]
+fn journal_ops_inputs() {
+    replay("journal_ops", ringstore_fuzz::journal_ops::run);
+}
+
+#[test]
+fn cache_ops_inputs() {
+    replay("cache_ops", ringstore_fuzz::cache_ops::run);
+}
