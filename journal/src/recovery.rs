@@ -247,15 +247,7 @@ pub(crate) async fn recover<S: Storage>(
     // removal a crash undid). Remove such files from the end, so one left
     // beyond a gap does not read as a missing segment.
     while let Some(&generation) = generations.last() {
-        let path = dir.join(segment_file_name(generation));
-        let file = storage
-            .open(&path)
-            .await
-            .map_err(|e| Error::io("open", &path, None, e))?;
-        let len = file
-            .file_len()
-            .await
-            .map_err(|e| Error::io("stat", &path, None, e))?;
+        let (path, file, len) = open_segment(storage, dir, generation).await?;
         let incomplete = read_segment_header(&file, &path, generation, len)
             .await?
             .is_none()
@@ -295,15 +287,7 @@ pub(crate) async fn recover<S: Storage>(
     // predecessor.
     let mut opened: Vec<(u64, PathBuf, S::File, u64, SegmentHeader)> = Vec::new();
     for generation in generations.iter().copied() {
-        let path = dir.join(segment_file_name(generation));
-        let file = storage
-            .open(&path)
-            .await
-            .map_err(|e| Error::io("open", &path, None, e))?;
-        let len = file
-            .file_len()
-            .await
-            .map_err(|e| Error::io("stat", &path, None, e))?;
+        let (path, file, len) = open_segment(storage, dir, generation).await?;
         let Some(header) = read_segment_header(&file, &path, generation, len).await? else {
             // Row 8: not the last, or holding data.
             return Err(Error::corruption(
@@ -385,6 +369,24 @@ pub(crate) async fn recover<S: Storage>(
         max_epoch,
         report,
     })
+}
+
+/// Opens segment `generation` of `dir`: its path, handle and length.
+async fn open_segment<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    generation: u64,
+) -> Result<(PathBuf, S::File, u64)> {
+    let path = dir.join(segment_file_name(generation));
+    let file = storage
+        .open(&path)
+        .await
+        .map_err(|e| Error::io("open", &path, None, e))?;
+    let len = file
+        .file_len()
+        .await
+        .map_err(|e| Error::io("stat", &path, None, e))?;
+    Ok((path, file, len))
 }
 
 /// Reads and checks a segment header; `Ok(None)` if it does not verify
