@@ -61,6 +61,9 @@ const SEGMENT_BYTES: u64 = 256 << 20;
 const ENTRY_BYTES_MAX: u64 = 1 << 20;
 /// Largest group-commit write of the bench's journals.
 const BATCH_BYTES_MAX: u64 = 4 << 20;
+/// glommio's registered I/O memory per bench reactor.
+const REACTOR_IO_MEMORY_BYTES: usize = 64 << 20;
+const _: () = assert!(REACTOR_IO_MEMORY_BYTES as u64 >= 4 * BATCH_BYTES_MAX);
 /// The watermark task (standing in for a checkpoint task) advances once this
 /// many acknowledged ops sit above the watermark: half the ring.
 const WATERMARK_LAG_OPS_MAX: u64 = SLOT_COUNT / 2;
@@ -183,6 +186,10 @@ where
 {
     LocalExecutorBuilder::default()
         .name(name)
+        // Room for every batch buffer the journal holds at once, (writes in
+        // flight + 1) x batch_bytes_max, in glommio's registered pool;
+        // otherwise batch buffers come from the heap, page faults and all.
+        .io_memory(REACTOR_IO_MEMORY_BYTES)
         .spawn(make)
         .map_err(|error| anyhow!("start glommio executor {name}: {error}"))?
         .join()

@@ -74,7 +74,9 @@ use std::rc::Rc;
 use zerocopy::FromBytes;
 
 /// Bytes read per call while scanning.
-const SCAN_READ_BYTES: u64 = 4 << 20;
+const SCAN_READ_BYTES: u64 = 1 << 20;
+/// Scan reads kept in flight ahead of the one being parsed.
+const SCAN_READS_AHEAD: usize = 4;
 const _: () = assert!(SCAN_READ_BYTES.is_multiple_of(BLOCK_BYTES));
 
 /// How the scan of the last segment ended.
@@ -130,7 +132,8 @@ struct ScanReader<F: StorageFile> {
     start: u64,
     bytes: Vec<u8>,
     /// The read of `[start, start + SCAN_READ_BYTES)` already issued.
-    ahead: Option<(u64, glommio::task::JoinHandle<std::io::Result<F::ReadBuf>>)>,
+    ahead:
+        std::collections::VecDeque<(u64, glommio::task::JoinHandle<std::io::Result<F::ReadBuf>>)>,
 }
 
 impl<F: StorageFile> ScanReader<F> {
@@ -140,33 +143,42 @@ impl<F: StorageFile> ScanReader<F> {
             file_len,
             start: 0,
             bytes: Vec::new(),
-            ahead: None,
+            ahead: std::collections::VecDeque::new(),
         }
     }
 
     /// Forgets what was read, so the next `get` reads the disk again.
     fn invalidate(&mut self) {
         self.bytes.clear();
-        self.ahead = None;
+        self.ahead.clear();
     }
 
+    /// Keeps up to `SCAN_READS_AHEAD` chunk reads in flight from `start` on.
     fn read_ahead(&mut self, start: u64) {
-        if start >= self.file_len {
-            return;
+        let mut next = self
+            .ahead
+            .back()
+            .map_or(start, |(s, _)| s + SCAN_READ_BYTES);
+        while self.ahead.len() < SCAN_READS_AHEAD && next < self.file_len {
+            let file = self.file.clone();
+            let read = async move { file.read_at(next, SCAN_READ_BYTES as usize).await };
+            self.ahead
+                .push_back((next, glommio::spawn_local(read).detach()));
+            next += SCAN_READ_BYTES;
         }
-        let file = self.file.clone();
-        let read = async move { file.read_at(start, SCAN_READ_BYTES as usize).await };
-        self.ahead = Some((start, glommio::spawn_local(read).detach()));
     }
 
     async fn read_chunk(&mut self, start: u64) -> std::io::Result<F::ReadBuf> {
-        if let Some((ahead_start, handle)) = self.ahead.take() {
+        while let Some((ahead_start, handle)) = self.ahead.pop_front() {
             if ahead_start == start {
                 if let Some(read) = handle.await {
                     return read;
                 }
+                break;
             }
+            // A read-ahead the scan jumped past: its result is dropped.
         }
+        self.ahead.clear();
         self.file.read_at(start, SCAN_READ_BYTES as usize).await
     }
 
