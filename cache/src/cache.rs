@@ -22,7 +22,7 @@
 //! lost, and the next open cleans up. Committed objects are not affected.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -74,13 +74,16 @@ pub(crate) struct TrimSignal {
 
 /// State shared by the cache, its staging files, reservations and tasks.
 pub(crate) struct Shared {
+    // Declared first so it drops first: dropping the ring waits for every op
+    // still in flight, and those ops hold the directory fds they use (see
+    // `sys`), so no fd below is closed while the kernel may still use it.
+    pub(crate) uring: Uring,
     pub(crate) cfg: Config,
     pub(crate) bytes_limit: u64,
     pub(crate) root: PathBuf,
     pub(crate) objects_path: PathBuf,
     pub(crate) root_fd: Rc<OwnedFd>,
-    pub(crate) objects_fd: OwnedFd,
-    pub(crate) uring: Uring,
+    pub(crate) objects_fd: Rc<OwnedFd>,
     pub(crate) ledger: Rc<Ledger>,
     pub(crate) tracker: RefCell<Tracker>,
     pub(crate) locks: Rc<KeyLocks>,
@@ -90,7 +93,13 @@ pub(crate) struct Shared {
     pub(crate) trim_signal: Rc<TrimSignal>,
     pub(crate) persist_lock: Rc<AsyncLock>,
     staging_seq: Cell<u64>,
+    /// Random per instance, part of every staging name, so a stale handle
+    /// from an earlier instance can never name this instance's files.
+    staging_instance: u32,
     pending_unlinks: RefCell<Vec<String>>,
+    /// Directories created by this process whose parent was not fsync'd yet
+    /// (see `sync_new_ancestors`). Entries leave once synced.
+    unsynced_dirs: RefCell<HashSet<String>>,
     pub(crate) closed: Cell<bool>,
     #[cfg(feature = "sim")]
     pub(crate) faults: Rc<crate::faults::Faults>,
@@ -181,7 +190,7 @@ impl Cache {
             root: root.clone(),
             objects_path,
             root_fd,
-            objects_fd: prepared.objects_fd,
+            objects_fd: Rc::new(prepared.objects_fd),
             uring,
             ledger,
             tracker: RefCell::new(Tracker::new()),
@@ -192,7 +201,9 @@ impl Cache {
             trim_signal: Rc::new(TrimSignal::default()),
             persist_lock: Rc::new(AsyncLock::default()),
             staging_seq: Cell::new(0),
+            staging_instance: sys::random_u64() as u32,
             pending_unlinks: RefCell::new(Vec::new()),
+            unsynced_dirs: RefCell::new(HashSet::new()),
             closed: Cell::new(false),
             #[cfg(feature = "sim")]
             faults: builder.faults.unwrap_or_default(),
@@ -241,7 +252,8 @@ impl Cache {
         self.shared.reserve(bytes, objects, deadline).await
     }
 
-    /// Creates a staging file for `key` (`<key>.<seq>.part`, O_EXCL) holding
+    /// Creates a staging file for `key` (`<key>.<instance>-<seq>.part`,
+    /// O_EXCL) holding
     /// a reservation of one object and one chunk. Append to it, then
     /// [`Staging::commit`] or [`Staging::close`].
     pub async fn create_staging(&self, key: &str) -> Result<Staging> {
@@ -293,7 +305,11 @@ impl Cache {
     }
 
     /// Removes `key` (durably: the directory is fsync'd, so a crash cannot
-    /// bring a stale object back). Returns whether it was there.
+    /// bring a stale object back). Returns whether it was there. Only keys
+    /// the cache tracks are unlinked; the directory holding `key` (or its
+    /// nearest existing ancestor) is fsync'd in every case, so an earlier
+    /// removal of `key` that was not yet durable (a trim's) is durable when
+    /// this returns.
     pub async fn invalidate(&self, key: &str) -> Result<bool> {
         self.shared.check_open()?;
         let key = Key::new(key)?;
@@ -304,7 +320,9 @@ impl Cache {
             .await?;
         if removed {
             self.shared.metrics.invalidations.inc();
-            self.shared.sync_parent_dir(&key).await?;
+        }
+        self.shared.sync_nearest_dir(key.parent()).await?;
+        if removed {
             self.shared.remove_empty_parents(key.as_str()).await;
         }
         Ok(removed)
@@ -399,6 +417,65 @@ impl Shared {
         }
     }
 
+    /// Fault hook: should this read return short (as the kernel does past
+    /// `MAX_RW_COUNT`)?
+    pub(crate) fn inject_short_read(&self) -> bool {
+        #[cfg(feature = "sim")]
+        {
+            self.faults.take_short_read()
+        }
+        #[cfg(not(feature = "sim"))]
+        {
+            false
+        }
+    }
+
+    /// Fault hook: should this object-data write be short?
+    pub(crate) fn inject_short_write(&self) -> bool {
+        #[cfg(feature = "sim")]
+        {
+            self.faults.take_short_write()
+        }
+        #[cfg(not(feature = "sim"))]
+        {
+            false
+        }
+    }
+
+    /// Fault hook: should this directory fsync fail?
+    pub(crate) fn inject_dir_sync_failure(&self) -> bool {
+        #[cfg(feature = "sim")]
+        {
+            self.faults.take_dir_sync_failure()
+        }
+        #[cfg(not(feature = "sim"))]
+        {
+            false
+        }
+    }
+
+    /// fsyncs a directory under `objects/` (counted; fault hook).
+    pub(crate) async fn fsync_dir(&self, dir: &Rc<OwnedFd>) -> std::io::Result<()> {
+        self.metrics.dir_syncs.inc();
+        if self.inject_dir_sync_failure() {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.uring.fsync(dir).await
+    }
+
+    /// Fault hook: should a commit yield between its link/rename and the
+    /// accounting that follows it?
+    pub(crate) fn inject_pause_after_place(&self) -> bool {
+        #[cfg(feature = "sim")]
+        {
+            self.faults.take_pause_after_place()
+        }
+        #[cfg(not(feature = "sim"))]
+        {
+            false
+        }
+    }
+
     /// Fault hook: should this post-commit staging unlink fail?
     pub(crate) fn inject_staging_unlink_failure(&self) -> bool {
         #[cfg(feature = "sim")]
@@ -430,10 +507,46 @@ impl Shared {
         self.objects_path.join(rel)
     }
 
-    pub(crate) fn next_staging_seq(&self) -> u64 {
+    /// The next staging name for `key`: `<key>.<instance>-<seq>.part`.
+    pub(crate) fn next_staging_name(&self, key: &Key) -> String {
         let seq = self.staging_seq.get();
         self.staging_seq.set(seq.wrapping_add(1));
-        seq
+        key.staging_name(self.staging_instance, seq)
+    }
+
+    /// Opens the directory holding `rel` (relative to `objects/`) without
+    /// following any symlink and without leaving `objects/` (`openat2` with
+    /// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), and returns it with `rel`'s
+    /// last segment. Every namespace op on a key runs on that segment
+    /// relative to this fd, so no intermediate component is ever resolved
+    /// again after the check. `readable` opens it `O_RDONLY` (so it can be
+    /// fsync'd), otherwise `O_PATH`.
+    pub(crate) async fn parent_dir<'a>(
+        &self,
+        rel: &'a str,
+        readable: bool,
+    ) -> std::io::Result<(Rc<OwnedFd>, &'a str)> {
+        match rel.rsplit_once('/') {
+            None => Ok((Rc::clone(&self.objects_fd), rel)),
+            Some((parent, leaf)) => {
+                let mode = if readable {
+                    libc::O_RDONLY
+                } else {
+                    libc::O_PATH
+                };
+                let fd = self
+                    .uring
+                    .open_beneath(&self.objects_fd, parent, mode | libc::O_DIRECTORY, 0)
+                    .await?;
+                Ok((Rc::new(fd), leaf))
+            }
+        }
+    }
+
+    /// `unlinkat` of `rel` (relative to `objects/`) through [`Self::parent_dir`].
+    pub(crate) async fn unlink_rel(&self, rel: &str, is_dir: bool) -> std::io::Result<()> {
+        let (dir, leaf) = self.parent_dir(rel, false).await?;
+        self.uring.unlink(&dir, leaf, is_dir).await
     }
 
     pub(crate) async fn reserve(
@@ -467,13 +580,24 @@ impl Shared {
     pub(crate) fn stats(&self) -> CacheStats {
         let s = self.ledger.state();
         {
+            // A disagreement is a bug, but `stats()` is what monitoring
+            // calls: report it loudly instead of taking the shard down.
             let tracker = self.tracker.borrow();
-            assert_eq!(
+            if tracker.bytes() != s.used_bytes || tracker.len() != s.used_objects {
+                tracing::warn!(
+                    tracker_bytes = tracker.bytes(),
+                    ledger_bytes = s.used_bytes,
+                    tracker_objects = tracker.len(),
+                    ledger_objects = s.used_objects,
+                    "tracker and ledger disagree"
+                );
+            }
+            debug_assert_eq!(
                 tracker.bytes(),
                 s.used_bytes,
                 "tracker and ledger disagree on bytes"
             );
-            assert_eq!(
+            debug_assert_eq!(
                 tracker.len(),
                 s.used_objects,
                 "tracker and ledger disagree on objects"
@@ -500,9 +624,17 @@ impl Shared {
             return Ok(None);
         };
         let path = self.object_path(key.as_str());
+        // O_NONBLOCK: a FIFO (or device) planted at a key must not block the
+        // open in the kernel (and with it the ring's teardown); it is then
+        // refused as not a regular file.
         let fd = match self
             .uring
-            .open_beneath(self.objects_fd.as_fd(), key.as_str(), libc::O_RDONLY, 0)
+            .open_beneath(
+                &self.objects_fd,
+                key.as_str(),
+                libc::O_RDONLY | libc::O_NONBLOCK,
+                0,
+            )
             .await
         {
             Ok(fd) => fd,
@@ -514,8 +646,20 @@ impl Shared {
             }
             Err(e) => return Err(self.open_error(key, &path, e)),
         };
+        match sys::is_regular_file(fd.as_fd()) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::io(
+                    "open",
+                    &path,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"),
+                ))
+            }
+            Err(e) => return Err(Error::io("fstat", &path, e)),
+        }
+        sys::clear_nonblock(fd.as_fd()).map_err(|e| Error::io("fcntl", &path, e))?;
         let file = sys::buffered_file_from_fd(fd);
-        let object = read_to_end(&file, bytes_hint, &path).await?;
+        let object = read_to_end(&file, bytes_hint, &path, self).await?;
         drop(file);
         self.tracker.borrow_mut().touch(key.as_str());
         self.metrics.hits.inc();
@@ -529,12 +673,18 @@ impl Shared {
         if !self.tracker.borrow().contains(key.as_str()) {
             return Ok(());
         }
-        match self
-            .uring
-            .stat_nofollow(self.objects_fd.as_fd(), key.as_str())
-            .await
-        {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+        let stat = match self.parent_dir(key.as_str(), false).await {
+            Ok((dir, leaf)) => self.uring.stat_nofollow(&dir, leaf).await,
+            Err(e) => Err(e),
+        };
+        // Gone, or replaced by something that is not an object (a directory,
+        // a symlink): either way the key no longer holds a cached object.
+        let gone = match &stat {
+            Ok(info) => info.is_dir || info.is_symlink,
+            Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+        };
+        match stat {
+            _ if gone => {
                 if let Some(bytes) = self.tracker.borrow_mut().remove(key.as_str()) {
                     self.ledger.sub_used(bytes, 1);
                 }
@@ -558,16 +708,26 @@ impl Shared {
         }
     }
 
-    /// Unlinks `key` and drops it from the accounting. Caller holds the key
-    /// lock. Returns whether anything was removed.
+    /// Unlinks `key` and drops it from the accounting, if the cache tracks
+    /// it (an untracked name is never unlinked: it is not a cache object).
+    /// Caller holds the key lock. Returns whether anything was removed.
     pub(crate) async fn remove_object(&self, key: &str, why: &'static str) -> Result<bool> {
+        if !self.tracker.borrow().contains(key) {
+            return Ok(false);
+        }
         let tracked = self.tracker.borrow_mut().remove(key);
         if let Some(bytes) = tracked {
             self.ledger.sub_used(bytes, 1);
         }
-        match self.uring.unlink(self.objects_fd.as_fd(), key, false).await {
+        match self.unlink_rel(key, false).await {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(tracked.is_some()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV)) => {
+                Err(Error::rejected(key, KeyRejection::SymlinkInPath))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                Err(Error::rejected(key, KeyRejection::ParentIsObject))
+            }
             Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
                 Err(Error::rejected(key, KeyRejection::IsDirectory))
             }
@@ -578,35 +738,46 @@ impl Shared {
         }
     }
 
-    /// fsyncs the directory holding `key`, making a link, rename or unlink
-    /// there durable.
-    pub(crate) async fn sync_parent_dir(&self, key: &Key) -> Result<()> {
-        match key.parent() {
-            None => self
-                .uring
-                .fsync(self.objects_fd.as_fd())
-                .await
-                .map_err(|e| Error::io("fsync", &self.objects_path, e)),
-            Some(parent) => self.sync_dir_rel(parent).await,
-        }
+    async fn sync_objects_dir(&self) -> Result<()> {
+        self.fsync_dir(&self.objects_fd)
+            .await
+            .map_err(|e| Error::io("fsync", &self.objects_path, e))
     }
 
     async fn sync_dir_rel(&self, rel: &str) -> Result<()> {
         let path = self.object_path(rel);
         let fd = self
             .uring
-            .open_beneath(
-                self.objects_fd.as_fd(),
-                rel,
-                libc::O_RDONLY | libc::O_DIRECTORY,
-                0,
-            )
+            .open_beneath(&self.objects_fd, rel, libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .await
             .map_err(|e| Error::io("openat2", &path, e))?;
-        self.uring
-            .fsync(fd.as_fd())
+        self.fsync_dir(&Rc::new(fd))
             .await
             .map_err(|e| Error::io("fsync", &path, e))
+    }
+
+    /// fsyncs `dir` (relative to `objects/`; `None` is `objects/` itself),
+    /// or, if it is gone (or is not a real directory inside the cache), its
+    /// nearest existing ancestor: whatever removed it is then durable.
+    pub(crate) async fn sync_nearest_dir(&self, dir: Option<&str>) -> Result<()> {
+        let mut dir = dir;
+        while let Some(rel) = dir {
+            match self.sync_dir_rel(rel).await {
+                Err(Error::Io { source, .. })
+                    if matches!(
+                        source.raw_os_error(),
+                        Some(libc::ENOENT)
+                            | Some(libc::ENOTDIR)
+                            | Some(libc::ELOOP)
+                            | Some(libc::EXDEV)
+                    ) =>
+                {
+                    dir = rel.rsplit_once('/').map(|(parent, _)| parent);
+                }
+                other => return other,
+            }
+        }
+        self.sync_objects_dir().await
     }
 
     /// Creates the directories above `key`, one level at a time, checking
@@ -629,45 +800,62 @@ impl Shared {
     }
 
     async fn try_parent_dirs(&self, key: &Key) -> Result<()> {
-        let mut parent_of_level: Option<&str> = None;
+        // Walk down holding each level's fd: every level is opened relative
+        // to the one above with RESOLVE_NO_SYMLINKS, so a symlink swapped in
+        // after a check can never be followed.
+        let mut current = Rc::clone(&self.objects_fd);
         for level in key.ancestors() {
             let path = self.object_path(level);
-            let stat = self
-                .uring
-                .stat_nofollow(self.objects_fd.as_fd(), level)
-                .await;
-            match stat {
-                Ok(info) if info.is_dir => {}
-                Ok(info) if info.is_symlink => {
-                    return Err(Error::rejected(key.as_str(), KeyRejection::SymlinkInPath))
-                }
-                Ok(_) => return Err(Error::rejected(key.as_str(), KeyRejection::ParentIsObject)),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    match self
-                        .uring
-                        .mkdir(self.objects_fd.as_fd(), level, 0o755)
-                        .await
-                    {
-                        Ok(()) => match parent_of_level {
-                            None => self
-                                .uring
-                                .fsync(self.objects_fd.as_fd())
-                                .await
-                                .map_err(|e| Error::io("fsync", &self.objects_path, e))?,
-                            Some(parent) => self.sync_dir_rel(parent).await?,
-                        },
-                        // Created concurrently: fine.
-                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                        // ENOENT: a parent was just removed; the caller retries.
-                        Err(e) => return Err(Error::io("mkdirat", path, e)),
+            let segment = level.rsplit_once('/').map_or(level, |(_, s)| s);
+            let mut made = false;
+            let opened = loop {
+                let open = self
+                    .uring
+                    .open_beneath(&current, segment, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                    .await;
+                match open {
+                    Ok(fd) => break fd,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !made => {
+                        made = true;
+                        match self.uring.mkdir(&current, segment, 0o755).await {
+                            // EEXIST: created concurrently, by a task that may
+                            // not have fsync'd its parent yet; ours does.
+                            Ok(()) => {}
+                            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                            // ENOENT: this level's parent was just removed;
+                            // the caller retries.
+                            Err(e) => return Err(Error::io("mkdirat", path, e)),
+                        }
+                        self.unsynced_dirs.borrow_mut().insert(level.to_owned());
                     }
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV)) => {
+                        return Err(Error::rejected(key.as_str(), KeyRejection::SymlinkInPath))
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                        return Err(Error::rejected(key.as_str(), KeyRejection::ParentIsObject))
+                    }
+                    Err(e) => return Err(Error::io("openat2", path, e)),
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                    return Err(Error::rejected(key.as_str(), KeyRejection::ParentIsObject))
-                }
-                Err(e) => return Err(Error::io("statx", path, e)),
+            };
+            current = Rc::new(opened);
+        }
+        self.sync_new_ancestors(key).await
+    }
+
+    /// fsyncs the parent of every directory above `key` that this process
+    /// created (or found just created) and has not yet made durable, so a
+    /// commit under it never returns before the directory chain survives a
+    /// crash, whichever task created the directory.
+    pub(crate) async fn sync_new_ancestors(&self, key: &Key) -> Result<()> {
+        for level in key.ancestors() {
+            if !self.unsynced_dirs.borrow().contains(level) {
+                continue;
             }
-            parent_of_level = Some(level);
+            match level.rsplit_once('/') {
+                None => self.sync_objects_dir().await?,
+                Some((parent, _)) => self.sync_dir_rel(parent).await?,
+            }
+            self.unsynced_dirs.borrow_mut().remove(level);
         }
         Ok(())
     }
@@ -677,11 +865,7 @@ impl Shared {
     pub(crate) async fn remove_empty_parents(&self, key: &str) {
         let mut rel = key;
         while let Some((parent, _)) = rel.rsplit_once('/') {
-            match self
-                .uring
-                .unlink(self.objects_fd.as_fd(), parent, true)
-                .await
-            {
+            match self.unlink_rel(parent, true).await {
                 Ok(()) => self.metrics.empty_dirs_removed.inc(),
                 Err(_) => return,
             }
@@ -706,13 +890,18 @@ impl Shared {
     pub(crate) async fn retry_pending_unlinks(&self) {
         let pending = std::mem::take(&mut *self.pending_unlinks.borrow_mut());
         for rel in pending {
-            match self
-                .uring
-                .unlink(self.objects_fd.as_fd(), &rel, false)
-                .await
-            {
+            match self.unlink_rel(&rel, false).await {
                 Ok(()) => self.metrics.orphans_removed.inc(),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                // Gone, or its directory is no longer a real one inside the
+                // cache: nothing of ours to remove.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT)
+                            | Some(libc::ENOTDIR)
+                            | Some(libc::ELOOP)
+                            | Some(libc::EXDEV)
+                    ) => {}
                 Err(error) => {
                     tracing::warn!(rel, %error, "retrying a staging unlink failed");
                     self.defer_unlink(rel);
@@ -749,7 +938,7 @@ impl Shared {
         let fd = self
             .uring
             .open_beneath(
-                self.root_fd.as_fd(),
+                &self.root_fd,
                 TRACKER_TMP_FILE,
                 libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
                 0o644,
@@ -778,11 +967,11 @@ impl Shared {
             .map_err(|e| Error::io("fdatasync", &tmp_path, glommio_io(e)))?;
         drop(file);
         self.uring
-            .rename(self.root_fd.as_fd(), TRACKER_TMP_FILE, TRACKER_FILE)
+            .rename(&self.root_fd, TRACKER_TMP_FILE, TRACKER_FILE)
             .await
             .map_err(|e| Error::io("renameat", self.root.join(TRACKER_FILE), e))?;
         self.uring
-            .fsync(self.root_fd.as_fd())
+            .fsync(&self.root_fd)
             .await
             .map_err(|e| Error::io("fsync", &self.root, e))
     }
@@ -792,7 +981,7 @@ impl Shared {
         let loaded = self.load_tracker().await;
         match self
             .uring
-            .unlink(self.root_fd.as_fd(), TRACKER_TMP_FILE, false)
+            .unlink(&self.root_fd, TRACKER_TMP_FILE, false)
             .await
         {
             Ok(()) => {}
@@ -801,7 +990,7 @@ impl Shared {
         }
         let walk = self.walk().await?;
         for rel in &walk.staging {
-            match self.uring.unlink(self.objects_fd.as_fd(), rel, false).await {
+            match self.unlink_rel(rel, false).await {
                 Ok(()) => self.metrics.orphans_removed.inc(),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => return Err(Error::io("unlinkat", self.object_path(rel), e)),
@@ -853,12 +1042,7 @@ impl Shared {
     pub(crate) async fn remove_empty_dirs(&self, dirs_deepest_first: &[String]) {
         for rel in dirs_deepest_first {
             // ENOTEMPTY (or already gone): leave it.
-            if self
-                .uring
-                .unlink(self.objects_fd.as_fd(), rel, true)
-                .await
-                .is_ok()
-            {
+            if self.unlink_rel(rel, true).await.is_ok() {
                 self.metrics.empty_dirs_removed.inc();
             }
         }
@@ -897,14 +1081,17 @@ impl Shared {
     async fn read_tracker_file(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
         let fd = match self
             .uring
-            .open_beneath(self.root_fd.as_fd(), TRACKER_FILE, libc::O_RDONLY, 0)
+            .open_beneath(&self.root_fd, TRACKER_FILE, libc::O_RDONLY, 0)
             .await
         {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let size = self.uring.stat_fd(fd.as_fd()).await?.bytes;
+        let fd = Rc::new(fd);
+        let size = self.uring.stat_fd(&fd).await?.bytes;
+        let fd = Rc::try_unwrap(fd)
+            .map_err(|_| std::io::Error::other("tracker fd still held by the metadata ring"))?;
         let file = sys::buffered_file_from_fd(fd);
         if size > TRACKER_FILE_BYTES_MAX {
             return Err(std::io::Error::new(
@@ -915,41 +1102,70 @@ impl Shared {
                 ),
             ));
         }
-        let object = read_to_end(&file, size, path)
+        let object = read_to_end(&file, size, path, self)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Some(object.to_vec()))
     }
 }
 
-/// Reads a whole file whose size is probably `hint`: one `read_at` of
-/// `hint + 1` bytes returns short exactly when the file has at most `hint`
-/// bytes (regular files only return short reads at EOF), so the common case
-/// is a single read with no copy.
-pub(crate) async fn read_to_end(file: &BufferedFile, hint: u64, path: &Path) -> Result<Object> {
+/// Reads a whole file whose size is probably `hint`, until a read returns
+/// 0 bytes. A short read is *not* EOF: Linux caps one read at `MAX_RW_COUNT`
+/// (0x7ffff000 bytes), so a larger object comes back in pieces. The common
+/// case (the file is `hint` bytes) is one read of `hint + 1` bytes, returned
+/// without a copy, plus one empty read confirming EOF.
+pub(crate) async fn read_to_end(
+    file: &BufferedFile,
+    hint: u64,
+    path: &Path,
+    shared: &Shared,
+) -> Result<Object> {
     let ask = usize::try_from(hint)
         .unwrap_or(usize::MAX - 1)
         .saturating_add(1);
-    let first = file
-        .read_at(0, ask)
-        .await
-        .map_err(|e| Error::io("read", path, glommio_io(e)))?;
-    if first.len() < ask {
+    let first = read_some(file, 0, ask, path, shared).await?;
+    let mut bytes: Option<Vec<u8>> = None;
+    let mut offset = first.len() as u64;
+    if first.is_empty() {
         return Ok(Object(ObjectBytes::Read(first)));
     }
-    // Larger than tracked (replaced concurrently, or changed outside the
-    // cache): read on to EOF.
-    let mut bytes = first.to_vec();
+    // Bounded by the file's size: every iteration but the last reads at
+    // least one byte.
     loop {
-        let next = file
-            .read_at(bytes.len() as u64, READ_STEP_BYTES)
-            .await
-            .map_err(|e| Error::io("read", path, glommio_io(e)))?;
+        let step = if offset < hint.saturating_add(1) {
+            usize::try_from(hint.saturating_add(1) - offset).unwrap_or(READ_STEP_BYTES)
+        } else {
+            READ_STEP_BYTES
+        };
+        let next = read_some(file, offset, step, path, shared).await?;
         if next.is_empty() {
-            return Ok(Object(ObjectBytes::Owned(bytes)));
+            return Ok(Object(match bytes {
+                None => ObjectBytes::Read(first),
+                Some(bytes) => ObjectBytes::Owned(bytes),
+            }));
         }
-        bytes.extend_from_slice(&next);
+        let owned = bytes.get_or_insert_with(|| first.to_vec());
+        owned.extend_from_slice(&next);
+        offset += next.len() as u64;
     }
+}
+
+/// One `read_at` (shortened by the `sim` fault hook when it is armed).
+async fn read_some(
+    file: &BufferedFile,
+    offset: u64,
+    len: usize,
+    path: &Path,
+    shared: &Shared,
+) -> Result<ReadResult> {
+    let len = if shared.inject_short_read() {
+        len.div_ceil(2).max(1)
+    } else {
+        len
+    };
+    file.read_at(offset, len)
+        .await
+        .map_err(|e| Error::io("read", path, glommio_io(e)))
 }
 
 /// Asks the background trimmer for a trim.

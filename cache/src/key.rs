@@ -20,7 +20,8 @@ use crate::error::{Error, KeyRejection, Result};
 pub const KEY_BYTES_MAX: usize = 1024;
 
 /// Longest segment, in bytes. NAME_MAX is 255; the rest is kept free for the
-/// staging suffix `.<seq>.part` (at most 1 + 20 + 5 bytes).
+/// staging suffix `.<instance>-<seq>.part` (at most 1 + 8 + 1 + 20 + 5
+/// bytes).
 pub const KEY_SEGMENT_BYTES_MAX: usize = 200;
 
 /// Most segments (directory levels plus the file name) in a key.
@@ -29,7 +30,9 @@ pub const KEY_DEPTH_MAX: usize = 32;
 /// Suffix of staging files. Keys may not end with it.
 pub const STAGING_SUFFIX: &str = ".part";
 
-const _: () = assert!(KEY_SEGMENT_BYTES_MAX + 1 + 20 + STAGING_SUFFIX.len() <= 255);
+/// A staging name's last segment: `<segment>.<instance: 8 hex>-<seq: up to 20
+/// digits>.part` must fit a 255-byte file name.
+const _: () = assert!(KEY_SEGMENT_BYTES_MAX + 1 + 8 + 1 + 20 + STAGING_SUFFIX.len() <= 255);
 
 /// A validated cache key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,10 +62,12 @@ impl Key {
             .map(move |(index, _)| &self.0[..index])
     }
 
-    /// The staging file name for this key: `<key>.<seq>.part`, in the same
-    /// directory, so one directory fsync covers both the link and the unlink.
-    pub(crate) fn staging_name(&self, seq: u64) -> String {
-        format!("{}.{seq}{STAGING_SUFFIX}", self.0)
+    /// The staging file name for this key: `<key>.<instance>-<seq>.part`
+    /// (`instance` random per cache instance, 8 lower-case hex digits; `seq`
+    /// a per-instance counter), in the same directory, so one directory fsync
+    /// covers both the link and the unlink.
+    pub(crate) fn staging_name(&self, instance: u32, seq: u64) -> String {
+        format!("{}.{instance:08x}-{seq}{STAGING_SUFFIX}", self.0)
     }
 
     /// `root/key`, checked component-wise to stay under `root`.
@@ -184,8 +189,8 @@ mod tests {
         let key = Key::new("a/b/c").unwrap();
         assert_eq!(key.ancestors().collect::<Vec<_>>(), ["a", "a/b"]);
         assert_eq!(key.parent(), Some("a/b"));
-        assert_eq!(key.staging_name(7), "a/b/c.7.part");
-        assert!(is_staging_name(&key.staging_name(7)));
+        assert_eq!(key.staging_name(0xab, 7), "a/b/c.000000ab-7.part");
+        assert!(is_staging_name(&key.staging_name(0xab, 7)));
         assert_eq!(Key::new("top").unwrap().parent(), None);
     }
 

@@ -67,6 +67,8 @@ pub struct CacheStats {
     pub tracker_persists: u64,
     /// Tracker files ignored at startup (wrong version, corrupt).
     pub tracker_load_failures: u64,
+    /// fsyncs of directories under `objects/` (including `objects/`).
+    pub dir_syncs: u64,
 }
 
 /// Live counters behind [`CacheStats`].
@@ -93,6 +95,7 @@ pub(crate) struct Metrics {
     pub(crate) empty_dirs_removed: Counter,
     pub(crate) tracker_persists: Counter,
     pub(crate) tracker_load_failures: Counter,
+    pub(crate) dir_syncs: Counter,
 }
 
 /// A monotonically increasing counter.
@@ -137,5 +140,6 @@ impl Metrics {
         stats.empty_dirs_removed = self.empty_dirs_removed.get();
         stats.tracker_persists = self.tracker_persists.get();
         stats.tracker_load_failures = self.tracker_load_failures.get();
+        stats.dir_syncs = self.dir_syncs.get();
     }
 }

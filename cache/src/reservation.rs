@@ -129,14 +129,20 @@ impl Ledger {
     /// True if `bytes`/`objects` more fit under the limits and the floor.
     fn fits(&self, bytes: u64, objects: u64) -> bool {
         let s = self.state.borrow();
+        // Checked, not saturating: a sum past u64::MAX is over any limit (a
+        // saturated sum would compare equal to a u64::MAX limit and grant
+        // more than exists).
         let bytes_after = s
             .used_bytes
-            .saturating_add(s.reserved_bytes)
-            .saturating_add(bytes);
+            .checked_add(s.reserved_bytes)
+            .and_then(|b| b.checked_add(bytes));
         let objects_after = s
             .used_objects
-            .saturating_add(s.reserved_objects)
-            .saturating_add(objects);
+            .checked_add(s.reserved_objects)
+            .and_then(|o| o.checked_add(objects));
+        let (Some(bytes_after), Some(objects_after)) = (bytes_after, objects_after) else {
+            return false;
+        };
         if bytes_after > self.bytes_limit || objects_after > self.objects_limit {
             return false;
         }
@@ -282,8 +288,10 @@ impl Drop for Ticket {
         self.ledger.queue.borrow_mut().retain(|&t| t != self.id);
         {
             let mut s = self.ledger.state.borrow_mut();
-            s.waiting_bytes -= self.bytes;
-            s.waiting_objects -= self.objects;
+            // Added with saturating_add, so subtract the same way: the
+            // counters are sums of what is still waiting, never negative.
+            s.waiting_bytes = s.waiting_bytes.saturating_sub(self.bytes);
+            s.waiting_objects = s.waiting_objects.saturating_sub(self.objects);
         }
         self.ledger.changed.notify_all();
     }

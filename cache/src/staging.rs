@@ -1,6 +1,8 @@
 //! Staging files: how an object gets into the cache.
 //!
-//! A staging file is `<key>.<seq>.part`, created with `O_CREAT | O_EXCL`
+//! A staging file is `<key>.<instance>-<seq>.part` (`instance` random per
+//! cache instance, so a stale handle from an earlier instance never names a
+//! later one's file), created with `O_CREAT | O_EXCL`
 //! (through `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`) in the
 //! *same directory* as its key, so one directory fsync makes both the link
 //! and the unlink of a commit durable, and a trim's empty-directory removal
@@ -25,7 +27,16 @@
 //! 4. `unlinkat(staging)` — if this fails the object is still committed and
 //!    counted once (the two names share one inode); the dead name is retried
 //!    later and removed at the next startup in any case;
-//! 5. `fsync` the directory (covers 2 and 4).
+//! 5. `fsync` the directory (covers 2 and 4), and the parent of any directory
+//!    above the key this process created and has not made durable yet.
+//!
+//! Steps 2 to 5 run on names relative to the key's directory, opened once
+//! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so no symlink is
+//! followed out of the cache, and they run in a detached task that owns the
+//! staging file and the key lock: a caller that drops the commit future
+//! while the link is in flight cannot leave the accounting behind the disk.
+//! Once the cache is closed (dropped), `close` and abandoned commits leave
+//! the staging name alone: the next instance's startup removes it.
 //!
 //! A crash anywhere leaves either no object or the fully synced one at the
 //! key — never an empty or partial file — plus possibly a `.part` name that
@@ -38,7 +49,6 @@
 //! what is held. Closing or dropping it releases everything; committing turns
 //! the written bytes into usage and releases the rest.
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
@@ -99,11 +109,11 @@ impl Staging {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let rel = key.staging_name(shared.next_staging_seq());
+            let rel = shared.next_staging_name(&key);
             let opened = shared
                 .uring
                 .open_beneath(
-                    shared.objects_fd.as_fd(),
+                    &shared.objects_fd,
                     &rel,
                     libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
                     0o644,
@@ -231,41 +241,52 @@ impl Staging {
         result
     }
 
-    /// One `write_at` of the whole buffer. On a regular file a short write
-    /// only happens when the filesystem runs out of room (or quota) part-way,
-    /// and glommio has consumed the buffer, so it is reported as
-    /// [`Error::NoSpace`] and the staging file is poisoned.
+    /// Writes `pending` in pieces of at most [`WRITE_BUFFER_BYTES`],
+    /// continuing after short writes (Linux caps one write at
+    /// `MAX_RW_COUNT`, 0x7ffff000 bytes, and a write may be cut short for
+    /// other reasons too). Only a real ENOSPC/EDQUOT is reported as
+    /// [`Error::NoSpace`]; a write of 0 bytes is an I/O error. Any error
+    /// poisons the staging file (the caller marks it).
     async fn write_all(&mut self, pending: Vec<u8>) -> Result<()> {
         let path = self.path();
-        let Some(file) = self.file.as_ref() else {
-            return Err(Error::StagingPoisoned { path });
-        };
-        let needed = pending.len() as u64;
-        let written = if self.shared.inject_enospc_write() {
-            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
-        } else {
-            file.write_at(pending, self.written)
-                .await
-                .map_err(glommio_io)
-        };
-        match written {
-            Ok(n) if n as u64 == needed => {
-                self.written += needed;
-                Ok(())
+        let mut done = 0usize;
+        // Bounded: every iteration writes at least one byte or returns.
+        while done < pending.len() {
+            let Some(file) = self.file.as_ref() else {
+                return Err(Error::StagingPoisoned { path });
+            };
+            let end = done.saturating_add(WRITE_BUFFER_BYTES).min(pending.len());
+            let mut piece = pending[done..end].to_vec();
+            if self.shared.inject_short_write() {
+                piece.truncate(piece.len().div_ceil(2));
             }
-            Ok(n) => {
-                self.written += n as u64;
-                let short = std::io::Error::new(
-                    std::io::ErrorKind::StorageFull,
-                    format!("short write: {n} of {needed} bytes"),
-                );
-                Err(nospace(&self.shared, "write", path, short, needed - n as u64).await)
+            let asked = piece.len();
+            let written = if self.shared.inject_enospc_write() {
+                Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            } else {
+                file.write_at(piece, self.written).await.map_err(glommio_io)
+            };
+            match written {
+                Ok(0) => {
+                    let zero = std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("wrote 0 of {asked} bytes"),
+                    );
+                    return Err(Error::io("write", path, zero));
+                }
+                Ok(n) => {
+                    debug_assert!(n <= asked);
+                    self.written += n as u64;
+                    done += n;
+                }
+                Err(e) if Error::is_nospace(&e) => {
+                    let needed = (pending.len() - done) as u64;
+                    return Err(nospace(&self.shared, "write", path, e, needed).await);
+                }
+                Err(e) => return Err(Error::io("write", path, e)),
             }
-            Err(e) if Error::is_nospace(&e) => {
-                Err(nospace(&self.shared, "write", path, e, needed).await)
-            }
-            Err(e) => Err(Error::io("write", path, e)),
         }
+        Ok(())
     }
 
     /// Commits the file to its key (see the module docs). On
@@ -285,24 +306,60 @@ impl Staging {
             self.abandon().await;
             return Err(error);
         }
+        // From here on the kernel changes the namespace (link or rename) and
+        // the accounting must follow it. Run that in a detached task that
+        // owns the staging file and takes the key lock itself: if the caller
+        // drops this future while the link or rename is in flight, the task
+        // still records the object (and releases the key lock only after),
+        // so disk and accounting never diverge.
+        let shared = Rc::clone(&self.shared);
+        let result = match glommio::spawn_local(self.place(mode)).detach().await {
+            Some(result) => result,
+            // The executor is shutting down: the cache goes with it.
+            None => return Err(Error::Closed),
+        };
+        // Asked here, not in the task, so the caller sees its commit before
+        // a background trim can run (a caller that dropped the commit leaves
+        // the request to the next reservation or commit).
+        shared.maybe_request_trim();
+        result
+    }
+
+    /// The rest of [`Staging::finish`]: link or rename into place, account,
+    /// unlink the staging name, fsync. Runs as its own task.
+    async fn place(mut self, mode: FinishMode) -> Result<()> {
         let shared = Rc::clone(&self.shared);
         let _guard = shared.locks.lock(self.key.as_str()).await;
+        if let Err(error) = shared.check_open() {
+            drop(_guard);
+            self.abandon().await;
+            return Err(error);
+        }
         let key = self.key.as_str();
         let key_path = shared.object_path(key);
-        let placed = match mode {
-            FinishMode::Link => {
-                shared
-                    .uring
-                    .link(shared.objects_fd.as_fd(), &self.rel, key)
-                    .await
-            }
-            FinishMode::Replace => {
-                shared
-                    .uring
-                    .rename(shared.objects_fd.as_fd(), &self.rel, key)
-                    .await
+        // The staging file and the key share a directory: open it once,
+        // beneath `objects/` and through no symlink, and run the link or
+        // rename, the staging unlink and the fsync on names relative to it.
+        let rel = self.rel.clone();
+        let (dir, staging_leaf) = match shared.parent_dir(&rel, true).await {
+            Ok(found) => found,
+            Err(e) => {
+                let error = shared.open_error(&self.key, &key_path, e);
+                drop(_guard);
+                self.abandon().await;
+                return Err(error);
             }
         };
+        let key_leaf = key.rsplit_once('/').map_or(key, |(_, leaf)| leaf);
+        let placed = match mode {
+            FinishMode::Link => shared.uring.link(&dir, staging_leaf, key_leaf).await,
+            FinishMode::Replace => shared.uring.rename(&dir, staging_leaf, key_leaf).await,
+        };
+        if shared.inject_pause_after_place() {
+            // Fault hook: a scheduling point between the namespace op and
+            // its accounting (where a dropped caller used to lose it).
+            futures_lite::future::yield_now().await;
+        }
         if let Err(e) = placed {
             let error = match (mode, e.raw_os_error()) {
                 (FinishMode::Link, Some(libc::EEXIST)) => {
@@ -336,10 +393,7 @@ impl Staging {
                 let unlinked = if shared.inject_staging_unlink_failure() {
                     Err(std::io::Error::from_raw_os_error(libc::EIO))
                 } else {
-                    shared
-                        .uring
-                        .unlink(shared.objects_fd.as_fd(), &self.rel, false)
-                        .await
+                    shared.uring.unlink(&dir, staging_leaf, false).await
                 };
                 if let Err(error) = unlinked {
                     shared.metrics.staging_unlink_failures.inc();
@@ -350,9 +404,15 @@ impl Staging {
             }
             FinishMode::Replace => shared.metrics.puts.inc(),
         }
-        let synced = shared.sync_parent_dir(&self.key).await;
+        let synced = match shared.fsync_dir(&dir).await {
+            Ok(()) => shared.sync_new_ancestors(&self.key).await,
+            Err(e) => Err(Error::io(
+                "fsync",
+                shared.object_path(self.key.parent().unwrap_or("")),
+                e,
+            )),
+        };
         drop(_guard);
-        shared.maybe_request_trim();
         synced
     }
 
@@ -381,11 +441,12 @@ impl Staging {
         self.finished = true;
         self.shared.metrics.staging_abandoned.inc();
         drop(self.file.take());
-        let result = self
-            .shared
-            .uring
-            .unlink(self.shared.objects_fd.as_fd(), &self.rel, false)
-            .await;
+        if self.shared.closed.get() {
+            // The cache is gone (possibly reopened by a new instance, which
+            // removed this name at startup): touch nothing on disk.
+            return Ok(());
+        }
+        let result = self.shared.unlink_rel(&self.rel, false).await;
         match result {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
@@ -402,12 +463,11 @@ impl Staging {
         self.finished = true;
         self.shared.metrics.staging_abandoned.inc();
         drop(self.file.take());
-        match self
-            .shared
-            .uring
-            .unlink(self.shared.objects_fd.as_fd(), &self.rel, false)
-            .await
-        {
+        if self.shared.closed.get() {
+            // As in `close`: startup of the next instance cleans up.
+            return;
+        }
+        match self.shared.unlink_rel(&self.rel, false).await {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(error) => {

@@ -19,8 +19,10 @@
 //!
 //! # Buffer ownership
 //!
-//! Every pointer handed to the kernel (paths, `open_how`, the `statx` buffer)
-//! lives in the op's slot in [`Uring`]'s slab until the completion arrives,
+//! Every pointer handed to the kernel (paths, `open_how`, the `statx` buffer),
+//! and the directory fd the op resolves names against (held by an `Rc`, so a
+//! closed and reused fd number can never redirect an abandoned op), lives in
+//! the op's slot in [`Uring`]'s slab until the completion arrives,
 //! even if the future that submitted it is dropped first (the slot is then
 //! marked abandoned and freed by the reaper; an abandoned `openat2` that
 //! succeeded has its fd closed). Dropping the ring waits for every in-flight
@@ -57,6 +59,10 @@ pub(crate) const URING_ENTRIES: u32 = 64;
 /// the submission queue, so it can never overflow).
 const URING_OPS_IN_FLIGHT_MAX: usize = URING_ENTRIES as usize;
 
+/// Attempts of `io_uring_enter` to submit when it fails transiently (EINTR,
+/// EAGAIN, EBUSY) before the op is given up.
+const SUBMIT_ATTEMPTS_MAX: u32 = 16;
+
 /// An eventfd read returns its 8-byte counter.
 const EVENTFD_READ_BYTES: usize = 8;
 
@@ -72,6 +78,10 @@ struct OpBufs {
     path_b: Option<CString>,
     how: Option<Box<types::OpenHow>>,
     statx: Option<Box<libc::statx>>,
+    /// The directory (or file) fd the op works relative to: kept open until
+    /// the completion is reaped, so an abandoned op can never run against a
+    /// closed fd number the process has since reused for something else.
+    _dir: Option<Rc<OwnedFd>>,
     /// The op returns a new fd (openat2): close it if the result is abandoned.
     returns_fd: bool,
 }
@@ -130,6 +140,54 @@ impl RingInner {
     }
 }
 
+impl RingInner {
+    /// Pushes the SQE of the slot at `index` and submits it. On an error the
+    /// slot is left consistent: removed if its entry never reached the
+    /// submission queue, handed to the reaper (abandoned) if it did, since
+    /// the next submit (another op's, or the teardown's) then hands it to the
+    /// kernel and its buffers must live until its completion. So the slab
+    /// only ever holds slots that really are, or will be, in flight.
+    fn push(&self, index: usize, sqe: &squeue::Entry) -> io::Result<()> {
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: every pointer in `sqe` points into the slot's `bufs` (and
+        // the fd it names is kept open by `bufs._dir`), which stay alive
+        // until this op's completion is reaped, even if the submitting future
+        // is dropped (see `OpFuture::drop`).
+        let mut pushed = unsafe { ring.submission().push(sqe).is_ok() };
+        if !pushed {
+            // The queue is full of entries not yet handed to the kernel.
+            match submit_retrying(&mut ring) {
+                // SAFETY: as above.
+                Ok(()) => pushed = unsafe { ring.submission().push(sqe).is_ok() },
+                Err(error) => {
+                    drop(ring);
+                    self.forget_unpushed(index);
+                    return Err(error);
+                }
+            }
+        }
+        if !pushed {
+            drop(ring);
+            self.forget_unpushed(index);
+            return Err(io::Error::other("metadata ring submission queue full"));
+        }
+        let submitted = submit_retrying(&mut ring);
+        drop(ring);
+        if submitted.is_err() {
+            if let Some(slot) = self.slots.borrow_mut().get_mut(index) {
+                slot.abandoned = true;
+            }
+        }
+        submitted
+    }
+
+    /// Removes a slot whose entry never reached the submission queue.
+    fn forget_unpushed(&self, index: usize) {
+        self.slots.borrow_mut().remove(index);
+        self.space.notify_all();
+    }
+}
+
 impl Drop for RingInner {
     fn drop(&mut self) {
         // Wait for every op still in flight so the kernel never writes into a
@@ -137,6 +195,8 @@ impl Drop for RingInner {
         // each of which completes on its own.
         let ring = self.ring.get_mut();
         let slots = self.slots.get_mut();
+        // Slots whose completion already arrived are not in flight.
+        slots.retain(|_, slot| slot.result.is_none());
         while !slots.is_empty() {
             if let Err(error) = ring.submit_and_wait(1) {
                 if error.raw_os_error() == Some(libc::EINTR) {
@@ -259,27 +319,7 @@ impl Uring {
             (index, sqe)
         };
         let (index, sqe) = index;
-        let pushed = {
-            let mut ring = self.inner.ring.borrow_mut();
-            // SAFETY: every pointer in `sqe` points into the slot's `bufs`
-            // (or to an fd the caller keeps open for the duration of the
-            // call), which stay alive until this op's completion is reaped,
-            // even if this future is dropped (see `OpFuture::drop`).
-            let mut pushed = unsafe { ring.submission().push(&sqe).is_ok() };
-            if !pushed {
-                ring.submit()?;
-                // SAFETY: as above.
-                pushed = unsafe { ring.submission().push(&sqe).is_ok() };
-            }
-            if pushed {
-                ring.submit()?;
-            }
-            pushed
-        };
-        if !pushed {
-            self.inner.slots.borrow_mut().remove(index);
-            return Err(io::Error::other("metadata ring submission queue full"));
-        }
+        self.inner.push(index, &sqe)?;
         let result = OpFuture {
             inner: Rc::clone(&self.inner),
             index,
@@ -296,13 +336,14 @@ impl Uring {
     /// any symlink (ELOOP / EXDEV otherwise).
     pub(crate) async fn open_beneath(
         &self,
-        dirfd: BorrowedFd<'_>,
+        dir: &Rc<OwnedFd>,
         path: &str,
         flags: i32,
         mode: u32,
     ) -> io::Result<OwnedFd> {
-        let dirfd = dirfd.as_raw_fd();
+        let dirfd = dir.as_raw_fd();
         let bufs = OpBufs {
+            _dir: Some(Rc::clone(dir)),
             path_a: Some(cstring(path)?),
             how: Some(Box::new(
                 types::OpenHow::new()
@@ -324,9 +365,10 @@ impl Uring {
     }
 
     /// `linkat(dirfd, old, dirfd, new, 0)`; EEXIST if `new` exists.
-    pub(crate) async fn link(&self, dirfd: BorrowedFd<'_>, old: &str, new: &str) -> io::Result<()> {
-        let dirfd = dirfd.as_raw_fd();
+    pub(crate) async fn link(&self, dir: &Rc<OwnedFd>, old: &str, new: &str) -> io::Result<()> {
+        let dirfd = dir.as_raw_fd();
         let bufs = OpBufs {
+            _dir: Some(Rc::clone(dir)),
             path_a: Some(cstring(old)?),
             path_b: Some(cstring(new)?),
             ..OpBufs::default()
@@ -346,14 +388,10 @@ impl Uring {
     }
 
     /// `renameat(dirfd, old, dirfd, new)`: atomically replaces `new`.
-    pub(crate) async fn rename(
-        &self,
-        dirfd: BorrowedFd<'_>,
-        old: &str,
-        new: &str,
-    ) -> io::Result<()> {
-        let dirfd = dirfd.as_raw_fd();
+    pub(crate) async fn rename(&self, dir: &Rc<OwnedFd>, old: &str, new: &str) -> io::Result<()> {
+        let dirfd = dir.as_raw_fd();
         let bufs = OpBufs {
+            _dir: Some(Rc::clone(dir)),
             path_a: Some(cstring(old)?),
             path_b: Some(cstring(new)?),
             ..OpBufs::default()
@@ -372,19 +410,20 @@ impl Uring {
         check(res).map(drop)
     }
 
-    /// `unlinkat(dirfd, path, 0)`, or with `AT_REMOVEDIR` when `dir`.
+    /// `unlinkat(dirfd, path, 0)`, or with `AT_REMOVEDIR` when `is_dir`.
     pub(crate) async fn unlink(
         &self,
-        dirfd: BorrowedFd<'_>,
+        dir: &Rc<OwnedFd>,
         path: &str,
-        dir: bool,
+        is_dir: bool,
     ) -> io::Result<()> {
-        let dirfd = dirfd.as_raw_fd();
+        let dirfd = dir.as_raw_fd();
         let bufs = OpBufs {
+            _dir: Some(Rc::clone(dir)),
             path_a: Some(cstring(path)?),
             ..OpBufs::default()
         };
-        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
         let (res, _) = self
             .submit(bufs, |b| {
                 opcode::UnlinkAt::new(types::Fd(dirfd), cptr(&b.path_a))
@@ -396,14 +435,10 @@ impl Uring {
     }
 
     /// `mkdirat(dirfd, path, mode)`.
-    pub(crate) async fn mkdir(
-        &self,
-        dirfd: BorrowedFd<'_>,
-        path: &str,
-        mode: u32,
-    ) -> io::Result<()> {
-        let dirfd = dirfd.as_raw_fd();
+    pub(crate) async fn mkdir(&self, dir: &Rc<OwnedFd>, path: &str, mode: u32) -> io::Result<()> {
+        let dirfd = dir.as_raw_fd();
         let bufs = OpBufs {
+            _dir: Some(Rc::clone(dir)),
             path_a: Some(cstring(path)?),
             ..OpBufs::default()
         };
@@ -420,21 +455,22 @@ impl Uring {
     /// `statx(dirfd, path, AT_SYMLINK_NOFOLLOW)`: what `path` itself is.
     pub(crate) async fn stat_nofollow(
         &self,
-        dirfd: BorrowedFd<'_>,
+        dir: &Rc<OwnedFd>,
         path: &str,
     ) -> io::Result<StatInfo> {
-        self.statx(dirfd, path, libc::AT_SYMLINK_NOFOLLOW).await
+        self.statx(dir, path, libc::AT_SYMLINK_NOFOLLOW).await
     }
 
     /// `statx(fd, "", AT_EMPTY_PATH)`: the open file itself. (glommio's own
     /// `stat` needs the file's path, which an fd from `openat2` lacks.)
-    pub(crate) async fn stat_fd(&self, fd: BorrowedFd<'_>) -> io::Result<StatInfo> {
+    pub(crate) async fn stat_fd(&self, fd: &Rc<OwnedFd>) -> io::Result<StatInfo> {
         self.statx(fd, "", libc::AT_EMPTY_PATH).await
     }
 
-    async fn statx(&self, dirfd: BorrowedFd<'_>, path: &str, flags: i32) -> io::Result<StatInfo> {
-        let dirfd = dirfd.as_raw_fd();
+    async fn statx(&self, dir: &Rc<OwnedFd>, path: &str, flags: i32) -> io::Result<StatInfo> {
+        let dirfd = dir.as_raw_fd();
         let bufs = OpBufs {
+            _dir: Some(Rc::clone(dir)),
             path_a: Some(cstring(path)?),
             // SAFETY: `statx` is a plain C struct of integers; all-zero is a
             // valid value.
@@ -470,12 +506,14 @@ impl Uring {
     }
 
     /// `fsync(fd)` (full, so a directory's entries are covered).
-    pub(crate) async fn fsync(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        let fd = fd.as_raw_fd();
+    pub(crate) async fn fsync(&self, fd: &Rc<OwnedFd>) -> io::Result<()> {
+        let raw = fd.as_raw_fd();
+        let bufs = OpBufs {
+            _dir: Some(Rc::clone(fd)),
+            ..OpBufs::default()
+        };
         let (res, _) = self
-            .submit(OpBufs::default(), |_| {
-                opcode::Fsync::new(types::Fd(fd)).build()
-            })
+            .submit(bufs, |_| opcode::Fsync::new(types::Fd(raw)).build())
             .await?;
         check(res).map(drop)
     }
@@ -567,6 +605,23 @@ async fn reaper(ring: Weak<RingInner>, efd: BufferedFile) {
     }
 }
 
+/// `ring.submit()`, retried a bounded number of times on transient errors.
+fn submit_retrying(ring: &mut IoUring) -> io::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match ring.submit() {
+            Ok(_) => return Ok(()),
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
+                ) && attempt < SUBMIT_ATTEMPTS_MAX => {}
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 fn cstring(path: &str) -> io::Result<CString> {
     CString::new(path).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
 }
@@ -594,6 +649,54 @@ pub(crate) fn buffered_file_from_fd(fd: OwnedFd) -> BufferedFile {
     // SAFETY: `into_raw_fd` gives up our ownership, so the BufferedFile is
     // the fd's only owner and closes it exactly once.
     unsafe { BufferedFile::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// Clears `O_NONBLOCK` on `fd` (objects are opened with it so a FIFO planted
+/// in the cache cannot block the open; buffered reads must not see it, or
+/// io_uring returns EAGAIN instead of waiting for the disk). `fcntl` has no
+/// io_uring opcode; it is one short, non-blocking syscall.
+pub(crate) fn clear_nonblock(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on an open fd.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// True if `fd` is a regular file (`fstat`: one short, non-blocking syscall
+/// on an open fd).
+pub(crate) fn is_regular_file(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut out = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `out` is a valid, writable stat-sized buffer; fd is open.
+    let rc = unsafe { libc::fstat(fd.as_raw_fd(), out.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat returned 0, so it filled the whole struct.
+    let st = unsafe { out.assume_init() };
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFREG)
+}
+
+/// 64 random bits from `getrandom(2)` (non-blocking once the pool is
+/// initialised, which it is long before a cache opens); falls back to the
+/// clock and pid if the call fails.
+pub(crate) fn random_u64() -> u64 {
+    let mut out = [0u8; 8];
+    // SAFETY: `out` is a valid, writable 8-byte buffer.
+    let rc = unsafe { libc::getrandom(out.as_mut_ptr().cast(), out.len(), libc::GRND_NONBLOCK) };
+    if rc == 8 {
+        return u64::from_ne_bytes(out);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
 }
 
 /// Size and free space of the filesystem holding `fd`.
@@ -641,7 +744,6 @@ pub(crate) fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
 
     #[test]
     fn ops_complete_through_the_eventfd_reaper() {
@@ -649,16 +751,16 @@ mod tests {
             .spawn(|| async move {
                 // /var/tmp: a real disk, not tmpfs.
                 let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-                let root = std::fs::File::open(dir.path()).unwrap();
+                let root = Rc::new(OwnedFd::from(std::fs::File::open(dir.path()).unwrap()));
                 let ring = Uring::new().unwrap();
                 for i in 0..50 {
                     let name = format!("d{i}");
-                    ring.mkdir(root.as_fd(), &name, 0o755).await.unwrap();
-                    let info = ring.stat_nofollow(root.as_fd(), &name).await.unwrap();
+                    ring.mkdir(&root, &name, 0o755).await.unwrap();
+                    let info = ring.stat_nofollow(&root, &name).await.unwrap();
                     assert!(info.is_dir && !info.is_symlink);
-                    ring.unlink(root.as_fd(), &name, true).await.unwrap();
+                    ring.unlink(&root, &name, true).await.unwrap();
                 }
-                let missing = ring.stat_nofollow(root.as_fd(), "nope").await.unwrap_err();
+                let missing = ring.stat_nofollow(&root, "nope").await.unwrap_err();
                 assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
                 // Waiting went through glommio's read of the eventfd, not the
                 // timer fallback.

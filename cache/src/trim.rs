@@ -26,7 +26,6 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -205,9 +204,7 @@ async fn run_locked(
         if batch.is_empty() {
             break;
         }
-        let unlinks = batch
-            .iter()
-            .map(|(key, _)| shared.uring.unlink(shared.objects_fd.as_fd(), key, false));
+        let unlinks = batch.iter().map(|(key, _)| shared.unlink_rel(key, false));
         let results = join_all(unlinks.collect()).await;
         for ((key, key_guard), result) in batch.into_iter().zip(results) {
             drop(key_guard);

@@ -5,8 +5,10 @@
 //! succeeds.
 //!
 //! The first test fills a genuinely small ext4 filesystem on a loop device
-//! (needs root). Where that is impossible it says so on stderr and runs the
-//! injected-ENOSPC path instead; the second test always runs that path.
+//! (needs root). Run as root, a failure to set that up fails the test (it
+//! must not silently test something weaker); run as another user it says why
+//! on stderr and runs the injected-ENOSPC path instead. The second test
+//! always runs that path.
 
 mod common;
 
@@ -75,6 +77,12 @@ impl Drop for LoopFs {
     }
 }
 
+/// True when the test runs with effective uid 0 (`id -u`; no unsafe in
+/// tests). If `id` itself fails, assume root so nothing is skipped silently.
+fn is_root() -> bool {
+    sh("id", &["-u"]).map_or(true, |uid| uid == "0")
+}
+
 fn disk_bytes(objects: &Path) -> u64 {
     tree(objects)
         .iter()
@@ -92,8 +100,13 @@ fn enospc_on_a_real_full_filesystem() {
             run(move || async move { fill_until_enospc(root).await });
             drop(fs);
         }
+        Err(reason) if is_root() => {
+            panic!("running as root, but the loop filesystem could not be set up: {reason}")
+        }
         Err(reason) => {
-            eprintln!("ENOSPC test: INJECTED-ENOSPC FALLBACK (no loop filesystem: {reason})");
+            eprintln!(
+                "ENOSPC test: INJECTED-ENOSPC FALLBACK (not root, so no loop filesystem: {reason})"
+            );
             let root = dir.path().join("cache");
             run(move || async move { injected_enospc(root).await });
         }

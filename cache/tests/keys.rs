@@ -89,6 +89,13 @@ fn symlinks_inside_the_cache_never_lead_outside() {
             let err = cache.create_staging(key).await.unwrap_err();
             assert!(matches!(err, Error::KeyRejected { .. }), "{key}: {err}");
         }
+        // Invalidate never unlinks through the links: not tracked, so
+        // nothing is touched, inside or outside.
+        assert!(!cache.invalidate("link/secret").await.unwrap());
+        assert!(!cache.invalidate("filelink").await.unwrap());
+        assert_eq!(tree(&outside), outside_before);
+        assert!(objects.join("link").is_symlink());
+        assert!(objects.join("filelink").is_symlink());
         // Not tracked, so never opened; even an exhaustive trim leaves the
         // links alone (they are not objects).
         assert!(cache.get("link/secret").await.unwrap().is_none());
@@ -105,6 +112,8 @@ fn symlinks_inside_the_cache_never_lead_outside() {
             &cache.get("filelink").await.unwrap().unwrap()[..],
             b"cache data"
         );
+        // Invalidating it removes the cache's file, never the old target.
+        assert!(cache.invalidate("filelink").await.unwrap());
         assert_eq!(
             std::fs::read(outside.join("secret")).unwrap(),
             b"do not serve me"
