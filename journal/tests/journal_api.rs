@@ -396,26 +396,14 @@ fn reads_work_after_an_empty_dma_file_was_opened_first() {
         let file = glommio::io::DmaFile::open(&empty).await.unwrap();
         file.close().await.unwrap();
         let wal = path.join("wal");
-        let journal = Journal::builder(&wal)
-            .segment_bytes(SEGMENT_BYTES)
-            .batch_bytes_max(BATCH_BYTES)
-            .entry_bytes_max(ENTRY_BYTES)
-            .open()
-            .await
-            .unwrap();
+        let journal = builder(&wal).open().await.unwrap();
         let op = journal.append(b"readable").await.unwrap();
         assert_eq!(
             journal.read(op).await.unwrap().unwrap().payload,
             b"readable"
         );
         journal.close().await.unwrap();
-        let journal = Journal::builder(&wal)
-            .segment_bytes(SEGMENT_BYTES)
-            .batch_bytes_max(BATCH_BYTES)
-            .entry_bytes_max(ENTRY_BYTES)
-            .open()
-            .await
-            .unwrap();
+        let journal = builder(&wal).open().await.unwrap();
         assert_eq!(
             journal.read(op).await.unwrap().unwrap().payload,
             b"readable"
