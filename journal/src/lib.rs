@@ -2,11 +2,16 @@
 //!
 //! One [`Journal`] per shard, on that shard's glommio reactor. Entries go to
 //! preallocated segment files through O_DIRECT; concurrent appends share one
-//! write and one fdatasync (group commit), and an append resolves only once
-//! its entry is durable. An in-memory ring index maps `op % slot_count` to
-//! where each op above the snapshot watermark lives. Recovery verifies every
-//! entry and distinguishes a torn tail from damage in the middle of the log
-//! (see [`recovery`] for the decision table).
+//! write and one fdatasync (group commit, with the next batch written while
+//! the previous one syncs), and an append resolves only once its entry is
+//! durable. An in-memory ring index maps `op % slot_count` to where each op
+//! above the snapshot watermark lives. Recovery verifies every entry and
+//! distinguishes a torn tail from damage in the middle of the log (see
+//! [`recovery`] for the decision table).
+//!
+//! [`storage`] holds the backends: real O_DIRECT files, and an in-memory
+//! disk with a seeded fault model that [`sim`] uses to crash the journal at
+//! random points and check it against a model.
 //!
 //! The on-disk format is specified in `journal/FORMAT.md`.
 
