@@ -137,9 +137,11 @@ impl RingIndex {
             self.rewrites_in_flight.push(op);
             return Ok(Reservation::Rewrite);
         }
-        // A slot whose write is still in flight stays taken even if the
-        // watermark passed its op: the write will publish into it.
-        if self.is_live(&previous) || previous.generation == 0 && previous.op != 0 {
+        // A slot whose write (or rewrite) is still in flight stays taken even
+        // if the watermark passed its op: the write will publish into it.
+        let in_flight = previous.op != 0
+            && (previous.generation == 0 || self.rewrites_in_flight.contains(&previous.op));
+        if self.is_live(&previous) || in_flight {
             return Err(Error::RingFull {
                 op,
                 slot: index as u64,
@@ -362,6 +364,27 @@ mod tests {
         index.advance(20);
         index.release(13, r13);
         assert_eq!(index.remaining_capacity(), 4);
+    }
+
+    /// Found by the `journal_ops` fuzz target: a rewrite in flight, the
+    /// watermark passing its op, and another op taking the slot made the
+    /// rewrite's commit panic.
+    #[test]
+    fn a_slot_with_a_rewrite_in_flight_stays_taken() {
+        let mut index = RingIndex::new(4, 0);
+        let r = index.reserve(3, 1).unwrap();
+        index.commit(3, 1, r, at(1));
+        let rewrite = index.reserve(3, 2).unwrap();
+        index.advance(5);
+        assert!(matches!(
+            index.reserve(7, 2),
+            Err(Error::RingFull { occupant: 3, .. })
+        ));
+        index.commit(3, 2, rewrite, at(2));
+        assert_eq!(index.lookup(3), Lookup::Compacted);
+        let r = index.reserve(7, 2).unwrap();
+        index.commit(7, 2, r, at(2));
+        assert_eq!(index.lookup(7), Lookup::Durable(at(2), 2));
     }
 
     #[test]
