@@ -168,6 +168,10 @@ struct State<F: StorageFile> {
     needs_fresh_segment: bool,
     /// A segment retirement is in progress.
     retiring: bool,
+    /// Ops at or below this may be gone although the ring watermark is
+    /// lower: a watermark advance on a full disk retired their segments
+    /// before its record was durable (their slots are freed only then).
+    compacted_floor: u64,
     /// The next segment's file, prepared in the background.
     spare: Option<PreparedFile<F>>,
     /// A background preparation is running.
@@ -285,6 +289,12 @@ impl<F: StorageFile> State<F> {
             Request::Write(op, payload) => {
                 if op == 0 || op == u64::MAX {
                     return Err(Error::InvalidOp { op });
+                }
+                if op <= self.compacted_floor {
+                    return Err(Error::BelowWatermark {
+                        op,
+                        watermark: self.compacted_floor,
+                    });
                 }
                 let reservation = self.index.reserve(op, self.epoch)?;
                 self.next_op = self.next_op.max(op + 1);
@@ -420,6 +430,7 @@ impl<S: Storage> Journal<S> {
             durable_watermark: watermark,
             needs_fresh_segment,
             retiring: false,
+            compacted_floor: 0,
             spare: None,
             preparing: false,
             writes_in_flight: 0,
@@ -506,6 +517,12 @@ impl<S: Storage> Journal<S> {
         let (location, file, path, segment_bytes) = {
             let state = self.shared.state.borrow();
             state.usable()?;
+            if op <= state.compacted_floor {
+                return Err(Error::BelowWatermark {
+                    op,
+                    watermark: state.compacted_floor,
+                });
+            }
             match state.index.lookup(op) {
                 Lookup::Compacted => {
                     return Err(Error::BelowWatermark {
@@ -579,8 +596,14 @@ impl<S: Storage> Journal<S> {
             // segment, and a new segment needs the space of the segments
             // this watermark covers. The caller's snapshot is durable, so
             // they may go first; a crash before the record only leaves ops
-            // that the snapshot covers missing.
-            self.apply_watermark(watermark);
+            // that the snapshot covers missing. Their ring slots stay taken
+            // until the record is durable: reusing one earlier could leave
+            // two live ops in a slot after a crash.
+            {
+                let mut state = self.shared.state.borrow_mut();
+                state.compacted_floor = state.compacted_floor.max(watermark);
+                state.next_op = state.next_op.max(watermark + 1);
+            }
             self.retire_exclusively().await?;
         }
         self.submit(Request::Watermark(watermark)).await?;
@@ -625,7 +648,7 @@ impl<S: Storage> Journal<S> {
                 // that might not be durable, or a crash could leave a gap.
                 state.usable()?;
                 // Read afresh each time: a concurrent advance may have moved it.
-                let bound = state.index.watermark();
+                let bound = state.index.watermark().max(state.compacted_floor);
                 let retirable = state.segments.len() > 1
                     && state.segments.front().is_some_and(|s| s.max_op <= bound);
                 if !retirable {
