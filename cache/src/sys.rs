@@ -86,6 +86,19 @@ struct OpBufs {
     returns_fd: bool,
 }
 
+impl OpBufs {
+    /// Buffers of an op on two names relative to `dir`, which the op keeps
+    /// open until its completion is collected.
+    fn two_paths(dir: &Rc<OwnedFd>, a: &str, b: &str) -> io::Result<OpBufs> {
+        Ok(OpBufs {
+            _dir: Some(Rc::clone(dir)),
+            path_a: Some(cstring(a)?),
+            path_b: Some(cstring(b)?),
+            ..OpBufs::default()
+        })
+    }
+}
+
 struct Slot {
     result: Option<i32>,
     waker: Option<Waker>,
@@ -367,12 +380,7 @@ impl Uring {
     /// `linkat(dirfd, old, dirfd, new, 0)`; EEXIST if `new` exists.
     pub(crate) async fn link(&self, dir: &Rc<OwnedFd>, old: &str, new: &str) -> io::Result<()> {
         let dirfd = dir.as_raw_fd();
-        let bufs = OpBufs {
-            _dir: Some(Rc::clone(dir)),
-            path_a: Some(cstring(old)?),
-            path_b: Some(cstring(new)?),
-            ..OpBufs::default()
-        };
+        let bufs = OpBufs::two_paths(dir, old, new)?;
         let (res, _) = self
             .submit(bufs, |b| {
                 opcode::LinkAt::new(
@@ -390,12 +398,7 @@ impl Uring {
     /// `renameat(dirfd, old, dirfd, new)`: atomically replaces `new`.
     pub(crate) async fn rename(&self, dir: &Rc<OwnedFd>, old: &str, new: &str) -> io::Result<()> {
         let dirfd = dir.as_raw_fd();
-        let bufs = OpBufs {
-            _dir: Some(Rc::clone(dir)),
-            path_a: Some(cstring(old)?),
-            path_b: Some(cstring(new)?),
-            ..OpBufs::default()
-        };
+        let bufs = OpBufs::two_paths(dir, old, new)?;
         let (res, _) = self
             .submit(bufs, |b| {
                 opcode::RenameAt::new(
