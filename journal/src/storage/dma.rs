@@ -130,6 +130,10 @@ impl Storage for DmaStorage {
         glommio::io::remove(path).await.map_err(io::Error::from)
     }
 
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        glommio::io::rename(from, to).await.map_err(io::Error::from)
+    }
+
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let handle = glommio::io::Directory::open(dir).await?;
         let synced = handle.sync().await;

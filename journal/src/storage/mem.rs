@@ -21,7 +21,7 @@
 //!   Survivors are applied in a shuffled order, so a later write can persist
 //!   while an earlier one is lost (out of order). Size changes (fallocate)
 //!   not synced may be lost too.
-//! * **Directory operations.** Creates and removes not covered by an fsync
+//! * **Directory operations.** Creates, renames and removes not covered by an fsync
 //!   of their directory each survive a crash or are undone, independently
 //!   (with `dir_undo`; without it, all are undone).
 //! * **Reads.** A read returns one flipped bit (`read_flip_rate`) or fails
@@ -260,12 +260,35 @@ type FileRef = Rc<RefCell<FileData>>;
 enum DirOp {
     Create(PathBuf, FileRef),
     Remove(PathBuf),
+    /// `from` renamed to `to` (replacing it): atomic, so a crash keeps both
+    /// halves or neither.
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        file: FileRef,
+    },
 }
 
 impl DirOp {
     fn path(&self) -> &Path {
         match self {
             DirOp::Create(path, _) | DirOp::Remove(path) => path,
+            DirOp::Rename { to, .. } => to,
+        }
+    }
+}
+
+fn apply_dir_op(names: &mut BTreeMap<PathBuf, FileRef>, op: DirOp) {
+    match op {
+        DirOp::Create(path, file) => {
+            names.insert(path, file);
+        }
+        DirOp::Remove(path) => {
+            names.remove(&path);
+        }
+        DirOp::Rename { from, to, file } => {
+            names.remove(&from);
+            names.insert(to, file);
         }
     }
 }
@@ -277,6 +300,8 @@ struct Oneshots {
     fail_writes: Option<(u32, i32)>,
     fail_allocates: Option<(u32, i32)>,
     fail_removes: Option<(u32, i32)>,
+    fail_renames: Option<(u32, i32)>,
+    fail_creates: Option<(u32, i32)>,
 }
 
 fn take_oneshot(slot: &mut Option<(u32, i32)>) -> Option<io::Error> {
@@ -373,19 +398,12 @@ impl MemFs {
                 self.counts.dir_ops_undone += 1;
                 continue;
             }
-            match op {
-                DirOp::Create(path, file) => {
-                    self.durable.insert(path.clone(), file.clone());
-                }
-                DirOp::Remove(path) => {
-                    self.durable.remove(path);
-                }
-            }
+            apply_dir_op(&mut self.durable, op.clone());
         }
         // File contents: every file that may be reached again.
         let mut files: Vec<FileRef> = self.durable.values().cloned().collect();
         for op in &ops {
-            if let DirOp::Create(_, file) = op {
+            if let DirOp::Create(_, file) | DirOp::Rename { file, .. } = op {
                 files.push(file.clone());
             }
         }
@@ -553,6 +571,16 @@ impl MemStorage {
         self.fs.borrow_mut().oneshots.fail_removes = Some((count, errno));
     }
 
+    /// The next `count` renames fail with `errno`.
+    pub fn fail_next_renames(&self, count: u32, errno: i32) {
+        self.fs.borrow_mut().oneshots.fail_renames = Some((count, errno));
+    }
+
+    /// The next `count` creates fail with `errno`.
+    pub fn fail_next_creates(&self, count: u32, errno: i32) {
+        self.fs.borrow_mut().oneshots.fail_creates = Some((count, errno));
+    }
+
     /// Writes that would grow the disk's live bytes past `bytes` fail with
     /// ENOSPC. `None` removes the limit.
     pub fn set_capacity(&self, bytes: Option<u64>) {
@@ -639,6 +667,9 @@ impl Storage for MemStorage {
         self.begin().await?;
         let data = {
             let mut fs = self.fs.borrow_mut();
+            if let Some(err) = take_oneshot(&mut fs.oneshots.fail_creates) {
+                return Err(err);
+            }
             if fs.live.contains_key(path) {
                 return Err(io::Error::from_raw_os_error(libc::EEXIST));
             }
@@ -682,6 +713,28 @@ impl Storage for MemStorage {
         Ok(())
     }
 
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.begin().await?;
+        let mut fs = self.fs.borrow_mut();
+        if let Some(err) = take_oneshot(&mut fs.oneshots.fail_renames) {
+            return Err(err);
+        }
+        if from.parent() != to.parent() {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        let file = fs.live.remove(from).ok_or_else(|| not_found(from))?;
+        fs.live.insert(to.to_path_buf(), file.clone());
+        if trace_io() {
+            eprintln!("    rename {} -> {}", from.display(), to.display());
+        }
+        fs.unsynced_dir_ops.push(DirOp::Rename {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            file,
+        });
+        Ok(())
+    }
+
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.begin().await?;
         let mut fs = self.fs.borrow_mut();
@@ -702,14 +755,7 @@ impl Storage for MemStorage {
             .partition(|op| op.path().parent() == Some(dir));
         fs.unsynced_dir_ops = others;
         for op in mine {
-            match op {
-                DirOp::Create(path, file) => {
-                    fs.durable.insert(path, file);
-                }
-                DirOp::Remove(path) => {
-                    fs.durable.remove(&path);
-                }
-            }
+            apply_dir_op(&mut fs.durable, op);
         }
         Ok(())
     }

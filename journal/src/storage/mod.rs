@@ -12,8 +12,8 @@
 //! * `write_at` and `read_at` take block-aligned offsets and lengths
 //!   ([`crate::format::BLOCK_BYTES`]).
 //! * A write is durable only once a later `sync` of its file returned `Ok`.
-//! * A create or remove is durable only once a later `sync_dir` of its
-//!   directory returned `Ok`.
+//! * A create, rename or remove is durable only once a later `sync_dir` of
+//!   its directory returned `Ok`.
 //! * After a failed `write_at` or `sync` nothing about the file's contents is
 //!   promised; the caller poisons itself.
 //!
@@ -58,6 +58,10 @@ pub trait Storage: Clone + 'static {
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
     /// Removes a file. Durable after `sync_dir`.
     async fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Atomically renames `from` to `to` in the same directory, replacing
+    /// `to` if it exists: a crash leaves one name or the other, never a
+    /// partial file. Durable after `sync_dir`.
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes creates and removes in `dir` durable.
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Names of the entries in `dir`.
