@@ -1,0 +1,228 @@
+//! Shard settings: the builder and the checkpoint policy.
+//!
+//! Every setting has a documented default and range; `open()` validates
+//! them and returns [`Error::InvalidConfig`] naming the first bad one.
+
+use crate::error::{Error, Result};
+use crate::machine::StateMachine;
+use crate::shard::Shard;
+use ringstore_journal::storage::{DmaStorage, Storage};
+use ringstore_journal::JournalBuilder;
+use std::{marker::PhantomData, path::PathBuf, time::Duration};
+
+/// Default snapshot generations kept on disk.
+pub const SNAPSHOT_GENERATIONS_DEFAULT: usize = 3;
+/// Most snapshot generations kept on disk.
+pub const SNAPSHOT_GENERATIONS_MAX: usize = 64;
+/// Default bytes of commands applied since the last snapshot that trigger a
+/// checkpoint.
+pub const CHECKPOINT_BYTES_DEFAULT: u64 = 256 << 20;
+/// Default longest a submit waits for a checkpoint to free ring slots.
+pub const RING_FULL_WAIT_DEFAULT: Duration = Duration::from_secs(10);
+/// First pause after a failed automatic checkpoint; doubles up to
+/// [`CHECKPOINT_RETRY_MAX`].
+pub const CHECKPOINT_RETRY_MIN: Duration = Duration::from_millis(50);
+/// Longest pause between automatic checkpoint retries.
+pub const CHECKPOINT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// When the compaction task checkpoints, and how long appends wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// Checkpoint once this many ops were applied since the last snapshot.
+    /// Default: a quarter of the ring's slots (`None`). Range: 1 to the
+    /// slot count.
+    pub ops_max: Option<u64>,
+    /// Checkpoint once this many bytes of commands were applied since the
+    /// last snapshot. Default [`CHECKPOINT_BYTES_DEFAULT`]; at least 1.
+    pub bytes_max: u64,
+    /// Checkpoint once fewer ring slots than this are free. Default: an
+    /// eighth of the ring's slots (`None`). Range: 0 to the slot count − 1.
+    pub ring_free_slots_min: Option<u64>,
+    /// How long a submit waits for slots when the ring is full before it
+    /// fails with [`Error::Backpressure`]. Default
+    /// [`RING_FULL_WAIT_DEFAULT`]; at least 1 ms.
+    pub ring_full_wait_max: Duration,
+    /// Run the compaction task. Default `true`; with `false` only explicit
+    /// [`Shard::checkpoint`] calls checkpoint (and a full ring waits for
+    /// one).
+    pub automatic: bool,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            ops_max: None,
+            bytes_max: CHECKPOINT_BYTES_DEFAULT,
+            ring_free_slots_min: None,
+            ring_full_wait_max: RING_FULL_WAIT_DEFAULT,
+            automatic: true,
+        }
+    }
+}
+
+/// Settings of an open shard, validated.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// The shard's directory: `identity`, `journal/`, `snapshots/`.
+    pub dir: PathBuf,
+    /// Checkpoint after this many ops.
+    pub checkpoint_ops_max: u64,
+    /// Checkpoint after this many command bytes.
+    pub checkpoint_bytes_max: u64,
+    /// Checkpoint below this many free ring slots.
+    pub ring_free_slots_min: u64,
+    /// Longest wait for ring slots.
+    pub ring_full_wait_max: Duration,
+    /// Whether the compaction task runs.
+    pub automatic_checkpoints: bool,
+    /// Snapshot generations kept.
+    pub snapshot_generations: usize,
+    /// Whether the journal keeps the ops above the previous snapshot too.
+    pub journal_keeps_previous_snapshot: bool,
+}
+
+type JournalSetup<S> = Box<dyn FnOnce(JournalBuilder<S>) -> JournalBuilder<S>>;
+
+/// Builds and opens a [`Shard`]. See [`Shard::builder`].
+#[must_use = "a builder does nothing until open() is called"]
+pub struct ShardBuilder<M: StateMachine, S: Storage = DmaStorage> {
+    pub(crate) dir: PathBuf,
+    pub(crate) storage: S,
+    pub(crate) journal_setup: JournalSetup<S>,
+    pub(crate) policy: CheckpointPolicy,
+    pub(crate) snapshot_generations: usize,
+    pub(crate) journal_keeps_previous_snapshot: bool,
+    pub(crate) machine: PhantomData<M>,
+}
+
+impl<M: StateMachine> ShardBuilder<M, DmaStorage> {
+    pub(crate) fn new(dir: PathBuf) -> ShardBuilder<M, DmaStorage> {
+        ShardBuilder {
+            dir,
+            storage: DmaStorage::new(),
+            journal_setup: Box::new(|builder| builder),
+            policy: CheckpointPolicy::default(),
+            snapshot_generations: SNAPSHOT_GENERATIONS_DEFAULT,
+            journal_keeps_previous_snapshot: true,
+            machine: PhantomData,
+        }
+    }
+}
+
+impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
+    /// Uses another storage backend (the in-memory fault-injecting disk in
+    /// simulations). Resets the journal settings made so far: call it first.
+    pub fn storage<T: Storage>(self, storage: T) -> ShardBuilder<M, T> {
+        ShardBuilder {
+            dir: self.dir,
+            storage,
+            journal_setup: Box::new(|builder| builder),
+            policy: self.policy,
+            snapshot_generations: self.snapshot_generations,
+            journal_keeps_previous_snapshot: self.journal_keeps_previous_snapshot,
+            machine: PhantomData,
+        }
+    }
+
+    /// Journal settings (slot count, segment size, durability, ...), applied
+    /// to the journal's own builder; see `ringstore_journal::JournalBuilder`
+    /// for each setting's default and range.
+    pub fn journal(
+        mut self,
+        setup: impl FnOnce(JournalBuilder<S>) -> JournalBuilder<S> + 'static,
+    ) -> Self {
+        self.journal_setup = Box::new(setup);
+        self
+    }
+
+    /// When to checkpoint (see [`CheckpointPolicy`]).
+    pub fn checkpoint_policy(mut self, policy: CheckpointPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Snapshot generations kept on disk. Default
+    /// [`SNAPSHOT_GENERATIONS_DEFAULT`]; range 1 to
+    /// [`SNAPSHOT_GENERATIONS_MAX`] (at least 2 while the journal keeps the
+    /// previous snapshot's ops).
+    pub fn snapshot_generations(mut self, generations: usize) -> Self {
+        self.snapshot_generations = generations;
+        self
+    }
+
+    /// Whether the journal keeps the ops above the *previous* snapshot, not
+    /// just above the newest. Default `true`: if the newest snapshot is
+    /// later found damaged, recovery falls back to the previous one and
+    /// replays the journal from there, losing nothing. Costs ring slots and
+    /// disk for one more checkpoint interval. Under ring pressure the
+    /// watermark advances to the newest snapshot regardless.
+    pub fn journal_keeps_previous_snapshot(mut self, keep: bool) -> Self {
+        self.journal_keeps_previous_snapshot = keep;
+        self
+    }
+
+    /// Validates the settings, recovers the shard (see [`crate::recovery`])
+    /// and starts its compaction task.
+    pub async fn open(self) -> Result<Shard<M, S>> {
+        Shard::open_with(self).await
+    }
+
+    pub(crate) fn validate(&self, slot_count: u64) -> Result<ShardConfig> {
+        let invalid = |setting: &'static str, value: String, reason: String| {
+            Err(Error::InvalidConfig {
+                setting,
+                value,
+                reason,
+            })
+        };
+        let policy = &self.policy;
+        let ops_max = policy.ops_max.unwrap_or((slot_count / 4).max(1));
+        if ops_max == 0 || ops_max > slot_count {
+            return invalid(
+                "checkpoint ops_max",
+                ops_max.to_string(),
+                format!("1 to the ring's slot count ({slot_count})"),
+            );
+        }
+        if policy.bytes_max == 0 {
+            return invalid("checkpoint bytes_max", "0".into(), "at least 1".into());
+        }
+        let free_min = policy.ring_free_slots_min.unwrap_or(slot_count / 8);
+        if free_min >= slot_count {
+            return invalid(
+                "checkpoint ring_free_slots_min",
+                free_min.to_string(),
+                format!("0 to the ring's slot count - 1 ({})", slot_count - 1),
+            );
+        }
+        if policy.ring_full_wait_max < Duration::from_millis(1) {
+            return invalid(
+                "checkpoint ring_full_wait_max",
+                format!("{:?}", policy.ring_full_wait_max),
+                "at least 1 ms".into(),
+            );
+        }
+        let generations_min = if self.journal_keeps_previous_snapshot {
+            2
+        } else {
+            1
+        };
+        if !(generations_min..=SNAPSHOT_GENERATIONS_MAX).contains(&self.snapshot_generations) {
+            return invalid(
+                "snapshot_generations",
+                self.snapshot_generations.to_string(),
+                format!("{generations_min} to {SNAPSHOT_GENERATIONS_MAX}"),
+            );
+        }
+        Ok(ShardConfig {
+            dir: self.dir.clone(),
+            checkpoint_ops_max: ops_max,
+            checkpoint_bytes_max: policy.bytes_max,
+            ring_free_slots_min: free_min,
+            ring_full_wait_max: policy.ring_full_wait_max,
+            automatic_checkpoints: policy.automatic,
+            snapshot_generations: self.snapshot_generations,
+            journal_keeps_previous_snapshot: self.journal_keeps_previous_snapshot,
+        })
+    }
+}

@@ -1,0 +1,368 @@
+//! Typed errors. Expected failures (I/O, damaged files, incompatible
+//! snapshots, backpressure, bad configuration) are values of [`Error`]; a
+//! broken internal invariant is a bug and panics.
+//!
+//! Errors name the file and, where there is one, the byte offset or the op.
+//! They are `Clone` because one failure (a poisoned journal, a failed
+//! checkpoint) is reported to every caller waiting on it.
+
+use crate::machine::{DecodeError, EncodeError, RestoreError};
+use std::{io, path::PathBuf, sync::Arc, time::Duration};
+use uuid::Uuid;
+
+/// Result alias for engine operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The step of persisting a snapshot that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistStage {
+    /// Encoding the state (a state machine's encoder failed).
+    Encode,
+    /// Creating the temporary file.
+    Create,
+    /// Writing the temporary file.
+    Write,
+    /// fdatasync of the temporary file.
+    Sync,
+    /// Renaming the temporary file to its final name.
+    Rename,
+    /// fsync of the snapshot directory, which makes the rename durable.
+    DirSync,
+}
+
+impl PersistStage {
+    /// Whether persisting again is safe. Up to and including the rename,
+    /// the older snapshots are untouched and a retry writes a fresh
+    /// temporary file. After a failed directory fsync the kernel may have
+    /// dropped the directory's dirty state: whether the new snapshot
+    /// survives a crash is unknown, and a later fsync that succeeds does not
+    /// say otherwise. The shard must not advance its watermark on it; reopen.
+    pub fn retry_is_safe(self) -> bool {
+        !matches!(self, PersistStage::DirSync)
+    }
+
+    /// The step's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PersistStage::Encode => "encode",
+            PersistStage::Create => "create",
+            PersistStage::Write => "write",
+            PersistStage::Sync => "fdatasync",
+            PersistStage::Rename => "rename",
+            PersistStage::DirSync => "directory fsync",
+        }
+    }
+}
+
+impl std::fmt::Display for PersistStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a snapshot file was not loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Reading the file failed.
+    #[error("{op} failed on {path} at byte offset {offset}: {source}")]
+    Io {
+        /// The call.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Where.
+        offset: u64,
+        /// The operating system's error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The file is shorter than its header says.
+    #[error("{path} is {len} bytes, its header needs {needed} (truncated)")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+        /// The length it should have.
+        needed: u64,
+    },
+    /// The header does not verify (not a snapshot, or damaged).
+    #[error("{path}: snapshot header at byte offset 0 is damaged: {reason}")]
+    BadHeader {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A format version this build does not read.
+    #[error("{path}: snapshot format version {version}, this build reads version {supported}")]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        version: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// A section's bytes fail their checksum.
+    #[error("{path}: section {section:?} at byte offset {offset} fails its checksum")]
+    SectionChecksum {
+        /// The file.
+        path: PathBuf,
+        /// The section.
+        section: String,
+        /// Where it starts.
+        offset: u64,
+    },
+    /// The whole-file checksum does not match.
+    #[error("{path}: whole-file checksum mismatch")]
+    FileChecksum {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The snapshot belongs to another domain.
+    #[error("{path} belongs to domain {found}, this shard to domain {expected}")]
+    WrongDomain {
+        /// The file.
+        path: PathBuf,
+        /// The shard's domain.
+        expected: Uuid,
+        /// The snapshot's domain.
+        found: Uuid,
+    },
+    /// The file name is not that of a snapshot at the op its header names.
+    #[error("{path}: the header says op {header_op}, the file name does not match")]
+    NameMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The op in the header.
+        header_op: u64,
+    },
+}
+
+impl SnapshotError {
+    pub(crate) fn bad_header(path: &std::path::Path, reason: impl Into<String>) -> SnapshotError {
+        SnapshotError::BadHeader {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A snapshot generation that was passed over at load time, and why.
+#[derive(Debug, Clone)]
+pub struct SkippedSnapshot {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it was not used.
+    pub reason: SnapshotError,
+}
+
+/// Everything the engine can report.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The journal failed (see its error for the file and offset).
+    #[error(transparent)]
+    Journal(#[from] ringstore_journal::Error),
+
+    /// Persisting a snapshot failed at `stage`. Older snapshots are intact.
+    #[error(
+        "persisting snapshot {path} failed at the {stage} step: {source} ({})",
+        if stage.retry_is_safe() {
+            "older snapshots are intact; retrying is safe"
+        } else {
+            "whether the snapshot survives a crash is unknown; do not retry, reopen the shard"
+        }
+    )]
+    Persist {
+        /// The step that failed.
+        stage: PersistStage,
+        /// The file being written (the temporary name up to the rename).
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// A snapshot's state could not be encoded.
+    #[error("encoding snapshot section {section:?} failed: {source}")]
+    Encode {
+        /// The section.
+        section: String,
+        /// bincode's error.
+        #[source]
+        source: Arc<EncodeError>,
+    },
+
+    /// A snapshot file is damaged or not usable (see [`SnapshotError`]).
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+
+    /// A snapshot verified but its sections do not restore in this build
+    /// (unknown section, unsupported section version, bad contents). This
+    /// is not damage, so no older generation is tried in its place.
+    #[error("{path}: {source}")]
+    Restore {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What the state machine refused.
+        #[source]
+        source: Arc<RestoreError>,
+    },
+
+    /// The newest usable snapshot is older than the journal's watermark:
+    /// the ops between them were compacted away on the strength of a
+    /// snapshot that is now damaged or missing, so the state cannot be
+    /// rebuilt.
+    #[error(
+        "no usable snapshot covers the journal's watermark: newest usable snapshot is at op \
+         {snapshot_op}, the journal was compacted up to op {journal_watermark} ({skipped} newer \
+         snapshot file(s) skipped as damaged)"
+    )]
+    SnapshotBehindJournal {
+        /// Op of the newest usable snapshot (0: none).
+        snapshot_op: u64,
+        /// The journal's watermark.
+        journal_watermark: u64,
+        /// Snapshot files skipped.
+        skipped: usize,
+    },
+
+    /// Replay found an op missing above the snapshot.
+    #[error(
+        "journal has no op {op} above the snapshot at op {snapshot_op} although it holds ops up \
+         to {last_op}: replay would skip it"
+    )]
+    ReplayGap {
+        /// The missing op.
+        op: u64,
+        /// The snapshot replay started from.
+        snapshot_op: u64,
+        /// The last op the journal holds.
+        last_op: u64,
+    },
+
+    /// A journal entry's payload is not a command of this state machine.
+    #[error("op {op}: journal entry does not decode as a command: {source}")]
+    CommandDecode {
+        /// The op.
+        op: u64,
+        /// What failed.
+        #[source]
+        source: Arc<DecodeError>,
+    },
+
+    /// A command could not be encoded.
+    #[error("command does not encode: {0}")]
+    CommandEncode(Arc<EncodeError>),
+
+    /// The ring stayed full for the whole bounded wait: checkpoints are not
+    /// freeing slots fast enough (or are failing; see the shard's stats).
+    #[error(
+        "journal ring full for {waited:?} waiting for a checkpoint to free slots; raise \
+         slot_count or lower the checkpoint thresholds"
+    )]
+    Backpressure {
+        /// How long the submit waited.
+        waited: Duration,
+    },
+
+    /// An earlier failure made the shard's state untrustworthy: every call
+    /// fails until the shard is reopened (which recovers from disk).
+    #[error("shard poisoned by an earlier failure, reopen it: {cause}")]
+    Poisoned {
+        /// The first failure.
+        cause: Box<Error>,
+    },
+
+    /// The shard's identity file is damaged or missing where data exists.
+    #[error("{path}: {reason}")]
+    Identity {
+        /// The identity file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// `reset_to` was given a snapshot of another domain, on a shard that
+    /// already holds data.
+    #[error(
+        "{path} belongs to domain {snapshot}, this shard holds data of domain {shard}; reset \
+         a shard only to its own domain's snapshots, or restore into an empty data dir"
+    )]
+    DomainMismatch {
+        /// The snapshot.
+        path: PathBuf,
+        /// The shard's domain.
+        shard: Uuid,
+        /// The snapshot's domain.
+        snapshot: Uuid,
+    },
+
+    /// After a reset, the first op or its epoch was not above everything
+    /// the shard had seen.
+    #[error(
+        "first op after reset is op {op} at epoch {epoch}; it must be op {expected_op} at epoch \
+         {expected_epoch} or later"
+    )]
+    ResetCheck {
+        /// The op that was assigned.
+        op: u64,
+        /// Its epoch.
+        epoch: u64,
+        /// The op expected.
+        expected_op: u64,
+        /// The smallest epoch allowed.
+        expected_epoch: u64,
+    },
+
+    /// A directory or file call outside the journal and snapshot writes
+    /// failed.
+    #[error("{op} failed on {path}: {source}")]
+    Io {
+        /// The call.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// A setting is out of range; nothing was opened.
+    #[error("invalid shard setting {setting} = {value}: {reason}")]
+    InvalidConfig {
+        /// The setting.
+        setting: &'static str,
+        /// The value given.
+        value: String,
+        /// The valid range.
+        reason: String,
+    },
+
+    /// A reset is running; submit again once it finished.
+    #[error("shard is being reset to a snapshot; retry once the reset finished")]
+    Resetting,
+
+    /// The shard is closed or closing.
+    #[error("shard is closed")]
+    Closed,
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// True if this error poisoned the shard (or reports that it is).
+    pub fn is_poisoned(&self) -> bool {
+        matches!(self, Error::Poisoned { .. })
+            || matches!(self, Error::Journal(e) if e.is_poisoned())
+    }
+}

@@ -1,0 +1,262 @@
+//! Opening a shard: identity, newest valid snapshot, journal, replay.
+//!
+//! 1. **Identity.** Read the domain from `identity`; a new, empty shard
+//!    directory gets a fresh random domain. A directory that holds data but
+//!    no identity is refused: its domain is unknown.
+//! 2. **Snapshot.** Load the newest snapshot that verifies, noting every
+//!    newer one skipped and why. A snapshot that verifies but does not
+//!    restore (unknown section or version) is an error, not a skip: it is
+//!    not damage, and an older snapshot would silently be older state.
+//! 3. **Journal.** Open it (its own recovery verifies every entry and cuts
+//!    only a provably torn tail). If its watermark is above the snapshot,
+//!    the ops in between were compacted on the strength of a snapshot that
+//!    is now unusable: [`Error::SnapshotBehindJournal`].
+//! 4. **Replay** every op above the snapshot, in order, through the state
+//!    machine. A missing op below the journal's last op is
+//!    [`Error::ReplayGap`]: skipping it would apply later commands to the
+//!    wrong state.
+//! 5. **Catch up.** If the journal holds nothing above the snapshot (after
+//!    a reset), its watermark and epoch are raised to the snapshot's so new
+//!    ops number above it.
+
+use crate::config::{ShardBuilder, ShardConfig};
+use crate::error::{Error, Result, SkippedSnapshot};
+use crate::identity::{read_identity, write_identity};
+use crate::machine::{decode, OpId, StateMachine};
+use crate::shard::{SnapshotPoint, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
+use crate::snapshot::{SnapshotMeta, SnapshotStore};
+use ringstore_journal::storage::Storage;
+use ringstore_journal::{Journal, LogItem, RecoveryReport};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use uuid::Uuid;
+
+/// What opening a shard found and did.
+#[derive(Debug, Clone)]
+pub struct ShardRecoveryReport {
+    /// The shard's domain.
+    pub domain: Uuid,
+    /// True if the directory was new and this open created the domain.
+    pub domain_created: bool,
+    /// The snapshot the state was restored from (`None`: empty state).
+    pub snapshot: Option<SnapshotMeta>,
+    /// Newer snapshot files that did not verify, with the reasons.
+    pub skipped_snapshots: Vec<SkippedSnapshot>,
+    /// Ops replayed from the journal.
+    pub replayed_ops: u64,
+    /// Bytes of commands replayed.
+    pub replayed_bytes: u64,
+    /// The journal's own recovery report.
+    pub journal: RecoveryReport,
+    /// Time to load and restore the snapshot.
+    pub snapshot_time: Duration,
+    /// Time to open the journal (its scan).
+    pub journal_time: Duration,
+    /// Time to replay.
+    pub replay_time: Duration,
+}
+
+pub(crate) struct Recovered<M: StateMachine, S: Storage> {
+    pub config: ShardConfig,
+    pub storage: S,
+    pub domain: Uuid,
+    pub journal: Journal<S>,
+    pub snapshots: SnapshotStore<S>,
+    pub machine: M,
+    pub applied: OpId,
+    pub snapshot: Option<SnapshotPoint>,
+    pub previous_snapshot: Option<u64>,
+    pub report: ShardRecoveryReport,
+}
+
+pub(crate) async fn recover<M: StateMachine, S: Storage>(
+    mut builder: ShardBuilder<M, S>,
+) -> Result<Recovered<M, S>> {
+    let dir = builder.dir.clone();
+    let storage = builder.storage.clone();
+    storage
+        .prepare_dir(&dir)
+        .await
+        .map_err(|e| Error::io("prepare shard directory", &dir, e))?;
+    let journal_dir = dir.join(JOURNAL_DIR_NAME);
+    let snapshots = SnapshotStore::open(storage.clone(), dir.join(SNAPSHOT_DIR_NAME)).await?;
+
+    // 1. Identity.
+    let (domain, domain_created) = match read_identity(&storage, &dir).await? {
+        Some(domain) => (domain, false),
+        None => {
+            let journal_files = storage.list_dir(&journal_dir).unwrap_or_default();
+            if !snapshots.generations()?.is_empty() || !journal_files.is_empty() {
+                return Err(Error::Identity {
+                    path: dir.join(crate::identity::IDENTITY_FILE_NAME),
+                    reason: "missing, but the shard directory holds a journal or snapshots: \
+                             the domain they belong to is unknown. Restore the identity file, \
+                             or move the directory aside and restore the shard from object \
+                             storage"
+                        .into(),
+                });
+            }
+            let domain = Uuid::new_v4();
+            write_identity(&storage, &dir, domain).await?;
+            (domain, true)
+        }
+    };
+
+    // 2. Snapshot.
+    let started = Instant::now();
+    let (loaded, skipped) = snapshots.load_newest(domain).await?;
+    let (machine, snapshot_meta) = match loaded {
+        Some(mut loaded) => {
+            let machine = M::restore(&mut loaded.sections).map_err(|e| Error::Restore {
+                path: loaded.meta.path.clone(),
+                source: Arc::new(e),
+            })?;
+            (machine, Some(loaded.meta))
+        }
+        None => (M::default(), None),
+    };
+    let snapshot_time = started.elapsed();
+    let snapshot_op = snapshot_meta.as_ref().map_or(0, |m| m.watermark);
+    let snapshot_epoch = snapshot_meta.as_ref().map_or(0, |m| m.epoch);
+    let previous_snapshot = snapshots
+        .generations()?
+        .into_iter()
+        .map(|(op, _)| op)
+        .filter(|&op| op < snapshot_op)
+        .max();
+
+    // 3. Journal.
+    let started = Instant::now();
+    let journal_setup = std::mem::replace(&mut builder.journal_setup, Box::new(|b| b));
+    let journal_builder = journal_setup(Journal::builder(&journal_dir).storage(storage.clone()));
+    let journal = journal_builder.open().await?;
+    let journal_time = started.elapsed();
+    let config = match builder.validate(journal.config().slot_count) {
+        Ok(config) => config,
+        Err(e) => {
+            let _ = journal.close().await;
+            return Err(e);
+        }
+    };
+    if journal.watermark() > snapshot_op {
+        let _ = journal.close().await;
+        return Err(Error::SnapshotBehindJournal {
+            snapshot_op,
+            journal_watermark: journal.watermark(),
+            skipped: skipped.len(),
+        });
+    }
+
+    // 4. Replay.
+    let started = Instant::now();
+    let mut machine = machine;
+    let mut applied = OpId {
+        op: snapshot_op,
+        epoch: snapshot_epoch,
+    };
+    let mut replayed_ops = 0;
+    let mut replayed_bytes = 0;
+    let last_op = journal.next_op().saturating_sub(1);
+    if last_op > snapshot_op {
+        let replayed = replay(&journal, &mut machine, snapshot_op, last_op).await;
+        match replayed {
+            Ok((to, ops, bytes)) => {
+                applied = to;
+                replayed_ops = ops;
+                replayed_bytes = bytes;
+            }
+            Err(e) => {
+                let _ = journal.close().await;
+                return Err(e);
+            }
+        }
+    }
+    let replay_time = started.elapsed();
+
+    // 5. Catch up after a reset.
+    if journal.next_op() <= snapshot_op {
+        journal.advance_watermark(snapshot_op).await?;
+    }
+    if journal.epoch() < snapshot_epoch {
+        journal.set_epoch(snapshot_epoch)?;
+    }
+
+    let report = ShardRecoveryReport {
+        domain,
+        domain_created,
+        snapshot: snapshot_meta.clone(),
+        skipped_snapshots: skipped,
+        replayed_ops,
+        replayed_bytes,
+        journal: journal.recovery_report().clone(),
+        snapshot_time,
+        journal_time,
+        replay_time,
+    };
+    tracing::info!(
+        dir = %dir.display(),
+        %domain,
+        snapshot_op,
+        replayed_ops,
+        skipped = report.skipped_snapshots.len(),
+        "shard recovered"
+    );
+    Ok(Recovered {
+        config,
+        storage,
+        domain,
+        journal,
+        snapshots,
+        machine,
+        applied,
+        snapshot: snapshot_meta.map(|m| SnapshotPoint {
+            watermark: m.watermark,
+            epoch: m.epoch,
+            command_bytes_total: 0,
+        }),
+        previous_snapshot,
+        report,
+    })
+}
+
+/// Applies ops `from + 1 ..= to` in order. Returns the last op applied and
+/// how many ops and bytes were replayed.
+async fn replay<M: StateMachine, S: Storage>(
+    journal: &Journal<S>,
+    machine: &mut M,
+    from: u64,
+    to: u64,
+) -> Result<(OpId, u64, u64)> {
+    let mut entries = journal.entries(from + 1..=to);
+    let mut applied = OpId { op: from, epoch: 0 };
+    let mut ops = 0;
+    let mut bytes = 0;
+    while let Some(item) = entries.next().await {
+        match item? {
+            LogItem::Present(entry) => {
+                let command = decode(&entry.payload).map_err(|e| Error::CommandDecode {
+                    op: entry.op,
+                    source: Arc::new(e),
+                })?;
+                applied = OpId {
+                    op: entry.op,
+                    epoch: entry.epoch,
+                };
+                // Rejections are part of the history: replay them too.
+                let _ = machine.apply(applied, command);
+                ops += 1;
+                bytes += entry.payload.len() as u64;
+            }
+            LogItem::Missing(op) => {
+                return Err(Error::ReplayGap {
+                    op,
+                    snapshot_op: from,
+                    last_op: to,
+                });
+            }
+        }
+    }
+    Ok((applied, ops, bytes))
+}

@@ -1,0 +1,154 @@
+//! Resetting a shard to a snapshot (cold restore from object storage).
+//!
+//! [`Shard::reset_to`] replaces the shard's state with a snapshot's and
+//! moves the shard's numbering past everything it has seen, so a command
+//! after the reset can never be confused with one from before it:
+//!
+//! 1. Load and verify the snapshot; restore its state (nothing changes if
+//!    either fails). A snapshot of another domain is refused unless the
+//!    shard is new and empty, which then joins that domain (`identity` is
+//!    rewritten).
+//! 2. `B` = one above the largest op the shard has seen (the journal's
+//!    last op, the newest local snapshot, the applied op, the snapshot's own
+//!    watermark); `E` = one above the largest epoch likewise.
+//! 3. Persist the restored state as the local snapshot at op `B`, epoch `E`.
+//! 4. Raise the journal's epoch to `E` and its watermark to `B`.
+//! 5. The first op submitted afterwards is checked to be `B + 1` at epoch
+//!    `E` or later ([`Error::ResetCheck`] otherwise).
+//!
+//! A crash before step 3 completes leaves the shard as it was. A crash
+//! between 3 and 4 is finished by recovery, which raises the journal's
+//! watermark and epoch to the newest snapshot's.
+
+use crate::error::{Error, Result};
+use crate::identity::write_identity;
+use crate::machine::{OpId, StateMachine};
+use crate::shard::{Shard, SnapshotPoint};
+use crate::snapshot::SnapshotMeta;
+use ringstore_journal::storage::Storage;
+use std::{path::Path, sync::Arc, time::Duration};
+
+/// How often `reset_to` checks that in-flight submits have finished.
+const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(1);
+
+/// What [`Shard::reset_to`] did.
+#[derive(Debug, Clone)]
+pub struct ResetOutcome {
+    /// The snapshot the state came from.
+    pub source: SnapshotMeta,
+    /// The local snapshot written at the new numbering.
+    pub snapshot: SnapshotMeta,
+    /// Op and epoch the shard's numbering now starts above.
+    pub floor: OpId,
+}
+
+impl<M: StateMachine, S: Storage> Shard<M, S> {
+    /// Resets the shard to the snapshot file at `snapshot` (on the shard's
+    /// storage; e.g. downloaded from object storage). See the module docs.
+    /// Submits are refused with [`Error::Resetting`] while it runs; it waits
+    /// for submits already in flight and for a running checkpoint.
+    pub async fn reset_to(&self, snapshot: &Path) -> Result<ResetOutcome> {
+        self.usable()?;
+        self.set_resetting(true);
+        let result = async {
+            self.drain_submits().await;
+            self.exclude_checkpoints().await;
+            let result = self.reset_exclusive(snapshot).await;
+            self.allow_checkpoints();
+            result
+        }
+        .await;
+        self.set_resetting(false);
+        result
+    }
+
+    async fn drain_submits(&self) {
+        while self.submits_in_flight() > 0 {
+            glommio::timer::sleep(DRAIN_POLL_INTERVAL).await;
+        }
+    }
+
+    async fn reset_exclusive(&self, path: &Path) -> Result<ResetOutcome> {
+        let inner = &*self.inner;
+        // 1. Load, verify, restore.
+        let mut loaded = inner.snapshots.load(path, None).await?;
+        let machine = M::restore(&mut loaded.sections).map_err(|e| Error::Restore {
+            path: path.to_path_buf(),
+            source: Arc::new(e),
+        })?;
+        let source = loaded.meta;
+        let generations = inner.snapshots.generations()?;
+        let applied = self.applied();
+        if source.domain != self.domain() {
+            let fresh = applied.op == 0
+                && inner.journal.next_op() == 1
+                && inner.journal.watermark() == 0
+                && generations.is_empty();
+            if !fresh {
+                return Err(Error::DomainMismatch {
+                    path: path.to_path_buf(),
+                    shard: self.domain(),
+                    snapshot: source.domain,
+                });
+            }
+            write_identity(&inner.storage, &inner.config.dir, source.domain).await?;
+            inner.domain.set(source.domain);
+        }
+        // 2. The new floor.
+        let newest_local = generations.last().map_or(0, |(op, _)| *op);
+        let op_seen = source
+            .watermark
+            .max(inner.journal.next_op().saturating_sub(1))
+            .max(applied.op)
+            .max(newest_local);
+        let epoch_seen = source.epoch.max(inner.journal.epoch()).max(applied.epoch);
+        let floor = OpId {
+            op: op_seen + 1,
+            epoch: epoch_seen + 1,
+        };
+        // 3. The local snapshot at the new numbering.
+        let frozen = machine.freeze();
+        let snapshot = inner
+            .snapshots
+            .persist(frozen, floor.op, floor.epoch, source.domain)
+            .await?;
+        // 4. The journal.
+        inner.journal.set_epoch(floor.epoch)?;
+        if let Err(e) = inner.journal.advance_watermark(floor.op).await {
+            return Err(self.poison(e.into()));
+        }
+        let next_op = inner.journal.next_op();
+        if next_op != floor.op + 1 {
+            return Err(self.poison(Error::ResetCheck {
+                op: next_op,
+                epoch: inner.journal.epoch(),
+                expected_op: floor.op + 1,
+                expected_epoch: floor.epoch,
+            }));
+        }
+        *inner.machine.borrow_mut() = machine;
+        {
+            let mut progress = inner.progress.borrow_mut();
+            progress.applied = floor;
+            progress.snapshot = Some(SnapshotPoint {
+                watermark: floor.op,
+                epoch: floor.epoch,
+                command_bytes_total: progress.command_bytes_total,
+            });
+            progress.previous_snapshot = None;
+            progress.reset_floor = Some(floor);
+        }
+        self.notify_slots_freed();
+        tracing::info!(
+            source = %source.path.display(),
+            floor_op = floor.op,
+            floor_epoch = floor.epoch,
+            "shard reset to snapshot"
+        );
+        Ok(ResetOutcome {
+            source,
+            snapshot,
+            floor,
+        })
+    }
+}

@@ -1,0 +1,726 @@
+//! One shard: a journal, a state machine, its snapshots and the compaction
+//! task, on one glommio reactor.
+//!
+//! # The submit path
+//!
+//! [`Shard::submit`] encodes the command, appends it to the journal (group
+//! commit: concurrent submits share one write and one fdatasync) and, once
+//! the entry is durable, applies it in op order. The journal acknowledges in
+//! op order, so the submitter of op `n` normally finds op `n - 1` applied and
+//! applies its own command at once; if it wakes first it parks the command
+//! and the submitter of the missing op applies both. A command is applied
+//! only after it is durable, so everything a reply reflects survives a
+//! crash.
+//!
+//! # Checkpoints
+//!
+//! A checkpoint freezes the state (cheap: the state machines share structure
+//! with their frozen image), writes it as a snapshot file while submits go
+//! on, and then advances the journal's watermark, which frees ring slots and
+//! retires segments. By default the watermark only moves up to the
+//! *previous* snapshot, so a damaged newest snapshot can be replaced by the
+//! previous one plus the journal (see
+//! [`ShardBuilder::journal_keeps_previous_snapshot`]). The compaction task
+//! runs one when the ops or bytes since the last snapshot pass their
+//! thresholds or the ring runs low; when the ring is full, submits wait for
+//! it (bounded by `ring_full_wait_max`).
+//!
+//! # State and `.await`
+//!
+//! The shard's mutable state lives in `RefCell`s that are borrowed only
+//! between awaits (the crate denies `clippy::await_holding_refcell_ref`).
+
+use crate::config::{ShardBuilder, ShardConfig};
+use crate::error::{Error, Result};
+use crate::machine::{encode, OpId, StateMachine};
+use crate::recovery::{recover, ShardRecoveryReport};
+use crate::snapshot::{SnapshotMeta, SnapshotStore};
+use event_listener::Event;
+use futures_channel::oneshot;
+use ringstore_journal::storage::{DmaStorage, Storage};
+use ringstore_journal::Journal;
+use std::{
+    cell::{Cell, RefCell},
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    rc::{Rc, Weak},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use uuid::Uuid;
+
+/// Name of the journal's directory inside the shard directory.
+pub const JOURNAL_DIR_NAME: &str = "journal";
+/// Name of the snapshots' directory inside the shard directory.
+pub const SNAPSHOT_DIR_NAME: &str = "snapshots";
+
+/// What a submitted command did: applied with a reply, or refused by the
+/// state machine's validation (state unchanged). Either way it is in the
+/// journal and durable.
+pub type Outcome<M> =
+    std::result::Result<<M as StateMachine>::Reply, <M as StateMachine>::Rejection>;
+
+/// Counters since the shard was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Commands applied (replies and rejections), replay excluded.
+    pub commands_applied: u64,
+    /// Commands the state machine rejected.
+    pub commands_rejected: u64,
+    /// Bytes of encoded commands applied.
+    pub command_bytes: u64,
+    /// Times a submit found the ring full and waited.
+    pub ring_full_waits: u64,
+    /// Checkpoints that wrote a snapshot.
+    pub checkpoints: u64,
+    /// Checkpoints that failed.
+    pub checkpoint_failures: u64,
+    /// Total time spent writing snapshots.
+    pub checkpoint_time: Duration,
+    /// Bytes of snapshot files written.
+    pub snapshot_bytes_written: u64,
+    /// Old snapshot generations removed.
+    pub snapshots_pruned: u64,
+    /// Failed attempts to remove old generations (retried next time).
+    pub prune_failures: u64,
+}
+
+/// What [`Shard::checkpoint`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointOutcome {
+    /// The snapshot written, if the state changed since the last one.
+    pub snapshot: Option<SnapshotMeta>,
+    /// The journal's watermark afterwards.
+    pub watermark: u64,
+    /// Whether the watermark moved.
+    pub watermark_advanced: bool,
+}
+
+/// The newest snapshot the shard relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SnapshotPoint {
+    pub watermark: u64,
+    pub epoch: u64,
+    /// `command_bytes_total` when it was frozen.
+    pub command_bytes_total: u64,
+}
+
+struct Parked<M: StateMachine> {
+    epoch: u64,
+    command: M::Command,
+    bytes: u64,
+    reply: oneshot::Sender<Outcome<M>>,
+}
+
+pub(crate) struct Progress<M: StateMachine> {
+    /// The last op applied.
+    pub applied: OpId,
+    /// Durable ops waiting for an earlier op to be applied.
+    parked: BTreeMap<u64, Parked<M>>,
+    /// Bytes of commands applied since open (replay included).
+    pub command_bytes_total: u64,
+    pub snapshot: Option<SnapshotPoint>,
+    /// Watermark of the snapshot before `snapshot`, if any.
+    pub previous_snapshot: Option<u64>,
+    checkpointing: bool,
+    poisoned: Option<Error>,
+    closing: bool,
+    /// Submits currently waiting for ring slots.
+    ring_waiters: u64,
+    /// Set by a reset: the next op must be `op + 1`, at `epoch` or later.
+    pub reset_floor: Option<OpId>,
+    /// A reset is running: submits are refused.
+    resetting: bool,
+    /// Submits between their start and their outcome.
+    submits_in_flight: u64,
+    stats: ShardStats,
+}
+
+pub(crate) struct Inner<M: StateMachine, S: Storage> {
+    pub config: ShardConfig,
+    pub storage: S,
+    pub domain: Cell<Uuid>,
+    pub journal: Journal<S>,
+    pub snapshots: SnapshotStore<S>,
+    pub machine: RefCell<M>,
+    pub progress: RefCell<Progress<M>>,
+    recovery: ShardRecoveryReport,
+    /// Notified when a checkpoint may be due, and at close.
+    checkpoint_wanted: Event,
+    /// Notified when the watermark moved or the shard failed.
+    slots_freed: Event,
+    /// Notified when a checkpoint ends.
+    checkpoint_ended: Event,
+    compaction_task: RefCell<Option<glommio::Task<()>>>,
+}
+
+/// One shard. Cheap to clone (clones are the same shard); `!Send`: it lives
+/// on the glommio reactor that opened it.
+pub struct Shard<M: StateMachine, S: Storage = DmaStorage> {
+    pub(crate) inner: Rc<Inner<M, S>>,
+}
+
+impl<M: StateMachine, S: Storage> Clone for Shard<M, S> {
+    fn clone(&self) -> Self {
+        Shard {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<M: StateMachine> Shard<M, DmaStorage> {
+    /// A builder for the shard in `dir` (created if missing).
+    pub fn builder(dir: impl Into<PathBuf>) -> ShardBuilder<M, DmaStorage> {
+        ShardBuilder::new(dir.into())
+    }
+}
+
+impl<M: StateMachine, S: Storage> Shard<M, S> {
+    pub(crate) async fn open_with(builder: ShardBuilder<M, S>) -> Result<Shard<M, S>> {
+        let recovered = recover(builder).await?;
+        let automatic = recovered.config.automatic_checkpoints;
+        let inner = Rc::new(Inner {
+            config: recovered.config,
+            storage: recovered.storage,
+            domain: Cell::new(recovered.domain),
+            journal: recovered.journal,
+            snapshots: recovered.snapshots,
+            machine: RefCell::new(recovered.machine),
+            progress: RefCell::new(Progress {
+                applied: recovered.applied,
+                parked: BTreeMap::new(),
+                command_bytes_total: recovered.report.replayed_bytes,
+                snapshot: recovered.snapshot,
+                previous_snapshot: recovered.previous_snapshot,
+                checkpointing: false,
+                poisoned: None,
+                closing: false,
+                ring_waiters: 0,
+                reset_floor: None,
+                resetting: false,
+                submits_in_flight: 0,
+                stats: ShardStats::default(),
+            }),
+            recovery: recovered.report,
+            checkpoint_wanted: Event::new(),
+            slots_freed: Event::new(),
+            checkpoint_ended: Event::new(),
+            compaction_task: RefCell::new(None),
+        });
+        if automatic {
+            let task = glommio::spawn_local(run_compaction(Rc::downgrade(&inner)));
+            *inner.compaction_task.borrow_mut() = Some(task);
+        }
+        Ok(Shard { inner })
+    }
+
+    /// Submits a command. Resolves once it is durable and applied, with the
+    /// state machine's reply or rejection. Fails (without applying) if the
+    /// journal write fails, which poisons the shard, or if the ring stays
+    /// full past `ring_full_wait_max`.
+    pub async fn submit(&self, command: M::Command) -> Result<Outcome<M>> {
+        self.usable()?;
+        self.inner.progress.borrow_mut().submits_in_flight += 1;
+        let result = self.submit_counted(command).await;
+        self.inner.progress.borrow_mut().submits_in_flight -= 1;
+        result
+    }
+
+    async fn submit_counted(&self, command: M::Command) -> Result<Outcome<M>> {
+        let payload = encode(&command).map_err(|e| Error::CommandEncode(Arc::new(e)))?;
+        let inner = &*self.inner;
+        let mut waited_since: Option<Instant> = None;
+        let (op, epoch) = loop {
+            let epoch = inner.journal.epoch();
+            match inner.journal.append(&payload).await {
+                Ok(op) => break (op, epoch),
+                Err(ringstore_journal::Error::RingFull { .. }) => {
+                    let since = *waited_since.get_or_insert_with(Instant::now);
+                    self.wait_for_slots(since).await?;
+                }
+                Err(e) => return Err(self.journal_failed(e)),
+            }
+        };
+        self.apply_durable(op, epoch, command, payload.len() as u64)
+            .await
+    }
+
+    async fn wait_for_slots(&self, since: Instant) -> Result<()> {
+        let inner = &*self.inner;
+        let waited = since.elapsed();
+        let wait_max = inner.config.ring_full_wait_max;
+        if waited >= wait_max {
+            return Err(Error::Backpressure { waited });
+        }
+        let listener = inner.slots_freed.listen();
+        {
+            let mut progress = inner.progress.borrow_mut();
+            progress.stats.ring_full_waits += 1;
+            progress.ring_waiters += 1;
+        }
+        inner.checkpoint_wanted.notify(usize::MAX);
+        // Slots may have been freed between the append and the listen.
+        if inner.journal.remaining_capacity() == 0 {
+            let timer = glommio::timer::Timer::new(wait_max - waited);
+            futures_lite::future::or(listener, async {
+                timer.await;
+            })
+            .await;
+        }
+        inner.progress.borrow_mut().ring_waiters -= 1;
+        self.usable()
+    }
+
+    /// Applies op `op` once every earlier op is applied; returns its
+    /// outcome.
+    async fn apply_durable(
+        &self,
+        op: u64,
+        epoch: u64,
+        command: M::Command,
+        bytes: u64,
+    ) -> Result<Outcome<M>> {
+        let mut command = Some(command);
+        let receiver = {
+            let mut progress = self.inner.progress.borrow_mut();
+            if let Some(floor) = progress.reset_floor.take() {
+                if op != floor.op + 1 || epoch < floor.epoch {
+                    drop(progress);
+                    return Err(self.poison(Error::ResetCheck {
+                        op,
+                        epoch,
+                        expected_op: floor.op + 1,
+                        expected_epoch: floor.epoch,
+                    }));
+                }
+            }
+            assert!(op > progress.applied.op, "op {op} applied twice");
+            if op == progress.applied.op + 1 {
+                None
+            } else {
+                let (reply, receiver) = oneshot::channel();
+                progress.parked.insert(
+                    op,
+                    Parked {
+                        epoch,
+                        command: command.take().expect("not parked yet"),
+                        bytes,
+                        reply,
+                    },
+                );
+                Some(receiver)
+            }
+        };
+        match receiver {
+            None => {
+                let command = command.expect("not parked");
+                let outcome = self.apply_one(OpId { op, epoch }, command, bytes);
+                self.apply_parked();
+                Ok(outcome)
+            }
+            Some(receiver) => match receiver.await {
+                Ok(outcome) => Ok(outcome),
+                Err(_) => Err(self.poisoned_error()),
+            },
+        }
+    }
+
+    fn apply_one(&self, at: OpId, command: M::Command, bytes: u64) -> Outcome<M> {
+        let outcome = self.inner.machine.borrow_mut().apply(at, command);
+        let due = {
+            let mut progress = self.inner.progress.borrow_mut();
+            progress.applied = at;
+            progress.command_bytes_total += bytes;
+            progress.stats.commands_applied += 1;
+            progress.stats.command_bytes += bytes;
+            progress.stats.commands_rejected += u64::from(outcome.is_err());
+            self.inner.checkpoint_due(&progress)
+        };
+        if due {
+            self.inner.checkpoint_wanted.notify(1);
+        }
+        outcome
+    }
+
+    fn apply_parked(&self) {
+        loop {
+            let next = {
+                let mut progress = self.inner.progress.borrow_mut();
+                let next_op = progress.applied.op + 1;
+                progress.parked.remove(&next_op).map(|p| (next_op, p))
+            };
+            let Some((op, parked)) = next else {
+                return;
+            };
+            let outcome = self.apply_one(
+                OpId {
+                    op,
+                    epoch: parked.epoch,
+                },
+                parked.command,
+                parked.bytes,
+            );
+            // The submitter may have gone away; the command is applied anyway.
+            let _ = parked.reply.send(outcome);
+        }
+    }
+
+    /// Reads the state: `read` runs against the state with every command
+    /// acknowledged so far applied.
+    pub fn read<T>(&self, read: impl FnOnce(&M) -> T) -> T {
+        read(&self.inner.machine.borrow())
+    }
+
+    /// Takes a checkpoint now: a snapshot of the applied state (unless one
+    /// at this op exists), then the watermark advance it allows. Waits for a
+    /// running checkpoint first. Submits go on meanwhile.
+    pub async fn checkpoint(&self) -> Result<CheckpointOutcome> {
+        loop {
+            let listener = {
+                let mut progress = self.inner.progress.borrow_mut();
+                if let Some(cause) = &progress.poisoned {
+                    return Err(Error::Poisoned {
+                        cause: Box::new(cause.clone()),
+                    });
+                }
+                if !progress.checkpointing {
+                    progress.checkpointing = true;
+                    break;
+                }
+                self.inner.checkpoint_ended.listen()
+            };
+            listener.await;
+        }
+        let result = self.checkpoint_exclusive().await;
+        {
+            let mut progress = self.inner.progress.borrow_mut();
+            progress.checkpointing = false;
+            match &result {
+                Ok(outcome) => {
+                    if let Some(meta) = &outcome.snapshot {
+                        progress.stats.checkpoints += 1;
+                        progress.stats.snapshot_bytes_written += meta.file_bytes;
+                    }
+                }
+                Err(_) => progress.stats.checkpoint_failures += 1,
+            }
+        }
+        self.inner.checkpoint_ended.notify(usize::MAX);
+        result
+    }
+
+    async fn checkpoint_exclusive(&self) -> Result<CheckpointOutcome> {
+        let inner = &*self.inner;
+        let (at, bytes_total, last) = {
+            let progress = inner.progress.borrow();
+            (
+                progress.applied,
+                progress.command_bytes_total,
+                progress.snapshot,
+            )
+        };
+        let mut written = None;
+        if at.op > last.map_or(0, |s| s.watermark) {
+            let epoch = inner.journal.epoch().max(at.epoch);
+            let frozen = inner.machine.borrow().freeze();
+            let started = Instant::now();
+            let persisted = inner
+                .snapshots
+                .persist(frozen, at.op, epoch, inner.domain.get())
+                .await;
+            let meta = match persisted {
+                Ok(meta) => meta,
+                Err(e) => {
+                    if let Error::Persist { stage, .. } = &e {
+                        if !stage.retry_is_safe() {
+                            return Err(self.poison(e));
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+            let mut progress = inner.progress.borrow_mut();
+            progress.stats.checkpoint_time += started.elapsed();
+            progress.previous_snapshot = last.map(|s| s.watermark);
+            progress.snapshot = Some(SnapshotPoint {
+                watermark: at.op,
+                epoch,
+                command_bytes_total: bytes_total,
+            });
+            written = Some(meta);
+        }
+        let before = inner.journal.watermark();
+        let target = inner.watermark_target();
+        if target > before {
+            if let Err(e) = inner.journal.advance_watermark(target).await {
+                return Err(self.journal_failed(e));
+            }
+            inner.slots_freed.notify(usize::MAX);
+        }
+        self.prune().await;
+        Ok(CheckpointOutcome {
+            snapshot: written,
+            watermark: inner.journal.watermark(),
+            watermark_advanced: target > before,
+        })
+    }
+
+    /// Removes snapshot generations beyond the configured count. A failure
+    /// is counted and retried at the next checkpoint: the extra files cost
+    /// only space.
+    async fn prune(&self) {
+        let inner = &*self.inner;
+        let protect = inner.progress.borrow().snapshot.map_or(0, |s| s.watermark);
+        match inner
+            .snapshots
+            .prune(inner.config.snapshot_generations, protect)
+            .await
+        {
+            Ok(removed) => inner.progress.borrow_mut().stats.snapshots_pruned += removed as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, "removing old snapshots failed; retrying at the next checkpoint");
+                inner.progress.borrow_mut().stats.prune_failures += 1;
+            }
+        }
+    }
+
+    /// The shard's domain.
+    pub fn domain(&self) -> Uuid {
+        self.inner.domain.get()
+    }
+
+    /// The last op applied.
+    pub fn applied(&self) -> OpId {
+        self.inner.progress.borrow().applied
+    }
+
+    /// The op of the newest snapshot the shard relies on (0: none).
+    pub fn snapshot_watermark(&self) -> u64 {
+        self.inner
+            .progress
+            .borrow()
+            .snapshot
+            .map_or(0, |s| s.watermark)
+    }
+
+    /// The shard's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.config.dir
+    }
+
+    /// The journal (for inspection: appends must go through
+    /// [`Shard::submit`]).
+    pub fn journal(&self) -> &Journal<S> {
+        &self.inner.journal
+    }
+
+    /// The snapshot directory.
+    pub fn snapshots(&self) -> &SnapshotStore<S> {
+        &self.inner.snapshots
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> ShardStats {
+        self.inner.progress.borrow().stats
+    }
+
+    /// What recovery found and did when the shard was opened.
+    pub fn recovery_report(&self) -> &ShardRecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// The validated settings.
+    pub fn config(&self) -> &ShardConfig {
+        &self.inner.config
+    }
+
+    /// Stops the compaction task (letting a running checkpoint finish),
+    /// then closes the journal, which writes what is queued. Submits that
+    /// were acknowledged are durable; later calls fail with
+    /// [`Error::Closed`].
+    pub async fn close(&self) -> Result<()> {
+        self.inner.progress.borrow_mut().closing = true;
+        self.inner.checkpoint_wanted.notify(usize::MAX);
+        self.inner.slots_freed.notify(usize::MAX);
+        let task = self.inner.compaction_task.borrow_mut().take();
+        if let Some(task) = task {
+            task.await;
+        }
+        self.inner.journal.close().await.map_err(Error::from)
+    }
+
+    pub(crate) fn usable(&self) -> Result<()> {
+        let progress = self.inner.progress.borrow();
+        if let Some(cause) = &progress.poisoned {
+            return Err(Error::Poisoned {
+                cause: Box::new(cause.clone()),
+            });
+        }
+        if progress.closing {
+            return Err(Error::Closed);
+        }
+        if progress.resetting {
+            return Err(Error::Resetting);
+        }
+        Ok(())
+    }
+
+    /// Records the first failure that makes the shard's state
+    /// untrustworthy; parked submitters and ring waiters fail.
+    pub(crate) fn poison(&self, error: Error) -> Error {
+        let parked = {
+            let mut progress = self.inner.progress.borrow_mut();
+            if progress.poisoned.is_none() {
+                tracing::error!(%error, dir = %self.inner.config.dir.display(), "shard poisoned");
+                progress.poisoned = Some(error.clone());
+            }
+            std::mem::take(&mut progress.parked)
+        };
+        // Dropping the senders fails the parked submitters.
+        drop(parked);
+        self.inner.slots_freed.notify(usize::MAX);
+        self.inner.checkpoint_wanted.notify(usize::MAX);
+        error
+    }
+
+    fn journal_failed(&self, error: ringstore_journal::Error) -> Error {
+        if self.inner.journal.is_poisoned() || error.is_poisoned() {
+            self.poison(Error::Journal(error))
+        } else {
+            Error::Journal(error)
+        }
+    }
+
+    fn poisoned_error(&self) -> Error {
+        match &self.inner.progress.borrow().poisoned {
+            Some(cause) => Error::Poisoned {
+                cause: Box::new(cause.clone()),
+            },
+            None => Error::Closed,
+        }
+    }
+
+    pub(crate) fn set_resetting(&self, resetting: bool) {
+        self.inner.progress.borrow_mut().resetting = resetting;
+    }
+
+    pub(crate) fn submits_in_flight(&self) -> u64 {
+        self.inner.progress.borrow().submits_in_flight
+    }
+
+    /// Waits until no checkpoint runs and marks one running, so a reset
+    /// has the shard's snapshots to itself.
+    pub(crate) async fn exclude_checkpoints(&self) {
+        loop {
+            let listener = {
+                let mut progress = self.inner.progress.borrow_mut();
+                if !progress.checkpointing {
+                    progress.checkpointing = true;
+                    return;
+                }
+                self.inner.checkpoint_ended.listen()
+            };
+            listener.await;
+        }
+    }
+
+    pub(crate) fn allow_checkpoints(&self) {
+        self.inner.progress.borrow_mut().checkpointing = false;
+        self.inner.checkpoint_ended.notify(usize::MAX);
+    }
+
+    pub(crate) fn notify_slots_freed(&self) {
+        self.inner.slots_freed.notify(usize::MAX);
+    }
+}
+
+impl<M: StateMachine, S: Storage> Inner<M, S> {
+    /// Whether the compaction task should checkpoint now.
+    fn checkpoint_due(&self, progress: &Progress<M>) -> bool {
+        if progress.checkpointing || progress.poisoned.is_some() {
+            return false;
+        }
+        let last = progress.snapshot;
+        let ops_since = progress.applied.op - last.map_or(0, |s| s.watermark);
+        let bytes_since = progress.command_bytes_total - last.map_or(0, |s| s.command_bytes_total);
+        let journal_watermark = self.journal.watermark();
+        let newest = last.map_or(0, |s| s.watermark);
+        ops_since >= self.config.checkpoint_ops_max
+            || bytes_since >= self.config.checkpoint_bytes_max
+            || ((progress.ring_waiters > 0
+                || self.journal.remaining_capacity() < self.config.ring_free_slots_min)
+                && (ops_since > 0 || newest > journal_watermark))
+    }
+
+    /// Where the watermark may go after the newest snapshot: the previous
+    /// snapshot (so a damaged newest one can be replaced by it plus the
+    /// journal) unless that leaves the ring short, then the newest.
+    fn watermark_target(&self) -> u64 {
+        let progress = self.progress.borrow();
+        let current = self.journal.watermark();
+        let Some(newest) = progress.snapshot.map(|s| s.watermark) else {
+            return current;
+        };
+        if !self.config.journal_keeps_previous_snapshot {
+            return newest.max(current);
+        }
+        let previous = progress.previous_snapshot.unwrap_or(0).max(current);
+        let freed_by_previous = previous - current;
+        let free_after_previous = self.journal.remaining_capacity() + freed_by_previous;
+        if free_after_previous >= self.config.ring_free_slots_min && progress.ring_waiters == 0 {
+            previous
+        } else {
+            newest.max(current)
+        }
+    }
+}
+
+/// The compaction task: checkpoints whenever one is due, backing off after
+/// failures, until the shard closes or is poisoned.
+async fn run_compaction<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
+    let mut backoff = crate::config::CHECKPOINT_RETRY_MIN;
+    loop {
+        let listener = {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let progress = inner.progress.borrow();
+            if progress.closing || progress.poisoned.is_some() {
+                return;
+            }
+            if inner.checkpoint_due(&progress) {
+                None
+            } else {
+                Some(inner.checkpoint_wanted.listen())
+            }
+        };
+        if let Some(listener) = listener {
+            listener.await;
+            continue;
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let shard = Shard { inner };
+        match shard.checkpoint().await {
+            Ok(outcome) => {
+                backoff = crate::config::CHECKPOINT_RETRY_MIN;
+                if outcome.snapshot.is_none() && !outcome.watermark_advanced {
+                    // Nothing to do until more ops arrive.
+                    let listener = shard.inner.checkpoint_wanted.listen();
+                    drop(shard);
+                    listener.await;
+                }
+            }
+            Err(e) => {
+                if shard.usable().is_err() {
+                    return;
+                }
+                tracing::warn!(error = %e, retry_in = ?backoff, "checkpoint failed");
+                drop(shard);
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(crate::config::CHECKPOINT_RETRY_MAX);
+            }
+        }
+    }
+}

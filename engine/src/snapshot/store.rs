@@ -1,0 +1,676 @@
+//! The snapshot directory: persisting a frozen state, listing and loading
+//! generations, and pruning old ones.
+//!
+//! # Persisting
+//!
+//! 1. **Create** `snapshot-<op>.snap.tmp` (a stale one from a crash is
+//!    removed first).
+//! 2. **Write** the sections from byte 4096 on, in chunks, with the next
+//!    chunk encoded while the previous one is being written and a yield to
+//!    the reactor after each, so the shard keeps applying; then the header
+//!    block at offset 0.
+//! 3. **Sync** (fdatasync) the temporary file.
+//! 4. **Rename** it to `snapshot-<op>.snap`.
+//! 5. **Dir sync**: fsync the directory, making the rename durable.
+//!
+//! A failure names its step ([`PersistStage`]); up to the rename the older
+//! generations are untouched, and the temporary file is removed.
+//!
+//! # Loading
+//!
+//! Every byte is verified before anything is restored: the header's own
+//! checksum (which covers the section table), every section's checksum, and
+//! the whole-file checksum. [`SnapshotStore::load_newest`] walks the
+//! generations newest first and returns the first that verifies, with the
+//! reasons it skipped the others.
+
+use super::format::*;
+use crate::error::{Error, PersistStage, Result, SkippedSnapshot, SnapshotError};
+use crate::machine::{EncodeProgress, FrozenSection, SectionSet, SECTION_NAME_BYTES_MAX};
+use ringstore_journal::format::align_up;
+use ringstore_journal::storage::{IoBuf, Storage, StorageFile};
+use std::{
+    io,
+    path::{Path, PathBuf},
+    rc::Rc,
+    sync::Arc,
+};
+use uuid::Uuid;
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Bytes of one snapshot write. Large enough that a write costs little more
+/// than the device's bandwidth; small enough that encoding one chunk between
+/// two yields keeps the reactor responsive (about 1 ms of encoding).
+pub const WRITE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Bytes of one snapshot read at load time.
+pub const READ_CHUNK_BYTES: usize = 4 << 20;
+
+/// Prefix of snapshot file names.
+const FILE_PREFIX: &str = "snapshot-";
+/// Suffix of snapshot file names.
+const FILE_SUFFIX: &str = ".snap";
+/// Suffix of a snapshot being written.
+const TEMP_SUFFIX: &str = ".snap.tmp";
+
+/// What identifies a persisted snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// The file.
+    pub path: PathBuf,
+    /// The state is that after every op up to and including this one.
+    pub watermark: u64,
+    /// The epoch recorded with it.
+    pub epoch: u64,
+    /// The domain it belongs to.
+    pub domain: Uuid,
+    /// Bytes of all sections.
+    pub body_bytes: u64,
+    /// Bytes of the file.
+    pub file_bytes: u64,
+}
+
+/// A verified snapshot, ready for [`crate::StateMachine::restore`].
+#[derive(Debug)]
+pub struct LoadedSnapshot {
+    /// What it is.
+    pub meta: SnapshotMeta,
+    /// Its sections.
+    pub sections: SectionSet,
+}
+
+/// The file name of the snapshot at `watermark`.
+pub fn snapshot_file_name(watermark: u64) -> String {
+    format!("{FILE_PREFIX}{watermark:020}{FILE_SUFFIX}")
+}
+
+/// The watermark in a snapshot file name, if it is one.
+pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(FILE_PREFIX)?.strip_suffix(FILE_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A shard's snapshot directory on a [`Storage`] backend.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+}
+
+impl<S: Storage> SnapshotStore<S> {
+    /// Opens (creating if needed) the directory and removes temporary files
+    /// a crash left behind.
+    pub async fn open(storage: S, dir: impl Into<PathBuf>) -> Result<SnapshotStore<S>> {
+        let dir = dir.into();
+        storage
+            .prepare_dir(&dir)
+            .await
+            .map_err(|e| Error::io("prepare snapshot directory", &dir, e))?;
+        let store = SnapshotStore { storage, dir };
+        let names = store.list()?;
+        let mut removed = false;
+        for name in names.iter().filter(|n| n.ends_with(TEMP_SUFFIX)) {
+            let path = store.dir.join(name);
+            store
+                .storage
+                .remove(&path)
+                .await
+                .map_err(|e| Error::io("remove stale temporary snapshot", &path, e))?;
+            removed = true;
+        }
+        if removed {
+            store
+                .storage
+                .sync_dir(&store.dir)
+                .await
+                .map_err(|e| Error::io("fsync snapshot directory", &store.dir, e))?;
+        }
+        Ok(store)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn list(&self) -> Result<Vec<String>> {
+        let names = self
+            .storage
+            .list_dir(&self.dir)
+            .map_err(|e| Error::io("list snapshot directory", &self.dir, e))?;
+        Ok(names
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .collect())
+    }
+
+    /// The snapshot files present, oldest first, as `(watermark, path)`.
+    /// Presence says nothing about validity.
+    pub fn generations(&self) -> Result<Vec<(u64, PathBuf)>> {
+        let mut found: Vec<(u64, PathBuf)> = self
+            .list()?
+            .into_iter()
+            .filter_map(|name| parse_snapshot_file_name(&name).map(|op| (op, self.dir.join(name))))
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
+    /// Writes `sections` as the snapshot at `watermark` and makes it durable
+    /// (see the module docs for the steps).
+    pub async fn persist(
+        &self,
+        sections: Vec<FrozenSection>,
+        watermark: u64,
+        epoch: u64,
+        domain: Uuid,
+    ) -> Result<SnapshotMeta> {
+        let final_path = self.dir.join(snapshot_file_name(watermark));
+        let temp_path = self
+            .dir
+            .join(format!("{FILE_PREFIX}{watermark:020}{TEMP_SUFFIX}"));
+        let failed = |stage: PersistStage, path: &Path, e: io::Error| Error::Persist {
+            stage,
+            path: path.to_path_buf(),
+            source: Arc::new(e),
+        };
+        match self.storage.remove(&temp_path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(PersistStage::Create, &temp_path, e)),
+        }
+        let file = self
+            .storage
+            .create(&temp_path, false)
+            .await
+            .map_err(|e| failed(PersistStage::Create, &temp_path, e))?;
+        let file = Rc::new(file);
+        let written = write_snapshot(&file, &temp_path, sections, watermark, epoch, domain).await;
+        let written = match written {
+            Ok((body_bytes, file_bytes)) => file
+                .sync()
+                .await
+                .map(|()| (body_bytes, file_bytes))
+                .map_err(|e| failed(PersistStage::Sync, &temp_path, e)),
+            Err(e) => Err(e),
+        };
+        if let Ok(file) = Rc::try_unwrap(file) {
+            let _ = file.close().await;
+        }
+        let (body_bytes, file_bytes) = match written {
+            Ok(sizes) => sizes,
+            Err(e) => {
+                // Best effort: open() removes it otherwise.
+                let _ = self.storage.remove(&temp_path).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.storage.rename(&temp_path, &final_path).await {
+            let _ = self.storage.remove(&temp_path).await;
+            return Err(failed(PersistStage::Rename, &final_path, e));
+        }
+        self.storage
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| failed(PersistStage::DirSync, &self.dir, e))?;
+        Ok(SnapshotMeta {
+            path: final_path,
+            watermark,
+            epoch,
+            domain,
+            body_bytes,
+            file_bytes,
+        })
+    }
+
+    /// Loads and verifies the snapshot at `path`. With `domain`, a snapshot
+    /// of another domain is refused.
+    pub async fn load(
+        &self,
+        path: &Path,
+        domain: Option<Uuid>,
+    ) -> Result<LoadedSnapshot, SnapshotError> {
+        load_snapshot(&self.storage, path, domain).await
+    }
+
+    /// Loads the newest snapshot that verifies. Returns it (or `None` if
+    /// none does) and every newer file skipped, with the reason.
+    pub async fn load_newest(
+        &self,
+        domain: Uuid,
+    ) -> Result<(Option<LoadedSnapshot>, Vec<SkippedSnapshot>)> {
+        let mut skipped = Vec::new();
+        for (_, path) in self.generations()?.into_iter().rev() {
+            match load_snapshot(&self.storage, &path, Some(domain)).await {
+                Ok(loaded) => return Ok((Some(loaded), skipped)),
+                Err(reason) => {
+                    tracing::warn!(path = %path.display(), %reason, "skipping snapshot");
+                    skipped.push(SkippedSnapshot { path, reason });
+                }
+            }
+        }
+        Ok((None, skipped))
+    }
+
+    /// Removes all but the newest `keep` snapshot files (never the one at
+    /// `protect`, the one the shard relies on), then syncs the directory.
+    /// Returns how many were removed.
+    pub async fn prune(&self, keep: usize, protect: u64) -> Result<usize> {
+        let generations = self.generations()?;
+        let excess = generations.len().saturating_sub(keep);
+        let mut removed = 0;
+        for (op, path) in generations.into_iter().take(excess) {
+            if op == protect {
+                continue;
+            }
+            self.storage
+                .remove(&path)
+                .await
+                .map_err(|e| Error::io("remove old snapshot", &path, e))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            self.storage
+                .sync_dir(&self.dir)
+                .await
+                .map_err(|e| Error::io("fsync snapshot directory", &self.dir, e))?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Writes the body, then the header; returns `(body_bytes, file_bytes)`.
+async fn write_snapshot<F: StorageFile>(
+    file: &Rc<F>,
+    path: &Path,
+    sections: Vec<FrozenSection>,
+    watermark: u64,
+    epoch: u64,
+    domain: Uuid,
+) -> Result<(u64, u64)> {
+    if sections.len() > SECTION_COUNT_MAX {
+        return Err(Error::InvalidConfig {
+            setting: "snapshot sections",
+            value: sections.len().to_string(),
+            reason: format!("a snapshot holds at most {SECTION_COUNT_MAX} sections"),
+        });
+    }
+    let mut writer = ChunkWriter::new(file.clone(), path.to_path_buf());
+    let mut table = Vec::with_capacity(sections.len());
+    let mut body_hasher = crc32fast::Hasher::new();
+    let mut offset = BODY_OFFSET;
+    for mut section in sections {
+        if section.name.is_empty() || section.name.len() > SECTION_NAME_BYTES_MAX {
+            return Err(Error::InvalidConfig {
+                setting: "snapshot section name",
+                value: section.name.to_owned(),
+                reason: format!("1 to {SECTION_NAME_BYTES_MAX} bytes"),
+            });
+        }
+        let start = offset;
+        let mut section_hasher = crc32fast::Hasher::new();
+        loop {
+            let before = writer.staged.len();
+            let progress = section
+                .encoder
+                .encode_some(&mut writer.staged, WRITE_CHUNK_BYTES)
+                .map_err(|e| Error::Encode {
+                    section: section.name.to_owned(),
+                    source: Arc::new(e),
+                })?;
+            let fresh = &writer.staged[before..];
+            section_hasher.update(fresh);
+            body_hasher.update(fresh);
+            offset += fresh.len() as u64;
+            writer.flush_full_chunks().await?;
+            // Let the shard apply commands between chunks.
+            futures_lite::future::yield_now().await;
+            if progress == EncodeProgress::Done {
+                break;
+            }
+        }
+        let mut entry = SectionEntry {
+            name: [0; SECTION_NAME_BYTES_MAX],
+            version: section.version.into(),
+            checksum: section_hasher.finalize().into(),
+            offset: start.into(),
+            len: (offset - start).into(),
+        };
+        entry.name[..section.name.len()].copy_from_slice(section.name.as_bytes());
+        table.push(entry);
+    }
+    writer.finish().await?;
+    let body_bytes = offset - BODY_OFFSET;
+    let mut header = SnapshotHeader {
+        header_checksum: 0.into(),
+        magic: SNAPSHOT_MAGIC.into(),
+        version: SNAPSHOT_FORMAT_VERSION.into(),
+        section_count: (table.len() as u32).into(),
+        watermark: watermark.into(),
+        epoch: epoch.into(),
+        domain: *domain.as_bytes(),
+        created_unix_ms: unix_ms_now().into(),
+        body_bytes: body_bytes.into(),
+        file_checksum: 0.into(),
+        reserved: 0.into(),
+    };
+    let mut block = vec![0u8; HEADER_BLOCK_BYTES as usize];
+    for (i, entry) in table.iter().enumerate() {
+        let at = SNAPSHOT_HEADER_BYTES + i * SECTION_ENTRY_BYTES;
+        block[at..at + SECTION_ENTRY_BYTES].copy_from_slice(entry.as_bytes());
+    }
+    block[..SNAPSHOT_HEADER_BYTES].copy_from_slice(header.as_bytes());
+    let mut file_hasher = header_block_hasher(&block);
+    file_hasher.combine(&body_hasher);
+    header.file_checksum = file_hasher.finalize().into();
+    block[..SNAPSHOT_HEADER_BYTES].copy_from_slice(header.as_bytes());
+    header.header_checksum = crc32fast::hash(&block[4..]).into();
+    block[..SNAPSHOT_HEADER_BYTES].copy_from_slice(header.as_bytes());
+    // The header goes last: a file whose header verifies had every section
+    // written before it.
+    let mut buf = file.alloc_buf(block.len());
+    buf.as_bytes_mut().copy_from_slice(&block);
+    file.write_at(buf, 0).await.map_err(|e| Error::Persist {
+        stage: PersistStage::Write,
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    })?;
+    let file_bytes = BODY_OFFSET + align_up(body_bytes, BLOCK_BYTES);
+    Ok((body_bytes, file_bytes))
+}
+
+/// Streams the body in [`WRITE_CHUNK_BYTES`] writes, with one write in
+/// flight while the next chunk is encoded.
+struct ChunkWriter<F: StorageFile> {
+    file: Rc<F>,
+    path: PathBuf,
+    /// Encoded bytes not yet handed to a write.
+    staged: Vec<u8>,
+    /// File offset of `staged[0]`.
+    pos: u64,
+    in_flight: Option<glommio::Task<io::Result<()>>>,
+}
+
+impl<F: StorageFile> ChunkWriter<F> {
+    fn new(file: Rc<F>, path: PathBuf) -> ChunkWriter<F> {
+        ChunkWriter {
+            file,
+            path,
+            staged: Vec::with_capacity(2 * WRITE_CHUNK_BYTES),
+            pos: BODY_OFFSET,
+            in_flight: None,
+        }
+    }
+
+    async fn wait_in_flight(&mut self) -> Result<()> {
+        if let Some(task) = self.in_flight.take() {
+            task.await.map_err(|e| Error::Persist {
+                stage: PersistStage::Write,
+                path: self.path.clone(),
+                source: Arc::new(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, len: usize) -> Result<()> {
+        let mut buf = self.file.alloc_buf(len);
+        let data_len = len.min(self.staged.len());
+        buf.as_bytes_mut()[..data_len].copy_from_slice(&self.staged[..data_len]);
+        buf.as_bytes_mut()[data_len..].fill(0);
+        self.staged.drain(..data_len);
+        self.wait_in_flight().await?;
+        let file = self.file.clone();
+        let pos = self.pos;
+        self.pos += len as u64;
+        self.in_flight = Some(glommio::spawn_local(async move {
+            file.write_at(buf, pos).await
+        }));
+        Ok(())
+    }
+
+    async fn flush_full_chunks(&mut self) -> Result<()> {
+        while self.staged.len() >= WRITE_CHUNK_BYTES {
+            self.write(WRITE_CHUNK_BYTES).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left, padded with zeros to a block boundary, and
+    /// waits for every write.
+    async fn finish(&mut self) -> Result<()> {
+        self.flush_full_chunks().await?;
+        if !self.staged.is_empty() {
+            let len = align_up(self.staged.len() as u64, BLOCK_BYTES) as usize;
+            self.write(len).await?;
+        }
+        self.wait_in_flight().await
+    }
+}
+
+async fn load_snapshot<S: Storage>(
+    storage: &S,
+    path: &Path,
+    domain: Option<Uuid>,
+) -> Result<LoadedSnapshot, SnapshotError> {
+    let io_error = |op: &'static str, offset: u64, e: io::Error| SnapshotError::Io {
+        op,
+        path: path.to_path_buf(),
+        offset,
+        source: Arc::new(e),
+    };
+    let file = storage
+        .open(path)
+        .await
+        .map_err(|e| io_error("open", 0, e))?;
+    let result = load_open_file(&file, path, domain, io_error).await;
+    let _ = file.close().await;
+    result
+}
+
+async fn load_open_file<F: StorageFile>(
+    file: &F,
+    path: &Path,
+    domain: Option<Uuid>,
+    io_error: impl Fn(&'static str, u64, io::Error) -> SnapshotError,
+) -> Result<LoadedSnapshot, SnapshotError> {
+    let len = file
+        .file_len()
+        .await
+        .map_err(|e| io_error("file length", 0, e))?;
+    if len < HEADER_BLOCK_BYTES {
+        return Err(SnapshotError::Truncated {
+            path: path.to_path_buf(),
+            len,
+            needed: HEADER_BLOCK_BYTES,
+        });
+    }
+    let block = file
+        .read_at(0, HEADER_BLOCK_BYTES as usize)
+        .await
+        .map_err(|e| io_error("read", 0, e))?;
+    let block: &[u8] = &block;
+    if block.len() < HEADER_BLOCK_BYTES as usize {
+        return Err(SnapshotError::Truncated {
+            path: path.to_path_buf(),
+            len: block.len() as u64,
+            needed: HEADER_BLOCK_BYTES,
+        });
+    }
+    let (header, _) = SnapshotHeader::read_from_prefix(block)
+        .map_err(|_| SnapshotError::bad_header(path, "short header"))?;
+    if header.magic.get() != SNAPSHOT_MAGIC {
+        return Err(SnapshotError::bad_header(
+            path,
+            format!("magic {:#010x} is not a snapshot's", header.magic.get()),
+        ));
+    }
+    if header.header_checksum.get() != crc32fast::hash(&block[4..]) {
+        return Err(SnapshotError::bad_header(path, "header checksum mismatch"));
+    }
+    if header.version.get() != SNAPSHOT_FORMAT_VERSION {
+        return Err(SnapshotError::UnsupportedFormat {
+            path: path.to_path_buf(),
+            version: header.version.get(),
+            supported: SNAPSHOT_FORMAT_VERSION,
+        });
+    }
+    let watermark = header.watermark.get();
+    let expected_name = snapshot_file_name(watermark);
+    if path.file_name().and_then(|n| n.to_str()) != Some(expected_name.as_str()) {
+        return Err(SnapshotError::NameMismatch {
+            path: path.to_path_buf(),
+            header_op: watermark,
+        });
+    }
+    let found_domain = Uuid::from_bytes(header.domain);
+    if let Some(expected) = domain {
+        if found_domain != expected {
+            return Err(SnapshotError::WrongDomain {
+                path: path.to_path_buf(),
+                expected,
+                found: found_domain,
+            });
+        }
+    }
+    let body_bytes = header.body_bytes.get();
+    let needed = BODY_OFFSET
+        .checked_add(align_up(body_bytes.min(u64::MAX / 2), BLOCK_BYTES))
+        .ok_or_else(|| SnapshotError::bad_header(path, "body length overflows"))?;
+    if len < needed {
+        return Err(SnapshotError::Truncated {
+            path: path.to_path_buf(),
+            len,
+            needed,
+        });
+    }
+    // The section table: contiguous sections that exactly fill the body.
+    let section_count = header.section_count.get() as usize;
+    if section_count > SECTION_COUNT_MAX {
+        return Err(SnapshotError::bad_header(
+            path,
+            format!("{section_count} sections, at most {SECTION_COUNT_MAX}"),
+        ));
+    }
+    let mut table = Vec::with_capacity(section_count);
+    let mut expected_offset = BODY_OFFSET;
+    for i in 0..section_count {
+        let at = SNAPSHOT_HEADER_BYTES + i * SECTION_ENTRY_BYTES;
+        let (entry, _) = SectionEntry::read_from_prefix(&block[at..])
+            .map_err(|_| SnapshotError::bad_header(path, "short section table"))?;
+        let name = entry
+            .name()
+            .ok_or_else(|| SnapshotError::bad_header(path, format!("section {i} has a bad name")))?
+            .to_owned();
+        if entry.offset.get() != expected_offset {
+            return Err(SnapshotError::bad_header(
+                path,
+                format!(
+                    "section {name:?} starts at {}, expected {expected_offset}",
+                    entry.offset.get()
+                ),
+            ));
+        }
+        expected_offset = expected_offset
+            .checked_add(entry.len.get())
+            .ok_or_else(|| SnapshotError::bad_header(path, "section length overflows"))?;
+        table.push((name, entry));
+    }
+    if expected_offset != BODY_OFFSET + body_bytes {
+        return Err(SnapshotError::bad_header(
+            path,
+            "sections do not fill the body exactly",
+        ));
+    }
+    // The body, read in large chunks and split into sections.
+    let mut file_hasher = header_block_hasher(block);
+    let mut sections = SectionSet::new();
+    let mut body = BodyReader {
+        file,
+        path,
+        pos: BODY_OFFSET,
+        end: BODY_OFFSET + body_bytes,
+        buffered: Vec::new(),
+    };
+    for (name, entry) in table {
+        let bytes = body.take(entry.len.get() as usize, &io_error).await?;
+        if crc32fast::hash(&bytes) != entry.checksum.get() {
+            return Err(SnapshotError::SectionChecksum {
+                path: path.to_path_buf(),
+                section: name,
+                offset: entry.offset.get(),
+            });
+        }
+        file_hasher.update(&bytes);
+        sections
+            .insert(name.clone(), entry.version.get(), bytes)
+            .map_err(|_| {
+                SnapshotError::bad_header(path, format!("section {name:?} appears twice"))
+            })?;
+    }
+    if file_hasher.finalize() != header.file_checksum.get() {
+        return Err(SnapshotError::FileChecksum {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(LoadedSnapshot {
+        meta: SnapshotMeta {
+            path: path.to_path_buf(),
+            watermark,
+            epoch: header.epoch.get(),
+            domain: found_domain,
+            body_bytes,
+            file_bytes: len,
+        },
+        sections,
+    })
+}
+
+/// Reads a snapshot's body front to back in [`READ_CHUNK_BYTES`] aligned
+/// reads, handing out one section's bytes at a time.
+struct BodyReader<'a, F> {
+    file: &'a F,
+    path: &'a Path,
+    /// File offset of the next read (block-aligned).
+    pos: u64,
+    /// End of the body.
+    end: u64,
+    /// Bytes read and not yet handed out.
+    buffered: Vec<u8>,
+}
+
+impl<F: StorageFile> BodyReader<'_, F> {
+    async fn take(
+        &mut self,
+        len: usize,
+        io_error: &impl Fn(&'static str, u64, io::Error) -> SnapshotError,
+    ) -> Result<Vec<u8>, SnapshotError> {
+        while self.buffered.len() < len {
+            if self.pos >= self.end {
+                // The section table was checked against the body length.
+                unreachable!("section extends past the body");
+            }
+            let want = (self.end - self.pos).min(READ_CHUNK_BYTES as u64);
+            let read_len = align_up(want, BLOCK_BYTES) as usize;
+            let read = self
+                .file
+                .read_at(self.pos, read_len)
+                .await
+                .map_err(|e| io_error("read", self.pos, e))?;
+            if (read.len() as u64) < want {
+                return Err(SnapshotError::Truncated {
+                    path: self.path.to_path_buf(),
+                    len: self.pos + read.len() as u64,
+                    needed: self.end,
+                });
+            }
+            self.buffered.extend_from_slice(&read[..want as usize]);
+            self.pos += want;
+        }
+        let rest = self.buffered.split_off(len);
+        Ok(std::mem::replace(&mut self.buffered, rest))
+    }
+}

@@ -1,0 +1,430 @@
+//! Pins the shard's contract on real O_DIRECT files: submit/apply in op
+//! order, recovery equal to a model of the acknowledged commands, a
+//! checkpoint during a stream of submits losing nothing, ring-full
+//! backpressure that waits for a checkpoint (and its bounded wait), the
+//! watermark kept at the previous snapshot, the replay gap and
+//! snapshot-behind-journal errors, and configuration validation.
+mod common;
+use common::*;
+use ringstore::{CheckpointPolicy, Error, Shard};
+use std::{collections::BTreeMap, rc::Rc, time::Duration};
+
+fn builder(dir: &std::path::Path) -> ringstore::ShardBuilder<Kv> {
+    Shard::<Kv>::builder(dir).journal(|j| {
+        j.slot_count(4096)
+            .segment_bytes(1 << 20)
+            .batch_bytes_max(64 << 10)
+            .entry_bytes_max(16 << 10)
+    })
+}
+
+#[test]
+fn submits_apply_in_op_order_and_survive_reopen() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let shard = builder(&path).open().await.unwrap();
+        assert!(shard.recovery_report().domain_created);
+        let domain = shard.domain();
+        let mut model = BTreeMap::new();
+        // Concurrent submitters share group commits; replies carry the op.
+        let mut tasks = Vec::new();
+        for t in 0..32u64 {
+            let shard = shard.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut done = Vec::new();
+                for n in 0..20u64 {
+                    let command = KvCommand::Put {
+                        key: t * 1000 + n,
+                        value: value(t, n, 100),
+                    };
+                    let at = shard.submit(command.clone()).await.unwrap().unwrap();
+                    done.push((at.op, command));
+                }
+                done
+            }));
+        }
+        let mut acked = Vec::new();
+        for task in tasks {
+            acked.extend(task.await);
+        }
+        acked.sort_by_key(|(op, _)| *op);
+        let ops: Vec<u64> = acked.iter().map(|(op, _)| *op).collect();
+        assert_eq!(ops, (1..=640).collect::<Vec<_>>(), "every op applied once");
+        for (_, command) in &acked {
+            apply_model(&mut model, command);
+        }
+        // A rejection is durable and changes nothing.
+        let rejected = shard
+            .submit(KvCommand::Delete { key: 999_999 })
+            .await
+            .unwrap();
+        assert_eq!(rejected, Err(NotFound(999_999)));
+        assert_eq!(shard.read(|kv| kv.values()), model);
+        assert_eq!(shard.stats().commands_rejected, 1);
+        shard.close().await.unwrap();
+        assert!(matches!(
+            shard.submit(KvCommand::Delete { key: 1 }).await,
+            Err(Error::Closed)
+        ));
+
+        let shard = builder(&path).open().await.unwrap();
+        assert_eq!(shard.domain(), domain);
+        assert_eq!(shard.recovery_report().replayed_ops, 641);
+        assert_eq!(shard.applied().op, 641);
+        assert_eq!(shard.read(|kv| kv.values()), model);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn checkpoint_during_a_stream_of_submits_loses_nothing() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        // Thresholds low enough that the compaction task checkpoints many
+        // times while 64 submitters run.
+        let shard = builder(&path)
+            .checkpoint_policy(CheckpointPolicy {
+                ops_max: Some(300),
+                ..CheckpointPolicy::default()
+            })
+            .open()
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..64u64 {
+            let shard = shard.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut done = Vec::new();
+                for n in 0..100u64 {
+                    let command = KvCommand::Put {
+                        key: (t * 100 + n) % 500,
+                        value: value(t, n, 64),
+                    };
+                    let at = shard.submit(command.clone()).await.unwrap().unwrap();
+                    done.push((at.op, command));
+                }
+                done
+            }));
+        }
+        // Explicit checkpoints race the automatic ones.
+        for _ in 0..5 {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            shard.checkpoint().await.unwrap();
+        }
+        let mut acked = Vec::new();
+        for task in tasks {
+            acked.extend(task.await);
+        }
+        acked.sort_by_key(|(op, _)| *op);
+        let mut model = BTreeMap::new();
+        for (_, command) in &acked {
+            apply_model(&mut model, command);
+        }
+        let stats = shard.stats();
+        assert!(stats.checkpoints >= 5, "{stats:?}");
+        assert_eq!(stats.checkpoint_failures, 0);
+        assert!(shard.journal().watermark() > 0, "the watermark moved");
+        // The journal keeps the ops above the previous snapshot.
+        assert!(shard.journal().watermark() < shard.snapshot_watermark());
+        assert_eq!(shard.read(|kv| kv.values()), model);
+        shard.close().await.unwrap();
+
+        let shard = builder(&path).open().await.unwrap();
+        let report = shard.recovery_report();
+        assert!(report.snapshot.is_some());
+        assert!(report.skipped_snapshots.is_empty());
+        assert_eq!(shard.applied().op, 6400);
+        assert_eq!(shard.read(|kv| kv.values()), model);
+        // Old generations were pruned to the configured count.
+        assert!(shard.snapshots().generations().unwrap().len() <= 3);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_full_ring_waits_for_a_checkpoint_and_then_resolves() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let shard = Shard::<Kv>::builder(&path)
+            .journal(|j| {
+                j.slot_count(64)
+                    .segment_bytes(1 << 20)
+                    .batch_bytes_max(64 << 10)
+                    .entry_bytes_max(16 << 10)
+            })
+            .checkpoint_policy(CheckpointPolicy {
+                automatic: false,
+                ring_full_wait_max: Duration::from_secs(30),
+                ..CheckpointPolicy::default()
+            })
+            .open()
+            .await
+            .unwrap();
+        for n in 0..64 {
+            shard
+                .submit(KvCommand::Put {
+                    key: n,
+                    value: vec![1],
+                })
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        // The ring is full: this submit waits.
+        let waiting = {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                shard
+                    .submit(KvCommand::Put {
+                        key: 64,
+                        value: vec![2],
+                    })
+                    .await
+            })
+        };
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        assert_eq!(shard.applied().op, 64, "the 65th submit is waiting");
+        assert!(shard.stats().ring_full_waits >= 1);
+        // Two checkpoints: the first watermark stays at the previous
+        // snapshot (none) unless the ring is short, which it is.
+        let outcome = shard.checkpoint().await.unwrap();
+        assert!(outcome.watermark_advanced, "{outcome:?}");
+        let at = waiting.await.unwrap().unwrap();
+        assert_eq!(at.op, 65);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_full_ring_with_automatic_checkpoints_never_fails_a_submit() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let shard = Shard::<Kv>::builder(&path)
+            .journal(|j| {
+                j.slot_count(128)
+                    .segment_bytes(1 << 20)
+                    .batch_bytes_max(64 << 10)
+                    .entry_bytes_max(16 << 10)
+            })
+            .open()
+            .await
+            .unwrap();
+        let shard = Rc::new(shard);
+        let mut tasks = Vec::new();
+        for t in 0..16u64 {
+            let shard = shard.clone();
+            tasks.push(glommio::spawn_local(async move {
+                for n in 0..200u64 {
+                    shard
+                        .submit(KvCommand::Put {
+                            key: t,
+                            value: value(t, n, 32),
+                        })
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await;
+        }
+        assert_eq!(shard.applied().op, 3200, "25 times the ring's slots");
+        assert!(shard.stats().checkpoints > 10);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_full_ring_without_checkpoints_fails_after_the_bounded_wait() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let shard = Shard::<Kv>::builder(&path)
+            .journal(|j| {
+                j.slot_count(16)
+                    .segment_bytes(1 << 20)
+                    .batch_bytes_max(64 << 10)
+                    .entry_bytes_max(16 << 10)
+            })
+            .checkpoint_policy(CheckpointPolicy {
+                automatic: false,
+                ring_full_wait_max: Duration::from_millis(100),
+                ..CheckpointPolicy::default()
+            })
+            .open()
+            .await
+            .unwrap();
+        for n in 0..16 {
+            shard
+                .submit(KvCommand::Put {
+                    key: n,
+                    value: vec![],
+                })
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let started = std::time::Instant::now();
+        let result = shard
+            .submit(KvCommand::Put {
+                key: 16,
+                value: vec![],
+            })
+            .await;
+        assert!(
+            matches!(result, Err(Error::Backpressure { waited }) if waited >= Duration::from_millis(100)),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Not poisoned: after a checkpoint the submit goes through.
+        shard.checkpoint().await.unwrap();
+        let at = shard
+            .submit(KvCommand::Put {
+                key: 16,
+                value: vec![],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(at.op, 17);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_gap_above_the_snapshot_is_reported_not_skipped() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let shard = builder(&path).open().await.unwrap();
+        shard.close().await.unwrap();
+        // A replica-fed journal with op 3 missing.
+        let journal = ringstore_journal::Journal::builder(path.join("journal"))
+            .slot_count(4096)
+            .segment_bytes(1 << 20)
+            .batch_bytes_max(64 << 10)
+            .entry_bytes_max(16 << 10)
+            .open()
+            .await
+            .unwrap();
+        for op in [1u64, 2, 4] {
+            let command = KvCommand::Put {
+                key: op,
+                value: vec![op as u8],
+            };
+            let payload = ringstore::machine::encode(&command).unwrap();
+            journal.write(op, &payload).await.unwrap();
+        }
+        journal.close().await.unwrap();
+        match builder(&path).open().await {
+            Err(Error::ReplayGap {
+                op: 3,
+                snapshot_op: 0,
+                last_op: 4,
+            }) => {}
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("opened over a gap"),
+        }
+    });
+}
+
+#[test]
+fn a_journal_entry_that_is_not_a_command_is_a_typed_error() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let shard = builder(&path).open().await.unwrap();
+        shard.close().await.unwrap();
+        let journal = ringstore_journal::Journal::builder(path.join("journal"))
+            .slot_count(4096)
+            .segment_bytes(1 << 20)
+            .batch_bytes_max(64 << 10)
+            .entry_bytes_max(16 << 10)
+            .open()
+            .await
+            .unwrap();
+        journal.append(&[0xff; 9]).await.unwrap();
+        journal.close().await.unwrap();
+        match builder(&path).open().await {
+            Err(Error::CommandDecode { op: 1, .. }) => {}
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("opened with an undecodable command"),
+        }
+    });
+}
+
+#[test]
+fn settings_out_of_range_are_refused() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let cases: Vec<(ringstore::ShardBuilder<Kv>, &str)> = vec![
+            (
+                builder(&path).snapshot_generations(1),
+                "snapshot_generations",
+            ),
+            (
+                builder(&path).snapshot_generations(0),
+                "snapshot_generations",
+            ),
+            (
+                builder(&path).checkpoint_policy(CheckpointPolicy {
+                    ops_max: Some(0),
+                    ..CheckpointPolicy::default()
+                }),
+                "checkpoint ops_max",
+            ),
+            (
+                builder(&path).checkpoint_policy(CheckpointPolicy {
+                    ring_free_slots_min: Some(4096),
+                    ..CheckpointPolicy::default()
+                }),
+                "checkpoint ring_free_slots_min",
+            ),
+            (
+                builder(&path).checkpoint_policy(CheckpointPolicy {
+                    ring_full_wait_max: Duration::ZERO,
+                    ..CheckpointPolicy::default()
+                }),
+                "checkpoint ring_full_wait_max",
+            ),
+        ];
+        for (builder, name) in cases {
+            match builder.open().await {
+                Err(Error::InvalidConfig { setting, .. }) => assert_eq!(setting, name),
+                Err(other) => panic!("{name}: wrong error {other}"),
+                Ok(_) => panic!("{name}: accepted"),
+            }
+        }
+        // One generation is fine when the journal need not keep the
+        // previous snapshot's ops.
+        let shard = builder(&path)
+            .journal_keeps_previous_snapshot(false)
+            .snapshot_generations(1)
+            .open()
+            .await
+            .unwrap();
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_data_dir_on_tmpfs_is_refused_with_a_clear_error() {
+    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+        return; // no tmpfs here
+    };
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let result = builder(&path).open().await;
+        let message = match result {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("opened on tmpfs"),
+        };
+        assert!(message.contains("O_DIRECT"), "{message}");
+    });
+}
