@@ -53,8 +53,9 @@ pub trait StateMachine: Default + 'static {
     /// cheap: it runs on the shard's reactor between two applies.
     fn freeze(&self) -> Vec<FrozenSection>;
 
-    /// Rebuilds the state from a snapshot's sections. Every section must be
-    /// taken from `sections` (see [`SectionSet::finish`]).
+    /// Rebuilds the state from a snapshot's sections, taking each one it
+    /// reads with [`SectionSet::take`]. The engine then refuses the snapshot
+    /// if any section was left over ([`RestoreError::UnknownSection`]).
     fn restore(sections: &mut SectionSet) -> Result<Self, RestoreError>;
 }
 
@@ -251,6 +252,9 @@ pub fn decode_records<T: DeserializeOwned>(
 }
 
 /// A snapshot's sections, handed to [`StateMachine::restore`].
+///
+/// [`restore_state`] restores a machine and checks that it took every
+/// section.
 #[derive(Debug, Default)]
 pub struct SectionSet {
     sections: BTreeMap<String, (u32, Vec<u8>)>,
@@ -389,4 +393,12 @@ impl RestoreError {
             other => other,
         }
     }
+}
+
+/// Restores `M` from `sections` and refuses leftovers: a section no part of
+/// `M` took belongs to a machine this build does not have.
+pub fn restore_state<M: StateMachine>(mut sections: SectionSet) -> Result<M, RestoreError> {
+    let machine = M::restore(&mut sections)?;
+    sections.finish()?;
+    Ok(machine)
 }

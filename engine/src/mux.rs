@@ -11,7 +11,7 @@
 //! Each member implements [`Member`]: its own section name, the version it
 //! writes and the versions it reads. [`freeze_member`] and
 //! [`restore_member`] do the section bookkeeping, so a mux's `freeze` and
-//! `restore` are one line per member; [`SectionSet::finish`] then refuses a
+//! `restore` are one line per member; the engine then refuses a
 //! snapshot with a section no member claimed. The reference mux is
 //! [`crate::broker::Metadata`].
 

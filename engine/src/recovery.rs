@@ -22,7 +22,7 @@
 use crate::config::{ShardBuilder, ShardConfig};
 use crate::error::{Error, Result, SkippedSnapshot};
 use crate::identity::{read_identity, write_identity};
-use crate::machine::{decode, OpId, StateMachine};
+use crate::machine::{decode, restore_state, OpId, StateMachine};
 use crate::shard::{SnapshotPoint, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
 use ringstore_journal::storage::Storage;
@@ -108,8 +108,8 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
     let started = Instant::now();
     let (loaded, skipped) = snapshots.load_newest(domain).await?;
     let (machine, snapshot_meta) = match loaded {
-        Some(mut loaded) => {
-            let machine = M::restore(&mut loaded.sections).map_err(|e| Error::Restore {
+        Some(loaded) => {
+            let machine = restore_state::<M>(loaded.sections).map_err(|e| Error::Restore {
                 path: loaded.meta.path.clone(),
                 source: Arc::new(e),
             })?;

@@ -22,7 +22,7 @@
 
 use crate::error::{Error, Result};
 use crate::identity::write_identity;
-use crate::machine::{OpId, StateMachine};
+use crate::machine::{restore_state, OpId, StateMachine};
 use crate::shard::{Shard, SnapshotPoint};
 use crate::snapshot::SnapshotMeta;
 use ringstore_journal::storage::Storage;
@@ -71,8 +71,8 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     async fn reset_exclusive(&self, path: &Path) -> Result<ResetOutcome> {
         let inner = &*self.inner;
         // 1. Load, verify, restore.
-        let mut loaded = inner.snapshots.load(path, None).await?;
-        let machine = M::restore(&mut loaded.sections).map_err(|e| Error::Restore {
+        let loaded = inner.snapshots.load(path, None).await?;
+        let machine = restore_state::<M>(loaded.sections).map_err(|e| Error::Restore {
             path: path.to_path_buf(),
             source: Arc::new(e),
         })?;

@@ -587,6 +587,11 @@ impl MemStorage {
         self.fs.borrow_mut().faults.capacity_bytes = bytes;
     }
 
+    /// Paths of every file that exists now, for tests that inspect the disk.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.fs.borrow().live.keys().cloned().collect()
+    }
+
     /// Live bytes of one file, for tests that inspect files.
     pub fn file_bytes(&self, path: &Path) -> Option<Vec<u8>> {
         self.fs

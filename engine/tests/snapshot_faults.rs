@@ -1,0 +1,507 @@
+//! Pins what snapshots promise under faults: every persist stage failing
+//! (through the fault-injecting backend) leaves a loadable older snapshot
+//! and the acknowledged state; a damaged newest snapshot falls back to the
+//! previous generation (and says why), or is a typed error when the journal
+//! no longer holds the ops above it; snapshots of unknown sections or
+//! versions are refused; the domain identity is checked; and a reset keeps
+//! op numbers and epochs increasing, with a power cut at every step.
+mod common;
+use common::*;
+use ringstore::machine::{FrozenSection, RestoreError, SectionSet};
+use ringstore::mux::{freeze_member, restore_member, Member};
+use ringstore::{CheckpointPolicy, Error, OpId, PersistStage, Shard, SnapshotError, StateMachine};
+use ringstore_journal::storage::MemStorage;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn mem_builder(storage: &MemStorage, dir: &str) -> ringstore::ShardBuilder<Kv, MemStorage> {
+    Shard::<Kv>::builder(dir)
+        .storage(storage.clone())
+        .journal(|j| {
+            j.slot_count(4096)
+                .segment_bytes(1 << 20)
+                .batch_bytes_max(64 << 10)
+                .entry_bytes_max(16 << 10)
+        })
+        .checkpoint_policy(CheckpointPolicy {
+            automatic: false,
+            ..CheckpointPolicy::default()
+        })
+}
+
+fn disk_builder(dir: &Path) -> ringstore::ShardBuilder<Kv> {
+    Shard::<Kv>::builder(dir)
+        .journal(|j| {
+            j.slot_count(4096)
+                .segment_bytes(1 << 20)
+                .batch_bytes_max(64 << 10)
+                .entry_bytes_max(16 << 10)
+        })
+        .checkpoint_policy(CheckpointPolicy {
+            automatic: false,
+            ..CheckpointPolicy::default()
+        })
+}
+
+/// Submits `count` puts numbered from `first`, mirrored into `model`.
+async fn put_many<S: ringstore_journal::storage::Storage>(
+    shard: &Shard<Kv, S>,
+    model: &mut BTreeMap<u64, Vec<u8>>,
+    first: u64,
+    count: u64,
+) {
+    for n in first..first + count {
+        let command = KvCommand::Put {
+            key: n % 37,
+            value: value(n % 37, n, 50),
+        };
+        shard.submit(command.clone()).await.unwrap().unwrap();
+        apply_model(model, &command);
+    }
+}
+
+#[test]
+fn every_persist_stage_failing_leaves_an_older_snapshot_and_the_acknowledged_state() {
+    run(|| async {
+        for stage in [
+            PersistStage::Create,
+            PersistStage::Write,
+            PersistStage::Sync,
+            PersistStage::Rename,
+            PersistStage::DirSync,
+        ] {
+            let storage = MemStorage::new();
+            let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+            let mut model = BTreeMap::new();
+            put_many(&shard, &mut model, 0, 50).await;
+            let first = shard.checkpoint().await.unwrap().snapshot.unwrap();
+            put_many(&shard, &mut model, 50, 50).await;
+            let eio = libc::EIO;
+            match stage {
+                PersistStage::Create => storage.fail_next_creates(1, eio),
+                PersistStage::Write => storage.fail_next_writes(1, eio),
+                PersistStage::Sync => storage.fail_next_syncs(1, eio),
+                PersistStage::Rename => storage.fail_next_renames(1, eio),
+                PersistStage::DirSync => storage.fail_next_dir_syncs(1, eio),
+                PersistStage::Encode => unreachable!(),
+            }
+            let error = shard.checkpoint().await.unwrap_err();
+            match &error {
+                Error::Persist { stage: failed, .. } => assert_eq!(*failed, stage),
+                other => panic!("{stage}: wrong error {other}"),
+            }
+            let message = error.to_string();
+            if stage.retry_is_safe() {
+                assert!(message.contains("retrying is safe"), "{message}");
+                // The shard goes on.
+                put_many(&shard, &mut model, 100, 5).await;
+            } else {
+                assert!(message.contains("do not retry"), "{message}");
+                assert!(matches!(
+                    shard.submit(KvCommand::Delete { key: 1 }).await,
+                    Err(Error::Poisoned { .. })
+                ));
+            }
+            // Power loss, then restart.
+            drop(shard);
+            storage.crash();
+            let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+            let report = shard.recovery_report();
+            assert_eq!(
+                report.snapshot.as_ref().map(|s| s.watermark),
+                Some(first.watermark),
+                "{stage}: the older snapshot is loaded"
+            );
+            assert_eq!(shard.read(|kv| kv.values()), model, "{stage}");
+            let leftovers: Vec<_> = storage
+                .paths()
+                .into_iter()
+                .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+                .collect();
+            assert!(leftovers.is_empty(), "{stage}: {leftovers:?}");
+            // And a checkpoint works again.
+            shard.checkpoint().await.unwrap();
+            shard.close().await.unwrap();
+        }
+    });
+}
+
+fn newest_snapshot(dir: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.pop().expect("a snapshot")
+}
+
+fn damage(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], offset).unwrap();
+    file.sync_all().unwrap();
+}
+
+#[test]
+fn a_damaged_newest_snapshot_falls_back_to_the_previous_generation() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let shard = disk_builder(&path).open().await.unwrap();
+        let mut model = BTreeMap::new();
+        put_many(&shard, &mut model, 0, 100).await;
+        let previous = shard.checkpoint().await.unwrap().snapshot.unwrap();
+        put_many(&shard, &mut model, 100, 100).await;
+        let newest = shard.checkpoint().await.unwrap().snapshot.unwrap();
+        put_many(&shard, &mut model, 200, 10).await;
+        // The journal still holds the ops above the previous snapshot.
+        assert_eq!(shard.journal().watermark(), previous.watermark);
+        shard.close().await.unwrap();
+
+        // A flipped bit in the body, then a torn header, then a truncation:
+        // each time the previous generation is loaded and the journal
+        // replayed from it.
+        let file = newest_snapshot(&path);
+        assert_eq!(file, newest.path);
+        let pristine = std::fs::read(&file).unwrap();
+        let damages: [(&str, Box<dyn Fn()>); 3] = [
+            (
+                "bit flip in a section",
+                Box::new(|| damage(&file, 4096 + 100)),
+            ),
+            ("bit flip in the header", Box::new(|| damage(&file, 20))),
+            (
+                "truncated",
+                Box::new(|| {
+                    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+                    f.set_len(4096).unwrap();
+                }),
+            ),
+        ];
+        for (what, apply_damage) in damages {
+            std::fs::write(&file, &pristine).unwrap();
+            apply_damage();
+            let shard = disk_builder(&path).open().await.unwrap();
+            let report = shard.recovery_report();
+            assert_eq!(
+                report.snapshot.as_ref().unwrap().watermark,
+                previous.watermark,
+                "{what}"
+            );
+            assert_eq!(report.skipped_snapshots.len(), 1, "{what}");
+            let skipped = &report.skipped_snapshots[0];
+            assert_eq!(skipped.path, file);
+            match (&skipped.reason, what) {
+                (SnapshotError::SectionChecksum { offset: 4096, .. }, "bit flip in a section") => {}
+                (SnapshotError::BadHeader { .. }, "bit flip in the header") => {}
+                (SnapshotError::Truncated { .. }, "truncated") => {}
+                (other, _) => panic!("{what}: wrong reason {other}"),
+            }
+            assert_eq!(shard.read(|kv| kv.values()), model, "{what}");
+            assert_eq!(shard.applied().op, 210);
+            // Close without checkpointing: the damaged file stays for the
+            // next case.
+            shard.close().await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_damaged_newest_snapshot_over_a_compacted_journal_is_a_typed_error() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let builder = || disk_builder(&path).journal_keeps_previous_snapshot(false);
+        let shard = builder().open().await.unwrap();
+        let mut model = BTreeMap::new();
+        put_many(&shard, &mut model, 0, 100).await;
+        let previous = shard.checkpoint().await.unwrap().snapshot.unwrap();
+        put_many(&shard, &mut model, 100, 100).await;
+        let newest = shard.checkpoint().await.unwrap().snapshot.unwrap();
+        assert_eq!(shard.journal().watermark(), newest.watermark);
+        shard.close().await.unwrap();
+        damage(&newest.path, 4096 + 7);
+        match builder().open().await {
+            Err(Error::SnapshotBehindJournal {
+                snapshot_op,
+                journal_watermark,
+                skipped: 1,
+            }) => {
+                assert_eq!(snapshot_op, previous.watermark);
+                assert_eq!(journal_watermark, newest.watermark);
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("opened with ops missing"),
+        }
+    });
+}
+
+/// [`Kv`] written as section version 2, which `Kv` does not read.
+#[derive(Debug, Clone, Default)]
+struct KvV2(Kv);
+
+impl StateMachine for KvV2 {
+    type Command = KvCommand;
+    type Reply = OpId;
+    type Rejection = NotFound;
+    fn apply(&mut self, at: OpId, command: KvCommand) -> Result<OpId, NotFound> {
+        self.0.apply(at, command)
+    }
+    fn freeze(&self) -> Vec<FrozenSection> {
+        let mut sections = StateMachine::freeze(&self.0);
+        sections[0].version = 2;
+        sections
+    }
+    fn restore(sections: &mut SectionSet) -> Result<Self, RestoreError> {
+        let (_, bytes) = sections.take(Kv::SECTION, 2..=2)?;
+        Ok(KvV2(<Kv as Member>::restore(1, &bytes)?))
+    }
+}
+
+/// [`Kv`] plus a section no `Kv` build knows.
+#[derive(Debug, Clone, Default)]
+struct KvPlus(Kv, Kv);
+
+struct Extra;
+impl StateMachine for KvPlus {
+    type Command = KvCommand;
+    type Reply = OpId;
+    type Rejection = NotFound;
+    fn apply(&mut self, at: OpId, command: KvCommand) -> Result<OpId, NotFound> {
+        self.0.apply(at, command)
+    }
+    fn freeze(&self) -> Vec<FrozenSection> {
+        let mut extra = freeze_member(&self.1);
+        extra.name = "audit-log";
+        let _ = Extra;
+        vec![freeze_member(&self.0), extra]
+    }
+    fn restore(sections: &mut SectionSet) -> Result<Self, RestoreError> {
+        Ok(KvPlus(restore_member(sections)?, Kv::default()))
+    }
+}
+
+#[test]
+fn snapshots_with_unknown_sections_or_versions_are_refused() {
+    let dir = temp_dir();
+    let root = dir.path().to_path_buf();
+    run(move || async move {
+        // Version 2 of the "kv" section.
+        let path = root.join("v2");
+        let shard = Shard::<KvV2>::builder(&path).open().await.unwrap();
+        shard
+            .submit(KvCommand::Put {
+                key: 1,
+                value: vec![1],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        shard.checkpoint().await.unwrap();
+        shard.close().await.unwrap();
+        match Shard::<Kv>::builder(&path).open().await {
+            Err(Error::Restore { source, .. }) => assert!(
+                matches!(
+                    &*source,
+                    RestoreError::UnsupportedVersion { name, version: 2, .. } if name == "kv"
+                ),
+                "{source}"
+            ),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("restored an unsupported version"),
+        }
+
+        // An extra section.
+        let path = root.join("extra");
+        let shard = Shard::<KvPlus>::builder(&path).open().await.unwrap();
+        shard
+            .submit(KvCommand::Put {
+                key: 1,
+                value: vec![1],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        shard.checkpoint().await.unwrap();
+        shard.close().await.unwrap();
+        match Shard::<Kv>::builder(&path).open().await {
+            Err(Error::Restore { source, .. }) => assert!(
+                matches!(&*source, RestoreError::UnknownSection { name, .. } if name == "audit-log"),
+                "{source}"
+            ),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("restored with an unknown section"),
+        }
+    });
+}
+
+#[test]
+fn the_domain_identity_is_kept_and_checked() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let shard = disk_builder(&path).open().await.unwrap();
+        let domain = shard.domain();
+        let mut model = BTreeMap::new();
+        put_many(&shard, &mut model, 0, 5).await;
+        shard.close().await.unwrap();
+        let shard = disk_builder(&path).open().await.unwrap();
+        assert_eq!(shard.domain(), domain);
+        assert!(!shard.recovery_report().domain_created);
+        shard.close().await.unwrap();
+
+        let identity = path.join("identity");
+        let pristine = std::fs::read(&identity).unwrap();
+        damage(&identity, 20);
+        match disk_builder(&path).open().await {
+            Err(Error::Identity { path: p, reason }) => {
+                assert_eq!(p, identity);
+                assert!(reason.contains("damaged"), "{reason}");
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("opened with a damaged identity"),
+        }
+        std::fs::remove_file(&identity).unwrap();
+        match disk_builder(&path).open().await {
+            Err(Error::Identity { reason, .. }) => assert!(reason.contains("missing"), "{reason}"),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("opened data without an identity"),
+        }
+        std::fs::write(&identity, pristine).unwrap();
+        let shard = disk_builder(&path).open().await.unwrap();
+        assert_eq!(shard.read(|kv| kv.values()), model);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reset_keeps_op_numbers_and_epochs_increasing() {
+    let dir = temp_dir();
+    let root = dir.path().to_path_buf();
+    run(move || async move {
+        // The source shard and its snapshot.
+        let source_dir = root.join("source");
+        let source = disk_builder(&source_dir).open().await.unwrap();
+        let mut snapshot_model = BTreeMap::new();
+        put_many(&source, &mut snapshot_model, 0, 100).await;
+        let snapshot = source.checkpoint().await.unwrap().snapshot.unwrap();
+        let exported = root.join(snapshot.path.file_name().unwrap());
+        std::fs::copy(&snapshot.path, &exported).unwrap();
+        let mut later = snapshot_model.clone();
+        put_many(&source, &mut later, 100, 50).await;
+        let seen = source.applied();
+        source.close().await.unwrap();
+
+        // A new, empty shard joins the snapshot's domain.
+        let fresh_dir = root.join("fresh");
+        let fresh = disk_builder(&fresh_dir).open().await.unwrap();
+        let outcome = fresh.reset_to(&exported).await.unwrap();
+        assert_eq!(fresh.domain(), snapshot.domain);
+        assert_eq!(outcome.floor.op, snapshot.watermark + 1);
+        assert!(outcome.floor.epoch > snapshot.epoch);
+        assert_eq!(fresh.read(|kv| kv.values()), snapshot_model);
+        let at = fresh
+            .submit(KvCommand::Put {
+                key: 1000,
+                value: vec![1],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(at.op, outcome.floor.op + 1);
+        assert!(at.epoch >= outcome.floor.epoch);
+        fresh.close().await.unwrap();
+        let fresh = disk_builder(&fresh_dir).open().await.unwrap();
+        assert_eq!(fresh.domain(), snapshot.domain);
+        assert_eq!(fresh.applied().op, outcome.floor.op + 1);
+        fresh.close().await.unwrap();
+
+        // The source shard itself, reset to its older snapshot: state rolls
+        // back, numbers go on past everything it had seen.
+        let source = disk_builder(&source_dir).open().await.unwrap();
+        let outcome = source.reset_to(&exported).await.unwrap();
+        assert_eq!(outcome.floor.op, seen.op + 1);
+        assert!(outcome.floor.epoch > seen.epoch);
+        assert_eq!(source.read(|kv| kv.values()), snapshot_model);
+        let at = source
+            .submit(KvCommand::Delete { key: 1 })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(at.op, seen.op + 2);
+        source.close().await.unwrap();
+        let source = disk_builder(&source_dir).open().await.unwrap();
+        assert_eq!(source.applied().op, seen.op + 2);
+        let mut expected = snapshot_model.clone();
+        expected.remove(&1);
+        assert_eq!(source.read(|kv| kv.values()), expected);
+        source.close().await.unwrap();
+
+        // A shard with data of another domain refuses.
+        let other_dir = root.join("other");
+        let other = disk_builder(&other_dir).open().await.unwrap();
+        put_many(&other, &mut BTreeMap::new(), 0, 3).await;
+        match other.reset_to(&exported).await {
+            Err(Error::DomainMismatch { .. }) => {}
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("reset across domains"),
+        }
+        other.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_power_cut_at_every_step_of_a_reset_keeps_numbers_increasing() {
+    run(|| async {
+        let mut completed = false;
+        for cut in 1.. {
+            let storage = MemStorage::new();
+            let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+            let mut model = BTreeMap::new();
+            put_many(&shard, &mut model, 0, 30).await;
+            let snapshot = shard.checkpoint().await.unwrap().snapshot.unwrap();
+            let snapshot_model = model.clone();
+            put_many(&shard, &mut model, 30, 20).await;
+            let seen = shard.applied();
+            storage.cut_power_after_ops(cut);
+            let result = shard.reset_to(&snapshot.path).await;
+            let cut_happened = storage.power_is_cut();
+            drop(shard);
+            storage.crash();
+            let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+            let recovered = shard.applied();
+            if recovered.op <= seen.op {
+                // The reset did not take: the state before it.
+                assert!(result.is_err(), "cut {cut}: an acknowledged reset was lost");
+                assert_eq!(recovered, seen, "cut {cut}");
+                assert_eq!(shard.read(|kv| kv.values()), model, "cut {cut}");
+            } else {
+                assert!(
+                    recovered.op > seen.op && recovered.epoch > seen.epoch,
+                    "cut {cut}"
+                );
+                assert_eq!(shard.read(|kv| kv.values()), snapshot_model, "cut {cut}");
+            }
+            let at = shard
+                .submit(KvCommand::Delete { key: 0 })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(at.op, recovered.op + 1, "cut {cut}");
+            assert!(at.epoch >= recovered.epoch, "cut {cut}");
+            shard.close().await.unwrap();
+            if !cut_happened {
+                result.unwrap();
+                completed = true;
+                break;
+            }
+        }
+        assert!(completed);
+    });
+}
