@@ -4,6 +4,7 @@
 #![deny(clippy::await_holding_refcell_ref)]
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod config;
 pub mod error;
 pub mod identity;
@@ -12,6 +13,7 @@ pub mod mux;
 pub mod recovery;
 pub mod reset;
 pub mod shard;
+pub mod sim;
 pub mod snapshot;
 
 pub use config::{CheckpointPolicy, ShardBuilder, ShardConfig};

@@ -143,6 +143,12 @@ pub enum DecodeError {
         /// Bytes after the value.
         extra: usize,
     },
+    /// A record stream is shorter than its 8-byte count prefix.
+    #[error("{len} bytes, shorter than the 8-byte record count")]
+    TooShort {
+        /// Bytes present.
+        len: usize,
+    },
     /// A record stream's count does not match its records.
     #[error("section says {expected} records, found {found}")]
     RecordCount {
@@ -159,6 +165,7 @@ pub enum DecodeError {
 pub struct RecordsEncoder<I> {
     count: u64,
     written: u64,
+    count_written: bool,
     records: I,
 }
 
@@ -172,6 +179,7 @@ where
         RecordsEncoder {
             count: count as u64,
             written: 0,
+            count_written: false,
             records,
         }
     }
@@ -182,30 +190,31 @@ where
     I: Iterator<Item = T>,
     T: Serialize,
 {
+    /// Writes the count prefix once, then at least one record per call
+    /// (so every call makes progress, however full `out` already is).
     fn encode_some(
         &mut self,
         out: &mut Vec<u8>,
         bytes_goal: usize,
     ) -> Result<EncodeProgress, EncodeError> {
-        if self.written == 0 {
+        if !self.count_written {
             out.extend_from_slice(&self.count.to_le_bytes());
+            self.count_written = true;
         }
-        while out.len() < bytes_goal {
-            match self.records.next() {
-                Some(record) => {
-                    bincode::serde::encode_into_std_write(&record, out, bincode_config())?;
-                    self.written += 1;
-                }
-                None => {
-                    assert_eq!(
-                        self.written, self.count,
-                        "a frozen image yielded a different number of records than it said"
-                    );
-                    return Ok(EncodeProgress::Done);
-                }
+        loop {
+            let Some(record) = self.records.next() else {
+                assert_eq!(
+                    self.written, self.count,
+                    "a frozen image yielded a different number of records than it said"
+                );
+                return Ok(EncodeProgress::Done);
+            };
+            bincode::serde::encode_into_std_write(&record, out, bincode_config())?;
+            self.written += 1;
+            if out.len() >= bytes_goal {
+                return Ok(EncodeProgress::More);
             }
         }
-        Ok(EncodeProgress::More)
     }
 }
 

@@ -219,6 +219,12 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// journal write fails, which poisons the shard, or if the ring stays
     /// full past `ring_full_wait_max`.
     pub async fn submit(&self, command: M::Command) -> Result<Outcome<M>> {
+        self.submit_at(command).await.map(|(_, outcome)| outcome)
+    }
+
+    /// [`Shard::submit`], also returning the op and epoch the command was
+    /// applied at.
+    pub async fn submit_at(&self, command: M::Command) -> Result<(OpId, Outcome<M>)> {
         self.usable()?;
         self.inner.progress.borrow_mut().submits_in_flight += 1;
         let result = self.submit_counted(command).await;
@@ -226,7 +232,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         result
     }
 
-    async fn submit_counted(&self, command: M::Command) -> Result<Outcome<M>> {
+    async fn submit_counted(&self, command: M::Command) -> Result<(OpId, Outcome<M>)> {
         let payload = encode(&command).map_err(|e| Error::CommandEncode(Arc::new(e)))?;
         let inner = &*self.inner;
         let mut waited_since: Option<Instant> = None;
@@ -241,8 +247,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 Err(e) => return Err(self.journal_failed(e)),
             }
         };
-        self.apply_durable(op, epoch, command, payload.len() as u64)
-            .await
+        let outcome = self
+            .apply_durable(op, epoch, command, payload.len() as u64)
+            .await?;
+        Ok((OpId { op, epoch }, outcome))
     }
 
     async fn wait_for_slots(&self, since: Instant) -> Result<()> {
@@ -392,7 +400,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             listener.await;
         }
         let result = self.checkpoint_exclusive().await;
-        {
+        let due = {
             let mut progress = self.inner.progress.borrow_mut();
             progress.checkpointing = false;
             match &result {
@@ -404,8 +412,13 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 }
                 Err(_) => progress.stats.checkpoint_failures += 1,
             }
-        }
+            self.inner.checkpoint_due(&progress)
+        };
         self.inner.checkpoint_ended.notify(usize::MAX);
+        // Applies during the checkpoint did not ask for another one.
+        if due {
+            self.inner.checkpoint_wanted.notify(1);
+        }
         result
     }
 
@@ -522,6 +535,27 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// Counters since open.
     pub fn stats(&self) -> ShardStats {
         self.inner.progress.borrow().stats
+    }
+
+    /// A one-line summary of the shard's progress, for diagnostics.
+    pub fn describe(&self) -> String {
+        let progress = self.inner.progress.borrow();
+        let journal = &self.inner.journal;
+        format!(
+            "applied {:?}, journal next op {}, watermark {}, free slots {}, snapshot {:?}, \
+             previous snapshot {:?}, ring waiters {}, parked ops {:?}, checkpointing {}, \
+             poisoned {}",
+            progress.applied,
+            journal.next_op(),
+            journal.watermark(),
+            journal.remaining_capacity(),
+            progress.snapshot.map(|s| s.watermark),
+            progress.previous_snapshot,
+            progress.ring_waiters,
+            progress.parked.keys().collect::<Vec<_>>(),
+            progress.checkpointing,
+            progress.poisoned.is_some(),
+        )
     }
 
     /// What recovery found and did when the shard was opened.
@@ -706,10 +740,14 @@ async fn run_compaction<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
             Ok(outcome) => {
                 backoff = crate::config::CHECKPOINT_RETRY_MIN;
                 if outcome.snapshot.is_none() && !outcome.watermark_advanced {
-                    // Nothing to do until more ops arrive.
+                    // Nothing to do until more ops arrive (unless some did
+                    // while the checkpoint ran).
                     let listener = shard.inner.checkpoint_wanted.listen();
+                    let ops_arrived = shard.applied().op > shard.snapshot_watermark();
                     drop(shard);
-                    listener.await;
+                    if !ops_arrived {
+                        listener.await;
+                    }
                 }
             }
             Err(e) => {

@@ -126,6 +126,9 @@ fn every_persist_stage_failing_leaves_an_older_snapshot_and_the_acknowledged_sta
     });
 }
 
+/// A named way to damage a file.
+type Damage<'a> = (&'static str, Box<dyn Fn() + 'a>);
+
 fn newest_snapshot(dir: &Path) -> PathBuf {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
         .unwrap()
@@ -170,7 +173,7 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_generation() {
         let file = newest_snapshot(&path);
         assert_eq!(file, newest.path);
         let pristine = std::fs::read(&file).unwrap();
-        let damages: [(&str, Box<dyn Fn()>); 3] = [
+        let damages: [Damage; 3] = [
             (
                 "bit flip in a section",
                 Box::new(|| damage(&file, 4096 + 100)),

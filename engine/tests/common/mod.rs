@@ -110,7 +110,7 @@ impl Kv {
 /// A deterministic value for `key` written by command number `n`.
 pub fn value(key: u64, n: u64, len: usize) -> Vec<u8> {
     (0..len)
-        .map(|i| (key * 7 + n * 13 + i as u64) as u8)
+        .map(|i| (key.wrapping_mul(7) ^ n.wrapping_mul(13)).wrapping_add(i as u64) as u8)
         .collect()
 }
 
