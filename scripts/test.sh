@@ -28,10 +28,11 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== cargo test (workspace; the journal's crash simulation prints its report)"
+echo "== cargo test (workspace; the journal's and the engine's crash simulations print their reports)"
 # Tests use temp dirs under target/ (the real disk: O_DIRECT needs it).
-cargo test --workspace --exclude ringstore-journal 2>&1 | tee -a "$log"
+cargo test --workspace --exclude ringstore-journal --exclude ringstore 2>&1 | tee -a "$log"
 cargo test -p ringstore-journal -- --nocapture 2>&1 | tee -a "$log"
+cargo test -p ringstore -- --nocapture 2>&1 | tee -a "$log"
 
 echo "== fuzz corpus and regressions replayed (stable, no libFuzzer)"
 cargo test --manifest-path fuzz/Cargo.toml 2>&1 | tee -a "$log"
@@ -42,4 +43,4 @@ if [[ "$fuzz_seconds" -gt 0 ]]; then
 fi
 
 echo "== summary"
-grep -E '^test result:|^simulation total:|executions' "$log" || true
+grep -E '^test result:|^simulation total:|^engine simulation.*total:|executions' "$log" || true

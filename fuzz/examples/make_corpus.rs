@@ -13,7 +13,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use ringstore_fuzz::journal_files::{self, Input, Mutation, Source, SECTOR_BYTES};
-use ringstore_fuzz::{cache_ops, journal_ops};
+use ringstore_fuzz::{cache_ops, journal_ops, snapshot_files};
 use std::path::{Path, PathBuf};
 
 /// splitmix64: deterministic bytes without another dependency.
@@ -287,10 +287,37 @@ fn cache_ops_seeds() {
     }
 }
 
+fn snapshot_files_seeds() {
+    use snapshot_files::{Input, Source};
+    let mut rng = Rng(0x0073_6e61_7073);
+    let kinds: [(&str, fn(&Input) -> bool); 4] = [
+        ("template", |i| {
+            matches!(i.source, Source::Template(_)) && i.mutations.is_empty()
+        }),
+        ("template-resealed", |i| {
+            matches!(i.source, Source::Template(_)) && i.reseal && (1..=4).contains(&i.mutations.len())
+        }),
+        ("sections", |i| {
+            matches!(&i.source, Source::Sections(s) if s.len() >= 2)
+        }),
+        ("raw", |i| matches!(&i.source, Source::Raw(b) if b.len() >= 8)),
+    ];
+    for (name, wanted) in kinds {
+        let seeds = pick::<Input>(&mut rng, 40..400, 3, wanted);
+        for (i, bytes) in seeds.iter().enumerate() {
+            let input = Input::arbitrary_take_rest(Unstructured::new(bytes)).expect("decodes");
+            keep("snapshot_files", &format!("{name}-{i}"), bytes, move || {
+                snapshot_files::run(&input)
+            });
+        }
+    }
+}
+
 fn main() {
     journal_files_seeds();
     journal_ops_seeds();
     cache_ops_seeds();
+    snapshot_files_seeds();
     let failed = FAILED.load(std::sync::atomic::Ordering::Relaxed);
     if failed > 0 {
         eprintln!("{failed} seeds failed (see fuzz/regressions/)");

@@ -13,12 +13,15 @@
 //!   crash simulator (`ringstore_journal::sim`).
 //! * [`cache_ops`] — operation lists through the cache's model checker
 //!   (`ringstore_cache::sim`).
+//! * [`snapshot_files`] — arbitrary bytes and sections as a snapshot file,
+//!   loaded and restored as the broker metadata machine.
 
 #![forbid(unsafe_code)]
 
 pub mod cache_ops;
 pub mod journal_files;
 pub mod journal_ops;
+pub mod snapshot_files;
 
 use std::future::Future;
 

@@ -68,3 +68,8 @@ fn journal_ops_inputs() {
 fn cache_ops_inputs() {
     replay("cache_ops", ringstore_fuzz::cache_ops::run);
 }
+
+#[test]
+fn snapshot_files_inputs() {
+    replay("snapshot_files", ringstore_fuzz::snapshot_files::run);
+}
