@@ -50,8 +50,10 @@ pub struct ShardRecoveryReport {
     pub replayed_bytes: u64,
     /// The journal's own recovery report.
     pub journal: RecoveryReport,
-    /// Time to load and restore the snapshot.
+    /// Time to read and verify the snapshot file.
     pub snapshot_time: Duration,
+    /// Time to restore the state machines from its sections.
+    pub restore_time: Duration,
     /// Time to open the journal (its scan).
     pub journal_time: Duration,
     /// Time to replay.
@@ -107,6 +109,8 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
     // 2. Snapshot.
     let started = Instant::now();
     let (loaded, skipped) = snapshots.load_newest(domain).await?;
+    let snapshot_time = started.elapsed();
+    let started = Instant::now();
     let (machine, snapshot_meta) = match loaded {
         Some(loaded) => {
             let machine = restore_state::<M>(loaded.sections).map_err(|e| Error::Restore {
@@ -117,7 +121,7 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
         }
         None => (M::default(), None),
     };
-    let snapshot_time = started.elapsed();
+    let restore_time = started.elapsed();
     let snapshot_op = snapshot_meta.as_ref().map_or(0, |m| m.watermark);
     let snapshot_epoch = snapshot_meta.as_ref().map_or(0, |m| m.epoch);
     let previous_snapshot = snapshots
@@ -192,6 +196,7 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
         replayed_bytes,
         journal: journal.recovery_report().clone(),
         snapshot_time,
+        restore_time,
         journal_time,
         replay_time,
     };

@@ -6,9 +6,9 @@
 //! 1. **Create** `snapshot-<op>.snap.tmp` (a stale one from a crash is
 //!    removed first).
 //! 2. **Write** the sections from byte 4096 on, in chunks, with the next
-//!    chunk encoded while the previous one is being written and a yield to
-//!    the reactor after each, so the shard keeps applying; then the header
-//!    block at offset 0.
+//!    chunk encoded while the previous one is being written, yielding to the
+//!    reactor every [`ENCODE_STEP_BYTES`] so the shard keeps applying; then
+//!    the header block at offset 0.
 //! 3. **Sync** (fdatasync) the temporary file.
 //! 4. **Rename** it to `snapshot-<op>.snap`.
 //! 5. **Dir sync**: fsync the directory, making the rename durable.
@@ -21,8 +21,9 @@
 //! Every byte is verified before anything is restored: the header's own
 //! checksum (which covers the section table), every section's checksum, and
 //! the whole-file checksum. [`SnapshotStore::load_newest`] walks the
-//! generations newest first and returns the first that verifies, with the
-//! reasons it skipped the others.
+//! generations newest first and returns the first that verifies (reading a
+//! file twice before it gives up on it), with the reasons it skipped the
+//! others.
 
 use super::format::*;
 use crate::error::{Error, PersistStage, Result, SkippedSnapshot, SnapshotError};
@@ -38,10 +39,18 @@ use std::{
 use uuid::Uuid;
 use zerocopy::{FromBytes, IntoBytes};
 
-/// Bytes of one snapshot write. Large enough that a write costs little more
-/// than the device's bandwidth; small enough that encoding one chunk between
-/// two yields keeps the reactor responsive (about 1 ms of encoding).
-pub const WRITE_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes of one snapshot write: large enough that a write costs little more
+/// than the device's bandwidth, small enough that a journal fdatasync (whose
+/// device cache flush waits for every write in flight, this one included)
+/// is not held up long by it.
+pub const WRITE_CHUNK_BYTES: usize = 512 << 10;
+
+/// Bytes encoded between two yields to the reactor: about 50-100 µs of
+/// encoding, so a submit waiting behind a running checkpoint is delayed by
+/// about that much, not by a whole chunk's encoding.
+pub const ENCODE_STEP_BYTES: usize = 64 << 10;
+
+const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(ENCODE_STEP_BYTES));
 
 /// Bytes of one snapshot read at load time.
 pub const READ_CHUNK_BYTES: usize = 4 << 20;
@@ -244,7 +253,13 @@ impl<S: Storage> SnapshotStore<S> {
     ) -> Result<(Option<LoadedSnapshot>, Vec<SkippedSnapshot>)> {
         let mut skipped = Vec::new();
         for (_, path) in self.generations()?.into_iter().rev() {
-            match load_snapshot(&self.storage, &path, Some(domain)).await {
+            let mut loaded = load_snapshot(&self.storage, &path, Some(domain)).await;
+            if loaded.is_err() {
+                // Once more before skipping it: a read error or a flipped
+                // bit in transit must not pass for a damaged file.
+                loaded = load_snapshot(&self.storage, &path, Some(domain)).await;
+            }
+            match loaded {
                 Ok(loaded) => return Ok((Some(loaded), skipped)),
                 Err(reason) => {
                     tracing::warn!(path = %path.display(), %reason, "skipping snapshot");
@@ -316,7 +331,7 @@ async fn write_snapshot<F: StorageFile>(
             let before = writer.staged.len();
             let progress = section
                 .encoder
-                .encode_some(&mut writer.staged, WRITE_CHUNK_BYTES)
+                .encode_some(&mut writer.staged, before + ENCODE_STEP_BYTES)
                 .map_err(|e| Error::Encode {
                     section: section.name.to_owned(),
                     source: Arc::new(e),
@@ -326,8 +341,8 @@ async fn write_snapshot<F: StorageFile>(
             body_hasher.update(fresh);
             offset += fresh.len() as u64;
             writer.flush_full_chunks().await?;
-            // Let the shard apply commands between chunks.
-            futures_lite::future::yield_now().await;
+            // Let the shard apply commands between steps.
+            yield_to_reactor().await;
             if progress == EncodeProgress::Done {
                 break;
             }
@@ -674,3 +689,18 @@ impl<F: StorageFile> BodyReader<'_, F> {
         Ok(std::mem::replace(&mut self.buffered, rest))
     }
 }
+
+/// Lets the reactor run everything else that is ready, I/O completions
+/// included, before the checkpoint encodes its next step. A plain
+/// `yield_now` is not enough under glommio: the task is runnable again at
+/// once, so the task queue never empties and the executor would not reap
+/// I/O completions (the journal's writes and fdatasyncs, which submits wait
+/// for) until its preemption timer fires. Sleeping on a timer takes the
+/// task off the run queue until the reactor's next turn.
+async fn yield_to_reactor() {
+    glommio::timer::sleep(REACTOR_TURN).await;
+}
+
+/// The timer [`yield_to_reactor`] sleeps on: any positive duration takes
+/// the task off the run queue until the reactor's next turn.
+const REACTOR_TURN: std::time::Duration = std::time::Duration::from_micros(1);
