@@ -36,8 +36,3 @@ pub use index::SLOT_BYTES;
 pub use journal::{Entries, Entry, Journal, JournalStats, LogItem, ENTRIES_READ_AHEAD_BYTES};
 pub use recovery::{RecoveryReport, TailState};
 pub use segment::{segment_file_name, segment_generation};
-
-/// The README's examples, compiled as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;

@@ -477,17 +477,21 @@ async fn load_snapshot<S: Storage>(
         offset,
         source: Arc::new(e),
     };
-    let file = storage
-        .open(path)
-        .await
-        .map_err(|e| io_error("open", 0, e))?;
+    let file = Rc::new(
+        storage
+            .open(path)
+            .await
+            .map_err(|e| io_error("open", 0, e))?,
+    );
     let result = load_open_file(&file, path, domain, io_error).await;
-    let _ = file.close().await;
+    if let Ok(file) = Rc::try_unwrap(file) {
+        let _ = file.close().await;
+    }
     result
 }
 
 async fn load_open_file<F: StorageFile>(
-    file: &F,
+    file: &Rc<F>,
     path: &Path,
     domain: Option<Uuid>,
     io_error: impl Fn(&'static str, u64, io::Error) -> SnapshotError,
@@ -604,22 +608,29 @@ async fn load_open_file<F: StorageFile>(
     let mut file_hasher = header_block_hasher(block);
     let mut sections = SectionSet::new();
     let mut body = BodyReader {
-        file,
+        file: file.clone(),
         path,
         pos: BODY_OFFSET,
         end: BODY_OFFSET + body_bytes,
         buffered: Vec::new(),
+        in_flight: None,
     };
     for (name, entry) in table {
         let bytes = body.take(entry.len.get() as usize, &io_error).await?;
-        if crc32fast::hash(&bytes) != entry.checksum.get() {
+        let checksum = crc32fast::hash(&bytes);
+        if checksum != entry.checksum.get() {
             return Err(SnapshotError::SectionChecksum {
                 path: path.to_path_buf(),
                 section: name,
                 offset: entry.offset.get(),
             });
         }
-        file_hasher.update(&bytes);
+        // The whole-file checksum continues from the section's: no second
+        // pass over the bytes.
+        file_hasher.combine(&crc32fast::Hasher::new_with_initial_len(
+            checksum,
+            bytes.len() as u64,
+        ));
         sections
             .insert(name.clone(), entry.version.get(), bytes)
             .map_err(|_| {
@@ -645,48 +656,67 @@ async fn load_open_file<F: StorageFile>(
 }
 
 /// Reads a snapshot's body front to back in [`READ_CHUNK_BYTES`] aligned
-/// reads, handing out one section's bytes at a time.
-struct BodyReader<'a, F> {
-    file: &'a F,
+/// reads, the next one in flight while the current one is copied out,
+/// handing out one section's bytes at a time.
+struct BodyReader<'a, F: StorageFile> {
+    file: Rc<F>,
     path: &'a Path,
-    /// File offset of the next read (block-aligned).
+    /// File offset of the next read to issue (block-aligned).
     pos: u64,
     /// End of the body.
     end: u64,
     /// Bytes read and not yet handed out.
     buffered: Vec<u8>,
+    /// The read ahead: its offset, the bytes it wants, and the read.
+    in_flight: Option<(u64, u64, glommio::Task<io::Result<F::ReadBuf>>)>,
 }
 
 impl<F: StorageFile> BodyReader<'_, F> {
+    fn issue(&mut self) {
+        if self.in_flight.is_some() || self.pos >= self.end {
+            return;
+        }
+        let want = (self.end - self.pos).min(READ_CHUNK_BYTES as u64);
+        let read_len = align_up(want, BLOCK_BYTES) as usize;
+        let file = self.file.clone();
+        let pos = self.pos;
+        let read = glommio::spawn_local(async move { file.read_at(pos, read_len).await });
+        self.in_flight = Some((pos, want, read));
+        self.pos += want;
+    }
+
     async fn take(
         &mut self,
         len: usize,
         io_error: &impl Fn(&'static str, u64, io::Error) -> SnapshotError,
     ) -> Result<Vec<u8>, SnapshotError> {
-        while self.buffered.len() < len {
-            if self.pos >= self.end {
+        // `len` was checked against the file's length.
+        let mut out = Vec::with_capacity(len);
+        let from_buffer = len.min(self.buffered.len());
+        out.extend_from_slice(&self.buffered[..from_buffer]);
+        self.buffered.drain(..from_buffer);
+        while out.len() < len {
+            self.issue();
+            let Some((pos, want, read)) = self.in_flight.take() else {
                 // The section table was checked against the body length.
                 unreachable!("section extends past the body");
-            }
-            let want = (self.end - self.pos).min(READ_CHUNK_BYTES as u64);
-            let read_len = align_up(want, BLOCK_BYTES) as usize;
-            let read = self
-                .file
-                .read_at(self.pos, read_len)
-                .await
-                .map_err(|e| io_error("read", self.pos, e))?;
+            };
+            let read = read.await.map_err(|e| io_error("read", pos, e))?;
+            // The next read goes out before this one is copied.
+            self.issue();
             if (read.len() as u64) < want {
                 return Err(SnapshotError::Truncated {
                     path: self.path.to_path_buf(),
-                    len: self.pos + read.len() as u64,
+                    len: pos + read.len() as u64,
                     needed: self.end,
                 });
             }
-            self.buffered.extend_from_slice(&read[..want as usize]);
-            self.pos += want;
+            let chunk = &read[..want as usize];
+            let needed = (len - out.len()).min(chunk.len());
+            out.extend_from_slice(&chunk[..needed]);
+            self.buffered.extend_from_slice(&chunk[needed..]);
         }
-        let rest = self.buffered.split_off(len);
-        Ok(std::mem::replace(&mut self.buffered, rest))
+        Ok(out)
     }
 }
 
