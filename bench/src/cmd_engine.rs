@@ -134,7 +134,9 @@ fn shard_builder(dir: &Path, policy: CheckpointPolicy) -> ringstore::ShardBuilde
 /// Creates the stream, topic and group the small commands write to.
 async fn prepare_topic(shard: &Shard<Metadata>) -> Result<()> {
     let setup = [
-        Command::Stream(StreamCommand::Create { name: "bench".into() }),
+        Command::Stream(StreamCommand::Create {
+            name: "bench".into(),
+        }),
         Command::Topic(TopicCommand::Create {
             stream: "bench".into(),
             name: "offsets".into(),
@@ -225,10 +227,15 @@ fn figures(
 fn run_submit(dir: &Path, duration: Duration) -> Result<(u64, Duration, LatencyRecorder)> {
     let dir = dir.to_owned();
     on_reactor("rsb-engine-submit", move || async move {
-        let shard = shard_builder(&dir, CheckpointPolicy::default()).open().await?;
+        let shard = shard_builder(&dir, CheckpointPolicy::default())
+            .open()
+            .await?;
         prepare_topic(&shard).await?;
         let result = submit_for(&shard, SUBMITTERS, duration).await?;
-        ensure!(shard.stats().commands_rejected == 0, "commands were rejected");
+        ensure!(
+            shard.stats().commands_rejected == 0,
+            "commands were rejected"
+        );
         shard.close().await?;
         Ok(result)
     })
@@ -325,7 +332,10 @@ fn run_big_state_build_and_snapshot(dir: &Path, state_bytes: u64) -> Result<BigS
         };
         let shard = shard_builder(&dir, policy).open().await?;
         let build = build_state(&shard, state_bytes).await?;
-        ensure!(shard.stats().commands_rejected == 0, "bulk commands were rejected");
+        ensure!(
+            shard.stats().commands_rejected == 0,
+            "bulk commands were rejected"
+        );
         let started = Instant::now();
         let outcome = shard.checkpoint().await?;
         let checkpoint = started.elapsed();
@@ -417,7 +427,10 @@ fn run_checkpoint_latency(
         }
         let during_elapsed = started.elapsed();
         let (outcome, checkpoint_time) = checkpoint.await;
-        ensure!(outcome?.snapshot.is_some(), "the checkpoint wrote no snapshot");
+        ensure!(
+            outcome?.snapshot.is_some(),
+            "the checkpoint wrote no snapshot"
+        );
         shard.close().await?;
         Ok((quiet, (commands, during_elapsed, during), checkpoint_time))
     })
@@ -491,7 +504,12 @@ pub fn run(args: &EngineArgs) -> Result<()> {
     harness.step("device: sequential write");
     let raw = harness.path("engine-raw.dat");
     let seq_bytes = state_bytes.next_multiple_of(SEQ_WRITE_BLOCK_BYTES as u64);
-    let seq_write = device::seq_write(&raw, seq_bytes, SEQ_WRITE_BLOCK_BYTES, SEQ_WRITE_QUEUE_DEPTH)?;
+    let seq_write = device::seq_write(
+        &raw,
+        seq_bytes,
+        SEQ_WRITE_BLOCK_BYTES,
+        SEQ_WRITE_QUEUE_DEPTH,
+    )?;
     harness.step("device: sequential read");
     let seq_read = device::seq_read(&raw, seq_bytes, SEQ_READ_BLOCK_BYTES, SEQ_READ_QUEUE_DEPTH)?;
     crate::harness::remove_path(&raw)?;
@@ -529,7 +547,10 @@ pub fn run(args: &EngineArgs) -> Result<()> {
     let latency_without_checkpoint = figures(LATENCY_SUBMITTERS, quiet, latency_probes.clone());
     let latency_during_checkpoint = figures(LATENCY_SUBMITTERS, during, latency_probes);
     let p99_ratio = latency_during_checkpoint.latency.p99_us
-        / latency_without_checkpoint.latency.p99_us.max(f64::MIN_POSITIVE);
+        / latency_without_checkpoint
+            .latency
+            .p99_us
+            .max(f64::MIN_POSITIVE);
 
     // 7. Recovery.
     harness.step(format!("recovery: {recovery_ops} ops above the watermark"));
@@ -576,12 +597,22 @@ pub fn run(args: &EngineArgs) -> Result<()> {
         ..report
     };
     print_table(&report);
-    println!("{}", serde_json::to_string(&report).context("encode the report")?);
+    println!(
+        "{}",
+        serde_json::to_string(&report).context("encode the report")?
+    );
     Ok(())
 }
 
 fn print_table(report: &EngineReport) {
-    let mut table = Table::new(["figure", "engine", "against", "ratio", "probes p50/mean us", "reliable"]);
+    let mut table = Table::new([
+        "figure",
+        "engine",
+        "against",
+        "ratio",
+        "probes p50/mean us",
+        "reliable",
+    ]);
     let probe_cells = |probes: &ProbeBracket| {
         let [figures, _, reliable] = probes.cells();
         (figures, reliable)
@@ -590,14 +621,20 @@ fn print_table(report: &EngineReport) {
     table.row([
         format!("commands/s, {} submitters", report.submit.submitters),
         fmt_num(report.submit.commands_per_s),
-        format!("bare journal {}", fmt_num(report.journal_only.commands_per_s)),
+        format!(
+            "bare journal {}",
+            fmt_num(report.journal_only.commands_per_s)
+        ),
         fmt_ratio(report.engine_over_journal),
         p,
         r,
     ]);
     let (p, r) = probe_cells(&report.snapshot_write_probes);
     table.row([
-        format!("snapshot write MB/s ({} MB)", report.state_bytes / 1_000_000),
+        format!(
+            "snapshot write MB/s ({} MB)",
+            report.state_bytes / 1_000_000
+        ),
         fmt_num(report.snapshot_write_mb_per_s),
         format!("raw write {}", fmt_num(report.seq_write.mb_per_s)),
         fmt_ratio(report.snapshot_write_ratio),

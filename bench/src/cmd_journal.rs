@@ -158,13 +158,13 @@ impl From<DurabilityArg> for Durability {
 
 /// Settings of one journal the bench opens.
 #[derive(Clone, Copy, Debug)]
-struct JournalShape {
-    preallocation: PreallocationArg,
-    durability: DurabilityArg,
+pub(crate) struct JournalShape {
+    pub(crate) preallocation: PreallocationArg,
+    pub(crate) durability: DurabilityArg,
 }
 
 /// Opens (recovering) the journal in `dir` with the bench's settings.
-async fn open_journal(dir: &Path, shape: JournalShape) -> Result<Journal> {
+pub(crate) async fn open_journal(dir: &Path, shape: JournalShape) -> Result<Journal> {
     Journal::builder(dir)
         .slot_count(SLOT_COUNT)
         .segment_bytes(SEGMENT_BYTES)
@@ -179,7 +179,7 @@ async fn open_journal(dir: &Path, shape: JournalShape) -> Result<Journal> {
 
 /// Runs `make()`'s future to completion on a fresh glommio reactor (one
 /// shard), from this thread, and returns its output.
-fn on_reactor<T, F>(name: &str, make: impl FnOnce() -> F + Send + 'static) -> Result<T>
+pub(crate) fn on_reactor<T, F>(name: &str, make: impl FnOnce() -> F + Send + 'static) -> Result<T>
 where
     T: Send + 'static,
     F: Future<Output = Result<T>> + 'static,
@@ -198,18 +198,18 @@ where
 
 /// The payload every task sends: a per-task pattern whose first 8 bytes are
 /// overwritten with a stamp unique to the append (`task << 32 | sequence`).
-fn payload_template(task: usize, len_bytes: usize) -> Vec<u8> {
+pub(crate) fn payload_template(task: usize, len_bytes: usize) -> Vec<u8> {
     let mut payload = vec![0u8; len_bytes];
     fill_pattern(&mut payload, task as u64 + 1);
     payload
 }
 
-fn set_stamp(payload: &mut [u8], stamp: u64) {
+pub(crate) fn set_stamp(payload: &mut [u8], stamp: u64) {
     payload[..8].copy_from_slice(&stamp.to_le_bytes());
 }
 
 /// Reads back each sampled op and checks it holds exactly the payload sent.
-async fn verify_samples(
+pub(crate) async fn verify_samples(
     journal: &Journal,
     samples: &[(usize, u64, u64)],
     len: usize,
@@ -259,7 +259,11 @@ impl TaskOutcome {
 }
 
 /// Appends with retry while the ring is full (the watermark task frees it).
-async fn append_retrying(journal: &Journal, payload: &[u8], retries: &mut u64) -> Result<u64> {
+pub(crate) async fn append_retrying(
+    journal: &Journal,
+    payload: &[u8],
+    retries: &mut u64,
+) -> Result<u64> {
     loop {
         match journal.append(payload).await {
             Ok(op) => return Ok(op),
@@ -392,21 +396,21 @@ fn run_bulk_journal(dir: PathBuf, total_bytes: u64, shape: JournalShape) -> Resu
 
 /// One small-entry workload's result.
 #[derive(Clone, Debug, Serialize)]
-struct SmallResult {
-    tasks: usize,
-    entries: u64,
-    seconds: f64,
-    entries_per_s: f64,
-    latency: LatencySummary,
-    fsyncs: u64,
-    batches: u64,
-    entries_per_fsync: f64,
-    ring_full_retries: u64,
-    watermark_advances: u64,
+pub(crate) struct SmallResult {
+    pub(crate) tasks: usize,
+    pub(crate) entries: u64,
+    pub(crate) seconds: f64,
+    pub(crate) entries_per_s: f64,
+    pub(crate) latency: LatencySummary,
+    pub(crate) fsyncs: u64,
+    pub(crate) batches: u64,
+    pub(crate) entries_per_fsync: f64,
+    pub(crate) ring_full_retries: u64,
+    pub(crate) watermark_advances: u64,
 }
 
 /// `tasks` appenders send `SMALL_ENTRY_BYTES` entries for `duration`.
-fn run_small(
+pub(crate) fn run_small(
     dir: PathBuf,
     tasks: usize,
     duration: Duration,
@@ -544,7 +548,7 @@ struct RecoveryJournal {
 }
 
 /// Drops the page cache of every file in `dir`, so `open()` reads the disk.
-fn drop_dir_from_cache(dir: &Path) -> Result<u64> {
+pub(crate) fn drop_dir_from_cache(dir: &Path) -> Result<u64> {
     let mut bytes = 0;
     for entry in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
         let path = entry
@@ -650,7 +654,7 @@ fn interleaved_rounds(raw: &[SeqResult], journal_mb_per_s: &[f64]) -> Vec<Round>
 }
 
 /// Median (mean of the middle two for an even count); NaN when empty.
-fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     let mut values: Vec<f64> = values.into_iter().collect();
     if values.is_empty() {
         return f64::NAN;

@@ -284,6 +284,7 @@ pub struct Prober {
     path: PathBuf,
     file: File,
     ring: Uring,
+    block_bytes: usize,
     next_block: u64,
 }
 
@@ -291,6 +292,18 @@ impl Prober {
     /// Creates the probe file at `path`: preallocates it, writes every block
     /// once and syncs, so later probe writes overwrite initialised blocks.
     pub fn new(path: &Path) -> Result<Self> {
+        Self::with_block_bytes(path, PROBE_BLOCK_BYTES)
+    }
+
+    /// Like [`Prober::new`], but each durable write is `block_bytes` long (a
+    /// multiple of 4 KiB that divides the probe region): the device limit of
+    /// a group commit that puts that many bytes in one write + fdatasync.
+    pub fn with_block_bytes(path: &Path, block_bytes: usize) -> Result<Self> {
+        ensure!(
+            block_bytes.is_multiple_of(STAMP_SECTOR_BYTES)
+                && PROBE_REGION_BYTES.is_multiple_of(block_bytes as u64),
+            "durable write of {block_bytes} bytes does not tile the {PROBE_REGION_BYTES}-byte region"
+        );
         let fill = seq_write(
             path,
             PROBE_REGION_BYTES,
@@ -307,27 +320,28 @@ impl Prober {
             .custom_flags(libc::O_DIRECT)
             .open(path)
             .with_context(|| format!("open {} with O_DIRECT", path.display()))?;
-        let mut ring = Uring::new(1, PROBE_BLOCK_BYTES).context("set up io_uring")?;
+        let mut ring = Uring::new(1, block_bytes).context("set up io_uring")?;
         fill_pattern(ring.buffer_mut(0), 0x5eed);
         Ok(Self {
             path: path.to_owned(),
             file,
             ring,
+            block_bytes,
             next_block: 0,
         })
     }
 
-    /// Runs up to `iterations_max` durable 4 KiB writes, stopping early once
+    /// Runs up to `iterations_max` durable writes of one block, stopping early once
     /// `duration_max` has passed, and summarises their latency. The last block
     /// written is read back and checked before returning.
     pub fn probe(&mut self, iterations_max: usize, duration_max: Duration) -> Result<ProbeResult> {
         ensure!(iterations_max > 0, "a probe needs at least one iteration");
-        let region_blocks = PROBE_REGION_BYTES / PROBE_BLOCK_BYTES as u64;
+        let region_blocks = PROBE_REGION_BYTES / self.block_bytes as u64;
         let mut recorder = LatencyRecorder::new();
         let started = Instant::now();
         let mut last_offset = 0;
         for _ in 0..iterations_max {
-            let offset = self.next_block * PROBE_BLOCK_BYTES as u64;
+            let offset = self.next_block * self.block_bytes as u64;
             self.next_block = (self.next_block + 1) % region_blocks;
             stamp(self.ring.buffer_mut(0), offset);
             let op_started = Instant::now();
@@ -341,7 +355,7 @@ impl Prober {
             }
         }
         let elapsed = started.elapsed();
-        let mut check = aligned_zeroed(PROBE_BLOCK_BYTES);
+        let mut check = aligned_zeroed(self.block_bytes);
         self.file
             .read_exact_at(check.as_mut_slice(), last_offset)
             .with_context(|| format!("read back probe block in {}", self.path.display()))?;

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Smallest recordable latency.
 const LATENCY_NS_MIN: u64 = 1;
@@ -48,6 +48,14 @@ impl LatencyRecorder {
         self.histogram.len()
     }
 
+    /// Adds every sample of `other` (e.g. one writer thread's) to this one.
+    pub fn merge(&mut self, other: &LatencyRecorder) {
+        // Both histograms have the same bounds, so adding cannot fail.
+        self.histogram
+            .add(&other.histogram)
+            .expect("recorders share their bounds");
+    }
+
     /// Percentiles and extremes of what was recorded.
     pub fn summary(&self) -> LatencySummary {
         let us = |ns: u64| ns as f64 / 1e3;
@@ -64,7 +72,7 @@ impl LatencyRecorder {
 }
 
 /// Percentiles of a latency distribution, in microseconds.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// Number of samples.
     pub samples: u64,

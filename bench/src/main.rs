@@ -1,4 +1,5 @@
-//! `ringstore-bench`: ringstore's journal measured against the device it runs on.
+//! `ringstore-bench`: ringstore's journal measured against the device it runs
+//! on and against the WALs users would pick instead.
 //!
 //! Every journal figure is printed as a ratio to a device limit measured in
 //! the same run, on the same directory, minutes apart at most: this machine's
@@ -7,8 +8,12 @@
 //! workload is bracketed by probes and flagged when they disagree.
 //!
 //! Commands:
+//! - `peers`: the side-by-side run (issue 8): ringstore, okaywal, fjall,
+//!   RocksDB (cargo feature `rocksdb`), raft-engine, two plain-file logs and
+//!   the device limit, the same workloads in interleaved rounds.
 //! - `device`: the raw O_DIRECT io_uring limits alone.
 //! - `journal`: the journal workloads of issue 2, each next to its device limit.
+//! - `engine`: the engine's figures of issue 4 (a shard of broker metadata).
 //!
 //! stdout carries only the table and, as its last line, one JSON object;
 //! progress goes to stderr.
@@ -18,10 +23,14 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod cmd_device;
+mod cmd_engine;
 mod cmd_journal;
+mod cmd_peers;
 mod device;
 mod harness;
 mod latency;
+mod peers;
+mod plot;
 mod report;
 #[allow(unsafe_code)] // The one module with `unsafe`: io_uring submission and libc calls.
 mod sys;
@@ -29,7 +38,7 @@ mod sys;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-/// ringstore's benchmarks: the journal against the device limit.
+/// ringstore's benchmarks: the journal against the device limit and its peers.
 #[derive(Parser, Debug)]
 #[command(name = "ringstore-bench", version, about)]
 struct Cli {
@@ -39,12 +48,26 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// ringstore side by side with okaywal, fjall, RocksDB, raft-engine, plain
+    /// files and the device limit: every workload, interleaved rounds, probes
+    /// around every pass; a table, JSON results, a plot, and a JSON summary
+    /// as the last line.
+    Peers(cmd_peers::PeersArgs),
     /// Raw O_DIRECT io_uring limits of the disk: sequential write and read
     /// bandwidth and the durable 4 KiB write latency.
     Device(cmd_device::DeviceArgs),
     /// The journal workloads of issue 2 (bulk, small entries at 1/16/256
     /// appenders, recovery), each as a ratio to the device limit beside it.
     Journal(cmd_journal::JournalArgs),
+    /// The engine's figures (issue 4): commands/s through a shard of broker
+    /// metadata against the bare journal, snapshot write and load against
+    /// the raw bandwidth, p99 ack latency during a checkpoint of a 1 GiB
+    /// state, and the recovery time of 1 million ops.
+    Engine(cmd_engine::EngineArgs),
+    /// One workload on one system, in a child process of `peers` (prints one
+    /// JSON result).
+    #[command(hide = true)]
+    PeerRun(peers::PeerRunArgs),
 }
 
 fn main() -> Result<()> {
@@ -52,5 +75,8 @@ fn main() -> Result<()> {
     match &cli.command {
         Command::Device(args) => cmd_device::run(args),
         Command::Journal(args) => cmd_journal::run(args),
+        Command::Engine(args) => cmd_engine::run(args),
+        Command::Peers(args) => cmd_peers::run(args),
+        Command::PeerRun(args) => peers::run_child(args),
     }
 }

@@ -1,4 +1,4 @@
-//! The bench's only `unsafe`: a tiny io_uring driver and two libc calls.
+//! The bench's only `unsafe`: a tiny io_uring driver and a few libc calls.
 //!
 //! The device-limit measurements must not go through glommio (the thing being
 //! compared against the device), so they drive io_uring directly. Submitting
@@ -328,6 +328,20 @@ pub fn filesystem_magic(path: &std::path::Path) -> io::Result<i64> {
     if rc == 0 {
         #[allow(clippy::unnecessary_cast)] // `f_type`'s width differs between targets.
         Ok(stats.f_type as i64)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Peak resident set size of this process so far, in bytes (`getrusage`'s
+/// `ru_maxrss`, which Linux reports in KiB).
+pub fn peak_rss_bytes() -> io::Result<u64> {
+    // SAFETY: `rusage` is plain old data; all-zero is a valid value of it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable `rusage` that outlives the call.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc == 0 {
+        Ok(u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
     } else {
         Err(io::Error::last_os_error())
     }

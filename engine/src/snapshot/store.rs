@@ -667,9 +667,12 @@ struct BodyReader<'a, F: StorageFile> {
     end: u64,
     /// Bytes read and not yet handed out.
     buffered: Vec<u8>,
-    /// The read ahead: its offset, the bytes it wants, and the read.
-    in_flight: Option<(u64, u64, glommio::Task<io::Result<F::ReadBuf>>)>,
+    /// The read ahead.
+    in_flight: Option<ReadAhead<F>>,
 }
+
+/// A read in flight: its offset, the bytes wanted from it, and the read.
+type ReadAhead<F> = (u64, u64, glommio::Task<io::Result<<F as StorageFile>::ReadBuf>>);
 
 impl<F: StorageFile> BodyReader<'_, F> {
     fn issue(&mut self) {
