@@ -5,6 +5,8 @@
 #                                                    device limit (issue 8); --quick: about 2 minutes
 #   scripts/bench.sh peers [--quick] [--dir DIR]     the same, spelled out
 #   scripts/bench.sh journal [--quick] [--dir DIR]   the journal alone against the device limit (issue 2)
+#   scripts/bench.sh engine [--quick] [--dir DIR]    a shard of broker metadata: submits, snapshots,
+#                                                    a checkpoint's effect on latency, recovery (issue 4)
 #   scripts/bench.sh device [--quick] [--dir DIR]    the device limit alone
 #   scripts/bench.sh micro [CRITERION ARGS]          criterion micro-benchmarks of the hot paths
 #
@@ -28,7 +30,7 @@ if [[ $# -eq 0 || "$1" == -* && "$1" != -h && "$1" != --help ]]; then
     set -- peers "$@"
 fi
 if [[ "$1" == -h || "$1" == --help || "$1" == help ]]; then
-    sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 0
 fi
 command="$1"
@@ -39,9 +41,9 @@ if [[ "$command" == micro ]]; then
         --manifest-path "$repo_root/Cargo.toml" --target-dir "$target_dir" -- "$@"
 fi
 case "$command" in
-    peers | journal | device) ;;
+    peers | journal | engine | device) ;;
     *)
-        echo "unknown command: $command (peers, journal, device, micro)" >&2
+        echo "unknown command: $command (peers, journal, engine, device, micro)" >&2
         exit 2
         ;;
 esac

@@ -1333,8 +1333,9 @@ async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Notify>) {
 }
 
 /// Bytes [`Entries`] reads ahead in one read: consecutive ops of a leader's
-/// log sit next to each other, so a replay reads whole windows instead of
-/// one block per op.
+/// log sit next to each other, so a replay reads the log in windows this
+/// large, the next one in flight while the current one is verified, instead
+/// of one block per op.
 pub const ENTRIES_READ_AHEAD_BYTES: u64 = 4 << 20;
 
 /// Async iterator over a range of ops; see [`Journal::entries`].
@@ -1343,9 +1344,41 @@ pub struct Entries<S: Storage = DmaStorage> {
     next: u64,
     end: u64,
     done: bool,
-    /// The last read-ahead window: segment generation, file offset of its
-    /// first byte, and the bytes.
-    window: Option<(u64, u64, <S::File as StorageFile>::ReadBuf)>,
+    window: Option<Window<S::File>>,
+}
+
+/// Bytes of one segment read ahead, with the read of what follows them in
+/// flight.
+struct Window<F: StorageFile> {
+    generation: u64,
+    /// File offset of `bytes[0]`.
+    start: u64,
+    bytes: Vec<u8>,
+    /// The read of the bytes right after `bytes`: its offset and the read.
+    ahead: Option<(u64, glommio::Task<std::io::Result<F::ReadBuf>>)>,
+}
+
+impl<F: StorageFile> Window<F> {
+    fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+
+    fn covers(&self, generation: u64, start: u64, end: u64) -> bool {
+        self.generation == generation && self.start <= start && end <= self.end()
+    }
+
+    /// Starts reading the next [`ENTRIES_READ_AHEAD_BYTES`] after the
+    /// window, up to the end of the segment.
+    fn read_ahead(&mut self, found: &Located<F>) {
+        let from = self.end();
+        if self.ahead.is_some() || from >= found.segment_bytes {
+            return;
+        }
+        let len = ENTRIES_READ_AHEAD_BYTES.min(found.segment_bytes - from) as usize;
+        let file = found.file.clone();
+        let read = glommio::spawn_local(async move { file.read_at(from, len).await });
+        self.ahead = Some((from, read));
+    }
 }
 
 impl<S: Storage> std::fmt::Debug for Entries<S> {
@@ -1387,23 +1420,10 @@ impl<S: Storage> Entries<S> {
             return Ok(None);
         };
         let (start, end) = found.block_range();
-        let generation = found.location.generation;
-        let covered = matches!(&self.window, Some((g, at, bytes))
-            if *g == generation && *at <= start && at + bytes.len() as u64 >= end);
-        if !covered {
-            let len = (end - start)
-                .max(ENTRIES_READ_AHEAD_BYTES)
-                .min(found.segment_bytes.saturating_sub(start).max(end - start));
-            let offset = u64::from(found.location.offset);
-            let bytes = found
-                .file
-                .read_at(start, len as usize)
-                .await
-                .map_err(|e| Error::io("read", &found.path, Some(offset), e))?;
-            self.window = Some((generation, start, bytes));
-        }
-        let (_, window_start, bytes) = self.window.as_ref().expect("filled above");
-        match verify_entry(op, &found, bytes, *window_start) {
+        self.fill(&found, start, end).await?;
+        let window = self.window.as_mut().expect("filled above");
+        window.read_ahead(&found);
+        match verify_entry(op, &found, &window.bytes, window.start) {
             Ok(entry) => Ok(Some(entry)),
             // Read once more, alone, before reporting damage: a transient
             // read error must not look like corruption.
@@ -1413,5 +1433,62 @@ impl<S: Storage> Entries<S> {
             }
             Err(other) => Err(other),
         }
+    }
+
+    /// Makes the window cover `start..end` of the entry's segment: extends
+    /// it with the read ahead when the entry continues where it ends,
+    /// otherwise reads a fresh window.
+    async fn fill(&mut self, found: &Located<S::File>, start: u64, end: u64) -> Result<()> {
+        let generation = found.location.generation;
+        let offset = u64::from(found.location.offset);
+        let io_error = |e| Error::io("read", &found.path, Some(offset), e);
+        if let Some(window) = &mut self.window {
+            if window.covers(generation, start, end) {
+                return Ok(());
+            }
+            let continues = window.generation == generation
+                && window.start <= start
+                && start <= window.end()
+                && window
+                    .ahead
+                    .as_ref()
+                    .is_some_and(|(at, _)| *at == window.end());
+            if continues {
+                // Keep only what the entry needs, then append what was read
+                // ahead (more than once for an entry larger than a window).
+                window.bytes.drain(..(start - window.start) as usize);
+                window.start = start;
+                while window.end() < end {
+                    let Some((_, read)) = window.ahead.take() else {
+                        break;
+                    };
+                    let bytes = read.await.map_err(io_error)?;
+                    let short = bytes.is_empty();
+                    window.bytes.extend_from_slice(&bytes);
+                    if short {
+                        break;
+                    }
+                    window.read_ahead(found);
+                }
+                if window.covers(generation, start, end) {
+                    return Ok(());
+                }
+            }
+        }
+        let len = (end - start)
+            .max(ENTRIES_READ_AHEAD_BYTES)
+            .min(found.segment_bytes.saturating_sub(start).max(end - start));
+        let bytes = found
+            .file
+            .read_at(start, len as usize)
+            .await
+            .map_err(io_error)?;
+        self.window = Some(Window {
+            generation,
+            start,
+            bytes: bytes.to_vec(),
+            ahead: None,
+        });
+        Ok(())
     }
 }

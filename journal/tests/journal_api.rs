@@ -495,3 +495,59 @@ fn write_through_durability_on_real_files() {
         journal.close().await.unwrap();
     });
 }
+
+#[test]
+fn entries_walks_many_read_ahead_windows_and_segments() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        // 9000-byte entries in 8 MiB segments: entries straddle the 4 MiB
+        // read-ahead windows and the walk crosses segments.
+        let journal = Journal::builder(&path)
+            .segment_bytes(8 << 20)
+            .batch_bytes_max(256 << 10)
+            .entry_bytes_max(16 << 10)
+            .slot_count(1 << 14)
+            .open()
+            .await
+            .unwrap();
+        let count = 3000u64;
+        let tasks: Vec<_> = (0..8u64)
+            .map(|t| {
+                let journal = journal.clone();
+                glommio::spawn_local(async move {
+                    for i in 0..count / 8 {
+                        journal.append(&payload(t * 1000 + i, 9000)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        journal.close().await.unwrap();
+        let journal = Journal::builder(&path)
+            .segment_bytes(8 << 20)
+            .batch_bytes_max(256 << 10)
+            .entry_bytes_max(16 << 10)
+            .slot_count(1 << 14)
+            .open()
+            .await
+            .unwrap();
+        assert!(journal.recovery_report().segments >= 3);
+        let mut entries = journal.entries(1..=count);
+        let mut seen = 0;
+        while let Some(item) = entries.next().await {
+            match item.unwrap() {
+                LogItem::Present(entry) => {
+                    let single = journal.read(entry.op).await.unwrap().unwrap();
+                    assert_eq!(entry, single, "op {}", entry.op);
+                    seen += 1;
+                }
+                LogItem::Missing(op) => panic!("op {op} missing"),
+            }
+        }
+        assert_eq!(seen, count);
+        journal.close().await.unwrap();
+    });
+}
