@@ -16,8 +16,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The step of persisting a snapshot that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PersistStage {
-    /// Encoding the state (a state machine's encoder failed).
-    Encode,
     /// Creating the temporary file.
     Create,
     /// Writing the temporary file.
@@ -44,7 +42,6 @@ impl PersistStage {
     /// The step's name.
     pub fn name(self) -> &'static str {
         match self {
-            PersistStage::Encode => "encode",
             PersistStage::Create => "create",
             PersistStage::Write => "write",
             PersistStage::Sync => "fdatasync",

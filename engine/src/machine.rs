@@ -102,8 +102,19 @@ pub trait SectionEncoder {
 
 /// A value could not be encoded.
 #[derive(Debug, thiserror::Error)]
-#[error("encoding failed: {0}")]
-pub struct EncodeError(#[from] pub bincode::error::EncodeError);
+pub enum EncodeError {
+    /// bincode refused the value.
+    #[error("encoding failed: {0}")]
+    Bincode(#[from] bincode::error::EncodeError),
+    /// A snapshot record is larger than any reader decodes.
+    #[error("a {bytes}-byte snapshot record exceeds RECORD_BYTES_MAX ({max} bytes)")]
+    RecordTooLarge {
+        /// The record's encoded size.
+        bytes: usize,
+        /// [`RECORD_BYTES_MAX`].
+        max: usize,
+    },
+}
 
 /// The bincode settings of every engine encoding: little-endian, variable
 /// length integers, and a decode limit so hostile bytes cannot make a
@@ -209,7 +220,17 @@ where
                 );
                 return Ok(EncodeProgress::Done);
             };
+            let before = out.len();
             bincode::serde::encode_into_std_write(&record, out, bincode_config())?;
+            // bincode checks its limit only when decoding: refuse here what
+            // no reader would take back.
+            let bytes = out.len() - before;
+            if bytes > RECORD_BYTES_MAX {
+                return Err(EncodeError::RecordTooLarge {
+                    bytes,
+                    max: RECORD_BYTES_MAX,
+                });
+            }
             self.written += 1;
             if out.len() >= bytes_goal {
                 return Ok(EncodeProgress::More);

@@ -20,7 +20,7 @@
 //! between 3 and 4 is finished by recovery, which raises the journal's
 //! watermark and epoch to the newest snapshot's.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, PersistStage, Result};
 use crate::identity::write_identity;
 use crate::machine::{restore_state, OpId, StateMachine};
 use crate::shard::{Shard, SnapshotPoint};
@@ -49,17 +49,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// for submits already in flight and for a running checkpoint.
     pub async fn reset_to(&self, snapshot: &Path) -> Result<ResetOutcome> {
         self.usable()?;
-        self.set_resetting(true);
-        let result = async {
-            self.drain_submits().await;
-            self.exclude_checkpoints().await;
-            let result = self.reset_exclusive(snapshot).await;
-            self.allow_checkpoints();
-            result
-        }
-        .await;
-        self.set_resetting(false);
-        result
+        let _resetting = ResettingGuard::enter(self);
+        self.drain_submits().await;
+        self.exclude_checkpoints().await;
+        let _exclusive = ExclusiveGuard { shard: self };
+        self.reset_exclusive(snapshot).await
     }
 
     async fn drain_submits(&self) {
@@ -108,10 +102,24 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         };
         // 3. The local snapshot at the new numbering.
         let frozen = machine.freeze();
-        let snapshot = inner
+        let persisted = inner
             .snapshots
             .persist(frozen, floor.op, floor.epoch, source.domain)
-            .await?;
+            .await;
+        let snapshot = match persisted {
+            Ok(snapshot) => snapshot,
+            // The reset snapshot may already be in place under its final
+            // name while the shard goes on in its old history: a reopen
+            // could then mix the two. Stop here; reopening finishes or
+            // undoes the reset consistently.
+            Err(
+                e @ Error::Persist {
+                    stage: PersistStage::Rename | PersistStage::DirSync,
+                    ..
+                },
+            ) => return Err(self.poison(e)),
+            Err(e) => return Err(e),
+        };
         // 4. The journal.
         inner.journal.set_epoch(floor.epoch)?;
         if let Err(e) = inner.journal.advance_watermark(floor.op).await {
@@ -150,5 +158,35 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             snapshot,
             floor,
         })
+    }
+}
+
+/// Refuses submits while a reset runs, and stops refusing however the
+/// reset ends (dropped midway included).
+struct ResettingGuard<'a, M: StateMachine, S: Storage> {
+    shard: &'a Shard<M, S>,
+}
+
+impl<'a, M: StateMachine, S: Storage> ResettingGuard<'a, M, S> {
+    fn enter(shard: &'a Shard<M, S>) -> Self {
+        shard.set_resetting(true);
+        ResettingGuard { shard }
+    }
+}
+
+impl<M: StateMachine, S: Storage> Drop for ResettingGuard<'_, M, S> {
+    fn drop(&mut self) {
+        self.shard.set_resetting(false);
+    }
+}
+
+/// Lets checkpoints run again however the reset ends.
+struct ExclusiveGuard<'a, M: StateMachine, S: Storage> {
+    shard: &'a Shard<M, S>,
+}
+
+impl<M: StateMachine, S: Storage> Drop for ExclusiveGuard<'_, M, S> {
+    fn drop(&mut self) {
+        self.shard.allow_checkpoints();
     }
 }

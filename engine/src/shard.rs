@@ -54,6 +54,10 @@ pub const JOURNAL_DIR_NAME: &str = "journal";
 /// Name of the snapshots' directory inside the shard directory.
 pub const SNAPSHOT_DIR_NAME: &str = "snapshots";
 
+/// After a full ring, how long a submit pauses before it retries when slots
+/// look free already.
+const RING_RECHECK_PAUSE: Duration = Duration::from_millis(1);
+
 /// What a submitted command did: applied with a reply, or refused by the
 /// state machine's validation (state unchanged). Either way it is in the
 /// journal and durable.
@@ -215,9 +219,18 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     }
 
     /// Submits a command. Resolves once it is durable and applied, with the
-    /// state machine's reply or rejection. Fails (without applying) if the
-    /// journal write fails, which poisons the shard, or if the ring stays
-    /// full past `ring_full_wait_max`.
+    /// state machine's reply or rejection.
+    ///
+    /// Errors: [`Error::Backpressure`] if the ring stays full past
+    /// `ring_full_wait_max`, and [`Error::CommandEncode`] or a too-large
+    /// entry, all before the command reaches the journal (it is not
+    /// applied). A journal failure after the command got its op poisons the
+    /// shard; the command's fate is then unknown until the shard is
+    /// reopened (it is applied then if its entry was durable).
+    ///
+    /// Cancel-safe: dropping the future once the command has its op does not
+    /// stop it from being applied in order (a background task finishes it),
+    /// so later submits are not held up.
     pub async fn submit(&self, command: M::Command) -> Result<Outcome<M>> {
         self.submit_at(command).await.map(|(_, outcome)| outcome)
     }
@@ -226,31 +239,45 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// applied at.
     pub async fn submit_at(&self, command: M::Command) -> Result<(OpId, Outcome<M>)> {
         self.usable()?;
-        self.inner.progress.borrow_mut().submits_in_flight += 1;
-        let result = self.submit_counted(command).await;
-        self.inner.progress.borrow_mut().submits_in_flight -= 1;
-        result
-    }
-
-    async fn submit_counted(&self, command: M::Command) -> Result<(OpId, Outcome<M>)> {
+        let _counted = InFlight::enter(self);
         let payload = encode(&command).map_err(|e| Error::CommandEncode(Arc::new(e)))?;
         let inner = &*self.inner;
         let mut waited_since: Option<Instant> = None;
-        let (op, epoch) = loop {
-            let epoch = inner.journal.epoch();
-            match inner.journal.append(&payload).await {
-                Ok(op) => break (op, epoch),
+        let queued = loop {
+            match inner.journal.queue_append(&payload).await {
+                Ok(queued) => break queued,
                 Err(ringstore_journal::Error::RingFull { .. }) => {
                     let since = *waited_since.get_or_insert_with(Instant::now);
                     self.wait_for_slots(since).await?;
                 }
-                Err(e) => return Err(self.journal_failed(e)),
+                // Refused before it got an op: nothing to undo.
+                Err(e @ ringstore_journal::Error::EntryTooLarge { .. }) => return Err(e.into()),
+                // Anything else may have come after an op was handed out
+                // (a batch failed at rollover on a full disk): a gap the
+                // shard cannot apply past.
+                Err(e) => return Err(self.poison(Error::Journal(e))),
             }
         };
-        let outcome = self
-            .apply_durable(op, epoch, command, payload.len() as u64)
-            .await?;
-        Ok((OpId { op, epoch }, outcome))
+        // From here the command has its op and must be applied in order,
+        // whether or not this future is still there to see it.
+        let mut orphan = OrphanGuard {
+            shard: self,
+            pending: Some((queued, command, payload.len() as u64)),
+        };
+        let durable = match &orphan.pending {
+            Some((queued, _, _)) => queued.durable().await,
+            None => unreachable!("set above"),
+        };
+        let (queued, command, bytes) = orphan.pending.take().expect("set above");
+        if let Err(e) = durable {
+            return Err(self.poison(Error::Journal(e)));
+        }
+        let at = OpId {
+            op: queued.op(),
+            epoch: queued.epoch(),
+        };
+        let outcome = self.apply_durable(at.op, at.epoch, command, bytes).await?;
+        Ok((at, outcome))
     }
 
     async fn wait_for_slots(&self, since: Instant) -> Result<()> {
@@ -267,14 +294,19 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             progress.ring_waiters += 1;
         }
         inner.checkpoint_wanted.notify(usize::MAX);
-        // Slots may have been freed between the append and the listen.
-        if inner.journal.remaining_capacity() == 0 {
-            let timer = glommio::timer::Timer::new(wait_max - waited);
-            futures_lite::future::or(listener, async {
-                timer.await;
-            })
-            .await;
-        }
+        // Slots may have been freed between the append and the listen; then
+        // retry after a short pause rather than at once (a slot can read as
+        // free while the next op's slot is still taken).
+        let pause = if inner.journal.remaining_capacity() == 0 {
+            wait_max - waited
+        } else {
+            RING_RECHECK_PAUSE.min(wait_max - waited)
+        };
+        let timer = glommio::timer::Timer::new(pause);
+        futures_lite::future::or(listener, async {
+            timer.await;
+        })
+        .await;
         inner.progress.borrow_mut().ring_waiters -= 1;
         self.usable()
     }
@@ -291,8 +323,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let mut command = Some(command);
         let receiver = {
             let mut progress = self.inner.progress.borrow_mut();
-            if let Some(floor) = progress.reset_floor.take() {
-                if op != floor.op + 1 || epoch < floor.epoch {
+            if let Some(floor) = progress.reset_floor {
+                // Every op after a reset numbers above it, in a later epoch.
+                if op <= floor.op || epoch < floor.epoch {
                     drop(progress);
                     return Err(self.poison(Error::ResetCheck {
                         op,
@@ -300,6 +333,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                         expected_op: floor.op + 1,
                         expected_epoch: floor.epoch,
                     }));
+                }
+                if op == floor.op + 1 {
+                    progress.reset_floor = None;
                 }
             }
             assert!(op > progress.applied.op, "op {op} applied twice");
@@ -399,7 +435,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             };
             listener.await;
         }
+        let running = CheckpointGuard { shard: self };
         let result = self.checkpoint_exclusive().await;
+        std::mem::forget(running);
         let due = {
             let mut progress = self.inner.progress.borrow_mut();
             progress.checkpointing = false;
@@ -483,10 +521,12 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// only space.
     async fn prune(&self) {
         let inner = &*self.inner;
-        let protect = inner.progress.borrow().snapshot.map_or(0, |s| s.watermark);
+        // Recovery can use any snapshot at or above the journal's watermark
+        // (the previous generation among them): none of those goes.
+        let protect_from = inner.journal.watermark();
         match inner
             .snapshots
-            .prune(inner.config.snapshot_generations, protect)
+            .prune(inner.config.snapshot_generations, protect_from)
             .await
         {
             Ok(removed) => inner.progress.borrow_mut().stats.snapshots_pruned += removed as u64,
@@ -634,6 +674,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         }
     }
 
+    fn is_poisoned_or_closing(&self) -> bool {
+        let progress = self.inner.progress.borrow();
+        progress.poisoned.is_some() || progress.closing
+    }
+
     pub(crate) fn set_resetting(&self, resetting: bool) {
         self.inner.progress.borrow_mut().resetting = resetting;
     }
@@ -744,14 +789,18 @@ async fn run_compaction<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
                     // while the checkpoint ran).
                     let listener = shard.inner.checkpoint_wanted.listen();
                     let ops_arrived = shard.applied().op > shard.snapshot_watermark();
+                    let stop = shard.is_poisoned_or_closing();
                     drop(shard);
+                    if stop {
+                        return;
+                    }
                     if !ops_arrived {
                         listener.await;
                     }
                 }
             }
             Err(e) => {
-                if shard.usable().is_err() {
+                if shard.is_poisoned_or_closing() {
                     return;
                 }
                 tracing::warn!(error = %e, retry_in = ?backoff, "checkpoint failed");
@@ -760,5 +809,68 @@ async fn run_compaction<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
                 backoff = (backoff * 2).min(crate::config::CHECKPOINT_RETRY_MAX);
             }
         }
+    }
+}
+
+/// Counts a submit (or an orphaned apply) in `submits_in_flight` for as
+/// long as it lives, however it ends.
+struct InFlight<'a, M: StateMachine, S: Storage> {
+    shard: &'a Shard<M, S>,
+}
+
+impl<'a, M: StateMachine, S: Storage> InFlight<'a, M, S> {
+    fn enter(shard: &'a Shard<M, S>) -> Self {
+        shard.inner.progress.borrow_mut().submits_in_flight += 1;
+        InFlight { shard }
+    }
+}
+
+impl<M: StateMachine, S: Storage> Drop for InFlight<'_, M, S> {
+    fn drop(&mut self) {
+        self.shard.inner.progress.borrow_mut().submits_in_flight -= 1;
+    }
+}
+
+/// Holds a queued command while its submit waits for durability. If the
+/// submit is dropped in that window, the command still gets applied in
+/// order: a background task waits for it and applies it.
+struct OrphanGuard<'a, M: StateMachine, S: Storage> {
+    shard: &'a Shard<M, S>,
+    pending: Option<(ringstore_journal::QueuedAppend, M::Command, u64)>,
+}
+
+impl<M: StateMachine, S: Storage> Drop for OrphanGuard<'_, M, S> {
+    fn drop(&mut self) {
+        let Some((queued, command, bytes)) = self.pending.take() else {
+            return;
+        };
+        let shard = self.shard.clone();
+        glommio::spawn_local(async move {
+            let _counted = InFlight::enter(&shard);
+            match queued.durable().await {
+                Ok(()) => {
+                    let _ = shard
+                        .apply_durable(queued.op(), queued.epoch(), command, bytes)
+                        .await;
+                }
+                Err(e) => {
+                    shard.poison(Error::Journal(e));
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+/// Clears the `checkpointing` mark if a checkpoint is dropped midway, so
+/// later checkpoints (and resets) are not locked out.
+struct CheckpointGuard<'a, M: StateMachine, S: Storage> {
+    shard: &'a Shard<M, S>,
+}
+
+impl<M: StateMachine, S: Storage> Drop for CheckpointGuard<'_, M, S> {
+    fn drop(&mut self) {
+        self.shard.inner.progress.borrow_mut().checkpointing = false;
+        self.shard.inner.checkpoint_ended.notify(usize::MAX);
     }
 }

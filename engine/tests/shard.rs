@@ -428,3 +428,90 @@ fn a_data_dir_on_tmpfs_is_refused_with_a_clear_error() {
         assert!(message.contains("O_DIRECT"), "{message}");
     });
 }
+
+#[test]
+fn a_cancelled_submit_or_checkpoint_does_not_stall_the_shard() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let shard = builder(&path)
+            .checkpoint_policy(CheckpointPolicy {
+                automatic: false,
+                ..CheckpointPolicy::default()
+            })
+            .open()
+            .await
+            .unwrap();
+        // Cancel submits at several points of their life: before they are
+        // queued, while their write is in flight, while they are parked.
+        for yields in 0..6 {
+            let cancelled = {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    shard
+                        .submit(KvCommand::Put {
+                            key: 1000 + yields,
+                            value: vec![yields as u8],
+                        })
+                        .await
+                })
+            };
+            let others: Vec<_> = (0..4u64)
+                .map(|n| {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move {
+                        shard
+                            .submit(KvCommand::Put {
+                                key: yields * 10 + n,
+                                value: vec![1],
+                            })
+                            .await
+                    })
+                })
+                .collect();
+            for _ in 0..yields {
+                futures_lite::future::yield_now().await;
+            }
+            drop(cancelled);
+            for other in others {
+                let result =
+                    glommio::timer::timeout(Duration::from_secs(10), async { Ok(other.await) })
+                        .await
+                        .expect("a submit after a cancelled one finishes");
+                result.unwrap().unwrap();
+            }
+        }
+        // Whatever got an op was applied in order, so more submits go on and
+        // the applied op catches up with the journal.
+        let at = shard
+            .submit_at(KvCommand::Put {
+                key: 1,
+                value: vec![2],
+            })
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(at.op, shard.journal().next_op() - 1);
+        assert_eq!(shard.applied().op, at.op);
+
+        // A checkpoint dropped midway does not lock the next one out.
+        let cancelled = {
+            let shard = shard.clone();
+            glommio::spawn_local(async move { shard.checkpoint().await })
+        };
+        futures_lite::future::yield_now().await;
+        drop(cancelled);
+        glommio::timer::timeout(Duration::from_secs(10), async {
+            Ok(shard.checkpoint().await)
+        })
+        .await
+        .expect("a checkpoint after a cancelled one finishes")
+        .unwrap();
+        let model = shard.read(|kv| kv.values());
+        shard.close().await.unwrap();
+        let shard = builder(&path).open().await.unwrap();
+        assert_eq!(shard.read(|kv| kv.values()), model);
+        assert_eq!(shard.applied().op, at.op);
+        shard.close().await.unwrap();
+    });
+}

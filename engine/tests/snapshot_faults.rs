@@ -83,7 +83,6 @@ fn every_persist_stage_failing_leaves_an_older_snapshot_and_the_acknowledged_sta
                 PersistStage::Sync => storage.fail_next_syncs(1, eio),
                 PersistStage::Rename => storage.fail_next_renames(1, eio),
                 PersistStage::DirSync => storage.fail_next_dir_syncs(1, eio),
-                PersistStage::Encode => unreachable!(),
             }
             let error = shard.checkpoint().await.unwrap_err();
             match &error {

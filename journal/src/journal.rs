@@ -51,6 +51,42 @@ use zerocopy::IntoBytes;
 /// watermark record may use.
 pub(crate) const WATERMARK_RESERVE_BYTES: u64 = BLOCK_BYTES;
 
+/// An append that has its op number and is on its way to the disk; see
+/// [`Journal::queue_append`].
+#[derive(Clone)]
+pub struct QueuedAppend {
+    op: u64,
+    epoch: u64,
+    done: Rc<BatchDone>,
+}
+
+impl std::fmt::Debug for QueuedAppend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedAppend")
+            .field("op", &self.op)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueuedAppend {
+    /// The op number.
+    pub fn op(&self) -> u64 {
+        self.op
+    }
+
+    /// The epoch stamped on the entry.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Resolves once the entry is durable (per the journal's durability),
+    /// or with the error that failed its write.
+    pub async fn durable(&self) -> Result<()> {
+        self.done.wait().await
+    }
+}
+
 /// One entry read back from the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -470,7 +506,19 @@ impl<S: Storage> Journal<S> {
     /// still holds an op above the watermark, and with
     /// [`Error::EntryTooLarge`] for an oversized payload.
     pub async fn append(&self, payload: &[u8]) -> Result<u64> {
-        self.submit(Request::Append(payload)).await
+        self.submit(Request::Append(payload))
+            .await
+            .map(|(op, _)| op)
+    }
+
+    /// Queues `payload` as the next op and returns as soon as it has its op
+    /// number, before it is durable: [`QueuedAppend::durable`] waits for
+    /// that. The entry is written whether or not anyone waits, so a caller
+    /// that must act on every op (apply it, say) learns the op even if it
+    /// stops waiting. Fails like [`Journal::append`].
+    pub async fn queue_append(&self, payload: &[u8]) -> Result<QueuedAppend> {
+        let (op, epoch, done) = self.enqueue(Request::Append(payload)).await?;
+        Ok(QueuedAppend { op, epoch, done })
     }
 
     /// Writes `payload` as op `op` (replica side: ops may arrive out of
@@ -481,7 +529,16 @@ impl<S: Storage> Journal<S> {
         self.submit(Request::Write(op, payload)).await.map(|_| ())
     }
 
-    async fn submit(&self, request: Request<'_>) -> Result<u64> {
+    /// Queues `request`; resolves with its op and the epoch stamped on it
+    /// once durable.
+    async fn submit(&self, request: Request<'_>) -> Result<(u64, u64)> {
+        let (op, epoch, done) = self.enqueue(request).await?;
+        done.wait().await.map(|()| (op, epoch))
+    }
+
+    /// Queues `request` in the filling batch (waiting for room) and wakes
+    /// the writer; returns its op, its epoch and its batch's completion.
+    async fn enqueue(&self, request: Request<'_>) -> Result<(u64, u64, Rc<BatchDone>)> {
         let shared = &*self.shared;
         let payload_len = match request {
             Request::Append(p) | Request::Write(_, p) => p.len(),
@@ -495,19 +552,21 @@ impl<S: Storage> Journal<S> {
         }
         let footprint = entry_footprint(payload_len) as usize;
         let batch_bytes_max = shared.config.batch_bytes_max as usize;
-        let (op, done) = loop {
+        let (op, epoch, done) = loop {
             {
                 let mut state = shared.state.borrow_mut();
                 state.usable()?;
                 // Leave room for the padding header that may end the write.
                 if state.filling.len + footprint + ENTRY_HEADER_BYTES <= batch_bytes_max {
-                    break state.enqueue(request, &shared.config)?;
+                    let epoch = state.epoch;
+                    let (op, done) = state.enqueue(request, &shared.config)?;
+                    break (op, epoch, done);
                 }
             }
             shared.space.wait().await;
         };
         shared.work.notify_all();
-        done.wait().await.map(|()| op)
+        Ok((op, epoch, done))
     }
 
     /// Reads op `op`. `Ok(None)` if the journal does not hold it (never

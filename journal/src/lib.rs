@@ -33,6 +33,8 @@ pub mod storage;
 pub use config::{Durability, JournalBuilder, JournalConfig, Preallocation, Recovery};
 pub use error::{Error, Result};
 pub use index::SLOT_BYTES;
-pub use journal::{Entries, Entry, Journal, JournalStats, LogItem, ENTRIES_READ_AHEAD_BYTES};
+pub use journal::{
+    Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend, ENTRIES_READ_AHEAD_BYTES,
+};
 pub use recovery::{RecoveryReport, TailState};
 pub use segment::{segment_file_name, segment_generation};

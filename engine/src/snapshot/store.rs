@@ -270,15 +270,16 @@ impl<S: Storage> SnapshotStore<S> {
         Ok((None, skipped))
     }
 
-    /// Removes all but the newest `keep` snapshot files (never the one at
-    /// `protect`, the one the shard relies on), then syncs the directory.
-    /// Returns how many were removed.
-    pub async fn prune(&self, keep: usize, protect: u64) -> Result<usize> {
+    /// Removes all but the newest `keep` snapshot files, and never one at
+    /// or above `protect_from` (the journal's watermark: recovery may need
+    /// any of those, a damaged newer one's predecessor included), then syncs
+    /// the directory. Returns how many were removed.
+    pub async fn prune(&self, keep: usize, protect_from: u64) -> Result<usize> {
         let generations = self.generations()?;
         let excess = generations.len().saturating_sub(keep);
         let mut removed = 0;
         for (op, path) in generations.into_iter().take(excess) {
-            if op == protect {
+            if op >= protect_from {
                 continue;
             }
             self.storage
@@ -672,7 +673,11 @@ struct BodyReader<'a, F: StorageFile> {
 }
 
 /// A read in flight: its offset, the bytes wanted from it, and the read.
-type ReadAhead<F> = (u64, u64, glommio::Task<io::Result<<F as StorageFile>::ReadBuf>>);
+type ReadAhead<F> = (
+    u64,
+    u64,
+    glommio::Task<io::Result<<F as StorageFile>::ReadBuf>>,
+);
 
 impl<F: StorageFile> BodyReader<'_, F> {
     fn issue(&mut self) {
