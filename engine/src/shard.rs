@@ -477,7 +477,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             let started = Instant::now();
             let persisted = inner
                 .snapshots
-                .persist(frozen, at.op, epoch, inner.domain.get())
+                .persist_paced(frozen, at.op, epoch, inner.domain.get(), &|| {
+                    inner.progress.borrow().submits_in_flight > 0
+                })
                 .await;
             let meta = match persisted {
                 Ok(meta) => meta,

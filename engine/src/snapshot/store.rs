@@ -52,6 +52,9 @@ pub const ENCODE_STEP_BYTES: usize = 64 << 10;
 
 const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(ENCODE_STEP_BYTES));
 
+/// Bytes written between two fdatasyncs of a snapshot being written.
+pub const SYNC_EVERY_BYTES: u64 = 64 << 20;
+
 /// Bytes of one snapshot read at load time.
 pub const READ_CHUNK_BYTES: usize = 4 << 20;
 
@@ -177,6 +180,23 @@ impl<S: Storage> SnapshotStore<S> {
         epoch: u64,
         domain: Uuid,
     ) -> Result<SnapshotMeta> {
+        self.persist_paced(sections, watermark, epoch, domain, &|| false)
+            .await
+    }
+
+    /// [`SnapshotStore::persist`], giving way to foreground work: while
+    /// `busy()` says so, each chunk write is followed by a pause as long as
+    /// the write took, so the snapshot takes at most about half of the
+    /// device's time (a journal fdatasync waits behind the device's
+    /// queue). When idle it writes at full speed.
+    pub async fn persist_paced(
+        &self,
+        sections: Vec<FrozenSection>,
+        watermark: u64,
+        epoch: u64,
+        domain: Uuid,
+        busy: &dyn Fn() -> bool,
+    ) -> Result<SnapshotMeta> {
         let final_path = self.dir.join(snapshot_file_name(watermark));
         let temp_path = self
             .dir
@@ -197,7 +217,8 @@ impl<S: Storage> SnapshotStore<S> {
             .await
             .map_err(|e| failed(PersistStage::Create, &temp_path, e))?;
         let file = Rc::new(file);
-        let written = write_snapshot(&file, &temp_path, sections, watermark, epoch, domain).await;
+        let written =
+            write_snapshot(&file, &temp_path, sections, watermark, epoch, domain, busy).await;
         let written = match written {
             Ok((body_bytes, file_bytes)) => file
                 .sync()
@@ -306,6 +327,7 @@ async fn write_snapshot<F: StorageFile>(
     watermark: u64,
     epoch: u64,
     domain: Uuid,
+    busy: &dyn Fn() -> bool,
 ) -> Result<(u64, u64)> {
     if sections.len() > SECTION_COUNT_MAX {
         return Err(Error::InvalidConfig {
@@ -314,7 +336,7 @@ async fn write_snapshot<F: StorageFile>(
             reason: format!("a snapshot holds at most {SECTION_COUNT_MAX} sections"),
         });
     }
-    let mut writer = ChunkWriter::new(file.clone(), path.to_path_buf());
+    let mut writer = ChunkWriter::new(file.clone(), path.to_path_buf(), busy);
     let mut table = Vec::with_capacity(sections.len());
     let mut body_hasher = crc32fast::Hasher::new();
     let mut offset = BODY_OFFSET;
@@ -400,9 +422,15 @@ async fn write_snapshot<F: StorageFile>(
 
 /// Streams the body in [`WRITE_CHUNK_BYTES`] writes, with one write in
 /// flight while the next chunk is encoded.
-struct ChunkWriter<F: StorageFile> {
+struct ChunkWriter<'a, F: StorageFile> {
     file: Rc<F>,
     path: PathBuf,
+    /// Whether foreground work is waiting (see `persist_paced`).
+    busy: &'a dyn Fn() -> bool,
+    /// When the write in flight was issued.
+    issued_at: std::time::Instant,
+    /// File offset up to which an fdatasync covered the writes.
+    synced_to: u64,
     /// Encoded bytes not yet handed to a write.
     staged: Vec<u8>,
     /// File offset of `staged[0]`.
@@ -410,11 +438,14 @@ struct ChunkWriter<F: StorageFile> {
     in_flight: Option<glommio::Task<io::Result<()>>>,
 }
 
-impl<F: StorageFile> ChunkWriter<F> {
-    fn new(file: Rc<F>, path: PathBuf) -> ChunkWriter<F> {
+impl<'a, F: StorageFile> ChunkWriter<'a, F> {
+    fn new(file: Rc<F>, path: PathBuf, busy: &'a dyn Fn() -> bool) -> ChunkWriter<'a, F> {
         ChunkWriter {
             file,
             path,
+            busy,
+            issued_at: std::time::Instant::now(),
+            synced_to: BODY_OFFSET,
             staged: Vec::with_capacity(2 * WRITE_CHUNK_BYTES),
             pos: BODY_OFFSET,
             in_flight: None,
@@ -428,6 +459,20 @@ impl<F: StorageFile> ChunkWriter<F> {
                 path: self.path.clone(),
                 source: Arc::new(e),
             })?;
+            if (self.busy)() {
+                glommio::timer::sleep(self.issued_at.elapsed()).await;
+            }
+            // Flush as we go, so the final fdatasync has little left to
+            // flush: a device cache flush of the whole file at once would
+            // hold up every journal fdatasync behind it.
+            if self.pos - self.synced_to >= SYNC_EVERY_BYTES {
+                self.file.sync().await.map_err(|e| Error::Persist {
+                    stage: PersistStage::Sync,
+                    path: self.path.clone(),
+                    source: Arc::new(e),
+                })?;
+                self.synced_to = self.pos;
+            }
         }
         Ok(())
     }
@@ -442,6 +487,7 @@ impl<F: StorageFile> ChunkWriter<F> {
         let file = self.file.clone();
         let pos = self.pos;
         self.pos += len as u64;
+        self.issued_at = std::time::Instant::now();
         self.in_flight = Some(glommio::spawn_local(async move {
             file.write_at(buf, pos).await
         }));
