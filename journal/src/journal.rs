@@ -1428,15 +1428,19 @@ impl<F: StorageFile> Window<F> {
 
     /// Starts reading the next [`ENTRIES_READ_AHEAD_BYTES`] after the
     /// window, up to the end of the segment.
-    fn read_ahead(&mut self, found: &Located<F>) {
+    /// Returns whether a read was started; the caller then lets the reactor
+    /// turn once ([`reactor_turn`]), so the read is submitted before the
+    /// caller goes back to verifying entries.
+    fn read_ahead(&mut self, found: &Located<F>) -> bool {
         let from = self.end();
         if self.ahead.is_some() || from >= found.segment_bytes {
-            return;
+            return false;
         }
         let len = ENTRIES_READ_AHEAD_BYTES.min(found.segment_bytes - from) as usize;
         let file = found.file.clone();
         let read = glommio::spawn_local(async move { file.read_at(from, len).await });
         self.ahead = Some((from, read));
+        true
     }
 }
 
@@ -1481,7 +1485,10 @@ impl<S: Storage> Entries<S> {
         let (start, end) = found.block_range();
         self.fill(&found, start, end).await?;
         let window = self.window.as_mut().expect("filled above");
-        window.read_ahead(&found);
+        if window.read_ahead(&found) {
+            reactor_turn().await;
+        }
+        let window = self.window.as_ref().expect("filled above");
         match verify_entry(op, &found, &window.bytes, window.start) {
             Ok(entry) => Ok(Some(entry)),
             // Read once more, alone, before reporting damage: a transient
@@ -1527,7 +1534,9 @@ impl<S: Storage> Entries<S> {
                     if short {
                         break;
                     }
-                    window.read_ahead(found);
+                    if window.read_ahead(found) {
+                        reactor_turn().await;
+                    }
                 }
                 if window.covers(generation, start, end) {
                     return Ok(());
@@ -1551,3 +1560,16 @@ impl<S: Storage> Entries<S> {
         Ok(())
     }
 }
+
+/// Lets the reactor turn once: runs the other ready tasks and submits the
+/// I/O they queued. A spawned read does nothing until its task is polled,
+/// and glommio hands queued I/O to the kernel only on a reactor turn, which
+/// a task busy verifying entries would otherwise not give it until its next
+/// real wait. A timer (unlike a plain yield) takes the task off the run
+/// queue until that turn.
+async fn reactor_turn() {
+    glommio::timer::sleep(REACTOR_TURN).await;
+}
+
+/// The timer [`reactor_turn`] sleeps on: any positive duration will do.
+const REACTOR_TURN: std::time::Duration = std::time::Duration::from_micros(1);

@@ -726,7 +726,10 @@ type ReadAhead<F> = (
 );
 
 impl<F: StorageFile> BodyReader<'_, F> {
-    fn issue(&mut self) {
+    /// Starts the next read unless one is in flight or the body is read;
+    /// then lets the reactor turn so the read is submitted now (see
+    /// [`yield_to_reactor`]).
+    async fn issue(&mut self) {
         if self.in_flight.is_some() || self.pos >= self.end {
             return;
         }
@@ -737,6 +740,7 @@ impl<F: StorageFile> BodyReader<'_, F> {
         let read = glommio::spawn_local(async move { file.read_at(pos, read_len).await });
         self.in_flight = Some((pos, want, read));
         self.pos += want;
+        yield_to_reactor().await;
     }
 
     async fn take(
@@ -750,14 +754,14 @@ impl<F: StorageFile> BodyReader<'_, F> {
         out.extend_from_slice(&self.buffered[..from_buffer]);
         self.buffered.drain(..from_buffer);
         while out.len() < len {
-            self.issue();
+            self.issue().await;
             let Some((pos, want, read)) = self.in_flight.take() else {
                 // The section table was checked against the body length.
                 unreachable!("section extends past the body");
             };
             let read = read.await.map_err(|e| io_error("read", pos, e))?;
             // The next read goes out before this one is copied.
-            self.issue();
+            self.issue().await;
             if (read.len() as u64) < want {
                 return Err(SnapshotError::Truncated {
                     path: self.path.to_path_buf(),
