@@ -10,12 +10,7 @@ use ringstore::{CheckpointPolicy, Error, Shard};
 use std::{collections::BTreeMap, rc::Rc, time::Duration};
 
 fn builder(dir: &std::path::Path) -> ringstore::ShardBuilder<Kv> {
-    Shard::<Kv>::builder(dir).journal(|j| {
-        j.slot_count(4096)
-            .segment_bytes(1 << 20)
-            .batch_bytes_max(64 << 10)
-            .entry_bytes_max(16 << 10)
-    })
+    Shard::<Kv>::builder(dir).journal(|j| small_journal(j, 4096))
 }
 
 #[test]
@@ -149,12 +144,7 @@ fn a_full_ring_waits_for_a_checkpoint_and_then_resolves() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let shard = Shard::<Kv>::builder(&path)
-            .journal(|j| {
-                j.slot_count(64)
-                    .segment_bytes(1 << 20)
-                    .batch_bytes_max(64 << 10)
-                    .entry_bytes_max(16 << 10)
-            })
+            .journal(|j| small_journal(j, 64))
             .checkpoint_policy(CheckpointPolicy {
                 automatic: false,
                 ring_full_wait_max: Duration::from_secs(30),
@@ -204,12 +194,7 @@ fn a_full_ring_with_automatic_checkpoints_never_fails_a_submit() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let shard = Shard::<Kv>::builder(&path)
-            .journal(|j| {
-                j.slot_count(128)
-                    .segment_bytes(1 << 20)
-                    .batch_bytes_max(64 << 10)
-                    .entry_bytes_max(16 << 10)
-            })
+            .journal(|j| small_journal(j, 128))
             .open()
             .await
             .unwrap();
@@ -245,12 +230,7 @@ fn a_full_ring_without_checkpoints_fails_after_the_bounded_wait() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let shard = Shard::<Kv>::builder(&path)
-            .journal(|j| {
-                j.slot_count(16)
-                    .segment_bytes(1 << 20)
-                    .batch_bytes_max(64 << 10)
-                    .entry_bytes_max(16 << 10)
-            })
+            .journal(|j| small_journal(j, 16))
             .checkpoint_policy(CheckpointPolicy {
                 automatic: false,
                 ring_full_wait_max: Duration::from_millis(100),
@@ -304,14 +284,13 @@ fn a_gap_above_the_snapshot_is_reported_not_skipped() {
         let shard = builder(&path).open().await.unwrap();
         shard.close().await.unwrap();
         // A replica-fed journal with op 3 missing.
-        let journal = ringstore_journal::Journal::builder(path.join("journal"))
-            .slot_count(4096)
-            .segment_bytes(1 << 20)
-            .batch_bytes_max(64 << 10)
-            .entry_bytes_max(16 << 10)
-            .open()
-            .await
-            .unwrap();
+        let journal = small_journal(
+            ringstore_journal::Journal::builder(path.join("journal")),
+            4096,
+        )
+        .open()
+        .await
+        .unwrap();
         for op in [1u64, 2, 4] {
             let command = KvCommand::Put {
                 key: op,
@@ -340,14 +319,13 @@ fn a_journal_entry_that_is_not_a_command_is_a_typed_error() {
     run(move || async move {
         let shard = builder(&path).open().await.unwrap();
         shard.close().await.unwrap();
-        let journal = ringstore_journal::Journal::builder(path.join("journal"))
-            .slot_count(4096)
-            .segment_bytes(1 << 20)
-            .batch_bytes_max(64 << 10)
-            .entry_bytes_max(16 << 10)
-            .open()
-            .await
-            .unwrap();
+        let journal = small_journal(
+            ringstore_journal::Journal::builder(path.join("journal")),
+            4096,
+        )
+        .open()
+        .await
+        .unwrap();
         journal.append(&[0xff; 9]).await.unwrap();
         journal.close().await.unwrap();
         match builder(&path).open().await {

@@ -17,12 +17,7 @@ use std::path::{Path, PathBuf};
 fn mem_builder(storage: &MemStorage, dir: &str) -> ringstore::ShardBuilder<Kv, MemStorage> {
     Shard::<Kv>::builder(dir)
         .storage(storage.clone())
-        .journal(|j| {
-            j.slot_count(4096)
-                .segment_bytes(1 << 20)
-                .batch_bytes_max(64 << 10)
-                .entry_bytes_max(16 << 10)
-        })
+        .journal(|j| small_journal(j, 4096))
         .checkpoint_policy(CheckpointPolicy {
             automatic: false,
             ..CheckpointPolicy::default()
@@ -31,12 +26,7 @@ fn mem_builder(storage: &MemStorage, dir: &str) -> ringstore::ShardBuilder<Kv, M
 
 fn disk_builder(dir: &Path) -> ringstore::ShardBuilder<Kv> {
     Shard::<Kv>::builder(dir)
-        .journal(|j| {
-            j.slot_count(4096)
-                .segment_bytes(1 << 20)
-                .batch_bytes_max(64 << 10)
-                .entry_bytes_max(16 << 10)
-        })
+        .journal(|j| small_journal(j, 4096))
         .checkpoint_policy(CheckpointPolicy {
             automatic: false,
             ..CheckpointPolicy::default()

@@ -29,6 +29,19 @@ pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
 }
 
+/// The journal shape of the engine's tests: `slot_count` ring slots, 1 MiB
+/// segments, 64 KiB batches, 16 KiB entries.
+pub fn small_journal<S: ringstore_journal::storage::Storage>(
+    journal: ringstore_journal::JournalBuilder<S>,
+    slot_count: u64,
+) -> ringstore_journal::JournalBuilder<S> {
+    journal
+        .slot_count(slot_count)
+        .segment_bytes(1 << 20)
+        .batch_bytes_max(64 << 10)
+        .entry_bytes_max(16 << 10)
+}
+
 /// A command of [`Kv`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvCommand {
