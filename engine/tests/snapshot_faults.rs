@@ -3,8 +3,10 @@
 //! and the acknowledged state; a damaged newest snapshot falls back to the
 //! previous generation (and says why), or is a typed error when the journal
 //! no longer holds the ops above it; snapshots of unknown sections or
-//! versions are refused; the domain identity is checked; and a reset keeps
-//! op numbers and epochs increasing, with a power cut at every step.
+//! versions are refused; the domain identity is checked; a failed journal
+//! write poisons the shard without losing an acknowledged command; and a
+//! reset keeps op numbers and epochs increasing, with a power cut at every
+//! step.
 mod common;
 use common::*;
 use ringstore::machine::{FrozenSection, RestoreError, SectionSet};
@@ -495,5 +497,77 @@ fn a_power_cut_at_every_step_of_a_reset_keeps_numbers_increasing() {
             }
         }
         assert!(completed);
+    });
+}
+
+#[test]
+fn a_failed_journal_write_poisons_the_shard_and_loses_nothing_acknowledged() {
+    run(|| async {
+        let storage = MemStorage::new();
+        let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+        let mut model = BTreeMap::new();
+        put_many(&shard, &mut model, 0, 20).await;
+        // 32 submitters with unique keys; one group-commit write fails.
+        let mut tasks = Vec::new();
+        for t in 0..32u64 {
+            let shard = shard.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut acked = Vec::new();
+                for n in 0..20u64 {
+                    let key = 1_000 + t * 100 + n;
+                    let value = value(key, n, 40);
+                    match shard
+                        .submit(KvCommand::Put {
+                            key,
+                            value: value.clone(),
+                        })
+                        .await
+                    {
+                        Ok(outcome) => {
+                            outcome.unwrap();
+                            acked.push((key, value));
+                        }
+                        Err(error) => return (acked, Some(error)),
+                    }
+                }
+                (acked, None)
+            }));
+        }
+        futures_lite::future::yield_now().await;
+        storage.fail_next_writes(1, libc::EIO);
+        let mut acked = Vec::new();
+        let mut failures = 0;
+        for task in tasks {
+            let (mut done, error) = task.await;
+            acked.append(&mut done);
+            if let Some(error) = error {
+                // The write's own error, or the poison it left behind.
+                assert!(
+                    matches!(error, Error::Journal(_) | Error::Poisoned { .. }),
+                    "{error}"
+                );
+                failures += 1;
+            }
+        }
+        assert!(failures > 0, "the failed write reached some submitter");
+        assert!(matches!(
+            shard.submit(KvCommand::Delete { key: 0 }).await,
+            Err(Error::Poisoned { .. })
+        ));
+        drop(shard);
+        storage.crash();
+        let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+        let recovered = shard.read(|kv| kv.values());
+        for (key, value) in &model {
+            assert_eq!(recovered.get(key), Some(value), "key {key}");
+        }
+        for (key, value) in &acked {
+            assert_eq!(
+                recovered.get(key),
+                Some(value),
+                "acknowledged key {key} lost"
+            );
+        }
+        shard.close().await.unwrap();
     });
 }

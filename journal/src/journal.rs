@@ -1561,13 +1561,16 @@ impl<S: Storage> Entries<S> {
     }
 }
 
-/// Lets the reactor turn once: runs the other ready tasks and submits the
-/// I/O they queued. A spawned read does nothing until its task is polled,
-/// and glommio hands queued I/O to the kernel only on a reactor turn, which
-/// a task busy verifying entries would otherwise not give it until its next
-/// real wait. A timer (unlike a plain yield) takes the task off the run
-/// queue until that turn.
-async fn reactor_turn() {
+/// Lets the reactor turn once: runs the other ready tasks, submits the I/O
+/// they queued and reaps completions, before the caller goes on with CPU
+/// work. A plain `yield_now` is not enough under glommio: the task is
+/// runnable again at once, so the task queue never empties and the
+/// executor neither hands queued I/O to the kernel nor reaps completions
+/// (the journal's writes and fdatasyncs, which appenders wait for) until its
+/// preemption timer fires. A timer takes the task off the run queue until
+/// the reactor's next turn. Use it between steps of long CPU work on a
+/// shard (verifying a window of entries, encoding a snapshot).
+pub async fn reactor_turn() {
     glommio::timer::sleep(REACTOR_TURN).await;
 }
 

@@ -34,7 +34,8 @@ pub use config::{Durability, JournalBuilder, JournalConfig, Preallocation, Recov
 pub use error::{Error, Result};
 pub use index::SLOT_BYTES;
 pub use journal::{
-    Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend, ENTRIES_READ_AHEAD_BYTES,
+    reactor_turn, Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend,
+    ENTRIES_READ_AHEAD_BYTES,
 };
 pub use recovery::{RecoveryReport, TailState};
 pub use segment::{segment_file_name, segment_generation};

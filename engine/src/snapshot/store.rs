@@ -29,6 +29,7 @@ use super::format::*;
 use crate::error::{Error, PersistStage, Result, SkippedSnapshot, SnapshotError};
 use crate::machine::{EncodeProgress, FrozenSection, SectionSet, SECTION_NAME_BYTES_MAX};
 use ringstore_journal::format::align_up;
+use ringstore_journal::reactor_turn;
 use ringstore_journal::storage::{IoBuf, Storage, StorageFile};
 use std::{
     io,
@@ -365,7 +366,7 @@ async fn write_snapshot<F: StorageFile>(
             offset += fresh.len() as u64;
             writer.flush_full_chunks().await?;
             // Let the shard apply commands between steps.
-            yield_to_reactor().await;
+            reactor_turn().await;
             if progress == EncodeProgress::Done {
                 break;
             }
@@ -728,7 +729,7 @@ type ReadAhead<F> = (
 impl<F: StorageFile> BodyReader<'_, F> {
     /// Starts the next read unless one is in flight or the body is read;
     /// then lets the reactor turn so the read is submitted now (see
-    /// [`yield_to_reactor`]).
+    /// [`reactor_turn`]).
     async fn issue(&mut self) {
         if self.in_flight.is_some() || self.pos >= self.end {
             return;
@@ -740,7 +741,7 @@ impl<F: StorageFile> BodyReader<'_, F> {
         let read = glommio::spawn_local(async move { file.read_at(pos, read_len).await });
         self.in_flight = Some((pos, want, read));
         self.pos += want;
-        yield_to_reactor().await;
+        reactor_turn().await;
     }
 
     async fn take(
@@ -777,18 +778,3 @@ impl<F: StorageFile> BodyReader<'_, F> {
         Ok(out)
     }
 }
-
-/// Lets the reactor run everything else that is ready, I/O completions
-/// included, before the checkpoint encodes its next step. A plain
-/// `yield_now` is not enough under glommio: the task is runnable again at
-/// once, so the task queue never empties and the executor would not reap
-/// I/O completions (the journal's writes and fdatasyncs, which submits wait
-/// for) until its preemption timer fires. Sleeping on a timer takes the
-/// task off the run queue until the reactor's next turn.
-async fn yield_to_reactor() {
-    glommio::timer::sleep(REACTOR_TURN).await;
-}
-
-/// The timer [`yield_to_reactor`] sleeps on: any positive duration takes
-/// the task off the run queue until the reactor's next turn.
-const REACTOR_TURN: std::time::Duration = std::time::Duration::from_micros(1);
