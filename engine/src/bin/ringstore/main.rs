@@ -1,0 +1,2 @@
+//! The `ringstore` command-line tool.
+fn main() {}
