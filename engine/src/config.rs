@@ -92,6 +92,10 @@ pub struct ShardBuilder<M: StateMachine, S: Storage = DmaStorage> {
     pub(crate) policy: CheckpointPolicy,
     pub(crate) snapshot_generations: usize,
     pub(crate) journal_keeps_previous_snapshot: bool,
+    /// Take `<dir>/lock` (real directories only, not simulated disks).
+    pub(crate) lock_dir: bool,
+    /// The `shard` label on the shard's metrics.
+    pub(crate) metrics_label: Option<String>,
     pub(crate) machine: PhantomData<M>,
 }
 
@@ -104,6 +108,8 @@ impl<M: StateMachine> ShardBuilder<M, DmaStorage> {
             policy: CheckpointPolicy::default(),
             snapshot_generations: SNAPSHOT_GENERATIONS_DEFAULT,
             journal_keeps_previous_snapshot: true,
+            lock_dir: true,
+            metrics_label: None,
             machine: PhantomData,
         }
     }
@@ -120,6 +126,9 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
             policy: self.policy,
             snapshot_generations: self.snapshot_generations,
             journal_keeps_previous_snapshot: self.journal_keeps_previous_snapshot,
+            // A simulated disk has no directory to lock.
+            lock_dir: false,
+            metrics_label: self.metrics_label,
             machine: PhantomData,
         }
     }
@@ -158,6 +167,13 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
     /// watermark advances to the newest snapshot regardless.
     pub fn journal_keeps_previous_snapshot(mut self, keep: bool) -> Self {
         self.journal_keeps_previous_snapshot = keep;
+        self
+    }
+
+    /// The value of the `shard` label on this shard's metrics (see
+    /// [`crate::metrics`]). Default: the directory's name.
+    pub fn metrics_label(mut self, label: impl Into<String>) -> Self {
+        self.metrics_label = Some(label.into());
         self
     }
 

@@ -346,6 +346,19 @@ pub enum Error {
     /// The shard is closed or closing.
     #[error("shard is closed")]
     Closed,
+
+    /// Another process has the shard directory open.
+    #[error(
+        "{path} is locked by {}: a shard directory is opened by one process at a time; \
+         stop that process or use another data directory",
+        holder.map_or("another process".to_string(), |pid| format!("process {pid}"))
+    )]
+    DirLocked {
+        /// The lock file.
+        path: PathBuf,
+        /// The pid the holder wrote into it, if readable.
+        holder: Option<u32>,
+    },
 }
 
 impl Error {

@@ -22,6 +22,7 @@
 use crate::config::{ShardBuilder, ShardConfig};
 use crate::error::{Error, Result, SkippedSnapshot};
 use crate::identity::{read_identity, write_identity};
+use crate::lock::DirLock;
 use crate::machine::{decode, restore_state, OpId, StateMachine};
 use crate::shard::{SnapshotPoint, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
@@ -71,6 +72,8 @@ pub(crate) struct Recovered<M: StateMachine, S: Storage> {
     pub snapshot: Option<SnapshotPoint>,
     pub previous_snapshot: Option<u64>,
     pub report: ShardRecoveryReport,
+    pub lock: Option<DirLock>,
+    pub metrics_label: String,
 }
 
 pub(crate) async fn recover<M: StateMachine, S: Storage>(
@@ -78,10 +81,22 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
 ) -> Result<Recovered<M, S>> {
     let dir = builder.dir.clone();
     let storage = builder.storage.clone();
+    let metrics_label = builder.metrics_label.clone().unwrap_or_else(|| {
+        dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    });
     storage
         .prepare_dir(&dir)
         .await
         .map_err(|e| Error::io("prepare shard directory", &dir, e))?;
+    // Before anything is read: another process may be appending.
+    let lock = if builder.lock_dir {
+        Some(DirLock::acquire(&dir)?)
+    } else {
+        None
+    };
     let journal_dir = dir.join(JOURNAL_DIR_NAME);
     let snapshots = SnapshotStore::open(storage.clone(), dir.join(SNAPSHOT_DIR_NAME)).await?;
 
@@ -223,6 +238,8 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
         }),
         previous_snapshot,
         report,
+        lock,
+        metrics_label,
     })
 }
 

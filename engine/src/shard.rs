@@ -32,13 +32,15 @@
 
 use crate::config::{ShardBuilder, ShardConfig};
 use crate::error::{Error, Result};
+use crate::lock::DirLock;
 use crate::machine::{encode, OpId, StateMachine};
+use crate::metrics::{LatencySummary, ShardMetrics, METRICS_PUBLISH_INTERVAL};
 use crate::recovery::{recover, ShardRecoveryReport};
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
 use event_listener::Event;
 use futures_channel::oneshot;
 use ringstore_journal::storage::{DmaStorage, Storage};
-use ringstore_journal::Journal;
+use ringstore_journal::{Journal, JournalStats};
 use std::{
     cell::{Cell, RefCell},
     collections::BTreeMap,
@@ -87,6 +89,15 @@ pub struct ShardStats {
     pub snapshots_pruned: u64,
     /// Failed attempts to remove old generations (retried next time).
     pub prune_failures: u64,
+    /// Submit-to-acknowledgement latency of the commands applied.
+    pub ack_latency: LatencySummary,
+    /// The journal's counters: appends, bytes, fsyncs, group-commit batch
+    /// sizes.
+    pub journal: JournalStats,
+    /// Ring slots holding ops above the watermark.
+    pub ring_slots_used: u64,
+    /// Ring slots in all.
+    pub ring_slots: u64,
 }
 
 /// What [`Shard::checkpoint`] did.
@@ -156,6 +167,10 @@ pub(crate) struct Inner<M: StateMachine, S: Storage> {
     /// Notified when a checkpoint ends.
     checkpoint_ended: Event,
     compaction_task: RefCell<Option<glommio::Task<()>>>,
+    metrics: ShardMetrics,
+    metrics_task: RefCell<Option<glommio::Task<()>>>,
+    /// `<dir>/lock`, held until the shard is closed.
+    lock: RefCell<Option<DirLock>>,
 }
 
 /// One shard. Cheap to clone (clones are the same shard); `!Send`: it lives
@@ -210,7 +225,12 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             slots_freed: Event::new(),
             checkpoint_ended: Event::new(),
             compaction_task: RefCell::new(None),
+            metrics: ShardMetrics::new(&recovered.metrics_label),
+            metrics_task: RefCell::new(None),
+            lock: RefCell::new(recovered.lock),
         });
+        let task = glommio::spawn_local(publish_metrics(Rc::downgrade(&inner)));
+        *inner.metrics_task.borrow_mut() = Some(task);
         if automatic {
             let task = glommio::spawn_local(run_compaction(Rc::downgrade(&inner)));
             *inner.compaction_task.borrow_mut() = Some(task);
@@ -239,6 +259,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// applied at.
     pub async fn submit_at(&self, command: M::Command) -> Result<(OpId, Outcome<M>)> {
         self.usable()?;
+        let started = Instant::now();
         let _counted = InFlight::enter(self);
         let payload = encode(&command).map_err(|e| Error::CommandEncode(Arc::new(e)))?;
         let inner = &*self.inner;
@@ -277,6 +298,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             epoch: queued.epoch(),
         };
         let outcome = self.apply_durable(at.op, at.epoch, command, bytes).await?;
+        self.inner
+            .metrics
+            .record_ack(started.elapsed(), outcome.is_err());
         Ok((at, outcome))
     }
 
@@ -436,6 +460,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             listener.await;
         }
         let running = CheckpointGuard { shard: self };
+        let started = Instant::now();
         let result = self.checkpoint_exclusive().await;
         std::mem::forget(running);
         let due = {
@@ -446,9 +471,15 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     if let Some(meta) = &outcome.snapshot {
                         progress.stats.checkpoints += 1;
                         progress.stats.snapshot_bytes_written += meta.file_bytes;
+                        self.inner
+                            .metrics
+                            .record_checkpoint(Some(started.elapsed()));
                     }
                 }
-                Err(_) => progress.stats.checkpoint_failures += 1,
+                Err(_) => {
+                    progress.stats.checkpoint_failures += 1;
+                    self.inner.metrics.record_checkpoint(None);
+                }
             }
             self.inner.checkpoint_due(&progress)
         };
@@ -574,9 +605,16 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         &self.inner.snapshots
     }
 
-    /// Counters since open.
+    /// Counters since open, and the ack latency percentiles. Also
+    /// publishes the journal's counters to the metrics facade.
     pub fn stats(&self) -> ShardStats {
-        self.inner.progress.borrow().stats
+        self.inner.publish_metrics();
+        let mut stats = self.inner.progress.borrow().stats;
+        stats.ack_latency = self.inner.metrics.ack_latency();
+        stats.journal = self.inner.journal.stats();
+        stats.ring_slots = self.inner.journal.config().slot_count;
+        stats.ring_slots_used = stats.ring_slots - self.inner.journal.remaining_capacity();
+        stats
     }
 
     /// A one-line summary of the shard's progress, for diagnostics.
@@ -622,7 +660,13 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         if let Some(task) = task {
             task.await;
         }
-        self.inner.journal.close().await.map_err(Error::from)
+        // Dropping the publisher's handle cancels it.
+        drop(self.inner.metrics_task.borrow_mut().take());
+        let closed = self.inner.journal.close().await.map_err(Error::from);
+        self.inner.publish_metrics();
+        // Another process may open the directory from here on.
+        drop(self.inner.lock.borrow_mut().take());
+        closed
     }
 
     pub(crate) fn usable(&self) -> Result<()> {
@@ -716,6 +760,12 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
 }
 
 impl<M: StateMachine, S: Storage> Inner<M, S> {
+    fn publish_metrics(&self) {
+        let slots = self.journal.config().slot_count;
+        let used = slots - self.journal.remaining_capacity();
+        self.metrics.publish(&self.journal.stats(), used, slots);
+    }
+
     /// Whether the compaction task should checkpoint now.
     fn checkpoint_due(&self, progress: &Progress<M>) -> bool {
         if progress.checkpointing || progress.poisoned.is_some() {
@@ -874,5 +924,17 @@ impl<M: StateMachine, S: Storage> Drop for CheckpointGuard<'_, M, S> {
     fn drop(&mut self) {
         self.shard.inner.progress.borrow_mut().checkpointing = false;
         self.shard.inner.checkpoint_ended.notify(usize::MAX);
+    }
+}
+
+/// Publishes the journal's counters every [`METRICS_PUBLISH_INTERVAL`] until
+/// the shard closes (its handle is dropped) or goes away.
+async fn publish_metrics<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
+    loop {
+        glommio::timer::sleep(METRICS_PUBLISH_INTERVAL).await;
+        match inner.upgrade() {
+            Some(inner) => inner.publish_metrics(),
+            None => return,
+        }
     }
 }

@@ -107,6 +107,10 @@ pub enum LogItem {
     Missing(u64),
 }
 
+/// Buckets of [`JournalStats::batch_entries_log2`]: batches of 1 entry up to
+/// 2^15 and more.
+pub const BATCH_SIZE_BUCKETS: usize = 16;
+
 /// Counters since open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JournalStats {
@@ -123,6 +127,9 @@ pub struct JournalStats {
     pub entries_written: u64,
     /// Most entries in one write.
     pub batch_entries_max: u64,
+    /// Group-commit batch sizes: element `i` counts the writes that carried
+    /// `2^i ..= 2^(i+1) - 1` entries (the last element: that many or more).
+    pub batch_entries_log2: [u64; BATCH_SIZE_BUCKETS],
     /// Segments created.
     pub segments_created: u64,
     /// Segments retired by watermark advances.
@@ -1204,6 +1211,8 @@ fn publish<F: StorageFile>(
     stats.bytes_written += total;
     stats.entries_written += batch.entries.len() as u64;
     stats.batch_entries_max = stats.batch_entries_max.max(batch.entries.len() as u64);
+    let bucket = (batch.entries.len().max(1).ilog2() as usize).min(BATCH_SIZE_BUCKETS - 1);
+    stats.batch_entries_log2[bucket] += 1;
 }
 
 /// The generation after `generation`, or an error naming the directory if

@@ -34,7 +34,7 @@ pub use config::{Durability, JournalBuilder, JournalConfig, Preallocation, Recov
 pub use error::{Error, Result};
 pub use index::SLOT_BYTES;
 pub use journal::{
-    reactor_turn, Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend,
+    reactor_turn, Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend, BATCH_SIZE_BUCKETS,
     ENTRIES_READ_AHEAD_BYTES,
 };
 pub use recovery::{RecoveryReport, TailState};

@@ -1,0 +1,160 @@
+//! Per-shard metrics, through the [`metrics`] crate's facade and in
+//! [`ShardStats`](crate::ShardStats).
+//!
+//! Install any `metrics` recorder (Prometheus exporter, statsd, ...) before
+//! opening shards and these appear with a `shard` label (the shard's
+//! directory name unless [`ShardBuilder::metrics_label`] says otherwise):
+//!
+//! | name | kind | what |
+//! |---|---|---|
+//! | `ringstore_commands_applied_total` | counter | commands applied (replies and rejections) |
+//! | `ringstore_commands_rejected_total` | counter | commands the state machine rejected |
+//! | `ringstore_ack_latency_seconds` | histogram | submit to acknowledgement (durable and applied) |
+//! | `ringstore_journal_appends_total` | counter | entries appended |
+//! | `ringstore_journal_bytes_written_total` | counter | bytes written by group commits (with padding) |
+//! | `ringstore_journal_writes_total` | counter | group-commit writes |
+//! | `ringstore_journal_fsyncs_total` | counter | durability points (fdatasync or O_DSYNC writes) |
+//! | `ringstore_journal_batches_total` | counter, label `entries` | group commits by size: `1`, `2-3`, `4-7`, ... |
+//! | `ringstore_ring_slots_used` | gauge | ring slots holding ops above the watermark |
+//! | `ringstore_ring_slots` | gauge | ring slots in all |
+//! | `ringstore_checkpoints_total` | counter | checkpoints that wrote a snapshot |
+//! | `ringstore_checkpoint_failures_total` | counter | checkpoints that failed |
+//! | `ringstore_checkpoint_seconds` | histogram | time to write one snapshot |
+//!
+//! Counters taken from the journal are published every
+//! [`METRICS_PUBLISH_INTERVAL`] and whenever [`Shard::stats`] is called;
+//! the rest as they happen. Without a recorder every call is a no-op.
+//!
+//! [`ShardBuilder::metrics_label`]: crate::ShardBuilder::metrics_label
+//! [`Shard::stats`]: crate::Shard::stats
+
+use hdrhistogram::Histogram;
+use metrics::{Counter, Gauge};
+use ringstore_journal::{JournalStats, BATCH_SIZE_BUCKETS};
+use std::{cell::RefCell, time::Duration};
+
+/// How often a shard publishes the journal's counters to the facade.
+pub const METRICS_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Largest ack latency the in-process histogram tells apart; longer ones
+/// count as this (µs).
+const ACK_LATENCY_MAX_US: u64 = 60_000_000;
+/// Significant digits of the in-process histogram (0.1 % resolution).
+const ACK_LATENCY_DIGITS: u8 = 3;
+
+/// Percentiles of the ack latency since the shard was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LatencySummary {
+    /// Acknowledged submits measured.
+    pub count: u64,
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// 99.9th percentile.
+    pub p999: Duration,
+    /// Slowest.
+    pub max: Duration,
+}
+
+pub(crate) struct ShardMetrics {
+    ack_latency: RefCell<Histogram<u64>>,
+    ack_latency_seconds: metrics::Histogram,
+    commands_applied: Counter,
+    commands_rejected: Counter,
+    journal_appends: Counter,
+    journal_bytes: Counter,
+    journal_writes: Counter,
+    journal_fsyncs: Counter,
+    journal_batches: Vec<Counter>,
+    ring_slots_used: Gauge,
+    ring_slots: Gauge,
+    checkpoints: Counter,
+    checkpoint_failures: Counter,
+    checkpoint_seconds: metrics::Histogram,
+}
+
+impl ShardMetrics {
+    pub fn new(shard: &str) -> ShardMetrics {
+        let label = shard.to_string();
+        let counter = |name: &'static str| metrics::counter!(name, "shard" => label.clone());
+        let journal_batches = (0..BATCH_SIZE_BUCKETS)
+            .map(|i| {
+                let low = 1u64 << i;
+                let entries = if i == BATCH_SIZE_BUCKETS - 1 {
+                    format!("{low}+")
+                } else if low == 1 {
+                    "1".to_string()
+                } else {
+                    format!("{low}-{}", (low << 1) - 1)
+                };
+                metrics::counter!("ringstore_journal_batches_total",
+                    "shard" => label.clone(), "entries" => entries)
+            })
+            .collect();
+        ShardMetrics {
+            ack_latency: RefCell::new(
+                Histogram::new_with_bounds(1, ACK_LATENCY_MAX_US, ACK_LATENCY_DIGITS)
+                    .expect("constant bounds are valid"),
+            ),
+            ack_latency_seconds: metrics::histogram!("ringstore_ack_latency_seconds", "shard" => label.clone()),
+            commands_applied: counter("ringstore_commands_applied_total"),
+            commands_rejected: counter("ringstore_commands_rejected_total"),
+            journal_appends: counter("ringstore_journal_appends_total"),
+            journal_bytes: counter("ringstore_journal_bytes_written_total"),
+            journal_writes: counter("ringstore_journal_writes_total"),
+            journal_fsyncs: counter("ringstore_journal_fsyncs_total"),
+            journal_batches,
+            ring_slots_used: metrics::gauge!("ringstore_ring_slots_used", "shard" => label.clone()),
+            ring_slots: metrics::gauge!("ringstore_ring_slots", "shard" => label.clone()),
+            checkpoints: counter("ringstore_checkpoints_total"),
+            checkpoint_failures: counter("ringstore_checkpoint_failures_total"),
+            checkpoint_seconds: metrics::histogram!("ringstore_checkpoint_seconds", "shard" => label),
+        }
+    }
+
+    pub fn record_ack(&self, latency: Duration, rejected: bool) {
+        let micros = (latency.as_micros() as u64).clamp(1, ACK_LATENCY_MAX_US);
+        self.ack_latency.borrow_mut().saturating_record(micros);
+        self.ack_latency_seconds.record(latency.as_secs_f64());
+        self.commands_applied.increment(1);
+        if rejected {
+            self.commands_rejected.increment(1);
+        }
+    }
+
+    pub fn record_checkpoint(&self, took: Option<Duration>) {
+        match took {
+            Some(took) => {
+                self.checkpoints.increment(1);
+                self.checkpoint_seconds.record(took.as_secs_f64());
+            }
+            None => self.checkpoint_failures.increment(1),
+        }
+    }
+
+    /// Publishes the journal's counters and the ring's fill.
+    pub fn publish(&self, journal: &JournalStats, ring_slots_used: u64, ring_slots: u64) {
+        self.journal_appends.absolute(journal.appends);
+        self.journal_bytes.absolute(journal.bytes_written);
+        self.journal_writes.absolute(journal.writes);
+        self.journal_fsyncs.absolute(journal.fsyncs);
+        for (counter, &count) in self.journal_batches.iter().zip(&journal.batch_entries_log2) {
+            counter.absolute(count);
+        }
+        self.ring_slots_used.set(ring_slots_used as f64);
+        self.ring_slots.set(ring_slots as f64);
+    }
+
+    pub fn ack_latency(&self) -> LatencySummary {
+        let histogram = self.ack_latency.borrow();
+        let at = |quantile: f64| Duration::from_micros(histogram.value_at_quantile(quantile));
+        LatencySummary {
+            count: histogram.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: Duration::from_micros(histogram.max()),
+        }
+    }
+}
