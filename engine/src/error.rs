@@ -347,6 +347,78 @@ pub enum Error {
     #[error("shard is closed")]
     Closed,
 
+    /// A CPU asked for is not in this process's affinity mask.
+    #[error(
+        "CPU {cpu} is not available to this process (available: {available}); \
+         choose CPUs from that list or run fewer shards"
+    )]
+    CpuUnavailable {
+        /// The CPU asked for.
+        cpu: usize,
+        /// The CPUs the process may run on.
+        available: String,
+    },
+
+    /// RLIMIT_MEMLOCK is too low for an io_uring reactor.
+    #[error(
+        "locked-memory limit (RLIMIT_MEMLOCK) is {limit_bytes} bytes, a reactor needs at least \
+         {needed_bytes}: raise it with `ulimit -l {}` (KiB), LimitMEMLOCK= in a systemd unit, \
+         or memlock in /etc/security/limits.conf",
+        needed_bytes.div_ceil(1024)
+    )]
+    MemlockTooLow {
+        /// The soft limit now.
+        limit_bytes: u64,
+        /// The least that works.
+        needed_bytes: u64,
+    },
+
+    /// The data directory's manifest cannot be read.
+    #[error(
+        "{path}: not a ringstore engine manifest ({reason}); is this the right data directory?"
+    )]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The data directory was created with another shard count.
+    #[error(
+        "{path}: the data directory holds {found} shards, the engine is configured for \
+         {configured}; keys are routed by shard count, so start it with {found} shards"
+    )]
+    ShardCountMismatch {
+        /// The manifest.
+        path: PathBuf,
+        /// The count recorded.
+        found: usize,
+        /// The count asked for.
+        configured: usize,
+    },
+
+    /// A shard's reactor thread could not start or died.
+    #[error("shard {shard}: its reactor (CPU {cpu}) failed: {reason}")]
+    ReactorStart {
+        /// The shard's index.
+        shard: usize,
+        /// Its CPU.
+        cpu: usize,
+        /// glommio's error.
+        reason: String,
+    },
+
+    /// A shard failed to open at engine start.
+    #[error("shard {shard} failed to open: {source}")]
+    ShardStart {
+        /// The shard's index.
+        shard: usize,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// Another process has the shard directory open.
     #[error(
         "{path} is locked by {}: a shard directory is opened by one process at a time; \

@@ -54,6 +54,7 @@ pub mod metrics;
 pub mod mux;
 pub mod recovery;
 pub mod reset;
+pub mod runtime;
 pub mod shard;
 pub mod sim;
 pub mod snapshot;
@@ -65,6 +66,7 @@ pub use machine::{OpId, StateMachine};
 pub use metrics::LatencySummary;
 pub use recovery::ShardRecoveryReport;
 pub use reset::ResetOutcome;
+pub use runtime::{Client, Engine, EngineBuilder};
 pub use shard::{CheckpointOutcome, Outcome, Shard, ShardStats};
 
 /// The README's examples, compiled as doctests.

@@ -1,0 +1,509 @@
+//! The multi-shard runtime: one glommio reactor per shard, each pinned to
+//! its own CPU and owning its shard's directory, journal, state machine and
+//! compaction task, behind a [`Client`] that any thread can use.
+//!
+//! This is a convenience. A broker that runs its own glommio reactors embeds
+//! [`Shard`] directly instead (`Shard::builder(dir).open().await` on each of
+//! them) and gets the same guarantees without these threads.
+//!
+//! # Layout
+//!
+//! ```text
+//! <data-dir>/engine        "ringstore engine 1\nshards <n>\n": routing depends on n
+//! <data-dir>/lock          flock held by the running engine
+//! <data-dir>/shard-000/    shard 0's directory (engine/FORMAT.md)
+//! <data-dir>/shard-001/    ...
+//! ```
+//!
+//! # Lifecycle
+//!
+//! [`EngineBuilder::start`] checks the host (CPUs, locked memory, the
+//! manifest), starts the reactors and waits until every shard has recovered;
+//! if one fails, the others are shut down and the first failure returned,
+//! naming the shard. [`Engine::shutdown`] stops accepting (a request queued
+//! after the shutdown fails with [`Error::Closed`] and is not applied),
+//! serves what was queued before it, waits for in-flight commands, takes a
+//! final checkpoint if asked, closes each shard (the journal's final sync)
+//! and joins the reactors. Dropping an [`Engine`] does the same without the
+//! final checkpoint. A crash at any point loses nothing acknowledged:
+//! acknowledgement means durable.
+
+mod client;
+pub mod startup;
+
+pub use client::{shard_for_key, Client, EngineMachine};
+
+use crate::config::ShardBuilder;
+use crate::error::{Error, Result};
+use crate::lock::DirLock;
+use crate::shard::{CheckpointOutcome, Shard, ShardStats};
+use client::Request;
+use event_listener::Event;
+use futures_channel::oneshot;
+use std::{
+    cell::Cell,
+    path::{Path, PathBuf},
+    rc::Rc,
+    sync::Arc,
+    time::Duration,
+};
+
+/// Most shards one engine runs.
+pub const SHARDS_MAX: usize = 1024;
+/// Default capacity of each shard's request queue (requests); a full queue
+/// makes submitters wait.
+pub const QUEUE_CAPACITY_DEFAULT: usize = 16 * 1024;
+/// Default memory each reactor registers with io_uring for I/O buffers.
+pub const IO_MEMORY_BYTES_DEFAULT: usize = 10 << 20;
+
+type Configure<M> = Arc<dyn Fn(usize, ShardBuilder<M>) -> ShardBuilder<M> + Send + Sync>;
+
+/// Builds an [`Engine`]. See [`Engine::builder`].
+#[must_use = "a builder does nothing until start() is called"]
+pub struct EngineBuilder<M: EngineMachine> {
+    data_dir: PathBuf,
+    shards: usize,
+    cpus: Option<Vec<usize>>,
+    pin: bool,
+    queue_capacity: usize,
+    io_memory_bytes: usize,
+    configure: Configure<M>,
+}
+
+impl<M: EngineMachine> EngineBuilder<M> {
+    /// The data directory (created if missing). Default: `ringstore-data`
+    /// in the current directory.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = dir.into();
+        self
+    }
+
+    /// The number of shards (default: one per CPU this process may use).
+    /// Fixed for the life of a data directory: a different count is refused
+    /// at start.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// The CPU of each shard's reactor (default: shard `i` on the `i`-th CPU
+    /// of the affinity mask).
+    pub fn cpus(mut self, cpus: Vec<usize>) -> Self {
+        self.cpus = Some(cpus);
+        self
+    }
+
+    /// Whether reactors are pinned to their CPUs (default true). Unpinned
+    /// reactors suit shared test machines.
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.pin = pin;
+        self
+    }
+
+    /// Capacity of each shard's request queue (default
+    /// [`QUEUE_CAPACITY_DEFAULT`]).
+    pub fn queue_capacity(mut self, requests: usize) -> Self {
+        self.queue_capacity = requests;
+        self
+    }
+
+    /// Memory each reactor registers with io_uring (default
+    /// [`IO_MEMORY_BYTES_DEFAULT`]).
+    pub fn io_memory(mut self, bytes: usize) -> Self {
+        self.io_memory_bytes = bytes;
+        self
+    }
+
+    /// Adjusts each shard's settings (journal, checkpoint policy, ...): called
+    /// with the shard's index and its builder, on the shard's reactor.
+    pub fn configure_shards(
+        mut self,
+        configure: impl Fn(usize, ShardBuilder<M>) -> ShardBuilder<M> + Send + Sync + 'static,
+    ) -> Self {
+        self.configure = Arc::new(configure);
+        self
+    }
+
+    /// Checks the host, starts one reactor per shard and waits until every
+    /// shard has recovered. Blocks the calling thread (from inside an async
+    /// runtime, call it on a blocking thread).
+    pub fn start(self) -> Result<Engine<M>> {
+        if !(1..=SHARDS_MAX).contains(&self.shards) {
+            return Err(Error::InvalidConfig {
+                setting: "shards",
+                value: self.shards.to_string(),
+                reason: format!("1 to {SHARDS_MAX}"),
+            });
+        }
+        if self.queue_capacity == 0 {
+            return Err(Error::InvalidConfig {
+                setting: "queue_capacity",
+                value: "0".into(),
+                reason: "at least 1".into(),
+            });
+        }
+        let cpus = startup::place_shards(self.shards, self.cpus.as_deref())?;
+        startup::check_memlock(startup::memlock_limit()?, self.shards, self.io_memory_bytes)?;
+        std::fs::create_dir_all(&self.data_dir)
+            .map_err(|e| Error::io("create data directory", &self.data_dir, e))?;
+        let lock = DirLock::acquire(&self.data_dir)?;
+        startup::check_manifest(&self.data_dir, self.shards)?;
+
+        let mut queues = Vec::with_capacity(self.shards);
+        let mut reactors = Vec::with_capacity(self.shards);
+        let mut ready = Vec::with_capacity(self.shards);
+        for (index, &cpu) in cpus.iter().enumerate() {
+            let (queue, requests) = async_channel::bounded(self.queue_capacity);
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let spawned = spawn_reactor(
+                index,
+                cpu,
+                &self,
+                startup::shard_dir(&self.data_dir, index),
+                requests,
+                ready_tx,
+            );
+            match spawned {
+                Ok(handle) => {
+                    queues.push(queue);
+                    reactors.push(Some(handle));
+                    ready.push(ready_rx);
+                }
+                Err(e) => {
+                    let engine = Engine::assemble(queues, reactors, lock, self.data_dir);
+                    drop(engine); // stops the reactors started so far
+                    return Err(e);
+                }
+            }
+        }
+        let mut engine = Engine::assemble(queues, reactors, lock, self.data_dir);
+        let mut failure = None;
+        for (index, ready) in ready.into_iter().enumerate() {
+            let opened = futures_lite::future::block_on(ready);
+            let error = match opened {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                // The reactor died before it could answer: its thread's
+                // result says why.
+                Err(_) => Error::ReactorStart {
+                    shard: index,
+                    cpu: cpus[index],
+                    reason: engine.join_reactor(index),
+                },
+            };
+            failure.get_or_insert(Error::ShardStart {
+                shard: index,
+                source: Box::new(error),
+            });
+        }
+        match failure {
+            None => Ok(engine),
+            Some(error) => {
+                let _ = engine.stop(false);
+                Err(error)
+            }
+        }
+    }
+}
+
+fn spawn_reactor<M: EngineMachine>(
+    index: usize,
+    cpu: usize,
+    builder: &EngineBuilder<M>,
+    dir: PathBuf,
+    requests: async_channel::Receiver<Request<M>>,
+    ready: oneshot::Sender<Result<()>>,
+) -> Result<glommio::ExecutorJoinHandle<()>> {
+    let placement = if builder.pin {
+        glommio::Placement::Fixed(cpu)
+    } else {
+        glommio::Placement::Unbound
+    };
+    let configure = builder.configure.clone();
+    glommio::LocalExecutorBuilder::new(placement)
+        .name(&format!("ringstore-shard-{index}"))
+        .io_memory(builder.io_memory_bytes)
+        .spawn(move || async move {
+            let shard_builder = Shard::<M>::builder(dir).metrics_label(index.to_string());
+            let opened = configure(index, shard_builder).open().await;
+            match opened {
+                Ok(shard) => {
+                    let _ = ready.send(Ok(()));
+                    serve(shard, requests).await;
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| Error::ReactorStart {
+            shard: index,
+            cpu,
+            reason: e.to_string(),
+        })
+}
+
+/// What shutting down one shard did.
+#[derive(Debug, Clone)]
+pub struct ShardShutdown {
+    /// The final checkpoint, if one was asked for (and how it went).
+    pub final_checkpoint: Option<std::result::Result<CheckpointOutcome, Error>>,
+    /// Whether the shard closed cleanly (journal synced and closed).
+    pub closed: std::result::Result<(), Error>,
+    /// The shard's counters at the end.
+    pub stats: ShardStats,
+}
+
+/// What [`Engine::shutdown`] did, per shard.
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    /// One entry per shard, in shard order.
+    pub shards: Vec<ShardShutdown>,
+}
+
+/// A running set of shards. See the [module docs](self).
+///
+/// ```no_run
+/// use ringstore::broker::{Command, Metadata, StreamCommand};
+/// use ringstore::runtime::Engine;
+///
+/// let engine = Engine::<Metadata>::builder().shards(2).data_dir("/var/lib/broker").start()?;
+/// let client = engine.client(); // Send + Sync + Clone
+/// let create = Command::Stream(StreamCommand::Create { name: "orders".into() });
+/// let reply = client.submit_blocking("orders", create)?;
+/// println!("{reply:?}");
+/// engine.shutdown(true)?;
+/// # Ok::<(), ringstore::Error>(())
+/// ```
+pub struct Engine<M: EngineMachine> {
+    client: Client<M>,
+    reactors: Vec<Option<glommio::ExecutorJoinHandle<()>>>,
+    data_dir: PathBuf,
+    stopped: bool,
+    // Held until the reactors are joined.
+    _lock: DirLock,
+}
+
+impl<M: EngineMachine> Engine<M> {
+    /// A builder with the defaults: one shard per CPU, `./ringstore-data`.
+    pub fn builder() -> EngineBuilder<M> {
+        EngineBuilder {
+            data_dir: PathBuf::from("ringstore-data"),
+            shards: startup::available_cpus().len().max(1),
+            cpus: None,
+            pin: true,
+            queue_capacity: QUEUE_CAPACITY_DEFAULT,
+            io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
+            configure: Arc::new(|_, builder| builder),
+        }
+    }
+
+    fn assemble(
+        queues: Vec<async_channel::Sender<Request<M>>>,
+        reactors: Vec<Option<glommio::ExecutorJoinHandle<()>>>,
+        lock: DirLock,
+        data_dir: PathBuf,
+    ) -> Engine<M> {
+        Engine {
+            client: Client::new(queues),
+            reactors,
+            data_dir,
+            stopped: false,
+            _lock: lock,
+        }
+    }
+
+    /// A client handle (`Send + Sync + Clone`).
+    pub fn client(&self) -> Client<M> {
+        self.client.clone()
+    }
+
+    /// The number of shards.
+    pub fn shards(&self) -> usize {
+        self.client.shards()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Stops the engine gracefully (see the [module docs](self)): serves
+    /// what was queued, drains in-flight commands, optionally takes a final
+    /// checkpoint on every shard, closes the shards and joins the reactors.
+    /// Blocks the calling thread. Errors if a shard failed to close; the
+    /// report inside says which.
+    pub fn shutdown(mut self, final_checkpoint: bool) -> Result<ShutdownReport> {
+        let report = self.stop(final_checkpoint)?;
+        for shard in &report.shards {
+            if let Err(e) = &shard.closed {
+                return Err(e.clone());
+            }
+            if let Some(Err(e)) = &shard.final_checkpoint {
+                return Err(e.clone());
+            }
+        }
+        Ok(report)
+    }
+
+    fn stop(&mut self, final_checkpoint: bool) -> Result<ShutdownReport> {
+        if self.stopped {
+            return Err(Error::Closed);
+        }
+        self.stopped = true;
+        let mut replies = Vec::new();
+        for queue in self.client.queues() {
+            let (reply, shutdown) = oneshot::channel();
+            let request = Request::Shutdown {
+                final_checkpoint,
+                reply,
+            };
+            // A reactor that already stopped has dropped its queue.
+            let sent = futures_lite::future::block_on(queue.send(request)).is_ok();
+            replies.push(sent.then_some(shutdown));
+        }
+        let mut shards = Vec::with_capacity(replies.len());
+        for (index, reply) in replies.into_iter().enumerate() {
+            let outcome = match reply {
+                Some(reply) => futures_lite::future::block_on(reply).ok(),
+                None => None,
+            };
+            let joined = self.join_reactor(index);
+            shards.push(outcome.unwrap_or_else(|| ShardShutdown {
+                final_checkpoint: None,
+                closed: Err(Error::ReactorStart {
+                    shard: index,
+                    cpu: usize::MAX,
+                    reason: format!("the shard's reactor had stopped: {joined}"),
+                }),
+                stats: ShardStats::default(),
+            }));
+        }
+        Ok(ShutdownReport { shards })
+    }
+
+    /// Joins reactor `index`; describes how it ended.
+    fn join_reactor(&mut self, index: usize) -> String {
+        match self.reactors.get_mut(index).and_then(Option::take) {
+            Some(handle) => match handle.join() {
+                Ok(()) => "it exited".into(),
+                Err(e) => e.to_string(),
+            },
+            None => "it was joined before".into(),
+        }
+    }
+}
+
+impl<M: EngineMachine> Drop for Engine<M> {
+    fn drop(&mut self) {
+        if !self.stopped {
+            if let Err(e) = self.stop(false) {
+                tracing::error!(error = %e, "stopping the engine on drop failed");
+            }
+        }
+    }
+}
+
+/// How long the drain at shutdown waits between checks of the in-flight
+/// count (a safety net: the count's event normally wakes it).
+const DRAIN_RECHECK: Duration = Duration::from_millis(10);
+
+/// Serves one shard's queue until a shutdown request (or until every
+/// client and the engine are gone).
+async fn serve<M: EngineMachine>(shard: Shard<M>, requests: async_channel::Receiver<Request<M>>) {
+    let in_flight = Rc::new(InFlight::default());
+    let mut shutdown = None;
+    while let Ok(request) = requests.recv().await {
+        match request {
+            Request::Submit { command, reply } => {
+                let shard = shard.clone();
+                let counted = InFlight::enter(&in_flight);
+                glommio::spawn_local(async move {
+                    let outcome = shard.submit(command).await;
+                    let _ = reply.send(outcome);
+                    drop(counted);
+                })
+                .detach();
+            }
+            Request::Read(read) => read(&shard),
+            Request::Checkpoint(reply) => {
+                let shard = shard.clone();
+                let counted = InFlight::enter(&in_flight);
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.checkpoint().await);
+                    drop(counted);
+                })
+                .detach();
+            }
+            Request::Stats(reply) => {
+                let _ = reply.send(shard.stats());
+            }
+            Request::Shutdown {
+                final_checkpoint,
+                reply,
+            } => {
+                shutdown = Some((final_checkpoint, reply));
+                break;
+            }
+        }
+    }
+    // Stop accepting: later sends fail with `Closed`, and requests queued
+    // behind the shutdown are dropped unanswered (never applied), which
+    // their clients see as `Closed`.
+    requests.close();
+    while let Ok(request) = requests.try_recv() {
+        drop(request);
+    }
+    in_flight.drained().await;
+    let final_checkpoint = match &shutdown {
+        Some((true, _)) => Some(shard.checkpoint().await),
+        _ => None,
+    };
+    let closed = shard.close().await;
+    if let Err(e) = &closed {
+        tracing::error!(error = %e, dir = %shard.dir().display(), "closing the shard failed");
+    }
+    if let Some((_, reply)) = shutdown {
+        let _ = reply.send(ShardShutdown {
+            final_checkpoint,
+            closed,
+            stats: shard.stats(),
+        });
+    }
+}
+
+/// Requests a shard has started and not yet answered.
+#[derive(Default)]
+struct InFlight {
+    count: Cell<u64>,
+    idle: Event,
+}
+
+struct InFlightGuard(Rc<InFlight>);
+
+impl InFlight {
+    fn enter(this: &Rc<InFlight>) -> InFlightGuard {
+        this.count.set(this.count.get() + 1);
+        InFlightGuard(this.clone())
+    }
+
+    async fn drained(&self) {
+        while self.count.get() > 0 {
+            let listener = self.idle.listen();
+            if self.count.get() == 0 {
+                break;
+            }
+            futures_lite::future::or(listener, glommio::timer::sleep(DRAIN_RECHECK)).await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let count = self.0.count.get() - 1;
+        self.0.count.set(count);
+        if count == 0 {
+            self.0.idle.notify(usize::MAX);
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The multi-shard runtime: routing and isolation, clients on tokio and on
+//! plain threads, shutdown with commands in flight, startup refusals, and
+//! the metrics facade.
+
+mod common;
+
+use common::{small_journal, temp_dir, Kv, KvCommand};
+use ringstore::runtime::{shard_for_key, Engine, EngineBuilder};
+use ringstore::{Error, Shard};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Unpinned reactors (the test machine is shared) with a small journal.
+fn builder(dir: &Path, shards: usize) -> EngineBuilder<Kv> {
+    Engine::<Kv>::builder()
+        .data_dir(dir)
+        .shards(shards)
+        .pin(false)
+        .io_memory(1 << 20)
+        .configure_shards(|_, shard| shard.journal(|j| small_journal(j, 4096)))
+}
+
+fn put(key: u64, value: u64) -> KvCommand {
+    KvCommand::Put {
+        key,
+        value: value.to_le_bytes().to_vec(),
+    }
+}
+
+/// Every shard's map, in shard order.
+fn shard_maps(engine: &Engine<Kv>) -> Vec<BTreeMap<u64, Vec<u8>>> {
+    let client = engine.client();
+    (0..engine.shards())
+        .map(|shard| futures_lite::future::block_on(client.read_shard(shard, Kv::values)).unwrap())
+        .collect()
+}
+
+#[test]
+fn keys_route_to_one_shard_and_shards_stay_isolated() {
+    let dir = temp_dir();
+    let engine = builder(dir.path(), 2).start().unwrap();
+    let client = engine.client();
+    let mut expected = vec![BTreeMap::new(), BTreeMap::new()];
+    for key in 0..200u64 {
+        let route = key.to_le_bytes();
+        client
+            .submit_blocking(route, put(key, key))
+            .unwrap()
+            .unwrap();
+        expected[shard_for_key(&route, 2)].insert(key, key.to_le_bytes().to_vec());
+    }
+    assert!(
+        expected.iter().all(|m| m.len() > 50),
+        "both shards get keys"
+    );
+    assert_eq!(shard_maps(&engine), expected);
+    // Reads route like submits.
+    let got = futures_lite::future::block_on(
+        client.read(7u64.to_le_bytes(), |kv: &Kv| kv.values().get(&7).cloned()),
+    );
+    assert_eq!(got.unwrap(), Some(7u64.to_le_bytes().to_vec()));
+    engine.shutdown(false).unwrap();
+
+    // After a restart each shard recovers only its own keys.
+    let engine = engine_restart(dir.path(), 2);
+    assert_eq!(shard_maps(&engine), expected);
+    engine.shutdown(false).unwrap();
+}
+
+fn engine_restart(dir: &Path, shards: usize) -> Engine<Kv> {
+    builder(dir, shards).start().unwrap()
+}
+
+#[test]
+fn submits_from_tokio_tasks_and_plain_threads_are_all_acknowledged() {
+    let dir = temp_dir();
+    let engine = builder(dir.path(), 2).start().unwrap();
+    let client = engine.client();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..64u64)
+            .map(|task| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for i in 0..20u64 {
+                        let key = task * 1000 + i;
+                        client
+                            .submit(key.to_le_bytes(), put(key, i))
+                            .await
+                            .unwrap()
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    let threads: Vec<_> = (0..4u64)
+        .map(|thread| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for i in 0..50u64 {
+                    let key = 1_000_000 + thread * 1000 + i;
+                    client
+                        .submit_blocking(key.to_le_bytes(), put(key, i))
+                        .unwrap()
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let total: usize = shard_maps(&engine).iter().map(BTreeMap::len).sum();
+    assert_eq!(total, 64 * 20 + 4 * 50);
+    let stats = runtime.block_on(client.stats()).unwrap();
+    assert_eq!(
+        stats.iter().map(|s| s.commands_applied).sum::<u64>(),
+        64 * 20 + 4 * 50
+    );
+    assert!(stats
+        .iter()
+        .all(|s| s.ack_latency.count > 0 && s.journal.fsyncs > 0));
+    assert!(stats.iter().all(|s| s.ack_latency.p50 <= s.ack_latency.p99));
+    engine.shutdown(true).unwrap();
+}
+
+#[test]
+fn shutdown_with_commands_in_flight_loses_no_acknowledged_command() {
+    let dir = temp_dir();
+    let engine = builder(dir.path(), 2).start().unwrap();
+    let client = engine.client();
+    let acknowledged = Arc::new(Mutex::new(BTreeMap::new()));
+    let closed_seen = Arc::new(AtomicBool::new(false));
+    let submitters: Vec<_> = (0..8u64)
+        .map(|thread| {
+            let client = client.clone();
+            let acknowledged = acknowledged.clone();
+            let closed_seen = closed_seen.clone();
+            std::thread::spawn(move || {
+                for i in 0.. {
+                    let key = thread << 32 | i;
+                    match client.submit_blocking(key.to_le_bytes(), put(key, i)) {
+                        Ok(Ok(_)) => {
+                            acknowledged
+                                .lock()
+                                .unwrap()
+                                .insert(key, i.to_le_bytes().to_vec());
+                        }
+                        Err(Error::Closed) => {
+                            closed_seen.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the submitters get going, then shut down under them.
+    while acknowledged.lock().unwrap().len() < 2000 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let report = engine.shutdown(true).unwrap();
+    for submitter in submitters {
+        submitter.join().unwrap();
+    }
+    assert!(closed_seen.load(Ordering::SeqCst));
+    assert!(report
+        .shards
+        .iter()
+        .all(|s| matches!(s.final_checkpoint, Some(Ok(_)))));
+    // A submit after shutdown is refused, not applied.
+    assert!(matches!(
+        client.submit_blocking(1u64.to_le_bytes(), put(1, 1)),
+        Err(Error::Closed)
+    ));
+
+    let engine = engine_restart(dir.path(), 2);
+    let recovered: BTreeMap<u64, Vec<u8>> = shard_maps(&engine).into_iter().flatten().collect();
+    let acknowledged = acknowledged.lock().unwrap();
+    for (key, value) in acknowledged.iter() {
+        assert_eq!(
+            recovered.get(key),
+            Some(value),
+            "acknowledged key {key:#x} lost"
+        );
+    }
+    // Nothing beyond what was submitted: every recovered key was sent.
+    assert!(recovered.len() >= acknowledged.len());
+    engine.shutdown(false).unwrap();
+}
+
+#[test]
+fn startup_refuses_a_locked_dir_another_shard_count_and_a_missing_cpu() {
+    let dir = temp_dir();
+    let engine = builder(dir.path(), 2).start().unwrap();
+    let err = builder(dir.path(), 2)
+        .start()
+        .err()
+        .expect("second engine refused");
+    assert!(matches!(err, Error::DirLocked { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&std::process::id().to_string()),
+        "{err}"
+    );
+    engine.shutdown(false).unwrap();
+
+    let err = builder(dir.path(), 3)
+        .start()
+        .err()
+        .expect("other shard count refused");
+    assert!(
+        matches!(
+            err,
+            Error::ShardCountMismatch {
+                found: 2,
+                configured: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let other = temp_dir();
+    let err = builder(other.path(), 1)
+        .cpus(vec![100_000])
+        .start()
+        .err()
+        .expect("missing CPU refused");
+    assert!(
+        matches!(err, Error::CpuUnavailable { cpu: 100_000, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("available"), "{err}");
+
+    let err = builder(other.path(), 0)
+        .start()
+        .err()
+        .expect("zero shards refused");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                setting: "shards",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_shard_that_fails_to_open_names_itself_and_stops_the_others() {
+    let dir = temp_dir();
+    builder(dir.path(), 2)
+        .start()
+        .unwrap()
+        .shutdown(false)
+        .unwrap();
+    // Damage shard 1's identity: it must refuse to open.
+    let identity = dir.path().join("shard-001").join("identity");
+    let mut bytes = std::fs::read(&identity).unwrap();
+    bytes[20] ^= 0x40;
+    std::fs::write(&identity, bytes).unwrap();
+    let err = builder(dir.path(), 2)
+        .start()
+        .err()
+        .expect("damaged shard refused");
+    assert!(matches!(err, Error::ShardStart { shard: 1, .. }), "{err}");
+    // Shard 0 was closed again: its lock is free.
+    assert!(!ringstore::is_locked(&dir.path().join("shard-000")).unwrap());
+    assert!(!ringstore::is_locked(dir.path()).unwrap());
+}
+
+#[test]
+fn a_shard_directory_is_opened_by_one_shard_at_a_time() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    common::run(move || async move {
+        let shard = Shard::<Kv>::builder(&path).open().await.unwrap();
+        let err = Shard::<Kv>::builder(&path)
+            .open()
+            .await
+            .err()
+            .expect("locked");
+        assert!(matches!(err, Error::DirLocked { .. }), "{err}");
+        shard.close().await.unwrap();
+        // Closing releases it.
+        let shard = Shard::<Kv>::builder(&path).open().await.unwrap();
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn metrics_reach_the_facade() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let dir = temp_dir();
+    metrics::with_local_recorder(&recorder, || {
+        glommio::LocalExecutorBuilder::default()
+            .make()
+            .unwrap()
+            .run(async {
+                let shard = Shard::<Kv>::builder(dir.path())
+                    .metrics_label("7")
+                    .journal(|j| small_journal(j, 4096))
+                    .open()
+                    .await
+                    .unwrap();
+                for i in 0..50 {
+                    shard.submit(put(i, i)).await.unwrap().unwrap();
+                }
+                shard.checkpoint().await.unwrap();
+                let stats = shard.stats();
+                assert_eq!(stats.ack_latency.count, 50);
+                assert_eq!(
+                    stats.journal.batch_entries_log2.iter().sum::<u64>(),
+                    stats.journal.writes
+                );
+                shard.close().await.unwrap();
+            });
+    });
+    let snapshot = snapshotter.snapshot().into_hashmap();
+    let find = |name: &str| {
+        snapshot
+            .iter()
+            .find(|(key, _)| {
+                key.key().name() == name
+                    && key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == "shard" && l.value() == "7")
+            })
+            .map(|(_, (_, _, value))| value)
+            .unwrap_or_else(|| panic!("{name} not recorded"))
+    };
+    assert!(matches!(
+        find("ringstore_commands_applied_total"),
+        DebugValue::Counter(50)
+    ));
+    assert!(matches!(
+        find("ringstore_checkpoints_total"),
+        DebugValue::Counter(1)
+    ));
+    assert!(
+        matches!(find("ringstore_ack_latency_seconds"), DebugValue::Histogram(v) if v.len() == 50)
+    );
+    assert!(matches!(find("ringstore_journal_appends_total"), DebugValue::Counter(n) if *n >= 50));
+    assert!(matches!(find("ringstore_journal_fsyncs_total"), DebugValue::Counter(n) if *n > 0));
+    assert!(
+        matches!(find("ringstore_ring_slots"), DebugValue::Gauge(v) if v.into_inner() == 4096.0)
+    );
+}
