@@ -22,6 +22,38 @@ pub enum Command {
     User(UserCommand),
 }
 
+impl Command {
+    /// The name that decides which shard owns the command when metadata is
+    /// sharded: the stream for stream, topic and group commands (so a topic
+    /// lands with its stream), the user name for user commands.
+    pub fn routing_key(&self) -> &str {
+        match self {
+            Command::Stream(StreamCommand::Create { name } | StreamCommand::Delete { name }) => {
+                name
+            }
+            Command::Topic(
+                TopicCommand::Create { stream, .. }
+                | TopicCommand::Delete { stream, .. }
+                | TopicCommand::UpdateConfig { stream, .. }
+                | TopicCommand::AddPartitions { stream, .. },
+            ) => stream,
+            Command::Group(
+                GroupCommand::Create { stream, .. }
+                | GroupCommand::Delete { stream, .. }
+                | GroupCommand::Join { stream, .. }
+                | GroupCommand::Leave { stream, .. }
+                | GroupCommand::CommitOffset { stream, .. },
+            ) => stream,
+            Command::User(
+                UserCommand::Create { name, .. }
+                | UserCommand::Delete { name }
+                | UserCommand::SetPermissions { name, .. }
+                | UserCommand::SetPasswordHash { name, .. },
+            ) => name,
+        }
+    }
+}
+
 /// Stream commands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamCommand {

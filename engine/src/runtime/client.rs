@@ -22,6 +22,9 @@ impl<M> EngineMachine for M where M: StateMachine<Command: Send, Reply: Send, Re
 
 /// A read of a shard's state, run on that shard's reactor.
 pub(crate) type ReadFn<M> = Box<dyn FnOnce(&Shard<M>) + Send>;
+/// A task started on a shard's reactor.
+pub(crate) type TaskFn<M> =
+    Box<dyn FnOnce(Shard<M>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
 
 /// What a client asks of one shard.
 pub(crate) enum Request<M: EngineMachine> {
@@ -30,6 +33,7 @@ pub(crate) enum Request<M: EngineMachine> {
         reply: oneshot::Sender<Result<Outcome<M>>>,
     },
     Read(ReadFn<M>),
+    Run(TaskFn<M>),
     Checkpoint(oneshot::Sender<Result<CheckpointOutcome>>),
     Stats(oneshot::Sender<ShardStats>),
     /// Everything queued before it is served first.
@@ -141,6 +145,27 @@ impl<M: EngineMachine> Client<M> {
             let _ = reply.send(shard.read(read));
         });
         self.send(shard, Request::Read(run)).await?;
+        value.await.map_err(|_| Error::Closed)
+    }
+
+    /// Runs `task` on shard `shard`'s reactor with the [`Shard`] itself, and
+    /// resolves with its result: for work that belongs next to the shard
+    /// (a load generator, a connection handler) and would otherwise cross
+    /// threads once per command. The future `task` returns need not be
+    /// `Send`; shutdown waits for it.
+    pub async fn run_on<T, F, Fut>(&self, shard: usize, task: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Shard<M>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+    {
+        let (reply, value) = oneshot::channel();
+        let run: TaskFn<M> = Box::new(move |shard: Shard<M>| {
+            Box::pin(async move {
+                let _ = reply.send(task(shard).await);
+            })
+        });
+        self.send(shard, Request::Run(run)).await?;
         value.await.map_err(|_| Error::Closed)
     }
 

@@ -426,6 +426,15 @@ async fn serve<M: EngineMachine>(shard: Shard<M>, requests: async_channel::Recei
                 .detach();
             }
             Request::Read(read) => read(&shard),
+            Request::Run(task) => {
+                let counted = InFlight::enter(&in_flight);
+                let task = task(shard.clone());
+                glommio::spawn_local(async move {
+                    task.await;
+                    drop(counted);
+                })
+                .detach();
+            }
             Request::Checkpoint(reply) => {
                 let shard = shard.clone();
                 let counted = InFlight::enter(&in_flight);

@@ -135,23 +135,29 @@ pub fn check_memlock(limit: Option<u64>, shards: usize, io_memory_bytes: usize) 
 pub fn check_manifest(data_dir: &Path, shards: usize) -> Result<()> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| Error::io("create data directory", data_dir, e))?;
+    match read_manifest(data_dir)? {
+        Some(found) if found != shards => Err(Error::ShardCountMismatch {
+            path: data_dir.join(MANIFEST_FILE_NAME),
+            found,
+            configured: shards,
+        }),
+        Some(_) => Ok(()),
+        None => write_manifest(data_dir, shards),
+    }
+}
+
+/// The shard count recorded in `data_dir`'s manifest (`None`: there is
+/// none yet).
+pub fn read_manifest(data_dir: &Path) -> Result<Option<usize>> {
     let path = data_dir.join(MANIFEST_FILE_NAME);
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let found = parse_manifest(&text).ok_or_else(|| Error::Manifest {
-                path: path.clone(),
+        Ok(text) => parse_manifest(&text)
+            .map(Some)
+            .ok_or_else(|| Error::Manifest {
+                path,
                 reason: format!("expected \"{MANIFEST_MAGIC}\" then \"shards <count>\""),
-            })?;
-            if found != shards {
-                return Err(Error::ShardCountMismatch {
-                    path,
-                    found,
-                    configured: shards,
-                });
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_manifest(data_dir, shards),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read", &path, e)),
     }
 }
