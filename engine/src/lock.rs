@@ -17,6 +17,15 @@ use std::{
 /// Name of the lock file inside a shard directory.
 pub const LOCK_FILE_NAME: &str = "lock";
 
+/// How long an open retries a held lock before it reports
+/// [`Error::DirLocked`]. A process that forks (to spawn a child) while
+/// another thread closes the shard leaves the lock held by the child's copy
+/// of the descriptor until the child execs (descriptors are close-on-exec):
+/// a reopen right then must not fail.
+pub(crate) const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+/// Pause between attempts within [`LOCK_WAIT_MAX`].
+pub(crate) const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// An exclusive lock on a directory, released on drop.
 #[derive(Debug)]
 pub(crate) struct DirLock {
@@ -53,6 +62,33 @@ impl DirLock {
             .and_then(|()| file.seek(SeekFrom::Start(0)))
             .and_then(|_| writeln!(file, "{pid}"));
         Ok(DirLock { _file: file })
+    }
+}
+
+/// [`DirLock::acquire`], retried for up to [`LOCK_WAIT_MAX`] on a reactor.
+pub(crate) async fn acquire_on_reactor(dir: &Path) -> Result<DirLock> {
+    let started = std::time::Instant::now();
+    loop {
+        match DirLock::acquire(dir) {
+            Err(Error::DirLocked { .. }) if started.elapsed() < LOCK_WAIT_MAX => {
+                glommio::timer::sleep(LOCK_RETRY_PAUSE).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// [`DirLock::acquire`], retried for up to [`LOCK_WAIT_MAX`] on a plain
+/// thread.
+pub(crate) fn acquire_blocking(dir: &Path) -> Result<DirLock> {
+    let started = std::time::Instant::now();
+    loop {
+        match DirLock::acquire(dir) {
+            Err(Error::DirLocked { .. }) if started.elapsed() < LOCK_WAIT_MAX => {
+                std::thread::sleep(LOCK_RETRY_PAUSE);
+            }
+            result => return result,
+        }
     }
 }
 

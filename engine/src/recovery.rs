@@ -23,6 +23,7 @@ use crate::config::{ShardBuilder, ShardConfig};
 use crate::error::{Error, Result, SkippedSnapshot};
 use crate::identity::{read_identity, write_identity};
 use crate::lock::DirLock;
+
 use crate::machine::{decode, restore_state, OpId, StateMachine};
 use crate::shard::{SnapshotPoint, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
@@ -93,7 +94,7 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
         .map_err(|e| Error::io("prepare shard directory", &dir, e))?;
     // Before anything is read: another process may be appending.
     let lock = if builder.lock_dir {
-        Some(DirLock::acquire(&dir)?)
+        Some(crate::lock::acquire_on_reactor(&dir).await?)
     } else {
         None
     };

@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod format;
 mod index;
+pub mod inspect;
 mod journal;
 mod notify;
 pub mod recovery;

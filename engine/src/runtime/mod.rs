@@ -146,7 +146,7 @@ impl<M: EngineMachine> EngineBuilder<M> {
         startup::check_memlock(startup::memlock_limit()?, self.shards, self.io_memory_bytes)?;
         std::fs::create_dir_all(&self.data_dir)
             .map_err(|e| Error::io("create data directory", &self.data_dir, e))?;
-        let lock = DirLock::acquire(&self.data_dir)?;
+        let lock = crate::lock::acquire_blocking(&self.data_dir)?;
         startup::check_manifest(&self.data_dir, self.shards)?;
 
         let mut queues = Vec::with_capacity(self.shards);

@@ -5,6 +5,7 @@
 //! generation that verifies.
 
 pub mod format;
+pub mod inspect;
 pub mod store;
 
 pub use store::{

@@ -1,0 +1,539 @@
+//! Pins the `ringstore` tool's read-only inspection commands on a real data
+//! dir (two broker shards written through `Shard`, checkpointed, closed):
+//! `wal inspect|verify|dump` and `snapshot inspect|verify` succeed with exit
+//! 0 and parseable JSON on a clean dir and change no byte of it; a flipped
+//! bit in the middle of a journal segment makes `wal verify` exit 1 naming
+//! the segment file and byte offset, while a damaged last write is a torn
+//! tail (exit 0, or 1 with `--strict`); a flipped or truncated snapshot
+//! makes `snapshot verify` exit 1 naming the file; a missing or wrong data
+//! dir and a bad config file are clear errors with exit 2; `wal dump`
+//! prints decoded broker commands.
+#![cfg(feature = "cli")]
+
+mod common;
+use common::*;
+use ringstore::broker::{Command, Metadata, StreamCommand, TopicCommand};
+use ringstore::Shard;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// Streams each shard creates in its first, second and third session.
+const STREAMS: [u64; 3] = [40, 25, 10];
+/// Ops of each shard: the streams and one topic in the second session.
+const OPS: u64 = 40 + 25 + 1 + 10;
+/// The watermark of each shard's newest snapshot (end of session two).
+const SNAPSHOT_OP: u64 = 40 + 25 + 1;
+
+/// Builds `<tmp>/data/shard-000` and `shard-001` (plus the manifest file)
+/// with broker commands in three sessions: the first two end with a
+/// checkpoint (so two snapshots, the second retiring segment 1), the third
+/// leaves its ops in the journal only. Journal segments 2 and 3 remain.
+fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = temp_dir();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("engine"), "ringstore engine 1\nshards 2\n").unwrap();
+    for index in 0..2 {
+        let dir = data.join(format!("shard-{index:03}"));
+        run(move || async move {
+            for (session, streams) in STREAMS.into_iter().enumerate() {
+                let shard = open(&dir).await;
+                for n in 0..streams {
+                    let name = format!("s{session}-{index}-{n}");
+                    shard
+                        .submit(Command::Stream(StreamCommand::Create { name }))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+                if session == 1 {
+                    shard
+                        .submit(Command::Topic(TopicCommand::Create {
+                            stream: format!("s1-{index}-0"),
+                            name: "events".into(),
+                            partitions: 3,
+                            config: vec![],
+                        }))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+                if session < 2 {
+                    shard.checkpoint().await.unwrap();
+                }
+                shard.close().await.unwrap();
+            }
+        });
+    }
+    (tmp, data)
+}
+
+/// Opens a shard of the fixture. The previous session's lock may still be
+/// held for a moment by a child process another test is spawning (it holds
+/// a copy of every descriptor between fork and exec), so `DirLocked` is
+/// retried briefly.
+async fn open(dir: &Path) -> Shard<Metadata> {
+    for _ in 0..LOCK_RETRIES {
+        match Shard::<Metadata>::builder(dir)
+            .journal(|j| small_journal(j, 4096))
+            .open()
+            .await
+        {
+            Err(ringstore::Error::DirLocked { .. }) => {
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{} stayed locked", dir.display());
+}
+
+/// Tries of [`open`] (10 ms apart).
+const LOCK_RETRIES: usize = 500;
+
+fn ringstore(data: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ringstore"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("run ringstore")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn expect_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "exit code; output:\n{}",
+        text(output)
+    );
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", text(output)))
+}
+
+/// Every file under `dir` with its bytes and modification time.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, std::time::SystemTime)> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        files.insert(
+            dir.clone(),
+            (
+                Vec::new(),
+                std::fs::metadata(&dir).unwrap().modified().unwrap(),
+            ),
+        );
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let meta = std::fs::metadata(&path).unwrap();
+                files.insert(
+                    path.clone(),
+                    (std::fs::read(&path).unwrap(), meta.modified().unwrap()),
+                );
+            }
+        }
+    }
+    files
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x20;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The data entries of shard `shard` as (op, generation, offset), from
+/// `wal dump --json`.
+fn entries(data: &Path, shard: &str) -> Vec<(u64, u64, u64)> {
+    let output = ringstore(data, &["--json", "wal", "dump", "--shard", shard]);
+    expect_exit(&output, 0);
+    json(&output)["shards"][0]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "data")
+        .map(|e| {
+            (
+                e["op"].as_u64().unwrap(),
+                e["generation"].as_u64().unwrap(),
+                e["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn segment_path(data: &Path, shard: &str, generation: u64) -> PathBuf {
+    data.join(format!("shard-{shard:0>3}"))
+        .join("journal")
+        .join(ringstore_journal::segment_file_name(generation))
+}
+
+#[test]
+fn a_clean_data_dir_inspects_and_verifies_without_changing_a_byte() {
+    let (_tmp, data) = data_dir();
+    let before = tree(&data);
+
+    let output = ringstore(&data, &["--json", "wal", "inspect"]);
+    expect_exit(&output, 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("data dir: {}", data.display())),
+        "{stderr}"
+    );
+    let report = json(&output);
+    assert_eq!(report["ok"], true);
+    let shards = report["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 2);
+    for shard in shards {
+        assert_eq!(shard["op_max"], OPS, "{shard}");
+        assert_eq!(shard["damage"].as_array().unwrap().len(), 0);
+        assert_eq!(shard["tail"]["state"], "clean");
+        // The second checkpoint raised it to the first snapshot's op.
+        assert_eq!(shard["watermark"], STREAMS[0], "{shard}");
+        assert_eq!(shard["op_min"], STREAMS[0] + 1, "segment 1 was retired");
+        let segments = shard["segments"].as_array().unwrap();
+        let generations: Vec<_> = segments
+            .iter()
+            .map(|s| s["generation"].as_u64().unwrap())
+            .collect();
+        assert_eq!(generations, [2, 3], "{shard}");
+        assert_eq!(segments[0]["header"]["segment_bytes"], 1 << 20);
+        assert_eq!(segments[0]["end"]["state"], "sealed");
+        assert_eq!(segments[1]["header"]["prev_generation"], 2);
+    }
+
+    let output = ringstore(&data, &["wal", "inspect", "--shard", "1"]);
+    expect_exit(&output, 0);
+    let out = text(&output);
+    assert!(
+        out.contains("shard-001") && !out.contains("shard-000 ("),
+        "{out}"
+    );
+    assert!(
+        out.contains("segment bytes") && out.contains("tail: clean"),
+        "{out}"
+    );
+
+    let output = ringstore(&data, &["wal", "verify"]);
+    expect_exit(&output, 0);
+    let out = text(&output);
+    assert!(
+        out.contains("shard-000: ok") && out.contains("shard-001: ok"),
+        "{out}"
+    );
+    let output = ringstore(&data, &["wal", "verify", "--json", "--strict"]);
+    expect_exit(&output, 0);
+    assert_eq!(json(&output)["ok"], true);
+
+    let output = ringstore(&data, &["--json", "snapshot", "inspect"]);
+    expect_exit(&output, 0);
+    let report = json(&output);
+    let shard = &report["shards"][0];
+    let identity_domain = shard["identity"]["domain"].as_str().unwrap().to_owned();
+    let snapshots = shard["snapshots"]["snapshots"].as_array().unwrap();
+    assert_eq!(snapshots.len(), 2, "{shard}");
+    for snapshot in snapshots {
+        assert_eq!(snapshot["header"]["domain"], identity_domain.as_str());
+        let names: Vec<_> = snapshot["sections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(names.contains(&"broker.streams".to_owned()), "{names:?}");
+    }
+    assert_eq!(snapshots[1]["header"]["watermark"], SNAPSHOT_OP);
+    assert_eq!(shard["newest_intact"], SNAPSHOT_OP);
+
+    let output = ringstore(&data, &["snapshot", "inspect"]);
+    expect_exit(&output, 0);
+    let out = text(&output);
+    assert!(
+        out.contains("broker.topics") && out.contains(&identity_domain),
+        "{out}"
+    );
+
+    let output = ringstore(&data, &["snapshot", "verify"]);
+    expect_exit(&output, 0);
+    let output = ringstore(&data, &["--json", "snapshot", "verify"]);
+    expect_exit(&output, 0);
+    let report = json(&output);
+    assert_eq!(report["ok"], true);
+    let checked = &report["shards"][1]["snapshots"]["snapshots"][1];
+    assert_eq!(checked["file_checksum_ok"], true);
+    assert_eq!(checked["sections"][0]["checksum_ok"], true);
+
+    assert!(tree(&data) == before, "the commands changed the data dir");
+}
+
+#[test]
+fn a_shard_directory_works_as_the_data_dir() {
+    let (_tmp, data) = data_dir();
+    let shard = data.join("shard-001");
+    let output = ringstore(&shard, &["--json", "wal", "verify"]);
+    expect_exit(&output, 0);
+    let report = json(&output);
+    assert_eq!(report["shards"].as_array().unwrap().len(), 1);
+    assert_eq!(report["shards"][0]["shard"], "shard-001");
+    let output = ringstore(&shard, &["snapshot", "verify"]);
+    expect_exit(&output, 0);
+}
+
+#[test]
+fn wal_dump_prints_decoded_commands() {
+    let (_tmp, data) = data_dir();
+    let output = ringstore(&data, &["wal", "dump", "--shard", "0"]);
+    expect_exit(&output, 0);
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        out.contains(r#"Stream(Create { name: "s1-0-0" })"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"Topic(Create { stream: "s1-0-0", name: "events""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"Stream(Create { name: "s2-0-9" })"#),
+        "{out}"
+    );
+    assert!(out.contains("watermark 40"), "the watermark record: {out}");
+    assert!(!out.contains("-1-"), "only shard 0: {out}");
+
+    let output = ringstore(
+        &data,
+        &["wal", "dump", "--shard", "1", "--from", "45", "--to", "49"],
+    );
+    expect_exit(&output, 0);
+    let out = String::from_utf8_lossy(&output.stdout);
+    let ops: Vec<u64> = out
+        .lines()
+        .filter(|l| l.split_whitespace().nth(4) == Some("data"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ops, [45, 46, 47, 48, 49], "{out}");
+    assert!(
+        out.contains(r#"name: "s1-1-4""#),
+        "op 45 created stream 4 of session 1: {out}"
+    );
+
+    let output = ringstore(&data, &["--json", "wal", "dump", "--limit", "3"]);
+    expect_exit(&output, 0);
+    let report = json(&output);
+    for shard in report["shards"].as_array().unwrap() {
+        let entries = shard["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(shard["complete"], false);
+        let first = &entries[0];
+        assert_eq!(first["op"], STREAMS[0] + 1);
+        assert!(
+            first["command"]["Stream"]["Create"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("s1-"),
+            "{first}"
+        );
+    }
+
+    let output = ringstore(&data, &["wal", "dump", "--from", "9", "--to", "3"]);
+    expect_exit(&output, 2);
+}
+
+#[test]
+fn a_flipped_bit_in_the_middle_of_a_segment_fails_wal_verify_naming_file_and_offset() {
+    let (_tmp, data) = data_dir();
+    let entries = entries(&data, "0");
+    // In segment 2, which segment 3's header closes: durable data.
+    let (_, generation, offset) = entries[entries.len() / 2];
+    assert_eq!(generation, 2);
+    let segment = segment_path(&data, "0", generation);
+    // A payload byte: the header still verifies, the payload checksum not.
+    flip_byte(&segment, offset + 48 + 1);
+
+    let output = ringstore(&data, &["wal", "verify"]);
+    expect_exit(&output, 1);
+    let out = text(&output);
+    assert!(
+        out.contains(&format!("{} at byte offset {offset}", segment.display())),
+        "{out}"
+    );
+    assert!(out.contains("payload checksum"), "{out}");
+    assert!(
+        out.contains("shard-001: ok"),
+        "the other shard is fine: {out}"
+    );
+
+    let output = ringstore(&data, &["--json", "wal", "verify", "--shard", "0"]);
+    expect_exit(&output, 1);
+    let report = json(&output);
+    assert_eq!(report["ok"], false);
+    let damage = &report["shards"][0]["damage"][0];
+    assert_eq!(damage["path"], segment.to_str().unwrap());
+    assert_eq!(damage["offset"], offset);
+
+    // inspect shows the same, and dump stops at it with exit 1.
+    expect_exit(&ringstore(&data, &["wal", "inspect", "--shard", "0"]), 1);
+    let output = ringstore(&data, &["wal", "dump", "--shard", "0"]);
+    expect_exit(&output, 1);
+    assert!(text(&output).contains(&format!("byte offset {offset}")));
+}
+
+#[test]
+fn a_damaged_last_write_is_a_torn_tail_not_damage() {
+    let (_tmp, data) = data_dir();
+    let entries = entries(&data, "1");
+    let &(_, generation, offset) = entries.last().unwrap();
+    let segment = segment_path(&data, "1", generation);
+    flip_byte(&segment, offset + 48 + 1);
+
+    let output = ringstore(&data, &["wal", "verify", "--shard", "1"]);
+    expect_exit(&output, 0);
+    let out = text(&output);
+    assert!(out.contains("torn tail"), "{out}");
+    assert!(
+        out.contains(&format!("{} byte offset {offset}", segment.display())),
+        "{out}"
+    );
+
+    let output = ringstore(
+        &data,
+        &["--json", "wal", "verify", "--shard", "1", "--strict"],
+    );
+    expect_exit(&output, 1);
+    let report = json(&output);
+    assert_eq!(report["shards"][0]["tail"]["state"], "torn");
+    assert_eq!(report["shards"][0]["tail"]["offset"], offset);
+}
+
+#[test]
+fn damaged_snapshots_fail_snapshot_verify_naming_the_file() {
+    let (_tmp, data) = data_dir();
+    let snapshots = data.join("shard-000").join("snapshots");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2);
+    // A bit in the first section's body of the newest.
+    flip_byte(&files[1], 4096 + 3);
+    let output = ringstore(&data, &["snapshot", "verify"]);
+    expect_exit(&output, 1);
+    let out = text(&output);
+    assert!(
+        out.contains(&format!("{} at byte offset 4096", files[1].display())),
+        "{out}"
+    );
+    assert!(out.contains("fails its checksum"), "{out}");
+    assert!(out.contains("newest intact snapshot: watermark"), "{out}");
+    // The header-only inspection does not read the body.
+    expect_exit(&ringstore(&data, &["snapshot", "inspect"]), 0);
+
+    // Truncated: the older one.
+    let len = std::fs::metadata(&files[0]).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .unwrap();
+    file.set_len(len - 4096).unwrap();
+    let output = ringstore(&data, &["--json", "snapshot", "verify", "--shard", "0"]);
+    expect_exit(&output, 1);
+    let report = json(&output);
+    let damaged: Vec<String> = report["shards"][0]["snapshots"]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["damage"].as_array().unwrap().clone())
+        .map(|d| format!("{} {}", d["path"].as_str().unwrap(), d["reason"]))
+        .collect();
+    assert_eq!(damaged.len(), 3, "{damaged:?}");
+    assert!(damaged[0].starts_with(files[0].to_str().unwrap()) && damaged[0].contains("truncated"));
+    // Now the header check sees it too.
+    let output = ringstore(&data, &["snapshot", "inspect", "--shard", "0"]);
+    expect_exit(&output, 1);
+    assert!(text(&output).contains("truncated"));
+}
+
+#[test]
+fn a_missing_or_wrong_data_dir_is_a_clear_error() {
+    let tmp = temp_dir();
+    let missing = tmp.path().join("nope");
+    let output = ringstore(&missing, &["wal", "verify"]);
+    expect_exit(&output, 2);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains(&format!("data dir {} does not exist", missing.display())),
+        "{err}"
+    );
+
+    let output = ringstore(tmp.path(), &["snapshot", "inspect"]);
+    expect_exit(&output, 2);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("is not a ringstore data dir"), "{err}");
+
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let output = ringstore(&file, &["wal", "inspect"]);
+    expect_exit(&output, 2);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a directory"));
+
+    let (_tmp, data) = data_dir();
+    let output = ringstore(&data, &["wal", "inspect", "--shard", "7"]);
+    expect_exit(&output, 2);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no shard 7"));
+    // Usage errors are exit 2 as well.
+    expect_exit(&ringstore(&data, &["wal", "frobnicate"]), 2);
+}
+
+#[test]
+fn the_config_file_is_validated_and_supplies_the_data_dir() {
+    let (tmp, data) = data_dir();
+    let config = tmp.path().join("ringstore.toml");
+    std::fs::write(&config, "[engine]\nshards = 2\ncolour = \"blue\"\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringstore"))
+        .arg("--config")
+        .arg(&config)
+        .args(["wal", "verify"])
+        .output()
+        .unwrap();
+    expect_exit(&output, 2);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains(&config.display().to_string()) && err.contains("colour"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[engine]\nshards = 2\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringstore"))
+        .args(["wal", "verify", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    expect_exit(&output, 0);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!("data dir: {}", data.display()))
+    );
+}
