@@ -117,6 +117,14 @@ pub struct Cache {
     _lock_fd: OwnedFd,
 }
 
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("dir", &self.shared.root)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A cached object's bytes (deref to `[u8]`).
 pub struct Object(ObjectBytes);
 
@@ -133,6 +141,13 @@ impl Deref for Object {
             ObjectBytes::Read(read) => read,
             ObjectBytes::Owned(bytes) => bytes,
         }
+    }
+}
+
+impl Object {
+    /// Bytes that are not (or no longer) in the cache.
+    pub(crate) fn from_vec(bytes: Vec<u8>) -> Object {
+        Object(ObjectBytes::Owned(bytes))
     }
 }
 
@@ -289,6 +304,16 @@ impl Cache {
             return Err(error);
         }
         staging.finish(FinishMode::Replace).await
+    }
+
+    /// Adds the finished file at `file` as the object `key` without copying
+    /// it when it is on the cache's filesystem (a hard link of the open file;
+    /// a copy through a staging file otherwise), accounting its bytes.
+    /// Refuses an existing key with [`Error::Conflict`], like a commit. The
+    /// caller must not modify the file afterwards (the object shares its
+    /// inode). See [`crate::adopt`] for the protocol.
+    pub async fn adopt(&self, key: &str, file: impl AsRef<Path>) -> Result<crate::Adopted> {
+        crate::adopt::adopt(&self.shared, key, file.as_ref()).await
     }
 
     /// Reads `key`, marking it accessed. `Ok(None)` if it is not cached.

@@ -142,6 +142,10 @@ pub enum Error {
     #[error("reservation belongs to a different cache")]
     ForeignReservation,
 
+    /// An object-store call failed (see [`crate::RemoteError`]).
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
+
     /// The staging handle hit an earlier error and can only be closed.
     #[error("staging file {} failed earlier; close it", path.display())]
     StagingPoisoned {

@@ -19,6 +19,19 @@
 //! - **Startup recovery**: orphaned `.part` files removed, accounting rebuilt
 //!   from disk.
 //!
+//! In front of object storage:
+//!
+//! - **[`Remote`]** ([`remote`]): `object_store` (the local filesystem by
+//!   default, S3-compatible endpoints by config, GCS/Azure through the
+//!   crate) on a dedicated I/O thread, behind a `Send + Sync + Clone` handle
+//!   whose calls a glommio reactor awaits without blocking; every call has a
+//!   deadline, transient failures are retried and counted, writes never
+//!   overwrite.
+//! - **[`Tiered`]** ([`tiered`]): one shard's objects under its domain
+//!   (`<domain>/<key>`): reads from the cache first and download on a miss,
+//!   writes stage, upload, then commit (large files join the cache by hard
+//!   link: [`Cache::adopt`]).
+//!
 //! Everything it writes is described in `cache/FORMAT.md`; the module docs
 //! of [`staging`], [`trim`] and [`reservation`] explain the protocols.
 //!
@@ -48,6 +61,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![warn(missing_docs)]
 
+pub mod adopt;
 mod cache;
 mod config;
 mod error;
@@ -58,15 +72,18 @@ mod fs;
 mod key;
 mod metrics;
 mod notify;
+pub mod remote;
 pub mod reservation;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod staging;
 #[allow(unsafe_code)]
 mod sys;
+pub mod tiered;
 mod tracker;
 pub mod trim;
 
+pub use adopt::Adopted;
 pub use cache::{Cache, Object, PENDING_UNLINKS_MAX, TRACKER_FILE_BYTES_MAX};
 pub use config::{
     BytesLimit, CacheBuilder, BYTES_LIMIT_DEFAULT, CHUNK_BYTES_DEFAULT, CHUNK_BYTES_MAX,
@@ -78,6 +95,11 @@ pub use config::{
 pub use error::{Error, KeyRejection, Result};
 pub use key::{Key, KEY_BYTES_MAX, KEY_DEPTH_MAX, KEY_SEGMENT_BYTES_MAX, STAGING_SUFFIX};
 pub use metrics::CacheStats;
+pub use remote::{
+    Backend, CreateCheck, ObjectInfo, Remote, RemoteBuilder, RemoteError, RemoteReader,
+    RemoteResult, RemoteStats, S3Config, LIST_ENTRIES_MAX, REQUESTS_QUEUED_MAX,
+};
 pub use reservation::{Reservation, FLOOR_RECHECK_INTERVAL, RESERVATION_WAITERS_MAX};
 pub use staging::{Staging, WRITE_BUFFER_BYTES};
+pub use tiered::{Tiered, TieredStats};
 pub use trim::{TrimKind, TrimReport, WalkReport};

@@ -34,6 +34,10 @@ pub struct CacheStats {
     pub commits: u64,
     /// Commits refused because the key existed.
     pub commit_conflicts: u64,
+    /// Files adopted as objects by a hard link (`Cache::adopt`).
+    pub adopted_linked: u64,
+    /// Files adopted as objects by a copy (another filesystem).
+    pub adopted_copied: u64,
     /// Objects removed by `invalidate`.
     pub invalidations: u64,
     /// Trims that used only the in-memory access order.
@@ -79,6 +83,8 @@ pub(crate) struct Metrics {
     pub(crate) puts: Counter,
     pub(crate) commits: Counter,
     pub(crate) commit_conflicts: Counter,
+    pub(crate) adopted_linked: Counter,
+    pub(crate) adopted_copied: Counter,
     pub(crate) invalidations: Counter,
     pub(crate) trims_fast: Counter,
     pub(crate) trims_exhaustive: Counter,
@@ -124,6 +130,8 @@ impl Metrics {
         stats.puts = self.puts.get();
         stats.commits = self.commits.get();
         stats.commit_conflicts = self.commit_conflicts.get();
+        stats.adopted_linked = self.adopted_linked.get();
+        stats.adopted_copied = self.adopted_copied.get();
         stats.invalidations = self.invalidations.get();
         stats.trims_fast = self.trims_fast.get();
         stats.trims_exhaustive = self.trims_exhaustive.get();

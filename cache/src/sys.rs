@@ -82,6 +82,9 @@ struct OpBufs {
     /// the completion is reaped, so an abandoned op can never run against a
     /// closed fd number the process has since reused for something else.
     _dir: Option<Rc<OwnedFd>>,
+    /// A second fd the op uses (the file `link_fd` links): kept open like
+    /// `_dir`.
+    _src: Option<Rc<OwnedFd>>,
     /// The op returns a new fd (openat2): close it if the result is abandoned.
     returns_fd: bool,
 }
@@ -389,6 +392,37 @@ impl Uring {
                     types::Fd(dirfd),
                     cptr(&b.path_b),
                 )
+                .build()
+            })
+            .await?;
+        check(res).map(drop)
+    }
+
+    /// Links the open file `src` into `dir` as `new`: `linkat(AT_FDCWD,
+    /// "/proc/self/fd/<src>", dirfd, new, AT_SYMLINK_FOLLOW)`, the unprivileged
+    /// way to link an fd (`AT_EMPTY_PATH` needs `CAP_DAC_READ_SEARCH`). The
+    /// inode linked is the one `src` has open, whatever happened to the name
+    /// it was opened by. EEXIST if `new` exists; EXDEV across filesystems;
+    /// ENOENT if `/proc` is not mounted (or `dir` lost its entry).
+    pub(crate) async fn link_fd(
+        &self,
+        src: &Rc<OwnedFd>,
+        dir: &Rc<OwnedFd>,
+        new: &str,
+    ) -> io::Result<()> {
+        let dirfd = dir.as_raw_fd();
+        let proc_path = format!("/proc/self/fd/{}", src.as_raw_fd());
+        let mut bufs = OpBufs::two_paths(dir, &proc_path, new)?;
+        bufs._src = Some(Rc::clone(src));
+        let (res, _) = self
+            .submit(bufs, |b| {
+                opcode::LinkAt::new(
+                    types::Fd(libc::AT_FDCWD),
+                    cptr(&b.path_a),
+                    types::Fd(dirfd),
+                    cptr(&b.path_b),
+                )
+                .flags(libc::AT_SYMLINK_FOLLOW)
                 .build()
             })
             .await?;

@@ -1,0 +1,428 @@
+//! A shard's objects: the local [`Cache`] in front of a [`Remote`] object
+//! store, under the shard's domain.
+//!
+//! [`Tiered`] is per shard and `!Send`, like the cache it wraps; the remote
+//! handle is shared with the other shards (it is `Send + Sync`) and its
+//! calls run on the object-store I/O thread, so nothing here blocks the
+//! reactor.
+//!
+//! # Key layout
+//!
+//! A key `k` of domain `d` (the shard's domain UUID string) is the object
+//! `d/k` in the store *and* the cache key `d/k`, so two domains sharing a
+//! bucket or a cache never collide, and a domain's objects are one prefix
+//! to list, copy or delete.
+//!
+//! # Reads: cache first, download on a miss
+//!
+//! [`Tiered::get`] serves a cached object from local disk. On a miss it
+//! streams the object from the store into a staging file
+//! ([`Cache::create_staging`], `append` chunk by chunk as they arrive, so a
+//! large object is never all in memory), commits it, and returns it; later
+//! reads hit locally. Two concurrent misses of one key both download; the
+//! second commit finds the first's object and is dropped.
+//!
+//! # Writes: stage, upload, commit
+//!
+//! [`Tiered::put`] stages the bytes in the cache first (its space is
+//! reserved before any upload), uploads them, then commits the staging
+//! file. [`Tiered::put_file`] uploads a finished file and then adopts it
+//! into the cache with a hard link ([`Cache::adopt`]; a copy across
+//! filesystems). A key that already holds an object is refused with
+//! [`RemoteError::AlreadyExists`] (inside [`Error::Remote`]); nothing is
+//! cached then. Once the upload succeeded the write has succeeded: if the
+//! cache cannot take the object (full, oversize, an I/O error) that is
+//! logged and counted (`uncached_writes`), and the next read downloads it.
+//! If the upload fails nothing is cached and the staging file is removed,
+//! so a retry of the same write starts clean.
+
+//!
+//! ```no_run
+//! use std::rc::Rc;
+//! use ringstore_cache::{Cache, Remote, Tiered};
+//!
+//! // One remote for the process (Send + Sync + Clone), one Tiered per shard.
+//! let remote = Remote::local("/var/lib/ringstore/objects").open()?;
+//! glommio::LocalExecutorBuilder::default()
+//!     .spawn(move || async move {
+//!         let cache = Rc::new(Cache::builder("/var/cache/ringstore/shard-0").open().await?);
+//!         let domain = "6f1c0f64-5d4e-4a3b-9c2d-1e0f9a8b7c6d";
+//!         let objects = Tiered::new(Rc::clone(&cache), remote.clone(), domain)?;
+//!         objects.put("snapshots/0001", b"snapshot bytes").await?;
+//!         let object = objects.get("snapshots/0001").await?; // a local hit
+//!         assert_eq!(object.as_deref(), Some(&b"snapshot bytes"[..]));
+//!         remote.shutdown().await?;
+//!         Ok::<(), ringstore_cache::Error>(())
+//!     })
+//!     .expect("executor")
+//!     .join()
+//!     .expect("join")
+//!     .expect("objects");
+//! # Ok::<(), ringstore_cache::RemoteError>(())
+//! ```
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::cache::{Cache, Object};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::remote::{ObjectInfo, Remote, RemoteError};
+use crate::staging::Staging;
+
+/// Counters of one [`Tiered`] (the cache and the remote keep their own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TieredStats {
+    /// `get`s served from the cache.
+    pub hits: u64,
+    /// Objects downloaded into the cache.
+    pub downloads: u64,
+    /// Bytes downloaded into the cache.
+    pub downloaded_bytes: u64,
+    /// `get`s of keys the store does not have.
+    pub not_found: u64,
+    /// Objects written (uploaded).
+    pub puts: u64,
+    /// Files added to the cache by a hard link after their upload.
+    pub adopted_linked: u64,
+    /// Files copied into the cache after their upload.
+    pub adopted_copied: u64,
+    /// Uploaded objects the cache could not take (full, oversize, I/O).
+    pub uncached_writes: u64,
+    /// Cached objects found stale (the store had no object at their key)
+    /// and invalidated.
+    pub stale_invalidations: u64,
+    /// `delete` calls.
+    pub deletes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: Cell<u64>,
+    downloads: Cell<u64>,
+    downloaded_bytes: Cell<u64>,
+    not_found: Cell<u64>,
+    puts: Cell<u64>,
+    adopted_linked: Cell<u64>,
+    adopted_copied: Cell<u64>,
+    uncached_writes: Cell<u64>,
+    stale_invalidations: Cell<u64>,
+    deletes: Cell<u64>,
+}
+
+fn add(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get().saturating_add(n));
+}
+
+/// One shard's cache-backed view of the object store (see the module docs).
+pub struct Tiered {
+    cache: Rc<Cache>,
+    remote: Remote,
+    domain: String,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Tiered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tiered")
+            .field("domain", &self.domain)
+            .field("remote", &self.remote)
+            .field("cache", &self.cache.dir())
+            .finish()
+    }
+}
+
+impl Tiered {
+    /// Puts `cache` in front of `remote` for the keys of `domain`, which
+    /// must be one valid key segment (a UUID string is); otherwise
+    /// [`Error::Config`] naming `domain`.
+    pub fn new(cache: Rc<Cache>, remote: Remote, domain: &str) -> Result<Tiered> {
+        if domain.contains('/') || Key::new(domain).is_err() {
+            return Err(Error::Config {
+                field: "domain",
+                reason: format!("{domain:?} is not a single valid key segment"),
+            });
+        }
+        Ok(Tiered {
+            cache,
+            remote,
+            domain: domain.to_owned(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The domain.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Rc<Cache> {
+        &self.cache
+    }
+
+    /// The remote.
+    pub fn remote(&self) -> &Remote {
+        &self.remote
+    }
+
+    /// The object key (and cache key) of `key`: `<domain>/<key>`.
+    pub fn object_key(&self, key: &str) -> Result<String> {
+        Key::new(key)?;
+        let full = format!("{}/{key}", self.domain);
+        // The prefix can push a key past KEY_BYTES_MAX or KEY_DEPTH_MAX.
+        Key::new(&full)?;
+        // And the store's own rules, before anything is staged.
+        crate::remote::store_path("key", &full)?;
+        Ok(full)
+    }
+
+    /// A snapshot of this shard's counters.
+    pub fn stats(&self) -> TieredStats {
+        let c = &self.counters;
+        TieredStats {
+            hits: c.hits.get(),
+            downloads: c.downloads.get(),
+            downloaded_bytes: c.downloaded_bytes.get(),
+            not_found: c.not_found.get(),
+            puts: c.puts.get(),
+            adopted_linked: c.adopted_linked.get(),
+            adopted_copied: c.adopted_copied.get(),
+            uncached_writes: c.uncached_writes.get(),
+            stale_invalidations: c.stale_invalidations.get(),
+            deletes: c.deletes.get(),
+        }
+    }
+
+    /// Reads `key`: from the cache, or downloaded into it first. `Ok(None)`
+    /// if the store has no such object.
+    pub async fn get(&self, key: &str) -> Result<Option<Object>> {
+        let full = self.object_key(key)?;
+        if let Some(object) = self.cache.get(&full).await? {
+            add(&self.counters.hits, 1);
+            return Ok(Some(object));
+        }
+        if !self.download(&full).await? {
+            return Ok(None);
+        }
+        if let Some(object) = self.cache.get(&full).await? {
+            return Ok(Some(object));
+        }
+        // Trimmed between the commit and the read (a cache under heavy
+        // pressure): serve it from memory this once.
+        let bytes_max = self.cache.stats().bytes_limit;
+        match self.remote.get_bytes(&full, bytes_max).await {
+            Ok(bytes) => Ok(Some(Object::from_vec(bytes.to_vec()))),
+            Err(RemoteError::NotFound { .. }) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Makes sure `key` is cached (downloading it on a miss) and returns
+    /// the local path of its object, for callers that read it in place
+    /// (mmap, sendfile). `Ok(None)` if the store has no such object. The
+    /// path is valid until the object is trimmed or invalidated; this call
+    /// does not count as an access for the trim order.
+    pub async fn get_path(&self, key: &str) -> Result<Option<PathBuf>> {
+        let full = self.object_key(key)?;
+        if self.cache.contains(&full)? {
+            add(&self.counters.hits, 1);
+        } else if !self.download(&full).await? {
+            return Ok(None);
+        }
+        Ok(Some(self.cache.objects_dir().join(&full)))
+    }
+
+    /// Downloads `full` into the cache through a staging file. False if the
+    /// store has no such object.
+    async fn download(&self, full: &str) -> Result<bool> {
+        let mut reader = match self.remote.get_stream(full).await {
+            Ok(reader) => reader,
+            Err(RemoteError::NotFound { .. }) => {
+                add(&self.counters.not_found, 1);
+                return Ok(false);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let bytes_limit = self.cache.stats().bytes_limit;
+        if reader.len() > bytes_limit {
+            return Err(Error::Oversize {
+                key: full.to_owned(),
+                bytes: reader.len(),
+                bytes_limit,
+            });
+        }
+        let mut staging = self.cache.create_staging(full).await?;
+        let streamed = async {
+            // Bounded by the object's size (the reader checks it).
+            while let Some(chunk) = reader.next_chunk().await? {
+                staging.append(&chunk).await?;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(error) = streamed {
+            close_quietly(staging).await;
+            return Err(error);
+        }
+        match staging.commit().await {
+            Ok(()) => {}
+            // A concurrent download of the same key committed first: same
+            // object (keys are written once).
+            Err(Error::Conflict { .. }) => {}
+            Err(error) => return Err(error),
+        }
+        add(&self.counters.downloads, 1);
+        add(&self.counters.downloaded_bytes, reader.len());
+        Ok(true)
+    }
+
+    /// Writes `data` at `key` (stage, upload, commit; see the module docs).
+    /// An existing key is refused with [`RemoteError::AlreadyExists`].
+    pub async fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let full = self.object_key(key)?;
+        let staging = match self.stage(&full, data).await {
+            Ok(staging) => Some(staging),
+            Err(error) if is_capacity(&error) => {
+                tracing::warn!(key = full, %error, "the cache cannot take this object; uploading it uncached");
+                add(&self.counters.uncached_writes, 1);
+                None
+            }
+            Err(error) => return Err(error),
+        };
+        if let Err(error) = self.remote.put(&full, Bytes::copy_from_slice(data)).await {
+            if let Some(staging) = staging {
+                close_quietly(staging).await;
+            }
+            return Err(error.into());
+        }
+        add(&self.counters.puts, 1);
+        if let Some(staging) = staging {
+            let committed = staging.commit().await;
+            self.after_upload(&full, committed).await;
+        }
+        Ok(())
+    }
+
+    async fn stage(&self, full: &str, data: &[u8]) -> Result<Staging> {
+        let mut staging = self.cache.create_staging(full).await?;
+        if let Err(error) = staging.append(data).await {
+            close_quietly(staging).await;
+            return Err(error);
+        }
+        Ok(staging)
+    }
+
+    /// Uploads the finished file at `file` to `key`, then adds it to the
+    /// cache by a hard link (a copy across filesystems). The file must not
+    /// change afterwards (the cached object shares its inode). An existing
+    /// key is refused with [`RemoteError::AlreadyExists`].
+    pub async fn put_file(&self, key: &str, file: impl AsRef<Path>) -> Result<()> {
+        let file = file.as_ref();
+        let full = self.object_key(key)?;
+        self.remote.put_file(&full, file).await?;
+        add(&self.counters.puts, 1);
+        let adopted = self.cache.adopt(&full, file).await;
+        let adopted = match adopted {
+            Err(Error::Conflict { .. }) => {
+                self.invalidate_stale(&full).await;
+                self.cache.adopt(&full, file).await
+            }
+            other => other,
+        };
+        match adopted {
+            Ok(crate::Adopted::Linked) => add(&self.counters.adopted_linked, 1),
+            Ok(crate::Adopted::Copied) => add(&self.counters.adopted_copied, 1),
+            Err(error) => {
+                tracing::warn!(key = full, %error, "uploaded, but the cache could not take the file");
+                add(&self.counters.uncached_writes, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a successful upload: the commit's outcome only decides what is
+    /// cached, never whether the write succeeded.
+    async fn after_upload(&self, full: &str, committed: Result<()>) {
+        match committed {
+            Ok(()) => {}
+            Err(Error::Conflict { .. }) => {
+                // The store had no object at this key (the create-only
+                // upload succeeded), so the cached one is stale.
+                self.invalidate_stale(full).await;
+            }
+            Err(error) => {
+                tracing::warn!(key = full, %error, "uploaded, but committing it to the cache failed");
+                add(&self.counters.uncached_writes, 1);
+            }
+        }
+    }
+
+    async fn invalidate_stale(&self, full: &str) {
+        tracing::warn!(
+            key = full,
+            "cached object was stale (not in the store); invalidating it"
+        );
+        add(&self.counters.stale_invalidations, 1);
+        if let Err(error) = self.cache.invalidate(full).await {
+            tracing::warn!(key = full, %error, "invalidating a stale cached object failed");
+        }
+    }
+
+    /// Every object of this domain under `prefix` (whole segments; `""` for
+    /// all), with keys relative to the domain, sorted by key.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let full = if prefix.is_empty() {
+            self.domain.clone()
+        } else {
+            self.object_key(prefix)?
+        };
+        let strip = format!("{}/", self.domain);
+        let mut entries: Vec<ObjectInfo> = self
+            .remote
+            .list(&full)
+            .await?
+            .into_iter()
+            .filter_map(|mut info| {
+                let key = info.key.strip_prefix(&strip)?.to_owned();
+                info.key = key;
+                Some(info)
+            })
+            .collect();
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(entries)
+    }
+
+    /// Deletes `key` from the store, then from the cache. Deleting a missing
+    /// key succeeds.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let full = self.object_key(key)?;
+        self.remote.delete(&full).await?;
+        add(&self.counters.deletes, 1);
+        self.cache.invalidate(&full).await?;
+        Ok(())
+    }
+}
+
+/// Failures that mean "the cache has no room for this", not "the write is
+/// broken".
+fn is_capacity(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Oversize { .. }
+            | Error::ReservationTooLarge { .. }
+            | Error::ReservationTimeout { .. }
+            | Error::NoSpace { .. }
+            | Error::TooManyWaiters { .. }
+    )
+}
+
+async fn close_quietly(staging: Staging) {
+    if let Err(error) = staging.close().await {
+        tracing::warn!(%error, "closing a staging file failed; it is removed at the next startup");
+    }
+}

@@ -1,0 +1,408 @@
+//! The object-storage conformance suite: one set of tests, run against
+//! `LocalFileSystem` (module `local`) and against a real S3-compatible
+//! server, s3s-fs on loopback (module `s3`, one server per test). Pins:
+//! put/get round trips below and above the multipart part size, a miss
+//! downloaded once then served from the cache, refusal of an existing key
+//! (single and multipart writes), `list`, `delete` (store and cache), key
+//! prefixing by domain (two domains never collide) and key validation.
+
+mod common;
+mod remote_support;
+
+use std::path::Path;
+use std::rc::Rc;
+
+use common::{bytes, run, tempdir};
+use remote_support::{staging_files, Fixture};
+use ringstore_cache::remote::PART_BYTES_MIN;
+use ringstore_cache::{Cache, Error, RemoteError, Tiered};
+
+const DOMAIN_A: &str = "7d3c1c1e-2f0b-4e1a-9a53-000000000001";
+const DOMAIN_B: &str = "7d3c1c1e-2f0b-4e1a-9a53-000000000002";
+
+/// A multipart-sized object: more than two parts, the last one short.
+const BIG_BYTES: usize = 2 * PART_BYTES_MIN as usize + 12_345;
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[test]
+                fn $name() {
+                    let dir = super::tempdir();
+                    let fixture = super::Fixture::local(dir.path());
+                    super::$name(&fixture, dir.path());
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[test]
+                fn $name() {
+                    let dir = super::tempdir();
+                    let Some(fixture) = super::Fixture::s3(dir.path()) else {
+                        return;
+                    };
+                    super::$name(&fixture, dir.path());
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    round_trip_small_and_multipart,
+    miss_downloads_once_then_hits,
+    existing_key_is_refused,
+    list_under_prefixes,
+    delete_removes_from_store_and_cache,
+    domains_never_collide,
+    keys_are_validated,
+);
+
+fn write_file(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+fn round_trip_small_and_multipart(fixture: &Fixture, dir: &Path) {
+    let remote = fixture.remote();
+    let cache_dir = dir.join("cache");
+    let cold_dir = dir.join("cache-cold");
+    let small = bytes(1000, 3);
+    let big = bytes(BIG_BYTES, 7);
+    let big_file = write_file(dir, "big.bin", &big);
+    let download = dir.join("download.bin");
+    run(move || async move {
+        let cache = Rc::new(Cache::builder(&cache_dir).open().await.unwrap());
+        let tiered = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
+        tiered.put("small", &small).await.unwrap();
+        tiered.put_file("big", &big_file).await.unwrap();
+        assert_eq!(remote.stats().multipart_uploads, 1, "big went up in parts");
+        // The uploaded file joined the cache by a hard link, not a copy.
+        assert_eq!(tiered.stats().adopted_linked, 1);
+        let key = tiered.object_key("big").unwrap();
+        let cached = std::fs::metadata(cache.objects_dir().join(&key)).unwrap();
+        let original = std::fs::metadata(&big_file).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&cached),
+            std::os::unix::fs::MetadataExt::ino(&original)
+        );
+        assert_eq!(remote.stats().puts, 2);
+        assert_eq!(remote.stats().uploaded_bytes, (1000 + BIG_BYTES) as u64);
+        // Written objects are cached: reads hit locally.
+        assert_eq!(&tiered.get("small").await.unwrap().unwrap()[..], &small[..]);
+        assert_eq!(&tiered.get("big").await.unwrap().unwrap()[..], &big[..]);
+        assert_eq!(tiered.stats().hits, 2);
+        assert_eq!(remote.stats().gets, 0);
+        // A cold cache downloads both, streamed through staging files.
+        let cold = Rc::new(Cache::builder(&cold_dir).open().await.unwrap());
+        let cold_tiered = Tiered::new(Rc::clone(&cold), remote.clone(), DOMAIN_A).unwrap();
+        assert_eq!(
+            &cold_tiered.get("big").await.unwrap().unwrap()[..],
+            &big[..]
+        );
+        assert_eq!(
+            &cold_tiered.get("small").await.unwrap().unwrap()[..],
+            &small[..]
+        );
+        assert_eq!(cold_tiered.stats().downloads, 2);
+        assert_eq!(cold.stats().objects, 2);
+        assert_eq!(cold.stats().bytes, (1000 + BIG_BYTES) as u64);
+        assert_eq!(cold.stats().reserved_bytes, 0);
+        assert!(staging_files(cold.objects_dir()).is_empty());
+        // The remote's own read paths.
+        let key = tiered.object_key("big").unwrap();
+        let head = remote.head(&key).await.unwrap();
+        assert_eq!(
+            (head.key.as_str(), head.bytes),
+            (key.as_str(), BIG_BYTES as u64)
+        );
+        assert_eq!(
+            &remote.get_bytes(&key, u64::MAX).await.unwrap()[..],
+            &big[..]
+        );
+        assert!(matches!(
+            remote.get_bytes(&key, 10).await,
+            Err(RemoteError::TooLarge { bytes_max: 10, .. })
+        ));
+        assert_eq!(
+            remote.get_to_file(&key, &download).await.unwrap(),
+            BIG_BYTES as u64
+        );
+        assert_eq!(std::fs::read(&download).unwrap(), big);
+        let path = cold_tiered.get_path("big").await.unwrap().unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), big);
+        drop(cold_tiered);
+        Rc::try_unwrap(cold).unwrap().shutdown().await.unwrap();
+        drop(tiered);
+        Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
+
+fn miss_downloads_once_then_hits(fixture: &Fixture, dir: &Path) {
+    let remote = fixture.remote();
+    let cache_dir = dir.join("cache");
+    let data = bytes(300_000, 11);
+    run(move || async move {
+        let cache = Rc::new(Cache::builder(&cache_dir).open().await.unwrap());
+        let tiered = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
+        // Written behind the cache's back (another host, a restore).
+        let key = tiered.object_key("seg/0001").unwrap();
+        remote.put(&key, data.clone()).await.unwrap();
+        assert!(!cache.contains(&key).unwrap());
+
+        assert_eq!(
+            &tiered.get("seg/0001").await.unwrap().unwrap()[..],
+            &data[..]
+        );
+        assert_eq!(
+            &tiered.get("seg/0001").await.unwrap().unwrap()[..],
+            &data[..]
+        );
+        assert_eq!(
+            &tiered.get("seg/0001").await.unwrap().unwrap()[..],
+            &data[..]
+        );
+        let stats = tiered.stats();
+        assert_eq!((stats.downloads, stats.hits), (1, 2));
+        assert_eq!(stats.downloaded_bytes, data.len() as u64);
+        assert_eq!(remote.stats().gets, 1, "downloaded exactly once");
+        assert_eq!(remote.stats().downloaded_bytes, data.len() as u64);
+        assert!(cache.contains(&key).unwrap());
+
+        // A key the store does not have.
+        assert!(tiered.get("seg/0002").await.unwrap().is_none());
+        assert!(tiered.get_path("seg/0002").await.unwrap().is_none());
+        assert_eq!(tiered.stats().not_found, 2);
+        assert!(matches!(
+            remote.get_stream("nothing/here").await,
+            Err(RemoteError::NotFound { op: "get", .. })
+        ));
+        drop(tiered);
+        Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
+
+fn existing_key_is_refused(fixture: &Fixture, dir: &Path) {
+    let remote = fixture.remote();
+    let cache_dir = dir.join("cache");
+    let first = bytes(5000, 1);
+    let big = bytes(BIG_BYTES, 2);
+    let big_file = write_file(dir, "big.bin", &big);
+    let other_big = write_file(dir, "other-big.bin", &bytes(BIG_BYTES, 9));
+    let small_file = write_file(dir, "small.bin", b"small file");
+    run(move || async move {
+        let cache = Rc::new(Cache::builder(&cache_dir).open().await.unwrap());
+        let tiered = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
+        tiered.put("k", &first).await.unwrap();
+        tiered.put_file("big", &big_file).await.unwrap();
+
+        let refused = |result: ringstore_cache::Result<()>| match result {
+            Err(Error::Remote(RemoteError::AlreadyExists {
+                after_retry: false, ..
+            })) => {}
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        };
+        refused(tiered.put("k", b"second").await);
+        refused(tiered.put_file("k", &small_file).await);
+        // Above the part size: the multipart path (HEAD first).
+        refused(tiered.put_file("big", &other_big).await);
+        refused(tiered.put("big", b"small over big").await);
+        let key = tiered.object_key("k").unwrap();
+        match remote.put(&key, &b"raw"[..]).await {
+            Err(RemoteError::AlreadyExists {
+                op: "put", key: k, ..
+            }) => assert_eq!(k, key),
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
+        assert_eq!(remote.stats().already_exists, 5);
+
+        // Nothing changed, in the store or in the cache.
+        assert_eq!(
+            &remote.get_bytes(&key, u64::MAX).await.unwrap()[..],
+            &first[..]
+        );
+        assert_eq!(&tiered.get("k").await.unwrap().unwrap()[..], &first[..]);
+        assert_eq!(&tiered.get("big").await.unwrap().unwrap()[..], &big[..]);
+        let stats = cache.stats();
+        assert_eq!(stats.objects, 2);
+        assert_eq!(stats.bytes, (5000 + BIG_BYTES) as u64);
+        assert_eq!((stats.reserved_bytes, stats.reserved_objects), (0, 0));
+        assert!(staging_files(cache.objects_dir()).is_empty());
+        drop(tiered);
+        Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
+
+fn list_under_prefixes(fixture: &Fixture, dir: &Path) {
+    let remote = fixture.remote();
+    let cache_dir = dir.join("cache");
+    run(move || async move {
+        let cache = Rc::new(Cache::builder(&cache_dir).open().await.unwrap());
+        let tiered = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
+        for (key, len) in [("a/1", 10), ("a/2", 20), ("ab/1", 30), ("b/c/1", 40)] {
+            tiered.put(key, &bytes(len, 0)).await.unwrap();
+        }
+        let keys = |entries: Vec<ringstore_cache::ObjectInfo>| {
+            entries
+                .into_iter()
+                .map(|e| (e.key, e.bytes))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(tiered.list("").await.unwrap()),
+            [("a/1", 10), ("a/2", 20), ("ab/1", 30), ("b/c/1", 40)].map(|(k, n)| (k.to_owned(), n))
+        );
+        // Whole segments: "a" is not a prefix of "ab".
+        assert_eq!(
+            keys(tiered.list("a").await.unwrap()),
+            [("a/1".to_owned(), 10), ("a/2".to_owned(), 20)]
+        );
+        assert_eq!(
+            keys(tiered.list("b/c").await.unwrap()),
+            [("b/c/1".to_owned(), 40)]
+        );
+        assert!(tiered.list("nothing").await.unwrap().is_empty());
+        // The store's view: full keys under the domain.
+        let mut full: Vec<String> = remote
+            .list(DOMAIN_A)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        full.sort();
+        assert_eq!(full[0], format!("{DOMAIN_A}/a/1"));
+        assert_eq!(full.len(), 4);
+        assert!(remote.stats().lists >= 5);
+        drop(tiered);
+        Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
+
+fn delete_removes_from_store_and_cache(fixture: &Fixture, dir: &Path) {
+    let remote = fixture.remote();
+    let cache_dir = dir.join("cache");
+    run(move || async move {
+        let cache = Rc::new(Cache::builder(&cache_dir).open().await.unwrap());
+        let tiered = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
+        tiered.put("doomed", b"bytes").await.unwrap();
+        let key = tiered.object_key("doomed").unwrap();
+        assert!(cache.contains(&key).unwrap());
+
+        tiered.delete("doomed").await.unwrap();
+        assert!(!cache.contains(&key).unwrap());
+        assert!(matches!(
+            remote.head(&key).await,
+            Err(RemoteError::NotFound { op: "head", .. })
+        ));
+        assert!(tiered.get("doomed").await.unwrap().is_none());
+        assert!(tiered.list("").await.unwrap().is_empty());
+        // Idempotent.
+        tiered.delete("doomed").await.unwrap();
+        remote.delete("never/was").await.unwrap();
+        // The key can be written again once deleted.
+        tiered.put("doomed", b"again").await.unwrap();
+        assert_eq!(&tiered.get("doomed").await.unwrap().unwrap()[..], b"again");
+        assert_eq!(tiered.stats().deletes, 2);
+        assert_eq!(cache.stats().objects, 1);
+        drop(tiered);
+        Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
+
+fn domains_never_collide(fixture: &Fixture, dir: &Path) {
+    let remote = fixture.remote();
+    let cache_dir = dir.join("cache");
+    run(move || async move {
+        // One cache and one store shared by two domains.
+        let cache = Rc::new(Cache::builder(&cache_dir).open().await.unwrap());
+        let a = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
+        let b = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_B).unwrap();
+        a.put("snapshot/1", b"from a").await.unwrap();
+        b.put("snapshot/1", b"from b").await.unwrap();
+        assert_eq!(&a.get("snapshot/1").await.unwrap().unwrap()[..], b"from a");
+        assert_eq!(&b.get("snapshot/1").await.unwrap().unwrap()[..], b"from b");
+        assert_eq!(a.list("").await.unwrap().len(), 1);
+        assert_eq!(b.list("").await.unwrap().len(), 1);
+        let mut all: Vec<String> = remote
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        all.sort();
+        assert_eq!(
+            all,
+            [
+                format!("{DOMAIN_A}/snapshot/1"),
+                format!("{DOMAIN_B}/snapshot/1")
+            ]
+        );
+        b.delete("snapshot/1").await.unwrap();
+        assert_eq!(&a.get("snapshot/1").await.unwrap().unwrap()[..], b"from a");
+        assert!(b.get("snapshot/1").await.unwrap().is_none());
+
+        for bad in ["", "a/b", "..", ".", "x\n"] {
+            match Tiered::new(Rc::clone(&cache), remote.clone(), bad) {
+                Err(Error::Config {
+                    field: "domain", ..
+                }) => {}
+                other => panic!("domain {bad:?}: expected Config error, got {other:?}"),
+            }
+        }
+        drop((a, b));
+        Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
+
+fn keys_are_validated(fixture: &Fixture, dir: &Path) {
+    let remote = fixture.remote();
+    let cache_dir = dir.join("cache");
+    run(move || async move {
+        let cache = Rc::new(Cache::builder(&cache_dir).open().await.unwrap());
+        let tiered = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
+        for bad in [
+            "/abs",
+            "../escape",
+            "a//b",
+            "a/./b",
+            "x.part",
+            "",
+            "seg#12/x",
+        ] {
+            assert!(
+                matches!(
+                    remote.put(bad, &b"x"[..]).await,
+                    Err(RemoteError::KeyRejected { op: "put", .. })
+                ),
+                "remote key {bad:?}"
+            );
+            assert!(
+                matches!(
+                    tiered.put(bad, b"x").await,
+                    Err(Error::KeyRejected { .. })
+                        | Err(Error::Remote(RemoteError::KeyRejected { .. }))
+                ),
+                "tiered key {bad:?}"
+            );
+            assert!(
+                matches!(remote.head(bad).await, Err(RemoteError::KeyRejected { .. })),
+                "head {bad:?}"
+            );
+        }
+        assert_eq!(remote.stats().calls_ok + remote.stats().calls_failed, 0);
+        drop(tiered);
+        Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
