@@ -7,6 +7,8 @@
 #   scripts/bench.sh journal [--quick] [--dir DIR]   the journal alone against the device limit (issue 2)
 #   scripts/bench.sh engine [--quick] [--dir DIR]    a shard of broker metadata: submits, snapshots,
 #                                                    a checkpoint's effect on latency, recovery (issue 4)
+#   scripts/bench.sh shards [--quick] [--dir DIR]    the multi-shard runtime: 1 vs 2 shards, the client
+#                                                    handle, restart time (issue 5)
 #   scripts/bench.sh device [--quick] [--dir DIR]    the device limit alone
 #   scripts/bench.sh micro [CRITERION ARGS]          criterion micro-benchmarks of the hot paths
 #

@@ -26,6 +26,7 @@ mod cmd_device;
 mod cmd_engine;
 mod cmd_journal;
 mod cmd_peers;
+mod cmd_shards;
 mod device;
 mod harness;
 mod latency;
@@ -64,6 +65,9 @@ enum Command {
     /// the raw bandwidth, p99 ack latency during a checkpoint of a 1 GiB
     /// state, and the recovery time of 1 million ops.
     Engine(cmd_engine::EngineArgs),
+    /// The multi-shard runtime (issue 5): commands/s with 1 and 2 shards in
+    /// alternating rounds, through the client handle, and the restart time.
+    Shards(cmd_shards::ShardsArgs),
     /// One workload on one system, in a child process of `peers` (prints one
     /// JSON result).
     #[command(hide = true)]
@@ -76,6 +80,7 @@ fn main() -> Result<()> {
         Command::Device(args) => cmd_device::run(args),
         Command::Journal(args) => cmd_journal::run(args),
         Command::Engine(args) => cmd_engine::run(args),
+        Command::Shards(args) => cmd_shards::run(args),
         Command::Peers(args) => cmd_peers::run(args),
         Command::PeerRun(args) => peers::run_child(args),
     }

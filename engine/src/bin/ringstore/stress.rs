@@ -96,9 +96,11 @@ pub fn start_engine(
         .or(recorded)
         .unwrap_or(context.config.engine.shards);
     let checkpoint = context.config.checkpoint.clone();
+    let pin = std::env::var_os("RINGSTORE_NO_PIN").is_none();
     Engine::<Metadata>::builder()
         .data_dir(&context.data_dir)
         .shards(shards)
+        .pin(pin)
         .configure_shards(move |_, shard| {
             let mut policy = ringstore::CheckpointPolicy {
                 bytes_max: checkpoint.bytes_max,

@@ -1,0 +1,395 @@
+//! `ringstore-bench shards`: the multi-shard runtime (issue 5). Commands/s
+//! with 1 shard and with 2, side by side in alternating rounds, each
+//! workload bracketed by durable-write probes; then the recovery time of the
+//! 2-shard engine.
+//!
+//! Every shard runs in an `Engine` (one pinned reactor per shard) and gets
+//! the same load: `SUBMITTERS_PER_SHARD` tasks on its own reactor
+//! (`Client::run_on`) submitting broker commit-offset commands for a fixed
+//! time, the thread-per-core way. A second workload drives the 2-shard
+//! engine from plain threads through the client handle (one cross-thread
+//! hop per command), to show what that hop costs.
+//!
+//! The scaling target is 2 shards at least 1.6x one shard. The machine has
+//! two cores, so with two shards nothing else has a core of its own: the
+//! probe thread and the progress bar share them.
+
+use std::cell::{Cell, RefCell};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+use ringstore::broker::{Command, GroupCommand, Metadata, StreamCommand, TopicCommand};
+use ringstore::runtime::{shard_for_key, Client, Engine};
+use ringstore::Shard;
+use serde::Serialize;
+
+use crate::cmd_device::CommonArgs;
+use crate::harness::{Harness, ProbeBracket};
+use crate::latency::{LatencyRecorder, LatencySummary};
+use crate::report::{fmt_num, fmt_ratio, round3, Table};
+
+/// Submitting tasks per shard.
+pub const SUBMITTERS_PER_SHARD: usize = 256;
+/// Client threads of the through-the-handle workload.
+const CLIENT_THREADS: usize = 64;
+/// How long each workload runs in full mode.
+const DURATION_FULL: Duration = Duration::from_secs(8);
+/// How long each workload runs in quick mode.
+const DURATION_QUICK: Duration = Duration::from_secs(3);
+/// Rounds of (1 shard, 2 shards) in full mode; the order alternates.
+const ROUNDS_FULL: usize = 3;
+/// Rounds in quick mode.
+const ROUNDS_QUICK: usize = 1;
+/// Partitions of each shard's topic.
+const PARTITIONS: u32 = 64;
+/// Ring slots per shard: the run's ops stay above the watermark between
+/// checkpoints without backpressure.
+const SLOT_COUNT: u64 = 1 << 20;
+
+/// Arguments of `ringstore-bench shards`.
+#[derive(Args, Debug, Clone)]
+pub struct ShardsArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// One timed workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Workload {
+    pub shards: usize,
+    pub round: usize,
+    pub commands: u64,
+    pub seconds: f64,
+    pub commands_per_s: f64,
+    pub latency: LatencySummary,
+    pub probes: ProbeBracket,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    workloads: Vec<Workload>,
+    scaling_best: f64,
+    scaling_median: f64,
+    via_client: Workload,
+    recovery_seconds: f64,
+    recovery_replayed_ops: u64,
+    recovery_probes: ProbeBracket,
+}
+
+/// The stream each shard's load writes to: the first `bench-<n>` it owns.
+fn stream_for(shard: usize, shards: usize) -> String {
+    (0..)
+        .map(|n| format!("bench-{n}"))
+        .find(|name| shard_for_key(name.as_bytes(), shards) == shard)
+        .unwrap_or_default()
+}
+
+fn setup(stream: &str) -> [Command; 3] {
+    [
+        Command::Stream(StreamCommand::Create {
+            name: stream.into(),
+        }),
+        Command::Topic(TopicCommand::Create {
+            stream: stream.into(),
+            name: "offsets".into(),
+            partitions: PARTITIONS,
+            config: Default::default(),
+        }),
+        Command::Group(GroupCommand::Create {
+            stream: stream.into(),
+            topic: "offsets".into(),
+            name: "readers".into(),
+        }),
+    ]
+}
+
+fn commit(stream: &str, task: usize, sequence: u64) -> Command {
+    Command::Group(GroupCommand::CommitOffset {
+        stream: stream.into(),
+        topic: "offsets".into(),
+        group: "readers".into(),
+        partition: task as u32 % PARTITIONS,
+        offset: sequence,
+    })
+}
+
+fn start(dir: &Path, shards: usize) -> Result<Engine<Metadata>> {
+    Ok(Engine::<Metadata>::builder()
+        .data_dir(dir)
+        .shards(shards)
+        .configure_shards(|_, shard| shard.journal(|j| j.slot_count(SLOT_COUNT)))
+        .start()?)
+}
+
+fn prepare(client: &Client<Metadata>) -> Result<()> {
+    for shard in 0..client.shards() {
+        let stream = stream_for(shard, client.shards());
+        for command in setup(&stream) {
+            futures_lite::future::block_on(client.submit(&stream, command))?
+                .map_err(|rejection| anyhow!("setup rejected: {rejection}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `SUBMITTERS_PER_SHARD` tasks on one shard's reactor until `deadline`.
+async fn local_load(
+    shard: Shard<Metadata>,
+    stream: String,
+    deadline: Instant,
+) -> Result<(u64, LatencyRecorder), String> {
+    let recorder = Rc::new(RefCell::new(LatencyRecorder::new()));
+    let count = Rc::new(Cell::new(0u64));
+    let tasks: Vec<_> = (0..SUBMITTERS_PER_SHARD)
+        .map(|task| {
+            let (shard, stream) = (shard.clone(), stream.clone());
+            let (recorder, count) = (recorder.clone(), count.clone());
+            glommio::spawn_local(async move {
+                let mut sequence = 0;
+                while Instant::now() < deadline {
+                    sequence += 1;
+                    let sent = Instant::now();
+                    match shard.submit(commit(&stream, task, sequence)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(rejection)) => return Err(rejection.to_string()),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                    recorder.borrow_mut().record(sent.elapsed());
+                    count.set(count.get() + 1);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await?;
+    }
+    let recorder = Rc::try_unwrap(recorder)
+        .map_err(|_| "tasks still hold the recorder".to_string())?
+        .into_inner();
+    Ok((count.get(), recorder))
+}
+
+/// Every shard runs the local load at once; totals.
+fn run_local(
+    client: &Client<Metadata>,
+    duration: Duration,
+) -> Result<(u64, Duration, LatencyRecorder)> {
+    let shards = client.shards();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let runs: Vec<_> = (0..shards)
+        .map(|shard| {
+            let client = client.clone();
+            let stream = stream_for(shard, shards);
+            std::thread::spawn(move || {
+                futures_lite::future::block_on(
+                    client.run_on(shard, move |s| local_load(s, stream, deadline)),
+                )
+            })
+        })
+        .collect();
+    let mut total = 0;
+    let mut recorder = LatencyRecorder::new();
+    for run in runs {
+        let (count, part) = run
+            .join()
+            .map_err(|_| anyhow!("load thread panicked"))??
+            .map_err(|e| anyhow!("load failed: {e}"))?;
+        total += count;
+        recorder.merge(&part);
+    }
+    Ok((total, started.elapsed(), recorder))
+}
+
+/// `CLIENT_THREADS` plain threads submit through the handle until the time
+/// is up.
+fn run_via_client(
+    client: &Client<Metadata>,
+    duration: Duration,
+) -> Result<(u64, Duration, LatencyRecorder)> {
+    let shards = client.shards();
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let recorder = Arc::new(Mutex::new(LatencyRecorder::new()));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..CLIENT_THREADS)
+        .map(|thread| {
+            let (client, stop, count, recorder) = (
+                client.clone(),
+                stop.clone(),
+                count.clone(),
+                recorder.clone(),
+            );
+            let stream = stream_for(thread % shards, shards);
+            std::thread::spawn(move || -> Result<()> {
+                let mut local = LatencyRecorder::new();
+                let mut sequence = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    sequence += 1;
+                    let sent = Instant::now();
+                    client
+                        .submit_blocking(&stream, commit(&stream, thread, sequence))?
+                        .map_err(|rejection| anyhow!("rejected: {rejection}"))?;
+                    local.record(sent.elapsed());
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                recorder
+                    .lock()
+                    .map_err(|_| anyhow!("poisoned"))?
+                    .merge(&local);
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| anyhow!("client thread panicked"))??;
+    }
+    let elapsed = started.elapsed();
+    let recorder = std::mem::take(&mut *recorder.lock().map_err(|_| anyhow!("poisoned"))?);
+    Ok((count.load(Ordering::Relaxed), elapsed, recorder))
+}
+
+fn workload(
+    shards: usize,
+    round: usize,
+    (commands, elapsed, recorder): (u64, Duration, LatencyRecorder),
+    probes: ProbeBracket,
+) -> Workload {
+    Workload {
+        shards,
+        round,
+        commands,
+        seconds: round3(elapsed.as_secs_f64()),
+        commands_per_s: (commands as f64 / elapsed.as_secs_f64()).round(),
+        latency: recorder.summary(),
+        probes,
+    }
+}
+
+pub fn run(args: &ShardsArgs) -> Result<()> {
+    let quick = args.common.quick;
+    let duration = if quick { DURATION_QUICK } else { DURATION_FULL };
+    let rounds = if quick { ROUNDS_QUICK } else { ROUNDS_FULL };
+    let mut harness = Harness::new(&args.common.dir, 1 + rounds as u64 * 4 + 4)?;
+    let mut workloads = Vec::new();
+    for round in 0..rounds {
+        // Alternate the order so a slow spell does not always hit one side.
+        let order: [usize; 2] = if round % 2 == 0 { [1, 2] } else { [2, 1] };
+        for shards in order {
+            harness.step(format!("round {round}: {shards} shard(s), local load"));
+            let dir = harness.path(&format!("shards-{shards}"));
+            crate::harness::remove_path(&dir)?;
+            let engine = start(&dir, shards)?;
+            let client = engine.client();
+            prepare(&client)?;
+            let figures = run_local(&client, duration)?;
+            engine.shutdown(false)?;
+            workloads.push(workload(shards, round, figures, harness.bracket()?));
+            crate::harness::remove_path(&dir)?;
+        }
+    }
+
+    harness.step("2 shards through the client handle");
+    let dir = harness.path("shards-client");
+    crate::harness::remove_path(&dir)?;
+    let engine = start(&dir, 2)?;
+    let client = engine.client();
+    prepare(&client)?;
+    let figures = run_via_client(&client, duration)?;
+    let via_client = workload(2, 0, figures, harness.bracket()?);
+
+    harness.step("recovery: 2 shards restart");
+    // No final checkpoint: the restart replays everything since the last
+    // automatic one.
+    engine.shutdown(false)?;
+    let started = Instant::now();
+    let engine = start(&dir, 2)?;
+    let recovery = started.elapsed();
+    let client = engine.client();
+    let mut replayed = 0;
+    for shard in 0..2 {
+        replayed += futures_lite::future::block_on(
+            client.run_on(shard, |s| async move { s.recovery_report().replayed_ops }),
+        )?;
+    }
+    engine.shutdown(false)?;
+    let recovery_probes = harness.bracket()?;
+    crate::harness::remove_path(&dir)?;
+
+    let mut ratios: Vec<f64> = (0..rounds)
+        .filter_map(|round| {
+            let rate = |shards| {
+                workloads
+                    .iter()
+                    .find(|w| w.round == round && w.shards == shards)
+                    .map(|w| w.commands_per_s)
+            };
+            Some(rate(2)? / rate(1)?)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let report = Report {
+        scaling_best: ratios.last().copied().unwrap_or(0.0),
+        scaling_median: ratios.get(ratios.len() / 2).copied().unwrap_or(0.0),
+        workloads,
+        via_client,
+        recovery_seconds: round3(recovery.as_secs_f64()),
+        recovery_replayed_ops: replayed,
+        recovery_probes,
+    };
+    print_table(&report);
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn print_table(report: &Report) {
+    let mut headings = vec!["workload", "commands/s", "p50 us", "p99 us", "p999 us"];
+    headings.extend(ProbeBracket::CELL_HEADINGS);
+    let mut table = Table::new(headings);
+    let mut row = |name: String, w: &Workload| {
+        let mut cells = vec![
+            name,
+            fmt_num(w.commands_per_s),
+            fmt_num(w.latency.p50_us),
+            fmt_num(w.latency.p99_us),
+            fmt_num(w.latency.p999_us),
+        ];
+        cells.extend(w.probes.cells());
+        table.row(cells);
+    };
+    for w in &report.workloads {
+        row(
+            format!(
+                "round {}: {} shard(s), {} tasks each, on the reactor",
+                w.round, w.shards, SUBMITTERS_PER_SHARD
+            ),
+            w,
+        );
+    }
+    row(
+        format!("2 shards, {CLIENT_THREADS} threads through the client handle"),
+        &report.via_client,
+    );
+    println!("{}", table.render());
+    println!(
+        "2 shards / 1 shard: best round {}, median {} (target >= 1.6x)",
+        fmt_ratio(report.scaling_best),
+        fmt_ratio(report.scaling_median)
+    );
+    println!(
+        "recovery of 2 shards: {} s, {} ops replayed; probes {}",
+        report.recovery_seconds,
+        report.recovery_replayed_ops,
+        report.recovery_probes.cells().join(", ")
+    );
+}
