@@ -136,7 +136,7 @@ fn mixed_command(
         90..=94 => {
             let member = format!("m{}", rng() % 8);
             let group = "consumers".to_string();
-            if rng() % 2 == 0 {
+            if rng().is_multiple_of(2) {
                 Command::Group(GroupCommand::Join {
                     stream,
                     topic,
