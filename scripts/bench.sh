@@ -32,7 +32,7 @@ if [[ $# -eq 0 || "$1" == -* && "$1" != -h && "$1" != --help ]]; then
     set -- peers "$@"
 fi
 if [[ "$1" == -h || "$1" == --help || "$1" == help ]]; then
-    sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,24s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 0
 fi
 command="$1"
@@ -43,9 +43,9 @@ if [[ "$command" == micro ]]; then
         --manifest-path "$repo_root/Cargo.toml" --target-dir "$target_dir" -- "$@"
 fi
 case "$command" in
-    peers | journal | engine | device) ;;
+    peers | journal | engine | shards | device) ;;
     *)
-        echo "unknown command: $command (peers, journal, engine, device, micro)" >&2
+        echo "unknown command: $command (peers, journal, engine, shards, device, micro)" >&2
         exit 2
         ;;
 esac

@@ -7,8 +7,8 @@
 //! the same load: `SUBMITTERS_PER_SHARD` tasks on its own reactor
 //! (`Client::run_on`) submitting broker commit-offset commands for a fixed
 //! time, the thread-per-core way. A second workload drives the 2-shard
-//! engine from plain threads through the client handle (one cross-thread
-//! hop per command), to show what that hop costs.
+//! engine from tokio tasks through the client handle (one cross-thread hop
+//! each way per command), to show what that hop costs.
 //!
 //! The scaling target is 2 shards at least 1.6x one shard. The machine has
 //! two cores, so with two shards nothing else has a core of its own: the
@@ -17,8 +17,6 @@
 use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
@@ -35,8 +33,10 @@ use crate::report::{fmt_num, fmt_ratio, round3, Table};
 
 /// Submitting tasks per shard.
 pub const SUBMITTERS_PER_SHARD: usize = 256;
-/// Client threads of the through-the-handle workload.
-const CLIENT_THREADS: usize = 64;
+/// Tasks of the through-the-handle workload.
+const CLIENT_TASKS: usize = 512;
+/// Worker threads of its tokio runtime.
+const CLIENT_RUNTIME_THREADS: usize = 1;
 /// How long each workload runs in full mode.
 const DURATION_FULL: Duration = Duration::from_secs(8);
 /// How long each workload runs in quick mode.
@@ -47,9 +47,13 @@ const ROUNDS_FULL: usize = 3;
 const ROUNDS_QUICK: usize = 1;
 /// Partitions of each shard's topic.
 const PARTITIONS: u32 = 64;
-/// Ring slots per shard: the run's ops stay above the watermark between
-/// checkpoints without backpressure.
-const SLOT_COUNT: u64 = 1 << 20;
+/// Ring slots per shard, as in `ringstore-bench engine` (so the 1-shard
+/// figure compares with that command's).
+const SLOT_COUNT: u64 = 1 << 21;
+/// Segment size of each shard's journal, as in `ringstore-bench engine`.
+const SEGMENT_BYTES: u64 = 256 << 20;
+/// Group-commit write size, as in `ringstore-bench engine`.
+const BATCH_BYTES_MAX: u64 = 4 << 20;
 
 /// Arguments of `ringstore-bench shards`.
 #[derive(Args, Debug, Clone)]
@@ -122,7 +126,13 @@ fn start(dir: &Path, shards: usize) -> Result<Engine<Metadata>> {
     Ok(Engine::<Metadata>::builder()
         .data_dir(dir)
         .shards(shards)
-        .configure_shards(|_, shard| shard.journal(|j| j.slot_count(SLOT_COUNT)))
+        .configure_shards(|_, shard| {
+            shard.journal(|j| {
+                j.slot_count(SLOT_COUNT)
+                    .segment_bytes(SEGMENT_BYTES)
+                    .batch_bytes_max(BATCH_BYTES_MAX)
+            })
+        })
         .start()?)
 }
 
@@ -207,56 +217,56 @@ fn run_local(
     Ok((total, started.elapsed(), recorder))
 }
 
-/// `CLIENT_THREADS` plain threads submit through the handle until the time
-/// is up.
+/// `CLIENT_TASKS` tasks on a tokio runtime of `CLIENT_RUNTIME_THREADS`
+/// threads submit through the handle until the time is up: the shape of a
+/// tokio service in front of the engine.
 fn run_via_client(
     client: &Client<Metadata>,
     duration: Duration,
 ) -> Result<(u64, Duration, LatencyRecorder)> {
     let shards = client.shards();
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let recorder = Arc::new(Mutex::new(LatencyRecorder::new()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CLIENT_RUNTIME_THREADS)
+        .enable_time()
+        .build()?;
     let started = Instant::now();
-    let threads: Vec<_> = (0..CLIENT_THREADS)
-        .map(|thread| {
-            let (client, stop, count, recorder) = (
-                client.clone(),
-                stop.clone(),
-                count.clone(),
-                recorder.clone(),
-            );
-            let stream = stream_for(thread % shards, shards);
-            std::thread::spawn(move || -> Result<()> {
-                let mut local = LatencyRecorder::new();
-                let mut sequence = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    sequence += 1;
-                    let sent = Instant::now();
-                    client
-                        .submit_blocking(&stream, commit(&stream, thread, sequence))?
-                        .map_err(|rejection| anyhow!("rejected: {rejection}"))?;
-                    local.record(sent.elapsed());
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-                recorder
-                    .lock()
-                    .map_err(|_| anyhow!("poisoned"))?
-                    .merge(&local);
-                Ok(())
+    let deadline = started + duration;
+    let results = runtime.block_on(async {
+        let tasks: Vec<_> = (0..CLIENT_TASKS)
+            .map(|task| {
+                let client = client.clone();
+                let stream = stream_for(task % shards, shards);
+                tokio::spawn(async move {
+                    let mut recorder = LatencyRecorder::new();
+                    let mut count = 0u64;
+                    while Instant::now() < deadline {
+                        let sent = Instant::now();
+                        client
+                            .submit(&stream, commit(&stream, task, count))
+                            .await?
+                            .map_err(|rejection| anyhow!("rejected: {rejection}"))?;
+                        recorder.record(sent.elapsed());
+                        count += 1;
+                    }
+                    Ok::<_, anyhow::Error>((count, recorder))
+                })
             })
-        })
-        .collect();
-    std::thread::sleep(duration);
-    stop.store(true, Ordering::Relaxed);
-    for thread in threads {
-        thread
-            .join()
-            .map_err(|_| anyhow!("client thread panicked"))??;
-    }
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await);
+        }
+        results
+    });
     let elapsed = started.elapsed();
-    let recorder = std::mem::take(&mut *recorder.lock().map_err(|_| anyhow!("poisoned"))?);
-    Ok((count.load(Ordering::Relaxed), elapsed, recorder))
+    let mut total = 0;
+    let mut recorder = LatencyRecorder::new();
+    for result in results {
+        let (count, part) = result??;
+        total += count;
+        recorder.merge(&part);
+    }
+    Ok((total, elapsed, recorder))
 }
 
 fn workload(
@@ -377,7 +387,7 @@ fn print_table(report: &Report) {
         );
     }
     row(
-        format!("2 shards, {CLIENT_THREADS} threads through the client handle"),
+        format!("2 shards, {CLIENT_TASKS} tokio tasks through the client handle"),
         &report.via_client,
     );
     println!("{}", table.render());
