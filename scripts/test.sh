@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # What CI runs (.ci/run calls this), and what a developer runs before pushing:
 # formatting, lints, every test of the workspace on the real filesystem, the
-# crash-recovery simulation (with its report) and bounded fuzzing of every
-# fuzz target. Some journal tests mount a small ext4 image on a loop device
-# (a genuinely full disk), so run this as root. It installs what it needs.
+# crash-recovery simulation (with its report), `ringstore stress` killed
+# with SIGKILL at random moments and checked after each kill, the
+# object-storage tests against LocalFileSystem and an s3s-fs server on
+# loopback, and bounded fuzzing of every fuzz target. Some journal tests
+# mount a small ext4 image on a loop device (a genuinely full disk), so run
+# this as root. It installs what it needs (s3s-fs, cargo-fuzz, e2fsprogs).
 #
 #   FUZZ_SECONDS=60      seconds per fuzz target (0 skips fuzzing)
 #   RINGSTORE_SIM_SEEDS  seeds per simulation profile (default in the test)
+#   RINGSTORE_STRESS_KILLS  SIGKILLs of `ringstore stress` (default 12)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fuzz_seconds="${FUZZ_SECONDS:-60}"
@@ -21,6 +25,9 @@ if ! need mkfs.ext4 || ! need losetup; then
 fi
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
+
+echo "== s3s-fs (the S3-compatible server the object-storage tests start on loopback)"
+scripts/s3-server.sh install
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
