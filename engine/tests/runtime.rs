@@ -362,3 +362,27 @@ fn metrics_reach_the_facade() {
         matches!(find("ringstore_ring_slots"), DebugValue::Gauge(v) if v.into_inner() == 4096.0)
     );
 }
+
+#[test]
+fn a_relative_shard_directory_opens() {
+    let dir = temp_dir();
+    // Tests run in engine/; temp dirs live under the workspace's target/.
+    let cwd = std::env::current_dir().unwrap();
+    let workspace = cwd.parent().unwrap();
+    let relative = Path::new("..")
+        .join(
+            dir.path()
+                .strip_prefix(workspace)
+                .expect("under the workspace"),
+        )
+        .join("shard");
+    assert!(relative.is_relative());
+    common::run(move || async move {
+        let shard = Shard::<Kv>::builder(&relative).open().await.unwrap();
+        shard.submit(put(1, 1)).await.unwrap().unwrap();
+        shard.close().await.unwrap();
+        let shard = Shard::<Kv>::builder(&relative).open().await.unwrap();
+        assert_eq!(shard.read(Kv::values).len(), 1);
+        shard.close().await.unwrap();
+    });
+}

@@ -120,7 +120,10 @@ impl JournalBuilder<DmaStorage> {
     pub(crate) fn new(dir: PathBuf) -> JournalBuilder<DmaStorage> {
         JournalBuilder {
             config: JournalConfig {
-                dir,
+                // glommio's io_uring opens fail with EBADF on a relative
+                // path; resolving it here (no filesystem access) also pins
+                // the journal to the directory meant at build time.
+                dir: std::path::absolute(&dir).unwrap_or(dir),
                 slot_count: SLOT_COUNT_DEFAULT,
                 segment_bytes: SEGMENT_BYTES_DEFAULT,
                 entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
