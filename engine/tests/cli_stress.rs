@@ -171,3 +171,126 @@ fn check_refuses_what_is_not_a_data_dir_or_an_ack_log() {
     assert_eq!(check.status.code(), Some(2), "{}", text(&check));
     assert!(String::from_utf8_lossy(&check.stderr).contains("/nonexistent/acks"));
 }
+
+#[test]
+fn startup_failures_are_clear_errors_with_a_nonzero_exit() {
+    let dir = common::temp_dir();
+    let data_dir = dir.path().join("data");
+    let small = [
+        "demo",
+        "--shards",
+        "1",
+        "--commands",
+        "100",
+        "--clients",
+        "4",
+    ];
+
+    // Too little locked memory for a reactor (root may lower its own limit).
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -l 64 && exec \"$0\" --data-dir \"$1\" {}",
+            small.join(" ")
+        ))
+        .arg(BIN)
+        .arg(&data_dir)
+        .output()
+        .expect("run sh");
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("ulimit -l"),
+        "{}",
+        text(&output)
+    );
+
+    // A filesystem without O_DIRECT (tmpfs), where the machine has one.
+    if Path::new("/dev/shm").is_dir() {
+        let shm = tempfile::tempdir_in("/dev/shm").expect("tmpfs dir");
+        let output = ringstore(shm.path(), &small);
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("O_DIRECT"),
+            "{}",
+            text(&output)
+        );
+    }
+
+    // A data dir another process has open.
+    let mut stress = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["stress", "--shards", "1", "--clients", "1", "--ack-log"])
+        .arg(dir.path().join("acks"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start stress");
+    let started = std::time::Instant::now();
+    while !data_dir.join("shard-000").join("journal").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "stress did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = ringstore(&data_dir, &small);
+    stress.kill().expect("SIGKILL");
+    stress.wait().expect("reap");
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("locked by process") && stderr.contains(&stress.id().to_string()),
+        "{}",
+        text(&output)
+    );
+
+    // Another shard count than the data dir holds.
+    let output = ringstore(&data_dir, &["demo", "--shards", "3", "--commands", "10"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("holds 1 shards"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn a_damaged_shard_fails_demo_and_check_naming_the_shard_and_file() {
+    let dir = common::temp_dir();
+    let data_dir = dir.path().join("data");
+    let ack_log = dir.path().join("acks");
+    let log = ack_log.to_str().expect("utf-8 path");
+    let stress = ringstore(
+        &data_dir,
+        &[
+            "stress",
+            "--shards",
+            "2",
+            "--clients",
+            "2",
+            "--duration",
+            "0.3",
+            "--ack-log",
+            log,
+        ],
+    );
+    assert!(stress.status.success(), "{}", text(&stress));
+    let identity = data_dir.join("shard-001").join("identity");
+    let mut bytes = std::fs::read(&identity).unwrap();
+    bytes[20] ^= 0x01;
+    std::fs::write(&identity, bytes).unwrap();
+    for args in [
+        vec!["check", "--ack-log", log],
+        vec!["demo", "--commands", "10"],
+    ] {
+        let output = ringstore(&data_dir, &args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("shard 1") && stderr.contains("identity"),
+            "{args:?}: {}",
+            text(&output)
+        );
+    }
+}
