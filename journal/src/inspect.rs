@@ -29,9 +29,10 @@ use crate::config::{
 };
 use crate::format::{
     align_down, check_entry_header, EntryHeader, EntryKind, HeaderFault, SegmentHeader,
-    BLOCK_BYTES, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE,
-    FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    BLOCK_BYTES, ENTRY_HEADER_BYTES, FLAG_FIRST_IN_WRITE, FORMAT_VERSION, SEGMENT_DATA_OFFSET,
+    SEGMENT_FLAG_NO_SYNC, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
 };
+use crate::recovery::EvidenceSearch;
 use crate::segment::{segment_file_name, segment_generation};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -1153,40 +1154,17 @@ fn evidence_after(
     segment: &SegmentHeader,
     offset: u64,
 ) -> Result<Option<(u64, &'static str)>, InspectError> {
-    let generation = segment.generation.get();
-    let segment_bytes = segment.segment_bytes.get();
-    let depth = u64::from(segment.writes_in_flight.get());
-    let reach = offset.saturating_add(depth.saturating_mul(segment.batch_bytes_max.get()));
-    let mut write_starts = 0;
-    let mut candidate = offset + ENTRY_ALIGN_BYTES;
-    while candidate <= reach && candidate + ENTRY_HEADER_BYTES as u64 <= segment_bytes {
+    let mut search = EvidenceSearch::new(segment, offset);
+    while let Some(candidate) = search.next_candidate() {
         let bytes = window
             .get(candidate, ENTRY_HEADER_BYTES as u64)
             .map_err(io_error("read", path, Some(candidate)))?;
         if bytes.len() < ENTRY_HEADER_BYTES {
             break;
         }
-        if bytes[4..8] == ENTRY_MAGIC.to_le_bytes() {
-            match check_entry_header(
-                bytes,
-                generation,
-                candidate,
-                segment_bytes,
-                ENTRY_BYTES_MAX_LIMIT,
-            ) {
-                Ok(h) if h.flags & FLAG_FIRST_IN_WRITE != 0 => {
-                    write_starts += 1;
-                    if write_starts >= depth {
-                        return Ok(Some((candidate, "valid writes follow it")));
-                    }
-                }
-                Err(HeaderFault::Misplaced) => {
-                    return Ok(Some((candidate, "a misdirected write lies later")));
-                }
-                _ => {}
-            }
+        if let Some(found) = search.examine(candidate, bytes) {
+            return Ok(Some(found));
         }
-        candidate += ENTRY_ALIGN_BYTES;
     }
     Ok(None)
 }

@@ -765,39 +765,71 @@ async fn evidence_after_damage<F: StorageFile>(
     segment: &SegmentHeader,
     offset: u64,
 ) -> Result<Option<(u64, &'static str)>> {
-    let generation = segment.generation.get();
-    let segment_bytes = segment.segment_bytes.get();
-    let depth = u64::from(segment.writes_in_flight.get());
-    let reach = offset.saturating_add(depth * segment.batch_bytes_max.get());
-    let mut write_starts = 0;
-    let mut candidate = offset + ENTRY_ALIGN_BYTES;
-    while candidate <= reach && candidate + ENTRY_HEADER_BYTES as u64 <= segment_bytes {
+    let mut search = EvidenceSearch::new(segment, offset);
+    while let Some(candidate) = search.next_candidate() {
         let bytes = reader
             .get(candidate, ENTRY_HEADER_BYTES as u64)
             .await
             .map_err(read_error(path, candidate))?;
-        let magic_matches = bytes.len() >= 8 && bytes[4..8] == ENTRY_MAGIC.to_le_bytes();
-        if magic_matches {
-            match check_entry_header(
-                bytes,
-                generation,
-                candidate,
-                segment_bytes,
-                ENTRY_BYTES_MAX_LIMIT,
-            ) {
-                Ok(h) if h.flags & FLAG_FIRST_IN_WRITE != 0 => {
-                    write_starts += 1;
-                    if write_starts >= depth {
-                        return Ok(Some((candidate, "valid writes follow it")));
-                    }
-                }
-                Err(HeaderFault::Misplaced) => {
-                    return Ok(Some((candidate, "a misdirected write lies later")));
-                }
-                _ => {}
-            }
+        if let Some(found) = search.examine(candidate, bytes) {
+            return Ok(Some(found));
         }
-        candidate += ENTRY_ALIGN_BYTES;
     }
     Ok(None)
+}
+
+/// The search behind [`evidence_after_damage`], shared with the read-only
+/// scan of `crate::inspect`: which offsets to read (`next_candidate`) and
+/// what a header-sized read there proves (`examine`).
+pub(crate) struct EvidenceSearch {
+    generation: u64,
+    segment_bytes: u64,
+    depth: u64,
+    reach: u64,
+    write_starts: u64,
+    candidate: u64,
+}
+
+impl EvidenceSearch {
+    /// A search for evidence after damage at `offset` of `segment`.
+    pub(crate) fn new(segment: &SegmentHeader, offset: u64) -> EvidenceSearch {
+        let depth = u64::from(segment.writes_in_flight.get());
+        EvidenceSearch {
+            generation: segment.generation.get(),
+            segment_bytes: segment.segment_bytes.get(),
+            depth,
+            reach: offset.saturating_add(depth.saturating_mul(segment.batch_bytes_max.get())),
+            write_starts: 0,
+            candidate: offset,
+        }
+    }
+
+    /// The next offset to read `ENTRY_HEADER_BYTES` at, or `None` when the
+    /// search is out of reach.
+    pub(crate) fn next_candidate(&mut self) -> Option<u64> {
+        self.candidate += ENTRY_ALIGN_BYTES;
+        let fits = self.candidate + ENTRY_HEADER_BYTES as u64 <= self.segment_bytes;
+        (self.candidate <= self.reach && fits).then_some(self.candidate)
+    }
+
+    /// What the bytes read at `candidate` prove, if anything yet.
+    pub(crate) fn examine(&mut self, candidate: u64, bytes: &[u8]) -> Option<(u64, &'static str)> {
+        if bytes.len() < 8 || bytes[4..8] != ENTRY_MAGIC.to_le_bytes() {
+            return None;
+        }
+        match check_entry_header(
+            bytes,
+            self.generation,
+            candidate,
+            self.segment_bytes,
+            ENTRY_BYTES_MAX_LIMIT,
+        ) {
+            Ok(h) if h.flags & FLAG_FIRST_IN_WRITE != 0 => {
+                self.write_starts += 1;
+                (self.write_starts >= self.depth).then_some((candidate, "valid writes follow it"))
+            }
+            Err(HeaderFault::Misplaced) => Some((candidate, "a misdirected write lies later")),
+            _ => None,
+        }
+    }
 }
