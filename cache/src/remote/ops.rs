@@ -39,6 +39,15 @@ use super::config::{CreateCheck, LIST_ENTRIES_MAX, PARTS_MAX};
 use super::error::{RemoteError, RemoteResult};
 use super::thread::{Ctx, Deadline};
 
+/// Parts of one multipart upload in flight at once: the next part is read
+/// while earlier ones are on the wire, so a large file streams at the
+/// store's bandwidth instead of one round trip per part.
+pub(crate) const UPLOAD_PARTS_IN_FLIGHT: usize = 4;
+/// A download's body reaches the reactor in pieces of at least this much
+/// (but the last): the body arrives in small network chunks, and each piece
+/// handed over costs the reactor a cross-thread wakeup.
+pub(crate) const DOWNLOAD_PIECE_BYTES: usize = 1 << 20;
+
 /// What one object in the store is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -302,6 +311,7 @@ async fn put_multipart(
             Source::Bytes(_) => None,
         };
         let mut offset = 0u64;
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
         // Bounded: PARTS_MAX parts at most (checked by the caller).
         while offset < bytes {
             let len = part_bytes.min(bytes - offset);
@@ -316,8 +326,16 @@ async fn put_multipart(
                     )))
                 }
             };
-            upload.put_part(PutPayload::from(part)).await?;
+            in_flight.push(upload.put_part(PutPayload::from(part)));
             offset += len;
+            while in_flight.len() >= UPLOAD_PARTS_IN_FLIGHT {
+                if let Some(sent) = in_flight.next().await {
+                    sent?;
+                }
+            }
+        }
+        while let Some(sent) = in_flight.next().await {
+            sent?;
         }
         upload.complete().await?;
         Ok(())
@@ -462,12 +480,22 @@ pub(crate) async fn get_stream(
         return Ok(());
     }
     let mut body = Body::new(&ctx, &key, result);
+    let mut piece = BytesMut::new();
     // Bounded by the object's size: every chunk holds at least one byte.
     while let Some(chunk) = body.next().await? {
-        if chunks.send(chunk).await.is_err() {
+        if piece.is_empty() && chunk.len() >= DOWNLOAD_PIECE_BYTES {
+            piece = BytesMut::from(chunk);
+        } else {
+            piece.extend_from_slice(&chunk);
+        }
+        if piece.len() >= DOWNLOAD_PIECE_BYTES && chunks.send(piece.split().freeze()).await.is_err()
+        {
             // The reader was dropped: nobody wants the rest.
             return Ok(());
         }
+    }
+    if !piece.is_empty() {
+        let _ = chunks.send(piece.freeze()).await;
     }
     Ok(())
 }
@@ -509,12 +537,14 @@ pub(crate) async fn get_to_file(
 ) -> RemoteResult<u64> {
     let result = open_get(&ctx, "get", &key, &path, &deadline).await?;
     let size = result.meta.size;
-    let mut out = tokio::fs::OpenOptions::new()
+    let out = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&file)
         .await
         .map_err(|e| RemoteError::local_io("create", &file, e))?;
+    // One blocking write per piece, not per network chunk.
+    let mut out = tokio::io::BufWriter::with_capacity(DOWNLOAD_PIECE_BYTES, out);
     let written = async {
         let mut body = Body::new(&ctx, &key, result);
         while let Some(chunk) = body.next().await? {
@@ -522,7 +552,11 @@ pub(crate) async fn get_to_file(
                 .await
                 .map_err(|e| RemoteError::local_io("write", &file, e))?;
         }
-        out.sync_all()
+        out.flush()
+            .await
+            .map_err(|e| RemoteError::local_io("write", &file, e))?;
+        out.get_ref()
+            .sync_all()
             .await
             .map_err(|e| RemoteError::local_io("fsync", &file, e))
     }
