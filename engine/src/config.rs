@@ -5,6 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::machine::StateMachine;
+use crate::object_store::{ObjectStoreSettings, UploadMode};
 use crate::shard::Shard;
 use ringstore_journal::storage::{DmaStorage, Storage};
 use ringstore_journal::JournalBuilder;
@@ -79,6 +80,11 @@ pub struct ShardConfig {
     pub snapshot_generations: usize,
     /// Whether the journal keeps the ops above the previous snapshot too.
     pub journal_keeps_previous_snapshot: bool,
+    /// How snapshots reach object storage (`None`: no object store; see
+    /// [`crate::object_store`]).
+    pub upload_mode: Option<UploadMode>,
+    /// Snapshot generations kept in object storage (0: no object store).
+    pub remote_snapshot_generations: usize,
 }
 
 type JournalSetup<S> = Box<dyn FnOnce(JournalBuilder<S>) -> JournalBuilder<S>>;
@@ -96,6 +102,11 @@ pub struct ShardBuilder<M: StateMachine, S: Storage = DmaStorage> {
     pub(crate) lock_dir: bool,
     /// The `shard` label on the shard's metrics.
     pub(crate) metrics_label: Option<String>,
+    /// Snapshots to object storage (real directories only).
+    pub(crate) object_store: Option<ObjectStoreSettings>,
+    /// Set by a cold restore: open this (empty) directory as a new shard of
+    /// this domain, behind the restore marker (see [`crate::cold_restore`]).
+    pub(crate) restore_domain: Option<uuid::Uuid>,
     pub(crate) machine: PhantomData<M>,
 }
 
@@ -111,8 +122,21 @@ impl<M: StateMachine> ShardBuilder<M, DmaStorage> {
             journal_keeps_previous_snapshot: true,
             lock_dir: true,
             metrics_label: None,
+            object_store: None,
+            restore_domain: None,
             machine: PhantomData,
         }
+    }
+
+    /// Sends every snapshot to object storage through a local cache, and
+    /// lets [`crate::cold_restore`] rebuild the shard from there: see
+    /// [`crate::object_store`] for the upload modes, retries and retention.
+    /// Default: none (snapshots stay local). Only for shards on real
+    /// directories (this builder's [`DmaStorage`]); a shard given another
+    /// storage backend refuses it at open.
+    pub fn object_store(mut self, settings: ObjectStoreSettings) -> Self {
+        self.object_store = Some(settings);
+        self
     }
 }
 
@@ -130,6 +154,10 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
             // A simulated disk has no directory to lock.
             lock_dir: false,
             metrics_label: self.metrics_label,
+            // Kept, so that open() refuses it rather than silently
+            // dropping it (object storage needs real files).
+            object_store: self.object_store,
+            restore_domain: self.restore_domain,
             machine: PhantomData,
         }
     }
@@ -240,6 +268,28 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
             automatic_checkpoints: policy.automatic,
             snapshot_generations: self.snapshot_generations,
             journal_keeps_previous_snapshot: self.journal_keeps_previous_snapshot,
+            upload_mode: self.object_store.as_ref().map(|o| o.upload_mode()),
+            remote_snapshot_generations: self
+                .object_store
+                .as_ref()
+                .map_or(0, ObjectStoreSettings::generations),
         })
+    }
+
+    /// Checks the settings that must be right before anything is opened.
+    pub(crate) fn validate_early(&self) -> Result<()> {
+        if let Some(settings) = &self.object_store {
+            if !self.lock_dir {
+                return Err(Error::InvalidConfig {
+                    setting: "object_store",
+                    value: settings.remote().describe().to_string(),
+                    reason: "object storage needs a shard on a real directory (DmaStorage), \
+                             not another storage backend"
+                        .into(),
+                });
+            }
+            settings.validate()?;
+        }
+        Ok(())
     }
 }

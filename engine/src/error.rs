@@ -419,6 +419,68 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// An object-storage or local-cache call failed. The source names the
+    /// store's operation and key and says whether retrying may help
+    /// (`ringstore_cache::RemoteError::is_transient`).
+    #[error("object storage: {op} failed: {source}")]
+    ObjectStore {
+        /// What the engine was doing.
+        op: &'static str,
+        /// The cache's or the store's error.
+        #[source]
+        source: Arc<ringstore_cache::Error>,
+    },
+
+    /// Cold restore: the object store holds no snapshot of the domain.
+    #[error(
+        "no snapshot of domain {domain} in object storage ({store}, under {prefix}/): check the \
+         domain UUID and the object-store settings"
+    )]
+    NoRemoteSnapshot {
+        /// The domain asked for.
+        domain: Uuid,
+        /// The store (`Remote::describe`).
+        store: String,
+        /// The prefix listed.
+        prefix: String,
+    },
+
+    /// Cold restore: every snapshot generation of the domain in object
+    /// storage failed verification.
+    #[error(
+        "every snapshot of domain {domain} in object storage is damaged, nothing to restore: {}",
+        crate::cold_restore::describe_skipped(skipped)
+    )]
+    RemoteSnapshotsDamaged {
+        /// The domain.
+        domain: Uuid,
+        /// Each generation and why it was refused, newest first.
+        skipped: Vec<crate::cold_restore::SkippedRemoteSnapshot>,
+    },
+
+    /// Cold restore was pointed at a directory that holds a shard.
+    #[error(
+        "{path} already holds a shard ({found}); a cold restore rebuilds a lost shard into an \
+         empty directory: move this one aside first"
+    )]
+    RestoreTargetHoldsShard {
+        /// The shard directory.
+        path: PathBuf,
+        /// What was found there.
+        found: String,
+    },
+
+    /// A cold restore into this shard directory started and did not finish
+    /// (the process died, or the restore failed before it could clean up).
+    #[error(
+        "{path}: a cold restore into this shard directory did not finish; run the restore \
+         again (it starts over) or remove the shard directory"
+    )]
+    RestoreIncomplete {
+        /// The marker file.
+        path: PathBuf,
+    },
+
     /// Another process has the shard directory open.
     #[error(
         "{path} is locked by {}: a shard directory is opened by one process at a time; \
@@ -434,6 +496,13 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn object_store(op: &'static str, source: ringstore_cache::Error) -> Error {
+        Error::ObjectStore {
+            op,
+            source: Arc::new(source),
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io {
             op,

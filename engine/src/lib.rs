@@ -17,6 +17,9 @@
 //! * [`shard`] — submits, reads, checkpoints and the compaction task.
 //! * [`reset`] — resetting a shard to a snapshot with op numbers and epochs
 //!   kept increasing.
+//! * [`object_store`] — snapshots uploaded to object storage through a
+//!   local cache, the two upload modes, retention.
+//! * [`cold_restore`] — rebuilding a lost shard from object storage.
 //! * [`identity`] — the domain a shard's data belongs to.
 //! * [`sim`] — the crash simulation of a shard on the fault-injecting disk.
 //!
@@ -45,6 +48,7 @@
 #![forbid(unsafe_code)]
 
 pub mod broker;
+pub mod cold_restore;
 pub mod config;
 pub mod error;
 pub mod identity;
@@ -52,6 +56,7 @@ mod lock;
 pub mod machine;
 pub mod metrics;
 pub mod mux;
+pub mod object_store;
 pub mod recovery;
 pub mod reset;
 pub mod runtime;
@@ -59,11 +64,13 @@ pub mod shard;
 pub mod sim;
 pub mod snapshot;
 
+pub use cold_restore::ColdRestoreReport;
 pub use config::{CheckpointPolicy, ShardBuilder, ShardConfig};
 pub use error::{Error, PersistStage, Result, SkippedSnapshot, SnapshotError};
 pub use lock::{is_locked, LOCK_FILE_NAME};
 pub use machine::{OpId, StateMachine};
 pub use metrics::LatencySummary;
+pub use object_store::{ObjectStoreSettings, UploadMode};
 pub use recovery::ShardRecoveryReport;
 pub use reset::ResetOutcome;
 pub use runtime::{Client, Engine, EngineBuilder};

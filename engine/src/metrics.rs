@@ -20,6 +20,17 @@
 //! | `ringstore_checkpoints_total` | counter | checkpoints that wrote a snapshot |
 //! | `ringstore_checkpoint_failures_total` | counter | checkpoints that failed |
 //! | `ringstore_checkpoint_seconds` | histogram | time to write one snapshot |
+//! | `ringstore_snapshot_uploads_total` | counter | snapshots uploaded to object storage |
+//! | `ringstore_snapshot_upload_failures_total` | counter | upload attempts that failed (each retried after a backoff) |
+//! | `ringstore_snapshot_upload_bytes_total` | counter | bytes of snapshots uploaded |
+//! | `ringstore_snapshot_upload_lag_seconds` | gauge | of the last upload: from the snapshot's persist to the end of its upload |
+//! | `ringstore_snapshot_uploaded_op` | gauge | op of the newest snapshot in object storage |
+//! | `ringstore_remote_snapshots_deleted_total` | counter | old generations deleted from object storage |
+//! | `ringstore_remote_retention_failures_total` | counter | retention passes that failed |
+//!
+//! The object store's own counters (calls, retries, timeouts, bytes) are
+//! the `ringstore_remote_*` metrics of `ringstore_cache::Remote`, shared by
+//! the shards of a process.
 //!
 //! Counters taken from the journal are published every
 //! [`METRICS_PUBLISH_INTERVAL`] and whenever [`Shard::stats`] is called;
@@ -72,6 +83,13 @@ pub(crate) struct ShardMetrics {
     checkpoints: Counter,
     checkpoint_failures: Counter,
     checkpoint_seconds: metrics::Histogram,
+    snapshot_uploads: Counter,
+    snapshot_upload_failures: Counter,
+    snapshot_upload_bytes: Counter,
+    snapshot_upload_lag_seconds: Gauge,
+    snapshot_uploaded_op: Gauge,
+    remote_snapshots_deleted: Counter,
+    remote_retention_failures: Counter,
 }
 
 impl ShardMetrics {
@@ -109,7 +127,14 @@ impl ShardMetrics {
             ring_slots: metrics::gauge!("ringstore_ring_slots", "shard" => label.clone()),
             checkpoints: counter("ringstore_checkpoints_total"),
             checkpoint_failures: counter("ringstore_checkpoint_failures_total"),
-            checkpoint_seconds: metrics::histogram!("ringstore_checkpoint_seconds", "shard" => label),
+            checkpoint_seconds: metrics::histogram!("ringstore_checkpoint_seconds", "shard" => label.clone()),
+            snapshot_uploads: counter("ringstore_snapshot_uploads_total"),
+            snapshot_upload_failures: counter("ringstore_snapshot_upload_failures_total"),
+            snapshot_upload_bytes: counter("ringstore_snapshot_upload_bytes_total"),
+            snapshot_upload_lag_seconds: metrics::gauge!("ringstore_snapshot_upload_lag_seconds", "shard" => label.clone()),
+            snapshot_uploaded_op: metrics::gauge!("ringstore_snapshot_uploaded_op", "shard" => label.clone()),
+            remote_snapshots_deleted: counter("ringstore_remote_snapshots_deleted_total"),
+            remote_retention_failures: counter("ringstore_remote_retention_failures_total"),
         }
     }
 
@@ -131,6 +156,25 @@ impl ShardMetrics {
             }
             None => self.checkpoint_failures.increment(1),
         }
+    }
+
+    pub fn record_upload(&self, bytes: u64, lag: Duration, uploaded_op: u64) {
+        self.snapshot_uploads.increment(1);
+        self.snapshot_upload_bytes.increment(bytes);
+        self.snapshot_upload_lag_seconds.set(lag.as_secs_f64());
+        self.snapshot_uploaded_op.set(uploaded_op as f64);
+    }
+
+    pub fn record_upload_failure(&self) {
+        self.snapshot_upload_failures.increment(1);
+    }
+
+    pub fn record_remote_deleted(&self, generations: u64) {
+        self.remote_snapshots_deleted.increment(generations);
+    }
+
+    pub fn record_retention_failure(&self) {
+        self.remote_retention_failures.increment(1);
     }
 
     /// Publishes the journal's counters and the ring's fill.

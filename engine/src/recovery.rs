@@ -1,5 +1,9 @@
 //! Opening a shard: identity, newest valid snapshot, journal, replay.
 //!
+//! 0. **Restore marker.** A directory holding the marker of an unfinished
+//!    cold restore ([`crate::cold_restore::RESTORE_MARKER_NAME`]) is refused
+//!    with [`Error::RestoreIncomplete`]: its contents are a restore's half
+//!    work, not a shard. (A cold restore itself opens it, starting over.)
 //! 1. **Identity.** Read the domain from `identity`; a new, empty shard
 //!    directory gets a fresh random domain. A directory that holds data but
 //!    no identity is refused: its domain is unknown.
@@ -75,6 +79,7 @@ pub(crate) struct Recovered<M: StateMachine, S: Storage> {
     pub report: ShardRecoveryReport,
     pub lock: Option<DirLock>,
     pub metrics_label: String,
+    pub object_store: Option<crate::object_store::ObjectStoreSettings>,
 }
 
 pub(crate) async fn recover<M: StateMachine, S: Storage>(
@@ -99,6 +104,23 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
         None
     };
     let journal_dir = dir.join(JOURNAL_DIR_NAME);
+
+    // 0. An unfinished cold restore.
+    let marked = storage
+        .list_dir(&dir)
+        .map_err(|e| Error::io("list shard directory", &dir, e))?
+        .iter()
+        .any(|name| name.as_os_str() == crate::cold_restore::RESTORE_MARKER_NAME);
+    match builder.restore_domain {
+        Some(domain) => crate::cold_restore::prepare_dir(&storage, &dir, domain, marked).await?,
+        None if marked => {
+            return Err(Error::RestoreIncomplete {
+                path: dir.join(crate::cold_restore::RESTORE_MARKER_NAME),
+            })
+        }
+        None => {}
+    }
+
     let snapshots = SnapshotStore::open(storage.clone(), dir.join(SNAPSHOT_DIR_NAME)).await?;
 
     // 1. Identity.
@@ -241,6 +263,7 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
         report,
         lock,
         metrics_label,
+        object_store: builder.object_store.take(),
     })
 }
 

@@ -10,7 +10,8 @@
 //!    rewritten).
 //! 2. `B` = one above the largest op the shard has seen (the journal's
 //!    last op, the newest local snapshot, the applied op, the snapshot's own
-//!    watermark); `E` = one above the largest epoch likewise.
+//!    watermark, and for a cold restore every snapshot key in object
+//!    storage); `E` = one above the largest epoch likewise.
 //! 3. Persist the restored state as the local snapshot at op `B`, epoch `E`.
 //! 4. Raise the journal's epoch to `E` and its watermark to `B`.
 //! 5. The first op submitted afterwards is checked to be `B + 1` at epoch
@@ -19,12 +20,16 @@
 //! A crash before step 3 completes leaves the shard as it was. A crash
 //! between 3 and 4 is finished by recovery, which raises the journal's
 //! watermark and epoch to the newest snapshot's.
+//!
+//! With object storage the snapshot written in step 3 is uploaded like any
+//! checkpoint's, under the (new) domain: a later cold restore then numbers
+//! above this reset too.
 
 use crate::error::{Error, PersistStage, Result};
 use crate::identity::write_identity;
 use crate::machine::{restore_state, OpId, StateMachine};
 use crate::shard::{Shard, SnapshotPoint};
-use crate::snapshot::SnapshotMeta;
+use crate::snapshot::{LoadedSnapshot, SnapshotMeta};
 use ringstore_journal::storage::Storage;
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -48,12 +53,30 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// Submits are refused with [`Error::Resetting`] while it runs; it waits
     /// for submits already in flight and for a running checkpoint.
     pub async fn reset_to(&self, snapshot: &Path) -> Result<ResetOutcome> {
+        let nothing_else = OpId { op: 0, epoch: 0 };
+        self.reset(Source::File(snapshot), nothing_else).await
+    }
+
+    /// [`Shard::reset_to`] with a snapshot loaded and verified already, and
+    /// `seen_elsewhere`: op and epoch the new numbering must also pass (for
+    /// a cold restore, the newest snapshot keys in object storage, damaged
+    /// ones included).
+    pub(crate) async fn reset_to_loaded(
+        &self,
+        loaded: LoadedSnapshot,
+        seen_elsewhere: OpId,
+    ) -> Result<ResetOutcome> {
+        self.reset(Source::Loaded(Box::new(loaded)), seen_elsewhere)
+            .await
+    }
+
+    async fn reset(&self, source: Source<'_>, seen_elsewhere: OpId) -> Result<ResetOutcome> {
         self.usable()?;
         let _resetting = ResettingGuard::enter(self);
         self.drain_submits().await;
         self.exclude_checkpoints().await;
         let _exclusive = ExclusiveGuard { shard: self };
-        self.reset_exclusive(snapshot).await
+        self.reset_exclusive(source, seen_elsewhere).await
     }
 
     async fn drain_submits(&self) {
@@ -62,10 +85,18 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         }
     }
 
-    async fn reset_exclusive(&self, path: &Path) -> Result<ResetOutcome> {
+    async fn reset_exclusive(
+        &self,
+        source: Source<'_>,
+        seen_elsewhere: OpId,
+    ) -> Result<ResetOutcome> {
         let inner = &*self.inner;
         // 1. Load, verify, restore.
-        let loaded = inner.snapshots.load(path, None).await?;
+        let loaded = match source {
+            Source::File(path) => inner.snapshots.load(path, None).await?,
+            Source::Loaded(loaded) => *loaded,
+        };
+        let path = &loaded.meta.path.clone();
         let machine = restore_state::<M>(loaded.sections).map_err(|e| Error::Restore {
             path: path.to_path_buf(),
             source: Arc::new(e),
@@ -87,6 +118,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             }
             write_identity(&inner.storage, &inner.config.dir, source.domain).await?;
             inner.domain.set(source.domain);
+            if let Some(objects) = &inner.objects {
+                objects.set_domain(source.domain)?;
+            }
         }
         // 2. The new floor.
         let newest_local = generations.last().map_or(0, |(op, _)| *op);
@@ -94,8 +128,13 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             .watermark
             .max(inner.journal.next_op().saturating_sub(1))
             .max(applied.op)
-            .max(newest_local);
-        let epoch_seen = source.epoch.max(inner.journal.epoch()).max(applied.epoch);
+            .max(newest_local)
+            .max(seen_elsewhere.op);
+        let epoch_seen = source
+            .epoch
+            .max(inner.journal.epoch())
+            .max(applied.epoch)
+            .max(seen_elsewhere.epoch);
         let floor = OpId {
             op: op_seen + 1,
             epoch: epoch_seen + 1,
@@ -146,6 +185,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             progress.previous_snapshot = None;
             progress.reset_floor = Some(floor);
         }
+        if let Some(objects) = &inner.objects {
+            objects.snapshot_written(floor.op);
+        }
         self.notify_slots_freed();
         tracing::info!(
             source = %source.path.display(),
@@ -159,6 +201,14 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             floor,
         })
     }
+}
+
+/// Where the snapshot to reset to comes from.
+enum Source<'a> {
+    /// A file, loaded and verified by the reset.
+    File(&'a Path),
+    /// Loaded and verified by the caller.
+    Loaded(Box<LoadedSnapshot>),
 }
 
 /// Refuses submits while a reset runs, and stops refusing however the

@@ -25,6 +25,11 @@
 //! thresholds or the ring runs low; when the ring is full, submits wait for
 //! it (bounded by `ring_full_wait_max`).
 //!
+//! With object storage ([`ShardBuilder::object_store`]) each snapshot is
+//! also uploaded by a task of its own; in the default
+//! [`UploadMode::BeforeCompaction`](crate::object_store::UploadMode) the
+//! watermark waits for the upload (see [`crate::object_store`]).
+//!
 //! # State and `.await`
 //!
 //! The shard's mutable state lives in `RefCell`s that are borrowed only
@@ -35,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::lock::DirLock;
 use crate::machine::{encode, OpId, StateMachine};
 use crate::metrics::{LatencySummary, ShardMetrics, METRICS_PUBLISH_INTERVAL};
+use crate::object_store::{run_uploads, ShardObjects};
 use crate::recovery::{recover, ShardRecoveryReport};
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
 use event_listener::Event;
@@ -98,6 +104,23 @@ pub struct ShardStats {
     pub ring_slots_used: u64,
     /// Ring slots in all.
     pub ring_slots: u64,
+    /// Snapshots uploaded to object storage (see [`crate::object_store`]).
+    pub snapshot_uploads: u64,
+    /// Upload attempts that failed (each is retried after a backoff).
+    pub snapshot_upload_failures: u64,
+    /// Bytes of snapshot files uploaded.
+    pub snapshot_upload_bytes: u64,
+    /// Snapshots not uploaded because a newer one superseded them first.
+    pub snapshot_uploads_skipped: u64,
+    /// Op of the newest snapshot known to be in object storage (0: none).
+    pub snapshot_uploaded_op: u64,
+    /// Of the last upload: from the snapshot's persist (or, for one found at
+    /// open, from the open) to the end of its upload.
+    pub snapshot_upload_lag: Duration,
+    /// Old snapshot generations deleted from object storage by retention.
+    pub remote_snapshots_deleted: u64,
+    /// Retention passes that failed (retried after the next upload).
+    pub remote_retention_failures: u64,
 }
 
 /// What [`Shard::checkpoint`] did.
@@ -148,7 +171,7 @@ pub(crate) struct Progress<M: StateMachine> {
     resetting: bool,
     /// Submits between their start and their outcome.
     submits_in_flight: u64,
-    stats: ShardStats,
+    pub stats: ShardStats,
 }
 
 pub(crate) struct Inner<M: StateMachine, S: Storage> {
@@ -167,7 +190,10 @@ pub(crate) struct Inner<M: StateMachine, S: Storage> {
     /// Notified when a checkpoint ends.
     checkpoint_ended: Event,
     compaction_task: RefCell<Option<glommio::Task<()>>>,
-    metrics: ShardMetrics,
+    /// Object storage, if configured: the cache, the store, the upload
+    /// task's state.
+    pub objects: Option<ShardObjects>,
+    pub metrics: ShardMetrics,
     metrics_task: RefCell<Option<glommio::Task<()>>>,
     /// `<dir>/lock`, held until the shard is closed.
     lock: RefCell<Option<DirLock>>,
@@ -196,7 +222,20 @@ impl<M: StateMachine> Shard<M, DmaStorage> {
 
 impl<M: StateMachine, S: Storage> Shard<M, S> {
     pub(crate) async fn open_with(builder: ShardBuilder<M, S>) -> Result<Shard<M, S>> {
-        let recovered = recover(builder).await?;
+        builder.validate_early()?;
+        let mut recovered = recover(builder).await?;
+        let objects = match recovered.object_store.take() {
+            Some(settings) => {
+                match ShardObjects::open(settings, &recovered.config.dir, recovered.domain).await {
+                    Ok(objects) => Some(objects),
+                    Err(e) => {
+                        let _ = recovered.journal.close().await;
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
         let automatic = recovered.config.automatic_checkpoints;
         let inner = Rc::new(Inner {
             config: recovered.config,
@@ -225,6 +264,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             slots_freed: Event::new(),
             checkpoint_ended: Event::new(),
             compaction_task: RefCell::new(None),
+            objects,
             metrics: ShardMetrics::new(&recovered.metrics_label),
             metrics_task: RefCell::new(None),
             lock: RefCell::new(recovered.lock),
@@ -234,6 +274,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         if automatic {
             let task = glommio::spawn_local(run_compaction(Rc::downgrade(&inner)));
             *inner.compaction_task.borrow_mut() = Some(task);
+        }
+        if let Some(objects) = &inner.objects {
+            objects.set_task(glommio::spawn_local(run_uploads(Rc::downgrade(&inner))));
         }
         Ok(Shard { inner })
     }
@@ -523,16 +566,35 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     return Err(e);
                 }
             };
-            let mut progress = inner.progress.borrow_mut();
-            progress.stats.checkpoint_time += started.elapsed();
-            progress.previous_snapshot = last.map(|s| s.watermark);
-            progress.snapshot = Some(SnapshotPoint {
-                watermark: at.op,
-                epoch,
-                command_bytes_total: bytes_total,
-            });
+            {
+                let mut progress = inner.progress.borrow_mut();
+                progress.stats.checkpoint_time += started.elapsed();
+                progress.previous_snapshot = last.map(|s| s.watermark);
+                progress.snapshot = Some(SnapshotPoint {
+                    watermark: at.op,
+                    epoch,
+                    command_bytes_total: bytes_total,
+                });
+            }
+            if let Some(objects) = &inner.objects {
+                objects.snapshot_written(at.op);
+            }
             written = Some(meta);
         }
+        let (before, target) = self.advance_watermark_and_prune().await?;
+        Ok(CheckpointOutcome {
+            snapshot: written,
+            watermark: inner.journal.watermark(),
+            watermark_advanced: target > before,
+        })
+    }
+
+    /// Moves the watermark as far as [`Inner::watermark_target`] allows,
+    /// then prunes old local snapshots. Returns the watermark before and
+    /// the target. Only with checkpoints excluded (a checkpoint running, or
+    /// [`Shard::exclude_checkpoints`]).
+    pub(crate) async fn advance_watermark_and_prune(&self) -> Result<(u64, u64)> {
+        let inner = &*self.inner;
         let before = inner.journal.watermark();
         let target = inner.watermark_target();
         if target > before {
@@ -542,17 +604,13 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             inner.slots_freed.notify(usize::MAX);
         }
         self.prune().await;
-        Ok(CheckpointOutcome {
-            snapshot: written,
-            watermark: inner.journal.watermark(),
-            watermark_advanced: target > before,
-        })
+        Ok((before, target))
     }
 
     /// Removes snapshot generations beyond the configured count. A failure
     /// is counted and retried at the next checkpoint: the extra files cost
     /// only space.
-    async fn prune(&self) {
+    pub(crate) async fn prune(&self) {
         let inner = &*self.inner;
         // Recovery can use any snapshot at or above the journal's watermark
         // (the previous generation among them): none of those goes.
@@ -623,14 +681,15 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let journal = &self.inner.journal;
         format!(
             "applied {:?}, journal next op {}, watermark {}, free slots {}, snapshot {:?}, \
-             previous snapshot {:?}, ring waiters {}, parked ops {:?}, checkpointing {}, \
-             poisoned {}",
+             previous snapshot {:?}, uploaded snapshot {:?}, ring waiters {}, parked ops {:?}, \
+             checkpointing {}, poisoned {}",
             progress.applied,
             journal.next_op(),
             journal.watermark(),
             journal.remaining_capacity(),
             progress.snapshot.map(|s| s.watermark),
             progress.previous_snapshot,
+            self.inner.objects.as_ref().map(ShardObjects::uploaded),
             progress.ring_waiters,
             progress.parked.keys().collect::<Vec<_>>(),
             progress.checkpointing,
@@ -656,13 +715,28 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         self.inner.progress.borrow_mut().closing = true;
         self.inner.checkpoint_wanted.notify(usize::MAX);
         self.inner.slots_freed.notify(usize::MAX);
+        if let Some(objects) = &self.inner.objects {
+            // An upload in flight is abandoned (the next open uploads the
+            // newest snapshot again).
+            objects.begin_close();
+        }
         let task = self.inner.compaction_task.borrow_mut().take();
         if let Some(task) = task {
             task.await;
         }
+        let objects_closed = match &self.inner.objects {
+            Some(objects) => objects.close().await,
+            None => Ok(()),
+        };
         // Dropping the publisher's handle cancels it.
         drop(self.inner.metrics_task.borrow_mut().take());
-        let closed = self.inner.journal.close().await.map_err(Error::from);
+        let closed = self
+            .inner
+            .journal
+            .close()
+            .await
+            .map_err(Error::from)
+            .and(objects_closed);
         self.inner.publish_metrics();
         // Another process may open the directory from here on.
         drop(self.inner.lock.borrow_mut().take());
@@ -703,7 +777,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         error
     }
 
-    fn journal_failed(&self, error: ringstore_journal::Error) -> Error {
+    pub(crate) fn journal_failed(&self, error: ringstore_journal::Error) -> Error {
         if self.inner.journal.is_poisoned() || error.is_poisoned() {
             self.poison(Error::Journal(error))
         } else {
@@ -720,7 +794,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         }
     }
 
-    fn is_poisoned_or_closing(&self) -> bool {
+    pub(crate) fn is_poisoned_or_closing(&self) -> bool {
         let progress = self.inner.progress.borrow();
         progress.poisoned.is_some() || progress.closing
     }
@@ -776,33 +850,59 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
         let bytes_since = progress.command_bytes_total - last.map_or(0, |s| s.command_bytes_total);
         let journal_watermark = self.journal.watermark();
         let newest = last.map_or(0, |s| s.watermark);
+        let ring_pressure = progress.ring_waiters > 0
+            || self.journal.remaining_capacity() < self.config.ring_free_slots_min;
+        let frees_slots = match self.upload_gate() {
+            // A new snapshot frees nothing until it is uploaded: under
+            // pressure take one only once the previous one is up (else every
+            // op applied while the store is down would write a snapshot).
+            Some(uploaded) => {
+                (ops_since > 0 && uploaded >= newest) || uploaded.min(newest) > journal_watermark
+            }
+            None => ops_since > 0 || newest > journal_watermark,
+        };
         ops_since >= self.config.checkpoint_ops_max
             || bytes_since >= self.config.checkpoint_bytes_max
-            || ((progress.ring_waiters > 0
-                || self.journal.remaining_capacity() < self.config.ring_free_slots_min)
-                && (ops_since > 0 || newest > journal_watermark))
+            || (ring_pressure && frees_slots)
+    }
+
+    /// With [`UploadMode::BeforeCompaction`](crate::object_store::UploadMode):
+    /// the newest uploaded snapshot, which the watermark may not pass.
+    fn upload_gate(&self) -> Option<u64> {
+        self.objects.as_ref().and_then(ShardObjects::gate)
     }
 
     /// Where the watermark may go after the newest snapshot: the previous
     /// snapshot (so a damaged newest one can be replaced by it plus the
-    /// journal) unless that leaves the ring short, then the newest.
-    fn watermark_target(&self) -> u64 {
+    /// journal) unless that leaves the ring short, then the newest; and,
+    /// while uploads gate compaction, no further than the newest uploaded
+    /// snapshot. Never below where it is.
+    pub(crate) fn watermark_target(&self) -> u64 {
         let progress = self.progress.borrow();
         let current = self.journal.watermark();
         let Some(newest) = progress.snapshot.map(|s| s.watermark) else {
             return current;
         };
-        if !self.config.journal_keeps_previous_snapshot {
-            return newest.max(current);
-        }
-        let previous = progress.previous_snapshot.unwrap_or(0).max(current);
-        let freed_by_previous = previous - current;
-        let free_after_previous = self.journal.remaining_capacity() + freed_by_previous;
-        if free_after_previous >= self.config.ring_free_slots_min && progress.ring_waiters == 0 {
-            previous
+        let target = if !self.config.journal_keeps_previous_snapshot {
+            newest
         } else {
-            newest.max(current)
-        }
+            let previous = progress.previous_snapshot.unwrap_or(0).max(current);
+            let freed_by_previous = previous - current;
+            let free_after_previous = self.journal.remaining_capacity() + freed_by_previous;
+            if free_after_previous >= self.config.ring_free_slots_min && progress.ring_waiters == 0
+            {
+                previous
+            } else {
+                newest
+            }
+        };
+        // Every candidate above is a snapshot's op (or the current
+        // watermark), and so is the uploaded one: the minimum is too.
+        let target = match self.upload_gate() {
+            Some(uploaded) => target.min(uploaded),
+            None => target,
+        };
+        target.max(current)
     }
 }
 

@@ -16,10 +16,10 @@ mod broker_proto;
 
 use broker_proto::server::{serve, Route};
 use broker_proto::{
-    encode_frame, read_frame, shard_for_key, write_frame, Applied, BlockingClient, FrameError,
-    Query, RejectionCode, Request, Response, FRAME_BYTES_MAX,
+    encode_frame, read_frame, shard_for_key, write_frame, BlockingClient, FrameError, Query,
+    RejectionCode, Request, Response, FRAME_BYTES_MAX,
 };
-use ringstore::broker::{Command, GroupCommand, Metadata, StreamCommand, TopicCommand};
+use ringstore::broker::{Command, GroupCommand, Metadata, Reply, StreamCommand, TopicCommand};
 use ringstore::Shard;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr};
@@ -117,7 +117,7 @@ fn create_all(client: &mut BlockingClient, stream: &str) {
     for command in commands {
         let reply = client.call(&Request::Submit(command)).expect("reply");
         assert!(
-            matches!(reply, Response::Applied(Applied::Created { .. })),
+            matches!(reply, Response::Applied(Reply::Created { .. })),
             "{reply:?}"
         );
     }
@@ -178,7 +178,7 @@ fn commands_reads_rejections_and_routing() {
     }
     assert_eq!(
         client.call(&commit(&stream, 2, 42)).expect("reply"),
-        Response::Applied(Applied::OffsetCommitted)
+        Response::Applied(Reply::OffsetCommitted)
     );
     assert_eq!(
         client.call(&offset_of(&stream, 2)).expect("reply"),
@@ -228,7 +228,7 @@ fn commands_reads_rejections_and_routing() {
     let replies: Vec<Response> = (0..3)
         .map(|_| read_frame(client.stream()).expect("reply").expect("open"))
         .collect();
-    assert_eq!(replies[0], Response::Applied(Applied::OffsetCommitted));
+    assert_eq!(replies[0], Response::Applied(Reply::OffsetCommitted));
     assert_eq!(replies[1], Response::Offset(Some(7)));
     assert!(
         matches!(
@@ -359,7 +359,7 @@ fn hostile_frames_close_only_their_connection() {
     cut.stream().shutdown(Shutdown::Write).expect("half-close");
     assert_eq!(
         read_frame::<Response>(cut.stream()).expect("reply"),
-        Some(Response::Applied(Applied::OffsetCommitted))
+        Some(Response::Applied(Reply::OffsetCommitted))
     );
     let message = expect_protocol_error_then_close(&mut cut);
     assert!(message.contains("inside a frame"), "{message}");
@@ -372,7 +372,7 @@ fn hostile_frames_close_only_their_connection() {
     let mut fresh = server.connect();
     assert_eq!(
         fresh.call(&commit(&stream, 3, 9)).expect("reply"),
-        Response::Applied(Applied::OffsetCommitted)
+        Response::Applied(Reply::OffsetCommitted)
     );
     drop((good, fresh));
     server.stop();

@@ -126,3 +126,19 @@ fn the_block_and_record_limits_are_the_constants() {
     assert_eq!(ringstore::machine::RECORD_BYTES_MAX, 64 << 20);
     assert!(DOC.contains("no record above\n64 MiB"));
 }
+
+#[test]
+fn the_object_store_layout_is_the_code() {
+    use ringstore::cold_restore::{RESTORE_MARKER_NAME, RESTORE_STAGING_DIR_NAME};
+    use ringstore::object_store::{parse_snapshot_key, snapshot_key, CACHE_DIR_DEFAULT};
+    assert!(DOC.contains("<domain>/snapshots/snapshot-<20 decimal digits>.snap"));
+    assert_eq!(
+        snapshot_key(42),
+        "snapshots/snapshot-00000000000000000042.snap"
+    );
+    assert_eq!(parse_snapshot_key(&snapshot_key(u64::MAX)), Some(u64::MAX));
+    assert_eq!(parse_snapshot_key("snapshots/snapshot-42.snap"), None);
+    assert!(DOC.contains(&format!("| `{CACHE_DIR_DEFAULT}/` |")));
+    assert!(DOC.contains(&format!("| `{RESTORE_MARKER_NAME}` |")));
+    assert!(DOC.contains(&format!("| `{RESTORE_STAGING_DIR_NAME}/snapshot-")));
+}

@@ -213,8 +213,9 @@ pub enum UserCommand {
     },
 }
 
-/// What an accepted command returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What an accepted command returns. Serializable, so a broker can send it
+/// to its clients as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// An object was created; `id` is the op that created it.
     Created {

@@ -27,15 +27,27 @@
 //! and joins the reactors. Dropping an [`Engine`] does the same without the
 //! final checkpoint. A crash at any point loses nothing acknowledged:
 //! acknowledgement means durable.
+//!
+//! # Object storage
+//!
+//! [`EngineBuilder::object_store`] gives every shard the same
+//! [`ObjectStoreSettings`]: one [`Remote`](crate::object_store::Remote)
+//! (one I/O thread for the process), each shard uploading its snapshots
+//! under its own domain through its own cache (`shard-NNN/cache` unless the
+//! settings name another relative directory). A shard whose disk was lost
+//! is rebuilt with [`EngineBuilder::restore_shard`] (the engine not
+//! running) before the engine is started again.
 
 mod client;
 pub mod startup;
 
 pub use client::{shard_for_key, Client, EngineMachine};
 
+use crate::cold_restore::ColdRestoreReport;
 use crate::config::ShardBuilder;
 use crate::error::{Error, Result};
 use crate::lock::DirLock;
+use crate::object_store::ObjectStoreSettings;
 use crate::shard::{CheckpointOutcome, Shard, ShardStats};
 use client::Request;
 use event_listener::Event;
@@ -68,6 +80,25 @@ pub struct EngineBuilder<M: EngineMachine> {
     queue_capacity: usize,
     io_memory_bytes: usize,
     configure: Configure<M>,
+    object_store: Option<ObjectStoreSettings>,
+}
+
+/// Longest [`EngineBuilder::restore_shard`] waits for the restored shard's
+/// reset snapshot to reach object storage before it closes the shard.
+pub const RESTORE_UPLOAD_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// What [`EngineBuilder::restore_shard`] did.
+#[derive(Debug, Clone)]
+pub struct ShardRestore {
+    /// The shard's index.
+    pub shard: usize,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The restore (see [`crate::cold_restore`]).
+    pub report: ColdRestoreReport,
+    /// Whether the reset snapshot reached object storage before the shard
+    /// was closed (if not, the shard uploads it when the engine starts).
+    pub reset_snapshot_uploaded: bool,
 }
 
 impl<M: EngineMachine> EngineBuilder<M> {
@@ -122,6 +153,88 @@ impl<M: EngineMachine> EngineBuilder<M> {
     ) -> Self {
         self.configure = Arc::new(configure);
         self
+    }
+
+    /// Snapshots of every shard to object storage (see the [module
+    /// docs](self) and [`crate::object_store`]). Default: none.
+    pub fn object_store(mut self, settings: ObjectStoreSettings) -> Self {
+        self.object_store = Some(settings);
+        self
+    }
+
+    /// Rebuilds shard `shard` of the data directory from object storage
+    /// ([`crate::cold_restore`]) while the engine is not running: locks the
+    /// data directory, checks the manifest's shard count (writing the
+    /// manifest if the directory is new), restores on a reactor of its own
+    /// with this builder's shard settings, waits up to
+    /// [`RESTORE_UPLOAD_WAIT_MAX`] for the reset snapshot to be uploaded,
+    /// and closes the shard. Start the engine afterwards. Blocks the
+    /// calling thread.
+    pub fn restore_shard(self, shard: usize, domain: uuid::Uuid) -> Result<ShardRestore> {
+        if !(1..=SHARDS_MAX).contains(&self.shards) {
+            return Err(Error::InvalidConfig {
+                setting: "shards",
+                value: self.shards.to_string(),
+                reason: format!("1 to {SHARDS_MAX}"),
+            });
+        }
+        if shard >= self.shards {
+            return Err(Error::InvalidConfig {
+                setting: "shard",
+                value: shard.to_string(),
+                reason: format!(
+                    "0 to {} (the engine has {} shards)",
+                    self.shards - 1,
+                    self.shards
+                ),
+            });
+        }
+        let Some(settings) = self.object_store.clone() else {
+            return Err(Error::InvalidConfig {
+                setting: "object_store",
+                value: "none".into(),
+                reason: "restoring a shard needs EngineBuilder::object_store".into(),
+            });
+        };
+        startup::check_memlock(startup::memlock_limit()?, 1, self.io_memory_bytes)?;
+        std::fs::create_dir_all(&self.data_dir)
+            .map_err(|e| Error::io("create data directory", &self.data_dir, e))?;
+        let _lock = crate::lock::acquire_blocking(&self.data_dir)?;
+        startup::check_manifest(&self.data_dir, self.shards)?;
+        let dir = startup::shard_dir(&self.data_dir, shard);
+        let configure = self.configure.clone();
+        let shard_dir = dir.clone();
+        let restored = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .name(&format!("ringstore-restore-{shard}"))
+            .io_memory(self.io_memory_bytes)
+            .spawn(move || async move {
+                let builder = Shard::<M>::builder(shard_dir)
+                    .metrics_label(shard.to_string())
+                    .object_store(settings);
+                let (opened, report) =
+                    crate::cold_restore::restore(configure(shard, builder), domain).await?;
+                let uploaded = opened.wait_for_upload(RESTORE_UPLOAD_WAIT_MAX).await;
+                opened.close().await?;
+                Ok::<_, Error>((report, uploaded))
+            })
+            .map_err(|e| Error::ReactorStart {
+                shard,
+                cpu: usize::MAX,
+                reason: e.to_string(),
+            })?
+            .join()
+            .map_err(|e| Error::ReactorStart {
+                shard,
+                cpu: usize::MAX,
+                reason: e.to_string(),
+            })?;
+        let (report, reset_snapshot_uploaded) = restored?;
+        Ok(ShardRestore {
+            shard,
+            dir,
+            report,
+            reset_snapshot_uploaded,
+        })
     }
 
     /// Checks the host, starts one reactor per shard and waits until every
@@ -182,7 +295,16 @@ impl<M: EngineMachine> EngineBuilder<M> {
             let opened = futures_lite::future::block_on(ready);
             let error = match opened {
                 Ok(Ok(())) => continue,
-                Ok(Err(e)) => e,
+                Ok(Err(e)) => {
+                    // The reactor is exiting. Join it now, so that its
+                    // request queue is closed before `stop` below sends the
+                    // shutdown: a request queued in the window before the
+                    // receiver is dropped would never be answered (queued
+                    // requests outlive their receiver), and `stop` would
+                    // wait for that answer forever.
+                    engine.join_reactor(index);
+                    e
+                }
                 // The reactor died before it could answer: its thread's
                 // result says why.
                 Err(_) => Error::ReactorStart {
@@ -220,11 +342,15 @@ fn spawn_reactor<M: EngineMachine>(
         glommio::Placement::Unbound
     };
     let configure = builder.configure.clone();
+    let object_store = builder.object_store.clone();
     glommio::LocalExecutorBuilder::new(placement)
         .name(&format!("ringstore-shard-{index}"))
         .io_memory(builder.io_memory_bytes)
         .spawn(move || async move {
-            let shard_builder = Shard::<M>::builder(dir).metrics_label(index.to_string());
+            let mut shard_builder = Shard::<M>::builder(dir).metrics_label(index.to_string());
+            if let Some(settings) = object_store {
+                shard_builder = shard_builder.object_store(settings);
+            }
             let opened = configure(index, shard_builder).open().await;
             match opened {
                 Ok(shard) => {
@@ -295,6 +421,7 @@ impl<M: EngineMachine> Engine<M> {
             queue_capacity: QUEUE_CAPACITY_DEFAULT,
             io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
             configure: Arc::new(|_, builder| builder),
+            object_store: None,
         }
     }
 

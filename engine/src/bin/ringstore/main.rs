@@ -27,6 +27,7 @@ mod config;
 mod datadir;
 mod demo;
 mod output;
+mod restore;
 mod snapshot;
 mod stress;
 mod wal;
@@ -60,7 +61,8 @@ struct GlobalArgs {
     #[arg(long, global = true)]
     json: bool,
     /// A TOML config file: data_dir, [engine] shards, [checkpoint] ops_max
-    /// and bytes_max, [demo] commands and clients. Unknown keys are refused.
+    /// and bytes_max, [demo] commands and clients, [object_store]. Unknown
+    /// keys are refused.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -85,6 +87,11 @@ enum Command {
     /// The snapshot files of each shard.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+    /// Rebuild a lost shard (shard-NNN of the data dir) from the newest
+    /// intact snapshot of its domain in object storage ([object_store] of
+    /// --config; default: <data-dir>/object-store), with op numbers and
+    /// epochs continuing above everything seen before.
+    Restore(restore::RestoreArgs),
 }
 
 /// What every command gets.
@@ -177,6 +184,7 @@ fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Check(args) => stress::run_check(&context, args),
         Command::Wal(command) => wal::run(&context, command),
         Command::Snapshot(command) => snapshot::run(&context, command),
+        Command::Restore(args) => restore::run(&context, args),
     }
 }
 

@@ -97,7 +97,12 @@ pub fn start_engine(
         .unwrap_or(context.config.engine.shards);
     let checkpoint = context.config.checkpoint.clone();
     let pin = std::env::var_os("RINGSTORE_NO_PIN").is_none();
-    Engine::<Metadata>::builder()
+    let mut builder = Engine::<Metadata>::builder();
+    // Snapshots to object storage when the config has an [object_store].
+    if let Some(section) = &context.config.object_store {
+        builder = builder.object_store(section.settings(&context.data_dir)?);
+    }
+    builder
         .data_dir(&context.data_dir)
         .shards(shards)
         .pin(pin)

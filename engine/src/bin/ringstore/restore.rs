@@ -1,0 +1,170 @@
+//! `ringstore restore`: rebuild a lost shard from object storage.
+//!
+//! Rebuilds `<data-dir>/shard-NNN` from the newest intact snapshot of the
+//! domain in the `[object_store]` of `--config` (the defaults without one:
+//! the local directory `<data-dir>/object-store`), through
+//! `EngineBuilder::restore_shard` and so `ringstore::cold_restore`: the
+//! shard directory must hold no shard (move a damaged one aside first), a
+//! damaged newest object is skipped in favour of the previous generation,
+//! and the restored shard's op numbers and epochs continue above everything
+//! seen before. The shard is opened, checked and closed again; start the
+//! engine afterwards. The data directory's manifest is written if the
+//! directory is new (shard count: `--shards`, else the config's), checked
+//! otherwise.
+//!
+//! Prints what it restored (generation, op and epoch before and after,
+//! skipped objects with the reason, bytes, time) as a table, or one JSON
+//! document with `--json`. A failure (no snapshot of the domain, every
+//! generation damaged, the store unreachable, the directory in use) exits
+//! with code 2 and the reason.
+
+use crate::output::{self, Out};
+use crate::{CliError, Context, Outcome};
+use ringstore::broker::Metadata;
+use ringstore::runtime::{Engine, ShardRestore};
+use uuid::Uuid;
+
+/// `ringstore restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The domain of the shard to rebuild: the UUID its objects are stored
+    /// under (`ringstore snapshot inspect` shows a shard's domain).
+    #[arg(long, value_name = "UUID")]
+    pub domain: Uuid,
+    /// The shard to rebuild (the NNN of shard-NNN).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub shard: usize,
+    /// The engine's shard count (default: the data dir's manifest, else the
+    /// config's `[engine] shards`).
+    #[arg(long)]
+    pub shards: Option<usize>,
+}
+
+/// Runs `ringstore restore`.
+pub fn run(context: &Context, args: RestoreArgs) -> Result<Outcome, CliError> {
+    let section = context.config.object_store.clone().unwrap_or_default();
+    let settings = section.settings(&context.data_dir)?;
+    let store = settings.remote().describe().to_string();
+    let recorded = ringstore::runtime::startup::read_manifest(&context.data_dir)?;
+    let shards = args
+        .shards
+        .or(recorded)
+        .unwrap_or(context.config.engine.shards);
+    let checkpoint = context.config.checkpoint.clone();
+    let restored = Engine::<Metadata>::builder()
+        .data_dir(&context.data_dir)
+        .shards(shards)
+        .pin(false)
+        .configure_shards(move |_, shard| {
+            shard.checkpoint_policy(ringstore::CheckpointPolicy {
+                ops_max: checkpoint.ops_max,
+                bytes_max: checkpoint.bytes_max,
+                ..Default::default()
+            })
+        })
+        .object_store(settings)
+        .restore_shard(args.shard, args.domain)
+        .map_err(|e| {
+            CliError(format!(
+                "restoring shard {} of {} from {store}: {e}",
+                args.shard,
+                context.data_dir.display()
+            ))
+        })?;
+    print(context, &restored)?;
+    Ok(Outcome::Ok)
+}
+
+fn print(context: &Context, restored: &ShardRestore) -> Result<(), CliError> {
+    let report = &restored.report;
+    let source = &report.reset.source;
+    let floor = report.reset.floor;
+    let mut out = Out::new();
+    if context.json {
+        let skipped: Vec<serde_json::Value> = report
+            .skipped
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "key": s.snapshot.key,
+                    "op": s.snapshot.op,
+                    "bytes": s.snapshot.bytes,
+                    "reason": s.reason.to_string(),
+                })
+            })
+            .collect();
+        out.json(&serde_json::json!({
+            "shard": restored.shard,
+            "dir": restored.dir,
+            "domain": report.domain.to_string(),
+            "store": report.store,
+            "generations_listed": report.listed.len(),
+            "restored": {
+                "key": report.restored.key,
+                "op": source.watermark,
+                "epoch": source.epoch,
+                "bytes": report.restored.bytes,
+            },
+            "floor": { "op": floor.op, "epoch": floor.epoch },
+            "next_op": floor.op + 1,
+            "skipped": skipped,
+            "downloaded_bytes": report.downloaded_bytes,
+            "reset_snapshot_uploaded": restored.reset_snapshot_uploaded,
+            "seconds": report.elapsed.as_secs_f64(),
+        }))?;
+        return out.flush();
+    }
+    let mut table = output::table(["", "value"]);
+    let mut row = |name: &str, value: String| {
+        table.add_row(vec![name.to_string(), value]);
+    };
+    row(
+        "shard",
+        format!("{} ({})", restored.shard, restored.dir.display()),
+    );
+    row("domain", report.domain.to_string());
+    row("object store", report.store.clone());
+    row("generations listed", report.listed.len().to_string());
+    row(
+        "restored",
+        format!(
+            "{} ({})",
+            report.restored.key,
+            output::bytes(report.restored.bytes)
+        ),
+    );
+    row(
+        "op before -> after",
+        format!(
+            "{} -> {} (next op {})",
+            source.watermark,
+            floor.op,
+            floor.op + 1
+        ),
+    );
+    row(
+        "epoch before -> after",
+        format!("{} -> {}", source.epoch, floor.epoch),
+    );
+    if report.skipped.is_empty() {
+        row("skipped", "none".into());
+    }
+    for skipped in &report.skipped {
+        row(
+            "skipped",
+            format!("{}: {}", skipped.snapshot.key, skipped.reason),
+        );
+    }
+    row("downloaded", output::bytes(report.downloaded_bytes));
+    row(
+        "reset snapshot uploaded",
+        if restored.reset_snapshot_uploaded {
+            "yes".into()
+        } else {
+            "not yet (the shard uploads it when the engine starts)".into()
+        },
+    );
+    row("time", format!("{:.3} s", report.elapsed.as_secs_f64()));
+    out.line(table)?;
+    out.flush()
+}

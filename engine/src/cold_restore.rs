@@ -1,0 +1,540 @@
+//! Cold restore: rebuilding a shard whose local disk is gone from its
+//! snapshots in object storage.
+//!
+//! [`restore`] takes the builder of the shard to rebuild (its directory,
+//! journal settings and [`ObjectStoreSettings`]) and the domain, and
+//! returns the running shard:
+//!
+//! 1. **List** `<domain>/snapshots/` in the store. Nothing local is touched
+//!    before the store has answered: a wrong domain or store ends here with
+//!    [`Error::NoRemoteSnapshot`].
+//! 2. **Open** the directory as a new shard of the domain, behind the
+//!    marker file [`RESTORE_MARKER_NAME`]. A directory that holds a shard
+//!    (`identity`, journal files, snapshots) is refused with
+//!    [`Error::RestoreTargetHoldsShard`]; one holding the marker of an
+//!    earlier restore that did not finish has that restore's leftovers
+//!    removed first. While the marker exists a plain open refuses the
+//!    directory ([`Error::RestoreIncomplete`]), so a crash mid-restore can
+//!    never leave something that opens as an empty shard of the domain.
+//! 3. **Download and verify**, newest generation first: through the shard's
+//!    cache ([`Tiered::get_path`]; straight to disk if the cache cannot hold
+//!    it), linked into `<dir>/restore/`, then loaded with every check a
+//!    local snapshot gets (header, section and whole-file CRCs, the name,
+//!    the domain). A generation that fails is downloaded and checked once
+//!    more (its cached copy dropped), then reported in
+//!    [`ColdRestoreReport::skipped`] with the reason, and the previous
+//!    generation is tried. All of them damaged is
+//!    [`Error::RemoteSnapshotsDamaged`], listing why.
+//! 4. **Reset** the shard to it ([`crate::reset`]): op numbers continue
+//!    above the snapshot *and* above every key listed (so the shard's next
+//!    snapshots never collide with a damaged newer object), epochs above
+//!    the snapshot's and above those of damaged generations whose header
+//!    still verifies. The reset's snapshot is uploaded like a checkpoint's.
+//! 5. **Finish**: remove `<dir>/restore/` and the marker (then fsync the
+//!    directory).
+//!
+//! If a step after 2 fails, the shard is closed and everything the restore
+//! created is removed, the marker last (a restore only ever writes into a
+//! directory that held no shard, so all of it is its own); the cache
+//! directory stays, with whatever it downloaded.
+//!
+//! ```no_run
+//! use ringstore::broker::Metadata;
+//! use ringstore::object_store::{ObjectStoreSettings, Remote};
+//! use ringstore::Shard;
+//!
+//! let remote = Remote::local("/mnt/backup/ringstore-objects").open()?;
+//! let domain: uuid::Uuid = "6f1c0f64-5d4e-4a3b-9c2d-1e0f9a8b7c6d".parse().expect("uuid");
+//! glommio::LocalExecutorBuilder::default()
+//!     .spawn(move || async move {
+//!         let builder = Shard::<Metadata>::builder("/var/lib/broker/shard-0")
+//!             .object_store(ObjectStoreSettings::new(remote));
+//!         let (shard, report) = ringstore::cold_restore::restore(builder, domain).await?;
+//!         println!("restored op {} (skipped {})", report.reset.source.watermark, report.skipped.len());
+//!         shard.close().await
+//!     })
+//!     .expect("reactor")
+//!     .join()
+//!     .expect("reactor")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::config::ShardBuilder;
+use crate::error::{Error, Result, SnapshotError};
+use crate::identity::{write_identity, IDENTITY_FILE_NAME};
+use crate::machine::{OpId, StateMachine};
+use crate::object_store::{parse_snapshot_key, ObjectStoreSettings, SNAPSHOT_KEY_PREFIX};
+use crate::reset::ResetOutcome;
+use crate::shard::{Shard, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
+use crate::snapshot::inspect::{inspect_snapshot, Check};
+use crate::snapshot::snapshot_file_name;
+use ringstore_cache::{RemoteError, Tiered};
+use ringstore_journal::storage::{DmaStorage, Storage};
+use std::{
+    io::{self, Write},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+use uuid::Uuid;
+
+/// The marker a cold restore keeps in the shard directory until it has
+/// finished.
+pub const RESTORE_MARKER_NAME: &str = "restoring";
+/// Where a cold restore puts the snapshot it downloads, inside the shard
+/// directory (same filesystem as the snapshots).
+pub const RESTORE_STAGING_DIR_NAME: &str = "restore";
+/// Times one generation is downloaded and verified before it is skipped:
+/// a bit flipped in transit or in the cached copy must not pass for a
+/// damaged object.
+const VERIFY_ATTEMPTS_MAX: u32 = 2;
+
+/// A snapshot generation in object storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSnapshot {
+    /// Its key, relative to the domain (`snapshots/snapshot-<op>.snap`).
+    pub key: String,
+    /// The op in its name.
+    pub op: u64,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Why a generation was passed over.
+#[derive(Debug, Clone)]
+pub enum SkipReason {
+    /// It failed verification (twice).
+    Damaged(SnapshotError),
+    /// It was listed, then gone when downloaded.
+    Vanished,
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::Damaged(reason) => write!(f, "{reason}"),
+            SkipReason::Vanished => f.write_str("listed, but gone when downloaded"),
+        }
+    }
+}
+
+/// A generation [`restore`] did not use, and why.
+#[derive(Debug, Clone)]
+pub struct SkippedRemoteSnapshot {
+    /// The generation.
+    pub snapshot: RemoteSnapshot,
+    /// Why.
+    pub reason: SkipReason,
+}
+
+pub(crate) fn describe_skipped(skipped: &[SkippedRemoteSnapshot]) -> String {
+    let parts: Vec<String> = skipped
+        .iter()
+        .map(|s| format!("{}: {}", s.snapshot.key, s.reason))
+        .collect();
+    parts.join("; ")
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone)]
+pub struct ColdRestoreReport {
+    /// The domain.
+    pub domain: Uuid,
+    /// The store (`Remote::describe`).
+    pub store: String,
+    /// Every generation listed, newest first.
+    pub listed: Vec<RemoteSnapshot>,
+    /// The generation restored.
+    pub restored: RemoteSnapshot,
+    /// The reset: the snapshot's op and epoch (`reset.source`; its path was
+    /// the staging copy, removed since), the new floor (`reset.floor`: the
+    /// next op is `floor.op + 1` at epoch `floor.epoch` or later) and the
+    /// local snapshot written at it.
+    pub reset: ResetOutcome,
+    /// Newer generations that were passed over, newest first.
+    pub skipped: Vec<SkippedRemoteSnapshot>,
+    /// Bytes downloaded (verification retries included; cache hits not).
+    pub downloaded_bytes: u64,
+    /// The whole restore, listing to finish.
+    pub elapsed: Duration,
+}
+
+/// Rebuilds the shard of `builder` (which must have
+/// [`ShardBuilder::object_store`]) from the newest intact snapshot of
+/// `domain` in object storage, and returns it running. See the module docs.
+pub async fn restore<M: StateMachine>(
+    mut builder: ShardBuilder<M, DmaStorage>,
+    domain: Uuid,
+) -> Result<(Shard<M>, ColdRestoreReport)> {
+    let started = Instant::now();
+    builder.validate_early()?;
+    let Some(settings) = builder.object_store.clone() else {
+        return Err(Error::InvalidConfig {
+            setting: "object_store",
+            value: "none".into(),
+            reason: "a cold restore needs the object store (ShardBuilder::object_store)".into(),
+        });
+    };
+    // 1. List.
+    let listed = list_generations(&settings, domain).await?;
+    // 2. Open behind the marker.
+    let dir = builder.dir.clone();
+    builder.restore_domain = Some(domain);
+    let shard = builder.open().await?;
+    // 3, 4.
+    let restored = restore_newest_intact(&shard, domain, &listed).await;
+    let restored = match restored {
+        Ok(restored) => finish(&dir).await.map(|()| restored),
+        Err(e) => Err(e),
+    };
+    match restored {
+        Ok((restored, reset, skipped, downloaded_bytes)) => {
+            let report = ColdRestoreReport {
+                domain,
+                store: settings.remote().describe().to_string(),
+                listed,
+                restored,
+                reset,
+                skipped,
+                downloaded_bytes,
+                elapsed: started.elapsed(),
+            };
+            tracing::info!(
+                dir = %dir.display(),
+                %domain,
+                key = report.restored.key,
+                floor_op = report.reset.floor.op,
+                floor_epoch = report.reset.floor.epoch,
+                skipped = report.skipped.len(),
+                "shard restored from object storage"
+            );
+            Ok((shard, report))
+        }
+        Err(e) => {
+            abandon(shard, &dir).await;
+            Err(e)
+        }
+    }
+}
+
+/// The domain's snapshot generations in the store, newest first.
+async fn list_generations(
+    settings: &ObjectStoreSettings,
+    domain: Uuid,
+) -> Result<Vec<RemoteSnapshot>> {
+    let remote = settings.remote();
+    let prefix = format!("{domain}/{SNAPSHOT_KEY_PREFIX}");
+    let listed = remote
+        .list(&prefix)
+        .await
+        .map_err(|e| Error::object_store("list the domain's snapshots", e.into()))?;
+    let domain_prefix = format!("{domain}/");
+    let mut generations: Vec<RemoteSnapshot> = listed
+        .into_iter()
+        .filter_map(|info| {
+            let key = info.key.strip_prefix(&domain_prefix)?.to_owned();
+            let op = parse_snapshot_key(&key)?;
+            Some(RemoteSnapshot {
+                key,
+                op,
+                bytes: info.bytes,
+            })
+        })
+        .collect();
+    generations.sort_unstable_by_key(|g| std::cmp::Reverse(g.op));
+    if generations.is_empty() {
+        return Err(Error::NoRemoteSnapshot {
+            domain,
+            store: remote.describe().to_string(),
+            prefix,
+        });
+    }
+    Ok(generations)
+}
+
+type Restored = (
+    RemoteSnapshot,
+    ResetOutcome,
+    Vec<SkippedRemoteSnapshot>,
+    u64,
+);
+
+/// Steps 3 and 4: the newest generation that verifies, reset to.
+async fn restore_newest_intact<M: StateMachine>(
+    shard: &Shard<M>,
+    domain: Uuid,
+    listed: &[RemoteSnapshot],
+) -> Result<Restored> {
+    let objects = shard
+        .inner
+        .objects
+        .as_ref()
+        .expect("the shard was opened with an object store");
+    let tiered = objects.tiered().ok_or(Error::Closed)?;
+    let staging = shard.dir().join(RESTORE_STAGING_DIR_NAME);
+    blocking(staging.clone(), "create the restore directory", |dir| {
+        std::fs::create_dir_all(dir)
+    })
+    .await?;
+    let downloaded_before = tiered.stats().downloaded_bytes;
+    let mut direct_bytes = 0;
+    // Numbering goes above every key listed, damaged ones included.
+    let mut seen = OpId {
+        op: listed.iter().map(|g| g.op).max().unwrap_or(0),
+        epoch: 0,
+    };
+    let mut skipped = Vec::new();
+    for generation in listed {
+        let staged = staging.join(snapshot_file_name(generation.op));
+        let mut reason = SkipReason::Vanished;
+        for _ in 0..VERIFY_ATTEMPTS_MAX {
+            remove_if_present(&staged).await?;
+            match fetch(&tiered, &generation.key, &staged).await? {
+                Fetched::Missing => {
+                    reason = SkipReason::Vanished;
+                    break;
+                }
+                Fetched::Cached => {}
+                Fetched::Direct(bytes) => direct_bytes += bytes,
+            }
+            match shard.snapshots().load(&staged, Some(domain)).await {
+                Ok(loaded) => {
+                    let reset = shard.reset_to_loaded(loaded, seen).await?;
+                    let downloaded =
+                        tiered.stats().downloaded_bytes - downloaded_before + direct_bytes;
+                    return Ok((generation.clone(), reset, skipped, downloaded));
+                }
+                Err(damage) => {
+                    tracing::warn!(key = generation.key, %damage, "snapshot from object storage does not verify");
+                    if let Some(epoch) = readable_epoch(&staged) {
+                        seen.epoch = seen.epoch.max(epoch);
+                    }
+                    // Download it again rather than trust the cached copy.
+                    let full = tiered
+                        .object_key(&generation.key)
+                        .map_err(|e| Error::object_store("name a snapshot object", e))?;
+                    tiered
+                        .cache()
+                        .invalidate(&full)
+                        .await
+                        .map_err(|e| Error::object_store("drop a damaged cached snapshot", e))?;
+                    reason = SkipReason::Damaged(damage);
+                }
+            }
+        }
+        remove_if_present(&staged).await?;
+        skipped.push(SkippedRemoteSnapshot {
+            snapshot: generation.clone(),
+            reason,
+        });
+    }
+    Err(Error::RemoteSnapshotsDamaged { domain, skipped })
+}
+
+/// How [`fetch`] got the object.
+enum Fetched {
+    /// The store has no such object (any more).
+    Missing,
+    /// Through the cache (a hit or a download).
+    Cached,
+    /// Straight to the staging file (the cache cannot hold it), this many
+    /// bytes.
+    Direct(u64),
+}
+
+/// Puts the object at `key` (relative to the domain) at `staged`.
+async fn fetch(tiered: &Tiered, key: &str, staged: &Path) -> Result<Fetched> {
+    use ringstore_cache::Error as CacheError;
+    match tiered.get_path(key).await {
+        Ok(Some(cached)) => {
+            let staged = staged.to_path_buf();
+            blocking(staged.clone(), "link a downloaded snapshot", move |to| {
+                link_or_copy(&cached, to)
+            })
+            .await?;
+            Ok(Fetched::Cached)
+        }
+        Ok(None) => Ok(Fetched::Missing),
+        Err(
+            CacheError::Oversize { .. }
+            | CacheError::ReservationTooLarge { .. }
+            | CacheError::ReservationTimeout { .. }
+            | CacheError::NoSpace { .. }
+            | CacheError::TooManyWaiters { .. },
+        ) => {
+            let full = tiered
+                .object_key(key)
+                .map_err(|e| Error::object_store("name a snapshot object", e))?;
+            match tiered.remote().get_to_file(&full, staged).await {
+                Ok(bytes) => Ok(Fetched::Direct(bytes)),
+                Err(RemoteError::NotFound { .. }) => Ok(Fetched::Missing),
+                Err(e) => Err(Error::object_store("download a snapshot", e.into())),
+            }
+        }
+        Err(e) => Err(Error::object_store("download a snapshot", e)),
+    }
+}
+
+/// A hard link when both are on one filesystem, else a copy.
+fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) => std::fs::copy(from, to).map(drop),
+    }
+}
+
+/// The epoch in a damaged snapshot's header, if the header itself verifies.
+fn readable_epoch(path: &Path) -> Option<u64> {
+    let report = inspect_snapshot(path, Check::Header, None, &mut |_| {}).ok()?;
+    if !report.header_verified {
+        return None;
+    }
+    report.header.map(|header| header.epoch)
+}
+
+async fn remove_if_present(path: &Path) -> Result<()> {
+    blocking(
+        path.to_path_buf(),
+        "remove a staged snapshot",
+        |path| match std::fs::remove_file(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+    )
+    .await
+}
+
+/// Step 5: the staging directory, then the marker.
+async fn finish(dir: &Path) -> Result<()> {
+    blocking(dir.to_path_buf(), "finish the restore", |dir| {
+        remove_dir_if_present(&dir.join(RESTORE_STAGING_DIR_NAME))?;
+        std::fs::remove_file(dir.join(RESTORE_MARKER_NAME))?;
+        sync_dir(dir)
+    })
+    .await
+}
+
+/// After a failure: close the shard, then remove what the restore created
+/// (under the directory lock), the marker last.
+async fn abandon<M: StateMachine>(shard: Shard<M>, dir: &Path) {
+    if let Err(e) = shard.close().await {
+        tracing::warn!(error = %e, "closing the shard of a failed restore");
+    }
+    drop(shard);
+    let lock = match crate::lock::acquire_on_reactor(dir).await {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot clean up after a failed restore: the marker stays, a restore starts over");
+            return;
+        }
+    };
+    let removed = blocking(dir.to_path_buf(), "clean up a failed restore", |dir| {
+        remove_shard_files(dir)?;
+        std::fs::remove_file(dir.join(RESTORE_MARKER_NAME))?;
+        sync_dir(dir)
+    })
+    .await;
+    if let Err(e) = removed {
+        tracing::warn!(error = %e, "cleaning up after a failed restore; the marker stays, a restore starts over");
+    }
+    drop(lock);
+}
+
+/// Step 2, called by recovery with the directory locked: refuses a shard,
+/// clears an unfinished restore's leftovers, writes the marker and the
+/// identity.
+pub(crate) async fn prepare_dir<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    domain: Uuid,
+    marked: bool,
+) -> Result<()> {
+    let found = blocking(dir.to_path_buf(), "prepare a restore", move |dir| {
+        if marked {
+            tracing::info!(dir = %dir.display(), "an earlier restore did not finish; starting over");
+            remove_shard_files(dir)?;
+            return Ok(Vec::new());
+        }
+        let mut found = Vec::new();
+        if dir.join(IDENTITY_FILE_NAME).exists() {
+            found.push(IDENTITY_FILE_NAME.to_string());
+        }
+        for sub in [JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME] {
+            if has_entries(&dir.join(sub))? {
+                found.push(format!("{sub}/"));
+            }
+        }
+        Ok(found)
+    })
+    .await?;
+    if !found.is_empty() {
+        return Err(Error::RestoreTargetHoldsShard {
+            path: dir.to_path_buf(),
+            found: found.join(", "),
+        });
+    }
+    blocking(dir.to_path_buf(), "write the restore marker", move |dir| {
+        let path = dir.join(RESTORE_MARKER_NAME);
+        let mut file = std::fs::File::create(&path)?;
+        writeln!(
+            file,
+            "ringstore cold restore of domain {domain}: unfinished while this file exists"
+        )?;
+        file.sync_all()?;
+        sync_dir(dir)
+    })
+    .await?;
+    write_identity(storage, dir, domain).await
+}
+
+/// Everything a shard keeps in its directory but the lock, the cache and
+/// the marker.
+fn remove_shard_files(dir: &Path) -> io::Result<()> {
+    for name in [IDENTITY_FILE_NAME, "identity.tmp"] {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    for sub in [
+        JOURNAL_DIR_NAME,
+        SNAPSHOT_DIR_NAME,
+        RESTORE_STAGING_DIR_NAME,
+    ] {
+        remove_dir_if_present(&dir.join(sub))?;
+    }
+    sync_dir(dir)
+}
+
+fn remove_dir_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn has_entries(dir: &Path) -> io::Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Runs plain filesystem calls on glommio's blocking pool, so the reactor
+/// never waits on them (a copy can be large).
+async fn blocking<T: Send + 'static>(
+    path: PathBuf,
+    op: &'static str,
+    work: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
+) -> Result<T> {
+    let at = path.clone();
+    glommio::executor()
+        .spawn_blocking(move || work(&at))
+        .await
+        .map_err(|e| Error::io(op, path, e))
+}

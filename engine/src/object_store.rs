@@ -1,0 +1,745 @@
+//! Snapshots in object storage: the upload after each checkpoint, its
+//! retries, the two upload modes, and retention of old generations.
+//!
+//! A shard given [`ObjectStoreSettings`]
+//! ([`ShardBuilder::object_store`](crate::ShardBuilder::object_store)) opens
+//! a local [`Cache`] (default `<shard dir>/cache`) and a [`Tiered`] view of
+//! the store under its domain. Every snapshot file it writes becomes the
+//! object `<domain>/snapshots/snapshot-<20 digits>.snap`, byte for byte the
+//! local file (layout in `engine/FORMAT.md`), and
+//! [`cold_restore`](crate::cold_restore) rebuilds a lost shard from those.
+//! The [`Remote`] is shared by the shards of a process (one I/O thread);
+//! the cache and the upload task are per shard. The store is
+//! `object_store`'s local filesystem by default ([`Remote::local`]), any
+//! S3-compatible endpoint by config ([`Remote::s3`]), and Google Cloud
+//! Storage or Azure Blob Storage through [`Backend::Custom`] with
+//! `ringstore-cache`'s `gcp` or `azure` feature.
+//!
+//! # The upload task
+//!
+//! One task per shard, apart from the compaction task, so local progress
+//! never waits on a request. Whenever the newest local snapshot is newer
+//! than the newest uploaded one it uploads that file ([`Tiered::put_file`]:
+//! upload, then a hard link into the cache, no copy). Only the newest is
+//! ever uploaded: one superseded before its turn (or pruned locally first)
+//! is skipped, since the newer snapshot covers its ops; a slow store costs
+//! staleness, never a queue.
+//!
+//! Every request carries the [`Remote`]'s deadline. A failed attempt is
+//! counted (`snapshot_upload_failures` in [`ShardStats`], the
+//! `ringstore_snapshot_upload_failures_total` counter) and retried after a
+//! backoff from [`UPLOAD_BACKOFF_MIN_DEFAULT`] doubling to
+//! [`UPLOAD_BACKOFF_MAX_DEFAULT`] (settable), for as long as the shard is
+//! open. [`Shard::close`](crate::Shard::close) abandons a request in
+//! flight (a put is atomic: the key then holds the whole object or none of
+//! it); the next open uploads the newest snapshot again.
+//!
+//! Writes never overwrite: the store refuses a key that holds an object.
+//! When an upload finds its key taken it compares sizes: an object of the
+//! local file's size is this very upload (an attempt whose answer was lost,
+//! or an upload before a restart that the shard could not record) and
+//! counts as uploaded. A different size is a conflict: logged, counted as a
+//! failure, and not retried until a newer snapshot supersedes it. Size is
+//! what the store tells without a download; within a domain only its shard
+//! writes snapshot keys and each op's snapshot is written once (a cold
+//! restore numbers past every key it found), so a same-size object with
+//! other bytes needs two processes claiming one domain.
+//!
+//! # Upload modes
+//!
+//! | [`UploadMode`] | the journal's watermark | a lost local disk loses | the store down |
+//! |---|---|---|---|
+//! | [`BeforeCompaction`](UploadMode::BeforeCompaction) (default) | moves only up to the newest *uploaded* snapshot | nothing the journal compacted: every op at or below the watermark is in an uploaded snapshot; the ops above it are in the local journal only (the broker's replication is what covers those) | uploads retry; the ring fills up to the last uploaded snapshot, then submits wait `ring_full_wait_max` and fail with [`Error::Backpressure`] until the store is back |
+//! | [`Background`](UploadMode::Background) | moves as without an object store | also the ops between the newest uploaded snapshot and the watermark | nothing changes locally; uploads lag and catch up |
+//!
+//! While uploads fail in `BeforeCompaction` mode the compaction task still
+//! checkpoints on its op and byte thresholds (short replays), but takes no
+//! extra snapshots for ring pressure: one would free nothing until it is
+//! uploaded. The local snapshots above the watermark are all kept (recovery
+//! may need them), at most about `slot_count / ops_max` of them.
+//!
+//! # Retention
+//!
+//! After each upload the task lists `<domain>/snapshots/` and deletes all
+//! but the newest [`ObjectStoreSettings::remote_generations`] objects
+//! (never the one just uploaded). A failure is counted
+//! (`remote_retention_failures`) and the rest is left for the next upload.
+//! A cold restore falls back to older generations when the newest is
+//! damaged, so keep more than one.
+//!
+//! [`ShardStats`]: crate::ShardStats
+
+use crate::error::{Error, Result};
+use crate::machine::StateMachine;
+use crate::shard::{Inner, Shard};
+use crate::snapshot::{parse_snapshot_file_name, snapshot_file_name};
+use event_listener::Event;
+use ringstore_cache::{Cache, RemoteError, Tiered};
+use ringstore_journal::storage::Storage;
+use std::{
+    cell::{Cell, RefCell},
+    path::{Path, PathBuf},
+    rc::{Rc, Weak},
+    time::{Duration, Instant},
+};
+use uuid::Uuid;
+
+/// The object store handle and its settings, from `ringstore-cache`.
+pub use ringstore_cache::{Backend, Remote, RemoteBuilder, S3Config};
+
+/// Default snapshot generations kept in object storage.
+pub const REMOTE_GENERATIONS_DEFAULT: usize = 3;
+/// Most snapshot generations kept in object storage.
+pub const REMOTE_GENERATIONS_MAX: usize = 1024;
+/// Default first pause after a failed upload (doubling after each failure).
+pub const UPLOAD_BACKOFF_MIN_DEFAULT: Duration = Duration::from_millis(100);
+/// Default longest pause between upload attempts.
+pub const UPLOAD_BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(30);
+/// Range of both upload backoff settings.
+pub const UPLOAD_BACKOFF_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(3600));
+/// Default cache directory, relative to the shard directory.
+pub const CACHE_DIR_DEFAULT: &str = "cache";
+/// Default byte limit of a shard's cache (1 GiB).
+pub const CACHE_BYTES_LIMIT_DEFAULT: u64 = ringstore_cache::BYTES_LIMIT_DEFAULT;
+/// The key prefix (under the domain) of snapshot objects.
+pub const SNAPSHOT_KEY_PREFIX: &str = "snapshots";
+
+/// The object key of the snapshot at `op`, relative to the domain:
+/// `snapshots/snapshot-<20 digits>.snap`.
+pub fn snapshot_key(op: u64) -> String {
+    format!("{SNAPSHOT_KEY_PREFIX}/{}", snapshot_file_name(op))
+}
+
+/// The op of a snapshot key relative to the domain, if it is one.
+pub fn parse_snapshot_key(key: &str) -> Option<u64> {
+    let name = key.strip_prefix(SNAPSHOT_KEY_PREFIX)?.strip_prefix('/')?;
+    parse_snapshot_file_name(name)
+}
+
+/// When the journal's watermark may pass a snapshot that is not in object
+/// storage yet (see the [module docs](self) for what each mode risks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UploadMode {
+    /// The watermark never passes the newest uploaded snapshot: a lost disk
+    /// loses nothing compacted. A store outage ends in backpressure.
+    #[default]
+    BeforeCompaction,
+    /// Compaction goes on locally; uploads follow and may lag. A lost disk
+    /// loses the ops above the newest uploaded snapshot.
+    Background,
+}
+
+/// Object storage for a shard's snapshots; see the [module docs](self).
+/// Cheap to clone (the [`Remote`] is a shared handle).
+#[derive(Debug, Clone)]
+#[must_use = "settings do nothing until given to ShardBuilder::object_store"]
+pub struct ObjectStoreSettings {
+    remote: Remote,
+    mode: UploadMode,
+    remote_generations: usize,
+    cache_dir: PathBuf,
+    cache_bytes_limit: u64,
+    upload_backoff_min: Duration,
+    upload_backoff_max: Duration,
+}
+
+impl ObjectStoreSettings {
+    /// Snapshots to `remote`, with the defaults: [`UploadMode::BeforeCompaction`],
+    /// [`REMOTE_GENERATIONS_DEFAULT`] generations, the cache in
+    /// `<shard dir>/cache` limited to [`CACHE_BYTES_LIMIT_DEFAULT`].
+    pub fn new(remote: Remote) -> ObjectStoreSettings {
+        ObjectStoreSettings {
+            remote,
+            mode: UploadMode::default(),
+            remote_generations: REMOTE_GENERATIONS_DEFAULT,
+            cache_dir: PathBuf::from(CACHE_DIR_DEFAULT),
+            cache_bytes_limit: CACHE_BYTES_LIMIT_DEFAULT,
+            upload_backoff_min: UPLOAD_BACKOFF_MIN_DEFAULT,
+            upload_backoff_max: UPLOAD_BACKOFF_MAX_DEFAULT,
+        }
+    }
+
+    /// The upload mode. Default [`UploadMode::BeforeCompaction`].
+    pub fn mode(mut self, mode: UploadMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Snapshot generations kept in object storage. Default
+    /// [`REMOTE_GENERATIONS_DEFAULT`]; range 1 to [`REMOTE_GENERATIONS_MAX`].
+    pub fn remote_generations(mut self, generations: usize) -> Self {
+        self.remote_generations = generations;
+        self
+    }
+
+    /// The shard's cache directory; a relative path is taken relative to
+    /// the shard directory. Default [`CACHE_DIR_DEFAULT`]. Each shard needs
+    /// its own (a cache directory is locked by the shard that opens it), so
+    /// with several shards leave it relative.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = dir.into();
+        self
+    }
+
+    /// Byte limit of the shard's cache. Default
+    /// [`CACHE_BYTES_LIMIT_DEFAULT`]; at least 1. Uploaded snapshots join
+    /// the cache by a hard link: they cost no extra disk while the local
+    /// snapshot file exists, their full size once it is pruned, until the
+    /// cache trims them (least recently used first). A snapshot larger than
+    /// the cache is still uploaded, just not cached.
+    pub fn cache_bytes_limit(mut self, bytes: u64) -> Self {
+        self.cache_bytes_limit = bytes;
+        self
+    }
+
+    /// Pause after the first failed upload (doubling after each failure)
+    /// and its cap. Defaults [`UPLOAD_BACKOFF_MIN_DEFAULT`] and
+    /// [`UPLOAD_BACKOFF_MAX_DEFAULT`], each within [`UPLOAD_BACKOFF_RANGE`],
+    /// the first at most the second.
+    pub fn upload_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.upload_backoff_min = first;
+        self.upload_backoff_max = max;
+        self
+    }
+
+    /// The object store.
+    pub fn remote(&self) -> &Remote {
+        &self.remote
+    }
+
+    /// The upload mode.
+    pub fn upload_mode(&self) -> UploadMode {
+        self.mode
+    }
+
+    /// Generations kept in object storage.
+    pub fn generations(&self) -> usize {
+        self.remote_generations
+    }
+
+    /// The cache directory of the shard in `shard_dir`.
+    pub fn cache_dir_for(&self, shard_dir: &Path) -> PathBuf {
+        shard_dir.join(&self.cache_dir)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let invalid = |setting: &'static str, value: String, reason: String| {
+            Err(Error::InvalidConfig {
+                setting,
+                value,
+                reason,
+            })
+        };
+        if !(1..=REMOTE_GENERATIONS_MAX).contains(&self.remote_generations) {
+            return invalid(
+                "object_store remote_generations",
+                self.remote_generations.to_string(),
+                format!("1 to {REMOTE_GENERATIONS_MAX}"),
+            );
+        }
+        if self.cache_bytes_limit == 0 {
+            return invalid(
+                "object_store cache_bytes_limit",
+                "0".into(),
+                "at least 1".into(),
+            );
+        }
+        let (min, max) = UPLOAD_BACKOFF_RANGE;
+        for backoff in [self.upload_backoff_min, self.upload_backoff_max] {
+            if backoff < min || backoff > max {
+                return invalid(
+                    "object_store upload_backoff",
+                    format!("{backoff:?}"),
+                    format!("{min:?} to {max:?}"),
+                );
+            }
+        }
+        if self.upload_backoff_min > self.upload_backoff_max {
+            return invalid(
+                "object_store upload_backoff",
+                format!("{:?}", self.upload_backoff_min),
+                format!("at most the cap {:?}", self.upload_backoff_max),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A shard's object-storage state: its cache, its view of the store, and
+/// what the upload task knows.
+pub(crate) struct ShardObjects {
+    pub settings: ObjectStoreSettings,
+    cache: RefCell<Option<Rc<Cache>>>,
+    tiered: RefCell<Option<Rc<Tiered>>>,
+    /// Newest snapshot op known to be in the store (0: none known).
+    uploaded: Cell<u64>,
+    /// A snapshot op not to retry (its key holds another object, or its
+    /// file is gone): the next snapshot is uploaded instead.
+    not_retried: Cell<u64>,
+    /// The snapshot waiting for upload, and since when.
+    pending_since: Cell<Option<(u64, Instant)>>,
+    /// Notified when a snapshot was written, and at close.
+    wanted: Event,
+    /// Notified at close: abandon the request in flight.
+    closing: Event,
+    /// Notified after each upload.
+    upload_done: Event,
+    task: RefCell<Option<glommio::Task<()>>>,
+}
+
+impl ShardObjects {
+    /// Opens the shard's cache and its view of the store under `domain`.
+    pub(crate) async fn open(
+        settings: ObjectStoreSettings,
+        shard_dir: &Path,
+        domain: Uuid,
+    ) -> Result<ShardObjects> {
+        let cache = Cache::builder(settings.cache_dir_for(shard_dir))
+            .bytes_limit(settings.cache_bytes_limit)
+            .open()
+            .await
+            .map_err(|e| Error::object_store("open the shard's cache", e))?;
+        let cache = Rc::new(cache);
+        let tiered = Tiered::new(
+            Rc::clone(&cache),
+            settings.remote.clone(),
+            &domain.to_string(),
+        )
+        .map_err(|e| Error::object_store("open the object store view", e))?;
+        Ok(ShardObjects {
+            settings,
+            cache: RefCell::new(Some(cache)),
+            tiered: RefCell::new(Some(Rc::new(tiered))),
+            uploaded: Cell::new(0),
+            not_retried: Cell::new(0),
+            pending_since: Cell::new(None),
+            wanted: Event::new(),
+            closing: Event::new(),
+            upload_done: Event::new(),
+            task: RefCell::new(None),
+        })
+    }
+
+    /// The shard's view of the store (`None` once closed).
+    pub(crate) fn tiered(&self) -> Option<Rc<Tiered>> {
+        self.tiered.borrow().clone()
+    }
+
+    /// The shard joined another domain (a reset): its keys go under that
+    /// one from now on, and nothing of it is known to be uploaded.
+    pub(crate) fn set_domain(&self, domain: Uuid) -> Result<()> {
+        let Some(cache) = self.cache.borrow().clone() else {
+            return Err(Error::Closed);
+        };
+        let tiered = Tiered::new(cache, self.settings.remote.clone(), &domain.to_string())
+            .map_err(|e| Error::object_store("open the object store view", e))?;
+        *self.tiered.borrow_mut() = Some(Rc::new(tiered));
+        self.uploaded.set(0);
+        self.not_retried.set(0);
+        Ok(())
+    }
+
+    /// The newest uploaded snapshot's op, if the watermark must wait for
+    /// uploads ([`UploadMode::BeforeCompaction`]).
+    pub(crate) fn gate(&self) -> Option<u64> {
+        (self.settings.mode == UploadMode::BeforeCompaction).then(|| self.uploaded.get())
+    }
+
+    /// Newest snapshot op known to be in the store.
+    pub(crate) fn uploaded(&self) -> u64 {
+        self.uploaded.get()
+    }
+
+    /// A snapshot at `op` was written: upload it.
+    pub(crate) fn snapshot_written(&self, op: u64) {
+        self.pending_since.set(Some((op, Instant::now())));
+        self.wanted.notify(usize::MAX);
+    }
+
+    pub(crate) fn set_task(&self, task: glommio::Task<()>) {
+        *self.task.borrow_mut() = Some(task);
+    }
+
+    /// Tells the upload task to stop (the shard's `closing` is set).
+    pub(crate) fn begin_close(&self) {
+        self.closing.notify(usize::MAX);
+        self.wanted.notify(usize::MAX);
+    }
+
+    /// Waits for the upload task to stop, then shuts the cache down
+    /// (persisting its access tracker).
+    pub(crate) async fn close(&self) -> Result<()> {
+        let task = self.task.borrow_mut().take();
+        if let Some(task) = task {
+            task.await;
+        }
+        self.tiered.borrow_mut().take();
+        let cache = self.cache.borrow_mut().take();
+        match cache.map(Rc::try_unwrap) {
+            Some(Ok(cache)) => cache
+                .shutdown()
+                .await
+                .map_err(|e| Error::object_store("shut the shard's cache down", e)),
+            // Still borrowed by a caller of `tiered()`: dropped with it,
+            // which the cache treats like a crash (it recovers at open).
+            Some(Err(_)) | None => Ok(()),
+        }
+    }
+
+    /// Resolves after the next upload (or at close).
+    pub(crate) fn upload_done(&self) -> event_listener::EventListener {
+        self.upload_done.listen()
+    }
+}
+
+/// How one upload attempt ended.
+enum Upload {
+    /// In the store now, with the bytes this attempt sent.
+    Uploaded(u64),
+    /// The file is gone (pruned): a newer snapshot covers it.
+    Superseded,
+    /// The key holds another object; not retried.
+    Conflict,
+    /// The attempt failed; retry after a backoff.
+    Failed,
+    /// The shard is closing.
+    Closing,
+}
+
+impl<M: StateMachine, S: Storage> Shard<M, S> {
+    /// Waits until the newest local snapshot is in object storage, at most
+    /// `wait_max`. Returns whether it is (true at once without an object
+    /// store or without a snapshot).
+    pub async fn wait_for_upload(&self, wait_max: Duration) -> bool {
+        let started = Instant::now();
+        loop {
+            let Some(objects) = self.inner.objects.as_ref() else {
+                return true;
+            };
+            let listener = objects.upload_done();
+            let newest = self.snapshot_watermark();
+            if newest == 0 || objects.uploaded() >= newest {
+                return true;
+            }
+            let left = wait_max.saturating_sub(started.elapsed());
+            if left.is_zero() || self.is_poisoned_or_closing() {
+                return false;
+            }
+            futures_lite::future::or(listener, async {
+                glommio::timer::sleep(left).await;
+            })
+            .await;
+        }
+    }
+
+    /// The op of the newest snapshot known to be in object storage (0:
+    /// none, or no object store).
+    pub fn uploaded_snapshot(&self) -> u64 {
+        self.inner
+            .objects
+            .as_ref()
+            .map_or(0, ShardObjects::uploaded)
+    }
+
+    /// Uploads the snapshot at `op` (see the module docs).
+    async fn upload_snapshot(&self, objects: &ShardObjects, op: u64) -> Upload {
+        let Some(tiered) = objects.tiered() else {
+            return Upload::Closing;
+        };
+        let path = self.inner.snapshots.dir().join(snapshot_file_name(op));
+        let key = snapshot_key(op);
+        let local_bytes = match std::fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Upload::Superseded,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot stat the snapshot to upload");
+                return Upload::Failed;
+            }
+        };
+        let closing = objects.closing.listen();
+        if self.is_poisoned_or_closing() {
+            return Upload::Closing;
+        }
+        let put = async { Some(tiered.put_file(&key, &path).await) };
+        let abandoned = async {
+            closing.await;
+            None
+        };
+        let Some(result) = futures_lite::future::or(put, abandoned).await else {
+            return Upload::Closing;
+        };
+        match result {
+            Ok(()) => Upload::Uploaded(local_bytes),
+            Err(ringstore_cache::Error::Remote(RemoteError::AlreadyExists {
+                after_retry, ..
+            })) => {
+                self.existing_object(objects, &tiered, &key, local_bytes, after_retry)
+                    .await
+            }
+            Err(_) if !path.exists() => Upload::Superseded,
+            Err(error) => {
+                tracing::warn!(key, %error, "snapshot upload failed; retrying after a backoff");
+                Upload::Failed
+            }
+        }
+    }
+
+    /// The snapshot's key holds an object already: the same upload (same
+    /// size) or a conflict.
+    async fn existing_object(
+        &self,
+        objects: &ShardObjects,
+        tiered: &Tiered,
+        key: &str,
+        local_bytes: u64,
+        after_retry: bool,
+    ) -> Upload {
+        let full = match tiered.object_key(key) {
+            Ok(full) => full,
+            Err(error) => {
+                tracing::error!(key, %error, "snapshot key refused");
+                return Upload::Conflict;
+            }
+        };
+        let closing = objects.closing.listen();
+        let head = async { Some(tiered.remote().head(&full).await) };
+        let abandoned = async {
+            closing.await;
+            None
+        };
+        match futures_lite::future::or(head, abandoned).await {
+            None => Upload::Closing,
+            Some(Ok(info)) if info.bytes == local_bytes => {
+                tracing::info!(
+                    key = full,
+                    after_retry,
+                    "snapshot already in object storage with the local file's size; counted as uploaded"
+                );
+                Upload::Uploaded(if after_retry { local_bytes } else { 0 })
+            }
+            Some(Ok(info)) => {
+                tracing::error!(
+                    key = full,
+                    object_bytes = info.bytes,
+                    local_bytes,
+                    "another object holds this snapshot's key (two shards claiming one \
+                     domain?); not uploading this snapshot"
+                );
+                Upload::Conflict
+            }
+            Some(Err(error)) => {
+                tracing::warn!(key = full, %error, "checking an existing snapshot object failed");
+                Upload::Failed
+            }
+        }
+    }
+
+    /// After the snapshot at `op` was uploaded: record it, let the
+    /// watermark follow, apply retention.
+    async fn record_upload(&self, objects: &ShardObjects, op: u64, bytes: u64) {
+        let lag = match objects.pending_since.get() {
+            Some((pending, since)) if pending <= op => {
+                objects.pending_since.set(None);
+                since.elapsed()
+            }
+            _ => Duration::ZERO,
+        };
+        objects.uploaded.set(objects.uploaded.get().max(op));
+        {
+            let mut progress = self.inner.progress.borrow_mut();
+            let stats = &mut progress.stats;
+            stats.snapshot_uploads += 1;
+            stats.snapshot_upload_bytes += bytes;
+            stats.snapshot_upload_lag = lag;
+            stats.snapshot_uploaded_op = objects.uploaded.get();
+        }
+        self.inner
+            .metrics
+            .record_upload(bytes, lag, objects.uploaded.get());
+        objects.upload_done.notify(usize::MAX);
+        if objects.gate().is_some() {
+            self.advance_after_upload().await;
+        }
+        self.apply_retention(objects, op).await;
+    }
+
+    /// Moves the watermark up to the snapshot just uploaded, as far as the
+    /// checkpoint policy lets it (`BeforeCompaction` mode).
+    async fn advance_after_upload(&self) {
+        if self.is_poisoned_or_closing() {
+            return;
+        }
+        self.exclude_checkpoints().await;
+        let _allow = AllowCheckpoints { shard: self };
+        if let Err(error) = self.advance_watermark_and_prune().await {
+            tracing::warn!(%error, "advancing the watermark after an upload failed");
+        }
+    }
+
+    /// Deletes the generations beyond the configured count from the store.
+    async fn apply_retention(&self, objects: &ShardObjects, just_uploaded: u64) {
+        let Some(tiered) = objects.tiered() else {
+            return;
+        };
+        let keep = objects.settings.remote_generations;
+        let closing = objects.closing.listen();
+        let listed = async { Some(tiered.list(SNAPSHOT_KEY_PREFIX).await) };
+        let abandoned = async {
+            closing.await;
+            None
+        };
+        let listed = match futures_lite::future::or(listed, abandoned).await {
+            None => return,
+            Some(Ok(listed)) => listed,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "listing snapshots for retention failed; retrying after the next upload");
+                self.retention_failed();
+                return;
+            }
+        };
+        let mut generations: Vec<(u64, String)> = listed
+            .into_iter()
+            .filter_map(|info| parse_snapshot_key(&info.key).map(|op| (op, info.key)))
+            .collect();
+        generations.sort_unstable_by_key(|g| std::cmp::Reverse(g.0));
+        let mut deleted = 0;
+        for (op, key) in generations.into_iter().skip(keep) {
+            if op == just_uploaded || self.is_poisoned_or_closing() {
+                continue;
+            }
+            match tiered.delete(&key).await {
+                Ok(()) => deleted += 1,
+                Err(error) => {
+                    tracing::warn!(key, %error, "deleting an old snapshot from object storage failed; retrying after the next upload");
+                    self.retention_failed();
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            self.inner
+                .progress
+                .borrow_mut()
+                .stats
+                .remote_snapshots_deleted += deleted;
+            self.inner.metrics.record_remote_deleted(deleted);
+        }
+    }
+
+    fn retention_failed(&self) {
+        self.inner
+            .progress
+            .borrow_mut()
+            .stats
+            .remote_retention_failures += 1;
+        self.inner.metrics.record_retention_failure();
+    }
+
+    fn upload_failed(&self) {
+        self.inner
+            .progress
+            .borrow_mut()
+            .stats
+            .snapshot_upload_failures += 1;
+        self.inner.metrics.record_upload_failure();
+    }
+}
+
+/// Lets checkpoints run again however the caller ends.
+struct AllowCheckpoints<'a, M: StateMachine, S: Storage> {
+    shard: &'a Shard<M, S>,
+}
+
+impl<M: StateMachine, S: Storage> Drop for AllowCheckpoints<'_, M, S> {
+    fn drop(&mut self) {
+        self.shard.allow_checkpoints();
+    }
+}
+
+/// The upload task (see the module docs): runs until the shard closes, is
+/// poisoned or goes away.
+pub(crate) async fn run_uploads<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
+    let mut backoff = None;
+    loop {
+        let (shard, due, wanted) = {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let shard = Shard { inner };
+            let Some(objects) = shard.inner.objects.as_ref() else {
+                return;
+            };
+            let wanted = objects.wanted.listen();
+            if shard.is_poisoned_or_closing() {
+                return;
+            }
+            let newest = shard.snapshot_watermark();
+            let due = newest > objects.uploaded.get() && newest != objects.not_retried.get();
+            if due
+                && objects
+                    .pending_since
+                    .get()
+                    .is_none_or(|(op, _)| op != newest)
+            {
+                // Written before this open, or by a reset: the lag runs from
+                // now.
+                objects.pending_since.set(Some((newest, Instant::now())));
+            }
+            (shard, due.then_some(newest), wanted)
+        };
+        let Some(op) = due else {
+            drop(shard);
+            wanted.await;
+            continue;
+        };
+        let Some(objects) = shard.inner.objects.as_ref() else {
+            return;
+        };
+        let (first, cap) = (
+            objects.settings.upload_backoff_min,
+            objects.settings.upload_backoff_max,
+        );
+        match shard.upload_snapshot(objects, op).await {
+            Upload::Uploaded(bytes) => {
+                backoff = None;
+                shard.record_upload(objects, op, bytes).await;
+            }
+            Upload::Superseded => {
+                shard
+                    .inner
+                    .progress
+                    .borrow_mut()
+                    .stats
+                    .snapshot_uploads_skipped += 1;
+                // The newest snapshot changed under us: look again (the
+                // loop waits on `wanted` if nothing newer is there).
+                let newest = shard.snapshot_watermark();
+                if newest == op {
+                    // Gone, yet still the newest: nothing to upload until
+                    // the next checkpoint.
+                    objects.not_retried.set(op);
+                }
+            }
+            Upload::Conflict => {
+                shard.upload_failed();
+                objects.not_retried.set(op);
+            }
+            Upload::Closing => return,
+            Upload::Failed => {
+                shard.upload_failed();
+                let pause: Duration = backoff.unwrap_or(first);
+                backoff = Some((pause * 2).min(cap));
+                let closing = objects.closing.listen();
+                drop(shard);
+                futures_lite::future::or(
+                    async {
+                        glommio::timer::sleep(pause).await;
+                    },
+                    closing,
+                )
+                .await;
+            }
+        }
+    }
+}

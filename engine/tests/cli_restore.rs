@@ -1,0 +1,161 @@
+//! Pins `ringstore restore` on the default local object store
+//! (`<data-dir>/object-store`, no config file): a broker shard whose
+//! directory was deleted is rebuilt from its uploaded snapshot (exit 0, a
+//! table naming the generation and the op and epoch before and after), its
+//! state equal to before; a second loss and restore with `--json` restores
+//! the first restore's own snapshot and numbers above it; an unknown domain
+//! exits 2 with a clear error and touches nothing; a directory holding a
+//! shard is refused.
+#![cfg(feature = "cli")]
+
+mod common;
+use common::*;
+use ringstore::broker::{Command, Metadata, StreamCommand};
+use ringstore::object_store::{ObjectStoreSettings, Remote};
+use ringstore::Shard;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+use uuid::Uuid;
+
+fn ringstore(data: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ringstore"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("run ringstore")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Opens shard 0 of `data` with the CLI's defaults (default journal, the
+/// local store in `<data>/object-store`), retrying a lock a child process
+/// may still hold for a moment.
+async fn open(data: &Path) -> Shard<Metadata> {
+    let remote = Remote::local(data.join("object-store")).open().unwrap();
+    for _ in 0..500 {
+        match Shard::<Metadata>::builder(data.join("shard-000"))
+            .object_store(ObjectStoreSettings::new(remote.clone()))
+            .open()
+            .await
+        {
+            Err(ringstore::Error::DirLocked { .. }) => {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("shard-000 stayed locked");
+}
+
+fn state(data: &Path) -> Metadata {
+    let data = data.to_path_buf();
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let shard = open(&data).await;
+            let state = shard.read(Metadata::clone);
+            shard.close().await.unwrap();
+            state
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn restore_rebuilds_a_deleted_shard_from_the_local_store() {
+    let tmp = temp_dir();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("engine"), "ringstore engine 1\nshards 1\n").unwrap();
+    let (domain, op, before) = {
+        let data = data.clone();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let shard = open(&data).await;
+                for n in 0..30 {
+                    let name = format!("s-{n}");
+                    let create = Command::Stream(StreamCommand::Create { name });
+                    shard.submit(create).await.unwrap().unwrap();
+                }
+                let op = shard
+                    .checkpoint()
+                    .await
+                    .unwrap()
+                    .snapshot
+                    .unwrap()
+                    .watermark;
+                assert!(shard.wait_for_upload(Duration::from_secs(30)).await);
+                let state = shard.read(Metadata::clone);
+                let domain = shard.domain();
+                shard.close().await.unwrap();
+                (domain, op, state)
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    let domain_arg = domain.to_string();
+
+    // An unknown domain: exit 2, a clear error, nothing touched.
+    std::fs::remove_dir_all(data.join("shard-000")).unwrap();
+    let unknown = Uuid::new_v4().to_string();
+    let output = ringstore(&data, &["restore", "--domain", &unknown]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("no snapshot of domain {unknown}")),
+        "{stderr}"
+    );
+    assert!(!data.join("shard-000").exists());
+
+    // The lost shard, restored: a table of what happened.
+    let output = ringstore(&data, &["restore", "--domain", &domain_arg, "--shard", "0"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        format!("snapshots/snapshot-{op:020}.snap"),
+        "op before -> after".to_string(),
+        "epoch before -> after".to_string(),
+        domain_arg.clone(),
+    ] {
+        assert!(stdout.contains(&expected), "{expected:?} in\n{stdout}");
+    }
+    assert_eq!(state(&data), before, "state equal to before");
+
+    // A directory holding a shard is refused.
+    let output = ringstore(&data, &["restore", "--domain", &domain_arg]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("already holds a shard"),
+        "{}",
+        text(&output)
+    );
+
+    // Lost again: the newest generation is now the first restore's own
+    // snapshot, and numbering goes above it.
+    std::fs::remove_dir_all(data.join("shard-000")).unwrap();
+    let output = ringstore(&data, &["restore", "--domain", &domain_arg, "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&output)));
+    let restored_op = report["restored"]["op"].as_u64().unwrap();
+    assert!(restored_op > op, "{report}");
+    assert!(report["floor"]["op"].as_u64().unwrap() > restored_op);
+    assert!(
+        report["floor"]["epoch"].as_u64().unwrap() > report["restored"]["epoch"].as_u64().unwrap()
+    );
+    assert_eq!(report["skipped"].as_array().unwrap().len(), 0);
+    assert_eq!(report["domain"], domain_arg.as_str());
+    assert_eq!(report["reset_snapshot_uploaded"], true);
+    assert_eq!(state(&data), before);
+}
