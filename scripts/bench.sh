@@ -9,6 +9,8 @@
 #                                                    a checkpoint's effect on latency, recovery (issue 4)
 #   scripts/bench.sh shards [--quick] [--dir DIR]    the multi-shard runtime: 1 vs 2 shards, the client
 #                                                    handle, restart time (issue 5)
+#   scripts/bench.sh remote [--quick] [--dir DIR]    snapshot upload and cold restore of a 1 GiB state,
+#                                                    s3s-fs on loopback and LocalFileSystem (issue 7)
 #   scripts/bench.sh device [--quick] [--dir DIR]    the device limit alone
 #   scripts/bench.sh micro [CRITERION ARGS]          criterion micro-benchmarks of the hot paths
 #
@@ -32,7 +34,7 @@ if [[ $# -eq 0 || "$1" == -* && "$1" != -h && "$1" != --help ]]; then
     set -- peers "$@"
 fi
 if [[ "$1" == -h || "$1" == --help || "$1" == help ]]; then
-    sed -n '2,24s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,26s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 0
 fi
 command="$1"
@@ -43,9 +45,9 @@ if [[ "$command" == micro ]]; then
         --manifest-path "$repo_root/Cargo.toml" --target-dir "$target_dir" -- "$@"
 fi
 case "$command" in
-    peers | journal | engine | shards | device) ;;
+    peers | journal | engine | shards | remote | device) ;;
     *)
-        echo "unknown command: $command (peers, journal, engine, shards, device, micro)" >&2
+        echo "unknown command: $command (peers, journal, engine, shards, remote, device, micro)" >&2
         exit 2
         ;;
 esac

@@ -121,7 +121,10 @@ struct EngineReport {
     recovery_probes: ProbeBracket,
 }
 
-fn shard_builder(dir: &Path, policy: CheckpointPolicy) -> ringstore::ShardBuilder<Metadata> {
+pub(crate) fn shard_builder(
+    dir: &Path,
+    policy: CheckpointPolicy,
+) -> ringstore::ShardBuilder<Metadata> {
     Shard::<Metadata>::builder(dir)
         .journal(|j| {
             j.slot_count(SLOT_COUNT)
@@ -294,7 +297,7 @@ fn run_journal_only(dir: &Path, duration: Duration) -> Result<(u64, Duration, La
 /// Builds the big state through a shard: commands submitted in order (each
 /// task's append is queued when it is first polled, in spawn order), many
 /// in flight. Returns the build time.
-async fn build_state(shard: &Shard<Metadata>, state_bytes: u64) -> Result<Duration> {
+pub(crate) async fn build_state(shard: &Shard<Metadata>, state_bytes: u64) -> Result<Duration> {
     let started = Instant::now();
     let mut in_flight = std::collections::VecDeque::new();
     for command in ringstore::broker::gen::bulk_commands(state_bytes) {

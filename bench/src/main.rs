@@ -26,6 +26,7 @@ mod cmd_device;
 mod cmd_engine;
 mod cmd_journal;
 mod cmd_peers;
+mod cmd_remote;
 mod cmd_shards;
 mod device;
 mod harness;
@@ -68,6 +69,10 @@ enum Command {
     /// The multi-shard runtime (issue 5): commands/s with 1 and 2 shards in
     /// alternating rounds, through the client handle, and the restart time.
     Shards(cmd_shards::ShardsArgs),
+    /// Snapshots in object storage (issue 7): upload and cold-restore MB/s
+    /// of a 1 GiB state against an s3s-fs server on loopback and against
+    /// LocalFileSystem, next to the disk's raw bandwidth.
+    Remote(cmd_remote::RemoteArgs),
     /// One workload on one system, in a child process of `peers` (prints one
     /// JSON result).
     #[command(hide = true)]
@@ -81,6 +86,7 @@ fn main() -> Result<()> {
         Command::Journal(args) => cmd_journal::run(args),
         Command::Engine(args) => cmd_engine::run(args),
         Command::Shards(args) => cmd_shards::run(args),
+        Command::Remote(args) => cmd_remote::run(args),
         Command::Peers(args) => cmd_peers::run(args),
         Command::PeerRun(args) => peers::run_child(args),
     }

@@ -24,13 +24,15 @@
 mod broker_proto;
 
 use broker_proto::{
-    decode_payload, encode_frame, frame_len, shard_addr, shard_for_key, Applied, BlockingClient,
-    Query, RejectionCode, Request, Response, ShardReport, TopicInfo, BASE_PORT_DEFAULT,
+    decode_payload, encode_frame, frame_len, shard_addr, shard_for_key, BlockingClient, Query,
+    RejectionCode, Request, Response, ShardReport, TopicInfo, BASE_PORT_DEFAULT,
     FRAME_HEADER_BYTES,
 };
 use clap::Parser;
 use hdrhistogram::Histogram;
-use ringstore::broker::{Command, GroupCommand, StreamCommand, TopicCommand, PARTITIONS_MAX};
+use ringstore::broker::{
+    Command, GroupCommand, Reply, StreamCommand, TopicCommand, PARTITIONS_MAX,
+};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -323,7 +325,7 @@ fn setup(args: &Args, addrs: &[SocketAddr]) -> Result<Vec<Target>, String> {
             ];
             for command in commands {
                 match call(&mut client, &Request::Submit(command), addr)? {
-                    Response::Applied(Applied::Created { .. }) => {}
+                    Response::Applied(Reply::Created { .. }) => {}
                     Response::Rejected {
                         code: RejectionCode::Duplicate,
                         ..
@@ -452,7 +454,7 @@ async fn drive(
             .latency_us
             .saturating_record(micros.clamp(1, LATENCY_US_MAX));
         match response {
-            Response::Applied(Applied::OffsetCommitted) => result.committed += 1,
+            Response::Applied(Reply::OffsetCommitted) => result.committed += 1,
             Response::Rejected { message, .. } | Response::Failed { message } => {
                 result.refused += 1;
                 result.first_refusal.get_or_insert(message);

@@ -151,7 +151,7 @@ pub fn command_key(command: &Command) -> &str {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// The command is durable and applied.
-    Applied(Applied),
+    Applied(Reply),
     /// The state machine refused the command; nothing changed.
     Rejected {
         /// What kind of refusal.
@@ -192,53 +192,6 @@ pub enum Response {
         /// What was wrong.
         message: String,
     },
-}
-
-/// [`Reply`] on the wire (the engine's reply type is not serializable: it
-/// is an in-process value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Applied {
-    /// An object was created; `id` is the op that created it.
-    Created {
-        /// The new object's id.
-        id: u64,
-    },
-    /// An object was deleted.
-    Deleted,
-    /// An object was changed in place.
-    Updated,
-    /// A topic grew.
-    PartitionsAdded {
-        /// The topic's partition count now.
-        partitions: u32,
-    },
-    /// A member joined a group.
-    Joined {
-        /// The group's new generation.
-        generation: u64,
-    },
-    /// A member left a group.
-    Left {
-        /// The group's new generation.
-        generation: u64,
-    },
-    /// An offset was recorded.
-    OffsetCommitted,
-}
-
-impl From<Reply> for Applied {
-    // Exhaustive on purpose: a new reply must be given a wire form.
-    fn from(reply: Reply) -> Applied {
-        match reply {
-            Reply::Created { id } => Applied::Created { id },
-            Reply::Deleted => Applied::Deleted,
-            Reply::Updated => Applied::Updated,
-            Reply::PartitionsAdded { partitions } => Applied::PartitionsAdded { partitions },
-            Reply::Joined { generation } => Applied::Joined { generation },
-            Reply::Left { generation } => Applied::Left { generation },
-            Reply::OffsetCommitted => Applied::OffsetCommitted,
-        }
-    }
 }
 
 /// The kind of a [`Rejection`], for clients that act on it (the message

@@ -226,7 +226,7 @@ fn dispatch(shard: &MetadataShard, route: Route, request: Request) -> Pending {
 
 async fn submit(shard: &MetadataShard, command: Command) -> Response {
     match shard.submit(command).await {
-        Ok(Ok(reply)) => Response::Applied(reply.into()),
+        Ok(Ok(reply)) => Response::Applied(reply),
         Ok(Err(rejection)) => Response::Rejected {
             code: (&rejection).into(),
             message: rejection.to_string(),
