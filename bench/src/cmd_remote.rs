@@ -10,7 +10,11 @@
 //!
 //! Figures: upload MB/s (snapshot bytes over the time from the checkpoint's
 //! end to the upload's end), cold-restore MB/s (bytes downloaded over the
-//! restore's whole time) and the restore time itself.
+//! restore's whole time) and the restore time itself. Next to them, the
+//! store's own transfer rates through the same `Remote` in the same run: a
+//! plain `put_file` of a file of the snapshot's size and a `get_to_file` of
+//! it back (what the engine's upload and the restore's download are bound
+//! by).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -67,6 +71,8 @@ struct StoreFigures {
     restore_downloaded_bytes: u64,
     restore_mb_per_s: f64,
     restore_probes: ProbeBracket,
+    raw_put_mb_per_s: f64,
+    raw_get_mb_per_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -222,6 +228,8 @@ fn run_store(
     let (restore, downloaded) = cold_restore(&dir, remote.clone(), domain)?;
     let restore_probes = harness.bracket()?;
     crate::harness::remove_path(&dir)?;
+    harness.step(format!("{name}: plain put_file and get_to_file"));
+    let (raw_put, raw_get) = raw_transfer(harness, &remote, snapshot_bytes)?;
     futures_lite::future::block_on(remote.shutdown())?;
     Ok(StoreFigures {
         store: name.to_owned(),
@@ -233,7 +241,31 @@ fn run_store(
         restore_downloaded_bytes: downloaded,
         restore_mb_per_s: mb_per_s(downloaded, restore).round(),
         restore_probes,
+        raw_put_mb_per_s: mb_per_s(snapshot_bytes, raw_put).round(),
+        raw_get_mb_per_s: mb_per_s(snapshot_bytes, raw_get).round(),
     })
+}
+
+/// A file of `bytes` up and back down through `remote` alone: the
+/// transfer limit the engine's figures compare with.
+fn raw_transfer(harness: &Harness, remote: &Remote, bytes: u64) -> Result<(Duration, Duration)> {
+    let source = harness.path("remote-raw-source.dat");
+    let back = harness.path("remote-raw-back.dat");
+    crate::harness::remove_path(&back)?;
+    let mut data = vec![0u8; bytes as usize];
+    device::fill_pattern(&mut data, bytes);
+    std::fs::write(&source, &data)?;
+    let key = format!("raw-{}", std::process::id());
+    let started = Instant::now();
+    futures_lite::future::block_on(remote.put_file(&key, &source))?;
+    let put = started.elapsed();
+    let started = Instant::now();
+    futures_lite::future::block_on(remote.get_to_file(&key, &back))?;
+    let get = started.elapsed();
+    futures_lite::future::block_on(remote.delete(&key))?;
+    crate::harness::remove_path(&source)?;
+    crate::harness::remove_path(&back)?;
+    Ok((put, get))
 }
 
 pub fn run(args: &RemoteArgs) -> Result<()> {
@@ -241,7 +273,7 @@ pub fn run(args: &RemoteArgs) -> Result<()> {
         .state_mib
         .unwrap_or(if args.common.quick { 128 } else { 1024 });
     let state_bytes = state_mib << 20;
-    let mut harness = Harness::new(&args.common.dir, 12)?;
+    let mut harness = Harness::new(&args.common.dir, 14)?;
 
     harness.step("device: sequential write");
     let raw = harness.path("remote-raw.dat");
@@ -294,6 +326,7 @@ fn print_table(report: &Report) {
         "upload s",
         "restore MB/s",
         "restore s",
+        "plain put / get MB/s",
     ];
     headings.extend(ProbeBracket::CELL_HEADINGS);
     let mut table = Table::new(headings);
@@ -305,6 +338,11 @@ fn print_table(report: &Report) {
             fmt_num(store.upload_seconds),
             fmt_num(store.restore_mb_per_s),
             fmt_num(store.restore_seconds),
+            format!(
+                "{} / {}",
+                fmt_num(store.raw_put_mb_per_s),
+                fmt_num(store.raw_get_mb_per_s)
+            ),
         ];
         cells.extend(store.restore_probes.cells());
         table.row(cells);

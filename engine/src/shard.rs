@@ -221,6 +221,14 @@ impl<M: StateMachine> Shard<M, DmaStorage> {
 }
 
 impl<M: StateMachine, S: Storage> Shard<M, S> {
+    /// Opens the shard `config` describes inside the calling glommio
+    /// executor: recovers it and starts its compaction task (the same as
+    /// [`ShardBuilder::open`]). No threads are started; with an object store
+    /// the requests go to its one I/O thread.
+    pub async fn open(config: ShardBuilder<M, S>) -> Result<Shard<M, S>> {
+        Shard::open_with(config).await
+    }
+
     pub(crate) async fn open_with(builder: ShardBuilder<M, S>) -> Result<Shard<M, S>> {
         builder.validate_early()?;
         let mut recovered = recover(builder).await?;

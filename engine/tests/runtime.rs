@@ -296,7 +296,7 @@ fn a_shard_directory_is_opened_by_one_shard_at_a_time() {
         assert!(matches!(err, Error::DirLocked { .. }), "{err}");
         shard.close().await.unwrap();
         // Closing releases it.
-        let shard = Shard::<Kv>::builder(&path).open().await.unwrap();
+        let shard = Shard::open(Shard::<Kv>::builder(&path)).await.unwrap();
         shard.close().await.unwrap();
     });
 }
