@@ -26,10 +26,18 @@
 //!    generation is tried. All of them damaged is
 //!    [`Error::RemoteSnapshotsDamaged`], listing why.
 //! 4. **Reset** the shard to it ([`crate::reset`]): op numbers continue
-//!    above the snapshot *and* above every key listed (so the shard's next
-//!    snapshots never collide with a damaged newer object), epochs above
-//!    the snapshot's and above those of damaged generations whose header
-//!    still verifies. The reset's snapshot is uploaded like a checkpoint's.
+//!    above every key listed (so the shard's next snapshots never collide
+//!    with a damaged newer object) *plus one ring* (the journal's
+//!    `slot_count`): the lost journal held the ops above its watermark, at
+//!    most a ring of them, and in [`UploadMode::BeforeCompaction`](crate::UploadMode::BeforeCompaction) the
+//!    watermark never passed the newest uploaded snapshot, so every op the
+//!    lost shard acknowledged is below the new numbering (given the same
+//!    `slot_count`). In [`UploadMode::Background`](crate::UploadMode::Background) uploads may lag by more
+//!    than a ring, and that bound does not hold. Epochs continue above the
+//!    snapshot's and above those of damaged generations whose header still
+//!    verifies; an epoch the lost journal used after its last uploaded
+//!    snapshot is not known here (the broker that set it is). The reset's
+//!    snapshot is uploaded like a checkpoint's.
 //! 5. **Finish**: remove `<dir>/restore/` and the marker (then fsync the
 //!    directory).
 //!
@@ -277,9 +285,17 @@ async fn restore_newest_intact<M: StateMachine>(
     .await?;
     let downloaded_before = tiered.stats().downloaded_bytes;
     let mut direct_bytes = 0;
-    // Numbering goes above every key listed, damaged ones included.
+    // Numbering goes above every key listed, damaged ones included, and
+    // a ring above that: the ops the lost journal held above its watermark
+    // (see step 4 of the module docs).
+    let ring = shard.journal().config().slot_count;
     let mut seen = OpId {
-        op: listed.iter().map(|g| g.op).max().unwrap_or(0),
+        op: listed
+            .iter()
+            .map(|g| g.op)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(ring),
         epoch: 0,
     };
     let mut skipped = Vec::new();

@@ -399,12 +399,15 @@ pub enum Error {
     },
 
     /// A shard's reactor thread could not start or died.
-    #[error("shard {shard}: its reactor (CPU {cpu}) failed: {reason}")]
+    #[error(
+        "shard {shard}: its reactor{} failed: {reason}",
+        cpu.map_or(String::new(), |cpu| format!(" (CPU {cpu})"))
+    )]
     ReactorStart {
         /// The shard's index.
         shard: usize,
-        /// Its CPU.
-        cpu: usize,
+        /// Its CPU, if it was pinned to one.
+        cpu: Option<usize>,
         /// glommio's error.
         reason: String,
     },

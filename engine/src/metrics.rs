@@ -138,10 +138,15 @@ impl ShardMetrics {
         }
     }
 
-    pub fn record_ack(&self, latency: Duration, rejected: bool) {
+    /// A submit's acknowledgement, `latency` after it started.
+    pub fn record_ack(&self, latency: Duration) {
         let micros = (latency.as_micros() as u64).clamp(1, ACK_LATENCY_MAX_US);
         self.ack_latency.borrow_mut().saturating_record(micros);
         self.ack_latency_seconds.record(latency.as_secs_f64());
+    }
+
+    /// A command applied (whether or not its submitter still waits).
+    pub fn record_applied(&self, rejected: bool) {
         self.commands_applied.increment(1);
         if rejected {
             self.commands_rejected.increment(1);

@@ -731,6 +731,11 @@ pub(crate) async fn run_uploads<M: StateMachine, S: Storage>(inner: Weak<Inner<M
                 let pause: Duration = backoff.unwrap_or(first);
                 backoff = Some((pause * 2).min(cap));
                 let closing = objects.closing.listen();
+                // A close that began before the listener existed would not
+                // wake it: look once more.
+                if shard.is_poisoned_or_closing() {
+                    return;
+                }
                 drop(shard);
                 futures_lite::future::or(
                     async {

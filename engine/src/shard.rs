@@ -349,9 +349,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             epoch: queued.epoch(),
         };
         let outcome = self.apply_durable(at.op, at.epoch, command, bytes).await?;
-        self.inner
-            .metrics
-            .record_ack(started.elapsed(), outcome.is_err());
+        self.inner.metrics.record_ack(started.elapsed());
         Ok((at, outcome))
     }
 
@@ -446,6 +444,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
 
     fn apply_one(&self, at: OpId, command: M::Command, bytes: u64) -> Outcome<M> {
         let outcome = self.inner.machine.borrow_mut().apply(at, command);
+        self.inner.metrics.record_applied(outcome.is_err());
         let due = {
             let mut progress = self.inner.progress.borrow_mut();
             progress.applied = at;

@@ -219,13 +219,13 @@ impl<M: EngineMachine> EngineBuilder<M> {
             })
             .map_err(|e| Error::ReactorStart {
                 shard,
-                cpu: usize::MAX,
+                cpu: None,
                 reason: e.to_string(),
             })?
             .join()
             .map_err(|e| Error::ReactorStart {
                 shard,
-                cpu: usize::MAX,
+                cpu: None,
                 reason: e.to_string(),
             })?;
         let (report, reset_snapshot_uploaded) = restored?;
@@ -309,7 +309,7 @@ impl<M: EngineMachine> EngineBuilder<M> {
                 // result says why.
                 Err(_) => Error::ReactorStart {
                     shard: index,
-                    cpu: cpus[index],
+                    cpu: Some(cpus[index]),
                     reason: engine.join_reactor(index),
                 },
             };
@@ -343,6 +343,7 @@ fn spawn_reactor<M: EngineMachine>(
     };
     let configure = builder.configure.clone();
     let object_store = builder.object_store.clone();
+    let requests = QueueGuard(requests);
     glommio::LocalExecutorBuilder::new(placement)
         .name(&format!("ringstore-shard-{index}"))
         .io_memory(builder.io_memory_bytes)
@@ -355,7 +356,7 @@ fn spawn_reactor<M: EngineMachine>(
             match opened {
                 Ok(shard) => {
                     let _ = ready.send(Ok(()));
-                    serve(shard, requests).await;
+                    serve(shard, &requests.0).await;
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -364,9 +365,25 @@ fn spawn_reactor<M: EngineMachine>(
         })
         .map_err(|e| Error::ReactorStart {
             shard: index,
-            cpu,
+            cpu: Some(cpu),
             reason: e.to_string(),
         })
+}
+
+/// Owns a shard's request queue on its reactor. However the reactor ends —
+/// a normal shutdown, a shard that failed to open, a reactor that could not
+/// start, a panic — dropping this closes the queue and drops what is still
+/// in it, so every client waiting on a reply gets [`Error::Closed`] instead
+/// of waiting forever (queued requests outlive their receiver otherwise).
+struct QueueGuard<M: EngineMachine>(async_channel::Receiver<Request<M>>);
+
+impl<M: EngineMachine> Drop for QueueGuard<M> {
+    fn drop(&mut self) {
+        self.0.close();
+        while let Ok(request) = self.0.try_recv() {
+            drop(request);
+        }
+    }
 }
 
 /// What shutting down one shard did.
@@ -458,8 +475,9 @@ impl<M: EngineMachine> Engine<M> {
     /// Stops the engine gracefully (see the [module docs](self)): serves
     /// what was queued, drains in-flight commands, optionally takes a final
     /// checkpoint on every shard, closes the shards and joins the reactors.
-    /// Blocks the calling thread. Errors if a shard failed to close; the
-    /// report inside says which.
+    /// Blocks the calling thread. Every shard is stopped either way; the
+    /// result is the first shard's close or final-checkpoint error, if any
+    /// (the error names the shard's directory or step).
     pub fn shutdown(mut self, final_checkpoint: bool) -> Result<ShutdownReport> {
         let report = self.stop(final_checkpoint)?;
         for shard in &report.shards {
@@ -500,7 +518,7 @@ impl<M: EngineMachine> Engine<M> {
                 final_checkpoint: None,
                 closed: Err(Error::ReactorStart {
                     shard: index,
-                    cpu: usize::MAX,
+                    cpu: None,
                     reason: format!("the shard's reactor had stopped: {joined}"),
                 }),
                 stats: ShardStats::default(),
@@ -537,7 +555,7 @@ const DRAIN_RECHECK: Duration = Duration::from_millis(10);
 
 /// Serves one shard's queue until a shutdown request (or until every
 /// client and the engine are gone).
-async fn serve<M: EngineMachine>(shard: Shard<M>, requests: async_channel::Receiver<Request<M>>) {
+async fn serve<M: EngineMachine>(shard: Shard<M>, requests: &async_channel::Receiver<Request<M>>) {
     let in_flight = Rc::new(InFlight::default());
     let mut shutdown = None;
     while let Ok(request) = requests.recv().await {

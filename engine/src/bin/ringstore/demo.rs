@@ -474,6 +474,12 @@ fn remove_engine_dir(dir: &std::path::Path) -> Result<(), CliError> {
         .map_err(|e| CliError(format!("{}: {e}", dir.display())))?
         .next()
         .is_none();
+    if ringstore::is_locked(dir)? {
+        return Err(CliError(format!(
+            "--fresh: {} is in use by a running engine; stop it first",
+            dir.display()
+        )));
+    }
     if !manifest.exists() && !empty {
         return Err(CliError(format!(
             "--fresh: {} is not an engine data directory (no `engine` manifest); not deleting it",

@@ -6,8 +6,10 @@
 //! `EngineBuilder::restore_shard` and so `ringstore::cold_restore`: the
 //! shard directory must hold no shard (move a damaged one aside first), a
 //! damaged newest object is skipped in favour of the previous generation,
-//! and the restored shard's op numbers and epochs continue above everything
-//! seen before. The shard is opened, checked and closed again; start the
+//! and the restored shard's op numbers continue above every snapshot in the
+//! store plus one journal ring (above every op the lost shard acknowledged
+//! in the default `before-compaction` upload mode), its epochs above every
+//! epoch the snapshots show. The shard is opened, checked and closed again; start the
 //! engine afterwards. The data directory's manifest is written if the
 //! directory is new (shard count: `--shards`, else the config's), checked
 //! otherwise.

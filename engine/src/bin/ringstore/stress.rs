@@ -173,16 +173,7 @@ pub fn run_stress(context: &Context, args: StressArgs) -> Result<Outcome, CliErr
         )?;
     }
     let first_block = highest_block(&client)? + 1;
-    let ack_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args.ack_log)
-        .map_err(|e| {
-            CliError(format!(
-                "opening the ack log {}: {e}",
-                args.ack_log.display()
-            ))
-        })?;
+    let ack_log = open_ack_log(&args.ack_log)?;
     eprintln!(
         "stress: {} shards, {} clients, ids from {} (block {first_block}); ack log {}",
         engine.shards(),
@@ -314,6 +305,27 @@ fn submitter(client: &Client<Metadata>, shared: &StressShared) -> Result<(), Cli
     Ok(())
 }
 
+/// Opens the ack log for appending, first cutting a last line a kill left
+/// without its newline (appending after it would glue two ids into one).
+fn open_ack_log(path: &Path) -> Result<std::fs::File, CliError> {
+    let failed =
+        |e: std::io::Error| CliError(format!("opening the ack log {}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(failed)?;
+    let text = std::fs::read(path).map_err(failed)?;
+    let complete = text
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |end| end + 1);
+    if complete < text.len() {
+        file.set_len(complete as u64).map_err(failed)?;
+    }
+    Ok(file)
+}
+
 /// The ids of an ack log in order; a last line without its newline (cut by
 /// a kill) is ignored, any other malformed line is an error naming it.
 pub fn read_ack_log(path: &Path) -> Result<Vec<u64>, CliError> {
@@ -433,6 +445,16 @@ mod tests {
         std::fs::write(&path, "1\nx\n3\n").unwrap_or_else(|e| panic!("{e}"));
         let err = read_ack_log(&path).err().map(|e| e.0).unwrap_or_default();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn reopening_the_ack_log_cuts_a_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("acks");
+        std::fs::write(&path, "1\n2\n12").unwrap_or_else(|e| panic!("{e}"));
+        let mut file = open_ack_log(&path).unwrap_or_else(|e| panic!("{}", e.0));
+        file.write_all(b"345\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read_ack_log(&path).ok(), Some(vec![1, 2, 345]));
     }
 
     #[test]
