@@ -1,7 +1,8 @@
 //! Shared by the `remote_*` tests: the two backends the conformance suite
 //! runs against (the local filesystem, and a real S3-compatible server,
 //! s3s-fs, started per test on a loopback port), and a server that accepts
-//! connections and never answers.
+//! connections and never answers. The engine's object-storage tests
+//! include this file too (`engine/tests/object_store_support`).
 //!
 //! s3s-fs is found through `RINGSTORE_S3S_FS`, then `PATH`, then
 //! `~/.cargo/bin`. Without it the S3 tests fail and say to run
@@ -126,7 +127,12 @@ impl S3Server {
 
     /// Starts the process on `self.port`; false if it exited (port taken).
     fn spawn(&mut self) -> bool {
-        let log = std::fs::File::create(self.root.with_extension("log")).expect("server log");
+        // Appended to: a restarted server keeps the first one's log.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.with_extension("log"))
+            .expect("server log");
         let child = Command::new(&self.binary)
             .args(["--host", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
