@@ -25,6 +25,12 @@
 //! is skipped, since the newer snapshot covers its ops; a slow store costs
 //! staleness, never a queue.
 //!
+//! Before an upload the file is read back on a blocking thread and every
+//! checksum verified (the store's copy is what the watermark and a cold
+//! restore rely on); one that no longer verifies is logged, counted as a
+//! failure and not uploaded, and the next checkpoint's snapshot takes its
+//! place.
+//!
 //! Every request carries the [`Remote`]'s deadline. A failed attempt is
 //! counted (`snapshot_upload_failures` in [`ShardStats`], the
 //! `ringstore_snapshot_upload_failures_total` counter) and retried after a
@@ -72,6 +78,7 @@
 use crate::error::{Error, Result};
 use crate::machine::StateMachine;
 use crate::shard::{Inner, Shard};
+use crate::snapshot::inspect::{inspect_snapshot, Check};
 use crate::snapshot::{parse_snapshot_file_name, snapshot_file_name};
 use event_listener::Event;
 use ringstore_cache::{Cache, RemoteError, Tiered};
@@ -399,7 +406,8 @@ enum Upload {
     Uploaded(u64),
     /// The file is gone (pruned): a newer snapshot covers it.
     Superseded,
-    /// The key holds another object; not retried.
+    /// The key holds another object, or the local file no longer verifies;
+    /// not retried (a newer snapshot supersedes it).
     Conflict,
     /// The attempt failed; retry after a backoff.
     Failed,
@@ -457,6 +465,32 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 return Upload::Failed;
             }
         };
+        // What the store gets is what recovery and a cold restore will rely
+        // on (in BeforeCompaction mode the watermark moves past it): read the
+        // whole file back and check every checksum first, off the reactor.
+        let domain = self.domain();
+        let check_path = path.clone();
+        let checked = glommio::executor()
+            .spawn_blocking(move || {
+                inspect_snapshot(&check_path, Check::Full, Some(domain), &mut |_| {})
+            })
+            .await;
+        match checked {
+            Ok(report) if report.is_intact() => {}
+            Ok(report) => {
+                tracing::error!(
+                    path = %path.display(),
+                    damage = ?report.damage,
+                    "the snapshot to upload no longer verifies; not uploading it"
+                );
+                return Upload::Conflict;
+            }
+            Err(_) if !path.exists() => return Upload::Superseded,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read the snapshot to upload");
+                return Upload::Failed;
+            }
+        }
         let closing = objects.closing.listen();
         if self.is_poisoned_or_closing() {
             return Upload::Closing;

@@ -506,6 +506,83 @@ fn s3_before_compaction_holds_the_watermark_while_the_store_is_down() {
 }
 
 #[test]
+fn s3_a_snapshot_damaged_before_its_upload_is_never_uploaded() {
+    let dir = temp_dir();
+    let Some(mut server) = S3Server::start(&dir.path().join("s3s-root")) else {
+        return;
+    };
+    let remote = impatient_remote(&server);
+    let shard_dir = dir.path().join("shard");
+    let (to_main, from_shard) = std::sync::mpsc::channel::<()>();
+    let (to_shard, from_main) = std::sync::mpsc::channel::<()>();
+    let test = std::thread::spawn(move || {
+        run(move || async move {
+            let settings = settings(&remote).mode(UploadMode::BeforeCompaction);
+            let shard = builder(&shard_dir, settings)
+                .checkpoint_policy(CheckpointPolicy {
+                    automatic: false,
+                    ..Default::default()
+                })
+                .open()
+                .await
+                .unwrap();
+            create_streams(&shard, "a", 3).await;
+            let first = checkpoint_uploaded(&shard).await;
+
+            to_main.send(()).unwrap();
+            from_main.recv().unwrap(); // the server is down
+            create_streams(&shard, "b", 3).await;
+            let damaged = shard
+                .checkpoint()
+                .await
+                .unwrap()
+                .snapshot
+                .unwrap()
+                .watermark;
+            wait_until("an upload attempt failed", || {
+                shard.stats().snapshot_upload_failures > 0
+            })
+            .await;
+            // Damage on disk between the write and the upload: a bit in the
+            // first section (the header block is 4 KiB; the file's tail is
+            // padding no checksum covers).
+            let path = shard.snapshots().dir().join(snapshot_file_name(damaged));
+            let len = std::fs::metadata(&path).unwrap().len();
+            flip_byte(&path, len - 1 - (4096 + 10));
+            let failures = shard.stats().snapshot_upload_failures;
+            to_main.send(()).unwrap();
+            from_main.recv().unwrap(); // the server is back
+            wait_until("the damaged snapshot is refused", || {
+                shard.stats().snapshot_upload_failures > failures
+            })
+            .await;
+            glommio::timer::sleep(Duration::from_millis(300)).await;
+            let domain = shard.domain();
+            assert_eq!(
+                remote_ops(&remote, domain).await,
+                vec![first],
+                "never uploaded"
+            );
+            assert_eq!(shard.uploaded_snapshot(), first);
+            assert!(shard.journal().watermark() <= first, "the watermark stays");
+
+            // The next checkpoint's snapshot takes its place.
+            create_streams(&shard, "c", 3).await;
+            let next = checkpoint_uploaded(&shard).await;
+            assert!(remote_ops(&remote, domain).await.contains(&next));
+            shard.close().await.unwrap();
+        })
+    });
+    from_shard.recv().unwrap();
+    server.kill();
+    to_shard.send(()).unwrap();
+    from_shard.recv().unwrap();
+    server.restart();
+    to_shard.send(()).unwrap();
+    test.join().expect("test");
+}
+
+#[test]
 fn s3_server_killed_mid_upload_leaves_the_shard_serving_and_the_upload_resumes() {
     let dir = temp_dir();
     let Some(mut server) = S3Server::start(&dir.path().join("s3s-root")) else {
