@@ -163,7 +163,11 @@ fn checkpoint_uploads_and_a_lost_shard_is_restored(fixture: &Fixture, dir: &Path
             "keeps the previous snapshot"
         );
         let before = shard.read(Metadata::clone);
+        // Acknowledged after the uploaded snapshot: in the local journal
+        // only, lost with the disk. The restore must number above them.
+        create_streams(&shard, "lost", 5).await;
         let applied = shard.applied();
+        assert_eq!(applied.op, op + 5);
         shard.close().await.unwrap();
 
         // The disk is lost: data, journal, snapshots and cache.
@@ -182,7 +186,7 @@ fn checkpoint_uploads_and_a_lost_shard_is_restored(fixture: &Fixture, dir: &Path
         let floor = report.reset.floor;
         assert!(
             floor.op > applied.op && floor.epoch > applied.epoch,
-            "{floor:?} {applied:?}"
+            "{floor:?} {applied:?}: no acknowledged op number is reused"
         );
         assert!(!shard_dir.join(RESTORE_MARKER_NAME).exists());
         assert!(!shard_dir.join("restore").exists());

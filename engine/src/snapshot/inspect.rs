@@ -37,34 +37,10 @@ pub const VERIFY_READ_BYTES: usize = 4 << 20;
 /// Suffix of a snapshot being written (see `engine/FORMAT.md`).
 const TEMP_SUFFIX: &str = ".snap.tmp";
 
-/// Why a snapshot directory or file could not be inspected at all. Damage
-/// inside a file is not an error: it is part of the [`SnapshotReport`].
-#[derive(Debug, thiserror::Error)]
-pub enum InspectError {
-    /// The path is not a directory.
-    #[error("{path}: not a directory")]
-    NotADirectory {
-        /// The path.
-        path: PathBuf,
-    },
-    /// A read, stat or directory listing failed.
-    #[error("{op} failed on {path}{}: {source}", offset_suffix(*offset))]
-    Io {
-        /// The step, e.g. `"read"`.
-        op: &'static str,
-        /// The file or directory.
-        path: PathBuf,
-        /// The byte offset of a failed read.
-        offset: Option<u64>,
-        /// The operating system's error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn offset_suffix(offset: Option<u64>) -> String {
-    offset.map_or_else(String::new, |o| format!(" at byte offset {o}"))
-}
+/// Why a snapshot directory or file could not be inspected at all (the
+/// journal scan's error type: the same three cases). Damage inside a file
+/// is not an error: it is part of the [`SnapshotReport`].
+pub use ringstore_journal::inspect::InspectError;
 
 fn io_error<'a>(
     op: &'static str,
