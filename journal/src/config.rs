@@ -10,6 +10,7 @@ use crate::format::{
 };
 use crate::index::SLOT_BYTES;
 use crate::storage::{DmaStorage, Storage};
+use crate::superblock::JournalOwner;
 use crate::Journal;
 use std::path::PathBuf;
 
@@ -62,12 +63,16 @@ pub enum Durability {
 /// What recovery does with a damaged tail of the last segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Recovery {
-    /// Cut the log at the damage when it is provably torn: nothing valid
-    /// follows within the reach of one write. Only unacknowledged bytes can
-    /// be there (writes are serial: one unsynced write at a time).
+    /// Cut bytes at the log's tail that do not verify when nothing proves
+    /// them durable (no later write vouches for them), and report the cut in
+    /// [`crate::RecoveryReport::tail`] with the ops that may have been
+    /// acknowledged, and as a warning in the log. See the `recovery` module
+    /// for the window this leaves.
     #[default]
     TruncateTornTail,
-    /// Report any damage, even a torn tail, as [`Error::Corruption`].
+    /// Cut nothing that could have been acknowledged: any damage, even a
+    /// torn tail, is [`Error::Corruption`]. Only a tail of zeros ends the
+    /// log.
     Strict,
 }
 
@@ -106,6 +111,8 @@ pub struct JournalConfig {
     pub preallocation: Preallocation,
     /// Group-commit writes in flight at once.
     pub writes_in_flight: u32,
+    /// Who the journal must belong to (checked against its superblock).
+    pub owner: Option<JournalOwner>,
 }
 
 /// Builds and opens a [`Journal`]. See [`Journal::builder`].
@@ -132,6 +139,7 @@ impl JournalBuilder<DmaStorage> {
                 recovery: Recovery::default(),
                 preallocation: Preallocation::default(),
                 writes_in_flight: WRITES_IN_FLIGHT_DEFAULT,
+                owner: None,
             },
             storage: DmaStorage::new(),
         }
@@ -207,6 +215,17 @@ impl<S: Storage> JournalBuilder<S> {
     /// (1: strictly serial writes).
     pub fn writes_in_flight(mut self, writes: u32) -> Self {
         self.config.writes_in_flight = writes;
+        self
+    }
+
+    /// Who the journal belongs to: a domain, a shard index and the shard
+    /// count. Recorded in the journal's superblock; opening a journal that
+    /// records another owner fails with [`crate::Error::Corruption`] naming
+    /// the superblock (a data directory of another shard or domain). A
+    /// journal without a recorded owner adopts this one. Default: none, and
+    /// any journal opens.
+    pub fn owner(mut self, owner: JournalOwner) -> Self {
+        self.config.owner = Some(owner);
         self
     }
 

@@ -15,7 +15,7 @@
 //! an offset that differs from the one it names, so neither can pass as a
 //! live entry even though its checksums verify.
 
-use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Every write starts and ends on this boundary. 4 KiB covers devices with
@@ -35,7 +35,7 @@ pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"RSEG");
 pub const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"RENT");
 
 /// The format version this build writes and reads. See FORMAT.md's history.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Bytes of the segment header at offset 0 of every segment file.
 pub const SEGMENT_HEADER_BYTES: usize = size_of::<SegmentHeader>();
@@ -43,8 +43,8 @@ pub const SEGMENT_HEADER_BYTES: usize = size_of::<SegmentHeader>();
 /// Bytes of the header in front of every entry.
 pub const ENTRY_HEADER_BYTES: usize = size_of::<EntryHeader>();
 
-const _: () = assert!(SEGMENT_HEADER_BYTES == 72);
-const _: () = assert!(ENTRY_HEADER_BYTES == 48);
+const _: () = assert!(SEGMENT_HEADER_BYTES == 88);
+const _: () = assert!(ENTRY_HEADER_BYTES == 56);
 const _: () = assert!((ENTRY_HEADER_BYTES as u64).is_multiple_of(ENTRY_ALIGN_BYTES));
 const _: () = assert!(BLOCK_BYTES.is_multiple_of(512));
 const _: () = assert!(SEGMENT_HEADER_BYTES as u64 <= SEGMENT_DATA_OFFSET);
@@ -55,7 +55,7 @@ const _: () = assert!(SEGMENT_HEADER_BYTES as u64 <= SEGMENT_DATA_OFFSET);
 )]
 #[repr(C)]
 pub struct SegmentHeader {
-    /// CRC-32 of bytes `4..72`.
+    /// CRC-32 of bytes `4..88`.
     pub checksum: U32,
     /// [`SEGMENT_MAGIC`].
     pub magic: U32,
@@ -79,9 +79,12 @@ pub struct SegmentHeader {
     pub watermark: U64,
     /// Bit set of `SEGMENT_FLAG_*`.
     pub flags: U32,
-    /// Most writes this segment had in flight at once; recovery treats that
-    /// many writes at the end of the log as possibly torn.
+    /// Most writes this segment had in flight at once; bounds how far
+    /// recovery looks past damage for a write that vouches for it.
     pub writes_in_flight: U32,
+    /// The journal this segment belongs to (recorded in its superblock), so
+    /// a valid segment of another journal is never read as this one's.
+    pub journal_id: [u8; 16],
 }
 
 /// Segment `flags` bit: writes to this segment were acknowledged without
@@ -123,7 +126,7 @@ pub const FLAG_FIRST_IN_WRITE: u8 = 1;
 )]
 #[repr(C)]
 pub struct EntryHeader {
-    /// CRC-32 of bytes `4..48` of this header.
+    /// CRC-32 of bytes `4..56` of this header.
     pub checksum: U32,
     /// [`ENTRY_MAGIC`].
     pub magic: U32,
@@ -139,12 +142,16 @@ pub struct EntryHeader {
     pub payload_len: U32,
     /// CRC-32 of the payload bytes.
     pub payload_checksum: U32,
+    /// On the first entry of a write: every byte of this segment before this
+    /// offset was durable when the write was issued, so damage there was
+    /// acknowledged data, never a torn write. Zero on other entries.
+    pub durable_before: U32,
     /// An [`EntryKind`] as `u8`.
     pub kind: u8,
     /// Bit set of `FLAG_*`.
     pub flags: u8,
     /// Zero.
-    pub reserved: U16,
+    pub reserved: [u8; 6],
 }
 
 impl SegmentHeader {
@@ -206,7 +213,7 @@ pub fn align_down(value: u64, align: u64) -> u64 {
 /// Why an entry header at some offset is not a live entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderFault {
-    /// All 48 bytes are zero: never written.
+    /// All header bytes are zero: never written.
     Zeroed,
     /// The header checksum or magic does not match: torn or flipped bits.
     Checksum,
@@ -268,9 +275,16 @@ pub fn check_entry_header(
         EntryKind::Padding => len < BLOCK_BYTES,
     };
     let first = header.flags & FLAG_FIRST_IN_WRITE != 0;
+    let durable_before = u64::from(header.durable_before.get());
+    let durable_before_ok = if first {
+        durable_before <= offset
+    } else {
+        durable_before == 0
+    };
     if !len_ok
         || header.flags & !FLAG_FIRST_IN_WRITE != 0
-        || header.reserved.get() != 0
+        || header.reserved != [0; 6]
+        || !durable_before_ok
         || (first && !offset.is_multiple_of(BLOCK_BYTES))
         || offset + header.footprint() > segment_bytes
     {
@@ -294,9 +308,10 @@ mod tests {
             offset: 4096.into(),
             payload_len: 5.into(),
             payload_checksum: crc32fast::hash(b"hello").into(),
+            durable_before: 4096.into(),
             kind: EntryKind::Data as u8,
             flags: FLAG_FIRST_IN_WRITE,
-            reserved: 0.into(),
+            reserved: [0; 6],
         }
         .seal();
         let bytes = header.as_bytes().to_vec();
@@ -321,7 +336,7 @@ mod tests {
             Err(HeaderFault::Misplaced)
         );
         assert_eq!(
-            check_entry_header(&[0; 48], 3, 8192, 1 << 20, 100),
+            check_entry_header(&[0; ENTRY_HEADER_BYTES], 3, 8192, 1 << 20, 100),
             Err(HeaderFault::Zeroed)
         );
     }

@@ -40,7 +40,11 @@ use crate::segment::{
     Segment,
 };
 use crate::storage::{DmaStorage, IoBuf, Storage, StorageFile};
-use std::cell::RefCell;
+use crate::superblock::{
+    self, JournalOwner, JournalSuperblock, SuperblockKind, SUPERBLOCK_FILE_NAME,
+};
+use crate::verify::SUPERBLOCK_TEMP_NAME;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -189,6 +193,12 @@ struct Shared<S: Storage> {
     /// Wakes the writer when a write in flight finished.
     pipeline: Notify,
     recovery: RecoveryReport,
+    /// The superblock as last written, and its sequence.
+    superblock: RefCell<(JournalSuperblock, u64)>,
+    /// A superblock update is running (they are serialized).
+    superblock_busy: Cell<bool>,
+    /// Wakes an update waiting for the running one.
+    superblock_idle: Notify,
 }
 
 impl<S: Storage> Drop for Shared<S> {
@@ -402,6 +412,25 @@ impl<S: Storage> Journal<S> {
         })?;
         let recovered = recover(&storage, &config).await?;
         let watermark = recovered.report.watermark;
+        let sb_path = config.dir.join(SUPERBLOCK_FILE_NAME);
+        // The superblock: the recovered one (adopting the configured owner
+        // if it records none), or a new one written before any segment.
+        let (mut sb, mut sequence) = match &recovered.superblock {
+            Some(found) => (found.superblock.clone(), found.sequence),
+            None => {
+                let sb = JournalSuperblock {
+                    journal_id: *uuid::Uuid::new_v4().as_bytes(),
+                    owner: config.owner,
+                    first_generation: 0,
+                    last_generation: 0,
+                    watermark: 0,
+                    ends: Vec::new(),
+                };
+                create_superblock(&storage, &config.dir, &sb).await?;
+                (sb, 1)
+            }
+        };
+        sb.owner = sb.owner.or(config.owner);
         let mut recovered_segments = recovered.segments;
         // A last segment that holds nothing (typically the one the previous
         // open created) is removed and its generation reused, so reopening
@@ -421,6 +450,17 @@ impl<S: Storage> Journal<S> {
             if let Ok(file) = Rc::try_unwrap(empty.file) {
                 let _ = file.close().await;
             }
+            // The superblock stops naming it first, so a crash after the
+            // removal leaves no recorded segment missing.
+            let mut next = sb.clone();
+            next.last_generation = recovered_segments.last().map_or(0, |s| s.generation);
+            if next.last_generation == 0 {
+                next.first_generation = 0;
+            }
+            next.ends.retain(|(g, _)| *g < empty.generation);
+            sequence += 1;
+            write_superblock(&storage, &sb_path, sequence, &next).await?;
+            sb = next;
             storage
                 .remove(&empty.path)
                 .await
@@ -452,8 +492,27 @@ impl<S: Storage> Journal<S> {
         // Never append into a segment that existed before: see recovery.
         let mut segments: VecDeque<_> = recovered_segments.into();
         let mut needs_fresh_segment = false;
-        match create_segment(&storage, &config, generation, predecessor, watermark).await {
-            Ok(active) => segments.push_back(active),
+        let created = create_segment(
+            &storage,
+            &config,
+            sb.journal_id,
+            generation,
+            predecessor,
+            watermark,
+        )
+        .await;
+        match created {
+            Ok(active) => {
+                // Name the new segment (and the previous one's end) before
+                // any write goes to it.
+                let mut next = sb.clone();
+                record_rollover(&mut next, generation, predecessor);
+                next.watermark = next.watermark.max(watermark);
+                sequence += 1;
+                write_superblock(&storage, &sb_path, sequence, &next).await?;
+                sb = next;
+                segments.push_back(active);
+            }
             // A full disk: open anyway so what is there can be read; the
             // first write creates the segment (or fails with NoSpace).
             Err(CreateError {
@@ -497,6 +556,9 @@ impl<S: Storage> Journal<S> {
             spare_ready: Notify::default(),
             pipeline: Notify::default(),
             recovery: recovered.report,
+            superblock: RefCell::new((sb, sequence)),
+            superblock_busy: Cell::new(false),
+            superblock_idle: Notify::default(),
         });
         if !needs_fresh_segment {
             shared.prepare_spare();
@@ -703,45 +765,73 @@ impl<S: Storage> Journal<S> {
     }
 
     /// Deletes whole segments at the front whose entries are all at or
-    /// below the watermark, one at a time and oldest first, syncing the directory
-    /// after each — so the segments on disk always stay a contiguous run of
-    /// generations, whatever a crash undoes. Only one runs at a time.
+    /// below the watermark. The superblock stops naming them first (its
+    /// `first` generation moves past them), so a crash at any later step
+    /// leaves files recovery recognizes as retired, never a recorded
+    /// segment missing. Only one runs at a time.
     async fn retire_segments(&self) -> Result<()> {
         let storage = &self.shared.storage;
         let dir = &self.shared.config.dir;
         loop {
-            let segment = {
-                let mut state = self.shared.state.borrow_mut();
-                // A failed directory fsync poisons: no removal may follow one
-                // that might not be durable, or a crash could leave a gap.
+            let (retired, first_kept) = {
+                let state = self.shared.state.borrow();
+                // A failed directory fsync poisons: nothing may be removed
+                // after one that might not be durable.
                 state.usable()?;
                 // Read afresh each time: a concurrent advance may have moved it.
                 let bound = state.index.watermark().max(state.compacted_floor);
-                let retirable = state.segments.len() > 1
-                    && state.segments.front().is_some_and(|s| s.max_op <= bound);
-                if !retirable {
+                let count = state
+                    .segments
+                    .iter()
+                    .take(state.segments.len().saturating_sub(1))
+                    .take_while(|s| s.max_op <= bound)
+                    .count();
+                if count == 0 {
                     return Ok(());
                 }
-                state.segments.pop_front().expect("checked above")
+                (count, state.segments[count].generation)
             };
-            if let Err(e) = storage.remove(&segment.path).await {
-                let error = Error::io("remove retired segment", &segment.path, None, e);
-                // Keep it first in line: a later segment must not go before it.
-                self.shared.state.borrow_mut().segments.push_front(segment);
-                return Err(error);
+            self.shared
+                .update_superblock(|sb| {
+                    sb.first_generation = first_kept;
+                    sb.ends.retain(|(g, _)| *g >= first_kept);
+                })
+                .await?;
+            let segments: Vec<_> = {
+                let mut state = self.shared.state.borrow_mut();
+                state.segments.drain(..retired).collect()
+            };
+            for segment in segments {
+                if let Ok(file) = Rc::try_unwrap(segment.file) {
+                    let _ = file.close().await;
+                }
+                // Retired already: a file that stays is removed by the next
+                // recovery (it lies below the superblock's first generation).
+                if let Err(e) = storage.remove(&segment.path).await {
+                    tracing::warn!(path = %segment.path.display(), error = %e, "removing a retired segment failed; the next open removes it");
+                }
+                self.shared.state.borrow_mut().stats.segments_retired += 1;
             }
-            // Each removal is made durable before the next, so a crash can
-            // never leave a newer segment removed and an older one present.
             if let Err(e) = storage.sync_dir(dir).await {
                 return Err(self
                     .shared
                     .poison(Error::io("fsync directory", dir, None, e)));
             }
-            if let Ok(file) = Rc::try_unwrap(segment.file) {
-                let _ = file.close().await;
-            }
-            self.shared.state.borrow_mut().stats.segments_retired += 1;
         }
+    }
+
+    /// Records who the journal belongs to in its superblock, durably (e.g.
+    /// after the shard was reset into another domain).
+    pub async fn set_owner(&self, owner: JournalOwner) -> Result<()> {
+        self.shared.state.borrow().usable()?;
+        self.shared
+            .update_superblock(|sb| sb.owner = Some(owner))
+            .await
+    }
+
+    /// The owner recorded in the superblock, if any.
+    pub fn owner(&self) -> Option<JournalOwner> {
+        self.shared.superblock.borrow().0.owner
     }
 
     /// Sets the epoch stamped on later appends and writes. Never decreases.
@@ -827,6 +917,28 @@ impl<S: Storage> Journal<S> {
                 .await
                 .map_err(|e| Error::io("fsync directory", dir, None, e))?;
         }
+        // A clean close records where the log ends, so the next open has no
+        // undecidable tail.
+        let last = {
+            let state = self.shared.state.borrow();
+            let healthy = state.poisoned.is_none() && !state.needs_fresh_segment;
+            state
+                .segments
+                .back()
+                .filter(|_| healthy)
+                .map(|s| (s.generation, s.write_pos, s.file.clone(), s.path.clone()))
+        };
+        if let Some((generation, end, file, path)) = last {
+            file.sync()
+                .await
+                .map_err(|e| self.shared.poison(Error::io("fdatasync", &path, None, e)))?;
+            self.shared
+                .update_superblock(|sb| {
+                    sb.ends.retain(|(g, _)| *g != generation);
+                    sb.ends.push((generation, end));
+                })
+                .await?;
+        }
         // Close the files now: glommio closes a dropped file on its reactor,
         // which may never get to it once the executor ends.
         let segments = std::mem::take(&mut self.shared.state.borrow_mut().segments);
@@ -876,6 +988,31 @@ impl<S: Storage> Shared<S> {
             shared.spare_ready.notify_all();
         };
         glommio::spawn_local(preparation).detach();
+    }
+
+    /// Writes the superblock with `change` applied (and the current durable
+    /// watermark), after any update already running. A failure poisons: the
+    /// superblock's state on disk is unknown.
+    async fn update_superblock(&self, change: impl FnOnce(&mut JournalSuperblock)) -> Result<()> {
+        while self.superblock_busy.get() {
+            self.superblock_idle.wait().await;
+        }
+        self.superblock_busy.set(true);
+        let (next, sequence) = {
+            let (current, sequence) = &*self.superblock.borrow();
+            let mut next = current.clone();
+            change(&mut next);
+            next.watermark = next.watermark.max(self.state.borrow().durable_watermark);
+            (next, sequence + 1)
+        };
+        let path = self.config.dir.join(SUPERBLOCK_FILE_NAME);
+        let result = write_superblock(&self.storage, &path, sequence, &next).await;
+        if result.is_ok() {
+            *self.superblock.borrow_mut() = (next, sequence);
+        }
+        self.superblock_busy.set(false);
+        self.superblock_idle.notify_all();
+        result.map_err(|e| self.poison(e))
     }
 
     fn poison(&self, error: Error) -> Error {
@@ -967,6 +1104,13 @@ impl<S: Storage> Shared<S> {
             path: active.path.clone(),
             generation: active.generation,
             pos: active.write_pos,
+            // NoSync writes are not durable when they finish: they vouch
+            // for nothing.
+            durable_before: if self.config.durability == Durability::NoSync {
+                0
+            } else {
+                active.durable_end
+            },
         };
         active.write_pos += total;
         Ok(place)
@@ -980,13 +1124,7 @@ impl<S: Storage> Shared<S> {
         place: &Placement<S::File>,
         total: u64,
     ) -> Result<()> {
-        stamp_headers(
-            buf.as_bytes_mut(),
-            &batch.entries,
-            place.generation,
-            place.pos,
-            batch.len,
-        );
+        stamp_headers(buf.as_bytes_mut(), &batch.entries, place, batch.len);
         buf.trim_to(total as usize);
         if let Err(e) = place.file.write_at(buf, place.pos).await {
             return Err(self.poison(Error::io("write", &place.path, Some(place.pos), e)));
@@ -1098,14 +1236,23 @@ impl<S: Storage> Shared<S> {
             self.spare_ready.wait().await;
         }
         let spare = self.state.borrow_mut().spare.take();
+        let journal_id = self.superblock.borrow().0.journal_id;
         let created = match spare {
             Some(spare) if spare.generation == generation => {
-                activate_segment(spare, &self.config, Some(predecessor), watermark).await
+                activate_segment(
+                    spare,
+                    &self.config,
+                    journal_id,
+                    Some(predecessor),
+                    watermark,
+                )
+                .await
             }
             _ => {
                 create_segment(
                     &self.storage,
                     &self.config,
+                    journal_id,
                     generation,
                     Some(predecessor),
                     watermark,
@@ -1115,6 +1262,10 @@ impl<S: Storage> Shared<S> {
         };
         match created {
             Ok(segment) => {
+                // The superblock names the segment before any write goes to
+                // it; recovery relies on that (see `verify`).
+                self.update_superblock(|sb| record_rollover(sb, generation, Some(predecessor)))
+                    .await?;
                 {
                     let mut state = self.state.borrow_mut();
                     state.segments.push_back(segment);
@@ -1142,6 +1293,8 @@ struct Placement<F> {
     path: PathBuf,
     generation: u64,
     pos: u64,
+    /// Stamped into the write's first entry: see `EntryHeader::durable_before`.
+    durable_before: u64,
 }
 
 /// Resolves once a write has finished, saying whether it and every write
@@ -1205,6 +1358,9 @@ fn publish<F: StorageFile>(
         .expect("a segment with writes in flight is never retired or replaced");
     segment.max_op = segment.max_op.max(max_op);
     segment.watermark_seen = segment.watermark_seen.max(watermark);
+    // Batches are published in issue order, each only once every earlier one
+    // succeeded: everything before this write's end is durable.
+    segment.durable_end = segment.durable_end.max(place.pos + total);
     let stats = &mut state.stats;
     stats.writes += 1;
     stats.fsyncs += u64::from(durability != Durability::NoSync);
@@ -1242,8 +1398,10 @@ fn write_bytes(len: usize) -> u64 {
 
 /// Writes each entry's header into the batch buffer now that its final
 /// position is known, and pads the tail up to the end of the write.
-fn stamp_headers(buf: &mut [u8], entries: &[PendingEntry], generation: u64, pos: u64, len: usize) {
+fn stamp_headers<F>(buf: &mut [u8], entries: &[PendingEntry], place: &Placement<F>, len: usize) {
+    let (generation, pos) = (place.generation, place.pos);
     for (i, entry) in entries.iter().enumerate() {
+        let first = i == 0;
         let header = EntryHeader {
             checksum: 0.into(),
             magic: ENTRY_MAGIC.into(),
@@ -1253,9 +1411,15 @@ fn stamp_headers(buf: &mut [u8], entries: &[PendingEntry], generation: u64, pos:
             offset: ((pos + entry.batch_offset as u64) as u32).into(),
             payload_len: entry.payload_len.into(),
             payload_checksum: entry.payload_checksum.into(),
+            durable_before: if first {
+                place.durable_before as u32
+            } else {
+                0
+            }
+            .into(),
             kind: entry.kind as u8,
-            flags: if i == 0 { FLAG_FIRST_IN_WRITE } else { 0 },
-            reserved: 0.into(),
+            flags: if first { FLAG_FIRST_IN_WRITE } else { 0 },
+            reserved: [0; 6],
         }
         .seal();
         buf[entry.batch_offset..entry.batch_offset + ENTRY_HEADER_BYTES]
@@ -1274,13 +1438,81 @@ fn stamp_headers(buf: &mut [u8], entries: &[PendingEntry], generation: u64, pos:
             offset: ((pos + len as u64) as u32).into(),
             payload_len: ((gap - ENTRY_HEADER_BYTES) as u32).into(),
             payload_checksum: 0.into(),
+            durable_before: 0.into(),
             kind: EntryKind::Padding as u8,
             flags: 0,
-            reserved: 0.into(),
+            reserved: [0; 6],
         }
         .seal();
         buf[len..len + ENTRY_HEADER_BYTES].copy_from_slice(padding.as_bytes());
     }
+}
+
+/// Records a new last segment in a superblock: `generation` must now exist,
+/// and its predecessor's data ends where the new segment's header says.
+fn record_rollover(sb: &mut JournalSuperblock, generation: u64, predecessor: Option<Predecessor>) {
+    if sb.first_generation == 0 {
+        sb.first_generation = generation;
+    }
+    sb.last_generation = generation;
+    sb.ends.retain(|(g, _)| *g < generation);
+    if let Some(p) = predecessor {
+        sb.ends.retain(|(g, _)| *g != p.generation);
+        sb.ends.push((p.generation, p.end));
+    }
+}
+
+/// Writes both copies of the journal superblock (see `superblock`).
+async fn write_superblock<S: Storage>(
+    storage: &S,
+    path: &Path,
+    sequence: u64,
+    sb: &JournalSuperblock,
+) -> Result<()> {
+    superblock::write_file(
+        storage,
+        path,
+        false,
+        SuperblockKind::Journal,
+        sequence,
+        &sb.encode(),
+    )
+    .await
+    .map_err(|f| Error::io(f.op, path, f.offset, f.source))
+}
+
+/// Creates a new journal's superblock: written in full under a temporary
+/// name, then renamed into place, so `superblock` never exists half-written.
+async fn create_superblock<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    sb: &JournalSuperblock,
+) -> Result<()> {
+    let temp = dir.join(SUPERBLOCK_TEMP_NAME);
+    let path = dir.join(SUPERBLOCK_FILE_NAME);
+    match storage.remove(&temp).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", &temp, None, e)),
+    }
+    superblock::write_file(
+        storage,
+        &temp,
+        true,
+        SuperblockKind::Journal,
+        1,
+        &sb.encode(),
+    )
+    .await
+    .map_err(|f| Error::io(f.op, &temp, f.offset, f.source))?;
+    storage
+        .rename(&temp, &path)
+        .await
+        .map_err(|e| Error::io("rename superblock", &path, None, e))?;
+    storage
+        .sync_dir(dir)
+        .await
+        .map_err(|e| Error::io("fsync directory", dir, None, e))
 }
 
 /// Where an op's entry lives, with what reading it needs.

@@ -30,6 +30,8 @@ pub mod recovery;
 mod segment;
 pub mod sim;
 pub mod storage;
+pub mod superblock;
+pub mod verify;
 
 pub use config::{Durability, JournalBuilder, JournalConfig, Preallocation, Recovery};
 pub use error::{Error, Result};
@@ -38,5 +40,6 @@ pub use journal::{
     reactor_turn, Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend, BATCH_SIZE_BUCKETS,
     ENTRIES_READ_AHEAD_BYTES,
 };
-pub use recovery::{RecoveryReport, TailState};
+pub use recovery::{describe_cut_ops, RecoveryReport, TailState};
 pub use segment::{segment_file_name, segment_generation};
+pub use superblock::JournalOwner;

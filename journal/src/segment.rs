@@ -40,7 +40,9 @@ pub fn segment_generation(name: &OsStr) -> Option<u64> {
     let hex = name
         .strip_prefix(SEGMENT_PREFIX)?
         .strip_suffix(SEGMENT_SUFFIX)?;
-    if hex.len() != 16 {
+    // Lower-case only, as written: another spelling of the same number is
+    // a stray file, never opened under a guessed name.
+    if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     u64::from_str_radix(hex, 16).ok().filter(|g| *g > 0)
@@ -60,6 +62,9 @@ pub(crate) struct Segment<F> {
     pub max_op: u64,
     /// Largest watermark this segment records (header or records in it).
     pub watermark_seen: u64,
+    /// Every byte before this is durable: the end of the writes that
+    /// finished in order (stamped into the next write as `durable_before`).
+    pub durable_end: u64,
 }
 
 /// Where a new segment continues from.
@@ -140,6 +145,7 @@ pub(crate) async fn prepare_segment_file<S: Storage>(
 pub(crate) async fn activate_segment<F: StorageFile>(
     prepared: PreparedFile<F>,
     config: &JournalConfig,
+    journal_id: [u8; 16],
     predecessor: Option<Predecessor>,
     watermark: u64,
 ) -> Result<Segment<F>, CreateError> {
@@ -170,6 +176,7 @@ pub(crate) async fn activate_segment<F: StorageFile>(
         }
         .into(),
         writes_in_flight: config.writes_in_flight.into(),
+        journal_id,
     }
     .seal();
     let mut block = file.alloc_buf(BLOCK_BYTES as usize);
@@ -189,6 +196,7 @@ pub(crate) async fn activate_segment<F: StorageFile>(
         write_pos: SEGMENT_DATA_OFFSET,
         max_op: 0,
         watermark_seen: watermark,
+        durable_end: SEGMENT_DATA_OFFSET,
     })
 }
 
@@ -196,12 +204,13 @@ pub(crate) async fn activate_segment<F: StorageFile>(
 pub(crate) async fn create_segment<S: Storage>(
     storage: &S,
     config: &JournalConfig,
+    journal_id: [u8; 16],
     generation: u64,
     predecessor: Option<Predecessor>,
     watermark: u64,
 ) -> Result<Segment<S::File>, CreateError> {
     let prepared = prepare_segment_file(storage, config, generation).await?;
-    activate_segment(prepared, config, predecessor, watermark).await
+    activate_segment(prepared, config, journal_id, predecessor, watermark).await
 }
 
 async fn reserve_space<F: StorageFile>(
@@ -249,6 +258,8 @@ mod tests {
             "segment-0000000000000000.wal",
             "x.wal",
             "segment-000000000000000g.wal",
+            "segment-000000000000000A.wal",
+            "segment-+00000000000000a.wal",
         ] {
             assert_eq!(segment_generation(OsStr::new(other)), None, "{other}");
         }

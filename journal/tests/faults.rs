@@ -151,8 +151,9 @@ fn power_loss_keeps_every_acknowledged_append_with(durability: Durability) {
 fn enospc_is_a_clear_error_and_advancing_the_watermark_recovers() {
     run(|| async {
         let mem = MemStorage::new();
-        // Room for the first segment and two more, no fourth.
-        mem.set_capacity(Some(3 * (256 << 10) + 4096));
+        // Room for the superblock, the first segment and two more, no fourth.
+        let superblock = ringstore_journal::superblock::SUPERBLOCK_FILE_BYTES;
+        mem.set_capacity(Some(3 * (256 << 10) + 4096 + superblock));
         let journal = mem_builder(&mem).open().await.unwrap();
         let mut acked = Vec::new();
         let error = loop {

@@ -49,6 +49,7 @@ fn segment_header_table_matches_the_struct() {
         ("watermark", field!(SegmentHeader, watermark)),
         ("flags", field!(SegmentHeader, flags)),
         ("writes_in_flight", field!(SegmentHeader, writes_in_flight)),
+        ("journal_id", field!(SegmentHeader, journal_id)),
     ];
     assert_eq!(rows.len(), fields.len());
     for ((offset, size, name), (field, (code_offset, code_size))) in rows.iter().zip(fields) {
@@ -73,6 +74,7 @@ fn entry_header_table_matches_the_struct() {
         ("offset", field!(EntryHeader, offset)),
         ("payload_len", field!(EntryHeader, payload_len)),
         ("payload_checksum", field!(EntryHeader, payload_checksum)),
+        ("durable_before", field!(EntryHeader, durable_before)),
         ("kind", field!(EntryHeader, kind)),
         ("flags", field!(EntryHeader, flags)),
         ("reserved", field!(EntryHeader, reserved)),
@@ -85,6 +87,62 @@ fn entry_header_table_matches_the_struct() {
     let last = rows.last().unwrap();
     assert_eq!(last.0 + last.1, ENTRY_HEADER_BYTES);
     assert!(doc.contains(&format!("### Entry header ({ENTRY_HEADER_BYTES} bytes)")));
+}
+
+#[test]
+fn superblock_tables_match_the_structs() {
+    use ringstore_journal::superblock::*;
+    let doc = include_str!("../FORMAT.md");
+    let rows = table(doc, "### Superblock copy header");
+    let fields = [
+        ("checksum", field!(SuperblockHeader, checksum)),
+        ("magic", field!(SuperblockHeader, magic)),
+        ("version", field!(SuperblockHeader, version)),
+        ("kind", field!(SuperblockHeader, kind)),
+        ("sequence", field!(SuperblockHeader, sequence)),
+        ("copy", field!(SuperblockHeader, copy)),
+        ("body_len", field!(SuperblockHeader, body_len)),
+    ];
+    assert_eq!(rows.len(), fields.len());
+    for ((offset, size, name), (field, (code_offset, code_size))) in rows.iter().zip(fields) {
+        assert_eq!(name, field);
+        assert_eq!((*offset, *size), (code_offset, code_size), "{name}");
+    }
+    assert!(doc.contains(&format!(
+        "### Superblock copy header ({SUPERBLOCK_HEADER_BYTES} bytes)"
+    )));
+    let rows = table(doc, "### Journal superblock body");
+    let fields = [
+        ("journal_id", field!(JournalBody, journal_id)),
+        ("domain", field!(JournalBody, domain)),
+        ("shard", field!(JournalBody, shard)),
+        ("shards", field!(JournalBody, shards)),
+        ("first_generation", field!(JournalBody, first_generation)),
+        ("last_generation", field!(JournalBody, last_generation)),
+        ("watermark", field!(JournalBody, watermark)),
+        ("ends_count", field!(JournalBody, ends_count)),
+        ("reserved", field!(JournalBody, reserved)),
+    ];
+    assert_eq!(rows.len(), fields.len());
+    for ((offset, size, name), (field, (code_offset, code_size))) in rows.iter().zip(fields) {
+        assert_eq!(name, field);
+        assert_eq!((*offset, *size), (code_offset, code_size), "{name}");
+    }
+    assert!(doc.contains(&format!(
+        "### Journal superblock body ({JOURNAL_BODY_BYTES} bytes"
+    )));
+    assert!(doc.contains(&format!("(at most {SEGMENT_ENDS_MAX})")));
+    assert!(doc.contains(&format!("newest {SEGMENT_ENDS_MAX} are kept")));
+    assert!(doc.contains(&format!("`RSUP` (0x{SUPERBLOCK_MAGIC:08x})")));
+    assert!(doc.contains(&format!("superblock format version, {SUPERBLOCK_VERSION}")));
+    assert!(doc.contains(&format!(
+        "is {SUPERBLOCK_FILE_BYTES} bytes: two copies of {SUPERBLOCK_COPY_BYTES} bytes"
+    )));
+    assert_eq!(SUPERBLOCK_COPIES, 2);
+    assert_eq!(
+        (SuperblockKind::Journal as u32, SuperblockKind::DataDir as u32),
+        (1, 2)
+    );
 }
 
 #[test]

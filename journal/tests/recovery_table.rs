@@ -3,7 +3,10 @@
 //!
 //! Setup shared by the rows: one session appends ops 1..=N one at a time,
 //! so op `k` is the only entry of its write and sits at byte 4096 * k of
-//! segment 1, which stays the last segment until the next open.
+//! segment 1, which stays the last segment until the next open. The session
+//! ends in a crash (the journal is dropped, never closed), so the end of
+//! segment 1 is recorded nowhere; after a clean close the superblock records
+//! it and any damage before it is corruption.
 mod common;
 use common::*;
 use ringstore_journal::format::{EntryHeader, SegmentHeader, ENTRY_HEADER_BYTES};
@@ -26,8 +29,18 @@ fn offset_of_op(op: u64) -> u64 {
     4096 * op
 }
 
-/// Writes ops 1..=N in one session and returns the directory.
+/// Writes ops 1..=N in one session that ends in a crash, then opens and
+/// closes the journal `reopens` times; returns the directory.
 fn write_session(reopens: usize) -> (tempfile::TempDir, PathBuf) {
+    write_session_ending(reopens, false)
+}
+
+/// Like [`write_session`], but the writing session closes cleanly.
+fn write_closed_session() -> (tempfile::TempDir, PathBuf) {
+    write_session_ending(0, true)
+}
+
+fn write_session_ending(reopens: usize, close: bool) -> (tempfile::TempDir, PathBuf) {
     let dir = temp_dir();
     let path = dir.path().to_path_buf();
     let p = path.clone();
@@ -36,7 +49,11 @@ fn write_session(reopens: usize) -> (tempfile::TempDir, PathBuf) {
         for op in 1..=N {
             assert_eq!(journal.append(&payload(op, PAYLOAD)).await.unwrap(), op);
         }
-        journal.close().await.unwrap();
+        if close {
+            journal.close().await.unwrap();
+        } else {
+            crash(journal).await;
+        }
         for _ in 0..reopens {
             builder(&p).open().await.unwrap().close().await.unwrap();
         }
@@ -73,14 +90,26 @@ fn reopen(path: &Path, recovery: Recovery) -> Result<(TailState, Vec<u64>), Erro
     rx.recv().unwrap()
 }
 
-fn expect_torn(path: &Path, at_op: u64, reason: &str) {
+/// Ends a session the way a crash does: no close, no final superblock
+/// update; what was written stays as it is.
+async fn crash(journal: Journal) {
+    // Let a spare segment's background preparation finish or not, as it may.
+    glommio::yield_if_needed().await;
+    drop(journal);
+}
+
+fn expect_torn(path: &Path, at_op: u64, reason: &str, cut_ops: Option<(u64, u64)>) {
     let (tail, present) = reopen(path, Recovery::TruncateTornTail).unwrap();
     match tail {
         TailState::Torn {
-            offset, reason: r, ..
+            offset,
+            reason: r,
+            ops,
+            ..
         } => {
             assert_eq!(offset, offset_of_op(at_op));
             assert!(r.contains(reason), "reason {r:?} should mention {reason:?}");
+            assert_eq!(ops, cut_ops, "the ops reported as possibly acknowledged");
         }
         other => panic!("expected a torn tail, got {other:?}"),
     }
@@ -126,7 +155,7 @@ fn row1_zeroed_tail_is_a_clean_end() {
 fn row2_header_checksum_mismatch_at_the_tail_is_cut() {
     let (_dir, path) = write_session(0);
     flip_bit(&segment_path(&path, 1), offset_of_op(N) + 9, 3);
-    expect_torn(&path, N, "checksum");
+    expect_torn(&path, N, "checksum", None);
 }
 
 #[test]
@@ -145,7 +174,7 @@ fn row3_payload_checksum_mismatch_at_the_tail_is_cut() {
         offset_of_op(N) + ENTRY_HEADER_BYTES as u64 + 17,
         0,
     );
-    expect_torn(&path, N, "payload checksum");
+    expect_torn(&path, N, "payload checksum", Some((N, N)));
 }
 
 #[test]
@@ -169,7 +198,7 @@ fn row4_stale_generation_at_the_tail_is_cut() {
     let mut header = read_header(&segment, offset_of_op(N));
     header.generation = 9.into();
     write_header(&segment, offset_of_op(N), &header.seal());
-    expect_torn(&path, N, "generation");
+    expect_torn(&path, N, "generation", None);
 }
 
 #[test]
@@ -233,21 +262,88 @@ fn row5_damage_followed_by_enough_valid_writes_is_corruption() {
 }
 
 #[test]
-fn row5_with_two_writes_in_flight_one_valid_write_after_the_damage_is_a_torn_tail() {
-    // The last two writes may both have been in flight at the crash: damage
-    // in the second to last with the last intact is cut, not an error.
+fn row5_one_later_write_that_vouches_for_the_damage_is_corruption() {
+    // Op N's write was issued after op N-1's had finished (the appends are
+    // serial), so its `durable_before` vouches for op N-1: damage there is
+    // acknowledged data, although the last two writes could have been in
+    // flight together.
     let (_dir, path) = write_session(0);
+    let segment = segment_path(&path, 1);
+    assert_eq!(
+        u64::from(read_header(&segment, offset_of_op(N)).durable_before.get()),
+        offset_of_op(N),
+        "the last write vouches for everything before it"
+    );
     flip_bit(
-        &segment_path(&path, 1),
+        &segment,
         offset_of_op(N - 1) + ENTRY_HEADER_BYTES as u64 + 3,
         6,
     );
-    let (tail, present) = reopen(&path, Recovery::TruncateTornTail).unwrap();
-    assert!(
-        matches!(tail, TailState::Torn { offset, .. } if offset == offset_of_op(N - 1)),
-        "{tail:?}"
+    expect_corruption(
+        reopen(&path, Recovery::TruncateTornTail),
+        &segment,
+        offset_of_op(N - 1),
     );
+}
+
+#[test]
+fn a_write_that_does_not_vouch_leaves_the_damage_a_reported_cut() {
+    // The same damage, but op N's write claims nothing about op N-1 (as when
+    // both were in flight together): the cut is made and reported.
+    let (_dir, path) = write_session(0);
+    let segment = segment_path(&path, 1);
+    let mut header = read_header(&segment, offset_of_op(N));
+    header.durable_before = (offset_of_op(N - 1) as u32).into();
+    write_header(&segment, offset_of_op(N), &header.seal());
+    flip_bit(
+        &segment,
+        offset_of_op(N - 1) + ENTRY_HEADER_BYTES as u64 + 3,
+        6,
+    );
+    // Strict refuses to cut what may have been acknowledged (and changes
+    // nothing); the default cuts and reports.
+    expect_corruption(
+        reopen(&path, Recovery::Strict),
+        &segment,
+        offset_of_op(N - 1),
+    );
+    let (tail, present) = reopen(&path, Recovery::TruncateTornTail).unwrap();
+    match &tail {
+        TailState::Torn { offset, ops, entries, .. } => {
+            assert_eq!(*offset, offset_of_op(N - 1));
+            assert_eq!(*ops, Some((N - 1, N)), "both cut ops are reported");
+            assert_eq!(*entries, 2);
+        }
+        other => panic!("expected a reported cut, got {other:?}"),
+    }
+    assert!(tail.describe().contains("may have been acknowledged"));
     assert_eq!(present, (1..N - 1).collect::<Vec<_>>());
+}
+
+#[test]
+fn after_a_clean_close_tail_damage_is_corruption() {
+    // The superblock records where the log ends: nothing is undecidable.
+    let (_dir, path) = write_closed_session();
+    let segment = segment_path(&path, 1);
+    flip_bit(
+        &segment,
+        offset_of_op(N) + ENTRY_HEADER_BYTES as u64 + 3,
+        6,
+    );
+    expect_corruption(
+        reopen(&path, Recovery::TruncateTornTail),
+        &segment,
+        offset_of_op(N),
+    );
+    // Its block zeroed: the same.
+    let (_dir, path) = write_closed_session();
+    let segment = segment_path(&path, 1);
+    patch(&segment, offset_of_op(N), &[0; 4096]);
+    expect_corruption(
+        reopen(&path, Recovery::TruncateTornTail),
+        &segment,
+        offset_of_op(N),
+    );
 }
 
 #[test]
@@ -296,10 +392,7 @@ fn row7_an_incomplete_new_segment_is_removed() {
     let inc = incomplete.clone();
     run(move || async move {
         let journal = builder(&p).open().await.unwrap();
-        assert_eq!(
-            journal.recovery_report().removed_incomplete.as_deref(),
-            Some(inc.as_path())
-        );
+        assert_eq!(journal.recovery_report().removed, vec![inc]);
         assert_eq!(
             journal.read(N).await.unwrap().unwrap().payload,
             payload(N, PAYLOAD)
@@ -372,24 +465,25 @@ fn row11_an_unknown_format_version_is_refused() {
     let mut header =
         SegmentHeader::read_from_bytes(&bytes[..ringstore_journal::format::SEGMENT_HEADER_BYTES])
             .unwrap();
-    header.version = 2.into();
+    header.version = 3.into();
     patch(&segment, 0, header.seal().as_bytes());
     match reopen(&path, Recovery::TruncateTornTail) {
         Err(Error::UnsupportedVersion {
             path: p,
-            found: 2,
-            supported: 1,
+            found: 3,
+            supported: 2,
         }) => assert_eq!(p, segment),
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
 }
 
 #[test]
-fn torn_write_with_later_sectors_persisted_is_still_a_torn_tail() {
+fn torn_write_with_later_sectors_persisted_is_a_reported_tail_cut() {
     // The last write held several entries; its first sector was lost but a
     // later one persisted (sectors may land out of order). The surviving
     // entries lack the first-in-write flag, so this is a tail, not mid-log
-    // damage.
+    // damage — but not a clean end either: the ops whose entries survive are
+    // reported as cut.
     let dir = temp_dir();
     let path = dir.path().to_path_buf();
     let p = path.clone();
@@ -406,7 +500,7 @@ fn torn_write_with_later_sectors_persisted_is_still_a_torn_tail() {
         for t in tasks {
             t.await;
         }
-        journal.close().await.unwrap();
+        crash(journal).await;
     });
     let segment = segment_path(&path, 1);
     // The second write starts at 8192; drop its first sector.
@@ -419,7 +513,16 @@ fn torn_write_with_later_sectors_persisted_is_still_a_torn_tail() {
     patch(&segment, 8192, &[0; 512]);
     run(move || async move {
         let journal = builder(&path).open().await.unwrap();
-        assert_eq!(journal.recovery_report().tail, TailState::Clean);
+        match journal.recovery_report().tail.clone() {
+            TailState::Torn {
+                offset, ops, entries, ..
+            } => {
+                assert_eq!(offset, 8192);
+                let (lo, hi) = ops.expect("surviving entries are reported");
+                assert!(lo >= 2 && hi <= 9 && entries >= 1, "{lo}..={hi}, {entries}");
+            }
+            other => panic!("expected a reported cut, got {other:?}"),
+        }
         assert_eq!(journal.read(1).await.unwrap().unwrap().payload, b"first");
         for op in 2..=9 {
             assert_eq!(
@@ -562,9 +665,11 @@ fn the_last_possible_generation_is_an_error_not_an_overflow() {
         write_header(&from, padding_at, &padding.seal());
     }
     std::fs::rename(&from, &to).unwrap();
+    // The superblock does not record it: refused before any numbering.
     match reopen(&path, Recovery::TruncateTornTail) {
-        Err(Error::Corruption { reason, .. }) => {
-            assert!(reason.contains("cannot be followed"), "{reason}")
+        Err(Error::Corruption { reason, path: p, .. }) => {
+            assert!(reason.contains("not recorded in the superblock"), "{reason}");
+            assert!(p == to || p == from, "{}", p.display());
         }
         other => panic!("expected corruption, got {other:?}"),
     }
@@ -586,7 +691,7 @@ fn row13_nosync_segments_cut_at_the_first_damage() {
         for op in 1..=N {
             journal.append(&payload(op, PAYLOAD)).await.unwrap();
         }
-        journal.close().await.unwrap();
+        crash(journal).await;
     });
     flip_bit(&segment_path(&path, 1), offset_of_op(3) + 20, 2);
     let (tail, present) = reopen(&path, Recovery::TruncateTornTail).unwrap();
@@ -598,11 +703,12 @@ fn row13_nosync_segments_cut_at_the_first_damage() {
 }
 
 /// Found by the `journal_files` fuzz target: a last segment file shorter
-/// than its header says, cut inside an entry (as a torn write leaves it),
-/// made the search for later writes read past the end of the file and
-/// panic. It is a torn tail.
+/// than its header says, cut inside an entry, made the search for later
+/// writes read past the end of the file and panic. Segments are
+/// preallocated and synced before their header is written, so no crash
+/// shortens one: it is corruption naming the file and where it ends.
 #[test]
-fn a_segment_cut_inside_an_entry_is_a_torn_tail_not_a_panic() {
+fn a_segment_cut_short_is_corruption_not_a_panic() {
     for cut in [
         offset_of_op(N) + 100,
         offset_of_op(N) + 512,
@@ -616,12 +722,6 @@ fn a_segment_cut_inside_an_entry_is_a_torn_tail_not_a_panic() {
             .unwrap()
             .set_len(cut)
             .unwrap();
-        let (_, present) = reopen(&path, Recovery::TruncateTornTail).unwrap();
-        // Each op's entry (header and payload) is 248 bytes at the start of
-        // its block; the ops whose entry ends before the cut survive.
-        let intact: Vec<u64> = (1..=N)
-            .filter(|op| offset_of_op(*op) + 248 <= cut)
-            .collect();
-        assert_eq!(present, intact, "cut at {cut}");
+        expect_corruption(reopen(&path, Recovery::TruncateTornTail), &segment, cut);
     }
 }

@@ -1,0 +1,612 @@
+//! Superblocks: a small record of what must exist, kept in two copies.
+//!
+//! A journal's segments cannot tell on their own that one of them is
+//! missing, that the newest was deleted, or that a valid file from another
+//! journal was dropped in. The superblock records it: which segment
+//! generations must exist, where each closed segment's durable data ends,
+//! which journal (and which shard of which domain) the files belong to.
+//! The engine keeps one per data directory too (the shard count), written
+//! by the same code.
+//!
+//! # Redundancy
+//!
+//! A superblock file holds [`SUPERBLOCK_COPIES`] copies of
+//! [`SUPERBLOCK_COPY_BYTES`] each. An update writes copy 0, syncs it, then
+//! writes copy 1 and syncs it, both with the same sequence number, one
+//! higher than before. So at every instant at least one copy holds either
+//! the new or the previous state in full:
+//!
+//! | crash during | copy 0 | copy 1 | read gives |
+//! |---|---|---|---|
+//! | copy 0's write | torn (or old) | old | old: the update never happened |
+//! | between the two | new | old | new |
+//! | copy 1's write | new | torn (or old) | new |
+//!
+//! The reader takes the valid copy with the highest sequence. A copy that
+//! does not verify at rest (a flipped bit, a zeroed block, a misdirected
+//! write) is reported and rewritten by the next update; the other copy
+//! still holds the same state. Only when neither copy verifies is the file
+//! damage ([`SuperblockFault`]).
+//!
+//! Updates are rare (a segment rollover or retirement, a clean close, a
+//! salvage, an owner change), never per append.
+//!
+//! The decoding here is sans-IO: bytes in, verdict out, shared by the
+//! journal's recovery and the read-only `inspect` scan.
+
+use crate::format::BLOCK_BYTES;
+use crate::storage::{IoBuf, Storage, StorageFile};
+use std::io;
+use std::path::Path;
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// File name of a journal's superblock (in the journal directory).
+pub const SUPERBLOCK_FILE_NAME: &str = "superblock";
+
+/// Bytes of one copy: one block, so each copy is written atomically per
+/// sector and never shares a sector with the other.
+pub const SUPERBLOCK_COPY_BYTES: u64 = BLOCK_BYTES;
+
+/// Copies per superblock file.
+pub const SUPERBLOCK_COPIES: usize = 2;
+
+/// Bytes of a superblock file.
+pub const SUPERBLOCK_FILE_BYTES: u64 = SUPERBLOCK_COPY_BYTES * SUPERBLOCK_COPIES as u64;
+
+/// "RSUP" read as a little-endian u32.
+pub const SUPERBLOCK_MAGIC: u32 = u32::from_le_bytes(*b"RSUP");
+
+/// The superblock format version this build writes and reads.
+pub const SUPERBLOCK_VERSION: u32 = 1;
+
+/// Bytes of the header at the start of every copy.
+pub const SUPERBLOCK_HEADER_BYTES: usize = size_of::<SuperblockHeader>();
+
+/// Largest body a copy holds.
+pub const SUPERBLOCK_BODY_BYTES_MAX: usize =
+    SUPERBLOCK_COPY_BYTES as usize - SUPERBLOCK_HEADER_BYTES;
+
+const _: () = assert!(SUPERBLOCK_HEADER_BYTES == 32);
+
+/// What a superblock describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SuperblockKind {
+    /// A journal directory ([`JournalSuperblock`]).
+    Journal = 1,
+    /// An engine data directory (the engine's own body).
+    DataDir = 2,
+}
+
+/// The header of each copy.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct SuperblockHeader {
+    /// CRC-32 of bytes `4..SUPERBLOCK_COPY_BYTES` of the copy (header
+    /// after this field, body, and the zero fill after it).
+    pub checksum: U32,
+    /// [`SUPERBLOCK_MAGIC`].
+    pub magic: U32,
+    /// [`SUPERBLOCK_VERSION`].
+    pub version: U32,
+    /// A [`SuperblockKind`] as `u32`.
+    pub kind: U32,
+    /// One higher with every update; both copies of an update carry it.
+    pub sequence: U64,
+    /// Which copy this is (its index in the file), so a copy written to the
+    /// other's place is detected.
+    pub copy: U32,
+    /// Bytes of body following the header.
+    pub body_len: U32,
+}
+
+/// Why one copy does not verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyFault {
+    /// Byte offset of the copy in the file.
+    pub offset: u64,
+    /// What failed.
+    pub reason: String,
+}
+
+/// A superblock read from its copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    /// The newest valid copy's sequence.
+    pub sequence: u64,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// Copies that did not verify or hold an older sequence (the next update
+    /// rewrites them).
+    pub stale_or_damaged: Vec<CopyFault>,
+}
+
+/// Why a superblock could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SuperblockFault {
+    /// No copy verifies.
+    Damaged(Vec<CopyFault>),
+    /// A copy verifies but was written by another superblock format version.
+    UnsupportedVersion(u32),
+    /// The copies verify but describe another kind of directory.
+    WrongKind(u32),
+}
+
+impl std::fmt::Display for SuperblockFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SuperblockFault::Damaged(faults) => {
+                write!(f, "no superblock copy verifies (")?;
+                for (i, fault) in faults.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "; " };
+                    write!(
+                        f,
+                        "{sep}copy at byte offset {}: {}",
+                        fault.offset, fault.reason
+                    )?;
+                }
+                write!(f, ")")
+            }
+            SuperblockFault::UnsupportedVersion(v) => write!(
+                f,
+                "superblock format version {v}, this build reads version {SUPERBLOCK_VERSION}"
+            ),
+            SuperblockFault::WrongKind(k) => write!(f, "superblock of another kind ({k})"),
+        }
+    }
+}
+
+/// Encodes copy `copy` of a superblock: exactly [`SUPERBLOCK_COPY_BYTES`].
+///
+/// # Panics
+/// If `body` is longer than [`SUPERBLOCK_BODY_BYTES_MAX`] (the callers' bodies
+/// are bounded by construction) or `copy` is out of range.
+pub fn encode_copy(kind: SuperblockKind, sequence: u64, copy: usize, body: &[u8]) -> Vec<u8> {
+    assert!(
+        body.len() <= SUPERBLOCK_BODY_BYTES_MAX,
+        "superblock body too long"
+    );
+    assert!(copy < SUPERBLOCK_COPIES);
+    let mut bytes = vec![0u8; SUPERBLOCK_COPY_BYTES as usize];
+    let header = SuperblockHeader {
+        checksum: 0.into(),
+        magic: SUPERBLOCK_MAGIC.into(),
+        version: SUPERBLOCK_VERSION.into(),
+        kind: (kind as u32).into(),
+        sequence: sequence.into(),
+        copy: (copy as u32).into(),
+        body_len: (body.len() as u32).into(),
+    };
+    bytes[..SUPERBLOCK_HEADER_BYTES].copy_from_slice(header.as_bytes());
+    bytes[SUPERBLOCK_HEADER_BYTES..SUPERBLOCK_HEADER_BYTES + body.len()].copy_from_slice(body);
+    let checksum = crc32fast::hash(&bytes[4..]);
+    bytes[..4].copy_from_slice(&checksum.to_le_bytes());
+    bytes
+}
+
+/// Decodes one copy read from byte offset `copy * SUPERBLOCK_COPY_BYTES`.
+fn decode_copy(bytes: &[u8], copy: usize) -> Result<(SuperblockHeader, &[u8]), CopyFault> {
+    let offset = copy as u64 * SUPERBLOCK_COPY_BYTES;
+    let fault = |reason: String| CopyFault { offset, reason };
+    if (bytes.len() as u64) < SUPERBLOCK_COPY_BYTES {
+        return Err(fault(format!(
+            "the file ends {} bytes into this copy",
+            bytes.len()
+        )));
+    }
+    let bytes = &bytes[..SUPERBLOCK_COPY_BYTES as usize];
+    if bytes.iter().all(|b| *b == 0) {
+        return Err(fault("zeroed (never written, or wiped)".into()));
+    }
+    let Ok((header, _)) = SuperblockHeader::read_from_prefix(bytes) else {
+        return Err(fault("too short for a header".into()));
+    };
+    if header.magic.get() != SUPERBLOCK_MAGIC {
+        return Err(fault("bad magic".into()));
+    }
+    if header.checksum.get() != crc32fast::hash(&bytes[4..]) {
+        return Err(fault("checksum mismatch".into()));
+    }
+    if header.copy.get() as usize != copy {
+        return Err(fault(format!(
+            "holds copy {} (a misdirected write)",
+            header.copy.get()
+        )));
+    }
+    let body_len = header.body_len.get() as usize;
+    if body_len > SUPERBLOCK_BODY_BYTES_MAX {
+        return Err(fault(format!("body length {body_len} out of range")));
+    }
+    Ok((
+        header,
+        &bytes[SUPERBLOCK_HEADER_BYTES..SUPERBLOCK_HEADER_BYTES + body_len],
+    ))
+}
+
+/// Chooses the superblock from a file's bytes (both copies, or fewer bytes
+/// if the file is short): the valid copy with the highest sequence.
+pub fn decode(file: &[u8], kind: SuperblockKind) -> Result<Chosen, SuperblockFault> {
+    let mut valid = Vec::new();
+    let mut faults = Vec::new();
+    for copy in 0..SUPERBLOCK_COPIES {
+        let start = (copy as u64 * SUPERBLOCK_COPY_BYTES).min(file.len() as u64) as usize;
+        match decode_copy(&file[start..], copy) {
+            Ok((header, body)) => valid.push((header, body, copy)),
+            Err(fault) => faults.push(fault),
+        }
+    }
+    if let Some((header, _, _)) = valid
+        .iter()
+        .find(|(h, _, _)| h.version.get() != SUPERBLOCK_VERSION)
+    {
+        return Err(SuperblockFault::UnsupportedVersion(header.version.get()));
+    }
+    if let Some((header, _, _)) = valid.iter().find(|(h, _, _)| h.kind.get() != kind as u32) {
+        return Err(SuperblockFault::WrongKind(header.kind.get()));
+    }
+    let Some((newest, body, _)) = valid.iter().max_by_key(|(h, _, _)| h.sequence.get()) else {
+        return Err(SuperblockFault::Damaged(faults));
+    };
+    for (header, _, copy) in &valid {
+        if header.sequence.get() < newest.sequence.get() {
+            faults.push(CopyFault {
+                offset: *copy as u64 * SUPERBLOCK_COPY_BYTES,
+                reason: format!(
+                    "holds sequence {}, the other copy {}",
+                    header.sequence.get(),
+                    newest.sequence.get()
+                ),
+            });
+        }
+    }
+    Ok(Chosen {
+        sequence: newest.sequence.get(),
+        body: body.to_vec(),
+        stale_or_damaged: faults,
+    })
+}
+
+/// Reads the superblock file at `path`: `Ok(None)` if it does not exist,
+/// otherwise its bytes (possibly fewer than [`SUPERBLOCK_FILE_BYTES`]).
+pub async fn read_file<S: Storage>(storage: &S, path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let file = match storage.open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let read = file.read_at(0, SUPERBLOCK_FILE_BYTES as usize).await;
+    let _ = file.close().await;
+    Ok(Some(read?.to_vec()))
+}
+
+/// The step of a superblock write that failed.
+#[derive(Debug)]
+pub struct WriteFailure {
+    /// What failed, e.g. `"write superblock copy"`.
+    pub op: &'static str,
+    /// Byte offset of a failed write.
+    pub offset: Option<u64>,
+    /// The error.
+    pub source: io::Error,
+}
+
+/// Writes every copy of a superblock in order, syncing after each, into the
+/// file at `path` (created first when `create`; its directory entry is then
+/// made durable too). A failure leaves at least one copy with the previous
+/// or the new state; the caller must not go on as if the update happened.
+pub async fn write_file<S: Storage>(
+    storage: &S,
+    path: &Path,
+    create: bool,
+    kind: SuperblockKind,
+    sequence: u64,
+    body: &[u8],
+) -> Result<(), WriteFailure> {
+    let fail = |op, offset| move |source| WriteFailure { op, offset, source };
+    let file = if create {
+        storage
+            .create(path, false)
+            .await
+            .map_err(fail("create superblock", None))?
+    } else {
+        storage
+            .open(path)
+            .await
+            .map_err(fail("open superblock", None))?
+    };
+    let written = async {
+        for copy in 0..SUPERBLOCK_COPIES {
+            let offset = copy as u64 * SUPERBLOCK_COPY_BYTES;
+            let mut buf = file.alloc_buf(SUPERBLOCK_COPY_BYTES as usize);
+            buf.as_bytes_mut()
+                .copy_from_slice(&encode_copy(kind, sequence, copy, body));
+            file.write_at(buf, offset)
+                .await
+                .map_err(fail("write superblock copy", Some(offset)))?;
+            file.sync()
+                .await
+                .map_err(fail("fdatasync superblock", None))?;
+        }
+        Ok(())
+    };
+    let result = written.await;
+    let _ = file.close().await;
+    result?;
+    if create {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(fail("fsync directory", None))?;
+    }
+    Ok(())
+}
+
+/// Bytes of the fixed part of a journal superblock's body.
+pub const JOURNAL_BODY_BYTES: usize = size_of::<JournalBody>();
+
+/// Closed-segment ends a journal superblock records (the newest ones; older
+/// segments' ends are vouched for by their successors' headers).
+pub const SEGMENT_ENDS_MAX: usize =
+    (SUPERBLOCK_BODY_BYTES_MAX - JOURNAL_BODY_BYTES) / size_of::<SegmentEnd>();
+
+const _: () = assert!(SEGMENT_ENDS_MAX >= 64);
+
+/// The fixed part of a journal superblock's body.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct JournalBody {
+    /// Random id of the journal; every segment header carries it.
+    pub journal_id: [u8; 16],
+    /// The owner's domain (all zero: no owner recorded).
+    pub domain: [u8; 16],
+    /// The owner's shard index.
+    pub shard: U32,
+    /// The owner's shard count (0: no owner recorded).
+    pub shards: U32,
+    /// Oldest segment generation that must exist (0 with `last` 0: none yet).
+    pub first_generation: U64,
+    /// Newest segment generation that must exist.
+    pub last_generation: U64,
+    /// The durable watermark when this superblock was written (a floor).
+    pub watermark: U64,
+    /// Number of [`SegmentEnd`]s following.
+    pub ends_count: U32,
+    /// Zero.
+    pub reserved: U32,
+}
+
+/// Where one segment's durable data ends.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct SegmentEnd {
+    /// The segment.
+    pub generation: U64,
+    /// Every byte before this offset is durable data; nothing at or after it
+    /// belongs to the log.
+    pub end: U64,
+}
+
+/// Who a journal belongs to: recorded in its superblock and checked at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JournalOwner {
+    /// The domain (a UUID's bytes).
+    pub domain: [u8; 16],
+    /// The shard's index.
+    pub shard: u32,
+    /// How many shards the domain's data dir has.
+    pub shards: u32,
+}
+
+impl std::fmt::Display for JournalOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.domain;
+        write!(f, "domain ")?;
+        for (i, b) in d.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                write!(f, "-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ", shard {} of {}", self.shard, self.shards)
+    }
+}
+
+/// A journal's superblock, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalSuperblock {
+    /// The journal's id; every segment header carries it.
+    pub journal_id: [u8; 16],
+    /// The owner, if one was recorded.
+    pub owner: Option<JournalOwner>,
+    /// Oldest generation that must exist (with `last_generation`, 0 for a
+    /// journal that has no segment yet).
+    pub first_generation: u64,
+    /// Newest generation that must exist.
+    pub last_generation: u64,
+    /// The durable watermark when it was written.
+    pub watermark: u64,
+    /// Where segments' durable data ends: every closed segment (up to
+    /// [`SEGMENT_ENDS_MAX`], newest kept) and the last one after a clean
+    /// close or a salvage. Sorted by generation.
+    pub ends: Vec<(u64, u64)>,
+}
+
+impl JournalSuperblock {
+    /// Encodes the body. Keeps only the newest [`SEGMENT_ENDS_MAX`] ends.
+    pub fn encode(&self) -> Vec<u8> {
+        let ends = &self.ends[self.ends.len().saturating_sub(SEGMENT_ENDS_MAX)..];
+        let owner = self.owner.unwrap_or_default();
+        let body = JournalBody {
+            journal_id: self.journal_id,
+            domain: owner.domain,
+            shard: owner.shard.into(),
+            shards: owner.shards.into(),
+            first_generation: self.first_generation.into(),
+            last_generation: self.last_generation.into(),
+            watermark: self.watermark.into(),
+            ends_count: (ends.len() as u32).into(),
+            reserved: 0.into(),
+        };
+        let mut bytes = body.as_bytes().to_vec();
+        for &(generation, end) in ends {
+            let end = SegmentEnd {
+                generation: generation.into(),
+                end: end.into(),
+            };
+            bytes.extend_from_slice(end.as_bytes());
+        }
+        bytes
+    }
+
+    /// Decodes and checks a body: `Err` names what is out of range.
+    pub fn decode(body: &[u8]) -> Result<JournalSuperblock, String> {
+        let Ok((fixed, rest)) = JournalBody::read_from_prefix(body) else {
+            return Err(format!("journal superblock body of {} bytes", body.len()));
+        };
+        let count = fixed.ends_count.get() as usize;
+        if count > SEGMENT_ENDS_MAX || rest.len() != count * size_of::<SegmentEnd>() {
+            return Err(format!("journal superblock lists {count} segment ends"));
+        }
+        let first = fixed.first_generation.get();
+        let last = fixed.last_generation.get();
+        if (first == 0) != (last == 0) || first > last {
+            return Err(format!(
+                "journal superblock names generations {first}..={last}"
+            ));
+        }
+        let mut ends = Vec::with_capacity(count);
+        for chunk in rest.chunks_exact(size_of::<SegmentEnd>()) {
+            let Ok(end) = SegmentEnd::read_from_bytes(chunk) else {
+                return Err("journal superblock segment end unreadable".into());
+            };
+            let (generation, offset) = (end.generation.get(), end.end.get());
+            if ends.last().is_some_and(|&(g, _)| g >= generation) || generation > last {
+                return Err(format!(
+                    "journal superblock records the end of generation {generation} out of order"
+                ));
+            }
+            ends.push((generation, offset));
+        }
+        let owner = (fixed.shards.get() != 0).then(|| JournalOwner {
+            domain: fixed.domain,
+            shard: fixed.shard.get(),
+            shards: fixed.shards.get(),
+        });
+        if owner.is_some_and(|o| o.shard >= o.shards) {
+            return Err(format!(
+                "journal superblock names shard {} of {}",
+                fixed.shard.get(),
+                fixed.shards.get()
+            ));
+        }
+        if fixed.reserved.get() != 0 {
+            return Err("journal superblock reserved field is not zero".into());
+        }
+        Ok(JournalSuperblock {
+            journal_id: fixed.journal_id,
+            owner,
+            first_generation: first,
+            last_generation: last,
+            watermark: fixed.watermark.get(),
+            ends,
+        })
+    }
+
+    /// The recorded end of segment `generation`, if any.
+    pub fn end_of(&self, generation: u64) -> Option<u64> {
+        self.ends
+            .iter()
+            .find(|(g, _)| *g == generation)
+            .map(|(_, end)| *end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> JournalSuperblock {
+        JournalSuperblock {
+            journal_id: [7; 16],
+            owner: Some(JournalOwner {
+                domain: [9; 16],
+                shard: 1,
+                shards: 3,
+            }),
+            first_generation: 4,
+            last_generation: 6,
+            watermark: 100,
+            ends: vec![(4, 8192), (5, 1 << 20)],
+        }
+    }
+
+    fn file(sequences: [u64; 2], body: &[u8]) -> Vec<u8> {
+        let mut bytes = encode_copy(SuperblockKind::Journal, sequences[0], 0, body);
+        bytes.extend(encode_copy(SuperblockKind::Journal, sequences[1], 1, body));
+        bytes
+    }
+
+    #[test]
+    fn body_round_trips() {
+        let sb = sample();
+        assert_eq!(JournalSuperblock::decode(&sb.encode()), Ok(sb));
+    }
+
+    #[test]
+    fn newest_valid_copy_wins_and_damage_is_reported() {
+        let body = sample().encode();
+        let both = file([3, 3], &body);
+        let chosen = decode(&both, SuperblockKind::Journal).expect("valid");
+        assert_eq!((chosen.sequence, chosen.stale_or_damaged.len()), (3, 0));
+        // A crash between the copies: copy 0 new, copy 1 old.
+        let chosen = decode(&file([4, 3], &body), SuperblockKind::Journal).expect("valid");
+        assert_eq!((chosen.sequence, chosen.stale_or_damaged.len()), (4, 1));
+        // Every single bit flip in either copy leaves the other.
+        for bit in (0..both.len() * 8).step_by(97) {
+            let mut flipped = both.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            let chosen = decode(&flipped, SuperblockKind::Journal).expect("other copy");
+            assert_eq!(chosen.body, body);
+            assert_eq!(chosen.stale_or_damaged.len(), 1, "bit {bit}");
+        }
+        // A copy written at the other's place.
+        let mut swapped = both[..SUPERBLOCK_COPY_BYTES as usize].repeat(2);
+        let chosen = decode(&swapped, SuperblockKind::Journal).expect("copy 0");
+        assert!(chosen.stale_or_damaged[0].reason.contains("misdirected"));
+        swapped.truncate(100);
+        assert!(matches!(
+            decode(&swapped, SuperblockKind::Journal),
+            Err(SuperblockFault::Damaged(f)) if f.len() == 2
+        ));
+        assert!(matches!(
+            decode(&both, SuperblockKind::DataDir),
+            Err(SuperblockFault::WrongKind(1))
+        ));
+    }
+
+    #[test]
+    fn out_of_range_bodies_are_refused() {
+        let mut sb = sample();
+        sb.first_generation = 7;
+        assert!(JournalSuperblock::decode(&sb.encode()).is_err());
+        let mut sb = sample();
+        sb.ends = vec![(5, 1), (4, 1)];
+        assert!(JournalSuperblock::decode(&sb.encode()).is_err());
+        let mut sb = sample();
+        sb.owner = Some(JournalOwner {
+            domain: [1; 16],
+            shard: 3,
+            shards: 3,
+        });
+        assert!(JournalSuperblock::decode(&sb.encode()).is_err());
+        assert!(JournalSuperblock::decode(&[0; 10]).is_err());
+    }
+}

@@ -1,0 +1,1014 @@
+//! The journal's verifier: one set of rules for what a journal directory's
+//! bytes mean, shared by recovery (on the reactor, over
+//! [`crate::storage::Storage`]) and by the read-only scan of
+//! [`crate::inspect`] (`ringstore wal verify`, `inspect`, `salvage`), so the
+//! two cannot reach different verdicts.
+//!
+//! It is sans-IO: it never reads a file. [`plan`] takes what a driver read
+//! of the directory (names, the superblock's bytes, each segment's first
+//! blocks) and decides which segments make up the log, where each must end,
+//! and which files are leftovers a crash explains. [`SegmentScanner`] then
+//! walks one segment: it asks for byte ranges ([`Step::Read`]), the driver
+//! answers with the bytes, and it reports each entry that verifies
+//! ([`Step::Entry`]) and finally how the segment ends ([`Step::Done`]).
+//!
+//! # What must exist
+//!
+//! The superblock ([`crate::superblock`]) records the generations that must
+//! exist (`first..=last`) and where closed segments end. A missing segment
+//! in that range, one of another journal, one shorter or longer than its
+//! header says, or one beyond `last + 1` is damage naming the file.
+//! Generation `last + 1` may exist without being recorded: the rollover that
+//! created it crashed before its superblock update, and no write goes to a
+//! segment before that update is durable — so it holds no data, and is
+//! removed if its header was never written. Generations below `first` are
+//! what a retirement left when a crash interrupted it after the superblock
+//! update; they are removed.
+//!
+//! # Where the log may end
+//!
+//! See [`crate::recovery`] for the decision table the scanner applies.
+
+use crate::config::{
+    BATCH_BYTES_MAX_LIMIT, ENTRY_BYTES_MAX_LIMIT, SEGMENT_BYTES_MAX, WRITES_IN_FLIGHT_MAX,
+};
+use crate::format::{
+    check_entry_header, EntryHeader, EntryKind, HeaderFault, SegmentHeader, BLOCK_BYTES,
+    ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE, FORMAT_VERSION,
+    SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+};
+use crate::segment::{segment_file_name, segment_generation};
+use crate::superblock::{
+    self, CopyFault, JournalOwner, JournalSuperblock, SuperblockFault, SuperblockKind,
+    SUPERBLOCK_FILE_NAME,
+};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use zerocopy::FromBytes;
+
+/// Name of the temporary file a new superblock is written to before it is
+/// renamed into place (so `superblock` exists only once complete).
+pub const SUPERBLOCK_TEMP_NAME: &str = "superblock.tmp";
+
+/// Bytes that fail verification where valid data must be, or a file that
+/// must exist and does not: what recovery reports as `Error::Corruption`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The damaged or missing file.
+    pub path: PathBuf,
+    /// Byte offset of the damaged structure (0 for a missing file).
+    pub offset: u64,
+    /// What failed to verify.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at byte offset {}: {}",
+            self.path.display(),
+            self.offset,
+            self.reason
+        )
+    }
+}
+
+/// Why a directory cannot be opened as a journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Damage (see [`Damage`]).
+    Damage(Damage),
+    /// A file verifies but was written by another format version.
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version it names.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Damage(d) => d.fmt(f),
+            Refusal::UnsupportedVersion {
+                path,
+                found,
+                supported,
+            } => write!(
+                f,
+                "{}: format version {found}, this build reads version {supported}",
+                path.display()
+            ),
+        }
+    }
+}
+
+fn damage(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Refusal {
+    Refusal::Damage(Damage {
+        path: path.into(),
+        offset,
+        reason: reason.into(),
+    })
+}
+
+/// The names in a journal directory, sorted into what they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    /// Segment generations, ascending.
+    pub generations: Vec<u64>,
+    /// `superblock` exists.
+    pub superblock: bool,
+    /// `superblock.tmp` exists (a superblock creation a crash interrupted).
+    pub superblock_temp: bool,
+    /// Everything else: reported and never opened (a name like a segment's
+    /// in upper-case hex is one of these).
+    pub stray: Vec<OsString>,
+}
+
+/// Sorts a directory listing.
+pub fn classify_names(names: &[OsString]) -> Names {
+    let mut sorted = Names::default();
+    for name in names {
+        if let Some(generation) = segment_generation(name) {
+            sorted.generations.push(generation);
+        } else if name == SUPERBLOCK_FILE_NAME {
+            sorted.superblock = true;
+        } else if name == SUPERBLOCK_TEMP_NAME {
+            sorted.superblock_temp = true;
+        } else {
+            sorted.stray.push(name.clone());
+        }
+    }
+    sorted.generations.sort_unstable();
+    sorted.stray.sort();
+    sorted
+}
+
+/// The outcome of checking a segment header block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentHeaderStatus {
+    /// The header verifies and its fields are in range.
+    Valid(SegmentHeader),
+    /// Magic or checksum do not match, or the file is shorter than a block:
+    /// never written (a spare), torn, or destroyed.
+    Unverified,
+    /// The header verifies but something in its block is impossible.
+    Damaged {
+        /// Where in the file.
+        offset: u64,
+        /// What.
+        reason: String,
+    },
+    /// The header verifies but was written by another format version.
+    UnsupportedVersion(u32),
+}
+
+/// Checks block 0 of segment `generation` (the first [`BLOCK_BYTES`] of the
+/// file, or fewer if the file is shorter).
+pub fn check_segment_header(block: &[u8], generation: u64) -> SegmentHeaderStatus {
+    if (block.len() as u64) < BLOCK_BYTES {
+        return SegmentHeaderStatus::Unverified;
+    }
+    let Ok((header, _)) = SegmentHeader::read_from_prefix(block) else {
+        return SegmentHeaderStatus::Unverified;
+    };
+    if header.magic.get() != SEGMENT_MAGIC || header.checksum.get() != header.compute_checksum() {
+        // A header of another format version has another size, so its
+        // checksum cannot verify here; its version field still can be read.
+        if header.magic.get() == SEGMENT_MAGIC && header.version.get() != FORMAT_VERSION {
+            return SegmentHeaderStatus::UnsupportedVersion(header.version.get());
+        }
+        return SegmentHeaderStatus::Unverified;
+    }
+    let bad = |offset: u64, reason: String| SegmentHeaderStatus::Damaged { offset, reason };
+    if block[SEGMENT_HEADER_BYTES..BLOCK_BYTES as usize]
+        .iter()
+        .any(|b| *b != 0)
+    {
+        return bad(
+            SEGMENT_HEADER_BYTES as u64,
+            "stray bytes after the segment header (a misdirected write)".into(),
+        );
+    }
+    if header.version.get() != FORMAT_VERSION {
+        return SegmentHeaderStatus::UnsupportedVersion(header.version.get());
+    }
+    if header.generation.get() != generation {
+        return bad(
+            0,
+            format!(
+                "segment header names generation {}, the file name {generation}",
+                header.generation.get()
+            ),
+        );
+    }
+    if u64::from(header.data_offset.get()) != SEGMENT_DATA_OFFSET {
+        return bad(
+            0,
+            format!(
+                "segment header names data offset {}",
+                header.data_offset.get()
+            ),
+        );
+    }
+    let segment_bytes = header.segment_bytes.get();
+    if !segment_bytes.is_multiple_of(BLOCK_BYTES)
+        || segment_bytes <= SEGMENT_DATA_OFFSET
+        || segment_bytes > SEGMENT_BYTES_MAX
+    {
+        return bad(0, format!("segment header names size {segment_bytes}"));
+    }
+    let batch_bytes_max = header.batch_bytes_max.get();
+    if !batch_bytes_max.is_multiple_of(BLOCK_BYTES)
+        || batch_bytes_max == 0
+        || batch_bytes_max > BATCH_BYTES_MAX_LIMIT
+        || batch_bytes_max > segment_bytes - SEGMENT_DATA_OFFSET
+    {
+        return bad(
+            0,
+            format!("segment header names batch size {batch_bytes_max}"),
+        );
+    }
+    let writes_in_flight = header.writes_in_flight.get();
+    if writes_in_flight == 0 || writes_in_flight > WRITES_IN_FLIGHT_MAX {
+        return bad(
+            0,
+            format!("segment header names {writes_in_flight} writes in flight"),
+        );
+    }
+    if header.flags.get() & !SEGMENT_FLAG_NO_SYNC != 0 {
+        return bad(
+            0,
+            format!("segment header has unknown flags {:#x}", header.flags.get()),
+        );
+    }
+    SegmentHeaderStatus::Valid(header)
+}
+
+/// What a driver read of one segment file for [`plan`].
+#[derive(Debug, Clone)]
+pub struct SegmentFacts {
+    /// The generation in its name.
+    pub generation: u64,
+    /// The file's length.
+    pub len: u64,
+    /// Its first [`BLOCK_BYTES`] (fewer if the file is shorter).
+    pub header_block: Vec<u8>,
+    /// The entry-header-sized bytes at [`SEGMENT_DATA_OFFSET`] (fewer or
+    /// none if the file is shorter).
+    pub first_entry: Vec<u8>,
+}
+
+impl SegmentFacts {
+    /// True if the first entry position holds a verifying write start, or
+    /// anything but zeros (data whose header was damaged).
+    fn holds_data(&self) -> bool {
+        if self.first_entry.iter().all(|b| *b == 0) {
+            return false;
+        }
+        // Anything non-zero at the first entry's place is data (a write
+        // start, or one damaged) unless it is a stale header of another
+        // generation, which a recycled file could hold.
+        !matches!(
+            check_entry_header(
+                &self.first_entry,
+                self.generation,
+                SEGMENT_DATA_OFFSET,
+                self.len.max(SEGMENT_DATA_OFFSET + BLOCK_BYTES),
+                ENTRY_BYTES_MAX_LIMIT,
+            ),
+            Err(HeaderFault::StaleGeneration)
+        )
+    }
+}
+
+/// One segment of the log and where its scan must stop.
+#[derive(Debug, Clone)]
+pub struct PlannedSegment {
+    /// Its generation.
+    pub generation: u64,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its verified header.
+    pub header: SegmentHeader,
+    /// Where its data ends, when known: the next segment's `prev_end`, or
+    /// the superblock's record (a clean close, a salvage). Every byte before
+    /// it must verify; nothing after it is read. `None`: the last segment,
+    /// whose end the scan finds.
+    pub sealed_end: Option<u64>,
+}
+
+/// A file recovery removes, and why a crash explains it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it may go.
+    pub reason: &'static str,
+}
+
+/// The superblock a plan found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundSuperblock {
+    /// Its contents.
+    pub superblock: JournalSuperblock,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// Copies that did not verify or were older (rewritten by the next
+    /// update).
+    pub damaged_copies: Vec<CopyFault>,
+}
+
+/// What makes up the log, decided from the directory alone.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The superblock; `None` for a directory holding no journal yet.
+    pub superblock: Option<FoundSuperblock>,
+    /// The segments to scan, oldest first.
+    pub segments: Vec<PlannedSegment>,
+    /// Files a crash left behind, to be removed.
+    pub leftovers: Vec<Leftover>,
+    /// Files that are not the journal's (reported, never opened).
+    pub stray: Vec<PathBuf>,
+}
+
+/// Decides what makes up the journal in `dir`.
+///
+/// `superblock_bytes` is the superblock file's content (`None`: no such
+/// file); `segments` holds what was read of each segment in
+/// `names.generations`; `owner` is who the caller expects to own the
+/// journal (`None`: anyone).
+pub fn plan(
+    dir: &Path,
+    names: &Names,
+    superblock_bytes: Option<&[u8]>,
+    segments: &[SegmentFacts],
+    owner: Option<JournalOwner>,
+) -> Result<Plan, Refusal> {
+    let sb_path = dir.join(SUPERBLOCK_FILE_NAME);
+    let stray = names.stray.iter().map(|n| dir.join(n)).collect();
+    let mut leftovers = Vec::new();
+    if names.superblock_temp {
+        leftovers.push(Leftover {
+            path: dir.join(SUPERBLOCK_TEMP_NAME),
+            reason: "a superblock whose creation did not complete",
+        });
+    }
+    let Some(bytes) = superblock_bytes else {
+        if let Some(first) = names.generations.first() {
+            return Err(damage(
+                &sb_path,
+                0,
+                format!(
+                    "the superblock is missing, but segment files exist (from {})",
+                    segment_file_name(*first)
+                ),
+            ));
+        }
+        return Ok(Plan {
+            superblock: None,
+            segments: Vec::new(),
+            leftovers,
+            stray,
+        });
+    };
+    let chosen = match superblock::decode(bytes, SuperblockKind::Journal) {
+        Ok(chosen) => chosen,
+        Err(SuperblockFault::UnsupportedVersion(found)) => {
+            return Err(Refusal::UnsupportedVersion {
+                path: sb_path,
+                found,
+                supported: superblock::SUPERBLOCK_VERSION,
+            })
+        }
+        Err(fault) => {
+            let offset = match &fault {
+                SuperblockFault::Damaged(faults) => faults.first().map_or(0, |f| f.offset),
+                _ => 0,
+            };
+            return Err(damage(&sb_path, offset, fault.to_string()));
+        }
+    };
+    let sb = JournalSuperblock::decode(&chosen.body)
+        .map_err(|reason| damage(&sb_path, superblock::SUPERBLOCK_HEADER_BYTES as u64, reason))?;
+    if let (Some(expected), Some(found)) = (owner, sb.owner) {
+        if expected != found {
+            return Err(damage(
+                &sb_path,
+                0,
+                format!("the journal belongs to {found}, not to {expected}"),
+            ));
+        }
+    }
+    let facts = |generation: u64| segments.iter().find(|f| f.generation == generation);
+    let (first, last) = (sb.first_generation, sb.last_generation);
+    let mut planned: Vec<PlannedSegment> = Vec::new();
+    for &generation in &names.generations {
+        let path = dir.join(segment_file_name(generation));
+        if first != 0 && generation < first {
+            leftovers.push(Leftover {
+                path,
+                reason: "a retired segment whose removal a crash interrupted",
+            });
+        } else if generation > last + 1 {
+            return Err(damage(
+                &path,
+                0,
+                format!(
+                    "segment {generation} is not recorded in the superblock (it records {})",
+                    recorded(first, last)
+                ),
+            ));
+        }
+    }
+    if first != 0 {
+        for generation in first..=last {
+            let path = dir.join(segment_file_name(generation));
+            let Some(f) = facts(generation) else {
+                return Err(damage(
+                    &path,
+                    0,
+                    format!(
+                        "segment file is missing; the superblock records {}",
+                        recorded(first, last)
+                    ),
+                ));
+            };
+            let header = checked_header(&path, f, &sb)?;
+            planned.push(PlannedSegment {
+                generation,
+                path,
+                header,
+                sealed_end: sb.end_of(generation),
+            });
+        }
+    }
+    let next = last + 1;
+    if let Some(f) = facts(next) {
+        let path = dir.join(segment_file_name(next));
+        match check_segment_header(&f.header_block, next) {
+            // A rollover or open that crashed before its superblock update:
+            // no write went to it.
+            SegmentHeaderStatus::Valid(_) if !f.holds_data() => {
+                let header = checked_header(&path, f, &sb)?;
+                planned.push(PlannedSegment {
+                    generation: next,
+                    path,
+                    header,
+                    sealed_end: None,
+                });
+            }
+            SegmentHeaderStatus::Unverified if !f.holds_data() => leftovers.push(Leftover {
+                path,
+                reason: "a segment whose creation did not complete (no header, no data)",
+            }),
+            _ => {
+                return Err(damage(
+                    &path,
+                    0,
+                    format!(
+                        "segment {next} holds data but the superblock does not record it (it \
+                         records {})",
+                        recorded(first, last)
+                    ),
+                ))
+            }
+        }
+    }
+    // Each header bounds its predecessor.
+    for i in 1..planned.len() {
+        let (before, after) = planned.split_at_mut(i);
+        let prev = &mut before[i - 1];
+        let header = &after[0].header;
+        if header.prev_generation.get() != prev.generation {
+            return Err(damage(
+                &after[0].path,
+                0,
+                format!(
+                    "segment header names previous generation {}, expected {}",
+                    header.prev_generation.get(),
+                    prev.generation
+                ),
+            ));
+        }
+        let prev_end = header.prev_end.get();
+        if let Some(recorded_end) = prev.sealed_end {
+            if recorded_end != prev_end {
+                return Err(damage(
+                    &sb_path,
+                    0,
+                    format!(
+                        "the superblock records the end of {} at {recorded_end}, the next \
+                         segment's header at {prev_end}",
+                        segment_file_name(prev.generation)
+                    ),
+                ));
+            }
+        }
+        prev.sealed_end = Some(prev_end);
+    }
+    Ok(Plan {
+        superblock: Some(FoundSuperblock {
+            superblock: sb,
+            sequence: chosen.sequence,
+            damaged_copies: chosen.stale_or_damaged,
+        }),
+        segments: planned,
+        leftovers,
+        stray,
+    })
+}
+
+fn recorded(first: u64, last: u64) -> String {
+    if first == 0 {
+        "no segments".into()
+    } else {
+        format!("generations {first}..={last}")
+    }
+}
+
+/// The verified header of a segment the superblock says must exist, or
+/// why it is damage.
+fn checked_header(
+    path: &Path,
+    facts: &SegmentFacts,
+    sb: &JournalSuperblock,
+) -> Result<SegmentHeader, Refusal> {
+    let header = match check_segment_header(&facts.header_block, facts.generation) {
+        SegmentHeaderStatus::Valid(header) => header,
+        SegmentHeaderStatus::Unverified => {
+            let reason = if facts.len == 0 {
+                "segment file is empty (zero length)".to_string()
+            } else {
+                format!(
+                    "segment header does not verify (file of {} bytes)",
+                    facts.len
+                )
+            };
+            return Err(damage(path, 0, reason));
+        }
+        SegmentHeaderStatus::Damaged { offset, reason } => {
+            return Err(damage(path, offset, reason))
+        }
+        SegmentHeaderStatus::UnsupportedVersion(found) => {
+            return Err(Refusal::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found,
+                supported: FORMAT_VERSION,
+            })
+        }
+    };
+    if header.journal_id != sb.journal_id {
+        return Err(damage(
+            path,
+            0,
+            "segment belongs to another journal (its journal id differs from the superblock's)",
+        ));
+    }
+    let segment_bytes = header.segment_bytes.get();
+    if facts.len != segment_bytes {
+        return Err(damage(
+            path,
+            facts.len.min(segment_bytes),
+            format!(
+                "segment file is {} bytes, its header says {segment_bytes} (segments are \
+                 preallocated before their header is written, so no crash shortens one)",
+                facts.len
+            ),
+        ));
+    }
+    Ok(header)
+}
+
+/// What the scanner asks for or found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Pass the bytes `[pos, pos + len)` of the file (fewer at its end) to
+    /// the next [`SegmentScanner::step`]. `again`: read them from the device
+    /// again, not from what the driver holds (a re-read before a verdict,
+    /// so a transient read error cuts nothing).
+    Read {
+        /// Offset.
+        pos: u64,
+        /// Length.
+        len: u64,
+        /// Read afresh.
+        again: bool,
+    },
+    /// An entry that verified (data, watermark or padding).
+    Entry(EntryHeader),
+    /// The scan of the segment is over.
+    Done(SegmentOutcome),
+}
+
+/// How a segment's scan ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentOutcome {
+    /// Reached its sealed end (see [`PlannedSegment::sealed_end`]).
+    Sealed {
+        /// End of its data.
+        end: u64,
+    },
+    /// The last segment: zeroed space after the last entry, and nothing but
+    /// zeros within reach (decision table row 1), or the end of the file.
+    Clean {
+        /// End of its data.
+        end: u64,
+    },
+    /// The last segment ends in bytes that do not verify and that nothing
+    /// proves durable: recovery cuts them (rows 2–4, 13; `Strict` refuses).
+    Cut(TailCut),
+    /// Damage where valid data must be.
+    Damaged {
+        /// Where.
+        offset: u64,
+        /// What.
+        reason: String,
+    },
+}
+
+/// A tail recovery cuts, with what might have been acknowledged in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailCut {
+    /// Where the log now ends.
+    pub offset: u64,
+    /// What did not verify there.
+    pub reason: String,
+    /// Data entries in the cut bytes whose headers still verify: the lowest
+    /// and highest op among them.
+    pub ops: Option<(u64, u64)>,
+    /// How many such entries.
+    pub entries: u64,
+    /// The segment was written without fdatasync (`NoSync`): its tail is
+    /// not protected against power loss at all.
+    pub no_sync: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Header { again: bool },
+    Payload { header: EntryHeader, again: bool },
+    Evidence { fault: Fault },
+    Finished,
+}
+
+#[derive(Debug, Clone)]
+struct Fault {
+    offset: u64,
+    reason: &'static str,
+    zeroed: bool,
+    misplaced: bool,
+}
+
+/// Walks one segment's entries (sans-IO): see the module docs.
+#[derive(Debug, Clone)]
+pub struct SegmentScanner {
+    header: SegmentHeader,
+    limit: u64,
+    sealed: bool,
+    pos: u64,
+    expect_first: bool,
+    phase: Phase,
+    search: Option<EvidenceSearch>,
+    transient_read_faults: u64,
+}
+
+impl SegmentScanner {
+    /// A scan of the segment with this (verified) header; `sealed_end` as
+    /// in [`PlannedSegment`].
+    pub fn new(header: &SegmentHeader, sealed_end: Option<u64>) -> SegmentScanner {
+        let segment_bytes = header.segment_bytes.get();
+        SegmentScanner {
+            header: *header,
+            limit: sealed_end.unwrap_or(segment_bytes).min(segment_bytes),
+            sealed: sealed_end.is_some(),
+            pos: SEGMENT_DATA_OFFSET,
+            expect_first: true,
+            phase: Phase::Header { again: false },
+            search: None,
+            transient_read_faults: 0,
+        }
+    }
+
+    /// Where the valid entries scanned so far end.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Entries that failed verification once but verified when read again.
+    pub fn transient_read_faults(&self) -> u64 {
+        self.transient_read_faults
+    }
+
+    /// The first call passes `None`; every call after a [`Step::Read`]
+    /// passes the bytes read; after [`Step::Entry`] pass `None`.
+    pub fn step(&mut self, input: Option<&[u8]>) -> Step {
+        match std::mem::replace(&mut self.phase, Phase::Finished) {
+            Phase::Header { again } => match input {
+                None => self.read_header(again),
+                Some(bytes) => self.on_header(bytes, again),
+            },
+            Phase::Payload { header, again } => match input {
+                None => {
+                    self.phase = Phase::Payload { header, again };
+                    Step::Read {
+                        pos: self.pos + ENTRY_HEADER_BYTES as u64,
+                        len: u64::from(header.payload_len.get()),
+                        again,
+                    }
+                }
+                Some(bytes) => self.on_payload(header, bytes, again),
+            },
+            Phase::Evidence { fault } => self.on_evidence(fault, input),
+            Phase::Finished => panic!("SegmentScanner::step after Done"),
+        }
+    }
+
+    fn read_header(&mut self, again: bool) -> Step {
+        if self.pos + ENTRY_HEADER_BYTES as u64 > self.limit {
+            self.phase = Phase::Finished;
+            let end = self.pos;
+            return Step::Done(if self.sealed {
+                SegmentOutcome::Sealed { end }
+            } else {
+                SegmentOutcome::Clean { end }
+            });
+        }
+        self.phase = Phase::Header { again };
+        Step::Read {
+            pos: self.pos,
+            len: ENTRY_HEADER_BYTES as u64,
+            again,
+        }
+    }
+
+    fn on_header(&mut self, bytes: &[u8], again: bool) -> Step {
+        let checked = check_entry_header(
+            bytes,
+            self.header.generation.get(),
+            self.pos,
+            self.header.segment_bytes.get(),
+            // Not the configured entry_bytes_max: the journal may have been
+            // written with a larger one.
+            ENTRY_BYTES_MAX_LIMIT,
+        );
+        let checked = match checked {
+            Ok(h) if self.expect_first && h.flags & FLAG_FIRST_IN_WRITE == 0 => {
+                Err(HeaderFault::Invalid)
+            }
+            Ok(h) if self.pos + h.footprint() > self.limit => Err(HeaderFault::Invalid),
+            other => other,
+        };
+        match checked {
+            Ok(header) if header.entry_kind() == Some(EntryKind::Data) => {
+                self.phase = Phase::Payload { header, again };
+                Step::Read {
+                    pos: self.pos + ENTRY_HEADER_BYTES as u64,
+                    len: u64::from(header.payload_len.get()),
+                    again,
+                }
+            }
+            Ok(header) => self.accept(header, again),
+            Err(fault) => self.on_fault(
+                Fault {
+                    offset: self.pos,
+                    reason: fault.describe(),
+                    zeroed: fault == HeaderFault::Zeroed,
+                    misplaced: fault == HeaderFault::Misplaced,
+                },
+                again,
+                None,
+            ),
+        }
+    }
+
+    fn on_payload(&mut self, header: EntryHeader, bytes: &[u8], again: bool) -> Step {
+        let len = u64::from(header.payload_len.get());
+        if bytes.len() as u64 == len && crc32fast::hash(bytes) == header.payload_checksum.get() {
+            return self.accept(header, again);
+        }
+        self.on_fault(
+            Fault {
+                offset: self.pos,
+                reason: "payload checksum mismatch",
+                zeroed: false,
+                misplaced: false,
+            },
+            again,
+            Some(header),
+        )
+    }
+
+    fn accept(&mut self, header: EntryHeader, again: bool) -> Step {
+        if again {
+            self.transient_read_faults += 1;
+        }
+        self.pos += header.footprint();
+        self.expect_first = header.entry_kind() == Some(EntryKind::Padding);
+        self.phase = Phase::Header { again: false };
+        Step::Entry(header)
+    }
+
+    fn on_fault(&mut self, fault: Fault, again: bool, header: Option<EntryHeader>) -> Step {
+        if !again {
+            // Read the bytes again before deciding anything: a transient read
+            // error must not cut acknowledged entries.
+            return self.read_header(true);
+        }
+        if self.sealed || fault.misplaced {
+            // Row 6: a later segment or the superblock vouches for these
+            // bytes. Row 12: bytes meant for another offset are a
+            // misdirected write, which no crash produces.
+            return self.finish(SegmentOutcome::Damaged {
+                offset: fault.offset,
+                reason: fault.reason.to_string(),
+            });
+        }
+        let mut search = EvidenceSearch::new(&self.header, fault.offset);
+        if let Some(h) = header {
+            search.note_cut_entry(&h);
+        }
+        if !fault.zeroed {
+            search.saw_data = true;
+        }
+        self.search = Some(search);
+        self.on_evidence(fault, None)
+    }
+
+    fn on_evidence(&mut self, fault: Fault, input: Option<&[u8]>) -> Step {
+        let search = self
+            .search
+            .as_mut()
+            .expect("an evidence phase has a search");
+        if let Some(bytes) = input {
+            let candidate = search.candidate;
+            if let Some((later, what)) = search.examine(candidate, bytes) {
+                let reason = format!("{}, but {what} at offset {later}", fault.reason);
+                return self.finish(SegmentOutcome::Damaged {
+                    offset: fault.offset,
+                    reason,
+                });
+            }
+        }
+        if let Some(candidate) = search.next_candidate() {
+            self.phase = Phase::Evidence { fault };
+            return Step::Read {
+                pos: candidate,
+                len: ENTRY_HEADER_BYTES as u64,
+                again: false,
+            };
+        }
+        let no_sync = self.header.flags.get() & SEGMENT_FLAG_NO_SYNC != 0;
+        let outcome = if fault.zeroed && !search.saw_data {
+            // Row 1.
+            SegmentOutcome::Clean { end: fault.offset }
+        } else {
+            // Rows 2–4 and 13.
+            SegmentOutcome::Cut(TailCut {
+                offset: fault.offset,
+                reason: fault.reason.to_string(),
+                ops: search.cut_ops,
+                entries: search.cut_entries,
+                no_sync,
+            })
+        };
+        self.pos = fault.offset;
+        self.finish(outcome)
+    }
+
+    fn finish(&mut self, outcome: SegmentOutcome) -> Step {
+        self.phase = Phase::Finished;
+        if let SegmentOutcome::Damaged { offset, .. } = outcome {
+            self.pos = offset;
+        }
+        Step::Done(outcome)
+    }
+}
+
+/// The search past damage at `offset` of the last segment: for proof that
+/// the damaged bytes were durable, and for what a cut would remove.
+///
+/// * A write start (a verifying header flagged first-in-write, at its own
+///   offset) whose `durable_before` lies past the damage: when that write
+///   was issued, the damaged bytes were durable — acknowledged data. A
+///   write is issued only once fewer than `writes_in_flight` (D) writes are
+///   unfinished, and writes finish in order, so the D-th write after a
+///   finished one always vouches for it; it starts at most
+///   D × `batch_bytes_max` after the damaged write's start, which is at or
+///   before `offset`. That bounds the search.
+/// * A verifying header of this generation at an 8-byte position other
+///   than the offset it names: a misdirected write. A torn write leaves
+///   sectors at their own offsets or none, so no crash produces it.
+///
+/// On the way it notes whether any byte in reach is non-zero (a write
+/// reached the disk, at least in part) and which data entries still verify
+/// there (ops a cut would remove, which may have been acknowledged).
+#[derive(Debug, Clone)]
+pub struct EvidenceSearch {
+    generation: u64,
+    segment_bytes: u64,
+    damage_offset: u64,
+    reach: u64,
+    candidate: u64,
+    saw_data: bool,
+    cut_ops: Option<(u64, u64)>,
+    cut_entries: u64,
+}
+
+impl EvidenceSearch {
+    /// A search for evidence after damage at `offset` of `segment`.
+    pub fn new(segment: &SegmentHeader, offset: u64) -> EvidenceSearch {
+        let depth = u64::from(segment.writes_in_flight.get());
+        EvidenceSearch {
+            generation: segment.generation.get(),
+            segment_bytes: segment.segment_bytes.get(),
+            damage_offset: offset,
+            reach: offset.saturating_add(depth.saturating_mul(segment.batch_bytes_max.get())),
+            candidate: offset,
+            saw_data: false,
+            cut_ops: None,
+            cut_entries: 0,
+        }
+    }
+
+    /// The next offset to read `ENTRY_HEADER_BYTES` at, or `None` when the
+    /// search is out of reach.
+    pub fn next_candidate(&mut self) -> Option<u64> {
+        self.candidate += ENTRY_ALIGN_BYTES;
+        let fits = self.candidate + ENTRY_HEADER_BYTES as u64 <= self.segment_bytes;
+        (self.candidate <= self.reach && fits).then_some(self.candidate)
+    }
+
+    fn note_cut_entry(&mut self, header: &EntryHeader) {
+        if header.entry_kind() != Some(EntryKind::Data) {
+            return;
+        }
+        let op = header.op.get();
+        self.cut_entries += 1;
+        self.cut_ops = Some(match self.cut_ops {
+            None => (op, op),
+            Some((lo, hi)) => (lo.min(op), hi.max(op)),
+        });
+    }
+
+    /// What the bytes read at `candidate` prove, if anything yet.
+    pub fn examine(&mut self, candidate: u64, bytes: &[u8]) -> Option<(u64, &'static str)> {
+        let step = (ENTRY_ALIGN_BYTES as usize).min(bytes.len());
+        if bytes[..step].iter().any(|b| *b != 0) {
+            self.saw_data = true;
+        }
+        if bytes.len() < 8 || bytes[4..8] != ENTRY_MAGIC.to_le_bytes() {
+            return None;
+        }
+        match check_entry_header(
+            bytes,
+            self.generation,
+            candidate,
+            self.segment_bytes,
+            ENTRY_BYTES_MAX_LIMIT,
+        ) {
+            Ok(h) => {
+                self.note_cut_entry(&h);
+                let vouched = u64::from(h.durable_before.get());
+                (h.flags & FLAG_FIRST_IN_WRITE != 0 && vouched > self.damage_offset)
+                    .then_some((candidate, "a later write records it as durable"))
+            }
+            Err(HeaderFault::Misplaced) => Some((candidate, "a misdirected write lies later")),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_into_kinds() {
+        let names: Vec<OsString> = [
+            "segment-0000000000000002.wal",
+            "segment-0000000000000001.wal",
+            "segment-000000000000000A.wal",
+            "superblock",
+            "superblock.tmp",
+            "notes.txt",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let sorted = classify_names(&names);
+        assert_eq!(sorted.generations, vec![1, 2]);
+        assert!(sorted.superblock && sorted.superblock_temp);
+        assert_eq!(
+            sorted.stray,
+            vec![
+                OsString::from("notes.txt"),
+                OsString::from("segment-000000000000000A.wal")
+            ]
+        );
+    }
+}
