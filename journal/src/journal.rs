@@ -430,7 +430,10 @@ impl<S: Storage> Journal<S> {
                 (sb, 1)
             }
         };
-        sb.owner = sb.owner.or(config.owner);
+        sb.owner = match (sb.owner, config.owner) {
+            (Some(recorded), Some(configured)) => Some(recorded.completed_by(&configured)),
+            (recorded, configured) => recorded.or(configured),
+        };
         let mut recovered_segments = recovered.segments;
         // A last segment that holds nothing (typically the one the previous
         // open created) is removed and its generation reused, so reopening

@@ -345,6 +345,43 @@ pub async fn write_file<S: Storage>(
     Ok(())
 }
 
+/// [`write_file`] with blocking `std::fs` calls, for tools and startup code
+/// that run outside a reactor: the same copies in the same order, each
+/// followed by fdatasync; with `create`, the file is created (it must not
+/// exist) and its directory fsync'd.
+pub fn write_file_blocking(
+    path: &Path,
+    create: bool,
+    kind: SuperblockKind,
+    sequence: u64,
+    body: &[u8],
+) -> Result<(), WriteFailure> {
+    use std::os::unix::fs::FileExt;
+    let fail = |op, offset| move |source| WriteFailure { op, offset, source };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(create)
+        .open(path)
+        .map_err(fail(
+            if create { "create superblock" } else { "open superblock" },
+            None,
+        ))?;
+    for copy in 0..SUPERBLOCK_COPIES {
+        let offset = copy as u64 * SUPERBLOCK_COPY_BYTES;
+        file.write_all_at(&encode_copy(kind, sequence, copy, body), offset)
+            .map_err(fail("write superblock copy", Some(offset)))?;
+        file.sync_data()
+            .map_err(fail("fdatasync superblock", None))?;
+    }
+    if create {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(fail("fsync directory", None))?;
+    }
+    Ok(())
+}
+
 /// Bytes of the fixed part of a journal superblock's body.
 pub const JOURNAL_BODY_BYTES: usize = size_of::<JournalBody>();
 
@@ -367,7 +404,7 @@ pub struct JournalBody {
     pub domain: [u8; 16],
     /// The owner's shard index.
     pub shard: U32,
-    /// The owner's shard count (0: no owner recorded).
+    /// The owner's shard count (0: its place among shards is not recorded).
     pub shards: U32,
     /// Oldest segment generation that must exist (0 with `last` 0: none yet).
     pub first_generation: U64,
@@ -397,12 +434,37 @@ pub struct SegmentEnd {
 /// Who a journal belongs to: recorded in its superblock and checked at open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct JournalOwner {
-    /// The domain (a UUID's bytes).
+    /// The domain (a UUID's bytes; never all zero).
     pub domain: [u8; 16],
     /// The shard's index.
     pub shard: u32,
-    /// How many shards the domain's data dir has.
+    /// How many shards the data dir has (0: not known, e.g. a shard opened
+    /// on its own; then only the domain is checked).
     pub shards: u32,
+}
+
+impl JournalOwner {
+    /// True if `self` and `other` can be the same owner: the same domain and,
+    /// where both know it, the same place among the same number of shards.
+    pub fn agrees_with(&self, other: &JournalOwner) -> bool {
+        self.domain == other.domain
+            && (self.shards == 0
+                || other.shards == 0
+                || (self.shard, self.shards) == (other.shard, other.shards))
+    }
+
+    /// `self`, with the placement of `other` where `self` does not know it.
+    pub fn completed_by(self, other: &JournalOwner) -> JournalOwner {
+        if self.shards == 0 {
+            JournalOwner {
+                shard: other.shard,
+                shards: other.shards,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
 }
 
 impl std::fmt::Display for JournalOwner {
@@ -415,7 +477,10 @@ impl std::fmt::Display for JournalOwner {
             }
             write!(f, "{b:02x}")?;
         }
-        write!(f, ", shard {} of {}", self.shard, self.shards)
+        if self.shards != 0 {
+            write!(f, ", shard {} of {}", self.shard, self.shards)?;
+        }
+        Ok(())
     }
 }
 
@@ -495,12 +560,12 @@ impl JournalSuperblock {
             }
             ends.push((generation, offset));
         }
-        let owner = (fixed.shards.get() != 0).then(|| JournalOwner {
+        let owner = (fixed.domain != [0; 16]).then(|| JournalOwner {
             domain: fixed.domain,
             shard: fixed.shard.get(),
             shards: fixed.shards.get(),
         });
-        if owner.is_some_and(|o| o.shard >= o.shards) {
+        if owner.is_some_and(|o| o.shards != 0 && o.shard >= o.shards) {
             return Err(format!(
                 "journal superblock names shard {} of {}",
                 fixed.shard.get(),

@@ -396,7 +396,7 @@ pub fn plan(
     let sb = JournalSuperblock::decode(&chosen.body)
         .map_err(|reason| damage(&sb_path, superblock::SUPERBLOCK_HEADER_BYTES as u64, reason))?;
     if let (Some(expected), Some(found)) = (owner, sb.owner) {
-        if expected != found {
+        if !expected.agrees_with(&found) {
             return Err(damage(
                 &sb_path,
                 0,

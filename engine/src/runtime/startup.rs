@@ -1,20 +1,35 @@
 //! Checks made before any reactor starts, so a misconfigured host fails with
 //! an error that says what to change instead of a reactor panic: CPUs,
-//! locked memory, and the data directory's manifest (shard count).
+//! locked memory, and the data directory's superblock (shard count).
 
 use crate::error::{Error, Result};
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-};
+use ringstore_journal::superblock::{self, SuperblockFault, SuperblockKind};
+use std::path::{Path, PathBuf};
+use zerocopy::little_endian::U32;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// glommio refuses to start a reactor below this RLIMIT_MEMLOCK (bytes).
 pub const MEMLOCK_MIN_BYTES: u64 = 512 * 1024;
 
-/// Name of the engine manifest in the data directory.
-pub const MANIFEST_FILE_NAME: &str = "engine";
-/// The manifest's first line.
-const MANIFEST_MAGIC: &str = "ringstore engine 1";
+/// Name of the data directory's superblock (the engine manifest: the shard
+/// count), written in two checksummed copies like a journal's.
+pub const MANIFEST_FILE_NAME: &str = "superblock";
+
+/// The plain-text manifest of the first format, no longer read.
+const LEGACY_MANIFEST_NAME: &str = "engine";
+
+/// Most shards a data directory records.
+pub const SHARDS_MAX: u32 = 4096;
+
+/// The body of a data directory's superblock.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct DataDirBody {
+    /// Shards in the data directory.
+    pub shards: U32,
+    /// Zero.
+    pub reserved: U32,
+}
 
 /// The CPUs this process may run on (its affinity mask), ascending.
 pub fn available_cpus() -> Vec<usize> {
@@ -130,7 +145,7 @@ pub fn check_memlock(limit: Option<u64>, shards: usize, io_memory_bytes: usize) 
     Ok(())
 }
 
-/// Creates the data directory and checks or writes its manifest, which
+/// Creates the data directory and checks or writes its superblock, which
 /// records the shard count (routing depends on it).
 pub fn check_manifest(data_dir: &Path, shards: usize) -> Result<()> {
     std::fs::create_dir_all(data_dir)
@@ -146,42 +161,124 @@ pub fn check_manifest(data_dir: &Path, shards: usize) -> Result<()> {
     }
 }
 
-/// The shard count recorded in `data_dir`'s manifest (`None`: there is
-/// none yet).
+/// The shard count recorded in `data_dir`'s superblock (`None`: a new data
+/// directory, holding no shard yet).
+///
+/// The superblock is two checksummed copies (see
+/// `ringstore_journal::superblock`): one damaged copy is reported in the log
+/// and the other used; when neither verifies, or the superblock is missing
+/// while shard directories exist, this is [`Error::Manifest`] naming the
+/// file and offset, never a guess at the count.
 pub fn read_manifest(data_dir: &Path) -> Result<Option<usize>> {
     let path = data_dir.join(MANIFEST_FILE_NAME);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => parse_manifest(&text)
-            .map(Some)
-            .ok_or_else(|| Error::Manifest {
-                path,
-                reason: format!("expected \"{MANIFEST_MAGIC}\" then \"shards <count>\""),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read", &path, e)),
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return match existing_shard_dirs(data_dir)? {
+                found if found.is_empty() && !data_dir.join(LEGACY_MANIFEST_NAME).exists() => {
+                    Ok(None)
+                }
+                found => Err(Error::Manifest {
+                    path,
+                    reason: format!(
+                        "the data directory's superblock is missing, but it holds {} (shard                          directories: {}); the shard count cannot be known without it",
+                        if data_dir.join(LEGACY_MANIFEST_NAME).exists() {
+                            "an `engine` manifest of an older ringstore format"
+                        } else {
+                            "shards"
+                        },
+                        found.len()
+                    ),
+                }),
+            };
+        }
+        Err(e) => return Err(Error::io("read", &path, e)),
+    };
+    let chosen = superblock::decode(&bytes, SuperblockKind::DataDir).map_err(|fault| {
+        let offset = match &fault {
+            SuperblockFault::Damaged(faults) => faults.first().map_or(0, |f| f.offset),
+            _ => 0,
+        };
+        Error::Manifest {
+            path: path.clone(),
+            reason: format!("at byte offset {offset}: {fault}"),
+        }
+    })?;
+    for fault in &chosen.stale_or_damaged {
+        tracing::warn!(
+            path = %path.display(),
+            offset = fault.offset,
+            reason = %fault.reason,
+            "data directory superblock copy damaged; the other copy is used"
+        );
     }
+    let body = DataDirBody::read_from_bytes(&chosen.body).map_err(|_| Error::Manifest {
+        path: path.clone(),
+        reason: format!(
+            "at byte offset {}: a body of {} bytes, expected {}",
+            superblock::SUPERBLOCK_HEADER_BYTES,
+            chosen.body.len(),
+            size_of::<DataDirBody>()
+        ),
+    })?;
+    let shards = body.shards.get();
+    if shards == 0 || shards > SHARDS_MAX || body.reserved.get() != 0 {
+        return Err(Error::Manifest {
+            path,
+            reason: format!(
+                "at byte offset {}: records {shards} shards",
+                superblock::SUPERBLOCK_HEADER_BYTES
+            ),
+        });
+    }
+    Ok(Some(shards as usize))
 }
 
-/// The shard count a manifest records.
-pub fn parse_manifest(text: &str) -> Option<usize> {
-    let mut lines = text.lines();
-    if lines.next()? != MANIFEST_MAGIC {
-        return None;
+/// Shard directories (`shard-NNN`) in `data_dir`.
+fn existing_shard_dirs(data_dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list data directory", data_dir, e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list data directory", data_dir, e))?;
+        if entry.file_name().to_string_lossy().starts_with("shard-") {
+            found.push(entry.path());
+        }
     }
-    lines.next()?.strip_prefix("shards ")?.parse().ok()
+    Ok(found)
 }
 
+/// Writes a new data directory's superblock: in full under a temporary
+/// name, then renamed into place and the directory fsync'd.
 fn write_manifest(data_dir: &Path, shards: usize) -> Result<()> {
     let path = data_dir.join(MANIFEST_FILE_NAME);
     let tmp: PathBuf = data_dir.join(format!("{MANIFEST_FILE_NAME}.tmp"));
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        writeln!(file, "{MANIFEST_MAGIC}\nshards {shards}")?;
-        file.sync_all()?;
+    let count = u32::try_from(shards)
+        .ok()
+        .filter(|n| (1..=SHARDS_MAX).contains(n))
+        .ok_or_else(|| Error::Manifest {
+            path: path.clone(),
+            reason: format!("{shards} shards is out of range (1..={SHARDS_MAX})"),
+        })?;
+    let body = DataDirBody {
+        shards: count.into(),
+        reserved: 0.into(),
+    };
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", &tmp, e)),
+    }
+    superblock::write_file_blocking(&tmp, true, SuperblockKind::DataDir, 1, body.as_bytes())
+        .map_err(|f| Error::io(f.op, &tmp, f.source))?;
+    let publish = || -> std::io::Result<()> {
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(data_dir)?.sync_all()
     };
-    write().map_err(|e| Error::io("write manifest", &path, e))
+    publish().map_err(|e| Error::io("write superblock", &path, e))
 }
 
 /// The directory of shard `index` inside the data directory.
@@ -213,10 +310,41 @@ mod tests {
     }
 
     #[test]
-    fn manifest_round_trips_and_rejects_garbage() {
-        assert_eq!(parse_manifest("ringstore engine 1\nshards 4\n"), Some(4));
-        assert_eq!(parse_manifest("ringstore engine 2\nshards 4\n"), None);
-        assert_eq!(parse_manifest("shards 4"), None);
-        assert_eq!(parse_manifest(""), None);
+    fn manifest_round_trips_and_damage_is_named() {
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).unwrap();
+        let data = dir.path().join("data");
+        assert_eq!(read_manifest(&data).unwrap(), None);
+        check_manifest(&data, 3).unwrap();
+        assert_eq!(read_manifest(&data).unwrap(), Some(3));
+        assert!(matches!(
+            check_manifest(&data, 2),
+            Err(Error::ShardCountMismatch { found: 3, configured: 2, .. })
+        ));
+        let path = data.join(MANIFEST_FILE_NAME);
+        let clean = std::fs::read(&path).unwrap();
+        // Any one bit flip: the other copy still says 3.
+        for bit in (0..clean.len() * 8).step_by(61) {
+            let mut flipped = clean.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            std::fs::write(&path, &flipped).unwrap();
+            assert_eq!(read_manifest(&data).unwrap(), Some(3), "bit {bit}");
+        }
+        // Both copies damaged: an error naming the file and offset.
+        let mut both = clean.clone();
+        both[40] ^= 1;
+        both[4096 + 40] ^= 1;
+        std::fs::write(&path, &both).unwrap();
+        match read_manifest(&data) {
+            Err(Error::Manifest { path: p, reason }) => {
+                assert_eq!(p, path);
+                assert!(reason.contains("byte offset 0"), "{reason}");
+            }
+            other => panic!("expected a manifest error, got {other:?}"),
+        }
+        // Missing while shard directories exist: refused, not a new count.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir_all(shard_dir(&data, 0)).unwrap();
+        assert!(matches!(read_manifest(&data), Err(Error::Manifest { .. })));
+        assert!(check_manifest(&data, 4).is_err());
     }
 }

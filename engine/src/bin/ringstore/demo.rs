@@ -463,7 +463,7 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<Outcome, CliError> {
     }
 }
 
-/// Removes an engine data directory (one with an `engine` manifest); refuses
+/// Removes an engine data directory (one with a data-dir `superblock`); refuses
 /// any other non-empty directory.
 fn remove_engine_dir(dir: &std::path::Path) -> Result<(), CliError> {
     if !dir.exists() {
