@@ -107,6 +107,9 @@ pub struct ShardBuilder<M: StateMachine, S: Storage = DmaStorage> {
     /// Set by a cold restore: open this (empty) directory as a new shard of
     /// this domain, behind the restore marker (see [`crate::cold_restore`]).
     pub(crate) restore_domain: Option<uuid::Uuid>,
+    /// Which shard of how many this is (recorded in the journal's
+    /// superblock next to the domain).
+    pub(crate) placement: Option<(u32, u32)>,
     pub(crate) machine: PhantomData<M>,
 }
 
@@ -124,6 +127,7 @@ impl<M: StateMachine> ShardBuilder<M, DmaStorage> {
             metrics_label: None,
             object_store: None,
             restore_domain: None,
+            placement: None,
             machine: PhantomData,
         }
     }
@@ -158,6 +162,7 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
             // dropping it (object storage needs real files).
             object_store: self.object_store,
             restore_domain: self.restore_domain,
+            placement: self.placement,
             machine: PhantomData,
         }
     }
@@ -203,6 +208,17 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
     /// [`crate::metrics`]). Default: the directory's name.
     pub fn metrics_label(mut self, label: impl Into<String>) -> Self {
         self.metrics_label = Some(label.into());
+        self
+    }
+
+    /// Which shard (`index`, from 0) of how many (`shards`) this is in its
+    /// data directory. Recorded in the journal's superblock with the
+    /// domain, so a journal directory moved to another shard's place is
+    /// refused at open (`ringstore_journal::Error::Corruption` naming the
+    /// superblock). [`crate::runtime::Engine`] sets it. Default: not
+    /// recorded, and only the domain is checked.
+    pub fn placement(mut self, index: u32, shards: u32) -> Self {
+        self.placement = Some((index, shards));
         self
     }
 

@@ -27,6 +27,10 @@
 //! | `ringstore_snapshot_uploaded_op` | gauge | op of the newest snapshot in object storage |
 //! | `ringstore_remote_snapshots_deleted_total` | counter | old generations deleted from object storage |
 //! | `ringstore_remote_retention_failures_total` | counter | retention passes that failed |
+//! | `ringstore_journal_tail_cuts_total` | counter | opens whose journal recovery cut a tail that may have held acknowledged entries (see `ringstore_journal::TailState::Torn`) |
+//! | `ringstore_journal_tail_cut_entries_total` | counter | entries in those cut tails whose headers still verified (ops that may have been acknowledged) |
+//! | `ringstore_journal_superblock_repairs_total` | counter | journal superblock copies found damaged or stale at open (rewritten) |
+//! | `ringstore_journal_stray_files` | gauge | files in the journal directory that are not the journal's (ignored) |
 //!
 //! The object store's own counters (calls, retries, timeouts, bytes) are
 //! the `ringstore_remote_*` metrics of `ringstore_cache::Remote`, shared by
@@ -93,6 +97,25 @@ pub(crate) struct ShardMetrics {
 }
 
 impl ShardMetrics {
+    /// Publishes what the journal's recovery found (a cut tail, repaired
+    /// superblock copies, stray files): counted once per open, so a monitor
+    /// sees a cut that may have lost acknowledged entries.
+    pub fn with_recovery(self, shard: &str, report: &ringstore_journal::RecoveryReport) -> Self {
+        let label = shard.to_string();
+        if let ringstore_journal::TailState::Torn { entries, .. } = &report.tail {
+            tracing::warn!(shard, tail = %report.tail.describe(), "the journal's recovery cut its tail");
+            metrics::counter!("ringstore_journal_tail_cuts_total", "shard" => label.clone())
+                .increment(1);
+            metrics::counter!("ringstore_journal_tail_cut_entries_total", "shard" => label.clone())
+                .increment(*entries);
+        }
+        metrics::counter!("ringstore_journal_superblock_repairs_total", "shard" => label.clone())
+            .increment(report.superblock_repaired.len() as u64);
+        metrics::gauge!("ringstore_journal_stray_files", "shard" => label)
+            .set(report.stray_files.len() as f64);
+        self
+    }
+
     pub fn new(shard: &str) -> ShardMetrics {
         let label = shard.to_string();
         let counter = |name: &'static str| metrics::counter!(name, "shard" => label.clone());

@@ -117,6 +117,17 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 });
             }
             write_identity(&inner.storage, &inner.config.dir, source.domain).await?;
+            // The (empty) journal records its new owner too; a crash before
+            // this is harmless: an empty journal takes the identity's domain
+            // at the next open.
+            let placement = inner.journal.owner().unwrap_or_default();
+            inner
+                .journal
+                .set_owner(ringstore_journal::JournalOwner {
+                    domain: *source.domain.as_bytes(),
+                    ..placement
+                })
+                .await?;
             inner.domain.set(source.domain);
             if let Some(objects) = &inner.objects {
                 objects.set_domain(source.domain)?;

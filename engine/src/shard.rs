@@ -245,6 +245,8 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             None => None,
         };
         let automatic = recovered.config.automatic_checkpoints;
+        let metrics = ShardMetrics::new(&recovered.metrics_label)
+            .with_recovery(&recovered.metrics_label, &recovered.report.journal);
         let inner = Rc::new(Inner {
             config: recovered.config,
             storage: recovered.storage,
@@ -273,7 +275,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             checkpoint_ended: Event::new(),
             compaction_task: RefCell::new(None),
             objects,
-            metrics: ShardMetrics::new(&recovered.metrics_label),
+            metrics,
             metrics_task: RefCell::new(None),
             lock: RefCell::new(recovered.lock),
         });

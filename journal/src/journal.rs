@@ -431,8 +431,12 @@ impl<S: Storage> Journal<S> {
             }
         };
         sb.owner = match (sb.owner, config.owner) {
-            (Some(recorded), Some(configured)) => Some(recorded.completed_by(&configured)),
-            (recorded, configured) => recorded.or(configured),
+            // Recovery refused a disagreeing owner unless the journal holds
+            // nothing, which then takes the configured one.
+            (Some(recorded), Some(configured)) if recorded.agrees_with(&configured) => {
+                Some(recorded.completed_by(&configured))
+            }
+            (recorded, configured) => configured.or(recorded),
         };
         let mut recovered_segments = recovered.segments;
         // A last segment that holds nothing (typically the one the previous

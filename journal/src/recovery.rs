@@ -84,8 +84,6 @@ use crate::verify::{
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-pub(crate) use crate::verify::EvidenceSearch;
-
 /// Bytes read per call while scanning.
 const SCAN_READ_BYTES: u64 = 1 << 20;
 /// Scan reads kept in flight ahead of the one being parsed.

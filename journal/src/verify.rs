@@ -266,7 +266,7 @@ pub struct SegmentFacts {
 impl SegmentFacts {
     /// True if the first entry position holds a verifying write start, or
     /// anything but zeros (data whose header was damaged).
-    fn holds_data(&self) -> bool {
+    pub fn holds_data(&self) -> bool {
         if self.first_entry.iter().all(|b| *b == 0) {
             return false;
         }
@@ -395,7 +395,11 @@ pub fn plan(
     };
     let sb = JournalSuperblock::decode(&chosen.body)
         .map_err(|reason| damage(&sb_path, superblock::SUPERBLOCK_HEADER_BYTES as u64, reason))?;
-    if let (Some(expected), Some(found)) = (owner, sb.owner) {
+    // A journal that holds nothing (no entry anywhere, no watermark) has
+    // nothing to mix up: it takes the owner it is given (a fresh shard
+    // joining a domain). Any other is refused.
+    let holds_data = sb.watermark > 0 || segments.iter().any(SegmentFacts::holds_data);
+    if let (Some(expected), Some(found), true) = (owner, sb.owner, holds_data) {
         if !expected.agrees_with(&found) {
             return Err(damage(
                 &sb_path,
@@ -529,6 +533,27 @@ fn recorded(first: u64, last: u64) -> String {
     } else {
         format!("generations {first}..={last}")
     }
+}
+
+/// [`plan`]'s checks of one segment the log must hold — its header
+/// verifies ([`check_segment_header`]), it belongs to journal `journal_id`,
+/// and the file is as long as its header says — for drivers that carry on
+/// past a refusal ([`crate::inspect`], [`crate::salvage`]) and so cannot
+/// take [`plan`]'s all-or-nothing answer. The same words as [`plan`]'s.
+pub fn check_log_segment(
+    path: &Path,
+    facts: &SegmentFacts,
+    journal_id: [u8; 16],
+) -> Result<SegmentHeader, Refusal> {
+    let sb = JournalSuperblock {
+        journal_id,
+        owner: None,
+        first_generation: 0,
+        last_generation: 0,
+        watermark: 0,
+        ends: Vec::new(),
+    };
+    checked_header(path, facts, &sb)
 }
 
 /// The verified header of a segment the superblock says must exist, or

@@ -204,12 +204,14 @@ impl<M: EngineMachine> EngineBuilder<M> {
         let dir = startup::shard_dir(&self.data_dir, shard);
         let configure = self.configure.clone();
         let shard_dir = dir.clone();
+        let shards = self.shards;
         let restored = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .name(&format!("ringstore-restore-{shard}"))
             .io_memory(self.io_memory_bytes)
             .spawn(move || async move {
                 let builder = Shard::<M>::builder(shard_dir)
                     .metrics_label(shard.to_string())
+                    .placement(shard as u32, shards as u32)
                     .object_store(settings);
                 let (opened, report) =
                     crate::cold_restore::restore(configure(shard, builder), domain).await?;
@@ -343,12 +345,15 @@ fn spawn_reactor<M: EngineMachine>(
     };
     let configure = builder.configure.clone();
     let object_store = builder.object_store.clone();
+    let shards = builder.shards;
     let requests = QueueGuard(requests);
     glommio::LocalExecutorBuilder::new(placement)
         .name(&format!("ringstore-shard-{index}"))
         .io_memory(builder.io_memory_bytes)
         .spawn(move || async move {
-            let mut shard_builder = Shard::<M>::builder(dir).metrics_label(index.to_string());
+            let mut shard_builder = Shard::<M>::builder(dir)
+                .metrics_label(index.to_string())
+                .placement(index as u32, shards as u32);
             if let Some(settings) = object_store {
                 shard_builder = shard_builder.object_store(settings);
             }
