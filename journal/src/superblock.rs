@@ -363,7 +363,11 @@ pub fn write_file_blocking(
         .create_new(create)
         .open(path)
         .map_err(fail(
-            if create { "create superblock" } else { "open superblock" },
+            if create {
+                "create superblock"
+            } else {
+                "open superblock"
+            },
             None,
         ))?;
     for copy in 0..SUPERBLOCK_COPIES {

@@ -140,7 +140,10 @@ fn superblock_tables_match_the_structs() {
     )));
     assert_eq!(SUPERBLOCK_COPIES, 2);
     assert_eq!(
-        (SuperblockKind::Journal as u32, SuperblockKind::DataDir as u32),
+        (
+            SuperblockKind::Journal as u32,
+            SuperblockKind::DataDir as u32
+        ),
         (1, 2)
     );
 }

@@ -309,7 +309,12 @@ fn a_write_that_does_not_vouch_leaves_the_damage_a_reported_cut() {
     );
     let (tail, present) = reopen(&path, Recovery::TruncateTornTail).unwrap();
     match &tail {
-        TailState::Torn { offset, ops, entries, .. } => {
+        TailState::Torn {
+            offset,
+            ops,
+            entries,
+            ..
+        } => {
             assert_eq!(*offset, offset_of_op(N - 1));
             assert_eq!(*ops, Some((N - 1, N)), "both cut ops are reported");
             assert_eq!(*entries, 2);
@@ -325,11 +330,7 @@ fn after_a_clean_close_tail_damage_is_corruption() {
     // The superblock records where the log ends: nothing is undecidable.
     let (_dir, path) = write_closed_session();
     let segment = segment_path(&path, 1);
-    flip_bit(
-        &segment,
-        offset_of_op(N) + ENTRY_HEADER_BYTES as u64 + 3,
-        6,
-    );
+    flip_bit(&segment, offset_of_op(N) + ENTRY_HEADER_BYTES as u64 + 3, 6);
     expect_corruption(
         reopen(&path, Recovery::TruncateTornTail),
         &segment,
@@ -515,7 +516,10 @@ fn torn_write_with_later_sectors_persisted_is_a_reported_tail_cut() {
         let journal = builder(&path).open().await.unwrap();
         match journal.recovery_report().tail.clone() {
             TailState::Torn {
-                offset, ops, entries, ..
+                offset,
+                ops,
+                entries,
+                ..
             } => {
                 assert_eq!(offset, 8192);
                 let (lo, hi) = ops.expect("surviving entries are reported");
@@ -667,8 +671,13 @@ fn the_last_possible_generation_is_an_error_not_an_overflow() {
     std::fs::rename(&from, &to).unwrap();
     // The superblock does not record it: refused before any numbering.
     match reopen(&path, Recovery::TruncateTornTail) {
-        Err(Error::Corruption { reason, path: p, .. }) => {
-            assert!(reason.contains("not recorded in the superblock"), "{reason}");
+        Err(Error::Corruption {
+            reason, path: p, ..
+        }) => {
+            assert!(
+                reason.contains("not recorded in the superblock"),
+                "{reason}"
+            );
             assert!(p == to || p == from, "{}", p.display());
         }
         other => panic!("expected corruption, got {other:?}"),

@@ -318,7 +318,11 @@ mod tests {
         assert_eq!(read_manifest(&data).unwrap(), Some(3));
         assert!(matches!(
             check_manifest(&data, 2),
-            Err(Error::ShardCountMismatch { found: 3, configured: 2, .. })
+            Err(Error::ShardCountMismatch {
+                found: 3,
+                configured: 2,
+                ..
+            })
         ));
         let path = data.join(MANIFEST_FILE_NAME);
         let clean = std::fs::read(&path).unwrap();
