@@ -27,6 +27,10 @@
 //! shards' counters are printed.
 
 mod broker_proto;
+// The `ringstore` tool's log setup (stderr, `RUST_LOG`, warnings by
+// default), so the broker logs as the tool does.
+#[path = "../src/bin/ringstore/logging.rs"]
+mod logging;
 
 use broker_proto::server::{serve, Route};
 use broker_proto::{shard_addr, BASE_PORT_DEFAULT};
@@ -81,6 +85,7 @@ enum Stop {
 type Ready = (usize, Result<SocketAddr, String>);
 
 fn main() -> ExitCode {
+    logging::init_logging();
     let args = Args::parse();
     // Before any other thread exists, so that every thread inherits the
     // blocked signals and only the waiter sees them.

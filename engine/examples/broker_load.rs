@@ -22,6 +22,10 @@
 //! setup: every shard reports its shard count).
 
 mod broker_proto;
+// The `ringstore` tool's log setup (stderr, `RUST_LOG`, warnings by
+// default), so the load client logs as the tool does.
+#[path = "../src/bin/ringstore/logging.rs"]
+mod logging;
 
 use broker_proto::{
     decode_payload, encode_frame, frame_len, shard_addr, shard_for_key, BlockingClient, Query,
@@ -125,6 +129,7 @@ struct ConnectionResult {
 }
 
 fn main() -> ExitCode {
+    logging::init_logging();
     let args = Args::parse();
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,

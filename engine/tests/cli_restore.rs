@@ -75,8 +75,7 @@ fn state(data: &Path) -> Metadata {
 fn restore_rebuilds_a_deleted_shard_from_the_local_store() {
     let tmp = temp_dir();
     let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    std::fs::write(data.join("engine"), "ringstore engine 1\nshards 1\n").unwrap();
+    ringstore::runtime::startup::check_manifest(&data, 1).unwrap();
     let (domain, op, before) = {
         let data = data.clone();
         glommio::LocalExecutorBuilder::default()

@@ -71,8 +71,10 @@ fn stress_killed_at_random_moments_never_loses_an_acknowledged_command() {
             &data_dir,
             &["check", "--ack-log", ack_log.to_str().expect("utf-8 path")],
         );
-        // A kill before the manifest exists leaves nothing to check yet.
-        if !data_dir.join("engine").exists() {
+        // A kill before the data directory's superblock exists leaves
+        // nothing to check yet.
+        let manifest = ringstore::runtime::startup::MANIFEST_FILE_NAME;
+        if !data_dir.join(manifest).exists() {
             continue;
         }
         assert!(

@@ -5,14 +5,18 @@
 //! shard directory as `engine/FORMAT.md` lays it out. A single shard
 //! directory (one holding `identity` or `journal/`) works as well.
 //!
-//! The inspection commands (`wal ...`, `snapshot ...`) are strictly
-//! read-only: plain `std::fs` reads, no locks, no O_DIRECT, so they work on
-//! any filesystem and next to a running engine. Their logic lives in the
-//! libraries (`ringstore_journal::inspect`, `ringstore::snapshot::inspect`);
-//! this binary only formats.
+//! The inspection commands (`wal inspect|verify|dump`, `snapshot ...`) are
+//! strictly read-only: plain `std::fs` reads, no locks, no O_DIRECT, so they
+//! work on any filesystem and next to a running engine. Their logic lives in
+//! the libraries (`ringstore_journal::inspect`,
+//! `ringstore::snapshot::inspect`); this binary only formats. `wal salvage`
+//! writes (`ringstore_journal::salvage`), under the shard's lock.
 //!
 //! Exit codes: 0 success; 1 damage found (see each command); 2 usage or
 //! I/O error (bad flags, missing data dir, unreadable file, bad config).
+//!
+//! The engine's log goes to stderr, warnings and errors unless `RUST_LOG`
+//! says otherwise (see `logging`); stdout carries only the command's output.
 //!
 //! Adding a command: a variant of [`Command`] whose payload is the
 //! command family's own clap `Subcommand` or `Args`, a module with a
@@ -26,6 +30,7 @@
 mod config;
 mod datadir;
 mod demo;
+mod logging;
 mod output;
 mod restore;
 mod snapshot;
@@ -81,7 +86,8 @@ enum Command {
     /// Reopen the data dir and confirm every id in --ack-log is present with
     /// the right content; exit 1 naming the first missing id otherwise.
     Check(stress::CheckArgs),
-    /// The write-ahead log of each shard.
+    /// The write-ahead log of each shard: inspect, verify, dump; salvage a
+    /// journal that refuses to open.
     #[command(subcommand)]
     Wal(wal::WalCommand),
     /// The snapshot files of each shard.
@@ -148,6 +154,9 @@ const EXIT_DAMAGED: u8 = 1;
 const EXIT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before the engine starts any thread, so that its warnings (a torn
+    // tail cut, a full disk, a skipped snapshot) reach stderr.
+    logging::init_logging();
     let cli = Cli::parse();
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
