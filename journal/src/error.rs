@@ -95,6 +95,22 @@ pub enum Error {
         supported: u32,
     },
 
+    /// The journal belongs to another owner (another domain, or another
+    /// shard's place): its superblock records `recorded`, the caller
+    /// expected `expected`. Nothing was read or changed.
+    #[error(
+        "{path}: the journal belongs to {recorded}, not to {expected} (a journal directory of \
+         another shard or domain?)"
+    )]
+    WrongOwner {
+        /// The journal's superblock.
+        path: PathBuf,
+        /// The owner it records.
+        recorded: crate::superblock::JournalOwner,
+        /// The owner the caller expected.
+        expected: crate::superblock::JournalOwner,
+    },
+
     /// The payload is larger than the configured `entry_bytes_max`.
     #[error("payload of {len} bytes exceeds entry_bytes_max = {max}")]
     EntryTooLarge {

@@ -27,6 +27,7 @@ pub mod inspect;
 mod journal;
 mod notify;
 pub mod recovery;
+pub mod salvage;
 mod segment;
 pub mod sim;
 pub mod storage;
@@ -40,6 +41,6 @@ pub use journal::{
     reactor_turn, Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend, BATCH_SIZE_BUCKETS,
     ENTRIES_READ_AHEAD_BYTES,
 };
-pub use recovery::{describe_cut_ops, RecoveryReport, TailState};
+pub use recovery::{describe_cut_ops, RecoveryReport, TailState, UnrecordedEnd};
 pub use segment::{segment_file_name, segment_generation};
 pub use superblock::JournalOwner;

@@ -32,9 +32,11 @@
 //! and says so: [`TailState::Torn`] carries the file, the offset, the reason
 //! and the ops whose entries still verify in the cut bytes (they may have
 //! been acknowledged), it is logged as a warning, and `Recovery::Strict`
-//! refuses instead. The one cut nothing can report is a write every sector
-//! of which reads back as zeros: it looks exactly like a write that never
-//! reached the disk (row 1).
+//! refuses instead. A write every sector of which reads back as zeros
+//! looks exactly like a write that never reached the disk (row 1): nothing
+//! is cut, but after any unclean shutdown [`RecoveryReport::unrecorded_end`]
+//! says where the end was found and the highest op found, above which an
+//! acknowledged op may have been lost that way.
 //!
 //! # Decision table
 //!
@@ -150,6 +152,25 @@ pub fn describe_cut_ops(ops: Option<(u64, u64)>, entries: u64) -> String {
     }
 }
 
+/// The end of the log after an unclean shutdown: where recovery found it,
+/// which nothing recorded (only a clean close records it).
+///
+/// Everything before it verified. What cannot be known: whether an
+/// acknowledged write after it was wiped to zeros by the disk (or its file
+/// replaced by an older copy) — that looks exactly like a write the crash
+/// kept from reaching the disk. If the caller acknowledged ops above
+/// `last_op` (the highest op found), they may be lost; a consensus layer
+/// treats them as an uncertain tail to repair from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnrecordedEnd {
+    /// The last segment.
+    pub path: PathBuf,
+    /// Where its valid data ends.
+    pub offset: u64,
+    /// The highest op found in the whole journal.
+    pub last_op: u64,
+}
+
 /// What recovery found, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -174,6 +195,10 @@ pub struct RecoveryReport {
     pub superblock_repaired: Vec<String>,
     /// Entries that failed verification once but verified when read again.
     pub transient_read_faults: u64,
+    /// Set when the journal was not closed cleanly: where the log ends,
+    /// unrecorded (see [`UnrecordedEnd`]). `None` after a clean close (the
+    /// superblock records the end) and for a new journal.
+    pub unrecorded_end: Option<UnrecordedEnd>,
 }
 
 pub(crate) struct Recovered<F> {
@@ -296,6 +321,15 @@ impl From<Refusal> for Error {
     fn from(refusal: Refusal) -> Error {
         match refusal {
             Refusal::Damage(d) => Error::corruption(d.path, d.offset, d.reason),
+            Refusal::WrongOwner {
+                path,
+                recorded,
+                expected,
+            } => Error::WrongOwner {
+                path,
+                recorded,
+                expected,
+            },
             Refusal::UnsupportedVersion {
                 path,
                 found,
@@ -345,6 +379,7 @@ pub(crate) async fn recover<S: Storage>(
         stray_files: plan.stray.clone(),
         superblock_repaired: Vec::new(),
         transient_read_faults: 0,
+        unrecorded_end: None,
     };
     for stray in &plan.stray {
         tracing::warn!(path = %stray.display(), "ignoring a file that is not part of the journal");
@@ -411,6 +446,13 @@ pub(crate) async fn recover<S: Storage>(
         report.transient_read_faults += scan.transient_read_faults;
         if i + 1 == count {
             report.tail = scan.tail;
+            if planned.sealed_end.is_none() {
+                report.unrecorded_end = Some(UnrecordedEnd {
+                    path: planned.path.clone(),
+                    offset: scan.valid_end,
+                    last_op: 0,
+                });
+            }
         }
         segments.push(Segment {
             generation: planned.generation,
@@ -428,6 +470,17 @@ pub(crate) async fn recover<S: Storage>(
     }
     report.segments = segments.len();
     report.watermark = watermark;
+    if let Some(end) = &mut report.unrecorded_end {
+        end.last_op = max_op.max(watermark);
+        tracing::info!(
+            path = %end.path.display(),
+            offset = end.offset,
+            last_op = end.last_op,
+            "the journal was not closed cleanly: its end is not recorded, so an acknowledged \
+             write after it that the disk wiped to zeros could not be told from one never made \
+             durable"
+        );
+    }
     if let Some(op) = index.finish_recovery(watermark) {
         return Err(Error::corruption(
             dir,

@@ -79,6 +79,15 @@ impl std::fmt::Display for Damage {
 pub enum Refusal {
     /// Damage (see [`Damage`]).
     Damage(Damage),
+    /// The journal belongs to another owner (see `Error::WrongOwner`).
+    WrongOwner {
+        /// The superblock.
+        path: PathBuf,
+        /// The owner it records.
+        recorded: JournalOwner,
+        /// The owner expected.
+        expected: JournalOwner,
+    },
     /// A file verifies but was written by another format version.
     UnsupportedVersion {
         /// The file.
@@ -94,6 +103,15 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::Damage(d) => d.fmt(f),
+            Refusal::WrongOwner {
+                path,
+                recorded,
+                expected,
+            } => write!(
+                f,
+                "{}: the journal belongs to {recorded}, not to {expected}",
+                path.display()
+            ),
             Refusal::UnsupportedVersion {
                 path,
                 found,
@@ -401,11 +419,11 @@ pub fn plan(
     let holds_data = sb.watermark > 0 || segments.iter().any(SegmentFacts::holds_data);
     if let (Some(expected), Some(found), true) = (owner, sb.owner, holds_data) {
         if !expected.agrees_with(&found) {
-            return Err(damage(
-                &sb_path,
-                0,
-                format!("the journal belongs to {found}, not to {expected}"),
-            ));
+            return Err(Refusal::WrongOwner {
+                path: sb_path,
+                recorded: found,
+                expected,
+            });
         }
     }
     let facts = |generation: u64| segments.iter().find(|f| f.generation == generation);
