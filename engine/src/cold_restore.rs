@@ -20,7 +20,9 @@
 //!    cache ([`Tiered::get_path`]; straight to disk if the cache cannot hold
 //!    it), linked into `<dir>/restore/`, then loaded with every check a
 //!    local snapshot gets (header, section and whole-file CRCs, the name,
-//!    the domain). A generation that fails is downloaded and checked once
+//!    the domain): the same verifier ([`crate::snapshot::verify`]) through
+//!    the same loader as recovery, so the object passed the pre-upload
+//!    check and a restore by the same rules. A generation that fails is downloaded and checked once
 //!    more (its cached copy dropped), then reported in
 //!    [`ColdRestoreReport::skipped`] with the reason, and the previous
 //!    generation is tried. All of them damaged is
@@ -399,7 +401,8 @@ fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// The epoch in a damaged snapshot's header, if the header itself verifies.
+/// The epoch in a damaged snapshot's header, if the header itself verifies
+/// (the verifier's header-block check, read with plain reads).
 fn readable_epoch(path: &Path) -> Option<u64> {
     let report = inspect_snapshot(path, Check::Header, None, &mut |_| {}).ok()?;
     if !report.header_verified {

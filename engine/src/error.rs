@@ -6,7 +6,9 @@
 //! They are `Clone` because one failure (a poisoned journal, a failed
 //! checkpoint) is reported to every caller waiting on it.
 
+use crate::identity::IdentityDamage;
 use crate::machine::{DecodeError, EncodeError, RestoreError};
+use crate::snapshot::verify::SnapshotDamage;
 use std::{io, path::PathBuf, sync::Arc, time::Duration};
 use uuid::Uuid;
 
@@ -74,75 +76,27 @@ pub enum SnapshotError {
         #[source]
         source: Arc<io::Error>,
     },
-    /// The file is shorter than its header says.
-    #[error("{path} is {len} bytes, its header needs {needed} (truncated)")]
-    Truncated {
-        /// The file.
-        path: PathBuf,
-        /// Its length.
-        len: u64,
-        /// The length it should have.
-        needed: u64,
-    },
-    /// The header does not verify (not a snapshot, or damaged).
-    #[error("{path}: snapshot header at byte offset 0 is damaged: {reason}")]
-    BadHeader {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A format version this build does not read.
-    #[error("{path}: snapshot format version {version}, this build reads version {supported}")]
-    UnsupportedFormat {
-        /// The file.
-        path: PathBuf,
-        /// The version found.
-        version: u32,
-        /// The version this build reads.
-        supported: u32,
-    },
-    /// A section's bytes fail their checksum.
-    #[error("{path}: section {section:?} at byte offset {offset} fails its checksum")]
-    SectionChecksum {
-        /// The file.
-        path: PathBuf,
-        /// The section.
-        section: String,
-        /// Where it starts.
-        offset: u64,
-    },
-    /// The whole-file checksum does not match.
-    #[error("{path}: whole-file checksum mismatch")]
-    FileChecksum {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The snapshot belongs to another domain.
-    #[error("{path} belongs to domain {found}, this shard to domain {expected}")]
-    WrongDomain {
-        /// The file.
-        path: PathBuf,
-        /// The shard's domain.
-        expected: Uuid,
-        /// The snapshot's domain.
-        found: Uuid,
-    },
-    /// The file name is not that of a snapshot at the op its header names.
-    #[error("{path}: the header says op {header_op}, the file name does not match")]
-    NameMismatch {
-        /// The file.
-        path: PathBuf,
-        /// The op in the header.
-        header_op: u64,
-    },
+    /// The file fails verification (the first check that failed, in the
+    /// order of [`crate::snapshot::verify`]): it names the file, the byte
+    /// offset and what is wrong.
+    #[error(transparent)]
+    Damaged(#[from] SnapshotDamage),
 }
 
 impl SnapshotError {
-    pub(crate) fn bad_header(path: &std::path::Path, reason: impl Into<String>) -> SnapshotError {
-        SnapshotError::BadHeader {
-            path: path.to_path_buf(),
-            reason: reason.into(),
+    /// The file.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            SnapshotError::Io { path, .. } => path,
+            SnapshotError::Damaged(damage) => &damage.path,
+        }
+    }
+
+    /// What verification found wrong, if that is why.
+    pub fn damage(&self) -> Option<&SnapshotDamage> {
+        match self {
+            SnapshotError::Damaged(damage) => Some(damage),
+            SnapshotError::Io { .. } => None,
         }
     }
 }
@@ -211,20 +165,29 @@ pub enum Error {
 
     /// The newest usable snapshot is older than the journal's watermark:
     /// the ops between them were compacted away on the strength of a
-    /// snapshot that is now damaged or missing, so the state cannot be
-    /// rebuilt.
+    /// snapshot that is now damaged, of another domain or missing, so the
+    /// state cannot be rebuilt. The message names every snapshot file tried
+    /// and why it was skipped (file, byte offset, reason).
     #[error(
-        "no usable snapshot covers the journal's watermark: newest usable snapshot is at op \
-         {snapshot_op}, the journal was compacted up to op {journal_watermark} ({skipped} newer \
-         snapshot file(s) skipped as damaged)"
+        "no usable snapshot covers the journal's watermark: the journal in {} was compacted up \
+         to op {journal_watermark}, {}",
+        journal_dir.display(),
+        describe_snapshots_tried(snapshot_dir, snapshot.as_deref(), *snapshot_op, skipped)
     )]
     SnapshotBehindJournal {
-        /// Op of the newest usable snapshot (0: none).
+        /// The snapshot directory.
+        snapshot_dir: PathBuf,
+        /// The newest usable snapshot (`None`: none).
+        snapshot: Option<PathBuf>,
+        /// Its op (0: none).
         snapshot_op: u64,
+        /// The journal directory.
+        journal_dir: PathBuf,
         /// The journal's watermark.
         journal_watermark: u64,
-        /// Snapshot files skipped.
-        skipped: usize,
+        /// The newer snapshot files tried and skipped, newest first, with
+        /// the reasons.
+        skipped: Vec<SkippedSnapshot>,
     },
 
     /// Replay found an op missing above the snapshot.
@@ -274,14 +237,10 @@ pub enum Error {
         cause: Box<Error>,
     },
 
-    /// The shard's identity file is damaged or missing where data exists.
-    #[error("{path}: {reason}")]
-    Identity {
-        /// The identity file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    /// The shard's identity file is damaged, of another format version, or
+    /// missing where data exists (see [`crate::identity::identity_verdict`]).
+    #[error(transparent)]
+    Identity(#[from] IdentityDamage),
 
     /// `reset_to` was given a snapshot of another domain, on a shard that
     /// already holds data.
@@ -496,6 +455,35 @@ pub enum Error {
         /// The pid the holder wrote into it, if readable.
         holder: Option<u32>,
     },
+}
+
+/// What an open found in the snapshot directory, for
+/// [`Error::SnapshotBehindJournal`]: the snapshot it could use, and every
+/// newer file it tried with the reason it was skipped.
+fn describe_snapshots_tried(
+    dir: &std::path::Path,
+    usable: Option<&std::path::Path>,
+    usable_op: u64,
+    skipped: &[SkippedSnapshot],
+) -> String {
+    let reasons: Vec<String> = skipped.iter().map(|s| s.reason.to_string()).collect();
+    let reasons = reasons.join("; ");
+    match (usable, skipped.len()) {
+        (Some(path), 0) => format!(
+            "and the newest snapshot, {}, is at op {usable_op}",
+            path.display()
+        ),
+        (Some(path), n) => format!(
+            "and the newest usable snapshot is {} at op {usable_op}; {n} newer snapshot \
+             file(s) skipped: {reasons}",
+            path.display()
+        ),
+        (None, 0) => format!("and {} holds no snapshot file", dir.display()),
+        (None, n) => format!(
+            "and no snapshot in {} is usable; {n} snapshot file(s) skipped: {reasons}",
+            dir.display()
+        ),
+    }
 }
 
 impl Error {

@@ -5,14 +5,46 @@
 //! temporary file, fdatasync, rename and directory fsync as a snapshot.
 //! Snapshots carry the domain too, and a snapshot of another domain is never
 //! loaded; object storage keys are prefixed with it.
+//!
+//! # One verdict
+//!
+//! [`decode_identity`] (bytes in, identity or damage out) and
+//! [`identity_verdict`] (what an open does with what it found) are sans-IO
+//! and are the only place the rules live. Recovery calls them over the
+//! [`Storage`] trait ([`read_identity_bytes`]); `ringstore snapshot
+//! inspect|verify` over plain reads
+//! ([`crate::snapshot::inspect::read_identity_file`]). So both reach the
+//! same verdict, with the same message:
+//!
+//! | identity file | the shard directory holds | verdict |
+//! |---|---|---|
+//! | verifies (magic, checksum, version 1) | anything | the domain it names |
+//! | missing | no snapshot file and an empty or missing `journal/` | a new shard: an open creates a random domain |
+//! | missing | a `snapshots/snapshot-<op>.snap` or any entry in `journal/` | refused: the domain of that data is unknown |
+//! | shorter than its 40-byte header (zero-length included) | anything | refused: damaged |
+//! | wrong magic | anything | refused: damaged |
+//! | checksum mismatch | anything | refused: damaged |
+//! | checksum verifies, version not 1 | anything | refused: another format version |
+//!
+//! The zeros after the header and the reserved field are not checked (no
+//! build has given them a meaning).
+//!
+//! [`Storage`]: ringstore_journal::storage::Storage
 
 use crate::error::{Error, Result};
+use crate::shard::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::snapshot::format::{
     unix_ms_now, IdentityHeader, BLOCK_BYTES, IDENTITY_FORMAT_VERSION, IDENTITY_HEADER_BYTES,
     IDENTITY_MAGIC,
 };
+use crate::snapshot::parse_snapshot_file_name;
 use ringstore_journal::storage::{IoBuf, Storage, StorageFile};
-use std::{io, path::Path};
+use serde::Serialize;
+use std::ffi::OsString;
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 use uuid::Uuid;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -20,8 +52,240 @@ use zerocopy::{FromBytes, IntoBytes};
 pub const IDENTITY_FILE_NAME: &str = "identity";
 const IDENTITY_TEMP_NAME: &str = "identity.tmp";
 
-/// Reads the identity in `dir`: `Ok(None)` if there is none.
-pub async fn read_identity<S: Storage>(storage: &S, dir: &Path) -> Result<Option<Uuid>> {
+/// Data files an [`IdentityFault::MissingWithData`] message names before
+/// it says how many more there are.
+const FOUND_NAMED_MAX: usize = 3;
+
+/// A verified identity file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// The domain the shard's data belongs to.
+    pub domain: Uuid,
+    /// When the shard joined it, ms since the Unix epoch.
+    pub created_unix_ms: u64,
+}
+
+/// Why an open refuses a shard directory over its identity. The
+/// [`IdentityDamage`] that carries it names the file and, where there is
+/// one, the byte offset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityFault {
+    /// Shorter than the header (zero-length included).
+    #[error(
+        "identity file is damaged ({len} bytes, the header needs {IDENTITY_HEADER_BYTES}: \
+         truncated)"
+    )]
+    Truncated {
+        /// The bytes there are.
+        len: u64,
+    },
+    /// Not an identity file's magic number.
+    #[error("identity file is damaged (magic {found:#010x} is not an identity's)")]
+    BadMagic {
+        /// What is there.
+        found: u32,
+    },
+    /// The header fails its checksum.
+    #[error(
+        "identity file is damaged (checksum mismatch: recorded {recorded:#010x}, computed \
+         {computed:#010x})"
+    )]
+    Checksum {
+        /// The checksum recorded.
+        recorded: u32,
+        /// The checksum of the bytes.
+        computed: u32,
+    },
+    /// A format version this build does not read (the checksum verifies).
+    #[error("identity format version {version}, this build reads version {supported}")]
+    UnsupportedVersion {
+        /// The version found.
+        version: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// No identity file, but the directory holds snapshots or a journal.
+    #[error(
+        "missing, but the shard directory holds a journal or snapshots ({}): the domain they \
+         belong to is unknown",
+        describe_found(found)
+    )]
+    MissingWithData {
+        /// The snapshot files and journal entries found.
+        found: Vec<PathBuf>,
+    },
+}
+
+fn describe_found(found: &[PathBuf]) -> String {
+    let mut named: Vec<String> = found
+        .iter()
+        .take(FOUND_NAMED_MAX)
+        .map(|p| p.display().to_string())
+        .collect();
+    if found.len() > FOUND_NAMED_MAX {
+        named.push(format!("and {} more", found.len() - FOUND_NAMED_MAX));
+    }
+    named.join(", ")
+}
+
+/// The identity verdict that refuses an open: the file, the byte offset
+/// where there is one, what is wrong, and what an operator can do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{}{}: {fault}. {}",
+    path.display(),
+    offset.map_or_else(String::new, |o| format!(" at byte offset {o}")),
+    self.advice()
+)]
+pub struct IdentityDamage {
+    /// The identity file.
+    pub path: PathBuf,
+    /// Byte offset of the bad field (`None` for a missing file).
+    pub offset: Option<u64>,
+    /// What is wrong.
+    pub fault: IdentityFault,
+}
+
+impl IdentityDamage {
+    /// What an operator can do about it.
+    pub fn advice(&self) -> &'static str {
+        match self.fault {
+            IdentityFault::UnsupportedVersion { .. } => {
+                "It was written by another build of ringstore; open the shard with a build that \
+                 reads that version"
+            }
+            IdentityFault::MissingWithData { .. } => {
+                "Restore the identity file, or move the directory aside and restore the shard \
+                 from object storage"
+            }
+            _ => {
+                "It names the domain this shard's data belongs to. Restore it from a backup, or \
+                 move the shard dir aside and restore the shard from object storage"
+            }
+        }
+    }
+}
+
+impl Serialize for IdentityDamage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("IdentityDamage", 4)?;
+        s.serialize_field("path", &self.path)?;
+        s.serialize_field("offset", &self.offset)?;
+        s.serialize_field("reason", &self.fault.to_string())?;
+        s.serialize_field("message", &self.to_string())?;
+        s.end()
+    }
+}
+
+/// Decodes and verifies the identity file at `path` from its bytes (its
+/// first block, or all of it): sans-IO, the one decoder of the format.
+pub fn decode_identity(path: &Path, bytes: &[u8]) -> Result<Identity, IdentityDamage> {
+    let damage = |offset: usize, fault: IdentityFault| IdentityDamage {
+        path: path.to_path_buf(),
+        offset: Some(offset as u64),
+        fault,
+    };
+    let Ok((header, _)) = IdentityHeader::read_from_prefix(bytes) else {
+        return Err(damage(
+            bytes.len(),
+            IdentityFault::Truncated {
+                len: bytes.len() as u64,
+            },
+        ));
+    };
+    if header.magic.get() != IDENTITY_MAGIC {
+        return Err(damage(
+            std::mem::offset_of!(IdentityHeader, magic),
+            IdentityFault::BadMagic {
+                found: header.magic.get(),
+            },
+        ));
+    }
+    let computed = header.compute_checksum();
+    if header.checksum.get() != computed {
+        return Err(damage(
+            std::mem::offset_of!(IdentityHeader, checksum),
+            IdentityFault::Checksum {
+                recorded: header.checksum.get(),
+                computed,
+            },
+        ));
+    }
+    if header.version.get() != IDENTITY_FORMAT_VERSION {
+        return Err(damage(
+            std::mem::offset_of!(IdentityHeader, version),
+            IdentityFault::UnsupportedVersion {
+                version: header.version.get(),
+                supported: IDENTITY_FORMAT_VERSION,
+            },
+        ));
+    }
+    Ok(Identity {
+        domain: Uuid::from_bytes(header.domain),
+        created_unix_ms: header.created_unix_ms.get(),
+    })
+}
+
+/// What opening a shard directory does about its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityVerdict {
+    /// The identity file verifies: the shard's data belongs to its domain.
+    Found(Identity),
+    /// No identity and no data: a new shard, which the open gives a fresh
+    /// random domain.
+    Create,
+}
+
+/// The identity rule of an open (see the module docs' table), sans-IO:
+/// `bytes` is the identity file's first block (`None`: no such file),
+/// `data` what [`data_files`] found in the directory.
+pub fn identity_verdict(
+    path: &Path,
+    bytes: Option<&[u8]>,
+    data: &[PathBuf],
+) -> Result<IdentityVerdict, IdentityDamage> {
+    match bytes {
+        Some(bytes) => decode_identity(path, bytes).map(IdentityVerdict::Found),
+        None if data.is_empty() => Ok(IdentityVerdict::Create),
+        None => Err(IdentityDamage {
+            path: path.to_path_buf(),
+            offset: None,
+            fault: IdentityFault::MissingWithData {
+                found: data.to_vec(),
+            },
+        }),
+    }
+}
+
+/// The files of `shard_dir` that hold data whose domain the identity names,
+/// from the names listed in its snapshot and journal directories: every
+/// snapshot generation (`snapshot-<op>.snap`; temporary files are removed
+/// at open and do not count) and every entry of the journal directory.
+pub fn data_files(
+    shard_dir: &Path,
+    snapshot_names: &[OsString],
+    journal_names: &[OsString],
+) -> Vec<PathBuf> {
+    let snapshots = shard_dir.join(SNAPSHOT_DIR_NAME);
+    let journal = shard_dir.join(JOURNAL_DIR_NAME);
+    // Snapshots first: they are what a message names first.
+    let mut found: Vec<PathBuf> = snapshot_names
+        .iter()
+        .filter(|n| n.to_str().and_then(parse_snapshot_file_name).is_some())
+        .map(|n| snapshots.join(n))
+        .collect();
+    found.sort();
+    let mut journal_files: Vec<PathBuf> = journal_names.iter().map(|n| journal.join(n)).collect();
+    journal_files.sort();
+    found.append(&mut journal_files);
+    found
+}
+
+/// Reads the first block of the identity file in `dir`: `Ok(None)` if
+/// there is none. [`identity_verdict`] decides what it means.
+pub async fn read_identity_bytes<S: Storage>(storage: &S, dir: &Path) -> Result<Option<Vec<u8>>> {
     let path = dir.join(IDENTITY_FILE_NAME);
     let file = match storage.open(&path).await {
         Ok(file) => file,
@@ -31,36 +295,16 @@ pub async fn read_identity<S: Storage>(storage: &S, dir: &Path) -> Result<Option
     let read = file.read_at(0, BLOCK_BYTES as usize).await;
     let _ = file.close().await;
     let bytes = read.map_err(|e| Error::io("read identity file", &path, e))?;
-    let damaged = |reason: &str| Error::Identity {
-        path: path.clone(),
-        reason: format!(
-            "identity file is damaged ({reason}); it names the domain this shard's data \
-             belongs to. Restore it from a backup, or move the shard dir aside and restore the \
-             shard from object storage"
-        ),
-    };
-    let (header, _) = IdentityHeader::read_from_prefix(&bytes[..]).map_err(|_| {
-        damaged(&format!(
-            "{} bytes, need {IDENTITY_HEADER_BYTES}",
-            bytes.len()
-        ))
-    })?;
-    if header.magic.get() != IDENTITY_MAGIC {
-        return Err(damaged("bad magic"));
+    Ok(Some(bytes.to_vec()))
+}
+
+/// Reads and verifies the identity in `dir`: `Ok(None)` if there is none.
+pub async fn read_identity<S: Storage>(storage: &S, dir: &Path) -> Result<Option<Identity>> {
+    let path = dir.join(IDENTITY_FILE_NAME);
+    match read_identity_bytes(storage, dir).await? {
+        Some(bytes) => Ok(Some(decode_identity(&path, &bytes)?)),
+        None => Ok(None),
     }
-    if header.checksum.get() != header.compute_checksum() {
-        return Err(damaged("checksum mismatch"));
-    }
-    if header.version.get() != IDENTITY_FORMAT_VERSION {
-        return Err(Error::Identity {
-            path,
-            reason: format!(
-                "identity format version {}, this build reads version {IDENTITY_FORMAT_VERSION}",
-                header.version.get()
-            ),
-        });
-    }
-    Ok(Some(Uuid::from_bytes(header.domain)))
 }
 
 /// Writes `domain` as the identity in `dir`, durably (replacing any).
@@ -105,4 +349,105 @@ pub async fn write_identity<S: Storage>(storage: &S, dir: &Path, domain: Uuid) -
         .sync_dir(dir)
         .await
         .map_err(|e| Error::io("fsync shard directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity_bytes(version: u32) -> Vec<u8> {
+        let mut header = IdentityHeader {
+            checksum: 0.into(),
+            magic: IDENTITY_MAGIC.into(),
+            version: version.into(),
+            reserved: 0.into(),
+            domain: *Uuid::from_u128(9).as_bytes(),
+            created_unix_ms: 5.into(),
+        };
+        header.checksum = header.compute_checksum().into();
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.resize(BLOCK_BYTES as usize, 0);
+        bytes
+    }
+
+    /// One row of the module docs' table each.
+    #[test]
+    fn every_row_of_the_verdict_table() {
+        let path = Path::new("/shard/identity");
+        let data = [PathBuf::from("/shard/journal/superblock")];
+        let good = identity_bytes(IDENTITY_FORMAT_VERSION);
+        let found = |bytes: &[u8], data: &[PathBuf]| identity_verdict(path, Some(bytes), data);
+        for data in [&data[..], &[]] {
+            assert!(matches!(
+                found(&good, data),
+                Ok(IdentityVerdict::Found(Identity { domain, created_unix_ms: 5 }))
+                    if domain == Uuid::from_u128(9)
+            ));
+        }
+        assert_eq!(
+            identity_verdict(path, None, &[]),
+            Ok(IdentityVerdict::Create)
+        );
+        let missing = identity_verdict(path, None, &data).unwrap_err();
+        assert_eq!((missing.path.as_path(), missing.offset), (path, None));
+        let message = missing.to_string();
+        assert!(message.contains("missing") && message.contains("/shard/journal/superblock"));
+
+        let refused = |bytes: &[u8]| found(bytes, &[]).unwrap_err();
+        let cases: [(Vec<u8>, u64, &str); 5] = [
+            (Vec::new(), 0, "truncated"),
+            (good[..39].to_vec(), 39, "truncated"),
+            (
+                {
+                    let mut b = good.clone();
+                    b[5] ^= 1;
+                    b
+                },
+                4,
+                "magic",
+            ),
+            (
+                {
+                    let mut b = good.clone();
+                    b[20] ^= 1;
+                    b
+                },
+                0,
+                "checksum mismatch",
+            ),
+            (identity_bytes(2), 8, "identity format version 2"),
+        ];
+        for (bytes, offset, reason) in cases {
+            let damage = refused(&bytes);
+            assert_eq!(damage.offset, Some(offset), "{damage}");
+            let message = damage.to_string();
+            assert!(message.starts_with(&format!("/shard/identity at byte offset {offset}: ")));
+            assert!(message.contains(reason), "{message}");
+        }
+        // The zeros after the header are not checked.
+        let mut padded = good.clone();
+        padded[100] = 1;
+        assert!(found(&padded, &[]).is_ok());
+    }
+
+    #[test]
+    fn data_files_are_snapshot_generations_then_journal_entries() {
+        let names = |n: &[&str]| n.iter().map(OsString::from).collect::<Vec<_>>();
+        let found = data_files(
+            Path::new("/s"),
+            &names(&[
+                "snapshot-00000000000000000002.snap",
+                "snapshot-00000000000000000003.snap.tmp",
+                "notes",
+                "snapshot-00000000000000000001.snap",
+            ]),
+            &names(&["superblock"]),
+        );
+        let expected = [
+            "/s/snapshots/snapshot-00000000000000000001.snap",
+            "/s/snapshots/snapshot-00000000000000000002.snap",
+            "/s/journal/superblock",
+        ];
+        assert_eq!(found, expected.map(PathBuf::from));
+    }
 }

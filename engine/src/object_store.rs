@@ -467,7 +467,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         };
         // What the store gets is what recovery and a cold restore will rely
         // on (in BeforeCompaction mode the watermark moves past it): read the
-        // whole file back and check every checksum first, off the reactor.
+        // whole file back and check every checksum first, off the reactor,
+        // with the verifier recovery and cold restore load it with
+        // (`snapshot::verify`), so a file that passes here loads there.
         let domain = self.domain();
         let check_path = path.clone();
         let checked = glommio::executor()
@@ -478,9 +480,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         match checked {
             Ok(report) if report.is_intact() => {}
             Ok(report) => {
+                let damage: Vec<String> = report.damage.iter().map(ToString::to_string).collect();
                 tracing::error!(
                     path = %path.display(),
-                    damage = ?report.damage,
+                    damage = damage.join("; "),
                     "the snapshot to upload no longer verifies; not uploading it"
                 );
                 return Upload::Conflict;

@@ -6,15 +6,23 @@
 //!    work, not a shard. (A cold restore itself opens it, starting over.)
 //! 1. **Identity.** Read the domain from `identity`; a new, empty shard
 //!    directory gets a fresh random domain. A directory that holds data but
-//!    no identity is refused: its domain is unknown.
-//! 2. **Snapshot.** Load the newest snapshot that verifies, noting every
-//!    newer one skipped and why. A snapshot that verifies but does not
-//!    restore (unknown section or version) is an error, not a skip: it is
-//!    not damage, and an older snapshot would silently be older state.
+//!    no identity is refused: its domain is unknown. The rule, with every
+//!    case, is [`crate::identity::identity_verdict`]'s.
+//! 2. **Snapshot.** Load the newest snapshot that verifies
+//!    ([`crate::snapshot::verify`]), noting every newer one skipped and
+//!    why. A snapshot that verifies but does not restore (unknown section
+//!    or version) is an error, not a skip: it is not damage, and an older
+//!    snapshot would silently be older state.
 //! 3. **Journal.** Open it (its own recovery verifies every entry and cuts
 //!    only a provably torn tail). If its watermark is above the snapshot,
 //!    the ops in between were compacted on the strength of a snapshot that
-//!    is now unusable: [`Error::SnapshotBehindJournal`].
+//!    is now unusable: [`Error::SnapshotBehindJournal`], naming every
+//!    snapshot file tried and why it was skipped
+//!    ([`crate::snapshot::verify::snapshot_covers_journal`]).
+//!
+//! Steps 1 to 3 decide with the same sans-IO functions as `ringstore
+//! snapshot verify`, which therefore refuses a shard exactly when this
+//! would (over its identity and snapshots), with the same message.
 //! 4. **Replay** every op above the snapshot, in order, through the state
 //!    machine. A missing op below the journal's last op is
 //!    [`Error::ReplayGap`]: skipping it would apply later commands to the
@@ -25,14 +33,18 @@
 
 use crate::config::{ShardBuilder, ShardConfig};
 use crate::error::{Error, Result, SkippedSnapshot};
-use crate::identity::{read_identity, write_identity};
+use crate::identity::{
+    data_files, identity_verdict, read_identity_bytes, write_identity, IdentityVerdict,
+    IDENTITY_FILE_NAME,
+};
 use crate::lock::DirLock;
 
 use crate::machine::{decode, restore_state, OpId, StateMachine};
 use crate::shard::{SnapshotPoint, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
+use crate::snapshot::verify::snapshot_covers_journal;
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
 use ringstore_journal::storage::Storage;
-use ringstore_journal::{Journal, LogItem, RecoveryReport};
+use ringstore_journal::{Journal, JournalOwner, LogItem, RecoveryReport};
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -123,26 +135,26 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
 
     let snapshots = SnapshotStore::open(storage.clone(), dir.join(SNAPSHOT_DIR_NAME)).await?;
 
-    // 1. Identity.
-    let (domain, domain_created) = match read_identity(&storage, &dir).await? {
-        Some(domain) => (domain, false),
-        None => {
-            let journal_files = storage.list_dir(&journal_dir).unwrap_or_default();
-            if !snapshots.generations()?.is_empty() || !journal_files.is_empty() {
-                return Err(Error::Identity {
-                    path: dir.join(crate::identity::IDENTITY_FILE_NAME),
-                    reason: "missing, but the shard directory holds a journal or snapshots: \
-                             the domain they belong to is unknown. Restore the identity file, \
-                             or move the directory aside and restore the shard from object \
-                             storage"
-                        .into(),
-                });
+    // 1. Identity (the rule is `identity_verdict`'s, shared with `snapshot
+    // verify`).
+    let identity_path = dir.join(IDENTITY_FILE_NAME);
+    let identity_bytes = read_identity_bytes(&storage, &dir).await?;
+    let snapshot_names = storage
+        .list_dir(snapshots.dir())
+        .map_err(|e| Error::io("list snapshot directory", snapshots.dir(), e))?;
+    // A journal directory that cannot be listed holds nothing here; the
+    // journal's own open reports it.
+    let journal_names = storage.list_dir(&journal_dir).unwrap_or_default();
+    let data = data_files(&dir, &snapshot_names, &journal_names);
+    let (domain, domain_created) =
+        match identity_verdict(&identity_path, identity_bytes.as_deref(), &data)? {
+            IdentityVerdict::Found(identity) => (identity.domain, false),
+            IdentityVerdict::Create => {
+                let domain = Uuid::new_v4();
+                write_identity(&storage, &dir, domain).await?;
+                (domain, true)
             }
-            let domain = Uuid::new_v4();
-            write_identity(&storage, &dir, domain).await?;
-            (domain, true)
-        }
-    };
+        };
 
     // 2. Snapshot.
     let started = Instant::now();
@@ -172,7 +184,16 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
     // 3. Journal.
     let started = Instant::now();
     let journal_setup = std::mem::replace(&mut builder.journal_setup, Box::new(|b| b));
-    let journal_builder = journal_setup(Journal::builder(&journal_dir).storage(storage.clone()));
+    // The journal's superblock records whose it is: a journal directory of
+    // another domain, or of another shard's place, is refused.
+    let (shard, shards) = builder.placement.unwrap_or((0, 0));
+    let owner = JournalOwner {
+        domain: *domain.as_bytes(),
+        shard,
+        shards,
+    };
+    let journal_builder =
+        journal_setup(Journal::builder(&journal_dir).storage(storage.clone())).owner(owner);
     let journal = journal_builder.open().await?;
     let journal_time = started.elapsed();
     let config = match builder.validate(journal.config().slot_count) {
@@ -182,13 +203,18 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
             return Err(e);
         }
     };
-    if journal.watermark() > snapshot_op {
+    let covered = snapshot_covers_journal(
+        snapshots.dir(),
+        snapshot_meta
+            .as_ref()
+            .map(|m| (m.watermark, m.path.as_path())),
+        &skipped,
+        &journal_dir,
+        journal.watermark(),
+    );
+    if let Err(e) = covered {
         let _ = journal.close().await;
-        return Err(Error::SnapshotBehindJournal {
-            snapshot_op,
-            journal_watermark: journal.watermark(),
-            skipped: skipped.len(),
-        });
+        return Err(e);
     }
 
     // 4. Replay.

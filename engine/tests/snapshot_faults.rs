@@ -11,7 +11,8 @@ mod common;
 use common::*;
 use ringstore::machine::{FrozenSection, RestoreError, SectionSet};
 use ringstore::mux::{freeze_member, restore_member, Member};
-use ringstore::{CheckpointPolicy, Error, OpId, PersistStage, Shard, SnapshotError, StateMachine};
+use ringstore::snapshot::SnapshotFault;
+use ringstore::{CheckpointPolicy, Error, OpId, PersistStage, Shard, StateMachine};
 use ringstore_journal::storage::MemStorage;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -191,11 +192,15 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_generation() {
             assert_eq!(report.skipped_snapshots.len(), 1, "{what}");
             let skipped = &report.skipped_snapshots[0];
             assert_eq!(skipped.path, file);
-            match (&skipped.reason, what) {
-                (SnapshotError::SectionChecksum { offset: 4096, .. }, "bit flip in a section") => {}
-                (SnapshotError::BadHeader { .. }, "bit flip in the header") => {}
-                (SnapshotError::Truncated { .. }, "truncated") => {}
-                (other, _) => panic!("{what}: wrong reason {other}"),
+            let Some(damage) = skipped.reason.damage() else {
+                panic!("{what}: not damage: {}", skipped.reason);
+            };
+            assert_eq!(damage.path, file, "{what}");
+            match (&damage.fault, damage.offset, what) {
+                (SnapshotFault::SectionChecksum { .. }, 4096, "bit flip in a section") => {}
+                (SnapshotFault::HeaderChecksum { .. }, 0, "bit flip in the header") => {}
+                (SnapshotFault::Truncated { .. }, 4096, "truncated") => {}
+                (_, _, _) => panic!("{what}: wrong reason {}", skipped.reason),
             }
             assert_eq!(shard.read(|kv| kv.values()), model, "{what}");
             assert_eq!(shard.applied().op, 210);
@@ -222,13 +227,27 @@ fn a_damaged_newest_snapshot_over_a_compacted_journal_is_a_typed_error() {
         shard.close().await.unwrap();
         damage(&newest.path, 4096 + 7);
         match builder().open().await {
-            Err(Error::SnapshotBehindJournal {
-                snapshot_op,
-                journal_watermark,
-                skipped: 1,
-            }) => {
+            Err(
+                ref error @ Error::SnapshotBehindJournal {
+                    snapshot_op,
+                    journal_watermark,
+                    ref skipped,
+                    ..
+                },
+            ) => {
                 assert_eq!(snapshot_op, previous.watermark);
                 assert_eq!(journal_watermark, newest.watermark);
+                assert_eq!(skipped.len(), 1);
+                assert_eq!(skipped[0].path, newest.path);
+                let message = error.to_string();
+                assert!(
+                    message.contains(&format!("{} at byte offset 4096", newest.path.display())),
+                    "{message}"
+                );
+                assert!(
+                    message.contains(&previous.path.display().to_string()),
+                    "{message}"
+                );
             }
             Err(other) => panic!("wrong error: {other}"),
             Ok(_) => panic!("opened with ops missing"),
@@ -354,16 +373,19 @@ fn the_domain_identity_is_kept_and_checked() {
         let pristine = std::fs::read(&identity).unwrap();
         damage(&identity, 20);
         match disk_builder(&path).open().await {
-            Err(Error::Identity { path: p, reason }) => {
-                assert_eq!(p, identity);
-                assert!(reason.contains("damaged"), "{reason}");
+            Err(Error::Identity(damage)) => {
+                assert_eq!(damage.path, identity);
+                assert_eq!(damage.offset, Some(0), "{damage}");
+                assert!(damage.to_string().contains("damaged"), "{damage}");
             }
             Err(other) => panic!("wrong error: {other}"),
             Ok(_) => panic!("opened with a damaged identity"),
         }
         std::fs::remove_file(&identity).unwrap();
         match disk_builder(&path).open().await {
-            Err(Error::Identity { reason, .. }) => assert!(reason.contains("missing"), "{reason}"),
+            Err(Error::Identity(damage)) => {
+                assert!(damage.to_string().contains("missing"), "{damage}")
+            }
             Err(other) => panic!("wrong error: {other}"),
             Ok(_) => panic!("opened data without an identity"),
         }

@@ -1,35 +1,45 @@
-//! Read-only inspection of a shard's snapshot files and identity file: what
-//! `ringstore snapshot inspect` and `snapshot verify` show.
+//! Read-only inspection of a shard's identity and snapshot files: what
+//! `ringstore snapshot inspect` and `snapshot verify` show, and the check
+//! before a snapshot is uploaded to object storage.
 //!
-//! The checks are the loader's (`engine/FORMAT.md`, "Loading"; see
-//! [`super::store`]), made with plain `std::fs` reads: nothing is created,
-//! removed or locked, no glommio reactor or O_DIRECT is needed, so it works
-//! on tmpfs, on a copy, and next to a running shard. Unlike the loader,
-//! which stops at the first problem and skips to an older generation,
-//! [`inspect_snapshot`] decodes as much as it can and returns every problem
-//! as a [`SnapshotDamage`] naming the file and byte offset, so a damaged
-//! file is described, not just refused.
+//! This module only reads: plain `std::fs` reads, nothing created, removed
+//! or locked, no glommio reactor or O_DIRECT, so it works on tmpfs, on a
+//! copy, and next to a running shard. It decides nothing itself: every
+//! verdict is that of the sans-IO verifiers recovery uses too —
+//! [`SnapshotVerifier`] for each snapshot file,
+//! [`crate::identity::identity_verdict`] for the identity, and
+//! [`snapshot_covers_journal`] for the generations against the journal's
+//! watermark — so `snapshot verify` refuses a shard exactly when opening it
+//! would, with the same message. Unlike the loader, which stops at the
+//! first problem and skips to an older generation, [`inspect_snapshot`]
+//! goes on past damage and reports all of it, so a damaged file is
+//! described, not just refused.
 //!
-//! [`Check::Header`] reads only the 4 KiB header block (header, section
-//! table, file length, name and domain); [`Check::Full`] also reads the
-//! body and checks every section's CRC and the whole-file CRC.
-//!
-//! Trade-off: the header-block checks restate those of the async loader in
-//! `store.rs` for synchronous reads; the format structs, constants and the
-//! whole-file hasher ([`header_block_hasher`]) are shared.
+//! [`Check::Header`] reads only each file's 4 KiB header block (header,
+//! section table, file length, name and domain); [`Check::Full`] also reads
+//! the body, checks every section's CRC and the whole-file CRC, and reads
+//! the journal's watermark (its read-only scan) to decide what an open
+//! would.
 
-use super::format::*;
-use super::store::{parse_snapshot_file_name, snapshot_file_name};
-use crate::identity::IDENTITY_FILE_NAME;
-use ringstore_journal::format::align_up;
+use super::store::parse_snapshot_file_name;
+use crate::error::{Error, SkippedSnapshot};
+use crate::identity::{
+    data_files, identity_verdict, IdentityDamage, IdentityVerdict, IDENTITY_FILE_NAME,
+};
+use crate::shard::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
-use zerocopy::FromBytes;
+
+use super::format::{BLOCK_BYTES, HEADER_BLOCK_BYTES};
+pub use super::verify::{
+    snapshot_covers_journal, Check, HeaderInfo, SectionInfo, SnapshotDamage, SnapshotFault,
+    SnapshotReport, SnapshotVerifier,
+};
 
 /// Bytes read per call while checking a body.
 pub const VERIFY_READ_BYTES: usize = 4 << 20;
@@ -52,111 +62,6 @@ fn io_error<'a>(
         path: path.to_path_buf(),
         offset,
         source,
-    }
-}
-
-/// How much of a snapshot file to check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// The header block only: header checksum, version, name, domain, file
-    /// length and section table. Reads 4 KiB.
-    Header,
-    /// Everything the loader checks: also every section's CRC and the
-    /// whole-file CRC. Reads the whole body.
-    Full,
-}
-
-/// Something in a snapshot file that fails verification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SnapshotDamage {
-    /// The file.
-    pub path: PathBuf,
-    /// Byte offset of the damaged field or section.
-    pub offset: u64,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl std::fmt::Display for SnapshotDamage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} at byte offset {}: {}",
-            self.path.display(),
-            self.offset,
-            self.reason
-        )
-    }
-}
-
-/// The decoded snapshot header. Trust it only if
-/// [`SnapshotReport::header_verified`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HeaderInfo {
-    /// Format version.
-    pub version: u32,
-    /// Entries in the section table.
-    pub section_count: u32,
-    /// The op the state is after.
-    pub watermark: u64,
-    /// The largest epoch seen.
-    pub epoch: u64,
-    /// The domain.
-    pub domain: Uuid,
-    /// When it was written, ms since the Unix epoch.
-    pub created_unix_ms: u64,
-    /// Bytes of all sections.
-    pub body_bytes: u64,
-    /// The header block's CRC-32, as recorded.
-    pub header_checksum: u32,
-    /// The whole-file CRC-32, as recorded.
-    pub file_checksum: u32,
-}
-
-/// One entry of the section table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SectionInfo {
-    /// The name (invalid bytes replaced).
-    pub name: String,
-    /// The section's own format version.
-    pub version: u32,
-    /// Where it starts in the file.
-    pub offset: u64,
-    /// Its length.
-    pub len: u64,
-    /// Its CRC-32, as recorded.
-    pub checksum: u32,
-    /// Whether its bytes match the CRC (`None`: not checked).
-    pub checksum_ok: Option<bool>,
-}
-
-/// Everything [`inspect_snapshot`] found in one file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SnapshotReport {
-    /// The file.
-    pub path: PathBuf,
-    /// The op in its name.
-    pub name_watermark: u64,
-    /// The file's length.
-    pub file_bytes: u64,
-    /// The header, if the file is long enough and the magic matches.
-    pub header: Option<HeaderInfo>,
-    /// The header block's checksum verified.
-    pub header_verified: bool,
-    /// The section table (empty unless the header verified).
-    pub sections: Vec<SectionInfo>,
-    /// Whether the whole-file CRC matches (`None`: not checked).
-    pub file_checksum_ok: Option<bool>,
-    /// What was checked.
-    pub full_check: bool,
-    /// Everything that failed verification.
-    pub damage: Vec<SnapshotDamage>,
-}
-
-impl SnapshotReport {
-    /// True when every check made passed.
-    pub fn is_intact(&self) -> bool {
-        self.damage.is_empty()
     }
 }
 
@@ -186,9 +91,30 @@ impl SnapshotDirReport {
             .map(|s| s.name_watermark)
     }
 
+    /// The generations newer than [`SnapshotDirReport::newest_intact`]
+    /// (all of them if none is intact), newest first, each with the
+    /// reason an open skips it: its first damage, as the loader reports
+    /// it.
+    pub fn skipped_by_open(&self) -> Vec<SkippedSnapshot> {
+        self.snapshots
+            .iter()
+            .rev()
+            .map_while(|s| s.refusal().map(|reason| (s, reason)))
+            .map(|(s, reason)| SkippedSnapshot {
+                path: s.path.clone(),
+                reason,
+            })
+            .collect()
+    }
+
     /// Bytes of all snapshot files.
     pub fn file_bytes(&self) -> u64 {
         self.snapshots.iter().map(|s| s.file_bytes).sum()
+    }
+
+    /// True if any file has damage.
+    pub fn damage_found(&self) -> bool {
+        self.snapshots.iter().any(|s| !s.is_intact())
     }
 }
 
@@ -264,9 +190,10 @@ pub fn inspect_snapshot_dir(
     })
 }
 
-/// Checks the snapshot file at `path` (see [`Check`]); with `domain`, a
-/// snapshot of another domain counts as damage. `progress` is called with
-/// the bytes of this file checked so far.
+/// Checks the snapshot file at `path` (see [`Check`]) with
+/// [`SnapshotVerifier`]; with `domain`, a snapshot of another domain counts
+/// as damage. `progress` is called with the bytes of this file checked so
+/// far.
 pub fn inspect_snapshot(
     path: &Path,
     check: Check,
@@ -275,273 +202,29 @@ pub fn inspect_snapshot(
 ) -> Result<SnapshotReport, InspectError> {
     let file = File::open(path).map_err(io_error("open", path, None))?;
     let file_bytes = file.metadata().map_err(io_error("stat", path, None))?.len();
-    let name_watermark = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(parse_snapshot_file_name)
-        .unwrap_or(0);
-    let mut report = SnapshotReport {
-        path: path.to_path_buf(),
-        name_watermark,
-        file_bytes,
-        header: None,
-        header_verified: false,
-        sections: Vec::new(),
-        file_checksum_ok: None,
-        full_check: check == Check::Full,
-        damage: Vec::new(),
-    };
+    let mut verifier = SnapshotVerifier::new(path, file_bytes, domain, check);
     let mut block = vec![0; HEADER_BLOCK_BYTES as usize];
     let got = read_fully(&file, &mut block, 0).map_err(io_error("read", path, Some(0)))?;
-    if got < block.len() {
-        report.add_damage(
-            got as u64,
-            format!("file is {got} bytes, the header block needs {HEADER_BLOCK_BYTES} (truncated)"),
-        );
-        return Ok(report);
-    }
-    let Some(table) = check_header_block(&block, &mut report, domain) else {
-        return Ok(report);
-    };
-    if check == Check::Full {
-        check_body(&file, &block, table, &mut report, progress)?;
-    }
-    Ok(report)
-}
-
-impl SnapshotReport {
-    fn add_damage(&mut self, offset: u64, reason: impl Into<String>) {
-        self.damage.push(SnapshotDamage {
-            path: self.path.clone(),
-            offset,
-            reason: reason.into(),
-        });
-    }
-}
-
-/// Offset of a header field.
-macro_rules! at {
-    ($field:ident) => {
-        std::mem::offset_of!(SnapshotHeader, $field) as u64
-    };
-}
-
-/// The loader's header-block checks. Fills in the header and section table
-/// and records damage; returns the table if the body can be checked
-/// against it.
-fn check_header_block(
-    block: &[u8],
-    report: &mut SnapshotReport,
-    domain: Option<Uuid>,
-) -> Option<Vec<SectionEntry>> {
-    let Ok((header, _)) = SnapshotHeader::read_from_prefix(block) else {
-        report.add_damage(0, "short header");
-        return None;
-    };
-    if header.magic.get() != SNAPSHOT_MAGIC {
-        report.add_damage(
-            at!(magic),
-            format!("magic {:#010x} is not a snapshot's", header.magic.get()),
-        );
-        return None;
-    }
-    report.header = Some(HeaderInfo {
-        version: header.version.get(),
-        section_count: header.section_count.get(),
-        watermark: header.watermark.get(),
-        epoch: header.epoch.get(),
-        domain: Uuid::from_bytes(header.domain),
-        created_unix_ms: header.created_unix_ms.get(),
-        body_bytes: header.body_bytes.get(),
-        header_checksum: header.header_checksum.get(),
-        file_checksum: header.file_checksum.get(),
-    });
-    if header.header_checksum.get() != crc32fast::hash(&block[4..]) {
-        report.add_damage(
-            at!(header_checksum),
-            "header block checksum mismatch (header or section table damaged)",
-        );
-        return None;
-    }
-    report.header_verified = true;
-    if header.version.get() != SNAPSHOT_FORMAT_VERSION {
-        report.add_damage(
-            at!(version),
-            format!(
-                "snapshot format version {}, this build reads version {SNAPSHOT_FORMAT_VERSION}",
-                header.version.get()
-            ),
-        );
-        return None;
-    }
-    let watermark = header.watermark.get();
-    let expected_name = snapshot_file_name(watermark);
-    if report.path.file_name().and_then(|n| n.to_str()) != Some(expected_name.as_str()) {
-        report.add_damage(
-            at!(watermark),
-            format!("the header says op {watermark}, the file name does not match"),
-        );
-    }
-    let found = Uuid::from_bytes(header.domain);
-    if let Some(expected) = domain {
-        if found != expected {
-            report.add_damage(
-                at!(domain),
-                format!("belongs to domain {found}, the shard's identity names {expected}"),
-            );
-        }
-    }
-    let body_bytes = header.body_bytes.get();
-    let needed = BODY_OFFSET.checked_add(align_up(body_bytes.min(u64::MAX / 2), BLOCK_BYTES));
-    let mut body_checkable = true;
-    match needed {
-        None => {
-            report.add_damage(at!(body_bytes), "body length overflows");
-            body_checkable = false;
-        }
-        Some(needed) if report.file_bytes < needed => {
-            report.add_damage(
-                report.file_bytes,
-                format!(
-                    "file is {} bytes, its header needs {needed} (truncated)",
-                    report.file_bytes
-                ),
-            );
-            body_checkable = false;
-        }
-        Some(_) => {}
-    }
-    let section_count = header.section_count.get() as usize;
-    if section_count > SECTION_COUNT_MAX {
-        report.add_damage(
-            at!(section_count),
-            format!("{section_count} sections, at most {SECTION_COUNT_MAX}"),
-        );
-        return None;
-    }
-    let mut table = Vec::with_capacity(section_count);
-    let mut table_ok = true;
-    let mut names = BTreeSet::new();
-    let mut expected_offset = Some(BODY_OFFSET);
-    for i in 0..section_count {
-        let at = SNAPSHOT_HEADER_BYTES + i * SECTION_ENTRY_BYTES;
-        let Ok((entry, _)) = SectionEntry::read_from_prefix(&block[at..]) else {
-            report.add_damage(at as u64, "short section table");
-            return None;
-        };
-        let name = match entry.name() {
-            Some(name) => name.to_owned(),
-            None => {
-                report.add_damage(at as u64, format!("section {i} has a bad name"));
-                table_ok = false;
-                String::from_utf8_lossy(&entry.name)
-                    .trim_end_matches('\0')
-                    .to_owned()
-            }
-        };
-        if !names.insert(name.clone()) {
-            report.add_damage(at as u64, format!("section {name:?} appears twice"));
-            table_ok = false;
-        }
-        if Some(entry.offset.get()) != expected_offset {
-            report.add_damage(
-                (at + std::mem::offset_of!(SectionEntry, offset)) as u64,
-                format!(
-                    "section {name:?} starts at {}, expected {}",
-                    entry.offset.get(),
-                    expected_offset.map_or("(overflow)".into(), |o| o.to_string())
-                ),
-            );
-            table_ok = false;
-        }
-        expected_offset = entry
-            .offset
-            .get()
-            .checked_add(entry.len.get())
-            .filter(|_| expected_offset.is_some());
-        report.sections.push(SectionInfo {
-            name,
-            version: entry.version.get(),
-            offset: entry.offset.get(),
-            len: entry.len.get(),
-            checksum: entry.checksum.get(),
-            checksum_ok: None,
-        });
-        table.push(entry);
-    }
-    if table_ok && expected_offset != BODY_OFFSET.checked_add(body_bytes) {
-        report.add_damage(at!(body_bytes), "sections do not fill the body exactly");
-        table_ok = false;
-    }
-    (table_ok && body_checkable).then_some(table)
-}
-
-/// Checks every section's CRC and the whole-file CRC, reading the body
-/// front to back.
-fn check_body(
-    file: &File,
-    block: &[u8],
-    table: Vec<SectionEntry>,
-    report: &mut SnapshotReport,
-    progress: &mut dyn FnMut(u64),
-) -> Result<(), InspectError> {
-    let mut file_hasher = header_block_hasher(block);
-    let mut buf = vec![0; VERIFY_READ_BYTES];
-    let mut truncated = false;
-    for (i, entry) in table.iter().enumerate() {
-        let start = entry.offset.get();
-        let end = start + entry.len.get();
-        let mut hasher = crc32fast::Hasher::new();
-        let mut pos = start;
-        while pos < end {
-            let n = (end - pos).min(VERIFY_READ_BYTES as u64) as usize;
-            let got = read_fully(file, &mut buf[..n], pos).map_err(io_error(
-                "read",
-                &report.path,
-                Some(pos),
-            ))?;
-            hasher.update(&buf[..got]);
+    verifier.header_block(&block[..got]);
+    if let Some(range) = verifier.body_range() {
+        let mut buf = vec![0; VERIFY_READ_BYTES];
+        let mut pos = range.start;
+        while pos < range.end {
+            let n = (range.end - pos).min(VERIFY_READ_BYTES as u64) as usize;
+            let got =
+                read_fully(&file, &mut buf[..n], pos).map_err(io_error("read", path, Some(pos)))?;
+            verifier.body(&buf[..got]);
             pos += got as u64;
             progress(pos);
             if got < n {
-                // Shorter than when its length was checked: a concurrent
-                // truncation, reported rather than trusted.
-                report.add_damage(pos, "file ends inside this section (truncated)");
-                truncated = true;
+                // Shorter than when its length was checked (a concurrent
+                // truncation): the verifier reports where it ends.
                 break;
             }
         }
-        if truncated {
-            break;
-        }
-        let checksum = hasher.finalize();
-        let ok = checksum == entry.checksum.get();
-        report.sections[i].checksum_ok = Some(ok);
-        if !ok {
-            let name = report.sections[i].name.clone();
-            report.add_damage(
-                start,
-                format!(
-                    "section {name:?} fails its checksum (recorded {:#010x}, computed \
-                     {checksum:#010x})",
-                    entry.checksum.get()
-                ),
-            );
-        }
-        file_hasher.combine(&crc32fast::Hasher::new_with_initial_len(
-            checksum,
-            entry.len.get(),
-        ));
     }
-    if !truncated {
-        let ok = file_hasher.finalize() == report.header.as_ref().map_or(0, |h| h.file_checksum);
-        report.file_checksum_ok = Some(ok);
-        if !ok {
-            report.add_damage(at!(file_checksum), "whole-file checksum mismatch");
-        }
-    }
-    progress(report.file_bytes);
-    Ok(())
+    progress(file_bytes);
+    Ok(verifier.finish())
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
@@ -558,11 +241,13 @@ fn read_fully(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(got)
 }
 
-/// What the identity file of a shard directory holds.
+/// The identity of a shard directory, and an open's verdict on it
+/// ([`identity_verdict`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum IdentityReport {
-    /// No identity file (a shard that was never opened).
+    /// No identity file, and no data: a new shard (an open creates a
+    /// domain).
     Missing {
         /// Where it would be.
         path: PathBuf,
@@ -576,15 +261,9 @@ pub enum IdentityReport {
         /// When the shard joined it, ms since the Unix epoch.
         created_unix_ms: u64,
     },
-    /// It does not verify.
-    Damaged {
-        /// The file.
-        path: PathBuf,
-        /// Byte offset of the bad field.
-        offset: u64,
-        /// What is wrong.
-        reason: String,
-    },
+    /// An open refuses the directory over it: damaged, another format
+    /// version, or missing where data exists. The message is the open's.
+    Refused(IdentityDamage),
 }
 
 impl IdentityReport {
@@ -595,105 +274,177 @@ impl IdentityReport {
             _ => None,
         }
     }
+
+    /// Why an open refuses, if it does.
+    pub fn refusal(&self) -> Option<&IdentityDamage> {
+        match self {
+            IdentityReport::Refused(damage) => Some(damage),
+            _ => None,
+        }
+    }
 }
 
-/// Reads `<shard_dir>/identity` (format in `engine/FORMAT.md`).
+/// Reads `<shard_dir>/identity` (format in `engine/FORMAT.md`) and decides
+/// what an open would make of it, given what else the directory holds.
 pub fn read_identity_file(shard_dir: &Path) -> Result<IdentityReport, InspectError> {
     let path = shard_dir.join(IDENTITY_FILE_NAME);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(IdentityReport::Missing { path })
+    let bytes = match File::open(&path) {
+        Ok(file) => {
+            let mut bytes = vec![0; BLOCK_BYTES as usize];
+            let got = read_fully(&file, &mut bytes, 0).map_err(io_error("read", &path, Some(0)))?;
+            bytes.truncate(got);
+            Some(bytes)
         }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_error("open", &path, None)(e)),
     };
-    let mut bytes = vec![0; BLOCK_BYTES as usize];
-    let got = read_fully(&file, &mut bytes, 0).map_err(io_error("read", &path, Some(0)))?;
-    let damaged = |path: PathBuf, offset: u64, reason: String| {
-        Ok(IdentityReport::Damaged {
-            path,
-            offset,
-            reason,
+    let snapshot_names: Vec<OsString> = list_snapshot_files(&shard_dir.join(SNAPSHOT_DIR_NAME))?
+        .snapshots
+        .iter()
+        .filter_map(|(_, p)| p.file_name().map(|n| n.to_os_string()))
+        .collect();
+    // As an open lists it: a journal directory that cannot be listed holds
+    // nothing (the open's journal recovery reports it).
+    let journal_names: Vec<OsString> = std::fs::read_dir(shard_dir.join(JOURNAL_DIR_NAME))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .collect()
         })
-    };
-    let Ok((header, _)) = IdentityHeader::read_from_prefix(&bytes[..got]) else {
-        return damaged(
+        .unwrap_or_default();
+    let data = data_files(shard_dir, &snapshot_names, &journal_names);
+    Ok(match identity_verdict(&path, bytes.as_deref(), &data) {
+        Ok(IdentityVerdict::Found(identity)) => IdentityReport::Valid {
             path,
-            got as u64,
-            format!("{got} bytes, the header needs {IDENTITY_HEADER_BYTES} (truncated)"),
-        );
-    };
-    if header.magic.get() != IDENTITY_MAGIC {
-        return damaged(path, 4, "bad magic".into());
-    }
-    if header.checksum.get() != header.compute_checksum() {
-        return damaged(path, 0, "checksum mismatch".into());
-    }
-    if header.version.get() != IDENTITY_FORMAT_VERSION {
-        return damaged(
-            path,
-            8,
-            format!(
-                "identity format version {}, this build reads version {IDENTITY_FORMAT_VERSION}",
-                header.version.get()
-            ),
-        );
-    }
-    Ok(IdentityReport::Valid {
-        path,
-        domain: Uuid::from_bytes(header.domain),
-        created_unix_ms: header.created_unix_ms.get(),
+            domain: identity.domain,
+            created_unix_ms: identity.created_unix_ms,
+        },
+        Ok(IdentityVerdict::Create) => IdentityReport::Missing { path },
+        Err(damage) => IdentityReport::Refused(damage),
     })
+}
+
+/// Everything `ringstore snapshot inspect|verify` finds in one shard
+/// directory, and the verdict an open would reach on its identity and
+/// snapshots.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardSnapshotsReport {
+    /// The shard directory.
+    pub dir: PathBuf,
+    /// The identity and its verdict.
+    pub identity: IdentityReport,
+    /// Every snapshot file.
+    pub snapshots: SnapshotDirReport,
+    /// The journal's watermark as its read-only scan finds it (`None`: not
+    /// read, [`Check::Header`]).
+    pub journal_watermark: Option<u64>,
+    /// Whether that scan found the journal intact. Journal damage is `wal
+    /// verify`'s verdict, not part of this one.
+    pub journal_intact: Option<bool>,
+    /// The generation an open loads: the newest that verifies (given the
+    /// checks made).
+    pub loads: Option<u64>,
+    /// The newer generations an open skips, newest first, with the reason.
+    #[serde(skip)]
+    pub skipped: Vec<SkippedSnapshot>,
+    /// Why an open refuses the shard over its identity or snapshots, as
+    /// the open's error says it (`None`: it accepts them). For
+    /// [`Check::Header`] only the identity is decided.
+    #[serde(serialize_with = "serialize_refusal")]
+    pub refusal: Option<Error>,
+}
+
+fn serialize_refusal<S: serde::Serializer>(
+    refusal: &Option<Error>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match refusal {
+        Some(error) => serializer.serialize_some(&error.to_string()),
+        None => serializer.serialize_none(),
+    }
+}
+
+impl ShardSnapshotsReport {
+    /// True if an open refuses the shard over its identity or snapshots.
+    pub fn open_refused(&self) -> bool {
+        self.refusal.is_some()
+    }
+
+    /// True if anything failed a check, whether or not an open refuses
+    /// over it (a damaged generation an open skips, say).
+    pub fn damage_found(&self) -> bool {
+        self.open_refused() || self.snapshots.damage_found()
+    }
+}
+
+/// Inspects the shard directory `shard_dir` (see the module docs).
+/// `progress` is called with the snapshot bytes checked so far.
+pub fn inspect_shard(
+    shard_dir: &Path,
+    check: Check,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ShardSnapshotsReport, InspectError> {
+    let identity = read_identity_file(shard_dir)?;
+    let snapshot_dir = shard_dir.join(SNAPSHOT_DIR_NAME);
+    let snapshots = inspect_snapshot_dir(&snapshot_dir, check, identity.domain(), progress)?;
+    let loads = snapshots.newest_intact();
+    let skipped = snapshots.skipped_by_open();
+    let mut report = ShardSnapshotsReport {
+        dir: shard_dir.to_path_buf(),
+        identity,
+        snapshots,
+        journal_watermark: None,
+        journal_intact: None,
+        loads,
+        skipped,
+        refusal: None,
+    };
+    // The order of an open: the identity first (it gives the domain the
+    // snapshots are checked against), then the snapshots against the
+    // journal's watermark.
+    if let Some(damage) = report.identity.refusal() {
+        report.refusal = Some(Error::Identity(damage.clone()));
+        return Ok(report);
+    }
+    if check == Check::Header {
+        return Ok(report);
+    }
+    let journal_dir = shard_dir.join(JOURNAL_DIR_NAME);
+    let (watermark, intact) = match ringstore_journal::inspect::scan_journal(&journal_dir, &mut ())
+    {
+        Ok(journal) => (journal.watermark, journal.is_intact()),
+        // An open creates it.
+        Err(InspectError::NotFound { .. }) => (0, true),
+        Err(e) => return Err(e),
+    };
+    report.journal_watermark = Some(watermark);
+    report.journal_intact = Some(intact);
+    let loaded = report
+        .snapshots
+        .snapshots
+        .iter()
+        .rev()
+        .find(|s| s.is_intact())
+        .map(|s| (s.name_watermark, s.path.as_path()));
+    report.refusal = snapshot_covers_journal(
+        &snapshot_dir,
+        loaded,
+        &report.skipped,
+        &journal_dir,
+        watermark,
+    )
+    .err();
+    Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::format::*;
+    use crate::snapshot::snapshot_file_name;
+    use crate::snapshot::verify::tests::snapshot_bytes;
     use zerocopy::IntoBytes;
-
-    /// A well-formed snapshot file with `sections`, as the writer lays it
-    /// out.
-    fn snapshot_bytes(watermark: u64, domain: Uuid, sections: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut block = vec![0u8; HEADER_BLOCK_BYTES as usize];
-        let mut body = Vec::new();
-        for (i, (name, bytes)) in sections.iter().enumerate() {
-            let mut entry = SectionEntry {
-                name: [0; 40],
-                version: 1.into(),
-                checksum: crc32fast::hash(bytes).into(),
-                offset: (BODY_OFFSET + body.len() as u64).into(),
-                len: (bytes.len() as u64).into(),
-            };
-            entry.name[..name.len()].copy_from_slice(name.as_bytes());
-            let at = SNAPSHOT_HEADER_BYTES + i * SECTION_ENTRY_BYTES;
-            block[at..at + SECTION_ENTRY_BYTES].copy_from_slice(entry.as_bytes());
-            body.extend_from_slice(bytes);
-        }
-        let mut header = SnapshotHeader {
-            header_checksum: 0.into(),
-            magic: SNAPSHOT_MAGIC.into(),
-            version: SNAPSHOT_FORMAT_VERSION.into(),
-            section_count: (sections.len() as u32).into(),
-            watermark: watermark.into(),
-            epoch: 3.into(),
-            domain: *domain.as_bytes(),
-            created_unix_ms: 1_700_000_000_000.into(),
-            body_bytes: (body.len() as u64).into(),
-            file_checksum: 0.into(),
-            reserved: 0.into(),
-        };
-        block[..SNAPSHOT_HEADER_BYTES].copy_from_slice(header.as_bytes());
-        let mut hasher = header_block_hasher(&block);
-        hasher.update(&body);
-        header.file_checksum = hasher.finalize().into();
-        block[..SNAPSHOT_HEADER_BYTES].copy_from_slice(header.as_bytes());
-        header.header_checksum = crc32fast::hash(&block[4..]).into();
-        block[..SNAPSHOT_HEADER_BYTES].copy_from_slice(header.as_bytes());
-        let mut file = block;
-        file.extend_from_slice(&body);
-        file.resize(align_up(file.len() as u64, BLOCK_BYTES) as usize, 0);
-        file
-    }
 
     fn write(dir: &Path, watermark: u64, bytes: &[u8]) -> PathBuf {
         let path = dir.join(snapshot_file_name(watermark));
@@ -729,7 +480,7 @@ mod tests {
         let report = inspect_snapshot(&path, Check::Full, None, &mut |_| {}).unwrap();
         assert_eq!(report.damage.len(), 2, "{:?}", report.damage);
         assert_eq!(report.damage[0].offset, BODY_OFFSET + 5);
-        assert!(report.damage[0].reason.contains("\"b.c\""));
+        assert!(report.damage[0].reason().contains("\"b.c\""));
         assert_eq!(report.sections[1].checksum_ok, Some(false));
         // The header-only check does not read the body.
         let report = inspect_snapshot(&path, Check::Header, None, &mut |_| {}).unwrap();
@@ -745,17 +496,17 @@ mod tests {
         let path = write(dir.path(), 5, &bytes[..8192]);
         let report = inspect_snapshot(&path, Check::Full, None, &mut |_| {}).unwrap();
         assert_eq!(report.damage.len(), 1);
-        assert!(report.damage[0].reason.contains("truncated"));
+        assert!(report.damage[0].reason().contains("truncated"));
         let path = write(dir.path(), 6, &bytes);
         let report =
             inspect_snapshot(&path, Check::Full, Some(Uuid::from_u128(8)), &mut |_| {}).unwrap();
-        let reasons: Vec<_> = report.damage.iter().map(|d| d.reason.as_str()).collect();
+        let reasons: Vec<_> = report.damage.iter().map(|d| d.reason()).collect();
         assert_eq!(reasons.len(), 2, "{reasons:?}");
         assert!(reasons[0].contains("file name"));
         assert!(reasons[1].contains("domain"));
         let path = write(dir.path(), 7, &bytes[..100]);
         let report = inspect_snapshot(&path, Check::Full, None, &mut |_| {}).unwrap();
-        assert!(report.damage[0].reason.contains("truncated"));
+        assert!(report.damage[0].reason().contains("truncated"));
     }
 
     #[test]
@@ -831,7 +582,23 @@ mod tests {
         std::fs::write(dir.path().join(IDENTITY_FILE_NAME), &bytes).unwrap();
         assert!(matches!(
             read_identity_file(dir.path()).unwrap(),
-            IdentityReport::Damaged { offset: 0, .. }
+            IdentityReport::Refused(IdentityDamage {
+                offset: Some(0),
+                ..
+            })
         ));
+        // Missing, with a journal beside it: refused, naming what is there.
+        std::fs::remove_file(dir.path().join(IDENTITY_FILE_NAME)).unwrap();
+        std::fs::create_dir(dir.path().join(JOURNAL_DIR_NAME)).unwrap();
+        assert!(matches!(
+            read_identity_file(dir.path()).unwrap(),
+            IdentityReport::Missing { .. }
+        ));
+        std::fs::write(dir.path().join(JOURNAL_DIR_NAME).join("x"), b"").unwrap();
+        let report = read_identity_file(dir.path()).unwrap();
+        let damage = report.refusal().expect("refused");
+        assert_eq!(damage.offset, None);
+        assert!(damage.to_string().contains("missing"), "{damage}");
+        assert!(damage.to_string().contains("journal/x"), "{damage}");
     }
 }

@@ -1,13 +1,19 @@
 //! Snapshots: one file per snapshot, several generations kept.
 //!
-//! [`format`] holds the on-disk structures (specified in `engine/FORMAT.md`);
-//! [`store`] persists frozen state crash-safely and loads the newest
-//! generation that verifies.
+//! [`format`](mod@format) holds the on-disk structures (specified in `engine/FORMAT.md`);
+//! [`verify`] is the one verifier of a snapshot file's bytes (sans-IO),
+//! which both drivers call: [`store`] persists frozen state crash-safely and
+//! loads the newest generation that verifies (over the storage trait, for
+//! recovery, reset and cold restore), and [`inspect`] reads the same files
+//! with plain reads for `ringstore snapshot inspect|verify` and the check
+//! before an upload.
 
 pub mod format;
 pub mod inspect;
 pub mod store;
+pub mod verify;
 
 pub use store::{
     parse_snapshot_file_name, snapshot_file_name, LoadedSnapshot, SnapshotMeta, SnapshotStore,
 };
+pub use verify::{Check, SnapshotDamage, SnapshotFault, SnapshotReport, SnapshotVerifier};

@@ -20,12 +20,15 @@
 //!
 //! Every byte is verified before anything is restored: the header's own
 //! checksum (which covers the section table), every section's checksum, and
-//! the whole-file checksum. [`SnapshotStore::load_newest`] walks the
-//! generations newest first and returns the first that verifies (reading a
-//! file twice before it gives up on it), with the reasons it skipped the
-//! others.
+//! the whole-file checksum. The rules are [`super::verify`]'s (the same
+//! verifier `ringstore snapshot verify` and the pre-upload check use); the
+//! loader only reads the bytes it asks for. [`SnapshotStore::load_newest`]
+//! walks the generations newest first and returns the first that verifies
+//! (reading a file twice before it gives up on it), with the reasons it
+//! skipped the others.
 
 use super::format::*;
+use super::verify::{Check, SnapshotVerifier};
 use crate::error::{Error, PersistStage, Result, SkippedSnapshot, SnapshotError};
 use crate::machine::{EncodeProgress, FrozenSection, SectionSet, SECTION_NAME_BYTES_MAX};
 use ringstore_journal::format::align_up;
@@ -38,7 +41,7 @@ use std::{
     sync::Arc,
 };
 use uuid::Uuid;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 /// Bytes of one snapshot write: large enough that a write costs little more
 /// than the device's bandwidth, small enough that a journal fdatasync (whose
@@ -548,155 +551,68 @@ async fn load_open_file<F: StorageFile>(
         .file_len()
         .await
         .map_err(|e| io_error("file length", 0, e))?;
+    // Every decision is the verifier's; this only reads the bytes it asks
+    // for, and stops at the first damage it reports.
+    let mut verifier = SnapshotVerifier::new(path, len, domain, Check::Full);
+    let refused = |verifier: &SnapshotVerifier| {
+        verifier
+            .first_damage()
+            .map(|damage| SnapshotError::Damaged(damage.clone()))
+    };
     if len < HEADER_BLOCK_BYTES {
-        return Err(SnapshotError::Truncated {
-            path: path.to_path_buf(),
-            len,
-            needed: HEADER_BLOCK_BYTES,
-        });
+        verifier.header_block(&[]);
+    } else {
+        let block = file
+            .read_at(0, HEADER_BLOCK_BYTES as usize)
+            .await
+            .map_err(|e| io_error("read", 0, e))?;
+        verifier.header_block(&block);
     }
-    let block = file
-        .read_at(0, HEADER_BLOCK_BYTES as usize)
-        .await
-        .map_err(|e| io_error("read", 0, e))?;
-    let block: &[u8] = &block;
-    if block.len() < HEADER_BLOCK_BYTES as usize {
-        return Err(SnapshotError::Truncated {
-            path: path.to_path_buf(),
-            len: block.len() as u64,
-            needed: HEADER_BLOCK_BYTES,
-        });
+    if let Some(refusal) = refused(&verifier) {
+        return Err(refusal);
     }
-    let (header, _) = SnapshotHeader::read_from_prefix(block)
-        .map_err(|_| SnapshotError::bad_header(path, "short header"))?;
-    if header.magic.get() != SNAPSHOT_MAGIC {
-        return Err(SnapshotError::bad_header(
-            path,
-            format!("magic {:#010x} is not a snapshot's", header.magic.get()),
-        ));
-    }
-    if header.header_checksum.get() != crc32fast::hash(&block[4..]) {
-        return Err(SnapshotError::bad_header(path, "header checksum mismatch"));
-    }
-    if header.version.get() != SNAPSHOT_FORMAT_VERSION {
-        return Err(SnapshotError::UnsupportedFormat {
-            path: path.to_path_buf(),
-            version: header.version.get(),
-            supported: SNAPSHOT_FORMAT_VERSION,
-        });
-    }
-    let watermark = header.watermark.get();
-    let expected_name = snapshot_file_name(watermark);
-    if path.file_name().and_then(|n| n.to_str()) != Some(expected_name.as_str()) {
-        return Err(SnapshotError::NameMismatch {
-            path: path.to_path_buf(),
-            header_op: watermark,
-        });
-    }
-    let found_domain = Uuid::from_bytes(header.domain);
-    if let Some(expected) = domain {
-        if found_domain != expected {
-            return Err(SnapshotError::WrongDomain {
-                path: path.to_path_buf(),
-                expected,
-                found: found_domain,
-            });
-        }
-    }
-    let body_bytes = header.body_bytes.get();
-    let needed = BODY_OFFSET
-        .checked_add(align_up(body_bytes.min(u64::MAX / 2), BLOCK_BYTES))
-        .ok_or_else(|| SnapshotError::bad_header(path, "body length overflows"))?;
-    if len < needed {
-        return Err(SnapshotError::Truncated {
-            path: path.to_path_buf(),
-            len,
-            needed,
-        });
-    }
-    // The section table: contiguous sections that exactly fill the body.
-    let section_count = header.section_count.get() as usize;
-    if section_count > SECTION_COUNT_MAX {
-        return Err(SnapshotError::bad_header(
-            path,
-            format!("{section_count} sections, at most {SECTION_COUNT_MAX}"),
-        ));
-    }
-    let mut table = Vec::with_capacity(section_count);
-    let mut expected_offset = BODY_OFFSET;
-    for i in 0..section_count {
-        let at = SNAPSHOT_HEADER_BYTES + i * SECTION_ENTRY_BYTES;
-        let (entry, _) = SectionEntry::read_from_prefix(&block[at..])
-            .map_err(|_| SnapshotError::bad_header(path, "short section table"))?;
-        let name = entry
-            .name()
-            .ok_or_else(|| SnapshotError::bad_header(path, format!("section {i} has a bad name")))?
-            .to_owned();
-        if entry.offset.get() != expected_offset {
-            return Err(SnapshotError::bad_header(
-                path,
-                format!(
-                    "section {name:?} starts at {}, expected {expected_offset}",
-                    entry.offset.get()
-                ),
-            ));
-        }
-        expected_offset = expected_offset
-            .checked_add(entry.len.get())
-            .ok_or_else(|| SnapshotError::bad_header(path, "section length overflows"))?;
-        table.push((name, entry));
-    }
-    if expected_offset != BODY_OFFSET + body_bytes {
-        return Err(SnapshotError::bad_header(
-            path,
-            "sections do not fill the body exactly",
-        ));
-    }
+    let Some(body_range) = verifier.body_range() else {
+        unreachable!("a full check of a header block without damage checks the body");
+    };
     // The body, read in large chunks and split into sections.
-    let mut file_hasher = header_block_hasher(block);
+    let table: Vec<(String, u32, u64)> = verifier
+        .sections()
+        .iter()
+        .map(|s| (s.name.clone(), s.version, s.len))
+        .collect();
     let mut sections = SectionSet::new();
     let mut body = BodyReader {
         file: file.clone(),
-        path,
-        pos: BODY_OFFSET,
-        end: BODY_OFFSET + body_bytes,
+        pos: body_range.start,
+        end: body_range.end,
         buffered: Vec::new(),
         in_flight: None,
     };
-    for (name, entry) in table {
-        let bytes = body.take(entry.len.get() as usize, &io_error).await?;
-        let checksum = crc32fast::hash(&bytes);
-        if checksum != entry.checksum.get() {
-            return Err(SnapshotError::SectionChecksum {
-                path: path.to_path_buf(),
-                section: name,
-                offset: entry.offset.get(),
-            });
+    for (name, version, len) in table {
+        let (bytes, complete) = body.take(len as usize, &io_error).await?;
+        verifier.body(&bytes);
+        if !complete {
+            break;
         }
-        // The whole-file checksum continues from the section's: no second
-        // pass over the bytes.
-        file_hasher.combine(&crc32fast::Hasher::new_with_initial_len(
-            checksum,
-            bytes.len() as u64,
-        ));
+        if let Some(refusal) = refused(&verifier) {
+            return Err(refusal);
+        }
         sections
-            .insert(name.clone(), entry.version.get(), bytes)
-            .map_err(|_| {
-                SnapshotError::bad_header(path, format!("section {name:?} appears twice"))
-            })?;
+            .insert(name, version, bytes)
+            .expect("the verifier refuses a section table that names a section twice");
     }
-    if file_hasher.finalize() != header.file_checksum.get() {
-        return Err(SnapshotError::FileChecksum {
-            path: path.to_path_buf(),
-        });
+    let report = verifier.finish();
+    if let Some(refusal) = report.refusal() {
+        return Err(refusal);
     }
+    let header = report.header.expect("a verified snapshot has a header");
     Ok(LoadedSnapshot {
         meta: SnapshotMeta {
             path: path.to_path_buf(),
-            watermark,
-            epoch: header.epoch.get(),
-            domain: found_domain,
-            body_bytes,
+            watermark: header.watermark,
+            epoch: header.epoch,
+            domain: header.domain,
+            body_bytes: header.body_bytes,
             file_bytes: len,
         },
         sections,
@@ -706,9 +622,8 @@ async fn load_open_file<F: StorageFile>(
 /// Reads a snapshot's body front to back in [`READ_CHUNK_BYTES`] aligned
 /// reads, the next one in flight while the current one is copied out,
 /// handing out one section's bytes at a time.
-struct BodyReader<'a, F: StorageFile> {
+struct BodyReader<F: StorageFile> {
     file: Rc<F>,
-    path: &'a Path,
     /// File offset of the next read to issue (block-aligned).
     pos: u64,
     /// End of the body.
@@ -726,7 +641,7 @@ type ReadAhead<F> = (
     glommio::Task<io::Result<<F as StorageFile>::ReadBuf>>,
 );
 
-impl<F: StorageFile> BodyReader<'_, F> {
+impl<F: StorageFile> BodyReader<F> {
     /// Starts the next read unless one is in flight or the body is read;
     /// then lets the reactor turn so the read is submitted now (see
     /// [`reactor_turn`]).
@@ -744,11 +659,13 @@ impl<F: StorageFile> BodyReader<'_, F> {
         reactor_turn().await;
     }
 
+    /// The next `len` bytes of the body, and whether they are all there
+    /// (false: the file ended early; the bytes up to its end).
     async fn take(
         &mut self,
         len: usize,
         io_error: &impl Fn(&'static str, u64, io::Error) -> SnapshotError,
-    ) -> Result<Vec<u8>, SnapshotError> {
+    ) -> Result<(Vec<u8>, bool), SnapshotError> {
         // `len` was checked against the file's length.
         let mut out = Vec::with_capacity(len);
         let from_buffer = len.min(self.buffered.len());
@@ -763,18 +680,16 @@ impl<F: StorageFile> BodyReader<'_, F> {
             let read = read.await.map_err(|e| io_error("read", pos, e))?;
             // The next read goes out before this one is copied.
             self.issue().await;
-            if (read.len() as u64) < want {
-                return Err(SnapshotError::Truncated {
-                    path: self.path.to_path_buf(),
-                    len: pos + read.len() as u64,
-                    needed: self.end,
-                });
+            let got = (read.len() as u64).min(want) as usize;
+            let needed = (len - out.len()).min(got);
+            out.extend_from_slice(&read[..needed]);
+            if (got as u64) < want {
+                // Shorter than when its length was checked: the verifier
+                // names where it ends.
+                return Ok((out, false));
             }
-            let chunk = &read[..want as usize];
-            let needed = (len - out.len()).min(chunk.len());
-            out.extend_from_slice(&chunk[..needed]);
-            self.buffered.extend_from_slice(&chunk[needed..]);
+            self.buffered.extend_from_slice(&read[needed..got]);
         }
-        Ok(out)
+        Ok((out, true))
     }
 }

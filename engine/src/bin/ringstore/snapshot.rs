@@ -1,17 +1,25 @@
-//! `ringstore snapshot inspect|verify`: the snapshot files of each shard.
+//! `ringstore snapshot inspect|verify`: the identity and snapshot files of
+//! each shard.
 //!
-//! Both run [`ringstore::snapshot::inspect`], read-only. `inspect` reads
-//! each file's 4 KiB header block (header checksum, version, name, domain,
-//! length, section table); `verify` also reads every body and checks each
-//! section's CRC and the whole-file CRC. Damage in any generation, or a
-//! damaged identity file, makes the exit code 1.
+//! Both run [`ringstore::snapshot::inspect::inspect_shard`], read-only,
+//! which decides with the verifiers an open uses. `inspect` reads each
+//! file's 4 KiB header block (header checksum, version, name, domain,
+//! length, section table) and the identity; it exits 1 if it finds damage
+//! in any of them or an open would refuse the identity. `verify` also reads
+//! every body (each section's CRC, the whole-file CRC) and the journal's
+//! watermark, and exits 1 exactly when opening the shard would refuse it
+//! over its identity or snapshots: a missing identity beside data, a
+//! damaged identity or one of another version, or no usable snapshot at or
+//! above the journal's watermark. A damaged generation an open skips (an
+//! older one covers the journal) is reported but passes, as `wal verify`
+//! passes a torn tail; `--strict` fails on any damage found.
 
 use crate::datadir::{shards, ShardArg, ShardDir};
 use crate::output::{self, Out, Progress};
 use crate::{CliError, Context, Outcome};
 use ringstore::snapshot::inspect::{
-    inspect_snapshot_dir, list_snapshot_files, read_identity_file, Check, IdentityReport,
-    SnapshotDirReport, SnapshotReport,
+    inspect_shard, list_snapshot_files, Check, IdentityReport, InspectError, ShardSnapshotsReport,
+    SnapshotReport,
 };
 use serde_json::json;
 
@@ -20,49 +28,52 @@ use serde_json::json;
 pub enum SnapshotCommand {
     /// Per snapshot file: watermark, epoch, domain, created time, section
     /// table (name, version, offset, length, CRC) and sizes. Reads header
-    /// blocks only.
+    /// blocks only. Exit 1 on damage found in them or in the identity.
     Inspect(ShardArg),
-    /// Verify the header, every section's CRC and the whole-file CRC of
-    /// every generation. Exit 1 naming file and byte offset on damage.
-    Verify(ShardArg),
+    /// Verify the identity, and the header, every section's CRC and the
+    /// whole-file CRC of every generation, against the journal's
+    /// watermark. Exit 1 exactly when opening the shard would refuse it,
+    /// naming file and byte offset.
+    Verify(VerifyArgs),
+}
+
+/// `snapshot verify` flags.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    shard: ShardArg,
+    /// Fail on any damage found, also in a generation an open skips.
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Runs a `snapshot` command.
 pub fn run(context: &Context, command: SnapshotCommand) -> Result<Outcome, CliError> {
     match command {
-        SnapshotCommand::Inspect(shard) => snapshots(context, &shard, Check::Header),
-        SnapshotCommand::Verify(shard) => snapshots(context, &shard, Check::Full),
+        SnapshotCommand::Inspect(shard) => snapshots(context, &shard, Check::Header, false),
+        SnapshotCommand::Verify(args) => snapshots(context, &args.shard, Check::Full, args.strict),
     }
 }
 
-/// One shard's identity and snapshots.
-struct ShardSnapshots {
-    identity: IdentityReport,
-    snapshots: SnapshotDirReport,
-}
-
-impl ShardSnapshots {
-    fn is_intact(&self) -> bool {
-        !matches!(self.identity, IdentityReport::Damaged { .. })
-            && self
-                .snapshots
-                .snapshots
-                .iter()
-                .all(SnapshotReport::is_intact)
+/// Whether the command fails on what it found in one shard.
+fn failed(found: &ShardSnapshotsReport, check: Check, strict: bool) -> bool {
+    match check {
+        // The header checks cannot tell what an open decides about the
+        // snapshots (it reads bodies and the journal): any damage counts.
+        Check::Header => found.damage_found(),
+        Check::Full if strict => found.damage_found(),
+        Check::Full => found.open_refused(),
     }
 }
 
-fn inspect_shard(
+fn inspect(
     context: &Context,
     shard: &ShardDir,
     check: Check,
-) -> Result<ShardSnapshots, CliError> {
-    let with_label =
-        |e: ringstore::snapshot::inspect::InspectError| CliError(format!("{}: {e}", shard.label));
-    let identity = read_identity_file(&shard.path).map_err(with_label)?;
-    let dir = shard.snapshot_dir();
+) -> Result<ShardSnapshotsReport, CliError> {
+    let with_label = |e: InspectError| CliError(format!("{}: {e}", shard.label));
     let total: u64 = if check == Check::Full {
-        list_snapshot_files(&dir)
+        list_snapshot_files(&shard.snapshot_dir())
             .map_err(with_label)?
             .snapshots
             .iter()
@@ -74,26 +85,26 @@ fn inspect_shard(
     };
     let mut bar = Progress::new(&shard.label, context.json);
     bar.set_length(total);
-    let snapshots = inspect_snapshot_dir(&dir, check, identity.domain(), &mut |done| {
-        bar.set_position(done)
-    });
+    let found = inspect_shard(&shard.path, check, &mut |done| bar.set_position(done));
     bar.finish();
-    Ok(ShardSnapshots {
-        identity,
-        snapshots: snapshots.map_err(with_label)?,
-    })
+    found.map_err(with_label)
 }
 
-fn snapshots(context: &Context, shard_arg: &ShardArg, check: Check) -> Result<Outcome, CliError> {
+fn snapshots(
+    context: &Context,
+    shard_arg: &ShardArg,
+    check: Check,
+    strict: bool,
+) -> Result<Outcome, CliError> {
     let shards = shards(&context.data_dir, shard_arg.shard)?;
     let mut out = Out::new();
     let mut values = Vec::new();
-    let mut failed = 0;
+    let mut failures = 0;
     for shard in &shards {
-        let found = inspect_shard(context, shard, check)?;
-        let ok = found.is_intact();
+        let found = inspect(context, shard, check)?;
+        let ok = !failed(&found, check, strict);
         if !ok {
-            failed += 1;
+            failures += 1;
         }
         if context.json {
             values.push(json!({
@@ -101,39 +112,50 @@ fn snapshots(context: &Context, shard_arg: &ShardArg, check: Check) -> Result<Ou
                 "index": shard.index,
                 "ok": ok,
                 "identity": serde_json::to_value(&found.identity)?,
-                "newest_intact": found.snapshots.newest_intact(),
+                "newest_intact": found.loads,
+                "journal_watermark": found.journal_watermark,
+                "journal_intact": found.journal_intact,
+                "open_refused": found.open_refused(),
+                "refusal": found.refusal.as_ref().map(ToString::to_string),
                 "snapshots": serde_json::to_value(&found.snapshots)?,
             }));
             continue;
         }
         match check {
             Check::Header => print_inspect(&mut out, shard, &found)?,
-            Check::Full => print_verify(&mut out, shard, &found)?,
+            Check::Full => print_verify(&mut out, shard, &found, ok)?,
         }
     }
     if context.json {
         out.json(&json!({
             "data_dir": context.data_dir,
-            "ok": failed == 0,
+            "ok": failures == 0,
             "full_check": check == Check::Full,
+            "strict": strict,
             "shards": values,
         }))?;
     }
     out.flush()?;
-    if failed > 0 && check == Check::Full {
+    if failures > 0 && check == Check::Full {
         eprintln!(
-            "snapshot verify: damage found in {failed} of {} shard(s)",
-            shards.len()
+            "snapshot verify: {failures} of {} shard(s) {}",
+            shards.len(),
+            if strict {
+                "have damage (--strict)"
+            } else {
+                "would be refused by an open"
+            }
         );
     }
-    Ok(Outcome::from_damaged(failed > 0))
+    Ok(Outcome::from_damaged(failures > 0))
 }
 
 fn identity_text(identity: &IdentityReport) -> String {
     match identity {
         IdentityReport::Missing { path } => {
             format!(
-                "none at {} (a shard that was never opened?)",
+                "none at {}, and no data beside it (a shard that was never opened; an open \
+                 creates a domain)",
                 path.display()
             )
         }
@@ -145,14 +167,7 @@ fn identity_text(identity: &IdentityReport) -> String {
             "domain {domain}, joined {}",
             output::unix_ms(*created_unix_ms)
         ),
-        IdentityReport::Damaged {
-            path,
-            offset,
-            reason,
-        } => format!(
-            "DAMAGE: {} at byte offset {offset}: {reason}",
-            path.display()
-        ),
+        IdentityReport::Refused(damage) => format!("REFUSED: {damage}"),
     }
 }
 
@@ -163,7 +178,11 @@ fn file_name(report: &SnapshotReport) -> String {
     )
 }
 
-fn print_header(out: &mut Out, shard: &ShardDir, found: &ShardSnapshots) -> Result<(), CliError> {
+fn print_header(
+    out: &mut Out,
+    shard: &ShardDir,
+    found: &ShardSnapshotsReport,
+) -> Result<(), CliError> {
     let snapshots = &found.snapshots;
     out.line(format_args!(
         "{} ({})",
@@ -189,7 +208,11 @@ fn print_header(out: &mut Out, shard: &ShardDir, found: &ShardSnapshots) -> Resu
     Ok(())
 }
 
-fn print_inspect(out: &mut Out, shard: &ShardDir, found: &ShardSnapshots) -> Result<(), CliError> {
+fn print_inspect(
+    out: &mut Out,
+    shard: &ShardDir,
+    found: &ShardSnapshotsReport,
+) -> Result<(), CliError> {
     print_header(out, shard, found)?;
     let snapshots = &found.snapshots.snapshots;
     if !snapshots.is_empty() {
@@ -243,7 +266,12 @@ fn print_inspect(out: &mut Out, shard: &ShardDir, found: &ShardSnapshots) -> Res
     out.line("")
 }
 
-fn print_verify(out: &mut Out, shard: &ShardDir, found: &ShardSnapshots) -> Result<(), CliError> {
+fn print_verify(
+    out: &mut Out,
+    shard: &ShardDir,
+    found: &ShardSnapshotsReport,
+    ok: bool,
+) -> Result<(), CliError> {
     print_header(out, shard, found)?;
     for report in &found.snapshots.snapshots {
         let what = report.header.as_ref().map_or_else(String::new, |h| {
@@ -258,13 +286,18 @@ fn print_verify(out: &mut Out, shard: &ShardDir, found: &ShardSnapshots) -> Resu
         if report.is_intact() {
             out.line(format_args!("  ok       {}{what}", file_name(report)))?;
         } else {
-            out.line(format_args!("  DAMAGED  {}{what}", file_name(report)))?;
+            let skipped = found.skipped.iter().any(|s| s.path == report.path);
+            out.line(format_args!(
+                "  DAMAGED  {}{what}{}",
+                file_name(report),
+                if skipped { " (an open skips it)" } else { "" }
+            ))?;
             for damage in &report.damage {
                 out.line(format_args!("    DAMAGE: {damage}"))?;
             }
         }
     }
-    match found.snapshots.newest_intact() {
+    match found.loads {
         Some(op) => out.line(format_args!(
             "  newest intact snapshot: watermark {op} (what recovery loads)"
         ))?,
@@ -273,10 +306,28 @@ fn print_verify(out: &mut Out, shard: &ShardDir, found: &ShardSnapshots) -> Resu
         }
         None => {}
     }
+    if let Some(watermark) = found.journal_watermark {
+        out.line(format_args!(
+            "  journal watermark: {watermark} (ops at or below it were compacted away){}",
+            if found.journal_intact == Some(false) {
+                "; the journal has damage: see `ringstore wal verify`"
+            } else {
+                ""
+            }
+        ))?;
+    }
+    match &found.refusal {
+        Some(refusal) => out.line(format_args!("  REFUSED by an open: {refusal}"))?,
+        None if found.damage_found() => out.line(
+            "  an open accepts the shard (it skips or never reads the damaged files); \
+             --strict fails on them",
+        )?,
+        None => {}
+    }
     out.line(format_args!(
         "{}: {}",
         shard.label,
-        if found.is_intact() { "ok" } else { "FAILED" }
+        if ok { "ok" } else { "FAILED" }
     ))?;
     out.line("")
 }
