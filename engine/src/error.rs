@@ -242,6 +242,25 @@ pub enum Error {
     #[error(transparent)]
     Identity(#[from] IdentityDamage),
 
+    /// The shard's journal belongs to another shard or domain than the
+    /// shard's identity (and place) say. Which of the two is foreign cannot
+    /// be told, so both files are named; nothing was changed.
+    #[error(
+        "{identity} says this shard is {expected}, but its journal's superblock {superblock} \
+         records {recorded}: one of them belongs to another shard or domain (a copied or \
+         swapped directory?)"
+    )]
+    ForeignJournal {
+        /// The shard's identity file.
+        identity: PathBuf,
+        /// The journal's superblock.
+        superblock: PathBuf,
+        /// The owner the shard expected (its domain and place).
+        expected: ringstore_journal::JournalOwner,
+        /// The owner the journal records.
+        recorded: ringstore_journal::JournalOwner,
+    },
+
     /// `reset_to` was given a snapshot of another domain, on a shard that
     /// already holds data.
     #[error(

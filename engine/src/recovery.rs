@@ -194,7 +194,19 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
     };
     let journal_builder =
         journal_setup(Journal::builder(&journal_dir).storage(storage.clone())).owner(owner);
-    let journal = journal_builder.open().await?;
+    let journal = journal_builder.open().await.map_err(|e| match e {
+        ringstore_journal::Error::WrongOwner {
+            path,
+            recorded,
+            expected,
+        } => Error::ForeignJournal {
+            identity: identity_path.clone(),
+            superblock: path,
+            expected,
+            recorded,
+        },
+        other => other.into(),
+    })?;
     let journal_time = started.elapsed();
     let config = match builder.validate(journal.config().slot_count) {
         Ok(config) => config,
