@@ -53,9 +53,10 @@ fn header(op: u64) -> EntryHeader {
         offset: (SEGMENT_DATA_OFFSET as u32).into(),
         payload_len: (PAYLOAD_BYTES as u32).into(),
         payload_checksum: 0x1234_5678.into(),
+        durable_before: (SEGMENT_DATA_OFFSET as u32).into(),
         kind: EntryKind::Data as u8,
         flags: FLAG_FIRST_IN_WRITE,
-        reserved: 0.into(),
+        reserved: [0; 6],
     }
 }
 

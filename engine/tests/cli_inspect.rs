@@ -3,17 +3,21 @@
 //! `wal inspect|verify|dump` and `snapshot inspect|verify` succeed with exit
 //! 0 and parseable JSON on a clean dir and change no byte of it; a flipped
 //! bit in the middle of a journal segment makes `wal verify` exit 1 naming
-//! the segment file and byte offset, while a damaged last write is a torn
-//! tail (exit 0, or 1 with `--strict`); a flipped or truncated snapshot
-//! makes `snapshot verify` exit 1 naming the file; a missing or wrong data
+//! the segment file and byte offset, while a damaged last write after a
+//! crash is a torn tail whose ops are named (exit 0, or 1 with `--strict`)
+//! and after a clean close is damage; a flipped or truncated snapshot
+//! is named by `snapshot verify` (file and byte offset), which exits 1 when
+//! an open would refuse the shard over it (and with `--strict` whenever); a missing or wrong data
 //! dir and a bad config file are clear errors with exit 2; `wal dump`
-//! prints decoded broker commands.
+//! prints decoded broker commands; journal directories of two shards
+//! swapped fail `wal verify` as they fail the open (another owner).
 #![cfg(feature = "cli")]
 
 mod common;
 use common::*;
 use ringstore::broker::{Command, Metadata, StreamCommand, TopicCommand};
 use ringstore::Shard;
+use ringstore_journal::format::ENTRY_HEADER_BYTES;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,15 +30,25 @@ const OPS: u64 = 40 + 25 + 1 + 10;
 /// The watermark of each shard's newest snapshot (end of session two).
 const SNAPSHOT_OP: u64 = 40 + 25 + 1;
 
-/// Builds `<tmp>/data/shard-000` and `shard-001` (plus the manifest file)
+/// Builds `<tmp>/data/shard-000` and `shard-001` (plus the data directory's
+/// superblock, the manifest)
 /// with broker commands in three sessions: the first two end with a
 /// checkpoint (so two snapshots, the second retiring segment 1), the third
 /// leaves its ops in the journal only. Journal segments 2 and 3 remain.
+/// Every session closes its shards cleanly.
 fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    data_dir_ending(true)
+}
+
+/// [`data_dir`], but the third session ends in a crash (its shards are
+/// dropped, not closed): nothing records where segment 3's data ends, so
+/// damage in its last write is a tail a reopen cuts. After a clean close
+/// the superblock records that end, and the same damage is corruption.
+fn data_dir_ending(close_last: bool) -> (tempfile::TempDir, PathBuf) {
     let tmp = temp_dir();
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    std::fs::write(data.join("engine"), "ringstore engine 1\nshards 2\n").unwrap();
+    ringstore::runtime::startup::check_manifest(&data, 2).unwrap();
     for index in 0..2 {
         let dir = data.join(format!("shard-{index:03}"));
         run(move || async move {
@@ -63,7 +77,12 @@ fn data_dir() -> (tempfile::TempDir, PathBuf) {
                 if session < 2 {
                     shard.checkpoint().await.unwrap();
                 }
-                shard.close().await.unwrap();
+                if session < 2 || close_last {
+                    shard.close().await.unwrap();
+                } else {
+                    glommio::yield_if_needed().await;
+                    drop(shard);
+                }
             }
         });
     }
@@ -204,6 +223,12 @@ fn a_clean_data_dir_inspects_and_verifies_without_changing_a_byte() {
         assert_eq!(shard["op_max"], OPS, "{shard}");
         assert_eq!(shard["damage"].as_array().unwrap().len(), 0);
         assert_eq!(shard["tail"]["state"], "clean");
+        assert_eq!(shard["verdict"], "opens");
+        // The superblock records segments 2..=3 (1 was retired) and, after
+        // the clean close, where the last one ends.
+        assert_eq!(shard["superblock"]["first_generation"], 2, "{shard}");
+        assert_eq!(shard["superblock"]["last_generation"], 3, "{shard}");
+        assert_eq!(shard["superblock"]["ends"][1][0], 3, "{shard}");
         // The second checkpoint raised it to the first snapshot's op.
         assert_eq!(shard["watermark"], STREAMS[0], "{shard}");
         assert_eq!(shard["op_min"], STREAMS[0] + 1, "segment 1 was retired");
@@ -364,7 +389,7 @@ fn a_flipped_bit_in_the_middle_of_a_segment_fails_wal_verify_naming_file_and_off
     assert_eq!(generation, 2);
     let segment = segment_path(&data, "0", generation);
     // A payload byte: the header still verifies, the payload checksum not.
-    flip_byte(&segment, offset + 48 + 1);
+    flip_byte(&segment, offset + ENTRY_HEADER_BYTES as u64 + 1);
 
     let output = ringstore(&data, &["wal", "verify"]);
     expect_exit(&output, 1);
@@ -396,11 +421,10 @@ fn a_flipped_bit_in_the_middle_of_a_segment_fails_wal_verify_naming_file_and_off
 
 #[test]
 fn a_damaged_last_write_is_a_torn_tail_not_damage() {
-    let (_tmp, data) = data_dir();
-    let entries = entries(&data, "1");
-    let &(_, generation, offset) = entries.last().unwrap();
+    let (_tmp, data) = data_dir_ending(false);
+    let (op, generation, offset) = *entries(&data, "1").last().unwrap();
     let segment = segment_path(&data, "1", generation);
-    flip_byte(&segment, offset + 48 + 1);
+    flip_byte(&segment, offset + ENTRY_HEADER_BYTES as u64 + 1);
 
     let output = ringstore(&data, &["wal", "verify", "--shard", "1"]);
     expect_exit(&output, 0);
@@ -410,6 +434,11 @@ fn a_damaged_last_write_is_a_torn_tail_not_damage() {
         out.contains(&format!("{} byte offset {offset}", segment.display())),
         "{out}"
     );
+    // The ops the cut takes, in recovery's words.
+    assert!(
+        out.contains(&format!("1 entries of ops {op}..={op} in the cut bytes")),
+        "{out}"
+    );
 
     let output = ringstore(
         &data,
@@ -417,8 +446,23 @@ fn a_damaged_last_write_is_a_torn_tail_not_damage() {
     );
     expect_exit(&output, 1);
     let report = json(&output);
-    assert_eq!(report["shards"][0]["tail"]["state"], "torn");
-    assert_eq!(report["shards"][0]["tail"]["offset"], offset);
+    let shard = &report["shards"][0];
+    assert_eq!(shard["tail"]["state"], "torn");
+    assert_eq!(shard["tail"]["offset"], offset);
+    assert_eq!(shard["tail"]["ops"], serde_json::json!([op, op]));
+    assert_eq!(shard["verdict"], "cuts");
+
+    // After a clean close the same damage is corruption: the superblock
+    // records where the last segment ends.
+    let (_tmp, data) = data_dir();
+    let (_, generation, offset) = *entries(&data, "1").last().unwrap();
+    let segment = segment_path(&data, "1", generation);
+    flip_byte(&segment, offset + ENTRY_HEADER_BYTES as u64 + 1);
+    let output = ringstore(&data, &["--json", "wal", "verify", "--shard", "1"]);
+    expect_exit(&output, 1);
+    let report = json(&output);
+    assert_eq!(report["shards"][0]["verdict"], "refuses");
+    assert_eq!(report["shards"][0]["damage"][0]["offset"], offset);
 }
 
 #[test]
@@ -431,17 +475,29 @@ fn damaged_snapshots_fail_snapshot_verify_naming_the_file() {
         .collect();
     files.sort();
     assert_eq!(files.len(), 2);
-    // A bit in the first section's body of the newest.
+    // A bit in the first section's body of the newest. The journal still
+    // holds the ops above the older one (its watermark is the older one's),
+    // so an open skips the damaged file and loads the older: `verify`
+    // names the damage and passes, as an open does; `--strict` fails.
     flip_byte(&files[1], 4096 + 3);
-    let output = ringstore(&data, &["snapshot", "verify"]);
-    expect_exit(&output, 1);
-    let out = text(&output);
-    assert!(
-        out.contains(&format!("{} at byte offset 4096", files[1].display())),
-        "{out}"
-    );
-    assert!(out.contains("fails its checksum"), "{out}");
-    assert!(out.contains("newest intact snapshot: watermark"), "{out}");
+    for args in [
+        &["snapshot", "verify"][..],
+        &["snapshot", "verify", "--strict"],
+    ] {
+        let output = ringstore(&data, args);
+        expect_exit(&output, if args.len() == 3 { 1 } else { 0 });
+        let out = text(&output);
+        assert!(
+            out.contains(&format!("{} at byte offset 4096", files[1].display())),
+            "{out}"
+        );
+        assert!(out.contains("fails its checksum"), "{out}");
+        assert!(
+            out.contains("newest intact snapshot: watermark 40"),
+            "{out}"
+        );
+        assert!(out.contains("an open skips it"), "{out}");
+    }
     // The header-only inspection does not read the body.
     expect_exit(&ringstore(&data, &["snapshot", "inspect"]), 0);
 
@@ -464,6 +520,13 @@ fn damaged_snapshots_fail_snapshot_verify_naming_the_file() {
         .collect();
     assert_eq!(damaged.len(), 3, "{damaged:?}");
     assert!(damaged[0].starts_with(files[0].to_str().unwrap()) && damaged[0].contains("truncated"));
+    // No generation is usable now and the journal was compacted up to op
+    // 40: an open refuses, and so does `verify`, naming both files.
+    let refusal = report["shards"][0]["refusal"].as_str().unwrap();
+    for file in &files {
+        assert!(refusal.contains(file.to_str().unwrap()), "{refusal}");
+    }
+    assert!(refusal.contains("compacted up to op 40"), "{refusal}");
     // Now the header check sees it too.
     let output = ringstore(&data, &["snapshot", "inspect", "--shard", "0"]);
     expect_exit(&output, 1);
@@ -536,4 +599,24 @@ fn the_config_file_is_validated_and_supplies_the_data_dir() {
     assert!(
         String::from_utf8_lossy(&output.stderr).contains(&format!("data dir: {}", data.display()))
     );
+}
+
+#[test]
+fn a_journal_directory_of_another_shard_fails_wal_verify_like_the_open() {
+    let (_tmp, data) = data_dir();
+    let (a, b) = (data.join("shard-000"), data.join("shard-001"));
+    std::fs::rename(a.join("journal"), a.join("journal.0")).unwrap();
+    std::fs::rename(b.join("journal"), a.join("journal")).unwrap();
+    std::fs::rename(a.join("journal.0"), b.join("journal")).unwrap();
+    let output = ringstore(&data, &["--json", "wal", "verify"]);
+    expect_exit(&output, 1);
+    let report = json(&output);
+    for shard in report["shards"].as_array().unwrap() {
+        assert_eq!(shard["verdict"], "refuses", "{shard}");
+        let refusal = shard["refusal"].as_str().unwrap();
+        assert!(
+            refusal.contains("the journal belongs to domain"),
+            "{refusal}"
+        );
+    }
 }

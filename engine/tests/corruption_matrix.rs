@@ -411,16 +411,19 @@ fn cells() -> Vec<Cell> {
         }
         one(p)
     }));
-    cells.push(("misdirected block inside a segment (last, crash)", |d, _| {
-        let p = last_data_segment(d, 0);
-        let ents = data_entries(&p);
-        let (from, _) = ents[ents.len().saturating_sub(3)];
-        let (to, _) = *ents.last().unwrap();
-        let bytes = std::fs::read(&p).unwrap();
-        let block = bytes[from as usize..from as usize + 4096].to_vec();
-        patch(&p, to, &block);
-        one(p)
-    }));
+    cells.push((
+        "misdirected block inside a segment (last, crash)",
+        |d, _| {
+            let p = last_data_segment(d, 0);
+            let ents = data_entries(&p);
+            let (from, _) = ents[ents.len().saturating_sub(3)];
+            let (to, _) = *ents.last().unwrap();
+            let bytes = std::fs::read(&p).unwrap();
+            let block = bytes[from as usize..from as usize + 4096].to_vec();
+            patch(&p, to, &block);
+            one(p)
+        },
+    ));
     cells.push(("segment of another shard (same name)", |d, _| {
         let ours = segments(d, 0);
         let theirs = segments(d, 1);
@@ -467,12 +470,15 @@ fn cells() -> Vec<Cell> {
         std::fs::write(&p, bytes).unwrap();
         one(p)
     }));
-    cells.push(("journal superblock copy misdirected (copy 0 over copy 1)", |d, _| {
-        let p = journal_dir(d, 1).join("superblock");
-        let bytes = std::fs::read(&p).unwrap();
-        patch(&p, 4096, &bytes[..4096]);
-        one(p)
-    }));
+    cells.push((
+        "journal superblock copy misdirected (copy 0 over copy 1)",
+        |d, _| {
+            let p = journal_dir(d, 1).join("superblock");
+            let bytes = std::fs::read(&p).unwrap();
+            patch(&p, 4096, &bytes[..4096]);
+            one(p)
+        },
+    ));
     cells.push(("journal superblock of another shard", |d, _| {
         let p = journal_dir(d, 0).join("superblock");
         std::fs::copy(journal_dir(d, 1).join("superblock"), &p).unwrap();
@@ -722,7 +728,8 @@ fn every_damage_is_refused_naming_the_file_or_loses_nothing_unreported() {
                                 // Reported: inside a cut the recovery names,
                                 // or above the highest op of a log whose end
                                 // nothing recorded (an unclean shutdown).
-                                let in_cut = cut_range.is_some_and(|(lo, hi)| (lo..=hi).contains(&op));
+                                let in_cut =
+                                    cut_range.is_some_and(|(lo, hi)| (lo..=hi).contains(&op));
                                 let above_end = reopened
                                     .unrecorded_end
                                     .as_ref()

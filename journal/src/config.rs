@@ -219,11 +219,12 @@ impl<S: Storage> JournalBuilder<S> {
     }
 
     /// Who the journal belongs to: a domain, a shard index and the shard
-    /// count. Recorded in the journal's superblock; opening a journal that
-    /// records another owner fails with [`crate::Error::Corruption`] naming
-    /// the superblock (a data directory of another shard or domain). A
-    /// journal without a recorded owner adopts this one. Default: none, and
-    /// any journal opens.
+    /// count (0 when unknown: then only the domain is compared). Recorded in
+    /// the journal's superblock; opening a journal that holds data and
+    /// records another owner fails with [`crate::Error::WrongOwner`] naming
+    /// the superblock (a journal directory of another shard or domain). A
+    /// journal without a recorded owner, or holding nothing, takes this one.
+    /// Default: none, and any journal opens.
     pub fn owner(mut self, owner: JournalOwner) -> Self {
         self.config.owner = Some(owner);
         self

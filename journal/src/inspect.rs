@@ -1,46 +1,84 @@
 //! Read-only inspection of a journal directory: what `ringstore wal
-//! inspect`, `wal verify` and `wal dump` show.
+//! inspect`, `wal verify`, `wal dump` and `wal salvage` see.
 //!
-//! [`scan_journal`] walks the segments the way recovery does — the same
-//! header checks, the same entry checks ([`check_entry_header`] and the
-//! payload checksum), the same decision table (see [`crate::recovery`]) —
-//! but with plain `std::fs` reads instead of the journal's storage backend:
-//! it never creates, truncates, removes or locks anything, needs no glommio
-//! reactor and no O_DIRECT (so it works on tmpfs, on a copy, and next to a
-//! running shard), and it does not stop at the first problem. Where recovery
-//! returns an error, the scan records a [`Damage`] naming the file and byte
-//! offset and carries on with the next segment, so one run reports
-//! everything that is wrong. Where recovery would cut a torn tail or remove
-//! an incomplete last segment, the scan reports that ([`Tail::Torn`],
-//! [`SegmentEnd::Incomplete`]) and changes nothing.
+//! [`scan_journal`] drives the journal's one verifier ([`crate::verify`])
+//! the way recovery does: [`verify::classify_names`] on the directory
+//! listing; the superblock's bytes and each segment's [`SegmentFacts`] (its
+//! header block, read a second time if it does not verify, and the bytes of
+//! its first entry) into [`verify::plan`]; then a [`SegmentScanner`] over
+//! every planned segment, answering each [`Step::Read`] from the file — read
+//! afresh, not from what was read before, when it says `again`. The reads
+//! are plain `std::fs` reads instead of the journal's storage backend, so
+//! the scan needs no glommio reactor and no O_DIRECT (it works on tmpfs, on
+//! a copy, and next to a running shard), and it never creates, writes,
+//! removes or locks anything.
 //!
-//! The scan also checks what recovery leaves to the engine's replay: that
-//! every op above the watermark up to the last op is present
-//! ([`JournalReport::missing_ops`], [`JournalReport::leading_gap`]).
+//! # One verdict
 //!
-//! Trade-off: this module restates recovery's scan loop for synchronous
-//! reads (recovery's is async over [`crate::storage::Storage`] with read
-//! ahead). The checks themselves are shared: entry headers through
-//! [`check_entry_header`], segment headers through [`check_segment_header`].
-//! The tests below pin that both agree on the decision table's rows.
+//! [`JournalReport::verdict`] answers "what would reopening do?" from the
+//! same verifier outcomes recovery acts on:
+//!
+//! | the verifier says | reopen | [`Verdict`] |
+//! |---|---|---|
+//! | [`verify::plan`] refuses | error (`Corruption`, `WrongOwner`, `UnsupportedVersion`) | `Refuses` |
+//! | a segment's scan ends in [`SegmentOutcome::Damaged`] | error (`Corruption`) | `Refuses` |
+//! | the last segment's scan ends in [`SegmentOutcome::Cut`] | cuts the tail and reports it; `Recovery::Strict` refuses | `Cuts` |
+//! | anything else | opens | `Opens` |
+//!
+//! Leftovers a crash explains ([`verify::Plan::leftovers`]) are removed by
+//! a reopen: reported here ([`JournalReport::leftovers`]), not a refusal.
+//! Stray files are reported and ignored by both.
+//!
+//! # Carrying on
+//!
+//! The one deliberate difference from recovery: where recovery returns its
+//! first error, the scan records it and carries on, so one run reports
+//! everything.
+//!
+//! * After a damaged segment it scans the next one: the plan knows where
+//!   every segment ends.
+//! * After a refusal of the plan itself (a missing, short, foreign or
+//!   unverifiable segment, a damaged superblock) it scans a best-effort
+//!   plan: the generations the superblock records (every one present when
+//!   no superblock is readable), each segment that passes its own checks
+//!   ([`verify::check_log_segment`]) bounded by the end the superblock
+//!   records for it or else by its successor's `prev_end`. The damage
+//!   further on, the ops present and where verifying data ends are still
+//!   reported, and `ringstore wal salvage` ([`crate::salvage`]) knows what
+//!   it can keep. [`JournalReport::planned`] says which of the two ran. The
+//!   verdict of such a run is the plan's refusal; what the best-effort scan
+//!   finds only adds to [`JournalReport::damage`].
+//!
+//! Beyond what a reopen checks, the scan checks what the engine's replay
+//! needs: every op above the watermark up to the last op present
+//! ([`JournalReport::missing_ops`], [`JournalReport::leading_gap`]). It does
+//! not check that two ops above the watermark share a ring slot (decision
+//! table row 10): that depends on the `slot_count` the journal is opened
+//! with, which the directory does not record.
 
-use crate::config::{
-    BATCH_BYTES_MAX_LIMIT, ENTRY_BYTES_MAX_LIMIT, SEGMENT_BYTES_MAX, WRITES_IN_FLIGHT_MAX,
-};
+use crate::config::Recovery;
 use crate::format::{
-    align_down, check_entry_header, EntryHeader, EntryKind, HeaderFault, SegmentHeader,
-    BLOCK_BYTES, ENTRY_HEADER_BYTES, FLAG_FIRST_IN_WRITE, FORMAT_VERSION, SEGMENT_DATA_OFFSET,
-    SEGMENT_FLAG_NO_SYNC, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    align_down, EntryHeader, EntryKind, SegmentHeader, BLOCK_BYTES, ENTRY_HEADER_BYTES,
+    FLAG_FIRST_IN_WRITE, SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC,
 };
-use crate::recovery::EvidenceSearch;
-use crate::segment::{segment_file_name, segment_generation};
-use std::collections::BTreeMap;
+use crate::recovery::TailState;
+use crate::segment::segment_file_name;
+use crate::superblock::{
+    self, CopyFault, JournalOwner, JournalSuperblock, SuperblockKind, SUPERBLOCK_FILE_BYTES,
+    SUPERBLOCK_FILE_NAME,
+};
+use crate::verify::{
+    self, FoundSuperblock, Leftover, Names, PlannedSegment, Refusal, SegmentFacts, SegmentOutcome,
+    SegmentScanner, Step, SUPERBLOCK_TEMP_NAME,
+};
+pub use crate::verify::{check_segment_header, Damage, SegmentHeaderStatus};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use zerocopy::FromBytes;
 
 /// Bytes read per call while scanning.
 pub const INSPECT_READ_BYTES: u64 = 1 << 20;
@@ -97,126 +135,6 @@ fn io_error<'a>(
     }
 }
 
-/// Bytes that fail verification where valid data must be: what recovery
-/// reports as `Error::Corruption` (or `Error::UnsupportedVersion`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Damage {
-    /// The damaged file (or the journal directory, for a missing segment).
-    pub path: PathBuf,
-    /// Byte offset of the damaged structure.
-    pub offset: u64,
-    /// What failed to verify.
-    pub reason: String,
-}
-
-impl std::fmt::Display for Damage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} at byte offset {}: {}",
-            self.path.display(),
-            self.offset,
-            self.reason
-        )
-    }
-}
-
-/// The outcome of checking a segment header block.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SegmentHeaderStatus {
-    /// The header verifies and its fields are in range.
-    Valid(SegmentHeader),
-    /// Magic or checksum do not match, or the file is shorter than a block:
-    /// never written (a spare), torn, or destroyed.
-    Unverified,
-    /// The header verifies but something in its block is impossible.
-    Damaged {
-        /// Where in the file.
-        offset: u64,
-        /// What.
-        reason: String,
-    },
-    /// The header verifies but was written by another format version.
-    UnsupportedVersion(u32),
-}
-
-/// Checks block 0 of segment `generation` (the first [`BLOCK_BYTES`] of the
-/// file, or fewer if the file is shorter): the same checks recovery makes.
-pub fn check_segment_header(block: &[u8], generation: u64) -> SegmentHeaderStatus {
-    if (block.len() as u64) < BLOCK_BYTES {
-        return SegmentHeaderStatus::Unverified;
-    }
-    let Ok((header, _)) = SegmentHeader::read_from_prefix(block) else {
-        return SegmentHeaderStatus::Unverified;
-    };
-    if header.magic.get() != SEGMENT_MAGIC || header.checksum.get() != header.compute_checksum() {
-        return SegmentHeaderStatus::Unverified;
-    }
-    let bad = |offset: u64, reason: String| SegmentHeaderStatus::Damaged { offset, reason };
-    if block[SEGMENT_HEADER_BYTES..BLOCK_BYTES as usize]
-        .iter()
-        .any(|b| *b != 0)
-    {
-        return bad(
-            SEGMENT_HEADER_BYTES as u64,
-            "stray bytes after the segment header (a misdirected write)".into(),
-        );
-    }
-    if header.version.get() != FORMAT_VERSION {
-        return SegmentHeaderStatus::UnsupportedVersion(header.version.get());
-    }
-    if header.generation.get() != generation {
-        return bad(
-            0,
-            format!(
-                "segment header names generation {}, the file name {generation}",
-                header.generation.get()
-            ),
-        );
-    }
-    if u64::from(header.data_offset.get()) != SEGMENT_DATA_OFFSET {
-        return bad(
-            0,
-            format!(
-                "segment header names data offset {}",
-                header.data_offset.get()
-            ),
-        );
-    }
-    let segment_bytes = header.segment_bytes.get();
-    if !segment_bytes.is_multiple_of(BLOCK_BYTES)
-        || segment_bytes <= SEGMENT_DATA_OFFSET
-        || segment_bytes > SEGMENT_BYTES_MAX
-    {
-        return bad(0, format!("segment header names size {segment_bytes}"));
-    }
-    let batch_bytes_max = header.batch_bytes_max.get();
-    if !batch_bytes_max.is_multiple_of(BLOCK_BYTES)
-        || batch_bytes_max == 0
-        || batch_bytes_max > BATCH_BYTES_MAX_LIMIT
-        || batch_bytes_max > segment_bytes - SEGMENT_DATA_OFFSET
-    {
-        return bad(
-            0,
-            format!("segment header names batch size {batch_bytes_max}"),
-        );
-    }
-    let writes_in_flight = header.writes_in_flight.get();
-    if writes_in_flight == 0 || writes_in_flight > WRITES_IN_FLIGHT_MAX {
-        return bad(
-            0,
-            format!("segment header names {writes_in_flight} writes in flight"),
-        );
-    }
-    if header.flags.get() & !SEGMENT_FLAG_NO_SYNC != 0 {
-        return bad(
-            0,
-            format!("segment header has unknown flags {:#x}", header.flags.get()),
-        );
-    }
-    SegmentHeaderStatus::Valid(header)
-}
-
 /// The fields of a segment header that verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeaderFields {
@@ -240,6 +158,8 @@ pub struct SegmentHeaderFields {
     pub no_sync: bool,
     /// Most writes in flight at once.
     pub writes_in_flight: u32,
+    /// The journal it belongs to.
+    pub journal_id: [u8; 16],
 }
 
 impl From<&SegmentHeader> for SegmentHeaderFields {
@@ -255,48 +175,74 @@ impl From<&SegmentHeader> for SegmentHeaderFields {
             watermark: h.watermark.get(),
             no_sync: h.flags.get() & SEGMENT_FLAG_NO_SYNC != 0,
             writes_in_flight: h.writes_in_flight.get(),
+            journal_id: h.journal_id,
         }
     }
 }
 
-/// How the scan of one segment ended.
+/// How the scan of one segment file ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SegmentEnd {
-    /// Zeroed space (or the end of the file) after the last entry: a clean
-    /// end of the log (decision table row 1).
+    /// The last segment: zeroed space (or the end of the file) after the
+    /// last entry (decision table row 1).
     Clean {
         /// End of the valid entries.
         offset: u64,
     },
-    /// Reached the end of the valid data its successor's header records
-    /// (`prev_end`).
+    /// Reached the end of its data that is recorded (by its successor's
+    /// `prev_end` or by the superblock).
     Sealed {
         /// End of the valid entries.
         offset: u64,
     },
-    /// A torn write at the end of the last segment: recovery cuts the log
-    /// here (rows 2–4, 13). The bytes were never acknowledged.
+    /// Bytes at the end that do not verify and that nothing proves durable
+    /// (rows 2–4, 13): a reopen cuts them (`Recovery::Strict` refuses). They
+    /// may hold acknowledged entries: `ops` names the ones whose headers
+    /// still verify.
     Torn {
         /// Where the log ends.
         offset: u64,
         /// What did not verify there.
         reason: String,
+        /// Lowest and highest op of the data entries in the cut bytes whose
+        /// headers still verify.
+        ops: Option<(u64, u64)>,
+        /// How many such entries.
+        entries: u64,
     },
     /// Damage where valid data must be; the scan of this segment stopped.
     Damaged {
         /// Where.
         offset: u64,
     },
-    /// A last file with neither a verifying header nor data: a spare, or a
-    /// creation a crash interrupted. Recovery removes it (row 7).
-    Incomplete,
-    /// Not scanned: its header does not verify.
+    /// A file a crash left behind, which a reopen removes (a spare or an
+    /// interrupted creation, row 7; a retired segment, row 14).
+    Leftover {
+        /// Why a crash explains it.
+        reason: &'static str,
+    },
+    /// Not scanned: not part of the log (its header does not verify, it
+    /// belongs to another journal, the superblock does not record it), or
+    /// the scan stopped before it.
     Unscanned,
     /// The observer stopped the scan here.
     Stopped {
         /// Where the scan stood.
         offset: u64,
     },
+}
+
+impl SegmentEnd {
+    /// Where the entries that verified end, for the ends that know it.
+    pub fn data_end(&self) -> Option<u64> {
+        match self {
+            SegmentEnd::Clean { offset }
+            | SegmentEnd::Sealed { offset }
+            | SegmentEnd::Torn { offset, .. }
+            | SegmentEnd::Damaged { offset } => Some(*offset),
+            _ => None,
+        }
+    }
 }
 
 /// One segment file and what the scan found in it.
@@ -308,8 +254,16 @@ pub struct SegmentReport {
     pub generation: u64,
     /// The file's length.
     pub file_bytes: u64,
-    /// Its header, if it verified.
+    /// Its header, if it verified (also for a file that is not part of the
+    /// log, e.g. one of another journal).
     pub header: Option<SegmentHeaderFields>,
+    /// Part of the log a reopen reads (in a best-effort scan: of the log as
+    /// far as it can be made out).
+    pub in_log: bool,
+    /// The end of its data the log records (its successor's `prev_end`, the
+    /// superblock's record): the scan reads nothing past it. `None`: the
+    /// last segment, whose end the scan finds.
+    pub sealed_end: Option<u64>,
     /// Data entries that verified.
     pub data_entries: u64,
     /// Bytes of those entries (headers, payloads, alignment).
@@ -339,6 +293,8 @@ impl SegmentReport {
             generation,
             file_bytes,
             header: None,
+            in_log: false,
+            sealed_end: None,
             data_entries: 0,
             data_bytes: 0,
             watermark_records: 0,
@@ -353,20 +309,22 @@ impl SegmentReport {
     }
 }
 
-/// How the log ends, as recovery would decide it.
+/// How the log ends, as a reopen would decide it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tail {
     /// No segments: a new (or never opened) journal.
     Empty,
-    /// Zeroed space after the last entry.
+    /// Zeroed space after the last entry, or the end the log records.
     Clean {
         /// The last segment.
         path: PathBuf,
         /// End of the log.
         offset: u64,
     },
-    /// Unacknowledged bytes of a torn write after the last valid entry;
-    /// recovery (in its default mode) cuts them, `Recovery::Strict` refuses.
+    /// Bytes at the end of the log that do not verify and that nothing
+    /// proves durable: a reopen (in its default mode) cuts them and reports
+    /// the cut, `Recovery::Strict` refuses. Like
+    /// [`TailState::Torn`](crate::TailState::Torn).
     Torn {
         /// The last segment.
         path: PathBuf,
@@ -374,10 +332,127 @@ pub enum Tail {
         offset: u64,
         /// What did not verify there.
         reason: String,
+        /// Lowest and highest op of the data entries in the cut bytes whose
+        /// headers still verify (`None`: none verify). They may have been
+        /// acknowledged.
+        ops: Option<(u64, u64)>,
+        /// How many such entries.
+        entries: u64,
     },
-    /// Not decided: the last segment is damaged or was not scanned to its
-    /// end.
+    /// Not decided: the log's last segment is damaged, was not scanned to
+    /// its end, or the log could not be made out.
     Unknown,
+}
+
+impl Tail {
+    /// What recovery reports for this tail (`None` for [`Tail::Unknown`]).
+    pub fn tail_state(&self) -> Option<TailState> {
+        match self {
+            Tail::Empty => Some(TailState::Empty),
+            Tail::Clean { .. } => Some(TailState::Clean),
+            Tail::Torn {
+                path,
+                offset,
+                reason,
+                ops,
+                entries,
+            } => Some(TailState::Torn {
+                path: path.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+                ops: *ops,
+                entries: *entries,
+            }),
+            Tail::Unknown => None,
+        }
+    }
+
+    /// A one-line description in the words recovery logs
+    /// ([`TailState::describe`], [`crate::describe_cut_ops`]).
+    pub fn describe(&self) -> String {
+        match self.tail_state() {
+            Some(state) => state.describe(),
+            None => "undecided (the log's last segment is damaged or was not scanned)".into(),
+        }
+    }
+}
+
+/// What reopening the journal would do, from the verifier's outcomes (see
+/// the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It opens as it is (after removing leftovers).
+    Opens,
+    /// It opens after cutting the tail ([`Tail::Torn`]), which it reports;
+    /// `Recovery::Strict` refuses.
+    Cuts,
+    /// It refuses: [`JournalReport::refusal`] is the error it returns.
+    Refuses,
+}
+
+/// The superblock a scan found, for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuperblockReport {
+    /// The file.
+    pub path: PathBuf,
+    /// The sequence of the copy in use.
+    pub sequence: u64,
+    /// The journal's id.
+    pub journal_id: [u8; 16],
+    /// The recorded owner.
+    pub owner: Option<JournalOwner>,
+    /// Oldest generation that must exist (0: none yet).
+    pub first_generation: u64,
+    /// Newest generation that must exist.
+    pub last_generation: u64,
+    /// The watermark it records.
+    pub watermark: u64,
+    /// The segment ends it records, `(generation, end)`.
+    pub ends: Vec<(u64, u64)>,
+    /// Copies that did not verify or were older (a reopen rewrites them).
+    pub damaged_copies: Vec<CopyFault>,
+}
+
+impl SuperblockReport {
+    fn new(
+        path: PathBuf,
+        sb: &JournalSuperblock,
+        sequence: u64,
+        damaged_copies: Vec<CopyFault>,
+    ) -> SuperblockReport {
+        SuperblockReport {
+            path,
+            sequence,
+            journal_id: sb.journal_id,
+            owner: sb.owner,
+            first_generation: sb.first_generation,
+            last_generation: sb.last_generation,
+            watermark: sb.watermark,
+            ends: sb.ends.clone(),
+            damaged_copies,
+        }
+    }
+
+    fn from_found(path: PathBuf, found: &FoundSuperblock) -> SuperblockReport {
+        SuperblockReport::new(
+            path,
+            &found.superblock,
+            found.sequence,
+            found.damaged_copies.clone(),
+        )
+    }
+
+    /// Its contents as the verifier decodes them.
+    pub fn superblock(&self) -> JournalSuperblock {
+        JournalSuperblock {
+            journal_id: self.journal_id,
+            owner: self.owner,
+            first_generation: self.first_generation,
+            last_generation: self.last_generation,
+            watermark: self.watermark,
+            ends: self.ends.clone(),
+        }
+    }
 }
 
 /// Everything [`scan_journal`] found.
@@ -385,9 +460,13 @@ pub enum Tail {
 pub struct JournalReport {
     /// The journal directory.
     pub dir: PathBuf,
-    /// The segment files, oldest first (incomplete last files included).
+    /// The superblock, if a copy verifies (also in a best-effort scan).
+    pub superblock: Option<SuperblockReport>,
+    /// Every segment file, by generation (leftovers and files that are not
+    /// part of the log included).
     pub segments: Vec<SegmentReport>,
-    /// The watermark: the largest of all header watermarks and records.
+    /// The watermark: the largest of the superblock's, the headers' and the
+    /// records' (of the segments in the log), as recovery computes it.
     pub watermark: u64,
     /// Largest epoch of any data entry (0: none).
     pub epoch_max: u64,
@@ -411,31 +490,107 @@ pub struct JournalReport {
     /// Ops above the watermark and below the first op present above it
     /// that no entry holds (inclusive). An intact journal has none:
     /// segments are retired only once the watermark covers their ops, and
-    /// the record of that watermark (or a later segment's header) outlives
-    /// them. A torn tail can take the newest watermark record with it,
-    /// though; then retired ops show up here, and replay needs a snapshot at
-    /// or above the range's end. So this is damage unless the tail is torn.
+    /// the superblock and later segments' headers keep that watermark. So
+    /// this is damage, unless the tail is torn (a cut may take a watermark
+    /// record along; then replay needs a snapshot at or above the range's
+    /// end).
     pub leading_gap: Option<(u64, u64)>,
     /// How the log ends.
     pub tail: Tail,
-    /// Damage found, in scan order.
+    /// What reopening would do.
+    pub verdict: Verdict,
+    /// The error reopening would return (with the default recovery): the
+    /// plan's refusal, or the first damaged segment's. `Some` exactly when
+    /// the verdict is [`Verdict::Refuses`].
+    pub refusal: Option<Refusal>,
+    /// All damage found, the refusal's first, then in scan order.
     pub damage: Vec<Damage>,
+    /// Files a crash explains, which a reopen removes.
+    pub leftovers: Vec<Leftover>,
+    /// Files that are not the journal's: reported, never opened.
+    pub stray: Vec<PathBuf>,
+    /// Files that verify but were written by another format version (a
+    /// refusal that is not damage: a build that reads them opens them).
+    pub unsupported: Vec<PathBuf>,
+    /// True if the verifier's plan accepted the directory; false if it
+    /// refused and the segments were scanned best-effort (module docs).
+    pub planned: bool,
     /// Entries that failed verification once but verified when read again.
     pub transient_read_faults: u64,
     /// Bytes of segment files (what a progress bar counts to).
     pub file_bytes: u64,
-    /// False if the observer stopped the scan early.
+    /// False if the observer stopped the scan early (then the verdict only
+    /// covers what was scanned).
     pub complete: bool,
 }
 
 impl JournalReport {
-    /// True when nothing is damaged and no op is missing (a torn tail is
-    /// not damage: recovery cuts it and nothing acknowledged is lost; see
-    /// [`JournalReport::leading_gap`] for what it may take along).
+    fn new(dir: &Path, file_bytes: u64) -> JournalReport {
+        JournalReport {
+            dir: dir.to_path_buf(),
+            superblock: None,
+            segments: Vec::new(),
+            watermark: 0,
+            epoch_max: 0,
+            data_entries: 0,
+            data_bytes: 0,
+            op_min: None,
+            op_max: None,
+            duplicate_ops: 0,
+            missing_ops: Vec::new(),
+            missing_op_count: 0,
+            leading_gap: None,
+            tail: Tail::Empty,
+            verdict: Verdict::Opens,
+            refusal: None,
+            damage: Vec::new(),
+            leftovers: Vec::new(),
+            stray: Vec::new(),
+            unsupported: Vec::new(),
+            planned: false,
+            transient_read_faults: 0,
+            file_bytes,
+            complete: true,
+        }
+    }
+
+    /// True when a reopen does not refuse and no op is missing above the
+    /// watermark (a torn tail is not damage: a reopen cuts and reports it;
+    /// see [`JournalReport::leading_gap`] for what it may take along).
     pub fn is_intact(&self) -> bool {
-        self.damage.is_empty()
+        self.verdict != Verdict::Refuses
             && self.missing_op_count == 0
             && (self.leading_gap.is_none() || matches!(self.tail, Tail::Torn { .. }))
+    }
+
+    /// Whether opening the journal with `recovery` fails.
+    pub fn reopen_refuses(&self, recovery: Recovery) -> bool {
+        match self.verdict {
+            Verdict::Opens => false,
+            Verdict::Cuts => recovery == Recovery::Strict,
+            Verdict::Refuses => true,
+        }
+    }
+
+    /// What a reopen would do, in one line.
+    pub fn describe_verdict(&self) -> String {
+        match (&self.verdict, &self.refusal) {
+            (Verdict::Refuses, Some(refusal)) => format!("refuses: {refusal}"),
+            (Verdict::Cuts, _) => format!(
+                "opens after cutting the tail (Recovery::Strict refuses): {}",
+                self.tail.describe()
+            ),
+            _ if self.leftovers.is_empty() => "opens".into(),
+            _ => format!(
+                "opens, after removing {} file(s) a crash left behind",
+                self.leftovers.len()
+            ),
+        }
+    }
+
+    /// The report of segment `generation`, if its file exists.
+    pub fn segment(&self, generation: u64) -> Option<&SegmentReport> {
+        self.segments.iter().find(|s| s.generation == generation)
     }
 }
 
@@ -492,9 +647,8 @@ pub trait ScanObserver {
 
 impl ScanObserver for () {}
 
-/// The segment files in `dir` as `(generation, path, file length)`, oldest
-/// first.
-pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, InspectError> {
+/// The names in the journal directory `dir`, after checking it is one.
+pub fn list_dir(dir: &Path) -> Result<Vec<OsString>, InspectError> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
@@ -509,204 +663,214 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, InspectErro
         }
         Err(e) => return Err(io_error("stat", dir, None)(e)),
     }
-    let mut found = Vec::new();
+    let mut names = Vec::new();
     for item in std::fs::read_dir(dir).map_err(io_error("list directory", dir, None))? {
         let item = item.map_err(io_error("list directory", dir, None))?;
-        let Some(generation) = segment_generation(&item.file_name()) else {
-            continue;
-        };
-        let path = item.path();
+        names.push(item.file_name());
+    }
+    Ok(names)
+}
+
+/// The segment files in `dir` as `(generation, path, file length)`, oldest
+/// first.
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, InspectError> {
+    let names = verify::classify_names(&list_dir(dir)?);
+    let mut found = Vec::with_capacity(names.generations.len());
+    for generation in names.generations {
+        let path = dir.join(segment_file_name(generation));
         let len = std::fs::metadata(&path)
             .map_err(io_error("stat", &path, None))?
             .len();
         found.push((generation, path, len));
     }
-    found.sort_unstable_by_key(|(generation, _, _)| *generation);
     Ok(found)
 }
 
+/// Reads the superblock file of `dir` as recovery does: `None` if there is
+/// none, else up to [`SUPERBLOCK_FILE_BYTES`] of it.
+pub fn read_superblock(dir: &Path) -> Result<Option<Vec<u8>>, InspectError> {
+    let path = dir.join(SUPERBLOCK_FILE_NAME);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("open", &path, None)(e)),
+    };
+    let mut bytes = vec![0; SUPERBLOCK_FILE_BYTES as usize];
+    let got = read_fully(&file, &mut bytes, 0).map_err(io_error("read", &path, Some(0)))?;
+    bytes.truncate(got);
+    Ok(Some(bytes))
+}
+
 /// Scans the journal in `dir`: reads and verifies every entry, strictly
-/// read-only. See the module docs.
+/// read-only. See the module docs. Like an open without an owner, it
+/// accepts a journal of any owner; [`scan_journal_as`] checks it.
 pub fn scan_journal(
     dir: &Path,
     observer: &mut dyn ScanObserver,
 ) -> Result<JournalReport, InspectError> {
-    let listed = list_segments(dir)?;
-    let file_bytes = listed.iter().map(|(_, _, len)| *len).sum();
+    scan_journal_as(dir, None, observer)
+}
+
+/// [`scan_journal`] for a journal expected to belong to `owner`, as an open
+/// with that owner (`JournalBuilder::owner`) expects: a journal that holds
+/// data and records another owner is refused
+/// ([`Refusal::WrongOwner`]).
+pub fn scan_journal_as(
+    dir: &Path,
+    owner: Option<JournalOwner>,
+    observer: &mut dyn ScanObserver,
+) -> Result<JournalReport, InspectError> {
+    let names = verify::classify_names(&list_dir(dir)?);
+    let superblock_bytes = if names.superblock {
+        read_superblock(dir)?
+    } else {
+        None
+    };
+    scan_view(dir, &names, superblock_bytes.as_deref(), owner, observer)
+}
+
+/// [`scan_journal`] over a given view of `dir`: the names in it and the
+/// superblock's bytes (the segment files are read from `dir`). Salvage
+/// checks the journal it is about to leave behind with it before it
+/// changes anything.
+pub(crate) fn scan_view(
+    dir: &Path,
+    names: &Names,
+    superblock_bytes: Option<&[u8]>,
+    owner: Option<JournalOwner>,
+    observer: &mut dyn ScanObserver,
+) -> Result<JournalReport, InspectError> {
+    // What the plan needs of every segment.
+    let mut files: BTreeMap<u64, (File, u64)> = BTreeMap::new();
+    let mut facts = Vec::with_capacity(names.generations.len());
+    for &generation in &names.generations {
+        let path = dir.join(segment_file_name(generation));
+        let file = File::open(&path).map_err(io_error("open", &path, None))?;
+        let len = file
+            .metadata()
+            .map_err(io_error("stat", &path, None))?
+            .len();
+        facts.push(read_facts(&file, &path, generation, len)?);
+        files.insert(generation, (file, len));
+    }
+    let file_bytes = files.values().map(|(_, len)| *len).sum();
     observer.begin(file_bytes);
-    let mut report = JournalReport {
-        dir: dir.to_path_buf(),
-        segments: Vec::with_capacity(listed.len()),
-        watermark: 0,
-        epoch_max: 0,
-        data_entries: 0,
-        data_bytes: 0,
-        op_min: None,
-        op_max: None,
-        duplicate_ops: 0,
-        missing_ops: Vec::new(),
-        missing_op_count: 0,
-        leading_gap: None,
-        tail: Tail::Empty,
-        damage: Vec::new(),
-        transient_read_faults: 0,
-        file_bytes,
-        complete: true,
+    let mut report = JournalReport::new(dir, file_bytes);
+    let sb_path = dir.join(SUPERBLOCK_FILE_NAME);
+
+    let log = match verify::plan(dir, names, superblock_bytes, &facts, owner) {
+        Ok(plan) => {
+            report.planned = true;
+            report.superblock = plan
+                .superblock
+                .as_ref()
+                .map(|found| SuperblockReport::from_found(sb_path, found));
+            report.leftovers = plan.leftovers;
+            report.stray = plan.stray;
+            plan.segments
+        }
+        Err(refusal) => {
+            report.damage.push(refusal_damage(&refusal));
+            if let Refusal::UnsupportedVersion { path, .. } = &refusal {
+                report.unsupported.push(path.clone());
+            }
+            report.refusal = Some(refusal);
+            let decoded = superblock_bytes.and_then(decode_superblock);
+            report.superblock = decoded.as_ref().map(|(sb, sequence, faults)| {
+                SuperblockReport::new(sb_path, sb, *sequence, faults.clone())
+            });
+            let fallback = best_effort_plan(dir, names, decoded.as_ref().map(|d| &d.0), &facts);
+            for damage in fallback.damage {
+                add_damage(&mut report.damage, damage);
+            }
+            for path in fallback.unsupported {
+                if !report.unsupported.contains(&path) {
+                    report.unsupported.push(path);
+                }
+            }
+            report.leftovers = fallback.leftovers;
+            report.stray = fallback.stray;
+            fallback.segments
+        }
     };
 
-    // Open every file and check its header first: each header bounds its
-    // predecessor's data.
-    let mut opened: Vec<(File, SegmentReport, SegmentHeaderStatus)> = Vec::new();
-    for (generation, path, len) in listed {
-        let file = File::open(&path).map_err(io_error("open", &path, None))?;
-        let block = read_block(&file, &path, 0, len)?;
-        let status = check_segment_header(&block, generation);
-        opened.push((file, SegmentReport::new(path, generation, len), status));
-    }
-    // Row 7: last files with neither a verifying header nor data are
-    // spares or interrupted creations.
-    let mut incomplete = Vec::new();
-    while let Some((file, segment, status)) = opened.last() {
-        if *status != SegmentHeaderStatus::Unverified
-            || first_entry_verifies(file, segment.generation, segment.file_bytes)
+    for f in &facts {
+        let path = dir.join(segment_file_name(f.generation));
+        let mut segment = SegmentReport::new(path, f.generation, f.len);
+        if let SegmentHeaderStatus::Valid(header) =
+            check_segment_header(&f.header_block, f.generation)
         {
-            break;
+            segment.header = Some(SegmentHeaderFields::from(&header));
         }
-        if let Some((_, mut segment, _)) = opened.pop() {
-            segment.end = SegmentEnd::Incomplete;
-            incomplete.push(segment);
+        if let Some(leftover) = report.leftovers.iter().find(|l| l.path == segment.path) {
+            segment.end = SegmentEnd::Leftover {
+                reason: leftover.reason,
+            };
         }
-    }
-    incomplete.reverse();
-    // Row 9: the generations present form one contiguous run.
-    for pair in opened.windows(2) {
-        let (a, b) = (pair[0].1.generation, pair[1].1.generation);
-        if b != a + 1 {
-            report.damage.push(Damage {
-                path: dir.join(segment_file_name(a + 1)),
-                offset: 0,
-                reason: format!(
-                    "segment generation {} is missing between {a} and {b}",
-                    a + 1
-                ),
-            });
-        }
+        report.segments.push(segment);
     }
 
+    // Scan the log.
     let mut ops = OpSet::default();
-    let mut done_before = 0;
-    let count = opened.len();
-    let successor_headers: Vec<Option<(u64, SegmentHeader)>> = (0..count)
-        .map(|i| {
-            opened.get(i + 1).and_then(|(_, s, status)| match status {
-                SegmentHeaderStatus::Valid(h) => Some((s.generation, *h)),
-                _ => None,
-            })
-        })
-        .collect();
     let mut stopped = false;
-    for (i, (file, mut segment, status)) in opened.into_iter().enumerate() {
-        let last = i + 1 == count;
-        let header = match status {
-            SegmentHeaderStatus::Valid(header) => header,
-            SegmentHeaderStatus::Unverified => {
-                // Row 8.
-                report.damage.push(Damage {
-                    path: segment.path.clone(),
-                    offset: 0,
-                    reason: if last {
-                        "segment header does not verify, but the segment holds data".into()
-                    } else {
-                        "segment header does not verify".into()
-                    },
-                });
-                segment.end = SegmentEnd::Damaged { offset: 0 };
-                done_before += segment.file_bytes;
-                report.segments.push(segment);
-                continue;
-            }
-            SegmentHeaderStatus::Damaged { offset, reason } => {
-                report.damage.push(Damage {
-                    path: segment.path.clone(),
+    let mut first_damaged: Option<Damage> = None;
+    for planned in &log {
+        let done_before: u64 = files
+            .range(..planned.generation)
+            .map(|(_, (_, len))| *len)
+            .sum();
+        observer.progress(done_before);
+        let (file, _) = files
+            .get(&planned.generation)
+            .expect("a plan only names segments that were listed");
+        let segment = report
+            .segments
+            .iter_mut()
+            .find(|s| s.generation == planned.generation)
+            .expect("every listed segment has a report");
+        segment.in_log = true;
+        segment.sealed_end = planned.sealed_end;
+        segment.watermark = planned.header.watermark.get();
+        if stopped {
+            continue;
+        }
+        let mut scan = Scan {
+            file,
+            segment,
+            ops: &mut ops,
+            observer,
+            done_before,
+            transient_read_faults: 0,
+        };
+        let outcome = scan.run(planned)?;
+        report.transient_read_faults += scan.transient_read_faults;
+        match outcome {
+            None => stopped = true,
+            Some(SegmentOutcome::Damaged { offset, reason }) => {
+                let damage = Damage {
+                    path: planned.path.clone(),
                     offset,
                     reason,
-                });
-                segment.end = SegmentEnd::Damaged { offset };
-                done_before += segment.file_bytes;
-                report.segments.push(segment);
-                continue;
+                };
+                first_damaged.get_or_insert_with(|| damage.clone());
+                add_damage(&mut report.damage, damage);
             }
-            SegmentHeaderStatus::UnsupportedVersion(found) => {
-                // Row 11.
-                report.damage.push(Damage {
-                    path: segment.path.clone(),
-                    offset: 0,
-                    reason: format!(
-                        "unsupported format version {found} (this build reads version \
-                         {FORMAT_VERSION})"
-                    ),
-                });
-                done_before += segment.file_bytes;
-                report.segments.push(segment);
-                continue;
-            }
-        };
-        segment.header = Some(SegmentHeaderFields::from(&header));
-        segment.watermark = header.watermark.get();
-        // The successor's header bounds this segment's data (row 6), if it
-        // is the next generation and verified.
-        let end_limit = match successor_headers[i] {
-            Some((next_generation, next)) if next_generation == segment.generation + 1 => {
-                if next.prev_generation.get() != segment.generation {
-                    report.damage.push(Damage {
-                        path: dir.join(segment_file_name(next_generation)),
-                        offset: 0,
-                        reason: format!(
-                            "segment header names previous generation {}, expected {}",
-                            next.prev_generation.get(),
-                            segment.generation
-                        ),
-                    });
-                }
-                Some(next.prev_end.get())
-            }
-            _ => None,
-        };
-        if !stopped {
-            let mut scan = SegmentScan {
-                file: &file,
-                header: &header,
-                segment: &mut segment,
-                end_limit,
-                last,
-                ops: &mut ops,
-                observer,
-                done_before,
-                transient_read_faults: 0,
-                damage: &mut report.damage,
-            };
-            let flow = scan.run()?;
-            report.transient_read_faults += scan.transient_read_faults;
-            stopped = flow.is_break();
+            Some(_) => {}
         }
-        done_before += segment.file_bytes;
-        observer.progress(done_before);
-        report.segments.push(segment);
     }
-    for segment in incomplete {
-        done_before += segment.file_bytes;
-        report.segments.push(segment);
-    }
-    observer.progress(done_before);
+    observer.progress(file_bytes);
 
     report.complete = !stopped;
-    for segment in &report.segments {
+    for segment in report.segments.iter().filter(|s| s.in_log) {
         report.watermark = report.watermark.max(segment.watermark);
         report.data_entries += segment.data_entries;
         report.data_bytes += segment.data_bytes;
         report.epoch_max = report.epoch_max.max(segment.epoch_max.unwrap_or(0));
         report.op_min = min_some(report.op_min, segment.op_min);
         report.op_max = report.op_max.max(segment.op_max);
+    }
+    if let Some(sb) = &report.superblock {
+        report.watermark = report.watermark.max(sb.watermark);
     }
     report.duplicate_ops = ops.duplicates;
     if report.complete {
@@ -715,27 +879,358 @@ pub fn scan_journal(
         report.missing_ops = gaps.interior;
         report.missing_op_count = gaps.interior_count;
     }
-    let last_scanned = report
-        .segments
-        .iter()
-        .rev()
-        .find(|s| s.end != SegmentEnd::Incomplete);
-    report.tail = match last_scanned {
-        None => Tail::Empty,
+    let last = log
+        .last()
+        .and_then(|planned| report.segment(planned.generation));
+    report.tail = match last {
+        None if report.planned => Tail::Empty,
+        None => Tail::Unknown,
         Some(segment) => match &segment.end {
             SegmentEnd::Clean { offset } | SegmentEnd::Sealed { offset } => Tail::Clean {
                 path: segment.path.clone(),
                 offset: *offset,
             },
-            SegmentEnd::Torn { offset, reason } => Tail::Torn {
+            SegmentEnd::Torn {
+                offset,
+                reason,
+                ops,
+                entries,
+            } => Tail::Torn {
                 path: segment.path.clone(),
                 offset: *offset,
                 reason: reason.clone(),
+                ops: *ops,
+                entries: *entries,
             },
             _ => Tail::Unknown,
         },
     };
+    // The verdict: recovery's first error, else its cut.
+    if report.refusal.is_none() {
+        report.refusal = first_damaged.map(Refusal::Damage);
+    }
+    report.verdict = if report.refusal.is_some() {
+        Verdict::Refuses
+    } else if matches!(report.tail, Tail::Torn { .. }) {
+        Verdict::Cuts
+    } else {
+        Verdict::Opens
+    };
     Ok(report)
+}
+
+/// A refusal as a [`Damage`] entry (an unsupported version and another
+/// owner included).
+fn refusal_damage(refusal: &Refusal) -> Damage {
+    match refusal {
+        Refusal::Damage(damage) => damage.clone(),
+        Refusal::WrongOwner {
+            path,
+            recorded,
+            expected,
+        } => Damage {
+            path: path.clone(),
+            offset: 0,
+            reason: format!("the journal belongs to {recorded}, not to {expected}"),
+        },
+        Refusal::UnsupportedVersion {
+            path,
+            found,
+            supported,
+        } => Damage {
+            path: path.clone(),
+            offset: 0,
+            reason: format!("format version {found}, this build reads version {supported}"),
+        },
+    }
+}
+
+/// Adds `damage` unless the same place is named already.
+fn add_damage(list: &mut Vec<Damage>, damage: Damage) {
+    if !list
+        .iter()
+        .any(|d| d.path == damage.path && d.offset == damage.offset)
+    {
+        list.push(damage);
+    }
+}
+
+/// The superblock's contents if a copy verifies and its body decodes:
+/// (superblock, sequence, copies that did not verify).
+fn decode_superblock(bytes: &[u8]) -> Option<(JournalSuperblock, u64, Vec<CopyFault>)> {
+    let chosen = superblock::decode(bytes, SuperblockKind::Journal).ok()?;
+    let sb = JournalSuperblock::decode(&chosen.body).ok()?;
+    Some((sb, chosen.sequence, chosen.stale_or_damaged))
+}
+
+/// What [`best_effort_plan`] makes of a directory the plan refused.
+#[derive(Debug, Default)]
+struct BestEffort {
+    segments: Vec<PlannedSegment>,
+    leftovers: Vec<Leftover>,
+    stray: Vec<PathBuf>,
+    damage: Vec<Damage>,
+    unsupported: Vec<PathBuf>,
+}
+
+/// After [`verify::plan`] refused: the log as far as it can be made out,
+/// with the same rules where they still apply (see the module docs). Only
+/// for reporting and salvage; the verdict is the plan's.
+fn best_effort_plan(
+    dir: &Path,
+    names: &Names,
+    sb: Option<&JournalSuperblock>,
+    facts: &[SegmentFacts],
+) -> BestEffort {
+    let mut out = BestEffort {
+        stray: names.stray.iter().map(|n| dir.join(n)).collect(),
+        ..BestEffort::default()
+    };
+    let mut damage = |path: PathBuf, offset: u64, reason: String| {
+        add_damage(
+            &mut out.damage,
+            Damage {
+                path,
+                offset,
+                reason,
+            },
+        )
+    };
+    if names.superblock_temp {
+        out.leftovers.push(Leftover {
+            path: dir.join(SUPERBLOCK_TEMP_NAME),
+            reason: "a superblock whose creation did not complete",
+        });
+    }
+    let facts_of = |generation: u64| facts.iter().find(|f| f.generation == generation);
+    // Without a readable superblock, the journal is the one most segment
+    // headers name (a foreign segment dropped in is the odd one out).
+    let journal_id = sb
+        .map(|sb| sb.journal_id)
+        .or_else(|| majority_journal_id(facts))
+        .unwrap_or_default();
+    let generations = &names.generations;
+    let (first, last) = match sb {
+        Some(sb) => (sb.first_generation, sb.last_generation),
+        None => {
+            let (Some(&lo), Some(&hi)) = (generations.first(), generations.last()) else {
+                return out;
+            };
+            // The newest file without a header or data is a spare, as
+            // `last + 1` is with a superblock.
+            let spare = facts_of(hi).is_some_and(|f| {
+                check_segment_header(&f.header_block, hi) == SegmentHeaderStatus::Unverified
+                    && !f.holds_data()
+            });
+            if spare && lo == hi {
+                (0, hi - 1)
+            } else if spare {
+                (lo, hi - 1)
+            } else {
+                (lo, hi)
+            }
+        }
+    };
+    let recorded = || {
+        if first == 0 {
+            "no segments".to_string()
+        } else {
+            format!("generations {first}..={last}")
+        }
+    };
+    let sb_path = dir.join(SUPERBLOCK_FILE_NAME);
+    let mut log = Vec::new();
+    let mut unsupported = Vec::new();
+    let mut expected = first;
+    for &generation in generations {
+        let path = dir.join(segment_file_name(generation));
+        if first != 0 && generation < first {
+            out.leftovers.push(Leftover {
+                path,
+                reason: "a retired segment whose removal a crash interrupted",
+            });
+            continue;
+        }
+        if first == 0 || generation > last {
+            continue;
+        }
+        if generation > expected {
+            let missing = if generation - expected == 1 {
+                format!("segment file is missing; the log holds {}", recorded())
+            } else {
+                format!(
+                    "segment files of generations {expected}..={} are missing; the log holds {}",
+                    generation - 1,
+                    recorded()
+                )
+            };
+            damage(dir.join(segment_file_name(expected)), 0, missing);
+        }
+        expected = generation + 1;
+        let Some(f) = facts_of(generation) else {
+            continue;
+        };
+        match verify::check_log_segment(&path, f, journal_id) {
+            Ok(header) => log.push(PlannedSegment {
+                generation,
+                path,
+                header,
+                sealed_end: None,
+            }),
+            Err(refusal) => {
+                if let Refusal::UnsupportedVersion { path, .. } = &refusal {
+                    unsupported.push(path.clone());
+                }
+                let d = refusal_damage(&refusal);
+                damage(d.path, d.offset, d.reason);
+            }
+        }
+    }
+    if first != 0 && expected <= last {
+        damage(
+            dir.join(segment_file_name(expected)),
+            0,
+            format!(
+                "segment files from generation {expected} on are missing; the log holds {}",
+                recorded()
+            ),
+        );
+    }
+    // The generation after the last: as the plan decides it.
+    let next = last + 1;
+    if let Some(f) = facts_of(next) {
+        let path = dir.join(segment_file_name(next));
+        match check_segment_header(&f.header_block, next) {
+            SegmentHeaderStatus::Valid(_) if !f.holds_data() => {
+                match verify::check_log_segment(&path, f, journal_id) {
+                    Ok(header) => log.push(PlannedSegment {
+                        generation: next,
+                        path,
+                        header,
+                        sealed_end: None,
+                    }),
+                    Err(refusal) => {
+                        if let Refusal::UnsupportedVersion { path, .. } = &refusal {
+                            unsupported.push(path.clone());
+                        }
+                        let d = refusal_damage(&refusal);
+                        damage(d.path, d.offset, d.reason);
+                    }
+                }
+            }
+            SegmentHeaderStatus::Unverified if !f.holds_data() => out.leftovers.push(Leftover {
+                path,
+                reason: "a segment whose creation did not complete (no header, no data)",
+            }),
+            _ => damage(
+                path,
+                0,
+                format!(
+                    "segment {next} holds data but the superblock does not record it (it records {})",
+                    recorded()
+                ),
+            ),
+        }
+    }
+    for &generation in generations.iter().filter(|g| **g > next) {
+        damage(
+            dir.join(segment_file_name(generation)),
+            0,
+            format!(
+                "segment {generation} is not recorded in the superblock (it records {})",
+                recorded()
+            ),
+        );
+    }
+    // Where each segment ends: the superblock's record, else its
+    // successor's `prev_end` if the two link up.
+    for i in 0..log.len() {
+        let generation = log[i].generation;
+        let recorded_end = sb.and_then(|sb| sb.end_of(generation));
+        let mut successor_end = None;
+        if let Some(next) = log.get(i + 1).filter(|n| n.generation == generation + 1) {
+            if next.header.prev_generation.get() != generation {
+                damage(
+                    next.path.clone(),
+                    0,
+                    format!(
+                        "segment header names previous generation {}, expected {generation}",
+                        next.header.prev_generation.get()
+                    ),
+                );
+            } else {
+                successor_end = Some(next.header.prev_end.get());
+            }
+            if let (Some(r), Some(p)) = (recorded_end, successor_end) {
+                if r != p {
+                    damage(
+                        sb_path.clone(),
+                        0,
+                        format!(
+                            "the superblock records the end of {} at {r}, the next segment's \
+                             header at {p}",
+                            segment_file_name(generation)
+                        ),
+                    );
+                }
+            }
+        }
+        log[i].sealed_end = recorded_end.or(successor_end);
+    }
+    out.segments = log;
+    out.unsupported = unsupported;
+    out
+}
+
+/// The journal id most verifying segment headers carry (ties: the newest
+/// segment's).
+fn majority_journal_id(facts: &[SegmentFacts]) -> Option<[u8; 16]> {
+    let mut counts: HashMap<[u8; 16], (usize, u64)> = HashMap::new();
+    for f in facts {
+        if let SegmentHeaderStatus::Valid(header) =
+            check_segment_header(&f.header_block, f.generation)
+        {
+            let entry = counts.entry(header.journal_id).or_insert((0, 0));
+            entry.0 += 1;
+            entry.1 = entry.1.max(f.generation);
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, count_newest)| *count_newest)
+        .map(|(id, _)| id)
+}
+
+/// Reads what [`verify::plan`] needs of a segment, as recovery does: its
+/// header block (a second time if it does not verify, so a transient read
+/// error does not count) and the first entry's bytes.
+fn read_facts(
+    file: &File,
+    path: &Path,
+    generation: u64,
+    len: u64,
+) -> Result<SegmentFacts, InspectError> {
+    let read = |pos: u64, want: u64| -> Result<Vec<u8>, InspectError> {
+        let want = want.min(len.saturating_sub(pos)) as usize;
+        let mut bytes = vec![0; want];
+        let got = read_fully(file, &mut bytes, pos).map_err(io_error("read", path, Some(pos)))?;
+        bytes.truncate(got);
+        Ok(bytes)
+    };
+    let mut header_block = read(0, BLOCK_BYTES)?;
+    if !matches!(
+        check_segment_header(&header_block, generation),
+        SegmentHeaderStatus::Valid(_)
+    ) {
+        header_block = read(0, BLOCK_BYTES)?;
+    }
+    let first_entry = read(SEGMENT_DATA_OFFSET, ENTRY_HEADER_BYTES as u64)?;
+    Ok(SegmentFacts {
+        generation,
+        len,
+        header_block,
+        first_entry,
+    })
 }
 
 fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -746,17 +1241,8 @@ fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     }
 }
 
-/// Reads `BLOCK_BYTES` at `offset` (fewer at the end of the file).
-fn read_block(file: &File, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, InspectError> {
-    let want = BLOCK_BYTES.min(len.saturating_sub(offset)) as usize;
-    let mut block = vec![0; want];
-    let got = read_fully(file, &mut block, offset).map_err(io_error("read", path, Some(offset)))?;
-    block.truncate(got);
-    Ok(block)
-}
-
 /// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_fully(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub(crate) fn read_fully(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match file.read_at(&mut buf[got..], offset + got as u64) {
@@ -769,33 +1255,15 @@ fn read_fully(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(got)
 }
 
-/// True if the first data block holds a verifying write start (row 7's
-/// "with a valid first entry"). An unreadable block counts as data, so it is
-/// reported rather than passed over.
-fn first_entry_verifies(file: &File, generation: u64, len: u64) -> bool {
-    if len < SEGMENT_DATA_OFFSET + BLOCK_BYTES {
-        return false;
-    }
-    let mut block = vec![0; BLOCK_BYTES as usize];
-    match read_fully(file, &mut block, SEGMENT_DATA_OFFSET) {
-        Ok(got) if got == block.len() => {
-            check_entry_header(&block, generation, SEGMENT_DATA_OFFSET, len, u64::MAX)
-                .is_ok_and(|h| h.flags & FLAG_FIRST_IN_WRITE != 0)
-        }
-        Ok(_) => false,
-        Err(_) => true,
-    }
-}
-
 /// The data ops seen, as disjoint inclusive ranges keyed by start.
-#[derive(Default)]
-struct OpSet {
+#[derive(Debug, Default, Clone)]
+pub(crate) struct OpSet {
     ranges: BTreeMap<u64, u64>,
     duplicates: u64,
 }
 
 impl OpSet {
-    fn insert(&mut self, op: u64) {
+    pub(crate) fn insert(&mut self, op: u64) {
         // The range starting at or before `op`.
         if let Some((&start, &end)) = self.ranges.range(..=op).next_back() {
             if op <= end {
@@ -817,6 +1285,16 @@ impl OpSet {
             new_end = next_end;
         }
         self.ranges.insert(op, new_end);
+    }
+
+    /// The ranges, ascending.
+    pub(crate) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().map(|(a, b)| (*a, *b))
+    }
+
+    /// How many distinct ops.
+    pub(crate) fn count(&self) -> u64 {
+        self.ranges.iter().map(|(a, b)| b - a + 1).sum()
     }
 
     /// The gaps in `(watermark, max op]`: the one before the first op
@@ -855,7 +1333,7 @@ struct Gaps {
 }
 
 /// A window over a file: the bytes of `[start, start + bytes.len())`.
-struct Window<'f> {
+pub(crate) struct Window<'f> {
     file: &'f File,
     file_len: u64,
     start: u64,
@@ -863,7 +1341,7 @@ struct Window<'f> {
 }
 
 impl<'f> Window<'f> {
-    fn new(file: &'f File, file_len: u64) -> Window<'f> {
+    pub(crate) fn new(file: &'f File, file_len: u64) -> Window<'f> {
         Window {
             file,
             file_len,
@@ -873,12 +1351,12 @@ impl<'f> Window<'f> {
     }
 
     /// Forgets what was read, so the next `get` reads the file again.
-    fn invalidate(&mut self) {
+    pub(crate) fn invalidate(&mut self) {
         self.bytes.clear();
     }
 
     /// Bytes `[pos, pos + len)`, or fewer at the end of the file.
-    fn get(&mut self, pos: u64, len: u64) -> io::Result<&[u8]> {
+    pub(crate) fn get(&mut self, pos: u64, len: u64) -> io::Result<&[u8]> {
         if pos >= self.file_len {
             return Ok(&[]);
         }
@@ -898,118 +1376,78 @@ impl<'f> Window<'f> {
     }
 }
 
-/// Why the entry at a position is not live.
-struct Fault {
-    offset: u64,
-    reason: &'static str,
-    zeroed: bool,
-    misplaced: bool,
-}
-
-/// The scan of one segment whose header verified.
-struct SegmentScan<'a> {
+/// The scan of one planned segment: the driver of a [`SegmentScanner`].
+struct Scan<'a> {
     file: &'a File,
-    header: &'a SegmentHeader,
     segment: &'a mut SegmentReport,
-    end_limit: Option<u64>,
-    last: bool,
     ops: &'a mut OpSet,
     observer: &'a mut dyn ScanObserver,
     done_before: u64,
     transient_read_faults: u64,
-    damage: &'a mut Vec<Damage>,
 }
 
-impl SegmentScan<'_> {
-    fn run(&mut self) -> Result<ControlFlow<()>, InspectError> {
-        let path = self.segment.path.clone();
-        let generation = self.segment.generation;
-        let file_len = self.segment.file_bytes;
-        let segment_bytes = self.header.segment_bytes.get();
-        let limit = self.end_limit.unwrap_or(segment_bytes).min(segment_bytes);
-        let mut window = Window::new(self.file, file_len);
-        let mut pos = SEGMENT_DATA_OFFSET;
+impl Scan<'_> {
+    /// Runs the scanner to its outcome (`None`: the observer stopped it),
+    /// recording every entry and how the segment ends.
+    fn run(&mut self, planned: &PlannedSegment) -> Result<Option<SegmentOutcome>, InspectError> {
+        let path = planned.path.clone();
+        let mut window = Window::new(self.file, self.segment.file_bytes);
+        let mut scanner = SegmentScanner::new(&planned.header, planned.sealed_end);
         let mut reported = 0;
-        // After the header block or a padding entry the next entry must
-        // start a write.
-        let mut expect_first = true;
-        loop {
-            if pos >= reported + INSPECT_READ_BYTES {
-                self.observer.progress(self.done_before + pos);
-                reported = pos;
-            }
-            if pos + ENTRY_HEADER_BYTES as u64 > limit {
-                self.segment.end = if self.end_limit.is_some() {
-                    SegmentEnd::Sealed { offset: pos }
-                } else {
-                    SegmentEnd::Clean { offset: pos }
-                };
-                return Ok(ControlFlow::Continue(()));
-            }
-            if pos + ENTRY_HEADER_BYTES as u64 > file_len {
-                // The file is shorter than its header says: its size change
-                // was never durable, so nothing acknowledged lies past it —
-                // unless a later segment vouches for more.
-                if self.end_limit.is_some() {
-                    self.report_damage(
-                        &path,
-                        pos,
-                        format!("segment file ends at {file_len}, before its recorded end"),
-                    );
-                } else {
-                    self.segment.end = SegmentEnd::Clean { offset: pos };
+        let mut step = scanner.step(None);
+        let outcome = loop {
+            step = match step {
+                Step::Read { pos, len, again } => {
+                    if again {
+                        window.invalidate();
+                    }
+                    let bytes = window
+                        .get(pos, len)
+                        .map_err(io_error("read", &path, Some(pos)))?;
+                    scanner.step(Some(bytes))
                 }
-                return Ok(ControlFlow::Continue(()));
-            }
-            let mut verdict = verify_at(
-                &mut window,
-                &path,
-                generation,
-                segment_bytes,
-                limit,
-                pos,
-                expect_first,
-            )?;
-            if verdict.is_err() {
-                // Read the bytes again before deciding anything.
-                window.invalidate();
-                verdict = verify_at(
-                    &mut window,
-                    &path,
-                    generation,
-                    segment_bytes,
-                    limit,
-                    pos,
-                    expect_first,
-                )?;
-                if verdict.is_ok() {
-                    self.transient_read_faults += 1;
+                Step::Entry(header) => {
+                    let offset = u64::from(header.offset.get());
+                    if offset >= reported + INSPECT_READ_BYTES {
+                        self.observer.progress(self.done_before + offset);
+                        reported = offset;
+                    }
+                    // The scanner hands out only entries whose kind verified.
+                    if let Some(kind) = header.entry_kind() {
+                        let info = EntryInfo::from_header(&header, kind);
+                        self.record(&info);
+                        let payload_len = if kind == EntryKind::Data {
+                            u64::from(header.payload_len.get())
+                        } else {
+                            0
+                        };
+                        let payload = window
+                            .get(offset + ENTRY_HEADER_BYTES as u64, payload_len)
+                            .map_err(io_error("read", &path, Some(offset)))?;
+                        if self.observer.entry(&info, payload).is_break() {
+                            self.segment.end = SegmentEnd::Stopped { offset };
+                            self.transient_read_faults = scanner.transient_read_faults();
+                            return Ok(None);
+                        }
+                    }
+                    scanner.step(None)
                 }
-            }
-            let (header, kind) = match verdict {
-                Ok(found) => found,
-                Err(fault) => {
-                    self.finish_at_fault(&mut window, &path, fault)?;
-                    return Ok(ControlFlow::Continue(()));
-                }
+                Step::Done(outcome) => break outcome,
             };
-            let info = EntryInfo::from_header(&header, kind);
-            self.record(&info);
-            let payload_len = if kind == EntryKind::Data {
-                u64::from(header.payload_len.get())
-            } else {
-                0
-            };
-            let payload = window
-                .get(pos + ENTRY_HEADER_BYTES as u64, payload_len)
-                .map_err(io_error("read", &path, Some(pos)))?;
-            if self.observer.entry(&info, payload).is_break() {
-                self.segment.end = SegmentEnd::Stopped { offset: pos };
-                return Ok(ControlFlow::Break(()));
-            }
-            pos += header.footprint();
-            expect_first = kind == EntryKind::Padding;
-        }
+        };
+        self.transient_read_faults = scanner.transient_read_faults();
+        self.segment.end = match &outcome {
+            SegmentOutcome::Sealed { end } => SegmentEnd::Sealed { offset: *end },
+            SegmentOutcome::Clean { end } => SegmentEnd::Clean { offset: *end },
+            SegmentOutcome::Cut(cut) => SegmentEnd::Torn {
+                offset: cut.offset,
+                reason: cut.reason.clone(),
+                ops: cut.ops,
+                entries: cut.entries,
+            },
+            SegmentOutcome::Damaged { offset, .. } => SegmentEnd::Damaged { offset: *offset },
+        };
+        Ok(Some(outcome))
     }
 
     fn record(&mut self, info: &EntryInfo) {
@@ -1033,145 +1471,12 @@ impl SegmentScan<'_> {
             EntryKind::Padding => segment.padding_entries += 1,
         }
     }
-
-    fn report_damage(&mut self, path: &Path, offset: u64, reason: String) {
-        self.damage.push(Damage {
-            path: path.to_path_buf(),
-            offset,
-            reason,
-        });
-        self.segment.end = SegmentEnd::Damaged { offset };
-    }
-
-    /// Applies the decision table (rows 1–6, 12, 13) to a fault.
-    fn finish_at_fault(
-        &mut self,
-        window: &mut Window<'_>,
-        path: &Path,
-        fault: Fault,
-    ) -> Result<(), InspectError> {
-        let offset = fault.offset;
-        if !self.last && self.end_limit.is_none() && fault.zeroed {
-            // Its successor is missing or its header is damaged (reported
-            // already), so nothing records where this segment's data ends:
-            // zeroed space is the best guess.
-            self.segment.end = SegmentEnd::Clean { offset };
-            return Ok(());
-        }
-        if !self.last || fault.misplaced {
-            // Row 6: a later segment exists, so this data was durable.
-            // Row 12: a misdirected write, which no crash produces.
-            self.report_damage(path, offset, fault.reason.to_string());
-            return Ok(());
-        }
-        if self.header.flags.get() & SEGMENT_FLAG_NO_SYNC == 0 {
-            if let Some((later, what)) = evidence_after(window, path, self.header, offset)? {
-                // Rows 5 and 12.
-                self.report_damage(
-                    path,
-                    offset,
-                    format!("{}, but {what} at offset {later}", fault.reason),
-                );
-                return Ok(());
-            }
-        }
-        self.segment.end = if fault.zeroed {
-            // Row 1.
-            SegmentEnd::Clean { offset }
-        } else {
-            // Rows 2–4, 13.
-            SegmentEnd::Torn {
-                offset,
-                reason: fault.reason.to_string(),
-            }
-        };
-        Ok(())
-    }
-}
-
-/// Verifies the entry at `pos`: header, placement and payload.
-fn verify_at(
-    window: &mut Window<'_>,
-    path: &Path,
-    generation: u64,
-    segment_bytes: u64,
-    limit: u64,
-    pos: u64,
-    expect_first: bool,
-) -> Result<Result<(EntryHeader, EntryKind), Fault>, InspectError> {
-    let bytes = window
-        .get(pos, ENTRY_HEADER_BYTES as u64)
-        .map_err(io_error("read", path, Some(pos)))?;
-    let checked = if bytes.len() < ENTRY_HEADER_BYTES {
-        Err(HeaderFault::Invalid)
-    } else {
-        // Not the configured entry_bytes_max: the journal may have been
-        // written with a larger one.
-        check_entry_header(bytes, generation, pos, segment_bytes, ENTRY_BYTES_MAX_LIMIT)
-    };
-    let checked = match checked {
-        Ok(h) if expect_first && h.flags & FLAG_FIRST_IN_WRITE == 0 => Err(HeaderFault::Invalid),
-        Ok(h) if pos + h.footprint() > limit => Err(HeaderFault::Invalid),
-        other => other,
-    };
-    let fault = |fault: HeaderFault| Fault {
-        offset: pos,
-        reason: fault.describe(),
-        zeroed: fault == HeaderFault::Zeroed,
-        misplaced: fault == HeaderFault::Misplaced,
-    };
-    let header = match checked {
-        Ok(header) => header,
-        Err(f) => return Ok(Err(fault(f))),
-    };
-    let Some(kind) = header.entry_kind() else {
-        return Ok(Err(fault(HeaderFault::Invalid)));
-    };
-    if kind == EntryKind::Data {
-        let len = u64::from(header.payload_len.get());
-        let payload = window
-            .get(pos + ENTRY_HEADER_BYTES as u64, len)
-            .map_err(io_error("read", path, Some(pos)))?;
-        if payload.len() as u64 != len || crc32fast::hash(payload) != header.payload_checksum.get()
-        {
-            return Ok(Err(Fault {
-                offset: pos,
-                reason: "payload checksum mismatch",
-                zeroed: false,
-                misplaced: false,
-            }));
-        }
-    }
-    Ok(Ok((header, kind)))
-}
-
-/// Evidence that a fault at `offset` of the last segment is not a torn
-/// tail (rows 5 and 12): `writes_in_flight` valid write starts within
-/// reach, or a misdirected header. Same search as recovery's.
-fn evidence_after(
-    window: &mut Window<'_>,
-    path: &Path,
-    segment: &SegmentHeader,
-    offset: u64,
-) -> Result<Option<(u64, &'static str)>, InspectError> {
-    let mut search = EvidenceSearch::new(segment, offset);
-    while let Some(candidate) = search.next_candidate() {
-        let bytes = window
-            .get(candidate, ENTRY_HEADER_BYTES as u64)
-            .map_err(io_error("read", path, Some(candidate)))?;
-        if bytes.len() < ENTRY_HEADER_BYTES {
-            break;
-        }
-        if let Some(found) = search.examine(candidate, bytes) {
-            return Ok(Some(found));
-        }
-    }
-    Ok(None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::SEGMENT_MAGIC;
 
     #[test]
     fn op_set_merges_ranges_and_finds_gaps() {
@@ -1180,10 +1485,8 @@ mod tests {
             ops.insert(op);
         }
         assert_eq!(ops.duplicates, 1);
-        assert_eq!(
-            ops.ranges.iter().collect::<Vec<_>>(),
-            [(&1, &7), (&10, &10)]
-        );
+        assert_eq!(ops.ranges().collect::<Vec<_>>(), [(1, 7), (10, 10)]);
+        assert_eq!(ops.count(), 8);
         let gaps = |leading, interior: &[(u64, u64)], interior_count| Gaps {
             leading,
             interior: interior.to_vec(),
@@ -1221,7 +1524,7 @@ mod tests {
         );
     }
 
-    use crate::{Journal, JournalBuilder, RecoveryReport, TailState};
+    use crate::{Journal, JournalBuilder, RecoveryReport};
 
     const N: u64 = 6;
 
@@ -1251,9 +1554,27 @@ mod tests {
         (0..200).map(|i| (op as usize * 31 + i) as u8).collect()
     }
 
+    /// Ends a session the way a crash does: no close, so the superblock
+    /// records nowhere where the last segment ends.
+    async fn crash(journal: Journal) {
+        glommio::yield_if_needed().await;
+        drop(journal);
+    }
+
     /// Appends ops 1..=N one at a time (op `k` is its write's only entry,
-    /// at byte 4096 * k of segment 1), then reopens `reopens` times.
+    /// at byte 4096 * k of segment 1) and closes cleanly, then reopens
+    /// `reopens` times.
     fn write_session(reopens: usize) -> (tempfile::TempDir, PathBuf) {
+        write_session_ending(reopens, true)
+    }
+
+    /// Like [`write_session`] without reopens, but the session ends in a
+    /// crash: the end of segment 1 is recorded nowhere.
+    fn write_crashed_session() -> (tempfile::TempDir, PathBuf) {
+        write_session_ending(0, false)
+    }
+
+    fn write_session_ending(reopens: usize, close: bool) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("journal");
         let p = path.clone();
@@ -1262,7 +1583,11 @@ mod tests {
             for op in 1..=N {
                 assert_eq!(journal.append(&payload(op)).await.unwrap(), op);
             }
-            journal.close().await.unwrap();
+            if close {
+                journal.close().await.unwrap();
+            } else {
+                crash(journal).await;
+            }
             for _ in 0..reopens {
                 builder(&p).open().await.unwrap().close().await.unwrap();
             }
@@ -1288,11 +1613,11 @@ mod tests {
     }
 
     /// What recovery makes of the directory (it may change it: call last).
-    fn recover(path: &Path) -> Result<RecoveryReport, crate::Error> {
+    fn recover(path: &Path, recovery: Recovery) -> Result<RecoveryReport, crate::Error> {
         let p = path.to_path_buf();
         let (tx, rx) = std::sync::mpsc::channel();
         run(move || async move {
-            let result = match builder(&p).open().await {
+            let result = match builder(&p).recovery(recovery).open().await {
                 Ok(journal) => {
                     let report = journal.recovery_report().clone();
                     journal.close().await.unwrap();
@@ -1339,7 +1664,8 @@ mod tests {
         let mut seen = Collect::default();
         let report = scan_journal(&path, &mut seen).unwrap();
         assert!(report.is_intact(), "{report:?}");
-        assert!(report.complete);
+        assert!(report.complete && report.planned);
+        assert_eq!(report.verdict, Verdict::Opens);
         assert_eq!(report.data_entries, 6);
         assert_eq!((report.op_min, report.op_max), (Some(1), Some(6)));
         assert_eq!(seen.2, seen.1, "progress reaches the total");
@@ -1358,16 +1684,41 @@ mod tests {
             "{:?}",
             report.tail
         );
-        assert!(report.segments.len() >= 3, "{:?}", report.segments);
+        let in_log: Vec<_> = report
+            .segments
+            .iter()
+            .filter(|s| s.in_log)
+            .map(|s| s.generation)
+            .collect();
+        assert_eq!(in_log, [1, 2, 3], "{:?}", report.segments);
+        // The superblock: three segments, the closed ones' ends and the
+        // last one's (a clean close) recorded.
+        let sb = report.superblock.as_ref().expect("a superblock");
+        assert_eq!((sb.first_generation, sb.last_generation), (1, 3));
+        assert_eq!(sb.ends.len(), 3, "{sb:?}");
+        assert!(sb.damaged_copies.is_empty());
+        for s in report.segments.iter().filter(|s| s.in_log) {
+            assert_eq!(
+                s.sealed_end,
+                sb.ends.iter().find(|e| e.0 == s.generation).map(|e| e.1)
+            );
+            assert!(matches!(s.end, SegmentEnd::Sealed { .. }), "{s:?}");
+        }
         // Read-only: the files are byte for byte what they were.
         let before: Vec<_> = list_segments(&path).unwrap();
+        let sb_before = std::fs::read(path.join(SUPERBLOCK_FILE_NAME)).unwrap();
         scan_journal(&path, &mut ()).unwrap();
         assert_eq!(list_segments(&path).unwrap(), before);
+        assert_eq!(
+            std::fs::read(path.join(SUPERBLOCK_FILE_NAME)).unwrap(),
+            sb_before
+        );
 
-        let recovered = recover(&path).unwrap();
+        let recovered = recover(&path, Recovery::TruncateTornTail).unwrap();
         assert_eq!(recovered.entries, report.data_entries);
         assert_eq!(recovered.bytes, report.data_bytes);
         assert_eq!(recovered.watermark, report.watermark);
+        assert_eq!(recovered.removed.len(), report.leftovers.len());
     }
 
     #[test]
@@ -1377,12 +1728,13 @@ mod tests {
         flip(&file, 4096 * 3 + ENTRY_HEADER_BYTES as u64 + 5);
         let report = scan_journal(&path, &mut ()).unwrap();
         assert!(!report.is_intact());
+        assert_eq!(report.verdict, Verdict::Refuses);
         assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
         assert_eq!(report.damage[0].path, file);
         assert_eq!(report.damage[0].offset, 4096 * 3);
         assert!(report.damage[0].reason.contains("payload checksum"));
         assert_eq!(report.tail, Tail::Unknown);
-        match recover(&path) {
+        match recover(&path, Recovery::TruncateTornTail) {
             Err(crate::Error::Corruption {
                 path: p, offset, ..
             }) => {
@@ -1401,62 +1753,137 @@ mod tests {
         assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
         assert_eq!(report.damage[0].path, file);
         assert_eq!(report.damage[0].offset, 4096 * N);
+        assert_eq!(report.verdict, Verdict::Refuses);
         assert!(
             matches!(report.tail, Tail::Clean { .. }),
             "{:?}",
             report.tail
         );
         assert!(matches!(
-            recover(&path),
+            recover(&path, Recovery::TruncateTornTail),
             Err(crate::Error::Corruption { .. })
         ));
     }
 
     #[test]
-    fn a_torn_last_write_is_a_torn_tail_not_damage() {
-        let (_dir, path) = write_session(0);
+    fn a_torn_last_write_after_a_crash_is_a_cut_with_its_ops_not_damage() {
+        let (_dir, path) = write_crashed_session();
         let file = segment(&path, 1);
         flip(&file, 4096 * N + ENTRY_HEADER_BYTES as u64 + 17);
         let report = scan_journal(&path, &mut ()).unwrap();
         assert!(report.is_intact(), "{:?}", report.damage);
+        assert_eq!(report.verdict, Verdict::Cuts);
+        assert!(report.reopen_refuses(Recovery::Strict));
+        assert!(!report.reopen_refuses(Recovery::TruncateTornTail));
         match &report.tail {
             Tail::Torn {
                 path: p,
                 offset,
                 reason,
+                ops,
+                entries,
             } => {
                 assert_eq!((p, *offset), (&file, 4096 * N));
                 assert!(reason.contains("payload checksum"), "{reason}");
+                assert_eq!((*ops, *entries), (Some((N, N)), 1));
             }
             other => panic!("expected a torn tail, got {other:?}"),
         }
         assert_eq!(report.op_max, Some(N - 1));
-        match recover(&path).unwrap().tail {
-            TailState::Torn { offset, .. } => assert_eq!(offset, 4096 * N),
-            other => panic!("recovery should cut a torn tail: {other:?}"),
-        }
+        assert!(
+            matches!(
+                recover(&path, Recovery::Strict),
+                Err(crate::Error::Corruption { .. })
+            ),
+            "Strict refuses the cut"
+        );
+        let recovered = recover(&path, Recovery::TruncateTornTail).unwrap();
+        assert_eq!(Some(recovered.tail.clone()), report.tail.tail_state());
+        assert_eq!(recovered.tail.describe(), report.tail.describe());
     }
 
     #[test]
-    fn a_spare_segment_is_incomplete_not_damage_and_a_gap_is_damage() {
+    fn the_same_damage_after_a_clean_close_is_corruption() {
+        let (_dir, path) = write_session(0);
+        let file = segment(&path, 1);
+        flip(&file, 4096 * N + ENTRY_HEADER_BYTES as u64 + 17);
+        let report = scan_journal(&path, &mut ()).unwrap();
+        assert_eq!(report.verdict, Verdict::Refuses);
+        assert_eq!(report.damage[0].offset, 4096 * N);
+        assert!(recover(&path, Recovery::TruncateTornTail).is_err());
+    }
+
+    #[test]
+    fn a_spare_segment_is_a_leftover_and_a_missing_one_is_damage() {
         let (_dir, path) = write_three_segments();
         let segments = list_segments(&path).unwrap();
-        assert_eq!(segments.len(), 3);
-        let last = segments.last().unwrap().0;
+        let last = 3;
+        for (generation, file, _) in &segments {
+            if *generation > last {
+                std::fs::remove_file(file).unwrap();
+            }
+        }
         // A spare: created, space reserved, no header yet.
         std::fs::write(segment(&path, last + 1), vec![0; 8192]).unwrap();
         let report = scan_journal(&path, &mut ()).unwrap();
         assert!(report.is_intact(), "{:?}", report.damage);
-        assert_eq!(report.segments.last().unwrap().end, SegmentEnd::Incomplete);
+        assert_eq!(report.verdict, Verdict::Opens);
+        assert!(
+            matches!(
+                report.segment(last + 1).unwrap().end,
+                SegmentEnd::Leftover { .. }
+            ),
+            "{:?}",
+            report.segments
+        );
+        assert_eq!(report.leftovers.len(), 1);
         std::fs::remove_file(segment(&path, last + 1)).unwrap();
-        // Remove a middle segment.
-        std::fs::remove_file(&segments[1].1).unwrap();
+        // Remove a middle segment: the plan refuses; the best-effort scan
+        // still reads the others.
+        std::fs::remove_file(segment(&path, 2)).unwrap();
         let report = scan_journal(&path, &mut ()).unwrap();
+        assert!(!report.planned);
+        assert_eq!(report.verdict, Verdict::Refuses);
         assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
         assert!(report.damage[0].reason.contains("missing"));
-        assert_eq!(report.damage[0].path, segments[1].1);
+        assert_eq!(report.damage[0].path, segment(&path, 2));
         assert_eq!(report.missing_ops, [(3, 4)]);
         assert_eq!(report.leading_gap, None);
+        for generation in [1, 3] {
+            let s = report.segment(generation).unwrap();
+            assert!(
+                s.in_log && matches!(s.end, SegmentEnd::Sealed { .. }),
+                "{s:?}"
+            );
+        }
+        assert!(matches!(
+            recover(&path, Recovery::TruncateTornTail),
+            Err(crate::Error::Corruption { path: p, .. }) if p == segment(&path, 2)
+        ));
+    }
+
+    #[test]
+    fn stray_files_and_damaged_superblock_copies_are_reported_not_refused() {
+        let (_dir, path) = write_three_segments();
+        std::fs::write(path.join("notes.txt"), b"hello").unwrap();
+        std::fs::write(path.join("segment-000000000000000A.wal"), b"x").unwrap();
+        flip(&path.join(SUPERBLOCK_FILE_NAME), 100);
+        let report = scan_journal(&path, &mut ()).unwrap();
+        assert_eq!(report.verdict, Verdict::Opens, "{:?}", report.damage);
+        assert_eq!(report.stray.len(), 2);
+        assert_eq!(report.superblock.as_ref().unwrap().damaged_copies.len(), 1);
+        let recovered = recover(&path, Recovery::TruncateTornTail).unwrap();
+        assert_eq!(recovered.stray_files, report.stray);
+        assert_eq!(recovered.superblock_repaired.len(), 1);
+        // Both copies: the superblock is damage.
+        flip(&path.join(SUPERBLOCK_FILE_NAME), 100);
+        flip(&path.join(SUPERBLOCK_FILE_NAME), 4096 + 100);
+        let report = scan_journal(&path, &mut ()).unwrap();
+        assert_eq!(report.verdict, Verdict::Refuses);
+        assert!(report.superblock.is_none());
+        assert_eq!(report.damage[0].path, path.join(SUPERBLOCK_FILE_NAME));
+        // The segments are still read, without their superblock.
+        assert_eq!(report.data_entries, 6, "{report:?}");
     }
 
     #[test]
@@ -1477,11 +1904,16 @@ mod tests {
         assert!(report.is_intact(), "{report:?}");
         assert_eq!(report.watermark, 4);
         assert_eq!(report.op_max, Some(N + 1));
-        assert_eq!(recover(&path).unwrap().watermark, 4);
+        assert_eq!(
+            recover(&path, Recovery::TruncateTornTail)
+                .unwrap()
+                .watermark,
+            4
+        );
     }
 
     #[test]
-    fn retired_ops_behind_a_watermark_record_cut_with_a_torn_tail_are_a_leading_gap() {
+    fn a_cut_that_takes_the_watermark_record_leaves_the_superblocks_watermark() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("journal");
         let p = path.clone();
@@ -1494,28 +1926,37 @@ mod tests {
             let journal = builder(&p).open().await.unwrap();
             journal.append(&payload(N + 1)).await.unwrap();
             journal.append(&payload(N + 2)).await.unwrap();
-            // Its record goes after op N + 2; segment 1 is retired.
+            // Its record goes after op N + 2; segment 1 is retired, and the
+            // superblock's update that retires it records the watermark.
             journal.advance_watermark(N).await.unwrap();
-            journal.close().await.unwrap();
+            crash(journal).await;
         });
         let report = scan_journal(&path, &mut ()).unwrap();
         assert!(report.is_intact(), "{report:?}");
         assert_eq!((report.watermark, report.leading_gap), (N, None));
         let last = segment(&path, 2);
         assert!(last.exists() && !segment(&path, 1).exists());
-        flip(&last, 4096 * 2 + ENTRY_HEADER_BYTES as u64 + 3);
+        // The record's header: the last write, nothing vouches for it.
+        flip(&last, 4096 * 3 + 3);
         let report = scan_journal(&path, &mut ()).unwrap();
         assert!(
-            matches!(report.tail, Tail::Torn { offset: 8192, .. }),
+            matches!(
+                report.tail,
+                Tail::Torn {
+                    offset: 12288,
+                    ops: None,
+                    ..
+                }
+            ),
             "{:?}",
             report.tail
         );
-        assert_eq!(report.watermark, 0);
-        assert_eq!(report.leading_gap, Some((1, N)));
-        assert!(report.is_intact(), "the torn tail explains the gap");
-        let recovered = recover(&path).unwrap();
-        assert_eq!(recovered.watermark, 0);
-        assert_eq!(recovered.entries, 1);
+        assert_eq!(report.superblock.as_ref().unwrap().watermark, N);
+        assert_eq!((report.watermark, report.leading_gap), (N, None));
+        assert!(report.is_intact());
+        let recovered = recover(&path, Recovery::TruncateTornTail).unwrap();
+        assert_eq!(recovered.watermark, N);
+        assert_eq!(recovered.entries, 2);
     }
 
     #[test]
@@ -1555,7 +1996,11 @@ mod tests {
                 bytes[4..8].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
             }
             std::fs::write(path.join(segment_file_name(1 + round % 3)), &bytes).unwrap();
-            let _ = scan_journal(path, &mut ()).unwrap();
+            if round == 20 {
+                std::fs::write(path.join(SUPERBLOCK_FILE_NAME), &bytes).unwrap();
+            }
+            let report = scan_journal(path, &mut ()).unwrap();
+            assert_eq!(report.verdict, Verdict::Refuses);
         }
     }
 

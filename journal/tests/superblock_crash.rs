@@ -100,7 +100,7 @@ fn a_power_cut_at_every_step_loses_nothing_acknowledged() {
                 mem.crash();
                 // The check itself runs on a disk without faults.
                 mem.set_faults(FaultConfig::none());
-                let acked = acked.borrow();
+                let acked = std::mem::take(&mut *acked.borrow_mut());
                 let journal = builder(&mem)
                     .open()
                     .await

@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use ringstore_journal::storage::MemStorage;
-use ringstore_journal::{Error, Journal, JournalBuilder};
+use ringstore_journal::{Journal, JournalBuilder};
 use std::path::Path;
 
 const ENTRY: usize = 8000;

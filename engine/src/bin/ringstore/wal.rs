@@ -1,13 +1,20 @@
-//! `ringstore wal inspect|verify|dump`: the write-ahead log of each shard.
+//! `ringstore wal inspect|verify|dump|salvage`: the write-ahead log of each
+//! shard.
 //!
-//! All three run [`ringstore_journal::inspect::scan_journal`], which reads
-//! and verifies every entry (header and payload checksums, identity,
-//! placement) read-only and applies recovery's decision table; they differ
-//! in what they print. Damage — bytes that fail verification where valid
-//! data must be, or ops missing above the watermark — makes the exit code 1.
-//! A torn tail (unacknowledged bytes of an unfinished write after the last
-//! valid entry, which recovery cuts) is reported but is not damage, unless
-//! `wal verify --strict`.
+//! `inspect`, `verify` and `dump` run
+//! [`ringstore_journal::inspect::scan_journal`], which drives the journal's
+//! one verifier read-only, as reopening the journal does, and reaches the
+//! same verdict; they differ in what they print. Damage — anything that
+//! makes a reopen refuse, or ops missing above the watermark — makes the
+//! exit code 1. A tail that does not verify and that nothing proves durable
+//! (which a reopen cuts and reports, with the ops that may have been
+//! acknowledged in it) is reported but is not damage, unless `wal verify
+//! --strict` (what `Recovery::Strict` does).
+//!
+//! `salvage` is the one that writes: for a shard whose journal refuses to
+//! open, [`ringstore_journal::salvage`] cuts it at the first damage and
+//! moves what it no longer reads into `<shard>/quarantine/`, holding the
+//! shard's lock while it runs.
 
 use crate::datadir::{shards, ShardArg, ShardDir};
 use crate::output::{self, Out, Progress};
@@ -15,9 +22,11 @@ use crate::{CliError, Context, Outcome};
 use ringstore::broker::Command;
 use ringstore_journal::format::EntryKind;
 use ringstore_journal::inspect::{
-    scan_journal, Damage, EntryInfo, InspectError, JournalReport, ScanObserver, SegmentEnd,
-    SegmentReport, Tail, MISSING_RANGES_MAX,
+    scan_journal_as, Damage, EntryInfo, InspectError, JournalReport, ScanObserver, SegmentEnd,
+    SegmentReport, SuperblockReport, Tail, Verdict, MISSING_RANGES_MAX,
 };
+use ringstore_journal::salvage::{salvage_as, SalvageError, SalvageReport};
+use ringstore_journal::JournalOwner;
 use serde_json::{json, Value};
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -38,7 +47,28 @@ pub enum WalCommand {
     /// One line per entry: op, epoch, kind, payload length, checksum, and
     /// the decoded broker command (or a hex prefix).
     Dump(DumpArgs),
+    /// For a shard whose journal refuses to open: cut the journal at its
+    /// first damage, keep what verifies before it, move every later segment
+    /// and stray file into <shard>/quarantine/<time>-journal/ (never
+    /// deleted), rewrite the superblock, and report the ops lost. Without
+    /// --yes it prints what it would do. Refuses (exit 2) a healthy or a
+    /// locked shard.
+    Salvage(SalvageArgs),
 }
+
+/// `wal salvage` flags.
+#[derive(Debug, clap::Args)]
+pub struct SalvageArgs {
+    /// The shard to salvage (the NNN of shard-NNN).
+    #[arg(long, value_name = "N")]
+    shard: usize,
+    /// Carry it out (without: print what it would do, change nothing, exit 2).
+    #[arg(long)]
+    yes: bool,
+}
+
+/// Where `wal salvage` quarantines, inside the shard directory.
+pub const QUARANTINE_DIR_NAME: &str = "quarantine";
 
 /// `wal verify` flags.
 #[derive(Debug, clap::Args)]
@@ -75,6 +105,7 @@ pub fn run(context: &Context, command: WalCommand) -> Result<Outcome, CliError> 
         WalCommand::Inspect(shard) => inspect(context, &shard),
         WalCommand::Verify(args) => verify(context, &args),
         WalCommand::Dump(args) => dump(context, &args),
+        WalCommand::Salvage(args) => salvage(context, &args),
     }
 }
 
@@ -90,9 +121,54 @@ impl ScanObserver for ScanProgress {
     }
 }
 
-fn scan(shard: &ShardDir, observer: &mut dyn ScanObserver) -> Result<JournalReport, CliError> {
+/// Who a shard's journal must belong to, as the engine opens it: the
+/// domain of the shard's identity and — for `shard-NNN` of a data directory,
+/// which the runtime opens with its place — its index among the shards the
+/// data directory's superblock records.
+struct Expected {
+    /// `None`: nothing to check (no identity that verifies; an open
+    /// refuses over the identity first, which `snapshot verify` reports).
+    owner: Option<JournalOwner>,
+    /// The data directory's superblock does not verify: the engine refuses
+    /// the whole data directory (the owner then names the domain only).
+    data_dir_refusal: Option<String>,
+}
+
+fn expected(context: &Context, shard: &ShardDir) -> Expected {
+    let mut data_dir_refusal = None;
+    let shards = if shard.path == context.data_dir {
+        // A shard directory given on its own: opened without a place.
+        None
+    } else {
+        match ringstore::runtime::startup::read_manifest(&context.data_dir) {
+            Ok(shards) => shards,
+            Err(e) => {
+                data_dir_refusal = Some(e.to_string());
+                None
+            }
+        }
+    };
+    let domain = ringstore::snapshot::inspect::read_identity_file(&shard.path)
+        .ok()
+        .and_then(|identity| identity.domain());
+    let owner = domain.map(|domain| JournalOwner {
+        domain: *domain.as_bytes(),
+        shard: shards.map_or(0, |_| shard.index as u32),
+        shards: shards.map_or(0, |n| n as u32),
+    });
+    Expected {
+        owner,
+        data_dir_refusal,
+    }
+}
+
+fn scan(
+    shard: &ShardDir,
+    owner: Option<JournalOwner>,
+    observer: &mut dyn ScanObserver,
+) -> Result<JournalReport, CliError> {
     let dir = shard.journal_dir();
-    scan_journal(&dir, observer).map_err(|e| match e {
+    scan_journal_as(&dir, owner, observer).map_err(|e| match e {
         InspectError::NotFound { .. } => CliError(format!(
             "{}: no journal directory at {} (not a shard directory?)",
             shard.label,
@@ -102,9 +178,13 @@ fn scan(shard: &ShardDir, observer: &mut dyn ScanObserver) -> Result<JournalRepo
     })
 }
 
-fn scan_with_progress(context: &Context, shard: &ShardDir) -> Result<JournalReport, CliError> {
+fn scan_with_progress(
+    context: &Context,
+    shard: &ShardDir,
+    owner: Option<JournalOwner>,
+) -> Result<JournalReport, CliError> {
     let mut progress = ScanProgress(Progress::new(&shard.label, context.json));
-    let report = scan(shard, &mut progress);
+    let report = scan(shard, owner, &mut progress);
     progress.0.finish();
     report
 }
@@ -115,12 +195,18 @@ fn inspect(context: &Context, shard_arg: &ShardArg) -> Result<Outcome, CliError>
     let mut reports = Vec::new();
     let mut damaged = false;
     for shard in &shards {
-        let report = scan_with_progress(context, shard)?;
-        damaged |= !report.is_intact();
+        let expected = expected(context, shard);
+        let report = scan_with_progress(context, shard, expected.owner)?;
+        damaged |= !report.is_intact() || expected.data_dir_refusal.is_some();
         if context.json {
-            reports.push(shard_json(shard, &report));
+            let mut value = shard_json(shard, &report);
+            value["data_dir_refusal"] = json!(expected.data_dir_refusal);
+            reports.push(value);
         } else {
             print_inspect(&mut out, shard, &report)?;
+            if let Some(refusal) = &expected.data_dir_refusal {
+                out.line(format_args!("  DAMAGE: {refusal}"))?;
+            }
         }
     }
     if context.json {
@@ -138,6 +224,11 @@ fn print_inspect(out: &mut Out, shard: &ShardDir, report: &JournalReport) -> Res
     out.line(format_args!("{} ({})", shard.label, report.dir.display()))?;
     out.line(format_args!("  {}", summary(report)))?;
     out.line(format_args!("  tail: {}", tail_text(&report.tail)))?;
+    out.line(format_args!("  reopen: {}", report.describe_verdict()))?;
+    match &report.superblock {
+        Some(sb) => out.line(format_args!("  superblock: {}", superblock_text(sb)))?,
+        None => out.line("  superblock: none readable")?,
+    }
     if report.segments.is_empty() {
         out.line("  no segment files")?;
     } else {
@@ -162,7 +253,7 @@ fn print_inspect(out: &mut Out, shard: &ShardDir, report: &JournalReport) -> Res
         }
         out.line(table)?;
     }
-    print_problems(out, report)?;
+    print_problems(out, shard, report)?;
     out.line("")
 }
 
@@ -193,6 +284,39 @@ fn segment_row(segment: &SegmentReport) -> Vec<String> {
     ]
 }
 
+fn superblock_text(sb: &SuperblockReport) -> String {
+    let generations = if sb.first_generation == 0 {
+        "no segments".to_string()
+    } else {
+        format!(
+            "generations {}..={}",
+            sb.first_generation, sb.last_generation
+        )
+    };
+    let owner = sb
+        .owner
+        .map_or_else(|| "no owner".to_string(), |o| o.to_string());
+    let mut text = format!(
+        "sequence {}, {generations}, watermark {}, {owner}, {} segment end(s) recorded{}",
+        sb.sequence,
+        sb.watermark,
+        sb.ends.len(),
+        sb.ends
+            .last()
+            .filter(|(g, _)| *g == sb.last_generation)
+            .map_or_else(String::new, |(g, end)| format!(
+                " (the last, {g}, ends at {end})"
+            )),
+    );
+    for copy in &sb.damaged_copies {
+        text.push_str(&format!(
+            "; copy at byte offset {} damaged or stale ({}), rewritten at the next open",
+            copy.offset, copy.reason
+        ));
+    }
+    text
+}
+
 fn summary(report: &JournalReport) -> String {
     format!(
         "{} segment file(s), {} entries ({}), ops {}, watermark {}, epoch {}",
@@ -208,11 +332,19 @@ fn summary(report: &JournalReport) -> String {
 fn end_text(end: &SegmentEnd) -> String {
     match end {
         SegmentEnd::Clean { offset } => format!("clean at {offset}"),
-        SegmentEnd::Sealed { offset } => format!("ends at {offset} (as its successor records)"),
-        SegmentEnd::Torn { offset, reason } => format!("TORN TAIL at {offset}: {reason}"),
+        SegmentEnd::Sealed { offset } => format!("ends at {offset} (as recorded)"),
+        SegmentEnd::Torn {
+            offset,
+            reason,
+            ops,
+            entries,
+        } => format!(
+            "TORN TAIL at {offset}: {reason}; {}",
+            ringstore_journal::describe_cut_ops(*ops, *entries)
+        ),
         SegmentEnd::Damaged { offset } => format!("DAMAGED at {offset}"),
-        SegmentEnd::Incomplete => "spare / incomplete (no header, no data)".into(),
-        SegmentEnd::Unscanned => "not scanned".into(),
+        SegmentEnd::Leftover { reason } => format!("leftover, removed at the next open: {reason}"),
+        SegmentEnd::Unscanned => "not part of the log (not scanned)".into(),
         SegmentEnd::Stopped { offset } => format!("stopped at {offset}"),
     }
 }
@@ -221,16 +353,12 @@ fn tail_text(tail: &Tail) -> String {
     match tail {
         Tail::Empty => "empty journal (no segments)".into(),
         Tail::Clean { path, offset } => format!("clean, log ends at {}:{offset}", file_name(path)),
-        Tail::Torn {
-            path,
-            offset,
-            reason,
-        } => format!(
-            "torn tail at {} byte offset {offset} ({reason}): unacknowledged bytes of an \
-             unfinished write; recovery cuts the log there",
-            path.display()
+        Tail::Torn { .. } => format!(
+            "torn tail: {}; nothing proves these bytes durable, so reopening cuts the log there \
+             and reports it (--strict, like Recovery::Strict, refuses)",
+            tail.describe()
         ),
-        Tail::Unknown => "undecided (the last segment is damaged or was not scanned)".into(),
+        Tail::Unknown => tail.describe(),
     }
 }
 
@@ -241,9 +369,29 @@ fn file_name(path: &Path) -> String {
     )
 }
 
-fn print_problems(out: &mut Out, report: &JournalReport) -> Result<(), CliError> {
+fn print_problems(out: &mut Out, shard: &ShardDir, report: &JournalReport) -> Result<(), CliError> {
     for damage in &report.damage {
         out.line(format_args!("  DAMAGE: {damage}"))?;
+    }
+    if report.verdict == Verdict::Refuses {
+        out.line(format_args!(
+            "  reopening refuses this journal; `ringstore wal salvage --shard {}` cuts it at the \
+             first damage (see README, \"After damage\")",
+            shard.index
+        ))?;
+    }
+    for leftover in &report.leftovers {
+        out.line(format_args!(
+            "  leftover: {} ({}): the next open removes it",
+            leftover.path.display(),
+            leftover.reason
+        ))?;
+    }
+    for stray in &report.stray {
+        out.line(format_args!(
+            "  stray: {}: not a journal file, ignored",
+            stray.display()
+        ))?;
     }
     if report.missing_op_count > 0 {
         let ranges: Vec<String> = report
@@ -295,15 +443,18 @@ fn verify(context: &Context, args: &VerifyArgs) -> Result<Outcome, CliError> {
     let mut reports = Vec::new();
     let mut failed = 0;
     for shard in &shards {
-        let report = scan_with_progress(context, shard)?;
+        let expected = expected(context, shard);
+        let report = scan_with_progress(context, shard, expected.owner)?;
         let torn = matches!(report.tail, Tail::Torn { .. });
-        let ok = report.is_intact() && !(args.strict && torn);
+        let ok =
+            report.is_intact() && !(args.strict && torn) && expected.data_dir_refusal.is_none();
         if !ok {
             failed += 1;
         }
         if context.json {
             let mut value = shard_json(shard, &report);
             value["ok"] = json!(ok);
+            value["data_dir_refusal"] = json!(expected.data_dir_refusal);
             reports.push(value);
             continue;
         }
@@ -320,7 +471,12 @@ fn verify(context: &Context, args: &VerifyArgs) -> Result<Outcome, CliError> {
             if args.strict && torn {
                 out.line("  DAMAGE: torn tail (--strict)")?;
             }
-            print_problems(&mut out, &report)?;
+            if let Some(refusal) = &expected.data_dir_refusal {
+                out.line(format_args!(
+                    "  DAMAGE: {refusal} (the engine refuses the data directory)"
+                ))?;
+            }
+            print_problems(&mut out, shard, &report)?;
         }
     }
     if context.json {
@@ -474,7 +630,7 @@ fn dump(context: &Context, args: &DumpArgs) -> Result<Outcome, CliError> {
             bar: Progress::new(&shard.label, context.json),
             error: None,
         };
-        let report = scan(shard, &mut dumper);
+        let report = scan(shard, expected(context, shard).owner, &mut dumper);
         dumper.bar.finish();
         if let Some(e) = dumper.error.take() {
             return Err(e);
@@ -551,7 +707,17 @@ fn tail_json(tail: &Tail) -> Value {
             path,
             offset,
             reason,
-        } => json!({"state": "torn", "path": path, "offset": offset, "reason": reason}),
+            ops,
+            entries,
+        } => json!({
+            "state": "torn",
+            "path": path,
+            "offset": offset,
+            "reason": reason,
+            "ops": ops,
+            "entries": entries,
+            "describe": tail.describe(),
+        }),
         Tail::Unknown => json!({"state": "unknown"}),
     }
 }
@@ -560,11 +726,16 @@ fn end_json(end: &SegmentEnd) -> Value {
     match end {
         SegmentEnd::Clean { offset } => json!({"state": "clean", "offset": offset}),
         SegmentEnd::Sealed { offset } => json!({"state": "sealed", "offset": offset}),
-        SegmentEnd::Torn { offset, reason } => {
-            json!({"state": "torn", "offset": offset, "reason": reason})
+        SegmentEnd::Torn {
+            offset,
+            reason,
+            ops,
+            entries,
+        } => {
+            json!({"state": "torn", "offset": offset, "reason": reason, "ops": ops, "entries": entries})
         }
         SegmentEnd::Damaged { offset } => json!({"state": "damaged", "offset": offset}),
-        SegmentEnd::Incomplete => json!({"state": "incomplete"}),
+        SegmentEnd::Leftover { reason } => json!({"state": "leftover", "reason": reason}),
         SegmentEnd::Unscanned => json!({"state": "unscanned"}),
         SegmentEnd::Stopped { offset } => json!({"state": "stopped", "offset": offset}),
     }
@@ -583,6 +754,7 @@ fn segment_json(segment: &SegmentReport) -> Value {
             "watermark": h.watermark,
             "no_sync": h.no_sync,
             "writes_in_flight": h.writes_in_flight,
+            "journal_id": uuid::Uuid::from_bytes(h.journal_id).to_string(),
         })
     });
     json!({
@@ -590,6 +762,8 @@ fn segment_json(segment: &SegmentReport) -> Value {
         "generation": segment.generation,
         "file_bytes": segment.file_bytes,
         "header": header,
+        "in_log": segment.in_log,
+        "sealed_end": segment.sealed_end,
         "data_entries": segment.data_entries,
         "data_bytes": segment.data_bytes,
         "watermark_records": segment.watermark_records,
@@ -622,7 +796,254 @@ fn shard_json(shard: &ShardDir, report: &JournalReport) -> Value {
         "transient_read_faults": report.transient_read_faults,
         "file_bytes": report.file_bytes,
         "tail": tail_json(&report.tail),
+        "verdict": verdict_name(report.verdict),
+        "reopen": report.describe_verdict(),
+        "refusal": report.refusal.as_ref().map(|r| r.to_string()),
+        "planned": report.planned,
+        "superblock": report.superblock.as_ref().map(superblock_json),
         "damage": damage_json(&report.damage),
+        "leftovers": report
+            .leftovers
+            .iter()
+            .map(|l| json!({"path": l.path, "reason": l.reason}))
+            .collect::<Vec<_>>(),
+        "stray": report.stray,
         "segments": report.segments.iter().map(segment_json).collect::<Vec<_>>(),
     })
+}
+
+fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Opens => "opens",
+        Verdict::Cuts => "cuts",
+        Verdict::Refuses => "refuses",
+    }
+}
+
+fn superblock_json(sb: &SuperblockReport) -> Value {
+    json!({
+        "path": sb.path,
+        "sequence": sb.sequence,
+        "journal_id": uuid::Uuid::from_bytes(sb.journal_id).to_string(),
+        "owner": sb.owner.map(|o| o.to_string()),
+        "first_generation": sb.first_generation,
+        "last_generation": sb.last_generation,
+        "watermark": sb.watermark,
+        "ends": sb.ends,
+        "damaged_copies": sb
+            .damaged_copies
+            .iter()
+            .map(|c| json!({"offset": c.offset, "reason": c.reason}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The shard's lock, held while `wal salvage` runs: the same `flock` on
+/// `<shard>/lock` the engine holds while a shard is open
+/// (`ringstore::LOCK_FILE_NAME`), so a salvage never runs beside an open
+/// shard and an engine starting meanwhile fails with `DirLocked`.
+struct ShardLock {
+    // Held for its lock; closing the file releases it.
+    _file: std::fs::File,
+}
+
+fn lock_shard(shard: &ShardDir) -> Result<ShardLock, CliError> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let path = shard.path.join(ringstore::LOCK_FILE_NAME);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| CliError(format!("{}: opening {}: {e}", shard.label, path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = text
+                .trim()
+                .parse::<u32>()
+                .map_or_else(|_| String::new(), |pid| format!(" by process {pid}"));
+            return Err(CliError(format!(
+                "{}: the shard is in use ({} is locked{holder}: a running engine?); stop it \
+                 before salvaging; nothing was changed",
+                shard.label,
+                path.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(CliError(format!(
+                "{}: locking {}: {e}",
+                shard.label,
+                path.display()
+            )))
+        }
+    }
+    // Best effort, as the engine does: the pid names the holder in errors.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| writeln!(file, "{}", std::process::id()));
+    Ok(ShardLock { _file: file })
+}
+
+fn salvage(context: &Context, args: &SalvageArgs) -> Result<Outcome, CliError> {
+    let shards = shards(&context.data_dir, Some(args.shard))?;
+    let shard = &shards[0];
+    let marker = shard
+        .path
+        .join(ringstore::cold_restore::RESTORE_MARKER_NAME);
+    if marker.exists() {
+        return Err(CliError(format!(
+            "{}: {} marks an unfinished cold restore: the directory holds a restore's half \
+             work, not a journal to salvage; run `ringstore restore` again",
+            shard.label,
+            marker.display()
+        )));
+    }
+    let _lock = lock_shard(shard)?;
+    let journal_dir = shard.journal_dir();
+    let quarantine = shard.path.join(QUARANTINE_DIR_NAME);
+    let mut out = Out::new();
+    let owner = expected(context, shard).owner;
+    match salvage_as(&journal_dir, owner, &quarantine, args.yes) {
+        Ok(report) => {
+            print_salvage(context, &mut out, shard, &report, true)?;
+            out.flush()?;
+            Ok(Outcome::Ok)
+        }
+        Err(SalvageError::NotConfirmed(plan)) => {
+            print_salvage(context, &mut out, shard, &plan, false)?;
+            out.flush()?;
+            Err(CliError(format!(
+                "{}: nothing was changed; pass --yes to salvage the journal as shown",
+                shard.label
+            )))
+        }
+        Err(SalvageError::Inspect(InspectError::NotFound { .. })) => Err(CliError(format!(
+            "{}: no journal directory at {} (not a shard directory?)",
+            shard.label,
+            journal_dir.display()
+        ))),
+        Err(e) => Err(CliError(format!("{}: {e}", shard.label))),
+    }
+}
+
+fn print_salvage(
+    context: &Context,
+    out: &mut Out,
+    shard: &ShardDir,
+    report: &SalvageReport,
+    carried_out: bool,
+) -> Result<(), CliError> {
+    if context.json {
+        let salvage: Value = serde_json::from_str(&report.json())?;
+        return out.json(&json!({
+            "data_dir": context.data_dir,
+            "shard": shard.label,
+            "index": shard.index,
+            "carried_out": carried_out,
+            "ok": carried_out,
+            "salvage": salvage,
+        }));
+    }
+    let (verb, note, moves) = if carried_out {
+        ("salvaged", "", "moved")
+    } else {
+        (
+            "would salvage",
+            " (nothing changed yet; --yes carries it out)",
+            "to move",
+        )
+    };
+    out.line(format_args!(
+        "{}: {verb} the journal in {}{note}",
+        shard.label,
+        report.dir.display()
+    ))?;
+    out.line(format_args!("  reopening refused: {}", report.refusal))?;
+    match &report.cut {
+        Some(cut) => out.line(format_args!(
+            "  cut: {} at byte offset {}: {}",
+            cut.path.display(),
+            cut.offset,
+            cut.reason
+        ))?,
+        None => out.line("  cut: no segment is kept; the journal starts empty")?,
+    }
+    if let (Some(first), Some(last)) = (report.kept.first(), report.kept.last()) {
+        out.line(format_args!(
+            "  keeps: segments {}..={} ({} file(s))",
+            first.generation,
+            last.generation,
+            report.kept.len()
+        ))?;
+    }
+    let sb = &report.superblock;
+    out.line(format_args!(
+        "  superblock: sequence {}{}",
+        sb.sequence,
+        if sb.fresh {
+            " (written anew: no copy of the old one verified)"
+        } else {
+            ""
+        }
+    ))?;
+    out.line(format_args!(
+        "  ops lost (above the watermark {}): {}",
+        sb.superblock.watermark,
+        report.lost.describe()
+    ))?;
+    if report.covered.entries > 0 {
+        out.line(format_args!(
+            "  at or below the watermark (in a snapshot): {}",
+            report.covered.describe()
+        ))?;
+    }
+    if report.moved.is_empty() && report.copied.is_empty() {
+        out.line(format_args!("  files {moves}: none"))?;
+    } else {
+        let mut table = output::table(["file", "into the quarantine folder", "why"]);
+        for f in &report.moved {
+            table.add_row(vec![
+                file_name(&f.from),
+                moves.to_string(),
+                f.reason.clone(),
+            ]);
+        }
+        for f in &report.copied {
+            table.add_row(vec![
+                file_name(&f.from),
+                "copied (stays)".to_string(),
+                f.reason.clone(),
+            ]);
+        }
+        out.line(table)?;
+    }
+    out.line(format_args!(
+        "  quarantine folder: {}",
+        report.quarantine.display()
+    ))?;
+    if carried_out {
+        out.line(format_args!(
+            "  report: {} and {}",
+            report
+                .quarantine
+                .join(ringstore_journal::salvage::REPORT_TEXT_NAME)
+                .display(),
+            report
+                .quarantine
+                .join(ringstore_journal::salvage::REPORT_JSON_NAME)
+                .display()
+        ))?;
+        out.line(format_args!(
+            "  next: `ringstore wal verify --shard {}`, then start the engine; the lost ops come \
+             back only from a replica or object storage (`ringstore restore`; README, \"After \
+             damage\")",
+            shard.index
+        ))?;
+    }
+    Ok(())
 }

@@ -1,0 +1,430 @@
+//! Pins `salvage::salvage`: for journals that refuse to open (a flipped
+//! payload in a middle segment, a deleted or zero-length segment, a damaged
+//! first segment header, a deleted or doubly damaged superblock, a stray
+//! segment holding data) it cuts at the first damage, keeps every op before
+//! it, moves (never deletes) everything else into the quarantine folder,
+//! reports the ops lost, and leaves a journal that the scan and a reopen
+//! both accept and that takes new appends; without confirmation, on a
+//! healthy journal and on one whose reopen would cut a tail it refuses and
+//! changes nothing; interrupted after any number of its changes (as a crash
+//! would), the journal is either as before (still refused, every byte
+//! still on disk) or salvaged, and running salvage again finishes it.
+mod common;
+use common::*;
+use ringstore_journal::inspect::{scan_journal, Verdict};
+use ringstore_journal::salvage::{
+    salvage, salvage_interrupted, SalvageError, SalvageReport, SalvageState, REPORT_JSON_NAME,
+    REPORT_TEXT_NAME,
+};
+use ringstore_journal::{Journal, JournalBuilder};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const OPS: u64 = 4;
+const PAYLOAD: usize = 200;
+const LAST_OP: u64 = 3 * OPS;
+
+fn builder(path: &Path) -> JournalBuilder {
+    Journal::builder(path)
+        .segment_bytes(1 << 20)
+        .batch_bytes_max(64 << 10)
+        .entry_bytes_max(16 << 10)
+        .slot_count(64)
+}
+
+/// Three sessions of [`OPS`] ops (segments 1, 2, 3), each closed cleanly,
+/// or the last ending in a crash unless `close`. Op `k` of a session is at
+/// byte 4096 * k of its segment.
+fn write_journal(dir: &Path, close: bool) {
+    let p = dir.to_path_buf();
+    run(move || async move {
+        for session in 0..3 {
+            let journal = builder(&p).open().await.unwrap();
+            for op in session * OPS + 1..=(session + 1) * OPS {
+                assert_eq!(journal.append(&payload(op, PAYLOAD)).await.unwrap(), op);
+            }
+            if session < 2 || close {
+                journal.close().await.unwrap();
+            } else {
+                glommio::yield_if_needed().await;
+                drop(journal);
+            }
+        }
+    });
+}
+
+fn offset_of(op: u64) -> u64 {
+    4096 * ((op - 1) % OPS + 1)
+}
+
+/// Opens the journal: the ops present among 1..=LAST_OP (each checked
+/// against its payload), then appends one op and returns its number too.
+fn open_and_append(dir: &Path) -> Result<(Vec<u64>, u64), ringstore_journal::Error> {
+    let p = dir.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    run(move || async move {
+        let result = match builder(&p).open().await {
+            Ok(journal) => {
+                let mut present = Vec::new();
+                for op in 1..=LAST_OP {
+                    if let Some(entry) = journal.read(op).await.unwrap() {
+                        assert_eq!(entry.payload, payload(op, PAYLOAD), "op {op}");
+                        present.push(op);
+                    }
+                }
+                let next = journal.append(b"after salvage").await.unwrap();
+                journal.close().await.unwrap();
+                Ok((present, next))
+            }
+            Err(e) => Err(e),
+        };
+        tx.send(result).unwrap();
+    });
+    rx.recv().unwrap()
+}
+
+/// Every file under `dir` with its bytes.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// Every file's bytes, by name, wherever it is under `root` (the journal
+/// directory or a quarantine folder): nothing may be lost.
+fn contents_by_name(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut all: Vec<_> = tree(root)
+        .into_iter()
+        .filter(|(p, _)| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            !name.starts_with("salvage-report")
+        })
+        .map(|(p, bytes)| (p.file_name().unwrap().to_string_lossy().into_owned(), bytes))
+        .collect();
+    all.sort();
+    all
+}
+
+struct Case {
+    name: &'static str,
+    closed: bool,
+    damage: fn(&Path),
+    /// Ops present after salvage: 1 up to this one (0: none).
+    kept_through: u64,
+    /// Ops the report lists as lost.
+    lost_ops: Vec<(u64, u64)>,
+    /// Files moved into the quarantine folder, by name.
+    moved: &'static [&'static str],
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "a flipped payload in a middle segment",
+            closed: true,
+            damage: |d| flip_bit(&segment_path(d, 2), offset_of(6) + 56 + 9, 4),
+            kept_through: 5,
+            lost_ops: vec![(6, 12)],
+            moved: &["segment-0000000000000003.wal"],
+        },
+        Case {
+            name: "a deleted middle segment",
+            closed: true,
+            damage: |d| std::fs::remove_file(segment_path(d, 2)).unwrap(),
+            kept_through: 4,
+            lost_ops: vec![(9, 12)],
+            moved: &["segment-0000000000000003.wal"],
+        },
+        Case {
+            name: "a zero-length middle segment",
+            closed: false,
+            damage: |d| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(segment_path(d, 2))
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap()
+            },
+            kept_through: 4,
+            lost_ops: vec![(9, 12)],
+            moved: &[
+                "segment-0000000000000002.wal",
+                "segment-0000000000000003.wal",
+            ],
+        },
+        Case {
+            name: "a damaged header of the first segment",
+            closed: true,
+            damage: |d| flip_bit(&segment_path(d, 1), 30, 2),
+            kept_through: 0,
+            lost_ops: vec![(5, 12)],
+            moved: &[
+                "segment-0000000000000001.wal",
+                "segment-0000000000000002.wal",
+                "segment-0000000000000003.wal",
+            ],
+        },
+        Case {
+            name: "both superblock copies flipped",
+            closed: true,
+            damage: |d| {
+                flip_bit(&d.join("superblock"), 40, 1);
+                flip_bit(&d.join("superblock"), 4096 + 40, 1);
+            },
+            kept_through: LAST_OP,
+            lost_ops: vec![],
+            moved: &["superblock"],
+        },
+        Case {
+            name: "a deleted superblock, after a crash",
+            closed: false,
+            damage: |d| std::fs::remove_file(d.join("superblock")).unwrap(),
+            kept_through: LAST_OP,
+            lost_ops: vec![],
+            moved: &[],
+        },
+        Case {
+            name: "a stray segment holding data, not recorded",
+            closed: true,
+            damage: |d| {
+                std::fs::copy(segment_path(d, 3), segment_path(d, 7)).unwrap();
+            },
+            kept_through: LAST_OP,
+            lost_ops: vec![],
+            moved: &["segment-0000000000000007.wal"],
+        },
+    ]
+}
+
+/// Salvages one damaged journal and checks everything the module docs
+/// promise of the result.
+fn salvage_case(root: &Path, case: &Case) -> SalvageReport {
+    let dir = root.join("journal");
+    let quarantine = root.join("quarantine");
+    write_journal(&dir, case.closed);
+    // A spare segment the last session left: reopen would remove it.
+    for generation in 4..=5 {
+        let _ = std::fs::remove_file(segment_path(&dir, generation));
+    }
+    (case.damage)(&dir);
+    let before = scan_journal(&dir, &mut ()).unwrap();
+    assert_eq!(before.verdict, Verdict::Refuses, "{}", case.name);
+    assert!(
+        open_and_append(&dir).is_err(),
+        "{}: opens before",
+        case.name
+    );
+    let files_before = contents_by_name(&dir);
+
+    // Not confirmed: the plan, nothing changed.
+    let tree_before = tree(root);
+    match salvage(&dir, &quarantine, false) {
+        Err(SalvageError::NotConfirmed(plan)) => {
+            assert_eq!(plan.state, SalvageState::Planned);
+            assert!(!plan.quarantine.exists());
+        }
+        other => panic!("{}: expected NotConfirmed, got {other:?}", case.name),
+    }
+    assert!(
+        tree(root) == tree_before,
+        "{}: unconfirmed changed files",
+        case.name
+    );
+
+    let report = salvage(&dir, &quarantine, true)
+        .unwrap_or_else(|e| panic!("{}: salvage failed: {e}", case.name));
+    assert_eq!(report.state, SalvageState::Completed);
+    match &before.superblock {
+        Some(sb) => assert_eq!(report.superblock.sequence, sb.sequence + 1),
+        None => assert!(report.superblock.fresh && report.superblock.sequence == 1),
+    }
+    assert!(report.quarantine.starts_with(&quarantine));
+    let mut moved: Vec<String> = report
+        .moved
+        .iter()
+        .map(|f| f.from.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    moved.sort();
+    assert_eq!(moved, case.moved, "{}: {}", case.name, report.text());
+    for f in &report.moved {
+        // A damaged superblock is moved, and a new one written in its place.
+        let replaced = f.from.ends_with("superblock");
+        assert!(
+            f.to.exists() && (replaced || !f.from.exists()),
+            "{}: {f:?}",
+            case.name
+        );
+    }
+    assert_eq!(
+        report.lost.ranges,
+        case.lost_ops,
+        "{}: {}",
+        case.name,
+        report.text()
+    );
+    let text = std::fs::read_to_string(report.quarantine.join(REPORT_TEXT_NAME)).unwrap();
+    assert!(text.contains("state:      completed"), "{text}");
+    let json = std::fs::read_to_string(report.quarantine.join(REPORT_JSON_NAME)).unwrap();
+    assert!(json.contains("\"state\": \"completed\""), "{json}");
+    assert_eq!(text, report.text());
+    // Nothing lost: every file that was there still is, in the journal or
+    // in the folder, byte for byte (the superblock copy is the old one).
+    let mut after = contents_by_name(root);
+    for (name, bytes) in &files_before {
+        let found = after.iter().position(|(n, b)| n == name && b == bytes);
+        assert!(found.is_some(), "{}: {name} lost", case.name);
+        after.remove(found.unwrap());
+    }
+
+    // The scan and a reopen accept it; the kept ops are all there.
+    let scanned = scan_journal(&dir, &mut ()).unwrap();
+    assert_eq!(
+        scanned.verdict,
+        Verdict::Opens,
+        "{}: {}",
+        case.name,
+        scanned.describe_verdict()
+    );
+    assert!(scanned.is_intact(), "{}: {:?}", case.name, scanned.damage);
+    let (present, next) = open_and_append(&dir).unwrap();
+    assert_eq!(
+        present,
+        (1..=case.kept_through).collect::<Vec<_>>(),
+        "{}",
+        case.name
+    );
+    assert_eq!(next, case.kept_through + 1, "{}", case.name);
+    // And salvage has nothing more to do.
+    assert!(
+        matches!(
+            salvage(&dir, &quarantine, true),
+            Err(SalvageError::Healthy { .. })
+        ),
+        "{}",
+        case.name
+    );
+    report
+}
+
+#[test]
+fn salvage_cuts_at_the_first_damage_quarantines_the_rest_and_the_journal_opens() {
+    for case in cases() {
+        let root = temp_dir();
+        let report = salvage_case(root.path(), &case);
+        if case.name.contains("payload") {
+            let cut = report.cut.as_ref().unwrap();
+            assert_eq!((cut.generation, cut.offset), (2, offset_of(6)));
+            assert!(cut.reason.contains("payload checksum"), "{}", cut.reason);
+            // The cut segment is copied (its bytes past the cut are no
+            // longer the log's), the old superblock too.
+            assert_eq!(report.copied.len(), 2, "{:?}", report.copied);
+            assert!(!report.superblock.fresh);
+        }
+        if case.name.contains("superblock") {
+            assert!(report.superblock.fresh);
+            assert_eq!(report.superblock.sequence, 1);
+        }
+    }
+}
+
+#[test]
+fn salvage_refuses_a_journal_that_opens_or_that_a_reopen_only_cuts() {
+    let root = temp_dir();
+    let dir = root.path().join("journal");
+    let quarantine = root.path().join("quarantine");
+    write_journal(&dir, true);
+    let before = tree(root.path());
+    let err = salvage(&dir, &quarantine, true).unwrap_err();
+    assert!(matches!(err, SalvageError::Healthy { .. }), "{err}");
+    assert!(tree(root.path()) == before);
+
+    let root = temp_dir();
+    let dir = root.path().join("journal");
+    write_journal(&dir, false);
+    flip_bit(&segment_path(&dir, 3), offset_of(LAST_OP) + 56 + 9, 4);
+    let before = tree(root.path());
+    let err = salvage(&dir, &quarantine, true).unwrap_err();
+    assert!(matches!(err, SalvageError::WouldCut { .. }), "{err}");
+    assert!(err.to_string().contains("ops 12..=12"), "{err}");
+    assert!(tree(root.path()) == before);
+}
+
+#[test]
+fn an_interrupted_salvage_leaves_the_old_journal_or_the_salvaged_one() {
+    for case in cases()
+        .into_iter()
+        .filter(|c| c.name.contains("payload") || c.name.contains("both superblock"))
+    {
+        let mut changes = 0;
+        loop {
+            let root = temp_dir();
+            let dir = root.path().join("journal");
+            let quarantine = root.path().join("quarantine");
+            write_journal(&dir, case.closed);
+            for generation in 4..=5 {
+                let _ = std::fs::remove_file(segment_path(&dir, generation));
+            }
+            (case.damage)(&dir);
+            let files_before = contents_by_name(&dir);
+            let result = salvage_interrupted(&dir, &quarantine, changes);
+            let finished = result.is_ok();
+            if let Err(e) = &result {
+                assert!(
+                    matches!(e, SalvageError::Interrupted { .. }),
+                    "{}: {e}",
+                    case.name
+                );
+            }
+            // Nothing is ever lost: every file is in the journal or in
+            // the folder.
+            let after = contents_by_name(root.path());
+            for file in &files_before {
+                assert!(
+                    after.contains(file),
+                    "{} after {changes} change(s): {} lost",
+                    case.name,
+                    file.0
+                );
+            }
+            let scanned = scan_journal(&dir, &mut ()).unwrap();
+            match scanned.verdict {
+                // The old state: still refused. A rerun finishes.
+                Verdict::Refuses => {
+                    assert!(!finished);
+                    salvage(&dir, &quarantine, true).unwrap_or_else(|e| {
+                        panic!("{} after {changes} change(s): rerun: {e}", case.name)
+                    });
+                }
+                // Salvaged (the commit happened).
+                Verdict::Opens => {}
+                Verdict::Cuts => panic!("{}: a cut after {changes} change(s)", case.name),
+            }
+            let (present, _) = open_and_append(&dir).unwrap();
+            assert_eq!(
+                present,
+                (1..=case.kept_through).collect::<Vec<_>>(),
+                "{} after {changes} change(s)",
+                case.name
+            );
+            if finished {
+                break;
+            }
+            changes += 1;
+        }
+        assert!(changes >= 4, "{}: only {changes} steps", case.name);
+    }
+}
