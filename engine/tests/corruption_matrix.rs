@@ -367,6 +367,22 @@ fn cells() -> Vec<Cell> {
         flip(&p, off + 12);
         one(p)
     }));
+    cells.push(("a middle write's block zeroed (crash)", |d, _| {
+        let p = last_data_segment(d, 0);
+        let (off, _) = data_entries(&p)[1];
+        zero_block(&p, off);
+        one(p)
+    }));
+    cells.push((
+        "segment header replaced by an older segment's (stale block)",
+        |d, _| {
+            let all = segments(d, 1);
+            let (older, last) = (all[all.len() - 3].clone(), all[all.len() - 2].clone());
+            let block = std::fs::read(&older).unwrap()[..4096].to_vec();
+            patch(&last, 0, &block);
+            one(last)
+        },
+    ));
     // Truncation and whole-file damage of segments.
     cells.push(("segment truncated at an entry boundary (middle)", |d, _| {
         let p = middle_segment(d, 0);
@@ -463,6 +479,14 @@ fn cells() -> Vec<Cell> {
         truncate(&p, 5000);
         one(p)
     }));
+    cells.push((
+        "journal superblock truncated inside copy 0's header",
+        |d, _| {
+            let p = journal_dir(d, 1).join("superblock");
+            truncate(&p, 20);
+            one(p)
+        },
+    ));
     cells.push(("journal superblock stale (older)", |d, t| {
         let p = journal_dir(d, 0).join("superblock");
         let rel = p.strip_prefix(d).unwrap().to_path_buf();
@@ -525,6 +549,11 @@ fn cells() -> Vec<Cell> {
         }
         Damaged { files: all }
     }));
+    cells.push(("newest snapshot's header block zeroed", |d, _| {
+        let p = snapshots(d, 1).pop().unwrap();
+        zero_block(&p, 0);
+        one(p)
+    }));
     cells.push(("newest snapshot truncated", |d, _| {
         let p = snapshots(d, 1).pop().unwrap();
         let len = std::fs::metadata(&p).unwrap().len();
@@ -564,6 +593,11 @@ fn cells() -> Vec<Cell> {
         flip(&p, 20);
         one(p)
     }));
+    cells.push(("identity block zeroed", |d, _| {
+        let p = shard_dir(d, 1).join("identity");
+        zero_block(&p, 0);
+        one(p)
+    }));
     cells.push(("identity deleted", |d, _| {
         let p = shard_dir(d, 1).join("identity");
         std::fs::remove_file(&p).unwrap();
@@ -591,6 +625,16 @@ fn cells() -> Vec<Cell> {
         flip(&p, 4096 + 36);
         one(p)
     }));
+    cells.push((
+        "data dir superblock of another data dir (3 shards)",
+        |d, _| {
+            let other = d.with_file_name("other-data");
+            startup::check_manifest(&other, 3).unwrap();
+            let p = d.join(startup::MANIFEST_FILE_NAME);
+            std::fs::copy(other.join(startup::MANIFEST_FILE_NAME), &p).unwrap();
+            one(p)
+        },
+    ));
     cells.push(("data dir superblock deleted", |d, _| {
         let p = d.join(startup::MANIFEST_FILE_NAME);
         std::fs::remove_file(&p).unwrap();
