@@ -214,8 +214,9 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
     /// Which shard (`index`, from 0) of how many (`shards`) this is in its
     /// data directory. Recorded in the journal's superblock with the
     /// domain, so a journal directory moved to another shard's place is
-    /// refused at open (`ringstore_journal::Error::Corruption` naming the
-    /// superblock). [`crate::runtime::Engine`] sets it. Default: not
+    /// refused at open ([`crate::Error::ForeignJournal`], naming the identity
+    /// file and the journal's superblock). [`crate::runtime::Engine`] sets
+    /// it. Default: not
     /// recorded, and only the domain is checked.
     pub fn placement(mut self, index: u32, shards: u32) -> Self {
         self.placement = Some((index, shards));

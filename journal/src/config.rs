@@ -209,8 +209,10 @@ impl<S: Storage> JournalBuilder<S> {
 
     /// Group-commit writes in flight at once: while one write (and its
     /// fdatasync) is in flight the next batch is already written, and
-    /// batches are acknowledged in order. Recovery then treats the last this
-    /// many writes of the log as possibly torn. Default
+    /// batches are acknowledged in order. Recovery looks this many writes
+    /// past damage for a later write that vouches for it (see the `recovery`
+    /// module); after a crash, up to this many writes at the tail may be
+    /// unvouched for. Default
     /// [`WRITES_IN_FLIGHT_DEFAULT`]; valid `1..=WRITES_IN_FLIGHT_MAX`
     /// (1: strictly serial writes).
     pub fn writes_in_flight(mut self, writes: u32) -> Self {

@@ -1004,7 +1004,10 @@ impl<S: Storage> Shared<S> {
         while self.superblock_busy.get() {
             self.superblock_idle.wait().await;
         }
+        // Cleared however this future ends, dropped mid-write included, so
+        // a cancelled caller cannot stall every later update.
         self.superblock_busy.set(true);
+        let _busy = BusyGuard(self);
         let (next, sequence) = {
             let (current, sequence) = &*self.superblock.borrow();
             let mut next = current.clone();
@@ -1017,8 +1020,6 @@ impl<S: Storage> Shared<S> {
         if result.is_ok() {
             *self.superblock.borrow_mut() = (next, sequence);
         }
-        self.superblock_busy.set(false);
-        self.superblock_idle.notify_all();
         result.map_err(|e| self.poison(e))
     }
 
@@ -1455,6 +1456,16 @@ fn stamp_headers<F>(buf: &mut [u8], entries: &[PendingEntry], place: &Placement<
     }
 }
 
+/// Ends a superblock update: clears the busy flag and wakes the next one.
+struct BusyGuard<'a, S: Storage>(&'a Shared<S>);
+
+impl<S: Storage> Drop for BusyGuard<'_, S> {
+    fn drop(&mut self) {
+        self.0.superblock_busy.set(false);
+        self.0.superblock_idle.notify_all();
+    }
+}
+
 /// Records a new last segment in a superblock: `generation` must now exist,
 /// and its predecessor's data ends where the new segment's header says.
 fn record_rollover(sb: &mut JournalSuperblock, generation: u64, predecessor: Option<Predecessor>) {
@@ -1467,6 +1478,10 @@ fn record_rollover(sb: &mut JournalSuperblock, generation: u64, predecessor: Opt
         sb.ends.retain(|(g, _)| *g != p.generation);
         sb.ends.push((p.generation, p.end));
     }
+    // Only the newest are recorded (older segments' ends are in their
+    // successors' headers): keep memory bounded too.
+    let excess = sb.ends.len().saturating_sub(superblock::SEGMENT_ENDS_MAX);
+    sb.ends.drain(..excess);
 }
 
 /// Writes both copies of the journal superblock (see `superblock`).
@@ -1483,6 +1498,9 @@ async fn write_superblock<S: Storage>(
         SuperblockKind::Journal,
         sequence,
         &sb.encode(),
+        // Both copies hold the same state before every update (recovery
+        // repairs them first), so either may go first.
+        superblock::SUPERBLOCK_COPIES - 1,
     )
     .await
     .map_err(|f| Error::io(f.op, path, f.offset, f.source))
@@ -1509,6 +1527,7 @@ async fn create_superblock<S: Storage>(
         SuperblockKind::Journal,
         1,
         &sb.encode(),
+        superblock::SUPERBLOCK_COPIES - 1,
     )
     .await
     .map_err(|f| Error::io(f.op, &temp, f.offset, f.source))?;

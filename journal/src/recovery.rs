@@ -384,7 +384,8 @@ pub(crate) async fn recover<S: Storage>(
     for stray in &plan.stray {
         tracing::warn!(path = %stray.display(), "ignoring a file that is not part of the journal");
     }
-    if let Some(found) = &plan.superblock {
+    let mut plan = plan;
+    if let Some(found) = &mut plan.superblock {
         for fault in &found.damaged_copies {
             tracing::warn!(
                 path = %sb_path.display(),
@@ -395,6 +396,24 @@ pub(crate) async fn recover<S: Storage>(
             report
                 .superblock_repaired
                 .push(format!("byte offset {}: {}", fault.offset, fault.reason));
+        }
+        if !found.damaged_copies.is_empty() {
+            // Both copies hold the chosen state again before anything is
+            // removed on its strength, the stale one written first: a crash
+            // now cannot bring back an older state (see `superblock`).
+            let sequence = found.sequence + 1;
+            superblock::write_file(
+                storage,
+                &sb_path,
+                false,
+                superblock::SuperblockKind::Journal,
+                sequence,
+                &found.superblock.encode(),
+                found.newest_copy,
+            )
+            .await
+            .map_err(|f| Error::io(f.op, &sb_path, f.offset, f.source))?;
+            found.sequence = sequence;
         }
     }
     for leftover in &plan.leftovers {
@@ -608,7 +627,7 @@ async fn scan_segment<F: StorageFile>(
                     path,
                     cut.offset,
                     format!(
-                        "{}: the log's tail does not verify and nothing proves it durable;                          {ops} (recovery is Strict, so nothing is cut)",
+                        "{}: the log's tail does not verify and nothing proves it durable; {ops} (recovery is Strict, so nothing is cut)",
                         cut.reason
                     ),
                 ));

@@ -45,7 +45,11 @@ pub fn segment_generation(name: &OsStr) -> Option<u64> {
     if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    u64::from_str_radix(hex, 16).ok().filter(|g| *g > 0)
+    // u64::MAX cannot be followed by another generation: not a name the
+    // journal writes.
+    u64::from_str_radix(hex, 16)
+        .ok()
+        .filter(|g| *g > 0 && *g < u64::MAX)
 }
 
 /// An open segment and what the journal knows about it.
@@ -248,10 +252,12 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_sort() {
-        for generation in [1, 2, 255, u64::MAX] {
+        for generation in [1, 2, 255, u64::MAX - 1] {
             let name = segment_file_name(generation);
             assert_eq!(segment_generation(OsStr::new(&name)), Some(generation));
         }
+        // The last generation could not be followed: never a segment name.
+        assert_eq!(segment_generation(OsStr::new(&segment_file_name(u64::MAX))), None);
         assert!(segment_file_name(9) < segment_file_name(10));
         for other in [
             "segment-0.wal",

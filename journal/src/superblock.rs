@@ -24,9 +24,16 @@
 //!
 //! The reader takes the valid copy with the highest sequence. A copy that
 //! does not verify at rest (a flipped bit, a zeroed block, a misdirected
-//! write) is reported and rewritten by the next update; the other copy
-//! still holds the same state. Only when neither copy verifies is the file
-//! damage ([`SuperblockFault`]).
+//! write) is reported; the other copy still holds the same state. Only when
+//! neither copy verifies is the file damage ([`SuperblockFault`]).
+//!
+//! The order matters once the copies differ (after a crash between them,
+//! or a copy damaged at rest): an update then writes the *other* copy
+//! first — the one not holding the newest state — so the newest state
+//! survives in full until a newer one does. Writing the newest copy first
+//! would let a second crash tear it and bring back the state before it,
+//! which recovery may already have acted on (segments it removed).
+//! Recovery repairs differing copies this way before it removes anything.
 //!
 //! Updates are rare (a segment rollover or retirement, a clean close, a
 //! salvage, an owner change), never per append.
@@ -119,9 +126,11 @@ pub struct Chosen {
     pub sequence: u64,
     /// Its body.
     pub body: Vec<u8>,
-    /// Copies that did not verify or hold an older sequence (the next update
-    /// rewrites them).
+    /// Copies that did not verify or hold an older sequence.
     pub stale_or_damaged: Vec<CopyFault>,
+    /// The index of a copy holding the chosen state (an update writes the
+    /// other one first).
+    pub newest_copy: usize,
 }
 
 /// Why a superblock could not be read.
@@ -247,7 +256,8 @@ pub fn decode(file: &[u8], kind: SuperblockKind) -> Result<Chosen, SuperblockFau
     if let Some((header, _, _)) = valid.iter().find(|(h, _, _)| h.kind.get() != kind as u32) {
         return Err(SuperblockFault::WrongKind(header.kind.get()));
     }
-    let Some((newest, body, _)) = valid.iter().max_by_key(|(h, _, _)| h.sequence.get()) else {
+    let Some((newest, body, newest_copy)) = valid.iter().max_by_key(|(h, _, _)| h.sequence.get())
+    else {
         return Err(SuperblockFault::Damaged(faults));
     };
     for (header, _, copy) in &valid {
@@ -266,6 +276,7 @@ pub fn decode(file: &[u8], kind: SuperblockKind) -> Result<Chosen, SuperblockFau
         sequence: newest.sequence.get(),
         body: body.to_vec(),
         stale_or_damaged: faults,
+        newest_copy: *newest_copy,
     })
 }
 
@@ -293,10 +304,12 @@ pub struct WriteFailure {
     pub source: io::Error,
 }
 
-/// Writes every copy of a superblock in order, syncing after each, into the
-/// file at `path` (created first when `create`; its directory entry is then
-/// made durable too). A failure leaves at least one copy with the previous
-/// or the new state; the caller must not go on as if the update happened.
+/// Writes every copy of a superblock, syncing after each, into the file at
+/// `path` (created first when `create`; its directory entry is then made
+/// durable too): every copy but `keep_last` first, then `keep_last` — pass
+/// the copy holding the newest state on disk (see the module docs). A
+/// failure leaves at least one copy with the previous or the new state; the
+/// caller must not go on as if the update happened.
 pub async fn write_file<S: Storage>(
     storage: &S,
     path: &Path,
@@ -304,6 +317,7 @@ pub async fn write_file<S: Storage>(
     kind: SuperblockKind,
     sequence: u64,
     body: &[u8],
+    keep_last: usize,
 ) -> Result<(), WriteFailure> {
     let fail = |op, offset| move |source| WriteFailure { op, offset, source };
     let file = if create {
@@ -318,7 +332,7 @@ pub async fn write_file<S: Storage>(
             .map_err(fail("open superblock", None))?
     };
     let written = async {
-        for copy in 0..SUPERBLOCK_COPIES {
+        for copy in copy_order(keep_last) {
             let offset = copy as u64 * SUPERBLOCK_COPY_BYTES;
             let mut buf = file.alloc_buf(SUPERBLOCK_COPY_BYTES as usize);
             buf.as_bytes_mut()
@@ -345,16 +359,37 @@ pub async fn write_file<S: Storage>(
     Ok(())
 }
 
+/// The order copies are written in: every copy but `keep_last`, then it.
+fn copy_order(keep_last: usize) -> impl Iterator<Item = usize> {
+    (0..SUPERBLOCK_COPIES)
+        .filter(move |c| *c != keep_last)
+        .chain(std::iter::once(keep_last % SUPERBLOCK_COPIES))
+}
+
 /// [`write_file`] with blocking `std::fs` calls, for tools and startup code
-/// that run outside a reactor: the same copies in the same order, each
-/// followed by fdatasync; with `create`, the file is created (it must not
-/// exist) and its directory fsync'd.
+/// that run outside a reactor: the same copies in the same order (copy 1
+/// last, or `keep_last` with [`write_file_blocking_keeping`]), each followed
+/// by fdatasync; with `create`, the file is created (it must not exist) and
+/// its directory fsync'd.
 pub fn write_file_blocking(
     path: &Path,
     create: bool,
     kind: SuperblockKind,
     sequence: u64,
     body: &[u8],
+) -> Result<(), WriteFailure> {
+    write_file_blocking_keeping(path, create, kind, sequence, body, SUPERBLOCK_COPIES - 1)
+}
+
+/// [`write_file_blocking`], writing `keep_last` (the copy holding the
+/// newest state on disk) last.
+pub fn write_file_blocking_keeping(
+    path: &Path,
+    create: bool,
+    kind: SuperblockKind,
+    sequence: u64,
+    body: &[u8],
+    keep_last: usize,
 ) -> Result<(), WriteFailure> {
     use std::os::unix::fs::FileExt;
     let fail = |op, offset| move |source| WriteFailure { op, offset, source };
@@ -370,7 +405,7 @@ pub fn write_file_blocking(
             },
             None,
         ))?;
-    for copy in 0..SUPERBLOCK_COPIES {
+    for copy in copy_order(keep_last) {
         let offset = copy as u64 * SUPERBLOCK_COPY_BYTES;
         file.write_all_at(&encode_copy(kind, sequence, copy, body), offset)
             .map_err(fail("write superblock copy", Some(offset)))?;
@@ -546,7 +581,7 @@ impl JournalSuperblock {
         }
         let first = fixed.first_generation.get();
         let last = fixed.last_generation.get();
-        if (first == 0) != (last == 0) || first > last {
+        if (first == 0) != (last == 0) || first > last || last == u64::MAX {
             return Err(format!(
                 "journal superblock names generations {first}..={last}"
             ));

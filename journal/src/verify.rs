@@ -336,9 +336,11 @@ pub struct FoundSuperblock {
     pub superblock: JournalSuperblock,
     /// Its sequence number.
     pub sequence: u64,
-    /// Copies that did not verify or were older (rewritten by the next
-    /// update).
+    /// Copies that did not verify or were older (recovery rewrites them
+    /// before it changes anything else).
     pub damaged_copies: Vec<CopyFault>,
+    /// A copy holding the chosen state.
+    pub newest_copy: usize,
 }
 
 /// What makes up the log, decided from the directory alone.
@@ -538,6 +540,7 @@ pub fn plan(
             superblock: sb,
             sequence: chosen.sequence,
             damaged_copies: chosen.stale_or_damaged,
+            newest_copy: chosen.newest_copy,
         }),
         segments: planned,
         leftovers,

@@ -181,7 +181,7 @@ pub fn read_manifest(data_dir: &Path) -> Result<Option<usize>> {
                 found => Err(Error::Manifest {
                     path,
                     reason: format!(
-                        "the data directory's superblock is missing, but it holds {} (shard                          directories: {}); the shard count cannot be known without it",
+                        "the data directory's superblock is missing, but it holds {} (shard directories: {}); the shard count cannot be known without it",
                         if data_dir.join(LEGACY_MANIFEST_NAME).exists() {
                             "an `engine` manifest of an older ringstore format"
                         } else {

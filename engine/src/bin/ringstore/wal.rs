@@ -417,12 +417,12 @@ fn print_problems(out: &mut Out, shard: &ShardDir, report: &JournalReport) -> Re
         let range = output::op_range(Some(first), Some(last));
         if matches!(report.tail, Tail::Torn { .. }) {
             out.line(format_args!(
-                "  note: ops {range} (above the watermark {}, below the first op present) are                  not in the journal: retired segments whose watermark record the torn tail took                  along; replay needs a snapshot at or above op {last}",
+                "  note: ops {range} (above the watermark {}, below the first op present) are not in the journal: retired segments whose watermark record the torn tail took along; replay needs a snapshot at or above op {last}",
                 report.watermark
             ))?;
         } else {
             out.line(format_args!(
-                "  DAMAGE: ops {range} missing above the watermark {} in {}, before the first op                  present (replay cannot pass them)",
+                "  DAMAGE: ops {range} missing above the watermark {} in {}, before the first op present (replay cannot pass them)",
                 report.watermark,
                 report.dir.display()
             ))?;
