@@ -43,6 +43,9 @@ const PAYLOAD_BYTES: usize = 256;
 /// Ops appended before the read benchmark starts.
 const READ_OPS: u64 = 4096;
 
+/// The journal id the benchmark's entry headers are sealed with.
+const JOURNAL_ID: [u8; 16] = [7; 16];
+
 fn header(op: u64) -> EntryHeader {
     EntryHeader {
         checksum: 0.into(),
@@ -67,17 +70,18 @@ fn bench_header(c: &mut Criterion) {
         let mut op = 0u64;
         b.iter(|| {
             op += 1;
-            let sealed = header(black_box(op)).seal();
+            let sealed = header(black_box(op)).seal(&JOURNAL_ID);
             out.copy_from_slice(sealed.as_bytes());
             black_box(&out);
         });
     });
-    let sealed = header(42).seal();
+    let sealed = header(42).seal(&JOURNAL_ID);
     let bytes = sealed.as_bytes().to_vec();
     group.bench_function("decode", |b| {
         b.iter(|| {
             let decoded = check_entry_header(
                 black_box(&bytes),
+                &JOURNAL_ID,
                 7,
                 SEGMENT_DATA_OFFSET,
                 SEGMENT_BYTES,

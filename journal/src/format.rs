@@ -9,6 +9,12 @@
 //! over every byte after the checksum field; an entry header additionally
 //! carries the checksum of its payload.
 //!
+//! An entry header's checksum is seeded with the journal's id (a random
+//! 128-bit value in its superblock and every segment header): bytes that
+//! look like an entry header inside a payload — which a client chooses —
+//! cannot pass as one, so they can neither be served nor turn recovery's
+//! search past damage into false evidence.
+//!
 //! Identity: an entry header names the segment generation and the byte
 //! offset it was written at. A recycled or preallocated region holds either
 //! zeros or entries of an older generation, and a misdirected write lands at
@@ -168,14 +174,18 @@ impl SegmentHeader {
 }
 
 impl EntryHeader {
-    /// Computes the checksum over everything after the checksum field.
-    pub fn compute_checksum(&self) -> u32 {
-        crc32fast::hash(&self.as_bytes()[4..])
+    /// Computes the checksum: CRC-32 of the journal's id followed by
+    /// everything after the checksum field.
+    pub fn compute_checksum(&self, journal_id: &[u8; 16]) -> u32 {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(journal_id);
+        hasher.update(&self.as_bytes()[4..]);
+        hasher.finalize()
     }
 
-    /// Sets `checksum` from the other fields.
-    pub fn seal(mut self) -> EntryHeader {
-        self.checksum = self.compute_checksum().into();
+    /// Sets `checksum` from the other fields and the journal's id.
+    pub fn seal(mut self, journal_id: &[u8; 16]) -> EntryHeader {
+        self.checksum = self.compute_checksum(journal_id).into();
         self
     }
 
@@ -242,9 +252,11 @@ impl HeaderFault {
 }
 
 /// Decodes and checks an entry header read at `offset` of segment
-/// `generation` whose file is `segment_bytes` long.
+/// `generation` of the journal `journal_id`, whose file is `segment_bytes`
+/// long.
 pub fn check_entry_header(
     bytes: &[u8],
+    journal_id: &[u8; 16],
     generation: u64,
     offset: u64,
     segment_bytes: u64,
@@ -256,7 +268,9 @@ pub fn check_entry_header(
     if bytes[..ENTRY_HEADER_BYTES].iter().all(|b| *b == 0) {
         return Err(HeaderFault::Zeroed);
     }
-    if header.magic.get() != ENTRY_MAGIC || header.checksum.get() != header.compute_checksum() {
+    if header.magic.get() != ENTRY_MAGIC
+        || header.checksum.get() != header.compute_checksum(journal_id)
+    {
         return Err(HeaderFault::Checksum);
     }
     if header.generation.get() != generation {
@@ -297,6 +311,8 @@ pub fn check_entry_header(
 mod tests {
     use super::*;
 
+    const KEY: [u8; 16] = [7; 16];
+
     #[test]
     fn header_round_trip_and_checksum_detects_flips() {
         let header = EntryHeader {
@@ -313,30 +329,35 @@ mod tests {
             flags: FLAG_FIRST_IN_WRITE,
             reserved: [0; 6],
         }
-        .seal();
+        .seal(&KEY);
         let bytes = header.as_bytes().to_vec();
         assert_eq!(
-            check_entry_header(&bytes, 3, 4096, 1 << 20, 100),
+            check_entry_header(&bytes, &KEY, 3, 4096, 1 << 20, 100),
             Ok(header)
+        );
+        // Another journal's key: the same bytes are not its entry.
+        assert_eq!(
+            check_entry_header(&bytes, &[1; 16], 3, 4096, 1 << 20, 100),
+            Err(HeaderFault::Checksum)
         );
         for bit in 0..ENTRY_HEADER_BYTES * 8 {
             let mut flipped = bytes.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
             assert!(
-                check_entry_header(&flipped, 3, 4096, 1 << 20, 100).is_err(),
+                check_entry_header(&flipped, &KEY, 3, 4096, 1 << 20, 100).is_err(),
                 "bit {bit}"
             );
         }
         assert_eq!(
-            check_entry_header(&bytes, 4, 4096, 1 << 20, 100),
+            check_entry_header(&bytes, &KEY, 4, 4096, 1 << 20, 100),
             Err(HeaderFault::StaleGeneration)
         );
         assert_eq!(
-            check_entry_header(&bytes, 3, 8192, 1 << 20, 100),
+            check_entry_header(&bytes, &KEY, 3, 8192, 1 << 20, 100),
             Err(HeaderFault::Misplaced)
         );
         assert_eq!(
-            check_entry_header(&[0; ENTRY_HEADER_BYTES], 3, 8192, 1 << 20, 100),
+            check_entry_header(&[0; ENTRY_HEADER_BYTES], &KEY, 3, 8192, 1 << 20, 100),
             Err(HeaderFault::Zeroed)
         );
     }

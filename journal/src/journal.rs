@@ -686,6 +686,7 @@ impl<S: Storage> Journal<S> {
                     file: segment.file.clone(),
                     path: segment.path.clone(),
                     segment_bytes: segment.segment_bytes,
+                    journal_id: segment.journal_id,
                 }))
             }
         }
@@ -1119,6 +1120,7 @@ impl<S: Storage> Shared<S> {
             } else {
                 active.durable_end
             },
+            journal_id: active.journal_id,
         };
         active.write_pos += total;
         Ok(place)
@@ -1303,6 +1305,8 @@ struct Placement<F> {
     pos: u64,
     /// Stamped into the write's first entry: see `EntryHeader::durable_before`.
     durable_before: u64,
+    /// Seeds the entry headers' checksums.
+    journal_id: [u8; 16],
 }
 
 /// Resolves once a write has finished, saying whether it and every write
@@ -1429,7 +1433,7 @@ fn stamp_headers<F>(buf: &mut [u8], entries: &[PendingEntry], place: &Placement<
             flags: if first { FLAG_FIRST_IN_WRITE } else { 0 },
             reserved: [0; 6],
         }
-        .seal();
+        .seal(&place.journal_id);
         buf[entry.batch_offset..entry.batch_offset + ENTRY_HEADER_BYTES]
             .copy_from_slice(header.as_bytes());
     }
@@ -1451,7 +1455,7 @@ fn stamp_headers<F>(buf: &mut [u8], entries: &[PendingEntry], place: &Placement<
             flags: 0,
             reserved: [0; 6],
         }
-        .seal();
+        .seal(&place.journal_id);
         buf[len..len + ENTRY_HEADER_BYTES].copy_from_slice(padding.as_bytes());
     }
 }
@@ -1547,6 +1551,7 @@ struct Located<F> {
     file: Rc<F>,
     path: PathBuf,
     segment_bytes: u64,
+    journal_id: [u8; 16],
 }
 
 impl<F> Located<F> {
@@ -1589,6 +1594,7 @@ fn verify_entry<F>(op: u64, found: &Located<F>, bytes: &[u8], bytes_start: u64) 
     }
     let header = check_entry_header(
         &bytes[at..],
+        &found.journal_id,
         location.generation,
         offset,
         found.segment_bytes,

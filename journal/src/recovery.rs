@@ -482,6 +482,7 @@ pub(crate) async fn recover<S: Storage>(
             max_op: scan.max_op,
             watermark_seen: scan.watermark.max(header.watermark.get()),
             durable_end: scan.valid_end,
+            journal_id: header.journal_id,
         });
     }
     for (_, file, _) in files {

@@ -1051,6 +1051,7 @@ fn tally_entries(
         }
         match check_entry_header(
             bytes,
+            &header.journal_id,
             segment.generation,
             pos,
             header.segment_bytes,

@@ -69,6 +69,9 @@ pub(crate) struct Segment<F> {
     /// Every byte before this is durable: the end of the writes that
     /// finished in order (stamped into the next write as `durable_before`).
     pub durable_end: u64,
+    /// The journal's id: in the segment's header, and the seed of every
+    /// entry header's checksum.
+    pub journal_id: [u8; 16],
 }
 
 /// Where a new segment continues from.
@@ -201,6 +204,7 @@ pub(crate) async fn activate_segment<F: StorageFile>(
         max_op: 0,
         watermark_seen: watermark,
         durable_end: SEGMENT_DATA_OFFSET,
+        journal_id,
     })
 }
 

@@ -291,9 +291,16 @@ impl SegmentFacts {
         // Anything non-zero at the first entry's place is data (a write
         // start, or one damaged) unless it is a stale header of another
         // generation, which a recycled file could hold.
+        // The key is the segment header's journal id, read raw: the header
+        // itself may not verify.
+        let mut journal_id = [0u8; 16];
+        if let Some(raw) = self.header_block.get(72..88) {
+            journal_id.copy_from_slice(raw);
+        }
         !matches!(
             check_entry_header(
                 &self.first_entry,
+                &journal_id,
                 self.generation,
                 SEGMENT_DATA_OFFSET,
                 self.len.max(SEGMENT_DATA_OFFSET + BLOCK_BYTES),
@@ -795,6 +802,7 @@ impl SegmentScanner {
     fn on_header(&mut self, bytes: &[u8], again: bool) -> Step {
         let checked = check_entry_header(
             bytes,
+            &self.header.journal_id,
             self.header.generation.get(),
             self.pos,
             self.header.segment_bytes.get(),
@@ -955,6 +963,7 @@ impl SegmentScanner {
 /// there (ops a cut would remove, which may have been acknowledged).
 #[derive(Debug, Clone)]
 pub struct EvidenceSearch {
+    journal_id: [u8; 16],
     generation: u64,
     segment_bytes: u64,
     damage_offset: u64,
@@ -970,6 +979,7 @@ impl EvidenceSearch {
     pub fn new(segment: &SegmentHeader, offset: u64) -> EvidenceSearch {
         let depth = u64::from(segment.writes_in_flight.get());
         EvidenceSearch {
+            journal_id: segment.journal_id,
             generation: segment.generation.get(),
             segment_bytes: segment.segment_bytes.get(),
             damage_offset: offset,
@@ -1012,6 +1022,7 @@ impl EvidenceSearch {
         }
         match check_entry_header(
             bytes,
+            &self.journal_id,
             self.generation,
             candidate,
             self.segment_bytes,

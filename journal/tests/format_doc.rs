@@ -169,7 +169,10 @@ fn constants_named_in_the_document_match() {
     assert_eq!(FLAG_FIRST_IN_WRITE, 1);
     assert_eq!(SEGMENT_FLAG_NO_SYNC, 1);
     assert!(doc.contains(&format!("CRC-32 of bytes 4..{SEGMENT_HEADER_BYTES}")));
-    assert!(doc.contains(&format!("CRC-32 of bytes 4..{ENTRY_HEADER_BYTES}")));
+    assert!(doc.contains(&format!(
+        "CRC-32 of the journal's `journal_id` (16 bytes, from the superblock and segment \
+         header) followed by bytes 4..{ENTRY_HEADER_BYTES}"
+    )));
     assert!(doc.contains(&format!(
         "at most {} MiB, the largest `entry_bytes_max`",
         ringstore_journal::config::ENTRY_BYTES_MAX_LIMIT >> 20

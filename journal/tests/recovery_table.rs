@@ -197,7 +197,11 @@ fn row4_stale_generation_at_the_tail_is_cut() {
     let segment = segment_path(&path, 1);
     let mut header = read_header(&segment, offset_of_op(N));
     header.generation = 9.into();
-    write_header(&segment, offset_of_op(N), &header.seal());
+    write_header(
+        &segment,
+        offset_of_op(N),
+        &header.seal(&journal_id_of(&segment)),
+    );
     expect_torn(&path, N, "generation", None);
 }
 
@@ -294,7 +298,11 @@ fn a_write_that_does_not_vouch_leaves_the_damage_a_reported_cut() {
     let segment = segment_path(&path, 1);
     let mut header = read_header(&segment, offset_of_op(N));
     header.durable_before = (offset_of_op(N - 1) as u32).into();
-    write_header(&segment, offset_of_op(N), &header.seal());
+    write_header(
+        &segment,
+        offset_of_op(N),
+        &header.seal(&journal_id_of(&segment)),
+    );
     flip_bit(
         &segment,
         offset_of_op(N - 1) + ENTRY_HEADER_BYTES as u64 + 3,
@@ -663,10 +671,10 @@ fn the_last_possible_generation_is_an_error_not_an_overflow() {
         let mut entry = read_header(&from, entry_at);
         let padding_at = entry_at + entry.footprint();
         entry.generation = u64::MAX.into();
-        write_header(&from, entry_at, &entry.seal());
+        write_header(&from, entry_at, &entry.seal(&journal_id_of(&from)));
         let mut padding = read_header(&from, padding_at);
         padding.generation = u64::MAX.into();
-        write_header(&from, padding_at, &padding.seal());
+        write_header(&from, padding_at, &padding.seal(&journal_id_of(&from)));
     }
     std::fs::rename(&from, &to).unwrap();
     // The last generation is never a segment name (a stray file), and the
@@ -731,4 +739,59 @@ fn a_segment_cut_short_is_corruption_not_a_panic() {
             .unwrap();
         expect_corruption(reopen(&path, Recovery::TruncateTornTail), &segment, cut);
     }
+}
+
+/// Found in review: a payload is client-chosen bytes, and could carry what
+/// looks like a valid entry header. Placed where recovery's search past
+/// damage looks, it must not turn a crash-torn tail into a refusal (as a
+/// "misdirected write"): entry header checksums are seeded with the
+/// journal's id, which a client does not know.
+#[test]
+fn a_header_forged_inside_a_payload_is_not_evidence() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    // A header as an attacker would forge it: right magic, generation and
+    // kind, sealed without the journal's id, naming another offset.
+    let forged = EntryHeader {
+        checksum: 0.into(),
+        magic: ringstore_journal::format::ENTRY_MAGIC.into(),
+        op: 99.into(),
+        epoch: 0.into(),
+        generation: 1.into(),
+        offset: 4096.into(),
+        payload_len: 0.into(),
+        payload_checksum: 0.into(),
+        durable_before: 0.into(),
+        kind: ringstore_journal::format::EntryKind::Padding as u8,
+        flags: 0,
+        reserved: [0; 6],
+    }
+    .seal(&[0; 16]);
+    // In the payload past the write's first sector, 8-byte aligned in the file.
+    let at = 464;
+    let mut crafted = vec![7u8; 600];
+    crafted[at..at + ENTRY_HEADER_BYTES].copy_from_slice(forged.as_bytes());
+    let p = path.clone();
+    let c = crafted.clone();
+    run(move || async move {
+        let journal = builder(&p).open().await.unwrap();
+        for op in 1..N {
+            journal.append(&payload(op, PAYLOAD)).await.unwrap();
+        }
+        assert_eq!(journal.append(&c).await.unwrap(), N);
+        crash(journal).await;
+    });
+    let segment = segment_path(&path, 1);
+    assert_eq!(
+        (offset_of_op(N) + ENTRY_HEADER_BYTES as u64 + at as u64) % 8,
+        0
+    );
+    // The crash kept the write's later sectors but not its first.
+    patch(&segment, offset_of_op(N), &[0; 512]);
+    let (tail, present) = reopen(&path, Recovery::TruncateTornTail).unwrap();
+    assert!(
+        matches!(tail, TailState::Torn { offset, .. } if offset == offset_of_op(N)),
+        "a reported cut, not a refusal: {tail:?}"
+    );
+    assert_eq!(present, (1..N).collect::<Vec<_>>());
 }

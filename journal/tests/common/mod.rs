@@ -61,3 +61,14 @@ pub fn flip_bit(path: &Path, offset: u64, bit: u8) {
     let bytes = std::fs::read(path).expect("read");
     patch(path, offset, &[bytes[offset as usize] ^ (1 << bit)]);
 }
+
+/// The journal id in a segment file's header: the key its entry headers'
+/// checksums are seeded with (`EntryHeader::seal`).
+pub fn journal_id_of(segment: &Path) -> [u8; 16] {
+    let bytes = std::fs::read(segment).expect("read segment");
+    let header = ringstore_journal::format::SegmentHeader::read_from_bytes(
+        &bytes[..ringstore_journal::format::SEGMENT_HEADER_BYTES],
+    )
+    .expect("segment header bytes");
+    header.journal_id
+}
