@@ -2,12 +2,16 @@
 //! `cargo run --manifest-path fuzz/Cargo.toml --example make_corpus`.
 //!
 //! `journal_files` seeds are built field by field ([`Input::encode`]): each
-//! valid template untouched, a few damaged, and two templates' files as raw
-//! bytes so raw mode starts past the header checksums. The op-list targets
-//! use derived `Arbitrary` decoding, so their seeds are picked from
-//! deterministic pseudo-random byte strings by what they decode to (long
-//! enough, varied, with crashes). Every seed is run once, on a thread of its
-//! own, before it is written: a seed that fails is a finding, not a seed —
+//! valid template untouched, damaged at its tail, in its superblock (a
+//! flipped, zeroed or misdirected copy, a lost update, another journal's),
+//! with another journal's segment, rewritten header fields, opened as
+//! another owner; and templates' files as raw bytes (superblock included,
+//! segments' trailing zeros cut and restored by `RAW_EXTEND`) so raw mode
+//! starts past the header checksums. The op-list targets use derived
+//! `Arbitrary` decoding, so their seeds are picked from deterministic
+//! pseudo-random byte strings by what they decode to (long enough, varied,
+//! with crashes). Every seed is run once, on a thread of its own, before it
+//! is written: a seed that fails is a finding, not a seed —
 //! it goes to `fuzz/regressions/<target>/` instead (libFuzzer would stop on
 //! it at startup), and the generator exits non-zero.
 
@@ -60,29 +64,46 @@ fn used_len(bytes: &[u8]) -> usize {
 }
 
 fn journal_files_seeds() {
+    use journal_files::{RawFile, RAW_EXTEND, RAW_RESEAL};
     let templates = journal_files::templates();
     let mut seeds: Vec<(String, Input)> = Vec::new();
     let template_input = |template: usize, strict: bool, mutations: Vec<Mutation>| Input {
         strict,
         append_after_open: true,
+        other_owner: false,
         source: Source::Template {
             template: template as u8,
             mutations,
         },
+    };
+    let index_of = |name: &str| {
+        templates
+            .iter()
+            .position(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no template {name}"))
     };
     for (index, template) in templates.iter().enumerate() {
         seeds.push((
             format!("template-{}", template.name),
             template_input(index, false, Vec::new()),
         ));
-        // The sector holding the last written bytes of the newest file: a
-        // torn or damaged tail.
-        let last = template.files.len().saturating_sub(1);
-        let tail_sector = template
-            .files
-            .last()
-            .map_or(0, |(_, bytes)| used_len(bytes) / SECTOR_BYTES)
-            .saturating_sub(1) as u16;
+        // The sector holding the last written bytes of the newest segment
+        // the superblock records (after a crash a spare may follow it): a
+        // torn or damaged tail (refused after a clean close, cut after a
+        // crash).
+        let newest = journal_files::journal_superblock(
+            template.dir.superblock.as_deref().expect("a superblock"),
+        )
+        .expect("a valid superblock")
+        .last_generation;
+        let last = template
+            .dir
+            .segments
+            .iter()
+            .position(|(g, _)| *g == newest)
+            .expect("the newest segment");
+        let tail_sector =
+            (used_len(&template.dir.segments[last].1) / SECTOR_BYTES).saturating_sub(1) as u16;
         seeds.push((
             format!("template-{}-zeroed-tail", template.name),
             template_input(
@@ -106,68 +127,253 @@ fn journal_files_seeds() {
                 }],
             ),
         ));
+        // A flipped bit in each superblock copy: the other copy holds.
+        seeds.push((
+            format!("template-{}-superblock-flip", template.name),
+            template_input(
+                index,
+                false,
+                vec![Mutation::SuperblockFlipBit {
+                    copy: index as u8 % 2,
+                    bit: 8 * 80 + index as u16,
+                }],
+            ),
+        ));
     }
-    seeds.push((
-        "template-watermark-epoch-replica-misdirected".into(),
-        template_input(
-            3,
-            false,
-            vec![Mutation::CopySectors {
-                from_file: 0,
-                from_sector: 8,
-                to_file: 1,
-                to_sector: 24,
-                count: 3,
-            }],
-        ),
-    ));
-    seeds.push((
-        "template-watermark-epoch-replica-lost-file".into(),
-        template_input(3, false, vec![Mutation::Remove { file: 0 }]),
-    ));
-    seeds.push((
-        "template-group-commit-renamed".into(),
-        template_input(
-            2,
-            false,
-            vec![Mutation::Rename {
-                file: 1,
-                generation: 5,
-            }],
-        ),
-    ));
-    seeds.push((
-        "template-appends-truncated".into(),
-        template_input(1, false, vec![Mutation::Truncate { file: 0, len: 9000 }]),
-    ));
-    seeds.push((
-        "template-appends-poked".into(),
-        template_input(
-            1,
-            false,
-            vec![Mutation::Poke {
-                file: 0,
-                offset: 4096 + 8,
-                bytes: vec![0xff; 8],
-            }],
-        ),
-    ));
-    // Real segment files as raw bytes, trailing zeros cut.
-    for index in [1, 4] {
+    let appends = index_of("appends");
+    let group = index_of("group-commit");
+    let replica = index_of("watermark-epoch-replica");
+    let torn = index_of("torn-tail");
+    let load = index_of("crash-under-load");
+    // Crash templates torn differently in the bytes the crash left unsynced.
+    for index in [torn, load] {
         let template = &templates[index];
-        let files = template
-            .files
+        let (generation, from) = template.unsynced_from.expect("a crash template");
+        let file = template
+            .dir
+            .segments
             .iter()
-            .map(|(generation, bytes)| journal_files::RawFile {
-                generation: *generation as u8,
-                bytes: bytes[..used_len(bytes)].to_vec(),
-            })
-            .collect();
+            .position(|(g, _)| *g == generation)
+            .expect("the last segment") as u8;
+        seeds.push((
+            format!("template-{}-retorn", template.name),
+            template_input(
+                index,
+                false,
+                vec![
+                    Mutation::ZeroSectors {
+                        file,
+                        sector: (from / SECTOR_BYTES as u64 + 1) as u16,
+                        count: 2,
+                    },
+                    Mutation::FlipBit {
+                        file,
+                        bit: (from as u32 + 8) * 8 + 3,
+                    },
+                ],
+            ),
+        ));
+    }
+    let mut add = |name: &str, index: usize, mutations: Vec<Mutation>| {
+        seeds.push((
+            format!("template-{}-{name}", templates[index].name),
+            template_input(index, false, mutations),
+        ));
+    };
+    add(
+        "superblock-zeroed-copy",
+        appends,
+        vec![Mutation::SuperblockZeroCopy { copy: 0 }],
+    );
+    add(
+        "superblock-zeroed",
+        appends,
+        vec![
+            Mutation::SuperblockZeroCopy { copy: 0 },
+            Mutation::SuperblockZeroCopy { copy: 1 },
+        ],
+    );
+    add(
+        "superblock-truncated",
+        group,
+        vec![Mutation::SuperblockTruncate { len: 6000 }],
+    );
+    add(
+        "superblock-removed",
+        group,
+        vec![Mutation::SuperblockRemove],
+    );
+    add(
+        "superblock-of-another-journal",
+        appends,
+        vec![Mutation::SuperblockFrom {
+            template: group as u8,
+            version: u8::MAX,
+            which: 0,
+        }],
+    );
+    add(
+        "superblock-lost-update",
+        group,
+        vec![Mutation::SuperblockFrom {
+            template: group as u8,
+            version: 0,
+            which: 0,
+        }],
+    );
+    add(
+        "superblock-lost-update-torn",
+        replica,
+        vec![
+            Mutation::SuperblockFrom {
+                template: replica as u8,
+                version: 1,
+                which: 0,
+            },
+            Mutation::FlipBit {
+                file: 1,
+                bit: (4096 + 200) * 8,
+            },
+        ],
+    );
+    add(
+        "superblock-misdirected-copy",
+        replica,
+        vec![Mutation::SuperblockFrom {
+            template: replica as u8,
+            version: u8::MAX,
+            which: 3,
+        }],
+    );
+    add(
+        "segment-of-another-journal",
+        group,
+        vec![Mutation::SegmentFrom {
+            template: load as u8,
+            file: 0,
+            generation: 1,
+        }],
+    );
+    add(
+        "both-of-another-journal",
+        appends,
+        vec![
+            Mutation::SuperblockFrom {
+                template: torn as u8,
+                version: u8::MAX,
+                which: 0,
+            },
+            Mutation::SegmentFrom {
+                template: torn as u8,
+                file: 0,
+                generation: 1,
+            },
+            Mutation::SegmentFrom {
+                template: torn as u8,
+                file: 1,
+                generation: 2,
+            },
+        ],
+    );
+    // The superblock body's first_generation (copy header 32 bytes, body
+    // offset 40) set to 2 in both copies, checksums recomputed: segment 1
+    // reads as a retirement a crash interrupted.
+    add(
+        "superblock-rewritten",
+        group,
+        vec![
+            Mutation::SuperblockWrite {
+                copy: 0,
+                offset: 32 + 40 - 4,
+                len: 7,
+                value: 2,
+            },
+            Mutation::SuperblockWrite {
+                copy: 1,
+                offset: 32 + 40 - 4,
+                len: 7,
+                value: 2,
+            },
+        ],
+    );
+    // The second segment's prev_end (header offset 48) moved back a block.
+    add(
+        "segment-header-rewritten",
+        group,
+        vec![Mutation::SegmentHeaderWrite {
+            file: 1,
+            offset: 48 - 4,
+            len: 1,
+            value: 0x1000,
+        }],
+    );
+    add(
+        "misdirected",
+        replica,
+        vec![Mutation::CopySectors {
+            from_file: 0,
+            from_sector: 8,
+            to_file: 1,
+            to_sector: 24,
+            count: 3,
+        }],
+    );
+    add("lost-file", replica, vec![Mutation::Remove { file: 0 }]);
+    add(
+        "renamed",
+        group,
+        vec![Mutation::Rename {
+            file: 1,
+            generation: 5,
+        }],
+    );
+    add(
+        "truncated",
+        appends,
+        vec![Mutation::Truncate { file: 0, len: 9000 }],
+    );
+    add(
+        "poked",
+        appends,
+        vec![Mutation::Poke {
+            file: 0,
+            offset: 4096 + 8,
+            bytes: vec![0xff; 8],
+        }],
+    );
+    for index in [appends, replica] {
+        seeds.push((
+            format!("template-{}-other-owner", templates[index].name),
+            Input {
+                other_owner: true,
+                ..template_input(index, false, Vec::new())
+            },
+        ));
+    }
+    // Real journal files as raw bytes: the superblock, and segments with
+    // their trailing zeros cut (restored by RAW_EXTEND).
+    for index in [appends, torn] {
+        let template = &templates[index];
+        let mut files = vec![RawFile {
+            name: 0,
+            bytes: template.dir.superblock.clone().expect("a superblock"),
+        }];
+        files.extend(
+            template
+                .dir
+                .segments
+                .iter()
+                .map(|(generation, bytes)| RawFile {
+                    name: *generation as u8 | RAW_EXTEND,
+                    bytes: bytes[..used_len(bytes)].to_vec(),
+                }),
+        );
         seeds.push((
             format!("raw-{}", template.name),
             Input {
                 strict: false,
                 append_after_open: true,
+                other_owner: false,
                 source: Source::Raw(files),
             },
         ));
@@ -178,9 +384,52 @@ fn journal_files_seeds() {
         Input {
             strict: false,
             append_after_open: false,
-            source: Source::Raw(vec![journal_files::RawFile {
-                generation: 1,
+            other_owner: false,
+            source: Source::Raw(vec![RawFile {
+                name: 1,
                 bytes: rng.bytes(5000),
+            }]),
+        },
+    ));
+    // A superblock whose copies' headers are valid and whose bodies are
+    // noise, checksums recomputed (RAW_RESEAL): the body decoder's input.
+    let mut superblock = templates[appends]
+        .dir
+        .superblock
+        .clone()
+        .expect("a superblock");
+    for copy in 0..2 {
+        let body = copy * 4096 + 32;
+        superblock[body..body + 200].copy_from_slice(&rng.bytes(200));
+    }
+    seeds.push((
+        "raw-superblock-noise-resealed".into(),
+        Input {
+            strict: false,
+            append_after_open: false,
+            other_owner: false,
+            source: Source::Raw(vec![
+                RawFile {
+                    name: RAW_RESEAL,
+                    bytes: superblock,
+                },
+                RawFile {
+                    name: 1 | RAW_EXTEND,
+                    bytes: templates[appends].dir.segments[0].1[..4096].to_vec(),
+                },
+            ]),
+        },
+    ));
+    // A new journal's superblock left as superblock.tmp, nothing else.
+    seeds.push((
+        "raw-superblock-tmp".into(),
+        Input {
+            strict: false,
+            append_after_open: true,
+            other_owner: false,
+            source: Source::Raw(vec![RawFile {
+                name: RAW_EXTEND,
+                bytes: templates[appends].old_superblocks[0].clone(),
             }]),
         },
     ));
@@ -295,12 +544,18 @@ fn snapshot_files_seeds() {
             matches!(i.source, Source::Template(_)) && i.mutations.is_empty()
         }),
         ("template-resealed", |i| {
-            matches!(i.source, Source::Template(_)) && i.reseal && (1..=4).contains(&i.mutations.len())
+            matches!(i.source, Source::Template(_))
+                && i.reseal
+                && (1..=4).contains(&i.mutations.len())
         }),
-        ("sections", |i| {
-            matches!(&i.source, Source::Sections(s) if s.len() >= 2)
-        }),
-        ("raw", |i| matches!(&i.source, Source::Raw(b) if b.len() >= 8)),
+        (
+            "sections",
+            |i| matches!(&i.source, Source::Sections(s) if s.len() >= 2),
+        ),
+        (
+            "raw",
+            |i| matches!(&i.source, Source::Raw(b) if b.len() >= 8),
+        ),
     ];
     for (name, wanted) in kinds {
         let seeds = pick::<Input>(&mut rng, 40..400, 3, wanted);

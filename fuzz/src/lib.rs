@@ -7,8 +7,9 @@
 //! every list has a named upper bound) and `run(&Input)`, which panics on a
 //! finding — a broken invariant, never an expected, typed error.
 //!
-//! * [`journal_files`] — arbitrary bytes as journal segment files, raw or
-//!   derived from a valid journal and then damaged.
+//! * [`journal_files`] — arbitrary bytes as a journal directory (its
+//!   superblock and segment files), raw or derived from a valid journal and
+//!   then damaged.
 //! * [`journal_ops`] — operation lists through the journal's deterministic
 //!   crash simulator (`ringstore_journal::sim`).
 //! * [`cache_ops`] — operation lists through the cache's model checker
@@ -48,12 +49,20 @@ pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     EXECUTOR.with(|executor| {
         executor.run(async {
             let output = future.await;
-            for _ in 0..SETTLE_YIELDS_MAX {
-                YieldNow(false).await;
-            }
+            settle().await;
             output
         })
     })
+}
+
+/// Gives the other tasks on this thread's executor [`SETTLE_YIELDS_MAX`]
+/// turns: background work (a journal's spare segment, its writer) gets to a
+/// point that does not depend on the executor's timing, so what a crash
+/// finds unsynced is the same in every run.
+pub(crate) async fn settle() {
+    for _ in 0..SETTLE_YIELDS_MAX {
+        YieldNow(false).await;
+    }
 }
 
 /// Pending once (after waking itself), then ready: lets every other ready
