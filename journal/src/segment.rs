@@ -261,7 +261,10 @@ mod tests {
             assert_eq!(segment_generation(OsStr::new(&name)), Some(generation));
         }
         // The last generation could not be followed: never a segment name.
-        assert_eq!(segment_generation(OsStr::new(&segment_file_name(u64::MAX))), None);
+        assert_eq!(
+            segment_generation(OsStr::new(&segment_file_name(u64::MAX))),
+            None
+        );
         assert!(segment_file_name(9) < segment_file_name(10));
         for other in [
             "segment-0.wal",
