@@ -264,7 +264,12 @@ fn file_path(bytes: &[u8]) -> PathBuf {
 
 /// Runs one input; panics on a finding.
 pub fn run(input: &Input) {
-    let mutations: Vec<Mutation> = input.mutations.iter().take(MUTATIONS_MAX).cloned().collect();
+    let mutations: Vec<Mutation> = input
+        .mutations
+        .iter()
+        .take(MUTATIONS_MAX)
+        .cloned()
+        .collect();
     let (mut bytes, expected) = match &input.source {
         Source::Raw(raw) => (raw.iter().take(FILE_BYTES_MAX).copied().collect(), None),
         Source::Sections(sections) => {
@@ -326,12 +331,18 @@ pub fn run(input: &Input) {
         let restored = match restore_state::<Metadata>(loaded.sections) {
             Ok(machine) => machine,
             Err(_) => {
-                assert!(damaged || expected.is_none(), "an undamaged template does not restore");
+                assert!(
+                    damaged || expected.is_none(),
+                    "an undamaged template does not restore"
+                );
                 return;
             }
         };
         if let (Some(expected), false) = (&expected, damaged) {
-            assert_eq!(&restored, expected, "an undamaged template restores to its state");
+            assert_eq!(
+                &restored, expected,
+                "an undamaged template restores to its state"
+            );
         }
         if let Err(reason) = restored.check() {
             panic!("a restored state breaks an invariant: {reason}");

@@ -3,9 +3,7 @@
 //! acknowledged, and their journal ids fixed so that they are the same
 //! bytes in every process.
 
-use super::files::{
-    journal_superblock, outcome_end, scan_segment, Dir,
-};
+use super::files::{journal_superblock, outcome_end, scan_segment, Dir};
 use super::input::FILES_MAX;
 use super::{BATCH_BYTES_MAX, DIR, ENTRY_BYTES_MAX, SEGMENT_BYTES, SLOT_COUNT};
 use ringstore_journal::config::ENTRY_BYTES_MAX_LIMIT;
