@@ -496,6 +496,14 @@ impl<S: Storage> Journal<S> {
                 .await
                 .map_err(|e| Error::io("fdatasync", &last.path, None, e))?;
         }
+        // A superblock that records no segment while recovery kept some (a
+        // segment adopted at `last + 1`): the kept ones are part of the log
+        // from now on, not leftovers below its first generation.
+        if sb.first_generation == 0 {
+            if let Some(first) = recovered_segments.first() {
+                sb.first_generation = first.generation;
+            }
+        }
         // Never append into a segment that existed before: see recovery.
         let mut segments: VecDeque<_> = recovered_segments.into();
         let mut needs_fresh_segment = false;

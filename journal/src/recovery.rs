@@ -490,6 +490,14 @@ pub(crate) async fn recover<S: Storage>(
     }
     report.segments = segments.len();
     report.watermark = watermark;
+    if max_op.max(watermark) == u64::MAX {
+        // No op can follow it: only forged bytes hold it.
+        return Err(Error::corruption(
+            dir,
+            0,
+            "an op or watermark of u64::MAX leaves no op number to follow it",
+        ));
+    }
     if let Some(end) = &mut report.unrecorded_end {
         end.last_op = max_op.max(watermark);
         tracing::info!(

@@ -219,6 +219,11 @@ fn decode_copy(bytes: &[u8], copy: usize) -> Result<(SuperblockHeader, &[u8]), C
     if header.checksum.get() != crc32fast::hash(&bytes[4..]) {
         return Err(fault("checksum mismatch".into()));
     }
+    // The sequence only grows by one per update: the last value could not
+    // be followed (only a forged copy holds it).
+    if header.sequence.get() == u64::MAX {
+        return Err(fault("sequence out of range".into()));
+    }
     if header.copy.get() as usize != copy {
         return Err(fault(format!(
             "holds copy {} (a misdirected write)",
@@ -598,6 +603,9 @@ impl JournalSuperblock {
                 ));
             }
             ends.push((generation, offset));
+        }
+        if fixed.watermark.get() == u64::MAX {
+            return Err("journal superblock records watermark u64::MAX".into());
         }
         let owner = (fixed.domain != [0; 16]).then(|| JournalOwner {
             domain: fixed.domain,
