@@ -29,6 +29,7 @@
 //! | `ringstore_remote_retention_failures_total` | counter | retention passes that failed |
 //! | `ringstore_journal_tail_cuts_total` | counter | opens whose journal recovery cut a tail that may have held acknowledged entries (see `ringstore_journal::TailState::Torn`) |
 //! | `ringstore_journal_tail_cut_entries_total` | counter | entries in those cut tails whose headers still verified (ops that may have been acknowledged) |
+//! | `ringstore_journal_unclean_opens_total` | counter | opens after an unclean shutdown: the journal's end was found, not recorded (`RecoveryReport::unrecorded_end`); an acknowledged op above the highest one found could have been wiped undetectably |
 //! | `ringstore_journal_superblock_repairs_total` | counter | journal superblock copies found damaged or stale at open (rewritten) |
 //! | `ringstore_journal_stray_files` | gauge | files in the journal directory that are not the journal's (ignored) |
 //!
@@ -109,6 +110,8 @@ impl ShardMetrics {
             metrics::counter!("ringstore_journal_tail_cut_entries_total", "shard" => label.clone())
                 .increment(*entries);
         }
+        metrics::counter!("ringstore_journal_unclean_opens_total", "shard" => label.clone())
+            .increment(u64::from(report.unrecorded_end.is_some()));
         metrics::counter!("ringstore_journal_superblock_repairs_total", "shard" => label.clone())
             .increment(report.superblock_repaired.len() as u64);
         metrics::gauge!("ringstore_journal_stray_files", "shard" => label)

@@ -919,6 +919,31 @@ pub(crate) fn scan_view(
     Ok(report)
 }
 
+/// A segment of the best-effort log if it passes the plan's own checks;
+/// otherwise the damage (an unsupported version is also noted).
+fn log_segment(
+    generation: u64,
+    path: PathBuf,
+    facts: &SegmentFacts,
+    journal_id: [u8; 16],
+    unsupported: &mut Vec<PathBuf>,
+) -> Result<PlannedSegment, Damage> {
+    match verify::check_log_segment(&path, facts, journal_id) {
+        Ok(header) => Ok(PlannedSegment {
+            generation,
+            path,
+            header,
+            sealed_end: None,
+        }),
+        Err(refusal) => {
+            if let Refusal::UnsupportedVersion { path, .. } = &refusal {
+                unsupported.push(path.clone());
+            }
+            Err(refusal_damage(&refusal))
+        }
+    }
+}
+
 /// A refusal as a [`Damage`] entry (an unsupported version and another
 /// owner included).
 fn refusal_damage(refusal: &Refusal) -> Damage {
@@ -1070,20 +1095,9 @@ fn best_effort_plan(
         let Some(f) = facts_of(generation) else {
             continue;
         };
-        match verify::check_log_segment(&path, f, journal_id) {
-            Ok(header) => log.push(PlannedSegment {
-                generation,
-                path,
-                header,
-                sealed_end: None,
-            }),
-            Err(refusal) => {
-                if let Refusal::UnsupportedVersion { path, .. } = &refusal {
-                    unsupported.push(path.clone());
-                }
-                let d = refusal_damage(&refusal);
-                damage(d.path, d.offset, d.reason);
-            }
+        match log_segment(generation, path, f, journal_id, &mut unsupported) {
+            Ok(planned) => log.push(planned),
+            Err(d) => damage(d.path, d.offset, d.reason),
         }
     }
     if first != 0 && expected <= last {
@@ -1102,20 +1116,9 @@ fn best_effort_plan(
         let path = dir.join(segment_file_name(next));
         match check_segment_header(&f.header_block, next) {
             SegmentHeaderStatus::Valid(_) if !f.holds_data() => {
-                match verify::check_log_segment(&path, f, journal_id) {
-                    Ok(header) => log.push(PlannedSegment {
-                        generation: next,
-                        path,
-                        header,
-                        sealed_end: None,
-                    }),
-                    Err(refusal) => {
-                        if let Refusal::UnsupportedVersion { path, .. } = &refusal {
-                            unsupported.push(path.clone());
-                        }
-                        let d = refusal_damage(&refusal);
-                        damage(d.path, d.offset, d.reason);
-                    }
+                match log_segment(next, path, f, journal_id, &mut unsupported) {
+                    Ok(planned) => log.push(planned),
+                    Err(d) => damage(d.path, d.offset, d.reason),
                 }
             }
             SegmentHeaderStatus::Unverified if !f.holds_data() => out.leftovers.push(Leftover {
