@@ -34,6 +34,8 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+# The fuzz crate is outside the workspace (cargo-fuzz builds it apart).
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 echo "== cargo test (workspace; the journal's and the engine's crash simulations print their reports)"
 # Tests use temp dirs under target/ (the real disk: O_DIRECT needs it).

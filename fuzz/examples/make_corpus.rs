@@ -539,7 +539,9 @@ fn cache_ops_seeds() {
 fn snapshot_files_seeds() {
     use snapshot_files::{Input, Source};
     let mut rng = Rng(0x0073_6e61_7073);
-    let kinds: [(&str, fn(&Input) -> bool); 4] = [
+    /// A seed kind: its name and which inputs belong to it.
+    type Kind = (&'static str, fn(&Input) -> bool);
+    let kinds: [Kind; 4] = [
         ("template", |i| {
             matches!(i.source, Source::Template(_)) && i.mutations.is_empty()
         }),

@@ -447,11 +447,22 @@ impl<S: Storage> Journal<S> {
             let others = &segments[..segments.len().saturating_sub(1)];
             others.iter().map(|s| s.watermark_seen).max().unwrap_or(0)
         };
-        // Only if the others record its watermark too: between the removal
-        // and the new segment's creation a crash must not lose it.
+        // Only if the others or the superblock record its watermark too:
+        // between the removal and the new segment's creation a crash must
+        // not lose it. And only if the superblock can then record the one
+        // before it as the last (none: generation 1), so the generation
+        // recreated is `last + 1`, the one unrecorded segment recovery
+        // accepts (see `verify::plan`).
+        let kept_last = |segments: &[Segment<S::File>]| {
+            segments
+                .len()
+                .checked_sub(2)
+                .map_or(0, |i| segments[i].generation)
+        };
         if recovered_segments.last().is_some_and(|s| {
             s.write_pos == SEGMENT_DATA_OFFSET
-                && s.watermark_seen <= others_watermark(&recovered_segments)
+                && s.watermark_seen <= others_watermark(&recovered_segments).max(sb.watermark)
+                && s.generation == kept_last(&recovered_segments) + 1
         }) {
             let empty = recovered_segments.pop().expect("checked above");
             if let Ok(file) = Rc::try_unwrap(empty.file) {
@@ -496,13 +507,32 @@ impl<S: Storage> Journal<S> {
                 .await
                 .map_err(|e| Error::io("fdatasync", &last.path, None, e))?;
         }
-        // A superblock that records no segment while recovery kept some (a
-        // segment adopted at `last + 1`): the kept ones are part of the log
-        // from now on, not leftovers below its first generation.
-        if sb.first_generation == 0 {
-            if let Some(first) = recovered_segments.first() {
-                sb.first_generation = first.generation;
+        // A segment recovery adopted at `last + 1` (a rollover or open that
+        // crashed before its superblock update) is recorded before the next
+        // one is created: recovery accepts one unrecorded segment past the
+        // last, never two.
+        if let Some(adopted) = recovered_segments
+            .last()
+            .filter(|s| s.generation > sb.last_generation)
+        {
+            let before = recovered_segments.len().checked_sub(2);
+            let predecessor = before.map(|i| &recovered_segments[i]);
+            // Its end becomes a recorded one: durable first, as above.
+            if let Some(p) = predecessor {
+                p.file
+                    .sync()
+                    .await
+                    .map_err(|e| Error::io("fdatasync", &p.path, None, e))?;
             }
+            let predecessor = predecessor.map(|p| Predecessor {
+                generation: p.generation,
+                end: p.write_pos,
+            });
+            let mut next = sb.clone();
+            record_rollover(&mut next, adopted.generation, predecessor);
+            sequence += 1;
+            write_superblock(&storage, &sb_path, sequence, &next).await?;
+            sb = next;
         }
         // Never append into a segment that existed before: see recovery.
         let mut segments: VecDeque<_> = recovered_segments.into();

@@ -19,6 +19,8 @@
 //!   crash artifact.
 //! * A clean close records the last segment's end in the superblock too, so
 //!   after one nothing is undecidable.
+//! * Recovery fsyncs the directory and the superblock before it reads them:
+//!   what it acts on is what a crash keeps.
 //! * Every write's first entry records `durable_before`: the end of the
 //!   writes that had finished, in order, when it was issued. Damage before
 //!   any later write's `durable_before` lies in acknowledged data. A write
@@ -348,15 +350,22 @@ pub(crate) async fn recover<S: Storage>(
     config: &JournalConfig,
 ) -> Result<Recovered<S::File>> {
     let dir = &config.dir;
+    // Everything below is decided from the directory listing and the
+    // superblock as they read now: make them durable first. A change the
+    // last run could not sync (a close whose directory fsync failed after
+    // it removed its spare segment) must not come back after a crash once
+    // recovery has acted on its absence.
+    storage
+        .sync_dir(dir)
+        .await
+        .map_err(|e| Error::io("fsync directory", dir, None, e))?;
     let listing = storage
         .list_dir(dir)
         .map_err(|e| Error::io("list directory", dir, None, e))?;
     let names = verify::classify_names(&listing);
     let sb_path = dir.join(SUPERBLOCK_FILE_NAME);
     let sb_bytes = if names.superblock {
-        superblock::read_file(storage, &sb_path)
-            .await
-            .map_err(|e| Error::io("read superblock", &sb_path, Some(0), e))?
+        read_superblock_durably(storage, &sb_path).await?
     } else {
         None
     };
@@ -674,4 +683,23 @@ fn record_entry(scan: &mut SegmentScan, header: &EntryHeader, index: &mut RingIn
         payload_len: header.payload_len.get(),
     };
     index.insert_recovered(op, epoch, location);
+}
+
+/// Reads the superblock file after an fdatasync, so what recovery acts on
+/// is what a crash keeps (the last run's update may have failed between its
+/// write and its sync).
+async fn read_superblock_durably<S: Storage>(storage: &S, path: &Path) -> Result<Option<Vec<u8>>> {
+    let file = match storage.open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open superblock", path, None, e)),
+    };
+    let synced = file.sync().await;
+    let read = file
+        .read_at(0, superblock::SUPERBLOCK_FILE_BYTES as usize)
+        .await;
+    let _ = file.close().await;
+    synced.map_err(|e| Error::io("fdatasync superblock", path, None, e))?;
+    let bytes = read.map_err(|e| Error::io("read superblock", path, Some(0), e))?;
+    Ok(Some(bytes.to_vec()))
 }
