@@ -459,11 +459,16 @@ impl<S: Storage> Journal<S> {
                 .checked_sub(2)
                 .map_or(0, |i| segments[i].generation)
         };
-        if recovered_segments.last().is_some_and(|s| {
-            s.write_pos == SEGMENT_DATA_OFFSET
-                && s.watermark_seen <= others_watermark(&recovered_segments).max(sb.watermark)
-                && s.generation == kept_last(&recovered_segments) + 1
-        }) {
+        // And only if nothing at all lies where its first entry would go
+        // (no cut remains of a torn write): a crash between the superblock
+        // update and the removal must leave a segment that reads as empty.
+        if !recovered.last_holds_bytes
+            && recovered_segments.last().is_some_and(|s| {
+                s.write_pos == SEGMENT_DATA_OFFSET
+                    && s.watermark_seen <= others_watermark(&recovered_segments).max(sb.watermark)
+                    && s.generation == kept_last(&recovered_segments) + 1
+            })
+        {
             let empty = recovered_segments.pop().expect("checked above");
             if let Ok(file) = Rc::try_unwrap(empty.file) {
                 let _ = file.close().await;

@@ -210,6 +210,11 @@ pub(crate) struct Recovered<F> {
     pub max_epoch: u64,
     pub report: RecoveryReport,
     pub superblock: Option<FoundSuperblock>,
+    /// The last segment's first entry position holds bytes (a write, or the
+    /// remains of one recovery cut or that lie past a recorded end): were
+    /// the superblock to stop recording the segment, the verifier would
+    /// read it as data it must not lose.
+    pub last_holds_bytes: bool,
 }
 
 /// Reads a file sequentially through an aligned window, keeping the next
@@ -525,6 +530,12 @@ pub(crate) async fn recover<S: Storage>(
             format!("op {op} shares its ring slot with a later op while above the watermark {watermark}"),
         ));
     }
+    let last_holds_bytes = segments.last().is_some_and(|last| {
+        facts
+            .iter()
+            .find(|f| f.generation == last.generation)
+            .is_some_and(SegmentFacts::holds_data)
+    });
     Ok(Recovered {
         segments,
         index,
@@ -532,6 +543,7 @@ pub(crate) async fn recover<S: Storage>(
         max_epoch,
         report,
         superblock: plan.superblock,
+        last_holds_bytes,
     })
 }
 

@@ -301,7 +301,10 @@ fn an_undone_spare_removal_does_not_outlive_a_lowered_superblock() {
                 glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
             }
             mem.fail_next_dir_syncs(1, libc::EIO);
-            assert!(journal.close().await.is_err(), "the close's directory fsync fails");
+            assert!(
+                journal.close().await.is_err(),
+                "the close's directory fsync fails"
+            );
             mem.cut_power_after_ops(m);
             let reopened = builder(&mem).open().await.is_ok();
             mem.crash();
@@ -325,4 +328,65 @@ fn an_undone_spare_removal_does_not_outlive_a_lowered_superblock() {
         }
     }
     println!("undone spare removal: {cuts} power cuts, 0 violations");
+}
+
+/// The empty last segment an open would reuse, but with bytes where its
+/// first entry would go: the remains of a torn write recovery cut, or bytes
+/// past the end a clean close recorded. Reusing it lowers the superblock's
+/// last segment before the file is removed, and a power cut between the two
+/// would leave a segment past the last recorded one that holds data, which
+/// recovery must refuse. So such a segment is kept (its end recorded), and a
+/// power cut anywhere in the open loses nothing. Found by the `journal_ops`
+/// fuzz target.
+#[test]
+fn an_empty_last_segment_with_bytes_in_it_is_not_reused() {
+    let mut cuts = 0;
+    for past_recorded_end in [true, false] {
+        for m in 1..=REOPEN_CUTS_MAX {
+            let (tx, rx) = std::sync::mpsc::channel();
+            run(move || async move {
+                let mem = MemStorage::new();
+                let mut acked = BTreeMap::new();
+                let journal = builder(&mem).open().await.unwrap();
+                for seed in 1..=3u64 {
+                    acked.insert(journal.append(&payload(seed, ENTRY)).await.unwrap(), seed);
+                }
+                journal.close().await.unwrap();
+                // Segment 2 holds nothing; a clean close records its end,
+                // a crash does not.
+                let journal = builder(&mem).open().await.unwrap();
+                if past_recorded_end {
+                    journal.close().await.unwrap();
+                } else {
+                    drop(journal);
+                    mem.crash();
+                }
+                let path = Path::new("/mem/wal").join(ringstore_journal::segment_file_name(2));
+                let mut bytes = mem.file_bytes(&path).unwrap();
+                let first_entry = ringstore_journal::format::SEGMENT_DATA_OFFSET as usize;
+                bytes[first_entry..first_entry + 512].fill(0xA5);
+                mem.set_file_bytes(&path, bytes);
+                mem.cut_power_after_ops(m);
+                let reopened = builder(&mem).open().await.is_ok();
+                mem.crash();
+                let journal = builder(&mem).open().await.unwrap_or_else(|e| {
+                    panic!("cut at op {m} of the reopen ({past_recorded_end}): reopen failed: {e}")
+                });
+                for (&op, &seed) in &acked {
+                    assert_eq!(
+                        journal.read(op).await.unwrap().map(|e| e.payload),
+                        Some(payload(seed, ENTRY)),
+                        "cut at op {m}: acknowledged op {op}"
+                    );
+                }
+                journal.close().await.unwrap();
+                tx.send(reopened).unwrap();
+            });
+            cuts += 1;
+            if rx.recv().unwrap() {
+                break;
+            }
+        }
+    }
+    println!("empty last segment holding bytes: {cuts} power cuts, 0 violations");
 }
