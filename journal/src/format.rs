@@ -108,6 +108,13 @@ pub enum EntryKind {
     Watermark = 2,
     /// Filler up to the next block boundary; its payload is ignored.
     Padding = 3,
+    /// Discards every data entry above the `op` field that was written
+    /// before it (a consensus log's divergent suffix); no payload.
+    Truncate = 4,
+    /// The replica's hard state (its vote and commit point, opaque to the
+    /// journal) as the payload; the `op` field is zero. The last one in log
+    /// order holds.
+    HardState = 5,
 }
 
 impl EntryKind {
@@ -117,10 +124,22 @@ impl EntryKind {
             1 => Some(EntryKind::Data),
             2 => Some(EntryKind::Watermark),
             3 => Some(EntryKind::Padding),
+            4 => Some(EntryKind::Truncate),
+            5 => Some(EntryKind::HardState),
             _ => None,
         }
     }
+
+    /// True if the entry's payload is part of the log (verified on every
+    /// scan): data and hard state, not padding.
+    pub fn carries_payload(self) -> bool {
+        matches!(self, EntryKind::Data | EntryKind::HardState)
+    }
 }
+
+/// Largest hard-state payload in bytes (it is also kept in the superblock,
+/// which must hold it beside the segment ends).
+pub const HARD_STATE_BYTES_MAX: usize = 128;
 
 /// `flags` bit: this entry is the first of a write (a group-commit batch),
 /// and so starts on a block boundary.
@@ -285,8 +304,9 @@ pub fn check_entry_header(
     let len = u64::from(header.payload_len.get());
     let len_ok = match kind {
         EntryKind::Data => len <= payload_bytes_max,
-        EntryKind::Watermark => len == 0,
+        EntryKind::Watermark | EntryKind::Truncate => len == 0,
         EntryKind::Padding => len < BLOCK_BYTES,
+        EntryKind::HardState => len <= HARD_STATE_BYTES_MAX as u64,
     };
     let first = header.flags & FLAG_FIRST_IN_WRITE != 0;
     let durable_before = u64::from(header.durable_before.get());

@@ -254,6 +254,50 @@ impl RingIndex {
         (self.recovery_evicted_max > watermark).then_some(self.recovery_evicted_max)
     }
 
+    /// True if a write of an op above `op` is in flight (a fresh one or a
+    /// rewrite): a truncation must wait for it.
+    pub(crate) fn has_pending_above(&self, op: u64) -> bool {
+        self.rewrites_in_flight.iter().any(|o| *o > op)
+            || self
+                .slots
+                .iter()
+                .any(|s| s.op > op && s.op > self.watermark && s.generation == 0)
+    }
+
+    /// Forgets every durable op above `op` (a truncation); their slots
+    /// become free. No write above `op` may be in flight.
+    pub(crate) fn truncate_above(&mut self, op: u64) {
+        debug_assert!(!self.has_pending_above(op));
+        let freed = self.forget_above(op);
+        self.live -= freed;
+    }
+
+    /// A truncation record found by recovery (live slots are counted at
+    /// the end). Truncation is refused below the watermark, so a slot two
+    /// ops shared is never one it empties: the smaller op was at or below
+    /// the watermark when the larger was written.
+    pub(crate) fn truncate_recovered(&mut self, op: u64) {
+        self.forget_above(op);
+    }
+
+    /// Empties the slots of ops above `op`; returns how many were live.
+    fn forget_above(&mut self, op: u64) -> u64 {
+        let watermark = self.watermark;
+        let mut live = 0;
+        for slot in self.slots.iter_mut().filter(|s| s.op > op) {
+            if slot.op > watermark {
+                live += 1;
+            }
+            *slot = Slot::default();
+        }
+        live
+    }
+
+    /// The largest op the index holds (0: none).
+    pub(crate) fn max_op(&self) -> u64 {
+        self.slots.iter().map(|s| s.op).max().unwrap_or(0)
+    }
+
     /// Moves the watermark forward; slots at or below it become free.
     pub(crate) fn advance(&mut self, watermark: u64) {
         assert!(watermark >= self.watermark);

@@ -270,6 +270,10 @@ pub struct SegmentReport {
     pub data_bytes: u64,
     /// Watermark records that verified.
     pub watermark_records: u64,
+    /// Truncation records that verified.
+    pub truncate_records: u64,
+    /// Hard-state records that verified.
+    pub hard_state_records: u64,
     /// Padding entries that verified.
     pub padding_entries: u64,
     /// Group-commit writes (entries flagged first-in-write).
@@ -298,6 +302,8 @@ impl SegmentReport {
             data_entries: 0,
             data_bytes: 0,
             watermark_records: 0,
+            truncate_records: 0,
+            hard_state_records: 0,
             padding_entries: 0,
             writes: 0,
             op_min: None,
@@ -409,6 +415,8 @@ pub struct SuperblockReport {
     pub watermark: u64,
     /// The segment ends it records, `(generation, end)`.
     pub ends: Vec<(u64, u64)>,
+    /// The hard state it records (empty: none).
+    pub hard_state: Vec<u8>,
     /// Copies that did not verify or were older (a reopen rewrites them).
     pub damaged_copies: Vec<CopyFault>,
 }
@@ -429,6 +437,7 @@ impl SuperblockReport {
             last_generation: sb.last_generation,
             watermark: sb.watermark,
             ends: sb.ends.clone(),
+            hard_state: sb.hard_state.clone(),
             damaged_copies,
         }
     }
@@ -451,6 +460,7 @@ impl SuperblockReport {
             last_generation: self.last_generation,
             watermark: self.watermark,
             ends: self.ends.clone(),
+            hard_state: self.hard_state.clone(),
         }
     }
 }
@@ -1290,6 +1300,15 @@ impl OpSet {
         self.ranges.insert(op, new_end);
     }
 
+    /// Forgets every op above `op` (a truncation record).
+    pub(crate) fn truncate_above(&mut self, op: u64) {
+        let above = op.saturating_add(1);
+        self.ranges.split_off(&above);
+        if let Some((_, end)) = self.ranges.range_mut(..above).next_back() {
+            *end = (*end).min(op);
+        }
+    }
+
     /// The ranges, ascending.
     pub(crate) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.ranges.iter().map(|(a, b)| (*a, *b))
@@ -1419,7 +1438,7 @@ impl Scan<'_> {
                     if let Some(kind) = header.entry_kind() {
                         let info = EntryInfo::from_header(&header, kind);
                         self.record(&info);
-                        let payload_len = if kind == EntryKind::Data {
+                        let payload_len = if kind.carries_payload() {
                             u64::from(header.payload_len.get())
                         } else {
                             0
@@ -1471,6 +1490,11 @@ impl Scan<'_> {
                 segment.watermark_records += 1;
                 segment.watermark = segment.watermark.max(info.op);
             }
+            EntryKind::Truncate => {
+                segment.truncate_records += 1;
+                self.ops.truncate_above(info.op);
+            }
+            EntryKind::HardState => segment.hard_state_records += 1,
             EntryKind::Padding => segment.padding_entries += 1,
         }
     }

@@ -30,7 +30,8 @@ use crate::config::{Durability, JournalBuilder, JournalConfig};
 use crate::error::{Error, Result};
 use crate::format::{
     align_down, align_up, check_entry_header, entry_footprint, EntryHeader, EntryKind, BLOCK_BYTES,
-    ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE, SEGMENT_DATA_OFFSET,
+    ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE, HARD_STATE_BYTES_MAX,
+    SEGMENT_DATA_OFFSET,
 };
 use crate::index::{Location, Lookup, Reservation, RingIndex};
 use crate::notify::Notify;
@@ -138,6 +139,10 @@ pub struct JournalStats {
     pub segments_created: u64,
     /// Segments retired by watermark advances.
     pub segments_retired: u64,
+    /// Truncations made durable ([`Journal::truncate_after`]).
+    pub truncations: u64,
+    /// Hard states made durable ([`Journal::set_hard_state`]).
+    pub hard_states: u64,
 }
 
 /// A write-ahead log owned by one shard. Cheap to clone (all clones are the
@@ -238,6 +243,9 @@ struct State<F: StorageFile> {
     closing: bool,
     writer_running: bool,
     stats: JournalStats,
+    /// The newest durable hard state (empty: none): the last hard-state
+    /// record in log order, or the superblock's.
+    hard_state: Vec<u8>,
 }
 
 struct Batch<B> {
@@ -290,6 +298,8 @@ struct PendingEntry {
     reservation: Option<Reservation>,
     /// Assigned its op by `append` (not a replica write).
     appended: bool,
+    /// A hard-state entry's payload: the journal's hard state once durable.
+    hard_state: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Copy)]
@@ -297,6 +307,9 @@ enum Request<'a> {
     Append(&'a [u8]),
     Write(u64, &'a [u8]),
     Watermark(u64),
+    /// Discard every entry above this op (the index already forgot them).
+    Truncate(u64),
+    HardState(&'a [u8]),
 }
 
 impl<F: StorageFile> State<F> {
@@ -354,6 +367,8 @@ impl<F: StorageFile> State<F> {
                 (op, EntryKind::Data, payload, Some(reservation))
             }
             Request::Watermark(watermark) => (watermark, EntryKind::Watermark, &[][..], None),
+            Request::Truncate(op) => (op, EntryKind::Truncate, &[][..], None),
+            Request::HardState(bytes) => (0, EntryKind::HardState, bytes, None),
         };
         if self.filling.buf.is_none() {
             self.filling.buf = Some(
@@ -382,6 +397,10 @@ impl<F: StorageFile> State<F> {
             payload_checksum: crc32fast::hash(payload),
             reservation,
             appended: matches!(request, Request::Append(_)),
+            hard_state: match request {
+                Request::HardState(bytes) => Some(bytes.to_vec()),
+                _ => None,
+            },
         });
         self.filling.len += footprint;
         if kind == EntryKind::Data {
@@ -425,6 +444,7 @@ impl<S: Storage> Journal<S> {
                     last_generation: 0,
                     watermark: 0,
                     ends: Vec::new(),
+                    hard_state: Vec::new(),
                 };
                 create_superblock(&storage, &config.dir, &sb).await?;
                 (sb, 1)
@@ -591,6 +611,9 @@ impl<S: Storage> Journal<S> {
             poisoned: None,
             closing: false,
             writer_running: true,
+            hard_state: recovered
+                .hard_state
+                .unwrap_or_else(|| sb.hard_state.clone()),
             stats: JournalStats {
                 segments_created: u64::from(!needs_fresh_segment),
                 ..JournalStats::default()
@@ -660,8 +683,8 @@ impl<S: Storage> Journal<S> {
     async fn enqueue(&self, request: Request<'_>) -> Result<(u64, u64, Rc<BatchDone>)> {
         let shared = &*self.shared;
         let payload_len = match request {
-            Request::Append(p) | Request::Write(_, p) => p.len(),
-            Request::Watermark(_) => 0,
+            Request::Append(p) | Request::Write(_, p) | Request::HardState(p) => p.len(),
+            Request::Watermark(_) | Request::Truncate(_) => 0,
         };
         if payload_len as u64 > shared.config.entry_bytes_max {
             return Err(Error::EntryTooLarge {
@@ -790,6 +813,82 @@ impl<S: Storage> Journal<S> {
         self.submit(Request::Watermark(watermark)).await?;
         self.apply_watermark(watermark);
         self.retire_exclusively().await
+    }
+
+    /// Durably discards every entry above `op`: a new leader's log
+    /// overrides this replica's divergent, uncommitted suffix. Resolves once
+    /// the truncation is durable; from then on reads above `op` return
+    /// `None`, their ring slots are free, and [`Journal::append`] continues
+    /// at `op + 1` (a [`Journal::write`] of those op numbers is accepted in
+    /// any epoch).
+    ///
+    /// It is a record in the log, ordered with every other write: an append
+    /// queued after it survives it, one queued before it does not. Writes
+    /// above `op` still in flight are waited for first. Nothing is rewritten
+    /// in place. Refused with [`Error::BelowWatermark`] below the watermark
+    /// (those ops are in a snapshot already).
+    pub async fn truncate_after(&self, op: u64) -> Result<()> {
+        let shared = &*self.shared;
+        let footprint = entry_footprint(0) as usize;
+        let batch_bytes_max = shared.config.batch_bytes_max as usize;
+        let done = loop {
+            let wait_for_writes = {
+                let mut state = shared.state.borrow_mut();
+                state.usable()?;
+                let floor = state.index.watermark().max(state.compacted_floor);
+                if op == u64::MAX {
+                    return Err(Error::InvalidOp { op });
+                }
+                if op < floor {
+                    return Err(Error::BelowWatermark {
+                        op,
+                        watermark: floor,
+                    });
+                }
+                let pending = state.index.has_pending_above(op);
+                let room = state.filling.len + footprint + ENTRY_HEADER_BYTES <= batch_bytes_max;
+                if !pending && room {
+                    // Forget and queue in one step: nothing can be queued
+                    // between the two.
+                    state.index.truncate_above(op);
+                    state.next_op = state.next_op.min(op + 1);
+                    let (_, done) = state.enqueue(Request::Truncate(op), &shared.config)?;
+                    break done;
+                }
+                pending
+            };
+            if wait_for_writes {
+                shared.pipeline.wait().await;
+            } else {
+                shared.space.wait().await;
+            }
+        };
+        shared.work.notify_all();
+        done.wait().await
+    }
+
+    /// Durably records the replica's hard state (its vote and commit point,
+    /// at most [`HARD_STATE_BYTES_MAX`] bytes, opaque to the journal).
+    /// Resolves once durable. It is a record in the next group-commit write,
+    /// ordered with appends: no extra fdatasync, and after a crash a hard
+    /// state is never seen without the appends queued before it, nor an
+    /// append without the hard states queued before it. Read it back with
+    /// [`Journal::hard_state`].
+    pub async fn set_hard_state(&self, hard_state: &[u8]) -> Result<()> {
+        if hard_state.len() > HARD_STATE_BYTES_MAX {
+            return Err(Error::EntryTooLarge {
+                len: hard_state.len(),
+                max: HARD_STATE_BYTES_MAX,
+            });
+        }
+        self.submit(Request::HardState(hard_state))
+            .await
+            .map(|_| ())
+    }
+
+    /// The newest durable hard state (empty if none was ever set).
+    pub fn hard_state(&self) -> Vec<u8> {
+        self.shared.state.borrow().hard_state.clone()
     }
 
     fn apply_watermark(&self, watermark: u64) {
@@ -1056,7 +1155,11 @@ impl<S: Storage> Shared<S> {
             let (current, sequence) = &*self.superblock.borrow();
             let mut next = current.clone();
             change(&mut next);
-            next.watermark = next.watermark.max(self.state.borrow().durable_watermark);
+            let state = self.state.borrow();
+            next.watermark = next.watermark.max(state.durable_watermark);
+            // Carried here so that retiring the segment holding its record
+            // does not lose it.
+            next.hard_state.clone_from(&state.hard_state);
             (next, sequence + 1)
         };
         let path = self.config.dir.join(SUPERBLOCK_FILE_NAME);
@@ -1401,6 +1504,12 @@ fn publish<F: StorageFile>(
                 max_op = max_op.max(entry.op);
             }
             EntryKind::Watermark => watermark = watermark.max(entry.op),
+            // The index forgot the ops when the record was queued.
+            EntryKind::Truncate => state.stats.truncations += 1,
+            EntryKind::HardState => {
+                state.hard_state = entry.hard_state.clone().unwrap_or_default();
+                state.stats.hard_states += 1;
+            }
             EntryKind::Padding => unreachable!("padding is added at stamping, never queued"),
         }
     }

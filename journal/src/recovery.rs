@@ -40,6 +40,30 @@
 //! says where the end was found and the highest op found, above which an
 //! acknowledged op may have been lost that way.
 //!
+//! # Uncertain tail
+//!
+//! A consensus protocol relies on a replica never forgetting what it
+//! acknowledged: the entries it told a leader it holds, and its vote. The
+//! journal loses neither to a crash: an acknowledged write was fdatasync'd,
+//! and damage in anything vouched for is an error, not a cut. What it cannot
+//! prove is the tail: the last writes no later write vouches for, cut if
+//! their bytes do not verify. [`RecoveryReport::tail_is_uncertain`] says
+//! when that happened. A replica for which it is true must not vote and
+//! must not acknowledge entries until a peer has repaired its log and it
+//! has seen a term newer than any it may have voted in: its hard state (the
+//! last hard-state record) may be older than the one it acted on. Such a
+//! cut is routine after a crash under load (the writes in flight are torn),
+//! so a cluster whose replicas all lost power at once can find them all
+//! uncertain; it needs an operator's decision to go on, which is the price
+//! of never voting twice.
+//!
+//! A write every sector of which the disk wiped to zeros after its
+//! fdatasync is not detectable at all (row 1 below); after an unclean
+//! shutdown [`RecoveryReport::unrecorded_end`] names where the log ended.
+//! Such a lost write is outside the fault model (`DESIGN.md`: an
+//! acknowledged append is kept while its entry is intact on disk), and
+//! outside what Raft's safety argument allows a replica's storage to do.
+//!
 //! # Decision table
 //!
 //! At the first position `p` where the next entry does not verify:
@@ -203,6 +227,21 @@ pub struct RecoveryReport {
     pub unrecorded_end: Option<UnrecordedEnd>,
 }
 
+impl RecoveryReport {
+    /// True if recovery cut a tail ([`TailState::Torn`]): bytes were there
+    /// that did not verify and nothing vouched for, so an entry or a hard
+    /// state this journal acknowledged may be among them (a write damaged
+    /// after its fdatasync looks exactly like one torn by the crash).
+    ///
+    /// The rule for a consensus layer (see "Uncertain tail" in the module
+    /// docs): such a replica must not vote and must not acknowledge entries
+    /// until a peer has repaired its log and it has seen a term newer than
+    /// any it may have voted in.
+    pub fn tail_is_uncertain(&self) -> bool {
+        matches!(self.tail, TailState::Torn { .. })
+    }
+}
+
 pub(crate) struct Recovered<F> {
     pub segments: Vec<Segment<F>>,
     pub index: RingIndex,
@@ -210,6 +249,8 @@ pub(crate) struct Recovered<F> {
     pub max_epoch: u64,
     pub report: RecoveryReport,
     pub superblock: Option<FoundSuperblock>,
+    /// The last hard-state record in log order, if any.
+    pub hard_state: Option<Vec<u8>>,
     /// The last segment's first entry position holds bytes (a write, or the
     /// remains of one recovery cut or that lie past a recorded end): were
     /// the superblock to stop recording the segment, the verifier would
@@ -322,6 +363,10 @@ struct SegmentScan {
     valid_end: u64,
     tail: TailState,
     transient_read_faults: u64,
+    /// The payload of its last hard-state record.
+    hard_state: Option<Vec<u8>>,
+    /// It holds a truncation record.
+    truncated: bool,
 }
 
 impl From<Refusal> for Error {
@@ -460,6 +505,8 @@ pub(crate) async fn recover<S: Storage>(
         .map_or(0, |f| f.superblock.watermark);
     let mut max_op = 0;
     let mut max_epoch = 0;
+    let mut hard_state = None;
+    let mut truncated = false;
     let count = plan.segments.len();
     for (i, planned) in plan.segments.into_iter().enumerate() {
         let position = files
@@ -474,6 +521,10 @@ pub(crate) async fn recover<S: Storage>(
         watermark = watermark.max(scan.watermark);
         max_op = max_op.max(scan.max_op);
         max_epoch = max_epoch.max(scan.max_epoch);
+        if scan.hard_state.is_some() {
+            hard_state = scan.hard_state;
+        }
+        truncated |= scan.truncated;
         report.entries += scan.entries;
         report.bytes += scan.bytes;
         report.transient_read_faults += scan.transient_read_faults;
@@ -512,6 +563,10 @@ pub(crate) async fn recover<S: Storage>(
             "an op or watermark of u64::MAX leaves no op number to follow it",
         ));
     }
+    if truncated {
+        // The largest op left after the truncations.
+        max_op = index.max_op();
+    }
     if let Some(end) = &mut report.unrecorded_end {
         end.last_op = max_op.max(watermark);
         tracing::info!(
@@ -543,6 +598,7 @@ pub(crate) async fn recover<S: Storage>(
         max_epoch,
         report,
         superblock: plan.superblock,
+        hard_state,
         last_holds_bytes,
     })
 }
@@ -620,6 +676,8 @@ async fn scan_segment<F: StorageFile>(
         valid_end: SEGMENT_DATA_OFFSET,
         tail: TailState::Clean,
         transient_read_faults: 0,
+        hard_state: None,
+        truncated: false,
     };
     let mut step = scanner.step(None);
     let outcome = loop {
@@ -636,6 +694,27 @@ async fn scan_segment<F: StorageFile>(
                     Some(EntryKind::Data) => record_entry(&mut scan, &header, index),
                     Some(EntryKind::Watermark) => {
                         scan.watermark = scan.watermark.max(header.op.get());
+                    }
+                    // In log order: the entries above it written before it
+                    // are gone, those written after it stay.
+                    Some(EntryKind::Truncate) => {
+                        index.truncate_recovered(header.op.get());
+                        scan.truncated = true;
+                    }
+                    Some(EntryKind::HardState) => {
+                        // The scanner verified the payload; it is still in
+                        // the reader's window.
+                        let pos = u64::from(header.offset.get()) + ENTRY_HEADER_BYTES as u64;
+                        let len = u64::from(header.payload_len.get());
+                        let bytes = reader.get(pos, len).await.map_err(read_error(path, pos))?;
+                        if crc32fast::hash(bytes) != header.payload_checksum.get() {
+                            return Err(Error::corruption(
+                                path,
+                                pos,
+                                "hard-state payload changed between two reads",
+                            ));
+                        }
+                        scan.hard_state = Some(bytes.to_vec());
                     }
                     _ => {}
                 }

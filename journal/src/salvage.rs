@@ -835,6 +835,9 @@ fn plan(dir: &Path, quarantine_root: &Path, scan: &JournalReport) -> Result<Plan
             last_generation: kept.last().map_or(0, |k| k.generation),
             watermark: old.map_or(0, |sb| sb.watermark).max(kept_watermark),
             ends: kept.iter().map(|k| (k.generation, k.end)).collect(),
+            // Hard-state records in quarantined segments are lost with them
+            // (see `salvage` in the module docs); the superblock's stays.
+            hard_state: old.map_or_else(Vec::new, |sb| sb.hard_state.clone()),
         },
     };
 

@@ -109,6 +109,14 @@ pub enum SimOp {
     },
     /// Bump the epoch.
     NewEpoch,
+    /// Wait for every task in flight, then discard every op above
+    /// `newest acknowledged - back` (a new leader overriding a suffix).
+    Truncate {
+        /// How far below the newest acknowledged op.
+        back: u8,
+    },
+    /// Record a new hard state and wait for it.
+    SetHardState,
     /// Wait for every task in flight.
     Settle,
     /// Cut the power after `after_ops` more storage operations, let the
@@ -138,9 +146,13 @@ pub fn random_ops(seed: u64, count: usize) -> Vec<SimOp> {
                     back: next(8) as u8,
                     len,
                 },
-                51..=64 => SimOp::Read {
+                51..=60 => SimOp::Read {
                     back: next(80) as u16,
                 },
+                61..=62 => SimOp::Truncate {
+                    back: next(16) as u8,
+                },
+                63..=64 => SimOp::SetHardState,
                 65..=72 => SimOp::AdvanceWatermark {
                     keep: next(40) as u8,
                 },
@@ -225,6 +237,11 @@ struct Model {
     watermark_acked: u64,
     watermark_submitted: u64,
     newest_acked: u64,
+    /// Hard states submitted, in order (each awaited before the next).
+    hard_states: Vec<Vec<u8>>,
+    /// How many of them were acknowledged (the last acknowledged is
+    /// `hard_states[hard_state_acked - 1]`).
+    hard_state_acked: usize,
     acked: u64,
     violation: Option<String>,
 }
@@ -263,6 +280,27 @@ impl Model {
                 "op {op} returned {} bytes nobody submitted for it",
                 payload.len()
             ));
+        }
+    }
+
+    /// Checks the hard state a reopened journal holds: one that was
+    /// submitted, and never older than the last acknowledged.
+    fn check_hard_state(&mut self, hard_state: &[u8], destructive: bool) {
+        if hard_state.is_empty() {
+            if self.hard_state_acked > 0 && !destructive {
+                self.fail("the acknowledged hard state is gone".into());
+            }
+            return;
+        }
+        match self.hard_states.iter().rposition(|h| h == hard_state) {
+            None => self.fail(format!("hard state {hard_state:?} was never submitted")),
+            Some(at) if at + 1 < self.hard_state_acked && !destructive => self.fail(format!(
+                "hard state {} of {} came back after {} was acknowledged",
+                at + 1,
+                self.hard_states.len(),
+                self.hard_state_acked
+            )),
+            Some(_) => {}
         }
     }
 
@@ -394,6 +432,9 @@ impl Driver {
             return;
         };
         let watermark = journal.watermark();
+        self.model
+            .borrow_mut()
+            .check_hard_state(&journal.hard_state(), self.destructive);
         {
             let mut model = self.model.borrow_mut();
             if watermark < model.watermark_acked && !self.destructive {
@@ -562,6 +603,64 @@ impl Driver {
             }
             SimOp::NewEpoch => {
                 let _ = journal.set_epoch(journal.epoch() + 1);
+            }
+            SimOp::Truncate { back } => {
+                self.settle().await;
+                let after = {
+                    let mut model = self.model.borrow_mut();
+                    let after = model.newest_acked.saturating_sub(u64::from(back));
+                    if after < journal.watermark() {
+                        // Refused below the watermark (pinned by the
+                        // journal's own tests); nothing to model.
+                        return Ok(());
+                    }
+                    // Until acknowledged, every op above may or may not be
+                    // gone after a crash.
+                    for entry in model.ops.range_mut(after + 1..).map(|(_, m)| m) {
+                        entry.acked = None;
+                    }
+                    after
+                };
+                let result = journal.truncate_after(after).await;
+                if trace() {
+                    eprintln!("  truncate after {after}: {result:?}");
+                }
+                let mut model = self.model.borrow_mut();
+                match result {
+                    Ok(()) => {
+                        // Without fsync (or with destructive faults) even an
+                        // acknowledged truncation may be undone by a crash:
+                        // the old versions stay acceptable there.
+                        if !self.destructive {
+                            model.ops.split_off(&(after + 1));
+                        }
+                        model.newest_acked = model.newest_acked.min(after);
+                    }
+                    Err(Error::Corruption { .. }) => {
+                        model.fail("truncate returned Corruption".into())
+                    }
+                    Err(_) => {}
+                }
+            }
+            SimOp::SetHardState => {
+                self.payload_counter += 1;
+                let hard_state = format!("hard state {}", self.payload_counter).into_bytes();
+                self.model.borrow_mut().hard_states.push(hard_state.clone());
+                let result = journal.set_hard_state(&hard_state).await;
+                if trace() {
+                    eprintln!("  set hard state: {result:?}");
+                }
+                let mut model = self.model.borrow_mut();
+                match result {
+                    Ok(()) => model.hard_state_acked = model.hard_states.len(),
+                    Err(error) if refused(&error) => {
+                        model.hard_states.pop();
+                    }
+                    Err(Error::Corruption { .. }) => {
+                        model.fail("set_hard_state returned Corruption".into())
+                    }
+                    Err(_) => {}
+                }
             }
             SimOp::Settle => self.settle().await,
             SimOp::Crash { after_ops } => {

@@ -41,7 +41,7 @@
 //! The decoding here is sans-IO: bytes in, verdict out, shared by the
 //! journal's recovery and the read-only `inspect` scan.
 
-use crate::format::BLOCK_BYTES;
+use crate::format::{BLOCK_BYTES, HARD_STATE_BYTES_MAX};
 use crate::storage::{IoBuf, Storage, StorageFile};
 use std::io;
 use std::path::Path;
@@ -432,7 +432,8 @@ pub const JOURNAL_BODY_BYTES: usize = size_of::<JournalBody>();
 /// Closed-segment ends a journal superblock records (the newest ones; older
 /// segments' ends are vouched for by their successors' headers).
 pub const SEGMENT_ENDS_MAX: usize =
-    (SUPERBLOCK_BODY_BYTES_MAX - JOURNAL_BODY_BYTES) / size_of::<SegmentEnd>();
+    (SUPERBLOCK_BODY_BYTES_MAX - JOURNAL_BODY_BYTES - HARD_STATE_BYTES_MAX)
+        / size_of::<SegmentEnd>();
 
 const _: () = assert!(SEGMENT_ENDS_MAX >= 64);
 
@@ -458,8 +459,9 @@ pub struct JournalBody {
     pub watermark: U64,
     /// Number of [`SegmentEnd`]s following.
     pub ends_count: U32,
-    /// Zero.
-    pub reserved: U32,
+    /// Bytes of hard state following this fixed part, before the ends (at
+    /// most [`HARD_STATE_BYTES_MAX`]; 0: none recorded).
+    pub hard_state_len: U32,
 }
 
 /// Where one segment's durable data ends.
@@ -546,6 +548,9 @@ pub struct JournalSuperblock {
     /// [`SEGMENT_ENDS_MAX`], newest kept) and the last one after a clean
     /// close or a salvage. Sorted by generation.
     pub ends: Vec<(u64, u64)>,
+    /// The newest durable hard state when it was written (empty: none), so
+    /// that retiring the segment holding its record does not lose it.
+    pub hard_state: Vec<u8>,
 }
 
 impl JournalSuperblock {
@@ -562,9 +567,14 @@ impl JournalSuperblock {
             last_generation: self.last_generation.into(),
             watermark: self.watermark.into(),
             ends_count: (ends.len() as u32).into(),
-            reserved: 0.into(),
+            hard_state_len: (self.hard_state.len() as u32).into(),
         };
+        assert!(
+            self.hard_state.len() <= HARD_STATE_BYTES_MAX,
+            "hard state is checked against its limit when it is set"
+        );
         let mut bytes = body.as_bytes().to_vec();
+        bytes.extend_from_slice(&self.hard_state);
         for &(generation, end) in ends {
             let end = SegmentEnd {
                 generation: generation.into(),
@@ -581,6 +591,13 @@ impl JournalSuperblock {
             return Err(format!("journal superblock body of {} bytes", body.len()));
         };
         let count = fixed.ends_count.get() as usize;
+        let hard_state_len = fixed.hard_state_len.get() as usize;
+        if hard_state_len > HARD_STATE_BYTES_MAX || hard_state_len > rest.len() {
+            return Err(format!(
+                "journal superblock holds {hard_state_len} bytes of hard state"
+            ));
+        }
+        let (hard_state, rest) = rest.split_at(hard_state_len);
         if count > SEGMENT_ENDS_MAX || rest.len() != count * size_of::<SegmentEnd>() {
             return Err(format!("journal superblock lists {count} segment ends"));
         }
@@ -619,9 +636,6 @@ impl JournalSuperblock {
                 fixed.shards.get()
             ));
         }
-        if fixed.reserved.get() != 0 {
-            return Err("journal superblock reserved field is not zero".into());
-        }
         Ok(JournalSuperblock {
             journal_id: fixed.journal_id,
             owner,
@@ -629,6 +643,7 @@ impl JournalSuperblock {
             last_generation: last,
             watermark: fixed.watermark.get(),
             ends,
+            hard_state: hard_state.to_vec(),
         })
     }
 
@@ -645,6 +660,17 @@ impl JournalSuperblock {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_hard_state_longer_than_its_limit_does_not_decode() {
+        let mut body = sample().encode();
+        let at = std::mem::offset_of!(JournalBody, hard_state_len);
+        let too_long = (HARD_STATE_BYTES_MAX as u32 + 1).to_le_bytes();
+        body[at..at + 4].copy_from_slice(&too_long);
+        body.resize(body.len() + HARD_STATE_BYTES_MAX, 0);
+        let err = JournalSuperblock::decode(&body).unwrap_err();
+        assert!(err.contains("hard state"), "{err}");
+    }
+
     fn sample() -> JournalSuperblock {
         JournalSuperblock {
             journal_id: [7; 16],
@@ -657,6 +683,7 @@ mod tests {
             last_generation: 6,
             watermark: 100,
             ends: vec![(4, 8192), (5, 1 << 20)],
+            hard_state: b"term 3, vote 2".to_vec(),
         }
     }
 

@@ -580,6 +580,7 @@ pub fn check_log_segment(
         last_generation: 0,
         watermark: 0,
         ends: Vec::new(),
+        hard_state: Vec::new(),
     };
     checked_header(path, facts, &sb)
 }
@@ -818,7 +819,7 @@ impl SegmentScanner {
             other => other,
         };
         match checked {
-            Ok(header) if header.entry_kind() == Some(EntryKind::Data) => {
+            Ok(header) if header.entry_kind().is_some_and(EntryKind::carries_payload) => {
                 self.phase = Phase::Payload { header, again };
                 Step::Read {
                     pos: self.pos + ENTRY_HEADER_BYTES as u64,

@@ -121,7 +121,7 @@ fn superblock_tables_match_the_structs() {
         ("last_generation", field!(JournalBody, last_generation)),
         ("watermark", field!(JournalBody, watermark)),
         ("ends_count", field!(JournalBody, ends_count)),
-        ("reserved", field!(JournalBody, reserved)),
+        ("hard_state_len", field!(JournalBody, hard_state_len)),
     ];
     assert_eq!(rows.len(), fields.len());
     for ((offset, size, name), (field, (code_offset, code_size))) in rows.iter().zip(fields) {

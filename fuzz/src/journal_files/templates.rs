@@ -176,6 +176,7 @@ impl Writer {
             last_generation: 0,
             watermark: 0,
             ends: Vec::new(),
+            hard_state: Vec::new(),
         };
         let file: Vec<u8> = (0..SUPERBLOCK_COPIES)
             .flat_map(|copy| encode_copy(SuperblockKind::Journal, 1, copy, &sb.encode()))

@@ -513,7 +513,9 @@ impl Dumper<'_> {
     fn wanted(&mut self, entry: &EntryInfo) -> bool {
         match entry.kind {
             EntryKind::Padding => self.args.padding && self.last_in_range,
-            EntryKind::Data | EntryKind::Watermark => {
+            // Not an op: shown wherever the range is.
+            EntryKind::HardState => true,
+            EntryKind::Data | EntryKind::Watermark | EntryKind::Truncate => {
                 self.last_in_range = self.args.from.is_none_or(|from| entry.op >= from)
                     && self.args.to.is_none_or(|to| entry.op <= to);
                 self.last_in_range
@@ -548,10 +550,15 @@ impl Dumper<'_> {
                     )
                 }
                 (EntryKind::Watermark, _) => format!("watermark {}", entry.op),
+                (EntryKind::Truncate, _) => format!("discard every op above {}", entry.op),
+                (EntryKind::HardState, _) => format!(
+                    "hard state {}",
+                    output::hex_prefix(payload, HEX_PREFIX_BYTES)
+                ),
                 (EntryKind::Padding, _) => String::new(),
             };
             let op = match entry.kind {
-                EntryKind::Padding => "-".to_string(),
+                EntryKind::Padding | EntryKind::HardState => "-".to_string(),
                 _ => entry.op.to_string(),
             };
             let line = format!(
@@ -676,6 +683,8 @@ fn kind_name(kind: EntryKind) -> &'static str {
         EntryKind::Data => "data",
         EntryKind::Watermark => "watermark",
         EntryKind::Padding => "padding",
+        EntryKind::Truncate => "truncate",
+        EntryKind::HardState => "hardstate",
     }
 }
 
@@ -767,6 +776,8 @@ fn segment_json(segment: &SegmentReport) -> Value {
         "data_entries": segment.data_entries,
         "data_bytes": segment.data_bytes,
         "watermark_records": segment.watermark_records,
+        "truncate_records": segment.truncate_records,
+        "hard_state_records": segment.hard_state_records,
         "padding_entries": segment.padding_entries,
         "writes": segment.writes,
         "op_min": segment.op_min,
