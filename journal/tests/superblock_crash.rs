@@ -62,31 +62,9 @@ async fn life(mem: &MemStorage, acked: Rc<RefCell<Acked>>) -> Result<(), ringsto
     journal.close().await
 }
 
-/// An upper bound of the storage operations of the whole life: the first
-/// cut (in growing steps) after which it completes.
-fn operations_of_a_life() -> u64 {
-    let mut n = 1;
-    loop {
-        let (tx, rx) = std::sync::mpsc::channel();
-        run(move || async move {
-            let mem = MemStorage::new();
-            mem.cut_power_after_ops(n);
-            tx.send(life(&mem, Rc::default()).await.is_ok()).unwrap();
-        });
-        if rx.recv().unwrap() {
-            return n;
-        }
-        assert!(
-            n < 100_000,
-            "the life never completes, even without a power cut"
-        );
-        n += 1 + n / 16;
-    }
-}
-
 #[test]
 fn a_power_cut_at_every_step_loses_nothing_acknowledged() {
-    let total = operations_of_a_life();
+    let total = operations_of_a_life(|mem| async move { life(&mem, Rc::default()).await.is_ok() });
     assert!(total > 100, "the life makes {total} storage operations");
     let mut cuts = 0;
     for n in 1..=total {
@@ -162,7 +140,7 @@ const FIRST_CUT_STRIDE: usize = 3;
 /// acknowledged op.
 #[test]
 fn a_second_power_cut_during_recovery_loses_nothing_acknowledged() {
-    let total = operations_of_a_life();
+    let total = operations_of_a_life(|mem| async move { life(&mem, Rc::default()).await.is_ok() });
     let (tx, rx) = std::sync::mpsc::channel();
     // One executor for all of it: thousands of pairs, each a few
     // milliseconds of in-memory I/O.
@@ -282,15 +260,7 @@ fn an_undone_spare_removal_does_not_outlive_a_lowered_superblock() {
         let (tx, rx) = std::sync::mpsc::channel();
         run(move || async move {
             let mem = MemStorage::new();
-            let mut acked = BTreeMap::new();
-            // One life with data, then one that holds nothing: its segment
-            // is the empty last one the next open reuses.
-            let journal = builder(&mem).open().await.unwrap();
-            for seed in 1..=3u64 {
-                acked.insert(journal.append(&payload(seed, ENTRY)).await.unwrap(), seed);
-            }
-            journal.close().await.unwrap();
-            let journal = builder(&mem).open().await.unwrap();
+            let (journal, acked) = appends_then_an_empty_segment(&mem).await;
             // The spare segment is prepared in the background.
             while !mem
                 .paths()
@@ -305,22 +275,9 @@ fn an_undone_spare_removal_does_not_outlive_a_lowered_superblock() {
                 journal.close().await.is_err(),
                 "the close's directory fsync fails"
             );
-            mem.cut_power_after_ops(m);
-            let reopened = builder(&mem).open().await.is_ok();
-            mem.crash();
-            let journal = builder(&mem)
-                .open()
-                .await
-                .unwrap_or_else(|e| panic!("cut at op {m} of the reopen: reopen failed: {e}"));
-            for (&op, &seed) in &acked {
-                assert_eq!(
-                    journal.read(op).await.unwrap().map(|e| e.payload),
-                    Some(payload(seed, ENTRY)),
-                    "cut at op {m}: acknowledged op {op}"
-                );
-            }
-            journal.close().await.unwrap();
-            tx.send(reopened).unwrap();
+            let what = format!("cut at op {m} of the reopen");
+            tx.send(cut_a_reopen_then_check(&mem, m, &acked, &what).await)
+                .unwrap();
         });
         cuts += 1;
         if rx.recv().unwrap() {
@@ -346,15 +303,8 @@ fn an_empty_last_segment_with_bytes_in_it_is_not_reused() {
             let (tx, rx) = std::sync::mpsc::channel();
             run(move || async move {
                 let mem = MemStorage::new();
-                let mut acked = BTreeMap::new();
-                let journal = builder(&mem).open().await.unwrap();
-                for seed in 1..=3u64 {
-                    acked.insert(journal.append(&payload(seed, ENTRY)).await.unwrap(), seed);
-                }
-                journal.close().await.unwrap();
-                // Segment 2 holds nothing; a clean close records its end,
-                // a crash does not.
-                let journal = builder(&mem).open().await.unwrap();
+                let (journal, acked) = appends_then_an_empty_segment(&mem).await;
+                // A clean close records its end, a crash does not.
                 if past_recorded_end {
                     journal.close().await.unwrap();
                 } else {
@@ -366,21 +316,10 @@ fn an_empty_last_segment_with_bytes_in_it_is_not_reused() {
                 let first_entry = ringstore_journal::format::SEGMENT_DATA_OFFSET as usize;
                 bytes[first_entry..first_entry + 512].fill(0xA5);
                 mem.set_file_bytes(&path, bytes);
-                mem.cut_power_after_ops(m);
-                let reopened = builder(&mem).open().await.is_ok();
-                mem.crash();
-                let journal = builder(&mem).open().await.unwrap_or_else(|e| {
-                    panic!("cut at op {m} of the reopen ({past_recorded_end}): reopen failed: {e}")
-                });
-                for (&op, &seed) in &acked {
-                    assert_eq!(
-                        journal.read(op).await.unwrap().map(|e| e.payload),
-                        Some(payload(seed, ENTRY)),
-                        "cut at op {m}: acknowledged op {op}"
-                    );
-                }
-                journal.close().await.unwrap();
-                tx.send(reopened).unwrap();
+                let what =
+                    format!("cut at op {m} of the reopen (end recorded: {past_recorded_end})");
+                tx.send(cut_a_reopen_then_check(&mem, m, &acked, &what).await)
+                    .unwrap();
             });
             cuts += 1;
             if rx.recv().unwrap() {
@@ -389,4 +328,47 @@ fn an_empty_last_segment_with_bytes_in_it_is_not_reused() {
         }
     }
     println!("empty last segment holding bytes: {cuts} power cuts, 0 violations");
+}
+
+/// Cuts the power after `m` storage operations of an open, crashes, opens
+/// again and checks every acknowledged op (`op -> payload seed`). Returns
+/// whether the first open completed inside the budget (later cuts would
+/// change nothing).
+async fn cut_a_reopen_then_check(
+    mem: &MemStorage,
+    m: u64,
+    acked: &BTreeMap<u64, u64>,
+    what: &str,
+) -> bool {
+    mem.cut_power_after_ops(m);
+    let reopened = builder(mem).open().await.is_ok();
+    mem.crash();
+    let journal = builder(mem)
+        .open()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
+    for (&op, &seed) in acked {
+        assert_eq!(
+            journal.read(op).await.unwrap().map(|e| e.payload),
+            Some(payload(seed, ENTRY)),
+            "{what}: acknowledged op {op}"
+        );
+    }
+    journal.close().await.unwrap();
+    reopened
+}
+
+/// A journal with three acknowledged appends in segment 1, closed and
+/// opened again: its segment 2 holds nothing (the empty last segment the
+/// next open reuses). Returns it open, and `op -> payload seed`.
+async fn appends_then_an_empty_segment(
+    mem: &MemStorage,
+) -> (Journal<MemStorage>, BTreeMap<u64, u64>) {
+    let mut acked = BTreeMap::new();
+    let journal = builder(mem).open().await.unwrap();
+    for seed in 1..=3u64 {
+        acked.insert(journal.append(&payload(seed, ENTRY)).await.unwrap(), seed);
+    }
+    journal.close().await.unwrap();
+    (builder(mem).open().await.unwrap(), acked)
 }

@@ -214,26 +214,9 @@ async fn life(mem: &MemStorage, acked: Rc<RefCell<Acked>>) -> Result<(), Error> 
     journal.close().await
 }
 
-fn operations_of_a_life() -> u64 {
-    let mut n = 1;
-    loop {
-        let (tx, rx) = std::sync::mpsc::channel();
-        run(move || async move {
-            let mem = MemStorage::new();
-            mem.cut_power_after_ops(n);
-            tx.send(life(&mem, Rc::default()).await.is_ok()).unwrap();
-        });
-        if rx.recv().unwrap() {
-            return n;
-        }
-        assert!(n < 100_000, "the life never completes");
-        n += 1 + n / 16;
-    }
-}
-
 #[test]
 fn a_power_cut_at_every_step_keeps_truncations_and_hard_state_in_order() {
-    let total = operations_of_a_life();
+    let total = operations_of_a_life(|mem| async move { life(&mem, Rc::default()).await.is_ok() });
     let (tx, rx) = std::sync::mpsc::channel();
     run(move || async move {
         let mut cuts = 0;

@@ -72,3 +72,29 @@ pub fn journal_id_of(segment: &Path) -> [u8; 16] {
     .expect("segment header bytes");
     header.journal_id
 }
+
+/// An upper bound of the storage operations `life` makes on an in-memory
+/// disk: the first power cut (in growing steps) after which it completes
+/// (`life` returns whether it did).
+pub fn operations_of_a_life<Fut>(life: fn(ringstore_journal::storage::MemStorage) -> Fut) -> u64
+where
+    Fut: Future<Output = bool> + 'static,
+{
+    let mut n = 1;
+    loop {
+        let (tx, rx) = std::sync::mpsc::channel();
+        run(move || async move {
+            let mem = ringstore_journal::storage::MemStorage::new();
+            mem.cut_power_after_ops(n);
+            tx.send(life(mem).await).unwrap();
+        });
+        if rx.recv().unwrap() {
+            return n;
+        }
+        assert!(
+            n < 100_000,
+            "the life never completes, even without a power cut"
+        );
+        n += 1 + n / 16;
+    }
+}
