@@ -417,6 +417,8 @@ pub struct SuperblockReport {
     pub ends: Vec<(u64, u64)>,
     /// The hard state it records (empty: none).
     pub hard_state: Vec<u8>,
+    /// That hard state's sequence (0: none).
+    pub hard_state_sequence: u64,
     /// Copies that did not verify or were older (a reopen rewrites them).
     pub damaged_copies: Vec<CopyFault>,
 }
@@ -438,6 +440,7 @@ impl SuperblockReport {
             watermark: sb.watermark,
             ends: sb.ends.clone(),
             hard_state: sb.hard_state.clone(),
+            hard_state_sequence: sb.hard_state_sequence,
             damaged_copies,
         }
     }
@@ -461,6 +464,7 @@ impl SuperblockReport {
             watermark: self.watermark,
             ends: self.ends.clone(),
             hard_state: self.hard_state.clone(),
+            hard_state_sequence: self.hard_state_sequence,
         }
     }
 }

@@ -243,9 +243,15 @@ struct State<F: StorageFile> {
     closing: bool,
     writer_running: bool,
     stats: JournalStats,
-    /// The newest durable hard state (empty: none): the last hard-state
-    /// record in log order, or the superblock's.
-    hard_state: Vec<u8>,
+    /// The newest durable hard state (empty: none) and its sequence: of
+    /// the last hard-state record in log order and the superblock's, the
+    /// one with the greater sequence.
+    hard_state: (u64, Vec<u8>),
+    /// The sequence given to the last hard state queued.
+    hard_state_issued: u64,
+    /// The largest watermark an advance was asked for (durable or not): a
+    /// truncation below it could free ops a snapshot already covers.
+    watermark_requested: u64,
 }
 
 struct Batch<B> {
@@ -368,7 +374,18 @@ impl<F: StorageFile> State<F> {
             }
             Request::Watermark(watermark) => (watermark, EntryKind::Watermark, &[][..], None),
             Request::Truncate(op) => (op, EntryKind::Truncate, &[][..], None),
-            Request::HardState(bytes) => (0, EntryKind::HardState, bytes, None),
+            Request::HardState(bytes) => {
+                // Sequenced, so that of a record and the superblock's copy
+                // the newer wins (a salvage can leave an older record).
+                let Some(sequence) = (self.hard_state_issued.max(self.hard_state.0))
+                    .checked_add(1)
+                    .filter(|s| *s != u64::MAX)
+                else {
+                    return Err(Error::InvalidOp { op: u64::MAX });
+                };
+                self.hard_state_issued = sequence;
+                (sequence, EntryKind::HardState, bytes, None)
+            }
         };
         if self.filling.buf.is_none() {
             self.filling.buf = Some(
@@ -445,6 +462,7 @@ impl<S: Storage> Journal<S> {
                     watermark: 0,
                     ends: Vec::new(),
                     hard_state: Vec::new(),
+                    hard_state_sequence: 0,
                 };
                 create_superblock(&storage, &config.dir, &sb).await?;
                 (sb, 1)
@@ -611,9 +629,9 @@ impl<S: Storage> Journal<S> {
             poisoned: None,
             closing: false,
             writer_running: true,
-            hard_state: recovered
-                .hard_state
-                .unwrap_or_else(|| sb.hard_state.clone()),
+            hard_state: newest_hard_state(recovered.hard_state, &sb),
+            hard_state_issued: 0,
+            watermark_requested: watermark,
             stats: JournalStats {
                 segments_created: u64::from(!needs_fresh_segment),
                 ..JournalStats::default()
@@ -810,6 +828,10 @@ impl<S: Storage> Journal<S> {
             }
             self.retire_exclusively().await?;
         }
+        {
+            let mut state = self.shared.state.borrow_mut();
+            state.watermark_requested = state.watermark_requested.max(watermark);
+        }
         self.submit(Request::Watermark(watermark)).await?;
         self.apply_watermark(watermark);
         self.retire_exclusively().await
@@ -825,8 +847,11 @@ impl<S: Storage> Journal<S> {
     /// It is a record in the log, ordered with every other write: an append
     /// queued after it survives it, one queued before it does not. Writes
     /// above `op` still in flight are waited for first. Nothing is rewritten
-    /// in place. Refused with [`Error::BelowWatermark`] below the watermark
-    /// (those ops are in a snapshot already).
+    /// in place. Refused with [`Error::BelowWatermark`] below the watermark,
+    /// or below one an advance still in flight asked for (those ops are in
+    /// a snapshot already). If its record cannot be written (a full disk
+    /// when it needs a new segment), the journal is poisoned: memory already
+    /// forgot the ops the disk still holds; reopen to continue.
     pub async fn truncate_after(&self, op: u64) -> Result<()> {
         let shared = &*self.shared;
         let footprint = entry_footprint(0) as usize;
@@ -835,7 +860,11 @@ impl<S: Storage> Journal<S> {
             let wait_for_writes = {
                 let mut state = shared.state.borrow_mut();
                 state.usable()?;
-                let floor = state.index.watermark().max(state.compacted_floor);
+                let floor = state
+                    .index
+                    .watermark()
+                    .max(state.compacted_floor)
+                    .max(state.watermark_requested);
                 if op == u64::MAX {
                     return Err(Error::InvalidOp { op });
                 }
@@ -888,7 +917,7 @@ impl<S: Storage> Journal<S> {
 
     /// The newest durable hard state (empty if none was ever set).
     pub fn hard_state(&self) -> Vec<u8> {
-        self.shared.state.borrow().hard_state.clone()
+        self.shared.state.borrow().hard_state.1.clone()
     }
 
     fn apply_watermark(&self, watermark: u64) {
@@ -1159,7 +1188,8 @@ impl<S: Storage> Shared<S> {
             next.watermark = next.watermark.max(state.durable_watermark);
             // Carried here so that retiring the segment holding its record
             // does not lose it.
-            next.hard_state.clone_from(&state.hard_state);
+            next.hard_state_sequence = state.hard_state.0;
+            next.hard_state.clone_from(&state.hard_state.1);
             (next, sequence + 1)
         };
         let path = self.config.dir.join(SUPERBLOCK_FILE_NAME);
@@ -1341,6 +1371,13 @@ impl<S: Storage> Shared<S> {
     /// Fails a batch that was never written (no room for a new segment, or
     /// the journal is poisoned), handing its reservations back.
     fn fail_unissued(&self, batch: Batch<<S::File as StorageFile>::Buf>, error: Error) {
+        // A truncation changed the index when it was queued: if its record
+        // never reaches the disk, memory and disk disagree until a reopen.
+        let error = if batch.entries.iter().any(|e| e.kind == EntryKind::Truncate) {
+            self.poison(error)
+        } else {
+            error
+        };
         {
             let mut state = self.state.borrow_mut();
             for entry in &batch.entries {
@@ -1507,7 +1544,7 @@ fn publish<F: StorageFile>(
             // The index forgot the ops when the record was queued.
             EntryKind::Truncate => state.stats.truncations += 1,
             EntryKind::HardState => {
-                state.hard_state = entry.hard_state.clone().unwrap_or_default();
+                state.hard_state = (entry.op, entry.hard_state.clone().unwrap_or_default());
                 state.stats.hard_states += 1;
             }
             EntryKind::Padding => unreachable!("padding is added at stamping, never queued"),
@@ -1619,6 +1656,16 @@ impl<S: Storage> Drop for BusyGuard<'_, S> {
     fn drop(&mut self) {
         self.0.superblock_busy.set(false);
         self.0.superblock_idle.notify_all();
+    }
+}
+
+/// Of the last hard-state record recovery found and the superblock's copy,
+/// the one with the greater sequence.
+fn newest_hard_state(record: Option<(u64, Vec<u8>)>, sb: &JournalSuperblock) -> (u64, Vec<u8>) {
+    let kept = (sb.hard_state_sequence, sb.hard_state.clone());
+    match record {
+        Some(record) if record.0 > kept.0 => record,
+        _ => kept,
     }
 }
 
@@ -2001,3 +2048,38 @@ pub async fn reactor_turn() {
 
 /// The timer [`reactor_turn`] sleeps on: any positive duration will do.
 const REACTOR_TURN: std::time::Duration = std::time::Duration::from_micros(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn superblock_with(sequence: u64, hard_state: &[u8]) -> JournalSuperblock {
+        JournalSuperblock {
+            journal_id: [1; 16],
+            owner: None,
+            first_generation: 0,
+            last_generation: 0,
+            watermark: 0,
+            ends: Vec::new(),
+            hard_state: hard_state.to_vec(),
+            hard_state_sequence: sequence,
+        }
+    }
+
+    #[test]
+    fn the_hard_state_with_the_greater_sequence_holds() {
+        let sb = superblock_with(7, b"superblock's");
+        // A salvage kept an older record: the superblock's copy holds.
+        let older = Some((5, b"older record".to_vec()));
+        assert_eq!(newest_hard_state(older, &sb), (7, b"superblock's".to_vec()));
+        // The usual case: the log's last record is the newest.
+        let newer = Some((9, b"newer record".to_vec()));
+        assert_eq!(newest_hard_state(newer, &sb), (9, b"newer record".to_vec()));
+        assert_eq!(newest_hard_state(None, &sb), (7, b"superblock's".to_vec()));
+        // Nothing anywhere: none.
+        assert_eq!(
+            newest_hard_state(None, &superblock_with(0, b"")),
+            (0, Vec::new())
+        );
+    }
+}

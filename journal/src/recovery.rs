@@ -237,6 +237,11 @@ impl RecoveryReport {
     /// docs): such a replica must not vote and must not acknowledge entries
     /// until a peer has repaired its log and it has seen a term newer than
     /// any it may have voted in.
+    ///
+    /// Only the open that made the cut reports it: the next open finds the
+    /// cut recorded as the segment's end. The consensus layer must make the
+    /// "awaiting repair" state durable itself (in its hard state, with
+    /// [`crate::Journal::set_hard_state`]) before it does anything else.
     pub fn tail_is_uncertain(&self) -> bool {
         matches!(self.tail, TailState::Torn { .. })
     }
@@ -249,8 +254,8 @@ pub(crate) struct Recovered<F> {
     pub max_epoch: u64,
     pub report: RecoveryReport,
     pub superblock: Option<FoundSuperblock>,
-    /// The last hard-state record in log order, if any.
-    pub hard_state: Option<Vec<u8>>,
+    /// The last hard-state record in log order (sequence, payload), if any.
+    pub hard_state: Option<(u64, Vec<u8>)>,
     /// The last segment's first entry position holds bytes (a write, or the
     /// remains of one recovery cut or that lie past a recorded end): were
     /// the superblock to stop recording the segment, the verifier would
@@ -363,8 +368,8 @@ struct SegmentScan {
     valid_end: u64,
     tail: TailState,
     transient_read_faults: u64,
-    /// The payload of its last hard-state record.
-    hard_state: Option<Vec<u8>>,
+    /// The sequence and payload of its last hard-state record.
+    hard_state: Option<(u64, Vec<u8>)>,
     /// It holds a truncation record.
     truncated: bool,
 }
@@ -714,7 +719,7 @@ async fn scan_segment<F: StorageFile>(
                                 "hard-state payload changed between two reads",
                             ));
                         }
-                        scan.hard_state = Some(bytes.to_vec());
+                        scan.hard_state = Some((header.op.get(), bytes.to_vec()));
                     }
                     _ => {}
                 }

@@ -31,6 +31,15 @@
 //! verifies, a stray segment holding data) cuts nothing: the files are
 //! moved and the superblock written anew.
 //!
+//! The hard state (`Journal::set_hard_state`): the new superblock keeps the
+//! old one's copy with its sequence, and of that and the last hard-state
+//! record in the kept segments the one with the greater sequence holds, so
+//! a salvage never brings back a hard state older than the superblock's.
+//! Records after the cut are quarantined with the rest; a consensus replica
+//! must treat a salvaged journal as it treats an uncertain tail (see
+//! `recovery`), and one whose superblock had no verifying copy as having no
+//! hard state at all.
+//!
 //! Before it changes anything, it checks the journal it is about to leave
 //! behind: the new superblock's bytes and the kept segments go through the
 //! same verifier ([`crate::inspect`]'s scan of that view), which must find
@@ -838,6 +847,7 @@ fn plan(dir: &Path, quarantine_root: &Path, scan: &JournalReport) -> Result<Plan
             // Hard-state records in quarantined segments are lost with them
             // (see `salvage` in the module docs); the superblock's stays.
             hard_state: old.map_or_else(Vec::new, |sb| sb.hard_state.clone()),
+            hard_state_sequence: old.map_or(0, |sb| sb.hard_state_sequence),
         },
     };
 

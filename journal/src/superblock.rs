@@ -432,8 +432,12 @@ pub const JOURNAL_BODY_BYTES: usize = size_of::<JournalBody>();
 /// Closed-segment ends a journal superblock records (the newest ones; older
 /// segments' ends are vouched for by their successors' headers).
 pub const SEGMENT_ENDS_MAX: usize =
-    (SUPERBLOCK_BODY_BYTES_MAX - JOURNAL_BODY_BYTES - HARD_STATE_BYTES_MAX)
+    (SUPERBLOCK_BODY_BYTES_MAX - JOURNAL_BODY_BYTES - HARD_STATE_RECORD_BYTES_MAX)
         / size_of::<SegmentEnd>();
+
+/// Most bytes of hard state a journal superblock holds: its sequence (8
+/// bytes) and the hard state itself.
+pub const HARD_STATE_RECORD_BYTES_MAX: usize = 8 + HARD_STATE_BYTES_MAX;
 
 const _: () = assert!(SEGMENT_ENDS_MAX >= 64);
 
@@ -459,8 +463,9 @@ pub struct JournalBody {
     pub watermark: U64,
     /// Number of [`SegmentEnd`]s following.
     pub ends_count: U32,
-    /// Bytes of hard state following this fixed part, before the ends (at
-    /// most [`HARD_STATE_BYTES_MAX`]; 0: none recorded).
+    /// Bytes of hard state following this fixed part, before the ends: 0
+    /// (none recorded), or its sequence (u64) and the hard state (at most
+    /// [`HARD_STATE_RECORD_BYTES_MAX`] in all).
     pub hard_state_len: U32,
 }
 
@@ -551,6 +556,9 @@ pub struct JournalSuperblock {
     /// The newest durable hard state when it was written (empty: none), so
     /// that retiring the segment holding its record does not lose it.
     pub hard_state: Vec<u8>,
+    /// Its sequence number (0: none recorded): the newer of this and the
+    /// last hard-state record in the log holds.
+    pub hard_state_sequence: u64,
 }
 
 impl JournalSuperblock {
@@ -567,14 +575,21 @@ impl JournalSuperblock {
             last_generation: self.last_generation.into(),
             watermark: self.watermark.into(),
             ends_count: (ends.len() as u32).into(),
-            hard_state_len: (self.hard_state.len() as u32).into(),
+            hard_state_len: if self.hard_state_sequence == 0 {
+                0.into()
+            } else {
+                ((8 + self.hard_state.len()) as u32).into()
+            },
         };
         assert!(
             self.hard_state.len() <= HARD_STATE_BYTES_MAX,
             "hard state is checked against its limit when it is set"
         );
         let mut bytes = body.as_bytes().to_vec();
-        bytes.extend_from_slice(&self.hard_state);
+        if self.hard_state_sequence != 0 {
+            bytes.extend_from_slice(&self.hard_state_sequence.to_le_bytes());
+            bytes.extend_from_slice(&self.hard_state);
+        }
         for &(generation, end) in ends {
             let end = SegmentEnd {
                 generation: generation.into(),
@@ -592,12 +607,24 @@ impl JournalSuperblock {
         };
         let count = fixed.ends_count.get() as usize;
         let hard_state_len = fixed.hard_state_len.get() as usize;
-        if hard_state_len > HARD_STATE_BYTES_MAX || hard_state_len > rest.len() {
+        if hard_state_len > HARD_STATE_RECORD_BYTES_MAX
+            || hard_state_len > rest.len()
+            || (1..8).contains(&hard_state_len)
+        {
             return Err(format!(
                 "journal superblock holds {hard_state_len} bytes of hard state"
             ));
         }
         let (hard_state, rest) = rest.split_at(hard_state_len);
+        let (hard_state_sequence, hard_state) = match hard_state.split_first_chunk::<8>() {
+            Some((sequence, state)) => (u64::from_le_bytes(*sequence), state),
+            None => (0, hard_state),
+        };
+        if hard_state_len > 0 && (hard_state_sequence == 0 || hard_state_sequence == u64::MAX) {
+            return Err(format!(
+                "journal superblock records hard state sequence {hard_state_sequence}"
+            ));
+        }
         if count > SEGMENT_ENDS_MAX || rest.len() != count * size_of::<SegmentEnd>() {
             return Err(format!("journal superblock lists {count} segment ends"));
         }
@@ -644,6 +671,7 @@ impl JournalSuperblock {
             watermark: fixed.watermark.get(),
             ends,
             hard_state: hard_state.to_vec(),
+            hard_state_sequence,
         })
     }
 
@@ -664,7 +692,7 @@ mod tests {
     fn a_hard_state_longer_than_its_limit_does_not_decode() {
         let mut body = sample().encode();
         let at = std::mem::offset_of!(JournalBody, hard_state_len);
-        let too_long = (HARD_STATE_BYTES_MAX as u32 + 1).to_le_bytes();
+        let too_long = (HARD_STATE_RECORD_BYTES_MAX as u32 + 1).to_le_bytes();
         body[at..at + 4].copy_from_slice(&too_long);
         body.resize(body.len() + HARD_STATE_BYTES_MAX, 0);
         let err = JournalSuperblock::decode(&body).unwrap_err();
@@ -684,6 +712,7 @@ mod tests {
             watermark: 100,
             ends: vec![(4, 8192), (5, 1 << 20)],
             hard_state: b"term 3, vote 2".to_vec(),
+            hard_state_sequence: 5,
         }
     }
 

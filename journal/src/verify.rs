@@ -581,6 +581,7 @@ pub fn check_log_segment(
         watermark: 0,
         ends: Vec::new(),
         hard_state: Vec::new(),
+        hard_state_sequence: 0,
     };
     checked_header(path, facts, &sb)
 }

@@ -173,7 +173,6 @@ fn a_truncation_waits_for_writes_in_flight_and_orders_with_later_appends() {
 struct Acked {
     ops: BTreeMap<u64, Vec<u8>>,
     truncated_after: Option<u64>,
-    truncation_submitted: bool,
     hard_states: Vec<Vec<u8>>,
     hard_state_acked: usize,
 }
@@ -196,9 +195,7 @@ async fn life(mem: &MemStorage, acked: Rc<RefCell<Acked>>) -> Result<(), Error> 
     {
         // From here on ops above 12 may be gone: the truncation may be
         // durable before it is acknowledged.
-        let mut a = acked.borrow_mut();
-        a.truncation_submitted = true;
-        a.ops.retain(|op, _| *op <= 12);
+        acked.borrow_mut().ops.retain(|op, _| *op <= 12);
     }
     journal.truncate_after(12).await?;
     acked.borrow_mut().truncated_after = Some(12);
@@ -378,6 +375,79 @@ fn a_cut_tail_is_reported_as_uncertain_and_a_clean_end_is_not() {
         assert!(report.tail_is_uncertain(), "{report:?}");
         assert_eq!(journal.read(2).await.unwrap(), None);
         assert_eq!(journal.hard_state(), b"term 1");
+        journal.close().await.unwrap();
+    });
+}
+
+/// A truncation forgets the ops in memory when it is queued; if its record
+/// cannot be written (a full disk when it needs a new segment), memory and
+/// disk disagree, so the journal is poisoned rather than left usable (a
+/// full disk leaves it usable otherwise), and a reopen serves what the disk
+/// holds: the ops the truncation did not remove.
+#[test]
+fn a_truncation_that_cannot_be_written_poisons_the_journal() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let journal = builder(&mem).open().await.unwrap();
+        // Once the spare segment (prepared in the background) exists, no
+        // room for any other: the first rollover takes the spare, the next
+        // one fails.
+        while mem.paths().len() < 3 {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let used: u64 = mem
+            .paths()
+            .iter()
+            .map(|p| mem.file_bytes(p).map_or(0, |b| b.len() as u64))
+            .sum();
+        mem.set_capacity(Some(used));
+        // Fill both segments: one 4 KiB write per append, 14 fit in each.
+        for op in 1..=28 {
+            assert_eq!(journal.append(&version(op, 0)).await.unwrap(), op);
+        }
+        let result = journal.truncate_after(5).await;
+        assert!(matches!(result, Err(Error::NoSpace { .. })), "{result:?}");
+        assert!(journal.is_poisoned());
+        assert!(matches!(
+            journal.append(&version(6, 1)).await,
+            Err(Error::Poisoned { .. })
+        ));
+        drop(journal);
+        mem.set_capacity(None);
+        let journal = builder(&mem).open().await.unwrap();
+        for op in 1..=28 {
+            assert_eq!(
+                journal.read(op).await.unwrap().map(|e| e.payload),
+                Some(version(op, 0)),
+                "op {op}"
+            );
+        }
+        journal.close().await.unwrap();
+    });
+}
+
+/// A truncation below a watermark an advance has asked for, durable or not,
+/// is refused: those ops may already be in the caller's snapshot.
+#[test]
+fn a_truncation_below_a_requested_watermark_is_refused() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let journal = builder(&mem).open().await.unwrap();
+        for op in 1..=10 {
+            journal.append(&version(op, 0)).await.unwrap();
+        }
+        let advancing = {
+            let journal = journal.clone();
+            glommio::spawn_local(async move { journal.advance_watermark(8).await })
+        };
+        glommio::yield_if_needed().await;
+        glommio::executor().yield_task_queue_now().await;
+        let result = journal.truncate_after(6).await;
+        assert!(
+            matches!(result, Err(Error::BelowWatermark { op: 6, .. })),
+            "{result:?}"
+        );
+        advancing.await.unwrap();
         journal.close().await.unwrap();
     });
 }

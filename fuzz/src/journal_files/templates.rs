@@ -177,6 +177,7 @@ impl Writer {
             watermark: 0,
             ends: Vec::new(),
             hard_state: Vec::new(),
+            hard_state_sequence: 0,
         };
         let file: Vec<u8> = (0..SUPERBLOCK_COPIES)
             .flat_map(|copy| encode_copy(SuperblockKind::Journal, 1, copy, &sb.encode()))
