@@ -1,5 +1,6 @@
 //! Writes the committed seed corpus, `fuzz/corpus/<target>/`:
-//! `cargo run --manifest-path fuzz/Cargo.toml --example make_corpus`.
+//! `cargo run --manifest-path fuzz/Cargo.toml --example make_corpus [TARGET...]`
+//! (every target, or only those named).
 //!
 //! `journal_files` seeds are built field by field ([`Input::encode`]): each
 //! valid template untouched, damaged at its tail, in its superblock (a
@@ -497,10 +498,43 @@ fn journal_ops_seeds() {
                 && reopens >= 2
         });
         for (i, bytes) in seeds.iter().enumerate() {
-            let input = Input::arbitrary_take_rest(Unstructured::new(bytes)).expect("decodes");
+            let input: Input =
+                Input::arbitrary_take_rest(Unstructured::new(bytes)).expect("decodes");
             keep("journal_ops", &format!("{name}-{i}"), bytes, move || {
                 journal_ops::run(&input)
             });
+        }
+    }
+}
+
+fn journal_replica_ops_seeds() {
+    use journal_ops::{FuzzOp, Profile, ReplicaInput, ReplicaOp};
+    let mut rng = Rng(0x7265_706c_6963);
+    for (name, profile) in [
+        ("none", Profile::None),
+        ("benign", Profile::Benign),
+        ("destructive", Profile::Destructive),
+        ("small-disk", Profile::SmallDisk),
+    ] {
+        let seeds = pick::<ReplicaInput>(&mut rng, 150..700, 2, |input| {
+            let count = |f: fn(&ReplicaOp) -> bool| input.ops.iter().filter(|op| f(op)).count();
+            input.profile == profile
+                && (40..=journal_ops::OPS_MAX).contains(&input.ops.len())
+                && count(|op| matches!(op, ReplicaOp::Base(FuzzOp::Append { .. }))) >= 8
+                && count(|op| matches!(op, ReplicaOp::Base(FuzzOp::Crash { .. } | FuzzOp::Reopen)))
+                    >= 2
+                && count(|op| matches!(op, ReplicaOp::Truncate { .. })) >= 2
+                && count(|op| matches!(op, ReplicaOp::SetHardState)) >= 2
+        });
+        for (i, bytes) in seeds.iter().enumerate() {
+            let input =
+                ReplicaInput::arbitrary_take_rest(Unstructured::new(bytes)).expect("decodes");
+            keep(
+                "journal_replica_ops",
+                &format!("{name}-{i}"),
+                bytes,
+                move || journal_ops::run(&input),
+            );
         }
     }
 }
@@ -570,11 +604,22 @@ fn snapshot_files_seeds() {
     }
 }
 
+/// Writes every target's seeds, or only those of the targets named on the
+/// command line.
 fn main() {
-    journal_files_seeds();
-    journal_ops_seeds();
-    cache_ops_seeds();
-    snapshot_files_seeds();
+    let wanted: Vec<String> = std::env::args().skip(1).collect();
+    let targets: [(&str, fn()); 5] = [
+        ("journal_files", journal_files_seeds),
+        ("journal_ops", journal_ops_seeds),
+        ("journal_replica_ops", journal_replica_ops_seeds),
+        ("cache_ops", cache_ops_seeds),
+        ("snapshot_files", snapshot_files_seeds),
+    ];
+    for (name, seeds) in targets {
+        if wanted.is_empty() || wanted.iter().any(|w| w == name) {
+            seeds();
+        }
+    }
     let failed = FAILED.load(std::sync::atomic::Ordering::Relaxed);
     if failed > 0 {
         eprintln!("{failed} seeds failed (see fuzz/regressions/)");

@@ -1,5 +1,9 @@
-//! Target `journal_ops`: structured operation lists through the journal's
-//! deterministic crash simulator ([`ringstore_journal::sim::run_ops`]).
+//! Targets `journal_ops` and `journal_replica_ops`: structured operation
+//! lists through the journal's deterministic crash simulator
+//! ([`ringstore_journal::sim::run_ops`]). The second adds what a consensus
+//! replica does — truncating a divergent suffix, recording its hard state —
+//! as its own target, so the committed `journal_ops` inputs keep decoding to
+//! the operations they were found with.
 //!
 //! The simulator checks the journal against a plain model after every step
 //! and every crash-and-recover cycle (no acknowledged entry lost, no wrong
@@ -109,14 +113,42 @@ impl Profile {
     }
 }
 
-/// One fuzz input.
+/// [`FuzzOp`] plus a replica's operations, for `journal_replica_ops`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Arbitrary)]
+pub enum ReplicaOp {
+    /// Any [`FuzzOp`].
+    Base(FuzzOp),
+    /// [`SimOp::Truncate`].
+    Truncate {
+        /// How far below the newest acknowledged op.
+        back: u8,
+    },
+    /// [`SimOp::SetHardState`].
+    SetHardState,
+}
+
+impl From<ReplicaOp> for SimOp {
+    fn from(op: ReplicaOp) -> SimOp {
+        match op {
+            ReplicaOp::Base(op) => op.into(),
+            ReplicaOp::Truncate { back } => SimOp::Truncate { back },
+            ReplicaOp::SetHardState => SimOp::SetHardState,
+        }
+    }
+}
+
+/// One `journal_replica_ops` input.
+pub type ReplicaInput = Input<ReplicaOp>;
+
+/// One fuzz input (of `journal_ops`; [`ReplicaInput`] for
+/// `journal_replica_ops`).
 ///
 /// Its `Arbitrary` impl is dense: the fixed fields, then operations until
 /// the input runs out (no per-element continuation byte, which a derived
 /// `Vec` spends and which makes random or mutated bytes decode to lists of
 /// two or three ops).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Input {
+pub struct Input<Op = FuzzOp> {
     /// Seeds the disk's fault draws and the task interleavings.
     pub seed: u64,
     /// Fault profile.
@@ -127,18 +159,18 @@ pub struct Input {
     /// Storage operations that still succeed before that crash's power cut.
     pub crash_after_storage_ops: u8,
     /// The operations (at most [`OPS_MAX`] are decoded).
-    pub ops: Vec<FuzzOp>,
+    pub ops: Vec<Op>,
 }
 
-impl<'a> Arbitrary<'a> for Input {
-    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Input> {
+impl<'a, Op: Arbitrary<'a>> Arbitrary<'a> for Input<Op> {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Input<Op>> {
         let seed = u64::arbitrary(u)?;
         let profile = Profile::arbitrary(u)?;
         let crash_after_ops = u8::arbitrary(u)?;
         let crash_after_storage_ops = u8::arbitrary(u)?;
         let mut ops = Vec::new();
         while !u.is_empty() && ops.len() < OPS_MAX {
-            ops.push(FuzzOp::arbitrary(u)?);
+            ops.push(Op::arbitrary(u)?);
         }
         Ok(Input {
             seed,
@@ -149,19 +181,19 @@ impl<'a> Arbitrary<'a> for Input {
         })
     }
 
-    fn arbitrary_take_rest(mut u: arbitrary::Unstructured<'a>) -> arbitrary::Result<Input> {
+    fn arbitrary_take_rest(mut u: arbitrary::Unstructured<'a>) -> arbitrary::Result<Input<Op>> {
         Input::arbitrary(&mut u)
     }
 }
 
-impl Input {
+impl<Op: Copy + Into<SimOp>> Input<Op> {
     /// The simulator's op list: the bounded ops with the crash inserted.
     pub fn sim_ops(&self) -> Vec<SimOp> {
         let mut ops: Vec<SimOp> = self
             .ops
             .iter()
             .take(OPS_MAX)
-            .map(|op| SimOp::from(*op))
+            .map(|op| (*op).into())
             .collect();
         let at = usize::from(self.crash_after_ops).min(ops.len());
         ops.insert(
@@ -175,7 +207,7 @@ impl Input {
 }
 
 /// Runs one input; panics on an invariant violation.
-pub fn run(input: &Input) {
+pub fn run<Op: Copy + Into<SimOp> + std::fmt::Debug>(input: &Input<Op>) {
     let ops = input.sim_ops();
     let faults = input.profile.faults();
     let result = crate::block_on(run_ops(input.seed, faults, SimShape::default(), &ops));

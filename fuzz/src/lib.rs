@@ -11,7 +11,8 @@
 //!   superblock and segment files), raw or derived from a valid journal and
 //!   then damaged.
 //! * [`journal_ops`] — operation lists through the journal's deterministic
-//!   crash simulator (`ringstore_journal::sim`).
+//!   crash simulator (`ringstore_journal::sim`); also `journal_replica_ops`,
+//!   the same with a replica's truncations and hard states.
 //! * [`cache_ops`] — operation lists through the cache's model checker
 //!   (`ringstore_cache::sim`).
 //! * [`snapshot_files`] — arbitrary bytes and sections as a snapshot file,

@@ -61,7 +61,18 @@ fn journal_files_inputs() {
 
 #[test]
 fn journal_ops_inputs() {
-    replay("journal_ops", ringstore_fuzz::journal_ops::run);
+    replay(
+        "journal_ops",
+        ringstore_fuzz::journal_ops::run::<ringstore_fuzz::journal_ops::FuzzOp>,
+    );
+}
+
+#[test]
+fn journal_replica_ops_inputs() {
+    replay(
+        "journal_replica_ops",
+        ringstore_fuzz::journal_ops::run::<ringstore_fuzz::journal_ops::ReplicaOp>,
+    );
 }
 
 #[test]
