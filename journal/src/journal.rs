@@ -454,16 +454,7 @@ impl<S: Storage> Journal<S> {
         let (mut sb, mut sequence) = match &recovered.superblock {
             Some(found) => (found.superblock.clone(), found.sequence),
             None => {
-                let sb = JournalSuperblock {
-                    journal_id: *uuid::Uuid::new_v4().as_bytes(),
-                    owner: config.owner,
-                    first_generation: 0,
-                    last_generation: 0,
-                    watermark: 0,
-                    ends: Vec::new(),
-                    hard_state: Vec::new(),
-                    hard_state_sequence: 0,
-                };
+                let sb = JournalSuperblock::new(*uuid::Uuid::new_v4().as_bytes(), config.owner);
                 create_superblock(&storage, &config.dir, &sb).await?;
                 (sb, 1)
             }
@@ -2055,14 +2046,9 @@ mod tests {
 
     fn superblock_with(sequence: u64, hard_state: &[u8]) -> JournalSuperblock {
         JournalSuperblock {
-            journal_id: [1; 16],
-            owner: None,
-            first_generation: 0,
-            last_generation: 0,
-            watermark: 0,
-            ends: Vec::new(),
             hard_state: hard_state.to_vec(),
             hard_state_sequence: sequence,
+            ..JournalSuperblock::new([1; 16], None)
         }
     }
 

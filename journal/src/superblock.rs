@@ -562,6 +562,21 @@ pub struct JournalSuperblock {
 }
 
 impl JournalSuperblock {
+    /// The superblock of a new journal: no segment, watermark or hard state
+    /// recorded yet.
+    pub fn new(journal_id: [u8; 16], owner: Option<JournalOwner>) -> JournalSuperblock {
+        JournalSuperblock {
+            journal_id,
+            owner,
+            first_generation: 0,
+            last_generation: 0,
+            watermark: 0,
+            ends: Vec::new(),
+            hard_state: Vec::new(),
+            hard_state_sequence: 0,
+        }
+    }
+
     /// Encodes the body. Keeps only the newest [`SEGMENT_ENDS_MAX`] ends.
     pub fn encode(&self) -> Vec<u8> {
         let ends = &self.ends[self.ends.len().saturating_sub(SEGMENT_ENDS_MAX)..];

@@ -573,17 +573,7 @@ pub fn check_log_segment(
     facts: &SegmentFacts,
     journal_id: [u8; 16],
 ) -> Result<SegmentHeader, Refusal> {
-    let sb = JournalSuperblock {
-        journal_id,
-        owner: None,
-        first_generation: 0,
-        last_generation: 0,
-        watermark: 0,
-        ends: Vec::new(),
-        hard_state: Vec::new(),
-        hard_state_sequence: 0,
-    };
-    checked_header(path, facts, &sb)
+    checked_header(path, facts, &JournalSuperblock::new(journal_id, None))
 }
 
 /// The verified header of a segment the superblock says must exist, or

@@ -169,16 +169,7 @@ impl Writer {
         owner: Option<JournalOwner>,
     ) -> Writer {
         let journal_id = template_journal_id(index);
-        let sb = JournalSuperblock {
-            journal_id,
-            owner: None,
-            first_generation: 0,
-            last_generation: 0,
-            watermark: 0,
-            ends: Vec::new(),
-            hard_state: Vec::new(),
-            hard_state_sequence: 0,
-        };
+        let sb = JournalSuperblock::new(journal_id, None);
         let file: Vec<u8> = (0..SUPERBLOCK_COPIES)
             .flat_map(|copy| encode_copy(SuperblockKind::Journal, 1, copy, &sb.encode()))
             .collect();
