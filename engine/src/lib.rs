@@ -57,6 +57,8 @@ pub mod machine;
 pub mod metrics;
 pub mod mux;
 pub mod object_store;
+#[cfg(feature = "openraft")]
+pub mod raft;
 pub mod recovery;
 pub mod reset;
 pub mod runtime;

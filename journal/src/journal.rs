@@ -680,6 +680,15 @@ impl<S: Storage> Journal<S> {
         self.submit(Request::Write(op, payload)).await.map(|_| ())
     }
 
+    /// Queues `payload` as op `op` (a replica write, see [`Journal::write`])
+    /// and returns once it is queued, before it is durable:
+    /// [`QueuedAppend::durable`] waits for that. Requests queued one after
+    /// the other reach the disk in that order.
+    pub async fn queue_write(&self, op: u64, payload: &[u8]) -> Result<QueuedAppend> {
+        let (op, epoch, done) = self.enqueue(Request::Write(op, payload)).await?;
+        Ok(QueuedAppend { op, epoch, done })
+    }
+
     /// Queues `request`; resolves with its op and the epoch stamped on it
     /// once durable.
     async fn submit(&self, request: Request<'_>) -> Result<(u64, u64)> {

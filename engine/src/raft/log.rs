@@ -1,0 +1,292 @@
+//! `RaftLogStorage` over the journal (see the module docs of `raft`).
+
+use super::thread::JournalThread;
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, LogId, OptionalSend, RaftTypeConfig, StorageError, StorageIOError, Vote};
+use ringstore_journal::LogItem;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+/// Largest encoded hard state (the journal's limit).
+pub const HARD_STATE_ENCODED_BYTES_MAX: usize = ringstore_journal::format::HARD_STATE_BYTES_MAX;
+
+/// What the journal's hard state holds for openraft.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct HardState<C: RaftTypeConfig> {
+    vote: Option<Vote<C::NodeId>>,
+    committed: Option<LogId<C::NodeId>>,
+    purged: Option<LogId<C::NodeId>>,
+}
+
+impl<C: RaftTypeConfig> Clone for HardState<C> {
+    fn clone(&self) -> Self {
+        HardState {
+            vote: self.vote.clone(),
+            committed: self.committed.clone(),
+            purged: self.purged.clone(),
+        }
+    }
+}
+
+/// The `Send + Sync` handle openraft holds: every call runs on the
+/// journal's reactor thread.
+pub struct RaftLog<C: RaftTypeConfig> {
+    thread: Arc<JournalThread>,
+    _types: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C: RaftTypeConfig> Clone for RaftLog<C> {
+    fn clone(&self) -> Self {
+        RaftLog {
+            thread: self.thread.clone(),
+            _types: std::marker::PhantomData,
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
+}
+
+fn io_error(e: impl std::error::Error + 'static) -> AnyError {
+    AnyError::new(&e)
+}
+
+impl<C> RaftLog<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+{
+    /// Wraps a journal thread.
+    pub fn new(thread: JournalThread) -> RaftLog<C> {
+        RaftLog {
+            thread: Arc::new(thread),
+            _types: std::marker::PhantomData,
+        }
+    }
+
+    async fn hard_state(&self) -> Result<HardState<C>, StorageError<C::NodeId>> {
+        let bytes = self
+            .thread
+            .call(|journal| Box::pin(async move { Ok(journal.hard_state()) }))
+            .await
+            .map_err(|e| StorageIOError::read_vote(io_error(e)))?;
+        if bytes.is_empty() {
+            return Ok(HardState {
+                vote: None,
+                committed: None,
+                purged: None,
+            });
+        }
+        decode(&bytes).map_err(|e| StorageIOError::read_vote(io_error(e)).into())
+    }
+
+    async fn set_hard_state(&self, state: HardState<C>) -> Result<(), StorageError<C::NodeId>> {
+        let bytes = encode(&state).map_err(|e| StorageIOError::write_vote(io_error(e)))?;
+        self.thread
+            .call(move |journal| Box::pin(async move { journal.set_hard_state(&bytes).await }))
+            .await
+            .map_err(|e| StorageIOError::write_vote(io_error(e)).into())
+    }
+}
+
+/// Journal op of log index `index`.
+fn op_of(index: u64) -> u64 {
+    index + 1
+}
+
+impl<C> RaftLogReader<C> for RaftLog<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        let first = match range.start_bound() {
+            Bound::Included(i) => op_of(*i),
+            Bound::Excluded(i) => op_of(*i) + 1,
+            Bound::Unbounded => 1,
+        };
+        let last = match range.end_bound() {
+            Bound::Included(i) => Some(op_of(*i)),
+            Bound::Excluded(0) => return Ok(Vec::new()),
+            Bound::Excluded(i) => Some(op_of(*i) - 1),
+            Bound::Unbounded => None,
+        };
+        let payloads = self
+            .thread
+            .call(move |journal| {
+                Box::pin(async move {
+                    let first = first.max(journal.watermark() + 1);
+                    let last = last.unwrap_or(u64::MAX).min(journal.next_op() - 1);
+                    let mut payloads = Vec::new();
+                    if first > last {
+                        return Ok(payloads);
+                    }
+                    let mut items = journal.entries(first..=last);
+                    while let Some(item) = items.next().await {
+                        if let LogItem::Present(entry) = item? {
+                            payloads.push(entry.payload);
+                        }
+                    }
+                    Ok(payloads)
+                })
+            })
+            .await
+            .map_err(|e| StorageIOError::read_logs(io_error(e)))?;
+        payloads
+            .iter()
+            .map(|p| decode(p).map_err(|e| StorageIOError::read_logs(io_error(e)).into()))
+            .collect()
+    }
+}
+
+impl<C> RaftLogStorage<C> for RaftLog<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+{
+    type LogReader = RaftLog<C>;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
+        let purged = self.hard_state().await?.purged;
+        let last_op: u64 = self
+            .thread
+            .call(|journal| Box::pin(async move { Ok(journal.next_op() - 1) }))
+            .await
+            .map_err(|e| StorageIOError::read_logs(io_error(e)))?;
+        let last = if last_op == 0 {
+            Vec::new()
+        } else {
+            // Its log index is `last_op - 1`.
+            self.try_get_log_entries(last_op - 1..=last_op - 1).await?
+        };
+        let last_log_id = match last.last() {
+            Some(entry) => Some(openraft::RaftLogId::get_log_id(entry).clone()),
+            None => purged.clone(),
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let mut state = self.hard_state().await?;
+        state.vote = Some(vote.clone());
+        self.set_hard_state(state).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
+        Ok(self.hard_state().await?.vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<C::NodeId>>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        let mut state = self.hard_state().await?;
+        state.committed = committed;
+        self.set_hard_state(state).await
+    }
+
+    async fn read_committed(
+        &mut self,
+    ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+        Ok(self.hard_state().await?.committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<C>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        for entry in entries {
+            let index = openraft::RaftLogId::get_log_id(&entry).index;
+            let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(io_error(e)))?;
+            encoded.push((op_of(index), bytes));
+        }
+        self.thread
+            .call(move |journal| {
+                Box::pin(async move {
+                    // Queued in order here; durability is awaited on a task
+                    // of its own so the next request can queue meanwhile.
+                    let mut queued = Vec::with_capacity(encoded.len());
+                    for (op, bytes) in &encoded {
+                        // At or below the purged index: covered by the
+                        // snapshot already, never read again.
+                        if *op <= journal.watermark() {
+                            continue;
+                        }
+                        queued.push(journal.queue_write(*op, bytes).await?);
+                    }
+                    glommio::spawn_local(async move {
+                        let mut result = Ok(());
+                        for q in queued {
+                            if let Err(e) = q.durable().await {
+                                result = Err(std::io::Error::other(e.to_string()));
+                                break;
+                            }
+                        }
+                        callback.log_io_completed(result);
+                    })
+                    .detach();
+                    Ok(())
+                })
+            })
+            .await
+            .map_err(|e| StorageIOError::write_logs(io_error(e)).into())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        // Keep indexes below `log_id.index`: ops up to and including its op - 1.
+        let keep = op_of(log_id.index) - 1;
+        self.thread
+            .call(move |journal| Box::pin(async move { journal.truncate_after(keep).await }))
+            .await
+            .map_err(|e| StorageIOError::write_logs(io_error(e)).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let mut state = self.hard_state().await?;
+        if state
+            .purged
+            .as_ref()
+            .is_some_and(|p| p.index >= log_id.index)
+        {
+            return Ok(());
+        }
+        let op = op_of(log_id.index);
+        state.purged = Some(log_id);
+        self.set_hard_state(state).await?;
+        self.thread
+            .call(move |journal| {
+                Box::pin(async move {
+                    if op > journal.watermark() {
+                        journal.advance_watermark(op).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+            .map_err(|e| StorageIOError::write_logs(io_error(e)).into())
+    }
+}
