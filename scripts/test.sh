@@ -32,8 +32,9 @@ scripts/s3-server.sh install
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy --all-targets -- -D warnings"
+echo "== cargo clippy --all-targets -- -D warnings (with and without the openraft feature)"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features ringstore/openraft -- -D warnings
 # The fuzz crate is outside the workspace (cargo-fuzz builds it apart).
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
@@ -41,7 +42,8 @@ echo "== cargo test (workspace; the journal's and the engine's crash simulations
 # Tests use temp dirs under target/ (the real disk: O_DIRECT needs it).
 cargo test --workspace --exclude ringstore-journal --exclude ringstore 2>&1 | tee -a "$log"
 cargo test -p ringstore-journal -- --nocapture 2>&1 | tee -a "$log"
-cargo test -p ringstore -- --nocapture 2>&1 | tee -a "$log"
+# With `openraft`: openraft's storage suite and the cluster's tests too.
+cargo test -p ringstore --features openraft -- --nocapture 2>&1 | tee -a "$log"
 
 echo "== fuzz corpus and regressions replayed (stable, no libFuzzer)"
 cargo test --manifest-path fuzz/Cargo.toml 2>&1 | tee -a "$log"

@@ -81,6 +81,17 @@ pub enum SnapshotError {
     /// offset and what is wrong.
     #[error(transparent)]
     Damaged(#[from] SnapshotDamage),
+    /// The file verifies but holds the state at another op than the one it
+    /// was sent as.
+    #[error("{path} holds the state at op {found}, not at op {expected} as it was sent")]
+    WrongWatermark {
+        /// The file.
+        path: PathBuf,
+        /// The op it was sent as.
+        expected: u64,
+        /// The op its header records.
+        found: u64,
+    },
 }
 
 impl SnapshotError {
@@ -89,6 +100,7 @@ impl SnapshotError {
         match self {
             SnapshotError::Io { path, .. } => path,
             SnapshotError::Damaged(damage) => &damage.path,
+            SnapshotError::WrongWatermark { path, .. } => path,
         }
     }
 
@@ -96,7 +108,7 @@ impl SnapshotError {
     pub fn damage(&self) -> Option<&SnapshotDamage> {
         match self {
             SnapshotError::Damaged(damage) => Some(damage),
-            SnapshotError::Io { .. } => None,
+            SnapshotError::Io { .. } | SnapshotError::WrongWatermark { .. } => None,
         }
     }
 }

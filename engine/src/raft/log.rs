@@ -1,6 +1,9 @@
 //! `RaftLogStorage` over the journal (see the module docs of `raft`).
 
-use super::thread::JournalThread;
+use super::error::RaftStoreError;
+use super::reactor::ReactorThread;
+use super::shard::{op_of, RaftShard};
+use crate::StateMachine;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, LogId, OptionalSend, RaftTypeConfig, StorageError, StorageIOError, Vote};
 use ringstore_journal::LogItem;
@@ -31,18 +34,16 @@ impl<C: RaftTypeConfig> Clone for HardState<C> {
     }
 }
 
-/// The `Send + Sync` handle openraft holds: every call runs on the
-/// journal's reactor thread.
-pub struct RaftLog<C: RaftTypeConfig> {
-    thread: Arc<JournalThread>,
-    _types: std::marker::PhantomData<fn() -> C>,
+/// The `Send + Sync` handle openraft holds as its log: every call runs on
+/// the shard's reactor thread.
+pub struct RaftLog<C: RaftTypeConfig, M: StateMachine> {
+    thread: Arc<ReactorThread<RaftShard<C, M>>>,
 }
 
-impl<C: RaftTypeConfig> Clone for RaftLog<C> {
+impl<C: RaftTypeConfig, M: StateMachine> Clone for RaftLog<C, M> {
     fn clone(&self) -> Self {
         RaftLog {
             thread: self.thread.clone(),
-            _types: std::marker::PhantomData,
         }
     }
 }
@@ -55,27 +56,31 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::Decode
     bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
 }
 
-fn io_error(e: impl std::error::Error + 'static) -> AnyError {
+pub(super) fn io_error(e: impl std::error::Error + 'static) -> AnyError {
     AnyError::new(&e)
 }
 
-impl<C> RaftLog<C>
+/// A journal call's result, flattened.
+fn flat<T>(
+    result: Result<ringstore_journal::Result<T>, super::reactor::ReactorClosed>,
+) -> Result<T, RaftStoreError> {
+    Ok(result??)
+}
+
+impl<C, M> RaftLog<C, M>
 where
     C: RaftTypeConfig,
     C::Entry: Serialize + DeserializeOwned,
+    M: StateMachine,
 {
-    /// Wraps a journal thread.
-    pub fn new(thread: JournalThread) -> RaftLog<C> {
-        RaftLog {
-            thread: Arc::new(thread),
-            _types: std::marker::PhantomData,
-        }
+    pub(super) fn new(thread: Arc<ReactorThread<RaftShard<C, M>>>) -> RaftLog<C, M> {
+        RaftLog { thread }
     }
 
     async fn hard_state(&self) -> Result<HardState<C>, StorageError<C::NodeId>> {
         let bytes = self
             .thread
-            .call(|journal| Box::pin(async move { Ok(journal.hard_state()) }))
+            .call(|shard| Box::pin(async move { shard.journal.hard_state() }))
             .await
             .map_err(|e| StorageIOError::read_vote(io_error(e)))?;
         if bytes.is_empty() {
@@ -90,22 +95,19 @@ where
 
     async fn set_hard_state(&self, state: HardState<C>) -> Result<(), StorageError<C::NodeId>> {
         let bytes = encode(&state).map_err(|e| StorageIOError::write_vote(io_error(e)))?;
-        self.thread
-            .call(move |journal| Box::pin(async move { journal.set_hard_state(&bytes).await }))
-            .await
-            .map_err(|e| StorageIOError::write_vote(io_error(e)).into())
+        let set = self
+            .thread
+            .call(move |shard| Box::pin(async move { shard.journal.set_hard_state(&bytes).await }))
+            .await;
+        flat(set).map_err(|e| StorageIOError::write_vote(io_error(e)).into())
     }
 }
 
-/// Journal op of log index `index`.
-fn op_of(index: u64) -> u64 {
-    index + 1
-}
-
-impl<C> RaftLogReader<C> for RaftLog<C>
+impl<C, M> RaftLogReader<C> for RaftLog<C, M>
 where
     C: RaftTypeConfig,
     C::Entry: Serialize + DeserializeOwned,
+    M: StateMachine,
 {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -124,8 +126,9 @@ where
         };
         let payloads = self
             .thread
-            .call(move |journal| {
+            .call(move |shard| {
                 Box::pin(async move {
+                    let journal = &shard.journal;
                     let first = first.max(journal.watermark() + 1);
                     let last = last.unwrap_or(u64::MAX).min(journal.next_op() - 1);
                     let mut payloads = Vec::new();
@@ -141,8 +144,8 @@ where
                     Ok(payloads)
                 })
             })
-            .await
-            .map_err(|e| StorageIOError::read_logs(io_error(e)))?;
+            .await;
+        let payloads = flat(payloads).map_err(|e| StorageIOError::read_logs(io_error(e)))?;
         payloads
             .iter()
             .map(|p| decode(p).map_err(|e| StorageIOError::read_logs(io_error(e)).into()))
@@ -150,18 +153,19 @@ where
     }
 }
 
-impl<C> RaftLogStorage<C> for RaftLog<C>
+impl<C, M> RaftLogStorage<C> for RaftLog<C, M>
 where
     C: RaftTypeConfig,
     C::Entry: Serialize + DeserializeOwned,
+    M: StateMachine,
 {
-    type LogReader = RaftLog<C>;
+    type LogReader = RaftLog<C, M>;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
         let purged = self.hard_state().await?.purged;
         let last_op: u64 = self
             .thread
-            .call(|journal| Box::pin(async move { Ok(journal.next_op() - 1) }))
+            .call(|shard| Box::pin(async move { shard.journal.next_op() - 1 }))
             .await
             .map_err(|e| StorageIOError::read_logs(io_error(e)))?;
         let last = if last_op == 0 {
@@ -224,9 +228,11 @@ where
             let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(io_error(e)))?;
             encoded.push((op_of(index), bytes));
         }
-        self.thread
-            .call(move |journal| {
+        let queued = self
+            .thread
+            .call(move |shard| {
                 Box::pin(async move {
+                    let journal = &shard.journal;
                     // Queued in order here; durability is awaited on a task
                     // of its own so the next request can queue meanwhile.
                     let mut queued = Vec::with_capacity(encoded.len());
@@ -238,6 +244,10 @@ where
                         }
                         queued.push(journal.queue_write(*op, bytes).await?);
                     }
+                    let count = queued.len();
+                    shard
+                        .appends_in_flight
+                        .set(shard.appends_in_flight.get() + count);
                     glommio::spawn_local(async move {
                         let mut result = Ok(());
                         for q in queued {
@@ -246,23 +256,27 @@ where
                                 break;
                             }
                         }
+                        shard
+                            .appends_in_flight
+                            .set(shard.appends_in_flight.get() - count);
                         callback.log_io_completed(result);
                     })
                     .detach();
                     Ok(())
                 })
             })
-            .await
-            .map_err(|e| StorageIOError::write_logs(io_error(e)).into())
+            .await;
+        flat(queued).map_err(|e| StorageIOError::write_logs(io_error(e)).into())
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         // Keep indexes below `log_id.index`: ops up to and including its op - 1.
         let keep = op_of(log_id.index) - 1;
-        self.thread
-            .call(move |journal| Box::pin(async move { journal.truncate_after(keep).await }))
-            .await
-            .map_err(|e| StorageIOError::write_logs(io_error(e)).into())
+        let truncated = self
+            .thread
+            .call(move |shard| Box::pin(async move { shard.journal.truncate_after(keep).await }))
+            .await;
+        flat(truncated).map_err(|e| StorageIOError::write_logs(io_error(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
@@ -277,16 +291,18 @@ where
         let op = op_of(log_id.index);
         state.purged = Some(log_id);
         self.set_hard_state(state).await?;
-        self.thread
-            .call(move |journal| {
+        let advanced = self
+            .thread
+            .call(move |shard| {
                 Box::pin(async move {
-                    if op > journal.watermark() {
-                        journal.advance_watermark(op).await?;
+                    if op > shard.journal.watermark() {
+                        shard.journal.advance_watermark(op).await?;
+                        shard.prune_snapshots().await;
                     }
                     Ok(())
                 })
             })
-            .await
-            .map_err(|e| StorageIOError::write_logs(io_error(e)).into())
+            .await;
+        flat(advanced).map_err(|e| StorageIOError::write_logs(io_error(e)).into())
     }
 }

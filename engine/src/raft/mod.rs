@@ -1,4 +1,5 @@
-//! Work in progress: ringstore's journal as openraft's log storage.
+//! ringstore as openraft's storage: the Raft log, hard state, state
+//! machine and snapshots of one shard (cargo feature `openraft`).
 //!
 //! **Version.** openraft 0.9.25 (the stable line) with `storage-v2`, which
 //! opens `RaftLogStorage` to other crates. 0.10 can run Raft on the shard's
@@ -9,27 +10,95 @@
 //! the fdatasync.
 //!
 //! **Threads.** openraft 0.9 runs on tokio and wants `Send + Sync` stores;
-//! the journal is `!Send` and lives on a glommio reactor. [`JournalThread`]
-//! owns the journal on a reactor thread of its own and runs closures sent to
-//! it over a channel; [`RaftLog`] is the cheap, `Send + Sync` handle openraft
-//! holds. Each storage call is one hop; concurrent appends share the
-//! journal's group commit.
+//! the journal, the snapshot store and the machine are `!Send` and live on
+//! a glommio reactor. [`open`] starts the shard's reactor thread
+//! ([`ReactorThread`]), recovers everything there, and returns the two
+//! cheap handles openraft holds, [`RaftLog`] and [`RaftMachine`]. Each
+//! storage call is one hop to the reactor, run in the order openraft made
+//! them ("all write-IO must be serialized"); an append's durability is
+//! awaited on a task of its own, so concurrent appends share the journal's
+//! group commit: N appends in flight cost one fdatasync, and each
+//! `LogFlushed` fires when its batch is durable.
 //!
-//! **Mapping.** Log index `i` is journal op `i + 1` (op 0 is not an op).
-//! `append` is `Journal::write` of every entry (serialized with bincode),
-//! then the callback once all are durable; `truncate(log_id)` is
-//! `truncate_after(log_id.index)`; `purge(log_id)` records the purged id in
-//! the hard state, then advances the watermark to its op. The vote, the
-//! committed id and the last purged id are the journal's hard state.
+//! **Mapping.**
+//! * Log index `i` is journal op `i + 1` (op 0 is not an op); an entry is
+//!   the bincode encoding of openraft's `Entry`, written with
+//!   `Journal::queue_write`.
+//! * `truncate(id)` is `Journal::truncate_after(op(id) - 1)`.
+//! * The vote, the committed id and the last purged id are the journal's
+//!   hard state (a record in the log, ordered with the appends; no extra
+//!   fdatasync on the append path).
+//! * `purge(id)` records the purged id in the hard state, then advances the
+//!   journal's watermark to its op. openraft purges only what a snapshot
+//!   holds, and the snapshot is durable before `build_snapshot` returns.
+//! * The state machine is an engine [`StateMachine`] hosted beside the
+//!   journal. Commands are [`Request`]s numbered per client: a retried
+//!   command is answered from the client's session, not applied twice.
+//! * Snapshots are the engine's snapshot files: the machine's sections plus
+//!   a `raft` section (last applied id, membership, sessions). Building one
+//!   freezes the machine between two applies and writes the file on a task
+//!   of its own, giving way to appends in flight. The file itself is what
+//!   a leader streams to a follower, which verifies it (checksums, and that
+//!   it is this cluster's) before installing it under its op's name.
 //!
-//! Not done yet: the state machine (`RaftStateMachine` over the engine's
-//! `StateMachine` and snapshot files), openraft's test suite, the cluster.
+//! **Opening** (see [`open`]): the directory's identity must name the
+//! cluster's domain ([`RaftStoreError::ForeignData`] otherwise), the
+//! journal's superblock must name it too, and the newest snapshot that
+//! verifies must reach the journal's watermark
+//! ([`RaftStoreError::SnapshotGap`] otherwise). A journal whose tail was
+//! cut after a torn write is logged as an uncertain tail; Raft itself
+//! repairs the missing suffix from the leader, and a node never votes for
+//! a candidate whose log is behind the entries it still holds.
 
 // openraft's `StorageError` is large, and its traits return it.
 #![allow(clippy::result_large_err)]
 
+mod error;
+pub mod linearizability;
 mod log;
-mod thread;
+mod machine;
+mod reactor;
+mod shard;
+mod types;
 
+pub use error::RaftStoreError;
 pub use log::{RaftLog, HARD_STATE_ENCODED_BYTES_MAX};
-pub use thread::JournalThread;
+pub use machine::RaftMachine;
+pub use reactor::{ReactorClosed, ReactorThread};
+pub use shard::{JournalSetup, RaftShard, RAFT_SECTION, SESSIONS_MAX};
+pub use types::{Request, Response};
+
+use crate::StateMachine;
+use openraft::RaftTypeConfig;
+use std::path::PathBuf;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The two handles openraft takes (`Raft::new(.., log, machine)`).
+pub struct RaftStores<C: RaftTypeConfig, M: StateMachine> {
+    /// The log and hard state.
+    pub log: RaftLog<C, M>,
+    /// The state machine and snapshots.
+    pub machine: RaftMachine<C, M>,
+}
+
+/// Opens (creating if empty) the raft shard in `dir`, which belongs to the
+/// cluster `domain`, on a reactor thread of its own. `journal_setup`
+/// adjusts the journal's settings (segment size, slots). The thread stops
+/// when the last handle is dropped.
+pub fn open<C, M>(
+    dir: impl Into<PathBuf>,
+    domain: Uuid,
+    journal_setup: JournalSetup,
+) -> Result<RaftStores<C, M>, RaftStoreError>
+where
+    C: RaftTypeConfig,
+    C::Entry: serde::Serialize + serde::de::DeserializeOwned,
+    M: StateMachine,
+{
+    let thread = Arc::new(shard::open::<C, M>(dir.into(), domain, journal_setup)?);
+    Ok(RaftStores {
+        log: RaftLog::new(thread.clone()),
+        machine: RaftMachine::new(thread),
+    })
+}

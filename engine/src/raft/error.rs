@@ -1,0 +1,77 @@
+//! Why a raft shard does not open or a storage call fails.
+
+use super::reactor::ReactorClosed;
+use std::path::PathBuf;
+use uuid::Uuid;
+
+/// A raft shard's error. Each names the file it is about.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RaftStoreError {
+    /// The journal failed (its error names the file and offset).
+    #[error(transparent)]
+    Journal(#[from] ringstore_journal::Error),
+
+    /// The engine's snapshot store, identity or lock failed.
+    #[error(transparent)]
+    Engine(#[from] crate::Error),
+
+    /// The directory belongs to another cluster: its identity names
+    /// another domain. Nothing was changed.
+    #[error(
+        "{path} belongs to cluster {found}, not to cluster {expected}: \
+         refusing another cluster's data (give this node its own directory)"
+    )]
+    ForeignData {
+        /// The identity file.
+        path: PathBuf,
+        /// The cluster this node was started for.
+        expected: Uuid,
+        /// The cluster the directory holds data of.
+        found: Uuid,
+    },
+
+    /// The journal's entries up to `purged_op` were discarded because a
+    /// snapshot held them, but no snapshot that covers them verifies. The
+    /// state cannot be rebuilt here; the node must be given an empty
+    /// directory and a new node id, and catch up from the leader.
+    #[error(
+        "{dir}: the journal has discarded ops up to {purged_op}, but the newest snapshot that \
+         verifies holds only ops up to {snapshot_op} ({skipped} newer snapshot(s) were skipped \
+         as damaged); refusing to serve a state with a gap"
+    )]
+    SnapshotGap {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// The journal's watermark.
+        purged_op: u64,
+        /// The newest usable snapshot's op (0: none).
+        snapshot_op: u64,
+        /// Damaged snapshots skipped.
+        skipped: usize,
+    },
+
+    /// A snapshot's raft section is missing or does not decode.
+    #[error("{path}: the snapshot's raft section does not restore: {reason}")]
+    RaftSection {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A snapshot sent by the leader was refused (damaged, or of another
+    /// cluster).
+    #[error("refusing the snapshot received for op {op}: {source}")]
+    ReceivedSnapshot {
+        /// The op the snapshot would have installed.
+        op: u64,
+        /// Why.
+        #[source]
+        source: crate::SnapshotError,
+    },
+
+    /// The shard's reactor thread has stopped.
+    #[error(transparent)]
+    Closed(#[from] ReactorClosed),
+}

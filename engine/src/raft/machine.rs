@@ -1,0 +1,293 @@
+//! `RaftStateMachine` over an engine [`StateMachine`] and the engine's
+//! snapshot files (see the module docs of `raft`).
+
+use super::error::RaftStoreError;
+use super::log::io_error;
+use super::reactor::ReactorThread;
+use super::shard::{op_of, remember, repeat, restore, CurrentSnapshot, RaftShard};
+use super::types::{Request, Response};
+use crate::{OpId, StateMachine};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftTypeConfig, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::sync::Arc;
+
+/// The `Send + Sync` handle openraft holds as its state machine (and
+/// snapshot builder): every call runs on the shard's reactor thread.
+pub struct RaftMachine<C: RaftTypeConfig, M: StateMachine> {
+    thread: Arc<ReactorThread<RaftShard<C, M>>>,
+}
+
+impl<C: RaftTypeConfig, M: StateMachine> Clone for RaftMachine<C, M> {
+    fn clone(&self) -> Self {
+        RaftMachine {
+            thread: self.thread.clone(),
+        }
+    }
+}
+
+impl<C: RaftTypeConfig, M: StateMachine> RaftMachine<C, M> {
+    pub(super) fn new(thread: Arc<ReactorThread<RaftShard<C, M>>>) -> RaftMachine<C, M> {
+        RaftMachine { thread }
+    }
+
+    /// Runs `read` against the applied state on the shard's reactor (a
+    /// local read: call `Raft::ensure_linearizable` first for a
+    /// linearizable one).
+    pub async fn read<R, F>(&self, read: F) -> Result<R, RaftStoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+    {
+        Ok(self
+            .thread
+            .call(move |shard| Box::pin(async move { read(&shard.applied.borrow().machine) }))
+            .await?)
+    }
+}
+
+fn sm_error<NID: openraft::NodeId>(e: RaftStoreError) -> StorageError<NID> {
+    StorageIOError::write_state_machine(io_error(e)).into()
+}
+
+fn snapshot_error<NID: openraft::NodeId>(
+    e: RaftStoreError,
+    meta: Option<&SnapshotMeta<NID, impl openraft::Node>>,
+) -> StorageError<NID> {
+    let signature = meta.map(|m| m.signature());
+    StorageIOError::write_snapshot(signature, io_error(e)).into()
+}
+
+impl<C, M> RaftSnapshotBuilder<C> for RaftMachine<C, M>
+where
+    C: RaftTypeConfig<R = Response<M::Reply>, SnapshotData = Cursor<Vec<u8>>>,
+    M: StateMachine,
+    M::Reply: Clone + Send + Sync + Debug,
+{
+    /// Freezes the machine on the reactor (cheap), then persists it as a
+    /// snapshot file on a task of its own while the shard goes on applying
+    /// and appending; returns once the file is durable.
+    // The reactor job returns the receiver of the persisting task's result
+    // on purpose: awaiting it there would hold up the jobs behind it.
+    #[allow(clippy::async_yields_async)]
+    async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<C::NodeId>> {
+        let built = self
+            .thread
+            .call(|shard| {
+                Box::pin(async move {
+                    let (sections, meta) = shard.freeze();
+                    let (done, persisted) = futures_channel::oneshot::channel();
+                    glommio::spawn_local(async move {
+                        let op = meta.last_log_id.as_ref().map_or(0, |id| op_of(id.index));
+                        let term = meta.last_log_id.as_ref().map_or(0, |id| id.leader_id.term);
+                        let busy = || shard.appends_in_flight.get() > 0;
+                        let result = match shard
+                            .snapshots
+                            .persist_paced(sections, op, term, shard.domain, &busy)
+                            .await
+                        {
+                            Ok(persisted) => {
+                                let bytes = shard.snapshots.read_file(&persisted.path).await;
+                                if bytes.is_ok() {
+                                    *shard.current.borrow_mut() = Some(CurrentSnapshot {
+                                        meta: meta.clone(),
+                                        path: persisted.path,
+                                    });
+                                    shard.prune_snapshots().await;
+                                }
+                                bytes.map(|bytes| (meta, bytes))
+                            }
+                            Err(e) => Err(e),
+                        };
+                        let _ = done.send(result.map_err(RaftStoreError::from));
+                    })
+                    .detach();
+                    persisted
+                })
+            })
+            .await
+            .map_err(|e| {
+                snapshot_error::<C::NodeId>(e.into(), None::<&SnapshotMeta<C::NodeId, C::Node>>)
+            })?;
+        let (meta, bytes) = built
+            .await
+            .map_err(|_| RaftStoreError::Closed(super::reactor::ReactorClosed))
+            .and_then(|r| r)
+            .map_err(|e| snapshot_error(e, None::<&SnapshotMeta<C::NodeId, C::Node>>))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl<C, M> RaftStateMachine<C> for RaftMachine<C, M>
+where
+    C: RaftTypeConfig<
+        D = Request<M::Command>,
+        R = Response<M::Reply>,
+        Entry = Entry<C>,
+        SnapshotData = Cursor<Vec<u8>>,
+    >,
+    M: StateMachine,
+    M::Command: Send,
+    M::Reply: Clone + Send + Sync + Debug,
+{
+    type SnapshotBuilder = RaftMachine<C, M>;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<C::NodeId>>,
+            StoredMembership<C::NodeId, C::Node>,
+        ),
+        StorageError<C::NodeId>,
+    > {
+        self.thread
+            .call(|shard| {
+                Box::pin(async move {
+                    let applied = shard.applied.borrow();
+                    (applied.last_applied.clone(), applied.membership.clone())
+                })
+            })
+            .await
+            .map_err(|e| sm_error(e.into()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<C::R>, StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<C::Entry> = entries.into_iter().collect();
+        self.thread
+            .call(move |shard| {
+                Box::pin(async move {
+                    let mut applied = shard.applied.borrow_mut();
+                    let applied = &mut *applied;
+                    let mut responses = Vec::with_capacity(entries.len());
+                    for entry in entries {
+                        let at = OpId {
+                            op: op_of(entry.log_id.index),
+                            epoch: entry.log_id.leader_id.term,
+                        };
+                        applied.last_applied = Some(entry.log_id.clone());
+                        let response = match entry.payload {
+                            EntryPayload::Blank => Response::Internal,
+                            EntryPayload::Membership(membership) => {
+                                applied.membership =
+                                    StoredMembership::new(Some(entry.log_id), membership);
+                                Response::Internal
+                            }
+                            EntryPayload::Normal(request) => {
+                                let session = applied.sessions.get(&request.client);
+                                match repeat(session, request.seq) {
+                                    Some(response) => response,
+                                    None => {
+                                        let response =
+                                            match applied.machine.apply(at, request.command) {
+                                                Ok(reply) => Response::Applied(reply),
+                                                Err(rejection) => {
+                                                    Response::Rejected(rejection.to_string())
+                                                }
+                                            };
+                                        remember(
+                                            &mut applied.sessions,
+                                            request.client,
+                                            request.seq,
+                                            at.op,
+                                            response.clone(),
+                                        );
+                                        response
+                                    }
+                                }
+                            }
+                        };
+                        responses.push(response);
+                    }
+                    responses
+                })
+            })
+            .await
+            .map_err(|e| sm_error(e.into()))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<C::NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    /// Verifies the received file (whole, and of this cluster), installs it
+    /// as the snapshot at its op, then replaces the state with it.
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<C::NodeId, C::Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        let bytes = snapshot.into_inner();
+        let op = meta.last_log_id.as_ref().map_or(0, |id| op_of(id.index));
+        let installed = self
+            .thread
+            .call(move |shard| {
+                Box::pin(async move {
+                    let loaded = match shard
+                        .snapshots
+                        .install_bytes(&bytes, op, shard.domain)
+                        .await?
+                    {
+                        Ok(loaded) => loaded,
+                        Err(source) => return Err(RaftStoreError::ReceivedSnapshot { op, source }),
+                    };
+                    let (applied, current) = restore::<C, M>(loaded)?;
+                    *shard.applied.borrow_mut() = applied;
+                    *shard.current.borrow_mut() = Some(current);
+                    Ok(())
+                })
+            })
+            .await;
+        installed
+            .map_err(RaftStoreError::from)
+            .and_then(|r| r)
+            .map_err(|e| snapshot_error(e, Some(meta)))
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<C>>, StorageError<C::NodeId>> {
+        let current = self
+            .thread
+            .call(|shard| {
+                Box::pin(async move {
+                    let Some((meta, path)) = shard
+                        .current
+                        .borrow()
+                        .as_ref()
+                        .map(|c| (c.meta.clone(), c.path.clone()))
+                    else {
+                        return Ok(None);
+                    };
+                    let bytes = shard.snapshots.read_file(&path).await?;
+                    Ok(Some((meta, bytes)))
+                })
+            })
+            .await;
+        let current = current
+            .map_err(RaftStoreError::from)
+            .and_then(|r: Result<_, crate::Error>| r.map_err(RaftStoreError::from))
+            .map_err(|e| snapshot_error(e, None::<&SnapshotMeta<C::NodeId, C::Node>>))?;
+        Ok(current.map(|(meta, bytes)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}

@@ -1,0 +1,124 @@
+//! State owned by a glommio reactor thread of its own (the shard's core),
+//! driven from any thread by sending it closures.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::thread::JoinHandle;
+
+/// A future run on the reactor.
+pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// A closure run on the reactor, given the state it owns.
+type Job<T> = Box<dyn FnOnce(Rc<T>) -> LocalBoxFuture<()> + Send>;
+
+/// Jobs queued for the reactor at most (callers wait beyond that).
+const JOBS_QUEUED_MAX: usize = 1024;
+
+/// What the reactor's state does when the thread stops.
+pub trait ReactorState: 'static {
+    /// Closes what the state holds (files, the journal).
+    fn close(self: Rc<Self>) -> LocalBoxFuture<()>;
+}
+
+/// The reactor thread and the way into it. Dropping it closes the state
+/// and joins the thread.
+pub struct ReactorThread<T: ReactorState> {
+    jobs: async_channel::Sender<Job<T>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<T: ReactorState> ReactorThread<T> {
+    /// Builds the state with `open` on a new reactor thread named `name`.
+    pub fn open<E>(
+        name: &str,
+        open: impl FnOnce() -> LocalBoxFuture<Result<T, E>> + Send + 'static,
+    ) -> Result<ReactorThread<T>, E>
+    where
+        E: From<ReactorClosed> + Send + 'static,
+    {
+        let (jobs, queue) = async_channel::bounded::<Job<T>>(JOBS_QUEUED_MAX);
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let executor = glommio::LocalExecutorBuilder::default().make();
+                let executor = match executor {
+                    Ok(executor) => executor,
+                    Err(e) => {
+                        tracing::error!(error = %e, "starting a raft shard's reactor failed");
+                        let _ = opened_tx.send(Err(ReactorClosed.into()));
+                        return;
+                    }
+                };
+                executor.run(async move {
+                    let state = match open().await {
+                        Ok(state) => Rc::new(state),
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = opened_tx.send(Ok(()));
+                    // One job at a time, in order: openraft requires its
+                    // write requests applied in the order it made them. A
+                    // job that waits for durability spawns that wait (see
+                    // `RaftLog::append`), so appends still share a group
+                    // commit.
+                    while let Ok(job) = queue.recv().await {
+                        job(state.clone()).await;
+                    }
+                    state.close().await;
+                });
+            })
+            .map_err(|e| {
+                tracing::error!(error = %e, "spawning a raft shard's thread failed");
+                E::from(ReactorClosed)
+            })?;
+        match opened_rx.recv() {
+            Ok(Ok(())) => Ok(ReactorThread {
+                jobs,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(ReactorClosed.into())
+            }
+        }
+    }
+
+    /// Runs `job` on the reactor, after every job sent before it, and
+    /// returns its result; `Err(Closed)` if the reactor has stopped.
+    pub async fn call<R, F>(&self, job: F) -> Result<R, ReactorClosed>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<T>) -> LocalBoxFuture<R> + Send + 'static,
+    {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let job: Job<T> = Box::new(move |state| {
+            Box::pin(async move {
+                let _ = tx.send(job(state).await);
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| ReactorClosed)?;
+        rx.await.map_err(|_| ReactorClosed)
+    }
+}
+
+/// The reactor thread has stopped (closed, or its state failed to open).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the raft shard's reactor thread has stopped")]
+pub struct ReactorClosed;
+
+impl<T: ReactorState> Drop for ReactorThread<T> {
+    fn drop(&mut self) {
+        self.jobs.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! One raft shard's durable state on its reactor: the journal (the Raft
+//! log and hard state), the snapshot store, and the state machine with
+//! what Raft needs beside it (last applied id, membership, client
+//! sessions). [`open`] recovers all of it; `log` and `machine` are the
+//! openraft faces of it.
+
+use super::error::RaftStoreError;
+use super::reactor::{LocalBoxFuture, ReactorState, ReactorThread};
+use super::types::Response;
+use crate::identity::{
+    data_files, identity_verdict, read_identity_bytes, write_identity, IdentityVerdict,
+    IDENTITY_FILE_NAME,
+};
+use crate::lock::DirLock;
+use crate::machine::{decode_records, restore_state, FrozenSection, RecordsEncoder, SectionSet};
+use crate::shard::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
+use crate::snapshot::{LoadedSnapshot, SnapshotStore};
+use crate::StateMachine;
+use openraft::{LogId, RaftTypeConfig, SnapshotMeta, StoredMembership};
+use ringstore_journal::storage::{DmaStorage, Storage};
+use ringstore_journal::{Journal, JournalBuilder, JournalOwner};
+use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use uuid::Uuid;
+
+/// The snapshot section holding what Raft keeps beside the machine.
+pub const RAFT_SECTION: &str = "raft";
+/// Its format version.
+const RAFT_SECTION_VERSION: u32 = 1;
+
+/// Client sessions remembered at most. Beyond it the session used least
+/// recently (by op) is forgotten, deterministically on every replica; a
+/// forgotten client's retry of an old command is then applied again, so
+/// clients must not outnumber it.
+pub const SESSIONS_MAX: usize = 4096;
+
+/// Snapshot generations kept (older ones are removed once the journal's
+/// watermark has passed them).
+const SNAPSHOTS_KEPT: usize = 2;
+
+/// A client's last applied command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Session<R> {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The op it was applied at (orders eviction).
+    pub op: u64,
+    /// Its response, returned again to a retry.
+    pub response: R,
+}
+
+/// The state machine and what Raft keeps with it.
+pub(super) struct Applied<C: RaftTypeConfig, M> {
+    pub machine: M,
+    pub last_applied: Option<LogId<C::NodeId>>,
+    pub membership: StoredMembership<C::NodeId, C::Node>,
+    pub sessions: BTreeMap<u64, Session<C::R>>,
+}
+
+/// The raft section's one record.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct RaftRecord<C: RaftTypeConfig> {
+    last_applied: Option<LogId<C::NodeId>>,
+    membership: StoredMembership<C::NodeId, C::Node>,
+    snapshot_id: String,
+    sessions: Vec<(u64, Session<C::R>)>,
+}
+
+/// The newest snapshot: what openraft is told about it, and its file.
+pub(super) struct CurrentSnapshot<C: RaftTypeConfig> {
+    pub meta: SnapshotMeta<C::NodeId, C::Node>,
+    pub path: PathBuf,
+}
+
+/// Everything a raft shard owns, on its reactor.
+pub struct RaftShard<C: RaftTypeConfig, M> {
+    pub(super) journal: Journal<DmaStorage>,
+    pub(super) snapshots: SnapshotStore<DmaStorage>,
+    pub(super) domain: Uuid,
+    pub(super) applied: RefCell<Applied<C, M>>,
+    pub(super) current: RefCell<Option<CurrentSnapshot<C>>>,
+    /// Appends queued and not yet durable: a snapshot being written gives
+    /// way while there are any.
+    pub(super) appends_in_flight: Cell<usize>,
+    _lock: DirLock,
+}
+
+impl<C: RaftTypeConfig, M: 'static> ReactorState for RaftShard<C, M> {
+    fn close(self: Rc<Self>) -> LocalBoxFuture<()> {
+        Box::pin(async move {
+            if let Err(e) = self.journal.close().await {
+                tracing::error!(error = %e, "closing a raft shard's journal failed");
+            }
+        })
+    }
+}
+
+/// Journal settings of a raft shard.
+pub type JournalSetup =
+    Box<dyn FnOnce(JournalBuilder<DmaStorage>) -> JournalBuilder<DmaStorage> + Send>;
+
+/// Log index `index` is journal op `index + 1` (op 0 is not an op).
+pub(super) fn op_of(index: u64) -> u64 {
+    index + 1
+}
+
+/// Opens (creating if empty) the raft shard in `dir` for cluster `domain`
+/// on a reactor thread of its own.
+pub(super) fn open<C, M>(
+    dir: PathBuf,
+    domain: Uuid,
+    journal_setup: JournalSetup,
+) -> Result<ReactorThread<RaftShard<C, M>>, RaftStoreError>
+where
+    C: RaftTypeConfig,
+    M: StateMachine,
+{
+    let name = format!(
+        "ringstore-raft-{}",
+        dir.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    ReactorThread::open(&name, move || {
+        Box::pin(async move { recover::<C, M>(dir, domain, journal_setup).await })
+    })
+}
+
+async fn recover<C, M>(
+    dir: PathBuf,
+    domain: Uuid,
+    journal_setup: JournalSetup,
+) -> Result<RaftShard<C, M>, RaftStoreError>
+where
+    C: RaftTypeConfig,
+    M: StateMachine,
+{
+    let storage = DmaStorage::new();
+    storage
+        .prepare_dir(&dir)
+        .await
+        .map_err(|e| crate::Error::io("prepare raft shard directory", &dir, e))?;
+    let lock = crate::lock::acquire_on_reactor(&dir).await?;
+    let journal_dir = dir.join(JOURNAL_DIR_NAME);
+    let snapshots = SnapshotStore::open(storage.clone(), dir.join(SNAPSHOT_DIR_NAME)).await?;
+
+    // 1. Identity: the cluster's domain, written when the directory is new.
+    let identity_path = dir.join(IDENTITY_FILE_NAME);
+    let identity_bytes = read_identity_bytes(&storage, &dir).await?;
+    let snapshot_names = storage
+        .list_dir(snapshots.dir())
+        .map_err(|e| crate::Error::io("list snapshot directory", snapshots.dir(), e))?;
+    let journal_names = storage.list_dir(&journal_dir).unwrap_or_default();
+    let data = data_files(&dir, &snapshot_names, &journal_names);
+    match identity_verdict(&identity_path, identity_bytes.as_deref(), &data)
+        .map_err(crate::Error::from)?
+    {
+        IdentityVerdict::Found(identity) if identity.domain != domain => {
+            return Err(RaftStoreError::ForeignData {
+                path: identity_path,
+                expected: domain,
+                found: identity.domain,
+            });
+        }
+        IdentityVerdict::Found(_) => {}
+        IdentityVerdict::Create => write_identity(&storage, &dir, domain).await?,
+    }
+
+    // 2. The newest snapshot that verifies.
+    let (loaded, skipped) = snapshots.load_newest(domain).await?;
+    let skipped = skipped.len();
+    let (applied, current) = match loaded {
+        Some(loaded) => {
+            let (applied, current) = restore::<C, M>(loaded)?;
+            (applied, Some(current))
+        }
+        None => (
+            Applied {
+                machine: M::default(),
+                last_applied: None,
+                membership: StoredMembership::default(),
+                sessions: BTreeMap::new(),
+            },
+            None,
+        ),
+    };
+
+    // 3. The journal, which must belong to the same cluster.
+    let owner = JournalOwner {
+        domain: *domain.as_bytes(),
+        shard: 0,
+        shards: 0,
+    };
+    let journal = journal_setup(Journal::builder(&journal_dir).storage(storage.clone()))
+        .owner(owner)
+        .open()
+        .await
+        .map_err(|e| match e {
+            ringstore_journal::Error::WrongOwner {
+                path,
+                recorded,
+                expected,
+            } => RaftStoreError::Engine(crate::Error::ForeignJournal {
+                identity: identity_path.clone(),
+                superblock: path,
+                expected,
+                recorded,
+            }),
+            other => other.into(),
+        })?;
+    if journal.recovery_report().tail_is_uncertain() {
+        tracing::warn!(
+            dir = %journal_dir.display(),
+            "the journal's tail was cut after a torn write: entries this node acknowledged may \
+             be gone; Raft repairs them from the leader"
+        );
+    }
+
+    // 4. No gap between the snapshot and the journal.
+    let snapshot_op = applied
+        .last_applied
+        .as_ref()
+        .map_or(0, |id| op_of(id.index));
+    if journal.watermark() > snapshot_op {
+        let purged_op = journal.watermark();
+        let _ = journal.close().await;
+        return Err(RaftStoreError::SnapshotGap {
+            dir: snapshots.dir().to_path_buf(),
+            purged_op,
+            snapshot_op,
+            skipped,
+        });
+    }
+    Ok(RaftShard {
+        journal,
+        snapshots,
+        domain,
+        applied: RefCell::new(applied),
+        current: RefCell::new(current),
+        appends_in_flight: Cell::new(0),
+        _lock: lock,
+    })
+}
+
+/// The machine and raft record of a verified snapshot.
+pub(super) fn restore<C, M>(
+    loaded: LoadedSnapshot,
+) -> Result<(Applied<C, M>, CurrentSnapshot<C>), RaftStoreError>
+where
+    C: RaftTypeConfig,
+    M: StateMachine,
+{
+    let path = loaded.meta.path.clone();
+    let mut sections = loaded.sections;
+    let record = take_raft_record::<C>(&mut sections, &path)?;
+    let machine = restore_state::<M>(sections).map_err(|e| crate::Error::Restore {
+        path: path.clone(),
+        source: std::sync::Arc::new(e),
+    })?;
+    let applied = Applied {
+        machine,
+        last_applied: record.last_applied.clone(),
+        membership: record.membership.clone(),
+        sessions: record.sessions.into_iter().collect(),
+    };
+    let current = CurrentSnapshot {
+        meta: SnapshotMeta {
+            last_log_id: record.last_applied,
+            last_membership: record.membership,
+            snapshot_id: record.snapshot_id,
+        },
+        path,
+    };
+    Ok((applied, current))
+}
+
+fn take_raft_record<C: RaftTypeConfig>(
+    sections: &mut SectionSet,
+    path: &Path,
+) -> Result<RaftRecord<C>, RaftStoreError> {
+    let invalid = |reason: String| RaftStoreError::RaftSection {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (_, bytes) = sections
+        .take(RAFT_SECTION, RAFT_SECTION_VERSION..=RAFT_SECTION_VERSION)
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut record = None;
+    decode_records(&bytes, |r: RaftRecord<C>| {
+        record = Some(r);
+        Ok(())
+    })
+    .map_err(|e| invalid(e.to_string()))?;
+    record.ok_or_else(|| invalid("the section holds no record".into()))
+}
+
+impl<C, M> RaftShard<C, M>
+where
+    C: RaftTypeConfig,
+    C::R: Clone,
+    M: StateMachine,
+{
+    /// A point-in-time image of the machine and its raft record, and the
+    /// meta openraft is told. Cheap: runs between two applies.
+    pub(super) fn freeze(&self) -> (Vec<FrozenSection>, SnapshotMeta<C::NodeId, C::Node>) {
+        let applied = self.applied.borrow();
+        let snapshot_id = format!(
+            "{}-{}-{}",
+            applied
+                .last_applied
+                .as_ref()
+                .map_or(0, |id| id.leader_id.term),
+            applied
+                .last_applied
+                .as_ref()
+                .map_or(0, |id| op_of(id.index)),
+            crate::snapshot::format::unix_ms_now()
+        );
+        let record = RaftRecord::<C> {
+            last_applied: applied.last_applied.clone(),
+            membership: applied.membership.clone(),
+            snapshot_id: snapshot_id.clone(),
+            sessions: applied
+                .sessions
+                .iter()
+                .map(|(client, session)| (*client, session.clone()))
+                .collect(),
+        };
+        let mut sections = applied.machine.freeze();
+        sections.push(FrozenSection {
+            name: RAFT_SECTION,
+            version: RAFT_SECTION_VERSION,
+            encoder: Box::new(RecordsEncoder::new(1, std::iter::once(record))),
+        });
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied.clone(),
+            last_membership: applied.membership.clone(),
+            snapshot_id,
+        };
+        (sections, meta)
+    }
+}
+
+impl<C: RaftTypeConfig, M> RaftShard<C, M> {
+    /// Removes snapshots the journal no longer needs.
+    pub(super) async fn prune_snapshots(&self) {
+        if let Err(e) = self
+            .snapshots
+            .prune(SNAPSHOTS_KEPT, self.journal.watermark())
+            .await
+        {
+            tracing::warn!(error = %e, "removing old snapshots failed");
+        }
+    }
+}
+
+/// Records `response` as `client`'s last, forgetting the least recently
+/// used session beyond [`SESSIONS_MAX`].
+pub(super) fn remember<R>(
+    sessions: &mut BTreeMap<u64, Session<R>>,
+    client: u64,
+    seq: u64,
+    op: u64,
+    response: R,
+) {
+    sessions.insert(client, Session { seq, op, response });
+    if sessions.len() > SESSIONS_MAX {
+        if let Some(oldest) = sessions
+            .iter()
+            .min_by_key(|(_, s)| s.op)
+            .map(|(client, _)| *client)
+        {
+            sessions.remove(&oldest);
+        }
+    }
+}
+
+/// What a repeat of `seq` by a client with `session` gets, if it is one.
+pub(super) fn repeat<Reply: Clone>(
+    session: Option<&Session<Response<Reply>>>,
+    seq: u64,
+) -> Option<Response<Reply>> {
+    let session = session?;
+    if seq == session.seq {
+        Some(session.response.clone())
+    } else if seq < session.seq {
+        Some(Response::Stale {
+            last_seq: session.seq,
+        })
+    } else {
+        None
+    }
+}
