@@ -53,6 +53,7 @@
 // openraft's `StorageError` is large, and its traits return it.
 #![allow(clippy::result_large_err)]
 
+pub mod cluster;
 mod error;
 pub mod linearizability;
 mod log;

@@ -27,6 +27,8 @@
 #![deny(clippy::unwrap_used)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "openraft")]
+mod cluster;
 mod config;
 mod datadir;
 mod demo;
@@ -98,6 +100,11 @@ enum Command {
     /// --config; default: <data-dir>/object-store), with op numbers and
     /// epochs continuing above everything seen before.
     Restore(restore::RestoreArgs),
+    /// The replicated broker-metadata cluster (openraft over ringstore):
+    /// run a node, or a whole cluster on loopback with a workload.
+    #[cfg(feature = "openraft")]
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 /// What every command gets.
@@ -194,6 +201,8 @@ fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Wal(command) => wal::run(&context, command),
         Command::Snapshot(command) => snapshot::run(&context, command),
         Command::Restore(args) => restore::run(&context, args),
+        #[cfg(feature = "openraft")]
+        Command::Cluster(command) => cluster::run(&context, command),
     }
 }
 

@@ -1,0 +1,504 @@
+//! One cluster node: a raft shard, openraft over it, and a TCP server for
+//! its peers and clients on loopback (or any address).
+
+use super::machine::ClusterMachine;
+use super::wire::{
+    read_frame, write_frame, Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply,
+};
+use super::ClusterTypes;
+use crate::raft::{RaftMachine, RaftStoreError};
+use openraft::error::{
+    CheckIsLeaderError, ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft, SnapshotPolicy};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use uuid::Uuid;
+
+/// Longest a peer RPC waits to connect, in milliseconds.
+const CONNECT_TIMEOUT_MS: u64 = 500;
+/// Interval between two exports of the Raft metrics, in milliseconds.
+const METRICS_EVERY_MS: u64 = 250;
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// This node.
+    pub id: NodeId,
+    /// Its raft shard's directory.
+    pub dir: PathBuf,
+    /// The cluster's id: a directory of another cluster is refused.
+    pub cluster: Uuid,
+    /// Every member (this node included) and its address.
+    pub members: BTreeMap<NodeId, SocketAddr>,
+    /// Whether this node forms the cluster when it has never been part of
+    /// one (give it to one node, the first start only needs it).
+    pub initialize: bool,
+    /// Build a snapshot (and purge the log) every this many entries.
+    pub snapshot_every_entries: u64,
+    /// Raft heartbeat, in milliseconds (elections time out after 4 to 8
+    /// heartbeats).
+    pub heartbeat_ms: u64,
+}
+
+impl NodeSettings {
+    /// Settings with the defaults for a loopback cluster.
+    pub fn new(
+        id: NodeId,
+        dir: PathBuf,
+        cluster: Uuid,
+        members: BTreeMap<NodeId, SocketAddr>,
+    ) -> NodeSettings {
+        NodeSettings {
+            id,
+            dir,
+            cluster,
+            members,
+            initialize: false,
+            snapshot_every_entries: 5_000,
+            heartbeat_ms: 100,
+        }
+    }
+}
+
+/// Why a node stopped or did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The node's storage did not open (its error names the file).
+    #[error("node {id}: {source}")]
+    Storage {
+        /// The node.
+        id: NodeId,
+        /// Why.
+        #[source]
+        source: RaftStoreError,
+    },
+    /// This node is not in its own member list.
+    #[error("node {id} is not among the members {members:?}")]
+    NotAMember {
+        /// The node.
+        id: NodeId,
+        /// The members given.
+        members: Vec<NodeId>,
+    },
+    /// openraft refused the configuration or stopped.
+    #[error("node {id}: raft: {message}")]
+    Raft {
+        /// The node.
+        id: NodeId,
+        /// openraft's error.
+        message: String,
+    },
+    /// The listening socket failed.
+    #[error("node {id}: listening on {addr}: {source}")]
+    Listen {
+        /// The node.
+        id: NodeId,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A running node's shared parts.
+struct Shared {
+    id: NodeId,
+    raft: Raft<ClusterTypes>,
+    machine: RaftMachine<ClusterTypes, ClusterMachine>,
+    /// Nodes cut off from this one (test partitions), shared with the
+    /// network's peer clients.
+    blocked: Arc<Mutex<BTreeSet<NodeId>>>,
+}
+
+/// Runs a node until `stop` resolves (or the process is killed), serving
+/// on its member address.
+pub async fn run_node(
+    settings: NodeSettings,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let id = settings.id;
+    let Some(&addr) = settings.members.get(&id) else {
+        return Err(NodeError::NotAMember {
+            id,
+            members: settings.members.keys().copied().collect(),
+        });
+    };
+    let raft_error = |e: &dyn std::fmt::Display| NodeError::Raft {
+        id,
+        message: e.to_string(),
+    };
+    let stores = crate::raft::open::<ClusterTypes, ClusterMachine>(
+        &settings.dir,
+        settings.cluster,
+        Box::new(|b| b),
+    )
+    .map_err(|source| NodeError::Storage { id, source })?;
+    let config = openraft::Config {
+        cluster_name: settings.cluster.to_string(),
+        heartbeat_interval: settings.heartbeat_ms,
+        election_timeout_min: settings.heartbeat_ms * 4,
+        election_timeout_max: settings.heartbeat_ms * 8,
+        install_snapshot_timeout: settings.heartbeat_ms * 20,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: settings.snapshot_every_entries / 5,
+        ..Default::default()
+    };
+    let config = Arc::new(config.validate().map_err(|e| raft_error(&e))?);
+    let blocked = Arc::new(Mutex::new(BTreeSet::new()));
+    let network = Network {
+        from: id,
+        blocked: blocked.clone(),
+    };
+    let raft = Raft::new(id, config, network, stores.log, stores.machine.clone())
+        .await
+        .map_err(|e| raft_error(&e))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Listen { id, addr, source })?;
+    if settings.initialize && !raft.is_initialized().await.map_err(|e| raft_error(&e))? {
+        let members: BTreeMap<NodeId, BasicNode> = settings
+            .members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr.to_string())))
+            .collect();
+        if let Err(e) = raft.initialize(members).await {
+            // Another member formed the cluster first: nothing to do.
+            tracing::info!(node = id, error = %e, "not initializing the cluster");
+        }
+    }
+    tracing::info!(node = id, %addr, dir = %settings.dir.display(), "node serving");
+    let shared = Arc::new(Shared {
+        id,
+        raft: raft.clone(),
+        machine: stores.machine,
+        blocked,
+    });
+    let metrics = tokio::spawn(export_metrics(shared.clone()));
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(serve(shared.clone(), stream));
+                }
+                Err(e) => {
+                    tracing::warn!(node = id, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = accept => {}
+        () = stop => {}
+    }
+    metrics.abort();
+    raft.shutdown().await.map_err(|e| raft_error(&e))?;
+    Ok(())
+}
+
+/// Answers one connection's requests in turn.
+async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
+    loop {
+        let envelope: Envelope = match read_frame(&mut stream).await {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    tracing::debug!(node = shared.id, error = %e, "dropping a connection");
+                }
+                return;
+            }
+        };
+        let cut_off = envelope
+            .from
+            .is_some_and(|from| shared.blocked.lock().is_ok_and(|b| b.contains(&from)));
+        let reply = if cut_off {
+            Reply::Partitioned
+        } else {
+            handle(&shared, envelope.message).await
+        };
+        if write_frame(&mut stream, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn handle(shared: &Shared, message: Message) -> Reply {
+    metrics::counter!("ringstore_cluster_requests_total", "kind" => kind(&message)).increment(1);
+    match message {
+        Message::AppendEntries(rpc) => Reply::AppendEntries(
+            shared
+                .raft
+                .append_entries(rpc)
+                .await
+                .map_err(|e| e.to_string()),
+        ),
+        Message::Vote(rpc) => Reply::Vote(shared.raft.vote(rpc).await.map_err(|e| e.to_string())),
+        Message::InstallSnapshot(rpc) => Reply::InstallSnapshot(
+            shared
+                .raft
+                .install_snapshot(rpc)
+                .await
+                .map_err(|e| e.to_string()),
+        ),
+        Message::Write(request) => match shared.raft.client_write(request).await {
+            Ok(written) => Reply::Written(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => Reply::NotLeader {
+                leader: to.leader_id,
+            },
+            Err(e) => Reply::Failed(e.to_string()),
+        },
+        Message::Read(query) => match shared.raft.ensure_linearizable().await {
+            Ok(_) => match shared
+                .machine
+                .read(move |m| match query {
+                    ReadQuery::Counter => m.counter,
+                    ReadQuery::StreamCount => m.metadata.streams().len() as u64,
+                })
+                .await
+            {
+                Ok(value) => Reply::Read(value),
+                Err(e) => Reply::Failed(e.to_string()),
+            },
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => Reply::NotLeader {
+                leader: to.leader_id,
+            },
+            Err(e) => Reply::Failed(e.to_string()),
+        },
+        Message::Status => status(shared).await,
+        Message::Partition { blocked } => {
+            if let Ok(mut set) = shared.blocked.lock() {
+                *set = blocked.into_iter().collect();
+            }
+            tracing::info!(node = shared.id, "partition changed");
+            Reply::Done
+        }
+    }
+}
+
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::AppendEntries(_) => "append_entries",
+        Message::Vote(_) => "vote",
+        Message::InstallSnapshot(_) => "install_snapshot",
+        Message::Write(_) => "write",
+        Message::Read(_) => "read",
+        Message::Status => "status",
+        Message::Partition { .. } => "partition",
+    }
+}
+
+async fn status(shared: &Shared) -> Reply {
+    let metrics = shared.raft.metrics().borrow().clone();
+    let state = shared
+        .machine
+        .read(|m| (m.counter, m.metadata.streams().len() as u64, m.digest()))
+        .await;
+    match state {
+        Ok((counter, streams, Ok(digest))) => Reply::Status(NodeStatus {
+            id: shared.id,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|id| id.index),
+            counter,
+            streams,
+            digest,
+        }),
+        Ok((_, _, Err(e))) => Reply::Failed(e.to_string()),
+        Err(e) => Reply::Failed(e.to_string()),
+    }
+}
+
+/// openraft's view of the node as Prometheus gauges.
+async fn export_metrics(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(Duration::from_millis(METRICS_EVERY_MS));
+    loop {
+        every.tick().await;
+        let m = shared.raft.metrics().borrow().clone();
+        metrics::gauge!("ringstore_raft_term").set(m.current_term as f64);
+        metrics::gauge!("ringstore_raft_is_leader").set(if m.current_leader == Some(shared.id) {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("ringstore_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
+        metrics::gauge!("ringstore_raft_applied_index")
+            .set(m.last_applied.map_or(0, |id| id.index) as f64);
+        metrics::gauge!("ringstore_raft_snapshot_index")
+            .set(m.snapshot.map_or(0, |id| id.index) as f64);
+        metrics::gauge!("ringstore_raft_purged_index")
+            .set(m.purged.map_or(0, |id| id.index) as f64);
+    }
+}
+
+/// Makes a peer client per target.
+struct Network {
+    from: NodeId,
+    blocked: Arc<Mutex<BTreeSet<NodeId>>>,
+}
+
+impl RaftNetworkFactory<ClusterTypes> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        Peer {
+            from: self.from,
+            target,
+            addr: node.addr.clone(),
+            blocked: self.blocked.clone(),
+            stream: None,
+        }
+    }
+}
+
+/// RPCs to one peer, over one connection made when first needed.
+pub(super) struct Peer {
+    from: NodeId,
+    target: NodeId,
+    addr: String,
+    blocked: Arc<Mutex<BTreeSet<NodeId>>>,
+    stream: Option<TcpStream>,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl Peer {
+    async fn call(&mut self, message: Message, timeout: Duration) -> Result<Reply, io::Error> {
+        if self.blocked.lock().is_ok_and(|b| b.contains(&self.target)) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("node {} is cut off (test partition)", self.target),
+            ));
+        }
+        let envelope = Envelope {
+            from: Some(self.from),
+            message,
+        };
+        let exchanged = tokio::time::timeout(timeout, async {
+            if self.stream.is_none() {
+                let stream = tokio::time::timeout(
+                    Duration::from_millis(CONNECT_TIMEOUT_MS),
+                    TcpStream::connect(&self.addr),
+                )
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+                let _ = stream.set_nodelay(true);
+                self.stream = Some(stream);
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                return Err(io::Error::other("no connection"));
+            };
+            write_frame(stream, &envelope).await?;
+            read_frame::<Reply>(stream).await
+        })
+        .await;
+        let reply = match exchanged {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                self.stream = None;
+                return Err(e);
+            }
+            Err(_) => {
+                // The connection may hold a late answer: start afresh.
+                self.stream = None;
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "rpc timed out"));
+            }
+        };
+        if matches!(reply, Reply::Partitioned) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("node {} cut this node off (test partition)", self.target),
+            ));
+        }
+        Ok(reply)
+    }
+}
+
+fn unreachable<E: std::error::Error>(
+    e: io::Error,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    RPCError::Unreachable(Unreachable::new(&e))
+}
+
+fn remote_failed<E: std::error::Error>(
+    message: String,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(&io::Error::other(message)))
+}
+
+fn unexpected<E: std::error::Error>(
+    reply: &Reply,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(&io::Error::other(format!(
+        "unexpected reply {reply:?}"
+    ))))
+}
+
+impl RaftNetwork<ClusterTypes> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<ClusterTypes>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        match self
+            .call(Message::AppendEntries(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(Reply::AppendEntries(Ok(response))) => Ok(response),
+            Ok(Reply::AppendEntries(Err(message))) | Ok(Reply::Failed(message)) => {
+                Err(remote_failed(message))
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<ClusterTypes>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        match self
+            .call(Message::InstallSnapshot(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(Reply::InstallSnapshot(Ok(response))) => Ok(response),
+            Ok(Reply::InstallSnapshot(Err(message))) | Ok(Reply::Failed(message)) => {
+                Err(remote_failed(message))
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        match self.call(Message::Vote(rpc), option.hard_ttl()).await {
+            Ok(Reply::Vote(Ok(response))) => Ok(response),
+            Ok(Reply::Vote(Err(message))) | Ok(Reply::Failed(message)) => {
+                Err(remote_failed(message))
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+}
