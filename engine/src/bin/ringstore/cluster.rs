@@ -129,8 +129,9 @@ struct Nodes(Vec<Child>);
 
 impl Drop for Nodes {
     fn drop(&mut self) {
+        // SIGTERM, so each node closes its journal cleanly (through the
+        // `kill` tool: this crate has no unsafe code to call kill(2)).
         for child in &mut self.0 {
-            // SAFETY-free: a plain signal to our own child.
             let _ = Process::new("kill").arg(child.id().to_string()).status();
         }
         for child in &mut self.0 {
@@ -152,7 +153,7 @@ async fn run_cluster(context: &Context, args: RunArgs) -> Result<Outcome, CliErr
         })
         .collect();
     let mut children = Nodes(Vec::new());
-    for (&id, _) in &members {
+    for &id in members.keys() {
         let dir: PathBuf = context.data_dir.join(format!("node-{id}"));
         let mut command = Process::new(&exe);
         command
