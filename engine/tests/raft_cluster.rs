@@ -1,0 +1,261 @@
+//! The replicated cluster under faults, with real processes: three
+//! `ringstore cluster node` processes on loopback, a concurrent client
+//! workload (counter adds and linearizable reads, broker stream creations),
+//! and a nemesis that SIGKILLs the leader or a follower and restarts it, and
+//! cuts a node off from the others and heals it. Afterwards every node must
+//! have applied the same commands (same applied index, same state digest),
+//! the counter history must be linearizable (every acknowledged add applied
+//! exactly once, no stale read), and the stream count must lie between the
+//! acknowledged and the attempted creations. Bounded in time: a workload of
+//! `WORKLOAD_SECS` and a settle of at most `SETTLE_SECS`.
+#![cfg(feature = "openraft")]
+
+use ringstore::broker::gen::splitmix64;
+use ringstore::raft::cluster::{
+    node_status, run_workload, set_partition, NodeId, NodeStatus, WorkloadSettings,
+};
+use ringstore::raft::linearizability::check_counter;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the workload (and the nemesis) runs.
+const WORKLOAD_SECS: u64 = 20;
+/// Longest the nodes get to agree once the faults stop.
+const SETTLE_SECS: u64 = 60;
+/// Entries between snapshots: small, so snapshots, purges and snapshot
+/// installs on a restarted follower happen during the run.
+const SNAPSHOT_EVERY: u64 = 300;
+
+struct Cluster {
+    cluster: uuid::Uuid,
+    members: BTreeMap<NodeId, SocketAddr>,
+    dirs: BTreeMap<NodeId, PathBuf>,
+    children: BTreeMap<NodeId, Child>,
+}
+
+impl Cluster {
+    fn start(root: &Path) -> Cluster {
+        // Free ports: bound and released (a collision fails the start, not
+        // silently the test).
+        let members: BTreeMap<NodeId, SocketAddr> = (1..=3)
+            .map(|id| {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+                (id, listener.local_addr().expect("its address"))
+            })
+            .collect();
+        let dirs = members
+            .keys()
+            .map(|&id| (id, root.join(format!("node-{id}"))))
+            .collect();
+        let mut cluster = Cluster {
+            cluster: uuid::Uuid::new_v4(),
+            members,
+            dirs,
+            children: BTreeMap::new(),
+        };
+        for id in 1..=3 {
+            cluster.spawn(id, id == 1);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, id: NodeId, init: bool) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringstore"));
+        command
+            .arg("--data-dir")
+            .arg(&self.dirs[&id])
+            .args(["cluster", "node", "--id", &id.to_string()])
+            .args(["--cluster", &self.cluster.to_string()])
+            .args(["--snapshot-every", &SNAPSHOT_EVERY.to_string()])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (member, addr) in &self.members {
+            command.arg("--member").arg(format!("{member}={addr}"));
+        }
+        if init {
+            command.arg("--init");
+        }
+        let child = command.spawn().expect("start a node");
+        self.children.insert(id, child);
+    }
+
+    /// SIGKILL: no clean close, unsynced page cache aside.
+    fn kill(&mut self, id: NodeId) {
+        if let Some(mut child) = self.children.remove(&id) {
+            child.kill().expect("SIGKILL a node");
+            let _ = child.wait();
+        }
+    }
+
+    async fn leader(&self) -> Option<NodeId> {
+        for addr in self.members.values() {
+            if let Ok(status) = node_status(*addr).await {
+                if status.leader == Some(status.id) {
+                    return Some(status.id);
+                }
+            }
+        }
+        None
+    }
+
+    async fn heal(&self) {
+        for addr in self.members.values() {
+            let _ = set_partition(*addr, Vec::new()).await;
+        }
+    }
+
+    async fn statuses(&self) -> Vec<NodeStatus> {
+        let mut statuses = Vec::new();
+        for addr in self.members.values() {
+            if let Ok(status) = node_status(*addr).await {
+                statuses.push(status);
+            }
+        }
+        statuses
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.children) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    leader_kills: u32,
+    follower_kills: u32,
+    partitions: u32,
+}
+
+async fn nemesis(cluster: &mut Cluster, seed: u64, until: Instant) -> Faults {
+    let mut rng = splitmix64(seed);
+    let mut faults = Faults::default();
+    while Instant::now() + Duration::from_millis(2_500) < until {
+        tokio::time::sleep(Duration::from_millis(700 + rng() % 800)).await;
+        let leader = cluster.leader().await;
+        let ids: Vec<NodeId> = cluster.members.keys().copied().collect();
+        let victim = match (rng() % 3, leader) {
+            (0 | 1, Some(leader)) => leader,
+            _ => ids[(rng() % ids.len() as u64) as usize],
+        };
+        if rng() % 2 == 0 {
+            if Some(victim) == leader {
+                faults.leader_kills += 1;
+            } else {
+                faults.follower_kills += 1;
+            }
+            cluster.kill(victim);
+            tokio::time::sleep(Duration::from_millis(300 + rng() % 1_200)).await;
+            cluster.spawn(victim, false);
+        } else {
+            faults.partitions += 1;
+            let others: Vec<NodeId> = ids.iter().copied().filter(|&id| id != victim).collect();
+            let _ = set_partition(cluster.members[&victim], others.clone()).await;
+            for other in &others {
+                let _ = set_partition(cluster.members[other], vec![victim]).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500 + rng() % 1_500)).await;
+            cluster.heal().await;
+        }
+    }
+    faults
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kills_restarts_and_partitions_lose_nothing_acknowledged() {
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let mut cluster = Cluster::start(root.path());
+    let started = Instant::now();
+    while cluster.leader().await.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(SETTLE_SECS),
+            "no leader elected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seed = 0x5eed ^ std::process::id() as u64;
+    let until = Instant::now() + Duration::from_secs(WORKLOAD_SECS);
+    let workload = tokio::spawn(run_workload(
+        cluster.members.clone(),
+        WorkloadSettings {
+            clients: 6,
+            duration: Duration::from_secs(WORKLOAD_SECS),
+            deadline: Duration::from_secs(3),
+            seed,
+            ..Default::default()
+        },
+        1,
+    ));
+    let faults = nemesis(&mut cluster, seed, until).await;
+    let outcome = workload.await.expect("the workload ran");
+
+    // Faults over: heal, make sure every node runs, and wait for agreement.
+    cluster.heal().await;
+    for id in 1..=3 {
+        if !cluster.children.contains_key(&id) {
+            cluster.spawn(id, false);
+        }
+    }
+    let settle = Instant::now();
+    let statuses = loop {
+        let statuses = cluster.statuses().await;
+        let agree = statuses.len() == 3
+            && statuses.iter().all(|s| s.applied_index.is_some())
+            && statuses
+                .windows(2)
+                .all(|w| (w[0].applied_index, w[0].digest) == (w[1].applied_index, w[1].digest));
+        if agree {
+            break statuses;
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(SETTLE_SECS),
+            "the nodes did not agree within {SETTLE_SECS} s: {statuses:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let final_value = statuses[0].counter;
+    let summary = check_counter(&outcome.history, Some(final_value))
+        .unwrap_or_else(|v| panic!("the counter history is not linearizable: {v}"));
+    assert!(
+        outcome.rejected.is_empty(),
+        "refused: {:?}",
+        outcome.rejected
+    );
+    let streams = statuses[0].streams;
+    assert!(
+        streams >= outcome.streams_created
+            && streams <= outcome.streams_created + outcome.streams_unknown,
+        "{streams} streams, {} acknowledged, {} unknown",
+        outcome.streams_created,
+        outcome.streams_unknown
+    );
+    assert!(faults.leader_kills + faults.follower_kills > 0 && faults.partitions > 0);
+    assert!(summary.adds_acknowledged > 0 && summary.reads_checked > 0);
+    println!(
+        "raft cluster faults: {} leader kills, {} follower kills, {} partitions in {WORKLOAD_SECS} s; \
+         {} adds acknowledged, {} of {} unknown applied, {} reads checked, {} streams \
+         ({} acknowledged, {} unknown); every node at applied index {:?}, digest {:016x}; \
+         agreed {:.1} s after the faults stopped; 0 violations",
+        faults.leader_kills,
+        faults.follower_kills,
+        faults.partitions,
+        summary.adds_acknowledged,
+        summary.adds_unknown_applied,
+        summary.adds_unknown,
+        summary.reads_checked,
+        streams,
+        outcome.streams_created,
+        outcome.streams_unknown,
+        statuses[0].applied_index,
+        statuses[0].digest,
+        settle.elapsed().as_secs_f64(),
+    );
+}
