@@ -146,7 +146,7 @@ async fn nemesis(cluster: &mut Cluster, seed: u64, until: Instant) -> Faults {
             (0 | 1, Some(leader)) => leader,
             _ => ids[(rng() % ids.len() as u64) as usize],
         };
-        if rng() % 2 == 0 {
+        if rng().is_multiple_of(2) {
             if Some(victim) == leader {
                 faults.leader_kills += 1;
             } else {
