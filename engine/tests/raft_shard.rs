@@ -5,7 +5,8 @@
 #![cfg(feature = "openraft")]
 
 use ringstore::raft::cluster::{
-    run_node, ClusterClient, ClusterCommand, ClusterReply, NodeError, NodeSettings, ReadQuery,
+    node_status, run_node, ClusterClient, ClusterCommand, ClusterReply, NodeError, NodeSettings,
+    ReadQuery,
 };
 use ringstore::raft::{RaftStoreError, Response};
 use std::collections::BTreeMap;
@@ -34,9 +35,19 @@ struct Node {
 
 fn start(dir: &Path, cluster: Uuid) -> Node {
     let addr = free_addr();
-    let mut settings =
-        NodeSettings::new(1, dir.to_path_buf(), cluster, BTreeMap::from([(1, addr)]));
-    settings.initialize = true;
+    start_member(1, dir, cluster, BTreeMap::from([(1, addr)]), true)
+}
+
+fn start_member(
+    id: u64,
+    dir: &Path,
+    cluster: Uuid,
+    members: BTreeMap<u64, SocketAddr>,
+    initialize: bool,
+) -> Node {
+    let addr = members[&id];
+    let mut settings = NodeSettings::new(id, dir.to_path_buf(), cluster, members);
+    settings.initialize = initialize;
     settings.snapshot_every_entries = SNAPSHOT_EVERY;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run_node(settings, async {
@@ -205,4 +216,74 @@ async fn a_damaged_journal_is_refused_naming_the_file() {
         message.contains(&segment.display().to_string()),
         "{message}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_purged_log_installs_the_leaders_snapshot() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let root = temp_dir();
+    let cluster = Uuid::new_v4();
+    let members: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
+    let dir = |id: u64| root.path().join(format!("node-{id}"));
+    let mut nodes: BTreeMap<u64, Node> = (1..=3)
+        .map(|id| {
+            (
+                id,
+                start_member(id, &dir(id), cluster, members.clone(), id == 1),
+            )
+        })
+        .collect();
+    let mut client = ClusterClient::new(members.clone(), 9);
+    client
+        .write(ClusterCommand::CounterAdd, Duration::from_secs(20))
+        .await
+        .expect("a first write");
+    // Node 3 stops; the others go on, snapshot, and purge their logs past
+    // everything node 3 holds.
+    let follower = if node_status(members[&3]).await.expect("status").leader == Some(3) {
+        2
+    } else {
+        3
+    };
+    nodes
+        .remove(&follower)
+        .expect("running")
+        .stop()
+        .await
+        .expect("a clean stop");
+    for _ in 1..COMMANDS {
+        client
+            .write(ClusterCommand::CounterAdd, Duration::from_secs(20))
+            .await
+            .expect("a write");
+    }
+    nodes.insert(
+        follower,
+        start_member(follower, &dir(follower), cluster, members.clone(), false),
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let leader = node_status(members[&1]).await.ok();
+        let behind = node_status(members[&follower]).await.ok();
+        if let (Some(leader), Some(behind)) = (leader, behind) {
+            if behind.applied_index >= Some(COMMANDS) && behind.counter == COMMANDS {
+                assert!(
+                    behind.snapshots_installed >= 1,
+                    "node {follower} caught up without a snapshot: {behind:?} (leader {leader:?})"
+                );
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node {follower} did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (_, node) in nodes {
+        node.stop().await.expect("a clean stop");
+    }
 }

@@ -50,6 +50,16 @@ impl<C: RaftTypeConfig, M: StateMachine> RaftMachine<C, M> {
     }
 }
 
+impl<C: RaftTypeConfig, M: StateMachine> RaftMachine<C, M> {
+    /// Snapshots received from a leader and installed since the open.
+    pub async fn snapshots_installed(&self) -> Result<u64, RaftStoreError> {
+        Ok(self
+            .thread
+            .call(|shard| Box::pin(async move { shard.snapshots_installed.get() }))
+            .await?)
+    }
+}
+
 fn sm_error<NID: openraft::NodeId>(e: RaftStoreError) -> StorageError<NID> {
     StorageIOError::write_state_machine(io_error(e)).into()
 }
@@ -251,6 +261,10 @@ where
                     let (applied, current) = restore::<C, M>(loaded)?;
                     *shard.applied.borrow_mut() = applied;
                     *shard.current.borrow_mut() = Some(current);
+                    shard
+                        .snapshots_installed
+                        .set(shard.snapshots_installed.get() + 1);
+                    tracing::info!(op, "installed a snapshot received from the leader");
                     Ok(())
                 })
             })

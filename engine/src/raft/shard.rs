@@ -86,6 +86,8 @@ pub struct RaftShard<C: RaftTypeConfig, M> {
     /// Appends queued and not yet durable: a snapshot being written gives
     /// way while there are any.
     pub(super) appends_in_flight: Cell<usize>,
+    /// Snapshots received from a leader and installed since the open.
+    pub(super) snapshots_installed: Cell<u64>,
     _lock: DirLock,
 }
 
@@ -242,6 +244,7 @@ where
         applied: RefCell::new(applied),
         current: RefCell::new(current),
         appends_in_flight: Cell::new(0),
+        snapshots_installed: Cell::new(0),
         _lock: lock,
     })
 }

@@ -188,12 +188,16 @@ pub async fn run_node(
         blocked,
     });
     let metrics = tokio::spawn(export_metrics(shared.clone()));
+    // The connections' tasks: aborted when the node stops, so a peer still
+    // connected learns it at once instead of talking to a stopped Raft.
+    let mut connections = tokio::task::JoinSet::new();
     let accept = async {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve(shared.clone(), stream));
+                    while connections.try_join_next().is_some() {}
+                    connections.spawn(serve(shared.clone(), stream));
                 }
                 Err(e) => {
                     tracing::warn!(node = id, error = %e, "accept failed");
@@ -207,6 +211,8 @@ pub async fn run_node(
         () = stop => {}
     }
     metrics.abort();
+    connections.abort_all();
+    drop(listener);
     raft.shutdown().await.map_err(|e| raft_error(&e))?;
     Ok(())
 }
@@ -308,6 +314,7 @@ async fn status(shared: &Shared) -> Reply {
         .machine
         .read(|m| (m.counter, m.metadata.streams().len() as u64, m.digest()))
         .await;
+    let installed = shared.machine.snapshots_installed().await.unwrap_or(0);
     match state {
         Ok((counter, streams, Ok(digest))) => Reply::Status(NodeStatus {
             id: shared.id,
@@ -318,6 +325,7 @@ async fn status(shared: &Shared) -> Reply {
             counter,
             streams,
             digest,
+            snapshots_installed: installed,
         }),
         Ok((_, _, Err(e))) => Reply::Failed(e.to_string()),
         Err(e) => Reply::Failed(e.to_string()),

@@ -107,6 +107,8 @@ pub struct NodeStatus {
     pub streams: u64,
     /// Digest of its whole machine state.
     pub digest: u64,
+    /// Snapshots it received from a leader and installed since it started.
+    pub snapshots_installed: u64,
 }
 
 fn config() -> impl bincode::config::Config {
