@@ -98,3 +98,134 @@ fn openraft_storage_suite_passes_on_the_journal() -> Result<(), StorageError<u64
         .try_init();
     Suite::test_all(Builder)
 }
+
+mod truncation {
+    use super::*;
+    use openraft::storage::{
+        RaftLogReader, RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine,
+    };
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    /// Entries written: with `SEGMENT_BYTES` segments and `PAYLOAD_BYTES`
+    /// payloads they span several segments.
+    const ENTRIES: u64 = 48;
+    /// Small segments, so the log spans several.
+    const SEGMENT_BYTES: u64 = 4 << 20;
+    /// Each entry's payload, in bytes.
+    const PAYLOAD_BYTES: usize = 192 << 10;
+    /// Entries purged (the journal's watermark) before truncating.
+    const PURGED: u64 = 8;
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 0), index),
+            payload: EntryPayload::Normal(Request {
+                client: term,
+                seq: index,
+                command: format!("{term}:{index}:").repeat(PAYLOAD_BYTES / 8),
+            }),
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> (Log, Machine) {
+        let stores = ringstore::raft::open::<TypeConfig, Strings>(
+            dir,
+            CLUSTER,
+            Box::new(|b| b.segment_bytes(SEGMENT_BYTES).slot_count(1 << 10)),
+        )
+        .expect("open the raft shard");
+        (stores.log, stores.machine)
+    }
+
+    async fn terms(log: &mut Log) -> Vec<(u64, u64)> {
+        log.try_get_log_entries(0..)
+            .await
+            .expect("read the log")
+            .iter()
+            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
+            .collect()
+    }
+
+    /// At every index above the purged ones: truncate there, reopen, check
+    /// that nothing at or above it is served, write those indexes again in
+    /// a later term, reopen, check the new entries. Below the purged index
+    /// a truncation is refused.
+    #[test]
+    fn truncation_at_every_position_across_segments_and_above_the_watermark() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+            let dir = root.path().join("node");
+            let (mut log, mut machine) = open(&dir);
+            log.blocking_append((0..ENTRIES).map(|i| entry(1, i)))
+                .await
+                .expect("append");
+            // A snapshot holds what is purged (open refuses a gap).
+            machine
+                .apply((0..PURGED).map(|i| entry(1, i)))
+                .await
+                .expect("apply");
+            machine
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .expect("snapshot");
+            log.purge(LogId::new(CommittedLeaderId::new(1, 0), PURGED - 1))
+                .await
+                .expect("purge");
+            let segments = std::fs::read_dir(dir.join("journal"))
+                .expect("list")
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+                })
+                .count();
+            assert!(
+                segments >= 3,
+                "the log should span segments, has {segments}"
+            );
+            // Below (or at) the purged entries: refused, nothing changes.
+            let refused = log
+                .truncate(LogId::new(CommittedLeaderId::new(1, 0), PURGED - 2))
+                .await;
+            assert!(
+                refused.is_err(),
+                "a truncation below the purged log was accepted"
+            );
+            let mut term = 1;
+            for at in (PURGED..ENTRIES).rev() {
+                log.truncate(LogId::new(CommittedLeaderId::new(term, 0), at))
+                    .await
+                    .unwrap_or_else(|e| panic!("truncate at {at}: {e}"));
+                drop((log, machine));
+                let (mut reopened, reopened_machine) = open(&dir);
+                let kept = terms(&mut reopened).await;
+                assert_eq!(
+                    kept.last().map(|(index, _)| *index),
+                    Some(at - 1).filter(|&i| i >= PURGED),
+                    "after truncating at {at}"
+                );
+                let state = reopened.get_log_state().await.expect("log state");
+                assert_eq!(state.last_log_id.map(|id| id.index), Some(at - 1));
+                term += 1;
+                reopened
+                    .blocking_append((at..ENTRIES).map(|i| entry(term, i)))
+                    .await
+                    .expect("append again");
+                drop((reopened, reopened_machine));
+                let (mut again, again_machine) = open(&dir);
+                let read = again
+                    .try_get_log_entries(at..ENTRIES)
+                    .await
+                    .expect("read back");
+                assert_eq!(read.len() as u64, ENTRIES - at);
+                for e in &read {
+                    assert_eq!(e.log_id.leader_id.term, term, "index {}", e.log_id.index);
+                    assert_eq!(e, &entry(term, e.log_id.index));
+                }
+                (log, machine) = (again, again_machine);
+            }
+        });
+    }
+}
