@@ -74,6 +74,26 @@ impl std::fmt::Debug for QueuedAppend {
     }
 }
 
+/// A hard state on its way to the disk; see [`Journal::queue_hard_state`].
+#[derive(Clone)]
+pub struct QueuedHardState {
+    done: Rc<BatchDone>,
+}
+
+impl std::fmt::Debug for QueuedHardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedHardState").finish_non_exhaustive()
+    }
+}
+
+impl QueuedHardState {
+    /// Resolves once the record is durable, or with the error that failed
+    /// its write.
+    pub async fn durable(&self) -> Result<()> {
+        self.done.wait().await
+    }
+}
+
 impl QueuedAppend {
     /// The op number.
     pub fn op(&self) -> u64 {
@@ -252,6 +272,10 @@ struct State<F: StorageFile> {
     /// The largest watermark an advance was asked for (durable or not): a
     /// truncation below it could free ops a snapshot already covers.
     watermark_requested: u64,
+    /// Batches that failed before their write was issued, and the error of
+    /// the last: a request submitted before such a failure and not yet
+    /// queued fails with it too (see `Shared::fail_unissued`).
+    unissued_failures: (u64, Option<Error>),
 }
 
 struct Batch<B> {
@@ -623,6 +647,7 @@ impl<S: Storage> Journal<S> {
             hard_state: newest_hard_state(recovered.hard_state, &sb),
             hard_state_issued: 0,
             watermark_requested: watermark,
+            unissued_failures: (0, None),
             stats: JournalStats {
                 segments_created: u64::from(!needs_fresh_segment),
                 ..JournalStats::default()
@@ -712,10 +737,19 @@ impl<S: Storage> Journal<S> {
         }
         let footprint = entry_footprint(payload_len) as usize;
         let batch_bytes_max = shared.config.batch_bytes_max as usize;
+        let failures_seen = shared.state.borrow().unissued_failures.0;
         let (op, epoch, done) = loop {
             {
                 let mut state = shared.state.borrow_mut();
                 state.usable()?;
+                // A batch queued before this request failed while it waited
+                // for room: it must not reach the disk without that batch.
+                if let (true, Some(error)) = (
+                    state.unissued_failures.0 != failures_seen,
+                    &state.unissued_failures.1,
+                ) {
+                    return Err(error.clone());
+                }
                 // Leave room for the padding header that may end the write.
                 if state.filling.len + footprint + ENTRY_HEADER_BYTES <= batch_bytes_max {
                     let epoch = state.epoch;
@@ -913,6 +947,22 @@ impl<S: Storage> Journal<S> {
         self.submit(Request::HardState(hard_state))
             .await
             .map(|_| ())
+    }
+
+    /// [`Journal::set_hard_state`] without waiting: the record is queued
+    /// behind every entry queued before it (and ahead of every one queued
+    /// after), and the returned handle resolves once it is durable. For
+    /// what a crash may lose without harm (openraft's committed index),
+    /// so the caller need not spend a group commit of its own on it.
+    pub async fn queue_hard_state(&self, hard_state: &[u8]) -> Result<QueuedHardState> {
+        if hard_state.len() > HARD_STATE_BYTES_MAX {
+            return Err(Error::EntryTooLarge {
+                len: hard_state.len(),
+                max: HARD_STATE_BYTES_MAX,
+            });
+        }
+        let (_, _, done) = self.enqueue(Request::HardState(hard_state)).await?;
+        Ok(QueuedHardState { done })
     }
 
     /// The newest durable hard state (empty if none was ever set).
@@ -1369,8 +1419,29 @@ impl<S: Storage> Shared<S> {
     }
 
     /// Fails a batch that was never written (no room for a new segment, or
-    /// the journal is poisoned), handing its reservations back.
+    /// the journal is poisoned), handing its reservations back — and with
+    /// it everything queued after it: the filling batch, and requests still
+    /// waiting for room (they fail as they find the recorded failure). The
+    /// journal is written in the order it was asked to, so nothing queued
+    /// behind a lost write (a hard state behind an append, an append behind
+    /// another) may reach the disk without it. Later requests go on as
+    /// usual: a full disk that frees up needs no reopen.
     fn fail_unissued(&self, batch: Batch<<S::File as StorageFile>::Buf>, error: Error) {
+        let behind = {
+            let mut state = self.state.borrow_mut();
+            state.unissued_failures = (state.unissued_failures.0 + 1, Some(error.clone()));
+            std::mem::replace(&mut state.filling, Batch::new())
+        };
+        // The later batch first: op numbers are handed back from the top.
+        if !behind.entries.is_empty() {
+            self.fail_unissued_batch(behind, error.clone());
+        }
+        self.fail_unissued_batch(batch, error);
+        self.space.notify_all();
+    }
+
+    /// Fails one batch that was never written (see `fail_unissued`).
+    fn fail_unissued_batch(&self, batch: Batch<<S::File as StorageFile>::Buf>, error: Error) {
         // A truncation changed the index when it was queued: if its record
         // never reaches the disk, memory and disk disagree until a reopen.
         let error = if batch.entries.iter().any(|e| e.kind == EntryKind::Truncate) {

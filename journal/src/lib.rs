@@ -38,8 +38,8 @@ pub use config::{Durability, JournalBuilder, JournalConfig, Preallocation, Recov
 pub use error::{Error, Result};
 pub use index::SLOT_BYTES;
 pub use journal::{
-    reactor_turn, Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend, BATCH_SIZE_BUCKETS,
-    ENTRIES_READ_AHEAD_BYTES,
+    reactor_turn, Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend, QueuedHardState,
+    BATCH_SIZE_BUCKETS, ENTRIES_READ_AHEAD_BYTES,
 };
 pub use recovery::{describe_cut_ops, RecoveryReport, TailState, UnrecordedEnd};
 pub use segment::{segment_file_name, segment_generation};

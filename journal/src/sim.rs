@@ -14,6 +14,12 @@
 //! * no entry is ever returned with bytes nobody submitted for it, and no
 //!   op appears that was never submitted (no phantoms);
 //! * the watermark never goes back past an acknowledged advance;
+//! * writes are serialized with hard states: when the hard state a
+//!   recovery finds is the i-th submitted, every op with a data entry
+//!   queued (and not failed) when hard state i was submitted is present,
+//!   unless a truncation attempted since or the watermark covers it — a
+//!   consensus replica must never see a vote it saved after an append
+//!   without that append;
 //! * recovery never panics, and damage is a typed error, never served.
 //!
 //! Everything is decided by the seed (the storage's faults, the task
@@ -21,11 +27,12 @@
 //! cargo-fuzz targets feed structured op lists into the same driver.
 
 use crate::storage::{FaultConfig, FaultCounts, MemStorage};
-use crate::{Error, Journal, LogItem};
+use crate::{Error, Journal, LogItem, QueuedAppend};
 use rand_core::{RngCore, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::rc::Rc;
 
 /// True when `RINGSTORE_SIM_TRACE` is set: each step, open and
@@ -117,6 +124,10 @@ pub enum SimOp {
     },
     /// Record a new hard state and wait for it.
     SetHardState,
+    /// Record a new hard state without waiting for it (once the previous
+    /// one finished): a crash may find it in flight together with the
+    /// writes queued before it.
+    QueueHardState,
     /// Wait for every task in flight.
     Settle,
     /// Cut the power after `after_ops` more storage operations, let the
@@ -157,7 +168,8 @@ pub fn random_ops(seed: u64, count: usize) -> Vec<SimOp> {
                     keep: next(40) as u8,
                 },
                 73..=74 => SimOp::NewEpoch,
-                75..=84 => SimOp::Settle,
+                75..=82 => SimOp::Settle,
+                83..=84 => SimOp::QueueHardState,
                 85..=94 => SimOp::Crash {
                     after_ops: next(40) as u8,
                 },
@@ -182,6 +194,9 @@ pub struct SimReport {
     pub corruption_reported: u64,
     /// Opens that failed with an I/O error and were retried.
     pub open_retries: u64,
+    /// Ops checked present after a recovery because they were queued
+    /// before the hard state it found (writes serialized with hard states).
+    pub hard_state_orderings_checked: u64,
     /// How often each fault fired.
     pub faults: FaultCounts,
 }
@@ -195,6 +210,7 @@ impl SimReport {
         self.reads_checked += other.reads_checked;
         self.corruption_reported += other.corruption_reported;
         self.open_retries += other.open_retries;
+        self.hard_state_orderings_checked += other.hard_state_orderings_checked;
         self.faults.add(&other.faults);
     }
 }
@@ -228,6 +244,16 @@ struct OpModel {
     acked: Option<usize>,
 }
 
+/// A data entry of [`Model::queued`].
+#[derive(Debug)]
+struct QueuedEntry {
+    /// Its payload's [`payload_id`].
+    id: u64,
+    /// Its write; `None` once a recovery found the op present (durable,
+    /// whatever the write reported).
+    write: Option<QueuedAppend>,
+}
+
 #[derive(Debug, Default)]
 struct Model {
     ops: BTreeMap<u64, OpModel>,
@@ -242,6 +268,17 @@ struct Model {
     /// How many of them were acknowledged (the last acknowledged is
     /// `hard_states[hard_state_acked - 1]`).
     hard_state_acked: usize,
+    /// Data entries the journal has queued (`queue_append`/`queue_write`
+    /// returned without error, so the entry is in its write order), by op,
+    /// in order. An op is forgotten when a truncation covering it is
+    /// attempted, when a recovery finds it missing (it was lost with the
+    /// writes after it), and once at or below the submitted watermark; an
+    /// entry, once its write failed.
+    queued: BTreeMap<u64, Vec<QueuedEntry>>,
+    /// For each of `hard_states`, the ops queued, and not failed, when it
+    /// was submitted ([`queued_before`]), with their payloads' ids (less
+    /// what truncations attempted since cover).
+    queued_before_hard_state: Vec<BTreeMap<u64, Vec<u64>>>,
     acked: u64,
     violation: Option<String>,
 }
@@ -315,6 +352,141 @@ impl Model {
             self.fail(format!("acknowledged op {op} is missing"));
         }
     }
+
+    /// The journal queued `payload` as op `op`: it is now ordered before
+    /// every hard state queued later.
+    fn note_queued(&mut self, op: u64, payload: &[u8], write: QueuedAppend) {
+        self.queued.entry(op).or_default().push(QueuedEntry {
+            id: payload_id(payload),
+            write: Some(write),
+        });
+    }
+
+    /// The write of `payload` as op `op` failed: from now on it is no longer
+    /// in the journal's write order (a failure that poisons the journal
+    /// refuses every later hard state; one that does not — a segment that
+    /// could not be created — means the entry never reached the disk), so
+    /// hard states submitted later do not depend on it. Those submitted
+    /// while it was still queued do.
+    fn forget_queued(&mut self, op: u64, payload: &[u8]) {
+        let id = payload_id(payload);
+        if let Some(entries) = self.queued.get_mut(&op) {
+            entries.retain(|e| e.id != id || e.write.is_none());
+            if entries.is_empty() {
+                self.queued.remove(&op);
+            }
+        }
+    }
+
+    /// A hard state is about to be submitted: remembers it with what is
+    /// queued ahead of it.
+    fn submit_hard_state(&mut self, hard_state: Vec<u8>) {
+        let before = self.queued_before();
+        self.hard_states.push(hard_state);
+        self.queued_before_hard_state.push(before);
+    }
+
+    /// What a hard state submitted now is queued behind: every data entry
+    /// the journal queued whose write has not failed (yet), above the
+    /// submitted watermark, as op → payload ids. Called in the same poll
+    /// as the `set_hard_state` it is for: the journal queues the hard state
+    /// when that is first polled (unless the filling batch is full; entries
+    /// queued while it waits for room go either side of it and are not
+    /// recorded).
+    fn queued_before(&mut self) -> BTreeMap<u64, Vec<u64>> {
+        let floor = self.watermark_submitted.saturating_add(1);
+        self.queued = self.queued.split_off(&floor);
+        let mut before: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for (op, entries) in &self.queued {
+            for entry in entries {
+                // A write that failed already is out of the write order: a
+                // failure that poisons the journal refuses the hard state;
+                // one that does not means the entry never reached the disk.
+                // (Its task may not have run since, so ask the write.)
+                let failed = entry.write.as_ref().is_some_and(|write| {
+                    let mut done = std::pin::pin!(write.durable());
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    matches!(done.as_mut().poll(&mut cx), std::task::Poll::Ready(Err(_)))
+                });
+                if !failed {
+                    before.entry(*op).or_default().push(entry.id);
+                }
+            }
+        }
+        before
+    }
+
+    /// The last submitted hard state never reached the journal.
+    fn withdraw_hard_state(&mut self) {
+        self.hard_states.pop();
+        self.queued_before_hard_state.pop();
+    }
+
+    /// A truncation of every op above `after` was attempted: whether or
+    /// not it became durable, those ops may now be gone.
+    fn forget_queued_above(&mut self, after: u64) {
+        let above = after.saturating_add(1);
+        self.queued.split_off(&above);
+        for queued in &mut self.queued_before_hard_state {
+            queued.split_off(&above);
+        }
+    }
+
+    /// After a recovery whose hard state is `hard_state`: every op queued
+    /// before it (above `watermark`, the recovered one, and the submitted
+    /// one) must be in `present`, the ops the recovered journal holds. Then
+    /// forgets the queued ops the recovery lost: an op lost with a hard
+    /// state that did not survive is no obligation of a later one. Returns
+    /// how many ops were checked.
+    fn check_hard_state_order(
+        &mut self,
+        hard_state: &[u8],
+        present: &HashSet<u64>,
+        watermark: u64,
+        destructive: bool,
+    ) -> u64 {
+        let mut checked = 0;
+        let floor = watermark.max(self.watermark_submitted);
+        let at = if hard_state.is_empty() {
+            None
+        } else {
+            self.hard_states.iter().rposition(|h| h == hard_state)
+        };
+        // Destructive faults may destroy what was durable; the other checks
+        // skip that case too.
+        if let Some(at) = at.filter(|_| !destructive) {
+            let mut missing = None;
+            for (op, ids) in self.queued_before_hard_state[at].range(floor.saturating_add(1)..) {
+                checked += 1;
+                if !present.contains(op) {
+                    missing = Some((*op, ids.clone()));
+                    break;
+                }
+            }
+            if let Some((op, ids)) = missing {
+                self.fail(format!(
+                    "op {op} (payloads {ids:?} queued) was submitted before hard state {} of {}, \
+                     which survived the crash, but is missing",
+                    at + 1,
+                    self.hard_states.len()
+                ));
+            }
+        }
+        self.queued
+            .retain(|op, _| *op > floor && present.contains(op));
+        for entry in self.queued.values_mut().flatten() {
+            entry.write = None;
+        }
+        checked
+    }
+}
+
+/// The unique counter [`Driver::payload`] puts in a payload's first bytes.
+fn payload_id(payload: &[u8]) -> u64 {
+    payload
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 /// Whether an error means the entry certainly never reached the disk.
@@ -342,6 +514,8 @@ struct Driver {
     model: Rc<RefCell<Model>>,
     journal: Option<Journal<MemStorage>>,
     tasks: Vec<glommio::task::JoinHandle<()>>,
+    /// The hard state in flight ([`SimOp::QueueHardState`]).
+    hard_state_task: Option<glommio::task::JoinHandle<()>>,
     payload_counter: u64,
     report: SimReport,
 }
@@ -377,6 +551,9 @@ impl Driver {
 
     async fn settle(&mut self) {
         for task in self.tasks.drain(..) {
+            task.await;
+        }
+        if let Some(task) = self.hard_state_task.take() {
             task.await;
         }
     }
@@ -432,9 +609,10 @@ impl Driver {
             return;
         };
         let watermark = journal.watermark();
+        let hard_state = journal.hard_state();
         self.model
             .borrow_mut()
-            .check_hard_state(&journal.hard_state(), self.destructive);
+            .check_hard_state(&hard_state, self.destructive);
         {
             let mut model = self.model.borrow_mut();
             if watermark < model.watermark_acked && !self.destructive {
@@ -453,14 +631,38 @@ impl Driver {
             model.watermark_acked = model.watermark_acked.max(watermark);
         }
         let last = journal.next_op().saturating_sub(1);
-        if last <= watermark {
-            return;
-        }
+        let (present, scanned) = if last > watermark {
+            self.verify_entries(&journal, watermark, last).await
+        } else {
+            (HashSet::new(), true)
+        };
+        self.report.hard_state_orderings_checked += self.model.borrow_mut().check_hard_state_order(
+            &hard_state,
+            &present,
+            watermark,
+            self.destructive || !scanned,
+        );
+    }
+
+    /// Checks ops `watermark + 1..=last` of a reopened journal and the
+    /// acknowledged ones beyond. Returns the ops present and whether every
+    /// op could be asked about (a read error ends the scan; ops after it
+    /// count as missing for the hard-state order, whose check is then
+    /// skipped: forgetting a queued op only loses checks, never adds one).
+    async fn verify_entries(
+        &mut self,
+        journal: &Journal<MemStorage>,
+        watermark: u64,
+        last: u64,
+    ) -> (HashSet<u64>, bool) {
+        let mut present = HashSet::new();
+        let mut scanned = true;
         let mut entries = journal.entries(watermark + 1..=last);
         while let Some(item) = entries.next().await {
             match item {
                 Ok(LogItem::Present(entry)) => {
                     self.report.reads_checked += 1;
+                    present.insert(entry.op);
                     self.model.borrow_mut().check_present(
                         entry.op,
                         &entry.payload,
@@ -472,6 +674,7 @@ impl Driver {
                 }
                 Err(error) => {
                     self.note_error(&error);
+                    scanned = false;
                     break;
                 }
             }
@@ -488,6 +691,7 @@ impl Driver {
         for op in beyond {
             self.model.borrow_mut().check_missing(op, self.destructive);
         }
+        (present, scanned)
     }
 
     fn note_error(&mut self, error: &Error) {
@@ -515,7 +719,25 @@ impl Driver {
                 let model = self.model.clone();
                 model.borrow_mut().maybe_appends.insert(payload.clone());
                 self.spawn(async move {
-                    let result = journal.append(&payload).await;
+                    // `append`, in its two halves: the model learns the op
+                    // as soon as the entry is queued (ordered before any
+                    // hard state queued later).
+                    let result = match journal.queue_append(&payload).await {
+                        Ok(queued) => {
+                            model
+                                .borrow_mut()
+                                .note_queued(queued.op(), &payload, queued.clone());
+                            let durable = queued.durable().await;
+                            if let Err(error) = &durable {
+                                if trace() {
+                                    eprintln!("  append op {} failed: {error:?}", queued.op());
+                                }
+                                model.borrow_mut().forget_queued(queued.op(), &payload);
+                            }
+                            durable.map(|()| queued.op())
+                        }
+                        Err(error) => Err(error),
+                    };
                     let mut model = model.borrow_mut();
                     match result {
                         Ok(op) => {
@@ -626,6 +848,9 @@ impl Driver {
                     eprintln!("  truncate after {after}: {result:?}");
                 }
                 let mut model = self.model.borrow_mut();
+                if !matches!(&result, Err(error) if refused(error)) {
+                    model.forget_queued_above(after);
+                }
                 match result {
                     Ok(()) => {
                         // Without fsync (or with destructive faults) even an
@@ -642,24 +867,36 @@ impl Driver {
                     Err(_) => {}
                 }
             }
-            SimOp::SetHardState => {
+            SimOp::SetHardState | SimOp::QueueHardState => {
+                // One at a time: the model orders hard states by submission.
+                if let Some(previous) = self.hard_state_task.take() {
+                    previous.await;
+                }
                 self.payload_counter += 1;
                 let hard_state = format!("hard state {}", self.payload_counter).into_bytes();
-                self.model.borrow_mut().hard_states.push(hard_state.clone());
-                let result = journal.set_hard_state(&hard_state).await;
-                if trace() {
-                    eprintln!("  set hard state: {result:?}");
-                }
-                let mut model = self.model.borrow_mut();
-                match result {
-                    Ok(()) => model.hard_state_acked = model.hard_states.len(),
-                    Err(error) if refused(&error) => {
-                        model.hard_states.pop();
+                let model = self.model.clone();
+                let task = async move {
+                    // Recorded with what is queued ahead of it in the poll
+                    // that queues it.
+                    model.borrow_mut().submit_hard_state(hard_state.clone());
+                    let result = journal.set_hard_state(&hard_state).await;
+                    if trace() {
+                        eprintln!("  set hard state: {result:?}");
                     }
-                    Err(Error::Corruption { .. }) => {
-                        model.fail("set_hard_state returned Corruption".into())
+                    let mut model = model.borrow_mut();
+                    match result {
+                        Ok(()) => model.hard_state_acked = model.hard_states.len(),
+                        Err(error) if refused(&error) => model.withdraw_hard_state(),
+                        Err(Error::Corruption { .. }) => {
+                            model.fail("set_hard_state returned Corruption".into())
+                        }
+                        Err(_) => {}
                     }
-                    Err(_) => {}
+                };
+                if op == SimOp::SetHardState {
+                    task.await;
+                } else {
+                    self.hard_state_task = Some(glommio::spawn_local(task).detach());
                 }
             }
             SimOp::Settle => self.settle().await,
@@ -696,7 +933,18 @@ impl Driver {
             entry.submissions.len() - 1
         };
         self.spawn(async move {
-            let result = journal.write(op, &payload).await;
+            // `write`, in its two halves (see `SimOp::Append`).
+            let result = match journal.queue_write(op, &payload).await {
+                Ok(queued) => {
+                    model.borrow_mut().note_queued(op, &payload, queued.clone());
+                    let durable = queued.durable().await;
+                    if durable.is_err() {
+                        model.borrow_mut().forget_queued(op, &payload);
+                    }
+                    durable
+                }
+                Err(error) => Err(error),
+            };
             if trace() {
                 eprintln!(
                     "  write op {op} ({} bytes, epoch {}): {result:?}",
@@ -750,6 +998,7 @@ pub async fn run_ops(
         model: Rc::new(RefCell::new(Model::default())),
         journal: None,
         tasks: Vec::new(),
+        hard_state_task: None,
         payload_counter: 0,
         report: SimReport::default(),
     };

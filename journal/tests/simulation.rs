@@ -110,8 +110,8 @@ fn crash_simulation_under_every_fault_profile() {
     let mut all = SimReport::default();
     for (profile, report) in &reports {
         println!(
-            "{profile:>26}: {} crash-recover cycles, {} clean reopens, {} acked, {} reads checked, {} corruption reported",
-            report.crash_cycles, report.reopens, report.acked, report.reads_checked, report.corruption_reported
+            "{profile:>26}: {} crash-recover cycles, {} clean reopens, {} acked, {} reads checked, {} hard-state orderings checked, {} corruption reported",
+            report.crash_cycles, report.reopens, report.acked, report.reads_checked, report.hard_state_orderings_checked, report.corruption_reported
         );
         assert!(
             report.crash_cycles > 0 && report.acked > 0,
@@ -120,8 +120,8 @@ fn crash_simulation_under_every_fault_profile() {
         all.add(report);
     }
     println!(
-        "simulation total: {} crash-recover cycles, {} clean reopens, {} acked appends, {} reads checked, 0 invariant violations",
-        all.crash_cycles, all.reopens, all.acked, all.reads_checked
+        "simulation total: {} crash-recover cycles, {} clean reopens, {} acked appends, {} reads checked, {} hard-state orderings checked, 0 invariant violations",
+        all.crash_cycles, all.reopens, all.acked, all.reads_checked, all.hard_state_orderings_checked
     );
     println!("faults injected, by kind:");
     for (kind, fired) in all.faults.kinds() {
