@@ -11,6 +11,9 @@
 #                                                    handle, restart time (issue 5)
 #   scripts/bench.sh remote [--quick] [--dir DIR]    snapshot upload and cold restore of a 1 GiB state,
 #                                                    s3s-fs on loopback and LocalFileSystem (issue 7)
+#   scripts/bench.sh raft [--quick] [--dir DIR]      a 3-node openraft cluster on ringstore, on openraft's
+#                                                    in-memory and RocksDB reference stores, and the
+#                                                    single-node engine (issue 14)
 #   scripts/bench.sh device [--quick] [--dir DIR]    the device limit alone
 #   scripts/bench.sh micro [CRITERION ARGS]          criterion micro-benchmarks of the hot paths
 #
@@ -34,7 +37,7 @@ if [[ $# -eq 0 || "$1" == -* && "$1" != -h && "$1" != --help ]]; then
     set -- peers "$@"
 fi
 if [[ "$1" == -h || "$1" == --help || "$1" == help ]]; then
-    sed -n '2,26s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,29s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 0
 fi
 command="$1"
@@ -45,9 +48,9 @@ if [[ "$command" == micro ]]; then
         --manifest-path "$repo_root/Cargo.toml" --target-dir "$target_dir" -- "$@"
 fi
 case "$command" in
-    peers | journal | engine | shards | remote | device) ;;
+    peers | journal | engine | shards | remote | device | raft) ;;
     *)
-        echo "unknown command: $command (peers, journal, engine, shards, remote, device, micro)" >&2
+        echo "unknown command: $command (peers, journal, engine, shards, remote, device, raft, micro)" >&2
         exit 2
         ;;
 esac
@@ -74,7 +77,7 @@ rocksdb_lib_dir() {
 }
 
 features=()
-if [[ "$command" == peers && "${RINGSTORE_BENCH_ROCKSDB:-1}" != 0 ]]; then
+if [[ ( "$command" == peers || "$command" == raft ) && "${RINGSTORE_BENCH_ROCKSDB:-1}" != 0 ]]; then
     if [[ -z "$(rocksdb_lib_dir)" ]] || ! dpkg -s libclang-dev >/dev/null 2>&1; then
         if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
             echo "bench.sh: installing librocksdb-dev and libclang-dev for the RocksDB peer" >&2
@@ -86,9 +89,13 @@ if [[ "$command" == peers && "${RINGSTORE_BENCH_ROCKSDB:-1}" != 0 ]]; then
     if [[ -n "$lib_dir" ]] && dpkg -s libclang-dev >/dev/null 2>&1; then
         export ROCKSDB_LIB_DIR="$lib_dir"
         features=(--features rocksdb)
+        if [[ "$command" == raft ]]; then features=(--features rocksdb,raft); fi
     else
         echo "bench.sh: librocksdb-dev or libclang-dev missing; running without the RocksDB peer" >&2
+        if [[ "$command" == raft ]]; then features=(--features raft); fi
     fi
+elif [[ "$command" == raft ]]; then
+    features=(--features raft)
 fi
 
 cargo build --release --quiet -p ringstore-bench "${features[@]}" \

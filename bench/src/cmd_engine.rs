@@ -65,7 +65,7 @@ const SEGMENT_BYTES: u64 = 256 << 20;
 /// Group-commit write size of the shards' journals.
 const BATCH_BYTES_MAX: u64 = 4 << 20;
 /// Partitions of the topic the small commands commit offsets to.
-const PARTITIONS: u32 = 64;
+pub(crate) const PARTITIONS: u32 = 64;
 
 /// Arguments of `ringstore-bench engine`.
 #[derive(Args, Debug, Clone)]
@@ -135,7 +135,7 @@ pub(crate) fn shard_builder(
 }
 
 /// Creates the stream, topic and group the small commands write to.
-async fn prepare_topic(shard: &Shard<Metadata>) -> Result<()> {
+pub(crate) async fn prepare_topic(shard: &Shard<Metadata>) -> Result<()> {
     let setup = [
         Command::Stream(StreamCommand::Create {
             name: "bench".into(),
@@ -172,7 +172,7 @@ fn commit_offset(task: usize, sequence: u64) -> Command {
 }
 
 /// `tasks` tasks submit commit-offset commands until `duration` passes.
-async fn submit_for(
+pub(crate) async fn submit_for(
     shard: &Shard<Metadata>,
     tasks: usize,
     duration: Duration,

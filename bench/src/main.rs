@@ -26,6 +26,8 @@ mod cmd_device;
 mod cmd_engine;
 mod cmd_journal;
 mod cmd_peers;
+#[cfg(feature = "raft")]
+mod cmd_raft;
 mod cmd_remote;
 mod cmd_shards;
 mod device;
@@ -33,6 +35,8 @@ mod harness;
 mod latency;
 mod peers;
 mod plot;
+#[cfg(feature = "raft")]
+mod raft_peers;
 mod report;
 #[allow(unsafe_code)] // The one module with `unsafe`: io_uring submission and libc calls.
 mod sys;
@@ -73,6 +77,12 @@ enum Command {
     /// of a 1 GiB state against an s3s-fs server on loopback and against
     /// LocalFileSystem, next to the disk's raw bandwidth.
     Remote(cmd_remote::RemoteArgs),
+    /// A replicated cluster (issue 14): 3 openraft nodes on loopback on
+    /// ringstore's raft shards, on openraft's in-memory and RocksDB-backed
+    /// reference stores, and the single-node engine: commands/s and commit
+    /// latency at each client level (needs the `raft` feature).
+    #[cfg(feature = "raft")]
+    Raft(cmd_raft::RaftArgs),
     /// One workload on one system, in a child process of `peers` (prints one
     /// JSON result).
     #[command(hide = true)]
@@ -87,6 +97,8 @@ fn main() -> Result<()> {
         Command::Engine(args) => cmd_engine::run(args),
         Command::Shards(args) => cmd_shards::run(args),
         Command::Remote(args) => cmd_remote::run(args),
+        #[cfg(feature = "raft")]
+        Command::Raft(args) => cmd_raft::run(args),
         Command::Peers(args) => cmd_peers::run(args),
         Command::PeerRun(args) => peers::run_child(args),
     }

@@ -2,7 +2,8 @@
 
 use super::error::RaftStoreError;
 use super::reactor::ReactorThread;
-use super::shard::{op_of, RaftShard};
+use super::shard::{op_of, HardStateCell, RaftShard};
+use super::tail_cache::TailCache;
 use crate::StateMachine;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, LogId, OptionalSend, RaftTypeConfig, StorageError, StorageIOError, Vote};
@@ -10,7 +11,7 @@ use ringstore_journal::LogItem;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Largest encoded hard state (the journal's limit).
 pub const HARD_STATE_ENCODED_BYTES_MAX: usize = ringstore_journal::format::HARD_STATE_BYTES_MAX;
@@ -34,19 +35,31 @@ impl<C: RaftTypeConfig> Clone for HardState<C> {
     }
 }
 
-/// The `Send + Sync` handle openraft holds as its log: every call runs on
-/// the shard's reactor thread.
+/// The `Send + Sync` handle openraft holds as its log. Journal work runs
+/// on the shard's reactor thread, in the order openraft asked for it; what
+/// openraft asks most often is answered here without the hop: the hard
+/// state (a copy shared with the reactor) and reads of the newest entries
+/// (a cache filled as they are appended).
 pub struct RaftLog<C: RaftTypeConfig, M: StateMachine> {
     thread: Arc<ReactorThread<RaftShard<C, M>>>,
+    hard_state: Arc<Mutex<HardStateCell>>,
+    tail: Arc<Mutex<TailCache>>,
 }
 
 impl<C: RaftTypeConfig, M: StateMachine> Clone for RaftLog<C, M> {
     fn clone(&self) -> Self {
         RaftLog {
             thread: self.thread.clone(),
+            hard_state: self.hard_state.clone(),
+            tail: self.tail.clone(),
         }
     }
 }
+
+/// A poisoned lock: a thread panicked while holding it.
+#[derive(Debug, thiserror::Error)]
+#[error("a raft shard's {0} lock is poisoned (a thread panicked holding it)")]
+struct Poisoned(&'static str);
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
     bincode::serde::encode_to_vec(value, bincode::config::standard())
@@ -73,16 +86,30 @@ where
     C::Entry: Serialize + DeserializeOwned,
     M: StateMachine,
 {
-    pub(super) fn new(thread: Arc<ReactorThread<RaftShard<C, M>>>) -> RaftLog<C, M> {
-        RaftLog { thread }
+    pub(super) fn new(
+        thread: Arc<ReactorThread<RaftShard<C, M>>>,
+        hard_state: Arc<Mutex<HardStateCell>>,
+    ) -> RaftLog<C, M> {
+        RaftLog {
+            thread,
+            hard_state,
+            tail: Arc::new(Mutex::new(TailCache::default())),
+        }
     }
 
-    async fn hard_state(&self) -> Result<HardState<C>, StorageError<C::NodeId>> {
-        let bytes = self
-            .thread
-            .call(|shard| Box::pin(async move { shard.journal.hard_state() }))
-            .await
-            .map_err(|e| StorageIOError::read_vote(io_error(e)))?;
+    fn tail(&self) -> Result<std::sync::MutexGuard<'_, TailCache>, StorageError<C::NodeId>> {
+        self.tail
+            .lock()
+            .map_err(|_| StorageIOError::read_logs(io_error(Poisoned("tail cache"))).into())
+    }
+
+    fn hard_state(&self) -> Result<HardState<C>, StorageError<C::NodeId>> {
+        let bytes = match self.hard_state.lock() {
+            Ok(cell) => cell.bytes.clone(),
+            Err(_) => {
+                return Err(StorageIOError::read_vote(io_error(Poisoned("hard state"))).into())
+            }
+        };
         if bytes.is_empty() {
             return Ok(HardState {
                 vote: None,
@@ -93,14 +120,51 @@ where
         decode(&bytes).map_err(|e| StorageIOError::read_vote(io_error(e)).into())
     }
 
-    async fn set_hard_state(&self, state: HardState<C>) -> Result<(), StorageError<C::NodeId>> {
+    /// Makes `state` the hard state. `Durable`: queued behind every entry
+    /// queued so far, and on disk when this returns. `NextWrite`: queued
+    /// with the next write (an append, a vote, a purge, the close), so it
+    /// costs neither a write nor a trip to the reactor; a crash before then
+    /// loses it.
+    async fn set_hard_state(
+        &self,
+        state: HardState<C>,
+        when: Persist,
+    ) -> Result<(), StorageError<C::NodeId>> {
         let bytes = encode(&state).map_err(|e| StorageIOError::write_vote(io_error(e)))?;
+        match self.hard_state.lock() {
+            Ok(mut cell) => {
+                cell.bytes = bytes;
+                cell.unqueued = true;
+            }
+            Err(_) => {
+                return Err(StorageIOError::write_vote(io_error(Poisoned("hard state"))).into())
+            }
+        }
+        if when == Persist::NextWrite {
+            return Ok(());
+        }
         let set = self
             .thread
-            .call(move |shard| Box::pin(async move { shard.journal.set_hard_state(&bytes).await }))
+            .call(move |shard| {
+                Box::pin(async move {
+                    if let Some(queued) = shard.queue_hard_state().await? {
+                        queued.durable().await?;
+                    }
+                    Ok(())
+                })
+            })
             .await;
         flat(set).map_err(|e| StorageIOError::write_vote(io_error(e)).into())
     }
+}
+
+/// When a hard state change must reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persist {
+    /// Before the call returns (a vote, a purged id).
+    Durable,
+    /// With the next write (the committed id: openraft recomputes it).
+    NextWrite,
 }
 
 impl<C, M> RaftLogReader<C> for RaftLog<C, M>
@@ -124,6 +188,12 @@ where
             Bound::Excluded(i) => Some(op_of(*i) - 1),
             Bound::Unbounded => None,
         };
+        if let Some(cached) = self.tail()?.get_range(first, last) {
+            return cached
+                .iter()
+                .map(|p| decode(p).map_err(|e| StorageIOError::read_logs(io_error(e)).into()))
+                .collect();
+        }
         let payloads = self
             .thread
             .call(move |shard| {
@@ -162,7 +232,7 @@ where
     type LogReader = RaftLog<C, M>;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
-        let purged = self.hard_state().await?.purged;
+        let purged = self.hard_state()?.purged;
         let last_op: u64 = self
             .thread
             .call(|shard| Box::pin(async move { shard.journal.next_op() - 1 }))
@@ -189,28 +259,31 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
-        let mut state = self.hard_state().await?;
+        let mut state = self.hard_state()?;
         state.vote = Some(vote.clone());
-        self.set_hard_state(state).await
+        // A vote must be on disk before it is sent.
+        self.set_hard_state(state, Persist::Durable).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
-        Ok(self.hard_state().await?.vote)
+        Ok(self.hard_state()?.vote)
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<C::NodeId>>,
     ) -> Result<(), StorageError<C::NodeId>> {
-        let mut state = self.hard_state().await?;
+        let mut state = self.hard_state()?;
         state.committed = committed;
-        self.set_hard_state(state).await
+        // Losing it in a crash is harmless (openraft recomputes it), so it
+        // rides with the next write instead of costing one.
+        self.set_hard_state(state, Persist::NextWrite).await
     }
 
     async fn read_committed(
         &mut self,
     ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
-        Ok(self.hard_state().await?.committed)
+        Ok(self.hard_state()?.committed)
     }
 
     async fn append<I>(
@@ -228,26 +301,36 @@ where
             let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(io_error(e)))?;
             encoded.push((op_of(index), bytes));
         }
-        let queued = self
+        // Readable as soon as this returns (openraft reads what it just
+        // appended to replicate it): the cache has it at once, and the
+        // journal's read path queues behind the job below.
+        {
+            let mut tail = self.tail()?;
+            for (op, bytes) in &encoded {
+                tail.insert(*op, bytes);
+            }
+        }
+        // Queued without waiting for the reactor to take it: jobs run in the
+        // order sent, and an error reaches openraft through the callback.
+        let posted = self
             .thread
-            .call(move |shard| {
+            .post(move |shard| {
                 Box::pin(async move {
-                    let journal = &shard.journal;
-                    // Queued in order here; durability is awaited on a task
-                    // of its own so the next request can queue meanwhile.
-                    let mut queued = Vec::with_capacity(encoded.len());
-                    for (op, bytes) in &encoded {
-                        // At or below the purged index: covered by the
-                        // snapshot already, never read again.
-                        if *op <= journal.watermark() {
-                            continue;
+                    let queued = queue_entries(&shard, &encoded).await;
+                    let queued = match queued {
+                        Ok(queued) => queued,
+                        Err(e) => {
+                            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                            return;
                         }
-                        queued.push(journal.queue_write(*op, bytes).await?);
-                    }
+                    };
                     let count = queued.len();
                     shard
                         .appends_in_flight
                         .set(shard.appends_in_flight.get() + count);
+                    // Durability is awaited on a task of its own, so the
+                    // next job can queue its entries into the same group
+                    // commit meanwhile.
                     glommio::spawn_local(async move {
                         let mut result = Ok(());
                         for q in queued {
@@ -262,16 +345,16 @@ where
                         callback.log_io_completed(result);
                     })
                     .detach();
-                    Ok(())
                 })
             })
             .await;
-        flat(queued).map_err(|e| StorageIOError::write_logs(io_error(e)).into())
+        posted.map_err(|e| StorageIOError::write_logs(io_error(e)).into())
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         // Keep indexes below `log_id.index`: ops up to and including its op - 1.
         let keep = op_of(log_id.index) - 1;
+        self.tail()?.truncate_after(keep);
         let truncated = self
             .thread
             .call(move |shard| Box::pin(async move { shard.journal.truncate_after(keep).await }))
@@ -280,7 +363,7 @@ where
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
-        let mut state = self.hard_state().await?;
+        let mut state = self.hard_state()?;
         if state
             .purged
             .as_ref()
@@ -290,7 +373,8 @@ where
         }
         let op = op_of(log_id.index);
         state.purged = Some(log_id);
-        self.set_hard_state(state).await?;
+        self.set_hard_state(state, Persist::Durable).await?;
+        self.tail()?.forget_through(op);
         let advanced = self
             .thread
             .call(move |shard| {
@@ -305,4 +389,22 @@ where
             .await;
         flat(advanced).map_err(|e| StorageIOError::write_logs(io_error(e)).into())
     }
+}
+
+/// Queues `entries` (op, bytes) in the journal behind a hard state changed
+/// since the last write; ops at or below the watermark are skipped (a
+/// snapshot holds them, and they are never read again).
+async fn queue_entries<C: RaftTypeConfig, M>(
+    shard: &RaftShard<C, M>,
+    entries: &[(u64, Vec<u8>)],
+) -> ringstore_journal::Result<Vec<ringstore_journal::QueuedAppend>> {
+    shard.queue_hard_state().await?;
+    let mut queued = Vec::with_capacity(entries.len());
+    for (op, bytes) in entries {
+        if *op <= shard.journal.watermark() {
+            continue;
+        }
+        queued.push(shard.journal.queue_write(*op, bytes).await?);
+    }
+    Ok(queued)
 }

@@ -60,6 +60,7 @@ mod log;
 mod machine;
 mod reactor;
 mod shard;
+mod tail_cache;
 mod types;
 
 pub use error::RaftStoreError;
@@ -97,9 +98,15 @@ where
     C::Entry: serde::Serialize + serde::de::DeserializeOwned,
     M: StateMachine,
 {
-    let thread = Arc::new(shard::open::<C, M>(dir.into(), domain, journal_setup)?);
+    let hard_state = Arc::new(std::sync::Mutex::new(shard::HardStateCell::default()));
+    let thread = Arc::new(shard::open::<C, M>(
+        dir.into(),
+        domain,
+        journal_setup,
+        hard_state.clone(),
+    )?);
     Ok(RaftStores {
-        log: RaftLog::new(thread.clone()),
+        log: RaftLog::new(thread.clone(), hard_state),
         machine: RaftMachine::new(thread),
     })
 }

@@ -67,6 +67,13 @@ impl<T: ReactorState> ReactorThread<T> {
                     // commit.
                     while let Ok(job) = queue.recv().await {
                         job(state.clone()).await;
+                        // With more jobs waiting the task stays runnable, and
+                        // glommio hands the I/O the jobs queued (journal
+                        // writes, fdatasyncs) to the kernel only when no task
+                        // is: let the reactor turn first.
+                        if !queue.is_empty() {
+                            ringstore_journal::reactor_turn().await;
+                        }
                     }
                     state.close().await;
                 });
@@ -106,6 +113,20 @@ impl<T: ReactorState> ReactorThread<T> {
         });
         self.jobs.send(job).await.map_err(|_| ReactorClosed)?;
         rx.await.map_err(|_| ReactorClosed)
+    }
+}
+
+impl<T: ReactorState> ReactorThread<T> {
+    /// Queues `job` to run on the reactor after every job sent before it,
+    /// without waiting for it to run.
+    pub async fn post<F>(&self, job: F) -> Result<(), ReactorClosed>
+    where
+        F: FnOnce(Rc<T>) -> LocalBoxFuture<()> + Send + 'static,
+    {
+        self.jobs
+            .send(Box::new(job))
+            .await
+            .map_err(|_| ReactorClosed)
     }
 }
 

@@ -24,6 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 /// The snapshot section holding what Raft keeps beside the machine.
@@ -88,17 +89,34 @@ pub struct RaftShard<C: RaftTypeConfig, M> {
     pub(super) appends_in_flight: Cell<usize>,
     /// Snapshots received from a leader and installed since the open.
     pub(super) snapshots_installed: Cell<u64>,
+    /// The newest hard state, queued or not, shared with the log's
+    /// handles (the journal's own copy is the newest durable one).
+    pub(super) hard_state: Arc<Mutex<HardStateCell>>,
     _lock: DirLock,
 }
 
 impl<C: RaftTypeConfig, M: 'static> ReactorState for RaftShard<C, M> {
     fn close(self: Rc<Self>) -> LocalBoxFuture<()> {
         Box::pin(async move {
+            if let Err(e) = self.queue_hard_state().await {
+                tracing::warn!(error = %e, "writing the last hard state at close failed");
+            }
             if let Err(e) = self.journal.close().await {
                 tracing::error!(error = %e, "closing a raft shard's journal failed");
             }
         })
     }
+}
+
+/// The newest hard state (encoded) and whether it changed since it was
+/// last queued: a change a crash may lose (the committed index) waits for
+/// the next write.
+#[derive(Debug, Default)]
+pub struct HardStateCell {
+    /// The encoded hard state.
+    pub bytes: Vec<u8>,
+    /// Changed since last queued.
+    pub unqueued: bool,
 }
 
 /// Journal settings of a raft shard.
@@ -116,6 +134,7 @@ pub(super) fn open<C, M>(
     dir: PathBuf,
     domain: Uuid,
     journal_setup: JournalSetup,
+    hard_state: Arc<Mutex<HardStateCell>>,
 ) -> Result<ReactorThread<RaftShard<C, M>>, RaftStoreError>
 where
     C: RaftTypeConfig,
@@ -128,7 +147,7 @@ where
             .unwrap_or_default()
     );
     ReactorThread::open(&name, move || {
-        Box::pin(async move { recover::<C, M>(dir, domain, journal_setup).await })
+        Box::pin(async move { recover::<C, M>(dir, domain, journal_setup, hard_state).await })
     })
 }
 
@@ -136,6 +155,7 @@ async fn recover<C, M>(
     dir: PathBuf,
     domain: Uuid,
     journal_setup: JournalSetup,
+    hard_state: Arc<Mutex<HardStateCell>>,
 ) -> Result<RaftShard<C, M>, RaftStoreError>
 where
     C: RaftTypeConfig,
@@ -238,6 +258,12 @@ where
         });
     }
     Ok(RaftShard {
+        hard_state: {
+            if let Ok(mut cell) = hard_state.lock() {
+                cell.bytes = journal.hard_state();
+            }
+            hard_state
+        },
         journal,
         snapshots,
         domain,
@@ -349,6 +375,21 @@ where
 }
 
 impl<C: RaftTypeConfig, M> RaftShard<C, M> {
+    /// Queues the hard state if it changed without being queued; returns
+    /// the handle of its write, if one was queued.
+    pub(super) async fn queue_hard_state(
+        &self,
+    ) -> ringstore_journal::Result<Option<ringstore_journal::QueuedHardState>> {
+        let bytes = match self.hard_state.lock() {
+            Ok(mut cell) if cell.unqueued => {
+                cell.unqueued = false;
+                cell.bytes.clone()
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(self.journal.queue_hard_state(&bytes).await?))
+    }
+
     /// Removes snapshots the journal no longer needs.
     pub(super) async fn prune_snapshots(&self) {
         if let Err(e) = self

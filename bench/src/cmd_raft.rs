@@ -1,0 +1,342 @@
+//! `ringstore-bench raft`: a replicated cluster's figures (issue 14), in
+//! one run on one directory: the same 3-node openraft cluster (one process,
+//! TCP on loopback, the same configuration and client loop) on ringstore's
+//! raft shards, on openraft's in-memory reference store, and on its
+//! RocksDB-backed reference store (with the `rocksdb` feature); and the
+//! single-node engine (one shard, no replication) as the latency floor.
+//!
+//! Each store runs `--clients` levels (default 1 and 64): each client
+//! submits a small broker-sized command to the leader and waits for its
+//! commit before the next. Every workload is bracketed by durable-write
+//! probes. Targets: ringstore's commands/s at least 2x the RocksDB store's
+//! at the same level; its p50 commit latency at 1 client at most 2x the
+//! single-node engine's p50 ack latency.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use ringstore::broker::{Command, GroupCommand};
+use ringstore::raft::cluster::{ClusterCommand, ClusterMachine, ClusterTypes};
+use ringstore::raft::Request;
+use ringstore::CheckpointPolicy;
+use serde::Serialize;
+
+use crate::cmd_device::CommonArgs;
+use crate::cmd_engine::{prepare_topic, shard_builder, submit_for, PARTITIONS};
+use crate::cmd_journal::on_reactor;
+use crate::harness::{Harness, ProbeBracket};
+use crate::latency::{LatencyRecorder, LatencySummary};
+use crate::raft_peers::{self, Cluster, NODES};
+use crate::report::{fmt_num, fmt_ratio, round3, Table};
+
+/// How long each workload runs in full mode.
+const DURATION_FULL: Duration = Duration::from_secs(10);
+/// How long each workload runs in quick mode.
+const DURATION_QUICK: Duration = Duration::from_secs(3);
+/// Bytes of the value the reference stores' `Set` carries: about the size
+/// of ringstore's encoded commit-offset command.
+const VALUE_BYTES: usize = 48;
+
+/// Arguments of `ringstore-bench raft`.
+#[derive(Args, Debug, Clone)]
+pub struct RaftArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Concurrent clients, one level per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u64, 64])]
+    pub clients: Vec<u64>,
+}
+
+/// One store at one client level.
+#[derive(Debug, Serialize)]
+struct RaftFigures {
+    store: &'static str,
+    clients: u64,
+    commands: u64,
+    seconds: f64,
+    commands_per_s: f64,
+    latency: LatencySummary,
+    probes: ProbeBracket,
+}
+
+#[derive(Debug, Serialize)]
+struct RaftReport {
+    command: &'static str,
+    quick: bool,
+    nodes: u64,
+    runs: Vec<RaftFigures>,
+}
+
+fn figures(
+    store: &'static str,
+    clients: u64,
+    (commands, elapsed, recorder): (u64, Duration, LatencyRecorder),
+    probes: ProbeBracket,
+) -> RaftFigures {
+    RaftFigures {
+        store,
+        clients,
+        commands,
+        seconds: round3(elapsed.as_secs_f64()),
+        commands_per_s: (commands as f64 / elapsed.as_secs_f64()).round(),
+        latency: recorder.summary(),
+        probes,
+    }
+}
+
+fn commit_offset(client: u64, seq: u64) -> Command {
+    Command::Group(GroupCommand::CommitOffset {
+        stream: "bench".into(),
+        topic: "offsets".into(),
+        group: "readers".into(),
+        partition: (client % PARTITIONS as u64) as u32,
+        offset: seq,
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// ringstore's raft shards, one per node, in `dir/node-N`.
+fn run_ringstore(
+    dir: &Path,
+    clients: u64,
+    duration: Duration,
+) -> Result<(u64, Duration, LatencyRecorder)> {
+    runtime()?.block_on(async {
+        let domain = uuid::Uuid::new_v4();
+        let mut stores = Vec::new();
+        for id in 1..=NODES {
+            let opened = ringstore::raft::open::<ClusterTypes, ClusterMachine>(
+                dir.join(format!("node-{id}")),
+                domain,
+                Box::new(|b| b),
+            )?;
+            stores.push((opened.log, opened.machine));
+        }
+        let cluster = Cluster::<ClusterTypes>::start(stores).await?;
+        // The stream, topic and group the commands commit offsets to.
+        let leader = cluster.leader()?;
+        for (seq, command) in setup_commands().into_iter().enumerate() {
+            leader
+                .client_write(Request {
+                    client: u64::MAX,
+                    seq: seq as u64 + 1,
+                    command: ClusterCommand::Broker(command),
+                })
+                .await
+                .map_err(|e| anyhow!("setup: {e}"))?;
+        }
+        let result = cluster
+            .drive(clients, duration, |client, seq| Request {
+                client,
+                seq,
+                command: ClusterCommand::Broker(commit_offset(client, seq)),
+            })
+            .await;
+        cluster.shutdown().await?;
+        result
+    })
+}
+
+fn setup_commands() -> Vec<Command> {
+    use ringstore::broker::{StreamCommand, TopicCommand};
+    vec![
+        Command::Stream(StreamCommand::Create {
+            name: "bench".into(),
+        }),
+        Command::Topic(TopicCommand::Create {
+            stream: "bench".into(),
+            name: "offsets".into(),
+            partitions: PARTITIONS,
+            config: Default::default(),
+        }),
+        Command::Group(GroupCommand::Create {
+            stream: "bench".into(),
+            topic: "offsets".into(),
+            name: "readers".into(),
+        }),
+    ]
+}
+
+fn value(seq: u64) -> String {
+    format!("{seq:0width$}", width = VALUE_BYTES)
+}
+
+/// openraft's in-memory reference store.
+fn run_memstore(clients: u64, duration: Duration) -> Result<(u64, Duration, LatencyRecorder)> {
+    use raft_peers::mem::{log_store::LogStore, store::Request as Set, store::StateMachineStore};
+    runtime()?.block_on(async {
+        let stores = (0..NODES)
+            .map(|_| {
+                (
+                    LogStore::default(),
+                    std::sync::Arc::new(StateMachineStore::default()),
+                )
+            })
+            .collect();
+        let cluster = Cluster::<raft_peers::mem::TypeConfig>::start(stores).await?;
+        let result = cluster
+            .drive(clients, duration, |client, seq| Set::Set {
+                key: format!("partition-{}", client % PARTITIONS as u64),
+                value: value(seq),
+            })
+            .await;
+        cluster.shutdown().await?;
+        result
+    })
+}
+
+/// openraft's RocksDB-backed reference store (`rocksstore-v2`), one
+/// database per node in `dir/node-N`.
+#[cfg(feature = "rocksdb")]
+fn run_rocksstore(
+    dir: &Path,
+    clients: u64,
+    duration: Duration,
+) -> Result<(u64, Duration, LatencyRecorder)> {
+    use raft_peers::rocks::{self, RocksRequest};
+    runtime()?.block_on(async {
+        let mut stores = Vec::new();
+        for id in 1..=NODES {
+            stores.push(rocks::new(dir.join(format!("node-{id}"))).await);
+        }
+        let cluster = Cluster::<rocks::TypeConfig>::start(stores).await?;
+        let result = cluster
+            .drive(clients, duration, |client, seq| RocksRequest::Set {
+                key: format!("partition-{}", client % PARTITIONS as u64),
+                value: value(seq),
+            })
+            .await;
+        cluster.shutdown().await?;
+        result
+    })
+}
+
+/// The single-node engine: one shard of broker metadata, no replication.
+fn run_engine(
+    dir: &Path,
+    clients: u64,
+    duration: Duration,
+) -> Result<(u64, Duration, LatencyRecorder)> {
+    let dir = dir.to_owned();
+    on_reactor("rsb-raft-engine", move || async move {
+        let shard = shard_builder(&dir, CheckpointPolicy::default())
+            .open()
+            .await?;
+        prepare_topic(&shard).await?;
+        let result = submit_for(&shard, clients as usize, duration).await?;
+        shard.close().await?;
+        Ok(result)
+    })
+}
+
+/// Runs the comparison and prints the table and the JSON line.
+pub fn run(args: &RaftArgs) -> Result<()> {
+    let quick = args.common.quick;
+    let duration = if quick { DURATION_QUICK } else { DURATION_FULL };
+    let stores = if cfg!(feature = "rocksdb") { 4 } else { 3 };
+    let mut harness = Harness::new(&args.common.dir, 1 + 2 * stores * args.clients.len() as u64)?;
+    let mut runs = Vec::new();
+    for &clients in &args.clients {
+        harness.step(format!("engine (1 node): {clients} clients"));
+        let dir = harness.path("raft-engine");
+        let result = run_engine(&dir, clients, duration)?;
+        runs.push(figures(
+            "engine, 1 node",
+            clients,
+            result,
+            harness.bracket()?,
+        ));
+        crate::harness::remove_path(&dir)?;
+
+        harness.step(format!("ringstore: {clients} clients"));
+        let dir = harness.path("raft-ringstore");
+        let result = run_ringstore(&dir, clients, duration)?;
+        runs.push(figures("ringstore", clients, result, harness.bracket()?));
+        crate::harness::remove_path(&dir)?;
+
+        #[cfg(feature = "rocksdb")]
+        {
+            harness.step(format!("rocksstore: {clients} clients"));
+            let dir = harness.path("raft-rocksstore");
+            let result = run_rocksstore(&dir, clients, duration)?;
+            runs.push(figures(
+                "openraft rocksstore",
+                clients,
+                result,
+                harness.bracket()?,
+            ));
+            crate::harness::remove_path(&dir)?;
+        }
+
+        harness.step(format!("memstore: {clients} clients"));
+        let result = run_memstore(clients, duration)?;
+        runs.push(figures(
+            "openraft memstore",
+            clients,
+            result,
+            harness.bracket()?,
+        ));
+    }
+    harness.finish(args.common.keep)?;
+    let report = RaftReport {
+        command: "raft",
+        quick,
+        nodes: NODES,
+        runs,
+    };
+    print_table(&report);
+    println!(
+        "{}",
+        serde_json::to_string(&report).context("encode the report")?
+    );
+    Ok(())
+}
+
+fn print_table(report: &RaftReport) {
+    let find = |store: &str, clients: u64| {
+        report
+            .runs
+            .iter()
+            .find(|r| r.store == store && r.clients == clients)
+    };
+    let mut table = Table::new([
+        "store",
+        "clients",
+        "commands/s",
+        "p50 us",
+        "p99 us",
+        "x rocksstore /s",
+        "p50 x engine",
+        "probe p50/mean us before -> after",
+        "reliable",
+    ]);
+    for run in &report.runs {
+        let rocks = find("openraft rocksstore", run.clients)
+            .map(|r| fmt_ratio(run.commands_per_s / r.commands_per_s.max(f64::MIN_POSITIVE)))
+            .unwrap_or_else(|| "-".into());
+        let engine = find("engine, 1 node", run.clients)
+            .map(|e| fmt_ratio(run.latency.p50_us / e.latency.p50_us.max(f64::MIN_POSITIVE)))
+            .unwrap_or_else(|| "-".into());
+        let [probes, _, reliable] = run.probes.cells();
+        table.row([
+            run.store.to_string(),
+            run.clients.to_string(),
+            fmt_num(run.commands_per_s),
+            fmt_num(run.latency.p50_us),
+            fmt_num(run.latency.p99_us),
+            rocks,
+            engine,
+            probes,
+            reliable,
+        ]);
+    }
+    println!("{}", table.render());
+}

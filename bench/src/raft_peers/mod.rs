@@ -1,0 +1,349 @@
+//! A 3-node openraft cluster in one process, its nodes talking over TCP on
+//! loopback, on any of the stores compared by `ringstore-bench raft`: one
+//! network, one configuration and one client loop for all of them, so the
+//! store is the only difference.
+
+// openraft's network traits return its large `RPCError`.
+#![allow(clippy::result_large_err)]
+
+pub mod mem;
+#[cfg(feature = "rocksdb")]
+pub mod rocks;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::impls::OneshotResponder;
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::{BasicNode, Raft, RaftTypeConfig, SnapshotPolicy};
+use ringstore::raft::cluster::wire::{read_frame, write_frame};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::latency::LatencyRecorder;
+
+/// Nodes in a cluster.
+pub const NODES: u64 = 3;
+/// Raft heartbeat, in milliseconds (elections after 4 to 8 of them).
+const HEARTBEAT_MS: u64 = 100;
+/// Entries between snapshots (the same for every store).
+const SNAPSHOT_EVERY: u64 = 20_000;
+/// Longest the cluster gets to elect its first leader.
+const ELECTION_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A Raft RPC on the wire.
+#[derive(Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "AppendEntriesRequest<C>: Serialize, InstallSnapshotRequest<C>: Serialize",
+    deserialize = "AppendEntriesRequest<C>: Deserialize<'de>, InstallSnapshotRequest<C>: Deserialize<'de>"
+))]
+enum Rpc<C: RaftTypeConfig<NodeId = u64>> {
+    Append(AppendEntriesRequest<C>),
+    Vote(VoteRequest<u64>),
+    Snapshot(InstallSnapshotRequest<C>),
+}
+
+/// Its answer (a remote error as text).
+#[derive(Serialize, Deserialize)]
+enum RpcReply {
+    Append(Result<AppendEntriesResponse<u64>, String>),
+    Vote(Result<VoteResponse<u64>, String>),
+    Snapshot(Result<InstallSnapshotResponse<u64>, String>),
+}
+
+/// A running cluster; dropping it stops the servers (call `shutdown` for
+/// the Rafts).
+pub struct Cluster<C: RaftTypeConfig<NodeId = u64, Node = BasicNode>> {
+    /// The nodes.
+    pub rafts: BTreeMap<u64, Raft<C>>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl<C> Cluster<C>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    AppendEntriesRequest<C>: Serialize + for<'de> Deserialize<'de>,
+    InstallSnapshotRequest<C>: Serialize + for<'de> Deserialize<'de>,
+{
+    /// Starts one node per `(log, machine)` pair, initializes the cluster
+    /// on node 1 and waits for a leader.
+    pub async fn start<LS, SM>(stores: Vec<(LS, SM)>) -> Result<Cluster<C>>
+    where
+        LS: RaftLogStorage<C>,
+        SM: RaftStateMachine<C>,
+    {
+        let config = openraft::Config {
+            heartbeat_interval: HEARTBEAT_MS,
+            election_timeout_min: HEARTBEAT_MS * 4,
+            election_timeout_max: HEARTBEAT_MS * 8,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate()?);
+        let mut listeners = Vec::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=stores.len() as u64 {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            members.insert(id, BasicNode::new(listener.local_addr()?.to_string()));
+            listeners.push(listener);
+        }
+        let mut rafts = BTreeMap::new();
+        let mut servers = Vec::new();
+        for ((id, (log, machine)), listener) in (1..).zip(stores).zip(listeners) {
+            let raft = Raft::new(id, config.clone(), Network, log, machine).await?;
+            servers.push(tokio::spawn(serve(raft.clone(), listener)));
+            rafts.insert(id, raft);
+        }
+        rafts[&1].initialize(members).await?;
+        let started = Instant::now();
+        loop {
+            let leader = rafts[&1].metrics().borrow().current_leader;
+            if leader.is_some_and(|id| rafts.contains_key(&id)) {
+                break;
+            }
+            if started.elapsed() > ELECTION_TIMEOUT {
+                return Err(anyhow!("no leader within {ELECTION_TIMEOUT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Cluster { rafts, servers })
+    }
+
+    /// The current leader.
+    pub fn leader(&self) -> Result<Raft<C>> {
+        let id = self.rafts[&1]
+            .metrics()
+            .borrow()
+            .current_leader
+            .ok_or_else(|| anyhow!("no leader"))?;
+        Ok(self.rafts[&id].clone())
+    }
+}
+
+impl<C> Cluster<C>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode, Responder = OneshotResponder<C>>,
+{
+    /// `clients` tasks each submit `command(client, seq)` to the leader, one
+    /// at a time, until `duration` passes. Returns the commands committed,
+    /// the elapsed time and their commit latencies.
+    pub async fn drive(
+        &self,
+        clients: u64,
+        duration: Duration,
+        command: impl Fn(u64, u64) -> C::D + Send + Sync + 'static,
+    ) -> Result<(u64, Duration, LatencyRecorder)> {
+        let leader = self.leader()?;
+        let command = Arc::new(command);
+        let merged = Arc::new(Mutex::new(LatencyRecorder::new()));
+        let started = Instant::now();
+        let deadline = started + duration;
+        let mut tasks = Vec::new();
+        for client in 0..clients {
+            let leader = leader.clone();
+            let command = command.clone();
+            let merged = merged.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut recorder = LatencyRecorder::new();
+                let mut seq = 0;
+                while Instant::now() < deadline {
+                    seq += 1;
+                    let sent = Instant::now();
+                    leader
+                        .client_write(command(client, seq))
+                        .await
+                        .map_err(|e| anyhow!("client_write: {e}"))?;
+                    recorder.record(sent.elapsed());
+                }
+                merged
+                    .lock()
+                    .map_err(|_| anyhow!("a client panicked"))?
+                    .merge(&recorder);
+                Ok::<u64, anyhow::Error>(seq)
+            }));
+        }
+        let mut count = 0;
+        for task in tasks {
+            count += task.await??;
+        }
+        let elapsed = started.elapsed();
+        let recorder = std::mem::take(&mut *merged.lock().map_err(|_| anyhow!("poisoned"))?);
+        Ok((count, elapsed, recorder))
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(self) -> Result<()> {
+        for server in &self.servers {
+            server.abort();
+        }
+        for raft in self.rafts.values() {
+            raft.shutdown()
+                .await
+                .map_err(|e| anyhow!("shutdown: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+async fn serve<C>(raft: Raft<C>, listener: TcpListener)
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    AppendEntriesRequest<C>: Serialize + for<'de> Deserialize<'de>,
+    InstallSnapshotRequest<C>: Serialize + for<'de> Deserialize<'de>,
+{
+    let mut connections = tokio::task::JoinSet::new();
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        let raft = raft.clone();
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
+            while let Ok(rpc) = read_frame::<Rpc<C>>(&mut stream).await {
+                let reply = match rpc {
+                    Rpc::Append(rpc) => {
+                        RpcReply::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
+                    }
+                    Rpc::Vote(rpc) => {
+                        RpcReply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string()))
+                    }
+                    Rpc::Snapshot(rpc) => RpcReply::Snapshot(
+                        raft.install_snapshot(rpc).await.map_err(|e| e.to_string()),
+                    ),
+                };
+                if write_frame(&mut stream, &reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Makes a [`Peer`] per target.
+struct Network;
+
+impl<C> RaftNetworkFactory<C> for Network
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    AppendEntriesRequest<C>: Serialize + for<'de> Deserialize<'de>,
+    InstallSnapshotRequest<C>: Serialize + for<'de> Deserialize<'de>,
+{
+    type Network = Peer;
+
+    async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Peer {
+        Peer {
+            addr: node.addr.parse().ok(),
+            stream: None,
+        }
+    }
+}
+
+/// RPCs to one node over one connection.
+struct Peer {
+    addr: Option<SocketAddr>,
+    stream: Option<TcpStream>,
+}
+
+impl Peer {
+    async fn call<C>(&mut self, rpc: Rpc<C>, timeout: Duration) -> io::Result<RpcReply>
+    where
+        C: RaftTypeConfig<NodeId = u64>,
+        Rpc<C>: Serialize,
+    {
+        let addr = self
+            .addr
+            .ok_or_else(|| io::Error::other("bad node address"))?;
+        let exchanged = tokio::time::timeout(timeout, async {
+            if self.stream.is_none() {
+                let stream = TcpStream::connect(addr).await?;
+                let _ = stream.set_nodelay(true);
+                self.stream = Some(stream);
+            }
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| io::Error::other("no connection"))?;
+            write_frame(stream, &rpc).await?;
+            read_frame::<RpcReply>(stream).await
+        })
+        .await;
+        match exchanged {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                self.stream = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.stream = None;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "rpc timed out"))
+            }
+        }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
+
+fn failed<T, E: std::error::Error>(e: impl std::fmt::Display) -> RpcResult<T, E> {
+    Err(RPCError::Network(NetworkError::new(&io::Error::other(
+        e.to_string(),
+    ))))
+}
+
+fn unreachable<T, E: std::error::Error>(e: io::Error) -> RpcResult<T, E> {
+    Err(RPCError::Unreachable(Unreachable::new(&e)))
+}
+
+impl<C> RaftNetwork<C> for Peer
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    AppendEntriesRequest<C>: Serialize + for<'de> Deserialize<'de>,
+    InstallSnapshotRequest<C>: Serialize + for<'de> Deserialize<'de>,
+{
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>> {
+        match self.call(Rpc::<C>::Append(rpc), option.hard_ttl()).await {
+            Ok(RpcReply::Append(Ok(response))) => Ok(response),
+            Ok(RpcReply::Append(Err(e))) => failed(e),
+            Ok(_) => failed("unexpected reply"),
+            Err(e) => unreachable(e),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<C>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        match self.call(Rpc::<C>::Snapshot(rpc), option.hard_ttl()).await {
+            Ok(RpcReply::Snapshot(Ok(response))) => Ok(response),
+            Ok(RpcReply::Snapshot(Err(e))) => failed(e),
+            Ok(_) => failed("unexpected reply"),
+            Err(e) => unreachable(e),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>> {
+        match self.call(Rpc::<C>::Vote(rpc), option.hard_ttl()).await {
+            Ok(RpcReply::Vote(Ok(response))) => Ok(response),
+            Ok(RpcReply::Vote(Err(e))) => failed(e),
+            Ok(_) => failed("unexpected reply"),
+            Err(e) => unreachable(e),
+        }
+    }
+}
