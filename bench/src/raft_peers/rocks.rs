@@ -11,6 +11,7 @@
 #![allow(
     clippy::all,
     clippy::pedantic,
+    clippy::unwrap_used,
     unused_qualifications,
     missing_docs,
     dead_code

@@ -9,6 +9,7 @@
 #![allow(
     clippy::all,
     clippy::pedantic,
+    clippy::unwrap_used,
     unused_qualifications,
     missing_docs,
     dead_code
