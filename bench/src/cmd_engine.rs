@@ -134,9 +134,9 @@ pub(crate) fn shard_builder(
         .checkpoint_policy(policy)
 }
 
-/// Creates the stream, topic and group the small commands write to.
-pub(crate) async fn prepare_topic(shard: &Shard<Metadata>) -> Result<()> {
-    let setup = [
+/// The stream, topic and group the small commands write to.
+pub(crate) fn setup_commands() -> [Command; 3] {
+    [
         Command::Stream(StreamCommand::Create {
             name: "bench".into(),
         }),
@@ -151,8 +151,12 @@ pub(crate) async fn prepare_topic(shard: &Shard<Metadata>) -> Result<()> {
             topic: "offsets".into(),
             name: "readers".into(),
         }),
-    ];
-    for command in setup {
+    ]
+}
+
+/// Creates the stream, topic and group the small commands write to.
+pub(crate) async fn prepare_topic(shard: &Shard<Metadata>) -> Result<()> {
+    for command in setup_commands() {
         shard
             .submit(command)
             .await?
@@ -161,7 +165,7 @@ pub(crate) async fn prepare_topic(shard: &Shard<Metadata>) -> Result<()> {
     Ok(())
 }
 
-fn commit_offset(task: usize, sequence: u64) -> Command {
+pub(crate) fn commit_offset(task: usize, sequence: u64) -> Command {
     Command::Group(GroupCommand::CommitOffset {
         stream: "bench".into(),
         topic: "offsets".into(),

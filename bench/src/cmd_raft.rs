@@ -17,14 +17,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use ringstore::broker::{Command, GroupCommand};
 use ringstore::raft::cluster::{ClusterCommand, ClusterMachine, ClusterTypes};
 use ringstore::raft::Request;
 use ringstore::CheckpointPolicy;
 use serde::Serialize;
 
 use crate::cmd_device::CommonArgs;
-use crate::cmd_engine::{prepare_topic, shard_builder, submit_for, PARTITIONS};
+use crate::cmd_engine::{
+    commit_offset, prepare_topic, setup_commands, shard_builder, submit_for, PARTITIONS,
+};
 use crate::cmd_journal::on_reactor;
 use crate::harness::{Harness, ProbeBracket};
 use crate::latency::{LatencyRecorder, LatencySummary};
@@ -86,16 +87,6 @@ fn figures(
     }
 }
 
-fn commit_offset(client: u64, seq: u64) -> Command {
-    Command::Group(GroupCommand::CommitOffset {
-        stream: "bench".into(),
-        topic: "offsets".into(),
-        group: "readers".into(),
-        partition: (client % PARTITIONS as u64) as u32,
-        offset: seq,
-    })
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -137,32 +128,12 @@ fn run_ringstore(
             .drive(clients, duration, |client, seq| Request {
                 client,
                 seq,
-                command: ClusterCommand::Broker(commit_offset(client, seq)),
+                command: ClusterCommand::Broker(commit_offset(client as usize, seq)),
             })
             .await;
         cluster.shutdown().await?;
         result
     })
-}
-
-fn setup_commands() -> Vec<Command> {
-    use ringstore::broker::{StreamCommand, TopicCommand};
-    vec![
-        Command::Stream(StreamCommand::Create {
-            name: "bench".into(),
-        }),
-        Command::Topic(TopicCommand::Create {
-            stream: "bench".into(),
-            name: "offsets".into(),
-            partitions: PARTITIONS,
-            config: Default::default(),
-        }),
-        Command::Group(GroupCommand::Create {
-            stream: "bench".into(),
-            topic: "offsets".into(),
-            name: "readers".into(),
-        }),
-    ]
 }
 
 fn value(seq: u64) -> String {

@@ -201,25 +201,7 @@ impl<S: Storage> SnapshotStore<S> {
         domain: Uuid,
         busy: &dyn Fn() -> bool,
     ) -> Result<SnapshotMeta> {
-        let final_path = self.dir.join(snapshot_file_name(watermark));
-        let temp_path = self
-            .dir
-            .join(format!("{FILE_PREFIX}{watermark:020}{TEMP_SUFFIX}"));
-        let failed = |stage: PersistStage, path: &Path, e: io::Error| Error::Persist {
-            stage,
-            path: path.to_path_buf(),
-            source: Arc::new(e),
-        };
-        match self.storage.remove(&temp_path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(failed(PersistStage::Create, &temp_path, e)),
-        }
-        let file = self
-            .storage
-            .create(&temp_path, false)
-            .await
-            .map_err(|e| failed(PersistStage::Create, &temp_path, e))?;
+        let (final_path, temp_path, file) = self.create_temp(watermark).await?;
         let file = Rc::new(file);
         let written =
             write_snapshot(&file, &temp_path, sections, watermark, epoch, domain, busy).await;
@@ -272,25 +254,7 @@ impl<S: Storage> SnapshotStore<S> {
         watermark: u64,
         domain: Uuid,
     ) -> Result<std::result::Result<LoadedSnapshot, SnapshotError>> {
-        let final_path = self.dir.join(snapshot_file_name(watermark));
-        let temp_path = self
-            .dir
-            .join(format!("{FILE_PREFIX}{watermark:020}{TEMP_SUFFIX}"));
-        let failed = |stage: PersistStage, path: &Path, e: io::Error| Error::Persist {
-            stage,
-            path: path.to_path_buf(),
-            source: Arc::new(e),
-        };
-        match self.storage.remove(&temp_path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(failed(PersistStage::Create, &temp_path, e)),
-        }
-        let file = self
-            .storage
-            .create(&temp_path, false)
-            .await
-            .map_err(|e| failed(PersistStage::Create, &temp_path, e))?;
+        let (final_path, temp_path, file) = self.create_temp(watermark).await?;
         // Files this store writes are whole blocks; anything else fails
         // verification below, zeros and all.
         let mut buf = file.alloc_buf(align_up(bytes.len() as u64, BLOCK_BYTES) as usize);
@@ -382,6 +346,26 @@ impl<S: Storage> SnapshotStore<S> {
         Ok(bytes.to_vec())
     }
 
+    /// The final and temporary names of the snapshot at `watermark`, and
+    /// the temporary file, created afresh (a stale one removed first).
+    async fn create_temp(&self, watermark: u64) -> Result<(PathBuf, PathBuf, S::File)> {
+        let final_path = self.dir.join(snapshot_file_name(watermark));
+        let temp_path = self
+            .dir
+            .join(format!("{FILE_PREFIX}{watermark:020}{TEMP_SUFFIX}"));
+        match self.storage.remove(&temp_path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(PersistStage::Create, &temp_path, e)),
+        }
+        let file = self
+            .storage
+            .create(&temp_path, false)
+            .await
+            .map_err(|e| failed(PersistStage::Create, &temp_path, e))?;
+        Ok((final_path, temp_path, file))
+    }
+
     /// Loads and verifies the snapshot at `path`. With `domain`, a snapshot
     /// of another domain is refused.
     pub async fn load(
@@ -442,6 +426,15 @@ impl<S: Storage> SnapshotStore<S> {
                 .map_err(|e| Error::io("fsync snapshot directory", &self.dir, e))?;
         }
         Ok(removed)
+    }
+}
+
+/// A persist step failed on `path`.
+fn failed(stage: PersistStage, path: &Path, e: io::Error) -> Error {
+    Error::Persist {
+        stage,
+        path: path.to_path_buf(),
+        source: Arc::new(e),
     }
 }
 
