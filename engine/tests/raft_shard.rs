@@ -243,11 +243,22 @@ async fn a_follower_behind_the_purged_log_installs_the_leaders_snapshot() {
         .expect("a first write");
     // Node 3 stops; the others go on, snapshot, and purge their logs past
     // everything node 3 holds.
-    let follower = if node_status(members[&3]).await.expect("status").leader == Some(3) {
-        2
-    } else {
-        3
+    // Whichever of nodes 2 and 3 does not lead (a node that just started
+    // may not answer yet: ask again).
+    let started = std::time::Instant::now();
+    let leader = loop {
+        match node_status(members[&1]).await {
+            Ok(status) if status.leader.is_some() => break status.leader,
+            _ => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "no leader known"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     };
+    let follower = if leader == Some(3) { 2 } else { 3 };
     nodes
         .remove(&follower)
         .expect("running")
