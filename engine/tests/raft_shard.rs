@@ -167,16 +167,37 @@ async fn snapshots_that_no_longer_reach_the_purged_log_are_refused() {
     match start(dir.path(), cluster).refusal().await {
         NodeError::Storage {
             source:
-                RaftStoreError::SnapshotGap {
-                    purged_op, skipped, ..
-                },
+                RaftStoreError::Engine(ringstore::Error::SnapshotBehindJournal {
+                    journal_watermark,
+                    skipped,
+                    ..
+                }),
             ..
         } => {
-            assert!(purged_op > 0);
-            assert_eq!(skipped, snapshots.len());
+            assert!(journal_watermark > 0);
+            assert_eq!(skipped.len(), snapshots.len());
         }
-        e => panic!("expected SnapshotGap, got {e}"),
+        e => panic!("expected SnapshotBehindJournal, got {e}"),
     }
+    // The offline check reaches the same verdict.
+    let verify = ringstore_cli(dir.path(), &["snapshot", "verify"]);
+    assert!(!verify.status.success(), "{verify:?}");
+    let said = String::from_utf8_lossy(&verify.stdout).to_string()
+        + &String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        said.contains("no usable snapshot covers the journal's watermark"),
+        "{said}"
+    );
+}
+
+/// Runs the `ringstore` CLI on the node directory `dir`.
+fn ringstore_cli(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ringstore"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("the ringstore CLI runs")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,6 +237,13 @@ async fn a_damaged_journal_is_refused_naming_the_file() {
         message.contains(&segment.display().to_string()),
         "{message}"
     );
+    // The offline check reaches the same verdict, naming the same file.
+    let verify = ringstore_cli(dir.path(), &["wal", "verify"]);
+    assert!(!verify.status.success(), "{verify:?}");
+    let said = String::from_utf8_lossy(&verify.stdout).to_string()
+        + &String::from_utf8_lossy(&verify.stderr);
+    let segment_name = segment.file_name().unwrap().to_string_lossy().to_string();
+    assert!(said.contains(&segment_name), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use ringstore::machine::{FrozenSection, RestoreError, SectionSet};
 use ringstore::mux::{freeze_member, restore_member, Member};
-use ringstore::snapshot::SnapshotFault;
+use ringstore::snapshot::{SnapshotFault, SnapshotStore};
 use ringstore::{CheckpointPolicy, Error, OpId, PersistStage, Shard, StateMachine};
 use ringstore_journal::storage::MemStorage;
 use std::collections::BTreeMap;
@@ -519,6 +519,110 @@ fn a_power_cut_at_every_step_of_a_reset_keeps_numbers_increasing() {
             }
         }
         assert!(completed);
+    });
+}
+
+/// What a Raft follower does with a snapshot its leader sent
+/// (`SnapshotStore::install_bytes`), cut by a power loss after each of its
+/// storage operations in turn: after the crash the store loads either the
+/// snapshot it had or the received one, whole, and never a damaged file
+/// under a snapshot's name; an install that returned is never undone.
+#[test]
+fn a_power_cut_at_every_step_of_installing_a_received_snapshot_keeps_a_whole_one() {
+    run(|| async {
+        // The leader's two snapshots, as the bytes it would stream.
+        let leader_storage = MemStorage::new();
+        let leader = mem_builder(&leader_storage, "/leader")
+            .open()
+            .await
+            .unwrap();
+        let domain = leader.domain();
+        let mut model = BTreeMap::new();
+        let leader_snapshots = SnapshotStore::open(leader_storage.clone(), "/leader/snapshots")
+            .await
+            .unwrap();
+        put_many(&leader, &mut model, 0, 30).await;
+        let older = leader.checkpoint().await.unwrap().snapshot.unwrap();
+        let older_bytes = leader_snapshots.read_file(&older.path).await.unwrap();
+        put_many(&leader, &mut model, 30, 30).await;
+        let newer = leader.checkpoint().await.unwrap().snapshot.unwrap();
+        let newer_bytes = leader_snapshots.read_file(&newer.path).await.unwrap();
+        leader.close().await.unwrap();
+
+        let mut completed = false;
+        for cut in 1.. {
+            let storage = MemStorage::new();
+            let store = SnapshotStore::open(storage.clone(), "/follower/snapshots")
+                .await
+                .unwrap();
+            store
+                .install_bytes(&older_bytes, older.watermark, domain)
+                .await
+                .unwrap()
+                .unwrap();
+            storage.cut_power_after_ops(cut);
+            let result = store
+                .install_bytes(&newer_bytes, newer.watermark, domain)
+                .await;
+            let cut_happened = storage.power_is_cut();
+            drop(store);
+            storage.crash();
+            let store = SnapshotStore::open(storage.clone(), "/follower/snapshots")
+                .await
+                .unwrap();
+            let (loaded, skipped) = store.load_newest(domain).await.unwrap();
+            assert!(
+                skipped.is_empty(),
+                "cut {cut}: a damaged file under a snapshot's name: {skipped:?}"
+            );
+            let loaded = loaded.unwrap_or_else(|| panic!("cut {cut}: no snapshot loads"));
+            if matches!(result, Ok(Ok(_))) {
+                assert_eq!(
+                    loaded.meta.watermark, newer.watermark,
+                    "cut {cut}: an install that returned was undone"
+                );
+            } else {
+                assert!(
+                    [older.watermark, newer.watermark].contains(&loaded.meta.watermark),
+                    "cut {cut}: {:?}",
+                    loaded.meta
+                );
+            }
+            if !cut_happened {
+                result.unwrap().unwrap();
+                completed = true;
+                break;
+            }
+        }
+        assert!(completed);
+
+        // A damaged file is refused, and the store keeps what it had.
+        let storage = MemStorage::new();
+        let store = SnapshotStore::open(storage.clone(), "/follower/snapshots")
+            .await
+            .unwrap();
+        store
+            .install_bytes(&older_bytes, older.watermark, domain)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut damaged = newer_bytes.clone();
+        // In the body, past the header block.
+        damaged[4096 + 3] ^= 0x40;
+        let refused = store
+            .install_bytes(&damaged, newer.watermark, domain)
+            .await
+            .unwrap();
+        assert!(refused.is_err(), "a damaged snapshot was installed");
+        let refused = store
+            .install_bytes(&newer_bytes, newer.watermark, uuid::Uuid::new_v4())
+            .await
+            .unwrap();
+        assert!(refused.is_err(), "another cluster's snapshot was installed");
+        let (loaded, skipped) = store.load_newest(domain).await.unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(loaded.unwrap().meta.watermark, older.watermark);
+        assert_eq!(store.generations().unwrap().len(), 1);
     });
 }
 

@@ -31,26 +31,6 @@ pub enum RaftStoreError {
         found: Uuid,
     },
 
-    /// The journal's entries up to `purged_op` were discarded because a
-    /// snapshot held them, but no snapshot that covers them verifies. The
-    /// state cannot be rebuilt here; the node must be given an empty
-    /// directory and a new node id, and catch up from the leader.
-    #[error(
-        "{dir}: the journal has discarded ops up to {purged_op}, but the newest snapshot that \
-         verifies holds only ops up to {snapshot_op} ({skipped} newer snapshot(s) were skipped \
-         as damaged); refusing to serve a state with a gap"
-    )]
-    SnapshotGap {
-        /// The snapshot directory.
-        dir: PathBuf,
-        /// The journal's watermark.
-        purged_op: u64,
-        /// The newest usable snapshot's op (0: none).
-        snapshot_op: u64,
-        /// Damaged snapshots skipped.
-        skipped: usize,
-    },
-
     /// A snapshot's raft section is missing or does not decode.
     #[error("{path}: the snapshot's raft section does not restore: {reason}")]
     RaftSection {
@@ -74,4 +54,23 @@ pub enum RaftStoreError {
     /// The shard's reactor thread has stopped.
     #[error(transparent)]
     Closed(#[from] ReactorClosed),
+}
+
+impl RaftStoreError {
+    /// A short, stable name of the kind of error, for metric labels and
+    /// logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RaftStoreError::Journal(_) => "journal",
+            RaftStoreError::Engine(crate::Error::SnapshotBehindJournal { .. }) => {
+                "snapshot_behind_journal"
+            }
+            RaftStoreError::Engine(crate::Error::ForeignJournal { .. }) => "foreign_journal",
+            RaftStoreError::Engine(_) => "engine",
+            RaftStoreError::ForeignData { .. } => "foreign_data",
+            RaftStoreError::RaftSection { .. } => "raft_section",
+            RaftStoreError::ReceivedSnapshot { .. } => "received_snapshot",
+            RaftStoreError::Closed(_) => "closed",
+        }
+    }
 }

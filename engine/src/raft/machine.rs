@@ -256,7 +256,13 @@ where
                         .await?
                     {
                         Ok(loaded) => loaded,
-                        Err(source) => return Err(RaftStoreError::ReceivedSnapshot { op, source }),
+                        Err(source) => {
+                            metrics::counter!("ringstore_raft_snapshot_install_refusals_total")
+                                .increment(1);
+                            tracing::error!(op, error = %source,
+                                "refusing a snapshot received from the leader");
+                            return Err(RaftStoreError::ReceivedSnapshot { op, source });
+                        }
                     };
                     let (applied, current) = restore::<C, M>(loaded)?;
                     *shard.applied.borrow_mut() = applied;

@@ -44,11 +44,22 @@
 //! **Opening** (see [`open`]): the directory's identity must name the
 //! cluster's domain ([`RaftStoreError::ForeignData`] otherwise), the
 //! journal's superblock must name it too, and the newest snapshot that
-//! verifies must reach the journal's watermark
-//! ([`RaftStoreError::SnapshotGap`] otherwise). A journal whose tail was
+//! verifies must reach the journal's watermark (the engine's rule and
+//! error, [`crate::Error::SnapshotBehindJournal`], which `ringstore
+//! snapshot verify` reports for the same directory): such a node cannot
+//! rebuild its state and must rejoin with an empty directory under a new
+//! node id, catching up from the leader. A journal whose tail was
 //! cut after a torn write is logged as an uncertain tail; Raft itself
 //! repairs the missing suffix from the leader, and a node never votes for
 //! a candidate whose log is behind the entries it still holds.
+//!
+//! **Metrics** (through the `metrics` facade; a cluster node exports them in
+//! Prometheus text format): `ringstore_raft_open_refusals_total{kind}` (an
+//! open refused, `kind` from [`RaftStoreError::kind`]),
+//! `ringstore_raft_snapshots_skipped_total` (damaged snapshots passed over
+//! at open), `ringstore_raft_uncertain_tail_opens_total` (opens that cut a
+//! torn tail) and `ringstore_raft_snapshot_install_refusals_total`
+//! (snapshots from a leader refused). Each also logs the file and reason.
 
 // openraft's `StorageError` is large, and its traits return it.
 #![allow(clippy::result_large_err)]

@@ -14,6 +14,7 @@ use crate::identity::{
 use crate::lock::DirLock;
 use crate::machine::{decode_records, restore_state, FrozenSection, RecordsEncoder, SectionSet};
 use crate::shard::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
+use crate::snapshot::verify::snapshot_covers_journal;
 use crate::snapshot::{LoadedSnapshot, SnapshotStore};
 use crate::StateMachine;
 use openraft::{LogId, RaftTypeConfig, SnapshotMeta, StoredMembership};
@@ -147,7 +148,16 @@ where
             .unwrap_or_default()
     );
     ReactorThread::open(&name, move || {
-        Box::pin(async move { recover::<C, M>(dir, domain, journal_setup, hard_state).await })
+        Box::pin(async move {
+            let recovered = recover::<C, M>(dir.clone(), domain, journal_setup, hard_state).await;
+            if let Err(e) = &recovered {
+                metrics::counter!("ringstore_raft_open_refusals_total", "kind" => e.kind())
+                    .increment(1);
+                tracing::error!(dir = %dir.display(), kind = e.kind(), error = %e,
+                    "the raft shard refused to open");
+            }
+            recovered
+        })
     })
 }
 
@@ -194,7 +204,10 @@ where
 
     // 2. The newest snapshot that verifies.
     let (loaded, skipped) = snapshots.load_newest(domain).await?;
-    let skipped = skipped.len();
+    for passed in &skipped {
+        metrics::counter!("ringstore_raft_snapshots_skipped_total").increment(1);
+        tracing::warn!(snapshot = ?passed, "a damaged snapshot was passed over at open");
+    }
     let (applied, current) = match loaded {
         Some(loaded) => {
             let (applied, current) = restore::<C, M>(loaded)?;
@@ -235,6 +248,7 @@ where
             other => other.into(),
         })?;
     if journal.recovery_report().tail_is_uncertain() {
+        metrics::counter!("ringstore_raft_uncertain_tail_opens_total").increment(1);
         tracing::warn!(
             dir = %journal_dir.display(),
             "the journal's tail was cut after a torn write: entries this node acknowledged may \
@@ -242,20 +256,22 @@ where
         );
     }
 
-    // 4. No gap between the snapshot and the journal.
+    // 4. No gap between the snapshot and the journal: the rule of an
+    // engine shard's open and of `ringstore snapshot verify`.
     let snapshot_op = applied
         .last_applied
         .as_ref()
         .map_or(0, |id| op_of(id.index));
-    if journal.watermark() > snapshot_op {
-        let purged_op = journal.watermark();
+    let covered = snapshot_covers_journal(
+        snapshots.dir(),
+        current.as_ref().map(|c| (snapshot_op, c.path.as_path())),
+        &skipped,
+        &journal_dir,
+        journal.watermark(),
+    );
+    if let Err(refusal) = covered {
         let _ = journal.close().await;
-        return Err(RaftStoreError::SnapshotGap {
-            dir: snapshots.dir().to_path_buf(),
-            purged_op,
-            snapshot_op,
-            skipped,
-        });
+        return Err(refusal.into());
     }
     Ok(RaftShard {
         hard_state: {

@@ -6,6 +6,7 @@ use crate::{CliError, Context, Outcome};
 use clap::{Args, Subcommand};
 use ringstore::raft::cluster::{
     node_status, run_node, run_workload, NodeId, NodeSettings, NodeStatus, WorkloadSettings,
+    SNAPSHOT_EVERY_ENTRIES_MIN,
 };
 use ringstore::raft::linearizability::check_counter;
 use std::collections::BTreeMap;
@@ -14,6 +15,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command as Process};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+/// Node N of `run` serves its metrics on the base port + this + N.
+const METRICS_PORT_OFFSET: u64 = 100;
 
 /// Longest `run` waits for the cluster to elect a leader and agree.
 const SETTLE_TIMEOUT_SECS: u64 = 30;
@@ -50,7 +54,8 @@ pub struct NodeArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Snapshot (and purge the log) every this many entries.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(SNAPSHOT_EVERY_ENTRIES_MIN..))]
     pub snapshot_every: u64,
 }
 
@@ -144,12 +149,23 @@ async fn run_cluster(context: &Context, args: RunArgs) -> Result<Outcome, CliErr
     if args.nodes == 0 || args.clients == 0 {
         return Err(CliError("--nodes and --clients must be at least 1".into()));
     }
+    // Node N listens on base + N and serves metrics on base + 100 + N.
+    let last_port = u64::from(args.base_port) + METRICS_PORT_OFFSET + args.nodes;
+    if last_port > u64::from(u16::MAX) {
+        return Err(CliError(format!(
+            "--base-port {} with {} nodes needs ports up to {last_port}, above {}",
+            args.base_port,
+            args.nodes,
+            u16::MAX
+        )));
+    }
     let exe = std::env::current_exe()?;
     let cluster = Uuid::new_v4();
     let members: BTreeMap<NodeId, SocketAddr> = (1..=args.nodes)
         .map(|id| {
-            let port = args.base_port as u64 + id;
-            (id, SocketAddr::from(([127, 0, 0, 1], port as u16)))
+            // In range: checked above.
+            let port = args.base_port + id as u16;
+            (id, SocketAddr::from(([127, 0, 0, 1], port)))
         })
         .collect();
     let mut children = Nodes(Vec::new());
@@ -163,7 +179,10 @@ async fn run_cluster(context: &Context, args: RunArgs) -> Result<Outcome, CliErr
             .args(["--cluster", &cluster.to_string()])
             .args([
                 "--metrics",
-                &format!("127.0.0.1:{}", args.base_port as u64 + 100 + id),
+                &format!(
+                    "127.0.0.1:{}",
+                    u64::from(args.base_port) + METRICS_PORT_OFFSET + id
+                ),
             ]);
         for (member, addr) in &members {
             command.arg("--member").arg(format!("{member}={addr}"));

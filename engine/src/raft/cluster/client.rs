@@ -32,6 +32,9 @@ pub enum ClientError {
         /// The last thing that went wrong.
         last: String,
     },
+    /// The client was given no members to ask.
+    #[error("the client knows no member of the cluster")]
+    NoMembers,
 }
 
 /// A cluster client (one command at a time).
@@ -104,7 +107,9 @@ impl ClusterClient {
         let started = Instant::now();
         let mut last = String::from("no node tried");
         while started.elapsed() < deadline {
-            let node = self.target();
+            let Some(node) = self.target() else {
+                return Err(ClientError::NoMembers);
+            };
             match self.exchange(node, message(node)).await {
                 Ok(Reply::NotLeader {
                     leader: Some(leader),
@@ -143,15 +148,18 @@ impl ClusterClient {
         })
     }
 
-    /// The leader if known, else the members in turn.
-    fn target(&mut self) -> NodeId {
+    /// The leader if known, else the members in turn; `None` without
+    /// members.
+    fn target(&mut self) -> Option<NodeId> {
         if let Some(leader) = self.leader {
-            return leader;
+            return Some(leader);
         }
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let node = ids[self.next_guess % ids.len()];
+        let node = *self
+            .nodes
+            .keys()
+            .nth(self.next_guess % self.nodes.len().max(1))?;
         self.next_guess += 1;
-        node
+        Some(node)
     }
 
     async fn exchange(&mut self, node: NodeId, message: Message) -> io::Result<Reply> {
@@ -227,5 +235,19 @@ pub async fn set_partition(addr: SocketAddr, blocked: Vec<NodeId>) -> io::Result
     match ask_node(addr, Message::Partition { blocked }).await? {
         Reply::Done => Ok(()),
         other => Err(io::Error::other(format!("unexpected reply {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_without_members_says_so() {
+        let mut client = ClusterClient::new(BTreeMap::new(), 1);
+        let read = client
+            .read(ReadQuery::Counter, Duration::from_millis(50))
+            .await;
+        assert!(matches!(read, Err(ClientError::NoMembers)), "{read:?}");
     }
 }

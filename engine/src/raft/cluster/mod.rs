@@ -31,7 +31,7 @@ pub mod workload;
 
 pub use client::{node_status, set_partition, ClientError, ClusterClient};
 pub use machine::{ClusterCommand, ClusterMachine, ClusterReply};
-pub use node::{run_node, NodeError, NodeSettings};
+pub use node::{run_node, NodeError, NodeSettings, SNAPSHOT_EVERY_ENTRIES_MIN};
 pub use wire::{NodeId, NodeStatus, ReadQuery};
 pub use workload::{run_workload, WorkloadOutcome, WorkloadSettings};
 

@@ -31,6 +31,10 @@ const CONNECT_TIMEOUT_MS: u64 = 500;
 /// Interval between two exports of the Raft metrics, in milliseconds.
 const METRICS_EVERY_MS: u64 = 250;
 
+/// Fewest entries between two snapshots a node accepts (fewer would build
+/// a snapshot for nearly every entry).
+pub const SNAPSHOT_EVERY_ENTRIES_MIN: u64 = 10;
+
 /// How a node runs.
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
@@ -101,6 +105,18 @@ pub enum NodeError {
         /// openraft's error.
         message: String,
     },
+    /// A setting is out of range.
+    #[error("node {id}: {setting} = {value}: {rule}")]
+    Setting {
+        /// The node.
+        id: NodeId,
+        /// The setting's name.
+        setting: &'static str,
+        /// The value given.
+        value: u64,
+        /// What it must be.
+        rule: &'static str,
+    },
     /// The listening socket failed.
     #[error("node {id}: listening on {addr}: {source}")]
     Listen {
@@ -137,6 +153,22 @@ pub async fn run_node(
             members: settings.members.keys().copied().collect(),
         });
     };
+    if settings.snapshot_every_entries < SNAPSHOT_EVERY_ENTRIES_MIN {
+        return Err(NodeError::Setting {
+            id,
+            setting: "snapshot_every_entries",
+            value: settings.snapshot_every_entries,
+            rule: "at least SNAPSHOT_EVERY_ENTRIES_MIN (10)",
+        });
+    }
+    if settings.heartbeat_ms == 0 {
+        return Err(NodeError::Setting {
+            id,
+            setting: "heartbeat_ms",
+            value: 0,
+            rule: "at least 1",
+        });
+    }
     let raft_error = |e: &dyn std::fmt::Display| NodeError::Raft {
         id,
         message: e.to_string(),
@@ -508,5 +540,47 @@ impl RaftNetwork<ClusterTypes> for Peer {
             Ok(other) => Err(unexpected(&other)),
             Err(e) => Err(unreachable(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &std::path::Path) -> NodeSettings {
+        let members = BTreeMap::from([(1, SocketAddr::from(([127, 0, 0, 1], 0)))]);
+        NodeSettings::new(1, dir.join("node-1"), Uuid::new_v4(), members)
+    }
+
+    #[tokio::test]
+    async fn settings_out_of_range_are_refused_before_anything_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut too_often = settings(dir.path());
+        too_often.snapshot_every_entries = 0;
+        let refused = run_node(too_often, async {}).await;
+        assert!(
+            matches!(
+                refused,
+                Err(NodeError::Setting {
+                    setting: "snapshot_every_entries",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        let mut no_heartbeat = settings(dir.path());
+        no_heartbeat.heartbeat_ms = 0;
+        let refused = run_node(no_heartbeat, async {}).await;
+        assert!(
+            matches!(
+                refused,
+                Err(NodeError::Setting {
+                    setting: "heartbeat_ms",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert!(!dir.path().join("node-1").exists());
     }
 }
