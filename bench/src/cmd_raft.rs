@@ -50,11 +50,24 @@ pub struct RaftArgs {
     pub clients: Vec<u64>,
 }
 
+/// One ringstore node's journal during a workload: how many entries
+/// openraft appended and how many writes (each one fdatasync) they took.
+#[derive(Debug, Serialize)]
+struct NodeJournal {
+    node: u64,
+    entries: u64,
+    writes: u64,
+    batch_entries_max: u64,
+}
+
 /// One store at one client level.
 #[derive(Debug, Serialize)]
 struct RaftFigures {
     store: &'static str,
     clients: u64,
+    /// ringstore only: each node's journal during the workload.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    journals: Vec<NodeJournal>,
     commands: u64,
     seconds: f64,
     commands_per_s: f64,
@@ -79,6 +92,7 @@ fn figures(
     RaftFigures {
         store,
         clients,
+        journals: Vec::new(),
         commands,
         seconds: round3(elapsed.as_secs_f64()),
         commands_per_s: (commands as f64 / elapsed.as_secs_f64()).round(),
@@ -95,20 +109,24 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// ringstore's raft shards, one per node, in `dir/node-N`.
+type Driven = (u64, Duration, LatencyRecorder);
+
 fn run_ringstore(
     dir: &Path,
     clients: u64,
     duration: Duration,
-) -> Result<(u64, Duration, LatencyRecorder)> {
+) -> Result<(Driven, Vec<NodeJournal>)> {
     runtime()?.block_on(async {
         let domain = uuid::Uuid::new_v4();
         let mut stores = Vec::new();
+        let mut logs = Vec::new();
         for id in 1..=NODES {
             let opened = ringstore::raft::open::<ClusterTypes, ClusterMachine>(
                 dir.join(format!("node-{id}")),
                 domain,
                 Box::new(|b| b),
             )?;
+            logs.push(opened.log.clone());
             stores.push((opened.log, opened.machine));
         }
         let cluster = Cluster::<ClusterTypes>::start(stores).await?;
@@ -124,6 +142,10 @@ fn run_ringstore(
                 .await
                 .map_err(|e| anyhow!("setup: {e}"))?;
         }
+        let mut before = Vec::new();
+        for log in &logs {
+            before.push(log.journal_stats().await?);
+        }
         let result = cluster
             .drive(clients, duration, |client, seq| Request {
                 client,
@@ -131,8 +153,19 @@ fn run_ringstore(
                 command: ClusterCommand::Broker(commit_offset(client as usize, seq)),
             })
             .await;
+        let mut journals = Vec::new();
+        for ((node, log), before) in (1..).zip(&logs).zip(before) {
+            let after = log.journal_stats().await?;
+            journals.push(NodeJournal {
+                node,
+                entries: after.appends - before.appends,
+                writes: after.writes - before.writes,
+                batch_entries_max: after.batch_entries_max,
+            });
+        }
+        drop(logs);
         cluster.shutdown().await?;
-        result
+        Ok((result?, journals))
     })
 }
 
@@ -141,7 +174,7 @@ fn value(seq: u64) -> String {
 }
 
 /// openraft's in-memory reference store.
-fn run_memstore(clients: u64, duration: Duration) -> Result<(u64, Duration, LatencyRecorder)> {
+fn run_memstore(clients: u64, duration: Duration) -> Result<Driven> {
     use raft_peers::mem::{log_store::LogStore, store::Request as Set, store::StateMachineStore};
     runtime()?.block_on(async {
         let stores = (0..NODES)
@@ -167,11 +200,7 @@ fn run_memstore(clients: u64, duration: Duration) -> Result<(u64, Duration, Late
 /// openraft's RocksDB-backed reference store (`rocksstore-v2`), one
 /// database per node in `dir/node-N`.
 #[cfg(feature = "rocksdb")]
-fn run_rocksstore(
-    dir: &Path,
-    clients: u64,
-    duration: Duration,
-) -> Result<(u64, Duration, LatencyRecorder)> {
+fn run_rocksstore(dir: &Path, clients: u64, duration: Duration) -> Result<Driven> {
     use raft_peers::rocks::{self, RocksRequest};
     runtime()?.block_on(async {
         let mut stores = Vec::new();
@@ -191,11 +220,7 @@ fn run_rocksstore(
 }
 
 /// The single-node engine: one shard of broker metadata, no replication.
-fn run_engine(
-    dir: &Path,
-    clients: u64,
-    duration: Duration,
-) -> Result<(u64, Duration, LatencyRecorder)> {
+fn run_engine(dir: &Path, clients: u64, duration: Duration) -> Result<Driven> {
     let dir = dir.to_owned();
     on_reactor("rsb-raft-engine", move || async move {
         let shard = shard_builder(&dir, CheckpointPolicy::default())
@@ -229,8 +254,10 @@ pub fn run(args: &RaftArgs) -> Result<()> {
 
         harness.step(format!("ringstore: {clients} clients"));
         let dir = harness.path("raft-ringstore");
-        let result = run_ringstore(&dir, clients, duration)?;
-        runs.push(figures("ringstore", clients, result, harness.bracket()?));
+        let (result, journals) = run_ringstore(&dir, clients, duration)?;
+        let mut ringstore = figures("ringstore", clients, result, harness.bracket()?);
+        ringstore.journals = journals;
+        runs.push(ringstore);
         crate::harness::remove_path(&dir)?;
 
         #[cfg(feature = "rocksdb")]
@@ -310,4 +337,24 @@ fn print_table(report: &RaftReport) {
         ]);
     }
     println!("{}", table.render());
+    // openraft 0.9's core waits for each append to be durable before it
+    // takes the next client write: the leader's appends cannot share a
+    // write however many clients wait. These lines show it.
+    for run in report.runs.iter().filter(|r| !r.journals.is_empty()) {
+        let nodes: Vec<String> = run
+            .journals
+            .iter()
+            .map(|j| {
+                format!(
+                    "node {}: {} entries in {} writes (largest write {} records)",
+                    j.node, j.entries, j.writes, j.batch_entries_max
+                )
+            })
+            .collect();
+        println!(
+            "ringstore journals at {} clients: {}",
+            run.clients,
+            nodes.join("; ")
+        );
+    }
 }

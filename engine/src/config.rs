@@ -116,8 +116,7 @@ pub struct ShardBuilder<M: StateMachine, S: Storage = DmaStorage> {
 impl<M: StateMachine> ShardBuilder<M, DmaStorage> {
     pub(crate) fn new(dir: PathBuf) -> ShardBuilder<M, DmaStorage> {
         ShardBuilder {
-            // glommio's io_uring opens fail with EBADF on a relative path.
-            dir: std::path::absolute(&dir).unwrap_or(dir),
+            dir: ringstore_journal::glommio_quirks::absolute_dir(&dir),
             storage: DmaStorage::new(),
             journal_setup: Box::new(|builder| builder),
             policy: CheckpointPolicy::default(),

@@ -127,10 +127,9 @@ impl JournalBuilder<DmaStorage> {
     pub(crate) fn new(dir: PathBuf) -> JournalBuilder<DmaStorage> {
         JournalBuilder {
             config: JournalConfig {
-                // glommio's io_uring opens fail with EBADF on a relative
-                // path; resolving it here (no filesystem access) also pins
-                // the journal to the directory meant at build time.
-                dir: std::path::absolute(&dir).unwrap_or(dir),
+                // Resolved here (no filesystem access), which also pins the
+                // journal to the directory meant at build time.
+                dir: crate::glommio_quirks::absolute_dir(&dir),
                 slot_count: SLOT_COUNT_DEFAULT,
                 segment_bytes: SEGMENT_BYTES_DEFAULT,
                 entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,

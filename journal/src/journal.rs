@@ -33,6 +33,7 @@ use crate::format::{
     ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE, HARD_STATE_BYTES_MAX,
     SEGMENT_DATA_OFFSET,
 };
+use crate::glommio_quirks::reactor_turn;
 use crate::index::{Location, Lookup, Reservation, RingIndex};
 use crate::notify::Notify;
 use crate::recovery::{recover, RecoveryReport};
@@ -2103,22 +2104,6 @@ impl<S: Storage> Entries<S> {
         Ok(())
     }
 }
-
-/// Lets the reactor turn once: runs the other ready tasks, submits the I/O
-/// they queued and reaps completions, before the caller goes on with CPU
-/// work. A plain `yield_now` is not enough under glommio: the task is
-/// runnable again at once, so the task queue never empties and the
-/// executor neither hands queued I/O to the kernel nor reaps completions
-/// (the journal's writes and fdatasyncs, which appenders wait for) until its
-/// preemption timer fires. A timer takes the task off the run queue until
-/// the reactor's next turn. Use it between steps of long CPU work on a
-/// shard (verifying a window of entries, encoding a snapshot).
-pub async fn reactor_turn() {
-    glommio::timer::sleep(REACTOR_TURN).await;
-}
-
-/// The timer [`reactor_turn`] sleeps on: any positive duration will do.
-const REACTOR_TURN: std::time::Duration = std::time::Duration::from_micros(1);
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,7 @@
 pub mod config;
 pub mod error;
 pub mod format;
+pub mod glommio_quirks;
 mod index;
 pub mod inspect;
 mod journal;
@@ -38,7 +39,7 @@ pub use config::{Durability, JournalBuilder, JournalConfig, Preallocation, Recov
 pub use error::{Error, Result};
 pub use index::SLOT_BYTES;
 pub use journal::{
-    reactor_turn, Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend, QueuedHardState,
+    Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend, QueuedHardState,
     BATCH_SIZE_BUCKETS, ENTRIES_READ_AHEAD_BYTES,
 };
 pub use recovery::{describe_cut_ops, RecoveryReport, TailState, UnrecordedEnd};

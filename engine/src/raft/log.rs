@@ -97,6 +97,15 @@ where
         }
     }
 
+    /// The shard's journal counters (appends, writes, fdatasyncs, entries
+    /// per write): how well appends share group commits.
+    pub async fn journal_stats(&self) -> Result<ringstore_journal::JournalStats, RaftStoreError> {
+        Ok(self
+            .thread
+            .call(|shard| Box::pin(async move { shard.journal.stats() }))
+            .await?)
+    }
+
     fn tail(&self) -> Result<std::sync::MutexGuard<'_, TailCache>, StorageError<C::NodeId>> {
         self.tail
             .lock()

@@ -20,6 +20,17 @@
 //! group commit: N appends in flight cost one fdatasync, and each
 //! `LogFlushed` fires when its batch is durable.
 //!
+//! **What 0.9 costs.** openraft 0.9's core awaits each append's
+//! `LogFlushed` before it takes the next message (`append_to_log` in its
+//! `raft_core.rs`), so a leader never has two appends in flight: every
+//! client write is one write and one fdatasync on the leader, one after the
+//! other, on any store. Followers receive entries in batches and do share
+//! writes. `ringstore-bench raft` prints each node's entries and writes:
+//! at 64 clients one run had the leader at 4,864 entries in 4,864 writes,
+//! the followers at 4,864 in 150 and 141. A leader whose appends share
+//! group commits needs a core that tracks log I/O without waiting on it
+//! (openraft 0.10's accepted/submitted/flushed progress).
+//!
 //! **Mapping.**
 //! * Log index `i` is journal op `i + 1` (op 0 is not an op); an entry is
 //!   the bincode encoding of openraft's `Entry`, written with

@@ -63,16 +63,17 @@ impl<T: ReactorState> ReactorThread<T> {
                     // One job at a time, in order: openraft requires its
                     // write requests applied in the order it made them. A
                     // job that waits for durability spawns that wait (see
-                    // `RaftLog::append`), so appends still share a group
-                    // commit.
+                    // `RaftLog::append`), so the jobs behind it are not held
+                    // up and appends queued meanwhile share a group commit.
                     while let Ok(job) = queue.recv().await {
                         job(state.clone()).await;
                         // With more jobs waiting the task stays runnable, and
                         // glommio hands the I/O the jobs queued (journal
                         // writes, fdatasyncs) to the kernel only when no task
-                        // is: let the reactor turn first.
+                        // is (`glommio_quirks`, quirk 1): let the reactor
+                        // turn first.
                         if !queue.is_empty() {
-                            ringstore_journal::reactor_turn().await;
+                            ringstore_journal::glommio_quirks::reactor_turn().await;
                         }
                     }
                     state.close().await;

@@ -32,7 +32,7 @@ use super::verify::{Check, SnapshotVerifier};
 use crate::error::{Error, PersistStage, Result, SkippedSnapshot, SnapshotError};
 use crate::machine::{EncodeProgress, FrozenSection, SectionSet, SECTION_NAME_BYTES_MAX};
 use ringstore_journal::format::align_up;
-use ringstore_journal::reactor_turn;
+use ringstore_journal::glommio_quirks::reactor_turn;
 use ringstore_journal::storage::{IoBuf, Storage, StorageFile};
 use std::{
     io,

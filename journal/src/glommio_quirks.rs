@@ -1,0 +1,74 @@
+//! Everything ringstore does because of how glommio 0.9 behaves, in one
+//! place: the workarounds live here or are named here, so moving to a
+//! newer glommio (or its fork) means reading this file first.
+//!
+//! glommio 0.9.0 (2024) is the last release on the registry; its upstream
+//! asked for maintainers and a fork exists. It builds here with gcc 12 and
+//! glibc 2.36 on Linux with io_uring. Nothing below is known to block a
+//! newer distribution; what would is a kernel without io_uring (or with it
+//! disabled by `io_uring_disabled`), which glommio needs for every reactor.
+//!
+//! The quirks:
+//!
+//! 1. **I/O is handed to the kernel only when no task is runnable.** The
+//!    executor submits the queued io_uring requests between turns of its
+//!    task queues; a task that stays runnable (a `yield_now` loop, a queue
+//!    of jobs that never empties) holds back every write and fdatasync
+//!    queued meanwhile until the preemption timer fires. [`reactor_turn`]
+//!    takes the task off the run queue for one turn. Used between steps of
+//!    long CPU work (journal verification windows, snapshot encoding) and
+//!    between queued jobs of a raft shard's reactor.
+//! 2. **io_uring opens fail with `EBADF` on a relative path.**
+//!    [`absolute_dir`] resolves a directory once, when a builder is made
+//!    (the journal's, the engine shard's).
+//! 3. **The polled-I/O probe.** glommio decides once per executor thread
+//!    and block device whether polled reads work, by reading the first
+//!    `DmaFile` opened there; an empty first file makes it wrongly say yes
+//!    and every later O_DIRECT read fails with `EOPNOTSUPP` (glommio issues
+//!    #605 and #670). Guarded in [`crate::storage::dma`]: a non-empty probe
+//!    file is opened first, and a read that still fails that way falls back
+//!    to a buffered handle. The cache's object files are buffered for their
+//!    own reasons and never trip it (`ringstore_cache::staging`).
+//! 4. **Errors lose their code.** glommio's own conversion of its
+//!    "enhanced" errors into `io::Error` keeps only the kind (or a
+//!    message); `storage::is_errno` matches the kind when the code is gone,
+//!    and the cache unwraps the `io::Error` inside (`glommio_io` in
+//!    `ringstore_cache::error`).
+
+use std::path::{Path, PathBuf};
+
+/// Lets the reactor turn once: runs the other ready tasks, submits the I/O
+/// they queued and reaps completions, before the caller goes on with CPU
+/// work. A plain `yield_now` is not enough under glommio: the task is
+/// runnable again at once, so the task queue never empties and the
+/// executor neither hands queued I/O to the kernel nor reaps completions
+/// (the journal's writes and fdatasyncs, which appenders wait for) until its
+/// preemption timer fires. A timer takes the task off the run queue until
+/// the reactor's next turn. Use it between steps of long CPU work on a
+/// shard (verifying a window of entries, encoding a snapshot).
+pub async fn reactor_turn() {
+    glommio::timer::sleep(REACTOR_TURN).await;
+}
+
+/// The timer [`reactor_turn`] sleeps on: any positive duration will do.
+const REACTOR_TURN: std::time::Duration = std::time::Duration::from_micros(1);
+
+/// `dir` made absolute against the current directory, without touching
+/// the filesystem (glommio's io_uring opens fail with `EBADF` on a relative
+/// path); `dir` itself if the current directory is unknown.
+pub fn absolute_dir(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_directory_becomes_absolute_under_the_current_one() {
+        let resolved = absolute_dir(Path::new("some/dir"));
+        assert!(resolved.is_absolute());
+        assert!(resolved.ends_with("some/dir"));
+        assert_eq!(absolute_dir(Path::new("/already")), Path::new("/already"));
+    }
+}
