@@ -419,6 +419,44 @@ fn the_scan_and_reopening_agree_on_every_damage() {
     }
 }
 
+/// Op whose entries are compacted in [`damage_below_the_watermark`]: the
+/// middle segment's third op, so that segment stays (its last op is above).
+const WATERMARK: u64 = OPS + 3;
+
+/// Damage to entries at or below the watermark (their state is in a
+/// snapshot, and they are never read again) in a segment that still holds
+/// live entries: both refuse, naming the file and offset. Damage there is
+/// still damage of the medium, and reporting it is what an operator needs;
+/// the scan and the opens must agree either way.
+#[test]
+fn damage_below_the_watermark_gets_the_same_verdict_from_both() {
+    let root = temp_dir();
+    let damages: [(&str, fn(&Path)); 3] = [
+        ("payload bit flip below the watermark", |d| {
+            flip_bit(&segment_of(d, OPS + 1), offset_of(OPS + 1) + 56 + 7, 3)
+        }),
+        ("header bit flip below the watermark", |d| {
+            flip_bit(&segment_of(d, OPS + 1), offset_of(OPS + 1) + 20, 5)
+        }),
+        ("payload bit flip at the watermark", |d| {
+            flip_bit(&segment_of(d, WATERMARK), offset_of(WATERMARK) + 56 + 7, 3)
+        }),
+    ];
+    for (i, (name, damage)) in damages.into_iter().enumerate() {
+        let dir = root.path().join(format!("watermark-{i}"));
+        write_journal(&dir, true);
+        let p = dir.clone();
+        run(move || async move {
+            let journal = builder(&p).open().await.unwrap();
+            journal.advance_watermark(WATERMARK).await.unwrap();
+            journal.close().await.unwrap();
+        });
+        damage(&dir);
+        let scanned = scan_journal(&dir, &mut ()).unwrap();
+        check(name, &scanned, &dir, Expect::Refuses);
+    }
+}
+
 #[test]
 fn a_segment_of_another_journal_is_refused_by_both() {
     let root = temp_dir();
