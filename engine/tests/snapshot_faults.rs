@@ -522,6 +522,25 @@ fn a_power_cut_at_every_step_of_a_reset_keeps_numbers_increasing() {
     });
 }
 
+/// A follower's snapshot store on a fresh `MemStorage`, holding the
+/// snapshot `bytes` at `watermark`.
+async fn follower_holding(
+    bytes: &[u8],
+    watermark: u64,
+    domain: uuid::Uuid,
+) -> (MemStorage, SnapshotStore<MemStorage>) {
+    let storage = MemStorage::new();
+    let store = SnapshotStore::open(storage.clone(), "/follower/snapshots")
+        .await
+        .unwrap();
+    store
+        .install_bytes(bytes, watermark, domain)
+        .await
+        .unwrap()
+        .unwrap();
+    (storage, store)
+}
+
 /// What a Raft follower does with a snapshot its leader sent
 /// (`SnapshotStore::install_bytes`), cut by a power loss after each of its
 /// storage operations in turn: after the crash the store loads either the
@@ -551,15 +570,7 @@ fn a_power_cut_at_every_step_of_installing_a_received_snapshot_keeps_a_whole_one
 
         let mut completed = false;
         for cut in 1.. {
-            let storage = MemStorage::new();
-            let store = SnapshotStore::open(storage.clone(), "/follower/snapshots")
-                .await
-                .unwrap();
-            store
-                .install_bytes(&older_bytes, older.watermark, domain)
-                .await
-                .unwrap()
-                .unwrap();
+            let (storage, store) = follower_holding(&older_bytes, older.watermark, domain).await;
             storage.cut_power_after_ops(cut);
             let result = store
                 .install_bytes(&newer_bytes, newer.watermark, domain)
@@ -597,15 +608,7 @@ fn a_power_cut_at_every_step_of_installing_a_received_snapshot_keeps_a_whole_one
         assert!(completed);
 
         // A damaged file is refused, and the store keeps what it had.
-        let storage = MemStorage::new();
-        let store = SnapshotStore::open(storage.clone(), "/follower/snapshots")
-            .await
-            .unwrap();
-        store
-            .install_bytes(&older_bytes, older.watermark, domain)
-            .await
-            .unwrap()
-            .unwrap();
+        let (_storage, store) = follower_holding(&older_bytes, older.watermark, domain).await;
         let mut damaged = newer_bytes.clone();
         // In the body, past the header block.
         damaged[4096 + 3] ^= 0x40;

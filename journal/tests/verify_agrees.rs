@@ -431,7 +431,8 @@ const WATERMARK: u64 = OPS + 3;
 #[test]
 fn damage_below_the_watermark_gets_the_same_verdict_from_both() {
     let root = temp_dir();
-    let damages: [(&str, fn(&Path)); 3] = [
+    type Damaging = fn(&Path);
+    let damages: [(&str, Damaging); 3] = [
         ("payload bit flip below the watermark", |d| {
             flip_bit(&segment_of(d, OPS + 1), offset_of(OPS + 1) + 56 + 7, 3)
         }),

@@ -26,9 +26,9 @@ use openraft::raft::{
 };
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{BasicNode, Raft, RaftTypeConfig, SnapshotPolicy};
-use ringstore::raft::cluster::wire::{read_frame, write_frame};
+use ringstore::raft::cluster::wire::{read_frame, write_frame, Connection};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::latency::LatencyRecorder;
 
@@ -241,7 +241,7 @@ where
     async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Peer {
         Peer {
             addr: node.addr.parse().ok(),
-            stream: None,
+            connection: Connection::default(),
         }
     }
 }
@@ -249,7 +249,7 @@ where
 /// RPCs to one node over one connection.
 struct Peer {
     addr: Option<SocketAddr>,
-    stream: Option<TcpStream>,
+    connection: Connection,
 }
 
 impl Peer {
@@ -261,31 +261,7 @@ impl Peer {
         let addr = self
             .addr
             .ok_or_else(|| io::Error::other("bad node address"))?;
-        let exchanged = tokio::time::timeout(timeout, async {
-            if self.stream.is_none() {
-                let stream = TcpStream::connect(addr).await?;
-                let _ = stream.set_nodelay(true);
-                self.stream = Some(stream);
-            }
-            let stream = self
-                .stream
-                .as_mut()
-                .ok_or_else(|| io::Error::other("no connection"))?;
-            write_frame(stream, &rpc).await?;
-            read_frame::<RpcReply>(stream).await
-        })
-        .await;
-        match exchanged {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => {
-                self.stream = None;
-                Err(e)
-            }
-            Err(_) => {
-                self.stream = None;
-                Err(io::Error::new(io::ErrorKind::TimedOut, "rpc timed out"))
-            }
-        }
+        self.connection.request(addr, &rpc, timeout).await
     }
 }
 

@@ -224,14 +224,7 @@ impl<S: Storage> SnapshotStore<S> {
                 return Err(e);
             }
         };
-        if let Err(e) = self.storage.rename(&temp_path, &final_path).await {
-            let _ = self.storage.remove(&temp_path).await;
-            return Err(failed(PersistStage::Rename, &final_path, e));
-        }
-        self.storage
-            .sync_dir(&self.dir)
-            .await
-            .map_err(|e| failed(PersistStage::DirSync, &self.dir, e))?;
+        self.publish(&temp_path, &final_path).await?;
         Ok(SnapshotMeta {
             path: final_path,
             watermark,
@@ -240,6 +233,20 @@ impl<S: Storage> SnapshotStore<S> {
             body_bytes,
             file_bytes,
         })
+    }
+
+    /// Renames the synced temporary file `temp_path` to `final_path` and
+    /// syncs the directory: the snapshot exists from then on, whole. A
+    /// failed rename removes the temporary file.
+    async fn publish(&self, temp_path: &Path, final_path: &Path) -> Result<()> {
+        if let Err(e) = self.storage.rename(temp_path, final_path).await {
+            let _ = self.storage.remove(temp_path).await;
+            return Err(failed(PersistStage::Rename, final_path, e));
+        }
+        self.storage
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| failed(PersistStage::DirSync, &self.dir, e))
     }
 
     /// Installs `bytes`, a whole snapshot file received from elsewhere (a
@@ -311,14 +318,7 @@ impl<S: Storage> SnapshotStore<S> {
                 }));
             }
         };
-        if let Err(e) = self.storage.rename(&temp_path, &final_path).await {
-            let _ = self.storage.remove(&temp_path).await;
-            return Err(failed(PersistStage::Rename, &final_path, e));
-        }
-        self.storage
-            .sync_dir(&self.dir)
-            .await
-            .map_err(|e| failed(PersistStage::DirSync, &self.dir, e))?;
+        self.publish(&temp_path, &final_path).await?;
         Ok(Ok(LoadedSnapshot {
             meta: SnapshotMeta {
                 path: final_path,

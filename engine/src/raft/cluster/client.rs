@@ -4,7 +4,7 @@
 
 use super::machine::{ClusterCommand, ClusterReply};
 use super::wire::{
-    read_frame, write_frame, Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply,
+    read_frame, write_frame, Connection, Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply,
 };
 use crate::raft::{Request, Response};
 use std::collections::BTreeMap;
@@ -44,7 +44,8 @@ pub struct ClusterClient {
     next_guess: usize,
     client: u64,
     seq: u64,
-    connection: Option<(NodeId, TcpStream)>,
+    /// The node the connection is to, and the connection.
+    connection: (Option<NodeId>, Connection),
 }
 
 impl ClusterClient {
@@ -57,7 +58,7 @@ impl ClusterClient {
             next_guess: 0,
             client,
             seq: 0,
-            connection: None,
+            connection: (None, Connection::default()),
         }
     }
 
@@ -135,7 +136,7 @@ impl ClusterClient {
                     None => last = format!("node {node} answered something else"),
                 },
                 Err(e) => {
-                    self.connection = None;
+                    self.connection.1.reset();
                     self.leader = None;
                     last = format!("node {node}: {e}");
                     tokio::time::sleep(Duration::from_millis(NO_LEADER_PAUSE_MS)).await;
@@ -163,44 +164,22 @@ impl ClusterClient {
     }
 
     async fn exchange(&mut self, node: NodeId, message: Message) -> io::Result<Reply> {
-        if self.connection.as_ref().is_none_or(|(id, _)| *id != node) {
-            let addr = self
-                .nodes
-                .get(&node)
-                .copied()
-                .ok_or_else(|| io::Error::other("unknown node"))?;
-            let stream = tokio::time::timeout(
-                Duration::from_millis(REQUEST_TIMEOUT_MS),
-                TcpStream::connect(addr),
-            )
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-            let _ = stream.set_nodelay(true);
-            self.connection = Some((node, stream));
+        let addr = self
+            .nodes
+            .get(&node)
+            .copied()
+            .ok_or_else(|| io::Error::other(format!("node {node} is not a known member")))?;
+        if self.connection.0 != Some(node) {
+            self.connection = (Some(node), Connection::default());
         }
-        let Some((_, stream)) = self.connection.as_mut() else {
-            return Err(io::Error::other("no connection"));
-        };
         let envelope = Envelope {
             from: None,
             message,
         };
-        let exchanged = tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), async {
-            write_frame(stream, &envelope).await?;
-            read_frame::<Reply>(stream).await
-        })
-        .await;
-        match exchanged {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => {
-                self.connection = None;
-                Err(e)
-            }
-            Err(_) => {
-                self.connection = None;
-                Err(io::Error::new(io::ErrorKind::TimedOut, "request timed out"))
-            }
-        }
+        self.connection
+            .1
+            .request(addr, &envelope, Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .await
     }
 }
 

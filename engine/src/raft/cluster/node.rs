@@ -3,7 +3,7 @@
 
 use super::machine::ClusterMachine;
 use super::wire::{
-    read_frame, write_frame, Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply,
+    read_frame, write_frame, Connection, Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply,
 };
 use super::ClusterTypes;
 use crate::raft::{RaftMachine, RaftStoreError};
@@ -26,8 +26,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
-/// Longest a peer RPC waits to connect, in milliseconds.
-const CONNECT_TIMEOUT_MS: u64 = 500;
 /// Interval between two exports of the Raft metrics, in milliseconds.
 const METRICS_EVERY_MS: u64 = 250;
 
@@ -401,7 +399,7 @@ impl RaftNetworkFactory<ClusterTypes> for Network {
             target,
             addr: node.addr.clone(),
             blocked: self.blocked.clone(),
-            stream: None,
+            connection: Connection::default(),
         }
     }
 }
@@ -412,7 +410,7 @@ pub(super) struct Peer {
     target: NodeId,
     addr: String,
     blocked: Arc<Mutex<BTreeSet<NodeId>>>,
-    stream: Option<TcpStream>,
+    connection: Connection,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -430,36 +428,10 @@ impl Peer {
             from: Some(self.from),
             message,
         };
-        let exchanged = tokio::time::timeout(timeout, async {
-            if self.stream.is_none() {
-                let stream = tokio::time::timeout(
-                    Duration::from_millis(CONNECT_TIMEOUT_MS),
-                    TcpStream::connect(&self.addr),
-                )
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-                let _ = stream.set_nodelay(true);
-                self.stream = Some(stream);
-            }
-            let Some(stream) = self.stream.as_mut() else {
-                return Err(io::Error::other("no connection"));
-            };
-            write_frame(stream, &envelope).await?;
-            read_frame::<Reply>(stream).await
-        })
-        .await;
-        let reply = match exchanged {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => {
-                self.stream = None;
-                return Err(e);
-            }
-            Err(_) => {
-                // The connection may hold a late answer: start afresh.
-                self.stream = None;
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "rpc timed out"));
-            }
-        };
+        let reply: Reply = self
+            .connection
+            .request(self.addr.as_str(), &envelope, timeout)
+            .await?;
         if matches!(reply, Reply::Partitioned) {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,

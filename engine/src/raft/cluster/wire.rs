@@ -11,7 +11,9 @@ use openraft::raft::{
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
 
 /// Largest frame either side reads, in bytes (a snapshot chunk and its
 /// envelope fit with room to spare).
@@ -109,6 +111,60 @@ pub struct NodeStatus {
     pub digest: u64,
     /// Snapshots it received from a leader and installed since it started.
     pub snapshots_installed: u64,
+}
+
+/// One request at a time to one address, over a connection made when
+/// first needed and dropped after any failure: a request that timed out
+/// may still have its answer on the way, which must not be taken for the
+/// next request's.
+#[derive(Debug, Default)]
+pub struct Connection {
+    stream: Option<TcpStream>,
+}
+
+impl Connection {
+    /// Sends `request` as one frame and reads one frame back, connecting
+    /// to `addr` first if there is no connection; `timeout` bounds the
+    /// whole exchange, the connect included.
+    pub async fn request<Q: Serialize, R: DeserializeOwned>(
+        &mut self,
+        addr: impl ToSocketAddrs,
+        request: &Q,
+        timeout: Duration,
+    ) -> io::Result<R> {
+        let exchanged = tokio::time::timeout(timeout, async {
+            let stream = match &mut self.stream {
+                Some(stream) => stream,
+                empty => {
+                    let stream = TcpStream::connect(addr).await?;
+                    let _ = stream.set_nodelay(true);
+                    empty.insert(stream)
+                }
+            };
+            write_frame(stream, request).await?;
+            read_frame::<R>(stream).await
+        })
+        .await;
+        match exchanged {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                self.stream = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.stream = None;
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {timeout:?}"),
+                ))
+            }
+        }
+    }
+
+    /// Drops the connection (the next request connects anew).
+    pub fn reset(&mut self) {
+        self.stream = None;
+    }
 }
 
 fn config() -> impl bincode::config::Config {
