@@ -10,20 +10,32 @@
 use arbitrary::{Arbitrary, Unstructured};
 use std::path::{Path, PathBuf};
 
+/// Every committed input of `target`. The seed corpus must exist and hold
+/// at least one input (a missing or emptied directory would make this
+/// replay pass having run nothing); reproducers exist only for targets
+/// that had findings.
 fn inputs(target: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     for kind in ["corpus", "regressions"] {
         let dir = root.join(kind).join(target);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if kind == "regressions" && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", dir.display()),
         };
+        let before = files.len();
         for entry in entries {
             let path = entry.expect("read a corpus directory").path();
             if path.is_file() && path.file_name().is_some_and(|n| n != ".gitkeep") {
                 files.push(path);
             }
         }
+        assert!(
+            kind != "corpus" || files.len() > before,
+            "{}: the seed corpus holds no input",
+            dir.display()
+        );
     }
     files.sort();
     files
