@@ -21,7 +21,8 @@
 //!   local cache, the two upload modes, retention.
 //! * [`cold_restore`] — rebuilding a lost shard from object storage.
 //! * [`identity`] — the domain a shard's data belongs to.
-//! * [`sim`] — the crash simulation of a shard on the fault-injecting disk.
+//! * `sim` (cargo feature `sim`) — the crash simulation of a shard on the
+//!   fault-injecting disk.
 //!
 //! ```no_run
 //! use ringstore::broker::{Command, Metadata, StreamCommand};
@@ -63,6 +64,7 @@ pub mod recovery;
 pub mod reset;
 pub mod runtime;
 pub mod shard;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod snapshot;
 

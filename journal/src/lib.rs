@@ -10,8 +10,8 @@
 //! [`recovery`] for the decision table).
 //!
 //! [`storage`] holds the backends: real O_DIRECT files, and an in-memory
-//! disk with a seeded fault model that [`sim`] uses to crash the journal at
-//! random points and check it against a model.
+//! disk with a seeded fault model that `sim` (cargo feature `sim`) uses to
+//! crash the journal at random points and check it against a model.
 //!
 //! The on-disk format is specified in `journal/FORMAT.md`.
 
@@ -30,6 +30,7 @@ mod notify;
 pub mod recovery;
 pub mod salvage;
 mod segment;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod storage;
 pub mod superblock;
