@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use common::{run, tempdir};
+use common::{run, tempdir, until};
 use ringstore_cache::{BytesLimit, Cache, Error};
 
 #[test]
@@ -84,8 +84,10 @@ fn dropping_a_reservation_wakes_a_waiter() {
                     .await
             }
         });
-        glommio::timer::sleep(Duration::from_millis(20)).await;
-        assert_eq!(cache.stats().reservation_waits, 1);
+        until("the second reservation waits", || {
+            cache.stats().reservation_waits == 1
+        })
+        .await;
         let released_at = Instant::now();
         drop(held);
         let granted = waiter.await.unwrap();
@@ -123,7 +125,10 @@ fn waiting_is_first_come_first_served() {
                     .await
             }
         });
-        glommio::timer::sleep(Duration::from_millis(10)).await;
+        until("the larger reservation waits", || {
+            cache.stats().reservation_waits == 1
+        })
+        .await;
         // 60 + 30 fits, but a larger request is already waiting: queue.
         let small = cache.reserve(30, 0, Instant::now()).await;
         assert!(matches!(small, Err(Error::ReservationTimeout { .. })));

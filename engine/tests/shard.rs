@@ -175,9 +175,11 @@ fn a_full_ring_waits_for_a_checkpoint_and_then_resolves() {
                     .await
             })
         };
-        glommio::timer::sleep(Duration::from_millis(50)).await;
+        until("the 65th submit waits for ring slots", || {
+            shard.stats().ring_full_waits >= 1
+        })
+        .await;
         assert_eq!(shard.applied().op, 64, "the 65th submit is waiting");
-        assert!(shard.stats().ring_full_waits >= 1);
         // Two checkpoints: the first watermark stays at the previous
         // snapshot (none) unless the ring is short, which it is.
         let outcome = shard.checkpoint().await.unwrap();
