@@ -9,14 +9,19 @@
 //! entries, stamps each entry header with the segment generation and offset
 //! the batch lands at, writes it with one O_DIRECT write, calls fdatasync
 //! once, then publishes the entries in the ring index and wakes every
-//! appender of the batch. While one batch is being written the next one
+//! appender of the batch. While batches are being written the next one
 //! fills, so the batch size grows with load. When the filling batch is full,
-//! appenders wait for the writer to take it: the queue is bounded at two
-//! batches (one in flight, one filling), which is the backpressure.
+//! appenders wait for the writer to take it, and the writer waits while
+//! `writes_in_flight` writes (default 2) are in flight: that bound is the
+//! backpressure.
 //!
-//! Writes are serial: the next write starts only after the previous one's
-//! fdatasync returned. Recovery relies on this — at most one write can be
-//! torn.
+//! Up to `writes_in_flight` writes (each with its fdatasync) are in flight
+//! at once, at increasing offsets, and batches are acknowledged in order: a
+//! batch resolves only after every earlier batch is durable. So after a
+//! crash up to `writes_in_flight` writes at the tail may be torn, and
+//! recovery looks that many writes past damage for a later write that
+//! vouches for it (see the `recovery` module); with `writes_in_flight(1)`
+//! writes are strictly serial and at most one can be torn.
 //!
 //! # Poisoning
 //!
