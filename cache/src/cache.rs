@@ -36,13 +36,14 @@ use crate::error::{glommio_io, Error, KeyRejection, Result};
 use crate::format::{self, OBJECTS_DIR, TRACKER_FILE, TRACKER_TMP_FILE};
 use crate::fs;
 use crate::key::Key;
+use crate::locks::{AsyncLock, KeyLocks};
 use crate::metrics::{CacheStats, Metrics};
-use crate::notify::{AsyncLock, KeyLocks, Notify};
 use crate::reservation::{Ledger, Reservation};
 use crate::staging::{FinishMode, Staging};
 use crate::sys::{self, Uring};
 use crate::tracker::Tracker;
 use crate::trim::{self, Trigger, TrimKind, TrimReport};
+use event_listener::Event;
 
 /// Dead staging names (closed, dropped, or whose post-commit unlink failed)
 /// remembered for a retry; beyond this they are left for the next startup.
@@ -69,7 +70,7 @@ pub(crate) const STAGING_CREATE_ATTEMPTS_MAX: u32 = 8;
 #[derive(Default)]
 pub(crate) struct TrimSignal {
     pub(crate) requested: Cell<bool>,
-    pub(crate) wakeup: Notify,
+    pub(crate) wakeup: Event,
 }
 
 /// State shared by the cache, its staging files, reservations and tasks.
@@ -1196,7 +1197,7 @@ async fn read_some(
 /// Asks the background trimmer for a trim.
 pub(crate) fn request_trim(signal: &TrimSignal) {
     signal.requested.set(true);
-    signal.wakeup.notify_all();
+    signal.wakeup.notify(usize::MAX);
 }
 
 /// Background trims: waits for a request (threshold passed, a reservation
@@ -1204,7 +1205,7 @@ pub(crate) fn request_trim(signal: &TrimSignal) {
 /// throttle interval if one just ran.
 async fn trimmer(shared: Weak<Shared>, signal: Rc<TrimSignal>) {
     loop {
-        let listen = signal.wakeup.listen();
+        event_listener::listener!(signal.wakeup => listen);
         if !signal.requested.get() {
             listen.await;
             continue;

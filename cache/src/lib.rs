@@ -70,8 +70,8 @@ pub mod faults;
 pub mod format;
 mod fs;
 mod key;
+mod locks;
 mod metrics;
-mod notify;
 pub mod remote;
 pub mod reservation;
 #[cfg(feature = "sim")]

@@ -28,8 +28,8 @@ use futures_lite::future;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::notify::Notify;
 use crate::sys;
+use event_listener::Event;
 
 /// Most reservations that may wait at once; more fail with
 /// [`Error::TooManyWaiters`].
@@ -63,7 +63,7 @@ pub(crate) struct Ledger {
     state: RefCell<LedgerState>,
     queue: RefCell<VecDeque<u64>>,
     next_ticket: std::cell::Cell<u64>,
-    changed: Notify,
+    changed: Event,
 }
 
 impl Ledger {
@@ -81,7 +81,7 @@ impl Ledger {
             state: RefCell::new(LedgerState::default()),
             queue: RefCell::new(VecDeque::new()),
             next_ticket: std::cell::Cell::new(0),
-            changed: Notify::new(),
+            changed: Event::new(),
         }
     }
 
@@ -114,7 +114,7 @@ impl Ledger {
             s.used_bytes = used_bytes;
             s.used_objects = used_objects;
         }
-        self.changed.notify_all();
+        self.changed.notify(usize::MAX);
     }
 
     fn note_peak(s: &mut LedgerState) {
@@ -192,7 +192,7 @@ impl Ledger {
             s.reserved_bytes = reserved_bytes;
             s.reserved_objects = reserved_objects;
         }
-        self.changed.notify_all();
+        self.changed.notify(usize::MAX);
     }
 
     /// Grants `bytes`/`objects` now or waits (FIFO) until they fit or
@@ -226,7 +226,7 @@ impl Ledger {
         let ticket = Ticket::take(self, bytes, objects);
         metrics.reservation_waits.inc();
         loop {
-            let listen = self.changed.listen();
+            event_listener::listener!(self.changed => listen);
             if ticket.is_first() && self.fits(bytes, objects) {
                 drop(ticket);
                 return Ok(self.grant(bytes, objects));
@@ -293,7 +293,7 @@ impl Drop for Ticket {
             s.waiting_bytes = s.waiting_bytes.saturating_sub(self.bytes);
             s.waiting_objects = s.waiting_objects.saturating_sub(self.objects);
         }
-        self.ledger.changed.notify_all();
+        self.ledger.changed.notify(usize::MAX);
     }
 }
 

@@ -48,7 +48,7 @@ use glommio::io::BufferedFile;
 use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
 
-use crate::notify::Notify;
+use event_listener::Event;
 
 /// Submission-queue entries of the metadata ring. Every cache operation has at
 /// most one metadata op in flight, so this bounds concurrent namespace
@@ -113,7 +113,7 @@ struct RingInner {
     ring: RefCell<IoUring>,
     slots: RefCell<Slab<Slot>>,
     /// Signalled when a slot frees up.
-    space: Notify,
+    space: Event,
     /// Kept so a fallback poller knows the ring is still wanted.
     reaper_failed: Cell<bool>,
 }
@@ -151,7 +151,7 @@ impl RingInner {
         drop(slots);
         drop(ring);
         if freed {
-            self.space.notify_all();
+            self.space.notify(usize::MAX);
         }
     }
 }
@@ -200,7 +200,7 @@ impl RingInner {
     /// Removes a slot whose entry never reached the submission queue.
     fn forget_unpushed(&self, index: usize) {
         self.slots.borrow_mut().remove(index);
-        self.space.notify_all();
+        self.space.notify(usize::MAX);
     }
 }
 
@@ -267,7 +267,7 @@ impl Uring {
         let inner = Rc::new(RingInner {
             ring: RefCell::new(ring),
             slots: RefCell::new(Slab::with_capacity(URING_OPS_IN_FLIGHT_MAX)),
-            space: Notify::new(),
+            space: Event::new(),
             reaper_failed: Cell::new(false),
         });
         let efd_file = buffered_file_from_fd(efd);
@@ -314,7 +314,7 @@ impl Uring {
             if self.inner.slots.borrow().len() < URING_OPS_IN_FLIGHT_MAX {
                 break;
             }
-            let listen = self.inner.space.listen();
+            event_listener::listener!(self.inner.space => listen);
             if self.inner.slots.borrow().len() < URING_OPS_IN_FLIGHT_MAX {
                 break;
             }
@@ -343,7 +343,7 @@ impl Uring {
         }
         .await;
         let slot = self.inner.slots.borrow_mut().remove(index);
-        self.inner.space.notify_all();
+        self.inner.space.notify(usize::MAX);
         Ok((result, slot.bufs))
     }
 
@@ -609,7 +609,7 @@ impl Drop for OpFuture {
                 }
                 slots.remove(self.index);
                 drop(slots);
-                self.inner.space.notify_all();
+                self.inner.space.notify(usize::MAX);
             }
             // Still in flight: the kernel owns the buffers until the reaper
             // sees the completion.

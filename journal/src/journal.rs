@@ -40,7 +40,6 @@ use crate::format::{
 };
 use crate::glommio_quirks::reactor_turn;
 use crate::index::{Location, Lookup, Reservation, RingIndex};
-use crate::notify::Notify;
 use crate::recovery::{recover, RecoveryReport};
 use crate::segment::{
     activate_segment, create_segment, prepare_segment_file, CreateError, Predecessor, PreparedFile,
@@ -51,6 +50,7 @@ use crate::superblock::{
     self, JournalOwner, JournalSuperblock, SuperblockKind, SUPERBLOCK_FILE_NAME,
 };
 use crate::verify::SUPERBLOCK_TEMP_NAME;
+use event_listener::Event;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
@@ -214,28 +214,28 @@ struct Shared<S: Storage> {
     storage: S,
     state: RefCell<State<S::File>>,
     /// Wakes the writer: the filling batch has entries, or closing.
-    work: Rc<Notify>,
+    work: Rc<Event>,
     /// Wakes appenders waiting for room in the filling batch.
-    space: Notify,
+    space: Event,
     /// Wakes `close()` when the writer has exited.
-    writer_exited: Notify,
+    writer_exited: Event,
     /// Wakes a rollover waiting for the spare segment's preparation.
-    spare_ready: Notify,
+    spare_ready: Event,
     /// Wakes the writer when a write in flight finished.
-    pipeline: Notify,
+    pipeline: Event,
     recovery: RecoveryReport,
     /// The superblock as last written, and its sequence.
     superblock: RefCell<(JournalSuperblock, u64)>,
     /// A superblock update is running (they are serialized).
     superblock_busy: Cell<bool>,
     /// Wakes an update waiting for the running one.
-    superblock_idle: Notify,
+    superblock_idle: Event,
 }
 
 impl<S: Storage> Drop for Shared<S> {
     fn drop(&mut self) {
         // Let the writer task see that the journal is gone and exit.
-        self.work.notify_all();
+        self.work.notify(usize::MAX);
     }
 }
 
@@ -305,13 +305,13 @@ impl<B> Batch<B> {
 #[derive(Default)]
 struct BatchDone {
     result: RefCell<Option<Result<()>>>,
-    notify: Notify,
+    notify: Event,
 }
 
 impl BatchDone {
     fn complete(&self, result: Result<()>) {
         *self.result.borrow_mut() = Some(result);
-        self.notify.notify_all();
+        self.notify.notify(usize::MAX);
     }
 
     async fn wait(&self) -> Result<()> {
@@ -319,7 +319,7 @@ impl BatchDone {
             if let Some(result) = self.result.borrow().as_ref() {
                 return result.clone();
             }
-            self.notify.wait().await;
+            notified(&self.notify).await;
         }
     }
 }
@@ -663,15 +663,15 @@ impl<S: Storage> Journal<S> {
             config,
             storage,
             state: RefCell::new(state),
-            work: Rc::new(Notify::default()),
-            space: Notify::default(),
-            writer_exited: Notify::default(),
-            spare_ready: Notify::default(),
-            pipeline: Notify::default(),
+            work: Rc::new(Event::new()),
+            space: Event::new(),
+            writer_exited: Event::new(),
+            spare_ready: Event::new(),
+            pipeline: Event::new(),
             recovery: recovered.report,
             superblock: RefCell::new((sb, sequence)),
             superblock_busy: Cell::new(false),
-            superblock_idle: Notify::default(),
+            superblock_idle: Event::new(),
         });
         if !needs_fresh_segment {
             shared.prepare_spare();
@@ -763,9 +763,9 @@ impl<S: Storage> Journal<S> {
                     break (op, epoch, done);
                 }
             }
-            shared.space.wait().await;
+            notified(&shared.space).await;
         };
-        shared.work.notify_all();
+        shared.work.notify(usize::MAX);
         Ok((op, epoch, done))
     }
 
@@ -927,12 +927,12 @@ impl<S: Storage> Journal<S> {
                 pending
             };
             if wait_for_writes {
-                shared.pipeline.wait().await;
+                notified(&shared.pipeline).await;
             } else {
-                shared.space.wait().await;
+                notified(&shared.space).await;
             }
         };
-        shared.work.notify_all();
+        shared.work.notify(usize::MAX);
         done.wait().await
     }
 
@@ -1128,13 +1128,13 @@ impl<S: Storage> Journal<S> {
     /// fail, if the journal is poisoned).
     pub async fn close(&self) -> Result<()> {
         self.shared.state.borrow_mut().closing = true;
-        self.shared.work.notify_all();
-        self.shared.space.notify_all();
+        self.shared.work.notify(usize::MAX);
+        self.shared.space.notify(usize::MAX);
         while self.shared.state.borrow().writer_running {
-            self.shared.writer_exited.wait().await;
+            notified(&self.shared.writer_exited).await;
         }
         while self.shared.state.borrow().preparing {
-            self.shared.spare_ready.wait().await;
+            notified(&self.shared.spare_ready).await;
         }
         // An unused spare would read as an interrupted segment creation on
         // the next open; remove it now.
@@ -1220,7 +1220,7 @@ impl<S: Storage> Shared<S> {
                     Err(e) => tracing::warn!(error = %e.error, "preparing the next segment failed"),
                 }
             }
-            shared.spare_ready.notify_all();
+            shared.spare_ready.notify(usize::MAX);
         };
         glommio::spawn_local(preparation).detach();
     }
@@ -1230,7 +1230,7 @@ impl<S: Storage> Shared<S> {
     /// superblock's state on disk is unknown.
     async fn update_superblock(&self, change: impl FnOnce(&mut JournalSuperblock)) -> Result<()> {
         while self.superblock_busy.get() {
-            self.superblock_idle.wait().await;
+            notified(&self.superblock_idle).await;
         }
         // Cleared however this future ends, dropped mid-write included, so
         // a cancelled caller cannot stall every later update.
@@ -1263,7 +1263,7 @@ impl<S: Storage> Shared<S> {
             state.poisoned = Some(error.clone());
         }
         drop(state);
-        self.space.notify_all();
+        self.space.notify(usize::MAX);
         error
     }
 
@@ -1274,7 +1274,7 @@ impl<S: Storage> Shared<S> {
     async fn issue_batch(self: &Rc<Self>, mut batch: Batch<<S::File as StorageFile>::Buf>) {
         let writes_in_flight_max = self.config.writes_in_flight as usize;
         while self.state.borrow().writes_in_flight >= writes_in_flight_max {
-            self.pipeline.wait().await;
+            notified(&self.pipeline).await;
         }
         let total = write_bytes(batch.len);
         let place = match self.place_batch(&batch, total).await {
@@ -1330,7 +1330,7 @@ impl<S: Storage> Shared<S> {
         if needs_rollover {
             // The new segment vouches for all of this one: let its writes finish.
             while self.state.borrow().writes_in_flight > 0 {
-                self.pipeline.wait().await;
+                notified(&self.pipeline).await;
             }
             usable(&self.state.borrow())?;
             self.rollover().await?;
@@ -1420,7 +1420,7 @@ impl<S: Storage> Shared<S> {
             }
         }
         ticket.resolve(result.is_ok());
-        self.pipeline.notify_all();
+        self.pipeline.notify(usize::MAX);
         batch.done.complete(result);
     }
 
@@ -1443,7 +1443,7 @@ impl<S: Storage> Shared<S> {
             self.fail_unissued_batch(behind, error.clone());
         }
         self.fail_unissued_batch(batch, error);
-        self.space.notify_all();
+        self.space.notify(usize::MAX);
     }
 
     /// Fails one batch that was never written (see `fail_unissued`).
@@ -1503,7 +1503,7 @@ impl<S: Storage> Shared<S> {
         // Take the spare prepared in the background (waiting for it if its
         // preparation is still running), or create the segment here.
         while self.state.borrow().preparing {
-            self.spare_ready.wait().await;
+            notified(&self.spare_ready).await;
         }
         let spare = self.state.borrow_mut().spare.take();
         let journal_id = self.superblock.borrow().0.journal_id;
@@ -1574,13 +1574,13 @@ struct Placement<F> {
 #[derive(Default)]
 struct WriteTicket {
     outcome: std::cell::Cell<Option<bool>>,
-    notify: Notify,
+    notify: Event,
 }
 
 impl WriteTicket {
     fn resolve(&self, ok: bool) {
         self.outcome.set(Some(ok));
-        self.notify.notify_all();
+        self.notify.notify(usize::MAX);
     }
 
     async fn wait(&self) -> bool {
@@ -1588,7 +1588,7 @@ impl WriteTicket {
             if let Some(ok) = self.outcome.get() {
                 return ok;
             }
-            self.notify.wait().await;
+            notified(&self.notify).await;
         }
     }
 }
@@ -1732,7 +1732,7 @@ struct BusyGuard<'a, S: Storage>(&'a Shared<S>);
 impl<S: Storage> Drop for BusyGuard<'_, S> {
     fn drop(&mut self) {
         self.0.superblock_busy.set(false);
-        self.0.superblock_idle.notify_all();
+        self.0.superblock_idle.notify(usize::MAX);
     }
 }
 
@@ -1898,7 +1898,7 @@ fn verify_entry<F>(op: u64, found: &Located<F>, bytes: &[u8], bytes_start: u64) 
 }
 
 /// The writer task: takes the filling batch whenever it has entries.
-async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Notify>) {
+async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Event>) {
     loop {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -1924,17 +1924,17 @@ async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Notify>) {
         };
         match next {
             Next::Write(batch) => {
-                shared.space.notify_all();
+                shared.space.notify(usize::MAX);
                 shared.issue_batch(batch).await;
             }
-            Next::AwaitInFlight => shared.pipeline.wait().await,
+            Next::AwaitInFlight => notified(&shared.pipeline).await,
             Next::Exit => {
-                shared.writer_exited.notify_all();
+                shared.writer_exited.notify(usize::MAX);
                 return;
             }
             Next::Idle => {
                 drop(shared);
-                work.wait().await;
+                notified(&work).await;
             }
         }
     }
@@ -2108,6 +2108,15 @@ impl<S: Storage> Entries<S> {
         });
         Ok(())
     }
+}
+
+/// Resolves at the next notification of `event` after the call (waiters
+/// check their condition first, then wait here; nothing can run in
+/// between on the one reactor, so no notification is missed). The listener
+/// lives in the waiting future, not on the heap.
+async fn notified(event: &Event) {
+    event_listener::listener!(event => listener);
+    listener.await;
 }
 
 #[cfg(test)]

@@ -26,7 +26,6 @@ pub mod glommio_quirks;
 mod index;
 pub mod inspect;
 mod journal;
-mod notify;
 pub mod recovery;
 pub mod salvage;
 mod segment;
