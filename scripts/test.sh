@@ -40,6 +40,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings (with and without the openraft feature)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets --features ringstore/openraft,ringstore-bench/raft -- -D warnings
+# The libraries as a product builds them: without the `sim` feature the
+# tests turn on through their dev-dependencies.
+cargo clippy -p ringstore-journal -p ringstore-cache -p ringstore --lib -- -D warnings
 # The fuzz crate is outside the workspace (cargo-fuzz builds it apart).
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 

@@ -144,7 +144,13 @@ fn run_ringstore(
         }
         let mut before = Vec::new();
         for log in &logs {
-            before.push(log.journal_stats().await?);
+            match log.journal_stats().await {
+                Ok(stats) => before.push(stats),
+                Err(e) => {
+                    cluster.shutdown().await?;
+                    return Err(e.into());
+                }
+            }
         }
         let result = cluster
             .drive(clients, duration, |client, seq| Request {
@@ -154,8 +160,15 @@ fn run_ringstore(
             })
             .await;
         let mut journals = Vec::new();
+        let mut stats_error = None;
         for ((node, log), before) in (1..).zip(&logs).zip(before) {
-            let after = log.journal_stats().await?;
+            let after = match log.journal_stats().await {
+                Ok(after) => after,
+                Err(e) => {
+                    stats_error = Some(e);
+                    break;
+                }
+            };
             journals.push(NodeJournal {
                 node,
                 entries: after.appends - before.appends,
@@ -164,7 +177,11 @@ fn run_ringstore(
             });
         }
         drop(logs);
+        // Shut down before reporting any error, so no node outlives the run.
         cluster.shutdown().await?;
+        if let Some(e) = stats_error {
+            return Err(e.into());
+        }
         Ok((result?, journals))
     })
 }
@@ -346,7 +363,7 @@ fn print_table(report: &RaftReport) {
             .iter()
             .map(|j| {
                 format!(
-                    "node {}: {} entries in {} writes (largest write {} records)",
+                    "node {}: {} entries in {} writes (largest write since open {} records)",
                     j.node, j.entries, j.writes, j.batch_entries_max
                 )
             })

@@ -114,9 +114,9 @@ pub struct NodeStatus {
 }
 
 /// One request at a time to one address, over a connection made when
-/// first needed and dropped after any failure: a request that timed out
-/// may still have its answer on the way, which must not be taken for the
-/// next request's.
+/// first needed and kept only after a whole exchange: a request that
+/// failed, timed out or was abandoned may still have its answer on the
+/// way, which must not be taken for the next request's.
 #[derive(Debug, Default)]
 pub struct Connection {
     stream: Option<TcpStream>,
@@ -132,32 +132,35 @@ impl Connection {
         request: &Q,
         timeout: Duration,
     ) -> io::Result<R> {
-        let exchanged = tokio::time::timeout(timeout, async {
-            let stream = match &mut self.stream {
+        // The stream is out of `self` during the exchange and goes back only
+        // after a whole exchange: a caller that gives up midway (drops this
+        // future, e.g. on a timeout of its own) leaves no connection whose
+        // next read would be this request's late answer.
+        let taken = self.stream.take();
+        let exchanged = tokio::time::timeout(timeout, async move {
+            let mut stream = match taken {
                 Some(stream) => stream,
-                empty => {
+                None => {
                     let stream = TcpStream::connect(addr).await?;
                     let _ = stream.set_nodelay(true);
-                    empty.insert(stream)
+                    stream
                 }
             };
-            write_frame(stream, request).await?;
-            read_frame::<R>(stream).await
+            write_frame(&mut stream, request).await?;
+            let reply = read_frame::<R>(&mut stream).await?;
+            Ok::<_, io::Error>((stream, reply))
         })
         .await;
         match exchanged {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => {
-                self.stream = None;
-                Err(e)
+            Ok(Ok((stream, reply))) => {
+                self.stream = Some(stream);
+                Ok(reply)
             }
-            Err(_) => {
-                self.stream = None;
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no answer within {timeout:?}"),
-                ))
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            )),
         }
     }
 
@@ -219,4 +222,59 @@ pub async fn read_frame<T: DeserializeOwned>(
         ));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod connection_tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A server that echoes each number it is sent, the first one late.
+    async fn echo_server() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    while let Ok(n) = read_frame::<u64>(&mut stream).await {
+                        if n == 1 {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        if write_frame(&mut stream, &n).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_request_never_answers_the_next_one() {
+        let addr = echo_server().await;
+        let mut connection = Connection::default();
+        // The caller gives up first (openraft times its RPCs itself).
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(50),
+            connection.request::<u64, u64>(addr, &1, Duration::from_secs(5)),
+        )
+        .await;
+        assert!(abandoned.is_err());
+        let answer: u64 = connection
+            .request(addr, &2u64, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer, 2, "the late answer to the abandoned request");
+        // Our own timeout: the same.
+        let timed_out = connection
+            .request::<u64, u64>(addr, &1, Duration::from_millis(50))
+            .await;
+        assert!(timed_out.is_err());
+        let answer: u64 = connection
+            .request(addr, &3u64, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer, 3);
+    }
 }
