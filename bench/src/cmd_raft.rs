@@ -133,20 +133,25 @@ fn run_ringstore(
         // The stream, topic and group the commands commit offsets to.
         let leader = cluster.leader()?;
         for (seq, command) in setup_commands().into_iter().enumerate() {
-            leader
+            let written = leader
                 .client_write(Request {
                     client: u64::MAX,
                     seq: seq as u64 + 1,
                     command: ClusterCommand::Broker(command),
                 })
-                .await
-                .map_err(|e| anyhow!("setup: {e}"))?;
+                .await;
+            if let Err(e) = written {
+                // No node outlives the run.
+                cluster.shutdown().await?;
+                return Err(anyhow!("setup: {e}"));
+            }
         }
         let mut before = Vec::new();
         for log in &logs {
             match log.journal_stats().await {
                 Ok(stats) => before.push(stats),
                 Err(e) => {
+                    // No node outlives the run.
                     cluster.shutdown().await?;
                     return Err(e.into());
                 }

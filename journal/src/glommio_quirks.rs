@@ -50,6 +50,21 @@ pub async fn reactor_turn() {
     glommio::timer::sleep(REACTOR_TURN).await;
 }
 
+/// Turns the reactor ([`reactor_turn`]) until `done` holds, at most
+/// `turns_max` times; whether it held. A wait on an event observed by a
+/// condition (a task reached its wait, a counter moved) rather than on a
+/// guess of how long it takes: a yielding loop would keep the executor from
+/// submitting the I/O the awaited task needs (quirk 1).
+pub async fn turn_until(mut done: impl FnMut() -> bool, turns_max: u32) -> bool {
+    for _ in 0..turns_max {
+        if done() {
+            return true;
+        }
+        reactor_turn().await;
+    }
+    done()
+}
+
 /// The timer [`reactor_turn`] sleeps on: any positive duration will do.
 const REACTOR_TURN: std::time::Duration = std::time::Duration::from_micros(1);
 

@@ -235,7 +235,7 @@ struct Shared<S: Storage> {
 impl<S: Storage> Drop for Shared<S> {
     fn drop(&mut self) {
         // Let the writer task see that the journal is gone and exit.
-        self.work.notify(usize::MAX);
+        wake_all(&self.work);
     }
 }
 
@@ -311,7 +311,7 @@ struct BatchDone {
 impl BatchDone {
     fn complete(&self, result: Result<()>) {
         *self.result.borrow_mut() = Some(result);
-        self.notify.notify(usize::MAX);
+        wake_all(&self.notify);
     }
 
     async fn wait(&self) -> Result<()> {
@@ -765,7 +765,7 @@ impl<S: Storage> Journal<S> {
             }
             notified(&shared.space).await;
         };
-        shared.work.notify(usize::MAX);
+        wake_all(&shared.work);
         Ok((op, epoch, done))
     }
 
@@ -932,7 +932,7 @@ impl<S: Storage> Journal<S> {
                 notified(&shared.space).await;
             }
         };
-        shared.work.notify(usize::MAX);
+        wake_all(&shared.work);
         done.wait().await
     }
 
@@ -1128,8 +1128,8 @@ impl<S: Storage> Journal<S> {
     /// fail, if the journal is poisoned).
     pub async fn close(&self) -> Result<()> {
         self.shared.state.borrow_mut().closing = true;
-        self.shared.work.notify(usize::MAX);
-        self.shared.space.notify(usize::MAX);
+        wake_all(&self.shared.work);
+        wake_all(&self.shared.space);
         while self.shared.state.borrow().writer_running {
             notified(&self.shared.writer_exited).await;
         }
@@ -1220,7 +1220,7 @@ impl<S: Storage> Shared<S> {
                     Err(e) => tracing::warn!(error = %e.error, "preparing the next segment failed"),
                 }
             }
-            shared.spare_ready.notify(usize::MAX);
+            wake_all(&shared.spare_ready);
         };
         glommio::spawn_local(preparation).detach();
     }
@@ -1263,7 +1263,18 @@ impl<S: Storage> Shared<S> {
             state.poisoned = Some(error.clone());
         }
         drop(state);
-        self.space.notify(usize::MAX);
+        // Every waiter re-checks and sees the poison: those waiting for
+        // room, for the pipeline, for work, for a spare segment or for the
+        // superblock alike.
+        for event in [
+            &self.space,
+            &self.pipeline,
+            &*self.work,
+            &self.spare_ready,
+            &self.superblock_idle,
+        ] {
+            wake_all(event);
+        }
         error
     }
 
@@ -1420,7 +1431,7 @@ impl<S: Storage> Shared<S> {
             }
         }
         ticket.resolve(result.is_ok());
-        self.pipeline.notify(usize::MAX);
+        wake_all(&self.pipeline);
         batch.done.complete(result);
     }
 
@@ -1443,7 +1454,7 @@ impl<S: Storage> Shared<S> {
             self.fail_unissued_batch(behind, error.clone());
         }
         self.fail_unissued_batch(batch, error);
-        self.space.notify(usize::MAX);
+        wake_all(&self.space);
     }
 
     /// Fails one batch that was never written (see `fail_unissued`).
@@ -1580,7 +1591,7 @@ struct WriteTicket {
 impl WriteTicket {
     fn resolve(&self, ok: bool) {
         self.outcome.set(Some(ok));
-        self.notify.notify(usize::MAX);
+        wake_all(&self.notify);
     }
 
     async fn wait(&self) -> bool {
@@ -1732,7 +1743,7 @@ struct BusyGuard<'a, S: Storage>(&'a Shared<S>);
 impl<S: Storage> Drop for BusyGuard<'_, S> {
     fn drop(&mut self) {
         self.0.superblock_busy.set(false);
-        self.0.superblock_idle.notify(usize::MAX);
+        wake_all(&self.0.superblock_idle);
     }
 }
 
@@ -1924,12 +1935,12 @@ async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Event>) {
         };
         match next {
             Next::Write(batch) => {
-                shared.space.notify(usize::MAX);
+                wake_all(&shared.space);
                 shared.issue_batch(batch).await;
             }
             Next::AwaitInFlight => notified(&shared.pipeline).await,
             Next::Exit => {
-                shared.writer_exited.notify(usize::MAX);
+                wake_all(&shared.writer_exited);
                 return;
             }
             Next::Idle => {
@@ -2117,6 +2128,15 @@ impl<S: Storage> Entries<S> {
 async fn notified(event: &Event) {
     event_listener::listener!(event => listener);
     listener.await;
+}
+
+/// Wakes every task waiting on `event`. Nothing is allocated when none
+/// waits (an `Event` allocates its shared state on first use, and a
+/// batch's or a write's completion usually has no waiter left).
+fn wake_all(event: &Event) {
+    if event.total_listeners() > 0 {
+        event.notify(usize::MAX);
+    }
 }
 
 #[cfg(test)]

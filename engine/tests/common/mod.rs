@@ -139,21 +139,14 @@ pub fn apply_model(model: &mut BTreeMap<u64, Vec<u8>>, command: &KvCommand) {
     }
 }
 
-/// Turns of the reactor [`until`] waits at most (each lets every other task
-/// run and the I/O they queued reach the kernel).
+/// Turns of the reactor [`until`] waits at most.
 const UNTIL_TURNS_MAX: u32 = 200_000;
 
-/// Lets the reactor turn until `done` holds: a wait on the event itself
-/// (a task reached its wait, a counter moved) rather than on a guess of how
-/// long it takes. A one-microsecond timer rather than a yield, so the
-/// executor submits queued I/O between turns (a yielding task never lets
-/// it). Fails naming `what` after [`UNTIL_TURNS_MAX`] turns.
-pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..UNTIL_TURNS_MAX {
-        if done() {
-            return;
-        }
-        glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
+/// Lets the reactor turn until `done` holds (see
+/// `ringstore_journal::glommio_quirks::turn_until`); fails naming `what`
+/// after [`UNTIL_TURNS_MAX`] turns.
+pub async fn until(what: &str, done: impl FnMut() -> bool) {
+    if !ringstore_journal::glommio_quirks::turn_until(done, UNTIL_TURNS_MAX).await {
+        panic!("{what}: not reached after {UNTIL_TURNS_MAX} reactor turns");
     }
-    panic!("{what}: not reached after {UNTIL_TURNS_MAX} reactor turns");
 }
