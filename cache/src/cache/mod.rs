@@ -1,0 +1,684 @@
+//! The cache object: `get`/`put`/`contains`/`invalidate`, reservations,
+//! stats and shutdown, and the state its parts share. Each part lives in a
+//! module of its own:
+//!
+//! * `startup` — opening: the root, the lock, the layout, recovery.
+//! * `namespace` — the names under `objects/` and their durability:
+//!   parent directories, unlinks, directory fsyncs.
+//! * `tracker_io` — persisting and loading the access tracker.
+//! * `tasks` — the background trimmer and the tracker's persister.
+//!
+//! # Dropping without `shutdown`
+//!
+//! Dropping a [`Cache`] without [`Cache::shutdown`] is treated like a crash:
+//! background tasks are cancelled, access times since the last persist are
+//! lost, and the next open cleans up. Committed objects are not affected.
+
+mod namespace;
+mod startup;
+mod tasks;
+mod tracker_io;
+
+pub(crate) use tasks::request_trim;
+use tasks::{persister, trimmer};
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::ops::Deref;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::time::Instant;
+
+use glommio::io::{BufferedFile, ReadResult};
+
+use crate::config::{percent_of, BytesLimit, CacheBuilder, Config};
+use crate::error::{glommio_io, Error, KeyRejection, Result};
+use crate::format::{self, OBJECTS_DIR, TRACKER_FILE, TRACKER_TMP_FILE};
+use crate::fs;
+use crate::key::Key;
+use crate::locks::{AsyncLock, KeyLocks};
+use crate::metrics::{CacheStats, Metrics};
+use crate::reservation::{Ledger, Reservation};
+use crate::staging::{FinishMode, Staging};
+use crate::sys::{self, Uring};
+use crate::tracker::Tracker;
+use crate::trim::{self, Trigger, TrimKind, TrimReport};
+use event_listener::Event;
+
+/// Dead staging names (closed, dropped, or whose post-commit unlink failed)
+/// remembered for a retry; beyond this they are left for the next startup.
+pub const PENDING_UNLINKS_MAX: usize = 4096;
+
+/// Most trimmed keys remembered for `take_trimmed_keys` (feature `sim`).
+#[cfg(feature = "sim")]
+pub const TRIMMED_LOG_MAX: usize = 1 << 16;
+
+/// Largest tracker file the loader reads; a bigger one is ignored as corrupt.
+pub const TRACKER_FILE_BYTES_MAX: u64 = 1 << 30;
+
+/// Bytes per `read_at` when an object turns out larger than tracked.
+const READ_STEP_BYTES: usize = 1 << 20;
+
+/// Bytes per `write_at` of the tracker file.
+const TRACKER_WRITE_BYTES: usize = 1 << 20;
+
+/// Attempts to create a staging file (name collisions, a parent directory
+/// removed by a concurrent trim) before giving up.
+pub(crate) const STAGING_CREATE_ATTEMPTS_MAX: u32 = 8;
+
+/// A background trim request and its wake-up, shared with the trimmer task.
+#[derive(Default)]
+pub(crate) struct TrimSignal {
+    pub(crate) requested: Cell<bool>,
+    pub(crate) wakeup: Event,
+}
+
+/// State shared by the cache, its staging files, reservations and tasks.
+pub(crate) struct Shared {
+    // Declared first so it drops first: dropping the ring waits for every op
+    // still in flight, and those ops hold the directory fds they use (see
+    // `sys`), so no fd below is closed while the kernel may still use it.
+    pub(crate) uring: Uring,
+    pub(crate) cfg: Config,
+    pub(crate) bytes_limit: u64,
+    pub(crate) root: PathBuf,
+    pub(crate) objects_path: PathBuf,
+    pub(crate) root_fd: Rc<OwnedFd>,
+    pub(crate) objects_fd: Rc<OwnedFd>,
+    pub(crate) ledger: Rc<Ledger>,
+    pub(crate) tracker: RefCell<Tracker>,
+    pub(crate) locks: Rc<KeyLocks>,
+    pub(crate) metrics: Metrics,
+    pub(crate) trim_lock: Rc<AsyncLock>,
+    pub(crate) trim_last_end: Cell<Option<Instant>>,
+    pub(crate) trim_signal: Rc<TrimSignal>,
+    pub(crate) persist_lock: Rc<AsyncLock>,
+    staging_seq: Cell<u64>,
+    /// Random per instance, part of every staging name, so a stale handle
+    /// from an earlier instance can never name this instance's files.
+    staging_instance: u32,
+    pending_unlinks: RefCell<Vec<String>>,
+    /// Directories created by this process whose parent was not fsync'd yet
+    /// (see `sync_new_ancestors`). Entries leave once synced.
+    unsynced_dirs: RefCell<HashSet<String>>,
+    pub(crate) closed: Cell<bool>,
+    #[cfg(feature = "sim")]
+    pub(crate) faults: Rc<crate::faults::Faults>,
+    #[cfg(feature = "sim")]
+    pub(crate) trimmed_log: RefCell<Vec<String>>,
+}
+
+/// A per-shard local-disk cache in front of object storage. `!Send`: create
+/// and use it on one glommio executor. Share it between that executor's tasks
+/// with an `Rc`.
+pub struct Cache {
+    shared: Rc<Shared>,
+    tasks: Vec<glommio::Task<()>>,
+    // Declared last: released after the tasks are cancelled.
+    _lock_fd: OwnedFd,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("dir", &self.shared.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cached object's bytes (deref to `[u8]`).
+pub struct Object(ObjectBytes);
+
+enum ObjectBytes {
+    Read(ReadResult),
+    Owned(Vec<u8>),
+}
+
+impl Deref for Object {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            ObjectBytes::Read(read) => read,
+            ObjectBytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
+impl Object {
+    /// Bytes that are not (or no longer) in the cache.
+    pub(crate) fn from_vec(bytes: Vec<u8>) -> Object {
+        Object(ObjectBytes::Owned(bytes))
+    }
+}
+
+impl std::fmt::Debug for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Object").field("len", &self.len()).finish()
+    }
+}
+
+impl Cache {
+    /// Starts configuring a cache rooted at `dir` (created if missing).
+    pub fn builder(dir: impl Into<PathBuf>) -> CacheBuilder {
+        CacheBuilder::new(dir)
+    }
+
+    /// The cache root.
+    pub fn dir(&self) -> &Path {
+        &self.shared.root
+    }
+
+    /// Where objects live (`<root>/objects`); a key `k` is at
+    /// `objects_dir().join(k)`.
+    pub fn objects_dir(&self) -> &Path {
+        &self.shared.objects_path
+    }
+
+    /// Reserves `bytes` and `objects`, waiting (without blocking the reactor)
+    /// until they fit or `deadline` passes ([`Error::ReservationTimeout`]).
+    /// A waiting reservation asks for a trim. Requests larger than the limits
+    /// fail at once with [`Error::ReservationTooLarge`].
+    pub async fn reserve(
+        &self,
+        bytes: u64,
+        objects: u64,
+        deadline: Instant,
+    ) -> Result<Reservation> {
+        self.shared.check_open()?;
+        self.shared.reserve(bytes, objects, deadline).await
+    }
+
+    /// Creates a staging file for `key` (`<key>.<instance>-<seq>.part`,
+    /// O_EXCL) holding
+    /// a reservation of one object and one chunk. Append to it, then
+    /// [`Staging::commit`] or [`Staging::close`].
+    pub async fn create_staging(&self, key: &str) -> Result<Staging> {
+        self.shared.check_open()?;
+        let key = Key::new(key)?;
+        let deadline = Instant::now() + self.shared.cfg.reservation_wait;
+        let chunk = self.shared.cfg.chunk_bytes.min(self.shared.bytes_limit);
+        let reservation = self.shared.reserve(chunk, 1, deadline).await?;
+        Staging::create(Rc::clone(&self.shared), key, reservation).await
+    }
+
+    /// Stores `data` at `key`, replacing any object there (atomically: a
+    /// reader sees the old or the new object, never a mix). Stages, fsyncs,
+    /// renames into place and fsyncs the directory.
+    pub async fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.shared.check_open()?;
+        let key = Key::new(key)?;
+        let bytes = data.len() as u64;
+        if bytes > self.shared.bytes_limit {
+            return Err(Error::Oversize {
+                key: key.to_string(),
+                bytes,
+                bytes_limit: self.shared.bytes_limit,
+            });
+        }
+        let deadline = Instant::now() + self.shared.cfg.reservation_wait;
+        let reservation = self.shared.reserve(bytes, 1, deadline).await?;
+        let mut staging = Staging::create(Rc::clone(&self.shared), key, reservation).await?;
+        if let Err(error) = staging.append(data).await {
+            if let Err(close_error) = staging.close().await {
+                tracing::warn!(%close_error, "closing a failed put's staging file");
+            }
+            return Err(error);
+        }
+        staging.finish(FinishMode::Replace).await
+    }
+
+    /// Adds the finished file at `file` as the object `key` without copying
+    /// it when it is on the cache's filesystem (a hard link of the open file;
+    /// a copy through a staging file otherwise), accounting its bytes.
+    /// Refuses an existing key with [`Error::Conflict`], like a commit. The
+    /// caller must not modify the file afterwards (the object shares its
+    /// inode). See [`crate::adopt`] for the protocol.
+    pub async fn adopt(&self, key: &str, file: impl AsRef<Path>) -> Result<crate::Adopted> {
+        crate::adopt::adopt(&self.shared, key, file.as_ref()).await
+    }
+
+    /// Reads `key`, marking it accessed. `Ok(None)` if it is not cached.
+    pub async fn get(&self, key: &str) -> Result<Option<Object>> {
+        self.shared.check_open()?;
+        let key = Key::new(key)?;
+        self.shared.get(&key).await
+    }
+
+    /// True if `key` is cached. Does not count as an access.
+    pub fn contains(&self, key: &str) -> Result<bool> {
+        let key = Key::new(key)?;
+        Ok(self.shared.tracker.borrow().contains(key.as_str()))
+    }
+
+    /// Removes `key` (durably: the directory is fsync'd, so a crash cannot
+    /// bring a stale object back). Returns whether it was there. Only keys
+    /// the cache tracks are unlinked; the directory holding `key` (or its
+    /// nearest existing ancestor) is fsync'd in every case, so an earlier
+    /// removal of `key` that was not yet durable (a trim's) is durable when
+    /// this returns.
+    pub async fn invalidate(&self, key: &str) -> Result<bool> {
+        self.shared.check_open()?;
+        let key = Key::new(key)?;
+        let _guard = self.shared.locks.lock(key.as_str()).await;
+        let removed = self
+            .shared
+            .remove_object(key.as_str(), "invalidate")
+            .await?;
+        if removed {
+            self.shared.metrics.invalidations.inc();
+        }
+        self.shared.sync_nearest_dir(key.parent()).await?;
+        if removed {
+            self.shared.remove_empty_parents(key.as_str()).await;
+        }
+        Ok(removed)
+    }
+
+    /// Trims now, down to the low watermark minus outstanding reservations
+    /// (waiting out the throttle interval if a trim just ran).
+    /// [`TrimKind::Exhaustive`] first walks the directory and reconciles the
+    /// tracker with it.
+    pub async fn trim(&self, kind: TrimKind) -> Result<TrimReport> {
+        self.shared.check_open()?;
+        let report = trim::run(&self.shared, kind, Trigger::Manual, true).await?;
+        report.ok_or(Error::Closed)
+    }
+
+    /// Writes the access tracker now (temp file, fdatasync, rename, directory
+    /// fsync).
+    pub async fn persist_tracker(&self) -> Result<()> {
+        self.shared.check_open()?;
+        self.shared.persist_tracker().await
+    }
+
+    /// A snapshot of sizes, limits and counters.
+    pub fn stats(&self) -> CacheStats {
+        self.shared.stats()
+    }
+
+    /// Cached keys, least recently accessed first (what a trim removes first).
+    pub fn keys_oldest_first(&self) -> Vec<String> {
+        self.shared
+            .tracker
+            .borrow()
+            .iter_oldest_first()
+            .map(|o| o.key.to_string())
+            .collect()
+    }
+
+    /// Keys removed by trims since the last call (feature `sim`: the model
+    /// checker needs to tell trims from losses).
+    #[cfg(feature = "sim")]
+    pub fn take_trimmed_keys(&self) -> Vec<String> {
+        std::mem::take(&mut *self.shared.trimmed_log.borrow_mut())
+    }
+
+    /// Stops background work, removes dead staging names, persists the
+    /// tracker. Dropping the cache instead is treated like a crash.
+    pub async fn shutdown(mut self) -> Result<()> {
+        for task in self.tasks.drain(..) {
+            task.cancel().await;
+        }
+        // Let a trim in flight (from another task) finish first.
+        let trim_guard = self.shared.trim_lock.lock().await;
+        self.shared.retry_pending_unlinks().await;
+        let persisted = self.shared.persist_tracker().await;
+        self.shared.closed.set(true);
+        drop(trim_guard);
+        persisted
+    }
+}
+
+impl Drop for Cache {
+    /// A crash at this instant: background tasks are cancelled where they
+    /// stand, metadata calls already handed to the kernel are waited for (so
+    /// none lands after the next instance opened the directory), and the
+    /// directory lock is released. Operations other tasks still have in
+    /// flight fail with [`Error::Closed`] at their next step.
+    fn drop(&mut self) {
+        self.shared.closed.set(true);
+        self.tasks.clear();
+        self.shared.uring.wait_for_in_flight();
+    }
+}
+
+impl Shared {
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.get() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Fault hook: should this object-data write fail with ENOSPC?
+    pub(crate) fn inject_enospc_write(&self) -> bool {
+        #[cfg(feature = "sim")]
+        {
+            self.faults.take_enospc_write()
+        }
+        #[cfg(not(feature = "sim"))]
+        {
+            false
+        }
+    }
+
+    /// Fault hook: should this read return short (as the kernel does past
+    /// `MAX_RW_COUNT`)?
+    pub(crate) fn inject_short_read(&self) -> bool {
+        #[cfg(feature = "sim")]
+        {
+            self.faults.take_short_read()
+        }
+        #[cfg(not(feature = "sim"))]
+        {
+            false
+        }
+    }
+
+    /// Fault hook: should this object-data write be short?
+    pub(crate) fn inject_short_write(&self) -> bool {
+        #[cfg(feature = "sim")]
+        {
+            self.faults.take_short_write()
+        }
+        #[cfg(not(feature = "sim"))]
+        {
+            false
+        }
+    }
+
+    /// Fault hook: should this directory fsync fail?
+    pub(crate) fn inject_dir_sync_failure(&self) -> bool {
+        #[cfg(feature = "sim")]
+        {
+            self.faults.take_dir_sync_failure()
+        }
+        #[cfg(not(feature = "sim"))]
+        {
+            false
+        }
+    }
+
+    /// fsyncs a directory under `objects/` (counted; fault hook).
+    pub(crate) async fn fsync_dir(&self, dir: &Rc<OwnedFd>) -> std::io::Result<()> {
+        self.metrics.dir_syncs.inc();
+        if self.inject_dir_sync_failure() {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.uring.fsync(dir).await
+    }
+
+    /// Fault hook: should a commit yield between its link/rename and the
+    /// accounting that follows it?
+    pub(crate) fn inject_pause_after_place(&self) -> bool {
+        #[cfg(feature = "sim")]
+        {
+            self.faults.take_pause_after_place()
+        }
+        #[cfg(not(feature = "sim"))]
+        {
+            false
+        }
+    }
+
+    /// Fault hook: should this post-commit staging unlink fail?
+    pub(crate) fn inject_staging_unlink_failure(&self) -> bool {
+        #[cfg(feature = "sim")]
+        {
+            self.faults.take_staging_unlink()
+        }
+        #[cfg(not(feature = "sim"))]
+        {
+            false
+        }
+    }
+
+    /// Records a trimmed key for the model checker (feature `sim`; bounded
+    /// by `TRIMMED_LOG_MAX`, far above what a sequence of `SIM_OPS_MAX`
+    /// operations can trim).
+    pub(crate) fn log_trimmed(&self, key: &str) {
+        #[cfg(feature = "sim")]
+        {
+            let mut log = self.trimmed_log.borrow_mut();
+            if log.len() < TRIMMED_LOG_MAX {
+                log.push(key.to_owned());
+            }
+        }
+        #[cfg(not(feature = "sim"))]
+        let _ = key;
+    }
+
+    pub(crate) fn object_path(&self, rel: &str) -> PathBuf {
+        self.objects_path.join(rel)
+    }
+
+    /// The next staging name for `key`: `<key>.<instance>-<seq>.part`.
+    pub(crate) fn next_staging_name(&self, key: &Key) -> String {
+        let seq = self.staging_seq.get();
+        self.staging_seq.set(seq.wrapping_add(1));
+        key.staging_name(self.staging_instance, seq)
+    }
+}
+
+impl Shared {
+    pub(crate) async fn reserve(
+        self: &Rc<Self>,
+        bytes: u64,
+        objects: u64,
+        deadline: Instant,
+    ) -> Result<Reservation> {
+        let signal = Rc::clone(&self.trim_signal);
+        self.ledger
+            .reserve(bytes, objects, deadline, &self.metrics, move || {
+                request_trim(&signal)
+            })
+            .await
+    }
+
+    /// Asks the background trimmer for a trim if `used + reserved` is above
+    /// the threshold.
+    pub(crate) fn maybe_request_trim(&self) {
+        let s = self.ledger.state();
+        let threshold = self.cfg.trim_threshold_percent;
+        let over_bytes =
+            s.used_bytes.saturating_add(s.reserved_bytes) > percent_of(self.bytes_limit, threshold);
+        let over_objects = s.used_objects.saturating_add(s.reserved_objects)
+            > percent_of(self.cfg.objects_limit, threshold);
+        if over_bytes || over_objects {
+            request_trim(&self.trim_signal);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        let s = self.ledger.state();
+        {
+            // A disagreement is a bug, but `stats()` is what monitoring
+            // calls: report it loudly instead of taking the shard down.
+            let tracker = self.tracker.borrow();
+            if tracker.bytes() != s.used_bytes || tracker.len() != s.used_objects {
+                tracing::warn!(
+                    tracker_bytes = tracker.bytes(),
+                    ledger_bytes = s.used_bytes,
+                    tracker_objects = tracker.len(),
+                    ledger_objects = s.used_objects,
+                    "tracker and ledger disagree"
+                );
+            }
+            debug_assert_eq!(
+                tracker.bytes(),
+                s.used_bytes,
+                "tracker and ledger disagree on bytes"
+            );
+            debug_assert_eq!(
+                tracker.len(),
+                s.used_objects,
+                "tracker and ledger disagree on objects"
+            );
+        }
+        let mut stats = CacheStats {
+            bytes: s.used_bytes,
+            objects: s.used_objects,
+            reserved_bytes: s.reserved_bytes,
+            reserved_objects: s.reserved_objects,
+            bytes_limit: self.bytes_limit,
+            objects_limit: self.cfg.objects_limit,
+            bytes_high_watermark: s.peak_bytes,
+            objects_high_watermark: s.peak_objects,
+            ..CacheStats::default()
+        };
+        self.metrics.fill(&mut stats);
+        stats
+    }
+
+    async fn get(self: &Rc<Self>, key: &Key) -> Result<Option<Object>> {
+        let Some(bytes_hint) = self.tracker.borrow().bytes_of(key.as_str()) else {
+            self.metrics.misses.inc();
+            return Ok(None);
+        };
+        let path = self.object_path(key.as_str());
+        // O_NONBLOCK: a FIFO (or device) planted at a key must not block the
+        // open in the kernel (and with it the ring's teardown); it is then
+        // refused as not a regular file.
+        let fd = match self
+            .uring
+            .open_beneath(
+                &self.objects_fd,
+                key.as_str(),
+                libc::O_RDONLY | libc::O_NONBLOCK,
+                0,
+            )
+            .await
+        {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // Removed behind our back (or by a trim that raced us).
+                self.forget_if_missing(key).await?;
+                self.metrics.misses.inc();
+                return Ok(None);
+            }
+            Err(e) => return Err(self.open_error(key, &path, e)),
+        };
+        match sys::is_regular_file(fd.as_fd()) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::io(
+                    "open",
+                    &path,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"),
+                ))
+            }
+            Err(e) => return Err(Error::io("fstat", &path, e)),
+        }
+        sys::clear_nonblock(fd.as_fd()).map_err(|e| Error::io("fcntl", &path, e))?;
+        let file = sys::buffered_file_from_fd(fd);
+        let object = read_to_end(&file, bytes_hint, &path, self).await?;
+        drop(file);
+        self.tracker.borrow_mut().touch(key.as_str());
+        self.metrics.hits.inc();
+        Ok(Some(object))
+    }
+
+    /// After an ENOENT on a tracked key: drop it from the tracker if it is
+    /// really gone (under the key lock, so a concurrent put is not undone).
+    async fn forget_if_missing(&self, key: &Key) -> Result<()> {
+        let _guard = self.locks.lock(key.as_str()).await;
+        if !self.tracker.borrow().contains(key.as_str()) {
+            return Ok(());
+        }
+        let stat = match self.parent_dir(key.as_str(), false).await {
+            Ok((dir, leaf)) => self.uring.stat_nofollow(&dir, leaf).await,
+            Err(e) => Err(e),
+        };
+        // Gone, or replaced by something that is not an object (a directory,
+        // a symlink): either way the key no longer holds a cached object.
+        let gone = match &stat {
+            Ok(info) => info.is_dir || info.is_symlink,
+            Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+        };
+        match stat {
+            _ if gone => {
+                if let Some(bytes) = self.tracker.borrow_mut().remove(key.as_str()) {
+                    self.ledger.sub_used(bytes, 1);
+                }
+                tracing::warn!(key = key.as_str(), "cached object vanished from disk");
+                Ok(())
+            }
+            Err(e) => Err(Error::io("statx", self.object_path(key.as_str()), e)),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Maps an `openat2` failure on `key` to a typed error.
+    pub(crate) fn open_error(&self, key: &Key, path: &Path, e: std::io::Error) -> Error {
+        match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::EXDEV) => {
+                Error::rejected(key.as_str(), KeyRejection::SymlinkInPath)
+            }
+            Some(libc::ENOTDIR) => Error::rejected(key.as_str(), KeyRejection::ParentIsObject),
+            Some(libc::EISDIR) => Error::rejected(key.as_str(), KeyRejection::IsDirectory),
+            _ => Error::io("openat2", path, e),
+        }
+    }
+}
+
+/// Reads a whole file whose size is probably `hint`, until a read returns
+/// 0 bytes. A short read is *not* EOF: Linux caps one read at `MAX_RW_COUNT`
+/// (0x7ffff000 bytes), so a larger object comes back in pieces. The common
+/// case (the file is `hint` bytes) is one read of `hint + 1` bytes, returned
+/// without a copy, plus one empty read confirming EOF.
+pub(crate) async fn read_to_end(
+    file: &BufferedFile,
+    hint: u64,
+    path: &Path,
+    shared: &Shared,
+) -> Result<Object> {
+    let ask = usize::try_from(hint)
+        .unwrap_or(usize::MAX - 1)
+        .saturating_add(1);
+    let first = read_some(file, 0, ask, path, shared).await?;
+    let mut bytes: Option<Vec<u8>> = None;
+    let mut offset = first.len() as u64;
+    if first.is_empty() {
+        return Ok(Object(ObjectBytes::Read(first)));
+    }
+    // Bounded by the file's size: every iteration but the last reads at
+    // least one byte.
+    loop {
+        let step = if offset < hint.saturating_add(1) {
+            usize::try_from(hint.saturating_add(1) - offset).unwrap_or(READ_STEP_BYTES)
+        } else {
+            READ_STEP_BYTES
+        };
+        let next = read_some(file, offset, step, path, shared).await?;
+        if next.is_empty() {
+            return Ok(Object(match bytes {
+                None => ObjectBytes::Read(first),
+                Some(bytes) => ObjectBytes::Owned(bytes),
+            }));
+        }
+        let owned = bytes.get_or_insert_with(|| first.to_vec());
+        owned.extend_from_slice(&next);
+        offset += next.len() as u64;
+    }
+}
+
+/// One `read_at` (shortened by the `sim` fault hook when it is armed).
+async fn read_some(
+    file: &BufferedFile,
+    offset: u64,
+    len: usize,
+    path: &Path,
+    shared: &Shared,
+) -> Result<ReadResult> {
+    let len = if shared.inject_short_read() {
+        len.div_ceil(2).max(1)
+    } else {
+        len
+    };
+    file.read_at(offset, len)
+        .await
+        .map_err(|e| Error::io("read", path, glommio_io(e)))
+}

@@ -1,0 +1,176 @@
+//! Opening a cache.
+//!
+//! 1. Create the root if needed, take the instance `flock`, check the layout
+//!    version.
+//! 2. Load the tracker file; a missing, wrong-version or corrupt one is
+//!    ignored with a warning (access times then come from the disk).
+//! 3. Remove `tracker.tmp` (an interrupted persist) and walk `objects/`:
+//!    remove every `*.part` (staging files cannot outlive their process),
+//!    remove empty directories (never `objects/` or the root), and rebuild
+//!    sizes and counts from what is on disk — the tracker only contributes
+//!    access order.
+//! 4. If the rebuilt usage is above the trim threshold, ask for a trim.
+
+use super::*;
+
+impl Cache {
+    pub(crate) async fn open(builder: CacheBuilder) -> Result<Cache> {
+        builder.validate()?;
+        let cfg = builder.cfg;
+        let root = cfg.dir.clone();
+        let objects_path = root.join(OBJECTS_DIR);
+        let prepared = {
+            let root = root.clone();
+            glommio::executor()
+                .spawn_blocking(move || fs::prepare_root_blocking(&root))
+                .await?
+        };
+        let root_fd = Rc::new(prepared.root_fd);
+        let bytes_limit = match cfg.bytes_limit {
+            BytesLimit::Bytes(bytes) => bytes,
+            BytesLimit::PercentOfFilesystem(percent) => {
+                let space =
+                    sys::fs_space(root_fd.as_fd()).map_err(|e| Error::io("fstatvfs", &root, e))?;
+                let bytes = percent_of(space.total_bytes, percent);
+                if bytes == 0 {
+                    return Err(Error::Config {
+                        field: "bytes_limit",
+                        reason: format!(
+                            "{percent}% of a {}-byte filesystem is 0",
+                            space.total_bytes
+                        ),
+                    });
+                }
+                bytes
+            }
+        };
+        let uring = Uring::new().map_err(|e| Error::io("io_uring_setup", &root, e))?;
+        let ledger = Rc::new(Ledger::new(
+            bytes_limit,
+            cfg.objects_limit,
+            cfg.min_free_bytes,
+            Rc::clone(&root_fd),
+        ));
+        let shared = Rc::new(Shared {
+            bytes_limit,
+            root: root.clone(),
+            objects_path,
+            root_fd,
+            objects_fd: Rc::new(prepared.objects_fd),
+            uring,
+            ledger,
+            tracker: RefCell::new(Tracker::new()),
+            locks: Rc::new(KeyLocks::default()),
+            metrics: Metrics::default(),
+            trim_lock: Rc::new(AsyncLock::default()),
+            trim_last_end: Cell::new(None),
+            trim_signal: Rc::new(TrimSignal::default()),
+            persist_lock: Rc::new(AsyncLock::default()),
+            staging_seq: Cell::new(0),
+            staging_instance: sys::random_u64() as u32,
+            pending_unlinks: RefCell::new(Vec::new()),
+            unsynced_dirs: RefCell::new(HashSet::new()),
+            closed: Cell::new(false),
+            #[cfg(feature = "sim")]
+            faults: builder.faults.unwrap_or_default(),
+            #[cfg(feature = "sim")]
+            trimmed_log: RefCell::new(Vec::new()),
+            cfg,
+        });
+        shared.recover().await?;
+        let tasks = vec![
+            glommio::spawn_local(trimmer(
+                Rc::downgrade(&shared),
+                Rc::clone(&shared.trim_signal),
+            )),
+            glommio::spawn_local(persister(Rc::downgrade(&shared))),
+        ];
+        shared.maybe_request_trim();
+        Ok(Cache {
+            shared,
+            tasks,
+            _lock_fd: prepared.lock_fd,
+        })
+    }
+}
+
+impl Shared {
+    /// Startup: load the tracker, clean up, rebuild accounting from disk.
+    async fn recover(self: &Rc<Self>) -> Result<()> {
+        let loaded = self.load_tracker().await;
+        match self
+            .uring
+            .unlink(&self.root_fd, TRACKER_TMP_FILE, false)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(Error::io("unlinkat", self.root.join(TRACKER_TMP_FILE), e)),
+        }
+        let walk = self.walk().await?;
+        for rel in &walk.staging {
+            match self.unlink_rel(rel, false).await {
+                Ok(()) => self.metrics.orphans_removed.inc(),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(Error::io("unlinkat", self.object_path(rel), e)),
+            }
+        }
+        self.remove_empty_dirs(&walk.dirs_deepest_first).await;
+        if !walk.foreign.is_empty() {
+            tracing::warn!(
+                count = walk.foreign.len(),
+                first = walk.foreign.first().map(String::as_str),
+                "entries in the cache directory that are not cache objects were left alone"
+            );
+        }
+        // Access order: the tracker's where it knows the key, the disk's
+        // otherwise; ties keep the tracker file's order.
+        let order: HashMap<&str, (u64, usize)> = loaded
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.key.as_str(), (e.atime_ms, i)))
+            .collect();
+        let mut files: Vec<(u64, usize, &fs::WalkFile)> = walk
+            .files
+            .iter()
+            .map(|f| match order.get(f.key.as_str()) {
+                Some(&(atime, index)) => (atime, index, f),
+                None => (f.atime_ms, usize::MAX, f),
+            })
+            .collect();
+        files.sort_by_key(|&(atime, index, _)| (atime, index));
+        let mut total = 0u64;
+        {
+            let mut tracker = self.tracker.borrow_mut();
+            for (atime, _, file) in &files {
+                tracker.insert_at(&file.key, file.bytes, *atime);
+                total = total.saturating_add(file.bytes);
+            }
+        }
+        self.ledger.add_used(total, files.len() as u64);
+        tracing::info!(
+            objects = files.len(),
+            bytes = total,
+            orphans = walk.staging.len(),
+            "cache recovered"
+        );
+        Ok(())
+    }
+
+    /// Walks `objects/` on glommio's blocking pool.
+    pub(crate) async fn walk(&self) -> Result<fs::Walk> {
+        let objects = self.objects_path.clone();
+        glommio::executor()
+            .spawn_blocking(move || fs::walk_blocking(&objects))
+            .await
+    }
+}
+
+impl CacheBuilder {
+    /// Validates the settings, prepares the directory (see the module docs
+    /// for the startup steps) and opens the cache. Must run on a glommio
+    /// executor.
+    pub async fn open(self) -> Result<Cache> {
+        Cache::open(self).await
+    }
+}

@@ -1,0 +1,313 @@
+//! Reading the journal: one op ([`Journal::read`]) or a range in order
+//! ([`Entries`], which reads ahead). Every read verifies the entry's header
+//! and payload checksum; a mismatch is read once more before it is
+//! reported as [`Error::Corruption`].
+
+use super::*;
+
+impl<S: Storage> Journal<S> {
+    /// Reads op `op`. `Ok(None)` if the journal does not hold it (never
+    /// written, or not durable yet); [`Error::BelowWatermark`] if it was
+    /// compacted; [`Error::Corruption`] if its bytes fail verification.
+    pub async fn read(&self, op: u64) -> Result<Option<Entry>> {
+        let Some(found) = self.locate(op)? else {
+            return Ok(None);
+        };
+        let read = || read_entry(op, &found);
+        match read().await {
+            // Read once more before reporting damage: a transient read error
+            // must not look like corruption.
+            Err(Error::Corruption { .. }) => read().await.map(Some),
+            other => other.map(Some),
+        }
+    }
+
+    /// Where op `op` lives: `Ok(None)` if the journal does not hold it.
+    fn locate(&self, op: u64) -> Result<Option<Located<S::File>>> {
+        let state = self.shared.state.borrow();
+        state.usable()?;
+        if op <= state.compacted_floor {
+            return Err(Error::BelowWatermark {
+                op,
+                watermark: state.compacted_floor,
+            });
+        }
+        match state.index.lookup(op) {
+            Lookup::Compacted => Err(Error::BelowWatermark {
+                op,
+                watermark: state.index.watermark(),
+            }),
+            Lookup::Missing | Lookup::Pending => Ok(None),
+            Lookup::Durable(location, _) => {
+                let segment = state
+                    .segment(location.generation)
+                    .expect("the index only points into live segments");
+                Ok(Some(Located {
+                    location,
+                    file: segment.file.clone(),
+                    path: segment.path.clone(),
+                    segment_bytes: segment.segment_bytes,
+                    journal_id: segment.journal_id,
+                }))
+            }
+        }
+    }
+
+    /// The ops in `range`, in op order, each present or missing. Ops at or
+    /// below the watermark yield [`Error::BelowWatermark`].
+    pub fn entries(&self, range: RangeInclusive<u64>) -> Entries<S> {
+        Entries {
+            journal: self.clone(),
+            next: *range.start(),
+            end: *range.end(),
+            done: range.is_empty(),
+            window: None,
+        }
+    }
+}
+
+/// Where an op's entry lives, with what reading it needs.
+struct Located<F> {
+    location: Location,
+    file: Rc<F>,
+    path: PathBuf,
+    segment_bytes: u64,
+    journal_id: [u8; 16],
+}
+
+impl<F> Located<F> {
+    /// The block-aligned byte range holding the entry.
+    fn block_range(&self) -> (u64, u64) {
+        let offset = u64::from(self.location.offset);
+        let len = (ENTRY_HEADER_BYTES + self.location.payload_len as usize) as u64;
+        (
+            align_down(offset, BLOCK_BYTES),
+            align_up(offset + len, BLOCK_BYTES),
+        )
+    }
+}
+
+/// Reads op `op`'s entry with one read and verifies it.
+async fn read_entry<F: StorageFile>(op: u64, found: &Located<F>) -> Result<Entry> {
+    let (start, end) = found.block_range();
+    let offset = u64::from(found.location.offset);
+    let bytes = found
+        .file
+        .read_at(start, (end - start) as usize)
+        .await
+        .map_err(|e| Error::io("read", &found.path, Some(offset), e))?;
+    verify_entry(op, found, &bytes, start)
+}
+
+/// Verifies op `op`'s entry in `bytes`, which were read from file offset
+/// `bytes_start` and must cover the entry.
+fn verify_entry<F>(op: u64, found: &Located<F>, bytes: &[u8], bytes_start: u64) -> Result<Entry> {
+    let location = found.location;
+    let path = &found.path;
+    // Not the configured limit: the entry may predate a smaller one.
+    let entry_bytes_max = crate::config::ENTRY_BYTES_MAX_LIMIT;
+    let offset = u64::from(location.offset);
+    let payload_len = location.payload_len as usize;
+    let at = (offset - bytes_start) as usize;
+    let corrupt = |reason: String| Error::corruption(path, offset, reason);
+    if bytes.len() < at + ENTRY_HEADER_BYTES + payload_len {
+        return Err(corrupt(format!("file ends before op {op}'s entry")));
+    }
+    let header = check_entry_header(
+        &bytes[at..],
+        &found.journal_id,
+        location.generation,
+        offset,
+        found.segment_bytes,
+        entry_bytes_max,
+    )
+    .map_err(|fault| corrupt(format!("op {op}: {}", fault.describe())))?;
+    if header.op.get() != op
+        || header.entry_kind() != Some(EntryKind::Data)
+        || header.payload_len.get() != location.payload_len
+    {
+        return Err(corrupt(format!(
+            "entry header names op {}, expected op {op}",
+            header.op.get()
+        )));
+    }
+    let payload = &bytes[at + ENTRY_HEADER_BYTES..at + ENTRY_HEADER_BYTES + payload_len];
+    if crc32fast::hash(payload) != header.payload_checksum.get() {
+        return Err(corrupt(format!("op {op}: payload checksum mismatch")));
+    }
+    Ok(Entry {
+        op,
+        epoch: header.epoch.get(),
+        payload: payload.to_vec(),
+    })
+}
+
+/// Bytes [`Entries`] reads ahead in one read: consecutive ops of a leader's
+/// log sit next to each other, so a replay reads the log in windows this
+/// large, the next one in flight while the current one is verified, instead
+/// of one block per op.
+pub const ENTRIES_READ_AHEAD_BYTES: u64 = 4 << 20;
+
+/// Async iterator over a range of ops; see [`Journal::entries`].
+pub struct Entries<S: Storage = DmaStorage> {
+    journal: Journal<S>,
+    next: u64,
+    end: u64,
+    done: bool,
+    window: Option<Window<S::File>>,
+}
+
+/// Bytes of one segment read ahead, with the read of what follows them in
+/// flight.
+struct Window<F: StorageFile> {
+    generation: u64,
+    /// File offset of `bytes[0]`.
+    start: u64,
+    bytes: Vec<u8>,
+    /// The read of the bytes right after `bytes`: its offset and the read.
+    ahead: Option<(u64, glommio::Task<std::io::Result<F::ReadBuf>>)>,
+}
+
+impl<F: StorageFile> Window<F> {
+    fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+
+    fn covers(&self, generation: u64, start: u64, end: u64) -> bool {
+        self.generation == generation && self.start <= start && end <= self.end()
+    }
+
+    /// Starts reading the next [`ENTRIES_READ_AHEAD_BYTES`] after the
+    /// window, up to the end of the segment.
+    /// Returns whether a read was started; the caller then lets the reactor
+    /// turn once ([`reactor_turn`]), so the read is submitted before the
+    /// caller goes back to verifying entries.
+    fn read_ahead(&mut self, found: &Located<F>) -> bool {
+        let from = self.end();
+        if self.ahead.is_some() || from >= found.segment_bytes {
+            return false;
+        }
+        let len = ENTRIES_READ_AHEAD_BYTES.min(found.segment_bytes - from) as usize;
+        let file = found.file.clone();
+        let read = glommio::spawn_local(async move { file.read_at(from, len).await });
+        self.ahead = Some((from, read));
+        true
+    }
+}
+
+impl<S: Storage> std::fmt::Debug for Entries<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entries")
+            .field("next", &self.next)
+            .field("end", &self.end)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Storage> Entries<S> {
+    /// The next op in the range, or `None` past its end. An error ends the
+    /// iteration.
+    pub async fn next(&mut self) -> Option<Result<LogItem>> {
+        if self.done {
+            return None;
+        }
+        let op = self.next;
+        if op >= self.end {
+            self.done = true;
+        } else {
+            self.next += 1;
+        }
+        let item = match self.read(op).await {
+            Ok(Some(entry)) => Ok(LogItem::Present(entry)),
+            Ok(None) => Ok(LogItem::Missing(op)),
+            Err(error) => {
+                self.done = true;
+                Err(error)
+            }
+        };
+        Some(item)
+    }
+
+    async fn read(&mut self, op: u64) -> Result<Option<Entry>> {
+        let Some(found) = self.journal.locate(op)? else {
+            return Ok(None);
+        };
+        let (start, end) = found.block_range();
+        self.fill(&found, start, end).await?;
+        let window = self.window.as_mut().expect("filled above");
+        if window.read_ahead(&found) {
+            reactor_turn().await;
+        }
+        let window = self.window.as_ref().expect("filled above");
+        match verify_entry(op, &found, &window.bytes, window.start) {
+            Ok(entry) => Ok(Some(entry)),
+            // Read once more, alone, before reporting damage: a transient
+            // read error must not look like corruption.
+            Err(Error::Corruption { .. }) => {
+                self.window = None;
+                read_entry(op, &found).await.map(Some)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Makes the window cover `start..end` of the entry's segment: extends
+    /// it with the read ahead when the entry continues where it ends,
+    /// otherwise reads a fresh window.
+    async fn fill(&mut self, found: &Located<S::File>, start: u64, end: u64) -> Result<()> {
+        let generation = found.location.generation;
+        let offset = u64::from(found.location.offset);
+        let io_error = |e| Error::io("read", &found.path, Some(offset), e);
+        if let Some(window) = &mut self.window {
+            if window.covers(generation, start, end) {
+                return Ok(());
+            }
+            let continues = window.generation == generation
+                && window.start <= start
+                && start <= window.end()
+                && window
+                    .ahead
+                    .as_ref()
+                    .is_some_and(|(at, _)| *at == window.end());
+            if continues {
+                // Keep only what the entry needs, then append what was read
+                // ahead (more than once for an entry larger than a window).
+                window.bytes.drain(..(start - window.start) as usize);
+                window.start = start;
+                while window.end() < end {
+                    let Some((_, read)) = window.ahead.take() else {
+                        break;
+                    };
+                    let bytes = read.await.map_err(io_error)?;
+                    let short = bytes.is_empty();
+                    window.bytes.extend_from_slice(&bytes);
+                    if short {
+                        break;
+                    }
+                    if window.read_ahead(found) {
+                        reactor_turn().await;
+                    }
+                }
+                if window.covers(generation, start, end) {
+                    return Ok(());
+                }
+            }
+        }
+        let len = (end - start)
+            .max(ENTRIES_READ_AHEAD_BYTES)
+            .min(found.segment_bytes.saturating_sub(start).max(end - start));
+        let bytes = found
+            .file
+            .read_at(start, len as usize)
+            .await
+            .map_err(io_error)?;
+        self.window = Some(Window {
+            generation,
+            start,
+            bytes: bytes.to_vec(),
+            ahead: None,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! Moving to the next segment: the spare prepared in the background, and
+//! the superblock naming the new segment before any write goes to it.
+
+use super::*;
+
+impl<S: Storage> Shared<S> {
+    /// Starts preparing the next segment's file in the background, unless a
+    /// spare exists or is being prepared.
+    pub(super) fn prepare_spare(self: &Rc<Self>) {
+        let generation = {
+            let mut state = self.state.borrow_mut();
+            if state.preparing || state.spare.is_some() || state.closing || state.poisoned.is_some()
+            {
+                return;
+            }
+            let Some(generation) = state.active().generation.checked_add(1) else {
+                return;
+            };
+            state.preparing = true;
+            generation
+        };
+        let shared = Rc::downgrade(self);
+        let preparation = async move {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let prepared = prepare_segment_file(&shared.storage, &shared.config, generation).await;
+            {
+                let mut state = shared.state.borrow_mut();
+                state.preparing = false;
+                match prepared {
+                    Ok(spare) => state.spare = Some(spare),
+                    // The rollover will try again in the foreground and
+                    // report the error to the appenders.
+                    Err(e) => tracing::warn!(error = %e.error, "preparing the next segment failed"),
+                }
+            }
+            wake_all(&shared.spare_ready);
+        };
+        glommio::spawn_local(preparation).detach();
+    }
+    pub(super) async fn rollover(self: &Rc<Self>) -> Result<()> {
+        let (generation, predecessor, watermark, active_file, active_path) = {
+            let state = self.state.borrow();
+            let active = state.active();
+            let predecessor = Predecessor {
+                generation: active.generation,
+                end: active.write_pos,
+            };
+            let generation = next_generation(&self.config.dir, active.generation)?;
+            let file = active.file.clone();
+            (
+                generation,
+                predecessor,
+                state.durable_watermark,
+                file,
+                active.path.clone(),
+            )
+        };
+        if self.config.durability == Durability::NoSync {
+            // The new segment's header vouches for everything before
+            // `prev_end`: make it durable first.
+            if let Err(e) = active_file.sync().await {
+                return Err(self.poison(Error::io("fdatasync", &active_path, None, e)));
+            }
+        }
+        // Take the spare prepared in the background (waiting for it if its
+        // preparation is still running), or create the segment here.
+        while self.state.borrow().preparing {
+            notified(&self.spare_ready).await;
+        }
+        let spare = self.state.borrow_mut().spare.take();
+        let journal_id = self.superblock.borrow().0.journal_id;
+        let created = match spare {
+            Some(spare) if spare.generation == generation => {
+                activate_segment(
+                    spare,
+                    &self.config,
+                    journal_id,
+                    Some(predecessor),
+                    watermark,
+                )
+                .await
+            }
+            _ => {
+                create_segment(
+                    &self.storage,
+                    &self.config,
+                    journal_id,
+                    generation,
+                    Some(predecessor),
+                    watermark,
+                )
+                .await
+            }
+        };
+        match created {
+            Ok(segment) => {
+                // The superblock names the segment before any write goes to
+                // it; recovery relies on that (see `verify`).
+                self.update_superblock(|sb| record_rollover(sb, generation, Some(predecessor)))
+                    .await?;
+                {
+                    let mut state = self.state.borrow_mut();
+                    state.segments.push_back(segment);
+                    state.needs_fresh_segment = false;
+                    state.stats.segments_created += 1;
+                }
+                self.prepare_spare();
+                Ok(())
+            }
+            Err(CreateError {
+                error,
+                poison: true,
+            }) => Err(self.poison(error)),
+            Err(CreateError {
+                error,
+                poison: false,
+            }) => Err(error),
+        }
+    }
+}
+
+/// The generation after `generation`, or an error naming the directory if
+/// the numbers ran out (only a hostile file name can get there).
+pub(super) fn next_generation(dir: &Path, generation: u64) -> Result<u64> {
+    generation.checked_add(1).ok_or_else(|| {
+        Error::corruption(
+            dir,
+            0,
+            format!("segment generation {generation} cannot be followed"),
+        )
+    })
+}
+
+/// Records a new last segment in a superblock: `generation` must now exist,
+/// and its predecessor's data ends where the new segment's header says.
+pub(super) fn record_rollover(
+    sb: &mut JournalSuperblock,
+    generation: u64,
+    predecessor: Option<Predecessor>,
+) {
+    if sb.first_generation == 0 {
+        sb.first_generation = generation;
+    }
+    sb.last_generation = generation;
+    sb.ends.retain(|(g, _)| *g < generation);
+    if let Some(p) = predecessor {
+        sb.ends.retain(|(g, _)| *g != p.generation);
+        sb.ends.push((p.generation, p.end));
+    }
+    // Only the newest are recorded (older segments' ends are in their
+    // successors' headers): keep memory bounded too.
+    let excess = sb.ends.len().saturating_sub(superblock::SEGMENT_ENDS_MAX);
+    sb.ends.drain(..excess);
+}

@@ -1,0 +1,107 @@
+//! Writing the journal's superblock: creation under a temporary name, and
+//! updates serialized one after the other.
+
+use super::*;
+
+impl<S: Storage> Shared<S> {
+    /// Writes the superblock with `change` applied (and the current durable
+    /// watermark), after any update already running. A failure poisons: the
+    /// superblock's state on disk is unknown.
+    pub(super) async fn update_superblock(
+        &self,
+        change: impl FnOnce(&mut JournalSuperblock),
+    ) -> Result<()> {
+        while self.superblock_busy.get() {
+            notified(&self.superblock_idle).await;
+        }
+        // Cleared however this future ends, dropped mid-write included, so
+        // a cancelled caller cannot stall every later update.
+        self.superblock_busy.set(true);
+        let _busy = BusyGuard(self);
+        let (next, sequence) = {
+            let (current, sequence) = &*self.superblock.borrow();
+            let mut next = current.clone();
+            change(&mut next);
+            let state = self.state.borrow();
+            next.watermark = next.watermark.max(state.durable_watermark);
+            // Carried here so that retiring the segment holding its record
+            // does not lose it.
+            next.hard_state_sequence = state.hard_state.0;
+            next.hard_state.clone_from(&state.hard_state.1);
+            (next, sequence + 1)
+        };
+        let path = self.config.dir.join(SUPERBLOCK_FILE_NAME);
+        let result = write_superblock(&self.storage, &path, sequence, &next).await;
+        if result.is_ok() {
+            *self.superblock.borrow_mut() = (next, sequence);
+        }
+        result.map_err(|e| self.poison(e))
+    }
+}
+
+/// Ends a superblock update: clears the busy flag and wakes the next one.
+struct BusyGuard<'a, S: Storage>(&'a Shared<S>);
+
+impl<S: Storage> Drop for BusyGuard<'_, S> {
+    fn drop(&mut self) {
+        self.0.superblock_busy.set(false);
+        wake_all(&self.0.superblock_idle);
+    }
+}
+
+/// Writes both copies of the journal superblock (see `superblock`).
+pub(super) async fn write_superblock<S: Storage>(
+    storage: &S,
+    path: &Path,
+    sequence: u64,
+    sb: &JournalSuperblock,
+) -> Result<()> {
+    superblock::write_file(
+        storage,
+        path,
+        false,
+        SuperblockKind::Journal,
+        sequence,
+        &sb.encode(),
+        // Both copies hold the same state before every update (recovery
+        // repairs them first), so either may go first.
+        superblock::SUPERBLOCK_COPIES - 1,
+    )
+    .await
+    .map_err(|f| Error::io(f.op, path, f.offset, f.source))
+}
+
+/// Creates a new journal's superblock: written in full under a temporary
+/// name, then renamed into place, so `superblock` never exists half-written.
+pub(super) async fn create_superblock<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    sb: &JournalSuperblock,
+) -> Result<()> {
+    let temp = dir.join(SUPERBLOCK_TEMP_NAME);
+    let path = dir.join(SUPERBLOCK_FILE_NAME);
+    match storage.remove(&temp).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", &temp, None, e)),
+    }
+    superblock::write_file(
+        storage,
+        &temp,
+        true,
+        SuperblockKind::Journal,
+        1,
+        &sb.encode(),
+        superblock::SUPERBLOCK_COPIES - 1,
+    )
+    .await
+    .map_err(|f| Error::io(f.op, &temp, f.offset, f.source))?;
+    storage
+        .rename(&temp, &path)
+        .await
+        .map_err(|e| Error::io("rename superblock", &path, None, e))?;
+    storage
+        .sync_dir(dir)
+        .await
+        .map_err(|e| Error::io("fsync directory", dir, None, e))
+}

@@ -1,0 +1,579 @@
+//! The group-commit writer.
+//!
+//! Appenders copy their entry into the *filling* batch — one aligned buffer
+//! of at most `batch_bytes_max` bytes — and wait on that batch's completion.
+//! A single writer task per journal takes the filling batch whenever it has
+//! entries, stamps each entry header with the segment generation and offset
+//! the batch lands at, writes it with one O_DIRECT write, calls fdatasync
+//! once, then publishes the entries in the ring index and wakes every
+//! appender of the batch. While batches are being written the next one
+//! fills, so the batch size grows with load. When the filling batch is full,
+//! appenders wait for the writer to take it, and the writer waits while
+//! `writes_in_flight` writes (default 2) are in flight: that bound is the
+//! backpressure.
+//!
+//! Up to `writes_in_flight` writes (each with its fdatasync) are in flight
+//! at once, at increasing offsets, and batches are acknowledged in order: a
+//! batch resolves only after every earlier batch is durable. So after a
+//! crash up to `writes_in_flight` writes at the tail may be torn, and
+//! recovery looks that many writes past damage for a later write that
+//! vouches for it (see the `recovery` module); with `writes_in_flight(1)`
+//! writes are strictly serial and at most one can be torn.
+
+use super::*;
+
+pub(super) struct Batch<B> {
+    buf: Option<B>,
+    len: usize,
+    entries: Vec<PendingEntry>,
+    done: Rc<BatchDone>,
+}
+
+impl<B> Batch<B> {
+    pub(super) fn new() -> Batch<B> {
+        Batch {
+            buf: None,
+            len: 0,
+            entries: Vec::new(),
+            done: Rc::new(BatchDone::default()),
+        }
+    }
+
+    /// Whether an entry of `footprint` bytes fits, with room left for the
+    /// padding header that may end the write.
+    pub(super) fn fits(&self, footprint: usize, batch_bytes_max: usize) -> bool {
+        self.len + footprint + ENTRY_HEADER_BYTES <= batch_bytes_max
+    }
+}
+
+#[derive(Default)]
+pub(super) struct BatchDone {
+    result: RefCell<Option<Result<()>>>,
+    notify: Event,
+}
+
+impl BatchDone {
+    fn complete(&self, result: Result<()>) {
+        *self.result.borrow_mut() = Some(result);
+        wake_all(&self.notify);
+    }
+
+    pub(super) async fn wait(&self) -> Result<()> {
+        loop {
+            if let Some(result) = self.result.borrow().as_ref() {
+                return result.clone();
+            }
+            notified(&self.notify).await;
+        }
+    }
+}
+
+pub(super) struct PendingEntry {
+    op: u64,
+    epoch: u64,
+    kind: EntryKind,
+    batch_offset: usize,
+    payload_len: u32,
+    payload_checksum: u32,
+    reservation: Option<Reservation>,
+    /// Assigned its op by `append` (not a replica write).
+    appended: bool,
+    /// A hard-state entry's payload: the journal's hard state once durable.
+    hard_state: Option<Vec<u8>>,
+}
+
+impl<F: StorageFile> State<F> {
+    /// Copies one entry into the filling batch.
+    pub(super) fn enqueue(
+        &mut self,
+        request: Request<'_>,
+        config: &JournalConfig,
+    ) -> Result<(u64, Rc<BatchDone>)> {
+        let (op, kind, payload, reservation) = match request {
+            Request::Append(payload) => {
+                let op = self.next_op;
+                if op == u64::MAX {
+                    return Err(Error::InvalidOp { op });
+                }
+                let reservation = self.index.reserve(op, self.epoch)?;
+                self.next_op += 1;
+                (op, EntryKind::Data, payload, Some(reservation))
+            }
+            Request::Write(op, payload) => {
+                if op == 0 || op == u64::MAX {
+                    return Err(Error::InvalidOp { op });
+                }
+                if op <= self.compacted_floor {
+                    return Err(Error::BelowWatermark {
+                        op,
+                        watermark: self.compacted_floor,
+                    });
+                }
+                let reservation = self.index.reserve(op, self.epoch)?;
+                self.next_op = self.next_op.max(op + 1);
+                (op, EntryKind::Data, payload, Some(reservation))
+            }
+            Request::Watermark(watermark) => (watermark, EntryKind::Watermark, &[][..], None),
+            Request::Truncate(op) => (op, EntryKind::Truncate, &[][..], None),
+            Request::HardState(bytes) => {
+                // Sequenced, so that of a record and the superblock's copy
+                // the newer wins (a salvage can leave an older record).
+                let Some(sequence) = (self.hard_state_issued.max(self.hard_state.0))
+                    .checked_add(1)
+                    .filter(|s| *s != u64::MAX)
+                else {
+                    return Err(Error::InvalidOp { op: u64::MAX });
+                };
+                self.hard_state_issued = sequence;
+                (sequence, EntryKind::HardState, bytes, None)
+            }
+        };
+        if self.filling.buf.is_none() {
+            self.filling.buf = Some(
+                self.active()
+                    .file
+                    .alloc_buf(config.batch_bytes_max as usize),
+            );
+        }
+        let footprint = entry_footprint(payload.len()) as usize;
+        let batch_offset = self.filling.len;
+        let buf = self
+            .filling
+            .buf
+            .as_mut()
+            .expect("allocated above")
+            .as_bytes_mut();
+        let payload_start = batch_offset + ENTRY_HEADER_BYTES;
+        buf[payload_start..payload_start + payload.len()].copy_from_slice(payload);
+        buf[payload_start + payload.len()..batch_offset + footprint].fill(0);
+        self.filling.entries.push(PendingEntry {
+            op,
+            epoch: self.epoch,
+            kind,
+            batch_offset,
+            payload_len: payload.len() as u32,
+            payload_checksum: crc32fast::hash(payload),
+            reservation,
+            appended: matches!(request, Request::Append(_)),
+            hard_state: match request {
+                Request::HardState(bytes) => Some(bytes.to_vec()),
+                _ => None,
+            },
+        });
+        self.filling.len += footprint;
+        if kind == EntryKind::Data {
+            self.stats.appends += 1;
+        }
+        Ok((op, self.filling.done.clone()))
+    }
+}
+
+impl<S: Storage> Shared<S> {
+    /// Issues one batch: waits for a free place in the write pipeline, rolls
+    /// over to a new segment if the batch does not fit (after the writes in
+    /// flight finished), reserves the batch's position and starts its write
+    /// in a task of its own.
+    async fn issue_batch(self: &Rc<Self>, mut batch: Batch<<S::File as StorageFile>::Buf>) {
+        let writes_in_flight_max = self.config.writes_in_flight as usize;
+        while self.state.borrow().writes_in_flight >= writes_in_flight_max {
+            notified(&self.pipeline).await;
+        }
+        let total = write_bytes(batch.len);
+        let place = match self.place_batch(&batch, total).await {
+            Ok(place) => place,
+            Err(error) => return self.fail_unissued(batch, error),
+        };
+        let ticket = Rc::new(WriteTicket::default());
+        let previous = {
+            let mut state = self.state.borrow_mut();
+            state.writes_in_flight += 1;
+            state.last_ticket.replace(ticket.clone())
+        };
+        let shared = self.clone();
+        let write = async move {
+            let buf = batch.buf.take().expect("a batch with entries has a buffer");
+            let result = shared.write_and_sync(buf, &batch, &place, total).await;
+            shared
+                .finish_batch(batch, place, total, result, previous, ticket)
+                .await;
+        };
+        glommio::spawn_local(write).detach();
+    }
+
+    /// Where the batch goes: rolls over first if it does not fit.
+    async fn place_batch(
+        self: &Rc<Self>,
+        batch: &Batch<<S::File as StorageFile>::Buf>,
+        total: u64,
+    ) -> Result<Placement<S::File>> {
+        let usable = |state: &State<S::File>| {
+            state.usable().or_else(|e| {
+                if matches!(e, Error::Closed) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        };
+        let needs_rollover = {
+            let state = self.state.borrow();
+            usable(&state)?;
+            let active = state.active();
+            // The last block of each segment is kept for a watermark record,
+            // so the watermark can advance (and free space) on a full disk.
+            let has_watermark = batch.entries.iter().any(|e| e.kind == EntryKind::Watermark);
+            let reserve = if has_watermark {
+                0
+            } else {
+                WATERMARK_RESERVE_BYTES
+            };
+            state.needs_fresh_segment || active.write_pos + total + reserve > active.segment_bytes
+        };
+        if needs_rollover {
+            // The new segment vouches for all of this one: let its writes finish.
+            while self.state.borrow().writes_in_flight > 0 {
+                notified(&self.pipeline).await;
+            }
+            usable(&self.state.borrow())?;
+            self.rollover().await?;
+        }
+        let mut state = self.state.borrow_mut();
+        let active = state
+            .segments
+            .back_mut()
+            .expect("an open journal always has an active segment");
+        let place = Placement {
+            file: active.file.clone(),
+            path: active.path.clone(),
+            generation: active.generation,
+            pos: active.write_pos,
+            // NoSync writes are not durable when they finish: they vouch
+            // for nothing.
+            durable_before: if self.config.durability == Durability::NoSync {
+                0
+            } else {
+                active.durable_end
+            },
+            journal_id: active.journal_id,
+        };
+        active.write_pos += total;
+        Ok(place)
+    }
+
+    /// Stamps the headers and makes the batch durable.
+    async fn write_and_sync(
+        &self,
+        mut buf: <S::File as StorageFile>::Buf,
+        batch: &Batch<<S::File as StorageFile>::Buf>,
+        place: &Placement<S::File>,
+        total: u64,
+    ) -> Result<()> {
+        stamp_headers(buf.as_bytes_mut(), &batch.entries, place, batch.len);
+        buf.trim_to(total as usize);
+        if let Err(e) = place.file.write_at(buf, place.pos).await {
+            return Err(self.poison(Error::io("write", &place.path, Some(place.pos), e)));
+        }
+        if self.config.durability == Durability::Sync {
+            if let Err(e) = place.file.sync().await {
+                return Err(self.poison(Error::io("fdatasync", &place.path, None, e)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a batch in issue order: only once every earlier write
+    /// succeeded too, so no acknowledged entry ever follows a hole.
+    async fn finish_batch(
+        &self,
+        batch: Batch<<S::File as StorageFile>::Buf>,
+        place: Placement<S::File>,
+        total: u64,
+        mut result: Result<()>,
+        previous: Option<Rc<WriteTicket>>,
+        ticket: Rc<WriteTicket>,
+    ) {
+        if let Some(previous) = previous {
+            let earlier_ok = previous.wait().await;
+            if !earlier_ok && result.is_ok() {
+                let cause = self.state.borrow().poisoned.clone();
+                result = Err(Error::Poisoned {
+                    cause: Box::new(cause.unwrap_or(Error::Closed)),
+                });
+            }
+        }
+        {
+            let mut state = self.state.borrow_mut();
+            if result.is_ok() {
+                publish(&mut state, &batch, &place, total, self.config.durability);
+            } else {
+                for entry in &batch.entries {
+                    if let Some(reservation) = entry.reservation {
+                        state.index.release(entry.op, reservation);
+                    }
+                }
+            }
+            state.writes_in_flight -= 1;
+            if state
+                .last_ticket
+                .as_ref()
+                .is_some_and(|t| Rc::ptr_eq(t, &ticket))
+            {
+                state.last_ticket = None;
+            }
+        }
+        ticket.resolve(result.is_ok());
+        wake_all(&self.pipeline);
+        batch.done.complete(result);
+    }
+
+    /// Fails a batch that was never written (no room for a new segment, or
+    /// the journal is poisoned), handing its reservations back — and with
+    /// it everything queued after it: the filling batch, and requests still
+    /// waiting for room (they fail as they find the recorded failure). The
+    /// journal is written in the order it was asked to, so nothing queued
+    /// behind a lost write (a hard state behind an append, an append behind
+    /// another) may reach the disk without it. Later requests go on as
+    /// usual: a full disk that frees up needs no reopen.
+    fn fail_unissued(&self, batch: Batch<<S::File as StorageFile>::Buf>, error: Error) {
+        let behind = {
+            let mut state = self.state.borrow_mut();
+            state.unissued_failures = (state.unissued_failures.0 + 1, Some(error.clone()));
+            std::mem::replace(&mut state.filling, Batch::new())
+        };
+        // The later batch first: op numbers are handed back from the top.
+        if !behind.entries.is_empty() {
+            self.fail_unissued_batch(behind, error.clone());
+        }
+        self.fail_unissued_batch(batch, error);
+        wake_all(&self.space);
+    }
+
+    /// Fails one batch that was never written (see `fail_unissued`).
+    fn fail_unissued_batch(&self, batch: Batch<<S::File as StorageFile>::Buf>, error: Error) {
+        // A truncation changed the index when it was queued: if its record
+        // never reaches the disk, memory and disk disagree until a reopen.
+        let error = if batch.entries.iter().any(|e| e.kind == EntryKind::Truncate) {
+            self.poison(error)
+        } else {
+            error
+        };
+        {
+            let mut state = self.state.borrow_mut();
+            for entry in &batch.entries {
+                if let Some(reservation) = entry.reservation {
+                    state.index.release(entry.op, reservation);
+                }
+            }
+            // Hand the failed appends' op numbers out again if no later op
+            // was assigned meanwhile, so a full disk does not leave gaps in
+            // the leader's sequence.
+            let appended = batch.entries.iter().filter(|e| e.appended).map(|e| e.op);
+            if let (Some(first), Some(last)) = (appended.clone().min(), appended.max()) {
+                if state.poisoned.is_none() && state.next_op == last + 1 {
+                    state.next_op = first;
+                }
+            }
+        }
+        batch.done.complete(Err(error));
+    }
+}
+
+/// Where a batch is written.
+struct Placement<F> {
+    file: Rc<F>,
+    path: PathBuf,
+    generation: u64,
+    pos: u64,
+    /// Stamped into the write's first entry: see `EntryHeader::durable_before`.
+    durable_before: u64,
+    /// Seeds the entry headers' checksums.
+    journal_id: [u8; 16],
+}
+
+/// Resolves once a write has finished, saying whether it and every write
+/// issued before it succeeded.
+#[derive(Default)]
+pub(super) struct WriteTicket {
+    outcome: std::cell::Cell<Option<bool>>,
+    notify: Event,
+}
+
+impl WriteTicket {
+    fn resolve(&self, ok: bool) {
+        self.outcome.set(Some(ok));
+        wake_all(&self.notify);
+    }
+
+    async fn wait(&self) -> bool {
+        loop {
+            if let Some(ok) = self.outcome.get() {
+                return ok;
+            }
+            notified(&self.notify).await;
+        }
+    }
+}
+
+/// Makes a durable batch visible: ring index, segment bookkeeping, stats.
+fn publish<F: StorageFile>(
+    state: &mut State<F>,
+    batch: &Batch<F::Buf>,
+    place: &Placement<F>,
+    total: u64,
+    durability: Durability,
+) {
+    let mut max_op = 0;
+    let mut watermark = 0;
+    for entry in &batch.entries {
+        match entry.kind {
+            EntryKind::Data => {
+                let location = Location {
+                    generation: place.generation,
+                    offset: (place.pos + entry.batch_offset as u64) as u32,
+                    payload_len: entry.payload_len,
+                };
+                let reservation = entry.reservation.expect("data entries hold a reservation");
+                state
+                    .index
+                    .commit(entry.op, entry.epoch, reservation, location);
+                max_op = max_op.max(entry.op);
+            }
+            EntryKind::Watermark => watermark = watermark.max(entry.op),
+            // The index forgot the ops when the record was queued.
+            EntryKind::Truncate => state.stats.truncations += 1,
+            EntryKind::HardState => {
+                state.hard_state = (entry.op, entry.hard_state.clone().unwrap_or_default());
+                state.stats.hard_states += 1;
+            }
+            EntryKind::Padding => unreachable!("padding is added at stamping, never queued"),
+        }
+    }
+    state.durable_watermark = state.durable_watermark.max(watermark);
+    let segment = state
+        .segments
+        .iter_mut()
+        .rev()
+        .find(|s| s.generation == place.generation)
+        .expect("a segment with writes in flight is never retired or replaced");
+    segment.max_op = segment.max_op.max(max_op);
+    segment.watermark_seen = segment.watermark_seen.max(watermark);
+    // Batches are published in issue order, each only once every earlier one
+    // succeeded: everything before this write's end is durable.
+    segment.durable_end = segment.durable_end.max(place.pos + total);
+    let stats = &mut state.stats;
+    stats.writes += 1;
+    stats.fsyncs += u64::from(durability != Durability::NoSync);
+    stats.bytes_written += total;
+    stats.entries_written += batch.entries.len() as u64;
+    stats.batch_entries_max = stats.batch_entries_max.max(batch.entries.len() as u64);
+    let bucket = (batch.entries.len().max(1).ilog2() as usize).min(BATCH_SIZE_BUCKETS - 1);
+    stats.batch_entries_log2[bucket] += 1;
+}
+
+/// Bytes written for a batch of `len` bytes of entries: up to the next block
+/// boundary at which a padding entry header still fits, so that every write
+/// ends either exactly on a boundary or with a padding entry (recovery then
+/// never has to guess where a write ended).
+fn write_bytes(len: usize) -> u64 {
+    let len = len as u64;
+    if len.is_multiple_of(BLOCK_BYTES) {
+        len
+    } else {
+        align_up(len + ENTRY_HEADER_BYTES as u64, BLOCK_BYTES)
+    }
+}
+
+/// Writes each entry's header into the batch buffer now that its final
+/// position is known, and pads the tail up to the end of the write.
+fn stamp_headers<F>(buf: &mut [u8], entries: &[PendingEntry], place: &Placement<F>, len: usize) {
+    let (generation, pos) = (place.generation, place.pos);
+    for (i, entry) in entries.iter().enumerate() {
+        let first = i == 0;
+        let header = EntryHeader {
+            checksum: 0.into(),
+            magic: ENTRY_MAGIC.into(),
+            op: entry.op.into(),
+            epoch: entry.epoch.into(),
+            generation: generation.into(),
+            offset: ((pos + entry.batch_offset as u64) as u32).into(),
+            payload_len: entry.payload_len.into(),
+            payload_checksum: entry.payload_checksum.into(),
+            durable_before: if first {
+                place.durable_before as u32
+            } else {
+                0
+            }
+            .into(),
+            kind: entry.kind as u8,
+            flags: if first { FLAG_FIRST_IN_WRITE } else { 0 },
+            reserved: [0; 6],
+        }
+        .seal(&place.journal_id);
+        buf[entry.batch_offset..entry.batch_offset + ENTRY_HEADER_BYTES]
+            .copy_from_slice(header.as_bytes());
+    }
+    let end = write_bytes(len) as usize;
+    buf[len..end].fill(0);
+    if end > len {
+        let gap = end - len;
+        let padding = EntryHeader {
+            checksum: 0.into(),
+            magic: ENTRY_MAGIC.into(),
+            op: 0.into(),
+            epoch: 0.into(),
+            generation: generation.into(),
+            offset: ((pos + len as u64) as u32).into(),
+            payload_len: ((gap - ENTRY_HEADER_BYTES) as u32).into(),
+            payload_checksum: 0.into(),
+            durable_before: 0.into(),
+            kind: EntryKind::Padding as u8,
+            flags: 0,
+            reserved: [0; 6],
+        }
+        .seal(&place.journal_id);
+        buf[len..len + ENTRY_HEADER_BYTES].copy_from_slice(padding.as_bytes());
+    }
+}
+
+/// The writer task: takes the filling batch whenever it has entries.
+pub(super) async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Event>) {
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        enum Next<B> {
+            Write(Batch<B>),
+            AwaitInFlight,
+            Exit,
+            Idle,
+        }
+        let next = {
+            let mut state = shared.state.borrow_mut();
+            if !state.filling.entries.is_empty() {
+                Next::Write(std::mem::replace(&mut state.filling, Batch::new()))
+            } else if state.closing && state.writes_in_flight > 0 {
+                Next::AwaitInFlight
+            } else if state.closing {
+                state.writer_running = false;
+                Next::Exit
+            } else {
+                Next::Idle
+            }
+        };
+        match next {
+            Next::Write(batch) => {
+                wake_all(&shared.space);
+                shared.issue_batch(batch).await;
+            }
+            Next::AwaitInFlight => notified(&shared.pipeline).await,
+            Next::Exit => {
+                wake_all(&shared.writer_exited);
+                return;
+            }
+            Next::Idle => {
+                drop(shared);
+                notified(&work).await;
+            }
+        }
+    }
+}
