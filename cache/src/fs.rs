@@ -110,7 +110,10 @@ pub(crate) struct Prepared {
 /// Creates `dir` and `dir/objects` if needed, takes the instance lock and
 /// checks (or, for a new directory, writes) the layout file.
 pub(crate) fn prepare_root_blocking(dir: &Path) -> Result<Prepared> {
-    fs::create_dir_all(dir).map_err(|e| Error::io("mkdir", dir, e))?;
+    // Durably in its parent too: a root a crash undid would take every
+    // committed object with it.
+    ringstore_journal::storage::create_dir_all_durably_blocking(dir)
+        .map_err(|e| Error::io("mkdir", dir, e))?;
     let lock_path = dir.join(LOCK_FILE);
     let lock = fs::OpenOptions::new()
         .read(true)

@@ -71,7 +71,7 @@
 
 use crate::config::ShardBuilder;
 use crate::error::{Error, Result, SnapshotError};
-use crate::identity::{write_identity, IDENTITY_FILE_NAME};
+use crate::identity::{write_identity, Identity, IDENTITY_FILE_NAME};
 use crate::machine::{OpId, StateMachine};
 use crate::object_store::{parse_snapshot_key, ObjectStoreSettings, SNAPSHOT_KEY_PREFIX};
 use crate::reset::ResetOutcome;
@@ -426,6 +426,10 @@ async fn remove_if_present(path: &Path) -> Result<()> {
 /// Step 5: the staging directory, then the marker.
 async fn finish(dir: &Path) -> Result<()> {
     blocking(dir.to_path_buf(), "finish the restore", |dir| {
+        // What the shard's open created beside the marker (`journal/`,
+        // `snapshots/`) is durable before the marker goes: without the
+        // marker, a shard missing them would open as an empty one.
+        sync_dir(dir)?;
         remove_dir_if_present(&dir.join(RESTORE_STAGING_DIR_NAME))?;
         std::fs::remove_file(dir.join(RESTORE_MARKER_NAME))?;
         sync_dir(dir)
@@ -503,7 +507,7 @@ pub(crate) async fn prepare_dir<S: Storage>(
         sync_dir(dir)
     })
     .await?;
-    write_identity(storage, dir, domain).await
+    write_identity(storage, dir, &Identity::new(domain)).await
 }
 
 /// Everything a shard keeps in its directory but the lock, the cache and

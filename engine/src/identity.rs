@@ -1,8 +1,12 @@
 //! The shard's domain identity: which domain (a UUID) its data belongs to.
 //!
-//! Written once, when a shard is created or reset into a domain, to
-//! `<shard dir>/identity` (format in `engine/FORMAT.md`) through the same
-//! temporary file, fdatasync, rename and directory fsync as a snapshot.
+//! Written when a shard is created or reset into a domain, to `<shard
+//! dir>/identity` (format in `engine/FORMAT.md`) through the same temporary
+//! file, fdatasync, rename and directory fsync as a snapshot; and once more
+//! when the shard's first open has created its journal, with the flag that
+//! says so ([`Identity::journal_created`]). From then on an open that finds
+//! no journal refuses: an empty journal in its place would silently drop
+//! every acknowledged op above the newest snapshot.
 //! Snapshots carry the domain too, and a snapshot of another domain is never
 //! loaded; object storage keys are prefixed with it.
 //!
@@ -18,7 +22,9 @@
 //!
 //! | identity file | the shard directory holds | verdict |
 //! |---|---|---|
-//! | verifies (magic, checksum, version 1) | anything | the domain it names |
+//! | verifies (magic, checksum, version 1), journal flag clear | anything | the domain it names |
+//! | verifies, journal flag set | `journal/superblock` | the domain it names |
+//! | verifies, journal flag set | no `journal/superblock` | refused: the journal is gone |
 //! | missing | no snapshot file and an empty or missing `journal/` | a new shard: an open creates a random domain |
 //! | missing | a `snapshots/snapshot-<op>.snap` or any entry in `journal/` | refused: the domain of that data is unknown |
 //! | shorter than its 40-byte header (zero-length included) | anything | refused: damaged |
@@ -26,19 +32,21 @@
 //! | checksum mismatch | anything | refused: damaged |
 //! | checksum verifies, version not 1 | anything | refused: another format version |
 //!
-//! The zeros after the header and the reserved field are not checked (no
-//! build has given them a meaning).
+//! The zeros after the header and the flag bits other than
+//! [`IDENTITY_FLAG_JOURNAL_CREATED`] are not checked (no build has given
+//! them a meaning).
 //!
 //! [`Storage`]: ringstore_journal::storage::Storage
 
 use crate::error::{Error, Result};
 use crate::shard::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::snapshot::format::{
-    unix_ms_now, IdentityHeader, BLOCK_BYTES, IDENTITY_FORMAT_VERSION, IDENTITY_HEADER_BYTES,
-    IDENTITY_MAGIC,
+    unix_ms_now, IdentityHeader, BLOCK_BYTES, IDENTITY_FLAG_JOURNAL_CREATED,
+    IDENTITY_FORMAT_VERSION, IDENTITY_HEADER_BYTES, IDENTITY_MAGIC,
 };
 use crate::snapshot::parse_snapshot_file_name;
 use ringstore_journal::storage::{IoBuf, Storage, StorageFile};
+use ringstore_journal::superblock::SUPERBLOCK_FILE_NAME;
 use serde::Serialize;
 use std::ffi::OsString;
 use std::{
@@ -63,6 +71,20 @@ pub struct Identity {
     pub domain: Uuid,
     /// When the shard joined it, ms since the Unix epoch.
     pub created_unix_ms: u64,
+    /// The shard's journal exists (its first open created it): an open
+    /// that finds none refuses.
+    pub journal_created: bool,
+}
+
+impl Identity {
+    /// A shard joining `domain` now, its journal not created yet.
+    pub fn new(domain: Uuid) -> Identity {
+        Identity {
+            domain,
+            created_unix_ms: unix_ms_now(),
+            journal_created: false,
+        }
+    }
 }
 
 /// Why an open refuses a shard directory over its identity. The
@@ -115,6 +137,17 @@ pub enum IdentityFault {
         /// The snapshot files and journal entries found.
         found: Vec<PathBuf>,
     },
+    /// The identity records that the shard's journal was created, and the
+    /// journal's superblock is not there.
+    #[error(
+        "records that the shard's journal exists, but {} is missing: the acknowledged ops \
+         the journal held above the newest snapshot are gone",
+        superblock.display()
+    )]
+    JournalMissing {
+        /// Where the journal's superblock should be.
+        superblock: PathBuf,
+    },
 }
 
 fn describe_found(found: &[PathBuf]) -> String {
@@ -158,6 +191,10 @@ impl IdentityDamage {
             IdentityFault::MissingWithData { .. } => {
                 "Restore the identity file, or move the directory aside and restore the shard \
                  from object storage"
+            }
+            IdentityFault::JournalMissing { .. } => {
+                "Restore the journal directory from a backup, or move the shard dir aside and \
+                 restore the shard from object storage (which holds only what was uploaded)"
             }
             _ => {
                 "It names the domain this shard's data belongs to. Restore it from a backup, or \
@@ -225,6 +262,7 @@ pub fn decode_identity(path: &Path, bytes: &[u8]) -> Result<Identity, IdentityDa
     Ok(Identity {
         domain: Uuid::from_bytes(header.domain),
         created_unix_ms: header.created_unix_ms.get(),
+        journal_created: header.flags.get() & IDENTITY_FLAG_JOURNAL_CREATED != 0,
     })
 }
 
@@ -247,7 +285,20 @@ pub fn identity_verdict(
     data: &[PathBuf],
 ) -> Result<IdentityVerdict, IdentityDamage> {
     match bytes {
-        Some(bytes) => decode_identity(path, bytes).map(IdentityVerdict::Found),
+        Some(bytes) => {
+            let identity = decode_identity(path, bytes)?;
+            let superblock = path
+                .with_file_name(JOURNAL_DIR_NAME)
+                .join(SUPERBLOCK_FILE_NAME);
+            if identity.journal_created && !data.contains(&superblock) {
+                return Err(IdentityDamage {
+                    path: path.to_path_buf(),
+                    offset: None,
+                    fault: IdentityFault::JournalMissing { superblock },
+                });
+            }
+            Ok(IdentityVerdict::Found(identity))
+        }
         None if data.is_empty() => Ok(IdentityVerdict::Create),
         None => Err(IdentityDamage {
             path: path.to_path_buf(),
@@ -307,8 +358,30 @@ pub async fn read_identity<S: Storage>(storage: &S, dir: &Path) -> Result<Option
     }
 }
 
-/// Writes `domain` as the identity in `dir`, durably (replacing any).
-pub async fn write_identity<S: Storage>(storage: &S, dir: &Path, domain: Uuid) -> Result<()> {
+/// Records in `dir`'s identity that the shard's journal exists (its
+/// superblock is durable): from now on an open that finds no journal
+/// refuses. Nothing is written if the identity says so already.
+pub async fn record_journal_created<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    identity: &Identity,
+) -> Result<()> {
+    if identity.journal_created {
+        return Ok(());
+    }
+    let recorded = Identity {
+        journal_created: true,
+        ..*identity
+    };
+    write_identity(storage, dir, &recorded).await
+}
+
+/// Writes `identity` in `dir`, durably (replacing any).
+pub async fn write_identity<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    identity: &Identity,
+) -> Result<()> {
     let temp = dir.join(IDENTITY_TEMP_NAME);
     let path = dir.join(IDENTITY_FILE_NAME);
     match storage.remove(&temp).await {
@@ -320,13 +393,18 @@ pub async fn write_identity<S: Storage>(storage: &S, dir: &Path, domain: Uuid) -
         .create(&temp, false)
         .await
         .map_err(|e| Error::io("create identity file", &temp, e))?;
+    let flags = if identity.journal_created {
+        IDENTITY_FLAG_JOURNAL_CREATED
+    } else {
+        0
+    };
     let mut header = IdentityHeader {
         checksum: 0.into(),
         magic: IDENTITY_MAGIC.into(),
         version: IDENTITY_FORMAT_VERSION.into(),
-        reserved: 0.into(),
-        domain: *domain.as_bytes(),
-        created_unix_ms: unix_ms_now().into(),
+        flags: flags.into(),
+        domain: *identity.domain.as_bytes(),
+        created_unix_ms: identity.created_unix_ms.into(),
     };
     header.checksum = header.compute_checksum().into();
     let mut buf = file.alloc_buf(BLOCK_BYTES as usize);
@@ -355,12 +433,52 @@ pub async fn write_identity<S: Storage>(storage: &S, dir: &Path, domain: Uuid) -
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_journal_the_identity_records_must_be_there() {
+        let path = Path::new("/d/shard-000/identity");
+        let superblock = PathBuf::from("/d/shard-000/journal/superblock");
+        let mut identity = Identity::new(Uuid::from_u128(3));
+        let verdict = |identity: &Identity, data: &[PathBuf]| {
+            let mut bytes = vec![0u8; BLOCK_BYTES as usize];
+            let flags = if identity.journal_created { 1 } else { 0 };
+            let mut header = IdentityHeader {
+                checksum: 0.into(),
+                magic: IDENTITY_MAGIC.into(),
+                version: IDENTITY_FORMAT_VERSION.into(),
+                flags: flags.into(),
+                domain: *identity.domain.as_bytes(),
+                created_unix_ms: identity.created_unix_ms.into(),
+            };
+            header.checksum = header.compute_checksum().into();
+            bytes[..IDENTITY_HEADER_BYTES].copy_from_slice(header.as_bytes());
+            identity_verdict(path, Some(&bytes), data)
+        };
+        // Not recorded yet (a new shard, or one written before the flag):
+        // no journal is fine.
+        assert_eq!(
+            verdict(&identity, &[]),
+            Ok(IdentityVerdict::Found(identity))
+        );
+        identity.journal_created = true;
+        assert_eq!(
+            verdict(&identity, std::slice::from_ref(&superblock)),
+            Ok(IdentityVerdict::Found(identity))
+        );
+        // Recorded, and only a segment (or nothing) is there: refused,
+        // naming the missing superblock.
+        let segment = PathBuf::from("/d/shard-000/journal/0000000000000001");
+        let damage = verdict(&identity, &[segment]).unwrap_err();
+        assert_eq!(damage.fault, IdentityFault::JournalMissing { superblock });
+        assert!(damage.to_string().contains("restore the shard"), "{damage}");
+        assert!(verdict(&identity, &[]).is_err());
+    }
+
     fn identity_bytes(version: u32) -> Vec<u8> {
         let mut header = IdentityHeader {
             checksum: 0.into(),
             magic: IDENTITY_MAGIC.into(),
             version: version.into(),
-            reserved: 0.into(),
+            flags: 0.into(),
             domain: *Uuid::from_u128(9).as_bytes(),
             created_unix_ms: 5.into(),
         };
@@ -380,7 +498,11 @@ mod tests {
         for data in [&data[..], &[]] {
             assert!(matches!(
                 found(&good, data),
-                Ok(IdentityVerdict::Found(Identity { domain, created_unix_ms: 5 }))
+                Ok(IdentityVerdict::Found(Identity {
+                    domain,
+                    created_unix_ms: 5,
+                    journal_created: false
+                }))
                     if domain == Uuid::from_u128(9)
             ));
         }

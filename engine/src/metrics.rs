@@ -32,6 +32,7 @@
 //! | `ringstore_journal_unclean_opens_total` | counter | opens after an unclean shutdown: the journal's end was found, not recorded (`RecoveryReport::unrecorded_end`); an acknowledged op above the highest one found could have been wiped undetectably |
 //! | `ringstore_journal_superblock_repairs_total` | counter | journal superblock copies found damaged or stale at open (rewritten) |
 //! | `ringstore_journal_stray_files` | gauge | files in the journal directory that are not the journal's (ignored) |
+//! | `ringstore_snapshots_skipped_total` | counter | snapshot files an open passed over because they did not verify (each also logged with its reason) |
 //!
 //! The object store's own counters (calls, retries, timeouts, bytes) are
 //! the `ringstore_remote_*` metrics of `ringstore_cache::Remote`, shared by
@@ -98,11 +99,18 @@ pub(crate) struct ShardMetrics {
 }
 
 impl ShardMetrics {
-    /// Publishes what the journal's recovery found (a cut tail, repaired
+    /// Publishes what recovery found (snapshots skipped; of the journal: a cut tail, repaired
     /// superblock copies, stray files): counted once per open, so a monitor
     /// sees a cut that may have lost acknowledged entries.
-    pub fn with_recovery(self, shard: &str, report: &ringstore_journal::RecoveryReport) -> Self {
+    pub fn with_recovery(
+        self,
+        shard: &str,
+        report: &ringstore_journal::RecoveryReport,
+        snapshots_skipped: usize,
+    ) -> Self {
         let label = shard.to_string();
+        metrics::counter!("ringstore_snapshots_skipped_total", "shard" => label.clone())
+            .increment(snapshots_skipped as u64);
         if let ringstore_journal::TailState::Torn { entries, .. } = &report.tail {
             tracing::warn!(shard, tail = %report.tail.describe(), "the journal's recovery cut its tail");
             metrics::counter!("ringstore_journal_tail_cuts_total", "shard" => label.clone())

@@ -34,7 +34,7 @@
 //! Every request carries the [`Remote`]'s deadline. A failed attempt is
 //! counted (`snapshot_upload_failures` in [`ShardStats`], the
 //! `ringstore_snapshot_upload_failures_total` counter) and retried after a
-//! backoff from [`UPLOAD_BACKOFF_MIN_DEFAULT`] doubling to
+//! jittered backoff ([`Backoff`]) from [`UPLOAD_BACKOFF_MIN_DEFAULT`] doubling to
 //! [`UPLOAD_BACKOFF_MAX_DEFAULT`] (settable), for as long as the shard is
 //! open. [`Shard::close`](crate::Shard::close) abandons a request in
 //! flight (a put is atomic: the key then holds the whole object or none of
@@ -81,7 +81,7 @@ use crate::shard::{Inner, Shard};
 use crate::snapshot::inspect::{inspect_snapshot, Check};
 use crate::snapshot::{parse_snapshot_file_name, snapshot_file_name};
 use event_listener::Event;
-use ringstore_cache::{Cache, RemoteError, Tiered};
+use ringstore_cache::{remote::Backoff, Cache, RemoteError, Tiered};
 use ringstore_journal::storage::Storage;
 use std::{
     cell::{Cell, RefCell},
@@ -697,7 +697,8 @@ impl<M: StateMachine, S: Storage> Drop for AllowCheckpoints<'_, M, S> {
 /// The upload task (see the module docs): runs until the shard closes, is
 /// poisoned or goes away.
 pub(crate) async fn run_uploads<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
-    let mut backoff = None;
+    // Built at the first failure: the settings live on the shard.
+    let mut backoff: Option<Backoff> = None;
     loop {
         let (shard, due, wanted) = {
             let Some(inner) = inner.upgrade() else {
@@ -739,7 +740,9 @@ pub(crate) async fn run_uploads<M: StateMachine, S: Storage>(inner: Weak<Inner<M
         );
         match shard.upload_snapshot(objects, op).await {
             Upload::Uploaded(bytes) => {
-                backoff = None;
+                if let Some(backoff) = &mut backoff {
+                    backoff.reset();
+                }
                 shard.record_upload(objects, op, bytes).await;
             }
             Upload::Superseded => {
@@ -765,8 +768,9 @@ pub(crate) async fn run_uploads<M: StateMachine, S: Storage>(inner: Weak<Inner<M
             Upload::Closing => return,
             Upload::Failed => {
                 shard.upload_failed();
-                let pause: Duration = backoff.unwrap_or(first);
-                backoff = Some((pause * 2).min(cap));
+                let pause = backoff
+                    .get_or_insert_with(|| Backoff::new(first, cap))
+                    .next_pause();
                 let closing = objects.closing.listen();
                 // A close that began before the listener existed would not
                 // wake it: look once more.

@@ -34,8 +34,8 @@
 use crate::config::{ShardBuilder, ShardConfig};
 use crate::error::{Error, Result, SkippedSnapshot};
 use crate::identity::{
-    data_files, identity_verdict, read_identity_bytes, write_identity, IdentityVerdict,
-    IDENTITY_FILE_NAME,
+    data_files, identity_verdict, read_identity_bytes, record_journal_created, write_identity,
+    Identity, IdentityVerdict, IDENTITY_FILE_NAME,
 };
 use crate::lock::DirLock;
 
@@ -105,8 +105,7 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
             |n| n.to_string_lossy().into_owned(),
         )
     });
-    storage
-        .prepare_dir(&dir)
+    ringstore_journal::storage::prepare_dir(&storage, &dir)
         .await
         .map_err(|e| Error::io("prepare shard directory", &dir, e))?;
     // Before anything is read: another process may be appending.
@@ -146,15 +145,16 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
     // journal's own open reports it.
     let journal_names = storage.list_dir(&journal_dir).unwrap_or_default();
     let data = data_files(&dir, &snapshot_names, &journal_names);
-    let (domain, domain_created) =
+    let (identity, domain_created) =
         match identity_verdict(&identity_path, identity_bytes.as_deref(), &data)? {
-            IdentityVerdict::Found(identity) => (identity.domain, false),
+            IdentityVerdict::Found(identity) => (identity, false),
             IdentityVerdict::Create => {
-                let domain = Uuid::new_v4();
-                write_identity(&storage, &dir, domain).await?;
-                (domain, true)
+                let identity = Identity::new(Uuid::new_v4());
+                write_identity(&storage, &dir, &identity).await?;
+                (identity, true)
             }
         };
+    let domain = identity.domain;
 
     // 2. Snapshot.
     let started = Instant::now();
@@ -207,6 +207,11 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
         },
         other => other.into(),
     })?;
+    // The journal exists now: from here on an open that finds none refuses.
+    if let Err(e) = record_journal_created(&storage, &dir, &identity).await {
+        let _ = journal.close().await;
+        return Err(e);
+    }
     let journal_time = started.elapsed();
     let config = match builder.validate(journal.config().slot_count) {
         Ok(config) => config,

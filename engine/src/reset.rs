@@ -26,7 +26,7 @@
 //! above this reset too.
 
 use crate::error::{Error, PersistStage, Result};
-use crate::identity::write_identity;
+use crate::identity::{write_identity, Identity};
 use crate::machine::{restore_state, OpId, StateMachine};
 use crate::shard::{Shard, SnapshotPoint};
 use crate::snapshot::{LoadedSnapshot, SnapshotMeta};
@@ -116,7 +116,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     snapshot: source.domain,
                 });
             }
-            write_identity(&inner.storage, &inner.config.dir, source.domain).await?;
+            let identity = Identity {
+                journal_created: true,
+                ..Identity::new(source.domain)
+            };
+            write_identity(&inner.storage, &inner.config.dir, &identity).await?;
             // The (empty) journal records its new owner too; a crash before
             // this is harmless: an empty journal takes the identity's domain
             // at the next open.

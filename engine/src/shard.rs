@@ -245,8 +245,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             None => None,
         };
         let automatic = recovered.config.automatic_checkpoints;
-        let metrics = ShardMetrics::new(&recovered.metrics_label)
-            .with_recovery(&recovered.metrics_label, &recovered.report.journal);
+        let metrics = ShardMetrics::new(&recovered.metrics_label).with_recovery(
+            &recovered.metrics_label,
+            &recovered.report.journal,
+            recovered.report.skipped_snapshots.len(),
+        );
         let inner = Rc::new(Inner {
             config: recovered.config,
             storage: recovered.storage,

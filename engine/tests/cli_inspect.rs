@@ -10,7 +10,9 @@
 //! an open would refuse the shard over it (and with `--strict` whenever); a missing or wrong data
 //! dir and a bad config file are clear errors with exit 2; `wal dump`
 //! prints decoded broker commands; journal directories of two shards
-//! swapped fail `wal verify` as they fail the open (another owner).
+//! swapped fail `wal verify` as they fail the open (another owner); a
+//! shard whose journal is gone is refused by the open and by both verifies
+//! with one message.
 #![cfg(feature = "cli")]
 
 mod common;
@@ -618,5 +620,55 @@ fn a_journal_directory_of_another_shard_fails_wal_verify_like_the_open() {
             refusal.contains("the journal belongs to domain"),
             "{refusal}"
         );
+    }
+}
+
+#[test]
+fn a_shard_whose_journal_is_gone_is_refused_by_the_open_and_both_verifies() {
+    // Gone entirely, or emptied: either way an open would otherwise start
+    // an empty journal and drop the ops above the newest snapshot.
+    for emptied in [false, true] {
+        let (_tmp, data) = data_dir();
+        let shard = data.join("shard-000");
+        let journal = shard.join("journal");
+        std::fs::remove_dir_all(&journal).unwrap();
+        if emptied {
+            std::fs::create_dir(&journal).unwrap();
+        }
+        let refused = {
+            let shard = shard.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            run(move || async move {
+                let opened = Shard::<Metadata>::builder(&shard)
+                    .journal(|j| small_journal(j, 4096))
+                    .open()
+                    .await;
+                tx.send(opened.err().map(|e| e.to_string())).unwrap();
+            });
+            rx.recv().unwrap().expect("the open refuses")
+        };
+        assert!(
+            refused.contains("records that the shard's journal exists"),
+            "{refused}"
+        );
+        assert!(
+            refused.contains("journal/superblock is missing"),
+            "{refused}"
+        );
+        // The refused open created no journal in the missing one's place.
+        let left = std::fs::read_dir(&journal).map(|d| d.count()).ok();
+        assert_eq!(left, emptied.then_some(0), "emptied: {emptied}");
+        for command in [["snapshot", "verify"], ["wal", "verify"]] {
+            let output = ringstore(&data, &command);
+            expect_exit(&output, 1);
+            let out = text(&output);
+            assert!(
+                out.contains(&refused),
+                "{command:?}, emptied {emptied}: {out}"
+            );
+        }
+        // The other shard is untouched.
+        let output = ringstore(&data, &["wal", "verify", "--shard", "1"]);
+        expect_exit(&output, 0);
     }
 }

@@ -102,7 +102,7 @@ fn identity_header_table_matches_the_struct() {
         ("checksum", field!(IdentityHeader, checksum)),
         ("magic", field!(IdentityHeader, magic)),
         ("version", field!(IdentityHeader, version)),
-        ("reserved", field!(IdentityHeader, reserved)),
+        ("flags", field!(IdentityHeader, flags)),
         ("domain", field!(IdentityHeader, domain)),
         ("created_unix_ms", field!(IdentityHeader, created_unix_ms)),
     ];

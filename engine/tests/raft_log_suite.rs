@@ -229,3 +229,89 @@ mod truncation {
         });
     }
 }
+
+mod received_snapshots {
+    use super::*;
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, LogId, SnapshotMeta, StoredMembership};
+    use ringstore::snapshot::SnapshotStore;
+    use ringstore_journal::storage::DmaStorage;
+
+    /// A snapshot file at op `op` that verifies (checksums, this cluster)
+    /// and whose raft section has a version this build does not read, as a
+    /// leader running another build could send.
+    fn snapshot_of_another_build(op: u64) -> Vec<u8> {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+                let store = SnapshotStore::open(DmaStorage::new(), dir.path().join("snapshots"))
+                    .await
+                    .expect("a snapshot store");
+                let raft = FrozenSection {
+                    name: ringstore::raft::RAFT_SECTION,
+                    version: 99,
+                    encoder: Box::new(RecordsEncoder::new(1, vec![String::new()].into_iter())),
+                };
+                let mut sections = Strings(vec!["applied".into()]).freeze();
+                sections.push(raft);
+                let meta = store
+                    .persist(sections, op, 1, CLUSTER)
+                    .await
+                    .expect("persist");
+                std::fs::read(&meta.path).expect("read the snapshot")
+            })
+            .expect("an executor")
+            .join()
+            .expect("the executor's result")
+    }
+
+    fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(dir.join("snapshots"))
+            .expect("list snapshots")
+            .map(|e| {
+                e.expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+
+    /// Before the fix the file was installed first and restored second: the
+    /// install failed, and every later open refused the node over the file
+    /// it had kept.
+    #[test]
+    fn a_received_snapshot_this_build_cannot_restore_is_refused_before_it_is_installed() {
+        let bytes = snapshot_of_another_build(10);
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+            let dir = root.path().join("node");
+            let open = || {
+                ringstore::raft::open::<TypeConfig, Strings>(
+                    &dir,
+                    CLUSTER,
+                    Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
+                )
+            };
+            let stores = open().expect("open the raft shard");
+            let mut machine = stores.machine;
+            let meta = SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 0), 9)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "another-build".into(),
+            };
+            let refused = machine
+                .install_snapshot(&meta, Box::new(Cursor::new(bytes)))
+                .await;
+            let message = refused
+                .expect_err("installed a snapshot it cannot restore")
+                .to_string();
+            assert!(message.contains("raft"), "{message}");
+            assert_eq!(snapshot_files(&dir), Vec::<String>::new());
+            drop((stores.log, machine));
+            let reopened = open().expect("the node reopens");
+            drop(reopened);
+        });
+    }
+}

@@ -397,6 +397,49 @@ fn the_domain_identity_is_kept_and_checked() {
 }
 
 #[test]
+fn a_power_cut_at_every_step_of_a_first_open_leaves_a_shard_that_opens() {
+    // The first open creates the shard directory, its identity (flag
+    // clear), the journal, then records the journal in the identity. A cut
+    // anywhere must leave a directory the next open accepts (never one it
+    // refuses for a missing journal), and what the next open acknowledges
+    // survives the next crash, directory entries included.
+    run(|| async {
+        let mut cut_at = 1;
+        loop {
+            let storage = MemStorage::with_faults(
+                cut_at,
+                ringstore_journal::storage::FaultConfig {
+                    dir_undo: true,
+                    ..ringstore_journal::storage::FaultConfig::none()
+                },
+            );
+            storage.cut_power_after_ops(cut_at);
+            let first = mem_builder(&storage, "/data/shard-0").open().await;
+            let finished = !storage.power_is_cut();
+            drop(first);
+            storage.crash();
+            let shard = match mem_builder(&storage, "/data/shard-0").open().await {
+                Ok(shard) => shard,
+                Err(e) => panic!("cut at op {cut_at}: the next open refused: {e}"),
+            };
+            let mut model = BTreeMap::new();
+            put_many(&shard, &mut model, 0, 3).await;
+            drop(shard);
+            storage.crash();
+            let shard = mem_builder(&storage, "/data/shard-0").open().await.unwrap();
+            assert_eq!(shard.read(|kv| kv.values()), model, "cut at op {cut_at}");
+            shard.close().await.unwrap();
+            if finished {
+                break;
+            }
+            cut_at += 1;
+            assert!(cut_at < 1_000, "the first open never finished");
+        }
+        assert!(cut_at > 10, "only {cut_at} steps: the cut missed the open");
+    });
+}
+
+#[test]
 fn reset_keeps_op_numbers_and_epochs_increasing() {
     let dir = temp_dir();
     let root = dir.path().to_path_buf();

@@ -214,7 +214,9 @@ fn two_power_cuts_in_a_row_never_bring_back_an_older_superblock() {
                 };
                 run(move || async move {
                     let mem = MemStorage::with_faults(seed, faults);
-                    mem.prepare_dir(Path::new("/mem/wal")).await.unwrap();
+                    ringstore_journal::storage::prepare_dir(&mem, Path::new("/mem/wal"))
+                        .await
+                        .unwrap();
                     let kind = SuperblockKind::Journal;
                     let last = SUPERBLOCK_COPIES - 1;
                     write_file(&mem, path, true, kind, 1, &body(1), last)

@@ -31,7 +31,7 @@
 //! # Retries
 //!
 //! Transient failures (network errors, 5xx, a refused connection) are
-//! retried with exponential backoff, at most `attempts_max` attempts and
+//! retried with exponential backoff and jitter ([`Backoff`]), at most `attempts_max` attempts and
 //! never past the deadline; every retry is counted in [`RemoteStats`] and in
 //! the `ringstore_remote_retries_total` counter of the `metrics` facade
 //! (see `stats.rs` for the full list). Multipart uploads retry per part.
@@ -88,6 +88,7 @@
 //! # Ok::<(), ringstore_cache::RemoteError>(())
 //! ```
 
+mod backoff;
 mod config;
 mod error;
 mod ops;
@@ -105,6 +106,7 @@ use object_store::path::Path as StorePath;
 use object_store::ObjectStore;
 use tokio::sync::mpsc;
 
+pub use backoff::Backoff;
 pub use config::{
     Backend, CreateCheck, RemoteBuilder, S3Config, ATTEMPTS_MAX_DEFAULT, ATTEMPTS_MAX_RANGE,
     BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, BACKOFF_RANGE, IN_FLIGHT_MAX_DEFAULT,

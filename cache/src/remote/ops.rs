@@ -24,6 +24,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use super::Backoff;
+
 use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
 use futures_util::StreamExt;
@@ -139,7 +141,7 @@ where
     Fut: std::future::Future<Output = Result<T, Failure>>,
 {
     let settings = &ctx.settings;
-    let mut backoff = settings.backoff_initial;
+    let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
     let mut n = 1;
     loop {
         let error = match attempt(n).await {
@@ -150,7 +152,8 @@ where
         if !is_transient(&error) {
             return Err(final_error(op, key, n, error));
         }
-        let out_of_time = Instant::now() + backoff >= deadline.at();
+        let pause = backoff.next_pause();
+        let out_of_time = Instant::now() + pause >= deadline.at();
         if n >= settings.attempts_max || out_of_time {
             return Err(RemoteError::Unavailable {
                 op,
@@ -159,9 +162,8 @@ where
                 source: error,
             });
         }
-        tracing::debug!(op, key, attempt = n, %error, ?backoff, "retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = backoff.saturating_mul(2).min(settings.backoff_max);
+        tracing::debug!(op, key, attempt = n, %error, ?pause, "retrying");
+        tokio::time::sleep(pause).await;
         n += 1;
         ctx.counters.retry(op);
     }
@@ -190,11 +192,8 @@ impl RetryPolicy for PartRetry {
         if !transient || attempt >= settings.attempts_max {
             return false;
         }
-        let shift = attempt.saturating_sub(1).min(16);
-        let backoff = settings
-            .backoff_initial
-            .saturating_mul(1 << shift)
-            .min(settings.backoff_max);
+        let backoff = Backoff::new(settings.backoff_initial, settings.backoff_max)
+            .pause_before_retry(attempt);
         if Instant::now() + backoff >= self.deadline.at() {
             return false;
         }

@@ -237,8 +237,11 @@ where
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    /// Verifies the received file (whole, and of this cluster), installs it
-    /// as the snapshot at its op, then replaces the state with it.
+    /// Verifies the received file (whole, and of this cluster) and restores
+    /// the state it holds, and only then installs it as the snapshot at its
+    /// op and replaces the state with it: a file this node cannot restore
+    /// (a raft record or a section another build wrote) is refused before
+    /// it takes a snapshot's name, where every later open would refuse it.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<C::NodeId, C::Node>,
@@ -250,21 +253,32 @@ where
             .thread
             .call(move |shard| {
                 Box::pin(async move {
-                    let loaded = match shard
+                    let refused = |error: &dyn std::fmt::Display| {
+                        metrics::counter!("ringstore_raft_snapshot_install_refusals_total")
+                            .increment(1);
+                        tracing::error!(op, error = %error,
+                            "refusing a snapshot received from the leader");
+                    };
+                    let (staged, loaded) = match shard
                         .snapshots
-                        .install_bytes(&bytes, op, shard.domain)
+                        .stage_bytes(&bytes, op, shard.domain)
                         .await?
                     {
-                        Ok(loaded) => loaded,
+                        Ok(staged) => staged,
                         Err(source) => {
-                            metrics::counter!("ringstore_raft_snapshot_install_refusals_total")
-                                .increment(1);
-                            tracing::error!(op, error = %source,
-                                "refusing a snapshot received from the leader");
+                            refused(&source);
                             return Err(RaftStoreError::ReceivedSnapshot { op, source });
                         }
                     };
-                    let (applied, current) = restore::<C, M>(loaded)?;
+                    let (applied, current) = match restore::<C, M>(loaded) {
+                        Ok(restored) => restored,
+                        Err(error) => {
+                            refused(&error);
+                            shard.snapshots.discard_staged(staged).await;
+                            return Err(error);
+                        }
+                    };
+                    shard.snapshots.publish_staged(staged).await?;
                     *shard.applied.borrow_mut() = applied;
                     *shard.current.borrow_mut() = Some(current);
                     shard

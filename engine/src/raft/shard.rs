@@ -8,8 +8,8 @@ use super::error::RaftStoreError;
 use super::reactor::{LocalBoxFuture, ReactorState, ReactorThread};
 use super::types::Response;
 use crate::identity::{
-    data_files, identity_verdict, read_identity_bytes, write_identity, IdentityVerdict,
-    IDENTITY_FILE_NAME,
+    data_files, identity_verdict, read_identity_bytes, record_journal_created, write_identity,
+    Identity, IdentityVerdict, IDENTITY_FILE_NAME,
 };
 use crate::lock::DirLock;
 use crate::machine::{decode_records, restore_state, FrozenSection, RecordsEncoder, SectionSet};
@@ -172,8 +172,7 @@ where
     M: StateMachine,
 {
     let storage = DmaStorage::new();
-    storage
-        .prepare_dir(&dir)
+    ringstore_journal::storage::prepare_dir(&storage, &dir)
         .await
         .map_err(|e| crate::Error::io("prepare raft shard directory", &dir, e))?;
     let lock = crate::lock::acquire_on_reactor(&dir).await?;
@@ -188,7 +187,7 @@ where
         .map_err(|e| crate::Error::io("list snapshot directory", snapshots.dir(), e))?;
     let journal_names = storage.list_dir(&journal_dir).unwrap_or_default();
     let data = data_files(&dir, &snapshot_names, &journal_names);
-    match identity_verdict(&identity_path, identity_bytes.as_deref(), &data)
+    let identity = match identity_verdict(&identity_path, identity_bytes.as_deref(), &data)
         .map_err(crate::Error::from)?
     {
         IdentityVerdict::Found(identity) if identity.domain != domain => {
@@ -198,9 +197,13 @@ where
                 found: identity.domain,
             });
         }
-        IdentityVerdict::Found(_) => {}
-        IdentityVerdict::Create => write_identity(&storage, &dir, domain).await?,
-    }
+        IdentityVerdict::Found(identity) => identity,
+        IdentityVerdict::Create => {
+            let identity = Identity::new(domain);
+            write_identity(&storage, &dir, &identity).await?;
+            identity
+        }
+    };
 
     // 2. The newest snapshot that verifies.
     let (loaded, skipped) = snapshots.load_newest(domain).await?;
@@ -247,6 +250,12 @@ where
             }),
             other => other.into(),
         })?;
+    // The journal exists now: from here on an open that finds none refuses
+    // (a node without its log and vote must not rejoin as if new).
+    if let Err(e) = record_journal_created(&storage, &dir, &identity).await {
+        let _ = journal.close().await;
+        return Err(e.into());
+    }
     if journal.recovery_report().tail_is_uncertain() {
         metrics::counter!("ringstore_raft_uncertain_tail_opens_total").increment(1);
         tracing::warn!(

@@ -197,7 +197,7 @@ impl<M: EngineMachine> EngineBuilder<M> {
             });
         };
         startup::check_memlock(startup::memlock_limit()?, 1, self.io_memory_bytes)?;
-        std::fs::create_dir_all(&self.data_dir)
+        ringstore_journal::storage::create_dir_all_durably_blocking(&self.data_dir)
             .map_err(|e| Error::io("create data directory", &self.data_dir, e))?;
         let _lock = crate::lock::acquire_blocking(&self.data_dir)?;
         startup::check_manifest(&self.data_dir, self.shards)?;
@@ -259,7 +259,7 @@ impl<M: EngineMachine> EngineBuilder<M> {
         }
         let cpus = startup::place_shards(self.shards, self.cpus.as_deref())?;
         startup::check_memlock(startup::memlock_limit()?, self.shards, self.io_memory_bytes)?;
-        std::fs::create_dir_all(&self.data_dir)
+        ringstore_journal::storage::create_dir_all_durably_blocking(&self.data_dir)
             .map_err(|e| Error::io("create data directory", &self.data_dir, e))?;
         let lock = crate::lock::acquire_blocking(&self.data_dir)?;
         startup::check_manifest(&self.data_dir, self.shards)?;

@@ -148,7 +148,7 @@ pub fn check_memlock(limit: Option<u64>, shards: usize, io_memory_bytes: usize) 
 /// Creates the data directory and checks or writes its superblock, which
 /// records the shard count (routing depends on it).
 pub fn check_manifest(data_dir: &Path, shards: usize) -> Result<()> {
-    std::fs::create_dir_all(data_dir)
+    ringstore_journal::storage::create_dir_all_durably_blocking(data_dir)
         .map_err(|e| Error::io("create data directory", data_dir, e))?;
     match read_manifest(data_dir)? {
         Some(found) if found != shards => Err(Error::ShardCountMismatch {

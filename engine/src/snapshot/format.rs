@@ -34,6 +34,11 @@ pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 /// The identity format version this build writes and reads.
 pub const IDENTITY_FORMAT_VERSION: u32 = 1;
 
+/// [`IdentityHeader::flags`] bit: the shard's journal exists (set once
+/// its first open created it). An open that then finds no journal refuses
+/// rather than starting an empty one over acknowledged ops.
+pub const IDENTITY_FLAG_JOURNAL_CREATED: u32 = 1;
+
 /// Bytes of [`SnapshotHeader`].
 pub const SNAPSHOT_HEADER_BYTES: usize = size_of::<SnapshotHeader>();
 
@@ -134,8 +139,9 @@ pub struct IdentityHeader {
     pub magic: U32,
     /// [`IDENTITY_FORMAT_VERSION`].
     pub version: U32,
-    /// Zero.
-    pub reserved: U32,
+    /// [`IDENTITY_FLAG_JOURNAL_CREATED`], or zero. A build that predates
+    /// the flag reads this field as reserved and ignores it.
+    pub flags: U32,
     /// The domain UUID's 16 bytes.
     pub domain: [u8; 16],
     /// When the shard joined this domain, milliseconds since the Unix epoch.

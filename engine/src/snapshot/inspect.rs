@@ -568,7 +568,7 @@ mod tests {
             checksum: 0.into(),
             magic: IDENTITY_MAGIC.into(),
             version: IDENTITY_FORMAT_VERSION.into(),
-            reserved: 0.into(),
+            flags: 0.into(),
             domain: *Uuid::from_u128(9).as_bytes(),
             created_unix_ms: 5.into(),
         };

@@ -15,5 +15,6 @@ pub mod verify;
 
 pub use store::{
     parse_snapshot_file_name, snapshot_file_name, LoadedSnapshot, SnapshotMeta, SnapshotStore,
+    StagedSnapshot,
 };
 pub use verify::{Check, SnapshotDamage, SnapshotFault, SnapshotReport, SnapshotVerifier};

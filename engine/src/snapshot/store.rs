@@ -116,13 +116,21 @@ pub struct SnapshotStore<S: Storage> {
     dir: PathBuf,
 }
 
+/// A received snapshot written and verified under its temporary name, not
+/// yet installed; see [`SnapshotStore::stage_bytes`].
+#[derive(Debug)]
+#[must_use = "a staged snapshot is published or discarded"]
+pub struct StagedSnapshot {
+    temp_path: PathBuf,
+    final_path: PathBuf,
+}
+
 impl<S: Storage> SnapshotStore<S> {
     /// Opens (creating if needed) the directory and removes temporary files
     /// a crash left behind.
     pub async fn open(storage: S, dir: impl Into<PathBuf>) -> Result<SnapshotStore<S>> {
         let dir = dir.into();
-        storage
-            .prepare_dir(&dir)
+        ringstore_journal::storage::prepare_dir(&storage, &dir)
             .await
             .map_err(|e| Error::io("prepare snapshot directory", &dir, e))?;
         let store = SnapshotStore { storage, dir };
@@ -250,17 +258,38 @@ impl<S: Storage> SnapshotStore<S> {
     }
 
     /// Installs `bytes`, a whole snapshot file received from elsewhere (a
-    /// Raft leader), as the snapshot at `watermark`: written under a
-    /// temporary name and synced, verified (of `domain`, at `watermark`),
-    /// then renamed into place and the directory synced. A file that does
-    /// not verify is removed and refused; the snapshots already here are
-    /// untouched.
+    /// Raft leader), as the snapshot at `watermark`: [`Self::stage_bytes`],
+    /// then [`Self::publish_staged`]. A file that does not verify is removed
+    /// and refused; the snapshots already here are untouched.
     pub async fn install_bytes(
         &self,
         bytes: &[u8],
         watermark: u64,
         domain: Uuid,
     ) -> Result<std::result::Result<LoadedSnapshot, SnapshotError>> {
+        match self.stage_bytes(bytes, watermark, domain).await? {
+            Ok((staged, loaded)) => {
+                self.publish_staged(staged).await?;
+                Ok(Ok(loaded))
+            }
+            Err(refused) => Ok(Err(refused)),
+        }
+    }
+
+    /// Writes `bytes`, a whole snapshot file received from elsewhere, under
+    /// a temporary name, syncs it and verifies it (of `domain`, at
+    /// `watermark`), without installing it: the caller decodes what it
+    /// holds first, then installs it with [`Self::publish_staged`] or drops
+    /// it with [`Self::discard_staged`]. So a file that verifies but cannot
+    /// be restored (a section this build does not read) never takes a
+    /// snapshot's name, where every later open would refuse it. The loaded
+    /// snapshot's path is the name it will have.
+    pub async fn stage_bytes(
+        &self,
+        bytes: &[u8],
+        watermark: u64,
+        domain: Uuid,
+    ) -> Result<std::result::Result<(StagedSnapshot, LoadedSnapshot), SnapshotError>> {
         let (final_path, temp_path, file) = self.create_temp(watermark).await?;
         // Files this store writes are whole blocks; anything else fails
         // verification below, zeros and all.
@@ -318,14 +347,31 @@ impl<S: Storage> SnapshotStore<S> {
                 }));
             }
         };
-        self.publish(&temp_path, &final_path).await?;
-        Ok(Ok(LoadedSnapshot {
+        let loaded = LoadedSnapshot {
             meta: SnapshotMeta {
-                path: final_path,
+                path: final_path.clone(),
                 ..loaded.meta
             },
             sections: loaded.sections,
-        }))
+        };
+        Ok(Ok((
+            StagedSnapshot {
+                temp_path,
+                final_path,
+            },
+            loaded,
+        )))
+    }
+
+    /// Installs a staged snapshot under its name (rename, directory sync).
+    pub async fn publish_staged(&self, staged: StagedSnapshot) -> Result<()> {
+        self.publish(&staged.temp_path, &staged.final_path).await
+    }
+
+    /// Removes a staged snapshot that will not be installed (a file left
+    /// behind is removed at the next open, as any temporary file is).
+    pub async fn discard_staged(&self, staged: StagedSnapshot) {
+        let _ = self.storage.remove(&staged.temp_path).await;
     }
 
     /// The whole file at `path`, as it is on disk (to send it elsewhere).

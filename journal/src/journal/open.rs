@@ -7,15 +7,17 @@ use super::*;
 
 impl<S: Storage> Journal<S> {
     pub(crate) async fn open_with(config: JournalConfig, storage: S) -> Result<Journal<S>> {
-        storage.prepare_dir(&config.dir).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::Unsupported {
-                Error::DirectIoUnsupported {
-                    path: config.dir.clone(),
+        crate::storage::prepare_dir(&storage, &config.dir)
+            .await
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::Unsupported {
+                    Error::DirectIoUnsupported {
+                        path: config.dir.clone(),
+                    }
+                } else {
+                    Error::io("prepare directory", &config.dir, None, e)
                 }
-            } else {
-                Error::io("prepare directory", &config.dir, None, e)
-            }
-        })?;
+            })?;
         let recovered = recover(&storage, &config).await?;
         let watermark = recovered.report.watermark;
         let sb_path = config.dir.join(SUPERBLOCK_FILE_NAME);

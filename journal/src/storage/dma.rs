@@ -8,7 +8,7 @@
 //! polling is wrongly cached as supported, and every later DMA read on the
 //! device fails with `EOPNOTSUPP` (glommio issues #605 and #670). Two guards:
 //!
-//! 1. [`DmaStorage::prepare_dir`] opens a non-empty probe file first, so when
+//! 1. [`DmaStorage::check_dir`] opens a non-empty probe file first, so when
 //!    the journal is the first user on its thread the probe answers right.
 //! 2. If something else on the thread already opened an empty file, reads
 //!    still fail with `EOPNOTSUPP`; [`DmaFileHandle`] then reads through a
@@ -28,7 +28,7 @@ use std::{
     rc::Rc,
 };
 
-/// Name of the short-lived probe file written by `prepare_dir`.
+/// Name of the short-lived probe file written by `check_dir`.
 const PROBE_FILE_NAME: &str = ".ringstore-iopoll-probe";
 
 /// Size of the probe file: one block, so the probe read reaches the device.
@@ -74,8 +74,13 @@ fn unsupported_direct_io(path: &Path) -> io::Error {
 impl Storage for DmaStorage {
     type File = DmaFileHandle;
 
-    async fn prepare_dir(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)?;
+    async fn create_dir(&self, path: &Path) -> io::Result<()> {
+        // A one-time call per directory; io_uring's mkdirat is not worth a
+        // ring of its own here.
+        std::fs::create_dir(path)
+    }
+
+    async fn check_dir(&self, dir: &Path) -> io::Result<()> {
         let fs = rustix::fs::statfs(dir)?;
         #[allow(
             clippy::unnecessary_cast,

@@ -23,7 +23,11 @@
 //!   not synced may be lost too.
 //! * **Directory operations.** Creates, renames and removes not covered by an fsync
 //!   of their directory each survive a crash or are undone, independently
-//!   (with `dir_undo`; without it, all are undone).
+//!   (with `dir_undo`; without it, all are undone). A directory made by
+//!   [`Storage::create_dir`] is an entry of its parent like a file: undone
+//!   unless its parent was synced after it, and with it everything beneath
+//!   it, synced or not. Directories the disk never made (the roots tests
+//!   and simulations start from) exist from the start.
 //! * **Reads.** A read returns one flipped bit (`read_flip_rate`) or fails
 //!   with EIO (`read_eio_rate`). Flips are transient: a second read may be
 //!   clean.
@@ -53,7 +57,7 @@ use rand_core::{RngCore, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use std::{
     cell::RefCell,
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::OsString,
     io,
     path::{Path, PathBuf},
@@ -259,6 +263,7 @@ type FileRef = Rc<RefCell<FileData>>;
 #[derive(Debug, Clone)]
 enum DirOp {
     Create(PathBuf, FileRef),
+    MakeDir(PathBuf),
     Remove(PathBuf),
     /// `from` renamed to `to` (replacing it): atomic, so a crash keeps both
     /// halves or neither.
@@ -272,14 +277,25 @@ enum DirOp {
 impl DirOp {
     fn path(&self) -> &Path {
         match self {
-            DirOp::Create(path, _) | DirOp::Remove(path) => path,
+            DirOp::Create(path, _) | DirOp::Remove(path) | DirOp::MakeDir(path) => path,
             DirOp::Rename { to, .. } => to,
         }
     }
 }
 
-fn apply_dir_op(names: &mut BTreeMap<PathBuf, FileRef>, op: DirOp) {
+/// A namespace: file names and the directories made on the disk.
+#[derive(Debug, Clone, Default)]
+struct Names {
+    files: BTreeMap<PathBuf, FileRef>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+fn apply_dir_op(names: &mut Names, op: DirOp) {
+    let Names { files: names, dirs } = names;
     match op {
+        DirOp::MakeDir(path) => {
+            dirs.insert(path);
+        }
         DirOp::Create(path, file) => {
             names.insert(path, file);
         }
@@ -316,8 +332,11 @@ fn take_oneshot(slot: &mut Option<(u32, i32)>) -> Option<io::Error> {
 
 #[derive(Debug)]
 struct MemFs {
-    live: BTreeMap<PathBuf, FileRef>,
-    durable: BTreeMap<PathBuf, FileRef>,
+    live: Names,
+    durable: Names,
+    /// Every directory [`Storage::create_dir`] ever made: one of them that
+    /// is not live is gone (a crash undid it), and so is all beneath it.
+    dirs_made: BTreeSet<PathBuf>,
     /// Directory operations since the last `sync_dir` of their directory.
     unsynced_dir_ops: Vec<DirOp>,
     /// Incremented by every crash; handles from an older generation are dead.
@@ -346,6 +365,7 @@ impl MemFs {
 
     fn used_bytes(&self) -> u64 {
         self.live
+            .files
             .values()
             .map(|f| f.borrow().live.len() as u64)
             .sum()
@@ -384,6 +404,22 @@ impl MemFs {
         Ok(())
     }
 
+    /// Whether `dir` is a directory this disk made that is not there now.
+    fn is_gone(&self, dir: &Path) -> bool {
+        self.dirs_made.contains(dir) && !self.live.dirs.contains(dir)
+    }
+
+    /// ENOENT if a directory above `path` is gone.
+    fn check_parents(&self, path: &Path) -> io::Result<()> {
+        match path.ancestors().skip(1).find(|a| self.is_gone(a)) {
+            Some(gone) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: no such directory", gone.display()),
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn crash(&mut self) {
         self.counts.crashes += 1;
         self.crash_count += 1;
@@ -400,8 +436,18 @@ impl MemFs {
             }
             apply_dir_op(&mut self.durable, op.clone());
         }
+        // A directory whose entry did not survive takes what is beneath it.
+        let made = &self.dirs_made;
+        let durable_dirs = self.durable.dirs.clone();
+        let gone = |path: &Path| {
+            path.ancestors()
+                .skip(1)
+                .any(|a| made.contains(a) && !durable_dirs.contains(a))
+        };
+        self.durable.files.retain(|path, _| !gone(path));
+        self.durable.dirs.retain(|path| !gone(path));
         // File contents: every file that may be reached again.
-        let mut files: Vec<FileRef> = self.durable.values().cloned().collect();
+        let mut files: Vec<FileRef> = self.durable.files.values().cloned().collect();
         for op in &ops {
             if let DirOp::Create(_, file) | DirOp::Rename { file, .. } = op {
                 files.push(file.clone());
@@ -501,8 +547,9 @@ impl MemStorage {
         MemStorage {
             incarnation: std::cell::Cell::new(0),
             fs: Rc::new(RefCell::new(MemFs {
-                live: BTreeMap::new(),
-                durable: BTreeMap::new(),
+                live: Names::default(),
+                durable: Names::default(),
+                dirs_made: BTreeSet::new(),
                 unsynced_dir_ops: Vec::new(),
                 crash_count: 0,
                 ops_until_power_cut: None,
@@ -589,7 +636,7 @@ impl MemStorage {
 
     /// Paths of every file that exists now, for tests that inspect the disk.
     pub fn paths(&self) -> Vec<PathBuf> {
-        self.fs.borrow().live.keys().cloned().collect()
+        self.fs.borrow().live.files.keys().cloned().collect()
     }
 
     /// Live bytes of one file, for tests that inspect files.
@@ -597,6 +644,7 @@ impl MemStorage {
         self.fs
             .borrow()
             .live
+            .files
             .get(path)
             .map(|f| f.borrow().live.clone())
     }
@@ -611,14 +659,14 @@ impl MemStorage {
             data.durable = bytes;
         }
         let mut fs = self.fs.borrow_mut();
-        fs.live.insert(path.to_path_buf(), file.clone());
-        fs.durable.insert(path.to_path_buf(), file);
+        fs.live.files.insert(path.to_path_buf(), file.clone());
+        fs.durable.files.insert(path.to_path_buf(), file);
     }
 
     /// Replaces a file's live and durable bytes, for tests that damage files.
     pub fn set_file_bytes(&self, path: &Path, bytes: Vec<u8>) {
         let fs = self.fs.borrow();
-        if let Some(file) = fs.live.get(path) {
+        if let Some(file) = fs.live.files.get(path) {
             let mut data = file.borrow_mut();
             data.live = bytes.clone();
             data.durable = bytes;
@@ -664,8 +712,24 @@ fn not_found(path: &Path) -> io::Error {
 impl Storage for MemStorage {
     type File = MemFile;
 
-    async fn prepare_dir(&self, _dir: &Path) -> io::Result<()> {
+    async fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.begin().await?;
+        let mut fs = self.fs.borrow_mut();
+        fs.check_parents(path)?;
+        if fs.live.dirs.contains(path) || fs.live.files.contains_key(path) {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        if trace_io() {
+            eprintln!("    create_dir {}", path.display());
+        }
+        fs.live.dirs.insert(path.to_path_buf());
+        fs.dirs_made.insert(path.to_path_buf());
+        fs.unsynced_dir_ops.push(DirOp::MakeDir(path.to_path_buf()));
         Ok(())
+    }
+
+    async fn check_dir(&self, dir: &Path) -> io::Result<()> {
+        self.fs.borrow().check_parents(&dir.join("_"))
     }
 
     async fn create(&self, path: &Path, write_through: bool) -> io::Result<MemFile> {
@@ -675,11 +739,12 @@ impl Storage for MemStorage {
             if let Some(err) = take_oneshot(&mut fs.oneshots.fail_creates) {
                 return Err(err);
             }
-            if fs.live.contains_key(path) {
+            fs.check_parents(path)?;
+            if fs.live.files.contains_key(path) || fs.live.dirs.contains(path) {
                 return Err(io::Error::from_raw_os_error(libc::EEXIST));
             }
             let data = FileRef::default();
-            fs.live.insert(path.to_path_buf(), data.clone());
+            fs.live.files.insert(path.to_path_buf(), data.clone());
             if trace_io() {
                 eprintln!("    create {}", path.display());
             }
@@ -698,6 +763,7 @@ impl Storage for MemStorage {
             .fs
             .borrow()
             .live
+            .files
             .get(path)
             .cloned()
             .ok_or_else(|| not_found(path))?;
@@ -710,7 +776,7 @@ impl Storage for MemStorage {
         if let Some(err) = take_oneshot(&mut fs.oneshots.fail_removes) {
             return Err(err);
         }
-        fs.live.remove(path).ok_or_else(|| not_found(path))?;
+        fs.live.files.remove(path).ok_or_else(|| not_found(path))?;
         if trace_io() {
             eprintln!("    remove {}", path.display());
         }
@@ -727,8 +793,8 @@ impl Storage for MemStorage {
         if from.parent() != to.parent() {
             return Err(io::Error::from_raw_os_error(libc::EXDEV));
         }
-        let file = fs.live.remove(from).ok_or_else(|| not_found(from))?;
-        fs.live.insert(to.to_path_buf(), file.clone());
+        let file = fs.live.files.remove(from).ok_or_else(|| not_found(from))?;
+        fs.live.files.insert(to.to_path_buf(), file.clone());
         if trace_io() {
             eprintln!("    rename {} -> {}", from.display(), to.display());
         }
@@ -767,9 +833,10 @@ impl Storage for MemStorage {
 
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<OsString>> {
         let fs = self.fs.borrow();
-        Ok(fs
-            .live
-            .keys()
+        fs.check_parents(&dir.join("_"))?;
+        let files = fs.live.files.keys();
+        Ok(files
+            .chain(fs.live.dirs.iter())
             .filter(|path| path.parent() == Some(dir))
             .filter_map(|path| path.file_name().map(|n| n.to_os_string()))
             .collect())

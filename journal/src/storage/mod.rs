@@ -47,9 +47,13 @@ pub trait Storage: Clone + 'static {
     /// The file handle type.
     type File: StorageFile;
 
-    /// Creates `dir` if missing and checks that it can hold journal files
-    /// (for real disks: O_DIRECT support).
-    async fn prepare_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Creates one directory (its parent must exist); `AlreadyExists` if
+    /// `path` exists. Durable after `sync_dir` of its parent. See
+    /// [`prepare_dir`] for a whole path made durable.
+    async fn create_dir(&self, path: &Path) -> io::Result<()>;
+    /// Checks that the existing `dir` can hold journal files (for real
+    /// disks: O_DIRECT support).
+    async fn check_dir(&self, dir: &Path) -> io::Result<()>;
     /// Creates a new file for reading and writing; fails if it exists. With
     /// `write_through` every write is durable when it completes (O_DSYNC), as
     /// if followed by an fdatasync.
@@ -96,6 +100,82 @@ pub trait StorageFile: 'static {
     async fn file_len(&self) -> io::Result<u64>;
     /// Closes the handle.
     async fn close(self) -> io::Result<()>;
+}
+
+/// Most directories [`create_dir_all_durably`] creates for one path: a
+/// bound on a hostile or looping path, far above any real depth.
+pub const DIR_DEPTH_MAX: usize = 64;
+
+/// Creates `dir` (and the parents it lacks) durably, then checks that it
+/// can hold journal files ([`Storage::check_dir`]).
+pub async fn prepare_dir<S: Storage>(storage: &S, dir: &Path) -> io::Result<()> {
+    create_dir_all_durably(storage, dir).await?;
+    storage.check_dir(dir).await
+}
+
+/// Creates `dir` and every parent it lacks, one level at a time, and makes
+/// each entry durable in its parent (outermost first), so that nothing
+/// written beneath `dir` later can be lost with a directory entry a crash
+/// undid. `dir`'s own entry is synced even if it existed: a process that
+/// crashed right after creating it may not have.
+pub async fn create_dir_all_durably<S: Storage>(storage: &S, dir: &Path) -> io::Result<()> {
+    // `pending` holds the directories still to create, innermost first.
+    let mut pending = vec![dir];
+    let mut created = Vec::new();
+    while let Some(&path) = pending.last() {
+        match storage.create_dir(path).await {
+            Ok(()) => {
+                created.push(path);
+                pending.pop();
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                pending.pop();
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() && pending.len() < DIR_DEPTH_MAX => {
+                    pending.push(parent)
+                }
+                _ => return Err(e),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    if created.last() != Some(&dir) {
+        created.push(dir);
+    }
+    for path in created {
+        storage.sync_dir(parent_dir(path)).await?;
+    }
+    Ok(())
+}
+
+/// The directory holding `path` (`.` for a bare name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// [`create_dir_all_durably`] with blocking `std::fs` calls, for what runs
+/// before a reactor or on a blocking thread (a data directory, a cache
+/// root).
+pub fn create_dir_all_durably_blocking(dir: &Path) -> io::Result<()> {
+    // The directories missing now, outermost first.
+    let mut missing: Vec<&Path> = dir
+        .ancestors()
+        .take(DIR_DEPTH_MAX)
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .collect();
+    missing.reverse();
+    std::fs::create_dir_all(dir)?;
+    if missing.last() != Some(&dir) {
+        missing.push(dir);
+    }
+    for path in missing {
+        std::fs::File::open(parent_dir(path))?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// True if `err` is the OS error `errno`. glommio wraps OS errors in its own

@@ -20,6 +20,7 @@ use crate::datadir::{shards, ShardArg, ShardDir};
 use crate::output::{self, Out, Progress};
 use crate::{CliError, Context, Outcome};
 use ringstore::broker::Command;
+use ringstore::identity::IdentityFault;
 use ringstore_journal::format::EntryKind;
 use ringstore_journal::inspect::{
     scan_journal_as, Damage, EntryInfo, InspectError, JournalReport, ScanObserver, SegmentEnd,
@@ -132,6 +133,9 @@ struct Expected {
     /// The data directory's superblock does not verify: the engine refuses
     /// the whole data directory (the owner then names the domain only).
     data_dir_refusal: Option<String>,
+    /// The identity records a journal that is not there: the open refuses
+    /// (its message), and there is no journal to scan.
+    journal_refusal: Option<String>,
 }
 
 fn expected(context: &Context, shard: &ShardDir) -> Expected {
@@ -148,9 +152,13 @@ fn expected(context: &Context, shard: &ShardDir) -> Expected {
             }
         }
     };
-    let domain = ringstore::snapshot::inspect::read_identity_file(&shard.path)
-        .ok()
-        .and_then(|identity| identity.domain());
+    let identity = ringstore::snapshot::inspect::read_identity_file(&shard.path).ok();
+    let domain = identity.as_ref().and_then(|identity| identity.domain());
+    let journal_refusal = identity
+        .as_ref()
+        .and_then(|identity| identity.refusal())
+        .filter(|damage| matches!(damage.fault, IdentityFault::JournalMissing { .. }))
+        .map(|damage| damage.to_string());
     let owner = domain.map(|domain| JournalOwner {
         domain: *domain.as_bytes(),
         shard: shards.map_or(0, |_| shard.index as u32),
@@ -159,6 +167,7 @@ fn expected(context: &Context, shard: &ShardDir) -> Expected {
     Expected {
         owner,
         data_dir_refusal,
+        journal_refusal,
     }
 }
 
@@ -196,6 +205,15 @@ fn inspect(context: &Context, shard_arg: &ShardArg) -> Result<Outcome, CliError>
     let mut damaged = false;
     for shard in &shards {
         let expected = expected(context, shard);
+        if let Some(refusal) = &expected.journal_refusal {
+            damaged = true;
+            if context.json {
+                reports.push(json!({ "shard": shard.label, "journal_refusal": refusal }));
+            } else {
+                out.line(format_args!("{}\n  DAMAGE: {refusal}", shard.label))?;
+            }
+            continue;
+        }
         let report = scan_with_progress(context, shard, expected.owner)?;
         damaged |= !report.is_intact() || expected.data_dir_refusal.is_some();
         if context.json {
@@ -444,6 +462,19 @@ fn verify(context: &Context, args: &VerifyArgs) -> Result<Outcome, CliError> {
     let mut failed = 0;
     for shard in &shards {
         let expected = expected(context, shard);
+        if let Some(refusal) = &expected.journal_refusal {
+            failed += 1;
+            if context.json {
+                reports.push(json!({
+                    "shard": shard.label,
+                    "ok": false,
+                    "journal_refusal": refusal,
+                }));
+            } else {
+                out.line(format_args!("{}: FAILED: {refusal}", shard.label))?;
+            }
+            continue;
+        }
         let report = scan_with_progress(context, shard, expected.owner)?;
         let torn = matches!(report.tail, Tail::Torn { .. });
         let ok =
