@@ -124,6 +124,7 @@ fn run_ringstore(
             let opened = ringstore::raft::open::<ClusterTypes, ClusterMachine>(
                 dir.join(format!("node-{id}")),
                 domain,
+                id,
                 Box::new(|b| b),
             )?;
             logs.push(opened.log.clone());

@@ -80,6 +80,7 @@ impl StoreBuilder<TypeConfig, Log, Machine, tempfile::TempDir> for Builder {
         let stores = ringstore::raft::open::<TypeConfig, Strings>(
             dir.path().join("node"),
             CLUSTER,
+            1,
             Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 12)),
         )
         .expect("open the raft shard");
@@ -131,6 +132,7 @@ mod truncation {
         let stores = ringstore::raft::open::<TypeConfig, Strings>(
             dir,
             CLUSTER,
+            1,
             Box::new(|b| b.segment_bytes(SEGMENT_BYTES).slot_count(1 << 10)),
         )
         .expect("open the raft shard");
@@ -291,6 +293,7 @@ mod received_snapshots {
                 ringstore::raft::open::<TypeConfig, Strings>(
                     &dir,
                     CLUSTER,
+                    1,
                     Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
                 )
             };
@@ -313,5 +316,60 @@ mod received_snapshots {
             let reopened = open().expect("the node reopens");
             drop(reopened);
         });
+    }
+}
+
+mod node_identity {
+    use super::*;
+    use ringstore::raft::RaftStoreError;
+
+    fn open(dir: &std::path::Path, node: u64) -> Result<(Log, Machine), RaftStoreError> {
+        ringstore::raft::open::<TypeConfig, Strings>(
+            dir,
+            CLUSTER,
+            node,
+            Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
+        )
+        .map(|stores| (stores.log, stores.machine))
+    }
+
+    /// A node given another node's directory (a swapped disk, a wrong
+    /// backup) would serve that node's log and vote: refused, naming both.
+    /// (A journal that holds nothing, not even a vote, is taken by whoever
+    /// opens it: there is nothing to mix up.)
+    #[test]
+    fn another_nodes_directory_of_the_same_cluster_is_refused() {
+        let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+        let dir = root.path().join("node-1");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let (mut log, machine) = open(&dir, 1).expect("node 1 creates its directory");
+            // A journal that holds nothing takes any owner: node 1 votes.
+            openraft::storage::RaftLogStorage::save_vote(&mut log, &openraft::Vote::new(3, 1))
+                .await
+                .expect("save the vote");
+            drop((log, machine));
+        });
+        match open(&dir, 2) {
+            Err(
+                error @ RaftStoreError::OtherNode {
+                    node: 2,
+                    recorded: 1,
+                    ..
+                },
+            ) => {
+                assert_eq!(error.kind(), "other_node");
+                let message = error.to_string();
+                assert!(message.contains("journal/superblock"), "{message}");
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("node 2 opened node 1's journal"),
+        }
+        drop(open(&dir, 1).expect("node 1 reopens its own directory"));
+        match open(&root.path().join("node-big"), 1 << 40) {
+            Err(RaftStoreError::NodeId { node }) => assert_eq!(node, 1 << 40),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("a node id the journal cannot record was accepted"),
+        }
     }
 }

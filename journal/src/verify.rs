@@ -422,10 +422,12 @@ pub fn plan(
     };
     let sb = JournalSuperblock::decode(&chosen.body)
         .map_err(|reason| damage(&sb_path, superblock::SUPERBLOCK_HEADER_BYTES as u64, reason))?;
-    // A journal that holds nothing (no entry anywhere, no watermark) has
-    // nothing to mix up: it takes the owner it is given (a fresh shard
-    // joining a domain). Any other is refused.
-    let holds_data = sb.watermark > 0 || segments.iter().any(SegmentFacts::holds_data);
+    // A journal that holds nothing (no entry anywhere, no watermark, no
+    // hard state) has nothing to mix up: it takes the owner it is given (a
+    // fresh shard joining a domain). Any other is refused.
+    let holds_data = sb.watermark > 0
+        || !sb.hard_state.is_empty()
+        || segments.iter().any(SegmentFacts::holds_data);
     if let (Some(expected), Some(found), true) = (owner, sb.owner, holds_data) {
         if !expected.agrees_with(&found) {
             return Err(Refusal::WrongOwner {

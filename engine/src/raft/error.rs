@@ -31,6 +31,29 @@ pub enum RaftStoreError {
         found: Uuid,
     },
 
+    /// The journal belongs to another node of the same cluster (its
+    /// superblock records that node's id): its log and vote are not this
+    /// node's. Nothing was changed.
+    #[error(
+        "{path}: the journal is node {recorded}'s, not node {node}'s: refusing another node's \
+         log and vote (give each node its own directory)"
+    )]
+    OtherNode {
+        /// The journal's superblock.
+        path: PathBuf,
+        /// This node.
+        node: u64,
+        /// The node the journal records.
+        recorded: u64,
+    },
+
+    /// The node id does not fit the journal's record of its owner.
+    #[error("node id {node} is above {max}, the largest a raft shard's journal records", max = u32::MAX)]
+    NodeId {
+        /// The node id given.
+        node: u64,
+    },
+
     /// A snapshot's raft section is missing or does not decode.
     #[error("{path}: the snapshot's raft section does not restore: {reason}")]
     RaftSection {
@@ -68,6 +91,8 @@ impl RaftStoreError {
             RaftStoreError::Engine(crate::Error::ForeignJournal { .. }) => "foreign_journal",
             RaftStoreError::Engine(_) => "engine",
             RaftStoreError::ForeignData { .. } => "foreign_data",
+            RaftStoreError::OtherNode { .. } => "other_node",
+            RaftStoreError::NodeId { .. } => "node_id",
             RaftStoreError::RaftSection { .. } => "raft_section",
             RaftStoreError::ReceivedSnapshot { .. } => "received_snapshot",
             RaftStoreError::Closed(_) => "closed",

@@ -54,7 +54,9 @@
 //!
 //! **Opening** (see [`open`]): the directory's identity must name the
 //! cluster's domain ([`RaftStoreError::ForeignData`] otherwise), the
-//! journal's superblock must name it too, and the newest snapshot that
+//! journal's superblock must name it too and this node's id
+//! ([`RaftStoreError::OtherNode`] otherwise: another node's log and vote
+//! would let this one vote twice in a term), and the newest snapshot that
 //! verifies must reach the journal's watermark (the engine's rule and
 //! error, [`crate::Error::SnapshotBehindJournal`], which `ringstore
 //! snapshot verify` reports for the same directory): such a node cannot
@@ -89,7 +91,7 @@ pub use error::RaftStoreError;
 pub use log::{RaftLog, HARD_STATE_ENCODED_BYTES_MAX};
 pub use machine::RaftMachine;
 pub use reactor::{ReactorClosed, ReactorThread};
-pub use shard::{JournalSetup, RaftShard, RAFT_SECTION, SESSIONS_MAX};
+pub use shard::{JournalSetup, RaftShard, RAFT_NODE_SHARDS, RAFT_SECTION, SESSIONS_MAX};
 pub use types::{Request, Response};
 
 use crate::StateMachine;
@@ -106,13 +108,16 @@ pub struct RaftStores<C: RaftTypeConfig, M: StateMachine> {
     pub machine: RaftMachine<C, M>,
 }
 
-/// Opens (creating if empty) the raft shard in `dir`, which belongs to the
-/// cluster `domain`, on a reactor thread of its own. `journal_setup`
+/// Opens (creating if empty) the raft shard in `dir`, which belongs to node
+/// `node` of the cluster `domain`, on a reactor thread of its own (a
+/// directory of another cluster or another node is refused).
+/// `journal_setup`
 /// adjusts the journal's settings (segment size, slots). The thread stops
 /// when the last handle is dropped.
 pub fn open<C, M>(
     dir: impl Into<PathBuf>,
     domain: Uuid,
+    node: u64,
     journal_setup: JournalSetup,
 ) -> Result<RaftStores<C, M>, RaftStoreError>
 where
@@ -124,6 +129,7 @@ where
     let thread = Arc::new(shard::open::<C, M>(
         dir.into(),
         domain,
+        node,
         journal_setup,
         hard_state.clone(),
     )?);

@@ -30,6 +30,13 @@ use uuid::Uuid;
 
 /// The snapshot section holding what Raft keeps beside the machine.
 pub const RAFT_SECTION: &str = "raft";
+
+/// The place a raft node's journal records in its superblock's owner: its
+/// node id as the shard, among this many "shards" (a value no engine data
+/// directory has). A journal of another node of the same cluster is then
+/// refused ([`RaftStoreError::OtherNode`]); one written before node ids
+/// were recorded (no place) takes this node's at its next open.
+pub const RAFT_NODE_SHARDS: u32 = u32::MAX;
 /// Its format version.
 const RAFT_SECTION_VERSION: u32 = 1;
 
@@ -134,6 +141,7 @@ pub(super) fn op_of(index: u64) -> u64 {
 pub(super) fn open<C, M>(
     dir: PathBuf,
     domain: Uuid,
+    node: u64,
     journal_setup: JournalSetup,
     hard_state: Arc<Mutex<HardStateCell>>,
 ) -> Result<ReactorThread<RaftShard<C, M>>, RaftStoreError>
@@ -149,7 +157,8 @@ where
     );
     ReactorThread::open(&name, move || {
         Box::pin(async move {
-            let recovered = recover::<C, M>(dir.clone(), domain, journal_setup, hard_state).await;
+            let recovered =
+                recover::<C, M>(dir.clone(), domain, node, journal_setup, hard_state).await;
             if let Err(e) = &recovered {
                 metrics::counter!("ringstore_raft_open_refusals_total", "kind" => e.kind())
                     .increment(1);
@@ -164,6 +173,7 @@ where
 async fn recover<C, M>(
     dir: PathBuf,
     domain: Uuid,
+    node: u64,
     journal_setup: JournalSetup,
     hard_state: Arc<Mutex<HardStateCell>>,
 ) -> Result<RaftShard<C, M>, RaftStoreError>
@@ -227,17 +237,30 @@ where
         ),
     };
 
-    // 3. The journal, which must belong to the same cluster.
+    // 3. The journal, which must belong to the same cluster and to this
+    // node: another node's log and vote would let this one vote twice in a
+    // term.
     let owner = JournalOwner {
         domain: *domain.as_bytes(),
-        shard: 0,
-        shards: 0,
+        shard: u32::try_from(node).map_err(|_| RaftStoreError::NodeId { node })?,
+        shards: RAFT_NODE_SHARDS,
     };
     let journal = journal_setup(Journal::builder(&journal_dir).storage(storage.clone()))
         .owner(owner)
         .open()
         .await
         .map_err(|e| match e {
+            ringstore_journal::Error::WrongOwner {
+                path,
+                recorded,
+                expected,
+            } if recorded.domain == expected.domain && recorded.shards == RAFT_NODE_SHARDS => {
+                RaftStoreError::OtherNode {
+                    path,
+                    node,
+                    recorded: u64::from(recorded.shard),
+                }
+            }
             ringstore_journal::Error::WrongOwner {
                 path,
                 recorded,

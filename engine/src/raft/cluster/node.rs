@@ -174,6 +174,7 @@ pub async fn run_node(
     let stores = crate::raft::open::<ClusterTypes, ClusterMachine>(
         &settings.dir,
         settings.cluster,
+        id,
         Box::new(|b| b),
     )
     .map_err(|source| NodeError::Storage { id, source })?;
