@@ -278,6 +278,17 @@ impl Uring {
         })
     }
 
+    /// Ops submitted whose completion has not been reaped yet.
+    #[cfg(feature = "sim")]
+    pub(crate) fn ops_in_flight(&self) -> usize {
+        self.inner
+            .slots
+            .borrow()
+            .iter()
+            .filter(|(_, slot)| slot.result.is_none())
+            .count()
+    }
+
     /// Blocks until every op already submitted has completed. Used when a
     /// cache is dropped: a dropped cache must not keep changing the directory
     /// (a trim's unlink landing after the next instance opened it). Bounded

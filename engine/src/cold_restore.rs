@@ -282,7 +282,7 @@ async fn restore_newest_intact<M: StateMachine>(
     let tiered = objects.tiered().ok_or(Error::Closed)?;
     let staging = shard.dir().join(RESTORE_STAGING_DIR_NAME);
     blocking(staging.clone(), "create the restore directory", |dir| {
-        std::fs::create_dir_all(dir)
+        ringstore_journal::storage::create_dir_all_durably_blocking(dir)
     })
     .await?;
     let downloaded_before = tiered.stats().downloaded_bytes;

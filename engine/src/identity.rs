@@ -45,6 +45,7 @@ use crate::snapshot::format::{
     IDENTITY_FORMAT_VERSION, IDENTITY_HEADER_BYTES, IDENTITY_MAGIC,
 };
 use crate::snapshot::parse_snapshot_file_name;
+use ringstore_journal::segment_generation;
 use ringstore_journal::storage::{IoBuf, Storage, StorageFile};
 use ringstore_journal::superblock::SUPERBLOCK_FILE_NAME;
 use serde::Serialize;
@@ -138,15 +139,15 @@ pub enum IdentityFault {
         found: Vec<PathBuf>,
     },
     /// The identity records that the shard's journal was created, and the
-    /// journal's superblock is not there.
+    /// journal directory holds neither its superblock nor a segment.
     #[error(
-        "records that the shard's journal exists, but {} is missing: the acknowledged ops \
-         the journal held above the newest snapshot are gone",
-        superblock.display()
+        "records that the shard's journal exists, but {} holds no journal (no superblock, \
+         no segment): the acknowledged ops it held above the newest snapshot are gone",
+        journal.display()
     )]
     JournalMissing {
-        /// Where the journal's superblock should be.
-        superblock: PathBuf,
+        /// The journal directory.
+        journal: PathBuf,
     },
 }
 
@@ -193,8 +194,10 @@ impl IdentityDamage {
                  from object storage"
             }
             IdentityFault::JournalMissing { .. } => {
-                "Restore the journal directory from a backup, or move the shard dir aside and \
-                 restore the shard from object storage (which holds only what was uploaded)"
+                "Restore the journal directory from a backup; or move the shard dir aside and \
+                 restore the shard from object storage (which holds only what was uploaded), \
+                 or for a raft node rejoin the cluster with an empty directory under a new \
+                 node id"
             }
             _ => {
                 "It names the domain this shard's data belongs to. Restore it from a backup, or \
@@ -287,14 +290,20 @@ pub fn identity_verdict(
     match bytes {
         Some(bytes) => {
             let identity = decode_identity(path, bytes)?;
-            let superblock = path
-                .with_file_name(JOURNAL_DIR_NAME)
-                .join(SUPERBLOCK_FILE_NAME);
-            if identity.journal_created && !data.contains(&superblock) {
+            // A superblock or a segment left: the journal's own open judges
+            // it (and `wal salvage` may recover it).
+            let journal = path.with_file_name(JOURNAL_DIR_NAME);
+            let holds_journal = data.iter().any(|file| {
+                file.parent() == Some(journal.as_path())
+                    && file.file_name().is_some_and(|name| {
+                        name == SUPERBLOCK_FILE_NAME || segment_generation(name).is_some()
+                    })
+            });
+            if identity.journal_created && !holds_journal {
                 return Err(IdentityDamage {
                     path: path.to_path_buf(),
                     offset: None,
-                    fault: IdentityFault::JournalMissing { superblock },
+                    fault: IdentityFault::JournalMissing { journal },
                 });
             }
             Ok(IdentityVerdict::Found(identity))
@@ -332,6 +341,16 @@ pub fn data_files(
     journal_files.sort();
     found.append(&mut journal_files);
     found
+}
+
+/// The journal directory's listing as the identity verdict takes it: a
+/// missing directory holds nothing; any other failure is an error (a
+/// journal that cannot be listed is not a journal that is gone).
+pub fn journal_listing(listed: io::Result<Vec<OsString>>) -> io::Result<Vec<OsString>> {
+    match listed {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        other => other,
+    }
 }
 
 /// Reads the first block of the identity file in `dir`: `Ok(None)` if
@@ -376,6 +395,28 @@ pub async fn record_journal_created<S: Storage>(
     write_identity(storage, dir, &recorded).await
 }
 
+/// The identity file's bytes for `identity` (one block: the header, then
+/// zeros), the encoder [`decode_identity`] reads.
+pub fn encode_identity(identity: &Identity) -> Vec<u8> {
+    let flags = if identity.journal_created {
+        IDENTITY_FLAG_JOURNAL_CREATED
+    } else {
+        0
+    };
+    let mut header = IdentityHeader {
+        checksum: 0.into(),
+        magic: IDENTITY_MAGIC.into(),
+        version: IDENTITY_FORMAT_VERSION.into(),
+        flags: flags.into(),
+        domain: *identity.domain.as_bytes(),
+        created_unix_ms: identity.created_unix_ms.into(),
+    };
+    header.checksum = header.compute_checksum().into();
+    let mut block = vec![0u8; BLOCK_BYTES as usize];
+    block[..IDENTITY_HEADER_BYTES].copy_from_slice(header.as_bytes());
+    block
+}
+
 /// Writes `identity` in `dir`, durably (replacing any).
 pub async fn write_identity<S: Storage>(
     storage: &S,
@@ -393,23 +434,9 @@ pub async fn write_identity<S: Storage>(
         .create(&temp, false)
         .await
         .map_err(|e| Error::io("create identity file", &temp, e))?;
-    let flags = if identity.journal_created {
-        IDENTITY_FLAG_JOURNAL_CREATED
-    } else {
-        0
-    };
-    let mut header = IdentityHeader {
-        checksum: 0.into(),
-        magic: IDENTITY_MAGIC.into(),
-        version: IDENTITY_FORMAT_VERSION.into(),
-        flags: flags.into(),
-        domain: *identity.domain.as_bytes(),
-        created_unix_ms: identity.created_unix_ms.into(),
-    };
-    header.checksum = header.compute_checksum().into();
     let mut buf = file.alloc_buf(BLOCK_BYTES as usize);
-    buf.as_bytes_mut().fill(0);
-    buf.as_bytes_mut()[..IDENTITY_HEADER_BYTES].copy_from_slice(header.as_bytes());
+    buf.as_bytes_mut()
+        .copy_from_slice(&encode_identity(identity));
     let written = match file.write_at(buf, 0).await {
         Ok(()) => file
             .sync()
@@ -439,18 +466,8 @@ mod tests {
         let superblock = PathBuf::from("/d/shard-000/journal/superblock");
         let mut identity = Identity::new(Uuid::from_u128(3));
         let verdict = |identity: &Identity, data: &[PathBuf]| {
-            let mut bytes = vec![0u8; BLOCK_BYTES as usize];
-            let flags = if identity.journal_created { 1 } else { 0 };
-            let mut header = IdentityHeader {
-                checksum: 0.into(),
-                magic: IDENTITY_MAGIC.into(),
-                version: IDENTITY_FORMAT_VERSION.into(),
-                flags: flags.into(),
-                domain: *identity.domain.as_bytes(),
-                created_unix_ms: identity.created_unix_ms.into(),
-            };
-            header.checksum = header.compute_checksum().into();
-            bytes[..IDENTITY_HEADER_BYTES].copy_from_slice(header.as_bytes());
+            let bytes = encode_identity(identity);
+            assert_eq!(decode_identity(path, &bytes), Ok(*identity), "round trip");
             identity_verdict(path, Some(&bytes), data)
         };
         // Not recorded yet (a new shard, or one written before the flag):
@@ -464,13 +481,24 @@ mod tests {
             verdict(&identity, std::slice::from_ref(&superblock)),
             Ok(IdentityVerdict::Found(identity))
         );
-        // Recorded, and only a segment (or nothing) is there: refused,
-        // naming the missing superblock.
-        let segment = PathBuf::from("/d/shard-000/journal/0000000000000001");
-        let damage = verdict(&identity, &[segment]).unwrap_err();
-        assert_eq!(damage.fault, IdentityFault::JournalMissing { superblock });
-        assert!(damage.to_string().contains("restore the shard"), "{damage}");
-        assert!(verdict(&identity, &[]).is_err());
+        // A segment without its superblock: the journal's own open judges
+        // it (and salvage may recover it).
+        let segment =
+            PathBuf::from("/d/shard-000/journal").join(ringstore_journal::segment_file_name(1));
+        assert!(verdict(&identity, &[segment]).is_ok());
+        // Recorded, and nothing of it (or only a stray file) is there:
+        // refused, naming the journal directory.
+        let stray = PathBuf::from("/d/shard-000/journal/notes.txt");
+        for data in [vec![], vec![stray]] {
+            let damage = verdict(&identity, &data).unwrap_err();
+            assert_eq!(
+                damage.fault,
+                IdentityFault::JournalMissing {
+                    journal: PathBuf::from("/d/shard-000/journal")
+                }
+            );
+            assert!(damage.to_string().contains("restore the shard"), "{damage}");
+        }
     }
 
     fn identity_bytes(version: u32) -> Vec<u8> {

@@ -22,6 +22,7 @@
 //! | `ringstore_checkpoint_seconds` | histogram | time to write one snapshot |
 //! | `ringstore_snapshot_uploads_total` | counter | snapshots uploaded to object storage |
 //! | `ringstore_snapshot_upload_failures_total` | counter | upload attempts that failed (each retried after a backoff) |
+//! | `ringstore_snapshot_uploads_refused_total` | counter | snapshots not uploaded because the local file no longer verified (each logged with its damage; a newer snapshot takes its place) |
 //! | `ringstore_snapshot_upload_bytes_total` | counter | bytes of snapshots uploaded |
 //! | `ringstore_snapshot_upload_lag_seconds` | gauge | of the last upload: from the snapshot's persist to the end of its upload |
 //! | `ringstore_snapshot_uploaded_op` | gauge | op of the newest snapshot in object storage |
@@ -91,6 +92,7 @@ pub(crate) struct ShardMetrics {
     checkpoint_seconds: metrics::Histogram,
     snapshot_uploads: Counter,
     snapshot_upload_failures: Counter,
+    snapshot_uploads_refused: Counter,
     snapshot_upload_bytes: Counter,
     snapshot_upload_lag_seconds: Gauge,
     snapshot_uploaded_op: Gauge,
@@ -164,6 +166,7 @@ impl ShardMetrics {
             checkpoint_seconds: metrics::histogram!("ringstore_checkpoint_seconds", "shard" => label.clone()),
             snapshot_uploads: counter("ringstore_snapshot_uploads_total"),
             snapshot_upload_failures: counter("ringstore_snapshot_upload_failures_total"),
+            snapshot_uploads_refused: counter("ringstore_snapshot_uploads_refused_total"),
             snapshot_upload_bytes: counter("ringstore_snapshot_upload_bytes_total"),
             snapshot_upload_lag_seconds: metrics::gauge!("ringstore_snapshot_upload_lag_seconds", "shard" => label.clone()),
             snapshot_uploaded_op: metrics::gauge!("ringstore_snapshot_uploaded_op", "shard" => label.clone()),
@@ -202,6 +205,10 @@ impl ShardMetrics {
         self.snapshot_upload_bytes.increment(bytes);
         self.snapshot_upload_lag_seconds.set(lag.as_secs_f64());
         self.snapshot_uploaded_op.set(uploaded_op as f64);
+    }
+
+    pub fn record_upload_refused(&self) {
+        self.snapshot_uploads_refused.increment(1);
     }
 
     pub fn record_upload_failure(&self) {

@@ -200,8 +200,8 @@ impl ObjectStoreSettings {
         self
     }
 
-    /// Pause after the first failed upload (doubling after each failure)
-    /// and its cap. Defaults [`UPLOAD_BACKOFF_MIN_DEFAULT`] and
+    /// Pause after the first failed upload (doubling after each failure,
+    /// each drawn from the upper half of its step: [`Backoff`]) and its cap. Defaults [`UPLOAD_BACKOFF_MIN_DEFAULT`] and
     /// [`UPLOAD_BACKOFF_MAX_DEFAULT`], each within [`UPLOAD_BACKOFF_RANGE`],
     /// the first at most the second.
     pub fn upload_backoff(mut self, first: Duration, max: Duration) -> Self {
@@ -486,6 +486,12 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     damage = damage.join("; "),
                     "the snapshot to upload no longer verifies; not uploading it"
                 );
+                self.inner
+                    .progress
+                    .borrow_mut()
+                    .stats
+                    .snapshot_uploads_refused += 1;
+                self.inner.metrics.record_upload_refused();
                 return Upload::Conflict;
             }
             Err(_) if !path.exists() => return Upload::Superseded,

@@ -34,8 +34,8 @@
 use crate::config::{ShardBuilder, ShardConfig};
 use crate::error::{Error, Result, SkippedSnapshot};
 use crate::identity::{
-    data_files, identity_verdict, read_identity_bytes, record_journal_created, write_identity,
-    Identity, IdentityVerdict, IDENTITY_FILE_NAME,
+    data_files, identity_verdict, journal_listing, read_identity_bytes, record_journal_created,
+    write_identity, Identity, IdentityVerdict, IDENTITY_FILE_NAME,
 };
 use crate::lock::DirLock;
 
@@ -141,9 +141,8 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
     let snapshot_names = storage
         .list_dir(snapshots.dir())
         .map_err(|e| Error::io("list snapshot directory", snapshots.dir(), e))?;
-    // A journal directory that cannot be listed holds nothing here; the
-    // journal's own open reports it.
-    let journal_names = storage.list_dir(&journal_dir).unwrap_or_default();
+    let journal_names = journal_listing(storage.list_dir(&journal_dir))
+        .map_err(|e| Error::io("list journal directory", &journal_dir, e))?;
     let data = data_files(&dir, &snapshot_names, &journal_names);
     let (identity, domain_created) =
         match identity_verdict(&identity_path, identity_bytes.as_deref(), &data)? {

@@ -112,6 +112,9 @@ pub struct ShardStats {
     pub snapshot_upload_bytes: u64,
     /// Snapshots not uploaded because a newer one superseded them first.
     pub snapshot_uploads_skipped: u64,
+    /// Snapshots not uploaded because the local file no longer verified
+    /// (each also counted as a failed attempt, and logged with its damage).
+    pub snapshot_uploads_refused: u64,
     /// Op of the newest snapshot known to be in object storage (0: none).
     pub snapshot_uploaded_op: u64,
     /// Of the last upload: from the snapshot's persist (or, for one found at

@@ -553,14 +553,16 @@ fn s3_a_snapshot_damaged_before_its_upload_is_never_uploaded() {
             let path = shard.snapshots().dir().join(snapshot_file_name(damaged));
             let len = std::fs::metadata(&path).unwrap().len();
             flip_byte(&path, len - 1 - (4096 + 10));
-            let failures = shard.stats().snapshot_upload_failures;
-            to_main.send(()).unwrap();
-            from_main.recv().unwrap(); // the server is back
+            // With the server still down: an attempt that read the file
+            // before the damage fails on the server, and the next one reads
+            // it again and refuses it, for good (a newer snapshot takes its
+            // place). Counted once that decision is made.
             wait_until("the damaged snapshot is refused", || {
-                shard.stats().snapshot_upload_failures > failures
+                shard.stats().snapshot_uploads_refused == 1
             })
             .await;
-            glommio::timer::sleep(Duration::from_millis(300)).await;
+            to_main.send(()).unwrap();
+            from_main.recv().unwrap(); // the server is back
             let domain = shard.domain();
             assert_eq!(
                 remote_ops(&remote, domain).await,
@@ -573,7 +575,11 @@ fn s3_a_snapshot_damaged_before_its_upload_is_never_uploaded() {
             // The next checkpoint's snapshot takes its place.
             create_streams(&shard, "c", 3).await;
             let next = checkpoint_uploaded(&shard).await;
-            assert!(remote_ops(&remote, domain).await.contains(&next));
+            // Uploads go in op order: with `next` there, the damaged one
+            // was passed over for good.
+            let uploaded = remote_ops(&remote, domain).await;
+            assert!(uploaded.contains(&next), "{uploaded:?}");
+            assert!(!uploaded.contains(&damaged), "{uploaded:?}");
             shard.close().await.unwrap();
         })
     });

@@ -40,20 +40,37 @@ fn a_directory_whose_parent_was_not_synced_is_lost_with_its_synced_files() {
 #[test]
 fn prepare_dir_makes_every_level_durable() {
     run(|| async {
-        let mem = MemStorage::with_faults(
-            1,
-            FaultConfig {
-                dir_undo: true,
-                ..FaultConfig::none()
-            },
-        );
+        // A crash undoes every directory operation not synced.
+        let mem = MemStorage::with_faults(1, FaultConfig::none());
+        // Beneath a directory the disk made, every level must be made.
+        prepare_dir(&mem, Path::new("/disk/data")).await.unwrap();
         let dir = Path::new("/disk/data/shard-0/journal");
+        assert!(mem.create_dir(dir).await.is_err(), "its parent is missing");
         prepare_dir(&mem, dir).await.unwrap();
         write_synced_file(&mem, &dir.join("superblock")).await;
         mem.crash();
         assert_eq!(mem.paths(), vec![dir.join("superblock")]);
-        // Found again after the crash: created once, its entry synced again.
-        prepare_dir(&mem, dir).await.unwrap();
+        // Found again after the crash; `.` components are ignored.
+        prepare_dir(&mem, &dir.join(".")).await.unwrap();
+        let deeper = Path::new("/disk/data/shard-1/./journal/.");
+        prepare_dir(&mem, deeper).await.unwrap();
+        write_synced_file(&mem, Path::new("/disk/data/shard-1/journal/superblock")).await;
+        mem.crash();
+        assert_eq!(mem.paths().len(), 2, "{:?}", mem.paths());
+    });
+}
+
+#[test]
+fn a_path_too_deep_is_an_error_not_a_hang() {
+    run(|| async {
+        let mem = MemStorage::new();
+        prepare_dir(&mem, Path::new("/disk/base")).await.unwrap();
+        let mut deep = std::path::PathBuf::from("/disk/base");
+        for level in 0..(ringstore_journal::storage::DIR_DEPTH_MAX + 2) {
+            deep.push(format!("l{level}"));
+        }
+        let error = prepare_dir(&mem, &deep).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "{error}");
     });
 }
 
@@ -64,22 +81,19 @@ fn an_acknowledged_append_survives_a_crash_right_after_the_first_open() {
     // that undoes every directory operation not synced.
     run(|| async {
         let mem = MemStorage::new();
-        let dir = Path::new("/disk/shard-3/journal");
-        let journal = Journal::builder(dir)
-            .storage(mem.clone())
-            .slot_count(64)
-            .open()
-            .await
-            .unwrap();
+        prepare_dir(&mem, Path::new("/disk/data")).await.unwrap();
+        let dir = Path::new("/disk/data/shard-3/journal");
+        let open = || {
+            Journal::builder(dir)
+                .storage(mem.clone())
+                .slot_count(64)
+                .open()
+        };
+        let journal = open().await.unwrap();
         let op = journal.append(b"acknowledged").await.unwrap();
         drop(journal);
         mem.crash();
-        let journal = Journal::builder(dir)
-            .storage(mem.clone())
-            .slot_count(64)
-            .open()
-            .await
-            .unwrap();
+        let journal = open().await.unwrap();
         let entry = journal
             .read(op)
             .await
@@ -97,11 +111,15 @@ fn the_real_disk_creates_and_checks_a_nested_directory() {
         let dir = dir.clone();
         || async move {
             prepare_dir(&DmaStorage::new(), &dir).await.unwrap();
-            // Again: it exists now, and only its entry is synced.
-            prepare_dir(&DmaStorage::new(), &dir).await.unwrap();
+            // Again: it exists now, and its levels are synced again.
+            prepare_dir(&DmaStorage::new(), &dir.join("."))
+                .await
+                .unwrap();
         }
     });
     assert!(dir.is_dir());
+    assert!(create_dir_all_durably_blocking(&root.path().join("d/./e/.")).is_ok());
+    assert!(root.path().join("d/e").is_dir());
     let blocking = root.path().join("x/y");
     create_dir_all_durably_blocking(&blocking).unwrap();
     create_dir_all_durably_blocking(&blocking).unwrap();

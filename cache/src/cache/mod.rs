@@ -308,6 +308,15 @@ impl Cache {
             .collect()
     }
 
+    /// Whether work on `key` is still under way: its lock is held (a
+    /// commit dropped mid-way finishes in a task that holds it) or
+    /// namespace ops are still in the kernel (feature `sim`: a test that
+    /// dropped an operation waits for this before it looks at the disk).
+    #[cfg(feature = "sim")]
+    pub fn is_busy(&self, key: &str) -> bool {
+        self.shared.locks.is_locked(key) || self.shared.uring.ops_in_flight() > 0
+    }
+
     /// Keys removed by trims since the last call (feature `sim`: the model
     /// checker needs to tell trims from losses).
     #[cfg(feature = "sim")]

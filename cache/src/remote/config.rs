@@ -431,7 +431,10 @@ fn build_local(root: PathBuf) -> RemoteResult<Built> {
     if root.as_os_str().is_empty() {
         return Err(RemoteError::config("local root", "empty path"));
     }
-    std::fs::create_dir_all(&root).map_err(|e| RemoteError::local_io("mkdir", &root, e))?;
+    // Durably in its parent too: an acknowledged put must not vanish with
+    // a root directory a crash undid.
+    ringstore_journal::storage::create_dir_all_durably_blocking(&root)
+        .map_err(|e| RemoteError::local_io("mkdir", &root, e))?;
     let store = LocalFileSystem::new_with_prefix(&root)
         .map_err(|e| RemoteError::config("local root", format!("{}: {e}", root.display())))?
         // Acknowledged writes survive power loss, like a remote store's.

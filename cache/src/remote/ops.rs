@@ -6,8 +6,9 @@
 //!
 //! An attempt that fails with a transient error (`object_store`'s
 //! `Generic`: the network, a 5xx, a refused connection) is tried again
-//! after a backoff that starts at `backoff_initial` and doubles up to
-//! `backoff_max`, at most `attempts_max` attempts in all, and never past the
+//! after a jittered backoff ([`super::Backoff`]: a pause drawn from the
+//! upper half of a step that starts at `backoff_initial` and doubles up to
+//! `backoff_max`), at most `attempts_max` attempts in all, and never past the
 //! call's deadline (a backoff that would end after it ends the call with
 //! [`RemoteError::Unavailable`] instead). Anything else (not found, already
 //! exists, denied) is final at once. `object_store`'s own retries are off so

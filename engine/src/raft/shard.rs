@@ -8,8 +8,8 @@ use super::error::RaftStoreError;
 use super::reactor::{LocalBoxFuture, ReactorState, ReactorThread};
 use super::types::Response;
 use crate::identity::{
-    data_files, identity_verdict, read_identity_bytes, record_journal_created, write_identity,
-    Identity, IdentityVerdict, IDENTITY_FILE_NAME,
+    data_files, identity_verdict, journal_listing, read_identity_bytes, record_journal_created,
+    write_identity, Identity, IdentityVerdict, IDENTITY_FILE_NAME,
 };
 use crate::lock::DirLock;
 use crate::machine::{decode_records, restore_state, FrozenSection, RecordsEncoder, SectionSet};
@@ -195,7 +195,8 @@ where
     let snapshot_names = storage
         .list_dir(snapshots.dir())
         .map_err(|e| crate::Error::io("list snapshot directory", snapshots.dir(), e))?;
-    let journal_names = storage.list_dir(&journal_dir).unwrap_or_default();
+    let journal_names = journal_listing(storage.list_dir(&journal_dir))
+        .map_err(|e| crate::Error::io("list journal directory", &journal_dir, e))?;
     let data = data_files(&dir, &snapshot_names, &journal_names);
     let identity = match identity_verdict(&identity_path, identity_bytes.as_deref(), &data)
         .map_err(crate::Error::from)?

@@ -24,7 +24,8 @@
 use super::store::parse_snapshot_file_name;
 use crate::error::{Error, SkippedSnapshot};
 use crate::identity::{
-    data_files, identity_verdict, IdentityDamage, IdentityVerdict, IDENTITY_FILE_NAME,
+    data_files, identity_verdict, journal_listing, IdentityDamage, IdentityVerdict,
+    IDENTITY_FILE_NAME,
 };
 use crate::shard::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use serde::Serialize;
@@ -303,16 +304,12 @@ pub fn read_identity_file(shard_dir: &Path) -> Result<IdentityReport, InspectErr
         .iter()
         .filter_map(|(_, p)| p.file_name().map(|n| n.to_os_string()))
         .collect();
-    // As an open lists it: a journal directory that cannot be listed holds
-    // nothing (the open's journal recovery reports it).
-    let journal_names: Vec<OsString> = std::fs::read_dir(shard_dir.join(JOURNAL_DIR_NAME))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name())
-                .collect()
-        })
-        .unwrap_or_default();
+    // As an open lists it (`journal_listing`).
+    let journal_dir = shard_dir.join(JOURNAL_DIR_NAME);
+    let listed = std::fs::read_dir(&journal_dir)
+        .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect());
+    let journal_names: Vec<OsString> =
+        journal_listing(listed).map_err(io_error("list", &journal_dir, None))?;
     let data = data_files(shard_dir, &snapshot_names, &journal_names);
     Ok(match identity_verdict(&path, bytes.as_deref(), &data) {
         Ok(IdentityVerdict::Found(identity)) => IdentityReport::Valid {

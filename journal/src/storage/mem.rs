@@ -26,8 +26,9 @@
 //!   (with `dir_undo`; without it, all are undone). A directory made by
 //!   [`Storage::create_dir`] is an entry of its parent like a file: undone
 //!   unless its parent was synced after it, and with it everything beneath
-//!   it, synced or not. Directories the disk never made (the roots tests
-//!   and simulations start from) exist from the start.
+//!   it, synced or not. Directories the disk never made exist from the
+//!   start (the roots tests and simulations start from), except beneath one
+//!   it made: there, as on a real disk, each level must be made.
 //! * **Reads.** A read returns one flipped bit (`read_flip_rate`) or fails
 //!   with EIO (`read_eio_rate`). Flips are transient: a second read may be
 //!   clean.
@@ -404,14 +405,15 @@ impl MemFs {
         Ok(())
     }
 
-    /// Whether `dir` is a directory this disk made that is not there now.
-    fn is_gone(&self, dir: &Path) -> bool {
-        self.dirs_made.contains(dir) && !self.live.dirs.contains(dir)
+    /// Whether `dir` is a directory now: one this disk made and a crash did
+    /// not undo, or a root (never made, and nothing above it made).
+    fn is_dir(&self, dir: &Path) -> bool {
+        self.live.dirs.contains(dir) || dir.ancestors().all(|level| !self.dirs_made.contains(level))
     }
 
-    /// ENOENT if a directory above `path` is gone.
+    /// ENOENT if a directory above `path` is not there.
     fn check_parents(&self, path: &Path) -> io::Result<()> {
-        match path.ancestors().skip(1).find(|a| self.is_gone(a)) {
+        match path.ancestors().skip(1).find(|a| !self.is_dir(a)) {
             Some(gone) => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("{}: no such directory", gone.display()),
@@ -716,6 +718,8 @@ impl Storage for MemStorage {
         self.begin().await?;
         let mut fs = self.fs.borrow_mut();
         fs.check_parents(path)?;
+        // A root (see `is_dir`) is made like any other directory: from then
+        // on the disk tracks it.
         if fs.live.dirs.contains(path) || fs.live.files.contains_key(path) {
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
         }
@@ -817,6 +821,7 @@ impl Storage for MemStorage {
             fs.counts.sync_eios += 1;
             return Err(err);
         }
+        fs.check_parents(&dir.join("_"))?;
         if trace_io() {
             eprintln!("    sync_dir {}", dir.display());
         }

@@ -26,7 +26,12 @@ mod mem;
 pub use dma::{DmaFileHandle, DmaStorage};
 pub use mem::{FaultConfig, FaultCounts, MemBuf, MemFile, MemStorage, SIM_SECTOR_BYTES};
 
-use std::{ffi::OsString, io, ops::Deref, path::Path};
+use std::{
+    ffi::OsString,
+    io,
+    ops::Deref,
+    path::{Path, PathBuf},
+};
 
 /// A writable, aligned buffer that a [`StorageFile`] can write.
 pub trait IoBuf {
@@ -114,39 +119,105 @@ pub async fn prepare_dir<S: Storage>(storage: &S, dir: &Path) -> io::Result<()> 
 }
 
 /// Creates `dir` and every parent it lacks, one level at a time, and makes
-/// each entry durable in its parent (outermost first), so that nothing
-/// written beneath `dir` later can be lost with a directory entry a crash
-/// undid. `dir`'s own entry is synced even if it existed: a process that
-/// crashed right after creating it may not have.
+/// each level's entry durable in its parent (outermost first), so that
+/// nothing written beneath `dir` later can be lost with a directory entry a
+/// crash undid. Every level it reaches is synced, found ones too: another
+/// creator (or a process that crashed right after creating it) may not
+/// have synced it yet. `.` components are ignored (`a/b/.` is `a/b`).
 pub async fn create_dir_all_durably<S: Storage>(storage: &S, dir: &Path) -> io::Result<()> {
-    // `pending` holds the directories still to create, innermost first.
-    let mut pending = vec![dir];
-    let mut created = Vec::new();
-    while let Some(&path) = pending.last() {
-        match storage.create_dir(path).await {
-            Ok(()) => {
-                created.push(path);
-                pending.pop();
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                pending.pop();
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match path.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() && pending.len() < DIR_DEPTH_MAX => {
-                    pending.push(parent)
-                }
-                _ => return Err(e),
-            },
-            Err(e) => return Err(e),
-        }
+    let dir: PathBuf = dir.components().collect();
+    let mut walk = DirWalk::new(&dir);
+    while let Some(level) = walk.next_level()? {
+        let made = storage.create_dir(level).await;
+        walk.record(made)?;
     }
-    if created.last() != Some(&dir) {
-        created.push(dir);
-    }
-    for path in created {
-        storage.sync_dir(parent_dir(path)).await?;
+    for level in walk.reached {
+        storage.sync_dir(parent_dir(level)).await?;
     }
     Ok(())
+}
+
+/// [`create_dir_all_durably`] with blocking `std::fs` calls, for what runs
+/// before a reactor or on a blocking thread (a data directory, a cache
+/// root, an object-store root): the same levels, the same syncs.
+pub fn create_dir_all_durably_blocking(dir: &Path) -> io::Result<()> {
+    let dir: PathBuf = dir.components().collect();
+    let mut walk = DirWalk::new(&dir);
+    while let Some(level) = walk.next_level()? {
+        walk.record(std::fs::create_dir(level))?;
+    }
+    for level in walk.reached {
+        std::fs::File::open(parent_dir(level))?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The walk of [`create_dir_all_durably`], apart from its I/O: which level
+/// to create next, and what each `mkdir`'s result means.
+struct DirWalk<'a> {
+    dir: &'a Path,
+    /// Levels still to create, innermost first.
+    pending: Vec<&'a Path>,
+    /// Levels that exist now, in the order they came to (outermost first).
+    reached: Vec<&'a Path>,
+    attempts: usize,
+}
+
+impl<'a> DirWalk<'a> {
+    fn new(dir: &'a Path) -> DirWalk<'a> {
+        DirWalk {
+            dir,
+            pending: vec![dir],
+            reached: Vec::new(),
+            attempts: 0,
+        }
+    }
+
+    /// The level to create next; `None` once `dir` exists.
+    fn next_level(&mut self) -> io::Result<Option<&'a Path>> {
+        self.attempts += 1;
+        if self.attempts > 2 * DIR_DEPTH_MAX {
+            return Err(self.too_deep());
+        }
+        Ok(self.pending.last().copied())
+    }
+
+    /// Records what creating the level [`DirWalk::next_level`] gave
+    /// returned: created or found, it is reached; missing its parent, the
+    /// parent goes first.
+    fn record(&mut self, made: io::Result<()>) -> io::Result<()> {
+        let level = self.pending.last().copied().expect("a level was pending");
+        match made {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return match level.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => {
+                        if self.pending.len() >= DIR_DEPTH_MAX {
+                            return Err(self.too_deep());
+                        }
+                        self.pending.push(parent);
+                        Ok(())
+                    }
+                    _ => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        }
+        self.reached.push(level);
+        self.pending.pop();
+        Ok(())
+    }
+
+    fn too_deep(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{}: more than {DIR_DEPTH_MAX} directory levels to create",
+                self.dir.display()
+            ),
+        )
+    }
 }
 
 /// The directory holding `path` (`.` for a bare name).
@@ -155,27 +226,6 @@ pub fn parent_dir(path: &Path) -> &Path {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     }
-}
-
-/// [`create_dir_all_durably`] with blocking `std::fs` calls, for what runs
-/// before a reactor or on a blocking thread (a data directory, a cache
-/// root).
-pub fn create_dir_all_durably_blocking(dir: &Path) -> io::Result<()> {
-    // The directories missing now, outermost first.
-    let mut missing: Vec<&Path> = dir
-        .ancestors()
-        .take(DIR_DEPTH_MAX)
-        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
-        .collect();
-    missing.reverse();
-    std::fs::create_dir_all(dir)?;
-    if missing.last() != Some(&dir) {
-        missing.push(dir);
-    }
-    for path in missing {
-        std::fs::File::open(parent_dir(path))?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// True if `err` is the OS error `errno`. glommio wraps OS errors in its own
