@@ -34,6 +34,7 @@
 //! | `ringstore_journal_superblock_repairs_total` | counter | journal superblock copies found damaged or stale at open (rewritten) |
 //! | `ringstore_journal_stray_files` | gauge | files in the journal directory that are not the journal's (ignored) |
 //! | `ringstore_snapshots_skipped_total` | counter | snapshot files an open passed over because they did not verify (each also logged with its reason) |
+//! | `ringstore_data_dir_superblock_repairs_total` | counter, no `shard` label | data directory superblock copies found damaged or stale at startup and rewritten from the good one |
 //!
 //! The object store's own counters (calls, retries, timeouts, bytes) are
 //! the `ringstore_remote_*` metrics of `ringstore_cache::Remote`, shared by

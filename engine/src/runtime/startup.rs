@@ -146,16 +146,34 @@ pub fn check_memlock(limit: Option<u64>, shards: usize, io_memory_bytes: usize) 
 }
 
 /// Creates the data directory and checks or writes its superblock, which
-/// records the shard count (routing depends on it).
+/// records the shard count (routing depends on it). A damaged or stale copy
+/// is rewritten from the good one (the stale copy first), counted in
+/// `ringstore_data_dir_superblock_repairs_total`, so one more fault cannot
+/// take both.
 pub fn check_manifest(data_dir: &Path, shards: usize) -> Result<()> {
     ringstore_journal::storage::create_dir_all_durably_blocking(data_dir)
         .map_err(|e| Error::io("create data directory", data_dir, e))?;
-    match read_manifest(data_dir)? {
-        Some(found) if found != shards => Err(Error::ShardCountMismatch {
+    match read_manifest_chosen(data_dir)? {
+        Some((found, _)) if found != shards => Err(Error::ShardCountMismatch {
             path: data_dir.join(MANIFEST_FILE_NAME),
             found,
             configured: shards,
         }),
+        Some((_, chosen)) if !chosen.stale_or_damaged.is_empty() => {
+            let path = data_dir.join(MANIFEST_FILE_NAME);
+            superblock::write_file_blocking_keeping(
+                &path,
+                false,
+                SuperblockKind::DataDir,
+                chosen.sequence,
+                &chosen.body,
+                chosen.newest_copy,
+            )
+            .map_err(|f| Error::io(f.op, &path, f.source))?;
+            metrics::counter!("ringstore_data_dir_superblock_repairs_total").increment(1);
+            tracing::warn!(path = %path.display(), "data directory superblock copy rewritten from the good one");
+            Ok(())
+        }
         Some(_) => Ok(()),
         None => write_manifest(data_dir, shards),
     }
@@ -170,6 +188,11 @@ pub fn check_manifest(data_dir: &Path, shards: usize) -> Result<()> {
 /// while shard directories exist, this is [`Error::Manifest`] naming the
 /// file and offset, never a guess at the count.
 pub fn read_manifest(data_dir: &Path) -> Result<Option<usize>> {
+    Ok(read_manifest_chosen(data_dir)?.map(|(shards, _)| shards))
+}
+
+/// [`read_manifest`], with the copy it chose (and the copies it did not).
+fn read_manifest_chosen(data_dir: &Path) -> Result<Option<(usize, superblock::Chosen)>> {
     let path = data_dir.join(MANIFEST_FILE_NAME);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -231,7 +254,7 @@ pub fn read_manifest(data_dir: &Path) -> Result<Option<usize>> {
             ),
         });
     }
-    Ok(Some(shards as usize))
+    Ok(Some((shards as usize, chosen)))
 }
 
 /// Shard directories (`shard-NNN`) in `data_dir`.
@@ -326,11 +349,22 @@ mod tests {
         ));
         let path = data.join(MANIFEST_FILE_NAME);
         let clean = std::fs::read(&path).unwrap();
-        // Any one bit flip: the other copy still says 3.
+        // Any one bit flip: the other copy still says 3. Reading changes
+        // nothing (`wal verify` reads it); the open's check rewrites the
+        // damaged copy from the good one.
         for bit in (0..clean.len() * 8).step_by(61) {
             let mut flipped = clean.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
             std::fs::write(&path, &flipped).unwrap();
+            assert_eq!(read_manifest(&data).unwrap(), Some(3), "bit {bit}");
+            assert_eq!(std::fs::read(&path).unwrap(), flipped, "bit {bit}");
+            check_manifest(&data, 3).unwrap();
+            let repaired = std::fs::read(&path).unwrap();
+            let chosen = superblock::decode(&repaired, SuperblockKind::DataDir).unwrap();
+            assert!(
+                chosen.stale_or_damaged.is_empty(),
+                "bit {bit}: not repaired"
+            );
             assert_eq!(read_manifest(&data).unwrap(), Some(3), "bit {bit}");
         }
         // Both copies damaged: an error naming the file and offset.
