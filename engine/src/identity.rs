@@ -23,8 +23,8 @@
 //! | identity file | the shard directory holds | verdict |
 //! |---|---|---|
 //! | verifies (magic, checksum, version 1), journal flag clear | anything | the domain it names |
-//! | verifies, journal flag set | `journal/superblock` | the domain it names |
-//! | verifies, journal flag set | no `journal/superblock` | refused: the journal is gone |
+//! | verifies, journal flag set | `journal/superblock` or a segment file | the domain it names |
+//! | verifies, journal flag set | neither in `journal/` | refused: the journal is gone |
 //! | missing | no snapshot file and an empty or missing `journal/` | a new shard: an open creates a random domain |
 //! | missing | a `snapshots/snapshot-<op>.snap` or any entry in `journal/` | refused: the domain of that data is unknown |
 //! | shorter than its 40-byte header (zero-length included) | anything | refused: damaged |
