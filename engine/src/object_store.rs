@@ -486,12 +486,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     damage = damage.join("; "),
                     "the snapshot to upload no longer verifies; not uploading it"
                 );
-                self.inner
-                    .progress
-                    .borrow_mut()
-                    .stats
-                    .snapshot_uploads_refused += 1;
-                self.inner.metrics.record_upload_refused();
+                self.upload_refused();
                 return Upload::Conflict;
             }
             Err(_) if !path.exists() => return Upload::Superseded,
@@ -677,6 +672,16 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             .stats
             .remote_retention_failures += 1;
         self.inner.metrics.record_retention_failure();
+    }
+
+    /// The local snapshot no longer verified: not uploaded, not retried.
+    fn upload_refused(&self) {
+        self.inner
+            .progress
+            .borrow_mut()
+            .stats
+            .snapshot_uploads_refused += 1;
+        self.inner.metrics.record_upload_refused();
     }
 
     fn upload_failed(&self) {
