@@ -132,7 +132,7 @@ pub struct JournalArgs {
     #[arg(long, value_enum, default_value_t = PreallocationArg::ZeroFill)]
     pub small_preallocation: PreallocationArg,
     /// How every journal of the run makes appends durable.
-    #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Auto)]
     pub durability: DurabilityArg,
 }
 
@@ -145,6 +145,8 @@ pub enum DurabilityArg {
     Sync,
     /// One O_DSYNC write per group commit.
     WriteThrough,
+    /// Whichever of the two the journal's probe at open finds faster.
+    Auto,
 }
 
 impl From<DurabilityArg> for Durability {
@@ -152,6 +154,7 @@ impl From<DurabilityArg> for Durability {
         match value {
             DurabilityArg::Sync => Durability::Sync,
             DurabilityArg::WriteThrough => Durability::WriteThrough,
+            DurabilityArg::Auto => Durability::Auto,
         }
     }
 }
@@ -407,6 +410,8 @@ pub(crate) struct SmallResult {
     pub(crate) entries_per_fsync: f64,
     pub(crate) ring_full_retries: u64,
     pub(crate) watermark_advances: u64,
+    /// The durability in use (`Auto` resolved by the journal's probe).
+    pub(crate) durability: String,
 }
 
 /// `tasks` appenders send `SMALL_ENTRY_BYTES` entries for `duration`.
@@ -418,6 +423,12 @@ pub(crate) fn run_small(
 ) -> Result<SmallResult> {
     on_reactor("rsb-small", move || async move {
         let journal = open_journal(&dir, shape).await?;
+        let choice = journal.durability_choice();
+        let durability = format!("{:?}", choice.chosen);
+        eprintln!(
+            "  journal durability: {durability} (configured {:?}; probe {:?})",
+            choice.configured, choice.probe
+        );
         let recorder = Rc::new(RefCell::new(LatencyRecorder::new()));
         // Highest op each task has had acknowledged; every op at or below the
         // minimum over tasks is acknowledged (each task has one in flight).
@@ -527,6 +538,7 @@ pub(crate) fn run_small(
             entries_per_fsync: entries as f64 / fsyncs as f64,
             ring_full_retries,
             watermark_advances,
+            durability,
         })
     })
 }

@@ -44,10 +44,19 @@ const _: () = assert!(SLOT_BYTES as u64 * SLOT_COUNT_MAX <= 2 << 30);
 /// What an acknowledged append survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
+    /// [`Durability::Sync`] or [`Durability::WriteThrough`], whichever this
+    /// device makes durable faster: at open the journal times both on
+    /// blocks prepared the way its segments are ([`Preallocation`]), and
+    /// takes write-through only when it is clearly faster (see
+    /// [`crate::durability`]). Survives the same as either. The choice is
+    /// in [`crate::JournalStats::durability`], the log, and each new
+    /// segment's header (`ringstore wal inspect`). A backend that cannot
+    /// time I/O (the simulator's in-memory disk) takes `Sync`.
+    #[default]
+    Auto,
     /// fdatasync after every group-commit write, before any append in it
     /// resolves. An acknowledged entry survives process crashes, kernel
     /// crashes and power loss (given a device that honours flushes).
-    #[default]
     Sync,
     /// Segments are written with O_DSYNC: each group-commit write is durable
     /// when it completes, with no separate fdatasync — one I/O round trip per
@@ -77,7 +86,7 @@ pub enum Recovery {
 }
 
 /// How a new segment file gets its disk space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Preallocation {
     /// fallocate (unwritten extents). Cheap to create; the first write of
     /// each block makes its fdatasync also commit an extent conversion.
@@ -103,7 +112,8 @@ pub struct JournalConfig {
     pub entry_bytes_max: u64,
     /// Largest group-commit write.
     pub batch_bytes_max: u64,
-    /// What acknowledged appends survive.
+    /// What acknowledged appends survive. After open: the durability in
+    /// use, never [`Durability::Auto`] (see [`crate::Journal::durability_choice`]).
     pub durability: Durability,
     /// Torn-tail policy.
     pub recovery: Recovery,
@@ -231,7 +241,7 @@ impl<S: Storage> JournalBuilder<S> {
         self
     }
 
-    /// What acknowledged appends survive. Default [`Durability::Sync`].
+    /// What acknowledged appends survive. Default [`Durability::Auto`].
     pub fn durability(mut self, durability: Durability) -> Self {
         self.config.durability = durability;
         self

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod durability;
 pub mod error;
 pub mod format;
 pub mod glommio_quirks;
@@ -36,6 +37,7 @@ pub mod superblock;
 pub mod verify;
 
 pub use config::{Durability, JournalBuilder, JournalConfig, Preallocation, Recovery};
+pub use durability::{DurabilityChoice, DurabilityProbe, ProbeOutcome};
 pub use error::{Error, Result};
 pub use index::SLOT_BYTES;
 pub use journal::{

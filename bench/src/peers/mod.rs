@@ -45,7 +45,7 @@ use record::{
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum PeerName {
-    /// ringstore's journal: glommio tasks on one reactor, `Durability::Sync`.
+    /// ringstore's journal: glommio tasks on one reactor, `Durability::Auto`.
     Ringstore,
     /// okaywal: one entry per record (per MiB in bulk), `commit()` fsyncs.
     Okaywal,

@@ -169,6 +169,9 @@ pub struct JournalStats {
     pub truncations: u64,
     /// Hard states made durable ([`Journal::set_hard_state`]).
     pub hard_states: u64,
+    /// The durability in use ([`Durability::Auto`] resolved at open: see
+    /// [`Journal::durability_choice`]).
+    pub durability: Durability,
 }
 
 /// A write-ahead log owned by one shard. Cheap to clone (all clones are the
@@ -224,6 +227,7 @@ struct Shared<S: Storage> {
     /// Wakes the writer when a write in flight finished.
     pipeline: Event,
     recovery: RecoveryReport,
+    durability_choice: crate::durability::DurabilityChoice,
     /// The superblock as last written, and its sequence.
     superblock: RefCell<(JournalSuperblock, u64)>,
     /// A superblock update is running (they are serialized).
@@ -575,6 +579,12 @@ impl<S: Storage> Journal<S> {
     /// What recovery found when this journal was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.shared.recovery
+    }
+
+    /// The durability in use and how the open chose it (the
+    /// [`Durability::Auto`] probe's figures, if it ran).
+    pub fn durability_choice(&self) -> &crate::durability::DurabilityChoice {
+        &self.shared.durability_choice
     }
 
     /// The validated settings.

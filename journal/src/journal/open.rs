@@ -6,7 +6,7 @@
 use super::*;
 
 impl<S: Storage> Journal<S> {
-    pub(crate) async fn open_with(config: JournalConfig, storage: S) -> Result<Journal<S>> {
+    pub(crate) async fn open_with(mut config: JournalConfig, storage: S) -> Result<Journal<S>> {
         crate::storage::prepare_dir(&storage, &config.dir)
             .await
             .map_err(|e| {
@@ -19,6 +19,8 @@ impl<S: Storage> Journal<S> {
                 }
             })?;
         let recovered = recover(&storage, &config).await?;
+        // Before any segment is created: its file and header follow it.
+        let durability_choice = crate::durability::resolve(&storage, &mut config).await?;
         let watermark = recovered.report.watermark;
         let sb_path = config.dir.join(SUPERBLOCK_FILE_NAME);
         // The superblock: the recovered one (adopting the configured owner
@@ -198,6 +200,7 @@ impl<S: Storage> Journal<S> {
             unissued_failures: (0, None),
             stats: JournalStats {
                 segments_created: u64::from(!needs_fresh_segment),
+                durability: config.durability,
                 ..JournalStats::default()
             },
         };
@@ -211,6 +214,7 @@ impl<S: Storage> Journal<S> {
             spare_ready: Event::new(),
             pipeline: Event::new(),
             recovery: recovered.report,
+            durability_choice,
             superblock: RefCell::new((sb, sequence)),
             superblock_busy: Cell::new(false),
             superblock_idle: Event::new(),

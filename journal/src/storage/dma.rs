@@ -109,6 +109,10 @@ impl Storage for DmaStorage {
         Ok(())
     }
 
+    fn latency_device(&self, dir: &Path) -> io::Result<Option<u64>> {
+        Ok(Some(std::fs::metadata(dir)?.dev()))
+    }
+
     async fn create(&self, path: &Path, write_through: bool) -> io::Result<DmaFileHandle> {
         let file = OpenOptions::new()
             .read(true)

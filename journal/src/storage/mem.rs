@@ -348,6 +348,9 @@ struct MemFs {
     faults: FaultConfig,
     counts: FaultCounts,
     oneshots: Oneshots,
+    /// What [`Storage::latency_device`] answers (see
+    /// [`MemStorage::set_latency_device`]).
+    latency_device: Option<u64>,
 }
 
 impl MemFs {
@@ -559,8 +562,19 @@ impl MemStorage {
                 faults,
                 counts: FaultCounts::default(),
                 oneshots: Oneshots::default(),
+                latency_device: None,
             })),
         }
+    }
+
+    /// Makes [`Storage::latency_device`] answer `device`, so that
+    /// [`crate::Durability::Auto`] runs its probe here (default `None`: a
+    /// simulated disk's timings say nothing, and the choice would make a
+    /// seeded run depend on the clock). For tests of the probe's own
+    /// failure and crash paths; each should use a device id of its own, as
+    /// probe results are kept per device for the life of the process.
+    pub fn set_latency_device(&self, device: Option<u64>) {
+        self.fs.borrow_mut().latency_device = device;
     }
 
     /// Simulates power loss and restart: decides what of the unsynced state
@@ -845,6 +859,10 @@ impl Storage for MemStorage {
             .filter(|path| path.parent() == Some(dir))
             .filter_map(|path| path.file_name().map(|n| n.to_os_string()))
             .collect())
+    }
+
+    fn latency_device(&self, _dir: &Path) -> io::Result<Option<u64>> {
+        Ok(self.fs.borrow().latency_device)
     }
 }
 

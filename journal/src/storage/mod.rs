@@ -75,6 +75,14 @@ pub trait Storage: Clone + 'static {
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Names of the entries in `dir`.
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<OsString>>;
+    /// The device whose speed timing I/O in `dir` measures (an id to key
+    /// measurements by), or `None` when the clock says nothing about a
+    /// device: a simulated disk, whose runs must not depend on timing.
+    /// [`crate::Durability::Auto`] probes only where this is `Some`.
+    fn latency_device(&self, dir: &Path) -> io::Result<Option<u64>> {
+        let _ = dir;
+        Ok(None)
+    }
 }
 
 /// One open file.

@@ -1,0 +1,372 @@
+//! [`Durability::Auto`]: which of write + fdatasync and an O_DSYNC write
+//! this device makes durable faster, measured rather than assumed.
+//!
+//! On a device with a volatile write cache, `fdatasync` after a write ends
+//! in a cache flush of the whole device. An O_DSYNC write onto blocks that
+//! are already written (no extent to convert, so no metadata to commit) can
+//! instead go down as one write with Forced Unit Access, where the device
+//! supports it, and skip the separate flush; where it does not, the kernel
+//! issues the same write and flush itself, one submission fewer. Which is
+//! faster depends on the device, so [`resolve`] times both at open:
+//!
+//! * Two scratch files in the journal's directory
+//!   ([`PROBE_SYNC_FILE_NAME`], [`PROBE_WRITE_THROUGH_FILE_NAME`], the
+//!   second opened O_DSYNC), prepared the way the journal's segments are:
+//!   written and synced for [`Preallocation::ZeroFill`] (appends overwrite
+//!   written blocks), fallocated and synced for [`Preallocation::Fallocate`]
+//!   (each append's sync also converts an extent, so every round writes a
+//!   block not written before).
+//! * Rounds of one 4 KiB write + fdatasync on the first against one 4 KiB
+//!   O_DSYNC write on the second, the order alternating, at most
+//!   [`PROBE_ROUNDS_MAX`] and, past [`PROBE_ROUNDS_MIN`], no longer than
+//!   [`PROBE_TIME_MAX`] (the disk may be slow).
+//! * [`Durability::WriteThrough`] if its median is below
+//!   [`WRITE_THROUGH_CHOSEN_BELOW_PERCENT`] of the other's, else
+//!   [`Durability::Sync`]: a tie keeps the fdatasync path, which every
+//!   device honours the same way.
+//!
+//! Both files are removed afterwards; a crash leaves them behind, and the
+//! next open removes them. The result is kept per device and preparation
+//! for the life of the process, so shards sharing a disk probe it once. A
+//! probe that fails (a full disk, EIO) is logged and the journal takes
+//! `Sync`; the error itself surfaces again if the disk is really failing,
+//! from the segment creation that follows.
+//!
+//! Either durability makes an append durable before it resolves, and
+//! recovery treats their segments alike; the segment header records
+//! write-through only so that `ringstore wal inspect` can say which was
+//! used.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::{Durability, JournalConfig, Preallocation};
+use crate::error::{Error, Result};
+use crate::format::BLOCK_BYTES;
+use crate::storage::{IoBuf, Storage, StorageFile};
+
+/// The scratch file timed with write + fdatasync.
+pub const PROBE_SYNC_FILE_NAME: &str = "durability-probe-sync";
+/// The scratch file timed with O_DSYNC writes.
+pub const PROBE_WRITE_THROUGH_FILE_NAME: &str = "durability-probe-write-through";
+/// Most rounds of a probe (each: one write of either kind).
+pub const PROBE_ROUNDS_MAX: usize = 16;
+/// Rounds a probe always runs, however slow the disk.
+pub const PROBE_ROUNDS_MIN: usize = 4;
+/// Past [`PROBE_ROUNDS_MIN`] rounds, a probe stops once it has run this
+/// long: an open on a disk in a slow spell is not held up for long.
+pub const PROBE_TIME_MAX: Duration = Duration::from_millis(40);
+/// Write-through is chosen only when its median latency is below this
+/// percentage of write + fdatasync's: a clear win, not noise.
+pub const WRITE_THROUGH_CHOSEN_BELOW_PERCENT: u128 = 90;
+
+/// What the durability probe measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurabilityProbe {
+    /// Rounds run.
+    pub rounds: u32,
+    /// Median of a 4 KiB write + fdatasync.
+    pub sync_p50: Duration,
+    /// Median of a 4 KiB O_DSYNC write.
+    pub write_through_p50: Duration,
+}
+
+impl DurabilityProbe {
+    /// The durability these figures call for.
+    pub fn chosen(&self) -> Durability {
+        let sync = self.sync_p50.as_nanos();
+        let write_through = self.write_through_p50.as_nanos();
+        if write_through * 100 < sync * WRITE_THROUGH_CHOSEN_BELOW_PERCENT {
+            Durability::WriteThrough
+        } else {
+            Durability::Sync
+        }
+    }
+}
+
+/// How the journal came to its durability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The durability was configured, or the backend cannot time I/O.
+    NotRun,
+    /// Measured by this open.
+    Measured(DurabilityProbe),
+    /// Measured by an earlier open in this process, on the same device and
+    /// preparation.
+    Cached(DurabilityProbe),
+    /// The probe failed (this error); `Sync` was taken.
+    Failed(String),
+}
+
+/// The durability an open settled on, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurabilityChoice {
+    /// As configured.
+    pub configured: Durability,
+    /// In use: never [`Durability::Auto`].
+    pub chosen: Durability,
+    /// What the probe did.
+    pub probe: ProbeOutcome,
+}
+
+/// Probe results per (device, preparation), for the life of the process.
+static PROBED: Mutex<Option<HashMap<(u64, Preallocation), DurabilityProbe>>> = Mutex::new(None);
+
+/// Removes probe files a crash left in `dir`, then settles
+/// `config.durability` (probing if it is [`Durability::Auto`]) and says how.
+pub async fn resolve<S: Storage>(
+    storage: &S,
+    config: &mut JournalConfig,
+) -> Result<DurabilityChoice> {
+    remove_probe_files(storage, &config.dir).await?;
+    let configured = config.durability;
+    if configured != Durability::Auto {
+        return Ok(DurabilityChoice {
+            configured,
+            chosen: configured,
+            probe: ProbeOutcome::NotRun,
+        });
+    }
+    let device = storage
+        .latency_device(&config.dir)
+        .map_err(|e| Error::io("stat directory", &config.dir, None, e))?;
+    let probe = match device {
+        None => ProbeOutcome::NotRun,
+        Some(device) => {
+            let key = (device, config.preallocation);
+            let cached = PROBED
+                .lock()
+                .ok()
+                .and_then(|probed| probed.as_ref().and_then(|p| p.get(&key).copied()));
+            match cached {
+                Some(found) => ProbeOutcome::Cached(found),
+                None => match probe(storage, &config.dir, config.preallocation).await {
+                    Ok(measured) => {
+                        if let Ok(mut probed) = PROBED.lock() {
+                            probed
+                                .get_or_insert_with(HashMap::new)
+                                .insert(key, measured);
+                        }
+                        ProbeOutcome::Measured(measured)
+                    }
+                    Err(error) => {
+                        tracing::warn!(dir = %config.dir.display(), %error, "the durability probe failed; using write + fdatasync");
+                        ProbeOutcome::Failed(error.to_string())
+                    }
+                },
+            }
+        }
+    };
+    let chosen = match &probe {
+        ProbeOutcome::Measured(p) | ProbeOutcome::Cached(p) => p.chosen(),
+        ProbeOutcome::NotRun | ProbeOutcome::Failed(_) => Durability::Sync,
+    };
+    if let ProbeOutcome::Measured(p) = &probe {
+        tracing::info!(
+            dir = %config.dir.display(),
+            chosen = ?chosen,
+            rounds = p.rounds,
+            sync_p50_us = p.sync_p50.as_micros() as u64,
+            write_through_p50_us = p.write_through_p50.as_micros() as u64,
+            "durability measured"
+        );
+    }
+    config.durability = chosen;
+    Ok(DurabilityChoice {
+        configured,
+        chosen,
+        probe,
+    })
+}
+
+/// Times write + fdatasync against O_DSYNC writes in `dir` (see the module
+/// docs). Not cached: every call measures.
+pub async fn probe<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    preallocation: Preallocation,
+) -> Result<DurabilityProbe> {
+    remove_probe_files(storage, dir).await?;
+    let measured = measure(storage, dir, preallocation).await;
+    let removed = remove_probe_files(storage, dir).await;
+    let measured = measured?;
+    removed?;
+    Ok(measured)
+}
+
+async fn measure<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    preallocation: Preallocation,
+) -> Result<DurabilityProbe> {
+    let sync_path = dir.join(PROBE_SYNC_FILE_NAME);
+    let through_path = dir.join(PROBE_WRITE_THROUGH_FILE_NAME);
+    let sync_file = prepare(storage, &sync_path, false, preallocation).await?;
+    let through_file = match prepare(storage, &through_path, true, preallocation).await {
+        Ok(file) => file,
+        Err(e) => {
+            let _ = sync_file.close().await;
+            return Err(e);
+        }
+    };
+    let timed = time_rounds(&sync_file, &sync_path, &through_file, &through_path).await;
+    let _ = sync_file.close().await;
+    let _ = through_file.close().await;
+    let (mut sync, mut through) = timed?;
+    Ok(DurabilityProbe {
+        rounds: sync.len() as u32,
+        sync_p50: median(&mut sync),
+        write_through_p50: median(&mut through),
+    })
+}
+
+/// Creates a probe file of [`PROBE_ROUNDS_MAX`] blocks, prepared as the
+/// segments are, and synced.
+async fn prepare<S: Storage>(
+    storage: &S,
+    path: &Path,
+    write_through: bool,
+    preallocation: Preallocation,
+) -> Result<S::File> {
+    let file = storage
+        .create(path, write_through)
+        .await
+        .map_err(|e| Error::io("create durability probe", path, None, e))?;
+    let bytes = PROBE_ROUNDS_MAX as u64 * BLOCK_BYTES;
+    let prepared = async {
+        let allocated = file.allocate(bytes).await;
+        let write_zeros = match allocated {
+            Ok(()) => preallocation == Preallocation::ZeroFill,
+            Err(e) if crate::storage::is_errno(&e, libc::EOPNOTSUPP) => true,
+            Err(e) => return Err(Error::io("fallocate", path, None, e)),
+        };
+        if write_zeros {
+            let mut buf = file.alloc_buf(bytes as usize);
+            buf.as_bytes_mut().fill(0);
+            file.write_at(buf, 0)
+                .await
+                .map_err(|e| Error::io("write durability probe", path, Some(0), e))?;
+        }
+        file.sync()
+            .await
+            .map_err(|e| Error::io("fdatasync", path, None, e))
+    };
+    match prepared.await {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            let _ = file.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Runs the rounds: block `i` of each file in round `i`, so a fallocated
+/// file's every write converts an extent, as an append's does.
+async fn time_rounds<F: StorageFile>(
+    sync_file: &F,
+    sync_path: &Path,
+    through_file: &F,
+    through_path: &Path,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let mut sync = Vec::with_capacity(PROBE_ROUNDS_MAX);
+    let mut through = Vec::with_capacity(PROBE_ROUNDS_MAX);
+    let started = Instant::now();
+    for round in 0..PROBE_ROUNDS_MAX {
+        if round >= PROBE_ROUNDS_MIN && started.elapsed() > PROBE_TIME_MAX {
+            break;
+        }
+        let pos = round as u64 * BLOCK_BYTES;
+        // Alternate which goes first, so a change of the disk's pace in
+        // the middle of a round falls on both alike.
+        for sync_turn in [round % 2 == 0, round % 2 != 0] {
+            if sync_turn {
+                sync.push(timed_write(sync_file, sync_path, pos, true).await?);
+            } else {
+                through.push(timed_write(through_file, through_path, pos, false).await?);
+            }
+        }
+    }
+    Ok((sync, through))
+}
+
+/// One 4 KiB write at `pos`, followed by an fdatasync if `then_sync`.
+async fn timed_write<F: StorageFile>(
+    file: &F,
+    path: &Path,
+    pos: u64,
+    then_sync: bool,
+) -> Result<Duration> {
+    let mut buf = file.alloc_buf(BLOCK_BYTES as usize);
+    // Not zeros: a device must not be able to skip the write.
+    buf.as_bytes_mut().fill(0xa5);
+    let started = Instant::now();
+    file.write_at(buf, pos)
+        .await
+        .map_err(|e| Error::io("write durability probe", path, Some(pos), e))?;
+    if then_sync {
+        file.sync()
+            .await
+            .map_err(|e| Error::io("fdatasync", path, None, e))?;
+    }
+    Ok(started.elapsed())
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort_unstable();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+/// Removes both probe files if present (what a crash mid-probe leaves).
+async fn remove_probe_files<S: Storage>(storage: &S, dir: &Path) -> Result<()> {
+    let mut removed = false;
+    for name in [PROBE_SYNC_FILE_NAME, PROBE_WRITE_THROUGH_FILE_NAME] {
+        let path = dir.join(name);
+        match storage.remove(&path).await {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove durability probe", &path, None, e)),
+        }
+    }
+    if removed {
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(|e| Error::io("fsync directory", dir, None, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe_of(sync_us: u64, write_through_us: u64) -> DurabilityProbe {
+        DurabilityProbe {
+            rounds: 8,
+            sync_p50: Duration::from_micros(sync_us),
+            write_through_p50: Duration::from_micros(write_through_us),
+        }
+    }
+
+    #[test]
+    fn write_through_only_when_clearly_faster() {
+        assert_eq!(probe_of(130, 60).chosen(), Durability::WriteThrough);
+        assert_eq!(probe_of(100, 89).chosen(), Durability::WriteThrough);
+        // Within the margin, or slower: the fdatasync path.
+        assert_eq!(probe_of(100, 90).chosen(), Durability::Sync);
+        assert_eq!(probe_of(100, 95).chosen(), Durability::Sync);
+        assert_eq!(probe_of(100, 180).chosen(), Durability::Sync);
+        // Nothing measured (a zero median) never picks write-through.
+        assert_eq!(probe_of(0, 0).chosen(), Durability::Sync);
+    }
+
+    #[test]
+    fn the_median_of_an_odd_and_an_even_count() {
+        let us = Duration::from_micros;
+        assert_eq!(median(&mut [us(5), us(1), us(3)]), us(3));
+        assert_eq!(median(&mut [us(4), us(1), us(3), us(2)]), us(3));
+        assert_eq!(median(&mut []), Duration::ZERO);
+    }
+}
