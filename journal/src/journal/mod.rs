@@ -29,9 +29,9 @@ pub use reader::{Entries, ENTRIES_READ_AHEAD_BYTES};
 
 use rollover::{next_generation, record_rollover};
 use superblock_io::{create_superblock, write_superblock};
-use writer::{run_writer, Batch, BatchDone, WriteTicket};
+use writer::{run_writer, Batch, BatchDone, BatchVecs, WriteTicket};
 
-use crate::config::{Durability, JournalBuilder, JournalConfig};
+use crate::config::{Durability, JournalBuilder, JournalConfig, WRITES_IN_FLIGHT_MAX};
 use crate::error::{Error, Result};
 use crate::format::{
     align_down, align_up, check_entry_header, entry_footprint, EntryHeader, EntryKind, BLOCK_BYTES,
@@ -269,6 +269,8 @@ struct State<F: StorageFile> {
     /// The ticket of the newest write in flight.
     last_ticket: Option<Rc<WriteTicket>>,
     filling: Batch<F::Buf>,
+    /// Vectors of finished batches, for the next ones.
+    recycled: BatchVecs,
     poisoned: Option<Error>,
     closing: bool,
     writer_running: bool,

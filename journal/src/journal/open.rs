@@ -191,6 +191,7 @@ impl<S: Storage> Journal<S> {
             writes_in_flight: 0,
             last_ticket: None,
             filling: Batch::new(),
+            recycled: BatchVecs::default(),
             poisoned: None,
             closing: false,
             writer_running: true,

@@ -46,6 +46,46 @@ impl<B> Batch<B> {
     }
 }
 
+/// Vectors kept of each kind by [`BatchVecs`]: one for each batch alive at
+/// once (the filling one and the writes in flight) at most.
+const RECYCLED_VECS_MAX: usize = WRITES_IN_FLIGHT_MAX as usize + 1;
+
+/// The vectors of finished batches, kept for the next ones: a batch's entry
+/// list and its waiters' wakers grow to a batch's size once, not again in
+/// every batch, so an append allocates nothing of its own (pinned by
+/// `journal/tests/allocations.rs`).
+#[derive(Default)]
+pub(super) struct BatchVecs {
+    entries: Vec<Vec<PendingEntry>>,
+    waiters: Vec<Vec<std::task::Waker>>,
+}
+
+impl BatchVecs {
+    /// An empty batch, on kept vectors where there are some.
+    pub(super) fn batch<B>(&mut self) -> Batch<B> {
+        Batch {
+            buf: None,
+            len: 0,
+            entries: self.entries.pop().unwrap_or_default(),
+            done: Rc::new(BatchDone {
+                result: RefCell::new(None),
+                waiters: RefCell::new(self.waiters.pop().unwrap_or_default()),
+            }),
+        }
+    }
+
+    /// Keeps a finished batch's vectors (emptied) for a later batch.
+    fn keep(&mut self, mut entries: Vec<PendingEntry>, waiters: Vec<std::task::Waker>) {
+        entries.clear();
+        if self.entries.len() < RECYCLED_VECS_MAX {
+            self.entries.push(entries);
+        }
+        if waiters.is_empty() && self.waiters.len() < RECYCLED_VECS_MAX {
+            self.waiters.push(waiters);
+        }
+    }
+}
+
 /// A batch's outcome, and the appenders waiting for it. The waiters are
 /// plain wakers in a vector (not an `Event`): a batch completes once, on
 /// the reactor that waits for it, and waking its 256 appenders should cost
@@ -57,12 +97,15 @@ pub(super) struct BatchDone {
 }
 
 impl BatchDone {
-    fn complete(&self, result: Result<()>) {
+    /// Records the outcome and wakes every waiter; returns the waiters'
+    /// vector, empty, for a later batch.
+    fn complete(&self, result: Result<()>) -> Vec<std::task::Waker> {
         *self.result.borrow_mut() = Some(result);
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for waiter in waiters {
+        let mut waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for waiter in waiters.drain(..) {
             waiter.wake();
         }
+        waiters
     }
 
     /// Resolves with the batch's outcome. A waiter polled again before the
@@ -334,7 +377,11 @@ impl<S: Storage> Shared<S> {
         }
         ticket.resolve(result.is_ok());
         wake_all(&self.pipeline);
-        batch.done.complete(result);
+        let waiters = batch.done.complete(result);
+        self.state
+            .borrow_mut()
+            .recycled
+            .keep(batch.entries, waiters);
     }
 
     /// Fails a batch that was never written (no room for a new segment, or
@@ -349,7 +396,8 @@ impl<S: Storage> Shared<S> {
         let behind = {
             let mut state = self.state.borrow_mut();
             state.unissued_failures = (state.unissued_failures.0 + 1, Some(error.clone()));
-            std::mem::replace(&mut state.filling, Batch::new())
+            let next = state.recycled.batch();
+            std::mem::replace(&mut state.filling, next)
         };
         // The later batch first: op numbers are handed back from the top.
         if !behind.entries.is_empty() {
@@ -385,7 +433,8 @@ impl<S: Storage> Shared<S> {
                 }
             }
         }
-        batch.done.complete(Err(error));
+        // Not recycled: a failure path.
+        drop(batch.done.complete(Err(error)));
     }
 }
 
@@ -561,7 +610,8 @@ pub(super) async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Eve
         let next = {
             let mut state = shared.state.borrow_mut();
             if !state.filling.entries.is_empty() {
-                Next::Write(std::mem::replace(&mut state.filling, Batch::new()))
+                let next = state.recycled.batch();
+                Next::Write(std::mem::replace(&mut state.filling, next))
             } else if state.closing && state.writes_in_flight > 0 {
                 Next::AwaitInFlight
             } else if state.closing {
