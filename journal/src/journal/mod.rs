@@ -29,7 +29,7 @@ pub use reader::{Entries, ENTRIES_READ_AHEAD_BYTES};
 
 use rollover::{next_generation, record_rollover};
 use superblock_io::{create_superblock, write_superblock};
-use writer::{run_writer, Batch, BatchDone, BatchVecs, WriteTicket};
+use writer::{run_writer, Batch, BatchDone, BatchVecs, WriteTicket, WriterSignal};
 
 use crate::config::{Durability, JournalBuilder, JournalConfig, WRITES_IN_FLIGHT_MAX};
 use crate::error::{Error, Result};
@@ -217,7 +217,7 @@ struct Shared<S: Storage> {
     storage: S,
     state: RefCell<State<S::File>>,
     /// Wakes the writer: the filling batch has entries, or closing.
-    work: Rc<Event>,
+    work: Rc<WriterSignal>,
     /// Wakes appenders waiting for room in the filling batch.
     space: Event,
     /// Wakes `close()` when the writer has exited.
@@ -239,7 +239,7 @@ struct Shared<S: Storage> {
 impl<S: Storage> Drop for Shared<S> {
     fn drop(&mut self) {
         // Let the writer task see that the journal is gone and exit.
-        wake_all(&self.work);
+        self.work.signal();
     }
 }
 
@@ -418,7 +418,7 @@ impl<S: Storage> Journal<S> {
             }
             notified(&shared.space).await;
         };
-        wake_all(&shared.work);
+        shared.work.signal();
         Ok((op, epoch, done))
     }
 }
@@ -479,7 +479,7 @@ impl<S: Storage> Journal<S> {
                 notified(&shared.space).await;
             }
         };
-        wake_all(&shared.work);
+        shared.work.signal();
         done.wait().await
     }
 
@@ -604,7 +604,7 @@ impl<S: Storage> Journal<S> {
     /// fail, if the journal is poisoned).
     pub async fn close(&self) -> Result<()> {
         self.shared.state.borrow_mut().closing = true;
-        wake_all(&self.shared.work);
+        self.shared.work.signal();
         wake_all(&self.shared.space);
         while self.shared.state.borrow().writer_running {
             notified(&self.shared.writer_exited).await;
@@ -678,12 +678,12 @@ impl<S: Storage> Shared<S> {
         for event in [
             &self.space,
             &self.pipeline,
-            &*self.work,
             &self.spare_ready,
             &self.superblock_idle,
         ] {
             wake_all(event);
         }
+        self.work.signal();
         error
     }
 }

@@ -209,7 +209,7 @@ impl<S: Storage> Journal<S> {
             config,
             storage,
             state: RefCell::new(state),
-            work: Rc::new(Event::new()),
+            work: Rc::new(WriterSignal::default()),
             space: Event::new(),
             writer_exited: Event::new(),
             spare_ready: Event::new(),

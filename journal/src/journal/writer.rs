@@ -450,6 +450,39 @@ struct Placement<F> {
     journal_id: [u8; 16],
 }
 
+/// Wakes the writer task, its one waiter, when the filling batch gets
+/// entries (or the journal closes or fails). Not an `Event`: it is
+/// signalled by every append, and an `Event` takes a lock to learn whether
+/// anyone waits.
+#[derive(Default)]
+pub(super) struct WriterSignal {
+    waker: RefCell<Option<std::task::Waker>>,
+    signalled: Cell<bool>,
+}
+
+impl WriterSignal {
+    /// Marks work to do and wakes the writer if it waits.
+    pub(super) fn signal(&self) {
+        self.signalled.set(true);
+        let waker = self.waker.borrow_mut().take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once signalled since the last wait resolved (at once if
+    /// that happened already: the writer then looks for work again).
+    fn wait(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.signalled.replace(false) {
+                return std::task::Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+    }
+}
+
 /// Resolves once a write has finished, saying whether it and every write
 /// issued before it succeeded.
 #[derive(Default)]
@@ -596,7 +629,7 @@ fn stamp_headers<F>(buf: &mut [u8], entries: &[PendingEntry], place: &Placement<
 }
 
 /// The writer task: takes the filling batch whenever it has entries.
-pub(super) async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Event>) {
+pub(super) async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<WriterSignal>) {
     loop {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -633,7 +666,7 @@ pub(super) async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Eve
             }
             Next::Idle => {
                 drop(shared);
-                notified(&work).await;
+                work.wait().await;
             }
         }
     }
