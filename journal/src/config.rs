@@ -49,9 +49,8 @@ pub enum Durability {
     /// blocks prepared the way its segments are ([`Preallocation`]), and
     /// takes write-through only when it is clearly faster (see
     /// [`crate::durability`]). Survives the same as either. The choice is
-    /// in [`crate::JournalStats::durability`], the log, and each new
-    /// segment's header (`ringstore wal inspect`). A backend that cannot
-    /// time I/O (the simulator's in-memory disk) takes `Sync`.
+    /// in [`crate::JournalStats::durability`] and the log. A backend that
+    /// cannot time I/O (the simulator's in-memory disk) takes `Sync`.
     #[default]
     Auto,
     /// fdatasync after every group-commit write, before any append in it

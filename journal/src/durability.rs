@@ -31,16 +31,21 @@
 //!   device honours the same way.
 //!
 //! Both files are removed afterwards; a crash leaves them behind, and the
-//! next open removes them. The result is kept per device and preparation
-//! for the life of the process, so shards sharing a disk probe it once. A
-//! probe that fails (a full disk, EIO) is logged and the journal takes
-//! `Sync`; the error itself surfaces again if the disk is really failing,
-//! from the segment creation that follows.
+//! next open of the journal removes them before it reads anything. The
+//! result is kept per device and preparation for the life of the process:
+//! journals opening at once on one disk (the shards of an engine, each on
+//! its own reactor) wait for the first one's probe rather than run theirs
+//! beside it, which would skew all of them. A probe that fails (a full
+//! disk, EIO) is logged and the journal takes `Sync`; the error itself
+//! surfaces again if the disk is really failing, from the segment creation
+//! that follows.
 //!
 //! Either durability makes an append durable before it resolves, and
-//! recovery treats their segments alike; the segment header records
-//! write-through only so that `ringstore wal inspect` can say which was
-//! used.
+//! recovery treats their segments alike; nothing on disk records which was
+//! used (a segment-header flag would make builds from before it refuse,
+//! and salvage, a journal that only changed how it synced). The choice is
+//! in [`crate::JournalStats::durability`] and in the log, one line per
+//! open.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -120,16 +125,78 @@ pub struct DurabilityChoice {
     pub probe: ProbeOutcome,
 }
 
-/// Probe results per (device, preparation), for the life of the process.
-static PROBED: Mutex<Option<HashMap<(u64, Preallocation), DurabilityProbe>>> = Mutex::new(None);
+/// How long an open waits for another open's probe of the same device
+/// before it probes itself (a probe takes about [`PROBE_TIME_MAX`] and a
+/// few syncs to prepare its files).
+pub const PROBE_WAIT_MAX: Duration = Duration::from_millis(500);
+/// Pause between looks at another open's probe.
+const PROBE_WAIT_PAUSE: Duration = Duration::from_millis(1);
 
-/// Removes probe files a crash left in `dir`, then settles
-/// `config.durability` (probing if it is [`Durability::Auto`]) and says how.
+/// A device and preparation, as probes are kept.
+type ProbeKey = (u64, Preallocation);
+
+/// A probe of one key: running in some open, or done.
+#[derive(Clone, Copy)]
+enum Probed {
+    Running,
+    Done(DurabilityProbe),
+}
+
+/// Probe results per (device, preparation), for the life of the process.
+static PROBED: Mutex<Option<HashMap<ProbeKey, Probed>>> = Mutex::new(None);
+
+/// What an open found for its key.
+enum Claim {
+    /// Measured already.
+    Done(DurabilityProbe),
+    /// This open probes (the key now says so).
+    Mine,
+    /// Another open is probing.
+    Running,
+}
+
+fn claim(key: ProbeKey) -> Claim {
+    let Ok(mut probed) = PROBED.lock() else {
+        return Claim::Mine;
+    };
+    let probed = probed.get_or_insert_with(HashMap::new);
+    match probed.get(&key) {
+        Some(Probed::Done(found)) => Claim::Done(*found),
+        Some(Probed::Running) => Claim::Running,
+        None => {
+            probed.insert(key, Probed::Running);
+            Claim::Mine
+        }
+    }
+}
+
+/// Records this open's probe of `key` (or, on `None`, that it ended
+/// without a result, so that a later open tries again). Also on drop: an
+/// open abandoned mid-probe must not leave the key running for ever.
+struct ProbeClaim {
+    key: ProbeKey,
+    result: Option<DurabilityProbe>,
+}
+
+impl Drop for ProbeClaim {
+    fn drop(&mut self) {
+        if let Ok(mut probed) = PROBED.lock() {
+            let probed = probed.get_or_insert_with(HashMap::new);
+            match self.result {
+                Some(found) => probed.insert(self.key, Probed::Done(found)),
+                None => probed.remove(&self.key),
+            };
+        }
+    }
+}
+
+/// Settles `config.durability`, probing if it is [`Durability::Auto`],
+/// and says how. (The open has removed a crashed probe's files already:
+/// [`remove_probe_files`].)
 pub async fn resolve<S: Storage>(
     storage: &S,
     config: &mut JournalConfig,
 ) -> Result<DurabilityChoice> {
-    remove_probe_files(storage, &config.dir).await?;
     let configured = config.durability;
     if configured != Durability::Auto {
         return Ok(DurabilityChoice {
@@ -143,44 +210,27 @@ pub async fn resolve<S: Storage>(
         .map_err(|e| Error::io("stat directory", &config.dir, None, e))?;
     let probe = match device {
         None => ProbeOutcome::NotRun,
-        Some(device) => {
-            let key = (device, config.preallocation);
-            let cached = PROBED
-                .lock()
-                .ok()
-                .and_then(|probed| probed.as_ref().and_then(|p| p.get(&key).copied()));
-            match cached {
-                Some(found) => ProbeOutcome::Cached(found),
-                None => match probe(storage, &config.dir, config.preallocation).await {
-                    Ok(measured) => {
-                        if let Ok(mut probed) = PROBED.lock() {
-                            probed
-                                .get_or_insert_with(HashMap::new)
-                                .insert(key, measured);
-                        }
-                        ProbeOutcome::Measured(measured)
-                    }
-                    Err(error) => {
-                        tracing::warn!(dir = %config.dir.display(), %error, "the durability probe failed; using write + fdatasync");
-                        ProbeOutcome::Failed(error.to_string())
-                    }
-                },
-            }
-        }
+        Some(device) => probe_once(storage, config, (device, config.preallocation)).await,
     };
     let chosen = match &probe {
         ProbeOutcome::Measured(p) | ProbeOutcome::Cached(p) => p.chosen(),
         ProbeOutcome::NotRun | ProbeOutcome::Failed(_) => Durability::Sync,
     };
-    if let ProbeOutcome::Measured(p) = &probe {
-        tracing::info!(
+    match &probe {
+        ProbeOutcome::Measured(p) | ProbeOutcome::Cached(p) => tracing::info!(
             dir = %config.dir.display(),
             chosen = ?chosen,
+            cached = matches!(probe, ProbeOutcome::Cached(_)),
             rounds = p.rounds,
             sync_p50_us = p.sync_p50.as_micros() as u64,
             write_through_p50_us = p.write_through_p50.as_micros() as u64,
-            "durability measured"
-        );
+            "journal durability chosen"
+        ),
+        ProbeOutcome::NotRun | ProbeOutcome::Failed(_) => tracing::info!(
+            dir = %config.dir.display(),
+            chosen = ?chosen,
+            "journal durability chosen without a probe"
+        ),
     }
     config.durability = chosen;
     Ok(DurabilityChoice {
@@ -188,6 +238,46 @@ pub async fn resolve<S: Storage>(
         chosen,
         probe,
     })
+}
+
+/// The probe of `key`: kept from an earlier open, awaited from one running
+/// now, or run here.
+async fn probe_once<S: Storage>(
+    storage: &S,
+    config: &JournalConfig,
+    key: ProbeKey,
+) -> ProbeOutcome {
+    let waiting_since = Instant::now();
+    loop {
+        match claim(key) {
+            Claim::Done(found) => return ProbeOutcome::Cached(found),
+            Claim::Mine => break,
+            Claim::Running if waiting_since.elapsed() < PROBE_WAIT_MAX => {
+                glommio::timer::sleep(PROBE_WAIT_PAUSE).await;
+            }
+            // The other probe is stuck or very slow: measure here, and keep
+            // nothing (the other one will).
+            Claim::Running => {
+                return match probe(storage, &config.dir, config.preallocation).await {
+                    Ok(measured) => ProbeOutcome::Measured(measured),
+                    Err(error) => failed(config, error),
+                };
+            }
+        }
+    }
+    let mut claimed = ProbeClaim { key, result: None };
+    match probe(storage, &config.dir, config.preallocation).await {
+        Ok(measured) => {
+            claimed.result = Some(measured);
+            ProbeOutcome::Measured(measured)
+        }
+        Err(error) => failed(config, error),
+    }
+}
+
+fn failed(config: &JournalConfig, error: Error) -> ProbeOutcome {
+    tracing::warn!(dir = %config.dir.display(), %error, "the durability probe failed; using write + fdatasync");
+    ProbeOutcome::Failed(error.to_string())
 }
 
 /// Times write + fdatasync against O_DSYNC writes in `dir` (see the module
@@ -334,7 +424,7 @@ fn median(samples: &mut [Duration]) -> Duration {
 }
 
 /// Removes both probe files if present (what a crash mid-probe leaves).
-async fn remove_probe_files<S: Storage>(storage: &S, dir: &Path) -> Result<()> {
+pub(crate) async fn remove_probe_files<S: Storage>(storage: &S, dir: &Path) -> Result<()> {
     let mut removed = false;
     for name in [PROBE_SYNC_FILE_NAME, PROBE_WRITE_THROUGH_FILE_NAME] {
         let path = dir.join(name);

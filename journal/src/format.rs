@@ -97,12 +97,6 @@ pub struct SegmentHeader {
 /// fdatasync (`Durability::NoSync`), so more than one write at its tail may
 /// be torn or lost.
 pub const SEGMENT_FLAG_NO_SYNC: u32 = 1;
-/// Segment `flags` bit: this segment's writes were made durable by O_DSYNC
-/// (`Durability::WriteThrough`, perhaps chosen by `Durability::Auto`)
-/// rather than by a separate fdatasync. Informational: recovery treats
-/// such a segment as any synced one. Never set with
-/// [`SEGMENT_FLAG_NO_SYNC`].
-pub const SEGMENT_FLAG_WRITE_THROUGH: u32 = 2;
 
 /// What an entry header describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

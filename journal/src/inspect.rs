@@ -59,7 +59,7 @@
 use crate::config::Recovery;
 use crate::format::{
     align_down, EntryHeader, EntryKind, SegmentHeader, BLOCK_BYTES, ENTRY_HEADER_BYTES,
-    FLAG_FIRST_IN_WRITE, SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC, SEGMENT_FLAG_WRITE_THROUGH,
+    FLAG_FIRST_IN_WRITE, SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC,
 };
 use crate::recovery::TailState;
 use crate::segment::segment_file_name;
@@ -156,8 +156,6 @@ pub struct SegmentHeaderFields {
     pub watermark: u64,
     /// Written without fdatasync (`Durability::NoSync`).
     pub no_sync: bool,
-    /// Made durable by O_DSYNC writes (`Durability::WriteThrough`).
-    pub write_through: bool,
     /// Most writes in flight at once.
     pub writes_in_flight: u32,
     /// The journal it belongs to.
@@ -176,7 +174,6 @@ impl From<&SegmentHeader> for SegmentHeaderFields {
             prev_end: h.prev_end.get(),
             watermark: h.watermark.get(),
             no_sync: h.flags.get() & SEGMENT_FLAG_NO_SYNC != 0,
-            write_through: h.flags.get() & SEGMENT_FLAG_WRITE_THROUGH != 0,
             writes_in_flight: h.writes_in_flight.get(),
             journal_id: h.journal_id,
         }

@@ -2,8 +2,9 @@
 //!
 //! One [`Journal`] per shard, on that shard's glommio reactor. Entries go to
 //! preallocated segment files through O_DIRECT; concurrent appends share one
-//! write and one fdatasync (group commit, with the next batch written while
-//! the previous one syncs), and an append resolves only once its entry is
+//! write and one fdatasync, or one O_DSYNC write where the device makes that
+//! faster ([`Durability::Auto`]) (group commit, with the next batch written
+//! while the previous one syncs), and an append resolves only once its entry is
 //! durable. An in-memory ring index maps `op % slot_count` to where each op
 //! above the snapshot watermark lives. Recovery verifies every entry and
 //! distinguishes a torn tail from damage in the middle of the log (see

@@ -13,7 +13,7 @@ use crate::config::{Durability, JournalConfig, Preallocation};
 use crate::error::{Error, Result};
 use crate::format::{
     SegmentHeader, BLOCK_BYTES, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC,
-    SEGMENT_FLAG_WRITE_THROUGH, SEGMENT_MAGIC,
+    SEGMENT_MAGIC,
 };
 use crate::storage::{IoBuf, Storage, StorageFile};
 use std::ffi::OsStr;
@@ -176,10 +176,10 @@ pub(crate) async fn activate_segment<F: StorageFile>(
         prev_generation: predecessor.map_or(0, |p| p.generation).into(),
         prev_end: predecessor.map_or(0, |p| p.end).into(),
         watermark: watermark.into(),
-        flags: match config.durability {
-            Durability::NoSync => SEGMENT_FLAG_NO_SYNC,
-            Durability::WriteThrough => SEGMENT_FLAG_WRITE_THROUGH,
-            Durability::Sync | Durability::Auto => 0,
+        flags: if config.durability == Durability::NoSync {
+            SEGMENT_FLAG_NO_SYNC
+        } else {
+            0
         }
         .into(),
         writes_in_flight: config.writes_in_flight.into(),

@@ -35,8 +35,7 @@ use crate::config::{
 use crate::format::{
     check_entry_header, EntryHeader, EntryKind, HeaderFault, SegmentHeader, BLOCK_BYTES,
     ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE, FORMAT_VERSION,
-    SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC, SEGMENT_FLAG_WRITE_THROUGH, SEGMENT_HEADER_BYTES,
-    SEGMENT_MAGIC,
+    SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
 };
 use crate::segment::{segment_file_name, segment_generation};
 use crate::superblock::{
@@ -259,11 +258,11 @@ pub fn check_segment_header(block: &[u8], generation: u64) -> SegmentHeaderStatu
             format!("segment header names {writes_in_flight} writes in flight"),
         );
     }
-    let flags = header.flags.get();
-    if flags & !(SEGMENT_FLAG_NO_SYNC | SEGMENT_FLAG_WRITE_THROUGH) != 0
-        || flags & SEGMENT_FLAG_NO_SYNC != 0 && flags & SEGMENT_FLAG_WRITE_THROUGH != 0
-    {
-        return bad(0, format!("segment header has unknown flags {flags:#x}"));
+    if header.flags.get() & !SEGMENT_FLAG_NO_SYNC != 0 {
+        return bad(
+            0,
+            format!("segment header has unknown flags {:#x}", header.flags.get()),
+        );
     }
     SegmentHeaderStatus::Valid(header)
 }

@@ -31,7 +31,7 @@ use rollover::{next_generation, record_rollover};
 use superblock_io::{create_superblock, write_superblock};
 use writer::{run_writer, Batch, BatchDone, BatchVecs, WriteTicket, WriterSignal};
 
-use crate::config::{Durability, JournalBuilder, JournalConfig, WRITES_IN_FLIGHT_MAX};
+use crate::config::{Durability, JournalBuilder, JournalConfig};
 use crate::error::{Error, Result};
 use crate::format::{
     align_down, align_up, check_entry_header, entry_footprint, EntryHeader, EntryKind, BLOCK_BYTES,
@@ -336,7 +336,8 @@ impl Journal<DmaStorage> {
 impl<S: Storage> Journal<S> {
     /// Appends `payload` as the next op (leader side). Resolves with the op
     /// number once the entry is durable (per [`Durability`]). Concurrent
-    /// appends on the shard share one write and one fdatasync.
+    /// appends on the shard share one write and its fdatasync (or one
+    /// O_DSYNC write).
     ///
     /// Fails before any I/O with [`Error::RingFull`] when the next op's slot
     /// still holds an op above the watermark, and with

@@ -18,8 +18,11 @@ impl<S: Storage> Journal<S> {
                     Error::io("prepare directory", &config.dir, None, e)
                 }
             })?;
+        // What a crash in the middle of a durability probe left: gone
+        // before recovery lists the directory.
+        crate::durability::remove_probe_files(&storage, &config.dir).await?;
         let recovered = recover(&storage, &config).await?;
-        // Before any segment is created: its file and header follow it.
+        // Before any segment is created: its file follows it.
         let durability_choice = crate::durability::resolve(&storage, &mut config).await?;
         let watermark = recovered.report.watermark;
         let sb_path = config.dir.join(SUPERBLOCK_FILE_NAME);
@@ -191,7 +194,7 @@ impl<S: Storage> Journal<S> {
             writes_in_flight: 0,
             last_ticket: None,
             filling: Batch::new(),
-            recycled: BatchVecs::default(),
+            recycled: BatchVecs::new(config.writes_in_flight),
             poisoned: None,
             closing: false,
             writer_running: true,

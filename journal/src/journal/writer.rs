@@ -5,14 +5,14 @@
 //! A single writer task per journal takes the filling batch whenever it has
 //! entries, stamps each entry header with the segment generation and offset
 //! the batch lands at, writes it with one O_DIRECT write, calls fdatasync
-//! once, then publishes the entries in the ring index and wakes every
+//! once (or, with write-through, makes the write O_DSYNC), then publishes the entries in the ring index and wakes every
 //! appender of the batch. While batches are being written the next one
 //! fills, so the batch size grows with load. When the filling batch is full,
 //! appenders wait for the writer to take it, and the writer waits while
 //! `writes_in_flight` writes (default 2) are in flight: that bound is the
 //! backpressure.
 //!
-//! Up to `writes_in_flight` writes (each with its fdatasync) are in flight
+//! Up to `writes_in_flight` writes (each made durable) are in flight
 //! at once, at increasing offsets, and batches are acknowledged in order: a
 //! batch resolves only after every earlier batch is durable. So after a
 //! crash up to `writes_in_flight` writes at the tail may be torn, and
@@ -46,21 +46,33 @@ impl<B> Batch<B> {
     }
 }
 
-/// Vectors kept of each kind by [`BatchVecs`]: one for each batch alive at
-/// once (the filling one and the writes in flight) at most.
-const RECYCLED_VECS_MAX: usize = WRITES_IN_FLIGHT_MAX as usize + 1;
+/// Largest entry vector [`BatchVecs`] keeps (about 256 KiB): a batch of
+/// thousands of tiny entries grows its own, and lets it go.
+const RECYCLED_ENTRIES_MAX: usize = 4096;
 
 /// The vectors of finished batches, kept for the next ones: a batch's entry
 /// list and its waiters' wakers grow to a batch's size once, not again in
 /// every batch, so an append allocates nothing of its own (pinned by
 /// `journal/tests/allocations.rs`).
-#[derive(Default)]
 pub(super) struct BatchVecs {
     entries: Vec<Vec<PendingEntry>>,
     waiters: Vec<Vec<std::task::Waker>>,
+    /// Vectors kept of each kind: one for each batch alive at once (the
+    /// filling one and the writes in flight).
+    kept_max: usize,
 }
 
 impl BatchVecs {
+    /// For a journal with `writes_in_flight` writes in flight at most.
+    pub(super) fn new(writes_in_flight: u32) -> BatchVecs {
+        let kept_max = writes_in_flight as usize + 1;
+        BatchVecs {
+            entries: Vec::with_capacity(kept_max),
+            waiters: Vec::with_capacity(kept_max),
+            kept_max,
+        }
+    }
+
     /// An empty batch, on kept vectors where there are some.
     pub(super) fn batch<B>(&mut self) -> Batch<B> {
         Batch {
@@ -77,10 +89,13 @@ impl BatchVecs {
     /// Keeps a finished batch's vectors (emptied) for a later batch.
     fn keep(&mut self, mut entries: Vec<PendingEntry>, waiters: Vec<std::task::Waker>) {
         entries.clear();
-        if self.entries.len() < RECYCLED_VECS_MAX {
+        if self.entries.len() < self.kept_max && entries.capacity() <= RECYCLED_ENTRIES_MAX {
             self.entries.push(entries);
         }
-        if waiters.is_empty() && self.waiters.len() < RECYCLED_VECS_MAX {
+        if waiters.is_empty()
+            && self.waiters.len() < self.kept_max
+            && waiters.capacity() <= RECYCLED_ENTRIES_MAX
+        {
             self.waiters.push(waiters);
         }
     }

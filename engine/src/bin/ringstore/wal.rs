@@ -24,7 +24,7 @@ use ringstore::identity::IdentityFault;
 use ringstore_journal::format::EntryKind;
 use ringstore_journal::inspect::{
     scan_journal_as, Damage, EntryInfo, InspectError, JournalReport, ScanObserver, SegmentEnd,
-    SegmentHeaderFields, SegmentReport, SuperblockReport, Tail, Verdict, MISSING_RANGES_MAX,
+    SegmentReport, SuperblockReport, Tail, Verdict, MISSING_RANGES_MAX,
 };
 use ringstore_journal::salvage::{salvage_as, SalvageError, SalvageReport};
 use ringstore_journal::JournalOwner;
@@ -284,7 +284,7 @@ fn segment_row(segment: &SegmentReport) -> Vec<String> {
         header.map_or_else(dash, |h| output::bytes(h.segment_bytes)),
         header.map_or_else(dash, |h| output::bytes(h.batch_bytes_max)),
         header.map_or_else(dash, |h| h.writes_in_flight.to_string()),
-        header.map_or_else(dash, |h| segment_durability(h).into()),
+        header.map_or_else(dash, |h| if h.no_sync { "no-sync" } else { "sync" }.into()),
         header.map_or_else(dash, |h| {
             if h.prev_generation == 0 {
                 "-".into()
@@ -300,17 +300,6 @@ fn segment_row(segment: &SegmentReport) -> Vec<String> {
         segment.epoch_max.map_or_else(dash, |e| e.to_string()),
         end_text(&segment.end),
     ]
-}
-
-/// How a segment's writes were made durable, from its header's flags.
-fn segment_durability(header: &SegmentHeaderFields) -> &'static str {
-    if header.no_sync {
-        "no-sync"
-    } else if header.write_through {
-        "write-through"
-    } else {
-        "sync"
-    }
 }
 
 fn superblock_text(sb: &SuperblockReport) -> String {
@@ -804,7 +793,6 @@ fn segment_json(segment: &SegmentReport) -> Value {
             "prev_end": h.prev_end,
             "watermark": h.watermark,
             "no_sync": h.no_sync,
-            "write_through": h.write_through,
             "writes_in_flight": h.writes_in_flight,
             "journal_id": uuid::Uuid::from_bytes(h.journal_id).to_string(),
         })
