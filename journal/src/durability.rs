@@ -248,36 +248,30 @@ async fn probe_once<S: Storage>(
     key: ProbeKey,
 ) -> ProbeOutcome {
     let waiting_since = Instant::now();
-    loop {
+    // Where this open's result goes: the key it claimed, or nowhere when
+    // another open's probe is stuck or very slow (that one keeps its own).
+    let mut claimed = loop {
         match claim(key) {
             Claim::Done(found) => return ProbeOutcome::Cached(found),
-            Claim::Mine => break,
+            Claim::Mine => break Some(ProbeClaim { key, result: None }),
             Claim::Running if waiting_since.elapsed() < PROBE_WAIT_MAX => {
                 glommio::timer::sleep(PROBE_WAIT_PAUSE).await;
             }
-            // The other probe is stuck or very slow: measure here, and keep
-            // nothing (the other one will).
-            Claim::Running => {
-                return match probe(storage, &config.dir, config.preallocation).await {
-                    Ok(measured) => ProbeOutcome::Measured(measured),
-                    Err(error) => failed(config, error),
-                };
-            }
+            Claim::Running => break None,
         }
-    }
-    let mut claimed = ProbeClaim { key, result: None };
+    };
     match probe(storage, &config.dir, config.preallocation).await {
         Ok(measured) => {
-            claimed.result = Some(measured);
+            if let Some(claimed) = &mut claimed {
+                claimed.result = Some(measured);
+            }
             ProbeOutcome::Measured(measured)
         }
-        Err(error) => failed(config, error),
+        Err(error) => {
+            tracing::warn!(dir = %config.dir.display(), %error, "the durability probe failed; using write + fdatasync");
+            ProbeOutcome::Failed(error.to_string())
+        }
     }
-}
-
-fn failed(config: &JournalConfig, error: Error) -> ProbeOutcome {
-    tracing::warn!(dir = %config.dir.display(), %error, "the durability probe failed; using write + fdatasync");
-    ProbeOutcome::Failed(error.to_string())
 }
 
 /// Times write + fdatasync against O_DSYNC writes in `dir` (see the module

@@ -125,6 +125,13 @@ fn a_configured_durability_is_kept_and_a_crashed_probes_files_are_removed() {
         assert_eq!(choice.configured, Durability::WriteThrough);
         assert_eq!(choice.chosen, Durability::WriteThrough);
         assert_eq!(choice.probe, ProbeOutcome::NotRun);
+        // Removed before recovery listed the directory: not reported as
+        // strays of the journal.
+        assert!(
+            journal.recovery_report().stray_files.is_empty(),
+            "{:?}",
+            journal.recovery_report().stray_files
+        );
         assert_eq!(journal.read(1).await.unwrap().unwrap().payload, b"kept");
         assert_eq!(journal.append(b"more").await.unwrap(), 2);
         journal.close().await.unwrap();

@@ -46,9 +46,10 @@ impl<B> Batch<B> {
     }
 }
 
-/// Largest entry vector [`BatchVecs`] keeps (about 256 KiB): a batch of
-/// thousands of tiny entries grows its own, and lets it go.
-const RECYCLED_ENTRIES_MAX: usize = 4096;
+/// Largest capacity, in elements, of a vector [`BatchVecs`] keeps (an
+/// entry vector of it is about 256 KiB): a batch of thousands of tiny
+/// entries grows its own, and lets it go.
+const RECYCLED_CAPACITY_MAX: usize = 4096;
 
 /// The vectors of finished batches, kept for the next ones: a batch's entry
 /// list and its waiters' wakers grow to a batch's size once, not again in
@@ -89,12 +90,12 @@ impl BatchVecs {
     /// Keeps a finished batch's vectors (emptied) for a later batch.
     fn keep(&mut self, mut entries: Vec<PendingEntry>, waiters: Vec<std::task::Waker>) {
         entries.clear();
-        if self.entries.len() < self.kept_max && entries.capacity() <= RECYCLED_ENTRIES_MAX {
+        if self.entries.len() < self.kept_max && entries.capacity() <= RECYCLED_CAPACITY_MAX {
             self.entries.push(entries);
         }
         if waiters.is_empty()
             && self.waiters.len() < self.kept_max
-            && waiters.capacity() <= RECYCLED_ENTRIES_MAX
+            && waiters.capacity() <= RECYCLED_CAPACITY_MAX
         {
             self.waiters.push(waiters);
         }
