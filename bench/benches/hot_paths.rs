@@ -59,7 +59,8 @@ fn header(op: u64) -> EntryHeader {
         durable_before: (SEGMENT_DATA_OFFSET as u32).into(),
         kind: EntryKind::Data as u8,
         flags: FLAG_FIRST_IN_WRITE,
-        reserved: [0; 6],
+        index_at: (SEGMENT_DATA_OFFSET as u32 + 4096).into(),
+        reserved: [0; 2],
     }
 }
 

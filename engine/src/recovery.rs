@@ -13,8 +13,9 @@
 //!    why. A snapshot that verifies but does not restore (unknown section
 //!    or version) is an error, not a skip: it is not damage, and an older
 //!    snapshot would silently be older state.
-//! 3. **Journal.** Open it (its own recovery verifies every entry and cuts
-//!    only a provably torn tail). If its watermark is above the snapshot,
+//! 3. **Journal.** Open it (its own recovery verifies the log's structure
+//!    and tail and cuts only a provably torn tail; replay then reads, and so
+//!    verifies, every entry above the snapshot). If its watermark is above the snapshot,
 //!    the ops in between were compacted on the strength of a snapshot that
 //!    is now unusable: [`Error::SnapshotBehindJournal`], naming every
 //!    snapshot file tried and why it was skipped

@@ -455,7 +455,8 @@ fn a_damaged_last_write_is_a_torn_tail_not_damage() {
     assert_eq!(shard["verdict"], "cuts");
 
     // After a clean close the same damage is corruption: the superblock
-    // records where the last segment ends.
+    // records where the last segment ends. A reopen takes that write from
+    // its index and opens; reading the op fails; verify reports it.
     let (_tmp, data) = data_dir();
     let (_, generation, offset) = *entries(&data, "1").last().unwrap();
     let segment = segment_path(&data, "1", generation);
@@ -463,8 +464,19 @@ fn a_damaged_last_write_is_a_torn_tail_not_damage() {
     let output = ringstore(&data, &["--json", "wal", "verify", "--shard", "1"]);
     expect_exit(&output, 1);
     let report = json(&output);
-    assert_eq!(report["shards"][0]["verdict"], "refuses");
+    assert_eq!(report["shards"][0]["verdict"], "opens");
     assert_eq!(report["shards"][0]["damage"][0]["offset"], offset);
+    assert_eq!(
+        report["shards"][0]["damage_found_on_read"][0]["offset"],
+        offset
+    );
+    let output = ringstore(&data, &["wal", "verify", "--shard", "1"]);
+    expect_exit(&output, 1);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("reading the entries at the damaged place(s) fails"),
+        "{text}"
+    );
 }
 
 #[test]

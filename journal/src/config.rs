@@ -6,7 +6,8 @@
 
 use crate::error::{Error, Result};
 use crate::format::{
-    align_up, entry_footprint, BLOCK_BYTES, ENTRY_HEADER_BYTES, SEGMENT_DATA_OFFSET,
+    align_up, entry_footprint, index_footprint, BLOCK_BYTES, ENTRY_HEADER_BYTES,
+    SEGMENT_DATA_OFFSET,
 };
 use crate::index::SLOT_BYTES;
 use crate::storage::{DmaStorage, Storage};
@@ -293,9 +294,12 @@ pub(crate) fn validate(config: &JournalConfig) -> Result<()> {
             format!("must be in 1..={ENTRY_BYTES_MAX_LIMIT}"),
         ));
     }
-    // One entry of the largest size plus the padding header ending its write.
+    // One entry of the largest size, the write's index listing it, and the
+    // padding header ending the write.
     let batch_min = align_up(
-        entry_footprint(config.entry_bytes_max as usize) + ENTRY_HEADER_BYTES as u64,
+        entry_footprint(config.entry_bytes_max as usize)
+            + index_footprint(1)
+            + ENTRY_HEADER_BYTES as u64,
         BLOCK_BYTES,
     );
     if !config.batch_bytes_max.is_multiple_of(BLOCK_BYTES)

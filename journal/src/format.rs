@@ -41,7 +41,7 @@ pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"RSEG");
 pub const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"RENT");
 
 /// The format version this build writes and reads. See FORMAT.md's history.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Bytes of the segment header at offset 0 of every segment file.
 pub const SEGMENT_HEADER_BYTES: usize = size_of::<SegmentHeader>();
@@ -115,6 +115,11 @@ pub enum EntryKind {
     /// journal) as the payload; the `op` field is zero. The last one in log
     /// order holds.
     HardState = 5,
+    /// The last entry of every write before its padding: one
+    /// [`IndexRecord`] per entry of the write before it, so recovery learns
+    /// a write's entries from its first header and its index without
+    /// reading their payloads. `op` is the number of records.
+    WriteIndex = 6,
 }
 
 impl EntryKind {
@@ -126,14 +131,18 @@ impl EntryKind {
             3 => Some(EntryKind::Padding),
             4 => Some(EntryKind::Truncate),
             5 => Some(EntryKind::HardState),
+            6 => Some(EntryKind::WriteIndex),
             _ => None,
         }
     }
 
-    /// True if the entry's payload is part of the log (verified on every
-    /// scan): data and hard state, not padding.
+    /// True if the entry's payload is verified on every full scan: data,
+    /// hard state and a write's index, not padding.
     pub fn carries_payload(self) -> bool {
-        matches!(self, EntryKind::Data | EntryKind::HardState)
+        matches!(
+            self,
+            EntryKind::Data | EntryKind::HardState | EntryKind::WriteIndex
+        )
     }
 }
 
@@ -175,8 +184,69 @@ pub struct EntryHeader {
     pub kind: u8,
     /// Bit set of `FLAG_*`.
     pub flags: u8,
+    /// On the first entry of a write: the offset of the write's
+    /// [`EntryKind::WriteIndex`] entry. Zero on other entries.
+    pub index_at: U32,
     /// Zero.
-    pub reserved: [u8; 6],
+    pub reserved: [u8; 2],
+}
+
+/// One entry of a write as its [`EntryKind::WriteIndex`] entry lists it:
+/// the fields of the entry's header that are not implied by its position
+/// (entries follow each other from the write's start, each
+/// [`entry_footprint`] bytes long).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct IndexRecord {
+    /// The entry's `op`.
+    pub op: U64,
+    /// The entry's `epoch`.
+    pub epoch: U64,
+    /// The entry's `payload_len`.
+    pub payload_len: U32,
+    /// The entry's `payload_checksum`.
+    pub payload_checksum: U32,
+    /// The entry's `kind`.
+    pub kind: u8,
+    /// Zero.
+    pub reserved: [u8; 7],
+}
+
+/// Bytes of one [`IndexRecord`].
+pub const INDEX_RECORD_BYTES: usize = size_of::<IndexRecord>();
+const _: () = assert!(INDEX_RECORD_BYTES == 32);
+
+impl IndexRecord {
+    /// The record of the entry with this header.
+    pub fn of(header: &EntryHeader) -> IndexRecord {
+        IndexRecord {
+            op: header.op,
+            epoch: header.epoch,
+            payload_len: header.payload_len,
+            payload_checksum: header.payload_checksum,
+            kind: header.kind,
+            reserved: [0; 7],
+        }
+    }
+}
+
+/// Bytes a write's index entry occupies when it lists `entries` entries.
+pub fn index_footprint(entries: usize) -> u64 {
+    entry_footprint(entries * INDEX_RECORD_BYTES)
+}
+
+/// Where a write whose entries (its index included) end at `entries_end`
+/// ends: that offset if it is on a block boundary, else the next boundary
+/// at which a padding entry header still fits, so that a reader always
+/// knows where a write ended.
+pub fn write_end(entries_end: u64) -> u64 {
+    if entries_end.is_multiple_of(BLOCK_BYTES) {
+        entries_end
+    } else {
+        align_up(entries_end + ENTRY_HEADER_BYTES as u64, BLOCK_BYTES)
+    }
 }
 
 impl SegmentHeader {
@@ -307,18 +377,27 @@ pub fn check_entry_header(
         EntryKind::Watermark | EntryKind::Truncate => len == 0,
         EntryKind::Padding => len < BLOCK_BYTES,
         EntryKind::HardState => len <= HARD_STATE_BYTES_MAX as u64,
+        EntryKind::WriteIndex => len > 0 && len.is_multiple_of(INDEX_RECORD_BYTES as u64),
     };
     let first = header.flags & FLAG_FIRST_IN_WRITE != 0;
     let durable_before = u64::from(header.durable_before.get());
-    let durable_before_ok = if first {
-        durable_before <= offset
+    let index_at = u64::from(header.index_at.get());
+    let (durable_before_ok, index_at_ok) = if first {
+        (
+            durable_before <= offset,
+            kind != EntryKind::WriteIndex
+                && index_at >= offset + header.footprint()
+                && index_at.is_multiple_of(ENTRY_ALIGN_BYTES)
+                && index_at + ENTRY_HEADER_BYTES as u64 <= segment_bytes,
+        )
     } else {
-        durable_before == 0
+        (durable_before == 0, index_at == 0)
     };
     if !len_ok
         || header.flags & !FLAG_FIRST_IN_WRITE != 0
-        || header.reserved != [0; 6]
+        || header.reserved != [0; 2]
         || !durable_before_ok
+        || !index_at_ok
         || (first && !offset.is_multiple_of(BLOCK_BYTES))
         || offset + header.footprint() > segment_bytes
     {
@@ -347,7 +426,8 @@ mod tests {
             durable_before: 4096.into(),
             kind: EntryKind::Data as u8,
             flags: FLAG_FIRST_IN_WRITE,
-            reserved: [0; 6],
+            index_at: 8192.into(),
+            reserved: [0; 2],
         }
         .seal(&KEY);
         let bytes = header.as_bytes().to_vec();

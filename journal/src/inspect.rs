@@ -276,6 +276,8 @@ pub struct SegmentReport {
     pub hard_state_records: u64,
     /// Padding entries that verified.
     pub padding_entries: u64,
+    /// Write indexes (one per write of this format).
+    pub write_indexes: u64,
     /// Group-commit writes (entries flagged first-in-write).
     pub writes: u64,
     /// Smallest data op in it.
@@ -288,6 +290,10 @@ pub struct SegmentReport {
     pub watermark: u64,
     /// How the scan ended.
     pub end: SegmentEnd,
+    /// How a reopen's scan, which reads less, ends, where it differs from
+    /// `end` (damage a reopen does not read:
+    /// [`JournalReport::damage_found_on_read`]).
+    pub reopen_end: Option<SegmentEnd>,
 }
 
 impl SegmentReport {
@@ -299,12 +305,14 @@ impl SegmentReport {
             header: None,
             in_log: false,
             sealed_end: None,
+            reopen_end: None,
             data_entries: 0,
             data_bytes: 0,
             watermark_records: 0,
             truncate_records: 0,
             hard_state_records: 0,
             padding_entries: 0,
+            write_indexes: 0,
             writes: 0,
             op_min: None,
             op_max: None,
@@ -519,6 +527,13 @@ pub struct JournalReport {
     pub refusal: Option<Refusal>,
     /// All damage found, the refusal's first, then in scan order.
     pub damage: Vec<Damage>,
+    /// The part of [`JournalReport::damage`] a reopen does not read, so
+    /// does not refuse: payloads and headers inside writes that a later
+    /// write vouches for (a reopen reads each write's first header and
+    /// index, see [`SegmentScanner::indexed`]). Reading an entry there
+    /// returns `Error::Corruption` naming the file and offset; a journal
+    /// with such damage is not intact.
+    pub damage_found_on_read: Vec<Damage>,
     /// Files a crash explains, which a reopen removes.
     pub leftovers: Vec<Leftover>,
     /// Files that are not the journal's: reported, never opened.
@@ -558,6 +573,7 @@ impl JournalReport {
             verdict: Verdict::Opens,
             refusal: None,
             damage: Vec::new(),
+            damage_found_on_read: Vec::new(),
             leftovers: Vec::new(),
             stray: Vec::new(),
             unsupported: Vec::new(),
@@ -573,6 +589,7 @@ impl JournalReport {
     /// see [`JournalReport::leading_gap`] for what it may take along).
     pub fn is_intact(&self) -> bool {
         self.verdict != Verdict::Refuses
+            && self.damage_found_on_read.is_empty()
             && self.missing_op_count == 0
             && (self.leading_gap.is_none() || matches!(self.tail, Tail::Torn { .. }))
     }
@@ -594,11 +611,23 @@ impl JournalReport {
                 "opens after cutting the tail (Recovery::Strict refuses): {}",
                 self.tail.describe()
             ),
-            _ if self.leftovers.is_empty() => "opens".into(),
-            _ => format!(
-                "opens, after removing {} file(s) a crash left behind",
-                self.leftovers.len()
-            ),
+            _ => {
+                let mut verdict = if self.leftovers.is_empty() {
+                    "opens".to_string()
+                } else {
+                    format!(
+                        "opens, after removing {} file(s) a crash left behind",
+                        self.leftovers.len()
+                    )
+                };
+                if let Some(first) = self.damage_found_on_read.first() {
+                    verdict += &format!(
+                        "; reading the entries at {} damaged place(s) fails (first: {first})",
+                        self.damage_found_on_read.len()
+                    );
+                }
+                verdict
+            }
         }
     }
 
@@ -866,7 +895,24 @@ pub(crate) fn scan_view(
                     offset,
                     reason,
                 };
-                first_damaged.get_or_insert_with(|| damage.clone());
+                // Does a reopen, which reads less, see it? Where the full
+                // scan finds nothing wrong the two scans agree by
+                // construction (the reopen's falls back to the full rules
+                // at the first write nothing vouches for).
+                let reopen = reopen_scan(file, planned, segment.file_bytes).map_err(io_error(
+                    "read",
+                    &planned.path,
+                    None,
+                ))?;
+                match reopen {
+                    SegmentOutcome::Damaged { .. } => {
+                        first_damaged.get_or_insert_with(|| damage.clone());
+                    }
+                    other => {
+                        report.damage_found_on_read.push(damage.clone());
+                        segment.reopen_end = Some(segment_end(&other));
+                    }
+                }
                 add_damage(&mut report.damage, damage);
             }
             Some(_) => {}
@@ -899,7 +945,7 @@ pub(crate) fn scan_view(
     report.tail = match last {
         None if report.planned => Tail::Empty,
         None => Tail::Unknown,
-        Some(segment) => match &segment.end {
+        Some(segment) => match segment.reopen_end.as_ref().unwrap_or(&segment.end) {
             SegmentEnd::Clean { offset } | SegmentEnd::Sealed { offset } => Tail::Clean {
                 path: segment.path.clone(),
                 offset: *offset,
@@ -1402,6 +1448,42 @@ impl<'f> Window<'f> {
     }
 }
 
+fn segment_end(outcome: &SegmentOutcome) -> SegmentEnd {
+    match outcome {
+        SegmentOutcome::Sealed { end } => SegmentEnd::Sealed { offset: *end },
+        SegmentOutcome::Clean { end } => SegmentEnd::Clean { offset: *end },
+        SegmentOutcome::Cut(cut) => SegmentEnd::Torn {
+            offset: cut.offset,
+            reason: cut.reason.clone(),
+            ops: cut.ops,
+            entries: cut.entries,
+        },
+        SegmentOutcome::Damaged { offset, .. } => SegmentEnd::Damaged { offset: *offset },
+    }
+}
+
+/// How a reopen's scan of `planned` ends: the walk from index to index
+/// that recovery makes ([`SegmentScanner::indexed`]).
+fn reopen_scan(file: &File, planned: &PlannedSegment, file_len: u64) -> io::Result<SegmentOutcome> {
+    let mut window = Window::new(file, file_len);
+    let mut scanner = SegmentScanner::indexed(&planned.header, planned.sealed_end);
+    let mut step = scanner.step(None);
+    loop {
+        step = match step {
+            Step::Read {
+                pos, len, again, ..
+            } => {
+                if again {
+                    window.invalidate();
+                }
+                scanner.step(Some(window.get(pos, len)?))
+            }
+            Step::Entry(_) => scanner.step(None),
+            Step::Done(outcome) => return Ok(outcome),
+        };
+    }
+}
+
 /// The scan of one planned segment: the driver of a [`SegmentScanner`].
 struct Scan<'a> {
     file: &'a File,
@@ -1423,7 +1505,9 @@ impl Scan<'_> {
         let mut step = scanner.step(None);
         let outcome = loop {
             step = match step {
-                Step::Read { pos, len, again } => {
+                Step::Read {
+                    pos, len, again, ..
+                } => {
                     if again {
                         window.invalidate();
                     }
@@ -1462,17 +1546,7 @@ impl Scan<'_> {
             };
         };
         self.transient_read_faults = scanner.transient_read_faults();
-        self.segment.end = match &outcome {
-            SegmentOutcome::Sealed { end } => SegmentEnd::Sealed { offset: *end },
-            SegmentOutcome::Clean { end } => SegmentEnd::Clean { offset: *end },
-            SegmentOutcome::Cut(cut) => SegmentEnd::Torn {
-                offset: cut.offset,
-                reason: cut.reason.clone(),
-                ops: cut.ops,
-                entries: cut.entries,
-            },
-            SegmentOutcome::Damaged { offset, .. } => SegmentEnd::Damaged { offset: *offset },
-        };
+        self.segment.end = segment_end(&outcome);
         Ok(Some(outcome))
     }
 
@@ -1500,6 +1574,7 @@ impl Scan<'_> {
             }
             EntryKind::HardState => segment.hard_state_records += 1,
             EntryKind::Padding => segment.padding_entries += 1,
+            EntryKind::WriteIndex => segment.write_indexes += 1,
         }
     }
 }
@@ -1753,23 +1828,43 @@ mod tests {
     }
 
     #[test]
-    fn damage_in_the_middle_names_the_file_and_offset_like_recovery() {
+    fn damage_in_the_middle_names_the_file_and_offset_and_reopen_leaves_it_to_reads() {
         let (_dir, path) = write_session(0);
         let file = segment(&path, 1);
         flip(&file, 4096 * 3 + ENTRY_HEADER_BYTES as u64 + 5);
         let report = scan_journal(&path, &mut ()).unwrap();
         assert!(!report.is_intact());
-        assert_eq!(report.verdict, Verdict::Refuses);
+        // A payload a later write vouches for: a reopen does not read it.
+        assert_eq!(report.verdict, Verdict::Opens);
         assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
+        assert_eq!(report.damage_found_on_read, report.damage);
         assert_eq!(report.damage[0].path, file);
         assert_eq!(report.damage[0].offset, 4096 * 3);
         assert!(report.damage[0].reason.contains("payload checksum"));
-        assert_eq!(report.tail, Tail::Unknown);
+        assert!(
+            matches!(report.tail, Tail::Clean { .. }),
+            "{:?}",
+            report.tail
+        );
+        assert!(report.describe_verdict().contains("fails"));
+        recover(&path, Recovery::TruncateTornTail).unwrap();
+    }
+
+    #[test]
+    fn damage_to_a_write_index_is_refused_like_recovery() {
+        let (_dir, path) = write_session(0);
+        let file = segment(&path, 1);
+        // Op 3's write: its entry, then its index.
+        let index_at = 4096 * 3 + crate::format::entry_footprint(200) + 9;
+        flip(&file, index_at);
+        let report = scan_journal(&path, &mut ()).unwrap();
+        assert_eq!(report.verdict, Verdict::Refuses);
+        assert!(report.damage_found_on_read.is_empty());
         match recover(&path, Recovery::TruncateTornTail) {
             Err(crate::Error::Corruption {
                 path: p, offset, ..
             }) => {
-                assert_eq!((p, offset), (file, 4096 * 3));
+                assert_eq!((p, offset), (file, report.damage[0].offset));
             }
             other => panic!("recovery should refuse: {other:?}"),
         }
@@ -1839,9 +1934,13 @@ mod tests {
         let file = segment(&path, 1);
         flip(&file, 4096 * N + ENTRY_HEADER_BYTES as u64 + 17);
         let report = scan_journal(&path, &mut ()).unwrap();
-        assert_eq!(report.verdict, Verdict::Refuses);
         assert_eq!(report.damage[0].offset, 4096 * N);
-        assert!(recover(&path, Recovery::TruncateTornTail).is_err());
+        // The clean close recorded the end: a reopen does not read the
+        // last write's payload either; reading its op fails.
+        assert_eq!(report.verdict, Verdict::Opens);
+        assert_eq!(report.damage_found_on_read, report.damage);
+        assert!(!report.is_intact());
+        recover(&path, Recovery::TruncateTornTail).unwrap();
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! faster ([`Durability::Auto`]) (group commit, with the next batch written
 //! while the previous one syncs), and an append resolves only once its entry is
 //! durable. An in-memory ring index maps `op % slot_count` to where each op
-//! above the snapshot watermark lives. Recovery verifies every entry and
-//! distinguishes a torn tail from damage in the middle of the log (see
-//! [`recovery`] for the decision table).
+//! above the snapshot watermark lives. Recovery reads each write's index
+//! (and every byte of the tail nothing vouches for yet), distinguishes a
+//! torn tail from damage in the middle of the log (see [`recovery`] for the
+//! decision table), and leaves a vouched-for payload to be verified when
+//! it is read.
 //!
 //! [`storage`] holds the backends: real O_DIRECT files, and an in-memory
 //! disk with a seeded fault model that `sim` (cargo feature `sim`) uses to

@@ -1,6 +1,6 @@
-//! Recovery: check the directory against its superblock, verify every
-//! entry, rebuild the ring index, and decide what a damaged byte range
-//! means.
+//! Recovery: check the directory against its superblock, read each write's
+//! index, verify the tail, rebuild the ring index, and decide what a
+//! damaged byte range means.
 //!
 //! The rules live in [`crate::verify`], which is sans-IO and shared with the
 //! read-only scan behind `ringstore wal verify`; this module reads the bytes
@@ -64,9 +64,28 @@
 //! acknowledged append is kept while its entry is intact on disk), and
 //! outside what Raft's safety argument allows a replica's storage to do.
 //!
+//! # What is read
+//!
+//! Every write ends with an index of its entries (`journal/FORMAT.md`,
+//! "Write index"). Recovery reads, of each write that a later write's
+//! `durable_before` or the segment's recorded end vouches for, only its
+//! first header, its index and its padding header ([`crate::verify::SegmentScanner::indexed`]):
+//! a 1 GiB journal of 2 MiB writes opens after reading about 1,000 small
+//! ranges instead of every byte. The writes nothing vouches for (the tail
+//! after a crash) and any write whose first header or index does not verify
+//! are read in full, under the table below. A payload, or an entry header
+//! after the first, inside a vouched-for write is not read: a damaged one is
+//! reported by the first read of that entry (`Error::Corruption` with the
+//! file and offset) and by `ringstore wal verify`, which reads every byte
+//! (see FORMAT.md, "Recovery", for the two verdicts side by side). Such an
+//! entry can only be damaged at rest — it was durable when a later write
+//! was issued — so no crash explains it and nothing would be cut for it.
+//!
 //! # Decision table
 //!
-//! At the first position `p` where the next entry does not verify:
+//! At the first position `p` where the next entry does not verify, among
+//! the bytes recovery reads (see above: rows 5 and 6 apply to a write's
+//! first header or its index; a payload there is reported when read):
 //!
 //! | row | where | header at `p` | payload | evidence within reach after `p` | decision |
 //! |-----|-------|---------------|---------|-------------------------------------------------|----------|
@@ -116,6 +135,13 @@ use std::rc::Rc;
 const SCAN_READ_BYTES: u64 = 1 << 20;
 /// Scan reads kept in flight ahead of the one being parsed.
 const SCAN_READS_AHEAD: usize = 4;
+/// A scan skipping from index to index reads sequentially (and ahead)
+/// while its next bytes lie less than this past what it read last, and
+/// reads just the blocks it needs after a longer jump.
+const SPARSE_JUMP_BYTES: u64 = SCAN_READ_BYTES;
+/// Least bytes read after a jump: a write's index, its padding and the
+/// next write's first header usually lie within them.
+const SPARSE_READ_BYTES: u64 = 16 << 10;
 const _: () = assert!(SCAN_READ_BYTES.is_multiple_of(BLOCK_BYTES));
 
 /// How the scan of the last segment ended.
@@ -349,6 +375,38 @@ impl<F: StorageFile> ScanReader<F> {
             self.bytes = bytes;
             self.read_ahead(next);
         }
+        let to = ((end - self.start) as usize).min(self.bytes.len());
+        let from = ((pos - self.start) as usize).min(to);
+        Ok(&self.bytes[from..to])
+    }
+
+    /// Bytes `[pos, pos + len)` for a scan that skips from index to index:
+    /// near what was read, the sequential reads of [`Self::get`]; after a
+    /// jump, only the blocks holding them (at least
+    /// `SPARSE_READ_BYTES`), with nothing read ahead.
+    async fn get_sparse(&mut self, pos: u64, len: u64) -> std::io::Result<&[u8]> {
+        if pos >= self.file_len {
+            return Ok(&[]);
+        }
+        let end = pos.saturating_add(len).min(self.file_len);
+        let window_end = self.start + self.bytes.len() as u64;
+        let near = !self.bytes.is_empty()
+            && pos >= self.start
+            && pos < window_end.saturating_add(SPARSE_JUMP_BYTES);
+        if near {
+            return self.get(pos, len).await;
+        }
+        self.ahead.clear();
+        let read_start = crate::format::align_down(pos, BLOCK_BYTES);
+        let read_end = crate::format::align_up(end, BLOCK_BYTES)
+            .max(read_start + SPARSE_READ_BYTES)
+            .min(crate::format::align_up(self.file_len, BLOCK_BYTES));
+        let bytes = self
+            .file
+            .read_at(read_start, (read_end - read_start) as usize)
+            .await?;
+        self.start = read_start;
+        self.bytes = bytes.to_vec();
         let to = ((end - self.start) as usize).min(self.bytes.len());
         let from = ((pos - self.start) as usize).min(to);
         Ok(&self.bytes[from..to])
@@ -671,7 +729,7 @@ async fn scan_segment<F: StorageFile>(
 ) -> Result<SegmentScan> {
     let path = &planned.path;
     let mut reader = ScanReader::new(file, file_len);
-    let mut scanner = SegmentScanner::new(&planned.header, planned.sealed_end);
+    let mut scanner = SegmentScanner::indexed(&planned.header, planned.sealed_end);
     let mut scan = SegmentScan {
         max_op: 0,
         max_epoch: 0,
@@ -687,12 +745,21 @@ async fn scan_segment<F: StorageFile>(
     let mut step = scanner.step(None);
     let outcome = loop {
         step = match step {
-            Step::Read { pos, len, again } => {
+            Step::Read {
+                pos,
+                len,
+                again,
+                sparse,
+            } => {
                 if again {
                     reader.invalidate();
                 }
-                let bytes = reader.get(pos, len).await.map_err(read_error(path, pos))?;
-                scanner.step(Some(bytes))
+                let bytes = if sparse {
+                    reader.get_sparse(pos, len).await
+                } else {
+                    reader.get(pos, len).await
+                };
+                scanner.step(Some(bytes.map_err(read_error(path, pos))?))
             }
             Step::Entry(header) => {
                 match header.entry_kind() {
@@ -707,16 +774,20 @@ async fn scan_segment<F: StorageFile>(
                         scan.truncated = true;
                     }
                     Some(EntryKind::HardState) => {
-                        // The scanner verified the payload; it is still in
-                        // the reader's window.
+                        // A full scan verified the payload and it is still
+                        // in the reader's window; an entry learnt from its
+                        // write's index is read here for the first time.
                         let pos = u64::from(header.offset.get()) + ENTRY_HEADER_BYTES as u64;
                         let len = u64::from(header.payload_len.get());
-                        let bytes = reader.get(pos, len).await.map_err(read_error(path, pos))?;
+                        let bytes = reader
+                            .get_sparse(pos, len)
+                            .await
+                            .map_err(read_error(path, pos))?;
                         if crc32fast::hash(bytes) != header.payload_checksum.get() {
                             return Err(Error::corruption(
                                 path,
                                 pos,
-                                "hard-state payload changed between two reads",
+                                "hard-state payload checksum mismatch",
                             ));
                         }
                         scan.hard_state = Some((header.op.get(), bytes.to_vec()));

@@ -1,7 +1,9 @@
-//! Salvage: the operator's way out when a journal refuses to open.
+//! Salvage: the operator's way out when a journal refuses to open, or opens
+//! but fails to read damaged entries.
 //!
 //! Recovery refuses damage where acknowledged data must be (a typed error
-//! naming file and offset) rather than dropping it quietly. [`salvage`] is
+//! naming file and offset) rather than dropping it quietly, and a read of
+//! an entry whose bytes are damaged returns such an error too. [`salvage`] is
 //! the explicit alternative: it cuts the log at its **first** damage, keeps
 //! everything before it, moves everything it no longer reads into a
 //! quarantine folder (renamed, never deleted, never copied and deleted),
@@ -49,8 +51,9 @@
 //!
 //! # Refusals
 //!
-//! It refuses ([`SalvageError`]) a journal that opens
-//! ([`SalvageError::Healthy`]), one whose reopen would cut an unverifiable
+//! It refuses ([`SalvageError`]) a journal that opens and reads back
+//! ([`SalvageError::Healthy`]; damage a reopen does not read,
+//! [`crate::inspect::JournalReport::damage_found_on_read`], is salvaged), one whose reopen would cut an unverifiable
 //! tail and report it ([`SalvageError::WouldCut`]: open it instead, which
 //! keeps everything that verifies), files of another format version, a
 //! journal of another owner ([`salvage_as`]: it is in the wrong place, not
@@ -333,7 +336,8 @@ pub struct SalvageReport {
     pub unix_ms: u64,
     /// How far it got.
     pub state: SalvageState,
-    /// Why reopening refused.
+    /// Why reopening refused, or (damage a reopen does not read) what it
+    /// does and which reads fail.
     pub refusal: String,
     /// All damage the scan found.
     pub damage: Vec<Damage>,
@@ -666,6 +670,9 @@ struct Plan {
 
 fn plan(dir: &Path, quarantine_root: &Path, scan: &JournalReport) -> Result<Plan, SalvageError> {
     match scan.verdict {
+        // Damage a reopen leaves to the reads of its entries: cut at it
+        // like any other, so that `ringstore wal verify` passes after.
+        Verdict::Opens if !scan.damage_found_on_read.is_empty() => {}
         Verdict::Opens => {
             return Err(SalvageError::Healthy {
                 dir: dir.to_path_buf(),
@@ -680,10 +687,11 @@ fn plan(dir: &Path, quarantine_root: &Path, scan: &JournalReport) -> Result<Plan
         }
         Verdict::Refuses => {}
     }
+    // The refusal, or (a journal that opens) the reads that fail.
     let refusal = scan
         .refusal
         .as_ref()
-        .map_or_else(String::new, |r| r.to_string());
+        .map_or_else(|| scan.describe_verdict(), |r| r.to_string());
     if let Some(Refusal::WrongOwner { .. }) = &scan.refusal {
         return Err(SalvageError::WrongOwner {
             dir: dir.to_path_buf(),

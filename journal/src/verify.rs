@@ -33,9 +33,10 @@ use crate::config::{
     BATCH_BYTES_MAX_LIMIT, ENTRY_BYTES_MAX_LIMIT, SEGMENT_BYTES_MAX, WRITES_IN_FLIGHT_MAX,
 };
 use crate::format::{
-    check_entry_header, EntryHeader, EntryKind, HeaderFault, SegmentHeader, BLOCK_BYTES,
-    ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE, FORMAT_VERSION,
-    SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    check_entry_header, write_end, EntryHeader, EntryKind, HeaderFault, IndexRecord, SegmentHeader,
+    BLOCK_BYTES, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE,
+    FORMAT_VERSION, HARD_STATE_BYTES_MAX, INDEX_RECORD_BYTES, SEGMENT_DATA_OFFSET,
+    SEGMENT_FLAG_NO_SYNC, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
 };
 use crate::segment::{segment_file_name, segment_generation};
 use crate::superblock::{
@@ -44,7 +45,7 @@ use crate::superblock::{
 };
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Name of the temporary file a new superblock is written to before it is
 /// renamed into place (so `superblock` exists only once complete).
@@ -637,7 +638,9 @@ pub enum Step {
     /// Pass the bytes `[pos, pos + len)` of the file (fewer at its end) to
     /// the next [`SegmentScanner::step`]. `again`: read them from the device
     /// again, not from what the driver holds (a re-read before a verdict,
-    /// so a transient read error cuts nothing).
+    /// so a transient read error cuts nothing). `sparse`: the scan is
+    /// skipping from index to index ([`SegmentScanner::indexed`]), so
+    /// reading ahead of `pos + len` is likely wasted.
     Read {
         /// Offset.
         pos: u64,
@@ -645,8 +648,13 @@ pub enum Step {
         len: u64,
         /// Read afresh.
         again: bool,
+        /// Skipping through the file.
+        sparse: bool,
     },
-    /// An entry that verified (data, watermark or padding).
+    /// An entry that verified (data, watermark, truncation, hard state,
+    /// a write's index or padding). An entry learnt from its write's index
+    /// ([`SegmentScanner::indexed`]) has not had its own header or payload
+    /// read: its `checksum` field is zero.
     Entry(EntryHeader),
     /// The scan of the segment is over.
     Done(SegmentOutcome),
@@ -697,9 +705,38 @@ pub struct TailCut {
 
 #[derive(Debug, Clone)]
 enum Phase {
-    Header { again: bool },
-    Payload { header: EntryHeader, again: bool },
-    Evidence { fault: Fault },
+    Header {
+        again: bool,
+    },
+    Payload {
+        header: EntryHeader,
+        again: bool,
+    },
+    Evidence {
+        fault: Fault,
+    },
+    /// Walking by index: the first header of the write at `pos` was asked for.
+    WriteFirst,
+    /// Walking by index: the header of the write's index was asked for.
+    IndexHeader {
+        first: EntryHeader,
+    },
+    /// Walking by index: the index's records were asked for.
+    IndexRecords {
+        first: EntryHeader,
+        index: EntryHeader,
+    },
+    /// Walking by index: the padding header after the index was asked for.
+    WritePadding {
+        walked: IndexedWrite,
+        durable_before: u64,
+        padding_at: u64,
+    },
+    /// Handing out the entries of vouched-for writes, then walking on
+    /// (`walk`) or scanning in full.
+    Drain {
+        walk: bool,
+    },
     Finished,
 }
 
@@ -711,7 +748,35 @@ struct Fault {
     misplaced: bool,
 }
 
+/// A write the full scan is inside of: where its index must be, and the
+/// records its index must hold (as a running checksum and a count).
+#[derive(Debug, Clone)]
+struct OpenWrite {
+    index_at: u64,
+    records: crc32fast::Hasher,
+    count: u64,
+}
+
+/// A write learnt from its index that no later write has vouched for yet.
+#[derive(Debug, Clone)]
+struct IndexedWrite {
+    start: u64,
+    end: u64,
+    entries: Vec<EntryHeader>,
+}
+
 /// Walks one segment's entries (sans-IO): see the module docs.
+///
+/// [`SegmentScanner::new`] reads every byte: each header and payload is
+/// verified, and each write's index is checked against the entries before
+/// it. [`SegmentScanner::indexed`] (recovery) reads only each write's first
+/// header, its index and its padding header for as long as a later write — or the segment's
+/// sealed end — vouches for the writes walked so far; the writes nothing
+/// vouches for yet, and any write whose first header or index does not
+/// verify, are scanned in full, so the verdict on the tail and on damaged
+/// structure is the full scan's. What the indexed walk does not read —
+/// payloads and non-first entry headers of vouched-for writes — is verified when
+/// an entry is read, and by `ringstore wal verify`.
 #[derive(Debug, Clone)]
 pub struct SegmentScanner {
     header: SegmentHeader,
@@ -719,14 +784,18 @@ pub struct SegmentScanner {
     sealed: bool,
     pos: u64,
     expect_first: bool,
+    expect_padding: bool,
+    write: Option<OpenWrite>,
     phase: Phase,
     search: Option<EvidenceSearch>,
     transient_read_faults: u64,
+    pending: std::collections::VecDeque<IndexedWrite>,
+    ready: std::collections::VecDeque<EntryHeader>,
 }
 
 impl SegmentScanner {
-    /// A scan of the segment with this (verified) header; `sealed_end` as
-    /// in [`PlannedSegment`].
+    /// A scan of every byte of the segment with this (verified) header;
+    /// `sealed_end` as in [`PlannedSegment`].
     pub fn new(header: &SegmentHeader, sealed_end: Option<u64>) -> SegmentScanner {
         let segment_bytes = header.segment_bytes.get();
         SegmentScanner {
@@ -735,9 +804,22 @@ impl SegmentScanner {
             sealed: sealed_end.is_some(),
             pos: SEGMENT_DATA_OFFSET,
             expect_first: true,
+            expect_padding: false,
+            write: None,
             phase: Phase::Header { again: false },
             search: None,
             transient_read_faults: 0,
+            pending: std::collections::VecDeque::new(),
+            ready: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// A scan that walks from index to index where later writes vouch for
+    /// the earlier ones (see the type's docs).
+    pub fn indexed(header: &SegmentHeader, sealed_end: Option<u64>) -> SegmentScanner {
+        SegmentScanner {
+            phase: Phase::Drain { walk: true },
+            ..SegmentScanner::new(header, sealed_end)
         }
     }
 
@@ -766,12 +848,240 @@ impl SegmentScanner {
                         pos: self.pos + ENTRY_HEADER_BYTES as u64,
                         len: u64::from(header.payload_len.get()),
                         again,
+                        sparse: false,
                     }
                 }
                 Some(bytes) => self.on_payload(header, bytes, again),
             },
             Phase::Evidence { fault } => self.on_evidence(fault, input),
+            Phase::WriteFirst => match input {
+                None => self.walk(),
+                Some(bytes) => self.on_write_first(bytes),
+            },
+            Phase::IndexHeader { first } => match input {
+                None => self.leave_index(),
+                Some(bytes) => self.on_index_header(first, bytes),
+            },
+            Phase::IndexRecords { first, index } => match input {
+                None => self.leave_index(),
+                Some(bytes) => self.on_index_records(first, index, bytes),
+            },
+            Phase::WritePadding {
+                walked,
+                durable_before,
+                padding_at,
+            } => match input {
+                None => self.leave_index(),
+                Some(bytes) => self.on_write_padding(walked, durable_before, padding_at, bytes),
+            },
+            Phase::Drain { walk } => self.drain(walk),
             Phase::Finished => panic!("SegmentScanner::step after Done"),
+        }
+    }
+
+    fn check_header(&self, bytes: &[u8], offset: u64) -> Result<EntryHeader, HeaderFault> {
+        check_entry_header(
+            bytes,
+            &self.header.journal_id,
+            self.header.generation.get(),
+            offset,
+            self.header.segment_bytes.get(),
+            // Not the configured entry_bytes_max: the journal may have been
+            // written with a larger one.
+            ENTRY_BYTES_MAX_LIMIT,
+        )
+    }
+
+    /// Walking by index: asks for the next write's first header.
+    fn walk(&mut self) -> Step {
+        if self.pos + ENTRY_HEADER_BYTES as u64 > self.limit {
+            return self.leave_index();
+        }
+        self.phase = Phase::WriteFirst;
+        Step::Read {
+            pos: self.pos,
+            len: ENTRY_HEADER_BYTES as u64,
+            again: false,
+            sparse: true,
+        }
+    }
+
+    fn on_write_first(&mut self, bytes: &[u8]) -> Step {
+        let first = match self.check_header(bytes, self.pos) {
+            Ok(first) if first.flags & FLAG_FIRST_IN_WRITE != 0 => first,
+            _ => return self.leave_index(),
+        };
+        let index_at = u64::from(first.index_at.get());
+        if index_at + ENTRY_HEADER_BYTES as u64 > self.limit {
+            return self.leave_index();
+        }
+        self.phase = Phase::IndexHeader { first };
+        Step::Read {
+            pos: index_at,
+            len: ENTRY_HEADER_BYTES as u64,
+            again: false,
+            sparse: true,
+        }
+    }
+
+    fn on_index_header(&mut self, first: EntryHeader, bytes: &[u8]) -> Step {
+        let index_at = u64::from(first.index_at.get());
+        let index = match self.check_header(bytes, index_at) {
+            Ok(index)
+                if index.entry_kind() == Some(EntryKind::WriteIndex)
+                    && index_at + index.footprint() <= self.limit =>
+            {
+                index
+            }
+            _ => return self.leave_index(),
+        };
+        self.phase = Phase::IndexRecords { first, index };
+        Step::Read {
+            pos: index_at + ENTRY_HEADER_BYTES as u64,
+            len: u64::from(index.payload_len.get()),
+            again: false,
+            sparse: true,
+        }
+    }
+
+    fn on_index_records(&mut self, first: EntryHeader, index: EntryHeader, bytes: &[u8]) -> Step {
+        let index_at = u64::from(first.index_at.get());
+        if bytes.len() as u64 != u64::from(index.payload_len.get())
+            || crc32fast::hash(bytes) != index.payload_checksum.get()
+            || index.op.get() != (bytes.len() / INDEX_RECORD_BYTES) as u64
+        {
+            return self.leave_index();
+        }
+        let mut offset = self.pos;
+        let mut entries = Vec::with_capacity(bytes.len() / INDEX_RECORD_BYTES);
+        for (i, chunk) in bytes.chunks_exact(INDEX_RECORD_BYTES).enumerate() {
+            let record = IndexRecord::read_from_bytes(chunk).expect("a record's size");
+            let header = EntryHeader {
+                checksum: 0.into(),
+                magic: ENTRY_MAGIC.into(),
+                op: record.op,
+                epoch: record.epoch,
+                generation: self.header.generation,
+                offset: (offset as u32).into(),
+                payload_len: record.payload_len,
+                payload_checksum: record.payload_checksum,
+                durable_before: if i == 0 {
+                    first.durable_before
+                } else {
+                    0.into()
+                },
+                kind: record.kind,
+                flags: if i == 0 { FLAG_FIRST_IN_WRITE } else { 0 },
+                index_at: if i == 0 { first.index_at } else { 0.into() },
+                reserved: [0; 2],
+            };
+            let len = u64::from(record.payload_len.get());
+            let valid = record.reserved == [0; 7]
+                && match record_kind(&record) {
+                    Some(EntryKind::Data) => len <= ENTRY_BYTES_MAX_LIMIT,
+                    Some(EntryKind::Watermark | EntryKind::Truncate) => len == 0,
+                    Some(EntryKind::HardState) => len <= HARD_STATE_BYTES_MAX as u64,
+                    _ => false,
+                };
+            if !valid || (i == 0 && IndexRecord::of(&first) != record) {
+                return self.leave_index();
+            }
+            offset += header.footprint();
+            if offset > index_at {
+                return self.leave_index();
+            }
+            entries.push(header);
+        }
+        let index_end = index_at + index.footprint();
+        let end = write_end(index_end);
+        if offset != index_at || end > self.limit {
+            return self.leave_index();
+        }
+        let walked = IndexedWrite {
+            start: self.pos,
+            end,
+            entries,
+        };
+        let durable_before = u64::from(first.durable_before.get());
+        if index_end == end {
+            return self.walked(walked, durable_before);
+        }
+        // The padding header too: of a vouched-for write, recovery leaves
+        // only what an entry's read verifies unread.
+        self.phase = Phase::WritePadding {
+            walked,
+            durable_before,
+            padding_at: index_end,
+        };
+        Step::Read {
+            pos: index_end,
+            len: ENTRY_HEADER_BYTES as u64,
+            again: false,
+            sparse: true,
+        }
+    }
+
+    fn on_write_padding(
+        &mut self,
+        walked: IndexedWrite,
+        durable_before: u64,
+        padding_at: u64,
+        bytes: &[u8],
+    ) -> Step {
+        match self.check_header(bytes, padding_at) {
+            Ok(padding)
+                if padding.entry_kind() == Some(EntryKind::Padding)
+                    && padding_at + padding.footprint() == walked.end =>
+            {
+                self.walked(walked, durable_before)
+            }
+            _ => self.leave_index(),
+        }
+    }
+
+    /// A write learnt from its index: it vouches for the earlier writes
+    /// that end at its `durable_before` (a write is issued only once
+    /// everything before that offset is durable; see the recovery module,
+    /// "What can be cut"), and waits for a later one to vouch for it.
+    fn walked(&mut self, walked: IndexedWrite, durable_before: u64) -> Step {
+        while self
+            .pending
+            .front()
+            .is_some_and(|w| w.end <= durable_before)
+        {
+            let vouched = self.pending.pop_front().expect("checked above");
+            self.ready.extend(vouched.entries);
+        }
+        self.pos = walked.end;
+        self.pending.push_back(walked);
+        self.drain(true)
+    }
+
+    /// Ends the walk by index: at a sealed end every write walked is
+    /// vouched for; otherwise the writes nothing vouched for yet, and what
+    /// stopped the walk, are scanned in full.
+    fn leave_index(&mut self) -> Step {
+        if self.sealed && self.pos == self.limit {
+            for vouched in self.pending.drain(..) {
+                self.ready.extend(vouched.entries);
+            }
+        } else if let Some(unvouched) = self.pending.front() {
+            self.pos = unvouched.start;
+            self.pending.clear();
+        }
+        self.expect_first = true;
+        self.drain(false)
+    }
+
+    fn drain(&mut self, walk: bool) -> Step {
+        if let Some(entry) = self.ready.pop_front() {
+            self.phase = Phase::Drain { walk };
+            return Step::Entry(entry);
+        }
+        if walk {
+            self.walk()
+        } else {
+            self.read_header(false)
         }
     }
 
@@ -790,25 +1100,33 @@ impl SegmentScanner {
             pos: self.pos,
             len: ENTRY_HEADER_BYTES as u64,
             again,
+            sparse: false,
+        }
+    }
+
+    /// Whether a verified header may stand at `pos` given the write it is
+    /// in: entries tile a write from its first header up to its index, the
+    /// index is followed by padding unless it ends on a block boundary.
+    fn fits_write(&self, header: &EntryHeader) -> bool {
+        let first = header.flags & FLAG_FIRST_IN_WRITE != 0;
+        match (header.entry_kind(), &self.write) {
+            (Some(EntryKind::Padding), _) => self.expect_padding,
+            _ if self.expect_padding => false,
+            _ if first => self.write.is_none(),
+            (Some(EntryKind::WriteIndex), Some(write)) => self.pos == write.index_at,
+            (Some(_), Some(write)) => self.pos + header.footprint() <= write.index_at,
+            _ => false,
         }
     }
 
     fn on_header(&mut self, bytes: &[u8], again: bool) -> Step {
-        let checked = check_entry_header(
-            bytes,
-            &self.header.journal_id,
-            self.header.generation.get(),
-            self.pos,
-            self.header.segment_bytes.get(),
-            // Not the configured entry_bytes_max: the journal may have been
-            // written with a larger one.
-            ENTRY_BYTES_MAX_LIMIT,
-        );
-        let checked = match checked {
+        let checked = match self.check_header(bytes, self.pos) {
             Ok(h) if self.expect_first && h.flags & FLAG_FIRST_IN_WRITE == 0 => {
                 Err(HeaderFault::Invalid)
             }
-            Ok(h) if self.pos + h.footprint() > self.limit => Err(HeaderFault::Invalid),
+            Ok(h) if self.pos + h.footprint() > self.limit || !self.fits_write(&h) => {
+                Err(HeaderFault::Invalid)
+            }
             other => other,
         };
         match checked {
@@ -818,6 +1136,7 @@ impl SegmentScanner {
                     pos: self.pos + ENTRY_HEADER_BYTES as u64,
                     len: u64::from(header.payload_len.get()),
                     again,
+                    sparse: false,
                 }
             }
             Ok(header) => self.accept(header, again),
@@ -852,11 +1171,47 @@ impl SegmentScanner {
     }
 
     fn accept(&mut self, header: EntryHeader, again: bool) -> Step {
+        let end = self.pos + header.footprint();
+        match header.entry_kind() {
+            Some(EntryKind::Padding) => {
+                self.expect_padding = false;
+                self.expect_first = true;
+            }
+            Some(EntryKind::WriteIndex) => {
+                let write = self.write.as_ref().expect("fits_write: inside a write");
+                if write.count != header.op.get()
+                    || write.records.clone().finalize() != header.payload_checksum.get()
+                {
+                    let fault = Fault {
+                        offset: self.pos,
+                        reason: "write index does not list the entries of its write",
+                        zeroed: false,
+                        misplaced: false,
+                    };
+                    return self.on_fault(fault, again, None);
+                }
+                self.write = None;
+                self.expect_padding = !end.is_multiple_of(BLOCK_BYTES);
+                self.expect_first = !self.expect_padding;
+            }
+            _ => {
+                if header.flags & FLAG_FIRST_IN_WRITE != 0 {
+                    self.write = Some(OpenWrite {
+                        index_at: u64::from(header.index_at.get()),
+                        records: crc32fast::Hasher::new(),
+                        count: 0,
+                    });
+                }
+                let write = self.write.as_mut().expect("fits_write: inside a write");
+                write.records.update(IndexRecord::of(&header).as_bytes());
+                write.count += 1;
+                self.expect_first = false;
+            }
+        }
         if again {
             self.transient_read_faults += 1;
         }
-        self.pos += header.footprint();
-        self.expect_first = header.entry_kind() == Some(EntryKind::Padding);
+        self.pos = end;
         self.phase = Phase::Header { again: false };
         Step::Entry(header)
     }
@@ -908,6 +1263,7 @@ impl SegmentScanner {
                 pos: candidate,
                 len: ENTRY_HEADER_BYTES as u64,
                 again: false,
+                sparse: false,
             };
         }
         let no_sync = self.header.flags.get() & SEGMENT_FLAG_NO_SYNC != 0;
@@ -935,6 +1291,10 @@ impl SegmentScanner {
         }
         Step::Done(outcome)
     }
+}
+
+fn record_kind(record: &IndexRecord) -> Option<EntryKind> {
+    EntryKind::from_u8(record.kind)
 }
 
 /// The search past damage at `offset` of the last segment: for proof that

@@ -77,6 +77,7 @@ fn entry_header_table_matches_the_struct() {
         ("durable_before", field!(EntryHeader, durable_before)),
         ("kind", field!(EntryHeader, kind)),
         ("flags", field!(EntryHeader, flags)),
+        ("index_at", field!(EntryHeader, index_at)),
         ("reserved", field!(EntryHeader, reserved)),
     ];
     assert_eq!(rows.len(), fields.len());
@@ -146,6 +147,29 @@ fn superblock_tables_match_the_structs() {
         ),
         (1, 2)
     );
+}
+
+#[test]
+fn index_record_table_matches_the_struct() {
+    let doc = include_str!("../FORMAT.md");
+    let rows = table(doc, "### Write index");
+    let fields = [
+        ("op", field!(IndexRecord, op)),
+        ("epoch", field!(IndexRecord, epoch)),
+        ("payload_len", field!(IndexRecord, payload_len)),
+        ("payload_checksum", field!(IndexRecord, payload_checksum)),
+        ("kind", field!(IndexRecord, kind)),
+        ("reserved", field!(IndexRecord, reserved)),
+    ];
+    assert_eq!(rows.len(), fields.len());
+    for ((offset, size, name), (field, (code_offset, code_size))) in rows.iter().zip(fields) {
+        assert_eq!(name, field);
+        assert_eq!((*offset, *size), (code_offset, code_size), "{name}");
+    }
+    let last = rows.last().unwrap();
+    assert_eq!(last.0 + last.1, INDEX_RECORD_BYTES);
+    assert_eq!(EntryKind::WriteIndex as u8, 6);
+    assert!(doc.contains("5 hard state, 6 write index"));
 }
 
 #[test]

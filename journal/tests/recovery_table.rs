@@ -9,7 +9,7 @@
 //! it and any damage before it is corruption.
 mod common;
 use common::*;
-use ringstore_journal::format::{EntryHeader, SegmentHeader, ENTRY_HEADER_BYTES};
+use ringstore_journal::format::{EntryHeader, SegmentHeader, ENTRY_HEADER_BYTES, FORMAT_VERSION};
 use ringstore_journal::{Error, Journal, JournalBuilder, Recovery, TailState};
 use std::path::{Path, PathBuf};
 use zerocopy::{FromBytes, IntoBytes};
@@ -61,33 +61,72 @@ fn write_session_ending(reopens: usize, close: bool) -> (tempfile::TempDir, Path
     (dir, path)
 }
 
-/// Reopens and returns (tail, present ops, error if open failed).
+/// Reopens and returns (tail, present ops, error if open failed); every
+/// read must succeed.
 fn reopen(path: &Path, recovery: Recovery) -> Result<(TailState, Vec<u64>), Error> {
+    reopen_reading(path, recovery).map(|(tail, present, failed)| {
+        assert!(failed.is_empty(), "reads failed: {failed:?}");
+        (tail, present)
+    })
+}
+
+/// Reopens and reads every op: (tail, ops present, ops whose read failed
+/// with the error), or the error of the open.
+#[allow(clippy::type_complexity)]
+fn reopen_reading(
+    path: &Path,
+    recovery: Recovery,
+) -> Result<(TailState, Vec<u64>, Vec<(u64, Error)>), Error> {
     let p = path.to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     run(move || async move {
         let result = match builder(&p).recovery(recovery).open().await {
             Ok(journal) => {
                 let mut present = Vec::new();
+                let mut failed = Vec::new();
                 for op in 1..=N {
-                    if let Some(entry) = journal.read(op).await.unwrap() {
-                        assert_eq!(
-                            entry.payload,
-                            payload(op, PAYLOAD),
-                            "op {op} served with wrong bytes"
-                        );
-                        present.push(op);
+                    match journal.read(op).await {
+                        Ok(Some(entry)) => {
+                            assert_eq!(
+                                entry.payload,
+                                payload(op, PAYLOAD),
+                                "op {op} served with wrong bytes"
+                            );
+                            present.push(op);
+                        }
+                        Ok(None) => {}
+                        Err(e) => failed.push((op, e)),
                     }
                 }
                 let tail = journal.recovery_report().tail.clone();
                 journal.close().await.unwrap();
-                Ok((tail, present))
+                Ok((tail, present, failed))
             }
             Err(e) => Err(e),
         };
         tx.send(result).unwrap();
     });
     rx.recv().unwrap()
+}
+
+/// Damage a reopen does not read (inside a write a later one vouches for):
+/// the journal opens, every other op reads back, and reading `op` returns
+/// the corruption, naming `file` and `offset`.
+fn expect_found_on_read(path: &Path, file: &Path, offset: u64, op: u64) {
+    let (tail, present, failed) = reopen_reading(path, Recovery::Strict).unwrap();
+    assert_eq!(tail, TailState::Clean);
+    assert_eq!(present, (1..=N).filter(|o| *o != op).collect::<Vec<_>>());
+    match &failed[..] {
+        [(
+            o,
+            Error::Corruption {
+                path: p,
+                offset: at,
+                ..
+            },
+        )] => assert_eq!((*o, p.as_path(), *at), (op, file, offset)),
+        other => panic!("expected op {op}'s read to fail as corruption, got {other:?}"),
+    }
 }
 
 /// Ends a session the way a crash does: no close, no final superblock
@@ -241,7 +280,8 @@ fn row12_a_misdirected_last_write_found_past_zeroes_is_corruption() {
 #[test]
 fn row5_damage_followed_by_enough_valid_writes_is_corruption() {
     // Two writes in flight at most (the default): two valid writes after
-    // the damaged one prove it had finished.
+    // the damaged one prove it had finished. A payload there is not read
+    // by the reopen (it takes the write from its index): its read fails.
     let (_dir, path) = write_session(0);
     let segment = segment_path(&path, 1);
     flip_bit(
@@ -249,12 +289,8 @@ fn row5_damage_followed_by_enough_valid_writes_is_corruption() {
         offset_of_op(N - 2) + ENTRY_HEADER_BYTES as u64 + 3,
         6,
     );
-    expect_corruption(
-        reopen(&path, Recovery::TruncateTornTail),
-        &segment,
-        offset_of_op(N - 2),
-    );
-    // Header damage too.
+    expect_found_on_read(&path, &segment, offset_of_op(N - 2), N - 2);
+    // A write's first header is read: the reopen refuses.
     let (_dir, path) = write_session(0);
     let segment = segment_path(&path, 1);
     flip_bit(&segment, offset_of_op(2) + 20, 1);
@@ -283,10 +319,16 @@ fn row5_one_later_write_that_vouches_for_the_damage_is_corruption() {
         offset_of_op(N - 1) + ENTRY_HEADER_BYTES as u64 + 3,
         6,
     );
+    expect_found_on_read(&path, &segment, offset_of_op(N - 1), N - 1);
+    // Its index is read: damage there is refused.
+    let (_dir, path) = write_session(0);
+    let segment = segment_path(&path, 1);
+    let index_at = u64::from(read_header(&segment, offset_of_op(N - 1)).index_at.get());
+    flip_bit(&segment, index_at + ENTRY_HEADER_BYTES as u64 + 9, 2);
     expect_corruption(
         reopen(&path, Recovery::TruncateTornTail),
         &segment,
-        offset_of_op(N - 1),
+        index_at,
     );
 }
 
@@ -336,15 +378,13 @@ fn a_write_that_does_not_vouch_leaves_the_damage_a_reported_cut() {
 #[test]
 fn after_a_clean_close_tail_damage_is_corruption() {
     // The superblock records where the log ends: nothing is undecidable.
+    // A payload in the last write: the recorded end vouches for it, so the
+    // reopen takes the write from its index and the read fails.
     let (_dir, path) = write_closed_session();
     let segment = segment_path(&path, 1);
     flip_bit(&segment, offset_of_op(N) + ENTRY_HEADER_BYTES as u64 + 3, 6);
-    expect_corruption(
-        reopen(&path, Recovery::TruncateTornTail),
-        &segment,
-        offset_of_op(N),
-    );
-    // Its block zeroed: the same.
+    expect_found_on_read(&path, &segment, offset_of_op(N), N);
+    // Its block zeroed: the reopen refuses.
     let (_dir, path) = write_closed_session();
     let segment = segment_path(&path, 1);
     patch(&segment, offset_of_op(N), &[0; 4096]);
@@ -368,11 +408,7 @@ fn row5_with_serial_writes_one_valid_write_after_the_damage_is_corruption() {
         journal.close().await.unwrap();
     });
     let segment = segment_path(&path, 1);
-    flip_bit(
-        &segment,
-        offset_of_op(N - 1) + ENTRY_HEADER_BYTES as u64 + 3,
-        6,
-    );
+    flip_bit(&segment, offset_of_op(N - 1) + 20, 6);
     expect_corruption(
         reopen(&path, Recovery::TruncateTornTail),
         &segment,
@@ -474,14 +510,14 @@ fn row11_an_unknown_format_version_is_refused() {
     let mut header =
         SegmentHeader::read_from_bytes(&bytes[..ringstore_journal::format::SEGMENT_HEADER_BYTES])
             .unwrap();
-    header.version = 3.into();
+    header.version = (FORMAT_VERSION + 1).into();
     patch(&segment, 0, header.seal().as_bytes());
     match reopen(&path, Recovery::TruncateTornTail) {
         Err(Error::UnsupportedVersion {
             path: p,
-            found: 3,
-            supported: 2,
-        }) => assert_eq!(p, segment),
+            found,
+            supported: FORMAT_VERSION,
+        }) if found == FORMAT_VERSION + 1 => assert_eq!(p, segment),
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
 }
@@ -557,8 +593,9 @@ fn damage_in_a_full_size_write_followed_by_another_is_corruption() {
     let p = path.clone();
     run(move || async move {
         let journal = builder(&p).open().await.unwrap();
-        // 64 KiB batches: one entry of this size fills a write exactly.
-        let big = (64 << 10) - 2 * ENTRY_HEADER_BYTES;
+        // 64 KiB batches: one entry of this size, its write's index and
+        // the padding header fill a write exactly.
+        let big = (64 << 10) - 3 * ENTRY_HEADER_BYTES - 32;
         let journal = {
             journal.close().await.unwrap();
             Journal::builder(&p)
@@ -577,7 +614,12 @@ fn damage_in_a_full_size_write_followed_by_another_is_corruption() {
     });
     // The first open's empty segment was reused: segment 1 holds the writes.
     let segment = segment_path(&path, 1);
-    flip_bit(&segment, 4096 + ENTRY_HEADER_BYTES as u64 + 100, 4);
+    assert_eq!(
+        read_header(&segment, 4096 + (64 << 10)).offset.get(),
+        4096 + (64 << 10)
+    );
+    // Its first header (a payload there the reopen would leave to reads).
+    flip_bit(&segment, 4096 + 20, 4);
     let p = path.clone();
     run(move || async move {
         match Journal::builder(&p)
@@ -764,7 +806,8 @@ fn a_header_forged_inside_a_payload_is_not_evidence() {
         durable_before: 0.into(),
         kind: ringstore_journal::format::EntryKind::Padding as u8,
         flags: 0,
-        reserved: [0; 6],
+        index_at: 0.into(),
+        reserved: [0; 2],
     }
     .seal(&[0; 16]);
     // In the payload past the write's first sector, 8-byte aligned in the file.

@@ -12,8 +12,9 @@
 //!   written; each append is durable on its own, and group commit coalesces
 //!   what is queued into writes of up to 4 MiB with one fdatasync each.
 //!   `Preallocation::Fallocate`, like the raw writer's fresh file.
-//! - Recovery: `open()` of that journal, which reads and verifies every
-//!   entry's checksums and rebuilds the ring index.
+//! - Recovery: `open()` of that journal, which reads each write's first
+//!   header and index (every byte of a tail nothing vouches for) and
+//!   rebuilds the ring index; payloads are verified when read (read-back).
 //! - Read-back: every op from 1 in order through `Journal::entries`, the
 //!   in-order walk, which reads the log in windows of
 //!   `ringstore_journal::ENTRIES_READ_AHEAD_BYTES`.

@@ -1,5 +1,5 @@
 //! Target `journal_files`: arbitrary bytes as a journal directory (on-disk
-//! format 2: a `superblock` file in two copies and a run of segment files).
+//! format 3: a `superblock` file in two copies and a run of segment files).
 //!
 //! Up to [`FILES_MAX`] segment files and a superblock are put into an
 //! in-memory disk ([`MemStorage`], no faults) and the journal is opened on
@@ -41,8 +41,9 @@
 //!   acknowledged write and after everything a later write vouches for): a
 //!   different tearing of the same crash; the cut then lies there too;
 //! * damage that cannot forge a checksum to a cleanly closed template is
-//!   refused or harmless: after a clean close every byte of the log is
-//!   vouched for, so recovery never cuts and never loses an acknowledged op;
+//!   refused or reported: after a clean close every byte of the log is
+//!   vouched for, so recovery never cuts and never loses an acknowledged op
+//!   (one whose payload is damaged fails to read, as corruption);
 //! * any damage that cannot forge a checksum or a header field, to a
 //!   template whose ops lie in file order: every acknowledged op lost is
 //!   named by the report as above ("never silently");
@@ -54,8 +55,10 @@
 //!   whose journal id the superblock carries (segments of another journal
 //!   are never served), and the watermark is one that was submitted;
 //! * a journal recording an owner refuses to open as another owner;
-//! * on this fault-free disk an entry recovery verified also verifies when
-//!   read, an entry served carries the op asked for, ops at or below the
+//! * on this fault-free disk a read fails only as corruption (recovery
+//!   reads a vouched-for write's first header and index, not its payloads:
+//!   damage there is reported by the read, and again after a second
+//!   recovery), an entry served carries the op asked for, ops at or below the
 //!   watermark are refused as compacted, `Recovery::Strict` never cuts, a
 //!   reported cut is well-formed (its op range and entry count agree; it is
 //!   the unrecorded end) and the unrecorded end's highest op is at least
@@ -80,7 +83,7 @@ use ringstore_journal::{
     segment_generation, Error, Journal, JournalBuilder, LogItem, Recovery, RecoveryReport,
     TailState,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::rc::Rc;
 use templates::builder;
@@ -135,7 +138,8 @@ enum Promise {
     /// another owner) and keeps every acknowledged op.
     Keep,
     /// A cleanly closed journal with damage that cannot forge a checksum:
-    /// refused, or every acknowledged op kept and nothing cut.
+    /// refused, or nothing cut and every acknowledged op kept or its read
+    /// failing as corruption (a payload a reopen does not read).
     RefuseOrKeep,
 }
 
@@ -439,7 +443,8 @@ async fn check(input: &Input, dir: &Dir, expect: &Expect<'_>) {
     // carries is the one whose entries may be served.
     let owner_template =
         journal_id.and_then(|id| expect.templates.iter().find(|t| t.journal_id == id));
-    let first = read_all(&journal, expect, owner_template, None).await;
+    let reads = read_all(&journal, expect, owner_template, None).await;
+    let first = &reads.present;
     trace(format_args!(
         "{name}: opened: watermark {watermark}, {} ops served, {}, journal {}, removed {:?}, \
          superblock repaired {:?}, stray {:?}",
@@ -483,7 +488,7 @@ async fn check(input: &Input, dir: &Dir, expect: &Expect<'_>) {
             "{name}: the undamaged journal opened with another journal id"
         );
         if own {
-            check_acked(name, template, expect.promise, &report, &first);
+            check_acked(name, template, expect.promise, &report, &reads);
         }
     }
 
@@ -556,7 +561,14 @@ async fn check(input: &Input, dir: &Dir, expect: &Expect<'_>) {
         journal.next_op()
     );
     let second = read_all(&journal, expect, owner_template, appended.as_ref()).await;
-    for (op, payload) in &first {
+    assert!(
+        second.corrupt == reads.corrupt,
+        "{name}: reads failing as corruption after the first recovery {:?}, after the second {:?}",
+        reads.corrupt,
+        second.corrupt
+    );
+    let second = second.present;
+    for (op, payload) in first {
         assert!(
             second.get(op) == Some(payload),
             "{name}: op {op} served after the first recovery is {} after the second",
@@ -577,20 +589,23 @@ async fn check(input: &Input, dir: &Dir, expect: &Expect<'_>) {
 }
 
 /// Checks what `promise` says of the template's acknowledged ops after a
-/// recovery that reported `report` and served `served`.
+/// recovery that reported `report` and served `reads` (an op whose read
+/// fails as corruption is reported, not lost).
 fn check_acked(
     name: &str,
     template: &Template,
     promise: Promise,
     report: &RecoveryReport,
-    served: &BTreeMap<u64, Vec<u8>>,
+    reads: &Reads,
 ) {
     let model = &template.model;
     let (watermark, tail) = (report.watermark, &report.tail);
     let lost: Vec<u64> = model
         .acked
         .range(watermark + 1..)
-        .filter(|(op, payload)| served.get(op) != Some(payload))
+        .filter(|(op, payload)| {
+            reads.present.get(op) != Some(payload) && !reads.corrupt.contains(op)
+        })
         .map(|(op, _)| *op)
         .collect();
     if promise >= Promise::Reported {
@@ -624,7 +639,13 @@ fn check_acked(
         Promise::Nothing | Promise::Reported => {}
         Promise::Keep => {
             // A crash touches no synced byte, so nothing acknowledged may
-            // be gone at all.
+            // be gone at all, nor fail to read.
+            assert!(
+                reads.corrupt.is_empty(),
+                "{name}: reading ops {:?} failed as corruption although only a crash touched \
+                 the files",
+                reads.corrupt
+            );
             assert!(
                 lost.is_empty(),
                 "{name}: acknowledged ops {lost:?} not served intact although only a crash \
@@ -669,15 +690,23 @@ fn check_acked(
     }
 }
 
+/// What reading every op found.
+struct Reads {
+    /// Ops served, with their bytes.
+    present: BTreeMap<u64, Vec<u8>>,
+    /// Ops whose read failed as corruption.
+    corrupt: BTreeSet<u64>,
+}
+
 /// Reads every op above the watermark (at most [`READS_MAX`]) through
 /// `entries` and checks each item; `appended` is an entry this target
-/// appended itself. Returns the present ones.
+/// appended itself.
 async fn read_all(
     journal: &Journal<MemStorage>,
     expect: &Expect<'_>,
     owner_template: Option<&Template>,
     appended: Option<&(u64, Vec<u8>)>,
-) -> BTreeMap<u64, Vec<u8>> {
+) -> Reads {
     let name = expect.name.as_str();
     let watermark = journal.watermark();
     if watermark > 0 {
@@ -688,10 +717,12 @@ async fn read_all(
         );
     }
     let mut present = BTreeMap::new();
+    let mut corrupt = BTreeSet::new();
     let last = journal.next_op().saturating_sub(1);
     let end = last.min(watermark.saturating_add(READS_MAX));
     let mut op = watermark + 1;
-    if op <= end {
+    while op <= end {
+        // An error ends an iteration: go on after the op that failed.
         let mut entries = journal.entries(op..=end);
         while let Some(item) = entries.next().await {
             match item {
@@ -736,14 +767,19 @@ async fn read_all(
                         "{name}: entries yielded Missing({missing}) for op {op}"
                     );
                 }
-                // A fault-free disk: recovery verified this entry, so its
-                // bytes must verify again.
+                // Recovery takes a write a later one vouches for from its
+                // index, without reading its payloads: damage there is
+                // reported by the read, as corruption.
+                Err(Error::Corruption { .. }) => {
+                    corrupt.insert(op);
+                }
                 Err(error) => panic!(
-                    "{name}: op {op} is indexed after recovery but reading it failed: {error}"
+                    "{name}: op {op} is indexed after recovery but reading it failed other \
+                     than as corruption: {error}"
                 ),
             }
             op += 1;
         }
     }
-    present
+    Reads { present, corrupt }
 }

@@ -34,9 +34,9 @@ use writer::{run_writer, Batch, BatchDone, BatchVecs, WriteTicket, WriterSignal}
 use crate::config::{Durability, JournalBuilder, JournalConfig};
 use crate::error::{Error, Result};
 use crate::format::{
-    align_down, align_up, check_entry_header, entry_footprint, EntryHeader, EntryKind, BLOCK_BYTES,
-    ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE, HARD_STATE_BYTES_MAX,
-    SEGMENT_DATA_OFFSET,
+    align_down, align_up, check_entry_header, entry_footprint, index_footprint, write_end,
+    EntryHeader, EntryKind, IndexRecord, BLOCK_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC,
+    FLAG_FIRST_IN_WRITE, HARD_STATE_BYTES_MAX, INDEX_RECORD_BYTES, SEGMENT_DATA_OFFSET,
 };
 use crate::glommio_quirks::reactor_turn;
 use crate::index::{Location, Lookup, Reservation, RingIndex};

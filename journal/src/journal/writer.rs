@@ -40,9 +40,17 @@ impl<B> Batch<B> {
     }
 
     /// Whether an entry of `footprint` bytes fits, with room left for the
-    /// padding header that may end the write.
+    /// write's index (one record more) and the padding header that may end
+    /// the write.
     pub(super) fn fits(&self, footprint: usize, batch_bytes_max: usize) -> bool {
-        self.len + footprint + ENTRY_HEADER_BYTES <= batch_bytes_max
+        let index = index_footprint(self.entries.len() + 1) as usize;
+        self.len + footprint + index + ENTRY_HEADER_BYTES <= batch_bytes_max
+    }
+
+    /// Bytes written for this batch: its entries, its index, and padding
+    /// up to the end of the write.
+    fn write_bytes(&self) -> u64 {
+        write_end((self.len as u64) + index_footprint(self.entries.len()))
     }
 }
 
@@ -248,7 +256,7 @@ impl<S: Storage> Shared<S> {
         while self.state.borrow().writes_in_flight >= writes_in_flight_max {
             notified(&self.pipeline).await;
         }
-        let total = write_bytes(batch.len);
+        let total = batch.write_bytes();
         let place = match self.place_batch(&batch, total).await {
             Ok(place) => place,
             Err(error) => return self.fail_unissued(batch, error),
@@ -338,7 +346,7 @@ impl<S: Storage> Shared<S> {
         place: &Placement<S::File>,
         total: u64,
     ) -> Result<()> {
-        stamp_headers(buf.as_bytes_mut(), &batch.entries, place, batch.len);
+        stamp_headers(buf.as_bytes_mut(), &batch.entries, place, batch.len, total);
         buf.trim_to(total as usize);
         if let Err(e) = place.file.write_at(buf, place.pos).await {
             return Err(self.poison(Error::io("write", &place.path, Some(place.pos), e)));
@@ -554,7 +562,9 @@ fn publish<F: StorageFile>(
                 state.hard_state = (entry.op, entry.hard_state.clone().unwrap_or_default());
                 state.stats.hard_states += 1;
             }
-            EntryKind::Padding => unreachable!("padding is added at stamping, never queued"),
+            EntryKind::Padding | EntryKind::WriteIndex => {
+                unreachable!("padding and the index are added at stamping, never queued")
+            }
         }
     }
     state.durable_watermark = state.durable_watermark.max(watermark);
@@ -579,23 +589,19 @@ fn publish<F: StorageFile>(
     stats.batch_entries_log2[bucket] += 1;
 }
 
-/// Bytes written for a batch of `len` bytes of entries: up to the next block
-/// boundary at which a padding entry header still fits, so that every write
-/// ends either exactly on a boundary or with a padding entry (recovery then
-/// never has to guess where a write ended).
-fn write_bytes(len: usize) -> u64 {
-    let len = len as u64;
-    if len.is_multiple_of(BLOCK_BYTES) {
-        len
-    } else {
-        align_up(len + ENTRY_HEADER_BYTES as u64, BLOCK_BYTES)
-    }
-}
-
 /// Writes each entry's header into the batch buffer now that its final
-/// position is known, and pads the tail up to the end of the write.
-fn stamp_headers<F>(buf: &mut [u8], entries: &[PendingEntry], place: &Placement<F>, len: usize) {
+/// position is known, then the write's index after the entries (at `len`),
+/// and pads the tail up to the end of the write (`total`).
+fn stamp_headers<F>(
+    buf: &mut [u8],
+    entries: &[PendingEntry],
+    place: &Placement<F>,
+    len: usize,
+    total: u64,
+) {
     let (generation, pos) = (place.generation, place.pos);
+    let index_at = (pos + len as u64) as u32;
+    let records_start = len + ENTRY_HEADER_BYTES;
     for (i, entry) in entries.iter().enumerate() {
         let first = i == 0;
         let header = EntryHeader {
@@ -615,32 +621,56 @@ fn stamp_headers<F>(buf: &mut [u8], entries: &[PendingEntry], place: &Placement<
             .into(),
             kind: entry.kind as u8,
             flags: if first { FLAG_FIRST_IN_WRITE } else { 0 },
-            reserved: [0; 6],
+            index_at: if first { index_at } else { 0 }.into(),
+            reserved: [0; 2],
         }
         .seal(&place.journal_id);
         buf[entry.batch_offset..entry.batch_offset + ENTRY_HEADER_BYTES]
             .copy_from_slice(header.as_bytes());
+        let record = records_start + i * INDEX_RECORD_BYTES;
+        buf[record..record + INDEX_RECORD_BYTES]
+            .copy_from_slice(IndexRecord::of(&header).as_bytes());
     }
-    let end = write_bytes(len) as usize;
-    buf[len..end].fill(0);
-    if end > len {
-        let gap = end - len;
+    let records_end = records_start + entries.len() * INDEX_RECORD_BYTES;
+    let index = EntryHeader {
+        checksum: 0.into(),
+        magic: ENTRY_MAGIC.into(),
+        op: (entries.len() as u64).into(),
+        epoch: 0.into(),
+        generation: generation.into(),
+        offset: index_at.into(),
+        payload_len: ((records_end - records_start) as u32).into(),
+        payload_checksum: crc32fast::hash(&buf[records_start..records_end]).into(),
+        durable_before: 0.into(),
+        kind: EntryKind::WriteIndex as u8,
+        flags: 0,
+        index_at: 0.into(),
+        reserved: [0; 2],
+    }
+    .seal(&place.journal_id);
+    buf[len..records_start].copy_from_slice(index.as_bytes());
+    let entries_end = len + index.footprint() as usize;
+    let end = total as usize;
+    buf[records_end..end].fill(0);
+    if end > entries_end {
+        let gap = end - entries_end;
         let padding = EntryHeader {
             checksum: 0.into(),
             magic: ENTRY_MAGIC.into(),
             op: 0.into(),
             epoch: 0.into(),
             generation: generation.into(),
-            offset: ((pos + len as u64) as u32).into(),
+            offset: ((pos + entries_end as u64) as u32).into(),
             payload_len: ((gap - ENTRY_HEADER_BYTES) as u32).into(),
             payload_checksum: 0.into(),
             durable_before: 0.into(),
             kind: EntryKind::Padding as u8,
             flags: 0,
-            reserved: [0; 6],
+            index_at: 0.into(),
+            reserved: [0; 2],
         }
         .seal(&place.journal_id);
-        buf[len..len + ENTRY_HEADER_BYTES].copy_from_slice(padding.as_bytes());
+        buf[entries_end..entries_end + ENTRY_HEADER_BYTES].copy_from_slice(padding.as_bytes());
     }
 }
 

@@ -351,6 +351,8 @@ struct MemFs {
     /// What [`Storage::latency_device`] answers (see
     /// [`MemStorage::set_latency_device`]).
     latency_device: Option<u64>,
+    /// Bytes returned by file reads so far ([`MemStorage::bytes_read`]).
+    bytes_read: u64,
 }
 
 impl MemFs {
@@ -563,6 +565,7 @@ impl MemStorage {
                 counts: FaultCounts::default(),
                 oneshots: Oneshots::default(),
                 latency_device: None,
+                bytes_read: 0,
             })),
         }
     }
@@ -606,6 +609,12 @@ impl MemStorage {
     /// How often each fault fired so far.
     pub fn fault_counts(&self) -> FaultCounts {
         self.fs.borrow().counts
+    }
+
+    /// Bytes file reads have returned so far: what a test pins about how
+    /// much an operation reads (recovery reads indexes, not payloads).
+    pub fn bytes_read(&self) -> u64 {
+        self.fs.borrow().bytes_read
     }
 
     /// The next `count` file syncs (fdatasync) fail with `errno`.
@@ -974,6 +983,7 @@ impl StorageFile for MemFile {
             let end = start.saturating_add(len).min(data.live.len());
             data.live[start..end].to_vec()
         };
+        fs.bytes_read += bytes.len() as u64;
         let flip = fs.faults.read_flip_rate;
         if !bytes.is_empty() && fs.chance(flip) {
             fs.counts.read_flips += 1;

@@ -95,7 +95,7 @@ pub struct DumpArgs {
     /// At most N entries (per shard).
     #[arg(long, value_name = "N")]
     limit: Option<u64>,
-    /// Also show padding entries.
+    /// Also show the structure: padding entries and each write's index.
     #[arg(long)]
     padding: bool,
 }
@@ -397,6 +397,11 @@ fn print_problems(out: &mut Out, shard: &ShardDir, report: &JournalReport) -> Re
              first damage (see README, \"After damage\")",
             shard.index
         ))?;
+    } else if !report.damage_found_on_read.is_empty() {
+        out.line(format_args!(
+            "  reopening opens this journal (it reads each write's first header and index, not              every payload), but reading the entries at the damaged place(s) fails;              `ringstore wal salvage --shard {}` cuts it at the first damage",
+            shard.index
+        ))?;
     }
     for leftover in &report.leftovers {
         out.line(format_args!(
@@ -543,7 +548,8 @@ struct Dumper<'a> {
 impl Dumper<'_> {
     fn wanted(&mut self, entry: &EntryInfo) -> bool {
         match entry.kind {
-            EntryKind::Padding => self.args.padding && self.last_in_range,
+            // Structure, not log: shown with --padding.
+            EntryKind::Padding | EntryKind::WriteIndex => self.args.padding && self.last_in_range,
             // Not an op: shown wherever the range is.
             EntryKind::HardState => true,
             EntryKind::Data | EntryKind::Watermark | EntryKind::Truncate => {
@@ -586,10 +592,13 @@ impl Dumper<'_> {
                     "hard state {}",
                     output::hex_prefix(payload, HEX_PREFIX_BYTES)
                 ),
+                (EntryKind::WriteIndex, _) => format!("index of the write's {} entries", entry.op),
                 (EntryKind::Padding, _) => String::new(),
             };
             let op = match entry.kind {
-                EntryKind::Padding | EntryKind::HardState => "-".to_string(),
+                EntryKind::Padding | EntryKind::HardState | EntryKind::WriteIndex => {
+                    "-".to_string()
+                }
                 _ => entry.op.to_string(),
             };
             let line = format!(
@@ -716,6 +725,7 @@ fn kind_name(kind: EntryKind) -> &'static str {
         EntryKind::Padding => "padding",
         EntryKind::Truncate => "truncate",
         EntryKind::HardState => "hardstate",
+        EntryKind::WriteIndex => "index",
     }
 }
 
@@ -844,6 +854,7 @@ fn shard_json(shard: &ShardDir, report: &JournalReport) -> Value {
         "planned": report.planned,
         "superblock": report.superblock.as_ref().map(superblock_json),
         "damage": damage_json(&report.damage),
+        "damage_found_on_read": damage_json(&report.damage_found_on_read),
         "leftovers": report
             .leftovers
             .iter()
