@@ -136,8 +136,8 @@ const SCAN_READ_BYTES: u64 = 1 << 20;
 /// Scan reads kept in flight ahead of the one being parsed.
 const SCAN_READS_AHEAD: usize = 4;
 /// A scan skipping from index to index reads sequentially (and ahead)
-/// while its next bytes lie less than this past what it read last, and
-/// reads just the blocks it needs after a longer jump.
+/// while its next bytes lie less than this past what it read last, twice
+/// in a row, and otherwise reads just the blocks it needs.
 const SPARSE_JUMP_BYTES: u64 = SCAN_READ_BYTES;
 /// Least bytes read after a jump: a write's index, its padding and the
 /// next write's first header usually lie within them.
@@ -299,6 +299,8 @@ struct ScanReader<F: StorageFile> {
     /// The read of `[start, start + SCAN_READ_BYTES)` already issued.
     ahead:
         std::collections::VecDeque<(u64, glommio::task::JoinHandle<std::io::Result<F::ReadBuf>>)>,
+    /// The last sparse read the window did not hold was near its end.
+    last_miss_near: bool,
 }
 
 impl<F: StorageFile> ScanReader<F> {
@@ -309,6 +311,7 @@ impl<F: StorageFile> ScanReader<F> {
             start: 0,
             bytes: Vec::new(),
             ahead: std::collections::VecDeque::new(),
+            last_miss_near: false,
         }
     }
 
@@ -380,20 +383,28 @@ impl<F: StorageFile> ScanReader<F> {
         Ok(&self.bytes[from..to])
     }
 
-    /// Bytes `[pos, pos + len)` for a scan that skips from index to index:
-    /// near what was read, the sequential reads of [`Self::get`]; after a
-    /// jump, only the blocks holding them (at least
-    /// `SPARSE_READ_BYTES`), with nothing read ahead.
+    /// Bytes `[pos, pos + len)` for a scan that skips from index to index.
+    /// Where the writes are small, the indexes lie close together and the
+    /// sequential reads of [`Self::get`] (with read-ahead) are fastest;
+    /// where they are large, read-ahead would read the payloads the scan
+    /// skips. So: two misses in a row less than `SPARSE_JUMP_BYTES` past
+    /// what was read go sequential; any other miss reads just the blocks
+    /// asked for (at least `SPARSE_READ_BYTES`), with nothing read ahead.
     async fn get_sparse(&mut self, pos: u64, len: u64) -> std::io::Result<&[u8]> {
         if pos >= self.file_len {
             return Ok(&[]);
         }
         let end = pos.saturating_add(len).min(self.file_len);
         let window_end = self.start + self.bytes.len() as u64;
+        if pos >= self.start && end <= window_end {
+            return self.get(pos, len).await;
+        }
         let near = !self.bytes.is_empty()
             && pos >= self.start
             && pos < window_end.saturating_add(SPARSE_JUMP_BYTES);
-        if near {
+        let dense = near && self.last_miss_near;
+        self.last_miss_near = near;
+        if dense {
             return self.get(pos, len).await;
         }
         self.ahead.clear();
