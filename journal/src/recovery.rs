@@ -133,6 +133,8 @@ use std::rc::Rc;
 
 /// Bytes read per call while scanning.
 const SCAN_READ_BYTES: u64 = 1 << 20;
+/// Segments scanned at once.
+const SEGMENT_SCANS_IN_FLIGHT: usize = 4;
 /// Scan reads kept in flight ahead of the one being parsed.
 const SCAN_READS_AHEAD: usize = 4;
 /// A scan skipping from index to index reads sequentially (and ahead)
@@ -441,6 +443,18 @@ struct SegmentScan {
     hard_state: Option<(u64, Vec<u8>)>,
     /// It holds a truncation record.
     truncated: bool,
+    /// Its data entries and truncations, in log order.
+    items: Vec<ScanItem>,
+}
+
+/// What the ring index learns from a segment's scan.
+enum ScanItem {
+    Data {
+        op: u64,
+        epoch: u64,
+        location: Location,
+    },
+    Truncate(u64),
 }
 
 impl From<Refusal> for Error {
@@ -582,16 +596,49 @@ pub(crate) async fn recover<S: Storage>(
     let mut hard_state = None;
     let mut truncated = false;
     let count = plan.segments.len();
-    for (i, planned) in plan.segments.into_iter().enumerate() {
-        let position = files
-            .iter()
-            .position(|(g, _, _)| *g == planned.generation)
-            .expect("the plan only names segments that were opened");
-        let (_, file, len) = files.remove(position);
+    // Segments are scanned a few at a time (a scan from index to index is a
+    // chain of small reads, each waiting for the last) and applied to the
+    // index in log order; the first error in log order is the one returned.
+    let mut scans = std::collections::VecDeque::new();
+    let mut planned_segments = plan.segments.into_iter().enumerate();
+    loop {
+        while scans.len() < SEGMENT_SCANS_IN_FLIGHT {
+            let Some((i, planned)) = planned_segments.next() else {
+                break;
+            };
+            let position = files
+                .iter()
+                .position(|(g, _, _)| *g == planned.generation)
+                .expect("the plan only names segments that were opened");
+            let (_, file, len) = files.remove(position);
+            let file = Rc::new(file);
+            let scan = glommio::spawn_local(scan_segment(
+                file.clone(),
+                planned.clone(),
+                len,
+                config.recovery,
+            ))
+            .detach();
+            scans.push_back((i, planned, file, scan));
+        }
+        let Some((i, planned, file, scan)) = scans.pop_front() else {
+            break;
+        };
         let header = planned.header;
         watermark = watermark.max(header.watermark.get());
-        let file = Rc::new(file);
-        let scan = scan_segment(file.clone(), &planned, len, config, &mut index).await?;
+        let mut scan = scan.await.expect("a scan task is never cancelled")?;
+        for item in std::mem::take(&mut scan.items) {
+            match item {
+                ScanItem::Data {
+                    op,
+                    epoch,
+                    location,
+                } => index.insert_recovered(op, epoch, location),
+                // In log order: the entries above it written before it
+                // are gone, those written after it stay.
+                ScanItem::Truncate(op) => index.truncate_recovered(op),
+            }
+        }
         watermark = watermark.max(scan.watermark);
         max_op = max_op.max(scan.max_op);
         max_epoch = max_epoch.max(scan.max_epoch);
@@ -730,13 +777,13 @@ async fn read_facts<F: StorageFile>(
     })
 }
 
-/// Drives the verifier over one segment, recording every entry.
+/// Drives the verifier over one segment, recording every entry (in
+/// `SegmentScan::items`, for the ring index, in log order).
 async fn scan_segment<F: StorageFile>(
     file: Rc<F>,
-    planned: &PlannedSegment,
+    planned: PlannedSegment,
     file_len: u64,
-    config: &JournalConfig,
-    index: &mut RingIndex,
+    recovery: Recovery,
 ) -> Result<SegmentScan> {
     let path = &planned.path;
     let mut reader = ScanReader::new(file, file_len);
@@ -752,6 +799,7 @@ async fn scan_segment<F: StorageFile>(
         transient_read_faults: 0,
         hard_state: None,
         truncated: false,
+        items: Vec::new(),
     };
     let mut step = scanner.step(None);
     let outcome = loop {
@@ -774,14 +822,14 @@ async fn scan_segment<F: StorageFile>(
             }
             Step::Entry(header) => {
                 match header.entry_kind() {
-                    Some(EntryKind::Data) => record_entry(&mut scan, &header, index),
+                    Some(EntryKind::Data) => record_entry(&mut scan, &header),
                     Some(EntryKind::Watermark) => {
                         scan.watermark = scan.watermark.max(header.op.get());
                     }
                     // In log order: the entries above it written before it
                     // are gone, those written after it stay.
                     Some(EntryKind::Truncate) => {
-                        index.truncate_recovered(header.op.get());
+                        scan.items.push(ScanItem::Truncate(header.op.get()));
                         scan.truncated = true;
                     }
                     Some(EntryKind::HardState) => {
@@ -818,7 +866,7 @@ async fn scan_segment<F: StorageFile>(
         }
         SegmentOutcome::Cut(cut) => {
             let ops = describe_cut_ops(cut.ops, cut.entries);
-            if config.recovery == Recovery::Strict {
+            if recovery == Recovery::Strict {
                 return Err(Error::corruption(
                     path,
                     cut.offset,
@@ -848,7 +896,7 @@ async fn scan_segment<F: StorageFile>(
     Ok(scan)
 }
 
-fn record_entry(scan: &mut SegmentScan, header: &EntryHeader, index: &mut RingIndex) {
+fn record_entry(scan: &mut SegmentScan, header: &EntryHeader) {
     let op = header.op.get();
     let epoch = header.epoch.get();
     scan.max_op = scan.max_op.max(op);
@@ -860,7 +908,11 @@ fn record_entry(scan: &mut SegmentScan, header: &EntryHeader, index: &mut RingIn
         offset: header.offset.get(),
         payload_len: header.payload_len.get(),
     };
-    index.insert_recovered(op, epoch, location);
+    scan.items.push(ScanItem::Data {
+        op,
+        epoch,
+        location,
+    });
 }
 
 /// Reads the superblock file after an fdatasync, so what recovery acts on
