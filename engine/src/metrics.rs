@@ -15,6 +15,9 @@
 //! | `ringstore_journal_writes_total` | counter | group-commit writes |
 //! | `ringstore_journal_fsyncs_total` | counter | durability points (fdatasync or O_DSYNC writes) |
 //! | `ringstore_journal_batches_total` | counter, label `entries` | group commits by size: `1`, `2-3`, `4-7`, ... |
+//! | `ringstore_journal_scrub_passes_total` | counter | passes of the journal's scrubber over every segment (`JournalBuilder::scrub_rate`, through `ShardBuilder::journal`) |
+//! | `ringstore_journal_scrub_bytes_total` | counter | bytes the scrubber read |
+//! | `ringstore_journal_scrub_damage_total` | counter | places the scrubber found damaged (each also logged with its file and offset; reading the entries there fails) |
 //! | `ringstore_ring_slots_used` | gauge | ring slots holding ops above the watermark |
 //! | `ringstore_ring_slots` | gauge | ring slots in all |
 //! | `ringstore_checkpoints_total` | counter | checkpoints that wrote a snapshot |
@@ -85,6 +88,9 @@ pub(crate) struct ShardMetrics {
     journal_bytes: Counter,
     journal_writes: Counter,
     journal_fsyncs: Counter,
+    journal_scrub_passes: Counter,
+    journal_scrub_bytes: Counter,
+    journal_scrub_damage: Counter,
     journal_batches: Vec<Counter>,
     ring_slots_used: Gauge,
     ring_slots: Gauge,
@@ -159,6 +165,9 @@ impl ShardMetrics {
             journal_bytes: counter("ringstore_journal_bytes_written_total"),
             journal_writes: counter("ringstore_journal_writes_total"),
             journal_fsyncs: counter("ringstore_journal_fsyncs_total"),
+            journal_scrub_passes: counter("ringstore_journal_scrub_passes_total"),
+            journal_scrub_bytes: counter("ringstore_journal_scrub_bytes_total"),
+            journal_scrub_damage: counter("ringstore_journal_scrub_damage_total"),
             journal_batches,
             ring_slots_used: metrics::gauge!("ringstore_ring_slots_used", "shard" => label.clone()),
             ring_slots: metrics::gauge!("ringstore_ring_slots", "shard" => label.clone()),
@@ -230,6 +239,9 @@ impl ShardMetrics {
         self.journal_bytes.absolute(journal.bytes_written);
         self.journal_writes.absolute(journal.writes);
         self.journal_fsyncs.absolute(journal.fsyncs);
+        self.journal_scrub_passes.absolute(journal.scrub_passes);
+        self.journal_scrub_bytes.absolute(journal.scrub_bytes);
+        self.journal_scrub_damage.absolute(journal.scrub_damage);
         for (counter, &count) in self.journal_batches.iter().zip(&journal.batch_entries_log2) {
             counter.absolute(count);
         }

@@ -123,6 +123,8 @@ pub struct JournalConfig {
     pub writes_in_flight: u32,
     /// Who the journal must belong to (checked against its superblock).
     pub owner: Option<JournalOwner>,
+    /// The scrubber's read rate (`None`: no scrubber).
+    pub scrub_bytes_per_second: Option<std::num::NonZeroU64>,
 }
 
 /// Builds and opens a [`Journal`]. See [`Journal::builder`].
@@ -149,6 +151,7 @@ impl JournalBuilder<DmaStorage> {
                 preallocation: Preallocation::default(),
                 writes_in_flight: WRITES_IN_FLIGHT_DEFAULT,
                 owner: None,
+                scrub_bytes_per_second: None,
             },
             storage: DmaStorage::new(),
         }
@@ -238,6 +241,18 @@ impl<S: Storage> JournalBuilder<S> {
     /// Default: none, and any journal opens.
     pub fn owner(mut self, owner: JournalOwner) -> Self {
         self.config.owner = Some(owner);
+        self
+    }
+
+    /// Runs a scrubber that re-reads every segment, every byte, verifying
+    /// it the way `ringstore wal verify` does, reading `bytes_per_second`
+    /// on average, pass after pass. Recovery reads each write's index, not
+    /// its payloads, so a payload damaged at rest is otherwise found only
+    /// when its entry is read; the scrubber reports it (a log line,
+    /// `JournalStats::scrub_damage`, [`crate::Journal::scrub_damage`]) and
+    /// changes nothing. Default 0: no scrubber.
+    pub fn scrub_rate(mut self, bytes_per_second: u64) -> Self {
+        self.config.scrub_bytes_per_second = std::num::NonZeroU64::new(bytes_per_second);
         self
     }
 

@@ -21,11 +21,13 @@
 mod open;
 mod reader;
 mod rollover;
+mod scrub;
 mod superblock_io;
 mod watermark;
 mod writer;
 
 pub use reader::{Entries, ENTRIES_READ_AHEAD_BYTES};
+pub use scrub::SCRUB_DAMAGE_KEPT;
 
 use rollover::{next_generation, record_rollover};
 use superblock_io::{create_superblock, write_superblock};
@@ -172,6 +174,13 @@ pub struct JournalStats {
     /// The durability in use ([`Durability::Auto`] resolved at open: see
     /// [`Journal::durability_choice`]).
     pub durability: Durability,
+    /// Passes of the scrubber over every segment
+    /// ([`JournalBuilder::scrub_rate`]).
+    pub scrub_passes: u64,
+    /// Bytes the scrubber read.
+    pub scrub_bytes: u64,
+    /// Places the scrubber found damaged ([`Journal::scrub_damage`]).
+    pub scrub_damage: u64,
 }
 
 /// A write-ahead log owned by one shard. Cheap to clone (all clones are the
@@ -234,6 +243,8 @@ struct Shared<S: Storage> {
     superblock_busy: Cell<bool>,
     /// Wakes an update waiting for the running one.
     superblock_idle: Event,
+    /// Damage the scrubber found (see [`Journal::scrub_damage`]).
+    scrub_damage: RefCell<Vec<crate::verify::Damage>>,
 }
 
 impl<S: Storage> Drop for Shared<S> {

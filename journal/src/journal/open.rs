@@ -222,11 +222,15 @@ impl<S: Storage> Journal<S> {
             superblock: RefCell::new((sb, sequence)),
             superblock_busy: Cell::new(false),
             superblock_idle: Event::new(),
+            scrub_damage: RefCell::new(Vec::new()),
         });
         if !needs_fresh_segment {
             shared.prepare_spare();
         }
         glommio::spawn_local(run_writer(Rc::downgrade(&shared), shared.work.clone())).detach();
+        if let Some(rate) = shared.config.scrub_bytes_per_second {
+            glommio::spawn_local(scrub::run_scrubber(Rc::downgrade(&shared), rate.get())).detach();
+        }
         Ok(Journal { shared })
     }
 }

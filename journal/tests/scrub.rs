@@ -1,0 +1,134 @@
+//! The scrubber (`JournalBuilder::scrub_rate`) on the real disk: it finds
+//! payload damage that a reopen leaves to reads, at the file and offset
+//! `ringstore wal verify` and the read of the entry name, reports each
+//! place once, reads a clean journal without a word, and keeps to its rate.
+mod common;
+use common::*;
+use ringstore_journal::inspect::scan_journal;
+use ringstore_journal::{Error, Journal, JournalBuilder};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const OPS: u64 = 12;
+const PAYLOAD: usize = 300;
+/// How long a test waits for a scrub pass before it fails.
+const PASS_WAIT_MAX: Duration = Duration::from_secs(20);
+
+fn builder(path: &Path) -> JournalBuilder {
+    Journal::builder(path)
+        .segment_bytes(1 << 20)
+        .batch_bytes_max(64 << 10)
+        .entry_bytes_max(16 << 10)
+        .slot_count(256)
+}
+
+/// Ops 1..=OPS, one write each (op `k` at byte 4096 * k of segment 1),
+/// then a clean close.
+fn write_journal(path: &Path) {
+    let p = path.to_path_buf();
+    run(move || async move {
+        let journal = builder(&p).open().await.unwrap();
+        for op in 1..=OPS {
+            assert_eq!(journal.append(&payload(op, PAYLOAD)).await.unwrap(), op);
+        }
+        journal.close().await.unwrap();
+    });
+}
+
+/// Waits until the scrubber has finished `passes` passes.
+async fn wait_for_passes(journal: &Journal, passes: u64) {
+    let started = Instant::now();
+    while journal.stats().scrub_passes < passes {
+        assert!(
+            started.elapsed() < PASS_WAIT_MAX,
+            "no scrub pass within {PASS_WAIT_MAX:?}: {:?}",
+            journal.stats()
+        );
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[test]
+fn the_scrubber_reports_damage_a_reopen_leaves_to_reads() {
+    let dir = temp_dir();
+    let path = dir.path().join("journal");
+    write_journal(&path);
+    let segment = segment_path(&path, 1);
+    let damaged_op = 3;
+    flip_bit(&segment, 4096 * damaged_op + 56 + 5, 2);
+    let scanned = scan_journal(&path, &mut ()).unwrap();
+    assert_eq!(scanned.damage_found_on_read.len(), 1);
+    let verified = scanned.damage_found_on_read[0].clone();
+    let p = path.clone();
+    run(move || async move {
+        let journal = builder(&p).scrub_rate(256 << 20).open().await.unwrap();
+        wait_for_passes(&journal, 1).await;
+        let stats = journal.stats();
+        assert_eq!(stats.scrub_damage, 1, "{stats:?}");
+        let found = journal.scrub_damage();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (&found[0].path, found[0].offset, &found[0].reason),
+            (&verified.path, verified.offset, &verified.reason),
+            "the scrubber and `wal verify` name the same damage"
+        );
+        match journal.read(damaged_op).await {
+            Err(Error::Corruption { path, offset, .. }) => {
+                assert_eq!((&path, offset), (&found[0].path, found[0].offset))
+            }
+            other => panic!("reading op {damaged_op} gave {other:?}"),
+        }
+        for op in (1..=OPS).filter(|op| *op != damaged_op) {
+            let entry = journal.read(op).await.unwrap().unwrap();
+            assert_eq!(entry.payload, payload(op, PAYLOAD));
+        }
+        // Found again by the next pass, reported once.
+        wait_for_passes(&journal, 2).await;
+        assert_eq!(journal.stats().scrub_damage, 1);
+        assert_eq!(journal.scrub_damage().len(), 1);
+        journal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_clean_journal_is_scrubbed_without_a_word_and_at_its_rate() {
+    let dir = temp_dir();
+    let path = dir.path().join("journal");
+    write_journal(&path);
+    let p = path.clone();
+    run(move || async move {
+        let journal = builder(&p).scrub_rate(256 << 20).open().await.unwrap();
+        wait_for_passes(&journal, 1).await;
+        let stats = journal.stats();
+        assert_eq!(stats.scrub_damage, 0, "{stats:?}");
+        assert!(journal.scrub_damage().is_empty());
+        // Every byte of the log was read: the header block and OPS writes.
+        assert!(stats.scrub_bytes >= 4096 * (OPS + 1), "{stats:?}");
+        journal.close().await.unwrap();
+
+        // A slow rate: never more than the rate allows (plus one read).
+        let rate = 64 << 10;
+        let journal = builder(&p).scrub_rate(rate).open().await.unwrap();
+        let started = Instant::now();
+        glommio::timer::sleep(Duration::from_millis(300)).await;
+        let allowed = (rate as f64 * started.elapsed().as_secs_f64()) as u64 + (1 << 20) + 4096;
+        let read = journal.stats().scrub_bytes;
+        assert!(read <= allowed, "read {read} bytes, {allowed} allowed");
+        journal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn without_a_rate_there_is_no_scrubber() {
+    let dir = temp_dir();
+    let path = dir.path().join("journal");
+    write_journal(&path);
+    let p = path.clone();
+    run(move || async move {
+        let journal = builder(&p).open().await.unwrap();
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        let stats = journal.stats();
+        assert_eq!((stats.scrub_passes, stats.scrub_bytes), (0, 0));
+        journal.close().await.unwrap();
+    });
+}
