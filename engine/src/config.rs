@@ -85,6 +85,9 @@ pub struct ShardConfig {
     pub upload_mode: Option<UploadMode>,
     /// Snapshot generations kept in object storage (0: no object store).
     pub remote_snapshot_generations: usize,
+    /// The scrubbers' read rate, each of the journal's and the snapshots'
+    /// (`None`: no scrubbing; see [`ShardBuilder::scrub_rate`]).
+    pub scrub_bytes_per_second: Option<std::num::NonZeroU64>,
 }
 
 type JournalSetup<S> = Box<dyn FnOnce(JournalBuilder<S>) -> JournalBuilder<S>>;
@@ -110,6 +113,7 @@ pub struct ShardBuilder<M: StateMachine, S: Storage = DmaStorage> {
     /// Which shard of how many this is (recorded in the journal's
     /// superblock next to the domain).
     pub(crate) placement: Option<(u32, u32)>,
+    pub(crate) scrub_bytes_per_second: Option<std::num::NonZeroU64>,
     pub(crate) machine: PhantomData<M>,
 }
 
@@ -127,6 +131,7 @@ impl<M: StateMachine> ShardBuilder<M, DmaStorage> {
             object_store: None,
             restore_domain: None,
             placement: None,
+            scrub_bytes_per_second: None,
             machine: PhantomData,
         }
     }
@@ -162,6 +167,7 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
             object_store: self.object_store,
             restore_domain: self.restore_domain,
             placement: self.placement,
+            scrub_bytes_per_second: self.scrub_bytes_per_second,
             machine: PhantomData,
         }
     }
@@ -174,6 +180,21 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
         setup: impl FnOnce(JournalBuilder<S>) -> JournalBuilder<S> + 'static,
     ) -> Self {
         self.journal_setup = Box::new(setup);
+        self
+    }
+
+    /// Scrubs the shard's durable files in the background: the journal's
+    /// scrubber (`ringstore_journal::JournalBuilder::scrub_rate`) and one
+    /// that re-reads every snapshot generation, every byte, with the
+    /// verifier a load uses, each reading `bytes_per_second` on average,
+    /// pass after pass. Damage is logged with its file and offset and
+    /// counted (`ShardStats::snapshot_scrub_damage`,
+    /// `ringstore_snapshot_scrub_damage_total`; the journal's in
+    /// `ShardStats::journal`), never repaired: a read of a damaged entry
+    /// fails, an open passes over a damaged snapshot, an upload refuses
+    /// it. Default 0: no scrubbing.
+    pub fn scrub_rate(mut self, bytes_per_second: u64) -> Self {
+        self.scrub_bytes_per_second = std::num::NonZeroU64::new(bytes_per_second);
         self
     }
 
@@ -289,6 +310,7 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
                 .object_store
                 .as_ref()
                 .map_or(0, ObjectStoreSettings::generations),
+            scrub_bytes_per_second: self.scrub_bytes_per_second,
         })
     }
 

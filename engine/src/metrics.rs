@@ -18,6 +18,8 @@
 //! | `ringstore_journal_scrub_passes_total` | counter | passes of the journal's scrubber over every segment (`JournalBuilder::scrub_rate`, through `ShardBuilder::journal`) |
 //! | `ringstore_journal_scrub_bytes_total` | counter | bytes the scrubber read |
 //! | `ringstore_journal_scrub_damage_total` | counter | places the scrubber found damaged (each also logged with its file and offset; reading the entries there fails) |
+//! | `ringstore_snapshot_scrub_passes_total` | counter | passes of the snapshot scrubber over every snapshot generation (`ShardBuilder::scrub_rate`) |
+//! | `ringstore_snapshot_scrub_damage_total` | counter | snapshot files the scrubber found damaged (each also logged with its file and offset) |
 //! | `ringstore_ring_slots_used` | gauge | ring slots holding ops above the watermark |
 //! | `ringstore_ring_slots` | gauge | ring slots in all |
 //! | `ringstore_checkpoints_total` | counter | checkpoints that wrote a snapshot |
@@ -91,6 +93,8 @@ pub(crate) struct ShardMetrics {
     journal_scrub_passes: Counter,
     journal_scrub_bytes: Counter,
     journal_scrub_damage: Counter,
+    snapshot_scrub_passes: Counter,
+    snapshot_scrub_damage: Counter,
     journal_batches: Vec<Counter>,
     ring_slots_used: Gauge,
     ring_slots: Gauge,
@@ -168,6 +172,8 @@ impl ShardMetrics {
             journal_scrub_passes: counter("ringstore_journal_scrub_passes_total"),
             journal_scrub_bytes: counter("ringstore_journal_scrub_bytes_total"),
             journal_scrub_damage: counter("ringstore_journal_scrub_damage_total"),
+            snapshot_scrub_passes: counter("ringstore_snapshot_scrub_passes_total"),
+            snapshot_scrub_damage: counter("ringstore_snapshot_scrub_damage_total"),
             journal_batches,
             ring_slots_used: metrics::gauge!("ringstore_ring_slots_used", "shard" => label.clone()),
             ring_slots: metrics::gauge!("ringstore_ring_slots", "shard" => label.clone()),
@@ -227,6 +233,14 @@ impl ShardMetrics {
 
     pub fn record_remote_deleted(&self, generations: u64) {
         self.remote_snapshots_deleted.increment(generations);
+    }
+
+    pub fn record_snapshot_scrub_pass(&self) {
+        self.snapshot_scrub_passes.increment(1);
+    }
+
+    pub fn record_snapshot_scrub_damage(&self) {
+        self.snapshot_scrub_damage.increment(1);
     }
 
     pub fn record_retention_failure(&self) {

@@ -192,8 +192,11 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
         shard,
         shards,
     };
-    let journal_builder =
+    let mut journal_builder =
         journal_setup(Journal::builder(&journal_dir).storage(storage.clone())).owner(owner);
+    if let Some(rate) = builder.scrub_bytes_per_second {
+        journal_builder = journal_builder.scrub_rate(rate.get());
+    }
     let journal = journal_builder.open().await.map_err(|e| match e {
         ringstore_journal::Error::WrongOwner {
             path,

@@ -124,6 +124,15 @@ pub struct ShardStats {
     pub remote_snapshots_deleted: u64,
     /// Retention passes that failed (retried after the next upload).
     pub remote_retention_failures: u64,
+    /// Passes of the snapshot scrubber over every snapshot generation
+    /// ([`crate::ShardBuilder::scrub_rate`]).
+    pub snapshot_scrub_passes: u64,
+    /// Snapshot files the scrubber found damaged (each logged with its file
+    /// and offset; counted once per place).
+    pub snapshot_scrub_damage: u64,
+    /// Snapshot files the scrubber could not read (each logged; tried
+    /// again next pass).
+    pub snapshot_scrub_read_errors: u64,
 }
 
 /// What [`Shard::checkpoint`] did.
@@ -198,6 +207,8 @@ pub(crate) struct Inner<M: StateMachine, S: Storage> {
     pub objects: Option<ShardObjects>,
     pub metrics: ShardMetrics,
     metrics_task: RefCell<Option<glommio::Task<()>>>,
+    /// The snapshot scrubber, if it runs.
+    scrub_task: RefCell<Option<glommio::Task<()>>>,
     /// `<dir>/lock`, held until the shard is closed.
     lock: RefCell<Option<DirLock>>,
 }
@@ -283,10 +294,15 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             objects,
             metrics,
             metrics_task: RefCell::new(None),
+            scrub_task: RefCell::new(None),
             lock: RefCell::new(recovered.lock),
         });
         let task = glommio::spawn_local(publish_metrics(Rc::downgrade(&inner)));
         *inner.metrics_task.borrow_mut() = Some(task);
+        if let Some(rate) = inner.config.scrub_bytes_per_second {
+            let task = glommio::spawn_local(scrub_snapshots(Rc::downgrade(&inner), rate));
+            *inner.scrub_task.borrow_mut() = Some(task);
+        }
         if automatic {
             let task = glommio::spawn_local(run_compaction(Rc::downgrade(&inner)));
             *inner.compaction_task.borrow_mut() = Some(task);
@@ -743,8 +759,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             Some(objects) => objects.close().await,
             None => Ok(()),
         };
-        // Dropping the publisher's handle cancels it.
+        // Dropping the publisher's and the scrubber's handles cancels them.
         drop(self.inner.metrics_task.borrow_mut().take());
+        drop(self.inner.scrub_task.borrow_mut().take());
         let closed = self
             .inner
             .journal
@@ -1044,6 +1061,86 @@ impl<M: StateMachine, S: Storage> Drop for CheckpointGuard<'_, M, S> {
 
 /// Publishes the journal's counters every [`METRICS_PUBLISH_INTERVAL`] until
 /// the shard closes (its handle is dropped) or goes away.
+/// Pause between two passes of the snapshot scrubber.
+const SNAPSHOT_SCRUB_PASS_PAUSE: Duration = Duration::from_millis(100);
+
+/// The snapshot scrubber: every generation, every byte, pass after pass, at
+/// `rate` (see [`crate::ShardBuilder::scrub_rate`]).
+async fn scrub_snapshots<M: StateMachine, S: Storage>(
+    inner: Weak<Inner<M, S>>,
+    rate: std::num::NonZeroU64,
+) {
+    let mut pacer = ringstore_journal::pace::Pacer::new(rate);
+    let mut reported: Vec<(PathBuf, u64)> = Vec::new();
+    let open = || {
+        inner
+            .upgrade()
+            .is_some_and(|inner| !inner.progress.borrow().closing)
+    };
+    loop {
+        let (storage, domain, generations) = match inner.upgrade() {
+            Some(inner) if !inner.progress.borrow().closing => (
+                inner.storage.clone(),
+                inner.domain.get(),
+                inner.snapshots.generations(),
+            ),
+            _ => return,
+        };
+        let generations = match generations {
+            Ok(generations) => generations,
+            Err(error) => {
+                tracing::warn!(%error, "the snapshot scrubber could not list the snapshots");
+                Vec::new()
+            }
+        };
+        for (_, path) in generations {
+            let scrubbed =
+                crate::snapshot::scrub_snapshot(&storage, &path, Some(domain), &mut pacer, &open)
+                    .await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            match scrubbed {
+                Ok(None) => {}
+                Ok(Some(damage)) => {
+                    if reported
+                        .iter()
+                        .any(|(p, o)| *p == damage.path && *o == damage.offset)
+                    {
+                        continue;
+                    }
+                    tracing::error!(
+                        path = %damage.path.display(),
+                        offset = damage.offset,
+                        reason = %damage.reason(),
+                        "the snapshot scrubber found damage: an open passes over this snapshot \
+                         and an upload refuses it"
+                    );
+                    reported.push((damage.path, damage.offset));
+                    inner.progress.borrow_mut().stats.snapshot_scrub_damage += 1;
+                    inner.metrics.record_snapshot_scrub_damage();
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        %error,
+                        "the snapshot scrubber could not read a snapshot; it tries again next pass"
+                    );
+                    inner.progress.borrow_mut().stats.snapshot_scrub_read_errors += 1;
+                }
+            }
+        }
+        match inner.upgrade() {
+            Some(inner) => {
+                inner.progress.borrow_mut().stats.snapshot_scrub_passes += 1;
+                inner.metrics.record_snapshot_scrub_pass();
+            }
+            None => return,
+        }
+        glommio::timer::sleep(SNAPSHOT_SCRUB_PASS_PAUSE).await;
+    }
+}
+
 async fn publish_metrics<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
     loop {
         glommio::timer::sleep(METRICS_PUBLISH_INTERVAL).await;

@@ -30,6 +30,7 @@ pub mod glommio_quirks;
 mod index;
 pub mod inspect;
 mod journal;
+pub mod pace;
 pub mod recovery;
 pub mod salvage;
 mod segment;

@@ -76,7 +76,8 @@
 //! are read in full, under the table below. A payload, or an entry header
 //! after the first, inside a vouched-for write is not read: a damaged one is
 //! reported by the first read of that entry (`Error::Corruption` with the
-//! file and offset) and by `ringstore wal verify`, which reads every byte
+//! file and offset), by the scrubber (`JournalBuilder::scrub_rate`) and by
+//! `ringstore wal verify`, which reads every byte
 //! (see FORMAT.md, "Recovery", for the two verdicts side by side). Such an
 //! entry can only be damaged at rest — it was durable when a later write
 //! was issued — so no crash explains it and nothing would be cut for it.

@@ -101,6 +101,7 @@ fn a_clean_journal_is_scrubbed_without_a_word_and_at_its_rate() {
         wait_for_passes(&journal, 1).await;
         let stats = journal.stats();
         assert_eq!(stats.scrub_damage, 0, "{stats:?}");
+        assert_eq!(stats.scrub_read_errors, 0, "{stats:?}");
         assert!(journal.scrub_damage().is_empty());
         // Every byte of the log was read: the header block and OPS writes.
         assert!(stats.scrub_bytes >= 4096 * (OPS + 1), "{stats:?}");

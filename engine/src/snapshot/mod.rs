@@ -10,9 +10,11 @@
 
 pub mod format;
 pub mod inspect;
+mod scrub;
 pub mod store;
 pub mod verify;
 
+pub(crate) use scrub::scrub_snapshot;
 pub use store::{
     parse_snapshot_file_name, snapshot_file_name, LoadedSnapshot, SnapshotMeta, SnapshotStore,
     StagedSnapshot,

@@ -181,6 +181,9 @@ pub struct JournalStats {
     pub scrub_bytes: u64,
     /// Places the scrubber found damaged ([`Journal::scrub_damage`]).
     pub scrub_damage: u64,
+    /// Segment scans the scrubber could not finish for a read error (each
+    /// logged; tried again next pass).
+    pub scrub_read_errors: u64,
 }
 
 /// A write-ahead log owned by one shard. Cheap to clone (all clones are the

@@ -229,7 +229,7 @@ impl<S: Storage> Journal<S> {
         }
         glommio::spawn_local(run_writer(Rc::downgrade(&shared), shared.work.clone())).detach();
         if let Some(rate) = shared.config.scrub_bytes_per_second {
-            glommio::spawn_local(scrub::run_scrubber(Rc::downgrade(&shared), rate.get())).detach();
+            glommio::spawn_local(scrub::run_scrubber(Rc::downgrade(&shared), rate)).detach();
         }
         Ok(Journal { shared })
     }

@@ -18,9 +18,10 @@
 //! the segment (logged) and is retried on the next pass.
 
 use super::*;
+use crate::pace::Pacer;
 use crate::verify::SegmentScanner;
 use crate::verify::{check_segment_header, Damage, SegmentHeaderStatus, SegmentOutcome, Step};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Bytes read at a time.
 const SCRUB_READ_BYTES: u64 = 1 << 20;
@@ -29,23 +30,6 @@ pub const SCRUB_DAMAGE_KEPT: usize = 16;
 /// Pause between two passes (so a journal that holds little is not read
 /// over and over).
 const SCRUB_PASS_PAUSE: Duration = Duration::from_millis(100);
-
-/// Keeps the reads at `bytes_per_second` on average since the task began.
-struct Pacer {
-    started: Instant,
-    read: u64,
-    bytes_per_second: u64,
-}
-
-impl Pacer {
-    /// Waits until reading more keeps the average rate.
-    async fn pace(&self) {
-        let due = Duration::from_secs_f64(self.read as f64 / self.bytes_per_second as f64);
-        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-            glommio::timer::sleep(wait).await;
-        }
-    }
-}
 
 /// One segment to scrub, as the journal had it when its scan began.
 struct Target<F> {
@@ -65,12 +49,11 @@ impl<S: Storage> Journal<S> {
 
 /// The scrubber task: passes over the segments, oldest first, until the
 /// journal is closed or dropped.
-pub(super) async fn run_scrubber<S: Storage>(shared: Weak<Shared<S>>, bytes_per_second: u64) {
-    let mut pacer = Pacer {
-        started: Instant::now(),
-        read: 0,
-        bytes_per_second,
-    };
+pub(super) async fn run_scrubber<S: Storage>(
+    shared: Weak<Shared<S>>,
+    bytes_per_second: std::num::NonZeroU64,
+) {
+    let mut pacer = Pacer::new(bytes_per_second);
     let mut after = 0;
     loop {
         let target = {
@@ -120,11 +103,14 @@ pub(super) async fn run_scrubber<S: Storage>(shared: Weak<Shared<S>>, bytes_per_
             _ if retired => {}
             Ok(None) => {}
             Ok(Some(damage)) => shared.report_scrub_damage(damage),
-            Err(error) => tracing::warn!(
-                path = %target.path.display(),
-                %error,
-                "the scrubber could not read a segment; it tries again next pass"
-            ),
+            Err(error) => {
+                tracing::warn!(
+                    path = %target.path.display(),
+                    %error,
+                    "the scrubber could not read a segment; it tries again next pass"
+                );
+                shared.state.borrow_mut().stats.scrub_read_errors += 1;
+            }
         }
     }
 }
@@ -149,7 +135,7 @@ async fn scrub_segment<S: Storage>(
         return Ok(None);
     }
     let block = target.file.read_at(0, BLOCK_BYTES as usize).await?;
-    pacer.read += block.len() as u64;
+    pacer.note(block.len() as u64);
     let header = match check_segment_header(&block, target.generation) {
         SegmentHeaderStatus::Valid(header) => header,
         SegmentHeaderStatus::Damaged { offset, reason } => return Ok(damage(offset, reason)),
@@ -176,7 +162,7 @@ async fn scrub_segment<S: Storage>(
                         .file
                         .read_at(window_start, (want - window_start) as usize)
                         .await?;
-                    pacer.read += bytes.len() as u64;
+                    pacer.note(bytes.len() as u64);
                     window = bytes.to_vec();
                     if let Some(shared) = shared.upgrade() {
                         shared.state.borrow_mut().stats.scrub_bytes += bytes.len() as u64;

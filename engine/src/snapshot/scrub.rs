@@ -1,0 +1,81 @@
+//! The snapshot scrubber's read of one file: every byte, with the verifier
+//! a load uses ([`Check::Full`]), paced to the scrubber's rate. The task
+//! that runs it over a shard's snapshot generations, pass after pass, is in
+//! `shard.rs` ([`crate::ShardBuilder::scrub_rate`]).
+
+use super::format::{BLOCK_BYTES, HEADER_BLOCK_BYTES};
+use super::verify::{Check, SnapshotDamage, SnapshotVerifier};
+use ringstore_journal::format::align_up;
+use ringstore_journal::pace::Pacer;
+use ringstore_journal::storage::{Storage, StorageFile};
+use std::io;
+use std::path::Path;
+use uuid::Uuid;
+
+/// Bytes read at a time.
+const SCRUB_READ_BYTES: u64 = 1 << 20;
+
+/// Reads and verifies the snapshot file at `path`: its first damage, if
+/// any. `None` too when the file is gone (pruned meanwhile) or when
+/// `go_on` turns false between two reads (the shard is closing).
+pub(crate) async fn scrub_snapshot<S: Storage>(
+    storage: &S,
+    path: &Path,
+    domain: Option<Uuid>,
+    pacer: &mut Pacer,
+    go_on: &dyn Fn() -> bool,
+) -> io::Result<Option<SnapshotDamage>> {
+    let file = match storage.open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let result = scrub_open_file(&file, path, domain, pacer, go_on).await;
+    let _ = file.close().await;
+    result
+}
+
+async fn scrub_open_file<F: StorageFile>(
+    file: &F,
+    path: &Path,
+    domain: Option<Uuid>,
+    pacer: &mut Pacer,
+    go_on: &dyn Fn() -> bool,
+) -> io::Result<Option<SnapshotDamage>> {
+    let len = file.file_len().await?;
+    let mut verifier = SnapshotVerifier::new(path, len, domain, Check::Full);
+    pacer.pace().await;
+    if !go_on() {
+        return Ok(None);
+    }
+    if len < HEADER_BLOCK_BYTES {
+        verifier.header_block(&[]);
+    } else {
+        let block = file.read_at(0, HEADER_BLOCK_BYTES as usize).await?;
+        pacer.note(block.len() as u64);
+        verifier.header_block(&block);
+    }
+    if let Some(body) = verifier.body_range() {
+        let mut pos = body.start;
+        while pos < body.end && verifier.first_damage().is_none() {
+            pacer.pace().await;
+            if !go_on() {
+                return Ok(None);
+            }
+            let want = (body.end - pos).min(SCRUB_READ_BYTES);
+            // Whole blocks (O_DIRECT); the last may run past the end of
+            // the file, which returns what there is.
+            let bytes = file
+                .read_at(pos, align_up(want, BLOCK_BYTES) as usize)
+                .await?;
+            let take = bytes.len().min(want as usize);
+            if take == 0 {
+                break;
+            }
+            verifier.body(&bytes[..take]);
+            pacer.note(take as u64);
+            pos += take as u64;
+        }
+    }
+    Ok(verifier.finish().damage.into_iter().next())
+}
