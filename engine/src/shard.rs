@@ -1059,8 +1059,6 @@ impl<M: StateMachine, S: Storage> Drop for CheckpointGuard<'_, M, S> {
     }
 }
 
-/// Publishes the journal's counters every [`METRICS_PUBLISH_INTERVAL`] until
-/// the shard closes (its handle is dropped) or goes away.
 /// Pause between two passes of the snapshot scrubber.
 const SNAPSHOT_SCRUB_PASS_PAUSE: Duration = Duration::from_millis(100);
 
@@ -1141,6 +1139,8 @@ async fn scrub_snapshots<M: StateMachine, S: Storage>(
     }
 }
 
+/// Publishes the journal's counters every [`METRICS_PUBLISH_INTERVAL`] until
+/// the shard closes (its handle is dropped) or goes away.
 async fn publish_metrics<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
     loop {
         glommio::timer::sleep(METRICS_PUBLISH_INTERVAL).await;

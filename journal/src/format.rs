@@ -377,7 +377,9 @@ pub fn check_entry_header(
         EntryKind::Watermark | EntryKind::Truncate => len == 0,
         EntryKind::Padding => len < BLOCK_BYTES,
         EntryKind::HardState => len <= HARD_STATE_BYTES_MAX as u64,
-        EntryKind::WriteIndex => len > 0 && len.is_multiple_of(INDEX_RECORD_BYTES as u64),
+        EntryKind::WriteIndex => {
+            len > 0 && len.is_multiple_of(INDEX_RECORD_BYTES as u64) && header.epoch.get() == 0
+        }
     };
     let first = header.flags & FLAG_FIRST_IN_WRITE != 0;
     let durable_before = u64::from(header.durable_before.get());

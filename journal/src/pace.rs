@@ -4,9 +4,20 @@
 use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
-/// Holds reads to `bytes_per_second` on average since it was made.
+/// Most unused reading time a pacer saves up: after an idle spell (a pause
+/// between passes, a journal that held little) it reads at full speed for
+/// at most this long before the rate holds again.
+pub const PACE_SAVED_MAX: Duration = Duration::from_millis(200);
+
+/// Longest single sleep while pacing: between two, the caller's `go_on`
+/// is asked again (a close, a retired segment).
+const PACE_SLEEP_MAX: Duration = Duration::from_millis(50);
+
+/// Holds reads to `bytes_per_second` on average.
 #[derive(Debug)]
 pub struct Pacer {
+    /// When reading began, moved forward past idle time beyond
+    /// [`PACE_SAVED_MAX`].
     started: Instant,
     read: u64,
     bytes_per_second: NonZeroU64,
@@ -22,16 +33,63 @@ impl Pacer {
         }
     }
 
-    /// Waits (on the reactor's timer) until reading more keeps the rate.
-    pub async fn pace(&self) {
-        let due = Duration::from_secs_f64(self.read as f64 / self.bytes_per_second.get() as f64);
-        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-            glommio::timer::sleep(wait).await;
+    /// Waits (on the reactor's timer) until reading more keeps the rate,
+    /// or until `go_on` says to stop: false then.
+    pub async fn pace(&mut self, go_on: &dyn Fn() -> bool) -> bool {
+        loop {
+            if !go_on() {
+                return false;
+            }
+            match self.wait_needed() {
+                None => return true,
+                Some(wait) => glommio::timer::sleep(wait.min(PACE_SLEEP_MAX)).await,
+            }
         }
+    }
+
+    /// How long to wait before reading more, after forgiving idle time
+    /// beyond [`PACE_SAVED_MAX`].
+    fn wait_needed(&mut self) -> Option<Duration> {
+        let due = Duration::from_secs_f64(self.read as f64 / self.bytes_per_second.get() as f64);
+        let elapsed = self.started.elapsed();
+        if let Some(idle) = elapsed.checked_sub(due + PACE_SAVED_MAX) {
+            self.started += idle;
+        }
+        due.checked_sub(self.started.elapsed())
+            .filter(|wait| !wait.is_zero())
     }
 
     /// Counts bytes read.
     pub fn note(&mut self, bytes: u64) {
         self.read += bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_time_beyond_the_saved_maximum_is_not_read_at_full_speed() {
+        let rate = NonZeroU64::new(1 << 20).unwrap();
+        let mut pacer = Pacer::new(rate);
+        // Ten idle seconds, then a second's worth of reading.
+        pacer.started -= Duration::from_secs(10);
+        assert_eq!(pacer.wait_needed(), None);
+        pacer.note(1 << 20);
+        let wait = pacer.wait_needed().expect("the rate holds again");
+        // About a second, less the saved-up time.
+        assert!(
+            wait >= Duration::from_secs(1) - PACE_SAVED_MAX - Duration::from_millis(50),
+            "{wait:?}"
+        );
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+    }
+
+    #[test]
+    fn reading_under_the_rate_waits_for_nothing() {
+        let mut pacer = Pacer::new(NonZeroU64::new(u64::MAX).unwrap());
+        pacer.note(1 << 30);
+        assert_eq!(pacer.wait_needed(), None);
     }
 }

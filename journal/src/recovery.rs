@@ -69,7 +69,8 @@
 //! Every write ends with an index of its entries (`journal/FORMAT.md`,
 //! "Write index"). Recovery reads, of each write that a later write's
 //! `durable_before` or the segment's recorded end vouches for, only its
-//! first header, its index and its padding header ([`crate::verify::SegmentScanner::indexed`]):
+//! first header, its index, its padding header and any hard-state payload
+//! ([`crate::verify::SegmentScanner::indexed`]):
 //! a 1 GiB journal of 2 MiB writes opens after reading about 1,000 small
 //! ranges instead of every byte. The writes nothing vouches for (the tail
 //! after a crash) and any write whose first header or index does not verify
@@ -613,13 +614,14 @@ pub(crate) async fn recover<S: Storage>(
                 .expect("the plan only names segments that were opened");
             let (_, file, len) = files.remove(position);
             let file = Rc::new(file);
+            // A task, not detached: an error returned below drops (and so
+            // cancels) the scans still running.
             let scan = glommio::spawn_local(scan_segment(
                 file.clone(),
                 planned.clone(),
                 len,
                 config.recovery,
-            ))
-            .detach();
+            ));
             scans.push_back((i, planned, file, scan));
         }
         let Some((i, planned, file, scan)) = scans.pop_front() else {
@@ -627,7 +629,7 @@ pub(crate) async fn recover<S: Storage>(
         };
         let header = planned.header;
         watermark = watermark.max(header.watermark.get());
-        let mut scan = scan.await.expect("a scan task is never cancelled")?;
+        let mut scan = scan.await?;
         for item in std::mem::take(&mut scan.items) {
             match item {
                 ScanItem::Data {
@@ -834,9 +836,9 @@ async fn scan_segment<F: StorageFile>(
                         scan.truncated = true;
                     }
                     Some(EntryKind::HardState) => {
-                        // A full scan verified the payload and it is still
-                        // in the reader's window; an entry learnt from its
-                        // write's index is read here for the first time.
+                        // The scanner verified the payload (the walk by
+                        // index reads hard states too); it is still in the
+                        // reader's window.
                         let pos = u64::from(header.offset.get()) + ENTRY_HEADER_BYTES as u64;
                         let len = u64::from(header.payload_len.get());
                         let bytes = reader
@@ -847,7 +849,7 @@ async fn scan_segment<F: StorageFile>(
                             return Err(Error::corruption(
                                 path,
                                 pos,
-                                "hard-state payload checksum mismatch",
+                                "hard-state payload changed between two reads",
                             ));
                         }
                         scan.hard_state = Some((header.op.get(), bytes.to_vec()));

@@ -726,11 +726,13 @@ enum Phase {
         first: EntryHeader,
         index: EntryHeader,
     },
-    /// Walking by index: the padding header after the index was asked for.
-    WritePadding {
+    /// Walking by index: what the walk reads of a write beyond its first
+    /// header and index was asked for — a hard-state payload (the last of
+    /// `checks.hard_states`) or else the padding header.
+    WriteChecks {
         walked: IndexedWrite,
         durable_before: u64,
-        padding_at: u64,
+        checks: WriteChecks,
     },
     /// Handing out the entries of vouched-for writes, then walking on
     /// (`walk`) or scanning in full.
@@ -757,6 +759,15 @@ struct OpenWrite {
     count: u64,
 }
 
+/// What the walk by index reads of a write besides its first header and
+/// its index: its hard-state payloads `(pos, len, checksum)`, checked last
+/// first, then its padding header, if any.
+#[derive(Debug, Clone)]
+struct WriteChecks {
+    hard_states: Vec<(u64, u64, u32)>,
+    padding_at: Option<u64>,
+}
+
 /// A write learnt from its index that no later write has vouched for yet.
 #[derive(Debug, Clone)]
 struct IndexedWrite {
@@ -770,13 +781,14 @@ struct IndexedWrite {
 /// [`SegmentScanner::new`] reads every byte: each header and payload is
 /// verified, and each write's index is checked against the entries before
 /// it. [`SegmentScanner::indexed`] (recovery) reads only each write's first
-/// header, its index and its padding header for as long as a later write — or the segment's
-/// sealed end — vouches for the writes walked so far; the writes nothing
-/// vouches for yet, and any write whose first header or index does not
-/// verify, are scanned in full, so the verdict on the tail and on damaged
-/// structure is the full scan's. What the indexed walk does not read —
-/// payloads and non-first entry headers of vouched-for writes — is verified when
-/// an entry is read, and by `ringstore wal verify`.
+/// header, its index, its padding header and any hard-state payload for as
+/// long as a later write — or the segment's sealed end — vouches for the
+/// writes walked so far; the writes nothing vouches for yet, and any write
+/// of which one of those does not verify, are scanned in full, so the
+/// verdict on the tail and on damaged structure is the full scan's. What
+/// the indexed walk does not read — data payloads and non-first entry
+/// headers of vouched-for writes — is verified when an entry is read, by
+/// the scrubber and by `ringstore wal verify`.
 #[derive(Debug, Clone)]
 pub struct SegmentScanner {
     header: SegmentHeader,
@@ -817,8 +829,14 @@ impl SegmentScanner {
     /// A scan that walks from index to index where later writes vouch for
     /// the earlier ones (see the type's docs).
     pub fn indexed(header: &SegmentHeader, sealed_end: Option<u64>) -> SegmentScanner {
+        // Writes acknowledged without fdatasync vouch for nothing: without a
+        // recorded end, the walk would gather the whole segment only to
+        // scan it again.
+        let no_sync = header.flags.get() & SEGMENT_FLAG_NO_SYNC != 0;
         SegmentScanner {
-            phase: Phase::Drain { walk: true },
+            phase: Phase::Drain {
+                walk: !(no_sync && sealed_end.is_none()),
+            },
             ..SegmentScanner::new(header, sealed_end)
         }
     }
@@ -866,13 +884,13 @@ impl SegmentScanner {
                 None => self.leave_index(),
                 Some(bytes) => self.on_index_records(first, index, bytes),
             },
-            Phase::WritePadding {
+            Phase::WriteChecks {
                 walked,
                 durable_before,
-                padding_at,
+                checks,
             } => match input {
                 None => self.leave_index(),
-                Some(bytes) => self.on_write_padding(walked, durable_before, padding_at, bytes),
+                Some(bytes) => self.on_write_check(walked, durable_before, checks, bytes),
             },
             Phase::Drain { walk } => self.drain(walk),
             Phase::Finished => panic!("SegmentScanner::step after Done"),
@@ -1003,31 +1021,65 @@ impl SegmentScanner {
             entries,
         };
         let durable_before = u64::from(first.durable_before.get());
-        if index_end == end {
-            return self.walked(walked, durable_before);
-        }
-        // The padding header too: of a vouched-for write, recovery leaves
-        // only what an entry's read verifies unread.
-        self.phase = Phase::WritePadding {
+        // Of a vouched-for write, recovery leaves only what the read of an
+        // entry verifies unread: the padding header is read, and so is a
+        // hard-state payload, which recovery uses.
+        let checks = WriteChecks {
+            hard_states: walked
+                .entries
+                .iter()
+                .filter(|e| e.entry_kind() == Some(EntryKind::HardState))
+                .map(|e| {
+                    (
+                        u64::from(e.offset.get()) + ENTRY_HEADER_BYTES as u64,
+                        u64::from(e.payload_len.get()),
+                        e.payload_checksum.get(),
+                    )
+                })
+                .collect(),
+            padding_at: (index_end < end).then_some(index_end),
+        };
+        self.next_write_check(walked, durable_before, checks)
+    }
+
+    fn next_write_check(
+        &mut self,
+        walked: IndexedWrite,
+        durable_before: u64,
+        checks: WriteChecks,
+    ) -> Step {
+        let (pos, len) = match (checks.hard_states.last(), checks.padding_at) {
+            (Some(&(pos, len, _)), _) => (pos, len),
+            (None, Some(padding_at)) => (padding_at, ENTRY_HEADER_BYTES as u64),
+            (None, None) => return self.walked(walked, durable_before),
+        };
+        self.phase = Phase::WriteChecks {
             walked,
             durable_before,
-            padding_at: index_end,
+            checks,
         };
         Step::Read {
-            pos: index_end,
-            len: ENTRY_HEADER_BYTES as u64,
+            pos,
+            len,
             again: false,
             sparse: true,
         }
     }
 
-    fn on_write_padding(
+    fn on_write_check(
         &mut self,
         walked: IndexedWrite,
         durable_before: u64,
-        padding_at: u64,
+        mut checks: WriteChecks,
         bytes: &[u8],
     ) -> Step {
+        if let Some((_, len, checksum)) = checks.hard_states.pop() {
+            if bytes.len() as u64 != len || crc32fast::hash(bytes) != checksum {
+                return self.leave_index();
+            }
+            return self.next_write_check(walked, durable_before, checks);
+        }
+        let padding_at = checks.padding_at.expect("a check was asked for");
         match self.check_header(bytes, padding_at) {
             Ok(padding)
                 if padding.entry_kind() == Some(EntryKind::Padding)

@@ -515,6 +515,50 @@ fn damage_below_the_watermark_gets_the_same_verdict_from_both() {
 }
 
 #[test]
+fn a_damaged_hard_state_in_a_vouched_write_is_refused_by_both() {
+    // A reopen takes vouched writes from their indexes, but reads a hard
+    // state's payload (it is the replica's vote): damage there refuses the
+    // open as it fails `wal verify`, at the same place.
+    for close in [true, false] {
+        let root = temp_dir();
+        let dir = root.path().join("journal");
+        let p = dir.clone();
+        run(move || async move {
+            let journal = builder(&p).open().await.unwrap();
+            journal.append(&payload(1, PAYLOAD)).await.unwrap();
+            journal
+                .set_hard_state(b"term 7, voted for 3")
+                .await
+                .unwrap();
+            for op in 2..=4 {
+                journal.append(&payload(op, PAYLOAD)).await.unwrap();
+            }
+            if close {
+                journal.close().await.unwrap();
+            } else {
+                glommio::yield_if_needed().await;
+                drop(journal);
+            }
+        });
+        let segment = segment_path(&dir, 1);
+        let header = read_header(&segment, 8192);
+        assert_eq!(
+            header.entry_kind(),
+            Some(ringstore_journal::format::EntryKind::HardState)
+        );
+        flip_bit(&segment, 8192 + 56 + 3, 1);
+        let scanned = scan_journal(&dir, &mut ()).unwrap();
+        assert!(scanned.damage_found_on_read.is_empty());
+        check(
+            &format!("a damaged hard state (clean close: {close})"),
+            &scanned,
+            &dir,
+            Expect::Refuses,
+        );
+    }
+}
+
+#[test]
 fn a_segment_of_another_journal_is_refused_by_both() {
     let root = temp_dir();
     let dir = root.path().join("journal");

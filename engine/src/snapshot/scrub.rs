@@ -44,8 +44,7 @@ async fn scrub_open_file<F: StorageFile>(
 ) -> io::Result<Option<SnapshotDamage>> {
     let len = file.file_len().await?;
     let mut verifier = SnapshotVerifier::new(path, len, domain, Check::Full);
-    pacer.pace().await;
-    if !go_on() {
+    if !pacer.pace(go_on).await {
         return Ok(None);
     }
     if len < HEADER_BLOCK_BYTES {
@@ -58,8 +57,7 @@ async fn scrub_open_file<F: StorageFile>(
     if let Some(body) = verifier.body_range() {
         let mut pos = body.start;
         while pos < body.end && verifier.first_damage().is_none() {
-            pacer.pace().await;
-            if !go_on() {
+            if !pacer.pace(go_on).await {
                 return Ok(None);
             }
             let want = (body.end - pos).min(SCRUB_READ_BYTES);

@@ -248,6 +248,8 @@ struct Shared<S: Storage> {
     superblock_idle: Event,
     /// Damage the scrubber found (see [`Journal::scrub_damage`]).
     scrub_damage: RefCell<Vec<crate::verify::Damage>>,
+    /// Every place the scrubber reported (each is reported once).
+    scrub_reported: RefCell<std::collections::HashSet<(PathBuf, u64)>>,
 }
 
 impl<S: Storage> Drop for Shared<S> {

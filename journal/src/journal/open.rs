@@ -223,6 +223,7 @@ impl<S: Storage> Journal<S> {
             superblock_busy: Cell::new(false),
             superblock_idle: Event::new(),
             scrub_damage: RefCell::new(Vec::new()),
+            scrub_reported: RefCell::new(std::collections::HashSet::new()),
         });
         if !needs_fresh_segment {
             shared.prepare_spare();

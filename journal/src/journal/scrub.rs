@@ -129,13 +129,26 @@ async fn scrub_segment<S: Storage>(
             reason,
         })
     };
-    let open = || shared.upgrade().is_some_and(|s| !s.state.borrow().closing);
-    pacer.pace().await;
-    if !open() {
+    // Still to be scrubbed: the journal open, the segment not retired (so
+    // that a retirement or a close does not wait on this scan's handle).
+    let open = || {
+        shared.upgrade().is_some_and(|s| {
+            let state = s.state.borrow();
+            !state.closing
+                && state
+                    .segments
+                    .iter()
+                    .any(|segment| segment.generation == target.generation)
+        })
+    };
+    if !pacer.pace(&open).await {
         return Ok(None);
     }
     let block = target.file.read_at(0, BLOCK_BYTES as usize).await?;
     pacer.note(block.len() as u64);
+    if let Some(shared) = shared.upgrade() {
+        shared.state.borrow_mut().stats.scrub_bytes += block.len() as u64;
+    }
     let header = match check_segment_header(&block, target.generation) {
         SegmentHeaderStatus::Valid(header) => header,
         SegmentHeaderStatus::Damaged { offset, reason } => return Ok(damage(offset, reason)),
@@ -152,8 +165,7 @@ async fn scrub_segment<S: Storage>(
                 let end = pos.saturating_add(len).min(target.end.max(pos));
                 let window_end = window_start + window.len() as u64;
                 if again || pos < window_start || end > window_end {
-                    pacer.pace().await;
-                    if !open() {
+                    if !pacer.pace(&open).await {
                         return Ok(None);
                     }
                     window_start = align_down(pos, BLOCK_BYTES);
@@ -184,13 +196,11 @@ async fn scrub_segment<S: Storage>(
 impl<S: Storage> Shared<S> {
     /// Records damage the scrubber found (once per place).
     fn report_scrub_damage(&self, damage: Damage) {
-        let mut kept = self.scrub_damage.borrow_mut();
-        if kept
-            .iter()
-            .any(|d| d.path == damage.path && d.offset == damage.offset)
-        {
+        let place = (damage.path.clone(), damage.offset);
+        if !self.scrub_reported.borrow_mut().insert(place) {
             return;
         }
+        let mut kept = self.scrub_damage.borrow_mut();
         tracing::error!(
             path = %damage.path.display(),
             offset = damage.offset,

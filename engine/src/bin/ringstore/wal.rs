@@ -399,7 +399,9 @@ fn print_problems(out: &mut Out, shard: &ShardDir, report: &JournalReport) -> Re
         ))?;
     } else if !report.damage_found_on_read.is_empty() {
         out.line(format_args!(
-            "  reopening opens this journal (it reads each write's first header and index, not              every payload), but reading the entries at the damaged place(s) fails;              `ringstore wal salvage --shard {}` cuts it at the first damage",
+            "  reopening opens this journal (it reads each write's first header and index, not \
+             every payload), but reading the entries at the damaged place(s) fails; \
+             `ringstore wal salvage --shard {}` cuts it at the first damage",
             shard.index
         ))?;
     }
