@@ -55,6 +55,11 @@ pub const SUPERBLOCK_FILE_NAME: &str = "superblock";
 /// sector and never shares a sector with the other.
 pub const SUPERBLOCK_COPY_BYTES: u64 = BLOCK_BYTES;
 
+/// Sequences at or above this are refused: one update a microsecond would
+/// take 290,000 years to reach it, and a forged sequence near `u64::MAX`
+/// would overflow the updates after it.
+pub const SUPERBLOCK_SEQUENCE_MAX: u64 = 1 << 63;
+
 /// Copies per superblock file.
 pub const SUPERBLOCK_COPIES: usize = 2;
 

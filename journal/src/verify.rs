@@ -423,6 +423,19 @@ pub fn plan(
     };
     let sb = JournalSuperblock::decode(&chosen.body)
         .map_err(|reason| damage(&sb_path, superblock::SUPERBLOCK_HEADER_BYTES as u64, reason))?;
+    if chosen.sequence >= superblock::SUPERBLOCK_SEQUENCE_MAX {
+        // Only forged bytes hold it, and the updates after it would
+        // overflow.
+        return Err(damage(
+            &sb_path,
+            superblock::SUPERBLOCK_COPY_BYTES * chosen.newest_copy as u64 + 16,
+            format!(
+                "superblock sequence {} is at or above {}, which no journal reaches",
+                chosen.sequence,
+                superblock::SUPERBLOCK_SEQUENCE_MAX
+            ),
+        ));
+    }
     // A journal that holds nothing (no entry anywhere, no watermark, no
     // hard state) has nothing to mix up: it takes the owner it is given (a
     // fresh shard joining a domain). Any other is refused.
@@ -929,6 +942,12 @@ impl SegmentScanner {
             Ok(first) if first.flags & FLAG_FIRST_IN_WRITE != 0 => first,
             _ => return self.leave_index(),
         };
+        // A verified write start proves its `durable_before` whatever
+        // follows it (the evidence a full scan looks for past damage): the
+        // writes that end there are vouched for even if this one is cut.
+        // Otherwise a write vouched for at one open could be read in full
+        // at the next, once a cut ends the segment inside this write.
+        self.vouch(u64::from(first.durable_before.get()));
         let index_at = u64::from(first.index_at.get());
         if index_at + ENTRY_HEADER_BYTES as u64 > self.limit {
             return self.leave_index();
@@ -1096,6 +1115,15 @@ impl SegmentScanner {
     /// everything before that offset is durable; see the recovery module,
     /// "What can be cut"), and waits for a later one to vouch for it.
     fn walked(&mut self, walked: IndexedWrite, durable_before: u64) -> Step {
+        self.vouch(durable_before);
+        self.pos = walked.end;
+        self.pending.push_back(walked);
+        self.drain(true)
+    }
+
+    /// The pending writes that end at or before `durable_before` are
+    /// vouched for: their entries are ready.
+    fn vouch(&mut self, durable_before: u64) {
         while self
             .pending
             .front()
@@ -1104,9 +1132,6 @@ impl SegmentScanner {
             let vouched = self.pending.pop_front().expect("checked above");
             self.ready.extend(vouched.entries);
         }
-        self.pos = walked.end;
-        self.pending.push_back(walked);
-        self.drain(true)
     }
 
     /// Ends the walk by index: at a sealed end every write walked is
