@@ -15,6 +15,7 @@
 //! | `ringstore_journal_writes_total` | counter | group-commit writes |
 //! | `ringstore_journal_fsyncs_total` | counter | durability points (fdatasync or O_DSYNC writes) |
 //! | `ringstore_journal_batches_total` | counter, label `entries` | group commits by size: `1`, `2-3`, `4-7`, ... |
+//! | `ringstore_journal_read_corruptions_total` | counter | reads that found a journal entry damaged (each logged with its file and offset; the open leaves vouched-for payloads to the reads) |
 //! | `ringstore_journal_scrub_passes_total` | counter | passes of the journal's scrubber over every segment (`JournalBuilder::scrub_rate`, through `ShardBuilder::journal`) |
 //! | `ringstore_journal_scrub_bytes_total` | counter | bytes the scrubber read |
 //! | `ringstore_journal_scrub_damage_total` | counter | places the scrubber found damaged (each also logged with its file and offset; reading the entries there fails) |
@@ -90,6 +91,7 @@ pub(crate) struct ShardMetrics {
     journal_bytes: Counter,
     journal_writes: Counter,
     journal_fsyncs: Counter,
+    journal_read_corruptions: Counter,
     journal_scrub_passes: Counter,
     journal_scrub_bytes: Counter,
     journal_scrub_damage: Counter,
@@ -169,6 +171,7 @@ impl ShardMetrics {
             journal_bytes: counter("ringstore_journal_bytes_written_total"),
             journal_writes: counter("ringstore_journal_writes_total"),
             journal_fsyncs: counter("ringstore_journal_fsyncs_total"),
+            journal_read_corruptions: counter("ringstore_journal_read_corruptions_total"),
             journal_scrub_passes: counter("ringstore_journal_scrub_passes_total"),
             journal_scrub_bytes: counter("ringstore_journal_scrub_bytes_total"),
             journal_scrub_damage: counter("ringstore_journal_scrub_damage_total"),
@@ -253,6 +256,8 @@ impl ShardMetrics {
         self.journal_bytes.absolute(journal.bytes_written);
         self.journal_writes.absolute(journal.writes);
         self.journal_fsyncs.absolute(journal.fsyncs);
+        self.journal_read_corruptions
+            .absolute(journal.read_corruptions);
         self.journal_scrub_passes.absolute(journal.scrub_passes);
         self.journal_scrub_bytes.absolute(journal.scrub_bytes);
         self.journal_scrub_damage.absolute(journal.scrub_damage);

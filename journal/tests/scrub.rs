@@ -78,6 +78,14 @@ fn the_scrubber_reports_damage_a_reopen_leaves_to_reads() {
             }
             other => panic!("reading op {damaged_op} gave {other:?}"),
         }
+        // The read that found it counts it (and logs it), once per read.
+        assert_eq!(journal.stats().read_corruptions, 1);
+        let mut entries = journal.entries(damaged_op..=damaged_op);
+        assert!(matches!(
+            entries.next().await,
+            Some(Err(Error::Corruption { .. }))
+        ));
+        assert_eq!(journal.stats().read_corruptions, 2);
         for op in (1..=OPS).filter(|op| *op != damaged_op) {
             let entry = journal.read(op).await.unwrap().unwrap();
             assert_eq!(entry.payload, payload(op, PAYLOAD));

@@ -184,6 +184,9 @@ pub struct JournalStats {
     /// Segment scans the scrubber could not finish for a read error (each
     /// logged; tried again next pass).
     pub scrub_read_errors: u64,
+    /// Reads that found an entry damaged (read twice; each logged and
+    /// returned as `Error::Corruption` with the file and offset).
+    pub read_corruptions: u64,
 }
 
 /// A write-ahead log owned by one shard. Cheap to clone (all clones are the

@@ -17,9 +17,31 @@ impl<S: Storage> Journal<S> {
         match read().await {
             // Read once more before reporting damage: a transient read error
             // must not look like corruption.
-            Err(Error::Corruption { .. }) => read().await.map(Some),
+            Err(Error::Corruption { .. }) => self.reported(read().await).map(Some),
             other => other.map(Some),
         }
+    }
+
+    /// Damage a read confirmed (read twice) is logged and counted
+    /// ([`JournalStats::read_corruptions`]): recovery leaves vouched-for
+    /// payloads to the reads, so this is where such damage surfaces.
+    fn reported(&self, read: Result<Entry>) -> Result<Entry> {
+        if let Err(Error::Corruption {
+            path,
+            offset,
+            reason,
+        }) = &read
+        {
+            tracing::error!(
+                path = %path.display(),
+                offset,
+                %reason,
+                "a read found damage in the journal: `ringstore wal verify` reports it, \
+                 `ringstore wal salvage` cuts at it"
+            );
+            self.shared.state.borrow_mut().stats.read_corruptions += 1;
+        }
+        read
     }
 
     /// Where op `op` lives: `Ok(None)` if the journal does not hold it.
@@ -246,7 +268,8 @@ impl<S: Storage> Entries<S> {
             // read error must not look like corruption.
             Err(Error::Corruption { .. }) => {
                 self.window = None;
-                read_entry(op, &found).await.map(Some)
+                let read = read_entry(op, &found).await;
+                self.journal.reported(read).map(Some)
             }
             Err(other) => Err(other),
         }
