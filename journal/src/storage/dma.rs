@@ -16,14 +16,17 @@
 //!    O_DIRECT writes wrote (the kernel invalidates cached pages on direct
 //!    writes). Writes are unaffected: they take the same path either way.
 
-use super::{is_errno, IoBuf, Storage, StorageFile};
-use glommio::io::{BufferedFile, DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use super::{is_errno, BufferedFile, EntryKind, FileMeta, IoBuf, Storage, StorageFile};
+use glommio::io::{
+    BufferedFile as GlommioBufferedFile, DmaBuffer, DmaFile, OpenOptions, ReadResult,
+};
 use std::{
     cell::{Cell, RefCell},
     collections::HashSet,
     ffi::OsString,
+    fs::TryLockError,
     io,
-    os::unix::fs::MetadataExt,
+    os::unix::fs::{FileTypeExt as _, MetadataExt},
     path::{Path, PathBuf},
     rc::Rc,
 };
@@ -73,6 +76,8 @@ fn unsupported_direct_io(path: &Path) -> io::Error {
 
 impl Storage for DmaStorage {
     type File = DmaFileHandle;
+    type Buffered = PageCacheFile;
+    type Lock = FileLock;
 
     async fn create_dir(&self, path: &Path) -> io::Result<()> {
         // A one-time call per directory; io_uring's mkdirat is not worth a
@@ -155,6 +160,113 @@ impl Storage for DmaStorage {
             .map(|entry| entry.map(|e| e.file_name()))
             .collect()
     }
+
+    async fn create_buffered(&self, path: &Path) -> io::Result<PageCacheFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .buffered_open(path)
+            .await?;
+        Ok(PageCacheFile { file })
+    }
+
+    async fn open_buffered(&self, path: &Path) -> io::Result<PageCacheFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .buffered_open(path)
+            .await?;
+        Ok(PageCacheFile { file })
+    }
+
+    // The namespace calls below are single metadata syscalls made on the
+    // reactor thread, like `create_dir` and `list_dir`: each is one inode
+    // update in the kernel, not a wait for the device (the directory's
+    // `sync_dir` is the wait, and it goes through io_uring).
+    async fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
+    }
+
+    async fn stat(&self, path: &Path) -> io::Result<FileMeta> {
+        let meta = std::fs::symlink_metadata(path)?;
+        let file_type = meta.file_type();
+        let kind = if file_type.is_file() {
+            EntryKind::File
+        } else if file_type.is_dir() {
+            EntryKind::Dir
+        } else {
+            debug_assert!(
+                file_type.is_symlink()
+                    || file_type.is_fifo()
+                    || file_type.is_socket()
+                    || file_type.is_block_device()
+                    || file_type.is_char_device()
+            );
+            EntryKind::Other
+        };
+        Ok(FileMeta {
+            kind,
+            len: meta.len(),
+            id: (meta.dev(), meta.ino()),
+        })
+    }
+
+    async fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+
+    async fn try_lock(&self, path: &Path) -> io::Result<Option<FileLock>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(FileLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+/// `flock(LOCK_EX)` on an open file, released when dropped (the kernel
+/// releases it when the process dies too, so a crash leaves no stale lock).
+#[derive(Debug)]
+pub struct FileLock {
+    // Held for its lock; closing the file releases it.
+    _file: std::fs::File,
+}
+
+/// A glommio buffered file (the page cache, io_uring).
+#[derive(Debug)]
+pub struct PageCacheFile {
+    file: GlommioBufferedFile,
+}
+
+impl BufferedFile for PageCacheFile {
+    type ReadBuf = ReadResult;
+
+    async fn write_at(&self, data: Vec<u8>, pos: u64) -> io::Result<usize> {
+        Ok(self.file.write_at(data, pos).await?)
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<ReadResult> {
+        Ok(self.file.read_at(pos, len).await?)
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        Ok(self.file.fdatasync().await?)
+    }
+
+    async fn file_len(&self) -> io::Result<u64> {
+        Ok(self.file.file_size().await?)
+    }
+
+    async fn close(self) -> io::Result<()> {
+        Ok(self.file.close().await?)
+    }
 }
 
 fn map_open_error(err: io::Error, path: &Path) -> io::Error {
@@ -172,7 +284,7 @@ pub struct DmaFileHandle {
     file: DmaFile,
     path: PathBuf,
     dma_reads_fail: Cell<bool>,
-    buffered: RefCell<Option<Rc<BufferedFile>>>,
+    buffered: RefCell<Option<Rc<GlommioBufferedFile>>>,
 }
 
 impl DmaFileHandle {
@@ -185,11 +297,11 @@ impl DmaFileHandle {
         }
     }
 
-    async fn buffered_reader(&self) -> io::Result<Rc<BufferedFile>> {
+    async fn buffered_reader(&self) -> io::Result<Rc<GlommioBufferedFile>> {
         if let Some(file) = self.buffered.borrow().as_ref() {
             return Ok(file.clone());
         }
-        let file = Rc::new(BufferedFile::open(&self.path).await?);
+        let file = Rc::new(GlommioBufferedFile::open(&self.path).await?);
         *self.buffered.borrow_mut() = Some(file.clone());
         Ok(file)
     }

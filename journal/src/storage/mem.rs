@@ -21,9 +21,10 @@
 //!   Survivors are applied in a shuffled order, so a later write can persist
 //!   while an earlier one is lost (out of order). Size changes (fallocate)
 //!   not synced may be lost too.
-//! * **Directory operations.** Creates, renames and removes not covered by an fsync
-//!   of their directory each survive a crash or are undone, independently
-//!   (with `dir_undo`; without it, all are undone). A directory made by
+//! * **Directory operations.** Creates, renames, links and removes (of
+//!   files and of directories) not covered by an fsync of their directory
+//!   each survive a crash or are undone, independently (with `dir_undo`;
+//!   without it, all are undone). A directory made by
 //!   [`Storage::create_dir`] is an entry of its parent like a file: undone
 //!   unless its parent was synced after it, and with it everything beneath
 //!   it, synced or not. Directories the disk never made exist from the
@@ -41,6 +42,8 @@
 //!   with ENOSPC.
 //! * **fallocate unsupported.** `allocate` fails with EOPNOTSUPP
 //!   (`fallocate_unsupported`).
+//! * **Locks.** [`Storage::try_lock`] locks live in the process: a crash
+//!   releases every one, as the kernel releases a dead process's flocks.
 //! * **Power cut.** [`MemStorage::cut_power_after_ops`] makes the N-th
 //!   operation from now and every later one fail with EIO, as if the machine
 //!   died mid-flight; [`MemStorage::crash`] then resolves what survived.
@@ -53,7 +56,7 @@
 //! how often each fault fired. Tests can also inject one-off failures
 //! (`fail_next_*`) and damage files directly.
 
-use super::{IoBuf, Storage, StorageFile};
+use super::{BufferedFile, EntryKind, FileMeta, IoBuf, Storage, StorageFile};
 use rand_core::{RngCore, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use std::{
@@ -264,7 +267,10 @@ type FileRef = Rc<RefCell<FileData>>;
 #[derive(Debug, Clone)]
 enum DirOp {
     Create(PathBuf, FileRef),
+    /// A second name for an existing file (a hard link).
+    Link(PathBuf, FileRef),
     MakeDir(PathBuf),
+    RemoveDir(PathBuf),
     Remove(PathBuf),
     /// `from` renamed to `to` (replacing it): atomic, so a crash keeps both
     /// halves or neither.
@@ -278,7 +284,11 @@ enum DirOp {
 impl DirOp {
     fn path(&self) -> &Path {
         match self {
-            DirOp::Create(path, _) | DirOp::Remove(path) | DirOp::MakeDir(path) => path,
+            DirOp::Create(path, _)
+            | DirOp::Link(path, _)
+            | DirOp::Remove(path)
+            | DirOp::MakeDir(path)
+            | DirOp::RemoveDir(path) => path,
             DirOp::Rename { to, .. } => to,
         }
     }
@@ -297,7 +307,10 @@ fn apply_dir_op(names: &mut Names, op: DirOp) {
         DirOp::MakeDir(path) => {
             dirs.insert(path);
         }
-        DirOp::Create(path, file) => {
+        DirOp::RemoveDir(path) => {
+            dirs.remove(&path);
+        }
+        DirOp::Create(path, file) | DirOp::Link(path, file) => {
             names.insert(path, file);
         }
         DirOp::Remove(path) => {
@@ -319,6 +332,7 @@ struct Oneshots {
     fail_removes: Option<(u32, i32)>,
     fail_renames: Option<(u32, i32)>,
     fail_creates: Option<(u32, i32)>,
+    fail_links: Option<(u32, i32)>,
 }
 
 fn take_oneshot(slot: &mut Option<(u32, i32)>) -> Option<io::Error> {
@@ -353,6 +367,8 @@ struct MemFs {
     latency_device: Option<u64>,
     /// Bytes returned by file reads so far ([`MemStorage::bytes_read`]).
     bytes_read: u64,
+    /// Paths locked by [`Storage::try_lock`] in this incarnation.
+    locks: BTreeSet<PathBuf>,
 }
 
 impl MemFs {
@@ -431,6 +447,7 @@ impl MemFs {
         self.counts.crashes += 1;
         self.crash_count += 1;
         self.ops_until_power_cut = None;
+        self.locks.clear();
         // Directory operations: each survives or is undone on its own (a
         // later one may persist while an earlier one does not), applied in
         // order.
@@ -456,7 +473,7 @@ impl MemFs {
         // File contents: every file that may be reached again.
         let mut files: Vec<FileRef> = self.durable.files.values().cloned().collect();
         for op in &ops {
-            if let DirOp::Create(_, file) | DirOp::Rename { file, .. } = op {
+            if let DirOp::Create(_, file) | DirOp::Link(_, file) | DirOp::Rename { file, .. } = op {
                 files.push(file.clone());
             }
         }
@@ -482,14 +499,21 @@ impl MemFs {
                         self.counts.writes_torn += 1;
                         out_of_order |= lost_earlier;
                         lost_earlier = true;
-                        for (i, sector) in data.chunks(SIM_SECTOR_BYTES as usize).enumerate() {
+                        // Sectors of the disk, not of the write: an
+                        // unaligned (buffered) write's first and last
+                        // pieces are parts of sectors.
+                        let mut offset = 0usize;
+                        while offset < data.len() {
+                            let sector_pos = pos + offset as u64;
+                            let to_boundary = SIM_SECTOR_BYTES - sector_pos % SIM_SECTOR_BYTES;
+                            let end = (offset + to_boundary as usize).min(data.len());
                             if self.chance(0.5) {
-                                let sector_pos = pos + i as u64 * SIM_SECTOR_BYTES;
                                 survivors.push(FileOp::Write {
                                     pos: sector_pos,
-                                    data: sector.to_vec(),
+                                    data: data[offset..end].to_vec(),
                                 });
                             }
+                            offset = end;
                         }
                     }
                     op => {
@@ -566,6 +590,7 @@ impl MemStorage {
                 oneshots: Oneshots::default(),
                 latency_device: None,
                 bytes_read: 0,
+                locks: BTreeSet::new(),
             })),
         }
     }
@@ -653,6 +678,16 @@ impl MemStorage {
         self.fs.borrow_mut().oneshots.fail_creates = Some((count, errno));
     }
 
+    /// The next `count` links fail with `errno`.
+    pub fn fail_next_links(&self, count: u32, errno: i32) {
+        self.fs.borrow_mut().oneshots.fail_links = Some((count, errno));
+    }
+
+    /// Paths of every directory the disk made that exists now.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.fs.borrow().live.dirs.iter().cloned().collect()
+    }
+
     /// Writes that would grow the disk's live bytes past `bytes` fail with
     /// ENOSPC. `None` removes the limit.
     pub fn set_capacity(&self, bytes: Option<u64>) {
@@ -736,6 +771,8 @@ fn not_found(path: &Path) -> io::Error {
 
 impl Storage for MemStorage {
     type File = MemFile;
+    type Buffered = MemBufferedFile;
+    type Lock = MemLock;
 
     async fn create_dir(&self, path: &Path) -> io::Result<()> {
         self.begin().await?;
@@ -872,6 +909,169 @@ impl Storage for MemStorage {
 
     fn latency_device(&self, _dir: &Path) -> io::Result<Option<u64>> {
         Ok(self.fs.borrow().latency_device)
+    }
+
+    async fn create_buffered(&self, path: &Path) -> io::Result<MemBufferedFile> {
+        Ok(MemBufferedFile(self.create(path, false).await?))
+    }
+
+    async fn open_buffered(&self, path: &Path) -> io::Result<MemBufferedFile> {
+        Ok(MemBufferedFile(self.open(path).await?))
+    }
+
+    async fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.begin().await?;
+        let mut fs = self.fs.borrow_mut();
+        if let Some(err) = take_oneshot(&mut fs.oneshots.fail_links) {
+            return Err(err);
+        }
+        let file = fs
+            .live
+            .files
+            .get(from)
+            .cloned()
+            .ok_or_else(|| not_found(from))?;
+        fs.check_parents(to)?;
+        if fs.live.files.contains_key(to) || fs.live.dirs.contains(to) {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        if trace_io() {
+            eprintln!("    link {} -> {}", from.display(), to.display());
+        }
+        fs.live.files.insert(to.to_path_buf(), file.clone());
+        fs.unsynced_dir_ops
+            .push(DirOp::Link(to.to_path_buf(), file));
+        Ok(())
+    }
+
+    async fn stat(&self, path: &Path) -> io::Result<FileMeta> {
+        self.begin().await?;
+        let fs = self.fs.borrow();
+        fs.check_parents(path)?;
+        if let Some(file) = fs.live.files.get(path) {
+            return Ok(FileMeta {
+                kind: EntryKind::File,
+                len: file.borrow().live.len() as u64,
+                // The file's address: the same for all its names, unique
+                // while it exists.
+                id: (0, Rc::as_ptr(file) as usize as u64),
+            });
+        }
+        if fs.is_dir(path) {
+            return Ok(FileMeta {
+                kind: EntryKind::Dir,
+                len: 0,
+                id: (1, 0),
+            });
+        }
+        Err(not_found(path))
+    }
+
+    async fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        self.begin().await?;
+        let mut fs = self.fs.borrow_mut();
+        if fs.live.files.contains_key(path) {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        fs.check_parents(path)?;
+        if !fs.is_dir(path) {
+            return Err(not_found(path));
+        }
+        let has_entries = fs
+            .live
+            .files
+            .keys()
+            .chain(fs.live.dirs.iter())
+            .any(|entry| entry.parent() == Some(path));
+        if has_entries {
+            return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
+        }
+        if !fs.dirs_made.contains(path) {
+            // A root (see `is_dir`): from now on the disk tracks it, as a
+            // directory there from the start, durable.
+            fs.dirs_made.insert(path.to_path_buf());
+            fs.durable.dirs.insert(path.to_path_buf());
+        }
+        if trace_io() {
+            eprintln!("    remove_dir {}", path.display());
+        }
+        fs.live.dirs.remove(path);
+        fs.unsynced_dir_ops
+            .push(DirOp::RemoveDir(path.to_path_buf()));
+        Ok(())
+    }
+
+    async fn try_lock(&self, path: &Path) -> io::Result<Option<MemLock>> {
+        let exists = self.fs.borrow().live.files.contains_key(path);
+        if exists {
+            self.begin().await?;
+        } else {
+            match self.create(path, false).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut fs = self.fs.borrow_mut();
+        if !fs.locks.insert(path.to_path_buf()) {
+            return Ok(None);
+        }
+        Ok(Some(MemLock {
+            fs: Rc::downgrade(&self.fs),
+            path: path.to_path_buf(),
+            crash_count: fs.crash_count,
+        }))
+    }
+}
+
+/// A lock of the in-memory backend, released when dropped or by a crash.
+#[derive(Debug)]
+pub struct MemLock {
+    fs: std::rc::Weak<RefCell<MemFs>>,
+    path: PathBuf,
+    crash_count: u64,
+}
+
+impl Drop for MemLock {
+    fn drop(&mut self) {
+        if let Some(fs) = self.fs.upgrade() {
+            let mut fs = fs.borrow_mut();
+            // After a crash it was released already, and may be held again.
+            if fs.crash_count == self.crash_count {
+                fs.locks.remove(&self.path);
+            }
+        }
+    }
+}
+
+/// A buffered file of the in-memory backend: a [`MemFile`] written at any
+/// offset and length, under the same fault model.
+#[derive(Debug)]
+pub struct MemBufferedFile(MemFile);
+
+impl BufferedFile for MemBufferedFile {
+    type ReadBuf = Vec<u8>;
+
+    async fn write_at(&self, data: Vec<u8>, pos: u64) -> io::Result<usize> {
+        let len = data.len();
+        StorageFile::write_at(&self.0, MemBuf(data), pos).await?;
+        Ok(len)
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        StorageFile::read_at(&self.0, pos, len).await
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        StorageFile::sync(&self.0).await
+    }
+
+    async fn file_len(&self) -> io::Result<u64> {
+        StorageFile::file_len(&self.0).await
+    }
+
+    async fn close(self) -> io::Result<()> {
+        StorageFile::close(self.0).await
     }
 }
 

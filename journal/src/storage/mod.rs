@@ -1,6 +1,7 @@
-//! Storage backends: the small set of file and directory calls the journal
-//! (and, later, snapshots and the cache) make, behind one trait so the same
-//! code runs on real O_DIRECT files and on an in-memory disk that can crash.
+//! Storage backends: the small set of file and directory calls the journal,
+//! the snapshot store and the shard's directory make (and the cache is to
+//! make), behind one trait so the same code runs on real files and on an
+//! in-memory disk that can crash.
 //!
 //! * [`DmaStorage`] — glommio DMA files (O_DIRECT, io_uring). The real path.
 //! * [`MemStorage`] — an in-memory disk that keeps what was written apart
@@ -12,8 +13,12 @@
 //! * `write_at` and `read_at` take block-aligned offsets and lengths
 //!   ([`crate::format::BLOCK_BYTES`]).
 //! * A write is durable only once a later `sync` of its file returned `Ok`.
-//! * A create, rename or remove is durable only once a later `sync_dir` of
-//!   its directory returned `Ok`.
+//! * A create, rename, link, remove or directory creation or removal is
+//!   durable only once a later `sync_dir` of its directory returned `Ok`.
+//! * Two kinds of file: [`StorageFile`] (O_DIRECT on real disks: aligned
+//!   buffers, offsets and lengths; logs and snapshots) and [`BufferedFile`]
+//!   (the page cache: any offset and length; objects of any size that are
+//!   read back often, small metadata files). Both obey the rules above.
 //! * After a failed `write_at` or `sync` nothing about the file's contents is
 //!   promised; the caller poisons itself.
 //!
@@ -23,8 +28,11 @@
 mod dma;
 mod mem;
 
-pub use dma::{DmaFileHandle, DmaStorage};
-pub use mem::{FaultConfig, FaultCounts, MemBuf, MemFile, MemStorage, SIM_SECTOR_BYTES};
+pub use dma::{DmaFileHandle, DmaStorage, FileLock, PageCacheFile};
+pub use mem::{
+    FaultConfig, FaultCounts, MemBuf, MemBufferedFile, MemFile, MemLock, MemStorage,
+    SIM_SECTOR_BYTES,
+};
 
 use std::{
     ffi::OsString,
@@ -51,6 +59,10 @@ pub trait IoBuf {
 pub trait Storage: Clone + 'static {
     /// The file handle type.
     type File: StorageFile;
+    /// The buffered (page cache) file handle type.
+    type Buffered: BufferedFile;
+    /// An exclusive lock, held until dropped (see [`Storage::try_lock`]).
+    type Lock: std::fmt::Debug + 'static;
 
     /// Creates one directory (its parent must exist); `AlreadyExists` if
     /// `path` exists. Durable after `sync_dir` of its parent. See
@@ -75,6 +87,27 @@ pub trait Storage: Clone + 'static {
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Names of the entries in `dir`.
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<OsString>>;
+    /// Creates a new buffered file (fails with `AlreadyExists` if `path`
+    /// exists: exclusive, so two writers never share one name). Durable
+    /// after `sync_dir` of its directory; its bytes after its `sync`.
+    async fn create_buffered(&self, path: &Path) -> io::Result<Self::Buffered>;
+    /// Opens an existing file for buffered reads and writes.
+    async fn open_buffered(&self, path: &Path) -> io::Result<Self::Buffered>;
+    /// Gives the file at `from` a second name `to` (a hard link), never
+    /// replacing: `AlreadyExists` if `to` exists. The new name is durable
+    /// after `sync_dir` of `to`'s directory; `from` is unchanged.
+    async fn link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// What `path` is, not following a final symbolic link; `NotFound` if
+    /// nothing is there.
+    async fn stat(&self, path: &Path) -> io::Result<FileMeta>;
+    /// Removes an empty directory (`DirectoryNotEmpty` otherwise). Durable
+    /// after `sync_dir` of its parent.
+    async fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on the file `path` (created if missing, not
+    /// synced: the lock, not the file, is what matters), or `None` if
+    /// another holder has it. Released when the lock is dropped, and by a
+    /// crash of the process holding it.
+    async fn try_lock(&self, path: &Path) -> io::Result<Option<Self::Lock>>;
     /// The device whose speed timing I/O in `dir` measures (an id to key
     /// measurements by), or `None` when the clock says nothing about a
     /// device: a simulated disk, whose runs must not depend on timing.
@@ -113,6 +146,55 @@ pub trait StorageFile: 'static {
     async fn file_len(&self) -> io::Result<u64>;
     /// Closes the handle.
     async fn close(self) -> io::Result<()>;
+}
+
+/// A buffered file: reads and writes of any offset and length through the
+/// page cache (on real disks), with the same durability rules as
+/// [`StorageFile`].
+#[expect(
+    async_fn_in_trait,
+    reason = "backends run on one reactor thread; futures need not be Send"
+)]
+pub trait BufferedFile: std::fmt::Debug + 'static {
+    /// Buffer type returned by reads.
+    type ReadBuf: Deref<Target = [u8]>;
+
+    /// Writes `data` at `pos` and returns how many bytes it wrote: fewer
+    /// than asked only when the write stopped partway (as pwrite(2) may),
+    /// and then writing the rest again says why (ENOSPC, EIO). Takes the
+    /// bytes by value: the kernel owns them while the write is in flight.
+    async fn write_at(&self, data: Vec<u8>, pos: u64) -> io::Result<usize>;
+    /// Reads up to `len` bytes at `pos`; shorter only at end of file.
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf>;
+    /// fdatasync: makes completed writes durable.
+    async fn sync(&self) -> io::Result<()>;
+    /// Current length in bytes.
+    async fn file_len(&self) -> io::Result<u64>;
+    /// Closes the handle.
+    async fn close(self) -> io::Result<()>;
+}
+
+/// What a path names, as [`Storage::stat`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// Anything else: a symbolic link, a device, a socket, a pipe.
+    Other,
+}
+
+/// What [`Storage::stat`] tells about a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    /// What the path names.
+    pub kind: EntryKind,
+    /// Bytes (a regular file's length; otherwise what the filesystem says).
+    pub len: u64,
+    /// The same for every name of one file (hard links), different for two
+    /// files that exist at once (on real disks: device and inode).
+    pub id: (u64, u64),
 }
 
 /// Most directories [`create_dir_all_durably`] creates for one path: a

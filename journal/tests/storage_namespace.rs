@@ -1,0 +1,277 @@
+//! The namespace calls and buffered files of `Storage` (link, stat,
+//! remove_dir, try_lock, create/open_buffered): one contract, checked on
+//! the real disk and on the simulated one, then what a crash does to each
+//! on the simulated disk (DESIGN.md's fault model: a namespace change not
+//! covered by an fsync of its directory may be undone; unsynced bytes may
+//! be lost or torn at sector boundaries).
+mod common;
+use common::*;
+use ringstore_journal::storage::{
+    BufferedFile, DmaStorage, EntryKind, FaultConfig, MemStorage, Storage, SIM_SECTOR_BYTES,
+};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+/// A buffered file at `path` holding `bytes`, synced, its name synced too.
+async fn write_file<S: Storage>(storage: &S, path: &Path, bytes: &[u8]) {
+    let file = storage.create_buffered(path).await.unwrap();
+    let written = file.write_at(bytes.to_vec(), 0).await.unwrap();
+    assert_eq!(written, bytes.len());
+    file.sync().await.unwrap();
+    file.close().await.unwrap();
+    storage.sync_dir(path.parent().unwrap()).await.unwrap();
+}
+
+async fn read_file<S: Storage>(storage: &S, path: &Path) -> Vec<u8> {
+    let file = storage.open_buffered(path).await.unwrap();
+    let len = file.file_len().await.unwrap();
+    let bytes = file.read_at(0, len as usize).await.unwrap().to_vec();
+    file.close().await.unwrap();
+    bytes
+}
+
+/// The contract every backend keeps, in `dir` (an existing directory).
+async fn contract<S: Storage>(storage: &S, dir: &Path) {
+    // Buffered files: exclusive create, writes and reads at any offset.
+    let a = dir.join("a");
+    let file = storage.create_buffered(&a).await.unwrap();
+    assert_eq!(
+        storage.create_buffered(&a).await.unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(file.write_at(b"hello, ".to_vec(), 0).await.unwrap(), 7);
+    assert_eq!(file.write_at(b"world".to_vec(), 7).await.unwrap(), 5);
+    assert_eq!(file.write_at(b"W".to_vec(), 7).await.unwrap(), 1);
+    file.sync().await.unwrap();
+    assert_eq!(file.file_len().await.unwrap(), 12);
+    assert_eq!(&*file.read_at(3, 6).await.unwrap(), b"lo, Wo");
+    assert_eq!(
+        &*file.read_at(10, 100).await.unwrap(),
+        b"ld",
+        "short at the end"
+    );
+    file.close().await.unwrap();
+    assert_eq!(read_file(storage, &a).await, b"hello, World");
+    assert_eq!(
+        storage
+            .open_buffered(&dir.join("missing"))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+
+    // stat: kind, length, one id per file.
+    let meta = storage.stat(&a).await.unwrap();
+    assert_eq!((meta.kind, meta.len), (EntryKind::File, 12));
+    assert_eq!(storage.stat(dir).await.unwrap().kind, EntryKind::Dir);
+    assert_eq!(
+        storage.stat(&dir.join("missing")).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    // link: a second name for the same file, never replacing.
+    let b = dir.join("b");
+    storage.link(&a, &b).await.unwrap();
+    assert_eq!(storage.stat(&b).await.unwrap().id, meta.id);
+    assert_eq!(
+        storage.link(&a, &b).await.unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
+    write_file(storage, &dir.join("c"), b"other").await;
+    assert_ne!(storage.stat(&dir.join("c")).await.unwrap().id, meta.id);
+    assert_eq!(
+        storage.link(&dir.join("c"), &b).await.unwrap_err().kind(),
+        ErrorKind::AlreadyExists,
+        "an existing name is never replaced"
+    );
+    assert_eq!(read_file(storage, &b).await, b"hello, World");
+    assert_eq!(
+        storage
+            .link(&dir.join("missing"), &dir.join("d"))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    storage.remove(&a).await.unwrap();
+    assert_eq!(
+        read_file(storage, &b).await,
+        b"hello, World",
+        "the other name stays"
+    );
+
+    // remove_dir: only an empty directory.
+    let sub = dir.join("sub");
+    storage.create_dir(&sub).await.unwrap();
+    write_file(storage, &sub.join("x"), b"x").await;
+    assert_eq!(
+        storage.remove_dir(&sub).await.unwrap_err().kind(),
+        ErrorKind::DirectoryNotEmpty
+    );
+    storage.remove(&sub.join("x")).await.unwrap();
+    storage.remove_dir(&sub).await.unwrap();
+    assert_eq!(
+        storage.stat(&sub).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        storage.remove_dir(&sub).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    // try_lock: one holder at a time, released on drop.
+    let lock_path = dir.join("lock");
+    let lock = storage.try_lock(&lock_path).await.unwrap();
+    assert!(lock.is_some());
+    assert!(storage.try_lock(&lock_path).await.unwrap().is_none());
+    drop(lock);
+    assert!(storage.try_lock(&lock_path).await.unwrap().is_some());
+}
+
+#[test]
+fn the_real_disk_keeps_the_contract() {
+    let dir = temp_dir();
+    run(|| async move {
+        contract(&DmaStorage::new(), dir.path()).await;
+        // What the simulated disk cannot have: a symbolic link is neither
+        // a file nor a directory, and is not followed.
+        std::os::unix::fs::symlink("b", dir.path().join("link")).unwrap();
+        let meta = DmaStorage::new().stat(&dir.path().join("link")).await;
+        assert_eq!(meta.unwrap().kind, EntryKind::Other);
+    });
+}
+
+#[test]
+fn the_simulated_disk_keeps_the_contract() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let dir = Path::new("/disk/contract");
+        mem.create_dir(dir).await.unwrap();
+        contract(&mem, dir).await;
+    });
+}
+
+#[test]
+fn a_link_is_durable_only_once_its_directory_is_synced() {
+    run(|| async {
+        // Without `dir_undo`, a crash undoes every unsynced namespace change.
+        let mem = MemStorage::with_faults(3, FaultConfig::none());
+        let dir = Path::new("/disk/objects");
+        mem.create_dir(dir).await.unwrap();
+        mem.sync_dir(Path::new("/disk")).await.unwrap();
+        write_file(&mem, &dir.join("part"), b"bytes").await;
+        mem.link(&dir.join("part"), &dir.join("key")).await.unwrap();
+        mem.crash();
+        assert_eq!(
+            mem.paths(),
+            vec![dir.join("part")],
+            "the unsynced link is undone"
+        );
+
+        mem.link(&dir.join("part"), &dir.join("key")).await.unwrap();
+        mem.sync_dir(dir).await.unwrap();
+        mem.remove(&dir.join("part")).await.unwrap();
+        mem.crash();
+        let names: Vec<PathBuf> = mem.paths();
+        assert_eq!(
+            names,
+            vec![dir.join("key"), dir.join("part")],
+            "remove undone"
+        );
+        assert_eq!(read_file(&mem, &dir.join("key")).await, b"bytes");
+    });
+}
+
+#[test]
+fn a_removed_directory_comes_back_unless_its_parent_is_synced() {
+    run(|| async {
+        let mem = MemStorage::with_faults(4, FaultConfig::none());
+        let parent = Path::new("/disk/objects");
+        let dir = parent.join("a");
+        mem.create_dir(parent).await.unwrap();
+        mem.create_dir(&dir).await.unwrap();
+        mem.sync_dir(Path::new("/disk")).await.unwrap();
+        mem.sync_dir(parent).await.unwrap();
+        mem.remove_dir(&dir).await.unwrap();
+        mem.crash();
+        assert_eq!(mem.stat(&dir).await.unwrap().kind, EntryKind::Dir);
+
+        mem.remove_dir(&dir).await.unwrap();
+        mem.sync_dir(parent).await.unwrap();
+        mem.crash();
+        assert_eq!(
+            mem.stat(&dir).await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        // A root directory (one the disk never made) can be removed too,
+        // and a crash before its parent's sync brings it back.
+        mem.remove_dir(parent).await.unwrap();
+        assert!(mem.stat(parent).await.is_err());
+        mem.crash();
+        assert_eq!(mem.stat(parent).await.unwrap().kind, EntryKind::Dir);
+    });
+}
+
+#[test]
+fn a_crash_releases_every_lock() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let path = Path::new("/disk/lock");
+        let held = mem.try_lock(path).await.unwrap().expect("free");
+        assert!(mem.try_lock(path).await.unwrap().is_none());
+        mem.crash();
+        let again = mem.try_lock(path).await.unwrap();
+        assert!(again.is_some(), "the dead process's lock is gone");
+        // Dropping the dead process's guard late releases nothing of the
+        // living one's.
+        drop(held);
+        assert!(mem.try_lock(path).await.unwrap().is_none());
+    });
+}
+
+#[test]
+fn an_unsynced_buffered_write_tears_at_sector_boundaries() {
+    run(|| async {
+        let sector = SIM_SECTOR_BYTES as usize;
+        let mut torn_seen = 0;
+        for seed in 0..32 {
+            let mem = MemStorage::with_faults(
+                seed,
+                FaultConfig {
+                    crash_drop_rate: 0.0,
+                    crash_tear_rate: 1.0,
+                    ..FaultConfig::none()
+                },
+            );
+            let path = Path::new("/disk/object");
+            let old = vec![0xAAu8; 4 * sector];
+            write_file(&mem, path, &old).await;
+            // Unaligned: from the middle of sector 0 into sector 3.
+            let start = sector / 2 + 3;
+            let new = vec![0x55u8; 2 * sector + 100];
+            let file = mem.open_buffered(path).await.unwrap();
+            file.write_at(new.clone(), start as u64).await.unwrap();
+            mem.crash();
+            let after = read_file(&mem, path).await;
+            assert_eq!(after.len(), old.len());
+            // Each disk sector the write touched is all old or all new
+            // within the write's range: a tear never splits a sector.
+            let end = start + new.len();
+            for s in 0..4 {
+                let lo = (s * sector).max(start);
+                let hi = ((s + 1) * sector).min(end);
+                if lo >= hi {
+                    continue;
+                }
+                let piece = &after[lo..hi];
+                assert!(
+                    piece.iter().all(|&b| b == 0xAA) || piece.iter().all(|&b| b == 0x55),
+                    "seed {seed}: sector {s} split"
+                );
+            }
+            torn_seen += usize::from(after[start..end].contains(&0xAA) && after.contains(&0x55));
+        }
+        assert!(torn_seen > 0, "no seed tore the write");
+    });
+}
