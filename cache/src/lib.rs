@@ -64,6 +64,7 @@
 pub mod adopt;
 mod cache;
 mod config;
+pub mod disk;
 mod error;
 #[cfg(feature = "sim")]
 pub mod faults;

@@ -352,7 +352,7 @@ impl Staging {
         };
         let key_leaf = key.rsplit_once('/').map_or(key, |(_, leaf)| leaf);
         let placed = match mode {
-            FinishMode::Link => shared.uring.link(&dir, staging_leaf, key_leaf).await,
+            FinishMode::Link => shared.uring.link(&dir, staging_leaf, &dir, key_leaf).await,
             FinishMode::Replace => shared.uring.rename(&dir, staging_leaf, key_leaf).await,
         };
         if shared.inject_pause_after_place() {

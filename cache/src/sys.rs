@@ -82,8 +82,8 @@ struct OpBufs {
     /// the completion is reaped, so an abandoned op can never run against a
     /// closed fd number the process has since reused for something else.
     _dir: Option<Rc<OwnedFd>>,
-    /// A second fd the op uses (the file `link_fd` links): kept open like
-    /// `_dir`.
+    /// A second fd the op uses (the file `link_fd` links, the directory
+    /// `link` links into): kept open like `_dir`.
     _src: Option<Rc<OwnedFd>>,
     /// The op returns a new fd (openat2): close it if the result is abandoned.
     returns_fd: bool,
@@ -391,16 +391,25 @@ impl Uring {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    /// `linkat(dirfd, old, dirfd, new, 0)`; EEXIST if `new` exists.
-    pub(crate) async fn link(&self, dir: &Rc<OwnedFd>, old: &str, new: &str) -> io::Result<()> {
-        let dirfd = dir.as_raw_fd();
-        let bufs = OpBufs::two_paths(dir, old, new)?;
+    /// `linkat(old_dir, old, new_dir, new, 0)`; EEXIST if `new` exists. A
+    /// final symlink `old` is linked itself, not followed.
+    pub(crate) async fn link(
+        &self,
+        old_dir: &Rc<OwnedFd>,
+        old: &str,
+        new_dir: &Rc<OwnedFd>,
+        new: &str,
+    ) -> io::Result<()> {
+        let old_dirfd = old_dir.as_raw_fd();
+        let new_dirfd = new_dir.as_raw_fd();
+        let mut bufs = OpBufs::two_paths(old_dir, old, new)?;
+        bufs._src = Some(Rc::clone(new_dir));
         let (res, _) = self
             .submit(bufs, |b| {
                 opcode::LinkAt::new(
-                    types::Fd(dirfd),
+                    types::Fd(old_dirfd),
                     cptr(&b.path_a),
-                    types::Fd(dirfd),
+                    types::Fd(new_dirfd),
                     cptr(&b.path_b),
                 )
                 .build()
@@ -537,7 +546,7 @@ impl Uring {
                     buf.cast::<types::statx>(),
                 )
                 .flags(flags)
-                .mask(libc::STATX_TYPE | libc::STATX_SIZE)
+                .mask(libc::STATX_TYPE | libc::STATX_SIZE | libc::STATX_INO)
                 .build()
             })
             .await?;
@@ -547,9 +556,12 @@ impl Uring {
         };
         let kind = u32::from(statx.stx_mode) & libc::S_IFMT;
         Ok(StatInfo {
+            is_file: kind == libc::S_IFREG,
             is_dir: kind == libc::S_IFDIR,
             is_symlink: kind == libc::S_IFLNK,
             bytes: statx.stx_size,
+            dev: libc::makedev(statx.stx_dev_major, statx.stx_dev_minor),
+            ino: statx.stx_ino,
         })
     }
 
@@ -570,9 +582,13 @@ impl Uring {
 /// What `statx` said about a path (not following a final symlink).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StatInfo {
+    pub(crate) is_file: bool,
     pub(crate) is_dir: bool,
     pub(crate) is_symlink: bool,
     pub(crate) bytes: u64,
+    /// Device and inode: one file's identity, whatever its names.
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
 }
 
 struct OpFuture {
@@ -689,6 +705,32 @@ fn check(res: i32) -> io::Result<i32> {
     } else {
         Ok(res)
     }
+}
+
+/// `openat2(dir, path, O_RDONLY | O_DIRECTORY)` with `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS`, as a plain syscall: for the callers that cannot
+/// await (a directory listing). One short metadata call.
+pub(crate) fn open_beneath_blocking(dir: &OwnedFd, path: &str) -> io::Result<OwnedFd> {
+    let path = cstring(if path.is_empty() { "." } else { path })?;
+    // SAFETY: `open_how` is a plain C struct of integers; all-zero is valid.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: `path` and `how` outlive the call; the size is `how`'s own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh fd that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Hands an owned fd to glommio as a `BufferedFile` (which then owns and

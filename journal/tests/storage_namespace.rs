@@ -6,134 +6,18 @@
 //! be lost or torn at sector boundaries).
 mod common;
 use common::*;
+use ringstore_journal::storage::contract::{self, read_file, write_file};
 use ringstore_journal::storage::{
     BufferedFile, DmaStorage, EntryKind, FaultConfig, MemStorage, Storage, SIM_SECTOR_BYTES,
 };
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-/// A buffered file at `path` holding `bytes`, synced, its name synced too.
-async fn write_file<S: Storage>(storage: &S, path: &Path, bytes: &[u8]) {
-    let file = storage.create_buffered(path).await.unwrap();
-    let written = file.write_at(bytes.to_vec(), 0).await.unwrap();
-    assert_eq!(written, bytes.len());
-    file.sync().await.unwrap();
-    file.close().await.unwrap();
-    storage.sync_dir(path.parent().unwrap()).await.unwrap();
-}
-
-async fn read_file<S: Storage>(storage: &S, path: &Path) -> Vec<u8> {
-    let file = storage.open_buffered(path).await.unwrap();
-    let len = file.file_len().await.unwrap();
-    let bytes = file.read_at(0, len as usize).await.unwrap().to_vec();
-    file.close().await.unwrap();
-    bytes
-}
-
-/// The contract every backend keeps, in `dir` (an existing directory).
-async fn contract<S: Storage>(storage: &S, dir: &Path) {
-    // Buffered files: exclusive create, writes and reads at any offset.
-    let a = dir.join("a");
-    let file = storage.create_buffered(&a).await.unwrap();
-    assert_eq!(
-        storage.create_buffered(&a).await.unwrap_err().kind(),
-        ErrorKind::AlreadyExists
-    );
-    assert_eq!(file.write_at(b"hello, ".to_vec(), 0).await.unwrap(), 7);
-    assert_eq!(file.write_at(b"world".to_vec(), 7).await.unwrap(), 5);
-    assert_eq!(file.write_at(b"W".to_vec(), 7).await.unwrap(), 1);
-    file.sync().await.unwrap();
-    assert_eq!(file.file_len().await.unwrap(), 12);
-    assert_eq!(&*file.read_at(3, 6).await.unwrap(), b"lo, Wo");
-    assert_eq!(
-        &*file.read_at(10, 100).await.unwrap(),
-        b"ld",
-        "short at the end"
-    );
-    file.close().await.unwrap();
-    assert_eq!(read_file(storage, &a).await, b"hello, World");
-    assert_eq!(
-        storage
-            .open_buffered(&dir.join("missing"))
-            .await
-            .unwrap_err()
-            .kind(),
-        ErrorKind::NotFound
-    );
-
-    // stat: kind, length, one id per file.
-    let meta = storage.stat(&a).await.unwrap();
-    assert_eq!((meta.kind, meta.len), (EntryKind::File, 12));
-    assert_eq!(storage.stat(dir).await.unwrap().kind, EntryKind::Dir);
-    assert_eq!(
-        storage.stat(&dir.join("missing")).await.unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
-
-    // link: a second name for the same file, never replacing.
-    let b = dir.join("b");
-    storage.link(&a, &b).await.unwrap();
-    assert_eq!(storage.stat(&b).await.unwrap().id, meta.id);
-    assert_eq!(
-        storage.link(&a, &b).await.unwrap_err().kind(),
-        ErrorKind::AlreadyExists
-    );
-    write_file(storage, &dir.join("c"), b"other").await;
-    assert_ne!(storage.stat(&dir.join("c")).await.unwrap().id, meta.id);
-    assert_eq!(
-        storage.link(&dir.join("c"), &b).await.unwrap_err().kind(),
-        ErrorKind::AlreadyExists,
-        "an existing name is never replaced"
-    );
-    assert_eq!(read_file(storage, &b).await, b"hello, World");
-    assert_eq!(
-        storage
-            .link(&dir.join("missing"), &dir.join("d"))
-            .await
-            .unwrap_err()
-            .kind(),
-        ErrorKind::NotFound
-    );
-    storage.remove(&a).await.unwrap();
-    assert_eq!(
-        read_file(storage, &b).await,
-        b"hello, World",
-        "the other name stays"
-    );
-
-    // remove_dir: only an empty directory.
-    let sub = dir.join("sub");
-    storage.create_dir(&sub).await.unwrap();
-    write_file(storage, &sub.join("x"), b"x").await;
-    assert_eq!(
-        storage.remove_dir(&sub).await.unwrap_err().kind(),
-        ErrorKind::DirectoryNotEmpty
-    );
-    storage.remove(&sub.join("x")).await.unwrap();
-    storage.remove_dir(&sub).await.unwrap();
-    assert_eq!(
-        storage.stat(&sub).await.unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
-    assert_eq!(
-        storage.remove_dir(&sub).await.unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
-
-    // try_lock: one holder at a time, released on drop.
-    let lock_path = dir.join("lock");
-    let lock = storage.try_lock(&lock_path).await.unwrap();
-    assert!(lock.is_some());
-    assert!(storage.try_lock(&lock_path).await.unwrap().is_none());
-    drop(lock);
-    assert!(storage.try_lock(&lock_path).await.unwrap().is_some());
-}
-
 #[test]
 fn the_real_disk_keeps_the_contract() {
     let dir = temp_dir();
     run(|| async move {
-        contract(&DmaStorage::new(), dir.path()).await;
+        contract::check(&DmaStorage::new(), dir.path()).await;
         // What the simulated disk cannot have: a symbolic link is neither
         // a file nor a directory, and is not followed.
         std::os::unix::fs::symlink("b", dir.path().join("link")).unwrap();
@@ -148,7 +32,7 @@ fn the_simulated_disk_keeps_the_contract() {
         let mem = MemStorage::new();
         let dir = Path::new("/disk/contract");
         mem.create_dir(dir).await.unwrap();
-        contract(&mem, dir).await;
+        contract::check(&mem, dir).await;
     });
 }
 

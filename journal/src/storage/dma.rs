@@ -223,11 +223,7 @@ impl Storage for DmaStorage {
             .create(true)
             .truncate(false)
             .open(path)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(FileLock { _file: file })),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(e)) => Err(e),
-        }
+        FileLock::try_new(file)
     }
 }
 
@@ -239,10 +235,30 @@ pub struct FileLock {
     _file: std::fs::File,
 }
 
+impl FileLock {
+    /// Locks the open `file`, or `None` if another open file (of this
+    /// process or another) holds the lock.
+    pub fn try_new(file: std::fs::File) -> io::Result<Option<FileLock>> {
+        match file.try_lock() {
+            Ok(()) => Ok(Some(FileLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
 /// A glommio buffered file (the page cache, io_uring).
 #[derive(Debug)]
 pub struct PageCacheFile {
     file: GlommioBufferedFile,
+}
+
+impl PageCacheFile {
+    /// Wraps a glommio buffered file opened elsewhere (by another backend's
+    /// own open, e.g. one resolved beneath a directory descriptor).
+    pub fn new(file: GlommioBufferedFile) -> PageCacheFile {
+        PageCacheFile { file }
+    }
 }
 
 impl BufferedFile for PageCacheFile {
@@ -261,7 +277,11 @@ impl BufferedFile for PageCacheFile {
     }
 
     async fn file_len(&self) -> io::Result<u64> {
-        Ok(self.file.file_size().await?)
+        // fstat through the descriptor's /proc name: glommio's `file_size`
+        // needs the path a file was opened by, which a file opened relative
+        // to a directory descriptor does not have.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        Ok(std::fs::metadata(format!("/proc/self/fd/{fd}"))?.len())
     }
 
     async fn close(self) -> io::Result<()> {

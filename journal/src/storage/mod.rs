@@ -25,6 +25,8 @@
 //! The traits use `async fn`: every backend runs on one glommio reactor
 //! thread, so the futures need not be `Send`.
 
+#[cfg(feature = "sim")]
+pub mod contract;
 mod dma;
 mod mem;
 

@@ -1,0 +1,298 @@
+//! [`RootedDisk`]: the journal crate's [`Storage`] on the real disk, every
+//! path resolved beneath one root directory without following a symbolic
+//! link, the namespace calls submitted through the cache's own io_uring
+//! ([`crate::sys`]).
+//!
+//! Why not [`DmaStorage`](ringstore_journal::storage::DmaStorage): a cache
+//! directory holds names an attacker may influence (object keys), and a
+//! symlink planted in it must never lead a write, link or unlink outside
+//! it. Here each call opens the directory holding its path with `openat2`
+//! (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`) relative to the root's
+//! descriptor and acts on the last name relative to that directory, so no
+//! component is resolved twice. And glommio 0.9 has no `linkat`, `mkdirat`
+//! or `statx`: those go through the cache's ring, which completes them off
+//! the reactor thread.
+//!
+//! Paths are absolute, beneath the root the disk was opened on (`root/a/b`);
+//! any other path is refused (`InvalidInput`), as is a name that is not
+//! UTF-8 (keys are UTF-8). The contract is the trait's; the tests run the
+//! same check as the journal crate runs on its two backends
+//! (`ringstore_journal::storage::contract`).
+//!
+//! O_DIRECT files ([`Storage::create`], [`Storage::open`]): glommio opens
+//! those only by path, so the path is checked beneath the root (its
+//! directory opened as above) and then opened by its absolute name with
+//! `O_NOFOLLOW`: a directory swapped for a symlink between the check and
+//! the open is not caught. The cache uses buffered files only.
+
+use crate::sys::{self, Uring};
+use ringstore_journal::storage::{
+    DmaFileHandle, DmaStorage, EntryKind, FileLock, FileMeta, PageCacheFile, Storage,
+};
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// Mode of directories the disk creates.
+const DIR_MODE: u32 = 0o755;
+/// Mode of files the disk creates.
+const FILE_MODE: u32 = 0o644;
+
+/// [`Storage`] beneath one root directory (see the module docs). Cheap to
+/// clone; `!Send`: use it on the glommio executor that opened it.
+#[derive(Clone)]
+pub struct RootedDisk {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    // Declared first so it drops first: dropping the ring waits for its ops,
+    // which hold the descriptors they use.
+    uring: Uring,
+    root: PathBuf,
+    root_fd: Rc<OwnedFd>,
+    /// For the O_DIRECT files, which glommio opens by path.
+    dma: DmaStorage,
+}
+
+impl std::fmt::Debug for RootedDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootedDisk")
+            .field("root", &self.inner.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a path is: the directory holding it, opened beneath the root, and
+/// its last name in that directory. The root itself has no name here.
+enum Place<'a> {
+    Root,
+    In(Rc<OwnedFd>, &'a str),
+}
+
+impl RootedDisk {
+    /// A disk rooted at the existing directory `root` (which may itself be
+    /// reached through symlinks: only what lies beneath it is checked).
+    /// Call on a glommio executor thread: it starts the ring's reaper task.
+    pub fn open(root: &Path) -> io::Result<RootedDisk> {
+        let root_file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(root)?;
+        Ok(RootedDisk {
+            inner: Rc::new(Inner {
+                uring: Uring::new()?,
+                root: root.to_path_buf(),
+                root_fd: Rc::new(OwnedFd::from(root_file)),
+                dma: DmaStorage::new(),
+            }),
+        })
+    }
+
+    /// The root every path must lie beneath.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// `path` relative to the root (`""` for the root itself).
+    fn relative<'a>(&self, path: &'a Path) -> io::Result<&'a str> {
+        let rel = path.strip_prefix(&self.inner.root).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: not beneath the disk's root {}",
+                    path.display(),
+                    self.inner.root.display()
+                ),
+            )
+        })?;
+        rel.to_str().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not UTF-8", path.display()),
+            )
+        })
+    }
+
+    /// The directory holding `path` (opened `O_PATH`) and its last name
+    /// (see [`Place`]).
+    async fn place<'a>(&self, path: &'a Path) -> io::Result<Place<'a>> {
+        let rel = self.relative(path)?;
+        if rel.is_empty() {
+            return Ok(Place::Root);
+        }
+        match rel.rsplit_once('/') {
+            None => Ok(Place::In(Rc::clone(&self.inner.root_fd), rel)),
+            Some((parent, leaf)) => {
+                let dir = self.open_dir(parent, libc::O_PATH).await?;
+                Ok(Place::In(dir, leaf))
+            }
+        }
+    }
+
+    /// Like [`Self::place`], for calls that act on a name: the root has none.
+    async fn named<'a>(&self, path: &'a Path) -> io::Result<(Rc<OwnedFd>, &'a str)> {
+        match self.place(path).await? {
+            Place::In(dir, leaf) => Ok((dir, leaf)),
+            Place::Root => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: the disk's root itself", path.display()),
+            )),
+        }
+    }
+
+    /// Opens the directory `rel` (relative to the root) beneath the root.
+    async fn open_dir(&self, rel: &str, mode: i32) -> io::Result<Rc<OwnedFd>> {
+        if rel.is_empty() {
+            return Ok(Rc::clone(&self.inner.root_fd));
+        }
+        let fd = self
+            .inner
+            .uring
+            .open_beneath(&self.inner.root_fd, rel, mode | libc::O_DIRECTORY, 0)
+            .await?;
+        Ok(Rc::new(fd))
+    }
+
+    /// Opens the file at `path` beneath the root with `flags`.
+    async fn open_file(&self, path: &Path, flags: i32) -> io::Result<OwnedFd> {
+        let (dir, leaf) = self.named(path).await?;
+        // openat2 takes a mode only with O_CREAT (EINVAL otherwise).
+        let mode = if flags & libc::O_CREAT != 0 {
+            FILE_MODE
+        } else {
+            0
+        };
+        self.inner.uring.open_beneath(&dir, leaf, flags, mode).await
+    }
+
+    /// `path` checked beneath the root for an O_DIRECT open by name.
+    async fn checked_for_dma<'a>(&self, path: &'a Path) -> io::Result<&'a Path> {
+        // The directory opens beneath the root, or the path is refused.
+        self.named(path).await?;
+        Ok(path)
+    }
+}
+
+impl Storage for RootedDisk {
+    type File = DmaFileHandle;
+    type Buffered = PageCacheFile;
+    type Lock = FileLock;
+
+    async fn create_dir(&self, path: &Path) -> io::Result<()> {
+        let (dir, leaf) = self.named(path).await?;
+        self.inner.uring.mkdir(&dir, leaf, DIR_MODE).await
+    }
+
+    async fn check_dir(&self, dir: &Path) -> io::Result<()> {
+        let rel = self.relative(dir)?;
+        self.open_dir(rel, libc::O_PATH).await.map(drop)
+    }
+
+    async fn create(&self, path: &Path, write_through: bool) -> io::Result<DmaFileHandle> {
+        let path = self.checked_for_dma(path).await?;
+        self.inner.dma.create(path, write_through).await
+    }
+
+    async fn open(&self, path: &Path) -> io::Result<DmaFileHandle> {
+        let path = self.checked_for_dma(path).await?;
+        self.inner.dma.open(path).await
+    }
+
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        let (dir, leaf) = self.named(path).await?;
+        self.inner.uring.unlink(&dir, leaf, false).await
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if from.parent() != to.parent() {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        let (dir, from_leaf) = self.named(from).await?;
+        let to_leaf = self.relative(to)?.rsplit('/').next().unwrap_or_default();
+        self.inner.uring.rename(&dir, from_leaf, to_leaf).await
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let rel = self.relative(dir)?;
+        let fd = self.open_dir(rel, libc::O_RDONLY).await?;
+        self.inner.uring.fsync(&fd).await
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+        let rel = self.relative(dir)?;
+        let fd = sys::open_beneath_blocking(&self.inner.root_fd, rel)?;
+        // The open descriptor, named through /proc: nothing is resolved
+        // again by name.
+        std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect()
+    }
+
+    fn latency_device(&self, dir: &Path) -> io::Result<Option<u64>> {
+        self.inner.dma.latency_device(dir)
+    }
+
+    async fn create_buffered(&self, path: &Path) -> io::Result<PageCacheFile> {
+        let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR;
+        let fd = self.open_file(path, flags).await?;
+        Ok(PageCacheFile::new(sys::buffered_file_from_fd(fd)))
+    }
+
+    async fn open_buffered(&self, path: &Path) -> io::Result<PageCacheFile> {
+        // O_NONBLOCK: a FIFO planted at `path` cannot block the open; it is
+        // cleared before any read (io_uring would answer EAGAIN).
+        let fd = self
+            .open_file(path, libc::O_RDWR | libc::O_NONBLOCK)
+            .await?;
+        if !sys::is_regular_file(std::os::fd::AsFd::as_fd(&fd))? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a regular file", path.display()),
+            ));
+        }
+        sys::clear_nonblock(std::os::fd::AsFd::as_fd(&fd))?;
+        Ok(PageCacheFile::new(sys::buffered_file_from_fd(fd)))
+    }
+
+    async fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (from_dir, from_leaf) = self.named(from).await?;
+        let (to_dir, to_leaf) = self.named(to).await?;
+        self.inner
+            .uring
+            .link(&from_dir, from_leaf, &to_dir, to_leaf)
+            .await
+    }
+
+    async fn stat(&self, path: &Path) -> io::Result<FileMeta> {
+        let info = match self.place(path).await? {
+            Place::Root => self.inner.uring.stat_fd(&self.inner.root_fd).await?,
+            Place::In(dir, leaf) => self.inner.uring.stat_nofollow(&dir, leaf).await?,
+        };
+        let kind = if info.is_file {
+            EntryKind::File
+        } else if info.is_dir {
+            EntryKind::Dir
+        } else {
+            EntryKind::Other
+        };
+        Ok(FileMeta {
+            kind,
+            len: info.bytes,
+            id: (info.dev, info.ino),
+        })
+    }
+
+    async fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        let (dir, leaf) = self.named(path).await?;
+        self.inner.uring.unlink(&dir, leaf, true).await
+    }
+
+    async fn try_lock(&self, path: &Path) -> io::Result<Option<FileLock>> {
+        let fd = self.open_file(path, libc::O_CREAT | libc::O_RDWR).await?;
+        FileLock::try_new(std::fs::File::from(fd))
+    }
+}

@@ -1,0 +1,194 @@
+//! The contract every [`Storage`] backend keeps for the namespace calls and
+//! buffered files (link, stat, remove_dir, try_lock, create/open_buffered),
+//! as one check a backend's tests run on a directory of its own: the real
+//! disk's and the simulated disk's in this crate, the cache's rooted disk
+//! in `ringstore-cache`. It panics on the first broken promise. Feature
+//! `sim` (test support, like the simulator).
+
+use super::{BufferedFile, EntryKind, Storage};
+use std::io::ErrorKind;
+use std::path::Path;
+
+/// A buffered file at `path` holding `bytes`, synced, its name synced too.
+pub async fn write_file<S: Storage>(storage: &S, path: &Path, bytes: &[u8]) {
+    let file = storage.create_buffered(path).await.expect("storage call");
+    let written = file
+        .write_at(bytes.to_vec(), 0)
+        .await
+        .expect("storage call");
+    assert_eq!(written, bytes.len());
+    file.sync().await.expect("storage call");
+    file.close().await.expect("storage call");
+    storage
+        .sync_dir(super::parent_dir(path))
+        .await
+        .expect("storage call");
+}
+
+/// The whole of the file at `path`, read through a buffered handle.
+pub async fn read_file<S: Storage>(storage: &S, path: &Path) -> Vec<u8> {
+    let file = storage.open_buffered(path).await.expect("storage call");
+    let len = file.file_len().await.expect("storage call");
+    let bytes = file
+        .read_at(0, len as usize)
+        .await
+        .expect("storage call")
+        .to_vec();
+    file.close().await.expect("storage call");
+    bytes
+}
+
+/// Checks the contract in `dir` (an existing, empty directory), leaving
+/// its files there.
+pub async fn check<S: Storage>(storage: &S, dir: &Path) {
+    // Buffered files: exclusive create, writes and reads at any offset.
+    let a = dir.join("a");
+    let file = storage.create_buffered(&a).await.expect("storage call");
+    assert_eq!(
+        storage
+            .create_buffered(&a)
+            .await
+            .expect_err("storage call should fail")
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        file.write_at(b"hello, ".to_vec(), 0)
+            .await
+            .expect("storage call"),
+        7
+    );
+    assert_eq!(
+        file.write_at(b"world".to_vec(), 7)
+            .await
+            .expect("storage call"),
+        5
+    );
+    assert_eq!(
+        file.write_at(b"W".to_vec(), 7).await.expect("storage call"),
+        1
+    );
+    file.sync().await.expect("storage call");
+    assert_eq!(file.file_len().await.expect("storage call"), 12);
+    assert_eq!(&*file.read_at(3, 6).await.expect("storage call"), b"lo, Wo");
+    assert_eq!(
+        &*file.read_at(10, 100).await.expect("storage call"),
+        b"ld",
+        "short at the end"
+    );
+    file.close().await.expect("storage call");
+    assert_eq!(read_file(storage, &a).await, b"hello, World");
+    assert_eq!(
+        storage
+            .open_buffered(&dir.join("missing"))
+            .await
+            .expect_err("storage call should fail")
+            .kind(),
+        ErrorKind::NotFound
+    );
+
+    // stat: kind, length, one id per file.
+    let meta = storage.stat(&a).await.expect("storage call");
+    assert_eq!((meta.kind, meta.len), (EntryKind::File, 12));
+    assert_eq!(
+        storage.stat(dir).await.expect("storage call").kind,
+        EntryKind::Dir
+    );
+    assert_eq!(
+        storage
+            .stat(&dir.join("missing"))
+            .await
+            .expect_err("storage call should fail")
+            .kind(),
+        ErrorKind::NotFound
+    );
+
+    // link: a second name for the same file, never replacing.
+    let b = dir.join("b");
+    storage.link(&a, &b).await.expect("storage call");
+    assert_eq!(storage.stat(&b).await.expect("storage call").id, meta.id);
+    assert_eq!(
+        storage
+            .link(&a, &b)
+            .await
+            .expect_err("storage call should fail")
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
+    write_file(storage, &dir.join("c"), b"other").await;
+    assert_ne!(
+        storage.stat(&dir.join("c")).await.expect("storage call").id,
+        meta.id
+    );
+    assert_eq!(
+        storage
+            .link(&dir.join("c"), &b)
+            .await
+            .expect_err("storage call should fail")
+            .kind(),
+        ErrorKind::AlreadyExists,
+        "an existing name is never replaced"
+    );
+    assert_eq!(read_file(storage, &b).await, b"hello, World");
+    assert_eq!(
+        storage
+            .link(&dir.join("missing"), &dir.join("d"))
+            .await
+            .expect_err("storage call should fail")
+            .kind(),
+        ErrorKind::NotFound
+    );
+    storage.remove(&a).await.expect("storage call");
+    assert_eq!(
+        read_file(storage, &b).await,
+        b"hello, World",
+        "the other name stays"
+    );
+
+    // remove_dir: only an empty directory.
+    let sub = dir.join("sub");
+    storage.create_dir(&sub).await.expect("storage call");
+    write_file(storage, &sub.join("x"), b"x").await;
+    assert_eq!(
+        storage
+            .remove_dir(&sub)
+            .await
+            .expect_err("storage call should fail")
+            .kind(),
+        ErrorKind::DirectoryNotEmpty
+    );
+    storage.remove(&sub.join("x")).await.expect("storage call");
+    storage.remove_dir(&sub).await.expect("storage call");
+    assert_eq!(
+        storage
+            .stat(&sub)
+            .await
+            .expect_err("storage call should fail")
+            .kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        storage
+            .remove_dir(&sub)
+            .await
+            .expect_err("storage call should fail")
+            .kind(),
+        ErrorKind::NotFound
+    );
+
+    // try_lock: one holder at a time, released on drop.
+    let lock_path = dir.join("lock");
+    let lock = storage.try_lock(&lock_path).await.expect("storage call");
+    assert!(lock.is_some());
+    assert!(storage
+        .try_lock(&lock_path)
+        .await
+        .expect("storage call")
+        .is_none());
+    drop(lock);
+    assert!(storage
+        .try_lock(&lock_path)
+        .await
+        .expect("storage call")
+        .is_some());
+}
