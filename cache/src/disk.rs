@@ -13,10 +13,15 @@
 //! or `statx`: those go through the cache's ring, which completes them off
 //! the reactor thread.
 //!
-//! Paths are absolute, beneath the root the disk was opened on (`root/a/b`);
-//! any other path is refused (`InvalidInput`), as is a name that is not
-//! UTF-8 (keys are UTF-8). The contract is the trait's; the tests run the
-//! same check as the journal crate runs on its two backends
+//! Paths are absolute. Beneath the root the disk was opened on (`root/a/b`)
+//! they are resolved as above, and must be UTF-8 (keys are). A path
+//! outside the root can only be read ([`Storage::open_buffered`],
+//! [`Storage::stat`]) or linked from (the first path of [`Storage::link`]:
+//! a file adopted into the cache): it is resolved by its absolute name,
+//! not following a final symlink. Anything else outside the root is
+//! refused (`InvalidInput`): the disk changes nothing but what lies
+//! beneath its root. The contract is the trait's; the tests run the same
+//! check as the journal crate runs on its two backends
 //! (`ringstore_journal::storage::contract`).
 //!
 //! O_DIRECT files ([`Storage::create`], [`Storage::open`]): glommio opens
@@ -27,7 +32,8 @@
 
 use crate::sys::{self, Uring};
 use ringstore_journal::storage::{
-    DmaFileHandle, DmaStorage, EntryKind, FileLock, FileMeta, PageCacheFile, Storage,
+    DmaFileHandle, DmaStorage, EntryKind, FileLock, FileMeta, FsSpace, MemStorage, PageCacheFile,
+    Storage,
 };
 use std::ffi::OsString;
 use std::io;
@@ -95,6 +101,10 @@ impl RootedDisk {
     /// The root every path must lie beneath.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    fn is_beneath_root(&self, path: &Path) -> bool {
+        path.starts_with(&self.inner.root)
     }
 
     /// `path` relative to the root (`""` for the root itself).
@@ -236,6 +246,16 @@ impl Storage for RootedDisk {
         self.inner.dma.latency_device(dir)
     }
 
+    fn fs_space(&self, dir: &Path) -> io::Result<FsSpace> {
+        let rel = self.relative(dir)?;
+        let fd = sys::open_beneath_blocking(&self.inner.root_fd, rel)?;
+        let space = sys::fs_space(std::os::fd::AsFd::as_fd(&fd))?;
+        Ok(FsSpace {
+            total_bytes: space.total_bytes,
+            avail_bytes: space.avail_bytes,
+        })
+    }
+
     async fn create_buffered(&self, path: &Path) -> io::Result<PageCacheFile> {
         let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR;
         let fd = self.open_file(path, flags).await?;
@@ -243,10 +263,13 @@ impl Storage for RootedDisk {
     }
 
     async fn open_buffered(&self, path: &Path) -> io::Result<PageCacheFile> {
+        if !self.is_beneath_root(path) {
+            return self.inner.dma.open_buffered(path).await;
+        }
         // O_NONBLOCK: a FIFO planted at `path` cannot block the open; it is
         // cleared before any read (io_uring would answer EAGAIN).
         let fd = self
-            .open_file(path, libc::O_RDWR | libc::O_NONBLOCK)
+            .open_file(path, libc::O_RDONLY | libc::O_NONBLOCK)
             .await?;
         if !sys::is_regular_file(std::os::fd::AsFd::as_fd(&fd))? {
             return Err(io::Error::new(
@@ -259,8 +282,27 @@ impl Storage for RootedDisk {
     }
 
     async fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let (from_dir, from_leaf) = self.named(from).await?;
         let (to_dir, to_leaf) = self.named(to).await?;
+        let (from_dir, from_leaf) = if self.is_beneath_root(from) {
+            self.named(from).await?
+        } else {
+            // Adopting a file from outside: its directory by name.
+            let dir = from.parent().unwrap_or(Path::new("/"));
+            let leaf = from
+                .file_name()
+                .and_then(|leaf| leaf.to_str())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{}: no UTF-8 file name", from.display()),
+                    )
+                })?;
+            let dir_file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(dir)?;
+            (Rc::new(OwnedFd::from(dir_file)), leaf)
+        };
         self.inner
             .uring
             .link(&from_dir, from_leaf, &to_dir, to_leaf)
@@ -268,6 +310,9 @@ impl Storage for RootedDisk {
     }
 
     async fn stat(&self, path: &Path) -> io::Result<FileMeta> {
+        if !self.is_beneath_root(path) {
+            return self.inner.dma.stat(path).await;
+        }
         let info = match self.place(path).await? {
             Place::Root => self.inner.uring.stat_fd(&self.inner.root_fd).await?,
             Place::In(dir, leaf) => self.inner.uring.stat_nofollow(&dir, leaf).await?,
@@ -295,4 +340,78 @@ impl Storage for RootedDisk {
         let fd = self.open_file(path, libc::O_CREAT | libc::O_RDWR).await?;
         FileLock::try_new(std::fs::File::from(fd))
     }
+}
+
+/// What a cache needs of its disk beyond [`Storage`]: the disk for its
+/// root, and a way to let metadata calls already handed to the kernel
+/// finish (a cache dropped like a crash must not change its directory
+/// after the next instance opened it).
+#[expect(
+    async_fn_in_trait,
+    reason = "disks run on one reactor thread; futures need not be Send"
+)]
+pub trait CacheDisk: Storage {
+    /// The disk a cache rooted at `root` uses, `given` by the builder or
+    /// made here, with `root` (and the directories above it it lacks)
+    /// created durably.
+    async fn for_root(given: Option<Self>, root: &Path) -> io::Result<Self>;
+    /// Metadata calls handed to the kernel and not finished yet.
+    fn ops_in_flight(&self) -> usize;
+    /// Blocks until no metadata call is in flight (bounded by the ring's
+    /// size: each is one short call).
+    fn wait_for_in_flight(&self);
+}
+
+impl CacheDisk for RootedDisk {
+    async fn for_root(given: Option<Self>, root: &Path) -> io::Result<Self> {
+        if let Some(disk) = given {
+            if disk.root() == root {
+                return Ok(disk);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a disk rooted at {} given for a cache at {}",
+                    disk.root().display(),
+                    root.display()
+                ),
+            ));
+        }
+        let made = root.to_path_buf();
+        glommio::executor()
+            .spawn_blocking(move || {
+                ringstore_journal::storage::create_dir_all_durably_blocking(&made)
+            })
+            .await?;
+        RootedDisk::open(root)
+    }
+
+    fn ops_in_flight(&self) -> usize {
+        self.inner.uring.ops_in_flight()
+    }
+
+    fn wait_for_in_flight(&self) {
+        self.inner.uring.wait_for_in_flight();
+    }
+}
+
+/// The simulated disk, for the cache's model checker and tests: every call
+/// completes before it returns, so nothing is ever in flight.
+impl CacheDisk for MemStorage {
+    async fn for_root(given: Option<Self>, root: &Path) -> io::Result<Self> {
+        let disk = given.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a cache on the simulated disk needs the disk (CacheBuilder::disk)",
+            )
+        })?;
+        ringstore_journal::storage::create_dir_all_durably(&disk, root).await?;
+        Ok(disk)
+    }
+
+    fn ops_in_flight(&self) -> usize {
+        0
+    }
+
+    fn wait_for_in_flight(&self) {}
 }

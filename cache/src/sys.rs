@@ -279,7 +279,6 @@ impl Uring {
     }
 
     /// Ops submitted whose completion has not been reaped yet.
-    #[cfg(feature = "sim")]
     pub(crate) fn ops_in_flight(&self) -> usize {
         self.inner
             .slots

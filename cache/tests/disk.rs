@@ -1,6 +1,7 @@
 //! The cache's rooted disk (`RootedDisk`) keeps the storage contract the
-//! journal's two backends keep, and never leaves its root: not through a
-//! planted symlink, not through `..`, not by an absolute path elsewhere.
+//! journal's two backends keep, and changes nothing outside its root: not
+//! through a planted symlink, not through `..`, not by an absolute path
+//! elsewhere (from where it only reads and links).
 mod common;
 use common::*;
 use ringstore_cache::disk::RootedDisk;
@@ -56,9 +57,22 @@ fn nothing_leads_outside_the_root() {
         // `..` and paths elsewhere are refused.
         let up = dir.path().join("../x");
         assert!(disk.create_buffered(&up).await.is_err());
+        // Outside the root the disk reads and links from, and changes
+        // nothing.
         let elsewhere = outside.path().join("secret");
-        let refused = disk.open_buffered(&elsewhere).await.unwrap_err();
-        assert_eq!(refused.kind(), ErrorKind::InvalidInput, "{refused}");
+        assert_eq!(read_file(&disk, &elsewhere).await, b"outside");
+        for refused in [
+            disk.remove(&elsewhere).await.unwrap_err(),
+            disk.create_buffered(&outside.path().join("new")).await.unwrap_err(),
+            disk.create_dir(&outside.path().join("dir")).await.unwrap_err(),
+            disk.rename(&elsewhere, &outside.path().join("moved")).await.unwrap_err(),
+            disk.link(&dir.path().join("mine"), &outside.path().join("new")).await.unwrap_err(),
+            disk.try_lock(&outside.path().join("lock")).await.unwrap_err(),
+        ] {
+            assert_eq!(refused.kind(), ErrorKind::InvalidInput, "{refused}");
+        }
+        disk.link(&elsewhere, &dir.path().join("adopted")).await.unwrap();
+        assert_eq!(read_file(&disk, &dir.path().join("adopted")).await, b"outside");
         // Nothing outside changed.
         assert_eq!(
             std::fs::read(outside.path().join("secret")).unwrap(),

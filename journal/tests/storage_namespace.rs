@@ -130,11 +130,13 @@ fn an_unsynced_buffered_write_tears_at_sector_boundaries() {
             );
             let path = Path::new("/disk/object");
             let old = vec![0xAAu8; 4 * sector];
-            write_file(&mem, path, &old).await;
+            let file = mem.create_buffered(path).await.unwrap();
+            file.write_at(old.clone(), 0).await.unwrap();
+            file.sync().await.unwrap();
+            mem.sync_dir(Path::new("/disk")).await.unwrap();
             // Unaligned: from the middle of sector 0 into sector 3.
             let start = sector / 2 + 3;
             let new = vec![0x55u8; 2 * sector + 100];
-            let file = mem.open_buffered(path).await.unwrap();
             file.write_at(new.clone(), start as u64).await.unwrap();
             mem.crash();
             let after = read_file(&mem, path).await;

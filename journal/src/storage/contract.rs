@@ -76,8 +76,25 @@ pub async fn check<S: Storage>(storage: &S, dir: &Path) {
         b"ld",
         "short at the end"
     );
+    let created = file.meta().await.expect("storage call");
     file.close().await.expect("storage call");
     assert_eq!(read_file(storage, &a).await, b"hello, World");
+    // Opened for reading only: a write is refused, and the open file is
+    // the one its name names.
+    let opened = storage.open_buffered(&a).await.expect("storage call");
+    assert!(opened.write_at(b"x".to_vec(), 0).await.is_err());
+    assert_eq!(opened.meta().await.expect("storage call").id, created.id);
+    opened.close().await.expect("storage call");
+    assert_eq!(
+        storage
+            .open_buffered(dir)
+            .await
+            .expect_err("a directory is not a buffered file")
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+    let space = storage.fs_space(dir).expect("storage call");
+    assert!(space.avail_bytes <= space.total_bytes && space.total_bytes > 0);
     assert_eq!(
         storage
             .open_buffered(&dir.join("missing"))

@@ -16,7 +16,7 @@
 //!    O_DIRECT writes wrote (the kernel invalidates cached pages on direct
 //!    writes). Writes are unaffected: they take the same path either way.
 
-use super::{is_errno, BufferedFile, EntryKind, FileMeta, IoBuf, Storage, StorageFile};
+use super::{is_errno, BufferedFile, EntryKind, FileMeta, FsSpace, IoBuf, Storage, StorageFile};
 use glommio::io::{
     BufferedFile as GlommioBufferedFile, DmaBuffer, DmaFile, OpenOptions, ReadResult,
 };
@@ -172,12 +172,31 @@ impl Storage for DmaStorage {
     }
 
     async fn open_buffered(&self, path: &Path) -> io::Result<PageCacheFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .buffered_open(path)
-            .await?;
-        Ok(PageCacheFile { file })
+        // Checked by name first, so a FIFO or device is refused before an
+        // open that could wait on it; one swapped in between the check and
+        // the open is not caught here (the cache's rooted disk checks the
+        // open descriptor instead).
+        if std::fs::symlink_metadata(path)?.file_type().is_file() {
+            let file = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .buffered_open(path)
+                .await?;
+            Ok(PageCacheFile { file })
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a regular file", path.display()),
+            ))
+        }
+    }
+
+    fn fs_space(&self, dir: &Path) -> io::Result<FsSpace> {
+        let st = rustix::fs::statvfs(dir)?;
+        Ok(FsSpace {
+            total_bytes: st.f_blocks.saturating_mul(st.f_frsize),
+            avail_bytes: st.f_bavail.saturating_mul(st.f_frsize),
+        })
     }
 
     // The namespace calls below are single metadata syscalls made on the
@@ -189,27 +208,7 @@ impl Storage for DmaStorage {
     }
 
     async fn stat(&self, path: &Path) -> io::Result<FileMeta> {
-        let meta = std::fs::symlink_metadata(path)?;
-        let file_type = meta.file_type();
-        let kind = if file_type.is_file() {
-            EntryKind::File
-        } else if file_type.is_dir() {
-            EntryKind::Dir
-        } else {
-            debug_assert!(
-                file_type.is_symlink()
-                    || file_type.is_fifo()
-                    || file_type.is_socket()
-                    || file_type.is_block_device()
-                    || file_type.is_char_device()
-            );
-            EntryKind::Other
-        };
-        Ok(FileMeta {
-            kind,
-            len: meta.len(),
-            id: (meta.dev(), meta.ino()),
-        })
+        Ok(file_meta(&std::fs::symlink_metadata(path)?))
     }
 
     async fn remove_dir(&self, path: &Path) -> io::Result<()> {
@@ -224,6 +223,30 @@ impl Storage for DmaStorage {
             .truncate(false)
             .open(path)?;
         FileLock::try_new(file)
+    }
+}
+
+/// What `meta` (from lstat or fstat) says, as [`FileMeta`].
+fn file_meta(meta: &std::fs::Metadata) -> FileMeta {
+    let file_type = meta.file_type();
+    let kind = if file_type.is_file() {
+        EntryKind::File
+    } else if file_type.is_dir() {
+        EntryKind::Dir
+    } else {
+        debug_assert!(
+            file_type.is_symlink()
+                || file_type.is_fifo()
+                || file_type.is_socket()
+                || file_type.is_block_device()
+                || file_type.is_char_device()
+        );
+        EntryKind::Other
+    };
+    FileMeta {
+        kind,
+        len: meta.len(),
+        id: (meta.dev(), meta.ino()),
     }
 }
 
@@ -282,6 +305,13 @@ impl BufferedFile for PageCacheFile {
         // to a directory descriptor does not have.
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
         Ok(std::fs::metadata(format!("/proc/self/fd/{fd}"))?.len())
+    }
+
+    async fn meta(&self) -> io::Result<FileMeta> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        Ok(file_meta(&std::fs::metadata(format!(
+            "/proc/self/fd/{fd}"
+        ))?))
     }
 
     async fn close(self) -> io::Result<()> {

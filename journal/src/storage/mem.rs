@@ -56,7 +56,7 @@
 //! how often each fault fired. Tests can also inject one-off failures
 //! (`fail_next_*`) and damage files directly.
 
-use super::{BufferedFile, EntryKind, FileMeta, IoBuf, Storage, StorageFile};
+use super::{BufferedFile, EntryKind, FileMeta, FsSpace, IoBuf, Storage, StorageFile};
 use rand_core::{RngCore, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use std::{
@@ -432,8 +432,19 @@ impl MemFs {
         self.live.dirs.contains(dir) || dir.ancestors().all(|level| !self.dirs_made.contains(level))
     }
 
-    /// ENOENT if a directory above `path` is not there.
+    /// ENOENT if a directory above `path` is not there, ENOTDIR if a file
+    /// stands in its place.
     fn check_parents(&self, path: &Path) -> io::Result<()> {
+        if let Some(file) = path
+            .ancestors()
+            .skip(1)
+            .find(|a| self.live.files.contains_key(*a))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{}: not a directory", file.display()),
+            ));
+        }
         match path.ancestors().skip(1).find(|a| !self.is_dir(a)) {
             Some(gone) => Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -912,11 +923,38 @@ impl Storage for MemStorage {
     }
 
     async fn create_buffered(&self, path: &Path) -> io::Result<MemBufferedFile> {
-        Ok(MemBufferedFile(self.create(path, false).await?))
+        Ok(MemBufferedFile {
+            file: self.create(path, false).await?,
+            writable: true,
+        })
     }
 
     async fn open_buffered(&self, path: &Path) -> io::Result<MemBufferedFile> {
-        Ok(MemBufferedFile(self.open(path).await?))
+        let is_dir = {
+            let fs = self.fs.borrow();
+            !fs.live.files.contains_key(path) && fs.is_dir(path) && fs.check_parents(path).is_ok()
+        };
+        if is_dir {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a regular file", path.display()),
+            ));
+        }
+        Ok(MemBufferedFile {
+            file: self.open(path).await?,
+            writable: false,
+        })
+    }
+
+    fn fs_space(&self, _dir: &Path) -> io::Result<FsSpace> {
+        let fs = self.fs.borrow();
+        // A disk without a capacity is as large as the address space; half
+        // of it keeps sums of sizes from overflowing.
+        let total = fs.faults.capacity_bytes.unwrap_or(u64::MAX / 2);
+        Ok(FsSpace {
+            total_bytes: total,
+            avail_bytes: total.saturating_sub(fs.used_bytes()),
+        })
     }
 
     async fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -952,9 +990,7 @@ impl Storage for MemStorage {
             return Ok(FileMeta {
                 kind: EntryKind::File,
                 len: file.borrow().live.len() as u64,
-                // The file's address: the same for all its names, unique
-                // while it exists.
-                id: (0, Rc::as_ptr(file) as usize as u64),
+                id: mem_file_id(file),
             });
         }
         if fs.is_dir(path) {
@@ -1047,32 +1083,54 @@ impl Drop for MemLock {
 /// A buffered file of the in-memory backend: a [`MemFile`] written at any
 /// offset and length, under the same fault model.
 #[derive(Debug)]
-pub struct MemBufferedFile(MemFile);
+pub struct MemBufferedFile {
+    file: MemFile,
+    /// False when opened by `open_buffered` (read-only).
+    writable: bool,
+}
 
 impl BufferedFile for MemBufferedFile {
     type ReadBuf = Vec<u8>;
 
     async fn write_at(&self, data: Vec<u8>, pos: u64) -> io::Result<usize> {
+        if !self.writable {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
         let len = data.len();
-        StorageFile::write_at(&self.0, MemBuf(data), pos).await?;
+        StorageFile::write_at(&self.file, MemBuf(data), pos).await?;
         Ok(len)
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
-        StorageFile::read_at(&self.0, pos, len).await
+        StorageFile::read_at(&self.file, pos, len).await
     }
 
     async fn sync(&self) -> io::Result<()> {
-        StorageFile::sync(&self.0).await
+        StorageFile::sync(&self.file).await
     }
 
     async fn file_len(&self) -> io::Result<u64> {
-        StorageFile::file_len(&self.0).await
+        StorageFile::file_len(&self.file).await
+    }
+
+    async fn meta(&self) -> io::Result<FileMeta> {
+        self.file.begin().await?;
+        Ok(FileMeta {
+            kind: EntryKind::File,
+            len: self.file.data.borrow().live.len() as u64,
+            id: mem_file_id(&self.file.data),
+        })
     }
 
     async fn close(self) -> io::Result<()> {
-        StorageFile::close(self.0).await
+        StorageFile::close(self.file).await
     }
+}
+
+/// A simulated file's identity: its address, the same for all its names,
+/// unique while it exists.
+fn mem_file_id(file: &FileRef) -> (u64, u64) {
+    (0, Rc::as_ptr(file) as usize as u64)
 }
 
 /// A write buffer of the in-memory backend.

@@ -93,7 +93,10 @@ pub trait Storage: Clone + 'static {
     /// exists: exclusive, so two writers never share one name). Durable
     /// after `sync_dir` of its directory; its bytes after its `sync`.
     async fn create_buffered(&self, path: &Path) -> io::Result<Self::Buffered>;
-    /// Opens an existing file for buffered reads and writes.
+    /// Opens an existing regular file for buffered reads (read-only: a
+    /// file another owner made read-only opens too). Anything else at
+    /// `path` (a directory, a FIFO, a device) is refused with
+    /// `InvalidInput`, without blocking on it.
     async fn open_buffered(&self, path: &Path) -> io::Result<Self::Buffered>;
     /// Gives the file at `from` a second name `to` (a hard link), never
     /// replacing: `AlreadyExists` if `to` exists. The new name is durable
@@ -105,6 +108,8 @@ pub trait Storage: Clone + 'static {
     /// Removes an empty directory (`DirectoryNotEmpty` otherwise). Durable
     /// after `sync_dir` of its parent.
     async fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    /// Size and free space of the filesystem holding `dir`.
+    fn fs_space(&self, dir: &Path) -> io::Result<FsSpace>;
     /// Takes an exclusive lock on the file `path` (created if missing, not
     /// synced: the lock, not the file, is what matters), or `None` if
     /// another holder has it. Released when the lock is dropped, and by a
@@ -172,8 +177,20 @@ pub trait BufferedFile: std::fmt::Debug + 'static {
     async fn sync(&self) -> io::Result<()>;
     /// Current length in bytes.
     async fn file_len(&self) -> io::Result<u64>;
+    /// What the open file is (its kind, length and identity: the same as
+    /// [`Storage::stat`] of any of its names gives).
+    async fn meta(&self) -> io::Result<FileMeta>;
     /// Closes the handle.
     async fn close(self) -> io::Result<()>;
+}
+
+/// What [`Storage::fs_space`] tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsSpace {
+    /// Bytes the filesystem holds in all.
+    pub total_bytes: u64,
+    /// Bytes free to an unprivileged writer (`f_bavail`).
+    pub avail_bytes: u64,
 }
 
 /// What a path names, as [`Storage::stat`] tells it.
@@ -318,6 +335,30 @@ pub fn parent_dir(path: &Path) -> &Path {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     }
+}
+
+/// The OS error number of `err`: its raw code, or for an error made from
+/// an [`io::ErrorKind`] alone (the simulated disk's, glommio's converted
+/// ones) the number of that kind. Callers that act on particular codes
+/// (ENOENT, EEXIST, ENOTDIR...) match this, so one match serves every
+/// backend.
+pub fn errno(err: &io::Error) -> Option<i32> {
+    if let Some(raw) = err.raw_os_error() {
+        return Some(raw);
+    }
+    Some(match err.kind() {
+        io::ErrorKind::NotFound => libc::ENOENT,
+        io::ErrorKind::AlreadyExists => libc::EEXIST,
+        io::ErrorKind::NotADirectory => libc::ENOTDIR,
+        io::ErrorKind::IsADirectory => libc::EISDIR,
+        io::ErrorKind::DirectoryNotEmpty => libc::ENOTEMPTY,
+        io::ErrorKind::PermissionDenied => libc::EACCES,
+        io::ErrorKind::StorageFull => libc::ENOSPC,
+        io::ErrorKind::CrossesDevices => libc::EXDEV,
+        io::ErrorKind::Unsupported => libc::EOPNOTSUPP,
+        io::ErrorKind::InvalidInput => libc::EINVAL,
+        _ => return None,
+    })
 }
 
 /// True if `err` is the OS error `errno`. glommio wraps OS errors in its own
