@@ -6,14 +6,15 @@
 //! file would write every byte twice; a hard link adds a name for the same
 //! inode. [`crate::Cache::adopt`]:
 //!
-//! 1. opens the file (`O_NOFOLLOW`: never a symlink), checks it is a regular
-//!    file, takes its size and `fdatasync`s it, all on glommio's blocking
-//!    pool (no io_uring call does `fstat` + `fdatasync` + a plain open);
+//! 1. opens the file through the cache's disk (never through a symlink,
+//!    only a regular file), `fdatasync`s it and takes its size and
+//!    identity (device and inode) from the open file;
 //! 2. reserves its size and one object (waiting up to `reservation_wait`);
-//! 3. creates the key's parent directories, then links **the open fd** into
-//!    place (`linkat("/proc/self/fd/N", .., AT_SYMLINK_FOLLOW)`), so the inode
-//!    checked in step 1 is the one linked even if the name was swapped
-//!    since; EEXIST is [`Error::Conflict`], like a staging commit;
+//! 3. creates the key's parent directories, then links the file's name into
+//!    place and checks that the new name is the inode step 1 opened and
+//!    synced (a name swapped in between is unlinked again and the open
+//!    file copied instead); EEXIST is [`Error::Conflict`], like a staging
+//!    commit;
 //! 4. accounts the object (reservation -> used) and tracks it;
 //! 5. fsyncs the key's directory and any new ancestor's parent.
 //!
@@ -21,26 +22,26 @@
 //! commit does, so a dropped caller cannot leave the accounting behind the
 //! disk. When the link is impossible (EXDEV: another filesystem; EPERM:
 //! `protected_hardlinks` refuses a file the process does not own; ENOENT
-//! that persists: no `/proc`), the bytes are copied through a staging file
-//! instead ([`Adopted::Copied`]).
+//! that persists), the bytes are copied from the open file through a
+//! staging file instead ([`Adopted::Copied`]).
 //!
 //! The object shares its inode with the caller's file: the caller must not
 //! modify the file afterwards (renaming or unlinking its own name is fine).
 //! The size accounted is the one seen in step 1; a file that grew since is
 //! accounted right at the next startup walk.
 
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
+use ringstore_journal::storage::{errno, parent_dir, BufferedFile, EntryKind};
+
 use crate::cache::{Shared, STAGING_CREATE_ATTEMPTS_MAX};
-use crate::error::{glommio_io, Error, Result};
+use crate::disk::CacheDisk;
+use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::reservation::Reservation;
 use crate::staging::Staging;
-use crate::sys;
 
 /// Bytes per read when a file is copied in.
 const COPY_STEP_BYTES: usize = 1 << 20;
@@ -61,13 +62,37 @@ enum LinkOutcome {
     NeedsCopy(std::io::Error),
 }
 
-pub(crate) async fn adopt(shared: &Rc<Shared>, key: &str, file: &Path) -> Result<Adopted> {
+pub(crate) async fn adopt<S: CacheDisk>(
+    shared: &Rc<Shared<S>>,
+    key: &str,
+    file: &Path,
+) -> Result<Adopted> {
     shared.check_open()?;
     let key = Key::new(key)?;
-    let path = file.to_path_buf();
-    let (fd, bytes) = glommio::executor()
-        .spawn_blocking(move || open_and_sync(&path))
-        .await?;
+    let (src, meta) = open_and_sync(shared, file).await?;
+    let adopted = adopt_open(shared, &key, file, &src, meta).await;
+    if let Err(error) = src.close().await {
+        tracing::debug!(%error, file = %file.display(), "closing an adopted file");
+    }
+    let adopted = adopted?;
+    match adopted {
+        Adopted::Linked => shared.metrics.adopted_linked.inc(),
+        Adopted::Copied => shared.metrics.adopted_copied.inc(),
+    }
+    shared.maybe_request_trim();
+    Ok(adopted)
+}
+
+/// Steps 2 to 5 for the file open as `src`, or the copy when the link is
+/// impossible.
+async fn adopt_open<S: CacheDisk>(
+    shared: &Rc<Shared<S>>,
+    key: &Key,
+    file: &Path,
+    src: &S::Buffered,
+    meta: ringstore_journal::storage::FileMeta,
+) -> Result<Adopted> {
+    let bytes = meta.len;
     if bytes > shared.bytes_limit {
         return Err(Error::Oversize {
             key: key.to_string(),
@@ -77,138 +102,150 @@ pub(crate) async fn adopt(shared: &Rc<Shared>, key: &str, file: &Path) -> Result
     }
     let deadline = Instant::now() + shared.cfg.reservation_wait;
     let reservation = shared.reserve(bytes, 1, deadline).await?;
-    let fd = Rc::new(fd);
     let task = glommio::spawn_local(link(
         Rc::clone(shared),
         key.clone(),
-        Rc::clone(&fd),
-        bytes,
+        file.to_path_buf(),
+        meta,
         reservation,
     ));
     let outcome = match task.detach().await {
         Some(outcome) => outcome?,
         None => return Err(Error::Closed),
     };
-    let adopted = match outcome {
-        LinkOutcome::Linked => {
-            shared.metrics.adopted_linked.inc();
-            Adopted::Linked
-        }
+    match outcome {
+        LinkOutcome::Linked => Ok(Adopted::Linked),
         LinkOutcome::NeedsCopy(why) => {
             tracing::debug!(key = key.as_str(), file = %file.display(), %why,
                 "cannot hard-link the file into the cache; copying it");
-            copy(shared, &key, fd, file, bytes).await?;
-            shared.metrics.adopted_copied.inc();
-            Adopted::Copied
+            copy(shared, key, src, file, bytes).await?;
+            Ok(Adopted::Copied)
         }
-    };
-    shared.maybe_request_trim();
-    Ok(adopted)
+    }
 }
 
-/// Step 1 (blocking pool): open without following a symlink, check, size,
-/// fdatasync.
-fn open_and_sync(path: &PathBuf) -> Result<(OwnedFd, u64)> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
+/// Step 1: open (a regular file, no symlink), fdatasync, size and identity.
+async fn open_and_sync<S: CacheDisk>(
+    shared: &Shared<S>,
+    path: &Path,
+) -> Result<(S::Buffered, ringstore_journal::storage::FileMeta)> {
+    let file = shared
+        .disk
+        .open_buffered(path)
+        .await
         .map_err(|e| Error::io("open", path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io("fstat", path, e))?;
-    if !meta.is_file() {
-        return Err(Error::io(
-            "open",
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-        ));
+    let synced = async {
+        file.sync()
+            .await
+            .map_err(|e| Error::io("fdatasync", path, e))?;
+        let meta = file.meta().await.map_err(|e| Error::io("fstat", path, e))?;
+        if meta.kind != EntryKind::File {
+            return Err(Error::io(
+                "open",
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            ));
+        }
+        Ok(meta)
     }
-    file.sync_data()
-        .map_err(|e| Error::io("fdatasync", path, e))?;
-    let fd = OwnedFd::from(file);
-    sys::clear_nonblock(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| Error::io("fcntl", path, e))?;
-    Ok((fd, meta.len()))
+    .await;
+    match synced {
+        Ok(meta) => Ok((file, meta)),
+        Err(error) => {
+            let _ = file.close().await;
+            Err(error)
+        }
+    }
 }
 
 /// Steps 3 to 5, as a detached task holding the key lock.
-async fn link(
-    shared: Rc<Shared>,
+async fn link<S: CacheDisk>(
+    shared: Rc<Shared<S>>,
     key: Key,
-    src: Rc<OwnedFd>,
-    bytes: u64,
+    src: PathBuf,
+    meta: ringstore_journal::storage::FileMeta,
     mut reservation: Reservation,
 ) -> Result<LinkOutcome> {
+    let bytes = meta.len;
     let _guard = shared.locks.lock(key.as_str()).await;
     shared.check_open()?;
     let key_path = shared.object_path(key.as_str());
     let mut attempts = 0;
     // Bounded by STAGING_CREATE_ATTEMPTS_MAX.
-    let dir = loop {
+    loop {
         attempts += 1;
         if key.parent().is_some() {
             shared.ensure_parent_dirs(&key).await?;
         }
-        let (dir, leaf) = match shared.parent_dir(key.as_str(), true).await {
-            Ok(found) => found,
-            Err(e)
-                if e.raw_os_error() == Some(libc::ENOENT)
-                    && attempts < STAGING_CREATE_ATTEMPTS_MAX =>
-            {
-                continue
+        let linked = shared.disk.link(&src, &key_path).await;
+        match linked.as_ref().map_err(errno) {
+            Ok(()) => break,
+            Err(Some(libc::EEXIST)) => {
+                shared.metrics.commit_conflicts.inc();
+                return Err(Error::Conflict {
+                    key: key.to_string(),
+                });
             }
-            Err(e) => return Err(shared.open_error(&key, &key_path, e)),
-        };
-        match shared.uring.link_fd(&src, &dir, leaf).await {
-            Ok(()) => break dir,
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EEXIST) => {
-                    shared.metrics.commit_conflicts.inc();
-                    return Err(Error::Conflict {
-                        key: key.to_string(),
-                    });
-                }
-                Some(libc::EXDEV) | Some(libc::EPERM) | Some(libc::EMLINK) => {
-                    return Ok(LinkOutcome::NeedsCopy(e))
-                }
-                // The directory was swept by a trim (or /proc is missing):
-                // try again, then fall back to a copy.
-                Some(libc::ENOENT) if attempts < STAGING_CREATE_ATTEMPTS_MAX => {}
-                Some(libc::ENOENT) => return Ok(LinkOutcome::NeedsCopy(e)),
-                _ => return Err(Error::io("linkat", key_path, e)),
-            },
+            Err(Some(libc::EXDEV) | Some(libc::EPERM) | Some(libc::EMLINK)) => {
+                return Ok(LinkOutcome::NeedsCopy(linked.expect_err("an error")))
+            }
+            // The directory was swept by a trim: try again, then fall back
+            // to a copy.
+            Err(Some(libc::ENOENT)) if attempts < STAGING_CREATE_ATTEMPTS_MAX => {}
+            Err(Some(libc::ENOENT)) => {
+                return Ok(LinkOutcome::NeedsCopy(linked.expect_err("an error")))
+            }
+            Err(Some(libc::ELOOP)) => {
+                return Err(Error::rejected(
+                    key.as_str(),
+                    crate::KeyRejection::SymlinkInPath,
+                ))
+            }
+            Err(_) => return Err(Error::io("linkat", key_path, linked.expect_err("an error"))),
         }
-    };
+    }
+    let dir = parent_dir(&key_path).to_path_buf();
+    // The name linked must be the file opened and synced in step 1: one
+    // swapped in since is taken out again (durably) and the open file copied.
+    let placed = shared.disk.stat(&key_path).await;
+    if !matches!(&placed, Ok(found) if found.id == meta.id && found.kind == EntryKind::File) {
+        shared
+            .disk
+            .remove(&key_path)
+            .await
+            .map_err(|e| Error::io("unlinkat", &key_path, e))?;
+        shared
+            .fsync_dir(&dir)
+            .await
+            .map_err(|e| Error::io("fsync", &dir, e))?;
+        let why = std::io::Error::other(format!(
+            "{} is no longer the file opened to adopt",
+            src.display()
+        ));
+        return Ok(LinkOutcome::NeedsCopy(why));
+    }
     // The object is in place: account for it before anything else can fail.
     let replaced = shared.tracker.borrow_mut().insert_now(key.as_str(), bytes);
     reservation.commit(bytes, 1);
     if let Some(old_bytes) = replaced {
-        // Cannot happen (linkat does not replace), but keep the books right.
+        // Cannot happen (a link does not replace), but keep the books right.
         shared.ledger.sub_used(old_bytes, 1);
     }
     match shared.fsync_dir(&dir).await {
         Ok(()) => shared.sync_new_ancestors(&key).await?,
-        Err(e) => {
-            let parent = shared.object_path(key.parent().unwrap_or(""));
-            return Err(Error::io("fsync", parent, e));
-        }
+        Err(e) => return Err(Error::io("fsync", dir, e)),
     }
     Ok(LinkOutcome::Linked)
 }
 
-/// The fallback: the file's bytes through a staging file and a commit.
-async fn copy(
-    shared: &Rc<Shared>,
+/// The fallback: the open file's bytes through a staging file and a commit.
+async fn copy<S: CacheDisk>(
+    shared: &Rc<Shared<S>>,
     key: &Key,
-    src: Rc<OwnedFd>,
+    reader: &S::Buffered,
     file: &Path,
     bytes: u64,
 ) -> Result<()> {
-    let src = Rc::try_unwrap(src).map_err(|_| {
-        Error::io(
-            "read",
-            file,
-            std::io::Error::other("file still held by the metadata ring"),
-        )
-    })?;
     let deadline = Instant::now() + shared.cfg.reservation_wait;
     let chunk = shared.cfg.chunk_bytes.min(shared.bytes_limit);
     let first = shared.reserve(chunk, 1, deadline).await?;
@@ -220,7 +257,6 @@ async fn copy(
             let more = shared.reserve(rest, 0, deadline).await?;
             staging.attach(more)?;
         }
-        let reader = sys::buffered_file_from_fd(src);
         let mut offset = 0u64;
         // Bounded by the file's size: every read returns at least one byte
         // or ends the loop.
@@ -231,7 +267,7 @@ async fn copy(
             let read = reader
                 .read_at(offset, want)
                 .await
-                .map_err(|e| Error::io("read", file, glommio_io(e)))?;
+                .map_err(|e| Error::io("read", file, e))?;
             if read.is_empty() {
                 return Err(Error::io(
                     "read",

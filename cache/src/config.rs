@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::disk::{CacheDisk, RootedDisk};
+
 use crate::error::{Error, Result};
 use crate::format::{TRACKER_CHUNK_ENTRIES_DEFAULT, TRACKER_CHUNK_ENTRIES_MAX};
 
@@ -78,8 +80,11 @@ pub(crate) struct Config {
 /// Builds a [`crate::Cache`]; see [`crate::Cache::builder`].
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `open` is awaited"]
-pub struct CacheBuilder {
+pub struct CacheBuilder<S: CacheDisk = RootedDisk> {
     pub(crate) cfg: Config,
+    /// The disk, if given ([`CacheBuilder::disk`]); otherwise the open makes
+    /// the real one.
+    pub(crate) disk: Option<S>,
     #[cfg(feature = "sim")]
     pub(crate) faults: Option<std::rc::Rc<crate::faults::Faults>>,
 }
@@ -87,6 +92,7 @@ pub struct CacheBuilder {
 impl CacheBuilder {
     pub(crate) fn new(dir: impl Into<PathBuf>) -> CacheBuilder {
         CacheBuilder {
+            disk: None,
             cfg: Config {
                 dir: dir.into(),
                 bytes_limit: BytesLimit::Bytes(BYTES_LIMIT_DEFAULT),
@@ -102,6 +108,21 @@ impl CacheBuilder {
             },
             #[cfg(feature = "sim")]
             faults: None,
+        }
+    }
+}
+
+impl<S: CacheDisk> CacheBuilder<S> {
+    /// The disk the cache keeps its files on, instead of the real one
+    /// ([`RootedDisk`], made at open): the simulated disk
+    /// ([`ringstore_journal::storage::MemStorage`]) for the model checker
+    /// and tests that cut the power. `dir` must be a path on it.
+    pub fn disk<T: CacheDisk>(self, disk: T) -> CacheBuilder<T> {
+        CacheBuilder {
+            cfg: self.cfg,
+            disk: Some(disk),
+            #[cfg(feature = "sim")]
+            faults: self.faults,
         }
     }
 

@@ -328,6 +328,7 @@ impl Storage for RootedDisk {
             kind,
             len: info.bytes,
             id: (info.dev, info.ino),
+            accessed_ms: info.accessed_ms,
         })
     }
 

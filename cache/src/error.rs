@@ -230,18 +230,8 @@ impl Error {
     /// True for ENOSPC / EDQUOT from the filesystem.
     pub(crate) fn is_nospace(source: &io::Error) -> bool {
         matches!(
-            source.raw_os_error(),
+            ringstore_journal::storage::errno(source),
             Some(libc::ENOSPC) | Some(libc::EDQUOT)
         )
-    }
-}
-
-/// Converts a glommio error to the `io::Error` inside it, keeping the OS
-/// error code (glommio's own `From` turns "enhanced" errors into a message).
-pub(crate) fn glommio_io(error: glommio::GlommioError<()>) -> io::Error {
-    match error {
-        glommio::GlommioError::IoError(source) => source,
-        glommio::GlommioError::EnhancedIoError { source, .. } => source,
-        other => io::Error::other(other.to_string()),
     }
 }

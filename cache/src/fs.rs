@@ -1,24 +1,21 @@
-//! Blocking filesystem work that has no io_uring opcode, run on glommio's
-//! blocking thread pool (`executor().spawn_blocking`) so the reactor never
-//! waits on it:
-//!
-//! - the directory walk (io_uring has no `getdents`; the walk `lstat`s each
-//!   entry on the same pool thread rather than paying a ring round trip per
-//!   file — 100,000 objects would be 100,000 round trips);
-//! - preparing the cache root at open (create it, take the `flock`, check or
-//!   write the layout file): a handful of one-time calls.
+//! The cache root's layout on its disk: preparing it at open (the instance
+//! lock, the layout file, `objects/`) and walking `objects/` (startup and
+//! exhaustive trims). Everything goes through the cache's disk, so the same
+//! code runs on the real disk and on the simulated one that can crash.
 
-use std::fs;
-use std::io::Write;
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
+use futures_util::future::join_all;
+use ringstore_journal::storage::{errno, BufferedFile, EntryKind};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::disk::CacheDisk;
 use crate::error::{Error, Result};
 use crate::format::{LAYOUT_CONTENTS, LAYOUT_FILE, LAYOUT_VERSION, LOCK_FILE, OBJECTS_DIR};
 use crate::key::{is_staging_name, Key, KEY_DEPTH_MAX};
-use crate::sys;
+
+/// Entries of one directory whose `stat`s the walk has in flight at once:
+/// each takes a slot or two of the disk's metadata ring (64 entries), and
+/// 100,000 objects one at a time would be 100,000 round trips.
+const WALK_STATS_IN_FLIGHT: usize = 16;
 
 /// A regular file found by the walk whose name is a valid key.
 #[derive(Debug, Clone)]
@@ -43,50 +40,55 @@ pub(crate) struct Walk {
 }
 
 /// Walks `objects` without following symlinks.
-pub(crate) fn walk_blocking(objects: &Path) -> Result<Walk> {
+pub(crate) async fn walk<S: CacheDisk>(disk: &S, objects: &Path) -> Result<Walk> {
     let mut walk = Walk::default();
     let mut dirs: Vec<(usize, String)> = Vec::new();
     // (relative dir, depth of its entries)
     let mut stack: Vec<(String, usize)> = vec![(String::new(), 1)];
     while let Some((rel_dir, depth)) = stack.pop() {
         let abs_dir = objects.join(&rel_dir);
-        let entries = fs::read_dir(&abs_dir).map_err(|e| Error::io("readdir", &abs_dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("readdir", &abs_dir, e))?;
-            let name = entry.file_name();
+        let names = disk
+            .list_dir(&abs_dir)
+            .map_err(|e| Error::io("readdir", &abs_dir, e))?;
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
             let Some(name) = name.to_str() else {
                 walk.foreign
                     .push(format!("{rel_dir}/{}", name.to_string_lossy()));
                 continue;
             };
-            let rel = if rel_dir.is_empty() {
+            entries.push(if rel_dir.is_empty() {
                 name.to_owned()
             } else {
                 format!("{rel_dir}/{name}")
-            };
-            // DirEntry::metadata does not follow symlinks (lstat).
-            let meta = match entry.metadata() {
-                Ok(meta) => meta,
-                // Removed between readdir and lstat: nothing to account for.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("lstat", objects.join(&rel), e)),
-            };
-            let kind = meta.file_type();
-            if kind.is_dir() && depth < KEY_DEPTH_MAX {
-                dirs.push((depth, rel.clone()));
-                stack.push((rel, depth + 1));
-            } else if kind.is_file() && is_staging_name(&rel) {
-                walk.staging.push(rel);
-            } else if kind.is_file() && Key::new(&rel).is_ok() {
-                let atime = meta.accessed().ok().map_or(0, ms_since_epoch);
-                let mtime = meta.modified().ok().map_or(0, ms_since_epoch);
-                walk.files.push(WalkFile {
-                    key: rel,
-                    bytes: meta.len(),
-                    atime_ms: atime.max(mtime),
-                });
-            } else {
-                walk.foreign.push(rel);
+            });
+        }
+        for batch in entries.chunks(WALK_STATS_IN_FLIGHT) {
+            let paths: Vec<PathBuf> = batch.iter().map(|rel| objects.join(rel)).collect();
+            let metas = join_all(paths.iter().map(|path| disk.stat(path))).await;
+            for (rel, meta) in batch.iter().zip(metas) {
+                let meta = match meta {
+                    Ok(meta) => meta,
+                    // Removed between the listing and the stat: nothing to
+                    // account for.
+                    Err(e) if errno(&e) == Some(libc::ENOENT) => continue,
+                    Err(e) => return Err(Error::io("lstat", objects.join(rel), e)),
+                };
+                let rel = rel.clone();
+                if meta.kind == EntryKind::Dir && depth < KEY_DEPTH_MAX {
+                    dirs.push((depth, rel.clone()));
+                    stack.push((rel, depth + 1));
+                } else if meta.kind == EntryKind::File && is_staging_name(&rel) {
+                    walk.staging.push(rel);
+                } else if meta.kind == EntryKind::File && Key::new(&rel).is_ok() {
+                    walk.files.push(WalkFile {
+                        key: rel,
+                        bytes: meta.len,
+                        atime_ms: meta.accessed_ms,
+                    });
+                } else {
+                    walk.foreign.push(rel);
+                }
             }
         }
     }
@@ -95,66 +97,45 @@ pub(crate) fn walk_blocking(objects: &Path) -> Result<Walk> {
     Ok(walk)
 }
 
-fn ms_since_epoch(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Open descriptors of a prepared cache root.
-pub(crate) struct Prepared {
-    pub(crate) root_fd: OwnedFd,
-    pub(crate) objects_fd: OwnedFd,
-    pub(crate) lock_fd: OwnedFd,
-}
-
-/// Creates `dir` and `dir/objects` if needed, takes the instance lock and
-/// checks (or, for a new directory, writes) the layout file.
-pub(crate) fn prepare_root_blocking(dir: &Path) -> Result<Prepared> {
-    // Durably in its parent too: a root a crash undid would take every
-    // committed object with it.
-    ringstore_journal::storage::create_dir_all_durably_blocking(dir)
-        .map_err(|e| Error::io("mkdir", dir, e))?;
+/// Takes the instance lock on `dir` (which exists), checks (or, for a new
+/// directory, writes) the layout file and creates `objects/`, each durably.
+/// Returns the lock, held for the life of the cache.
+pub(crate) async fn prepare_root<S: CacheDisk>(disk: &S, dir: &Path) -> Result<S::Lock> {
     let lock_path = dir.join(LOCK_FILE);
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(|e| Error::io("open", &lock_path, e))?;
-    let lock_fd = OwnedFd::from(lock);
-    let locked = sys::try_lock_exclusive(std::os::fd::AsFd::as_fd(&lock_fd))
-        .map_err(|e| Error::io("flock", &lock_path, e))?;
-    if !locked {
-        return Err(Error::Locked {
+    let lock = disk
+        .try_lock(&lock_path)
+        .await
+        .map_err(|e| Error::io("flock", &lock_path, e))?
+        .ok_or_else(|| Error::Locked {
             path: dir.to_path_buf(),
-        });
-    }
-    let root_fd = open_dir(dir)?;
+        })?;
     let layout_path = dir.join(LAYOUT_FILE);
-    match fs::read_to_string(&layout_path) {
-        Ok(found) if found == LAYOUT_CONTENTS => {}
+    match read_small_file(disk, &layout_path).await {
+        Ok(found) if found == LAYOUT_CONTENTS.as_bytes() => {}
         Ok(found) => {
             return Err(Error::UnsupportedLayout {
                 path: layout_path,
-                found,
+                found: String::from_utf8_lossy(&found).into_owned(),
                 expected: LAYOUT_VERSION,
             })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_layout(dir, &layout_path)?;
-        }
+        Err(e) if errno(&e) == Some(libc::ENOENT) => write_layout(disk, dir, &layout_path).await?,
         Err(e) => return Err(Error::io("read", &layout_path, e)),
     }
     let objects = dir.join(OBJECTS_DIR);
-    match fs::create_dir(&objects) {
-        Ok(()) => sync_dir(dir)?,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+    match disk.create_dir(&objects).await {
+        Ok(()) => disk
+            .sync_dir(dir)
+            .await
+            .map_err(|e| Error::io("fsync", dir, e))?,
+        Err(e) if errno(&e) == Some(libc::EEXIST) => {}
         Err(e) => return Err(Error::io("mkdir", &objects, e)),
     }
-    let objects_meta =
-        fs::symlink_metadata(&objects).map_err(|e| Error::io("lstat", &objects, e))?;
-    if !objects_meta.is_dir() {
+    let objects_meta = disk
+        .stat(&objects)
+        .await
+        .map_err(|e| Error::io("lstat", &objects, e))?;
+    if objects_meta.kind != EntryKind::Dir {
         // A symlinked objects/ could lead anywhere.
         return Err(Error::io(
             "open",
@@ -165,35 +146,53 @@ pub(crate) fn prepare_root_blocking(dir: &Path) -> Result<Prepared> {
             ),
         ));
     }
-    let objects_fd = open_dir(&objects)?;
-    Ok(Prepared {
-        root_fd,
-        objects_fd,
-        lock_fd,
-    })
+    Ok(lock)
 }
 
-fn write_layout(dir: &Path, layout_path: &Path) -> Result<()> {
+/// Largest layout file read: the layout line is a few dozen bytes.
+const LAYOUT_FILE_BYTES_MAX: usize = 4096;
+
+async fn read_small_file<S: CacheDisk>(disk: &S, path: &Path) -> std::io::Result<Vec<u8>> {
+    let file = disk.open_buffered(path).await?;
+    let read = file
+        .read_at(0, LAYOUT_FILE_BYTES_MAX)
+        .await
+        .map(|b| b.to_vec());
+    let _ = file.close().await;
+    read
+}
+
+async fn write_layout<S: CacheDisk>(disk: &S, dir: &Path, layout_path: &Path) -> Result<()> {
     let tmp: PathBuf = dir.join(format!("{LAYOUT_FILE}.tmp"));
-    let mut file = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    file.write_all(LAYOUT_CONTENTS.as_bytes())
+    match disk.remove(&tmp).await {
+        Ok(()) => {}
+        Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+        Err(e) => return Err(Error::io("unlink", &tmp, e)),
+    }
+    let file = disk
+        .create_buffered(&tmp)
+        .await
+        .map_err(|e| Error::io("create", &tmp, e))?;
+    let bytes = LAYOUT_CONTENTS.as_bytes();
+    let written = file
+        .write_at(bytes.to_vec(), 0)
+        .await
         .map_err(|e| Error::io("write", &tmp, e))?;
-    file.sync_data()
+    if written != bytes.len() {
+        return Err(Error::io(
+            "write",
+            &tmp,
+            std::io::Error::new(std::io::ErrorKind::WriteZero, "short write of the layout"),
+        ));
+    }
+    file.sync()
+        .await
         .map_err(|e| Error::io("fdatasync", &tmp, e))?;
-    fs::rename(&tmp, layout_path).map_err(|e| Error::io("rename", layout_path, e))?;
-    sync_dir(dir)
-}
-
-fn open_dir(dir: &Path) -> Result<OwnedFd> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)
-        .map_err(|e| Error::io("open", dir, e))?;
-    Ok(OwnedFd::from(file))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    let file = fs::File::open(dir).map_err(|e| Error::io("open", dir, e))?;
-    file.sync_all().map_err(|e| Error::io("fsync", dir, e))
+    let _ = file.close().await;
+    disk.rename(&tmp, layout_path)
+        .await
+        .map_err(|e| Error::io("rename", layout_path, e))?;
+    disk.sync_dir(dir)
+        .await
+        .map_err(|e| Error::io("fsync", dir, e))
 }

@@ -20,7 +20,6 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +27,8 @@ use futures_lite::future;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::sys;
 use event_listener::Event;
+use ringstore_journal::storage::FsSpace;
 
 /// Most reservations that may wait at once; more fail with
 /// [`Error::TooManyWaiters`].
@@ -54,12 +53,17 @@ pub(crate) struct LedgerState {
 }
 
 /// Limits plus what is used and promised (see the module docs).
+/// How the ledger learns the cache filesystem's free space (the disk's
+/// `fs_space` of the root).
+pub(crate) type SpaceProbe = Box<dyn Fn() -> std::io::Result<FsSpace>>;
+
 pub(crate) struct Ledger {
     pub(crate) bytes_limit: u64,
     pub(crate) objects_limit: u64,
     min_free_bytes: u64,
     /// The cache root, for the free-space floor.
-    fs: Rc<OwnedFd>,
+    /// The free space of the cache's filesystem, asked for the floor.
+    space: SpaceProbe,
     state: RefCell<LedgerState>,
     queue: RefCell<VecDeque<u64>>,
     next_ticket: std::cell::Cell<u64>,
@@ -71,13 +75,13 @@ impl Ledger {
         bytes_limit: u64,
         objects_limit: u64,
         min_free_bytes: u64,
-        fs: Rc<OwnedFd>,
+        space: SpaceProbe,
     ) -> Ledger {
         Ledger {
             bytes_limit,
             objects_limit,
             min_free_bytes,
-            fs,
+            space,
             state: RefCell::new(LedgerState::default()),
             queue: RefCell::new(VecDeque::new()),
             next_ticket: std::cell::Cell::new(0),
@@ -155,7 +159,7 @@ impl Ledger {
         if self.min_free_bytes == 0 {
             return true;
         }
-        match sys::fs_space(self.fs.as_fd()) {
+        match (self.space)() {
             Ok(space) => space.avail_bytes.saturating_sub(bytes_to_come) >= self.min_free_bytes,
             Err(error) => {
                 // Unknown free space: do not wedge every reservation on it.

@@ -2,8 +2,8 @@
 //!
 //! A staging file is `<key>.<instance>-<seq>.part` (`instance` random per
 //! cache instance, so a stale handle from an earlier instance never names a
-//! later one's file), created with `O_CREAT | O_EXCL`
-//! (through `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`) in the
+//! later one's file), created exclusively (`O_CREAT | O_EXCL`, resolved
+//! beneath the root without following symlinks by the cache's disk) in the
 //! *same directory* as its key, so one directory fsync makes both the link
 //! and the unlink of a commit durable, and a trim's empty-directory removal
 //! can never pull the directory out from under a live staging file.
@@ -14,9 +14,10 @@
 //! and a truncate per object, and every `get` would bypass the page cache —
 //! the wrong trade for a read cache whose hot objects should be served from
 //! memory. (O_DIRECT on an empty file also trips a glommio 0.9 quirk that
-//! disables polled reads for the device.) So the data goes through glommio's
-//! `BufferedFile`, and durability comes from an explicit `fdatasync` before
-//! the commit links the file into place.
+//! disables polled reads for the device.) So the data goes through the
+//! disk's buffered files (glommio's `BufferedFile` on the real disk), and
+//! durability comes from an explicit `fdatasync` before the commit links
+//! the file into place.
 //!
 //! # Commit
 //!
@@ -30,9 +31,9 @@
 //! 5. `fsync` the directory (covers 2 and 4), and the parent of any directory
 //!    above the key this process created and has not made durable yet.
 //!
-//! Steps 2 to 5 run on names relative to the key's directory, opened once
-//! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so no symlink is
-//! followed out of the cache, and they run in a detached task that owns the
+//! Steps 2 to 5 go through the cache's disk, which resolves every name
+//! beneath the root without following a symlink (`RootedDisk`), so no
+//! symlink is followed out of the cache, and they run in a detached task that owns the
 //! staging file and the key lock: a caller that drops the commit future
 //! while the link is in flight cannot leave the accounting behind the disk.
 //! Once the cache is closed (dropped), `close` and abandoned commits leave
@@ -53,13 +54,13 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
-use glommio::io::BufferedFile;
+use ringstore_journal::storage::{errno, parent_dir, BufferedFile};
 
 use crate::cache::{Shared, STAGING_CREATE_ATTEMPTS_MAX};
-use crate::error::{glommio_io, Error, KeyRejection, Result};
+use crate::disk::{CacheDisk, RootedDisk};
+use crate::error::{Error, KeyRejection, Result};
 use crate::key::Key;
 use crate::reservation::Reservation;
-use crate::sys;
 use crate::trim::{self, Trigger};
 
 /// Appends are gathered up to this many bytes before a write.
@@ -75,12 +76,12 @@ pub(crate) enum FinishMode {
 }
 
 /// A growing object not yet in the cache. See the module docs.
-pub struct Staging {
-    shared: Rc<Shared>,
+pub struct Staging<S: CacheDisk = RootedDisk> {
+    shared: Rc<Shared<S>>,
     key: Key,
     /// Relative to `objects/`.
     rel: String,
-    file: Option<BufferedFile>,
+    file: Option<S::Buffered>,
     reservation: Reservation,
     /// Bytes already written to the file.
     written: u64,
@@ -89,7 +90,7 @@ pub struct Staging {
     finished: bool,
 }
 
-impl std::fmt::Debug for Staging {
+impl<S: CacheDisk> std::fmt::Debug for Staging<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Staging")
             .field("key", &self.key)
@@ -100,29 +101,21 @@ impl std::fmt::Debug for Staging {
     }
 }
 
-impl Staging {
+impl<S: CacheDisk> Staging<S> {
     pub(crate) async fn create(
-        shared: Rc<Shared>,
+        shared: Rc<Shared<S>>,
         key: Key,
         reservation: Reservation,
-    ) -> Result<Staging> {
+    ) -> Result<Staging<S>> {
         let mut attempts = 0;
         loop {
             attempts += 1;
             let rel = shared.next_staging_name(&key);
-            let opened = shared
-                .uring
-                .open_beneath(
-                    &shared.objects_fd,
-                    &rel,
-                    libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-                    0o644,
-                )
-                .await;
+            let opened = shared.disk.create_buffered(&shared.object_path(&rel)).await;
             let error = match opened {
-                Ok(fd) => {
+                Ok(file) => {
                     return Ok(Staging {
-                        file: Some(sys::buffered_file_from_fd(fd)),
+                        file: Some(file),
                         shared,
                         key,
                         rel,
@@ -139,7 +132,7 @@ impl Staging {
             if attempts >= STAGING_CREATE_ATTEMPTS_MAX {
                 return Err(Error::io("openat2", path, error));
             }
-            match error.raw_os_error() {
+            match errno(&error) {
                 // A leftover with this sequence number: take the next one.
                 Some(libc::EEXIST) => {}
                 // Parent missing (new key, or removed by a concurrent trim's
@@ -264,7 +257,7 @@ impl Staging {
             let written = if self.shared.inject_enospc_write() {
                 Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
             } else {
-                file.write_at(piece, self.written).await.map_err(glommio_io)
+                file.write_at(piece, self.written).await
             };
             match written {
                 Ok(0) => {
@@ -337,23 +330,13 @@ impl Staging {
         }
         let key = self.key.as_str();
         let key_path = shared.object_path(key);
-        // The staging file and the key share a directory: open it once,
-        // beneath `objects/` and through no symlink, and run the link or
-        // rename, the staging unlink and the fsync on names relative to it.
-        let rel = self.rel.clone();
-        let (dir, staging_leaf) = match shared.parent_dir(&rel, true).await {
-            Ok(found) => found,
-            Err(e) => {
-                let error = shared.open_error(&self.key, &key_path, e);
-                drop(_guard);
-                self.abandon().await;
-                return Err(error);
-            }
-        };
-        let key_leaf = key.rsplit_once('/').map_or(key, |(_, leaf)| leaf);
+        // The staging file and the key share a directory: one fsync of it
+        // makes the link (or rename) and the staging unlink durable.
+        let staging_path = shared.object_path(&self.rel);
+        let dir = parent_dir(&key_path).to_path_buf();
         let placed = match mode {
-            FinishMode::Link => shared.uring.link(&dir, staging_leaf, &dir, key_leaf).await,
-            FinishMode::Replace => shared.uring.rename(&dir, staging_leaf, key_leaf).await,
+            FinishMode::Link => shared.disk.link(&staging_path, &key_path).await,
+            FinishMode::Replace => shared.disk.rename(&staging_path, &key_path).await,
         };
         if shared.inject_pause_after_place() {
             // Fault hook: a scheduling point between the namespace op and
@@ -361,7 +344,7 @@ impl Staging {
             futures_lite::future::yield_now().await;
         }
         if let Err(e) = placed {
-            let error = match (mode, e.raw_os_error()) {
+            let error = match (mode, errno(&e)) {
                 (FinishMode::Link, Some(libc::EEXIST)) => {
                     shared.metrics.commit_conflicts.inc();
                     Error::Conflict {
@@ -371,6 +354,10 @@ impl Staging {
                 (_, Some(libc::EISDIR)) | (FinishMode::Replace, Some(libc::ENOTEMPTY)) => {
                     Error::rejected(key, KeyRejection::IsDirectory)
                 }
+                (_, Some(libc::ELOOP) | Some(libc::EXDEV)) => {
+                    Error::rejected(key, KeyRejection::SymlinkInPath)
+                }
+                (_, Some(libc::ENOTDIR)) => Error::rejected(key, KeyRejection::ParentIsObject),
                 (FinishMode::Link, _) => Error::io("linkat", key_path, e),
                 (FinishMode::Replace, _) => Error::io("renameat", key_path, e),
             };
@@ -393,7 +380,7 @@ impl Staging {
                 let unlinked = if shared.inject_staging_unlink_failure() {
                     Err(std::io::Error::from_raw_os_error(libc::EIO))
                 } else {
-                    shared.uring.unlink(&dir, staging_leaf, false).await
+                    shared.disk.remove(&staging_path).await
                 };
                 if let Err(error) = unlinked {
                     shared.metrics.staging_unlink_failures.inc();
@@ -423,16 +410,14 @@ impl Staging {
         let Some(file) = self.file.take() else {
             return Err(Error::StagingPoisoned { path });
         };
-        if let Err(e) = file.fdatasync().await.map_err(glommio_io) {
+        if let Err(e) = file.sync().await {
             self.poisoned = true;
             if Error::is_nospace(&e) {
                 return Err(nospace(&self.shared, "fdatasync", path, e, 0).await);
             }
             return Err(Error::io("fdatasync", path, e));
         }
-        file.close()
-            .await
-            .map_err(|e| Error::io("close", path, glommio_io(e)))
+        file.close().await.map_err(|e| Error::io("close", path, e))
     }
 
     /// Abandons the file: closes it, unlinks the staging name and releases
@@ -449,7 +434,7 @@ impl Staging {
         let result = self.shared.unlink_rel(&self.rel, false).await;
         match result {
             Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
             Err(e) => {
                 self.shared.defer_unlink(self.rel.clone());
                 Err(Error::io("unlinkat", self.path(), e))
@@ -469,7 +454,7 @@ impl Staging {
         }
         match self.shared.unlink_rel(&self.rel, false).await {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) if errno(&e) == Some(libc::ENOENT) => {}
             Err(error) => {
                 tracing::warn!(rel = self.rel, %error, "unlink of an abandoned staging file failed");
                 self.shared.defer_unlink(self.rel.clone());
@@ -478,7 +463,7 @@ impl Staging {
     }
 }
 
-impl Drop for Staging {
+impl<S: CacheDisk> Drop for Staging<S> {
     fn drop(&mut self) {
         if !self.finished {
             // Dropped without close/commit: the reservation goes back when its
@@ -491,8 +476,8 @@ impl Drop for Staging {
 
 /// ENOSPC: trims (unless one just ran; then a background trim is requested)
 /// and returns the typed error.
-async fn nospace(
-    shared: &Rc<Shared>,
+async fn nospace<S: CacheDisk>(
+    shared: &Rc<Shared<S>>,
     op: &'static str,
     path: PathBuf,
     source: std::io::Error,

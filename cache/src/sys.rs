@@ -31,8 +31,9 @@
 //! # Syscalls without an io_uring opcode
 //!
 //! `fstatvfs` (filesystem size for percent limits and the free-space floor),
-//! `flock` (one cache instance per directory), and `eventfd` itself have no
-//! io_uring opcode; each is a single non-blocking syscall.
+//! a blocking `openat2` for a directory listing, and `eventfd` itself have
+//! no io_uring opcode (or no caller that can await); each is a single
+//! short syscall. The instance lock is the storage layer's `flock`.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
@@ -82,8 +83,8 @@ struct OpBufs {
     /// the completion is reaped, so an abandoned op can never run against a
     /// closed fd number the process has since reused for something else.
     _dir: Option<Rc<OwnedFd>>,
-    /// A second fd the op uses (the file `link_fd` links, the directory
-    /// `link` links into): kept open like `_dir`.
+    /// A second fd the op uses (the directory `link` links into): kept
+    /// open like `_dir`.
     _src: Option<Rc<OwnedFd>>,
     /// The op returns a new fd (openat2): close it if the result is abandoned.
     returns_fd: bool,
@@ -417,37 +418,6 @@ impl Uring {
         check(res).map(drop)
     }
 
-    /// Links the open file `src` into `dir` as `new`: `linkat(AT_FDCWD,
-    /// "/proc/self/fd/<src>", dirfd, new, AT_SYMLINK_FOLLOW)`, the unprivileged
-    /// way to link an fd (`AT_EMPTY_PATH` needs `CAP_DAC_READ_SEARCH`). The
-    /// inode linked is the one `src` has open, whatever happened to the name
-    /// it was opened by. EEXIST if `new` exists; EXDEV across filesystems;
-    /// ENOENT if `/proc` is not mounted (or `dir` lost its entry).
-    pub(crate) async fn link_fd(
-        &self,
-        src: &Rc<OwnedFd>,
-        dir: &Rc<OwnedFd>,
-        new: &str,
-    ) -> io::Result<()> {
-        let dirfd = dir.as_raw_fd();
-        let proc_path = format!("/proc/self/fd/{}", src.as_raw_fd());
-        let mut bufs = OpBufs::two_paths(dir, &proc_path, new)?;
-        bufs._src = Some(Rc::clone(src));
-        let (res, _) = self
-            .submit(bufs, |b| {
-                opcode::LinkAt::new(
-                    types::Fd(libc::AT_FDCWD),
-                    cptr(&b.path_a),
-                    types::Fd(dirfd),
-                    cptr(&b.path_b),
-                )
-                .flags(libc::AT_SYMLINK_FOLLOW)
-                .build()
-            })
-            .await?;
-        check(res).map(drop)
-    }
-
     /// `renameat(dirfd, old, dirfd, new)`: atomically replaces `new`.
     pub(crate) async fn rename(&self, dir: &Rc<OwnedFd>, old: &str, new: &str) -> io::Result<()> {
         let dirfd = dir.as_raw_fd();
@@ -545,7 +515,13 @@ impl Uring {
                     buf.cast::<types::statx>(),
                 )
                 .flags(flags)
-                .mask(libc::STATX_TYPE | libc::STATX_SIZE | libc::STATX_INO)
+                .mask(
+                    libc::STATX_TYPE
+                        | libc::STATX_SIZE
+                        | libc::STATX_INO
+                        | libc::STATX_ATIME
+                        | libc::STATX_MTIME,
+                )
                 .build()
             })
             .await?;
@@ -557,10 +533,10 @@ impl Uring {
         Ok(StatInfo {
             is_file: kind == libc::S_IFREG,
             is_dir: kind == libc::S_IFDIR,
-            is_symlink: kind == libc::S_IFLNK,
             bytes: statx.stx_size,
             dev: libc::makedev(statx.stx_dev_major, statx.stx_dev_minor),
             ino: statx.stx_ino,
+            accessed_ms: ms_of(&statx.stx_atime).max(ms_of(&statx.stx_mtime)),
         })
     }
 
@@ -583,11 +559,20 @@ impl Uring {
 pub(crate) struct StatInfo {
     pub(crate) is_file: bool,
     pub(crate) is_dir: bool,
-    pub(crate) is_symlink: bool,
     pub(crate) bytes: u64,
     /// Device and inode: one file's identity, whatever its names.
     pub(crate) dev: u64,
     pub(crate) ino: u64,
+    /// max(atime, mtime), ms since the epoch.
+    pub(crate) accessed_ms: u64,
+}
+
+/// A statx timestamp in ms since the epoch (0 before it).
+fn ms_of(time: &libc::statx_timestamp) -> u64 {
+    u64::try_from(time.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1000)
+        .saturating_add(u64::from(time.tv_nsec) / 1_000_000)
 }
 
 struct OpFuture {
@@ -814,22 +799,6 @@ pub(crate) fn fs_space(fd: BorrowedFd<'_>) -> io::Result<FsSpace> {
     })
 }
 
-/// `flock(fd, LOCK_EX | LOCK_NB)`: Ok(false) if another holder has it.
-/// io_uring has no flock opcode; LOCK_NB makes this non-blocking.
-pub(crate) fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    // SAFETY: plain syscall on an open fd.
-    let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let error = io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(error)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -846,7 +815,7 @@ mod tests {
                     let name = format!("d{i}");
                     ring.mkdir(&root, &name, 0o755).await.unwrap();
                     let info = ring.stat_nofollow(&root, &name).await.unwrap();
-                    assert!(info.is_dir && !info.is_symlink);
+                    assert!(info.is_dir && !info.is_file);
                     ring.unlink(&root, &name, true).await.unwrap();
                 }
                 let missing = ring.stat_nofollow(&root, "nope").await.unwrap_err();

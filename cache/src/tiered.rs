@@ -68,6 +68,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::cache::{Cache, Object};
+use crate::disk::{CacheDisk, RootedDisk};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::remote::{ObjectInfo, Remote, RemoteError};
@@ -119,14 +120,14 @@ fn add(cell: &Cell<u64>, n: u64) {
 }
 
 /// One shard's cache-backed view of the object store (see the module docs).
-pub struct Tiered {
-    cache: Rc<Cache>,
+pub struct Tiered<S: CacheDisk = RootedDisk> {
+    cache: Rc<Cache<S>>,
     remote: Remote,
     domain: String,
     counters: Counters,
 }
 
-impl std::fmt::Debug for Tiered {
+impl<S: CacheDisk> std::fmt::Debug for Tiered<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tiered")
             .field("domain", &self.domain)
@@ -136,11 +137,11 @@ impl std::fmt::Debug for Tiered {
     }
 }
 
-impl Tiered {
+impl<S: CacheDisk> Tiered<S> {
     /// Puts `cache` in front of `remote` for the keys of `domain`, which
     /// must be one valid key segment (a UUID string is); otherwise
     /// [`Error::Config`] naming `domain`.
-    pub fn new(cache: Rc<Cache>, remote: Remote, domain: &str) -> Result<Tiered> {
+    pub fn new(cache: Rc<Cache<S>>, remote: Remote, domain: &str) -> Result<Tiered<S>> {
         if domain.contains('/') || Key::new(domain).is_err() {
             return Err(Error::Config {
                 field: "domain",
@@ -161,7 +162,7 @@ impl Tiered {
     }
 
     /// The cache.
-    pub fn cache(&self) -> &Rc<Cache> {
+    pub fn cache(&self) -> &Rc<Cache<S>> {
         &self.cache
     }
 
@@ -308,7 +309,7 @@ impl Tiered {
         Ok(())
     }
 
-    async fn stage(&self, full: &str, data: &[u8]) -> Result<Staging> {
+    async fn stage(&self, full: &str, data: &[u8]) -> Result<Staging<S>> {
         let mut staging = self.cache.create_staging(full).await?;
         if let Err(error) = staging.append(data).await {
             close_quietly(staging).await;
@@ -421,7 +422,7 @@ fn is_capacity(error: &Error) -> bool {
     )
 }
 
-async fn close_quietly(staging: Staging) {
+async fn close_quietly<S: CacheDisk>(staging: Staging<S>) {
     if let Err(error) = staging.close().await {
         tracing::warn!(%error, "closing a staging file failed; it is removed at the next startup");
     }

@@ -25,14 +25,12 @@
 //! just renamed into place.
 
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::cache::{request_trim, Shared};
 use crate::config::percent_of;
+use crate::disk::CacheDisk;
 use crate::error::Result;
 
 /// After ENOSPC, free at least this percent of the cache's bytes.
@@ -104,8 +102,8 @@ pub struct TrimReport {
 /// Runs one trim. `Ok(None)` if it did not run: the cache closed, or it was
 /// throttled and `wait_throttle` is false (a background trim is then asked
 /// for instead).
-pub(crate) async fn run(
-    shared: &Rc<Shared>,
+pub(crate) async fn run<S: CacheDisk>(
+    shared: &Rc<Shared<S>>,
     kind: TrimKind,
     trigger: Trigger,
     wait_throttle: bool,
@@ -142,8 +140,8 @@ pub(crate) async fn run(
     result.map(Some)
 }
 
-async fn run_locked(
-    shared: &Rc<Shared>,
+async fn run_locked<S: CacheDisk>(
+    shared: &Rc<Shared<S>>,
     kind: TrimKind,
     trigger: Trigger,
     throttled_for: Duration,
@@ -205,7 +203,7 @@ async fn run_locked(
             break;
         }
         let unlinks = batch.iter().map(|(key, _)| shared.unlink_rel(key, false));
-        let results = join_all(unlinks.collect()).await;
+        let results = futures_util::future::join_all(unlinks).await;
         for ((key, key_guard), result) in batch.into_iter().zip(results) {
             drop(key_guard);
             match result {
@@ -234,7 +232,7 @@ async fn run_locked(
     Ok(report)
 }
 
-fn targets(shared: &Shared, trigger: Trigger) -> (u64, u64) {
+fn targets<S: CacheDisk>(shared: &Shared<S>, trigger: Trigger) -> (u64, u64) {
     let s = shared.ledger.state();
     let low = shared.cfg.low_watermark_percent;
     let promised_bytes = s.reserved_bytes.saturating_add(s.waiting_bytes);
@@ -249,7 +247,7 @@ fn targets(shared: &Shared, trigger: Trigger) -> (u64, u64) {
 }
 
 /// The exhaustive pass's walk and reconciliation (see the module docs).
-async fn reconcile(shared: &Rc<Shared>) -> Result<WalkReport> {
+async fn reconcile<S: CacheDisk>(shared: &Rc<Shared<S>>) -> Result<WalkReport> {
     shared.tracker.borrow_mut().begin_walk();
     let walk = shared.walk().await;
     let changed = shared.tracker.borrow_mut().end_walk();
@@ -303,44 +301,4 @@ async fn reconcile(shared: &Rc<Shared>) -> Result<WalkReport> {
     }
     shared.remove_empty_dirs(&walk.dirs_deepest_first).await;
     Ok(report)
-}
-
-/// Polls every future until all are done; results in input order.
-fn join_all<F: Future>(futures: Vec<F>) -> JoinAll<F> {
-    JoinAll {
-        results: futures.iter().map(|_| None).collect(),
-        slots: futures.into_iter().map(|f| Some(Box::pin(f))).collect(),
-    }
-}
-
-struct JoinAll<F: Future> {
-    slots: Vec<Option<Pin<Box<F>>>>,
-    results: Vec<Option<F::Output>>,
-}
-
-impl<F: Future> Unpin for JoinAll<F> {}
-
-impl<F: Future> Future for JoinAll<F> {
-    type Output = Vec<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Vec<F::Output>> {
-        // JoinAll is Unpin: its futures are boxed.
-        let this = self.get_mut();
-        let mut pending = false;
-        for (slot, result) in this.slots.iter_mut().zip(this.results.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(output) => {
-                        *result = Some(output);
-                        *slot = None;
-                    }
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            return Poll::Pending;
-        }
-        Poll::Ready(this.results.iter_mut().filter_map(Option::take).collect())
-    }
 }

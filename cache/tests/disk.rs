@@ -63,16 +63,31 @@ fn nothing_leads_outside_the_root() {
         assert_eq!(read_file(&disk, &elsewhere).await, b"outside");
         for refused in [
             disk.remove(&elsewhere).await.unwrap_err(),
-            disk.create_buffered(&outside.path().join("new")).await.unwrap_err(),
-            disk.create_dir(&outside.path().join("dir")).await.unwrap_err(),
-            disk.rename(&elsewhere, &outside.path().join("moved")).await.unwrap_err(),
-            disk.link(&dir.path().join("mine"), &outside.path().join("new")).await.unwrap_err(),
-            disk.try_lock(&outside.path().join("lock")).await.unwrap_err(),
+            disk.create_buffered(&outside.path().join("new"))
+                .await
+                .unwrap_err(),
+            disk.create_dir(&outside.path().join("dir"))
+                .await
+                .unwrap_err(),
+            disk.rename(&elsewhere, &outside.path().join("moved"))
+                .await
+                .unwrap_err(),
+            disk.link(&dir.path().join("mine"), &outside.path().join("new"))
+                .await
+                .unwrap_err(),
+            disk.try_lock(&outside.path().join("lock"))
+                .await
+                .unwrap_err(),
         ] {
             assert_eq!(refused.kind(), ErrorKind::InvalidInput, "{refused}");
         }
-        disk.link(&elsewhere, &dir.path().join("adopted")).await.unwrap();
-        assert_eq!(read_file(&disk, &dir.path().join("adopted")).await, b"outside");
+        disk.link(&elsewhere, &dir.path().join("adopted"))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_file(&disk, &dir.path().join("adopted")).await,
+            b"outside"
+        );
         // Nothing outside changed.
         assert_eq!(
             std::fs::read(outside.path().join("secret")).unwrap(),

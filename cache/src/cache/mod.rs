@@ -25,15 +25,15 @@ use tasks::{persister, trimmer};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::time::Instant;
 
-use glommio::io::{BufferedFile, ReadResult};
+use ringstore_journal::storage::{errno, BufferedFile, EntryKind};
 
 use crate::config::{percent_of, BytesLimit, CacheBuilder, Config};
-use crate::error::{glommio_io, Error, KeyRejection, Result};
+use crate::disk::{CacheDisk, RootedDisk};
+use crate::error::{Error, KeyRejection, Result};
 use crate::format::{self, OBJECTS_DIR, TRACKER_FILE, TRACKER_TMP_FILE};
 use crate::fs;
 use crate::key::Key;
@@ -41,7 +41,7 @@ use crate::locks::{AsyncLock, KeyLocks};
 use crate::metrics::{CacheStats, Metrics};
 use crate::reservation::{Ledger, Reservation};
 use crate::staging::{FinishMode, Staging};
-use crate::sys::{self, Uring};
+use crate::sys;
 use crate::tracker::Tracker;
 use crate::trim::{self, Trigger, TrimKind, TrimReport};
 use event_listener::Event;
@@ -75,17 +75,13 @@ pub(crate) struct TrimSignal {
 }
 
 /// State shared by the cache, its staging files, reservations and tasks.
-pub(crate) struct Shared {
-    // Declared first so it drops first: dropping the ring waits for every op
-    // still in flight, and those ops hold the directory fds they use (see
-    // `sys`), so no fd below is closed while the kernel may still use it.
-    pub(crate) uring: Uring,
+pub(crate) struct Shared<S: CacheDisk> {
+    /// Every file and name the cache touches goes through it.
+    pub(crate) disk: S,
     pub(crate) cfg: Config,
     pub(crate) bytes_limit: u64,
     pub(crate) root: PathBuf,
     pub(crate) objects_path: PathBuf,
-    pub(crate) root_fd: Rc<OwnedFd>,
-    pub(crate) objects_fd: Rc<OwnedFd>,
     pub(crate) ledger: Rc<Ledger>,
     pub(crate) tracker: RefCell<Tracker>,
     pub(crate) locks: Rc<KeyLocks>,
@@ -111,15 +107,17 @@ pub(crate) struct Shared {
 
 /// A per-shard local-disk cache in front of object storage. `!Send`: create
 /// and use it on one glommio executor. Share it between that executor's tasks
-/// with an `Rc`.
-pub struct Cache {
-    shared: Rc<Shared>,
+/// with an `Rc`. Its disk is the real one ([`RootedDisk`]) unless the
+/// builder was given another ([`CacheBuilder::disk`]: the simulated disk of
+/// the model checker).
+pub struct Cache<S: CacheDisk = RootedDisk> {
+    shared: Rc<Shared<S>>,
     tasks: Vec<glommio::Task<()>>,
     // Declared last: released after the tasks are cancelled.
-    _lock_fd: OwnedFd,
+    _lock: S::Lock,
 }
 
-impl std::fmt::Debug for Cache {
+impl<S: CacheDisk> std::fmt::Debug for Cache<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
             .field("dir", &self.shared.root)
@@ -131,7 +129,8 @@ impl std::fmt::Debug for Cache {
 pub struct Object(ObjectBytes);
 
 enum ObjectBytes {
-    Read(ReadResult),
+    /// What one read returned, without a copy.
+    Read(Box<dyn Deref<Target = [u8]>>),
     Owned(Vec<u8>),
 }
 
@@ -164,7 +163,9 @@ impl Cache {
     pub fn builder(dir: impl Into<PathBuf>) -> CacheBuilder {
         CacheBuilder::new(dir)
     }
+}
 
+impl<S: CacheDisk> Cache<S> {
     /// The cache root.
     pub fn dir(&self) -> &Path {
         &self.shared.root
@@ -194,7 +195,7 @@ impl Cache {
     /// O_EXCL) holding
     /// a reservation of one object and one chunk. Append to it, then
     /// [`Staging::commit`] or [`Staging::close`].
-    pub async fn create_staging(&self, key: &str) -> Result<Staging> {
+    pub async fn create_staging(&self, key: &str) -> Result<Staging<S>> {
         self.shared.check_open()?;
         let key = Key::new(key)?;
         let deadline = Instant::now() + self.shared.cfg.reservation_wait;
@@ -314,7 +315,7 @@ impl Cache {
     /// dropped an operation waits for this before it looks at the disk).
     #[cfg(feature = "sim")]
     pub fn is_busy(&self, key: &str) -> bool {
-        self.shared.locks.is_locked(key) || self.shared.uring.ops_in_flight() > 0
+        self.shared.locks.is_locked(key) || self.shared.disk.ops_in_flight() > 0
     }
 
     /// Keys removed by trims since the last call (feature `sim`: the model
@@ -340,7 +341,7 @@ impl Cache {
     }
 }
 
-impl Drop for Cache {
+impl<S: CacheDisk> Drop for Cache<S> {
     /// A crash at this instant: background tasks are cancelled where they
     /// stand, metadata calls already handed to the kernel are waited for (so
     /// none lands after the next instance opened the directory), and the
@@ -349,11 +350,11 @@ impl Drop for Cache {
     fn drop(&mut self) {
         self.shared.closed.set(true);
         self.tasks.clear();
-        self.shared.uring.wait_for_in_flight();
+        self.shared.disk.wait_for_in_flight();
     }
 }
 
-impl Shared {
+impl<S: CacheDisk> Shared<S> {
     pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.get() {
             Err(Error::Closed)
@@ -412,12 +413,12 @@ impl Shared {
     }
 
     /// fsyncs a directory under `objects/` (counted; fault hook).
-    pub(crate) async fn fsync_dir(&self, dir: &Rc<OwnedFd>) -> std::io::Result<()> {
+    pub(crate) async fn fsync_dir(&self, dir: &Path) -> std::io::Result<()> {
         self.metrics.dir_syncs.inc();
         if self.inject_dir_sync_failure() {
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
-        self.uring.fsync(dir).await
+        self.disk.sync_dir(dir).await
     }
 
     /// Fault hook: should a commit yield between its link/rename and the
@@ -472,7 +473,7 @@ impl Shared {
     }
 }
 
-impl Shared {
+impl<S: CacheDisk> Shared<S> {
     pub(crate) async fn reserve(
         self: &Rc<Self>,
         bytes: u64,
@@ -548,21 +549,11 @@ impl Shared {
             return Ok(None);
         };
         let path = self.object_path(key.as_str());
-        // O_NONBLOCK: a FIFO (or device) planted at a key must not block the
-        // open in the kernel (and with it the ring's teardown); it is then
-        // refused as not a regular file.
-        let fd = match self
-            .uring
-            .open_beneath(
-                &self.objects_fd,
-                key.as_str(),
-                libc::O_RDONLY | libc::O_NONBLOCK,
-                0,
-            )
-            .await
-        {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+        // The disk refuses anything but a regular file at the key (a FIFO
+        // planted there cannot block the open).
+        let file = match self.disk.open_buffered(&path).await {
+            Ok(file) => file,
+            Err(e) if errno(&e) == Some(libc::ENOENT) => {
                 // Removed behind our back (or by a trim that raced us).
                 self.forget_if_missing(key).await?;
                 self.metrics.misses.inc();
@@ -570,21 +561,11 @@ impl Shared {
             }
             Err(e) => return Err(self.open_error(key, &path, e)),
         };
-        match sys::is_regular_file(fd.as_fd()) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(Error::io(
-                    "open",
-                    &path,
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"),
-                ))
-            }
-            Err(e) => return Err(Error::io("fstat", &path, e)),
+        let object = read_to_end(&file, bytes_hint, &path, self).await;
+        if let Err(error) = file.close().await {
+            tracing::debug!(%error, path = %path.display(), "closing a read object");
         }
-        sys::clear_nonblock(fd.as_fd()).map_err(|e| Error::io("fcntl", &path, e))?;
-        let file = sys::buffered_file_from_fd(fd);
-        let object = read_to_end(&file, bytes_hint, &path, self).await?;
-        drop(file);
+        let object = object?;
         self.tracker.borrow_mut().touch(key.as_str());
         self.metrics.hits.inc();
         Ok(Some(object))
@@ -597,15 +578,12 @@ impl Shared {
         if !self.tracker.borrow().contains(key.as_str()) {
             return Ok(());
         }
-        let stat = match self.parent_dir(key.as_str(), false).await {
-            Ok((dir, leaf)) => self.uring.stat_nofollow(&dir, leaf).await,
-            Err(e) => Err(e),
-        };
+        let stat = self.disk.stat(&self.object_path(key.as_str())).await;
         // Gone, or replaced by something that is not an object (a directory,
         // a symlink): either way the key no longer holds a cached object.
         let gone = match &stat {
-            Ok(info) => info.is_dir || info.is_symlink,
-            Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+            Ok(meta) => meta.kind != EntryKind::File,
+            Err(e) => errno(e) == Some(libc::ENOENT),
         };
         match stat {
             _ if gone => {
@@ -620,15 +598,16 @@ impl Shared {
         }
     }
 
-    /// Maps an `openat2` failure on `key` to a typed error.
+    /// Maps the failure of an open beneath `objects/` on `key` to a typed
+    /// error.
     pub(crate) fn open_error(&self, key: &Key, path: &Path, e: std::io::Error) -> Error {
-        match e.raw_os_error() {
+        match errno(&e) {
             Some(libc::ELOOP) | Some(libc::EXDEV) => {
                 Error::rejected(key.as_str(), KeyRejection::SymlinkInPath)
             }
             Some(libc::ENOTDIR) => Error::rejected(key.as_str(), KeyRejection::ParentIsObject),
             Some(libc::EISDIR) => Error::rejected(key.as_str(), KeyRejection::IsDirectory),
-            _ => Error::io("openat2", path, e),
+            _ => Error::io("open", path, e),
         }
     }
 }
@@ -638,20 +617,20 @@ impl Shared {
 /// (0x7ffff000 bytes), so a larger object comes back in pieces. The common
 /// case (the file is `hint` bytes) is one read of `hint + 1` bytes, returned
 /// without a copy, plus one empty read confirming EOF.
-pub(crate) async fn read_to_end(
-    file: &BufferedFile,
+pub(crate) async fn read_to_end<S: CacheDisk>(
+    file: &S::Buffered,
     hint: u64,
     path: &Path,
-    shared: &Shared,
+    shared: &Shared<S>,
 ) -> Result<Object> {
     let ask = usize::try_from(hint)
         .unwrap_or(usize::MAX - 1)
         .saturating_add(1);
-    let first = read_some(file, 0, ask, path, shared).await?;
+    let first = read_some::<S>(file, 0, ask, path, shared).await?;
     let mut bytes: Option<Vec<u8>> = None;
     let mut offset = first.len() as u64;
     if first.is_empty() {
-        return Ok(Object(ObjectBytes::Read(first)));
+        return Ok(Object(ObjectBytes::Read(Box::new(first))));
     }
     // Bounded by the file's size: every iteration but the last reads at
     // least one byte.
@@ -661,10 +640,10 @@ pub(crate) async fn read_to_end(
         } else {
             READ_STEP_BYTES
         };
-        let next = read_some(file, offset, step, path, shared).await?;
+        let next = read_some::<S>(file, offset, step, path, shared).await?;
         if next.is_empty() {
             return Ok(Object(match bytes {
-                None => ObjectBytes::Read(first),
+                None => ObjectBytes::Read(Box::new(first)),
                 Some(bytes) => ObjectBytes::Owned(bytes),
             }));
         }
@@ -675,13 +654,13 @@ pub(crate) async fn read_to_end(
 }
 
 /// One `read_at` (shortened by the `sim` fault hook when it is armed).
-async fn read_some(
-    file: &BufferedFile,
+async fn read_some<S: CacheDisk>(
+    file: &S::Buffered,
     offset: u64,
     len: usize,
     path: &Path,
-    shared: &Shared,
-) -> Result<ReadResult> {
+    shared: &Shared<S>,
+) -> Result<<S::Buffered as BufferedFile>::ReadBuf> {
     let len = if shared.inject_short_read() {
         len.div_ceil(2).max(1)
     } else {
@@ -689,5 +668,5 @@ async fn read_some(
     };
     file.read_at(offset, len)
         .await
-        .map_err(|e| Error::io("read", path, glommio_io(e)))
+        .map_err(|e| Error::io("read", path, e))
 }

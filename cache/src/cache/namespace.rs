@@ -1,44 +1,22 @@
 //! The names under `objects/` and their durability: every namespace op on a
-//! key runs beneath `objects/` without following symlinks; parent
-//! directories are created one level at a time and their parents fsync'd;
-//! unlinks that fail are remembered and retried.
+//! key goes through the cache's disk, which resolves it beneath the root
+//! without following symlinks; parent directories are created one level at
+//! a time and their parents fsync'd; unlinks that fail are remembered and
+//! retried.
 
 use super::*;
 
-impl Shared {
-    /// Opens the directory holding `rel` (relative to `objects/`) without
-    /// following any symlink and without leaving `objects/` (`openat2` with
-    /// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), and returns it with `rel`'s
-    /// last segment. Every namespace op on a key runs on that segment
-    /// relative to this fd, so no intermediate component is ever resolved
-    /// again after the check. `readable` opens it `O_RDONLY` (so it can be
-    /// fsync'd), otherwise `O_PATH`.
-    pub(crate) async fn parent_dir<'a>(
-        &self,
-        rel: &'a str,
-        readable: bool,
-    ) -> std::io::Result<(Rc<OwnedFd>, &'a str)> {
-        match rel.rsplit_once('/') {
-            None => Ok((Rc::clone(&self.objects_fd), rel)),
-            Some((parent, leaf)) => {
-                let mode = if readable {
-                    libc::O_RDONLY
-                } else {
-                    libc::O_PATH
-                };
-                let fd = self
-                    .uring
-                    .open_beneath(&self.objects_fd, parent, mode | libc::O_DIRECTORY, 0)
-                    .await?;
-                Ok((Rc::new(fd), leaf))
-            }
-        }
-    }
-
-    /// `unlinkat` of `rel` (relative to `objects/`) through [`Self::parent_dir`].
+impl<S: CacheDisk> Shared<S> {
+    /// Removes `rel` (relative to `objects/`): a file, or an empty
+    /// directory when `is_dir`. The disk resolves it beneath the root
+    /// without following a symlink (ELOOP or EXDEV if one is in the way).
     pub(crate) async fn unlink_rel(&self, rel: &str, is_dir: bool) -> std::io::Result<()> {
-        let (dir, leaf) = self.parent_dir(rel, false).await?;
-        self.uring.unlink(&dir, leaf, is_dir).await
+        let path = self.object_path(rel);
+        if is_dir {
+            self.disk.remove_dir(&path).await
+        } else {
+            self.disk.remove(&path).await
+        }
     }
 
     /// Unlinks `key` and drops it from the accounting, if the cache tracks
@@ -52,19 +30,17 @@ impl Shared {
         if let Some(bytes) = tracked {
             self.ledger.sub_used(bytes, 1);
         }
-        match self.unlink_rel(key, false).await {
+        let unlinked = self.unlink_rel(key, false).await;
+        match unlinked.as_ref().map_err(errno) {
             Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(tracked.is_some()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV)) => {
+            Err(Some(libc::ENOENT)) => Ok(tracked.is_some()),
+            Err(Some(libc::ELOOP) | Some(libc::EXDEV)) => {
                 Err(Error::rejected(key, KeyRejection::SymlinkInPath))
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                Err(Error::rejected(key, KeyRejection::ParentIsObject))
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
-                Err(Error::rejected(key, KeyRejection::IsDirectory))
-            }
-            Err(e) => {
+            Err(Some(libc::ENOTDIR)) => Err(Error::rejected(key, KeyRejection::ParentIsObject)),
+            Err(Some(libc::EISDIR)) => Err(Error::rejected(key, KeyRejection::IsDirectory)),
+            Err(_) => {
+                let e = unlinked.expect_err("matched an error");
                 tracing::warn!(key, why, error = %e, "unlink failed; file left untracked");
                 Err(Error::io("unlinkat", self.object_path(key), e))
             }
@@ -72,19 +48,14 @@ impl Shared {
     }
 
     async fn sync_objects_dir(&self) -> Result<()> {
-        self.fsync_dir(&self.objects_fd)
+        self.fsync_dir(&self.objects_path)
             .await
             .map_err(|e| Error::io("fsync", &self.objects_path, e))
     }
 
     async fn sync_dir_rel(&self, rel: &str) -> Result<()> {
         let path = self.object_path(rel);
-        let fd = self
-            .uring
-            .open_beneath(&self.objects_fd, rel, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .await
-            .map_err(|e| Error::io("openat2", &path, e))?;
-        self.fsync_dir(&Rc::new(fd))
+        self.fsync_dir(&path)
             .await
             .map_err(|e| Error::io("fsync", &path, e))
     }
@@ -98,7 +69,7 @@ impl Shared {
             match self.sync_dir_rel(rel).await {
                 Err(Error::Io { source, .. })
                     if matches!(
-                        source.raw_os_error(),
+                        errno(&source),
                         Some(libc::ENOENT)
                             | Some(libc::ENOTDIR)
                             | Some(libc::ELOOP)
@@ -125,7 +96,7 @@ impl Shared {
             attempt += 1;
             match self.try_parent_dirs(key).await {
                 Err(Error::Io { source, .. })
-                    if source.raw_os_error() == Some(libc::ENOENT)
+                    if errno(&source) == Some(libc::ENOENT)
                         && attempt < STAGING_CREATE_ATTEMPTS_MAX => {}
                 other => return other,
             }
@@ -133,44 +104,44 @@ impl Shared {
     }
 
     async fn try_parent_dirs(&self, key: &Key) -> Result<()> {
-        // Walk down holding each level's fd: every level is opened relative
-        // to the one above with RESOLVE_NO_SYMLINKS, so a symlink swapped in
-        // after a check can never be followed.
-        let mut current = Rc::clone(&self.objects_fd);
+        // Outermost first. The disk resolves each level beneath the root
+        // without following a symlink, so a symlink swapped in after a
+        // level was checked is refused at the next call, never followed.
         for level in key.ancestors() {
             let path = self.object_path(level);
-            let segment = level.rsplit_once('/').map_or(level, |(_, s)| s);
-            let mut made = false;
-            let opened = loop {
-                let open = self
-                    .uring
-                    .open_beneath(&current, segment, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-                    .await;
-                match open {
-                    Ok(fd) => break fd,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !made => {
-                        made = true;
-                        match self.uring.mkdir(&current, segment, 0o755).await {
-                            // EEXIST: created concurrently, by a task that may
-                            // not have fsync'd its parent yet; ours does.
-                            Ok(()) => {}
-                            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                            // ENOENT: this level's parent was just removed;
-                            // the caller retries.
-                            Err(e) => return Err(Error::io("mkdirat", path, e)),
-                        }
-                        self.unsynced_dirs.borrow_mut().insert(level.to_owned());
-                    }
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV)) => {
-                        return Err(Error::rejected(key.as_str(), KeyRejection::SymlinkInPath))
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            let made = self.disk.create_dir(&path).await;
+            let made = match made.as_ref().map_err(errno) {
+                Ok(()) => true,
+                // Created concurrently, by a task that may not have fsync'd
+                // its parent yet (ours does), or there before: it must be a
+                // real directory.
+                Err(Some(libc::EEXIST)) => match self.disk.stat(&path).await {
+                    Ok(meta) if meta.kind == EntryKind::Dir => false,
+                    Ok(meta) if meta.kind == EntryKind::File => {
                         return Err(Error::rejected(key.as_str(), KeyRejection::ParentIsObject))
                     }
-                    Err(e) => return Err(Error::io("openat2", path, e)),
+                    Ok(_) => {
+                        return Err(Error::rejected(key.as_str(), KeyRejection::SymlinkInPath))
+                    }
+                    // Removed since (a trim's sweep): the caller retries.
+                    Err(e) => return Err(Error::io("statx", path, e)),
+                },
+                Err(Some(libc::ELOOP) | Some(libc::EXDEV)) => {
+                    return Err(Error::rejected(key.as_str(), KeyRejection::SymlinkInPath))
+                }
+                Err(Some(libc::ENOTDIR)) => {
+                    return Err(Error::rejected(key.as_str(), KeyRejection::ParentIsObject))
+                }
+                // ENOENT: this level's parent was just removed; the caller
+                // retries.
+                Err(_) => {
+                    let e = made.expect_err("matched an error");
+                    return Err(Error::io("mkdirat", path, e));
                 }
             };
-            current = Rc::new(opened);
+            if made {
+                self.unsynced_dirs.borrow_mut().insert(level.to_owned());
+            }
         }
         self.sync_new_ancestors(key).await
     }
@@ -229,7 +200,7 @@ impl Shared {
                 // cache: nothing of ours to remove.
                 Err(e)
                     if matches!(
-                        e.raw_os_error(),
+                        errno(&e),
                         Some(libc::ENOENT)
                             | Some(libc::ENOTDIR)
                             | Some(libc::ELOOP)

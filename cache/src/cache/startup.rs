@@ -13,24 +13,24 @@
 
 use super::*;
 
-impl Cache {
-    pub(crate) async fn open(builder: CacheBuilder) -> Result<Cache> {
+impl<S: CacheDisk> Cache<S> {
+    pub(crate) async fn open(builder: CacheBuilder<S>) -> Result<Cache<S>> {
         builder.validate()?;
         let cfg = builder.cfg;
         let root = cfg.dir.clone();
         let objects_path = root.join(OBJECTS_DIR);
-        let prepared = {
-            let root = root.clone();
-            glommio::executor()
-                .spawn_blocking(move || fs::prepare_root_blocking(&root))
-                .await?
-        };
-        let root_fd = Rc::new(prepared.root_fd);
+        // Durably in its parent too: a root a crash undid would take every
+        // committed object with it.
+        let disk = S::for_root(builder.disk, &root)
+            .await
+            .map_err(|e| Error::io("mkdir", &root, e))?;
+        let lock = fs::prepare_root(&disk, &root).await?;
         let bytes_limit = match cfg.bytes_limit {
             BytesLimit::Bytes(bytes) => bytes,
             BytesLimit::PercentOfFilesystem(percent) => {
-                let space =
-                    sys::fs_space(root_fd.as_fd()).map_err(|e| Error::io("fstatvfs", &root, e))?;
+                let space = disk
+                    .fs_space(&root)
+                    .map_err(|e| Error::io("fstatvfs", &root, e))?;
                 let bytes = percent_of(space.total_bytes, percent);
                 if bytes == 0 {
                     return Err(Error::Config {
@@ -44,20 +44,21 @@ impl Cache {
                 bytes
             }
         };
-        let uring = Uring::new().map_err(|e| Error::io("io_uring_setup", &root, e))?;
+        let space = {
+            let (disk, root) = (disk.clone(), root.clone());
+            Box::new(move || disk.fs_space(&root))
+        };
         let ledger = Rc::new(Ledger::new(
             bytes_limit,
             cfg.objects_limit,
             cfg.min_free_bytes,
-            Rc::clone(&root_fd),
+            space,
         ));
         let shared = Rc::new(Shared {
             bytes_limit,
             root: root.clone(),
             objects_path,
-            root_fd,
-            objects_fd: Rc::new(prepared.objects_fd),
-            uring,
+            disk,
             ledger,
             tracker: RefCell::new(Tracker::new()),
             locks: Rc::new(KeyLocks::default()),
@@ -89,29 +90,26 @@ impl Cache {
         Ok(Cache {
             shared,
             tasks,
-            _lock_fd: prepared.lock_fd,
+            _lock: lock,
         })
     }
 }
 
-impl Shared {
+impl<S: CacheDisk> Shared<S> {
     /// Startup: load the tracker, clean up, rebuild accounting from disk.
     async fn recover(self: &Rc<Self>) -> Result<()> {
         let loaded = self.load_tracker().await;
-        match self
-            .uring
-            .unlink(&self.root_fd, TRACKER_TMP_FILE, false)
-            .await
-        {
+        let tracker_tmp = self.root.join(TRACKER_TMP_FILE);
+        match self.disk.remove(&tracker_tmp).await {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(Error::io("unlinkat", self.root.join(TRACKER_TMP_FILE), e)),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+            Err(e) => return Err(Error::io("unlinkat", tracker_tmp, e)),
         }
         let walk = self.walk().await?;
         for rel in &walk.staging {
             match self.unlink_rel(rel, false).await {
                 Ok(()) => self.metrics.orphans_removed.inc(),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) if errno(&e) == Some(libc::ENOENT) => {}
                 Err(e) => return Err(Error::io("unlinkat", self.object_path(rel), e)),
             }
         }
@@ -157,20 +155,17 @@ impl Shared {
         Ok(())
     }
 
-    /// Walks `objects/` on glommio's blocking pool.
+    /// Walks `objects/` through the disk.
     pub(crate) async fn walk(&self) -> Result<fs::Walk> {
-        let objects = self.objects_path.clone();
-        glommio::executor()
-            .spawn_blocking(move || fs::walk_blocking(&objects))
-            .await
+        fs::walk(&self.disk, &self.objects_path).await
     }
 }
 
-impl CacheBuilder {
+impl<S: CacheDisk> CacheBuilder<S> {
     /// Validates the settings, prepares the directory (see the module docs
     /// for the startup steps) and opens the cache. Must run on a glommio
     /// executor.
-    pub async fn open(self) -> Result<Cache> {
+    pub async fn open(self) -> Result<Cache<S>> {
         Cache::open(self).await
     }
 }

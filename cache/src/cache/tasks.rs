@@ -12,7 +12,7 @@ pub(crate) fn request_trim(signal: &TrimSignal) {
 /// Background trims: waits for a request (threshold passed, a reservation
 /// waiting, ENOSPC while throttled), then runs a fast trim, after the
 /// throttle interval if one just ran.
-pub(super) async fn trimmer(shared: Weak<Shared>, signal: Rc<TrimSignal>) {
+pub(super) async fn trimmer<S: CacheDisk>(shared: Weak<Shared<S>>, signal: Rc<TrimSignal>) {
     loop {
         event_listener::listener!(signal.wakeup => listen);
         if !signal.requested.get() {
@@ -35,7 +35,7 @@ pub(super) async fn trimmer(shared: Weak<Shared>, signal: Rc<TrimSignal>) {
 
 /// Periodic persistence of the tracker (when it changed) and retries of
 /// dead staging unlinks.
-pub(super) async fn persister(shared: Weak<Shared>) {
+pub(super) async fn persister<S: CacheDisk>(shared: Weak<Shared<S>>) {
     let Some(interval) = shared.upgrade().map(|s| s.cfg.tracker_persist_interval) else {
         return;
     };

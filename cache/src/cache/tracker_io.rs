@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl Shared {
+impl<S: CacheDisk> Shared<S> {
     /// Persists the tracker: encode, write `tracker.tmp`, fdatasync, rename
     /// over `tracker`, fsync the root.
     pub(crate) async fn persist_tracker(&self) -> Result<()> {
@@ -30,43 +30,48 @@ impl Shared {
 
     async fn write_tracker(&self, encoded: &[u8]) -> Result<()> {
         let tmp_path = self.root.join(TRACKER_TMP_FILE);
-        let fd = self
-            .uring
-            .open_beneath(
-                &self.root_fd,
-                TRACKER_TMP_FILE,
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-                0o644,
-            )
-            .await
-            .map_err(|e| Error::io("openat2", &tmp_path, e))?;
-        let file = sys::buffered_file_from_fd(fd);
-        let mut offset = 0usize;
-        while offset < encoded.len() {
-            let end = (offset + TRACKER_WRITE_BYTES).min(encoded.len());
-            let written = file
-                .write_at(encoded[offset..end].to_vec(), offset as u64)
-                .await
-                .map_err(|e| Error::io("write", &tmp_path, glommio_io(e)))?;
-            if written == 0 {
-                return Err(Error::io(
-                    "write",
-                    &tmp_path,
-                    std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote 0 bytes"),
-                ));
-            }
-            offset += written;
+        // A leftover of a persist that failed midway: it is replaced.
+        match self.disk.remove(&tmp_path).await {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+            Err(e) => return Err(Error::io("unlinkat", &tmp_path, e)),
         }
-        file.fdatasync()
+        let file = self
+            .disk
+            .create_buffered(&tmp_path)
             .await
-            .map_err(|e| Error::io("fdatasync", &tmp_path, glommio_io(e)))?;
-        drop(file);
-        self.uring
-            .rename(&self.root_fd, TRACKER_TMP_FILE, TRACKER_FILE)
+            .map_err(|e| Error::io("create", &tmp_path, e))?;
+        let written = async {
+            let mut offset = 0usize;
+            while offset < encoded.len() {
+                let end = (offset + TRACKER_WRITE_BYTES).min(encoded.len());
+                let written = file
+                    .write_at(encoded[offset..end].to_vec(), offset as u64)
+                    .await
+                    .map_err(|e| Error::io("write", &tmp_path, e))?;
+                if written == 0 {
+                    return Err(Error::io(
+                        "write",
+                        &tmp_path,
+                        std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote 0 bytes"),
+                    ));
+                }
+                offset += written;
+            }
+            file.sync()
+                .await
+                .map_err(|e| Error::io("fdatasync", &tmp_path, e))
+        }
+        .await;
+        let _ = file.close().await;
+        written?;
+        let tracker_path = self.root.join(TRACKER_FILE);
+        self.disk
+            .rename(&tmp_path, &tracker_path)
             .await
-            .map_err(|e| Error::io("renameat", self.root.join(TRACKER_FILE), e))?;
-        self.uring
-            .fsync(&self.root_fd)
+            .map_err(|e| Error::io("renameat", tracker_path, e))?;
+        self.disk
+            .sync_dir(&self.root)
             .await
             .map_err(|e| Error::io("fsync", &self.root, e))
     }
@@ -94,33 +99,30 @@ impl Shared {
     }
 
     async fn read_tracker_file(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-        let fd = match self
-            .uring
-            .open_beneath(&self.root_fd, TRACKER_FILE, libc::O_RDONLY, 0)
-            .await
-        {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        let file = match self.disk.open_buffered(path).await {
+            Ok(file) => file,
+            Err(e) if errno(&e) == Some(libc::ENOENT) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let fd = Rc::new(fd);
-        let size = self.uring.stat_fd(&fd).await?.bytes;
-        let fd = Rc::try_unwrap(fd)
-            .map_err(|_| std::io::Error::other("tracker fd still held by the metadata ring"))?;
-        let file = sys::buffered_file_from_fd(fd);
-        if size > TRACKER_FILE_BYTES_MAX {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "{} is {size} bytes, above TRACKER_FILE_BYTES_MAX",
-                    path.display()
-                ),
-            ));
+        let read = async {
+            let size = file.file_len().await?;
+            if size > TRACKER_FILE_BYTES_MAX {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is {size} bytes, above TRACKER_FILE_BYTES_MAX",
+                        path.display()
+                    ),
+                ));
+            }
+            let object = read_to_end(&file, size, path, self)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(Some(object.to_vec()))
         }
-        let object = read_to_end(&file, size, path, self)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Some(object.to_vec()))
+        .await;
+        let _ = file.close().await;
+        read
     }
 }
 

@@ -226,6 +226,16 @@ impl Storage for DmaStorage {
     }
 }
 
+/// glommio's error as the OS error it carries (with its code, which
+/// glommio's own conversion drops: ENOSPC and EDQUOT must stay apart).
+fn os_error(error: glommio::GlommioError<()>) -> io::Error {
+    match error {
+        glommio::GlommioError::IoError(source) => source,
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        other => io::Error::from(other),
+    }
+}
+
 /// What `meta` (from lstat or fstat) says, as [`FileMeta`].
 fn file_meta(meta: &std::fs::Metadata) -> FileMeta {
     let file_type = meta.file_type();
@@ -243,10 +253,16 @@ fn file_meta(meta: &std::fs::Metadata) -> FileMeta {
         );
         EntryKind::Other
     };
+    let ms = |time: io::Result<std::time::SystemTime>| {
+        time.ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
     FileMeta {
         kind,
         len: meta.len(),
         id: (meta.dev(), meta.ino()),
+        accessed_ms: ms(meta.accessed()).max(ms(meta.modified())),
     }
 }
 
@@ -288,15 +304,15 @@ impl BufferedFile for PageCacheFile {
     type ReadBuf = ReadResult;
 
     async fn write_at(&self, data: Vec<u8>, pos: u64) -> io::Result<usize> {
-        Ok(self.file.write_at(data, pos).await?)
+        self.file.write_at(data, pos).await.map_err(os_error)
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<ReadResult> {
-        Ok(self.file.read_at(pos, len).await?)
+        self.file.read_at(pos, len).await.map_err(os_error)
     }
 
     async fn sync(&self) -> io::Result<()> {
-        Ok(self.file.fdatasync().await?)
+        self.file.fdatasync().await.map_err(os_error)
     }
 
     async fn file_len(&self) -> io::Result<u64> {

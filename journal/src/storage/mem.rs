@@ -991,6 +991,7 @@ impl Storage for MemStorage {
                 kind: EntryKind::File,
                 len: file.borrow().live.len() as u64,
                 id: mem_file_id(file),
+                accessed_ms: 0,
             });
         }
         if fs.is_dir(path) {
@@ -998,6 +999,7 @@ impl Storage for MemStorage {
                 kind: EntryKind::Dir,
                 len: 0,
                 id: (1, 0),
+                accessed_ms: 0,
             });
         }
         Err(not_found(path))
@@ -1119,6 +1121,7 @@ impl BufferedFile for MemBufferedFile {
             kind: EntryKind::File,
             len: self.file.data.borrow().live.len() as u64,
             id: mem_file_id(&self.file.data),
+            accessed_ms: 0,
         })
     }
 

@@ -164,7 +164,7 @@ pub trait StorageFile: 'static {
 )]
 pub trait BufferedFile: std::fmt::Debug + 'static {
     /// Buffer type returned by reads.
-    type ReadBuf: Deref<Target = [u8]>;
+    type ReadBuf: Deref<Target = [u8]> + 'static;
 
     /// Writes `data` at `pos` and returns how many bytes it wrote: fewer
     /// than asked only when the write stopped partway (as pwrite(2) may),
@@ -214,6 +214,9 @@ pub struct FileMeta {
     /// The same for every name of one file (hard links), different for two
     /// files that exist at once (on real disks: device and inode).
     pub id: (u64, u64),
+    /// The later of its last access and last change, in milliseconds since
+    /// the Unix epoch (0 where the disk keeps no times: the simulated one).
+    pub accessed_ms: u64,
 }
 
 /// Most directories [`create_dir_all_durably`] creates for one path: a
