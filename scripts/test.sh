@@ -46,9 +46,11 @@ cargo clippy -p ringstore-journal -p ringstore-cache -p ringstore --lib -- -D wa
 # The fuzz crate is outside the workspace (cargo-fuzz builds it apart).
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
-echo "== cargo test (workspace; the journal's and the engine's crash simulations print their reports)"
+echo "== cargo test (workspace; the journal's, the cache's and the engine's crash simulations print their reports)"
 # Tests use temp dirs under target/ (the real disk: O_DIRECT needs it).
-cargo test --workspace --exclude ringstore-journal --exclude ringstore 2>&1 | tee -a "$log"
+cargo test --workspace --exclude ringstore-journal --exclude ringstore --exclude ringstore-cache 2>&1 | tee -a "$log"
+# The cache's power-loss simulation prints its totals.
+cargo test -p ringstore-cache -- --nocapture 2>&1 | tee -a "$log"
 cargo test -p ringstore-journal -- --nocapture 2>&1 | tee -a "$log"
 # With `openraft`: openraft's storage suite and the cluster's tests too.
 cargo test -p ringstore --features openraft -- --nocapture 2>&1 | tee -a "$log"
@@ -64,4 +66,4 @@ fi
 echo "== disk used by the build: target $(du -sh target | cut -f1), fuzz/target $(du -sh fuzz/target 2>/dev/null | cut -f1); free $(df -h --output=avail . | tail -1)"
 
 echo "== summary"
-grep -E '^test result:|^simulation total:|^engine simulation.*total:|executions' "$log" || true
+grep -E '^test result:|^simulation total:|^engine simulation.*total:|^cache simulation total:|executions' "$log" || true

@@ -1,8 +1,23 @@
 //! The cache model checker (feature `sim`): runs a sequence of bounded
-//! operations against a real [`Cache`] in a temporary directory on the real
-//! filesystem, "crashes" it (drops it without `shutdown`, with staging files
-//! and reservations still open) and reopens it, and checks after every
-//! operation against a plain `BTreeMap` model:
+//! operations against a [`Cache`], crashes it and reopens it, and checks
+//! after every operation against a plain `BTreeMap` model. It runs on
+//! either disk:
+//!
+//! - **the real one** ([`run_ops`]): a temporary directory on the real
+//!   filesystem; a crash drops the cache without `shutdown` (staging files
+//!   and reservations still open), and the filesystem keeps everything;
+//! - **the simulated one** ([`run_power_loss`]): `MemStorage` under the
+//!   fault model of `DESIGN.md`; a crash is a power loss (unsynced writes
+//!   dropped, torn or reordered, unsynced creates, links, renames and
+//!   unlinks undone, each on its own), and an `Op::Crash` arms a power cut
+//!   a few storage calls ahead, so it lands inside whatever the cache does
+//!   next: a commit's link, a put's rename, a directory fsync, a trim's
+//!   unlink, the tracker's persist. An operation the cut made fail may or
+//!   may not have happened; the model keeps both outcomes as candidates
+//!   for the check after the reopen, and so does a trimmed object (a
+//!   trim's unlink is not synced: the object may come back).
+//!
+//! What it checks:
 //!
 //! - accounting is exact: the cache's bytes and objects equal the model's,
 //!   and its reserved bytes/objects equal what the live staging files and
@@ -13,10 +28,15 @@
 //!   that was not committed; `get` returns exactly the committed bytes;
 //! - commits never overwrite (a conflict only when the key exists);
 //! - after a crash and reopen, no `.part` file is left and every committed
-//!   object is intact.
+//!   object is intact: after a power loss, every key holds its last
+//!   acknowledged bytes or one of its candidates, never anything else, and
+//!   nothing acknowledged is missing unless a trim or a cut operation may
+//!   have removed it.
 //!
 //! [`run_ops`] is what the cargo-fuzz target calls (with `Op: Arbitrary`);
-//! `cache/tests/sim_model.rs` drives it from proptest.
+//! `cache/tests/sim_model.rs` drives both from proptest, and
+//! `cache/tests/power_loss.rs` runs seeded power-loss sequences and prints
+//! their totals (cycles, power losses, faults per kind, violations).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,8 +49,11 @@ use arbitrary::Arbitrary;
 /// naming the same `arbitrary` version itself.
 pub use arbitrary;
 
+use ringstore_journal::storage::{FaultConfig, FaultCounts, MemStorage};
+
+use crate::disk::{CacheDisk, RootedDisk};
 use crate::faults::Faults;
-use crate::{Cache, Error, Reservation, Staging, TrimKind};
+use crate::{Cache, CacheBuilder, Error, Reservation, Staging, TrimKind};
 
 /// Keys the operations pick from (by index modulo the count).
 pub const SIM_KEYS: [&str; 8] = ["a", "b", "d1/c", "d1/d", "d1/d2/e", "d2/f", "g", "d2/h"];
@@ -192,6 +215,34 @@ pub struct SimReport {
     pub timeouts: usize,
     /// ENOSPC errors returned.
     pub nospace: usize,
+    /// Power losses (simulated disk only).
+    pub power_losses: usize,
+    /// Operations a power cut made fail, whose outcome stayed open until
+    /// the check after the reopen.
+    pub cut_ops: usize,
+    /// Keys a power loss took back to an earlier state the model allowed
+    /// (a trimmed object back, a cut operation undone).
+    pub rolled_back: usize,
+    /// The simulated disk's fault counts (zero on the real disk).
+    pub faults: FaultCounts,
+}
+
+impl SimReport {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &SimReport) {
+        self.ops_run += other.ops_run;
+        self.crashes += other.crashes;
+        self.puts += other.puts;
+        self.commits += other.commits;
+        self.conflicts += other.conflicts;
+        self.trimmed += other.trimmed;
+        self.timeouts += other.timeouts;
+        self.nospace += other.nospace;
+        self.power_losses += other.power_losses;
+        self.cut_ops += other.cut_ops;
+        self.rolled_back += other.rolled_back;
+        self.faults.add(&other.faults);
+    }
 }
 
 /// A violated invariant.
@@ -235,27 +286,161 @@ pub fn run_ops_in(
     let cache_dir = dir.path().join("cache");
     let handle = glommio::LocalExecutorBuilder::default()
         .name("cache-sim")
-        .spawn(move || async move { World::run(cache_dir, &ops, crash_after_ops).await })
+        .spawn(move || async move {
+            std::fs::create_dir_all(&cache_dir)
+                .map_err(|e| setup(format!("mkdir {}: {e}", cache_dir.display())))?;
+            let disk = RootedDisk::open(&cache_dir)
+                .map_err(|e| setup(format!("disk at {}: {e}", cache_dir.display())))?;
+            World::run(disk, cache_dir, &ops, crash_after_ops, 0).await
+        })
         .map_err(|e| setup(format!("executor: {e}")))?;
     handle
         .join()
         .map_err(|e| setup(format!("executor join: {e}")))?
 }
 
-struct Slot {
-    staging: Staging,
+/// The faults of the power-loss runs: crashes that drop (35%), tear (35%)
+/// and reorder unsynced writes and undo unsynced namespace changes, and
+/// operations that yield at random so tasks interleave differently per
+/// seed. No random EIO: the cache fails an operation on EIO like on a cut
+/// (tested apart), and read flips are beyond what a cache without object
+/// checksums can notice.
+pub fn power_loss_faults() -> FaultConfig {
+    FaultConfig {
+        crash_drop_rate: 0.35,
+        crash_tear_rate: 0.35,
+        dir_undo: true,
+        yield_rate: 0.3,
+        ..FaultConfig::none()
+    }
+}
+
+/// Runs `ops` against a cache on the simulated disk (see the module docs):
+/// a power loss before the op at `crash_after_ops` (at the end if past it),
+/// and at each `Op::Crash` a power cut armed 1 to
+/// [`POWER_CUT_AHEAD_MAX`] storage calls ahead. `seed` draws the disk's
+/// faults and the cut points. Spawns its own glommio executor thread.
+pub fn run_power_loss(
+    ops: &[Op],
+    crash_after_ops: usize,
+    seed: u64,
+) -> Result<SimReport, SimFailure> {
+    let setup = |message: String| SimFailure {
+        op_index: 0,
+        op: None,
+        message,
+    };
+    let ops: Vec<Op> = ops.iter().take(SIM_OPS_MAX).cloned().collect();
+    let handle = glommio::LocalExecutorBuilder::default()
+        .name("cache-power-sim")
+        .spawn(move || async move {
+            let disk = MemStorage::with_faults(seed, power_loss_faults());
+            World::run(
+                disk,
+                PathBuf::from("/sim/cache"),
+                &ops,
+                crash_after_ops,
+                seed,
+            )
+            .await
+        })
+        .map_err(|e| setup(format!("executor: {e}")))?;
+    handle
+        .join()
+        .map_err(|e| setup(format!("executor join: {e}")))?
+}
+
+/// Most storage calls ahead an `Op::Crash` arms its power cut.
+pub const POWER_CUT_AHEAD_MAX: u64 = 24;
+
+/// The disk a checker run is on: what a crash does to it, and how the
+/// checks look at it.
+pub trait SimDisk: CacheDisk {
+    /// True if a crash loses power (and so unsynced state), not only the
+    /// process.
+    const LOSES_POWER: bool;
+    /// After the cache was dropped: the crash's effect on the disk.
+    fn lose_power(&self);
+    /// Arms a power cut at the `ops`-th storage call from now.
+    fn arm_power_cut(&self, ops: u64);
+    /// True once an armed cut happened (calls fail with EIO until
+    /// [`SimDisk::lose_power`]).
+    fn power_is_cut(&self) -> bool;
+    /// A `.part` file anywhere beneath `dir`, if any.
+    fn find_part(&self, dir: &Path) -> Option<PathBuf>;
+    /// True if a file exists at `path`.
+    fn exists(&self, path: &Path) -> bool;
+    /// The disk's fault counts so far.
+    fn fault_counts(&self) -> FaultCounts;
+}
+
+impl SimDisk for RootedDisk {
+    const LOSES_POWER: bool = false;
+    fn lose_power(&self) {}
+    fn arm_power_cut(&self, _ops: u64) {}
+    fn power_is_cut(&self) -> bool {
+        false
+    }
+    fn find_part(&self, dir: &Path) -> Option<PathBuf> {
+        find_part(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn fault_counts(&self) -> FaultCounts {
+        FaultCounts::default()
+    }
+}
+
+impl SimDisk for MemStorage {
+    const LOSES_POWER: bool = true;
+    fn lose_power(&self) {
+        self.crash();
+    }
+    fn arm_power_cut(&self, ops: u64) {
+        self.cut_power_after_ops(ops);
+    }
+    fn power_is_cut(&self) -> bool {
+        MemStorage::power_is_cut(self)
+    }
+    fn find_part(&self, dir: &Path) -> Option<PathBuf> {
+        self.paths().into_iter().find(|path| {
+            path.starts_with(dir)
+                && path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(crate::STAGING_SUFFIX))
+        })
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.paths().iter().any(|p| p == path)
+    }
+    fn fault_counts(&self) -> FaultCounts {
+        MemStorage::fault_counts(self)
+    }
+}
+
+struct Slot<S: CacheDisk> {
+    staging: Staging<S>,
     data: Vec<u8>,
 }
 
-struct World {
+struct World<S: SimDisk> {
+    disk: S,
     dir: PathBuf,
     faults: Rc<Faults>,
-    cache: Option<Cache>,
-    slots: Vec<Option<Slot>>,
+    cache: Option<Cache<S>>,
+    slots: Vec<Option<Slot<S>>>,
     held: Vec<Reservation>,
     model: BTreeMap<String, Vec<u8>>,
+    /// What a power loss may leave at a key besides the model's bytes
+    /// (`None`: nothing): a trimmed object's bytes, both outcomes of an
+    /// operation a cut made fail. Cleared by the check after the reopen.
+    candidates: BTreeMap<String, Vec<Option<Vec<u8>>>>,
     /// Keys trims removed, not yet applied to the model.
     pending_trims: Vec<String>,
+    /// Draws the power-cut points (a xorshift of the seed).
+    rng: u64,
     report: SimReport,
 }
 
@@ -269,20 +454,25 @@ fn data_of(len: usize, fill: u8) -> Vec<u8> {
         .collect()
 }
 
-impl World {
+impl<S: SimDisk> World<S> {
     async fn run(
+        disk: S,
         dir: PathBuf,
         ops: &[Op],
         crash_after_ops: usize,
+        seed: u64,
     ) -> Result<SimReport, SimFailure> {
         let faults = Rc::new(Faults::new());
         let mut world = World {
+            disk,
             cache: None,
             faults,
             slots: (0..SIM_STAGING_SLOTS).map(|_| None).collect(),
             held: Vec::new(),
             model: BTreeMap::new(),
+            candidates: BTreeMap::new(),
             pending_trims: Vec::new(),
+            rng: seed | 1,
             report: SimReport::default(),
             dir,
         };
@@ -291,11 +481,12 @@ impl World {
             if index == crash_after_ops {
                 world.crash(index).await?;
             }
-            world.apply(index, op).await?;
-            world.after_op(index, Some(op))?;
+            world.step(index, op).await?;
             world.report.ops_run += 1;
         }
-        if crash_after_ops >= ops.len() {
+        // On the simulated disk always: a cut armed but not reached yet is
+        // replaced by this power loss.
+        if crash_after_ops >= ops.len() || S::LOSES_POWER {
             world.crash(ops.len()).await?;
         }
         // A clean shutdown must also come back intact (tracker persisted).
@@ -316,11 +507,57 @@ impl World {
                 .await
                 .map_err(|e| fail(usize::MAX, None, format!("final shutdown: {e}")))?;
         }
+        world.report.faults = world.disk.fault_counts();
         Ok(world.report)
     }
 
+    /// Runs one operation and checks after it; when a power cut fell in
+    /// it, takes its key's possible outcomes as candidates and crashes.
+    async fn step(&mut self, index: usize, op: &Op) -> Result<(), SimFailure> {
+        let outcomes = self.outcomes_if_cut(op);
+        let applied = self.apply(index, op).await;
+        if !self.disk.power_is_cut() {
+            applied?;
+            return self.after_op(index, Some(op));
+        }
+        if applied.is_err() {
+            self.report.cut_ops += 1;
+            if let Some((key, outcomes)) = outcomes {
+                self.candidates.entry(key).or_default().extend(outcomes);
+            }
+        }
+        self.crash(index).await
+    }
+
+    /// What `op` may leave at its key if a power cut makes it fail midway:
+    /// the key's bytes before it, and after it.
+    fn outcomes_if_cut(&self, op: &Op) -> Option<(String, Vec<Option<Vec<u8>>>)> {
+        let (key, after) = match *op {
+            Op::Put { key, len, fill } => {
+                let data = data_of(usize::from(len) % (SIM_OBJECT_BYTES_MAX + 1), fill);
+                (key_of(key).to_owned(), Some(data))
+            }
+            Op::Invalidate { key } => (key_of(key).to_owned(), None),
+            Op::Commit { slot } | Op::CommitUnlinkFails { slot } => {
+                let entry = self.slots[usize::from(slot) % SIM_STAGING_SLOTS].as_ref()?;
+                (entry.staging.key().to_owned(), Some(entry.data.clone()))
+            }
+            _ => return None,
+        };
+        let before = self.model.get(&key).cloned();
+        Some((key, vec![before, after]))
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
     async fn open(&mut self, index: usize) -> Result<(), SimFailure> {
-        let cache = Cache::builder(&self.dir)
+        let cache = CacheBuilder::new(&self.dir)
+            .disk(self.disk.clone())
             .bytes_limit(SIM_BYTES_LIMIT)
             .objects_limit(SIM_OBJECTS_LIMIT)
             .chunk_bytes(8 << 10)
@@ -338,7 +575,7 @@ impl World {
         Ok(())
     }
 
-    fn cache(&self, index: usize) -> Result<&Cache, SimFailure> {
+    fn cache(&self, index: usize) -> Result<&Cache<S>, SimFailure> {
         self.cache
             .as_ref()
             .ok_or_else(|| fail(index, None, "no open cache".into()))
@@ -357,8 +594,72 @@ impl World {
         // No shutdown: background tasks die, nothing is persisted.
         drop(self.cache.take());
         self.report.crashes += 1;
+        if S::LOSES_POWER {
+            self.disk.lose_power();
+            self.report.power_losses += 1;
+            self.open(index).await?;
+            return self.verify_after_power_loss(index).await;
+        }
         self.open(index).await?;
         self.verify_full(index).await
+    }
+
+    /// After a power loss and reopen: each key holds its acknowledged bytes
+    /// or one of its candidates (and the model takes what it holds), no
+    /// `.part` file is left, and the accounting matches.
+    async fn verify_after_power_loss(&mut self, index: usize) -> Result<(), SimFailure> {
+        let objects_dir = self.cache(index)?.objects_dir().to_path_buf();
+        if let Some(part) = self.disk.find_part(&objects_dir) {
+            return Err(fail(
+                index,
+                None,
+                format!("{} survived a power loss and restart", part.display()),
+            ));
+        }
+        let candidates = std::mem::take(&mut self.candidates);
+        for key in SIM_KEYS {
+            let got = self
+                .cache(index)?
+                .get(key)
+                .await
+                .map_err(|e| fail(index, None, format!("get {key} after power loss: {e}")))?
+                .map(|object| object.to_vec());
+            let trimmed = self.peek_trimmed(index, key)?;
+            let acknowledged = self.model.get(key).cloned();
+            let others = candidates.get(key).map(Vec::as_slice).unwrap_or(&[]);
+            let allowed =
+                got == acknowledged || others.contains(&got) || (got.is_none() && trimmed);
+            if !allowed {
+                let what = match (&got, &acknowledged) {
+                    (None, Some(_)) => "an acknowledged object is lost".to_owned(),
+                    (Some(bytes), None) => {
+                        format!(
+                            "{} bytes appeared that were never acknowledged",
+                            bytes.len()
+                        )
+                    }
+                    (Some(bytes), Some(expected)) => format!(
+                        "{} bytes differ from the acknowledged {} (or a candidate)",
+                        bytes.len(),
+                        expected.len()
+                    ),
+                    (None, None) => unreachable!("equal"),
+                };
+                return Err(fail(
+                    index,
+                    None,
+                    format!("{key} after a power loss: {what}"),
+                ));
+            }
+            if got != acknowledged {
+                self.report.rolled_back += 1;
+            }
+            match got {
+                Some(bytes) => self.model.insert(key.to_owned(), bytes),
+                None => self.model.remove(key),
+            };
+        }
+        self.after_op(index, None)
     }
 
     async fn apply(&mut self, index: usize, op: &Op) -> Result<(), SimFailure> {
@@ -500,7 +801,7 @@ impl World {
                                 "conflict on {key}, which was never committed"
                             )));
                         }
-                        if staging_path.exists() {
+                        if self.disk.exists(&staging_path) {
                             return Err(bad("conflicting commit left its staging file".into()));
                         }
                         self.report.conflicts += 1;
@@ -517,7 +818,7 @@ impl World {
                         .close()
                         .await
                         .map_err(|e| bad(format!("close: {e}")))?;
-                    if path.exists() {
+                    if self.disk.exists(&path) {
                         return Err(bad("closed staging file still on disk".into()));
                     }
                 }
@@ -575,6 +876,10 @@ impl World {
                     Err(e) => return Err(bad(format!("put under ENOSPC: {e}"))),
                 }
             }
+            Op::Crash if S::LOSES_POWER => {
+                let ahead = 1 + self.next_random() % POWER_CUT_AHEAD_MAX;
+                self.disk.arm_power_cut(ahead);
+            }
             Op::Crash => self.crash(index).await?,
         }
         Ok(())
@@ -598,7 +903,11 @@ impl World {
         for key in trimmed {
             self.report.trimmed += 1;
             if !cache.contains(&key).unwrap_or(false) {
-                self.model.remove(&key);
+                let bytes = self.model.remove(&key);
+                // A trim's unlink is not synced: a power loss may undo it.
+                if S::LOSES_POWER && bytes.is_some() {
+                    self.candidates.entry(key).or_default().push(bytes);
+                }
             }
         }
         Ok(())
@@ -665,7 +974,7 @@ impl World {
     /// object reads back exactly.
     async fn verify_full(&mut self, index: usize) -> Result<(), SimFailure> {
         let objects_dir = self.cache(index)?.objects_dir().to_path_buf();
-        if let Some(part) = find_part(&objects_dir) {
+        if let Some(part) = self.disk.find_part(&objects_dir) {
             return Err(fail(
                 index,
                 None,

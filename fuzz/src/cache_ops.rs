@@ -2,7 +2,8 @@
 //! ([`ringstore_cache::sim`]): puts, gets, staging files committed,
 //! conflicting, abandoned or dropped, failed post-link unlinks, held
 //! reservations, trims, injected ENOSPC and crashes (drop without shutdown,
-//! reopen), checked against a `BTreeMap` model after every operation. A
+//! reopen; then the same ops again on the simulated disk, where a crash is
+//! a power loss), checked against a `BTreeMap` model after every operation. A
 //! [`SimFailure`](ringstore_cache::sim::SimFailure) is a finding and this
 //! target panics with it.
 //!
@@ -12,7 +13,7 @@
 //! [`crate::block_on`] (executors do not nest).
 
 use arbitrary::Arbitrary;
-use ringstore_cache::sim::{run_ops, Op};
+use ringstore_cache::sim::{run_ops, run_power_loss, Op};
 
 /// Most operations per input (the checker's own bound is
 /// [`ringstore_cache::sim::SIM_OPS_MAX`]; a lower one keeps an execution
@@ -49,12 +50,22 @@ impl<'a> Arbitrary<'a> for Input {
     }
 }
 
-/// Runs one input; panics on an invariant violation.
+/// Runs one input on the real disk (a crash drops the process), then on
+/// the simulated one (a crash is a power loss; the crash byte also seeds
+/// the disk's faults and cut points); panics on an invariant violation.
 pub fn run(input: &Input) {
     let ops = &input.ops[..input.ops.len().min(OPS_MAX)];
-    if let Err(failure) = run_ops(ops, usize::from(input.crash_after_ops)) {
+    let crash_after_ops = usize::from(input.crash_after_ops);
+    if let Err(failure) = run_ops(ops, crash_after_ops) {
         panic!(
             "cache model check failed: {failure}\ncrash_after_ops: {}\nops: {ops:#?}",
+            input.crash_after_ops
+        );
+    }
+    let seed = u64::from(input.crash_after_ops);
+    if let Err(failure) = run_power_loss(ops, crash_after_ops, seed) {
+        panic!(
+            "cache model check under power loss failed: {failure}\ncrash_after_ops: {}\nops: {ops:#?}",
             input.crash_after_ops
         );
     }
