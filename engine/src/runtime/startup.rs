@@ -1,8 +1,14 @@
 //! Checks made before any reactor starts, so a misconfigured host fails with
 //! an error that says what to change instead of a reactor panic: CPUs,
 //! locked memory, and the data directory's superblock (shard count).
+//!
+//! The superblock goes through the storage layer like every durable byte
+//! ([`check_manifest_on`], [`read_manifest_on`]: the real disk or the
+//! power-cut simulator); [`check_manifest`] and [`read_manifest`] run them
+//! on the real disk for callers without a reactor, on a short-lived one.
 
 use crate::error::{Error, Result};
+use ringstore_journal::storage::{errno, DmaStorage, EntryKind, Storage};
 use ringstore_journal::superblock::{self, SuperblockFault, SuperblockKind};
 use std::path::{Path, PathBuf};
 use zerocopy::little_endian::U32;
@@ -20,6 +26,10 @@ const LEGACY_MANIFEST_NAME: &str = "engine";
 
 /// Most shards a data directory records.
 pub const SHARDS_MAX: u32 = 4096;
+
+/// I/O memory of the short-lived reactor [`check_manifest`] and
+/// [`read_manifest`] run on: two superblock copies at a time.
+const MANIFEST_IO_MEMORY_BYTES: usize = 256 << 10;
 
 /// The body of a data directory's superblock.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -149,11 +159,25 @@ pub fn check_memlock(limit: Option<u64>, shards: usize, io_memory_bytes: usize) 
 /// records the shard count (routing depends on it). A damaged or stale copy
 /// is rewritten from the good one (the stale copy first), counted in
 /// `ringstore_data_dir_superblock_repairs_total`, so one more fault cannot
-/// take both.
+/// take both. On the real disk, for callers without a reactor: see
+/// [`check_manifest_on`].
 pub fn check_manifest(data_dir: &Path, shards: usize) -> Result<()> {
-    ringstore_journal::storage::create_dir_all_durably_blocking(data_dir)
+    let data_dir = data_dir.to_path_buf();
+    on_short_reactor(move || async move {
+        check_manifest_on(&DmaStorage::new(), &data_dir, shards).await
+    })
+}
+
+/// [`check_manifest`] through `storage`, on the calling reactor.
+pub async fn check_manifest_on<S: Storage>(
+    storage: &S,
+    data_dir: &Path,
+    shards: usize,
+) -> Result<()> {
+    ringstore_journal::storage::create_dir_all_durably(storage, data_dir)
+        .await
         .map_err(|e| Error::io("create data directory", data_dir, e))?;
-    match read_manifest_chosen(data_dir)? {
+    match read_manifest_chosen(storage, data_dir).await? {
         Some((found, _)) if found != shards => Err(Error::ShardCountMismatch {
             path: data_dir.join(MANIFEST_FILE_NAME),
             found,
@@ -161,7 +185,8 @@ pub fn check_manifest(data_dir: &Path, shards: usize) -> Result<()> {
         }),
         Some((_, chosen)) if !chosen.stale_or_damaged.is_empty() => {
             let path = data_dir.join(MANIFEST_FILE_NAME);
-            superblock::write_file_blocking_keeping(
+            superblock::write_file(
+                storage,
                 &path,
                 false,
                 SuperblockKind::DataDir,
@@ -169,13 +194,14 @@ pub fn check_manifest(data_dir: &Path, shards: usize) -> Result<()> {
                 &chosen.body,
                 chosen.newest_copy,
             )
+            .await
             .map_err(|f| Error::io(f.op, &path, f.source))?;
             metrics::counter!("ringstore_data_dir_superblock_repairs_total").increment(1);
             tracing::warn!(path = %path.display(), "data directory superblock copy rewritten from the good one");
             Ok(())
         }
         Some(_) => Ok(()),
-        None => write_manifest(data_dir, shards),
+        None => write_manifest(storage, data_dir, shards).await,
     }
 }
 
@@ -186,26 +212,63 @@ pub fn check_manifest(data_dir: &Path, shards: usize) -> Result<()> {
 /// `ringstore_journal::superblock`): one damaged copy is reported in the log
 /// and the other used; when neither verifies, or the superblock is missing
 /// while shard directories exist, this is [`Error::Manifest`] naming the
-/// file and offset, never a guess at the count.
+/// file and offset, never a guess at the count. On the real disk, for
+/// callers without a reactor: see [`read_manifest_on`].
 pub fn read_manifest(data_dir: &Path) -> Result<Option<usize>> {
-    Ok(read_manifest_chosen(data_dir)?.map(|(shards, _)| shards))
+    let data_dir = data_dir.to_path_buf();
+    on_short_reactor(move || async move { read_manifest_on(&DmaStorage::new(), &data_dir).await })
+}
+
+/// [`read_manifest`] through `storage`, on the calling reactor.
+pub async fn read_manifest_on<S: Storage>(storage: &S, data_dir: &Path) -> Result<Option<usize>> {
+    Ok(read_manifest_chosen(storage, data_dir)
+        .await?
+        .map(|(shards, _)| shards))
+}
+
+/// Runs `task` on a reactor of its own and waits for it: the manifest's
+/// calls for threads that have none (the engine's start, the tools).
+fn on_short_reactor<T, F, Fut>(task: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>> + 'static,
+{
+    let failed = |e: String| Error::ReactorStart {
+        shard: 0,
+        cpu: None,
+        reason: format!("the reactor that reads the data directory's superblock: {e}"),
+    };
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("ringstore-manifest")
+        .io_memory(MANIFEST_IO_MEMORY_BYTES)
+        .spawn(task)
+        .map_err(|e| failed(e.to_string()))?
+        .join()
+        .map_err(|e| failed(e.to_string()))?
 }
 
 /// [`read_manifest`], with the copy it chose (and the copies it did not).
-fn read_manifest_chosen(data_dir: &Path) -> Result<Option<(usize, superblock::Chosen)>> {
+async fn read_manifest_chosen<S: Storage>(
+    storage: &S,
+    data_dir: &Path,
+) -> Result<Option<(usize, superblock::Chosen)>> {
     let path = data_dir.join(MANIFEST_FILE_NAME);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return match existing_shard_dirs(data_dir)? {
-                found if found.is_empty() && !data_dir.join(LEGACY_MANIFEST_NAME).exists() => {
-                    Ok(None)
-                }
+    let bytes = match superblock::read_file(storage, &path).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            let has_legacy = match storage.list_dir(data_dir) {
+                Ok(names) => names.iter().any(|name| name == LEGACY_MANIFEST_NAME),
+                Err(e) if errno(&e) == Some(libc::ENOENT) => false,
+                Err(e) => return Err(Error::io("list data directory", data_dir, e)),
+            };
+            return match existing_shard_dirs(storage, data_dir).await? {
+                found if found.is_empty() && !has_legacy => Ok(None),
                 found => Err(Error::Manifest {
                     path,
                     reason: format!(
                         "the data directory's superblock is missing, but it holds {} (shard directories: {}); the shard count cannot be known without it",
-                        if data_dir.join(LEGACY_MANIFEST_NAME).exists() {
+                        if has_legacy {
                             "an `engine` manifest of an older ringstore format"
                         } else {
                             "shards"
@@ -258,17 +321,23 @@ fn read_manifest_chosen(data_dir: &Path) -> Result<Option<(usize, superblock::Ch
 }
 
 /// Shard directories (`shard-NNN`) in `data_dir`.
-fn existing_shard_dirs(data_dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(data_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+async fn existing_shard_dirs<S: Storage>(storage: &S, data_dir: &Path) -> Result<Vec<PathBuf>> {
+    let names = match storage.list_dir(data_dir) {
+        Ok(names) => names,
+        Err(e) if errno(&e) == Some(libc::ENOENT) => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("list data directory", data_dir, e)),
     };
     let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("list data directory", data_dir, e))?;
-        if entry.file_name().to_string_lossy().starts_with("shard-") {
-            found.push(entry.path());
+    for name in names {
+        if !name.to_string_lossy().starts_with("shard-") {
+            continue;
+        }
+        let path = data_dir.join(&name);
+        match storage.stat(&path).await {
+            Ok(meta) if meta.kind == EntryKind::Dir => found.push(path),
+            Ok(_) => {}
+            Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+            Err(e) => return Err(Error::io("stat", &path, e)),
         }
     }
     Ok(found)
@@ -276,7 +345,7 @@ fn existing_shard_dirs(data_dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Writes a new data directory's superblock: in full under a temporary
 /// name, then renamed into place and the directory fsync'd.
-fn write_manifest(data_dir: &Path, shards: usize) -> Result<()> {
+async fn write_manifest<S: Storage>(storage: &S, data_dir: &Path, shards: usize) -> Result<()> {
     let path = data_dir.join(MANIFEST_FILE_NAME);
     let tmp: PathBuf = data_dir.join(format!("{MANIFEST_FILE_NAME}.tmp"));
     let count = u32::try_from(shards)
@@ -290,18 +359,30 @@ fn write_manifest(data_dir: &Path, shards: usize) -> Result<()> {
         shards: count.into(),
         reserved: 0.into(),
     };
-    match std::fs::remove_file(&tmp) {
+    match storage.remove(&tmp).await {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if errno(&e) == Some(libc::ENOENT) => {}
         Err(e) => return Err(Error::io("remove", &tmp, e)),
     }
-    superblock::write_file_blocking(&tmp, true, SuperblockKind::DataDir, 1, body.as_bytes())
-        .map_err(|f| Error::io(f.op, &tmp, f.source))?;
-    let publish = || -> std::io::Result<()> {
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(data_dir)?.sync_all()
-    };
-    publish().map_err(|e| Error::io("write superblock", &path, e))
+    superblock::write_file(
+        storage,
+        &tmp,
+        true,
+        SuperblockKind::DataDir,
+        1,
+        body.as_bytes(),
+        superblock::SUPERBLOCK_COPIES - 1,
+    )
+    .await
+    .map_err(|f| Error::io(f.op, &tmp, f.source))?;
+    storage
+        .rename(&tmp, &path)
+        .await
+        .map_err(|e| Error::io("write superblock", &path, e))?;
+    storage
+        .sync_dir(data_dir)
+        .await
+        .map_err(|e| Error::io("write superblock", &path, e))
 }
 
 /// The directory of shard `index` inside the data directory.

@@ -432,6 +432,21 @@ impl MemFs {
         self.live.dirs.contains(dir) || dir.ancestors().all(|level| !self.dirs_made.contains(level))
     }
 
+    /// Whether `path` names a directory that exists, for calls that ask
+    /// (stat, an open): one made and not undone, or a root with something
+    /// beneath it. (An unused root is a directory to create things in, but
+    /// not one to report: any path beneath no made directory would be.)
+    fn dir_exists(&self, path: &Path) -> bool {
+        self.live.dirs.contains(path)
+            || (self.is_dir(path)
+                && self
+                    .live
+                    .files
+                    .keys()
+                    .chain(self.live.dirs.iter())
+                    .any(|p| p != path && p.starts_with(path)))
+    }
+
     /// ENOENT if a directory above `path` is not there, ENOTDIR if a file
     /// stands in its place.
     fn check_parents(&self, path: &Path) -> io::Result<()> {
@@ -932,7 +947,9 @@ impl Storage for MemStorage {
     async fn open_buffered(&self, path: &Path) -> io::Result<MemBufferedFile> {
         let is_dir = {
             let fs = self.fs.borrow();
-            !fs.live.files.contains_key(path) && fs.is_dir(path) && fs.check_parents(path).is_ok()
+            !fs.live.files.contains_key(path)
+                && fs.dir_exists(path)
+                && fs.check_parents(path).is_ok()
         };
         if is_dir {
             return Err(io::Error::new(
@@ -994,7 +1011,7 @@ impl Storage for MemStorage {
                 accessed_ms: 0,
             });
         }
-        if fs.is_dir(path) {
+        if fs.dir_exists(path) {
             return Ok(FileMeta {
                 kind: EntryKind::Dir,
                 len: 0,

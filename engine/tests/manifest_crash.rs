@@ -1,0 +1,104 @@
+//! The data directory's superblock (the shard count routing depends on)
+//! under the power-cut model: a cut at every storage call of its first
+//! write, and of the repair of a damaged copy, then a power loss that
+//! drops, tears and reorders what was not synced and undoes unsynced names.
+//! After each, the directory opens with the configured count or is still
+//! new: never a refusal, never another count.
+mod common;
+use common::run;
+use ringstore::runtime::startup::{check_manifest_on, read_manifest_on, MANIFEST_FILE_NAME};
+use ringstore_journal::storage::{FaultConfig, MemStorage};
+use std::path::Path;
+
+const SHARDS: usize = 4;
+/// More cut points than either operation has storage calls: the loops end
+/// at the first run the cut does not reach.
+const CUTS_MAX: u64 = 64;
+
+fn faults() -> FaultConfig {
+    FaultConfig {
+        crash_drop_rate: 0.35,
+        crash_tear_rate: 0.35,
+        dir_undo: true,
+        ..FaultConfig::none()
+    }
+}
+
+#[test]
+fn a_power_cut_at_every_step_of_the_first_write_leaves_a_new_or_a_whole_superblock() {
+    run(|| async {
+        let data = Path::new("/disk/data");
+        let mut cuts = 0;
+        for cut in 1..=CUTS_MAX {
+            let mem = MemStorage::with_faults(cut, faults());
+            mem.cut_power_after_ops(cut);
+            let first = check_manifest_on(&mem, data, SHARDS).await;
+            if !mem.power_is_cut() {
+                first.unwrap();
+                eprintln!("first write: {cuts} cut points");
+                assert!(cuts >= 6, "only {cuts} cut points");
+                return;
+            }
+            cuts += 1;
+            mem.crash();
+            match read_manifest_on(&mem, data).await {
+                Ok(None) | Ok(Some(SHARDS)) => {}
+                other => panic!("cut {cut}: the superblock reads {other:?}"),
+            }
+            check_manifest_on(&mem, data, SHARDS)
+                .await
+                .unwrap_or_else(|e| panic!("cut {cut}: the next start failed: {e}"));
+            mem.crash();
+            assert_eq!(read_manifest_on(&mem, data).await.unwrap(), Some(SHARDS));
+        }
+        panic!("the first write took more than {CUTS_MAX} storage calls");
+    });
+}
+
+#[test]
+fn a_power_cut_at_every_step_of_a_repair_keeps_the_shard_count() {
+    run(|| async {
+        let data = Path::new("/disk/data");
+        let path = data.join(MANIFEST_FILE_NAME);
+        let mut cuts = 0;
+        for cut in 1..=CUTS_MAX {
+            let mem = MemStorage::with_faults(cut, faults());
+            check_manifest_on(&mem, data, SHARDS).await.unwrap();
+            // One copy damaged at rest: the next start rewrites it.
+            let mut bytes = mem.file_bytes(&path).unwrap();
+            bytes[100] ^= 0x40;
+            mem.set_file_bytes(&path, bytes);
+            mem.cut_power_after_ops(cut);
+            let repaired = check_manifest_on(&mem, data, SHARDS).await;
+            if !mem.power_is_cut() {
+                repaired.unwrap();
+                eprintln!("repair: {cuts} cut points");
+                assert!(cuts >= 3, "only {cuts} cut points");
+                // A loss after the repair (it also disarms the cut).
+                mem.crash();
+                assert_eq!(read_manifest_on(&mem, data).await.unwrap(), Some(SHARDS));
+                return;
+            }
+            cuts += 1;
+            mem.crash();
+            assert_eq!(
+                read_manifest_on(&mem, data).await.unwrap(),
+                Some(SHARDS),
+                "cut {cut}"
+            );
+            check_manifest_on(&mem, data, SHARDS).await.unwrap();
+        }
+        panic!("the repair took more than {CUTS_MAX} storage calls");
+    });
+}
+
+#[test]
+fn another_shard_count_is_refused_on_the_simulated_disk_too() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let data = Path::new("/disk/data");
+        check_manifest_on(&mem, data, SHARDS).await.unwrap();
+        let refused = check_manifest_on(&mem, data, SHARDS + 1).await.unwrap_err();
+        assert!(refused.to_string().contains("shard"), "{refused}");
+    });
+}
