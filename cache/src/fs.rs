@@ -3,7 +3,6 @@
 //! exhaustive trims). Everything goes through the cache's disk, so the same
 //! code runs on the real disk and on the simulated one that can crash.
 
-use futures_util::future::join_all;
 use ringstore_journal::storage::{errno, BufferedFile, EntryKind};
 use std::path::{Path, PathBuf};
 
@@ -11,11 +10,6 @@ use crate::disk::CacheDisk;
 use crate::error::{Error, Result};
 use crate::format::{LAYOUT_CONTENTS, LAYOUT_FILE, LAYOUT_VERSION, LOCK_FILE, OBJECTS_DIR};
 use crate::key::{is_staging_name, Key, KEY_DEPTH_MAX};
-
-/// Entries of one directory whose `stat`s the walk has in flight at once:
-/// each takes a slot or two of the disk's metadata ring (64 entries), and
-/// 100,000 objects one at a time would be 100,000 round trips.
-const WALK_STATS_IN_FLIGHT: usize = 16;
 
 /// A regular file found by the walk whose name is a valid key.
 #[derive(Debug, Clone)]
@@ -47,48 +41,41 @@ pub(crate) async fn walk<S: CacheDisk>(disk: &S, objects: &Path) -> Result<Walk>
     let mut stack: Vec<(String, usize)> = vec![(String::new(), 1)];
     while let Some((rel_dir, depth)) = stack.pop() {
         let abs_dir = objects.join(&rel_dir);
-        let names = disk
-            .list_dir(&abs_dir)
+        let entries = disk
+            .list_dir_meta(&abs_dir)
+            .await
             .map_err(|e| Error::io("readdir", &abs_dir, e))?;
-        let mut entries = Vec::with_capacity(names.len());
-        for name in names {
+        for (name, meta) in entries {
             let Some(name) = name.to_str() else {
                 walk.foreign
                     .push(format!("{rel_dir}/{}", name.to_string_lossy()));
                 continue;
             };
-            entries.push(if rel_dir.is_empty() {
+            let rel = if rel_dir.is_empty() {
                 name.to_owned()
             } else {
                 format!("{rel_dir}/{name}")
-            });
-        }
-        for batch in entries.chunks(WALK_STATS_IN_FLIGHT) {
-            let paths: Vec<PathBuf> = batch.iter().map(|rel| objects.join(rel)).collect();
-            let metas = join_all(paths.iter().map(|path| disk.stat(path))).await;
-            for (rel, meta) in batch.iter().zip(metas) {
-                let meta = match meta {
-                    Ok(meta) => meta,
-                    // Removed between the listing and the stat: nothing to
-                    // account for.
-                    Err(e) if errno(&e) == Some(libc::ENOENT) => continue,
-                    Err(e) => return Err(Error::io("lstat", objects.join(rel), e)),
-                };
-                let rel = rel.clone();
-                if meta.kind == EntryKind::Dir && depth < KEY_DEPTH_MAX {
-                    dirs.push((depth, rel.clone()));
-                    stack.push((rel, depth + 1));
-                } else if meta.kind == EntryKind::File && is_staging_name(&rel) {
-                    walk.staging.push(rel);
-                } else if meta.kind == EntryKind::File && Key::new(&rel).is_ok() {
-                    walk.files.push(WalkFile {
-                        key: rel,
-                        bytes: meta.len,
-                        atime_ms: meta.accessed_ms,
-                    });
-                } else {
-                    walk.foreign.push(rel);
-                }
+            };
+            let meta = match meta {
+                Ok(meta) => meta,
+                // Removed between the listing and the stat: nothing to
+                // account for.
+                Err(e) if errno(&e) == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(Error::io("lstat", objects.join(&rel), e)),
+            };
+            if meta.kind == EntryKind::Dir && depth < KEY_DEPTH_MAX {
+                dirs.push((depth, rel.clone()));
+                stack.push((rel, depth + 1));
+            } else if meta.kind == EntryKind::File && is_staging_name(&rel) {
+                walk.staging.push(rel);
+            } else if meta.kind == EntryKind::File && Key::new(&rel).is_ok() {
+                walk.files.push(WalkFile {
+                    key: rel,
+                    bytes: meta.len,
+                    atime_ms: meta.accessed_ms,
+                });
+            } else {
+                walk.foreign.push(rel);
             }
         }
     }

@@ -16,7 +16,7 @@
 //!    O_DIRECT writes wrote (the kernel invalidates cached pages on direct
 //!    writes). Writes are unaffected: they take the same path either way.
 
-use super::{is_errno, BufferedFile, EntryKind, FileMeta, FsSpace, IoBuf, Storage, StorageFile};
+use super::{is_errno, BufferedFile, FileMeta, FsSpace, IoBuf, Storage, StorageFile};
 use glommio::io::{
     BufferedFile as GlommioBufferedFile, DmaBuffer, DmaFile, OpenOptions, ReadResult,
 };
@@ -26,7 +26,7 @@ use std::{
     ffi::OsString,
     fs::TryLockError,
     io,
-    os::unix::fs::{FileTypeExt as _, MetadataExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     rc::Rc,
 };
@@ -238,32 +238,7 @@ fn os_error(error: glommio::GlommioError<()>) -> io::Error {
 
 /// What `meta` (from lstat or fstat) says, as [`FileMeta`].
 fn file_meta(meta: &std::fs::Metadata) -> FileMeta {
-    let file_type = meta.file_type();
-    let kind = if file_type.is_file() {
-        EntryKind::File
-    } else if file_type.is_dir() {
-        EntryKind::Dir
-    } else {
-        debug_assert!(
-            file_type.is_symlink()
-                || file_type.is_fifo()
-                || file_type.is_socket()
-                || file_type.is_block_device()
-                || file_type.is_char_device()
-        );
-        EntryKind::Other
-    };
-    let ms = |time: io::Result<std::time::SystemTime>| {
-        time.ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    };
-    FileMeta {
-        kind,
-        len: meta.len(),
-        id: (meta.dev(), meta.ino()),
-        accessed_ms: ms(meta.accessed()).max(ms(meta.modified())),
-    }
+    FileMeta::from(meta)
 }
 
 /// `flock(LOCK_EX)` on an open file, released when dropped (the kernel
