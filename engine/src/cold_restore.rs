@@ -71,11 +71,12 @@
 
 use crate::config::ShardBuilder;
 use crate::error::{Error, Result, SnapshotError};
-use crate::identity::{write_identity, Identity, IDENTITY_FILE_NAME};
+use crate::layout::identity::{write_identity, Identity};
+use crate::layout::{IDENTITY_FILE_NAME, IDENTITY_TEMP_NAME, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::machine::{OpId, StateMachine};
 use crate::object_store::{parse_snapshot_key, ObjectStoreSettings, SNAPSHOT_KEY_PREFIX};
 use crate::reset::ResetOutcome;
-use crate::shard::{Shard, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
+use crate::shard::Shard;
 use crate::snapshot::inspect::{inspect_snapshot, Check};
 use crate::snapshot::snapshot_file_name;
 use ringstore_cache::{RemoteError, Tiered};
@@ -87,12 +88,10 @@ use std::{
 };
 use uuid::Uuid;
 
-/// The marker a cold restore keeps in the shard directory until it has
-/// finished.
-pub const RESTORE_MARKER_NAME: &str = "restoring";
-/// Where a cold restore puts the snapshot it downloads, inside the shard
-/// directory (same filesystem as the snapshots).
-pub const RESTORE_STAGING_DIR_NAME: &str = "restore";
+/// The marker and the staging directory are names of the shard directory,
+/// owned by [`crate::layout`]; here too for code that names them by this
+/// path.
+pub use crate::layout::{RESTORE_MARKER_NAME, RESTORE_STAGING_DIR_NAME};
 /// Times one generation is downloaded and verified before it is skipped:
 /// a bit flipped in transit or in the cached copy must not pass for a
 /// damaged object.
@@ -444,7 +443,7 @@ async fn abandon<M: StateMachine>(shard: Shard<M>, dir: &Path) {
         tracing::warn!(error = %e, "closing the shard of a failed restore");
     }
     drop(shard);
-    let lock = match crate::lock::acquire_on_reactor(dir).await {
+    let lock = match crate::layout::lock::acquire_on_reactor(dir).await {
         Ok(lock) => lock,
         Err(e) => {
             tracing::warn!(error = %e, dir = %dir.display(), "cannot clean up after a failed restore: the marker stays, a restore starts over");
@@ -513,7 +512,7 @@ pub(crate) async fn prepare_dir<S: Storage>(
 /// Everything a shard keeps in its directory but the lock, the cache and
 /// the marker.
 fn remove_shard_files(dir: &Path) -> io::Result<()> {
-    for name in [IDENTITY_FILE_NAME, "identity.tmp"] {
+    for name in [IDENTITY_FILE_NAME, IDENTITY_TEMP_NAME] {
         match std::fs::remove_file(dir.join(name)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}

@@ -6,7 +6,7 @@
 //! They are `Clone` because one failure (a poisoned journal, a failed
 //! checkpoint) is reported to every caller waiting on it.
 
-use crate::identity::IdentityDamage;
+use crate::layout::identity::IdentityDamage;
 use crate::machine::{DecodeError, EncodeError, RestoreError};
 use crate::snapshot::verify::SnapshotDamage;
 use std::{io, path::PathBuf, sync::Arc, time::Duration};
@@ -250,7 +250,7 @@ pub enum Error {
     },
 
     /// The shard's identity file is damaged, of another format version, or
-    /// missing where data exists (see [`crate::identity::identity_verdict`]).
+    /// missing where data exists (see [`crate::layout::identity::identity_verdict`]).
     #[error(transparent)]
     Identity(#[from] IdentityDamage),
 

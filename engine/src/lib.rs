@@ -20,7 +20,8 @@
 //! * [`object_store`] — snapshots uploaded to object storage through a
 //!   local cache, the two upload modes, retention.
 //! * [`cold_restore`] — rebuilding a lost shard from object storage.
-//! * [`identity`] — the domain a shard's data belongs to.
+//! * [`layout`] — the shard directory: its names, the lock, the [`identity`]
+//!   (the domain a shard's data belongs to), the restore marker.
 //! * `sim` (cargo feature `sim`) — the crash simulation of a shard on the
 //!   fault-injecting disk.
 //!
@@ -52,8 +53,9 @@ pub mod broker;
 pub mod cold_restore;
 pub mod config;
 pub mod error;
-pub mod identity;
-mod lock;
+/// The identity moved into [`layout`]; here too under its old path.
+pub use layout::identity;
+pub mod layout;
 pub mod machine;
 pub mod metrics;
 pub mod mux;
@@ -71,7 +73,7 @@ pub mod snapshot;
 pub use cold_restore::ColdRestoreReport;
 pub use config::{CheckpointPolicy, ShardBuilder, ShardConfig};
 pub use error::{Error, PersistStage, Result, SkippedSnapshot, SnapshotError};
-pub use lock::{is_locked, LOCK_FILE_NAME};
+pub use layout::{is_locked, LOCK_FILE_NAME};
 pub use machine::{OpId, StateMachine};
 pub use metrics::LatencySummary;
 pub use object_store::{ObjectStoreSettings, UploadMode};

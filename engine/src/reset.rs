@@ -26,7 +26,7 @@
 //! above this reset too.
 
 use crate::error::{Error, PersistStage, Result};
-use crate::identity::{write_identity, Identity};
+use crate::layout::identity::{write_identity, Identity};
 use crate::machine::{restore_state, OpId, StateMachine};
 use crate::shard::{Shard, SnapshotPoint};
 use crate::snapshot::{LoadedSnapshot, SnapshotMeta};

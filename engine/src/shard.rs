@@ -37,7 +37,7 @@
 
 use crate::config::{ShardBuilder, ShardConfig};
 use crate::error::{Error, Result};
-use crate::lock::DirLock;
+use crate::layout::lock::DirLock;
 use crate::machine::{encode, OpId, StateMachine};
 use crate::metrics::{LatencySummary, ShardMetrics, METRICS_PUBLISH_INTERVAL};
 use crate::object_store::{run_uploads, ShardObjects};
@@ -57,10 +57,9 @@ use std::{
 };
 use uuid::Uuid;
 
-/// Name of the journal's directory inside the shard directory.
-pub const JOURNAL_DIR_NAME: &str = "journal";
-/// Name of the snapshots' directory inside the shard directory.
-pub const SNAPSHOT_DIR_NAME: &str = "snapshots";
+/// The names moved to [`crate::layout`]; kept here for code that names
+/// them by their old path.
+pub use crate::layout::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 
 /// After a full ring, how long a submit pauses before it retries when slots
 /// look free already.

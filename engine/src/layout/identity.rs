@@ -38,8 +38,8 @@
 //!
 //! [`Storage`]: ringstore_journal::storage::Storage
 
+use super::{IDENTITY_TEMP_NAME, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::error::{Error, Result};
-use crate::shard::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::snapshot::format::{
     unix_ms_now, IdentityHeader, BLOCK_BYTES, IDENTITY_FLAG_JOURNAL_CREATED,
     IDENTITY_FORMAT_VERSION, IDENTITY_HEADER_BYTES, IDENTITY_MAGIC,
@@ -59,7 +59,6 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// Name of the identity file in the shard directory.
 pub const IDENTITY_FILE_NAME: &str = "identity";
-const IDENTITY_TEMP_NAME: &str = "identity.tmp";
 
 /// Data files an [`IdentityFault::MissingWithData`] message names before
 /// it says how many more there are.
