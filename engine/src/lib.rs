@@ -56,6 +56,7 @@ pub mod error;
 /// The identity moved into [`layout`]; here too under its old path.
 pub use layout::identity;
 pub mod layout;
+mod lifecycle;
 pub mod machine;
 pub mod metrics;
 pub mod mux;

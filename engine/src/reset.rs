@@ -71,8 +71,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     }
 
     async fn reset(&self, source: Source<'_>, seen_elsewhere: OpId) -> Result<ResetOutcome> {
-        self.usable()?;
-        let _resetting = ResettingGuard::enter(self);
+        let _resetting = ResettingGuard::enter(self)?;
         self.drain_submits().await;
         self.exclude_checkpoints().await;
         let _exclusive = ExclusiveGuard { shard: self };
@@ -233,15 +232,15 @@ struct ResettingGuard<'a, M: StateMachine, S: Storage> {
 }
 
 impl<'a, M: StateMachine, S: Storage> ResettingGuard<'a, M, S> {
-    fn enter(shard: &'a Shard<M, S>) -> Self {
-        shard.set_resetting(true);
-        ResettingGuard { shard }
+    fn enter(shard: &'a Shard<M, S>) -> Result<Self> {
+        shard.begin_reset()?;
+        Ok(ResettingGuard { shard })
     }
 }
 
 impl<M: StateMachine, S: Storage> Drop for ResettingGuard<'_, M, S> {
     fn drop(&mut self) {
-        self.shard.set_resetting(false);
+        self.shard.end_reset();
     }
 }
 

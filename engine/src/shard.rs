@@ -38,6 +38,7 @@
 use crate::config::{ShardBuilder, ShardConfig};
 use crate::error::{Error, Result};
 use crate::layout::lock::DirLock;
+use crate::lifecycle::Lifecycle;
 use crate::machine::{encode, OpId, StateMachine};
 use crate::metrics::{LatencySummary, ShardMetrics, METRICS_PUBLISH_INTERVAL};
 use crate::object_store::{run_uploads, ShardObjects};
@@ -171,15 +172,13 @@ pub(crate) struct Progress<M: StateMachine> {
     pub snapshot: Option<SnapshotPoint>,
     /// Watermark of the snapshot before `snapshot`, if any.
     pub previous_snapshot: Option<u64>,
-    checkpointing: bool,
-    poisoned: Option<Error>,
-    closing: bool,
+    /// Serving, checkpointing, resetting, closing or poisoned: every
+    /// transition is a method of [`Lifecycle`].
+    lifecycle: Lifecycle,
     /// Submits currently waiting for ring slots.
     ring_waiters: u64,
     /// Set by a reset: the next op must be `op + 1`, at `epoch` or later.
     pub reset_floor: Option<OpId>,
-    /// A reset is running: submits are refused.
-    resetting: bool,
     /// Submits between their start and their outcome.
     submits_in_flight: u64,
     pub stats: ShardStats,
@@ -276,12 +275,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 command_bytes_total: recovered.report.replayed_bytes,
                 snapshot: recovered.snapshot,
                 previous_snapshot: recovered.previous_snapshot,
-                checkpointing: false,
-                poisoned: None,
-                closing: false,
+                lifecycle: Lifecycle::Serving,
                 ring_waiters: 0,
                 reset_floor: None,
-                resetting: false,
                 submits_in_flight: 0,
                 stats: ShardStats::default(),
             }),
@@ -519,13 +515,12 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         loop {
             let listener = {
                 let mut progress = self.inner.progress.borrow_mut();
-                if let Some(cause) = &progress.poisoned {
+                if let Some(cause) = progress.lifecycle.poisoned() {
                     return Err(Error::Poisoned {
                         cause: Box::new(cause.clone()),
                     });
                 }
-                if !progress.checkpointing {
-                    progress.checkpointing = true;
+                if progress.lifecycle.hold_snapshots() {
                     break;
                 }
                 self.inner.checkpoint_ended.listen()
@@ -538,7 +533,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         std::mem::forget(running);
         let due = {
             let mut progress = self.inner.progress.borrow_mut();
-            progress.checkpointing = false;
+            progress.lifecycle.release_snapshots();
             match &result {
                 Ok(outcome) => {
                     if let Some(meta) = &outcome.snapshot {
@@ -722,8 +717,8 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             self.inner.objects.as_ref().map(ShardObjects::uploaded),
             progress.ring_waiters,
             progress.parked.keys().collect::<Vec<_>>(),
-            progress.checkpointing,
-            progress.poisoned.is_some(),
+            progress.lifecycle.snapshots_held(),
+            progress.lifecycle.poisoned().is_some(),
         )
     }
 
@@ -742,7 +737,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// were acknowledged are durable; later calls fail with
     /// [`Error::Closed`].
     pub async fn close(&self) -> Result<()> {
-        self.inner.progress.borrow_mut().closing = true;
+        self.inner.progress.borrow_mut().lifecycle.begin_close();
         self.inner.checkpoint_wanted.notify(usize::MAX);
         self.inner.slots_freed.notify(usize::MAX);
         if let Some(objects) = &self.inner.objects {
@@ -775,19 +770,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     }
 
     pub(crate) fn usable(&self) -> Result<()> {
-        let progress = self.inner.progress.borrow();
-        if let Some(cause) = &progress.poisoned {
-            return Err(Error::Poisoned {
-                cause: Box::new(cause.clone()),
-            });
+        match self.inner.progress.borrow().lifecycle.refusal() {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
         }
-        if progress.closing {
-            return Err(Error::Closed);
-        }
-        if progress.resetting {
-            return Err(Error::Resetting);
-        }
-        Ok(())
     }
 
     /// Records the first failure that makes the shard's state
@@ -795,9 +781,8 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     pub(crate) fn poison(&self, error: Error) -> Error {
         let parked = {
             let mut progress = self.inner.progress.borrow_mut();
-            if progress.poisoned.is_none() {
+            if progress.lifecycle.poison(&error) {
                 tracing::error!(%error, dir = %self.inner.config.dir.display(), "shard poisoned");
-                progress.poisoned = Some(error.clone());
             }
             std::mem::take(&mut progress.parked)
         };
@@ -817,7 +802,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     }
 
     fn poisoned_error(&self) -> Error {
-        match &self.inner.progress.borrow().poisoned {
+        match self.inner.progress.borrow().lifecycle.poisoned() {
             Some(cause) => Error::Poisoned {
                 cause: Box::new(cause.clone()),
             },
@@ -826,12 +811,21 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     }
 
     pub(crate) fn is_poisoned_or_closing(&self) -> bool {
-        let progress = self.inner.progress.borrow();
-        progress.poisoned.is_some() || progress.closing
+        self.inner
+            .progress
+            .borrow()
+            .lifecycle
+            .is_poisoned_or_closing()
     }
 
-    pub(crate) fn set_resetting(&self, resetting: bool) {
-        self.inner.progress.borrow_mut().resetting = resetting;
+    /// Refuses submits (and other resets) from now on, or fails with the
+    /// refusal the shard gives now. [`Shard::end_reset`] undoes it.
+    pub(crate) fn begin_reset(&self) -> Result<()> {
+        self.inner.progress.borrow_mut().lifecycle.begin_reset()
+    }
+
+    pub(crate) fn end_reset(&self) {
+        self.inner.progress.borrow_mut().lifecycle.end_reset();
     }
 
     pub(crate) fn submits_in_flight(&self) -> u64 {
@@ -844,8 +838,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         loop {
             let listener = {
                 let mut progress = self.inner.progress.borrow_mut();
-                if !progress.checkpointing {
-                    progress.checkpointing = true;
+                if progress.lifecycle.hold_snapshots() {
                     return;
                 }
                 self.inner.checkpoint_ended.listen()
@@ -855,7 +848,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     }
 
     pub(crate) fn allow_checkpoints(&self) {
-        self.inner.progress.borrow_mut().checkpointing = false;
+        self.inner
+            .progress
+            .borrow_mut()
+            .lifecycle
+            .release_snapshots();
         self.inner.checkpoint_ended.notify(usize::MAX);
     }
 
@@ -873,7 +870,7 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
 
     /// Whether the compaction task should checkpoint now.
     fn checkpoint_due(&self, progress: &Progress<M>) -> bool {
-        if progress.checkpointing || progress.poisoned.is_some() {
+        if progress.lifecycle.snapshots_held() || progress.lifecycle.poisoned().is_some() {
             return false;
         }
         let last = progress.snapshot;
@@ -947,7 +944,7 @@ async fn run_compaction<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
                 return;
             };
             let progress = inner.progress.borrow();
-            if progress.closing || progress.poisoned.is_some() {
+            if progress.lifecycle.is_poisoned_or_closing() {
                 return;
             }
             if inner.checkpoint_due(&progress) {
@@ -1053,7 +1050,12 @@ struct CheckpointGuard<'a, M: StateMachine, S: Storage> {
 
 impl<M: StateMachine, S: Storage> Drop for CheckpointGuard<'_, M, S> {
     fn drop(&mut self) {
-        self.shard.inner.progress.borrow_mut().checkpointing = false;
+        self.shard
+            .inner
+            .progress
+            .borrow_mut()
+            .lifecycle
+            .release_snapshots();
         self.shard.inner.checkpoint_ended.notify(usize::MAX);
     }
 }
@@ -1072,11 +1074,11 @@ async fn scrub_snapshots<M: StateMachine, S: Storage>(
     let open = || {
         inner
             .upgrade()
-            .is_some_and(|inner| !inner.progress.borrow().closing)
+            .is_some_and(|inner| !inner.progress.borrow().lifecycle.is_closing())
     };
     loop {
         let (storage, domain, generations) = match inner.upgrade() {
-            Some(inner) if !inner.progress.borrow().closing => (
+            Some(inner) if !inner.progress.borrow().lifecycle.is_closing() => (
                 inner.storage.clone(),
                 inner.domain.get(),
                 inner.snapshots.generations(),
