@@ -10,7 +10,6 @@ use crate::layout::identity::IdentityDamage;
 use crate::machine::{DecodeError, EncodeError, RestoreError};
 use crate::snapshot::verify::SnapshotDamage;
 use std::{io, path::PathBuf, sync::Arc, time::Duration};
-use uuid::Uuid;
 
 /// Result alias for engine operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -273,21 +272,6 @@ pub enum Error {
         recorded: ringstore_journal::JournalOwner,
     },
 
-    /// `reset_to` was given a snapshot of another domain, on a shard that
-    /// already holds data.
-    #[error(
-        "{path} belongs to domain {snapshot}, this shard holds data of domain {shard}; reset \
-         a shard only to its own domain's snapshots, or restore into an empty data dir"
-    )]
-    DomainMismatch {
-        /// The snapshot.
-        path: PathBuf,
-        /// The shard's domain.
-        shard: Uuid,
-        /// The snapshot's domain.
-        snapshot: Uuid,
-    },
-
     /// After a reset, the first op or its epoch was not above everything
     /// the shard had seen.
     #[error(
@@ -412,56 +396,16 @@ pub enum Error {
         source: Box<Error>,
     },
 
-    /// An object-storage or local-cache call failed. The source names the
-    /// store's operation and key and says whether retrying may help
-    /// (`ringstore_cache::RemoteError::is_transient`).
-    #[error("object storage: {op} failed: {source}")]
-    ObjectStore {
-        /// What the engine was doing.
-        op: &'static str,
-        /// The cache's or the store's error.
-        #[source]
-        source: Arc<ringstore_cache::Error>,
-    },
-
-    /// Cold restore: the object store holds no snapshot of the domain.
-    #[error(
-        "no snapshot of domain {domain} in object storage ({store}, under {prefix}/): check the \
-         domain UUID and the object-store settings"
-    )]
-    NoRemoteSnapshot {
-        /// The domain asked for.
-        domain: Uuid,
-        /// The store (`Remote::describe`).
-        store: String,
-        /// The prefix listed.
-        prefix: String,
-    },
-
-    /// Cold restore: every snapshot generation of the domain in object
-    /// storage failed verification.
-    #[error(
-        "every snapshot of domain {domain} in object storage is damaged, nothing to restore: {}",
-        crate::cold_restore::describe_skipped(skipped)
-    )]
-    RemoteSnapshotsDamaged {
-        /// The domain.
-        domain: Uuid,
-        /// Each generation and why it was refused, newest first.
-        skipped: Vec<crate::cold_restore::SkippedRemoteSnapshot>,
-    },
-
-    /// Cold restore was pointed at a directory that holds a shard.
-    #[error(
-        "{path} already holds a shard ({found}); a cold restore rebuilds a lost shard into an \
-         empty directory: move this one aside first"
-    )]
-    RestoreTargetHoldsShard {
-        /// The shard directory.
-        path: PathBuf,
-        /// What was found there.
-        found: String,
-    },
+    /// An extension of the shard (object storage, cold restore, reset)
+    /// failed where the core's API reports it: opening or closing a shard
+    /// with object storage, a cold restore's preparation of the directory
+    /// inside the open, the engine's `restore_shard`. The message is the
+    /// extension's own (file, offset, key, what), and
+    /// [`ExtensionError::downcast_ref`] gives its typed error
+    /// (`object_store::ObjectStoreError`, `cold_restore::ColdRestoreError`,
+    /// `reset::ResetError`).
+    #[error(transparent)]
+    Extension(ExtensionError),
 
     /// A cold restore into this shard directory started and did not finish
     /// (the process died, or the restore failed before it could clean up).
@@ -517,12 +461,51 @@ fn describe_snapshots_tried(
     }
 }
 
+/// An extension's error inside the core's [`Error`]: which extension, and
+/// its own error, whose message and source chain it shows unchanged.
+#[derive(Debug, Clone)]
+pub struct ExtensionError {
+    extension: &'static str,
+    error: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl ExtensionError {
+    /// Which extension failed: `"object storage"`, `"cold restore"` or
+    /// `"reset"`.
+    pub fn extension(&self) -> &'static str {
+        self.extension
+    }
+
+    /// The extension's typed error, if it is a `T`.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.error.downcast_ref::<T>()
+    }
+}
+
+impl std::fmt::Display for ExtensionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for ExtensionError {
+    // The extension's error stands in for this one: its cause is the next
+    // in the chain, as if the core had reported it itself.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
 impl Error {
-    pub(crate) fn object_store(op: &'static str, source: ringstore_cache::Error) -> Error {
-        Error::ObjectStore {
-            op,
-            source: Arc::new(source),
-        }
+    /// Wraps an extension's error (see [`Error::Extension`]).
+    pub(crate) fn extension(
+        extension: &'static str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Extension(ExtensionError {
+            extension,
+            error: Arc::new(error),
+        })
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {

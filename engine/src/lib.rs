@@ -61,6 +61,7 @@ pub mod machine;
 pub mod metrics;
 pub mod mux;
 pub mod object_store;
+mod open;
 #[cfg(feature = "openraft")]
 pub mod raft;
 pub mod recovery;
@@ -71,15 +72,15 @@ pub mod shard;
 pub mod sim;
 pub mod snapshot;
 
-pub use cold_restore::ColdRestoreReport;
+pub use cold_restore::{ColdRestoreError, ColdRestoreReport};
 pub use config::{CheckpointPolicy, ShardBuilder, ShardConfig};
-pub use error::{Error, PersistStage, Result, SkippedSnapshot, SnapshotError};
+pub use error::{Error, ExtensionError, PersistStage, Result, SkippedSnapshot, SnapshotError};
 pub use layout::{is_locked, LOCK_FILE_NAME};
 pub use machine::{OpId, StateMachine};
 pub use metrics::LatencySummary;
-pub use object_store::{ObjectStoreSettings, UploadMode};
+pub use object_store::{ObjectStoreError, ObjectStoreSettings, UploadMode};
 pub use recovery::ShardRecoveryReport;
-pub use reset::ResetOutcome;
+pub use reset::{ResetError, ResetOutcome};
 pub use runtime::{Client, Engine, EngineBuilder};
 pub use shard::{CheckpointOutcome, Outcome, Shard, ShardStats};
 

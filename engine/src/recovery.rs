@@ -3,7 +3,11 @@
 //! 0. **Restore marker.** A directory holding the marker of an unfinished
 //!    cold restore ([`crate::layout::RESTORE_MARKER_NAME`]) is refused
 //!    with [`Error::RestoreIncomplete`]: its contents are a restore's half
-//!    work, not a shard. (A cold restore itself opens it, starting over.)
+//!    work, not a shard. A builder given a step that prepares the
+//!    directory (set by a cold restore, which starts over) runs it here
+//!    instead, with the directory locked and before anything in it is
+//!    read. Recovery does not know what the step is: the core does not
+//!    name its extensions.
 //! 1. **Identity.** Read the domain from `identity`; a new, empty shard
 //!    directory gets a fresh random domain. A directory that holds data but
 //!    no identity is refused: its domain is unknown. The rule, with every
@@ -42,7 +46,6 @@ use crate::layout::lock::DirLock;
 
 use crate::layout::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::machine::{decode, restore_state, OpId, StateMachine};
-use crate::shard::SnapshotPoint;
 use crate::snapshot::verify::snapshot_covers_journal;
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
 use ringstore_journal::storage::Storage;
@@ -80,6 +83,16 @@ pub struct ShardRecoveryReport {
     pub replay_time: Duration,
 }
 
+/// The newest snapshot a shard relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SnapshotPoint {
+    pub watermark: u64,
+    pub epoch: u64,
+    /// `command_bytes_total` when it was frozen.
+    pub command_bytes_total: u64,
+}
+
+/// What recovery rebuilt, for [`crate::shard::Shard`] to start from.
 pub(crate) struct Recovered<M: StateMachine, S: Storage> {
     pub config: ShardConfig,
     pub storage: S,
@@ -93,7 +106,6 @@ pub(crate) struct Recovered<M: StateMachine, S: Storage> {
     pub report: ShardRecoveryReport,
     pub lock: Option<DirLock>,
     pub metrics_label: String,
-    pub object_store: Option<crate::object_store::ObjectStoreSettings>,
 }
 
 pub(crate) async fn recover<M: StateMachine, S: Storage>(
@@ -118,10 +130,11 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
     };
     let journal_dir = dir.join(JOURNAL_DIR_NAME);
 
-    // 0. An unfinished cold restore.
+    // 0. An unfinished cold restore, or the builder's own preparation of
+    // the directory (a cold restore's: it clears the leftovers itself).
     let marked = crate::layout::restore_marker_present(&storage, &dir)?;
-    match builder.restore_domain {
-        Some(domain) => crate::cold_restore::prepare_dir(&storage, &dir, domain, marked).await?,
+    match builder.prepare_dir.take() {
+        Some(prepare) => prepare(storage.clone(), dir.clone(), marked).await?,
         None if marked => {
             return Err(Error::RestoreIncomplete {
                 path: dir.join(crate::layout::RESTORE_MARKER_NAME),
@@ -306,7 +319,6 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
         report,
         lock,
         metrics_label,
-        object_store: builder.object_store.take(),
     })
 }
 
