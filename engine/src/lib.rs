@@ -5,6 +5,8 @@
 //! group commit, applied in op order once durable, and the state is
 //! checkpointed into snapshot files so the journal can be compacted.
 //!
+//! The core:
+//!
 //! * [`machine`] — the [`StateMachine`] contract: deterministic apply, a
 //!   cheap point-in-time freeze, versioned snapshot sections.
 //! * [`mux`] — several machines in one log and one atomic snapshot.
@@ -13,15 +15,27 @@
 //! * [`snapshot`] — snapshot files (`engine/FORMAT.md`): persisted through a
 //!   temporary file, fdatasync, rename and directory fsync, with the failed
 //!   step named; generations kept and loaded newest-valid first.
+//! * [`layout`] — the shard directory: its names, the lock, the [`identity`]
+//!   (the domain a shard's data belongs to), the restore marker.
 //! * [`recovery`] — opening a shard: identity, snapshot, journal, replay.
-//! * [`shard`] — submits, reads, checkpoints and the compaction task.
+//! * [`shard`] — submits, reads, checkpoints and the compaction task; the
+//!   lifecycle (one state: serving, checkpointing, resetting, closing,
+//!   poisoned) and the hooks extensions plug into.
+//! * [`config`] — the builder; its `open` recovers the shard and attaches
+//!   the extensions it was given.
+//!
+//! The extensions, which use only the shard's API and hooks and have their
+//! own errors ([`ResetError`], [`ObjectStoreError`], [`ColdRestoreError`];
+//! inside [`Error`] as [`Error::Extension`]):
+//!
 //! * [`reset`] — resetting a shard to a snapshot with op numbers and epochs
 //!   kept increasing.
 //! * [`object_store`] — snapshots uploaded to object storage through a
 //!   local cache, the two upload modes, retention.
 //! * [`cold_restore`] — rebuilding a lost shard from object storage.
-//! * [`layout`] — the shard directory: its names, the lock, the [`identity`]
-//!   (the domain a shard's data belongs to), the restore marker.
+//!
+//! Besides them:
+//!
 //! * `sim` (cargo feature `sim`) — the crash simulation of a shard on the
 //!   fault-injecting disk.
 //!

@@ -92,7 +92,7 @@ pub(crate) struct SnapshotPoint {
     pub command_bytes_total: u64,
 }
 
-/// What recovery rebuilt, for [`crate::shard::Shard`] to start from.
+/// What recovery rebuilt, for the shard (`Shard::start`) to start from.
 pub(crate) struct Recovered<M: StateMachine, S: Storage> {
     pub config: ShardConfig,
     pub storage: S,

@@ -30,13 +30,13 @@
 //! The shard is the core; object-store upload, cold restore and reset are
 //! extensions built on it. They use the shard's public methods, the
 //! `pub(crate)` methods under "For extensions" below, and the hook trait
-//! [`ShardHooks`]: the core tells an extension that a snapshot was
+//! `ShardHooks`: the core tells an extension that a snapshot was
 //! persisted, that the shard joined another domain, that it is closing;
 //! an extension tells the core how far the watermark may advance
-//! ([`ShardHooks::watermark_limit`]). The core never names an extension:
+//! (`ShardHooks::watermark_limit`). The core never names an extension:
 //! the builder's open attaches them. The object-store upload is one: in
 //! its default mode the watermark waits for the upload (see
-//! `crate::object_store`).
+//! `object_store`).
 //!
 //! The shard's lifecycle (serving, checkpointing, resetting, closing,
 //! poisoned) is one `Lifecycle` value; its transitions are in
@@ -119,7 +119,7 @@ pub struct ShardStats {
     pub ring_slots_used: u64,
     /// Ring slots in all.
     pub ring_slots: u64,
-    /// Snapshots uploaded to object storage (see [`crate::object_store`]).
+    /// Snapshots uploaded to object storage (by the object-store extension).
     pub snapshot_uploads: u64,
     /// Upload attempts that failed (each is retried after a backoff).
     pub snapshot_upload_failures: u64,
@@ -294,7 +294,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// Starts the shard recovery rebuilt, with the extensions the builder
     /// attached: the metrics publisher, the snapshot scrubber and the
     /// compaction task, then each extension's [`ShardHooks::opened`]. The
-    /// builder's open (`crate::open`) calls it.
+    /// builder's open (`open.rs`) calls it.
     pub(crate) fn start(
         recovered: Recovered<M, S>,
         hooks: Vec<Rc<dyn ShardHooks<M, S>>>,

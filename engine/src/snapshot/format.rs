@@ -174,3 +174,24 @@ pub fn unix_ms_now() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Prefix of snapshot file names.
+pub(crate) const FILE_PREFIX: &str = "snapshot-";
+/// Suffix of snapshot file names.
+pub(crate) const FILE_SUFFIX: &str = ".snap";
+/// Suffix of a snapshot being written.
+pub(crate) const TEMP_SUFFIX: &str = ".snap.tmp";
+
+/// The file name of the snapshot at `watermark`.
+pub fn snapshot_file_name(watermark: u64) -> String {
+    format!("{FILE_PREFIX}{watermark:020}{FILE_SUFFIX}")
+}
+
+/// The watermark in a snapshot file name, if it is one.
+pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(FILE_PREFIX)?.strip_suffix(FILE_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
