@@ -162,10 +162,12 @@ pub struct CheckpointOutcome {
 }
 
 /// What an extension hears from the shard, and how it holds the
-/// watermark back. Called on the shard's reactor, never across an
-/// `.await` of the core's state, so an implementation may call the
-/// shard's read-only methods but must not wait in a hook (it spawns a task
-/// for that, as the upload does).
+/// watermark back. Hooks run on the shard's reactor and must not wait (an
+/// extension spawns a task for that, as the upload does).
+/// [`ShardHooks::watermark_limit`] and [`ShardHooks::describe`] are asked
+/// while the shard's state is borrowed and read only the extension's own;
+/// the other hooks are called with none of the shard's cells borrowed and
+/// may call its methods.
 pub(crate) trait ShardHooks<M: StateMachine, S: Storage> {
     /// The shard is open: start background work here. A task must hold
     /// only a [`WeakShard`], so that dropping the shard ends it.
@@ -176,8 +178,8 @@ pub(crate) trait ShardHooks<M: StateMachine, S: Storage> {
     fn snapshot_persisted(&self, snapshot: &SnapshotMeta);
 
     /// The highest op the journal's watermark may advance to for this
-    /// extension (`None`: no limit). It must be 0 or a snapshot's op:
-    /// the watermark never stops between two snapshots. The core takes the
+    /// extension (`None`: no limit). It must be 0 or a snapshot's op: the
+    /// watermark never stops between two snapshots. The core takes the
     /// smallest limit of all extensions; when an extension raises its
     /// limit it asks the core to advance
     /// ([`Shard::advance_watermark_and_prune`]).
@@ -660,8 +662,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
 
     /// Moves the watermark as far as [`Inner::watermark_target`] allows,
     /// then prunes old local snapshots. Returns the watermark before and
-    /// the target. Only with checkpoints excluded (a checkpoint running, or
-    /// [`Shard::exclude_checkpoints`]).
+    /// the target. Only with the snapshot directory held (a checkpoint
+    /// running, or [`Shard::hold_snapshots`]). An extension that raised its
+    /// [`ShardHooks::watermark_limit`] calls it to report that the
+    /// watermark may now advance.
     pub(crate) async fn advance_watermark_and_prune(&self) -> Result<(u64, u64)> {
         let inner = &*self.inner;
         let before = inner.journal.watermark();

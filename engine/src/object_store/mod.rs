@@ -17,6 +17,12 @@
 //!
 //! # The upload task
 //!
+//! The upload is an extension of the shard ([`crate::shard`],
+//! "Extensions"): the builder's open attaches it, the shard tells it when a
+//! snapshot was persisted, and it holds the watermark back through the
+//! hook trait's watermark limit; it reaches the shard only through its
+//! methods. Its failures at open and close are [`ObjectStoreError`]s.
+//!
 //! One task per shard, apart from the compaction task, so local progress
 //! never waits on a request. Whenever the newest local snapshot is newer
 //! than the newest uploaded one it uploads that file ([`Tiered::put_file`]:
