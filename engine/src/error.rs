@@ -6,8 +6,8 @@
 //! They are `Clone` because one failure (a poisoned journal, a failed
 //! checkpoint) is reported to every caller waiting on it.
 
+use crate::format::{IDENTITY_HEADER_BYTES, SECTION_COUNT_MAX};
 use crate::machine::{DecodeError, EncodeError, RestoreError};
-use crate::snapshot::format::{IDENTITY_HEADER_BYTES, SECTION_COUNT_MAX};
 use serde::Serialize;
 use std::{io, path::PathBuf, sync::Arc, time::Duration};
 use uuid::Uuid;

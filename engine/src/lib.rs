@@ -12,7 +12,9 @@
 //! * [`mux`] — several machines in one log and one atomic snapshot.
 //! * [`broker`] — the reference machines: streams, topics, consumer groups
 //!   and users of a broker's metadata, under one mux.
-//! * [`snapshot`] — snapshot files (`engine/FORMAT.md`): persisted through a
+//! * [`format`](mod@format) — the on-disk layout of snapshot and identity files
+//!   (`engine/FORMAT.md`).
+//! * [`snapshot`] — snapshot files: persisted through a
 //!   temporary file, fdatasync, rename and directory fsync, with the failed
 //!   step named; generations kept and loaded newest-valid first.
 //! * [`layout`] — the shard directory: its names, the lock, the [`identity`]
@@ -67,6 +69,7 @@ pub mod broker;
 pub mod cold_restore;
 pub mod config;
 pub mod error;
+pub mod format;
 /// The identity moved into [`layout`]; here too under its old path.
 pub use layout::identity;
 pub mod layout;

@@ -40,11 +40,11 @@
 
 use super::{IDENTITY_TEMP_NAME, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::error::{Error, Result};
-use crate::snapshot::format::{
+use crate::format::parse_snapshot_file_name;
+use crate::format::{
     unix_ms_now, IdentityHeader, BLOCK_BYTES, IDENTITY_FLAG_JOURNAL_CREATED,
     IDENTITY_FORMAT_VERSION, IDENTITY_HEADER_BYTES, IDENTITY_MAGIC,
 };
-use crate::snapshot::parse_snapshot_file_name;
 use ringstore_journal::segment_generation;
 use ringstore_journal::storage::{IoBuf, Storage, StorageFile};
 use ringstore_journal::superblock::SUPERBLOCK_FILE_NAME;

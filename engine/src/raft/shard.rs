@@ -396,7 +396,7 @@ where
                 .last_applied
                 .as_ref()
                 .map_or(0, |id| op_of(id.index)),
-            crate::snapshot::format::unix_ms_now()
+            crate::format::unix_ms_now()
         );
         let record = RaftRecord::<C> {
             last_applied: applied.last_applied.clone(),

@@ -36,11 +36,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
-use super::format::{BLOCK_BYTES, HEADER_BLOCK_BYTES};
 pub use super::verify::{
     snapshot_covers_journal, Check, HeaderInfo, SectionInfo, SnapshotDamage, SnapshotFault,
     SnapshotReport, SnapshotVerifier,
 };
+use crate::format::{BLOCK_BYTES, HEADER_BLOCK_BYTES};
 
 /// Bytes read per call while checking a body.
 pub const VERIFY_READ_BYTES: usize = 4 << 20;
@@ -438,7 +438,7 @@ pub fn inspect_shard(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::format::*;
+    use crate::format::*;
     use crate::snapshot::snapshot_file_name;
     use crate::snapshot::verify::tests::snapshot_bytes;
     use zerocopy::IntoBytes;

@@ -27,9 +27,9 @@
 //! (reading a file twice before it gives up on it), with the reasons it
 //! skipped the others.
 
-use super::format::*;
 use super::verify::{Check, SnapshotVerifier};
 use crate::error::{Error, PersistStage, Result, SkippedSnapshot, SnapshotError};
+use crate::format::*;
 use crate::machine::{EncodeProgress, FrozenSection, SectionSet, SECTION_NAME_BYTES_MAX};
 use ringstore_journal::format::align_up;
 use ringstore_journal::glommio_quirks::reactor_turn;
@@ -89,7 +89,7 @@ pub struct LoadedSnapshot {
 }
 
 /// The names are the format's; here under their old path too.
-pub use super::format::{parse_snapshot_file_name, snapshot_file_name};
+pub use crate::format::{parse_snapshot_file_name, snapshot_file_name};
 
 /// A shard's snapshot directory on a [`Storage`] backend.
 #[derive(Debug, Clone)]

@@ -41,8 +41,8 @@
 //!
 //! [`Storage`]: ringstore_journal::storage::Storage
 
-use super::format::*;
 use crate::error::{Error, SkippedSnapshot, SnapshotError};
+use crate::format::*;
 use ringstore_journal::format::align_up;
 use serde::Serialize;
 use std::collections::BTreeSet;

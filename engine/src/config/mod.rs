@@ -5,10 +5,12 @@
 
 use crate::error::{Error, Result};
 use crate::machine::StateMachine;
-use crate::object_store::settings::{ObjectStoreSettings, UploadMode};
+use object_store::{ObjectStoreSettings, UploadMode};
 use ringstore_journal::storage::{DmaStorage, Storage};
 use ringstore_journal::JournalBuilder;
 use std::{future::Future, marker::PhantomData, path::PathBuf, pin::Pin, time::Duration};
+
+pub(crate) mod object_store;
 
 /// Default snapshot generations kept on disk.
 pub const SNAPSHOT_GENERATIONS_DEFAULT: usize = 3;

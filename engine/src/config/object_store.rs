@@ -1,10 +1,11 @@
-//! Object storage settings: the store, the upload mode, retention and the
-//! cache, and the keys snapshots get. Plain values, read by the builder
-//! (`crate::config`) as well as by the upload extension; see the
-//! [parent module](super) for what each setting does.
+//! The object-store settings the builder takes
+//! ([`ShardBuilder::object_store`](super::ShardBuilder::object_store)): the
+//! store, the upload mode, retention, the cache. Plain values, here with
+//! the builder's other settings so that the builder does not depend on the
+//! upload extension that reads them (`ringstore::object_store`, which
+//! re-exports them and says what each does).
 
 use crate::error::{Error, Result};
-use crate::snapshot::{parse_snapshot_file_name, snapshot_file_name};
 use ringstore_cache::Remote;
 use std::{
     path::{Path, PathBuf},
@@ -26,23 +27,8 @@ pub const UPLOAD_BACKOFF_RANGE: (Duration, Duration) =
 pub const CACHE_DIR_DEFAULT: &str = "cache";
 /// Default byte limit of a shard's cache (1 GiB).
 pub const CACHE_BYTES_LIMIT_DEFAULT: u64 = ringstore_cache::BYTES_LIMIT_DEFAULT;
-/// The key prefix (under the domain) of snapshot objects.
-pub const SNAPSHOT_KEY_PREFIX: &str = "snapshots";
-
-/// The object key of the snapshot at `op`, relative to the domain:
-/// `snapshots/snapshot-<20 digits>.snap`.
-pub fn snapshot_key(op: u64) -> String {
-    format!("{SNAPSHOT_KEY_PREFIX}/{}", snapshot_file_name(op))
-}
-
-/// The op of a snapshot key relative to the domain, if it is one.
-pub fn parse_snapshot_key(key: &str) -> Option<u64> {
-    let name = key.strip_prefix(SNAPSHOT_KEY_PREFIX)?.strip_prefix('/')?;
-    parse_snapshot_file_name(name)
-}
-
 /// When the journal's watermark may pass a snapshot that is not in object
-/// storage yet (see the [module docs](super) for what each mode risks).
+/// storage yet (see the module docs of `ringstore::object_store` for what each mode risks).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum UploadMode {
     /// The watermark never passes the newest uploaded snapshot: a lost disk
@@ -54,18 +40,18 @@ pub enum UploadMode {
     Background,
 }
 
-/// Object storage for a shard's snapshots; see the [module docs](super).
+/// Object storage for a shard's snapshots; see the module docs of `ringstore::object_store`.
 /// Cheap to clone (the [`Remote`] is a shared handle).
 #[derive(Debug, Clone)]
 #[must_use = "settings do nothing until given to ShardBuilder::object_store"]
 pub struct ObjectStoreSettings {
-    pub(super) remote: Remote,
-    pub(super) mode: UploadMode,
-    pub(super) remote_generations: usize,
-    pub(super) cache_dir: PathBuf,
-    pub(super) cache_bytes_limit: u64,
-    pub(super) upload_backoff_min: Duration,
-    pub(super) upload_backoff_max: Duration,
+    pub(crate) remote: Remote,
+    pub(crate) mode: UploadMode,
+    pub(crate) remote_generations: usize,
+    pub(crate) cache_dir: PathBuf,
+    pub(crate) cache_bytes_limit: u64,
+    pub(crate) upload_backoff_min: Duration,
+    pub(crate) upload_backoff_max: Duration,
 }
 
 impl ObjectStoreSettings {

@@ -1,4 +1,9 @@
-//! The snapshot file format and the domain identity file.
+//! The snapshot file format and the domain identity file, and the
+//! snapshot files' names.
+//!
+//! A leaf: the verifiers (`snapshot::verify`, `layout::identity`) and the
+//! errors that describe damage (`error`) all read it and it reads none of
+//! them. Also at its old path, `snapshot::format`.
 //!
 //! `engine/FORMAT.md` is the specification; offsets here derive from
 //! `size_of` and `tests/format_doc.rs` checks that the document agrees.

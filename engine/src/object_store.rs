@@ -85,7 +85,7 @@ use crate::error::{Error, Result};
 use crate::machine::StateMachine;
 use crate::shard::{Shard, ShardHooks, WeakShard};
 use crate::snapshot::inspect::{inspect_snapshot, Check};
-use crate::snapshot::{snapshot_file_name, SnapshotMeta};
+use crate::snapshot::{parse_snapshot_file_name, snapshot_file_name, SnapshotMeta};
 use event_listener::Event;
 use ringstore_cache::{remote::Backoff, Cache, RemoteError, Tiered};
 use ringstore_journal::storage::Storage;
@@ -104,12 +104,28 @@ use uuid::Uuid;
 /// The object store handle and its settings, from `ringstore-cache`.
 pub use ringstore_cache::{Backend, Remote, RemoteBuilder, S3Config};
 
-pub(crate) mod settings;
-pub use settings::{
-    parse_snapshot_key, snapshot_key, ObjectStoreSettings, UploadMode, CACHE_BYTES_LIMIT_DEFAULT,
-    CACHE_DIR_DEFAULT, REMOTE_GENERATIONS_DEFAULT, REMOTE_GENERATIONS_MAX, SNAPSHOT_KEY_PREFIX,
-    UPLOAD_BACKOFF_MAX_DEFAULT, UPLOAD_BACKOFF_MIN_DEFAULT, UPLOAD_BACKOFF_RANGE,
+/// The settings live with the builder's (`crate::config`); here under
+/// their public path.
+pub use crate::config::object_store::{
+    ObjectStoreSettings, UploadMode, CACHE_BYTES_LIMIT_DEFAULT, CACHE_DIR_DEFAULT,
+    REMOTE_GENERATIONS_DEFAULT, REMOTE_GENERATIONS_MAX, UPLOAD_BACKOFF_MAX_DEFAULT,
+    UPLOAD_BACKOFF_MIN_DEFAULT, UPLOAD_BACKOFF_RANGE,
 };
+
+/// The key prefix (under the domain) of snapshot objects.
+pub const SNAPSHOT_KEY_PREFIX: &str = "snapshots";
+
+/// The object key of the snapshot at `op`, relative to the domain:
+/// `snapshots/snapshot-<20 digits>.snap`.
+pub fn snapshot_key(op: u64) -> String {
+    format!("{SNAPSHOT_KEY_PREFIX}/{}", snapshot_file_name(op))
+}
+
+/// The op of a snapshot key relative to the domain, if it is one.
+pub fn parse_snapshot_key(key: &str) -> Option<u64> {
+    let name = key.strip_prefix(SNAPSHOT_KEY_PREFIX)?.strip_prefix('/')?;
+    parse_snapshot_file_name(name)
+}
 
 /// An object-storage or local-cache call failed. The source names the
 /// store's operation and key and says whether retrying may help
