@@ -262,12 +262,12 @@ pub struct ColdRestoreReport {
 /// [`ShardBuilder::object_store`]) from the newest intact snapshot of
 /// `domain` in object storage, and returns it running. See the module docs.
 pub async fn restore<M: StateMachine>(
-    mut builder: ShardBuilder<M, DmaStorage>,
+    builder: ShardBuilder<M, DmaStorage>,
     domain: Uuid,
 ) -> Result<(Shard<M>, ColdRestoreReport)> {
     let started = Instant::now();
     builder.validate_early()?;
-    let Some(settings) = builder.object_store.clone() else {
+    let Some(settings) = builder.object_store_settings().cloned() else {
         return Err(Error::InvalidConfig {
             setting: "object_store",
             value: "none".into(),
@@ -278,8 +278,8 @@ pub async fn restore<M: StateMachine>(
     // 1. List.
     let listed = list_generations(&settings, domain).await?;
     // 2. Open behind the marker.
-    let dir = builder.dir.clone();
-    builder.prepare_dir = Some(Box::new(
+    let dir = builder.shard_dir().to_path_buf();
+    let builder = builder.prepare_dir_with(Box::new(
         move |storage: DmaStorage, dir: PathBuf, marked| {
             Box::pin(async move {
                 prepare_dir(&storage, &dir, domain, marked)

@@ -40,7 +40,7 @@ async fn open<M: StateMachine, S: Storage>(builder: ShardBuilder<M, S>) -> Resul
     builder.validate_early()?;
     // The settings are a cheap handle; the builder keeps its copy for the
     // validation inside recovery (the config records the upload mode).
-    let object_store = builder.object_store.clone();
+    let object_store = builder.object_store_settings().cloned();
     let recovered = recover(builder).await?;
     let mut hooks: Vec<Rc<dyn ShardHooks<M, S>>> = Vec::new();
     if let Some(settings) = object_store {

@@ -321,6 +321,23 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
         })
     }
 
+    /// The shard directory.
+    pub(crate) fn shard_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The object-store settings, if given.
+    pub(crate) fn object_store_settings(&self) -> Option<&ObjectStoreSettings> {
+        self.object_store.as_ref()
+    }
+
+    /// Has the open run `step` (see [`PrepareDir`]) in place of refusing a
+    /// directory that holds the restore marker. For a cold restore.
+    pub(crate) fn prepare_dir_with(mut self, step: PrepareDir<S>) -> Self {
+        self.prepare_dir = Some(step);
+        self
+    }
+
     /// Checks the settings that must be right before anything is opened.
     pub(crate) fn validate_early(&self) -> Result<()> {
         if let Some(settings) = &self.object_store {
