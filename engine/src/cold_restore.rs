@@ -7,14 +7,14 @@
 //!
 //! 1. **List** `<domain>/snapshots/` in the store. Nothing local is touched
 //!    before the store has answered: a wrong domain or store ends here with
-//!    [`Error::NoRemoteSnapshot`].
+//!    [`ColdRestoreError::NoRemoteSnapshot`].
 //! 2. **Open** the directory as a new shard of the domain, behind the
 //!    marker file [`RESTORE_MARKER_NAME`]. A directory that holds a shard
 //!    (`identity`, journal files, snapshots) is refused with
-//!    [`Error::RestoreTargetHoldsShard`]; one holding the marker of an
+//!    [`ColdRestoreError::RestoreTargetHoldsShard`]; one holding the marker of an
 //!    earlier restore that did not finish has that restore's leftovers
 //!    removed first. While the marker exists a plain open refuses the
-//!    directory ([`Error::RestoreIncomplete`]), so a crash mid-restore can
+//!    directory ([`crate::Error::RestoreIncomplete`]), so a crash mid-restore can
 //!    never leave something that opens as an empty shard of the domain.
 //! 3. **Download and verify**, newest generation first: through the shard's
 //!    cache ([`Tiered::get_path`]; straight to disk if the cache cannot hold
@@ -26,7 +26,7 @@
 //!    more (its cached copy dropped), then reported in
 //!    [`ColdRestoreReport::skipped`] with the reason, and the previous
 //!    generation is tried. All of them damaged is
-//!    [`Error::RemoteSnapshotsDamaged`], listing why.
+//!    [`ColdRestoreError::RemoteSnapshotsDamaged`], listing why.
 //! 4. **Reset** the shard to it ([`crate::reset`]): op numbers continue
 //!    above every key listed (so the shard's next snapshots never collide
 //!    with a damaged newer object) *plus one ring* (the journal's
@@ -47,6 +47,13 @@
 //! created is removed, the marker last (a restore only ever writes into a
 //! directory that held no shard, so all of it is its own); the cache
 //! directory stays, with whatever it downloaded.
+//!
+//! Cold restore is an extension: step 2 runs inside the shard's open as
+//! the builder's directory-preparation step (the core's recovery calls it
+//! without knowing what it is), and the rest uses the shard's API, the
+//! object-store extension and [`crate::reset`]. Its errors are
+//! [`ColdRestoreError`]; the core's [`Error`] carries one only as an
+//! [`Error::Extension`] (from `EngineBuilder::restore_shard`).
 //!
 //! ```no_run
 //! use ringstore::broker::Metadata;
@@ -70,12 +77,15 @@
 //! ```
 
 use crate::config::ShardBuilder;
-use crate::error::{Error, Result, SnapshotError};
-use crate::identity::{write_identity, Identity, IDENTITY_FILE_NAME};
+use crate::error::{Error, SnapshotError};
+use crate::layout::identity::{write_identity, Identity};
+use crate::layout::{IDENTITY_FILE_NAME, IDENTITY_TEMP_NAME, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::machine::{OpId, StateMachine};
-use crate::object_store::{parse_snapshot_key, ObjectStoreSettings, SNAPSHOT_KEY_PREFIX};
-use crate::reset::ResetOutcome;
-use crate::shard::{Shard, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
+use crate::object_store::{
+    parse_snapshot_key, ObjectStoreError, ObjectStoreSettings, ShardObjects, SNAPSHOT_KEY_PREFIX,
+};
+use crate::reset::{ResetError, ResetOutcome};
+use crate::shard::Shard;
 use crate::snapshot::inspect::{inspect_snapshot, Check};
 use crate::snapshot::snapshot_file_name;
 use ringstore_cache::{RemoteError, Tiered};
@@ -87,12 +97,10 @@ use std::{
 };
 use uuid::Uuid;
 
-/// The marker a cold restore keeps in the shard directory until it has
-/// finished.
-pub const RESTORE_MARKER_NAME: &str = "restoring";
-/// Where a cold restore puts the snapshot it downloads, inside the shard
-/// directory (same filesystem as the snapshots).
-pub const RESTORE_STAGING_DIR_NAME: &str = "restore";
+/// The marker and the staging directory are names of the shard directory,
+/// owned by [`crate::layout`]; here too for code that names them by this
+/// path.
+pub use crate::layout::{RESTORE_MARKER_NAME, RESTORE_STAGING_DIR_NAME};
 /// Times one generation is downloaded and verified before it is skipped:
 /// a bit flipped in transit or in the cached copy must not pass for a
 /// damaged object.
@@ -136,13 +144,95 @@ pub struct SkippedRemoteSnapshot {
     pub reason: SkipReason,
 }
 
-pub(crate) fn describe_skipped(skipped: &[SkippedRemoteSnapshot]) -> String {
+fn describe_skipped(skipped: &[SkippedRemoteSnapshot]) -> String {
     let parts: Vec<String> = skipped
         .iter()
         .map(|s| format!("{}: {}", s.snapshot.key, s.reason))
         .collect();
     parts.join("; ")
 }
+
+/// Why a cold restore failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ColdRestoreError {
+    /// The object store holds no snapshot of the domain.
+    #[error(
+        "no snapshot of domain {domain} in object storage ({store}, under {prefix}/): check the \
+         domain UUID and the object-store settings"
+    )]
+    NoRemoteSnapshot {
+        /// The domain asked for.
+        domain: Uuid,
+        /// The store (`Remote::describe`).
+        store: String,
+        /// The prefix listed.
+        prefix: String,
+    },
+
+    /// Every snapshot generation of the domain in object storage failed
+    /// verification.
+    #[error(
+        "every snapshot of domain {domain} in object storage is damaged, nothing to restore: {}",
+        describe_skipped(skipped)
+    )]
+    RemoteSnapshotsDamaged {
+        /// The domain.
+        domain: Uuid,
+        /// Each generation and why it was refused, newest first.
+        skipped: Vec<SkippedRemoteSnapshot>,
+    },
+
+    /// The restore was pointed at a directory that holds a shard.
+    #[error(
+        "{path} already holds a shard ({found}); a cold restore rebuilds a lost shard into an \
+         empty directory: move this one aside first"
+    )]
+    RestoreTargetHoldsShard {
+        /// The shard directory.
+        path: PathBuf,
+        /// What was found there.
+        found: String,
+    },
+
+    /// Listing, downloading or caching a snapshot failed.
+    #[error(transparent)]
+    ObjectStore(#[from] ObjectStoreError),
+
+    /// Resetting the shard to the downloaded snapshot failed.
+    #[error(transparent)]
+    Reset(#[from] ResetError),
+
+    /// The shard failed: its settings, its open, a file operation of the
+    /// restore (`Error::Io`, naming the call and the path).
+    #[error(transparent)]
+    Shard(#[from] Error),
+}
+
+impl From<ColdRestoreError> for Error {
+    fn from(error: ColdRestoreError) -> Error {
+        match error {
+            ColdRestoreError::Shard(error) => error,
+            ColdRestoreError::Reset(error) => error.into(),
+            other => Error::extension("cold restore", other),
+        }
+    }
+}
+
+impl ColdRestoreError {
+    /// The restore's own error back out of the core's, where the open
+    /// carried it (step 2 runs inside the open).
+    fn from_shard(error: Error) -> ColdRestoreError {
+        if let Error::Extension(extension) = &error {
+            if let Some(own) = extension.downcast_ref::<ColdRestoreError>() {
+                return own.clone();
+            }
+        }
+        ColdRestoreError::Shard(error)
+    }
+}
+
+type Result<T, E = ColdRestoreError> = std::result::Result<T, E>;
 
 /// What [`restore`] did.
 #[derive(Debug, Clone)]
@@ -172,24 +262,33 @@ pub struct ColdRestoreReport {
 /// [`ShardBuilder::object_store`]) from the newest intact snapshot of
 /// `domain` in object storage, and returns it running. See the module docs.
 pub async fn restore<M: StateMachine>(
-    mut builder: ShardBuilder<M, DmaStorage>,
+    builder: ShardBuilder<M, DmaStorage>,
     domain: Uuid,
 ) -> Result<(Shard<M>, ColdRestoreReport)> {
     let started = Instant::now();
     builder.validate_early()?;
-    let Some(settings) = builder.object_store.clone() else {
+    let Some(settings) = builder.object_store_settings().cloned() else {
         return Err(Error::InvalidConfig {
             setting: "object_store",
             value: "none".into(),
             reason: "a cold restore needs the object store (ShardBuilder::object_store)".into(),
-        });
+        }
+        .into());
     };
     // 1. List.
     let listed = list_generations(&settings, domain).await?;
     // 2. Open behind the marker.
-    let dir = builder.dir.clone();
-    builder.restore_domain = Some(domain);
-    let shard = builder.open().await?;
+    let dir = builder.shard_dir().to_path_buf();
+    let builder = builder.prepare_dir_with(Box::new(
+        move |storage: DmaStorage, dir: PathBuf, marked| {
+            Box::pin(async move {
+                prepare_dir(&storage, &dir, domain, marked)
+                    .await
+                    .map_err(Error::from)
+            })
+        },
+    ));
+    let shard = builder.open().await.map_err(ColdRestoreError::from_shard)?;
     // 3, 4.
     let restored = restore_newest_intact(&shard, domain, &listed).await;
     let restored = match restored {
@@ -236,7 +335,7 @@ async fn list_generations(
     let listed = remote
         .list(&prefix)
         .await
-        .map_err(|e| Error::object_store("list the domain's snapshots", e.into()))?;
+        .map_err(|e| ObjectStoreError::new("list the domain's snapshots", e.into()))?;
     let domain_prefix = format!("{domain}/");
     let mut generations: Vec<RemoteSnapshot> = listed
         .into_iter()
@@ -252,7 +351,7 @@ async fn list_generations(
         .collect();
     generations.sort_unstable_by_key(|g| std::cmp::Reverse(g.op));
     if generations.is_empty() {
-        return Err(Error::NoRemoteSnapshot {
+        return Err(ColdRestoreError::NoRemoteSnapshot {
             domain,
             store: remote.describe().to_string(),
             prefix,
@@ -275,9 +374,7 @@ async fn restore_newest_intact<M: StateMachine>(
     listed: &[RemoteSnapshot],
 ) -> Result<Restored> {
     let objects = shard
-        .inner
-        .objects
-        .as_ref()
+        .hook::<ShardObjects>()
         .expect("the shard was opened with an object store");
     let tiered = objects.tiered().ok_or(Error::Closed)?;
     let staging = shard.dir().join(RESTORE_STAGING_DIR_NAME);
@@ -329,12 +426,12 @@ async fn restore_newest_intact<M: StateMachine>(
                     // Download it again rather than trust the cached copy.
                     let full = tiered
                         .object_key(&generation.key)
-                        .map_err(|e| Error::object_store("name a snapshot object", e))?;
+                        .map_err(|e| ObjectStoreError::new("name a snapshot object", e))?;
                     tiered
                         .cache()
                         .invalidate(&full)
                         .await
-                        .map_err(|e| Error::object_store("drop a damaged cached snapshot", e))?;
+                        .map_err(|e| ObjectStoreError::new("drop a damaged cached snapshot", e))?;
                     reason = SkipReason::Damaged(damage);
                 }
             }
@@ -345,7 +442,7 @@ async fn restore_newest_intact<M: StateMachine>(
             reason,
         });
     }
-    Err(Error::RemoteSnapshotsDamaged { domain, skipped })
+    Err(ColdRestoreError::RemoteSnapshotsDamaged { domain, skipped })
 }
 
 /// How [`fetch`] got the object.
@@ -381,14 +478,14 @@ async fn fetch(tiered: &Tiered, key: &str, staged: &Path) -> Result<Fetched> {
         ) => {
             let full = tiered
                 .object_key(key)
-                .map_err(|e| Error::object_store("name a snapshot object", e))?;
+                .map_err(|e| ObjectStoreError::new("name a snapshot object", e))?;
             match tiered.remote().get_to_file(&full, staged).await {
                 Ok(bytes) => Ok(Fetched::Direct(bytes)),
                 Err(RemoteError::NotFound { .. }) => Ok(Fetched::Missing),
-                Err(e) => Err(Error::object_store("download a snapshot", e.into())),
+                Err(e) => Err(ObjectStoreError::new("download a snapshot", e.into()).into()),
             }
         }
-        Err(e) => Err(Error::object_store("download a snapshot", e)),
+        Err(e) => Err(ObjectStoreError::new("download a snapshot", e).into()),
     }
 }
 
@@ -444,7 +541,7 @@ async fn abandon<M: StateMachine>(shard: Shard<M>, dir: &Path) {
         tracing::warn!(error = %e, "closing the shard of a failed restore");
     }
     drop(shard);
-    let lock = match crate::lock::acquire_on_reactor(dir).await {
+    let lock = match crate::layout::lock::acquire_on_reactor(dir).await {
         Ok(lock) => lock,
         Err(e) => {
             tracing::warn!(error = %e, dir = %dir.display(), "cannot clean up after a failed restore: the marker stays, a restore starts over");
@@ -463,10 +560,11 @@ async fn abandon<M: StateMachine>(shard: Shard<M>, dir: &Path) {
     drop(lock);
 }
 
-/// Step 2, called by recovery with the directory locked: refuses a shard,
+/// Step 2, run by the open (as the builder's directory preparation) with
+/// the directory locked: refuses a shard,
 /// clears an unfinished restore's leftovers, writes the marker and the
 /// identity.
-pub(crate) async fn prepare_dir<S: Storage>(
+async fn prepare_dir<S: Storage>(
     storage: &S,
     dir: &Path,
     domain: Uuid,
@@ -491,7 +589,7 @@ pub(crate) async fn prepare_dir<S: Storage>(
     })
     .await?;
     if !found.is_empty() {
-        return Err(Error::RestoreTargetHoldsShard {
+        return Err(ColdRestoreError::RestoreTargetHoldsShard {
             path: dir.to_path_buf(),
             found: found.join(", "),
         });
@@ -507,13 +605,13 @@ pub(crate) async fn prepare_dir<S: Storage>(
         sync_dir(dir)
     })
     .await?;
-    write_identity(storage, dir, &Identity::new(domain)).await
+    Ok(write_identity(storage, dir, &Identity::new(domain)).await?)
 }
 
 /// Everything a shard keeps in its directory but the lock, the cache and
 /// the marker.
 fn remove_shard_files(dir: &Path) -> io::Result<()> {
-    for name in [IDENTITY_FILE_NAME, "identity.tmp"] {
+    for name in [IDENTITY_FILE_NAME, IDENTITY_TEMP_NAME] {
         match std::fs::remove_file(dir.join(name)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -559,5 +657,5 @@ async fn blocking<T: Send + 'static>(
     glommio::executor()
         .spawn_blocking(move || work(&at))
         .await
-        .map_err(|e| Error::io(op, path, e))
+        .map_err(|e| Error::io(op, path, e).into())
 }

@@ -6,9 +6,9 @@
 //! They are `Clone` because one failure (a poisoned journal, a failed
 //! checkpoint) is reported to every caller waiting on it.
 
-use crate::identity::IdentityDamage;
+use crate::format::{IDENTITY_HEADER_BYTES, SECTION_COUNT_MAX};
 use crate::machine::{DecodeError, EncodeError, RestoreError};
-use crate::snapshot::verify::SnapshotDamage;
+use serde::Serialize;
 use std::{io, path::PathBuf, sync::Arc, time::Duration};
 use uuid::Uuid;
 
@@ -250,7 +250,7 @@ pub enum Error {
     },
 
     /// The shard's identity file is damaged, of another format version, or
-    /// missing where data exists (see [`crate::identity::identity_verdict`]).
+    /// missing where data exists (see [`crate::layout::identity::identity_verdict`]).
     #[error(transparent)]
     Identity(#[from] IdentityDamage),
 
@@ -271,21 +271,6 @@ pub enum Error {
         expected: ringstore_journal::JournalOwner,
         /// The owner the journal records.
         recorded: ringstore_journal::JournalOwner,
-    },
-
-    /// `reset_to` was given a snapshot of another domain, on a shard that
-    /// already holds data.
-    #[error(
-        "{path} belongs to domain {snapshot}, this shard holds data of domain {shard}; reset \
-         a shard only to its own domain's snapshots, or restore into an empty data dir"
-    )]
-    DomainMismatch {
-        /// The snapshot.
-        path: PathBuf,
-        /// The shard's domain.
-        shard: Uuid,
-        /// The snapshot's domain.
-        snapshot: Uuid,
     },
 
     /// After a reset, the first op or its epoch was not above everything
@@ -412,56 +397,16 @@ pub enum Error {
         source: Box<Error>,
     },
 
-    /// An object-storage or local-cache call failed. The source names the
-    /// store's operation and key and says whether retrying may help
-    /// (`ringstore_cache::RemoteError::is_transient`).
-    #[error("object storage: {op} failed: {source}")]
-    ObjectStore {
-        /// What the engine was doing.
-        op: &'static str,
-        /// The cache's or the store's error.
-        #[source]
-        source: Arc<ringstore_cache::Error>,
-    },
-
-    /// Cold restore: the object store holds no snapshot of the domain.
-    #[error(
-        "no snapshot of domain {domain} in object storage ({store}, under {prefix}/): check the \
-         domain UUID and the object-store settings"
-    )]
-    NoRemoteSnapshot {
-        /// The domain asked for.
-        domain: Uuid,
-        /// The store (`Remote::describe`).
-        store: String,
-        /// The prefix listed.
-        prefix: String,
-    },
-
-    /// Cold restore: every snapshot generation of the domain in object
-    /// storage failed verification.
-    #[error(
-        "every snapshot of domain {domain} in object storage is damaged, nothing to restore: {}",
-        crate::cold_restore::describe_skipped(skipped)
-    )]
-    RemoteSnapshotsDamaged {
-        /// The domain.
-        domain: Uuid,
-        /// Each generation and why it was refused, newest first.
-        skipped: Vec<crate::cold_restore::SkippedRemoteSnapshot>,
-    },
-
-    /// Cold restore was pointed at a directory that holds a shard.
-    #[error(
-        "{path} already holds a shard ({found}); a cold restore rebuilds a lost shard into an \
-         empty directory: move this one aside first"
-    )]
-    RestoreTargetHoldsShard {
-        /// The shard directory.
-        path: PathBuf,
-        /// What was found there.
-        found: String,
-    },
+    /// An extension of the shard (object storage, cold restore, reset)
+    /// failed where the core's API reports it: opening or closing a shard
+    /// with object storage, a cold restore's preparation of the directory
+    /// inside the open, the engine's `restore_shard`. The message is the
+    /// extension's own (file, offset, key, what), and
+    /// [`ExtensionError::downcast_ref`] gives its typed error
+    /// (`object_store::ObjectStoreError`, `cold_restore::ColdRestoreError`,
+    /// `reset::ResetError`).
+    #[error(transparent)]
+    Extension(ExtensionError),
 
     /// A cold restore into this shard directory started and did not finish
     /// (the process died, or the restore failed before it could clean up).
@@ -517,12 +462,51 @@ fn describe_snapshots_tried(
     }
 }
 
+/// An extension's error inside the core's [`Error`]: which extension, and
+/// its own error, whose message and source chain it shows unchanged.
+#[derive(Debug, Clone)]
+pub struct ExtensionError {
+    extension: &'static str,
+    error: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl ExtensionError {
+    /// Which extension failed: `"object storage"`, `"cold restore"` or
+    /// `"reset"`.
+    pub fn extension(&self) -> &'static str {
+        self.extension
+    }
+
+    /// The extension's typed error, if it is a `T`.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.error.downcast_ref::<T>()
+    }
+}
+
+impl std::fmt::Display for ExtensionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for ExtensionError {
+    // The extension's error stands in for this one: its cause is the next
+    // in the chain, as if the core had reported it itself.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
 impl Error {
-    pub(crate) fn object_store(op: &'static str, source: ringstore_cache::Error) -> Error {
-        Error::ObjectStore {
-            op,
-            source: Arc::new(source),
-        }
+    /// Wraps an extension's error (see [`Error::Extension`]).
+    pub(crate) fn extension(
+        extension: &'static str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Extension(ExtensionError {
+            extension,
+            error: Arc::new(error),
+        })
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
@@ -537,5 +521,296 @@ impl Error {
     pub fn is_poisoned(&self) -> bool {
         matches!(self, Error::Poisoned { .. })
             || matches!(self, Error::Journal(e) if e.is_poisoned())
+    }
+}
+
+/// Data files an [`IdentityFault::MissingWithData`] message names before
+/// it says how many more there are.
+const FOUND_NAMED_MAX: usize = 3;
+
+/// Why an open refuses a shard directory over its identity. The
+/// [`IdentityDamage`] that carries it names the file and, where there is
+/// one, the byte offset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityFault {
+    /// Shorter than the header (zero-length included).
+    #[error(
+        "identity file is damaged ({len} bytes, the header needs {IDENTITY_HEADER_BYTES}: \
+         truncated)"
+    )]
+    Truncated {
+        /// The bytes there are.
+        len: u64,
+    },
+    /// Not an identity file's magic number.
+    #[error("identity file is damaged (magic {found:#010x} is not an identity's)")]
+    BadMagic {
+        /// What is there.
+        found: u32,
+    },
+    /// The header fails its checksum.
+    #[error(
+        "identity file is damaged (checksum mismatch: recorded {recorded:#010x}, computed \
+         {computed:#010x})"
+    )]
+    Checksum {
+        /// The checksum recorded.
+        recorded: u32,
+        /// The checksum of the bytes.
+        computed: u32,
+    },
+    /// A format version this build does not read (the checksum verifies).
+    #[error("identity format version {version}, this build reads version {supported}")]
+    UnsupportedVersion {
+        /// The version found.
+        version: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// No identity file, but the directory holds snapshots or a journal.
+    #[error(
+        "missing, but the shard directory holds a journal or snapshots ({}): the domain they \
+         belong to is unknown",
+        describe_found(found)
+    )]
+    MissingWithData {
+        /// The snapshot files and journal entries found.
+        found: Vec<PathBuf>,
+    },
+    /// The identity records that the shard's journal was created, and the
+    /// journal directory holds neither its superblock nor a segment.
+    #[error(
+        "records that the shard's journal exists, but {} holds no journal (no superblock, \
+         no segment): the acknowledged ops it held above the newest snapshot are gone",
+        journal.display()
+    )]
+    JournalMissing {
+        /// The journal directory.
+        journal: PathBuf,
+    },
+}
+
+fn describe_found(found: &[PathBuf]) -> String {
+    let mut named: Vec<String> = found
+        .iter()
+        .take(FOUND_NAMED_MAX)
+        .map(|p| p.display().to_string())
+        .collect();
+    if found.len() > FOUND_NAMED_MAX {
+        named.push(format!("and {} more", found.len() - FOUND_NAMED_MAX));
+    }
+    named.join(", ")
+}
+
+/// The identity verdict that refuses an open: the file, the byte offset
+/// where there is one, what is wrong, and what an operator can do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{}{}: {fault}. {}",
+    path.display(),
+    offset.map_or_else(String::new, |o| format!(" at byte offset {o}")),
+    self.advice()
+)]
+pub struct IdentityDamage {
+    /// The identity file.
+    pub path: PathBuf,
+    /// Byte offset of the bad field (`None` for a missing file).
+    pub offset: Option<u64>,
+    /// What is wrong.
+    pub fault: IdentityFault,
+}
+
+impl IdentityDamage {
+    /// What an operator can do about it.
+    pub fn advice(&self) -> &'static str {
+        match self.fault {
+            IdentityFault::UnsupportedVersion { .. } => {
+                "It was written by another build of ringstore; open the shard with a build that \
+                 reads that version"
+            }
+            IdentityFault::MissingWithData { .. } => {
+                "Restore the identity file, or move the directory aside and restore the shard \
+                 from object storage"
+            }
+            IdentityFault::JournalMissing { .. } => {
+                "Restore the journal directory from a backup; or move the shard dir aside and \
+                 restore the shard from object storage (which holds only what was uploaded), \
+                 or for a raft node rejoin the cluster with an empty directory under a new \
+                 node id"
+            }
+            _ => {
+                "It names the domain this shard's data belongs to. Restore it from a backup, or \
+                 move the shard dir aside and restore the shard from object storage"
+            }
+        }
+    }
+}
+
+impl Serialize for IdentityDamage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("IdentityDamage", 4)?;
+        s.serialize_field("path", &self.path)?;
+        s.serialize_field("offset", &self.offset)?;
+        s.serialize_field("reason", &self.fault.to_string())?;
+        s.serialize_field("message", &self.to_string())?;
+        s.end()
+    }
+}
+
+/// What is wrong with a snapshot file. The [`SnapshotDamage`] that carries
+/// it names the file and the byte offset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotFault {
+    /// The file is shorter than the header block, or than its header says.
+    #[error("file is {len} bytes, {what} needs {needed} (truncated)")]
+    Truncated {
+        /// Its length.
+        len: u64,
+        /// The length it should have at least.
+        needed: u64,
+        /// What needs it: the header block, or the header.
+        what: &'static str,
+    },
+    /// The file ended while its body was read (it shrank after its length
+    /// was checked).
+    #[error("file ends inside section {section:?} (truncated)")]
+    EndsInBody {
+        /// The section being read.
+        section: String,
+    },
+    /// Not a snapshot's magic number.
+    #[error("magic {found:#010x} is not a snapshot's")]
+    BadMagic {
+        /// What is there.
+        found: u32,
+    },
+    /// The header block (header and section table) fails its checksum.
+    #[error(
+        "header block checksum mismatch (header or section table damaged; recorded \
+         {recorded:#010x}, computed {computed:#010x})"
+    )]
+    HeaderChecksum {
+        /// The checksum in the header.
+        recorded: u32,
+        /// The checksum of the bytes.
+        computed: u32,
+    },
+    /// A format version this build does not read.
+    #[error("snapshot format version {version}, this build reads version {supported}")]
+    UnsupportedVersion {
+        /// The version found.
+        version: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The header's watermark is not the op in the file name.
+    #[error("the header says op {header_op}, the file name does not match")]
+    NameMismatch {
+        /// The op in the header.
+        header_op: u64,
+    },
+    /// The snapshot belongs to another domain.
+    #[error("belongs to domain {found}, the shard's identity names {expected}")]
+    WrongDomain {
+        /// The shard's domain.
+        expected: Uuid,
+        /// The snapshot's domain.
+        found: Uuid,
+    },
+    /// `body_bytes` is too large to be a length.
+    #[error("body length {body_bytes} overflows")]
+    BodyLengthOverflow {
+        /// The length recorded.
+        body_bytes: u64,
+    },
+    /// More sections than fit in the header block.
+    #[error("{count} sections, at most {SECTION_COUNT_MAX}")]
+    TooManySections {
+        /// The count recorded.
+        count: u32,
+    },
+    /// A section name that is empty, not UTF-8 or not zero-padded.
+    #[error("section {index} has a bad name")]
+    BadSectionName {
+        /// The entry's index in the table.
+        index: usize,
+    },
+    /// Two entries with one name.
+    #[error("section {name:?} appears twice")]
+    DuplicateSection {
+        /// The name.
+        name: String,
+    },
+    /// An entry that does not start where the previous one ends.
+    #[error(
+        "section {name:?} starts at {offset}, expected {}",
+        expected.map_or_else(|| "(overflow)".to_string(), |o| o.to_string())
+    )]
+    SectionOffset {
+        /// The section.
+        name: String,
+        /// Its offset as recorded.
+        offset: u64,
+        /// Where it should start (`None`: the previous lengths overflow).
+        expected: Option<u64>,
+    },
+    /// The sections do not end where the body does.
+    #[error("sections do not fill the body exactly")]
+    SectionsDoNotFillBody,
+    /// A section's bytes fail their checksum.
+    #[error(
+        "section {section:?} fails its checksum (recorded {recorded:#010x}, computed \
+         {computed:#010x})"
+    )]
+    SectionChecksum {
+        /// The section.
+        section: String,
+        /// The checksum in the table.
+        recorded: u32,
+        /// The checksum of the bytes.
+        computed: u32,
+    },
+    /// The whole-file checksum does not match.
+    #[error("whole-file checksum mismatch (recorded {recorded:#010x}, computed {computed:#010x})")]
+    FileChecksum {
+        /// The checksum in the header.
+        recorded: u32,
+        /// The checksum of the bytes.
+        computed: u32,
+    },
+}
+
+/// Something in a snapshot file that fails verification: the file, the
+/// byte offset of the damaged field or section, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} at byte offset {offset}: {fault}", path.display())]
+pub struct SnapshotDamage {
+    /// The file.
+    pub path: PathBuf,
+    /// Byte offset of the damaged field or section (for a truncation: where
+    /// the file ends).
+    pub offset: u64,
+    /// What is wrong.
+    pub fault: SnapshotFault,
+}
+
+impl SnapshotDamage {
+    /// What is wrong, without the file and offset.
+    pub fn reason(&self) -> String {
+        self.fault.to_string()
+    }
+}
+
+impl Serialize for SnapshotDamage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("SnapshotDamage", 3)?;
+        s.serialize_field("path", &self.path)?;
+        s.serialize_field("offset", &self.offset)?;
+        s.serialize_field("reason", &self.reason())?;
+        s.end()
     }
 }

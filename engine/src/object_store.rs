@@ -17,6 +17,12 @@
 //!
 //! # The upload task
 //!
+//! The upload is an extension of the shard ([`crate::shard`],
+//! "Extensions"): the builder's open attaches it, the shard tells it when a
+//! snapshot was persisted, and it holds the watermark back through the
+//! hook trait's watermark limit; it reaches the shard only through its
+//! methods. Its failures at open and close are [`ObjectStoreError`]s.
+//!
 //! One task per shard, apart from the compaction task, so local progress
 //! never waits on a request. Whenever the newest local snapshot is newer
 //! than the newest uploaded one it uploads that file ([`Tiered::put_file`]:
@@ -77,16 +83,20 @@
 
 use crate::error::{Error, Result};
 use crate::machine::StateMachine;
-use crate::shard::{Inner, Shard};
+use crate::shard::{Shard, ShardHooks, WeakShard};
 use crate::snapshot::inspect::{inspect_snapshot, Check};
-use crate::snapshot::{parse_snapshot_file_name, snapshot_file_name};
+use crate::snapshot::{parse_snapshot_file_name, snapshot_file_name, SnapshotMeta};
 use event_listener::Event;
 use ringstore_cache::{remote::Backoff, Cache, RemoteError, Tiered};
 use ringstore_journal::storage::Storage;
 use std::{
+    any::Any,
     cell::{Cell, RefCell},
-    path::{Path, PathBuf},
-    rc::{Rc, Weak},
+    future::Future,
+    path::Path,
+    pin::Pin,
+    rc::Rc,
+    sync::Arc,
     time::{Duration, Instant},
 };
 use uuid::Uuid;
@@ -94,21 +104,14 @@ use uuid::Uuid;
 /// The object store handle and its settings, from `ringstore-cache`.
 pub use ringstore_cache::{Backend, Remote, RemoteBuilder, S3Config};
 
-/// Default snapshot generations kept in object storage.
-pub const REMOTE_GENERATIONS_DEFAULT: usize = 3;
-/// Most snapshot generations kept in object storage.
-pub const REMOTE_GENERATIONS_MAX: usize = 1024;
-/// Default first pause after a failed upload (doubling after each failure).
-pub const UPLOAD_BACKOFF_MIN_DEFAULT: Duration = Duration::from_millis(100);
-/// Default longest pause between upload attempts.
-pub const UPLOAD_BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(30);
-/// Range of both upload backoff settings.
-pub const UPLOAD_BACKOFF_RANGE: (Duration, Duration) =
-    (Duration::from_millis(1), Duration::from_secs(3600));
-/// Default cache directory, relative to the shard directory.
-pub const CACHE_DIR_DEFAULT: &str = "cache";
-/// Default byte limit of a shard's cache (1 GiB).
-pub const CACHE_BYTES_LIMIT_DEFAULT: u64 = ringstore_cache::BYTES_LIMIT_DEFAULT;
+/// The settings live with the builder's (`crate::config`); here under
+/// their public path.
+pub use crate::config::object_store::{
+    ObjectStoreSettings, UploadMode, CACHE_BYTES_LIMIT_DEFAULT, CACHE_DIR_DEFAULT,
+    REMOTE_GENERATIONS_DEFAULT, REMOTE_GENERATIONS_MAX, UPLOAD_BACKOFF_MAX_DEFAULT,
+    UPLOAD_BACKOFF_MIN_DEFAULT, UPLOAD_BACKOFF_RANGE,
+};
+
 /// The key prefix (under the domain) of snapshot objects.
 pub const SNAPSHOT_KEY_PREFIX: &str = "snapshots";
 
@@ -124,159 +127,40 @@ pub fn parse_snapshot_key(key: &str) -> Option<u64> {
     parse_snapshot_file_name(name)
 }
 
-/// When the journal's watermark may pass a snapshot that is not in object
-/// storage yet (see the [module docs](self) for what each mode risks).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum UploadMode {
-    /// The watermark never passes the newest uploaded snapshot: a lost disk
-    /// loses nothing compacted. A store outage ends in backpressure.
-    #[default]
-    BeforeCompaction,
-    /// Compaction goes on locally; uploads follow and may lag. A lost disk
-    /// loses the ops above the newest uploaded snapshot.
-    Background,
+/// An object-storage or local-cache call failed. The source names the
+/// store's operation and key and says whether retrying may help
+/// (`ringstore_cache::RemoteError::is_transient`). Where a shard's open or
+/// close fails on it, it reaches the caller inside [`Error::Extension`]
+/// with the same message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("object storage: {op} failed: {source}")]
+pub struct ObjectStoreError {
+    /// What the engine was doing.
+    pub op: &'static str,
+    /// The cache's or the store's error.
+    #[source]
+    pub source: Arc<ringstore_cache::Error>,
 }
 
-/// Object storage for a shard's snapshots; see the [module docs](self).
-/// Cheap to clone (the [`Remote`] is a shared handle).
-#[derive(Debug, Clone)]
-#[must_use = "settings do nothing until given to ShardBuilder::object_store"]
-pub struct ObjectStoreSettings {
-    remote: Remote,
-    mode: UploadMode,
-    remote_generations: usize,
-    cache_dir: PathBuf,
-    cache_bytes_limit: u64,
-    upload_backoff_min: Duration,
-    upload_backoff_max: Duration,
+impl ObjectStoreError {
+    pub(crate) fn new(op: &'static str, source: ringstore_cache::Error) -> ObjectStoreError {
+        ObjectStoreError {
+            op,
+            source: Arc::new(source),
+        }
+    }
 }
 
-impl ObjectStoreSettings {
-    /// Snapshots to `remote`, with the defaults: [`UploadMode::BeforeCompaction`],
-    /// [`REMOTE_GENERATIONS_DEFAULT`] generations, the cache in
-    /// `<shard dir>/cache` limited to [`CACHE_BYTES_LIMIT_DEFAULT`].
-    pub fn new(remote: Remote) -> ObjectStoreSettings {
-        ObjectStoreSettings {
-            remote,
-            mode: UploadMode::default(),
-            remote_generations: REMOTE_GENERATIONS_DEFAULT,
-            cache_dir: PathBuf::from(CACHE_DIR_DEFAULT),
-            cache_bytes_limit: CACHE_BYTES_LIMIT_DEFAULT,
-            upload_backoff_min: UPLOAD_BACKOFF_MIN_DEFAULT,
-            upload_backoff_max: UPLOAD_BACKOFF_MAX_DEFAULT,
-        }
-    }
-
-    /// The upload mode. Default [`UploadMode::BeforeCompaction`].
-    pub fn mode(mut self, mode: UploadMode) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    /// Snapshot generations kept in object storage. Default
-    /// [`REMOTE_GENERATIONS_DEFAULT`]; range 1 to [`REMOTE_GENERATIONS_MAX`].
-    pub fn remote_generations(mut self, generations: usize) -> Self {
-        self.remote_generations = generations;
-        self
-    }
-
-    /// The shard's cache directory; a relative path is taken relative to
-    /// the shard directory. Default [`CACHE_DIR_DEFAULT`]. Each shard needs
-    /// its own (a cache directory is locked by the shard that opens it), so
-    /// with several shards leave it relative.
-    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cache_dir = dir.into();
-        self
-    }
-
-    /// Byte limit of the shard's cache. Default
-    /// [`CACHE_BYTES_LIMIT_DEFAULT`]; at least 1. Uploaded snapshots join
-    /// the cache by a hard link: they cost no extra disk while the local
-    /// snapshot file exists, their full size once it is pruned, until the
-    /// cache trims them (least recently used first). A snapshot larger than
-    /// the cache is still uploaded, just not cached.
-    pub fn cache_bytes_limit(mut self, bytes: u64) -> Self {
-        self.cache_bytes_limit = bytes;
-        self
-    }
-
-    /// Pause after the first failed upload (doubling after each failure,
-    /// each drawn from the upper half of its step: [`Backoff`]) and its cap. Defaults [`UPLOAD_BACKOFF_MIN_DEFAULT`] and
-    /// [`UPLOAD_BACKOFF_MAX_DEFAULT`], each within [`UPLOAD_BACKOFF_RANGE`],
-    /// the first at most the second.
-    pub fn upload_backoff(mut self, first: Duration, max: Duration) -> Self {
-        self.upload_backoff_min = first;
-        self.upload_backoff_max = max;
-        self
-    }
-
-    /// The object store.
-    pub fn remote(&self) -> &Remote {
-        &self.remote
-    }
-
-    /// The upload mode.
-    pub fn upload_mode(&self) -> UploadMode {
-        self.mode
-    }
-
-    /// Generations kept in object storage.
-    pub fn generations(&self) -> usize {
-        self.remote_generations
-    }
-
-    /// The cache directory of the shard in `shard_dir`.
-    pub fn cache_dir_for(&self, shard_dir: &Path) -> PathBuf {
-        shard_dir.join(&self.cache_dir)
-    }
-
-    pub(crate) fn validate(&self) -> Result<()> {
-        let invalid = |setting: &'static str, value: String, reason: String| {
-            Err(Error::InvalidConfig {
-                setting,
-                value,
-                reason,
-            })
-        };
-        if !(1..=REMOTE_GENERATIONS_MAX).contains(&self.remote_generations) {
-            return invalid(
-                "object_store remote_generations",
-                self.remote_generations.to_string(),
-                format!("1 to {REMOTE_GENERATIONS_MAX}"),
-            );
-        }
-        if self.cache_bytes_limit == 0 {
-            return invalid(
-                "object_store cache_bytes_limit",
-                "0".into(),
-                "at least 1".into(),
-            );
-        }
-        let (min, max) = UPLOAD_BACKOFF_RANGE;
-        for backoff in [self.upload_backoff_min, self.upload_backoff_max] {
-            if backoff < min || backoff > max {
-                return invalid(
-                    "object_store upload_backoff",
-                    format!("{backoff:?}"),
-                    format!("{min:?} to {max:?}"),
-                );
-            }
-        }
-        if self.upload_backoff_min > self.upload_backoff_max {
-            return invalid(
-                "object_store upload_backoff",
-                format!("{:?}", self.upload_backoff_min),
-                format!("at most the cap {:?}", self.upload_backoff_max),
-            );
-        }
-        Ok(())
+impl From<ObjectStoreError> for Error {
+    fn from(error: ObjectStoreError) -> Error {
+        Error::extension("object storage", error)
     }
 }
 
 /// A shard's object-storage state: its cache, its view of the store, and
 /// what the upload task knows.
 pub(crate) struct ShardObjects {
-    pub settings: ObjectStoreSettings,
+    settings: ObjectStoreSettings,
     cache: RefCell<Option<Rc<Cache>>>,
     tiered: RefCell<Option<Rc<Tiered>>>,
     /// Newest snapshot op known to be in the store (0: none known).
@@ -301,19 +185,19 @@ impl ShardObjects {
         settings: ObjectStoreSettings,
         shard_dir: &Path,
         domain: Uuid,
-    ) -> Result<ShardObjects> {
+    ) -> Result<ShardObjects, ObjectStoreError> {
         let cache = Cache::builder(settings.cache_dir_for(shard_dir))
             .bytes_limit(settings.cache_bytes_limit)
             .open()
             .await
-            .map_err(|e| Error::object_store("open the shard's cache", e))?;
+            .map_err(|e| ObjectStoreError::new("open the shard's cache", e))?;
         let cache = Rc::new(cache);
         let tiered = Tiered::new(
             Rc::clone(&cache),
             settings.remote.clone(),
             &domain.to_string(),
         )
-        .map_err(|e| Error::object_store("open the object store view", e))?;
+        .map_err(|e| ObjectStoreError::new("open the object store view", e))?;
         Ok(ShardObjects {
             settings,
             cache: RefCell::new(Some(cache)),
@@ -333,20 +217,6 @@ impl ShardObjects {
         self.tiered.borrow().clone()
     }
 
-    /// The shard joined another domain (a reset): its keys go under that
-    /// one from now on, and nothing of it is known to be uploaded.
-    pub(crate) fn set_domain(&self, domain: Uuid) -> Result<()> {
-        let Some(cache) = self.cache.borrow().clone() else {
-            return Err(Error::Closed);
-        };
-        let tiered = Tiered::new(cache, self.settings.remote.clone(), &domain.to_string())
-            .map_err(|e| Error::object_store("open the object store view", e))?;
-        *self.tiered.borrow_mut() = Some(Rc::new(tiered));
-        self.uploaded.set(0);
-        self.not_retried.set(0);
-        Ok(())
-    }
-
     /// The newest uploaded snapshot's op, if the watermark must wait for
     /// uploads ([`UploadMode::BeforeCompaction`]).
     pub(crate) fn gate(&self) -> Option<u64> {
@@ -358,25 +228,9 @@ impl ShardObjects {
         self.uploaded.get()
     }
 
-    /// A snapshot at `op` was written: upload it.
-    pub(crate) fn snapshot_written(&self, op: u64) {
-        self.pending_since.set(Some((op, Instant::now())));
-        self.wanted.notify(usize::MAX);
-    }
-
-    pub(crate) fn set_task(&self, task: glommio::Task<()>) {
-        *self.task.borrow_mut() = Some(task);
-    }
-
-    /// Tells the upload task to stop (the shard's `closing` is set).
-    pub(crate) fn begin_close(&self) {
-        self.closing.notify(usize::MAX);
-        self.wanted.notify(usize::MAX);
-    }
-
     /// Waits for the upload task to stop, then shuts the cache down
     /// (persisting its access tracker).
-    pub(crate) async fn close(&self) -> Result<()> {
+    async fn close(&self) -> Result<(), ObjectStoreError> {
         let task = self.task.borrow_mut().take();
         if let Some(task) = task {
             task.await;
@@ -387,7 +241,7 @@ impl ShardObjects {
             Some(Ok(cache)) => cache
                 .shutdown()
                 .await
-                .map_err(|e| Error::object_store("shut the shard's cache down", e)),
+                .map_err(|e| ObjectStoreError::new("shut the shard's cache down", e)),
             // Still borrowed by a caller of `tiered()`: dropped with it,
             // which the cache treats like a crash (it recovers at open).
             Some(Err(_)) | None => Ok(()),
@@ -397,6 +251,58 @@ impl ShardObjects {
     /// Resolves after the next upload (or at close).
     pub(crate) fn upload_done(&self) -> event_listener::EventListener {
         self.upload_done.listen()
+    }
+}
+
+/// How the upload extension hooks into the shard: it uploads each
+/// persisted snapshot, and in [`UploadMode::BeforeCompaction`] limits the
+/// watermark to the newest uploaded one.
+impl<M: StateMachine, S: Storage> ShardHooks<M, S> for ShardObjects {
+    fn opened(&self, shard: &Shard<M, S>) {
+        *self.task.borrow_mut() = Some(glommio::spawn_local(run_uploads(shard.downgrade())));
+    }
+
+    /// A snapshot was written: upload it.
+    fn snapshot_persisted(&self, snapshot: &SnapshotMeta) {
+        self.pending_since
+            .set(Some((snapshot.watermark, Instant::now())));
+        self.wanted.notify(usize::MAX);
+    }
+
+    fn watermark_limit(&self) -> Option<u64> {
+        self.gate()
+    }
+
+    /// The shard joined another domain (a reset): its keys go under that
+    /// one from now on, and nothing of it is known to be uploaded.
+    fn domain_changed(&self, domain: Uuid) -> Result<()> {
+        let Some(cache) = self.cache.borrow().clone() else {
+            return Err(Error::Closed);
+        };
+        let tiered = Tiered::new(cache, self.settings.remote.clone(), &domain.to_string())
+            .map_err(|e| ObjectStoreError::new("open the object store view", e))?;
+        *self.tiered.borrow_mut() = Some(Rc::new(tiered));
+        self.uploaded.set(0);
+        self.not_retried.set(0);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("uploaded snapshot {}", self.uploaded.get())
+    }
+
+    /// Tells the upload task to stop (the shard is closing).
+    fn begin_close(&self) {
+        self.closing.notify(usize::MAX);
+        self.wanted.notify(usize::MAX);
+    }
+
+    fn close(&self) -> Pin<Box<dyn Future<Output = Result<()>> + '_>> {
+        Box::pin(async move { ShardObjects::close(self).await.map_err(Error::from) })
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 
@@ -422,7 +328,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     pub async fn wait_for_upload(&self, wait_max: Duration) -> bool {
         let started = Instant::now();
         loop {
-            let Some(objects) = self.inner.objects.as_ref() else {
+            let Some(objects) = self.hook::<ShardObjects>() else {
                 return true;
             };
             let listener = objects.upload_done();
@@ -444,9 +350,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// The op of the newest snapshot known to be in object storage (0:
     /// none, or no object store).
     pub fn uploaded_snapshot(&self) -> u64 {
-        self.inner
-            .objects
-            .as_ref()
+        self.hook::<ShardObjects>()
             .map_or(0, ShardObjects::uploaded)
     }
 
@@ -455,7 +359,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let Some(tiered) = objects.tiered() else {
             return Upload::Closing;
         };
-        let path = self.inner.snapshots.dir().join(snapshot_file_name(op));
+        let path = self.snapshots().dir().join(snapshot_file_name(op));
         let key = snapshot_key(op);
         let local_bytes = match std::fs::metadata(&path) {
             Ok(meta) => meta.len(),
@@ -584,16 +488,13 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             _ => Duration::ZERO,
         };
         objects.uploaded.set(objects.uploaded.get().max(op));
-        {
-            let mut progress = self.inner.progress.borrow_mut();
-            let stats = &mut progress.stats;
+        self.update_stats(|stats| {
             stats.snapshot_uploads += 1;
             stats.snapshot_upload_bytes += bytes;
             stats.snapshot_upload_lag = lag;
             stats.snapshot_uploaded_op = objects.uploaded.get();
-        }
-        self.inner
-            .metrics
+        });
+        self.metrics()
             .record_upload(bytes, lag, objects.uploaded.get());
         objects.upload_done.notify(usize::MAX);
         if objects.gate().is_some() {
@@ -608,8 +509,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         if self.is_poisoned_or_closing() {
             return;
         }
-        self.exclude_checkpoints().await;
-        let _allow = AllowCheckpoints { shard: self };
+        let _held = self.hold_snapshots().await;
         if let Err(error) = self.advance_watermark_and_prune().await {
             tracing::warn!(%error, "advancing the watermark after an upload failed");
         }
@@ -656,67 +556,39 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             }
         }
         if deleted > 0 {
-            self.inner
-                .progress
-                .borrow_mut()
-                .stats
-                .remote_snapshots_deleted += deleted;
-            self.inner.metrics.record_remote_deleted(deleted);
+            self.update_stats(|stats| stats.remote_snapshots_deleted += deleted);
+            self.metrics().record_remote_deleted(deleted);
         }
     }
 
     fn retention_failed(&self) {
-        self.inner
-            .progress
-            .borrow_mut()
-            .stats
-            .remote_retention_failures += 1;
-        self.inner.metrics.record_retention_failure();
+        self.update_stats(|stats| stats.remote_retention_failures += 1);
+        self.metrics().record_retention_failure();
     }
 
     /// The local snapshot no longer verified: not uploaded, not retried.
     fn upload_refused(&self) {
-        self.inner
-            .progress
-            .borrow_mut()
-            .stats
-            .snapshot_uploads_refused += 1;
-        self.inner.metrics.record_upload_refused();
+        self.update_stats(|stats| stats.snapshot_uploads_refused += 1);
+        self.metrics().record_upload_refused();
     }
 
     fn upload_failed(&self) {
-        self.inner
-            .progress
-            .borrow_mut()
-            .stats
-            .snapshot_upload_failures += 1;
-        self.inner.metrics.record_upload_failure();
-    }
-}
-
-/// Lets checkpoints run again however the caller ends.
-struct AllowCheckpoints<'a, M: StateMachine, S: Storage> {
-    shard: &'a Shard<M, S>,
-}
-
-impl<M: StateMachine, S: Storage> Drop for AllowCheckpoints<'_, M, S> {
-    fn drop(&mut self) {
-        self.shard.allow_checkpoints();
+        self.update_stats(|stats| stats.snapshot_upload_failures += 1);
+        self.metrics().record_upload_failure();
     }
 }
 
 /// The upload task (see the module docs): runs until the shard closes, is
 /// poisoned or goes away.
-pub(crate) async fn run_uploads<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
+async fn run_uploads<M: StateMachine, S: Storage>(weak: WeakShard<M, S>) {
     // Built at the first failure: the settings live on the shard.
     let mut backoff: Option<Backoff> = None;
     loop {
         let (shard, due, wanted) = {
-            let Some(inner) = inner.upgrade() else {
+            let Some(shard) = weak.upgrade() else {
                 return;
             };
-            let shard = Shard { inner };
-            let Some(objects) = shard.inner.objects.as_ref() else {
+            let Some(objects) = shard.hook::<ShardObjects>() else {
                 return;
             };
             let wanted = objects.wanted.listen();
@@ -742,7 +614,7 @@ pub(crate) async fn run_uploads<M: StateMachine, S: Storage>(inner: Weak<Inner<M
             wanted.await;
             continue;
         };
-        let Some(objects) = shard.inner.objects.as_ref() else {
+        let Some(objects) = shard.hook::<ShardObjects>() else {
             return;
         };
         let (first, cap) = (
@@ -757,12 +629,7 @@ pub(crate) async fn run_uploads<M: StateMachine, S: Storage>(inner: Weak<Inner<M
                 shard.record_upload(objects, op, bytes).await;
             }
             Upload::Superseded => {
-                shard
-                    .inner
-                    .progress
-                    .borrow_mut()
-                    .stats
-                    .snapshot_uploads_skipped += 1;
+                shard.update_stats(|stats| stats.snapshot_uploads_skipped += 1);
                 // The newest snapshot changed under us: look again (the
                 // loop waits on `wanted` if nothing newer is there).
                 let newest = shard.snapshot_watermark();

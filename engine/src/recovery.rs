@@ -1,13 +1,17 @@
 //! Opening a shard: identity, newest valid snapshot, journal, replay.
 //!
 //! 0. **Restore marker.** A directory holding the marker of an unfinished
-//!    cold restore ([`crate::cold_restore::RESTORE_MARKER_NAME`]) is refused
+//!    cold restore ([`crate::layout::RESTORE_MARKER_NAME`]) is refused
 //!    with [`Error::RestoreIncomplete`]: its contents are a restore's half
-//!    work, not a shard. (A cold restore itself opens it, starting over.)
+//!    work, not a shard. A builder given a step that prepares the
+//!    directory (set by a cold restore, which starts over) runs it here
+//!    instead, with the directory locked and before anything in it is
+//!    read. Recovery does not know what the step is: the core does not
+//!    name its extensions.
 //! 1. **Identity.** Read the domain from `identity`; a new, empty shard
 //!    directory gets a fresh random domain. A directory that holds data but
 //!    no identity is refused: its domain is unknown. The rule, with every
-//!    case, is [`crate::identity::identity_verdict`]'s.
+//!    case, is [`crate::layout::identity::identity_verdict`]'s.
 //! 2. **Snapshot.** Load the newest snapshot that verifies
 //!    ([`crate::snapshot::verify`]), noting every newer one skipped and
 //!    why. A snapshot that verifies but does not restore (unknown section
@@ -34,14 +38,14 @@
 
 use crate::config::{ShardBuilder, ShardConfig};
 use crate::error::{Error, Result, SkippedSnapshot};
-use crate::identity::{
+use crate::layout::identity::{
     data_files, identity_verdict, journal_listing, read_identity_bytes, record_journal_created,
     write_identity, Identity, IdentityVerdict, IDENTITY_FILE_NAME,
 };
-use crate::lock::DirLock;
+use crate::layout::lock::DirLock;
 
+use crate::layout::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::machine::{decode, restore_state, OpId, StateMachine};
-use crate::shard::{SnapshotPoint, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::snapshot::verify::snapshot_covers_journal;
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
 use ringstore_journal::storage::Storage;
@@ -79,6 +83,16 @@ pub struct ShardRecoveryReport {
     pub replay_time: Duration,
 }
 
+/// The newest snapshot a shard relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SnapshotPoint {
+    pub watermark: u64,
+    pub epoch: u64,
+    /// `command_bytes_total` when it was frozen.
+    pub command_bytes_total: u64,
+}
+
+/// What recovery rebuilt, for the shard (`Shard::start`) to start from.
 pub(crate) struct Recovered<M: StateMachine, S: Storage> {
     pub config: ShardConfig,
     pub storage: S,
@@ -92,7 +106,6 @@ pub(crate) struct Recovered<M: StateMachine, S: Storage> {
     pub report: ShardRecoveryReport,
     pub lock: Option<DirLock>,
     pub metrics_label: String,
-    pub object_store: Option<crate::object_store::ObjectStoreSettings>,
 }
 
 pub(crate) async fn recover<M: StateMachine, S: Storage>(
@@ -111,23 +124,20 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
         .map_err(|e| Error::io("prepare shard directory", &dir, e))?;
     // Before anything is read: another process may be appending.
     let lock = if builder.lock_dir {
-        Some(crate::lock::acquire_on_reactor(&dir).await?)
+        Some(crate::layout::lock::acquire_on_reactor(&dir).await?)
     } else {
         None
     };
     let journal_dir = dir.join(JOURNAL_DIR_NAME);
 
-    // 0. An unfinished cold restore.
-    let marked = storage
-        .list_dir(&dir)
-        .map_err(|e| Error::io("list shard directory", &dir, e))?
-        .iter()
-        .any(|name| name.as_os_str() == crate::cold_restore::RESTORE_MARKER_NAME);
-    match builder.restore_domain {
-        Some(domain) => crate::cold_restore::prepare_dir(&storage, &dir, domain, marked).await?,
+    // 0. An unfinished cold restore, or the builder's own preparation of
+    // the directory (a cold restore's: it clears the leftovers itself).
+    let marked = crate::layout::restore_marker_present(&storage, &dir)?;
+    match builder.prepare_dir.take() {
+        Some(prepare) => prepare(storage.clone(), dir.clone(), marked).await?,
         None if marked => {
             return Err(Error::RestoreIncomplete {
-                path: dir.join(crate::cold_restore::RESTORE_MARKER_NAME),
+                path: dir.join(crate::layout::RESTORE_MARKER_NAME),
             })
         }
         None => {}
@@ -309,7 +319,6 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
         report,
         lock,
         metrics_label,
-        object_store: builder.object_store.take(),
     })
 }
 

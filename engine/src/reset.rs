@@ -17,6 +17,13 @@
 //! 5. The first op submitted afterwards is checked to be `B + 1` at epoch
 //!    `E` or later ([`Error::ResetCheck`] otherwise).
 //!
+//! Reset is an extension of the shard: it uses the shard's public methods
+//! and the core's `pub(crate)` surface for extensions (`begin_reset`,
+//! `hold_snapshots`, `join_domain`, `restart_numbering`; see
+//! [`crate::shard`]), never its fields. Step 4 and the check of step 5 are
+//! the core's (`Shard::restart_numbering`): the numbering floor is an
+//! invariant of the shard, whoever asks for it.
+//!
 //! A crash before step 3 completes leaves the shard as it was. A crash
 //! between 3 and 4 is finished by recovery, which raises the journal's
 //! watermark and epoch to the newest snapshot's.
@@ -25,13 +32,13 @@
 //! checkpoint's, under the (new) domain: a later cold restore then numbers
 //! above this reset too.
 
-use crate::error::{Error, PersistStage, Result};
-use crate::identity::{write_identity, Identity};
+use crate::error::{Error, PersistStage};
 use crate::machine::{restore_state, OpId, StateMachine};
-use crate::shard::{Shard, SnapshotPoint};
+use crate::shard::Shard;
 use crate::snapshot::{LoadedSnapshot, SnapshotMeta};
 use ringstore_journal::storage::Storage;
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, path::PathBuf, sync::Arc, time::Duration};
+use uuid::Uuid;
 
 /// How often `reset_to` checks that in-flight submits have finished.
 const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(1);
@@ -47,12 +54,49 @@ pub struct ResetOutcome {
     pub floor: OpId,
 }
 
+/// Why a reset failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResetError {
+    /// `reset_to` was given a snapshot of another domain, on a shard that
+    /// already holds data.
+    #[error(
+        "{path} belongs to domain {snapshot}, this shard holds data of domain {shard}; reset \
+         a shard only to its own domain's snapshots, or restore into an empty data dir"
+    )]
+    DomainMismatch {
+        /// The snapshot.
+        path: PathBuf,
+        /// The shard's domain.
+        shard: Uuid,
+        /// The snapshot's domain.
+        snapshot: Uuid,
+    },
+
+    /// The shard refused the reset ([`Error::Resetting`], [`Error::Closed`],
+    /// [`Error::Poisoned`]) or a step failed: loading the snapshot, its
+    /// sections, persisting it ([`Error::Persist`]), the journal, the
+    /// numbering check ([`Error::ResetCheck`]). Where the shard's state
+    /// could no longer be trusted it is poisoned.
+    #[error(transparent)]
+    Shard(#[from] Error),
+}
+
+impl From<ResetError> for Error {
+    fn from(error: ResetError) -> Error {
+        match error {
+            ResetError::Shard(error) => error,
+            other => Error::extension("reset", other),
+        }
+    }
+}
+
 impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// Resets the shard to the snapshot file at `snapshot` (on the shard's
     /// storage; e.g. downloaded from object storage). See the module docs.
     /// Submits are refused with [`Error::Resetting`] while it runs; it waits
     /// for submits already in flight and for a running checkpoint.
-    pub async fn reset_to(&self, snapshot: &Path) -> Result<ResetOutcome> {
+    pub async fn reset_to(&self, snapshot: &Path) -> Result<ResetOutcome, ResetError> {
         let nothing_else = OpId { op: 0, epoch: 0 };
         self.reset(Source::File(snapshot), nothing_else).await
     }
@@ -65,17 +109,19 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         &self,
         loaded: LoadedSnapshot,
         seen_elsewhere: OpId,
-    ) -> Result<ResetOutcome> {
+    ) -> Result<ResetOutcome, ResetError> {
         self.reset(Source::Loaded(Box::new(loaded)), seen_elsewhere)
             .await
     }
 
-    async fn reset(&self, source: Source<'_>, seen_elsewhere: OpId) -> Result<ResetOutcome> {
-        self.usable()?;
-        let _resetting = ResettingGuard::enter(self);
+    async fn reset(
+        &self,
+        source: Source<'_>,
+        seen_elsewhere: OpId,
+    ) -> Result<ResetOutcome, ResetError> {
+        let _resetting = ResettingGuard::enter(self)?;
         self.drain_submits().await;
-        self.exclude_checkpoints().await;
-        let _exclusive = ExclusiveGuard { shard: self };
+        let _held = self.hold_snapshots().await;
         self.reset_exclusive(source, seen_elsewhere).await
     }
 
@@ -89,11 +135,12 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         &self,
         source: Source<'_>,
         seen_elsewhere: OpId,
-    ) -> Result<ResetOutcome> {
-        let inner = &*self.inner;
+    ) -> Result<ResetOutcome, ResetError> {
+        let journal = self.journal();
+        let snapshots = self.snapshots();
         // 1. Load, verify, restore.
         let loaded = match source {
-            Source::File(path) => inner.snapshots.load(path, None).await?,
+            Source::File(path) => snapshots.load(path, None).await.map_err(Error::from)?,
             Source::Loaded(loaded) => *loaded,
         };
         let path = &loaded.meta.path.clone();
@@ -102,52 +149,33 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             source: Arc::new(e),
         })?;
         let source = loaded.meta;
-        let generations = inner.snapshots.generations()?;
+        let generations = snapshots.generations()?;
         let applied = self.applied();
         if source.domain != self.domain() {
             let fresh = applied.op == 0
-                && inner.journal.next_op() == 1
-                && inner.journal.watermark() == 0
+                && journal.next_op() == 1
+                && journal.watermark() == 0
                 && generations.is_empty();
             if !fresh {
-                return Err(Error::DomainMismatch {
+                return Err(ResetError::DomainMismatch {
                     path: path.to_path_buf(),
                     shard: self.domain(),
                     snapshot: source.domain,
                 });
             }
-            let identity = Identity {
-                journal_created: true,
-                ..Identity::new(source.domain)
-            };
-            write_identity(&inner.storage, &inner.config.dir, &identity).await?;
-            // The (empty) journal records its new owner too; a crash before
-            // this is harmless: an empty journal takes the identity's domain
-            // at the next open.
-            let placement = inner.journal.owner().unwrap_or_default();
-            inner
-                .journal
-                .set_owner(ringstore_journal::JournalOwner {
-                    domain: *source.domain.as_bytes(),
-                    ..placement
-                })
-                .await?;
-            inner.domain.set(source.domain);
-            if let Some(objects) = &inner.objects {
-                objects.set_domain(source.domain)?;
-            }
+            self.join_domain(source.domain).await?;
         }
         // 2. The new floor.
         let newest_local = generations.last().map_or(0, |(op, _)| *op);
         let op_seen = source
             .watermark
-            .max(inner.journal.next_op().saturating_sub(1))
+            .max(journal.next_op().saturating_sub(1))
             .max(applied.op)
             .max(newest_local)
             .max(seen_elsewhere.op);
         let epoch_seen = source
             .epoch
-            .max(inner.journal.epoch())
+            .max(journal.epoch())
             .max(applied.epoch)
             .max(seen_elsewhere.epoch);
         let floor = OpId {
@@ -156,8 +184,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         };
         // 3. The local snapshot at the new numbering.
         let frozen = machine.freeze();
-        let persisted = inner
-            .snapshots
+        let persisted = snapshots
             .persist(frozen, floor.op, floor.epoch, source.domain)
             .await;
         let snapshot = match persisted {
@@ -171,39 +198,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     stage: PersistStage::Rename | PersistStage::DirSync,
                     ..
                 },
-            ) => return Err(self.poison(e)),
-            Err(e) => return Err(e),
+            ) => return Err(self.poison(e).into()),
+            Err(e) => return Err(e.into()),
         };
-        // 4. The journal.
-        inner.journal.set_epoch(floor.epoch)?;
-        if let Err(e) = inner.journal.advance_watermark(floor.op).await {
-            return Err(self.poison(e.into()));
-        }
-        let next_op = inner.journal.next_op();
-        if next_op != floor.op + 1 {
-            return Err(self.poison(Error::ResetCheck {
-                op: next_op,
-                epoch: inner.journal.epoch(),
-                expected_op: floor.op + 1,
-                expected_epoch: floor.epoch,
-            }));
-        }
-        *inner.machine.borrow_mut() = machine;
-        {
-            let mut progress = inner.progress.borrow_mut();
-            progress.applied = floor;
-            progress.snapshot = Some(SnapshotPoint {
-                watermark: floor.op,
-                epoch: floor.epoch,
-                command_bytes_total: progress.command_bytes_total,
-            });
-            progress.previous_snapshot = None;
-            progress.reset_floor = Some(floor);
-        }
-        if let Some(objects) = &inner.objects {
-            objects.snapshot_written(floor.op);
-        }
-        self.notify_slots_freed();
+        // 4, 5. The journal, the state, the check of the next op.
+        self.restart_numbering(machine, floor, &snapshot).await?;
         tracing::info!(
             source = %source.path.display(),
             floor_op = floor.op,
@@ -233,25 +232,14 @@ struct ResettingGuard<'a, M: StateMachine, S: Storage> {
 }
 
 impl<'a, M: StateMachine, S: Storage> ResettingGuard<'a, M, S> {
-    fn enter(shard: &'a Shard<M, S>) -> Self {
-        shard.set_resetting(true);
-        ResettingGuard { shard }
+    fn enter(shard: &'a Shard<M, S>) -> Result<Self, Error> {
+        shard.begin_reset()?;
+        Ok(ResettingGuard { shard })
     }
 }
 
 impl<M: StateMachine, S: Storage> Drop for ResettingGuard<'_, M, S> {
     fn drop(&mut self) {
-        self.shard.set_resetting(false);
-    }
-}
-
-/// Lets checkpoints run again however the reset ends.
-struct ExclusiveGuard<'a, M: StateMachine, S: Storage> {
-    shard: &'a Shard<M, S>,
-}
-
-impl<M: StateMachine, S: Storage> Drop for ExclusiveGuard<'_, M, S> {
-    fn drop(&mut self) {
-        self.shard.allow_checkpoints();
+        self.shard.end_reset();
     }
 }

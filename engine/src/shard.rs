@@ -25,10 +25,22 @@
 //! thresholds or the ring runs low; when the ring is full, submits wait for
 //! it (bounded by `ring_full_wait_max`).
 //!
-//! With object storage ([`ShardBuilder::object_store`]) each snapshot is
-//! also uploaded by a task of its own; in the default
-//! [`UploadMode::BeforeCompaction`](crate::object_store::UploadMode) the
-//! watermark waits for the upload (see [`crate::object_store`]).
+//! # Extensions
+//!
+//! The shard is the core; object-store upload, cold restore and reset are
+//! extensions built on it. They use the shard's public methods, the
+//! `pub(crate)` methods under "For extensions" below, and the hook trait
+//! `ShardHooks`: the core tells an extension that a snapshot was
+//! persisted, that the shard joined another domain, that it is closing;
+//! an extension tells the core how far the watermark may advance
+//! (`ShardHooks::watermark_limit`). The core never names an extension:
+//! the builder's open attaches them. The object-store upload is one: in
+//! its default mode the watermark waits for the upload (see
+//! `object_store`).
+//!
+//! The shard's lifecycle (serving, checkpointing, resetting, closing,
+//! poisoned) is one `Lifecycle` value; its transitions are in
+//! `crate::lifecycle`.
 //!
 //! # State and `.await`
 //!
@@ -37,30 +49,33 @@
 
 use crate::config::{ShardBuilder, ShardConfig};
 use crate::error::{Error, Result};
-use crate::lock::DirLock;
+use crate::layout::identity::{write_identity, Identity};
+use crate::layout::lock::DirLock;
+use crate::lifecycle::Lifecycle;
 use crate::machine::{encode, OpId, StateMachine};
 use crate::metrics::{LatencySummary, ShardMetrics, METRICS_PUBLISH_INTERVAL};
-use crate::object_store::{run_uploads, ShardObjects};
-use crate::recovery::{recover, ShardRecoveryReport};
+use crate::recovery::{Recovered, ShardRecoveryReport, SnapshotPoint};
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
 use event_listener::Event;
 use futures_channel::oneshot;
 use ringstore_journal::storage::{DmaStorage, Storage};
 use ringstore_journal::{Journal, JournalStats};
 use std::{
+    any::Any,
     cell::{Cell, RefCell},
     collections::BTreeMap,
+    future::Future,
     path::{Path, PathBuf},
+    pin::Pin,
     rc::{Rc, Weak},
     sync::Arc,
     time::{Duration, Instant},
 };
 use uuid::Uuid;
 
-/// Name of the journal's directory inside the shard directory.
-pub const JOURNAL_DIR_NAME: &str = "journal";
-/// Name of the snapshots' directory inside the shard directory.
-pub const SNAPSHOT_DIR_NAME: &str = "snapshots";
+/// The names moved to [`crate::layout`]; kept here for code that names
+/// them by their old path.
+pub use crate::layout::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 
 /// After a full ring, how long a submit pauses before it retries when slots
 /// look free already.
@@ -104,7 +119,7 @@ pub struct ShardStats {
     pub ring_slots_used: u64,
     /// Ring slots in all.
     pub ring_slots: u64,
-    /// Snapshots uploaded to object storage (see [`crate::object_store`]).
+    /// Snapshots uploaded to object storage (by the object-store extension).
     pub snapshot_uploads: u64,
     /// Upload attempts that failed (each is retried after a backoff).
     pub snapshot_upload_failures: u64,
@@ -146,13 +161,59 @@ pub struct CheckpointOutcome {
     pub watermark_advanced: bool,
 }
 
-/// The newest snapshot the shard relies on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SnapshotPoint {
-    pub watermark: u64,
-    pub epoch: u64,
-    /// `command_bytes_total` when it was frozen.
-    pub command_bytes_total: u64,
+/// What an extension hears from the shard, and how it holds the
+/// watermark back. Hooks run on the shard's reactor and must not wait (an
+/// extension spawns a task for that, as the upload does).
+/// [`ShardHooks::watermark_limit`] and [`ShardHooks::describe`] are asked
+/// while the shard's state is borrowed and read only the extension's own;
+/// the other hooks are called with none of the shard's cells borrowed and
+/// may call its methods.
+pub(crate) trait ShardHooks<M: StateMachine, S: Storage> {
+    /// The shard is open: start background work here. A task must hold
+    /// only a [`WeakShard`], so that dropping the shard ends it.
+    fn opened(&self, shard: &Shard<M, S>);
+
+    /// A snapshot was persisted and is now the shard's newest: by a
+    /// checkpoint, or by a reset (at the op its numbering restarts above).
+    fn snapshot_persisted(&self, snapshot: &SnapshotMeta);
+
+    /// The highest op the journal's watermark may advance to for this
+    /// extension (`None`: no limit). It must be 0 or a snapshot's op: the
+    /// watermark never stops between two snapshots. The core takes the
+    /// smallest limit of all extensions; when an extension raises its
+    /// limit it asks the core to advance
+    /// ([`Shard::advance_watermark_and_prune`]).
+    fn watermark_limit(&self) -> Option<u64>;
+
+    /// The shard joined `domain` (a reset into an empty shard). A failure
+    /// fails the reset.
+    fn domain_changed(&self, domain: Uuid) -> Result<()>;
+
+    /// A line for [`Shard::describe`].
+    fn describe(&self) -> String;
+
+    /// A close began: stop background work (a request in flight may be
+    /// abandoned).
+    fn begin_close(&self);
+
+    /// After the compaction task stopped: wait for background work to end
+    /// and release what the extension holds. Its error is the close's
+    /// (after the journal's).
+    fn close(&self) -> Pin<Box<dyn Future<Output = Result<()>> + '_>>;
+
+    /// For [`Shard::hook`]: the extension's own state behind the trait.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A handle that does not keep the shard open: background tasks of
+/// extensions hold one and stop when [`WeakShard::upgrade`] fails.
+pub(crate) struct WeakShard<M: StateMachine, S: Storage>(Weak<Inner<M, S>>);
+
+impl<M: StateMachine, S: Storage> WeakShard<M, S> {
+    /// The shard, if it is still there.
+    pub(crate) fn upgrade(&self) -> Option<Shard<M, S>> {
+        self.0.upgrade().map(|inner| Shard { inner })
+    }
 }
 
 struct Parked<M: StateMachine> {
@@ -162,38 +223,36 @@ struct Parked<M: StateMachine> {
     reply: oneshot::Sender<Outcome<M>>,
 }
 
-pub(crate) struct Progress<M: StateMachine> {
+struct Progress<M: StateMachine> {
     /// The last op applied.
-    pub applied: OpId,
+    applied: OpId,
     /// Durable ops waiting for an earlier op to be applied.
     parked: BTreeMap<u64, Parked<M>>,
     /// Bytes of commands applied since open (replay included).
-    pub command_bytes_total: u64,
-    pub snapshot: Option<SnapshotPoint>,
+    command_bytes_total: u64,
+    snapshot: Option<SnapshotPoint>,
     /// Watermark of the snapshot before `snapshot`, if any.
-    pub previous_snapshot: Option<u64>,
-    checkpointing: bool,
-    poisoned: Option<Error>,
-    closing: bool,
+    previous_snapshot: Option<u64>,
+    /// Serving, checkpointing, resetting, closing or poisoned: every
+    /// transition is a method of [`Lifecycle`].
+    lifecycle: Lifecycle,
     /// Submits currently waiting for ring slots.
     ring_waiters: u64,
     /// Set by a reset: the next op must be `op + 1`, at `epoch` or later.
-    pub reset_floor: Option<OpId>,
-    /// A reset is running: submits are refused.
-    resetting: bool,
+    reset_floor: Option<OpId>,
     /// Submits between their start and their outcome.
     submits_in_flight: u64,
-    pub stats: ShardStats,
+    stats: ShardStats,
 }
 
-pub(crate) struct Inner<M: StateMachine, S: Storage> {
-    pub config: ShardConfig,
-    pub storage: S,
-    pub domain: Cell<Uuid>,
-    pub journal: Journal<S>,
-    pub snapshots: SnapshotStore<S>,
-    pub machine: RefCell<M>,
-    pub progress: RefCell<Progress<M>>,
+struct Inner<M: StateMachine, S: Storage> {
+    config: ShardConfig,
+    storage: S,
+    domain: Cell<Uuid>,
+    journal: Journal<S>,
+    snapshots: SnapshotStore<S>,
+    machine: RefCell<M>,
+    progress: RefCell<Progress<M>>,
     recovery: ShardRecoveryReport,
     /// Notified when a checkpoint may be due, and at close.
     checkpoint_wanted: Event,
@@ -202,10 +261,9 @@ pub(crate) struct Inner<M: StateMachine, S: Storage> {
     /// Notified when a checkpoint ends.
     checkpoint_ended: Event,
     compaction_task: RefCell<Option<glommio::Task<()>>>,
-    /// Object storage, if configured: the cache, the store, the upload
-    /// task's state.
-    pub objects: Option<ShardObjects>,
-    pub metrics: ShardMetrics,
+    /// The extensions the builder attached (see [`ShardHooks`]).
+    hooks: Vec<Rc<dyn ShardHooks<M, S>>>,
+    metrics: ShardMetrics,
     metrics_task: RefCell<Option<glommio::Task<()>>>,
     /// The snapshot scrubber, if it runs.
     scrub_task: RefCell<Option<glommio::Task<()>>>,
@@ -216,7 +274,7 @@ pub(crate) struct Inner<M: StateMachine, S: Storage> {
 /// One shard. Cheap to clone (clones are the same shard); `!Send`: it lives
 /// on the glommio reactor that opened it.
 pub struct Shard<M: StateMachine, S: Storage = DmaStorage> {
-    pub(crate) inner: Rc<Inner<M, S>>,
+    inner: Rc<Inner<M, S>>,
 }
 
 impl<M: StateMachine, S: Storage> Clone for Shard<M, S> {
@@ -235,29 +293,14 @@ impl<M: StateMachine> Shard<M, DmaStorage> {
 }
 
 impl<M: StateMachine, S: Storage> Shard<M, S> {
-    /// Opens the shard `config` describes inside the calling glommio
-    /// executor: recovers it and starts its compaction task (the same as
-    /// [`ShardBuilder::open`]). No threads are started; with an object store
-    /// the requests go to its one I/O thread.
-    pub async fn open(config: ShardBuilder<M, S>) -> Result<Shard<M, S>> {
-        Shard::open_with(config).await
-    }
-
-    pub(crate) async fn open_with(builder: ShardBuilder<M, S>) -> Result<Shard<M, S>> {
-        builder.validate_early()?;
-        let mut recovered = recover(builder).await?;
-        let objects = match recovered.object_store.take() {
-            Some(settings) => {
-                match ShardObjects::open(settings, &recovered.config.dir, recovered.domain).await {
-                    Ok(objects) => Some(objects),
-                    Err(e) => {
-                        let _ = recovered.journal.close().await;
-                        return Err(e);
-                    }
-                }
-            }
-            None => None,
-        };
+    /// Starts the shard recovery rebuilt, with the extensions the builder
+    /// attached: the metrics publisher, the snapshot scrubber and the
+    /// compaction task, then each extension's [`ShardHooks::opened`]. The
+    /// builder's open (`open.rs`) calls it.
+    pub(crate) fn start(
+        recovered: Recovered<M, S>,
+        hooks: Vec<Rc<dyn ShardHooks<M, S>>>,
+    ) -> Shard<M, S> {
         let automatic = recovered.config.automatic_checkpoints;
         let metrics = ShardMetrics::new(&recovered.metrics_label).with_recovery(
             &recovered.metrics_label,
@@ -277,12 +320,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 command_bytes_total: recovered.report.replayed_bytes,
                 snapshot: recovered.snapshot,
                 previous_snapshot: recovered.previous_snapshot,
-                checkpointing: false,
-                poisoned: None,
-                closing: false,
+                lifecycle: Lifecycle::Serving,
                 ring_waiters: 0,
                 reset_floor: None,
-                resetting: false,
                 submits_in_flight: 0,
                 stats: ShardStats::default(),
             }),
@@ -291,7 +331,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             slots_freed: Event::new(),
             checkpoint_ended: Event::new(),
             compaction_task: RefCell::new(None),
-            objects,
+            hooks,
             metrics,
             metrics_task: RefCell::new(None),
             scrub_task: RefCell::new(None),
@@ -307,10 +347,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             let task = glommio::spawn_local(run_compaction(Rc::downgrade(&inner)));
             *inner.compaction_task.borrow_mut() = Some(task);
         }
-        if let Some(objects) = &inner.objects {
-            objects.set_task(glommio::spawn_local(run_uploads(Rc::downgrade(&inner))));
+        let shard = Shard { inner };
+        for hook in &shard.inner.hooks {
+            hook.opened(&shard);
         }
-        Ok(Shard { inner })
+        shard
     }
 
     /// Submits a command. Resolves once it is durable and applied, with the
@@ -520,13 +561,12 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         loop {
             let listener = {
                 let mut progress = self.inner.progress.borrow_mut();
-                if let Some(cause) = &progress.poisoned {
+                if let Some(cause) = progress.lifecycle.poisoned() {
                     return Err(Error::Poisoned {
                         cause: Box::new(cause.clone()),
                     });
                 }
-                if !progress.checkpointing {
-                    progress.checkpointing = true;
+                if progress.lifecycle.hold_snapshots() {
                     break;
                 }
                 self.inner.checkpoint_ended.listen()
@@ -539,7 +579,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         std::mem::forget(running);
         let due = {
             let mut progress = self.inner.progress.borrow_mut();
-            progress.checkpointing = false;
+            progress.lifecycle.release_snapshots();
             match &result {
                 Ok(outcome) => {
                     if let Some(meta) = &outcome.snapshot {
@@ -607,8 +647,8 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     command_bytes_total: bytes_total,
                 });
             }
-            if let Some(objects) = &inner.objects {
-                objects.snapshot_written(at.op);
+            for hook in &inner.hooks {
+                hook.snapshot_persisted(&meta);
             }
             written = Some(meta);
         }
@@ -622,8 +662,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
 
     /// Moves the watermark as far as [`Inner::watermark_target`] allows,
     /// then prunes old local snapshots. Returns the watermark before and
-    /// the target. Only with checkpoints excluded (a checkpoint running, or
-    /// [`Shard::exclude_checkpoints`]).
+    /// the target. Only with the snapshot directory held (a checkpoint
+    /// running, or [`Shard::hold_snapshots`]). An extension that raised its
+    /// [`ShardHooks::watermark_limit`] calls it to report that the
+    /// watermark may now advance.
     pub(crate) async fn advance_watermark_and_prune(&self) -> Result<(u64, u64)> {
         let inner = &*self.inner;
         let before = inner.journal.watermark();
@@ -712,19 +754,23 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let journal = &self.inner.journal;
         format!(
             "applied {:?}, journal next op {}, watermark {}, free slots {}, snapshot {:?}, \
-             previous snapshot {:?}, uploaded snapshot {:?}, ring waiters {}, parked ops {:?}, \
-             checkpointing {}, poisoned {}",
+             previous snapshot {:?}, {}ring waiters {}, parked ops {:?}, checkpointing {}, \
+             poisoned {}",
             progress.applied,
             journal.next_op(),
             journal.watermark(),
             journal.remaining_capacity(),
             progress.snapshot.map(|s| s.watermark),
             progress.previous_snapshot,
-            self.inner.objects.as_ref().map(ShardObjects::uploaded),
+            self.inner
+                .hooks
+                .iter()
+                .map(|hook| format!("{}, ", hook.describe()))
+                .collect::<String>(),
             progress.ring_waiters,
             progress.parked.keys().collect::<Vec<_>>(),
-            progress.checkpointing,
-            progress.poisoned.is_some(),
+            progress.lifecycle.snapshots_held(),
+            progress.lifecycle.poisoned().is_some(),
         )
     }
 
@@ -743,22 +789,23 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// were acknowledged are durable; later calls fail with
     /// [`Error::Closed`].
     pub async fn close(&self) -> Result<()> {
-        self.inner.progress.borrow_mut().closing = true;
+        self.inner.progress.borrow_mut().lifecycle.begin_close();
         self.inner.checkpoint_wanted.notify(usize::MAX);
         self.inner.slots_freed.notify(usize::MAX);
-        if let Some(objects) = &self.inner.objects {
-            // An upload in flight is abandoned (the next open uploads the
-            // newest snapshot again).
-            objects.begin_close();
+        for hook in &self.inner.hooks {
+            // Background work stops (an upload in flight is abandoned: the
+            // next open uploads the newest snapshot again).
+            hook.begin_close();
         }
         let task = self.inner.compaction_task.borrow_mut().take();
         if let Some(task) = task {
             task.await;
         }
-        let objects_closed = match &self.inner.objects {
-            Some(objects) => objects.close().await,
-            None => Ok(()),
-        };
+        let mut hooks_closed = Ok(());
+        for hook in &self.inner.hooks {
+            let closed = hook.close().await;
+            hooks_closed = hooks_closed.and(closed);
+        }
         // Dropping the publisher's and the scrubber's handles cancels them.
         drop(self.inner.metrics_task.borrow_mut().take());
         drop(self.inner.scrub_task.borrow_mut().take());
@@ -768,7 +815,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             .close()
             .await
             .map_err(Error::from)
-            .and(objects_closed);
+            .and(hooks_closed);
         self.inner.publish_metrics();
         // Another process may open the directory from here on.
         drop(self.inner.lock.borrow_mut().take());
@@ -776,19 +823,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     }
 
     pub(crate) fn usable(&self) -> Result<()> {
-        let progress = self.inner.progress.borrow();
-        if let Some(cause) = &progress.poisoned {
-            return Err(Error::Poisoned {
-                cause: Box::new(cause.clone()),
-            });
+        match self.inner.progress.borrow().lifecycle.refusal() {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
         }
-        if progress.closing {
-            return Err(Error::Closed);
-        }
-        if progress.resetting {
-            return Err(Error::Resetting);
-        }
-        Ok(())
     }
 
     /// Records the first failure that makes the shard's state
@@ -796,9 +834,8 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     pub(crate) fn poison(&self, error: Error) -> Error {
         let parked = {
             let mut progress = self.inner.progress.borrow_mut();
-            if progress.poisoned.is_none() {
+            if progress.lifecycle.poison(&error) {
                 tracing::error!(%error, dir = %self.inner.config.dir.display(), "shard poisoned");
-                progress.poisoned = Some(error.clone());
             }
             std::mem::take(&mut progress.parked)
         };
@@ -818,7 +855,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     }
 
     fn poisoned_error(&self) -> Error {
-        match &self.inner.progress.borrow().poisoned {
+        match self.inner.progress.borrow().lifecycle.poisoned() {
             Some(cause) => Error::Poisoned {
                 cause: Box::new(cause.clone()),
             },
@@ -827,27 +864,41 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     }
 
     pub(crate) fn is_poisoned_or_closing(&self) -> bool {
-        let progress = self.inner.progress.borrow();
-        progress.poisoned.is_some() || progress.closing
+        self.inner
+            .progress
+            .borrow()
+            .lifecycle
+            .is_poisoned_or_closing()
     }
 
-    pub(crate) fn set_resetting(&self, resetting: bool) {
-        self.inner.progress.borrow_mut().resetting = resetting;
+    /// Refuses submits (and other resets) from now on, or fails with the
+    /// refusal the shard gives now. [`Shard::end_reset`] undoes it.
+    pub(crate) fn begin_reset(&self) -> Result<()> {
+        self.inner.progress.borrow_mut().lifecycle.begin_reset()
     }
+
+    pub(crate) fn end_reset(&self) {
+        self.inner.progress.borrow_mut().lifecycle.end_reset();
+    }
+
+    // For extensions: the `pub(crate)` surface reset, object storage and
+    // cold restore use besides the public methods and [`ShardHooks`]. No
+    // extension touches `Inner` or `Progress`.
 
     pub(crate) fn submits_in_flight(&self) -> u64 {
         self.inner.progress.borrow().submits_in_flight
     }
 
-    /// Waits until no checkpoint runs and marks one running, so a reset
-    /// has the shard's snapshots to itself.
-    pub(crate) async fn exclude_checkpoints(&self) {
+    /// Waits until the snapshot directory is free and holds it (as a
+    /// checkpoint does) until the returned guard is dropped: a reset has
+    /// the shard's snapshots to itself, an extension advancing the
+    /// watermark does not race a checkpoint.
+    pub(crate) async fn hold_snapshots(&self) -> SnapshotsHeld<'_, M, S> {
         loop {
             let listener = {
                 let mut progress = self.inner.progress.borrow_mut();
-                if !progress.checkpointing {
-                    progress.checkpointing = true;
-                    return;
+                if progress.lifecycle.hold_snapshots() {
+                    return SnapshotsHeld { shard: self };
                 }
                 self.inner.checkpoint_ended.listen()
             };
@@ -855,13 +906,124 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         }
     }
 
-    pub(crate) fn allow_checkpoints(&self) {
-        self.inner.progress.borrow_mut().checkpointing = false;
+    fn release_snapshots(&self) {
+        self.inner
+            .progress
+            .borrow_mut()
+            .lifecycle
+            .release_snapshots();
         self.inner.checkpoint_ended.notify(usize::MAX);
     }
 
-    pub(crate) fn notify_slots_freed(&self) {
-        self.inner.slots_freed.notify(usize::MAX);
+    /// A handle for an extension's background task.
+    pub(crate) fn downgrade(&self) -> WeakShard<M, S> {
+        WeakShard(Rc::downgrade(&self.inner))
+    }
+
+    /// The extension of type `T` the builder attached, if any.
+    pub(crate) fn hook<T: 'static>(&self) -> Option<&T> {
+        self.inner
+            .hooks
+            .iter()
+            .find_map(|hook| hook.as_any().downcast_ref::<T>())
+    }
+
+    /// Updates the counters [`Shard::stats`] reports (an extension's own
+    /// among them).
+    pub(crate) fn update_stats(&self, update: impl FnOnce(&mut ShardStats)) {
+        update(&mut self.inner.progress.borrow_mut().stats);
+    }
+
+    /// The shard's metrics.
+    pub(crate) fn metrics(&self) -> &ShardMetrics {
+        &self.inner.metrics
+    }
+
+    /// Moves the shard into `domain`: the identity file, then the
+    /// (empty) journal's owner, then the extensions
+    /// ([`ShardHooks::domain_changed`]). Only for a shard that holds no
+    /// data (a reset checks that first). A crash after the identity is
+    /// harmless: an empty journal takes the identity's domain at the next
+    /// open.
+    pub(crate) async fn join_domain(&self, domain: Uuid) -> Result<()> {
+        let inner = &*self.inner;
+        let identity = Identity {
+            journal_created: true,
+            ..Identity::new(domain)
+        };
+        write_identity(&inner.storage, &inner.config.dir, &identity).await?;
+        let placement = inner.journal.owner().unwrap_or_default();
+        inner
+            .journal
+            .set_owner(ringstore_journal::JournalOwner {
+                domain: *domain.as_bytes(),
+                ..placement
+            })
+            .await?;
+        inner.domain.set(domain);
+        for hook in &inner.hooks {
+            hook.domain_changed(domain)?;
+        }
+        Ok(())
+    }
+
+    /// Restarts the shard's numbering above `floor` with `machine` as its
+    /// state, `snapshot` (persisted at `floor.op`, `floor.epoch`) as its
+    /// newest snapshot: raises the journal's epoch to `floor.epoch` and its
+    /// watermark to `floor.op`, checks the next op is `floor.op + 1`, and
+    /// from then on checks the first op applied is above the floor
+    /// ([`Error::ResetCheck`]). Only with the snapshots held and no submit
+    /// in flight (a reset). A journal failure poisons the shard: the
+    /// snapshot is in place and recovery finishes the job.
+    pub(crate) async fn restart_numbering(
+        &self,
+        machine: M,
+        floor: OpId,
+        snapshot: &SnapshotMeta,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        inner.journal.set_epoch(floor.epoch)?;
+        if let Err(e) = inner.journal.advance_watermark(floor.op).await {
+            return Err(self.poison(e.into()));
+        }
+        let next_op = inner.journal.next_op();
+        if next_op != floor.op + 1 {
+            return Err(self.poison(Error::ResetCheck {
+                op: next_op,
+                epoch: inner.journal.epoch(),
+                expected_op: floor.op + 1,
+                expected_epoch: floor.epoch,
+            }));
+        }
+        *inner.machine.borrow_mut() = machine;
+        {
+            let mut progress = inner.progress.borrow_mut();
+            progress.applied = floor;
+            progress.snapshot = Some(SnapshotPoint {
+                watermark: floor.op,
+                epoch: floor.epoch,
+                command_bytes_total: progress.command_bytes_total,
+            });
+            progress.previous_snapshot = None;
+            progress.reset_floor = Some(floor);
+        }
+        for hook in &inner.hooks {
+            hook.snapshot_persisted(snapshot);
+        }
+        inner.slots_freed.notify(usize::MAX);
+        Ok(())
+    }
+}
+
+/// The snapshot directory, held ([`Shard::hold_snapshots`]); handed back
+/// on drop, however the holder ends.
+pub(crate) struct SnapshotsHeld<'a, M: StateMachine, S: Storage> {
+    shard: &'a Shard<M, S>,
+}
+
+impl<M: StateMachine, S: Storage> Drop for SnapshotsHeld<'_, M, S> {
+    fn drop(&mut self) {
+        self.shard.release_snapshots();
     }
 }
 
@@ -874,7 +1036,7 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
 
     /// Whether the compaction task should checkpoint now.
     fn checkpoint_due(&self, progress: &Progress<M>) -> bool {
-        if progress.checkpointing || progress.poisoned.is_some() {
+        if progress.lifecycle.snapshots_held() || progress.lifecycle.poisoned().is_some() {
             return false;
         }
         let last = progress.snapshot;
@@ -884,12 +1046,14 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
         let newest = last.map_or(0, |s| s.watermark);
         let ring_pressure = progress.ring_waiters > 0
             || self.journal.remaining_capacity() < self.config.ring_free_slots_min;
-        let frees_slots = match self.upload_gate() {
-            // A new snapshot frees nothing until it is uploaded: under
-            // pressure take one only once the previous one is up (else every
-            // op applied while the store is down would write a snapshot).
-            Some(uploaded) => {
-                (ops_since > 0 && uploaded >= newest) || uploaded.min(newest) > journal_watermark
+        let frees_slots = match self.hooks_watermark_limit() {
+            // Under an extension's limit a new snapshot frees nothing until
+            // the limit passes it (object storage: until it is uploaded):
+            // under pressure take one only once the limit reached the
+            // previous one (else every op applied while the store is down
+            // would write a snapshot).
+            Some(limit) => {
+                (ops_since > 0 && limit >= newest) || limit.min(newest) > journal_watermark
             }
             None => ops_since > 0 || newest > journal_watermark,
         };
@@ -898,10 +1062,14 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
             || (ring_pressure && frees_slots)
     }
 
-    /// With [`UploadMode::BeforeCompaction`](crate::object_store::UploadMode):
-    /// the newest uploaded snapshot, which the watermark may not pass.
-    fn upload_gate(&self) -> Option<u64> {
-        self.objects.as_ref().and_then(ShardObjects::gate)
+    /// The smallest [`ShardHooks::watermark_limit`] of the extensions
+    /// (with object storage in `BeforeCompaction` mode: the newest
+    /// uploaded snapshot), which the watermark may not pass.
+    fn hooks_watermark_limit(&self) -> Option<u64> {
+        self.hooks
+            .iter()
+            .filter_map(|hook| hook.watermark_limit())
+            .min()
     }
 
     /// Where the watermark may go after the newest snapshot: the previous
@@ -909,7 +1077,7 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
     /// journal) unless that leaves the ring short, then the newest; and,
     /// while uploads gate compaction, no further than the newest uploaded
     /// snapshot. Never below where it is.
-    pub(crate) fn watermark_target(&self) -> u64 {
+    fn watermark_target(&self) -> u64 {
         let progress = self.progress.borrow();
         let current = self.journal.watermark();
         let Some(newest) = progress.snapshot.map(|s| s.watermark) else {
@@ -929,9 +1097,9 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
             }
         };
         // Every candidate above is a snapshot's op (or the current
-        // watermark), and so is the uploaded one: the minimum is too.
-        let target = match self.upload_gate() {
-            Some(uploaded) => target.min(uploaded),
+        // watermark), and so is every extension's limit: the minimum is too.
+        let target = match self.hooks_watermark_limit() {
+            Some(limit) => target.min(limit),
             None => target,
         };
         target.max(current)
@@ -948,7 +1116,7 @@ async fn run_compaction<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
                 return;
             };
             let progress = inner.progress.borrow();
-            if progress.closing || progress.poisoned.is_some() {
+            if progress.lifecycle.is_poisoned_or_closing() {
                 return;
             }
             if inner.checkpoint_due(&progress) {
@@ -1054,8 +1222,7 @@ struct CheckpointGuard<'a, M: StateMachine, S: Storage> {
 
 impl<M: StateMachine, S: Storage> Drop for CheckpointGuard<'_, M, S> {
     fn drop(&mut self) {
-        self.shard.inner.progress.borrow_mut().checkpointing = false;
-        self.shard.inner.checkpoint_ended.notify(usize::MAX);
+        self.shard.release_snapshots();
     }
 }
 
@@ -1073,11 +1240,11 @@ async fn scrub_snapshots<M: StateMachine, S: Storage>(
     let open = || {
         inner
             .upgrade()
-            .is_some_and(|inner| !inner.progress.borrow().closing)
+            .is_some_and(|inner| !inner.progress.borrow().lifecycle.is_closing())
     };
     loop {
         let (storage, domain, generations) = match inner.upgrade() {
-            Some(inner) if !inner.progress.borrow().closing => (
+            Some(inner) if !inner.progress.borrow().lifecycle.is_closing() => (
                 inner.storage.clone(),
                 inner.domain.get(),
                 inner.snapshots.generations(),

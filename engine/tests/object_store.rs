@@ -24,7 +24,7 @@ mod object_store_support;
 use common::*;
 use object_store_support::{flip_byte, Fixture, S3Server};
 use ringstore::broker::{Command, Metadata, StreamCommand};
-use ringstore::cold_restore::{self, SkipReason, RESTORE_MARKER_NAME};
+use ringstore::cold_restore::{self, ColdRestoreError, SkipReason, RESTORE_MARKER_NAME};
 use ringstore::object_store::{snapshot_key, ObjectStoreSettings, Remote, UploadMode};
 use ringstore::runtime::Engine;
 use ringstore::snapshot::snapshot_file_name;
@@ -323,7 +323,10 @@ fn restore_refusals_are_typed_and_leave_nothing_behind(fixture: &Fixture, dir: &
                 .await
                 .map(drop)
                 .unwrap_err();
-            assert!(matches!(err, Error::NoRemoteSnapshot { .. }), "{err}");
+            assert!(
+                matches!(err, ColdRestoreError::NoRemoteSnapshot { .. }),
+                "{err}"
+            );
             assert!(!fresh.exists());
             // A directory holding a shard: refused, and the shard intact.
             let err = cold_restore::restore(builder(&held, settings(&remote)), domain)
@@ -331,7 +334,7 @@ fn restore_refusals_are_typed_and_leave_nothing_behind(fixture: &Fixture, dir: &
                 .map(drop)
                 .unwrap_err();
             assert!(
-                matches!(err, Error::RestoreTargetHoldsShard { .. }),
+                matches!(err, ColdRestoreError::RestoreTargetHoldsShard { .. }),
                 "{err}"
             );
             let shard = builder(&held, settings(&remote)).open().await.unwrap();
@@ -374,7 +377,7 @@ fn restore_refusals_are_typed_and_leave_nothing_behind(fixture: &Fixture, dir: &
             .map(drop)
             .unwrap_err();
         match &err {
-            Error::RemoteSnapshotsDamaged { skipped, .. } => {
+            ColdRestoreError::RemoteSnapshotsDamaged { skipped, .. } => {
                 assert_eq!(skipped.len(), snapshots.len(), "{err}");
             }
             other => panic!("expected RemoteSnapshotsDamaged, got {other}"),

@@ -12,7 +12,7 @@ use common::*;
 use ringstore::machine::{FrozenSection, RestoreError, SectionSet};
 use ringstore::mux::{freeze_member, restore_member, Member};
 use ringstore::snapshot::{SnapshotFault, SnapshotStore};
-use ringstore::{CheckpointPolicy, Error, OpId, PersistStage, Shard, StateMachine};
+use ringstore::{CheckpointPolicy, Error, OpId, PersistStage, ResetError, Shard, StateMachine};
 use ringstore_journal::storage::MemStorage;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -507,7 +507,7 @@ fn reset_keeps_op_numbers_and_epochs_increasing() {
         let other = disk_builder(&other_dir).open().await.unwrap();
         put_many(&other, &mut BTreeMap::new(), 0, 3).await;
         match other.reset_to(&exported).await {
-            Err(Error::DomainMismatch { .. }) => {}
+            Err(ResetError::DomainMismatch { .. }) => {}
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("reset across domains"),
         }

@@ -4,8 +4,6 @@
 //! applied (an object's id is the op that created it), so a command means the
 //! same thing whenever it is replayed.
 
-use super::error::{Kind, Rejection};
-use super::validate;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -301,104 +299,5 @@ pub struct Permission {
 impl fmt::Display for Permission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?} on {}", self.action, self.resource)
-    }
-}
-
-impl Command {
-    /// Checks every name the command carries, outermost first. The mux runs
-    /// this before its cross-member checks, so a malformed name is reported
-    /// as such rather than as a missing parent.
-    pub fn check_names(&self) -> Result<(), Rejection> {
-        match self {
-            Command::Stream(c) => c.check_names(),
-            Command::Topic(c) => c.check_names(),
-            Command::Group(c) => c.check_names(),
-            Command::User(c) => c.check_names(),
-        }
-    }
-}
-
-impl StreamCommand {
-    /// Checks the stream's name.
-    pub fn check_names(&self) -> Result<(), Rejection> {
-        match self {
-            StreamCommand::Create { name } | StreamCommand::Delete { name } => {
-                validate::name(Kind::Stream, name)
-            }
-        }
-    }
-}
-
-impl TopicCommand {
-    /// Checks the stream's and the topic's names (config keys are checked
-    /// with the rest of the configuration).
-    pub fn check_names(&self) -> Result<(), Rejection> {
-        let (TopicCommand::Create { stream, name, .. }
-        | TopicCommand::Delete { stream, name }
-        | TopicCommand::UpdateConfig { stream, name, .. }
-        | TopicCommand::AddPartitions { stream, name, .. }) = self;
-        validate::name(Kind::Stream, stream)?;
-        validate::name(Kind::Topic, name)
-    }
-}
-
-impl GroupCommand {
-    /// Checks the stream's, topic's, group's and member's names.
-    pub fn check_names(&self) -> Result<(), Rejection> {
-        let (stream, topic, group) = self.group();
-        validate::name(Kind::Stream, stream)?;
-        validate::name(Kind::Topic, topic)?;
-        validate::name(Kind::Group, group)?;
-        match self {
-            GroupCommand::Join { member, .. } | GroupCommand::Leave { member, .. } => {
-                validate::name(Kind::Member, member)
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// The `(stream, topic, group)` the command is about.
-    pub fn group(&self) -> (&str, &str, &str) {
-        match self {
-            GroupCommand::Create {
-                stream,
-                topic,
-                name,
-            }
-            | GroupCommand::Delete {
-                stream,
-                topic,
-                name,
-            }
-            | GroupCommand::Join {
-                stream,
-                topic,
-                group: name,
-                ..
-            }
-            | GroupCommand::Leave {
-                stream,
-                topic,
-                group: name,
-                ..
-            }
-            | GroupCommand::CommitOffset {
-                stream,
-                topic,
-                group: name,
-                ..
-            } => (stream, topic, name),
-        }
-    }
-}
-
-impl UserCommand {
-    /// Checks the user's name.
-    pub fn check_names(&self) -> Result<(), Rejection> {
-        let (UserCommand::Create { name, .. }
-        | UserCommand::Delete { name }
-        | UserCommand::SetPermissions { name, .. }
-        | UserCommand::SetPasswordHash { name, .. }) = self;
-        validate::name(Kind::User, name)
     }
 }

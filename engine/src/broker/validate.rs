@@ -1,7 +1,9 @@
 //! Validation shared by commands and restore: a snapshot must hold only
 //! what commands could have produced, so both run the same checks.
 
-use super::command::{Action, Permission, Resource};
+use super::command::{
+    Action, Command, GroupCommand, Permission, Resource, StreamCommand, TopicCommand, UserCommand,
+};
 use super::error::{
     ConfigValueError, Kind, Limit, NameError, PasswordHashError, PermissionError, Rejection,
 };
@@ -165,4 +167,106 @@ pub(crate) fn permissions(permissions: &[Permission]) -> Result<(), Rejection> {
         }
     }
     Ok(())
+}
+
+// The commands' name checks live here, beside the rules they apply, so that
+// the command types do not depend on validation (which depends on them).
+
+impl Command {
+    /// Checks every name the command carries, outermost first. The mux runs
+    /// this before its cross-member checks, so a malformed name is reported
+    /// as such rather than as a missing parent.
+    pub fn check_names(&self) -> Result<(), Rejection> {
+        match self {
+            Command::Stream(c) => c.check_names(),
+            Command::Topic(c) => c.check_names(),
+            Command::Group(c) => c.check_names(),
+            Command::User(c) => c.check_names(),
+        }
+    }
+}
+
+impl StreamCommand {
+    /// Checks the stream's name.
+    pub fn check_names(&self) -> Result<(), Rejection> {
+        match self {
+            StreamCommand::Create { name } | StreamCommand::Delete { name } => {
+                self::name(Kind::Stream, name)
+            }
+        }
+    }
+}
+
+impl TopicCommand {
+    /// Checks the stream's and the topic's names (config keys are checked
+    /// with the rest of the configuration).
+    pub fn check_names(&self) -> Result<(), Rejection> {
+        let (TopicCommand::Create { stream, name, .. }
+        | TopicCommand::Delete { stream, name }
+        | TopicCommand::UpdateConfig { stream, name, .. }
+        | TopicCommand::AddPartitions { stream, name, .. }) = self;
+        self::name(Kind::Stream, stream)?;
+        self::name(Kind::Topic, name)
+    }
+}
+
+impl GroupCommand {
+    /// Checks the stream's, topic's, group's and member's names.
+    pub fn check_names(&self) -> Result<(), Rejection> {
+        let (stream, topic, group) = self.group();
+        self::name(Kind::Stream, stream)?;
+        self::name(Kind::Topic, topic)?;
+        self::name(Kind::Group, group)?;
+        match self {
+            GroupCommand::Join { member, .. } | GroupCommand::Leave { member, .. } => {
+                self::name(Kind::Member, member)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The `(stream, topic, group)` the command is about.
+    pub fn group(&self) -> (&str, &str, &str) {
+        match self {
+            GroupCommand::Create {
+                stream,
+                topic,
+                name,
+            }
+            | GroupCommand::Delete {
+                stream,
+                topic,
+                name,
+            }
+            | GroupCommand::Join {
+                stream,
+                topic,
+                group: name,
+                ..
+            }
+            | GroupCommand::Leave {
+                stream,
+                topic,
+                group: name,
+                ..
+            }
+            | GroupCommand::CommitOffset {
+                stream,
+                topic,
+                group: name,
+                ..
+            } => (stream, topic, name),
+        }
+    }
+}
+
+impl UserCommand {
+    /// Checks the user's name.
+    pub fn check_names(&self) -> Result<(), Rejection> {
+        let (UserCommand::Create { name, .. }
+        | UserCommand::Delete { name }
+        | UserCommand::SetPermissions { name, .. }
+        | UserCommand::SetPasswordHash { name, .. }) = self;
+        self::name(Kind::User, name)
+    }
 }

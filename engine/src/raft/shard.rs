@@ -7,13 +7,13 @@
 use super::error::RaftStoreError;
 use super::reactor::{LocalBoxFuture, ReactorState, ReactorThread};
 use super::types::Response;
-use crate::identity::{
+use crate::layout::identity::{
     data_files, identity_verdict, journal_listing, read_identity_bytes, record_journal_created,
     write_identity, Identity, IdentityVerdict, IDENTITY_FILE_NAME,
 };
-use crate::lock::DirLock;
+use crate::layout::lock::DirLock;
+use crate::layout::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::machine::{decode_records, restore_state, FrozenSection, RecordsEncoder, SectionSet};
-use crate::shard::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::snapshot::verify::snapshot_covers_journal;
 use crate::snapshot::{LoadedSnapshot, SnapshotStore};
 use crate::StateMachine;
@@ -185,7 +185,7 @@ where
     ringstore_journal::storage::prepare_dir(&storage, &dir)
         .await
         .map_err(|e| crate::Error::io("prepare raft shard directory", &dir, e))?;
-    let lock = crate::lock::acquire_on_reactor(&dir).await?;
+    let lock = crate::layout::lock::acquire_on_reactor(&dir).await?;
     let journal_dir = dir.join(JOURNAL_DIR_NAME);
     let snapshots = SnapshotStore::open(storage.clone(), dir.join(SNAPSHOT_DIR_NAME)).await?;
 
@@ -396,7 +396,7 @@ where
                 .last_applied
                 .as_ref()
                 .map_or(0, |id| op_of(id.index)),
-            crate::snapshot::format::unix_ms_now()
+            crate::format::unix_ms_now()
         );
         let record = RaftRecord::<C> {
             last_applied: applied.last_applied.clone(),

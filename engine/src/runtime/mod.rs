@@ -46,7 +46,7 @@ pub use client::{shard_for_key, Client, EngineMachine};
 use crate::cold_restore::ColdRestoreReport;
 use crate::config::ShardBuilder;
 use crate::error::{Error, Result};
-use crate::lock::DirLock;
+use crate::layout::lock::DirLock;
 use crate::object_store::ObjectStoreSettings;
 use crate::shard::{CheckpointOutcome, Shard, ShardStats};
 use client::Request;
@@ -199,7 +199,7 @@ impl<M: EngineMachine> EngineBuilder<M> {
         startup::check_memlock(startup::memlock_limit()?, 1, self.io_memory_bytes)?;
         ringstore_journal::storage::create_dir_all_durably_blocking(&self.data_dir)
             .map_err(|e| Error::io("create data directory", &self.data_dir, e))?;
-        let _lock = crate::lock::acquire_blocking(&self.data_dir)?;
+        let _lock = crate::layout::lock::acquire_blocking(&self.data_dir)?;
         startup::check_manifest(&self.data_dir, self.shards)?;
         let dir = startup::shard_dir(&self.data_dir, shard);
         let configure = self.configure.clone();
@@ -261,7 +261,7 @@ impl<M: EngineMachine> EngineBuilder<M> {
         startup::check_memlock(startup::memlock_limit()?, self.shards, self.io_memory_bytes)?;
         ringstore_journal::storage::create_dir_all_durably_blocking(&self.data_dir)
             .map_err(|e| Error::io("create data directory", &self.data_dir, e))?;
-        let lock = crate::lock::acquire_blocking(&self.data_dir)?;
+        let lock = crate::layout::lock::acquire_blocking(&self.data_dir)?;
         startup::check_manifest(&self.data_dir, self.shards)?;
 
         let mut queues = Vec::with_capacity(self.shards);

@@ -7,7 +7,7 @@
 //! copy, and next to a running shard. It decides nothing itself: every
 //! verdict is that of the sans-IO verifiers recovery uses too —
 //! [`SnapshotVerifier`] for each snapshot file,
-//! [`crate::identity::identity_verdict`] for the identity, and
+//! [`crate::layout::identity::identity_verdict`] for the identity, and
 //! [`snapshot_covers_journal`] for the generations against the journal's
 //! watermark — so `snapshot verify` refuses a shard exactly when opening it
 //! would, with the same message. Unlike the loader, which stops at the
@@ -23,11 +23,11 @@
 
 use super::store::parse_snapshot_file_name;
 use crate::error::{Error, SkippedSnapshot};
-use crate::identity::{
+use crate::layout::identity::{
     data_files, identity_verdict, journal_listing, IdentityDamage, IdentityVerdict,
     IDENTITY_FILE_NAME,
 };
-use crate::shard::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
+use crate::layout::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use serde::Serialize;
 use std::ffi::OsString;
 use std::fs::File;
@@ -36,11 +36,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
-use super::format::{BLOCK_BYTES, HEADER_BLOCK_BYTES};
 pub use super::verify::{
     snapshot_covers_journal, Check, HeaderInfo, SectionInfo, SnapshotDamage, SnapshotFault,
     SnapshotReport, SnapshotVerifier,
 };
+use crate::format::{BLOCK_BYTES, HEADER_BLOCK_BYTES};
 
 /// Bytes read per call while checking a body.
 pub const VERIFY_READ_BYTES: usize = 4 << 20;
@@ -438,7 +438,7 @@ pub fn inspect_shard(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::format::*;
+    use crate::format::*;
     use crate::snapshot::snapshot_file_name;
     use crate::snapshot::verify::tests::snapshot_bytes;
     use zerocopy::IntoBytes;

@@ -8,7 +8,9 @@
 //! with plain reads for `ringstore snapshot inspect|verify` and the check
 //! before an upload.
 
-pub mod format;
+/// The format moved up to [`crate::format`](mod@crate::format) (it is the identity file's
+/// too); here under its old path.
+pub use crate::format;
 pub mod inspect;
 mod scrub;
 pub mod store;

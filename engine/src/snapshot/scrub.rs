@@ -3,8 +3,8 @@
 //! that runs it over a shard's snapshot generations, pass after pass, is in
 //! `shard.rs` ([`crate::ShardBuilder::scrub_rate`]).
 
-use super::format::{BLOCK_BYTES, HEADER_BLOCK_BYTES};
 use super::verify::{Check, SnapshotDamage, SnapshotVerifier};
+use crate::format::{BLOCK_BYTES, HEADER_BLOCK_BYTES};
 use ringstore_journal::format::align_up;
 use ringstore_journal::pace::Pacer;
 use ringstore_journal::storage::{Storage, StorageFile};

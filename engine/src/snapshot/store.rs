@@ -27,9 +27,9 @@
 //! (reading a file twice before it gives up on it), with the reasons it
 //! skipped the others.
 
-use super::format::*;
 use super::verify::{Check, SnapshotVerifier};
 use crate::error::{Error, PersistStage, Result, SkippedSnapshot, SnapshotError};
+use crate::format::*;
 use crate::machine::{EncodeProgress, FrozenSection, SectionSet, SECTION_NAME_BYTES_MAX};
 use ringstore_journal::format::align_up;
 use ringstore_journal::glommio_quirks::reactor_turn;
@@ -62,13 +62,6 @@ pub const SYNC_EVERY_BYTES: u64 = 64 << 20;
 /// Bytes of one snapshot read at load time.
 pub const READ_CHUNK_BYTES: usize = 4 << 20;
 
-/// Prefix of snapshot file names.
-const FILE_PREFIX: &str = "snapshot-";
-/// Suffix of snapshot file names.
-const FILE_SUFFIX: &str = ".snap";
-/// Suffix of a snapshot being written.
-const TEMP_SUFFIX: &str = ".snap.tmp";
-
 /// What identifies a persisted snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotMeta {
@@ -95,19 +88,8 @@ pub struct LoadedSnapshot {
     pub sections: SectionSet,
 }
 
-/// The file name of the snapshot at `watermark`.
-pub fn snapshot_file_name(watermark: u64) -> String {
-    format!("{FILE_PREFIX}{watermark:020}{FILE_SUFFIX}")
-}
-
-/// The watermark in a snapshot file name, if it is one.
-pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix(FILE_PREFIX)?.strip_suffix(FILE_SUFFIX)?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
+/// The names are the format's; here under their old path too.
+pub use crate::format::{parse_snapshot_file_name, snapshot_file_name};
 
 /// A shard's snapshot directory on a [`Storage`] backend.
 #[derive(Debug, Clone)]

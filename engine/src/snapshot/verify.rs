@@ -41,9 +41,8 @@
 //!
 //! [`Storage`]: ringstore_journal::storage::Storage
 
-use super::format::*;
-use super::store::{parse_snapshot_file_name, snapshot_file_name};
 use crate::error::{Error, SkippedSnapshot, SnapshotError};
+use crate::format::*;
 use ringstore_journal::format::align_up;
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -63,161 +62,9 @@ pub enum Check {
     Full,
 }
 
-/// What is wrong with a snapshot file. The [`SnapshotDamage`] that carries
-/// it names the file and the byte offset.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SnapshotFault {
-    /// The file is shorter than the header block, or than its header says.
-    #[error("file is {len} bytes, {what} needs {needed} (truncated)")]
-    Truncated {
-        /// Its length.
-        len: u64,
-        /// The length it should have at least.
-        needed: u64,
-        /// What needs it: the header block, or the header.
-        what: &'static str,
-    },
-    /// The file ended while its body was read (it shrank after its length
-    /// was checked).
-    #[error("file ends inside section {section:?} (truncated)")]
-    EndsInBody {
-        /// The section being read.
-        section: String,
-    },
-    /// Not a snapshot's magic number.
-    #[error("magic {found:#010x} is not a snapshot's")]
-    BadMagic {
-        /// What is there.
-        found: u32,
-    },
-    /// The header block (header and section table) fails its checksum.
-    #[error(
-        "header block checksum mismatch (header or section table damaged; recorded \
-         {recorded:#010x}, computed {computed:#010x})"
-    )]
-    HeaderChecksum {
-        /// The checksum in the header.
-        recorded: u32,
-        /// The checksum of the bytes.
-        computed: u32,
-    },
-    /// A format version this build does not read.
-    #[error("snapshot format version {version}, this build reads version {supported}")]
-    UnsupportedVersion {
-        /// The version found.
-        version: u32,
-        /// The version this build reads.
-        supported: u32,
-    },
-    /// The header's watermark is not the op in the file name.
-    #[error("the header says op {header_op}, the file name does not match")]
-    NameMismatch {
-        /// The op in the header.
-        header_op: u64,
-    },
-    /// The snapshot belongs to another domain.
-    #[error("belongs to domain {found}, the shard's identity names {expected}")]
-    WrongDomain {
-        /// The shard's domain.
-        expected: Uuid,
-        /// The snapshot's domain.
-        found: Uuid,
-    },
-    /// `body_bytes` is too large to be a length.
-    #[error("body length {body_bytes} overflows")]
-    BodyLengthOverflow {
-        /// The length recorded.
-        body_bytes: u64,
-    },
-    /// More sections than fit in the header block.
-    #[error("{count} sections, at most {SECTION_COUNT_MAX}")]
-    TooManySections {
-        /// The count recorded.
-        count: u32,
-    },
-    /// A section name that is empty, not UTF-8 or not zero-padded.
-    #[error("section {index} has a bad name")]
-    BadSectionName {
-        /// The entry's index in the table.
-        index: usize,
-    },
-    /// Two entries with one name.
-    #[error("section {name:?} appears twice")]
-    DuplicateSection {
-        /// The name.
-        name: String,
-    },
-    /// An entry that does not start where the previous one ends.
-    #[error(
-        "section {name:?} starts at {offset}, expected {}",
-        expected.map_or_else(|| "(overflow)".to_string(), |o| o.to_string())
-    )]
-    SectionOffset {
-        /// The section.
-        name: String,
-        /// Its offset as recorded.
-        offset: u64,
-        /// Where it should start (`None`: the previous lengths overflow).
-        expected: Option<u64>,
-    },
-    /// The sections do not end where the body does.
-    #[error("sections do not fill the body exactly")]
-    SectionsDoNotFillBody,
-    /// A section's bytes fail their checksum.
-    #[error(
-        "section {section:?} fails its checksum (recorded {recorded:#010x}, computed \
-         {computed:#010x})"
-    )]
-    SectionChecksum {
-        /// The section.
-        section: String,
-        /// The checksum in the table.
-        recorded: u32,
-        /// The checksum of the bytes.
-        computed: u32,
-    },
-    /// The whole-file checksum does not match.
-    #[error("whole-file checksum mismatch (recorded {recorded:#010x}, computed {computed:#010x})")]
-    FileChecksum {
-        /// The checksum in the header.
-        recorded: u32,
-        /// The checksum of the bytes.
-        computed: u32,
-    },
-}
-
-/// Something in a snapshot file that fails verification: the file, the
-/// byte offset of the damaged field or section, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} at byte offset {offset}: {fault}", path.display())]
-pub struct SnapshotDamage {
-    /// The file.
-    pub path: PathBuf,
-    /// Byte offset of the damaged field or section (for a truncation: where
-    /// the file ends).
-    pub offset: u64,
-    /// What is wrong.
-    pub fault: SnapshotFault,
-}
-
-impl SnapshotDamage {
-    /// What is wrong, without the file and offset.
-    pub fn reason(&self) -> String {
-        self.fault.to_string()
-    }
-}
-
-impl Serialize for SnapshotDamage {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut s = serializer.serialize_struct("SnapshotDamage", 3)?;
-        s.serialize_field("path", &self.path)?;
-        s.serialize_field("offset", &self.offset)?;
-        s.serialize_field("reason", &self.reason())?;
-        s.end()
-    }
-}
+/// The damage types live with the engine's other errors (`crate::error`);
+/// here under their old path too.
+pub use crate::error::{SnapshotDamage, SnapshotFault};
 
 /// The decoded snapshot header. Trust it only if
 /// [`SnapshotReport::header_verified`].

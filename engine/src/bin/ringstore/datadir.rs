@@ -6,8 +6,7 @@
 //! shard, numbered 0.
 
 use crate::CliError;
-use ringstore::identity::IDENTITY_FILE_NAME;
-use ringstore::shard::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
+use ringstore::layout::{IDENTITY_FILE_NAME, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use std::path::{Path, PathBuf};
 
 /// `--shard N`: the flag of every per-shard command.

@@ -20,7 +20,7 @@ use crate::datadir::{shards, ShardArg, ShardDir};
 use crate::output::{self, Out, Progress};
 use crate::{CliError, Context, Outcome};
 use ringstore::broker::Command;
-use ringstore::identity::IdentityFault;
+use ringstore::layout::identity::IdentityFault;
 use ringstore_journal::format::EntryKind;
 use ringstore_journal::inspect::{
     scan_journal_as, Damage, EntryInfo, InspectError, JournalReport, ScanObserver, SegmentEnd,
@@ -947,9 +947,7 @@ fn lock_shard(shard: &ShardDir) -> Result<ShardLock, CliError> {
 fn salvage(context: &Context, args: &SalvageArgs) -> Result<Outcome, CliError> {
     let shards = shards(&context.data_dir, Some(args.shard))?;
     let shard = &shards[0];
-    let marker = shard
-        .path
-        .join(ringstore::cold_restore::RESTORE_MARKER_NAME);
+    let marker = shard.path.join(ringstore::layout::RESTORE_MARKER_NAME);
     if marker.exists() {
         return Err(CliError(format!(
             "{}: {} marks an unfinished cold restore: the directory holds a restore's half \

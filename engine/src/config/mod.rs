@@ -5,11 +5,12 @@
 
 use crate::error::{Error, Result};
 use crate::machine::StateMachine;
-use crate::object_store::{ObjectStoreSettings, UploadMode};
-use crate::shard::Shard;
+use object_store::{ObjectStoreSettings, UploadMode};
 use ringstore_journal::storage::{DmaStorage, Storage};
 use ringstore_journal::JournalBuilder;
-use std::{marker::PhantomData, path::PathBuf, time::Duration};
+use std::{future::Future, marker::PhantomData, path::PathBuf, pin::Pin, time::Duration};
+
+pub(crate) mod object_store;
 
 /// Default snapshot generations kept on disk.
 pub const SNAPSHOT_GENERATIONS_DEFAULT: usize = 3;
@@ -44,7 +45,7 @@ pub struct CheckpointPolicy {
     /// [`RING_FULL_WAIT_DEFAULT`]; at least 1 ms.
     pub ring_full_wait_max: Duration,
     /// Run the compaction task. Default `true`; with `false` only explicit
-    /// [`Shard::checkpoint`] calls checkpoint (and a full ring waits for
+    /// [`Shard::checkpoint`](crate::Shard::checkpoint) calls checkpoint (and a full ring waits for
     /// one).
     pub automatic: bool,
 }
@@ -92,7 +93,16 @@ pub struct ShardConfig {
 
 type JournalSetup<S> = Box<dyn FnOnce(JournalBuilder<S>) -> JournalBuilder<S>>;
 
-/// Builds and opens a [`Shard`]. See [`Shard::builder`].
+/// A step an extension runs in the open (`crate::recovery`, step 0) with
+/// the directory locked, before anything in it is read: given the
+/// storage, the shard directory and whether the restore marker is there.
+/// A cold restore sets it to clear an unfinished restore's leftovers and
+/// write the marker and the new identity.
+pub(crate) type PrepareDir<S> =
+    Box<dyn FnOnce(S, PathBuf, bool) -> Pin<Box<dyn Future<Output = Result<()>>>>>;
+
+/// Builds and opens a [`Shard`](crate::Shard). See
+/// [`Shard::builder`](crate::Shard::builder).
 #[must_use = "a builder does nothing until open() is called"]
 pub struct ShardBuilder<M: StateMachine, S: Storage = DmaStorage> {
     pub(crate) dir: PathBuf,
@@ -107,9 +117,10 @@ pub struct ShardBuilder<M: StateMachine, S: Storage = DmaStorage> {
     pub(crate) metrics_label: Option<String>,
     /// Snapshots to object storage (real directories only).
     pub(crate) object_store: Option<ObjectStoreSettings>,
-    /// Set by a cold restore: open this (empty) directory as a new shard of
-    /// this domain, behind the restore marker (see [`crate::cold_restore`]).
-    pub(crate) restore_domain: Option<uuid::Uuid>,
+    /// Set by a cold restore: prepares the (empty) directory as a new
+    /// shard behind the restore marker, in place of the refusal a marked
+    /// directory gets.
+    pub(crate) prepare_dir: Option<PrepareDir<S>>,
     /// Which shard of how many this is (recorded in the journal's
     /// superblock next to the domain).
     pub(crate) placement: Option<(u32, u32)>,
@@ -129,7 +140,7 @@ impl<M: StateMachine> ShardBuilder<M, DmaStorage> {
             lock_dir: true,
             metrics_label: None,
             object_store: None,
-            restore_domain: None,
+            prepare_dir: None,
             placement: None,
             scrub_bytes_per_second: None,
             machine: PhantomData,
@@ -165,7 +176,9 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
             // Kept, so that open() refuses it rather than silently
             // dropping it (object storage needs real files).
             object_store: self.object_store,
-            restore_domain: self.restore_domain,
+            // Typed for the old storage; a cold restore sets it last, on
+            // a builder of real directories.
+            prepare_dir: None,
             placement: self.placement,
             scrub_bytes_per_second: self.scrub_bytes_per_second,
             machine: PhantomData,
@@ -243,12 +256,6 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
         self
     }
 
-    /// Validates the settings, recovers the shard (see [`crate::recovery`])
-    /// and starts its compaction task.
-    pub async fn open(self) -> Result<Shard<M, S>> {
-        Shard::open_with(self).await
-    }
-
     pub(crate) fn validate(&self, slot_count: u64) -> Result<ShardConfig> {
         let invalid = |setting: &'static str, value: String, reason: String| {
             Err(Error::InvalidConfig {
@@ -312,6 +319,23 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
                 .map_or(0, ObjectStoreSettings::generations),
             scrub_bytes_per_second: self.scrub_bytes_per_second,
         })
+    }
+
+    /// The shard directory.
+    pub(crate) fn shard_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The object-store settings, if given.
+    pub(crate) fn object_store_settings(&self) -> Option<&ObjectStoreSettings> {
+        self.object_store.as_ref()
+    }
+
+    /// Has the open run `step` (see [`PrepareDir`]) in place of refusing a
+    /// directory that holds the restore marker. For a cold restore.
+    pub(crate) fn prepare_dir_with(mut self, step: PrepareDir<S>) -> Self {
+        self.prepare_dir = Some(step);
+        self
     }
 
     /// Checks the settings that must be right before anything is opened.

@@ -38,13 +38,13 @@
 //!
 //! [`Storage`]: ringstore_journal::storage::Storage
 
+use super::{IDENTITY_TEMP_NAME, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::error::{Error, Result};
-use crate::shard::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
-use crate::snapshot::format::{
+use crate::format::parse_snapshot_file_name;
+use crate::format::{
     unix_ms_now, IdentityHeader, BLOCK_BYTES, IDENTITY_FLAG_JOURNAL_CREATED,
     IDENTITY_FORMAT_VERSION, IDENTITY_HEADER_BYTES, IDENTITY_MAGIC,
 };
-use crate::snapshot::parse_snapshot_file_name;
 use ringstore_journal::segment_generation;
 use ringstore_journal::storage::{IoBuf, Storage, StorageFile};
 use ringstore_journal::superblock::SUPERBLOCK_FILE_NAME;
@@ -59,11 +59,10 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// Name of the identity file in the shard directory.
 pub const IDENTITY_FILE_NAME: &str = "identity";
-const IDENTITY_TEMP_NAME: &str = "identity.tmp";
 
-/// Data files an [`IdentityFault::MissingWithData`] message names before
-/// it says how many more there are.
-const FOUND_NAMED_MAX: usize = 3;
+/// The damage types live with the engine's other errors (`crate::error`),
+/// which every module may name; here under their old path too.
+pub use crate::error::{IdentityDamage, IdentityFault};
 
 /// A verified identity file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,137 +84,6 @@ impl Identity {
             created_unix_ms: unix_ms_now(),
             journal_created: false,
         }
-    }
-}
-
-/// Why an open refuses a shard directory over its identity. The
-/// [`IdentityDamage`] that carries it names the file and, where there is
-/// one, the byte offset.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum IdentityFault {
-    /// Shorter than the header (zero-length included).
-    #[error(
-        "identity file is damaged ({len} bytes, the header needs {IDENTITY_HEADER_BYTES}: \
-         truncated)"
-    )]
-    Truncated {
-        /// The bytes there are.
-        len: u64,
-    },
-    /// Not an identity file's magic number.
-    #[error("identity file is damaged (magic {found:#010x} is not an identity's)")]
-    BadMagic {
-        /// What is there.
-        found: u32,
-    },
-    /// The header fails its checksum.
-    #[error(
-        "identity file is damaged (checksum mismatch: recorded {recorded:#010x}, computed \
-         {computed:#010x})"
-    )]
-    Checksum {
-        /// The checksum recorded.
-        recorded: u32,
-        /// The checksum of the bytes.
-        computed: u32,
-    },
-    /// A format version this build does not read (the checksum verifies).
-    #[error("identity format version {version}, this build reads version {supported}")]
-    UnsupportedVersion {
-        /// The version found.
-        version: u32,
-        /// The version this build reads.
-        supported: u32,
-    },
-    /// No identity file, but the directory holds snapshots or a journal.
-    #[error(
-        "missing, but the shard directory holds a journal or snapshots ({}): the domain they \
-         belong to is unknown",
-        describe_found(found)
-    )]
-    MissingWithData {
-        /// The snapshot files and journal entries found.
-        found: Vec<PathBuf>,
-    },
-    /// The identity records that the shard's journal was created, and the
-    /// journal directory holds neither its superblock nor a segment.
-    #[error(
-        "records that the shard's journal exists, but {} holds no journal (no superblock, \
-         no segment): the acknowledged ops it held above the newest snapshot are gone",
-        journal.display()
-    )]
-    JournalMissing {
-        /// The journal directory.
-        journal: PathBuf,
-    },
-}
-
-fn describe_found(found: &[PathBuf]) -> String {
-    let mut named: Vec<String> = found
-        .iter()
-        .take(FOUND_NAMED_MAX)
-        .map(|p| p.display().to_string())
-        .collect();
-    if found.len() > FOUND_NAMED_MAX {
-        named.push(format!("and {} more", found.len() - FOUND_NAMED_MAX));
-    }
-    named.join(", ")
-}
-
-/// The identity verdict that refuses an open: the file, the byte offset
-/// where there is one, what is wrong, and what an operator can do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{}{}: {fault}. {}",
-    path.display(),
-    offset.map_or_else(String::new, |o| format!(" at byte offset {o}")),
-    self.advice()
-)]
-pub struct IdentityDamage {
-    /// The identity file.
-    pub path: PathBuf,
-    /// Byte offset of the bad field (`None` for a missing file).
-    pub offset: Option<u64>,
-    /// What is wrong.
-    pub fault: IdentityFault,
-}
-
-impl IdentityDamage {
-    /// What an operator can do about it.
-    pub fn advice(&self) -> &'static str {
-        match self.fault {
-            IdentityFault::UnsupportedVersion { .. } => {
-                "It was written by another build of ringstore; open the shard with a build that \
-                 reads that version"
-            }
-            IdentityFault::MissingWithData { .. } => {
-                "Restore the identity file, or move the directory aside and restore the shard \
-                 from object storage"
-            }
-            IdentityFault::JournalMissing { .. } => {
-                "Restore the journal directory from a backup; or move the shard dir aside and \
-                 restore the shard from object storage (which holds only what was uploaded), \
-                 or for a raft node rejoin the cluster with an empty directory under a new \
-                 node id"
-            }
-            _ => {
-                "It names the domain this shard's data belongs to. Restore it from a backup, or \
-                 move the shard dir aside and restore the shard from object storage"
-            }
-        }
-    }
-}
-
-impl Serialize for IdentityDamage {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut s = serializer.serialize_struct("IdentityDamage", 4)?;
-        s.serialize_field("path", &self.path)?;
-        s.serialize_field("offset", &self.offset)?;
-        s.serialize_field("reason", &self.fault.to_string())?;
-        s.serialize_field("message", &self.to_string())?;
-        s.end()
     }
 }
 

@@ -1,4 +1,9 @@
-//! The snapshot file format and the domain identity file.
+//! The snapshot file format and the domain identity file, and the
+//! snapshot files' names.
+//!
+//! A leaf: the verifiers (`snapshot::verify`, `layout::identity`) and the
+//! errors that describe damage (`error`) all read it and it reads none of
+//! them. Also at its old path, `snapshot::format`.
 //!
 //! `engine/FORMAT.md` is the specification; offsets here derive from
 //! `size_of` and `tests/format_doc.rs` checks that the document agrees.
@@ -173,4 +178,25 @@ pub fn unix_ms_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Prefix of snapshot file names.
+pub(crate) const FILE_PREFIX: &str = "snapshot-";
+/// Suffix of snapshot file names.
+pub(crate) const FILE_SUFFIX: &str = ".snap";
+/// Suffix of a snapshot being written.
+pub(crate) const TEMP_SUFFIX: &str = ".snap.tmp";
+
+/// The file name of the snapshot at `watermark`.
+pub fn snapshot_file_name(watermark: u64) -> String {
+    format!("{FILE_PREFIX}{watermark:020}{FILE_SUFFIX}")
+}
+
+/// The watermark in a snapshot file name, if it is one.
+pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(FILE_PREFIX)?.strip_suffix(FILE_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
