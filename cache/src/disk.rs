@@ -361,9 +361,13 @@ impl Storage for RootedDisk {
         self.inner.uring.unlink(&dir, leaf, true).await
     }
 
-    async fn try_lock(&self, path: &Path) -> io::Result<Option<FileLock>> {
+    async fn try_lock(&self, path: &Path, note: &[u8]) -> io::Result<Option<FileLock>> {
         let fd = self.open_file(path, libc::O_CREAT | libc::O_RDWR).await?;
-        FileLock::try_new(std::fs::File::from(fd))
+        let Some(lock) = FileLock::try_new(std::fs::File::from(fd))? else {
+            return Ok(None);
+        };
+        lock.write_note(note);
+        Ok(Some(lock))
     }
 }
 

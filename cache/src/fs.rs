@@ -90,7 +90,7 @@ pub(crate) async fn walk<S: CacheDisk>(disk: &S, objects: &Path) -> Result<Walk>
 pub(crate) async fn prepare_root<S: CacheDisk>(disk: &S, dir: &Path) -> Result<S::Lock> {
     let lock_path = dir.join(LOCK_FILE);
     let lock = disk
-        .try_lock(&lock_path)
+        .try_lock(&lock_path, format!("{}\n", std::process::id()).as_bytes())
         .await
         .map_err(|e| Error::io("flock", &lock_path, e))?
         .ok_or_else(|| Error::Locked {

@@ -75,7 +75,7 @@ fn nothing_leads_outside_the_root() {
             disk.link(&dir.path().join("mine"), &outside.path().join("new"))
                 .await
                 .unwrap_err(),
-            disk.try_lock(&outside.path().join("lock"))
+            disk.try_lock(&outside.path().join("lock"), b"")
                 .await
                 .unwrap_err(),
         ] {

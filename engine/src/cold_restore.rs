@@ -541,7 +541,7 @@ async fn abandon<M: StateMachine>(shard: Shard<M>, dir: &Path) {
         tracing::warn!(error = %e, "closing the shard of a failed restore");
     }
     drop(shard);
-    let lock = match crate::layout::lock::acquire_on_reactor(dir).await {
+    let lock = match crate::layout::lock::acquire_on_reactor(&DmaStorage::new(), dir).await {
         Ok(lock) => lock,
         Err(e) => {
             tracing::warn!(error = %e, dir = %dir.display(), "cannot clean up after a failed restore: the marker stays, a restore starts over");

@@ -104,7 +104,7 @@ pub(crate) struct Recovered<M: StateMachine, S: Storage> {
     pub snapshot: Option<SnapshotPoint>,
     pub previous_snapshot: Option<u64>,
     pub report: ShardRecoveryReport,
-    pub lock: Option<DirLock>,
+    pub lock: Option<DirLock<S::Lock>>,
     pub metrics_label: String,
 }
 
@@ -124,7 +124,7 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
         .map_err(|e| Error::io("prepare shard directory", &dir, e))?;
     // Before anything is read: another process may be appending.
     let lock = if builder.lock_dir {
-        Some(crate::layout::lock::acquire_on_reactor(&dir).await?)
+        Some(crate::layout::lock::acquire_on_reactor(&storage, &dir).await?)
     } else {
         None
     };

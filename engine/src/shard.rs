@@ -268,7 +268,7 @@ struct Inner<M: StateMachine, S: Storage> {
     /// The snapshot scrubber, if it runs.
     scrub_task: RefCell<Option<glommio::Task<()>>>,
     /// `<dir>/lock`, held until the shard is closed.
-    lock: RefCell<Option<DirLock>>,
+    lock: RefCell<Option<DirLock<S::Lock>>>,
 }
 
 /// One shard. Cheap to clone (clones are the same shard); `!Send`: it lives

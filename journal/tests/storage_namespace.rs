@@ -102,15 +102,15 @@ fn a_crash_releases_every_lock() {
     run(|| async {
         let mem = MemStorage::new();
         let path = Path::new("/disk/lock");
-        let held = mem.try_lock(path).await.unwrap().expect("free");
-        assert!(mem.try_lock(path).await.unwrap().is_none());
+        let held = mem.try_lock(path, b"1").await.unwrap().expect("free");
+        assert!(mem.try_lock(path, b"1").await.unwrap().is_none());
         mem.crash();
-        let again = mem.try_lock(path).await.unwrap();
+        let again = mem.try_lock(path, b"1").await.unwrap();
         assert!(again.is_some(), "the dead process's lock is gone");
         // Dropping the dead process's guard late releases nothing of the
         // living one's.
         drop(held);
-        assert!(mem.try_lock(path).await.unwrap().is_none());
+        assert!(mem.try_lock(path, b"1").await.unwrap().is_none());
     });
 }
 

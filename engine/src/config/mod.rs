@@ -170,7 +170,9 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
             policy: self.policy,
             snapshot_generations: self.snapshot_generations,
             journal_keeps_previous_snapshot: self.journal_keeps_previous_snapshot,
-            // A simulated disk has no directory to lock.
+            // Not on another backend: the simulations open, crash and
+            // reopen their shards from one driver, and object storage
+            // takes this as "a real directory" (`validate_early`).
             lock_dir: false,
             metrics_label: self.metrics_label,
             // Kept, so that open() refuses it rather than silently

@@ -2,15 +2,17 @@
 //!
 //! Two processes appending to one journal would interleave entries and each
 //! trust its own ring index; the second open must fail before it reads
-//! anything. [`DirLock`] holds `flock(LOCK_EX)` on `<dir>/lock` for as long
-//! as the shard is open. The kernel drops the lock when the process dies
-//! (kill -9 included), so a crash never leaves a stale lock behind; the pid
-//! written into the file is only there to name the holder in the error.
+//! anything. [`DirLock`] holds the storage layer's exclusive lock
+//! ([`Storage::try_lock`]: `flock(LOCK_EX)` on the real disk) on
+//! `<dir>/lock` for as long as the shard is open. The kernel drops the lock
+//! when the process dies (kill -9 included), and the simulated disk at a
+//! crash, so a crash never leaves a stale lock behind; the pid written into
+//! the file is only there to name the holder in the error.
 
 use crate::error::{Error, Result};
+use ringstore_journal::storage::{BufferedFile as _, DmaStorage, FileLock, Storage};
 use std::{
-    fs::{File, OpenOptions, TryLockError},
-    io::{Read, Seek, SeekFrom, Write},
+    fs::{File, TryLockError},
     path::{Path, PathBuf},
 };
 
@@ -26,80 +28,87 @@ pub(crate) const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_
 /// Pause between attempts within [`LOCK_WAIT_MAX`].
 pub(crate) const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// An exclusive lock on a directory, released on drop.
+/// Most bytes of the holder's note read for an error.
+const HOLDER_NOTE_BYTES_MAX: usize = 64;
+
+/// An exclusive lock on a directory, released on drop: the storage layer's
+/// lock (`L`), the real disk's by default.
 #[derive(Debug)]
-pub(crate) struct DirLock {
-    // Held for its lock; closing the file releases it.
-    _file: File,
+pub(crate) struct DirLock<L = FileLock> {
+    // Held for its lock; dropping it releases it.
+    _lock: L,
 }
 
-impl DirLock {
-    /// Locks `dir` (which must exist), or fails with [`Error::DirLocked`]
-    /// naming the process that holds it.
-    pub fn acquire(dir: &Path) -> Result<DirLock> {
-        let path = dir.join(LOCK_FILE_NAME);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io("open lock file", &path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
+/// This process's note in a lock it holds: its pid.
+fn holder_note() -> Vec<u8> {
+    format!("{}\n", std::process::id()).into_bytes()
+}
+
+/// The pid a lock file's note names, if it names one.
+fn parse_holder(note: &[u8]) -> Option<u32> {
+    std::str::from_utf8(note).ok()?.trim().parse().ok()
+}
+
+/// Locks `dir` (which must exist) through `storage`, retried for up to
+/// [`LOCK_WAIT_MAX`], or fails with [`Error::DirLocked`] naming the process
+/// that holds it.
+pub(crate) async fn acquire_on_reactor<S: Storage>(
+    storage: &S,
+    dir: &Path,
+) -> Result<DirLock<S::Lock>> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let started = std::time::Instant::now();
+    loop {
+        match storage.try_lock(&path, &holder_note()).await {
+            Ok(Some(lock)) => return Ok(DirLock { _lock: lock }),
+            Ok(None) if started.elapsed() < LOCK_WAIT_MAX => {
+                glommio::timer::sleep(LOCK_RETRY_PAUSE).await;
+            }
+            Ok(None) => {
                 return Err(Error::DirLocked {
-                    holder: read_holder(&mut file),
+                    holder: read_holder(storage, &path).await,
                     path,
                 })
             }
-            Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
-        }
-        // Best effort: the pid is a hint for the error above, not a claim.
-        let pid = std::process::id();
-        let _ = file
-            .set_len(0)
-            .and_then(|()| file.seek(SeekFrom::Start(0)))
-            .and_then(|_| writeln!(file, "{pid}"));
-        Ok(DirLock { _file: file })
-    }
-}
-
-/// [`DirLock::acquire`], retried for up to [`LOCK_WAIT_MAX`] on a reactor.
-pub(crate) async fn acquire_on_reactor(dir: &Path) -> Result<DirLock> {
-    let started = std::time::Instant::now();
-    loop {
-        match DirLock::acquire(dir) {
-            Err(Error::DirLocked { .. }) if started.elapsed() < LOCK_WAIT_MAX => {
-                glommio::timer::sleep(LOCK_RETRY_PAUSE).await;
-            }
-            result => return result,
+            Err(e) => return Err(Error::io("lock", &path, e)),
         }
     }
 }
 
-/// [`DirLock::acquire`], retried for up to [`LOCK_WAIT_MAX`] on a plain
-/// thread.
+async fn read_holder<S: Storage>(storage: &S, path: &Path) -> Option<u32> {
+    let file = storage.open_buffered(path).await.ok()?;
+    let note = file.read_at(0, HOLDER_NOTE_BYTES_MAX).await.ok();
+    let _ = file.close().await;
+    parse_holder(&note?)
+}
+
+/// [`acquire_on_reactor`] on the real disk for a thread without a reactor
+/// (the runtime's data directory, locked before its reactors start).
 pub(crate) fn acquire_blocking(dir: &Path) -> Result<DirLock> {
+    let path = dir.join(LOCK_FILE_NAME);
     let started = std::time::Instant::now();
     loop {
-        match DirLock::acquire(dir) {
-            Err(Error::DirLocked { .. }) if started.elapsed() < LOCK_WAIT_MAX => {
+        match DmaStorage::try_lock_blocking(&path, &holder_note()) {
+            Ok(Some(lock)) => return Ok(DirLock { _lock: lock }),
+            Ok(None) if started.elapsed() < LOCK_WAIT_MAX => {
                 std::thread::sleep(LOCK_RETRY_PAUSE);
             }
-            result => return result,
+            Ok(None) => {
+                let note = std::fs::read(&path).unwrap_or_default();
+                return Err(Error::DirLocked {
+                    holder: parse_holder(&note),
+                    path,
+                });
+            }
+            Err(e) => return Err(Error::io("lock", &path, e)),
         }
     }
-}
-
-fn read_holder(file: &mut File) -> Option<u32> {
-    let mut text = String::new();
-    file.read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
 }
 
 /// Whether some process holds the lock on shard directory `dir` (a missing
-/// lock file means no). For tools that must not run beside an open shard.
+/// lock file means no). For tools that must not run beside an open shard:
+/// a shared `flock` probe that changes nothing (not even the note), so it
+/// reads the real disk directly rather than through the storage layer.
 pub fn is_locked(dir: &Path) -> Result<bool> {
     let path: PathBuf = dir.join(LOCK_FILE_NAME);
     let file = match File::open(&path) {

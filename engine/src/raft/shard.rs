@@ -185,7 +185,7 @@ where
     ringstore_journal::storage::prepare_dir(&storage, &dir)
         .await
         .map_err(|e| crate::Error::io("prepare raft shard directory", &dir, e))?;
-    let lock = crate::layout::lock::acquire_on_reactor(&dir).await?;
+    let lock = crate::layout::lock::acquire_on_reactor(&storage, &dir).await?;
     let journal_dir = dir.join(JOURNAL_DIR_NAME);
     let snapshots = SnapshotStore::open(storage.clone(), dir.join(SNAPSHOT_DIR_NAME)).await?;
 

@@ -234,6 +234,9 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T>> + 'static,
 {
+    // glommio cannot start any reactor below its locked-memory floor: say
+    // what to change, as an engine's start would.
+    check_memlock(memlock_limit()?, 1, MANIFEST_IO_MEMORY_BYTES)?;
     let failed = |e: String| Error::ReactorStart {
         shard: 0,
         cpu: None,

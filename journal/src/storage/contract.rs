@@ -195,16 +195,24 @@ pub async fn check<S: Storage>(storage: &S, dir: &Path) {
 
     // try_lock: one holder at a time, released on drop.
     let lock_path = dir.join("lock");
-    let lock = storage.try_lock(&lock_path).await.expect("storage call");
+    let lock = storage
+        .try_lock(&lock_path, b"holder 1")
+        .await
+        .expect("storage call");
     assert!(lock.is_some());
     assert!(storage
-        .try_lock(&lock_path)
+        .try_lock(&lock_path, b"holder 2")
         .await
         .expect("storage call")
         .is_none());
+    assert_eq!(
+        read_file(storage, &lock_path).await,
+        b"holder 1",
+        "the holder's note"
+    );
     drop(lock);
     assert!(storage
-        .try_lock(&lock_path)
+        .try_lock(&lock_path, b"holder 2")
         .await
         .expect("storage call")
         .is_some());

@@ -52,6 +52,22 @@ pub struct DmaStorage {
 }
 
 impl DmaStorage {
+    /// [`Storage::try_lock`] for a thread without a reactor (it makes two
+    /// short syscalls, open and flock, that never wait on the device).
+    pub fn try_lock_blocking(path: &Path, note: &[u8]) -> io::Result<Option<FileLock>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let Some(lock) = FileLock::try_new(file)? else {
+            return Ok(None);
+        };
+        lock.write_note(note);
+        Ok(Some(lock))
+    }
+
     /// A backend that refuses filesystems without O_DIRECT.
     pub fn new() -> DmaStorage {
         DmaStorage::default()
@@ -215,14 +231,8 @@ impl Storage for DmaStorage {
         std::fs::remove_dir(path)
     }
 
-    async fn try_lock(&self, path: &Path) -> io::Result<Option<FileLock>> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        FileLock::try_new(file)
+    async fn try_lock(&self, path: &Path, note: &[u8]) -> io::Result<Option<FileLock>> {
+        DmaStorage::try_lock_blocking(path, note)
     }
 }
 
@@ -258,6 +268,16 @@ impl FileLock {
             Err(TryLockError::WouldBlock) => Ok(None),
             Err(TryLockError::Error(e)) => Err(e),
         }
+    }
+
+    /// Replaces the file's contents with `note`, best effort (see
+    /// [`Storage::try_lock`]).
+    pub fn write_note(&self, note: &[u8]) {
+        use std::os::unix::fs::FileExt as _;
+        let _ = self
+            ._file
+            .set_len(0)
+            .and_then(|()| self._file.write_all_at(note, 0));
     }
 }
 

@@ -1056,7 +1056,7 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    async fn try_lock(&self, path: &Path) -> io::Result<Option<MemLock>> {
+    async fn try_lock(&self, path: &Path, note: &[u8]) -> io::Result<Option<MemLock>> {
         let exists = self.fs.borrow().live.files.contains_key(path);
         if exists {
             self.begin().await?;
@@ -1070,6 +1070,17 @@ impl Storage for MemStorage {
         let mut fs = self.fs.borrow_mut();
         if !fs.locks.insert(path.to_path_buf()) {
             return Ok(None);
+        }
+        // The note, as an unsynced write (a crash may lose it: a hint).
+        if let Some(file) = fs.live.files.get(path) {
+            let mut data = file.borrow_mut();
+            let op = FileOp::Write {
+                pos: 0,
+                data: note.to_vec(),
+            };
+            data.live.clear();
+            apply(&mut data.live, &op);
+            data.unsynced.push(op);
         }
         Ok(Some(MemLock {
             fs: Rc::downgrade(&self.fs),

@@ -125,8 +125,10 @@ pub trait Storage: Clone + 'static {
     /// Takes an exclusive lock on the file `path` (created if missing, not
     /// synced: the lock, not the file, is what matters), or `None` if
     /// another holder has it. Released when the lock is dropped, and by a
-    /// crash of the process holding it.
-    async fn try_lock(&self, path: &Path) -> io::Result<Option<Self::Lock>>;
+    /// crash of the process holding it. The holder writes `note` into the
+    /// file, best effort: a hint that names it to the next one refused
+    /// (read it with `open_buffered`).
+    async fn try_lock(&self, path: &Path, note: &[u8]) -> io::Result<Option<Self::Lock>>;
     /// The device whose speed timing I/O in `dir` measures (an id to key
     /// measurements by), or `None` when the clock says nothing about a
     /// device: a simulated disk, whose runs must not depend on timing.
