@@ -89,9 +89,11 @@ use crate::shard::Shard;
 use crate::snapshot::inspect::{inspect_snapshot, Check};
 use crate::snapshot::snapshot_file_name;
 use ringstore_cache::{RemoteError, Tiered};
-use ringstore_journal::storage::{DmaStorage, Storage};
+use ringstore_journal::storage::{
+    copy_file, create_dir_all_durably, errno, remove_tree, BufferedFile as _, DmaStorage, Storage,
+};
 use std::{
-    io::{self, Write},
+    io,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -378,10 +380,9 @@ async fn restore_newest_intact<M: StateMachine>(
         .expect("the shard was opened with an object store");
     let tiered = objects.tiered().ok_or(Error::Closed)?;
     let staging = shard.dir().join(RESTORE_STAGING_DIR_NAME);
-    blocking(staging.clone(), "create the restore directory", |dir| {
-        ringstore_journal::storage::create_dir_all_durably_blocking(dir)
-    })
-    .await?;
+    create_dir_all_durably(&DmaStorage::new(), &staging)
+        .await
+        .map_err(|e| Error::io("create the restore directory", &staging, e))?;
     let downloaded_before = tiered.stats().downloaded_bytes;
     let mut direct_bytes = 0;
     // Numbering goes above every key listed, damaged ones included, and
@@ -461,11 +462,9 @@ async fn fetch(tiered: &Tiered, key: &str, staged: &Path) -> Result<Fetched> {
     use ringstore_cache::Error as CacheError;
     match tiered.get_path(key).await {
         Ok(Some(cached)) => {
-            let staged = staged.to_path_buf();
-            blocking(staged.clone(), "link a downloaded snapshot", move |to| {
-                link_or_copy(&cached, to)
-            })
-            .await?;
+            link_or_copy(&DmaStorage::new(), &cached, staged)
+                .await
+                .map_err(|e| Error::io("link a downloaded snapshot", staged, e))?;
             Ok(Fetched::Cached)
         }
         Ok(None) => Ok(Fetched::Missing),
@@ -490,11 +489,11 @@ async fn fetch(tiered: &Tiered, key: &str, staged: &Path) -> Result<Fetched> {
 }
 
 /// A hard link when both are on one filesystem, else a copy.
-fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
-    match std::fs::hard_link(from, to) {
+async fn link_or_copy<S: Storage>(storage: &S, from: &Path, to: &Path) -> io::Result<()> {
+    match storage.link(from, to).await {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
-        Err(_) => std::fs::copy(from, to).map(drop),
+        Err(e) if errno(&e) == Some(libc::EEXIST) => Err(e),
+        Err(_) => copy_file(storage, from, to).await.map(drop),
     }
 }
 
@@ -509,29 +508,29 @@ fn readable_epoch(path: &Path) -> Option<u64> {
 }
 
 async fn remove_if_present(path: &Path) -> Result<()> {
-    blocking(
-        path.to_path_buf(),
-        "remove a staged snapshot",
-        |path| match std::fs::remove_file(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        },
-    )
-    .await
+    match DmaStorage::new().remove(path).await {
+        Err(e) if errno(&e) != Some(libc::ENOENT) => {
+            Err(Error::io("remove a staged snapshot", path, e).into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Step 5: the staging directory, then the marker.
 async fn finish(dir: &Path) -> Result<()> {
-    blocking(dir.to_path_buf(), "finish the restore", |dir| {
+    let storage = DmaStorage::new();
+    let finished = async {
         // What the shard's open created beside the marker (`journal/`,
         // `snapshots/`) is durable before the marker goes: without the
         // marker, a shard missing them would open as an empty one.
-        sync_dir(dir)?;
-        remove_dir_if_present(&dir.join(RESTORE_STAGING_DIR_NAME))?;
-        std::fs::remove_file(dir.join(RESTORE_MARKER_NAME))?;
-        sync_dir(dir)
-    })
-    .await
+        storage.sync_dir(dir).await?;
+        remove_tree(&storage, &dir.join(RESTORE_STAGING_DIR_NAME)).await?;
+        storage.remove(&dir.join(RESTORE_MARKER_NAME)).await?;
+        storage.sync_dir(dir).await
+    };
+    finished
+        .await
+        .map_err(|e| Error::io("finish the restore", dir, e).into())
 }
 
 /// After a failure: close the shard, then remove what the restore created
@@ -548,11 +547,12 @@ async fn abandon<M: StateMachine>(shard: Shard<M>, dir: &Path) {
             return;
         }
     };
-    let removed = blocking(dir.to_path_buf(), "clean up a failed restore", |dir| {
-        remove_shard_files(dir)?;
-        std::fs::remove_file(dir.join(RESTORE_MARKER_NAME))?;
-        sync_dir(dir)
-    })
+    let storage = DmaStorage::new();
+    let removed = async {
+        remove_shard_files(&storage, dir).await?;
+        storage.remove(&dir.join(RESTORE_MARKER_NAME)).await?;
+        storage.sync_dir(dir).await
+    }
     .await;
     if let Err(e) = removed {
         tracing::warn!(error = %e, "cleaning up after a failed restore; the marker stays, a restore starts over");
@@ -570,50 +570,68 @@ async fn prepare_dir<S: Storage>(
     domain: Uuid,
     marked: bool,
 ) -> Result<()> {
-    let found = blocking(dir.to_path_buf(), "prepare a restore", move |dir| {
-        if marked {
-            tracing::info!(dir = %dir.display(), "an earlier restore did not finish; starting over");
-            remove_shard_files(dir)?;
-            return Ok(Vec::new());
-        }
+    let prepare = |e| Error::io("prepare a restore", dir, e);
+    if marked {
+        tracing::info!(dir = %dir.display(), "an earlier restore did not finish; starting over");
+        remove_shard_files(storage, dir).await.map_err(prepare)?;
+    } else {
         let mut found = Vec::new();
-        if dir.join(IDENTITY_FILE_NAME).exists() {
-            found.push(IDENTITY_FILE_NAME.to_string());
+        match storage.stat(&dir.join(IDENTITY_FILE_NAME)).await {
+            Ok(_) => found.push(IDENTITY_FILE_NAME.to_string()),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+            Err(e) => return Err(prepare(e).into()),
         }
         for sub in [JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME] {
-            if has_entries(&dir.join(sub))? {
+            if has_entries(storage, &dir.join(sub)).map_err(prepare)? {
                 found.push(format!("{sub}/"));
             }
         }
-        Ok(found)
-    })
-    .await?;
-    if !found.is_empty() {
-        return Err(ColdRestoreError::RestoreTargetHoldsShard {
-            path: dir.to_path_buf(),
-            found: found.join(", "),
-        });
+        if !found.is_empty() {
+            return Err(ColdRestoreError::RestoreTargetHoldsShard {
+                path: dir.to_path_buf(),
+                found: found.join(", "),
+            });
+        }
     }
-    blocking(dir.to_path_buf(), "write the restore marker", move |dir| {
-        let path = dir.join(RESTORE_MARKER_NAME);
-        let mut file = std::fs::File::create(&path)?;
-        writeln!(
-            file,
-            "ringstore cold restore of domain {domain}: unfinished while this file exists"
-        )?;
-        file.sync_all()?;
-        sync_dir(dir)
-    })
-    .await?;
+    write_marker(storage, dir, domain)
+        .await
+        .map_err(|e| Error::io("write the restore marker", dir, e))?;
     Ok(write_identity(storage, dir, &Identity::new(domain)).await?)
+}
+
+/// The restore marker, synced, its name synced: from here until
+/// [`finish`] removes it, an open of the directory starts the restore over.
+async fn write_marker<S: Storage>(storage: &S, dir: &Path, domain: Uuid) -> io::Result<()> {
+    let path = dir.join(RESTORE_MARKER_NAME);
+    match storage.remove(&path).await {
+        Err(e) if errno(&e) != Some(libc::ENOENT) => return Err(e),
+        _ => {}
+    }
+    let file = storage.create_buffered(&path).await?;
+    let note =
+        format!("ringstore cold restore of domain {domain}: unfinished while this file exists\n");
+    let written = async {
+        let len = note.len();
+        if file.write_at(note.into_bytes(), 0).await? != len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short write of the restore marker",
+            ));
+        }
+        file.sync().await
+    }
+    .await;
+    let _ = file.close().await;
+    written?;
+    storage.sync_dir(dir).await
 }
 
 /// Everything a shard keeps in its directory but the lock, the cache and
 /// the marker.
-fn remove_shard_files(dir: &Path) -> io::Result<()> {
+async fn remove_shard_files<S: Storage>(storage: &S, dir: &Path) -> io::Result<()> {
     for name in [IDENTITY_FILE_NAME, IDENTITY_TEMP_NAME] {
-        match std::fs::remove_file(dir.join(name)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        match storage.remove(&dir.join(name)).await {
+            Err(e) if errno(&e) != Some(libc::ENOENT) => return Err(e),
             _ => {}
         }
     }
@@ -622,40 +640,15 @@ fn remove_shard_files(dir: &Path) -> io::Result<()> {
         SNAPSHOT_DIR_NAME,
         RESTORE_STAGING_DIR_NAME,
     ] {
-        remove_dir_if_present(&dir.join(sub))?;
+        remove_tree(storage, &dir.join(sub)).await?;
     }
-    sync_dir(dir)
+    storage.sync_dir(dir).await
 }
 
-fn remove_dir_if_present(path: &Path) -> io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
-fn has_entries(dir: &Path) -> io::Result<bool> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_some()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+fn has_entries<S: Storage>(storage: &S, dir: &Path) -> io::Result<bool> {
+    match storage.list_dir(dir) {
+        Ok(names) => Ok(!names.is_empty()),
+        Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Runs plain filesystem calls on glommio's blocking pool, so the reactor
-/// never waits on them (a copy can be large).
-async fn blocking<T: Send + 'static>(
-    path: PathBuf,
-    op: &'static str,
-    work: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
-) -> Result<T> {
-    let at = path.clone();
-    glommio::executor()
-        .spawn_blocking(move || work(&at))
-        .await
-        .map_err(|e| Error::io(op, path, e).into())
 }

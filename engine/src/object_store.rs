@@ -84,7 +84,7 @@
 use crate::error::{Error, Result};
 use crate::machine::StateMachine;
 use crate::shard::{Shard, ShardHooks, WeakShard};
-use crate::snapshot::inspect::{inspect_snapshot, Check};
+use crate::snapshot::scrub::verify_snapshot_file;
 use crate::snapshot::{parse_snapshot_file_name, snapshot_file_name, SnapshotMeta};
 use event_listener::Event;
 use ringstore_cache::{remote::Backoff, Cache, RemoteError, Tiered};
@@ -361,9 +361,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         };
         let path = self.snapshots().dir().join(snapshot_file_name(op));
         let key = snapshot_key(op);
-        let local_bytes = match std::fs::metadata(&path) {
-            Ok(meta) => meta.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Upload::Superseded,
+        let local_bytes = match self.snapshots().storage().stat(&path).await {
+            Ok(meta) => meta.len,
+            Err(e) if ringstore_journal::storage::errno(&e) == Some(libc::ENOENT) => {
+                return Upload::Superseded
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot stat the snapshot to upload");
                 return Upload::Failed;
@@ -371,29 +373,26 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         };
         // What the store gets is what recovery and a cold restore will rely
         // on (in BeforeCompaction mode the watermark moves past it): read the
-        // whole file back and check every checksum first, off the reactor,
-        // with the verifier recovery and cold restore load it with
+        // whole file back through the storage layer and check every checksum
+        // first, with the verifier recovery and cold restore load it with
         // (`snapshot::verify`), so a file that passes here loads there.
         let domain = self.domain();
-        let check_path = path.clone();
-        let checked = glommio::executor()
-            .spawn_blocking(move || {
-                inspect_snapshot(&check_path, Check::Full, Some(domain), &mut |_| {})
-            })
-            .await;
+        let storage = self.snapshots().storage();
+        let checked = verify_snapshot_file(storage, &path, Some(domain)).await;
         match checked {
-            Ok(report) if report.is_intact() => {}
-            Ok(report) => {
-                let damage: Vec<String> = report.damage.iter().map(ToString::to_string).collect();
+            Ok(None) => {}
+            Ok(Some(damage)) => {
                 tracing::error!(
                     path = %path.display(),
-                    damage = damage.join("; "),
+                    %damage,
                     "the snapshot to upload no longer verifies; not uploading it"
                 );
                 self.upload_refused();
                 return Upload::Conflict;
             }
-            Err(_) if !path.exists() => return Upload::Superseded,
+            Err(e) if ringstore_journal::storage::errno(&e) == Some(libc::ENOENT) => {
+                return Upload::Superseded
+            }
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "cannot read the snapshot to upload");
                 return Upload::Failed;

@@ -161,3 +161,53 @@ fn an_unsynced_buffered_write_tears_at_sector_boundaries() {
         assert!(torn_seen > 0, "no seed tore the write");
     });
 }
+
+#[test]
+fn remove_tree_takes_everything_beneath_and_copy_file_copies() {
+    use ringstore_journal::storage::{copy_file, remove_tree};
+    let dir = temp_dir();
+    run(move || async move {
+        let real = DmaStorage::new();
+        let mem = MemStorage::new();
+        let mem_root = Path::new("/disk/tree");
+        mem.create_dir(mem_root).await.unwrap();
+        for (storage_root, is_real) in [
+            (dir.path().to_path_buf(), true),
+            (mem_root.to_path_buf(), false),
+        ] {
+            let tree = storage_root.join("t");
+            macro_rules! each {
+                ($s:expr) => {{
+                    let s = $s;
+                    s.create_dir(&tree).await.unwrap();
+                    s.create_dir(&tree.join("a")).await.unwrap();
+                    s.create_dir(&tree.join("a/b")).await.unwrap();
+                    write_file(s, &tree.join("a/b/f"), b"deep").await;
+                    write_file(s, &tree.join("g"), b"top").await;
+                    let copied =
+                        copy_file(s, &tree.join("a/b/f"), &storage_root.join("copy")).await;
+                    assert_eq!(copied.unwrap(), 4);
+                    assert_eq!(read_file(s, &storage_root.join("copy")).await, b"deep");
+                    let again = copy_file(s, &tree.join("g"), &storage_root.join("copy")).await;
+                    assert_eq!(again.unwrap_err().kind(), ErrorKind::AlreadyExists);
+                    remove_tree(s, &tree).await.unwrap();
+                    assert_eq!(s.stat(&tree).await.unwrap_err().kind(), ErrorKind::NotFound);
+                    remove_tree(s, &tree).await.unwrap();
+                }};
+            }
+            if is_real {
+                // A symlink in the tree is removed, not followed.
+                let outside = storage_root.join("outside");
+                std::fs::create_dir(&outside).unwrap();
+                std::fs::write(outside.join("kept"), b"kept").unwrap();
+                real.create_dir(&tree).await.unwrap();
+                std::os::unix::fs::symlink(&outside, tree.join("link")).unwrap();
+                remove_tree(&real, &tree).await.unwrap();
+                assert!(outside.join("kept").exists());
+                each!(&real);
+            } else {
+                each!(&mem);
+            }
+        }
+    });
+}

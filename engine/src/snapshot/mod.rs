@@ -12,7 +12,7 @@
 /// too); here under its old path.
 pub use crate::format;
 pub mod inspect;
-mod scrub;
+pub(crate) mod scrub;
 pub mod store;
 pub mod verify;
 

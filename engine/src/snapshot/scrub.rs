@@ -1,5 +1,6 @@
 //! The snapshot scrubber's read of one file: every byte, with the verifier
-//! a load uses ([`Check::Full`]), paced to the scrubber's rate. The task
+//! a load uses ([`Check::Full`]), paced to the scrubber's rate; unpaced, the
+//! object-store upload's check of a file before it sends it. The task
 //! that runs it over a shard's snapshot generations, pass after pass, is in
 //! `shard.rs` ([`crate::ShardBuilder::scrub_rate`]).
 
@@ -9,6 +10,7 @@ use ringstore_journal::format::align_up;
 use ringstore_journal::pace::Pacer;
 use ringstore_journal::storage::{Storage, StorageFile};
 use std::io;
+use std::num::NonZeroU64;
 use std::path::Path;
 use uuid::Uuid;
 
@@ -31,6 +33,21 @@ pub(crate) async fn scrub_snapshot<S: Storage>(
         Err(e) => return Err(e),
     };
     let result = scrub_open_file(&file, path, domain, pacer, go_on).await;
+    let _ = file.close().await;
+    result
+}
+
+/// Reads and verifies the snapshot file at `path` at full speed, as a
+/// load would: its first damage, if any (the upload's check before it
+/// sends a file). A file that is gone is an error (`NotFound`).
+pub(crate) async fn verify_snapshot_file<S: Storage>(
+    storage: &S,
+    path: &Path,
+    domain: Option<Uuid>,
+) -> io::Result<Option<SnapshotDamage>> {
+    let file = storage.open(path).await?;
+    let mut pacer = Pacer::new(NonZeroU64::MAX);
+    let result = scrub_open_file(&file, path, domain, &mut pacer, &|| true).await;
     let _ = file.close().await;
     result
 }

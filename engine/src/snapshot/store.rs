@@ -137,6 +137,11 @@ impl<S: Storage> SnapshotStore<S> {
         Ok(store)
     }
 
+    /// The storage the snapshots are on.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir

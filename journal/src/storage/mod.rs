@@ -372,6 +372,91 @@ impl<'a> DirWalk<'a> {
     }
 }
 
+/// Bytes per read and write of [`copy_file`].
+const COPY_STEP_BYTES: usize = 1 << 20;
+
+/// Removes `path` and, if it is a directory, everything beneath it, deepest
+/// first (not following symlinks: a symlink is removed, not its target).
+/// Nothing is synced: durable after `sync_dir` of each directory changed
+/// (the caller's parent of `path` is enough once `path` is gone). A path
+/// already gone is fine.
+pub async fn remove_tree<S: Storage>(storage: &S, path: &Path) -> io::Result<()> {
+    let meta = match storage.stat(path).await {
+        Ok(meta) => meta,
+        Err(e) if errno(&e) == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if meta.kind != EntryKind::Dir {
+        return storage.remove(path).await;
+    }
+    // An explicit stack, deepest last: a hostile depth cannot overflow ours.
+    let mut pending = vec![(path.to_path_buf(), false)];
+    while let Some((dir, listed)) = pending.pop() {
+        if listed {
+            match storage.remove_dir(&dir).await {
+                Err(e) if errno(&e) != Some(libc::ENOENT) => return Err(e),
+                _ => continue,
+            }
+        }
+        pending.push((dir.clone(), true));
+        for (name, meta) in storage.list_dir_meta(&dir).await? {
+            let entry = dir.join(name);
+            match meta {
+                Ok(meta) if meta.kind == EntryKind::Dir => pending.push((entry, false)),
+                Ok(_) => match storage.remove(&entry).await {
+                    Err(e) if errno(&e) != Some(libc::ENOENT) => return Err(e),
+                    _ => {}
+                },
+                Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies the file at `from` to a new file at `to` (which must not exist)
+/// through buffered files and syncs the copy's bytes (its name is durable
+/// after `sync_dir` of its directory). Returns the bytes copied.
+pub async fn copy_file<S: Storage>(storage: &S, from: &Path, to: &Path) -> io::Result<u64> {
+    let source = storage.open_buffered(from).await?;
+    let copied = async {
+        let target = storage.create_buffered(to).await?;
+        let written = async {
+            let mut offset = 0u64;
+            // Bounded by the source's size: every read returns bytes or ends.
+            loop {
+                let read = source.read_at(offset, COPY_STEP_BYTES).await?;
+                if read.is_empty() {
+                    break;
+                }
+                let mut piece = read.to_vec();
+                let mut at = offset;
+                while !piece.is_empty() {
+                    let n = target.write_at(piece.clone(), at).await?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            format!("{}: wrote 0 bytes", to.display()),
+                        ));
+                    }
+                    piece.drain(..n.min(piece.len()));
+                    at += n as u64;
+                }
+                offset = at;
+            }
+            target.sync().await?;
+            Ok(offset)
+        }
+        .await;
+        let _ = target.close().await;
+        written
+    }
+    .await;
+    let _ = source.close().await;
+    copied
+}
+
 /// The directory holding `path` (`.` for a bare name).
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
