@@ -28,18 +28,18 @@ fn faults() -> FaultConfig {
 fn a_power_cut_at_every_step_of_the_first_write_leaves_a_new_or_a_whole_superblock() {
     run(|| async {
         let data = Path::new("/disk/data");
-        let mut cuts = 0;
         for cut in 1..=CUTS_MAX {
             let mem = MemStorage::with_faults(cut, faults());
             mem.cut_power_after_ops(cut);
             let first = check_manifest_on(&mem, data, SHARDS).await;
             if !mem.power_is_cut() {
                 first.unwrap();
+                // Every earlier cut landed inside the write.
+                let cuts = cut - 1;
                 eprintln!("first write: {cuts} cut points");
                 assert!(cuts >= 6, "only {cuts} cut points");
                 return;
             }
-            cuts += 1;
             mem.crash();
             match read_manifest_on(&mem, data).await {
                 Ok(None) | Ok(Some(SHARDS)) => {}
@@ -60,7 +60,6 @@ fn a_power_cut_at_every_step_of_a_repair_keeps_the_shard_count() {
     run(|| async {
         let data = Path::new("/disk/data");
         let path = data.join(MANIFEST_FILE_NAME);
-        let mut cuts = 0;
         for cut in 1..=CUTS_MAX {
             let mem = MemStorage::with_faults(cut, faults());
             check_manifest_on(&mem, data, SHARDS).await.unwrap();
@@ -72,6 +71,7 @@ fn a_power_cut_at_every_step_of_a_repair_keeps_the_shard_count() {
             let repaired = check_manifest_on(&mem, data, SHARDS).await;
             if !mem.power_is_cut() {
                 repaired.unwrap();
+                let cuts = cut - 1;
                 eprintln!("repair: {cuts} cut points");
                 assert!(cuts >= 3, "only {cuts} cut points");
                 // A loss after the repair (it also disarms the cut).
@@ -79,7 +79,6 @@ fn a_power_cut_at_every_step_of_a_repair_keeps_the_shard_count() {
                 assert_eq!(read_manifest_on(&mem, data).await.unwrap(), Some(SHARDS));
                 return;
             }
-            cuts += 1;
             mem.crash();
             assert_eq!(
                 read_manifest_on(&mem, data).await.unwrap(),
