@@ -10,11 +10,11 @@
 //!    only a regular file), `fdatasync`s it and takes its size and
 //!    identity (device and inode) from the open file;
 //! 2. reserves its size and one object (waiting up to `reservation_wait`);
-//! 3. creates the key's parent directories, then links the file's name into
-//!    place and checks that the new name is the inode step 1 opened and
-//!    synced (a name swapped in between is unlinked again and the open
-//!    file copied instead); EEXIST is [`Error::Conflict`], like a staging
-//!    commit;
+//! 3. creates the key's parent directories, then links **the open file**
+//!    into place (`Storage::link_file`: on the real disk
+//!    `linkat("/proc/self/fd/N", .., AT_SYMLINK_FOLLOW)`), so the inode
+//!    opened and synced in step 1 is the one linked even if its name was
+//!    swapped since; EEXIST is [`Error::Conflict`], like a staging commit;
 //! 4. accounts the object (reservation -> used) and tracks it;
 //! 5. fsyncs the key's directory and any new ancestor's parent.
 //!
@@ -30,7 +30,7 @@
 //! The size accounted is the one seen in step 1; a file that grew since is
 //! accounted right at the next startup walk.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -70,9 +70,13 @@ pub(crate) async fn adopt<S: CacheDisk>(
     shared.check_open()?;
     let key = Key::new(key)?;
     let (src, meta) = open_and_sync(shared, file).await?;
+    // Shared with the link task, which may outlive a dropped caller.
+    let src = Rc::new(src);
     let adopted = adopt_open(shared, &key, file, &src, meta).await;
-    if let Err(error) = src.close().await {
-        tracing::debug!(%error, file = %file.display(), "closing an adopted file");
+    if let Ok(src) = Rc::try_unwrap(src) {
+        if let Err(error) = src.close().await {
+            tracing::debug!(%error, file = %file.display(), "closing an adopted file");
+        }
     }
     let adopted = adopted?;
     match adopted {
@@ -89,7 +93,7 @@ async fn adopt_open<S: CacheDisk>(
     shared: &Rc<Shared<S>>,
     key: &Key,
     file: &Path,
-    src: &S::Buffered,
+    src: &Rc<S::Buffered>,
     meta: ringstore_journal::storage::FileMeta,
 ) -> Result<Adopted> {
     let bytes = meta.len;
@@ -105,7 +109,7 @@ async fn adopt_open<S: CacheDisk>(
     let task = glommio::spawn_local(link(
         Rc::clone(shared),
         key.clone(),
-        file.to_path_buf(),
+        Rc::clone(src),
         meta,
         reservation,
     ));
@@ -162,7 +166,7 @@ async fn open_and_sync<S: CacheDisk>(
 async fn link<S: CacheDisk>(
     shared: Rc<Shared<S>>,
     key: Key,
-    src: PathBuf,
+    src: Rc<S::Buffered>,
     meta: ringstore_journal::storage::FileMeta,
     mut reservation: Reservation,
 ) -> Result<LinkOutcome> {
@@ -177,7 +181,7 @@ async fn link<S: CacheDisk>(
         if key.parent().is_some() {
             shared.ensure_parent_dirs(&key).await?;
         }
-        let linked = shared.disk.link(&src, &key_path).await;
+        let linked = shared.disk.link_file(&src, &key_path).await;
         match linked.as_ref().map_err(errno) {
             Ok(()) => break,
             Err(Some(libc::EEXIST)) => {
@@ -205,25 +209,6 @@ async fn link<S: CacheDisk>(
         }
     }
     let dir = parent_dir(&key_path).to_path_buf();
-    // The name linked must be the file opened and synced in step 1: one
-    // swapped in since is taken out again (durably) and the open file copied.
-    let placed = shared.disk.stat(&key_path).await;
-    if !matches!(&placed, Ok(found) if found.id == meta.id && found.kind == EntryKind::File) {
-        shared
-            .disk
-            .remove(&key_path)
-            .await
-            .map_err(|e| Error::io("unlinkat", &key_path, e))?;
-        shared
-            .fsync_dir(&dir)
-            .await
-            .map_err(|e| Error::io("fsync", &dir, e))?;
-        let why = std::io::Error::other(format!(
-            "{} is no longer the file opened to adopt",
-            src.display()
-        ));
-        return Ok(LinkOutcome::NeedsCopy(why));
-    }
     // The object is in place: account for it before anything else can fail.
     let replaced = shared.tracker.borrow_mut().insert_now(key.as_str(), bytes);
     reservation.commit(bytes, 1);

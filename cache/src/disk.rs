@@ -272,8 +272,14 @@ impl Storage for RootedDisk {
 
     fn fs_space(&self, dir: &Path) -> io::Result<FsSpace> {
         let rel = self.relative(dir)?;
-        let fd = sys::open_beneath_blocking(&self.inner.root_fd, rel)?;
-        let space = sys::fs_space(std::os::fd::AsFd::as_fd(&fd))?;
+        // The root's own descriptor for the root (what the cache's free-space
+        // floor asks about at every reservation): no open per call.
+        let space = if rel.is_empty() {
+            sys::fs_space(std::os::fd::AsFd::as_fd(&*self.inner.root_fd))?
+        } else {
+            let fd = sys::open_beneath_blocking(&self.inner.root_fd, rel)?;
+            sys::fs_space(std::os::fd::AsFd::as_fd(&fd))?
+        };
         Ok(FsSpace {
             total_bytes: space.total_bytes,
             avail_bytes: space.avail_bytes,
@@ -331,6 +337,16 @@ impl Storage for RootedDisk {
             .uring
             .link(&from_dir, from_leaf, &to_dir, to_leaf)
             .await
+    }
+
+    async fn link_file(&self, file: &PageCacheFile, to: &Path) -> io::Result<()> {
+        let (to_dir, to_leaf) = self.named(to).await?;
+        // A duplicate of the file's descriptor goes with the op: if this
+        // future is dropped while the link is in the kernel, the file may
+        // be closed and its number reused, and /proc/self/fd/N must still
+        // name this file when the kernel resolves it.
+        let src = Rc::new(sys::dup_fd(std::os::fd::AsRawFd::as_raw_fd(file))?);
+        self.inner.uring.link_fd(&src, &to_dir, to_leaf).await
     }
 
     async fn stat(&self, path: &Path) -> io::Result<FileMeta> {

@@ -370,6 +370,9 @@ pub trait SimDisk: CacheDisk {
     fn find_part(&self, dir: &Path) -> Option<PathBuf>;
     /// True if a file exists at `path`.
     fn exists(&self, path: &Path) -> bool;
+    /// The bytes of the file at `path` now (`None`: no file there), read
+    /// without awaiting.
+    fn read_now(&self, path: &Path) -> Option<Vec<u8>>;
     /// The disk's fault counts so far.
     fn fault_counts(&self) -> FaultCounts;
 }
@@ -386,6 +389,9 @@ impl SimDisk for RootedDisk {
     }
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+    fn read_now(&self, path: &Path) -> Option<Vec<u8>> {
+        std::fs::read(path).ok()
     }
     fn fault_counts(&self) -> FaultCounts {
         FaultCounts::default()
@@ -415,9 +421,23 @@ impl SimDisk for MemStorage {
     fn exists(&self, path: &Path) -> bool {
         self.paths().iter().any(|p| p == path)
     }
+    fn read_now(&self, path: &Path) -> Option<Vec<u8>> {
+        self.file_bytes(path)
+    }
     fn fault_counts(&self) -> FaultCounts {
         MemStorage::fault_counts(self)
     }
+}
+
+/// What a power cut inside an operation may leave at its key.
+struct CutOutcomes {
+    key: String,
+    /// The key's acknowledged bytes before the op.
+    before: Option<Vec<u8>>,
+    /// Its bytes had the op completed.
+    after: Option<Vec<u8>>,
+    /// A commit: it never replaces an object (a conflict instead).
+    never_replaces: bool,
 }
 
 struct Slot<S: CacheDisk> {
@@ -441,6 +461,8 @@ struct World<S: SimDisk> {
     pending_trims: Vec<String>,
     /// Draws the power-cut points (a xorshift of the seed).
     rng: u64,
+    /// A power cut is armed and has not happened yet.
+    cut_armed: bool,
     report: SimReport,
 }
 
@@ -473,6 +495,7 @@ impl<S: SimDisk> World<S> {
             candidates: BTreeMap::new(),
             pending_trims: Vec::new(),
             rng: seed | 1,
+            cut_armed: false,
             report: SimReport::default(),
             dir,
         };
@@ -502,7 +525,7 @@ impl<S: SimDisk> World<S> {
         if S::LOSES_POWER {
             // A trim's unlinks that a cancelled trimmer never issued leave
             // their objects in place: still only the candidates' bytes.
-            world.verify_with_candidates(usize::MAX).await?;
+            world.verify_with_candidates(usize::MAX, false).await?;
         } else {
             world.verify_full(usize::MAX).await?;
         }
@@ -528,36 +551,58 @@ impl<S: SimDisk> World<S> {
         }
         if applied.is_err() {
             self.report.cut_ops += 1;
-            if let Some((key, mut outcomes)) = outcomes {
+            if let Some(cut) = outcomes {
                 // A trim during the op (a put's reservation asks for one)
                 // may have removed the key's object, its unlink surviving
-                // while the op's own change does not.
-                if self.peek_trimmed(index, &key)? {
-                    outcomes.push(None);
+                // while the op's own change does not; and then a commit
+                // finds the key free.
+                let trimmed = self.peek_trimmed(index, &cut.key)?;
+                let mut possible = vec![cut.before.clone()];
+                if trimmed {
+                    possible.push(None);
                 }
-                self.candidates.entry(key).or_default().extend(outcomes);
+                if !cut.never_replaces || cut.before.is_none() || trimmed {
+                    possible.push(cut.after);
+                }
+                self.candidates.entry(cut.key).or_default().extend(possible);
             }
         }
         self.crash(index).await
     }
 
+    /// After an acknowledged put, commit or invalidation of `key`: its
+    /// directory fsync made every earlier removal of the key durable too,
+    /// so no earlier bytes can come back.
+    fn acknowledged(&mut self, key: &str) {
+        self.candidates.remove(key);
+    }
+
     /// What `op` may leave at its key if a power cut makes it fail midway:
     /// the key's bytes before it, and after it.
-    fn outcomes_if_cut(&self, op: &Op) -> Option<(String, Vec<Option<Vec<u8>>>)> {
-        let (key, after) = match *op {
+    fn outcomes_if_cut(&self, op: &Op) -> Option<CutOutcomes> {
+        let (key, after, never_replaces) = match *op {
             Op::Put { key, len, fill } => {
                 let data = data_of(usize::from(len) % (SIM_OBJECT_BYTES_MAX + 1), fill);
-                (key_of(key).to_owned(), Some(data))
+                (key_of(key).to_owned(), Some(data), false)
             }
-            Op::Invalidate { key } => (key_of(key).to_owned(), None),
+            Op::Invalidate { key } => (key_of(key).to_owned(), None, false),
             Op::Commit { slot } | Op::CommitUnlinkFails { slot } => {
                 let entry = self.slots[usize::from(slot) % SIM_STAGING_SLOTS].as_ref()?;
-                (entry.staging.key().to_owned(), Some(entry.data.clone()))
+                (
+                    entry.staging.key().to_owned(),
+                    Some(entry.data.clone()),
+                    true,
+                )
             }
             _ => return None,
         };
         let before = self.model.get(&key).cloned();
-        Some((key, vec![before, after]))
+        Some(CutOutcomes {
+            key,
+            before,
+            after,
+            never_replaces,
+        })
     }
 
     fn next_random(&mut self) -> u64 {
@@ -608,49 +653,67 @@ impl<S: SimDisk> World<S> {
         self.report.crashes += 1;
         if S::LOSES_POWER {
             self.disk.lose_power();
+            self.cut_armed = false;
             self.report.power_losses += 1;
             self.open(index).await?;
-            return self.verify_with_candidates(index).await;
+            return self.verify_with_candidates(index, true).await;
         }
         self.open(index).await?;
         self.verify_full(index).await
     }
 
-    /// After a power loss (or on the simulated disk any reopen): each key
-    /// holds its acknowledged bytes or one of its candidates (and the model
-    /// takes what it holds), no `.part` file is left, and the accounting
-    /// matches.
-    async fn verify_with_candidates(&mut self, index: usize) -> Result<(), SimFailure> {
+    /// The process died, the power did not: drop the cache and reopen it;
+    /// what it left unsynced stays so (a later loss decides it).
+    async fn process_crash(&mut self, index: usize) -> Result<(), SimFailure> {
+        self.release_all();
+        self.apply_trims(index)?;
+        drop(self.cache.take());
+        self.report.crashes += 1;
+        self.open(index).await?;
+        self.verify_with_candidates(index, false).await
+    }
+
+    /// After a crash and reopen on the simulated disk: each key holds its
+    /// acknowledged bytes or one of its candidates (and the model takes
+    /// what it holds), `get` returns what the disk holds, no `.part` file
+    /// is left, and the accounting matches. After a power loss the
+    /// candidates are spent; after a process crash they stay (what they
+    /// stand for is still unsynced).
+    async fn verify_with_candidates(
+        &mut self,
+        index: usize,
+        power_lost: bool,
+    ) -> Result<(), SimFailure> {
         let objects_dir = self.cache(index)?.objects_dir().to_path_buf();
         if let Some(part) = self.disk.find_part(&objects_dir) {
             return Err(fail(
                 index,
                 None,
-                format!("{} survived a power loss and restart", part.display()),
+                format!("{} survived a crash and restart", part.display()),
             ));
         }
-        let candidates = std::mem::take(&mut self.candidates);
-        for key in SIM_KEYS {
-            let got = self
-                .cache(index)?
-                .get(key)
-                .await
-                .map_err(|e| fail(index, None, format!("get {key} after power loss: {e}")))?
-                .map(|object| object.to_vec());
-            let trimmed = self.peek_trimmed(index, key)?;
+        // What the disk holds, read before anything awaits: the reopened
+        // cache's trimmer (over its threshold) has not run yet, so nothing
+        // the check should see is removed first.
+        let on_disk: Vec<Option<Vec<u8>>> = SIM_KEYS
+            .iter()
+            .map(|key| self.disk.read_now(&objects_dir.join(key)))
+            .collect();
+        let candidates = if power_lost {
+            std::mem::take(&mut self.candidates)
+        } else {
+            self.candidates.clone()
+        };
+        for (key, got) in SIM_KEYS.iter().copied().zip(on_disk) {
             let acknowledged = self.model.get(key).cloned();
             let others = candidates.get(key).map(Vec::as_slice).unwrap_or(&[]);
-            let allowed =
-                got == acknowledged || others.contains(&got) || (got.is_none() && trimmed);
-            if !allowed {
+            if got != acknowledged && !others.contains(&got) {
                 let what = match (&got, &acknowledged) {
                     (None, Some(_)) => "an acknowledged object is lost".to_owned(),
-                    (Some(bytes), None) => {
-                        format!(
-                            "{} bytes appeared that were never acknowledged",
-                            bytes.len()
-                        )
-                    }
+                    (Some(bytes), None) => format!(
+                        "{} bytes appeared that were never acknowledged",
+                        bytes.len()
+                    ),
                     (Some(bytes), Some(expected)) => format!(
                         "{} bytes differ from the acknowledged {} (or a candidate)",
                         bytes.len(),
@@ -658,26 +721,35 @@ impl<S: SimDisk> World<S> {
                     ),
                     (None, None) => unreachable!("equal"),
                 };
-                return Err(fail(
-                    index,
-                    None,
-                    format!("{key} after a power loss: {what}"),
-                ));
+                return Err(fail(index, None, format!("{key} after a crash: {what}")));
             }
             if got != acknowledged {
                 self.report.rolled_back += 1;
             }
-            if got.is_none() && trimmed {
-                // The reopened cache's trimmer removed whichever of the
-                // allowed objects was there, and its unlink is not synced:
-                // each may come back at the next loss.
-                let mut back: Vec<Option<Vec<u8>>> = others.to_vec();
-                back.push(acknowledged.clone());
-                back.retain(Option::is_some);
-                self.candidates
-                    .entry(key.to_owned())
-                    .or_default()
-                    .extend(back);
+            let read = self
+                .cache(index)?
+                .get(key)
+                .await
+                .map_err(|e| fail(index, None, format!("get {key} after a crash: {e}")))?
+                .map(|object| object.to_vec());
+            let trimmed = self.peek_trimmed(index, key)?;
+            if read.is_none() && trimmed && got.is_some() {
+                // The reopened cache's trimmer removed it (its unlink not
+                // synced: it may come back at the next loss).
+                self.candidates.entry(key.to_owned()).or_default().push(got);
+                self.model.remove(key);
+                continue;
+            }
+            if read != got {
+                return Err(fail(
+                    index,
+                    None,
+                    format!(
+                        "{key} after a crash: get returned {:?} bytes, the disk holds {:?}",
+                        read.map(|r| r.len()),
+                        got.as_ref().map(Vec::len)
+                    ),
+                ));
             }
             match got {
                 Some(bytes) => self.model.insert(key.to_owned(), bytes),
@@ -696,6 +768,7 @@ impl<S: SimDisk> World<S> {
                 match self.cache(index)?.put(key, &data).await {
                     Ok(()) => {
                         self.model.insert(key.to_owned(), data);
+                        self.acknowledged(key);
                         self.report.puts += 1;
                     }
                     Err(Error::ReservationTimeout { .. }) => self.report.timeouts += 1,
@@ -751,6 +824,7 @@ impl<S: SimDisk> World<S> {
                     .map_err(|e| bad(format!("invalidate: {e}")))?;
                 let trimmed = self.peek_trimmed(index, key)?;
                 let expected = self.model.remove(key).is_some();
+                self.acknowledged(key);
                 // A trim may have removed it first; then invalidate finds
                 // nothing.
                 let trimmed_first = trimmed && !removed;
@@ -817,6 +891,7 @@ impl<S: SimDisk> World<S> {
                         if unlink_fails && failures != failures_before + 1 {
                             return Err(bad("injected unlink failure was not counted".into()));
                         }
+                        self.acknowledged(&key);
                         self.model.insert(key, entry.data);
                         self.report.commits += 1;
                     }
@@ -901,9 +976,18 @@ impl<S: SimDisk> World<S> {
                     Err(e) => return Err(bad(format!("put under ENOSPC: {e}"))),
                 }
             }
+            // One in three: the process dies and the power stays on, so
+            // what it left unsynced meets a later loss in the next life.
+            // (Not while a cut is armed: it would fall in the reopen.)
+            Op::Crash
+                if S::LOSES_POWER && !self.cut_armed && self.next_random().is_multiple_of(3) =>
+            {
+                self.process_crash(index).await?;
+            }
             Op::Crash if S::LOSES_POWER => {
                 let ahead = 1 + self.next_random() % POWER_CUT_AHEAD_MAX;
                 self.disk.arm_power_cut(ahead);
+                self.cut_armed = true;
             }
             Op::Crash => self.crash(index).await?,
         }

@@ -83,8 +83,8 @@ struct OpBufs {
     /// the completion is reaped, so an abandoned op can never run against a
     /// closed fd number the process has since reused for something else.
     _dir: Option<Rc<OwnedFd>>,
-    /// A second fd the op uses (the directory `link` links into): kept
-    /// open like `_dir`.
+    /// A second fd the op uses (the directory `link` links into, the file
+    /// `link_fd` links): kept open like `_dir`.
     _src: Option<Rc<OwnedFd>>,
     /// The op returns a new fd (openat2): close it if the result is abandoned.
     returns_fd: bool,
@@ -418,6 +418,37 @@ impl Uring {
         check(res).map(drop)
     }
 
+    /// Links the open file `src` into `dir` as `new`: `linkat(AT_FDCWD,
+    /// "/proc/self/fd/<src>", dirfd, new, AT_SYMLINK_FOLLOW)`, the unprivileged
+    /// way to link an fd (`AT_EMPTY_PATH` needs `CAP_DAC_READ_SEARCH`). The
+    /// inode linked is the one `src` has open, whatever happened to the name
+    /// it was opened by. EEXIST if `new` exists; EXDEV across filesystems;
+    /// ENOENT if `/proc` is not mounted (or `dir` lost its entry).
+    pub(crate) async fn link_fd(
+        &self,
+        src: &Rc<OwnedFd>,
+        dir: &Rc<OwnedFd>,
+        new: &str,
+    ) -> io::Result<()> {
+        let dirfd = dir.as_raw_fd();
+        let proc_path = format!("/proc/self/fd/{}", src.as_raw_fd());
+        let mut bufs = OpBufs::two_paths(dir, &proc_path, new)?;
+        bufs._src = Some(Rc::clone(src));
+        let (res, _) = self
+            .submit(bufs, |b| {
+                opcode::LinkAt::new(
+                    types::Fd(libc::AT_FDCWD),
+                    cptr(&b.path_a),
+                    types::Fd(dirfd),
+                    cptr(&b.path_b),
+                )
+                .flags(libc::AT_SYMLINK_FOLLOW)
+                .build()
+            })
+            .await?;
+        check(res).map(drop)
+    }
+
     /// `renameat(dirfd, old, dirfd, new)`: atomically replaces `new`.
     pub(crate) async fn rename(&self, dir: &Rc<OwnedFd>, old: &str, new: &str) -> io::Result<()> {
         let dirfd = dir.as_raw_fd();
@@ -689,6 +720,19 @@ fn check(res: i32) -> io::Result<i32> {
     } else {
         Ok(res)
     }
+}
+
+/// A duplicate of `fd` (close-on-exec) that the caller owns: what an op in
+/// the ring keeps open while the kernel may still resolve it, whatever the
+/// original's owner does meanwhile.
+pub(crate) fn dup_fd(fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall on an fd number; the result is checked.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl just returned this fd; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
 /// `openat2(dir, path, O_RDONLY | O_DIRECTORY)` with `RESOLVE_BENEATH |

@@ -208,7 +208,7 @@ async fn run_locked<S: CacheDisk>(
             drop(key_guard);
             match result {
                 Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) if ringstore_journal::storage::errno(&e) == Some(libc::ENOENT) => {}
                 Err(error) => {
                     errors += 1;
                     // The file stays on disk untracked; an exhaustive trim or

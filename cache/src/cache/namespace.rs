@@ -110,13 +110,14 @@ impl<S: CacheDisk> Shared<S> {
         for level in key.ancestors() {
             let path = self.object_path(level);
             let made = self.disk.create_dir(&path).await;
-            let made = match made.as_ref().map_err(errno) {
-                Ok(()) => true,
+            match made.as_ref().map_err(errno) {
+                Ok(()) => {}
                 // Created concurrently, by a task that may not have fsync'd
-                // its parent yet (ours does), or there before: it must be a
-                // real directory.
+                // its parent yet (and may never: it can be dropped), or by
+                // an earlier instance that crashed before it did: ours
+                // does. It must be a real directory.
                 Err(Some(libc::EEXIST)) => match self.disk.stat(&path).await {
-                    Ok(meta) if meta.kind == EntryKind::Dir => false,
+                    Ok(meta) if meta.kind == EntryKind::Dir => {}
                     Ok(meta) if meta.kind == EntryKind::File => {
                         return Err(Error::rejected(key.as_str(), KeyRejection::ParentIsObject))
                     }
@@ -139,9 +140,12 @@ impl<S: CacheDisk> Shared<S> {
                     return Err(Error::io("mkdirat", path, e));
                 }
             };
-            if made {
-                self.unsynced_dirs.borrow_mut().insert(level.to_owned());
-            }
+            // The level's entry is made durable in its parent in every
+            // case: nothing tells a level another task (which may have been
+            // dropped) or a crashed instance made and never synced from an
+            // old one. An extra fsync, only when a key's directory was
+            // missing.
+            self.unsynced_dirs.borrow_mut().insert(level.to_owned());
         }
         self.sync_new_ancestors(key).await
     }

@@ -183,28 +183,36 @@ impl Storage for DmaStorage {
             .write(true)
             .create_new(true)
             .buffered_open(path)
-            .await?;
+            .await
+            .map_err(os_error)?;
         Ok(PageCacheFile { file })
     }
 
     async fn open_buffered(&self, path: &Path) -> io::Result<PageCacheFile> {
-        // Checked by name first, so a FIFO or device is refused before an
-        // open that could wait on it; one swapped in between the check and
-        // the open is not caught here (the cache's rooted disk checks the
-        // open descriptor instead).
-        if std::fs::symlink_metadata(path)?.file_type().is_file() {
-            let file = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .buffered_open(path)
-                .await?;
-            Ok(PageCacheFile { file })
-        } else {
-            Err(io::Error::new(
+        // Opened first without blocking (O_NONBLOCK: a FIFO at `path`
+        // cannot hold the open) and without following a symlink, checked on
+        // the descriptor, then opened for glommio through the descriptor's
+        // /proc name: the same inode, a regular file, so that open cannot
+        // block either.
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let checked = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)?;
+        if !checked.metadata()?.file_type().is_file() {
+            return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{}: not a regular file", path.display()),
-            ))
+            ));
         }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&checked);
+        let file = OpenOptions::new()
+            .read(true)
+            .buffered_open(format!("/proc/self/fd/{fd}"))
+            .await
+            .map_err(os_error)?;
+        drop(checked);
+        Ok(PageCacheFile { file })
     }
 
     fn fs_space(&self, dir: &Path) -> io::Result<FsSpace> {
@@ -221,6 +229,21 @@ impl Storage for DmaStorage {
     // `sync_dir` is the wait, and it goes through io_uring).
     async fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::hard_link(from, to)
+    }
+
+    async fn link_file(&self, file: &PageCacheFile, to: &Path) -> io::Result<()> {
+        // The unprivileged way to link an open file (AT_EMPTY_PATH needs
+        // CAP_DAC_READ_SEARCH): its /proc name, followed. The file is
+        // borrowed for the whole call, so its descriptor cannot be reused.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file.file);
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            format!("/proc/self/fd/{fd}"),
+            rustix::fs::CWD,
+            to,
+            rustix::fs::AtFlags::SYMLINK_FOLLOW,
+        )?;
+        Ok(())
     }
 
     async fn stat(&self, path: &Path) -> io::Result<FileMeta> {
@@ -287,6 +310,12 @@ pub struct PageCacheFile {
     file: GlommioBufferedFile,
 }
 
+impl std::os::fd::AsRawFd for PageCacheFile {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 impl PageCacheFile {
     /// Wraps a glommio buffered file opened elsewhere (by another backend's
     /// own open, e.g. one resolved beneath a directory descriptor).
@@ -326,7 +355,7 @@ impl BufferedFile for PageCacheFile {
     }
 
     async fn close(self) -> io::Result<()> {
-        Ok(self.file.close().await?)
+        self.file.close().await.map_err(os_error)
     }
 }
 

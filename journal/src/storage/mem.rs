@@ -308,7 +308,11 @@ fn apply_dir_op(names: &mut Names, op: DirOp) {
             dirs.insert(path);
         }
         DirOp::RemoveDir(path) => {
-            dirs.remove(&path);
+            // Gone with it: what a crash could still hold beneath it (an
+            // unlink inside it not yet durable) is unreachable, and a
+            // directory made again at the path is another, empty one.
+            names.retain(|entry, _| !entry.starts_with(&path));
+            dirs.retain(|entry| !entry.starts_with(&path));
         }
         DirOp::Create(path, file) | DirOp::Link(path, file) => {
             names.insert(path, file);
@@ -999,6 +1003,26 @@ impl Storage for MemStorage {
         Ok(())
     }
 
+    async fn link_file(&self, file: &MemBufferedFile, to: &Path) -> io::Result<()> {
+        file.file.begin().await?;
+        let mut fs = self.fs.borrow_mut();
+        if let Some(err) = take_oneshot(&mut fs.oneshots.fail_links) {
+            return Err(err);
+        }
+        fs.check_parents(to)?;
+        if fs.live.files.contains_key(to) || fs.live.dirs.contains(to) {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        if trace_io() {
+            eprintln!("    link {} -> {}", file.file.path.display(), to.display());
+        }
+        let data = file.file.data.clone();
+        fs.live.files.insert(to.to_path_buf(), data.clone());
+        fs.unsynced_dir_ops
+            .push(DirOp::Link(to.to_path_buf(), data));
+        Ok(())
+    }
+
     async fn stat(&self, path: &Path) -> io::Result<FileMeta> {
         self.begin().await?;
         let fs = self.fs.borrow();
@@ -1012,10 +1036,15 @@ impl Storage for MemStorage {
             });
         }
         if fs.dir_exists(path) {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            path.hash(&mut hasher);
             return Ok(FileMeta {
                 kind: EntryKind::Dir,
                 len: 0,
-                id: (1, 0),
+                // Directories have no file to point at: their path names
+                // them (a rename of a directory is not modelled).
+                id: (1, hasher.finish()),
                 accessed_ms: 0,
             });
         }
@@ -1025,19 +1054,27 @@ impl Storage for MemStorage {
     async fn remove_dir(&self, path: &Path) -> io::Result<()> {
         self.begin().await?;
         let mut fs = self.fs.borrow_mut();
+        if let Some(err) = take_oneshot(&mut fs.oneshots.fail_removes) {
+            return Err(err);
+        }
         if fs.live.files.contains_key(path) {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
         fs.check_parents(path)?;
+        if !fs.dir_exists(path) && !fs.dirs_made.contains(path) {
+            return Err(not_found(path));
+        }
         if !fs.is_dir(path) {
             return Err(not_found(path));
         }
+        // Anything beneath, not only direct entries: beneath a root the
+        // levels between need not have been made.
         let has_entries = fs
             .live
             .files
             .keys()
             .chain(fs.live.dirs.iter())
-            .any(|entry| entry.parent() == Some(path));
+            .any(|entry| entry != path && entry.starts_with(path));
         if has_entries {
             return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
         }

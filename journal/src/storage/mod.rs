@@ -114,6 +114,11 @@ pub trait Storage: Clone + 'static {
     /// replacing: `AlreadyExists` if `to` exists. The new name is durable
     /// after `sync_dir` of `to`'s directory; `from` is unchanged.
     async fn link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Gives the open `file` the name `to` (a hard link of the file that
+    /// is open, whatever happened to the name it was opened by), never
+    /// replacing: `AlreadyExists` if `to` exists; `CrossesDevices` (EXDEV)
+    /// across filesystems. Durable after `sync_dir` of `to`'s directory.
+    async fn link_file(&self, file: &Self::Buffered, to: &Path) -> io::Result<()>;
     /// What `path` is, not following a final symbolic link; `NotFound` if
     /// nothing is there.
     async fn stat(&self, path: &Path) -> io::Result<FileMeta>;
@@ -480,7 +485,10 @@ pub fn errno(err: &io::Error) -> Option<i32> {
         io::ErrorKind::NotADirectory => libc::ENOTDIR,
         io::ErrorKind::IsADirectory => libc::EISDIR,
         io::ErrorKind::DirectoryNotEmpty => libc::ENOTEMPTY,
+        // EACCES or EPERM: which, the kind does not say (glommio's
+        // conversions keep only the kind; `os_error` keeps the code).
         io::ErrorKind::PermissionDenied => libc::EACCES,
+        io::ErrorKind::QuotaExceeded => libc::EDQUOT,
         io::ErrorKind::StorageFull => libc::ENOSPC,
         io::ErrorKind::CrossesDevices => libc::EXDEV,
         io::ErrorKind::Unsupported => libc::EOPNOTSUPP,
