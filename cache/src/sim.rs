@@ -12,10 +12,14 @@
 //!   unlinks undone, each on its own), and an `Op::Crash` arms a power cut
 //!   a few storage calls ahead, so it lands inside whatever the cache does
 //!   next: a commit's link, a put's rename, a directory fsync, a trim's
-//!   unlink, the tracker's persist. An operation the cut made fail may or
-//!   may not have happened; the model keeps both outcomes as candidates
-//!   for the check after the reopen, and so does a trimmed object (a
-//!   trim's unlink is not synced: the object may come back).
+//!   unlink, the tracker's persist. One `Op::Crash` in three is instead a
+//!   process crash with the power on (dropped and reopened, nothing
+//!   lost), so what a life left unsynced meets a later loss. An operation
+//!   the cut made fail may or may not have happened; the model keeps both
+//!   outcomes as candidates for the check after the reopen, and so does a
+//!   trimmed object (a trim's unlink is not synced: the object may come
+//!   back) until an acknowledged put, commit or invalidation of its key,
+//!   whose directory fsync makes the removal durable.
 //!
 //! What it checks:
 //!
@@ -33,10 +37,11 @@
 //!   nothing acknowledged is missing unless a trim or a cut operation may
 //!   have removed it.
 //!
-//! [`run_ops`] is what the cargo-fuzz target calls (with `Op: Arbitrary`);
-//! `cache/tests/sim_model.rs` drives both from proptest, and
+//! The cargo-fuzz target `cache_ops` runs each input through both
+//! ([`run_ops`], then [`run_power_loss`]; `Op: Arbitrary`);
+//! `cache/tests/sim_model.rs` drives [`run_ops`] from proptest, and
 //! `cache/tests/power_loss.rs` runs seeded power-loss sequences and prints
-//! their totals (cycles, power losses, faults per kind, violations).
+//! their totals (sequences, power losses, faults per kind, violations).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
