@@ -64,6 +64,20 @@ fn a_link_is_durable_only_once_its_directory_is_synced() {
             "remove undone"
         );
         assert_eq!(read_file(&mem, &dir.join("key")).await, b"bytes");
+
+        // The name an open file is given is undone the same way.
+        let opened = mem.open_buffered(&dir.join("key")).await.unwrap();
+        mem.link_file(&opened, &dir.join("named")).await.unwrap();
+        mem.crash();
+        assert!(
+            !mem.paths().contains(&dir.join("named")),
+            "unsynced: undone"
+        );
+        let opened = mem.open_buffered(&dir.join("key")).await.unwrap();
+        mem.link_file(&opened, &dir.join("named")).await.unwrap();
+        mem.sync_dir(dir).await.unwrap();
+        mem.crash();
+        assert_eq!(read_file(&mem, &dir.join("named")).await, b"bytes");
     });
 }
 

@@ -441,7 +441,6 @@ mod tests {
     use crate::format::*;
     use crate::snapshot::snapshot_file_name;
     use crate::snapshot::verify::tests::snapshot_bytes;
-    use zerocopy::IntoBytes;
 
     fn write(dir: &Path, watermark: u64, bytes: &[u8]) -> PathBuf {
         let path = dir.join(snapshot_file_name(watermark));
@@ -561,17 +560,12 @@ mod tests {
             read_identity_file(dir.path()).unwrap(),
             IdentityReport::Missing { .. }
         ));
-        let mut header = IdentityHeader {
-            checksum: 0.into(),
-            magic: IDENTITY_MAGIC.into(),
-            version: IDENTITY_FORMAT_VERSION.into(),
-            flags: 0.into(),
-            domain: *Uuid::from_u128(9).as_bytes(),
-            created_unix_ms: 5.into(),
-        };
-        header.checksum = header.compute_checksum().into();
-        let mut bytes = header.as_bytes().to_vec();
-        bytes.resize(BLOCK_BYTES as usize, 0);
+        let mut bytes =
+            crate::layout::identity::encode_identity(&crate::layout::identity::Identity {
+                domain: Uuid::from_u128(9),
+                created_unix_ms: 5,
+                journal_created: false,
+            });
         std::fs::write(dir.path().join(IDENTITY_FILE_NAME), &bytes).unwrap();
         let report = read_identity_file(dir.path()).unwrap();
         assert_eq!(report.domain(), Some(Uuid::from_u128(9)));

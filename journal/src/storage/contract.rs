@@ -155,7 +155,29 @@ pub async fn check<S: Storage>(storage: &S, dir: &Path) {
             .kind(),
         ErrorKind::NotFound
     );
+    // link_file: the open file gets a name, whatever its own name became
+    // (its first name is removed before the link), never replacing.
+    let opened = storage.open_buffered(&a).await.expect("storage call");
     storage.remove(&a).await.expect("storage call");
+    let named = dir.join("named");
+    storage
+        .link_file(&opened, &named)
+        .await
+        .expect("storage call");
+    assert_eq!(
+        storage.stat(&named).await.expect("storage call").id,
+        meta.id
+    );
+    assert_eq!(
+        storage
+            .link_file(&opened, &b)
+            .await
+            .expect_err("an existing name is never replaced")
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
+    opened.close().await.expect("storage call");
+    storage.remove(&named).await.expect("storage call");
     assert_eq!(
         read_file(storage, &b).await,
         b"hello, World",

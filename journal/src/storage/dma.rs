@@ -247,7 +247,7 @@ impl Storage for DmaStorage {
     }
 
     async fn stat(&self, path: &Path) -> io::Result<FileMeta> {
-        Ok(file_meta(&std::fs::symlink_metadata(path)?))
+        Ok(FileMeta::from(&std::fs::symlink_metadata(path)?))
     }
 
     async fn remove_dir(&self, path: &Path) -> io::Result<()> {
@@ -267,11 +267,6 @@ fn os_error(error: glommio::GlommioError<()>) -> io::Error {
         glommio::GlommioError::EnhancedIoError { source, .. } => source,
         other => io::Error::from(other),
     }
-}
-
-/// What `meta` (from lstat or fstat) says, as [`FileMeta`].
-fn file_meta(meta: &std::fs::Metadata) -> FileMeta {
-    FileMeta::from(meta)
 }
 
 /// `flock(LOCK_EX)` on an open file, released when dropped (the kernel
@@ -349,7 +344,7 @@ impl BufferedFile for PageCacheFile {
 
     async fn meta(&self) -> io::Result<FileMeta> {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
-        Ok(file_meta(&std::fs::metadata(format!(
+        Ok(FileMeta::from(&std::fs::metadata(format!(
             "/proc/self/fd/{fd}"
         ))?))
     }
