@@ -374,9 +374,67 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// [`Shard::submit`], also returning the op and epoch the command was
     /// applied at.
     pub async fn submit_at(&self, command: M::Command) -> Result<(OpId, Outcome<M>)> {
-        self.usable()?;
         let started = Instant::now();
         let _counted = InFlight::enter(self);
+        let queued = self.queue_command(command).await?;
+        self.finish_command(queued, started).await
+    }
+
+    /// Submits `commands` in order, as if each were [`Shard::submit`]ted one
+    /// after the other without waiting, and resolves once every one is
+    /// durable and applied, with each command's result in order. They share
+    /// group commits, and one task waits for them all instead of one per
+    /// command: the runtime serves a batch of commands from another thread
+    /// this way. A command refused before it got its op (too large, could
+    /// not be encoded, backpressure) fails alone.
+    ///
+    /// Cancel-safe as [`Shard::submit`] is.
+    pub async fn submit_many(
+        &self,
+        commands: impl IntoIterator<Item = M::Command>,
+    ) -> Vec<Result<Outcome<M>>> {
+        let started = Instant::now();
+        let _counted = InFlight::enter(self);
+        let mut queued = Vec::new();
+        let mut outcomes = Vec::new();
+        for command in commands {
+            // A full ring frees slots only once what is queued is applied
+            // (and checkpointed): apply this batch's queued commands first.
+            if self.inner.journal.remaining_capacity() == 0 {
+                self.finish_commands(&mut queued, &mut outcomes, started)
+                    .await;
+            }
+            queued.push(self.queue_command(command).await);
+        }
+        self.finish_commands(&mut queued, &mut outcomes, started)
+            .await;
+        outcomes
+    }
+
+    /// [`Shard::finish_command`] for each of `queued` in order, their
+    /// results appended to `outcomes`.
+    async fn finish_commands<'a>(
+        &'a self,
+        queued: &mut Vec<Result<OrphanGuard<'a, M, S>>>,
+        outcomes: &mut Vec<Result<Outcome<M>>>,
+        started: Instant,
+    ) {
+        for queued in queued.drain(..) {
+            outcomes.push(match queued {
+                Ok(queued) => self
+                    .finish_command(queued, started)
+                    .await
+                    .map(|(_, outcome)| outcome),
+                Err(e) => Err(e),
+            });
+        }
+    }
+
+    /// Encodes `command` and queues its entry in the journal: from here it
+    /// has its op and will be applied in order, whatever becomes of the
+    /// returned guard (dropping it hands the command to a task of its own).
+    async fn queue_command(&self, command: M::Command) -> Result<OrphanGuard<'_, M, S>> {
+        self.usable()?;
         let payload = encode(&command).map_err(|e| Error::CommandEncode(Arc::new(e)))?;
         let inner = &*self.inner;
         let mut waited_since: Option<Instant> = None;
@@ -395,17 +453,24 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 Err(e) => return Err(self.poison(Error::Journal(e))),
             }
         };
-        // From here the command has its op and must be applied in order,
-        // whether or not this future is still there to see it.
-        let mut orphan = OrphanGuard {
+        Ok(OrphanGuard {
             shard: self,
             pending: Some((queued, command, payload.len() as u64)),
-        };
+        })
+    }
+
+    /// Waits for a queued command's entry to be durable and applies it in
+    /// order; records its ack latency from `started`.
+    async fn finish_command(
+        &self,
+        mut orphan: OrphanGuard<'_, M, S>,
+        started: Instant,
+    ) -> Result<(OpId, Outcome<M>)> {
         let durable = match &orphan.pending {
             Some((queued, _, _)) => queued.durable().await,
-            None => unreachable!("set above"),
+            None => unreachable!("set by queue_command"),
         };
-        let (queued, command, bytes) = orphan.pending.take().expect("set above");
+        let (queued, command, bytes) = orphan.pending.take().expect("set by queue_command");
         if let Err(e) = durable {
             return Err(self.poison(Error::Journal(e)));
         }

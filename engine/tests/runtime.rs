@@ -1,10 +1,11 @@
 //! The multi-shard runtime: routing and isolation, clients on tokio and on
-//! plain threads, shutdown with commands in flight, startup refusals, and
+//! plain threads, replies to submits served in batches, shutdown with
+//! commands in flight, startup refusals, and
 //! the metrics facade.
 
 mod common;
 
-use common::{small_journal, temp_dir, Kv, KvCommand};
+use common::{small_journal, temp_dir, Kv, KvCommand, NotFound};
 use ringstore::runtime::{shard_for_key, Engine, EngineBuilder};
 use ringstore::{Error, Shard};
 use std::collections::BTreeMap;
@@ -132,6 +133,62 @@ fn submits_from_tokio_tasks_and_plain_threads_are_all_acknowledged() {
         .all(|s| s.ack_latency.count > 0 && s.journal.fsyncs > 0));
     assert!(stats.iter().all(|s| s.ack_latency.p50 <= s.ack_latency.p99));
     engine.shutdown(true).unwrap();
+}
+
+#[test]
+fn every_submitter_gets_its_own_reply_when_submits_are_served_in_batches() {
+    let dir = temp_dir();
+    let engine = builder(dir.path(), 1).start().unwrap();
+    let client = engine.client();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    // Many tasks submit at once, so the shard takes several submits from
+    // its queue together; each rejection names its own key, so a reply
+    // handed to the wrong submitter shows.
+    let acked = runtime.block_on(async {
+        let tasks: Vec<_> = (0..128u64)
+            .map(|task| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for i in 0..16u64 {
+                        let key = task * 1000 + i;
+                        let missing = 1_000_000 + key;
+                        let rejected = client
+                            .submit(missing.to_le_bytes(), KvCommand::Delete { key: missing })
+                            .await
+                            .unwrap();
+                        assert_eq!(rejected, Err(NotFound(missing)));
+                        let at = client
+                            .submit(key.to_le_bytes(), put(key, i))
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        acked.push((key, at));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for task in tasks {
+            acked.extend(task.await.unwrap());
+        }
+        acked
+    });
+    // Each put's reply is the op the shard applied that key at.
+    let applied_at: BTreeMap<u64, ringstore::OpId> = runtime
+        .block_on(client.read_shard(0, |kv: &Kv| {
+            kv.map.iter().map(|(key, (_, at))| (*key, *at)).collect()
+        }))
+        .unwrap();
+    assert_eq!(applied_at.len(), acked.len());
+    for (key, at) in acked {
+        assert_eq!(applied_at[&key], at, "key {key}");
+    }
+    engine.shutdown(false).unwrap();
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! Pins the shard's contract on real O_DIRECT files: submit/apply in op
 //! order, recovery equal to a model of the acknowledged commands, a
 //! checkpoint during a stream of submits losing nothing, ring-full
-//! backpressure that waits for a checkpoint (and its bounded wait), the
+//! backpressure that waits for a checkpoint (and its bounded wait), a batch
+//! of submits (in order, a refused command failing alone, a batch larger
+//! than the ring), the
 //! watermark kept at the previous snapshot, the replay gap and
 //! snapshot-behind-journal errors, and configuration validation.
 mod common;
@@ -134,6 +136,120 @@ fn checkpoint_during_a_stream_of_submits_loses_nothing() {
         assert_eq!(shard.read(|kv| kv.values()), model);
         // Old generations were pruned to the configured count.
         assert!(shard.snapshots().generations().unwrap().len() <= 3);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_batch_of_submits_applies_in_order_and_a_refused_command_fails_alone() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let shard = builder(&path).open().await.unwrap();
+        // A single submitter racing the batch takes ops in between.
+        let racing = {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let mut ops = Vec::new();
+                for n in 0..20u64 {
+                    let command = KvCommand::Put {
+                        key: 10_000 + n,
+                        value: value(10_000, n, 8),
+                    };
+                    ops.push(shard.submit(command).await.unwrap().unwrap().op);
+                }
+                ops
+            })
+        };
+        let mut commands: Vec<KvCommand> = (0..40u64)
+            .map(|n| KvCommand::Put {
+                key: n,
+                value: value(n, 0, 100),
+            })
+            .collect();
+        // An entry over the journal's 16 KiB limit, and a rejection.
+        commands[7] = KvCommand::Put {
+            key: 7,
+            value: vec![0; 20 << 10],
+        };
+        commands[9] = KvCommand::Delete { key: 5_000 };
+        let outcomes = shard.submit_many(commands.clone()).await;
+        let racing = racing.await;
+        assert_eq!(outcomes.len(), 40);
+        let mut last_op = 0;
+        let mut model = BTreeMap::new();
+        for (n, (outcome, command)) in outcomes.iter().zip(&commands).enumerate() {
+            match n {
+                7 => assert!(
+                    matches!(outcome, Err(Error::Journal(_))),
+                    "the oversized command fails alone: {outcome:?}"
+                ),
+                9 => assert!(matches!(outcome, Ok(Err(NotFound(5_000)))), "{outcome:?}"),
+                _ => {
+                    let at = outcome.as_ref().unwrap().as_ref().unwrap();
+                    assert!(at.op > last_op, "ops rise in the batch's order");
+                    last_op = at.op;
+                    apply_model(&mut model, command);
+                }
+            }
+        }
+        for n in 0..20u64 {
+            model.insert(10_000 + n, value(10_000, n, 8));
+        }
+        assert_eq!(racing.len(), 20);
+        assert_eq!(shard.read(|kv| kv.values()), model);
+        // 39 of the batch's commands and the racer's 20 took ops.
+        assert_eq!(shard.applied().op, 59);
+        shard.close().await.unwrap();
+
+        let shard = builder(&path).open().await.unwrap();
+        assert_eq!(shard.read(|kv| kv.values()), model);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_batch_larger_than_the_ring_applies_what_it_queued_to_make_room() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        // 16 slots and no automatic checkpoints: only the batch's own
+        // applied commands, checkpointed by the waiting submit's request,
+        // can free slots for the rest of it.
+        let shard = Shard::<Kv>::builder(&path)
+            .journal(|j| small_journal(j, 16))
+            .checkpoint_policy(CheckpointPolicy {
+                automatic: false,
+                ring_full_wait_max: Duration::from_millis(300),
+                ..CheckpointPolicy::default()
+            })
+            .open()
+            .await
+            .unwrap();
+        let batch_done = Rc::new(std::cell::Cell::new(false));
+        let checkpointer = {
+            let shard = shard.clone();
+            let batch_done = batch_done.clone();
+            glommio::spawn_local(async move {
+                while !batch_done.get() {
+                    if shard.stats().ring_full_waits > 0 {
+                        shard.checkpoint().await.unwrap();
+                    }
+                    glommio::executor().yield_task_queue_now().await;
+                }
+            })
+        };
+        let commands = (0..100u64).map(|n| KvCommand::Put {
+            key: n,
+            value: vec![1],
+        });
+        let outcomes = shard.submit_many(commands).await;
+        batch_done.set(true);
+        checkpointer.await;
+        for (n, outcome) in outcomes.iter().enumerate() {
+            let at = outcome.as_ref().unwrap().as_ref().unwrap();
+            assert_eq!(at.op, n as u64 + 1);
+        }
         shard.close().await.unwrap();
     });
 }

@@ -554,6 +554,10 @@ impl<M: EngineMachine> Drop for Engine<M> {
     }
 }
 
+/// Most submits served by one task (see `serve`): a batch taken from the
+/// queue at once.
+const SUBMIT_BATCH_MAX: usize = 1024;
+
 /// How long the drain at shutdown waits between checks of the in-flight
 /// count (a safety net: the count's event normally wakes it).
 const DRAIN_RECHECK: Duration = Duration::from_millis(10);
@@ -563,14 +567,43 @@ const DRAIN_RECHECK: Duration = Duration::from_millis(10);
 async fn serve<M: EngineMachine>(shard: Shard<M>, requests: &async_channel::Receiver<Request<M>>) {
     let in_flight = Rc::new(InFlight::default());
     let mut shutdown = None;
-    while let Ok(request) = requests.recv().await {
+    // A request taken from the queue while gathering a batch of submits,
+    // served next.
+    let mut next = None;
+    loop {
+        let request = match next.take() {
+            Some(request) => request,
+            None => match requests.recv().await {
+                Ok(request) => request,
+                Err(_) => break,
+            },
+        };
         match request {
             Request::Submit { command, reply } => {
+                // Every submit already queued joins this one: one task
+                // queues them all in order and waits for their group
+                // commits, and the replies go out together once the last
+                // is applied, instead of a task, a waker and a wake of the
+                // client's thread per command.
+                let mut batch = vec![(command, reply)];
+                while batch.len() < SUBMIT_BATCH_MAX {
+                    match requests.try_recv() {
+                        Ok(Request::Submit { command, reply }) => batch.push((command, reply)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
                 let shard = shard.clone();
                 let counted = InFlight::enter(&in_flight);
                 glommio::spawn_local(async move {
-                    let outcome = shard.submit(command).await;
-                    let _ = reply.send(outcome);
+                    let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let outcomes = shard.submit_many(commands).await;
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(outcome);
+                    }
                     drop(counted);
                 })
                 .detach();
