@@ -28,6 +28,7 @@ mod writer;
 
 pub use reader::{Entries, ENTRIES_READ_AHEAD_BYTES};
 pub use scrub::SCRUB_DAMAGE_KEPT;
+pub use watermark::RECLAIM_STEP_BYTES_DEFAULT;
 
 use rollover::{next_generation, record_rollover};
 use superblock_io::{create_superblock, write_superblock};
@@ -239,6 +240,8 @@ struct Shared<S: Storage> {
     writer_exited: Event,
     /// Wakes a rollover waiting for the spare segment's preparation.
     spare_ready: Event,
+    /// Wakes `close()` when the reclaiming of retired segments has ended.
+    reclaim_done: Event,
     /// Wakes the writer when a write in flight finished.
     pipeline: Event,
     recovery: RecoveryReport,
@@ -275,6 +278,11 @@ struct State<F: StorageFile> {
     needs_fresh_segment: bool,
     /// A segment retirement is in progress.
     retiring: bool,
+    /// Retired segments whose files are still being shrunk and removed,
+    /// oldest first (see `Journal::reclaim_retired`).
+    reclaim: VecDeque<Segment<F>>,
+    /// A task is reclaiming them.
+    reclaiming: bool,
     /// Ops at or below this may be gone although the ring watermark is
     /// lower: a watermark advance on a full disk retired their segments
     /// before its record was durable (their slots are freed only then).
@@ -631,6 +639,11 @@ impl<S: Storage> Journal<S> {
         }
         while self.shared.state.borrow().preparing {
             notified(&self.shared.spare_ready).await;
+        }
+        // Retired segments still being reclaimed are removed at once now
+        // (a file left would read as an interrupted retirement).
+        while self.shared.state.borrow().reclaiming {
+            notified(&self.shared.reclaim_done).await;
         }
         // An unused spare would read as an interrupted segment creation on
         // the next open; remove it now.

@@ -1,11 +1,12 @@
-//! The contract every [`Storage`] backend keeps for the namespace calls and
-//! buffered files (link, stat, remove_dir, try_lock, create/open_buffered),
+//! The contract every [`Storage`] backend keeps for the namespace calls,
+//! buffered files (link, stat, remove_dir, try_lock, create/open_buffered)
+//! and truncating a file,
 //! as one check a backend's tests run on a directory of its own: the real
 //! disk's and the simulated disk's in this crate, the cache's rooted disk
 //! in `ringstore-cache`. It panics on the first broken promise. Feature
 //! `sim` (test support, like the simulator).
 
-use super::{BufferedFile, EntryKind, Storage};
+use super::{BufferedFile, EntryKind, IoBuf, Storage, StorageFile};
 use std::io::ErrorKind;
 use std::path::Path;
 
@@ -103,6 +104,29 @@ pub async fn check<S: Storage>(storage: &S, dir: &Path) {
             .kind(),
         ErrorKind::NotFound
     );
+
+    // Files for O_DIRECT I/O: truncate shrinks to exactly the length asked
+    // (the reclaiming of retired segments relies on it).
+    let d = dir.join("d");
+    let file = storage.create(&d, false).await.expect("storage call");
+    let mut block = file.alloc_buf(2 * 4096);
+    block.as_bytes_mut().fill(7);
+    file.write_at(block, 0).await.expect("storage call");
+    file.sync().await.expect("storage call");
+    file.truncate(4096).await.expect("storage call");
+    assert_eq!(file.file_len().await.expect("storage call"), 4096);
+    let read = file.read_at(0, 2 * 4096).await.expect("storage call");
+    assert_eq!(
+        &*read,
+        &[7u8; 4096][..],
+        "the first block stays, short read"
+    );
+    file.truncate(0).await.expect("storage call");
+    file.sync().await.expect("storage call");
+    assert_eq!(file.file_len().await.expect("storage call"), 0);
+    file.close().await.expect("storage call");
+    assert_eq!(storage.stat(&d).await.expect("storage call").len, 0);
+    storage.remove(&d).await.expect("storage call");
 
     // stat: kind, length, one id per file.
     let meta = storage.stat(&a).await.expect("storage call");

@@ -454,6 +454,10 @@ impl StorageFile for DmaFileHandle {
         Ok(self.file.pre_allocate(len, false).await?)
     }
 
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        Ok(self.file.truncate(len).await?)
+    }
+
     async fn file_len(&self) -> io::Result<u64> {
         Ok(self.file.file_size().await?)
     }

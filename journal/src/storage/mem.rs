@@ -233,8 +233,17 @@ impl FaultCounts {
 
 #[derive(Debug, Clone)]
 enum FileOp {
-    Write { pos: u64, data: Vec<u8> },
-    Resize { len: usize },
+    Write {
+        pos: u64,
+        data: Vec<u8>,
+    },
+    Resize {
+        len: usize,
+    },
+    /// ftruncate: the file becomes exactly `len` bytes.
+    Truncate {
+        len: usize,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -259,6 +268,7 @@ fn apply(target: &mut Vec<u8>, op: &FileOp) {
                 target.resize(*len, 0);
             }
         }
+        FileOp::Truncate { len } => target.resize(*len, 0),
     }
 }
 
@@ -515,10 +525,12 @@ impl MemFs {
             for op in unsynced {
                 let fate = self.below(1_000_000) as f64 / 1_000_000.0;
                 match op {
-                    FileOp::Resize { .. } if fate < self.faults.crash_drop_rate => {
+                    FileOp::Resize { .. } | FileOp::Truncate { .. }
+                        if fate < self.faults.crash_drop_rate =>
+                    {
                         lost_earlier = true
                     }
-                    FileOp::Resize { .. } => survivors.push(op),
+                    FileOp::Resize { .. } | FileOp::Truncate { .. } => survivors.push(op),
                     FileOp::Write { .. } if fate < self.faults.crash_drop_rate => {
                         self.counts.writes_dropped += 1;
                         lost_earlier = true;
@@ -554,10 +566,16 @@ impl MemFs {
                 }
             }
             self.counts.crashes_out_of_order += u64::from(out_of_order);
-            // Persist in a shuffled order.
-            for i in (1..survivors.len()).rev() {
-                let j = self.below(i as u64 + 1) as usize;
-                survivors.swap(i, j);
+            // Persist in a shuffled order, unless a size was cut: blocks
+            // a truncation freed do not come back with an earlier write.
+            let truncated = survivors
+                .iter()
+                .any(|op| matches!(op, FileOp::Truncate { .. }));
+            if !truncated {
+                for i in (1..survivors.len()).rev() {
+                    let j = self.below(i as u64 + 1) as usize;
+                    survivors.swap(i, j);
+                }
             }
             let mut data = file.borrow_mut();
             for op in &survivors {
@@ -1354,6 +1372,20 @@ impl StorageFile for MemFile {
         fs.check_growth(&self.data, len)?;
         let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
         let op = FileOp::Resize { len };
+        let mut data = self.data.borrow_mut();
+        apply(&mut data.live, &op);
+        data.unsynced.push(op);
+        Ok(())
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.begin().await?;
+        let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        if len > self.data.borrow().live.len() {
+            let mut fs = self.storage.fs.borrow_mut();
+            fs.check_growth(&self.data, len as u64)?;
+        }
+        let op = FileOp::Truncate { len };
         let mut data = self.data.borrow_mut();
         apply(&mut data.live, &op);
         data.unsynced.push(op);

@@ -168,6 +168,10 @@ pub trait StorageFile: 'static {
     /// Reserves `len` bytes of disk space for the file (fallocate). May fail
     /// with `EOPNOTSUPP`; the caller then writes zeros instead.
     async fn allocate(&self, len: u64) -> io::Result<()>;
+    /// Sets the file's length to `len` (ftruncate): a shrink frees the
+    /// blocks past it. Like a write, durable after [`StorageFile::sync`];
+    /// a crash before may leave either length.
+    async fn truncate(&self, len: u64) -> io::Result<()>;
     /// Current length in bytes.
     async fn file_len(&self) -> io::Result<u64>;
     /// Closes the handle.
