@@ -376,7 +376,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     pub async fn submit_at(&self, command: M::Command) -> Result<(OpId, Outcome<M>)> {
         let started = Instant::now();
         let _counted = InFlight::enter(self);
-        let queued = self.queue_command(command).await?;
+        let queued = match self.queue_command(command, OnRingFull::Wait).await? {
+            Queued::Queued(queued) => queued,
+            Queued::RingFull(_) => unreachable!("a waiting queue_command waits"),
+        };
         self.finish_command(queued, started).await
     }
 
@@ -393,34 +396,58 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         &self,
         commands: impl IntoIterator<Item = M::Command>,
     ) -> Vec<Result<Outcome<M>>> {
-        let started = Instant::now();
-        let _counted = InFlight::enter(self);
-        let mut queued = Vec::new();
         let mut outcomes = Vec::new();
-        for command in commands {
-            // A full ring frees slots only once what is queued is applied
-            // (and checkpointed): apply this batch's queued commands first.
-            if self.inner.journal.remaining_capacity() == 0 {
-                self.finish_commands(&mut queued, &mut outcomes, started)
-                    .await;
-            }
-            queued.push(self.queue_command(command).await);
-        }
-        self.finish_commands(&mut queued, &mut outcomes, started)
+        self.submit_each(commands, |outcome| outcomes.push(outcome))
             .await;
         outcomes
     }
 
-    /// [`Shard::finish_command`] for each of `queued` in order, their
-    /// results appended to `outcomes`.
+    /// [`Shard::submit_many`], handing each command's result to `reply` in
+    /// order as soon as it is known.
+    pub(crate) async fn submit_each(
+        &self,
+        commands: impl IntoIterator<Item = M::Command>,
+        mut reply: impl FnMut(Result<Outcome<M>>),
+    ) {
+        let started = Instant::now();
+        let _counted = InFlight::enter(self);
+        let mut queued = Vec::new();
+        for mut command in commands {
+            loop {
+                // With commands of this batch queued, a full ring is not
+                // waited on: they are applied first (slots come free only
+                // once what holds them is applied and checkpointed, and
+                // later ops, other submitters' too, apply after them).
+                let on_full = if queued.is_empty() {
+                    OnRingFull::Wait
+                } else {
+                    OnRingFull::Return
+                };
+                match self.queue_command(command, on_full).await {
+                    Ok(Queued::Queued(guard)) => queued.push(Ok(guard)),
+                    Ok(Queued::RingFull(back)) => {
+                        self.finish_commands(&mut queued, &mut reply, started).await;
+                        command = back;
+                        continue;
+                    }
+                    Err(e) => queued.push(Err(e)),
+                }
+                break;
+            }
+        }
+        self.finish_commands(&mut queued, &mut reply, started).await;
+    }
+
+    /// [`Shard::finish_command`] for each of `queued` in order, each result
+    /// handed to `reply`.
     async fn finish_commands<'a>(
         &'a self,
         queued: &mut Vec<Result<OrphanGuard<'a, M, S>>>,
-        outcomes: &mut Vec<Result<Outcome<M>>>,
+        reply: &mut impl FnMut(Result<Outcome<M>>),
         started: Instant,
     ) {
         for queued in queued.drain(..) {
-            outcomes.push(match queued {
+            reply(match queued {
                 Ok(queued) => self
                     .finish_command(queued, started)
                     .await
@@ -433,7 +460,13 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// Encodes `command` and queues its entry in the journal: from here it
     /// has its op and will be applied in order, whatever becomes of the
     /// returned guard (dropping it hands the command to a task of its own).
-    async fn queue_command(&self, command: M::Command) -> Result<OrphanGuard<'_, M, S>> {
+    /// On a full ring it waits for slots, or with [`OnRingFull::Return`]
+    /// hands the command back.
+    async fn queue_command(
+        &self,
+        command: M::Command,
+        on_full: OnRingFull,
+    ) -> Result<Queued<'_, M, S>> {
         self.usable()?;
         let payload = encode(&command).map_err(|e| Error::CommandEncode(Arc::new(e)))?;
         let inner = &*self.inner;
@@ -442,6 +475,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             match inner.journal.queue_append(&payload).await {
                 Ok(queued) => break queued,
                 Err(ringstore_journal::Error::RingFull { .. }) => {
+                    if on_full == OnRingFull::Return {
+                        return Ok(Queued::RingFull(command));
+                    }
                     let since = *waited_since.get_or_insert_with(Instant::now);
                     self.wait_for_slots(since).await?;
                 }
@@ -453,10 +489,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 Err(e) => return Err(self.poison(Error::Journal(e))),
             }
         };
-        Ok(OrphanGuard {
+        Ok(Queued::Queued(OrphanGuard {
             shard: self,
             pending: Some((queued, command, payload.len() as u64)),
-        })
+        }))
     }
 
     /// Waits for a queued command's entry to be durable and applies it in
@@ -1251,6 +1287,21 @@ impl<M: StateMachine, S: Storage> Drop for InFlight<'_, M, S> {
 /// Holds a queued command while its submit waits for durability. If the
 /// submit is dropped in that window, the command still gets applied in
 /// order: a background task waits for it and applies it.
+/// What [`Shard::queue_command`] does on a full ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnRingFull {
+    /// Waits for slots (at most `ring_full_wait_max`).
+    Wait,
+    /// Hands the command back at once.
+    Return,
+}
+
+/// A command [`Shard::queue_command`] queued, or handed back on a full ring.
+enum Queued<'a, M: StateMachine, S: Storage> {
+    Queued(OrphanGuard<'a, M, S>),
+    RingFull(M::Command),
+}
+
 struct OrphanGuard<'a, M: StateMachine, S: Storage> {
     shard: &'a Shard<M, S>,
     pending: Option<(ringstore_journal::QueuedAppend, M::Command, u64)>,

@@ -220,7 +220,7 @@ fn a_batch_larger_than_the_ring_applies_what_it_queued_to_make_room() {
             .journal(|j| small_journal(j, 16))
             .checkpoint_policy(CheckpointPolicy {
                 automatic: false,
-                ring_full_wait_max: Duration::from_millis(300),
+                ring_full_wait_max: Duration::from_secs(30),
                 ..CheckpointPolicy::default()
             })
             .open()

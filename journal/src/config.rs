@@ -271,8 +271,10 @@ impl<S: Storage> JournalBuilder<S> {
     /// (each step synced, with a pause between steps), then removed.
     /// Default [`RECLAIM_STEP_BYTES_DEFAULT`](crate::RECLAIM_STEP_BYTES_DEFAULT);
     /// 0 removes retired segments at once (without online discard a
-    /// removal is cheap). A watermark advance on a full disk always
-    /// removes at once: it needs the space.
+    /// removal is cheap). With less than four segments' worth of space
+    /// free (or a journal opened on a full disk), retired segments are
+    /// removed at once: the next rollovers need the space. So are they
+    /// while a reader still holds one, and when the journal closes.
     pub fn reclaim_step_bytes(mut self, bytes: u64) -> Self {
         self.config.reclaim_step_bytes = bytes;
         self

@@ -582,9 +582,10 @@ async fn serve<M: EngineMachine>(shard: Shard<M>, requests: &async_channel::Rece
             Request::Submit { command, reply } => {
                 // Every submit already queued joins this one: one task
                 // queues them all in order and waits for their group
-                // commits, and the replies go out together once the last
-                // is applied, instead of a task, a waker and a wake of the
-                // client's thread per command.
+                // commits, and sends each reply as its command is applied
+                // (in a burst, as a batch is acknowledged at once), instead
+                // of a task, a waker and a wake of the client's thread per
+                // command.
                 let mut batch = vec![(command, reply)];
                 while batch.len() < SUBMIT_BATCH_MAX {
                     match requests.try_recv() {
@@ -600,10 +601,14 @@ async fn serve<M: EngineMachine>(shard: Shard<M>, requests: &async_channel::Rece
                 let counted = InFlight::enter(&in_flight);
                 glommio::spawn_local(async move {
                     let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    let outcomes = shard.submit_many(commands).await;
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                        let _ = reply.send(outcome);
-                    }
+                    let mut replies = replies.into_iter();
+                    shard
+                        .submit_each(commands, |outcome| {
+                            if let Some(reply) = replies.next() {
+                                let _ = reply.send(outcome);
+                            }
+                        })
+                        .await;
                     drop(counted);
                 })
                 .detach();

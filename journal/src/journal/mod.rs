@@ -166,7 +166,8 @@ pub struct JournalStats {
     pub batch_entries_log2: [u64; BATCH_SIZE_BUCKETS],
     /// Segments created.
     pub segments_created: u64,
-    /// Segments retired by watermark advances.
+    /// Retired segments whose files are removed (a watermark advance's
+    /// retirement, removed at once or reclaimed in steps).
     pub segments_retired: u64,
     /// Truncations made durable ([`Journal::truncate_after`]).
     pub truncations: u64,
@@ -240,7 +241,8 @@ struct Shared<S: Storage> {
     writer_exited: Event,
     /// Wakes a rollover waiting for the spare segment's preparation.
     spare_ready: Event,
-    /// Wakes `close()` when the reclaiming of retired segments has ended.
+    /// Wakes `close()` when a retirement or the reclaiming of retired
+    /// segments has ended.
     reclaim_done: Event,
     /// Wakes the writer when a write in flight finished.
     pipeline: Event,
@@ -641,8 +643,12 @@ impl<S: Storage> Journal<S> {
             notified(&self.shared.spare_ready).await;
         }
         // Retired segments still being reclaimed are removed at once now
-        // (a file left would read as an interrupted retirement).
-        while self.shared.state.borrow().reclaiming {
+        // (a file left would read as an interrupted retirement), those of a
+        // retirement still running too.
+        while {
+            let state = self.shared.state.borrow();
+            state.retiring || state.reclaiming
+        } {
             notified(&self.shared.reclaim_done).await;
         }
         // An unused spare would read as an interrupted segment creation on

@@ -19,11 +19,18 @@ pub const RECLAIM_STEP_BYTES_DEFAULT: u64 = 8 << 20;
 /// own syncs go between them.
 const RECLAIM_STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Free space, in segments, below which retired segments are removed at
+/// once rather than shrunk step by step: the next rollovers need it.
+const RECLAIM_HEADROOM_SEGMENTS: u64 = 4;
+
 impl<S: Storage> Journal<S> {
     /// Records that every op at or below `watermark` is in a durable
     /// snapshot: writes a watermark record and waits until it is durable,
-    /// then frees those ops' ring slots and deletes whole segments holding
-    /// only such ops (then syncs the directory). Live data is never
+    /// then frees those ops' ring slots and retires whole segments holding
+    /// only such ops: they leave the superblock, and their files are
+    /// removed (then the directory synced) before this returns, or, when
+    /// larger than [`JournalBuilder::reclaim_step_bytes`] and the disk has
+    /// room, shrunk and removed in the background. Live data is never
     /// rewritten. A crash at any step leaves either the old watermark or the
     /// new one, and segments that are either present or no longer needed.
     pub async fn advance_watermark(&self, watermark: u64) -> Result<()> {
@@ -117,6 +124,7 @@ impl<S: Storage> Journal<S> {
         }
         let result = self.retire_segments(reclaim).await;
         self.shared.state.borrow_mut().retiring = false;
+        wake_all(&self.shared.reclaim_done);
         result
     }
 
@@ -158,9 +166,10 @@ impl<S: Storage> Journal<S> {
                 state.segments.drain(..retired).collect()
             };
             let step = self.shared.config.reclaim_step_bytes;
+            let paced = reclaim == Reclaim::Paced && step > 0 && !self.space_is_short();
             let mut removed = false;
             for segment in segments {
-                if reclaim == Reclaim::Paced && step > 0 && segment.segment_bytes > step {
+                if paced && segment.segment_bytes > step {
                     self.shared.state.borrow_mut().reclaim.push_back(segment);
                 } else {
                     self.remove_retired(segment).await;
@@ -199,8 +208,20 @@ impl<S: Storage> Journal<S> {
         }
     }
 
+    /// Whether free space is too short to give retired segments back
+    /// slowly (or cannot be told).
+    fn space_is_short(&self) -> bool {
+        let config = &self.shared.config;
+        let headroom = RECLAIM_HEADROOM_SEGMENTS.saturating_mul(config.segment_bytes);
+        match self.shared.storage.fs_space(&config.dir) {
+            Ok(space) => space.avail_bytes < headroom,
+            Err(_) => true,
+        }
+    }
+
     /// Starts the task that reclaims queued retired segments, unless it
-    /// runs already.
+    /// runs already. The task holds the journal weakly: a journal dropped
+    /// without `close` leaves the rest to the next open.
     fn start_reclaiming(&self) {
         {
             let mut state = self.shared.state.borrow_mut();
@@ -209,11 +230,13 @@ impl<S: Storage> Journal<S> {
             }
             state.reclaiming = true;
         }
-        let journal = self.clone();
+        let shared = Rc::downgrade(&self.shared);
         glommio::spawn_local(async move {
-            journal.reclaim_retired().await;
-            journal.shared.state.borrow_mut().reclaiming = false;
-            wake_all(&journal.shared.reclaim_done);
+            Journal::reclaim_retired(&shared).await;
+            if let Some(shared) = shared.upgrade() {
+                shared.state.borrow_mut().reclaiming = false;
+                wake_all(&shared.reclaim_done);
+            }
         })
         .detach();
     }
@@ -225,15 +248,27 @@ impl<S: Storage> Journal<S> {
     /// journal removes the rest at once. Nothing here is live data: the
     /// superblock stopped naming these files before they were queued, and
     /// a crash at any step leaves a file the next open removes.
-    async fn reclaim_retired(&self) {
+    async fn reclaim_retired(shared: &Weak<Shared<S>>) {
         loop {
-            let Some(segment) = self.shared.state.borrow_mut().reclaim.pop_front() else {
+            let journal = match shared.upgrade() {
+                Some(shared) => Journal { shared },
+                None => return,
+            };
+            let Some(segment) = journal.shared.state.borrow_mut().reclaim.pop_front() else {
                 return;
             };
             // Shrinking never grows a file: start from its real length.
             let mut len = segment.file.file_len().await.unwrap_or(0);
-            let step = self.shared.config.reclaim_step_bytes.max(1);
-            while len > 0 && self.shared.state.borrow().usable().is_ok() {
+            let step = journal.shared.config.reclaim_step_bytes.max(1);
+            // Removed whole instead: when closing or failed, when space runs
+            // short, and while a reader still holds the file (a shrunk file
+            // would read as damage to it).
+            let keep_shrinking = |journal: &Journal<S>| {
+                journal.shared.state.borrow().usable().is_ok()
+                    && Rc::strong_count(&segment.file) == 1
+                    && !journal.space_is_short()
+            };
+            while len > 0 && keep_shrinking(&journal) {
                 len = len.saturating_sub(step);
                 let step = segment.file.truncate(len).await;
                 if let Err(e) = match step {
@@ -245,10 +280,10 @@ impl<S: Storage> Journal<S> {
                 }
                 glommio::timer::sleep(RECLAIM_STEP_PAUSE).await;
             }
-            self.remove_retired(segment).await;
+            journal.remove_retired(segment).await;
             // Poisoned already (and logged) if this fails: the rest is
             // still removed, as a poisoned journal's retirement would.
-            let _ = self.sync_dir_after_removal().await;
+            let _ = journal.sync_dir_after_removal().await;
         }
     }
 }

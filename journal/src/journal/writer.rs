@@ -181,10 +181,13 @@ impl<F: StorageFile> State<F> {
                 if op == 0 || op == u64::MAX {
                     return Err(Error::InvalidOp { op });
                 }
-                if op <= self.compacted_floor {
+                // The durable watermark too: slots below it are freed in
+                // steps after its record (see `apply_watermark`).
+                let floor = self.compacted_floor.max(self.durable_watermark);
+                if op <= floor {
                     return Err(Error::BelowWatermark {
                         op,
-                        watermark: self.compacted_floor,
+                        watermark: floor,
                     });
                 }
                 let reservation = self.index.reserve(op, self.epoch)?;
