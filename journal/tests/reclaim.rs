@@ -44,25 +44,32 @@ fn wal_files(path: &Path) -> Vec<(String, u64)> {
     files
 }
 
+/// A journal in `path` of 1 MiB segments reclaimed `step` bytes at a time,
+/// holding 400 entries over several segments; its last op.
+async fn filled_on_disk(path: &Path, step: u64) -> (Journal, u64) {
+    let journal = Journal::builder(path)
+        .segment_bytes(1 << 20)
+        .batch_bytes_max(64 << 10)
+        .entry_bytes_max(16 << 10)
+        .slot_count(1024)
+        .reclaim_step_bytes(step)
+        .open()
+        .await
+        .unwrap();
+    let mut last = 0;
+    for i in 0..400u64 {
+        last = journal.append(&payload(i, ENTRY)).await.unwrap();
+    }
+    (journal, last)
+}
+
 #[test]
 fn a_large_retired_segment_shrinks_in_steps_then_goes() {
     let dir = temp_dir();
     let path = dir.path().to_path_buf();
     run(move || async move {
         // 1 MiB segments, 128 KiB steps: 8 steps each.
-        let journal = Journal::builder(&path)
-            .segment_bytes(1 << 20)
-            .batch_bytes_max(64 << 10)
-            .entry_bytes_max(16 << 10)
-            .slot_count(1024)
-            .reclaim_step_bytes(128 << 10)
-            .open()
-            .await
-            .unwrap();
-        let mut last = 0;
-        for i in 0..400u64 {
-            last = journal.append(&payload(i, ENTRY)).await.unwrap();
-        }
+        let (journal, last) = filled_on_disk(&path, 128 << 10).await;
         let before = wal_files(&path);
         assert!(before.len() >= 4, "{before:?}");
         journal.advance_watermark(last - 1).await.unwrap();
@@ -106,19 +113,7 @@ fn a_close_while_reclaiming_removes_every_retired_file() {
     let dir = temp_dir();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let journal = Journal::builder(&path)
-            .segment_bytes(1 << 20)
-            .batch_bytes_max(64 << 10)
-            .entry_bytes_max(16 << 10)
-            .slot_count(1024)
-            .reclaim_step_bytes(64 << 10)
-            .open()
-            .await
-            .unwrap();
-        let mut last = 0;
-        for i in 0..400u64 {
-            last = journal.append(&payload(i, ENTRY)).await.unwrap();
-        }
+        let (journal, last) = filled_on_disk(&path, 64 << 10).await;
         assert!(wal_files(&path).len() >= 4);
         journal.advance_watermark(last).await.unwrap();
         assert_eq!(journal.stats().segments_retired, 0, "reclaiming");
