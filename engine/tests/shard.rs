@@ -538,8 +538,9 @@ fn a_cancelled_submit_or_checkpoint_does_not_stall_the_shard() {
             .open()
             .await
             .unwrap();
-        // Cancel submits at several points of their life: before they are
-        // queued, while their write is in flight, while they are parked.
+        // Cancel submits (and batches of them) at several points of their
+        // life: before they are queued, while their write is in flight,
+        // while they are parked.
         for yields in 0..6 {
             let cancelled = {
                 let shard = shard.clone();
@@ -565,10 +566,22 @@ fn a_cancelled_submit_or_checkpoint_does_not_stall_the_shard() {
                     })
                 })
                 .collect();
+            // A batch too, cancelled at the same points.
+            let cancelled_batch = {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let batch = (0..8u64).map(|n| KvCommand::Put {
+                        key: 2000 + yields * 10 + n,
+                        value: vec![n as u8],
+                    });
+                    shard.submit_many(batch).await
+                })
+            };
             for _ in 0..yields {
                 futures_lite::future::yield_now().await;
             }
             drop(cancelled);
+            drop(cancelled_batch);
             for other in others {
                 let result =
                     glommio::timer::timeout(Duration::from_secs(10), async { Ok(other.await) })

@@ -12,7 +12,8 @@ const WATERMARK_STEP_OPS: u64 = 1 << 16;
 /// segment's file shrinks by per step before it is removed (see
 /// `Journal::reclaim_retired`). Removing 1 GiB of segments at once on a
 /// filesystem with online discard stalled acknowledgements for 140-150 ms
-/// on this project's test host; 8 MiB is about 1 ms of discarding there.
+/// on this project's test host; at that rate (not measured per step) 8 MiB
+/// is about 1 ms of discarding.
 pub const RECLAIM_STEP_BYTES_DEFAULT: u64 = 8 << 20;
 
 /// Pause between two steps of shrinking a retired segment: the appends'
@@ -53,7 +54,6 @@ impl<S: Storage> Journal<S> {
         }
         let full_disk = self.shared.state.borrow().needs_fresh_segment;
         if full_disk {
-            // The space is needed now: no paced reclaiming.
             // Opened on a full disk: the watermark record needs a new
             // segment, and a new segment needs the space of the segments
             // this watermark covers. The caller's snapshot is durable, so
@@ -66,6 +66,7 @@ impl<S: Storage> Journal<S> {
                 state.compacted_floor = state.compacted_floor.max(watermark);
                 state.next_op = state.next_op.max(watermark + 1);
             }
+            // The space is needed now: nothing is reclaimed in steps.
             self.retire_exclusively(Reclaim::AtOnce).await?;
         }
         {
@@ -270,11 +271,11 @@ impl<S: Storage> Journal<S> {
             };
             while len > 0 && keep_shrinking(&journal) {
                 len = len.saturating_sub(step);
-                let step = segment.file.truncate(len).await;
-                if let Err(e) = match step {
+                let shrunk = match segment.file.truncate(len).await {
                     Ok(()) => segment.file.sync().await,
                     Err(e) => Err(e),
-                } {
+                };
+                if let Err(e) = shrunk {
                     tracing::warn!(path = %segment.path.display(), error = %e, "shrinking a retired segment failed; removing it whole");
                     break;
                 }
