@@ -55,7 +55,7 @@ use crate::lifecycle::Lifecycle;
 use crate::machine::{encode, OpId, StateMachine};
 use crate::metrics::{LatencySummary, ShardMetrics, METRICS_PUBLISH_INTERVAL};
 use crate::recovery::{Recovered, ShardRecoveryReport, SnapshotPoint};
-use crate::snapshot::{SnapshotMeta, SnapshotStore};
+use crate::snapshot::{Pacing, SnapshotMeta, SnapshotStore};
 use event_listener::Event;
 use futures_channel::oneshot;
 use ringstore_journal::storage::{DmaStorage, Storage};
@@ -721,11 +721,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             let epoch = inner.journal.epoch().max(at.epoch);
             let frozen = inner.machine.borrow().freeze();
             let started = Instant::now();
+            let busy = || self.checkpoint_should_give_way();
+            let pacing = Pacing::new(&busy, inner.config.checkpoint_busy_write_percent);
             let persisted = inner
                 .snapshots
-                .persist_paced(frozen, at.op, epoch, inner.domain.get(), &|| {
-                    inner.progress.borrow().submits_in_flight > 0
-                })
+                .persist_paced(frozen, at.op, epoch, inner.domain.get(), pacing)
                 .await;
             let meta = match persisted {
                 Ok(meta) => meta,
@@ -759,6 +759,19 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             watermark: inner.journal.watermark(),
             watermark_advanced: target > before,
         })
+    }
+
+    /// Whether a running checkpoint gives way to submits: while some are in
+    /// flight, but not while one waits for ring slots, nor once the free
+    /// slots are down to half the count that triggers a checkpoint (the
+    /// checkpoint is what frees them: it hurries while the other half is
+    /// still there to absorb submits).
+    fn checkpoint_should_give_way(&self) -> bool {
+        let inner = &*self.inner;
+        let progress = inner.progress.borrow();
+        progress.submits_in_flight > 0
+            && progress.ring_waiters == 0
+            && inner.journal.remaining_capacity() >= inner.config.ring_free_slots_min / 2
     }
 
     /// Moves the watermark as far as [`Inner::watermark_target`] allows,

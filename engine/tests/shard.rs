@@ -489,6 +489,20 @@ fn settings_out_of_range_are_refused() {
                 }),
                 "checkpoint ring_full_wait_max",
             ),
+            (
+                builder(&path).checkpoint_policy(CheckpointPolicy {
+                    busy_write_percent: 0,
+                    ..CheckpointPolicy::default()
+                }),
+                "checkpoint busy_write_percent",
+            ),
+            (
+                builder(&path).checkpoint_policy(CheckpointPolicy {
+                    busy_write_percent: 101,
+                    ..CheckpointPolicy::default()
+                }),
+                "checkpoint busy_write_percent",
+            ),
         ];
         for (builder, name) in cases {
             match builder.open().await {

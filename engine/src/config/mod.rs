@@ -21,6 +21,12 @@ pub const SNAPSHOT_GENERATIONS_MAX: usize = 64;
 pub const CHECKPOINT_BYTES_DEFAULT: u64 = 256 << 20;
 /// Default longest a submit waits for a checkpoint to free ring slots.
 pub const RING_FULL_WAIT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default share of the time, in percent, a checkpoint's snapshot writer
+/// keeps writing while submits wait ([`CheckpointPolicy::busy_write_percent`]).
+/// 25%: in `ringstore-bench engine` on the test host, the 16 submitters'
+/// p99 ack latency during a 1 GiB checkpoint was 1.35x the idle p99 at 25%
+/// and 3.7x at 50% (`bench/PERFORMANCE.md`).
+pub const CHECKPOINT_BUSY_WRITE_PERCENT_DEFAULT: u8 = 25;
 /// First pause after a failed automatic checkpoint; doubles up to
 /// [`CHECKPOINT_RETRY_MAX`].
 pub const CHECKPOINT_RETRY_MIN: Duration = Duration::from_millis(50);
@@ -44,6 +50,15 @@ pub struct CheckpointPolicy {
     /// fails with [`Error::Backpressure`]. Default
     /// [`RING_FULL_WAIT_DEFAULT`]; at least 1 ms.
     pub ring_full_wait_max: Duration,
+    /// While submits are in flight (none of them waiting for ring slots,
+    /// and the ring not short of slots), a checkpoint writes its snapshot
+    /// in small writes for about this percentage of the time and pauses
+    /// for the rest, so that the journal's writes and flushes do not queue
+    /// behind it; when the shard is idle it writes at full speed. Lower
+    /// keeps the ack latency closer to an idle shard's and makes a busy
+    /// checkpoint longer. Default [`CHECKPOINT_BUSY_WRITE_PERCENT_DEFAULT`];
+    /// 1 to 100 (100: small writes, no pauses).
+    pub busy_write_percent: u8,
     /// Run the compaction task. Default `true`; with `false` only explicit
     /// [`Shard::checkpoint`](crate::Shard::checkpoint) calls checkpoint (and a full ring waits for
     /// one).
@@ -57,6 +72,7 @@ impl Default for CheckpointPolicy {
             bytes_max: CHECKPOINT_BYTES_DEFAULT,
             ring_free_slots_min: None,
             ring_full_wait_max: RING_FULL_WAIT_DEFAULT,
+            busy_write_percent: CHECKPOINT_BUSY_WRITE_PERCENT_DEFAULT,
             automatic: true,
         }
     }
@@ -75,6 +91,8 @@ pub struct ShardConfig {
     pub ring_free_slots_min: u64,
     /// Longest wait for ring slots.
     pub ring_full_wait_max: Duration,
+    /// A busy checkpoint's share of the time writing, in percent.
+    pub checkpoint_busy_write_percent: u8,
     /// Whether the compaction task runs.
     pub automatic_checkpoints: bool,
     /// Snapshot generations kept.
@@ -293,6 +311,13 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
                 "at least 1 ms".into(),
             );
         }
+        if !(1..=100).contains(&policy.busy_write_percent) {
+            return invalid(
+                "checkpoint busy_write_percent",
+                policy.busy_write_percent.to_string(),
+                "1 to 100".into(),
+            );
+        }
         let generations_min = if self.journal_keeps_previous_snapshot {
             2
         } else {
@@ -311,6 +336,7 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
             checkpoint_bytes_max: policy.bytes_max,
             ring_free_slots_min: free_min,
             ring_full_wait_max: policy.ring_full_wait_max,
+            checkpoint_busy_write_percent: policy.busy_write_percent,
             automatic_checkpoints: policy.automatic,
             snapshot_generations: self.snapshot_generations,
             journal_keeps_previous_snapshot: self.journal_keeps_previous_snapshot,

@@ -6,6 +6,8 @@ use super::log::io_error;
 use super::reactor::ReactorThread;
 use super::shard::{op_of, remember, repeat, restore, CurrentSnapshot, RaftShard};
 use super::types::{Request, Response};
+use crate::config::CHECKPOINT_BUSY_WRITE_PERCENT_DEFAULT;
+use crate::snapshot::Pacing;
 use crate::{OpId, StateMachine};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{
@@ -97,7 +99,13 @@ where
                         let busy = || shard.appends_in_flight.get() > 0;
                         let result = match shard
                             .snapshots
-                            .persist_paced(sections, op, term, shard.domain, &busy)
+                            .persist_paced(
+                                sections,
+                                op,
+                                term,
+                                shard.domain,
+                                Pacing::new(&busy, CHECKPOINT_BUSY_WRITE_PERCENT_DEFAULT),
+                            )
                             .await
                         {
                             Ok(persisted) => {

@@ -18,7 +18,7 @@ pub mod verify;
 
 pub(crate) use scrub::scrub_snapshot;
 pub use store::{
-    parse_snapshot_file_name, snapshot_file_name, LoadedSnapshot, SnapshotMeta, SnapshotStore,
-    StagedSnapshot,
+    parse_snapshot_file_name, snapshot_file_name, LoadedSnapshot, Pacing, SnapshotMeta,
+    SnapshotStore, StagedSnapshot,
 };
 pub use verify::{Check, SnapshotDamage, SnapshotFault, SnapshotReport, SnapshotVerifier};

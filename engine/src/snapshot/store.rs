@@ -8,7 +8,8 @@
 //! 2. **Write** the sections from byte 4096 on, in chunks, with the next
 //!    chunk encoded while the previous one is being written, yielding to the
 //!    reactor every [`ENCODE_STEP_BYTES`] so the shard keeps applying; then
-//!    the header block at offset 0.
+//!    the header block at offset 0. While foreground work waits, the writes
+//!    are smaller and paced ([`Pacing`]).
 //! 3. **Sync** (fdatasync) the temporary file.
 //! 4. **Rename** it to `snapshot-<op>.snap`.
 //! 5. **Dir sync**: fsync the directory, making the rename durable.
@@ -43,11 +44,17 @@ use std::{
 use uuid::Uuid;
 use zerocopy::IntoBytes;
 
-/// Bytes of one snapshot write: large enough that a write costs little more
-/// than the device's bandwidth, small enough that a journal fdatasync (whose
-/// device cache flush waits for every write in flight, this one included)
-/// is not held up long by it.
+/// Bytes of one snapshot write while nothing else waits for the device:
+/// large enough that a write costs little more than the device's bandwidth.
 pub const WRITE_CHUNK_BYTES: usize = 512 << 10;
+
+/// Bytes of one snapshot write while foreground work waits ([`Pacing`]): a
+/// journal write queued behind it waits for at most this much of the
+/// device's time. On the test host a 512 KiB write took 0.2-1.4 ms (the
+/// disk's fast and slow bandwidth modes), which moved the submitters' p50
+/// ack latency from 0.3 to 1.1 ms during a checkpoint; 64 KiB writes with
+/// the default pacing left it at 0.3 ms (`bench/PERFORMANCE.md`).
+pub const WRITE_CHUNK_BUSY_BYTES: usize = 64 << 10;
 
 /// Bytes encoded between two yields to the reactor: about 50-100 µs of
 /// encoding, so a submit waiting behind a running checkpoint is delayed by
@@ -55,6 +62,51 @@ pub const WRITE_CHUNK_BYTES: usize = 512 << 10;
 pub const ENCODE_STEP_BYTES: usize = 64 << 10;
 
 const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(ENCODE_STEP_BYTES));
+const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(WRITE_CHUNK_BUSY_BYTES));
+const _: () = assert!(WRITE_CHUNK_BUSY_BYTES.is_multiple_of(BLOCK_BYTES as usize));
+
+/// How a snapshot write gives way to foreground work. While `busy()` says
+/// work is waiting, each write is [`WRITE_CHUNK_BUSY_BYTES`] and is
+/// followed by a pause that keeps the writer's share of the time to
+/// `busy_percent`: a write that took 100 µs is followed by 300 µs without
+/// one at 25%. When idle, the writer writes [`WRITE_CHUNK_BYTES`] at a time
+/// at full speed.
+#[derive(Clone, Copy)]
+pub struct Pacing<'a> {
+    busy: &'a dyn Fn() -> bool,
+    busy_percent: u8,
+}
+
+impl<'a> Pacing<'a> {
+    /// Never gives way: every write is [`WRITE_CHUNK_BYTES`], back to back.
+    pub const FULL_SPEED: Pacing<'static> = Pacing {
+        busy: &|| false,
+        busy_percent: 100,
+    };
+
+    /// Gives way while `busy()` holds, writing `busy_percent` of the time
+    /// (clamped to 1-100; 100 only shrinks the writes).
+    pub fn new(busy: &'a dyn Fn() -> bool, busy_percent: u8) -> Pacing<'a> {
+        Pacing {
+            busy,
+            busy_percent: busy_percent.clamp(1, 100),
+        }
+    }
+
+    /// The pause after a write that took `write` while busy.
+    pub fn pause_after(&self, write: std::time::Duration) -> std::time::Duration {
+        let percent = u32::from(self.busy_percent);
+        write * (100 - percent) / percent
+    }
+}
+
+impl std::fmt::Debug for Pacing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacing")
+            .field("busy_percent", &self.busy_percent)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Bytes written between two fdatasyncs of a snapshot being written.
 pub const SYNC_EVERY_BYTES: u64 = 64 << 20;
@@ -179,27 +231,28 @@ impl<S: Storage> SnapshotStore<S> {
         epoch: u64,
         domain: Uuid,
     ) -> Result<SnapshotMeta> {
-        self.persist_paced(sections, watermark, epoch, domain, &|| false)
+        self.persist_paced(sections, watermark, epoch, domain, Pacing::FULL_SPEED)
             .await
     }
 
-    /// [`SnapshotStore::persist`], giving way to foreground work: while
-    /// `busy()` says so, each chunk write is followed by a pause as long as
-    /// the write took, so the snapshot takes at most about half of the
-    /// device's time (a journal fdatasync waits behind the device's
-    /// queue). When idle it writes at full speed.
+    /// [`SnapshotStore::persist`], giving way to foreground work as
+    /// `pacing` says: a journal write queued behind a snapshot write waits
+    /// for it, and a journal fdatasync's cache flush waits for every byte
+    /// written before it.
     pub async fn persist_paced(
         &self,
         sections: Vec<FrozenSection>,
         watermark: u64,
         epoch: u64,
         domain: Uuid,
-        busy: &dyn Fn() -> bool,
+        pacing: Pacing<'_>,
     ) -> Result<SnapshotMeta> {
         let (final_path, temp_path, file) = self.create_temp(watermark).await?;
         let file = Rc::new(file);
-        let written =
-            write_snapshot(&file, &temp_path, sections, watermark, epoch, domain, busy).await;
+        let written = write_snapshot(
+            &file, &temp_path, sections, watermark, epoch, domain, pacing,
+        )
+        .await;
         let written = match written {
             Ok((body_bytes, file_bytes)) => file
                 .sync()
@@ -479,7 +532,7 @@ async fn write_snapshot<F: StorageFile>(
     watermark: u64,
     epoch: u64,
     domain: Uuid,
-    busy: &dyn Fn() -> bool,
+    pacing: Pacing<'_>,
 ) -> Result<(u64, u64)> {
     if sections.len() > SECTION_COUNT_MAX {
         return Err(Error::InvalidConfig {
@@ -488,7 +541,7 @@ async fn write_snapshot<F: StorageFile>(
             reason: format!("a snapshot holds at most {SECTION_COUNT_MAX} sections"),
         });
     }
-    let mut writer = ChunkWriter::new(file.clone(), path.to_path_buf(), busy);
+    let mut writer = ChunkWriter::new(file.clone(), path.to_path_buf(), pacing);
     let mut table = Vec::with_capacity(sections.len());
     let mut body_hasher = crc32fast::Hasher::new();
     let mut offset = BODY_OFFSET;
@@ -572,13 +625,12 @@ async fn write_snapshot<F: StorageFile>(
     Ok((body_bytes, file_bytes))
 }
 
-/// Streams the body in [`WRITE_CHUNK_BYTES`] writes, with one write in
-/// flight while the next chunk is encoded.
+/// Streams the body in [`WRITE_CHUNK_BYTES`] writes ([`WRITE_CHUNK_BUSY_BYTES`]
+/// while busy), with one write in flight while the next chunk is encoded.
 struct ChunkWriter<'a, F: StorageFile> {
     file: Rc<F>,
     path: PathBuf,
-    /// Whether foreground work is waiting (see `persist_paced`).
-    busy: &'a dyn Fn() -> bool,
+    pacing: Pacing<'a>,
     /// When the write in flight was issued.
     issued_at: std::time::Instant,
     /// File offset up to which an fdatasync covered the writes.
@@ -591,11 +643,11 @@ struct ChunkWriter<'a, F: StorageFile> {
 }
 
 impl<'a, F: StorageFile> ChunkWriter<'a, F> {
-    fn new(file: Rc<F>, path: PathBuf, busy: &'a dyn Fn() -> bool) -> ChunkWriter<'a, F> {
+    fn new(file: Rc<F>, path: PathBuf, pacing: Pacing<'a>) -> ChunkWriter<'a, F> {
         ChunkWriter {
             file,
             path,
-            busy,
+            pacing,
             issued_at: std::time::Instant::now(),
             synced_to: BODY_OFFSET,
             staged: Vec::with_capacity(2 * WRITE_CHUNK_BYTES),
@@ -611,8 +663,11 @@ impl<'a, F: StorageFile> ChunkWriter<'a, F> {
                 path: self.path.clone(),
                 source: Arc::new(e),
             })?;
-            if (self.busy)() {
-                glommio::timer::sleep(self.issued_at.elapsed()).await;
+            if (self.pacing.busy)() {
+                let pause = self.pacing.pause_after(self.issued_at.elapsed());
+                if !pause.is_zero() {
+                    glommio::timer::sleep(pause).await;
+                }
             }
             // Flush as we go, so the final fdatasync has little left to
             // flush: a device cache flush of the whole file at once would
@@ -647,10 +702,17 @@ impl<'a, F: StorageFile> ChunkWriter<'a, F> {
     }
 
     async fn flush_full_chunks(&mut self) -> Result<()> {
-        while self.staged.len() >= WRITE_CHUNK_BYTES {
-            self.write(WRITE_CHUNK_BYTES).await?;
+        loop {
+            let chunk = if (self.pacing.busy)() {
+                WRITE_CHUNK_BUSY_BYTES
+            } else {
+                WRITE_CHUNK_BYTES
+            };
+            if self.staged.len() < chunk {
+                return Ok(());
+            }
+            self.write(chunk).await?;
         }
-        Ok(())
     }
 
     /// Writes what is left, padded with zeros to a block boundary, and

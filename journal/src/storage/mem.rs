@@ -381,6 +381,8 @@ struct MemFs {
     latency_device: Option<u64>,
     /// Bytes returned by file reads so far ([`MemStorage::bytes_read`]).
     bytes_read: u64,
+    /// File writes so far by size ([`MemStorage::write_sizes`]).
+    write_sizes: BTreeMap<usize, u64>,
     /// Paths locked by [`Storage::try_lock`] in this incarnation.
     locks: BTreeSet<PathBuf>,
 }
@@ -638,6 +640,7 @@ impl MemStorage {
                 oneshots: Oneshots::default(),
                 latency_device: None,
                 bytes_read: 0,
+                write_sizes: BTreeMap::new(),
                 locks: BTreeSet::new(),
             })),
         }
@@ -688,6 +691,12 @@ impl MemStorage {
     /// much an operation reads (recovery reads indexes, not payloads).
     pub fn bytes_read(&self) -> u64 {
         self.fs.borrow().bytes_read
+    }
+
+    /// How many file writes of each size were issued so far (failed ones
+    /// included): what a test pins about how an operation writes.
+    pub fn write_sizes(&self) -> BTreeMap<usize, u64> {
+        self.fs.borrow().write_sizes.clone()
     }
 
     /// The next `count` file syncs (fdatasync) fail with `errno`.
@@ -1270,6 +1279,7 @@ impl StorageFile for MemFile {
     async fn write_at(&self, buf: MemBuf, pos: u64) -> io::Result<()> {
         self.begin().await?;
         let mut fs = self.storage.fs.borrow_mut();
+        *fs.write_sizes.entry(buf.0.len()).or_default() += 1;
         if let Some(err) = take_oneshot(&mut fs.oneshots.fail_writes) {
             return Err(err);
         }
