@@ -802,11 +802,19 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         // Recovery can use any snapshot at or above the journal's watermark
         // (the previous generation among them): none of those goes.
         let protect_from = inner.journal.watermark();
-        match inner
-            .snapshots
-            .prune(inner.config.snapshot_generations, protect_from)
-            .await
-        {
+        let keep = inner.config.snapshot_generations;
+        // Old snapshots give their space back as retired segments do (0:
+        // at once).
+        let step_bytes = inner.journal.config().reclaim_step_bytes;
+        let pruned = if step_bytes == 0 {
+            inner.snapshots.prune(keep, protect_from).await
+        } else {
+            inner
+                .snapshots
+                .prune_in_steps(keep, protect_from, step_bytes)
+                .await
+        };
+        match pruned {
             Ok(removed) => inner.progress.borrow_mut().stats.snapshots_pruned += removed as u64,
             Err(e) => {
                 tracing::warn!(error = %e, "removing old snapshots failed; retrying at the next checkpoint");

@@ -1,16 +1,20 @@
-//! Pins how a snapshot write gives way to foreground work
-//! ([`ringstore::snapshot::Pacing`]): small writes while busy, large ones
+//! Pins how snapshot files give way to foreground work: a write
+//! ([`ringstore::snapshot::Pacing`]) in small writes while busy, large ones
 //! while idle, a file that loads byte for byte either way (also when the
 //! shard turns busy and idle in the middle of it), and the pause's
-//! arithmetic.
+//! arithmetic; a removal (`SnapshotStore::prune_in_steps`) that gives the
+//! space back a step at a time, never leaves a shrunk file under a
+//! snapshot's name whatever step a power cut hits, and removes at once
+//! when space is short.
 mod common;
 use common::*;
 use ringstore::machine::{EncodeError, EncodeProgress, FrozenSection, SectionEncoder};
 use ringstore::snapshot::store::{WRITE_CHUNK_BUSY_BYTES, WRITE_CHUNK_BYTES};
 use ringstore::snapshot::{Pacing, SnapshotStore};
 use ringstore_journal::storage::MemStorage;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -75,7 +79,7 @@ fn writes_between(
 fn busy_writes_are_small_idle_writes_large_and_every_file_loads_whole() {
     run(|| async {
         let storage = MemStorage::new();
-        let store = SnapshotStore::open(storage.clone(), "snapshots")
+        let store = SnapshotStore::open(storage.clone(), SNAPSHOT_DIR)
             .await
             .unwrap();
         let domain = Uuid::new_v4();
@@ -172,4 +176,165 @@ fn the_pause_keeps_the_writer_to_its_share_of_the_time() {
         Duration::from_micros(9_900)
     );
     assert_eq!(Pacing::new(&busy, 200).pause_after(write), Duration::ZERO);
+}
+
+/// Where the tests keep their snapshots.
+const SNAPSHOT_DIR: &str = "/shard/snapshots";
+
+/// Step of the pruning tests: a 2 MiB body shrinks in 8 steps.
+const PRUNE_STEP_BYTES: u64 = 256 << 10;
+
+/// A store holding snapshots at ops 10, 20 and 30 (seeds 1-3).
+async fn store_with_three(storage: &MemStorage, domain: Uuid) -> SnapshotStore<MemStorage> {
+    let store = SnapshotStore::open(storage.clone(), SNAPSHOT_DIR)
+        .await
+        .unwrap();
+    for (op, seed) in [(10, 1), (20, 2), (30, 3)] {
+        store
+            .persist(counting_section(seed), op, 1, domain)
+            .await
+            .unwrap();
+    }
+    store
+}
+
+/// Every length the files named `*.snap.tmp` had, sampled each reactor
+/// turn while `running` holds.
+fn watch_temp_lengths(
+    storage: &MemStorage,
+    running: Rc<Cell<bool>>,
+) -> (Rc<RefCell<Vec<usize>>>, glommio::Task<()>) {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let task = glommio::spawn_local({
+        let storage = storage.clone();
+        let seen = seen.clone();
+        async move {
+            while running.get() {
+                for path in storage.paths() {
+                    if path.to_string_lossy().ends_with(".snap.tmp") {
+                        let len = storage.file_bytes(&path).map_or(0, |b| b.len());
+                        let mut seen = seen.borrow_mut();
+                        if seen.last() != Some(&len) {
+                            seen.push(len);
+                        }
+                    }
+                }
+                ringstore_journal::glommio_quirks::reactor_turn().await;
+            }
+        }
+    });
+    (seen, task)
+}
+
+#[test]
+fn pruning_in_steps_shrinks_the_old_files_then_removes_them() {
+    run(|| async {
+        let storage = MemStorage::new();
+        let domain = Uuid::new_v4();
+        let store = store_with_three(&storage, domain).await;
+        let running = Rc::new(Cell::new(true));
+        let (seen, watcher) = watch_temp_lengths(&storage, running.clone());
+        let removed = store.prune_in_steps(1, 30, PRUNE_STEP_BYTES).await.unwrap();
+        running.set(false);
+        watcher.await;
+        assert_eq!(removed, 2);
+        // Both old files seen at each of their 8 lengths between whole and
+        // gone.
+        let seen = seen.borrow().clone();
+        let between = seen
+            .iter()
+            .filter(|&&len| len > 0 && len < BODY_BYTES)
+            .count();
+        assert!(between >= 16, "lengths seen: {seen:?}");
+        let names: Vec<_> = storage.paths();
+        assert!(
+            names.iter().all(|p| !p.to_string_lossy().ends_with(".tmp")),
+            "{names:?}"
+        );
+        let (newest, skipped) = store.load_newest(domain).await.unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(newest.unwrap().meta.watermark, 30);
+    });
+}
+
+#[test]
+fn pruning_removes_at_once_when_space_is_short() {
+    run(|| async {
+        let storage = MemStorage::new();
+        let domain = Uuid::new_v4();
+        let store = store_with_three(&storage, domain).await;
+        // Less free space than one snapshot file holds (one is pruned: a
+        // second would find the first one's space free).
+        let used: u64 = storage
+            .paths()
+            .iter()
+            .filter_map(|p| storage.file_bytes(p))
+            .map(|b| b.len() as u64)
+            .sum();
+        storage.set_capacity(Some(used + (BODY_BYTES as u64) / 2));
+        let running = Rc::new(Cell::new(true));
+        let (seen, watcher) = watch_temp_lengths(&storage, running.clone());
+        assert_eq!(
+            store.prune_in_steps(2, 30, PRUNE_STEP_BYTES).await.unwrap(),
+            1
+        );
+        running.set(false);
+        watcher.await;
+        let seen = seen.borrow().clone();
+        assert!(
+            seen.iter().all(|&len| len == 0 || len > BODY_BYTES),
+            "shrunk although space was short: {seen:?}"
+        );
+    });
+}
+
+#[test]
+fn a_power_cut_at_every_step_of_pruning_leaves_no_shrunk_snapshot() {
+    run(|| async {
+        let domain = Uuid::new_v4();
+        let mut cut_at = 1;
+        loop {
+            let storage = MemStorage::new();
+            let store = store_with_three(&storage, domain).await;
+            storage.cut_power_after_ops(cut_at);
+            let pruned = store.prune_in_steps(1, 30, PRUNE_STEP_BYTES).await;
+            let finished = !storage.power_is_cut();
+            storage.crash();
+            // The reopen removes what a cut left under a temporary name;
+            // every snapshot still named is whole.
+            let store = SnapshotStore::open(storage.clone(), SNAPSHOT_DIR)
+                .await
+                .unwrap();
+            assert!(
+                storage
+                    .paths()
+                    .iter()
+                    .all(|p| !p.to_string_lossy().ends_with(".tmp")),
+                "cut at {cut_at}"
+            );
+            let generations = store.generations().unwrap();
+            assert!(
+                generations.iter().any(|(op, _)| *op == 30),
+                "cut at {cut_at}: the newest is gone"
+            );
+            for (op, path) in generations {
+                let seed = (op / 10) as u8;
+                let mut loaded = store
+                    .load(&path, Some(domain))
+                    .await
+                    .unwrap_or_else(|e| panic!("cut at {cut_at}: snapshot {op}: {e}"));
+                let (_, bytes) = loaded.sections.take("counting", 1..=1).unwrap();
+                assert!(
+                    bytes == expected_bytes(seed),
+                    "cut at {cut_at}: {op} differs"
+                );
+            }
+            if finished {
+                assert_eq!(pruned.unwrap(), 2);
+                assert!(cut_at > 2 * (BODY_BYTES as u64 / PRUNE_STEP_BYTES));
+                break;
+            }
+            cut_at += 1;
+        }
+    });
 }

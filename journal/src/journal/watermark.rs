@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::glommio_quirks;
+use crate::storage::shrink_in_steps;
 
 /// Ops whose ring slots one step of a watermark advance frees (about 0.15
 /// ms of walking the slots; see `apply_watermark`).
@@ -13,12 +14,8 @@ const WATERMARK_STEP_OPS: u64 = 1 << 16;
 /// `Journal::reclaim_retired`). Removing 1 GiB of segments at once on a
 /// filesystem with online discard stalled acknowledgements for 140-150 ms
 /// on this project's test host; at that rate (not measured per step) 8 MiB
-/// is about 1 ms of discarding.
+/// is about 1 ms of discarding. Snapshot pruning uses it too.
 pub const RECLAIM_STEP_BYTES_DEFAULT: u64 = 8 << 20;
-
-/// Pause between two steps of shrinking a retired segment: the appends'
-/// own syncs go between them.
-const RECLAIM_STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Free space, in segments, below which retired segments are removed at
 /// once rather than shrunk step by step: the next rollovers need it.
@@ -259,27 +256,18 @@ impl<S: Storage> Journal<S> {
                 return;
             };
             // Shrinking never grows a file: start from its real length.
-            let mut len = segment.file.file_len().await.unwrap_or(0);
-            let step = journal.shared.config.reclaim_step_bytes.max(1);
+            let len = segment.file.file_len().await.unwrap_or(0);
             // Removed whole instead: when closing or failed, when space runs
             // short, and while a reader still holds the file (a shrunk file
             // would read as damage to it).
-            let keep_shrinking = |journal: &Journal<S>| {
+            let keep_shrinking = || {
                 journal.shared.state.borrow().usable().is_ok()
                     && Rc::strong_count(&segment.file) == 1
                     && !journal.space_is_short()
             };
-            while len > 0 && keep_shrinking(&journal) {
-                len = len.saturating_sub(step);
-                let shrunk = match segment.file.truncate(len).await {
-                    Ok(()) => segment.file.sync().await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = shrunk {
-                    tracing::warn!(path = %segment.path.display(), error = %e, "shrinking a retired segment failed; removing it whole");
-                    break;
-                }
-                glommio::timer::sleep(RECLAIM_STEP_PAUSE).await;
+            let step = journal.shared.config.reclaim_step_bytes;
+            if let Err(e) = shrink_in_steps(&*segment.file, len, step, keep_shrinking).await {
+                tracing::warn!(path = %segment.path.display(), error = %e, "shrinking a retired segment failed; removing it whole");
             }
             journal.remove_retired(segment).await;
             // Poisoned already (and logged) if this fails: the rest is
