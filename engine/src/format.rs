@@ -184,7 +184,7 @@ pub fn unix_ms_now() -> u64 {
 pub(crate) const FILE_PREFIX: &str = "snapshot-";
 /// Suffix of snapshot file names.
 pub(crate) const FILE_SUFFIX: &str = ".snap";
-/// Suffix of a snapshot being written.
+/// Suffix of a snapshot being written, or of an old one being removed.
 pub(crate) const TEMP_SUFFIX: &str = ".snap.tmp";
 
 /// The file name of the snapshot at `watermark`.
