@@ -688,37 +688,38 @@ fn print_table(report: &EngineReport) {
         String::new(),
     ]);
     let (p, r) = probe_cells(&report.latency_during_checkpoint.probes);
-    table.row([
-        format!(
-            "p99 ack us during a {:.1} s checkpoint",
-            report.checkpoint_seconds
+    let (during, without) = (
+        &report.latency_during_checkpoint.latency,
+        &report.latency_without_checkpoint.latency,
+    );
+    let latency_rows = [
+        (
+            format!(
+                "p99 ack us during a {:.1} s checkpoint",
+                report.checkpoint_seconds
+            ),
+            during.p99_us,
+            without.p99_us,
         ),
-        fmt_num(report.latency_during_checkpoint.latency.p99_us),
-        format!(
-            "without {}",
-            fmt_num(report.latency_without_checkpoint.latency.p99_us)
+        (
+            format!(
+                "p999 ack us during it ({}% busy writes)",
+                report.busy_write_percent
+            ),
+            during.p999_us,
+            without.p999_us,
         ),
-        fmt_ratio(report.p99_ratio_during_checkpoint),
-        p.clone(),
-        r.clone(),
-    ]);
-    table.row([
-        format!(
-            "p999 ack us during it ({}% busy writes)",
-            report.busy_write_percent
-        ),
-        fmt_num(report.latency_during_checkpoint.latency.p999_us),
-        format!(
-            "without {}",
-            fmt_num(report.latency_without_checkpoint.latency.p999_us)
-        ),
-        fmt_ratio(
-            report.latency_during_checkpoint.latency.p999_us
-                / report.latency_without_checkpoint.latency.p999_us,
-        ),
-        p,
-        r,
-    ]);
+    ];
+    for (figure, during, without) in latency_rows {
+        table.row([
+            figure,
+            fmt_num(during),
+            format!("without {}", fmt_num(without)),
+            fmt_ratio(during / without.max(f64::MIN_POSITIVE)),
+            p.clone(),
+            r.clone(),
+        ]);
+    }
     let (p, r) = probe_cells(&report.recovery_probes);
     table.row([
         format!("recovery of {} ops, s", report.recovery_ops),

@@ -804,15 +804,20 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let protect_from = inner.journal.watermark();
         let keep = inner.config.snapshot_generations;
         // Old snapshots give their space back as retired segments do (0:
-        // at once).
+        // at once), unless something else may read or share them: uploads
+        // and the cache's hard links with an object store, the scrubber.
         let step_bytes = inner.journal.config().reclaim_step_bytes;
-        let pruned = if step_bytes == 0 {
-            inner.snapshots.prune(keep, protect_from).await
-        } else {
+        let in_steps = step_bytes > 0
+            && inner.config.upload_mode.is_none()
+            && inner.config.scrub_bytes_per_second.is_none();
+        let pruned = if in_steps {
+            let serving = || self.usable().is_ok();
             inner
                 .snapshots
-                .prune_in_steps(keep, protect_from, step_bytes)
+                .prune_in_steps(keep, protect_from, step_bytes, &serving)
                 .await
+        } else {
+            inner.snapshots.prune(keep, protect_from).await
         };
         match pruned {
             Ok(removed) => inner.progress.borrow_mut().stats.snapshots_pruned += removed as u64,

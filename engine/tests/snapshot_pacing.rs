@@ -4,13 +4,13 @@
 //! shard turns busy and idle in the middle of it), and the pause's
 //! arithmetic; a removal (`SnapshotStore::prune_in_steps`) that gives the
 //! space back a step at a time, never leaves a shrunk file under a
-//! snapshot's name whatever step a power cut hits, and removes at once
-//! when space is short.
+//! snapshot's name whatever step a power cut hits, and removes whole when
+//! space is short, the shard stops serving or the file fits in a step.
 mod common;
 use common::*;
 use ringstore::machine::{EncodeError, EncodeProgress, FrozenSection, SectionEncoder};
-use ringstore::snapshot::store::{WRITE_CHUNK_BUSY_BYTES, WRITE_CHUNK_BYTES};
-use ringstore::snapshot::{Pacing, SnapshotStore};
+use ringstore::snapshot::store::{PACING_PAUSE_MAX, WRITE_CHUNK_BUSY_BYTES, WRITE_CHUNK_BYTES};
+use ringstore::snapshot::{Pacing, SnapshotMeta, SnapshotStore};
 use ringstore_journal::storage::MemStorage;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -75,6 +75,26 @@ fn writes_between(
         .collect()
 }
 
+/// The domain of every test snapshot.
+const DOMAIN: Uuid = Uuid::from_u128(0x5eed);
+
+/// Persists the counting section `seed` at `op` with `pacing`; returns the
+/// snapshot and the writes it issued by size.
+async fn persist_counting(
+    store: &SnapshotStore<MemStorage>,
+    storage: &MemStorage,
+    seed: u8,
+    op: u64,
+    pacing: Pacing<'_>,
+) -> (SnapshotMeta, BTreeMap<usize, u64>) {
+    let before = storage.write_sizes();
+    let meta = store
+        .persist_paced(counting_section(seed), op, 1, DOMAIN, pacing)
+        .await
+        .unwrap();
+    (meta, writes_between(&before, &storage.write_sizes()))
+}
+
 #[test]
 fn busy_writes_are_small_idle_writes_large_and_every_file_loads_whole() {
     run(|| async {
@@ -82,18 +102,13 @@ fn busy_writes_are_small_idle_writes_large_and_every_file_loads_whole() {
         let store = SnapshotStore::open(storage.clone(), SNAPSHOT_DIR)
             .await
             .unwrap();
-        let domain = Uuid::new_v4();
         let body_writes = |sizes: &BTreeMap<usize, u64>, chunk: usize| {
             sizes.get(&chunk).copied().unwrap_or(0) as usize
         };
 
         // Idle: the large writes only.
-        let before = storage.write_sizes();
-        let idle = store
-            .persist(counting_section(1), 10, 1, domain)
-            .await
-            .unwrap();
-        let idle_writes = writes_between(&before, &storage.write_sizes());
+        let (idle, idle_writes) =
+            persist_counting(&store, &storage, 1, 10, Pacing::FULL_SPEED).await;
         assert_eq!(
             body_writes(&idle_writes, WRITE_CHUNK_BYTES),
             BODY_BYTES / WRITE_CHUNK_BYTES,
@@ -104,18 +119,8 @@ fn busy_writes_are_small_idle_writes_large_and_every_file_loads_whole() {
         // Busy all along: the small writes only (100%: no pauses to wait
         // out; a simulated write takes no time anyway).
         let always = || true;
-        let before = storage.write_sizes();
-        let busy = store
-            .persist_paced(
-                counting_section(2),
-                20,
-                1,
-                domain,
-                Pacing::new(&always, 100),
-            )
-            .await
-            .unwrap();
-        let busy_writes = writes_between(&before, &storage.write_sizes());
+        let (busy, busy_writes) =
+            persist_counting(&store, &storage, 2, 20, Pacing::new(&always, 100)).await;
         assert_eq!(
             body_writes(&busy_writes, WRITE_CHUNK_BUSY_BYTES),
             BODY_BYTES / WRITE_CHUNK_BUSY_BYTES,
@@ -130,18 +135,8 @@ fn busy_writes_are_small_idle_writes_large_and_every_file_loads_whole() {
             asked.set(asked.get() + 1);
             (asked.get() / 5).is_multiple_of(2)
         };
-        let before = storage.write_sizes();
-        let mixed = store
-            .persist_paced(
-                counting_section(3),
-                30,
-                1,
-                domain,
-                Pacing::new(&by_turns, 50),
-            )
-            .await
-            .unwrap();
-        let mixed_writes = writes_between(&before, &storage.write_sizes());
+        let (mixed, mixed_writes) =
+            persist_counting(&store, &storage, 3, 30, Pacing::new(&by_turns, 50)).await;
         assert!(
             body_writes(&mixed_writes, WRITE_CHUNK_BUSY_BYTES) > 0
                 && body_writes(&mixed_writes, WRITE_CHUNK_BYTES) > 0,
@@ -149,7 +144,7 @@ fn busy_writes_are_small_idle_writes_large_and_every_file_loads_whole() {
         );
 
         for (meta, seed) in [(idle, 1), (busy, 2), (mixed, 3)] {
-            let mut loaded = store.load(&meta.path, Some(domain)).await.unwrap();
+            let mut loaded = store.load(&meta.path, Some(DOMAIN)).await.unwrap();
             let (_, bytes) = loaded.sections.take("counting", 1..=1).unwrap();
             assert!(
                 bytes == expected_bytes(seed),
@@ -176,6 +171,11 @@ fn the_pause_keeps_the_writer_to_its_share_of_the_time() {
         Duration::from_micros(9_900)
     );
     assert_eq!(Pacing::new(&busy, 200).pause_after(write), Duration::ZERO);
+    // A long-stalled write at a low share: bounded.
+    assert_eq!(
+        Pacing::new(&busy, 1).pause_after(Duration::from_secs(1)),
+        PACING_PAUSE_MAX
+    );
 }
 
 /// Where the tests keep their snapshots.
@@ -185,22 +185,22 @@ const SNAPSHOT_DIR: &str = "/shard/snapshots";
 const PRUNE_STEP_BYTES: u64 = 256 << 10;
 
 /// A store holding snapshots at ops 10, 20 and 30 (seeds 1-3).
-async fn store_with_three(storage: &MemStorage, domain: Uuid) -> SnapshotStore<MemStorage> {
+async fn store_with_three(storage: &MemStorage) -> SnapshotStore<MemStorage> {
     let store = SnapshotStore::open(storage.clone(), SNAPSHOT_DIR)
         .await
         .unwrap();
     for (op, seed) in [(10, 1), (20, 2), (30, 3)] {
         store
-            .persist(counting_section(seed), op, 1, domain)
+            .persist(counting_section(seed), op, 1, DOMAIN)
             .await
             .unwrap();
     }
     store
 }
 
-/// Every length the files named `*.snap.tmp` had, sampled each reactor
-/// turn while `running` holds.
-fn watch_temp_lengths(
+/// Every length each file in the snapshot directory had, whatever its
+/// name, sampled each reactor turn while `running` holds.
+fn watch_lengths(
     storage: &MemStorage,
     running: Rc<Cell<bool>>,
 ) -> (Rc<RefCell<Vec<usize>>>, glommio::Task<()>) {
@@ -209,14 +209,12 @@ fn watch_temp_lengths(
         let storage = storage.clone();
         let seen = seen.clone();
         async move {
+            let mut last = BTreeMap::new();
             while running.get() {
                 for path in storage.paths() {
-                    if path.to_string_lossy().ends_with(".snap.tmp") {
-                        let len = storage.file_bytes(&path).map_or(0, |b| b.len());
-                        let mut seen = seen.borrow_mut();
-                        if seen.last() != Some(&len) {
-                            seen.push(len);
-                        }
+                    let len = storage.file_bytes(&path).map_or(0, |b| b.len());
+                    if last.insert(path, len) != Some(len) {
+                        seen.borrow_mut().push(len);
                     }
                 }
                 ringstore_journal::glommio_quirks::reactor_turn().await;
@@ -226,78 +224,92 @@ fn watch_temp_lengths(
     (seen, task)
 }
 
+/// Lengths strictly between gone and a whole test snapshot file.
+fn shrunk(lengths: &[usize]) -> usize {
+    lengths
+        .iter()
+        .filter(|&&len| len > 0 && len < BODY_BYTES)
+        .count()
+}
+
 #[test]
 fn pruning_in_steps_shrinks_the_old_files_then_removes_them() {
     run(|| async {
         let storage = MemStorage::new();
-        let domain = Uuid::new_v4();
-        let store = store_with_three(&storage, domain).await;
+        let store = store_with_three(&storage).await;
         let running = Rc::new(Cell::new(true));
-        let (seen, watcher) = watch_temp_lengths(&storage, running.clone());
-        let removed = store.prune_in_steps(1, 30, PRUNE_STEP_BYTES).await.unwrap();
+        let (seen, watcher) = watch_lengths(&storage, running.clone());
+        let removed = store
+            .prune_in_steps(1, 30, PRUNE_STEP_BYTES, &|| true)
+            .await
+            .unwrap();
         running.set(false);
         watcher.await;
         assert_eq!(removed, 2);
         // Both old files seen at each of their 8 lengths between whole and
         // gone.
         let seen = seen.borrow().clone();
-        let between = seen
-            .iter()
-            .filter(|&&len| len > 0 && len < BODY_BYTES)
-            .count();
-        assert!(between >= 16, "lengths seen: {seen:?}");
+        assert!(shrunk(&seen) >= 16, "lengths seen: {seen:?}");
         let names: Vec<_> = storage.paths();
         assert!(
             names.iter().all(|p| !p.to_string_lossy().ends_with(".tmp")),
             "{names:?}"
         );
-        let (newest, skipped) = store.load_newest(domain).await.unwrap();
+        let (newest, skipped) = store.load_newest(DOMAIN).await.unwrap();
         assert!(skipped.is_empty());
         assert_eq!(newest.unwrap().meta.watermark, 30);
     });
 }
 
 #[test]
-fn pruning_removes_at_once_when_space_is_short() {
+fn pruning_removes_whole_when_space_is_short_the_shard_stops_or_the_file_is_small() {
     run(|| async {
-        let storage = MemStorage::new();
-        let domain = Uuid::new_v4();
-        let store = store_with_three(&storage, domain).await;
-        // Less free space than one snapshot file holds (one is pruned: a
-        // second would find the first one's space free).
-        let used: u64 = storage
-            .paths()
-            .iter()
-            .filter_map(|p| storage.file_bytes(p))
-            .map(|b| b.len() as u64)
-            .sum();
-        storage.set_capacity(Some(used + (BODY_BYTES as u64) / 2));
-        let running = Rc::new(Cell::new(true));
-        let (seen, watcher) = watch_temp_lengths(&storage, running.clone());
-        assert_eq!(
-            store.prune_in_steps(2, 30, PRUNE_STEP_BYTES).await.unwrap(),
-            1
-        );
-        running.set(false);
-        watcher.await;
-        let seen = seen.borrow().clone();
-        assert!(
-            seen.iter().all(|&len| len == 0 || len > BODY_BYTES),
-            "shrunk although space was short: {seen:?}"
-        );
+        for case in ["space is short", "not serving", "file within a step"] {
+            let storage = MemStorage::new();
+            let store = store_with_three(&storage).await;
+            let (keep, step_bytes, serving) = match case {
+                // Less free space than one snapshot file holds (one is
+                // pruned: a second would find the first one's space free).
+                "space is short" => {
+                    let used: u64 = storage
+                        .paths()
+                        .iter()
+                        .filter_map(|p| storage.file_bytes(p))
+                        .map(|b| b.len() as u64)
+                        .sum();
+                    storage.set_capacity(Some(used + (BODY_BYTES as u64) / 2));
+                    (2, PRUNE_STEP_BYTES, true)
+                }
+                "not serving" => (1, PRUNE_STEP_BYTES, false),
+                _ => (1, 4 * BODY_BYTES as u64, true),
+            };
+            let running = Rc::new(Cell::new(true));
+            let (seen, watcher) = watch_lengths(&storage, running.clone());
+            let removed = store
+                .prune_in_steps(keep, 30, step_bytes, &|| serving)
+                .await
+                .unwrap();
+            running.set(false);
+            watcher.await;
+            assert_eq!(removed, 3 - keep, "{case}");
+            let seen = seen.borrow().clone();
+            assert_eq!(shrunk(&seen), 0, "{case}: shrunk: {seen:?}");
+            assert_eq!(store.generations().unwrap().len(), keep, "{case}");
+        }
     });
 }
 
 #[test]
 fn a_power_cut_at_every_step_of_pruning_leaves_no_shrunk_snapshot() {
     run(|| async {
-        let domain = Uuid::new_v4();
         let mut cut_at = 1;
         loop {
             let storage = MemStorage::new();
-            let store = store_with_three(&storage, domain).await;
+            let store = store_with_three(&storage).await;
             storage.cut_power_after_ops(cut_at);
-            let pruned = store.prune_in_steps(1, 30, PRUNE_STEP_BYTES).await;
+            let pruned = store
+                .prune_in_steps(1, 30, PRUNE_STEP_BYTES, &|| true)
+                .await;
             let finished = !storage.power_is_cut();
             storage.crash();
             // The reopen removes what a cut left under a temporary name;
@@ -320,7 +332,7 @@ fn a_power_cut_at_every_step_of_pruning_leaves_no_shrunk_snapshot() {
             for (op, path) in generations {
                 let seed = (op / 10) as u8;
                 let mut loaded = store
-                    .load(&path, Some(domain))
+                    .load(&path, Some(DOMAIN))
                     .await
                     .unwrap_or_else(|e| panic!("cut at {cut_at}: snapshot {op}: {e}"));
                 let (_, bytes) = loaded.sections.take("counting", 1..=1).unwrap();
@@ -331,7 +343,6 @@ fn a_power_cut_at_every_step_of_pruning_leaves_no_shrunk_snapshot() {
             }
             if finished {
                 assert_eq!(pruned.unwrap(), 2);
-                assert!(cut_at > 2 * (BODY_BYTES as u64 / PRUNE_STEP_BYTES));
                 break;
             }
             cut_at += 1;

@@ -24,8 +24,10 @@ pub const RING_FULL_WAIT_DEFAULT: Duration = Duration::from_secs(10);
 /// Default share of the time, in percent, a checkpoint's snapshot writer
 /// keeps writing while submits wait ([`CheckpointPolicy::busy_write_percent`]).
 /// 25%: in `ringstore-bench engine` on the test host, the 16 submitters'
-/// p99 ack latency during a 1 GiB checkpoint was 1.35x the idle p99 at 25%
-/// and 3.7x at 50% (`bench/PERFORMANCE.md`).
+/// p99 ack latency during a 1 GiB checkpoint was 1.38-1.85x the idle p99
+/// over four runs at 25% with 64 KiB writes, against 5.7x with 512 KiB
+/// writes at 50%; lower shares made the checkpoint long enough to reach
+/// the ring's limit (`bench/PERFORMANCE.md`).
 pub const CHECKPOINT_BUSY_WRITE_PERCENT_DEFAULT: u8 = 25;
 /// First pause after a failed automatic checkpoint; doubles up to
 /// [`CHECKPOINT_RETRY_MAX`].

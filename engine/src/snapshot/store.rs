@@ -50,10 +50,11 @@ pub const WRITE_CHUNK_BYTES: usize = 512 << 10;
 
 /// Bytes of one snapshot write while foreground work waits ([`Pacing`]): a
 /// journal write queued behind it waits for at most this much of the
-/// device's time. On the test host a 512 KiB write took 0.2-1.4 ms (the
-/// disk's fast and slow bandwidth modes), which moved the submitters' p50
-/// ack latency from 0.3 to 1.1 ms during a checkpoint; 64 KiB writes with
-/// the default pacing left it at 0.3 ms (`bench/PERFORMANCE.md`).
+/// device's time. On the test host, with the disk in its slow bandwidth
+/// mode (370-680 MB/s), a 512 KiB write took 0.8-1.4 ms, which moved the
+/// submitters' p50 ack latency from 0.3 to 1.1 ms during a checkpoint;
+/// 64 KiB writes with the default pacing left it at 0.3 ms
+/// (`bench/PERFORMANCE.md`).
 pub const WRITE_CHUNK_BUSY_BYTES: usize = 64 << 10;
 
 /// Bytes encoded between two yields to the reactor: about 50-100 µs of
@@ -64,6 +65,11 @@ pub const ENCODE_STEP_BYTES: usize = 64 << 10;
 const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(ENCODE_STEP_BYTES));
 const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(WRITE_CHUNK_BUSY_BYTES));
 const _: () = assert!(WRITE_CHUNK_BUSY_BYTES.is_multiple_of(BLOCK_BYTES as usize));
+
+/// Longest pause after one paced write: a pause is not cut short when a
+/// submit starts waiting for ring slots, so a write stalled for long at a
+/// low [`Pacing`] share must not become a pause of seconds.
+pub const PACING_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How a snapshot write gives way to foreground work. While `busy()` says
 /// work is waiting, each write is [`WRITE_CHUNK_BUSY_BYTES`] and is
@@ -93,10 +99,11 @@ impl<'a> Pacing<'a> {
         }
     }
 
-    /// The pause after a write that took `write` while busy.
+    /// The pause after a write that took `write` while busy, at most
+    /// [`PACING_PAUSE_MAX`].
     pub fn pause_after(&self, write: std::time::Duration) -> std::time::Duration {
         let percent = u32::from(self.busy_percent);
-        write * (100 - percent) / percent
+        (write * (100 - percent) / percent).min(PACING_PAUSE_MAX)
     }
 }
 
@@ -500,30 +507,39 @@ impl<S: Storage> SnapshotStore<S> {
         self.prune_with(keep, protect_from, None).await
     }
 
-    /// [`SnapshotStore::prune`], giving each file's space back
-    /// `step_bytes` at a time ([`shrink_in_steps`]) instead of all at once,
-    /// which on a filesystem with online discard stalls every fdatasync
-    /// there (220 ms for a 1 GiB snapshot on this project's test host).
-    /// Each file is first renamed to its temporary name and the rename
-    /// synced, so no snapshot's name ever holds a shrunk file (a crash
-    /// leaves a temporary file, which [`SnapshotStore::open`] removes).
-    /// Removed whole when free space is under the file's own size (the next
-    /// checkpoint needs about as much). Only while nothing reads the file:
-    /// the snapshot directory held.
+    /// [`SnapshotStore::prune`], giving the space of each file larger than
+    /// `step_bytes` back `step_bytes` at a time ([`shrink_in_steps`])
+    /// instead of all at once, which on a filesystem with online discard
+    /// stalls every fdatasync there (220 ms for a 1 GiB snapshot on this
+    /// project's test host). Such a file is first renamed to its temporary
+    /// name and the rename synced, so no snapshot's name ever holds a
+    /// shrunk file (a crash leaves a temporary file, which
+    /// [`SnapshotStore::open`] removes). The rest of a file is removed
+    /// whole once `keep_shrinking()` says so (a closing shard), and a file
+    /// is removed whole when free space is under its size (the next
+    /// checkpoint needs about as much).
+    ///
+    /// Only for files nothing else reads or shares: a reader that opened
+    /// one would read a shrinking file as damage, and a second name (a
+    /// cache's hard link) would be shrunk with it. The shard uses it only
+    /// without an object store and without a snapshot scrubber, with the
+    /// snapshot directory held.
     pub async fn prune_in_steps(
         &self,
         keep: usize,
         protect_from: u64,
         step_bytes: u64,
+        keep_shrinking: &dyn Fn() -> bool,
     ) -> Result<usize> {
-        self.prune_with(keep, protect_from, Some(step_bytes)).await
+        self.prune_with(keep, protect_from, Some((step_bytes, keep_shrinking)))
+            .await
     }
 
     async fn prune_with(
         &self,
         keep: usize,
         protect_from: u64,
-        step_bytes: Option<u64>,
+        in_steps: Option<(u64, &dyn Fn() -> bool)>,
     ) -> Result<usize> {
         let generations = self.generations()?;
         let excess = generations.len().saturating_sub(keep);
@@ -532,8 +548,11 @@ impl<S: Storage> SnapshotStore<S> {
             if op >= protect_from {
                 continue;
             }
-            let path = match step_bytes {
-                Some(step_bytes) => self.shrink_doomed(op, &path, step_bytes).await?,
+            let path = match in_steps {
+                Some((step_bytes, keep_shrinking)) => {
+                    self.shrink_doomed(op, &path, step_bytes, keep_shrinking)
+                        .await?
+                }
                 None => path,
             };
             self.storage
@@ -552,8 +571,26 @@ impl<S: Storage> SnapshotStore<S> {
     }
 
     /// Renames the snapshot at `path` to its temporary name, durably, and
-    /// shrinks it step by step; returns the path to remove.
-    async fn shrink_doomed(&self, op: u64, path: &Path, step_bytes: u64) -> Result<PathBuf> {
+    /// shrinks it step by step; returns the path to remove. A file of at
+    /// most `step_bytes`, or larger than the free space, is left as it is.
+    async fn shrink_doomed(
+        &self,
+        op: u64,
+        path: &Path,
+        step_bytes: u64,
+        keep_shrinking: &dyn Fn() -> bool,
+    ) -> Result<PathBuf> {
+        let len = match self.storage.stat(path).await {
+            Ok(meta) => meta.len,
+            Err(e) => return Err(Error::io("stat old snapshot", path, e)),
+        };
+        let space_left = self
+            .storage
+            .fs_space(&self.dir)
+            .is_ok_and(|space| space.avail_bytes >= len);
+        if len <= step_bytes || !space_left || !keep_shrinking() {
+            return Ok(path.to_path_buf());
+        }
         let doomed = self.temp_path(op);
         self.storage
             .rename(path, &doomed)
@@ -565,19 +602,7 @@ impl<S: Storage> SnapshotStore<S> {
             .map_err(|e| Error::io("fsync snapshot directory", &self.dir, e))?;
         let shrunk = async {
             let file = self.storage.open(&doomed).await?;
-            let shrunk = async {
-                let len = file.file_len().await?;
-                let space_left = |storage: &S| {
-                    storage
-                        .fs_space(&self.dir)
-                        .is_ok_and(|space| space.avail_bytes >= len)
-                };
-                if space_left(&self.storage) {
-                    shrink_in_steps(&file, len, step_bytes, || true).await?;
-                }
-                Ok::<(), io::Error>(())
-            }
-            .await;
+            let shrunk = shrink_in_steps(&file, len, step_bytes, keep_shrinking).await;
             let _ = file.close().await;
             shrunk
         }
