@@ -439,8 +439,6 @@ impl<S: Storage> SnapshotStore<S> {
         Ok(bytes.to_vec())
     }
 
-    /// The final and temporary names of the snapshot at `watermark`, and
-    /// the temporary file, created afresh (a stale one removed first).
     /// The temporary name of the snapshot at `watermark`: being written,
     /// or being removed.
     fn temp_path(&self, watermark: u64) -> PathBuf {
@@ -448,6 +446,8 @@ impl<S: Storage> SnapshotStore<S> {
             .join(format!("{FILE_PREFIX}{watermark:020}{TEMP_SUFFIX}"))
     }
 
+    /// The final and temporary names of the snapshot at `watermark`, and
+    /// the temporary file, created afresh (a stale one removed first).
     async fn create_temp(&self, watermark: u64) -> Result<(PathBuf, PathBuf, S::File)> {
         let final_path = self.dir.join(snapshot_file_name(watermark));
         let temp_path = self.temp_path(watermark);
