@@ -86,6 +86,10 @@ pub struct EngineArgs {
     /// (`CheckpointPolicy::busy_write_percent`).
     #[arg(long, default_value_t = ringstore::config::CHECKPOINT_BUSY_WRITE_PERCENT_DEFAULT)]
     pub busy_write_percent: u8,
+    /// Snapshot generations kept in the checkpoint-latency workload; with
+    /// 2, the measured checkpoint prunes a snapshot of the whole state.
+    #[arg(long, default_value_t = ringstore::config::SNAPSHOT_GENERATIONS_DEFAULT)]
+    pub snapshot_generations: usize,
 }
 
 #[derive(Serialize)]
@@ -120,6 +124,7 @@ struct EngineReport {
     latency_during_checkpoint: SubmitFigures,
     checkpoint_seconds: f64,
     busy_write_percent: u8,
+    snapshot_generations: usize,
     p99_ratio_during_checkpoint: f64,
     recovery_ops: u64,
     recovery_seconds: f64,
@@ -402,16 +407,18 @@ type LatencyRun = (u64, Duration, LatencyRecorder);
 fn run_checkpoint_latency(
     dir: &Path,
     duration: Duration,
-    busy_write_percent: u8,
+    args: &EngineArgs,
 ) -> Result<(LatencyRun, LatencyRun, Duration)> {
     let dir = dir.to_owned();
+    let (busy_write_percent, generations) = (args.busy_write_percent, args.snapshot_generations);
     on_reactor("rsb-engine-latency", move || async move {
         let policy = CheckpointPolicy {
             automatic: false,
             busy_write_percent,
             ..CheckpointPolicy::default()
         };
-        let shard = shard_builder(&dir, policy.clone()).open().await?;
+        let builder = || shard_builder(&dir, policy.clone()).snapshot_generations(generations);
+        let shard = builder().open().await?;
         prepare_topic(&shard).await?;
         // An idle checkpoint first, so that the ring holds what a shard
         // whose checkpoints keep up holds (the ops above the previous
@@ -422,7 +429,7 @@ fn run_checkpoint_latency(
         // once instead of in the background during the timed phases.
         shard.checkpoint().await?;
         shard.close().await?;
-        let shard = shard_builder(&dir, policy).open().await?;
+        let shard = builder().open().await?;
         let quiet = submit_for(&shard, LATENCY_SUBMITTERS, duration).await?;
         let checkpoint = {
             let shard = shard.clone();
@@ -568,8 +575,7 @@ pub fn run(args: &EngineArgs) -> Result<()> {
 
     // 6. Latency during a checkpoint.
     harness.step("latency: without and during a checkpoint");
-    let (quiet, during, checkpoint_time) =
-        run_checkpoint_latency(&state_dir, duration, args.busy_write_percent)?;
+    let (quiet, during, checkpoint_time) = run_checkpoint_latency(&state_dir, duration, args)?;
     let latency_probes = harness.bracket()?;
     crate::harness::remove_path(&state_dir)?;
     let latency_without_checkpoint = figures(LATENCY_SUBMITTERS, quiet, latency_probes.clone());
@@ -612,6 +618,7 @@ pub fn run(args: &EngineArgs) -> Result<()> {
         latency_during_checkpoint,
         checkpoint_seconds: round3(checkpoint_time.as_secs_f64()),
         busy_write_percent: args.busy_write_percent,
+        snapshot_generations: args.snapshot_generations,
         p99_ratio_during_checkpoint: round3(p99_ratio),
         recovery_ops: recovery.ops,
         recovery_seconds: round3(recovery.total.as_secs_f64()),

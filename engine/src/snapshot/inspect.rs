@@ -45,7 +45,7 @@ use crate::format::{BLOCK_BYTES, HEADER_BLOCK_BYTES};
 /// Bytes read per call while checking a body.
 pub const VERIFY_READ_BYTES: usize = 4 << 20;
 
-/// Suffix of a snapshot being written (see `engine/FORMAT.md`).
+/// Suffix of a snapshot being written or removed (see `engine/FORMAT.md`).
 const TEMP_SUFFIX: &str = ".snap.tmp";
 
 /// Why a snapshot directory or file could not be inspected at all (the
@@ -77,7 +77,7 @@ pub struct SnapshotDirReport {
     /// One report per `snapshot-<op>.snap`, oldest first.
     pub snapshots: Vec<SnapshotReport>,
     /// `*.snap.tmp` files: snapshots a crash interrupted (the next open
-    /// removes them), or one being written right now.
+    /// removes them), or one being written or removed right now.
     pub temp_files: Vec<PathBuf>,
 }
 

@@ -200,8 +200,8 @@ fn print_header(
     }
     for temp in &snapshots.temp_files {
         out.line(format_args!(
-            "  note: {} is a snapshot being written, or one a crash interrupted (the next open \
-             removes it)",
+            "  note: {} is a snapshot being written or removed, or one a crash interrupted (the \
+             next open removes it)",
             temp.display()
         ))?;
     }
