@@ -243,6 +243,12 @@ fn a_clean_data_dir_inspects_and_verifies_without_changing_a_byte() {
         assert_eq!(segments[0]["header"]["segment_bytes"], 1 << 20);
         assert_eq!(segments[0]["end"]["state"], "sealed");
         assert_eq!(segments[1]["header"]["prev_generation"], 2);
+        // The shards opened with `Durability::Auto` on a real disk: the
+        // probe they took is recorded, for this boot.
+        let record = &shard["durability_record"];
+        assert_eq!(record["valid"], true, "{shard}");
+        assert_eq!(record["this_boot"], true, "{shard}");
+        assert!(record["sync_p50_us"].as_u64().unwrap() > 0, "{record}");
     }
 
     let output = ringstore(&data, &["wal", "inspect", "--shard", "1"]);
@@ -254,6 +260,10 @@ fn a_clean_data_dir_inspects_and_verifies_without_changing_a_byte() {
     );
     assert!(
         out.contains("segment bytes") && out.contains("tail: clean"),
+        "{out}"
+    );
+    assert!(
+        out.contains("durability: Auto chose") && out.contains("this boot: Auto opens take it"),
         "{out}"
     );
 

@@ -57,6 +57,9 @@
 //! with, which the directory does not record.
 
 use crate::config::Recovery;
+use crate::durability::record::{
+    DurabilityRecord, RecordFault, DURABILITY_RECORD_BYTES, DURABILITY_RECORD_FILE_NAME,
+};
 use crate::format::{
     align_down, EntryHeader, EntryKind, SegmentHeader, BLOCK_BYTES, ENTRY_HEADER_BYTES,
     FLAG_FIRST_IN_WRITE, SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC,
@@ -69,7 +72,7 @@ use crate::superblock::{
 };
 use crate::verify::{
     self, FoundSuperblock, Leftover, Names, PlannedSegment, Refusal, SegmentFacts, SegmentOutcome,
-    SegmentScanner, Step, SUPERBLOCK_TEMP_NAME,
+    SegmentScanner, Step,
 };
 pub use crate::verify::{check_segment_header, Damage, SegmentHeaderStatus};
 use std::collections::{BTreeMap, HashMap};
@@ -538,6 +541,10 @@ pub struct JournalReport {
     pub leftovers: Vec<Leftover>,
     /// Files that are not the journal's: reported, never opened.
     pub stray: Vec<PathBuf>,
+    /// The durability record ([`crate::durability::record`]): `None` if
+    /// there is none, else what it holds or why an open would not take it
+    /// (never damage: such an open probes again).
+    pub durability_record: Option<Result<DurabilityRecord, String>>,
     /// Files that verify but were written by another format version (a
     /// refusal that is not damage: a build that reads them opens them).
     pub unsupported: Vec<PathBuf>,
@@ -576,6 +583,7 @@ impl JournalReport {
             damage_found_on_read: Vec::new(),
             leftovers: Vec::new(),
             stray: Vec::new(),
+            durability_record: None,
             unsupported: Vec::new(),
             planned: false,
             transient_read_faults: 0,
@@ -744,6 +752,23 @@ pub fn read_superblock(dir: &Path) -> Result<Option<Vec<u8>>, InspectError> {
     Ok(Some(bytes))
 }
 
+/// The durability record in `dir`, or why an open would not take it.
+fn read_durability_record(dir: &Path) -> Result<DurabilityRecord, String> {
+    let path = dir.join(DURABILITY_RECORD_FILE_NAME);
+    let file = File::open(&path).map_err(|e| format!("cannot open: {e}"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot stat: {e}"))?
+        .len();
+    if len != DURABILITY_RECORD_BYTES as u64 {
+        return Err(RecordFault::Length(len).to_string());
+    }
+    let mut bytes = vec![0; DURABILITY_RECORD_BYTES];
+    let got = read_fully(&file, &mut bytes, 0).map_err(|e| format!("cannot read: {e}"))?;
+    bytes.truncate(got);
+    DurabilityRecord::decode(&bytes).map_err(|fault| fault.to_string())
+}
+
 /// Scans the journal in `dir`: reads and verifies every entry, strictly
 /// read-only. See the module docs. Like an open without an owner, it
 /// accepts a journal of any owner; [`scan_journal_as`] checks it.
@@ -799,6 +824,9 @@ pub(crate) fn scan_view(
     let file_bytes = files.values().map(|(_, len)| *len).sum();
     observer.begin(file_bytes);
     let mut report = JournalReport::new(dir, file_bytes);
+    if names.durability_record {
+        report.durability_record = Some(read_durability_record(dir));
+    }
     let sb_path = dir.join(SUPERBLOCK_FILE_NAME);
 
     let log = match verify::plan(dir, names, superblock_bytes, &facts, owner) {
@@ -1081,12 +1109,7 @@ fn best_effort_plan(
             },
         )
     };
-    if names.superblock_temp {
-        out.leftovers.push(Leftover {
-            path: dir.join(SUPERBLOCK_TEMP_NAME),
-            reason: "a superblock whose creation did not complete",
-        });
-    }
+    out.leftovers = verify::crash_leftovers(dir, names);
     let facts_of = |generation: u64| facts.iter().find(|f| f.generation == generation);
     // Without a readable superblock, the journal is the one most segment
     // headers name (a foreign segment dropped in is the odd one out).

@@ -27,7 +27,8 @@
 //! they outlive its retirement), every later segment, and every file the
 //! new superblock does not record (leftovers, stray files, segments of
 //! another journal or not recorded) — all moved into
-//! `<quarantine_root>/<UTC time>-journal/`.
+//! `<quarantine_root>/<UTC time>-journal/`. The durability record stays
+//! where it is: it describes the device, not the log.
 //!
 //! Damage that is not in the log's segments (a superblock of which no copy
 //! verifies, a stray segment holding data) cuts nothing: the files are
@@ -97,6 +98,7 @@
 //! happens (the report then still says *started*).
 
 use crate::config::ENTRY_BYTES_MAX_LIMIT;
+use crate::durability::record::DURABILITY_RECORD_FILE_NAME;
 use crate::format::{
     check_entry_header, EntryKind, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC,
     SEGMENT_DATA_OFFSET,
@@ -870,7 +872,12 @@ fn plan(dir: &Path, quarantine_root: &Path, scan: &JournalReport) -> Result<Plan
         .collect();
     let mut to_move: Vec<(OsString, String)> = Vec::new();
     for name in names {
-        if kept_names.contains(&name) || (name == SUPERBLOCK_FILE_NAME && rewrite_in_place) {
+        // The durability record stays: it describes the device, not the
+        // log (see `durability::record`).
+        if kept_names.contains(&name)
+            || (name == SUPERBLOCK_FILE_NAME && rewrite_in_place)
+            || name == DURABILITY_RECORD_FILE_NAME
+        {
             continue;
         }
         let path = dir.join(&name);
@@ -1018,6 +1025,8 @@ fn check_result(dir: &Path, report: &SalvageReport) -> Result<(), SalvageError> 
         generations: report.kept.iter().map(|k| k.generation).collect(),
         superblock: true,
         superblock_temp: false,
+        durability_record: false,
+        probe_leftovers: Vec::new(),
         stray: Vec::new(),
     };
     let bytes = superblock_bytes(&report.superblock);

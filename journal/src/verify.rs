@@ -32,6 +32,8 @@
 use crate::config::{
     BATCH_BYTES_MAX_LIMIT, ENTRY_BYTES_MAX_LIMIT, SEGMENT_BYTES_MAX, WRITES_IN_FLIGHT_MAX,
 };
+use crate::durability::record::DURABILITY_RECORD_FILE_NAME;
+use crate::durability::PROBE_LEFTOVER_NAMES;
 use crate::format::{
     check_entry_header, write_end, EntryHeader, EntryKind, HeaderFault, IndexRecord, SegmentHeader,
     BLOCK_BYTES, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE,
@@ -143,6 +145,12 @@ pub struct Names {
     pub superblock: bool,
     /// `superblock.tmp` exists (a superblock creation a crash interrupted).
     pub superblock_temp: bool,
+    /// The durability record exists (advisory: never read by recovery;
+    /// see [`crate::durability::record`]).
+    pub durability_record: bool,
+    /// Files a crash in the middle of a durability probe or of writing its
+    /// record left ([`crate::durability::PROBE_LEFTOVER_NAMES`]).
+    pub probe_leftovers: Vec<OsString>,
     /// Everything else: reported and never opened (a name like a segment's
     /// in upper-case hex is one of these).
     pub stray: Vec<OsString>,
@@ -158,13 +166,37 @@ pub fn classify_names(names: &[OsString]) -> Names {
             sorted.superblock = true;
         } else if name == SUPERBLOCK_TEMP_NAME {
             sorted.superblock_temp = true;
+        } else if name == DURABILITY_RECORD_FILE_NAME {
+            sorted.durability_record = true;
+        } else if PROBE_LEFTOVER_NAMES.iter().any(|leftover| name == leftover) {
+            sorted.probe_leftovers.push(name.clone());
         } else {
             sorted.stray.push(name.clone());
         }
     }
     sorted.generations.sort_unstable();
     sorted.stray.sort();
+    sorted.probe_leftovers.sort();
     sorted
+}
+
+/// The files in `names` that a crash explains and a reopen removes before
+/// it looks at the rest.
+pub fn crash_leftovers(dir: &Path, names: &Names) -> Vec<Leftover> {
+    let mut leftovers = Vec::new();
+    if names.superblock_temp {
+        leftovers.push(Leftover {
+            path: dir.join(SUPERBLOCK_TEMP_NAME),
+            reason: "a superblock whose creation did not complete",
+        });
+    }
+    for name in &names.probe_leftovers {
+        leftovers.push(Leftover {
+            path: dir.join(name),
+            reason: "left by a durability probe a crash interrupted",
+        });
+    }
+    leftovers
 }
 
 /// The outcome of checking a segment header block.
@@ -379,13 +411,7 @@ pub fn plan(
 ) -> Result<Plan, Refusal> {
     let sb_path = dir.join(SUPERBLOCK_FILE_NAME);
     let stray = names.stray.iter().map(|n| dir.join(n)).collect();
-    let mut leftovers = Vec::new();
-    if names.superblock_temp {
-        leftovers.push(Leftover {
-            path: dir.join(SUPERBLOCK_TEMP_NAME),
-            reason: "a superblock whose creation did not complete",
-        });
-    }
+    let mut leftovers = crash_leftovers(dir, names);
     let Some(bytes) = superblock_bytes else {
         if let Some(first) = names.generations.first() {
             return Err(damage(
@@ -1483,6 +1509,9 @@ mod tests {
             "segment-000000000000000A.wal",
             "superblock",
             "superblock.tmp",
+            "durability-choice",
+            "durability-choice.tmp",
+            "durability-probe-sync",
             "notes.txt",
         ]
         .iter()
@@ -1490,7 +1519,14 @@ mod tests {
         .collect();
         let sorted = classify_names(&names);
         assert_eq!(sorted.generations, vec![1, 2]);
-        assert!(sorted.superblock && sorted.superblock_temp);
+        assert!(sorted.superblock && sorted.superblock_temp && sorted.durability_record);
+        assert_eq!(
+            sorted.probe_leftovers,
+            vec![
+                OsString::from("durability-choice.tmp"),
+                OsString::from("durability-probe-sync")
+            ]
+        );
         assert_eq!(
             sorted.stray,
             vec![

@@ -1,18 +1,26 @@
 //! Pins `Durability::Auto`: the probe at open on real O_DIRECT files, the
 //! choice reported in the stats, the probe's scratch files removed (a
 //! crash's leftovers by the next open), a failed probe falling back to
-//! write + fdatasync, and a power cut at every step of an open that probes
-//! (and then appends) losing nothing acknowledged.
+//! write + fdatasync, a power cut at every step of an open that probes
+//! (and then appends) losing nothing acknowledged, and the durability
+//! record: taken by the next open only for its device, preparation and
+//! boot, measured again when damaged, and never failing an open.
 mod common;
 use common::*;
-use ringstore_journal::durability::{
-    self, PROBE_ROUNDS_MAX, PROBE_ROUNDS_MIN, PROBE_SYNC_FILE_NAME, PROBE_WRITE_THROUGH_FILE_NAME,
+use ringstore_journal::durability::record::{
+    self, DurabilityRecord, DURABILITY_RECORD_FILE_NAME, DURABILITY_RECORD_TEMP_NAME,
 };
+use ringstore_journal::durability::{
+    self, DurabilityProbe, PROBE_LEFTOVER_NAMES, PROBE_ROUNDS_MAX, PROBE_ROUNDS_MIN,
+    PROBE_SYNC_FILE_NAME,
+};
+use ringstore_journal::inspect::scan_journal;
 use ringstore_journal::storage::{DmaStorage, FaultConfig, MemStorage, Storage};
 use ringstore_journal::{Durability, Journal, JournalBuilder, Preallocation, ProbeOutcome};
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
+use std::time::Duration;
 
 fn small<S: Storage>(builder: JournalBuilder<S>) -> JournalBuilder<S> {
     builder
@@ -25,7 +33,17 @@ fn small<S: Storage>(builder: JournalBuilder<S>) -> JournalBuilder<S> {
 fn has_probe_files(names: &[std::ffi::OsString]) -> bool {
     names
         .iter()
-        .any(|n| n == PROBE_SYNC_FILE_NAME || n == PROBE_WRITE_THROUGH_FILE_NAME)
+        .any(|n| PROBE_LEFTOVER_NAMES.iter().any(|leftover| n == leftover))
+}
+
+fn this_boot() -> [u8; 16] {
+    record::boot_id().expect("Linux hosts have a boot id")
+}
+
+/// The durability record in `dir` of the simulated disk.
+fn mem_record(mem: &MemStorage, dir: &str) -> Option<DurabilityRecord> {
+    let bytes = mem.file_bytes(&Path::new(dir).join(DURABILITY_RECORD_FILE_NAME))?;
+    Some(DurabilityRecord::decode(&bytes).expect("a record verifies once renamed into place"))
 }
 
 #[test]
@@ -57,6 +75,16 @@ fn auto_is_the_default_and_its_choice_is_reported() {
 
         let names = DmaStorage::new().list_dir(&path).unwrap();
         assert!(!has_probe_files(&names), "{names:?}");
+        // The figures are recorded for the next process, and `inspect`
+        // shows them.
+        let bytes = std::fs::read(path.join(DURABILITY_RECORD_FILE_NAME)).unwrap();
+        let kept = DurabilityRecord::decode(&bytes).unwrap();
+        assert_eq!(kept.probe, probe);
+        assert_eq!(kept.boot_id, this_boot());
+        assert_eq!(kept.preallocation, Preallocation::Fallocate);
+        let report = scan_journal(&path, &mut ()).unwrap();
+        assert_eq!(report.durability_record, Some(Ok(kept)));
+        assert!(report.is_intact() && report.stray.is_empty() && report.leftovers.is_empty());
 
         // A second open in this process takes the cached figures for the
         // device, and everything acknowledged is there.
@@ -112,10 +140,14 @@ fn a_configured_durability_is_kept_and_a_crashed_probes_files_are_removed() {
             .unwrap();
         journal.append(b"kept").await.unwrap();
         journal.close().await.unwrap();
-        // What a crash in the middle of a probe leaves.
-        for name in [PROBE_SYNC_FILE_NAME, PROBE_WRITE_THROUGH_FILE_NAME] {
+        // What a crash in the middle of a probe (or of writing its record)
+        // leaves: `inspect` says a reopen removes them.
+        for name in PROBE_LEFTOVER_NAMES {
             std::fs::write(path.join(name), vec![0xa5; 8192]).unwrap();
         }
+        let report = scan_journal(&path, &mut ()).unwrap();
+        assert_eq!(report.leftovers.len(), PROBE_LEFTOVER_NAMES.len());
+        assert!(report.stray.is_empty() && report.is_intact());
         let journal = small(Journal::builder(&path))
             .durability(Durability::WriteThrough)
             .open()
@@ -222,7 +254,9 @@ async fn seeded(mem: &MemStorage) {
 fn a_power_cut_at_every_step_of_a_probing_open_loses_nothing() {
     let total = operations_of_a_probing_life();
     assert!(total > 20, "a probing life makes {total} operations");
+    let mut recorded = 0;
     for n in 1..=total {
+        let (tx, rx) = std::sync::mpsc::channel();
         run(move || async move {
             let mem = MemStorage::with_faults(n, FaultConfig::benign());
             mem.set_faults(FaultConfig::none());
@@ -252,9 +286,22 @@ fn a_power_cut_at_every_step_of_a_probing_open_loses_nothing() {
             journal.close().await.unwrap();
             let names = mem.list_dir(Path::new("/mem/wal")).unwrap();
             assert!(!has_probe_files(&names), "cut at op {n}: {names:?}");
+            // A record under its name is whole and of this cut's device
+            // (`mem_record` panics on one that does not verify).
+            let kept = mem_record(&mem, "/mem/wal");
+            if let Some(kept) = kept {
+                assert_eq!(kept.device, 1 << 40 | n, "cut at op {n}");
+            }
+            tx.send(kept.is_some()).unwrap();
         });
+        recorded += u64::from(rx.recv().unwrap());
     }
-    println!("durability probe crash test: {total} power cuts, 0 violations");
+    // The cuts after the record's rename reached the disk keep it.
+    assert!(recorded > 0, "no cut kept the record");
+    assert!(recorded < total, "every cut kept the record");
+    println!(
+        "durability probe crash test: {total} power cuts ({recorded} kept the record), 0 violations"
+    );
 }
 
 /// The storage operations of [`probing_life`] after [`seeded`]: the
@@ -314,4 +361,215 @@ fn journals_opening_at_once_on_one_device_probe_it_once() {
         probes.contains(&ProbeOutcome::Cached(measured[0])),
         "{probes:?}"
     );
+}
+
+/// Figures no real probe measures (a clear win for O_DSYNC writes), so an
+/// open that reports them took them from the record.
+fn forged_probe() -> DurabilityProbe {
+    DurabilityProbe {
+        rounds: 3,
+        sync_p50: Duration::from_micros(977),
+        write_through_p50: Duration::from_micros(11),
+    }
+}
+
+/// A simulated disk reporting `device`, holding a journal (opened once with
+/// a configured durability, so nothing probed) and, if given, `record` in
+/// its directory.
+async fn seeded_with_record(device: u64, record: Option<&DurabilityRecord>) -> MemStorage {
+    let mem = MemStorage::new();
+    seeded(&mem).await;
+    if let Some(record) = record {
+        record::write(&mem, Path::new("/mem/wal"), record)
+            .await
+            .unwrap();
+    }
+    mem.set_latency_device(Some(device));
+    mem
+}
+
+#[test]
+fn a_record_of_this_device_preparation_and_boot_is_taken_without_probing() {
+    run(|| async {
+        let device = 4 << 40;
+        let kept =
+            DurabilityRecord::now(device, Preallocation::ZeroFill, this_boot(), forged_probe());
+        let mem = seeded_with_record(device, Some(&kept)).await;
+        let journal = probing(&mem).open().await.unwrap();
+        let choice = journal.durability_choice().clone();
+        assert_eq!(choice.probe, ProbeOutcome::Recorded(forged_probe()));
+        assert_eq!(choice.chosen, Durability::WriteThrough);
+        assert_eq!(journal.stats().durability, Durability::WriteThrough);
+        for op in ACKED_BEFORE + 1..=ACKED_BEFORE + 3 {
+            assert_eq!(journal.append(&payload(op, 500)).await.unwrap(), op);
+        }
+        journal.close().await.unwrap();
+        // Left as it was, and taken by the next open of this process from
+        // memory.
+        assert_eq!(mem_record(&mem, "/mem/wal"), Some(kept));
+        let journal = probing(&mem).open().await.unwrap();
+        assert_eq!(
+            journal.durability_choice().probe,
+            ProbeOutcome::Cached(forged_probe())
+        );
+        journal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_record_of_another_device_preparation_or_boot_is_measured_again() {
+    let other_boot = {
+        let mut boot = this_boot();
+        boot[0] ^= 0xff;
+        boot
+    };
+    let cases = [
+        (
+            "another device",
+            5 << 40,
+            5 << 40 | 1,
+            Preallocation::ZeroFill,
+            this_boot(),
+        ),
+        (
+            "another preparation",
+            6 << 40,
+            6 << 40,
+            Preallocation::Fallocate,
+            this_boot(),
+        ),
+        (
+            "another boot",
+            7 << 40,
+            7 << 40,
+            Preallocation::ZeroFill,
+            other_boot,
+        ),
+    ];
+    for (case, device, recorded_device, preallocation, boot) in cases {
+        run(move || async move {
+            let stale = DurabilityRecord::now(recorded_device, preallocation, boot, forged_probe());
+            let mem = seeded_with_record(device, Some(&stale)).await;
+            let journal = probing(&mem).open().await.unwrap();
+            let ProbeOutcome::Measured(measured) = journal.durability_choice().probe else {
+                panic!("{case}: {:?}", journal.durability_choice());
+            };
+            assert_ne!(measured, forged_probe(), "{case}");
+            journal.close().await.unwrap();
+            // Replaced by what this open measured, for this boot.
+            let kept = mem_record(&mem, "/mem/wal").expect("a record");
+            assert!(
+                kept.applies_to(device, Preallocation::ZeroFill, this_boot()),
+                "{case}: {kept:?}"
+            );
+            assert_eq!(kept.probe, measured, "{case}");
+        });
+    }
+}
+
+#[test]
+fn a_damaged_record_is_measured_again_and_replaced() {
+    let device = 8 << 40;
+    let kept = DurabilityRecord::now(device, Preallocation::ZeroFill, this_boot(), forged_probe());
+    let good = kept.encode();
+    let mut flipped = good.clone();
+    flipped[40] ^= 0x10;
+    let damaged = [
+        ("a flipped bit", flipped),
+        ("cut short", good[..good.len() - 1].to_vec()),
+        ("empty", Vec::new()),
+        ("zeroed", vec![0; good.len()]),
+    ];
+    for (n, (case, bytes)) in damaged.into_iter().enumerate() {
+        let device = device | n as u64;
+        run(move || async move {
+            let mem = seeded_with_record(device, None).await;
+            mem.insert_file(
+                &Path::new("/mem/wal").join(DURABILITY_RECORD_FILE_NAME),
+                bytes,
+            );
+            let journal = probing(&mem).open().await.unwrap();
+            assert!(
+                matches!(journal.durability_choice().probe, ProbeOutcome::Measured(_)),
+                "{case}: {:?}",
+                journal.durability_choice()
+            );
+            // Nothing acknowledged is touched by it.
+            for op in 1..=ACKED_BEFORE {
+                let entry = journal.read(op).await.unwrap().expect("acknowledged");
+                assert_eq!(entry.payload, payload(op, 500), "{case}");
+            }
+            journal.close().await.unwrap();
+            let replaced = mem_record(&mem, "/mem/wal").expect("a record");
+            assert!(replaced.applies_to(device, Preallocation::ZeroFill, this_boot()));
+        });
+    }
+}
+
+#[test]
+fn a_record_that_cannot_be_written_fails_nothing() {
+    run(|| async {
+        let device = 9 << 40;
+        let mem = seeded_with_record(device, None).await;
+        // The open's first rename is the record's (the journal exists).
+        mem.fail_next_renames(1, libc::EIO);
+        let journal = probing(&mem).open().await.unwrap();
+        assert!(matches!(
+            journal.durability_choice().probe,
+            ProbeOutcome::Measured(_)
+        ));
+        assert_eq!(
+            journal.append(&payload(99, 500)).await.unwrap(),
+            ACKED_BEFORE + 1
+        );
+        journal.close().await.unwrap();
+        let names = mem.list_dir(Path::new("/mem/wal")).unwrap();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n == DURABILITY_RECORD_FILE_NAME || n == DURABILITY_RECORD_TEMP_NAME),
+            "{names:?}"
+        );
+    });
+}
+
+#[test]
+fn inspect_reports_a_damaged_record_without_calling_it_damage() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let journal = small(Journal::builder(&path))
+            .durability(Durability::Sync)
+            .open()
+            .await
+            .unwrap();
+        journal.append(b"kept").await.unwrap();
+        journal.close().await.unwrap();
+        let record_path = path.join(DURABILITY_RECORD_FILE_NAME);
+        let kept = DurabilityRecord::now(1, Preallocation::Fallocate, this_boot(), forged_probe());
+        let mut bytes = kept.encode();
+        bytes[60] ^= 1;
+        std::fs::write(&record_path, &bytes).unwrap();
+        let report = scan_journal(&path, &mut ()).unwrap();
+        let Some(Err(reason)) = &report.durability_record else {
+            panic!("{:?}", report.durability_record);
+        };
+        assert!(reason.contains("checksum"), "{reason}");
+        assert!(report.is_intact() && report.damage.is_empty() && report.stray.is_empty());
+        // An open that probes replaces it; one with a configured
+        // durability leaves it alone (it reads nothing of it).
+        let journal = small(Journal::builder(&path)).open().await.unwrap();
+        assert!(matches!(
+            journal.durability_choice().probe,
+            ProbeOutcome::Measured(_) | ProbeOutcome::Cached(_)
+        ));
+        assert_eq!(journal.read(1).await.unwrap().unwrap().payload, b"kept");
+        journal.close().await.unwrap();
+        let report = scan_journal(&path, &mut ()).unwrap();
+        let Some(Ok(replaced)) = report.durability_record else {
+            panic!("{:?}", report.durability_record);
+        };
+        assert_eq!(replaced.boot_id, this_boot());
+        assert_eq!(replaced.preallocation, Preallocation::Fallocate);
+    });
 }

@@ -21,13 +21,14 @@ use crate::output::{self, Out, Progress};
 use crate::{CliError, Context, Outcome};
 use ringstore::broker::Command;
 use ringstore::layout::identity::IdentityFault;
+use ringstore_journal::durability::{self, record::DurabilityRecord};
 use ringstore_journal::format::EntryKind;
 use ringstore_journal::inspect::{
     scan_journal_as, Damage, EntryInfo, InspectError, JournalReport, ScanObserver, SegmentEnd,
     SegmentReport, SuperblockReport, Tail, Verdict, MISSING_RANGES_MAX,
 };
 use ringstore_journal::salvage::{salvage_as, SalvageError, SalvageReport};
-use ringstore_journal::JournalOwner;
+use ringstore_journal::{Durability, JournalOwner};
 use serde_json::{json, Value};
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -247,6 +248,10 @@ fn print_inspect(out: &mut Out, shard: &ShardDir, report: &JournalReport) -> Res
         Some(sb) => out.line(format_args!("  superblock: {}", superblock_text(sb)))?,
         None => out.line("  superblock: none readable")?,
     }
+    out.line(format_args!(
+        "  durability: {}",
+        durability_text(report.durability_record.as_ref())
+    ))?;
     if report.segments.is_empty() {
         out.line("  no segment files")?;
     } else {
@@ -273,6 +278,69 @@ fn print_inspect(out: &mut Out, shard: &ShardDir, report: &JournalReport) -> Res
     }
     print_problems(out, shard, report)?;
     out.line("")
+}
+
+/// What `Durability::Auto` opens of this journal take, from its durability
+/// record.
+fn durability_text(record: Option<&Result<DurabilityRecord, String>>) -> String {
+    match record {
+        None => "no probe recorded (the durability was configured, or no Auto open has probed \
+                 this device in a boot yet)"
+            .into(),
+        Some(Err(reason)) => format!(
+            "the durability record does not verify ({reason}); the next Auto open probes again"
+        ),
+        Some(Ok(record)) => {
+            let boot = if Some(record.boot_id) == durability::record::boot_id() {
+                "this boot: Auto opens take it"
+            } else {
+                "an earlier boot: the next Auto open probes again"
+            };
+            format!(
+                "Auto chose {} (probe of {}: write + fdatasync p50 {} µs, O_DSYNC write p50 {} µs, \
+                 {} rounds, {:?} preallocation, device {:#x}; {boot})",
+                durability_name(record.probe.chosen()),
+                output::unix_ms(unix_ms_of(record.measured_at)),
+                record.probe.sync_p50.as_micros(),
+                record.probe.write_through_p50.as_micros(),
+                record.probe.rounds,
+                record.preallocation,
+                record.device,
+            )
+        }
+    }
+}
+
+fn durability_name(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Sync => "write + fdatasync (sync)",
+        Durability::WriteThrough => "O_DSYNC writes (write-through)",
+        Durability::Auto => "auto",
+        Durability::NoSync => "no-sync",
+    }
+}
+
+fn unix_ms_of(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn durability_json(record: Option<&Result<DurabilityRecord, String>>) -> Value {
+    match record {
+        None => Value::Null,
+        Some(Err(reason)) => json!({ "valid": false, "reason": reason }),
+        Some(Ok(record)) => json!({
+            "valid": true,
+            "chosen": durability_name(record.probe.chosen()),
+            "sync_p50_us": record.probe.sync_p50.as_micros() as u64,
+            "write_through_p50_us": record.probe.write_through_p50.as_micros() as u64,
+            "rounds": record.probe.rounds,
+            "preallocation": format!("{:?}", record.preallocation),
+            "device": record.device,
+            "measured_at_unix_ms": unix_ms_of(record.measured_at),
+            "this_boot": Some(record.boot_id) == durability::record::boot_id(),
+        }),
+    }
 }
 
 fn segment_row(segment: &SegmentReport) -> Vec<String> {
@@ -863,6 +931,7 @@ fn shard_json(shard: &ShardDir, report: &JournalReport) -> Value {
             .map(|l| json!({"path": l.path, "reason": l.reason}))
             .collect::<Vec<_>>(),
         "stray": report.stray,
+        "durability_record": durability_json(report.durability_record.as_ref()),
         "segments": report.segments.iter().map(segment_json).collect::<Vec<_>>(),
     })
 }

@@ -35,17 +35,20 @@
 //! result is kept per device and preparation for the life of the process:
 //! journals opening at once on one disk (the shards of an engine, each on
 //! its own reactor) wait for the first one's probe rather than run theirs
-//! beside it, which would skew all of them. A probe that fails (a full
+//! beside it, which would skew all of them. It is also kept in the journal
+//! directory for the rest of the boot ([`record`]): the next process's
+//! open takes it from there instead of probing. A probe that fails (a full
 //! disk, EIO) is logged and the journal takes `Sync`; the error itself
 //! surfaces again if the disk is really failing, from the segment creation
 //! that follows.
 //!
 //! Either durability makes an append durable before it resolves, and
-//! recovery treats their segments alike; nothing on disk records which was
-//! used (a segment-header flag would make builds from before it refuse,
-//! and salvage, a journal that only changed how it synced). The choice is
-//! in [`crate::JournalStats::durability`] and in the log, one line per
-//! open.
+//! recovery treats their segments alike; the segments do not record which
+//! was used (a segment-header flag would make builds from before it
+//! refuse, and salvage, a journal that only changed how it synced). The
+//! choice is in [`crate::JournalStats::durability`] and in the log, one
+//! line per open; the probe that `Auto` opens take is in the durability
+//! record, which `ringstore wal inspect` shows.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -56,6 +59,9 @@ use crate::config::{Durability, JournalConfig, Preallocation};
 use crate::error::{Error, Result};
 use crate::format::BLOCK_BYTES;
 use crate::storage::{IoBuf, Storage, StorageFile};
+
+pub mod record;
+use record::{DurabilityRecord, DURABILITY_RECORD_FILE_NAME, DURABILITY_RECORD_TEMP_NAME};
 
 /// The scratch file timed with write + fdatasync.
 pub const PROBE_SYNC_FILE_NAME: &str = "durability-probe-sync";
@@ -110,6 +116,9 @@ pub enum ProbeOutcome {
     /// Measured by an earlier open in this process, on the same device and
     /// preparation.
     Cached(DurabilityProbe),
+    /// Measured by an earlier process in this boot, on the same device and
+    /// preparation, and read from the journal's durability record.
+    Recorded(DurabilityProbe),
     /// The probe failed (this error); `Sync` was taken.
     Failed(String),
 }
@@ -213,19 +222,27 @@ pub async fn resolve<S: Storage>(
         Some(device) => probe_once(storage, config, (device, config.preallocation)).await,
     };
     let chosen = match &probe {
-        ProbeOutcome::Measured(p) | ProbeOutcome::Cached(p) => p.chosen(),
+        ProbeOutcome::Measured(p) | ProbeOutcome::Cached(p) | ProbeOutcome::Recorded(p) => {
+            p.chosen()
+        }
         ProbeOutcome::NotRun | ProbeOutcome::Failed(_) => Durability::Sync,
     };
     match &probe {
-        ProbeOutcome::Measured(p) | ProbeOutcome::Cached(p) => tracing::info!(
-            dir = %config.dir.display(),
-            chosen = ?chosen,
-            cached = matches!(probe, ProbeOutcome::Cached(_)),
-            rounds = p.rounds,
-            sync_p50_us = p.sync_p50.as_micros() as u64,
-            write_through_p50_us = p.write_through_p50.as_micros() as u64,
-            "journal durability chosen"
-        ),
+        ProbeOutcome::Measured(p) | ProbeOutcome::Cached(p) | ProbeOutcome::Recorded(p) => {
+            tracing::info!(
+                dir = %config.dir.display(),
+                chosen = ?chosen,
+                source = match probe {
+                    ProbeOutcome::Cached(_) => "this process",
+                    ProbeOutcome::Recorded(_) => "the durability record",
+                    _ => "measured",
+                },
+                rounds = p.rounds,
+                sync_p50_us = p.sync_p50.as_micros() as u64,
+                write_through_p50_us = p.write_through_p50.as_micros() as u64,
+                "journal durability chosen"
+            )
+        }
         ProbeOutcome::NotRun | ProbeOutcome::Failed(_) => tracing::info!(
             dir = %config.dir.display(),
             chosen = ?chosen,
@@ -241,18 +258,28 @@ pub async fn resolve<S: Storage>(
 }
 
 /// The probe of `key`: kept from an earlier open, awaited from one running
-/// now, or run here.
+/// now, read from the journal's durability record, or run here.
 async fn probe_once<S: Storage>(
     storage: &S,
     config: &JournalConfig,
     key: ProbeKey,
 ) -> ProbeOutcome {
+    let boot = record::boot_id();
     let waiting_since = Instant::now();
     // Where this open's result goes: the key it claimed, or nowhere when
     // another open's probe is stuck or very slow (that one keeps its own).
     let mut claimed = loop {
         match claim(key) {
-            Claim::Done(found) => return ProbeOutcome::Cached(found),
+            Claim::Done(found) => {
+                // So that this journal's next process finds it too,
+                // whichever of a process's journals opens first.
+                if let Some(boot) = boot {
+                    if recorded(storage, &config.dir, key, boot).await.is_none() {
+                        keep_record(storage, &config.dir, key, boot, found).await;
+                    }
+                }
+                return ProbeOutcome::Cached(found);
+            }
             Claim::Mine => break Some(ProbeClaim { key, result: None }),
             Claim::Running if waiting_since.elapsed() < PROBE_WAIT_MAX => {
                 glommio::timer::sleep(PROBE_WAIT_PAUSE).await;
@@ -260,10 +287,21 @@ async fn probe_once<S: Storage>(
             Claim::Running => break None,
         }
     };
+    if let Some(boot) = boot {
+        if let Some(found) = recorded(storage, &config.dir, key, boot).await {
+            if let Some(claimed) = &mut claimed {
+                claimed.result = Some(found);
+            }
+            return ProbeOutcome::Recorded(found);
+        }
+    }
     match probe(storage, &config.dir, config.preallocation).await {
         Ok(measured) => {
             if let Some(claimed) = &mut claimed {
                 claimed.result = Some(measured);
+            }
+            if let Some(boot) = boot {
+                keep_record(storage, &config.dir, key, boot, measured).await;
             }
             ProbeOutcome::Measured(measured)
         }
@@ -271,6 +309,46 @@ async fn probe_once<S: Storage>(
             tracing::warn!(dir = %config.dir.display(), %error, "the durability probe failed; using write + fdatasync");
             ProbeOutcome::Failed(error.to_string())
         }
+    }
+}
+
+/// The probe `dir`'s durability record holds for `key` in boot `boot`, if
+/// any; a record that does not verify is logged (and replaced once this
+/// open has probed).
+async fn recorded<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    key: ProbeKey,
+    boot: [u8; 16],
+) -> Option<DurabilityProbe> {
+    let path = dir.join(DURABILITY_RECORD_FILE_NAME);
+    match record::read(storage, dir).await {
+        Ok(Some(Ok(found))) if found.applies_to(key.0, key.1, boot) => Some(found.probe),
+        // Another device, preparation or boot: measured again.
+        Ok(Some(Ok(_))) | Ok(None) => None,
+        Ok(Some(Err(fault))) => {
+            tracing::warn!(path = %path.display(), %fault, "the durability record does not verify; probing again");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot read the durability record; probing again");
+            None
+        }
+    }
+}
+
+/// Writes `probe` as `dir`'s durability record. A failure is logged and
+/// costs the next process a probe, nothing else.
+async fn keep_record<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    key: ProbeKey,
+    boot: [u8; 16],
+    probe: DurabilityProbe,
+) {
+    let kept = DurabilityRecord::now(key.0, key.1, boot, probe);
+    if let Err(error) = record::write(storage, dir, &kept).await {
+        tracing::warn!(dir = %dir.display(), %error, "cannot write the durability record; the next process probes again");
     }
 }
 
@@ -417,10 +495,19 @@ fn median(samples: &mut [Duration]) -> Duration {
     samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
 
-/// Removes both probe files if present (what a crash mid-probe leaves).
+/// Files a crash in the middle of a probe, or of writing its record,
+/// leaves behind; the next open removes them.
+pub const PROBE_LEFTOVER_NAMES: [&str; 3] = [
+    PROBE_SYNC_FILE_NAME,
+    PROBE_WRITE_THROUGH_FILE_NAME,
+    DURABILITY_RECORD_TEMP_NAME,
+];
+
+/// Removes the probe's files and a record's temporary file if present
+/// (what a crash mid-probe leaves).
 pub(crate) async fn remove_probe_files<S: Storage>(storage: &S, dir: &Path) -> Result<()> {
     let mut removed = false;
-    for name in [PROBE_SYNC_FILE_NAME, PROBE_WRITE_THROUGH_FILE_NAME] {
+    for name in PROBE_LEFTOVER_NAMES {
         let path = dir.join(name);
         match storage.remove(&path).await {
             Ok(()) => removed = true,
