@@ -248,6 +248,7 @@ fn a_clean_data_dir_inspects_and_verifies_without_changing_a_byte() {
         let record = &shard["durability_record"];
         assert_eq!(record["valid"], true, "{shard}");
         assert_eq!(record["this_boot"], true, "{shard}");
+        assert_eq!(record["applies"], true, "{shard}");
         assert!(record["sync_p50_us"].as_u64().unwrap() > 0, "{record}");
     }
 
@@ -263,7 +264,7 @@ fn a_clean_data_dir_inspects_and_verifies_without_changing_a_byte() {
         "{out}"
     );
     assert!(
-        out.contains("durability: Auto chose") && out.contains("this boot: Auto opens take it"),
+        out.contains("durability: Auto chose") && out.contains("this boot and device: Auto opens"),
         "{out}"
     );
 

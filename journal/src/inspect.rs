@@ -754,12 +754,20 @@ pub fn read_superblock(dir: &Path) -> Result<Option<Vec<u8>>, InspectError> {
 
 /// The durability record in `dir`, or why an open would not take it.
 fn read_durability_record(dir: &Path) -> Result<DurabilityRecord, String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let path = dir.join(DURABILITY_RECORD_FILE_NAME);
-    let file = File::open(&path).map_err(|e| format!("cannot open: {e}"))?;
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot stat: {e}"))?
-        .len();
+    // As the open reads it: never through a symlink, never blocking on a
+    // FIFO, a regular file only.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    let len = meta.len();
     if len != DURABILITY_RECORD_BYTES as u64 {
         return Err(RecordFault::Length(len).to_string());
     }

@@ -157,13 +157,18 @@ fn a_configured_durability_is_kept_and_a_crashed_probes_files_are_removed() {
         assert_eq!(choice.configured, Durability::WriteThrough);
         assert_eq!(choice.chosen, Durability::WriteThrough);
         assert_eq!(choice.probe, ProbeOutcome::NotRun);
-        // Removed before recovery listed the directory: not reported as
-        // strays of the journal.
+        // Removed by recovery as the leftovers `inspect` called them, and
+        // reported so; not strays of the journal.
         assert!(
             journal.recovery_report().stray_files.is_empty(),
             "{:?}",
             journal.recovery_report().stray_files
         );
+        let mut removed = journal.recovery_report().removed.clone();
+        removed.sort();
+        let mut expected: Vec<_> = PROBE_LEFTOVER_NAMES.iter().map(|n| path.join(n)).collect();
+        expected.sort();
+        assert_eq!(removed, expected);
         assert_eq!(journal.read(1).await.unwrap().unwrap().payload, b"kept");
         assert_eq!(journal.append(b"more").await.unwrap(), 2);
         journal.close().await.unwrap();
@@ -395,6 +400,15 @@ fn a_record_of_this_device_preparation_and_boot_is_taken_without_probing() {
         let kept =
             DurabilityRecord::now(device, Preallocation::ZeroFill, this_boot(), forged_probe());
         let mem = seeded_with_record(device, Some(&kept)).await;
+        // An open with a configured durability neither reads nor touches it.
+        let journal = probing(&mem)
+            .durability(Durability::Sync)
+            .open()
+            .await
+            .unwrap();
+        assert_eq!(journal.durability_choice().probe, ProbeOutcome::NotRun);
+        journal.close().await.unwrap();
+        assert_eq!(mem_record(&mem, "/mem/wal"), Some(kept));
         let journal = probing(&mem).open().await.unwrap();
         let choice = journal.durability_choice().clone();
         assert_eq!(choice.probe, ProbeOutcome::Recorded(forged_probe()));
@@ -571,5 +585,46 @@ fn inspect_reports_a_damaged_record_without_calling_it_damage() {
         };
         assert_eq!(replaced.boot_id, this_boot());
         assert_eq!(replaced.preallocation, Preallocation::Fallocate);
+    });
+}
+
+#[test]
+fn a_journal_opened_on_cached_figures_gets_a_record_once() {
+    run(|| async {
+        let device = 10 << 40;
+        let mem = seeded_with_record(device, None).await;
+        let first = probing(&mem).open().await.unwrap();
+        let ProbeOutcome::Measured(measured) = first.durability_choice().probe else {
+            panic!("{:?}", first.durability_choice());
+        };
+        first.close().await.unwrap();
+        // Another journal on the device, in this process: the figures
+        // from memory, and a record of its own for the next process.
+        let other = Path::new("/mem/other");
+        let open_other = || {
+            small(Journal::builder(other).storage(mem.clone()))
+                .preallocation(Preallocation::ZeroFill)
+                .open()
+        };
+        let second = open_other().await.unwrap();
+        assert_eq!(
+            second.durability_choice().probe,
+            ProbeOutcome::Cached(measured)
+        );
+        second.close().await.unwrap();
+        let record_path = other.join(DURABILITY_RECORD_FILE_NAME);
+        assert_eq!(
+            mem_record(&mem, "/mem/other").map(|r| r.probe),
+            Some(measured)
+        );
+        let written = mem.stat(&record_path).await.unwrap().id;
+        // Its next open finds the record applies and leaves it alone.
+        let third = open_other().await.unwrap();
+        assert_eq!(
+            third.durability_choice().probe,
+            ProbeOutcome::Cached(measured)
+        );
+        third.close().await.unwrap();
+        assert_eq!(mem.stat(&record_path).await.unwrap().id, written);
     });
 }

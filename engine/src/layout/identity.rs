@@ -205,7 +205,20 @@ pub fn data_files(
         .map(|n| snapshots.join(n))
         .collect();
     found.sort();
-    let mut journal_files: Vec<PathBuf> = journal_names.iter().map(|n| journal.join(n)).collect();
+    // The journal's durability record and a probe's leftovers describe the
+    // device, not the shard: a journal directory holding only them (an open
+    // that crashed before its superblock) holds no data.
+    let not_data = |name: &OsString| {
+        name == ringstore_journal::durability::record::DURABILITY_RECORD_FILE_NAME
+            || ringstore_journal::durability::PROBE_LEFTOVER_NAMES
+                .iter()
+                .any(|leftover| name == leftover)
+    };
+    let mut journal_files: Vec<PathBuf> = journal_names
+        .iter()
+        .filter(|n| !not_data(n))
+        .map(|n| journal.join(n))
+        .collect();
     journal_files.sort();
     found.append(&mut journal_files);
     found
@@ -459,7 +472,12 @@ mod tests {
                 "notes",
                 "snapshot-00000000000000000001.snap",
             ]),
-            &names(&["superblock"]),
+            &names(&[
+                "superblock",
+                "durability-choice",
+                "durability-choice.tmp",
+                "durability-probe-sync",
+            ]),
         );
         let expected = [
             "/s/snapshots/snapshot-00000000000000000001.snap",

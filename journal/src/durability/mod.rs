@@ -60,7 +60,9 @@ use crate::error::{Error, Result};
 use crate::format::BLOCK_BYTES;
 use crate::storage::{IoBuf, Storage, StorageFile};
 
+mod figures;
 pub mod record;
+pub use figures::{DurabilityProbe, WRITE_THROUGH_CHOSEN_BELOW_PERCENT};
 use record::{DurabilityRecord, DURABILITY_RECORD_FILE_NAME, DURABILITY_RECORD_TEMP_NAME};
 
 /// The scratch file timed with write + fdatasync.
@@ -78,34 +80,6 @@ const PROBE_FILE_BLOCKS: usize = PROBE_ROUNDS_MAX * PROBE_RUN_WRITES;
 /// Past [`PROBE_ROUNDS_MIN`] rounds, a probe stops once it has run this
 /// long: an open on a disk in a slow spell is not held up for long.
 pub const PROBE_TIME_MAX: Duration = Duration::from_millis(40);
-/// Write-through is chosen only when its median latency is below this
-/// percentage of write + fdatasync's: a clear win, not noise.
-pub const WRITE_THROUGH_CHOSEN_BELOW_PERCENT: u128 = 90;
-
-/// What the durability probe measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurabilityProbe {
-    /// Rounds run (each timed `PROBE_RUN_WRITES - 1` writes of each kind).
-    pub rounds: u32,
-    /// Median of a 4 KiB write + fdatasync.
-    pub sync_p50: Duration,
-    /// Median of a 4 KiB O_DSYNC write.
-    pub write_through_p50: Duration,
-}
-
-impl DurabilityProbe {
-    /// The durability these figures call for.
-    pub fn chosen(&self) -> Durability {
-        let sync = self.sync_p50.as_nanos();
-        let write_through = self.write_through_p50.as_nanos();
-        if write_through * 100 < sync * WRITE_THROUGH_CHOSEN_BELOW_PERCENT {
-            Durability::WriteThrough
-        } else {
-            Durability::Sync
-        }
-    }
-}
-
 /// How the journal came to its durability.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeOutcome {
@@ -200,8 +174,8 @@ impl Drop for ProbeClaim {
 }
 
 /// Settles `config.durability`, probing if it is [`Durability::Auto`],
-/// and says how. (The open has removed a crashed probe's files already:
-/// [`remove_probe_files`].)
+/// and says how. (The open's recovery has removed a crashed probe's files
+/// already, as leftovers.)
 pub async fn resolve<S: Storage>(
     storage: &S,
     config: &mut JournalConfig,
@@ -297,7 +271,9 @@ async fn probe_once<S: Storage>(
     }
     match probe(storage, &config.dir, config.preallocation).await {
         Ok(measured) => {
-            if let Some(claimed) = &mut claimed {
+            if let Some(mut claimed) = claimed.take() {
+                // Published now (on drop): opens waiting for it need not
+                // wait for the record's sync too.
                 claimed.result = Some(measured);
             }
             if let Some(boot) = boot {
@@ -327,11 +303,11 @@ async fn recorded<S: Storage>(
         // Another device, preparation or boot: measured again.
         Ok(Some(Ok(_))) | Ok(None) => None,
         Ok(Some(Err(fault))) => {
-            tracing::warn!(path = %path.display(), %fault, "the durability record does not verify; probing again");
+            tracing::warn!(path = %path.display(), %fault, "the durability record does not verify; it is not taken and is replaced");
             None
         }
         Err(error) => {
-            tracing::warn!(path = %path.display(), %error, "cannot read the durability record; probing again");
+            tracing::warn!(path = %path.display(), %error, "cannot read the durability record; it is not taken and is replaced");
             None
         }
     }
@@ -496,7 +472,8 @@ fn median(samples: &mut [Duration]) -> Duration {
 }
 
 /// Files a crash in the middle of a probe, or of writing its record,
-/// leaves behind; the next open removes them.
+/// leaves behind; the next open's recovery removes them (they are
+/// leftovers: `verify::crash_leftovers`).
 pub const PROBE_LEFTOVER_NAMES: [&str; 3] = [
     PROBE_SYNC_FILE_NAME,
     PROBE_WRITE_THROUGH_FILE_NAME,

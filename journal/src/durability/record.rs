@@ -9,20 +9,28 @@
 //!
 //! A record is taken only for the device, the preparation
 //! ([`Preallocation`]) and the boot it was measured on. The boot
-//! (`/proc/sys/kernel/random/boot_id`) stands for everything that can
-//! change how a device syncs without changing its device number: a new
-//! kernel, a firmware update, a disk swapped under the same name. Where the
-//! boot cannot be read, no record is read or written and every process
-//! probes.
+//! (`/proc/sys/kernel/random/boot_id`) stands for most of what can change
+//! how a device syncs without changing its device number: a new kernel, a
+//! firmware update, a disk replaced while the host was down. A change
+//! that keeps both (a disk hot-swapped under the same number, its write
+//! cache switched at run time) is not noticed until the next boot; the
+//! figures choose how appends are made durable, never whether: both ways
+//! make every acknowledged append durable. Where the boot cannot be read,
+//! no record is read or written and every process probes.
+//!
+//! Within a process the first figures an open finds for a device (measured
+//! or read from its record) are the ones every journal of that process on
+//! that device takes, so the shards of an engine agree; a journal whose own
+//! record applies keeps it, one that has none gets one.
 //!
 //! The record is advisory: a missing, damaged or foreign one only means
 //! the next open probes again (and logs why when it does not verify), so
 //! it is never damage, and a failed write of it fails nothing. It is
 //! written to [`DURABILITY_RECORD_TEMP_NAME`], synced, then renamed over
 //! the old one, so a crash leaves either record whole; the directory is
-//! not synced (losing the rename costs one probe), and the next open
-//! removes a temporary file a crash left. Format: `journal/FORMAT.md`,
-//! "Durability record".
+//! not synced (losing the rename costs one probe), and the next open's
+//! recovery removes a temporary file a crash left, as it removes the other
+//! leftovers. Format: `journal/FORMAT.md`, "Durability record".
 
 use std::io;
 use std::path::Path;
@@ -31,7 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::DurabilityProbe;
+use super::figures::DurabilityProbe;
 use crate::config::Preallocation;
 use crate::storage::{BufferedFile, Storage};
 
@@ -226,11 +234,17 @@ impl DurabilityRecord {
         if layout.sync_p50_ns.get() == 0 || layout.write_through_p50_ns.get() == 0 {
             return Err(RecordFault::Field("a median of 0 ns"));
         }
+        // Past what the platform's clock holds (2^63 s and more overflow).
+        let Some(measured_at) =
+            UNIX_EPOCH.checked_add(Duration::from_secs(layout.measured_at_unix_secs.get()))
+        else {
+            return Err(RecordFault::Field("measured_at_unix_secs"));
+        };
         Ok(DurabilityRecord {
             device: layout.device.get(),
             preallocation,
             boot_id: layout.boot_id,
-            measured_at: UNIX_EPOCH + Duration::from_secs(layout.measured_at_unix_secs.get()),
+            measured_at,
             probe: DurabilityProbe {
                 rounds: layout.rounds.get(),
                 sync_p50: Duration::from_nanos(layout.sync_p50_ns.get()),
@@ -368,18 +382,15 @@ mod tests {
     #[test]
     fn short_long_foreign_and_newer_records_are_refused() {
         let bytes = sample().encode();
-        for len in [0, 1, DURABILITY_RECORD_BYTES - 1] {
+        // Every length but the record's, cut from it or padded after it.
+        let mut padded = bytes.clone();
+        padded.resize(4 * DURABILITY_RECORD_BYTES, 0);
+        for len in (0..padded.len()).filter(|&len| len != DURABILITY_RECORD_BYTES) {
             assert_eq!(
-                DurabilityRecord::decode(&bytes[..len]),
+                DurabilityRecord::decode(&padded[..len]),
                 Err(RecordFault::Length(len as u64))
             );
         }
-        let mut long = bytes.clone();
-        long.push(0);
-        assert_eq!(
-            DurabilityRecord::decode(&long),
-            Err(RecordFault::Length(DURABILITY_RECORD_BYTES as u64 + 1))
-        );
         assert!(matches!(
             DurabilityRecord::decode(&[0u8; DURABILITY_RECORD_BYTES]),
             Err(RecordFault::Magic(0))
@@ -412,6 +423,14 @@ mod tests {
             resealed(56, &0u64.to_le_bytes()),
             Err(RecordFault::Field("a median of 0 ns"))
         );
+        // A time the clock cannot hold is refused, not a panic; the
+        // largest medians are durations like any other.
+        assert_eq!(
+            resealed(40, &u64::MAX.to_le_bytes()),
+            Err(RecordFault::Field("measured_at_unix_secs"))
+        );
+        assert!(resealed(56, &u64::MAX.to_le_bytes()).is_ok());
+        assert!(resealed(16, &u64::MAX.to_le_bytes()).is_ok());
     }
 
     #[test]

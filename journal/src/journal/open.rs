@@ -18,9 +18,9 @@ impl<S: Storage> Journal<S> {
                     Error::io("prepare directory", &config.dir, None, e)
                 }
             })?;
-        // What a crash in the middle of a durability probe left: gone
-        // before recovery lists the directory.
-        crate::durability::remove_probe_files(&storage, &config.dir).await?;
+        // What a crash in the middle of a durability probe (or of writing
+        // its record) left, recovery removes with the other leftovers
+        // (`verify::crash_leftovers`), so a reopen and `inspect` agree.
         let recovered = recover(&storage, &config).await?;
         // Before any segment is created: its file follows it.
         let durability_choice = crate::durability::resolve(&storage, &mut config).await?;

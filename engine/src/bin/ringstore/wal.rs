@@ -250,7 +250,7 @@ fn print_inspect(out: &mut Out, shard: &ShardDir, report: &JournalReport) -> Res
     }
     out.line(format_args!(
         "  durability: {}",
-        durability_text(report.durability_record.as_ref())
+        durability_text(&report.dir, report.durability_record.as_ref())
     ))?;
     if report.segments.is_empty() {
         out.line("  no segment files")?;
@@ -280,21 +280,31 @@ fn print_inspect(out: &mut Out, shard: &ShardDir, report: &JournalReport) -> Res
     out.line("")
 }
 
+/// Whether an `Auto` open of the journal in `dir` (prepared as the record
+/// says) would take `record`: of this boot and of the directory's device.
+fn record_applies(dir: &Path, record: &DurabilityRecord) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let device = std::fs::metadata(dir).map(|m| m.dev()).ok();
+    Some(record.boot_id) == durability::record::boot_id() && device == Some(record.device)
+}
+
 /// What `Durability::Auto` opens of this journal take, from its durability
 /// record.
-fn durability_text(record: Option<&Result<DurabilityRecord, String>>) -> String {
+fn durability_text(dir: &Path, record: Option<&Result<DurabilityRecord, String>>) -> String {
     match record {
-        None => "no probe recorded (the durability was configured, or no Auto open has probed \
-                 this device in a boot yet)"
+        None => "no probe recorded (the durability was configured, no Auto open has probed \
+                 this device in this boot, the boot id cannot be read, or the record's write \
+                 failed: logged)"
             .into(),
         Some(Err(reason)) => format!(
-            "the durability record does not verify ({reason}); the next Auto open probes again"
+            "the durability record does not verify ({reason}); the next Auto open does not take \
+             it and replaces it"
         ),
         Some(Ok(record)) => {
-            let boot = if Some(record.boot_id) == durability::record::boot_id() {
-                "this boot: Auto opens take it"
+            let boot = if record_applies(dir, record) {
+                "this boot and device: Auto opens with this preallocation take it"
             } else {
-                "an earlier boot: the next Auto open probes again"
+                "another boot or device: the next Auto open probes again"
             };
             format!(
                 "Auto chose {} (probe of {}: write + fdatasync p50 {} µs, O_DSYNC write p50 {} µs, \
@@ -325,7 +335,7 @@ fn unix_ms_of(time: std::time::SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn durability_json(record: Option<&Result<DurabilityRecord, String>>) -> Value {
+fn durability_json(dir: &Path, record: Option<&Result<DurabilityRecord, String>>) -> Value {
     match record {
         None => Value::Null,
         Some(Err(reason)) => json!({ "valid": false, "reason": reason }),
@@ -339,6 +349,7 @@ fn durability_json(record: Option<&Result<DurabilityRecord, String>>) -> Value {
             "device": record.device,
             "measured_at_unix_ms": unix_ms_of(record.measured_at),
             "this_boot": Some(record.boot_id) == durability::record::boot_id(),
+            "applies": record_applies(dir, record),
         }),
     }
 }
@@ -931,7 +942,7 @@ fn shard_json(shard: &ShardDir, report: &JournalReport) -> Value {
             .map(|l| json!({"path": l.path, "reason": l.reason}))
             .collect::<Vec<_>>(),
         "stray": report.stray,
-        "durability_record": durability_json(report.durability_record.as_ref()),
+        "durability_record": durability_json(&report.dir, report.durability_record.as_ref()),
         "segments": report.segments.iter().map(segment_json).collect::<Vec<_>>(),
     })
 }
