@@ -49,5 +49,8 @@ pub use journal::{
     BATCH_SIZE_BUCKETS, ENTRIES_READ_AHEAD_BYTES, RECLAIM_STEP_BYTES_DEFAULT, SCRUB_DAMAGE_KEPT,
 };
 pub use recovery::{describe_cut_ops, RecoveryReport, TailState, UnrecordedEnd};
-pub use segment::{segment_file_name, segment_generation};
+pub use segment::{
+    segment_file_name, segment_generation, ZERO_FILL_BUSY_PERCENT, ZERO_FILL_BUSY_WRITE_BYTES,
+    ZERO_FILL_WRITE_BYTES,
+};
 pub use superblock::JournalOwner;

@@ -66,54 +66,7 @@ const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(ENCODE_STEP_BYTES));
 const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(WRITE_CHUNK_BUSY_BYTES));
 const _: () = assert!(WRITE_CHUNK_BUSY_BYTES.is_multiple_of(BLOCK_BYTES as usize));
 
-/// Longest pause after one paced write: a pause is not cut short when a
-/// submit starts waiting for ring slots, so a write stalled for long at a
-/// low [`Pacing`] share must not become a pause of seconds.
-pub const PACING_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// How a snapshot write gives way to foreground work. While `busy()` says
-/// work is waiting, each write is [`WRITE_CHUNK_BUSY_BYTES`] and is
-/// followed by a pause that keeps the writer's share of the time to
-/// `busy_percent`: a write that took 100 µs is followed by 300 µs without
-/// one at 25%. When idle, the writer writes [`WRITE_CHUNK_BYTES`] at a time
-/// at full speed.
-#[derive(Clone, Copy)]
-pub struct Pacing<'a> {
-    busy: &'a dyn Fn() -> bool,
-    busy_percent: u8,
-}
-
-impl<'a> Pacing<'a> {
-    /// Never gives way: every write is [`WRITE_CHUNK_BYTES`], back to back.
-    pub const FULL_SPEED: Pacing<'static> = Pacing {
-        busy: &|| false,
-        busy_percent: 100,
-    };
-
-    /// Gives way while `busy()` holds, writing `busy_percent` of the time
-    /// (clamped to 1-100; 100 only shrinks the writes).
-    pub fn new(busy: &'a dyn Fn() -> bool, busy_percent: u8) -> Pacing<'a> {
-        Pacing {
-            busy,
-            busy_percent: busy_percent.clamp(1, 100),
-        }
-    }
-
-    /// The pause after a write that took `write` while busy, at most
-    /// [`PACING_PAUSE_MAX`].
-    pub fn pause_after(&self, write: std::time::Duration) -> std::time::Duration {
-        let percent = u32::from(self.busy_percent);
-        (write * (100 - percent) / percent).min(PACING_PAUSE_MAX)
-    }
-}
-
-impl std::fmt::Debug for Pacing<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pacing")
-            .field("busy_percent", &self.busy_percent)
-            .finish_non_exhaustive()
-    }
-}
+pub use ringstore_journal::pace::{Pacing, PACING_PAUSE_MAX};
 
 /// Bytes written between two fdatasyncs of a snapshot being written.
 pub const SYNC_EVERY_BYTES: u64 = 64 << 20;
@@ -762,7 +715,7 @@ impl<'a, F: StorageFile> ChunkWriter<'a, F> {
                 path: self.path.clone(),
                 source: Arc::new(e),
             })?;
-            if (self.pacing.busy)() {
+            if self.pacing.is_busy() {
                 let pause = self.pacing.pause_after(self.issued_at.elapsed());
                 if !pause.is_zero() {
                     glommio::timer::sleep(pause).await;
@@ -802,7 +755,7 @@ impl<'a, F: StorageFile> ChunkWriter<'a, F> {
 
     async fn flush_full_chunks(&mut self) -> Result<()> {
         loop {
-            let chunk = if (self.pacing.busy)() {
+            let chunk = if self.pacing.is_busy() {
                 WRITE_CHUNK_BUSY_BYTES
             } else {
                 WRITE_CHUNK_BYTES

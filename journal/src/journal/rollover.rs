@@ -2,6 +2,17 @@
 //! the superblock naming the new segment before any write goes to it.
 
 use super::*;
+use crate::pace::Pacing;
+use crate::segment::{SparePacing, ZERO_FILL_BUSY_PERCENT};
+use std::time::{Duration, Instant};
+
+/// A journal that has issued no write for this long counts as idle: a
+/// spare's zero-fill then goes at full speed.
+pub const APPENDS_IDLE_AFTER: Duration = Duration::from_millis(50);
+
+/// While appends run, a spare's zero-fill waits until the active segment
+/// has used `1 / ZERO_FILL_HOLD_OFF_PART` of its room.
+pub const ZERO_FILL_HOLD_OFF_PART: u64 = 4;
 
 impl<S: Storage> Shared<S> {
     /// Starts preparing the next segment's file in the background, unless a
@@ -24,7 +35,58 @@ impl<S: Storage> Shared<S> {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            let prepared = prepare_segment_file(&shared.storage, &shared.config, generation).await;
+            let filled = Cell::new(0);
+            let segment_bytes = shared.config.segment_bytes;
+            // The writes count last seen and when it last moved.
+            let last_write = Cell::new((shared.state.borrow().stats.writes, None::<Instant>));
+            // Appends are waiting on the device: a write in flight or
+            // queued now, or one issued in the last `APPENDS_IDLE_AFTER`
+            // (a closed-loop appender is between two writes for moments,
+            // a light one for longer); never while closing. With how much
+            // room the active segment has left.
+            let appending = || {
+                let state = shared.state.borrow();
+                let writes = state.stats.writes;
+                let (seen, moved_at) = last_write.get();
+                let moved_at = if writes != seen {
+                    Some(Instant::now())
+                } else {
+                    moved_at
+                };
+                last_write.set((writes, moved_at));
+                let recently = moved_at.is_some_and(|at| at.elapsed() < APPENDS_IDLE_AFTER);
+                let used = state.segments.back().map_or(segment_bytes, |s| s.write_pos);
+                let appending = state.writes_in_flight > 0 || !state.filling.is_empty() || recently;
+                (
+                    appending && !state.closing,
+                    segment_bytes.saturating_sub(used),
+                )
+            };
+            // Paced while appending, unless the spare falls behind: more
+            // bytes left to fill than twice the active segment's room left
+            // (the next rollover must find it ready).
+            let busy = || {
+                let (appending, room) = appending();
+                appending && segment_bytes - filled.get().min(segment_bytes) <= 2 * room
+            };
+            // Not started at all while appending in the active segment's
+            // first quarter: an idle spell may come to fill it at full speed.
+            let hold_off = || {
+                let (appending, room) = appending();
+                appending && room > segment_bytes - segment_bytes / ZERO_FILL_HOLD_OFF_PART
+            };
+            let pacing = Pacing::new(&busy, ZERO_FILL_BUSY_PERCENT);
+            let prepared = prepare_segment_file(
+                &shared.storage,
+                &shared.config,
+                generation,
+                SparePacing {
+                    pacing,
+                    hold_off: &hold_off,
+                    filled: &filled,
+                },
+            )
+            .await;
             {
                 let mut state = shared.state.borrow_mut();
                 state.preparing = false;

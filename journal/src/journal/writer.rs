@@ -39,6 +39,11 @@ impl<B> Batch<B> {
         }
     }
 
+    /// Whether no entry waits in it.
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Whether an entry of `footprint` bytes fits, with room left for the
     /// write's index (one record more) and the padding header that may end
     /// the write.
