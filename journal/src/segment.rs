@@ -28,15 +28,16 @@ const SEGMENT_SUFFIX: &str = ".wal";
 
 /// Bytes written per call when zero-filling a segment.
 pub const ZERO_FILL_WRITE_BYTES: u64 = 1 << 20;
-/// Bytes written per call when zero-filling a spare while appends are in
-/// flight ([`Pacing`]): an append's write queued behind one waits for at
+/// Bytes written per call when zero-filling a spare while appends run and
+/// the spare is not behind (see `Shared::prepare_spare`; [`Pacing`]): an
+/// append's write queued behind one waits for at
 /// most this much of the device's time, and its fdatasync flushes at most
 /// this much of zeros from the device's cache. Back-to-back 1 MiB writes
 /// took a single appender's p50 ack from 0.12 ms to 5.5 ms for the first
 /// half second after an open (`bench/PERFORMANCE.md`).
 pub const ZERO_FILL_BUSY_WRITE_BYTES: u64 = 64 << 10;
-/// The share of the time a spare's zero-fill writes while appends are in
-/// flight (`Pacing::new`'s `busy_percent`).
+/// The share of the time a spare's zero-fill writes while it gives way
+/// (`Pacing::new`'s `busy_percent`).
 pub const ZERO_FILL_BUSY_PERCENT: u8 = 25;
 const _: () = assert!(ZERO_FILL_WRITE_BYTES.is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(ZERO_FILL_BUSY_WRITE_BYTES.is_multiple_of(BLOCK_BYTES));
@@ -110,9 +111,6 @@ pub(crate) struct PreparedFile<F> {
     pub file: F,
 }
 
-/// Creates the file of segment `generation` and makes it and its space
-/// durable. On failure the file is removed again; the journal stays usable
-/// unless even that removal failed.
 /// How a zero-fill ([`Preallocation::ZeroFill`]) gives way to appends.
 pub(crate) struct SparePacing<'a> {
     /// Small, paced writes while it says appends wait.
@@ -137,6 +135,9 @@ impl<'a> SparePacing<'a> {
 /// Waited between two looks at [`SparePacing::hold_off`].
 const ZERO_FILL_HOLD_OFF_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Creates the file of segment `generation` and makes it and its space
+/// durable, zero-filling it as `pacing` lets it. On failure the file is
+/// removed again; the journal stays usable unless even that removal failed.
 pub(crate) async fn prepare_segment_file<S: Storage>(
     storage: &S,
     config: &JournalConfig,

@@ -81,14 +81,10 @@ fn a_spare_filled_while_appends_run_gives_way_and_nothing_is_lost() {
         }
         journal.close().await.unwrap();
         let journal = zero_filled(&mem).open().await.unwrap();
-        for read in [1, op / 2, op] {
+        for read in 1..=op {
             let entry = journal.read(read).await.unwrap().expect("acknowledged");
-            let len = if entry.payload.len() == 200 {
-                200
-            } else {
-                12 << 10
-            };
-            assert_eq!(entry.payload, payload(read, len));
+            let len = entry.payload.len().min(12 << 10);
+            assert_eq!(entry.payload, payload(read, len), "op {read}");
         }
         assert_eq!(journal.next_op(), op + 1);
         journal.close().await.unwrap();
@@ -105,8 +101,7 @@ fn a_spare_waits_through_the_first_quarter_of_a_busy_segment_and_fills_when_idle
         let mem = MemStorage::new();
         let journal = zero_filled(&mem).open().await.unwrap();
         // Idle: the first spare fills at once.
-        glommio::timer::sleep(Duration::from_millis(100)).await;
-        assert_eq!(zero_writes(&mem), 2 * SEGMENT_BYTES / ZERO_FILL_WRITE_BYTES);
+        wait_for(|| zero_writes(&mem) == 2 * SEGMENT_BYTES / ZERO_FILL_WRITE_BYTES).await;
         // Roll over onto it; the next spare starts with appends running.
         let mut op = 0;
         while journal.stats().segments_created < 2 {
@@ -114,21 +109,87 @@ fn a_spare_waits_through_the_first_quarter_of_a_busy_segment_and_fills_when_idle
             journal.append(&payload(op, 12 << 10)).await.unwrap();
         }
         let at_rollover = zero_writes(&mem);
-        // Well inside the new segment's first quarter: no zero written.
+        // Well inside the new segment's first quarter: no zero written
+        // (appends back to back, so no idle spell comes between them).
         for _ in 0..100 {
             op += 1;
             journal.append(&payload(op, 200)).await.unwrap();
-            glommio::timer::sleep(Duration::from_micros(200)).await;
         }
         assert_eq!(zero_writes(&mem), at_rollover, "{:?}", mem.write_sizes());
         // Then idle: it fills at full speed.
-        glommio::timer::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            writes_of(&mem, ZERO_FILL_WRITE_BYTES),
-            3 * SEGMENT_BYTES / ZERO_FILL_WRITE_BYTES,
-            "{:?}",
-            mem.write_sizes()
+        let filled = 3 * SEGMENT_BYTES / ZERO_FILL_WRITE_BYTES;
+        wait_for(|| writes_of(&mem, ZERO_FILL_WRITE_BYTES) == filled).await;
+        assert_eq!(writes_of(&mem, ZERO_FILL_BUSY_WRITE_BYTES), 0);
+        journal.close().await.unwrap();
+    });
+}
+
+/// Waits (on the reactor's timer) until `done` holds; fails after
+/// [`WAIT_MAX`].
+async fn wait_for(done: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < WAIT_MAX, "timed out");
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Longest wait for something that takes milliseconds on an idle machine.
+const WAIT_MAX: Duration = Duration::from_secs(20);
+
+/// A payload whose write (header, index, padding) ends 4 KiB before a
+/// quarter of [`SEGMENT_BYTES`].
+const FIRST_LEN: usize = (2 << 20) - (12 << 10) - 256;
+
+#[test]
+fn a_rollover_early_in_a_segment_does_not_wait_on_a_holding_spare() {
+    // A batch as large as most of a segment: the rollover comes while the
+    // active segment has used less than a quarter of its room, with the
+    // spare still holding off and other appenders arriving. The rollover
+    // waiting for the spare ends the holding (else it would last until the
+    // appenders had been quiet for `APPENDS_IDLE_AFTER`).
+    run(|| async {
+        let mem = MemStorage::new();
+        let journal = std::rc::Rc::new(
+            zero_filled(&mem)
+                .batch_bytes_max(7 << 20)
+                .entry_bytes_max(6 << 20)
+                .open()
+                .await
+                .unwrap(),
         );
+        // Appenders arriving now and then: some land in the next batch
+        // while the rollover waits.
+        let small: Vec<_> = (0..4)
+            .map(|_| {
+                let journal = journal.clone();
+                glommio::spawn_local(async move {
+                    let mut appended = 0u64;
+                    while journal.stats().segments_created < 2 {
+                        glommio::timer::sleep(Duration::from_millis(2)).await;
+                        journal.append(&[7; 100]).await.unwrap();
+                        appended += 1;
+                    }
+                    appended
+                })
+            })
+            .collect();
+        let large_len = 6 << 20;
+        let large = async {
+            // Ends the first write 4 KiB short of the quarter mark.
+            journal.append(&vec![1; FIRST_LEN]).await.unwrap();
+            journal.append(&vec![2; large_len]).await.unwrap()
+        };
+        let done = glommio::timer::timeout(WAIT_MAX, async { Ok(large.await) }).await;
+        let op = done.expect("the large append (and its rollover) completed");
+        for appender in small {
+            assert!(appender.await > 0);
+        }
+        let entry = journal.read(op).await.unwrap().expect("acknowledged");
+        assert_eq!(entry.payload.len(), large_len);
+        let Ok(journal) = std::rc::Rc::try_unwrap(journal) else {
+            panic!("a handle is still held");
+        };
         journal.close().await.unwrap();
     });
 }

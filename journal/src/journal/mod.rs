@@ -293,6 +293,9 @@ struct State<F: StorageFile> {
     spare: Option<PreparedFile<F>>,
     /// A background preparation is running.
     preparing: bool,
+    /// A rollover waits for the spare being prepared: its zero-fill stops
+    /// giving way (the appenders wait on it too).
+    spare_awaited: bool,
     /// Writes issued and not yet finished.
     writes_in_flight: usize,
     /// The ticket of the newest write in flight.

@@ -193,6 +193,7 @@ impl<S: Storage> Journal<S> {
             compacted_floor: 0,
             spare: None,
             preparing: false,
+            spare_awaited: false,
             writes_in_flight: 0,
             last_ticket: None,
             filling: Batch::new(),

@@ -42,8 +42,8 @@ impl<S: Storage> Shared<S> {
             // Appends are waiting on the device: a write in flight or
             // queued now, or one issued in the last `APPENDS_IDLE_AFTER`
             // (a closed-loop appender is between two writes for moments,
-            // a light one for longer); never while closing. With how much
-            // room the active segment has left.
+            // a light one for longer). With how much room the active
+            // segment has left.
             let appending = || {
                 let state = shared.state.borrow();
                 let writes = state.stats.writes;
@@ -57,10 +57,9 @@ impl<S: Storage> Shared<S> {
                 let recently = moved_at.is_some_and(|at| at.elapsed() < APPENDS_IDLE_AFTER);
                 let used = state.segments.back().map_or(segment_bytes, |s| s.write_pos);
                 let appending = state.writes_in_flight > 0 || !state.filling.is_empty() || recently;
-                (
-                    appending && !state.closing,
-                    segment_bytes.saturating_sub(used),
-                )
+                // Not when a rollover (or a failure) has stopped them.
+                let stopped = state.closing || state.spare_awaited || state.poisoned.is_some();
+                (appending && !stopped, segment_bytes.saturating_sub(used))
             };
             // Paced while appending, unless the spare falls behind: more
             // bytes left to fill than twice the active segment's room left
@@ -90,6 +89,7 @@ impl<S: Storage> Shared<S> {
             {
                 let mut state = shared.state.borrow_mut();
                 state.preparing = false;
+                state.spare_awaited = false;
                 match prepared {
                     Ok(spare) => state.spare = Some(spare),
                     // The rollover will try again in the foreground and
@@ -128,8 +128,11 @@ impl<S: Storage> Shared<S> {
         }
         // Take the spare prepared in the background (waiting for it if its
         // preparation is still running), or create the segment here.
-        while self.state.borrow().preparing {
-            notified(&self.spare_ready).await;
+        if self.state.borrow().preparing {
+            self.state.borrow_mut().spare_awaited = true;
+            while self.state.borrow().preparing {
+                notified(&self.spare_ready).await;
+            }
         }
         let spare = self.state.borrow_mut().spare.take();
         let journal_id = self.superblock.borrow().0.journal_id;
