@@ -36,6 +36,18 @@ fn has_probe_files(names: &[std::ffi::OsString]) -> bool {
         .any(|n| PROBE_LEFTOVER_NAMES.iter().any(|leftover| n == leftover))
 }
 
+/// A journal in `path` holding op 1 (`kept`), opened with a configured
+/// durability (no probe, no record).
+async fn journal_holding_kept(path: &Path) {
+    let journal = small(Journal::builder(path))
+        .durability(Durability::Sync)
+        .open()
+        .await
+        .unwrap();
+    journal.append(b"kept").await.unwrap();
+    journal.close().await.unwrap();
+}
+
 fn this_boot() -> [u8; 16] {
     record::boot_id().expect("Linux hosts have a boot id")
 }
@@ -133,13 +145,7 @@ fn a_configured_durability_is_kept_and_a_crashed_probes_files_are_removed() {
     let dir = temp_dir();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let journal = small(Journal::builder(&path))
-            .durability(Durability::Sync)
-            .open()
-            .await
-            .unwrap();
-        journal.append(b"kept").await.unwrap();
-        journal.close().await.unwrap();
+        journal_holding_kept(&path).await;
         // What a crash in the middle of a probe (or of writing its record)
         // leaves: `inspect` says a reopen removes them.
         for name in PROBE_LEFTOVER_NAMES {
@@ -552,13 +558,7 @@ fn inspect_reports_a_damaged_record_without_calling_it_damage() {
     let dir = temp_dir();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let journal = small(Journal::builder(&path))
-            .durability(Durability::Sync)
-            .open()
-            .await
-            .unwrap();
-        journal.append(b"kept").await.unwrap();
-        journal.close().await.unwrap();
+        journal_holding_kept(&path).await;
         let record_path = path.join(DURABILITY_RECORD_FILE_NAME);
         let kept = DurabilityRecord::now(1, Preallocation::Fallocate, this_boot(), forged_probe());
         let mut bytes = kept.encode();

@@ -202,3 +202,41 @@ fn constants_named_in_the_document_match() {
         ringstore_journal::config::ENTRY_BYTES_MAX_LIMIT >> 20
     )));
 }
+
+#[test]
+fn durability_record_table_matches_the_struct() {
+    use ringstore_journal::durability::record::*;
+    let doc = include_str!("../FORMAT.md");
+    let rows = table(doc, "## Durability record");
+    let fields = [
+        ("checksum", field!(RecordLayout, checksum)),
+        ("magic", field!(RecordLayout, magic)),
+        ("version", field!(RecordLayout, version)),
+        ("preallocation", field!(RecordLayout, preallocation)),
+        ("device", field!(RecordLayout, device)),
+        ("boot_id", field!(RecordLayout, boot_id)),
+        (
+            "measured_at_unix_secs",
+            field!(RecordLayout, measured_at_unix_secs),
+        ),
+        ("rounds", field!(RecordLayout, rounds)),
+        ("reserved", field!(RecordLayout, reserved)),
+        ("sync_p50_ns", field!(RecordLayout, sync_p50_ns)),
+        (
+            "write_through_p50_ns",
+            field!(RecordLayout, write_through_p50_ns),
+        ),
+    ];
+    assert_eq!(rows.len(), fields.len());
+    for ((offset, size, name), (field, (code_offset, code_size))) in rows.iter().zip(fields) {
+        assert_eq!(name, field);
+        assert_eq!((*offset, *size), (code_offset, code_size), "{name}");
+    }
+    let last = rows.last().unwrap();
+    assert_eq!(last.0 + last.1, DURABILITY_RECORD_BYTES);
+    assert!(doc.contains(&format!(
+        "`durability-choice` is {DURABILITY_RECORD_BYTES} bytes"
+    )));
+    assert!(doc.contains(&format!("`RSDC` (0x{DURABILITY_RECORD_MAGIC:08x})")));
+    assert!(doc.contains(&format!("CRC-32 of bytes 4..{DURABILITY_RECORD_BYTES}")));
+}
