@@ -39,6 +39,7 @@
 //! | `ringstore_journal_unclean_opens_total` | counter | opens after an unclean shutdown: the journal's end was found, not recorded (`RecoveryReport::unrecorded_end`); an acknowledged op above the highest one found could have been wiped undetectably |
 //! | `ringstore_journal_superblock_repairs_total` | counter | journal superblock copies found damaged or stale at open (rewritten) |
 //! | `ringstore_journal_stray_files` | gauge | files in the journal directory that are not the journal's (ignored) |
+//! | `ringstore_journal_write_through` | gauge | 1 if the journal makes appends durable with O_DSYNC writes (`Durability::WriteThrough`, configured or chosen by `Auto`'s probe), 0 if with write + fdatasync (or, under `NoSync`, not at all) |
 //! | `ringstore_snapshots_skipped_total` | counter | snapshot files an open passed over because they did not verify (each also logged with its reason) |
 //! | `ringstore_data_dir_superblock_repairs_total` | counter, no `shard` label | data directory superblock copies found damaged or stale at startup and rewritten from the good one |
 //!
@@ -139,6 +140,14 @@ impl ShardMetrics {
             .increment(report.superblock_repaired.len() as u64);
         metrics::gauge!("ringstore_journal_stray_files", "shard" => label)
             .set(report.stray_files.len() as f64);
+        self
+    }
+
+    /// Publishes how the journal makes appends durable (its open chose it).
+    pub fn with_durability(self, shard: &str, chosen: ringstore_journal::Durability) -> Self {
+        let write_through = chosen == ringstore_journal::Durability::WriteThrough;
+        metrics::gauge!("ringstore_journal_write_through", "shard" => shard.to_string())
+            .set(f64::from(u8::from(write_through)));
         self
     }
 

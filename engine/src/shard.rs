@@ -302,11 +302,16 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         hooks: Vec<Rc<dyn ShardHooks<M, S>>>,
     ) -> Shard<M, S> {
         let automatic = recovered.config.automatic_checkpoints;
-        let metrics = ShardMetrics::new(&recovered.metrics_label).with_recovery(
-            &recovered.metrics_label,
-            &recovered.report.journal,
-            recovered.report.skipped_snapshots.len(),
-        );
+        let metrics = ShardMetrics::new(&recovered.metrics_label)
+            .with_recovery(
+                &recovered.metrics_label,
+                &recovered.report.journal,
+                recovered.report.skipped_snapshots.len(),
+            )
+            .with_durability(
+                &recovered.metrics_label,
+                recovered.journal.durability_choice().chosen,
+            );
         let inner = Rc::new(Inner {
             config: recovered.config,
             storage: recovered.storage,

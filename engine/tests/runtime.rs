@@ -364,6 +364,7 @@ fn metrics_reach_the_facade() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let dir = temp_dir();
+    let write_through = std::cell::Cell::new(false);
     metrics::with_local_recorder(&recorder, || {
         glommio::LocalExecutorBuilder::default()
             .make()
@@ -381,6 +382,8 @@ fn metrics_reach_the_facade() {
                 shard.checkpoint().await.unwrap();
                 let stats = shard.stats();
                 assert_eq!(stats.ack_latency.count, 50);
+                write_through
+                    .set(stats.journal.durability == ringstore_journal::Durability::WriteThrough);
                 assert_eq!(
                     stats.journal.batch_entries_log2.iter().sum::<u64>(),
                     stats.journal.writes
@@ -417,6 +420,11 @@ fn metrics_reach_the_facade() {
     assert!(matches!(find("ringstore_journal_fsyncs_total"), DebugValue::Counter(n) if *n > 0));
     assert!(
         matches!(find("ringstore_ring_slots"), DebugValue::Gauge(v) if v.into_inner() == 4096.0)
+    );
+    // What `Auto`'s probe chose on this disk, as the stats say.
+    let expected = f64::from(u8::from(write_through.get()));
+    assert!(
+        matches!(find("ringstore_journal_write_through"), DebugValue::Gauge(v) if v.into_inner() == expected)
     );
 }
 
