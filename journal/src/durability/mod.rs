@@ -31,7 +31,8 @@
 //!   device honours the same way.
 //!
 //! Both files are removed afterwards; a crash leaves them behind, and the
-//! next open of the journal removes them before it reads anything. The
+//! next open's recovery removes them as leftovers (reported in
+//! `RecoveryReport::removed`, as `wal inspect` lists them). The
 //! result is kept per device and preparation for the life of the process:
 //! journals opening at once on one disk (the shards of an engine, each on
 //! its own reactor) wait for the first one's probe rather than run theirs
@@ -80,6 +81,7 @@ const PROBE_FILE_BLOCKS: usize = PROBE_ROUNDS_MAX * PROBE_RUN_WRITES;
 /// Past [`PROBE_ROUNDS_MIN`] rounds, a probe stops once it has run this
 /// long: an open on a disk in a slow spell is not held up for long.
 pub const PROBE_TIME_MAX: Duration = Duration::from_millis(40);
+
 /// How the journal came to its durability.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeOutcome {
