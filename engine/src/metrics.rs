@@ -14,6 +14,8 @@
 //! | `ringstore_journal_bytes_written_total` | counter | bytes written by group commits (with padding) |
 //! | `ringstore_journal_writes_total` | counter | group-commit writes |
 //! | `ringstore_journal_fsyncs_total` | counter | durability points (fdatasync or O_DSYNC writes) |
+//! | `ringstore_journal_segments_created_total` | counter | journal segments created (on open and at every rollover) |
+//! | `ringstore_journal_segments_recycled_total` | counter | of those, segments made from a retired segment's file (`JournalBuilder::recycle_segments`): no zero-fill, no unwritten extents |
 //! | `ringstore_journal_batches_total` | counter, label `entries` | group commits by size: `1`, `2-3`, `4-7`, ... |
 //! | `ringstore_journal_read_corruptions_total` | counter | reads that found a journal entry damaged (each logged with its file and offset; the open leaves vouched-for payloads to the reads) |
 //! | `ringstore_journal_scrub_passes_total` | counter | passes of the journal's scrubber over every segment (`JournalBuilder::scrub_rate`, through `ShardBuilder::journal`) |
@@ -92,6 +94,8 @@ pub(crate) struct ShardMetrics {
     journal_bytes: Counter,
     journal_writes: Counter,
     journal_fsyncs: Counter,
+    journal_segments_created: Counter,
+    journal_segments_recycled: Counter,
     journal_read_corruptions: Counter,
     journal_scrub_passes: Counter,
     journal_scrub_bytes: Counter,
@@ -180,6 +184,8 @@ impl ShardMetrics {
             journal_bytes: counter("ringstore_journal_bytes_written_total"),
             journal_writes: counter("ringstore_journal_writes_total"),
             journal_fsyncs: counter("ringstore_journal_fsyncs_total"),
+            journal_segments_created: counter("ringstore_journal_segments_created_total"),
+            journal_segments_recycled: counter("ringstore_journal_segments_recycled_total"),
             journal_read_corruptions: counter("ringstore_journal_read_corruptions_total"),
             journal_scrub_passes: counter("ringstore_journal_scrub_passes_total"),
             journal_scrub_bytes: counter("ringstore_journal_scrub_bytes_total"),
@@ -265,6 +271,10 @@ impl ShardMetrics {
         self.journal_bytes.absolute(journal.bytes_written);
         self.journal_writes.absolute(journal.writes);
         self.journal_fsyncs.absolute(journal.fsyncs);
+        self.journal_segments_created
+            .absolute(journal.segments_created);
+        self.journal_segments_recycled
+            .absolute(journal.segments_recycled);
         self.journal_read_corruptions
             .absolute(journal.read_corruptions);
         self.journal_scrub_passes.absolute(journal.scrub_passes);

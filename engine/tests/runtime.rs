@@ -418,6 +418,15 @@ fn metrics_reach_the_facade() {
     );
     assert!(matches!(find("ringstore_journal_appends_total"), DebugValue::Counter(n) if *n >= 50));
     assert!(matches!(find("ringstore_journal_fsyncs_total"), DebugValue::Counter(n) if *n > 0));
+    // The open created the first segment; nothing was retired to recycle.
+    assert!(matches!(
+        find("ringstore_journal_segments_created_total"),
+        DebugValue::Counter(n) if *n >= 1
+    ));
+    assert!(matches!(
+        find("ringstore_journal_segments_recycled_total"),
+        DebugValue::Counter(0)
+    ));
     assert!(
         matches!(find("ringstore_ring_slots"), DebugValue::Gauge(v) if v.into_inner() == 4096.0)
     );

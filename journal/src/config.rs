@@ -129,6 +129,9 @@ pub struct JournalConfig {
     /// time before they are removed (0: removed at once). See
     /// [`JournalBuilder::reclaim_step_bytes`].
     pub reclaim_step_bytes: u64,
+    /// Retired segments are kept for reuse as next segments. See
+    /// [`JournalBuilder::recycle_segments`].
+    pub recycle_segments: bool,
 }
 
 /// Builds and opens a [`Journal`]. See [`Journal::builder`].
@@ -157,6 +160,7 @@ impl JournalBuilder<DmaStorage> {
                 owner: None,
                 scrub_bytes_per_second: None,
                 reclaim_step_bytes: crate::journal::RECLAIM_STEP_BYTES_DEFAULT,
+                recycle_segments: true,
             },
             storage: DmaStorage::new(),
         }
@@ -277,6 +281,24 @@ impl<S: Storage> JournalBuilder<S> {
     /// while a reader still holds one, and when the journal closes.
     pub fn reclaim_step_bytes(mut self, bytes: u64) -> Self {
         self.config.reclaim_step_bytes = bytes;
+        self
+    }
+
+    /// Whether a retired segment's file becomes a later segment instead of
+    /// being removed (default `true`). Its blocks are then already written:
+    /// no zero-fill ([`Preallocation::ZeroFill`]) and no unwritten extents
+    /// to convert on the first fdatasync of each block
+    /// ([`Preallocation::Fallocate`]), and no discard of the freed space
+    /// (see [`JournalBuilder::reclaim_step_bytes`]). At most
+    /// [`RECYCLED_SEGMENTS_KEPT`](crate::RECYCLED_SEGMENTS_KEPT) wait for
+    /// reuse; a segment is removed instead while a reader holds it, when
+    /// space is short, and when the journal closes. The new segment's
+    /// header is flagged recycled: recovery then reads the older bytes
+    /// past its last write as the end of the log (see `FORMAT.md`). With
+    /// `false`, every segment is a new file and its space past the last
+    /// write reads as zeros.
+    pub fn recycle_segments(mut self, recycle: bool) -> Self {
+        self.config.recycle_segments = recycle;
         self
     }
 

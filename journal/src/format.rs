@@ -98,6 +98,16 @@ pub struct SegmentHeader {
 /// be torn or lost.
 pub const SEGMENT_FLAG_NO_SYNC: u32 = 1;
 
+/// Segment `flags` bit: the file held an older segment of this journal
+/// before (a retired segment recycled, so its blocks are written ones).
+/// Past the last write lie that segment's bytes, not zeros: recovery takes
+/// the log to end cleanly there unless a header of this generation lies
+/// within reach (see `verify::EvidenceSearch`).
+pub const SEGMENT_FLAG_RECYCLED: u32 = 2;
+
+/// Every `SEGMENT_FLAG_*` bit this build knows.
+pub const SEGMENT_FLAGS_KNOWN: u32 = SEGMENT_FLAG_NO_SYNC | SEGMENT_FLAG_RECYCLED;
+
 /// What an entry header describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

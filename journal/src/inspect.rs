@@ -62,7 +62,7 @@ use crate::durability::record::{
 };
 use crate::format::{
     align_down, EntryHeader, EntryKind, SegmentHeader, BLOCK_BYTES, ENTRY_HEADER_BYTES,
-    FLAG_FIRST_IN_WRITE, SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC,
+    FLAG_FIRST_IN_WRITE, SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC, SEGMENT_FLAG_RECYCLED,
 };
 use crate::recovery::TailState;
 use crate::segment::segment_file_name;
@@ -159,6 +159,9 @@ pub struct SegmentHeaderFields {
     pub watermark: u64,
     /// Written without fdatasync (`Durability::NoSync`).
     pub no_sync: bool,
+    /// The file held a retired segment before (its space past the last
+    /// write holds that segment's bytes).
+    pub recycled: bool,
     /// Most writes in flight at once.
     pub writes_in_flight: u32,
     /// The journal it belongs to.
@@ -177,6 +180,7 @@ impl From<&SegmentHeader> for SegmentHeaderFields {
             prev_end: h.prev_end.get(),
             watermark: h.watermark.get(),
             no_sync: h.flags.get() & SEGMENT_FLAG_NO_SYNC != 0,
+            recycled: h.flags.get() & SEGMENT_FLAG_RECYCLED != 0,
             writes_in_flight: h.writes_in_flight.get(),
             journal_id: h.journal_id,
         }

@@ -106,6 +106,7 @@
 //! | 13 | last segment written with `NoSync` | any fault of rows 1–4 | any | no vouching write (NoSync writes vouch for nothing) | cut at `p`, reported: any number of its writes may be torn |
 //! | 14 | below the superblock's first generation | — | — | — | a retirement a crash interrupted: file removed |
 //! | 15 | superblock | neither copy verifies, or missing while segments exist | — | — | [`Error::Corruption`] naming the superblock |
+//! | 16 | last segment flagged recycled (its file held an older segment, whose bytes lie past the last write) | zeroed, checksum mismatch, or from another generation | — | no header of this generation (older bytes prove nothing) | clean end of the log at `p`; with such a header, rows 2–5 as above |
 //!
 //! "Within reach": up to D × `batch_bytes_max` after `p`.
 //!
@@ -672,6 +673,7 @@ pub(crate) async fn recover<S: Storage>(
             watermark_seen: scan.watermark.max(header.watermark.get()),
             durable_end: scan.valid_end,
             journal_id: header.journal_id,
+            reusable: false,
         });
     }
     for (_, file, _) in files {

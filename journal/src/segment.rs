@@ -13,7 +13,7 @@ use crate::config::{Durability, JournalConfig, Preallocation};
 use crate::error::{Error, Result};
 use crate::format::{
     SegmentHeader, BLOCK_BYTES, FORMAT_VERSION, SEGMENT_DATA_OFFSET, SEGMENT_FLAG_NO_SYNC,
-    SEGMENT_MAGIC,
+    SEGMENT_FLAG_RECYCLED, SEGMENT_MAGIC,
 };
 use crate::pace::Pacing;
 use crate::storage::{IoBuf, Storage, StorageFile};
@@ -86,6 +86,10 @@ pub(crate) struct Segment<F> {
     /// The journal's id: in the segment's header, and the seed of every
     /// entry header's checksum.
     pub journal_id: [u8; 16],
+    /// Created by this open, so its file is open for writing the way the
+    /// journal writes (O_DSYNC under [`Durability::WriteThrough`]): once
+    /// retired, it may be recycled. A recovered segment's file is not.
+    pub reusable: bool,
 }
 
 /// Where a new segment continues from.
@@ -109,7 +113,16 @@ pub(crate) struct PreparedFile<F> {
     pub generation: u64,
     pub path: PathBuf,
     pub file: F,
+    /// A retired segment's file ([`recycle_segment_file`]): its space past
+    /// the first write holds that segment's bytes.
+    pub recycled: bool,
 }
+
+/// Bytes zeroed at the front of a recycled file before it takes its new
+/// name: the header block, so that it holds no header until activated, and
+/// the block where the first write's first header goes, so that until then
+/// it holds no data either (a spare, to recovery).
+const RECYCLE_ZEROED_BYTES: u64 = SEGMENT_DATA_OFFSET + BLOCK_BYTES;
 
 /// How a zero-fill ([`Preallocation::ZeroFill`]) gives way to appends.
 pub(crate) struct SparePacing<'a> {
@@ -183,6 +196,71 @@ pub(crate) async fn prepare_segment_file<S: Storage>(
         generation,
         path,
         file,
+        recycled: false,
+    })
+}
+
+/// Makes a retired segment's file the spare for `generation`: zeroes its
+/// first [`RECYCLE_ZEROED_BYTES`] and syncs them, renames it and syncs the
+/// directory. The retired file lies below the superblock's first
+/// generation, so a crash before the rename is durable leaves a file
+/// recovery removes as retired, and one after it a spare (no header, no
+/// first write), which recovery removes too. On failure the file is
+/// removed; as with [`prepare_segment_file`], the journal stays usable
+/// unless a removal after the rename failed.
+pub(crate) async fn recycle_segment_file<S: Storage>(
+    storage: &S,
+    config: &JournalConfig,
+    retired: (PathBuf, S::File),
+    generation: u64,
+) -> Result<PreparedFile<S::File>, CreateError> {
+    let (old_path, file) = retired;
+    let path = config.dir.join(segment_file_name(generation));
+    let usable = |error: Error| CreateError {
+        error,
+        poison: false,
+    };
+    let zeroed = async {
+        let mut buf = file.alloc_buf(RECYCLE_ZEROED_BYTES as usize);
+        buf.as_bytes_mut().fill(0);
+        file.write_at(buf, 0)
+            .await
+            .map_err(|e| Error::io("zero recycled segment", &old_path, Some(0), e))?;
+        file.sync()
+            .await
+            .map_err(|e| Error::io("fdatasync", &old_path, None, e))?;
+        storage
+            .rename(&old_path, &path)
+            .await
+            .map_err(|e| Error::io("rename recycled segment", &old_path, None, e))
+    };
+    if let Err(error) = zeroed.await {
+        // Not renamed: a retired file, which the next open removes if
+        // this removal does not.
+        let _ = file.close().await;
+        let _ = storage.remove(&old_path).await;
+        return Err(usable(error));
+    }
+    if let Err(e) = storage.sync_dir(&config.dir).await {
+        let _ = file.close().await;
+        let removed = match storage.remove(&path).await {
+            Ok(()) => storage.sync_dir(&config.dir).await,
+            Err(e) => Err(e),
+        };
+        let error = Error::io("fsync directory", &config.dir, None, e);
+        return Err(match removed {
+            Ok(()) => usable(error),
+            Err(e) => CreateError {
+                error: Error::io("remove half-recycled segment", &path, None, e),
+                poison: true,
+            },
+        });
+    }
+    Ok(PreparedFile {
+        generation,
+        path,
+        file,
+        recycled: true,
     })
 }
 
@@ -199,6 +277,7 @@ pub(crate) async fn activate_segment<F: StorageFile>(
         generation,
         path,
         file,
+        recycled,
     } = prepared;
     let fatal = |error: Error| CreateError {
         error,
@@ -215,11 +294,11 @@ pub(crate) async fn activate_segment<F: StorageFile>(
         prev_generation: predecessor.map_or(0, |p| p.generation).into(),
         prev_end: predecessor.map_or(0, |p| p.end).into(),
         watermark: watermark.into(),
-        flags: if config.durability == Durability::NoSync {
+        flags: (if config.durability == Durability::NoSync {
             SEGMENT_FLAG_NO_SYNC
         } else {
             0
-        }
+        } | if recycled { SEGMENT_FLAG_RECYCLED } else { 0 })
         .into(),
         writes_in_flight: config.writes_in_flight.into(),
         journal_id,
@@ -244,6 +323,7 @@ pub(crate) async fn activate_segment<F: StorageFile>(
         watermark_seen: watermark,
         durable_end: SEGMENT_DATA_OFFSET,
         journal_id,
+        reusable: true,
     })
 }
 

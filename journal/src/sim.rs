@@ -213,6 +213,9 @@ pub struct SimReport {
     /// Ops checked present after a recovery because they were queued
     /// before the hard state it found (writes serialized with hard states).
     pub hard_state_orderings_checked: u64,
+    /// Segments made from retired segments' files (crashes then hit
+    /// recycled segments, whose space past the last write is not zeros).
+    pub segments_recycled: u64,
     /// How often each fault fired.
     pub faults: FaultCounts,
 }
@@ -227,6 +230,7 @@ impl SimReport {
         self.corruption_reported += other.corruption_reported;
         self.open_retries += other.open_retries;
         self.hard_state_orderings_checked += other.hard_state_orderings_checked;
+        self.segments_recycled += other.segments_recycled;
         self.faults.add(&other.faults);
     }
 }
@@ -923,6 +927,7 @@ impl Driver {
             SimOp::Crash { after_ops } => {
                 self.storage.cut_power_after_ops(u64::from(after_ops) + 1);
                 self.settle().await;
+                self.report.segments_recycled += journal.stats().segments_recycled;
                 drop(journal);
                 self.journal = None;
                 self.storage.crash();
@@ -933,6 +938,7 @@ impl Driver {
             SimOp::Reopen => {
                 self.settle().await;
                 let _ = journal.close().await;
+                self.report.segments_recycled += journal.stats().segments_recycled;
                 drop(journal);
                 self.journal = None;
                 self.report.reopens += 1;
@@ -1055,6 +1061,7 @@ pub async fn run_ops(
     driver.settle().await;
     if let Some(journal) = driver.journal.take() {
         let _ = journal.close().await;
+        driver.report.segments_recycled += journal.stats().segments_recycled;
     }
     if let Some(message) = driver.model.borrow_mut().violation.take() {
         return Err(violation(ops.len(), message));

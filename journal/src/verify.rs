@@ -38,7 +38,8 @@ use crate::format::{
     check_entry_header, write_end, EntryHeader, EntryKind, HeaderFault, IndexRecord, SegmentHeader,
     BLOCK_BYTES, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC, FLAG_FIRST_IN_WRITE,
     FORMAT_VERSION, HARD_STATE_BYTES_MAX, INDEX_RECORD_BYTES, SEGMENT_DATA_OFFSET,
-    SEGMENT_FLAG_NO_SYNC, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    SEGMENT_FLAGS_KNOWN, SEGMENT_FLAG_NO_SYNC, SEGMENT_FLAG_RECYCLED, SEGMENT_HEADER_BYTES,
+    SEGMENT_MAGIC,
 };
 use crate::segment::{segment_file_name, segment_generation};
 use crate::superblock::{
@@ -291,7 +292,7 @@ pub fn check_segment_header(block: &[u8], generation: u64) -> SegmentHeaderStatu
             format!("segment header names {writes_in_flight} writes in flight"),
         );
     }
-    if header.flags.get() & !SEGMENT_FLAG_NO_SYNC != 0 {
+    if header.flags.get() & !SEGMENT_FLAGS_KNOWN != 0 {
         return bad(
             0,
             format!("segment header has unknown flags {:#x}", header.flags.get()),
@@ -709,6 +710,9 @@ pub enum SegmentOutcome {
     },
     /// The last segment: zeroed space after the last entry, and nothing but
     /// zeros within reach (decision table row 1), or the end of the file.
+    /// In a recycled segment ([`SEGMENT_FLAG_RECYCLED`]) the space after the
+    /// last entry holds the older segment's bytes: no header of this
+    /// generation, there or within reach.
     Clean {
         /// End of its data.
         end: u64,
@@ -785,7 +789,10 @@ enum Phase {
 struct Fault {
     offset: u64,
     reason: &'static str,
-    zeroed: bool,
+    /// The bytes can be space no write of this segment reached: zeros, or
+    /// in a recycled segment also the older segment's bytes (see
+    /// [`SegmentScanner::unwritten`]).
+    unwritten: bool,
     misplaced: bool,
 }
 
@@ -933,6 +940,22 @@ impl SegmentScanner {
             },
             Phase::Drain { walk } => self.drain(walk),
             Phase::Finished => panic!("SegmentScanner::step after Done"),
+        }
+    }
+
+    /// Whether a header that failed with `fault` may lie in space no write
+    /// of this segment reached. Zeros always. In a recycled segment also a
+    /// header of an older generation, and bytes that are no header at all
+    /// (the older segment's payloads): a write of this generation that
+    /// reached the disk at least in part leaves a header of this
+    /// generation, which the search past the fault looks for.
+    fn unwritten(&self, fault: HeaderFault) -> bool {
+        match fault {
+            HeaderFault::Zeroed => true,
+            HeaderFault::StaleGeneration | HeaderFault::Checksum => {
+                self.header.flags.get() & SEGMENT_FLAG_RECYCLED != 0
+            }
+            HeaderFault::Misplaced | HeaderFault::Invalid => false,
         }
     }
 
@@ -1247,7 +1270,7 @@ impl SegmentScanner {
                 Fault {
                     offset: self.pos,
                     reason: fault.describe(),
-                    zeroed: fault == HeaderFault::Zeroed,
+                    unwritten: self.unwritten(fault),
                     misplaced: fault == HeaderFault::Misplaced,
                 },
                 again,
@@ -1265,7 +1288,7 @@ impl SegmentScanner {
             Fault {
                 offset: self.pos,
                 reason: "payload checksum mismatch",
-                zeroed: false,
+                unwritten: false,
                 misplaced: false,
             },
             again,
@@ -1288,7 +1311,7 @@ impl SegmentScanner {
                     let fault = Fault {
                         offset: self.pos,
                         reason: "write index does not list the entries of its write",
-                        zeroed: false,
+                        unwritten: false,
                         misplaced: false,
                     };
                     return self.on_fault(fault, again, None);
@@ -1338,7 +1361,7 @@ impl SegmentScanner {
         if let Some(h) = header {
             search.note_cut_entry(&h);
         }
-        if !fault.zeroed {
+        if !fault.unwritten {
             search.saw_data = true;
         }
         self.search = Some(search);
@@ -1370,7 +1393,7 @@ impl SegmentScanner {
             };
         }
         let no_sync = self.header.flags.get() & SEGMENT_FLAG_NO_SYNC != 0;
-        let outcome = if fault.zeroed && !search.saw_data {
+        let outcome = if fault.unwritten && !search.saw_data {
             // Row 1.
             SegmentOutcome::Clean { end: fault.offset }
         } else {
@@ -1415,9 +1438,11 @@ fn record_kind(record: &IndexRecord) -> Option<EntryKind> {
 ///   than the offset it names: a misdirected write. A torn write leaves
 ///   sectors at their own offsets or none, so no crash produces it.
 ///
-/// On the way it notes whether any byte in reach is non-zero (a write
-/// reached the disk, at least in part) and which data entries still verify
-/// there (ops a cut would remove, which may have been acknowledged).
+/// On the way it notes whether a write reached the disk there, at least in
+/// part — any byte in reach is non-zero, or in a recycled segment (whose
+/// space holds an older segment's bytes) a header of this generation lies
+/// in reach — and which data entries still verify there (ops a cut would
+/// remove, which may have been acknowledged).
 #[derive(Debug, Clone)]
 pub struct EvidenceSearch {
     journal_id: [u8; 16],
@@ -1426,6 +1451,8 @@ pub struct EvidenceSearch {
     damage_offset: u64,
     reach: u64,
     candidate: u64,
+    /// The segment is recycled: non-zero bytes prove nothing.
+    recycled: bool,
     saw_data: bool,
     cut_ops: Option<(u64, u64)>,
     cut_entries: u64,
@@ -1442,6 +1469,7 @@ impl EvidenceSearch {
             damage_offset: offset,
             reach: offset.saturating_add(depth.saturating_mul(segment.batch_bytes_max.get())),
             candidate: offset,
+            recycled: segment.flags.get() & SEGMENT_FLAG_RECYCLED != 0,
             saw_data: false,
             cut_ops: None,
             cut_entries: 0,
@@ -1471,7 +1499,7 @@ impl EvidenceSearch {
     /// What the bytes read at `candidate` prove, if anything yet.
     pub fn examine(&mut self, candidate: u64, bytes: &[u8]) -> Option<(u64, &'static str)> {
         let step = (ENTRY_ALIGN_BYTES as usize).min(bytes.len());
-        if bytes[..step].iter().any(|b| *b != 0) {
+        if !self.recycled && bytes[..step].iter().any(|b| *b != 0) {
             self.saw_data = true;
         }
         if bytes.len() < 8 || bytes[4..8] != ENTRY_MAGIC.to_le_bytes() {
@@ -1486,6 +1514,7 @@ impl EvidenceSearch {
             ENTRY_BYTES_MAX_LIMIT,
         ) {
             Ok(h) => {
+                self.saw_data = true;
                 self.note_cut_entry(&h);
                 let vouched = u64::from(h.durable_before.get());
                 (h.flags & FLAG_FIRST_IN_WRITE != 0 && vouched > self.damage_offset)

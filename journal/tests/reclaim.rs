@@ -4,7 +4,9 @@
 //! a disk short of space (under four segments free) still gets them back
 //! at once, and a power cut at every
 //! storage call of a reclaim loses no op above the watermark and leaves no
-//! retired file behind the next open.
+//! retired file behind the next open. Recycling is off here: these are
+//! the paths of segments that are removed (`tests/recycle.rs` has those
+//! kept for reuse).
 mod common;
 use common::*;
 use ringstore_journal::glommio_quirks::reactor_turn;
@@ -53,6 +55,7 @@ async fn filled_on_disk(path: &Path, step: u64) -> (Journal, u64) {
         .entry_bytes_max(16 << 10)
         .slot_count(1024)
         .reclaim_step_bytes(step)
+        .recycle_segments(false)
         .open()
         .await
         .unwrap();
@@ -134,6 +137,7 @@ fn mem_builder(mem: &MemStorage) -> JournalBuilder<MemStorage> {
         .entry_bytes_max(16 << 10)
         .slot_count(1024)
         .reclaim_step_bytes(32 << 10)
+        .recycle_segments(false)
         .storage(mem.clone())
 }
 

@@ -9,7 +9,9 @@
 //! it and any damage before it is corruption.
 mod common;
 use common::*;
-use ringstore_journal::format::{EntryHeader, SegmentHeader, ENTRY_HEADER_BYTES, FORMAT_VERSION};
+use ringstore_journal::format::{
+    EntryHeader, SegmentHeader, ENTRY_HEADER_BYTES, FORMAT_VERSION, SEGMENT_FLAG_RECYCLED,
+};
 use ringstore_journal::{Error, Journal, JournalBuilder, Recovery, TailState};
 use std::path::{Path, PathBuf};
 use zerocopy::{FromBytes, IntoBytes};
@@ -242,6 +244,50 @@ fn row4_stale_generation_at_the_tail_is_cut() {
         &header.seal(&journal_id_of(&segment)),
     );
     expect_torn(&path, N, "generation", None);
+}
+
+/// Flags segment 1 of `path` recycled (its header resealed), as if its
+/// file had held an older segment.
+fn mark_recycled(path: &Path) {
+    let segment = segment_path(path, 1);
+    let bytes = std::fs::read(&segment).unwrap();
+    let (mut header, _) = SegmentHeader::read_from_prefix(&bytes).unwrap();
+    header.flags = (header.flags.get() | SEGMENT_FLAG_RECYCLED).into();
+    patch(&segment, 0, header.seal().as_bytes());
+}
+
+#[test]
+fn row16_older_bytes_past_the_end_of_a_recycled_segment_are_a_clean_end() {
+    let (_dir, path) = write_session(0);
+    mark_recycled(&path);
+    // The last write's place holds what an older segment left there: a
+    // header of another generation, then bytes that are no header.
+    let segment = segment_path(&path, 1);
+    let mut header = read_header(&segment, offset_of_op(N));
+    header.generation = 9.into();
+    write_header(
+        &segment,
+        offset_of_op(N),
+        &header.seal(&journal_id_of(&segment)),
+    );
+    patch(
+        &segment,
+        offset_of_op(N) + ENTRY_HEADER_BYTES as u64,
+        &[0xa5; 4096 - ENTRY_HEADER_BYTES],
+    );
+    let (tail, present) = reopen(&path, Recovery::Strict).unwrap();
+    assert_eq!(tail, TailState::Clean);
+    assert_eq!(present, (1..N).collect::<Vec<_>>());
+}
+
+#[test]
+fn row16_a_header_of_this_generation_past_the_fault_still_makes_a_cut() {
+    let (_dir, path) = write_session(0);
+    mark_recycled(&path);
+    // The last write's first header flipped: its index header, of this
+    // generation, still verifies after it (row 2).
+    flip_bit(&segment_path(&path, 1), offset_of_op(N) + 9, 3);
+    expect_torn(&path, N, "checksum", None);
 }
 
 #[test]

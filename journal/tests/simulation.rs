@@ -8,7 +8,7 @@
 //! `RINGSTORE_SIM_SEEDS` sets how many seeds per profile. With the default,
 //! one run makes well over 10,000 crash-and-recover cycles; run with
 //! `--nocapture` to see the cycle counts and how often each fault fired.
-use ringstore_journal::sim::{random_ops, run_ops, SimReport, SimShape};
+use ringstore_journal::sim::{random_ops, run_ops, SimOp, SimReport, SimShape};
 use ringstore_journal::storage::FaultConfig;
 use ringstore_journal::Durability;
 
@@ -29,6 +29,32 @@ fn seeds() -> (u64, u64, bool) {
         .expect("clock")
         .as_nanos() as u64;
     (base, count, count >= SEEDS_DEFAULT)
+}
+
+/// The profile whose lives are long enough to recycle segments.
+const RECYCLING_PROFILE: &str = "tiny segments, recycled";
+/// Of the crashes and reopens of a generated list, the share
+/// [`longer_lives`] keeps: one in this many.
+const LONGER_LIVES_KEEP_ONE_IN: usize = 5;
+
+/// Turns all but one in [`LONGER_LIVES_KEEP_ONE_IN`] crashes and reopens
+/// into settles: a life then spans about 35 ops, enough for a segment to
+/// be retired and then recycled by a later rollover.
+fn longer_lives(ops: Vec<SimOp>) -> Vec<SimOp> {
+    let mut ends = 0;
+    ops.into_iter()
+        .map(|op| match op {
+            SimOp::Crash { .. } | SimOp::Reopen => {
+                ends += 1;
+                if ends % LONGER_LIVES_KEEP_ONE_IN == 0 {
+                    op
+                } else {
+                    SimOp::Settle
+                }
+            }
+            op => op,
+        })
+        .collect()
 }
 
 fn profiles() -> Vec<(&'static str, FaultConfig, SimShape)> {
@@ -77,6 +103,18 @@ fn profiles() -> Vec<(&'static str, FaultConfig, SimShape)> {
                 ..shape
             },
         ),
+        (
+            // A rollover every few appends and lives between crashes
+            // stretched (`longer_lives`), so that they retire segments and
+            // recycle them.
+            RECYCLING_PROFILE,
+            FaultConfig::benign(),
+            SimShape {
+                segment_bytes: 20 << 10,
+                batch_bytes_max: 8 << 10,
+                ..shape
+            },
+        ),
     ]
 }
 
@@ -91,7 +129,10 @@ fn crash_simulation_under_every_fault_profile() {
                 let mut total = SimReport::default();
                 for i in 0..count {
                     let seed = base.wrapping_add(i);
-                    let ops = random_ops(seed, OPS_PER_SEED);
+                    let mut ops = random_ops(seed, OPS_PER_SEED);
+                    if profile == RECYCLING_PROFILE {
+                        ops = longer_lives(ops);
+                    }
                     match run_ops(seed, faults.clone(), shape, &ops).await {
                         Ok(report) => total.add(&report),
                         Err(violation) => {
@@ -110,8 +151,8 @@ fn crash_simulation_under_every_fault_profile() {
     let mut all = SimReport::default();
     for (profile, report) in &reports {
         println!(
-            "{profile:>26}: {} crash-recover cycles, {} clean reopens, {} acked, {} reads checked, {} hard-state orderings checked, {} corruption reported",
-            report.crash_cycles, report.reopens, report.acked, report.reads_checked, report.hard_state_orderings_checked, report.corruption_reported
+            "{profile:>26}: {} crash-recover cycles, {} clean reopens, {} acked, {} reads checked, {} hard-state orderings checked, {} segments recycled, {} corruption reported",
+            report.crash_cycles, report.reopens, report.acked, report.reads_checked, report.hard_state_orderings_checked, report.segments_recycled, report.corruption_reported
         );
         assert!(
             report.crash_cycles > 0 && report.acked > 0,
@@ -134,6 +175,9 @@ fn crash_simulation_under_every_fault_profile() {
             all.crash_cycles
         );
     }
+    // Crashes hit recycled segments too.
+    let tiny = &reports[7].1;
+    assert!(tiny.segments_recycled > 0, "nothing was recycled");
     let small_disk = &reports[2].1;
     assert!(small_disk.faults.enospc > 0, "the small disk never filled");
     assert_eq!(

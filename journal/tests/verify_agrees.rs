@@ -467,6 +467,165 @@ fn the_scan_and_reopening_agree_on_every_damage() {
     }
 }
 
+/// Ops written into the recycled segment of [`write_recycled_journal`],
+/// one write each; the last has [`LAST_PAYLOAD`] bytes.
+const RECYCLED_OPS: u64 = 4;
+/// Where [`write_recycled_journal`]'s segment holds older bytes only.
+const RECYCLED_STALE_AT: u64 = 768 << 10;
+
+/// The end of a journal whose last segment is a recycled file.
+#[derive(Debug, Clone)]
+struct RecycledTail {
+    segment: PathBuf,
+    /// Offset of the last op's write.
+    last_at: u64,
+    last_op: u64,
+}
+
+/// A journal whose last segment is a retired segment's file, recycled
+/// (8000-byte ops, the watermark kept close behind, until a rollover
+/// activates a recycled spare), holding [`RECYCLED_OPS`] ops; the session
+/// ends with a clean close if `close`, else in a crash.
+fn write_recycled_journal(dir: &Path, close: bool) -> RecycledTail {
+    let p = dir.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    run(move || async move {
+        let journal = builder(&p).open().await.unwrap();
+        let mut op = 0;
+        let mut recycled_at = None;
+        // Until the recycled spare has become the active segment.
+        while recycled_at.is_none_or(|created| journal.stats().segments_created == created) {
+            op = journal.append(&payload(op + 1, 8000)).await.unwrap();
+            if op % 16 == 0 {
+                journal.advance_watermark(op - 8).await.unwrap();
+            }
+            if recycled_at.is_none() && journal.stats().segments_recycled > 0 {
+                recycled_at = Some(journal.stats().segments_created);
+            }
+            assert!(op < 2000, "nothing recycled: {:?}", journal.stats());
+        }
+        for _ in 0..RECYCLED_OPS {
+            let len = if op % 2 == 0 { PAYLOAD } else { PAYLOAD + 8 };
+            op = journal.append(&payload(op + 1, len)).await.unwrap();
+        }
+        let last_op = journal
+            .append(&payload(op + 1, LAST_PAYLOAD))
+            .await
+            .unwrap();
+        if close {
+            journal.close().await.unwrap();
+        } else {
+            glommio::yield_if_needed().await;
+            drop(journal);
+        }
+        tx.send(last_op).unwrap();
+    });
+    let last_op = rx.recv().unwrap();
+    // The newest segment with a header (a spare prepared after the last
+    // rollover has none).
+    let generation = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| ringstore_journal::segment_generation(&e.unwrap().file_name()))
+        .filter(|g| std::fs::read(segment_path(dir, *g)).unwrap().get(4..8) == Some(&b"RSEG"[..]))
+        .max()
+        .unwrap();
+    let segment = segment_path(dir, generation);
+    let last_at = (1..256)
+        .map(|block| block * 4096)
+        .find(|at| {
+            let h = read_header(&segment, *at);
+            h.op.get() == last_op && h.generation.get() == generation
+        })
+        .expect("the last op's write");
+    let bytes = std::fs::read(&segment).unwrap();
+    let flags = u32::from_le_bytes(bytes[64..68].try_into().unwrap());
+    assert_ne!(flags & ringstore_journal::format::SEGMENT_FLAG_RECYCLED, 0);
+    let stale = &bytes[RECYCLED_STALE_AT as usize..][..4096];
+    assert!(stale.iter().any(|b| *b != 0), "no older bytes to copy");
+    RecycledTail {
+        segment,
+        last_at,
+        last_op,
+    }
+}
+
+/// Copies `len` of the recycled segment's older bytes over `offset`.
+fn stale_over(tail: &RecycledTail, offset: u64, len: usize) {
+    let bytes = std::fs::read(&tail.segment).unwrap();
+    let at = RECYCLED_STALE_AT as usize;
+    patch(&tail.segment, offset, &bytes[at..at + len]);
+}
+
+/// A recycled last segment holds an older segment's bytes past its last
+/// write, not zeros: the scan and the opens read them as the end of the
+/// log (Strict too), and damage to the last write as a torn tail with the
+/// same cut, as in a segment of zeros.
+#[test]
+fn a_recycled_segment_gets_the_same_verdict_from_both() {
+    let root = temp_dir();
+    let crashed = root.path().join("crashed");
+    let tail = write_recycled_journal(&crashed, false);
+    let closed = root.path().join("closed");
+    let closed_tail = write_recycled_journal(&closed, true);
+    let last = tail.last_op;
+    let closed_last = closed_tail.last_op;
+    type Damaging = fn(&RecycledTail);
+    let cases: [(&str, bool, Damaging, Expect); 6] = [
+        (
+            "recycled, after a crash: nothing damaged",
+            false,
+            |_| {},
+            Expect::Opens,
+        ),
+        (
+            "recycled, after a crash: payload bit flip in the last write",
+            false,
+            |t| flip_bit(&t.segment, t.last_at + 56 + 7, 3),
+            Expect::Cuts(Some((last, last))),
+        ),
+        (
+            "recycled, after a crash: header bit flip in the last write",
+            false,
+            |t| flip_bit(&t.segment, t.last_at + 9, 0),
+            Expect::Cuts(None),
+        ),
+        (
+            "recycled, after a crash: a sector of the last write holds older bytes",
+            false,
+            |t| stale_over(t, t.last_at + 1024, 512),
+            Expect::Cuts(Some((last, last))),
+        ),
+        (
+            "recycled, after a crash: the whole last write holds older bytes (looks never written)",
+            false,
+            |t| stale_over(t, t.last_at, 4096),
+            Expect::Opens,
+        ),
+        (
+            "recycled, after a clean close: payload bit flip in the last write",
+            true,
+            |t| flip_bit(&t.segment, t.last_at + 56 + 7, 3),
+            Expect::FoundOnRead(Some(closed_last)),
+        ),
+    ];
+    for (i, (name, after_close, damage, expect)) in cases.into_iter().enumerate() {
+        let (template, template_tail) = if after_close {
+            (&closed, &closed_tail)
+        } else {
+            (&crashed, &tail)
+        };
+        let dir = root.path().join(format!("recycled-{i}"));
+        copy_dir(template, &dir);
+        let case_tail = RecycledTail {
+            segment: dir.join(template_tail.segment.file_name().unwrap()),
+            ..template_tail.clone()
+        };
+        damage(&case_tail);
+        let scanned = scan_journal(&dir, &mut ()).unwrap();
+        check(name, &scanned, &dir, expect);
+    }
+}
+
 /// Op whose entries are compacted in [`damage_below_the_watermark`]: the
 /// middle segment's third op, so that segment stays (its last op is above).
 const WATERMARK: u64 = OPS + 3;

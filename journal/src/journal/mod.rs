@@ -20,6 +20,7 @@
 
 mod open;
 mod reader;
+mod recycle;
 mod rollover;
 mod scrub;
 mod superblock_io;
@@ -27,6 +28,7 @@ mod watermark;
 mod writer;
 
 pub use reader::{Entries, ENTRIES_READ_AHEAD_BYTES};
+pub use recycle::RECYCLED_SEGMENTS_KEPT;
 pub use scrub::SCRUB_DAMAGE_KEPT;
 pub use watermark::RECLAIM_STEP_BYTES_DEFAULT;
 
@@ -45,8 +47,7 @@ use crate::glommio_quirks::reactor_turn;
 use crate::index::{Location, Lookup, Reservation, RingIndex};
 use crate::recovery::{recover, RecoveryReport};
 use crate::segment::{
-    activate_segment, create_segment, prepare_segment_file, CreateError, Predecessor, PreparedFile,
-    Segment,
+    activate_segment, create_segment, CreateError, Predecessor, PreparedFile, Segment,
 };
 use crate::storage::{DmaStorage, IoBuf, Storage, StorageFile};
 use crate::superblock::{
@@ -166,9 +167,13 @@ pub struct JournalStats {
     pub batch_entries_log2: [u64; BATCH_SIZE_BUCKETS],
     /// Segments created.
     pub segments_created: u64,
-    /// Retired segments whose files are removed (a watermark advance's
-    /// retirement, removed at once or reclaimed in steps).
+    /// Retired segments (a watermark advance's retirement): their files
+    /// removed at once, reclaimed in steps, or kept for recycling.
     pub segments_retired: u64,
+    /// Segments made from a retired segment's file
+    /// ([`JournalBuilder::recycle_segments`]); also counted in
+    /// `segments_created`.
+    pub segments_recycled: u64,
     /// Truncations made durable ([`Journal::truncate_after`]).
     pub truncations: u64,
     /// Hard states made durable ([`Journal::set_hard_state`]).
@@ -285,6 +290,9 @@ struct State<F: StorageFile> {
     reclaim: VecDeque<Segment<F>>,
     /// A task is reclaiming them.
     reclaiming: bool,
+    /// Retired segments kept to become next segments, oldest first (see
+    /// `recycle`): files below the superblock's first generation.
+    recyclable: VecDeque<Segment<F>>,
     /// Ops at or below this may be gone although the ring watermark is
     /// lower: a watermark advance on a full disk retired their segments
     /// before its record was durable (their slots are freed only then).
@@ -654,6 +662,7 @@ impl<S: Storage> Journal<S> {
         } {
             notified(&self.shared.reclaim_done).await;
         }
+        self.shared.remove_recyclable().await?;
         // An unused spare would read as an interrupted segment creation on
         // the next open; remove it now.
         let spare = self.shared.state.borrow_mut().spare.take();

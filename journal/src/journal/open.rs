@@ -190,6 +190,7 @@ impl<S: Storage> Journal<S> {
             retiring: false,
             reclaim: VecDeque::new(),
             reclaiming: false,
+            recyclable: VecDeque::new(),
             compacted_floor: 0,
             spare: None,
             preparing: false,

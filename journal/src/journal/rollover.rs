@@ -75,17 +75,16 @@ impl<S: Storage> Shared<S> {
                 appending && room > segment_bytes - segment_bytes / ZERO_FILL_HOLD_OFF_PART
             };
             let pacing = Pacing::new(&busy, ZERO_FILL_BUSY_PERCENT);
-            let prepared = prepare_segment_file(
-                &shared.storage,
-                &shared.config,
-                generation,
-                SparePacing {
-                    pacing,
-                    hold_off: &hold_off,
-                    filled: &filled,
-                },
-            )
-            .await;
+            let prepared = shared
+                .spare_file(
+                    generation,
+                    SparePacing {
+                        pacing,
+                        hold_off: &hold_off,
+                        filled: &filled,
+                    },
+                )
+                .await;
             {
                 let mut state = shared.state.borrow_mut();
                 state.preparing = false;
@@ -148,15 +147,23 @@ impl<S: Storage> Shared<S> {
                 .await
             }
             _ => {
-                create_segment(
-                    &self.storage,
-                    &self.config,
-                    journal_id,
-                    generation,
-                    Some(predecessor),
-                    watermark,
-                )
-                .await
+                let filled = Cell::new(0);
+                match self
+                    .spare_file(generation, SparePacing::full_speed(&filled))
+                    .await
+                {
+                    Ok(file) => {
+                        activate_segment(
+                            file,
+                            &self.config,
+                            journal_id,
+                            Some(predecessor),
+                            watermark,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
             }
         };
         match created {

@@ -126,11 +126,13 @@ impl<S: Storage> Journal<S> {
         result
     }
 
-    /// Deletes whole segments at the front whose entries are all at or
+    /// Retires whole segments at the front whose entries are all at or
     /// below the watermark. The superblock stops naming them first (its
     /// `first` generation moves past them), so a crash at any later step
     /// leaves files recovery recognizes as retired, never a recorded
-    /// segment missing. Only one runs at a time. With [`Reclaim::Paced`],
+    /// segment missing. Their files are kept for recycling where they may
+    /// be (`Shared::keep_for_recycling`), else deleted. Only one runs at a
+    /// time. With [`Reclaim::Paced`],
     /// segments larger than the configured reclaim step are handed to a
     /// task that shrinks their files step by step before removing them.
     async fn retire_segments(&self, reclaim: Reclaim) -> Result<()> {
@@ -164,9 +166,13 @@ impl<S: Storage> Journal<S> {
                 state.segments.drain(..retired).collect()
             };
             let step = self.shared.config.reclaim_step_bytes;
-            let paced = reclaim == Reclaim::Paced && step > 0 && !self.space_is_short();
+            let short = reclaim == Reclaim::AtOnce || self.space_is_short();
+            let paced = !short && step > 0;
             let mut removed = false;
             for segment in segments {
+                let Some(segment) = self.shared.keep_for_recycling(segment, short) else {
+                    continue;
+                };
                 if paced && segment.segment_bytes > step {
                     self.shared.state.borrow_mut().reclaim.push_back(segment);
                 } else {

@@ -363,7 +363,14 @@ fn segment_row(segment: &SegmentReport) -> Vec<String> {
         header.map_or_else(dash, |h| output::bytes(h.segment_bytes)),
         header.map_or_else(dash, |h| output::bytes(h.batch_bytes_max)),
         header.map_or_else(dash, |h| h.writes_in_flight.to_string()),
-        header.map_or_else(dash, |h| if h.no_sync { "no-sync" } else { "sync" }.into()),
+        header.map_or_else(dash, |h| {
+            let sync = if h.no_sync { "no-sync" } else { "sync" };
+            if h.recycled {
+                format!("{sync}, recycled")
+            } else {
+                sync.into()
+            }
+        }),
         header.map_or_else(dash, |h| {
             if h.prev_generation == 0 {
                 "-".into()
@@ -884,6 +891,7 @@ fn segment_json(segment: &SegmentReport) -> Value {
             "prev_end": h.prev_end,
             "watermark": h.watermark,
             "no_sync": h.no_sync,
+            "recycled": h.recycled,
             "writes_in_flight": h.writes_in_flight,
             "journal_id": uuid::Uuid::from_bytes(h.journal_id).to_string(),
         })
