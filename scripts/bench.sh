@@ -14,6 +14,8 @@
 #   scripts/bench.sh raft [--quick] [--dir DIR]      a 3-node openraft cluster on ringstore, on openraft's
 #                                                    in-memory and RocksDB reference stores, and the
 #                                                    single-node engine (issue 14)
+#   scripts/bench.sh recycle [--quick] [--dir DIR]   retired segments recycled against new files:
+#                                                    sustained appends, watermark keeping pace (issue 16)
 #   scripts/bench.sh device [--quick] [--dir DIR]    the device limit alone
 #   scripts/bench.sh micro [CRITERION ARGS]          criterion micro-benchmarks of the hot paths
 #
@@ -37,7 +39,7 @@ if [[ $# -eq 0 || "$1" == -* && "$1" != -h && "$1" != --help ]]; then
     set -- peers "$@"
 fi
 if [[ "$1" == -h || "$1" == --help || "$1" == help ]]; then
-    sed -n '2,29s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,31s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 0
 fi
 command="$1"
@@ -48,9 +50,9 @@ if [[ "$command" == micro ]]; then
         --manifest-path "$repo_root/Cargo.toml" --target-dir "$target_dir" -- "$@"
 fi
 case "$command" in
-    peers | journal | engine | shards | remote | device | raft) ;;
+    peers | journal | engine | shards | remote | recycle | device | raft) ;;
     *)
-        echo "unknown command: $command (peers, journal, engine, shards, remote, device, raft, micro)" >&2
+        echo "unknown command: $command (peers, journal, engine, shards, remote, recycle, device, raft, micro)" >&2
         exit 2
         ;;
 esac

@@ -28,6 +28,7 @@ mod cmd_journal;
 mod cmd_peers;
 #[cfg(feature = "raft")]
 mod cmd_raft;
+mod cmd_recycle;
 mod cmd_remote;
 mod cmd_shards;
 mod device;
@@ -83,6 +84,10 @@ enum Command {
     /// latency at each client level (needs the `raft` feature).
     #[cfg(feature = "raft")]
     Raft(cmd_raft::RaftArgs),
+    /// Retired segments recycled against new files (issue 16): sustained
+    /// appends with a watermark keeping pace, alternating rounds, ack
+    /// latency next to the device probe.
+    Recycle(cmd_recycle::RecycleArgs),
     /// One workload on one system, in a child process of `peers` (prints one
     /// JSON result).
     #[command(hide = true)]
@@ -100,6 +105,7 @@ fn main() -> Result<()> {
         #[cfg(feature = "raft")]
         Command::Raft(args) => cmd_raft::run(args),
         Command::Peers(args) => cmd_peers::run(args),
+        Command::Recycle(args) => cmd_recycle::run(args),
         Command::PeerRun(args) => peers::run_child(args),
     }
 }
