@@ -314,5 +314,5 @@ fn print_report(args: &RecycleArgs, seconds: f64, passes: &[Pass]) {
             fmt_ratio(off.measured.latency.p50_us / off.probes.p50_us()),
         );
     }
-    println!("{}", serde_json::json!({ "recycle": passes }).to_string());
+    println!("{}", serde_json::json!({ "recycle": passes }));
 }

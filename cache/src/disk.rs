@@ -212,6 +212,11 @@ impl Storage for RootedDisk {
         self.inner.dma.open(path).await
     }
 
+    async fn open_for_writes(&self, path: &Path, write_through: bool) -> io::Result<DmaFileHandle> {
+        let path = self.checked_for_dma(path).await?;
+        self.inner.dma.open_for_writes(path, write_through).await
+    }
+
     async fn remove(&self, path: &Path) -> io::Result<()> {
         let (dir, leaf) = self.named(path).await?;
         self.inner.uring.unlink(&dir, leaf, false).await

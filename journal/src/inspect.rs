@@ -1098,6 +1098,34 @@ struct BestEffort {
     unsupported: Vec<PathBuf>,
 }
 
+/// Where the log starts when no superblock copy says: at the oldest of the
+/// run of consecutive generations that ends at `top`, less any of its
+/// oldest files that hold neither a header nor data. Files below a gap are
+/// retired segments (kept for recycling, or whose removal a crash
+/// interrupted), and a file whose front a recycling zeroed before a crash
+/// stopped its rename holds nothing: neither is where the log begins.
+fn log_start_without_superblock(generations: &[u64], top: u64, facts: &[SegmentFacts]) -> u64 {
+    let mut start = top;
+    for &generation in generations.iter().rev().filter(|g| **g < top) {
+        if generation + 1 != start {
+            break;
+        }
+        start = generation;
+    }
+    while start < top {
+        let Some(f) = facts.iter().find(|f| f.generation == start) else {
+            break;
+        };
+        let empty = check_segment_header(&f.header_block, start) == SegmentHeaderStatus::Unverified
+            && !f.holds_data();
+        if !empty {
+            break;
+        }
+        start += 1;
+    }
+    start
+}
+
 /// After [`verify::plan`] refused: the log as far as it can be made out,
 /// with the same rules where they still apply (see the module docs). Only
 /// for reporting and salvage; the verdict is the plan's.
@@ -1142,12 +1170,11 @@ fn best_effort_plan(
                 check_segment_header(&f.header_block, hi) == SegmentHeaderStatus::Unverified
                     && !f.holds_data()
             });
-            if spare && lo == hi {
-                (0, hi - 1)
-            } else if spare {
-                (lo, hi - 1)
+            let top = if spare { hi - 1 } else { hi };
+            if top < lo {
+                (0, top)
             } else {
-                (lo, hi)
+                (log_start_without_superblock(generations, top, facts), top)
             }
         }
     };
@@ -1167,7 +1194,8 @@ fn best_effort_plan(
         if first != 0 && generation < first {
             out.leftovers.push(Leftover {
                 path,
-                reason: "a retired segment whose removal a crash interrupted",
+                reason:
+                    "a retired segment (kept for recycling, or its removal interrupted by a crash)",
             });
             continue;
         }

@@ -60,6 +60,11 @@
 //! A write every sector of which the disk wiped to zeros after its
 //! fdatasync is not detectable at all (row 1 below); after an unclean
 //! shutdown [`RecoveryReport::unrecorded_end`] names where the log ended.
+//! In a recycled segment (row 16) the same holds for a last write whose
+//! every header reads back garbled (a flipped bit, a torn or a misdirected
+//! write leaves one of them, and is cut as above): a replica that wants
+//! such damage reported as an uncertain tail opens its journal with
+//! `JournalBuilder::recycle_segments(false)`.
 //! Such a lost write is outside the fault model (`DESIGN.md`: an
 //! acknowledged append is kept while its entry is intact on disk), and
 //! outside what Raft's safety argument allows a replica's storage to do.
@@ -106,7 +111,7 @@
 //! | 13 | last segment written with `NoSync` | any fault of rows 1–4 | any | no vouching write (NoSync writes vouch for nothing) | cut at `p`, reported: any number of its writes may be torn |
 //! | 14 | below the superblock's first generation | — | — | — | a retirement a crash interrupted: file removed |
 //! | 15 | superblock | neither copy verifies, or missing while segments exist | — | — | [`Error::Corruption`] naming the superblock |
-//! | 16 | last segment flagged recycled (its file held an older segment, whose bytes lie past the last write) | zeroed, checksum mismatch, or from another generation | — | no header of this generation (older bytes prove nothing) | clean end of the log at `p`; with such a header, rows 2–5 as above |
+//! | 16 | last segment flagged recycled (its file held an older segment, whose bytes lie past the last write) | zeroed, checksum mismatch, or from an older generation | — | no header of this generation or a later one (older bytes prove nothing) | clean end of the log at `p`; with such a header (or one of a later generation at `p`), rows 2–5 as above |
 //!
 //! "Within reach": up to D × `batch_bytes_max` after `p`.
 //!

@@ -241,21 +241,40 @@ pub(crate) async fn recycle_segment_file<S: Storage>(
         let _ = storage.remove(&old_path).await;
         return Err(usable(error));
     }
-    if let Err(e) = storage.sync_dir(&config.dir).await {
-        let _ = file.close().await;
-        let removed = match storage.remove(&path).await {
-            Ok(()) => storage.sync_dir(&config.dir).await,
-            Err(e) => Err(e),
-        };
-        let error = Error::io("fsync directory", &config.dir, None, e);
-        return Err(match removed {
-            Ok(()) => usable(error),
-            Err(e) => CreateError {
-                error: Error::io("remove half-recycled segment", &path, None, e),
-                poison: true,
-            },
-        });
-    }
+    // Opened again under its new name: the old handle may still name the
+    // old path (see `Storage::open_for_writes`).
+    let write_through = config.durability == Durability::WriteThrough;
+    let renamed = async {
+        storage
+            .sync_dir(&config.dir)
+            .await
+            .map_err(|e| Error::io("fsync directory", &config.dir, None, e))?;
+        storage
+            .open_for_writes(&path, write_through)
+            .await
+            .map_err(|e| Error::io("open recycled segment", &path, None, e))
+    };
+    let reopened = renamed.await;
+    let _ = file.close().await;
+    let file = match reopened {
+        Ok(file) => file,
+        Err(error) => {
+            // A spare without a header (the front is zeroed), which
+            // recovery would remove; removed now, durably, or the journal
+            // is poisoned (the name cannot be used again).
+            let removed = match storage.remove(&path).await {
+                Ok(()) => storage.sync_dir(&config.dir).await,
+                Err(e) => Err(e),
+            };
+            return Err(match removed {
+                Ok(()) => usable(error),
+                Err(e) => CreateError {
+                    error: Error::io("remove half-recycled segment", &path, None, e),
+                    poison: true,
+                },
+            });
+        }
+    };
     Ok(PreparedFile {
         generation,
         path,

@@ -486,7 +486,8 @@ pub fn plan(
         if first != 0 && generation < first {
             leftovers.push(Leftover {
                 path,
-                reason: "a retired segment whose removal a crash interrupted",
+                reason:
+                    "a retired segment (kept for recycling, or its removal interrupted by a crash)",
             });
         } else if generation > last + 1 {
             return Err(damage(
@@ -943,17 +944,20 @@ impl SegmentScanner {
         }
     }
 
-    /// Whether a header that failed with `fault` may lie in space no write
-    /// of this segment reached. Zeros always. In a recycled segment also a
-    /// header of an older generation, and bytes that are no header at all
-    /// (the older segment's payloads): a write of this generation that
-    /// reached the disk at least in part leaves a header of this
-    /// generation, which the search past the fault looks for.
-    fn unwritten(&self, fault: HeaderFault) -> bool {
+    /// Whether `bytes`, a header that failed with `fault`, may lie in space
+    /// no write of this segment reached. Zeros always. In a recycled
+    /// segment also a header of an older generation, and bytes that are no
+    /// header at all (the older segment's payloads): a write of this
+    /// generation that reached the disk at least in part leaves a header of
+    /// this generation, which the search past the fault looks for. A header
+    /// of a later generation is no older segment's: data.
+    fn unwritten(&self, fault: HeaderFault, bytes: &[u8]) -> bool {
+        let recycled = self.header.flags.get() & SEGMENT_FLAG_RECYCLED != 0;
         match fault {
             HeaderFault::Zeroed => true,
-            HeaderFault::StaleGeneration | HeaderFault::Checksum => {
-                self.header.flags.get() & SEGMENT_FLAG_RECYCLED != 0
+            HeaderFault::Checksum => recycled,
+            HeaderFault::StaleGeneration => {
+                recycled && is_older_generation(bytes, self.header.generation.get())
             }
             HeaderFault::Misplaced | HeaderFault::Invalid => false,
         }
@@ -1270,7 +1274,7 @@ impl SegmentScanner {
                 Fault {
                     offset: self.pos,
                     reason: fault.describe(),
-                    unwritten: self.unwritten(fault),
+                    unwritten: self.unwritten(fault, bytes),
                     misplaced: fault == HeaderFault::Misplaced,
                 },
                 again,
@@ -1419,6 +1423,12 @@ impl SegmentScanner {
     }
 }
 
+/// Whether `bytes`, an entry header that verifies but names another
+/// generation, names one older than `generation`.
+fn is_older_generation(bytes: &[u8], generation: u64) -> bool {
+    EntryHeader::read_from_prefix(bytes).is_ok_and(|(h, _)| h.generation.get() < generation)
+}
+
 fn record_kind(record: &IndexRecord) -> Option<EntryKind> {
     EntryKind::from_u8(record.kind)
 }
@@ -1521,6 +1531,11 @@ impl EvidenceSearch {
                     .then_some((candidate, "a later write records it as durable"))
             }
             Err(HeaderFault::Misplaced) => Some((candidate, "a misdirected write lies later")),
+            // No older segment's bytes: a write reached the disk here.
+            Err(HeaderFault::StaleGeneration) if !is_older_generation(bytes, self.generation) => {
+                self.saw_data = true;
+                None
+            }
             _ => None,
         }
     }

@@ -261,10 +261,11 @@ fn row16_older_bytes_past_the_end_of_a_recycled_segment_are_a_clean_end() {
     let (_dir, path) = write_session(0);
     mark_recycled(&path);
     // The last write's place holds what an older segment left there: a
-    // header of another generation, then bytes that are no header.
+    // header of an older generation (0: segment 1 has no older one), then
+    // bytes that are no header.
     let segment = segment_path(&path, 1);
     let mut header = read_header(&segment, offset_of_op(N));
-    header.generation = 9.into();
+    header.generation = 0.into();
     write_header(
         &segment,
         offset_of_op(N),
@@ -278,6 +279,26 @@ fn row16_older_bytes_past_the_end_of_a_recycled_segment_are_a_clean_end() {
     let (tail, present) = reopen(&path, Recovery::Strict).unwrap();
     assert_eq!(tail, TailState::Clean);
     assert_eq!(present, (1..N).collect::<Vec<_>>());
+}
+
+#[test]
+fn row16_a_later_generation_at_the_tail_is_cut() {
+    let (_dir, path) = write_session(0);
+    mark_recycled(&path);
+    let segment = segment_path(&path, 1);
+    let mut header = read_header(&segment, offset_of_op(N));
+    header.generation = 9.into();
+    write_header(
+        &segment,
+        offset_of_op(N),
+        &header.seal(&journal_id_of(&segment)),
+    );
+    patch(
+        &segment,
+        offset_of_op(N) + ENTRY_HEADER_BYTES as u64,
+        &[0xa5; 4096 - ENTRY_HEADER_BYTES],
+    );
+    expect_torn(&path, N, "generation", None);
 }
 
 #[test]

@@ -170,7 +170,7 @@ pub struct JournalStats {
     /// Retired segments (a watermark advance's retirement): their files
     /// removed at once, reclaimed in steps, or kept for recycling.
     pub segments_retired: u64,
-    /// Segments made from a retired segment's file
+    /// Segments made from a retired segment's file and activated
     /// ([`JournalBuilder::recycle_segments`]); also counted in
     /// `segments_created`.
     pub segments_recycled: u64,
@@ -662,7 +662,7 @@ impl<S: Storage> Journal<S> {
         } {
             notified(&self.shared.reclaim_done).await;
         }
-        self.shared.remove_recyclable().await?;
+        self.shared.remove_recyclable().await;
         // An unused spare would read as an interrupted segment creation on
         // the next open; remove it now.
         let spare = self.shared.state.borrow_mut().spare.take();

@@ -74,10 +74,7 @@ impl<S: Storage> Shared<S> {
             )
             .await
             {
-                Ok(prepared) => {
-                    self.state.borrow_mut().stats.segments_recycled += 1;
-                    return Ok(prepared);
-                }
+                Ok(prepared) => return Ok(prepared),
                 Err(e) if e.poison => return Err(e),
                 Err(e) => {
                     tracing::warn!(path = %segment.path.display(), error = %e.error, "recycling a retired segment failed; it is removed");
@@ -87,27 +84,26 @@ impl<S: Storage> Shared<S> {
         prepare_segment_file(&self.storage, &self.config, generation, pacing).await
     }
 
-    /// Removes the kept retired segments and syncs the directory (at
-    /// close: a file left would read as an interrupted retirement to the
-    /// next open, which would remove it).
-    pub(super) async fn remove_recyclable(&self) -> Result<()> {
+    /// Removes the kept retired segments and syncs the directory, at close.
+    /// Best effort: a file left (or whose removal a crash undoes) lies
+    /// below the superblock's first generation, and the next open removes
+    /// it as retired, so a failure is logged and the close goes on.
+    pub(super) async fn remove_recyclable(&self) {
         let kept = std::mem::take(&mut self.state.borrow_mut().recyclable);
         if kept.is_empty() {
-            return Ok(());
+            return;
         }
         for segment in kept {
             if let Ok(file) = Rc::try_unwrap(segment.file) {
                 let _ = file.close().await;
             }
-            self.storage
-                .remove(&segment.path)
-                .await
-                .map_err(|e| Error::io("remove retired segment", &segment.path, None, e))?;
+            if let Err(e) = self.storage.remove(&segment.path).await {
+                tracing::warn!(path = %segment.path.display(), error = %e, "removing a retired segment kept for recycling failed; the next open removes it");
+            }
         }
         let dir = &self.config.dir;
-        self.storage
-            .sync_dir(dir)
-            .await
-            .map_err(|e| Error::io("fsync directory", dir, None, e))
+        if let Err(e) = self.storage.sync_dir(dir).await {
+            tracing::warn!(dir = %dir.display(), error = %e, "fsync of the directory after removing retired segments failed; the next open removes any that come back");
+        }
     }
 }

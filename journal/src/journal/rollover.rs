@@ -91,6 +91,12 @@ impl<S: Storage> Shared<S> {
                 state.spare_awaited = false;
                 match prepared {
                     Ok(spare) => state.spare = Some(spare),
+                    // A file under the spare's name whose state is unknown
+                    // (its removal failed): nothing may be created there.
+                    Err(e) if e.poison => {
+                        drop(state);
+                        shared.poison(e.error);
+                    }
                     // The rollover will try again in the foreground and
                     // report the error to the appenders.
                     Err(e) => tracing::warn!(error = %e.error, "preparing the next segment failed"),
@@ -135,8 +141,10 @@ impl<S: Storage> Shared<S> {
         }
         let spare = self.state.borrow_mut().spare.take();
         let journal_id = self.superblock.borrow().0.journal_id;
+        let recycled = Cell::new(false);
         let created = match spare {
             Some(spare) if spare.generation == generation => {
+                recycled.set(spare.recycled);
                 activate_segment(
                     spare,
                     &self.config,
@@ -153,6 +161,7 @@ impl<S: Storage> Shared<S> {
                     .await
                 {
                     Ok(file) => {
+                        recycled.set(file.recycled);
                         activate_segment(
                             file,
                             &self.config,
@@ -177,6 +186,7 @@ impl<S: Storage> Shared<S> {
                     state.segments.push_back(segment);
                     state.needs_fresh_segment = false;
                     state.stats.segments_created += 1;
+                    state.stats.segments_recycled += u64::from(recycled.get());
                 }
                 self.prepare_spare();
                 Ok(())

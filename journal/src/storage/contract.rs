@@ -1,6 +1,6 @@
 //! The contract every [`Storage`] backend keeps for the namespace calls,
-//! buffered files (link, stat, remove_dir, try_lock, create/open_buffered)
-//! and truncating a file,
+//! buffered files (link, stat, remove_dir, try_lock, create/open_buffered),
+//! truncating a file and opening a renamed file again for writes,
 //! as one check a backend's tests run on a directory of its own: the real
 //! disk's and the simulated disk's in this crate, the cache's rooted disk
 //! in `ringstore-cache`. It panics on the first broken promise. Feature
@@ -127,6 +127,39 @@ pub async fn check<S: Storage>(storage: &S, dir: &Path) {
     file.close().await.expect("storage call");
     assert_eq!(storage.stat(&d).await.expect("storage call").len, 0);
     storage.remove(&d).await.expect("storage call");
+
+    // A file renamed while open, opened again under its new name for
+    // writes (how a retired segment is recycled): the same bytes, its
+    // length, and writes through the new handle, O_DSYNC or not.
+    let old = dir.join("old");
+    let new = dir.join("new");
+    let file = storage.create(&old, false).await.expect("storage call");
+    let mut block = file.alloc_buf(2 * 4096);
+    block.as_bytes_mut().fill(5);
+    file.write_at(block, 0).await.expect("storage call");
+    file.sync().await.expect("storage call");
+    storage.rename(&old, &new).await.expect("storage call");
+    for write_through in [true, false] {
+        let reopened = storage
+            .open_for_writes(&new, write_through)
+            .await
+            .expect("storage call");
+        assert_eq!(reopened.file_len().await.expect("storage call"), 2 * 4096);
+        let mut block = reopened.alloc_buf(4096);
+        block.as_bytes_mut().fill(u8::from(write_through) + 8);
+        reopened.write_at(block, 4096).await.expect("storage call");
+        reopened.sync().await.expect("storage call");
+        let read = reopened.read_at(0, 2 * 4096).await.expect("storage call");
+        assert_eq!(&read[..4096], &[5u8; 4096][..]);
+        assert_eq!(&read[4096..], &[u8::from(write_through) + 8; 4096][..]);
+        reopened.close().await.expect("storage call");
+    }
+    file.close().await.expect("storage call");
+    match storage.open_for_writes(&old, false).await {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::NotFound, "the old name is gone"),
+        Ok(_) => panic!("the old name opened after the rename"),
+    }
+    storage.remove(&new).await.expect("storage call");
 
     // stat: kind, length, one id per file.
     let meta = storage.stat(&a).await.expect("storage call");

@@ -147,9 +147,14 @@ impl Storage for DmaStorage {
     }
 
     async fn open(&self, path: &Path) -> io::Result<DmaFileHandle> {
+        self.open_for_writes(path, false).await
+    }
+
+    async fn open_for_writes(&self, path: &Path, write_through: bool) -> io::Result<DmaFileHandle> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(if write_through { libc::O_DSYNC } else { 0 })
             .dma_open(path)
             .await
             .map_err(|err| map_open_error(err.into(), path))?;

@@ -879,6 +879,10 @@ impl Storage for MemStorage {
     }
 
     async fn open(&self, path: &Path) -> io::Result<MemFile> {
+        self.open_for_writes(path, false).await
+    }
+
+    async fn open_for_writes(&self, path: &Path, write_through: bool) -> io::Result<MemFile> {
         self.begin().await?;
         let data = self
             .fs
@@ -888,7 +892,9 @@ impl Storage for MemStorage {
             .get(path)
             .cloned()
             .ok_or_else(|| not_found(path))?;
-        Ok(self.handle(path, data))
+        let mut handle = self.handle(path, data);
+        handle.write_through = write_through;
+        Ok(handle)
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {

@@ -79,6 +79,12 @@ pub trait Storage: Clone + 'static {
     async fn create(&self, path: &Path, write_through: bool) -> io::Result<Self::File>;
     /// Opens an existing file for reading and writing.
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
+    /// Opens an existing file for reading and writing as
+    /// [`Storage::create`] makes one (with `write_through`, O_DSYNC): a
+    /// file renamed while open is opened again under its new name, since a
+    /// handle may keep naming the path it was opened by (glommio's does,
+    /// for the file's length and for buffered reads).
+    async fn open_for_writes(&self, path: &Path, write_through: bool) -> io::Result<Self::File>;
     /// Removes a file. Durable after `sync_dir`.
     async fn remove(&self, path: &Path) -> io::Result<()>;
     /// Atomically renames `from` to `to` in the same directory, replacing
