@@ -9,6 +9,8 @@
 //! changes nothing; interrupted after any number of its changes (as a crash
 //! would), the journal is either as before (still refused, every byte
 //! still on disk) or salvaged, and running salvage again finishes it.
+//! Without a superblock, retired segments kept for recycling below a gap
+//! are not taken for the start of the log.
 mod common;
 use common::*;
 use ringstore_journal::inspect::{scan_journal, Verdict};
@@ -467,4 +469,83 @@ fn an_interrupted_salvage_leaves_the_old_journal_or_the_salvaged_one() {
         }
         assert!(changes >= 4, "{}: only {changes} steps", case.name);
     }
+}
+
+/// Without a superblock, retired segments a running journal kept for
+/// recycling (below a gap: a checkpoint retired more than it keeps) are not
+/// where the log begins: salvage starts at the run of generations that
+/// ends at the newest, keeps every op of it, and the journal opens.
+#[test]
+fn without_a_superblock_kept_retired_segments_below_a_gap_are_not_the_log() {
+    let root = temp_dir();
+    let dir = root.path().join("journal");
+    let p = dir.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    run(move || async move {
+        let journal = builder(&p).slot_count(1024).open().await.unwrap();
+        // Files below the superblock's first generation: the kept ones.
+        let kept = |p: &Path| {
+            let first = scan_journal(p, &mut ())
+                .unwrap()
+                .superblock
+                .unwrap()
+                .first_generation;
+            std::fs::read_dir(p)
+                .unwrap()
+                .filter_map(|e| ringstore_journal::segment_generation(&e.unwrap().file_name()))
+                .filter(|g| *g < first)
+                .count()
+        };
+        let mut op = 0;
+        while journal.stats().segments_recycled < 2 {
+            op = journal.append(&payload(op + 1, 8000)).await.unwrap();
+            if op % 16 == 0 {
+                journal.advance_watermark(op - 8).await.unwrap();
+            }
+        }
+        // A checkpoint that retires several segments at once: two kept.
+        for _ in 0..400 {
+            op = journal.append(&payload(op + 1, 8000)).await.unwrap();
+        }
+        journal.advance_watermark(op - 8).await.unwrap();
+        assert_eq!(kept(&p), 2, "{:?}", journal.stats());
+        let watermark = journal.watermark();
+        // A crash: the kept files stay.
+        glommio::yield_if_needed().await;
+        drop(journal);
+        tx.send((watermark, op)).unwrap();
+    });
+    let (watermark, last) = rx.recv().unwrap();
+    let scanned = scan_journal(&dir, &mut ()).unwrap();
+    let first = scanned.superblock.as_ref().unwrap().first_generation;
+    let mut kept: Vec<u64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| ringstore_journal::segment_generation(&e.unwrap().file_name()))
+        .filter(|g| *g < first)
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    // The newer of the two removed as if retired and not kept (a gap
+    // below the log), then the superblock lost.
+    std::fs::remove_file(segment_path(&dir, kept[1])).unwrap();
+    std::fs::remove_file(dir.join("superblock")).unwrap();
+    let before = scan_journal(&dir, &mut ()).unwrap();
+    assert_eq!(before.verdict, Verdict::Refuses);
+    let report = salvage(&dir, &root.path().join("quarantine"), true)
+        .unwrap_or_else(|e| panic!("salvage failed: {e}"));
+    assert_eq!(report.state, SalvageState::Completed);
+    // The log's segments are all kept (only the kept retired files below
+    // it, and a spare, are moved).
+    let kept_generations: Vec<u64> = report.kept.iter().map(|k| k.generation).collect();
+    assert_eq!(kept_generations.first(), Some(&first), "{}", report.text());
+    let p = dir.clone();
+    run(move || async move {
+        let journal = builder(&p).slot_count(1024).open().await.unwrap();
+        assert!(journal.watermark() >= watermark);
+        for op in journal.watermark() + 1..=last {
+            let entry = journal.read(op).await.unwrap();
+            assert_eq!(entry.map(|e| e.payload), Some(payload(op, 8000)), "op {op}");
+        }
+        journal.close().await.unwrap();
+    });
 }
