@@ -256,16 +256,13 @@ fn mark_recycled(path: &Path) {
     patch(&segment, 0, header.seal().as_bytes());
 }
 
-#[test]
-fn row16_older_bytes_past_the_end_of_a_recycled_segment_are_a_clean_end() {
-    let (_dir, path) = write_session(0);
-    mark_recycled(&path);
-    // The last write's place holds what an older segment left there: a
-    // header of an older generation (0: segment 1 has no older one), then
-    // bytes that are no header.
-    let segment = segment_path(&path, 1);
+/// Replaces op N's write in segment 1 of `path` with what another
+/// segment's file could hold there: op N's first header resealed as of
+/// `generation`, then bytes that are no header.
+fn last_write_of_generation(path: &Path, generation: u64) {
+    let segment = segment_path(path, 1);
     let mut header = read_header(&segment, offset_of_op(N));
-    header.generation = 0.into();
+    header.generation = generation.into();
     write_header(
         &segment,
         offset_of_op(N),
@@ -276,6 +273,16 @@ fn row16_older_bytes_past_the_end_of_a_recycled_segment_are_a_clean_end() {
         offset_of_op(N) + ENTRY_HEADER_BYTES as u64,
         &[0xa5; 4096 - ENTRY_HEADER_BYTES],
     );
+}
+
+#[test]
+fn row16_older_bytes_past_the_end_of_a_recycled_segment_are_a_clean_end() {
+    let (_dir, path) = write_session(0);
+    mark_recycled(&path);
+    // The last write's place holds what an older segment left there: a
+    // header of an older generation (0: segment 1 has no older one), then
+    // bytes that are no header.
+    last_write_of_generation(&path, 0);
     let (tail, present) = reopen(&path, Recovery::Strict).unwrap();
     assert_eq!(tail, TailState::Clean);
     assert_eq!(present, (1..N).collect::<Vec<_>>());
@@ -285,19 +292,7 @@ fn row16_older_bytes_past_the_end_of_a_recycled_segment_are_a_clean_end() {
 fn row16_a_later_generation_at_the_tail_is_cut() {
     let (_dir, path) = write_session(0);
     mark_recycled(&path);
-    let segment = segment_path(&path, 1);
-    let mut header = read_header(&segment, offset_of_op(N));
-    header.generation = 9.into();
-    write_header(
-        &segment,
-        offset_of_op(N),
-        &header.seal(&journal_id_of(&segment)),
-    );
-    patch(
-        &segment,
-        offset_of_op(N) + ENTRY_HEADER_BYTES as u64,
-        &[0xa5; 4096 - ENTRY_HEADER_BYTES],
-    );
+    last_write_of_generation(&path, 9);
     expect_torn(&path, N, "generation", None);
 }
 
