@@ -1098,32 +1098,29 @@ struct BestEffort {
     unsupported: Vec<PathBuf>,
 }
 
-/// Where the log starts when no superblock copy says: at the oldest of the
-/// run of consecutive generations that ends at `top`, less any of its
-/// oldest files that hold neither a header nor data. Files below a gap are
-/// retired segments (kept for recycling, or whose removal a crash
-/// interrupted), and a file whose front a recycling zeroed before a crash
-/// stopped its rename holds nothing: neither is where the log begins.
+/// Where the log starts when no superblock copy says: at the oldest
+/// segment file up to `top` that holds a header or data. A retired segment
+/// kept for recycling has its front zeroed before it is kept
+/// (`segment::zero_for_recycling`): it holds neither, and is not where the
+/// log begins, whether or not a gap lies between it and the log (a
+/// checkpoint that retires more segments than are kept removes the rest).
+/// A file of the log whose first 8 KiB the disk zeroed reads the same way:
+/// salvage then moves it aside as a leftover, into its quarantine folder.
 fn log_start_without_superblock(generations: &[u64], top: u64, facts: &[SegmentFacts]) -> u64 {
-    let mut start = top;
-    for &generation in generations.iter().rev().filter(|g| **g < top) {
-        if generation + 1 != start {
-            break;
-        }
-        start = generation;
-    }
-    while start < top {
-        let Some(f) = facts.iter().find(|f| f.generation == start) else {
-            break;
-        };
-        let empty = check_segment_header(&f.header_block, start) == SegmentHeaderStatus::Unverified
-            && !f.holds_data();
-        if !empty {
-            break;
-        }
-        start += 1;
-    }
-    start
+    let holds_nothing = |generation: u64| {
+        facts.iter().any(|f| {
+            f.generation == generation
+                && check_segment_header(&f.header_block, generation)
+                    == SegmentHeaderStatus::Unverified
+                && !f.holds_data()
+        })
+    };
+    generations
+        .iter()
+        .copied()
+        .take_while(|g| *g <= top)
+        .find(|g| !holds_nothing(*g))
+        .unwrap_or(top)
 }
 
 /// After [`verify::plan`] refused: the log as far as it can be made out,

@@ -118,11 +118,28 @@ pub(crate) struct PreparedFile<F> {
     pub recycled: bool,
 }
 
-/// Bytes zeroed at the front of a recycled file before it takes its new
-/// name: the header block, so that it holds no header until activated, and
-/// the block where the first write's first header goes, so that until then
-/// it holds no data either (a spare, to recovery).
-const RECYCLE_ZEROED_BYTES: u64 = SEGMENT_DATA_OFFSET + BLOCK_BYTES;
+/// Bytes zeroed at the front of a retired segment's file before it is kept
+/// for recycling ([`zero_for_recycling`]): the header block and the block
+/// where the first write's first header goes. A kept file then holds no
+/// header and no data to anything that reads the directory without a
+/// superblock (salvage), and once renamed it is a spare to recovery.
+pub(crate) const RECYCLE_ZEROED_BYTES: u64 = SEGMENT_DATA_OFFSET + BLOCK_BYTES;
+
+/// Zeroes the first [`RECYCLE_ZEROED_BYTES`] of a retired segment's file
+/// and syncs them: the step before it is kept for recycling.
+pub(crate) async fn zero_for_recycling<F: StorageFile>(
+    file: &F,
+    path: &std::path::Path,
+) -> Result<()> {
+    let mut buf = file.alloc_buf(RECYCLE_ZEROED_BYTES as usize);
+    buf.as_bytes_mut().fill(0);
+    file.write_at(buf, 0)
+        .await
+        .map_err(|e| Error::io("zero retired segment", path, Some(0), e))?;
+    file.sync()
+        .await
+        .map_err(|e| Error::io("fdatasync", path, None, e))
+}
 
 /// How a zero-fill ([`Preallocation::ZeroFill`]) gives way to appends.
 pub(crate) struct SparePacing<'a> {
@@ -200,12 +217,12 @@ pub(crate) async fn prepare_segment_file<S: Storage>(
     })
 }
 
-/// Makes a retired segment's file the spare for `generation`: zeroes its
-/// first [`RECYCLE_ZEROED_BYTES`] and syncs them, renames it and syncs the
-/// directory. The retired file lies below the superblock's first
-/// generation, so a crash before the rename is durable leaves a file
-/// recovery removes as retired, and one after it a spare (no header, no
-/// first write), which recovery removes too. On failure the file is
+/// Makes a retired segment's file, kept for recycling (its front zeroed by
+/// [`zero_for_recycling`]), the spare for `generation`: renames it, syncs
+/// the directory and opens it again under the new name. The kept file lies
+/// below the superblock's first generation, so a crash before the rename
+/// is durable leaves a file recovery removes as retired, and one after it
+/// a spare (no header, no first write), which recovery removes too. On failure the file is
 /// removed; as with [`prepare_segment_file`], the journal stays usable
 /// unless a removal after the rename failed.
 pub(crate) async fn recycle_segment_file<S: Storage>(
@@ -220,21 +237,11 @@ pub(crate) async fn recycle_segment_file<S: Storage>(
         error,
         poison: false,
     };
-    let zeroed = async {
-        let mut buf = file.alloc_buf(RECYCLE_ZEROED_BYTES as usize);
-        buf.as_bytes_mut().fill(0);
-        file.write_at(buf, 0)
-            .await
-            .map_err(|e| Error::io("zero recycled segment", &old_path, Some(0), e))?;
-        file.sync()
-            .await
-            .map_err(|e| Error::io("fdatasync", &old_path, None, e))?;
-        storage
-            .rename(&old_path, &path)
-            .await
-            .map_err(|e| Error::io("rename recycled segment", &old_path, None, e))
-    };
-    if let Err(error) = zeroed.await {
+    let renamed = storage
+        .rename(&old_path, &path)
+        .await
+        .map_err(|e| Error::io("rename recycled segment", &old_path, None, e));
+    if let Err(error) = renamed {
         // Not renamed: a retired file, which the next open removes if
         // this removal does not.
         let _ = file.close().await;

@@ -1,7 +1,7 @@
-//! Recycling retired segments. A retired segment's file is kept, under its
-//! old name below the superblock's first generation, until the next spare
-//! is prepared; then its front is zeroed, it is renamed to the spare's name
-//! and activated with a header flagged recycled (`FORMAT.md`, "Segment
+//! Recycling retired segments. A retired segment's file has its front
+//! zeroed and is kept, under its old name below the superblock's first
+//! generation, until the next spare is prepared; then it is renamed to the
+//! spare's name and activated with a header flagged recycled (`FORMAT.md`, "Segment
 //! header"). Its blocks are written ones, so the new segment needs no
 //! zero-fill, its first fdatasync of each block converts no extent, and the
 //! filesystem discards nothing. A crash at any step leaves a file recovery
@@ -9,7 +9,8 @@
 
 use super::*;
 use crate::segment::{
-    prepare_segment_file, recycle_segment_file, CreateError, PreparedFile, SparePacing,
+    prepare_segment_file, recycle_segment_file, zero_for_recycling, CreateError, PreparedFile,
+    SparePacing,
 };
 
 /// Most retired segments kept for recycling at once: one per rollover is
@@ -20,28 +21,37 @@ pub const RECYCLED_SEGMENTS_KEPT: usize = 2;
 
 impl<S: Storage> Shared<S> {
     /// Keeps a retired segment (already out of the superblock) for
-    /// recycling if it may be kept, or hands it back to be removed: when
-    /// recycling is off, the file is not this open's
+    /// recycling if it may be kept, its front zeroed and synced first
+    /// (`segment::zero_for_recycling`), or hands it back to be removed:
+    /// when recycling is off, the file is not this open's
     /// ([`Segment::reusable`]) or of another size, a reader still holds it
     /// (it would read a new segment's bytes as damage), enough are kept,
-    /// `space_short`, or the journal is closing or failed.
-    pub(super) fn keep_for_recycling(
+    /// `space_short`, the journal is closing or failed, or the zeroing
+    /// failed.
+    pub(super) async fn keep_for_recycling(
         &self,
         segment: Segment<S::File>,
         space_short: bool,
     ) -> Option<Segment<S::File>> {
-        let mut state = self.state.borrow_mut();
-        let keep = self.config.recycle_segments
-            && segment.reusable
-            && segment.segment_bytes == self.config.segment_bytes
-            && Rc::strong_count(&segment.file) == 1
-            && state.recyclable.len() < RECYCLED_SEGMENTS_KEPT
-            && !space_short
-            && !state.closing
-            && state.poisoned.is_none();
+        let keep = {
+            let state = self.state.borrow();
+            self.config.recycle_segments
+                && segment.reusable
+                && segment.segment_bytes == self.config.segment_bytes
+                && Rc::strong_count(&segment.file) == 1
+                && state.recyclable.len() < RECYCLED_SEGMENTS_KEPT
+                && !space_short
+                && !state.closing
+                && state.poisoned.is_none()
+        };
         if !keep {
             return Some(segment);
         }
+        if let Err(e) = zero_for_recycling(&*segment.file, &segment.path).await {
+            tracing::warn!(path = %segment.path.display(), error = %e, "zeroing a retired segment to keep it for recycling failed; it is removed");
+            return Some(segment);
+        }
+        let mut state = self.state.borrow_mut();
         state.stats.segments_retired += 1;
         state.recyclable.push_back(segment);
         None

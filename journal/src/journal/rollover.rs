@@ -139,6 +139,14 @@ impl<S: Storage> Shared<S> {
                 notified(&self.spare_ready).await;
             }
         }
+        // The preparation may have poisoned the journal (a file it could
+        // not remove lies under the new segment's name): nothing more is
+        // written.
+        if let Some(cause) = &self.state.borrow().poisoned {
+            return Err(Error::Poisoned {
+                cause: Box::new(cause.clone()),
+            });
+        }
         let spare = self.state.borrow_mut().spare.take();
         let journal_id = self.superblock.borrow().0.journal_id;
         let recycled = Cell::new(false);

@@ -170,7 +170,7 @@ impl<S: Storage> Journal<S> {
             let paced = !short && step > 0;
             let mut removed = false;
             for segment in segments {
-                let Some(segment) = self.shared.keep_for_recycling(segment, short) else {
+                let Some(segment) = self.shared.keep_for_recycling(segment, short).await else {
                     continue;
                 };
                 if paced && segment.segment_bytes > step {
