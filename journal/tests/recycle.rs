@@ -256,13 +256,7 @@ fn a_power_cut_at_every_step_of_a_recycling_life_loses_nothing_acknowledged() {
             }
             journal.close().await.unwrap();
             // That open removed whatever the cut interrupted.
-            let reopened = mem_builder(&mem).open().await.unwrap();
-            let report = reopened.recovery_report();
-            assert!(
-                report.removed.is_empty() && report.stray_files.is_empty(),
-                "cut {cut}: {report:?}"
-            );
-            reopened.close().await.unwrap();
+            assert_nothing_left_behind(mem_builder(&mem), &format!("cut {cut}")).await;
         });
         cuts += 1;
     }

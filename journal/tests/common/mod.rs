@@ -98,3 +98,19 @@ where
         n += 1 + n / 16;
     }
 }
+
+/// Opens the journal `builder` describes once more and checks that the
+/// open before it left nothing behind: no leftover for recovery to remove
+/// and no stray file (`context` names the case in a failure); closes it.
+pub async fn assert_nothing_left_behind(
+    builder: ringstore_journal::JournalBuilder<ringstore_journal::storage::MemStorage>,
+    context: &str,
+) {
+    let reopened = builder.open().await.unwrap();
+    let report = reopened.recovery_report();
+    assert!(
+        report.removed.is_empty() && report.stray_files.is_empty(),
+        "{context}: {report:?}"
+    );
+    reopened.close().await.unwrap();
+}
