@@ -179,6 +179,73 @@ fn tracker_is_persisted_periodically() {
     });
 }
 
+/// A persist whose caller drops it midway (the persister cancelled by
+/// `shutdown`, an embedder's abandoned call) still finishes before the next
+/// persist starts: otherwise its rename, still in the kernel, could move the
+/// next persist's half-written `tracker.tmp` over `tracker` and make that
+/// persist's own rename fail with ENOENT. Dropped after every number of
+/// polls from 1 to `DROP_POINTS`, each dropped persist is counted as done
+/// once the next one returns, every next one succeeds, and the order
+/// survives a reopen.
+#[test]
+fn a_persist_dropped_midway_finishes_before_the_next_one() {
+    const DROP_POINTS: usize = 24;
+    let dir = tempdir();
+    let root = dir.path().join("cache");
+    run(move || async move {
+        let cache = std::rc::Rc::new(
+            Cache::builder(&root)
+                .tracker_chunk_entries(CHUNK_ENTRIES)
+                .open()
+                .await
+                .unwrap(),
+        );
+        for i in 0..OBJECTS {
+            cache.put(&format!("k{i}"), &[i as u8; 5]).await.unwrap();
+        }
+        let mut dropped_after_start = 0;
+        for polls in 1..=DROP_POINTS {
+            cache.get(&format!("k{}", polls % OBJECTS)).await.unwrap();
+            let before = cache.stats().tracker_persists;
+            let started = std::rc::Rc::new(std::cell::Cell::new(false));
+            let task = glommio::spawn_local({
+                let cache = std::rc::Rc::clone(&cache);
+                let started = std::rc::Rc::clone(&started);
+                async move {
+                    started.set(true);
+                    cache.persist_tracker().await
+                }
+            });
+            for _ in 0..polls {
+                futures_lite::future::yield_now().await;
+            }
+            drop(task); // cancels the caller's future wherever it stands
+            cache.persist_tracker().await.unwrap_or_else(|e| {
+                panic!("the persist after one dropped at poll {polls} failed: {e}")
+            });
+            if started.get() {
+                dropped_after_start += 1;
+                assert_eq!(
+                    cache.stats().tracker_persists,
+                    before + 2,
+                    "the persist dropped at poll {polls} did not finish"
+                );
+            }
+        }
+        assert!(dropped_after_start > 0, "no persist was dropped midway");
+        let order = cache.keys_oldest_first();
+        std::rc::Rc::into_inner(cache)
+            .unwrap()
+            .shutdown()
+            .await
+            .unwrap();
+        let cache = Cache::builder(&root).open().await.unwrap();
+        assert_eq!(cache.stats().tracker_load_failures, 0);
+        assert_eq!(cache.keys_oldest_first(), order);
+        cache.shutdown().await.unwrap();
+    });
+}
+
 /// The tracker's row of the corruption matrix (the engine's
 /// `corruption_matrix` test covers the journal, snapshot, identity and
 /// superblock files): every damage kind either is detected (counted in
