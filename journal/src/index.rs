@@ -7,6 +7,7 @@
 //! costs [`SLOT_BYTES`] bytes per slot.
 
 use crate::error::{Error, Result};
+use zerocopy::FromZeros;
 
 /// Where a durable entry lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,8 +18,11 @@ pub(crate) struct Location {
 }
 
 /// One ring slot. `op == 0`: empty. `generation == 0`: reserved by a write
-/// that is not durable yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// that is not durable yet. All zeros is an empty slot, so the index is
+/// allocated zeroed ([`FromZeros`]): pages the OS hands out zeroed, touched
+/// only where ops land, instead of a slot-by-slot fill (about 20 ms for the
+/// 32 MiB of 2^20 slots, at every open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, FromZeros)]
 #[repr(C)]
 pub(crate) struct Slot {
     op: u64,
@@ -56,6 +60,10 @@ pub(crate) struct RingIndex {
     /// Largest op that recovery found sharing a slot with a larger op; it
     /// must be at or below the watermark, or the log is inconsistent.
     recovery_evicted_max: u64,
+    /// Largest op recovery inserted: live ops lie at most this high, so
+    /// [`RingIndex::finish_recovery`] counts them in the slots from the
+    /// watermark up to it, not in the whole ring.
+    recovery_inserted_max: u64,
 }
 
 impl RingIndex {
@@ -63,11 +71,12 @@ impl RingIndex {
         let slot_count =
             usize::try_from(slot_count).expect("slot_count validated to fit in memory");
         RingIndex {
-            slots: vec![Slot::default(); slot_count],
+            slots: Slot::new_vec_zeroed(slot_count).expect("allocate the ring index"),
             watermark,
             live: 0,
             rewrites_in_flight: Vec::new(),
             recovery_evicted_max: 0,
+            recovery_inserted_max: 0,
         }
     }
 
@@ -224,6 +233,7 @@ impl RingIndex {
     /// slot the greater wins, and the smaller must turn out to be at or below
     /// the watermark (checked by [`RingIndex::finish_recovery`]).
     pub(crate) fn insert_recovered(&mut self, op: u64, epoch: u64, location: Location) {
+        self.recovery_inserted_max = self.recovery_inserted_max.max(op);
         let index = self.slot_index(op);
         let slot = self.slots[index];
         let replace = if slot.op == 0 {
@@ -250,7 +260,23 @@ impl RingIndex {
     /// any: two live ops in one slot mean the log is inconsistent.
     pub(crate) fn finish_recovery(&mut self, watermark: u64) -> Option<u64> {
         self.watermark = watermark;
-        self.live = self.slots.iter().filter(|s| s.op > watermark).count() as u64;
+        let above = self.recovery_inserted_max.saturating_sub(watermark);
+        let is_live = |s: &Slot| s.op > watermark;
+        self.live = if above == 0 {
+            0
+        } else if above >= self.slot_count() {
+            self.slots.iter().filter(|s| is_live(s)).count()
+        } else {
+            // The slots of ops watermark+1 ..= inserted max, wrapping once.
+            let start = self.slot_index(watermark + 1);
+            let count = above as usize;
+            let before_wrap = count.min(self.slots.len() - start);
+            self.slots[start..start + before_wrap]
+                .iter()
+                .chain(&self.slots[..count - before_wrap])
+                .filter(|s| is_live(s))
+                .count()
+        } as u64;
         (self.recovery_evicted_max > watermark).then_some(self.recovery_evicted_max)
     }
 
@@ -409,6 +435,32 @@ mod tests {
                         }
                     }
                     assert_eq!(index.live, live_by_scan(&index));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn finish_recovery_counts_live_slots_like_a_full_scan() {
+        // Rings of a few slots; recovered ops with gaps, below, at and above
+        // the watermark, some sharing a slot, wrapping at every offset; the
+        // watermark below, inside and past the ops' range.
+        for slot_count in 1..=7u64 {
+            for first in 1..=2 * slot_count {
+                for span in 0..=2 * slot_count {
+                    for watermark in 0..=first + span + 1 {
+                        let mut index = RingIndex::new(slot_count, 0);
+                        for op in (first..=first + span).filter(|op| op % 4 != 2) {
+                            index.insert_recovered(op, 1, at(1));
+                        }
+                        index.finish_recovery(watermark);
+                        assert_eq!(
+                            index.live,
+                            live_by_scan(&index),
+                            "{slot_count} slots, ops {first}..={}, watermark {watermark}",
+                            first + span
+                        );
+                    }
                 }
             }
         }

@@ -152,6 +152,16 @@ const SPARSE_JUMP_BYTES: u64 = SCAN_READ_BYTES;
 /// Least bytes read after a jump: a write's index, its padding and the
 /// next write's first header usually lie within them.
 const SPARSE_READ_BYTES: u64 = 16 << 10;
+/// Sparse reads issued ahead at the positions the last three predict:
+/// writes of one size lie one stride apart, and a walk that reads two
+/// places per write (its index, then the next write's first header) repeats
+/// every second jump. Without them the walk from index to index is a chain
+/// of reads, each waiting for the last (about 250 per 256 MiB segment of
+/// 1 MiB writes).
+const SPARSE_READS_AHEAD: usize = 8;
+/// Longest sparse read repeated ahead (larger indexes are not predicted:
+/// up to [`SPARSE_READS_AHEAD`] of them per segment scanned would be held).
+const SPARSE_AHEAD_READ_BYTES_MAX: u64 = 64 << 10;
 const _: () = assert!(SCAN_READ_BYTES.is_multiple_of(BLOCK_BYTES));
 
 /// How the scan of the last segment ended.
@@ -299,6 +309,13 @@ pub(crate) struct Recovered<F> {
     pub last_holds_bytes: bool,
 }
 
+/// A sparse read issued ahead: its start, its length, the read.
+type SparseRead<F> = (
+    u64,
+    u64,
+    glommio::task::JoinHandle<std::io::Result<<F as StorageFile>::ReadBuf>>,
+);
+
 /// Reads a file sequentially through an aligned window, keeping the next
 /// chunk's read in flight while the current one is parsed.
 struct ScanReader<F: StorageFile> {
@@ -311,6 +328,10 @@ struct ScanReader<F: StorageFile> {
         std::collections::VecDeque<(u64, glommio::task::JoinHandle<std::io::Result<F::ReadBuf>>)>,
     /// The last sparse read the window did not hold was near its end.
     last_miss_near: bool,
+    /// Where the last three sparse reads started, newest last.
+    sparse_starts: [Option<u64>; 3],
+    /// Sparse reads issued ahead at the predicted starts.
+    sparse_ahead: std::collections::VecDeque<SparseRead<F>>,
 }
 
 impl<F: StorageFile> ScanReader<F> {
@@ -322,6 +343,8 @@ impl<F: StorageFile> ScanReader<F> {
             bytes: Vec::new(),
             ahead: std::collections::VecDeque::new(),
             last_miss_near: false,
+            sparse_starts: [None; 3],
+            sparse_ahead: std::collections::VecDeque::new(),
         }
     }
 
@@ -329,6 +352,7 @@ impl<F: StorageFile> ScanReader<F> {
     fn invalidate(&mut self) {
         self.bytes.clear();
         self.ahead.clear();
+        self.sparse_ahead.clear();
     }
 
     /// Keeps up to `SCAN_READS_AHEAD` chunk reads in flight from `start` on.
@@ -418,19 +442,84 @@ impl<F: StorageFile> ScanReader<F> {
             return self.get(pos, len).await;
         }
         self.ahead.clear();
+        let file_end = crate::format::align_up(self.file_len, BLOCK_BYTES);
         let read_start = crate::format::align_down(pos, BLOCK_BYTES);
         let read_end = crate::format::align_up(end, BLOCK_BYTES)
             .max(read_start + SPARSE_READ_BYTES)
-            .min(crate::format::align_up(self.file_len, BLOCK_BYTES));
-        let bytes = self
-            .file
-            .read_at(read_start, (read_end - read_start) as usize)
-            .await?;
+            .min(file_end);
+        let read_len = read_end - read_start;
+        let bytes = match self.take_sparse_ahead(read_start, read_len).await {
+            Some(read) => read?,
+            None => {
+                self.sparse_ahead.clear();
+                self.file.read_at(read_start, read_len as usize).await?
+            }
+        };
         self.start = read_start;
         self.bytes = bytes.to_vec();
+        self.sparse_starts = [
+            self.sparse_starts[1],
+            self.sparse_starts[2],
+            Some(read_start),
+        ];
+        if read_len <= SPARSE_AHEAD_READ_BYTES_MAX {
+            self.read_sparse_ahead(read_len, file_end);
+        }
         let to = ((end - self.start) as usize).min(self.bytes.len());
         let from = ((pos - self.start) as usize).min(to);
         Ok(&self.bytes[from..to])
+    }
+}
+
+impl<F: StorageFile> ScanReader<F> {
+    /// Tops up the reads issued ahead: from the last three starts `a < b <
+    /// c`, the walk is taken to repeat every second jump, so the next ones
+    /// are `b + k·(c − a)` and `c + k·(c − a)` for k = 1, 2, … (one stride
+    /// `s` is the case `b = a + s`, `c = a + 2s`). Each is `len` bytes; a
+    /// wrong guess costs one small read and is dropped.
+    fn read_sparse_ahead(&mut self, len: u64, file_end: u64) {
+        let [Some(a), Some(b), Some(c)] = self.sparse_starts else {
+            return;
+        };
+        if !(a < b && b < c) {
+            return;
+        }
+        let period = c - a;
+        let (mut first, mut second) = (b + period, c + period);
+        if let Some(&(last, _, _)) = self.sparse_ahead.back() {
+            // Continue after what is already in flight.
+            while first <= last {
+                (first, second) = (second, first + period);
+            }
+        }
+        while self.sparse_ahead.len() < SPARSE_READS_AHEAD && first + len <= file_end {
+            let file = self.file.clone();
+            let read = async move { file.read_at(first, len as usize).await };
+            self.sparse_ahead
+                .push_back((first, len, glommio::spawn_local(read).detach()));
+            (first, second) = (second, first + period);
+        }
+    }
+
+    /// The read issued ahead that covers `[start, start + len)`, if the
+    /// prediction held (those before it are dropped).
+    async fn take_sparse_ahead(
+        &mut self,
+        start: u64,
+        len: u64,
+    ) -> Option<std::io::Result<F::ReadBuf>> {
+        while let Some((ahead_start, ahead_len, _)) = self.sparse_ahead.front() {
+            if *ahead_start > start {
+                return None;
+            }
+            let (ahead_start, ahead_len) = (*ahead_start, *ahead_len);
+            let (_, _, read) = self.sparse_ahead.pop_front()?;
+            if ahead_start == start && ahead_len >= len {
+                // `None`: the executor is going away; read directly.
+                return read.await;
+            }
+        }
+        None
     }
 }
 

@@ -194,6 +194,10 @@ pub struct JournalStats {
     /// Reads that found an entry damaged (read twice; each logged and
     /// returned as `Error::Corruption` with the file and offset).
     pub read_corruptions: u64,
+    /// Reads whose entry failed verification the first time and that were
+    /// read again, alone: a transient read error (the second read good), or
+    /// damage (also counted in `read_corruptions`).
+    pub read_retries: u64,
 }
 
 /// A write-ahead log owned by one shard. Cheap to clone (all clones are the

@@ -22,10 +22,13 @@ impl<S: Storage> Journal<S> {
         }
     }
 
-    /// Damage a read confirmed (read twice) is logged and counted
-    /// ([`JournalStats::read_corruptions`]): recovery leaves vouched-for
-    /// payloads to the reads, so this is where such damage surfaces.
+    /// The second read of an entry whose first failed verification:
+    /// counted ([`JournalStats::read_retries`]), and damage it confirms is
+    /// logged and counted ([`JournalStats::read_corruptions`]): recovery
+    /// leaves vouched-for payloads to the reads, so this is where such
+    /// damage surfaces.
     fn reported(&self, read: Result<Entry>) -> Result<Entry> {
+        self.shared.state.borrow_mut().stats.read_retries += 1;
         if let Err(Error::Corruption {
             path,
             offset,
@@ -84,6 +87,7 @@ impl<S: Storage> Journal<S> {
             end: *range.end(),
             done: range.is_empty(),
             window: None,
+            joined: Vec::new(),
         }
     }
 }
@@ -177,26 +181,32 @@ pub struct Entries<S: Storage = DmaStorage> {
     end: u64,
     done: bool,
     window: Option<Window<S::File>>,
+    /// An entry that straddles two reads is copied here whole to be
+    /// verified (kept between entries, so not allocated per straddle).
+    joined: Vec<u8>,
 }
 
-/// Bytes of one segment read ahead, with the read of what follows them in
-/// flight.
+/// What was read of one segment: consecutive reads, kept as the kernel
+/// returned them (an entry inside one is verified in place, with no copy
+/// of the window), with the read of what follows them in flight.
 struct Window<F: StorageFile> {
     generation: u64,
-    /// File offset of `bytes[0]`.
-    start: u64,
-    bytes: Vec<u8>,
-    /// The read of the bytes right after `bytes`: its offset and the read.
+    /// Consecutive reads, each with the file offset of its first byte.
+    reads: std::collections::VecDeque<(u64, F::ReadBuf)>,
+    /// The read of the bytes right after the last one: its offset and the
+    /// read.
     ahead: Option<(u64, glommio::Task<std::io::Result<F::ReadBuf>>)>,
 }
 
 impl<F: StorageFile> Window<F> {
-    fn end(&self) -> u64 {
-        self.start + self.bytes.len() as u64
+    fn start(&self) -> u64 {
+        self.reads.front().map_or(0, |(start, _)| *start)
     }
 
-    fn covers(&self, generation: u64, start: u64, end: u64) -> bool {
-        self.generation == generation && self.start <= start && end <= self.end()
+    fn end(&self) -> u64 {
+        self.reads
+            .back()
+            .map_or(0, |(start, bytes)| start + bytes.len() as u64)
     }
 
     /// Starts reading the next [`ENTRIES_READ_AHEAD_BYTES`] after the
@@ -214,6 +224,28 @@ impl<F: StorageFile> Window<F> {
         let read = glommio::spawn_local(async move { file.read_at(from, len).await });
         self.ahead = Some((from, read));
         true
+    }
+
+    /// The bytes `[start, end)` in one slice, with the file offset of its
+    /// first byte: in place if one read holds them, else copied into
+    /// `joined`. The window must cover them.
+    fn slice<'a>(&'a self, start: u64, end: u64, joined: &'a mut Vec<u8>) -> (&'a [u8], u64) {
+        for (read_start, bytes) in &self.reads {
+            if *read_start <= start && end <= read_start + bytes.len() as u64 {
+                return (bytes, *read_start);
+            }
+        }
+        joined.clear();
+        for (read_start, bytes) in &self.reads {
+            let read_end = read_start + bytes.len() as u64;
+            if read_end <= start || *read_start >= end {
+                continue;
+            }
+            let from = start.max(*read_start) - read_start;
+            let to = end.min(read_end) - read_start;
+            joined.extend_from_slice(&bytes[from as usize..to as usize]);
+        }
+        (joined, start)
     }
 }
 
@@ -262,7 +294,8 @@ impl<S: Storage> Entries<S> {
             reactor_turn().await;
         }
         let window = self.window.as_ref().expect("filled above");
-        match verify_entry(op, &found, &window.bytes, window.start) {
+        let (bytes, bytes_start) = window.slice(start, end, &mut self.joined);
+        match verify_entry(op, &found, bytes, bytes_start) {
             Ok(entry) => Ok(Some(entry)),
             // Read once more, alone, before reporting damage: a transient
             // read error must not look like corruption.
@@ -275,44 +308,46 @@ impl<S: Storage> Entries<S> {
         }
     }
 
-    /// Makes the window cover `start..end` of the entry's segment: extends
-    /// it with the read ahead when the entry continues where it ends,
-    /// otherwise reads a fresh window.
+    /// Makes the window cover `start..end` of the entry's segment: drops
+    /// the reads before it and adds the read ahead when the entry continues
+    /// where the window ends, otherwise reads a fresh window.
     async fn fill(&mut self, found: &Located<S::File>, start: u64, end: u64) -> Result<()> {
         let generation = found.location.generation;
         let offset = u64::from(found.location.offset);
         let io_error = |e| Error::io("read", &found.path, Some(offset), e);
         if let Some(window) = &mut self.window {
-            if window.covers(generation, start, end) {
-                return Ok(());
-            }
             let continues = window.generation == generation
-                && window.start <= start
+                && window.start() <= start
                 && start <= window.end()
-                && window
-                    .ahead
-                    .as_ref()
-                    .is_some_and(|(at, _)| *at == window.end());
+                && (end <= window.end()
+                    || window
+                        .ahead
+                        .as_ref()
+                        .is_some_and(|(at, _)| *at == window.end()));
             if continues {
-                // Keep only what the entry needs, then append what was read
-                // ahead (more than once for an entry larger than a window).
-                window.bytes.drain(..(start - window.start) as usize);
-                window.start = start;
+                // Keep only the reads the entry needs, then add what was
+                // read ahead (more than once for an entry larger than one).
+                while window
+                    .reads
+                    .front()
+                    .is_some_and(|(s, bytes)| s + bytes.len() as u64 <= start)
+                {
+                    window.reads.pop_front();
+                }
                 while window.end() < end {
-                    let Some((_, read)) = window.ahead.take() else {
+                    let Some((at, read)) = window.ahead.take() else {
                         break;
                     };
                     let bytes = read.await.map_err(io_error)?;
-                    let short = bytes.is_empty();
-                    window.bytes.extend_from_slice(&bytes);
-                    if short {
+                    if bytes.is_empty() {
                         break;
                     }
+                    window.reads.push_back((at, bytes));
                     if window.read_ahead(found) {
                         reactor_turn().await;
                     }
                 }
-                if window.covers(generation, start, end) {
+                if window.start() <= start && end <= window.end() {
                     return Ok(());
                 }
             }
@@ -327,8 +362,7 @@ impl<S: Storage> Entries<S> {
             .map_err(io_error)?;
         self.window = Some(Window {
             generation,
-            start,
-            bytes: bytes.to_vec(),
+            reads: std::collections::VecDeque::from([(start, bytes)]),
             ahead: None,
         });
         Ok(())
