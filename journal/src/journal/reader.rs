@@ -173,6 +173,10 @@ fn verify_entry<F>(op: u64, found: &Located<F>, bytes: &[u8], bytes_start: u64) 
 /// large, the next one in flight while the current one is verified, instead
 /// of one block per op.
 pub const ENTRIES_READ_AHEAD_BYTES: u64 = 4 << 20;
+/// Reads of [`ENTRIES_READ_AHEAD_BYTES`] [`Entries`] keeps in flight: with
+/// two, the device still has one when the other completes and the walk has
+/// not yet asked for the next.
+const ENTRIES_READS_AHEAD: usize = 2;
 
 /// Async iterator over a range of ops; see [`Journal::entries`].
 pub struct Entries<S: Storage = DmaStorage> {
@@ -193,9 +197,9 @@ struct Window<F: StorageFile> {
     generation: u64,
     /// Consecutive reads, each with the file offset of its first byte.
     reads: std::collections::VecDeque<(u64, F::ReadBuf)>,
-    /// The read of the bytes right after the last one: its offset and the
-    /// read.
-    ahead: Option<(u64, glommio::Task<std::io::Result<F::ReadBuf>>)>,
+    /// The reads of the bytes right after the last one, in order: each
+    /// one's offset and the read.
+    ahead: std::collections::VecDeque<(u64, glommio::Task<std::io::Result<F::ReadBuf>>)>,
 }
 
 impl<F: StorageFile> Window<F> {
@@ -215,15 +219,22 @@ impl<F: StorageFile> Window<F> {
     /// turn once ([`reactor_turn`]), so the read is submitted before the
     /// caller goes back to verifying entries.
     fn read_ahead(&mut self, found: &Located<F>) -> bool {
-        let from = self.end();
-        if self.ahead.is_some() || from >= found.segment_bytes {
-            return false;
+        let mut started = false;
+        while self.ahead.len() < ENTRIES_READS_AHEAD {
+            let from = self
+                .ahead
+                .back()
+                .map_or(self.end(), |(at, _)| at + ENTRIES_READ_AHEAD_BYTES);
+            if from >= found.segment_bytes {
+                break;
+            }
+            let len = ENTRIES_READ_AHEAD_BYTES.min(found.segment_bytes - from) as usize;
+            let file = found.file.clone();
+            let read = glommio::spawn_local(async move { file.read_at(from, len).await });
+            self.ahead.push_back((from, read));
+            started = true;
         }
-        let len = ENTRIES_READ_AHEAD_BYTES.min(found.segment_bytes - from) as usize;
-        let file = found.file.clone();
-        let read = glommio::spawn_local(async move { file.read_at(from, len).await });
-        self.ahead = Some((from, read));
-        true
+        started
     }
 
     /// The bytes `[start, end)` in one slice, with the file offset of its
@@ -322,7 +333,7 @@ impl<S: Storage> Entries<S> {
                 && (end <= window.end()
                     || window
                         .ahead
-                        .as_ref()
+                        .front()
                         .is_some_and(|(at, _)| *at == window.end()));
             if continues {
                 // Keep only the reads the entry needs, then add what was
@@ -335,11 +346,14 @@ impl<S: Storage> Entries<S> {
                     window.reads.pop_front();
                 }
                 while window.end() < end {
-                    let Some((at, read)) = window.ahead.take() else {
+                    let Some((at, read)) = window.ahead.pop_front() else {
                         break;
                     };
                     let bytes = read.await.map_err(io_error)?;
-                    if bytes.is_empty() {
+                    if bytes.is_empty() || at != window.end() {
+                        // The file ended short of the segment: the reads
+                        // after it do not continue the window.
+                        window.ahead.clear();
                         break;
                     }
                     window.reads.push_back((at, bytes));
@@ -363,7 +377,7 @@ impl<S: Storage> Entries<S> {
         self.window = Some(Window {
             generation,
             reads: std::collections::VecDeque::from([(start, bytes)]),
-            ahead: None,
+            ahead: std::collections::VecDeque::new(),
         });
         Ok(())
     }
