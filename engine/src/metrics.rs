@@ -18,7 +18,7 @@
 //! | `ringstore_journal_segments_recycled_total` | counter | of those, segments made from a retired segment's file (`JournalBuilder::recycle_segments`): no zero-fill, no unwritten extents |
 //! | `ringstore_journal_batches_total` | counter, label `entries` | group commits by size: `1`, `2-3`, `4-7`, ... |
 //! | `ringstore_journal_read_corruptions_total` | counter | reads that found a journal entry damaged (each logged with its file and offset; the open leaves vouched-for payloads to the reads) |
-//! | `ringstore_journal_read_retries_total` | counter | journal reads whose entry failed verification and was read again, alone (a transient read error, or damage then also counted above) |
+//! | `ringstore_journal_read_retries_total` | counter | journal reads whose entry failed verification and was read again, alone (a transient read error; damage, then also counted above; or a replay just behind the writer that read ahead before those bytes were written) |
 //! | `ringstore_journal_scrub_passes_total` | counter | passes of the journal's scrubber over every segment (`JournalBuilder::scrub_rate`, through `ShardBuilder::journal`) |
 //! | `ringstore_journal_scrub_bytes_total` | counter | bytes the scrubber read |
 //! | `ringstore_journal_scrub_damage_total` | counter | places the scrubber found damaged (each also logged with its file and offset; reading the entries there fails) |

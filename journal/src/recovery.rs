@@ -423,7 +423,9 @@ impl<F: StorageFile> ScanReader<F> {
     /// where they are large, read-ahead would read the payloads the scan
     /// skips. So: two misses in a row less than `SPARSE_JUMP_BYTES` past
     /// what was read go sequential; any other miss reads just the blocks
-    /// asked for (at least `SPARSE_READ_BYTES`), with nothing read ahead.
+    /// asked for (at least `SPARSE_READ_BYTES`), or takes them from a read
+    /// issued ahead at a predicted position ([`Self::read_sparse_ahead`]),
+    /// with no sequential read ahead.
     async fn get_sparse(&mut self, pos: u64, len: u64) -> std::io::Result<&[u8]> {
         if pos >= self.file_len {
             return Ok(&[]);
@@ -472,6 +474,16 @@ impl<F: StorageFile> ScanReader<F> {
 }
 
 impl<F: StorageFile> ScanReader<F> {
+    /// Waits for every read issued ahead (their results are dropped).
+    async fn settle(&mut self) {
+        for (_, read) in std::mem::take(&mut self.ahead) {
+            let _ = read.await;
+        }
+        for (_, _, read) in std::mem::take(&mut self.sparse_ahead) {
+            let _ = read.await;
+        }
+    }
+
     /// Tops up the reads issued ahead: from the last three starts `a < b <
     /// c`, the walk is taken to repeat every second jump, so the next ones
     /// are `b + k·(c − a)` and `c + k·(c − a)` for k = 1, 2, … (one stride
@@ -957,6 +969,10 @@ async fn scan_segment<F: StorageFile>(
             Step::Done(outcome) => break outcome,
         };
     };
+    // The reads still in flight hold the segment's file: let them finish,
+    // so that an open journal's segments are held by the journal alone
+    // (recycling and shrinking a retired segment check that).
+    reader.settle().await;
     scan.transient_read_faults = scanner.transient_read_faults();
     match outcome {
         SegmentOutcome::Sealed { end } | SegmentOutcome::Clean { end } => scan.valid_end = end,

@@ -289,6 +289,12 @@ impl<S: CacheDisk> Cache<S> {
 
     /// Writes the access tracker now (temp file, fdatasync, rename, directory
     /// fsync).
+    ///
+    /// Cancel safety: a future dropped while it runs may leave its rename
+    /// in the kernel, and a persist started at once after it may then fail
+    /// (the periodic persist tries again) or leave a torn tracker, which
+    /// the next open ignores. No object is affected: the tracker holds only
+    /// access order.
     pub async fn persist_tracker(&self) -> Result<()> {
         self.shared.check_open()?;
         self.shared.persist_tracker().await
@@ -331,6 +337,12 @@ impl<S: CacheDisk> Cache<S> {
         for task in self.tasks.drain(..) {
             task.cancel().await;
         }
+        // A task cancelled in the middle of a metadata call leaves the call
+        // in the kernel: the persister's rename of `tracker.tmp`, landing
+        // after the persist below created a fresh one, would move that away
+        // and fail its rename with ENOENT. Let every such call finish first
+        // (a short wait, bounded by the ring's size).
+        self.shared.disk.wait_for_in_flight();
         // Let a trim in flight (from another task) finish first.
         let trim_guard = self.shared.trim_lock.lock().await;
         self.shared.retry_pending_unlinks().await;

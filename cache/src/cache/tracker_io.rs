@@ -7,26 +7,7 @@ use super::*;
 impl<S: CacheDisk> Shared<S> {
     /// Persists the tracker: encode, write `tracker.tmp`, fdatasync, rename
     /// over `tracker`, fsync the root.
-    ///
-    /// The work runs in a detached task that holds the persist lock to the
-    /// end. A caller that drops this future (the persister cancelled by
-    /// `shutdown`, an embedder's abandoned call) would otherwise leave its
-    /// rename in the kernel with the lock released, and the next persist
-    /// could have its fresh `tracker.tmp` renamed away under it, half
-    /// written. A cache dropped like a crash stops the task at its next
-    /// step ([`Error::Closed`]); `Drop` waits for the call already in flight.
-    pub(crate) async fn persist_tracker(self: &Rc<Self>) -> Result<()> {
-        match glommio::spawn_local(Rc::clone(self).persist_tracker_in_task())
-            .detach()
-            .await
-        {
-            Some(result) => result,
-            // The executor is shutting down: the cache goes with it.
-            None => Err(Error::Closed),
-        }
-    }
-
-    async fn persist_tracker_in_task(self: Rc<Self>) -> Result<()> {
+    pub(crate) async fn persist_tracker(&self) -> Result<()> {
         let _guard = self.persist_lock.lock().await;
         let encoded = {
             let mut tracker = self.tracker.borrow_mut();
@@ -49,14 +30,12 @@ impl<S: CacheDisk> Shared<S> {
 
     async fn write_tracker(&self, encoded: &[u8]) -> Result<()> {
         let tmp_path = self.root.join(TRACKER_TMP_FILE);
-        self.check_open()?;
         // A leftover of a persist that failed midway: it is replaced.
         match self.disk.remove(&tmp_path).await {
             Ok(()) => {}
             Err(e) if errno(&e) == Some(libc::ENOENT) => {}
             Err(e) => return Err(Error::io("unlinkat", &tmp_path, e)),
         }
-        self.check_open()?;
         let file = self
             .disk
             .create_buffered(&tmp_path)
@@ -86,8 +65,6 @@ impl<S: CacheDisk> Shared<S> {
         .await;
         let _ = file.close().await;
         written?;
-        // A cache dropped while this wrote must not see its directory change.
-        self.check_open()?;
         let tracker_path = self.root.join(TRACKER_FILE);
         self.disk
             .rename(&tmp_path, &tracker_path)

@@ -195,8 +195,10 @@ pub struct JournalStats {
     /// returned as `Error::Corruption` with the file and offset).
     pub read_corruptions: u64,
     /// Reads whose entry failed verification the first time and that were
-    /// read again, alone: a transient read error (the second read good), or
-    /// damage (also counted in `read_corruptions`).
+    /// read again, alone: a transient read error (the second read good),
+    /// damage (also counted in `read_corruptions`), or an [`Entries`] walk
+    /// just behind the writer whose read ahead was issued before those
+    /// bytes were written.
     pub read_retries: u64,
 }
 

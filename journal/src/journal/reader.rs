@@ -338,10 +338,14 @@ impl<S: Storage> Entries<S> {
             if continues {
                 // Keep only the reads the entry needs, then add what was
                 // read ahead (more than once for an entry larger than one).
-                while window
-                    .reads
-                    .front()
-                    .is_some_and(|(s, bytes)| s + bytes.len() as u64 <= start)
+                // The last read stays even when the entry starts where it
+                // ends: it is what says where the window ends, which the
+                // read ahead must continue.
+                while window.reads.len() > 1
+                    && window
+                        .reads
+                        .front()
+                        .is_some_and(|(s, bytes)| s + bytes.len() as u64 <= start)
                 {
                     window.reads.pop_front();
                 }
