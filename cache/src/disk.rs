@@ -395,7 +395,8 @@ impl Storage for RootedDisk {
 /// What a cache needs of its disk beyond [`Storage`]: the disk for its
 /// root, and a way to let metadata calls already handed to the kernel
 /// finish (a cache dropped like a crash must not change its directory
-/// after the next instance opened it).
+/// after the next instance opened it, nor a task `shutdown` cancelled in
+/// the middle of the shutdown's own tracker persist).
 #[expect(
     async_fn_in_trait,
     reason = "disks run on one reactor thread; futures need not be Send"

@@ -290,9 +290,11 @@ impl Uring {
     }
 
     /// Blocks until every op already submitted has completed. Used when a
-    /// cache is dropped: a dropped cache must not keep changing the directory
-    /// (a trim's unlink landing after the next instance opened it). Bounded
-    /// by the ops in flight, at most [`URING_ENTRIES`] short metadata calls.
+    /// cache is dropped (a dropped cache must not keep changing the
+    /// directory: a trim's unlink landing after the next instance opened
+    /// it) and when `shutdown` has cancelled its tasks (their calls must not
+    /// land in the middle of its own tracker persist). Bounded by the ops in
+    /// flight, at most [`URING_ENTRIES`] short metadata calls.
     pub(crate) fn wait_for_in_flight(&self) {
         loop {
             let pending = self

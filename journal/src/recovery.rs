@@ -474,11 +474,9 @@ impl<F: StorageFile> ScanReader<F> {
 }
 
 impl<F: StorageFile> ScanReader<F> {
-    /// Waits for every read issued ahead (their results are dropped).
+    /// Waits for the predicted reads still queued (their results are
+    /// dropped). Each is at most [`SPARSE_AHEAD_READ_BYTES_MAX`].
     async fn settle(&mut self) {
-        for (_, read) in std::mem::take(&mut self.ahead) {
-            let _ = read.await;
-        }
         for (_, _, read) in std::mem::take(&mut self.sparse_ahead) {
             let _ = read.await;
         }
@@ -969,9 +967,10 @@ async fn scan_segment<F: StorageFile>(
             Step::Done(outcome) => break outcome,
         };
     };
-    // The reads still in flight hold the segment's file: let them finish,
-    // so that an open journal's segments are held by the journal alone
-    // (recycling and shrinking a retired segment check that).
+    // The predicted reads still queued hold the segment's file: let them
+    // finish, so they do not keep a segment the journal soon retires from
+    // being recycled or shrunk (both check that the journal holds it
+    // alone). Reads dropped earlier finish on their own.
     reader.settle().await;
     scan.transient_read_faults = scanner.transient_read_faults();
     match outcome {

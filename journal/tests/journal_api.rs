@@ -498,55 +498,65 @@ fn write_through_durability_on_real_files() {
 }
 
 /// The walk reads the log once: where an entry starts exactly where the
-/// window's reads end (one-block writes put one there every window), it
-/// continues with the read already in flight instead of dropping both and
-/// reading afresh. Pinned by the bytes the simulated disk returned.
+/// window's reads end (one-block writes put one there every window), or in
+/// the read ahead past a block without data entries (here a hard-state
+/// write after every fourth append, which puts one at a window's end), it
+/// continues with the reads already in
+/// flight instead of dropping them and reading afresh. Pinned by the bytes
+/// the simulated disk returned.
 #[test]
 fn entries_reads_the_log_once_across_window_boundaries() {
-    run(|| async {
-        let mem = ringstore_journal::storage::MemStorage::new();
-        let builder = || {
-            Journal::builder("/mem/wal")
-                .segment_bytes(64 << 20)
-                .batch_bytes_max(64 << 10)
-                .entry_bytes_max(4 << 10)
-                .slot_count(1 << 14)
-                .storage(mem.clone())
-        };
-        let journal = builder().open().await.unwrap();
-        let count = 8192u64;
-        for op in 1..=count {
-            journal.append(&payload(op, 2000)).await.unwrap();
-        }
-        let stats = journal.stats();
-        assert_eq!(
-            stats.bytes_written,
-            stats.writes * 4096,
-            "one block per write"
-        );
-        journal.close().await.unwrap();
-        let journal = builder().open().await.unwrap();
-        let window = ringstore_journal::ENTRIES_READ_AHEAD_BYTES;
-        let log_bytes = count * 4096;
-        assert!(log_bytes >= 8 * window, "the walk crosses window ends");
-        let before = mem.bytes_read();
-        let mut entries = journal.entries(1..=count);
-        let mut seen = 0;
-        while let Some(item) = entries.next().await {
-            assert!(matches!(item.unwrap(), LogItem::Present(_)));
-            seen += 1;
-        }
-        assert_eq!(seen, count);
-        drop(entries);
-        let read = mem.bytes_read() - before;
-        // The log, and at most the two reads in flight past its end.
-        assert!(
-            read <= log_bytes + 2 * window,
-            "the walk read {read} bytes of a {log_bytes}-byte log"
-        );
-        assert_eq!(journal.stats().read_retries, 0);
-        journal.close().await.unwrap();
-    });
+    for hard_state_every in [None, Some(4)] {
+        run(move || async move {
+            let mem = ringstore_journal::storage::MemStorage::new();
+            let builder = || {
+                Journal::builder("/mem/wal")
+                    .segment_bytes(64 << 20)
+                    .batch_bytes_max(64 << 10)
+                    .entry_bytes_max(4 << 10)
+                    .slot_count(1 << 14)
+                    .storage(mem.clone())
+            };
+            let journal = builder().open().await.unwrap();
+            let count = 8192u64;
+            for op in 1..=count {
+                journal.append(&payload(op, 2000)).await.unwrap();
+                if hard_state_every.is_some_and(|n| op % n == 0) {
+                    journal.set_hard_state(&op.to_le_bytes()).await.unwrap();
+                }
+            }
+            let stats = journal.stats();
+            assert_eq!(
+                stats.bytes_written,
+                stats.writes * 4096,
+                "one block per write"
+            );
+            journal.close().await.unwrap();
+            let journal = builder().open().await.unwrap();
+            let window = ringstore_journal::ENTRIES_READ_AHEAD_BYTES;
+            let log_bytes = stats.bytes_written;
+            assert!(log_bytes >= 8 * window, "the walk crosses window ends");
+            let before = mem.bytes_read();
+            let mut entries = journal.entries(1..=count);
+            let mut seen = 0;
+            while let Some(item) = entries.next().await {
+                assert!(matches!(item.unwrap(), LogItem::Present(_)));
+                seen += 1;
+            }
+            assert_eq!(seen, count);
+            drop(entries);
+            let read = mem.bytes_read() - before;
+            // The log, the rest of the read that holds its end, and the
+            // two reads in flight past it.
+            assert!(
+                read <= log_bytes + 3 * window,
+                "hard state every {hard_state_every:?} appends: the walk read {read} bytes \
+                 of a {log_bytes}-byte log"
+            );
+            assert_eq!(journal.stats().read_retries, 0);
+            journal.close().await.unwrap();
+        });
+    }
 }
 
 /// Entries larger than a read-ahead window (and small ones between them)

@@ -320,21 +320,24 @@ impl<S: Storage> Entries<S> {
     }
 
     /// Makes the window cover `start..end` of the entry's segment: drops
-    /// the reads before it and adds the read ahead when the entry continues
-    /// where the window ends, otherwise reads a fresh window.
+    /// the reads before it and adds the reads ahead when the entry starts
+    /// in the window or in them (blocks without data entries, such as a
+    /// write's index or a hard-state write, may lie between two ops),
+    /// otherwise reads a fresh window.
     async fn fill(&mut self, found: &Located<S::File>, start: u64, end: u64) -> Result<()> {
         let generation = found.location.generation;
         let offset = u64::from(found.location.offset);
         let io_error = |e| Error::io("read", &found.path, Some(offset), e);
         if let Some(window) = &mut self.window {
+            let reach = window.end() + window.ahead.len() as u64 * ENTRIES_READ_AHEAD_BYTES;
             let continues = window.generation == generation
                 && window.start() <= start
-                && start <= window.end()
                 && (end <= window.end()
-                    || window
-                        .ahead
-                        .front()
-                        .is_some_and(|(at, _)| *at == window.end()));
+                    || (start < reach
+                        && window
+                            .ahead
+                            .front()
+                            .is_some_and(|(at, _)| *at == window.end())));
             if continues {
                 // Keep only the reads the entry needs, then add what was
                 // read ahead (more than once for an entry larger than one).
