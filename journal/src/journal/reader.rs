@@ -170,8 +170,8 @@ fn verify_entry<F>(op: u64, found: &Located<F>, bytes: &[u8], bytes_start: u64) 
 
 /// Bytes [`Entries`] reads ahead in one read: consecutive ops of a leader's
 /// log sit next to each other, so a replay reads the log in windows this
-/// large, the next one in flight while the current one is verified, instead
-/// of one block per op.
+/// large, the next two in flight while the current one is verified,
+/// instead of one block per op.
 pub const ENTRIES_READ_AHEAD_BYTES: u64 = 4 << 20;
 /// Reads of [`ENTRIES_READ_AHEAD_BYTES`] [`Entries`] keeps in flight: with
 /// two, the device still has one when the other completes and the walk has
