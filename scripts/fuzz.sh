@@ -83,6 +83,12 @@ for t in "${selected[@]}"; do
     cargo fuzz build -s none -a "$t"
 done
 
+# Each run of the simulation targets starts a glommio executor, and glommio
+# 0.9 leaves two or three descriptors open per executor that ends
+# (journal/src/glommio_quirks.rs, quirk 5): allow as many as the hard
+# limit does, so a long run is not cut short at the soft limit (often 1024).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 failed=()
 summary=()
 for t in "${selected[@]}"; do
