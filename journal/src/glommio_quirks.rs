@@ -43,7 +43,7 @@
 //!    long as the process, so this costs nothing there; what spawns
 //!    executors by the thousand (the crash simulations' and fuzzers' one
 //!    per run) grows by two or three descriptors per run: about 20,000 in
-//!    six minutes of `cache_ops` fuzzing, enough to hit the default open
+//!    five minutes of `cache_ops` fuzzing, enough to hit the default open
 //!    file limit of 1,024 within a minute. The cache test `descriptors`
 //!    pins that a cache opened and closed on a living executor gives every
 //!    descriptor back.
