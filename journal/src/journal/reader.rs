@@ -170,13 +170,16 @@ fn verify_entry<F>(op: u64, found: &Located<F>, bytes: &[u8], bytes_start: u64) 
 
 /// Bytes [`Entries`] reads ahead in one read: consecutive ops of a leader's
 /// log sit next to each other, so a replay reads the log in windows this
-/// large, the next two in flight while the current one is verified,
+/// large, the next one in flight while the current one is verified,
 /// instead of one block per op.
 pub const ENTRIES_READ_AHEAD_BYTES: u64 = 4 << 20;
-/// Reads of [`ENTRIES_READ_AHEAD_BYTES`] [`Entries`] keeps in flight: with
-/// two, the device still has one when the other completes and the walk has
-/// not yet asked for the next.
-const ENTRIES_READS_AHEAD: usize = 2;
+/// Reads of [`ENTRIES_READ_AHEAD_BYTES`] [`Entries`] keeps in flight. Two
+/// were tried: the raft cluster fault test then failed its linearizability
+/// check in 2 of 4 runs (0 of 4 with one; not understood yet:
+/// a walk close behind the writer re-reads every entry its reads ahead
+/// fetched before the bytes were written, and with two it fetches twice
+/// as much).
+const ENTRIES_READS_AHEAD: usize = 1;
 
 /// Async iterator over a range of ops; see [`Journal::entries`].
 pub struct Entries<S: Storage = DmaStorage> {
