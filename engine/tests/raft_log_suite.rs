@@ -373,3 +373,64 @@ mod node_identity {
         }
     }
 }
+
+mod restart {
+    use super::*;
+    use openraft::storage::RaftLogStorage;
+    use openraft::{CommittedLeaderId, LogId, Vote};
+
+    fn open(dir: &std::path::Path) -> Log {
+        ringstore::raft::open::<TypeConfig, Strings>(
+            dir,
+            CLUSTER,
+            1,
+            Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
+        )
+        .expect("open the raft shard")
+        .log
+    }
+
+    /// openraft 0.9 brings a node whose saved vote is its own committed one
+    /// straight back as leader, and its read index then rests on the
+    /// committed id it saved, which may lag: a reopened shard's vote is
+    /// uncommitted (same term, same candidate), so a restarted leader is
+    /// elected again before it serves. Within one open, a vote reads back
+    /// as saved.
+    #[test]
+    fn a_reopened_shard_holds_its_vote_uncommitted() {
+        let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+        let dir = root.path().join("node");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let mut log = open(&dir);
+            let committed = Vote::new_committed(7, 1);
+            log.save_vote(&committed).await.expect("save the vote");
+            let at = LogId::new(CommittedLeaderId::new(7, 1), 41);
+            log.save_committed(Some(at)).await.expect("save committed");
+            assert_eq!(log.read_vote().await.expect("read"), Some(committed));
+            drop(log);
+
+            let mut reopened = open(&dir);
+            let vote = reopened.read_vote().await.expect("read the vote");
+            assert_eq!(vote, Some(Vote::new(7, 1)), "the vote after a reopen");
+            assert!(vote.is_some_and(|v| !v.is_committed()));
+            // The rest of the hard state is as saved (the committed id went
+            // out with the vote's write).
+            assert_eq!(
+                reopened.read_committed().await.expect("read committed"),
+                Some(at)
+            );
+            // An uncommitted vote of another candidate is kept as it is.
+            reopened
+                .save_vote(&Vote::new(8, 2))
+                .await
+                .expect("save a vote");
+            drop(reopened);
+            let mut again = open(&dir);
+            assert_eq!(
+                again.read_vote().await.expect("read the vote"),
+                Some(Vote::new(8, 2))
+            );
+        });
+    }
+}

@@ -90,10 +90,48 @@ where
         thread: Arc<ReactorThread<RaftShard<C, M>>>,
         hard_state: Arc<Mutex<HardStateCell>>,
     ) -> RaftLog<C, M> {
-        RaftLog {
+        let log = RaftLog {
             thread,
             hard_state,
             tail: Arc::new(Mutex::new(TailCache::default())),
+        };
+        log.open_with_vote_uncommitted();
+        log
+    }
+
+    /// Makes the vote this shard opened with an uncommitted one: the same
+    /// term and candidate, not yet a leader's.
+    ///
+    /// openraft 0.9 brings a node whose saved vote is its own committed one
+    /// straight back as leader, with no election (`Engine::startup`). Its
+    /// read index (`Raft::ensure_linearizable`: the larger of its term's
+    /// first entry and its committed id) then rests on the committed id it
+    /// saved, which may lag what it had committed and answered before the
+    /// crash (`save_committed` rides with the next write), so a
+    /// linearizable read could miss an acknowledged write: the cluster
+    /// fault test saw a restarted leader read 725 after an add had
+    /// returned 726. With the vote uncommitted, a restarted leader wins a
+    /// new term, and commits that term's first entry, before it serves
+    /// again. An uncommitted vote refuses every other candidate of its term
+    /// all the same, so nothing about voting changes.
+    fn open_with_vote_uncommitted(&self) {
+        let Ok(mut cell) = self.hard_state.lock() else {
+            return;
+        };
+        if cell.bytes.is_empty() {
+            return;
+        }
+        // A hard state that does not decode is reported by the first
+        // `read_vote`.
+        let Ok(mut state) = decode::<HardState<C>>(&cell.bytes) else {
+            return;
+        };
+        match &mut state.vote {
+            Some(vote) if vote.committed => vote.committed = false,
+            _ => return,
+        }
+        if let Ok(bytes) = encode(&state) {
+            cell.bytes = bytes;
         }
     }
 
@@ -172,7 +210,7 @@ where
 enum Persist {
     /// Before the call returns (a vote, a purged id).
     Durable,
-    /// With the next write (the committed id: openraft recomputes it).
+    /// With the next write (the committed id: see `save_committed`).
     NextWrite,
 }
 
@@ -284,8 +322,11 @@ where
     ) -> Result<(), StorageError<C::NodeId>> {
         let mut state = self.hard_state()?;
         state.committed = committed;
-        // Losing it in a crash is harmless (openraft recomputes it), so it
-        // rides with the next write instead of costing one.
+        // Losing it in a crash is harmless, so it rides with the next write
+        // instead of costing one: a restarted node learns the commit point
+        // from the leader again, and a restarted leader does not lead
+        // again before a new term's first entry is committed (see
+        // `open_with_vote_uncommitted`).
         self.set_hard_state(state, Persist::NextWrite).await
     }
 

@@ -38,7 +38,15 @@
 //! * `truncate(id)` is `Journal::truncate_after(op(id) - 1)`.
 //! * The vote, the committed id and the last purged id are the journal's
 //!   hard state (a record in the log, ordered with the appends; no extra
-//!   fdatasync on the append path).
+//!   fdatasync on the append path). The committed id rides with the next
+//!   write, so after a crash it may lag what the node had committed.
+//! * A reopened shard's vote is uncommitted (same term and candidate).
+//!   openraft 0.9 restarts a node whose vote is its own committed one as
+//!   leader at once, and a leader's read index is the larger of its term's
+//!   first entry and its committed id: with a lagging committed id, a
+//!   linearizable read could miss a write acknowledged before the crash.
+//!   A restarted leader is elected again instead, and its new term's first
+//!   entry is committed before it serves a read.
 //! * `purge(id)` records the purged id in the hard state, then advances the
 //!   journal's watermark to its op. openraft purges only what a snapshot
 //!   holds, and the snapshot is durable before `build_snapshot` returns.

@@ -173,13 +173,11 @@ fn verify_entry<F>(op: u64, found: &Located<F>, bytes: &[u8], bytes_start: u64) 
 /// large, the next one in flight while the current one is verified,
 /// instead of one block per op.
 pub const ENTRIES_READ_AHEAD_BYTES: u64 = 4 << 20;
-/// Reads of [`ENTRIES_READ_AHEAD_BYTES`] [`Entries`] keeps in flight. Two
-/// were tried: the raft cluster fault test then failed its linearizability
-/// check in 2 of 4 runs (0 of 4 with one; not understood yet:
-/// a walk close behind the writer re-reads every entry its reads ahead
-/// fetched before the bytes were written, and with two it fetches twice
-/// as much).
-const ENTRIES_READS_AHEAD: usize = 1;
+/// Reads of [`ENTRIES_READ_AHEAD_BYTES`] [`Entries`] keeps in flight: two,
+/// so the disk has the next read while the walk verifies the one before.
+/// (A walk close behind the writer re-reads alone each entry its reads
+/// ahead fetched before the bytes were written; see `read_retries`.)
+const ENTRIES_READS_AHEAD: usize = 2;
 
 /// Async iterator over a range of ops; see [`Journal::entries`].
 pub struct Entries<S: Storage = DmaStorage> {
