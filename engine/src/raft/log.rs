@@ -252,10 +252,19 @@ where
                     if first > last {
                         return Ok(payloads);
                     }
+                    // What is returned is one run of ops: a read that
+                    // starts below the log's first op begins at it (the
+                    // storage suite reads a log that starts above 0 so), and
+                    // a read stops at the first op not durable yet (the
+                    // newest appends, which the tail cache serves), never
+                    // skipping one: openraft would replicate or apply
+                    // around the hole.
                     let mut items = journal.entries(first..=last);
                     while let Some(item) = items.next().await {
-                        if let LogItem::Present(entry) = item? {
-                            payloads.push(entry.payload);
+                        match item? {
+                            LogItem::Present(entry) => payloads.push(entry.payload),
+                            LogItem::Missing(_) if payloads.is_empty() => {}
+                            LogItem::Missing(_) => break,
                         }
                     }
                     Ok(payloads)
