@@ -90,6 +90,14 @@ pub struct EngineArgs {
     /// 2, the measured checkpoint prunes a snapshot of the whole state.
     #[arg(long, default_value_t = ringstore::config::SNAPSHOT_GENERATIONS_DEFAULT)]
     pub snapshot_generations: usize,
+    /// Only the submit workload: the engine's and the bare journal's
+    /// commands/s, `--rounds` times each, alternating (no device, state,
+    /// snapshot, checkpoint or recovery phases).
+    #[arg(long)]
+    pub submit_only: bool,
+    /// Rounds of `--submit-only`.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 #[derive(Serialize)]
@@ -528,6 +536,9 @@ fn run_recovery(dir: &Path, ops: u64) -> Result<Recovery> {
 pub fn run(args: &EngineArgs) -> Result<()> {
     let quick = args.common.quick;
     let duration = if quick { DURATION_QUICK } else { DURATION_FULL };
+    if args.submit_only {
+        return run_submit_only(args, duration);
+    }
     let state_bytes = args.state_mib.unwrap_or(if quick { 128 } else { 1024 }) << 20;
     let recovery_ops = args
         .recovery_ops
@@ -636,6 +647,45 @@ pub fn run(args: &EngineArgs) -> Result<()> {
     println!(
         "{}",
         serde_json::to_string(&report).context("encode the report")?
+    );
+    Ok(())
+}
+
+/// `--submit-only`: the engine's and the bare journal's submit figures,
+/// alternating, each round's ratio printed with its probes.
+fn run_submit_only(args: &EngineArgs, duration: Duration) -> Result<()> {
+    let rounds = args.rounds.max(1);
+    let mut harness = Harness::new(&args.common.dir, 2 * u64::from(rounds))?;
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        harness.step(format!("round {round}: submit, {SUBMITTERS} tasks"));
+        let submit = run_submit(&harness.path("engine-submit"), duration)?;
+        let submit = figures(SUBMITTERS, submit, harness.bracket()?);
+        harness.step(format!("round {round}: journal only, {SUBMITTERS} tasks"));
+        let journal_only = run_journal_only(&harness.path("engine-journal"), duration)?;
+        let journal_only = figures(SUBMITTERS, journal_only, harness.bracket()?);
+        crate::harness::remove_path(&harness.path("engine-submit"))?;
+        crate::harness::remove_path(&harness.path("engine-journal"))?;
+        let ratio = submit.commands_per_s / journal_only.commands_per_s;
+        ratios.push(ratio);
+        let [engine_probes, _, engine_reliable] = submit.probes.cells();
+        let [journal_probes, _, journal_reliable] = journal_only.probes.cells();
+        println!(
+            "round {round}: engine {} commands/s (p50 {:.0} us; probes {engine_probes}, \
+             reliable {engine_reliable}), bare journal {} appends/s (p50 {:.0} us; probes \
+             {journal_probes}, reliable {journal_reliable}): {}",
+            fmt_num(submit.commands_per_s),
+            submit.latency.p50_us,
+            fmt_num(journal_only.commands_per_s),
+            journal_only.latency.p50_us,
+            fmt_ratio(ratio),
+        );
+    }
+    harness.finish(args.common.keep)?;
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "engine over bare journal, median of {rounds} rounds: {}",
+        fmt_ratio(ratios[ratios.len() / 2])
     );
     Ok(())
 }

@@ -131,6 +131,15 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
     Ok(bincode::serde::encode_to_vec(value, bincode_config())?)
 }
 
+/// [`encode`] into `out`, replacing what it held: a buffer kept between
+/// calls is not allocated again (bincode's own vector grows from empty,
+/// three or four allocations for a small command).
+pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    out.clear();
+    bincode::serde::encode_into_std_write(value, out, bincode_config())?;
+    Ok(())
+}
+
 /// Decodes a whole `bytes` as one `T`; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())?;

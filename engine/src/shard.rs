@@ -52,7 +52,7 @@ use crate::error::{Error, Result};
 use crate::layout::identity::{write_identity, Identity};
 use crate::layout::lock::DirLock;
 use crate::lifecycle::Lifecycle;
-use crate::machine::{encode, OpId, StateMachine};
+use crate::machine::{encode_into, OpId, StateMachine};
 use crate::metrics::{LatencySummary, ShardMetrics, METRICS_PUBLISH_INTERVAL};
 use crate::recovery::{Recovered, ShardRecoveryReport, SnapshotPoint};
 use crate::snapshot::{Pacing, SnapshotMeta, SnapshotStore};
@@ -269,6 +269,9 @@ struct Inner<M: StateMachine, S: Storage> {
     scrub_task: RefCell<Option<glommio::Task<()>>>,
     /// `<dir>/lock`, held until the shard is closed.
     lock: RefCell<Option<DirLock<S::Lock>>>,
+    /// A command's encoding, kept between submits (taken while in use: a
+    /// submit that finds it taken encodes into a new one).
+    encode_scratch: Cell<Vec<u8>>,
 }
 
 /// One shard. Cheap to clone (clones are the same shard); `!Send`: it lives
@@ -341,6 +344,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             metrics_task: RefCell::new(None),
             scrub_task: RefCell::new(None),
             lock: RefCell::new(recovered.lock),
+            encode_scratch: Cell::new(Vec::new()),
         });
         let task = glommio::spawn_local(publish_metrics(Rc::downgrade(&inner)));
         *inner.metrics_task.borrow_mut() = Some(task);
@@ -473,15 +477,38 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         on_full: OnRingFull,
     ) -> Result<Queued<'_, M, S>> {
         self.usable()?;
-        let payload = encode(&command).map_err(|e| Error::CommandEncode(Arc::new(e)))?;
         let inner = &*self.inner;
+        let mut payload = inner.encode_scratch.take();
+        if let Err(e) = encode_into(&command, &mut payload) {
+            inner.encode_scratch.set(payload);
+            return Err(Error::CommandEncode(Arc::new(e)));
+        }
+        let queued = self.queue_payload(&payload, on_full).await;
+        let payload_len = payload.len() as u64;
+        inner.encode_scratch.set(payload);
+        Ok(match queued? {
+            Some(queued) => Queued::Queued(OrphanGuard {
+                shard: self,
+                pending: Some((queued, command, payload_len)),
+            }),
+            None => Queued::RingFull(command),
+        })
+    }
+
+    /// Queues an encoded command in the journal; `None` on a full ring
+    /// with [`OnRingFull::Return`].
+    async fn queue_payload(
+        &self,
+        payload: &[u8],
+        on_full: OnRingFull,
+    ) -> Result<Option<ringstore_journal::QueuedAppend>> {
         let mut waited_since: Option<Instant> = None;
-        let queued = loop {
-            match inner.journal.queue_append(&payload).await {
-                Ok(queued) => break queued,
+        loop {
+            match self.inner.journal.queue_append(payload).await {
+                Ok(queued) => return Ok(Some(queued)),
                 Err(ringstore_journal::Error::RingFull { .. }) => {
                     if on_full == OnRingFull::Return {
-                        return Ok(Queued::RingFull(command));
+                        return Ok(None);
                     }
                     let since = *waited_since.get_or_insert_with(Instant::now);
                     self.wait_for_slots(since).await?;
@@ -493,11 +520,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 // shard cannot apply past.
                 Err(e) => return Err(self.poison(Error::Journal(e))),
             }
-        };
-        Ok(Queued::Queued(OrphanGuard {
-            shard: self,
-            pending: Some((queued, command, payload.len() as u64)),
-        }))
+        }
     }
 
     /// Waits for a queued command's entry to be durable and applies it in

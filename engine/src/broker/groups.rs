@@ -26,6 +26,51 @@ pub struct GroupKey {
     pub group: String,
 }
 
+/// A group key's parts, borrowed: the map is searched by them without an
+/// owned key being built (three strings allocated per lookup, on every
+/// commit-offset command). Ordered as [`GroupKey`] is.
+trait GroupKeyParts {
+    fn parts(&self) -> (&str, &str, &str);
+}
+
+impl GroupKeyParts for GroupKey {
+    fn parts(&self) -> (&str, &str, &str) {
+        (&self.stream, &self.topic, &self.group)
+    }
+}
+
+impl GroupKeyParts for (&str, &str, &str) {
+    fn parts(&self) -> (&str, &str, &str) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn GroupKeyParts + 'a> for GroupKey {
+    fn borrow(&self) -> &(dyn GroupKeyParts + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn GroupKeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn GroupKeyParts + '_ {}
+
+impl PartialOrd for dyn GroupKeyParts + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn GroupKeyParts + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
 impl GroupKey {
     /// The key of `stream/topic/group`.
     pub fn new(stream: &str, topic: &str, group: &str) -> GroupKey {
@@ -75,7 +120,7 @@ pub struct Groups {
 impl Groups {
     /// The group `stream/topic/name`.
     pub fn get(&self, stream: &str, topic: &str, name: &str) -> Option<&Group> {
-        self.map.get(&GroupKey::new(stream, topic, name))
+        self.map.get(&(stream, topic, name) as &dyn GroupKeyParts)
     }
 
     /// How many groups there are.
@@ -314,5 +359,34 @@ impl Member for Groups {
         codec::check_version::<Self>(version)?;
         let map = restore_map(bytes, GROUPS_MAX, check_record)?;
         Ok(Groups { map })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The borrowed lookup finds exactly the owned key with the same parts,
+    /// also where the parts' boundaries differ but their concatenation does
+    /// not ("a" + "bc" against "ab" + "c").
+    #[test]
+    fn lookups_by_borrowed_parts_match_owned_keys() {
+        let keys = [
+            ("a", "bc", "g"),
+            ("ab", "c", "g"),
+            ("a", "b", "cg"),
+            ("a", "", "bcg"),
+            ("", "abc", "g"),
+        ];
+        let mut map: OrdMap<GroupKey, usize> = OrdMap::new();
+        for (i, &(s, t, g)) in keys.iter().take(3).enumerate() {
+            map.insert(GroupKey::new(s, t, g), i);
+        }
+        for (i, &(s, t, g)) in keys.iter().enumerate() {
+            let borrowed = map.get(&(s, t, g) as &dyn GroupKeyParts).copied();
+            let owned = map.get(&GroupKey::new(s, t, g)).copied();
+            assert_eq!(borrowed, owned, "{s}/{t}/{g}");
+            assert_eq!(borrowed, (i < 3).then_some(i), "{s}/{t}/{g}");
+        }
     }
 }

@@ -25,6 +25,51 @@ pub struct TopicKey {
     pub topic: String,
 }
 
+/// A topic key's parts, borrowed: the map is searched by them without an
+/// owned key being built (two strings allocated per lookup, on every
+/// commit-offset command). Ordered as [`TopicKey`] is.
+trait TopicKeyParts {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl TopicKeyParts for TopicKey {
+    fn parts(&self) -> (&str, &str) {
+        (&self.stream, &self.topic)
+    }
+}
+
+impl TopicKeyParts for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn TopicKeyParts + 'a> for TopicKey {
+    fn borrow(&self) -> &(dyn TopicKeyParts + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn TopicKeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn TopicKeyParts + '_ {}
+
+impl PartialOrd for dyn TopicKeyParts + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn TopicKeyParts + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
 impl TopicKey {
     /// The key of `stream/topic`.
     pub fn new(stream: &str, topic: &str) -> TopicKey {
@@ -64,7 +109,7 @@ pub struct Topics {
 impl Topics {
     /// The topic `stream/name`.
     pub fn get(&self, stream: &str, name: &str) -> Option<&Topic> {
-        self.map.get(&TopicKey::new(stream, name))
+        self.map.get(&(stream, name) as &dyn TopicKeyParts)
     }
 
     /// How many topics there are.
@@ -302,5 +347,28 @@ impl Member for Topics {
         codec::check_version::<Self>(version)?;
         let map = restore_map(bytes, TOPICS_MAX, check_record)?;
         Ok(Topics { map })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The borrowed lookup finds exactly the owned key with the same parts,
+    /// also where the parts' boundaries differ ("a" + "bc" against
+    /// "ab" + "c").
+    #[test]
+    fn lookups_by_borrowed_parts_match_owned_keys() {
+        let keys = [("a", "bc"), ("ab", "c"), ("abc", ""), ("", "abc")];
+        let mut map: OrdMap<TopicKey, usize> = OrdMap::new();
+        for (i, &(s, t)) in keys.iter().take(2).enumerate() {
+            map.insert(TopicKey::new(s, t), i);
+        }
+        for (i, &(s, t)) in keys.iter().enumerate() {
+            let borrowed = map.get(&(s, t) as &dyn TopicKeyParts).copied();
+            let owned = map.get(&TopicKey::new(s, t)).copied();
+            assert_eq!(borrowed, owned, "{s}/{t}");
+            assert_eq!(borrowed, (i < 2).then_some(i), "{s}/{t}");
+        }
     }
 }
