@@ -561,14 +561,7 @@ pub fn run(args: &EngineArgs) -> Result<()> {
     let _device_probes = harness.bracket()?;
 
     // 2. Throughput, engine then bare journal.
-    harness.step(format!("submit: {SUBMITTERS} tasks, broker commands"));
-    let submit = run_submit(&harness.path("engine-submit"), duration)?;
-    let submit = figures(SUBMITTERS, submit, harness.bracket()?);
-    harness.step(format!("journal only: {SUBMITTERS} tasks"));
-    let journal_only = run_journal_only(&harness.path("engine-journal"), duration)?;
-    let journal_only = figures(SUBMITTERS, journal_only, harness.bracket()?);
-    crate::harness::remove_path(&harness.path("engine-submit"))?;
-    crate::harness::remove_path(&harness.path("engine-journal"))?;
+    let (submit, journal_only) = run_submit_pair(&mut harness, duration, "")?;
 
     // 3-4. The big state and its snapshot.
     harness.step(format!("state: building {} MiB", state_bytes >> 20));
@@ -651,6 +644,26 @@ pub fn run(args: &EngineArgs) -> Result<()> {
     Ok(())
 }
 
+/// The submit workload on the engine, then on the bare journal, each
+/// bracketed by probes; `label` prefixes the steps shown.
+fn run_submit_pair(
+    harness: &mut Harness,
+    duration: Duration,
+    label: &str,
+) -> Result<(SubmitFigures, SubmitFigures)> {
+    harness.step(format!(
+        "{label}submit: {SUBMITTERS} tasks, broker commands"
+    ));
+    let submit = run_submit(&harness.path("engine-submit"), duration)?;
+    let submit = figures(SUBMITTERS, submit, harness.bracket()?);
+    harness.step(format!("{label}journal only: {SUBMITTERS} tasks"));
+    let journal_only = run_journal_only(&harness.path("engine-journal"), duration)?;
+    let journal_only = figures(SUBMITTERS, journal_only, harness.bracket()?);
+    crate::harness::remove_path(&harness.path("engine-submit"))?;
+    crate::harness::remove_path(&harness.path("engine-journal"))?;
+    Ok((submit, journal_only))
+}
+
 /// `--submit-only`: the engine's and the bare journal's submit figures,
 /// alternating, each round's ratio printed with its probes.
 fn run_submit_only(args: &EngineArgs, duration: Duration) -> Result<()> {
@@ -658,14 +671,8 @@ fn run_submit_only(args: &EngineArgs, duration: Duration) -> Result<()> {
     let mut harness = Harness::new(&args.common.dir, 2 * u64::from(rounds))?;
     let mut ratios = Vec::new();
     for round in 1..=rounds {
-        harness.step(format!("round {round}: submit, {SUBMITTERS} tasks"));
-        let submit = run_submit(&harness.path("engine-submit"), duration)?;
-        let submit = figures(SUBMITTERS, submit, harness.bracket()?);
-        harness.step(format!("round {round}: journal only, {SUBMITTERS} tasks"));
-        let journal_only = run_journal_only(&harness.path("engine-journal"), duration)?;
-        let journal_only = figures(SUBMITTERS, journal_only, harness.bracket()?);
-        crate::harness::remove_path(&harness.path("engine-submit"))?;
-        crate::harness::remove_path(&harness.path("engine-journal"))?;
+        let (submit, journal_only) =
+            run_submit_pair(&mut harness, duration, &format!("round {round}: "))?;
         let ratio = submit.commands_per_s / journal_only.commands_per_s;
         ratios.push(ratio);
         let [engine_probes, _, engine_reliable] = submit.probes.cells();

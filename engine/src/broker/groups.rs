@@ -5,6 +5,7 @@
 use super::codec::{self, freeze_map, restore_map};
 use super::command::{GroupCommand, Reply};
 use super::error::{Kind, Limit, Rejection};
+use super::key_parts::KeyParts;
 use super::validate::{self, path};
 use super::{GROUPS_MAX, GROUP_MEMBERS_MAX, PARTITIONS_MAX};
 use crate::machine::{RestoreError, SectionEncoder};
@@ -26,48 +27,15 @@ pub struct GroupKey {
     pub group: String,
 }
 
-/// A group key's parts, borrowed: the map is searched by them without an
-/// owned key being built (three strings allocated per lookup, on every
-/// commit-offset command). Ordered as [`GroupKey`] is.
-trait GroupKeyParts {
-    fn parts(&self) -> (&str, &str, &str);
-}
-
-impl GroupKeyParts for GroupKey {
-    fn parts(&self) -> (&str, &str, &str) {
-        (&self.stream, &self.topic, &self.group)
+impl KeyParts<3> for GroupKey {
+    fn parts(&self) -> [&str; 3] {
+        [&self.stream, &self.topic, &self.group]
     }
 }
 
-impl GroupKeyParts for (&str, &str, &str) {
-    fn parts(&self) -> (&str, &str, &str) {
-        *self
-    }
-}
-
-impl<'a> std::borrow::Borrow<dyn GroupKeyParts + 'a> for GroupKey {
-    fn borrow(&self) -> &(dyn GroupKeyParts + 'a) {
+impl<'a> std::borrow::Borrow<dyn KeyParts<3> + 'a> for GroupKey {
+    fn borrow(&self) -> &(dyn KeyParts<3> + 'a) {
         self
-    }
-}
-
-impl PartialEq for dyn GroupKeyParts + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn GroupKeyParts + '_ {}
-
-impl PartialOrd for dyn GroupKeyParts + '_ {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for dyn GroupKeyParts + '_ {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.parts().cmp(&other.parts())
     }
 }
 
@@ -120,7 +88,7 @@ pub struct Groups {
 impl Groups {
     /// The group `stream/topic/name`.
     pub fn get(&self, stream: &str, topic: &str, name: &str) -> Option<&Group> {
-        self.map.get(&(stream, topic, name) as &dyn GroupKeyParts)
+        self.map.get(&[stream, topic, name] as &dyn KeyParts<3>)
     }
 
     /// How many groups there are.
@@ -383,7 +351,7 @@ mod tests {
             map.insert(GroupKey::new(s, t, g), i);
         }
         for (i, &(s, t, g)) in keys.iter().enumerate() {
-            let borrowed = map.get(&(s, t, g) as &dyn GroupKeyParts).copied();
+            let borrowed = map.get(&[s, t, g] as &dyn KeyParts<3>).copied();
             let owned = map.get(&GroupKey::new(s, t, g)).copied();
             assert_eq!(borrowed, owned, "{s}/{t}/{g}");
             assert_eq!(borrowed, (i < 3).then_some(i), "{s}/{t}/{g}");

@@ -25,6 +25,7 @@ mod command;
 mod error;
 pub mod gen;
 mod groups;
+mod key_parts;
 mod streams;
 mod topics;
 mod users;

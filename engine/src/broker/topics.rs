@@ -5,6 +5,7 @@
 use super::codec::{self, freeze_map, restore_map};
 use super::command::{Reply, TopicCommand};
 use super::error::{Kind, Limit, Rejection};
+use super::key_parts::KeyParts;
 use super::validate::{self, path};
 use super::{CONFIG_ENTRIES_MAX, PARTITIONS_MAX, TOPICS_MAX};
 use crate::machine::{RestoreError, SectionEncoder};
@@ -25,48 +26,15 @@ pub struct TopicKey {
     pub topic: String,
 }
 
-/// A topic key's parts, borrowed: the map is searched by them without an
-/// owned key being built (two strings allocated per lookup, on every
-/// commit-offset command). Ordered as [`TopicKey`] is.
-trait TopicKeyParts {
-    fn parts(&self) -> (&str, &str);
-}
-
-impl TopicKeyParts for TopicKey {
-    fn parts(&self) -> (&str, &str) {
-        (&self.stream, &self.topic)
+impl KeyParts<2> for TopicKey {
+    fn parts(&self) -> [&str; 2] {
+        [&self.stream, &self.topic]
     }
 }
 
-impl TopicKeyParts for (&str, &str) {
-    fn parts(&self) -> (&str, &str) {
-        *self
-    }
-}
-
-impl<'a> std::borrow::Borrow<dyn TopicKeyParts + 'a> for TopicKey {
-    fn borrow(&self) -> &(dyn TopicKeyParts + 'a) {
+impl<'a> std::borrow::Borrow<dyn KeyParts<2> + 'a> for TopicKey {
+    fn borrow(&self) -> &(dyn KeyParts<2> + 'a) {
         self
-    }
-}
-
-impl PartialEq for dyn TopicKeyParts + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn TopicKeyParts + '_ {}
-
-impl PartialOrd for dyn TopicKeyParts + '_ {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for dyn TopicKeyParts + '_ {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.parts().cmp(&other.parts())
     }
 }
 
@@ -109,7 +77,7 @@ pub struct Topics {
 impl Topics {
     /// The topic `stream/name`.
     pub fn get(&self, stream: &str, name: &str) -> Option<&Topic> {
-        self.map.get(&(stream, name) as &dyn TopicKeyParts)
+        self.map.get(&[stream, name] as &dyn KeyParts<2>)
     }
 
     /// How many topics there are.
@@ -365,7 +333,7 @@ mod tests {
             map.insert(TopicKey::new(s, t), i);
         }
         for (i, &(s, t)) in keys.iter().enumerate() {
-            let borrowed = map.get(&(s, t) as &dyn TopicKeyParts).copied();
+            let borrowed = map.get(&[s, t] as &dyn KeyParts<2>).copied();
             let owned = map.get(&TopicKey::new(s, t)).copied();
             assert_eq!(borrowed, owned, "{s}/{t}");
             assert_eq!(borrowed, (i < 2).then_some(i), "{s}/{t}");
