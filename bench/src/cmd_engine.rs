@@ -96,7 +96,7 @@ pub struct EngineArgs {
     #[arg(long)]
     pub submit_only: bool,
     /// Rounds of `--submit-only`.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, requires = "submit_only")]
     pub rounds: u32,
 }
 
@@ -668,7 +668,8 @@ fn run_submit_pair(
 /// alternating, each round's ratio printed with its probes.
 fn run_submit_only(args: &EngineArgs, duration: Duration) -> Result<()> {
     let rounds = args.rounds.max(1);
-    let mut harness = Harness::new(&args.common.dir, 2 * u64::from(rounds))?;
+    // Each round: two steps, each followed by a probe bracket.
+    let mut harness = Harness::new(&args.common.dir, 1 + 4 * u64::from(rounds))?;
     let mut ratios = Vec::new();
     for round in 1..=rounds {
         let (submit, journal_only) =
@@ -690,9 +691,15 @@ fn run_submit_only(args: &EngineArgs, duration: Duration) -> Result<()> {
     }
     harness.finish(args.common.keep)?;
     ratios.sort_by(f64::total_cmp);
+    let middle = ratios.len() / 2;
+    let median = if ratios.len() % 2 == 0 {
+        (ratios[middle - 1] + ratios[middle]) / 2.0
+    } else {
+        ratios[middle]
+    };
     println!(
         "engine over bare journal, median of {rounds} rounds: {}",
-        fmt_ratio(ratios[ratios.len() / 2])
+        fmt_ratio(median)
     );
     Ok(())
 }

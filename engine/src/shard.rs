@@ -245,6 +245,10 @@ struct Progress<M: StateMachine> {
     stats: ShardStats,
 }
 
+/// Largest command-encoding buffer a shard keeps between submits, in
+/// bytes: one large command does not pin its size for the shard's life.
+const ENCODE_SCRATCH_KEPT_BYTES_MAX: usize = 64 << 10;
+
 struct Inner<M: StateMachine, S: Storage> {
     config: ShardConfig,
     storage: S,
@@ -480,12 +484,13 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let inner = &*self.inner;
         let mut payload = inner.encode_scratch.take();
         if let Err(e) = encode_into(&command, &mut payload) {
-            inner.encode_scratch.set(payload);
             return Err(Error::CommandEncode(Arc::new(e)));
         }
         let queued = self.queue_payload(&payload, on_full).await;
         let payload_len = payload.len() as u64;
-        inner.encode_scratch.set(payload);
+        if payload.capacity() <= ENCODE_SCRATCH_KEPT_BYTES_MAX {
+            inner.encode_scratch.set(payload);
+        }
         Ok(match queued? {
             Some(queued) => Queued::Queued(OrphanGuard {
                 shard: self,

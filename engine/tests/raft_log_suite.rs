@@ -392,10 +392,10 @@ mod restart {
 
     /// openraft 0.9 brings a node whose saved vote is its own committed one
     /// straight back as leader, and its read index then rests on the
-    /// committed id it saved, which may lag: a reopened shard's vote is
-    /// uncommitted (same term, same candidate), so a restarted leader is
-    /// elected again before it serves. Within one open, a vote reads back
-    /// as saved.
+    /// committed id it saved, which may lag: a reopened shard's own
+    /// committed vote is uncommitted (same term, same candidate), so a
+    /// restarted leader is elected again before it serves. Within one open,
+    /// a vote reads back as saved.
     #[test]
     fn a_reopened_shard_holds_its_vote_uncommitted() {
         let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
@@ -414,23 +414,24 @@ mod restart {
             let vote = reopened.read_vote().await.expect("read the vote");
             assert_eq!(vote, Some(Vote::new(7, 1)), "the vote after a reopen");
             assert!(vote.is_some_and(|v| !v.is_committed()));
-            // The rest of the hard state is as saved (the committed id went
-            // out with the vote's write).
+            // The rest of the hard state is as saved (the committed id,
+            // which waits for the next write, went out with the close).
             assert_eq!(
                 reopened.read_committed().await.expect("read committed"),
                 Some(at)
             );
-            // An uncommitted vote of another candidate is kept as it is.
-            reopened
-                .save_vote(&Vote::new(8, 2))
-                .await
-                .expect("save a vote");
-            drop(reopened);
-            let mut again = open(&dir);
-            assert_eq!(
-                again.read_vote().await.expect("read the vote"),
-                Some(Vote::new(8, 2))
-            );
+            // Another leader's votes are kept as they are: uncommitted, and
+            // committed (a follower honours its leader's lease after a
+            // restart).
+            for vote in [Vote::new(8, 2), Vote::new_committed(9, 2)] {
+                reopened.save_vote(&vote).await.expect("save a vote");
+                drop(reopened);
+                reopened = open(&dir);
+                assert_eq!(
+                    reopened.read_vote().await.expect("read the vote"),
+                    Some(vote)
+                );
+            }
         });
     }
 }

@@ -86,21 +86,24 @@ where
     C::Entry: Serialize + DeserializeOwned,
     M: StateMachine,
 {
+    /// The log of the shard on `thread`, whose node is `me`.
     pub(super) fn new(
         thread: Arc<ReactorThread<RaftShard<C, M>>>,
         hard_state: Arc<Mutex<HardStateCell>>,
+        me: C::NodeId,
     ) -> RaftLog<C, M> {
         let log = RaftLog {
             thread,
             hard_state,
             tail: Arc::new(Mutex::new(TailCache::default())),
         };
-        log.open_with_vote_uncommitted();
+        log.open_with_own_vote_uncommitted(&me);
         log
     }
 
-    /// Makes the vote this shard opened with an uncommitted one: the same
-    /// term and candidate, not yet a leader's.
+    /// Makes the vote this shard opened with an uncommitted one if it is
+    /// this node's own committed vote (it was the leader): the same term
+    /// and candidate, not yet a leader's.
     ///
     /// openraft 0.9 brings a node whose saved vote is its own committed one
     /// straight back as leader, with no election (`Engine::startup`). Its
@@ -112,9 +115,11 @@ where
     /// fault test saw a restarted leader read 725 after an add had
     /// returned 726. With the vote uncommitted, a restarted leader wins a
     /// new term, and commits that term's first entry, before it serves
-    /// again. An uncommitted vote refuses every other candidate of its term
-    /// all the same, so nothing about voting changes.
-    fn open_with_vote_uncommitted(&self) {
+    /// again. The committed flag orders a vote only against one of the
+    /// same term and candidate, so which requests the node grants is
+    /// unchanged; a follower's committed vote is kept as it is (openraft
+    /// then honours the leader's lease after a restart).
+    fn open_with_own_vote_uncommitted(&self, me: &C::NodeId) {
         let Ok(mut cell) = self.hard_state.lock() else {
             return;
         };
@@ -127,7 +132,9 @@ where
             return;
         };
         match &mut state.vote {
-            Some(vote) if vote.committed => vote.committed = false,
+            Some(vote) if vote.committed && vote.leader_id().voted_for().as_ref() == Some(me) => {
+                vote.committed = false
+            }
             _ => return,
         }
         if let Ok(bytes) = encode(&state) {
@@ -258,7 +265,9 @@ where
                     // a read stops at the first op not durable yet (the
                     // newest appends, which the tail cache serves), never
                     // skipping one: openraft would replicate or apply
-                    // around the hole.
+                    // around the hole. Ops not yet durable are always the
+                    // newest (the journal publishes its writes in order),
+                    // so a skipped leading op is one the log never held.
                     let mut items = journal.entries(first..=last);
                     while let Some(item) = items.next().await {
                         match item? {
@@ -335,7 +344,7 @@ where
         // instead of costing one: a restarted node learns the commit point
         // from the leader again, and a restarted leader does not lead
         // again before a new term's first entry is committed (see
-        // `open_with_vote_uncommitted`).
+        // `open_with_own_vote_uncommitted`).
         self.set_hard_state(state, Persist::NextWrite).await
     }
 

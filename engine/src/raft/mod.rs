@@ -40,13 +40,15 @@
 //!   hard state (a record in the log, ordered with the appends; no extra
 //!   fdatasync on the append path). The committed id rides with the next
 //!   write, so after a crash it may lag what the node had committed.
-//! * A reopened shard's vote is uncommitted (same term and candidate).
-//!   openraft 0.9 restarts a node whose vote is its own committed one as
-//!   leader at once, and a leader's read index is the larger of its term's
-//!   first entry and its committed id: with a lagging committed id, a
-//!   linearizable read could miss a write acknowledged before the crash.
-//!   A restarted leader is elected again instead, and its new term's first
-//!   entry is committed before it serves a read.
+//! * A reopened shard's own committed vote (it was the leader) is
+//!   uncommitted (same term and candidate). openraft 0.9 restarts a node
+//!   whose vote is its own committed one as leader at once, and a leader's
+//!   read index is the larger of its term's first entry and its committed
+//!   id: with a lagging committed id, a linearizable read could miss a
+//!   write acknowledged before the crash. A restarted leader is elected
+//!   again instead, and its new term's first entry is committed before it
+//!   serves a read. (Hence `C::NodeId: From<u64>`: the shard must know
+//!   which votes are its own.)
 //! * `purge(id)` records the purged id in the hard state, then advances the
 //!   journal's watermark to its op. openraft purges only what a snapshot
 //!   holds, and the snapshot is durable before `build_snapshot` returns.
@@ -130,6 +132,7 @@ pub fn open<C, M>(
 ) -> Result<RaftStores<C, M>, RaftStoreError>
 where
     C: RaftTypeConfig,
+    C::NodeId: From<u64>,
     C::Entry: serde::Serialize + serde::de::DeserializeOwned,
     M: StateMachine,
 {
@@ -142,7 +145,7 @@ where
         hard_state.clone(),
     )?);
     Ok(RaftStores {
-        log: RaftLog::new(thread.clone(), hard_state),
+        log: RaftLog::new(thread.clone(), hard_state, C::NodeId::from(node)),
         machine: RaftMachine::new(thread),
     })
 }
