@@ -70,6 +70,21 @@ type Machine = RaftMachine<TypeConfig, Strings>;
 /// store's snapshot on another, which a node refuses across clusters.
 const CLUSTER: uuid::Uuid = uuid::Uuid::from_u128(0x5eed_cafe_0000_4000_8000_0000_0000_0001);
 
+/// Opens node `node`'s shard in `dir` with small segments and ring (the
+/// cases below that need no more).
+fn open_node(
+    dir: &std::path::Path,
+    node: u64,
+) -> Result<(Log, Machine), ringstore::raft::RaftStoreError> {
+    ringstore::raft::open::<TypeConfig, Strings>(
+        dir,
+        CLUSTER,
+        node,
+        Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
+    )
+    .map(|stores| (stores.log, stores.machine))
+}
+
 /// A fresh shard under `target/` (O_DIRECT needs a real disk) for each
 /// case; the directory lives as long as the case.
 struct Builder;
@@ -320,18 +335,8 @@ mod received_snapshots {
 }
 
 mod node_identity {
-    use super::*;
+    use super::open_node as open;
     use ringstore::raft::RaftStoreError;
-
-    fn open(dir: &std::path::Path, node: u64) -> Result<(Log, Machine), RaftStoreError> {
-        ringstore::raft::open::<TypeConfig, Strings>(
-            dir,
-            CLUSTER,
-            node,
-            Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
-        )
-        .map(|stores| (stores.log, stores.machine))
-    }
 
     /// A node given another node's directory (a swapped disk, a wrong
     /// backup) would serve that node's log and vote: refused, naming both.
@@ -380,14 +385,7 @@ mod restart {
     use openraft::{CommittedLeaderId, LogId, Vote};
 
     fn open(dir: &std::path::Path) -> Log {
-        ringstore::raft::open::<TypeConfig, Strings>(
-            dir,
-            CLUSTER,
-            1,
-            Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
-        )
-        .expect("open the raft shard")
-        .log
+        open_node(dir, 1).expect("open the raft shard").0
     }
 
     /// openraft 0.9 brings a node whose saved vote is its own committed one
@@ -458,14 +456,8 @@ mod reads {
         let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         runtime.block_on(async {
-            let mut log = ringstore::raft::open::<TypeConfig, Strings>(
-                root.path().join("node"),
-                CLUSTER,
-                1,
-                Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
-            )
-            .expect("open the raft shard")
-            .log;
+            let (mut log, _machine) =
+                open_node(&root.path().join("node"), 1).expect("open the raft shard");
             log.blocking_append([0, 1, 2, 4, 5].map(blank))
                 .await
                 .expect("append");

@@ -266,8 +266,11 @@ where
                     // newest appends, which the tail cache serves), never
                     // skipping one: openraft would replicate or apply
                     // around the hole. Ops not yet durable are always the
-                    // newest (the journal publishes its writes in order),
-                    // so a skipped leading op is one the log never held.
+                    // newest (the journal publishes its writes in order).
+                    // The leading skip assumes the log has no hole of its
+                    // own, as openraft keeps it (contiguous appends, a
+                    // suffix truncated, a prefix purged): a read that
+                    // started exactly at a hole would return what follows.
                     let mut items = journal.entries(first..=last);
                     while let Some(item) = items.next().await {
                         match item? {
