@@ -4,9 +4,10 @@ use super::error::RaftStoreError;
 use super::reactor::ReactorThread;
 use super::shard::{op_of, HardStateCell, RaftShard};
 use super::tail_cache::TailCache;
+use super::types::{LogId, RaftTypes, Vote};
 use crate::StateMachine;
-use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{AnyError, LogId, OptionalSend, RaftTypeConfig, StorageError, StorageIOError, Vote};
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
 use ringstore_journal::LogItem;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::fmt::Debug;
@@ -17,22 +18,11 @@ use std::sync::{Arc, Mutex};
 pub const HARD_STATE_ENCODED_BYTES_MAX: usize = ringstore_journal::format::HARD_STATE_BYTES_MAX;
 
 /// What the journal's hard state holds for openraft.
-#[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
-struct HardState<C: RaftTypeConfig> {
-    vote: Option<Vote<C::NodeId>>,
-    committed: Option<LogId<C::NodeId>>,
-    purged: Option<LogId<C::NodeId>>,
-}
-
-impl<C: RaftTypeConfig> Clone for HardState<C> {
-    fn clone(&self) -> Self {
-        HardState {
-            vote: self.vote.clone(),
-            committed: self.committed.clone(),
-            purged: self.purged.clone(),
-        }
-    }
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct HardState {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    purged: Option<LogId>,
 }
 
 /// The `Send + Sync` handle openraft holds as its log. Journal work runs
@@ -40,13 +30,13 @@ impl<C: RaftTypeConfig> Clone for HardState<C> {
 /// openraft asks most often is answered here without the hop: the hard
 /// state (a copy shared with the reactor) and reads of the newest entries
 /// (a cache filled as they are appended).
-pub struct RaftLog<C: RaftTypeConfig, M: StateMachine> {
+pub struct RaftLog<C: RaftTypes, M: StateMachine> {
     thread: Arc<ReactorThread<RaftShard<C, M>>>,
     hard_state: Arc<Mutex<HardStateCell>>,
     tail: Arc<Mutex<TailCache>>,
 }
 
-impl<C: RaftTypeConfig, M: StateMachine> Clone for RaftLog<C, M> {
+impl<C: RaftTypes, M: StateMachine> Clone for RaftLog<C, M> {
     fn clone(&self) -> Self {
         RaftLog {
             thread: self.thread.clone(),
@@ -69,8 +59,9 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::Decode
     bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
 }
 
-pub(super) fn io_error(e: impl std::error::Error + 'static) -> AnyError {
-    AnyError::new(&e)
+/// An error as openraft's storage traits return it.
+pub(super) fn io_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
 /// A journal call's result, flattened.
@@ -82,22 +73,21 @@ fn flat<T>(
 
 impl<C, M> RaftLog<C, M>
 where
-    C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C: RaftTypes,
     M: StateMachine,
 {
     /// The log of the shard on `thread`, whose node is `me`.
     pub(super) fn new(
         thread: Arc<ReactorThread<RaftShard<C, M>>>,
         hard_state: Arc<Mutex<HardStateCell>>,
-        me: C::NodeId,
+        me: u64,
     ) -> RaftLog<C, M> {
         let log = RaftLog {
             thread,
             hard_state,
             tail: Arc::new(Mutex::new(TailCache::default())),
         };
-        log.open_with_own_vote_uncommitted(&me);
+        log.open_with_own_vote_uncommitted(me);
         log
     }
 
@@ -119,7 +109,7 @@ where
     /// same term and candidate, so which requests the node grants is
     /// unchanged; a follower's committed vote is kept as it is (openraft
     /// then honours the leader's lease after a restart).
-    fn open_with_own_vote_uncommitted(&self, me: &C::NodeId) {
+    fn open_with_own_vote_uncommitted(&self, me: u64) {
         let Ok(mut cell) = self.hard_state.lock() else {
             return;
         };
@@ -128,11 +118,11 @@ where
         }
         // A hard state that does not decode is reported by the first
         // `read_vote`.
-        let Ok(mut state) = decode::<HardState<C>>(&cell.bytes) else {
+        let Ok(mut state) = decode::<HardState>(&cell.bytes) else {
             return;
         };
         match &mut state.vote {
-            Some(vote) if vote.committed && vote.leader_id().voted_for().as_ref() == Some(me) => {
+            Some(vote) if vote.committed && vote.leader_id.node_id == me => {
                 vote.committed = false
             }
             _ => return,
@@ -151,27 +141,21 @@ where
             .await?)
     }
 
-    fn tail(&self) -> Result<std::sync::MutexGuard<'_, TailCache>, StorageError<C::NodeId>> {
+    fn tail(&self) -> Result<std::sync::MutexGuard<'_, TailCache>, std::io::Error> {
         self.tail
             .lock()
-            .map_err(|_| StorageIOError::read_logs(io_error(Poisoned("tail cache"))).into())
+            .map_err(|_| io_error(Poisoned("tail cache")))
     }
 
-    fn hard_state(&self) -> Result<HardState<C>, StorageError<C::NodeId>> {
+    fn hard_state(&self) -> Result<HardState, std::io::Error> {
         let bytes = match self.hard_state.lock() {
             Ok(cell) => cell.bytes.clone(),
-            Err(_) => {
-                return Err(StorageIOError::read_vote(io_error(Poisoned("hard state"))).into())
-            }
+            Err(_) => return Err(io_error(Poisoned("hard state"))),
         };
         if bytes.is_empty() {
-            return Ok(HardState {
-                vote: None,
-                committed: None,
-                purged: None,
-            });
+            return Ok(HardState::default());
         }
-        decode(&bytes).map_err(|e| StorageIOError::read_vote(io_error(e)).into())
+        decode(&bytes).map_err(io_error)
     }
 
     /// Makes `state` the hard state. `Durable`: queued behind every entry
@@ -181,18 +165,16 @@ where
     /// loses it.
     async fn set_hard_state(
         &self,
-        state: HardState<C>,
+        state: HardState,
         when: Persist,
-    ) -> Result<(), StorageError<C::NodeId>> {
-        let bytes = encode(&state).map_err(|e| StorageIOError::write_vote(io_error(e)))?;
+    ) -> Result<(), std::io::Error> {
+        let bytes = encode(&state).map_err(io_error)?;
         match self.hard_state.lock() {
             Ok(mut cell) => {
                 cell.bytes = bytes;
                 cell.unqueued = true;
             }
-            Err(_) => {
-                return Err(StorageIOError::write_vote(io_error(Poisoned("hard state"))).into())
-            }
+            Err(_) => return Err(io_error(Poisoned("hard state"))),
         }
         if when == Persist::NextWrite {
             return Ok(());
@@ -208,7 +190,7 @@ where
                 })
             })
             .await;
-        flat(set).map_err(|e| StorageIOError::write_vote(io_error(e)).into())
+        flat(set).map_err(io_error)
     }
 }
 
@@ -223,14 +205,17 @@ enum Persist {
 
 impl<C, M> RaftLogReader<C> for RaftLog<C, M>
 where
-    C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C: RaftTypes,
     M: StateMachine,
 {
+    /// One run of entries from the range: the journal's durable ones, then
+    /// the tail cache's, which holds what was appended and is not durable
+    /// yet (openraft reads what it just appended to replicate it, and
+    /// 0.10's reader must not leave such an entry out).
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+    ) -> Result<Vec<C::Entry>, std::io::Error> {
         let first = match range.start_bound() {
             Bound::Included(i) => op_of(*i),
             Bound::Excluded(i) => op_of(*i) + 1,
@@ -243,12 +228,9 @@ where
             Bound::Unbounded => None,
         };
         if let Some(cached) = self.tail()?.get_range(first, last) {
-            return cached
-                .iter()
-                .map(|p| decode(p).map_err(|e| StorageIOError::read_logs(io_error(e)).into()))
-                .collect();
+            return cached.iter().map(|p| decode(p).map_err(io_error)).collect();
         }
-        let payloads = self
+        let durable = self
             .thread
             .call(move |shard| {
                 Box::pin(async move {
@@ -257,7 +239,7 @@ where
                     let last = last.unwrap_or(u64::MAX).min(journal.next_op() - 1);
                     let mut payloads = Vec::new();
                     if first > last {
-                        return Ok(payloads);
+                        return Ok((first, payloads));
                     }
                     // What is returned is one run of ops: a read that
                     // starts below the log's first op begins at it (the
@@ -271,41 +253,48 @@ where
                     // own, as openraft keeps it (contiguous appends, a
                     // suffix truncated, a prefix purged): a read that
                     // started exactly at a hole would return what follows.
+                    let mut start = first;
                     let mut items = journal.entries(first..=last);
                     while let Some(item) = items.next().await {
                         match item? {
                             LogItem::Present(entry) => payloads.push(entry.payload),
-                            LogItem::Missing(_) if payloads.is_empty() => {}
+                            LogItem::Missing(_) if payloads.is_empty() => start += 1,
                             LogItem::Missing(_) => break,
                         }
                     }
-                    Ok(payloads)
+                    Ok((start, payloads))
                 })
             })
             .await;
-        let payloads = flat(payloads).map_err(|e| StorageIOError::read_logs(io_error(e)))?;
-        payloads
-            .iter()
-            .map(|p| decode(p).map_err(|e| StorageIOError::read_logs(io_error(e)).into()))
-            .collect()
+        let (start, mut payloads) = flat(durable).map_err(io_error)?;
+        // What the journal did not have durable yet, from the cache: the
+        // run of cached ops that starts right after the journal's.
+        let next = start + payloads.len() as u64;
+        if last.is_none_or(|last| next <= last) {
+            payloads.extend(self.tail()?.get_from(next, last));
+        }
+        payloads.iter().map(|p| decode(p).map_err(io_error)).collect()
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        Ok(self.hard_state()?.vote)
     }
 }
 
 impl<C, M> RaftLogStorage<C> for RaftLog<C, M>
 where
-    C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C: RaftTypes,
     M: StateMachine,
 {
     type LogReader = RaftLog<C, M>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, std::io::Error> {
         let purged = self.hard_state()?.purged;
         let last_op: u64 = self
             .thread
             .call(|shard| Box::pin(async move { shard.journal.next_op() - 1 }))
             .await
-            .map_err(|e| StorageIOError::read_logs(io_error(e)))?;
+            .map_err(io_error)?;
         let last = if last_op == 0 {
             Vec::new()
         } else {
@@ -313,8 +302,8 @@ where
             self.try_get_log_entries(last_op - 1..=last_op - 1).await?
         };
         let last_log_id = match last.last() {
-            Some(entry) => Some(openraft::RaftLogId::get_log_id(entry).clone()),
-            None => purged.clone(),
+            Some(entry) => Some(entry.log_id),
+            None => purged,
         };
         Ok(LogState {
             last_purged_log_id: purged,
@@ -326,21 +315,14 @@ where
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
         let mut state = self.hard_state()?;
-        state.vote = Some(vote.clone());
+        state.vote = Some(*vote);
         // A vote must be on disk before it is sent.
         self.set_hard_state(state, Persist::Durable).await
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
-        Ok(self.hard_state()?.vote)
-    }
-
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<C::NodeId>>,
-    ) -> Result<(), StorageError<C::NodeId>> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
         let mut state = self.hard_state()?;
         state.committed = committed;
         // Losing it in a crash is harmless, so it rides with the next write
@@ -351,26 +333,19 @@ where
         self.set_hard_state(state, Persist::NextWrite).await
     }
 
-    async fn read_committed(
-        &mut self,
-    ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
         Ok(self.hard_state()?.committed)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<C>,
-    ) -> Result<(), StorageError<C::NodeId>>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
         for entry in entries {
-            let index = openraft::RaftLogId::get_log_id(&entry).index;
-            let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(io_error(e)))?;
-            encoded.push((op_of(index), bytes));
+            let bytes = encode(&entry).map_err(io_error)?;
+            encoded.push((op_of(entry.log_id.index), bytes));
         }
         // Readable as soon as this returns (openraft reads what it just
         // appended to replicate it): the cache has it at once, and the
@@ -391,7 +366,7 @@ where
                     let queued = match queued {
                         Ok(queued) => queued,
                         Err(e) => {
-                            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                            callback.io_completed(Err(io_error(e)));
                             return;
                         }
                     };
@@ -406,34 +381,34 @@ where
                         let mut result = Ok(());
                         for q in queued {
                             if let Err(e) = q.durable().await {
-                                result = Err(std::io::Error::other(e.to_string()));
+                                result = Err(io_error(e));
                                 break;
                             }
                         }
                         shard
                             .appends_in_flight
                             .set(shard.appends_in_flight.get() - count);
-                        callback.log_io_completed(result);
+                        callback.io_completed(result);
                     })
                     .detach();
                 })
             })
             .await;
-        posted.map_err(|e| StorageIOError::write_logs(io_error(e)).into())
+        posted.map_err(io_error)
     }
 
-    async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
-        // Keep indexes below `log_id.index`: ops up to and including its op - 1.
-        let keep = op_of(log_id.index) - 1;
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
+        // Keep `last_log_id` and every index below it.
+        let keep = last_log_id.map_or(0, |id| op_of(id.index));
         self.tail()?.truncate_after(keep);
         let truncated = self
             .thread
             .call(move |shard| Box::pin(async move { shard.journal.truncate_after(keep).await }))
             .await;
-        flat(truncated).map_err(|e| StorageIOError::write_logs(io_error(e)).into())
+        flat(truncated).map_err(io_error)
     }
 
-    async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
         let mut state = self.hard_state()?;
         if state
             .purged
@@ -458,14 +433,13 @@ where
                 })
             })
             .await;
-        flat(advanced).map_err(|e| StorageIOError::write_logs(io_error(e)).into())
+        flat(advanced).map_err(io_error)
     }
 }
-
 /// Queues `entries` (op, bytes) in the journal behind a hard state changed
 /// since the last write; ops at or below the watermark are skipped (a
 /// snapshot holds them, and they are never read again).
-async fn queue_entries<C: RaftTypeConfig, M>(
+async fn queue_entries<C: RaftTypes, M>(
     shard: &RaftShard<C, M>,
     entries: &[(u64, Vec<u8>)],
 ) -> ringstore_journal::Result<Vec<ringstore_journal::QueuedAppend>> {

@@ -5,26 +5,24 @@ use super::error::RaftStoreError;
 use super::log::io_error;
 use super::reactor::ReactorThread;
 use super::shard::{op_of, remember, repeat, restore, CurrentSnapshot, RaftShard};
-use super::types::{Request, Response};
+use super::types::{LogId, RaftTypes, Request, Response, SnapshotMeta, StoredMembership};
 use crate::config::CHECKPOINT_BUSY_WRITE_PERCENT_DEFAULT;
 use crate::snapshot::Pacing;
 use crate::{OpId, StateMachine};
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
-use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftTypeConfig, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
-};
+use futures_lite::StreamExt;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::sync::Arc;
 
 /// The `Send + Sync` handle openraft holds as its state machine (and
 /// snapshot builder): every call runs on the shard's reactor thread.
-pub struct RaftMachine<C: RaftTypeConfig, M: StateMachine> {
+pub struct RaftMachine<C: RaftTypes, M: StateMachine> {
     thread: Arc<ReactorThread<RaftShard<C, M>>>,
 }
 
-impl<C: RaftTypeConfig, M: StateMachine> Clone for RaftMachine<C, M> {
+impl<C: RaftTypes, M: StateMachine> Clone for RaftMachine<C, M> {
     fn clone(&self) -> Self {
         RaftMachine {
             thread: self.thread.clone(),
@@ -32,7 +30,7 @@ impl<C: RaftTypeConfig, M: StateMachine> Clone for RaftMachine<C, M> {
     }
 }
 
-impl<C: RaftTypeConfig, M: StateMachine> RaftMachine<C, M> {
+impl<C: RaftTypes, M: StateMachine> RaftMachine<C, M> {
     pub(super) fn new(thread: Arc<ReactorThread<RaftShard<C, M>>>) -> RaftMachine<C, M> {
         RaftMachine { thread }
     }
@@ -52,7 +50,7 @@ impl<C: RaftTypeConfig, M: StateMachine> RaftMachine<C, M> {
     }
 }
 
-impl<C: RaftTypeConfig, M: StateMachine> RaftMachine<C, M> {
+impl<C: RaftTypes, M: StateMachine> RaftMachine<C, M> {
     /// Snapshots received from a leader and installed since the open.
     pub async fn snapshots_installed(&self) -> Result<u64, RaftStoreError> {
         Ok(self
@@ -62,31 +60,26 @@ impl<C: RaftTypeConfig, M: StateMachine> RaftMachine<C, M> {
     }
 }
 
-fn sm_error<NID: openraft::NodeId>(e: RaftStoreError) -> StorageError<NID> {
-    StorageIOError::write_state_machine(io_error(e)).into()
-}
-
-fn snapshot_error<NID: openraft::NodeId>(
-    e: RaftStoreError,
-    meta: Option<&SnapshotMeta<NID, impl openraft::Node>>,
-) -> StorageError<NID> {
-    let signature = meta.map(|m| m.signature());
-    StorageIOError::write_snapshot(signature, io_error(e)).into()
-}
+/// The snapshot a leader sends and a follower installs: the engine's
+/// snapshot file, whole.
+pub type SnapshotFile<C> =
+    Snapshot<super::types::LeaderId, u64, <C as openraft::RaftTypeConfig>::Node, Cursor<Vec<u8>>>;
 
 impl<C, M> RaftSnapshotBuilder<C> for RaftMachine<C, M>
 where
-    C: RaftTypeConfig<R = Response<M::Reply>, SnapshotData = Cursor<Vec<u8>>>,
+    C: RaftTypes<R = Response<M::Reply>>,
     M: StateMachine,
     M::Reply: Clone + Send + Sync + Debug,
 {
+    type SnapshotData = Cursor<Vec<u8>>;
+
     /// Freezes the machine on the reactor (cheap), then persists it as a
     /// snapshot file on a task of its own while the shard goes on applying
     /// and appending; returns once the file is durable.
     // The reactor job returns the receiver of the persisting task's result
     // on purpose: awaiting it there would hold up the jobs behind it.
     #[allow(clippy::async_yields_async)]
-    async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<C::NodeId>> {
+    async fn build_snapshot(&mut self) -> Result<SnapshotFile<C>, std::io::Error> {
         let built = self
             .thread
             .call(|shard| {
@@ -128,44 +121,30 @@ where
                 })
             })
             .await
-            .map_err(|e| {
-                snapshot_error::<C::NodeId>(e.into(), None::<&SnapshotMeta<C::NodeId, C::Node>>)
-            })?;
+            .map_err(io_error)?;
         let (meta, bytes) = built
             .await
             .map_err(|_| RaftStoreError::Closed(super::reactor::ReactorClosed))
             .and_then(|r| r)
-            .map_err(|e| snapshot_error(e, None::<&SnapshotMeta<C::NodeId, C::Node>>))?;
+            .map_err(io_error)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Cursor::new(bytes),
         })
     }
 }
 
 impl<C, M> RaftStateMachine<C> for RaftMachine<C, M>
 where
-    C: RaftTypeConfig<
-        D = Request<M::Command>,
-        R = Response<M::Reply>,
-        Entry = Entry<C>,
-        SnapshotData = Cursor<Vec<u8>>,
-    >,
+    C: RaftTypes<D = Request<M::Command>, R = Response<M::Reply>>,
     M: StateMachine,
-    M::Command: Send,
+    M::Command: Send + Sync + Debug,
     M::Reply: Clone + Send + Sync + Debug,
 {
+    type SnapshotData = Cursor<Vec<u8>>;
     type SnapshotBuilder = RaftMachine<C, M>;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<
-        (
-            Option<LogId<C::NodeId>>,
-            StoredMembership<C::NodeId, C::Node>,
-        ),
-        StorageError<C::NodeId>,
-    > {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<C>), std::io::Error> {
         self.thread
             .call(|shard| {
                 Box::pin(async move {
@@ -174,16 +153,26 @@ where
                 })
             })
             .await
-            .map_err(|e| sm_error(e.into()))
+            .map_err(io_error)
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<C::R>, StorageError<C::NodeId>>
+    /// Applies the entries on the shard's reactor, all in one hop, then
+    /// answers each waiting client.
+    async fn apply<S>(&mut self, mut stream: S) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = C::Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        S: futures_lite::Stream<Item = Result<EntryResponder<C>, std::io::Error>>
+            + Unpin
+            + OptionalSend,
     {
-        let entries: Vec<C::Entry> = entries.into_iter().collect();
-        self.thread
+        let mut entries = Vec::new();
+        let mut responders = Vec::new();
+        while let Some(item) = stream.next().await {
+            let (entry, responder) = item?;
+            entries.push(entry);
+            responders.push(responder);
+        }
+        let responses = self
+            .thread
             .call(move |shard| {
                 Box::pin(async move {
                     let mut applied = shard.applied.borrow_mut();
@@ -199,7 +188,7 @@ where
                             EntryPayload::Blank => Response::Internal,
                             EntryPayload::Membership(membership) => {
                                 applied.membership =
-                                    StoredMembership::new(Some(entry.log_id), membership);
+                                    StoredMembership::<C>::new(Some(entry.log_id), membership);
                                 Response::Internal
                             }
                             EntryPayload::Normal(request) => {
@@ -232,17 +221,17 @@ where
                 })
             })
             .await
-            .map_err(|e| sm_error(e.into()))
+            .map_err(io_error)?;
+        for (responder, response) in responders.into_iter().zip(responses) {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
-    }
-
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<C::NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
     }
 
     /// Verifies the received file (whole, and of this cluster) and restores
@@ -252,9 +241,9 @@ where
     /// it takes a snapshot's name, where every later open would refuse it.
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<C::NodeId, C::Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError<C::NodeId>> {
+        meta: &SnapshotMeta<C>,
+        snapshot: Cursor<Vec<u8>>,
+    ) -> Result<(), std::io::Error> {
         let bytes = snapshot.into_inner();
         let op = meta.last_log_id.as_ref().map_or(0, |id| op_of(id.index));
         let installed = self
@@ -300,12 +289,10 @@ where
         installed
             .map_err(RaftStoreError::from)
             .and_then(|r| r)
-            .map_err(|e| snapshot_error(e, Some(meta)))
+            .map_err(io_error)
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<C>>, StorageError<C::NodeId>> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotFile<C>>, std::io::Error> {
         let current = self
             .thread
             .call(|shard| {
@@ -326,10 +313,10 @@ where
         let current = current
             .map_err(RaftStoreError::from)
             .and_then(|r: Result<_, crate::Error>| r.map_err(RaftStoreError::from))
-            .map_err(|e| snapshot_error(e, None::<&SnapshotMeta<C::NodeId, C::Node>>))?;
+            .map_err(io_error)?;
         Ok(current.map(|(meta, bytes)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Cursor::new(bytes),
         }))
     }
 }

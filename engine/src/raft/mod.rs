@@ -102,16 +102,16 @@ pub use log::{RaftLog, HARD_STATE_ENCODED_BYTES_MAX};
 pub use machine::RaftMachine;
 pub use reactor::{ReactorClosed, ReactorThread};
 pub use shard::{JournalSetup, RaftShard, RAFT_NODE_SHARDS, RAFT_SECTION, SESSIONS_MAX};
-pub use types::{Request, Response};
+pub use machine::SnapshotFile;
+pub use types::{LeaderId, LogId, Payload, RaftTypes, Request, Response, SnapshotMeta, StoredMembership, Vote};
 
 use crate::StateMachine;
-use openraft::RaftTypeConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 use uuid::Uuid;
 
 /// The two handles openraft takes (`Raft::new(.., log, machine)`).
-pub struct RaftStores<C: RaftTypeConfig, M: StateMachine> {
+pub struct RaftStores<C: RaftTypes, M: StateMachine> {
     /// The log and hard state.
     pub log: RaftLog<C, M>,
     /// The state machine and snapshots.
@@ -131,9 +131,7 @@ pub fn open<C, M>(
     journal_setup: JournalSetup,
 ) -> Result<RaftStores<C, M>, RaftStoreError>
 where
-    C: RaftTypeConfig,
-    C::NodeId: From<u64>,
-    C::Entry: serde::Serialize + serde::de::DeserializeOwned,
+    C: RaftTypes,
     M: StateMachine,
 {
     let hard_state = Arc::new(std::sync::Mutex::new(shard::HardStateCell::default()));
@@ -145,7 +143,7 @@ where
         hard_state.clone(),
     )?);
     Ok(RaftStores {
-        log: RaftLog::new(thread.clone(), hard_state, C::NodeId::from(node)),
+        log: RaftLog::new(thread.clone(), hard_state, node),
         machine: RaftMachine::new(thread),
     })
 }

@@ -17,7 +17,7 @@ use crate::machine::{decode_records, restore_state, FrozenSection, RecordsEncode
 use crate::snapshot::verify::snapshot_covers_journal;
 use crate::snapshot::{LoadedSnapshot, SnapshotStore};
 use crate::StateMachine;
-use openraft::{LogId, RaftTypeConfig, SnapshotMeta, StoredMembership};
+use super::types::{LogId, RaftTypes, SnapshotMeta, StoredMembership};
 use ringstore_journal::storage::{DmaStorage, Storage};
 use ringstore_journal::{Journal, JournalBuilder, JournalOwner};
 use serde::{Deserialize, Serialize};
@@ -62,31 +62,33 @@ pub(super) struct Session<R> {
 }
 
 /// The state machine and what Raft keeps with it.
-pub(super) struct Applied<C: RaftTypeConfig, M> {
+pub(super) struct Applied<C: RaftTypes, M> {
     pub machine: M,
-    pub last_applied: Option<LogId<C::NodeId>>,
-    pub membership: StoredMembership<C::NodeId, C::Node>,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership<C>,
     pub sessions: BTreeMap<u64, Session<C::R>>,
 }
 
 /// The raft section's one record.
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
-struct RaftRecord<C: RaftTypeConfig> {
-    last_applied: Option<LogId<C::NodeId>>,
-    membership: StoredMembership<C::NodeId, C::Node>,
+struct RaftRecord<C: RaftTypes> {
+    last_applied: Option<LogId>,
+    membership: StoredMembership<C>,
+    /// The snapshot's name as openraft 0.9 knew it (term, op, time); kept
+    /// for the section's format, read by nobody.
     snapshot_id: String,
     sessions: Vec<(u64, Session<C::R>)>,
 }
 
 /// The newest snapshot: what openraft is told about it, and its file.
-pub(super) struct CurrentSnapshot<C: RaftTypeConfig> {
-    pub meta: SnapshotMeta<C::NodeId, C::Node>,
+pub(super) struct CurrentSnapshot<C: RaftTypes> {
+    pub meta: SnapshotMeta<C>,
     pub path: PathBuf,
 }
 
 /// Everything a raft shard owns, on its reactor.
-pub struct RaftShard<C: RaftTypeConfig, M> {
+pub struct RaftShard<C: RaftTypes, M> {
     pub(super) journal: Journal<DmaStorage>,
     pub(super) snapshots: SnapshotStore<DmaStorage>,
     pub(super) domain: Uuid,
@@ -103,7 +105,7 @@ pub struct RaftShard<C: RaftTypeConfig, M> {
     _lock: DirLock,
 }
 
-impl<C: RaftTypeConfig, M: 'static> ReactorState for RaftShard<C, M> {
+impl<C: RaftTypes, M: 'static> ReactorState for RaftShard<C, M> {
     fn close(self: Rc<Self>) -> LocalBoxFuture<()> {
         Box::pin(async move {
             if let Err(e) = self.queue_hard_state().await {
@@ -146,7 +148,7 @@ pub(super) fn open<C, M>(
     hard_state: Arc<Mutex<HardStateCell>>,
 ) -> Result<ReactorThread<RaftShard<C, M>>, RaftStoreError>
 where
-    C: RaftTypeConfig,
+    C: RaftTypes,
     M: StateMachine,
 {
     let name = format!(
@@ -178,7 +180,7 @@ async fn recover<C, M>(
     hard_state: Arc<Mutex<HardStateCell>>,
 ) -> Result<RaftShard<C, M>, RaftStoreError>
 where
-    C: RaftTypeConfig,
+    C: RaftTypes,
     M: StateMachine,
 {
     let storage = DmaStorage::new();
@@ -231,7 +233,7 @@ where
             Applied {
                 machine: M::default(),
                 last_applied: None,
-                membership: StoredMembership::default(),
+                membership: StoredMembership::<C>::default(),
                 sessions: BTreeMap::new(),
             },
             None,
@@ -329,7 +331,7 @@ pub(super) fn restore<C, M>(
     loaded: LoadedSnapshot,
 ) -> Result<(Applied<C, M>, CurrentSnapshot<C>), RaftStoreError>
 where
-    C: RaftTypeConfig,
+    C: RaftTypes,
     M: StateMachine,
 {
     let path = loaded.meta.path.clone();
@@ -346,17 +348,16 @@ where
         sessions: record.sessions.into_iter().collect(),
     };
     let current = CurrentSnapshot {
-        meta: SnapshotMeta {
+        meta: SnapshotMeta::<C> {
             last_log_id: record.last_applied,
             last_membership: record.membership,
-            snapshot_id: record.snapshot_id,
         },
         path,
     };
     Ok((applied, current))
 }
 
-fn take_raft_record<C: RaftTypeConfig>(
+fn take_raft_record<C: RaftTypes>(
     sections: &mut SectionSet,
     path: &Path,
 ) -> Result<RaftRecord<C>, RaftStoreError> {
@@ -378,13 +379,13 @@ fn take_raft_record<C: RaftTypeConfig>(
 
 impl<C, M> RaftShard<C, M>
 where
-    C: RaftTypeConfig,
+    C: RaftTypes,
     C::R: Clone,
     M: StateMachine,
 {
     /// A point-in-time image of the machine and its raft record, and the
     /// meta openraft is told. Cheap: runs between two applies.
-    pub(super) fn freeze(&self) -> (Vec<FrozenSection>, SnapshotMeta<C::NodeId, C::Node>) {
+    pub(super) fn freeze(&self) -> (Vec<FrozenSection>, SnapshotMeta<C>) {
         let applied = self.applied.borrow();
         let snapshot_id = format!(
             "{}-{}-{}",
@@ -401,7 +402,7 @@ where
         let record = RaftRecord::<C> {
             last_applied: applied.last_applied.clone(),
             membership: applied.membership.clone(),
-            snapshot_id: snapshot_id.clone(),
+            snapshot_id,
             sessions: applied
                 .sessions
                 .iter()
@@ -414,16 +415,15 @@ where
             version: RAFT_SECTION_VERSION,
             encoder: Box::new(RecordsEncoder::new(1, std::iter::once(record))),
         });
-        let meta = SnapshotMeta {
+        let meta = SnapshotMeta::<C> {
             last_log_id: applied.last_applied.clone(),
             last_membership: applied.membership.clone(),
-            snapshot_id,
         };
         (sections, meta)
     }
 }
 
-impl<C: RaftTypeConfig, M> RaftShard<C, M> {
+impl<C: RaftTypes, M> RaftShard<C, M> {
     /// Queues the hard state if it changed without being queued; returns
     /// the handle of its write, if one was queued.
     pub(super) async fn queue_hard_state(

@@ -69,6 +69,22 @@ impl TailCache {
         self.get(first, last.unwrap_or(highest))
     }
 
+    /// The payloads of the cached run that starts at `first`, up to `last`
+    /// (`None`: to the newest); empty if `first` is not cached.
+    pub fn get_from(&self, first: u64, last: Option<u64>) -> Vec<Vec<u8>> {
+        if !self.entries.contains_key(&first) {
+            return Vec::new();
+        }
+        let last = last.unwrap_or(u64::MAX);
+        if first > last {
+            return Vec::new();
+        }
+        self.entries
+            .range(first..=last)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
     /// The payloads of ops `first..=last`, if the cache holds all of them.
     pub fn get(&self, first: u64, last: u64) -> Option<Vec<Vec<u8>>> {
         if first > last {
@@ -102,6 +118,10 @@ mod tests {
         assert_eq!(cache.get(7, 6), Some(Vec::new()));
         assert_eq!(cache.get(4, 6), None);
         assert_eq!(cache.get(8, 10), None);
+        assert_eq!(cache.get_from(8, Some(10)), vec![vec![8], vec![9]]);
+        assert_eq!(cache.get_from(8, None), vec![vec![8], vec![9]]);
+        assert_eq!(cache.get_from(4, None), Vec::<Vec<u8>>::new());
+        assert_eq!(cache.get_from(9, Some(8)), Vec::<Vec<u8>>::new());
         cache.truncate_after(7);
         assert_eq!(cache.get(8, 8), None);
         assert_eq!(cache.get(6, 7), Some(vec![vec![6], vec![7]]));

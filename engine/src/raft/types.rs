@@ -1,5 +1,6 @@
 //! What a client submits through Raft and what it gets back.
 
+use openraft::RaftTypeConfig;
 use serde::{Deserialize, Serialize};
 
 /// A client's command, numbered so that a retry is applied once.
@@ -16,6 +17,13 @@ pub struct Request<Command> {
     pub seq: u64,
     /// The engine command.
     pub command: Command,
+}
+
+/// How openraft logs a request: who sent it, not the command.
+impl<Command> std::fmt::Display for Request<Command> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request {} of client {}", self.seq, self.client)
+    }
 }
 
 /// What applying one log entry returned.
@@ -35,3 +43,50 @@ pub enum Response<Reply> {
     /// A blank or membership entry: no client command.
     Internal,
 }
+
+/// openraft's leader id as ringstore stores it: a term and a node id, one
+/// leader per term (`leader_id_adv`, openraft's default).
+pub type LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, u64>;
+
+/// A log entry's payload, over the configuration's commands and nodes.
+pub type Payload<C> = openraft::EntryPayload<<C as RaftTypeConfig>::D, u64, <C as RaftTypeConfig>::Node>;
+
+/// What the adapter needs of an openraft type configuration: openraft's
+/// default term, node id, leader id, vote and entry types (a `u64` term,
+/// which becomes the journal's epoch, and a `u64` node id, which the
+/// journal's superblock records). Every configuration declared with
+/// `openraft::declare_raft_types!` and these left at their defaults has it.
+pub trait RaftTypes:
+    RaftTypeConfig<
+    NodeId = u64,
+    Term = u64,
+    LeaderId = LeaderId,
+    Vote = openraft::impls::Vote<LeaderId>,
+    Payload = Payload<Self>,
+    Entry = openraft::Entry<LeaderId, Payload<Self>>,
+>
+{
+}
+
+impl<C> RaftTypes for C where
+    C: RaftTypeConfig<
+        NodeId = u64,
+        Term = u64,
+        LeaderId = LeaderId,
+        Vote = openraft::impls::Vote<LeaderId>,
+        Payload = Payload<C>,
+        Entry = openraft::Entry<LeaderId, Payload<C>>,
+    >
+{
+}
+
+/// openraft's log id, vote, membership and snapshot meta over [`LeaderId`].
+pub type LogId = openraft::LogId<LeaderId>;
+/// A vote.
+pub type Vote = openraft::impls::Vote<LeaderId>;
+/// The membership a log id holds.
+pub type StoredMembership<C> =
+    openraft::StoredMembership<LeaderId, u64, <C as RaftTypeConfig>::Node>;
+/// A snapshot's meta.
+pub type SnapshotMeta<C> =
+    openraft::storage::SnapshotMeta<LeaderId, u64, <C as RaftTypeConfig>::Node>;

@@ -36,8 +36,7 @@ pub use wire::{NodeId, NodeStatus, ReadQuery};
 pub use workload::{run_workload, WorkloadOutcome, WorkloadSettings};
 
 use crate::raft::{Request, Response};
-use openraft::{BasicNode, Entry};
-use std::io::Cursor;
+use openraft::BasicNode;
 
 openraft::declare_raft_types!(
     /// The cluster's openraft types.
@@ -46,6 +45,4 @@ openraft::declare_raft_types!(
         R = Response<ClusterReply>,
         NodeId = u64,
         Node = BasicNode,
-        Entry = Entry<ClusterTypes>,
-        SnapshotData = Cursor<Vec<u8>>,
 );

@@ -4,19 +4,21 @@
 use super::machine::ClusterMachine;
 use super::wire::{
     read_frame, write_frame, Connection, Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply,
+    SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
 };
 use super::ClusterTypes;
-use crate::raft::{RaftMachine, RaftStoreError};
+use crate::raft::{LogId, RaftMachine, RaftStoreError, SnapshotFile, Vote};
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{
-    CheckIsLeaderError, ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError,
-    Unreachable,
+    ClientWriteError, LinearizableReadError, NetworkError, RPCError, RaftError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, Raft, SnapshotPolicy};
+use openraft::{BasicNode, Raft, ReadPolicy, SnapshotPolicy};
+use std::io::Cursor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::SocketAddr;
@@ -131,11 +133,21 @@ pub enum NodeError {
 /// A running node's shared parts.
 struct Shared {
     id: NodeId,
-    raft: Raft<ClusterTypes>,
+    raft: Raft<ClusterTypes, RaftMachine<ClusterTypes, ClusterMachine>>,
     machine: RaftMachine<ClusterTypes, ClusterMachine>,
     /// Nodes cut off from this one (test partitions), shared with the
     /// network's peer clients.
     blocked: Arc<Mutex<BTreeSet<NodeId>>>,
+    /// The snapshot being received from a leader, if any.
+    receiving: Mutex<Option<Receiving>>,
+}
+
+/// A snapshot arriving in pieces.
+struct Receiving {
+    from: Option<NodeId>,
+    vote: Vote,
+    last_log_id: Option<LogId>,
+    bytes: Vec<u8>,
 }
 
 /// Runs a node until `stop` resolves (or the process is killed), serving
@@ -186,6 +198,10 @@ pub async fn run_node(
         install_snapshot_timeout: settings.heartbeat_ms * 20,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
         max_in_snapshot_log_to_keep: settings.snapshot_every_entries / 5,
+        // A restarted leader is elected again rather than resuming its old
+        // term: its saved committed id may lag what it had committed (the
+        // raft shard also opens its own committed vote uncommitted).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     let config = Arc::new(config.validate().map_err(|e| raft_error(&e))?);
@@ -217,6 +233,7 @@ pub async fn run_node(
         raft: raft.clone(),
         machine: stores.machine,
         blocked,
+        receiving: Mutex::new(None),
     });
     let metrics = tokio::spawn(export_metrics(shared.clone()));
     // The connections' tasks: aborted when the node stops, so a peer still
@@ -266,7 +283,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
         let reply = if cut_off {
             Reply::Partitioned
         } else {
-            handle(&shared, envelope.message).await
+            handle(&shared, envelope.from, envelope.message).await
         };
         if write_frame(&mut stream, &reply).await.is_err() {
             return;
@@ -274,7 +291,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
     }
 }
 
-async fn handle(shared: &Shared, message: Message) -> Reply {
+async fn handle(shared: &Shared, from: Option<NodeId>, message: Message) -> Reply {
     metrics::counter!("ringstore_cluster_requests_total", "kind" => kind(&message)).increment(1);
     match message {
         Message::AppendEntries(rpc) => Reply::AppendEntries(
@@ -285,21 +302,23 @@ async fn handle(shared: &Shared, message: Message) -> Reply {
                 .map_err(|e| e.to_string()),
         ),
         Message::Vote(rpc) => Reply::Vote(shared.raft.vote(rpc).await.map_err(|e| e.to_string())),
-        Message::InstallSnapshot(rpc) => Reply::InstallSnapshot(
-            shared
-                .raft
-                .install_snapshot(rpc)
-                .await
-                .map_err(|e| e.to_string()),
-        ),
+        Message::PreVote(rpc) => {
+            Reply::Vote(shared.raft.pre_vote(rpc).await.map_err(|e| e.to_string()))
+        }
+        Message::SnapshotChunk(chunk) => {
+            Reply::SnapshotChunk(receive_snapshot_chunk(shared, from, chunk).await)
+        }
         Message::Write(request) => match shared.raft.client_write(request).await {
             Ok(written) => Reply::Written(written.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => Reply::NotLeader {
                 leader: to.leader_id,
             },
+            // The entry was appended, then replaced by another leader's log:
+            // it may still commit, so the outcome is unknown (the client
+            // retries under the same sequence number).
             Err(e) => Reply::Failed(e.to_string()),
         },
-        Message::Read(query) => match shared.raft.ensure_linearizable().await {
+        Message::Read(query) => match shared.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => match shared
                 .machine
                 .read(move |m| match query {
@@ -311,7 +330,7 @@ async fn handle(shared: &Shared, message: Message) -> Reply {
                 Ok(value) => Reply::Read(value),
                 Err(e) => Reply::Failed(e.to_string()),
             },
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => Reply::NotLeader {
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(to))) => Reply::NotLeader {
                 leader: to.leader_id,
             },
             Err(e) => Reply::Failed(e.to_string()),
@@ -331,7 +350,8 @@ fn kind(message: &Message) -> &'static str {
     match message {
         Message::AppendEntries(_) => "append_entries",
         Message::Vote(_) => "vote",
-        Message::InstallSnapshot(_) => "install_snapshot",
+        Message::PreVote(_) => "pre_vote",
+        Message::SnapshotChunk(_) => "snapshot_chunk",
         Message::Write(_) => "write",
         Message::Read(_) => "read",
         Message::Status => "status",
@@ -339,8 +359,63 @@ fn kind(message: &Message) -> &'static str {
     }
 }
 
+/// Takes one piece of a leader's snapshot; after the last, installs the
+/// snapshot and answers with this node's vote. A piece out of order (a
+/// transfer restarted, or another leader's) discards what was gathered: the
+/// leader starts again from offset 0.
+async fn receive_snapshot_chunk(
+    shared: &Shared,
+    from: Option<NodeId>,
+    chunk: SnapshotChunk,
+) -> Result<Option<SnapshotResponse<ClusterTypes>>, String> {
+    let complete = {
+        let mut receiving = shared
+            .receiving
+            .lock()
+            .map_err(|_| "the snapshot receiver's lock is poisoned".to_string())?;
+        if chunk.offset == 0 {
+            *receiving = Some(Receiving {
+                from,
+                vote: chunk.vote,
+                last_log_id: chunk.meta.last_log_id,
+                bytes: Vec::new(),
+            });
+        }
+        let Some(current) = receiving.as_mut().filter(|r| {
+            r.from == from
+                && r.vote == chunk.vote
+                && r.last_log_id == chunk.meta.last_log_id
+                && r.bytes.len() as u64 == chunk.offset
+        }) else {
+            *receiving = None;
+            return Err(format!(
+                "snapshot piece at offset {} does not continue a transfer from {from:?}",
+                chunk.offset
+            ));
+        };
+        current.bytes.extend_from_slice(&chunk.data);
+        if !chunk.last {
+            return Ok(None);
+        }
+        receiving.take().map(|r| r.bytes)
+    };
+    let Some(bytes) = complete else {
+        return Ok(None);
+    };
+    let snapshot = SnapshotFile::<ClusterTypes> {
+        meta: chunk.meta,
+        snapshot: Cursor::new(bytes),
+    };
+    shared
+        .raft
+        .install_full_snapshot(chunk.vote, snapshot)
+        .await
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 async fn status(shared: &Shared) -> Reply {
-    let metrics = shared.raft.metrics().borrow().clone();
+    let metrics = shared.raft.metrics().borrow_watched().clone();
     let state = shared
         .machine
         .read(|m| (m.counter, m.metadata.streams().len() as u64, m.digest()))
@@ -368,7 +443,7 @@ async fn export_metrics(shared: Arc<Shared>) {
     let mut every = tokio::time::interval(Duration::from_millis(METRICS_EVERY_MS));
     loop {
         every.tick().await;
-        let m = shared.raft.metrics().borrow().clone();
+        let m = shared.raft.metrics().borrow_watched().clone();
         metrics::gauge!("ringstore_raft_term").set(m.current_term as f64);
         metrics::gauge!("ringstore_raft_is_leader").set(if m.current_leader == Some(shared.id) {
             1.0
@@ -414,8 +489,7 @@ pub(super) struct Peer {
     connection: Connection,
 }
 
-type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+type RpcResult<T> = Result<T, RPCError<ClusterTypes>>;
 
 impl Peer {
     async fn call(&mut self, message: Message, timeout: Duration) -> Result<Reply, io::Error> {
@@ -443,32 +517,28 @@ impl Peer {
     }
 }
 
-fn unreachable<E: std::error::Error>(
-    e: io::Error,
-) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+fn unreachable(e: io::Error) -> RPCError<ClusterTypes> {
     RPCError::Unreachable(Unreachable::new(&e))
 }
 
-fn remote_failed<E: std::error::Error>(
-    message: String,
-) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+fn remote_failed(message: String) -> RPCError<ClusterTypes> {
     RPCError::Network(NetworkError::new(&io::Error::other(message)))
 }
 
-fn unexpected<E: std::error::Error>(
-    reply: &Reply,
-) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+fn unexpected(reply: &Reply) -> RPCError<ClusterTypes> {
     RPCError::Network(NetworkError::new(&io::Error::other(format!(
         "unexpected reply {reply:?}"
     ))))
 }
 
-impl RaftNetwork<ClusterTypes> for Peer {
+impl RaftNetworkV2<ClusterTypes> for Peer {
+    type SnapshotData = Cursor<Vec<u8>>;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<ClusterTypes>,
         option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+    ) -> RpcResult<AppendEntriesResponse<ClusterTypes>> {
         match self
             .call(Message::AppendEntries(rpc), option.hard_ttl())
             .await
@@ -482,30 +552,73 @@ impl RaftNetwork<ClusterTypes> for Peer {
         }
     }
 
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<ClusterTypes>,
-        option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        match self
-            .call(Message::InstallSnapshot(rpc), option.hard_ttl())
-            .await
-        {
-            Ok(Reply::InstallSnapshot(Ok(response))) => Ok(response),
-            Ok(Reply::InstallSnapshot(Err(message))) | Ok(Reply::Failed(message)) => {
-                Err(remote_failed(message))
-            }
-            Ok(other) => Err(unexpected(&other)),
-            Err(e) => Err(unreachable(e)),
-        }
-    }
-
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<ClusterTypes>,
         option: RPCOption,
-    ) -> RpcResult<VoteResponse<NodeId>> {
-        match self.call(Message::Vote(rpc), option.hard_ttl()).await {
+    ) -> RpcResult<VoteResponse<ClusterTypes>> {
+        self.ask_vote(Message::Vote(rpc), option).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<ClusterTypes>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<ClusterTypes>> {
+        self.ask_vote(Message::PreVote(rpc), option).await
+    }
+
+    /// Sends the snapshot file in pieces of [`SNAPSHOT_CHUNK_BYTES`], each
+    /// within the RPC's time limit, until the last is answered with the
+    /// follower's vote, or until openraft cancels the transfer.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: SnapshotFile<ClusterTypes>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<ClusterTypes>, StreamingError<ClusterTypes>> {
+        let bytes = snapshot.snapshot.into_inner();
+        let send = async {
+            let mut offset = 0;
+            loop {
+                let end = (offset + SNAPSHOT_CHUNK_BYTES).min(bytes.len());
+                let last = end == bytes.len();
+                let chunk = SnapshotChunk {
+                    vote,
+                    meta: snapshot.meta.clone(),
+                    offset: offset as u64,
+                    data: bytes[offset..end].to_vec(),
+                    last,
+                };
+                match self
+                    .call(Message::SnapshotChunk(chunk), option.hard_ttl())
+                    .await
+                {
+                    Ok(Reply::SnapshotChunk(Ok(Some(response)))) if last => return Ok(response),
+                    Ok(Reply::SnapshotChunk(Ok(None))) if !last => offset = end,
+                    Ok(Reply::SnapshotChunk(Err(message))) | Ok(Reply::Failed(message)) => {
+                        return Err(remote_failed(message).into())
+                    }
+                    Ok(other) => return Err(unexpected(&other).into()),
+                    Err(e) => return Err(unreachable(e).into()),
+                }
+            }
+        };
+        tokio::select! {
+            sent = send => sent,
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+}
+
+impl Peer {
+    async fn ask_vote(
+        &mut self,
+        message: Message,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<ClusterTypes>> {
+        match self.call(message, option.hard_ttl()).await {
             Ok(Reply::Vote(Ok(response))) => Ok(response),
             Ok(Reply::Vote(Err(message))) | Ok(Reply::Failed(message)) => {
                 Err(remote_failed(message))

@@ -4,10 +4,9 @@
 
 use super::machine::{ClusterCommand, ClusterReply};
 use super::ClusterTypes;
-use crate::raft::{Request, Response};
+use crate::raft::{Request, Response, SnapshotMeta, Vote};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io;
@@ -18,6 +17,10 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 /// Largest frame either side reads, in bytes (a snapshot chunk and its
 /// envelope fit with room to spare).
 pub const FRAME_BYTES_MAX: usize = 16 << 20;
+
+/// Bytes of a snapshot file one message carries at most (a snapshot is
+/// sent as a run of these, well inside a frame).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
 
 /// A node's id.
 pub type NodeId = u64;
@@ -37,9 +40,12 @@ pub enum Message {
     /// Raft: replicate entries.
     AppendEntries(AppendEntriesRequest<ClusterTypes>),
     /// Raft: request a vote.
-    Vote(VoteRequest<NodeId>),
-    /// Raft: a snapshot chunk.
-    InstallSnapshot(InstallSnapshotRequest<ClusterTypes>),
+    Vote(VoteRequest<ClusterTypes>),
+    /// Raft: ask whether a vote would be granted (no state changes).
+    PreVote(VoteRequest<ClusterTypes>),
+    /// Raft: a piece of the leader's snapshot file; the receiver installs
+    /// the snapshot when the last piece arrives.
+    SnapshotChunk(SnapshotChunk),
     /// A client's command (to the leader).
     Write(Request<ClusterCommand>),
     /// A client's linearizable read (to the leader).
@@ -51,6 +57,21 @@ pub enum Message {
         /// Nodes cut off from this one (empty: heal).
         blocked: Vec<NodeId>,
     },
+}
+
+/// A piece of a snapshot file.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The sending leader's vote.
+    pub vote: Vote,
+    /// The snapshot's meta.
+    pub meta: SnapshotMeta<ClusterTypes>,
+    /// Where in the file the piece starts (0 starts a new transfer).
+    pub offset: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// Whether it is the file's last piece.
+    pub last: bool,
 }
 
 /// What a read asks for.
@@ -66,11 +87,12 @@ pub enum ReadQuery {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
     /// To `AppendEntries`.
-    AppendEntries(Result<AppendEntriesResponse<NodeId>, String>),
-    /// To `Vote`.
-    Vote(Result<VoteResponse<NodeId>, String>),
-    /// To `InstallSnapshot`.
-    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, String>),
+    AppendEntries(Result<AppendEntriesResponse<ClusterTypes>, String>),
+    /// To `Vote` and `PreVote`.
+    Vote(Result<VoteResponse<ClusterTypes>, String>),
+    /// To `SnapshotChunk`: taken (`None`), or, for the last one, the
+    /// receiver's answer once the snapshot is installed.
+    SnapshotChunk(Result<Option<SnapshotResponse<ClusterTypes>>, String>),
     /// To `Write`: applied (or refused by the machine).
     Written(Response<ClusterReply>),
     /// To `Read`.
