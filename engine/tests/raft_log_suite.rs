@@ -1,14 +1,15 @@
-//! openraft's storage test suite (`openraft::testing::Suite::test_all`)
+//! openraft's storage test suite (`openraft::testing::log::Suite::test_all`)
 //! against `ringstore::raft`'s log and state machine on real O_DIRECT
 //! files (journal and snapshot files), hosting a small engine machine.
 #![cfg(feature = "openraft")]
 // openraft's `StorageError` is large, and its traits return it.
 #![allow(clippy::result_large_err)]
 
-use openraft::testing::{StoreBuilder, Suite};
-use openraft::{BasicNode, Entry, StorageError};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
+use openraft::{BasicNode, StorageError};
 use ringstore::machine::{decode_records, FrozenSection, RecordsEncoder, RestoreError, SectionSet};
-use ringstore::raft::{RaftLog, RaftMachine, Request, Response};
+use ringstore::raft::{LeaderId, LogId, RaftLog, RaftMachine, Request, Response};
 use ringstore::{OpId, StateMachine};
 use std::io::Cursor;
 
@@ -59,9 +60,15 @@ openraft::declare_raft_types!(
         R = Response<usize>,
         NodeId = u64,
         Node = BasicNode,
-        Entry = Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
 );
+
+/// A log entry of the suite's configuration.
+type Entry = openraft::Entry<LeaderId, ringstore::raft::Payload<TypeConfig>>;
+
+/// The log id of `index` in `term`.
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(LeaderId { term, node_id: 0 }, index)
+}
 
 type Log = RaftLog<TypeConfig, Strings>;
 type Machine = RaftMachine<TypeConfig, Strings>;
@@ -90,7 +97,7 @@ fn open_node(
 struct Builder;
 
 impl StoreBuilder<TypeConfig, Log, Machine, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, Log, Machine), StorageError<u64>> {
+    async fn build(&self) -> Result<(tempfile::TempDir, Log, Machine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
         let stores = ringstore::raft::open::<TypeConfig, Strings>(
             dir.path().join("node"),
@@ -104,7 +111,7 @@ impl StoreBuilder<TypeConfig, Log, Machine, tempfile::TempDir> for Builder {
 }
 
 #[test]
-fn openraft_storage_suite_passes_on_the_journal() -> Result<(), StorageError<u64>> {
+fn openraft_storage_suite_passes_on_the_journal() -> Result<(), StorageError<TypeConfig>> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -112,7 +119,7 @@ fn openraft_storage_suite_passes_on_the_journal() -> Result<(), StorageError<u64
         )
         .with_test_writer()
         .try_init();
-    Suite::test_all(Builder)
+    TypeConfig::run(Suite::test_all(Builder))
 }
 
 mod truncation {
@@ -120,7 +127,7 @@ mod truncation {
     use openraft::storage::{
         RaftLogReader, RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine,
     };
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use openraft::EntryPayload;
 
     /// Entries written: with `SEGMENT_BYTES` segments and `PAYLOAD_BYTES`
     /// payloads they span several segments.
@@ -132,9 +139,9 @@ mod truncation {
     /// Entries purged (the journal's watermark) before truncating.
     const PURGED: u64 = 8;
 
-    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+    fn entry(term: u64, index: u64) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 0), index),
+            log_id: log_id(term, index),
             payload: EntryPayload::Normal(Request {
                 client: term,
                 seq: index,
@@ -179,7 +186,9 @@ mod truncation {
                 .expect("append");
             // A snapshot holds what is purged (open refuses a gap).
             machine
-                .apply((0..PURGED).map(|i| entry(1, i)))
+                .apply(futures_lite::stream::iter(
+                    (0..PURGED).map(|i| Ok((entry(1, i), None))),
+                ))
                 .await
                 .expect("apply");
             machine
@@ -188,7 +197,7 @@ mod truncation {
                 .build_snapshot()
                 .await
                 .expect("snapshot");
-            log.purge(LogId::new(CommittedLeaderId::new(1, 0), PURGED - 1))
+            log.purge(log_id(1, PURGED - 1))
                 .await
                 .expect("purge");
             let segments = std::fs::read_dir(dir.join("journal"))
@@ -203,16 +212,14 @@ mod truncation {
                 "the log should span segments, has {segments}"
             );
             // Below (or at) the purged entries: refused, nothing changes.
-            let refused = log
-                .truncate(LogId::new(CommittedLeaderId::new(1, 0), PURGED - 2))
-                .await;
+            let refused = log.truncate_after(Some(log_id(1, PURGED - 3))).await;
             assert!(
                 refused.is_err(),
                 "a truncation below the purged log was accepted"
             );
             let mut term = 1;
             for at in (PURGED..ENTRIES).rev() {
-                log.truncate(LogId::new(CommittedLeaderId::new(term, 0), at))
+                log.truncate_after(Some(log_id(term, at - 1)))
                     .await
                     .unwrap_or_else(|e| panic!("truncate at {at}: {e}"));
                 drop((log, machine));
@@ -250,7 +257,7 @@ mod truncation {
 mod received_snapshots {
     use super::*;
     use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, LogId, SnapshotMeta, StoredMembership};
+    use ringstore::raft::{SnapshotMeta, StoredMembership};
     use ringstore::snapshot::SnapshotStore;
     use ringstore_journal::storage::DmaStorage;
 
@@ -314,14 +321,11 @@ mod received_snapshots {
             };
             let stores = open().expect("open the raft shard");
             let mut machine = stores.machine;
-            let meta = SnapshotMeta {
-                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 0), 9)),
-                last_membership: StoredMembership::default(),
-                snapshot_id: "another-build".into(),
+            let meta = SnapshotMeta::<TypeConfig> {
+                last_log_id: Some(log_id(1, 9)),
+                last_membership: StoredMembership::<TypeConfig>::default(),
             };
-            let refused = machine
-                .install_snapshot(&meta, Box::new(Cursor::new(bytes)))
-                .await;
+            let refused = machine.install_snapshot(&meta, Cursor::new(bytes)).await;
             let message = refused
                 .expect_err("installed a snapshot it cannot restore")
                 .to_string();
@@ -350,7 +354,7 @@ mod node_identity {
         runtime.block_on(async {
             let (mut log, machine) = open(&dir, 1).expect("node 1 creates its directory");
             // A journal that holds nothing takes any owner: node 1 votes.
-            openraft::storage::RaftLogStorage::save_vote(&mut log, &openraft::Vote::new(3, 1))
+            openraft::storage::RaftLogStorage::save_vote(&mut log, &ringstore::raft::Vote::new(3, 1))
                 .await
                 .expect("save the vote");
             drop((log, machine));
@@ -381,16 +385,17 @@ mod node_identity {
 
 mod restart {
     use super::*;
-    use openraft::storage::RaftLogStorage;
-    use openraft::{CommittedLeaderId, LogId, Vote};
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+    use ringstore::raft::Vote;
 
     fn open(dir: &std::path::Path) -> Log {
         open_node(dir, 1).expect("open the raft shard").0
     }
 
-    /// openraft 0.9 brings a node whose saved vote is its own committed one
-    /// straight back as leader, and its read index then rests on the
-    /// committed id it saved, which may lag: a reopened shard's own
+    /// openraft brings a node whose saved vote is its own committed one
+    /// straight back as leader (unless `Config::enable_leader_restore` is
+    /// off), and its read index then rests on the committed id it saved,
+    /// which may lag: a reopened shard's own
     /// committed vote is uncommitted (same term, same candidate), so a
     /// restarted leader is elected again before it serves. Within one open,
     /// a vote reads back as saved.
@@ -403,7 +408,7 @@ mod restart {
             let mut log = open(&dir);
             let committed = Vote::new_committed(7, 1);
             log.save_vote(&committed).await.expect("save the vote");
-            let at = LogId::new(CommittedLeaderId::new(7, 1), 41);
+            let at = LogId::new(LeaderId { term: 7, node_id: 1 }, 41);
             log.save_committed(Some(at)).await.expect("save committed");
             assert_eq!(log.read_vote().await.expect("read"), Some(committed));
             drop(log);
@@ -437,11 +442,11 @@ mod restart {
 mod reads {
     use super::*;
     use openraft::storage::{RaftLogReader, RaftLogStorageExt};
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use openraft::EntryPayload;
 
-    fn blank(index: u64) -> Entry<TypeConfig> {
+    fn blank(index: u64) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            log_id: log_id(1, index),
             payload: EntryPayload::Blank,
         }
     }
@@ -461,7 +466,7 @@ mod reads {
             log.blocking_append([0, 1, 2, 4, 5].map(blank))
                 .await
                 .expect("append");
-            let indexes = |entries: Vec<Entry<TypeConfig>>| -> Vec<u64> {
+            let indexes = |entries: Vec<Entry>| -> Vec<u64> {
                 entries.iter().map(|e| e.log_id.index).collect()
             };
             let read = log.try_get_log_entries(0..6).await.expect("read");
