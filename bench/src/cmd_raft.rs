@@ -130,7 +130,7 @@ fn run_ringstore(
             logs.push(opened.log.clone());
             stores.push((opened.log, opened.machine));
         }
-        let cluster = Cluster::<ClusterTypes>::start(stores).await?;
+        let cluster = Cluster::<ClusterTypes, _>::start(stores).await?;
         // The stream, topic and group the commands commit offsets to.
         let leader = cluster.leader()?;
         for (seq, command) in setup_commands().into_iter().enumerate() {
@@ -198,17 +198,18 @@ fn value(seq: u64) -> String {
 
 /// openraft's in-memory reference store.
 fn run_memstore(clients: u64, duration: Duration) -> Result<Driven> {
-    use raft_peers::mem::{log_store::LogStore, store::Request as Set, store::StateMachineStore};
+    use raft_peers::mem::{log_store::LogStore, store::StateMachineStore};
+    use raft_peers::types_kv::Request as Set;
     runtime()?.block_on(async {
         let stores = (0..NODES)
             .map(|_| {
                 (
                     LogStore::default(),
-                    std::sync::Arc::new(StateMachineStore::default()),
+                    StateMachineStore::default(),
                 )
             })
             .collect();
-        let cluster = Cluster::<raft_peers::mem::TypeConfig>::start(stores).await?;
+        let cluster = Cluster::<raft_peers::mem::TypeConfig, _>::start(stores).await?;
         let result = cluster
             .drive(clients, duration, |client, seq| Set::Set {
                 key: format!("partition-{}", client % PARTITIONS as u64),
@@ -224,15 +225,16 @@ fn run_memstore(clients: u64, duration: Duration) -> Result<Driven> {
 /// database per node in `dir/node-N`.
 #[cfg(feature = "rocksdb")]
 fn run_rocksstore(dir: &Path, clients: u64, duration: Duration) -> Result<Driven> {
-    use raft_peers::rocks::{self, RocksRequest};
+    use raft_peers::rocks;
+    use raft_peers::types_kv::Request as Set;
     runtime()?.block_on(async {
         let mut stores = Vec::new();
         for id in 1..=NODES {
-            stores.push(rocks::new(dir.join(format!("node-{id}"))).await);
+            stores.push(rocks::new(dir.join(format!("node-{id}"))).await?);
         }
-        let cluster = Cluster::<rocks::TypeConfig>::start(stores).await?;
+        let cluster = Cluster::<rocks::TypeConfig, _>::start(stores).await?;
         let result = cluster
-            .drive(clients, duration, |client, seq| RocksRequest::Set {
+            .drive(clients, duration, |client, seq| Set::Set {
                 key: format!("partition-{}", client % PARTITIONS as u64),
                 value: value(seq),
             })

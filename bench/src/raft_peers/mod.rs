@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod mem;
+pub mod types_kv;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
 
@@ -17,15 +18,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
-use openraft::impls::OneshotResponder;
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::storage::{RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::{BasicNode, Raft, RaftTypeConfig, SnapshotPolicy};
+use std::io::Cursor;
 use ringstore::raft::cluster::wire::{read_frame, write_frame, Connection};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -41,46 +43,56 @@ const SNAPSHOT_EVERY: u64 = 20_000;
 /// Longest the cluster gets to elect its first leader.
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A Raft RPC on the wire.
+/// A Raft RPC on the wire. A snapshot goes whole, in one frame: the
+/// benchmark's snapshots are small, and its followers never fall behind the
+/// purged log.
 #[derive(Serialize, Deserialize)]
-#[serde(bound(
-    serialize = "AppendEntriesRequest<C>: Serialize, InstallSnapshotRequest<C>: Serialize",
-    deserialize = "AppendEntriesRequest<C>: Deserialize<'de>, InstallSnapshotRequest<C>: Deserialize<'de>"
-))]
+#[serde(bound = "")]
 enum Rpc<C: RaftTypeConfig<NodeId = u64>> {
     Append(AppendEntriesRequest<C>),
-    Vote(VoteRequest<u64>),
-    Snapshot(InstallSnapshotRequest<C>),
+    Vote(VoteRequest<C>),
+    Snapshot {
+        vote: VoteOf<C>,
+        meta: SnapshotMetaOf<C>,
+        data: Vec<u8>,
+    },
 }
 
 /// Its answer (a remote error as text).
 #[derive(Serialize, Deserialize)]
-enum RpcReply {
-    Append(Result<AppendEntriesResponse<u64>, String>),
-    Vote(Result<VoteResponse<u64>, String>),
-    Snapshot(Result<InstallSnapshotResponse<u64>, String>),
+#[serde(bound = "")]
+enum RpcReply<C: RaftTypeConfig<NodeId = u64>> {
+    Append(Result<AppendEntriesResponse<C>, String>),
+    Vote(Result<VoteResponse<C>, String>),
+    Snapshot(Result<SnapshotResponse<C>, String>),
+}
+
+/// What every benchmarked store's state machine is to the cluster.
+pub trait Machine<C: RaftTypeConfig>: RaftStateMachine<C, SnapshotData = Cursor<Vec<u8>>> {}
+
+impl<C: RaftTypeConfig, SM> Machine<C> for SM where
+    SM: RaftStateMachine<C, SnapshotData = Cursor<Vec<u8>>>
+{
 }
 
 /// A running cluster; dropping it stops the servers (call `shutdown` for
 /// the Rafts).
-pub struct Cluster<C: RaftTypeConfig<NodeId = u64, Node = BasicNode>> {
+pub struct Cluster<C: RaftTypeConfig<NodeId = u64, Node = BasicNode>, SM: Machine<C>> {
     /// The nodes.
-    pub rafts: BTreeMap<u64, Raft<C>>,
+    pub rafts: BTreeMap<u64, Raft<C, SM>>,
     servers: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl<C> Cluster<C>
+impl<C, SM> Cluster<C, SM>
 where
     C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
-    AppendEntriesRequest<C>: Serialize + for<'de> Deserialize<'de>,
-    InstallSnapshotRequest<C>: Serialize + for<'de> Deserialize<'de>,
+    SM: Machine<C>,
 {
     /// Starts one node per `(log, machine)` pair, initializes the cluster
     /// on node 1 and waits for a leader.
-    pub async fn start<LS, SM>(stores: Vec<(LS, SM)>) -> Result<Cluster<C>>
+    pub async fn start<LS>(stores: Vec<(LS, SM)>) -> Result<Cluster<C, SM>>
     where
         LS: RaftLogStorage<C>,
-        SM: RaftStateMachine<C>,
     {
         let config = openraft::Config {
             heartbeat_interval: HEARTBEAT_MS,
@@ -107,7 +119,7 @@ where
         rafts[&1].initialize(members).await?;
         let started = Instant::now();
         loop {
-            let leader = rafts[&1].metrics().borrow().current_leader;
+            let leader = rafts[&1].metrics().borrow_watched().current_leader;
             if leader.is_some_and(|id| rafts.contains_key(&id)) {
                 break;
             }
@@ -120,20 +132,15 @@ where
     }
 
     /// The current leader.
-    pub fn leader(&self) -> Result<Raft<C>> {
+    pub fn leader(&self) -> Result<Raft<C, SM>> {
         let id = self.rafts[&1]
             .metrics()
-            .borrow()
+            .borrow_watched()
             .current_leader
             .ok_or_else(|| anyhow!("no leader"))?;
         Ok(self.rafts[&id].clone())
     }
-}
 
-impl<C> Cluster<C>
-where
-    C: RaftTypeConfig<NodeId = u64, Node = BasicNode, Responder = OneshotResponder<C>>,
-{
     /// `clients` tasks each submit `command(client, seq)` to the leader, one
     /// at a time, until `duration` passes. Returns the commands committed,
     /// the elapsed time and their commit latencies.
@@ -195,11 +202,10 @@ where
     }
 }
 
-async fn serve<C>(raft: Raft<C>, listener: TcpListener)
+async fn serve<C, SM>(raft: Raft<C, SM>, listener: TcpListener)
 where
     C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
-    AppendEntriesRequest<C>: Serialize + for<'de> Deserialize<'de>,
-    InstallSnapshotRequest<C>: Serialize + for<'de> Deserialize<'de>,
+    SM: Machine<C>,
 {
     let mut connections = tokio::task::JoinSet::new();
     while let Ok((mut stream, _)) = listener.accept().await {
@@ -215,8 +221,16 @@ where
                     Rpc::Vote(rpc) => {
                         RpcReply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string()))
                     }
-                    Rpc::Snapshot(rpc) => RpcReply::Snapshot(
-                        raft.install_snapshot(rpc).await.map_err(|e| e.to_string()),
+                    Rpc::Snapshot { vote, meta, data } => RpcReply::Snapshot(
+                        raft.install_full_snapshot(
+                            vote,
+                            Snapshot {
+                                meta,
+                                snapshot: Cursor::new(data),
+                            },
+                        )
+                        .await
+                        .map_err(|e| e.to_string()),
                     ),
                 };
                 if write_frame(&mut stream, &reply).await.is_err() {
@@ -233,8 +247,6 @@ struct Network;
 impl<C> RaftNetworkFactory<C> for Network
 where
     C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
-    AppendEntriesRequest<C>: Serialize + for<'de> Deserialize<'de>,
-    InstallSnapshotRequest<C>: Serialize + for<'de> Deserialize<'de>,
 {
     type Network = Peer;
 
@@ -253,10 +265,9 @@ struct Peer {
 }
 
 impl Peer {
-    async fn call<C>(&mut self, rpc: Rpc<C>, timeout: Duration) -> io::Result<RpcReply>
+    async fn call<C>(&mut self, rpc: Rpc<C>, timeout: Duration) -> io::Result<RpcReply<C>>
     where
         C: RaftTypeConfig<NodeId = u64>,
-        Rpc<C>: Serialize,
     {
         let addr = self
             .addr
@@ -265,30 +276,29 @@ impl Peer {
     }
 }
 
-type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
+type RpcResult<T, C> = Result<T, RPCError<C>>;
 
-fn failed<T, E: std::error::Error>(e: impl std::fmt::Display) -> RpcResult<T, E> {
+fn failed<T, C: RaftTypeConfig>(e: impl std::fmt::Display) -> RpcResult<T, C> {
     Err(RPCError::Network(NetworkError::new(&io::Error::other(
         e.to_string(),
     ))))
 }
 
-fn unreachable<T, E: std::error::Error>(e: io::Error) -> RpcResult<T, E> {
+fn unreachable<T, C: RaftTypeConfig>(e: io::Error) -> RpcResult<T, C> {
     Err(RPCError::Unreachable(Unreachable::new(&e)))
 }
 
-impl<C> RaftNetwork<C> for Peer
+impl<C> RaftNetworkV2<C> for Peer
 where
     C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
-    AppendEntriesRequest<C>: Serialize + for<'de> Deserialize<'de>,
-    InstallSnapshotRequest<C>: Serialize + for<'de> Deserialize<'de>,
 {
+    type SnapshotData = Cursor<Vec<u8>>;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<u64>> {
+    ) -> RpcResult<AppendEntriesResponse<C>, C> {
         match self.call(Rpc::<C>::Append(rpc), option.hard_ttl()).await {
             Ok(RpcReply::Append(Ok(response))) => Ok(response),
             Ok(RpcReply::Append(Err(e))) => failed(e),
@@ -297,29 +307,40 @@ where
         }
     }
 
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<C>,
-        option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        match self.call(Rpc::<C>::Snapshot(rpc), option.hard_ttl()).await {
-            Ok(RpcReply::Snapshot(Ok(response))) => Ok(response),
-            Ok(RpcReply::Snapshot(Err(e))) => failed(e),
-            Ok(_) => failed("unexpected reply"),
-            Err(e) => unreachable(e),
-        }
-    }
-
     async fn vote(
         &mut self,
-        rpc: VoteRequest<u64>,
+        rpc: VoteRequest<C>,
         option: RPCOption,
-    ) -> RpcResult<VoteResponse<u64>> {
+    ) -> RpcResult<VoteResponse<C>, C> {
         match self.call(Rpc::<C>::Vote(rpc), option.hard_ttl()).await {
             Ok(RpcReply::Vote(Ok(response))) => Ok(response),
             Ok(RpcReply::Vote(Err(e))) => failed(e),
             Ok(_) => failed("unexpected reply"),
             Err(e) => unreachable(e),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, Cursor<Vec<u8>>>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let rpc = Rpc::<C>::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
+        let sent = tokio::select! {
+            sent = self.call(rpc, option.hard_ttl()) => sent,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        match sent {
+            Ok(RpcReply::Snapshot(Ok(response))) => Ok(response),
+            Ok(RpcReply::Snapshot(Err(e))) => Err(failed::<(), C>(e).unwrap_err().into()),
+            Ok(_) => Err(failed::<(), C>("unexpected reply").unwrap_err().into()),
+            Err(e) => Err(unreachable::<(), C>(e).unwrap_err().into()),
         }
     }
 }

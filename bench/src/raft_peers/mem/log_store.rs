@@ -1,11 +1,10 @@
 //! Provide `LogStore`, which is a in-memory implementation of `RaftLogStore` for demonstration
 //! purpose only.
 //
-// Copied from openraft v0.9.25 (https://github.com/databendlabs/openraft,
-// tag v0.9.25, examples/memstore/src/log_store.rs), MIT OR Apache-2.0, as a benchmark peer: openraft's
-// own reference store, unchanged except for import paths. The
-// published crate of this store implements the v1 storage API, which cannot
-// be built next to `storage-v2` (ringstore's adapter needs it).
+// Copied from openraft (https://github.com/databendlabs/openraft, main at
+// 5463678f, v0.10.0-alpha.34 and later, examples/log-mem/src/log_store.rs), MIT OR Apache-2.0, as a
+// benchmark peer: openraft's own reference store for its 0.10 API,
+// unchanged except for import paths.
 #![allow(
     clippy::all,
     clippy::pedantic,
@@ -17,20 +16,20 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::io;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
-use openraft::storage::LogFlushed;
-use openraft::LogId;
+use futures::lock::Mutex;
 use openraft::LogState;
-use openraft::RaftLogId;
 use openraft::RaftTypeConfig;
-use openraft::StorageError;
-use openraft::Vote;
-use tokio::sync::Mutex;
+use openraft::alias::LogIdOf;
+use openraft::alias::VoteOf;
+use openraft::entry::RaftEntry;
+use openraft::storage::IOFlushed;
 
 /// RaftLogStore implementation with a in-memory storage
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct LogStore<C: RaftTypeConfig> {
     inner: Arc<Mutex<LogStoreInner<C>>>,
 }
@@ -38,16 +37,16 @@ pub struct LogStore<C: RaftTypeConfig> {
 #[derive(Debug)]
 pub struct LogStoreInner<C: RaftTypeConfig> {
     /// The last purged log id.
-    last_purged_log_id: Option<LogId<C::NodeId>>,
+    last_purged_log_id: Option<LogIdOf<C>>,
 
     /// The Raft log.
     log: BTreeMap<u64, C::Entry>,
 
     /// The commit log id.
-    committed: Option<LogId<C::NodeId>>,
+    committed: Option<LogIdOf<C>>,
 
     /// The current granted vote.
-    vote: Option<Vote<C::NodeId>>,
+    vote: Option<VoteOf<C>>,
 }
 
 impl<C: RaftTypeConfig> Default for LogStoreInner<C> {
@@ -65,24 +64,16 @@ impl<C: RaftTypeConfig> LogStoreInner<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>>
+    ) -> Result<Vec<C::Entry>, io::Error>
     where
         C::Entry: Clone,
     {
-        let response = self
-            .log
-            .range(range.clone())
-            .map(|(_, val)| val.clone())
-            .collect::<Vec<_>>();
+        let response = self.log.range(range.clone()).map(|(_, val)| val.clone()).collect::<Vec<_>>();
         Ok(response)
     }
 
-    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
-        let last = self
-            .log
-            .iter()
-            .next_back()
-            .map(|(_, ent)| ent.get_log_id().clone());
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
+        let last = self.log.iter().next_back().map(|(_, ent)| ent.log_id());
 
         let last_purged = self.last_purged_log_id.clone();
 
@@ -97,52 +88,42 @@ impl<C: RaftTypeConfig> LogStoreInner<C> {
         })
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<C::NodeId>>,
-    ) -> Result<(), StorageError<C::NodeId>> {
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         self.committed = committed;
         Ok(())
     }
 
-    async fn read_committed(
-        &mut self,
-    ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
         Ok(self.committed.clone())
     }
 
-    async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+    async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
         self.vote = Some(vote.clone());
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
         Ok(self.vote.clone())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<C>,
-    ) -> Result<(), StorageError<C::NodeId>>
-    where
-        I: IntoIterator<Item = C::Entry>,
-    {
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
+    where I: IntoIterator<Item = C::Entry> {
         // Simple implementation that calls the flush-before-return `append_to_log`.
         for entry in entries {
-            self.log.insert(entry.get_log_id().index, entry);
+            self.log.insert(entry.index(), entry);
         }
-        callback.log_io_completed(Ok(()));
+        callback.io_completed(Ok(()));
 
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
-        let keys = self
-            .log
-            .range(log_id.index..)
-            .map(|(k, _v)| *k)
-            .collect::<Vec<_>>();
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let start_index = match last_log_id {
+            Some(log_id) => log_id.index() + 1,
+            None => 0,
+        };
+
+        let keys = self.log.range(start_index..).map(|(k, _v)| *k).collect::<Vec<_>>();
         for key in keys {
             self.log.remove(&key);
         }
@@ -150,7 +131,7 @@ impl<C: RaftTypeConfig> LogStoreInner<C> {
         Ok(())
     }
 
-    async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         {
             let ld = &mut self.last_purged_log_id;
             assert!(ld.as_ref() <= Some(&log_id));
@@ -158,11 +139,7 @@ impl<C: RaftTypeConfig> LogStoreInner<C> {
         }
 
         {
-            let keys = self
-                .log
-                .range(..=log_id.index)
-                .map(|(k, _v)| *k)
-                .collect::<Vec<_>>();
+            let keys = self.log.range(..=log_id.index()).map(|(k, _v)| *k).collect::<Vec<_>>();
             for key in keys {
                 self.log.remove(&key);
             }
@@ -174,92 +151,73 @@ impl<C: RaftTypeConfig> LogStoreInner<C> {
 
 mod impl_log_store {
     use std::fmt::Debug;
+    use std::io;
     use std::ops::RangeBounds;
 
-    use openraft::storage::LogFlushed;
-    use openraft::storage::RaftLogStorage;
-    use openraft::LogId;
     use openraft::LogState;
     use openraft::RaftLogReader;
     use openraft::RaftTypeConfig;
-    use openraft::StorageError;
-    use openraft::Vote;
+    use openraft::alias::LogIdOf;
+    use openraft::alias::VoteOf;
+    use openraft::storage::IOFlushed;
+    use openraft::storage::RaftLogStorage;
 
     use super::LogStore;
 
     impl<C: RaftTypeConfig> RaftLogReader<C> for LogStore<C>
-    where
-        C::Entry: Clone,
+    where C::Entry: Clone
     {
         async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug>(
             &mut self,
             range: RB,
-        ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        ) -> Result<Vec<C::Entry>, io::Error> {
             let mut inner = self.inner.lock().await;
             inner.try_get_log_entries(range).await
+        }
+
+        async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+            let mut inner = self.inner.lock().await;
+            inner.read_vote().await
         }
     }
 
     impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C>
-    where
-        C::Entry: Clone,
+    where C::Entry: Clone
     {
         type LogReader = Self;
 
-        async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
+        async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
             let mut inner = self.inner.lock().await;
             inner.get_log_state().await
         }
 
-        async fn save_committed(
-            &mut self,
-            committed: Option<LogId<C::NodeId>>,
-        ) -> Result<(), StorageError<C::NodeId>> {
+        async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
             let mut inner = self.inner.lock().await;
             inner.save_committed(committed).await
         }
 
-        async fn read_committed(
-            &mut self,
-        ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+        async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
             let mut inner = self.inner.lock().await;
             inner.read_committed().await
         }
 
-        async fn save_vote(
-            &mut self,
-            vote: &Vote<C::NodeId>,
-        ) -> Result<(), StorageError<C::NodeId>> {
+        async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
             let mut inner = self.inner.lock().await;
             inner.save_vote(vote).await
         }
 
-        async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
-            let mut inner = self.inner.lock().await;
-            inner.read_vote().await
-        }
-
-        async fn append<I>(
-            &mut self,
-            entries: I,
-            callback: LogFlushed<C>,
-        ) -> Result<(), StorageError<C::NodeId>>
-        where
-            I: IntoIterator<Item = C::Entry>,
-        {
+        async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
+        where I: IntoIterator<Item = C::Entry> {
             let mut inner = self.inner.lock().await;
             inner.append(entries, callback).await
         }
 
-        async fn truncate(
-            &mut self,
-            log_id: LogId<C::NodeId>,
-        ) -> Result<(), StorageError<C::NodeId>> {
+        async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
             let mut inner = self.inner.lock().await;
-            inner.truncate(log_id).await
+            inner.truncate_after(last_log_id).await
         }
 
-        async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
             let mut inner = self.inner.lock().await;
             inner.purge(log_id).await
         }

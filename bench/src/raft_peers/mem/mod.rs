@@ -1,18 +1,14 @@
-//! openraft's in-memory reference store: its generic v2 log store
-//! (`examples/memstore`) and the key-value state machine of
-//! `examples/raft-kv-memstore` (copied, see each file).
-
-use std::io::Cursor;
+//! openraft's in-memory reference stores: its example log store
+//! (`examples/log-mem`) and state machine (`examples/sm-mem`), copied (see
+//! each file).
 
 pub mod log_store;
 pub mod store;
 
-/// A node's id.
-pub type NodeId = u64;
-
 openraft::declare_raft_types!(
-    /// The memstore's types (as in the example).
+    /// The memory store's types (as in openraft's `raft-kv-memstore`
+    /// example, with the default node type).
     pub TypeConfig:
-        D = store::Request,
-        R = store::Response,
+        D = crate::raft_peers::types_kv::Request,
+        R = crate::raft_peers::types_kv::Response,
 );

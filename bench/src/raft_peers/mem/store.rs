@@ -1,8 +1,9 @@
-// Copied from openraft v0.9.25 (https://github.com/databendlabs/openraft,
-// tag v0.9.25, examples/raft-kv-memstore/src/store/mod.rs), MIT OR Apache-2.0, as a benchmark peer: openraft's
-// own reference store, unchanged except for import paths. The
-// published crate of this store implements the v1 storage API, which cannot
-// be built next to `storage-v2` (ringstore's adapter needs it).
+//! Provide `StateMachineStore`, an in-memory KV state machine implementation.
+//
+// Copied from openraft (https://github.com/databendlabs/openraft, main at
+// 5463678f, v0.10.0-alpha.34 and later, examples/sm-mem/src/lib.rs), MIT OR Apache-2.0, as a
+// benchmark peer: openraft's own reference store for its 0.10 API,
+// unchanged except for import paths, the `Payload` bound 0.10.0-alpha.37 needs, and without the `SnapshotReceiverFactory` of the chunked v1 network, which the benchmark does not use.
 #![allow(
     clippy::all,
     clippy::pedantic,
@@ -13,125 +14,103 @@
 )]
 
 use std::collections::BTreeMap;
-use std::fmt::Debug;
+use std::io;
 use std::io::Cursor;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use openraft::storage::RaftStateMachine;
-use openraft::storage::Snapshot;
-use openraft::BasicNode;
-use openraft::Entry;
+use futures::Stream;
+use futures::TryStreamExt;
+use futures::lock::Mutex;
 use openraft::EntryPayload;
-use openraft::LogId;
+use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
 use openraft::RaftTypeConfig;
-use openraft::SnapshotMeta;
-use openraft::StorageError;
-use openraft::StorageIOError;
-use openraft::StoredMembership;
+use openraft::alias::DefaultEntryOf;
+use openraft::alias::LogIdOf;
+use openraft::alias::SnapshotMetaOf;
+use openraft::alias::SnapshotOf;
+use openraft::alias::StoredMembershipOf;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
 use serde::Deserialize;
 use serde::Serialize;
-use tokio::sync::RwLock;
-
-use super::NodeId;
-use super::TypeConfig;
-
-pub type LogStore = super::log_store::LogStore<TypeConfig>;
-
-/**
- * Here you will set the types of request that will interact with the raft nodes.
- * For example the `Set` will be used to write data (key and value) to the raft database.
- * The `AddNode` will append a new node to the current existing shared list of nodes.
- * You will want to add any request that can write data in all nodes here.
- */
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub enum Request {
-    Set { key: String, value: String },
-}
-
-/**
- * Here you will defined what type of answer you expect from reading the data of a node.
- * In this example it will return a optional value from a given key in
- * the `Request.Set`.
- *
- * TODO: Should we explain how to create multiple `AppDataResponse`?
- *
- */
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct Response {
-    pub value: Option<String>,
-}
 
 #[derive(Debug)]
-pub struct StoredSnapshot {
-    pub meta: SnapshotMeta<NodeId, BasicNode>,
+pub struct StoredSnapshot<C: RaftTypeConfig> {
+    pub meta: SnapshotMetaOf<C>,
 
     /// The data of the state machine at the time of this snapshot.
     pub data: Vec<u8>,
 }
 
 /// Data contained in the Raft state machine.
-///
-/// Note that we are using `serde` to serialize the
-/// `data`, which has a implementation to be serialized. Note that for this test we set both the key
-/// and value as String, but you could set any type of value that has the serialization impl.
 #[derive(Serialize, Deserialize, Debug, Default, Clone)]
 pub struct StateMachineData {
-    pub last_applied_log: Option<LogId<NodeId>>,
-
-    pub last_membership: StoredMembership<NodeId, BasicNode>,
-
     /// Application data.
-    pub data: BTreeMap<String, String>,
+    pub data: BTreeMap<String, crate::raft_peers::types_kv::VersionedValue>,
 }
 
-/// Defines a state machine for the Raft cluster. This state machine represents a copy of the
-/// data for this node. Additionally, it is responsible for storing the last snapshot of the data.
-#[derive(Debug, Default)]
-pub struct StateMachineStore {
-    /// The Raft state machine.
-    pub state_machine: RwLock<StateMachineData>,
+/// Inner storage for the state machine.
+#[derive(Debug)]
+pub struct StateMachineStoreInner<C: RaftTypeConfig> {
+    pub last_applied_log: Option<LogIdOf<C>>,
 
-    /// Used in identifier for snapshot.
-    ///
-    /// Note that concurrently created snapshots and snapshots created on different nodes
-    /// are not guaranteed to have sequential `snapshot_idx` values, but this does not matter for
-    /// correctness.
-    snapshot_idx: AtomicU64,
+    pub last_membership: StoredMembershipOf<C>,
+
+    /// The Raft state machine.
+    pub state_machine: StateMachineData,
 
     /// The last received snapshot.
-    current_snapshot: RwLock<Option<StoredSnapshot>>,
+    pub current_snapshot: Option<StoredSnapshot<C>>,
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for Arc<StateMachineStore> {
+impl<C: RaftTypeConfig> Default for StateMachineStoreInner<C> {
+    fn default() -> Self {
+        Self {
+            last_applied_log: None,
+            last_membership: StoredMembershipOf::<C>::default(),
+            state_machine: StateMachineData::default(),
+            current_snapshot: None,
+        }
+    }
+}
+
+/// Defines a state machine for the Raft cluster.
+///
+/// This is a new type wrapper around `Arc<Mutex<StateMachineStoreInner<C>>>` to satisfy
+/// Rust's orphan rules when implementing foreign traits.
+#[derive(Clone, Debug)]
+pub struct StateMachineStore<C: RaftTypeConfig>(Arc<Mutex<StateMachineStoreInner<C>>>);
+
+impl<C: RaftTypeConfig> Default for StateMachineStore<C> {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(StateMachineStoreInner::default())))
+    }
+}
+
+impl<C: RaftTypeConfig> StateMachineStore<C> {
+    /// Get a value from the state machine by key, locking the state machine.
+    pub async fn get(&self, key: &str) -> Option<crate::raft_peers::types_kv::VersionedValue> {
+        let inner = self.0.lock().await;
+        inner.state_machine.data.get(key).cloned()
+    }
+}
+
+impl<C> RaftSnapshotBuilder<C> for StateMachineStore<C>
+where C: RaftTypeConfig<D = crate::raft_peers::types_kv::Request, R = crate::raft_peers::types_kv::Response, Entry = DefaultEntryOf<C>, Payload = openraft::alias::EntryPayloadOf<C>>
+{
+    type SnapshotData = Cursor<Vec<u8>>;
+
     #[tracing::instrument(level = "trace", skip(self))]
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        // Serialize the data of the state machine.
-        let state_machine = self.state_machine.read().await;
-        let data = serde_json::to_vec(&state_machine.data)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Cursor<Vec<u8>>>, io::Error> {
+        let mut inner = self.0.lock().await;
 
-        let last_applied_log = state_machine.last_applied_log;
-        let last_membership = state_machine.last_membership.clone();
+        let data =
+            serde_json::to_vec(&inner.state_machine.data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
 
-        // Lock the current snapshot before releasing the lock on the state machine, to avoid a race
-        // condition on the written snapshot
-        let mut current_snapshot = self.current_snapshot.write().await;
-        drop(state_machine);
-
-        let snapshot_idx = self.snapshot_idx.fetch_add(1, Ordering::Relaxed) + 1;
-        let snapshot_id = if let Some(last) = last_applied_log {
-            format!("{}-{}-{}", last.leader_id, last.index, snapshot_idx)
-        } else {
-            format!("--{}", snapshot_idx)
-        };
-
-        let meta = SnapshotMeta {
-            last_log_id: last_applied_log,
-            last_membership,
-            snapshot_id,
+        let meta = SnapshotMetaOf::<C> {
+            last_log_id: inner.last_applied_log.clone(),
+            last_membership: inner.last_membership.clone(),
         };
 
         let snapshot = StoredSnapshot {
@@ -139,75 +118,89 @@ impl RaftSnapshotBuilder<TypeConfig> for Arc<StateMachineStore> {
             data: data.clone(),
         };
 
-        *current_snapshot = Some(snapshot);
+        inner.current_snapshot = Some(snapshot);
 
-        Ok(Snapshot {
+        Ok(SnapshotOf::<C, Cursor<Vec<u8>>> {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Cursor::new(data),
         })
     }
 }
 
-impl RaftStateMachine<TypeConfig> for Arc<StateMachineStore> {
+impl<C> RaftStateMachine<C> for StateMachineStore<C>
+where C: RaftTypeConfig<D = crate::raft_peers::types_kv::Request, R = crate::raft_peers::types_kv::Response, Entry = DefaultEntryOf<C>, Payload = openraft::alias::EntryPayloadOf<C>>
+{
+    type SnapshotData = Cursor<Vec<u8>>;
+
     type SnapshotBuilder = Self;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>>
-    {
-        let state_machine = self.state_machine.read().await;
-        Ok((
-            state_machine.last_applied_log,
-            state_machine.last_membership.clone(),
-        ))
+    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
+        let inner = self.0.lock().await;
+        Ok((inner.last_applied_log.clone(), inner.last_membership.clone()))
     }
 
     #[tracing::instrument(level = "trace", skip(self, entries))]
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
-    {
-        let mut res = Vec::new(); //No `with_capacity`; do not know `len` of iterator
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where Strm: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend {
+        let mut inner = self.0.lock().await;
 
-        let mut sm = self.state_machine.write().await;
-
-        for entry in entries {
+        while let Some((entry, responder)) = entries.try_next().await? {
             tracing::debug!(%entry.log_id, "replicate to sm");
 
-            sm.last_applied_log = Some(entry.log_id);
+            let version = entry.log_id.index();
+            inner.last_applied_log = Some(entry.log_id.clone());
 
-            match entry.payload {
-                EntryPayload::Blank => res.push(Response { value: None }),
-                EntryPayload::Normal(ref req) => match req {
-                    Request::Set { key, value } => {
-                        sm.data.insert(key.clone(), value.clone());
-                        res.push(Response {
-                            value: Some(value.clone()),
-                        })
+            let response = match &entry.payload {
+                EntryPayload::Blank => crate::raft_peers::types_kv::Response::none(),
+                EntryPayload::Normal(req) => match req {
+                    crate::raft_peers::types_kv::Request::Set { key, value } => {
+                        inner.state_machine.data.insert(key.clone(), crate::raft_peers::types_kv::VersionedValue {
+                            value: value.clone(),
+                            version,
+                        });
+                        crate::raft_peers::types_kv::Response::new(value.clone(), version)
+                    }
+                    crate::raft_peers::types_kv::Request::CompareAndSet {
+                        key,
+                        expected_version,
+                        value,
+                    } => {
+                        let matches = inner
+                            .state_machine
+                            .data
+                            .get(key)
+                            .is_some_and(|current| current.version == *expected_version);
+
+                        if matches {
+                            inner.state_machine.data.insert(key.clone(), crate::raft_peers::types_kv::VersionedValue {
+                                value: value.clone(),
+                                version,
+                            });
+                            crate::raft_peers::types_kv::Response::new(value.clone(), version)
+                        } else {
+                            crate::raft_peers::types_kv::Response::none()
+                        }
                     }
                 },
-                EntryPayload::Membership(ref mem) => {
-                    sm.last_membership = StoredMembership::new(Some(entry.log_id), mem.clone());
-                    res.push(Response { value: None })
+                EntryPayload::Membership(mem) => {
+                    inner.last_membership = StoredMembershipOf::<C>::new(Some(entry.log_id.clone()), mem.clone());
+                    crate::raft_peers::types_kv::Response::none()
                 }
             };
-        }
-        Ok(res)
-    }
 
-    #[tracing::instrument(level = "trace", skip(self))]
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<<TypeConfig as RaftTypeConfig>::SnapshotData>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
     }
 
     #[tracing::instrument(level = "trace", skip(self, snapshot))]
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<<TypeConfig as RaftTypeConfig>::SnapshotData>,
-    ) -> Result<(), StorageError<NodeId>> {
+        meta: &SnapshotMetaOf<C>,
+        snapshot: Self::SnapshotData,
+    ) -> Result<(), io::Error> {
         tracing::info!(
             { snapshot_size = snapshot.get_ref().len() },
             "decoding snapshot for installation"
@@ -218,37 +211,29 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachineStore> {
             data: snapshot.into_inner(),
         };
 
-        // Update the state machine.
-        let updated_state_machine_data = serde_json::from_slice(&new_snapshot.data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(new_snapshot.meta.signature()), &e))?;
-        let updated_state_machine = StateMachineData {
-            last_applied_log: meta.last_log_id,
-            last_membership: meta.last_membership.clone(),
+        let updated_state_machine_data: BTreeMap<String, crate::raft_peers::types_kv::VersionedValue> =
+            serde_json::from_slice(&new_snapshot.data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+
+        let mut inner = self.0.lock().await;
+        inner.last_applied_log = meta.last_log_id.clone();
+        inner.last_membership = meta.last_membership.clone();
+        inner.state_machine = StateMachineData {
             data: updated_state_machine_data,
         };
-        let mut state_machine = self.state_machine.write().await;
-        *state_machine = updated_state_machine;
+        inner.current_snapshot = Some(new_snapshot);
 
-        // Lock the current snapshot before releasing the lock on the state machine, to avoid a race
-        // condition on the written snapshot
-        let mut current_snapshot = self.current_snapshot.write().await;
-        drop(state_machine);
-
-        // Update current snapshot.
-        *current_snapshot = Some(new_snapshot);
         Ok(())
     }
 
     #[tracing::instrument(level = "trace", skip(self))]
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        match &*self.current_snapshot.read().await {
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, io::Error> {
+        let inner = self.0.lock().await;
+        match &inner.current_snapshot {
             Some(snapshot) => {
                 let data = snapshot.data.clone();
-                Ok(Some(Snapshot {
+                Ok(Some(SnapshotOf::<C, Self::SnapshotData> {
                     meta: snapshot.meta.clone(),
-                    snapshot: Box::new(Cursor::new(data)),
+                    snapshot: Cursor::new(data),
                 }))
             }
             None => Ok(None),
@@ -259,3 +244,4 @@ impl RaftStateMachine<TypeConfig> for Arc<StateMachineStore> {
         self.clone()
     }
 }
+
