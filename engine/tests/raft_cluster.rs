@@ -76,9 +76,13 @@ impl Cluster {
             .args(["cluster", "node", "--id", &id.to_string()])
             .args(["--cluster", &self.cluster.to_string()])
             .args(["--snapshot-every", &SNAPSHOT_EVERY.to_string()])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null());
+        // RAFT_CLUSTER_NODE_LOG=<filter> shows the nodes' logs (prefixed by
+        // nothing: each line names its node).
+        match std::env::var("RAFT_CLUSTER_NODE_LOG") {
+            Ok(filter) => command.env("RUST_LOG", filter).stderr(Stdio::inherit()),
+            Err(_) => command.env("RUST_LOG", "error").stderr(Stdio::null()),
+        };
         for (member, addr) in &self.members {
             command.arg("--member").arg(format!("{member}={addr}"));
         }

@@ -10,6 +10,8 @@ use openraft::raft::{
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
@@ -39,6 +41,10 @@ pub struct Envelope {
 pub enum Message {
     /// Raft: replicate entries.
     AppendEntries(AppendEntriesRequest<ClusterTypes>),
+    /// Raft: the connection carries a stream of AppendEntries requests
+    /// from here on, answered in order without waiting for each other
+    /// ([`append_stream`]).
+    AppendStream,
     /// Raft: request a vote.
     Vote(VoteRequest<ClusterTypes>),
     /// Raft: ask whether a vote would be granted (no state changes).
@@ -190,6 +196,259 @@ impl Connection {
     pub fn reset(&mut self) {
         self.stream = None;
     }
+}
+
+/// A follower's answer to one request of an append stream: openraft's
+/// result, or its fatal error as text.
+pub type StreamReply<C> = Result<openraft::raft::StreamAppendResult<C>, String>;
+
+/// What the sender of an append stream writes after its hello: each
+/// request, then `None` (the stream's end: the connection goes back to
+/// single requests and can carry the next stream).
+type StreamRequest<C> = Option<AppendEntriesRequest<C>>;
+
+/// What the receiver of an append stream writes: each request's answer in
+/// order, then `End` once the sender's `None` came and every request was
+/// answered.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+enum StreamAnswer<C: openraft::RaftTypeConfig> {
+    Answer(StreamReply<C>),
+    End,
+}
+
+/// One item of an append stream on the sending side.
+pub type StreamOutcome<C> = Result<openraft::raft::StreamAppendResult<C>, io::Error>;
+
+/// Idle connections to one peer that append streams reuse (openraft opens
+/// a stream per replication session and per heartbeat).
+pub type StreamConnections = Arc<std::sync::Mutex<Vec<TcpStream>>>;
+
+/// Idle connections kept per peer at most.
+const STREAM_CONNECTIONS_KEPT: usize = 4;
+
+/// Sends openraft's AppendEntries requests to `addr` without waiting for
+/// each answer: on an idle connection from `idle` (or a new one), `hello`
+/// (what tells the receiver that a stream follows) goes first, then each
+/// request as it comes, while the answers are read back in order. A
+/// follower then has the next requests in hand while it flushes the last,
+/// so its appends share group commits (openraft's default waits for each
+/// answer). When the requests end and all are answered, the connection
+/// goes back to `idle`.
+///
+/// The returned stream ends at the first error: an answer missing for
+/// `timeout` while requests are unanswered, a connection that fails, or
+/// `stop()` turning true before a request is sent (a test partition).
+pub fn append_stream<C, H, S>(
+    addr: String,
+    idle: StreamConnections,
+    hello: H,
+    requests: S,
+    timeout: Duration,
+    stop: impl Fn() -> bool + Send + 'static,
+) -> impl futures_lite::Stream<Item = StreamOutcome<C>> + Send + 'static
+where
+    C: openraft::RaftTypeConfig,
+    H: Serialize + Send + Sync + 'static,
+    S: futures_lite::Stream<Item = AppendEntriesRequest<C>> + Send + Unpin + 'static,
+{
+    let pooled = idle.lock().ok().and_then(|mut idle| idle.pop());
+    let start = async move {
+        let mut stream = match pooled {
+            Some(stream) => stream,
+            None => {
+                let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+                let _ = stream.set_nodelay(true);
+                stream
+            }
+        };
+        write_frame(&mut stream, &hello).await?;
+        Ok::<_, io::Error>(stream.into_split())
+    };
+    let state = StreamState::Start(Box::pin(start), requests, stop, idle);
+    let unanswered = Arc::new(AtomicUsize::new(0));
+    futures_lite::stream::unfold(state, move |state| {
+        let unanswered = unanswered.clone();
+        async move {
+            let (reader, writer_back, idle) = match state {
+                StreamState::Done => return None,
+                StreamState::Reading(reader, writer_back, idle) => (reader, writer_back, idle),
+                StreamState::Start(start, mut requests, stop, idle) => {
+                    let (reader, mut writer) = match start.await {
+                        Ok(halves) => halves,
+                        Err(e) => return Some((Err(e), StreamState::Done)),
+                    };
+                    let (give_back, writer_back) = futures_channel::oneshot::channel();
+                    let sent = unanswered.clone();
+                    // The writer: each request, then the end (counted as
+                    // one more answer: the receiver's `End`), then its half
+                    // goes back for reuse. A failed write or a cut-off
+                    // peer drops it, and the reader sees the connection
+                    // close.
+                    tokio::spawn(async move {
+                        use futures_lite::StreamExt;
+                        while let Some(request) = requests.next().await {
+                            if stop() {
+                                return;
+                            }
+                            sent.fetch_add(1, Ordering::SeqCst);
+                            let frame: StreamRequest<C> = Some(request);
+                            if write_frame(&mut writer, &frame).await.is_err() {
+                                return;
+                            }
+                        }
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        if write_frame(&mut writer, &None::<AppendEntriesRequest<C>>)
+                            .await
+                            .is_ok()
+                        {
+                            let _ = give_back.send(writer);
+                        }
+                    });
+                    (reader, writer_back, idle)
+                }
+            };
+            next_answer(reader, writer_back, idle, timeout, &unanswered).await
+        }
+    })
+}
+
+/// The write half of an append stream's connection, returned by its
+/// writer once the stream's end is written.
+type WriterBack = futures_channel::oneshot::Receiver<tokio::net::tcp::OwnedWriteHalf>;
+
+/// Connecting and saying hello.
+type StreamStart = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = io::Result<(
+                    tokio::net::tcp::OwnedReadHalf,
+                    tokio::net::tcp::OwnedWriteHalf,
+                )>,
+            > + Send,
+    >,
+>;
+
+/// Where an append stream is.
+enum StreamState<S, F> {
+    /// Not connected: the connect and hello, the requests, the cut-off
+    /// test, the idle connections.
+    Start(StreamStart, S, F, StreamConnections),
+    /// Reading answers.
+    Reading(tokio::net::tcp::OwnedReadHalf, WriterBack, StreamConnections),
+    /// Ended.
+    Done,
+}
+
+/// Reads an append stream's next answer (`None` at its end, once the
+/// connection is back with the idle ones).
+async fn next_answer<C: openraft::RaftTypeConfig, S, F>(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    writer_back: WriterBack,
+    idle: StreamConnections,
+    timeout: Duration,
+    unanswered: &AtomicUsize,
+) -> Option<(StreamOutcome<C>, StreamState<S, F>)> {
+    let failed = |e: io::Error| Some((Err(e), StreamState::Done));
+    loop {
+        // An answer can only be under way while a request (or the end) is
+        // unanswered, so a timeout with none leaves no frame half read.
+        let answer =
+            match tokio::time::timeout(timeout, read_frame::<StreamAnswer<C>>(&mut reader)).await {
+                Ok(answer) => answer,
+                Err(_) if unanswered.load(Ordering::SeqCst) == 0 => continue,
+                Err(_) => {
+                    return failed(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer within {timeout:?}"),
+                    ))
+                }
+            };
+        return match answer {
+            Ok(StreamAnswer::Answer(Ok(result))) => {
+                unanswered.fetch_sub(1, Ordering::SeqCst);
+                let next = if result.is_ok() {
+                    StreamState::Reading(reader, writer_back, idle)
+                } else {
+                    // openraft stops at an error; the receiver closes.
+                    StreamState::Done
+                };
+                Some((Ok(result), next))
+            }
+            Ok(StreamAnswer::Answer(Err(fatal))) => failed(io::Error::other(fatal)),
+            Ok(StreamAnswer::End) => {
+                if let Ok(writer) = writer_back.await {
+                    if let Ok(stream) = reader.reunite(writer) {
+                        if let Ok(mut idle) = idle.lock() {
+                            if idle.len() < STREAM_CONNECTIONS_KEPT {
+                                idle.push(stream);
+                            }
+                        }
+                    }
+                }
+                None
+            }
+            Err(e) => failed(e),
+        };
+    }
+}
+
+/// Serves an append stream on a connection whose hello was read: feeds the
+/// requests, as they arrive, to `raft` (openraft's `Raft::stream_append`,
+/// which hands them to its core without waiting for the last to flush)
+/// and writes the answers back in order. Returns the connection when the
+/// stream ended cleanly (it then carries single requests again), `None`
+/// when it failed, ended at an error, or `stop()` turned true (a test
+/// partition).
+pub async fn serve_append_stream<C, SM>(
+    raft: &openraft::Raft<C, SM>,
+    stream: TcpStream,
+    stop: impl Fn() -> bool + Send + 'static,
+) -> Option<TcpStream>
+where
+    C: openraft::RaftTypeConfig,
+    SM: openraft::storage::RaftStateMachine<C>,
+{
+    use futures_lite::StreamExt;
+    let (reader, mut writer) = stream.into_split();
+    let (give_back, reader_back) = futures_channel::oneshot::channel();
+    let requests = futures_lite::stream::unfold(
+        Some((reader, give_back)),
+        move |state| {
+            let stopped = stop();
+            async move {
+                let (mut reader, give_back) = state?;
+                if stopped {
+                    return None;
+                }
+                match read_frame::<StreamRequest<C>>(&mut reader).await.ok()? {
+                    Some(request) => Some((request, Some((reader, give_back)))),
+                    None => {
+                        let _ = give_back.send(reader);
+                        None
+                    }
+                }
+            }
+        },
+    );
+    let mut answers = std::pin::pin!(raft.stream_append(requests));
+    while let Some(answer) = answers.next().await {
+        let reply: StreamReply<C> = answer.map_err(|fatal| fatal.to_string());
+        let go_on = matches!(reply, Ok(Ok(_)));
+        if write_frame(&mut writer, &StreamAnswer::Answer(reply))
+            .await
+            .is_err()
+            || !go_on
+        {
+            return None;
+        }
+    }
+    // Every answer is out; the sender's end was read if the reader is back.
+    let reader = reader_back.await.ok()?;
+    write_frame(&mut writer, &StreamAnswer::<C>::End).await.ok()?;
+    reader.reunite(writer).ok()
 }
 
 fn config() -> impl bincode::config::Config {
