@@ -19,6 +19,9 @@ use uuid::Uuid;
 const COMMANDS: u64 = 240;
 /// Entries between snapshots.
 const SNAPSHOT_EVERY: u64 = 50;
+/// Bytes of a snapshot one message carries (a snapshot file is larger, so a
+/// follower receives it in pieces).
+const SNAPSHOT_PIECE_BYTES: usize = 64;
 
 fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
@@ -49,6 +52,8 @@ fn start_member(
     let mut settings = NodeSettings::new(id, dir.to_path_buf(), cluster, members);
     settings.initialize = initialize;
     settings.snapshot_every_entries = SNAPSHOT_EVERY;
+    // A snapshot sent to a follower goes in many pieces.
+    settings.snapshot_chunk_bytes = SNAPSHOT_PIECE_BYTES;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run_node(settings, async {
         let _ = stopped.await;
@@ -312,6 +317,16 @@ async fn a_follower_behind_the_purged_log_installs_the_leaders_snapshot() {
                 assert!(
                     behind.snapshots_installed >= 1,
                     "node {follower} caught up without a snapshot: {behind:?} (leader {leader:?})"
+                );
+                let largest = std::fs::read_dir(dir(follower).join("snapshots"))
+                    .expect("list the snapshots")
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .max()
+                    .unwrap_or(0);
+                assert!(
+                    largest > 4 * SNAPSHOT_PIECE_BYTES as u64,
+                    "the snapshot ({largest} bytes) fit in a few pieces"
                 );
                 break;
             }

@@ -95,8 +95,10 @@ where
     /// this node's own committed vote (it was the leader): the same term
     /// and candidate, not yet a leader's.
     ///
-    /// openraft 0.9 brings a node whose saved vote is its own committed one
-    /// straight back as leader, with no election (`Engine::startup`). Its
+    /// openraft brings a node whose saved vote is its own committed one
+    /// straight back as leader, with no election (`Engine::startup`; 0.10
+    /// does so unless `Config::enable_leader_restore` is `Some(false)`,
+    /// which a user of this log may not set). Its
     /// read index (`Raft::ensure_linearizable`: the larger of its term's
     /// first entry and its committed id) then rests on the committed id it
     /// saved, which may lag what it had committed and answered before the

@@ -1,15 +1,25 @@
 //! ringstore as openraft's storage: the Raft log, hard state, state
 //! machine and snapshots of one shard (cargo feature `openraft`).
 //!
-//! **Version.** openraft 0.9.25 (the stable line) with `storage-v2`, which
-//! opens `RaftLogStorage` to other crates. 0.10 can run Raft on the shard's
-//! own reactor (`single-threaded` and a custom runtime), but it is an alpha
-//! whose storage API still changes between releases; 0.9's storage test
-//! suite is synchronous (it builds its own tokio runtime per case), and its
-//! `LogFlushed` callback is `Send`, so the shard can complete it right after
-//! the fdatasync.
+//! **Version.** openraft 0.10.0-alpha.37, chosen over 0.9.25 (the stable
+//! line) for one reason: 0.9's core awaits each append's flush callback
+//! before it takes the next message (`append_to_log` in its
+//! `raft_core.rs`), so a leader never had two appends in flight and every
+//! client write cost the leader one write and one fdatasync, one after the
+//! other, on any store (one run at 64 clients: the leader wrote 16,640
+//! entries in 16,640 writes). 0.10 submits an append and goes on
+//! (`run_append_entries`), tracks accepted, submitted and flushed log I/O
+//! apart, and replicates through streams that keep requests in flight, so
+//! a leader's appends share group commits too. The price is an alpha
+//! whose API still moves between releases: the version is pinned exactly,
+//! and openraft's own storage suite (`openraft::testing::log::Suite`) runs
+//! against this adapter in CI. Raft still runs on tokio, not on the
+//! shard's reactor: 0.10's `single-threaded` feature is global (every
+//! `Raft` in the build, the benchmark's included, would need a local
+//! runtime) and glommio cancels a task whose handle is dropped, where
+//! openraft drops some at once; both are work for later.
 //!
-//! **Threads.** openraft 0.9 runs on tokio and wants `Send + Sync` stores;
+//! **Threads.** openraft runs on tokio and wants `Send + Sync` stores;
 //! the journal, the snapshot store and the machine are `!Send` and live on
 //! a glommio reactor. [`open`] starts the shard's reactor thread
 //! ([`ReactorThread`]), recovers everything there, and returns the two
@@ -18,37 +28,36 @@
 //! them ("all write-IO must be serialized"); an append's durability is
 //! awaited on a task of its own, so concurrent appends share the journal's
 //! group commit: N appends in flight cost one fdatasync, and each
-//! `LogFlushed` fires when its batch is durable.
+//! `IOFlushed` callback fires when its batch is durable.
 //!
-//! **What 0.9 costs.** openraft 0.9's core awaits each append's
-//! `LogFlushed` before it takes the next message (`append_to_log` in its
-//! `raft_core.rs`), so a leader never has two appends in flight: every
-//! client write is one write and one fdatasync on the leader, one after the
-//! other, on any store. Followers receive entries in batches and do share
-//! writes. `ringstore-bench raft` prints each node's entries and writes:
-//! at 64 clients one run had the leader at 4,864 entries in 4,864 writes,
-//! the followers at 4,864 in 150 and 141. A leader whose appends share
-//! group commits needs a core that tracks log I/O without waiting on it
-//! (openraft 0.10's accepted/submitted/flushed progress).
+//! **Types.** The adapter works with any configuration whose term, node
+//! id, leader id, vote and entry are openraft's defaults ([`RaftTypes`]):
+//! the term becomes the journal's epoch and the node id goes into the
+//! journal's superblock.
 //!
 //! **Mapping.**
 //! * Log index `i` is journal op `i + 1` (op 0 is not an op); an entry is
 //!   the bincode encoding of openraft's `Entry`, written with
 //!   `Journal::queue_write`.
-//! * `truncate(id)` is `Journal::truncate_after(op(id) - 1)`.
+//! * `truncate_after(id)` is `Journal::truncate_after(op(id))` (op 0, all
+//!   of it, for none).
+//! * Reads return one run of entries: the journal's durable ones, then the
+//!   newest, appended and not durable yet, from a cache filled as they are
+//!   appended (0.10's reader must not leave those out).
 //! * The vote, the committed id and the last purged id are the journal's
 //!   hard state (a record in the log, ordered with the appends; no extra
 //!   fdatasync on the append path). The committed id rides with the next
 //!   write, so after a crash it may lag what the node had committed.
 //! * A reopened shard's own committed vote (it was the leader) is
-//!   uncommitted (same term and candidate). openraft 0.9 restarts a node
-//!   whose vote is its own committed one as leader at once, and a leader's
+//!   uncommitted (same term and candidate). openraft restarts a node whose
+//!   vote is its own committed one as leader at once (in 0.10 unless
+//!   `Config::enable_leader_restore` is `Some(false)`, which the cluster
+//!   also sets), and a leader's
 //!   read index is the larger of its term's first entry and its committed
 //!   id: with a lagging committed id, a linearizable read could miss a
 //!   write acknowledged before the crash. A restarted leader is elected
 //!   again instead, and its new term's first entry is committed before it
-//!   serves a read. (Hence `C::NodeId: From<u64>`: the shard must know
-//!   which votes are its own.)
+//!   serves a read.
 //! * `purge(id)` records the purged id in the hard state, then advances the
 //!   journal's watermark to its op. openraft purges only what a snapshot
 //!   holds, and the snapshot is durable before `build_snapshot` returns.
@@ -59,8 +68,12 @@
 //!   a `raft` section (last applied id, membership, sessions). Building one
 //!   freezes the machine between two applies and writes the file on a task
 //!   of its own, giving way to appends in flight. The file itself is what
-//!   a leader streams to a follower, which verifies it (checksums, and that
-//!   it is this cluster's) before installing it under its op's name.
+//!   a leader sends a follower (the cluster sends it in pieces of
+//!   [`cluster::wire::SNAPSHOT_CHUNK_BYTES`]), which verifies it
+//!   (checksums, and that it is this cluster's) before installing it under
+//!   its op's name.
+//! * Applying answers each waiting client through its responder once the
+//!   whole batch is applied on the reactor (one hop per batch).
 //!
 //! **Opening** (see [`open`]): the directory's identity must name the
 //! cluster's domain ([`RaftStoreError::ForeignData`] otherwise), the

@@ -56,6 +56,9 @@ pub struct NodeSettings {
     /// Raft heartbeat, in milliseconds (elections time out after 4 to 8
     /// heartbeats).
     pub heartbeat_ms: u64,
+    /// Bytes of a snapshot file one message to a follower carries, from 1
+    /// to [`SNAPSHOT_CHUNK_BYTES`].
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl NodeSettings {
@@ -74,6 +77,7 @@ impl NodeSettings {
             initialize: false,
             snapshot_every_entries: 5_000,
             heartbeat_ms: 100,
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
         }
     }
 }
@@ -173,6 +177,14 @@ pub async fn run_node(
             rule: "at least SNAPSHOT_EVERY_ENTRIES_MIN (10)",
         });
     }
+    if settings.snapshot_chunk_bytes == 0 || settings.snapshot_chunk_bytes > SNAPSHOT_CHUNK_BYTES {
+        return Err(NodeError::Setting {
+            id,
+            setting: "snapshot_chunk_bytes",
+            value: settings.snapshot_chunk_bytes as u64,
+            rule: "from 1 to SNAPSHOT_CHUNK_BYTES (4 MiB)",
+        });
+    }
     if settings.heartbeat_ms == 0 {
         return Err(NodeError::Setting {
             id,
@@ -211,6 +223,7 @@ pub async fn run_node(
     let network = Network {
         from: id,
         blocked: blocked.clone(),
+        snapshot_chunk_bytes: settings.snapshot_chunk_bytes,
     };
     let raft = Raft::new(id, config, network, stores.log, stores.machine.clone())
         .await
@@ -487,6 +500,7 @@ async fn export_metrics(shared: Arc<Shared>) {
 struct Network {
     from: NodeId,
     blocked: Arc<Mutex<BTreeSet<NodeId>>>,
+    snapshot_chunk_bytes: usize,
 }
 
 impl RaftNetworkFactory<ClusterTypes> for Network {
@@ -500,6 +514,7 @@ impl RaftNetworkFactory<ClusterTypes> for Network {
             blocked: self.blocked.clone(),
             connection: Connection::default(),
             streams: StreamConnections::default(),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
         }
     }
 }
@@ -513,6 +528,8 @@ pub(super) struct Peer {
     connection: Connection,
     /// Idle connections for append streams.
     streams: StreamConnections,
+    /// Bytes of a snapshot one message carries.
+    snapshot_chunk_bytes: usize,
 }
 
 type RpcResult<T> = Result<T, RPCError<ClusterTypes>>;
@@ -643,7 +660,7 @@ impl RaftNetworkV2<ClusterTypes> for Peer {
         self.ask_vote(Message::PreVote(rpc), option).await
     }
 
-    /// Sends the snapshot file in pieces of [`SNAPSHOT_CHUNK_BYTES`], each
+    /// Sends the snapshot file in pieces of `snapshot_chunk_bytes`, each
     /// within the RPC's time limit, until the last is answered with the
     /// follower's vote, or until openraft cancels the transfer.
     async fn full_snapshot(
@@ -657,7 +674,7 @@ impl RaftNetworkV2<ClusterTypes> for Peer {
         let send = async {
             let mut offset = 0;
             loop {
-                let end = (offset + SNAPSHOT_CHUNK_BYTES).min(bytes.len());
+                let end = (offset + self.snapshot_chunk_bytes).min(bytes.len());
                 let last = end == bytes.len();
                 let chunk = SnapshotChunk {
                     vote,
@@ -717,9 +734,13 @@ mod tests {
     async fn settings_out_of_range_are_refused_before_anything_opens() {
         let dir = tempfile::tempdir().unwrap();
         type Breaking = fn(&mut NodeSettings);
-        let cases: [(&str, Breaking); 2] = [
+        let cases: [(&str, Breaking); 4] = [
             ("snapshot_every_entries", |s| s.snapshot_every_entries = 0),
             ("heartbeat_ms", |s| s.heartbeat_ms = 0),
+            ("snapshot_chunk_bytes", |s| s.snapshot_chunk_bytes = 0),
+            ("snapshot_chunk_bytes", |s| {
+                s.snapshot_chunk_bytes = SNAPSHOT_CHUNK_BYTES + 1
+            }),
         ];
         for (name, break_it) in cases {
             let mut bad = settings(dir.path());
