@@ -202,12 +202,7 @@ fn run_memstore(clients: u64, duration: Duration) -> Result<Driven> {
     use raft_peers::types_kv::Request as Set;
     runtime()?.block_on(async {
         let stores = (0..NODES)
-            .map(|_| {
-                (
-                    LogStore::default(),
-                    StateMachineStore::default(),
-                )
-            })
+            .map(|_| (LogStore::default(), StateMachineStore::default()))
             .collect();
         let cluster = Cluster::<raft_peers::mem::TypeConfig, _>::start(stores).await?;
         let result = cluster
@@ -221,7 +216,7 @@ fn run_memstore(clients: u64, duration: Duration) -> Result<Driven> {
     })
 }
 
-/// openraft's RocksDB-backed reference store (`rocksstore-v2`), one
+/// openraft's RocksDB-backed reference store (`log-rocks` and `sm-rocks`), one
 /// database per node in `dir/node-N`.
 #[cfg(feature = "rocksdb")]
 fn run_rocksstore(dir: &Path, clients: u64, duration: Duration) -> Result<Driven> {
@@ -362,9 +357,10 @@ fn print_table(report: &RaftReport) {
         ]);
     }
     println!("{}", table.render());
-    // openraft 0.9's core waits for each append to be durable before it
-    // takes the next client write: the leader's appends cannot share a
-    // write however many clients wait. These lines show it.
+    // How many entries each node's writes carried: whether the leader's
+    // appends shared group commits (openraft 0.9's core waited for each
+    // append to be durable before it took the next client write, so its
+    // leader wrote one entry per write).
     for run in report.runs.iter().filter(|r| !r.journals.is_empty()) {
         let nodes: Vec<String> = run
             .journals

@@ -278,7 +278,7 @@ async fn kills_restarts_and_partitions_lose_nothing_acknowledged() {
 }
 
 /// A leader SIGKILLed and restarted at once, before its followers time
-/// out: openraft 0.9 alone brings it straight back as leader of its old
+/// out: openraft alone brings it straight back as leader of its old
 /// term, whose read index then rests on the committed id it saved, which
 /// may lag the adds it acknowledged (the fault test above once read 725
 /// after an add had returned 726). Each round: adds, kill and restart the

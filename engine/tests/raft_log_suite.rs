@@ -197,9 +197,7 @@ mod truncation {
                 .build_snapshot()
                 .await
                 .expect("snapshot");
-            log.purge(log_id(1, PURGED - 1))
-                .await
-                .expect("purge");
+            log.purge(log_id(1, PURGED - 1)).await.expect("purge");
             let segments = std::fs::read_dir(dir.join("journal"))
                 .expect("list")
                 .filter(|e| {
@@ -354,9 +352,12 @@ mod node_identity {
         runtime.block_on(async {
             let (mut log, machine) = open(&dir, 1).expect("node 1 creates its directory");
             // A journal that holds nothing takes any owner: node 1 votes.
-            openraft::storage::RaftLogStorage::save_vote(&mut log, &ringstore::raft::Vote::new(3, 1))
-                .await
-                .expect("save the vote");
+            openraft::storage::RaftLogStorage::save_vote(
+                &mut log,
+                &ringstore::raft::Vote::new(3, 1),
+            )
+            .await
+            .expect("save the vote");
             drop((log, machine));
         });
         match open(&dir, 2) {
@@ -408,7 +409,13 @@ mod restart {
             let mut log = open(&dir);
             let committed = Vote::new_committed(7, 1);
             log.save_vote(&committed).await.expect("save the vote");
-            let at = LogId::new(LeaderId { term: 7, node_id: 1 }, 41);
+            let at = LogId::new(
+                LeaderId {
+                    term: 7,
+                    node_id: 1,
+                },
+                41,
+            );
             log.save_committed(Some(at)).await.expect("save committed");
             assert_eq!(log.read_vote().await.expect("read"), Some(committed));
             drop(log);

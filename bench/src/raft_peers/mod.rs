@@ -7,9 +7,9 @@
 #![allow(clippy::result_large_err)]
 
 pub mod mem;
-pub mod types_kv;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
+pub mod types_kv;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -27,13 +27,9 @@ use openraft::raft::{
 use openraft::storage::{RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::{BasicNode, Raft, RaftTypeConfig, SnapshotPolicy};
-use std::io::Cursor;
-use openraft::base::{BoxFuture, BoxStream};
-use openraft::raft::StreamAppendResult;
-use ringstore::raft::cluster::wire::{
-    append_stream, read_frame, serve_append_stream, write_frame, Connection, StreamConnections,
-};
+use ringstore::raft::cluster::wire::{read_frame, write_frame, Connection};
 use serde::{Deserialize, Serialize};
+use std::io::Cursor;
 use tokio::net::TcpListener;
 
 use crate::latency::LatencyRecorder;
@@ -54,9 +50,6 @@ const ELECTION_TIMEOUT: Duration = Duration::from_secs(20);
 #[serde(bound = "")]
 enum Rpc<C: RaftTypeConfig<NodeId = u64>> {
     Append(AppendEntriesRequest<C>),
-    /// The connection carries a pipelined stream of appends from here on
-    /// (`wire::append_stream`, as ringstore's cluster does).
-    AppendStream,
     Vote(VoteRequest<C>),
     Snapshot {
         vote: VoteOf<C>,
@@ -222,13 +215,6 @@ where
         connections.spawn(async move {
             while let Ok(rpc) = read_frame::<Rpc<C>>(&mut stream).await {
                 let reply = match rpc {
-                    Rpc::AppendStream => match serve_append_stream(&raft, stream, || false).await {
-                        Some(reusable) => {
-                            stream = reusable;
-                            continue;
-                        }
-                        None => return,
-                    },
                     Rpc::Append(rpc) => {
                         RpcReply::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
                     }
@@ -268,7 +254,6 @@ where
         Peer {
             addr: node.addr.parse().ok(),
             connection: Connection::default(),
-            streams: StreamConnections::default(),
         }
     }
 }
@@ -277,8 +262,6 @@ where
 struct Peer {
     addr: Option<SocketAddr>,
     connection: Connection,
-    /// Idle connections for append streams.
-    streams: StreamConnections,
 }
 
 impl Peer {
@@ -322,31 +305,6 @@ where
             Ok(_) => failed("unexpected reply"),
             Err(e) => unreachable(e),
         }
-    }
-
-    /// Appends pipelined, as ringstore's cluster sends them.
-    fn stream_append<'s, S>(
-        &'s mut self,
-        input: S,
-        option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, RpcResult<StreamAppendResult<C>, C>>, RPCError<C>>>
-    where
-        S: futures::Stream<Item = AppendEntriesRequest<C>> + Send + Unpin + 'static,
-    {
-        use futures::StreamExt;
-        let Some(addr) = self.addr else {
-            return Box::pin(async { failed("bad node address") });
-        };
-        let answers = append_stream::<C, _, _>(
-            addr.to_string(),
-            self.streams.clone(),
-            Rpc::<C>::AppendStream,
-            input,
-            option.hard_ttl(),
-            || false,
-        )
-        .map(|answer| answer.or_else(|e| unreachable(e)));
-        Box::pin(async move { Ok(answers.boxed()) })
     }
 
     async fn vote(

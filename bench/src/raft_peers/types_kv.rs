@@ -13,7 +13,6 @@
     dead_code
 )]
 
-
 use std::fmt;
 
 use serde::Deserialize;
@@ -41,7 +40,11 @@ impl Request {
         }
     }
 
-    pub fn compare_and_set(key: impl Into<String>, expected_version: u64, value: impl Into<String>) -> Self {
+    pub fn compare_and_set(
+        key: impl Into<String>,
+        expected_version: u64,
+        value: impl Into<String>,
+    ) -> Self {
         Request::CompareAndSet {
             key: key.into(),
             expected_version,

@@ -124,9 +124,7 @@ where
             return;
         };
         match &mut state.vote {
-            Some(vote) if vote.committed && vote.leader_id.node_id == me => {
-                vote.committed = false
-            }
+            Some(vote) if vote.committed && vote.leader_id.node_id == me => vote.committed = false,
             _ => return,
         }
         if let Ok(bytes) = encode(&state) {
@@ -165,11 +163,7 @@ where
     /// with the next write (an append, a vote, a purge, the close), so it
     /// costs neither a write nor a trip to the reactor; a crash before then
     /// loses it.
-    async fn set_hard_state(
-        &self,
-        state: HardState,
-        when: Persist,
-    ) -> Result<(), std::io::Error> {
+    async fn set_hard_state(&self, state: HardState, when: Persist) -> Result<(), std::io::Error> {
         let bytes = encode(&state).map_err(io_error)?;
         match self.hard_state.lock() {
             Ok(mut cell) => {
@@ -275,7 +269,10 @@ where
         if last.is_none_or(|last| next <= last) {
             payloads.extend(self.tail()?.get_from(next, last));
         }
-        payloads.iter().map(|p| decode(p).map_err(io_error)).collect()
+        payloads
+            .iter()
+            .map(|p| decode(p).map_err(io_error))
+            .collect()
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {

@@ -144,7 +144,9 @@ where
     type SnapshotData = Cursor<Vec<u8>>;
     type SnapshotBuilder = RaftMachine<C, M>;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<C>), std::io::Error> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<C>), std::io::Error> {
         self.thread
             .call(|shard| {
                 Box::pin(async move {

@@ -113,10 +113,12 @@ mod types;
 pub use error::RaftStoreError;
 pub use log::{RaftLog, HARD_STATE_ENCODED_BYTES_MAX};
 pub use machine::RaftMachine;
+pub use machine::SnapshotFile;
 pub use reactor::{ReactorClosed, ReactorThread};
 pub use shard::{JournalSetup, RaftShard, RAFT_NODE_SHARDS, RAFT_SECTION, SESSIONS_MAX};
-pub use machine::SnapshotFile;
-pub use types::{LeaderId, LogId, Payload, RaftTypes, Request, Response, SnapshotMeta, StoredMembership, Vote};
+pub use types::{
+    LeaderId, LogId, Payload, RaftTypes, Request, Response, SnapshotMeta, StoredMembership, Vote,
+};
 
 use crate::StateMachine;
 use std::path::PathBuf;

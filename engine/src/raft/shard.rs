@@ -7,6 +7,7 @@
 use super::error::RaftStoreError;
 use super::reactor::{LocalBoxFuture, ReactorState, ReactorThread};
 use super::types::Response;
+use super::types::{LogId, RaftTypes, SnapshotMeta, StoredMembership};
 use crate::layout::identity::{
     data_files, identity_verdict, journal_listing, read_identity_bytes, record_journal_created,
     write_identity, Identity, IdentityVerdict, IDENTITY_FILE_NAME,
@@ -17,7 +18,6 @@ use crate::machine::{decode_records, restore_state, FrozenSection, RecordsEncode
 use crate::snapshot::verify::snapshot_covers_journal;
 use crate::snapshot::{LoadedSnapshot, SnapshotStore};
 use crate::StateMachine;
-use super::types::{LogId, RaftTypes, SnapshotMeta, StoredMembership};
 use ringstore_journal::storage::{DmaStorage, Storage};
 use ringstore_journal::{Journal, JournalBuilder, JournalOwner};
 use serde::{Deserialize, Serialize};
@@ -75,7 +75,8 @@ pub(super) struct Applied<C: RaftTypes, M> {
 struct RaftRecord<C: RaftTypes> {
     last_applied: Option<LogId>,
     membership: StoredMembership<C>,
-    /// The snapshot's name as openraft 0.9 knew it (term, op, time); kept
+    /// The snapshot's name as openraft 0.9 knew it (term, op, time; 0.10
+    /// has no snapshot id); kept
     /// for the section's format, read by nobody.
     snapshot_id: String,
     sessions: Vec<(u64, Session<C::R>)>,

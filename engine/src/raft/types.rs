@@ -49,7 +49,8 @@ pub enum Response<Reply> {
 pub type LeaderId = openraft::impls::leader_id_adv::LeaderId<u64, u64>;
 
 /// A log entry's payload, over the configuration's commands and nodes.
-pub type Payload<C> = openraft::EntryPayload<<C as RaftTypeConfig>::D, u64, <C as RaftTypeConfig>::Node>;
+pub type Payload<C> =
+    openraft::EntryPayload<<C as RaftTypeConfig>::D, u64, <C as RaftTypeConfig>::Node>;
 
 /// What the adapter needs of an openraft type configuration: openraft's
 /// default term, node id, leader id, vote and entry types (a `u64` term,

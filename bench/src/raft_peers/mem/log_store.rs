@@ -21,12 +21,12 @@ use std::ops::RangeBounds;
 use std::sync::Arc;
 
 use futures::lock::Mutex;
-use openraft::LogState;
-use openraft::RaftTypeConfig;
 use openraft::alias::LogIdOf;
 use openraft::alias::VoteOf;
 use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
+use openraft::LogState;
+use openraft::RaftTypeConfig;
 
 /// RaftLogStore implementation with a in-memory storage
 #[derive(Debug, Clone, Default)]
@@ -68,7 +68,11 @@ impl<C: RaftTypeConfig> LogStoreInner<C> {
     where
         C::Entry: Clone,
     {
-        let response = self.log.range(range.clone()).map(|(_, val)| val.clone()).collect::<Vec<_>>();
+        let response = self
+            .log
+            .range(range.clone())
+            .map(|(_, val)| val.clone())
+            .collect::<Vec<_>>();
         Ok(response)
     }
 
@@ -107,7 +111,9 @@ impl<C: RaftTypeConfig> LogStoreInner<C> {
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
-    where I: IntoIterator<Item = C::Entry> {
+    where
+        I: IntoIterator<Item = C::Entry>,
+    {
         // Simple implementation that calls the flush-before-return `append_to_log`.
         for entry in entries {
             self.log.insert(entry.index(), entry);
@@ -123,7 +129,11 @@ impl<C: RaftTypeConfig> LogStoreInner<C> {
             None => 0,
         };
 
-        let keys = self.log.range(start_index..).map(|(k, _v)| *k).collect::<Vec<_>>();
+        let keys = self
+            .log
+            .range(start_index..)
+            .map(|(k, _v)| *k)
+            .collect::<Vec<_>>();
         for key in keys {
             self.log.remove(&key);
         }
@@ -139,7 +149,11 @@ impl<C: RaftTypeConfig> LogStoreInner<C> {
         }
 
         {
-            let keys = self.log.range(..=log_id.index()).map(|(k, _v)| *k).collect::<Vec<_>>();
+            let keys = self
+                .log
+                .range(..=log_id.index())
+                .map(|(k, _v)| *k)
+                .collect::<Vec<_>>();
             for key in keys {
                 self.log.remove(&key);
             }
@@ -154,18 +168,19 @@ mod impl_log_store {
     use std::io;
     use std::ops::RangeBounds;
 
-    use openraft::LogState;
-    use openraft::RaftLogReader;
-    use openraft::RaftTypeConfig;
     use openraft::alias::LogIdOf;
     use openraft::alias::VoteOf;
     use openraft::storage::IOFlushed;
     use openraft::storage::RaftLogStorage;
+    use openraft::LogState;
+    use openraft::RaftLogReader;
+    use openraft::RaftTypeConfig;
 
     use super::LogStore;
 
     impl<C: RaftTypeConfig> RaftLogReader<C> for LogStore<C>
-    where C::Entry: Clone
+    where
+        C::Entry: Clone,
     {
         async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug>(
             &mut self,
@@ -182,7 +197,8 @@ mod impl_log_store {
     }
 
     impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C>
-    where C::Entry: Clone
+    where
+        C::Entry: Clone,
     {
         type LogReader = Self;
 
@@ -207,12 +223,17 @@ mod impl_log_store {
         }
 
         async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
-        where I: IntoIterator<Item = C::Entry> {
+        where
+            I: IntoIterator<Item = C::Entry>,
+        {
             let mut inner = self.inner.lock().await;
             inner.append(entries, callback).await
         }
 
-        async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        async fn truncate_after(
+            &mut self,
+            last_log_id: Option<LogIdOf<C>>,
+        ) -> Result<(), io::Error> {
             let mut inner = self.inner.lock().await;
             inner.truncate_after(last_log_id).await
         }

@@ -18,13 +18,9 @@ use std::io;
 use std::io::Cursor;
 use std::sync::Arc;
 
+use futures::lock::Mutex;
 use futures::Stream;
 use futures::TryStreamExt;
-use futures::lock::Mutex;
-use openraft::EntryPayload;
-use openraft::OptionalSend;
-use openraft::RaftSnapshotBuilder;
-use openraft::RaftTypeConfig;
 use openraft::alias::DefaultEntryOf;
 use openraft::alias::LogIdOf;
 use openraft::alias::SnapshotMetaOf;
@@ -32,6 +28,10 @@ use openraft::alias::SnapshotOf;
 use openraft::alias::StoredMembershipOf;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::RaftTypeConfig;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -97,7 +97,13 @@ impl<C: RaftTypeConfig> StateMachineStore<C> {
 }
 
 impl<C> RaftSnapshotBuilder<C> for StateMachineStore<C>
-where C: RaftTypeConfig<D = crate::raft_peers::types_kv::Request, R = crate::raft_peers::types_kv::Response, Entry = DefaultEntryOf<C>, Payload = openraft::alias::EntryPayloadOf<C>>
+where
+    C: RaftTypeConfig<
+        D = crate::raft_peers::types_kv::Request,
+        R = crate::raft_peers::types_kv::Response,
+        Entry = DefaultEntryOf<C>,
+        Payload = openraft::alias::EntryPayloadOf<C>,
+    >,
 {
     type SnapshotData = Cursor<Vec<u8>>;
 
@@ -105,8 +111,8 @@ where C: RaftTypeConfig<D = crate::raft_peers::types_kv::Request, R = crate::raf
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Cursor<Vec<u8>>>, io::Error> {
         let mut inner = self.0.lock().await;
 
-        let data =
-            serde_json::to_vec(&inner.state_machine.data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let data = serde_json::to_vec(&inner.state_machine.data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
 
         let meta = SnapshotMetaOf::<C> {
             last_log_id: inner.last_applied_log.clone(),
@@ -128,20 +134,33 @@ where C: RaftTypeConfig<D = crate::raft_peers::types_kv::Request, R = crate::raf
 }
 
 impl<C> RaftStateMachine<C> for StateMachineStore<C>
-where C: RaftTypeConfig<D = crate::raft_peers::types_kv::Request, R = crate::raft_peers::types_kv::Response, Entry = DefaultEntryOf<C>, Payload = openraft::alias::EntryPayloadOf<C>>
+where
+    C: RaftTypeConfig<
+        D = crate::raft_peers::types_kv::Request,
+        R = crate::raft_peers::types_kv::Response,
+        Entry = DefaultEntryOf<C>,
+        Payload = openraft::alias::EntryPayloadOf<C>,
+    >,
 {
     type SnapshotData = Cursor<Vec<u8>>;
 
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
         let inner = self.0.lock().await;
-        Ok((inner.last_applied_log.clone(), inner.last_membership.clone()))
+        Ok((
+            inner.last_applied_log.clone(),
+            inner.last_membership.clone(),
+        ))
     }
 
     #[tracing::instrument(level = "trace", skip(self, entries))]
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where Strm: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend {
+    where
+        Strm: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
+    {
         let mut inner = self.0.lock().await;
 
         while let Some((entry, responder)) = entries.try_next().await? {
@@ -154,10 +173,13 @@ where C: RaftTypeConfig<D = crate::raft_peers::types_kv::Request, R = crate::raf
                 EntryPayload::Blank => crate::raft_peers::types_kv::Response::none(),
                 EntryPayload::Normal(req) => match req {
                     crate::raft_peers::types_kv::Request::Set { key, value } => {
-                        inner.state_machine.data.insert(key.clone(), crate::raft_peers::types_kv::VersionedValue {
-                            value: value.clone(),
-                            version,
-                        });
+                        inner.state_machine.data.insert(
+                            key.clone(),
+                            crate::raft_peers::types_kv::VersionedValue {
+                                value: value.clone(),
+                                version,
+                            },
+                        );
                         crate::raft_peers::types_kv::Response::new(value.clone(), version)
                     }
                     crate::raft_peers::types_kv::Request::CompareAndSet {
@@ -172,10 +194,13 @@ where C: RaftTypeConfig<D = crate::raft_peers::types_kv::Request, R = crate::raf
                             .is_some_and(|current| current.version == *expected_version);
 
                         if matches {
-                            inner.state_machine.data.insert(key.clone(), crate::raft_peers::types_kv::VersionedValue {
-                                value: value.clone(),
-                                version,
-                            });
+                            inner.state_machine.data.insert(
+                                key.clone(),
+                                crate::raft_peers::types_kv::VersionedValue {
+                                    value: value.clone(),
+                                    version,
+                                },
+                            );
                             crate::raft_peers::types_kv::Response::new(value.clone(), version)
                         } else {
                             crate::raft_peers::types_kv::Response::none()
@@ -183,7 +208,8 @@ where C: RaftTypeConfig<D = crate::raft_peers::types_kv::Request, R = crate::raf
                     }
                 },
                 EntryPayload::Membership(mem) => {
-                    inner.last_membership = StoredMembershipOf::<C>::new(Some(entry.log_id.clone()), mem.clone());
+                    inner.last_membership =
+                        StoredMembershipOf::<C>::new(Some(entry.log_id.clone()), mem.clone());
                     crate::raft_peers::types_kv::Response::none()
                 }
             };
@@ -211,8 +237,11 @@ where C: RaftTypeConfig<D = crate::raft_peers::types_kv::Request, R = crate::raf
             data: snapshot.into_inner(),
         };
 
-        let updated_state_machine_data: BTreeMap<String, crate::raft_peers::types_kv::VersionedValue> =
-            serde_json::from_slice(&new_snapshot.data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let updated_state_machine_data: BTreeMap<
+            String,
+            crate::raft_peers::types_kv::VersionedValue,
+        > = serde_json::from_slice(&new_snapshot.data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
 
         let mut inner = self.0.lock().await;
         inner.last_applied_log = meta.last_log_id.clone();
@@ -226,7 +255,9 @@ where C: RaftTypeConfig<D = crate::raft_peers::types_kv::Request, R = crate::raf
     }
 
     #[tracing::instrument(level = "trace", skip(self))]
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, io::Error> {
         let inner = self.0.lock().await;
         match &inner.current_snapshot {
             Some(snapshot) => {
@@ -244,4 +275,3 @@ where C: RaftTypeConfig<D = crate::raft_peers::types_kv::Request, R = crate::raf
         self.clone()
     }
 }
-

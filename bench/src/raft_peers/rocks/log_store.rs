@@ -13,7 +13,6 @@
     dead_code
 )]
 
-
 use std::error::Error;
 use std::fmt::Debug;
 use std::io;
@@ -25,10 +24,6 @@ use byteorder::BigEndian;
 use byteorder::ReadBytesExt;
 use byteorder::WriteBytesExt;
 use meta::StoreMeta;
-use openraft::LogState;
-use openraft::OptionalSend;
-use openraft::RaftLogReader;
-use openraft::RaftTypeConfig;
 use openraft::alias::EntryOf;
 use openraft::alias::LogIdOf;
 use openraft::alias::VoteOf;
@@ -36,25 +31,33 @@ use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
 use openraft::type_config::TypeConfigExt;
+use openraft::LogState;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::RaftTypeConfig;
 use rocksdb::ColumnFamily;
-use rocksdb::DB;
 use rocksdb::Direction;
 use rocksdb::WriteBatch;
+use rocksdb::DB;
 
 #[derive(Debug, Clone)]
 pub struct RocksLogStore<C>
-where C: RaftTypeConfig
+where
+    C: RaftTypeConfig,
 {
     db: Arc<DB>,
     _p: PhantomData<C>,
 }
 
 impl<C> RocksLogStore<C>
-where C: RaftTypeConfig
+where
+    C: RaftTypeConfig,
 {
     pub fn new(db: Arc<DB>) -> Self {
-        db.cf_handle("meta").expect("column family `meta` not found");
-        db.cf_handle("logs").expect("column family `logs` not found");
+        db.cf_handle("meta")
+            .expect("column family `meta` not found");
+        db.cf_handle("logs")
+            .expect("column family `logs` not found");
 
         Self {
             db,
@@ -74,29 +77,37 @@ where C: RaftTypeConfig
     ///
     /// It returns `None` if the store does not have such a metadata stored.
     fn get_meta<M: StoreMeta<C>>(&self) -> Result<Option<M::Value>, io::Error> {
-        let bytes = self.db.get_cf(self.cf_meta(), M::KEY).map_err(|e| io::Error::other(e.to_string()))?;
+        let bytes = self
+            .db
+            .get_cf(self.cf_meta(), M::KEY)
+            .map_err(|e| io::Error::other(e.to_string()))?;
 
         let Some(bytes) = bytes else {
             return Ok(None);
         };
 
-        let t = serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let t = serde_json::from_slice(&bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
 
         Ok(Some(t))
     }
 
     /// Save a store metadata.
     fn put_meta<M: StoreMeta<C>>(&self, value: &M::Value) -> Result<(), io::Error> {
-        let json_value = serde_json::to_vec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let json_value =
+            serde_json::to_vec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
 
-        self.db.put_cf(self.cf_meta(), M::KEY, json_value).map_err(|e| io::Error::other(e.to_string()))?;
+        self.db
+            .put_cf(self.cf_meta(), M::KEY, json_value)
+            .map_err(|e| io::Error::other(e.to_string()))?;
 
         Ok(())
     }
 }
 
 impl<C> RaftLogReader<C> for RocksLogStore<C>
-where C: RaftTypeConfig
+where
+    C: RaftTypeConfig,
 {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -110,7 +121,10 @@ where C: RaftTypeConfig
 
         let mut res = Vec::new();
 
-        let it = self.db.iterator_cf(self.cf_logs(), rocksdb::IteratorMode::From(&start, Direction::Forward));
+        let it = self.db.iterator_cf(
+            self.cf_logs(),
+            rocksdb::IteratorMode::From(&start, Direction::Forward),
+        );
         for item_res in it {
             let (id, val) = item_res.map_err(read_logs_err)?;
 
@@ -134,18 +148,23 @@ where C: RaftTypeConfig
 }
 
 impl<C> RaftLogStorage<C> for RocksLogStore<C>
-where C: RaftTypeConfig
+where
+    C: RaftTypeConfig,
 {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
-        let last = self.db.iterator_cf(self.cf_logs(), rocksdb::IteratorMode::End).next();
+        let last = self
+            .db
+            .iterator_cf(self.cf_logs(), rocksdb::IteratorMode::End)
+            .next();
 
         let last_log_id = match last {
             None => None,
             Some(res) => {
                 let (_log_index, entry_bytes) = res.map_err(read_logs_err)?;
-                let ent = serde_json::from_slice::<EntryOf<C>>(&entry_bytes).map_err(read_logs_err)?;
+                let ent =
+                    serde_json::from_slice::<EntryOf<C>>(&entry_bytes).map_err(read_logs_err)?;
                 Some(ent.log_id())
             }
         };
@@ -172,20 +191,29 @@ where C: RaftTypeConfig
 
         // Vote must be persisted to disk before returning.
         let db = self.db.clone();
-        C::spawn_blocking(move || db.flush_wal(true).map_err(|e| io::Error::other(e.to_string()))).await??;
+        C::spawn_blocking(move || {
+            db.flush_wal(true)
+                .map_err(|e| io::Error::other(e.to_string()))
+        })
+        .await??;
 
         Ok(())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
-    where I: IntoIterator<Item = EntryOf<C>> + Send {
+    where
+        I: IntoIterator<Item = EntryOf<C>> + Send,
+    {
         let mut batch = WriteBatch::default();
         for entry in entries {
             let id = id_to_bin(entry.index());
-            let value = serde_json::to_vec(&entry).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let value = serde_json::to_vec(&entry)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             batch.put_cf(self.cf_logs(), id, value);
         }
-        self.db.write(batch).map_err(|e| io::Error::other(e.to_string()))?;
+        self.db
+            .write(batch)
+            .map_err(|e| io::Error::other(e.to_string()))?;
 
         // Make sure the logs are persisted to disk before invoking the callback.
         //
@@ -211,7 +239,9 @@ where C: RaftTypeConfig
 
         let from = id_to_bin(start_index);
         let to = id_to_bin(u64::MAX);
-        self.db.delete_range_cf(self.cf_logs(), &from, &to).map_err(|e| io::Error::other(e.to_string()))?;
+        self.db
+            .delete_range_cf(self.cf_logs(), &from, &to)
+            .map_err(|e| io::Error::other(e.to_string()))?;
 
         // Truncating does not need to be persisted.
         Ok(())
@@ -227,7 +257,9 @@ where C: RaftTypeConfig
 
         let from = id_to_bin(0);
         let to = id_to_bin(log_id.index() + 1);
-        self.db.delete_range_cf(self.cf_logs(), &from, &to).map_err(|e| io::Error::other(e.to_string()))?;
+        self.db
+            .delete_range_cf(self.cf_logs(), &from, &to)
+            .map_err(|e| io::Error::other(e.to_string()))?;
 
         // Purging does not need to be persistent.
         Ok(())
@@ -239,13 +271,14 @@ where C: RaftTypeConfig
 /// In raft, except logs and state machine, the store also has to store several piece of metadata.
 /// This sub mod defines the key-value pairs of these metadata.
 mod meta {
-    use openraft::RaftTypeConfig;
     use openraft::alias::LogIdOf;
     use openraft::alias::VoteOf;
+    use openraft::RaftTypeConfig;
 
     /// Defines metadata key and value
     pub(crate) trait StoreMeta<C>
-    where C: RaftTypeConfig
+    where
+        C: RaftTypeConfig,
     {
         /// The key used to store in rocksdb
         const KEY: &'static str;
@@ -258,13 +291,15 @@ mod meta {
     pub(crate) struct Vote {}
 
     impl<C> StoreMeta<C> for LastPurged
-    where C: RaftTypeConfig
+    where
+        C: RaftTypeConfig,
     {
         const KEY: &'static str = "last_purged_log_id";
         type Value = LogIdOf<C>;
     }
     impl<C> StoreMeta<C> for Vote
-    where C: RaftTypeConfig
+    where
+        C: RaftTypeConfig,
     {
         const KEY: &'static str = "vote";
         type Value = VoteOf<C>;

@@ -18,7 +18,6 @@
 
 pub mod state_machine;
 
-
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,8 +27,8 @@ pub mod log_store;
 use log_store::RocksLogStore;
 use openraft::RaftTypeConfig;
 use rocksdb::ColumnFamilyDescriptor;
-use rocksdb::DB;
 use rocksdb::Options;
+use rocksdb::DB;
 
 pub use state_machine::RocksStateMachine;
 
@@ -44,8 +43,12 @@ openraft::declare_raft_types!(
 
 /// Create a pair of `RocksLogStore` and `RocksStateMachine` that are backed by a same rocks db
 /// instance.
-pub async fn new<C, P: AsRef<Path>>(db_path: P) -> Result<(RocksLogStore<C>, RocksStateMachine), io::Error>
-where C: RaftTypeConfig {
+pub async fn new<C, P: AsRef<Path>>(
+    db_path: P,
+) -> Result<(RocksLogStore<C>, RocksStateMachine), io::Error>
+where
+    C: RaftTypeConfig,
+{
     let mut db_opts = Options::default();
     db_opts.create_missing_column_families(true);
     db_opts.create_if_missing(true);
@@ -58,8 +61,8 @@ where C: RaftTypeConfig {
     let db_path = db_path.as_ref();
     let snapshot_dir = db_path.join("snapshots");
 
-    let db =
-        DB::open_cf_descriptors(&db_opts, db_path, vec![meta, sm_meta, sm_data, logs]).map_err(io::Error::other)?;
+    let db = DB::open_cf_descriptors(&db_opts, db_path, vec![meta, sm_meta, sm_data, logs])
+        .map_err(io::Error::other)?;
 
     let db = Arc::new(db);
     Ok((

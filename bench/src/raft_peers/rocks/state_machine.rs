@@ -23,10 +23,6 @@ use std::sync::Arc;
 
 use futures::Stream;
 use futures::TryStreamExt;
-use openraft::EntryPayload;
-use openraft::OptionalSend;
-use openraft::RaftSnapshotBuilder;
-use openraft::StorageError;
 use openraft::alias::LogIdOf;
 use openraft::alias::SnapshotMetaOf;
 use openraft::alias::SnapshotOf;
@@ -35,6 +31,10 @@ use openraft::entry::RaftEntry;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 use openraft::type_config::TypeConfigExt;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::StorageError;
 use rocksdb::DB;
 use serde::Deserialize;
 use serde::Serialize;
@@ -51,10 +51,15 @@ pub struct RocksStateMachine {
 }
 
 impl RocksStateMachine {
-    pub(crate) async fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<RocksStateMachine, io::Error> {
+    pub(crate) async fn new(
+        db: Arc<DB>,
+        snapshot_dir: PathBuf,
+    ) -> Result<RocksStateMachine, io::Error> {
         // Validate column families exist at construction time
-        db.cf_handle("sm_meta").ok_or_else(|| io::Error::other("column family `sm_meta` not found"))?;
-        db.cf_handle("sm_data").ok_or_else(|| io::Error::other("column family `sm_data` not found"))?;
+        db.cf_handle("sm_meta")
+            .ok_or_else(|| io::Error::other("column family `sm_meta` not found"))?;
+        db.cf_handle("sm_data")
+            .ok_or_else(|| io::Error::other("column family `sm_data` not found"))?;
 
         // Create snapshot directory if it doesn't exist
         fs::create_dir_all(&snapshot_dir)?;
@@ -73,7 +78,10 @@ impl RocksStateMachine {
     #[allow(clippy::type_complexity)]
     fn get_meta(
         &self,
-    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), StorageError<TypeConfig>> {
+    ) -> Result<
+        (Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>),
+        StorageError<TypeConfig>,
+    > {
         let cf = self.cf_sm_meta();
 
         let last_applied_log = self
@@ -129,7 +137,9 @@ impl RaftSnapshotBuilder<TypeConfig> for RocksStateMachine {
     type SnapshotData = Cursor<Vec<u8>>;
 
     #[tracing::instrument(level = "trace", skip(self))]
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
         let (last_applied_log, last_membership) = self.get_meta()?;
 
         let meta = SnapshotMetaOf::<TypeConfig> {
@@ -141,21 +151,24 @@ impl RaftSnapshotBuilder<TypeConfig> for RocksStateMachine {
         let db = self.db.clone();
 
         #[allow(clippy::type_complexity)]
-        let data = TypeConfig::spawn_blocking(move || -> Result<Vec<(Vec<u8>, Vec<u8>)>, io::Error> {
-            let snapshot = db.snapshot();
-            let cf_data = db.cf_handle("sm_data").expect("column family `sm_data` not found");
+        let data =
+            TypeConfig::spawn_blocking(move || -> Result<Vec<(Vec<u8>, Vec<u8>)>, io::Error> {
+                let snapshot = db.snapshot();
+                let cf_data = db
+                    .cf_handle("sm_data")
+                    .expect("column family `sm_data` not found");
 
-            let mut snapshot_data = Vec::new();
-            let iter = snapshot.iterator_cf(cf_data, rocksdb::IteratorMode::Start);
+                let mut snapshot_data = Vec::new();
+                let iter = snapshot.iterator_cf(cf_data, rocksdb::IteratorMode::Start);
 
-            for item in iter {
-                let (key, value) = item.map_err(|e| io::Error::other(e.to_string()))?;
-                snapshot_data.push((key.to_vec(), value.to_vec()));
-            }
+                for item in iter {
+                    let (key, value) = item.map_err(|e| io::Error::other(e.to_string()))?;
+                    snapshot_data.push((key.to_vec(), value.to_vec()));
+                }
 
-            Ok(snapshot_data)
-        })
-        .await??;
+                Ok(snapshot_data)
+            })
+            .await??;
 
         // Serialize both metadata and data together
         let snapshot_file = SnapshotFile {
@@ -163,18 +176,27 @@ impl RaftSnapshotBuilder<TypeConfig> for RocksStateMachine {
             data: data.clone(),
         };
         let file_bytes = serialize(&snapshot_file).map_err(|e| {
-            StorageError::<TypeConfig>::write_snapshot(Some(meta.signature()), TypeConfig::err_from_error(&e))
+            StorageError::<TypeConfig>::write_snapshot(
+                Some(meta.signature()),
+                TypeConfig::err_from_error(&e),
+            )
         })?;
 
         // Write complete snapshot to file
         let snapshot_path = self.snapshot_dir.join(Self::snapshot_filename(&meta));
         fs::write(&snapshot_path, &file_bytes).map_err(|e| {
-            StorageError::<TypeConfig>::write_snapshot(Some(meta.signature()), TypeConfig::err_from_error(&e))
+            StorageError::<TypeConfig>::write_snapshot(
+                Some(meta.signature()),
+                TypeConfig::err_from_error(&e),
+            )
         })?;
 
         // Return snapshot with data-only for backward compatibility with the data field
         let data_bytes = serialize(&data).map_err(|e| {
-            StorageError::<TypeConfig>::write_snapshot(Some(meta.signature()), TypeConfig::err_from_error(&e))
+            StorageError::<TypeConfig>::write_snapshot(
+                Some(meta.signature()),
+                TypeConfig::err_from_error(&e),
+            )
         })?;
 
         Ok(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
@@ -196,11 +218,14 @@ impl RaftStateMachine<TypeConfig> for RocksStateMachine {
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend {
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
         let mut batch = rocksdb::WriteBatch::default();
         let mut last_applied_log = None;
         let mut last_membership: Option<StoredMembershipOf<TypeConfig>> = None;
-        let mut pending_values = BTreeMap::<String, crate::raft_peers::types_kv::VersionedValue>::new();
+        let mut pending_values =
+            BTreeMap::<String, crate::raft_peers::types_kv::VersionedValue>::new();
         let mut responses = Vec::new();
 
         while let Some((entry, responder)) = entries.try_next().await? {
@@ -245,7 +270,11 @@ impl RaftStateMachine<TypeConfig> for RocksStateMachine {
                                 version,
                             };
 
-                            batch.put_cf(self.cf_sm_data(), key.as_bytes(), serialize(&versioned_value)?);
+                            batch.put_cf(
+                                self.cf_sm_data(),
+                                key.as_bytes(),
+                                serialize(&versioned_value)?,
+                            );
                             pending_values.insert(key.clone(), versioned_value);
                             crate::raft_peers::types_kv::Response::new(value.clone(), version)
                         } else {
@@ -254,7 +283,10 @@ impl RaftStateMachine<TypeConfig> for RocksStateMachine {
                     }
                 },
                 EntryPayload::Membership(ref mem) => {
-                    last_membership = Some(StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), mem.clone()));
+                    last_membership = Some(StoredMembershipOf::<TypeConfig>::new(
+                        Some(entry.log_id),
+                        mem.clone(),
+                    ));
                     crate::raft_peers::types_kv::Response::none()
                 }
             };
@@ -280,7 +312,8 @@ impl RaftStateMachine<TypeConfig> for RocksStateMachine {
         TypeConfig::spawn_blocking(move || {
             let mut write_options = rocksdb::WriteOptions::default();
             write_options.set_sync(true);
-            db.write_opt(batch, &write_options).map_err(io::Error::other)
+            db.write_opt(batch, &write_options)
+                .map_err(io::Error::other)
         })
         .await??;
 
@@ -307,8 +340,8 @@ impl RaftStateMachine<TypeConfig> for RocksStateMachine {
         );
 
         // Deserialize snapshot data
-        let snapshot_data: Vec<(Vec<u8>, Vec<u8>)> =
-            deserialize(snapshot.get_ref()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let snapshot_data: Vec<(Vec<u8>, Vec<u8>)> = deserialize(snapshot.get_ref())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
 
         // Clone data for file writing later
         let snapshot_data_clone = snapshot_data.clone();
@@ -317,18 +350,25 @@ impl RaftStateMachine<TypeConfig> for RocksStateMachine {
         let last_applied_bytes = meta
             .last_log_id
             .as_ref()
-            .map(|log_id| serialize(log_id).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string())))
+            .map(|log_id| {
+                serialize(log_id)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+            })
             .transpose()?;
 
-        let last_membership_bytes =
-            serialize(&meta.last_membership).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let last_membership_bytes = serialize(&meta.last_membership)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
 
         // Restore data and metadata atomically to RocksDB
         let db = self.db.clone();
 
         TypeConfig::spawn_blocking(move || -> Result<(), io::Error> {
-            let cf_data = db.cf_handle("sm_data").expect("column family `sm_data` not found");
-            let cf_meta = db.cf_handle("sm_meta").expect("column family `sm_meta` not found");
+            let cf_data = db
+                .cf_handle("sm_data")
+                .expect("column family `sm_data` not found");
+            let cf_meta = db
+                .cf_handle("sm_meta")
+                .expect("column family `sm_meta` not found");
 
             let mut batch = rocksdb::WriteBatch::default();
 
@@ -351,9 +391,11 @@ impl RaftStateMachine<TypeConfig> for RocksStateMachine {
             batch.put_cf(cf_meta, "last_membership", last_membership_bytes);
 
             // Atomic write of all changes
-            db.write(batch).map_err(|e| io::Error::other(e.to_string()))?;
+            db.write(batch)
+                .map_err(|e| io::Error::other(e.to_string()))?;
 
-            db.flush_wal(true).map_err(|e| io::Error::other(e.to_string()))
+            db.flush_wal(true)
+                .map_err(|e| io::Error::other(e.to_string()))
         })
         .await??;
 
@@ -362,8 +404,8 @@ impl RaftStateMachine<TypeConfig> for RocksStateMachine {
             meta: meta.clone(),
             data: snapshot_data_clone,
         };
-        let file_bytes =
-            serialize(&snapshot_file).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let file_bytes = serialize(&snapshot_file)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
 
         let snapshot_path = self.snapshot_dir.join(Self::snapshot_filename(meta));
         fs::write(&snapshot_path, &file_bytes)?;
@@ -371,7 +413,9 @@ impl RaftStateMachine<TypeConfig> for RocksStateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Self::SnapshotData>>, io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, Self::SnapshotData>>, io::Error> {
         // Find the latest snapshot file by comparing filenames lexicographically
         let mut latest_snapshot_id: Option<String> = None;
 
@@ -387,7 +431,10 @@ impl RaftStateMachine<TypeConfig> for RocksStateMachine {
                 let snapshot_id = filename.to_string();
 
                 // Update latest if this is the first snapshot or if it's newer
-                if latest_snapshot_id.as_ref().is_none_or(|current| snapshot_id > *current) {
+                if latest_snapshot_id
+                    .as_ref()
+                    .is_none_or(|current| snapshot_id > *current)
+                {
                     latest_snapshot_id = Some(snapshot_id);
                 }
             }
@@ -401,12 +448,12 @@ impl RaftStateMachine<TypeConfig> for RocksStateMachine {
 
         // Read and deserialize snapshot file
         let file_bytes = fs::read(&snapshot_path)?;
-        let snapshot_file: SnapshotFile =
-            deserialize(&file_bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let snapshot_file: SnapshotFile = deserialize(&file_bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
 
         // Serialize data for snapshot field
-        let data_bytes =
-            serialize(&snapshot_file.data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let data_bytes = serialize(&snapshot_file.data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
 
         Ok(Some(SnapshotOf::<TypeConfig, Self::SnapshotData> {
             meta: snapshot_file.meta,

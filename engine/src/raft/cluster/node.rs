@@ -3,8 +3,8 @@
 
 use super::machine::ClusterMachine;
 use super::wire::{
-    append_stream, read_frame, serve_append_stream, write_frame, Connection, Envelope, Message,
-    NodeId, NodeStatus, ReadQuery, Reply, SnapshotChunk, StreamConnections, SNAPSHOT_CHUNK_BYTES,
+    read_frame, write_frame, Connection, Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply,
+    SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
 };
 use super::ClusterTypes;
 use crate::raft::{LogId, RaftMachine, RaftStoreError, SnapshotFile, Vote};
@@ -14,15 +14,13 @@ use openraft::error::{
     StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::base::{BoxFuture, BoxStream};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Raft, ReadPolicy, SnapshotPolicy};
-use std::io::Cursor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
+use std::io::Cursor;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -295,24 +293,6 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
         let cut_off = envelope
             .from
             .is_some_and(|from| shared.blocked.lock().is_ok_and(|b| b.contains(&from)));
-        if matches!(envelope.message, Message::AppendStream) {
-            if cut_off {
-                // Its requests follow unasked for: the connection goes.
-                return;
-            }
-            metrics::counter!("ringstore_cluster_requests_total", "kind" => "append_stream")
-                .increment(1);
-            let blocked = shared.blocked.clone();
-            let from = envelope.from;
-            let stop = move || from.is_some_and(|f| blocked.lock().is_ok_and(|b| b.contains(&f)));
-            match serve_append_stream(&shared.raft, stream, stop).await {
-                Some(reusable) => {
-                    stream = reusable;
-                    continue;
-                }
-                None => return,
-            }
-        }
         let reply = if cut_off {
             Reply::Partitioned
         } else {
@@ -334,8 +314,6 @@ async fn handle(shared: &Shared, from: Option<NodeId>, message: Message) -> Repl
                 .await
                 .map_err(|e| e.to_string()),
         ),
-        // Served by `serve` itself (it takes the connection over).
-        Message::AppendStream => Reply::Failed("an append stream needs a connection of its own".into()),
         Message::Vote(rpc) => Reply::Vote(shared.raft.vote(rpc).await.map_err(|e| e.to_string())),
         Message::PreVote(rpc) => {
             Reply::Vote(shared.raft.pre_vote(rpc).await.map_err(|e| e.to_string()))
@@ -353,23 +331,27 @@ async fn handle(shared: &Shared, from: Option<NodeId>, message: Message) -> Repl
             // retries under the same sequence number).
             Err(e) => Reply::Failed(e.to_string()),
         },
-        Message::Read(query) => match shared.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-            Ok(_) => match shared
-                .machine
-                .read(move |m| match query {
-                    ReadQuery::Counter => m.counter,
-                    ReadQuery::StreamCount => m.metadata.streams().len() as u64,
-                })
-                .await
-            {
-                Ok(value) => Reply::Read(value),
+        Message::Read(query) => {
+            match shared.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                Ok(_) => match shared
+                    .machine
+                    .read(move |m| match query {
+                        ReadQuery::Counter => m.counter,
+                        ReadQuery::StreamCount => m.metadata.streams().len() as u64,
+                    })
+                    .await
+                {
+                    Ok(value) => Reply::Read(value),
+                    Err(e) => Reply::Failed(e.to_string()),
+                },
+                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(to))) => {
+                    Reply::NotLeader {
+                        leader: to.leader_id,
+                    }
+                }
                 Err(e) => Reply::Failed(e.to_string()),
-            },
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(to))) => Reply::NotLeader {
-                leader: to.leader_id,
-            },
-            Err(e) => Reply::Failed(e.to_string()),
-        },
+            }
+        }
         Message::Status => status(shared).await,
         Message::Partition { blocked } => {
             if let Ok(mut set) = shared.blocked.lock() {
@@ -384,7 +366,6 @@ async fn handle(shared: &Shared, from: Option<NodeId>, message: Message) -> Repl
 fn kind(message: &Message) -> &'static str {
     match message {
         Message::AppendEntries(_) => "append_entries",
-        Message::AppendStream => "append_stream",
         Message::Vote(_) => "vote",
         Message::PreVote(_) => "pre_vote",
         Message::SnapshotChunk(_) => "snapshot_chunk",
@@ -513,7 +494,6 @@ impl RaftNetworkFactory<ClusterTypes> for Network {
             addr: node.addr.clone(),
             blocked: self.blocked.clone(),
             connection: Connection::default(),
-            streams: StreamConnections::default(),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes,
         }
     }
@@ -526,8 +506,6 @@ pub(super) struct Peer {
     addr: String,
     blocked: Arc<Mutex<BTreeSet<NodeId>>>,
     connection: Connection,
-    /// Idle connections for append streams.
-    streams: StreamConnections,
     /// Bytes of a snapshot one message carries.
     snapshot_chunk_bytes: usize,
 }
@@ -595,53 +573,6 @@ impl RaftNetworkV2<ClusterTypes> for Peer {
             Ok(other) => Err(unexpected(&other)),
             Err(e) => Err(unreachable(e)),
         }
-    }
-
-    /// Appends pipelined on a connection of their own ([`append_stream`]).
-    fn stream_append<'s, S>(
-        &'s mut self,
-        input: S,
-        option: RPCOption,
-    ) -> BoxFuture<
-        's,
-        Result<BoxStream<'s, RpcResult<StreamAppendResult<ClusterTypes>>>, RPCError<ClusterTypes>>,
-    >
-    where
-        S: futures_lite::Stream<Item = AppendEntriesRequest<ClusterTypes>>
-            + Send
-            + Unpin
-            + 'static,
-    {
-        use futures_lite::StreamExt;
-        let blocked = self.blocked.clone();
-        let target = self.target;
-        let cut_off = move || blocked.lock().is_ok_and(|b| b.contains(&target));
-        if cut_off() {
-            let e = io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!("node {target} is cut off (test partition)"),
-            );
-            let timeout = option.hard_ttl();
-            return Box::pin(async move {
-                // As a network that drops the packets: no answer in time.
-                tokio::time::sleep(timeout).await;
-                Err(unreachable(e))
-            });
-        }
-        let hello = Envelope {
-            from: Some(self.from),
-            message: Message::AppendStream,
-        };
-        let answers = append_stream::<ClusterTypes, _, _>(
-            self.addr.clone(),
-            self.streams.clone(),
-            hello,
-            input,
-            option.hard_ttl(),
-            cut_off,
-        )
-        .map(|answer| answer.map_err(unreachable));
-        Box::pin(async move { Ok(answers.boxed()) })
     }
 
     async fn vote(
