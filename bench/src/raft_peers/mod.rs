@@ -278,14 +278,20 @@ impl Peer {
 
 type RpcResult<T, C> = Result<T, RPCError<C>>;
 
+fn network_error<C: RaftTypeConfig>(e: impl std::fmt::Display) -> RPCError<C> {
+    RPCError::Network(NetworkError::new(&io::Error::other(e.to_string())))
+}
+
+fn unreachable_error<C: RaftTypeConfig>(e: io::Error) -> RPCError<C> {
+    RPCError::Unreachable(Unreachable::new(&e))
+}
+
 fn failed<T, C: RaftTypeConfig>(e: impl std::fmt::Display) -> RpcResult<T, C> {
-    Err(RPCError::Network(NetworkError::new(&io::Error::other(
-        e.to_string(),
-    ))))
+    Err(network_error(e))
 }
 
 fn unreachable<T, C: RaftTypeConfig>(e: io::Error) -> RpcResult<T, C> {
-    Err(RPCError::Unreachable(Unreachable::new(&e)))
+    Err(unreachable_error(e))
 }
 
 impl<C> RaftNetworkV2<C> for Peer
@@ -338,9 +344,9 @@ where
         };
         match sent {
             Ok(RpcReply::Snapshot(Ok(response))) => Ok(response),
-            Ok(RpcReply::Snapshot(Err(e))) => Err(failed::<(), C>(e).unwrap_err().into()),
-            Ok(_) => Err(failed::<(), C>("unexpected reply").unwrap_err().into()),
-            Err(e) => Err(unreachable::<(), C>(e).unwrap_err().into()),
+            Ok(RpcReply::Snapshot(Err(e))) => Err(network_error(e).into()),
+            Ok(_) => Err(network_error("unexpected reply").into()),
+            Err(e) => Err(unreachable_error(e).into()),
         }
     }
 }

@@ -151,7 +151,7 @@ where
             .call(|shard| {
                 Box::pin(async move {
                     let applied = shard.applied.borrow();
-                    (applied.last_applied.clone(), applied.membership.clone())
+                    (applied.last_applied, applied.membership.clone())
                 })
             })
             .await
@@ -185,7 +185,7 @@ where
                             op: op_of(entry.log_id.index),
                             epoch: entry.log_id.leader_id.term,
                         };
-                        applied.last_applied = Some(entry.log_id.clone());
+                        applied.last_applied = Some(entry.log_id);
                         let response = match entry.payload {
                             EntryPayload::Blank => Response::Internal,
                             EntryPayload::Membership(membership) => {

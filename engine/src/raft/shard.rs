@@ -344,7 +344,7 @@ where
     })?;
     let applied = Applied {
         machine,
-        last_applied: record.last_applied.clone(),
+        last_applied: record.last_applied,
         membership: record.membership.clone(),
         sessions: record.sessions.into_iter().collect(),
     };
@@ -401,7 +401,7 @@ where
             crate::format::unix_ms_now()
         );
         let record = RaftRecord::<C> {
-            last_applied: applied.last_applied.clone(),
+            last_applied: applied.last_applied,
             membership: applied.membership.clone(),
             snapshot_id,
             sessions: applied
@@ -417,7 +417,7 @@ where
             encoder: Box::new(RecordsEncoder::new(1, std::iter::once(record))),
         });
         let meta = SnapshotMeta::<C> {
-            last_log_id: applied.last_applied.clone(),
+            last_log_id: applied.last_applied,
             last_membership: applied.membership.clone(),
         };
         (sections, meta)
