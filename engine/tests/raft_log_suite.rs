@@ -486,4 +486,41 @@ mod reads {
             assert_eq!(indexes(read), vec![4, 5]);
         });
     }
+
+    /// openraft 0.10's reader must not leave out an entry that was
+    /// appended and is not durable yet: a read right after an append whose
+    /// flush nobody awaited returns the durable entries from the journal
+    /// (the shard was reopened, so its cache starts at the new ones) and
+    /// the rest from the cache, as one run.
+    #[test]
+    fn a_read_right_after_an_append_returns_what_is_not_durable_yet() {
+        let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+        let dir = root.path().join("node");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let (mut log, machine) = open_node(&dir, 1).expect("open the raft shard");
+            log.blocking_append((0..10).map(blank))
+                .await
+                .expect("append");
+            drop((log, machine));
+            let (mut log, _machine) = open_node(&dir, 1).expect("reopen the raft shard");
+            for round in 0..20u64 {
+                let first = 10 + round * 10;
+                openraft::storage::RaftLogStorage::append(
+                    &mut log,
+                    (first..first + 10).map(blank),
+                    openraft::storage::IOFlushed::noop(),
+                )
+                .await
+                .expect("append");
+                let read = log.try_get_log_entries(0..).await.expect("read");
+                let indexes: Vec<u64> = read.iter().map(|e| e.log_id.index).collect();
+                assert_eq!(
+                    indexes,
+                    (0..first + 10).collect::<Vec<_>>(),
+                    "round {round}"
+                );
+            }
+        });
+    }
 }

@@ -226,49 +226,55 @@ where
         if let Some(cached) = self.tail()?.get_range(first, last) {
             return cached.iter().map(|p| decode(p).map_err(io_error)).collect();
         }
-        let durable = self
+        let tail = self.tail.clone();
+        let payloads = self
             .thread
             .call(move |shard| {
                 Box::pin(async move {
                     let journal = &shard.journal;
                     let first = first.max(journal.watermark() + 1);
-                    let last = last.unwrap_or(u64::MAX).min(journal.next_op() - 1);
+                    let durable_last = last.unwrap_or(u64::MAX).min(journal.next_op() - 1);
                     let mut payloads = Vec::new();
-                    if first > last {
-                        return Ok((first, payloads));
-                    }
-                    // What is returned is one run of ops: a read that
-                    // starts below the log's first op begins at it (the
-                    // storage suite reads a log that starts above 0 so), and
-                    // a read stops at the first op not durable yet (the
-                    // newest appends, which the tail cache serves), never
-                    // skipping one: openraft would replicate or apply
-                    // around the hole. Ops not yet durable are always the
-                    // newest (the journal publishes its writes in order).
-                    // The leading skip assumes the log has no hole of its
-                    // own, as openraft keeps it (contiguous appends, a
-                    // suffix truncated, a prefix purged): a read that
-                    // started exactly at a hole would return what follows.
-                    let mut start = first;
-                    let mut items = journal.entries(first..=last);
-                    while let Some(item) = items.next().await {
-                        match item? {
-                            LogItem::Present(entry) => payloads.push(entry.payload),
-                            LogItem::Missing(_) if payloads.is_empty() => start += 1,
-                            LogItem::Missing(_) => break,
+                    // What is returned is one run of ops: the journal's
+                    // durable ones, then, from the first op the journal does
+                    // not hold yet, the tail cache's run (appended, not
+                    // durable yet; the journal publishes its writes in
+                    // order, so those are the newest). A read that starts
+                    // below the log's first op begins at it (the storage
+                    // suite reads a log that starts above 0 so), and a read
+                    // stops at a hole, never skipping one: openraft would
+                    // replicate or apply around it. The leading skip
+                    // passes over ops neither durable nor cached (never
+                    // appended); it assumes the log has no hole of its own,
+                    // as openraft keeps it (contiguous appends, a suffix
+                    // truncated, a prefix purged).
+                    let cached = |op: u64| tail.lock().is_ok_and(|t| t.contains(op));
+                    let mut next = first;
+                    if first <= durable_last {
+                        let mut items = journal.entries(first..=durable_last);
+                        while let Some(item) = items.next().await {
+                            match item? {
+                                LogItem::Present(entry) => {
+                                    next = entry.op + 1;
+                                    payloads.push(entry.payload);
+                                }
+                                LogItem::Missing(op) if payloads.is_empty() && !cached(op) => {
+                                    next = op + 1
+                                }
+                                LogItem::Missing(op) => {
+                                    next = op;
+                                    break;
+                                }
+                            }
                         }
                     }
-                    Ok((start, payloads))
+                    let from_cache = tail.lock().ok().map(|t| t.get_from(next, last));
+                    Ok((payloads, from_cache))
                 })
             })
             .await;
-        let (start, mut payloads) = flat(durable).map_err(io_error)?;
-        // What the journal did not have durable yet, from the cache: the
-        // run of cached ops that starts right after the journal's.
-        let next = start + payloads.len() as u64;
-        if last.is_none_or(|last| next <= last) {
-            payloads.extend(self.tail()?.get_from(next, last));
-        }
+        let (mut payloads, from_cache) = flat(payloads).map_err(io_error)?;
+        payloads.extend(from_cache.ok_or_else(|| io_error(Poisoned("tail cache")))?);
         payloads
             .iter()
             .map(|p| decode(p).map_err(io_error))
@@ -349,12 +355,15 @@ where
         // Readable as soon as this returns (openraft reads what it just
         // appended to replicate it): the cache has it at once, and the
         // journal's read path queues behind the job below.
-        {
+        let generation = {
             let mut tail = self.tail()?;
             for (op, bytes) in &encoded {
                 tail.insert(*op, bytes);
             }
-        }
+            tail.generation()
+        };
+        let last_op = encoded.last().map(|(op, _)| *op);
+        let tail = self.tail.clone();
         // Queued without waiting for the reactor to take it: jobs run in the
         // order sent, and an error reaches openraft through the callback.
         let posted = self
@@ -387,6 +396,12 @@ where
                         shard
                             .appends_in_flight
                             .set(shard.appends_in_flight.get() - count);
+                        // The cache may now drop these (and older) entries.
+                        if let (Ok(()), Some(op)) = (&result, last_op) {
+                            if let Ok(mut tail) = tail.lock() {
+                                tail.mark_durable(op, generation);
+                            }
+                        }
                         callback.io_completed(result);
                     })
                     .detach();

@@ -5,8 +5,10 @@
 
 use std::collections::BTreeMap;
 
-/// Bytes of payload the cache holds at most; beyond it the oldest entries
-/// are dropped (reads of them go to the journal).
+/// Bytes of payload the cache holds at most while its entries are durable;
+/// beyond it the oldest durable entries are dropped (reads of them go to the
+/// journal). Entries not durable yet are never dropped: the journal cannot
+/// serve them, and openraft's reader must not leave them out.
 pub const TAIL_CACHE_BYTES_MAX: usize = 64 << 20;
 
 /// Encoded entries by journal op, contiguous from the lowest cached op.
@@ -14,6 +16,11 @@ pub const TAIL_CACHE_BYTES_MAX: usize = 64 << 20;
 pub struct TailCache {
     entries: BTreeMap<u64, Vec<u8>>,
     bytes: usize,
+    /// Ops at or below it are durable in the journal.
+    durable_through: u64,
+    /// Bumped by every truncation: a durability report for entries
+    /// inserted before one is stale (their ops may have been written again).
+    generation: u64,
 }
 
 impl TailCache {
@@ -35,18 +42,47 @@ impl TailCache {
         }
         self.bytes += payload.len();
         self.entries.insert(op, payload.to_vec());
+        self.evict();
+    }
+
+    /// Drops the oldest durable entries while the cache is over its bound.
+    fn evict(&mut self) {
         while self.bytes > TAIL_CACHE_BYTES_MAX {
-            match self.entries.pop_first() {
-                Some((_, evicted)) => self.bytes -= evicted.len(),
-                None => break,
+            match self.entries.first_key_value() {
+                Some((&op, _)) if op <= self.durable_through => {}
+                _ => break,
+            }
+            if let Some((_, evicted)) = self.entries.pop_first() {
+                self.bytes -= evicted.len();
             }
         }
+    }
+
+    /// The current generation (see [`TailCache::mark_durable`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Records that ops up to `op`, inserted in `generation`, are durable
+    /// (ignored if a truncation came since).
+    pub fn mark_durable(&mut self, op: u64, generation: u64) {
+        if generation == self.generation && op > self.durable_through {
+            self.durable_through = op;
+            self.evict();
+        }
+    }
+
+    /// Whether `op` is cached.
+    pub fn contains(&self, op: u64) -> bool {
+        self.entries.contains_key(&op)
     }
 
     /// Drops every op above `op` (a truncation).
     pub fn truncate_after(&mut self, op: u64) {
         let above = self.entries.split_off(&(op + 1));
         self.bytes -= above.values().map(Vec::len).sum::<usize>();
+        self.durable_through = self.durable_through.min(op);
+        self.generation += 1;
     }
 
     /// Drops every op at or below `op` (a purge).
@@ -149,14 +185,41 @@ mod tests {
     }
 
     #[test]
-    fn it_stays_within_its_byte_bound() {
+    fn it_stays_within_its_byte_bound_once_entries_are_durable() {
         let mut cache = TailCache::default();
         let payload = vec![0u8; 1 << 20];
         for op in 1..=100 {
             cache.insert(op, &payload);
         }
+        // Nothing is durable yet: nothing may go (the journal cannot serve
+        // those entries).
+        assert_eq!(cache.get(1, 100).map(|v| v.len()), Some(100));
+        cache.mark_durable(100, cache.generation());
         assert!(cache.bytes <= TAIL_CACHE_BYTES_MAX);
         assert_eq!(cache.get(100, 100).map(|v| v.len()), Some(1));
         assert_eq!(cache.get(1, 1), None);
+    }
+
+    #[test]
+    fn a_durability_report_from_before_a_truncation_is_ignored() {
+        let mut cache = TailCache::default();
+        let payload = vec![0u8; 1 << 20];
+        for op in 1..=80 {
+            cache.insert(op, &payload);
+        }
+        let before = cache.generation();
+        cache.truncate_after(10);
+        for op in 11..=80 {
+            cache.insert(op, &payload);
+        }
+        // The report for the first ops 11..=80 comes late: the rewritten
+        // ones are not durable, and stay.
+        cache.mark_durable(80, before);
+        assert_eq!(cache.get(11, 80).map(|v| v.len()), Some(70));
+        // Durable through 10: only those may go, and the cache is still
+        // over its bound with what is left.
+        cache.mark_durable(10, cache.generation());
+        assert_eq!(cache.get(1, 1), None);
+        assert_eq!(cache.get(11, 80).map(|v| v.len()), Some(70));
     }
 }

@@ -377,9 +377,11 @@ fn kind(message: &Message) -> &'static str {
 }
 
 /// Takes one piece of a leader's snapshot; after the last, installs the
-/// snapshot and answers with this node's vote. A piece out of order (a
-/// transfer restarted, or another leader's) discards what was gathered: the
-/// leader starts again from offset 0.
+/// snapshot and answers with this node's vote. A piece at offset 0 starts a
+/// new transfer. A piece that does not continue the transfer under way is
+/// refused; if it came from the same sender, what was gathered is
+/// discarded too (the leader starts again from offset 0). At most one
+/// snapshot is held in memory.
 async fn receive_snapshot_chunk(
     shared: &Shared,
     from: Option<NodeId>,
@@ -404,7 +406,11 @@ async fn receive_snapshot_chunk(
                 && r.last_log_id == chunk.meta.last_log_id
                 && r.bytes.len() as u64 == chunk.offset
         }) else {
-            *receiving = None;
+            // The sender's own transfer went wrong: it starts again from 0.
+            // Another sender's stray piece leaves the transfer under way.
+            if receiving.as_ref().is_some_and(|r| r.from == from) {
+                *receiving = None;
+            }
             return Err(format!(
                 "snapshot piece at offset {} does not continue a transfer from {from:?}",
                 chunk.offset
