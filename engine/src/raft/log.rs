@@ -19,10 +19,10 @@ pub const HARD_STATE_ENCODED_BYTES_MAX: usize = ringstore_journal::format::HARD_
 
 /// What the journal's hard state holds for openraft.
 #[derive(Clone, Default, Serialize, Deserialize)]
-struct HardState {
-    vote: Option<Vote>,
-    committed: Option<LogId>,
-    purged: Option<LogId>,
+pub(super) struct HardState {
+    pub(super) vote: Option<Vote>,
+    pub(super) committed: Option<LogId>,
+    pub(super) purged: Option<LogId>,
 }
 
 /// The `Send + Sync` handle openraft holds as its log. Journal work runs
@@ -55,7 +55,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::EncodeErro
     bincode::serde::encode_to_vec(value, bincode::config::standard())
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
     bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
 }
 

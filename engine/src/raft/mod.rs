@@ -101,6 +101,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cluster;
+#[cfg(test)]
+mod compat_tests;
 mod error;
 pub mod linearizability;
 mod log;

@@ -72,14 +72,13 @@ pub(super) struct Applied<C: RaftTypes, M> {
 /// The raft section's one record.
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
-struct RaftRecord<C: RaftTypes> {
-    last_applied: Option<LogId>,
-    membership: StoredMembership<C>,
+pub(super) struct RaftRecord<C: RaftTypes> {
+    pub(super) last_applied: Option<LogId>,
+    pub(super) membership: StoredMembership<C>,
     /// The snapshot's name as openraft 0.9 knew it (term, op, time; 0.10
-    /// has no snapshot id); kept
-    /// for the section's format, read by nobody.
-    snapshot_id: String,
-    sessions: Vec<(u64, Session<C::R>)>,
+    /// has no snapshot id); kept for the section's format, read by nobody.
+    pub(super) snapshot_id: String,
+    pub(super) sessions: Vec<(u64, Session<C::R>)>,
 }
 
 /// The newest snapshot: what openraft is told about it, and its file.
