@@ -13,6 +13,7 @@
 //! single-node engine's p50 ack latency.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -128,9 +129,28 @@ fn run_ringstore(
                 Box::new(|b| b),
             )?;
             logs.push(opened.log.clone());
-            stores.push((opened.log, opened.machine));
+            stores.push(Some(opened));
         }
-        let cluster = Cluster::<ClusterTypes, _>::start(stores).await?;
+        // Each node's Raft on its shard's reactor (`ReactorRuntime`), as
+        // the cluster's nodes run it, and its connections and clients there
+        // too.
+        let cluster = Cluster::<ClusterTypes, _>::start_with(NODES, |id, config, network| {
+            let opened = stores[id as usize - 1].take();
+            async move {
+                let opened = opened.ok_or_else(|| anyhow!("node {id} started twice"))?;
+                let log = opened.log.clone();
+                let raft = opened.start_raft(id, config, network).await?;
+                let spawner: raft_peers::Spawner = Arc::new(move |task| {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        // An error: the reactor stopped, and the task with it.
+                        let _ = log.on_reactor(move || task).await;
+                    });
+                });
+                Ok((raft, spawner))
+            }
+        })
+        .await?;
         // The stream, topic and group the commands commit offsets to.
         let leader = cluster.leader()?;
         for (seq, command) in setup_commands().into_iter().enumerate() {

@@ -341,3 +341,132 @@ async fn a_follower_behind_the_purged_log_installs_the_leaders_snapshot() {
         node.stop().await.expect("a clean stop");
     }
 }
+
+/// The names of the threads a Raft's network was called from.
+#[derive(Clone, Default)]
+struct ThreadsSeen(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl ThreadsSeen {
+    fn record(&self) {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        self.0.lock().expect("not poisoned").push(name);
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.0.lock().expect("not poisoned").clone()
+    }
+}
+
+/// A network whose every peer is unreachable, noting where it was called.
+struct RecordingNetwork(ThreadsSeen);
+
+struct RecordingPeer(ThreadsSeen);
+
+fn unreachable() -> openraft::error::RPCError<ringstore::raft::cluster::ClusterTypes> {
+    openraft::error::RPCError::Unreachable(openraft::error::Unreachable::new(
+        &std::io::Error::other("no such peer"),
+    ))
+}
+
+impl openraft::network::RaftNetworkFactory<ringstore::raft::cluster::ClusterTypes>
+    for RecordingNetwork
+{
+    type Network = RecordingPeer;
+
+    async fn new_client(&mut self, _target: u64, _node: &openraft::BasicNode) -> RecordingPeer {
+        self.0.record();
+        RecordingPeer(self.0.clone())
+    }
+}
+
+impl openraft::network::RaftNetworkV2<ringstore::raft::cluster::ClusterTypes> for RecordingPeer {
+    type SnapshotData = std::io::Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        _rpc: openraft::raft::AppendEntriesRequest<ringstore::raft::cluster::ClusterTypes>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<
+        openraft::raft::AppendEntriesResponse<ringstore::raft::cluster::ClusterTypes>,
+        openraft::error::RPCError<ringstore::raft::cluster::ClusterTypes>,
+    > {
+        self.0.record();
+        Err(unreachable())
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: openraft::raft::VoteRequest<ringstore::raft::cluster::ClusterTypes>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<
+        openraft::raft::VoteResponse<ringstore::raft::cluster::ClusterTypes>,
+        openraft::error::RPCError<ringstore::raft::cluster::ClusterTypes>,
+    > {
+        self.0.record();
+        Err(unreachable())
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        _vote: ringstore::raft::Vote,
+        _snapshot: ringstore::raft::SnapshotFile<ringstore::raft::cluster::ClusterTypes>,
+        _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + Send + 'static,
+        _option: openraft::network::RPCOption,
+    ) -> Result<
+        openraft::raft::SnapshotResponse<ringstore::raft::cluster::ClusterTypes>,
+        openraft::error::StreamingError<ringstore::raft::cluster::ClusterTypes>,
+    > {
+        self.0.record();
+        Err(unreachable().into())
+    }
+}
+
+/// The cluster's Raft runs on its shard's reactor thread (`start_raft` with
+/// `ReactorRuntime`), not on tokio's: openraft's core calls its network
+/// (an election towards an unreachable second member) from there. A Raft
+/// started there stops cleanly, its last storage handle dropped on the
+/// reactor itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_runs_on_the_shards_reactor() {
+    let dir = temp_dir();
+    let stores = ringstore::raft::open::<
+        ringstore::raft::cluster::ClusterTypes,
+        ringstore::raft::cluster::ClusterMachine,
+    >(
+        dir.path().join("node-1"),
+        Uuid::new_v4(),
+        1,
+        Box::new(|b| b),
+    )
+    .expect("the shard opens");
+    let config = openraft::Config {
+        heartbeat_interval: 20,
+        election_timeout_min: 50,
+        election_timeout_max: 100,
+        ..Default::default()
+    };
+    let config = std::sync::Arc::new(config.validate().expect("a valid configuration"));
+    let seen = ThreadsSeen::default();
+    let raft = stores
+        .start_raft(1, config, RecordingNetwork(seen.clone()))
+        .await
+        .expect("openraft starts");
+    let members = BTreeMap::from([
+        (1, openraft::BasicNode::default()),
+        (2, openraft::BasicNode::default()),
+    ]);
+    raft.initialize(members).await.expect("initialized");
+    for _ in 0..500 {
+        if seen.names().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    raft.shutdown().await.expect("a clean shutdown");
+    let names = seen.names();
+    assert!(names.len() >= 2, "the network was hardly called: {names:?}");
+    assert!(
+        names.iter().all(|n| n == "ringstore-raft-node-1"),
+        "openraft ran off the shard's reactor: {names:?}"
+    );
+}

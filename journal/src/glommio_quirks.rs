@@ -47,6 +47,20 @@
 //!    file limit of 1,024 within a minute. The cache test `descriptors`
 //!    pins that a cache opened and closed on a living executor gives every
 //!    descriptor back.
+//! 6. **A task whose handle is dropped is cancelled.** `glommio::spawn_local`
+//!    returns a `Task` that stops the task when dropped, where tokio's
+//!    handle detaches it. openraft drops some of its tasks' handles at once
+//!    and expects them to run on, so `ringstore::raft::ReactorRuntime`
+//!    (openraft on a shard's reactor) detaches every task it spawns and
+//!    returns its output through a channel; `ReactorThread::spawn` does the
+//!    same. Everything else that spawns on a reactor keeps its `Task` or
+//!    detaches it on purpose.
+//! 7. **No timers or sockets that are `Send`.** glommio's timers and
+//!    sockets belong to their reactor and are `!Send`, where openraft's
+//!    runtime trait asks for `Send` futures. `ReactorRuntime` takes its
+//!    timers (and the cluster its sockets) from the tokio runtime the
+//!    reactor thread entered at start; their wakes cross threads, which
+//!    only timers, peer messages and client requests pay.
 
 use std::path::{Path, PathBuf};
 

@@ -67,6 +67,21 @@ enum RpcReply<C: RaftTypeConfig<NodeId = u64>> {
     Snapshot(Result<SnapshotResponse<C>, String>),
 }
 
+/// Where a node runs its clients' and its connections' tasks: beside its
+/// Raft (tokio for the reference stores, the shard's reactor for
+/// ringstore), so no store pays a thread crossing the others do not.
+pub type Spawner = Arc<dyn Fn(BoxedTask) + Send + Sync>;
+
+/// A task given to a [`Spawner`].
+pub type BoxedTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs tasks on tokio.
+pub fn tokio_spawner() -> Spawner {
+    Arc::new(|task| {
+        tokio::spawn(task);
+    })
+}
+
 /// What every benchmarked store's state machine is to the cluster.
 pub trait Machine<C: RaftTypeConfig>: RaftStateMachine<C, SnapshotData = Cursor<Vec<u8>>> {}
 
@@ -80,6 +95,7 @@ impl<C: RaftTypeConfig, SM> Machine<C> for SM where
 pub struct Cluster<C: RaftTypeConfig<NodeId = u64, Node = BasicNode>, SM: Machine<C>> {
     /// The nodes.
     pub rafts: BTreeMap<u64, Raft<C, SM>>,
+    spawners: BTreeMap<u64, Spawner>,
     servers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -88,11 +104,32 @@ where
     C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
     SM: Machine<C>,
 {
-    /// Starts one node per `(log, machine)` pair, initializes the cluster
-    /// on node 1 and waits for a leader.
+    /// Starts one node per `(log, machine)` pair (`Raft::new` on the
+    /// calling runtime), initializes the cluster on node 1 and waits for a
+    /// leader.
     pub async fn start<LS>(stores: Vec<(LS, SM)>) -> Result<Cluster<C, SM>>
     where
         LS: RaftLogStorage<C>,
+    {
+        let mut stores: Vec<Option<(LS, SM)>> = stores.into_iter().map(Some).collect();
+        Self::start_with(stores.len() as u64, |id, config, network| {
+            let store = stores[id as usize - 1].take();
+            async move {
+                let (log, machine) = store.ok_or_else(|| anyhow!("node {id} started twice"))?;
+                let raft = Raft::new(id, config, network, log, machine).await?;
+                Ok((raft, tokio_spawner()))
+            }
+        })
+        .await
+    }
+
+    /// Starts `nodes` nodes, each made by `make(id, config, network)` with
+    /// the spawner its connections and clients run on, initializes the
+    /// cluster on node 1 and waits for a leader.
+    pub async fn start_with<F, Fut>(nodes: u64, mut make: F) -> Result<Cluster<C, SM>>
+    where
+        F: FnMut(u64, Arc<openraft::Config>, Network) -> Fut,
+        Fut: std::future::Future<Output = Result<(Raft<C, SM>, Spawner)>>,
     {
         let config = openraft::Config {
             heartbeat_interval: HEARTBEAT_MS,
@@ -104,17 +141,19 @@ where
         let config = Arc::new(config.validate()?);
         let mut listeners = Vec::new();
         let mut members = BTreeMap::new();
-        for id in 1..=stores.len() as u64 {
+        for id in 1..=nodes {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             members.insert(id, BasicNode::new(listener.local_addr()?.to_string()));
             listeners.push(listener);
         }
         let mut rafts = BTreeMap::new();
+        let mut spawners = BTreeMap::new();
         let mut servers = Vec::new();
-        for ((id, (log, machine)), listener) in (1..).zip(stores).zip(listeners) {
-            let raft = Raft::new(id, config.clone(), Network, log, machine).await?;
-            servers.push(tokio::spawn(serve(raft.clone(), listener)));
+        for (id, listener) in (1..).zip(listeners) {
+            let (raft, spawner) = make(id, config.clone(), Network).await?;
+            servers.push(tokio::spawn(serve(raft.clone(), listener, spawner.clone())));
             rafts.insert(id, raft);
+            spawners.insert(id, spawner);
         }
         rafts[&1].initialize(members).await?;
         let started = Instant::now();
@@ -128,29 +167,39 @@ where
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(Cluster { rafts, servers })
+        Ok(Cluster {
+            rafts,
+            spawners,
+            servers,
+        })
     }
 
     /// The current leader.
     pub fn leader(&self) -> Result<Raft<C, SM>> {
-        let id = self.rafts[&1]
+        Ok(self.rafts[&self.leader_id()?].clone())
+    }
+
+    fn leader_id(&self) -> Result<u64> {
+        self.rafts[&1]
             .metrics()
             .borrow_watched()
             .current_leader
-            .ok_or_else(|| anyhow!("no leader"))?;
-        Ok(self.rafts[&id].clone())
+            .ok_or_else(|| anyhow!("no leader"))
     }
 
     /// `clients` tasks each submit `command(client, seq)` to the leader, one
-    /// at a time, until `duration` passes. Returns the commands committed,
-    /// the elapsed time and their commit latencies.
+    /// at a time, until `duration` passes; they run on the leader's spawner.
+    /// Returns the commands committed, the elapsed time and their commit
+    /// latencies.
     pub async fn drive(
         &self,
         clients: u64,
         duration: Duration,
         command: impl Fn(u64, u64) -> C::D + Send + Sync + 'static,
     ) -> Result<(u64, Duration, LatencyRecorder)> {
-        let leader = self.leader()?;
+        let leader_id = self.leader_id()?;
+        let leader = self.rafts[&leader_id].clone();
+        let spawner = self.spawners[&leader_id].clone();
         let command = Arc::new(command);
         let merged = Arc::new(Mutex::new(LatencyRecorder::new()));
         let started = Instant::now();
@@ -160,7 +209,9 @@ where
             let leader = leader.clone();
             let command = command.clone();
             let merged = merged.clone();
-            tasks.push(tokio::spawn(async move {
+            let (done, finished) = tokio::sync::oneshot::channel();
+            tasks.push(finished);
+            let client_task = async move {
                 let mut recorder = LatencyRecorder::new();
                 let mut seq = 0;
                 while Instant::now() < deadline {
@@ -177,11 +228,16 @@ where
                     .map_err(|_| anyhow!("a client panicked"))?
                     .merge(&recorder);
                 Ok::<u64, anyhow::Error>(seq)
+            };
+            spawner(Box::pin(async move {
+                let _ = done.send(client_task.await);
             }));
         }
         let mut count = 0;
         for task in tasks {
-            count += task.await??;
+            count += task
+                .await
+                .map_err(|_| anyhow!("a client task was dropped"))??;
         }
         let elapsed = started.elapsed();
         let recorder = std::mem::take(&mut *merged.lock().map_err(|_| anyhow!("poisoned"))?);
@@ -202,17 +258,17 @@ where
     }
 }
 
-async fn serve<C, SM>(raft: Raft<C, SM>, listener: TcpListener)
+/// Accepts connections; each is answered by a task on `spawner`, and ends
+/// when its peer closes it.
+async fn serve<C, SM>(raft: Raft<C, SM>, listener: TcpListener, spawner: Spawner)
 where
     C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
     SM: Machine<C>,
 {
-    let mut connections = tokio::task::JoinSet::new();
     while let Ok((mut stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
-        while connections.try_join_next().is_some() {}
-        connections.spawn(async move {
+        spawner(Box::pin(async move {
             while let Ok(rpc) = read_frame::<Rpc<C>>(&mut stream).await {
                 let reply = match rpc {
                     Rpc::Append(rpc) => {
@@ -237,12 +293,12 @@ where
                     return;
                 }
             }
-        });
+        }));
     }
 }
 
 /// Makes a [`Peer`] per target.
-struct Network;
+pub struct Network;
 
 impl<C> RaftNetworkFactory<C> for Network
 where
@@ -259,7 +315,7 @@ where
 }
 
 /// RPCs to one node over one connection.
-struct Peer {
+pub struct Peer {
     addr: Option<SocketAddr>,
     connection: Connection,
 }

@@ -74,6 +74,13 @@ pub enum RaftStoreError {
         source: crate::SnapshotError,
     },
 
+    /// openraft did not start over the shard (`Raft::new` failed).
+    #[error("starting openraft over the raft shard failed: {message}")]
+    Start {
+        /// openraft's error.
+        message: String,
+    },
+
     /// The shard's reactor thread has stopped.
     #[error(transparent)]
     Closed(#[from] ReactorClosed),
@@ -95,6 +102,7 @@ impl RaftStoreError {
             RaftStoreError::NodeId { .. } => "node_id",
             RaftStoreError::RaftSection { .. } => "raft_section",
             RaftStoreError::ReceivedSnapshot { .. } => "received_snapshot",
+            RaftStoreError::Start { .. } => "start",
             RaftStoreError::Closed(_) => "closed",
         }
     }

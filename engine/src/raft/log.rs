@@ -132,6 +132,20 @@ where
         }
     }
 
+    /// Runs `task` on the shard's reactor thread, as a task of its own, and
+    /// returns its output: work that talks to a Raft hosted there
+    /// ([`super::RaftStores::start_raft`]) without crossing threads, such
+    /// as a client's requests or a peer connection. The future may be
+    /// `!Send`; it is made on the reactor.
+    pub async fn on_reactor<R, F, Fut>(&self, task: F) -> Result<R, RaftStoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = R> + 'static,
+    {
+        Ok(self.thread.spawn(task).await?)
+    }
+
     /// The shard's journal counters (appends, writes, fdatasyncs, entries
     /// per write): how well appends share group commits.
     pub async fn journal_stats(&self) -> Result<ringstore_journal::JournalStats, RaftStoreError> {

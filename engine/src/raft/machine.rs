@@ -31,6 +31,11 @@ impl<C: RaftTypes, M: StateMachine> Clone for RaftMachine<C, M> {
 }
 
 impl<C: RaftTypes, M: StateMachine> RaftMachine<C, M> {
+    /// The shard's reactor thread.
+    pub(super) fn thread(&self) -> &Arc<ReactorThread<RaftShard<C, M>>> {
+        &self.thread
+    }
+
     pub(super) fn new(thread: Arc<ReactorThread<RaftShard<C, M>>>) -> RaftMachine<C, M> {
         RaftMachine { thread }
     }

@@ -13,22 +13,28 @@
 //! a leader's appends share group commits too. The price is an alpha
 //! whose API still moves between releases: the version is pinned exactly,
 //! and openraft's own storage suite (`openraft::testing::log::Suite`) runs
-//! against this adapter in CI. Raft still runs on tokio, not on the
-//! shard's reactor: 0.10's `single-threaded` feature is global (every
-//! `Raft` in the build, the benchmark's included, would need a local
-//! runtime) and glommio cancels a task whose handle is dropped, where
-//! openraft drops some at once; both are work for later.
+//! against this adapter in CI. 0.10's `single-threaded` feature is not
+//! used: it is global to a build (every `Raft` in it, the benchmark's
+//! reference stores included, would need a local runtime); the Send-bound
+//! [`ReactorRuntime`] below puts Raft on the shard's reactor without it.
 //!
-//! **Threads.** openraft runs on tokio and wants `Send + Sync` stores;
-//! the journal, the snapshot store and the machine are `!Send` and live on
-//! a glommio reactor. [`open`] starts the shard's reactor thread
-//! ([`ReactorThread`]), recovers everything there, and returns the two
-//! cheap handles openraft holds, [`RaftLog`] and [`RaftMachine`]. Each
-//! storage call is one hop to the reactor, run in the order openraft made
-//! them ("all write-IO must be serialized"); an append's durability is
-//! awaited on a task of its own, so concurrent appends share the journal's
-//! group commit: N appends in flight cost one fdatasync, and each
-//! `IOFlushed` callback fires when its batch is durable.
+//! **Threads.** openraft wants `Send + Sync` stores; the journal, the
+//! snapshot store and the machine are `!Send` and live on a glommio
+//! reactor. [`open`] starts the shard's reactor thread ([`ReactorThread`]),
+//! recovers everything there, and returns the two cheap handles openraft
+//! holds, [`RaftLog`] and [`RaftMachine`]. Each storage call is a job sent
+//! to the reactor, run in the order openraft made them ("all write-IO must
+//! be serialized"); an append's durability is awaited on a task of its
+//! own, so concurrent appends share the journal's group commit: N appends
+//! in flight cost one fdatasync, and each `IOFlushed` callback fires when
+//! its batch is durable. [`RaftStores::start_raft`] runs `Raft::new` on
+//! that reactor: with [`ReactorRuntime`] as the configuration's runtime
+//! (the cluster's [`cluster::ClusterTypes`]), openraft's core, replication
+//! and state-machine tasks run there too, so a storage call is a hop
+//! between tasks of one thread instead of a wake of another thread and
+//! back; timers, channels and sockets stay tokio's, usable from any
+//! thread. With openraft's tokio runtime the same handles work from tokio
+//! (the storage suite runs so), each call crossing threads.
 //!
 //! **Types.** The adapter works with any configuration whose term, node
 //! id, leader id, vote and entry are openraft's defaults ([`RaftTypes`]):
@@ -108,6 +114,7 @@ pub mod linearizability;
 mod log;
 mod machine;
 mod reactor;
+mod runtime;
 mod shard;
 mod tail_cache;
 mod types;
@@ -117,6 +124,7 @@ pub use log::{RaftLog, HARD_STATE_ENCODED_BYTES_MAX};
 pub use machine::RaftMachine;
 pub use machine::SnapshotFile;
 pub use reactor::{ReactorClosed, ReactorThread};
+pub use runtime::{ReactorJoinError, ReactorJoinHandle, ReactorRuntime};
 pub use shard::{JournalSetup, RaftShard, RAFT_NODE_SHARDS, RAFT_SECTION, SESSIONS_MAX};
 pub use types::{
     LeaderId, LogId, Payload, RaftTypes, Request, Response, SnapshotMeta, StoredMembership, Vote,
@@ -133,6 +141,40 @@ pub struct RaftStores<C: RaftTypes, M: StateMachine> {
     pub log: RaftLog<C, M>,
     /// The state machine and snapshots.
     pub machine: RaftMachine<C, M>,
+}
+
+impl<C, M> RaftStores<C, M>
+where
+    C: RaftTypes<D = Request<M::Command>, R = Response<M::Reply>>,
+    M: StateMachine,
+    M::Command: Send + Sync + std::fmt::Debug,
+    M::Reply: Clone + Send + Sync + std::fmt::Debug,
+{
+    /// Starts node `id`'s openraft over these stores on the shard's own
+    /// reactor thread (`Raft::new` runs there as a task of its own). With
+    /// [`ReactorRuntime`] as the configuration's runtime, openraft's tasks
+    /// run on that reactor, beside the journal, and a storage call is a hop
+    /// between tasks of one thread; with another runtime they run on it.
+    /// The returned handle works from any thread.
+    pub async fn start_raft<N>(
+        self,
+        id: u64,
+        config: Arc<openraft::Config>,
+        network: N,
+    ) -> Result<openraft::Raft<C, RaftMachine<C, M>>, RaftStoreError>
+    where
+        N: openraft::network::RaftNetworkFactory<C> + Send + 'static,
+        N::Network: openraft::network::NetSnapshot<C, SnapshotData = std::io::Cursor<Vec<u8>>>,
+    {
+        let RaftStores { log, machine } = self;
+        let thread = machine.thread().clone();
+        let started = thread
+            .spawn(move || openraft::Raft::new(id, config, network, log, machine))
+            .await?;
+        started.map_err(|e| RaftStoreError::Start {
+            message: e.to_string(),
+        })
+    }
 }
 
 /// Opens (creating if empty) the raft shard in `dir`, which belongs to node

@@ -15,6 +15,36 @@ type Job<T> = Box<dyn FnOnce(Rc<T>) -> LocalBoxFuture<()> + Send>;
 /// Jobs queued for the reactor at most (callers wait beyond that).
 const JOBS_QUEUED_MAX: usize = 1024;
 
+thread_local! {
+    /// Whether this thread runs a raft shard's glommio executor (or one of
+    /// `ReactorRuntime::block_on`'s): `ReactorRuntime::spawn` spawns there.
+    static ON_REACTOR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread runs a reactor [`ReactorRuntime`] spawns on.
+///
+/// [`ReactorRuntime`]: super::ReactorRuntime
+pub(super) fn on_reactor_thread() -> bool {
+    ON_REACTOR.with(|on| on.get())
+}
+
+/// Marks the calling thread as one running a glommio executor for as long
+/// as the returned guard lives.
+pub(super) struct ReactorMark(());
+
+impl ReactorMark {
+    pub(super) fn set() -> ReactorMark {
+        ON_REACTOR.with(|on| on.set(true));
+        ReactorMark(())
+    }
+}
+
+impl Drop for ReactorMark {
+    fn drop(&mut self) {
+        ON_REACTOR.with(|on| on.set(false));
+    }
+}
+
 /// What the reactor's state does when the thread stops.
 pub trait ReactorState: 'static {
     /// Closes what the state holds (files, the journal).
@@ -30,6 +60,9 @@ pub struct ReactorThread<T: ReactorState> {
 
 impl<T: ReactorState> ReactorThread<T> {
     /// Builds the state with `open` on a new reactor thread named `name`.
+    /// The thread enters the tokio runtime `open` is called from, if any,
+    /// so tasks on the reactor can use its timers and sockets (an openraft
+    /// hosted there with [`super::ReactorRuntime`] does).
     pub fn open<E>(
         name: &str,
         open: impl FnOnce() -> LocalBoxFuture<Result<T, E>> + Send + 'static,
@@ -39,9 +72,12 @@ impl<T: ReactorState> ReactorThread<T> {
     {
         let (jobs, queue) = async_channel::bounded::<Job<T>>(JOBS_QUEUED_MAX);
         let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let tokio = tokio::runtime::Handle::try_current().ok();
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
+                let _entered = tokio.as_ref().map(|t| t.enter());
+                let _mark = ReactorMark::set();
                 let executor = glommio::LocalExecutorBuilder::default().make();
                 let executor = match executor {
                     Ok(executor) => executor,
@@ -118,6 +154,29 @@ impl<T: ReactorState> ReactorThread<T> {
 }
 
 impl<T: ReactorState> ReactorThread<T> {
+    /// Runs `task` on the reactor as a task of its own, beside the jobs
+    /// rather than in their queue (it may queue jobs and wait for them),
+    /// and returns its output; `Err(Closed)` if the reactor stopped first.
+    pub async fn spawn<R, F, Fut>(&self, task: F) -> Result<R, ReactorClosed>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.post(move |_| {
+            Box::pin(async move {
+                // Detached: glommio cancels a task whose handle is dropped.
+                glommio::spawn_local(async move {
+                    let _ = tx.send(task().await);
+                })
+                .detach();
+            })
+        })
+        .await?;
+        rx.await.map_err(|_| ReactorClosed)
+    }
+
     /// Queues `job` to run on the reactor after every job sent before it,
     /// without waiting for it to run.
     pub async fn post<F>(&self, job: F) -> Result<(), ReactorClosed>
@@ -140,7 +199,12 @@ impl<T: ReactorState> Drop for ReactorThread<T> {
     fn drop(&mut self) {
         self.jobs.close();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            // The last handle may go with a task on the reactor itself (a
+            // Raft hosted there that stopped): its thread ends on its own
+            // once the queue is drained.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }

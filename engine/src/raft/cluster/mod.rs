@@ -45,4 +45,5 @@ openraft::declare_raft_types!(
         R = Response<ClusterReply>,
         NodeId = u64,
         Node = BasicNode,
+        AsyncRuntime = crate::raft::ReactorRuntime,
 );

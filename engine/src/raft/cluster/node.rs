@@ -223,9 +223,12 @@ pub async fn run_node(
         blocked: blocked.clone(),
         snapshot_chunk_bytes: settings.snapshot_chunk_bytes,
     };
-    let raft = Raft::new(id, config, network, stores.log, stores.machine.clone())
+    let machine = stores.machine.clone();
+    // On the shard's reactor, beside its journal (`ReactorRuntime`).
+    let raft = stores
+        .start_raft(id, config, network)
         .await
-        .map_err(|e| raft_error(&e))?;
+        .map_err(|source| NodeError::Storage { id, source })?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| NodeError::Listen { id, addr, source })?;
@@ -244,7 +247,7 @@ pub async fn run_node(
     let shared = Arc::new(Shared {
         id,
         raft: raft.clone(),
-        machine: stores.machine,
+        machine,
         blocked,
         receiving: Mutex::new(None),
     });
