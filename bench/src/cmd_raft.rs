@@ -13,7 +13,6 @@
 //! single-node engine's p50 ack latency.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -30,7 +29,7 @@ use crate::cmd_engine::{
 use crate::cmd_journal::on_reactor;
 use crate::harness::{Harness, ProbeBracket};
 use crate::latency::{LatencyRecorder, LatencySummary};
-use crate::raft_peers::{self, Cluster, NODES};
+use crate::raft_peers::{self, Cluster, Host, NODES};
 use crate::report::{fmt_num, fmt_ratio, round3, Table};
 
 /// How long each workload runs in full mode.
@@ -132,25 +131,20 @@ fn run_ringstore(
             stores.push(Some(opened));
         }
         // Each node's Raft on its shard's reactor (`ReactorRuntime`), as
-        // the cluster's nodes run it, and its connections and clients there
-        // too.
-        let cluster = Cluster::<ClusterTypes, _>::start_with(NODES, |id, config, network| {
-            let opened = stores[id as usize - 1].take();
-            async move {
-                let opened = opened.ok_or_else(|| anyhow!("node {id} started twice"))?;
-                let log = opened.log.clone();
-                let raft = opened.start_raft(id, config, network).await?;
-                let spawner: raft_peers::Spawner = Arc::new(move |task| {
-                    let log = log.clone();
-                    tokio::spawn(async move {
-                        // An error: the reactor stopped, and the task with it.
-                        let _ = log.on_reactor(move || task).await;
-                    });
-                });
-                Ok((raft, spawner))
-            }
-        })
-        .await?;
+        // the cluster's nodes run it, with its connections (on glommio's
+        // sockets) and clients there too.
+        let reactor = Host::Reactor(logs[0].clone());
+        let cluster =
+            Cluster::<ClusterTypes, _>::start_with(NODES, reactor, |id, config, network| {
+                let opened = stores[id as usize - 1].take();
+                async move {
+                    let opened = opened.ok_or_else(|| anyhow!("node {id} started twice"))?;
+                    let host = Host::Reactor(opened.log.clone());
+                    let raft = opened.start_raft(id, config, network).await?;
+                    Ok((raft, host))
+                }
+            })
+            .await?;
         // The stream, topic and group the commands commit offsets to.
         let leader = cluster.leader()?;
         for (seq, command) in setup_commands().into_iter().enumerate() {

@@ -27,7 +27,10 @@ use openraft::raft::{
 use openraft::storage::{RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::{BasicNode, Raft, RaftTypeConfig, SnapshotPolicy};
+use ringstore::raft::cluster::reactor_net::{self, ReactorLink};
 use ringstore::raft::cluster::wire::{read_frame, write_frame, Connection};
+use ringstore::raft::cluster::{ClusterMachine, ClusterTypes};
+use ringstore::raft::RaftLog;
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use tokio::net::TcpListener;
@@ -67,19 +70,43 @@ enum RpcReply<C: RaftTypeConfig<NodeId = u64>> {
     Snapshot(Result<SnapshotResponse<C>, String>),
 }
 
-/// Where a node runs its clients' and its connections' tasks: beside its
-/// Raft (tokio for the reference stores, the shard's reactor for
-/// ringstore), so no store pays a thread crossing the others do not.
-pub type Spawner = Arc<dyn Fn(BoxedTask) + Send + Sync>;
+/// Where a node's Raft runs, and with it its clients' tasks, its peer
+/// connections and its RPCs: so no store pays a thread crossing the others
+/// do not.
+#[derive(Clone)]
+pub enum Host {
+    /// On tokio (openraft's reference stores).
+    Tokio,
+    /// On the ringstore shard's reactor (`ReactorRuntime`): clients and
+    /// connections run there, on glommio's sockets
+    /// (`ringstore::raft::cluster::reactor_net`).
+    Reactor(RaftLog<ClusterTypes, ClusterMachine>),
+}
 
-/// A task given to a [`Spawner`].
-pub type BoxedTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// A client task given to [`Host::spawn`].
+type BoxedTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// Runs tasks on tokio.
-pub fn tokio_spawner() -> Spawner {
-    Arc::new(|task| {
-        tokio::spawn(task);
-    })
+impl Host {
+    fn spawn(&self, task: BoxedTask) {
+        match self {
+            Host::Tokio => {
+                tokio::spawn(task);
+            }
+            Host::Reactor(log) => {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    // An error: the reactor stopped, and the task with it.
+                    let _ = log.on_reactor(move || task).await;
+                });
+            }
+        }
+    }
+
+    fn network(&self) -> Network {
+        Network {
+            on_reactor: matches!(self, Host::Reactor(_)),
+        }
+    }
 }
 
 /// What every benchmarked store's state machine is to the cluster.
@@ -95,7 +122,7 @@ impl<C: RaftTypeConfig, SM> Machine<C> for SM where
 pub struct Cluster<C: RaftTypeConfig<NodeId = u64, Node = BasicNode>, SM: Machine<C>> {
     /// The nodes.
     pub rafts: BTreeMap<u64, Raft<C, SM>>,
-    spawners: BTreeMap<u64, Spawner>,
+    hosts: BTreeMap<u64, Host>,
     servers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -112,24 +139,25 @@ where
         LS: RaftLogStorage<C>,
     {
         let mut stores: Vec<Option<(LS, SM)>> = stores.into_iter().map(Some).collect();
-        Self::start_with(stores.len() as u64, |id, config, network| {
+        Self::start_with(stores.len() as u64, Host::Tokio, |id, config, network| {
             let store = stores[id as usize - 1].take();
             async move {
                 let (log, machine) = store.ok_or_else(|| anyhow!("node {id} started twice"))?;
                 let raft = Raft::new(id, config, network, log, machine).await?;
-                Ok((raft, tokio_spawner()))
+                Ok((raft, Host::Tokio))
             }
         })
         .await
     }
 
     /// Starts `nodes` nodes, each made by `make(id, config, network)` with
-    /// the spawner its connections and clients run on, initializes the
-    /// cluster on node 1 and waits for a leader.
-    pub async fn start_with<F, Fut>(nodes: u64, mut make: F) -> Result<Cluster<C, SM>>
+    /// the host it runs on (`host` says what network they take: tokio's
+    /// sockets or the reactor's), initializes the cluster on node 1 and
+    /// waits for a leader.
+    pub async fn start_with<F, Fut>(nodes: u64, host: Host, mut make: F) -> Result<Cluster<C, SM>>
     where
         F: FnMut(u64, Arc<openraft::Config>, Network) -> Fut,
-        Fut: std::future::Future<Output = Result<(Raft<C, SM>, Spawner)>>,
+        Fut: std::future::Future<Output = Result<(Raft<C, SM>, Host)>>,
     {
         let config = openraft::Config {
             heartbeat_interval: HEARTBEAT_MS,
@@ -147,13 +175,13 @@ where
             listeners.push(listener);
         }
         let mut rafts = BTreeMap::new();
-        let mut spawners = BTreeMap::new();
+        let mut hosts = BTreeMap::new();
         let mut servers = Vec::new();
         for (id, listener) in (1..).zip(listeners) {
-            let (raft, spawner) = make(id, config.clone(), Network).await?;
-            servers.push(tokio::spawn(serve(raft.clone(), listener, spawner.clone())));
+            let (raft, host) = make(id, config.clone(), host.network()).await?;
+            servers.push(tokio::spawn(serve(raft.clone(), listener, host.clone())));
             rafts.insert(id, raft);
-            spawners.insert(id, spawner);
+            hosts.insert(id, host);
         }
         rafts[&1].initialize(members).await?;
         let started = Instant::now();
@@ -169,7 +197,7 @@ where
         }
         Ok(Cluster {
             rafts,
-            spawners,
+            hosts,
             servers,
         })
     }
@@ -188,7 +216,7 @@ where
     }
 
     /// `clients` tasks each submit `command(client, seq)` to the leader, one
-    /// at a time, until `duration` passes; they run on the leader's spawner.
+    /// at a time, until `duration` passes; they run on the leader's host.
     /// Returns the commands committed, the elapsed time and their commit
     /// latencies.
     pub async fn drive(
@@ -199,7 +227,7 @@ where
     ) -> Result<(u64, Duration, LatencyRecorder)> {
         let leader_id = self.leader_id()?;
         let leader = self.rafts[&leader_id].clone();
-        let spawner = self.spawners[&leader_id].clone();
+        let host = self.hosts[&leader_id].clone();
         let command = Arc::new(command);
         let merged = Arc::new(Mutex::new(LatencyRecorder::new()));
         let started = Instant::now();
@@ -229,7 +257,7 @@ where
                     .merge(&recorder);
                 Ok::<u64, anyhow::Error>(seq)
             };
-            spawner(Box::pin(async move {
+            host.spawn(Box::pin(async move {
                 let _ = done.send(client_task.await);
             }));
         }
@@ -258,47 +286,88 @@ where
     }
 }
 
-/// Accepts connections; each is answered by a task on `spawner`, and ends
-/// when its peer closes it.
-async fn serve<C, SM>(raft: Raft<C, SM>, listener: TcpListener, spawner: Spawner)
+/// Accepts connections on tokio; each is answered on the node's host (on
+/// the reactor with glommio's socket), and ends when its peer closes it.
+async fn serve<C, SM>(raft: Raft<C, SM>, listener: TcpListener, host: Host)
 where
     C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
     SM: Machine<C>,
 {
-    while let Ok((mut stream, _)) = listener.accept().await {
+    while let Ok((stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
-        spawner(Box::pin(async move {
-            while let Ok(rpc) = read_frame::<Rpc<C>>(&mut stream).await {
-                let reply = match rpc {
-                    Rpc::Append(rpc) => {
-                        RpcReply::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
+        match &host {
+            Host::Tokio => {
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    while let Ok(rpc) = read_frame::<Rpc<C>>(&mut stream).await {
+                        let reply = answer(&raft, rpc).await;
+                        if write_frame(&mut stream, &reply).await.is_err() {
+                            return;
+                        }
                     }
-                    Rpc::Vote(rpc) => {
-                        RpcReply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string()))
-                    }
-                    Rpc::Snapshot { vote, meta, data } => RpcReply::Snapshot(
-                        raft.install_full_snapshot(
-                            vote,
-                            Snapshot {
-                                meta,
-                                snapshot: Cursor::new(data),
-                            },
-                        )
-                        .await
-                        .map_err(|e| e.to_string()),
-                    ),
-                };
-                if write_frame(&mut stream, &reply).await.is_err() {
-                    return;
-                }
+                });
             }
-        }));
+            Host::Reactor(log) => {
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let served = log.on_reactor(move || async move {
+                        let Ok(mut stream) = reactor_net::adopt_stream(stream) else {
+                            return;
+                        };
+                        while let Ok(rpc) = reactor_net::read_frame_io::<Rpc<C>>(&mut stream).await
+                        {
+                            let reply = answer(&raft, rpc).await;
+                            if reactor_net::write_frame_io(&mut stream, &reply)
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                    // An error: the reactor stopped, and the connection with it.
+                    let _ = served.await;
+                });
+            }
+        }
     }
 }
 
-/// Makes a [`Peer`] per target.
-pub struct Network;
+/// A node's answer to one RPC.
+async fn answer<C, SM>(raft: &Raft<C, SM>, rpc: Rpc<C>) -> RpcReply<C>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    SM: Machine<C>,
+{
+    match rpc {
+        Rpc::Append(rpc) => {
+            RpcReply::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
+        }
+        Rpc::Vote(rpc) => RpcReply::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
+        Rpc::Snapshot { vote, meta, data } => RpcReply::Snapshot(
+            raft.install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: Cursor::new(data),
+                },
+            )
+            .await
+            .map_err(|e| e.to_string()),
+        ),
+    }
+}
+
+/// Makes a [`Peer`] per target: over tokio's sockets, or over glommio's
+/// on the reactor openraft runs on (`ReactorLink`, made there).
+#[derive(Clone, Copy)]
+pub struct Network {
+    on_reactor: bool,
+}
 
 impl<C> RaftNetworkFactory<C> for Network
 where
@@ -307,17 +376,24 @@ where
     type Network = Peer;
 
     async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Peer {
-        Peer {
-            addr: node.addr.parse().ok(),
-            connection: Connection::default(),
-        }
+        let addr: Option<SocketAddr> = node.addr.parse().ok();
+        let transport = match addr {
+            Some(addr) if self.on_reactor => Transport::Reactor(ReactorLink::to(addr.to_string())),
+            _ => Transport::Tokio(Connection::default()),
+        };
+        Peer { addr, transport }
     }
 }
 
 /// RPCs to one node over one connection.
 pub struct Peer {
     addr: Option<SocketAddr>,
-    connection: Connection,
+    transport: Transport,
+}
+
+enum Transport {
+    Tokio(Connection),
+    Reactor(ReactorLink),
 }
 
 impl Peer {
@@ -328,7 +404,10 @@ impl Peer {
         let addr = self
             .addr
             .ok_or_else(|| io::Error::other("bad node address"))?;
-        self.connection.request(addr, &rpc, timeout).await
+        match &mut self.transport {
+            Transport::Tokio(connection) => connection.request(addr, &rpc, timeout).await,
+            Transport::Reactor(link) => link.request(&rpc, timeout).await,
+        }
     }
 }
 

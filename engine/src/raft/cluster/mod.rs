@@ -12,6 +12,8 @@
 //!   retries a command under its sequence number, so a retry is applied
 //!   once; reads are linearizable (`Raft::ensure_linearizable`).
 //! * [`wire`]: the frames on the wire.
+//! * [`reactor_net`]: the nodes' TCP on their shard's reactor (glommio's
+//!   sockets, next to the Raft hosted there).
 //!
 //! **What is guaranteed.** A command the client got an answer for is
 //! committed: held durably (fdatasync'd) by a majority and applied by the
@@ -26,6 +28,7 @@
 pub mod client;
 pub mod machine;
 pub mod node;
+pub mod reactor_net;
 pub mod wire;
 pub mod workload;
 

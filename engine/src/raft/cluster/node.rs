@@ -2,9 +2,9 @@
 //! its peers and clients on loopback (or any address).
 
 use super::machine::ClusterMachine;
+use super::reactor_net::{adopt_stream, read_frame_io, write_frame_io, ReactorLink};
 use super::wire::{
-    read_frame, write_frame, Connection, Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply,
-    SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
+    Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply, SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
 };
 use super::ClusterTypes;
 use crate::raft::{LogId, RaftMachine, RaftStoreError, SnapshotFile, Vote};
@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use uuid::Uuid;
 
 /// Interval between two exports of the Raft metrics, in milliseconds.
@@ -224,6 +224,7 @@ pub async fn run_node(
         snapshot_chunk_bytes: settings.snapshot_chunk_bytes,
     };
     let machine = stores.machine.clone();
+    let log = stores.log.clone();
     // On the shard's reactor, beside its journal (`ReactorRuntime`).
     let raft = stores
         .start_raft(id, config, network)
@@ -252,16 +253,35 @@ pub async fn run_node(
         receiving: Mutex::new(None),
     });
     let metrics = tokio::spawn(export_metrics(shared.clone()));
-    // The connections' tasks: aborted when the node stops, so a peer still
-    // connected learns it at once instead of talking to a stopped Raft.
-    let mut connections = tokio::task::JoinSet::new();
+    // Closed when the node stops: every connection ends (a peer still
+    // connected learns it at once instead of talking to a stopped Raft).
+    let (stopping, stopped) = async_channel::bounded::<()>(1);
+    // tokio accepts (see `reactor_net::adopt_stream`); each connection is
+    // then served on the shard's reactor, beside the Raft, on glommio's
+    // sockets.
     let accept = async {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    while connections.try_join_next().is_some() {}
-                    connections.spawn(serve(shared.clone(), stream));
+                    let stream = match stream.into_std() {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            tracing::warn!(node = id, error = %e, "dropping a connection");
+                            continue;
+                        }
+                    };
+                    let shared = shared.clone();
+                    let stopped = stopped.clone();
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        let served = log
+                            .on_reactor(move || serve_on_reactor(shared, stream, stopped))
+                            .await;
+                        if let Err(e) = served {
+                            tracing::debug!(node = id, error = %e, "a connection ended with the shard");
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(node = id, error = %e, "accept failed");
@@ -275,16 +295,36 @@ pub async fn run_node(
         () = stop => {}
     }
     metrics.abort();
-    connections.abort_all();
+    drop(stopping);
     drop(listener);
     raft.shutdown().await.map_err(|e| raft_error(&e))?;
     Ok(())
 }
 
+/// Serves one accepted connection on the shard's reactor until it closes
+/// or the node stops (`stopped` closes).
+async fn serve_on_reactor(
+    shared: Arc<Shared>,
+    stream: std::net::TcpStream,
+    stopped: async_channel::Receiver<()>,
+) {
+    let stream = match adopt_stream(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(node = shared.id, error = %e, "dropping a connection");
+            return;
+        }
+    };
+    futures_lite::future::or(serve(shared, stream), async move {
+        let _ = stopped.recv().await;
+    })
+    .await;
+}
+
 /// Answers one connection's requests in turn.
-async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
+async fn serve(shared: Arc<Shared>, mut stream: glommio::net::TcpStream) {
     loop {
-        let envelope: Envelope = match read_frame(&mut stream).await {
+        let envelope: Envelope = match read_frame_io(&mut stream).await {
             Ok(envelope) => envelope,
             Err(e) => {
                 if e.kind() != io::ErrorKind::UnexpectedEof {
@@ -301,7 +341,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream) {
         } else {
             handle(&shared, envelope.from, envelope.message).await
         };
-        if write_frame(&mut stream, &reply).await.is_err() {
+        if write_frame_io(&mut stream, &reply).await.is_err() {
             return;
         }
     }
@@ -500,21 +540,21 @@ impl RaftNetworkFactory<ClusterTypes> for Network {
         Peer {
             from: self.from,
             target,
-            addr: node.addr.clone(),
             blocked: self.blocked.clone(),
-            connection: Connection::default(),
+            // openraft makes its peers on the reactor it runs on.
+            link: ReactorLink::to(node.addr.clone()),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes,
         }
     }
 }
 
-/// RPCs to one peer, over one connection made when first needed.
+/// RPCs to one peer, over one connection on the reactor made when first
+/// needed.
 pub(super) struct Peer {
     from: NodeId,
     target: NodeId,
-    addr: String,
     blocked: Arc<Mutex<BTreeSet<NodeId>>>,
-    connection: Connection,
+    link: ReactorLink,
     /// Bytes of a snapshot one message carries.
     snapshot_chunk_bytes: usize,
 }
@@ -535,10 +575,7 @@ impl Peer {
             from: Some(self.from),
             message,
         };
-        let reply: Reply = self
-            .connection
-            .request(self.addr.as_str(), &envelope, timeout)
-            .await?;
+        let reply: Reply = self.link.request(&envelope, timeout).await?;
         if matches!(reply, Reply::Partitioned) {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,

@@ -196,11 +196,8 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ FRAME_BYTES_MAX }>()
 }
 
-/// Writes `value` as one frame.
-pub async fn write_frame<T: Serialize>(
-    stream: &mut (impl AsyncWriteExt + Unpin),
-    value: &T,
-) -> io::Result<()> {
+/// `value` as one frame: its length and its bytes.
+pub(super) fn encode_frame<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     let bytes = bincode::serde::encode_to_vec(value, config()).map_err(io::Error::other)?;
     if bytes.len() > FRAME_BYTES_MAX {
         return Err(io::Error::new(
@@ -215,7 +212,42 @@ pub async fn write_frame<T: Serialize>(
     let mut framed = Vec::with_capacity(4 + bytes.len());
     framed.extend_from_slice(&len.to_le_bytes());
     framed.extend_from_slice(&bytes);
-    stream.write_all(&framed).await?;
+    Ok(framed)
+}
+
+/// The length a frame's first four bytes give; `InvalidData` beyond
+/// [`FRAME_BYTES_MAX`].
+pub(super) fn frame_len(prefix: [u8; 4]) -> io::Result<usize> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes exceeds FRAME_BYTES_MAX ({FRAME_BYTES_MAX})"),
+        ));
+    }
+    Ok(len)
+}
+
+/// A frame's body (the bytes after its length) as a `T`: `InvalidData` if
+/// it does not decode or has bytes left over.
+pub(super) fn decode_frame<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
+    let (value, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if used != body.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} bytes after the message in its frame", body.len() - used),
+        ));
+    }
+    Ok(value)
+}
+
+/// Writes `value` as one frame.
+pub async fn write_frame<T: Serialize>(
+    stream: &mut (impl AsyncWriteExt + Unpin),
+    value: &T,
+) -> io::Result<()> {
+    stream.write_all(&encode_frame(value)?).await?;
     stream.flush().await
 }
 
@@ -224,26 +256,11 @@ pub async fn write_frame<T: Serialize>(
 pub async fn read_frame<T: DeserializeOwned>(
     stream: &mut (impl AsyncReadExt + Unpin),
 ) -> io::Result<T> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > FRAME_BYTES_MAX {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a frame of {len} bytes exceeds FRAME_BYTES_MAX ({FRAME_BYTES_MAX})"),
-        ));
-    }
-    let mut bytes = vec![0u8; len];
-    stream.read_exact(&mut bytes).await?;
-    let (value, used) = bincode::serde::decode_from_slice(&bytes, config())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if used != len {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} bytes after the message in its frame", len - used),
-        ));
-    }
-    Ok(value)
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await?;
+    let mut body = vec![0u8; frame_len(prefix)?];
+    stream.read_exact(&mut body).await?;
+    decode_frame(&body)
 }
 
 #[cfg(test)]

@@ -1,0 +1,275 @@
+//! The cluster's TCP on a raft shard's reactor: glommio's own sockets, so
+//! a message to or from a Raft hosted there ([`crate::raft::ReactorRuntime`])
+//! wakes no other thread. With tokio's sockets each message woke a tokio
+//! thread (its I/O driver) and that thread then woke the reactor.
+//!
+//! openraft's network handles must be `Send` and glommio's sockets are
+//! not, so a [`ReactorLink`] is a `Send` handle to a connection owned by a
+//! task on the reactor; the task runs one exchange (a request frame out, a
+//! reply frame back) at a time, in the order they were asked for.
+//! [`read_frame_io`] and [`write_frame_io`] are [`super::wire`]'s frames
+//! over glommio's streams, and [`adopt_stream`] moves an accepted
+//! connection onto the reactor.
+
+use super::wire::{decode_frame, encode_frame, frame_len};
+use crate::raft::reactor::on_reactor_thread;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use serde::{de::DeserializeOwned, Serialize};
+use std::io;
+use std::time::Duration;
+
+/// Exchanges queued on one link at most (openraft keeps one in flight per
+/// peer; a caller beyond this waits).
+const EXCHANGES_QUEUED_MAX: usize = 64;
+
+/// One request: its frame, its time limit (the connect included) and where
+/// the reply frame's body goes.
+struct Exchange {
+    frame: Vec<u8>,
+    timeout: Duration,
+    answer: futures_channel::oneshot::Sender<io::Result<Vec<u8>>>,
+}
+
+/// A `Send` handle to one connection to `addr`, owned by a task on the
+/// reactor the link was made on. The connection is made at the first
+/// request, kept after a whole exchange, and dropped after a failed or
+/// timed-out one (its late reply must not answer the next request). The
+/// task ends when the last handle is dropped.
+#[derive(Clone)]
+pub struct ReactorLink {
+    exchanges: Option<async_channel::Sender<Exchange>>,
+}
+
+impl ReactorLink {
+    /// A link to `addr` whose connection lives on the calling thread's
+    /// reactor. Made off a raft shard's reactor thread, every request on it
+    /// fails (`Unsupported`), saying so.
+    pub fn to(addr: String) -> ReactorLink {
+        if !on_reactor_thread() {
+            return ReactorLink { exchanges: None };
+        }
+        let (exchanges, queue) = async_channel::bounded(EXCHANGES_QUEUED_MAX);
+        // Detached: glommio cancels a task whose handle is dropped
+        // (`glommio_quirks`, quirk 6); this one ends with the last handle.
+        glommio::spawn_local(run_link(addr, queue)).detach();
+        ReactorLink {
+            exchanges: Some(exchanges),
+        }
+    }
+
+    /// Sends `request` as one frame and returns the reply frame as an `R`,
+    /// all within `timeout`.
+    pub async fn request<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        request: &Q,
+        timeout: Duration,
+    ) -> io::Result<R> {
+        let Some(exchanges) = &self.exchanges else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a ReactorLink works only when made on a raft shard's reactor thread \
+                 (start the Raft with RaftStores::start_raft)",
+            ));
+        };
+        let (answer, answered) = futures_channel::oneshot::channel();
+        let exchange = Exchange {
+            frame: encode_frame(request)?,
+            timeout,
+            answer,
+        };
+        let stopped = || io::Error::other("the link's reactor has stopped");
+        exchanges.send(exchange).await.map_err(|_| stopped())?;
+        let body = answered.await.map_err(|_| stopped())??;
+        decode_frame(&body)
+    }
+}
+
+async fn run_link(addr: String, queue: async_channel::Receiver<Exchange>) {
+    let mut connection: Option<glommio::net::TcpStream> = None;
+    while let Ok(exchange) = queue.recv().await {
+        if exchange.answer.is_canceled() {
+            // Its caller gave up before it was sent.
+            continue;
+        }
+        let taken = connection.take();
+        let exchanged = within(exchange.timeout, async {
+            let mut stream = match taken {
+                Some(stream) => stream,
+                None => {
+                    let stream = glommio::net::TcpStream::connect(addr.as_str())
+                        .await
+                        .map_err(io::Error::from)?;
+                    let _ = stream.set_nodelay(true);
+                    stream
+                }
+            };
+            stream.write_all(&exchange.frame).await?;
+            stream.flush().await?;
+            let body = read_body(&mut stream).await?;
+            Ok((stream, body))
+        })
+        .await;
+        let answer = exchanged.map(|(stream, body)| {
+            connection = Some(stream);
+            body
+        });
+        // The caller may have given up meanwhile.
+        let _ = exchange.answer.send(answer);
+    }
+}
+
+/// `work`'s result, or `TimedOut` once `timeout` passes (a glommio timer:
+/// it wakes no other thread).
+async fn within<T>(
+    timeout: Duration,
+    work: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    futures_lite::future::or(work, async {
+        glommio::timer::sleep(timeout).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        ))
+    })
+    .await
+}
+
+async fn read_body(stream: &mut (impl futures_lite::AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await?;
+    let mut body = vec![0u8; frame_len(prefix)?];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Reads one frame as a `T` from a glommio stream (see
+/// [`super::wire::read_frame`]).
+pub async fn read_frame_io<T: DeserializeOwned>(
+    stream: &mut (impl futures_lite::AsyncRead + Unpin),
+) -> io::Result<T> {
+    decode_frame(&read_body(stream).await?)
+}
+
+/// Writes `value` as one frame to a glommio stream.
+pub async fn write_frame_io<T: Serialize>(
+    stream: &mut (impl futures_lite::AsyncWrite + Unpin),
+    value: &T,
+) -> io::Result<()> {
+    stream.write_all(&encode_frame(value)?).await?;
+    stream.flush().await
+}
+
+/// `stream` (accepted by a tokio or std listener) as a glommio stream of
+/// the calling thread's reactor; `Unsupported` off a raft shard's reactor
+/// thread. Nodes listen with tokio, not with glommio's listener: glommio's
+/// `bind` sets `SO_REUSEPORT`, with which a second node given the same
+/// address would share the port instead of being refused, and sockets it
+/// accepted linger in `TIME_WAIT` without `SO_REUSEADDR`, so a restarted
+/// node could not bind its address again at once. Accepting is rare; the
+/// connection's every message is then read and written on the reactor.
+pub fn adopt_stream(stream: std::net::TcpStream) -> io::Result<glommio::net::TcpStream> {
+    if !on_reactor_thread() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a connection is adopted on a raft shard's reactor thread",
+        ));
+    }
+    Ok(glommio::net::TcpStream::from(socket2::Socket::from(stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::ReactorRuntime;
+    use openraft_rt::AsyncRuntime;
+
+    /// An echo server that answers each number, the first one late: tokio
+    /// accepts, the reactor serves.
+    async fn echo_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, adopt) = async_channel::unbounded();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = accepted.send(stream.into_std().unwrap()).await;
+            }
+        });
+        glommio::spawn_local(async move {
+            while let Ok(stream) = adopt.recv().await {
+                let mut stream = adopt_stream(stream).unwrap();
+                glommio::spawn_local(async move {
+                    while let Ok(n) = read_frame_io::<u64>(&mut stream).await {
+                        if n == 1 {
+                            glommio::timer::sleep(Duration::from_millis(200)).await;
+                        }
+                        if write_frame_io(&mut stream, &n).await.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .detach();
+            }
+        })
+        .detach();
+        addr
+    }
+
+    #[test]
+    fn a_timed_out_or_abandoned_request_never_answers_the_next_one() {
+        let mut rt = ReactorRuntime::new(1);
+        rt.block_on(async {
+            let addr = echo_server().await;
+            let link = ReactorLink::to(addr.to_string());
+            // Our own time limit runs out.
+            let timed_out = link
+                .request::<u64, u64>(&1, Duration::from_millis(50))
+                .await;
+            assert_eq!(timed_out.unwrap_err().kind(), io::ErrorKind::TimedOut);
+            let answer: u64 = link.request(&2u64, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(answer, 2, "the late answer to the timed-out request");
+            // The caller gives up first (openraft times its RPCs itself).
+            let abandoned = futures_lite::future::or(
+                async { Some(link.request::<u64, u64>(&1, Duration::from_secs(5)).await) },
+                async {
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    None
+                },
+            )
+            .await;
+            assert!(abandoned.is_none());
+            let answer: u64 = link.request(&3u64, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(answer, 3);
+        });
+    }
+
+    #[test]
+    fn a_link_or_connection_made_off_a_reactor_says_so() {
+        let link = ReactorLink::to("127.0.0.1:1".into());
+        let failed =
+            futures_lite::future::block_on(link.request::<u64, u64>(&1, Duration::from_secs(1)));
+        let error = failed.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::Unsupported);
+        assert!(error.to_string().contains("reactor"), "{error}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(
+            adopt_stream(stream).unwrap_err().kind(),
+            io::ErrorKind::Unsupported
+        );
+    }
+
+    #[test]
+    fn a_peer_that_is_not_there_fails_the_request() {
+        let mut rt = ReactorRuntime::new(1);
+        rt.block_on(async {
+            // A port nobody listens on (bound, then closed).
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let link = ReactorLink::to(addr.to_string());
+            let failed = link.request::<u64, u64>(&1, Duration::from_secs(5)).await;
+            assert!(failed.is_err());
+        });
+    }
+}
