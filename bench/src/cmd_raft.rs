@@ -1,9 +1,13 @@
 //! `ringstore-bench raft`: a replicated cluster's figures (issue 14), in
 //! one run on one directory: the same 3-node openraft cluster (one process,
-//! TCP on loopback, the same configuration and client loop) on ringstore's
-//! raft shards, on openraft's in-memory reference store, and on its
-//! RocksDB-backed reference store (with the `rocksdb` feature); and the
+//! TCP on loopback, the same configuration, wire format and client loop) on
+//! ringstore's raft shards, on openraft's in-memory reference store, and on
+//! its RocksDB-backed reference store (with the `rocksdb` feature); and the
 //! single-node engine (one shard, no replication) as the latency floor.
+//! Each store's nodes run where its Raft runs: the reference stores' on
+//! tokio, ringstore's on their shard's reactor (`ReactorRuntime`, peer
+//! connections on glommio's sockets, clients as tasks there), as the
+//! engine's clients run on its shard.
 //!
 //! Each store runs `--clients` levels (default 1 and 64): each client
 //! submits a small broker-sized command to the leader and waits for its

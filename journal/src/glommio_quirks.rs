@@ -57,10 +57,25 @@
 //!    detaches it on purpose.
 //! 7. **No timers or sockets that are `Send`.** glommio's timers and
 //!    sockets belong to their reactor and are `!Send`, where openraft's
-//!    runtime trait asks for `Send` futures. `ReactorRuntime` takes its
-//!    timers (and the cluster its sockets) from the tokio runtime the
-//!    reactor thread entered at start; their wakes cross threads, which
-//!    only timers, peer messages and client requests pay.
+//!    runtime trait and network handles must be `Send`. `ReactorRuntime`
+//!    takes its timers from the tokio runtime the reactor thread entered at
+//!    start (their wakes cross threads; only timers pay that), and the
+//!    cluster's peer connections live in tasks on the reactor behind `Send`
+//!    handles (`ringstore::raft::cluster::reactor_net::ReactorLink`).
+//! 8. **A glommio listener shares its port.** `glommio::net::TcpListener::bind`
+//!    sets `SO_REUSEPORT`: a second node given the same address would
+//!    share the port instead of being refused, and the connections it
+//!    accepted linger in `TIME_WAIT` without `SO_REUSEADDR`, so a node
+//!    SIGKILLed and restarted could not bind its address at once. The
+//!    cluster accepts with tokio and hands each connection to the reactor
+//!    (`reactor_net::adopt_stream`, through glommio 0.9's own socket2 0.4).
+//! 9. **Every park is a `membarrier`.** A reactor with nothing to run calls
+//!    `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` before it sleeps (its
+//!    `sys/uring.rs`), an IPI to every core the process runs on; on a
+//!    virtual machine that costs a VM exit per core. A replicated commit
+//!    parks each node's reactor several times (`bench/PERFORMANCE.md`,
+//!    "raft: where a commit's time goes"); `spin_before_park` did not
+//!    change the 1-client latency there.
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,9 @@
 //! A 3-node openraft cluster in one process, its nodes talking over TCP on
 //! loopback, on any of the stores compared by `ringstore-bench raft`: one
-//! network, one configuration and one client loop for all of them, so the
-//! store is the only difference.
+//! wire format, one configuration and one client loop for all of them. A
+//! node runs on its [`Host`]: tokio for openraft's reference stores, the
+//! shard's reactor for ringstore (where its Raft runs, so its sockets and
+//! clients are there too).
 
 // openraft's network traits return its large `RPCError`.
 #![allow(clippy::result_large_err)]

@@ -3,9 +3,9 @@
 //!
 //! With openraft on tokio and the journal on the shard's reactor, every
 //! storage call crossed threads twice (there and back) and each crossing
-//! woke a parked thread: in a 1-client commit about half the time went to
-//! such hand-offs (see `bench/PERFORMANCE.md`, "raft: where a commit's time
-//! goes"). With this runtime openraft's own tasks (its core, the
+//! woke a parked thread: in one traced 1-client commit about a third of
+//! the time went to such hand-offs (`bench/PERFORMANCE.md`, "raft: where a
+//! commit's time goes"). With this runtime openraft's own tasks (its core, the
 //! replication streams, the state-machine worker) are spawned on the
 //! reactor that owns the journal, so a storage call is a hop between tasks
 //! of one thread.
@@ -13,16 +13,17 @@
 //! Everything else is tokio's, as in openraft's `TokioRuntime`: its
 //! channels, mutex and instant are plain `Send` types that work from any
 //! thread, so a client on a tokio thread submits to a Raft on a reactor as
-//! before; timers and sockets use the tokio runtime the reactor thread
-//! entered when it started ([`super::ReactorThread::open`] enters the
-//! runtime it was opened from). That keeps openraft's `Send` bounds (no
-//! `single-threaded` feature, which is global to a build and would force
-//! every `Raft` in it onto a local runtime).
+//! before; timers use the tokio runtime the reactor thread entered when it
+//! started ([`super::ReactorThread::open`] enters the runtime it was opened
+//! from). That keeps openraft's `Send` bounds (no `single-threaded`
+//! feature, which is global to a build and would force every `Raft` in it
+//! onto a local runtime). The cluster's peer connections run on the same
+//! reactor on glommio's sockets ([`super::cluster::reactor_net`]).
 //!
 //! glommio cancels a task whose handle is dropped (`glommio_quirks`, quirk
-//! 6); openraft drops some handles at once and expects the task to go on,
-//! as tokio's do, so every task is detached and its output comes back
-//! through a channel.
+//! 6, with the other quirks this leans on); openraft drops some handles at
+//! once and expects the task to go on, as tokio's do, so every task is
+//! detached and its output comes back through a channel.
 //!
 //! A task spawned off a reactor thread (a `Raft::new` called from a tokio
 //! task) runs on tokio instead: correct, only without the saving.
