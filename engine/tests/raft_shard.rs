@@ -4,9 +4,14 @@
 //! acknowledged command. Each test runs a one-node cluster in-process.
 #![cfg(feature = "openraft")]
 
+use openraft::error::RPCError;
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use ringstore::raft::cluster::{
-    node_status, run_node, ClusterClient, ClusterCommand, ClusterReply, NodeError, NodeSettings,
-    ReadQuery,
+    node_status, run_node, ClusterClient, ClusterCommand, ClusterMachine, ClusterReply,
+    ClusterTypes, NodeError, NodeSettings, ReadQuery,
 };
 use ringstore::raft::{RaftStoreError, Response};
 use std::collections::BTreeMap;
@@ -362,15 +367,13 @@ struct RecordingNetwork(ThreadsSeen);
 
 struct RecordingPeer(ThreadsSeen);
 
-fn unreachable() -> openraft::error::RPCError<ringstore::raft::cluster::ClusterTypes> {
-    openraft::error::RPCError::Unreachable(openraft::error::Unreachable::new(
-        &std::io::Error::other("no such peer"),
-    ))
+fn unreachable() -> RPCError<ClusterTypes> {
+    RPCError::Unreachable(openraft::error::Unreachable::new(&std::io::Error::other(
+        "no such peer",
+    )))
 }
 
-impl openraft::network::RaftNetworkFactory<ringstore::raft::cluster::ClusterTypes>
-    for RecordingNetwork
-{
+impl openraft::network::RaftNetworkFactory<ClusterTypes> for RecordingNetwork {
     type Network = RecordingPeer;
 
     async fn new_client(&mut self, _target: u64, _node: &openraft::BasicNode) -> RecordingPeer {
@@ -379,29 +382,23 @@ impl openraft::network::RaftNetworkFactory<ringstore::raft::cluster::ClusterType
     }
 }
 
-impl openraft::network::RaftNetworkV2<ringstore::raft::cluster::ClusterTypes> for RecordingPeer {
+impl openraft::network::RaftNetworkV2<ClusterTypes> for RecordingPeer {
     type SnapshotData = std::io::Cursor<Vec<u8>>;
 
     async fn append_entries(
         &mut self,
-        _rpc: openraft::raft::AppendEntriesRequest<ringstore::raft::cluster::ClusterTypes>,
-        _option: openraft::network::RPCOption,
-    ) -> Result<
-        openraft::raft::AppendEntriesResponse<ringstore::raft::cluster::ClusterTypes>,
-        openraft::error::RPCError<ringstore::raft::cluster::ClusterTypes>,
-    > {
+        _rpc: AppendEntriesRequest<ClusterTypes>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<ClusterTypes>, RPCError<ClusterTypes>> {
         self.0.record();
         Err(unreachable())
     }
 
     async fn vote(
         &mut self,
-        _rpc: openraft::raft::VoteRequest<ringstore::raft::cluster::ClusterTypes>,
-        _option: openraft::network::RPCOption,
-    ) -> Result<
-        openraft::raft::VoteResponse<ringstore::raft::cluster::ClusterTypes>,
-        openraft::error::RPCError<ringstore::raft::cluster::ClusterTypes>,
-    > {
+        _rpc: VoteRequest<ClusterTypes>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<ClusterTypes>, RPCError<ClusterTypes>> {
         self.0.record();
         Err(unreachable())
     }
@@ -409,13 +406,10 @@ impl openraft::network::RaftNetworkV2<ringstore::raft::cluster::ClusterTypes> fo
     async fn full_snapshot(
         &mut self,
         _vote: ringstore::raft::Vote,
-        _snapshot: ringstore::raft::SnapshotFile<ringstore::raft::cluster::ClusterTypes>,
+        _snapshot: ringstore::raft::SnapshotFile<ClusterTypes>,
         _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + Send + 'static,
-        _option: openraft::network::RPCOption,
-    ) -> Result<
-        openraft::raft::SnapshotResponse<ringstore::raft::cluster::ClusterTypes>,
-        openraft::error::StreamingError<ringstore::raft::cluster::ClusterTypes>,
-    > {
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<ClusterTypes>, openraft::error::StreamingError<ClusterTypes>> {
         self.0.record();
         Err(unreachable().into())
     }
@@ -429,10 +423,7 @@ impl openraft::network::RaftNetworkV2<ringstore::raft::cluster::ClusterTypes> fo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_runs_on_the_shards_reactor() {
     let dir = temp_dir();
-    let stores = ringstore::raft::open::<
-        ringstore::raft::cluster::ClusterTypes,
-        ringstore::raft::cluster::ClusterMachine,
-    >(
+    let stores = ringstore::raft::open::<ClusterTypes, ClusterMachine>(
         dir.path().join("node-1"),
         Uuid::new_v4(),
         1,
