@@ -418,14 +418,17 @@ impl openraft::network::RaftNetworkV2<ClusterTypes> for RecordingPeer {
 /// The cluster's Raft runs on its shard's reactor thread (`start_raft` with
 /// `ReactorRuntime`), not on tokio's: openraft's core calls its network
 /// (an election towards an unreachable second member) from there. A Raft
-/// started there stops cleanly, its last storage handle dropped on the
-/// reactor itself.
+/// started there stops (its tick task, waiting on a timer when the
+/// reactor ends, is reported as cancelled rather than awaited forever),
+/// the shard closes once openraft's tasks let go of it, and the directory
+/// opens again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_runs_on_the_shards_reactor() {
     let dir = temp_dir();
+    let domain = Uuid::new_v4();
     let stores = ringstore::raft::open::<ClusterTypes, ClusterMachine>(
         dir.path().join("node-1"),
-        Uuid::new_v4(),
+        domain,
         1,
         Box::new(|b| b),
     )
@@ -438,6 +441,7 @@ async fn openraft_runs_on_the_shards_reactor() {
     };
     let config = std::sync::Arc::new(config.validate().expect("a valid configuration"));
     let seen = ThreadsSeen::default();
+    let closed = stores.log.closed();
     let raft = stores
         .start_raft(1, config, RecordingNetwork(seen.clone()))
         .await
@@ -453,11 +457,63 @@ async fn openraft_runs_on_the_shards_reactor() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    raft.shutdown().await.expect("a clean shutdown");
+    tokio::time::timeout(Duration::from_secs(10), raft.shutdown())
+        .await
+        .expect("shutdown returns")
+        .expect("a clean shutdown");
+    drop(raft);
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the shard closes once openraft has let go of it");
+    let reopened = ringstore::raft::open::<ClusterTypes, ClusterMachine>(
+        dir.path().join("node-1"),
+        domain,
+        1,
+        Box::new(|b| b),
+    )
+    .expect("the directory opens again");
+    let closed = reopened.log.closed();
+    drop(reopened);
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the reopened shard closes");
     let names = seen.names();
     assert!(names.len() >= 2, "the network was hardly called: {names:?}");
     assert!(
         names.iter().all(|n| n == "ringstore-raft-node-1"),
         "openraft ran off the shard's reactor: {names:?}"
     );
+}
+
+/// A task run on the shard's reactor that panics is reported as a typed
+/// error, and the reactor (with the journal on it) goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_panics_on_the_reactor_leaves_the_shard_serving() {
+    let dir = temp_dir();
+    let stores = ringstore::raft::open::<ClusterTypes, ClusterMachine>(
+        dir.path().join("node-1"),
+        Uuid::new_v4(),
+        1,
+        Box::new(|b| b),
+    )
+    .expect("the shard opens");
+    let panicked = stores
+        .log
+        .on_reactor(|| async {
+            if std::hint::black_box(true) {
+                panic!("planted");
+            }
+        })
+        .await;
+    match panicked {
+        Err(RaftStoreError::TaskPanicked { message }) => assert!(message.contains("planted")),
+        other => panic!("expected TaskPanicked, got {other:?}"),
+    }
+    let answer = stores.log.on_reactor(|| async { 42 }).await;
+    assert_eq!(answer.expect("the reactor still runs tasks"), 42);
+    stores
+        .log
+        .journal_stats()
+        .await
+        .expect("the journal still answers");
 }

@@ -81,6 +81,14 @@ pub enum RaftStoreError {
         message: String,
     },
 
+    /// A task run on the shard's reactor panicked (caught there, so the
+    /// reactor goes on).
+    #[error("a task on the raft shard's reactor panicked: {message}")]
+    TaskPanicked {
+        /// The panic's message.
+        message: String,
+    },
+
     /// The shard's reactor thread has stopped.
     #[error(transparent)]
     Closed(#[from] ReactorClosed),
@@ -103,6 +111,7 @@ impl RaftStoreError {
             RaftStoreError::RaftSection { .. } => "raft_section",
             RaftStoreError::ReceivedSnapshot { .. } => "received_snapshot",
             RaftStoreError::Start { .. } => "start",
+            RaftStoreError::TaskPanicked { .. } => "task_panicked",
             RaftStoreError::Closed(_) => "closed",
         }
     }

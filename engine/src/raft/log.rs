@@ -143,7 +143,18 @@ where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = R> + 'static,
     {
-        Ok(self.thread.spawn(task).await?)
+        self.thread
+            .spawn(task)
+            .await?
+            .map_err(|message| RaftStoreError::TaskPanicked { message })
+    }
+
+    /// Resolves once the shard's reactor thread has closed the journal and
+    /// stopped, which it does when the last handle (this log's, its
+    /// machine's, a Raft's) is gone: wait for it before opening the
+    /// directory again.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.thread.exited()
     }
 
     /// The shard's journal counters (appends, writes, fdatasyncs, entries

@@ -168,9 +168,17 @@ where
     {
         let RaftStores { log, machine } = self;
         let thread = machine.thread().clone();
+        if !thread.in_tokio() {
+            return Err(RaftStoreError::Start {
+                message: "the shard was opened outside a tokio runtime; openraft's timers on \
+                          its reactor are tokio's: open it inside one"
+                    .into(),
+            });
+        }
         let started = thread
             .spawn(move || openraft::Raft::new(id, config, network, log, machine))
-            .await?;
+            .await?
+            .map_err(|message| RaftStoreError::TaskPanicked { message })?;
         started.map_err(|e| RaftStoreError::Start {
             message: e.to_string(),
         })

@@ -28,8 +28,44 @@ pub(super) fn on_reactor_thread() -> bool {
     ON_REACTOR.with(|on| on.get())
 }
 
+/// The tasks [`ReactorRuntime`] spawned on this thread that have not
+/// finished: each one's "alive" sender, dropped when the task finishes or,
+/// for a task still waiting when the executor ends (glommio neither runs
+/// nor drops it then), when the [`ReactorMark`] goes, so its handle
+/// resolves as cancelled instead of never.
+///
+/// [`ReactorRuntime`]: super::ReactorRuntime
+#[derive(Default)]
+struct LiveTasks {
+    next: u64,
+    alive: std::collections::HashMap<u64, futures_channel::oneshot::Sender<()>>,
+}
+
+thread_local! {
+    static LIVE_TASKS: std::cell::RefCell<LiveTasks> = std::cell::RefCell::default();
+}
+
+/// Registers a task about to be spawned on this reactor: its id and the
+/// receiver that resolves (as cancelled) when it finishes or is abandoned.
+pub(super) fn track_task() -> (u64, futures_channel::oneshot::Receiver<()>) {
+    let (alive, watched) = futures_channel::oneshot::channel();
+    LIVE_TASKS.with(|live| {
+        let mut live = live.borrow_mut();
+        live.next += 1;
+        let id = live.next;
+        live.alive.insert(id, alive);
+        (id, watched)
+    })
+}
+
+/// The task `id` has finished.
+pub(super) fn untrack_task(id: u64) {
+    LIVE_TASKS.with(|live| live.borrow_mut().alive.remove(&id));
+}
+
 /// Marks the calling thread as one running a glommio executor for as long
-/// as the returned guard lives.
+/// as the returned guard lives; dropping it abandons the tasks that never
+/// finished (see [`LiveTasks`]).
 pub(super) struct ReactorMark(());
 
 impl ReactorMark {
@@ -42,6 +78,19 @@ impl ReactorMark {
 impl Drop for ReactorMark {
     fn drop(&mut self) {
         ON_REACTOR.with(|on| on.set(false));
+        let abandoned = LIVE_TASKS.with(|live| std::mem::take(&mut live.borrow_mut().alive));
+        drop(abandoned);
+    }
+}
+
+/// A panic's message, if it was a string.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(not a string)".to_string()
     }
 }
 
@@ -56,6 +105,10 @@ pub trait ReactorState: 'static {
 pub struct ReactorThread<T: ReactorState> {
     jobs: async_channel::Sender<Job<T>>,
     thread: Option<JoinHandle<()>>,
+    /// Turns `true` when the thread has closed its state and stopped.
+    exited: tokio::sync::watch::Receiver<bool>,
+    /// Whether the thread entered a tokio runtime (timers need one).
+    in_tokio: bool,
 }
 
 impl<T: ReactorState> ReactorThread<T> {
@@ -73,47 +126,18 @@ impl<T: ReactorState> ReactorThread<T> {
         let (jobs, queue) = async_channel::bounded::<Job<T>>(JOBS_QUEUED_MAX);
         let (opened_tx, opened_rx) = std::sync::mpsc::channel();
         let tokio = tokio::runtime::Handle::try_current().ok();
+        let in_tokio = tokio.is_some();
+        let (exited_tx, exited) = tokio::sync::watch::channel(false);
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 let _entered = tokio.as_ref().map(|t| t.enter());
-                let _mark = ReactorMark::set();
-                let executor = glommio::LocalExecutorBuilder::default().make();
-                let executor = match executor {
-                    Ok(executor) => executor,
-                    Err(e) => {
-                        tracing::error!(error = %e, "starting a raft shard's reactor failed");
-                        let _ = opened_tx.send(Err(ReactorClosed.into()));
-                        return;
-                    }
-                };
-                executor.run(async move {
-                    let state = match open().await {
-                        Ok(state) => Rc::new(state),
-                        Err(e) => {
-                            let _ = opened_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = opened_tx.send(Ok(()));
-                    // One job at a time, in order: openraft requires its
-                    // write requests applied in the order it made them. A
-                    // job that waits for durability spawns that wait (see
-                    // `RaftLog::append`), so the jobs behind it are not held
-                    // up and appends queued meanwhile share a group commit.
-                    while let Ok(job) = queue.recv().await {
-                        job(state.clone()).await;
-                        // With more jobs waiting the task stays runnable, and
-                        // glommio hands the I/O the jobs queued (journal
-                        // writes, fdatasyncs) to the kernel only when no task
-                        // is (`glommio_quirks`, quirk 1): let the reactor
-                        // turn first.
-                        if !queue.is_empty() {
-                            ringstore_journal::glommio_quirks::reactor_turn().await;
-                        }
-                    }
-                    state.close().await;
-                });
+                let mark = ReactorMark::set();
+                run_reactor(open, queue, opened_tx);
+                // Tasks still waiting now will never run: their handles
+                // resolve as cancelled.
+                drop(mark);
+                let _ = exited_tx.send(true);
             })
             .map_err(|e| {
                 tracing::error!(error = %e, "spawning a raft shard's thread failed");
@@ -123,6 +147,8 @@ impl<T: ReactorState> ReactorThread<T> {
             Ok(Ok(())) => Ok(ReactorThread {
                 jobs,
                 thread: Some(thread),
+                exited,
+                in_tokio,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -133,6 +159,22 @@ impl<T: ReactorState> ReactorThread<T> {
                 Err(ReactorClosed.into())
             }
         }
+    }
+
+    /// Resolves once the thread has closed its state and stopped (at once
+    /// if it has). The thread stops when the last handle is dropped.
+    pub fn exited(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut exited = self.exited.clone();
+        async move {
+            // An error: the thread is gone, which is what is awaited.
+            let _ = exited.wait_for(|exited| *exited).await;
+        }
+    }
+
+    /// Whether the thread entered a tokio runtime (it does when opened
+    /// inside one): openraft's timers on the reactor need it.
+    pub fn in_tokio(&self) -> bool {
+        self.in_tokio
     }
 
     /// Runs `job` on the reactor, after every job sent before it, and
@@ -156,19 +198,30 @@ impl<T: ReactorState> ReactorThread<T> {
 impl<T: ReactorState> ReactorThread<T> {
     /// Runs `task` on the reactor as a task of its own, beside the jobs
     /// rather than in their queue (it may queue jobs and wait for them),
-    /// and returns its output; `Err(Closed)` if the reactor stopped first.
-    pub async fn spawn<R, F, Fut>(&self, task: F) -> Result<R, ReactorClosed>
+    /// and returns its output, or `Err(message)` if it panicked (glommio
+    /// would let a panic take the whole reactor down: it is caught and
+    /// logged); `Err(Closed)` if the reactor stopped first.
+    pub async fn spawn<R, F, Fut>(&self, task: F) -> Result<Result<R, String>, ReactorClosed>
     where
         R: Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = R> + 'static,
     {
+        use futures_lite::FutureExt;
         let (tx, rx) = futures_channel::oneshot::channel();
         self.post(move |_| {
             Box::pin(async move {
                 // Detached: glommio cancels a task whose handle is dropped.
                 glommio::spawn_local(async move {
-                    let _ = tx.send(task().await);
+                    let output = std::panic::AssertUnwindSafe(async move { task().await })
+                        .catch_unwind()
+                        .await
+                        .map_err(|panic| {
+                            let message = panic_message(&*panic);
+                            tracing::error!(panic = %message, "a task on a raft shard's reactor panicked");
+                            message
+                        });
+                    let _ = tx.send(output);
                 })
                 .detach();
             })
@@ -188,6 +241,54 @@ impl<T: ReactorState> ReactorThread<T> {
             .await
             .map_err(|_| ReactorClosed)
     }
+}
+
+/// The reactor thread's life: builds the state with `open`, reports it on
+/// `opened`, runs the jobs in order until the last handle is gone, closes
+/// the state.
+fn run_reactor<T: ReactorState, E>(
+    open: impl FnOnce() -> LocalBoxFuture<Result<T, E>>,
+    queue: async_channel::Receiver<Job<T>>,
+    opened_tx: std::sync::mpsc::Sender<Result<(), E>>,
+) where
+    E: From<ReactorClosed>,
+{
+    let executor = glommio::LocalExecutorBuilder::default().make();
+    let executor = match executor {
+        Ok(executor) => executor,
+        Err(e) => {
+            tracing::error!(error = %e, "starting a raft shard's reactor failed");
+            let _ = opened_tx.send(Err(ReactorClosed.into()));
+            return;
+        }
+    };
+    executor.run(async move {
+        let state = match open().await {
+            Ok(state) => Rc::new(state),
+            Err(e) => {
+                let _ = opened_tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = opened_tx.send(Ok(()));
+        // One job at a time, in order: openraft requires its
+        // write requests applied in the order it made them. A
+        // job that waits for durability spawns that wait (see
+        // `RaftLog::append`), so the jobs behind it are not held
+        // up and appends queued meanwhile share a group commit.
+        while let Ok(job) = queue.recv().await {
+            job(state.clone()).await;
+            // With more jobs waiting the task stays runnable, and
+            // glommio hands the I/O the jobs queued (journal
+            // writes, fdatasyncs) to the kernel only when no task
+            // is (`glommio_quirks`, quirk 1): let the reactor
+            // turn first.
+            if !queue.is_empty() {
+                ringstore_journal::glommio_quirks::reactor_turn().await;
+            }
+        }
+        state.close().await;
+    });
 }
 
 /// The reactor thread has stopped (closed, or its state failed to open).

@@ -26,7 +26,11 @@
 //! detached and its output comes back through a channel.
 //!
 //! A task spawned off a reactor thread (a `Raft::new` called from a tokio
-//! task) runs on tokio instead: correct, only without the saving.
+//! task) runs on tokio instead: openraft works so, only without the
+//! saving, but the cluster's network does not (its links are made on the
+//! reactor openraft runs on): start a Raft with
+//! [`super::RaftStores::start_raft`], which also refuses a shard opened
+//! outside a tokio runtime (openraft's timers on the reactor are tokio's).
 
 use super::reactor;
 use futures_lite::FutureExt;
@@ -59,8 +63,9 @@ pub enum ReactorJoinError {
     /// The task panicked (the message, if it was a string).
     #[error("the task panicked: {0}")]
     Panicked(String),
-    /// The task was dropped before it finished (its executor stopped).
-    #[error("the task was dropped before it finished (its executor stopped)")]
+    /// The task will never finish: it was dropped, or its executor ended
+    /// while it was still waiting.
+    #[error("the task will never finish (dropped, or its executor ended)")]
     Cancelled,
 }
 
@@ -68,6 +73,10 @@ pub enum ReactorJoinError {
 /// finishes. Dropping it leaves the task running.
 pub struct ReactorJoinHandle<T> {
     output: futures_channel::oneshot::Receiver<Result<T, ReactorJoinError>>,
+    /// On a reactor: resolves (cancelled) when the task finished or its
+    /// executor ended with the task still waiting, which glommio neither
+    /// runs nor drops again.
+    alive: Option<futures_channel::oneshot::Receiver<()>>,
 }
 
 impl<T> Future for ReactorJoinHandle<T> {
@@ -75,20 +84,21 @@ impl<T> Future for ReactorJoinHandle<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match Pin::new(&mut self.output).poll(cx) {
-            Poll::Ready(Ok(output)) => Poll::Ready(output),
-            Poll::Ready(Err(_)) => Poll::Ready(Err(ReactorJoinError::Cancelled)),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(output)) => return Poll::Ready(output),
+            Poll::Ready(Err(_)) => return Poll::Ready(Err(ReactorJoinError::Cancelled)),
+            Poll::Pending => {}
         }
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(not a string)".to_string()
+        if let Some(alive) = &mut self.alive {
+            if Pin::new(alive).poll(cx).is_ready() {
+                // A finished task sent its output before letting go of
+                // this; look once more.
+                return match self.output.try_recv() {
+                    Ok(Some(output)) => Poll::Ready(output),
+                    _ => Poll::Ready(Err(ReactorJoinError::Cancelled)),
+                };
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -110,21 +120,29 @@ impl AsyncRuntime for ReactorRuntime {
         T::Output: OptionalSend + 'static,
     {
         let (tx, output) = futures_channel::oneshot::channel();
+        let tracked = reactor::on_reactor_thread().then(reactor::track_task);
+        let id = tracked.as_ref().map(|(id, _)| *id);
         let task = async move {
             let result = AssertUnwindSafe(future)
                 .catch_unwind()
                 .await
-                .map_err(|panic| ReactorJoinError::Panicked(panic_message(&*panic)));
+                .map_err(|panic| ReactorJoinError::Panicked(reactor::panic_message(&*panic)));
             // The handle may be gone: nobody waits for the output.
             let _ = tx.send(result);
+            if let Some(id) = id {
+                reactor::untrack_task(id);
+            }
         };
-        if reactor::on_reactor_thread() {
+        if tracked.is_some() {
             // Detached: glommio would cancel it when its handle drops.
             glommio::spawn_local(task).detach();
         } else {
             drop(tokio::spawn(task));
         }
-        ReactorJoinHandle { output }
+        ReactorJoinHandle {
+            output,
+            alive: tracked.map(|(_, alive)| alive),
+        }
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {
@@ -213,6 +231,31 @@ mod tests {
             }));
             assert_eq!(rx.await.unwrap(), reactor_thread);
         });
+    }
+
+    #[test]
+    fn a_task_still_waiting_when_its_executor_ends_is_reported_cancelled() {
+        let mut rt = ReactorRuntime::new(1);
+        // The executor ends with the task waiting on a timer far away:
+        // glommio never runs nor drops it again.
+        let mut handle = None;
+        rt.block_on(async {
+            handle = Some(ReactorRuntime::spawn(async {
+                ReactorRuntime::sleep(Duration::from_secs(3600)).await;
+            }));
+        });
+        let handle = handle.expect("spawned");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(futures_lite::future::block_on(handle));
+        });
+        let joined = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the handle resolves instead of waiting forever");
+        assert!(
+            matches!(joined, Err(ReactorJoinError::Cancelled)),
+            "{joined:?}"
+        );
     }
 
     #[test]

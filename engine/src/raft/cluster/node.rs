@@ -31,6 +31,9 @@ use uuid::Uuid;
 /// Interval between two exports of the Raft metrics, in milliseconds.
 const METRICS_EVERY_MS: u64 = 250;
 
+/// Longest a stopping node waits for its shard to close the journal.
+const SHARD_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 /// Fewest entries between two snapshots a node accepts (fewer would build
 /// a snapshot for nearly every entry).
 pub const SNAPSHOT_EVERY_ENTRIES_MIN: u64 = 10;
@@ -295,9 +298,22 @@ pub async fn run_node(
         () = stop => {}
     }
     metrics.abort();
+    let _ = metrics.await;
     drop(stopping);
     drop(listener);
     raft.shutdown().await.map_err(|e| raft_error(&e))?;
+    // The shard closes its journal once the last handle is gone (openraft's
+    // tasks and the connections let go of theirs as they end): wait for
+    // it, so that the directory can be opened again once this returns.
+    let closed = log.closed();
+    drop((raft, shared, log));
+    if tokio::time::timeout(SHARD_CLOSE_WAIT, closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!(node = id, waited = ?SHARD_CLOSE_WAIT,
+            "the raft shard had not closed when the node stopped");
+    }
     Ok(())
 }
 

@@ -13,9 +13,10 @@
 
 use super::wire::{decode_frame, encode_frame, frame_len};
 use crate::raft::reactor::on_reactor_thread;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Exchanges queued on one link at most (openraft keeps one in flight per
@@ -37,23 +38,55 @@ struct Exchange {
 /// task ends when the last handle is dropped.
 #[derive(Clone)]
 pub struct ReactorLink {
-    exchanges: Option<async_channel::Sender<Exchange>>,
+    /// The connection task's queue, or why there is none.
+    exchanges: Result<async_channel::Sender<Exchange>, (io::ErrorKind, String)>,
 }
 
 impl ReactorLink {
-    /// A link to `addr` whose connection lives on the calling thread's
-    /// reactor. Made off a raft shard's reactor thread, every request on it
-    /// fails (`Unsupported`), saying so.
+    /// A link to `addr` (a numeric `ip:port`: no name is looked up on the
+    /// reactor) whose connection lives on the calling thread's reactor.
+    /// Made off a raft shard's reactor thread, every request on it fails
+    /// (`Unsupported`), saying so; with an address that does not parse,
+    /// `InvalidInput`.
     pub fn to(addr: String) -> ReactorLink {
+        let addr: SocketAddr = match addr.parse() {
+            Ok(addr) => addr,
+            Err(e) => {
+                return ReactorLink {
+                    exchanges: Err((
+                        io::ErrorKind::InvalidInput,
+                        format!("peer address {addr:?} is not a numeric ip:port: {e}"),
+                    )),
+                }
+            }
+        };
         if !on_reactor_thread() {
-            return ReactorLink { exchanges: None };
+            return ReactorLink {
+                exchanges: Err((
+                    io::ErrorKind::Unsupported,
+                    "a ReactorLink works only when made on a raft shard's reactor thread \
+                     (start the Raft with RaftStores::start_raft)"
+                        .into(),
+                )),
+            };
         }
         let (exchanges, queue) = async_channel::bounded(EXCHANGES_QUEUED_MAX);
         // Detached: glommio cancels a task whose handle is dropped
         // (`glommio_quirks`, quirk 6); this one ends with the last handle.
-        glommio::spawn_local(run_link(addr, queue)).detach();
+        // A panic would take the whole reactor down: it is caught, and
+        // the link's requests fail from then on.
+        glommio::spawn_local(async move {
+            let ran = std::panic::AssertUnwindSafe(run_link(addr, queue))
+                .catch_unwind()
+                .await;
+            if let Err(panic) = ran {
+                tracing::error!(%addr, panic = %crate::raft::reactor::panic_message(&*panic),
+                    "a peer connection's task panicked");
+            }
+        })
+        .detach();
         ReactorLink {
-            exchanges: Some(exchanges),
+            exchanges: Ok(exchanges),
         }
     }
 
@@ -64,12 +97,9 @@ impl ReactorLink {
         request: &Q,
         timeout: Duration,
     ) -> io::Result<R> {
-        let Some(exchanges) = &self.exchanges else {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "a ReactorLink works only when made on a raft shard's reactor thread \
-                 (start the Raft with RaftStores::start_raft)",
-            ));
+        let exchanges = match &self.exchanges {
+            Ok(exchanges) => exchanges,
+            Err((kind, why)) => return Err(io::Error::new(*kind, why.clone())),
         };
         let (answer, answered) = futures_channel::oneshot::channel();
         let exchange = Exchange {
@@ -84,7 +114,7 @@ impl ReactorLink {
     }
 }
 
-async fn run_link(addr: String, queue: async_channel::Receiver<Exchange>) {
+async fn run_link(addr: SocketAddr, queue: async_channel::Receiver<Exchange>) {
     let mut connection: Option<glommio::net::TcpStream> = None;
     while let Ok(exchange) = queue.recv().await {
         if exchange.answer.is_canceled() {
@@ -96,7 +126,7 @@ async fn run_link(addr: String, queue: async_channel::Receiver<Exchange>) {
             let mut stream = match taken {
                 Some(stream) => stream,
                 None => {
-                    let stream = glommio::net::TcpStream::connect(addr.as_str())
+                    let stream = glommio::net::TcpStream::connect(addr)
                         .await
                         .map_err(io::Error::from)?;
                     let _ = stream.set_nodelay(true);
@@ -256,6 +286,18 @@ mod tests {
             adopt_stream(stream).unwrap_err().kind(),
             io::ErrorKind::Unsupported
         );
+    }
+
+    #[test]
+    fn a_peer_address_that_is_not_numeric_is_refused_without_a_lookup() {
+        let mut rt = ReactorRuntime::new(1);
+        rt.block_on(async {
+            let link = ReactorLink::to("localhost:7101".into());
+            let failed = link.request::<u64, u64>(&1, Duration::from_secs(1)).await;
+            let error = failed.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+            assert!(error.to_string().contains("localhost:7101"), "{error}");
+        });
     }
 
     #[test]
