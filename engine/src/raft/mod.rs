@@ -100,8 +100,12 @@
 //! open refused, `kind` from [`RaftStoreError::kind`]),
 //! `ringstore_raft_snapshots_skipped_total` (damaged snapshots passed over
 //! at open), `ringstore_raft_uncertain_tail_opens_total` (opens that cut a
-//! torn tail) and `ringstore_raft_snapshot_install_refusals_total`
-//! (snapshots from a leader refused). Each also logs the file and reason.
+//! torn tail), `ringstore_raft_snapshot_install_refusals_total`
+//! (snapshots from a leader refused) and
+//! `ringstore_raft_reactor_task_panics_total{task}` (a task on the shard's
+//! reactor panicked: caught there, typed as
+//! [`RaftStoreError::TaskPanicked`] where a caller waits for it). Each also
+//! logs the file or task and the reason.
 
 // openraft's `StorageError` is large, and its traits return it.
 #![allow(clippy::result_large_err)]

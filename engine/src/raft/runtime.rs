@@ -33,11 +33,9 @@
 //! outside a tokio runtime (openraft's timers on the reactor are tokio's).
 
 use super::reactor;
-use futures_lite::FutureExt;
 use openraft_rt::{AsyncRuntime, OptionalSend};
 use openraft_rt_tokio::TokioRuntime;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -123,10 +121,9 @@ impl AsyncRuntime for ReactorRuntime {
         let tracked = reactor::on_reactor_thread().then(reactor::track_task);
         let id = tracked.as_ref().map(|(id, _)| *id);
         let task = async move {
-            let result = AssertUnwindSafe(future)
-                .catch_unwind()
+            let result = reactor::catch_panic("openraft", future)
                 .await
-                .map_err(|panic| ReactorJoinError::Panicked(reactor::panic_message(&*panic)));
+                .map_err(ReactorJoinError::Panicked);
             // The handle may be gone: nobody waits for the output.
             let _ = tx.send(result);
             if let Some(id) = id {
@@ -236,8 +233,9 @@ mod tests {
     #[test]
     fn a_task_still_waiting_when_its_executor_ends_is_reported_cancelled() {
         let mut rt = ReactorRuntime::new(1);
-        // The executor ends with the task waiting on a timer far away:
-        // glommio never runs nor drops it again.
+        // The executor ends with the task waiting on a timer an hour away
+        // (on purpose: it must still be waiting then; nothing waits for
+        // the timer itself): glommio never runs nor drops the task again.
         let mut handle = None;
         rt.block_on(async {
             handle = Some(ReactorRuntime::spawn(async {

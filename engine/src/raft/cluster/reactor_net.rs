@@ -13,7 +13,7 @@
 
 use super::wire::{decode_frame, encode_frame, frame_len};
 use crate::raft::reactor::on_reactor_thread;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io;
 use std::net::SocketAddr;
@@ -76,13 +76,7 @@ impl ReactorLink {
         // A panic would take the whole reactor down: it is caught, and
         // the link's requests fail from then on.
         glommio::spawn_local(async move {
-            let ran = std::panic::AssertUnwindSafe(run_link(addr, queue))
-                .catch_unwind()
-                .await;
-            if let Err(panic) = ran {
-                tracing::error!(%addr, panic = %crate::raft::reactor::panic_message(&*panic),
-                    "a peer connection's task panicked");
-            }
+            let _ = crate::raft::reactor::catch_panic("peer_link", run_link(addr, queue)).await;
         })
         .detach();
         ReactorLink {
