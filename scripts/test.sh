@@ -48,7 +48,8 @@ cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 echo "== cargo test (workspace; the journal's, the cache's and the engine's crash simulations print their reports)"
 # Tests use temp dirs under target/ (the real disk: O_DIRECT needs it).
-cargo test --workspace --exclude ringstore-journal --exclude ringstore --exclude ringstore-cache 2>&1 | tee -a "$log"
+# The bench's tests, with its `raft` feature (the peers' pipelined links).
+cargo test -p ringstore-bench --features raft 2>&1 | tee -a "$log"
 # The cache's power-loss simulation prints its totals.
 cargo test -p ringstore-cache -- --nocapture 2>&1 | tee -a "$log"
 cargo test -p ringstore-journal -- --nocapture 2>&1 | tee -a "$log"

@@ -43,7 +43,7 @@ use crate::cmd_device::{
     CommonArgs, SEQ_READ_BLOCK_BYTES, SEQ_READ_QUEUE_DEPTH, SEQ_WRITE_BLOCK_BYTES,
     SEQ_WRITE_QUEUE_DEPTH,
 };
-use crate::cmd_journal::on_reactor;
+use crate::cmd_journal::{on_reactor, PreallocationArg};
 use crate::device::{self, mb_per_s, SeqResult};
 use crate::harness::{Harness, ProbeBracket};
 use crate::latency::{LatencyRecorder, LatencySummary};
@@ -146,11 +146,21 @@ pub(crate) fn shard_builder(
     dir: &Path,
     policy: CheckpointPolicy,
 ) -> ringstore::ShardBuilder<Metadata> {
+    shard_builder_with(dir, policy, PreallocationArg::Fallocate)
+}
+
+/// [`shard_builder`] with the journal's segments preallocated as given.
+pub(crate) fn shard_builder_with(
+    dir: &Path,
+    policy: CheckpointPolicy,
+    preallocation: PreallocationArg,
+) -> ringstore::ShardBuilder<Metadata> {
     Shard::<Metadata>::builder(dir)
-        .journal(|j| {
+        .journal(move |j| {
             j.slot_count(SLOT_COUNT)
                 .segment_bytes(SEGMENT_BYTES)
                 .batch_bytes_max(BATCH_BYTES_MAX)
+                .preallocation(preallocation.into())
         })
         .checkpoint_policy(policy)
 }

@@ -9,6 +9,11 @@
 //! connections on glommio's sockets, clients as tasks there), as the
 //! engine's clients run on its shard.
 //!
+//! Replication is pipelined by default (`--replication`; the leader sends
+//! each AppendEntries request without waiting for the replies before it,
+//! as the cluster's nodes do); `--replication sequential` sends one at a
+//! time, openraft's default. Every store gets the same.
+//!
 //! Each store runs `--clients` levels (default 1 and 64): each client
 //! submits a small broker-sized command to the leader and waits for its
 //! commit before the next. Every workload is bracketed by durable-write
@@ -28,12 +33,12 @@ use serde::Serialize;
 
 use crate::cmd_device::CommonArgs;
 use crate::cmd_engine::{
-    commit_offset, prepare_topic, setup_commands, shard_builder, submit_for, PARTITIONS,
+    commit_offset, prepare_topic, setup_commands, shard_builder_with, submit_for, PARTITIONS,
 };
-use crate::cmd_journal::on_reactor;
+use crate::cmd_journal::{on_reactor, PreallocationArg};
 use crate::harness::{Harness, ProbeBracket};
 use crate::latency::{LatencyRecorder, LatencySummary};
-use crate::raft_peers::{self, Cluster, Host, NODES};
+use crate::raft_peers::{self, Cluster, Host, Replication, NODES};
 use crate::report::{fmt_num, fmt_ratio, round3, Table};
 
 /// How long each workload runs in full mode.
@@ -52,6 +57,15 @@ pub struct RaftArgs {
     /// Concurrent clients, one level per value.
     #[arg(long, value_delimiter = ',', default_values_t = [1u64, 64])]
     pub clients: Vec<u64>,
+    /// How leaders send AppendEntries requests, for every store alike.
+    #[arg(long, value_enum, default_value_t = Replication::Pipelined)]
+    pub replication: Replication,
+    /// How the journals of ringstore's nodes and of the single-node engine
+    /// get their segments' space: `fallocate` (the default, as a fresh
+    /// journal starts) or `zero-fill` (written blocks, as in a journal
+    /// whose segments are recycled).
+    #[arg(long, value_enum, default_value_t = PreallocationArg::Fallocate)]
+    pub preallocation: PreallocationArg,
 }
 
 /// One ringstore node's journal during a workload: how many entries
@@ -84,6 +98,8 @@ struct RaftReport {
     command: &'static str,
     quick: bool,
     nodes: u64,
+    replication: Replication,
+    preallocation: PreallocationArg,
     runs: Vec<RaftFigures>,
 }
 
@@ -119,6 +135,8 @@ fn run_ringstore(
     dir: &Path,
     clients: u64,
     duration: Duration,
+    replication: Replication,
+    preallocation: PreallocationArg,
 ) -> Result<(Driven, Vec<NodeJournal>)> {
     runtime()?.block_on(async {
         let domain = uuid::Uuid::new_v4();
@@ -129,7 +147,7 @@ fn run_ringstore(
                 dir.join(format!("node-{id}")),
                 domain,
                 id,
-                Box::new(|b| b),
+                Box::new(move |b| b.preallocation(preallocation.into())),
             )?;
             logs.push(opened.log.clone());
             stores.push(Some(opened));
@@ -138,8 +156,11 @@ fn run_ringstore(
         // the cluster's nodes run it, with its connections (on glommio's
         // sockets) and clients there too.
         let reactor = Host::Reactor(logs[0].clone());
-        let cluster =
-            Cluster::<ClusterTypes, _>::start_with(NODES, reactor, |id, config, network| {
+        let cluster = Cluster::<ClusterTypes, _>::start_with(
+            NODES,
+            reactor,
+            replication,
+            |id, config, network| {
                 let opened = stores[id as usize - 1].take();
                 async move {
                     let opened = opened.ok_or_else(|| anyhow!("node {id} started twice"))?;
@@ -147,8 +168,9 @@ fn run_ringstore(
                     let raft = opened.start_raft(id, config, network).await?;
                     Ok((raft, host))
                 }
-            })
-            .await?;
+            },
+        )
+        .await?;
         // The stream, topic and group the commands commit offsets to.
         let leader = cluster.leader()?;
         for (seq, command) in setup_commands().into_iter().enumerate() {
@@ -215,14 +237,14 @@ fn value(seq: u64) -> String {
 }
 
 /// openraft's in-memory reference store.
-fn run_memstore(clients: u64, duration: Duration) -> Result<Driven> {
+fn run_memstore(clients: u64, duration: Duration, replication: Replication) -> Result<Driven> {
     use raft_peers::mem::{log_store::LogStore, store::StateMachineStore};
     use raft_peers::types_kv::Request as Set;
     runtime()?.block_on(async {
         let stores = (0..NODES)
             .map(|_| (LogStore::default(), StateMachineStore::default()))
             .collect();
-        let cluster = Cluster::<raft_peers::mem::TypeConfig, _>::start(stores).await?;
+        let cluster = Cluster::<raft_peers::mem::TypeConfig, _>::start(stores, replication).await?;
         let result = cluster
             .drive(clients, duration, |client, seq| Set::Set {
                 key: format!("partition-{}", client % PARTITIONS as u64),
@@ -237,7 +259,12 @@ fn run_memstore(clients: u64, duration: Duration) -> Result<Driven> {
 /// openraft's RocksDB-backed reference store (`log-rocks` and `sm-rocks`), one
 /// database per node in `dir/node-N`.
 #[cfg(feature = "rocksdb")]
-fn run_rocksstore(dir: &Path, clients: u64, duration: Duration) -> Result<Driven> {
+fn run_rocksstore(
+    dir: &Path,
+    clients: u64,
+    duration: Duration,
+    replication: Replication,
+) -> Result<Driven> {
     use raft_peers::rocks;
     use raft_peers::types_kv::Request as Set;
     runtime()?.block_on(async {
@@ -245,7 +272,7 @@ fn run_rocksstore(dir: &Path, clients: u64, duration: Duration) -> Result<Driven
         for id in 1..=NODES {
             stores.push(rocks::new(dir.join(format!("node-{id}"))).await?);
         }
-        let cluster = Cluster::<rocks::TypeConfig, _>::start(stores).await?;
+        let cluster = Cluster::<rocks::TypeConfig, _>::start(stores, replication).await?;
         let result = cluster
             .drive(clients, duration, |client, seq| Set::Set {
                 key: format!("partition-{}", client % PARTITIONS as u64),
@@ -258,10 +285,15 @@ fn run_rocksstore(dir: &Path, clients: u64, duration: Duration) -> Result<Driven
 }
 
 /// The single-node engine: one shard of broker metadata, no replication.
-fn run_engine(dir: &Path, clients: u64, duration: Duration) -> Result<Driven> {
+fn run_engine(
+    dir: &Path,
+    clients: u64,
+    duration: Duration,
+    preallocation: PreallocationArg,
+) -> Result<Driven> {
     let dir = dir.to_owned();
     on_reactor("rsb-raft-engine", move || async move {
-        let shard = shard_builder(&dir, CheckpointPolicy::default())
+        let shard = shard_builder_with(&dir, CheckpointPolicy::default(), preallocation)
             .open()
             .await?;
         prepare_topic(&shard).await?;
@@ -281,7 +313,7 @@ pub fn run(args: &RaftArgs) -> Result<()> {
     for &clients in &args.clients {
         harness.step(format!("engine (1 node): {clients} clients"));
         let dir = harness.path("raft-engine");
-        let result = run_engine(&dir, clients, duration)?;
+        let result = run_engine(&dir, clients, duration, args.preallocation)?;
         runs.push(figures(
             "engine, 1 node",
             clients,
@@ -292,7 +324,13 @@ pub fn run(args: &RaftArgs) -> Result<()> {
 
         harness.step(format!("ringstore: {clients} clients"));
         let dir = harness.path("raft-ringstore");
-        let (result, journals) = run_ringstore(&dir, clients, duration)?;
+        let (result, journals) = run_ringstore(
+            &dir,
+            clients,
+            duration,
+            args.replication,
+            args.preallocation,
+        )?;
         let mut ringstore = figures("ringstore", clients, result, harness.bracket()?);
         ringstore.journals = journals;
         runs.push(ringstore);
@@ -302,7 +340,7 @@ pub fn run(args: &RaftArgs) -> Result<()> {
         {
             harness.step(format!("rocksstore: {clients} clients"));
             let dir = harness.path("raft-rocksstore");
-            let result = run_rocksstore(&dir, clients, duration)?;
+            let result = run_rocksstore(&dir, clients, duration, args.replication)?;
             runs.push(figures(
                 "openraft rocksstore",
                 clients,
@@ -313,7 +351,7 @@ pub fn run(args: &RaftArgs) -> Result<()> {
         }
 
         harness.step(format!("memstore: {clients} clients"));
-        let result = run_memstore(clients, duration)?;
+        let result = run_memstore(clients, duration, args.replication)?;
         runs.push(figures(
             "openraft memstore",
             clients,
@@ -326,6 +364,8 @@ pub fn run(args: &RaftArgs) -> Result<()> {
         command: "raft",
         quick,
         nodes: NODES,
+        replication: args.replication,
+        preallocation: args.preallocation,
         runs,
     };
     print_table(&report);
@@ -374,6 +414,10 @@ fn print_table(report: &RaftReport) {
             reliable,
         ]);
     }
+    println!(
+        "replication: {:?}; journal preallocation: {:?}",
+        report.replication, report.preallocation
+    );
     println!("{}", table.render());
     // How many entries each node's writes carried: whether the leader's
     // appends shared group commits (openraft 0.9's core waited for each

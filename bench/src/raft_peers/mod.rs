@@ -11,6 +11,7 @@
 pub mod mem;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
+mod tokio_link;
 pub mod types_kv;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use openraft::async_runtime::WatchReceiver;
+use openraft::base::BoxFuture;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
@@ -29,13 +31,17 @@ use openraft::raft::{
 use openraft::storage::{RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::{BasicNode, Raft, RaftTypeConfig, SnapshotPolicy};
+use ringstore::raft::cluster::pipeline::{pipelined_append, AppendReply, AppendResults};
 use ringstore::raft::cluster::reactor_net::{self, ReactorLink};
-use ringstore::raft::cluster::wire::{read_frame, write_frame, Connection};
+use ringstore::raft::cluster::wire::{read_frame, write_frame};
 use ringstore::raft::cluster::{ClusterMachine, ClusterTypes};
 use ringstore::raft::RaftLog;
 use serde::{Deserialize, Serialize};
+use std::future::Future;
 use std::io::Cursor;
+use std::pin::Pin;
 use tokio::net::TcpListener;
+use tokio_link::TokioLink;
 
 use crate::latency::LatencyRecorder;
 
@@ -104,9 +110,10 @@ impl Host {
         }
     }
 
-    fn network(&self) -> Network {
+    fn network(&self, replication: Replication) -> Network {
         Network {
             on_reactor: matches!(self, Host::Reactor(_)),
+            replication,
         }
     }
 }
@@ -136,19 +143,27 @@ where
     /// Starts one node per `(log, machine)` pair (`Raft::new` on the
     /// calling runtime), initializes the cluster on node 1 and waits for a
     /// leader.
-    pub async fn start<LS>(stores: Vec<(LS, SM)>) -> Result<Cluster<C, SM>>
+    pub async fn start<LS>(
+        stores: Vec<(LS, SM)>,
+        replication: Replication,
+    ) -> Result<Cluster<C, SM>>
     where
         LS: RaftLogStorage<C>,
     {
         let mut stores: Vec<Option<(LS, SM)>> = stores.into_iter().map(Some).collect();
-        Self::start_with(stores.len() as u64, Host::Tokio, |id, config, network| {
-            let store = stores[id as usize - 1].take();
-            async move {
-                let (log, machine) = store.ok_or_else(|| anyhow!("node {id} started twice"))?;
-                let raft = Raft::new(id, config, network, log, machine).await?;
-                Ok((raft, Host::Tokio))
-            }
-        })
+        Self::start_with(
+            stores.len() as u64,
+            Host::Tokio,
+            replication,
+            |id, config, network| {
+                let store = stores[id as usize - 1].take();
+                async move {
+                    let (log, machine) = store.ok_or_else(|| anyhow!("node {id} started twice"))?;
+                    let raft = Raft::new(id, config, network, log, machine).await?;
+                    Ok((raft, Host::Tokio))
+                }
+            },
+        )
         .await
     }
 
@@ -156,7 +171,12 @@ where
     /// the host it runs on (`host` says what network they take: tokio's
     /// sockets or the reactor's), initializes the cluster on node 1 and
     /// waits for a leader.
-    pub async fn start_with<F, Fut>(nodes: u64, host: Host, mut make: F) -> Result<Cluster<C, SM>>
+    pub async fn start_with<F, Fut>(
+        nodes: u64,
+        host: Host,
+        replication: Replication,
+        mut make: F,
+    ) -> Result<Cluster<C, SM>>
     where
         F: FnMut(u64, Arc<openraft::Config>, Network) -> Fut,
         Fut: std::future::Future<Output = Result<(Raft<C, SM>, Host)>>,
@@ -180,7 +200,7 @@ where
         let mut hosts = BTreeMap::new();
         let mut servers = Vec::new();
         for (id, listener) in (1..).zip(listeners) {
-            let (raft, host) = make(id, config.clone(), host.network()).await?;
+            let (raft, host) = make(id, config.clone(), host.network(replication)).await?;
             servers.push(tokio::spawn(serve(raft.clone(), listener, host.clone())));
             rafts.insert(id, raft);
             hosts.insert(id, host);
@@ -209,7 +229,7 @@ where
         Ok(self.rafts[&self.leader_id()?].clone())
     }
 
-    fn leader_id(&self) -> Result<u64> {
+    pub fn leader_id(&self) -> Result<u64> {
         self.rafts[&1]
             .metrics()
             .borrow_watched()
@@ -369,6 +389,20 @@ where
 #[derive(Clone, Copy)]
 pub struct Network {
     on_reactor: bool,
+    replication: Replication,
+}
+
+/// How a leader's AppendEntries requests go to a follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Replication {
+    /// Each as soon as openraft makes it, up to
+    /// `ringstore::raft::cluster::pipeline::APPEND_PIPELINE_DEPTH` in
+    /// flight (what the cluster's nodes do).
+    Pipelined,
+    /// One at a time, each after the reply to the one before
+    /// (openraft's `stream_append_sequential`).
+    Sequential,
 }
 
 impl<C> RaftNetworkFactory<C> for Network
@@ -378,38 +412,59 @@ where
     type Network = Peer;
 
     async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Peer {
-        let addr: Option<SocketAddr> = node.addr.parse().ok();
-        let transport = match addr {
-            Some(addr) if self.on_reactor => Transport::Reactor(ReactorLink::to(addr.to_string())),
-            _ => Transport::Tokio(Connection::default()),
+        let transport = match node.addr.parse::<SocketAddr>() {
+            Ok(addr) if self.on_reactor => Transport::Reactor(ReactorLink::to(addr.to_string())),
+            Ok(addr) => Transport::Tokio(TokioLink::to(addr)),
+            Err(_) => Transport::Unaddressed(node.addr.clone()),
         };
-        Peer { addr, transport }
+        Peer {
+            transport,
+            replication: self.replication,
+        }
     }
 }
 
-/// RPCs to one node over one connection.
+/// RPCs to one node over one connection, pipelined.
 pub struct Peer {
-    addr: Option<SocketAddr>,
     transport: Transport,
+    replication: Replication,
 }
 
+#[derive(Clone)]
 enum Transport {
-    Tokio(Connection),
+    Tokio(TokioLink),
     Reactor(ReactorLink),
+    /// A node address that is not a numeric `ip:port`.
+    Unaddressed(String),
 }
+
+/// A reply on its way.
+type PendingRpc<C> = Pin<Box<dyn Future<Output = io::Result<RpcReply<C>>> + Send>>;
 
 impl Peer {
+    /// Sends `rpc` at once (without waiting for earlier replies); its reply.
+    fn send<C>(&self, rpc: &Rpc<C>, timeout: Duration) -> PendingRpc<C>
+    where
+        C: RaftTypeConfig<NodeId = u64>,
+    {
+        match &self.transport {
+            Transport::Tokio(link) => Box::pin(link.send(rpc, timeout)),
+            Transport::Reactor(link) => Box::pin(link.send(rpc, timeout)),
+            Transport::Unaddressed(addr) => {
+                let e = io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("node address {addr:?} is not a numeric ip:port"),
+                );
+                Box::pin(std::future::ready(Err(e)))
+            }
+        }
+    }
+
     async fn call<C>(&mut self, rpc: Rpc<C>, timeout: Duration) -> io::Result<RpcReply<C>>
     where
         C: RaftTypeConfig<NodeId = u64>,
     {
-        let addr = self
-            .addr
-            .ok_or_else(|| io::Error::other("bad node address"))?;
-        match &mut self.transport {
-            Transport::Tokio(connection) => connection.request(addr, &rpc, timeout).await,
-            Transport::Reactor(link) => link.request(&rpc, timeout).await,
-        }
+        self.send(&rpc, timeout).await
     }
 }
 
@@ -431,6 +486,17 @@ fn unreachable<T, C: RaftTypeConfig>(e: io::Error) -> RpcResult<T, C> {
     Err(unreachable_error(e))
 }
 
+fn append_response<C: RaftTypeConfig<NodeId = u64>>(
+    replied: io::Result<RpcReply<C>>,
+) -> RpcResult<AppendEntriesResponse<C>, C> {
+    match replied {
+        Ok(RpcReply::Append(Ok(response))) => Ok(response),
+        Ok(RpcReply::Append(Err(e))) => failed(e),
+        Ok(_) => failed("unexpected reply"),
+        Err(e) => unreachable(e),
+    }
+}
+
 impl<C> RaftNetworkV2<C> for Peer
 where
     C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
@@ -442,12 +508,31 @@ where
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<C>, C> {
-        match self.call(Rpc::<C>::Append(rpc), option.hard_ttl()).await {
-            Ok(RpcReply::Append(Ok(response))) => Ok(response),
-            Ok(RpcReply::Append(Err(e))) => failed(e),
-            Ok(_) => failed("unexpected reply"),
-            Err(e) => unreachable(e),
+        append_response(self.call(Rpc::<C>::Append(rpc), option.hard_ttl()).await)
+    }
+
+    /// Replication as the network's [`Replication`] says.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, RpcResult<AppendResults<'s, C>, C>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<C>> + Send + Unpin + 'static,
+    {
+        if self.replication == Replication::Sequential {
+            return openraft::network::stream_append_sequential(self, input, option);
         }
+        let timeout = option.hard_ttl();
+        let peer = Peer {
+            transport: self.transport.clone(),
+            replication: self.replication,
+        };
+        let send = move |rpc| -> AppendReply<C> {
+            let reply = peer.send(&Rpc::<C>::Append(rpc), timeout);
+            Box::pin(async move { append_response(reply.await) })
+        };
+        Box::pin(async move { Ok(pipelined_append(input, send)) })
     }
 
     async fn vote(

@@ -12,6 +12,8 @@
 //!   retries a command under its sequence number, so a retry is applied
 //!   once; reads are linearizable (`Raft::ensure_linearizable`).
 //! * [`wire`]: the frames on the wire.
+//! * [`pipeline`]: openraft's replication stream with its requests
+//!   pipelined on one connection.
 //! * [`reactor_net`]: the nodes' TCP on their shard's reactor (glommio's
 //!   sockets, next to the Raft hosted there).
 //!
@@ -28,6 +30,7 @@
 pub mod client;
 pub mod machine;
 pub mod node;
+pub mod pipeline;
 pub mod reactor_net;
 pub mod wire;
 pub mod workload;

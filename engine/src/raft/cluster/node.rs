@@ -2,6 +2,7 @@
 //! its peers and clients on loopback (or any address).
 
 use super::machine::ClusterMachine;
+use super::pipeline::{pipelined_append, AppendReply, AppendResults};
 use super::reactor_net::{adopt_stream, read_frame_io, write_frame_io, ReactorLink};
 use super::wire::{
     Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply, SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
@@ -9,6 +10,7 @@ use super::wire::{
 use super::ClusterTypes;
 use crate::raft::{LogId, RaftMachine, RaftStoreError, SnapshotFile, Vote};
 use openraft::async_runtime::WatchReceiver;
+use openraft::base::BoxFuture;
 use openraft::error::{
     ClientWriteError, LinearizableReadError, NetworkError, RPCError, RaftError, ReplicationClosed,
     StreamingError, Unreachable,
@@ -579,26 +581,80 @@ type RpcResult<T> = Result<T, RPCError<ClusterTypes>>;
 
 impl Peer {
     async fn call(&mut self, message: Message, timeout: Duration) -> Result<Reply, io::Error> {
-        if self.blocked.lock().is_ok_and(|b| b.contains(&self.target)) {
+        if is_cut_off(&self.blocked, self.target) {
             // As a network that drops the packets: no answer in time.
             tokio::time::sleep(timeout).await;
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!("node {} is cut off (test partition)", self.target),
-            ));
+            return Err(cut_off(self.target));
         }
         let envelope = Envelope {
             from: Some(self.from),
             message,
         };
         let reply: Reply = self.link.request(&envelope, timeout).await?;
-        if matches!(reply, Reply::Partitioned) {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!("node {} cut this node off (test partition)", self.target),
-            ));
+        not_partitioned(reply, self.target)
+    }
+
+    /// Sends an AppendEntries request at once, without waiting for the
+    /// replies before it ([`pipelined_append`]'s `send`), honouring the
+    /// test partitions as [`Peer::call`] does.
+    fn append_sender(
+        &self,
+        timeout: Duration,
+    ) -> impl FnMut(AppendEntriesRequest<ClusterTypes>) -> AppendReply<ClusterTypes> + Send + Unpin
+    {
+        let (link, blocked) = (self.link.clone(), self.blocked.clone());
+        let (from, target) = (self.from, self.target);
+        move |rpc| {
+            if is_cut_off(&blocked, target) {
+                return Box::pin(async move {
+                    tokio::time::sleep(timeout).await;
+                    Err(unreachable(cut_off(target)))
+                });
+            }
+            let envelope = Envelope {
+                from: Some(from),
+                message: Message::AppendEntries(rpc),
+            };
+            let reply = link.send::<_, Reply>(&envelope, timeout);
+            Box::pin(async move {
+                append_response(reply.await.and_then(|r| not_partitioned(r, target)))
+            })
         }
-        Ok(reply)
+    }
+}
+
+fn is_cut_off(blocked: &Mutex<BTreeSet<NodeId>>, target: NodeId) -> bool {
+    blocked.lock().is_ok_and(|b| b.contains(&target))
+}
+
+fn cut_off(target: NodeId) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        format!("node {target} is cut off (test partition)"),
+    )
+}
+
+/// `reply`, unless the peer answered that it cut this node off.
+fn not_partitioned(reply: Reply, target: NodeId) -> Result<Reply, io::Error> {
+    if matches!(reply, Reply::Partitioned) {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("node {target} cut this node off (test partition)"),
+        ));
+    }
+    Ok(reply)
+}
+
+fn append_response(
+    replied: Result<Reply, io::Error>,
+) -> RpcResult<AppendEntriesResponse<ClusterTypes>> {
+    match replied {
+        Ok(Reply::AppendEntries(Ok(response))) => Ok(response),
+        Ok(Reply::AppendEntries(Err(message))) | Ok(Reply::Failed(message)) => {
+            Err(remote_failed(message))
+        }
+        Ok(other) => Err(unexpected(&other)),
+        Err(e) => Err(unreachable(e)),
     }
 }
 
@@ -624,17 +680,23 @@ impl RaftNetworkV2<ClusterTypes> for Peer {
         rpc: AppendEntriesRequest<ClusterTypes>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<ClusterTypes>> {
-        match self
-            .call(Message::AppendEntries(rpc), option.hard_ttl())
-            .await
-        {
-            Ok(Reply::AppendEntries(Ok(response))) => Ok(response),
-            Ok(Reply::AppendEntries(Err(message))) | Ok(Reply::Failed(message)) => {
-                Err(remote_failed(message))
-            }
-            Ok(other) => Err(unexpected(&other)),
-            Err(e) => Err(unreachable(e)),
-        }
+        append_response(
+            self.call(Message::AppendEntries(rpc), option.hard_ttl())
+                .await,
+        )
+    }
+
+    /// Replication, pipelined ([`super::pipeline`]).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, RpcResult<AppendResults<'s, ClusterTypes>>>
+    where
+        S: futures_lite::Stream<Item = AppendEntriesRequest<ClusterTypes>> + Send + Unpin + 'static,
+    {
+        let send = self.append_sender(option.hard_ttl());
+        Box::pin(async move { Ok(pipelined_append(input, send)) })
     }
 
     async fn vote(

@@ -11,17 +11,15 @@
 //! over glommio's streams, and [`adopt_stream`] moves an accepted
 //! connection onto the reactor.
 
-use super::wire::{decode_frame, encode_frame, frame_len};
+use super::wire::{decode_frame, encode_frame, frame_len, FRAME_PREFIX_BYTES};
 use crate::raft::reactor::on_reactor_thread;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use serde::{de::DeserializeOwned, Serialize};
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
-
-/// Exchanges queued on one link at most (openraft keeps one in flight per
-/// peer; a caller beyond this waits).
-const EXCHANGES_QUEUED_MAX: usize = 64;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// One request: its frame, its time limit (the connect included) and where
 /// the reply frame's body goes.
@@ -32,14 +30,57 @@ struct Exchange {
 }
 
 /// A `Send` handle to one connection to `addr`, owned by a task on the
-/// reactor the link was made on. The connection is made at the first
-/// request, kept after a whole exchange, and dropped after a failed or
-/// timed-out one (its late reply must not answer the next request). The
-/// task ends when the last handle is dropped.
+/// reactor the link was made on. Requests are written in the order they
+/// were sent, each as soon as it is taken, without waiting for the replies
+/// before it (pipelined: the peer answers one connection's requests in
+/// order). The connection is made at the first request and kept while
+/// every reply comes back in time; after a failed or timed-out exchange it
+/// is dropped, and with it every reply still awaited on it (a late reply
+/// must not answer another request). The task ends when the last handle
+/// is dropped. The queue is unbounded: its callers bound what they have in
+/// flight (openraft one request per peer, or [`super::pipeline`]'s depth).
 #[derive(Clone)]
 pub struct ReactorLink {
     /// The connection task's queue, or why there is none.
     exchanges: Result<async_channel::Sender<Exchange>, (io::ErrorKind, String)>,
+}
+
+/// The reply to a request sent with [`ReactorLink::send`]: a future of
+/// the reply frame as an `R`.
+pub struct PendingReply<R> {
+    answered: Result<futures_channel::oneshot::Receiver<io::Result<Vec<u8>>>, Option<io::Error>>,
+    reply: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> std::future::Future for PendingReply<R> {
+    type Output = io::Result<R>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<R>> {
+        let this = self.get_mut();
+        let answered = match &mut this.answered {
+            Ok(answered) => answered,
+            Err(failed) => {
+                let e = failed
+                    .take()
+                    .unwrap_or_else(|| io::Error::other("reply polled after it was ready"));
+                return std::task::Poll::Ready(Err(e));
+            }
+        };
+        match std::pin::Pin::new(answered).poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(Err(_)) => std::task::Poll::Ready(Err(link_stopped())),
+            std::task::Poll::Ready(Ok(body)) => {
+                std::task::Poll::Ready(body.and_then(|body| decode_frame(&body)))
+            }
+        }
+    }
+}
+
+fn link_stopped() -> io::Error {
+    io::Error::other("the link's reactor has stopped")
 }
 
 impl ReactorLink {
@@ -70,7 +111,7 @@ impl ReactorLink {
                 )),
             };
         }
-        let (exchanges, queue) = async_channel::bounded(EXCHANGES_QUEUED_MAX);
+        let (exchanges, queue) = async_channel::unbounded();
         // Detached: glommio cancels a task whose handle is dropped
         // (`glommio_quirks`, quirk 6); this one ends with the last handle.
         // A panic would take the whole reactor down: it is caught, and
@@ -91,6 +132,29 @@ impl ReactorLink {
         request: &Q,
         timeout: Duration,
     ) -> io::Result<R> {
+        self.send(request, timeout).await
+    }
+
+    /// Queues `request` at once and returns its reply, due within
+    /// `timeout`: requests sent one after another go out back to back, each
+    /// without waiting for the replies before it.
+    pub fn send<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        request: &Q,
+        timeout: Duration,
+    ) -> PendingReply<R> {
+        let queued = self.queue(request, timeout);
+        PendingReply {
+            answered: queued.map_err(Some),
+            reply: std::marker::PhantomData,
+        }
+    }
+
+    fn queue<Q: Serialize>(
+        &self,
+        request: &Q,
+        timeout: Duration,
+    ) -> io::Result<futures_channel::oneshot::Receiver<io::Result<Vec<u8>>>> {
         let exchanges = match &self.exchanges {
             Ok(exchanges) => exchanges,
             Err((kind, why)) => return Err(io::Error::new(*kind, why.clone())),
@@ -101,44 +165,132 @@ impl ReactorLink {
             timeout,
             answer,
         };
-        let stopped = || io::Error::other("the link's reactor has stopped");
-        exchanges.send(exchange).await.map_err(|_| stopped())?;
-        let body = answered.await.map_err(|_| stopped())??;
-        decode_frame(&body)
+        exchanges.try_send(exchange).map_err(|_| link_stopped())?;
+        Ok(answered)
+    }
+}
+
+/// A reply awaited on a connection: where it goes and when it is due.
+struct Awaited {
+    answer: futures_channel::oneshot::Sender<io::Result<Vec<u8>>>,
+    due: Instant,
+}
+
+/// The link's current connection: its write half and the queue of the
+/// replies its reader task awaits, in the order their requests went out.
+struct Connection {
+    writer: futures_lite::io::WriteHalf<glommio::net::TcpStream>,
+    awaited: async_channel::Sender<Awaited>,
+    /// Set by the reader when a reply failed or came late: the connection
+    /// is then given up.
+    broken: Rc<Cell<bool>>,
+}
+
+impl Connection {
+    /// Splits `stream` and starts the task that reads its replies.
+    fn start(stream: glommio::net::TcpStream) -> Connection {
+        let (reader, writer) = futures_lite::io::split(stream);
+        let (awaited, queue) = async_channel::unbounded();
+        let broken = Rc::new(Cell::new(false));
+        let reader_broken = broken.clone();
+        // Detached (quirk 6); it ends when the connection is given up and
+        // every reply it awaits is answered or failed.
+        glommio::spawn_local(async move {
+            let read = read_replies(reader, queue, reader_broken);
+            let _ = crate::raft::reactor::catch_panic("peer_link_replies", read).await;
+        })
+        .detach();
+        Connection {
+            writer,
+            awaited,
+            broken,
+        }
     }
 }
 
 async fn run_link(addr: SocketAddr, queue: async_channel::Receiver<Exchange>) {
-    let mut connection: Option<glommio::net::TcpStream> = None;
+    let mut connection: Option<Connection> = None;
     while let Ok(exchange) = queue.recv().await {
         if exchange.answer.is_canceled() {
             // Its caller gave up before it was sent.
             continue;
         }
-        let taken = connection.take();
-        let exchanged = within(exchange.timeout, async {
-            let mut stream = match taken {
-                Some(stream) => stream,
-                None => {
-                    let stream = glommio::net::TcpStream::connect(addr)
-                        .await
-                        .map_err(io::Error::from)?;
-                    let _ = stream.set_nodelay(true);
-                    stream
+        let due = Instant::now() + exchange.timeout;
+        let mut current = match connection.take() {
+            Some(current) if !current.broken.get() => current,
+            // None yet, or given up by its reader: a new one.
+            _ => match within(exchange.timeout, connect(addr)).await {
+                Ok(stream) => Connection::start(stream),
+                Err(e) => {
+                    let _ = exchange.answer.send(Err(e));
+                    continue;
                 }
-            };
-            stream.write_all(&exchange.frame).await?;
-            stream.flush().await?;
-            let body = read_body(&mut stream).await?;
-            Ok((stream, body))
+            },
+        };
+        let left = due.saturating_duration_since(Instant::now());
+        let written = within(left, async {
+            current.writer.write_all(&exchange.frame).await?;
+            current.writer.flush().await
         })
         .await;
-        let answer = exchanged.map(|(stream, body)| {
-            connection = Some(stream);
-            body
-        });
-        // The caller may have given up meanwhile.
-        let _ = exchange.answer.send(answer);
+        if let Err(e) = written {
+            // A frame may be half written: the connection goes, and its
+            // reader answers what it still awaits or fails it.
+            let _ = exchange.answer.send(Err(e));
+            continue;
+        }
+        let awaited = Awaited {
+            answer: exchange.answer,
+            due,
+        };
+        if let Err(refused) = current.awaited.try_send(awaited) {
+            // The reader gave the connection up meanwhile.
+            let _ = refused.into_inner().answer.send(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection failed on an earlier request",
+            )));
+            continue;
+        }
+        connection = Some(current);
+    }
+}
+
+async fn connect(addr: SocketAddr) -> io::Result<glommio::net::TcpStream> {
+    let stream = glommio::net::TcpStream::connect(addr)
+        .await
+        .map_err(io::Error::from)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Reads a connection's replies in order, each within its time limit.
+/// The first that fails or is late gives the connection up: every reply
+/// awaited after it fails too.
+async fn read_replies(
+    mut reader: futures_lite::io::ReadHalf<glommio::net::TcpStream>,
+    queue: async_channel::Receiver<Awaited>,
+    broken: Rc<Cell<bool>>,
+) {
+    while let Ok(awaited) = queue.recv().await {
+        let left = awaited.due.saturating_duration_since(Instant::now());
+        match within(left, read_body(&mut reader)).await {
+            Ok(body) => {
+                // The caller may have given up meanwhile.
+                let _ = awaited.answer.send(Ok(body));
+            }
+            Err(e) => {
+                broken.set(true);
+                queue.close();
+                let _ = awaited.answer.send(Err(e));
+                while let Ok(later) = queue.try_recv() {
+                    let _ = later.answer.send(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the connection failed on an earlier request",
+                    )));
+                }
+                return;
+            }
+        }
     }
 }
 
@@ -159,7 +311,7 @@ async fn within<T>(
 }
 
 async fn read_body(stream: &mut (impl futures_lite::AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
-    let mut prefix = [0u8; 4];
+    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
     stream.read_exact(&mut prefix).await?;
     let mut body = vec![0u8; frame_len(prefix)?];
     stream.read_exact(&mut body).await?;
@@ -207,9 +359,10 @@ mod tests {
     use crate::raft::ReactorRuntime;
     use openraft_rt::AsyncRuntime;
 
-    /// An echo server that answers each number, the first one late: tokio
-    /// accepts, the reactor serves.
-    async fn echo_server() -> std::net::SocketAddr {
+    /// An echo server that answers numbers `batch` at a time (once it has
+    /// read that many), the number 1 late: tokio accepts, the reactor
+    /// serves.
+    async fn echo_server(batch: usize) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (accepted, adopt) = async_channel::unbounded();
@@ -222,12 +375,21 @@ mod tests {
             while let Ok(stream) = adopt.recv().await {
                 let mut stream = adopt_stream(stream).unwrap();
                 glommio::spawn_local(async move {
-                    while let Ok(n) = read_frame_io::<u64>(&mut stream).await {
-                        if n == 1 {
-                            glommio::timer::sleep(Duration::from_millis(200)).await;
+                    loop {
+                        let mut read = Vec::new();
+                        while read.len() < batch {
+                            match read_frame_io::<u64>(&mut stream).await {
+                                Ok(n) => read.push(n),
+                                Err(_) => return,
+                            }
                         }
-                        if write_frame_io(&mut stream, &n).await.is_err() {
-                            return;
+                        for n in read {
+                            if n == 1 {
+                                glommio::timer::sleep(Duration::from_millis(200)).await;
+                            }
+                            if write_frame_io(&mut stream, &n).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 })
@@ -239,10 +401,45 @@ mod tests {
     }
 
     #[test]
+    fn requests_go_out_without_waiting_for_the_replies_before_them() {
+        let mut rt = ReactorRuntime::new(1);
+        rt.block_on(async {
+            // It answers only once it has all three.
+            let addr = echo_server(3).await;
+            let link = ReactorLink::to(addr.to_string());
+            let replies: Vec<PendingReply<u64>> = (2..=4)
+                .map(|n| link.send(&(n as u64), Duration::from_secs(5)))
+                .collect();
+            for (n, reply) in (2..=4).zip(replies) {
+                assert_eq!(reply.await.unwrap(), n);
+            }
+        });
+    }
+
+    #[test]
+    fn a_late_reply_fails_the_replies_awaited_behind_it_and_the_link_reconnects() {
+        let mut rt = ReactorRuntime::new(1);
+        rt.block_on(async {
+            let addr = echo_server(1).await;
+            let link = ReactorLink::to(addr.to_string());
+            let late = link.send::<u64, u64>(&1, Duration::from_millis(50));
+            let behind = link.send::<u64, u64>(&2, Duration::from_secs(5));
+            assert_eq!(late.await.unwrap_err().kind(), io::ErrorKind::TimedOut);
+            // Its own answer would come, after the late one's: not taken.
+            assert_eq!(
+                behind.await.unwrap_err().kind(),
+                io::ErrorKind::ConnectionAborted
+            );
+            let answer: u64 = link.request(&3u64, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(answer, 3, "on a new connection");
+        });
+    }
+
+    #[test]
     fn a_timed_out_or_abandoned_request_never_answers_the_next_one() {
         let mut rt = ReactorRuntime::new(1);
         rt.block_on(async {
-            let addr = echo_server().await;
+            let addr = echo_server(1).await;
             let link = ReactorLink::to(addr.to_string());
             // Our own time limit runs out.
             let timed_out = link

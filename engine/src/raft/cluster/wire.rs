@@ -18,6 +18,9 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 /// envelope fit with room to spare).
 pub const FRAME_BYTES_MAX: usize = 16 << 20;
 
+/// Bytes of a frame's length prefix (a little-endian `u32`).
+pub const FRAME_PREFIX_BYTES: usize = 4;
+
 /// Bytes of a snapshot file one message carries at most (a snapshot is
 /// sent as a run of these, well inside a frame).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
@@ -197,7 +200,7 @@ fn config() -> impl bincode::config::Config {
 }
 
 /// `value` as one frame: its length and its bytes.
-pub(super) fn encode_frame<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+pub fn encode_frame<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     let bytes = bincode::serde::encode_to_vec(value, config()).map_err(io::Error::other)?;
     if bytes.len() > FRAME_BYTES_MAX {
         return Err(io::Error::new(
@@ -209,7 +212,7 @@ pub(super) fn encode_frame<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
         ));
     }
     let len = u32::try_from(bytes.len()).map_err(io::Error::other)?;
-    let mut framed = Vec::with_capacity(4 + bytes.len());
+    let mut framed = Vec::with_capacity(FRAME_PREFIX_BYTES + bytes.len());
     framed.extend_from_slice(&len.to_le_bytes());
     framed.extend_from_slice(&bytes);
     Ok(framed)
@@ -217,7 +220,7 @@ pub(super) fn encode_frame<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
 
 /// The length a frame's first four bytes give; `InvalidData` beyond
 /// [`FRAME_BYTES_MAX`].
-pub(super) fn frame_len(prefix: [u8; 4]) -> io::Result<usize> {
+pub fn frame_len(prefix: [u8; FRAME_PREFIX_BYTES]) -> io::Result<usize> {
     let len = u32::from_le_bytes(prefix) as usize;
     if len > FRAME_BYTES_MAX {
         return Err(io::Error::new(
@@ -230,7 +233,7 @@ pub(super) fn frame_len(prefix: [u8; 4]) -> io::Result<usize> {
 
 /// A frame's body (the bytes after its length) as a `T`: `InvalidData` if
 /// it does not decode or has bytes left over.
-pub(super) fn decode_frame<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
+pub fn decode_frame<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
     let (value, used) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     if used != body.len() {
@@ -256,7 +259,7 @@ pub async fn write_frame<T: Serialize>(
 pub async fn read_frame<T: DeserializeOwned>(
     stream: &mut (impl AsyncReadExt + Unpin),
 ) -> io::Result<T> {
-    let mut prefix = [0u8; 4];
+    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
     stream.read_exact(&mut prefix).await?;
     let mut body = vec![0u8; frame_len(prefix)?];
     stream.read_exact(&mut body).await?;
