@@ -216,15 +216,25 @@ mod tests {
         sent.lock().unwrap().iter().map(|(i, _)| *i).collect()
     }
 
+    type Sent = Arc<Mutex<Vec<(u64, Option<Answer>)>>>;
+    type Input = futures_channel::mpsc::UnboundedSender<AppendEntriesRequest<ClusterTypes>>;
+
+    /// A pipelined stream over [`transport`] with requests 1 to `requests`
+    /// made by openraft so far.
+    fn started(requests: u64) -> (Input, Sent, AppendResults<'static, ClusterTypes>) {
+        let (input_tx, input) = futures_channel::mpsc::unbounded();
+        let (sent, send) = transport();
+        let replies = pipelined_append(input, send);
+        for index in 1..=requests {
+            input_tx.unbounded_send(request(index)).unwrap();
+        }
+        (input_tx, sent, replies)
+    }
+
     #[test]
     fn requests_go_out_before_earlier_replies_and_replies_come_back_in_order() {
         block_on(async {
-            let (input_tx, input) = futures_channel::mpsc::unbounded();
-            let (sent, send) = transport();
-            let mut replies = pipelined_append(input, send);
-            for index in 1..=3 {
-                input_tx.unbounded_send(request(index)).unwrap();
-            }
+            let (input_tx, sent, mut replies) = started(3);
             assert!(poll_once(replies.next()).await.is_none(), "no reply yet");
             assert_eq!(indexes(&sent), [1, 2, 3], "all sent, none answered");
             // The third and second answered first: still yielded in order.
@@ -256,13 +266,7 @@ mod tests {
     #[test]
     fn no_more_than_the_depth_is_in_flight() {
         block_on(async {
-            let (input_tx, input) = futures_channel::mpsc::unbounded();
-            let (sent, send) = transport();
-            let mut replies = pipelined_append(input, send);
-            let more = APPEND_PIPELINE_DEPTH as u64 + 3;
-            for index in 1..=more {
-                input_tx.unbounded_send(request(index)).unwrap();
-            }
+            let (_input_tx, sent, mut replies) = started(APPEND_PIPELINE_DEPTH as u64 + 3);
             assert!(poll_once(replies.next()).await.is_none());
             assert_eq!(sent.lock().unwrap().len(), APPEND_PIPELINE_DEPTH);
             answer(&sent, 0, AppendEntriesResponse::Success);
@@ -287,12 +291,7 @@ mod tests {
             (None, "network error"),
         ] {
             block_on(async {
-                let (input_tx, input) = futures_channel::mpsc::unbounded();
-                let (sent, send) = transport();
-                let mut replies = pipelined_append(input, send);
-                for index in 1..=3 {
-                    input_tx.unbounded_send(request(index)).unwrap();
-                }
+                let (_input_tx, sent, mut replies) = started(3);
                 assert!(poll_once(replies.next()).await.is_none());
                 answer(&sent, 0, AppendEntriesResponse::Success);
                 match &stop {

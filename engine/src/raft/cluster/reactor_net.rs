@@ -5,8 +5,11 @@
 //!
 //! openraft's network handles must be `Send` and glommio's sockets are
 //! not, so a [`ReactorLink`] is a `Send` handle to a connection owned by a
-//! task on the reactor; the task runs one exchange (a request frame out, a
-//! reply frame back) at a time, in the order they were asked for.
+//! task on the reactor. It writes each request frame as soon as it takes
+//! it, without waiting for the replies before it, and a reader task per
+//! connection hands the reply frames back in request order (the peer
+//! answers one connection's requests in turn): openraft's replication
+//! stream is pipelined on it ([`super::pipeline`]).
 //! [`read_frame_io`] and [`write_frame_io`] are [`super::wire`]'s frames
 //! over glommio's streams, and [`adopt_stream`] moves an accepted
 //! connection onto the reactor.
