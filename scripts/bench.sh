@@ -13,7 +13,8 @@
 #                                                    s3s-fs on loopback and LocalFileSystem (issue 7)
 #   scripts/bench.sh raft [--quick] [--dir DIR]      a 3-node openraft cluster on ringstore, on openraft's
 #                                                    in-memory and RocksDB reference stores, and the
-#                                                    single-node engine (issue 14)
+#                                                    single-node engine (issue 14); --replication
+#                                                    pipelined|sequential, --preallocation fallocate|zero-fill
 #   scripts/bench.sh recycle [--quick] [--dir DIR]   retired segments recycled against new files:
 #                                                    sustained appends, watermark keeping pace (issue 16)
 #   scripts/bench.sh device [--quick] [--dir DIR]    the device limit alone

@@ -69,6 +69,10 @@ impl TokioLink {
 async fn run_link(addr: SocketAddr, mut queue: mpsc::UnboundedReceiver<Exchange>) {
     // Each connection opens with the request that finds none.
     while let Some(first) = queue.recv().await {
+        if first.answer.is_closed() {
+            // Its caller gave up before it was sent.
+            continue;
+        }
         let connected = tokio::time::timeout_at(first.due, TcpStream::connect(addr)).await;
         let stream = match connected {
             Ok(Ok(stream)) => stream,
@@ -106,11 +110,15 @@ async fn serve_connection(
     let mut awaited: VecDeque<(oneshot::Sender<io::Result<Vec<u8>>>, Instant)> = VecDeque::new();
     let mut received = Vec::new();
     let mut to_write = Some(first);
-    let failure = loop {
+    let failure = 'serve: loop {
         if let Some(exchange) = to_write.take() {
             if !exchange.answer.is_closed() {
-                let written =
-                    tokio::time::timeout_at(exchange.due, writer.write_all(&exchange.frame)).await;
+                // Nothing is read meanwhile: the write is bounded by the
+                // earliest reply due too.
+                let due = awaited
+                    .front()
+                    .map_or(exchange.due, |(_, due)| (*due).min(exchange.due));
+                let written = tokio::time::timeout_at(due, writer.write_all(&exchange.frame)).await;
                 match written {
                     Ok(Ok(())) => awaited.push_back((exchange.answer, exchange.due)),
                     Ok(Err(e)) => break (e, Some(exchange.answer)),
@@ -120,23 +128,27 @@ async fn serve_connection(
         }
         let due = awaited.front().map(|(_, due)| *due);
         tokio::select! {
-            taken = queue.recv() => match taken {
-                Some(exchange) => to_write = Some(exchange),
-                None => return Ended::LinkDropped,
-            },
-            // `read_buf` is cancel-safe: nothing read is lost when the
-            // other branch wins.
-            read = reader.read_buf(&mut received), if due.is_some() => match read {
+            // A reply that is in is taken before its deadline is looked at.
+            biased;
+            // `read_buf` is cancel-safe: nothing read is lost when another
+            // branch wins.
+            read = reader.read_buf(&mut received) => match read {
                 Ok(0) => break (io::Error::from(io::ErrorKind::UnexpectedEof), None),
                 Ok(_) => {
                     while let Some(body) = take_frame(&mut received) {
-                        match body {
-                            Ok(body) => {
-                                if let Some((answer, _)) = awaited.pop_front() {
-                                    let _ = answer.send(Ok(body));
-                                }
+                        let answer = awaited.pop_front().map(|(answer, _)| answer);
+                        match (body, answer) {
+                            (Ok(body), Some(answer)) => {
+                                let _ = answer.send(Ok(body));
                             }
-                            Err(e) => return fail_all(awaited, e, None),
+                            (Ok(_), None) => {
+                                let e = io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    "a reply to no request",
+                                );
+                                break 'serve (e, None);
+                            }
+                            (Err(e), answer) => return fail_all(awaited, e, answer),
                         }
                     }
                 }
@@ -145,6 +157,10 @@ async fn serve_connection(
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 break (timed_out(), None);
             }
+            taken = queue.recv() => match taken {
+                Some(exchange) => to_write = Some(exchange),
+                None => return Ended::LinkDropped,
+            },
         }
     };
     let (error, unwritten) = failure;

@@ -18,17 +18,17 @@ use super::wire::{decode_frame, encode_frame, frame_len, FRAME_PREFIX_BYTES};
 use crate::raft::reactor::on_reactor_thread;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use serde::{de::DeserializeOwned, Serialize};
-use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// One request: its frame, its time limit (the connect included) and where
 /// the reply frame's body goes.
 struct Exchange {
     frame: Vec<u8>,
-    timeout: Duration,
+    /// When the reply is due: the request's time limit counts from when
+    /// it was sent, time queued behind other requests included.
+    due: Instant,
     answer: futures_channel::oneshot::Sender<io::Result<Vec<u8>>>,
 }
 
@@ -165,7 +165,7 @@ impl ReactorLink {
         let (answer, answered) = futures_channel::oneshot::channel();
         let exchange = Exchange {
             frame: encode_frame(request)?,
-            timeout,
+            due: Instant::now() + timeout,
             answer,
         };
         exchanges.try_send(exchange).map_err(|_| link_stopped())?;
@@ -184,9 +184,10 @@ struct Awaited {
 struct Connection {
     writer: futures_lite::io::WriteHalf<glommio::net::TcpStream>,
     awaited: async_channel::Sender<Awaited>,
-    /// Set by the reader when a reply failed or came late: the connection
-    /// is then given up.
-    broken: Rc<Cell<bool>>,
+    /// Closed when the reader task ends: it gave the connection up (a
+    /// reply failed or came late) or it panicked. The connection is then
+    /// dropped at once, so the socket closes and the peer stops serving it.
+    reader_gone: async_channel::Receiver<()>,
 }
 
 impl Connection {
@@ -194,35 +195,66 @@ impl Connection {
     fn start(stream: glommio::net::TcpStream) -> Connection {
         let (reader, writer) = futures_lite::io::split(stream);
         let (awaited, queue) = async_channel::unbounded();
-        let broken = Rc::new(Cell::new(false));
-        let reader_broken = broken.clone();
+        let (reader_alive, reader_gone) = async_channel::bounded::<()>(1);
         // Detached (quirk 6); it ends when the connection is given up and
         // every reply it awaits is answered or failed.
         glommio::spawn_local(async move {
-            let read = read_replies(reader, queue, reader_broken);
+            // Dropped with the task however it ends, a panic included.
+            let _alive = reader_alive;
+            let read = read_replies(reader, queue);
             let _ = crate::raft::reactor::catch_panic("peer_link_replies", read).await;
         })
         .detach();
         Connection {
             writer,
             awaited,
-            broken,
+            reader_gone,
         }
     }
 }
 
+/// What the link's task does next.
+enum Next {
+    Send(Exchange),
+    /// The connection's reader gave it up.
+    Reconnect,
+    /// The last handle is gone.
+    Stop,
+}
+
 async fn run_link(addr: SocketAddr, queue: async_channel::Receiver<Exchange>) {
     let mut connection: Option<Connection> = None;
-    while let Ok(exchange) = queue.recv().await {
+    loop {
+        let taken = async { queue.recv().await.map_or(Next::Stop, Next::Send) };
+        let next = match &connection {
+            // A request waiting goes first; the connection's end is seen
+            // when there is none.
+            Some(current) => {
+                futures_lite::future::or(taken, async {
+                    let _ = current.reader_gone.recv().await;
+                    Next::Reconnect
+                })
+                .await
+            }
+            None => taken.await,
+        };
+        let exchange = match next {
+            Next::Send(exchange) => exchange,
+            Next::Reconnect => {
+                connection = None;
+                continue;
+            }
+            Next::Stop => return,
+        };
         if exchange.answer.is_canceled() {
             // Its caller gave up before it was sent.
             continue;
         }
-        let due = Instant::now() + exchange.timeout;
+        let left = || exchange.due.saturating_duration_since(Instant::now());
         let mut current = match connection.take() {
-            Some(current) if !current.broken.get() => current,
+            Some(current) if !current.reader_gone.is_closed() => current,
             // None yet, or given up by its reader: a new one.
-            _ => match within(exchange.timeout, connect(addr)).await {
+            _ => match within(left(), connect(addr)).await {
                 Ok(stream) => Connection::start(stream),
                 Err(e) => {
                     let _ = exchange.answer.send(Err(e));
@@ -230,8 +262,7 @@ async fn run_link(addr: SocketAddr, queue: async_channel::Receiver<Exchange>) {
                 }
             },
         };
-        let left = due.saturating_duration_since(Instant::now());
-        let written = within(left, async {
+        let written = within(left(), async {
             current.writer.write_all(&exchange.frame).await?;
             current.writer.flush().await
         })
@@ -244,7 +275,7 @@ async fn run_link(addr: SocketAddr, queue: async_channel::Receiver<Exchange>) {
         }
         let awaited = Awaited {
             answer: exchange.answer,
-            due,
+            due: exchange.due,
         };
         if let Err(refused) = current.awaited.try_send(awaited) {
             // The reader gave the connection up meanwhile.
@@ -272,7 +303,6 @@ async fn connect(addr: SocketAddr) -> io::Result<glommio::net::TcpStream> {
 async fn read_replies(
     mut reader: futures_lite::io::ReadHalf<glommio::net::TcpStream>,
     queue: async_channel::Receiver<Awaited>,
-    broken: Rc<Cell<bool>>,
 ) {
     while let Ok(awaited) = queue.recv().await {
         let left = awaited.due.saturating_duration_since(Instant::now());
@@ -282,7 +312,6 @@ async fn read_replies(
                 let _ = awaited.answer.send(Ok(body));
             }
             Err(e) => {
-                broken.set(true);
                 queue.close();
                 let _ = awaited.answer.send(Err(e));
                 while let Ok(later) = queue.try_recv() {
@@ -364,8 +393,16 @@ mod tests {
 
     /// An echo server that answers numbers `batch` at a time (once it has
     /// read that many), the number 1 late: tokio accepts, the reactor
-    /// serves.
+    /// serves. Also how many connections it has seen closed.
     async fn echo_server(batch: usize) -> std::net::SocketAddr {
+        echo_server_counting(batch).await.0
+    }
+
+    async fn echo_server_counting(
+        batch: usize,
+    ) -> (std::net::SocketAddr, std::rc::Rc<std::cell::Cell<usize>>) {
+        let closed = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counted = closed.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (accepted, adopt) = async_channel::unbounded();
@@ -377,13 +414,17 @@ mod tests {
         glommio::spawn_local(async move {
             while let Ok(stream) = adopt.recv().await {
                 let mut stream = adopt_stream(stream).unwrap();
+                let counted = counted.clone();
                 glommio::spawn_local(async move {
                     loop {
                         let mut read = Vec::new();
                         while read.len() < batch {
                             match read_frame_io::<u64>(&mut stream).await {
                                 Ok(n) => read.push(n),
-                                Err(_) => return,
+                                Err(_) => {
+                                    counted.set(counted.get() + 1);
+                                    return;
+                                }
                             }
                         }
                         for n in read {
@@ -400,7 +441,7 @@ mod tests {
             }
         })
         .detach();
-        addr
+        (addr, closed)
     }
 
     #[test]
@@ -435,6 +476,25 @@ mod tests {
             );
             let answer: u64 = link.request(&3u64, Duration::from_secs(5)).await.unwrap();
             assert_eq!(answer, 3, "on a new connection");
+        });
+    }
+
+    #[test]
+    fn a_connection_given_up_is_closed_without_waiting_for_the_next_request() {
+        let mut rt = ReactorRuntime::new(1);
+        rt.block_on(async {
+            let (addr, closed) = echo_server_counting(1).await;
+            let link = ReactorLink::to(addr.to_string());
+            let late = link.send::<u64, u64>(&1, Duration::from_millis(50));
+            assert_eq!(late.await.unwrap_err().kind(), io::ErrorKind::TimedOut);
+            // The server answers at 200 ms, then finds the connection gone.
+            for _ in 0..100 {
+                if closed.get() == 1 {
+                    return;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the server still serves the connection given up");
         });
     }
 
