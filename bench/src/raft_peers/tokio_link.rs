@@ -33,6 +33,8 @@ pub struct TokioLink {
 }
 
 impl TokioLink {
+    /// A link to `addr` whose connection task runs on the calling tokio
+    /// runtime; it connects at the first request.
     pub fn to(addr: SocketAddr) -> TokioLink {
         let (exchanges, queue) = mpsc::unbounded_channel();
         tokio::spawn(run_link(addr, queue));

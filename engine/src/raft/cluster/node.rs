@@ -582,9 +582,7 @@ type RpcResult<T> = Result<T, RPCError<ClusterTypes>>;
 impl Peer {
     async fn call(&mut self, message: Message, timeout: Duration) -> Result<Reply, io::Error> {
         if is_cut_off(&self.blocked, self.target) {
-            // As a network that drops the packets: no answer in time.
-            tokio::time::sleep(timeout).await;
-            return Err(cut_off(self.target));
+            return Err(dropped_by_partition(self.target, timeout).await);
         }
         let envelope = Envelope {
             from: Some(self.from),
@@ -607,8 +605,7 @@ impl Peer {
         move |rpc| {
             if is_cut_off(&blocked, target) {
                 return Box::pin(async move {
-                    tokio::time::sleep(timeout).await;
-                    Err(unreachable(cut_off(target)))
+                    Err(unreachable(dropped_by_partition(target, timeout).await))
                 });
             }
             let envelope = Envelope {
@@ -627,7 +624,11 @@ fn is_cut_off(blocked: &Mutex<BTreeSet<NodeId>>, target: NodeId) -> bool {
     blocked.lock().is_ok_and(|b| b.contains(&target))
 }
 
-fn cut_off(target: NodeId) -> io::Error {
+/// A request to a node this one is cut off from (a test partition) fails
+/// as on a network that drops the packets: only when its time limit has
+/// passed, so openraft sees what a real partition shows it.
+async fn dropped_by_partition(target: NodeId, timeout: Duration) -> io::Error {
+    tokio::time::sleep(timeout).await;
     io::Error::new(
         io::ErrorKind::ConnectionRefused,
         format!("node {target} is cut off (test partition)"),

@@ -387,17 +387,19 @@ pub fn adopt_stream(stream: std::net::TcpStream) -> io::Result<glommio::net::Tcp
 
 #[cfg(test)]
 mod tests {
+    use super::super::wire::{read_frame, write_frame};
     use super::*;
     use crate::raft::ReactorRuntime;
     use openraft_rt::AsyncRuntime;
 
-    /// An echo server that answers numbers `batch` at a time (once it has
-    /// read that many), the number 1 late: tokio accepts, the reactor
-    /// serves. Also how many connections it has seen closed.
-    async fn echo_server(batch: usize) -> std::net::SocketAddr {
-        echo_server_counting(batch).await.0
+    /// A link to a new [`echo_server_counting`].
+    async fn echo_link(batch: usize) -> ReactorLink {
+        ReactorLink::to(echo_server_counting(batch).await.0.to_string())
     }
 
+    /// An echo server that answers numbers `batch` at a time (once it has
+    /// read that many), the number 1 late (200 ms): tokio accepts, the
+    /// reactor serves. Also how many connections it has seen closed.
     async fn echo_server_counting(
         batch: usize,
     ) -> (std::net::SocketAddr, std::rc::Rc<std::cell::Cell<usize>>) {
@@ -449,8 +451,7 @@ mod tests {
         let mut rt = ReactorRuntime::new(1);
         rt.block_on(async {
             // It answers only once it has all three.
-            let addr = echo_server(3).await;
-            let link = ReactorLink::to(addr.to_string());
+            let link = echo_link(3).await;
             let replies: Vec<PendingReply<u64>> = (2..=4)
                 .map(|n| link.send(&(n as u64), Duration::from_secs(5)))
                 .collect();
@@ -464,8 +465,7 @@ mod tests {
     fn a_late_reply_fails_the_replies_awaited_behind_it_and_the_link_reconnects() {
         let mut rt = ReactorRuntime::new(1);
         rt.block_on(async {
-            let addr = echo_server(1).await;
-            let link = ReactorLink::to(addr.to_string());
+            let link = echo_link(1).await;
             let late = link.send::<u64, u64>(&1, Duration::from_millis(50));
             let behind = link.send::<u64, u64>(&2, Duration::from_secs(5));
             assert_eq!(late.await.unwrap_err().kind(), io::ErrorKind::TimedOut);
@@ -487,7 +487,8 @@ mod tests {
             let link = ReactorLink::to(addr.to_string());
             let late = link.send::<u64, u64>(&1, Duration::from_millis(50));
             assert_eq!(late.await.unwrap_err().kind(), io::ErrorKind::TimedOut);
-            // The server answers at 200 ms, then finds the connection gone.
+            // The server answers at 200 ms, then finds the connection
+            // gone: looked for every 10 ms, for up to a second.
             for _ in 0..100 {
                 if closed.get() == 1 {
                     return;
@@ -499,11 +500,44 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_claiming_too_long_a_frame_fails_its_request_and_the_link_reconnects() {
+        let mut rt = ReactorRuntime::new(1);
+        rt.block_on(async {
+            // The first connection answers with a length past
+            // FRAME_BYTES_MAX; later ones echo.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut first = true;
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let hostile = std::mem::take(&mut first);
+                    tokio::spawn(async move {
+                        while let Ok(n) = read_frame::<u64>(&mut stream).await {
+                            if hostile {
+                                let _ = stream.write_all(&u32::MAX.to_le_bytes()).await;
+                            } else if write_frame(&mut stream, &n).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            let link = ReactorLink::to(addr.to_string());
+            let refused = link.request::<u64, u64>(&7, Duration::from_secs(5)).await;
+            let error = refused.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+            assert!(error.to_string().contains("FRAME_BYTES_MAX"), "{error}");
+            let answer: u64 = link.request(&8u64, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(answer, 8, "on a new connection");
+        });
+    }
+
+    #[test]
     fn a_timed_out_or_abandoned_request_never_answers_the_next_one() {
         let mut rt = ReactorRuntime::new(1);
         rt.block_on(async {
-            let addr = echo_server(1).await;
-            let link = ReactorLink::to(addr.to_string());
+            let link = echo_link(1).await;
             // Our own time limit runs out.
             let timed_out = link
                 .request::<u64, u64>(&1, Duration::from_millis(50))
