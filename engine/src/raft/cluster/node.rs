@@ -512,6 +512,7 @@ async fn status(shared: &Shared) -> Reply {
             term: metrics.current_term,
             last_log_index: metrics.last_log_index,
             applied_index: metrics.last_applied.map(|id| id.index),
+            purged_index: metrics.purged.map(|id| id.index),
             counter,
             streams,
             digest,

@@ -128,6 +128,8 @@ pub struct NodeStatus {
     pub last_log_index: Option<u64>,
     /// Its last applied index.
     pub applied_index: Option<u64>,
+    /// The last index it purged from its log (its log starts after it).
+    pub purged_index: Option<u64>,
     /// The counter in its machine.
     pub counter: u64,
     /// Streams in its broker metadata.
