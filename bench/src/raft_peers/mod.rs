@@ -398,7 +398,9 @@ pub struct Network {
 pub enum Replication {
     /// Each as soon as openraft makes it, up to
     /// `ringstore::raft::cluster::pipeline::APPEND_PIPELINE_DEPTH` in
-    /// flight (what the cluster's nodes do).
+    /// flight, an entry-less commit notice held up to
+    /// `COMMIT_NOTICE_HOLD` for the next request to carry (what the
+    /// cluster's nodes do).
     Pipelined,
     /// One at a time, each after the reply to the one before
     /// (openraft's `stream_append_sequential`).

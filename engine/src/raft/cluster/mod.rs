@@ -13,7 +13,8 @@
 //!   once; reads are linearizable (`Raft::ensure_linearizable`).
 //! * [`wire`]: the frames on the wire.
 //! * [`pipeline`]: openraft's replication stream with its requests
-//!   pipelined on one connection.
+//!   pipelined on one connection, a commit notice carried by the next
+//!   request.
 //! * [`reactor_net`]: the nodes' TCP on their shard's reactor (glommio's
 //!   sockets, next to the Raft hosted there).
 //!
