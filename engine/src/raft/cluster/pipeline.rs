@@ -24,12 +24,16 @@
 //! command each way. Dropping a request is always safe in Raft (a network
 //! may lose any message); what the hold costs is that a follower whose
 //! leader goes quiet learns the last commit up to [`COMMIT_NOTICE_HOLD`]
-//! later (the leader's own commit and its clients' answers do not wait for
-//! it). openraft consumes the replies as acknowledgements up to a log id
-//! (`InflightAppendQueue::drain_acked`), so the reply to the later request
-//! also acknowledges the notice it replaced. A notice still held when the
-//! input ends goes out at once, and one held when the stream is dropped (a
-//! new term, a conflict) is dropped with it.
+//! later, plus the timer's rounding (tokio's timers tick in whole
+//! milliseconds); the leader's own commit and its clients' answers do not
+//! wait for it. A notice that carries the one held before it (commits with
+//! no new entries) keeps that one's deadline. openraft consumes the replies
+//! as acknowledgements up to a log id (`InflightAppendQueue::drain_acked`),
+//! so the reply to the later request also acknowledges the notice it
+//! replaced. A notice still held when the input ends goes out at once, and
+//! one held when the stream is dropped (a new term, a conflict) is dropped
+//! with it. The other entry-less requests openraft makes end their stream
+//! in the same poll (a heartbeat, a probe), so they are not held.
 
 use openraft::entry::RaftEntry;
 use openraft::error::RPCError;
@@ -50,10 +54,11 @@ pub const APPEND_PIPELINE_DEPTH: usize = 8;
 
 /// How long an entry-less request (a commit notice) waits for a later
 /// request to carry its commit index instead (see the module doc). Long
-/// next to the gap to the next command's entries under load (tens of µs),
-/// short next to openraft's heartbeat interval, which carries the commit
-/// index too; a timer per notice this long rarely has to wake the timer
-/// thread, because the one before it has usually not expired.
+/// next to the gap to the next command's entries (about 40 µs with one
+/// client), short next to the cluster's heartbeat interval (100 ms by
+/// default), whose heartbeats carry the commit index too. The timer thread
+/// then wakes about once per hold while notices are being held, at the
+/// earliest deadline it saw before it slept, not once per notice.
 pub const COMMIT_NOTICE_HOLD: Duration = Duration::from_millis(2);
 
 /// A reply on its way: the follower's answer or why there is none.
@@ -140,15 +145,21 @@ where
 
     /// Takes `request` from openraft: a commit notice is held, anything
     /// else goes out, after the notice held before it unless this request
-    /// carries that notice's commit.
+    /// carries that notice's commit. A notice that carries the one held
+    /// before it takes its place but keeps its deadline, so a run of
+    /// commits with no new entries still reaches the follower within the
+    /// hold of the first.
     fn take(&mut self, request: AppendEntriesRequest<C>) {
+        let mut deadline = None;
         if let Some(held) = self.held.take() {
-            if !carries(&request, &held.request) {
+            if carries(&request, &held.request) {
+                deadline = Some(held.until);
+            } else {
                 self.send_now(held.request);
             }
         }
         if request.entries.is_empty() && !self.hold.is_zero() {
-            let until = Box::pin(AsyncRuntimeOf::<C>::sleep(self.hold));
+            let until = deadline.unwrap_or_else(|| Box::pin(AsyncRuntimeOf::<C>::sleep(self.hold)));
             self.held = Some(Held { request, until });
         } else {
             self.send_now(request);
@@ -201,14 +212,12 @@ where
                 Poll::Pending => break,
             }
         }
-        // A notice nothing came to carry goes out when its time is up (or
-        // once a reply frees a place in the pipeline).
-        if this.in_flight.len() < APPEND_PIPELINE_DEPTH {
-            if let Some(held) = this.held.as_mut() {
-                if held.until.as_mut().poll(cx).is_ready() {
-                    let held = this.held.take().expect("the held notice was just polled");
-                    this.send_now(held.request);
-                }
+        // A notice nothing came to carry goes out when its time is up (it
+        // holds a place in the pipeline meanwhile, so there is room).
+        if let Some(held) = this.held.as_mut() {
+            if held.until.as_mut().poll(cx).is_ready() {
+                let held = this.held.take().expect("the held notice was just polled");
+                this.send_now(held.request);
             }
         }
         // The oldest reply first: replies are in request order.
@@ -465,9 +474,8 @@ mod tests {
             input_tx.unbounded_send(notice(3)).unwrap();
             assert!(poll_once(replies.next()).await.is_none());
             assert_eq!(indexes(&sent), Vec::<u64>::new(), "the notice is held");
-            let mut next = request(4);
-            next.leader_commit = Some(log_id(3));
-            input_tx.unbounded_send(next).unwrap();
+            // Carries it: after entry 3, with entry 3 committed.
+            input_tx.unbounded_send(request(4)).unwrap();
             assert!(poll_once(replies.next()).await.is_none());
             assert_eq!(indexes(&sent), [4], "only the request that carries it");
             answer(&sent, 0, AppendEntriesResponse::Success);
@@ -524,34 +532,115 @@ mod tests {
         });
     }
 
+    /// Runs `test` on a tokio clock that stands still while a task can
+    /// run and then jumps to the next timer, so holds are timed exactly.
+    fn on_paused_tokio<T>(test: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(test)
+    }
+
+    /// The first reply of `replies`, read by a task of its own: only the
+    /// stream's own wake-ups poll it again, so a stream that did not arm
+    /// its hold's timer would never send a held notice.
+    fn first_reply(
+        mut replies: AppendResults<'static, ClusterTypes>,
+    ) -> tokio::task::JoinHandle<Option<LogId>> {
+        tokio::spawn(async move {
+            let reply = replies.next().await.expect("a reply");
+            reply.expect("no network error").expect("a success")
+        })
+    }
+
+    /// Waits until something was sent, at most `limit` of (paused) time.
+    async fn until_sent(sent: &Sent, limit: Duration) {
+        let waited = tokio::time::Instant::now();
+        while indexes(sent).is_empty() {
+            assert!(waited.elapsed() < limit, "nothing sent");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// A notice nothing comes to carry goes out when its hold is up; with
     /// no hold it goes out at once.
     #[test]
     fn a_notice_nothing_carries_goes_out_when_its_hold_is_up() {
-        on_tokio(async {
+        on_paused_tokio(async {
             let hold = Duration::from_millis(20);
-            let (input_tx, sent, mut replies) = started_holding(0, hold);
-            let held_from = std::time::Instant::now();
+            let (input_tx, sent, replies) = started_holding(0, hold);
+            let held_from = tokio::time::Instant::now();
             input_tx.unbounded_send(notice(3)).unwrap();
-            assert!(poll_once(replies.next()).await.is_none());
-            assert_eq!(indexes(&sent), Vec::<u64>::new(), "held");
-            // The stream wakes itself when the hold is up.
-            let sending = async {
-                while indexes(&sent).is_empty() {
-                    assert!(poll_once(replies.next()).await.is_none());
-                    tokio::task::yield_now().await;
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(10), sending)
-                .await
-                .expect("the notice went out");
-            assert!(held_from.elapsed() >= hold, "not before its hold is up");
+            let reply = first_reply(replies);
+            until_sent(&sent, Duration::from_secs(1)).await;
+            let waited = held_from.elapsed();
+            assert!(waited >= hold, "sent after {waited:?}, before its hold");
+            assert!(waited < hold * 2, "sent after {waited:?}");
             assert_eq!(indexes(&sent), [3]);
+            answer(&sent, 0, AppendEntriesResponse::Success);
+            assert_eq!(reply.await.unwrap(), Some(log_id(3)));
 
             let (input_tx, sent, mut replies) = started_holding(0, Duration::ZERO);
             input_tx.unbounded_send(notice(3)).unwrap();
             assert!(poll_once(replies.next()).await.is_none());
             assert_eq!(indexes(&sent), [3], "no hold: at once");
+        });
+    }
+
+    /// Commits with no new entries: each notice carries the one before it
+    /// and takes its place, and the last goes out when the first one's
+    /// hold is up, not a hold after the last.
+    #[test]
+    fn a_notice_carrying_the_held_one_keeps_its_deadline() {
+        on_paused_tokio(async {
+            let hold = Duration::from_millis(100);
+            let (input_tx, sent, replies) = started_holding(0, hold);
+            let held_from = tokio::time::Instant::now();
+            let mut older = notice(3);
+            older.leader_commit = Some(log_id(2));
+            input_tx.unbounded_send(older).unwrap();
+            let reply = first_reply(replies);
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            assert_eq!(indexes(&sent), Vec::<u64>::new(), "held");
+            input_tx.unbounded_send(notice(3)).unwrap();
+            until_sent(&sent, Duration::from_secs(1)).await;
+            let waited = held_from.elapsed();
+            assert!(
+                waited < Duration::from_millis(120),
+                "sent after {waited:?}: the first notice's hold was restarted"
+            );
+            assert_eq!(indexes(&sent), [3], "one notice, not two");
+            answer(&sent, 0, AppendEntriesResponse::Success);
+            assert_eq!(reply.await.unwrap(), Some(log_id(3)));
+        });
+    }
+
+    /// A held notice holds a place in the pipeline: with the rest taken,
+    /// the request that would carry it waits for a reply, then goes out
+    /// alone.
+    #[test]
+    fn a_held_notice_takes_a_place_in_the_pipeline() {
+        let depth = APPEND_PIPELINE_DEPTH as u64;
+        on_tokio(async {
+            let (input_tx, sent, mut replies) = started(depth - 1);
+            input_tx.unbounded_send(notice(depth - 1)).unwrap();
+            input_tx.unbounded_send(request(depth)).unwrap();
+            assert!(poll_once(replies.next()).await.is_none());
+            assert_eq!(
+                indexes(&sent),
+                (1..depth).collect::<Vec<_>>(),
+                "the next request waits for a place"
+            );
+            answer(&sent, 0, AppendEntriesResponse::Success);
+            assert!(replies.next().await.unwrap().is_ok());
+            assert!(poll_once(replies.next()).await.is_none());
+            assert_eq!(
+                indexes(&sent),
+                (1..=depth).collect::<Vec<_>>(),
+                "then it goes out, carrying the notice"
+            );
         });
     }
 }
