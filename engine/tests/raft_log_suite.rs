@@ -487,6 +487,41 @@ mod reads {
         });
     }
 
+    /// An append whose first entry is past the log's next index is refused
+    /// and writes nothing: the log would have a hole, and a node whose log
+    /// ends past a hole can win an election with entries it does not hold
+    /// (openraft builds a request from whatever a read returns, and a read
+    /// that starts below the log's first index begins at it). The log goes
+    /// on from where it was.
+    #[test]
+    fn an_append_that_would_leave_a_gap_is_refused() {
+        let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let (mut log, _machine) =
+                open_node(&root.path().join("node"), 1).expect("open the raft shard");
+            log.blocking_append((0..3).map(blank))
+                .await
+                .expect("append");
+            let refused = log.blocking_append([5, 6].map(blank)).await;
+            let message = format!("{:?}", refused.expect_err("a gap is refused"));
+            assert!(
+                message.contains("log index 5") && message.contains("next index is 3"),
+                "{message}"
+            );
+            let indexes = |entries: Vec<Entry>| -> Vec<u64> {
+                entries.iter().map(|e| e.log_id.index).collect()
+            };
+            let read = log.try_get_log_entries(0..).await.expect("read");
+            assert_eq!(indexes(read), vec![0, 1, 2], "nothing written");
+            log.blocking_append((3..5).map(blank))
+                .await
+                .expect("the next index is taken");
+            let read = log.try_get_log_entries(0..).await.expect("read");
+            assert_eq!(indexes(read), vec![0, 1, 2, 3, 4]);
+        });
+    }
+
     /// openraft 0.10's reader must not leave out an entry that was
     /// appended and is not durable yet: a read right after an append whose
     /// flush nobody awaited returns the durable entries from the journal

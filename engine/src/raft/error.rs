@@ -74,6 +74,20 @@ pub enum RaftStoreError {
         source: crate::SnapshotError,
     },
 
+    /// An append would leave a gap in the log: its first entry is past the
+    /// entry after the log's last (or after its purged prefix). openraft
+    /// appends contiguously; a request built from a read that skipped a
+    /// purged prefix would not be, and a log with a hole could win an
+    /// election with entries it does not hold. The append fails (openraft
+    /// stops the node) rather than write around the hole.
+    #[error("refusing to append log index {index}: the log's next index is {next}, so entries {next}..{index} would be missing")]
+    LogGap {
+        /// The first index of the append.
+        index: u64,
+        /// The index the log expects next.
+        next: u64,
+    },
+
     /// openraft did not start over the shard (`Raft::new` failed).
     #[error("starting openraft over the raft shard failed: {message}")]
     Start {
@@ -110,6 +124,7 @@ impl RaftStoreError {
             RaftStoreError::NodeId { .. } => "node_id",
             RaftStoreError::RaftSection { .. } => "raft_section",
             RaftStoreError::ReceivedSnapshot { .. } => "received_snapshot",
+            RaftStoreError::LogGap { .. } => "log_gap",
             RaftStoreError::Start { .. } => "start",
             RaftStoreError::TaskPanicked { .. } => "task_panicked",
             RaftStoreError::Closed(_) => "closed",

@@ -2,7 +2,7 @@
 
 use super::error::RaftStoreError;
 use super::reactor::ReactorThread;
-use super::shard::{op_of, HardStateCell, RaftShard};
+use super::shard::{index_of, op_of, HardStateCell, RaftShard};
 use super::tail_cache::TailCache;
 use super::types::{LogId, RaftTypes, Vote};
 use crate::StateMachine;
@@ -481,7 +481,29 @@ where
 async fn queue_entries<C: RaftTypes, M>(
     shard: &RaftShard<C, M>,
     entries: &[(u64, Vec<u8>)],
-) -> ringstore_journal::Result<Vec<ringstore_journal::QueuedAppend>> {
+) -> Result<Vec<ringstore_journal::QueuedAppend>, RaftStoreError> {
+    // Before anything is queued: a refused append writes nothing.
+    if let Some((first, _)) = entries
+        .iter()
+        .find(|(op, _)| *op > shard.journal.watermark())
+    {
+        // The journal's next op counts queued writes and the purged prefix.
+        // A log never written nor purged may start anywhere (openraft's
+        // storage suite starts one above index 0).
+        let next = shard.journal.next_op();
+        let fresh = next == 1 && shard.journal.watermark() == 0;
+        if *first > next && !fresh {
+            tracing::error!(
+                index = index_of(*first),
+                next = index_of(next),
+                "refusing an append that would leave a gap in the raft log"
+            );
+            return Err(RaftStoreError::LogGap {
+                index: index_of(*first),
+                next: index_of(next),
+            });
+        }
+    }
     shard.queue_hard_state().await?;
     let mut queued = Vec::with_capacity(entries.len());
     for (op, bytes) in entries {

@@ -138,6 +138,11 @@ pub(super) fn op_of(index: u64) -> u64 {
     index + 1
 }
 
+/// The log index of journal op `op` (at least 1), as [`op_of`] inverts.
+pub(super) fn index_of(op: u64) -> u64 {
+    op - 1
+}
+
 /// Opens (creating if empty) the raft shard in `dir` for cluster `domain`
 /// on a reactor thread of its own.
 pub(super) fn open<C, M>(
