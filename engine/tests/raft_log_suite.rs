@@ -503,10 +503,11 @@ mod reads {
             log.blocking_append((0..3).map(blank))
                 .await
                 .expect("append");
-            let refused = log.blocking_append([5, 6].map(blank)).await;
+            // One index skipped is a gap too.
+            let refused = log.blocking_append([4, 5].map(blank)).await;
             let message = format!("{:?}", refused.expect_err("a gap is refused"));
             assert!(
-                message.contains("log index 5") && message.contains("next index is 3"),
+                message.contains("log index 4") && message.contains("next index is 3"),
                 "{message}"
             );
             let indexes = |entries: Vec<Entry>| -> Vec<u64> {
@@ -514,6 +515,10 @@ mod reads {
             };
             let read = log.try_get_log_entries(0..).await.expect("read");
             assert_eq!(indexes(read), vec![0, 1, 2], "nothing written");
+            // Nor served from the cache the append filled before it was
+            // refused.
+            let read = log.try_get_log_entries(4..6).await.expect("read");
+            assert_eq!(indexes(read), Vec::<u64>::new(), "nothing cached");
             log.blocking_append((3..5).map(blank))
                 .await
                 .expect("the next index is taken");

@@ -399,6 +399,13 @@ where
                     let queued = match queued {
                         Ok(queued) => queued,
                         Err(e) => {
+                            if let RaftStoreError::LogGap { index, .. } = e {
+                                // Nothing was queued: a read must not find
+                                // the refused entries in the cache either.
+                                if let Ok(mut tail) = tail.lock() {
+                                    tail.truncate_after(op_of(index) - 1);
+                                }
+                            }
                             callback.io_completed(Err(io_error(e)));
                             return;
                         }
@@ -493,6 +500,7 @@ async fn queue_entries<C: RaftTypes, M>(
         let next = shard.journal.next_op();
         let fresh = next == 1 && shard.journal.watermark() == 0;
         if *first > next && !fresh {
+            metrics::counter!("ringstore_raft_log_gap_refusals_total").increment(1);
             tracing::error!(
                 index = index_of(*first),
                 next = index_of(next),
