@@ -491,8 +491,8 @@ mod reads {
     /// and writes nothing: the log would have a hole, and a node whose log
     /// ends past a hole can win an election with entries it does not hold
     /// (openraft builds a request from whatever a read returns, and a read
-    /// that starts below the log's first index begins at it). The log goes
-    /// on from where it was.
+    /// that starts below the log's first index begins at it). So is one
+    /// with a gap inside it. The log goes on from where it was.
     #[test]
     fn an_append_that_would_leave_a_gap_is_refused() {
         let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
@@ -524,6 +524,22 @@ mod reads {
                 .expect("the next index is taken");
             let read = log.try_get_log_entries(0..).await.expect("read");
             assert_eq!(indexes(read), vec![0, 1, 2, 3, 4]);
+            // A gap inside one append: 5 and 6 are next, then 8.
+            let refused = log.blocking_append([5, 6, 8].map(blank)).await;
+            let message = format!("{:?}", refused.expect_err("a gap is refused"));
+            assert!(
+                message.contains("log index 8") && message.contains("next index is 7"),
+                "{message}"
+            );
+            let read = log.try_get_log_entries(0..10).await.expect("read");
+            assert_eq!(
+                indexes(read),
+                vec![0, 1, 2, 3, 4],
+                "none of it written or cached"
+            );
+            log.blocking_append((5..8).map(blank))
+                .await
+                .expect("the next indexes are taken");
         });
     }
 

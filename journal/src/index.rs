@@ -319,6 +319,25 @@ impl RingIndex {
         live
     }
 
+    /// The largest op below `below` and above `floor` that the index holds
+    /// (pending or durable), or `floor` if none. A failure path: it walks
+    /// down a ring's worth of ops (in a log without gaps the first step
+    /// finds it), then scans the slots.
+    pub(crate) fn highest_held_below(&self, below: u64, floor: u64) -> u64 {
+        let floor = floor.max(self.watermark);
+        let held = |op: &u64| matches!(self.lookup(*op), Lookup::Pending | Lookup::Durable(..));
+        let walked_to = floor.max(below.saturating_sub(self.slot_count()));
+        if let Some(op) = (walked_to + 1..below).rev().find(held) {
+            return op;
+        }
+        self.slots
+            .iter()
+            .map(|s| s.op)
+            .filter(|op| *op > floor && *op < below)
+            .max()
+            .unwrap_or(floor)
+    }
+
     /// The largest op the index holds (0: none).
     pub(crate) fn max_op(&self) -> u64 {
         self.slots.iter().map(|s| s.op).max().unwrap_or(0)
@@ -392,6 +411,27 @@ mod tests {
             .iter()
             .filter(|s| s.op != 0 && (s.generation == 0 || s.op > index.watermark))
             .count() as u64
+    }
+
+    #[test]
+    fn highest_held_below_finds_the_op_under_a_gap_of_any_length() {
+        for slot_count in 1..=6u64 {
+            for gap in 0..=3 * slot_count {
+                let mut index = RingIndex::new(slot_count, 0);
+                let reservation = index.reserve(2, 1).unwrap();
+                index.commit(2, 1, reservation, at(1));
+                let below = 3 + gap;
+                assert_eq!(index.highest_held_below(below, 0), 2, "{slot_count} {gap}");
+                assert_eq!(index.highest_held_below(below, 2), 2, "floor at the op");
+                assert_eq!(index.highest_held_below(2, 0), 0, "nothing below 2");
+                // A pending write counts as held.
+                if gap > 0 && gap < slot_count {
+                    let top = 2 + gap;
+                    index.reserve(top, 1).unwrap();
+                    assert_eq!(index.highest_held_below(top + 1, 0), top);
+                }
+            }
+        }
     }
 
     #[test]

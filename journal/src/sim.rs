@@ -300,6 +300,8 @@ struct Model {
     /// what truncations attempted since cover).
     queued_before_hard_state: Vec<BTreeMap<u64, Vec<u64>>>,
     acked: u64,
+    /// The highest op the journal held when last opened.
+    opened_top: u64,
     violation: Option<String>,
 }
 
@@ -596,6 +598,9 @@ impl Driver {
                             journal.next_op()
                         );
                     }
+                    // What recovery found (a failed write may have reached
+                    // the disk), for `check_next_op`.
+                    self.model.borrow_mut().opened_top = journal.next_op() - 1;
                     self.journal = Some(journal);
                     return Ok(());
                 }
@@ -949,6 +954,35 @@ impl Driver {
         Ok(())
     }
 
+    /// The journal's next op counts only ops it was asked to hold: queued
+    /// and not failed, covered by a watermark, or found by the last
+    /// recovery (a failed write may have reached the disk). A consensus
+    /// layer checks appends against it, so one that still counted failed
+    /// writes would let an append past a hole in.
+    fn check_next_op(&self) {
+        let Some(journal) = self.journal.as_ref() else {
+            return;
+        };
+        if journal.is_poisoned() {
+            return;
+        }
+        let mut model = self.model.borrow_mut();
+        let top = journal.next_op() - 1;
+        let queued_top = model.queued.keys().next_back().copied().unwrap_or(0);
+        let held = queued_top
+            .max(model.opened_top)
+            .max(model.watermark_submitted)
+            .max(journal.watermark());
+        if top > held {
+            let watermark = model.watermark_submitted;
+            model.fail(format!(
+                "next op {} counts op {top}, which the journal was never asked to hold \
+                 (highest queued {queued_top}, watermark {watermark})",
+                top + 1
+            ));
+        }
+    }
+
     fn spawn_write(&mut self, journal: Journal<MemStorage>, op: u64, len: u16) {
         let payload = self.payload(len);
         let model = self.model.clone();
@@ -1054,6 +1088,7 @@ pub async fn run_ops(
             }
             return Err(violation(step, message));
         }
+        driver.check_next_op();
         if let Some(message) = driver.model.borrow_mut().violation.take() {
             return Err(violation(step, message));
         }

@@ -194,6 +194,57 @@ fn enospc_is_a_clear_error_and_advancing_the_watermark_recovers() {
     });
 }
 
+/// A replica's writes queued in a pipeline hit a full disk: the failed
+/// ones and everything queued behind them are refused, and the next op
+/// goes back to the first of them. A consensus layer checks a replica's
+/// appends against the next op; one that still counted the failed writes
+/// would accept an append past a hole.
+#[test]
+fn failed_replica_writes_give_back_their_op_numbers() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let superblock = ringstore_journal::superblock::SUPERBLOCK_FILE_BYTES;
+        mem.set_capacity(Some(3 * (256 << 10) + 4096 + superblock));
+        let journal = mem_builder(&mem).open().await.unwrap();
+        // Queued without waiting, about eight to a batch: several batches
+        // are behind the one that finds no room.
+        let mut queued = Vec::new();
+        for op in 1..=200u64 {
+            match journal.queue_write(op, &payload(op, 8000)).await {
+                Ok(q) => queued.push((op, q)),
+                Err(_) => break,
+            }
+        }
+        let mut first_failed = None;
+        for (op, q) in queued {
+            match q.durable().await {
+                Ok(()) => assert!(first_failed.is_none(), "op {op} acked after a failure"),
+                Err(Error::NoSpace { .. }) => {
+                    first_failed.get_or_insert(op);
+                }
+                Err(other) => panic!("op {op}: expected NoSpace, got {other:?}"),
+            }
+        }
+        let failed = first_failed.expect("the disk filled up");
+        assert!(failed > 1, "some writes fit");
+        assert!(!journal.is_poisoned());
+        assert_eq!(journal.next_op(), failed, "failed writes still counted");
+        assert!(journal.read(failed).await.unwrap().is_none());
+        assert_ops_present(&journal, &(1..failed).collect::<Vec<_>>(), 8000).await;
+        // Room again: the replica goes on from the first failed op.
+        journal.advance_watermark(failed - 1).await.unwrap();
+        journal.write(failed, &payload(failed, 8000)).await.unwrap();
+        assert_eq!(journal.next_op(), failed + 1);
+        journal.close().await.unwrap();
+        drop(journal);
+        mem.crash();
+        let journal = mem_builder(&mem).open().await.unwrap();
+        assert_eq!(journal.next_op(), failed + 1, "reopen agrees");
+        assert_ops_present(&journal, &[failed], 8000).await;
+        journal.close().await.unwrap();
+    });
+}
+
 /// A small real ext4 filesystem on a loop device, unmounted on drop.
 struct LoopFs {
     mount: PathBuf,

@@ -167,6 +167,28 @@ fn a_truncation_waits_for_writes_in_flight_and_orders_with_later_appends() {
     });
 }
 
+/// A replica's writes may leave gaps. A truncation at a gap leaves the
+/// next op one above the highest op still held, as a reopen finds it.
+#[test]
+fn a_truncation_at_a_gap_continues_above_the_highest_op_held() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let journal = builder(&mem).open().await.unwrap();
+        for op in [1, 2, 6, 7] {
+            journal.write(op, &version(op, 0)).await.unwrap();
+        }
+        assert_eq!(journal.next_op(), 8);
+        journal.truncate_after(4).await.unwrap();
+        assert_eq!(journal.next_op(), 3, "ops 3 and 4 were never written");
+        assert_eq!(journal.read(6).await.unwrap(), None);
+        journal.close().await.unwrap();
+        let journal = builder(&mem).open().await.unwrap();
+        assert_eq!(journal.next_op(), 3, "reopen agrees");
+        assert_eq!(journal.append(&version(3, 1)).await.unwrap(), 3);
+        journal.close().await.unwrap();
+    });
+}
+
 /// What the journal acknowledged before the power went, and what it was
 /// asked that may or may not have become durable.
 #[derive(Default)]

@@ -377,6 +377,11 @@ where
             let bytes = encode(&entry).map_err(io_error)?;
             encoded.push((op_of(entry.log_id.index), bytes));
         }
+        // openraft hands over consecutive entries; a gap inside one append
+        // is refused before the cache or the journal sees any of it.
+        if let Some(pair) = encoded.windows(2).find(|pair| pair[1].0 != pair[0].0 + 1) {
+            return Err(io_error(gap_refused(pair[1].0, pair[0].0 + 1)));
+        }
         // Readable as soon as this returns (openraft reads what it just
         // appended to replicate it): the cache has it at once, and the
         // journal's read path queues behind the job below.
@@ -482,6 +487,21 @@ where
         flat(advanced).map_err(io_error)
     }
 }
+/// Counts, logs and returns the refusal of an append whose entry at `op`
+/// would follow a gap: the log expects `next` there.
+fn gap_refused(op: u64, next: u64) -> RaftStoreError {
+    metrics::counter!("ringstore_raft_log_gap_refusals_total").increment(1);
+    tracing::error!(
+        index = index_of(op),
+        next = index_of(next),
+        "refusing an append that would leave a gap in the raft log"
+    );
+    RaftStoreError::LogGap {
+        index: index_of(op),
+        next: index_of(next),
+    }
+}
+
 /// Queues `entries` (op, bytes) in the journal behind a hard state changed
 /// since the last write; ops at or below the watermark are skipped (a
 /// snapshot holds them, and they are never read again).
@@ -500,16 +520,7 @@ async fn queue_entries<C: RaftTypes, M>(
         let next = shard.journal.next_op();
         let fresh = next == 1 && shard.journal.watermark() == 0;
         if *first > next && !fresh {
-            metrics::counter!("ringstore_raft_log_gap_refusals_total").increment(1);
-            tracing::error!(
-                index = index_of(*first),
-                next = index_of(next),
-                "refusing an append that would leave a gap in the raft log"
-            );
-            return Err(RaftStoreError::LogGap {
-                index: index_of(*first),
-                next: index_of(next),
-            });
+            return Err(gap_refused(*first, next));
         }
     }
     shard.queue_hard_state().await?;

@@ -475,8 +475,9 @@ impl<S: Storage> Journal<S> {
     /// overrides this replica's divergent, uncommitted suffix. Resolves once
     /// the truncation is durable; from then on reads above `op` return
     /// `None`, their ring slots are free, and [`Journal::append`] continues
-    /// at `op + 1` (a [`Journal::write`] of those op numbers is accepted in
-    /// any epoch).
+    /// at `op + 1` (above the highest op still held, if `op` is a gap a
+    /// replica's writes left; a reopen finds the same). A [`Journal::write`]
+    /// of those op numbers is accepted in any epoch.
     ///
     /// It is a record in the log, ordered with every other write: an append
     /// queued after it survives it, one queued before it does not. Writes
@@ -514,7 +515,11 @@ impl<S: Storage> Journal<S> {
                     // Forget and queue in one step: nothing can be queued
                     // between the two.
                     state.index.truncate_above(op);
-                    state.next_op = state.next_op.min(op + 1);
+                    // One above the highest op still held, as a reopen finds
+                    // it (`op + 1` unless `op` is a replica's gap).
+                    let held_floor = state.compacted_floor.max(state.durable_watermark);
+                    let held = state.index.highest_held_below(op + 1, held_floor);
+                    state.next_op = state.next_op.min(held + 1);
                     let (_, done) = state.enqueue(Request::Truncate(op), &shared.config)?;
                     break done;
                 }
@@ -610,7 +615,11 @@ impl<S: Storage> Journal<S> {
         self.shared.state.borrow().index.watermark()
     }
 
-    /// The op the next `append` will get.
+    /// The op the next `append` will get: one above the highest op the
+    /// journal holds, is writing, or has compacted. A write that fails
+    /// before it reaches the disk (and everything queued behind it) hands
+    /// its op numbers back if no later op was assigned meanwhile, so a
+    /// replica can check that an append leaves no gap.
     pub fn next_op(&self) -> u64 {
         self.shared.state.borrow().next_op
     }

@@ -159,8 +159,6 @@ pub(super) struct PendingEntry {
     payload_len: u32,
     payload_checksum: u32,
     reservation: Option<Reservation>,
-    /// Assigned its op by `append` (not a replica write).
-    appended: bool,
     /// A hard-state entry's payload: the journal's hard state once durable.
     hard_state: Option<Vec<u8>>,
 }
@@ -240,7 +238,6 @@ impl<F: StorageFile> State<F> {
             payload_len: payload.len() as u32,
             payload_checksum: crc32fast::hash(payload),
             reservation,
-            appended: matches!(request, Request::Append(_)),
             hard_state: match request {
                 Request::HardState(bytes) => Some(bytes.to_vec()),
                 _ => None,
@@ -455,13 +452,22 @@ impl<S: Storage> Shared<S> {
                     state.index.release(entry.op, reservation);
                 }
             }
-            // Hand the failed appends' op numbers out again if no later op
-            // was assigned meanwhile, so a full disk does not leave gaps in
-            // the leader's sequence.
-            let appended = batch.entries.iter().filter(|e| e.appended).map(|e| e.op);
-            if let (Some(first), Some(last)) = (appended.clone().min(), appended.max()) {
-                if state.poisoned.is_none() && state.next_op == last + 1 {
-                    state.next_op = first;
+            // If no later op was assigned meanwhile, the next op goes back
+            // to one above the highest op still held: a full disk leaves no
+            // gap in a leader's sequence (its failed appends' numbers are
+            // handed out again), and a replica's next op does not count
+            // writes that never happened (a consensus layer checks appends
+            // against it: a log with a hole could win an election).
+            let failed_top = batch
+                .entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::Data)
+                .map(|e| e.op)
+                .max();
+            if let Some(top) = failed_top {
+                if state.poisoned.is_none() && state.next_op == top + 1 {
+                    let floor = state.compacted_floor.max(state.durable_watermark);
+                    state.next_op = state.index.highest_held_below(top, floor) + 1;
                 }
             }
         }
