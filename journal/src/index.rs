@@ -435,6 +435,25 @@ mod tests {
     }
 
     #[test]
+    fn highest_held_below_never_goes_under_the_floor_or_the_watermark() {
+        let mut index = RingIndex::new(8, 0);
+        for op in 1..=6 {
+            let reservation = index.reserve(op, 1).unwrap();
+            index.commit(op, 1, reservation, at(1));
+        }
+        assert_eq!(index.highest_held_below(7, 0), 6);
+        assert_eq!(index.highest_held_below(7, 9), 9, "a floor above every op");
+        assert_eq!(index.highest_held_below(3, 4), 4, "`below` under the floor");
+        index.advance(4);
+        assert_eq!(
+            index.highest_held_below(5, 0),
+            4,
+            "compacted ops are not held"
+        );
+        assert_eq!(index.highest_held_below(7, 0), 6);
+    }
+
+    #[test]
     fn advance_frees_exactly_the_durable_ops_it_passes() {
         // Rings of a few slots, ops with gaps, pending writes and jumps of
         // every size up to and past the ring, wrapping at every offset.

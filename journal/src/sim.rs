@@ -956,7 +956,8 @@ impl Driver {
 
     /// The journal's next op counts only ops it was asked to hold: queued
     /// and not failed, covered by a watermark, or found by the last
-    /// recovery (a failed write may have reached the disk). A consensus
+    /// recovery (a failed write may have reached the disk); and it is above
+    /// every op it holds. A consensus
     /// layer checks appends against it, so one that still counted failed
     /// writes would let an append past a hole in.
     fn check_next_op(&self) {
@@ -978,6 +979,28 @@ impl Driver {
             model.fail(format!(
                 "next op {} counts op {top}, which the journal was never asked to hold \
                  (highest queued {queued_top}, watermark {watermark})",
+                top + 1
+            ));
+            return;
+        }
+        // Nor does it go back to an op the journal holds: the highest op
+        // queued whose entry was acknowledged (or found by a recovery).
+        let acked = |op: u64, entry: &QueuedEntry| {
+            entry.write.is_none()
+                || model.ops.get(&op).is_some_and(|m| {
+                    m.acked
+                        .is_some_and(|a| payload_id(&m.submissions[a]) == entry.id)
+                })
+        };
+        let held_top = model
+            .queued
+            .iter()
+            .rev()
+            .find(|(op, entries)| entries.iter().any(|e| acked(**op, e)))
+            .map(|(op, _)| *op);
+        if let Some(held_top) = held_top.filter(|h| *h > top) {
+            model.fail(format!(
+                "next op {} would hand out op {held_top} again, which the journal holds",
                 top + 1
             ));
         }

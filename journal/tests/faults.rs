@@ -245,6 +245,45 @@ fn failed_replica_writes_give_back_their_op_numbers() {
     });
 }
 
+/// A rewrite (a later epoch's write of an op already durable) that finds
+/// the disk full leaves the durable entry in place, and the next op where
+/// it was: going back below the rewritten op would hand its number out
+/// again and overwrite an acknowledged entry.
+#[test]
+fn a_failed_rewrite_of_the_last_op_keeps_the_next_op() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let superblock = ringstore_journal::superblock::SUPERBLOCK_FILE_BYTES;
+        mem.set_capacity(Some(3 * (256 << 10) + 4096 + superblock));
+        let journal = mem_builder(&mem).open().await.unwrap();
+        let mut last = 0;
+        loop {
+            match journal.append(&payload(last + 1, 8000)).await {
+                Ok(op) => last = op,
+                Err(Error::NoSpace { .. }) => break,
+                Err(other) => panic!("expected NoSpace, got {other:?}"),
+            }
+        }
+        assert_eq!(journal.next_op(), last + 1);
+        journal.set_epoch(journal.epoch() + 1).unwrap();
+        let refused = journal.write(last, &payload(7, 8000)).await;
+        assert!(matches!(refused, Err(Error::NoSpace { .. })), "{refused:?}");
+        assert_eq!(
+            journal.next_op(),
+            last + 1,
+            "the rewritten op is still held"
+        );
+        assert_ops_present(&journal, &[last], 8000).await;
+        journal.advance_watermark(last - 1).await.unwrap();
+        assert_eq!(
+            journal.append(&payload(last + 1, 8000)).await.unwrap(),
+            last + 1
+        );
+        assert_ops_present(&journal, &[last, last + 1], 8000).await;
+        journal.close().await.unwrap();
+    });
+}
+
 /// A small real ext4 filesystem on a loop device, unmounted on drop.
 struct LoopFs {
     mount: PathBuf,

@@ -369,6 +369,15 @@ impl<F: StorageFile> State<F> {
         let at = self.segments.partition_point(|s| s.generation < generation);
         self.segments.get(at).filter(|s| s.generation == generation)
     }
+
+    /// The op below which `next_op` never goes back: every op up to it is
+    /// compacted, or covered by a snapshot a watermark advance (durable or
+    /// in flight) was asked for.
+    fn held_floor(&self) -> u64 {
+        self.compacted_floor
+            .max(self.durable_watermark)
+            .max(self.watermark_requested)
+    }
 }
 
 impl Journal<DmaStorage> {
@@ -475,9 +484,10 @@ impl<S: Storage> Journal<S> {
     /// overrides this replica's divergent, uncommitted suffix. Resolves once
     /// the truncation is durable; from then on reads above `op` return
     /// `None`, their ring slots are free, and [`Journal::append`] continues
-    /// at `op + 1` (above the highest op still held, if `op` is a gap a
-    /// replica's writes left; a reopen finds the same). A [`Journal::write`]
-    /// of those op numbers is accepted in any epoch.
+    /// one above the highest op still held at or below `op` (`op + 1`
+    /// unless `op` is a gap a replica's writes left; a reopen finds the
+    /// same). A [`Journal::write`] of those op numbers is accepted in any
+    /// epoch.
     ///
     /// It is a record in the log, ordered with every other write: an append
     /// queued after it survives it, one queued before it does not. Writes
@@ -517,8 +527,7 @@ impl<S: Storage> Journal<S> {
                     state.index.truncate_above(op);
                     // One above the highest op still held, as a reopen finds
                     // it (`op + 1` unless `op` is a replica's gap).
-                    let held_floor = state.compacted_floor.max(state.durable_watermark);
-                    let held = state.index.highest_held_below(op + 1, held_floor);
+                    let held = state.index.highest_held_below(op + 1, state.held_floor());
                     state.next_op = state.next_op.min(held + 1);
                     let (_, done) = state.enqueue(Request::Truncate(op), &shared.config)?;
                     break done;

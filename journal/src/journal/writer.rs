@@ -466,8 +466,10 @@ impl<S: Storage> Shared<S> {
                 .max();
             if let Some(top) = failed_top {
                 if state.poisoned.is_none() && state.next_op == top + 1 {
-                    let floor = state.compacted_floor.max(state.durable_watermark);
-                    state.next_op = state.index.highest_held_below(top, floor) + 1;
+                    // `top` itself may still be held: a failed rewrite
+                    // leaves the durable entry it would have replaced.
+                    let floor = state.held_floor();
+                    state.next_op = state.index.highest_held_below(top + 1, floor) + 1;
                 }
             }
         }
