@@ -371,8 +371,9 @@ impl<F: StorageFile> State<F> {
     }
 
     /// The op below which `next_op` never goes back: every op up to it is
-    /// compacted, or covered by a snapshot a watermark advance (durable or
-    /// in flight) was asked for.
+    /// compacted, or covered by a snapshot a watermark advance was asked
+    /// for (durable, in flight, or failed: the request is not rolled back,
+    /// and the caller's snapshot covers those ops either way).
     fn held_floor(&self) -> u64 {
         self.compacted_floor
             .max(self.durable_watermark)
@@ -486,8 +487,8 @@ impl<S: Storage> Journal<S> {
     /// `None`, their ring slots are free, and [`Journal::append`] continues
     /// one above the highest op still held at or below `op` (`op + 1`
     /// unless `op` is a gap a replica's writes left; a reopen finds the
-    /// same). A [`Journal::write`] of those op numbers is accepted in any
-    /// epoch.
+    /// same), or above a watermark asked for if that is higher. A
+    /// [`Journal::write`] of those op numbers is accepted in any epoch.
     ///
     /// It is a record in the log, ordered with every other write: an append
     /// queued after it survives it, one queued before it does not. Writes
@@ -625,7 +626,8 @@ impl<S: Storage> Journal<S> {
     }
 
     /// The op the next `append` will get: one above the highest op the
-    /// journal holds, is writing, or has compacted. A write that fails
+    /// journal holds, is writing, or has compacted or been asked to
+    /// compact (a watermark advance). A write that fails
     /// before it reaches the disk (and everything queued behind it) hands
     /// its op numbers back if no later op was assigned meanwhile, so a
     /// replica can check that an append leaves no gap.

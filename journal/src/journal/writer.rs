@@ -453,7 +453,8 @@ impl<S: Storage> Shared<S> {
                 }
             }
             // If no later op was assigned meanwhile, the next op goes back
-            // to one above the highest op still held: a full disk leaves no
+            // to one above the highest op still held (or the held floor):
+            // a full disk leaves no
             // gap in a leader's sequence (its failed appends' numbers are
             // handed out again), and a replica's next op does not count
             // writes that never happened (a consensus layer checks appends
