@@ -66,6 +66,12 @@ pub struct RaftArgs {
     /// whose segments are recycled).
     #[arg(long, value_enum, default_value_t = PreallocationArg::Fallocate)]
     pub preallocation: PreallocationArg,
+    /// After each ringstore workload, print where each node's entries
+    /// spent their time: openraft's own log-stage latencies (proposed,
+    /// received, submitted to the log, persisted, committed, applied) over
+    /// the last 1,024 entries each node saw.
+    #[arg(long)]
+    pub stages: bool,
 }
 
 /// One ringstore node's journal during a workload: how many entries
@@ -78,6 +84,15 @@ struct NodeJournal {
     batch_entries_max: u64,
 }
 
+/// One ringstore node's log-stage latencies (`--stages`): openraft's
+/// `LogStageHistograms`, as it prints them.
+#[derive(Debug, Serialize)]
+struct NodeStages {
+    node: u64,
+    leader: bool,
+    stages: String,
+}
+
 /// One store at one client level.
 #[derive(Debug, Serialize)]
 struct RaftFigures {
@@ -86,6 +101,9 @@ struct RaftFigures {
     /// ringstore only: each node's journal during the workload.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     journals: Vec<NodeJournal>,
+    /// ringstore with `--stages` only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stages: Vec<NodeStages>,
     commands: u64,
     seconds: f64,
     commands_per_s: f64,
@@ -113,6 +131,7 @@ fn figures(
         store,
         clients,
         journals: Vec::new(),
+        stages: Vec::new(),
         commands,
         seconds: round3(elapsed.as_secs_f64()),
         commands_per_s: (commands as f64 / elapsed.as_secs_f64()).round(),
@@ -137,7 +156,8 @@ fn run_ringstore(
     duration: Duration,
     replication: Replication,
     preallocation: PreallocationArg,
-) -> Result<(Driven, Vec<NodeJournal>)> {
+    stages: bool,
+) -> Result<(Driven, Vec<NodeJournal>, Vec<NodeStages>)> {
     runtime()?.block_on(async {
         let domain = uuid::Uuid::new_v4();
         let mut stores = Vec::new();
@@ -205,6 +225,11 @@ fn run_ringstore(
                 command: ClusterCommand::Broker(commit_offset(client as usize, seq)),
             })
             .await;
+        let stages = if stages {
+            stage_latencies(&cluster).await
+        } else {
+            Ok(Vec::new())
+        };
         let mut journals = Vec::new();
         let mut stats_error = None;
         for ((node, log), before) in (1..).zip(&logs).zip(before) {
@@ -228,8 +253,29 @@ fn run_ringstore(
         if let Some(e) = stats_error {
             return Err(e.into());
         }
-        Ok((result?, journals))
+        Ok((result?, journals, stages?))
     })
+}
+
+/// Each node's log-stage latencies, from openraft's runtime statistics.
+async fn stage_latencies<SM: raft_peers::Machine<ClusterTypes>>(
+    cluster: &Cluster<ClusterTypes, SM>,
+) -> Result<Vec<NodeStages>> {
+    let leader = cluster.leader_id()?;
+    let mut nodes = Vec::new();
+    for (&node, raft) in &cluster.rafts {
+        let mut stats = raft
+            .runtime_stats()
+            .await
+            .map_err(|e| anyhow!("node {node}'s runtime statistics: {e}"))?;
+        stats.build_log_stage_histograms();
+        nodes.push(NodeStages {
+            node,
+            leader: node == leader,
+            stages: stats.log_stage_histograms.to_string(),
+        });
+    }
+    Ok(nodes)
 }
 
 fn value(seq: u64) -> String {
@@ -324,15 +370,17 @@ pub fn run(args: &RaftArgs) -> Result<()> {
 
         harness.step(format!("ringstore: {clients} clients"));
         let dir = harness.path("raft-ringstore");
-        let (result, journals) = run_ringstore(
+        let (result, journals, stages) = run_ringstore(
             &dir,
             clients,
             duration,
             args.replication,
             args.preallocation,
+            args.stages,
         )?;
         let mut ringstore = figures("ringstore", clients, result, harness.bracket()?);
         ringstore.journals = journals;
+        ringstore.stages = stages;
         runs.push(ringstore);
         crate::harness::remove_path(&dir)?;
 
@@ -439,5 +487,16 @@ fn print_table(report: &RaftReport) {
             run.clients,
             nodes.join("; ")
         );
+    }
+    for run in report.runs.iter().filter(|r| !r.stages.is_empty()) {
+        println!(
+            "ringstore log stages at {} clients (openraft's runtime statistics, \
+             the last 1,024 entries each node saw; a follower's entries start at received):",
+            run.clients
+        );
+        for node in &run.stages {
+            let role = if node.leader { "leader" } else { "follower" };
+            println!("node {} ({role}):\n{}", node.node, node.stages.trim_end());
+        }
     }
 }
