@@ -403,6 +403,12 @@ mod tests {
         }
     }
 
+    /// Reserves `op` in epoch 1 and commits it in generation 1.
+    fn write_durably(index: &mut RingIndex, op: u64) {
+        let reservation = index.reserve(op, 1).unwrap();
+        index.commit(op, 1, reservation, at(1));
+    }
+
     /// Live slots counted the slow way: a pending slot, or a durable one
     /// above the watermark.
     fn live_by_scan(index: &RingIndex) -> u64 {
@@ -418,8 +424,7 @@ mod tests {
         for slot_count in 1..=6u64 {
             for gap in 0..=3 * slot_count {
                 let mut index = RingIndex::new(slot_count, 0);
-                let reservation = index.reserve(2, 1).unwrap();
-                index.commit(2, 1, reservation, at(1));
+                write_durably(&mut index, 2);
                 let below = 3 + gap;
                 assert_eq!(index.highest_held_below(below, 0), 2, "{slot_count} {gap}");
                 assert_eq!(index.highest_held_below(below, 2), 2, "floor at the op");
@@ -438,8 +443,7 @@ mod tests {
     fn highest_held_below_never_goes_under_the_floor_or_the_watermark() {
         let mut index = RingIndex::new(8, 0);
         for op in 1..=6 {
-            let reservation = index.reserve(op, 1).unwrap();
-            index.commit(op, 1, reservation, at(1));
+            write_durably(&mut index, op);
         }
         assert_eq!(index.highest_held_below(7, 0), 6);
         assert_eq!(index.highest_held_below(7, 9), 9, "a floor above every op");
@@ -529,8 +533,7 @@ mod tests {
     fn full_ring_refuses_until_watermark_advances() {
         let mut index = RingIndex::new(4, 0);
         for op in 1..=4 {
-            let r = index.reserve(op, 1).unwrap();
-            index.commit(op, 1, r, at(1));
+            write_durably(&mut index, op);
         }
         assert_eq!(index.remaining_capacity(), 0);
         assert!(matches!(

@@ -18,6 +18,15 @@ fn mem_builder(mem: &MemStorage) -> JournalBuilder<MemStorage> {
         .storage(mem.clone())
 }
 
+/// An in-memory disk with room for the superblock, the first segment and
+/// two more of [`mem_builder`]'s, no fourth.
+fn small_disk() -> MemStorage {
+    let mem = MemStorage::new();
+    let superblock = ringstore_journal::superblock::SUPERBLOCK_FILE_BYTES;
+    mem.set_capacity(Some(3 * (256 << 10) + 4096 + superblock));
+    mem
+}
+
 async fn assert_ops_present(journal: &Journal<MemStorage>, ops: &[u64], len: usize) {
     for op in ops {
         let entry = journal
@@ -150,10 +159,7 @@ fn power_loss_keeps_every_acknowledged_append_with(durability: Durability) {
 #[test]
 fn enospc_is_a_clear_error_and_advancing_the_watermark_recovers() {
     run(|| async {
-        let mem = MemStorage::new();
-        // Room for the superblock, the first segment and two more, no fourth.
-        let superblock = ringstore_journal::superblock::SUPERBLOCK_FILE_BYTES;
-        mem.set_capacity(Some(3 * (256 << 10) + 4096 + superblock));
+        let mem = small_disk();
         let journal = mem_builder(&mem).open().await.unwrap();
         let mut acked = Vec::new();
         let error = loop {
@@ -202,9 +208,7 @@ fn enospc_is_a_clear_error_and_advancing_the_watermark_recovers() {
 #[test]
 fn failed_replica_writes_give_back_their_op_numbers() {
     run(|| async {
-        let mem = MemStorage::new();
-        let superblock = ringstore_journal::superblock::SUPERBLOCK_FILE_BYTES;
-        mem.set_capacity(Some(3 * (256 << 10) + 4096 + superblock));
+        let mem = small_disk();
         let journal = mem_builder(&mem).open().await.unwrap();
         // Queued without waiting, about eight to a batch: several batches
         // are behind the one that finds no room.
@@ -252,9 +256,7 @@ fn failed_replica_writes_give_back_their_op_numbers() {
 #[test]
 fn a_failed_rewrite_of_the_last_op_keeps_the_next_op() {
     run(|| async {
-        let mem = MemStorage::new();
-        let superblock = ringstore_journal::superblock::SUPERBLOCK_FILE_BYTES;
-        mem.set_capacity(Some(3 * (256 << 10) + 4096 + superblock));
+        let mem = small_disk();
         let journal = mem_builder(&mem).open().await.unwrap();
         let mut last = 0;
         loop {
