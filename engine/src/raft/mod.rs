@@ -102,7 +102,9 @@
 //! at open), `ringstore_raft_uncertain_tail_opens_total` (opens that cut a
 //! torn tail), `ringstore_raft_snapshot_install_refusals_total`
 //! (snapshots from a leader refused), `ringstore_raft_log_gap_refusals_total`
-//! (appends refused as [`RaftStoreError::LogGap`]) and
+//! (appends refused as [`RaftStoreError::LogGap`]),
+//! `ringstore_raft_gapped_requests_total` (a leader's AppendEntries
+//! requests with such a gap, not sent: [`cluster::pipeline`]) and
 //! `ringstore_raft_reactor_task_panics_total{task}` (a task on the shard's
 //! reactor panicked: caught there, typed as
 //! [`RaftStoreError::TaskPanicked`] where a caller waits for it). Each also

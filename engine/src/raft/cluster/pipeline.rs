@@ -34,12 +34,20 @@
 //! one held when the stream is dropped (a new term, a conflict) is dropped
 //! with it. The other entry-less requests openraft makes end their stream
 //! in the same poll (a heartbeat, a probe), so they are not held.
+//!
+//! **A request with a gap is not sent.** openraft 0.10 builds a request
+//! from whatever a log read returns and can retry one from before a purge;
+//! a follower refuses an append that would leave a gap in its log and
+//! stops. So a request whose entries do not follow its `prev_log_id` one
+//! by one fails here as a network error instead (counted in
+//! `ringstore_raft_gapped_requests_total` and logged), the stream ends, and
+//! openraft starts replication to that follower over.
 
 use openraft::entry::RaftEntry;
 use openraft::error::RPCError;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendResult};
 use openraft::type_config::alias::{AsyncRuntimeOf, LogIdOf};
-use openraft::{AsyncRuntime, RaftTypeConfig};
+use openraft::{AsyncRuntime, LogIdOptionExt, RaftTypeConfig};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -131,7 +139,9 @@ impl<C: RaftTypeConfig, S, F> Pipelined<C, S, F>
 where
     F: FnMut(AppendEntriesRequest<C>) -> AppendReply<C>,
 {
-    /// Puts `request` on the wire.
+    /// Puts `request` on the wire, unless its entries do not follow its
+    /// `prev_log_id` one by one: then it fails as a network error would,
+    /// and openraft starts the stream over from what was acknowledged.
     fn send_now(&mut self, request: AppendEntriesRequest<C>) {
         let prev = request.prev_log_id.clone();
         let last = request
@@ -139,7 +149,10 @@ where
             .last()
             .map(|entry| entry.log_id())
             .or_else(|| prev.clone());
-        let reply = (self.send)(request);
+        let reply = match first_gap(&request) {
+            None => (self.send)(request),
+            Some((index, expected)) => refuse_gap::<C>(index, expected),
+        };
         self.in_flight.push_back(InFlight { prev, last, reply });
     }
 
@@ -165,6 +178,44 @@ where
             self.send_now(request);
         }
     }
+}
+
+/// Where `request`'s entries break their run, if they do: the index found
+/// and the one expected there (the one after `prev_log_id`, then each after
+/// the entry before it).
+fn first_gap<C: RaftTypeConfig>(request: &AppendEntriesRequest<C>) -> Option<(u64, u64)> {
+    let mut expected = request.prev_log_id.next_index();
+    for entry in &request.entries {
+        let index = entry.log_id().index();
+        if index != expected {
+            return Some((index, expected));
+        }
+        expected = index + 1;
+    }
+    None
+}
+
+/// A request that would leave a gap in the follower's log is never sent:
+/// the follower would refuse it (`RaftStoreError::LogGap`) and stop. openraft
+/// 0.10 builds a request from whatever a log read returns, and can retry
+/// one from before a purge (see the raft module's refusals). Counted,
+/// logged, and failed as a network error, so replication starts over.
+fn refuse_gap<C: RaftTypeConfig>(index: u64, expected: u64) -> AppendReply<C> {
+    metrics::counter!("ringstore_raft_gapped_requests_total").increment(1);
+    tracing::error!(
+        index,
+        expected,
+        "not sending an AppendEntries request whose entries leave a gap"
+    );
+    let error = std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("AppendEntries request has entry {index} where {expected} belongs: not sent"),
+    );
+    Box::pin(async move {
+        Err(RPCError::Network(openraft::error::NetworkError::new(
+            &error,
+        )))
+    })
 }
 
 /// Whether `later` does for the follower all that `notice` would: the same
@@ -396,6 +447,71 @@ mod tests {
             );
             assert!(replies.next().await.is_none());
         });
+    }
+
+    /// A request whose entries do not follow its `prev_log_id` one by one
+    /// is never sent (the follower would refuse it and stop): it fails as a
+    /// network error, which ends the stream, and nothing after it is sent.
+    #[test]
+    fn a_request_with_a_gap_is_not_sent_and_fails_the_stream() {
+        let after_prev = |mut r: AppendEntriesRequest<ClusterTypes>| {
+            // Entry 5 after log id 2 (a read that began past a purge).
+            r.prev_log_id = Some(log_id(2));
+            r
+        };
+        let inside = |mut r: AppendEntriesRequest<ClusterTypes>| {
+            // Entries 3 and 5 after log id 2.
+            r.prev_log_id = Some(log_id(2));
+            r.entries = vec![
+                RaftEntry::new_blank(log_id(3)),
+                RaftEntry::new_blank(log_id(5)),
+            ];
+            r
+        };
+        for (gapped, what, found) in [
+            (
+                after_prev(request(5)),
+                "after prev_log_id",
+                "entry 5 where 3 belongs",
+            ),
+            (
+                inside(request(5)),
+                "inside the entries",
+                "entry 5 where 4 belongs",
+            ),
+        ] {
+            block_on(async {
+                let (input_tx, sent, mut replies) = started(2);
+                input_tx.unbounded_send(gapped).unwrap();
+                input_tx.unbounded_send(request(6)).unwrap();
+                assert!(poll_once(replies.next()).await.is_none());
+                assert_eq!(indexes(&sent), [1, 2, 6], "{what}: the gapped one not sent");
+                answer(&sent, 0, AppendEntriesResponse::Success);
+                answer(&sent, 1, AppendEntriesResponse::Success);
+                for index in 1..=2 {
+                    let reply = replies.next().await.unwrap().unwrap();
+                    assert_eq!(reply.unwrap(), Some(log_id(index)), "{what}");
+                }
+                let failed = replies.next().await.unwrap();
+                assert!(
+                    matches!(&failed, Err(RPCError::Network(e)) if e.to_string().contains(found)),
+                    "{what}: {failed:?}"
+                );
+                assert!(replies.next().await.is_none(), "{what}: the stream ends");
+            });
+        }
+        // Consecutive entries after their prev_log_id go out; so does a
+        // first request with no prev_log_id, starting at index 0.
+        let mut first = request(1);
+        first.prev_log_id = None;
+        first.entries = vec![RaftEntry::new_blank(log_id(0))];
+        assert_eq!(first_gap(&first), None);
+        let mut two = request(3);
+        two.entries.push(RaftEntry::new_blank(log_id(4)));
+        assert_eq!(first_gap(&two), None);
+        let mut from_zero = request(1);
+        from_zero.prev_log_id = None;
+        assert_eq!(first_gap(&from_zero), Some((1, 0)));
     }
 
     #[test]
