@@ -25,7 +25,7 @@
 //!    and block device whether polled reads work, by reading the first
 //!    `DmaFile` opened there; an empty first file makes it wrongly say yes
 //!    and every later O_DIRECT read fails with `EOPNOTSUPP` (glommio issues
-//!    #605 and #670). Guarded in [`crate::storage::dma`]: a non-empty probe
+//!    #605 and #670). Guarded in `storage::dma`: a non-empty probe
 //!    file is opened first, and a read that still fails that way falls back
 //!    to a buffered handle. The cache's object files are buffered for their
 //!    own reasons and never trip it (`ringstore_cache::staging`).

@@ -345,7 +345,7 @@ pub enum Tail {
     /// Bytes at the end of the log that do not verify and that nothing
     /// proves durable: a reopen (in its default mode) cuts them and reports
     /// the cut, `Recovery::Strict` refuses. Like
-    /// [`TailState::Torn`](crate::TailState::Torn).
+    /// [`TailState::Torn`].
     Torn {
         /// The last segment.
         path: PathBuf,

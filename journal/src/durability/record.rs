@@ -1,4 +1,4 @@
-//! The durability record: what the last [`Durability::Auto`] probe of a
+//! The durability record: what the last [`Durability::Auto`](crate::Durability::Auto) probe of a
 //! journal's device measured, kept in the journal's directory
 //! ([`DURABILITY_RECORD_FILE_NAME`]).
 //!
