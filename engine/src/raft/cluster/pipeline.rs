@@ -141,7 +141,8 @@ where
 {
     /// Puts `request` on the wire, unless its entries do not follow its
     /// `prev_log_id` one by one: then it fails as a network error would,
-    /// and openraft starts the stream over from what was acknowledged.
+    /// nothing more is taken or sent on this stream (its error ends it),
+    /// and openraft starts over from what was acknowledged.
     fn send_now(&mut self, request: AppendEntriesRequest<C>) {
         let prev = request.prev_log_id.clone();
         let last = request
@@ -151,7 +152,11 @@ where
             .or_else(|| prev.clone());
         let reply = match first_gap(&request) {
             None => (self.send)(request),
-            Some((index, expected)) => refuse_gap::<C>(index, expected),
+            Some((index, expected)) => {
+                self.input = None;
+                self.held = None;
+                refuse_gap::<C>(index, expected)
+            }
         };
         self.in_flight.push_back(InFlight { prev, last, reply });
     }
@@ -451,7 +456,8 @@ mod tests {
 
     /// A request whose entries do not follow its `prev_log_id` one by one
     /// is never sent (the follower would refuse it and stop): it fails as a
-    /// network error, which ends the stream, and nothing after it is sent.
+    /// network error after the replies before it, which ends the stream,
+    /// and nothing after it is sent.
     #[test]
     fn a_request_with_a_gap_is_not_sent_and_fails_the_stream() {
         let after_prev = |mut r: AppendEntriesRequest<ClusterTypes>| {
@@ -485,7 +491,7 @@ mod tests {
                 input_tx.unbounded_send(gapped).unwrap();
                 input_tx.unbounded_send(request(6)).unwrap();
                 assert!(poll_once(replies.next()).await.is_none());
-                assert_eq!(indexes(&sent), [1, 2, 6], "{what}: the gapped one not sent");
+                assert_eq!(indexes(&sent), [1, 2], "{what}: neither it nor 6 sent");
                 answer(&sent, 0, AppendEntriesResponse::Success);
                 answer(&sent, 1, AppendEntriesResponse::Success);
                 for index in 1..=2 {
@@ -500,8 +506,8 @@ mod tests {
                 assert!(replies.next().await.is_none(), "{what}: the stream ends");
             });
         }
-        // Consecutive entries after their prev_log_id go out; so does a
-        // first request with no prev_log_id, starting at index 0.
+        // No gap: consecutive entries after their prev_log_id, and a first
+        // request (no prev_log_id) starting at index 0.
         let mut first = request(1);
         first.prev_log_id = None;
         first.entries = vec![RaftEntry::new_blank(log_id(0))];
@@ -509,9 +515,9 @@ mod tests {
         let mut two = request(3);
         two.entries.push(RaftEntry::new_blank(log_id(4)));
         assert_eq!(first_gap(&two), None);
-        let mut from_zero = request(1);
-        from_zero.prev_log_id = None;
-        assert_eq!(first_gap(&from_zero), Some((1, 0)));
+        let mut index_0_missing = request(1);
+        index_0_missing.prev_log_id = None;
+        assert_eq!(first_gap(&index_0_missing), Some((1, 0)));
     }
 
     #[test]
