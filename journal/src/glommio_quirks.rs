@@ -77,15 +77,15 @@
 //!    "raft: where a commit's time goes"); `spin_before_park` did not
 //!    change the 1-client latency there.
 //! 10. **A socket write goes out before queued file I/O.** A task writing
-//!    to a glommio `TcpStream` calls `send(2)` at once, while a file write
-//!    queued before it waits for the next turn's `io_uring_enter` (quirk 1;
-//!    the main ring is never "rushed"), and its submission then runs
-//!    inline in that call (no `IOSQE_ASYNC` in glommio's API). A raft
-//!    leader's requests therefore reach the followers before its own write
-//!    reaches the kernel, and its write completes about 70 µs after theirs
-//!    (`bench/PERFORMANCE.md`, "raft: the leader's own write is the
-//!    1-client commit's last step"); making the requests wait a turn only
-//!    moved the cost to them.
+//!     to a glommio `TcpStream` calls `send(2)` at once, while a file write
+//!     queued before it waits for the next turn's `io_uring_enter` (quirk 1;
+//!     the main ring is never "rushed"), and its submission then runs
+//!     inline in that call (no `IOSQE_ASYNC` in glommio's API). A raft
+//!     leader's requests therefore reach the followers before its own write
+//!     reaches the kernel, and its write completes about 70 µs after theirs
+//!     (`bench/PERFORMANCE.md`, "raft: the leader's own write is the
+//!     1-client commit's last step"); making the requests wait a turn only
+//!     moved the cost to them.
 
 use std::path::{Path, PathBuf};
 
