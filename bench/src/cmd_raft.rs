@@ -69,7 +69,8 @@ pub struct RaftArgs {
     /// After each ringstore workload, print where each node's entries
     /// spent their time: openraft's own log-stage latencies (proposed,
     /// received, submitted to the log, persisted, committed, applied) over
-    /// the last 1,024 entries each node saw.
+    /// the newest entries each node saw, as many as openraft's
+    /// `log_stage_capacity` keeps (1,024 by default; `n` in the output).
     #[arg(long)]
     pub stages: bool,
 }
@@ -491,7 +492,7 @@ fn print_table(report: &RaftReport) {
     for run in report.runs.iter().filter(|r| !r.stages.is_empty()) {
         println!(
             "ringstore log stages at {} clients (openraft's runtime statistics, \
-             the last 1,024 entries each node saw; a follower's entries start at received):",
+             the newest entries each node saw, n of them; a follower's start at received):",
             run.clients
         );
         for node in &run.stages {

@@ -957,9 +957,9 @@ impl Driver {
     /// The journal's next op counts only ops it was asked to hold: queued
     /// and not failed, covered by a watermark, or found by the last
     /// recovery (a failed write may have reached the disk); and it is above
-    /// every op it holds. A consensus
-    /// layer checks appends against it, so one that still counted failed
-    /// writes would let an append past a hole in.
+    /// every op it holds. A consensus layer checks appends against it, so
+    /// one that still counted failed writes would let an append past a hole
+    /// in, and one below a held op would hand that op's number out again.
     fn check_next_op(&self) {
         let Some(journal) = self.journal.as_ref() else {
             return;

@@ -487,6 +487,7 @@ where
         flat(advanced).map_err(io_error)
     }
 }
+
 /// Counts, logs and returns the refusal of an append whose entry at `op`
 /// would follow a gap: the log expects `next` there.
 fn gap_refused(op: u64, next: u64) -> RaftStoreError {

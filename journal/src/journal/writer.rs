@@ -454,11 +454,11 @@ impl<S: Storage> Shared<S> {
             }
             // If no later op was assigned meanwhile, the next op goes back
             // to one above the highest op still held (or the held floor):
-            // a full disk leaves no
-            // gap in a leader's sequence (its failed appends' numbers are
-            // handed out again), and a replica's next op does not count
-            // writes that never happened (a consensus layer checks appends
-            // against it: a log with a hole could win an election).
+            // a full disk leaves no gap in a leader's sequence (its failed
+            // appends' numbers are handed out again), and a replica's next
+            // op does not count writes that never happened (a consensus
+            // layer checks appends against it: a log with a hole could win
+            // an election).
             let failed_top = batch
                 .entries
                 .iter()

@@ -216,11 +216,8 @@ fn refuse_gap<C: RaftTypeConfig>(index: u64, expected: u64) -> AppendReply<C> {
         std::io::ErrorKind::InvalidData,
         format!("AppendEntries request has entry {index} where {expected} belongs: not sent"),
     );
-    Box::pin(async move {
-        Err(RPCError::Network(openraft::error::NetworkError::new(
-            &error,
-        )))
-    })
+    let error = RPCError::Network(openraft::error::NetworkError::new(&error));
+    Box::pin(async move { Err(error) })
 }
 
 /// Whether `later` does for the follower all that `notice` would: the same
