@@ -134,6 +134,11 @@ pub struct JournalArgs {
     /// How every journal of the run makes appends durable.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Auto)]
     pub durability: DurabilityArg,
+    /// Largest write every journal of the run makes inline, with blocking
+    /// system calls (`JournalBuilder::inline_write_bytes_max`; 0: every
+    /// write through io_uring). Default: the journal's default.
+    #[arg(long)]
+    pub inline_write_bytes_max: Option<u64>,
 }
 
 /// How the journal makes appends durable (mirrors the journal's enum; the
@@ -164,17 +169,23 @@ impl From<DurabilityArg> for Durability {
 pub(crate) struct JournalShape {
     pub(crate) preallocation: PreallocationArg,
     pub(crate) durability: DurabilityArg,
+    /// `None`: the journal's default.
+    pub(crate) inline_write_bytes_max: Option<u64>,
 }
 
 /// Opens (recovering) the journal in `dir` with the bench's settings.
 pub(crate) async fn open_journal(dir: &Path, shape: JournalShape) -> Result<Journal> {
-    Journal::builder(dir)
+    let mut builder = Journal::builder(dir)
         .slot_count(SLOT_COUNT)
         .segment_bytes(SEGMENT_BYTES)
         .entry_bytes_max(ENTRY_BYTES_MAX)
         .batch_bytes_max(BATCH_BYTES_MAX)
         .durability(shape.durability.into())
-        .preallocation(shape.preallocation.into())
+        .preallocation(shape.preallocation.into());
+    if let Some(bytes) = shape.inline_write_bytes_max {
+        builder = builder.inline_write_bytes_max(bytes);
+    }
+    builder
         .open()
         .await
         .with_context(|| format!("open journal in {}", dir.display()))
@@ -407,6 +418,10 @@ pub(crate) struct SmallResult {
     pub(crate) latency: LatencySummary,
     pub(crate) fsyncs: u64,
     pub(crate) batches: u64,
+    /// Of `batches`, those written inline with blocking calls.
+    pub(crate) inline_writes: u64,
+    /// Times inline writes paused after a slow one.
+    pub(crate) inline_write_pauses: u64,
     pub(crate) entries_per_fsync: f64,
     pub(crate) ring_full_retries: u64,
     pub(crate) watermark_advances: u64,
@@ -502,6 +517,8 @@ pub(crate) fn run_small(
         let entries: u64 = outcomes.iter().map(|o| o.appended).sum();
         let fsyncs = stats.fsyncs - stats_before.fsyncs;
         let batches = stats.writes - stats_before.writes;
+        let inline_writes = stats.inline_writes - stats_before.inline_writes;
+        let inline_write_pauses = stats.inline_write_pauses - stats_before.inline_write_pauses;
         ensure!(entries > 0, "no append completed");
         ensure!(
             fsyncs >= 1,
@@ -535,6 +552,8 @@ pub(crate) fn run_small(
             latency,
             fsyncs,
             batches,
+            inline_writes,
+            inline_write_pauses,
             entries_per_fsync: entries as f64 / fsyncs as f64,
             ring_full_retries,
             watermark_advances,
@@ -772,10 +791,12 @@ pub fn run(args: &JournalArgs) -> Result<()> {
     let bulk_shape = JournalShape {
         preallocation: args.bulk_preallocation,
         durability: args.durability,
+        inline_write_bytes_max: args.inline_write_bytes_max,
     };
     let small_shape = JournalShape {
         preallocation: args.small_preallocation,
         durability: args.durability,
+        inline_write_bytes_max: args.inline_write_bytes_max,
     };
 
     // Steps: set-up probe; bulk raw, journal, raw, probe; per small workload
@@ -1053,6 +1074,16 @@ fn render_table(report: &JournalReport, total_bytes: u64) -> String {
         table.row(p50.cells());
         table.row(Row::new(&workload, "p99 ack us", result.latency.p99_us).cells());
         table.row(Row::new(&workload, "entries/fsync", result.entries_per_fsync).cells());
+        let inline_share = result.inline_writes as f64 / result.batches.max(1) as f64;
+        table.row(Row::new(&workload, "inline writes share", inline_share).cells());
+        table.row(
+            Row::new(
+                &workload,
+                "inline write pauses",
+                result.inline_write_pauses as f64,
+            )
+            .cells(),
+        );
     }
 
     let recovery = &report.recovery;
@@ -1114,6 +1145,7 @@ mod tests {
         let shape = JournalShape {
             preallocation: PreallocationArg::Fallocate,
             durability: DurabilityArg::Sync,
+            inline_write_bytes_max: None,
         };
         let bulk = run_bulk_journal(root.join("bulk"), 8 << 20, shape)?;
         assert_eq!(bulk.entries, (8 << 20) / BULK_ENTRY_BYTES as u64);

@@ -35,6 +35,9 @@ pub const BATCH_BYTES_MAX_LIMIT: u64 = 256 << 20;
 pub const WRITES_IN_FLIGHT_DEFAULT: u32 = 2;
 /// Upper bound for `writes_in_flight`.
 pub const WRITES_IN_FLIGHT_MAX: u32 = 8;
+/// Default largest group-commit write made inline with blocking system calls
+/// (see [`JournalBuilder::inline_write_bytes_max`]).
+pub const INLINE_WRITE_BYTES_MAX_DEFAULT: u64 = 64 << 10;
 
 const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(BATCH_BYTES_MAX_DEFAULT.is_multiple_of(BLOCK_BYTES));
@@ -121,6 +124,9 @@ pub struct JournalConfig {
     pub preallocation: Preallocation,
     /// Group-commit writes in flight at once.
     pub writes_in_flight: u32,
+    /// Largest group-commit write made inline with blocking system calls
+    /// (0: none). See [`JournalBuilder::inline_write_bytes_max`].
+    pub inline_write_bytes_max: u64,
     /// Who the journal must belong to (checked against its superblock).
     pub owner: Option<JournalOwner>,
     /// The scrubber's read rate (`None`: no scrubber).
@@ -157,6 +163,7 @@ impl JournalBuilder<DmaStorage> {
                 recovery: Recovery::default(),
                 preallocation: Preallocation::default(),
                 writes_in_flight: WRITES_IN_FLIGHT_DEFAULT,
+                inline_write_bytes_max: INLINE_WRITE_BYTES_MAX_DEFAULT,
                 owner: None,
                 scrub_bytes_per_second: None,
                 reclaim_step_bytes: crate::journal::RECLAIM_STEP_BYTES_DEFAULT,
@@ -238,6 +245,30 @@ impl<S: Storage> JournalBuilder<S> {
     /// (1: strictly serial writes).
     pub fn writes_in_flight(mut self, writes: u32) -> Self {
         self.config.writes_in_flight = writes;
+        self
+    }
+
+    /// Largest group-commit write made *inline*: when no other write is in
+    /// flight, a write of at most this many bytes (and its fdatasync, or
+    /// its O_DSYNC) is a blocking `pwrite(2)` (and `fdatasync(2)`) on the
+    /// reactor thread instead of a submission to io_uring, where the
+    /// kernel hands the fdatasync to a worker thread and the reactor learns
+    /// of each completion a wake-up later. Before it, the tasks already
+    /// runnable run; during it, the reactor runs nothing else. Once the
+    /// moving average of inline write times exceeds
+    /// [`crate::INLINE_WRITE_SLOW`] (the disk in a slow spell), inline
+    /// writes stop for [`crate::INLINE_WRITES_PAUSED_FOR`].
+    /// Larger writes, and writes while another is in flight, go through
+    /// io_uring as before: a large batch is better overlapped with the next
+    /// one's filling.
+    ///
+    /// Default [`INLINE_WRITE_BYTES_MAX_DEFAULT`]; 0 turns inline writes
+    /// off, which a reactor that also serves latency-sensitive work should
+    /// do (a raft node's journal does: its network waits otherwise). The
+    /// durability and the format are the same either way. Counted in
+    /// [`crate::JournalStats::inline_writes`].
+    pub fn inline_write_bytes_max(mut self, bytes: u64) -> Self {
+        self.config.inline_write_bytes_max = bytes;
         self
     }
 

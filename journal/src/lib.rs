@@ -46,7 +46,8 @@ pub use error::{Error, Result};
 pub use index::SLOT_BYTES;
 pub use journal::{
     Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend, QueuedHardState,
-    BATCH_SIZE_BUCKETS, ENTRIES_READ_AHEAD_BYTES, RECLAIM_STEP_BYTES_DEFAULT,
+    BATCH_SIZE_BUCKETS, ENTRIES_READ_AHEAD_BYTES, INLINE_WRITES_PAUSED_FOR,
+    INLINE_WRITE_AVERAGE_WEIGHT, INLINE_WRITE_SLOW, RECLAIM_STEP_BYTES_DEFAULT,
     RECYCLED_SEGMENTS_KEPT, SCRUB_DAMAGE_KEPT,
 };
 pub use recovery::{describe_cut_ops, RecoveryReport, TailState, UnrecordedEnd};

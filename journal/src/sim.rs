@@ -59,6 +59,8 @@ pub struct SimShape {
     pub durability: crate::Durability,
     /// Group-commit writes in flight at once.
     pub writes_in_flight: u32,
+    /// Largest write made inline (0: every write through the ring's path).
+    pub inline_write_bytes_max: u64,
 }
 
 impl Default for SimShape {
@@ -70,6 +72,7 @@ impl Default for SimShape {
             entry_bytes_max: 2 << 10,
             durability: crate::Durability::Sync,
             writes_in_flight: crate::config::WRITES_IN_FLIGHT_DEFAULT,
+            inline_write_bytes_max: crate::config::INLINE_WRITE_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -553,6 +556,7 @@ impl Driver {
             .entry_bytes_max(self.shape.entry_bytes_max)
             .durability(self.shape.durability)
             .writes_in_flight(self.shape.writes_in_flight)
+            .inline_write_bytes_max(self.shape.inline_write_bytes_max)
             .storage(self.storage.clone())
     }
 

@@ -96,10 +96,13 @@ fn profiles() -> Vec<(&'static str, FaultConfig, SimShape)> {
             },
         ),
         (
+            // Every write spawned on its own task (no inline writes, which
+            // wait for nothing else to be in flight), so up to 4 overlap.
             "4 writes in flight",
             FaultConfig::benign(),
             SimShape {
                 writes_in_flight: 4,
+                inline_write_bytes_max: 0,
                 ..shape
             },
         ),

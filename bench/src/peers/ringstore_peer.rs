@@ -43,10 +43,12 @@ pub const BULK_TASKS: usize = 64;
 const SMALL_SHAPE: JournalShape = JournalShape {
     preallocation: PreallocationArg::ZeroFill,
     durability: DurabilityArg::Auto,
+    inline_write_bytes_max: None,
 };
 const BULK_SHAPE: JournalShape = JournalShape {
     preallocation: PreallocationArg::Fallocate,
     durability: DurabilityArg::Auto,
+    inline_write_bytes_max: None,
 };
 
 const _: () = assert!(SMALL_RECORD_BYTES == crate::cmd_journal::SMALL_ENTRY_BYTES);

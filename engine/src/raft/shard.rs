@@ -253,34 +253,43 @@ where
         shard: u32::try_from(node).map_err(|_| RaftStoreError::NodeId { node })?,
         shards: RAFT_NODE_SHARDS,
     };
-    let journal = journal_setup(Journal::builder(&journal_dir).storage(storage.clone()))
-        .owner(owner)
-        .open()
-        .await
-        .map_err(|e| match e {
-            ringstore_journal::Error::WrongOwner {
+    // No inline writes (`JournalBuilder::inline_write_bytes_max`): the
+    // node's connections share this reactor, and a write blocking it held
+    // their requests and replies back (1-client commit p50 514 and 524 µs
+    // with them, 378 and 404 without, in alternated quick runs of
+    // `ringstore-bench raft`). `journal_setup` may turn them back on.
+    let journal = journal_setup(
+        Journal::builder(&journal_dir)
+            .storage(storage.clone())
+            .inline_write_bytes_max(0),
+    )
+    .owner(owner)
+    .open()
+    .await
+    .map_err(|e| match e {
+        ringstore_journal::Error::WrongOwner {
+            path,
+            recorded,
+            expected,
+        } if recorded.domain == expected.domain && recorded.shards == RAFT_NODE_SHARDS => {
+            RaftStoreError::OtherNode {
                 path,
-                recorded,
-                expected,
-            } if recorded.domain == expected.domain && recorded.shards == RAFT_NODE_SHARDS => {
-                RaftStoreError::OtherNode {
-                    path,
-                    node,
-                    recorded: u64::from(recorded.shard),
-                }
+                node,
+                recorded: u64::from(recorded.shard),
             }
-            ringstore_journal::Error::WrongOwner {
-                path,
-                recorded,
-                expected,
-            } => RaftStoreError::Engine(crate::Error::ForeignJournal {
-                identity: identity_path.clone(),
-                superblock: path,
-                expected,
-                recorded,
-            }),
-            other => other.into(),
-        })?;
+        }
+        ringstore_journal::Error::WrongOwner {
+            path,
+            recorded,
+            expected,
+        } => RaftStoreError::Engine(crate::Error::ForeignJournal {
+            identity: identity_path.clone(),
+            superblock: path,
+            expected,
+            recorded,
+        }),
+        other => other.into(),
+    })?;
     // The journal exists now: from here on an open that finds none refuses
     // (a node without its log and vote must not rejoin as if new).
     if let Err(e) = record_journal_created(&storage, &dir, &identity).await {

@@ -31,6 +31,7 @@ pub use reader::{Entries, ENTRIES_READ_AHEAD_BYTES};
 pub use recycle::RECYCLED_SEGMENTS_KEPT;
 pub use scrub::SCRUB_DAMAGE_KEPT;
 pub use watermark::RECLAIM_STEP_BYTES_DEFAULT;
+pub use writer::{INLINE_WRITES_PAUSED_FOR, INLINE_WRITE_AVERAGE_WEIGHT, INLINE_WRITE_SLOW};
 
 use rollover::{next_generation, record_rollover};
 use superblock_io::{create_superblock, write_superblock};
@@ -156,6 +157,12 @@ pub struct JournalStats {
     /// Durability points: fdatasync calls after writes, or writes made
     /// through O_DSYNC ([`Durability::WriteThrough`]).
     pub fsyncs: u64,
+    /// Of `writes`, those made inline with blocking system calls
+    /// ([`JournalBuilder::inline_write_bytes_max`]).
+    pub inline_writes: u64,
+    /// Times inline writes stopped for [`INLINE_WRITES_PAUSED_FOR`], their
+    /// moving average above [`INLINE_WRITE_SLOW`].
+    pub inline_write_pauses: u64,
     /// Bytes written by group-commit writes (including padding).
     pub bytes_written: u64,
     /// Entries (of every kind) made durable.
@@ -312,6 +319,10 @@ struct State<F: StorageFile> {
     spare_awaited: bool,
     /// Writes issued and not yet finished.
     writes_in_flight: usize,
+    /// Inline writes are paused until then (see [`INLINE_WRITE_SLOW`]).
+    inline_paused_until: Option<std::time::Instant>,
+    /// Moving average of inline write times.
+    inline_write_average: std::time::Duration,
     /// The ticket of the newest write in flight.
     last_ticket: Option<Rc<WriteTicket>>,
     filling: Batch<F::Buf>,

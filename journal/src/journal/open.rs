@@ -196,6 +196,8 @@ impl<S: Storage> Journal<S> {
             preparing: false,
             spare_awaited: false,
             writes_in_flight: 0,
+            inline_paused_until: None,
+            inline_write_average: std::time::Duration::ZERO,
             last_ticket: None,
             filling: Batch::new(),
             recycled: BatchVecs::new(config.writes_in_flight),

@@ -21,6 +21,25 @@
 //! writes are strictly serial and at most one can be torn.
 
 use super::*;
+use std::time::{Duration, Instant};
+
+/// When the moving average of inline write times (see
+/// [`JournalBuilder::inline_write_bytes_max`]; write and sync, each write
+/// weighing [`INLINE_WRITE_AVERAGE_WEIGHT`]) exceeds this, inline writes
+/// pause: the disk is in a slow spell, and the reactor would stall that
+/// long per write. About ten times a fast write + flush on this kind of
+/// disk. An average, not each write, so that a lone slow write among fast
+/// ones (a few per second on the development machine's disk) does not
+/// pause them; a spell of 4 ms writes pauses them after the second.
+pub const INLINE_WRITE_SLOW: Duration = Duration::from_millis(1);
+
+/// Weight of the newest inline write in the moving average.
+pub const INLINE_WRITE_AVERAGE_WEIGHT: f64 = 1.0 / 8.0;
+
+/// How long inline writes stay paused: then they try again, the average
+/// starting at [`INLINE_WRITE_SLOW`], so that one more slow write pauses
+/// them again (one slow inline write per pause in a long slow spell).
+pub const INLINE_WRITES_PAUSED_FOR: Duration = Duration::from_secs(1);
 
 pub(super) struct Batch<B> {
     buf: Option<B>,
@@ -267,20 +286,56 @@ impl<S: Storage> Shared<S> {
             Err(error) => return self.fail_unissued(batch, error),
         };
         let ticket = Rc::new(WriteTicket::default());
-        let previous = {
+        let (previous, inline) = {
             let mut state = self.state.borrow_mut();
+            let inline = self.inline_allowed(&mut state, &place, total);
             state.writes_in_flight += 1;
-            state.last_ticket.replace(ticket.clone())
+            (state.last_ticket.replace(ticket.clone()), inline)
         };
         let shared = self.clone();
         let write = async move {
             let buf = batch.buf.take().expect("a batch with entries has a buffer");
-            let result = shared.write_and_sync(buf, &batch, &place, total).await;
+            let result = shared
+                .write_and_sync(buf, &batch, &place, total, inline)
+                .await;
             shared
                 .finish_batch(batch, place, total, result, previous, ticket)
                 .await;
         };
-        glommio::spawn_local(write).detach();
+        if inline {
+            // The tasks already runnable (an appender's next entry, a
+            // socket's sends) go before the reactor blocks in the write.
+            futures_lite::future::yield_now().await;
+            write.await;
+        } else {
+            glommio::spawn_local(write).detach();
+        }
+    }
+
+    /// Whether the batch about to be issued is written inline
+    /// ([`JournalBuilder::inline_write_bytes_max`]): small enough, nothing
+    /// else in flight, a backend with blocking calls, and no pause (ended
+    /// here once due).
+    fn inline_allowed(
+        &self,
+        state: &mut State<S::File>,
+        place: &Placement<S::File>,
+        total: u64,
+    ) -> bool {
+        if total > self.config.inline_write_bytes_max
+            || state.writes_in_flight > 0
+            || !place.file.has_blocking_calls()
+        {
+            return false;
+        }
+        match state.inline_paused_until {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                state.inline_paused_until = None;
+                true
+            }
+            None => true,
+        }
     }
 
     /// Where the batch goes: rolls over first if it does not fit.
@@ -343,25 +398,64 @@ impl<S: Storage> Shared<S> {
         Ok(place)
     }
 
-    /// Stamps the headers and makes the batch durable.
+    /// Stamps the headers and makes the batch durable: through io_uring,
+    /// or `inline` with blocking calls.
     async fn write_and_sync(
         &self,
         mut buf: <S::File as StorageFile>::Buf,
         batch: &Batch<<S::File as StorageFile>::Buf>,
         place: &Placement<S::File>,
         total: u64,
+        inline: bool,
     ) -> Result<()> {
         stamp_headers(buf.as_bytes_mut(), &batch.entries, place, batch.len, total);
         buf.trim_to(total as usize);
-        if let Err(e) = place.file.write_at(buf, place.pos).await {
+        let started = Instant::now();
+        let written = if inline {
+            place.file.write_blocking(buf, place.pos).await
+        } else {
+            place.file.write_at(buf, place.pos).await
+        };
+        if let Err(e) = written {
             return Err(self.poison(Error::io("write", &place.path, Some(place.pos), e)));
         }
         if self.config.durability == Durability::Sync {
-            if let Err(e) = place.file.sync().await {
+            let synced = if inline {
+                place.file.sync_blocking().await
+            } else {
+                place.file.sync().await
+            };
+            if let Err(e) = synced {
                 return Err(self.poison(Error::io("fdatasync", &place.path, None, e)));
             }
         }
+        if inline {
+            self.inline_write_done(started.elapsed(), total);
+        }
         Ok(())
+    }
+
+    /// Counts an inline write, and pauses inline writes once their moving
+    /// average is slow: in a slow spell of the disk the reactor would
+    /// otherwise stall for every write.
+    fn inline_write_done(&self, took: Duration, bytes: u64) {
+        let mut state = self.state.borrow_mut();
+        state.stats.inline_writes += 1;
+        let average = state.inline_write_average.as_secs_f64();
+        let average = average + (took.as_secs_f64() - average) * INLINE_WRITE_AVERAGE_WEIGHT;
+        state.inline_write_average = Duration::from_secs_f64(average.max(0.0));
+        if state.inline_write_average > INLINE_WRITE_SLOW {
+            state.inline_write_average = INLINE_WRITE_SLOW;
+            state.inline_paused_until = Some(Instant::now() + INLINE_WRITES_PAUSED_FOR);
+            state.stats.inline_write_pauses += 1;
+            tracing::debug!(
+                dir = %self.config.dir.display(),
+                took_us = took.as_micros() as u64,
+                bytes,
+                paused_ms = INLINE_WRITES_PAUSED_FOR.as_millis() as u64,
+                "inline writes are slow on average; writing through io_uring for a while"
+            );
+        }
     }
 
     /// Acknowledges a batch in issue order: only once every earlier write

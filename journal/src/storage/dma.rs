@@ -143,7 +143,7 @@ impl Storage for DmaStorage {
             .dma_open(path)
             .await
             .map_err(|err| map_open_error(err.into(), path))?;
-        Ok(DmaFileHandle::new(file, path))
+        Ok(DmaFileHandle::new(file, path, write_through))
     }
 
     async fn open(&self, path: &Path) -> io::Result<DmaFileHandle> {
@@ -158,7 +158,7 @@ impl Storage for DmaStorage {
             .dma_open(path)
             .await
             .map_err(|err| map_open_error(err.into(), path))?;
-        Ok(DmaFileHandle::new(file, path))
+        Ok(DmaFileHandle::new(file, path, write_through))
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
@@ -373,17 +373,68 @@ fn map_open_error(err: io::Error, path: &Path) -> io::Error {
 pub struct DmaFileHandle {
     file: DmaFile,
     path: PathBuf,
+    /// Opened with O_DSYNC.
+    write_through: bool,
     dma_reads_fail: Cell<bool>,
     buffered: RefCell<Option<Rc<GlommioBufferedFile>>>,
+    /// The same file for blocking calls, opened on first use.
+    blocking: RefCell<BlockingHandle>,
+}
+
+/// A second handle on a [`DmaFileHandle`]'s file, for blocking calls.
+#[derive(Debug)]
+enum BlockingHandle {
+    NotOpened,
+    Open(std::fs::File),
+    /// The open failed (logged once); blocking calls go through the ring.
+    Unavailable,
 }
 
 impl DmaFileHandle {
-    fn new(file: DmaFile, path: &Path) -> DmaFileHandle {
+    fn new(file: DmaFile, path: &Path, write_through: bool) -> DmaFileHandle {
         DmaFileHandle {
             file,
             path: path.to_path_buf(),
+            write_through,
             dma_reads_fail: Cell::new(false),
             buffered: RefCell::new(None),
+            blocking: RefCell::new(BlockingHandle::NotOpened),
+        }
+    }
+
+    /// Runs `call` on the blocking handle, opening it first if need be;
+    /// `None` if it cannot be opened. It is opened through
+    /// `/proc/self/fd`, so it is this file even if its name has changed
+    /// since, with the same O_DIRECT (and O_DSYNC) flags.
+    fn with_blocking<T>(&self, call: impl FnOnce(&std::fs::File) -> T) -> Option<T> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut handle = self.blocking.borrow_mut();
+        if matches!(*handle, BlockingHandle::NotOpened) {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(
+                    libc::O_DIRECT
+                        | libc::O_CLOEXEC
+                        | if self.write_through { libc::O_DSYNC } else { 0 },
+                )
+                .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+            *handle = match opened {
+                Ok(file) => BlockingHandle::Open(file),
+                Err(error) => {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        %error,
+                        "cannot open a second handle for blocking writes; \
+                         writing through io_uring instead"
+                    );
+                    BlockingHandle::Unavailable
+                }
+            };
+        }
+        match &*handle {
+            BlockingHandle::Open(file) => Some(call(file)),
+            _ => None,
         }
     }
 
@@ -419,14 +470,7 @@ impl StorageFile for DmaFileHandle {
 
     async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {
         let len = buf.len();
-        let written = self.file.write_at(buf, pos).await?;
-        if written != len {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short write: {written} of {len} bytes"),
-            ));
-        }
-        Ok(())
+        check_full_write(self.file.write_at(buf, pos).await?, len)
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<ReadResult> {
@@ -455,6 +499,31 @@ impl StorageFile for DmaFileHandle {
         Ok(self.file.fdatasync().await?)
     }
 
+    fn has_blocking_calls(&self) -> bool {
+        true
+    }
+
+    async fn write_blocking(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let written = self.with_blocking(|file| loop {
+            match file.write_at(buf.as_bytes(), pos) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                written => return written,
+            }
+        });
+        match written {
+            Some(written) => check_full_write(written?, buf.len()),
+            None => self.write_at(buf, pos).await,
+        }
+    }
+
+    async fn sync_blocking(&self) -> io::Result<()> {
+        match self.with_blocking(|file| file.sync_data()) {
+            Some(synced) => synced,
+            None => self.sync().await,
+        }
+    }
+
     async fn allocate(&self, len: u64) -> io::Result<()> {
         Ok(self.file.pre_allocate(len, false).await?)
     }
@@ -476,4 +545,16 @@ impl StorageFile for DmaFileHandle {
         }
         Ok(self.file.close().await?)
     }
+}
+
+/// A short O_DIRECT write is an error: the rest cannot simply follow at an
+/// unaligned offset.
+fn check_full_write(written: usize, len: usize) -> io::Result<()> {
+    if written != len {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write: {written} of {len} bytes"),
+        ));
+    }
+    Ok(())
 }

@@ -1353,6 +1353,13 @@ impl StorageFile for MemFile {
         Ok(bytes)
     }
 
+    /// In memory every call completes on the calling thread; saying so
+    /// lets the simulation drive the journal's blocking-write path
+    /// ([`crate::JournalBuilder::inline_write_bytes_max`]) too.
+    fn has_blocking_calls(&self) -> bool {
+        true
+    }
+
     async fn sync(&self) -> io::Result<()> {
         self.begin().await?;
         let mut fs = self.storage.fs.borrow_mut();

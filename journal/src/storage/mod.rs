@@ -171,6 +171,24 @@ pub trait StorageFile: 'static {
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf>;
     /// fdatasync: makes completed writes durable.
     async fn sync(&self) -> io::Result<()>;
+    /// Whether [`StorageFile::write_blocking`] and
+    /// [`StorageFile::sync_blocking`] are blocking system calls on the
+    /// calling thread (default: no; they are then `write_at` and `sync`).
+    fn has_blocking_calls(&self) -> bool {
+        false
+    }
+    /// [`StorageFile::write_at`] as one blocking system call on the calling
+    /// thread, where the backend has one ([`StorageFile::has_blocking_calls`]):
+    /// no hand-off through the reactor's ring, and the reactor runs nothing
+    /// else until it returns.
+    async fn write_blocking(&self, buf: Self::Buf, pos: u64) -> io::Result<()> {
+        self.write_at(buf, pos).await
+    }
+    /// [`StorageFile::sync`] as a blocking system call, as
+    /// [`StorageFile::write_blocking`] is.
+    async fn sync_blocking(&self) -> io::Result<()> {
+        self.sync().await
+    }
     /// Reserves `len` bytes of disk space for the file (fallocate). May fail
     /// with `EOPNOTSUPP`; the caller then writes zeros instead.
     async fn allocate(&self, len: u64) -> io::Result<()>;
