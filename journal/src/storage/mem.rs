@@ -379,6 +379,9 @@ struct MemFs {
     /// What [`Storage::latency_device`] answers (see
     /// [`MemStorage::set_latency_device`]).
     latency_device: Option<u64>,
+    /// How long a blocking write sleeps first (see
+    /// [`MemStorage::set_blocking_write_delay`]).
+    blocking_write_delay: std::time::Duration,
     /// Bytes returned by file reads so far ([`MemStorage::bytes_read`]).
     bytes_read: u64,
     /// File writes so far by size ([`MemStorage::write_sizes`]).
@@ -639,6 +642,7 @@ impl MemStorage {
                 counts: FaultCounts::default(),
                 oneshots: Oneshots::default(),
                 latency_device: None,
+                blocking_write_delay: std::time::Duration::ZERO,
                 bytes_read: 0,
                 write_sizes: BTreeMap::new(),
                 locks: BTreeSet::new(),
@@ -654,6 +658,13 @@ impl MemStorage {
     /// probe results are kept per device for the life of the process.
     pub fn set_latency_device(&self, device: Option<u64>) {
         self.fs.borrow_mut().latency_device = device;
+    }
+
+    /// Makes every [`StorageFile::write_blocking`] first block the calling
+    /// thread for `delay` (default none): a disk in a slow spell, for tests
+    /// of what the journal does when its inline writes are slow.
+    pub fn set_blocking_write_delay(&self, delay: std::time::Duration) {
+        self.fs.borrow_mut().blocking_write_delay = delay;
     }
 
     /// Simulates power loss and restart: decides what of the unsynced state
@@ -1358,6 +1369,14 @@ impl StorageFile for MemFile {
     /// ([`crate::JournalBuilder::inline_write_bytes_max`]) too.
     fn has_blocking_calls(&self) -> bool {
         true
+    }
+
+    async fn write_blocking(&self, buf: MemBuf, pos: u64) -> io::Result<()> {
+        let delay = self.storage.fs.borrow().blocking_write_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        self.write_at(buf, pos).await
     }
 
     async fn sync(&self) -> io::Result<()> {
