@@ -56,6 +56,12 @@ fn write_session_ending(reopens: usize, close: bool) -> (tempfile::TempDir, Path
         } else {
             crash(journal).await;
         }
+    });
+    // On a new reactor: the crashed journal's background tasks (a spare
+    // segment's preparation) ended with the old one's thread, as with a
+    // process, instead of racing the next open.
+    let p = path.clone();
+    run(move || async move {
         for _ in 0..reopens {
             builder(&p).open().await.unwrap().close().await.unwrap();
         }
