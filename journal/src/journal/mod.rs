@@ -31,7 +31,9 @@ pub use reader::{Entries, ENTRIES_READ_AHEAD_BYTES};
 pub use recycle::RECYCLED_SEGMENTS_KEPT;
 pub use scrub::SCRUB_DAMAGE_KEPT;
 pub use watermark::RECLAIM_STEP_BYTES_DEFAULT;
-pub use writer::{INLINE_WRITES_PAUSED_FOR, INLINE_WRITE_AVERAGE_WEIGHT, INLINE_WRITE_SLOW};
+pub use writer::{
+    INLINE_STREAK_MAX, INLINE_WRITES_PAUSED_FOR, INLINE_WRITE_AVERAGE_WEIGHT, INLINE_WRITE_SLOW,
+};
 
 use rollover::{next_generation, record_rollover};
 use superblock_io::{create_superblock, write_superblock};
@@ -323,6 +325,8 @@ struct State<F: StorageFile> {
     inline_paused_until: Option<std::time::Instant>,
     /// Moving average of inline write times.
     inline_write_average: std::time::Duration,
+    /// The current run of inline writes without a reactor turn.
+    inline_streak: Option<writer::InlineStreak>,
     /// The ticket of the newest write in flight.
     last_ticket: Option<Rc<WriteTicket>>,
     filling: Batch<F::Buf>,

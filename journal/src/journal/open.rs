@@ -198,6 +198,7 @@ impl<S: Storage> Journal<S> {
             writes_in_flight: 0,
             inline_paused_until: None,
             inline_write_average: std::time::Duration::ZERO,
+            inline_streak: None,
             last_ticket: None,
             filling: Batch::new(),
             recycled: BatchVecs::new(config.writes_in_flight),

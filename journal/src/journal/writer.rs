@@ -45,10 +45,27 @@ pub const INLINE_WRITE_SLOW: Duration = Duration::from_millis(1);
 /// Weight of the newest inline write in the moving average.
 pub const INLINE_WRITE_AVERAGE_WEIGHT: f64 = 1.0 / 8.0;
 
+/// Longest run of inline writes without a turn of the reactor (queued
+/// io_uring requests handed to the kernel, completions reaped, timers
+/// fired): past it the next write goes through io_uring, whose completion
+/// the writer awaits over a turn. Under steady small appends the run
+/// queue never empties (an appender is always runnable), so without this
+/// every other task's file I/O and timers would wait for glommio's
+/// preemption timer, 100 ms by default (`glommio_quirks`, quirk 1).
+pub const INLINE_STREAK_MAX: Duration = Duration::from_micros(500);
+
 /// How long inline writes stay paused: then they try again, the average
 /// starting at [`INLINE_WRITE_SLOW`], so that one more slow write pauses
 /// them again (one slow inline write per pause in a long slow spell).
 pub const INLINE_WRITES_PAUSED_FOR: Duration = Duration::from_secs(1);
+
+/// A run of inline writes since the reactor last turned (see
+/// [`INLINE_STREAK_MAX`]).
+pub(super) struct InlineStreak {
+    started: Instant,
+    /// Set at the reactor's first turn after `started`.
+    turned: Rc<Cell<bool>>,
+}
 
 pub(super) struct Batch<B> {
     buf: Option<B>,
@@ -337,13 +354,28 @@ impl<S: Storage> Shared<S> {
         {
             return false;
         }
+        let now = Instant::now();
         match state.inline_paused_until {
-            Some(until) if Instant::now() < until => false,
-            Some(_) => {
-                state.inline_paused_until = None;
+            Some(until) if now < until => return false,
+            Some(_) => state.inline_paused_until = None,
+            None => {}
+        }
+        match &state.inline_streak {
+            Some(streak) if !streak.turned.get() => now - streak.started <= INLINE_STREAK_MAX,
+            _ => {
+                // A new run: a timer marks the reactor's next turn.
+                let turned = Rc::new(Cell::new(false));
+                state.inline_streak = Some(InlineStreak {
+                    started: now,
+                    turned: turned.clone(),
+                });
+                glommio::spawn_local(async move {
+                    crate::glommio_quirks::reactor_turn().await;
+                    turned.set(true);
+                })
+                .detach();
                 true
             }
-            None => true,
         }
     }
 

@@ -405,20 +405,30 @@ impl DmaFileHandle {
     /// Runs `call` on the blocking handle, opening it first if need be;
     /// `None` if it cannot be opened. It is opened through
     /// `/proc/self/fd`, so it is this file even if its name has changed
-    /// since, with the same O_DIRECT (and O_DSYNC) flags.
+    /// since, with O_DIRECT (and O_DSYNC, as the file was opened).
     fn with_blocking<T>(&self, call: impl FnOnce(&std::fs::File) -> T) -> Option<T> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
         let mut handle = self.blocking.borrow_mut();
         if matches!(*handle, BlockingHandle::NotOpened) {
-            let opened = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(
-                    libc::O_DIRECT
-                        | libc::O_CLOEXEC
-                        | if self.write_through { libc::O_DSYNC } else { 0 },
-                )
-                .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+            let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+            let open = |direct: bool| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(
+                        libc::O_CLOEXEC
+                            | if direct { libc::O_DIRECT } else { 0 }
+                            | if self.write_through { libc::O_DSYNC } else { 0 },
+                    )
+                    .open(&path)
+            };
+            // A filesystem without O_DIRECT (allowed with
+            // `allow_buffered_io`) refuses it with EINVAL; glommio's own
+            // handle falls back to the page cache there, and so does this.
+            let opened = match open(true) {
+                Err(e) if is_errno(&e, libc::EINVAL) => open(false),
+                opened => opened,
+            };
             *handle = match opened {
                 Ok(file) => BlockingHandle::Open(file),
                 Err(error) => {
