@@ -257,7 +257,9 @@ impl<S: Storage> JournalBuilder<S> {
     /// runnable run; during it, the reactor runs nothing else. Once the
     /// moving average of inline write times exceeds
     /// [`crate::INLINE_WRITE_SLOW`] (the disk in a slow spell), inline
-    /// writes stop for [`crate::INLINE_WRITES_PAUSED_FOR`].
+    /// writes stop for [`crate::INLINE_WRITES_PAUSED_FOR`]; and a run of
+    /// them without a reactor turn ends after [`crate::INLINE_STREAK_MAX`],
+    /// so that timers and other tasks' I/O are not held back.
     /// Larger writes, and writes while another is in flight, go through
     /// io_uring as before: a large batch is better overlapped with the next
     /// one's filling.

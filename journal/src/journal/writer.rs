@@ -25,9 +25,11 @@
 //! tasks already runnable go, then writes (and syncs) with blocking calls
 //! on the reactor thread and finishes the batch itself. Through io_uring
 //! the fdatasync goes to a kernel worker thread and the completion comes
-//! back a reactor wake-up later; inline, one appender's ack took 0.83-0.90x
+//! back a reactor wake-up later; inline, one appender's ack took 0.83-0.93x
 //! the raw linked write + fdatasync instead of 1.2-1.8x
-//! (`bench/PERFORMANCE.md`, "inline writes").
+//! (`bench/PERFORMANCE.md`, "inline writes"). A run of inline writes ends,
+//! with a write through io_uring, once it has gone [`INLINE_STREAK_MAX`]
+//! without a reactor turn.
 
 use super::*;
 use std::time::{Duration, Instant};
