@@ -259,7 +259,7 @@ impl<S: Storage> JournalBuilder<S> {
     /// [`crate::INLINE_WRITE_SLOW`] (the disk in a slow spell), inline
     /// writes stop for [`crate::INLINE_WRITES_PAUSED_FOR`]; and a run of
     /// them without a reactor turn ends after [`crate::INLINE_STREAK_MAX`],
-    /// so that timers and other tasks' I/O are not held back.
+    /// so that other tasks' I/O is not held back.
     /// Larger writes, and writes while another is in flight, go through
     /// io_uring as before: a large batch is better overlapped with the next
     /// one's filling.

@@ -48,12 +48,12 @@ pub const INLINE_WRITE_SLOW: Duration = Duration::from_millis(1);
 pub const INLINE_WRITE_AVERAGE_WEIGHT: f64 = 1.0 / 8.0;
 
 /// Longest run of inline writes without a turn of the reactor (queued
-/// io_uring requests handed to the kernel, completions reaped, timers
-/// fired): past it the next write goes through io_uring, whose completion
-/// the writer awaits over a turn. Under steady small appends the run
-/// queue never empties (an appender is always runnable), so without this
-/// every other task's file I/O and timers would wait for glommio's
-/// preemption timer, 100 ms by default (`glommio_quirks`, quirk 1).
+/// io_uring requests handed to the kernel, completions reaped): past it
+/// the next write goes through io_uring, whose completion the writer
+/// awaits over a turn. Under steady small appends some appender is nearly
+/// always runnable, and the other tasks' file I/O waits for the turns
+/// (`glommio_quirks`, quirk 1): without this, a shard's checkpoints fell
+/// behind 64 submitters (`bench/PERFORMANCE.md`, "inline writes").
 pub const INLINE_STREAK_MAX: Duration = Duration::from_micros(500);
 
 /// How long inline writes stay paused: then they try again, the average
