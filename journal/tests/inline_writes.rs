@@ -11,8 +11,7 @@ mod common;
 use common::*;
 use ringstore_journal::storage::MemStorage;
 use ringstore_journal::{
-    Durability, Error, Journal, JournalBuilder, INLINE_STREAK_MAX, INLINE_WRITES_PAUSED_FOR,
-    INLINE_WRITE_SLOW,
+    Durability, Error, Journal, JournalBuilder, INLINE_WRITES_PAUSED_FOR, INLINE_WRITE_SLOW,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -182,7 +181,7 @@ fn a_failed_inline_write_or_sync_poisons_and_loses_nothing_acknowledged() {
 
 /// One append, then a reactor turn: the in-memory disk's writes through
 /// the ring need none, so back-to-back appends here would end each run of
-/// inline writes for good (see [`INLINE_STREAK_MAX`]).
+/// inline writes for good (see `ringstore_journal::INLINE_STREAK_MAX`).
 async fn append_alone(journal: &Journal<MemStorage>, op: u64) {
     journal.append(&payload(op, SMALL)).await.unwrap();
     ringstore_journal::glommio_quirks::reactor_turn().await;
