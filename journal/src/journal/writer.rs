@@ -40,8 +40,9 @@ use std::time::{Duration, Instant};
 /// pause: the disk is in a slow spell, and the reactor would stall that
 /// long per write. About ten times a fast write + flush on this kind of
 /// disk. An average, not each write, so that a lone slow write among fast
-/// ones (a few per second on the development machine's disk) does not
-/// pause them; a spell of 4 ms writes pauses them after the second.
+/// ones (a few per second on the development machine's disk; up to about
+/// 8 ms) does not pause them; a spell of 4 ms writes pauses them after two
+/// or three (three from an average of 0, a fresh journal's).
 pub const INLINE_WRITE_SLOW: Duration = Duration::from_millis(1);
 
 /// Weight of the newest inline write in the moving average.
@@ -49,8 +50,9 @@ pub const INLINE_WRITE_AVERAGE_WEIGHT: f64 = 1.0 / 8.0;
 
 /// Longest run of inline writes without a turn of the reactor (queued
 /// io_uring requests handed to the kernel, completions reaped): past it
-/// the next write goes through io_uring, whose completion the writer
-/// awaits over a turn. Under steady small appends some appender is nearly
+/// the next write goes through io_uring, and while it is in flight the
+/// reactor turns (the run starts again after that turn). Under steady
+/// small appends some appender is nearly
 /// always runnable, and the other tasks' file I/O waits for the turns
 /// (`glommio_quirks`, quirk 1): without this, a shard's checkpoints fell
 /// behind 64 submitters (`bench/PERFORMANCE.md`, "inline writes").
