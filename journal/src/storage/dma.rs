@@ -576,3 +576,60 @@ fn check_full_write(written: usize, len: usize) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// The open flags of one of this process's descriptors, from
+    /// `/proc/self/fdinfo` (octal).
+    fn open_flags(fd: i32) -> i32 {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|line| line.strip_prefix("flags:"))
+            .expect("fdinfo has flags");
+        i32::from_str_radix(flags.trim(), 8).unwrap()
+    }
+
+    /// The blocking handle must make writes as durable as the ring's
+    /// handle does: O_DSYNC exactly when the file was opened
+    /// write-through (the in-memory disk cannot check this), and O_DIRECT
+    /// on a disk that takes it. What it writes is what the file holds.
+    #[test]
+    fn the_blocking_handle_has_the_files_durability_flags() {
+        // Under target/ (a real disk: tmpfs takes no O_DIRECT).
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let root = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let storage = DmaStorage::new();
+                storage.check_dir(&root).await.unwrap();
+                for write_through in [false, true] {
+                    let path = root.join(format!("file-{write_through}"));
+                    let file = storage.create(&path, write_through).await.unwrap();
+                    assert!(file.has_blocking_calls());
+                    let mut buf = file.alloc_buf(4096);
+                    buf.as_bytes_mut().fill(7);
+                    file.write_blocking(buf, 4096).await.unwrap();
+                    file.sync_blocking().await.unwrap();
+                    let flags = file
+                        .with_blocking(|handle| open_flags(handle.as_raw_fd()))
+                        .expect("the handle opened");
+                    assert_eq!(flags & libc::O_DSYNC != 0, write_through, "{flags:o}");
+                    assert!(flags & libc::O_DIRECT != 0, "{flags:o}");
+                    assert!(file.has_blocking_calls());
+                    file.close().await.unwrap();
+                    let bytes = std::fs::read(&path).unwrap();
+                    assert_eq!(bytes.len(), 8192);
+                    assert!(bytes[4096..].iter().all(|&b| b == 7));
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}
