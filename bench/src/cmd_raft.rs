@@ -73,15 +73,22 @@ pub struct RaftArgs {
     /// `log_stage_capacity` keeps (1,024 by default; `n` in the output).
     #[arg(long)]
     pub stages: bool,
+    /// The largest write ringstore's nodes make inline
+    /// (`JournalBuilder::inline_write_bytes_max`); by default the nodes'
+    /// own setting (off).
+    #[arg(long)]
+    pub inline_write_bytes_max: Option<u64>,
 }
 
 /// One ringstore node's journal during a workload: how many entries
-/// openraft appended and how many writes (each one fdatasync) they took.
+/// openraft appended, how many writes (each one fdatasync) they took and
+/// how many of those were made inline (`--inline-write-bytes-max`).
 #[derive(Debug, Serialize)]
 struct NodeJournal {
     node: u64,
     entries: u64,
     writes: u64,
+    inline_writes: u64,
     batch_entries_max: u64,
 }
 
@@ -158,6 +165,7 @@ fn run_ringstore(
     replication: Replication,
     preallocation: PreallocationArg,
     stages: bool,
+    inline_write_bytes_max: Option<u64>,
 ) -> Result<(Driven, Vec<NodeJournal>, Vec<NodeStages>)> {
     runtime()?.block_on(async {
         let domain = uuid::Uuid::new_v4();
@@ -168,7 +176,13 @@ fn run_ringstore(
                 dir.join(format!("node-{id}")),
                 domain,
                 id,
-                Box::new(move |b| b.preallocation(preallocation.into())),
+                Box::new(move |b| {
+                    let b = b.preallocation(preallocation.into());
+                    match inline_write_bytes_max {
+                        Some(bytes) => b.inline_write_bytes_max(bytes),
+                        None => b,
+                    }
+                }),
             )?;
             logs.push(opened.log.clone());
             stores.push(Some(opened));
@@ -245,6 +259,7 @@ fn run_ringstore(
                 node,
                 entries: after.appends - before.appends,
                 writes: after.writes - before.writes,
+                inline_writes: after.inline_writes - before.inline_writes,
                 batch_entries_max: after.batch_entries_max,
             });
         }
@@ -378,6 +393,7 @@ pub fn run(args: &RaftArgs) -> Result<()> {
             args.replication,
             args.preallocation,
             args.stages,
+            args.inline_write_bytes_max,
         )?;
         let mut ringstore = figures("ringstore", clients, result, harness.bracket()?);
         ringstore.journals = journals;
@@ -478,8 +494,8 @@ fn print_table(report: &RaftReport) {
             .iter()
             .map(|j| {
                 format!(
-                    "node {}: {} entries in {} writes (largest write since open {} records)",
-                    j.node, j.entries, j.writes, j.batch_entries_max
+                    "node {}: {} entries in {} writes, {} inline (largest write since open {} records)",
+                    j.node, j.entries, j.writes, j.inline_writes, j.batch_entries_max
                 )
             })
             .collect();
