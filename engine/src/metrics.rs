@@ -22,8 +22,10 @@
 //! | `ringstore_journal_scrub_passes_total` | counter | passes of the journal's scrubber over every segment (`JournalBuilder::scrub_rate`, through `ShardBuilder::journal`) |
 //! | `ringstore_journal_scrub_bytes_total` | counter | bytes the scrubber read |
 //! | `ringstore_journal_scrub_damage_total` | counter | places the scrubber found damaged (each also logged with its file and offset; reading the entries there fails) |
+//! | `ringstore_journal_scrub_read_errors_total` | counter | segment scans the scrubber could not finish for a read error (each logged; a block that fails every read is logged with its file and offset and kept with the damage) |
 //! | `ringstore_snapshot_scrub_passes_total` | counter | passes of the snapshot scrubber over every snapshot generation (`ShardBuilder::scrub_rate`) |
 //! | `ringstore_snapshot_scrub_damage_total` | counter | snapshot files the scrubber found damaged (each also logged with its file and offset) |
+//! | `ringstore_snapshot_scrub_read_errors_total` | counter | snapshot reads of the scrubber that failed (each logged; tried again next pass) |
 //! | `ringstore_ring_slots_used` | gauge | ring slots holding ops above the watermark |
 //! | `ringstore_ring_slots` | gauge | ring slots in all |
 //! | `ringstore_checkpoints_total` | counter | checkpoints that wrote a snapshot |
@@ -102,8 +104,10 @@ pub(crate) struct ShardMetrics {
     journal_scrub_passes: Counter,
     journal_scrub_bytes: Counter,
     journal_scrub_damage: Counter,
+    journal_scrub_read_errors: Counter,
     snapshot_scrub_passes: Counter,
     snapshot_scrub_damage: Counter,
+    snapshot_scrub_read_errors: Counter,
     journal_batches: Vec<Counter>,
     ring_slots_used: Gauge,
     ring_slots: Gauge,
@@ -193,8 +197,10 @@ impl ShardMetrics {
             journal_scrub_passes: counter("ringstore_journal_scrub_passes_total"),
             journal_scrub_bytes: counter("ringstore_journal_scrub_bytes_total"),
             journal_scrub_damage: counter("ringstore_journal_scrub_damage_total"),
+            journal_scrub_read_errors: counter("ringstore_journal_scrub_read_errors_total"),
             snapshot_scrub_passes: counter("ringstore_snapshot_scrub_passes_total"),
             snapshot_scrub_damage: counter("ringstore_snapshot_scrub_damage_total"),
+            snapshot_scrub_read_errors: counter("ringstore_snapshot_scrub_read_errors_total"),
             journal_batches,
             ring_slots_used: metrics::gauge!("ringstore_ring_slots_used", "shard" => label.clone()),
             ring_slots: metrics::gauge!("ringstore_ring_slots", "shard" => label.clone()),
@@ -264,6 +270,10 @@ impl ShardMetrics {
         self.snapshot_scrub_damage.increment(1);
     }
 
+    pub fn record_snapshot_scrub_read_error(&self) {
+        self.snapshot_scrub_read_errors.increment(1);
+    }
+
     pub fn record_retention_failure(&self) {
         self.remote_retention_failures.increment(1);
     }
@@ -284,6 +294,8 @@ impl ShardMetrics {
         self.journal_scrub_passes.absolute(journal.scrub_passes);
         self.journal_scrub_bytes.absolute(journal.scrub_bytes);
         self.journal_scrub_damage.absolute(journal.scrub_damage);
+        self.journal_scrub_read_errors
+            .absolute(journal.scrub_read_errors);
         for (counter, &count) in self.journal_batches.iter().zip(&journal.batch_entries_log2) {
             counter.absolute(count);
         }

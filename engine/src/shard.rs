@@ -1467,6 +1467,7 @@ async fn scrub_snapshots<M: StateMachine, S: Storage>(
                         "the snapshot scrubber could not read a snapshot; it tries again next pass"
                     );
                     inner.progress.borrow_mut().stats.snapshot_scrub_read_errors += 1;
+                    inner.metrics.record_snapshot_scrub_read_error();
                 }
             }
         }

@@ -45,7 +45,7 @@ pub use durability::{DurabilityChoice, DurabilityProbe, ProbeOutcome};
 pub use error::{Error, Result};
 pub use index::SLOT_BYTES;
 pub use journal::{
-    Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend, QueuedHardState,
+    Entries, Entry, Journal, JournalStats, LogItem, QueuedAppend, QueuedHardState, ScrubPass,
     BATCH_SIZE_BUCKETS, ENTRIES_READ_AHEAD_BYTES, INLINE_STREAK_MAX, INLINE_WRITES_PAUSED_FOR,
     INLINE_WRITE_AVERAGE_WEIGHT, INLINE_WRITE_SLOW, RECLAIM_STEP_BYTES_DEFAULT,
     RECYCLED_SEGMENTS_KEPT, SCRUB_DAMAGE_KEPT,

@@ -20,7 +20,10 @@
 //!   unless a truncation attempted since or the watermark covers it — a
 //!   consensus replica must never see a vote it saved after an append
 //!   without that append;
-//! * recovery never panics, and damage is a typed error, never served.
+//! * recovery never panics, and damage is a typed error, never served;
+//! * damage at rest ([`SimOp::Rot`], [`SimOp::Unreadable`], mixed in by
+//!   [`with_damage_at_rest`]) is named by a scrub pass (the file, and the
+//!   offset or block) and a read of the op returns a typed error.
 //!
 //! Everything is decided by the seed (the storage's faults, the task
 //! interleavings, [`random_ops`]), so a failing seed replays exactly. The
@@ -157,6 +160,53 @@ pub enum SimOp {
     },
     /// Wait for the tasks, close cleanly, reopen and check everything.
     Reopen,
+    /// Damage at rest (a destructive fault): wait for the tasks, flip one
+    /// bit of an acknowledged op's payload on the disk, run a scrub pass
+    /// ([`Journal::scrub_pass`]) and check that it reports damage in that
+    /// segment at or before the bit, then that reading the op fails with
+    /// `Error::Corruption`. The damage stays.
+    Rot {
+        /// Which acknowledged op, counting down from the newest.
+        back: u16,
+        /// Which bit of its payload (modulo its length).
+        bit: u16,
+    },
+    /// A latent read error (a destructive fault): wait for the tasks, make
+    /// the sector under part of an acknowledged op's payload unreadable,
+    /// run a scrub pass and check that it names that block (or damage
+    /// before it in the segment), then that reading the op fails with
+    /// `Error::Io`. The sector reads again afterwards.
+    Unreadable {
+        /// Which acknowledged op, counting down from the newest.
+        back: u16,
+        /// Which byte of its payload (modulo its length).
+        byte: u16,
+    },
+}
+
+/// Of the ops [`with_damage_at_rest`] leaves, about one in this many
+/// becomes [`SimOp::Rot`] or [`SimOp::Unreadable`].
+const DAMAGE_AT_REST_ONE_IN: u64 = 25;
+
+/// `ops` with about one in [`DAMAGE_AT_REST_ONE_IN`] replaced by damage at
+/// rest ([`SimOp::Rot`], [`SimOp::Unreadable`]), drawn from `seed` (a
+/// stream of its own, so the rest of the list is as [`random_ops`] made it).
+pub fn with_damage_at_rest(seed: u64, ops: Vec<SimOp>) -> Vec<SimOp> {
+    let mut rng = Pcg64Mcg::seed_from_u64(seed ^ 0xda3a_6e00_0a70_5e57);
+    ops.into_iter()
+        .map(|op| {
+            if rng.next_u64() % DAMAGE_AT_REST_ONE_IN != 0 {
+                return op;
+            }
+            let back = (rng.next_u64() % 64) as u16;
+            let at = rng.next_u64() as u16;
+            if rng.next_u64() % 2 == 0 {
+                SimOp::Rot { back, bit: at }
+            } else {
+                SimOp::Unreadable { back, byte: at }
+            }
+        })
+        .collect()
 }
 
 /// Generates `count` ops from `seed`.
@@ -219,6 +269,10 @@ pub struct SimReport {
     /// Segments made from retired segments' files (crashes then hit
     /// recycled segments, whose space past the last write is not zeros).
     pub segments_recycled: u64,
+    /// Bit flips at rest ([`SimOp::Rot`]) a scrub pass reported.
+    pub rot_found_by_scrub: u64,
+    /// Unreadable sectors ([`SimOp::Unreadable`]) a scrub pass reported.
+    pub unreadable_found_by_scrub: u64,
     /// How often each fault fired.
     pub faults: FaultCounts,
 }
@@ -234,6 +288,8 @@ impl SimReport {
         self.open_retries += other.open_retries;
         self.hard_state_orderings_checked += other.hard_state_orderings_checked;
         self.segments_recycled += other.segments_recycled;
+        self.rot_found_by_scrub += other.rot_found_by_scrub;
+        self.unreadable_found_by_scrub += other.unreadable_found_by_scrub;
         self.faults.add(&other.faults);
     }
 }
@@ -727,6 +783,86 @@ impl Driver {
         (present, scanned)
     }
 
+    /// [`SimOp::Rot`] (`rot`) or [`SimOp::Unreadable`], aimed at payload
+    /// bit `bit` (modulo the payload's bits) of the `back`-th newest
+    /// acknowledged op the journal holds.
+    async fn damage_at_rest(
+        &mut self,
+        journal: &Journal<MemStorage>,
+        back: u16,
+        bit: u64,
+        rot: bool,
+    ) {
+        self.settle().await;
+        if journal.is_poisoned() {
+            return;
+        }
+        let watermark = journal.watermark();
+        let acked: Vec<u64> = self
+            .model
+            .borrow()
+            .ops
+            .iter()
+            .filter(|(op, m)| **op > watermark && m.acked.is_some())
+            .map(|(op, _)| *op)
+            .collect();
+        let Some(&op) = acked
+            .iter()
+            .rev()
+            .nth(usize::from(back) % acked.len().max(1))
+        else {
+            return;
+        };
+        let Some((path, entry_offset, payload_len)) = journal.entry_place(op) else {
+            return;
+        };
+        let bit = bit % (u64::from(payload_len).max(1) * 8);
+        let byte = entry_offset + crate::format::ENTRY_HEADER_BYTES as u64 + bit / 8;
+        if rot {
+            self.storage.flip_bit(&path, byte, (bit % 8) as u8);
+        } else {
+            self.storage.set_unreadable(&path, byte);
+        }
+        let pass = journal.scrub_pass().await;
+        let damage_before = pass
+            .damage
+            .iter()
+            .any(|d| d.path == path && d.offset <= byte);
+        let block = crate::format::align_down(byte, crate::format::BLOCK_BYTES);
+        let unreadable_named = pass
+            .unreadable
+            .iter()
+            .any(|d| d.path == path && d.offset == block);
+        let read = journal.read(op).await;
+        if !rot {
+            self.storage.clear_unreadable(&path);
+        }
+        let mut model = self.model.borrow_mut();
+        let what = if rot {
+            "a flipped bit"
+        } else {
+            "an unreadable sector"
+        };
+        if rot && damage_before {
+            self.report.rot_found_by_scrub += 1;
+        } else if !rot && (unreadable_named || damage_before) {
+            self.report.unreadable_found_by_scrub += 1;
+        } else {
+            model.fail(format!(
+                "the scrub pass missed {what} at {}:{byte} (op {op}): {pass:?}",
+                path.display()
+            ));
+        }
+        match read {
+            Err(Error::Corruption { .. }) if rot => self.report.corruption_reported += 1,
+            Err(Error::Io { .. }) if !rot => {}
+            other => model.fail(format!(
+                "reading op {op} over {what} at {}:{byte} gave {other:?}",
+                path.display()
+            )),
+        }
+    }
+
     fn note_error(&mut self, error: &Error) {
         match error {
             Error::Corruption { .. } if self.destructive => self.report.corruption_reported += 1,
@@ -933,6 +1069,14 @@ impl Driver {
                 }
             }
             SimOp::Settle => self.settle().await,
+            SimOp::Rot { back, bit } => {
+                self.damage_at_rest(&journal, back, u64::from(bit), true)
+                    .await
+            }
+            SimOp::Unreadable { back, byte } => {
+                self.damage_at_rest(&journal, back, u64::from(byte) * 8, false)
+                    .await
+            }
             SimOp::Crash { after_ops } => {
                 self.storage.cut_power_after_ops(u64::from(after_ops) + 1);
                 self.settle().await;
@@ -1076,7 +1220,10 @@ pub async fn run_ops(
     let destructive = faults.read_flip_rate > 0.0
         || faults.read_eio_rate > 0.0
         || faults.write_misdirect_rate > 0.0
-        || shape.durability == crate::Durability::NoSync;
+        || shape.durability == crate::Durability::NoSync
+        || ops
+            .iter()
+            .any(|op| matches!(op, SimOp::Rot { .. } | SimOp::Unreadable { .. }));
     let mut driver = Driver {
         seed,
         storage: MemStorage::with_faults(seed, faults),

@@ -36,7 +36,10 @@ fn write_journal(path: &Path) {
 }
 
 /// Waits until the scrubber has finished `passes` passes.
-async fn wait_for_passes(journal: &Journal, passes: u64) {
+async fn wait_for_passes<S: ringstore_journal::storage::Storage>(
+    journal: &Journal<S>,
+    passes: u64,
+) {
     let started = Instant::now();
     while journal.stats().scrub_passes < passes {
         assert!(
@@ -138,6 +141,75 @@ fn without_a_rate_there_is_no_scrubber() {
         glommio::timer::sleep(Duration::from_millis(50)).await;
         let stats = journal.stats();
         assert_eq!((stats.scrub_passes, stats.scrub_bytes), (0, 0));
+        journal.close().await.unwrap();
+    });
+}
+
+/// A latent read error, which only the in-memory disk can make: the
+/// background scrubber names the unreadable block (the failed read is read
+/// again a block at a time), counts it, keeps it with the damage and logs
+/// it once; an on-demand pass (`Journal::scrub_pass`) returns it; reading
+/// the op there fails with `Error::Io`; once the sector reads again, so do
+/// the op and the next pass.
+#[test]
+fn an_unreadable_block_is_named_by_its_offset() {
+    use ringstore_journal::storage::MemStorage;
+    run(move || async move {
+        let s = MemStorage::new();
+        let journal = Journal::builder("/mem/journal")
+            .storage(s.clone())
+            .segment_bytes(1 << 20)
+            .batch_bytes_max(64 << 10)
+            .entry_bytes_max(16 << 10)
+            .slot_count(256)
+            .scrub_rate(256 << 20)
+            .open()
+            .await
+            .unwrap();
+        for op in 1..=OPS {
+            assert_eq!(journal.append(&payload(op, PAYLOAD)).await.unwrap(), op);
+        }
+        let segment = s
+            .paths()
+            .into_iter()
+            .find(|p| p.to_string_lossy().ends_with(".wal"))
+            .expect("a segment");
+        // Op 5's payload, in its own write at byte 4096 * 5.
+        let unreadable_op = 5;
+        let byte = 4096 * unreadable_op + 56 + 100;
+        assert!(s.set_unreadable(&segment, byte));
+        let passes = journal.stats().scrub_passes;
+        wait_for_passes(&journal, passes + 2).await;
+        let stats = journal.stats();
+        assert_eq!(stats.scrub_damage, 0, "{stats:?}");
+        assert!(stats.scrub_read_errors >= 1, "{stats:?}");
+        let found = journal.scrub_damage();
+        assert_eq!(found.len(), 1, "reported once: {found:?}");
+        assert_eq!((&found[0].path, found[0].offset), (&segment, 4096 * 5));
+        assert!(found[0].reason.starts_with("unreadable"), "{found:?}");
+
+        let pass = journal.scrub_pass().await;
+        assert!(pass.damage.is_empty(), "{pass:?}");
+        assert_eq!(pass.unreadable.len(), 1, "{pass:?}");
+        assert_eq!(pass.unreadable[0].offset, 4096 * 5);
+        assert!(matches!(
+            journal.read(unreadable_op).await,
+            Err(Error::Io { .. })
+        ));
+        for op in (1..=OPS).filter(|op| *op != unreadable_op) {
+            let entry = journal.read(op).await.unwrap().unwrap();
+            assert_eq!(entry.payload, payload(op, PAYLOAD));
+        }
+
+        s.clear_unreadable(&segment);
+        let pass = journal.scrub_pass().await;
+        assert!(
+            pass.damage.is_empty() && pass.unreadable.is_empty(),
+            "{pass:?}"
+        );
+        assert!(pass.segments >= 1, "{pass:?}");
+        let entry = journal.read(unreadable_op).await.unwrap().unwrap();
+        assert_eq!(entry.payload, payload(unreadable_op, PAYLOAD));
         journal.close().await.unwrap();
     });
 }

@@ -8,7 +8,9 @@
 //! `RINGSTORE_SIM_SEEDS` sets how many seeds per profile. With the default,
 //! one run makes well over 10,000 crash-and-recover cycles; run with
 //! `--nocapture` to see the cycle counts and how often each fault fired.
-use ringstore_journal::sim::{random_ops, run_ops, SimOp, SimReport, SimShape};
+use ringstore_journal::sim::{
+    random_ops, run_ops, with_damage_at_rest, SimOp, SimReport, SimShape,
+};
 use ringstore_journal::storage::FaultConfig;
 use ringstore_journal::Durability;
 
@@ -33,6 +35,9 @@ fn seeds() -> (u64, u64, bool) {
 
 /// The profile whose lives are long enough to recycle segments.
 const RECYCLING_PROFILE: &str = "tiny segments, recycled";
+/// The profile with damage at rest for the scrubber to find
+/// (`with_damage_at_rest`).
+const DAMAGE_AT_REST_PROFILE: &str = "damage at rest, scrubbed";
 /// Of the crashes and reopens of a generated list, the share
 /// [`longer_lives`] keeps: one in this many.
 const LONGER_LIVES_KEEP_ONE_IN: usize = 5;
@@ -118,6 +123,10 @@ fn profiles() -> Vec<(&'static str, FaultConfig, SimShape)> {
                 ..shape
             },
         ),
+        // Bits flipped and sectors made unreadable on the disk between
+        // steps; each time a scrub pass must report it and a read of the
+        // op must fail with a typed error.
+        (DAMAGE_AT_REST_PROFILE, FaultConfig::benign(), shape),
     ]
 }
 
@@ -135,6 +144,9 @@ fn crash_simulation_under_every_fault_profile() {
                     let mut ops = random_ops(seed, OPS_PER_SEED);
                     if profile == RECYCLING_PROFILE {
                         ops = longer_lives(ops);
+                    }
+                    if profile == DAMAGE_AT_REST_PROFILE {
+                        ops = with_damage_at_rest(seed, ops);
                     }
                     match run_ops(seed, faults.clone(), shape, &ops).await {
                         Ok(report) => total.add(&report),
@@ -184,6 +196,18 @@ fn crash_simulation_under_every_fault_profile() {
         .find(|(profile, _)| *profile == RECYCLING_PROFILE)
         .expect("the recycling profile ran");
     assert!(tiny.segments_recycled > 0, "nothing was recycled");
+    let (_, rest) = reports
+        .iter()
+        .find(|(profile, _)| *profile == DAMAGE_AT_REST_PROFILE)
+        .expect("the damage-at-rest profile ran");
+    println!(
+        "damage at rest found by scrub passes: {} flipped bits, {} unreadable sectors",
+        rest.rot_found_by_scrub, rest.unreadable_found_by_scrub
+    );
+    assert!(
+        rest.rot_found_by_scrub > 0 && rest.unreadable_found_by_scrub > 0,
+        "no damage at rest was injected"
+    );
     let small_disk = &reports[2].1;
     assert!(small_disk.faults.enospc > 0, "the small disk never filled");
     assert_eq!(

@@ -29,7 +29,7 @@ mod writer;
 
 pub use reader::{Entries, ENTRIES_READ_AHEAD_BYTES};
 pub use recycle::RECYCLED_SEGMENTS_KEPT;
-pub use scrub::SCRUB_DAMAGE_KEPT;
+pub use scrub::{ScrubPass, SCRUB_DAMAGE_KEPT};
 pub use watermark::RECLAIM_STEP_BYTES_DEFAULT;
 pub use writer::{
     INLINE_STREAK_MAX, INLINE_WRITES_PAUSED_FOR, INLINE_WRITE_AVERAGE_WEIGHT, INLINE_WRITE_SLOW,
@@ -198,7 +198,8 @@ pub struct JournalStats {
     /// Places the scrubber found damaged ([`Journal::scrub_damage`]).
     pub scrub_damage: u64,
     /// Segment scans the scrubber could not finish for a read error (each
-    /// logged; tried again next pass).
+    /// logged, with the first block that fails to read alone when one
+    /// does; the segment is read again next pass).
     pub scrub_read_errors: u64,
     /// Reads that found an entry damaged (read twice; each logged and
     /// returned as `Error::Corruption` with the file and offset).
@@ -393,6 +394,27 @@ impl<F: StorageFile> State<F> {
         self.compacted_floor
             .max(self.durable_watermark)
             .max(self.watermark_requested)
+    }
+}
+
+#[cfg(feature = "sim")]
+impl<S: Storage> Journal<S> {
+    /// Where op `op`'s durable entry lies: its segment's path, the entry's
+    /// offset there and its payload's length (the simulation aims its
+    /// damage at rest at a payload).
+    pub(crate) fn entry_place(&self, op: u64) -> Option<(PathBuf, u64, u32)> {
+        let state = self.shared.state.borrow();
+        match state.index.lookup(op) {
+            crate::index::Lookup::Durable(location, _) => {
+                let segment = state.segment(location.generation)?;
+                Some((
+                    segment.path.clone(),
+                    u64::from(location.offset),
+                    location.payload_len,
+                ))
+            }
+            _ => None,
+        }
     }
 }
 

@@ -9,7 +9,11 @@
 //! watermark, or not yet replayed). Damage is reported, never repaired or
 //! cut: a log line (error level) naming the file, offset and reason, the
 //! counters in [`JournalStats`] (`scrub_damage`, `scrub_passes`,
-//! `scrub_bytes`), and [`Journal::scrub_damage`].
+//! `scrub_bytes`), and [`Journal::scrub_damage`]. A block that cannot be
+//! read (a latent media error) is reported the same way, with its offset
+//! (found by reading the failed range again a block at a time), and
+//! counted in `scrub_read_errors`; [`Journal::scrub_pass`] runs a pass on
+//! demand and returns both kinds of finding.
 //!
 //! Each segment is scanned up to the end that was durable when its scan
 //! began (a closed segment's end, the active segment's durable end), so
@@ -47,6 +51,33 @@ impl<S: Storage> Journal<S> {
     }
 }
 
+/// What one scrub pass found ([`Journal::scrub_pass`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubPass {
+    /// Segments scanned (to their durable end, or to the first finding).
+    pub segments: u64,
+    /// Checksum damage: the first place in each damaged segment.
+    pub damage: Vec<Damage>,
+    /// Places that could not be read: the first unreadable block of each
+    /// segment a read failed in (the rest of that segment waits for the
+    /// next pass). Its `reason` carries the I/O error.
+    pub unreadable: Vec<Damage>,
+}
+
+impl<S: Storage> Journal<S> {
+    /// Runs one scrub pass now, unpaced, besides any background one
+    /// ([`crate::JournalBuilder::scrub_rate`]), and returns what it found;
+    /// each finding is also reported as the background scrubber reports it
+    /// (log, [`JournalStats`], [`Journal::scrub_damage`]). For an operator's
+    /// check of a live journal, and for tests.
+    pub async fn scrub_pass(&self) -> ScrubPass {
+        let mut pacer = Pacer::new(std::num::NonZeroU64::MAX);
+        scrub_pass(&Rc::downgrade(&self.shared), &mut pacer)
+            .await
+            .unwrap_or_default()
+    }
+}
+
 /// The scrubber task: passes over the segments, oldest first, until the
 /// journal is closed or dropped.
 pub(super) async fn run_scrubber<S: Storage>(
@@ -54,15 +85,25 @@ pub(super) async fn run_scrubber<S: Storage>(
     bytes_per_second: std::num::NonZeroU64,
 ) {
     let mut pacer = Pacer::new(bytes_per_second);
+    loop {
+        if scrub_pass(&shared, &mut pacer).await.is_none() {
+            return;
+        }
+        glommio::timer::sleep(SCRUB_PASS_PAUSE).await;
+    }
+}
+
+/// One pass over the segments, oldest first, each finding reported; `None`
+/// once the journal is closed or dropped.
+async fn scrub_pass<S: Storage>(shared: &Weak<Shared<S>>, pacer: &mut Pacer) -> Option<ScrubPass> {
+    let mut pass = ScrubPass::default();
     let mut after = 0;
     loop {
         let target = {
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
+            let shared = shared.upgrade()?;
             let state = shared.state.borrow();
             if state.closing {
-                return;
+                return None;
             }
             state
                 .segments
@@ -76,43 +117,85 @@ pub(super) async fn run_scrubber<S: Storage>(
                 })
         };
         let Some(target) = target else {
-            // A pass is over.
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            if after > 0 {
-                shared.state.borrow_mut().stats.scrub_passes += 1;
+            if pass.segments > 0 {
+                shared.upgrade()?.state.borrow_mut().stats.scrub_passes += 1;
             }
-            drop(shared);
-            after = 0;
-            glommio::timer::sleep(SCRUB_PASS_PAUSE).await;
-            continue;
+            return Some(pass);
         };
         after = target.generation;
-        let outcome = scrub_segment(&shared, &target, &mut pacer).await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
+        let outcome = scrub_segment(shared, &target, pacer).await;
+        let shared = shared.upgrade()?;
         let retired = !shared
             .state
             .borrow()
             .segments
             .iter()
             .any(|s| s.generation == target.generation);
+        if retired {
+            continue;
+        }
+        pass.segments += 1;
         match outcome {
-            _ if retired => {}
-            Ok(None) => {}
-            Ok(Some(damage)) => shared.report_scrub_damage(damage),
-            Err(error) => {
+            Scanned::Clean => {}
+            Scanned::Damaged(damage) => {
+                shared.report_scrub_damage(&damage);
+                pass.damage.push(damage);
+            }
+            Scanned::Unreadable(place) => {
+                shared.report_unreadable(&place);
+                pass.unreadable.push(place);
+            }
+            Scanned::ReadFailed { offset, error } => {
                 tracing::warn!(
                     path = %target.path.display(),
+                    offset,
                     %error,
-                    "the scrubber could not read a segment; it tries again next pass"
+                    "a scrubber read failed, and every block of it read back alone: \
+                     a transient error; the scrubber reads the segment again next pass"
                 );
                 shared.state.borrow_mut().stats.scrub_read_errors += 1;
             }
         }
     }
+}
+
+/// How the scan of one segment ended.
+enum Scanned {
+    /// Up to its end, or stopped because the journal closed or the segment
+    /// was retired.
+    Clean,
+    /// Checksum damage (the first in the segment).
+    Damaged(Damage),
+    /// A block that fails every read (the first in the segment).
+    Unreadable(Damage),
+    /// A read failed but each of its blocks read alone did not.
+    ReadFailed { offset: u64, error: std::io::Error },
+}
+
+/// Reads `len` bytes at `pos`; if that fails, reads them again a block at
+/// a time, so the first block that cannot be read is named.
+async fn read_or_locate<F: StorageFile>(
+    target: &Target<F>,
+    pos: u64,
+    len: usize,
+) -> std::result::Result<F::ReadBuf, Scanned> {
+    let error = match target.file.read_at(pos, len).await {
+        Ok(bytes) => return Ok(bytes),
+        Err(error) => error,
+    };
+    let end = pos + len as u64;
+    let mut block = align_down(pos, BLOCK_BYTES);
+    while block < end {
+        if let Err(error) = target.file.read_at(block, BLOCK_BYTES as usize).await {
+            return Err(Scanned::Unreadable(Damage {
+                path: target.path.clone(),
+                offset: block,
+                reason: format!("unreadable: {error}"),
+            }));
+        }
+        block += BLOCK_BYTES;
+    }
+    Err(Scanned::ReadFailed { offset: pos, error })
 }
 
 /// Scans one segment up to `target.end`, at the pacer's rate: its damage,
@@ -121,9 +204,9 @@ async fn scrub_segment<S: Storage>(
     shared: &Weak<Shared<S>>,
     target: &Target<S::File>,
     pacer: &mut Pacer,
-) -> std::io::Result<Option<Damage>> {
+) -> Scanned {
     let damage = |offset, reason: String| {
-        Some(Damage {
+        Scanned::Damaged(Damage {
             path: target.path.clone(),
             offset,
             reason,
@@ -142,17 +225,20 @@ async fn scrub_segment<S: Storage>(
         })
     };
     if !pacer.pace(&open).await {
-        return Ok(None);
+        return Scanned::Clean;
     }
-    let block = target.file.read_at(0, BLOCK_BYTES as usize).await?;
+    let block = match read_or_locate(target, 0, BLOCK_BYTES as usize).await {
+        Ok(block) => block,
+        Err(failed) => return failed,
+    };
     pacer.note(block.len() as u64);
     if let Some(shared) = shared.upgrade() {
         shared.state.borrow_mut().stats.scrub_bytes += block.len() as u64;
     }
     let header = match check_segment_header(&block, target.generation) {
         SegmentHeaderStatus::Valid(header) => header,
-        SegmentHeaderStatus::Damaged { offset, reason } => return Ok(damage(offset, reason)),
-        _ => return Ok(damage(0, "segment header does not verify".into())),
+        SegmentHeaderStatus::Damaged { offset, reason } => return damage(offset, reason),
+        _ => return damage(0, "segment header does not verify".into()),
     };
     let mut scanner = SegmentScanner::new(&header, Some(target.end));
     let (mut window_start, mut window) = (0u64, Vec::new());
@@ -166,14 +252,15 @@ async fn scrub_segment<S: Storage>(
                 let window_end = window_start + window.len() as u64;
                 if again || pos < window_start || end > window_end {
                     if !pacer.pace(&open).await {
-                        return Ok(None);
+                        return Scanned::Clean;
                     }
                     window_start = align_down(pos, BLOCK_BYTES);
                     let want = align_up(end, BLOCK_BYTES).max(window_start + SCRUB_READ_BYTES);
-                    let bytes = target
-                        .file
-                        .read_at(window_start, (want - window_start) as usize)
-                        .await?;
+                    let len = (want - window_start) as usize;
+                    let bytes = match read_or_locate(target, window_start, len).await {
+                        Ok(bytes) => bytes,
+                        Err(failed) => return failed,
+                    };
                     pacer.note(bytes.len() as u64);
                     window = bytes.to_vec();
                     if let Some(shared) = shared.upgrade() {
@@ -186,21 +273,20 @@ async fn scrub_segment<S: Storage>(
             }
             Step::Entry(_) => scanner.step(None),
             Step::Done(SegmentOutcome::Damaged { offset, reason }) => {
-                return Ok(damage(offset, reason))
+                return damage(offset, reason)
             }
-            Step::Done(_) => return Ok(None),
+            Step::Done(_) => return Scanned::Clean,
         };
     }
 }
 
 impl<S: Storage> Shared<S> {
     /// Records damage the scrubber found (once per place).
-    fn report_scrub_damage(&self, damage: Damage) {
+    fn report_scrub_damage(&self, damage: &Damage) {
         let place = (damage.path.clone(), damage.offset);
         if !self.scrub_reported.borrow_mut().insert(place) {
             return;
         }
-        let mut kept = self.scrub_damage.borrow_mut();
         tracing::error!(
             path = %damage.path.display(),
             offset = damage.offset,
@@ -209,9 +295,35 @@ impl<S: Storage> Shared<S> {
              `ringstore wal verify` reports it and `ringstore wal salvage` cuts at it"
         );
         self.state.borrow_mut().stats.scrub_damage += 1;
+        self.keep_scrub_finding(damage);
+    }
+
+    /// Records a block the scrubber could not read (once per place; each
+    /// time, the rest of its segment waits for the next pass).
+    fn report_unreadable(&self, place: &Damage) {
+        self.state.borrow_mut().stats.scrub_read_errors += 1;
+        if !self
+            .scrub_reported
+            .borrow_mut()
+            .insert((place.path.clone(), place.offset))
+        {
+            return;
+        }
+        tracing::error!(
+            path = %place.path.display(),
+            offset = place.offset,
+            reason = %place.reason,
+            "the scrubber cannot read a block of the journal: reading the entries there \
+             fails; `ringstore wal verify` reports it"
+        );
+        self.keep_scrub_finding(place);
+    }
+
+    fn keep_scrub_finding(&self, finding: &Damage) {
+        let mut kept = self.scrub_damage.borrow_mut();
         if kept.len() == SCRUB_DAMAGE_KEPT {
             kept.remove(0);
         }
-        kept.push(damage);
+        kept.push(finding.clone());
     }
 }

@@ -33,6 +33,11 @@
 //! * **Reads.** A read returns one flipped bit (`read_flip_rate`) or fails
 //!   with EIO (`read_eio_rate`). Flips are transient: a second read may be
 //!   clean.
+//! * **Damage at rest.** Tests and the simulation flip a bit of a file in
+//!   place ([`MemStorage::flip_bit`]; every later read sees it) or make a
+//!   sector unreadable ([`MemStorage::set_unreadable`]; every read that
+//!   touches it fails with EIO until [`MemStorage::clear_unreadable`]), as
+//!   a disk's media errors do.
 //! * **Writes.** A write lands 1–8 sectors away from where it was aimed and
 //!   reports success (`write_misdirect_rate`), or fails with EIO
 //!   (`write_eio_rate`).
@@ -252,6 +257,9 @@ struct FileData {
     durable: Vec<u8>,
     /// Writes and size changes since the last successful sync, in order.
     unsynced: Vec<FileOp>,
+    /// Sectors ([`SIM_SECTOR_BYTES`]) every read touching fails with EIO
+    /// ([`MemStorage::set_unreadable`]).
+    unreadable: BTreeSet<u64>,
 }
 
 fn apply(target: &mut Vec<u8>, op: &FileOp) {
@@ -799,6 +807,47 @@ impl MemStorage {
             data.live = bytes.clone();
             data.durable = bytes;
             data.unsynced.clear();
+        }
+    }
+
+    /// Flips bit `bit` (0 the lowest) of byte `offset` of a file, live and
+    /// durable alike: damage at rest, which every later read sees. Returns
+    /// whether the file holds that byte.
+    pub fn flip_bit(&self, path: &Path, offset: u64, bit: u8) -> bool {
+        let fs = self.fs.borrow();
+        let Some(file) = fs.live.files.get(path) else {
+            return false;
+        };
+        let mut data = file.borrow_mut();
+        let at = offset as usize;
+        if at >= data.live.len() {
+            return false;
+        }
+        data.live[at] ^= 1 << (bit % 8);
+        if let Some(byte) = data.durable.get_mut(at) {
+            *byte ^= 1 << (bit % 8);
+        }
+        true
+    }
+
+    /// Makes the sector holding byte `offset` of a file unreadable: every
+    /// read that touches it fails with EIO (a latent media error) until
+    /// [`MemStorage::clear_unreadable`]. Returns whether the file exists.
+    pub fn set_unreadable(&self, path: &Path, offset: u64) -> bool {
+        let fs = self.fs.borrow();
+        let Some(file) = fs.live.files.get(path) else {
+            return false;
+        };
+        file.borrow_mut()
+            .unreadable
+            .insert(offset / SIM_SECTOR_BYTES);
+        true
+    }
+
+    /// Makes every sector of a file readable again.
+    pub fn clear_unreadable(&self, path: &Path) {
+        if let Some(file) = self.fs.borrow().live.files.get(path) {
+            file.borrow_mut().unreadable.clear();
         }
     }
 
@@ -1352,6 +1401,11 @@ impl StorageFile for MemFile {
             let data = self.data.borrow();
             let start = (pos as usize).min(data.live.len());
             let end = start.saturating_add(len).min(data.live.len());
+            let first = start as u64 / SIM_SECTOR_BYTES;
+            let last = (end as u64).div_ceil(SIM_SECTOR_BYTES);
+            if end > start && data.unreadable.range(first..last).next().is_some() {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
             data.live[start..end].to_vec()
         };
         fs.bytes_read += bytes.len() as u64;
