@@ -25,6 +25,7 @@
 mod cmd_device;
 mod cmd_engine;
 mod cmd_journal;
+mod cmd_one_appender;
 mod cmd_peers;
 #[cfg(feature = "raft")]
 mod cmd_raft;
@@ -84,6 +85,11 @@ enum Command {
     /// latency at each client level (needs the `raft` feature).
     #[cfg(feature = "raft")]
     Raft(cmd_raft::RaftArgs),
+    /// One appender's durable write on every path the journal has (inline
+    /// or through io_uring, O_DSYNC write or write + fdatasync, and the
+    /// defaults), in rotating rounds, each next to the device probe, with
+    /// CPU time and context switches per append (issue 16).
+    OneAppender(cmd_one_appender::OneAppenderArgs),
     /// Retired segments recycled against new files (issue 16): sustained
     /// appends with a watermark keeping pace, alternating rounds, ack
     /// latency next to the device probe.
@@ -106,6 +112,7 @@ fn main() -> Result<()> {
         Command::Raft(args) => cmd_raft::run(args),
         Command::Peers(args) => cmd_peers::run(args),
         Command::Recycle(args) => cmd_recycle::run(args),
+        Command::OneAppender(args) => cmd_one_appender::run(args),
         Command::PeerRun(args) => peers::run_child(args),
     }
 }

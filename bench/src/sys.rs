@@ -336,12 +336,17 @@ pub fn filesystem_magic(path: &std::path::Path) -> io::Result<i64> {
 /// Peak resident set size of this process so far, in bytes (`getrusage`'s
 /// `ru_maxrss`, which Linux reports in KiB).
 pub fn peak_rss_bytes() -> io::Result<u64> {
+    Ok(u64::try_from(rusage_self()?.ru_maxrss).unwrap_or(0) * 1024)
+}
+
+/// `getrusage(RUSAGE_SELF)`: this process's resource use so far.
+pub fn rusage_self() -> io::Result<libc::rusage> {
     // SAFETY: `rusage` is plain old data; all-zero is a valid value of it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` is a valid, writable `rusage` that outlives the call.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     if rc == 0 {
-        Ok(u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
+        Ok(usage)
     } else {
         Err(io::Error::last_os_error())
     }

@@ -299,6 +299,19 @@ impl<M: StateMachine> Shard<M, DmaStorage> {
     }
 }
 
+#[cfg(feature = "sim")]
+impl<M: StateMachine, S: Storage> Shard<M, S> {
+    /// The snapshot generations' files and the shard's domain, for the
+    /// simulation's damage at rest (`crate::sim`).
+    pub(crate) fn snapshot_files(&self) -> Result<(Vec<PathBuf>, uuid::Uuid)> {
+        let files = self.inner.snapshots.generations()?;
+        Ok((
+            files.into_iter().map(|(_, path)| path).collect(),
+            self.inner.domain.get(),
+        ))
+    }
+}
+
 impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// Starts the shard recovery rebuilt, with the extensions the builder
     /// attached: the metrics publisher, the snapshot scrubber and the

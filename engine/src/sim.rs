@@ -20,7 +20,11 @@
 //!   history at the op its reply named;
 //! * recovery never panics; an open may fail only with an injected I/O
 //!   error (it is retried after another crash), never with corruption, a
-//!   replay gap or a snapshot behind the journal.
+//!   replay gap or a snapshot behind the journal;
+//! * the snapshot scrubber reports damage at rest: a bit flipped in a
+//!   snapshot file's checked bytes, and a sector there that fails every
+//!   read (each undone after its check, so the cycle goes on with intact
+//!   files; [`SimProfile::damage_snapshots_at_rest`]).
 //!
 //! Commands are recorded by wrapping the machine in [`Recorded`], whose
 //! `apply` notes each op's command; everything is decided by the seed.
@@ -29,6 +33,7 @@ use crate::config::CheckpointPolicy;
 use crate::error::Error;
 use crate::machine::{FrozenSection, OpId, RestoreError, SectionSet, StateMachine};
 use crate::shard::Shard;
+use crate::snapshot::{Check, SnapshotVerifier};
 use rand_core::{RngCore, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use ringstore_journal::storage::{FaultConfig, FaultCounts, MemStorage};
@@ -62,6 +67,10 @@ pub struct SimProfile {
     pub journal_keeps_previous_snapshot: bool,
     /// Snapshot generations kept.
     pub snapshot_generations: usize,
+    /// After every recovery, damage a snapshot file at rest (a flipped bit,
+    /// then an unreadable sector, each undone after its check) and check
+    /// that the snapshot scrubber's read of the file reports it.
+    pub damage_snapshots_at_rest: bool,
 }
 
 impl SimProfile {
@@ -75,6 +84,7 @@ impl SimProfile {
             checkpoint_ops_max: 40,
             journal_keeps_previous_snapshot: true,
             snapshot_generations: 3,
+            damage_snapshots_at_rest: true,
         };
         vec![
             base.clone(),
@@ -122,6 +132,10 @@ pub struct SimReport {
     pub snapshots_skipped: u64,
     /// Opens retried after an injected I/O error.
     pub open_retries: u64,
+    /// Bits flipped in snapshot files that the snapshot scrubber reported.
+    pub snapshot_rot_found: u64,
+    /// Unreadable sectors of snapshot files the snapshot scrubber failed on.
+    pub snapshot_unreadable_found: u64,
     /// Faults the storage injected.
     pub faults: FaultCounts,
 }
@@ -139,6 +153,8 @@ impl SimReport {
         self.replayed_ops += other.replayed_ops;
         self.snapshots_skipped += other.snapshots_skipped;
         self.open_retries += other.open_retries;
+        self.snapshot_rot_found += other.snapshot_rot_found;
+        self.snapshot_unreadable_found += other.snapshot_unreadable_found;
         self.faults.add(&other.faults);
     }
 }
@@ -260,6 +276,76 @@ fn is_injected_io(error: &Error) -> bool {
     }
 }
 
+/// Damages one snapshot file at rest, for the snapshot scrubber: a flipped
+/// bit, which a scrub of the file must report in that file (at or before
+/// the bit, or in its header block for a bit there), then an unreadable
+/// sector, which the scrub must fail on with a read error. Each is undone
+/// after its check, so recovery and the workload see intact files.
+async fn damage_snapshot_at_rest<M: StateMachine>(
+    shard: &Shard<Recorded<M>, MemStorage>,
+    storage: &MemStorage,
+    rng: &mut Pcg64Mcg,
+    report: &mut SimReport,
+) -> Result<(), String> {
+    let (files, domain) = shard
+        .snapshot_files()
+        .map_err(|e| format!("listing the snapshots failed: {e}"))?;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let path = &files[(rng.next_u64() % files.len() as u64) as usize];
+    let Some(bytes) = storage.file_bytes(path) else {
+        return Ok(());
+    };
+    let len = bytes.len() as u64;
+    let header_block = crate::format::HEADER_BLOCK_BYTES;
+    if len < header_block {
+        return Ok(());
+    }
+    // Only the header and the body are read and checked; the zero padding
+    // after the body is not (`engine/FORMAT.md`).
+    let mut layout = SnapshotVerifier::new(path, len, Some(domain), Check::Full);
+    layout.header_block(&bytes[..header_block as usize]);
+    let checked_end = layout.body_range().map_or(header_block, |body| body.end);
+    let offset = rng.next_u64() % checked_end;
+    let bit = (rng.next_u64() % 8) as u8;
+    let scrub = || async {
+        let mut pacer = ringstore_journal::pace::Pacer::new(std::num::NonZeroU64::MAX);
+        crate::snapshot::scrub_snapshot(storage, path, Some(domain), &mut pacer, &|| true).await
+    };
+    storage.flip_bit(path, offset, bit);
+    let found = scrub().await;
+    storage.flip_bit(path, offset, bit);
+    match found {
+        Ok(Some(damage))
+            if damage.path == *path
+                && (damage.offset <= offset
+                    || (offset < header_block && damage.offset < header_block)) =>
+        {
+            report.snapshot_rot_found += 1
+        }
+        other => {
+            return Err(format!(
+                "the snapshot scrub missed a flipped bit at {}:{offset} (bit {bit}): {other:?}",
+                path.display()
+            ))
+        }
+    }
+    storage.set_unreadable(path, offset);
+    let read = scrub().await;
+    storage.clear_unreadable(path);
+    match read {
+        Err(_) => report.snapshot_unreadable_found += 1,
+        Ok(other) => {
+            return Err(format!(
+                "the snapshot scrub read through an unreadable sector at {}:{offset}: {other:?}",
+                path.display()
+            ))
+        }
+    }
+    Ok(())
+}
+
 /// Runs `cycles` crash cycles of profile `profile` with seed `seed`.
 /// `command` draws a random command.
 pub async fn run<M, G>(
@@ -358,6 +444,15 @@ where
             ));
         }
         applied_max = applied_max.max(recovered.op);
+        if profile.damage_snapshots_at_rest {
+            // A stream of its own, so the workload draws as it did without.
+            let mut damage_rng = Pcg64Mcg::seed_from_u64(seed ^ 0x5c4b_da3a_6e00_0000 ^ cycle);
+            if let Err(message) =
+                damage_snapshot_at_rest(&shard, &storage, &mut damage_rng, &mut report).await
+            {
+                return Err(violation(cycle, message));
+            }
+        }
 
         // The workload: submitters, explicit checkpoints, and maybe a power
         // cut somewhere in the middle.

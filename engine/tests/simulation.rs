@@ -73,9 +73,18 @@ fn crashes_during_checkpoints_lose_nothing_acknowledged() {
             total.acknowledged,
             total.checkpoints
         );
+        println!(
+            "engine simulation: damage at rest found by the snapshot scrubber: {} flipped bits, \
+             {} unreadable sectors",
+            total.snapshot_rot_found, total.snapshot_unreadable_found
+        );
         assert!(
             total.crashes_during_checkpoint > 0,
             "no crash hit a checkpoint"
+        );
+        assert!(
+            total.snapshot_rot_found > 0 && total.snapshot_unreadable_found > 0,
+            "no snapshot was damaged at rest"
         );
     });
 }
