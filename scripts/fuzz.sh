@@ -2,7 +2,7 @@
 # Runs the cargo-fuzz targets in fuzz/ for a bounded time on the stable
 # toolchain, installing cargo-fuzz if it is missing.
 #
-#   scripts/fuzz.sh TARGET SECONDS   one target (journal_files, journal_ops, journal_replica_ops, cache_ops, snapshot_files)
+#   scripts/fuzz.sh TARGET SECONDS   one target (journal_files, journal_ops, journal_replica_ops, journal_damage_ops, cache_ops, snapshot_files)
 #   scripts/fuzz.sh all SECONDS      every target, SECONDS each
 #   scripts/fuzz.sh list             the targets
 #
@@ -19,7 +19,7 @@
 set -euo pipefail
 
 CARGO_FUZZ_VERSION=0.13.2
-TARGETS=(journal_files journal_ops journal_replica_ops cache_ops snapshot_files)
+TARGETS=(journal_files journal_ops journal_replica_ops journal_damage_ops cache_ops snapshot_files)
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"

@@ -539,6 +539,35 @@ fn journal_replica_ops_seeds() {
     }
 }
 
+fn journal_damage_ops_seeds() {
+    use journal_ops::{DamageInput, DamageOp, FuzzOp, Profile, ReplicaOp};
+    let mut rng = Rng(0x6461_6d61_6765);
+    for (name, profile) in [
+        ("benign", Profile::Benign),
+        ("destructive", Profile::Destructive),
+    ] {
+        let seeds = pick::<DamageInput>(&mut rng, 150..700, 2, |input| {
+            let count = |f: fn(&DamageOp) -> bool| input.ops.iter().filter(|op| f(op)).count();
+            input.profile == profile
+                && (40..=journal_ops::OPS_MAX).contains(&input.ops.len())
+                && count(|op| matches!(op, DamageOp::Base(ReplicaOp::Base(FuzzOp::Append { .. }))))
+                    >= 6
+                && count(|op| matches!(op, DamageOp::Rot { .. })) >= 1
+                && count(|op| matches!(op, DamageOp::Unreadable { .. })) >= 1
+        });
+        for (i, bytes) in seeds.iter().enumerate() {
+            let input =
+                DamageInput::arbitrary_take_rest(Unstructured::new(bytes)).expect("decodes");
+            keep(
+                "journal_damage_ops",
+                &format!("{name}-{i}"),
+                bytes,
+                move || journal_ops::run(&input),
+            );
+        }
+    }
+}
+
 fn cache_ops_seeds() {
     use ringstore_cache::sim::Op;
     let mut rng = Rng(0x0063_6163_6865);
@@ -608,10 +637,11 @@ fn snapshot_files_seeds() {
 /// command line.
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
-    let targets: [(&str, fn()); 5] = [
+    let targets: [(&str, fn()); 6] = [
         ("journal_files", journal_files_seeds),
         ("journal_ops", journal_ops_seeds),
         ("journal_replica_ops", journal_replica_ops_seeds),
+        ("journal_damage_ops", journal_damage_ops_seeds),
         ("cache_ops", cache_ops_seeds),
         ("snapshot_files", snapshot_files_seeds),
     ];

@@ -1,9 +1,10 @@
-//! Targets `journal_ops` and `journal_replica_ops`: structured operation
-//! lists through the journal's deterministic crash simulator
-//! ([`ringstore_journal::sim::run_ops`]). The second adds what a consensus
-//! replica does — truncating a divergent suffix, recording its hard state —
-//! as its own target, so the committed `journal_ops` inputs keep decoding to
-//! the operations they were found with.
+//! Targets `journal_ops`, `journal_replica_ops` and `journal_damage_ops`:
+//! structured operation lists through the journal's deterministic crash
+//! simulator ([`ringstore_journal::sim::run_ops`]). The second adds what a
+//! consensus replica does — truncating a divergent suffix, recording its
+//! hard state — and the third damage at rest for the scrubber to find, each
+//! as its own target, so the committed inputs of the one before keep
+//! decoding to the operations they were found with.
 //!
 //! The simulator checks the journal against a plain model after every step
 //! and every crash-and-recover cycle (no acknowledged entry lost, no wrong
@@ -139,6 +140,67 @@ impl From<ReplicaOp> for SimOp {
 
 /// One `journal_replica_ops` input.
 pub type ReplicaInput = Input<ReplicaOp>;
+
+/// [`ReplicaOp`] plus damage at rest, for `journal_damage_ops` (a target of
+/// its own, so `journal_replica_ops`'s inputs keep their decoding). One op
+/// in about [`DAMAGE_ONE_IN`] is damage, so that a list has entries for it
+/// to land on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DamageOp {
+    /// Any [`ReplicaOp`].
+    Base(ReplicaOp),
+    /// [`SimOp::Rot`]: a bit of an acknowledged payload flipped on the
+    /// disk; a scrub pass must report it, a read must fail typed.
+    Rot {
+        /// Which acknowledged op, counting down from the newest.
+        back: u16,
+        /// Which bit of its payload.
+        bit: u16,
+    },
+    /// [`SimOp::Unreadable`]: a sector under an acknowledged payload
+    /// fails every read; a scrub pass must name its block, a read must fail
+    /// typed.
+    Unreadable {
+        /// Which acknowledged op, counting down from the newest.
+        back: u16,
+        /// Which byte of its payload.
+        byte: u16,
+    },
+}
+
+/// Of the values of a [`DamageOp`]'s first byte, one in about this many
+/// decodes to damage.
+pub const DAMAGE_ONE_IN: u8 = 12;
+
+impl<'a> Arbitrary<'a> for DamageOp {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<DamageOp> {
+        let pick = u8::arbitrary(u)?;
+        Ok(match pick % DAMAGE_ONE_IN {
+            0 if pick < 128 => DamageOp::Rot {
+                back: u16::arbitrary(u)?,
+                bit: u16::arbitrary(u)?,
+            },
+            0 => DamageOp::Unreadable {
+                back: u16::arbitrary(u)?,
+                byte: u16::arbitrary(u)?,
+            },
+            _ => DamageOp::Base(ReplicaOp::arbitrary(u)?),
+        })
+    }
+}
+
+impl From<DamageOp> for SimOp {
+    fn from(op: DamageOp) -> SimOp {
+        match op {
+            DamageOp::Base(op) => op.into(),
+            DamageOp::Rot { back, bit } => SimOp::Rot { back, bit },
+            DamageOp::Unreadable { back, byte } => SimOp::Unreadable { back, byte },
+        }
+    }
+}
+
+/// One `journal_damage_ops` input.
+pub type DamageInput = Input<DamageOp>;
 
 /// One fuzz input (of `journal_ops`; [`ReplicaInput`] for
 /// `journal_replica_ops`).

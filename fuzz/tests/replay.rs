@@ -88,6 +88,14 @@ fn journal_replica_ops_inputs() {
 }
 
 #[test]
+fn journal_damage_ops_inputs() {
+    replay(
+        "journal_damage_ops",
+        ringstore_fuzz::journal_ops::run::<ringstore_fuzz::journal_ops::DamageOp>,
+    );
+}
+
+#[test]
 fn cache_ops_inputs() {
     replay("cache_ops", ringstore_fuzz::cache_ops::run);
 }
