@@ -279,7 +279,7 @@ fn is_injected_io(error: &Error) -> bool {
 /// Damages one snapshot file at rest, for the snapshot scrubber: a flipped
 /// bit, which a scrub of the file must report in that file (at or before
 /// the bit, or in its header block for a bit there), then an unreadable
-/// sector, which the scrub must fail on with a read error. Each is undone
+/// sector, which the scrub must fail on with a read error naming its block. Each is undone
 /// after its check, so recovery and the workload see intact files.
 async fn damage_snapshot_at_rest<M: StateMachine>(
     shard: &Shard<Recorded<M>, MemStorage>,
@@ -334,11 +334,18 @@ async fn damage_snapshot_at_rest<M: StateMachine>(
     storage.set_unreadable(path, offset);
     let read = scrub().await;
     storage.clear_unreadable(path);
+    let block = offset - offset % crate::format::BLOCK_BYTES;
     match read {
-        Err(_) => report.snapshot_unreadable_found += 1,
-        Ok(other) => {
+        Err(e)
+            if e.to_string()
+                .contains(&format!("unreadable at byte offset {block}:")) =>
+        {
+            report.snapshot_unreadable_found += 1
+        }
+        other => {
             return Err(format!(
-                "the snapshot scrub read through an unreadable sector at {}:{offset}: {other:?}",
+                "the snapshot scrub did not name the unreadable block at {}:{block} \
+                 (sector of byte {offset}): {other:?}",
                 path.display()
             ))
         }

@@ -67,7 +67,7 @@ async fn scrub_open_file<F: StorageFile>(
     if len < HEADER_BLOCK_BYTES {
         verifier.header_block(&[]);
     } else {
-        let block = file.read_at(0, HEADER_BLOCK_BYTES as usize).await?;
+        let block = read_or_locate(file, 0, HEADER_BLOCK_BYTES as usize).await?;
         pacer.note(block.len() as u64);
         verifier.header_block(&block);
     }
@@ -80,9 +80,7 @@ async fn scrub_open_file<F: StorageFile>(
             let want = (body.end - pos).min(SCRUB_READ_BYTES);
             // Whole blocks (O_DIRECT); the last may run past the end of
             // the file, which returns what there is.
-            let bytes = file
-                .read_at(pos, align_up(want, BLOCK_BYTES) as usize)
-                .await?;
+            let bytes = read_or_locate(file, pos, align_up(want, BLOCK_BYTES) as usize).await?;
             let take = bytes.len().min(want as usize);
             if take == 0 {
                 break;
@@ -93,4 +91,31 @@ async fn scrub_open_file<F: StorageFile>(
         }
     }
     Ok(verifier.finish().damage.into_iter().next())
+}
+
+/// Reads `len` bytes at `pos`; if that fails, reads them again a block at
+/// a time, so that the error names the first block that fails alone (a
+/// latent media error) or says that none did (a transient one).
+async fn read_or_locate<F: StorageFile>(file: &F, pos: u64, len: usize) -> io::Result<F::ReadBuf> {
+    let error = match file.read_at(pos, len).await {
+        Ok(bytes) => return Ok(bytes),
+        Err(error) => error,
+    };
+    let end = pos + len as u64;
+    let mut block = pos - pos % BLOCK_BYTES;
+    while block < end {
+        if let Err(alone) = file.read_at(block, BLOCK_BYTES as usize).await {
+            return Err(io::Error::new(
+                alone.kind(),
+                format!("unreadable at byte offset {block}: {alone}"),
+            ));
+        }
+        block += BLOCK_BYTES;
+    }
+    Err(io::Error::new(
+        error.kind(),
+        format!(
+            "a read of {len} bytes at byte offset {pos} failed, and each block of it read alone: {error}"
+        ),
+    ))
 }
