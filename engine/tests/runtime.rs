@@ -192,6 +192,62 @@ fn every_submitter_gets_its_own_reply_when_submits_are_served_in_batches() {
 }
 
 #[test]
+fn a_batch_of_commands_crosses_in_one_request_and_comes_back_in_order() {
+    let dir = temp_dir();
+    let engine = builder(dir.path(), 2).start().unwrap();
+    let client = engine.client();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    // Puts with a delete of a missing key in the middle: its rejection
+    // comes back at its place, and the puts around it stand.
+    let missing = 1_000_000;
+    let mut commands: Vec<KvCommand> = (0..100u64).map(|key| put(key, key * 7)).collect();
+    commands.insert(40, KvCommand::Delete { key: missing });
+    let outcomes = runtime.block_on(client.submit_batch(1, commands)).unwrap();
+    assert_eq!(outcomes.len(), 101);
+    assert!(matches!(&outcomes[40], Ok(Err(NotFound(key))) if *key == missing));
+    let ops: Vec<u64> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 40)
+        .map(|(_, outcome)| outcome.as_ref().unwrap().as_ref().unwrap().op)
+        .collect();
+    assert!(
+        ops.windows(2).all(|pair| pair[0] < pair[1]),
+        "applied in the order given: {ops:?}"
+    );
+    let values: BTreeMap<u64, Vec<u8>> = runtime
+        .block_on(client.read_shard(1, |kv: &Kv| {
+            kv.map.iter().map(|(k, (v, _))| (*k, v.clone())).collect()
+        }))
+        .unwrap();
+    assert_eq!(values.len(), 100);
+    assert!(values
+        .iter()
+        .all(|(key, value)| *value == (key * 7).to_le_bytes().to_vec()));
+    // Nothing reached the other shard.
+    let other = runtime
+        .block_on(client.read_shard(0, |kv: &Kv| kv.map.len()))
+        .unwrap();
+    assert_eq!(other, 0);
+    // An empty batch, a shard that does not exist, a stopped engine.
+    assert!(runtime
+        .block_on(client.submit_batch(0, Vec::new()))
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        runtime.block_on(client.submit_batch(2, vec![put(1, 1)])),
+        Err(Error::InvalidConfig { .. })
+    ));
+    engine.shutdown(false).unwrap();
+    assert!(matches!(
+        runtime.block_on(client.submit_batch(0, vec![put(1, 1)])),
+        Err(Error::Closed)
+    ));
+}
+
+#[test]
 fn shutdown_with_commands_in_flight_loses_no_acknowledged_command() {
     let dir = temp_dir();
     let engine = builder(dir.path(), 2).start().unwrap();

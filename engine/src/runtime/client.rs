@@ -32,6 +32,11 @@ pub(crate) enum Request<M: EngineMachine> {
         command: M::Command,
         reply: oneshot::Sender<Result<Outcome<M>>>,
     },
+    /// Several commands in one request, answered in one reply.
+    SubmitBatch {
+        commands: Vec<M::Command>,
+        reply: oneshot::Sender<Vec<Result<Outcome<M>>>>,
+    },
     Read(ReadFn<M>),
     Run(TaskFn<M>),
     Checkpoint(oneshot::Sender<Result<CheckpointOutcome>>),
@@ -112,6 +117,29 @@ impl<M: EngineMachine> Client<M> {
         // A dropped reply: the shard stopped before answering (shutdown
         // raced this submit, or the shard failed). Not acknowledged.
         outcome.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Submits `commands` to shard `shard` as one request: they cross to the
+    /// shard's thread with one send (one wake at most), are queued there in
+    /// order, sharing group commits as [`Shard::submit_many`] does, and
+    /// their outcomes come back in one reply, in the same order, once the
+    /// last is applied: one wake of the caller for the batch instead of one
+    /// per command. Each command stands alone: a rejection or an error of
+    /// one (as [`Shard::submit`] returns them) leaves the others as they
+    /// are. `Err` only when the shard stopped before answering (`Closed`):
+    /// then none of them is acknowledged, though some may have been applied.
+    pub async fn submit_batch(
+        &self,
+        shard: usize,
+        commands: Vec<M::Command>,
+    ) -> Result<Vec<Result<Outcome<M>>>> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, outcomes) = oneshot::channel();
+        self.send(shard, Request::SubmitBatch { commands, reply })
+            .await?;
+        outcomes.await.map_err(|_| Error::Closed)
     }
 
     /// [`Client::submit`] for a thread that is not inside an async runtime:

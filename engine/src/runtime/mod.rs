@@ -613,6 +613,15 @@ async fn serve<M: EngineMachine>(shard: Shard<M>, requests: &async_channel::Rece
                 })
                 .detach();
             }
+            Request::SubmitBatch { commands, reply } => {
+                let shard = shard.clone();
+                let counted = InFlight::enter(&in_flight);
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.submit_many(commands).await);
+                    drop(counted);
+                })
+                .detach();
+            }
             Request::Read(read) => read(&shard),
             Request::Run(task) => {
                 let counted = InFlight::enter(&in_flight);
