@@ -14,7 +14,10 @@
 //! at a time. Each round runs 1 shard on its reactor, 2 shards on their
 //! reactors and 1 shard through the handle, in a rotating order; the
 //! handle's target is at least 0.8x of the same shard's on-reactor rate in
-//! the same round. With one shard the tokio worker has the other core, as
+//! the same round; a fourth workload per round sends the same number of
+//! commands in flight as batches of [`BATCH_COMMANDS`]
+//! ([`Client::submit_batch`]: one request and one reply per batch). With
+//! one shard the tokio worker has the other core, as
 //! a deployment gives its network runtime cores of its own. A last
 //! workload drives 2 shards through the handle (512 tasks), where the tokio
 //! worker and two reactors share the two cores.
@@ -44,6 +47,11 @@ use crate::report::{fmt_num, fmt_ratio, round3, Table};
 pub const SUBMITTERS_PER_SHARD: usize = 256;
 /// Worker threads of the tokio runtime that submits through the handle.
 const CLIENT_RUNTIME_THREADS: usize = 1;
+/// Commands per [`Client::submit_batch`] in the batched handle workload...
+const BATCH_COMMANDS: usize = 16;
+/// ...from this many tokio tasks per shard: as many commands in flight as
+/// [`SUBMITTERS_PER_SHARD`].
+const BATCH_TASKS_PER_SHARD: usize = SUBMITTERS_PER_SHARD / BATCH_COMMANDS;
 /// How long each workload runs in full mode.
 const DURATION_FULL: Duration = Duration::from_secs(8);
 /// How long each workload runs in quick mode.
@@ -74,7 +82,9 @@ pub struct ShardsArgs {
 pub struct Workload {
     pub shards: usize,
     /// Where the submitting tasks run: `reactor` (on the shard's own
-    /// reactor) or `client` (tokio tasks through the client handle).
+    /// reactor), `client` (tokio tasks through the client handle, one
+    /// command at a time) or `client batches` (tokio tasks through
+    /// [`Client::submit_batch`], [`BATCH_COMMANDS`] at a time).
     pub via: &'static str,
     pub round: usize,
     pub commands: u64,
@@ -94,6 +104,8 @@ struct Report {
     /// 1 shard through the client handle ÷ 1 shard on its reactor, per
     /// round: median.
     client_ratio_median: f64,
+    /// The same for the handle's batches.
+    client_batches_ratio_median: f64,
     via_client: Workload,
     recovery_seconds: f64,
     recovery_replayed_ops: u64,
@@ -285,6 +297,66 @@ fn run_via_client(
     Ok((total, elapsed, recorder))
 }
 
+/// [`BATCH_TASKS_PER_SHARD`] tasks per shard on the same tokio runtime
+/// shape submit [`BATCH_COMMANDS`] commands at a time through
+/// [`Client::submit_batch`] until the time is up; each command's latency is
+/// its batch's.
+fn run_via_client_batches(
+    client: &Client<Metadata>,
+    duration: Duration,
+) -> Result<(u64, Duration, LatencyRecorder)> {
+    let shards = client.shards();
+    let tasks = BATCH_TASKS_PER_SHARD * shards;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CLIENT_RUNTIME_THREADS)
+        .enable_time()
+        .build()?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let results = runtime.block_on(async {
+        let tasks: Vec<_> = (0..tasks)
+            .map(|task| {
+                let client = client.clone();
+                let stream = stream_for(task % shards, shards);
+                tokio::spawn(async move {
+                    let mut recorder = LatencyRecorder::new();
+                    let mut count = 0u64;
+                    while Instant::now() < deadline {
+                        let commands = (0..BATCH_COMMANDS as u64)
+                            .map(|i| commit(&stream, task, count + i))
+                            .collect();
+                        let sent = Instant::now();
+                        let outcomes = client
+                            .submit_batch(client.shard_for(&stream), commands)
+                            .await?;
+                        let took = sent.elapsed();
+                        for outcome in outcomes {
+                            outcome?.map_err(|rejection| anyhow!("rejected: {rejection}"))?;
+                            recorder.record(took);
+                            count += 1;
+                        }
+                    }
+                    Ok::<_, anyhow::Error>((count, recorder))
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await);
+        }
+        results
+    });
+    let elapsed = started.elapsed();
+    let mut total = 0;
+    let mut recorder = LatencyRecorder::new();
+    for result in results {
+        let (count, part) = result??;
+        total += count;
+        recorder.merge(&part);
+    }
+    Ok((total, elapsed, recorder))
+}
+
 /// Journal entries per group-commit write over every shard of `client`.
 fn entries_per_write(client: &Client<Metadata>) -> Result<f64> {
     let stats = futures_lite::future::block_on(client.stats())?;
@@ -318,11 +390,16 @@ pub fn run(args: &ShardsArgs) -> Result<()> {
     let quick = args.common.quick;
     let duration = if quick { DURATION_QUICK } else { DURATION_FULL };
     let rounds = if quick { ROUNDS_QUICK } else { ROUNDS_FULL };
-    let mut harness = Harness::new(&args.common.dir, 1 + rounds as u64 * 6 + 4)?;
+    let mut harness = Harness::new(&args.common.dir, 1 + rounds as u64 * 8 + 4)?;
     let mut workloads = Vec::new();
     for round in 0..rounds {
         // Rotate the order so a slow spell does not always hit one side.
-        let mut order = [(1, "reactor"), (2, "reactor"), (1, "client")];
+        let mut order = [
+            (1, "reactor"),
+            (2, "reactor"),
+            (1, "client"),
+            (1, "client batches"),
+        ];
         let kinds = order.len();
         order.rotate_left(round % kinds);
         for (shards, via) in order {
@@ -334,6 +411,7 @@ pub fn run(args: &ShardsArgs) -> Result<()> {
             prepare(&client)?;
             let figures = match via {
                 "client" => run_via_client(&client, duration)?,
+                "client batches" => run_via_client_batches(&client, duration)?,
                 _ => run_local(&client, duration)?,
             };
             let batches = entries_per_write(&client)?;
@@ -386,11 +464,19 @@ pub fn run(args: &ShardsArgs) -> Result<()> {
         .filter_map(|round| Some(rate(round, 1, "client")? / rate(round, 1, "reactor")?))
         .collect();
     client_ratios.sort_by(f64::total_cmp);
+    let mut batch_ratios: Vec<f64> = (0..rounds)
+        .filter_map(|round| Some(rate(round, 1, "client batches")? / rate(round, 1, "reactor")?))
+        .collect();
+    batch_ratios.sort_by(f64::total_cmp);
     let report = Report {
         scaling_best: ratios.last().copied().unwrap_or(0.0),
         scaling_median: ratios.get(ratios.len() / 2).copied().unwrap_or(0.0),
         client_ratio_median: client_ratios
             .get(client_ratios.len() / 2)
+            .copied()
+            .unwrap_or(0.0),
+        client_batches_ratio_median: batch_ratios
+            .get(batch_ratios.len() / 2)
             .copied()
             .unwrap_or(0.0),
         workloads,
@@ -427,7 +513,13 @@ fn print_table(report: &Report) {
         cells.extend(w.probes.cells());
         table.row(cells);
     };
-    let name = |w: &Workload| match w.via {
+    let name = |w: &Workload| {
+        match w.via {
+        "client batches" => format!(
+            "{} shard(s), {} tokio tasks through the client handle, {BATCH_COMMANDS} commands a batch",
+            w.shards,
+            BATCH_TASKS_PER_SHARD * w.shards
+        ),
         "client" => format!(
             "{} shard(s), {} tokio tasks through the client handle",
             w.shards,
@@ -437,6 +529,7 @@ fn print_table(report: &Report) {
             "{} shard(s), {SUBMITTERS_PER_SHARD} tasks each, on the reactor",
             w.shards
         ),
+    }
     };
     for w in &report.workloads {
         row(format!("round {}: {}", w.round, name(w)), w);
@@ -449,8 +542,10 @@ fn print_table(report: &Report) {
         fmt_ratio(report.scaling_median)
     );
     println!(
-        "1 shard through the client handle / on its reactor: median {} (target >= 0.8x)",
-        fmt_ratio(report.client_ratio_median)
+        "1 shard through the client handle / on its reactor: median {} (target >= 0.8x); \
+         in batches of {BATCH_COMMANDS}: median {}",
+        fmt_ratio(report.client_ratio_median),
+        fmt_ratio(report.client_batches_ratio_median)
     );
     println!(
         "recovery of 2 shards: {} s, {} ops replayed; probes {}",
