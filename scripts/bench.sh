@@ -17,6 +17,9 @@
 #                                                    pipelined|sequential, --preallocation fallocate|zero-fill
 #   scripts/bench.sh recycle [--quick] [--dir DIR]   retired segments recycled against new files:
 #                                                    sustained appends, watermark keeping pace (issue 16)
+#   scripts/bench.sh one-appender [--quick] [--dir DIR]
+#                                                    one appender's durable write on every path (inline
+#                                                    or io_uring, O_DSYNC or fdatasync), one run (issue 16)
 #   scripts/bench.sh device [--quick] [--dir DIR]    the device limit alone
 #   scripts/bench.sh micro [CRITERION ARGS]          criterion micro-benchmarks of the hot paths
 #
@@ -40,7 +43,7 @@ if [[ $# -eq 0 || "$1" == -* && "$1" != -h && "$1" != --help ]]; then
     set -- peers "$@"
 fi
 if [[ "$1" == -h || "$1" == --help || "$1" == help ]]; then
-    sed -n '2,31s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,33s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 0
 fi
 command="$1"
@@ -51,9 +54,9 @@ if [[ "$command" == micro ]]; then
         --manifest-path "$repo_root/Cargo.toml" --target-dir "$target_dir" -- "$@"
 fi
 case "$command" in
-    peers | journal | engine | shards | remote | recycle | device | raft) ;;
+    peers | journal | engine | shards | remote | recycle | one-appender | device | raft) ;;
     *)
-        echo "unknown command: $command (peers, journal, engine, shards, remote, recycle, device, raft, micro)" >&2
+        echo "unknown command: $command (peers, journal, engine, shards, remote, recycle, one-appender, device, raft, micro)" >&2
         exit 2
         ;;
 esac
