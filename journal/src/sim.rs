@@ -599,6 +599,9 @@ struct Driver {
     hard_state_task: Option<glommio::task::JoinHandle<()>>,
     payload_counter: u64,
     report: SimReport,
+    /// Bits [`SimOp::Rot`] flipped (file, byte, bit): flipping one again
+    /// would mend it.
+    rotted: HashSet<(std::path::PathBuf, u64, u8)>,
 }
 
 const SIM_DIR: &str = "/sim/wal";
@@ -819,6 +822,9 @@ impl Driver {
         let bit = bit % (u64::from(payload_len).max(1) * 8);
         let byte = entry_offset + crate::format::ENTRY_HEADER_BYTES as u64 + bit / 8;
         if rot {
+            if !self.rotted.insert((path.clone(), byte, (bit % 8) as u8)) {
+                return;
+            }
             self.storage.flip_bit(&path, byte, (bit % 8) as u8);
         } else {
             self.storage.set_unreadable(&path, byte);
@@ -1244,6 +1250,7 @@ pub async fn run_ops(
         hard_state_task: None,
         payload_counter: 0,
         report: SimReport::default(),
+        rotted: HashSet::new(),
     };
     let violation = |step: usize, message: String| SimViolation {
         seed,
