@@ -244,15 +244,18 @@ fn run_local(
     Ok((total, started.elapsed(), recorder))
 }
 
-/// `SUBMITTERS_PER_SHARD` tasks per shard on a tokio runtime of
-/// `CLIENT_RUNTIME_THREADS` threads submit through the handle until the
-/// time is up: the shape of a tokio service in front of the engine.
-fn run_via_client(
-    client: &Client<Metadata>,
+/// `tasks` tokio tasks on a runtime of `CLIENT_RUNTIME_THREADS` threads,
+/// each made by `task(index, deadline)` and counting the commands it had
+/// acknowledged before `deadline`: their total, the time, their latencies.
+fn drive_tokio_tasks<F, Fut>(
+    tasks: usize,
     duration: Duration,
-) -> Result<(u64, Duration, LatencyRecorder)> {
-    let tasks = SUBMITTERS_PER_SHARD * client.shards();
-    let shards = client.shards();
+    task: F,
+) -> Result<(u64, Duration, LatencyRecorder)>
+where
+    F: Fn(usize, Instant) -> Fut,
+    Fut: std::future::Future<Output = Result<(u64, LatencyRecorder)>> + Send + 'static,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(CLIENT_RUNTIME_THREADS)
         .enable_time()
@@ -260,28 +263,11 @@ fn run_via_client(
     let started = Instant::now();
     let deadline = started + duration;
     let results = runtime.block_on(async {
-        let tasks: Vec<_> = (0..tasks)
-            .map(|task| {
-                let client = client.clone();
-                let stream = stream_for(task % shards, shards);
-                tokio::spawn(async move {
-                    let mut recorder = LatencyRecorder::new();
-                    let mut count = 0u64;
-                    while Instant::now() < deadline {
-                        let sent = Instant::now();
-                        client
-                            .submit(&stream, commit(&stream, task, count))
-                            .await?
-                            .map_err(|rejection| anyhow!("rejected: {rejection}"))?;
-                        recorder.record(sent.elapsed());
-                        count += 1;
-                    }
-                    Ok::<_, anyhow::Error>((count, recorder))
-                })
-            })
+        let running: Vec<_> = (0..tasks)
+            .map(|index| tokio::spawn(task(index, deadline)))
             .collect();
         let mut results = Vec::new();
-        for task in tasks {
+        for task in running {
             results.push(task.await);
         }
         results
@@ -297,6 +283,34 @@ fn run_via_client(
     Ok((total, elapsed, recorder))
 }
 
+/// `SUBMITTERS_PER_SHARD` tasks per shard on a tokio runtime of
+/// `CLIENT_RUNTIME_THREADS` threads submit through the handle until the
+/// time is up: the shape of a tokio service in front of the engine.
+fn run_via_client(
+    client: &Client<Metadata>,
+    duration: Duration,
+) -> Result<(u64, Duration, LatencyRecorder)> {
+    let shards = client.shards();
+    drive_tokio_tasks(SUBMITTERS_PER_SHARD * shards, duration, |task, deadline| {
+        let client = client.clone();
+        let stream = stream_for(task % shards, shards);
+        async move {
+            let mut recorder = LatencyRecorder::new();
+            let mut count = 0u64;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                client
+                    .submit(&stream, commit(&stream, task, count))
+                    .await?
+                    .map_err(|rejection| anyhow!("rejected: {rejection}"))?;
+                recorder.record(sent.elapsed());
+                count += 1;
+            }
+            Ok((count, recorder))
+        }
+    })
+}
+
 /// [`BATCH_TASKS_PER_SHARD`] tasks per shard on the same tokio runtime
 /// shape submit [`BATCH_COMMANDS`] commands at a time through
 /// [`Client::submit_batch`] until the time is up; each command's latency is
@@ -306,55 +320,33 @@ fn run_via_client_batches(
     duration: Duration,
 ) -> Result<(u64, Duration, LatencyRecorder)> {
     let shards = client.shards();
-    let tasks = BATCH_TASKS_PER_SHARD * shards;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(CLIENT_RUNTIME_THREADS)
-        .enable_time()
-        .build()?;
-    let started = Instant::now();
-    let deadline = started + duration;
-    let results = runtime.block_on(async {
-        let tasks: Vec<_> = (0..tasks)
-            .map(|task| {
-                let client = client.clone();
-                let stream = stream_for(task % shards, shards);
-                tokio::spawn(async move {
-                    let mut recorder = LatencyRecorder::new();
-                    let mut count = 0u64;
-                    while Instant::now() < deadline {
-                        let commands = (0..BATCH_COMMANDS as u64)
-                            .map(|i| commit(&stream, task, count + i))
-                            .collect();
-                        let sent = Instant::now();
-                        let outcomes = client
-                            .submit_batch(client.shard_for(&stream), commands)
-                            .await?;
-                        let took = sent.elapsed();
-                        for outcome in outcomes {
-                            outcome?.map_err(|rejection| anyhow!("rejected: {rejection}"))?;
-                            recorder.record(took);
-                            count += 1;
-                        }
+    drive_tokio_tasks(
+        BATCH_TASKS_PER_SHARD * shards,
+        duration,
+        |task, deadline| {
+            let client = client.clone();
+            let stream = stream_for(task % shards, shards);
+            async move {
+                let shard = client.shard_for(&stream);
+                let mut recorder = LatencyRecorder::new();
+                let mut count = 0u64;
+                while Instant::now() < deadline {
+                    let commands = (0..BATCH_COMMANDS as u64)
+                        .map(|i| commit(&stream, task, count + i))
+                        .collect();
+                    let sent = Instant::now();
+                    let outcomes = client.submit_batch(shard, commands).await?;
+                    let took = sent.elapsed();
+                    for outcome in outcomes {
+                        outcome?.map_err(|rejection| anyhow!("rejected: {rejection}"))?;
+                        recorder.record(took);
+                        count += 1;
                     }
-                    Ok::<_, anyhow::Error>((count, recorder))
-                })
-            })
-            .collect();
-        let mut results = Vec::new();
-        for task in tasks {
-            results.push(task.await);
-        }
-        results
-    });
-    let elapsed = started.elapsed();
-    let mut total = 0;
-    let mut recorder = LatencyRecorder::new();
-    for result in results {
-        let (count, part) = result??;
-        total += count;
-        recorder.merge(&part);
-    }
-    Ok((total, elapsed, recorder))
+                }
+                Ok((count, recorder))
+            }
+        },
+    )
 }
 
 /// Journal entries per group-commit write over every shard of `client`.
