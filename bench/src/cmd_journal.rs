@@ -427,6 +427,11 @@ pub(crate) struct SmallResult {
     pub(crate) watermark_advances: u64,
     /// The durability in use (`Auto` resolved by the journal's probe).
     pub(crate) durability: String,
+    /// The process's CPU time per entry while the appenders ran (every
+    /// thread, io_uring's kernel workers included), µs.
+    pub(crate) cpu_us_per_entry: f64,
+    /// The process's context switches per entry while the appenders ran.
+    pub(crate) context_switches_per_entry: f64,
 }
 
 /// `tasks` appenders send `SMALL_ENTRY_BYTES` entries for `duration`.
@@ -475,6 +480,7 @@ pub(crate) fn run_small(
             })
         };
 
+        let usage_before = crate::sys::cpu_and_switches()?;
         let started = Instant::now();
         let deadline = started + duration;
         let appenders: Vec<_> = (0..tasks)
@@ -510,6 +516,7 @@ pub(crate) fn run_small(
             outcomes.push(appender.await?);
         }
         let elapsed = started.elapsed();
+        let usage_after = crate::sys::cpu_and_switches()?;
         done.set(true);
         let (watermark_advances, watermark) = watermark_task.await?;
         let stats = journal.stats();
@@ -558,6 +565,8 @@ pub(crate) fn run_small(
             ring_full_retries,
             watermark_advances,
             durability,
+            cpu_us_per_entry: (usage_after.0 - usage_before.0).as_secs_f64() * 1e6 / entries as f64,
+            context_switches_per_entry: (usage_after.1 - usage_before.1) as f64 / entries as f64,
         })
     })
 }

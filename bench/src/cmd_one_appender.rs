@@ -15,8 +15,9 @@
 //!   the two durable writes by its probe at open; inline writes on).
 //!
 //! Rounds rotate the order. Besides the latency, each pass reports the
-//! process's CPU time and context switches per append (`getrusage`), the
-//! breakdown that tells the paths apart: a blocking write sleeps in the
+//! process's CPU time and context switches per append while the appender
+//! ran (`getrusage`, every thread), the breakdown that tells the paths
+//! apart: a blocking write sleeps in the
 //! kernel once per append; through io_uring the reactor parks and is
 //! woken per completion, and a worker thread runs the flush.
 
@@ -56,7 +57,7 @@ pub struct OneAppenderArgs {
 
 /// One way of making the appender's entry durable.
 #[derive(Clone, Copy, Debug, Serialize)]
-struct Path {
+struct WritePath {
     name: &'static str,
     durability: DurabilityArg,
     /// `None`: the journal's default (inline writes on).
@@ -64,60 +65,40 @@ struct Path {
 }
 
 /// Every path, in the first round's order.
-const PATHS: [Path; 5] = [
-    Path {
+const PATHS: [WritePath; 5] = [
+    WritePath {
         name: "inline, O_DSYNC write",
         durability: DurabilityArg::WriteThrough,
         inline_write_bytes_max: None,
     },
-    Path {
+    WritePath {
         name: "inline, write + fdatasync",
         durability: DurabilityArg::Sync,
         inline_write_bytes_max: None,
     },
-    Path {
+    WritePath {
         name: "io_uring, O_DSYNC write",
         durability: DurabilityArg::WriteThrough,
         inline_write_bytes_max: Some(0),
     },
-    Path {
+    WritePath {
         name: "io_uring, write + fdatasync",
         durability: DurabilityArg::Sync,
         inline_write_bytes_max: Some(0),
     },
-    Path {
+    WritePath {
         name: "default (Auto, inline on)",
         durability: DurabilityArg::Auto,
         inline_write_bytes_max: None,
     },
 ];
 
-/// The process's CPU time and context switches so far.
-#[derive(Clone, Copy, Debug)]
-struct Usage {
-    cpu: Duration,
-    switches: u64,
-}
-
-fn usage() -> Result<Usage> {
-    let usage = crate::sys::rusage_self()?;
-    let time = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    Ok(Usage {
-        cpu: time(usage.ru_utime) + time(usage.ru_stime),
-        switches: (usage.ru_nvcsw + usage.ru_nivcsw) as u64,
-    })
-}
-
 /// What one pass measured.
 #[derive(Debug, Serialize)]
 struct Pass {
     round: usize,
-    path: Path,
+    path: WritePath,
     result: SmallResult,
-    cpu_us_per_append: f64,
-    switches_per_append: f64,
     probes: ProbeBracket,
 }
 
@@ -157,16 +138,11 @@ pub fn run(args: &OneAppenderArgs) -> Result<()> {
                 durability: path.durability,
                 inline_write_bytes_max: path.inline_write_bytes_max,
             };
-            let before = usage()?;
             let result = run_small(dir.clone(), 1, duration, shape)?;
-            let after = usage()?;
-            let appends = result.entries.max(1) as f64;
             let probes = harness.bracket()?;
             passes.push(Pass {
                 round,
                 path,
-                cpu_us_per_append: (after.cpu - before.cpu).as_secs_f64() * 1e6 / appends,
-                switches_per_append: (after.switches - before.switches) as f64 / appends,
                 result,
                 probes,
             });
@@ -203,8 +179,8 @@ fn print_report(seconds: f64, passes: &[Pass]) {
             fmt_num(pass.result.latency.p99_us),
             fmt_ratio(pass.ratio()),
             format!("{:.0}%", 100.0 * pass.result.inline_writes as f64 / batches),
-            format!("{:.1}", pass.cpu_us_per_append),
-            format!("{:.2}", pass.switches_per_append),
+            format!("{:.1}", pass.result.cpu_us_per_entry),
+            format!("{:.2}", pass.result.context_switches_per_entry),
         ];
         row.extend(pass.probes.cells());
         table.row(row);

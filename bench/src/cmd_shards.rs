@@ -505,10 +505,10 @@ fn print_table(report: &Report) {
         cells.extend(w.probes.cells());
         table.row(cells);
     };
-    let name = |w: &Workload| {
-        match w.via {
+    let name = |w: &Workload| match w.via {
         "client batches" => format!(
-            "{} shard(s), {} tokio tasks through the client handle, {BATCH_COMMANDS} commands a batch",
+            "{} shard(s), {} tokio tasks through the client handle, \
+             {BATCH_COMMANDS} commands a batch",
             w.shards,
             BATCH_TASKS_PER_SHARD * w.shards
         ),
@@ -521,7 +521,6 @@ fn print_table(report: &Report) {
             "{} shard(s), {SUBMITTERS_PER_SHARD} tasks each, on the reactor",
             w.shards
         ),
-    }
     };
     for w in &report.workloads {
         row(format!("round {}: {}", w.round, name(w)), w);

@@ -351,3 +351,17 @@ pub fn rusage_self() -> io::Result<libc::rusage> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// This process's CPU time (user and system, every thread, io_uring's
+/// kernel workers included) and context switches (voluntary and not) so
+/// far.
+pub fn cpu_and_switches() -> io::Result<(std::time::Duration, u64)> {
+    let usage = rusage_self()?;
+    let time = |t: libc::timeval| {
+        std::time::Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + std::time::Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    let switches =
+        u64::try_from(usage.ru_nvcsw).unwrap_or(0) + u64::try_from(usage.ru_nivcsw).unwrap_or(0);
+    Ok((time(usage.ru_utime) + time(usage.ru_stime), switches))
+}

@@ -145,8 +145,9 @@ pub struct ShardStats {
     /// Snapshot files the scrubber found damaged (each logged with its file
     /// and offset; counted once per place).
     pub snapshot_scrub_damage: u64,
-    /// Snapshot files the scrubber could not read (each logged; tried
-    /// again next pass).
+    /// Snapshot reads of the scrubber that failed (the file is tried again
+    /// next pass). A block that fails every read is logged at error level
+    /// with its offset, once per place; other failures as warnings.
     pub snapshot_scrub_read_errors: u64,
 }
 
@@ -1425,6 +1426,7 @@ async fn scrub_snapshots<M: StateMachine, S: Storage>(
 ) {
     let mut pacer = ringstore_journal::pace::Pacer::new(rate);
     let mut reported: Vec<(PathBuf, u64)> = Vec::new();
+    let mut unreadable_reported: Vec<(PathBuf, u64)> = Vec::new();
     let open = || {
         inner
             .upgrade()
@@ -1474,13 +1476,32 @@ async fn scrub_snapshots<M: StateMachine, S: Storage>(
                     inner.metrics.record_snapshot_scrub_damage();
                 }
                 Err(error) => {
-                    tracing::warn!(
-                        path = %path.display(),
-                        %error,
-                        "the snapshot scrubber could not read a snapshot; it tries again next pass"
-                    );
                     inner.progress.borrow_mut().stats.snapshot_scrub_read_errors += 1;
                     inner.metrics.record_snapshot_scrub_read_error();
+                    match ringstore_journal::storage::UnreadableBlock::in_error(&error) {
+                        // A block that fails every read: logged once per
+                        // place, as damage is.
+                        Some(block) => {
+                            if !unreadable_reported
+                                .iter()
+                                .any(|(p, o)| *p == path && *o == block.offset)
+                            {
+                                tracing::error!(
+                                    path = %path.display(),
+                                    offset = block.offset,
+                                    error = %block.source,
+                                    "the snapshot scrubber cannot read a block of this snapshot: \
+                                     a load of it fails and an open passes over it"
+                                );
+                                unreadable_reported.push((path.clone(), block.offset));
+                            }
+                        }
+                        None => tracing::warn!(
+                            path = %path.display(),
+                            %error,
+                            "the snapshot scrubber could not read a snapshot; it tries again next pass"
+                        ),
+                    }
                 }
             }
         }

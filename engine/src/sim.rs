@@ -313,8 +313,16 @@ async fn damage_snapshot_at_rest<M: StateMachine>(
         let mut pacer = ringstore_journal::pace::Pacer::new(std::num::NonZeroU64::MAX);
         crate::snapshot::scrub_snapshot(storage, path, Some(domain), &mut pacer, &|| true).await
     };
-    storage.flip_bit(path, offset, bit);
+    // A prune in steps may take the file away meanwhile (it renames it
+    // first): then there is nothing to check.
+    let gone = || storage.file_bytes(path).is_none();
+    if !storage.flip_bit(path, offset, bit) {
+        return Ok(());
+    }
     let found = scrub().await;
+    if gone() {
+        return Ok(());
+    }
     storage.flip_bit(path, offset, bit);
     match found {
         Ok(Some(damage))
@@ -331,14 +339,19 @@ async fn damage_snapshot_at_rest<M: StateMachine>(
             ))
         }
     }
-    storage.set_unreadable(path, offset);
+    if !storage.set_unreadable(path, offset) {
+        return Ok(());
+    }
     let read = scrub().await;
+    if gone() {
+        return Ok(());
+    }
     storage.clear_unreadable(path);
     let block = offset - offset % crate::format::BLOCK_BYTES;
     match read {
         Err(e)
-            if e.to_string()
-                .contains(&format!("unreadable at byte offset {block}:")) =>
+            if ringstore_journal::storage::UnreadableBlock::in_error(&e)
+                .is_some_and(|found| found.offset == block) =>
         {
             report.snapshot_unreadable_found += 1
         }
@@ -452,7 +465,8 @@ where
         }
         applied_max = applied_max.max(recovered.op);
         if profile.damage_snapshots_at_rest {
-            // A stream of its own, so the workload draws as it did without.
+            // A stream of its own, so the workload's draws are not moved
+            // (the disk's fault draws are: the scrub's reads take some).
             let mut damage_rng = Pcg64Mcg::seed_from_u64(seed ^ 0x5c4b_da3a_6e00_0000 ^ cycle);
             if let Err(message) =
                 damage_snapshot_at_rest(&shard, &storage, &mut damage_rng, &mut report).await

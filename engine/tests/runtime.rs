@@ -236,10 +236,12 @@ fn a_batch_of_commands_crosses_in_one_request_and_comes_back_in_order() {
         .block_on(client.submit_batch(0, Vec::new()))
         .unwrap()
         .is_empty());
-    assert!(matches!(
-        runtime.block_on(client.submit_batch(2, vec![put(1, 1)])),
-        Err(Error::InvalidConfig { .. })
-    ));
+    for commands in [vec![put(1, 1)], Vec::new()] {
+        assert!(matches!(
+            runtime.block_on(client.submit_batch(2, commands)),
+            Err(Error::InvalidConfig { .. })
+        ));
+    }
     engine.shutdown(false).unwrap();
     assert!(matches!(
         runtime.block_on(client.submit_batch(0, vec![put(1, 1)])),

@@ -23,7 +23,8 @@
 //! * recovery never panics, and damage is a typed error, never served;
 //! * damage at rest ([`SimOp::Rot`], [`SimOp::Unreadable`], mixed in by
 //!   [`with_damage_at_rest`]) is named by a scrub pass (the file, and the
-//!   offset or block) and a read of the op returns a typed error.
+//!   entry or the block) and a read of the op returns a typed error; each
+//!   is undone after its check, so it weakens no other check.
 //!
 //! Everything is decided by the seed (the storage's faults, the task
 //! interleavings, [`random_ops`]), so a failing seed replays exactly. The
@@ -162,9 +163,10 @@ pub enum SimOp {
     Reopen,
     /// Damage at rest (a destructive fault): wait for the tasks, flip one
     /// bit of an acknowledged op's payload on the disk, run a scrub pass
-    /// ([`Journal::scrub_pass`]) and check that it reports damage in that
-    /// segment at or before the bit, then that reading the op fails with
-    /// `Error::Corruption`. The damage stays.
+    /// ([`Journal::scrub_pass`]) and check that it reports damage at that
+    /// entry, then that reading the op fails with `Error::Corruption`; then
+    /// flip the bit back. (With destructive faults, damage earlier in the
+    /// segment counts too.)
     Rot {
         /// Which acknowledged op, counting down from the newest.
         back: u16,
@@ -173,9 +175,10 @@ pub enum SimOp {
     },
     /// A latent read error (a destructive fault): wait for the tasks, make
     /// the sector under part of an acknowledged op's payload unreadable,
-    /// run a scrub pass and check that it names that block (or damage
-    /// before it in the segment), then that reading the op fails with
-    /// `Error::Io`. The sector reads again afterwards.
+    /// run a scrub pass and check that it names that block, then that
+    /// reading the op fails with `Error::Io`. The sector reads again
+    /// afterwards. (With destructive faults, damage earlier in the segment
+    /// counts too.)
     Unreadable {
         /// Which acknowledged op, counting down from the newest.
         back: u16,
@@ -599,9 +602,6 @@ struct Driver {
     hard_state_task: Option<glommio::task::JoinHandle<()>>,
     payload_counter: u64,
     report: SimReport,
-    /// Bits [`SimOp::Rot`] flipped (file, byte, bit): flipping one again
-    /// would mend it.
-    rotted: HashSet<(std::path::PathBuf, u64, u8)>,
 }
 
 const SIM_DIR: &str = "/sim/wal";
@@ -800,13 +800,17 @@ impl Driver {
         if journal.is_poisoned() {
             return;
         }
-        let watermark = journal.watermark();
+        // Above any watermark asked for: one not yet recorded (a full disk)
+        // already refuses reads of the ops it covers.
+        let floor = journal
+            .watermark()
+            .max(self.model.borrow().watermark_submitted);
         let acked: Vec<u64> = self
             .model
             .borrow()
             .ops
             .iter()
-            .filter(|(op, m)| **op > watermark && m.acked.is_some())
+            .filter(|(op, m)| **op > floor && m.acked.is_some())
             .map(|(op, _)| *op)
             .collect();
         let Some(&op) = acked
@@ -821,48 +825,61 @@ impl Driver {
         };
         let bit = bit % (u64::from(payload_len).max(1) * 8);
         let byte = entry_offset + crate::format::ENTRY_HEADER_BYTES as u64 + bit / 8;
+        let flip = (bit % 8) as u8;
         if rot {
-            if !self.rotted.insert((path.clone(), byte, (bit % 8) as u8)) {
-                return;
-            }
-            self.storage.flip_bit(&path, byte, (bit % 8) as u8);
+            self.storage.flip_bit(&path, byte, flip);
         } else {
             self.storage.set_unreadable(&path, byte);
         }
         let faults_before = self.storage.fault_counts();
         let pass = journal.scrub_pass().await;
-        let damage_before = pass
-            .damage
-            .iter()
-            .any(|d| d.path == path && d.offset <= byte);
-        let block = crate::format::align_down(byte, crate::format::BLOCK_BYTES);
-        let unreadable_named = pass
-            .unreadable
-            .iter()
-            .any(|d| d.path == path && d.offset == block);
         let read = journal.read(op).await;
-        if !rot {
+        // Undone, so the rest of the run keeps every check at full strength
+        // (a damaged op would end each later scan of the log at it).
+        if rot {
+            self.storage.flip_bit(&path, byte, flip);
+        } else {
             self.storage.clear_unreadable(&path);
         }
-        // A transient read fault (destructive profiles) may have ended the
-        // pass's scan of the segment early or failed the read otherwise:
-        // then only "never the damaged bytes" is checked.
+        // Destructive profiles: a transient read fault may have cut the
+        // pass's scan short or failed the read otherwise, and a misdirected
+        // write may have damaged the segment before this op; then the
+        // finding may lie earlier in the segment, or be missing.
         let faults_after = self.storage.fault_counts();
         let transient = faults_after.read_flips > faults_before.read_flips
             || faults_after.read_eios > faults_before.read_eios;
+        let destructive = self.destructive;
+        let block = crate::format::align_down(byte, crate::format::BLOCK_BYTES);
+        let found = match &pass {
+            Ok(pass) if rot => pass.damage.iter().any(|d| {
+                d.path == path && (d.offset == entry_offset || destructive && d.offset < byte)
+            }),
+            Ok(pass) => {
+                pass.unreadable
+                    .iter()
+                    .any(|d| d.path == path && d.offset == block)
+                    || destructive
+                        && pass
+                            .damage
+                            .iter()
+                            .any(|d| d.path == path && d.offset < byte)
+            }
+            Err(_) => false,
+        };
         let mut model = self.model.borrow_mut();
         let what = if rot {
             "a flipped bit"
         } else {
             "an unreadable sector"
         };
-        if rot && damage_before {
+        if found && rot {
             self.report.rot_found_by_scrub += 1;
-        } else if !rot && (unreadable_named || damage_before) {
+        } else if found {
             self.report.unreadable_found_by_scrub += 1;
         } else if !transient {
             model.fail(format!(
-                "the scrub pass missed {what} at {}:{byte} (op {op}): {pass:?}",
+                "the scrub pass missed {what} at {}:{byte} (op {op}, entry at {entry_offset}): \
+                 {pass:?}",
                 path.display()
             ));
         }
@@ -871,9 +888,6 @@ impl Driver {
                 self.report.corruption_reported += 1
             }
             Err(Error::Io { .. }) if !rot || transient => {}
-            // A watermark advance asked for and not yet recorded (a full
-            // disk) already refuses reads of the ops it covers.
-            Err(Error::BelowWatermark { .. }) => {}
             other => model.fail(format!(
                 "reading op {op} over {what} at {}:{byte} gave {other:?}",
                 path.display()
@@ -1238,10 +1252,7 @@ pub async fn run_ops(
     let destructive = faults.read_flip_rate > 0.0
         || faults.read_eio_rate > 0.0
         || faults.write_misdirect_rate > 0.0
-        || shape.durability == crate::Durability::NoSync
-        || ops
-            .iter()
-            .any(|op| matches!(op, SimOp::Rot { .. } | SimOp::Unreadable { .. }));
+        || shape.durability == crate::Durability::NoSync;
     let mut driver = Driver {
         seed,
         storage: MemStorage::with_faults(seed, faults),
@@ -1253,7 +1264,6 @@ pub async fn run_ops(
         hard_state_task: None,
         payload_counter: 0,
         report: SimReport::default(),
-        rotted: HashSet::new(),
     };
     let violation = |step: usize, message: String| SimViolation {
         seed,

@@ -126,13 +126,16 @@ impl<M: EngineMachine> Client<M> {
     /// last is applied: one wake of the caller for the batch instead of one
     /// per command. Each command stands alone: a rejection or an error of
     /// one (as [`Shard::submit`] returns them) leaves the others as they
-    /// are. `Err` only when the shard stopped before answering (`Closed`):
-    /// then none of them is acknowledged, though some may have been applied.
+    /// are. The batch as a whole fails with `InvalidConfig` for a shard
+    /// that does not exist, and with `Closed` when the shard stopped before
+    /// answering: then none of them is acknowledged, though some may have
+    /// been applied. An empty batch sends nothing.
     pub async fn submit_batch(
         &self,
         shard: usize,
         commands: Vec<M::Command>,
     ) -> Result<Vec<Result<Outcome<M>>>> {
+        self.queue(shard)?;
         if commands.is_empty() {
             return Ok(Vec::new());
         }
@@ -216,16 +219,23 @@ impl<M: EngineMachine> Client<M> {
     }
 
     pub(crate) async fn send(&self, shard: usize, request: Request<M>) -> Result<()> {
-        let queue = self.queues.get(shard).ok_or_else(|| Error::InvalidConfig {
+        // Waits while the shard's queue is full: backpressure, not an error.
+        self.queue(shard)?
+            .send(request)
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Shard `shard`'s queue, or `InvalidConfig` if there is no such shard.
+    fn queue(&self, shard: usize) -> Result<&async_channel::Sender<Request<M>>> {
+        self.queues.get(shard).ok_or_else(|| Error::InvalidConfig {
             setting: "shard",
             value: shard.to_string(),
             reason: format!(
                 "0 to {} (the engine's shard count - 1)",
                 self.queues.len() - 1
             ),
-        })?;
-        // Waits while the shard's queue is full: backpressure, not an error.
-        queue.send(request).await.map_err(|_| Error::Closed)
+        })
     }
 
     /// Every shard's queue, in shard order.

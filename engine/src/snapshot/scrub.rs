@@ -2,13 +2,15 @@
 //! a load uses ([`Check::Full`]), paced to the scrubber's rate; unpaced, the
 //! object-store upload's check of a file before it sends it. The task
 //! that runs it over a shard's snapshot generations, pass after pass, is in
-//! `shard.rs` ([`crate::ShardBuilder::scrub_rate`]).
+//! `shard.rs` ([`crate::ShardBuilder::scrub_rate`]). A failed read is read
+//! again a block at a time, so the error names a block that fails every
+//! read ([`ringstore_journal::storage::UnreadableBlock`]).
 
 use super::verify::{Check, SnapshotDamage, SnapshotVerifier};
 use crate::format::{BLOCK_BYTES, HEADER_BLOCK_BYTES};
 use ringstore_journal::format::align_up;
 use ringstore_journal::pace::Pacer;
-use ringstore_journal::storage::{Storage, StorageFile};
+use ringstore_journal::storage::{read_locating_unreadable, Storage, StorageFile};
 use std::io;
 use std::num::NonZeroU64;
 use std::path::Path;
@@ -67,7 +69,7 @@ async fn scrub_open_file<F: StorageFile>(
     if len < HEADER_BLOCK_BYTES {
         verifier.header_block(&[]);
     } else {
-        let block = read_or_locate(file, 0, HEADER_BLOCK_BYTES as usize).await?;
+        let block = read_locating_unreadable(file, 0, HEADER_BLOCK_BYTES as usize, go_on).await?;
         pacer.note(block.len() as u64);
         verifier.header_block(&block);
     }
@@ -80,7 +82,9 @@ async fn scrub_open_file<F: StorageFile>(
             let want = (body.end - pos).min(SCRUB_READ_BYTES);
             // Whole blocks (O_DIRECT); the last may run past the end of
             // the file, which returns what there is.
-            let bytes = read_or_locate(file, pos, align_up(want, BLOCK_BYTES) as usize).await?;
+            let bytes =
+                read_locating_unreadable(file, pos, align_up(want, BLOCK_BYTES) as usize, go_on)
+                    .await?;
             let take = bytes.len().min(want as usize);
             if take == 0 {
                 break;
@@ -91,31 +95,4 @@ async fn scrub_open_file<F: StorageFile>(
         }
     }
     Ok(verifier.finish().damage.into_iter().next())
-}
-
-/// Reads `len` bytes at `pos`; if that fails, reads them again a block at
-/// a time, so that the error names the first block that fails alone (a
-/// latent media error) or says that none did (a transient one).
-async fn read_or_locate<F: StorageFile>(file: &F, pos: u64, len: usize) -> io::Result<F::ReadBuf> {
-    let error = match file.read_at(pos, len).await {
-        Ok(bytes) => return Ok(bytes),
-        Err(error) => error,
-    };
-    let end = pos + len as u64;
-    let mut block = pos - pos % BLOCK_BYTES;
-    while block < end {
-        if let Err(alone) = file.read_at(block, BLOCK_BYTES as usize).await {
-            return Err(io::Error::new(
-                alone.kind(),
-                format!("unreadable at byte offset {block}: {alone}"),
-            ));
-        }
-        block += BLOCK_BYTES;
-    }
-    Err(io::Error::new(
-        error.kind(),
-        format!(
-            "a read of {len} bytes at byte offset {pos} failed, and each block of it read alone: {error}"
-        ),
-    ))
 }

@@ -197,9 +197,11 @@ pub struct JournalStats {
     pub scrub_bytes: u64,
     /// Places the scrubber found damaged ([`Journal::scrub_damage`]).
     pub scrub_damage: u64,
-    /// Segment scans the scrubber could not finish for a read error (each
-    /// logged, with the first block that fails to read alone when one
-    /// does; the segment is read again next pass).
+    /// Segment scans the scrubber could not finish for a read error (the
+    /// segment is read again next pass). A block that fails every read is
+    /// named by its offset, logged at error level and kept in
+    /// [`Journal::scrub_damage`] once per place; a failure that does not
+    /// repeat block by block is logged as a warning each time.
     pub scrub_read_errors: u64,
     /// Reads that found an entry damaged (read twice; each logged and
     /// returned as `Error::Corruption` with the file and offset).
@@ -278,7 +280,7 @@ struct Shared<S: Storage> {
     /// Damage the scrubber found (see [`Journal::scrub_damage`]).
     scrub_damage: RefCell<Vec<crate::verify::Damage>>,
     /// Every place the scrubber reported (each is reported once).
-    scrub_reported: RefCell<std::collections::HashSet<(PathBuf, u64)>>,
+    scrub_reported: RefCell<std::collections::HashSet<(PathBuf, u64, scrub::FindingKind)>>,
 }
 
 impl<S: Storage> Drop for Shared<S> {

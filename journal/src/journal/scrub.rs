@@ -29,7 +29,9 @@ use std::time::Duration;
 
 /// Bytes read at a time.
 const SCRUB_READ_BYTES: u64 = 1 << 20;
-/// Damage kept for [`Journal::scrub_damage`] (the counter counts all).
+/// Findings kept for [`Journal::scrub_damage`], damage and unreadable
+/// blocks alike (the counters count every one: `scrub_damage` and
+/// `scrub_read_errors` in [`JournalStats`]).
 pub const SCRUB_DAMAGE_KEPT: usize = 16;
 /// Pause between two passes (so a journal that holds little is not read
 /// over and over).
@@ -44,8 +46,9 @@ struct Target<F> {
 }
 
 impl<S: Storage> Journal<S> {
-    /// Damage the scrubber found, oldest first (at most
-    /// [`SCRUB_DAMAGE_KEPT`]; `JournalStats::scrub_damage` counts all).
+    /// What the scrubber found, oldest first, each place once: checksum
+    /// damage, and blocks that fail every read (their `reason` starts with
+    /// "unreadable"); at most [`SCRUB_DAMAGE_KEPT`].
     pub fn scrub_damage(&self) -> Vec<Damage> {
         self.shared.scrub_damage.borrow().clone()
     }
@@ -62,19 +65,25 @@ pub struct ScrubPass {
     /// segment a read failed in (the rest of that segment waits for the
     /// next pass). Its `reason` carries the I/O error.
     pub unreadable: Vec<Damage>,
+    /// Segments whose scan a read error cut short although every block of
+    /// the failed read then read alone (a transient error): the offset of
+    /// the failed read, and the error. Not scanned past it in this pass.
+    pub cut_short: Vec<Damage>,
 }
 
 impl<S: Storage> Journal<S> {
-    /// Runs one scrub pass now, unpaced, besides any background one
+    /// Runs one scrub pass now, besides any background one
     /// ([`crate::JournalBuilder::scrub_rate`]), and returns what it found;
     /// each finding is also reported as the background scrubber reports it
-    /// (log, [`JournalStats`], [`Journal::scrub_damage`]). For an operator's
-    /// check of a live journal, and for tests.
-    pub async fn scrub_pass(&self) -> ScrubPass {
+    /// (log, [`JournalStats`], [`Journal::scrub_damage`]). Unpaced: it
+    /// reads as fast as the disk gives, so on a busy shard prefer the
+    /// background scrubber's rate. `Err(Error::Closed)` if the journal
+    /// closes before the pass ends.
+    pub async fn scrub_pass(&self) -> Result<ScrubPass> {
         let mut pacer = Pacer::new(std::num::NonZeroU64::MAX);
         scrub_pass(&Rc::downgrade(&self.shared), &mut pacer)
             .await
-            .unwrap_or_default()
+            .ok_or(Error::Closed)
     }
 }
 
@@ -154,6 +163,11 @@ async fn scrub_pass<S: Storage>(shared: &Weak<Shared<S>>, pacer: &mut Pacer) -> 
                      a transient error; the scrubber reads the segment again next pass"
                 );
                 shared.state.borrow_mut().stats.scrub_read_errors += 1;
+                pass.cut_short.push(Damage {
+                    path: target.path.clone(),
+                    offset,
+                    reason: error.to_string(),
+                });
             }
         }
     }
@@ -172,30 +186,28 @@ enum Scanned {
     ReadFailed { offset: u64, error: std::io::Error },
 }
 
-/// Reads `len` bytes at `pos`; if that fails, reads them again a block at
-/// a time, so the first block that cannot be read is named.
+/// Reads `len` bytes at `pos` of the segment, naming the first block that
+/// fails every read if the read fails (see
+/// [`crate::storage::read_locating_unreadable`]); stops locating once
+/// `go_on()` turns false.
 async fn read_or_locate<F: StorageFile>(
     target: &Target<F>,
     pos: u64,
     len: usize,
+    go_on: &dyn Fn() -> bool,
 ) -> std::result::Result<F::ReadBuf, Scanned> {
-    let error = match target.file.read_at(pos, len).await {
-        Ok(bytes) => return Ok(bytes),
-        Err(error) => error,
-    };
-    let end = pos + len as u64;
-    let mut block = align_down(pos, BLOCK_BYTES);
-    while block < end {
-        if let Err(error) = target.file.read_at(block, BLOCK_BYTES as usize).await {
-            return Err(Scanned::Unreadable(Damage {
+    match crate::storage::read_locating_unreadable(&*target.file, pos, len, go_on).await {
+        Ok(bytes) => Ok(bytes),
+        Err(error) => Err(match crate::storage::UnreadableBlock::in_error(&error) {
+            Some(block) => Scanned::Unreadable(Damage {
                 path: target.path.clone(),
-                offset: block,
-                reason: format!("unreadable: {error}"),
-            }));
-        }
-        block += BLOCK_BYTES;
+                offset: block.offset,
+                reason: format!("unreadable: {}", block.source),
+            }),
+            None if !go_on() => Scanned::Clean,
+            None => Scanned::ReadFailed { offset: pos, error },
+        }),
     }
-    Err(Scanned::ReadFailed { offset: pos, error })
 }
 
 /// Scans one segment up to `target.end`, at the pacer's rate: its damage,
@@ -227,7 +239,7 @@ async fn scrub_segment<S: Storage>(
     if !pacer.pace(&open).await {
         return Scanned::Clean;
     }
-    let block = match read_or_locate(target, 0, BLOCK_BYTES as usize).await {
+    let block = match read_or_locate(target, 0, BLOCK_BYTES as usize, &open).await {
         Ok(block) => block,
         Err(failed) => return failed,
     };
@@ -255,9 +267,14 @@ async fn scrub_segment<S: Storage>(
                         return Scanned::Clean;
                     }
                     window_start = align_down(pos, BLOCK_BYTES);
-                    let want = align_up(end, BLOCK_BYTES).max(window_start + SCRUB_READ_BYTES);
+                    // A window of `SCRUB_READ_BYTES`, but never past the
+                    // durable end's block: the bytes beyond were never
+                    // vouched for, and an error there is no finding.
+                    let want = align_up(end, BLOCK_BYTES).max(
+                        (window_start + SCRUB_READ_BYTES).min(align_up(target.end, BLOCK_BYTES)),
+                    );
                     let len = (want - window_start) as usize;
-                    let bytes = match read_or_locate(target, window_start, len).await {
+                    let bytes = match read_or_locate(target, window_start, len, &open).await {
                         Ok(bytes) => bytes,
                         Err(failed) => return failed,
                     };
@@ -283,7 +300,7 @@ async fn scrub_segment<S: Storage>(
 impl<S: Storage> Shared<S> {
     /// Records damage the scrubber found (once per place).
     fn report_scrub_damage(&self, damage: &Damage) {
-        let place = (damage.path.clone(), damage.offset);
+        let place = (damage.path.clone(), damage.offset, FindingKind::Damage);
         if !self.scrub_reported.borrow_mut().insert(place) {
             return;
         }
@@ -298,15 +315,16 @@ impl<S: Storage> Shared<S> {
         self.keep_scrub_finding(damage);
     }
 
-    /// Records a block the scrubber could not read (once per place; each
-    /// time, the rest of its segment waits for the next pass).
+    /// Records a block the scrubber could not read: counted each time a
+    /// pass meets it (the rest of its segment waits for the next pass),
+    /// logged and kept once per place.
     fn report_unreadable(&self, place: &Damage) {
         self.state.borrow_mut().stats.scrub_read_errors += 1;
-        if !self
-            .scrub_reported
-            .borrow_mut()
-            .insert((place.path.clone(), place.offset))
-        {
+        if !self.scrub_reported.borrow_mut().insert((
+            place.path.clone(),
+            place.offset,
+            FindingKind::Unreadable,
+        )) {
             return;
         }
         tracing::error!(
@@ -326,4 +344,12 @@ impl<S: Storage> Shared<S> {
         }
         kept.push(finding.clone());
     }
+}
+
+/// The two kinds of scrubber finding, so that a place reported as one is
+/// still reported as the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum FindingKind {
+    Damage,
+    Unreadable,
 }

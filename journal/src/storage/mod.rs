@@ -571,3 +571,71 @@ pub(crate) fn is_errno(err: &io::Error, errno: i32) -> bool {
     };
     err.kind() == kind
 }
+
+/// A block that fails every read (a latent media error), found by
+/// [`read_locating_unreadable`]; it travels inside the `io::Error` that
+/// function returns (`io::Error::get_ref`, then `downcast_ref`).
+#[derive(Debug)]
+pub struct UnreadableBlock {
+    /// File offset of the block ([`crate::format::BLOCK_BYTES`] aligned).
+    pub offset: u64,
+    /// The error its read alone returned.
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for UnreadableBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unreadable at byte offset {}: {}",
+            self.offset, self.source
+        )
+    }
+}
+
+impl std::error::Error for UnreadableBlock {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl UnreadableBlock {
+    /// The block `error` names, if [`read_locating_unreadable`] made it.
+    pub fn in_error(error: &io::Error) -> Option<&UnreadableBlock> {
+        error.get_ref()?.downcast_ref::<UnreadableBlock>()
+    }
+}
+
+/// Reads `len` bytes at `pos` of `file`. If that fails, reads the range
+/// again a block at a time (while `go_on()` holds), so that the error
+/// names the first block that fails alone: an `io::Error` carrying an
+/// [`UnreadableBlock`]. If every block reads alone (a transient failure),
+/// or `go_on()` turns false, the first error comes back as it was. For the
+/// scrubbers, whose job is to say where damage is.
+pub async fn read_locating_unreadable<F: StorageFile>(
+    file: &F,
+    pos: u64,
+    len: usize,
+    go_on: &dyn Fn() -> bool,
+) -> io::Result<F::ReadBuf> {
+    let error = match file.read_at(pos, len).await {
+        Ok(bytes) => return Ok(bytes),
+        Err(error) => error,
+    };
+    let block_bytes = crate::format::BLOCK_BYTES;
+    let end = pos.saturating_add(len as u64);
+    let mut block = crate::format::align_down(pos, block_bytes);
+    while block < end && go_on() {
+        if let Err(source) = file.read_at(block, block_bytes as usize).await {
+            return Err(io::Error::new(
+                source.kind(),
+                UnreadableBlock {
+                    offset: block,
+                    source,
+                },
+            ));
+        }
+        block += block_bytes;
+    }
+    Err(error)
+}
