@@ -279,8 +279,9 @@ fn is_injected_io(error: &Error) -> bool {
 /// Damages one snapshot file at rest, for the snapshot scrubber: a flipped
 /// bit, which a scrub of the file must report in that file (at or before
 /// the bit, or in its header block for a bit there), then an unreadable
-/// sector, which the scrub must fail on with a read error naming its block. Each is undone
-/// after its check, so recovery and the workload see intact files.
+/// sector, which the scrub must fail on with a read error naming its
+/// block. Each is undone after its check, so recovery and the workload see
+/// intact files.
 async fn damage_snapshot_at_rest<M: StateMachine>(
     shard: &Shard<Recorded<M>, MemStorage>,
     storage: &MemStorage,

@@ -316,6 +316,74 @@ fn shutdown_with_commands_in_flight_loses_no_acknowledged_command() {
 }
 
 #[test]
+fn shutdown_with_batches_in_flight_loses_no_acknowledged_command() {
+    let dir = temp_dir();
+    let engine = builder(dir.path(), 2).start().unwrap();
+    let client = engine.client();
+    let acknowledged = Arc::new(Mutex::new(BTreeMap::new()));
+    let closed_seen = Arc::new(AtomicBool::new(false));
+    const BATCH: u64 = 8;
+    let submitters: Vec<_> = (0..4u64)
+        .map(|thread| {
+            let client = client.clone();
+            let acknowledged = acknowledged.clone();
+            let closed_seen = closed_seen.clone();
+            std::thread::spawn(move || {
+                for round in 0.. {
+                    let keys: Vec<u64> = (0..BATCH)
+                        .map(|j| thread << 32 | (round * BATCH + j))
+                        .collect();
+                    let commands = keys.iter().map(|&key| put(key, key)).collect();
+                    let batch = client.submit_batch((thread % 2) as usize, commands);
+                    match futures_lite::future::block_on(batch) {
+                        Ok(outcomes) => {
+                            assert_eq!(outcomes.len(), keys.len());
+                            let mut acknowledged = acknowledged.lock().unwrap();
+                            for (key, outcome) in keys.iter().zip(outcomes) {
+                                match outcome {
+                                    Ok(Ok(_)) => {
+                                        acknowledged.insert(*key, key.to_le_bytes().to_vec());
+                                    }
+                                    other => panic!("unexpected {other:?}"),
+                                }
+                            }
+                        }
+                        Err(Error::Closed) => {
+                            closed_seen.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        Err(other) => panic!("unexpected {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the batches get going, then shut down under them: a batch taken
+    // before the shutdown is served whole, one queued after it is refused
+    // whole (`Closed`, nothing acknowledged).
+    while acknowledged.lock().unwrap().len() < 2000 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    engine.shutdown(false).unwrap();
+    for submitter in submitters {
+        submitter.join().unwrap();
+    }
+    assert!(closed_seen.load(Ordering::SeqCst));
+
+    let engine = engine_restart(dir.path(), 2);
+    let recovered: BTreeMap<u64, Vec<u8>> = shard_maps(&engine).into_iter().flatten().collect();
+    let acknowledged = acknowledged.lock().unwrap();
+    for (key, value) in acknowledged.iter() {
+        assert_eq!(
+            recovered.get(key),
+            Some(value),
+            "acknowledged key {key:#x} lost"
+        );
+    }
+    engine.shutdown(false).unwrap();
+}
+
+#[test]
 fn startup_refuses_a_locked_dir_another_shard_count_and_a_missing_cpu() {
     let dir = temp_dir();
     let engine = builder(dir.path(), 2).start().unwrap();

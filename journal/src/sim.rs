@@ -883,11 +883,19 @@ impl Driver {
                 path.display()
             ));
         }
+        // A typed error that says where: the file, and the entry's offset.
+        let names_entry = |p: &std::path::Path, o: Option<u64>| {
+            transient || (p == path.as_path() && o == Some(entry_offset))
+        };
         match read {
-            Err(Error::Corruption { .. }) if rot || transient => {
+            Err(Error::Corruption {
+                path: p, offset: o, ..
+            }) if (rot || transient) && names_entry(&p, Some(o)) => {
                 self.report.corruption_reported += 1
             }
-            Err(Error::Io { .. }) if !rot || transient => {}
+            Err(Error::Io {
+                path: p, offset: o, ..
+            }) if (!rot || transient) && names_entry(&p, o) => {}
             other => model.fail(format!(
                 "reading op {op} over {what} at {}:{byte} gave {other:?}",
                 path.display()

@@ -210,8 +210,9 @@ async fn read_or_locate<F: StorageFile>(
     }
 }
 
-/// Scans one segment up to `target.end`, at the pacer's rate: its damage,
-/// if any. Stops early (`Ok(None)`) once the journal is closed or dropped.
+/// Scans one segment up to `target.end`, at the pacer's rate: its first
+/// finding, if any. Stops early ([`Scanned::Clean`]) once the journal is
+/// closed or dropped, or the segment retired.
 async fn scrub_segment<S: Storage>(
     shared: &Weak<Shared<S>>,
     target: &Target<S::File>,
