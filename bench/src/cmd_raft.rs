@@ -36,6 +36,7 @@ use crate::cmd_engine::{
     commit_offset, prepare_topic, setup_commands, shard_builder_with, submit_for, PARTITIONS,
 };
 use crate::cmd_journal::{on_reactor, PreallocationArg};
+use crate::device::{quorum_floor, Blocks, QuorumFloor};
 use crate::harness::{Harness, ProbeBracket};
 use crate::latency::{LatencyRecorder, LatencySummary};
 use crate::raft_peers::{self, Cluster, Host, Replication, NODES};
@@ -45,6 +46,10 @@ use crate::report::{fmt_num, fmt_ratio, round3, Table};
 const DURATION_FULL: Duration = Duration::from_secs(10);
 /// How long each workload runs in quick mode.
 const DURATION_QUICK: Duration = Duration::from_secs(3);
+/// Rounds of the disk's floor of a commit ([`disk_floor`]).
+const DISK_FLOOR_ROUNDS_MAX: usize = 5_000;
+/// Longest the disk's floor of a commit is measured, each time.
+const DISK_FLOOR_DURATION_MAX: Duration = Duration::from_secs(2);
 /// Bytes of the value the reference stores' `Set` carries: about the size
 /// of ringstore's encoded commit-offset command.
 const VALUE_BYTES: usize = 48;
@@ -126,6 +131,8 @@ struct RaftReport {
     nodes: u64,
     replication: Replication,
     preallocation: PreallocationArg,
+    /// The disk's share of a commit, before and after the workloads.
+    disk_floor: [QuorumFloor; 2],
     runs: Vec<RaftFigures>,
 }
 
@@ -370,7 +377,9 @@ pub fn run(args: &RaftArgs) -> Result<()> {
     let quick = args.common.quick;
     let duration = if quick { DURATION_QUICK } else { DURATION_FULL };
     let stores = if cfg!(feature = "rocksdb") { 4 } else { 3 };
-    let mut harness = Harness::new(&args.common.dir, 1 + 2 * stores * args.clients.len() as u64)?;
+    let mut harness = Harness::new(&args.common.dir, 3 + 2 * stores * args.clients.len() as u64)?;
+    harness.step("the disk's floor of a commit, before the workloads");
+    let floor_before = disk_floor(&harness, args.preallocation)?;
     let mut runs = Vec::new();
     for &clients in &args.clients {
         harness.step(format!("engine (1 node): {clients} clients"));
@@ -424,6 +433,8 @@ pub fn run(args: &RaftArgs) -> Result<()> {
             harness.bracket()?,
         ));
     }
+    harness.step("the disk's floor of a commit, after the workloads");
+    let floor_after = disk_floor(&harness, args.preallocation)?;
     harness.finish(args.common.keep)?;
     let report = RaftReport {
         command: "raft",
@@ -431,6 +442,7 @@ pub fn run(args: &RaftArgs) -> Result<()> {
         nodes: NODES,
         replication: args.replication,
         preallocation: args.preallocation,
+        disk_floor: [floor_before, floor_after],
         runs,
     };
     print_table(&report);
@@ -439,6 +451,25 @@ pub fn run(args: &RaftArgs) -> Result<()> {
         serde_json::to_string(&report).context("encode the report")?
     );
     Ok(())
+}
+
+/// What the one disk makes of a commit: [`NODES`] journals each making one
+/// entry durable at once, in the blocks the nodes' journals write
+/// (`--preallocation`), against one such write alone. Every node of the
+/// cluster shares this machine's disk, so a commit's majority of writes
+/// queue behind each other there; on a host per node they would not.
+fn disk_floor(harness: &Harness, preallocation: PreallocationArg) -> Result<QuorumFloor> {
+    let blocks = match preallocation {
+        PreallocationArg::Fallocate => Blocks::Fresh,
+        PreallocationArg::ZeroFill => Blocks::Written,
+    };
+    quorum_floor(
+        harness.dir(),
+        NODES as usize,
+        blocks,
+        DISK_FLOOR_ROUNDS_MAX,
+        DISK_FLOOR_DURATION_MAX,
+    )
 }
 
 fn print_table(report: &RaftReport) {
@@ -484,6 +515,24 @@ fn print_table(report: &RaftReport) {
         report.replication, report.preallocation
     );
     println!("{}", table.render());
+    for (when, floor) in ["before", "after"].iter().zip(&report.disk_floor) {
+        let kth: Vec<String> = floor
+            .kth
+            .iter()
+            .map(|k| format!("{} us", fmt_num(k.p50_us)))
+            .collect();
+        println!(
+            "disk floor of a commit {when} the workloads ({:?} blocks): one 4 KiB write + \
+             fdatasync alone p50 {} us; {} at once, the 1st..{}th done at p50 {}; \
+             the majority's over one alone: {}",
+            floor.blocks,
+            fmt_num(floor.alone.p50_us),
+            floor.files,
+            floor.files,
+            kth.join(", "),
+            fmt_ratio(floor.majority_over_alone()),
+        );
+    }
     // How many entries each node's writes carried: whether the leader's
     // appends shared group commits (openraft 0.9's core waited for each
     // append to be durable before it took the next client write, so its
