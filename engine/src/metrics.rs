@@ -18,6 +18,7 @@
 //! | `ringstore_journal_segments_recycled_total` | counter | of those, segments made from a retired segment's file (`JournalBuilder::recycle_segments`): no zero-fill, no unwritten extents |
 //! | `ringstore_journal_batches_total` | counter, label `entries` | group commits by size: `1`, `2-3`, `4-7`, ... |
 //! | `ringstore_journal_read_corruptions_total` | counter | reads that found a journal entry damaged (each logged with its file and offset; the open leaves vouched-for payloads to the reads) |
+//! | `ringstore_journal_read_io_errors_total` | counter | journal reads the disk failed (each logged with the file, the entry's offset and the block that fails alone) |
 //! | `ringstore_journal_read_retries_total` | counter | journal reads whose entry failed verification and was read again, alone (a transient read error; damage, then also counted above; or a replay just behind the writer that read ahead before those bytes were written) |
 //! | `ringstore_journal_scrub_passes_total` | counter | passes of the journal's scrubber over every segment (`JournalBuilder::scrub_rate`, through `ShardBuilder::journal`) |
 //! | `ringstore_journal_scrub_bytes_total` | counter | bytes the scrubber read |
@@ -101,6 +102,7 @@ pub(crate) struct ShardMetrics {
     journal_segments_recycled: Counter,
     journal_read_corruptions: Counter,
     journal_read_retries: Counter,
+    journal_read_io_errors: Counter,
     journal_scrub_passes: Counter,
     journal_scrub_bytes: Counter,
     journal_scrub_damage: Counter,
@@ -194,6 +196,7 @@ impl ShardMetrics {
             journal_segments_recycled: counter("ringstore_journal_segments_recycled_total"),
             journal_read_corruptions: counter("ringstore_journal_read_corruptions_total"),
             journal_read_retries: counter("ringstore_journal_read_retries_total"),
+            journal_read_io_errors: counter("ringstore_journal_read_io_errors_total"),
             journal_scrub_passes: counter("ringstore_journal_scrub_passes_total"),
             journal_scrub_bytes: counter("ringstore_journal_scrub_bytes_total"),
             journal_scrub_damage: counter("ringstore_journal_scrub_damage_total"),
@@ -291,6 +294,7 @@ impl ShardMetrics {
         self.journal_read_corruptions
             .absolute(journal.read_corruptions);
         self.journal_read_retries.absolute(journal.read_retries);
+        self.journal_read_io_errors.absolute(journal.read_io_errors);
         self.journal_scrub_passes.absolute(journal.scrub_passes);
         self.journal_scrub_bytes.absolute(journal.scrub_bytes);
         self.journal_scrub_damage.absolute(journal.scrub_damage);

@@ -558,6 +558,11 @@ fn metrics_reach_the_facade() {
         find("ringstore_journal_read_retries_total"),
         DebugValue::Counter(0)
     ));
+    // Nor did the disk fail one.
+    assert!(matches!(
+        find("ringstore_journal_read_io_errors_total"),
+        DebugValue::Counter(0)
+    ));
     assert!(
         matches!(find("ringstore_ring_slots"), DebugValue::Gauge(v) if v.into_inner() == 4096.0)
     );

@@ -401,7 +401,9 @@ impl<F: StorageFile> ScanReader<F> {
             };
             let mut next = read_start + bytes.len() as u64;
             while next < end || bytes.is_empty() {
-                let chunk = self.read_chunk(next).await?;
+                let Ok(chunk) = self.read_chunk(next).await else {
+                    return self.get_exact(pos, end).await;
+                };
                 if chunk.is_empty() {
                     break;
                 }
@@ -450,12 +452,15 @@ impl<F: StorageFile> ScanReader<F> {
             .max(read_start + SPARSE_READ_BYTES)
             .min(file_end);
         let read_len = read_end - read_start;
-        let bytes = match self.take_sparse_ahead(read_start, read_len).await {
-            Some(read) => read?,
+        let read = match self.take_sparse_ahead(read_start, read_len).await {
+            Some(read) => read,
             None => {
                 self.sparse_ahead.clear();
-                self.file.read_at(read_start, read_len as usize).await?
+                self.file.read_at(read_start, read_len as usize).await
             }
+        };
+        let Ok(bytes) = read else {
+            return self.get_exact(pos, end).await;
         };
         self.start = read_start;
         self.bytes = bytes.to_vec();
@@ -474,6 +479,33 @@ impl<F: StorageFile> ScanReader<F> {
 }
 
 impl<F: StorageFile> ScanReader<F> {
+    /// Bytes `[pos, end)` read alone, after a read of more than them failed:
+    /// a block the disk cannot read among the bytes the scan skips (a
+    /// vouched write's payload) is left to the entry's reads and the
+    /// scrubber, as damage there is. If these blocks fail too, the error
+    /// names the first that fails alone ([`UnreadableBlock`]).
+    ///
+    /// [`UnreadableBlock`]: crate::storage::UnreadableBlock
+    async fn get_exact(&mut self, pos: u64, end: u64) -> std::io::Result<&[u8]> {
+        self.invalidate();
+        self.sparse_starts = [None; 3];
+        let file_end = crate::format::align_up(self.file_len, BLOCK_BYTES);
+        let read_start = crate::format::align_down(pos, BLOCK_BYTES);
+        let read_end = crate::format::align_up(end, BLOCK_BYTES).min(file_end);
+        let bytes = crate::storage::read_locating_unreadable(
+            &*self.file,
+            read_start,
+            (read_end - read_start) as usize,
+            &|| true,
+        )
+        .await?;
+        self.start = read_start;
+        self.bytes = bytes.to_vec();
+        let to = ((end - self.start) as usize).min(self.bytes.len());
+        let from = ((pos - self.start) as usize).min(to);
+        Ok(&self.bytes[from..to])
+    }
+
     /// Waits for the predicted reads still queued (their results are
     /// dropped). Each is at most [`SPARSE_AHEAD_READ_BYTES_MAX`].
     async fn settle(&mut self) {

@@ -219,3 +219,109 @@ fn an_unreadable_block_is_named_by_its_offset() {
         journal.close().await.unwrap();
     });
 }
+
+/// A block the disk cannot read gets the verdict `FORMAT.md`'s table gives
+/// it from each of reopen, a read, the in-order walk and a scrub pass. In
+/// a vouched write's payload: the journal opens (payloads are left to the
+/// reads); the read and the walk fail with `Error::Io` naming the segment,
+/// the entry's offset and the block, and count it; a scrub pass names the
+/// block. In a write's first header, which reopen reads: reopen refuses
+/// with `Error::Io` naming the segment and cuts nothing, so once the
+/// sector reads again every op is there.
+#[test]
+fn an_unreadable_block_gets_one_verdict_from_reopen_reads_and_scrub() {
+    use ringstore_journal::storage::{MemStorage, UnreadableBlock};
+    run(move || async move {
+        let s = MemStorage::new();
+        let open = || {
+            Journal::builder("/mem/journal")
+                .storage(s.clone())
+                .segment_bytes(1 << 20)
+                .batch_bytes_max(256 << 10)
+                .entry_bytes_max(BIG_PAYLOAD as u64 + (4 << 10))
+                .slot_count(256)
+                .open()
+        };
+        // Ops 1..=OPS one block each (op `k` at block `k`), then a big op
+        // (its own write, from block OPS + 1), then a small one.
+        const BIG_PAYLOAD: usize = 64 << 10;
+        let big_op = OPS + 1;
+        let len = |op: u64| if op == big_op { BIG_PAYLOAD } else { PAYLOAD };
+        let last_op = big_op + 1;
+        let journal = open().await.unwrap();
+        for op in 1..=last_op {
+            assert_eq!(journal.append(&payload(op, len(op))).await.unwrap(), op);
+        }
+        journal.close().await.unwrap();
+        let mut segments: Vec<_> = s
+            .paths()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".wal"))
+            .collect();
+        segments.sort();
+        let segment = segments[0].clone();
+        // The big op's second block: payload only, which reopen does not
+        // read (it reads a write's first header and, at its end, its index).
+        let unreadable_op = big_op;
+        let entry_offset = BLOCK_BYTES * big_op;
+        let block = entry_offset + BLOCK_BYTES;
+        let names_the_block = |error: &Error| match error {
+            Error::Io {
+                path,
+                offset,
+                source,
+                ..
+            } => {
+                path == &segment
+                    && *offset == Some(entry_offset)
+                    && UnreadableBlock::in_error(source).map(|b| b.offset) == Some(block)
+            }
+            _ => false,
+        };
+
+        // In a payload: opens; the read, the walk and a scrub pass name it.
+        assert!(s.set_unreadable(&segment, block + 100));
+        let journal = open().await.expect("payloads are left to the reads");
+        let error = journal.read(unreadable_op).await.unwrap_err();
+        assert!(names_the_block(&error), "{error:?}");
+        assert_eq!(journal.stats().read_io_errors, 1);
+        let mut walk = journal.entries(1..=last_op);
+        for op in 1..unreadable_op {
+            match walk.next().await {
+                Some(Ok(ringstore_journal::LogItem::Present(entry))) => {
+                    assert_eq!(entry.payload, payload(op, len(op)))
+                }
+                other => panic!("op {op}: {other:?}"),
+            }
+        }
+        match walk.next().await {
+            Some(Err(error)) => assert!(names_the_block(&error), "{error:?}"),
+            other => panic!("op {unreadable_op}: {other:?}"),
+        }
+        assert_eq!(journal.stats().read_io_errors, 2);
+        for op in (1..=last_op).filter(|op| *op != unreadable_op) {
+            let entry = journal.read(op).await.unwrap().unwrap();
+            assert_eq!(entry.payload, payload(op, len(op)));
+        }
+        let pass = journal.scrub_pass().await.unwrap();
+        assert_eq!(pass.unreadable.len(), 1, "{pass:?}");
+        assert_eq!(pass.unreadable[0].offset, block);
+        journal.close().await.unwrap();
+        s.clear_unreadable(&segment);
+
+        // In a write's first header: reopen refuses, and cuts nothing.
+        let header_op = 3;
+        assert!(s.set_unreadable(&segment, BLOCK_BYTES * header_op + 8));
+        match open().await {
+            Err(Error::Io { path, .. }) => assert_eq!(path, segment),
+            other => panic!("a reopen that cannot read a write's header must refuse: {other:?}"),
+        }
+        s.clear_unreadable(&segment);
+        let journal = open().await.unwrap();
+        for op in 1..=last_op {
+            let entry = journal.read(op).await.unwrap().unwrap();
+            assert_eq!(entry.payload, payload(op, len(op)));
+        }
+        journal.close().await.unwrap();
+    });
+}

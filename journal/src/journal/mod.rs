@@ -212,6 +212,10 @@ pub struct JournalStats {
     /// just behind the writer whose read ahead was issued before those
     /// bytes were written.
     pub read_retries: u64,
+    /// Reads of an entry the disk failed (each logged at error level with
+    /// the file, the entry's offset and the block that fails alone, and
+    /// returned as `Error::Io`).
+    pub read_io_errors: u64,
 }
 
 /// A write-ahead log owned by one shard. Cheap to clone (all clones are the

@@ -1,7 +1,10 @@
 //! Reading the journal: one op ([`Journal::read`]) or a range in order
 //! ([`Entries`], which reads ahead). Every read verifies the entry's header
 //! and payload checksum; a mismatch is read once more before it is
-//! reported as [`Error::Corruption`].
+//! reported as [`Error::Corruption`]. A read the disk fails is read again
+//! a block at a time, so the [`Error::Io`] names the block that fails alone
+//! ([`crate::storage::UnreadableBlock`]); both kinds are logged at error
+//! level and counted.
 
 use super::*;
 
@@ -13,13 +16,46 @@ impl<S: Storage> Journal<S> {
         let Some(found) = self.locate(op)? else {
             return Ok(None);
         };
-        let read = || read_entry(op, &found);
-        match read().await {
-            // Read once more before reporting damage: a transient read error
-            // must not look like corruption.
-            Err(Error::Corruption { .. }) => self.reported(read().await).map(Some),
-            other => other.map(Some),
+        self.read_located(op, &found).await.map(Some)
+    }
+
+    /// Reads op `op`'s entry where it lives, alone: a verification failure
+    /// is read once more before it is reported as damage (a transient read
+    /// error must not look like corruption), and a read the disk fails is
+    /// reported with the block that fails alone.
+    async fn read_located(&self, op: u64, found: &Located<S::File>) -> Result<Entry> {
+        match read_entry(op, found).await {
+            Err(Error::Corruption { .. }) => self.reported(read_entry(op, found).await),
+            Err(error @ Error::Io { .. }) => Err(self.reported_io(op, error)),
+            other => other,
         }
+    }
+
+    /// A read of op `op` the disk failed (already read again block by
+    /// block by [`read_entry`]): logged at error level with the file, the
+    /// entry's offset and the block that fails alone, if one does, and
+    /// counted ([`JournalStats::read_io_errors`]). Returned as it was.
+    fn reported_io(&self, op: u64, error: Error) -> Error {
+        if let Error::Io {
+            op: call,
+            path,
+            offset,
+            source,
+        } = &error
+        {
+            let block = crate::storage::UnreadableBlock::in_error(source).map(|b| b.offset);
+            tracing::error!(
+                path = %path.display(),
+                entry_offset = offset,
+                unreadable_block = block,
+                call,
+                %source,
+                "reading op {op} from the journal failed: the disk returned an error \
+                 (`ringstore wal verify` reads every byte)"
+            );
+            self.shared.state.borrow_mut().stats.read_io_errors += 1;
+        }
+        error
     }
 
     /// The second read of an entry whose first failed verification:
@@ -88,6 +124,7 @@ impl<S: Storage> Journal<S> {
             done: range.is_empty(),
             window: None,
             joined: Vec::new(),
+            read_alone_until: None,
         }
     }
 }
@@ -117,11 +154,14 @@ impl<F> Located<F> {
 async fn read_entry<F: StorageFile>(op: u64, found: &Located<F>) -> Result<Entry> {
     let (start, end) = found.block_range();
     let offset = u64::from(found.location.offset);
-    let bytes = found
-        .file
-        .read_at(start, (end - start) as usize)
-        .await
-        .map_err(|e| Error::io("read", &found.path, Some(offset), e))?;
+    let bytes = crate::storage::read_locating_unreadable(
+        &*found.file,
+        start,
+        (end - start) as usize,
+        &|| true,
+    )
+    .await
+    .map_err(|e| Error::io("read", &found.path, Some(offset), e))?;
     verify_entry(op, found, &bytes, start)
 }
 
@@ -189,6 +229,9 @@ pub struct Entries<S: Storage = DmaStorage> {
     /// An entry that straddles two reads is copied here whole to be
     /// verified (kept between entries, so not allocated per straddle).
     joined: Vec<u8>,
+    /// After a window's read failed: the segment (generation) and the
+    /// offset up to which entries are read alone.
+    read_alone_until: Option<(u64, u64)>,
 }
 
 /// What was read of one segment: consecutive reads, kept as the kernel
@@ -300,7 +343,27 @@ impl<S: Storage> Entries<S> {
             return Ok(None);
         };
         let (start, end) = found.block_range();
-        self.fill(&found, start, end).await?;
+        let generation = found.location.generation;
+        if self
+            .read_alone_until
+            .is_some_and(|(g, until)| g == generation && start < until)
+        {
+            return self.journal.read_located(op, &found).await.map(Some);
+        }
+        if let Err(error) = self.fill(&found, start, end).await {
+            if !matches!(error, Error::Io { .. }) {
+                return Err(error);
+            }
+            // A window's read failed: read the entries it and its reads
+            // ahead cover alone, so that a block the disk cannot read
+            // fails only its own entry (named, and reported as
+            // `Journal::read` reports it), and the walk does not read the
+            // failing window again for each of them.
+            self.window = None;
+            let covered = ENTRIES_READ_AHEAD_BYTES * (ENTRIES_READS_AHEAD as u64 + 1);
+            self.read_alone_until = Some((generation, start.saturating_add(covered)));
+            return self.journal.read_located(op, &found).await.map(Some);
+        }
         let window = self.window.as_mut().expect("filled above");
         if window.read_ahead(&found) {
             reactor_turn().await;
