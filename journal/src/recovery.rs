@@ -896,10 +896,11 @@ async fn read_facts<F: StorageFile>(
         if pos >= len {
             return Ok(Vec::new());
         }
-        let bytes = file
-            .read_at(pos, BLOCK_BYTES as usize)
-            .await
-            .map_err(read_error(path, pos))?;
+        // A block that fails every read is named as such (`UnreadableBlock`).
+        let bytes =
+            crate::storage::read_locating_unreadable(file, pos, BLOCK_BYTES as usize, &|| true)
+                .await
+                .map_err(read_error(path, pos))?;
         Ok::<_, Error>(bytes[..(want as usize).min(bytes.len())].to_vec())
     };
     let mut header_block = read(0, BLOCK_BYTES).await?;

@@ -276,6 +276,12 @@ pub struct SimReport {
     pub rot_found_by_scrub: u64,
     /// Unreadable sectors ([`SimOp::Unreadable`]) a scrub pass reported.
     pub unreadable_found_by_scrub: u64,
+    /// Opens over an unreadable sector (after a clean close or a crash)
+    /// that opened, the read of the op there then naming the block.
+    pub unreadable_opened_over: u64,
+    /// Opens over an unreadable sector that refused with an I/O error
+    /// naming the block (it lay in what an open reads), cutting nothing.
+    pub unreadable_refused_open: u64,
     /// How often each fault fired.
     pub faults: FaultCounts,
 }
@@ -293,6 +299,8 @@ impl SimReport {
         self.segments_recycled += other.segments_recycled;
         self.rot_found_by_scrub += other.rot_found_by_scrub;
         self.unreadable_found_by_scrub += other.unreadable_found_by_scrub;
+        self.unreadable_opened_over += other.unreadable_opened_over;
+        self.unreadable_refused_open += other.unreadable_refused_open;
         self.faults.add(&other.faults);
     }
 }
@@ -566,6 +574,20 @@ impl Model {
 }
 
 /// The unique counter [`Driver::payload`] puts in a payload's first bytes.
+/// Where [`Driver::damage_at_rest`] left a sector unreadable: the op whose
+/// payload it is in, that entry's offset and the block.
+struct UnreadablePlace {
+    path: std::path::PathBuf,
+    op: u64,
+    entry_offset: u64,
+    block: u64,
+}
+
+/// The block an I/O error names as failing alone, if it names one.
+fn unreadable_block(source: &std::io::Error) -> Option<u64> {
+    crate::storage::UnreadableBlock::in_error(source).map(|block| block.offset)
+}
+
 fn payload_id(payload: &[u8]) -> u64 {
     payload
         .get(..8)
@@ -795,10 +817,10 @@ impl Driver {
         back: u16,
         bit: u64,
         rot: bool,
-    ) {
+    ) -> Option<UnreadablePlace> {
         self.settle().await;
         if journal.is_poisoned() {
-            return;
+            return None;
         }
         // Above any watermark asked for: one not yet recorded (a full disk)
         // already refuses reads of the ops it covers.
@@ -813,16 +835,11 @@ impl Driver {
             .filter(|(op, m)| **op > floor && m.acked.is_some())
             .map(|(op, _)| *op)
             .collect();
-        let Some(&op) = acked
+        let &op = acked
             .iter()
             .rev()
-            .nth(usize::from(back) % acked.len().max(1))
-        else {
-            return;
-        };
-        let Some((path, entry_offset, payload_len)) = journal.entry_place(op) else {
-            return;
-        };
+            .nth(usize::from(back) % acked.len().max(1))?;
+        let (path, entry_offset, payload_len) = journal.entry_place(op)?;
         let bit = bit % (u64::from(payload_len).max(1) * 8);
         let byte = entry_offset + crate::format::ENTRY_HEADER_BYTES as u64 + bit / 8;
         let flip = (bit % 8) as u8;
@@ -834,12 +851,12 @@ impl Driver {
         let faults_before = self.storage.fault_counts();
         let pass = journal.scrub_pass().await;
         let read = journal.read(op).await;
-        // Undone, so the rest of the run keeps every check at full strength
-        // (a damaged op would end each later scan of the log at it).
+        // A flip is undone, so the rest of the run keeps every check at
+        // full strength (a damaged op would end each later scan of the log
+        // at it); an unreadable sector stays for an open over it
+        // ([`Driver::open_over_unreadable`]), which clears it.
         if rot {
             self.storage.flip_bit(&path, byte, flip);
-        } else {
-            self.storage.clear_unreadable(&path);
         }
         // Destructive profiles: a transient read fault may have cut the
         // pass's scan short or failed the read otherwise, and a misdirected
@@ -883,7 +900,8 @@ impl Driver {
                 path.display()
             ));
         }
-        // A typed error that says where: the file, and the entry's offset.
+        // A typed error that says where: the file, and the entry's offset
+        // (and for an unreadable sector, its block).
         let names_entry = |p: &std::path::Path, o: Option<u64>| {
             transient || (p == path.as_path() && o == Some(entry_offset))
         };
@@ -894,13 +912,102 @@ impl Driver {
                 self.report.corruption_reported += 1
             }
             Err(Error::Io {
-                path: p, offset: o, ..
-            }) if (!rot || transient) && names_entry(&p, o) => {}
+                path: p,
+                offset: o,
+                source,
+                ..
+            }) if (!rot || transient)
+                && names_entry(&p, o)
+                && (transient || unreadable_block(&source) == Some(block)) => {}
             other => model.fail(format!(
                 "reading op {op} over {what} at {}:{byte} gave {other:?}",
                 path.display()
             )),
         }
+        (!rot).then_some(UnreadablePlace {
+            path,
+            op,
+            entry_offset,
+            block,
+        })
+    }
+
+    /// Opens the journal over an unreadable sector [`Driver::damage_at_rest`]
+    /// left (after a clean close, or a crash if `crash`), then without it.
+    /// Over it the open either opens, and the read of the op there names
+    /// the block, or refuses with an I/O error naming the block (it lay
+    /// in what an open reads: a write's first header or index, or the tail
+    /// nothing vouches for after a crash); either way it cuts nothing,
+    /// which the open after the sector is cleared and [`Driver::verify_all`]
+    /// check.
+    async fn open_over_unreadable(
+        &mut self,
+        journal: Journal<MemStorage>,
+        place: UnreadablePlace,
+        crash: bool,
+    ) -> Result<(), String> {
+        self.settle().await;
+        if crash {
+            self.report.crash_cycles += 1;
+        } else {
+            let _ = journal.close().await;
+            self.report.reopens += 1;
+        }
+        self.report.segments_recycled += journal.stats().segments_recycled;
+        drop(journal);
+        self.journal = None;
+        if crash {
+            self.storage.crash();
+        }
+        let faults_before = self.storage.fault_counts();
+        let names_block = |path: &std::path::Path, source: &std::io::Error| {
+            path == place.path && unreadable_block(source) == Some(place.block)
+        };
+        let verdict = match self.builder().open().await {
+            Ok(over) => {
+                let read = over.read(place.op).await;
+                let _ = over.close().await;
+                self.report.segments_recycled += over.stats().segments_recycled;
+                match read {
+                    Err(Error::Io {
+                        path,
+                        offset,
+                        source,
+                        ..
+                    }) if offset == Some(place.entry_offset) && names_block(&path, &source) => {
+                        self.report.unreadable_opened_over += 1;
+                        Ok(())
+                    }
+                    other => Err(format!(
+                        "opened over an unreadable sector in op {}'s entry at {}:{}, whose \
+                         read gave {other:?}",
+                        place.op,
+                        place.path.display(),
+                        place.entry_offset
+                    )),
+                }
+            }
+            Err(Error::Io { path, source, .. }) if names_block(&path, &source) => {
+                self.report.unreadable_refused_open += 1;
+                Ok(())
+            }
+            Err(other) => Err(format!(
+                "an open over an unreadable sector at {}:{} (op {}) gave {other}",
+                place.path.display(),
+                place.block,
+                place.op
+            )),
+        };
+        self.storage.clear_unreadable(&place.path);
+        let transient = injected_fault(&faults_before, &self.storage.fault_counts());
+        if let Err(message) = verdict {
+            if !(transient || self.destructive) {
+                self.model.borrow_mut().fail(message);
+            }
+        }
+        self.open().await?;
+        self.verify_all().await;
+        Ok(())
     }
 
     fn note_error(&mut self, error: &Error) {
@@ -1111,11 +1218,16 @@ impl Driver {
             SimOp::Settle => self.settle().await,
             SimOp::Rot { back, bit } => {
                 self.damage_at_rest(&journal, back, u64::from(bit), true)
-                    .await
+                    .await;
             }
             SimOp::Unreadable { back, byte } => {
-                self.damage_at_rest(&journal, back, u64::from(byte) * 8, false)
+                if let Some(place) = self
+                    .damage_at_rest(&journal, back, u64::from(byte) * 8, false)
                     .await
+                {
+                    self.open_over_unreadable(journal, place, byte % 2 == 1)
+                        .await?;
+                }
             }
             SimOp::Crash { after_ops } => {
                 self.storage.cut_power_after_ops(u64::from(after_ops) + 1);

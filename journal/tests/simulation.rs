@@ -201,12 +201,21 @@ fn crash_simulation_under_every_fault_profile() {
         .find(|(profile, _)| *profile == DAMAGE_AT_REST_PROFILE)
         .expect("the damage-at-rest profile ran");
     println!(
-        "damage at rest found by scrub passes: {} flipped bits, {} unreadable sectors",
-        rest.rot_found_by_scrub, rest.unreadable_found_by_scrub
+        "damage at rest found by scrub passes: {} flipped bits, {} unreadable sectors; \
+         opens over an unreadable sector: {} opened (the read named the block), \
+         {} refused naming the block",
+        rest.rot_found_by_scrub,
+        rest.unreadable_found_by_scrub,
+        rest.unreadable_opened_over,
+        rest.unreadable_refused_open
     );
     assert!(
         rest.rot_found_by_scrub > 0 && rest.unreadable_found_by_scrub > 0,
         "no damage at rest was injected"
+    );
+    assert!(
+        rest.unreadable_opened_over > 0,
+        "no open over an unreadable sector"
     );
     let small_disk = &reports[2].1;
     assert!(small_disk.faults.enospc > 0, "the small disk never filled");
