@@ -36,9 +36,9 @@ use crate::cmd_engine::{
     commit_offset, prepare_topic, setup_commands, shard_builder_with, submit_for, PARTITIONS,
 };
 use crate::cmd_journal::{on_reactor, PreallocationArg};
-use crate::device::{quorum_floor, Blocks, QuorumFloor};
 use crate::harness::{Harness, ProbeBracket};
 use crate::latency::{LatencyRecorder, LatencySummary};
+use crate::quorum_floor::{quorum_floor, Blocks, QuorumFloor};
 use crate::raft_peers::{self, Cluster, Host, Replication, NODES};
 use crate::report::{fmt_num, fmt_ratio, round3, Table};
 
@@ -48,6 +48,7 @@ const DURATION_FULL: Duration = Duration::from_secs(10);
 const DURATION_QUICK: Duration = Duration::from_secs(3);
 /// Rounds of the disk's floor of a commit ([`disk_floor`]).
 const DISK_FLOOR_ROUNDS_MAX: usize = 5_000;
+const _: () = assert!(DISK_FLOOR_ROUNDS_MAX <= crate::quorum_floor::QUORUM_ROUNDS_MAX);
 /// Longest the disk's floor of a commit is measured, each time.
 const DISK_FLOOR_DURATION_MAX: Duration = Duration::from_secs(2);
 /// Bytes of the value the reference stores' `Set` carries: about the size
@@ -523,7 +524,7 @@ fn print_table(report: &RaftReport) {
             .collect();
         println!(
             "disk floor of a commit {when} the workloads ({:?} blocks): one 4 KiB write + \
-             fdatasync alone p50 {} us; {} at once, the 1st..{}th done at p50 {}; \
+             fdatasync alone p50 {} us; {} at once, the k-th done (k = 1..{}) at p50 {}; \
              the majority's over one alone: {}",
             floor.blocks,
             fmt_num(floor.alone.p50_us),

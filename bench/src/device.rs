@@ -49,9 +49,9 @@ pub const PROBE_ITERATIONS_MAX: usize = 5_000;
 /// Upper bound on one probe's duration (about 250 iterations in the slow mode).
 pub const PROBE_DURATION_MAX: Duration = Duration::from_secs(1);
 /// Block size used to fill the probe region once, at setup.
-const PROBE_FILL_BLOCK_BYTES: usize = 1 << 20;
+pub(crate) const PROBE_FILL_BLOCK_BYTES: usize = 1 << 20;
 /// Queue depth used to fill the probe region once, at setup.
-const PROBE_FILL_QUEUE_DEPTH: usize = 4;
+pub(crate) const PROBE_FILL_QUEUE_DEPTH: usize = 4;
 /// Probe latencies above this belong to the disk's slow mode (~4 ms); the
 /// fast mode's stay well below it (~0.1 ms, p99 under 1 ms).
 pub const SLOW_MODE_LATENCY_MIN: Duration = Duration::from_millis(2);
@@ -131,7 +131,7 @@ fn open_direct_read(path: &Path) -> Result<File> {
 }
 
 /// Writes the stamp for every sector of `buffer`, which lands at `file_offset`.
-fn stamp(buffer: &mut [u8], file_offset: u64) {
+pub(crate) fn stamp(buffer: &mut [u8], file_offset: u64) {
     for (index, sector) in buffer.chunks_exact_mut(STAMP_SECTOR_BYTES).enumerate() {
         let offset = file_offset + (index * STAMP_SECTOR_BYTES) as u64;
         sector[..8].copy_from_slice(&STAMP_MAGIC.to_le_bytes());
@@ -140,7 +140,7 @@ fn stamp(buffer: &mut [u8], file_offset: u64) {
 }
 
 /// Checks the stamp of every sector of `buffer`, read from `file_offset`.
-fn check_stamps(buffer: &[u8], file_offset: u64) -> Result<(), String> {
+pub(crate) fn check_stamps(buffer: &[u8], file_offset: u64) -> Result<(), String> {
     for (index, sector) in buffer.chunks_exact(STAMP_SECTOR_BYTES).enumerate() {
         let offset = file_offset + (index * STAMP_SECTOR_BYTES) as u64;
         let magic = u64::from_le_bytes(sector[..8].try_into().expect("8-byte slice"));
@@ -384,176 +384,6 @@ impl Prober {
     }
 }
 
-/// Bytes of each file of the quorum floor ([`quorum_floor`]): one 4 KiB
-/// block per round of each kind, so this bounds the rounds.
-const QUORUM_FILE_BYTES: u64 = 64 << 20;
-
-/// Whether [`quorum_floor`]'s writes land on blocks already written (as in
-/// a journal whose segments are recycled or zero-filled) or on fresh
-/// fallocated blocks (as in a journal's new segment), whose first
-/// `fdatasync` also commits the extent conversion.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Blocks {
-    /// Overwrites of written blocks.
-    Written,
-    /// First writes into fallocated space.
-    Fresh,
-}
-
-/// The disk's share of a replicated commit on one host
-/// ([`quorum_floor`]): the latency of one durable 4 KiB write alone, and
-/// of the k-th of `files` such writes made at the same moment, one per
-/// file, for every k.
-#[derive(Clone, Debug, Serialize)]
-pub struct QuorumFloor {
-    pub files: usize,
-    pub blocks: Blocks,
-    /// One write + `fdatasync` into one file, nothing else in flight.
-    pub alone: LatencySummary,
-    /// `kth[k - 1]`: from the submission of all `files` pairs until the
-    /// k-th `fdatasync` completed (k = a majority: the quorum's).
-    pub kth: Vec<LatencySummary>,
-}
-
-impl QuorumFloor {
-    /// The majority's p50 over one write's alone: what the disk alone
-    /// makes of a commit that needs a majority of `files` writes durable.
-    pub fn majority_over_alone(&self) -> f64 {
-        let majority = self.files / 2 + 1;
-        self.kth[majority - 1].p50_us / self.alone.p50_us.max(f64::MIN_POSITIVE)
-    }
-}
-
-/// Measures what one disk makes of `files` journals each writing one
-/// durable 4 KiB entry at the same moment, as the nodes of a cluster
-/// sharing the disk do for each commit: rounds alternate between one
-/// write + `fdatasync` alone and `files` such pairs submitted together
-/// (one `io_uring_enter`, every `fdatasync` on an io_uring worker, so the
-/// kernel runs them at once), for up to `rounds_max` rounds or
-/// `duration_max`. The files are created in `dir` and removed after; in
-/// [`Blocks::Fresh`] every write goes to a block never written before. The
-/// last block written to each file is read back and checked.
-pub fn quorum_floor(
-    dir: &Path,
-    files: usize,
-    blocks: Blocks,
-    rounds_max: usize,
-    duration_max: Duration,
-) -> Result<QuorumFloor> {
-    ensure!(files >= 1, "a quorum floor needs at least one file");
-    let rounds_max = rounds_max.min((QUORUM_FILE_BYTES / PROBE_BLOCK_BYTES as u64) as usize / 2);
-    let paths: Vec<PathBuf> = (0..files)
-        .map(|index| dir.join(format!("quorum-floor-{index}")))
-        .collect();
-    let mut opened = Vec::with_capacity(files);
-    for path in &paths {
-        let file = match blocks {
-            Blocks::Written => {
-                seq_write(
-                    path,
-                    QUORUM_FILE_BYTES,
-                    PROBE_FILL_BLOCK_BYTES,
-                    PROBE_FILL_QUEUE_DEPTH,
-                )?;
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(path)
-                    .with_context(|| format!("open {} with O_DIRECT", path.display()))?
-            }
-            Blocks::Fresh => {
-                let file = create_direct(path)?;
-                sys::fallocate(&file, QUORUM_FILE_BYTES).with_context(|| {
-                    format!("fallocate {QUORUM_FILE_BYTES} bytes for {}", path.display())
-                })?;
-                let mut ring = Uring::new(1, PROBE_BLOCK_BYTES).context("set up io_uring")?;
-                ring.fdatasync(&file)
-                    .with_context(|| format!("fdatasync {}", path.display()))?;
-                file
-            }
-        };
-        opened.push(file);
-    }
-    let measured =
-        measure_quorum(&paths, &opened, rounds_max, duration_max).map(|(alone, kth)| QuorumFloor {
-            files,
-            blocks,
-            alone,
-            kth,
-        });
-    for path in &paths {
-        crate::harness::remove_path(path)?;
-    }
-    measured
-}
-
-/// [`quorum_floor`]'s rounds on files already prepared: the latencies of
-/// the writes alone and of each k-th of the writes together.
-fn measure_quorum(
-    paths: &[PathBuf],
-    opened: &[File],
-    rounds_max: usize,
-    duration_max: Duration,
-) -> Result<(LatencySummary, Vec<LatencySummary>)> {
-    let files = opened.len();
-    let mut ring = Uring::new(2 * files, PROBE_BLOCK_BYTES).context("set up io_uring")?;
-    for index in 0..files {
-        fill_pattern(ring.buffer_mut(index), 0x9e37 + index as u64);
-    }
-    let mut alone = LatencyRecorder::new();
-    let mut kth: Vec<LatencyRecorder> = (0..files).map(|_| LatencyRecorder::new()).collect();
-    // Each round writes two blocks per file in `Fresh` (file 0's alone
-    // write, then every file's together); `Written` cycles through them.
-    let region_blocks = QUORUM_FILE_BYTES / PROBE_BLOCK_BYTES as u64;
-    let mut next_block = 0u64;
-    let mut take_block = || {
-        let block = next_block % region_blocks;
-        next_block += 1;
-        block * PROBE_BLOCK_BYTES as u64
-    };
-    let mut last_offsets = vec![None; files];
-    let started = Instant::now();
-    for _ in 0..rounds_max {
-        let offset = take_block();
-        stamp(ring.buffer_mut(0), offset);
-        let took = ring
-            .write_then_fdatasync_each(&[(&opened[0], offset)])
-            .with_context(|| format!("write at {offset} in {}", paths[0].display()))?;
-        alone.record(took[0]);
-        last_offsets[0] = Some(offset);
-        let offset = take_block();
-        for index in 0..files {
-            stamp(ring.buffer_mut(index), offset);
-        }
-        let writes: Vec<(&File, u64)> = opened.iter().map(|file| (file, offset)).collect();
-        let mut took = ring
-            .write_then_fdatasync_each(&writes)
-            .with_context(|| format!("{files} writes at {offset}, one per file"))?;
-        took.sort();
-        for (recorder, took) in kth.iter_mut().zip(took) {
-            recorder.record(took);
-        }
-        last_offsets.fill(Some(offset));
-        if started.elapsed() >= duration_max {
-            break;
-        }
-    }
-    let mut check = aligned_zeroed(PROBE_BLOCK_BYTES);
-    for ((file, path), offset) in opened.iter().zip(paths).zip(last_offsets) {
-        let offset = offset.expect("every file written at least once");
-        file.read_exact_at(check.as_mut_slice(), offset)
-            .with_context(|| format!("read back the last block of {}", path.display()))?;
-        check_stamps(check.as_slice(), offset)
-            .map_err(|message| anyhow::anyhow!("{}: {message}", path.display()))?;
-    }
-    Ok((
-        alone.summary(),
-        kth.iter().map(LatencyRecorder::summary).collect(),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -589,26 +419,6 @@ mod tests {
         let mut prober = Prober::new(&dir.join("probe.dat"))?;
         let probe = prober.probe(20, Duration::from_secs(5))?;
         assert_eq!(probe.latency.samples, 20);
-        std::fs::remove_dir_all(&dir)?;
-        Ok(())
-    }
-
-    /// The floor of a commit writes every file, times each k-th completion
-    /// in order, reads the last blocks back, and leaves no file behind.
-    #[test]
-    fn quorum_floor_times_every_kth_write_and_cleans_up() -> Result<()> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-test-quorum");
-        std::fs::create_dir_all(&dir)?;
-        for blocks in [Blocks::Written, Blocks::Fresh] {
-            let floor = quorum_floor(&dir, 3, blocks, 10, Duration::from_secs(5))?;
-            assert_eq!(floor.alone.samples, 10);
-            assert_eq!(floor.kth.len(), 3);
-            assert!(floor.kth.iter().all(|k| k.samples == 10));
-            assert!(floor.kth[0].p50_us <= floor.kth[1].p50_us);
-            assert!(floor.kth[1].p50_us <= floor.kth[2].p50_us);
-            assert!(floor.majority_over_alone() > 0.0);
-            assert_eq!(std::fs::read_dir(&dir)?.count(), 0, "{blocks:?}");
-        }
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

@@ -38,6 +38,8 @@ mod latency;
 mod peers;
 mod plot;
 #[cfg(feature = "raft")]
+mod quorum_floor;
+#[cfg(feature = "raft")]
 mod raft_peers;
 mod report;
 #[allow(unsafe_code)] // The one module with `unsafe`: io_uring submission and libc calls.

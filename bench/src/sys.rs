@@ -259,6 +259,7 @@ impl Uring {
     /// the same moment. Returns, per pair in order, the time from the
     /// submission to its `fdatasync`'s completion. Needs a ring made with a
     /// queue depth of at least `2 * writes.len()`.
+    #[cfg(feature = "raft")]
     pub fn write_then_fdatasync_each(
         &mut self,
         writes: &[(&File, u64)],

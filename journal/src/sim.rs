@@ -23,8 +23,10 @@
 //! * recovery never panics, and damage is a typed error, never served;
 //! * damage at rest ([`SimOp::Rot`], [`SimOp::Unreadable`], mixed in by
 //!   [`with_damage_at_rest`]) is named by a scrub pass (the file, and the
-//!   entry or the block) and a read of the op returns a typed error; each
-//!   is undone after its check, so it weakens no other check.
+//!   entry or the block) and a read of the op returns a typed error; an
+//!   open over an unreadable sector opens (the read then names the block)
+//!   or refuses naming the block, and cuts nothing. Each is undone after
+//!   its check, so it weakens no other check.
 //!
 //! Everything is decided by the seed (the storage's faults, the task
 //! interleavings, [`random_ops`]), so a failing seed replays exactly. The
@@ -176,13 +178,17 @@ pub enum SimOp {
     /// A latent read error (a destructive fault): wait for the tasks, make
     /// the sector under part of an acknowledged op's payload unreadable,
     /// run a scrub pass and check that it names that block, then that
-    /// reading the op fails with `Error::Io`. The sector reads again
-    /// afterwards. (With destructive faults, damage earlier in the segment
-    /// counts too.)
+    /// reading the op fails with `Error::Io` naming it; then close the
+    /// journal (or crash, for an odd `byte`) and open it over the sector,
+    /// which must open (the read naming the block again) or refuse with
+    /// `Error::Io` naming the block. The sector reads again afterwards,
+    /// and an open and a check of every op follow. (With destructive
+    /// faults, damage earlier in the segment counts too.)
     Unreadable {
         /// Which acknowledged op, counting down from the newest.
         back: u16,
-        /// Which byte of its payload (modulo its length).
+        /// Which byte of its payload (modulo its length); odd: the open
+        /// over the sector follows a crash, even: a clean close.
         byte: u16,
     },
 }
@@ -573,7 +579,6 @@ impl Model {
     }
 }
 
-/// The unique counter [`Driver::payload`] puts in a payload's first bytes.
 /// Where [`Driver::damage_at_rest`] left a sector unreadable: the op whose
 /// payload it is in, that entry's offset and the block.
 struct UnreadablePlace {
@@ -588,6 +593,7 @@ fn unreadable_block(source: &std::io::Error) -> Option<u64> {
     crate::storage::UnreadableBlock::in_error(source).map(|block| block.offset)
 }
 
+/// The unique counter [`Driver::payload`] puts in a payload's first bytes.
 fn payload_id(payload: &[u8]) -> u64 {
     payload
         .get(..8)

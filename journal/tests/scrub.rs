@@ -313,7 +313,13 @@ fn an_unreadable_block_gets_one_verdict_from_reopen_reads_and_scrub() {
         let header_op = 3;
         assert!(s.set_unreadable(&segment, BLOCK_BYTES * header_op + 8));
         match open().await {
-            Err(Error::Io { path, .. }) => assert_eq!(path, segment),
+            Err(Error::Io { path, source, .. }) => {
+                assert_eq!(path, segment);
+                assert_eq!(
+                    UnreadableBlock::in_error(&source).map(|b| b.offset),
+                    Some(BLOCK_BYTES * header_op)
+                );
+            }
             other => panic!("a reopen that cannot read a write's header must refuse: {other:?}"),
         }
         s.clear_unreadable(&segment);

@@ -25,7 +25,7 @@ impl<S: Storage> Journal<S> {
     /// reported with the block that fails alone.
     async fn read_located(&self, op: u64, found: &Located<S::File>) -> Result<Entry> {
         match read_entry(op, found).await {
-            Err(Error::Corruption { .. }) => self.reported(read_entry(op, found).await),
+            Err(Error::Corruption { .. }) => self.reported(op, read_entry(op, found).await),
             Err(error @ Error::Io { .. }) => Err(self.reported_io(op, error)),
             other => other,
         }
@@ -58,13 +58,18 @@ impl<S: Storage> Journal<S> {
         error
     }
 
-    /// The second read of an entry whose first failed verification:
+    /// The second read of op `op`'s entry, whose first failed verification:
     /// counted ([`JournalStats::read_retries`]), and damage it confirms is
     /// logged and counted ([`JournalStats::read_corruptions`]): recovery
     /// leaves vouched-for payloads to the reads, so this is where such
-    /// damage surfaces.
-    fn reported(&self, read: Result<Entry>) -> Result<Entry> {
+    /// damage surfaces. A second read the disk fails is reported as
+    /// [`Journal::reported_io`] reports it.
+    fn reported(&self, op: u64, read: Result<Entry>) -> Result<Entry> {
         self.shared.state.borrow_mut().stats.read_retries += 1;
+        let read = match read {
+            Err(error @ Error::Io { .. }) => return Err(self.reported_io(op, error)),
+            read => read,
+        };
         if let Err(Error::Corruption {
             path,
             offset,
@@ -377,7 +382,7 @@ impl<S: Storage> Entries<S> {
             Err(Error::Corruption { .. }) => {
                 self.window = None;
                 let read = read_entry(op, &found).await;
-                self.journal.reported(read).map(Some)
+                self.journal.reported(op, read).map(Some)
             }
             Err(other) => Err(other),
         }
