@@ -385,7 +385,8 @@ pub fn run(args: &RaftArgs) -> Result<()> {
     for &clients in &args.clients {
         harness.step(format!("engine (1 node): {clients} clients"));
         let dir = harness.path("raft-engine");
-        let result = run_engine(&dir, clients, duration, args.preallocation)?;
+        let result = run_engine(&dir, clients, duration, args.preallocation)
+            .with_context(|| format!("the engine at {clients} clients"))?;
         runs.push(figures(
             "engine, 1 node",
             clients,
@@ -404,7 +405,8 @@ pub fn run(args: &RaftArgs) -> Result<()> {
             args.preallocation,
             args.stages,
             args.inline_write_bytes_max,
-        )?;
+        )
+        .with_context(|| format!("ringstore at {clients} clients"))?;
         let mut ringstore = figures("ringstore", clients, result, harness.bracket()?);
         ringstore.journals = journals;
         ringstore.stages = stages;
@@ -415,7 +417,8 @@ pub fn run(args: &RaftArgs) -> Result<()> {
         {
             harness.step(format!("rocksstore: {clients} clients"));
             let dir = harness.path("raft-rocksstore");
-            let result = run_rocksstore(&dir, clients, duration, args.replication)?;
+            let result = run_rocksstore(&dir, clients, duration, args.replication)
+                .with_context(|| format!("openraft's rocksstore at {clients} clients"))?;
             runs.push(figures(
                 "openraft rocksstore",
                 clients,
@@ -426,7 +429,8 @@ pub fn run(args: &RaftArgs) -> Result<()> {
         }
 
         harness.step(format!("memstore: {clients} clients"));
-        let result = run_memstore(clients, duration, args.replication)?;
+        let result = run_memstore(clients, duration, args.replication)
+            .with_context(|| format!("openraft's memstore at {clients} clients"))?;
         runs.push(figures(
             "openraft memstore",
             clients,

@@ -270,7 +270,13 @@ where
                     leader
                         .client_write(command(client, seq))
                         .await
-                        .map_err(|e| anyhow!("client_write: {e}"))?;
+                        .map_err(|e| {
+                            anyhow!(
+                                "client {client}'s command {seq}, {:?} into the run, to \
+                                 node {leader_id} (the leader at its start): {e}",
+                                started.elapsed()
+                            )
+                        })?;
                     recorder.record(sent.elapsed());
                 }
                 merged
