@@ -181,7 +181,8 @@ pub enum SimOp {
     /// reading the op fails with `Error::Io` naming it; then close the
     /// journal (or crash, for an odd `byte`) and open it over the sector,
     /// which must open (the read naming the block again) or refuse with
-    /// `Error::Io` naming the block. The sector reads again afterwards,
+    /// `Error::Io` naming the block; after a clean close, over a block of
+    /// the payload alone, it must open. The sector reads again afterwards,
     /// and an open and a check of every op follow. (With destructive
     /// faults, damage earlier in the segment counts too.)
     Unreadable {
@@ -586,6 +587,8 @@ struct UnreadablePlace {
     op: u64,
     entry_offset: u64,
     block: u64,
+    /// The block holds nothing but the entry's payload.
+    payload_only: bool,
 }
 
 /// The block an I/O error names as failing alone, if it names one.
@@ -935,6 +938,11 @@ impl Driver {
             op,
             entry_offset,
             block,
+            payload_only: block >= entry_offset + crate::format::ENTRY_HEADER_BYTES as u64
+                && block + crate::format::BLOCK_BYTES
+                    <= entry_offset
+                        + crate::format::ENTRY_HEADER_BYTES as u64
+                        + u64::from(payload_len),
         })
     }
 
@@ -993,7 +1001,12 @@ impl Driver {
                     )),
                 }
             }
-            Err(Error::Io { path, source, .. }) if names_block(&path, &source) => {
+            // After a clean close every write is vouched for, and an open
+            // reads no payload of one: a block of payload alone must not
+            // stop it (after a crash the tail is read whole).
+            Err(Error::Io { path, source, .. })
+                if names_block(&path, &source) && (crash || !place.payload_only) =>
+            {
                 self.report.unreadable_refused_open += 1;
                 Ok(())
             }
