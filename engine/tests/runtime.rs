@@ -74,6 +74,24 @@ fn engine_restart(dir: &Path, shards: usize) -> Engine<Kv> {
     builder(dir, shards).start().unwrap()
 }
 
+/// Restarts the 2-shard engine in `dir` and checks that it holds every
+/// acknowledged key with its value; returns it and every key it holds.
+fn restart_holding(
+    dir: &Path,
+    acknowledged: &BTreeMap<u64, Vec<u8>>,
+) -> (Engine<Kv>, BTreeMap<u64, Vec<u8>>) {
+    let engine = engine_restart(dir, 2);
+    let recovered: BTreeMap<u64, Vec<u8>> = shard_maps(&engine).into_iter().flatten().collect();
+    for (key, value) in acknowledged {
+        assert_eq!(
+            recovered.get(key),
+            Some(value),
+            "acknowledged key {key:#x} lost"
+        );
+    }
+    (engine, recovered)
+}
+
 #[test]
 fn submits_from_tokio_tasks_and_plain_threads_are_all_acknowledged() {
     let dir = temp_dir();
@@ -300,16 +318,8 @@ fn shutdown_with_commands_in_flight_loses_no_acknowledged_command() {
         Err(Error::Closed)
     ));
 
-    let engine = engine_restart(dir.path(), 2);
-    let recovered: BTreeMap<u64, Vec<u8>> = shard_maps(&engine).into_iter().flatten().collect();
     let acknowledged = acknowledged.lock().unwrap();
-    for (key, value) in acknowledged.iter() {
-        assert_eq!(
-            recovered.get(key),
-            Some(value),
-            "acknowledged key {key:#x} lost"
-        );
-    }
+    let (engine, recovered) = restart_holding(dir.path(), &acknowledged);
     // Nothing beyond what was submitted: every recovered key was sent.
     assert!(recovered.len() >= acknowledged.len());
     engine.shutdown(false).unwrap();
@@ -370,16 +380,8 @@ fn shutdown_with_batches_in_flight_loses_no_acknowledged_command() {
     }
     assert!(closed_seen.load(Ordering::SeqCst));
 
-    let engine = engine_restart(dir.path(), 2);
-    let recovered: BTreeMap<u64, Vec<u8>> = shard_maps(&engine).into_iter().flatten().collect();
     let acknowledged = acknowledged.lock().unwrap();
-    for (key, value) in acknowledged.iter() {
-        assert_eq!(
-            recovered.get(key),
-            Some(value),
-            "acknowledged key {key:#x} lost"
-        );
-    }
+    let (engine, _) = restart_holding(dir.path(), &acknowledged);
     engine.shutdown(false).unwrap();
 }
 

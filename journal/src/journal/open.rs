@@ -21,7 +21,13 @@ impl<S: Storage> Journal<S> {
         // What a crash in the middle of a durability probe (or of writing
         // its record) left, recovery removes with the other leftovers
         // (`verify::crash_leftovers`), so a reopen and `inspect` agree.
-        let recovered = recover(&storage, &config).await?;
+        let recovered = match recover(&storage, &config).await {
+            Ok(recovered) => recovered,
+            Err(error) => {
+                log_refusal(&config.dir, &error);
+                return Err(error);
+            }
+        };
         // Before any segment is created: its file follows it.
         let durability_choice = crate::durability::resolve(&storage, &mut config).await?;
         let watermark = recovered.report.watermark;
@@ -246,6 +252,24 @@ impl<S: Storage> Journal<S> {
 
 /// Of the last hard-state record recovery found and the superblock's copy,
 /// the one with the greater sequence.
+/// A recovery that refuses for damage (bytes that do not verify, or a
+/// block the disk cannot read) is logged at error level as well as
+/// returned: the embedder may not log the error it gets.
+fn log_refusal(dir: &Path, error: &Error) {
+    match error {
+        Error::Corruption { .. } => {
+            tracing::error!(dir = %dir.display(), %error, "the journal refuses to open: damage")
+        }
+        Error::Io { source, .. } => tracing::error!(
+            dir = %dir.display(),
+            %error,
+            unreadable_block = crate::storage::UnreadableBlock::in_error(source).map(|b| b.offset),
+            "the journal refuses to open: a read failed"
+        ),
+        _ => {}
+    }
+}
+
 fn newest_hard_state(record: Option<(u64, Vec<u8>)>, sb: &JournalSuperblock) -> (u64, Vec<u8>) {
     let kept = (sb.hard_state_sequence, sb.hard_state.clone());
     match record {
