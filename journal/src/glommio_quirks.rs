@@ -87,7 +87,10 @@
 //!     1-client commit's last step"); making the requests wait a turn only
 //!     moved the cost to them.
 
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 
 /// Lets the reactor turn once: runs the other ready tasks, submits the I/O
 /// they queued and reaps completions, before the caller goes on with CPU
@@ -115,6 +118,87 @@ pub async fn turn_until(mut done: impl FnMut() -> bool, turns_max: u32) -> bool 
         reactor_turn().await;
     }
     done()
+}
+
+/// Tells whether the reactor has turned since a mark, with one task and
+/// one timer made once ([`TurnWatch::spawn`]) instead of a task and a
+/// timer per mark: the journal marks at the start of every run of inline
+/// writes. [`TurnWatch::turned`] holds from the first reactor turn after
+/// [`TurnWatch::mark`] (the watch's timer fires in that turn: quirk 1).
+pub struct TurnWatch {
+    inner: Rc<TurnWatchInner>,
+}
+
+#[derive(Default)]
+struct TurnWatchInner {
+    /// A mark the task has not armed its timer for yet.
+    marked: Cell<bool>,
+    turned: Cell<bool>,
+    /// The task, waiting for a mark.
+    waker: RefCell<Option<Waker>>,
+    /// The watch was dropped: the task exits.
+    dropped: Cell<bool>,
+}
+
+impl TurnWatchInner {
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+impl TurnWatch {
+    /// A watch and its task, on the current reactor.
+    pub fn spawn() -> TurnWatch {
+        let inner = Rc::new(TurnWatchInner::default());
+        glommio::spawn_local(watch_turns(inner.clone())).detach();
+        TurnWatch { inner }
+    }
+
+    /// From now, [`TurnWatch::turned`] is false until the reactor turns.
+    pub fn mark(&self) {
+        self.inner.turned.set(false);
+        self.inner.marked.set(true);
+        self.inner.wake();
+    }
+
+    /// Whether the reactor turned since the last [`TurnWatch::mark`].
+    pub fn turned(&self) -> bool {
+        self.inner.turned.get()
+    }
+}
+
+impl Drop for TurnWatch {
+    fn drop(&mut self) {
+        self.inner.dropped.set(true);
+        self.inner.wake();
+    }
+}
+
+/// The watch's task: for each mark, waits one reactor turn on a timer it
+/// keeps, then says so.
+async fn watch_turns(inner: Rc<TurnWatchInner>) {
+    let mut timer = glommio::timer::Timer::new(REACTOR_TURN);
+    loop {
+        let marked = std::future::poll_fn(|cx| {
+            if inner.dropped.get() {
+                return Poll::Ready(false);
+            }
+            if inner.marked.replace(false) {
+                return Poll::Ready(true);
+            }
+            *inner.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        if !marked {
+            return;
+        }
+        timer.reset(REACTOR_TURN);
+        (&mut timer).await;
+        inner.turned.set(true);
+    }
 }
 
 /// The timer [`reactor_turn`] sleeps on: any positive duration will do.

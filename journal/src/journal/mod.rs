@@ -37,7 +37,7 @@ pub use writer::{
 
 use rollover::{next_generation, record_rollover};
 use superblock_io::{create_superblock, write_superblock};
-use writer::{run_writer, Batch, BatchDone, BatchVecs, WriteTicket, WriterSignal};
+use writer::{run_write_slot, run_writer, Batch, BatchDone, BatchVecs, WriteSlot, WriterSignal};
 
 use crate::config::{Durability, JournalBuilder, JournalConfig};
 use crate::error::{Error, Result};
@@ -271,8 +271,14 @@ struct Shared<S: Storage> {
     /// Wakes `close()` when a retirement or the reclaiming of retired
     /// segments has ended.
     reclaim_done: Event,
-    /// Wakes the writer when a write in flight finished.
+    /// Wakes the writer and the next write in issue order when a write in
+    /// flight finished.
     pipeline: Event,
+    /// The write pipeline's places, one per write in flight at most.
+    write_slots: Box<[Rc<WriteSlot<S::File>>]>,
+    /// Whether the reactor turned since the current run of inline writes
+    /// began.
+    turns: crate::glommio_quirks::TurnWatch,
     recovery: RecoveryReport,
     durability_choice: crate::durability::DurabilityChoice,
     /// The superblock as last written, and its sequence.
@@ -289,8 +295,12 @@ struct Shared<S: Storage> {
 
 impl<S: Storage> Drop for Shared<S> {
     fn drop(&mut self) {
-        // Let the writer task see that the journal is gone and exit.
+        // Let the writer and the write slots see that the journal is gone
+        // and exit.
         self.work.signal();
+        for slot in self.write_slots.iter() {
+            slot.wake();
+        }
     }
 }
 
@@ -334,8 +344,14 @@ struct State<F: StorageFile> {
     inline_write_average: std::time::Duration,
     /// The current run of inline writes without a reactor turn.
     inline_streak: Option<writer::InlineStreak>,
-    /// The ticket of the newest write in flight.
-    last_ticket: Option<Rc<WriteTicket>>,
+    /// Writes issued so far: the next write's place in issue order.
+    writes_issued: u64,
+    /// Writes finished so far, in issue order (a write finishes only after
+    /// every earlier one).
+    writes_finished: u64,
+    /// Whether the last write to finish, and every one before it in the
+    /// same run of writes in flight, succeeded.
+    previous_write_ok: bool,
     filling: Batch<F::Buf>,
     /// Vectors of finished batches, for the next ones.
     recycled: BatchVecs,

@@ -205,7 +205,9 @@ impl<S: Storage> Journal<S> {
             inline_paused_until: None,
             inline_write_average: std::time::Duration::ZERO,
             inline_streak: None,
-            last_ticket: None,
+            writes_issued: 0,
+            writes_finished: 0,
+            previous_write_ok: true,
             filling: Batch::new(),
             recycled: BatchVecs::new(config.writes_in_flight),
             poisoned: None,
@@ -221,6 +223,7 @@ impl<S: Storage> Journal<S> {
                 ..JournalStats::default()
             },
         };
+        let writes_in_flight = config.writes_in_flight;
         let shared = Rc::new(Shared {
             config,
             storage,
@@ -231,6 +234,10 @@ impl<S: Storage> Journal<S> {
             spare_ready: Event::new(),
             reclaim_done: Event::new(),
             pipeline: Event::new(),
+            write_slots: (0..writes_in_flight)
+                .map(|_| Rc::new(WriteSlot::new()))
+                .collect(),
+            turns: crate::glommio_quirks::TurnWatch::spawn(),
             recovery: recovered.report,
             durability_choice,
             superblock: RefCell::new((sb, sequence)),
@@ -243,6 +250,9 @@ impl<S: Storage> Journal<S> {
             shared.prepare_spare();
         }
         glommio::spawn_local(run_writer(Rc::downgrade(&shared), shared.work.clone())).detach();
+        for slot in shared.write_slots.iter() {
+            glommio::spawn_local(run_write_slot(Rc::downgrade(&shared), slot.clone())).detach();
+        }
         if let Some(rate) = shared.config.scrub_bytes_per_second {
             glommio::spawn_local(scrub::run_scrubber(Rc::downgrade(&shared), rate)).detach();
         }

@@ -5,16 +5,20 @@
 //! A single writer task per journal takes the filling batch whenever it has
 //! entries, stamps each entry header with the segment generation and offset
 //! the batch lands at, writes it with one O_DIRECT write, calls fdatasync
-//! once (or, with write-through, makes the write O_DSYNC), then publishes the entries in the ring index and wakes every
-//! appender of the batch. While batches are being written the next one
+//! once (or, with write-through, makes the write O_DSYNC), then publishes
+//! the entries in the ring index and wakes every appender of the batch. While batches are being written the next one
 //! fills, so the batch size grows with load. When the filling batch is full,
 //! appenders wait for the writer to take it, and the writer waits while
 //! `writes_in_flight` writes (default 2) are in flight: that bound is the
 //! backpressure.
 //!
 //! Up to `writes_in_flight` writes (each made durable) are in flight
-//! at once, at increasing offsets, and batches are acknowledged in order: a
-//! batch resolves only after every earlier batch is durable. So after a
+//! at once, at increasing offsets, each in a *write slot* (a task made at
+//! open, one per write in flight), and batches are acknowledged in order
+//! of their sequence numbers: a batch resolves only after every earlier
+//! batch is durable. Nothing is allocated per batch: slots, completions and
+//! entry lists are made once and reused, and the batch buffer comes from
+//! the reactor's registered I/O memory (`journal/tests/allocations.rs`). So after a
 //! crash up to `writes_in_flight` writes at the tail may be torn, and
 //! recovery looks that many writes past damage for a later write that
 //! vouches for it (see the `recovery` module); with `writes_in_flight(1)`
@@ -64,11 +68,11 @@ pub const INLINE_STREAK_MAX: Duration = Duration::from_micros(500);
 pub const INLINE_WRITES_PAUSED_FOR: Duration = Duration::from_secs(1);
 
 /// A run of inline writes since the reactor last turned (see
-/// [`INLINE_STREAK_MAX`]).
+/// [`INLINE_STREAK_MAX`]): when it started. The journal's
+/// [`TurnWatch`](crate::glommio_quirks::TurnWatch), marked then, tells
+/// when the reactor has turned since.
 pub(super) struct InlineStreak {
     started: Instant,
-    /// Set at the reactor's first turn after `started`.
-    turned: Rc<Cell<bool>>,
 }
 
 pub(super) struct Batch<B> {
@@ -113,16 +117,30 @@ impl<B> Batch<B> {
 /// entries grows its own, and lets it go.
 const RECYCLED_CAPACITY_MAX: usize = 4096;
 
-/// The vectors of finished batches, kept for the next ones: a batch's entry
-/// list and its waiters' wakers grow to a batch's size once, not again in
-/// every batch, so an append allocates nothing of its own (pinned by
-/// `journal/tests/allocations.rs`).
+/// Completions [`BatchVecs`] keeps for each batch alive at once: a finished
+/// batch's completion is reused once its last appender has let it go,
+/// which is usually before the batch after next is made, but an appender
+/// slow to run again can hold one longer.
+const RECYCLED_DONES_PER_BATCH: usize = 2;
+
+/// What finished batches leave for the next ones: their entry lists, and
+/// their completions (each with its waiters' vector) once no appender holds
+/// them. A batch's vectors grow to a batch's size once, not again in every
+/// batch, and neither an append nor a batch allocates a completion of its
+/// own (pinned by `journal/tests/allocations.rs`).
 pub(super) struct BatchVecs {
     entries: Vec<Vec<PendingEntry>>,
-    waiters: Vec<Vec<std::task::Waker>>,
-    /// Vectors kept of each kind: one for each batch alive at once (the
-    /// filling one and the writes in flight).
+    dones: Vec<Rc<BatchDone>>,
+    /// Entry vectors kept: one for each batch alive at once (the filling
+    /// one and the writes in flight).
     kept_max: usize,
+}
+
+impl BatchVecs {
+    /// Completions kept at most.
+    fn dones_max(&self) -> usize {
+        self.kept_max * RECYCLED_DONES_PER_BATCH
+    }
 }
 
 impl BatchVecs {
@@ -131,35 +149,45 @@ impl BatchVecs {
         let kept_max = writes_in_flight as usize + 1;
         BatchVecs {
             entries: Vec::with_capacity(kept_max),
-            waiters: Vec::with_capacity(kept_max),
+            dones: Vec::with_capacity(kept_max * RECYCLED_DONES_PER_BATCH),
             kept_max,
         }
     }
 
-    /// An empty batch, on kept vectors where there are some.
+    /// An empty batch, on kept vectors and a kept completion where there
+    /// are some.
     pub(super) fn batch<B>(&mut self) -> Batch<B> {
+        let free = self
+            .dones
+            .iter_mut()
+            .position(|done| Rc::get_mut(done).is_some());
+        let done = match free {
+            Some(at) => {
+                let mut done = self.dones.swap_remove(at);
+                Rc::get_mut(&mut done)
+                    .expect("no other holder: checked above")
+                    .reset();
+                done
+            }
+            None => Rc::new(BatchDone::default()),
+        };
         Batch {
             buf: None,
             len: 0,
             entries: self.entries.pop().unwrap_or_default(),
-            done: Rc::new(BatchDone {
-                result: RefCell::new(None),
-                waiters: RefCell::new(self.waiters.pop().unwrap_or_default()),
-            }),
+            done,
         }
     }
 
-    /// Keeps a finished batch's vectors (emptied) for a later batch.
-    fn keep(&mut self, mut entries: Vec<PendingEntry>, waiters: Vec<std::task::Waker>) {
+    /// Keeps a finished batch's entry vector (emptied) and its completion
+    /// for later batches.
+    fn keep(&mut self, mut entries: Vec<PendingEntry>, done: Rc<BatchDone>) {
         entries.clear();
         if self.entries.len() < self.kept_max && entries.capacity() <= RECYCLED_CAPACITY_MAX {
             self.entries.push(entries);
         }
-        if waiters.is_empty()
-            && self.waiters.len() < self.kept_max
-            && waiters.capacity() <= RECYCLED_CAPACITY_MAX
-        {
-            self.waiters.push(waiters);
+        if self.dones.len() < self.dones_max() && done.waiters_capacity() <= RECYCLED_CAPACITY_MAX {
+            self.dones.push(done);
         }
     }
 }
@@ -175,15 +203,24 @@ pub(super) struct BatchDone {
 }
 
 impl BatchDone {
-    /// Records the outcome and wakes every waiter; returns the waiters'
-    /// vector, empty, for a later batch.
-    fn complete(&self, result: Result<()>) -> Vec<std::task::Waker> {
+    /// Records the outcome and wakes every waiter, keeping the waiters'
+    /// vector (emptied) for the completion's next use.
+    fn complete(&self, result: Result<()>) {
         *self.result.borrow_mut() = Some(result);
-        let mut waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for waiter in waiters.drain(..) {
+        // Waking only schedules the waiter: none runs inside this borrow.
+        for waiter in self.waiters.borrow_mut().drain(..) {
             waiter.wake();
         }
-        waiters
+    }
+
+    /// Ready for another batch: no outcome, no waiter.
+    fn reset(&mut self) {
+        *self.result.get_mut() = None;
+        self.waiters.get_mut().clear();
+    }
+
+    fn waiters_capacity(&self) -> usize {
+        self.waiters.borrow().capacity()
     }
 
     /// Resolves with the batch's outcome. A waiter polled again before the
@@ -303,9 +340,9 @@ impl<F: StorageFile> State<F> {
 impl<S: Storage> Shared<S> {
     /// Issues one batch: waits for a free place in the write pipeline, rolls
     /// over to a new segment if the batch does not fit (after the writes in
-    /// flight finished), reserves the batch's position and starts its write
-    /// in a task of its own.
-    async fn issue_batch(self: &Rc<Self>, mut batch: Batch<<S::File as StorageFile>::Buf>) {
+    /// flight finished), reserves the batch's position and hands its write
+    /// to a free write slot (or writes it inline).
+    async fn issue_batch(self: &Rc<Self>, batch: Batch<<S::File as StorageFile>::Buf>) {
         let writes_in_flight_max = self.config.writes_in_flight as usize;
         while self.state.borrow().writes_in_flight >= writes_in_flight_max {
             notified(&self.pipeline).await;
@@ -315,31 +352,58 @@ impl<S: Storage> Shared<S> {
             Ok(place) => place,
             Err(error) => return self.fail_unissued(batch, error),
         };
-        let ticket = Rc::new(WriteTicket::default());
-        let (previous, inline) = {
+        let (sequence, inline) = {
             let mut state = self.state.borrow_mut();
             let inline = self.inline_allowed(&mut state, &place, total);
+            if state.writes_in_flight == 0 {
+                // A new run of writes: no earlier write to answer for.
+                state.previous_write_ok = true;
+            }
             state.writes_in_flight += 1;
-            (state.last_ticket.replace(ticket.clone()), inline)
+            let sequence = state.writes_issued;
+            state.writes_issued += 1;
+            (sequence, inline)
         };
-        let shared = self.clone();
-        let write = async move {
-            let buf = batch.buf.take().expect("a batch with entries has a buffer");
-            let result = shared
-                .write_and_sync(buf, &batch, &place, total, inline)
-                .await;
-            shared
-                .finish_batch(batch, place, total, result, previous, ticket)
-                .await;
+        let job = WriteJob {
+            batch,
+            place,
+            total,
+            sequence,
         };
         if inline {
             // The tasks already runnable (an appender's next entry, a
             // socket's sends) go before the reactor blocks in the write.
             futures_lite::future::yield_now().await;
-            write.await;
+            self.run_write(job, true).await;
         } else {
-            glommio::spawn_local(write).detach();
+            // Fewer writes are in flight than there are slots, and a slot
+            // is freed in the same step as its write's count (nothing runs
+            // in between): one is free.
+            let slot = self
+                .write_slots
+                .iter()
+                .find(|slot| !slot.busy.get())
+                .expect("a write slot is free while fewer writes than slots are in flight");
+            slot.busy.set(true);
+            *slot.job.borrow_mut() = Some(job);
+            slot.signal.signal();
         }
+    }
+
+    /// Writes a batch and finishes it (see `finish_batch`).
+    async fn run_write(&self, job: WriteJob<S::File>, inline: bool) {
+        let WriteJob {
+            mut batch,
+            place,
+            total,
+            sequence,
+        } = job;
+        let buf = batch.buf.take().expect("a batch with entries has a buffer");
+        let result = self
+            .write_and_sync(buf, &batch, &place, total, inline)
+            .await;
+        self.finish_batch(batch, place, total, result, sequence)
+            .await;
     }
 
     /// Whether the batch about to be issued is written inline
@@ -365,19 +429,11 @@ impl<S: Storage> Shared<S> {
             None => {}
         }
         match &state.inline_streak {
-            Some(streak) if !streak.turned.get() => now - streak.started <= INLINE_STREAK_MAX,
+            Some(streak) if !self.turns.turned() => now - streak.started <= INLINE_STREAK_MAX,
             _ => {
-                // A new run: a timer marks the reactor's next turn.
-                let turned = Rc::new(Cell::new(false));
-                state.inline_streak = Some(InlineStreak {
-                    started: now,
-                    turned: turned.clone(),
-                });
-                glommio::spawn_local(async move {
-                    crate::glommio_quirks::reactor_turn().await;
-                    turned.set(true);
-                })
-                .detach();
+                // A new run, until the reactor's next turn.
+                state.inline_streak = Some(InlineStreak { started: now });
+                self.turns.mark();
                 true
             }
         }
@@ -427,7 +483,6 @@ impl<S: Storage> Shared<S> {
             .expect("an open journal always has an active segment");
         let place = Placement {
             file: active.file.clone(),
-            path: active.path.clone(),
             generation: active.generation,
             pos: active.write_pos,
             // NoSync writes are not durable when they finish: they vouch
@@ -462,7 +517,8 @@ impl<S: Storage> Shared<S> {
             place.file.write_at(buf, place.pos).await
         };
         if let Err(e) = written {
-            return Err(self.poison(Error::io("write", &place.path, Some(place.pos), e)));
+            let path = self.segment_path(place.generation);
+            return Err(self.poison(Error::io("write", &path, Some(place.pos), e)));
         }
         if self.config.durability == Durability::Sync {
             let synced = if inline {
@@ -471,7 +527,8 @@ impl<S: Storage> Shared<S> {
                 place.file.sync().await
             };
             if let Err(e) = synced {
-                return Err(self.poison(Error::io("fdatasync", &place.path, None, e)));
+                let path = self.segment_path(place.generation);
+                return Err(self.poison(Error::io("fdatasync", &path, None, e)));
             }
         }
         if inline {
@@ -504,24 +561,25 @@ impl<S: Storage> Shared<S> {
     }
 
     /// Acknowledges a batch in issue order: only once every earlier write
-    /// succeeded too, so no acknowledged entry ever follows a hole.
+    /// finished and succeeded too, so no acknowledged entry ever follows a
+    /// hole. `sequence` is the batch's place in issue order.
     async fn finish_batch(
         &self,
         batch: Batch<<S::File as StorageFile>::Buf>,
         place: Placement<S::File>,
         total: u64,
         mut result: Result<()>,
-        previous: Option<Rc<WriteTicket>>,
-        ticket: Rc<WriteTicket>,
+        sequence: u64,
     ) {
-        if let Some(previous) = previous {
-            let earlier_ok = previous.wait().await;
-            if !earlier_ok && result.is_ok() {
-                let cause = self.state.borrow().poisoned.clone();
-                result = Err(Error::Poisoned {
-                    cause: Box::new(cause.unwrap_or(Error::Closed)),
-                });
-            }
+        while self.state.borrow().writes_finished != sequence {
+            notified(&self.pipeline).await;
+        }
+        let earlier_ok = self.state.borrow().previous_write_ok;
+        if !earlier_ok && result.is_ok() {
+            let cause = self.state.borrow().poisoned.clone();
+            result = Err(Error::Poisoned {
+                cause: Box::new(cause.unwrap_or(Error::Closed)),
+            });
         }
         {
             let mut state = self.state.borrow_mut();
@@ -535,21 +593,27 @@ impl<S: Storage> Shared<S> {
                 }
             }
             state.writes_in_flight -= 1;
-            if state
-                .last_ticket
-                .as_ref()
-                .is_some_and(|t| Rc::ptr_eq(t, &ticket))
-            {
-                state.last_ticket = None;
-            }
+            state.writes_finished += 1;
+            state.previous_write_ok = result.is_ok();
         }
-        ticket.resolve(result.is_ok());
+        // The writer waiting for room in the pipeline, and the next write
+        // waiting for this one to finish.
         wake_all(&self.pipeline);
-        let waiters = batch.done.complete(result);
+        batch.done.complete(result);
         self.state
             .borrow_mut()
             .recycled
-            .keep(batch.entries, waiters);
+            .keep(batch.entries, batch.done);
+    }
+
+    /// The path of segment `generation` (for an error message): a segment
+    /// with writes in flight is never retired.
+    fn segment_path(&self, generation: u64) -> PathBuf {
+        let state = self.state.borrow();
+        match state.segments.iter().find(|s| s.generation == generation) {
+            Some(segment) => segment.path.clone(),
+            None => self.config.dir.join(crate::segment_file_name(generation)),
+        }
     }
 
     /// Fails a batch that was never written (no room for a new segment, or
@@ -614,14 +678,71 @@ impl<S: Storage> Shared<S> {
             }
         }
         // Not recycled: a failure path.
-        drop(batch.done.complete(Err(error)));
+        batch.done.complete(Err(error));
+    }
+}
+
+/// A batch on its way to the disk: what a write slot is handed.
+pub(super) struct WriteJob<F: StorageFile> {
+    batch: Batch<F::Buf>,
+    place: Placement<F>,
+    total: u64,
+    /// The write's place in issue order.
+    sequence: u64,
+}
+
+/// One place in the write pipeline: a task made at open (see
+/// [`run_write_slot`]) that writes the batches it is handed, so that a
+/// write through io_uring needs no task of its own. The journal has one
+/// per write it may have in flight.
+pub(super) struct WriteSlot<F: StorageFile> {
+    job: RefCell<Option<WriteJob<F>>>,
+    /// Handed a job and not done with it.
+    busy: Cell<bool>,
+    signal: WriterSignal,
+}
+
+impl<F: StorageFile> WriteSlot<F> {
+    pub(super) fn new() -> WriteSlot<F> {
+        WriteSlot {
+            job: RefCell::new(None),
+            busy: Cell::new(false),
+            signal: WriterSignal::default(),
+        }
+    }
+
+    /// Wakes the slot's task to see whether the journal is gone or done.
+    pub(super) fn wake(&self) {
+        self.signal.signal();
+    }
+}
+
+/// A write slot's task: writes each batch it is handed, and exits once the
+/// journal is gone or its writer has exited.
+pub(super) async fn run_write_slot<S: Storage>(
+    shared: Weak<Shared<S>>,
+    slot: Rc<WriteSlot<S::File>>,
+) {
+    loop {
+        slot.signal.wait().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let job = slot.job.borrow_mut().take();
+        match job {
+            Some(job) => {
+                shared.run_write(job, false).await;
+                slot.busy.set(false);
+            }
+            None if !shared.state.borrow().writer_running => return,
+            None => {}
+        }
     }
 }
 
 /// Where a batch is written.
 struct Placement<F> {
     file: Rc<F>,
-    path: PathBuf,
     generation: u64,
     pos: u64,
     /// Stamped into the write's first entry: see `EntryHeader::durable_before`.
@@ -660,30 +781,6 @@ impl WriterSignal {
             *self.waker.borrow_mut() = Some(cx.waker().clone());
             std::task::Poll::Pending
         })
-    }
-}
-
-/// Resolves once a write has finished, saying whether it and every write
-/// issued before it succeeded.
-#[derive(Default)]
-pub(super) struct WriteTicket {
-    outcome: std::cell::Cell<Option<bool>>,
-    notify: Event,
-}
-
-impl WriteTicket {
-    fn resolve(&self, ok: bool) {
-        self.outcome.set(Some(ok));
-        wake_all(&self.notify);
-    }
-
-    async fn wait(&self) -> bool {
-        loop {
-            if let Some(ok) = self.outcome.get() {
-                return ok;
-            }
-            notified(&self.notify).await;
-        }
     }
 }
 
@@ -864,6 +961,9 @@ pub(super) async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Wri
             Next::AwaitInFlight => notified(&shared.pipeline).await,
             Next::Exit => {
                 wake_all(&shared.writer_exited);
+                for slot in shared.write_slots.iter() {
+                    slot.wake();
+                }
                 return;
             }
             Next::Idle => {
