@@ -939,11 +939,8 @@ pub(crate) fn scan_view(
                 // scan finds nothing wrong the two scans agree by
                 // construction (the reopen's falls back to the full rules
                 // at the first write nothing vouches for).
-                let reopen = reopen_scan(file, planned, segment.file_bytes).map_err(io_error(
-                    "read",
-                    &planned.path,
-                    None,
-                ))?;
+                let (reopen, past_damage) = reopen_scan(file, planned, segment.file_bytes, offset)
+                    .map_err(io_error("read", &planned.path, None))?;
                 match reopen {
                     SegmentOutcome::Damaged { .. } => {
                         first_damaged.get_or_insert_with(|| damage.clone());
@@ -951,6 +948,18 @@ pub(crate) fn scan_view(
                     other => {
                         report.damage_found_on_read.push(damage.clone());
                         segment.reopen_end = Some(segment_end(&other));
+                        // The entries from the damaged one on are in the
+                        // log a reopen sees (their writes' indexes list
+                        // them; a read verifies each): counted, so that
+                        // the ops after one damaged payload are not called
+                        // missing. Index and padding entries past the
+                        // damage are not counted (the walk by index does
+                        // not hand them out).
+                        for header in &past_damage {
+                            if let Some(kind) = header.entry_kind() {
+                                record(segment, &mut ops, &EntryInfo::from_header(header, kind));
+                            }
+                        }
                     }
                 }
                 add_damage(&mut report.damage, damage);
@@ -1524,9 +1533,15 @@ fn segment_end(outcome: &SegmentOutcome) -> SegmentEnd {
 
 /// How a reopen's scan of `planned` ends: the walk from index to index
 /// that recovery makes ([`SegmentScanner::indexed`]).
-fn reopen_scan(file: &File, planned: &PlannedSegment, file_len: u64) -> io::Result<SegmentOutcome> {
+fn reopen_scan(
+    file: &File,
+    planned: &PlannedSegment,
+    file_len: u64,
+    from: u64,
+) -> io::Result<(SegmentOutcome, Vec<EntryHeader>)> {
     let mut window = Window::new(file, file_len);
     let mut scanner = SegmentScanner::indexed(&planned.header, planned.sealed_end);
+    let mut from_on = Vec::new();
     let mut step = scanner.step(None);
     loop {
         step = match step {
@@ -1538,8 +1553,13 @@ fn reopen_scan(file: &File, planned: &PlannedSegment, file_len: u64) -> io::Resu
                 }
                 scanner.step(Some(window.get(pos, len)?))
             }
-            Step::Entry(_) => scanner.step(None),
-            Step::Done(outcome) => return Ok(outcome),
+            Step::Entry(header) => {
+                if u64::from(header.offset.get()) >= from {
+                    from_on.push(header);
+                }
+                scanner.step(None)
+            }
+            Step::Done(outcome) => return Ok((outcome, from_on)),
         };
     }
 }
@@ -1611,31 +1631,35 @@ impl Scan<'_> {
     }
 
     fn record(&mut self, info: &EntryInfo) {
-        let segment = &mut *self.segment;
-        if info.first_in_write {
-            segment.writes += 1;
+        record(self.segment, self.ops, info);
+    }
+}
+
+/// Counts one entry of a segment in its report and the log's op set.
+fn record(segment: &mut SegmentReport, ops: &mut OpSet, info: &EntryInfo) {
+    if info.first_in_write {
+        segment.writes += 1;
+    }
+    match info.kind {
+        EntryKind::Data => {
+            segment.data_entries += 1;
+            segment.data_bytes += crate::format::entry_footprint(info.payload_len as usize);
+            segment.op_min = min_some(segment.op_min, Some(info.op));
+            segment.op_max = segment.op_max.max(Some(info.op));
+            segment.epoch_max = segment.epoch_max.max(Some(info.epoch));
+            ops.insert(info.op);
         }
-        match info.kind {
-            EntryKind::Data => {
-                segment.data_entries += 1;
-                segment.data_bytes += crate::format::entry_footprint(info.payload_len as usize);
-                segment.op_min = min_some(segment.op_min, Some(info.op));
-                segment.op_max = segment.op_max.max(Some(info.op));
-                segment.epoch_max = segment.epoch_max.max(Some(info.epoch));
-                self.ops.insert(info.op);
-            }
-            EntryKind::Watermark => {
-                segment.watermark_records += 1;
-                segment.watermark = segment.watermark.max(info.op);
-            }
-            EntryKind::Truncate => {
-                segment.truncate_records += 1;
-                self.ops.truncate_above(info.op);
-            }
-            EntryKind::HardState => segment.hard_state_records += 1,
-            EntryKind::Padding => segment.padding_entries += 1,
-            EntryKind::WriteIndex => segment.write_indexes += 1,
+        EntryKind::Watermark => {
+            segment.watermark_records += 1;
+            segment.watermark = segment.watermark.max(info.op);
         }
+        EntryKind::Truncate => {
+            segment.truncate_records += 1;
+            ops.truncate_above(info.op);
+        }
+        EntryKind::HardState => segment.hard_state_records += 1,
+        EntryKind::Padding => segment.padding_entries += 1,
+        EntryKind::WriteIndex => segment.write_indexes += 1,
     }
 }
 

@@ -5,8 +5,10 @@
 //! [`ringstore_journal::inspect::scan_journal`], which drives the journal's
 //! one verifier read-only, as reopening the journal does, and reaches the
 //! same verdict; they differ in what they print. Damage — anything that
-//! makes a reopen refuse, or ops missing above the watermark — makes the
-//! exit code 1. A tail that does not verify and that nothing proves durable
+//! makes a reopen refuse, ops missing above the watermark, or a payload a
+//! reopen does not read but a read of its entry would refuse (the output
+//! then says the reopen opens: `journal/FORMAT.md`, "Recovery") — makes
+//! the exit code 1. A tail that does not verify and that nothing proves durable
 //! (which a reopen cuts and reports, with the ops that may have been
 //! acknowledged in it) is reported but is not damage, unless `wal verify
 //! --strict` (what `Recovery::Strict` does).
