@@ -99,7 +99,7 @@ pub use object_store::{ObjectStoreError, ObjectStoreSettings, UploadMode};
 pub use recovery::ShardRecoveryReport;
 pub use reset::{ResetError, ResetOutcome};
 pub use runtime::{Client, Engine, EngineBuilder};
-pub use shard::{CheckpointOutcome, Outcome, Shard, ShardStats};
+pub use shard::{CheckpointOutcome, Outcome, Shard, ShardStats, SNAPSHOT_SCRUB_DAMAGE_KEPT};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

@@ -55,7 +55,7 @@ use crate::lifecycle::Lifecycle;
 use crate::machine::{encode_into, OpId, StateMachine};
 use crate::metrics::{LatencySummary, ShardMetrics, METRICS_PUBLISH_INTERVAL};
 use crate::recovery::{Recovered, ShardRecoveryReport, SnapshotPoint};
-use crate::snapshot::{Pacing, SnapshotMeta, SnapshotStore};
+use crate::snapshot::{Pacing, SnapshotDamage, SnapshotMeta, SnapshotStore};
 use event_listener::Event;
 use futures_channel::oneshot;
 use ringstore_journal::storage::{DmaStorage, Storage};
@@ -272,6 +272,11 @@ struct Inner<M: StateMachine, S: Storage> {
     metrics_task: RefCell<Option<glommio::Task<()>>>,
     /// The snapshot scrubber, if it runs.
     scrub_task: RefCell<Option<glommio::Task<()>>>,
+    /// What the snapshot scrubber found, each place once, oldest first (at
+    /// most [`SNAPSHOT_SCRUB_DAMAGE_KEPT`] of each kind): checksum damage,
+    /// and blocks that failed every read (file, offset).
+    snapshot_scrub_damage: RefCell<Vec<SnapshotDamage>>,
+    snapshot_scrub_unreadable: RefCell<Vec<(PathBuf, u64)>>,
     /// `<dir>/lock`, held until the shard is closed.
     lock: RefCell<Option<DirLock<S::Lock>>>,
     /// A command's encoding, kept between submits (taken while in use: a
@@ -361,6 +366,8 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             metrics,
             metrics_task: RefCell::new(None),
             scrub_task: RefCell::new(None),
+            snapshot_scrub_damage: RefCell::new(Vec::new()),
+            snapshot_scrub_unreadable: RefCell::new(Vec::new()),
             lock: RefCell::new(recovered.lock),
             encode_scratch: Cell::new(Vec::new()),
         });
@@ -910,6 +917,22 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         &self.inner.snapshots
     }
 
+    /// The damage the snapshot scrubber ([`crate::ShardBuilder::scrub_rate`])
+    /// found, oldest first, each place once: the file, the offset and the
+    /// fault; at most [`SNAPSHOT_SCRUB_DAMAGE_KEPT`] (each is also logged
+    /// and counted in [`ShardStats::snapshot_scrub_damage`]). The journal's
+    /// findings are `shard.journal().scrub_damage()`.
+    pub fn snapshot_scrub_damage(&self) -> Vec<SnapshotDamage> {
+        self.inner.snapshot_scrub_damage.borrow().clone()
+    }
+
+    /// The blocks of snapshot files the scrubber could not read, each
+    /// failing every read (file, byte offset of the block), oldest first,
+    /// each once; at most [`SNAPSHOT_SCRUB_DAMAGE_KEPT`].
+    pub fn snapshot_scrub_unreadable(&self) -> Vec<(PathBuf, u64)> {
+        self.inner.snapshot_scrub_unreadable.borrow().clone()
+    }
+
     /// Counters since open, and the ack latency percentiles. Also
     /// publishes the journal's counters to the metrics facade.
     pub fn stats(&self) -> ShardStats {
@@ -1418,6 +1441,19 @@ impl<M: StateMachine, S: Storage> Drop for CheckpointGuard<'_, M, S> {
 /// Pause between two passes of the snapshot scrubber.
 const SNAPSHOT_SCRUB_PASS_PAUSE: Duration = Duration::from_millis(100);
 
+/// Findings of each kind [`Shard::snapshot_scrub_damage`] and
+/// [`Shard::snapshot_scrub_unreadable`] keep (later ones are still logged
+/// and counted).
+pub const SNAPSHOT_SCRUB_DAMAGE_KEPT: usize = 16;
+
+/// Keeps `finding` in `kept` unless it is full.
+fn keep_finding<T>(kept: &RefCell<Vec<T>>, finding: T) {
+    let mut kept = kept.borrow_mut();
+    if kept.len() < SNAPSHOT_SCRUB_DAMAGE_KEPT {
+        kept.push(finding);
+    }
+}
+
 /// The snapshot scrubber: every generation, every byte, pass after pass, at
 /// `rate` (see [`crate::ShardBuilder::scrub_rate`]).
 async fn scrub_snapshots<M: StateMachine, S: Storage>(
@@ -1471,7 +1507,8 @@ async fn scrub_snapshots<M: StateMachine, S: Storage>(
                         "the snapshot scrubber found damage: an open passes over this snapshot \
                          and an upload refuses it"
                     );
-                    reported.push((damage.path, damage.offset));
+                    reported.push((damage.path.clone(), damage.offset));
+                    keep_finding(&inner.snapshot_scrub_damage, damage);
                     inner.progress.borrow_mut().stats.snapshot_scrub_damage += 1;
                     inner.metrics.record_snapshot_scrub_damage();
                 }
@@ -1494,6 +1531,10 @@ async fn scrub_snapshots<M: StateMachine, S: Storage>(
                                      a load of it fails and an open passes over it"
                                 );
                                 unreadable_reported.push((path.clone(), block.offset));
+                                keep_finding(
+                                    &inner.snapshot_scrub_unreadable,
+                                    (path.clone(), block.offset),
+                                );
                             }
                         }
                         None => tracing::warn!(

@@ -87,6 +87,14 @@ fn the_scrubbers_report_damage_in_a_snapshot_no_open_reads() {
         .await;
         let stats = shard.stats();
         assert_eq!(stats.snapshot_scrub_damage, 1, "reported once: {stats:?}");
+        let found = shard.snapshot_scrub_damage();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, older, "{found:?}");
+        assert!(
+            found[0].offset <= 4096 + 10,
+            "at or before the flipped byte: {found:?}"
+        );
+        assert!(shard.snapshot_scrub_unreadable().is_empty());
         assert_eq!(stats.journal.scrub_damage, 0, "{stats:?}");
         assert_eq!(stats.snapshot_scrub_read_errors, 0, "{stats:?}");
         assert_eq!(stats.journal.scrub_read_errors, 0, "{stats:?}");
