@@ -939,6 +939,7 @@ pub(crate) fn scan_view(
                 // scan finds nothing wrong the two scans agree by
                 // construction (the reopen's falls back to the full rules
                 // at the first write nothing vouches for).
+                let mut later_damage = Vec::new();
                 let (reopen, past_damage) = reopen_scan(file, planned, segment.file_bytes, offset)
                     .map_err(io_error("read", &planned.path, None))?;
                 match reopen {
@@ -960,9 +961,23 @@ pub(crate) fn scan_view(
                                 record(segment, &mut ops, &EntryInfo::from_header(header, kind));
                             }
                         }
+                        // Every byte is still read: each later entry's
+                        // header and payload, as a read of it would check
+                        // them.
+                        let later = past_damage
+                            .iter()
+                            .filter(|h| u64::from(h.offset.get()) > offset);
+                        later_damage = check_entries(file, planned, segment.file_bytes, later)
+                            .map_err(io_error("read", &planned.path, None))?;
+                        report
+                            .damage_found_on_read
+                            .extend(later_damage.iter().cloned());
                     }
                 }
                 add_damage(&mut report.damage, damage);
+                for found in later_damage {
+                    add_damage(&mut report.damage, found);
+                }
             }
             Some(_) => {}
         }
@@ -1562,6 +1577,61 @@ fn reopen_scan(
             Step::Done(outcome) => return Ok((outcome, from_on)),
         };
     }
+}
+
+/// Checks the entries a write's index lists (`listed`) against the bytes
+/// at their places, as reading each would: the header verifies and says
+/// what the index says, the payload matches its checksum. One damage per
+/// entry that does not.
+fn check_entries<'h>(
+    file: &File,
+    planned: &PlannedSegment,
+    file_len: u64,
+    listed: impl Iterator<Item = &'h EntryHeader>,
+) -> io::Result<Vec<Damage>> {
+    let mut window = Window::new(file, file_len);
+    let mut found = Vec::new();
+    for listed in listed {
+        let offset = u64::from(listed.offset.get());
+        let header = crate::format::check_entry_header(
+            window.get(offset, ENTRY_HEADER_BYTES as u64)?,
+            &planned.header.journal_id,
+            planned.header.generation.get(),
+            offset,
+            planned.header.segment_bytes.get(),
+            crate::config::ENTRY_BYTES_MAX_LIMIT,
+        );
+        let reason = match header {
+            Err(fault) => Some(fault.describe().to_string()),
+            Ok(h)
+                if (h.op, h.epoch, h.payload_len, h.payload_checksum, h.kind)
+                    != (
+                        listed.op,
+                        listed.epoch,
+                        listed.payload_len,
+                        listed.payload_checksum,
+                        listed.kind,
+                    ) =>
+            {
+                Some("entry header does not say what its write's index says".to_string())
+            }
+            Ok(h) if h.entry_kind().is_some_and(EntryKind::carries_payload) => {
+                let len = u64::from(h.payload_len.get());
+                let payload = window.get(offset + ENTRY_HEADER_BYTES as u64, len)?;
+                (crc32fast::hash(payload) != h.payload_checksum.get())
+                    .then(|| "payload checksum mismatch".to_string())
+            }
+            Ok(_) => None,
+        };
+        if let Some(reason) = reason {
+            found.push(Damage {
+                path: planned.path.clone(),
+                offset,
+                reason,
+            });
+        }
+    }
+    Ok(found)
 }
 
 /// The scan of one planned segment: the driver of a [`SegmentScanner`].

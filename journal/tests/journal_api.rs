@@ -717,3 +717,77 @@ fn entries_walks_many_read_ahead_windows_and_segments() {
         journal.close().await.unwrap();
     });
 }
+
+/// Resolves `durable` or gives up after [`DROPPED_WAIT_MAX`] (`None`): a
+/// wait that never ends is the failure these tests look for.
+async fn within<T>(durable: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(durable.await) }, async {
+        glommio::timer::sleep(DROPPED_WAIT_MAX).await;
+        None
+    })
+    .await
+}
+
+/// How long a dropped journal's appends may take to resolve.
+const DROPPED_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[test]
+fn a_journal_dropped_without_close_finishes_its_writes_and_fails_the_rest() {
+    run(|| async {
+        let dir = temp_dir();
+        let open = || {
+            Journal::builder(dir.path())
+                .segment_bytes(1 << 20)
+                .batch_bytes_max(64 << 10)
+                .entry_bytes_max(16 << 10)
+                .writes_in_flight(1)
+                // Every write through io_uring, in a write slot.
+                .inline_write_bytes_max(0)
+                .open()
+        };
+        let journal = open().await.unwrap();
+        // The next segment is prepared in the background, by a task that
+        // holds the journal while it runs: let it end.
+        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        // The first write goes to the disk; the second batch waits for the
+        // one write slot; then the handle goes.
+        let first = journal.queue_append(&payload(1, 100)).await.unwrap();
+        futures_lite::future::yield_now().await;
+        futures_lite::future::yield_now().await;
+        let second = journal.queue_append(&payload(2, 100)).await.unwrap();
+        futures_lite::future::yield_now().await;
+        drop(journal);
+        let first_done = within(first.durable()).await;
+        let second_done = within(second.durable()).await;
+        assert!(
+            matches!(first_done, Some(Ok(()))),
+            "the first write, issued: {first_done:?}"
+        );
+        assert!(
+            matches!(second_done, Some(Ok(()))),
+            "the second write, issued before the drop: {second_done:?}"
+        );
+        // An entry not yet handed to a write when the journal goes fails
+        // with `Closed` instead of waiting for ever (or, if a background
+        // task still held the journal and the writer took it, is written).
+        let journal = open().await.unwrap();
+        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        let queued = journal.queue_append(&payload(3, 100)).await.unwrap();
+        drop(journal);
+        let queued_done = within(queued.durable()).await;
+        let journal = open().await.unwrap();
+        match &queued_done {
+            Some(Err(Error::Closed)) => {}
+            Some(Ok(())) => assert!(journal.read(queued.op()).await.unwrap().is_some()),
+            other => panic!("an entry still queued: {other:?}"),
+        }
+        println!("an entry queued when its journal was dropped: {queued_done:?}");
+        for op in [first.op(), second.op()] {
+            assert_eq!(
+                journal.read(op).await.unwrap().unwrap().payload,
+                payload(op, 100)
+            );
+        }
+        journal.close().await.unwrap();
+    });
+}

@@ -803,3 +803,36 @@ fn a_journal_of_another_owner_is_refused_by_both() {
         );
     }
 }
+
+#[test]
+fn a_second_damaged_payload_in_one_segment_is_named_as_well() {
+    let root = temp_dir();
+    let dir = root.path().join("journal");
+    write_journal(&dir, false);
+    // Two ops of the middle segment, each its own write.
+    let (first, second) = (OPS + 1, OPS + 3);
+    assert_eq!(segment_of(&dir, first), segment_of(&dir, second));
+    for op in [first, second] {
+        flip_bit(&segment_of(&dir, op), offset_of(op) + 56 + 7, 3);
+    }
+    let scanned = scan_journal(&dir, &mut ()).unwrap();
+    let context = scanned.describe_verdict();
+    assert_eq!(scanned.verdict, Verdict::Opens, "{context}");
+    let named: Vec<u64> = scanned
+        .damage_found_on_read
+        .iter()
+        .map(|d| d.offset)
+        .collect();
+    assert_eq!(named, [offset_of(first), offset_of(second)], "{context}");
+    assert_eq!(scanned.damage_found_on_read, scanned.damage, "{context}");
+    assert_eq!(scanned.missing_op_count, 0, "{context}");
+    // A read of each names the same place.
+    for op in [first, second] {
+        match read_op(&dir, op) {
+            Err(Error::Corruption { path, offset, .. }) => {
+                assert_eq!((path, offset), (segment_of(&dir, op), offset_of(op)))
+            }
+            other => panic!("reading op {op} gave {other:?}"),
+        }
+    }
+}

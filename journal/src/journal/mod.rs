@@ -275,7 +275,7 @@ struct Shared<S: Storage> {
     /// flight finished.
     pipeline: Event,
     /// The write pipeline's places, one per write in flight at most.
-    write_slots: Box<[Rc<WriteSlot<S::File>>]>,
+    write_slots: Box<[Rc<WriteSlot<S>>]>,
     /// Whether the reactor turned since the current run of inline writes
     /// began.
     turns: crate::glommio_quirks::TurnWatch,
@@ -295,11 +295,19 @@ struct Shared<S: Storage> {
 
 impl<S: Storage> Drop for Shared<S> {
     fn drop(&mut self) {
+        // Entries still waiting in the filling batch are never written: a
+        // journal dropped without `close` fails them rather than leave
+        // their `durable()` waiting for ever. (Every write already issued
+        // holds the journal until it finishes.)
+        let filling = std::mem::replace(&mut self.state.get_mut().filling, Batch::new());
+        if !filling.is_empty() {
+            filling.fail(Error::Closed);
+        }
         // Let the writer and the write slots see that the journal is gone
         // and exit.
         self.work.signal();
         for slot in self.write_slots.iter() {
-            slot.wake();
+            slot.close();
         }
     }
 }

@@ -251,7 +251,7 @@ impl<S: Storage> Journal<S> {
         }
         glommio::spawn_local(run_writer(Rc::downgrade(&shared), shared.work.clone())).detach();
         for slot in shared.write_slots.iter() {
-            glommio::spawn_local(run_write_slot(Rc::downgrade(&shared), slot.clone())).detach();
+            glommio::spawn_local(run_write_slot(slot.clone())).detach();
         }
         if let Some(rate) = shared.config.scrub_bytes_per_second {
             glommio::spawn_local(scrub::run_scrubber(Rc::downgrade(&shared), rate)).detach();

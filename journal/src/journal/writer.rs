@@ -16,9 +16,11 @@
 //! at once, at increasing offsets, each in a *write slot* (a task made at
 //! open, one per write in flight), and batches are acknowledged in order
 //! of their sequence numbers: a batch resolves only after every earlier
-//! batch is durable. Nothing is allocated per batch: slots, completions and
-//! entry lists are made once and reused, and the batch buffer comes from
-//! the reactor's registered I/O memory (`journal/tests/allocations.rs`). So after a
+//! batch is durable. Nothing is allocated per batch in the steady state:
+//! slots, completions and entry lists are made once and reused (a new
+//! completion only while every kept one is still held by a slow
+//! appender), and the batch buffer comes from the reactor's registered I/O
+//! memory (`journal/tests/allocations.rs`). So after a
 //! crash up to `writes_in_flight` writes at the tail may be torn, and
 //! recovery looks that many writes past damage for a later write that
 //! vouches for it (see the `recovery` module); with `writes_in_flight(1)`
@@ -95,6 +97,11 @@ impl<B> Batch<B> {
     /// Whether no entry waits in it.
     pub(super) fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Fails every append waiting on a batch that will never be written.
+    pub(super) fn fail(self, error: Error) {
+        self.done.complete(Err(error));
     }
 
     /// Whether an entry of `footprint` bytes fits, with room left for the
@@ -207,10 +214,14 @@ impl BatchDone {
     /// vector (emptied) for the completion's next use.
     fn complete(&self, result: Result<()>) {
         *self.result.borrow_mut() = Some(result);
-        // Waking only schedules the waiter: none runs inside this borrow.
-        for waiter in self.waiters.borrow_mut().drain(..) {
+        // Taken out while they are woken (a waker that polled at once
+        // would find the vector free), then put back, emptied, to keep
+        // its capacity.
+        let mut waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for waiter in waiters.drain(..) {
             waiter.wake();
         }
+        *self.waiters.borrow_mut() = waiters;
     }
 
     /// Ready for another batch: no outcome, no waiter.
@@ -385,7 +396,9 @@ impl<S: Storage> Shared<S> {
                 .find(|slot| !slot.busy.get())
                 .expect("a write slot is free while fewer writes than slots are in flight");
             slot.busy.set(true);
-            *slot.job.borrow_mut() = Some(job);
+            // With the journal itself: dropped meanwhile, it still
+            // finishes every write it issued.
+            *slot.job.borrow_mut() = Some((self.clone(), job));
             slot.signal.signal();
         }
     }
@@ -691,50 +704,53 @@ pub(super) struct WriteJob<F: StorageFile> {
     sequence: u64,
 }
 
+/// A job handed to a write slot, with the journal it belongs to.
+type HandedJob<S> = (Rc<Shared<S>>, WriteJob<<S as Storage>::File>);
+
 /// One place in the write pipeline: a task made at open (see
 /// [`run_write_slot`]) that writes the batches it is handed, so that a
 /// write through io_uring needs no task of its own. The journal has one
 /// per write it may have in flight.
-pub(super) struct WriteSlot<F: StorageFile> {
-    job: RefCell<Option<WriteJob<F>>>,
+pub(super) struct WriteSlot<S: Storage> {
+    /// The job handed to the slot, with the journal it belongs to (held
+    /// until the write is finished).
+    job: RefCell<Option<HandedJob<S>>>,
     /// Handed a job and not done with it.
     busy: Cell<bool>,
     signal: WriterSignal,
+    /// The writer exited or the journal is gone: the task exits.
+    closed: Cell<bool>,
 }
 
-impl<F: StorageFile> WriteSlot<F> {
-    pub(super) fn new() -> WriteSlot<F> {
+impl<S: Storage> WriteSlot<S> {
+    pub(super) fn new() -> WriteSlot<S> {
         WriteSlot {
             job: RefCell::new(None),
             busy: Cell::new(false),
             signal: WriterSignal::default(),
+            closed: Cell::new(false),
         }
     }
 
-    /// Wakes the slot's task to see whether the journal is gone or done.
-    pub(super) fn wake(&self) {
+    /// Lets the slot's task exit once it has no job.
+    pub(super) fn close(&self) {
+        self.closed.set(true);
         self.signal.signal();
     }
 }
 
 /// A write slot's task: writes each batch it is handed, and exits once the
-/// journal is gone or its writer has exited.
-pub(super) async fn run_write_slot<S: Storage>(
-    shared: Weak<Shared<S>>,
-    slot: Rc<WriteSlot<S::File>>,
-) {
+/// slot is closed with no job left.
+pub(super) async fn run_write_slot<S: Storage>(slot: Rc<WriteSlot<S>>) {
     loop {
         slot.signal.wait().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
         let job = slot.job.borrow_mut().take();
         match job {
-            Some(job) => {
+            Some((shared, job)) => {
                 shared.run_write(job, false).await;
                 slot.busy.set(false);
             }
-            None if !shared.state.borrow().writer_running => return,
+            None if slot.closed.get() => return,
             None => {}
         }
     }
@@ -962,7 +978,7 @@ pub(super) async fn run_writer<S: Storage>(shared: Weak<Shared<S>>, work: Rc<Wri
             Next::Exit => {
                 wake_all(&shared.writer_exited);
                 for slot in shared.write_slots.iter() {
-                    slot.wake();
+                    slot.close();
                 }
                 return;
             }
