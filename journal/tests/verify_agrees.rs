@@ -158,6 +158,32 @@ fn read_op(dir: &Path, op: u64) -> Result<Option<Vec<u8>>, Error> {
     rx.recv().unwrap()
 }
 
+/// The places (file, offset) one scrub pass of the journal in `dir`
+/// reports, opened on a copy (the open may tidy the directory).
+fn scrub_places(dir: &Path, owner: Option<JournalOwner>) -> Vec<(PathBuf, u64)> {
+    let copy = dir.with_extension("scrubbed");
+    copy_dir(dir, &copy);
+    let p = copy.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    run(move || async move {
+        let mut b = builder(&p);
+        if let Some(owner) = owner {
+            b = b.owner(owner);
+        }
+        let journal = b.open().await.unwrap();
+        let pass = journal.scrub_pass().await.unwrap();
+        journal.close().await.unwrap();
+        tx.send(pass).unwrap();
+    });
+    let pass = rx.recv().unwrap();
+    // Named by their place in `dir`, as the scan names them.
+    pass.damage
+        .iter()
+        .chain(&pass.unreadable)
+        .map(|d| (dir.join(d.path.file_name().unwrap()), d.offset))
+        .collect()
+}
+
 /// Checks that the scan and the opens agree, and that they reach `expect`.
 fn check(name: &str, scanned: &JournalReport, dir: &Path, expect: Expect) {
     check_as(name, scanned, dir, expect, None);
@@ -180,6 +206,16 @@ fn check_as(
             // The ops after the damaged payload are there: none missing.
             assert_eq!(scanned.missing_op_count, 0, "{context}");
             assert_eq!(scanned.leading_gap, None, "{context}");
+            // What the reopen does not read, a scrub pass of the reopened
+            // journal names (below the watermark, where no read reaches,
+            // nothing else would).
+            let scrubbed = scrub_places(dir, owner.clone());
+            for damage in &scanned.damage_found_on_read {
+                assert!(
+                    scrubbed.contains(&(damage.path.clone(), damage.offset)),
+                    "{context}: the scrub pass named {scrubbed:?}, not {damage}"
+                );
+            }
         }
         (Expect::Refuses, Verdict::Refuses) => {}
         (Expect::Cuts(ops), Verdict::Cuts) => match &scanned.tail {
