@@ -209,7 +209,7 @@ fn check_as(
             // What the reopen does not read, a scrub pass of the reopened
             // journal names (below the watermark, where no read reaches,
             // nothing else would).
-            let scrubbed = scrub_places(dir, owner.clone());
+            let scrubbed = scrub_places(dir, owner);
             for damage in &scanned.damage_found_on_read {
                 assert!(
                     scrubbed.contains(&(damage.path.clone(), damage.offset)),
