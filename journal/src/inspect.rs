@@ -953,9 +953,10 @@ pub(crate) fn scan_view(
                         // log a reopen sees (their writes' indexes list
                         // them; a read verifies each): counted, so that
                         // the ops after one damaged payload are not called
-                        // missing. Index and padding entries past the
-                        // damage are not counted (the walk by index does
-                        // not hand them out).
+                        // missing. The index and padding entries of the
+                        // vouched writes past the damage are not counted
+                        // (the walk by index hands out only what an index
+                        // lists); those of a tail scanned in full are.
                         for header in &past_damage {
                             if let Some(kind) = header.entry_kind() {
                                 record(segment, &mut ops, &EntryInfo::from_header(header, kind));
