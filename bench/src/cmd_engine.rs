@@ -95,8 +95,14 @@ pub struct EngineArgs {
     /// snapshot, checkpoint or recovery phases).
     #[arg(long)]
     pub submit_only: bool,
-    /// Rounds of `--submit-only`.
-    #[arg(long, default_value_t = 3, requires = "submit_only")]
+    /// Only the snapshot load: the big state is built and checkpointed
+    /// once, then the raw sequential read and the shard's reopen (the
+    /// snapshot's read and verify, and its restore) alternate `--rounds`
+    /// times (no submit, checkpoint-latency or recovery phases).
+    #[arg(long, conflicts_with = "submit_only")]
+    pub load_only: bool,
+    /// Rounds of `--submit-only` or `--load-only`.
+    #[arg(long, default_value_t = 3)]
     pub rounds: u32,
 }
 
@@ -550,6 +556,9 @@ pub fn run(args: &EngineArgs) -> Result<()> {
         return run_submit_only(args, duration);
     }
     let state_bytes = args.state_mib.unwrap_or(if quick { 128 } else { 1024 }) << 20;
+    if args.load_only {
+        return run_load_only(args, state_bytes);
+    }
     let recovery_ops = args
         .recovery_ops
         .unwrap_or(if quick { 200_000 } else { 1_000_000 });
@@ -700,18 +709,74 @@ fn run_submit_only(args: &EngineArgs, duration: Duration) -> Result<()> {
         );
     }
     harness.finish(args.common.keep)?;
-    ratios.sort_by(f64::total_cmp);
-    let middle = ratios.len() / 2;
-    let median = if ratios.len() % 2 == 0 {
-        (ratios[middle - 1] + ratios[middle]) / 2.0
-    } else {
-        ratios[middle]
-    };
     println!(
         "engine over bare journal, median of {rounds} rounds: {}",
-        fmt_ratio(median)
+        fmt_ratio(median(&mut ratios))
     );
     Ok(())
+}
+
+/// `--load-only`: the snapshot load against the raw sequential read of a
+/// file of the same size, alternated, each round bracketed by probes.
+fn run_load_only(args: &EngineArgs, state_bytes: u64) -> Result<()> {
+    let rounds = args.rounds.max(1);
+    // The build, then per round the raw write and read and the reopen.
+    let mut harness = Harness::new(&args.common.dir, 2 + 3 * u64::from(rounds))?;
+    harness.step(format!("state: building {} MiB", state_bytes >> 20));
+    let state_dir = harness.path("engine-state");
+    let big = run_big_state_build_and_snapshot(&state_dir, state_bytes)?;
+    harness.bracket()?;
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        harness.step(format!("round {round}: device: sequential read"));
+        let raw = harness.path("engine-raw.dat");
+        let seq_bytes = big.snapshot_bytes.next_multiple_of(SEQ_WRITE_BLOCK_BYTES as u64);
+        device::seq_write(
+            &raw,
+            seq_bytes,
+            SEQ_WRITE_BLOCK_BYTES,
+            SEQ_WRITE_QUEUE_DEPTH,
+        )?;
+        let seq_read =
+            device::seq_read(&raw, seq_bytes, SEQ_READ_BLOCK_BYTES, SEQ_READ_QUEUE_DEPTH)?;
+        crate::harness::remove_path(&raw)?;
+        harness.step(format!("round {round}: snapshot load: reopen"));
+        let reopened = run_reopen(&state_dir)?;
+        let probes = harness.bracket()?;
+        let load_mb_per_s = mb_per_s(reopened.snapshot_bytes, reopened.snapshot_load);
+        let restore_mb_per_s = mb_per_s(reopened.snapshot_bytes, reopened.restore);
+        let ratio = load_mb_per_s / seq_read.mb_per_s;
+        ratios.push(ratio);
+        let [probe_cells, _, reliable] = probes.cells();
+        println!(
+            "round {round}: snapshot load {} MB/s, raw read {} MB/s: {}; restore {} MB/s \
+             (probes {probe_cells}, reliable {reliable})",
+            fmt_num(load_mb_per_s.round()),
+            fmt_num(seq_read.mb_per_s.round()),
+            fmt_ratio(ratio),
+            fmt_num(restore_mb_per_s.round()),
+        );
+    }
+    harness.finish(args.common.keep)?;
+    println!(
+        "snapshot load over raw read, median of {rounds} rounds: {}",
+        fmt_ratio(median(&mut ratios))
+    );
+    Ok(())
+}
+
+/// The median of `values` (sorted in place); 0 for none.
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
 }
 
 fn print_table(report: &EngineReport) {
