@@ -730,7 +730,9 @@ fn run_load_only(args: &EngineArgs, state_bytes: u64) -> Result<()> {
     for round in 1..=rounds {
         harness.step(format!("round {round}: device: sequential read"));
         let raw = harness.path("engine-raw.dat");
-        let seq_bytes = big.snapshot_bytes.next_multiple_of(SEQ_WRITE_BLOCK_BYTES as u64);
+        let seq_bytes = big
+            .snapshot_bytes
+            .next_multiple_of(SEQ_WRITE_BLOCK_BYTES as u64);
         device::seq_write(
             &raw,
             seq_bytes,

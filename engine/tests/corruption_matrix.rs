@@ -27,12 +27,19 @@
 //! to a payload the reopen does not read (an op the newest snapshot
 //! covers, kept for the previous one) fails `wal verify`, which reads
 //! every byte, while the reopen opens; then `wal verify` must say the
-//! reopen opens, and a scrub pass of the reopened shard's journal must
-//! name every place `wal verify` named. No value is ever served that was
+//! reopen opens, and the reopened shard's background scrubber must name
+//! every place `wal verify` named in its first pass. Every reopen runs
+//! both background scrubbers (`ShardBuilder::scrub_rate`): a snapshot
+//! generation the reopen passed over stays on disk, and the snapshot
+//! scrubber's first pass must name each one a full verification finds
+//! damaged, at the same offset. No value is ever served that was
 //! not acknowledged for its key.
 mod common;
 use common::{small_journal, temp_dir, value, Kv, KvCommand};
 use ringstore::runtime::startup;
+use ringstore::snapshot::inspect::list_snapshot_files;
+use ringstore::snapshot::verify::verify_snapshot_bytes;
+use ringstore::snapshot::Check as SnapshotCheck;
 use ringstore::{CheckpointPolicy, Shard};
 use ringstore_journal::format::{EntryHeader, EntryKind, ENTRY_HEADER_BYTES};
 use ringstore_journal::{TailState, UnrecordedEnd};
@@ -46,6 +53,11 @@ const VALUE_BYTES: usize = 300;
 /// Commands before the first checkpoint, between the two, and after.
 const PHASES: [u64; 3] = [24, 12, 30];
 const SEGMENT_BYTES: u64 = 64 << 10;
+/// The background scrubbers' rate in the reopened shards: a pass over the
+/// template's few hundred KiB takes milliseconds.
+const SCRUB_BYTES_PER_SECOND: u64 = 256 << 20;
+/// How long a reopened shard's scrubbers get to finish their first pass.
+const SCRUB_PASS_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Key → op of every acknowledged command, per shard.
 type Acked = [BTreeMap<u64, u64>; SHARDS];
@@ -681,8 +693,29 @@ struct Reopened {
     values: BTreeMap<u64, Vec<u8>>,
     tail: TailState,
     unrecorded_end: Option<UnrecordedEnd>,
-    /// What a scrub pass of the reopened journal found: (file, offset).
+    /// What the reopened journal's background scrubber found in its
+    /// first pass: (file, offset).
     scrubbed: Vec<(PathBuf, u64)>,
+    /// What the snapshot scrubber found in its first pass: (file, offset).
+    snapshot_scrubbed: Vec<(PathBuf, u64)>,
+    /// The shard's cluster domain.
+    domain: uuid::Uuid,
+}
+
+/// Every snapshot generation of `shard` (a file named as one) that a full
+/// verification finds damaged (another domain's included), with its first
+/// damage's offset.
+fn damaged_snapshots(data: &Path, shard: usize, domain: uuid::Uuid) -> Vec<(PathBuf, u64)> {
+    list_snapshot_files(&snapshot_dir(data, shard))
+        .unwrap()
+        .snapshots
+        .into_iter()
+        .filter_map(|(_, path)| {
+            let bytes = std::fs::read(&path).unwrap();
+            let report = verify_snapshot_bytes(&path, &bytes, Some(domain), SnapshotCheck::Full);
+            report.damage.first().map(|damage| (path, damage.offset))
+        })
+        .collect()
 }
 
 /// Reopens the data directory the way the runtime does.
@@ -692,27 +725,48 @@ fn reopen(data: &Path) -> Result<Vec<Reopened>, String> {
     for shard in 0..SHARDS {
         let d = data.to_path_buf();
         let opened = on_reactor(move || async move {
-            let handle = builder(&d, shard).open().await.map_err(|e| e.to_string())?;
+            let handle = builder(&d, shard)
+                .scrub_rate(SCRUB_BYTES_PER_SECOND)
+                .open()
+                .await
+                .map_err(|e| e.to_string())?;
             let values = handle.read(|m| m.values());
             let tail = handle.recovery_report().journal.tail.clone();
             let unrecorded_end = handle.recovery_report().journal.unrecorded_end.clone();
-            let pass = handle
+            // What the background scrubbers (the journal's and the
+            // snapshots', started by the open) found in their first pass.
+            let started = std::time::Instant::now();
+            while handle.journal().stats().scrub_passes == 0
+                || handle.stats().snapshot_scrub_passes == 0
+            {
+                assert!(
+                    started.elapsed() <= SCRUB_PASS_WAIT,
+                    "shard {shard}: the background scrubbers did not finish a pass in \
+                     {SCRUB_PASS_WAIT:?}"
+                );
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let scrubbed = handle
                 .journal()
-                .scrub_pass()
-                .await
-                .map_err(|e| e.to_string())?;
-            let scrubbed = pass
-                .damage
+                .scrub_damage()
                 .iter()
-                .chain(&pass.unreadable)
                 .map(|d| (d.path.clone(), d.offset))
                 .collect();
+            let snapshot_scrubbed: Vec<(PathBuf, u64)> = handle
+                .snapshot_scrub_damage()
+                .iter()
+                .map(|d| (d.path.clone(), d.offset))
+                .chain(handle.snapshot_scrub_unreadable())
+                .collect();
+            let domain = handle.domain();
             handle.close().await.map_err(|e| e.to_string())?;
             Ok::<_, String>(Reopened {
                 values,
                 tail,
                 unrecorded_end,
                 scrubbed,
+                snapshot_scrubbed,
+                domain,
             })
         })?;
         out.push(opened);
@@ -793,6 +847,9 @@ struct Tally {
     /// Reopened with every acknowledged op, and the payload damage `wal
     /// verify` named was named again by the reopened journal's scrub.
     read_damage_reported: u32,
+    /// Reopened past a damaged snapshot generation, which the snapshot
+    /// scrubber then named.
+    snapshot_damage_scrubbed: u32,
 }
 
 #[test]
@@ -857,6 +914,23 @@ fn every_damage_is_refused_naming_the_file_or_loses_nothing_unreported() {
                         }
                     }
                 }
+                // A damaged snapshot file the reopen passed over is still
+                // on disk: the background scrubber names it.
+                let mut snapshot_damage = false;
+                for (shard, reopened) in shards.iter().enumerate() {
+                    for (path, offset) in damaged_snapshots(&data, shard, reopened.domain) {
+                        snapshot_damage = true;
+                        if !reopened.snapshot_scrubbed.contains(&(path.clone(), offset)) {
+                            problems.push(format!(
+                                "shard {shard}: {} is damaged at offset {offset} and the \
+                                 snapshot scrubber does not name it (it named {:?})",
+                                path.display(),
+                                reopened.snapshot_scrubbed
+                            ));
+                        }
+                    }
+                }
+                tally.snapshot_damage_scrubbed += u32::from(snapshot_damage);
                 let mut cut = false;
                 for (shard, reopened) in shards.iter().enumerate() {
                     let cut_range = match &reopened.tail {
@@ -913,13 +987,15 @@ fn every_damage_is_refused_naming_the_file_or_loses_nothing_unreported() {
     println!(
         "corruption matrix: {} cells, {} refused naming the file, {} reopened with every \
          acknowledged op, {} cut and reported, {} reopened with payload damage that verify and \
-         the scrub both name, {} violations",
+         the scrub both name, {} violations; {} of the reopened passed over a damaged \
+         snapshot generation that the snapshot scrubber named",
         cells.len(),
         tally.refused,
         tally.intact,
         tally.cut_reported,
         tally.read_damage_reported,
-        violations.len()
+        violations.len(),
+        tally.snapshot_damage_scrubbed,
     );
     assert!(violations.is_empty(), "{}", violations.join("\n"));
 }
