@@ -386,7 +386,7 @@ mod node_identity {
 
 mod restart {
     use super::*;
-    use openraft::storage::{RaftLogReader, RaftLogStorage};
+    use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt};
     use ringstore::raft::Vote;
 
     fn open(dir: &std::path::Path) -> Log {
@@ -407,6 +407,14 @@ mod restart {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         runtime.block_on(async {
             let mut log = open(&dir);
+            // The entries the committed id below covers (a record never
+            // holds a committed id above the log it follows).
+            log.blocking_append((0..=41).map(|index| Entry {
+                log_id: log_id(7, index),
+                payload: openraft::EntryPayload::Blank,
+            }))
+            .await
+            .expect("append");
             let committed = Vote::new_committed(7, 1);
             log.save_vote(&committed).await.expect("save the vote");
             let at = LogId::new(

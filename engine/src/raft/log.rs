@@ -2,7 +2,7 @@
 
 use super::error::RaftStoreError;
 use super::reactor::ReactorThread;
-use super::shard::{index_of, op_of, HardStateCell, RaftShard};
+use super::shard::{index_of, op_of, HardStateCell, Queue, RaftShard};
 use super::tail_cache::TailCache;
 use super::types::{LogId, RaftTypes, Vote};
 use crate::StateMachine;
@@ -23,6 +23,51 @@ pub(super) struct HardState {
     pub(super) vote: Option<Vote>,
     pub(super) committed: Option<LogId>,
     pub(super) purged: Option<LogId>,
+}
+
+/// The committed id an encoded hard state holds (`None` if it does not
+/// decode).
+pub(super) fn committed_of(bytes: &[u8]) -> Option<Option<LogId>> {
+    if bytes.is_empty() {
+        return Some(None);
+    }
+    decode::<HardState>(bytes).ok().map(|state| state.committed)
+}
+
+/// The purged id an encoded hard state holds (`None` if none, or if it
+/// does not decode).
+pub(super) fn purged_of(bytes: &[u8]) -> Option<LogId> {
+    if bytes.is_empty() {
+        return None;
+    }
+    decode::<HardState>(bytes).ok()?.purged
+}
+
+/// `bytes` (an encoded hard state) re-encoded with `committed_queued` as
+/// its committed id, if its own is above log index `last_index` (`None`:
+/// no entry); `None` if it is not (or does not decode, or does not
+/// re-encode: then it is written as it is, as before this check).
+pub(super) fn with_committed_at_most(
+    bytes: &[u8],
+    last_index: Option<u64>,
+    committed_queued: Option<LogId>,
+) -> Option<Vec<u8>> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let mut state = decode::<HardState>(bytes).ok()?;
+    let committed = state.committed.as_ref()?.index;
+    if last_index.is_some_and(|last| committed <= last) {
+        return None;
+    }
+    // Never above what is queued, and never moving back past a purge
+    // (a purged prefix is in a snapshot: no entry below it is read).
+    let floor = state.purged.as_ref().map(|p| p.index);
+    if floor.is_some_and(|purged| committed <= purged) {
+        return None;
+    }
+    state.committed = committed_queued.filter(|c| last_index.is_some_and(|last| c.index <= last));
+    encode(&state).ok()
 }
 
 /// The `Send + Sync` handle openraft holds as its log. Journal work runs
@@ -204,7 +249,10 @@ where
             .thread
             .call(move |shard| {
                 Box::pin(async move {
-                    if let Some(queued) = shard.queue_hard_state().await? {
+                    // A record now even if a job before this one queued
+                    // the change (an append's takes what changed): once
+                    // it is durable, so is every earlier one.
+                    if let Some(queued) = shard.queue_hard_state(Queue::Always).await? {
                         queued.durable().await?;
                     }
                     Ok(())
@@ -212,6 +260,26 @@ where
             })
             .await;
         flat(set).map_err(io_error)
+    }
+}
+
+#[cfg(test)]
+impl<C, M> RaftLog<C, M>
+where
+    C: RaftTypes,
+    M: StateMachine,
+{
+    /// The shard's reactor thread.
+    pub(super) fn thread(&self) -> &ReactorThread<RaftShard<C, M>> {
+        &self.thread
+    }
+
+    /// A purge's first step alone (the purged id, durable), as a crash
+    /// right after it leaves the shard.
+    pub(super) async fn set_purged_only(&self, log_id: LogId) -> Result<(), std::io::Error> {
+        let mut state = self.hard_state()?;
+        state.purged = Some(log_id);
+        self.set_hard_state(state, Persist::Durable).await
     }
 }
 
@@ -331,9 +399,13 @@ where
             // Its log index is `last_op - 1`.
             self.try_get_log_entries(last_op - 1..=last_op - 1).await?
         };
+        // Never below the purged id (the open finishes an interrupted
+        // purge, so the journal holds no entry at or below it).
         let last_log_id = match last.last() {
-            Some(entry) => Some(entry.log_id),
-            None => purged,
+            Some(entry) if purged.is_none_or(|p| entry.log_id.index > p.index) => {
+                Some(entry.log_id)
+            }
+            _ => purged,
         };
         Ok(LogState {
             last_purged_log_id: purged,
@@ -503,9 +575,11 @@ fn gap_refused(op: u64, next: u64) -> RaftStoreError {
     }
 }
 
-/// Queues `entries` (op, bytes) in the journal behind a hard state changed
-/// since the last write; ops at or below the watermark are skipped (a
-/// snapshot holds them, and they are never read again).
+/// Queues `entries` (op, bytes) in the journal, then the hard state if it
+/// changed since the last record (a change made after the entries were
+/// submitted is never written ahead of them); ops at or below the
+/// watermark are skipped (a snapshot holds them, and they are never read
+/// again).
 async fn queue_entries<C: RaftTypes, M>(
     shard: &RaftShard<C, M>,
     entries: &[(u64, Vec<u8>)],
@@ -524,7 +598,6 @@ async fn queue_entries<C: RaftTypes, M>(
             return Err(gap_refused(*first, next));
         }
     }
-    shard.queue_hard_state().await?;
     let mut queued = Vec::with_capacity(entries.len());
     for (op, bytes) in entries {
         if *op <= shard.journal.watermark() {
@@ -532,5 +605,8 @@ async fn queue_entries<C: RaftTypes, M>(
         }
         queued.push(shard.journal.queue_write(*op, bytes).await?);
     }
+    // After the entries: the committed id openraft saved when it
+    // submitted them may cover them (see `RaftShard::queue_hard_state`).
+    shard.queue_hard_state(Queue::Changed).await?;
     Ok(queued)
 }

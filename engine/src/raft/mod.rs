@@ -117,6 +117,8 @@ pub mod cluster;
 #[cfg(test)]
 mod compat_tests;
 mod error;
+#[cfg(test)]
+mod hard_state_tests;
 pub mod linearizability;
 mod log;
 mod machine;

@@ -102,13 +102,51 @@ pub struct RaftShard<C: RaftTypes, M> {
     /// The newest hard state, queued or not, shared with the log's
     /// handles (the journal's own copy is the newest durable one).
     pub(super) hard_state: Arc<Mutex<HardStateCell>>,
+    /// The committed id of the last hard-state record queued (see
+    /// [`RaftShard::queue_hard_state`]).
+    pub(super) committed_queued: Cell<Option<LogId>>,
     _lock: DirLock,
+}
+
+/// Whether [`RaftShard::queue_hard_state`] queues a record when the hard
+/// state has not changed since the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Queue {
+    /// Only a change not queued yet.
+    Changed,
+    /// A record in any case: its durability then vouches for every hard
+    /// state change made before it (a vote or a purge waits for it).
+    Always,
+}
+
+/// `bytes` (an encoded hard state) as a record queued after op
+/// `last_queued_op` may hold it, and whether it is all of it: a committed
+/// id above that op is replaced by `committed_queued` (the last one
+/// queued), and the change waits for a later record.
+fn committed_within(
+    bytes: &[u8],
+    last_queued_op: u64,
+    committed_queued: Option<LogId>,
+) -> (Vec<u8>, bool) {
+    match super::log::with_committed_at_most(
+        bytes,
+        index_of_or_none(last_queued_op),
+        committed_queued,
+    ) {
+        Some(clamped) => (clamped, false),
+        None => (bytes.to_vec(), true),
+    }
+}
+
+/// The log index of op `op`, or `None` for op 0 (nothing queued).
+fn index_of_or_none(op: u64) -> Option<u64> {
+    (op > 0).then(|| index_of(op))
 }
 
 impl<C: RaftTypes, M: 'static> ReactorState for RaftShard<C, M> {
     fn close(self: Rc<Self>) -> LocalBoxFuture<()> {
         Box::pin(async move {
-            if let Err(e) = self.queue_hard_state().await {
+            if let Err(e) = self.queue_hard_state(Queue::Changed).await {
                 tracing::warn!(error = %e, "writing the last hard state at close failed");
             }
             if let Err(e) = self.journal.close().await {
@@ -306,6 +344,26 @@ where
         );
     }
 
+    // A purge is two steps, the purged id (in the hard state) and then the
+    // watermark: a crash between them leaves a purged id above the
+    // watermark, maybe above the last entry (a purge after a snapshot
+    // install), which openraft would take for an inverted log. The open
+    // finishes it.
+    let purged_op = super::log::purged_of(&journal.hard_state()).map(|id| op_of(id.index));
+    if let Some(purged_op) = purged_op.filter(|op| *op > journal.watermark()) {
+        tracing::warn!(
+            dir = %journal_dir.display(),
+            purged_op,
+            watermark = journal.watermark(),
+            "finishing a purge a crash interrupted: advancing the journal's watermark to the \
+             purged id"
+        );
+        if let Err(e) = journal.advance_watermark(purged_op).await {
+            let _ = journal.close().await;
+            return Err(e.into());
+        }
+    }
+
     // 4. No gap between the snapshot and the journal: the rule of an
     // engine shard's open and of `ringstore snapshot verify`.
     let snapshot_op = applied
@@ -324,6 +382,9 @@ where
         return Err(refusal.into());
     }
     Ok(RaftShard {
+        committed_queued: Cell::new(
+            super::log::committed_of(&journal.hard_state()).unwrap_or_default(),
+        ),
         hard_state: {
             if let Ok(mut cell) = hard_state.lock() {
                 cell.bytes = journal.hard_state();
@@ -439,18 +500,35 @@ where
 }
 
 impl<C: RaftTypes, M> RaftShard<C, M> {
-    /// Queues the hard state if it changed without being queued; returns
-    /// the handle of its write, if one was queued.
+    /// Queues the hard state if it changed without being queued, or always
+    /// with `Queue::Always`; returns the handle of its write, if one was
+    /// queued.
+    ///
+    /// The record never holds a committed id above the last op queued
+    /// before it: openraft saves the committed id as soon as the entries
+    /// are submitted, and a job queued before theirs may be the one to
+    /// write it. A record written ahead of those entries would survive a
+    /// crash that lost them, and a reopened node would find its committed
+    /// id above its log. Such a record keeps the committed id last queued
+    /// instead and leaves the change unqueued, for a write after the
+    /// entries (see [`committed_within`]).
     pub(super) async fn queue_hard_state(
         &self,
+        queue: Queue,
     ) -> ringstore_journal::Result<Option<ringstore_journal::QueuedHardState>> {
+        let last_queued_op = self.journal.next_op() - 1;
         let bytes = match self.hard_state.lock() {
-            Ok(mut cell) if cell.unqueued => {
-                cell.unqueued = false;
-                cell.bytes.clone()
+            Ok(mut cell) if cell.unqueued || queue == Queue::Always => {
+                let (bytes, within) =
+                    committed_within(&cell.bytes, last_queued_op, self.committed_queued.get());
+                cell.unqueued = !within;
+                bytes
             }
             _ => return Ok(None),
         };
+        if let Some(committed) = super::log::committed_of(&bytes) {
+            self.committed_queued.set(committed);
+        }
         Ok(Some(self.journal.queue_hard_state(&bytes).await?))
     }
 

@@ -1,0 +1,229 @@
+//! The hard state's order against the log, seen from the journal: what a
+//! crash could leave is what the journal has made durable (its own copy of
+//! the hard state is the newest durable record), so each case reads that
+//! copy on the shard's reactor at the moment the contract is about.
+
+use super::cluster::machine::ClusterMachine;
+use super::cluster::ClusterTypes;
+use super::log::{decode, HardState, RaftLog};
+use super::shard::Queue;
+use super::types::{LeaderId, LogId, Payload, Vote};
+use openraft::storage::{
+    IOFlushed, RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine,
+};
+use openraft::{EntryPayload, RaftLogReader};
+
+type Log = RaftLog<ClusterTypes, ClusterMachine>;
+type Entry = openraft::Entry<LeaderId, Payload<ClusterTypes>>;
+
+const CLUSTER: uuid::Uuid = uuid::Uuid::from_u128(0x5eed_cafe_0000_4000_8000_0000_0000_0016);
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(LeaderId { term, node_id: 1 }, index)
+}
+
+fn blank(term: u64, index: u64) -> Entry {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Blank,
+    }
+}
+
+/// A node's shard in a fresh directory on the real disk (O_DIRECT).
+fn open(dir: &std::path::Path) -> (Log, super::RaftMachine<ClusterTypes, ClusterMachine>) {
+    let stores = super::open::<ClusterTypes, ClusterMachine>(
+        dir,
+        CLUSTER,
+        1,
+        Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
+    )
+    .expect("open the raft shard");
+    (stores.log, stores.machine)
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).expect("temp dir")
+}
+
+/// The hard state the journal has made durable.
+async fn durable_hard_state(log: &Log) -> HardState {
+    let bytes = log
+        .thread()
+        .call(|shard| Box::pin(async move { shard.journal.hard_state() }))
+        .await
+        .expect("the reactor runs");
+    if bytes.is_empty() {
+        HardState::default()
+    } else {
+        decode(&bytes).expect("the hard state decodes")
+    }
+}
+
+/// openraft answers a vote request once `save_vote` returns, so the vote
+/// must be durable then. An append posted just before it (openraft does
+/// not wait for its flush) takes the changed hard state into its own
+/// write; the vote's call must still wait for that write. The durable copy
+/// is read by a job queued right behind the vote's, so it runs as soon as
+/// the vote's call is done, well before a write that was not waited for
+/// could finish. (Before the fix, the vote's call found nothing left to
+/// queue and returned at once: this read the old vote in every round.)
+#[test]
+fn a_vote_is_durable_when_its_save_returns_even_if_an_append_took_it() {
+    let root = temp_dir();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (mut log, _machine) = open(&root.path().join("node"));
+        for round in 0..20u64 {
+            let vote = Vote::new(round + 1, 1);
+            log.append([blank(round + 1, round)], IOFlushed::noop())
+                .await
+                .expect("append");
+            // Polled in order: the vote's job is queued first, the read
+            // right behind it.
+            let probe = log.clone();
+            let (saved, durable) = futures_lite::future::zip(log.save_vote(&vote), async move {
+                durable_hard_state(&probe).await
+            })
+            .await;
+            saved.expect("save the vote");
+            assert_eq!(
+                durable.vote,
+                Some(vote),
+                "round {round}: the vote was not durable when save_vote returned"
+            );
+        }
+    });
+}
+
+/// openraft saves the committed id as soon as the entries it covers are
+/// submitted, before they are written; the record that carries it must not
+/// reach the disk ahead of them, or a crash could leave a committed id
+/// above the log, which openraft cannot start from. A record queued before
+/// the entries keeps the committed id queued last; the one queued after
+/// them carries the new one.
+#[test]
+fn a_committed_id_is_never_written_ahead_of_the_entries_it_covers() {
+    let root = temp_dir();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (mut log, _machine) = open(&root.path().join("node"));
+        log.blocking_append((0..3).map(|i| blank(1, i)))
+            .await
+            .expect("append");
+        log.save_committed(Some(log_id(1, 2)))
+            .await
+            .expect("save committed");
+        // Written with the next entry, which is queued before it.
+        log.blocking_append([blank(1, 3)]).await.expect("append");
+        assert_eq!(durable_hard_state(&log).await.committed, Some(log_id(1, 2)));
+        // A vote (a record written at once) while the committed id is
+        // ahead of every queued entry: the record keeps the one queued
+        // before, and the change stays queued for a later record.
+        log.save_committed(Some(log_id(1, 9)))
+            .await
+            .expect("save committed");
+        log.save_vote(&Vote::new(1, 1))
+            .await
+            .expect("save the vote");
+        let durable = durable_hard_state(&log).await;
+        assert_eq!(durable.vote, Some(Vote::new(1, 1)));
+        assert_eq!(
+            durable.committed,
+            Some(log_id(1, 2)),
+            "a committed id above the log was written"
+        );
+        // Once the entries are queued, the next record carries it.
+        log.blocking_append((4..10).map(|i| blank(1, i)))
+            .await
+            .expect("append");
+        let durable = durable_hard_state(&log).await;
+        assert_eq!(durable.committed, Some(log_id(1, 9)));
+        // And a reopen starts from a committed id inside its log.
+        drop(log);
+        drop(_machine);
+        let (mut log, _machine) = open(&root.path().join("node"));
+        assert_eq!(
+            log.read_committed().await.expect("read"),
+            Some(log_id(1, 9))
+        );
+    });
+}
+
+/// The queueing rule itself: with nothing queued, a committed id is held
+/// back (none was queued before), and a purged id at or above it lets it
+/// through (a purge after a snapshot install: the snapshot covers it).
+#[test]
+fn a_record_holds_a_committed_id_only_within_what_is_queued_or_purged() {
+    let root = temp_dir();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (mut log, _machine) = open(&root.path().join("node"));
+        log.save_committed(Some(log_id(1, 4)))
+            .await
+            .expect("save committed");
+        let queued = log
+            .thread()
+            .call(|shard| {
+                Box::pin(async move {
+                    let queued: Option<ringstore_journal::QueuedHardState> =
+                        shard.queue_hard_state(Queue::Always).await?;
+                    let unqueued = shard.hard_state.lock().map(|c| c.unqueued).unwrap_or(false);
+                    if let Some(queued) = queued {
+                        queued.durable().await?;
+                    }
+                    Ok::<bool, ringstore_journal::Error>(unqueued)
+                })
+            })
+            .await
+            .expect("the reactor runs")
+            .expect("queue the hard state");
+        assert!(queued, "the held-back change stays queued");
+        assert_eq!(durable_hard_state(&log).await.committed, None);
+    });
+}
+
+/// A purge is two steps, the purged id and then the watermark; a crash
+/// between them (here: the first step alone, then a close) must not leave
+/// a log openraft refuses ("inverted log order": its last id below the
+/// purged one). The open finishes the purge.
+#[test]
+fn a_purge_cut_short_after_its_first_step_is_finished_by_the_open() {
+    let root = temp_dir();
+    let dir = root.path().join("node");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (mut log, mut machine) = open(&dir);
+        log.blocking_append((0..4).map(|i| blank(1, i)))
+            .await
+            .expect("append");
+        // A snapshot up to index 9 (a leader's, as one installed on a
+        // follower whose log ends at 3), then the purge's first step.
+        machine
+            .apply(futures_lite::stream::iter(
+                (0..10).map(|i| Ok((blank(1, i), None))),
+            ))
+            .await
+            .expect("apply");
+        machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("snapshot");
+        log.set_purged_only(log_id(1, 9)).await.expect("first step");
+        drop((log, machine));
+        let (mut log, _machine) = open(&dir);
+        let state = log.get_log_state().await.expect("log state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 9)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 9)));
+        let read = log.try_get_log_entries(0..20).await.expect("read");
+        assert!(
+            read.is_empty(),
+            "entries at or below the purged id: {read:?}"
+        );
+        // The log goes on above it.
+        log.blocking_append([blank(2, 10)]).await.expect("append");
+        let state = log.get_log_state().await.expect("log state");
+        assert_eq!(state.last_log_id, Some(log_id(2, 10)));
+    });
+}
