@@ -113,18 +113,22 @@ where
                                     // (from a leader) is newer: openraft
                                     // builds on a task of its own, so an
                                     // install can finish first.
-                                    let mut current = shard.current.borrow_mut();
-                                    let newer = current.as_ref().is_none_or(|c| {
-                                        c.meta.last_log_id.as_ref().map_or(0, |id| op_of(id.index))
-                                            < op
-                                    });
-                                    if newer {
-                                        *current = Some(CurrentSnapshot {
-                                            meta: meta.clone(),
-                                            path: persisted.path,
+                                    {
+                                        let mut current = shard.current.borrow_mut();
+                                        let newer = current.as_ref().is_none_or(|c| {
+                                            c.meta
+                                                .last_log_id
+                                                .as_ref()
+                                                .map_or(0, |id| op_of(id.index))
+                                                < op
                                         });
+                                        if newer {
+                                            *current = Some(CurrentSnapshot {
+                                                meta: meta.clone(),
+                                                path: persisted.path,
+                                            });
+                                        }
                                     }
-                                    drop(current);
                                     shard.prune_snapshots().await;
                                 }
                                 bytes.map(|bytes| (meta, bytes))
