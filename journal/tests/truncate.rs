@@ -473,3 +473,66 @@ fn a_truncation_below_a_requested_watermark_is_refused() {
         journal.close().await.unwrap();
     });
 }
+
+/// A truncation that waits for a write in flight above it goes on when
+/// that write fails before it is issued (no room for the segment it
+/// needs): the failed write's ops are handed back, so nothing above the
+/// truncation is pending any more. (It once waited for the next write to
+/// finish, which on an idle log never came.)
+#[test]
+fn a_truncation_waiting_for_a_write_that_fails_unissued_goes_on() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let journal = builder(&mem).open().await.unwrap();
+        while mem.paths().len() < 3 {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let used: u64 = mem
+            .paths()
+            .iter()
+            .map(|p| mem.file_bytes(p).map_or(0, |b| b.len() as u64))
+            .sum();
+        mem.set_capacity(Some(used));
+        // One 4 KiB write per append, 14 per segment: 27 leave one block
+        // free in the second.
+        for op in 1..=27 {
+            assert_eq!(journal.append(&version(op, 0)).await.unwrap(), op);
+        }
+        // Every storage operation yields first: the rollover the next
+        // append needs spans several turns, and fails (no room).
+        mem.set_faults(FaultConfig {
+            yield_rate: 1.0,
+            capacity_bytes: Some(used),
+            ..FaultConfig::none()
+        });
+        let append = journal.queue_append(&payload(28, 4096)).await.unwrap();
+        assert_eq!(append.op(), 28);
+        futures_lite::future::yield_now().await;
+        let truncated =
+            futures_lite::future::or(async { Some(journal.truncate_after(27).await) }, async {
+                glommio::timer::sleep(std::time::Duration::from_secs(5)).await;
+                None
+            })
+            .await;
+        let appended = append.durable().await;
+        assert!(
+            matches!(appended, Err(Error::NoSpace { .. })),
+            "the append needing a new segment: {appended:?}"
+        );
+        let truncated = truncated.expect("the truncation still waits 5 s after the write failed");
+        eprintln!("truncation after the failed write: {truncated:?}");
+        mem.set_faults(FaultConfig::none());
+        mem.set_capacity(None);
+        drop(journal);
+        let journal = builder(&mem).open().await.unwrap();
+        for op in 1..=27 {
+            assert_eq!(
+                journal.read(op).await.unwrap().map(|e| e.payload),
+                Some(version(op, 0)),
+                "op {op}"
+            );
+        }
+        assert_eq!(journal.read(28).await.unwrap(), None);
+        journal.close().await.unwrap();
+    });
+}

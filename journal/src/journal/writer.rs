@@ -650,6 +650,9 @@ impl<S: Storage> Shared<S> {
         }
         self.fail_unissued_batch(batch, error);
         wake_all(&self.space);
+        // A truncation waiting for the failed writes' ops (pending above
+        // it) finds none now.
+        wake_all(&self.pipeline);
     }
 
     /// Fails one batch that was never written (see `fail_unissued`).
