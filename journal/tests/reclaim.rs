@@ -230,3 +230,95 @@ fn a_disk_short_of_space_gets_retired_segments_back_at_once() {
         assert!(journal.stats().segments_retired > retired);
     });
 }
+
+/// An advance of the watermark whose future is dropped part way, at every
+/// point it can stop (a caller's timeout, a `select`), leaves nothing that
+/// holds later work back: the same advance again and the close finish,
+/// and the segments it frees are gone once the journal is reopened (a
+/// retired file whose removal was cut short is removed by the open). (A
+/// retirement cut short once left its flag set: every later one returned
+/// at once without retiring, and `close` waited for ever.)
+#[test]
+fn an_advance_dropped_part_way_holds_nothing_back() {
+    use ringstore_journal::storage::FaultConfig;
+    run(|| async {
+        let builder = |mem: &MemStorage| {
+            Journal::builder("/mem/wal")
+                .segment_bytes(64 << 10)
+                .batch_bytes_max(16 << 10)
+                .entry_bytes_max(4 << 10)
+                .slot_count(256)
+                .recycle_segments(false)
+                .storage(mem.clone())
+        };
+        let mut finished = false;
+        let mut cut = 0;
+        while !finished {
+            cut += 1;
+            assert!(cut < 10_000, "the advance never finished");
+            let mem = MemStorage::new();
+            let journal = builder(&mem).open().await.unwrap();
+            let mut last = 0;
+            for op in 1..=60 {
+                last = journal.append(&payload(op, 3000)).await.unwrap();
+            }
+            let segments_before = mem.paths().len();
+            // Every storage call yields first, so the advance stops at each
+            // of them.
+            mem.set_faults(FaultConfig {
+                yield_rate: 1.0,
+                ..FaultConfig::none()
+            });
+            {
+                let advance = journal.advance_watermark(last - 5);
+                futures_lite::pin!(advance);
+                for _ in 0..cut {
+                    if futures_lite::future::poll_once(&mut advance)
+                        .await
+                        .is_some()
+                    {
+                        finished = true;
+                        break;
+                    }
+                    futures_lite::future::yield_now().await;
+                }
+            }
+            mem.set_faults(FaultConfig::none());
+            let done = futures_lite::future::or(
+                async {
+                    journal.advance_watermark(last - 5).await.unwrap();
+                    journal.close().await.unwrap();
+                    Some(())
+                },
+                async {
+                    glommio::timer::sleep(std::time::Duration::from_secs(5)).await;
+                    None
+                },
+            )
+            .await;
+            assert!(
+                done.is_some(),
+                "cut after {cut} polls: the advance again or the close hangs"
+            );
+            let journal = builder(&mem).open().await.unwrap();
+            for op in last - 4..=last {
+                assert_eq!(
+                    journal.read(op).await.unwrap().map(|e| e.payload),
+                    Some(payload(op, 3000)),
+                    "cut after {cut} polls: op {op}"
+                );
+            }
+            journal.close().await.unwrap();
+            let segments_after = mem.paths().len();
+            assert!(
+                segments_after < segments_before,
+                "cut after {cut} polls: nothing retired ({segments_before} files before, \
+                 {segments_after} after a reopen)"
+            );
+        }
+        eprintln!(
+            "an advance dropped after each of its first {} polls",
+            cut - 1
+        );
+    });
+}

@@ -285,6 +285,11 @@ struct Shared<S: Storage> {
     superblock: RefCell<(JournalSuperblock, u64)>,
     /// A superblock update is running (they are serialized).
     superblock_busy: Cell<bool>,
+    /// The highest sequence an update started to write, finished or not:
+    /// the next update writes a higher one, so two copies never share a
+    /// sequence with different contents (an update cut short by its
+    /// future's drop may have written one copy).
+    superblock_sequence_tried: Cell<u64>,
     /// Wakes an update waiting for the running one.
     superblock_idle: Event,
     /// Damage the scrubber found (see [`Journal::scrub_damage`]).

@@ -242,6 +242,7 @@ impl<S: Storage> Journal<S> {
             durability_choice,
             superblock: RefCell::new((sb, sequence)),
             superblock_busy: Cell::new(false),
+            superblock_sequence_tried: Cell::new(0),
             superblock_idle: Event::new(),
             scrub_damage: RefCell::new(Vec::new()),
             scrub_reported: RefCell::new(std::collections::HashSet::new()),

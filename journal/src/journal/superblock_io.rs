@@ -28,8 +28,12 @@ impl<S: Storage> Shared<S> {
             // does not lose it.
             next.hard_state_sequence = state.hard_state.0;
             next.hard_state.clone_from(&state.hard_state.1);
-            (next, sequence + 1)
+            (
+                next,
+                (*sequence).max(self.superblock_sequence_tried.get()) + 1,
+            )
         };
+        self.superblock_sequence_tried.set(sequence);
         let path = self.config.dir.join(SUPERBLOCK_FILE_NAME);
         let result = write_superblock(&self.storage, &path, sequence, &next).await;
         if result.is_ok() {

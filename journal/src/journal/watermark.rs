@@ -43,7 +43,11 @@ impl<S: Storage> Journal<S> {
                 });
             }
             if watermark == current {
-                return Ok(());
+                // Its record is durable; the segments it frees may not be
+                // retired yet (an advance whose future was dropped after
+                // the record).
+                drop(state);
+                return self.retire_exclusively(Reclaim::Paced).await;
             }
             if watermark == u64::MAX {
                 return Err(Error::InvalidOp { op: watermark });
@@ -120,10 +124,11 @@ impl<S: Storage> Journal<S> {
             }
             state.retiring = true;
         }
-        let result = self.retire_segments(reclaim).await;
-        self.shared.state.borrow_mut().retiring = false;
-        wake_all(&self.shared.reclaim_done);
-        result
+        // Cleared however this future ends, dropped mid-way included (a
+        // caller's timeout): a flag left set would stop every later
+        // retirement and hold `close` for ever.
+        let _retiring = RetiringGuard(&self.shared);
+        self.retire_segments(reclaim).await
     }
 
     /// Retires whole segments at the front whose entries are all at or
@@ -290,4 +295,17 @@ enum Reclaim {
     AtOnce,
     /// Large segments shrunk step by step in the background.
     Paced,
+}
+
+/// Ends a retirement: clears the flag and wakes `close`, which waits for
+/// it.
+struct RetiringGuard<'a, S: Storage>(&'a Shared<S>);
+
+impl<S: Storage> Drop for RetiringGuard<'_, S> {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.0.state.try_borrow_mut() {
+            state.retiring = false;
+        }
+        wake_all(&self.0.reclaim_done);
+    }
 }
