@@ -53,7 +53,12 @@
 //! * The vote, the committed id and the last purged id are the journal's
 //!   hard state (a record in the log, ordered with the appends; no extra
 //!   fdatasync on the append path). The committed id rides with the next
-//!   write, so after a crash it may lag what the node had committed.
+//!   write, so after a crash it may lag what the node had committed; a
+//!   record never holds a committed id above the last op queued before it
+//!   (openraft saves it once the entries are submitted, before they are
+//!   written), so a reopened node's committed id is inside its log. A vote
+//!   or a purge writes a record of its own and waits for it, even when an
+//!   append queued just before took the change into its write.
 //! * A reopened shard's own committed vote (it was the leader) is
 //!   uncommitted (same term and candidate). openraft restarts a node whose
 //!   vote is its own committed one as leader at once (in 0.10 unless
@@ -66,7 +71,10 @@
 //!   serves a read.
 //! * `purge(id)` records the purged id in the hard state, then advances the
 //!   journal's watermark to its op. openraft purges only what a snapshot
-//!   holds, and the snapshot is durable before `build_snapshot` returns.
+//!   holds, and the snapshot is durable before `build_snapshot` returns. An
+//!   open that finds a purged id above the watermark (a crash between the
+//!   two steps) finishes the purge, and the log's last id is never below
+//!   the purged one.
 //! * The state machine is an engine [`StateMachine`] hosted beside the
 //!   journal. Commands are [`Request`]s numbered per client: a retried
 //!   command is answered from the client's session, not applied twice.
