@@ -44,14 +44,7 @@ async fn hard_state_after_a_failed_rollover(full_disk: bool) {
     let journal = builder(&mem).open().await.unwrap();
     // The spare segment (prepared in the background) exists: the first
     // rollover takes it.
-    while mem.paths().len() < 3 {
-        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    let used: u64 = mem
-        .paths()
-        .iter()
-        .map(|p| mem.file_bytes(p).map_or(0, |b| b.len() as u64))
-        .sum();
+    let used = bytes_once_the_spare_exists(&mem).await;
     let capacity = full_disk.then_some(used);
     mem.set_capacity(capacity);
     // One 4 KiB write per append, 14 per segment (the last block is the

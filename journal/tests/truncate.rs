@@ -414,14 +414,7 @@ fn a_truncation_that_cannot_be_written_poisons_the_journal() {
         // Once the spare segment (prepared in the background) exists, no
         // room for any other: the first rollover takes the spare, the next
         // one fails.
-        while mem.paths().len() < 3 {
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        let used: u64 = mem
-            .paths()
-            .iter()
-            .map(|p| mem.file_bytes(p).map_or(0, |b| b.len() as u64))
-            .sum();
+        let used = bytes_once_the_spare_exists(&mem).await;
         mem.set_capacity(Some(used));
         // Fill both segments: one 4 KiB write per append, 14 fit in each.
         for op in 1..=28 {
@@ -484,14 +477,7 @@ fn a_truncation_waiting_for_a_write_that_fails_unissued_goes_on() {
     run(|| async {
         let mem = MemStorage::new();
         let journal = builder(&mem).open().await.unwrap();
-        while mem.paths().len() < 3 {
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        let used: u64 = mem
-            .paths()
-            .iter()
-            .map(|p| mem.file_bytes(p).map_or(0, |b| b.len() as u64))
-            .sum();
+        let used = bytes_once_the_spare_exists(&mem).await;
         mem.set_capacity(Some(used));
         // One 4 KiB write per append, 14 per segment: 27 leave one block
         // free in the second.

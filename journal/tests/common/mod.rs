@@ -114,3 +114,16 @@ pub async fn assert_nothing_left_behind(
     );
     reopened.close().await.unwrap();
 }
+
+/// Waits until a new journal on `mem` has its spare segment (prepared in
+/// the background, the third file), and returns the bytes its files take
+/// then: as a capacity, a disk with room for no other segment.
+pub async fn bytes_once_the_spare_exists(mem: &ringstore_journal::storage::MemStorage) -> u64 {
+    while mem.paths().len() < 3 {
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    mem.paths()
+        .iter()
+        .map(|p| mem.file_bytes(p).map_or(0, |b| b.len() as u64))
+        .sum()
+}
