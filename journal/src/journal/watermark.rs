@@ -32,26 +32,25 @@ impl<S: Storage> Journal<S> {
     /// rewritten. A crash at any step leaves either the old watermark or the
     /// new one, and segments that are either present or no longer needed.
     pub async fn advance_watermark(&self, watermark: u64) -> Result<()> {
-        {
+        let current = {
             let state = self.shared.state.borrow();
             state.usable()?;
-            let current = state.index.watermark();
-            if watermark < current {
-                return Err(Error::WatermarkRegression {
-                    requested: watermark,
-                    current,
-                });
-            }
-            if watermark == current {
-                // Its record is durable; the segments it frees may not be
-                // retired yet (an advance whose future was dropped after
-                // the record).
-                drop(state);
-                return self.retire_exclusively(Reclaim::Paced).await;
-            }
-            if watermark == u64::MAX {
-                return Err(Error::InvalidOp { op: watermark });
-            }
+            state.index.watermark()
+        };
+        if watermark < current {
+            return Err(Error::WatermarkRegression {
+                requested: watermark,
+                current,
+            });
+        }
+        if watermark == current {
+            // Its record is durable; the segments it frees may not be
+            // retired yet (an advance whose future was dropped after the
+            // record).
+            return self.retire_exclusively(Reclaim::Paced).await;
+        }
+        if watermark == u64::MAX {
+            return Err(Error::InvalidOp { op: watermark });
         }
         let full_disk = self.shared.state.borrow().needs_fresh_segment;
         if full_disk {
