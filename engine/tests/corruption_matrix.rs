@@ -998,4 +998,13 @@ fn every_damage_is_refused_naming_the_file_or_loses_nothing_unreported() {
         tally.snapshot_damage_scrubbed,
     );
     assert!(violations.is_empty(), "{}", violations.join("\n"));
+    // The checks of the scrubbers ran on damage, not on nothing.
+    assert!(
+        tally.read_damage_reported > 0,
+        "no cell left payload damage to the journal's scrubber"
+    );
+    assert!(
+        tally.snapshot_damage_scrubbed > 0,
+        "no cell left a damaged snapshot to the snapshot scrubber"
+    );
 }

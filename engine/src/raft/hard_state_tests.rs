@@ -62,11 +62,13 @@ async fn durable_hard_state(log: &Log) -> HardState {
 /// openraft answers a vote request once `save_vote` returns, so the vote
 /// must be durable then. An append posted just before it (openraft does
 /// not wait for its flush) takes the changed hard state into its own
-/// write; the vote's call must still wait for that write. The durable copy
-/// is read by a job queued right behind the vote's, so it runs as soon as
-/// the vote's call is done, well before a write that was not waited for
-/// could finish. (Before the fix, the vote's call found nothing left to
-/// queue and returned at once: this read the old vote in every round.)
+/// write; the vote's call must still wait for that write. The reactor is
+/// held on a gate job until the vote's job is queued, so the append's job
+/// runs after the vote changed the hard state; the durable copy is read by
+/// a job queued right behind the vote's, so it runs as soon as the vote's
+/// call is done, before a write that was not waited for could finish.
+/// (Before the fix, the vote's call found nothing left to queue and
+/// returned at once.)
 #[test]
 fn a_vote_is_durable_when_its_save_returns_even_if_an_append_took_it() {
     let root = temp_dir();
@@ -75,13 +77,23 @@ fn a_vote_is_durable_when_its_save_returns_even_if_an_append_took_it() {
         let (mut log, _machine) = open(&root.path().join("node"));
         for round in 0..20u64 {
             let vote = Vote::new(round + 1, 1);
+            let (open_gate, gate) = futures_channel::oneshot::channel::<()>();
+            log.thread()
+                .post(move |_| {
+                    Box::pin(async move {
+                        let _ = gate.await;
+                    })
+                })
+                .await
+                .expect("the reactor runs");
             log.append([blank(round + 1, round)], IOFlushed::noop())
                 .await
                 .expect("append");
-            // Polled in order: the vote's job is queued first, the read
-            // right behind it.
+            // Polled in order: the vote's job is queued first, then the
+            // gate opens and the read is queued behind it.
             let probe = log.clone();
             let (saved, durable) = futures_lite::future::zip(log.save_vote(&vote), async move {
+                open_gate.send(()).expect("the gate job waits");
                 durable_hard_state(&probe).await
             })
             .await;
@@ -150,8 +162,9 @@ fn a_committed_id_is_never_written_ahead_of_the_entries_it_covers() {
 }
 
 /// The queueing rule itself: with nothing queued, a committed id is held
-/// back (none was queued before), and a purged id at or above it lets it
-/// through (a purge after a snapshot install: the snapshot covers it).
+/// back (none was queued before) and the change stays queued; a purged id
+/// at or above it lets it through (a purge after a snapshot install: the
+/// snapshot covers it).
 #[test]
 fn a_record_holds_a_committed_id_only_within_what_is_queued_or_purged() {
     let root = temp_dir();
@@ -161,7 +174,7 @@ fn a_record_holds_a_committed_id_only_within_what_is_queued_or_purged() {
         log.save_committed(Some(log_id(1, 4)))
             .await
             .expect("save committed");
-        let queued = log
+        let still_unqueued = log
             .thread()
             .call(|shard| {
                 Box::pin(async move {
@@ -177,8 +190,15 @@ fn a_record_holds_a_committed_id_only_within_what_is_queued_or_purged() {
             .await
             .expect("the reactor runs")
             .expect("queue the hard state");
-        assert!(queued, "the held-back change stays queued");
+        assert!(still_unqueued, "the held-back change stays queued");
         assert_eq!(durable_hard_state(&log).await.committed, None);
+        // A purged id above it (the purge's record, written at once).
+        log.set_purged_only(log_id(1, 9))
+            .await
+            .expect("purge's step");
+        let durable = durable_hard_state(&log).await;
+        assert_eq!(durable.purged, Some(log_id(1, 9)));
+        assert_eq!(durable.committed, Some(log_id(1, 4)));
     });
 }
 
@@ -226,4 +246,70 @@ fn a_purge_cut_short_after_its_first_step_is_finished_by_the_open() {
         let state = log.get_log_state().await.expect("log state");
         assert_eq!(state.last_log_id, Some(log_id(2, 10)));
     });
+}
+
+/// The open finishes an interrupted purge only once the snapshot it loads
+/// covers the purged id: with that snapshot gone (damaged and passed over,
+/// or deleted), it refuses, and the entries the older state would need are
+/// still in the journal.
+#[test]
+fn an_interrupted_purge_is_not_finished_past_the_snapshot_that_loads() {
+    let root = temp_dir();
+    let dir = root.path().join("node");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (mut log, mut machine) = open(&dir);
+        log.blocking_append((0..4).map(|i| blank(1, i)))
+            .await
+            .expect("append");
+        machine
+            .apply(futures_lite::stream::iter(
+                (0..10).map(|i| Ok((blank(1, i), None))),
+            ))
+            .await
+            .expect("apply");
+        machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("snapshot");
+        log.set_purged_only(log_id(1, 9)).await.expect("first step");
+        drop((log, machine));
+        for entry in std::fs::read_dir(dir.join("snapshots")).expect("list") {
+            std::fs::remove_file(entry.expect("entry").path()).expect("remove the snapshot");
+        }
+        let refused = super::open::<ClusterTypes, ClusterMachine>(
+            &dir,
+            CLUSTER,
+            1,
+            Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
+        );
+        assert!(
+            refused.is_err(),
+            "opened without the snapshot that covers the purge"
+        );
+    });
+    // The journal still holds the entries, below a watermark left as it was.
+    let journal_dir = dir.join("journal");
+    let (watermark, present) = glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let journal = ringstore_journal::Journal::builder(&journal_dir)
+                .segment_bytes(4 << 20)
+                .slot_count(1 << 10)
+                .open()
+                .await
+                .expect("open the journal");
+            let mut present = 0;
+            for op in 1..=4 {
+                present += u64::from(journal.read(op).await.expect("read").is_some());
+            }
+            let watermark = journal.watermark();
+            journal.close().await.expect("close");
+            (watermark, present)
+        })
+        .expect("executor")
+        .join()
+        .expect("the executor ran");
+    assert_eq!((watermark, present), (0, 4));
 }

@@ -344,13 +344,34 @@ where
         );
     }
 
-    // A purge is two steps, the purged id (in the hard state) and then the
-    // watermark: a crash between them leaves a purged id above the
-    // watermark, maybe above the last entry (a purge after a snapshot
-    // install), which openraft would take for an inverted log. The open
-    // finishes it.
-    let purged_op = super::log::purged_of(&journal.hard_state()).map(|id| op_of(id.index));
-    if let Some(purged_op) = purged_op.filter(|op| *op > journal.watermark()) {
+    // 4. No gap between the snapshot and the journal: the rule of an
+    // engine shard's open and of `ringstore snapshot verify`. Checked
+    // against the purged id too: a purge is two steps, the purged id (in
+    // the hard state) and then the watermark, and a crash between them
+    // leaves a purged id above the watermark, maybe above the last entry
+    // (a purge after a snapshot install), which openraft would take for an
+    // inverted log. The open finishes such a purge below, only once the
+    // snapshot is known to cover it: the entries it removes are not
+    // removed for a snapshot that cannot stand in for them.
+    let purged_op = super::log::purged_of(&journal.hard_state())
+        .map(|id| op_of(id.index))
+        .filter(|op| *op > journal.watermark());
+    let snapshot_op = applied
+        .last_applied
+        .as_ref()
+        .map_or(0, |id| op_of(id.index));
+    let covered = snapshot_covers_journal(
+        snapshots.dir(),
+        current.as_ref().map(|c| (snapshot_op, c.path.as_path())),
+        &skipped,
+        &journal_dir,
+        purged_op.unwrap_or(0).max(journal.watermark()),
+    );
+    if let Err(refusal) = covered {
+        let _ = journal.close().await;
+        return Err(refusal.into());
+    }
+    if let Some(purged_op) = purged_op {
         tracing::warn!(
             dir = %journal_dir.display(),
             purged_op,
@@ -362,24 +383,6 @@ where
             let _ = journal.close().await;
             return Err(e.into());
         }
-    }
-
-    // 4. No gap between the snapshot and the journal: the rule of an
-    // engine shard's open and of `ringstore snapshot verify`.
-    let snapshot_op = applied
-        .last_applied
-        .as_ref()
-        .map_or(0, |id| op_of(id.index));
-    let covered = snapshot_covers_journal(
-        snapshots.dir(),
-        current.as_ref().map(|c| (snapshot_op, c.path.as_path())),
-        &skipped,
-        &journal_dir,
-        journal.watermark(),
-    );
-    if let Err(refusal) = covered {
-        let _ = journal.close().await;
-        return Err(refusal.into());
     }
     Ok(RaftShard {
         committed_queued: Cell::new(
@@ -526,10 +529,11 @@ impl<C: RaftTypes, M> RaftShard<C, M> {
             }
             _ => return Ok(None),
         };
+        let queued = self.journal.queue_hard_state(&bytes).await?;
         if let Some(committed) = super::log::committed_of(&bytes) {
             self.committed_queued.set(committed);
         }
-        Ok(Some(self.journal.queue_hard_state(&bytes).await?))
+        Ok(Some(queued))
     }
 
     /// Removes snapshots the journal no longer needs.

@@ -67,8 +67,10 @@ pub(super) async fn write_superblock<S: Storage>(
         SuperblockKind::Journal,
         sequence,
         &sb.encode(),
-        // Both copies hold the same state before every update (recovery
-        // repairs them first), so either may go first.
+        // Both copies hold a state the journal had before every update
+        // (recovery repairs them first; an update whose future was dropped
+        // mid-write may have left one copy with its state, under a
+        // sequence no later update reuses), so either may go first.
         superblock::SUPERBLOCK_COPIES - 1,
     )
     .await
