@@ -61,20 +61,7 @@ async fn hard_state_after_a_failed_rollover(full_disk: bool) {
     }
     // Every storage operation yields first, so the writer's attempt to
     // create a third segment spans several turns of the executor.
-    mem.set_faults(FaultConfig {
-        yield_rate: 1.0,
-        capacity_bytes: capacity,
-        ..FaultConfig::none()
-    });
-    // Two blocks: needs a new segment, which cannot be created.
-    let append = journal.queue_append(&payload(28, 4096)).await.unwrap();
-    assert_eq!(append.op(), 28);
-    // Let the writer take the append's write and start the rollover.
-    futures_lite::future::yield_now().await;
-    let in_flight = futures_lite::future::poll_once(append.durable())
-        .await
-        .is_none();
-    assert!(in_flight, "the append's write is still in flight");
+    let append = queue_append_needing_a_new_segment(&journal, &mem, capacity, 28).await;
     // The hard state goes into the next write: one block, which fits.
     let vote = b"voted for 2 in term 7".to_vec();
     let hard_state = journal.set_hard_state(&vote).await;

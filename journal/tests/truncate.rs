@@ -484,21 +484,10 @@ fn a_truncation_waiting_for_a_write_that_fails_unissued_goes_on() {
         for op in 1..=27 {
             assert_eq!(journal.append(&version(op, 0)).await.unwrap(), op);
         }
-        // Every storage operation yields first: the rollover the next
-        // append needs spans several turns, and fails (no room).
-        mem.set_faults(FaultConfig {
-            yield_rate: 1.0,
-            capacity_bytes: Some(used),
-            ..FaultConfig::none()
-        });
-        let append = journal.queue_append(&payload(28, 4096)).await.unwrap();
-        assert_eq!(append.op(), 28);
-        futures_lite::future::yield_now().await;
-        // Still in flight: the truncation below waits for it.
-        let in_flight = futures_lite::future::poll_once(append.durable())
-            .await
-            .is_none();
-        assert!(in_flight, "the append's write is still in flight");
+        // The rollover the next append needs spans several turns, and
+        // fails (no room); still in flight, the truncation below waits for
+        // it.
+        let append = queue_append_needing_a_new_segment(&journal, &mem, Some(used), 28).await;
         let truncated =
             futures_lite::future::or(async { Some(journal.truncate_after(27).await) }, async {
                 glommio::timer::sleep(std::time::Duration::from_secs(5)).await;

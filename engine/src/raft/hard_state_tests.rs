@@ -202,6 +202,29 @@ fn a_record_holds_a_committed_id_only_within_what_is_queued_or_purged() {
     });
 }
 
+/// A node in `dir` whose log ends at index 3, with a snapshot up to index
+/// 9 (a leader's, as one installed on a lagging follower) and a purge up
+/// to 9 cut short after its first step (the purged id, durable), closed.
+async fn purge_cut_after_its_first_step(dir: &std::path::Path) {
+    let (mut log, mut machine) = open(dir);
+    log.blocking_append((0..4).map(|i| blank(1, i)))
+        .await
+        .expect("append");
+    machine
+        .apply(futures_lite::stream::iter(
+            (0..10).map(|i| Ok((blank(1, i), None))),
+        ))
+        .await
+        .expect("apply");
+    machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot");
+    log.set_purged_only(log_id(1, 9)).await.expect("first step");
+}
+
 /// A purge is two steps, the purged id and then the watermark; a crash
 /// between them (here: the first step alone, then a close) must not leave
 /// a log openraft refuses ("inverted log order": its last id below the
@@ -212,26 +235,7 @@ fn a_purge_cut_short_after_its_first_step_is_finished_by_the_open() {
     let dir = root.path().join("node");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let (mut log, mut machine) = open(&dir);
-        log.blocking_append((0..4).map(|i| blank(1, i)))
-            .await
-            .expect("append");
-        // A snapshot up to index 9 (a leader's, as one installed on a
-        // follower whose log ends at 3), then the purge's first step.
-        machine
-            .apply(futures_lite::stream::iter(
-                (0..10).map(|i| Ok((blank(1, i), None))),
-            ))
-            .await
-            .expect("apply");
-        machine
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("snapshot");
-        log.set_purged_only(log_id(1, 9)).await.expect("first step");
-        drop((log, machine));
+        purge_cut_after_its_first_step(&dir).await;
         let (mut log, _machine) = open(&dir);
         let state = log.get_log_state().await.expect("log state");
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 9)));
@@ -258,24 +262,7 @@ fn an_interrupted_purge_is_not_finished_past_the_snapshot_that_loads() {
     let dir = root.path().join("node");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let (mut log, mut machine) = open(&dir);
-        log.blocking_append((0..4).map(|i| blank(1, i)))
-            .await
-            .expect("append");
-        machine
-            .apply(futures_lite::stream::iter(
-                (0..10).map(|i| Ok((blank(1, i), None))),
-            ))
-            .await
-            .expect("apply");
-        machine
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("snapshot");
-        log.set_purged_only(log_id(1, 9)).await.expect("first step");
-        drop((log, machine));
+        purge_cut_after_its_first_step(&dir).await;
         for entry in std::fs::read_dir(dir.join("snapshots")).expect("list") {
             std::fs::remove_file(entry.expect("entry").path()).expect("remove the snapshot");
         }

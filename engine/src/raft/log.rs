@@ -25,15 +25,6 @@ pub(super) struct HardState {
     pub(super) purged: Option<LogId>,
 }
 
-/// The committed id an encoded hard state holds (`None` if it does not
-/// decode).
-pub(super) fn committed_of(bytes: &[u8]) -> Option<Option<LogId>> {
-    if bytes.is_empty() {
-        return Some(None);
-    }
-    decode::<HardState>(bytes).ok().map(|state| state.committed)
-}
-
 /// The purged id an encoded hard state holds (`None` if none, or if it
 /// does not decode).
 pub(super) fn purged_of(bytes: &[u8]) -> Option<LogId> {
@@ -43,31 +34,55 @@ pub(super) fn purged_of(bytes: &[u8]) -> Option<LogId> {
     decode::<HardState>(bytes).ok()?.purged
 }
 
-/// `bytes` (an encoded hard state) re-encoded with `committed_queued` as
-/// its committed id, if its own is above log index `last_index` (`None`:
-/// no entry); `None` if it is not (or does not decode, or does not
-/// re-encode: then it is written as it is, as before this check).
-pub(super) fn with_committed_at_most(
+/// A hard-state record as it may be queued after op `last_queued_op`.
+pub(super) struct Record {
+    /// The encoded hard state to write.
+    pub(super) bytes: Vec<u8>,
+    /// Its committed id.
+    pub(super) committed: Option<LogId>,
+    /// Whether it holds the whole change (false: its committed id was held
+    /// back, and the change waits for a later record).
+    pub(super) whole: bool,
+}
+
+/// The record of `bytes` (an encoded hard state) queued after op
+/// `last_queued_op`: a committed id above that op is replaced by
+/// `committed_queued` (the last one queued, if still within), unless the
+/// purged id is at or above it (a purge after a snapshot install: the
+/// snapshot covers it). A hard state that does not decode (the cell holds
+/// only what `encode` made) is written as it is.
+pub(super) fn record_after(
     bytes: &[u8],
-    last_index: Option<u64>,
+    last_queued_op: u64,
     committed_queued: Option<LogId>,
-) -> Option<Vec<u8>> {
+) -> Record {
+    let as_is = |committed| Record {
+        bytes: bytes.to_vec(),
+        committed,
+        whole: true,
+    };
     if bytes.is_empty() {
-        return None;
+        return as_is(None);
     }
-    let mut state = decode::<HardState>(bytes).ok()?;
-    let committed = state.committed.as_ref()?.index;
-    if last_index.is_some_and(|last| committed <= last) {
-        return None;
+    let Ok(mut state) = decode::<HardState>(bytes) else {
+        return as_is(committed_queued);
+    };
+    let within = |id: &LogId| op_of(id.index) <= last_queued_op;
+    let purged = |id: &LogId| state.purged.as_ref().is_some_and(|p| id.index <= p.index);
+    match state.committed {
+        Some(id) if !within(&id) && !purged(&id) => {
+            state.committed = committed_queued.filter(within);
+            match encode(&state) {
+                Ok(bytes) => Record {
+                    bytes,
+                    committed: state.committed,
+                    whole: false,
+                },
+                Err(_) => as_is(Some(id)),
+            }
+        }
+        committed => as_is(committed),
     }
-    // Never above what is queued, and never moving back past a purge
-    // (a purged prefix is in a snapshot: no entry below it is read).
-    let floor = state.purged.as_ref().map(|p| p.index);
-    if floor.is_some_and(|purged| committed <= purged) {
-        return None;
-    }
-    state.committed = committed_queued.filter(|c| last_index.is_some_and(|last| c.index <= last));
-    encode(&state).ok()
 }
 
 /// The `Send + Sync` handle openraft holds as its log. Journal work runs

@@ -108,7 +108,8 @@
 //! open refused, `kind` from [`RaftStoreError::kind`]),
 //! `ringstore_raft_snapshots_skipped_total` (damaged snapshots passed over
 //! at open), `ringstore_raft_uncertain_tail_opens_total` (opens that cut a
-//! torn tail), `ringstore_raft_snapshot_install_refusals_total`
+//! torn tail), `ringstore_raft_purges_finished_at_open_total` (purges a
+//! crash cut short between their two steps, finished by the open), `ringstore_raft_snapshot_install_refusals_total`
 //! (snapshots from a leader refused), `ringstore_raft_log_gap_refusals_total`
 //! (appends refused as [`RaftStoreError::LogGap`]),
 //! `ringstore_raft_gapped_requests_total` (a leader's AppendEntries

@@ -119,30 +119,6 @@ pub(super) enum Queue {
     Always,
 }
 
-/// `bytes` (an encoded hard state) as a record queued after op
-/// `last_queued_op` may hold it, and whether it is all of it: a committed
-/// id above that op is replaced by `committed_queued` (the last one
-/// queued), and the change waits for a later record.
-fn committed_within(
-    bytes: &[u8],
-    last_queued_op: u64,
-    committed_queued: Option<LogId>,
-) -> (Vec<u8>, bool) {
-    match super::log::with_committed_at_most(
-        bytes,
-        index_of_or_none(last_queued_op),
-        committed_queued,
-    ) {
-        Some(clamped) => (clamped, false),
-        None => (bytes.to_vec(), true),
-    }
-}
-
-/// The log index of op `op`, or `None` for op 0 (nothing queued).
-fn index_of_or_none(op: u64) -> Option<u64> {
-    (op > 0).then(|| index_of(op))
-}
-
 impl<C: RaftTypes, M: 'static> ReactorState for RaftShard<C, M> {
     fn close(self: Rc<Self>) -> LocalBoxFuture<()> {
         Box::pin(async move {
@@ -379,6 +355,7 @@ where
             "finishing a purge a crash interrupted: advancing the journal's watermark to the \
              purged id"
         );
+        metrics::counter!("ringstore_raft_purges_finished_at_open_total").increment(1);
         if let Err(e) = journal.advance_watermark(purged_op).await {
             let _ = journal.close().await;
             return Err(e.into());
@@ -386,7 +363,7 @@ where
     }
     Ok(RaftShard {
         committed_queued: Cell::new(
-            super::log::committed_of(&journal.hard_state()).unwrap_or_default(),
+            super::log::record_after(&journal.hard_state(), u64::MAX, None).committed,
         ),
         hard_state: {
             if let Ok(mut cell) = hard_state.lock() {
@@ -514,25 +491,26 @@ impl<C: RaftTypes, M> RaftShard<C, M> {
     /// crash that lost them, and a reopened node would find its committed
     /// id above its log. Such a record keeps the committed id last queued
     /// instead and leaves the change unqueued, for a write after the
-    /// entries (see [`committed_within`]).
+    /// entries (see [`super::log::record_after`]).
     pub(super) async fn queue_hard_state(
         &self,
         queue: Queue,
     ) -> ringstore_journal::Result<Option<ringstore_journal::QueuedHardState>> {
         let last_queued_op = self.journal.next_op() - 1;
-        let bytes = match self.hard_state.lock() {
+        let record = match self.hard_state.lock() {
             Ok(mut cell) if cell.unqueued || queue == Queue::Always => {
-                let (bytes, within) =
-                    committed_within(&cell.bytes, last_queued_op, self.committed_queued.get());
-                cell.unqueued = !within;
-                bytes
+                let record = super::log::record_after(
+                    &cell.bytes,
+                    last_queued_op,
+                    self.committed_queued.get(),
+                );
+                cell.unqueued = !record.whole;
+                record
             }
             _ => return Ok(None),
         };
-        let queued = self.journal.queue_hard_state(&bytes).await?;
-        if let Some(committed) = super::log::committed_of(&bytes) {
-            self.committed_queued.set(committed);
-        }
+        let queued = self.journal.queue_hard_state(&record.bytes).await?;
+        self.committed_queued.set(record.committed);
         Ok(Some(queued))
     }
 

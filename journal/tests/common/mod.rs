@@ -127,3 +127,30 @@ pub async fn bytes_once_the_spare_exists(mem: &ringstore_journal::storage::MemSt
         .map(|p| mem.file_bytes(p).map_or(0, |b| b.len() as u64))
         .sum()
 }
+
+/// Queues op `op` (two blocks: too large for the block left in the current
+/// segment, so its write needs a new one) with every storage call of
+/// `mem` yielding first and `capacity_bytes` set, so that the writer's
+/// attempt to create the segment spans several turns; checks that the
+/// write is still in flight one turn later.
+pub async fn queue_append_needing_a_new_segment(
+    journal: &ringstore_journal::Journal<ringstore_journal::storage::MemStorage>,
+    mem: &ringstore_journal::storage::MemStorage,
+    capacity_bytes: Option<u64>,
+    op: u64,
+) -> ringstore_journal::QueuedAppend {
+    mem.set_faults(ringstore_journal::storage::FaultConfig {
+        yield_rate: 1.0,
+        capacity_bytes,
+        ..ringstore_journal::storage::FaultConfig::none()
+    });
+    let append = journal.queue_append(&payload(op, 4096)).await.unwrap();
+    assert_eq!(append.op(), op);
+    // Let the writer take the append's write and start the rollover.
+    futures_lite::future::yield_now().await;
+    let in_flight = futures_lite::future::poll_once(append.durable())
+        .await
+        .is_none();
+    assert!(in_flight, "the append's write is still in flight");
+    append
+}
