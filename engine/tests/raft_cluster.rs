@@ -349,3 +349,127 @@ async fn a_leader_restarted_at_once_serves_no_stale_read() {
         "restarted leaders reported themselves leader of their old term (round, term): {resumed:?}"
     );
 }
+
+/// How long a cluster whose leader is down and whose other follower
+/// awaits repair is watched for a leader it must not elect.
+const NO_LEADER_WATCH: Duration = Duration::from_secs(3);
+
+/// Damages the first entry header of the last write of the journal in
+/// `journal_dir`: nothing after it vouches for it, so a reopen cuts it, as
+/// it cuts a write torn by a crash (or damaged after its fdatasync, which
+/// looks the same).
+fn damage_last_write(journal_dir: &Path) {
+    struct LastWrite(Option<(u64, u64)>);
+    impl ringstore_journal::inspect::ScanObserver for LastWrite {
+        fn entry(
+            &mut self,
+            entry: &ringstore_journal::inspect::EntryInfo,
+            _payload: &[u8],
+        ) -> std::ops::ControlFlow<()> {
+            if entry.first_in_write {
+                self.0 = Some((entry.generation, entry.offset));
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut last = LastWrite(None);
+    let report =
+        ringstore_journal::inspect::scan_journal(journal_dir, &mut last).expect("scan the journal");
+    let (generation, offset) = last
+        .0
+        .unwrap_or_else(|| panic!("no write found: {report:?}"));
+    let path = journal_dir.join(ringstore_journal::segment_file_name(generation));
+    let mut bytes = std::fs::read(&path).expect("read the segment");
+    bytes[offset as usize + 40] ^= 0xff;
+    std::fs::write(&path, bytes).expect("write the segment");
+}
+
+/// Waits until node `id` reports `awaiting_repair` as `want`.
+async fn wait_for_repair_state(cluster: &Cluster, id: NodeId, want: bool) {
+    let started = Instant::now();
+    loop {
+        if let Ok(status) = node_status(cluster.members[&id]).await {
+            if status.awaiting_repair == want {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(SETTLE_SECS),
+            "node {id} never reported awaiting repair = {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A follower whose journal's tail its reopen cut may have lost entries
+/// it acknowledged: it must neither vote nor stand for election until an
+/// entry of a later term is committed on it (the raft module's "Uncertain
+/// tail"). The follower is SIGKILLed, its journal's last write damaged,
+/// and it is restarted; then the leader is killed, so the two nodes left
+/// could elect a leader only with its vote: none is elected. With the old
+/// leader back a leader is elected, the follower is repaired, and every
+/// acknowledged add is on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_cut_tail_neither_votes_nor_leads_until_repaired() {
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let mut cluster = Cluster::start(root.path());
+    let deadline = Duration::from_secs(10);
+    let mut client = ClusterClient::new(cluster.members.clone(), 1);
+    let leader = cluster.wait_for_leader().await;
+    let mut last = 0;
+    let add = async |client: &mut ClusterClient| match client
+        .write(ClusterCommand::CounterAdd, deadline)
+        .await
+    {
+        Ok(Response::Applied(ClusterReply::Counter(value))) => value,
+        other => panic!("an add failed: {other:?}"),
+    };
+    for _ in 0..ADDS_BEFORE_KILL {
+        last = add(&mut client).await;
+    }
+    // Every node holds the adds, so the follower's journal has writes.
+    wait_for_counters(&cluster, last).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(follower);
+    damage_last_write(&cluster.dirs[&follower].join("journal"));
+    cluster.spawn(follower, false);
+    wait_for_repair_state(&cluster, follower, true).await;
+    for _ in 0..ADDS_BEFORE_KILL {
+        last = add(&mut client).await;
+    }
+    cluster.kill(leader);
+    let started = Instant::now();
+    while started.elapsed() < NO_LEADER_WATCH {
+        assert_eq!(
+            cluster.leader().await,
+            None,
+            "a leader was elected while node {leader} was down and node {follower} awaited repair"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.spawn(leader, false);
+    cluster.wait_for_leader().await;
+    wait_for_repair_state(&cluster, follower, false).await;
+    let read = client
+        .read(ReadQuery::Counter, deadline)
+        .await
+        .expect("a read after the repair");
+    assert_eq!(read, last, "acknowledged adds are missing");
+    wait_for_counters(&cluster, last).await;
+}
+
+/// Waits until every node has applied the adds up to `value`.
+async fn wait_for_counters(cluster: &Cluster, value: u64) {
+    let started = Instant::now();
+    loop {
+        let counters: Vec<u64> = cluster.statuses().await.iter().map(|s| s.counter).collect();
+        if counters == [value; 3] {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(SETTLE_SECS),
+            "the nodes' counters never reached {value}: {counters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

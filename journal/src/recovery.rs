@@ -48,14 +48,17 @@
 //! and damage in anything vouched for is an error, not a cut. What it cannot
 //! prove is the tail: the last writes no later write vouches for, cut if
 //! their bytes do not verify. [`RecoveryReport::tail_is_uncertain`] says
-//! when that happened. A replica for which it is true must not vote and
-//! must not acknowledge entries until a peer has repaired its log and it
-//! has seen a term newer than any it may have voted in: its hard state (the
-//! last hard-state record) may be older than the one it acted on. Such a
+//! when that happened. A replica for which it is true must not vote (nor
+//! stand for election) until a peer has repaired its log and it has seen a
+//! term newer than any it may have voted in. Its hard state (the last
+//! hard-state record) may be older than the one it acted on, unless it
+//! copied it into the superblock ([`crate::Journal::copy_hard_state_to_superblock`],
+//! which a replica does for every vote). Such a
 //! cut is routine after a crash under load (the writes in flight are torn),
 //! so a cluster whose replicas all lost power at once can find them all
 //! uncertain; it needs an operator's decision to go on, which is the price
-//! of never voting twice.
+//! of never voting twice. The raft adapter (`ringstore::raft`, "Uncertain
+//! tail") follows this rule.
 //!
 //! A write every sector of which the disk wiped to zeros after its
 //! fdatasync is not detectable at all (row 1 below); after an unclean
@@ -280,14 +283,14 @@ impl RecoveryReport {
     /// after its fdatasync looks exactly like one torn by the crash).
     ///
     /// The rule for a consensus layer (see "Uncertain tail" in the module
-    /// docs): such a replica must not vote and must not acknowledge entries
-    /// until a peer has repaired its log and it has seen a term newer than
-    /// any it may have voted in.
+    /// docs): such a replica must not vote until a peer has repaired its
+    /// log and it has seen a term newer than any it may have voted in.
     ///
     /// Only the open that made the cut reports it: the next open finds the
     /// cut recorded as the segment's end. The consensus layer must make the
     /// "awaiting repair" state durable itself (in its hard state, with
-    /// [`crate::Journal::set_hard_state`]) before it does anything else.
+    /// [`crate::Journal::set_hard_state`]) before it does anything else
+    /// (the raft adapter does).
     pub fn tail_is_uncertain(&self) -> bool {
         matches!(self.tail, TailState::Torn { .. })
     }

@@ -401,6 +401,45 @@ fn a_cut_tail_is_reported_as_uncertain_and_a_clean_end_is_not() {
     });
 }
 
+/// A hard state copied into the superblock outlives a cut of the write
+/// that holds its record (a replica's vote must), while one that is not
+/// copied goes with that write; a later record wins over the copy.
+#[test]
+fn a_hard_state_copied_to_the_superblock_outlives_a_cut_tail() {
+    for copied in [false, true] {
+        run(move || async move {
+            let mem = MemStorage::new();
+            let journal = builder(&mem).open().await.unwrap();
+            journal.set_hard_state(b"term 1").await.unwrap();
+            journal.append(&version(1, 0)).await.unwrap();
+            journal.close().await.unwrap();
+            // The second open's segment: its first write holds "term 2".
+            let journal = builder(&mem).open().await.unwrap();
+            journal.set_hard_state(b"term 2").await.unwrap();
+            if copied {
+                journal.copy_hard_state_to_superblock().await.unwrap();
+            }
+            drop(journal);
+            mem.crash();
+            let path =
+                std::path::Path::new("/mem/wal").join(ringstore_journal::segment_file_name(2));
+            let mut bytes = mem.file_bytes(&path).expect("the second segment");
+            let first_entry = ringstore_journal::format::SEGMENT_DATA_OFFSET as usize;
+            bytes[first_entry + 40] ^= 0xff;
+            mem.set_file_bytes(&path, bytes);
+            let journal = builder(&mem).open().await.unwrap();
+            let report = journal.recovery_report();
+            assert!(report.tail_is_uncertain(), "{report:?}");
+            let expected: &[u8] = if copied { b"term 2" } else { b"term 1" };
+            assert_eq!(journal.hard_state(), expected, "copied: {copied}");
+            journal.set_hard_state(b"term 3").await.unwrap();
+            journal.close().await.unwrap();
+            let journal = builder(&mem).open().await.unwrap();
+            assert_eq!(journal.hard_state(), b"term 3");
+            journal.close().await.unwrap();
+        });
+    }
+}
 /// A truncation forgets the ops in memory when it is queued; if its record
 /// cannot be written (a full disk when it needs a new segment), memory and
 /// disk disagree, so the journal is poisoned rather than left usable (a

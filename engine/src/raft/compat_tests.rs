@@ -65,12 +65,36 @@ fn assert_membership(membership: &openraft::Membership<u64, BasicNode>) {
 /// purged: (3, 1, 9) }`.
 #[test]
 fn a_hard_state_written_under_0_9_reads_back() {
-    let state: HardState = decode(&bytes("010702010107022901030109")).expect("decode");
+    let state = HardState::decode(&bytes("010702010107022901030109")).expect("decode");
     let mut vote = Vote::new(7, 2);
     vote.committed = true;
     assert_eq!(state.vote, Some(vote));
     assert_eq!(state.committed, Some(log_id(7, 2, 41)));
     assert_eq!(state.purged, Some(log_id(3, 1, 9)));
+    assert_eq!(state.awaiting_repair, None);
+    // Not awaiting repair, it is written as before: an older build reads it.
+    assert_eq!(
+        state.encode().expect("encode"),
+        bytes("010702010107022901030109")
+    );
+}
+
+/// A hard state awaiting repair has one field more; it reads back whole,
+/// and neither form passes for the other.
+#[test]
+fn a_hard_state_awaiting_repair_reads_back() {
+    let mut state = HardState::decode(&bytes("010702010107022901030109")).expect("decode");
+    state.awaiting_repair = Some(7);
+    let encoded = state.encode().expect("encode");
+    assert_eq!(encoded, bytes("0107020101070229010301090107"));
+    let back = HardState::decode(&encoded).expect("decode");
+    assert_eq!(back.awaiting_repair, Some(7));
+    assert_eq!(back.committed, Some(log_id(7, 2, 41)));
+    // Cut short, or with a byte more, it does not decode.
+    assert!(HardState::decode(&encoded[..encoded.len() - 1]).is_err());
+    let mut longer = encoded.clone();
+    longer.push(0);
+    assert!(HardState::decode(&longer).is_err());
 }
 
 /// A normal entry `(5, 6, "cmd")` at (7, 2, 42), a membership entry of

@@ -88,6 +88,13 @@ pub enum RaftStoreError {
         next: u64,
     },
 
+    /// The raft hard state could not be read, encoded or written.
+    #[error("the raft hard state: {reason}")]
+    HardState {
+        /// bincode's error.
+        reason: String,
+    },
+
     /// openraft did not start over the shard (`Raft::new` failed).
     #[error("starting openraft over the raft shard failed: {message}")]
     Start {
@@ -125,6 +132,7 @@ impl RaftStoreError {
             RaftStoreError::RaftSection { .. } => "raft_section",
             RaftStoreError::ReceivedSnapshot { .. } => "received_snapshot",
             RaftStoreError::LogGap { .. } => "log_gap",
+            RaftStoreError::HardState { .. } => "hard_state",
             RaftStoreError::Start { .. } => "start",
             RaftStoreError::TaskPanicked { .. } => "task_panicked",
             RaftStoreError::Closed(_) => "closed",

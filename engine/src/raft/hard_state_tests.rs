@@ -5,8 +5,8 @@
 
 use super::cluster::machine::ClusterMachine;
 use super::cluster::ClusterTypes;
-use super::log::{decode, HardState, RaftLog};
-use super::shard::Queue;
+use super::log::{HardState, RaftLog};
+use super::shard::{op_of, Queue};
 use super::types::{LeaderId, LogId, Payload, Vote};
 use openraft::storage::{
     IOFlushed, RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine,
@@ -55,7 +55,7 @@ async fn durable_hard_state(log: &Log) -> HardState {
     if bytes.is_empty() {
         HardState::default()
     } else {
-        decode(&bytes).expect("the hard state decodes")
+        HardState::decode(&bytes).expect("the hard state decodes")
     }
 }
 
@@ -299,4 +299,198 @@ fn an_interrupted_purge_is_not_finished_past_the_snapshot_that_loads() {
         .join()
         .expect("the executor ran");
     assert_eq!((watermark, present), (0, 4));
+}
+
+/// What a crash of the node in `dir` would leave now, copied to `to`: the
+/// files as they are on disk (the journal writes with O_DIRECT, and
+/// nothing is in flight between two calls of a test).
+fn crash_image(dir: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create the image's directory");
+    for entry in std::fs::read_dir(dir).expect("list") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            crash_image(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a file");
+        }
+    }
+}
+
+/// Damages the first entry header of the journal's last write in node
+/// directory `dir`: recovery cuts that write (nothing after it vouches for
+/// it), as it cuts one torn by a crash.
+fn damage_last_write(dir: &std::path::Path) {
+    struct LastWrite(Option<(u64, u64)>);
+    impl ringstore_journal::inspect::ScanObserver for LastWrite {
+        fn entry(
+            &mut self,
+            entry: &ringstore_journal::inspect::EntryInfo,
+            _payload: &[u8],
+        ) -> std::ops::ControlFlow<()> {
+            if entry.first_in_write {
+                self.0 = Some((entry.generation, entry.offset));
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let journal_dir = dir.join("journal");
+    let mut last = LastWrite(None);
+    ringstore_journal::inspect::scan_journal(&journal_dir, &mut last).expect("scan the journal");
+    let (generation, offset) = last.0.expect("the journal has a write");
+    let path = journal_dir.join(ringstore_journal::segment_file_name(generation));
+    let mut bytes = std::fs::read(&path).expect("read the segment");
+    bytes[offset as usize + 40] ^= 0xff;
+    std::fs::write(&path, bytes).expect("write the segment");
+}
+
+/// A node's durable hard state, read on its reactor, and whether it
+/// awaits repair.
+async fn awaiting(log: &Log) -> Option<u64> {
+    log.awaiting_repair().await.expect("the reactor runs")
+}
+
+/// A cut of the journal's tail may take entries the node acknowledged, and
+/// records of its hard state. Its vote must outlive the cut (a vote lost
+/// so would let it vote twice in a term): a vote is copied into the
+/// journal's superblock before it is granted. The open that cut the tail
+/// records durably that the node awaits repair below the highest term it
+/// knows; a second crash that cuts that record is marked again; a
+/// committed id of a later term, once written after the entries it
+/// covers, ends the repair.
+#[test]
+fn a_vote_outlives_a_cut_tail_and_the_node_awaits_repair_until_a_later_term_commits() {
+    let root = temp_dir();
+    let dir = root.path().join("node");
+    let crashed = root.path().join("crashed");
+    let crashed_again = root.path().join("crashed-again");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (mut log, _machine) = open(&dir);
+        log.blocking_append((0..4).map(|i| blank(1, i)))
+            .await
+            .expect("append");
+        log.save_vote(&Vote::new(2, 2)).await.expect("vote 2");
+        log.blocking_append((4..8).map(|i| blank(2, i)))
+            .await
+            .expect("append");
+        // The last write holds this vote's record alone.
+        log.save_vote(&Vote::new(3, 3)).await.expect("vote 3");
+        assert_eq!(awaiting(&log).await, None);
+        crash_image(&dir, &crashed);
+    });
+    damage_last_write(&crashed);
+    runtime.block_on(async {
+        let (mut log, _machine) = open(&crashed);
+        assert_eq!(
+            log.read_vote().await.expect("vote"),
+            Some(Vote::new(3, 3)),
+            "the vote the cut write held is lost"
+        );
+        assert_eq!(awaiting(&log).await, Some(3));
+        let state = log.get_log_state().await.expect("log state");
+        assert_eq!(state.last_log_id, Some(log_id(2, 7)));
+        // A crash now, its last write (the record the open made) cut too:
+        // that open marks the node again.
+        crash_image(&crashed, &crashed_again);
+    });
+    damage_last_write(&crashed_again);
+    runtime.block_on(async {
+        let (mut log, _machine) = open(&crashed_again);
+        assert_eq!(
+            awaiting(&log).await,
+            Some(3),
+            "a second cut forgot the repair"
+        );
+        // Entries of term 3, committed: not yet a later term.
+        log.blocking_append([blank(3, 8)]).await.expect("append");
+        log.save_committed(Some(log_id(3, 8)))
+            .await
+            .expect("committed");
+        log.blocking_append([blank(3, 9)]).await.expect("append");
+        assert_eq!(awaiting(&log).await, Some(3));
+        // Term 4's first entry committed, and written after it: repaired.
+        log.blocking_append([blank(4, 10)]).await.expect("append");
+        log.save_committed(Some(log_id(4, 10)))
+            .await
+            .expect("committed");
+        assert_eq!(
+            awaiting(&log).await,
+            Some(3),
+            "repaired before a record of the committed id was written"
+        );
+        log.blocking_append([blank(4, 11)]).await.expect("append");
+        assert_eq!(awaiting(&log).await, None);
+        let closed = log.closed();
+        drop((log, _machine));
+        closed.await;
+        let (log, _machine) = open(&crashed_again);
+        assert_eq!(awaiting(&log).await, None);
+    });
+}
+
+/// The repair ends with the record that writes a later term's committed
+/// id, not with one that holds it back (its entries not queued before it).
+#[test]
+fn a_repair_ends_only_with_a_record_of_a_later_terms_committed_id() {
+    let state = HardState {
+        vote: Some(Vote::new(4, 1)),
+        committed: Some(log_id(4, 10)),
+        purged: None,
+        awaiting_repair: Some(3),
+    };
+    let bytes = state.encode().expect("encode");
+    let decoded = |bytes: &[u8]| HardState::decode(bytes).expect("decode");
+    // Entry 10 not queued yet: the record keeps the committed id queued
+    // before (of term 3) and the repair.
+    let held = super::log::record_after(&bytes, op_of(9), Some(log_id(3, 8)));
+    assert!(!held.whole);
+    assert_eq!(decoded(&held.bytes).committed, Some(log_id(3, 8)));
+    assert_eq!(decoded(&held.bytes).awaiting_repair, Some(3));
+    // Entry 10 queued: the record ends the repair.
+    let written = super::log::record_after(&bytes, op_of(10), Some(log_id(3, 8)));
+    assert!(written.whole);
+    assert_eq!(decoded(&written.bytes).committed, Some(log_id(4, 10)));
+    assert_eq!(decoded(&written.bytes).awaiting_repair, None);
+    // A committed id of the term awaited below does not end it.
+    let same_term = HardState {
+        committed: Some(log_id(3, 9)),
+        ..state
+    };
+    let record = super::log::record_after(
+        &same_term.encode().expect("encode"),
+        op_of(10),
+        Some(log_id(3, 8)),
+    );
+    assert_eq!(decoded(&record.bytes).awaiting_repair, Some(3));
+}
+
+/// An operator may waive a repair (every node of a cluster lost power at
+/// once and awaits it): durable, and the node no longer awaits it.
+#[test]
+fn a_waived_repair_stays_waived() {
+    let root = temp_dir();
+    let dir = root.path().join("node");
+    let crashed = root.path().join("crashed");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (mut log, _machine) = open(&dir);
+        log.blocking_append((0..4).map(|i| blank(1, i)))
+            .await
+            .expect("append");
+        log.save_vote(&Vote::new(2, 2)).await.expect("vote");
+        crash_image(&dir, &crashed);
+    });
+    damage_last_write(&crashed);
+    runtime.block_on(async {
+        let (log, _machine) = open(&crashed);
+        assert_eq!(awaiting(&log).await, Some(2));
+        log.waive_repair().await.expect("waive");
+        assert_eq!(awaiting(&log).await, None);
+        let closed = log.closed();
+        drop((log, _machine));
+        closed.await;
+        let (log, _machine) = open(&crashed);
+        assert_eq!(awaiting(&log).await, None);
+    });
 }

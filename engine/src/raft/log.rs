@@ -23,6 +23,48 @@ pub(super) struct HardState {
     pub(super) vote: Option<Vote>,
     pub(super) committed: Option<LogId>,
     pub(super) purged: Option<LogId>,
+    /// Set while the node awaits repair after an open that cut its
+    /// journal's tail (see "Uncertain tail" in the module docs): the
+    /// highest term it knew of then. It must not vote or stand for election
+    /// until it has committed an entry of a later term.
+    pub(super) awaiting_repair: Option<u64>,
+}
+
+/// The hard state as every node wrote it before `awaiting_repair` existed,
+/// and as it is still written while that is unset: a build without the
+/// field reads it.
+#[derive(Serialize, Deserialize)]
+struct HardStateV1 {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    purged: Option<LogId>,
+}
+
+impl HardState {
+    pub(super) fn encode(&self) -> Result<Vec<u8>, bincode::error::EncodeError> {
+        match self.awaiting_repair {
+            None => encode(&HardStateV1 {
+                vote: self.vote,
+                committed: self.committed,
+                purged: self.purged,
+            }),
+            Some(_) => encode(self),
+        }
+    }
+
+    /// Either form, each only if it takes every byte (neither is a prefix
+    /// of the other's encoding: the longer one has one more field).
+    pub(super) fn decode(bytes: &[u8]) -> Result<HardState, bincode::error::DecodeError> {
+        match decode_whole::<HardState>(bytes) {
+            Ok(state) => Ok(state),
+            Err(_) => decode_whole::<HardStateV1>(bytes).map(|v1| HardState {
+                vote: v1.vote,
+                committed: v1.committed,
+                purged: v1.purged,
+                awaiting_repair: None,
+            }),
+        }
+    }
 }
 
 /// The purged id an encoded hard state holds (`None` if none, or if it
@@ -31,7 +73,16 @@ pub(super) fn purged_of(bytes: &[u8]) -> Option<LogId> {
     if bytes.is_empty() {
         return None;
     }
-    decode::<HardState>(bytes).ok()?.purged
+    HardState::decode(bytes).ok()?.purged
+}
+
+/// The term an encoded hard state says its node awaits repair below
+/// (`None`: it does not, or the bytes do not decode).
+pub(super) fn awaiting_repair_of(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
+        return None;
+    }
+    HardState::decode(bytes).ok()?.awaiting_repair
 }
 
 /// A hard-state record as it may be queued after op `last_queued_op`.
@@ -49,8 +100,10 @@ pub(super) struct Record {
 /// `last_queued_op`: a committed id above that op is replaced by
 /// `committed_queued` (the last one queued, if still within), unless the
 /// purged id is at or above it (a purge after a snapshot install: the
-/// snapshot covers it). A hard state that does not decode (the cell holds
-/// only what `encode` made) is written as it is.
+/// snapshot covers it). A record whose committed id (as written) is of a
+/// term after the one the node awaits repair below ends the repair. A hard
+/// state that does not decode (the cell holds only what `encode` made) is
+/// written as it is.
 pub(super) fn record_after(
     bytes: &[u8],
     last_queued_op: u64,
@@ -64,24 +117,40 @@ pub(super) fn record_after(
     if bytes.is_empty() {
         return as_is(None);
     }
-    let Ok(mut state) = decode::<HardState>(bytes) else {
+    let Ok(mut state) = HardState::decode(bytes) else {
         return as_is(committed_queued);
     };
     let within = |id: &LogId| op_of(id.index) <= last_queued_op;
     let purged = |id: &LogId| state.purged.as_ref().is_some_and(|p| id.index <= p.index);
-    match state.committed {
+    let original = state.committed;
+    let whole = match state.committed {
         Some(id) if !within(&id) && !purged(&id) => {
             state.committed = committed_queued.filter(within);
-            match encode(&state) {
-                Ok(bytes) => Record {
-                    bytes,
-                    committed: state.committed,
-                    whole: false,
-                },
-                Err(_) => as_is(Some(id)),
-            }
+            false
         }
-        committed => as_is(committed),
+        _ => true,
+    };
+    // A repair ends with the first record whose committed id (as written)
+    // is of a later term: the entries it covers are queued before it, and
+    // a node holding a later term's committed entry holds every entry
+    // committed before that term began (see "Uncertain tail").
+    let repaired = matches!(
+        (state.awaiting_repair, state.committed),
+        (Some(term), Some(id)) if id.leader_id.term > term
+    );
+    if repaired {
+        state.awaiting_repair = None;
+    }
+    if whole && !repaired {
+        return as_is(state.committed);
+    }
+    match state.encode() {
+        Ok(bytes) => Record {
+            bytes,
+            committed: state.committed,
+            whole,
+        },
+        Err(_) => as_is(original),
     }
 }
 
@@ -117,6 +186,18 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::EncodeErro
 
 pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
     bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
+}
+
+/// [`decode`], refusing bytes left over.
+fn decode_whole<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    let (value, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+    if read != bytes.len() {
+        return Err(bincode::error::DecodeError::OtherString(format!(
+            "{} byte(s) left over after {read}",
+            bytes.len() - read
+        )));
+    }
+    Ok(value)
 }
 
 /// An error as openraft's storage traits return it.
@@ -180,14 +261,14 @@ where
         }
         // A hard state that does not decode is reported by the first
         // `read_vote`.
-        let Ok(mut state) = decode::<HardState>(&cell.bytes) else {
+        let Ok(mut state) = HardState::decode(&cell.bytes) else {
             return;
         };
         match &mut state.vote {
             Some(vote) if vote.committed && vote.leader_id.node_id == me => vote.committed = false,
             _ => return,
         }
-        if let Ok(bytes) = encode(&state) {
+        if let Ok(bytes) = state.encode() {
             cell.bytes = bytes;
         }
     }
@@ -226,6 +307,44 @@ where
             .await?)
     }
 
+    /// `Some(term)` while this node awaits repair after an open that cut
+    /// its journal's tail (see "Uncertain tail" in the module docs): until
+    /// a record of a committed id of a term after `term` is durable. A
+    /// consensus layer must not let the node vote or stand for election
+    /// meanwhile (the cluster's nodes refuse vote requests and turn
+    /// openraft's elections off).
+    pub async fn awaiting_repair(&self) -> Result<Option<u64>, RaftStoreError> {
+        Ok(self
+            .thread
+            .call(|shard| Box::pin(async move { awaiting_repair_of(&shard.journal.hard_state()) }))
+            .await?)
+    }
+
+    /// Ends a repair without waiting for it: an operator's decision (see
+    /// `cluster::NodeSettings::waive_repair`), durable when this returns,
+    /// logged and counted (`ringstore_raft_repairs_waived_total`). Entries
+    /// the cut took are lost if the node had acknowledged them.
+    pub async fn waive_repair(&self) -> Result<(), RaftStoreError> {
+        let mut state = self.hard_state().map_err(|e| RaftStoreError::HardState {
+            reason: e.to_string(),
+        })?;
+        let Some(below_term) = state.awaiting_repair.take() else {
+            return Ok(());
+        };
+        self.set_hard_state(state, Persist::Durable)
+            .await
+            .map_err(|e| RaftStoreError::HardState {
+                reason: e.to_string(),
+            })?;
+        metrics::counter!("ringstore_raft_repairs_waived_total").increment(1);
+        tracing::warn!(
+            below_term,
+            "repair waived by the operator: voting and standing for election with what this \
+             node's log holds; entries its journal's cut took are lost if they were acknowledged"
+        );
+        Ok(())
+    }
+
     fn tail(&self) -> Result<std::sync::MutexGuard<'_, TailCache>, std::io::Error> {
         self.tail
             .lock()
@@ -240,7 +359,7 @@ where
         if bytes.is_empty() {
             return Ok(HardState::default());
         }
-        decode(&bytes).map_err(io_error)
+        HardState::decode(&bytes).map_err(io_error)
     }
 
     /// Makes `state` the hard state. `Durable`: queued behind every entry
@@ -249,7 +368,7 @@ where
     /// costs neither a write nor a trip to the reactor; a crash before then
     /// loses it.
     async fn set_hard_state(&self, state: HardState, when: Persist) -> Result<(), std::io::Error> {
-        let bytes = encode(&state).map_err(io_error)?;
+        let bytes = state.encode().map_err(io_error)?;
         match self.hard_state.lock() {
             Ok(mut cell) => {
                 cell.bytes = bytes;
@@ -269,6 +388,9 @@ where
                     // it is durable, so is every earlier one.
                     if let Some(queued) = shard.queue_hard_state(Queue::Always).await? {
                         queued.durable().await?;
+                    }
+                    if when == Persist::DurableInSuperblock {
+                        shard.journal.copy_hard_state_to_superblock().await?;
                     }
                     Ok(())
                 })
@@ -301,7 +423,10 @@ where
 /// When a hard state change must reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Persist {
-    /// Before the call returns (a vote, a purged id).
+    /// Before the call returns, and copied into the journal's superblock,
+    /// where no cut of the log's tail reaches it (a vote).
+    DurableInSuperblock,
+    /// Before the call returns (a purged id).
     Durable,
     /// With the next write (the committed id: see `save_committed`).
     NextWrite,
@@ -435,8 +560,11 @@ where
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
         let mut state = self.hard_state()?;
         state.vote = Some(*vote);
-        // A vote must be on disk before it is sent.
-        self.set_hard_state(state, Persist::Durable).await
+        // A vote must be on disk before it is sent, and in the superblock:
+        // a cut of the log's tail must not take it (the node could then
+        // vote twice in a term).
+        self.set_hard_state(state, Persist::DurableInSuperblock)
+            .await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {

@@ -98,17 +98,53 @@
 //! error, [`crate::Error::SnapshotBehindJournal`], which `ringstore
 //! snapshot verify` reports for the same directory): such a node cannot
 //! rebuild its state and must rejoin with an empty directory under a new
-//! node id, catching up from the leader. A journal whose tail was
-//! cut after a torn write is logged as an uncertain tail; Raft itself
-//! repairs the missing suffix from the leader, and a node never votes for
-//! a candidate whose log is behind the entries it still holds.
+//! node id, catching up from the leader. A journal whose tail the open cut
+//! leaves the node awaiting repair (below).
+//!
+//! **Uncertain tail.** When an open cuts the journal's tail
+//! ([`ringstore_journal::RecoveryReport::tail_is_uncertain`]: the last
+//! writes did not verify and nothing vouches for them), entries the node
+//! acknowledged may be gone (damage after a write's fdatasync looks like a
+//! torn write). A quorum that counted on them could then elect, with this
+//! node's vote, a leader without them, and a committed entry would be lost.
+//! So:
+//! * Votes are never lost: `save_vote` also copies the hard state into the
+//!   journal's superblock ([`ringstore_journal::Journal::copy_hard_state_to_superblock`]),
+//!   where no cut reaches, and the open takes the newer of the two. A vote
+//!   lost to a cut would let the node vote twice in a term.
+//! * The open records, durably in the hard state, that the node awaits
+//!   repair below the highest term its hard state names
+//!   ([`RaftLog::awaiting_repair`]), and keeps the committed id within the
+//!   log the cut left. An open that cuts that record away is uncertain
+//!   too, and marks the node again.
+//! * While it awaits repair the node must neither vote nor stand for
+//!   election: a consensus layer refuses its vote requests and turns
+//!   openraft's elections off (the cluster's nodes do). It still takes a
+//!   leader's entries: a leader sends entries only after a prefix the
+//!   follower holds, so it acknowledges nothing past a hole.
+//! * The repair ends with the first hard-state record whose committed id is
+//!   of a later term than the one awaited below, written after the entries
+//!   it covers. A leader of a later term was elected without this node's
+//!   vote, by a quorum that holds every committed entry, so its log holds
+//!   them; committing an entry of its term here means this log matches it
+//!   up to there. Terms the node voted in are at most the one awaited below
+//!   (votes are never lost), so from then on it votes only in later terms.
+//! * openraft's leader meets the follower's shorter log as a log reversion,
+//!   which it refuses (panics) unless `Config::allow_log_reversion` is set;
+//!   the cluster sets it, since the only reversion the journal makes is
+//!   this one, and the node that reverted does not vote.
+//! * A cluster whose nodes all await repair (all lost power at once, under
+//!   load) elects no leader: an operator decides to go on with what a node
+//!   holds ([`RaftLog::waive_repair`], `ringstore cluster node
+//!   --waive-repair`), accepting the loss of what a cut took.
 //!
 //! **Metrics** (through the `metrics` facade; a cluster node exports them in
 //! Prometheus text format): `ringstore_raft_open_refusals_total{kind}` (an
 //! open refused, `kind` from [`RaftStoreError::kind`]),
 //! `ringstore_raft_snapshots_skipped_total` (damaged snapshots passed over
 //! at open), `ringstore_raft_uncertain_tail_opens_total` (opens that cut a
-//! torn tail), `ringstore_raft_purges_finished_at_open_total` (purges a
+//! torn tail: the node awaits repair), `ringstore_raft_repairs_waived_total`
+//! (repairs an operator waived), `ringstore_raft_purges_finished_at_open_total` (purges a
 //! crash cut short between their two steps, finished by the open), `ringstore_raft_snapshot_install_refusals_total`
 //! (snapshots from a leader refused), `ringstore_raft_log_gap_refusals_total`
 //! (appends refused as [`RaftStoreError::LogGap`]),

@@ -311,15 +311,6 @@ where
         let _ = journal.close().await;
         return Err(e.into());
     }
-    if journal.recovery_report().tail_is_uncertain() {
-        metrics::counter!("ringstore_raft_uncertain_tail_opens_total").increment(1);
-        tracing::warn!(
-            dir = %journal_dir.display(),
-            "the journal's tail was cut after a torn write: entries this node acknowledged may \
-             be gone; Raft repairs them from the leader"
-        );
-    }
-
     // 4. No gap between the snapshot and the journal: the rule of an
     // engine shard's open and of `ringstore snapshot verify`. Checked
     // against the purged id too: a purge is two steps, the purged id (in
@@ -361,6 +352,13 @@ where
             return Err(e.into());
         }
     }
+    // 5. A cut tail: the node awaits repair.
+    if journal.recovery_report().tail_is_uncertain() {
+        if let Err(e) = mark_awaiting_repair(&journal, &journal_dir).await {
+            let _ = journal.close().await;
+            return Err(e);
+        }
+    }
     Ok(RaftShard {
         committed_queued: Cell::new(
             super::log::record_after(&journal.hard_state(), u64::MAX, None).committed,
@@ -380,6 +378,65 @@ where
         snapshots_installed: Cell::new(0),
         _lock: lock,
     })
+}
+
+/// After an open that cut the journal's tail: records durably that the
+/// node awaits repair below the highest term its hard state names (see
+/// "Uncertain tail" in the module docs), and keeps the committed id within
+/// the log: the superblock's copy of the hard state (a vote's) can outlive
+/// entries the cut took. A later cut that takes this record is uncertain
+/// too, and the open then marks the node again, below the same term or a
+/// later one (the vote, in the superblock, is never lost). A hard state
+/// that does not decode is left as it is (reading the vote reports it).
+async fn mark_awaiting_repair(
+    journal: &Journal<DmaStorage>,
+    journal_dir: &Path,
+) -> Result<(), RaftStoreError> {
+    let bytes = journal.hard_state();
+    let mut state = if bytes.is_empty() {
+        super::log::HardState::default()
+    } else {
+        match super::log::HardState::decode(&bytes) {
+            Ok(state) => state,
+            Err(_) => return Ok(()),
+        }
+    };
+    let known_term = [
+        state.vote.map(|v| v.leader_id.term),
+        state.committed.map(|id| id.leader_id.term),
+        state.purged.map(|id| id.leader_id.term),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(0);
+    let below_term = state.awaiting_repair.unwrap_or(0).max(known_term);
+    state.awaiting_repair = Some(below_term);
+    let last_op = journal.next_op() - 1;
+    let beyond_log = |id: &LogId| op_of(id.index) > last_op;
+    if let Some(committed) = state.committed.filter(beyond_log) {
+        let covered = state.purged.is_some_and(|p| p.index >= committed.index);
+        if !covered {
+            tracing::warn!(dir = %journal_dir.display(), committed = %committed, last_op,
+                "the saved committed id lies past the log the cut left; it is dropped to the \
+                 purged id and learned again from the leader");
+            state.committed = state.purged;
+        }
+    }
+    let encoded = state.encode().map_err(|e| RaftStoreError::HardState {
+        reason: e.to_string(),
+    })?;
+    journal.set_hard_state(&encoded).await?;
+    metrics::counter!("ringstore_raft_uncertain_tail_opens_total").increment(1);
+    tracing::warn!(
+        dir = %journal_dir.display(),
+        tail = %journal.recovery_report().tail.describe(),
+        below_term,
+        "the journal's tail was cut: entries this node acknowledged may be gone, so it awaits \
+         repair: no vote and no election until it has committed an entry of a term after {}",
+        below_term
+    );
+    Ok(())
 }
 
 /// The machine and raft record of a verified snapshot.

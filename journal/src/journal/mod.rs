@@ -656,6 +656,22 @@ impl<S: Storage> Journal<S> {
     pub fn hard_state(&self) -> Vec<u8> {
         self.shared.state.borrow().hard_state.1.clone()
     }
+
+    /// Writes the newest durable hard state into the superblock as well
+    /// (both copies, each synced), so that no tail cut can take it: a
+    /// record in the log lives in the log's last writes, and recovery cuts
+    /// those when they do not verify and nothing vouches for them
+    /// ([`crate::RecoveryReport::tail_is_uncertain`]), which damage at rest
+    /// after the write's fdatasync cannot be told apart from. A replica
+    /// copies its vote here before it grants it: a vote lost that way
+    /// would let it vote twice in a term. The open takes whichever of the
+    /// two is newer. One superblock update per call; for what changes
+    /// rarely.
+    pub async fn copy_hard_state_to_superblock(&self) -> Result<()> {
+        self.shared.state.borrow().usable()?;
+        // `update_superblock` always carries the durable hard state.
+        self.shared.update_superblock(|_| {}).await
+    }
 }
 
 impl<S: Storage> Journal<S> {

@@ -8,7 +8,7 @@ use super::wire::{
     Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply, SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
 };
 use super::ClusterTypes;
-use crate::raft::{LogId, RaftMachine, RaftStoreError, SnapshotFile, Vote};
+use crate::raft::{LogId, RaftLog, RaftMachine, RaftStoreError, SnapshotFile, Vote};
 use openraft::async_runtime::WatchReceiver;
 use openraft::base::BoxFuture;
 use openraft::error::{
@@ -25,6 +25,7 @@ use std::io;
 use std::io::Cursor;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -35,6 +36,14 @@ const METRICS_EVERY_MS: u64 = 250;
 
 /// Longest a stopping node waits for its shard to close the journal.
 const SHARD_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// How often a node awaiting repair asks its shard whether the repair has
+/// ended (it votes and stands for election again at most this long after).
+const REPAIR_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// The answer to a vote request while the node awaits repair.
+const AWAITING_REPAIR_REFUSAL: &str =
+    "refusing to vote: this node awaits repair after its journal's tail was cut";
 
 /// Fewest entries between two snapshots a node accepts (fewer would build
 /// a snapshot for nearly every entry).
@@ -62,6 +71,12 @@ pub struct NodeSettings {
     /// Bytes of a snapshot file one message to a follower carries, from 1
     /// to [`SNAPSHOT_CHUNK_BYTES`].
     pub snapshot_chunk_bytes: usize,
+    /// An operator's decision: if the node awaits repair (an open cut its
+    /// journal's tail), it goes on without, voting and standing for
+    /// election with what its log holds. For a cluster whose nodes all
+    /// lost power at once and all await repair (none can then be elected):
+    /// whatever the cut took is lost if it was acknowledged.
+    pub waive_repair: bool,
 }
 
 impl NodeSettings {
@@ -81,6 +96,7 @@ impl NodeSettings {
             snapshot_every_entries: 5_000,
             heartbeat_ms: 100,
             snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
+            waive_repair: false,
         }
     }
 }
@@ -149,6 +165,11 @@ struct Shared {
     blocked: Arc<Mutex<BTreeSet<NodeId>>>,
     /// The snapshot being received from a leader, if any.
     receiving: Mutex<Option<Receiving>>,
+    /// Its shard's log (whether it awaits repair).
+    log: RaftLog<ClusterTypes, ClusterMachine>,
+    /// Set while the node awaits repair: it refuses vote requests, and
+    /// openraft's elections are off.
+    awaiting_repair: AtomicBool,
 }
 
 /// A snapshot arriving in pieces.
@@ -219,6 +240,14 @@ pub async fn run_node(
         // term: its saved committed id may lag what it had committed (the
         // raft shard also opens its own committed vote uncommitted).
         enable_leader_restore: Some(false),
+        // A follower's log goes back only when an open cut its journal's
+        // tail (the journal loses acknowledged entries no other way); such
+        // a node awaits repair, neither voting nor standing for election,
+        // so the entries it lost are still on every quorum that can elect
+        // a leader, and the leader sends them again. Without this the
+        // leader's openraft panics when it meets the shorter log ("follower
+        // log reversion is not allowed"): the cut-tail cluster test hit it.
+        allow_log_reversion: Some(true),
         ..Default::default()
     };
     let config = Arc::new(config.validate().map_err(|e| raft_error(&e))?);
@@ -249,6 +278,29 @@ pub async fn run_node(
             tracing::info!(node = id, error = %e, "not initializing the cluster");
         }
     }
+    // A journal whose tail an open cut: the node may have lost entries it
+    // acknowledged, so it must not help elect a leader that lacks them,
+    // nor lead itself, until it is repaired (see "Uncertain tail").
+    let mut awaiting_repair = log
+        .awaiting_repair()
+        .await
+        .map_err(|source| NodeError::Storage { id, source })?;
+    if awaiting_repair.is_some() && settings.waive_repair {
+        log.waive_repair()
+            .await
+            .map_err(|source| NodeError::Storage { id, source })?;
+        awaiting_repair = None;
+    }
+    if let Some(below_term) = awaiting_repair {
+        raft.runtime_config().elect(false);
+        tracing::warn!(
+            node = id,
+            below_term,
+            "awaiting repair: refusing votes and elections until an entry of a term after {} \
+             is committed here",
+            below_term
+        );
+    }
     tracing::info!(node = id, %addr, dir = %settings.dir.display(), "node serving");
     let shared = Arc::new(Shared {
         id,
@@ -256,8 +308,11 @@ pub async fn run_node(
         machine,
         blocked,
         receiving: Mutex::new(None),
+        log: log.clone(),
+        awaiting_repair: AtomicBool::new(awaiting_repair.is_some()),
     });
     let metrics = tokio::spawn(export_metrics(shared.clone()));
+    let repair = awaiting_repair.map(|_| tokio::spawn(end_repair_when_done(shared.clone())));
     // Closed when the node stops: every connection ends (a peer still
     // connected learns it at once instead of talking to a stopped Raft).
     let (stopping, stopped) = async_channel::bounded::<()>(1);
@@ -301,6 +356,10 @@ pub async fn run_node(
     }
     metrics.abort();
     let _ = metrics.await;
+    if let Some(repair) = repair {
+        repair.abort();
+        let _ = repair.await;
+    }
     drop(stopping);
     drop(listener);
     raft.shutdown().await.map_err(|e| raft_error(&e))?;
@@ -365,9 +424,41 @@ async fn serve(shared: Arc<Shared>, mut stream: glommio::net::TcpStream) {
     }
 }
 
+/// Lets the node vote and stand for election again once its shard no
+/// longer awaits repair.
+async fn end_repair_when_done(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(REPAIR_CHECK_EVERY).await;
+        match shared.log.awaiting_repair().await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                shared.awaiting_repair.store(false, Ordering::Release);
+                shared.raft.runtime_config().elect(true);
+                metrics::counter!("ringstore_cluster_repairs_ended_total").increment(1);
+                tracing::info!(
+                    node = shared.id,
+                    "repaired: voting and standing for election again"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(node = shared.id, error = %e,
+                    "the shard stopped while the node awaited repair");
+                return;
+            }
+        }
+    }
+}
+
 async fn handle(shared: &Shared, from: Option<NodeId>, message: Message) -> Reply {
     metrics::counter!("ringstore_cluster_requests_total", "kind" => kind(&message)).increment(1);
     match message {
+        Message::Vote(_) | Message::PreVote(_)
+            if shared.awaiting_repair.load(Ordering::Acquire) =>
+        {
+            metrics::counter!("ringstore_cluster_votes_refused_awaiting_repair_total").increment(1);
+            Reply::Failed(AWAITING_REPAIR_REFUSAL.into())
+        }
         Message::AppendEntries(rpc) => Reply::AppendEntries(
             shared
                 .raft
@@ -517,6 +608,7 @@ async fn status(shared: &Shared) -> Reply {
             streams,
             digest,
             snapshots_installed: installed,
+            awaiting_repair: shared.awaiting_repair.load(Ordering::Acquire),
         }),
         Ok((_, _, Err(e))) => Reply::Failed(e.to_string()),
         Err(e) => Reply::Failed(e.to_string()),
