@@ -29,9 +29,20 @@ pub(crate) fn name_error(name: &str) -> Option<NameError> {
             max: NAME_BYTES_MAX,
         });
     }
+    // Bytes first: every command's names pass through here on apply, and
+    // most are plain ASCII (a multi-byte character fails the byte test and
+    // is then named as a character).
+    if name.bytes().all(name_byte_allowed) {
+        return None;
+    }
     name.chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .find(|c| !(c.is_ascii() && name_byte_allowed(*c as u8)))
         .map(|character| NameError::BadCharacter { character })
+}
+
+/// `[A-Za-z0-9._-]`.
+fn name_byte_allowed(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-')
 }
 
 /// Checks a name: 1 to [`NAME_BYTES_MAX`] bytes of `[A-Za-z0-9._-]`.
