@@ -389,7 +389,7 @@ async fn wait_for_repair_state(cluster: &Cluster, id: NodeId, want: bool) {
     let started = Instant::now();
     loop {
         if let Ok(status) = node_status(cluster.members[&id]).await {
-            if status.awaiting_repair == want {
+            if status.awaiting_repair.is_some() == want {
                 return;
             }
         }

@@ -138,7 +138,14 @@ pub struct JournalConfig {
     /// Retired segments are kept for reuse as next segments. See
     /// [`JournalBuilder::recycle_segments`].
     pub recycle_segments: bool,
+    /// The hard state an open that cuts the tail makes durable before it
+    /// records the cut. See [`JournalBuilder::hard_state_after_cut`].
+    pub hard_state_after_cut: Option<HardStateAfterCut>,
 }
+
+/// See [`JournalBuilder::hard_state_after_cut`]: the newest hard state
+/// and the log's last op after the cut, to the hard state to keep.
+pub type HardStateAfterCut = fn(hard_state: &[u8], last_op: u64) -> Vec<u8>;
 
 /// Builds and opens a [`Journal`]. See [`Journal::builder`].
 #[derive(Debug, Clone)]
@@ -168,6 +175,7 @@ impl JournalBuilder<DmaStorage> {
                 scrub_bytes_per_second: None,
                 reclaim_step_bytes: crate::journal::RECLAIM_STEP_BYTES_DEFAULT,
                 recycle_segments: true,
+                hard_state_after_cut: None,
             },
             storage: DmaStorage::new(),
         }
@@ -332,6 +340,21 @@ impl<S: Storage> JournalBuilder<S> {
     /// write reads as zeros.
     pub fn recycle_segments(mut self, recycle: bool) -> Self {
         self.config.recycle_segments = recycle;
+        self
+    }
+
+    /// For a replica that must remember a cut tail
+    /// ([`crate::RecoveryReport::tail_is_uncertain`]) until it is repaired:
+    /// when recovery cuts the tail, the open hands the newest hard state
+    /// and the log's last op after the cut to `mark`, and writes what it
+    /// returns into the superblock as the hard state, durably, before it
+    /// does anything that records the cut (a new segment names the old
+    /// one's end, after which a reopen no longer sees a cut). A crash before
+    /// that write leaves the cut to be found again; after it, the mark is
+    /// there. At most [`crate::format::HARD_STATE_BYTES_MAX`] bytes
+    /// (longer fails the open with [`Error::EntryTooLarge`]). Default: none.
+    pub fn hard_state_after_cut(mut self, mark: HardStateAfterCut) -> Self {
+        self.config.hard_state_after_cut = Some(mark);
         self
     }
 

@@ -40,7 +40,9 @@ pub mod storage;
 pub mod superblock;
 pub mod verify;
 
-pub use config::{Durability, JournalBuilder, JournalConfig, Preallocation, Recovery};
+pub use config::{
+    Durability, HardStateAfterCut, JournalBuilder, JournalConfig, Preallocation, Recovery,
+};
 pub use durability::{DurabilityChoice, DurabilityProbe, ProbeOutcome};
 pub use error::{Error, Result};
 pub use index::SLOT_BYTES;

@@ -401,6 +401,79 @@ fn a_cut_tail_is_reported_as_uncertain_and_a_clean_end_is_not() {
     });
 }
 
+/// A journal on `mem` whose next open cuts its tail: the hard state is
+/// "term 1", and the last write (op 2, in the second segment) is damaged.
+async fn a_tail_to_cut(mem: &MemStorage) {
+    let journal = builder(mem).open().await.unwrap();
+    journal.set_hard_state(b"term 1").await.unwrap();
+    journal.append(&version(1, 0)).await.unwrap();
+    journal.close().await.unwrap();
+    let journal = builder(mem).open().await.unwrap();
+    journal.append(&version(2, 0)).await.unwrap();
+    drop(journal);
+    mem.crash();
+    let path = std::path::Path::new("/mem/wal").join(ringstore_journal::segment_file_name(2));
+    let mut bytes = mem.file_bytes(&path).expect("the second segment");
+    let first_entry = ringstore_journal::format::SEGMENT_DATA_OFFSET as usize;
+    bytes[first_entry + 100] ^= 0xff;
+    mem.set_file_bytes(&path, bytes);
+}
+
+/// What `hard_state_after_cut` makes of a hard state in these tests.
+fn mark(hard_state: &[u8], _last_op: u64) -> Vec<u8> {
+    let mut marked = hard_state.to_vec();
+    if !marked.ends_with(b" marked") {
+        marked.extend_from_slice(b" marked");
+    }
+    marked
+}
+
+/// The mark of a cut tail (`hard_state_after_cut`) is durable before the
+/// open records the cut: a power cut at any step of that open leaves the
+/// next open either the cut to find again or the mark. Without the mark,
+/// the open that cut the tail is the only one to report it.
+#[test]
+fn a_mark_of_a_cut_tail_is_durable_before_the_cut_is_recorded() {
+    run(|| async {
+        let mem = MemStorage::new();
+        a_tail_to_cut(&mem).await;
+        let journal = builder(&mem).open().await.unwrap();
+        assert!(journal.recovery_report().tail_is_uncertain());
+        journal.close().await.unwrap();
+        let journal = builder(&mem).open().await.unwrap();
+        assert!(!journal.recovery_report().tail_is_uncertain());
+        assert_eq!(journal.hard_state(), b"term 1");
+        journal.close().await.unwrap();
+
+        let mut n = 1;
+        loop {
+            let mem = MemStorage::new();
+            a_tail_to_cut(&mem).await;
+            mem.cut_power_after_ops(n);
+            let opened = builder(&mem).hard_state_after_cut(mark).open().await;
+            let completed = opened.is_ok();
+            drop(opened);
+            mem.crash();
+            let journal = builder(&mem).open().await.unwrap();
+            let uncertain = journal.recovery_report().tail_is_uncertain();
+            let hard_state = journal.hard_state();
+            assert!(
+                uncertain || hard_state == b"term 1 marked",
+                "power cut at op {n} of the open: neither the cut nor the mark is left \
+                 (hard state {:?})",
+                String::from_utf8_lossy(&hard_state)
+            );
+            journal.close().await.unwrap();
+            if completed {
+                break;
+            }
+            assert!(n < 10_000, "the open never completes");
+            n += 1;
+        }
+        assert!(n > 3, "the open took {n} storage operations");
+    });
+}
+
 /// A hard state copied into the superblock outlives a cut of the write
 /// that holds its record (a replica's vote must), while one that is not
 /// copied goes with that write; a later record wins over the copy.

@@ -383,6 +383,10 @@ where
             .thread
             .call(move |shard| {
                 Box::pin(async move {
+                    if when == Persist::Queued {
+                        shard.queue_hard_state(Queue::Changed).await?;
+                        return Ok(());
+                    }
                     // A record now even if a job before this one queued
                     // the change (an append's takes what changed): once
                     // it is durable, so is every earlier one.
@@ -428,6 +432,9 @@ enum Persist {
     DurableInSuperblock,
     /// Before the call returns (a purged id).
     Durable,
+    /// Queued now, in a write of its own if no other comes (a committed id
+    /// that ends a repair); not waited for.
+    Queued,
     /// With the next write (the committed id: see `save_committed`).
     NextWrite,
 }
@@ -574,8 +581,19 @@ where
         // instead of costing one: a restarted node learns the commit point
         // from the leader again, and a restarted leader does not lead
         // again before a new term's first entry is committed (see
-        // `open_with_own_vote_uncommitted`).
-        self.set_hard_state(state, Persist::NextWrite).await
+        // `open_with_own_vote_uncommitted`). Unless it ends a repair: the
+        // node votes again only once a record of it is durable, and an
+        // idle cluster may make no other write for a long time.
+        let ends_repair = matches!(
+            (state.awaiting_repair, committed),
+            (Some(term), Some(id)) if id.leader_id.term > term
+        );
+        let when = if ends_repair {
+            Persist::Queued
+        } else {
+            Persist::NextWrite
+        };
+        self.set_hard_state(state, when).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {

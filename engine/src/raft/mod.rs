@@ -116,31 +116,46 @@
 //!   journal's superblock ([`ringstore_journal::Journal::copy_hard_state_to_superblock`]),
 //!   where no cut reaches, and the open takes the newer of the two. A vote
 //!   lost to a cut would let the node vote twice in a term.
-//! * The open records, durably in the hard state, that the node awaits
-//!   repair below the highest term its hard state names
-//!   ([`RaftLog::awaiting_repair`]), and keeps the committed id within the
-//!   log the cut left. An open that cuts that record away is uncertain
-//!   too, and marks the node again.
+//! * The open marks the node as awaiting repair below the highest term its
+//!   hard state names ([`RaftLog::awaiting_repair`]), and keeps the
+//!   committed id within the log the cut left. The mark is in the hard
+//!   state, written into the journal's superblock by the journal's open
+//!   before it records the cut
+//!   ([`ringstore_journal::JournalBuilder::hard_state_after_cut`]): a crash
+//!   before that write leaves the cut to be found again, and none after it
+//!   loses the mark. A later cut marks the node again.
 //! * While it awaits repair the node must neither vote nor stand for
-//!   election: a consensus layer refuses its vote requests and turns
-//!   openraft's elections off (the cluster's nodes do). It still takes a
+//!   election: a consensus layer refuses its vote requests and starts
+//!   openraft with elections off (the cluster's nodes do). It still takes a
 //!   leader's entries: a leader sends entries only after a prefix the
 //!   follower holds, so it acknowledges nothing past a hole.
 //! * The repair ends with the first hard-state record whose committed id is
 //!   of a later term than the one awaited below, written after the entries
-//!   it covers. A leader of a later term was elected without this node's
-//!   vote, by a quorum that holds every committed entry, so its log holds
-//!   them; committing an entry of its term here means this log matches it
-//!   up to there. Terms the node voted in are at most the one awaited below
-//!   (votes are never lost), so from then on it votes only in later terms.
+//!   it covers (queued at once, so an idle cluster ends it too). A leader
+//!   of a later term was elected without this node's vote, by a quorum
+//!   that holds every committed entry, so its log holds them; committing
+//!   an entry of its term here means this log matches it up to there.
+//!   Terms the node voted in are at most the one awaited below (votes are
+//!   never lost), so from then on it votes only in later terms.
+//! * The cost: a repair waits for a leader change. While the leader of the
+//!   term awaited below keeps leading, the node follows but cannot vote,
+//!   so in a cluster of three that leader's loss leaves no quorum that can
+//!   elect until it comes back (or an operator waives the repair). A term
+//!   of the same leader does not suffice: entries it committed past this
+//!   node's committed id may be among those the cut took.
 //! * openraft's leader meets the follower's shorter log as a log reversion,
-//!   which it refuses (panics) unless `Config::allow_log_reversion` is set;
-//!   the cluster sets it, since the only reversion the journal makes is
-//!   this one, and the node that reverted does not vote.
+//!   which it refuses (panics) unless `Config::allow_log_reversion` is set.
+//!   The cluster sets it: the only reversion the journal makes is this one,
+//!   and the node that reverted does not vote. It also silences what
+//!   openraft would say of a reversion ringstore cannot see (a directory
+//!   restored from an old copy, a write wiped to zeros after its
+//!   fdatasync; see the journal's "Uncertain tail").
 //! * A cluster whose nodes all await repair (all lost power at once, under
 //!   load) elects no leader: an operator decides to go on with what a node
 //!   holds ([`RaftLog::waive_repair`], `ringstore cluster node
-//!   --waive-repair`), accepting the loss of what a cut took.
+//!   --waive-repair <TERM>`, the term the node's log and status name, so a
+//!   flag left in place waives no later cut), accepting the loss of what a
+//!   cut took.
 //!
 //! **Metrics** (through the `metrics` facade; a cluster node exports them in
 //! Prometheus text format): `ringstore_raft_open_refusals_total{kind}` (an

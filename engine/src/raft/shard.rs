@@ -279,6 +279,7 @@ where
         .inline_write_bytes_max(0);
     let journal = journal_setup(builder)
         .owner(owner)
+        .hard_state_after_cut(awaiting_repair_after_cut)
         .open()
         .await
         .map_err(|e| match e {
@@ -310,6 +311,9 @@ where
     if let Err(e) = record_journal_created(&storage, &dir, &identity).await {
         let _ = journal.close().await;
         return Err(e.into());
+    }
+    if journal.recovery_report().tail_is_uncertain() {
+        report_awaiting_repair(&journal, &journal_dir);
     }
     // 4. No gap between the snapshot and the journal: the rule of an
     // engine shard's open and of `ringstore snapshot verify`. Checked
@@ -352,13 +356,6 @@ where
             return Err(e.into());
         }
     }
-    // 5. A cut tail: the node awaits repair.
-    if journal.recovery_report().tail_is_uncertain() {
-        if let Err(e) = mark_awaiting_repair(&journal, &journal_dir).await {
-            let _ = journal.close().await;
-            return Err(e);
-        }
-    }
     Ok(RaftShard {
         committed_queued: Cell::new(
             super::log::record_after(&journal.hard_state(), u64::MAX, None).committed,
@@ -380,25 +377,24 @@ where
     })
 }
 
-/// After an open that cut the journal's tail: records durably that the
-/// node awaits repair below the highest term its hard state names (see
-/// "Uncertain tail" in the module docs), and keeps the committed id within
-/// the log: the superblock's copy of the hard state (a vote's) can outlive
-/// entries the cut took. A later cut that takes this record is uncertain
-/// too, and the open then marks the node again, below the same term or a
-/// later one (the vote, in the superblock, is never lost). A hard state
-/// that does not decode is left as it is (reading the vote reports it).
-async fn mark_awaiting_repair(
-    journal: &Journal<DmaStorage>,
-    journal_dir: &Path,
-) -> Result<(), RaftStoreError> {
-    let bytes = journal.hard_state();
+/// The hard state an open that cut the journal's tail keeps
+/// (`JournalBuilder::hard_state_after_cut`: durable before the cut is
+/// recorded, so no crash loses both): the node awaits repair below the
+/// highest term its hard state names (see "Uncertain tail" in the module
+/// docs), and the committed id stays within the log the cut left (the
+/// superblock's copy of the hard state, a vote's, can outlive entries the
+/// cut took; openraft raises it to the last applied id at startup). A
+/// later cut that takes the log's record of the mark is found and marked
+/// the same way, below the same term or a later one (the vote, in the
+/// superblock, is never lost). A hard state that does not decode is kept
+/// as it is (reading the vote reports it).
+fn awaiting_repair_after_cut(bytes: &[u8], last_op: u64) -> Vec<u8> {
     let mut state = if bytes.is_empty() {
         super::log::HardState::default()
     } else {
-        match super::log::HardState::decode(&bytes) {
+        match super::log::HardState::decode(bytes) {
             Ok(state) => state,
-            Err(_) => return Ok(()),
+            Err(_) => return bytes.to_vec(),
         }
     };
     let known_term = [
@@ -410,33 +406,28 @@ async fn mark_awaiting_repair(
     .flatten()
     .max()
     .unwrap_or(0);
-    let below_term = state.awaiting_repair.unwrap_or(0).max(known_term);
-    state.awaiting_repair = Some(below_term);
-    let last_op = journal.next_op() - 1;
-    let beyond_log = |id: &LogId| op_of(id.index) > last_op;
-    if let Some(committed) = state.committed.filter(beyond_log) {
+    state.awaiting_repair = Some(state.awaiting_repair.unwrap_or(0).max(known_term));
+    if let Some(committed) = state.committed {
         let covered = state.purged.is_some_and(|p| p.index >= committed.index);
-        if !covered {
-            tracing::warn!(dir = %journal_dir.display(), committed = %committed, last_op,
-                "the saved committed id lies past the log the cut left; it is dropped to the \
-                 purged id and learned again from the leader");
+        if op_of(committed.index) > last_op && !covered {
             state.committed = state.purged;
         }
     }
-    let encoded = state.encode().map_err(|e| RaftStoreError::HardState {
-        reason: e.to_string(),
-    })?;
-    journal.set_hard_state(&encoded).await?;
+    state.encode().unwrap_or_else(|_| bytes.to_vec())
+}
+
+/// Logs and counts an open that cut the journal's tail: the node awaits
+/// repair (its hard state says below which term).
+fn report_awaiting_repair(journal: &Journal<DmaStorage>, journal_dir: &Path) {
     metrics::counter!("ringstore_raft_uncertain_tail_opens_total").increment(1);
+    let below_term = super::log::awaiting_repair_of(&journal.hard_state());
     tracing::warn!(
         dir = %journal_dir.display(),
         tail = %journal.recovery_report().tail.describe(),
         below_term,
         "the journal's tail was cut: entries this node acknowledged may be gone, so it awaits \
-         repair: no vote and no election until it has committed an entry of a term after {}",
-        below_term
+         repair: no vote and no election until it has committed an entry of a later term"
     );
-    Ok(())
 }
 
 /// The machine and raft record of a verified snapshot.

@@ -50,6 +50,28 @@ impl<S: Storage> Journal<S> {
             }
             (recorded, configured) => configured.or(recorded),
         };
+        // A replica's mark of a cut tail, durable before anything below
+        // records the cut (see `JournalBuilder::hard_state_after_cut`).
+        let mut recovered_hard_state = recovered.hard_state;
+        if let (Some(mark), true) = (
+            config.hard_state_after_cut,
+            recovered.report.tail_is_uncertain(),
+        ) {
+            let (newest_sequence, newest) = newest_hard_state(recovered_hard_state.take(), &sb);
+            let marked = mark(&newest, recovered.max_op);
+            if marked.len() > HARD_STATE_BYTES_MAX {
+                return Err(Error::EntryTooLarge {
+                    len: marked.len(),
+                    max: HARD_STATE_BYTES_MAX,
+                });
+            }
+            let mut next = sb.clone();
+            next.hard_state = marked;
+            next.hard_state_sequence = newest_sequence + 1;
+            sequence += 1;
+            write_superblock(&storage, &sb_path, sequence, &next).await?;
+            sb = next;
+        }
         let mut recovered_segments = recovered.segments;
         // A last segment that holds nothing (typically the one the previous
         // open created) is removed and its generation reused, so reopening
@@ -213,7 +235,7 @@ impl<S: Storage> Journal<S> {
             poisoned: None,
             closing: false,
             writer_running: true,
-            hard_state: newest_hard_state(recovered.hard_state, &sb),
+            hard_state: newest_hard_state(recovered_hard_state, &sb),
             hard_state_issued: 0,
             watermark_requested: watermark,
             unissued_failures: (0, None),

@@ -50,11 +50,12 @@ pub struct NodeArgs {
     /// Form the cluster if this node has never been part of one.
     #[arg(long)]
     pub init: bool,
-    /// If this node awaits repair (its journal's tail was cut), go on
-    /// without: for a cluster whose nodes all lost power at once and all
-    /// await repair. What the cut took is lost if it was acknowledged.
-    #[arg(long)]
-    pub waive_repair: bool,
+    /// If this node awaits repair below this term (its journal's tail was
+    /// cut; its log and its status reply name the term), go on without: for
+    /// a cluster whose nodes all lost power at once and all await repair.
+    /// What the cut took is lost if it was acknowledged.
+    #[arg(long, value_name = "TERM")]
+    pub waive_repair: Option<u64>,
     /// Serve Prometheus metrics (text format) on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -116,7 +117,7 @@ async fn node(context: &Context, args: NodeArgs) -> Result<Outcome, CliError> {
         args.members.into_iter().collect(),
     );
     settings.initialize = args.init;
-    settings.waive_repair = args.waive_repair;
+    settings.waive_repair_below_term = args.waive_repair;
     settings.snapshot_every_entries = args.snapshot_every;
     let stop = async {
         let mut terminate =

@@ -71,12 +71,14 @@ pub struct NodeSettings {
     /// Bytes of a snapshot file one message to a follower carries, from 1
     /// to [`SNAPSHOT_CHUNK_BYTES`].
     pub snapshot_chunk_bytes: usize,
-    /// An operator's decision: if the node awaits repair (an open cut its
-    /// journal's tail), it goes on without, voting and standing for
-    /// election with what its log holds. For a cluster whose nodes all
-    /// lost power at once and all await repair (none can then be elected):
-    /// whatever the cut took is lost if it was acknowledged.
-    pub waive_repair: bool,
+    /// An operator's decision: if the node awaits repair below this term
+    /// (an open cut its journal's tail; the node's log and status name the
+    /// term), it goes on without, voting and standing for election with
+    /// what its log holds. For a cluster whose nodes all lost power at once
+    /// and all await repair (none can then be elected): whatever the cut
+    /// took is lost if it was acknowledged. Tied to the term so that a
+    /// setting left in place does not waive a later cut unasked.
+    pub waive_repair_below_term: Option<u64>,
 }
 
 impl NodeSettings {
@@ -96,7 +98,7 @@ impl NodeSettings {
             snapshot_every_entries: 5_000,
             heartbeat_ms: 100,
             snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
-            waive_repair: false,
+            waive_repair_below_term: None,
         }
     }
 }
@@ -170,6 +172,8 @@ struct Shared {
     /// Set while the node awaits repair: it refuses vote requests, and
     /// openraft's elections are off.
     awaiting_repair: AtomicBool,
+    /// The term it awaited repair below when it started, if it did.
+    awaiting_repair_below: Option<u64>,
 }
 
 /// A snapshot arriving in pieces.
@@ -228,6 +232,42 @@ pub async fn run_node(
         Box::new(|b| b),
     )
     .map_err(|source| NodeError::Storage { id, source })?;
+    // A journal whose tail an open cut: the node may have lost entries it
+    // acknowledged, so it must not help elect a leader that lacks them,
+    // nor lead itself, until it is repaired (see "Uncertain tail"). Its
+    // elections are off from the start: one begun before they were turned
+    // off would go on.
+    let mut awaiting_repair = stores
+        .log
+        .awaiting_repair()
+        .await
+        .map_err(|source| NodeError::Storage { id, source })?;
+    if let (Some(below_term), Some(waived)) = (awaiting_repair, settings.waive_repair_below_term) {
+        if below_term == waived {
+            stores
+                .log
+                .waive_repair()
+                .await
+                .map_err(|source| NodeError::Storage { id, source })?;
+            awaiting_repair = None;
+        } else {
+            tracing::warn!(
+                node = id,
+                below_term,
+                waived,
+                "not waiving the repair: it awaits repair below another term than the one given"
+            );
+        }
+    }
+    if let Some(below_term) = awaiting_repair {
+        tracing::warn!(
+            node = id,
+            below_term,
+            "awaiting repair: refusing votes and elections until an entry of a term after {} \
+             is committed here",
+            below_term
+        );
+    }
     let config = openraft::Config {
         cluster_name: settings.cluster.to_string(),
         heartbeat_interval: settings.heartbeat_ms,
@@ -248,6 +288,7 @@ pub async fn run_node(
         // leader's openraft panics when it meets the shorter log ("follower
         // log reversion is not allowed"): the cut-tail cluster test hit it.
         allow_log_reversion: Some(true),
+        enable_elect: awaiting_repair.is_none(),
         ..Default::default()
     };
     let config = Arc::new(config.validate().map_err(|e| raft_error(&e))?);
@@ -278,29 +319,6 @@ pub async fn run_node(
             tracing::info!(node = id, error = %e, "not initializing the cluster");
         }
     }
-    // A journal whose tail an open cut: the node may have lost entries it
-    // acknowledged, so it must not help elect a leader that lacks them,
-    // nor lead itself, until it is repaired (see "Uncertain tail").
-    let mut awaiting_repair = log
-        .awaiting_repair()
-        .await
-        .map_err(|source| NodeError::Storage { id, source })?;
-    if awaiting_repair.is_some() && settings.waive_repair {
-        log.waive_repair()
-            .await
-            .map_err(|source| NodeError::Storage { id, source })?;
-        awaiting_repair = None;
-    }
-    if let Some(below_term) = awaiting_repair {
-        raft.runtime_config().elect(false);
-        tracing::warn!(
-            node = id,
-            below_term,
-            "awaiting repair: refusing votes and elections until an entry of a term after {} \
-             is committed here",
-            below_term
-        );
-    }
     tracing::info!(node = id, %addr, dir = %settings.dir.display(), "node serving");
     let shared = Arc::new(Shared {
         id,
@@ -310,6 +328,7 @@ pub async fn run_node(
         receiving: Mutex::new(None),
         log: log.clone(),
         awaiting_repair: AtomicBool::new(awaiting_repair.is_some()),
+        awaiting_repair_below: awaiting_repair,
     });
     let metrics = tokio::spawn(export_metrics(shared.clone()));
     let repair = awaiting_repair.map(|_| tokio::spawn(end_repair_when_done(shared.clone())));
@@ -608,7 +627,9 @@ async fn status(shared: &Shared) -> Reply {
             streams,
             digest,
             snapshots_installed: installed,
-            awaiting_repair: shared.awaiting_repair.load(Ordering::Acquire),
+            awaiting_repair: shared
+                .awaiting_repair_below
+                .filter(|_| shared.awaiting_repair.load(Ordering::Acquire)),
         }),
         Ok((_, _, Err(e))) => Reply::Failed(e.to_string()),
         Err(e) => Reply::Failed(e.to_string()),

@@ -138,10 +138,10 @@ pub struct NodeStatus {
     pub digest: u64,
     /// Snapshots it received from a leader and installed since it started.
     pub snapshots_installed: u64,
-    /// It awaits repair after an open that cut its journal's tail: it
-    /// neither votes nor stands for election (see the raft module's
-    /// "Uncertain tail").
-    pub awaiting_repair: bool,
+    /// It awaits repair, below this term, after an open that cut its
+    /// journal's tail: it neither votes nor stands for election (see the
+    /// raft module's "Uncertain tail").
+    pub awaiting_repair: Option<u64>,
 }
 
 /// One request at a time to one address, over a connection made when
