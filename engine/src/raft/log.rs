@@ -30,6 +30,12 @@ pub(super) struct HardState {
     pub(super) awaiting_repair: Option<u64>,
 }
 
+/// The first byte of a hard state awaiting repair, before the encoding of
+/// all four fields: no `Option` tag (the first form starts with one), so a
+/// build that knows only the first form refuses it rather than read it
+/// without the mark.
+const AWAITING_REPAIR_FORM: u8 = 2;
+
 /// The hard state as every node wrote it before `awaiting_repair` existed,
 /// and as it is still written while that is unset: a build without the
 /// field reads it.
@@ -48,16 +54,20 @@ impl HardState {
                 committed: self.committed,
                 purged: self.purged,
             }),
-            Some(_) => encode(self),
+            Some(_) => {
+                let mut bytes = vec![AWAITING_REPAIR_FORM];
+                bytes.extend(encode(self)?);
+                Ok(bytes)
+            }
         }
     }
 
-    /// Either form, each only if it takes every byte (neither is a prefix
-    /// of the other's encoding: the longer one has one more field).
+    /// Either form, told apart by the first byte, and only if it takes
+    /// every byte.
     pub(super) fn decode(bytes: &[u8]) -> Result<HardState, bincode::error::DecodeError> {
-        match decode_whole::<HardState>(bytes) {
-            Ok(state) => Ok(state),
-            Err(_) => decode_whole::<HardStateV1>(bytes).map(|v1| HardState {
+        match bytes.split_first() {
+            Some((&AWAITING_REPAIR_FORM, rest)) => decode_whole::<HardState>(rest),
+            _ => decode_whole::<HardStateV1>(bytes).map(|v1| HardState {
                 vote: v1.vote,
                 committed: v1.committed,
                 purged: v1.purged,

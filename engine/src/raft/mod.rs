@@ -53,10 +53,11 @@
 //! * The vote, the committed id and the last purged id are the journal's
 //!   hard state (a record in the log, ordered with the appends; no extra
 //!   fdatasync on the append path): the bincode (standard configuration)
-//!   encoding of those three `Option`s, in that order, or of four, the
-//!   fourth an `Option<u64>` (the term a node awaits repair below, see
-//!   "Uncertain tail"), only while it is set, so a build without that
-//!   field reads every other record. The committed id rides with the next
+//!   encoding of those three `Option`s, in that order. While a node awaits
+//!   repair (see "Uncertain tail") it is the byte 2 (no `Option` tag, so a
+//!   build from before refuses it rather than drop the mark), then the
+//!   encoding of four, the fourth an `Option<u64>`: the term it awaits
+//!   repair below. The committed id rides with the next
 //!   write, so after a crash it may lag what the node had committed; a
 //!   record never holds a committed id above the last op queued before it
 //!   (openraft saves it once the entries are submitted, before they are
