@@ -359,26 +359,9 @@ const NO_LEADER_WATCH: Duration = Duration::from_secs(3);
 /// it cuts a write torn by a crash (or damaged after its fdatasync, which
 /// looks the same).
 fn damage_last_write(journal_dir: &Path) {
-    struct LastWrite(Option<(u64, u64)>);
-    impl ringstore_journal::inspect::ScanObserver for LastWrite {
-        fn entry(
-            &mut self,
-            entry: &ringstore_journal::inspect::EntryInfo,
-            _payload: &[u8],
-        ) -> std::ops::ControlFlow<()> {
-            if entry.first_in_write {
-                self.0 = Some((entry.generation, entry.offset));
-            }
-            std::ops::ControlFlow::Continue(())
-        }
-    }
-    let mut last = LastWrite(None);
-    let report =
-        ringstore_journal::inspect::scan_journal(journal_dir, &mut last).expect("scan the journal");
-    let (generation, offset) = last
-        .0
-        .unwrap_or_else(|| panic!("no write found: {report:?}"));
-    let path = journal_dir.join(ringstore_journal::segment_file_name(generation));
+    let (path, offset) = ringstore_journal::inspect::last_write(journal_dir)
+        .expect("scan the journal")
+        .expect("the journal has a write");
     let mut bytes = std::fs::read(&path).expect("read the segment");
     bytes[offset as usize + 40] ^= 0xff;
     std::fs::write(&path, bytes).expect("write the segment");

@@ -781,6 +781,27 @@ fn read_durability_record(dir: &Path) -> Result<DurabilityRecord, String> {
     DurabilityRecord::decode(&bytes).map_err(|fault| fault.to_string())
 }
 
+/// Where the last group-commit write of the journal in `dir` starts: its
+/// segment file and the offset of its first entry (`None`: no write
+/// verifies). What a test damages to make recovery cut the tail, which is
+/// that write when nothing after it vouches for it.
+pub fn last_write(dir: &Path) -> Result<Option<(PathBuf, u64)>, InspectError> {
+    struct LastWrite(Option<(u64, u64)>);
+    impl ScanObserver for LastWrite {
+        fn entry(&mut self, entry: &EntryInfo, _payload: &[u8]) -> ControlFlow<()> {
+            if entry.first_in_write {
+                self.0 = Some((entry.generation, entry.offset));
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut last = LastWrite(None);
+    scan_journal(dir, &mut last)?;
+    Ok(last
+        .0
+        .map(|(generation, offset)| (dir.join(segment_file_name(generation)), offset)))
+}
+
 /// Scans the journal in `dir`: reads and verifies every entry, strictly
 /// read-only. See the module docs. Like an open without an owner, it
 /// accepts a journal of any owner; [`scan_journal_as`] checks it.

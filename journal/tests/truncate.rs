@@ -369,38 +369,6 @@ fn bad_arguments_are_refused_with_typed_errors() {
     });
 }
 
-/// The uncertain-tail signal a consensus layer acts on: set by a cut tail,
-/// not by a clean end.
-#[test]
-fn a_cut_tail_is_reported_as_uncertain_and_a_clean_end_is_not() {
-    run(|| async {
-        let mem = MemStorage::new();
-        let journal = builder(&mem).open().await.unwrap();
-        journal.set_hard_state(b"term 1").await.unwrap();
-        journal.append(&version(1, 0)).await.unwrap();
-        journal.close().await.unwrap();
-        let journal = builder(&mem).open().await.unwrap();
-        assert!(!journal.recovery_report().tail_is_uncertain());
-        // A write past the last one that verifies, then a crash: its bytes
-        // are there but torn, and nothing vouches for them.
-        journal.append(&version(2, 0)).await.unwrap();
-        drop(journal);
-        mem.crash();
-        // The second open's segment holds it.
-        let path = std::path::Path::new("/mem/wal").join(ringstore_journal::segment_file_name(2));
-        let mut bytes = mem.file_bytes(&path).expect("the second segment");
-        let first_entry = ringstore_journal::format::SEGMENT_DATA_OFFSET as usize;
-        bytes[first_entry + 100] ^= 0xff;
-        mem.set_file_bytes(&path, bytes);
-        let journal = builder(&mem).open().await.unwrap();
-        let report = journal.recovery_report();
-        assert!(report.tail_is_uncertain(), "{report:?}");
-        assert_eq!(journal.read(2).await.unwrap(), None);
-        assert_eq!(journal.hard_state(), b"term 1");
-        journal.close().await.unwrap();
-    });
-}
-
 /// A journal on `mem` whose next open cuts its tail: the hard state is
 /// "term 1", and the last write (op 2, in the second segment) is damaged.
 async fn a_tail_to_cut(mem: &MemStorage) {
@@ -409,6 +377,8 @@ async fn a_tail_to_cut(mem: &MemStorage) {
     journal.append(&version(1, 0)).await.unwrap();
     journal.close().await.unwrap();
     let journal = builder(mem).open().await.unwrap();
+    // After a clean close: no cut.
+    assert!(!journal.recovery_report().tail_is_uncertain());
     journal.append(&version(2, 0)).await.unwrap();
     drop(journal);
     mem.crash();
@@ -417,6 +387,22 @@ async fn a_tail_to_cut(mem: &MemStorage) {
     let first_entry = ringstore_journal::format::SEGMENT_DATA_OFFSET as usize;
     bytes[first_entry + 100] ^= 0xff;
     mem.set_file_bytes(&path, bytes);
+}
+
+/// The uncertain-tail signal a consensus layer acts on: set by a cut tail,
+/// not by a clean end.
+#[test]
+fn a_cut_tail_is_reported_as_uncertain_and_a_clean_end_is_not() {
+    run(|| async {
+        let mem = MemStorage::new();
+        a_tail_to_cut(&mem).await;
+        let journal = builder(&mem).open().await.unwrap();
+        let report = journal.recovery_report();
+        assert!(report.tail_is_uncertain(), "{report:?}");
+        assert_eq!(journal.read(2).await.unwrap(), None);
+        assert_eq!(journal.hard_state(), b"term 1");
+        journal.close().await.unwrap();
+    });
 }
 
 /// What `hard_state_after_cut` makes of a hard state in these tests.

@@ -321,24 +321,10 @@ fn crash_image(dir: &std::path::Path, to: &std::path::Path) {
 /// directory `dir`: recovery cuts that write (nothing after it vouches for
 /// it), as it cuts one torn by a crash.
 fn damage_last_write(dir: &std::path::Path) {
-    struct LastWrite(Option<(u64, u64)>);
-    impl ringstore_journal::inspect::ScanObserver for LastWrite {
-        fn entry(
-            &mut self,
-            entry: &ringstore_journal::inspect::EntryInfo,
-            _payload: &[u8],
-        ) -> std::ops::ControlFlow<()> {
-            if entry.first_in_write {
-                self.0 = Some((entry.generation, entry.offset));
-            }
-            std::ops::ControlFlow::Continue(())
-        }
-    }
     let journal_dir = dir.join("journal");
-    let mut last = LastWrite(None);
-    ringstore_journal::inspect::scan_journal(&journal_dir, &mut last).expect("scan the journal");
-    let (generation, offset) = last.0.expect("the journal has a write");
-    let path = journal_dir.join(ringstore_journal::segment_file_name(generation));
+    let (path, offset) = ringstore_journal::inspect::last_write(&journal_dir)
+        .expect("scan the journal")
+        .expect("the journal has a write");
     let mut bytes = std::fs::read(&path).expect("read the segment");
     bytes[offset as usize + 40] ^= 0xff;
     std::fs::write(&path, bytes).expect("write the segment");
@@ -348,6 +334,32 @@ fn damage_last_write(dir: &std::path::Path) {
 /// awaits repair.
 async fn awaiting(log: &Log) -> Option<u64> {
     log.awaiting_repair().await.expect("the reactor runs")
+}
+
+/// A node whose journal's last write holds its vote for term 3 alone
+/// (entries of terms 1 and 2 and a vote for term 2 before it), as a crash
+/// leaves it in `crashed`, that write damaged: its open cuts the vote's
+/// record.
+fn cut_after_a_vote(
+    runtime: &tokio::runtime::Runtime,
+    root: &std::path::Path,
+    crashed: &std::path::Path,
+) {
+    let dir = root.join("node");
+    runtime.block_on(async {
+        let (mut log, _machine) = open(&dir);
+        log.blocking_append((0..4).map(|i| blank(1, i)))
+            .await
+            .expect("append");
+        log.save_vote(&Vote::new(2, 2)).await.expect("vote 2");
+        log.blocking_append((4..8).map(|i| blank(2, i)))
+            .await
+            .expect("append");
+        log.save_vote(&Vote::new(3, 3)).await.expect("vote 3");
+        assert_eq!(awaiting(&log).await, None);
+        crash_image(&dir, crashed);
+    });
+    damage_last_write(crashed);
 }
 
 /// A cut of the journal's tail may take entries the node acknowledged, and
@@ -361,25 +373,10 @@ async fn awaiting(log: &Log) -> Option<u64> {
 #[test]
 fn a_vote_outlives_a_cut_tail_and_the_node_awaits_repair_until_a_later_term_commits() {
     let root = temp_dir();
-    let dir = root.path().join("node");
     let crashed = root.path().join("crashed");
     let crashed_again = root.path().join("crashed-again");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let (mut log, _machine) = open(&dir);
-        log.blocking_append((0..4).map(|i| blank(1, i)))
-            .await
-            .expect("append");
-        log.save_vote(&Vote::new(2, 2)).await.expect("vote 2");
-        log.blocking_append((4..8).map(|i| blank(2, i)))
-            .await
-            .expect("append");
-        // The last write holds this vote's record alone.
-        log.save_vote(&Vote::new(3, 3)).await.expect("vote 3");
-        assert_eq!(awaiting(&log).await, None);
-        crash_image(&dir, &crashed);
-    });
-    damage_last_write(&crashed);
+    cut_after_a_vote(&runtime, root.path(), &crashed);
     runtime.block_on(async {
         let (mut log, _machine) = open(&crashed);
         assert_eq!(
@@ -476,21 +473,12 @@ fn a_repair_ends_only_with_a_record_of_a_later_terms_committed_id() {
 #[test]
 fn a_waived_repair_stays_waived() {
     let root = temp_dir();
-    let dir = root.path().join("node");
     let crashed = root.path().join("crashed");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let (mut log, _machine) = open(&dir);
-        log.blocking_append((0..4).map(|i| blank(1, i)))
-            .await
-            .expect("append");
-        log.save_vote(&Vote::new(2, 2)).await.expect("vote");
-        crash_image(&dir, &crashed);
-    });
-    damage_last_write(&crashed);
+    cut_after_a_vote(&runtime, root.path(), &crashed);
     runtime.block_on(async {
         let (log, _machine) = open(&crashed);
-        assert_eq!(awaiting(&log).await, Some(2));
+        assert_eq!(awaiting(&log).await, Some(3));
         log.waive_repair().await.expect("waive");
         assert_eq!(awaiting(&log).await, None);
         let closed = log.closed();
