@@ -287,10 +287,11 @@ impl RecoveryReport {
     /// log and it has seen a term newer than any it may have voted in.
     ///
     /// Only the open that made the cut reports it: the next open finds the
-    /// cut recorded as the segment's end. The consensus layer must make the
-    /// "awaiting repair" state durable itself (in its hard state, with
-    /// [`crate::Journal::set_hard_state`]) before it does anything else
-    /// (the raft adapter does).
+    /// cut recorded as the segment's end. A consensus layer keeps the
+    /// "awaiting repair" state in its hard state, written by the open
+    /// itself before it records the cut
+    /// ([`crate::JournalBuilder::hard_state_after_cut`]), so that no crash
+    /// loses both (the raft adapter does).
     pub fn tail_is_uncertain(&self) -> bool {
         matches!(self.tail, TailState::Torn { .. })
     }

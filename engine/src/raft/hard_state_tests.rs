@@ -424,6 +424,18 @@ fn a_vote_outlives_a_cut_tail_and_the_node_awaits_repair_until_a_later_term_comm
             );
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
+        // Repaired, a committed id rides with the next write again.
+        log.blocking_append([blank(4, 11)]).await.expect("append");
+        let records_before = log.journal_stats().await.expect("stats").hard_states;
+        log.save_committed(Some(log_id(4, 11)))
+            .await
+            .expect("committed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            log.journal_stats().await.expect("stats").hard_states,
+            records_before,
+            "a committed id after the repair got a write of its own"
+        );
         let closed = log.closed();
         drop((log, _machine));
         closed.await;

@@ -86,6 +86,18 @@ pub(super) fn purged_of(bytes: &[u8]) -> Option<LogId> {
     HardState::decode(bytes).ok()?.purged
 }
 
+/// An encoded hard state without the repair mark (as it is, if it does
+/// not decode).
+pub(super) fn without_repair_mark(bytes: &[u8]) -> Vec<u8> {
+    match HardState::decode(bytes) {
+        Ok(mut state) if state.awaiting_repair.is_some() => {
+            state.awaiting_repair = None;
+            state.encode().unwrap_or_else(|_| bytes.to_vec())
+        }
+        _ => bytes.to_vec(),
+    }
+}
+
 /// The term an encoded hard state says its node awaits repair below
 /// (`None`: it does not, or the bytes do not decode).
 pub(super) fn awaiting_repair_of(bytes: &[u8]) -> Option<u64> {
@@ -104,6 +116,8 @@ pub(super) struct Record {
     /// Whether it holds the whole change (false: its committed id was held
     /// back, and the change waits for a later record).
     pub(super) whole: bool,
+    /// Whether it ends the node's repair (see "Uncertain tail").
+    pub(super) ends_repair: bool,
 }
 
 /// The record of `bytes` (an encoded hard state) queued after op
@@ -123,6 +137,7 @@ pub(super) fn record_after(
         bytes: bytes.to_vec(),
         committed,
         whole: true,
+        ends_repair: false,
     };
     if bytes.is_empty() {
         return as_is(None);
@@ -159,6 +174,7 @@ pub(super) fn record_after(
             bytes,
             committed: state.committed,
             whole,
+            ends_repair: repaired,
         },
         Err(_) => as_is(original),
     }

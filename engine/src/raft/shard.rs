@@ -553,6 +553,11 @@ impl<C: RaftTypes, M> RaftShard<C, M> {
                     self.committed_queued.get(),
                 );
                 cell.unqueued = !record.whole;
+                if record.ends_repair {
+                    // Later records follow this one in the log: none needs
+                    // the mark again.
+                    cell.bytes = super::log::without_repair_mark(&cell.bytes);
+                }
                 record
             }
             _ => return Ok(None),

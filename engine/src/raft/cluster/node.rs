@@ -77,7 +77,8 @@ pub struct NodeSettings {
     /// what its log holds. For a cluster whose nodes all lost power at once
     /// and all await repair (none can then be elected): whatever the cut
     /// took is lost if it was acknowledged. Tied to the term so that a
-    /// setting left in place does not waive a later cut unasked.
+    /// setting left in place does not waive a later cut unasked (one in
+    /// the same term, before any election, it still waives).
     pub waive_repair_below_term: Option<u64>,
 }
 
@@ -242,6 +243,13 @@ pub async fn run_node(
         .awaiting_repair()
         .await
         .map_err(|source| NodeError::Storage { id, source })?;
+    if let (None, Some(waived)) = (awaiting_repair, settings.waive_repair_below_term) {
+        tracing::info!(
+            node = id,
+            waived,
+            "nothing to waive: the node does not await repair"
+        );
+    }
     if let (Some(below_term), Some(waived)) = (awaiting_repair, settings.waive_repair_below_term) {
         if below_term == waived {
             stores
