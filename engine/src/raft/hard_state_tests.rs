@@ -500,3 +500,50 @@ fn a_waived_repair_stays_waived() {
         assert_eq!(awaiting(&log).await, None);
     });
 }
+
+/// What the open keeps after a cut: the mark below the highest term the
+/// hard state names, and a committed id within the log the cut left (the
+/// superblock's copy, a vote's, can outlive the entries it covered;
+/// openraft could not start from a committed id past its log), unless a
+/// snapshot's purged id covers it. A hard state that does not decode is
+/// kept as it is.
+#[test]
+fn the_open_after_a_cut_marks_the_node_and_keeps_the_committed_id_within_the_log() {
+    let mark = super::shard::awaiting_repair_after_cut;
+    let state = HardState {
+        vote: Some(Vote::new(5, 2)),
+        committed: Some(log_id(4, 9)),
+        purged: Some(log_id(3, 4)),
+        awaiting_repair: None,
+    };
+    let bytes = state.encode().expect("encode");
+    // The log still holds index 9 (op 10): the committed id stays.
+    let kept = HardState::decode(&mark(&bytes, op_of(9))).expect("decode");
+    assert_eq!(kept.awaiting_repair, Some(5));
+    assert_eq!(kept.committed, Some(log_id(4, 9)));
+    // The cut took index 9: down to the purged id.
+    let cut = HardState::decode(&mark(&bytes, op_of(8))).expect("decode");
+    assert_eq!(cut.awaiting_repair, Some(5));
+    assert_eq!(cut.committed, Some(log_id(3, 4)));
+    assert_eq!(cut.vote, Some(Vote::new(5, 2)));
+    // A purged id at or above it covers it.
+    let covered = HardState {
+        purged: Some(log_id(4, 9)),
+        ..state.clone()
+    };
+    let after =
+        HardState::decode(&mark(&covered.encode().expect("encode"), op_of(2))).expect("decode");
+    assert_eq!(after.committed, Some(log_id(4, 9)));
+    // Marked again: the larger term holds.
+    let again = HardState::decode(&mark(&mark(&bytes, op_of(9)), op_of(9))).expect("decode");
+    assert_eq!(again.awaiting_repair, Some(5));
+    // An empty hard state is marked below term 0; bytes that do not decode
+    // are left as they are.
+    assert_eq!(
+        HardState::decode(&mark(&[], 0))
+            .expect("decode")
+            .awaiting_repair,
+        Some(0)
+    );
+    assert_eq!(mark(&[0xff, 0xff], 3), vec![0xff, 0xff]);
+}

@@ -388,7 +388,7 @@ where
 /// the same way, below the same term or a later one (the vote, in the
 /// superblock, is never lost). A hard state that does not decode is kept
 /// as it is (reading the vote reports it).
-fn awaiting_repair_after_cut(bytes: &[u8], last_op: u64) -> Vec<u8> {
+pub(super) fn awaiting_repair_after_cut(bytes: &[u8], last_op: u64) -> Vec<u8> {
     let mut state = if bytes.is_empty() {
         super::log::HardState::default()
     } else {
