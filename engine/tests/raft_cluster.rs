@@ -387,11 +387,15 @@ async fn wait_for_repair_state(cluster: &Cluster, id: NodeId, want: bool) {
 /// A follower whose journal's tail its reopen cut may have lost entries
 /// it acknowledged: it must neither vote nor stand for election until an
 /// entry of a later term is committed on it (the raft module's "Uncertain
-/// tail"). The follower is SIGKILLed, its journal's last write damaged,
-/// and it is restarted; then the leader is killed, so the two nodes left
-/// could elect a leader only with its vote: none is elected. With the old
-/// leader back a leader is elected, the follower is repaired, and every
-/// acknowledged add is on every node.
+/// tail"). First the follower is SIGKILLed, its journal's last write
+/// damaged, and it is restarted beside the live leader: it asks that leader
+/// to hand its leadership off, the third node is elected in a later term,
+/// and that term's first commit repairs the follower, with no other node
+/// stopped. Then the same again, but with the leader killed before the
+/// follower restarts: the two nodes up could elect a leader only with the
+/// follower's vote, and none is elected. With that leader back a leader is
+/// elected, the follower is repaired, and every acknowledged add is on
+/// every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_with_a_cut_tail_neither_votes_nor_leads_until_repaired() {
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
@@ -413,14 +417,47 @@ async fn a_follower_with_a_cut_tail_neither_votes_nor_leads_until_repaired() {
     // Every node holds the adds, so the follower's journal has writes.
     wait_for_counters(&cluster, last).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let other = (1..=3)
+        .find(|id| *id != leader && *id != follower)
+        .expect("a third node");
+    let term_before = node_status(cluster.members[&leader])
+        .await
+        .expect("the leader's status")
+        .term;
+
+    // Beside a live leader: the handoff ends the repair.
     cluster.kill(follower);
     damage_last_write(&cluster.dirs[&follower].join("journal"));
     cluster.spawn(follower, false);
-    wait_for_repair_state(&cluster, follower, true).await;
+    let started = Instant::now();
+    while cluster.leader().await != Some(other) {
+        assert!(
+            started.elapsed() < Duration::from_secs(SETTLE_SECS),
+            "node {leader} kept the leadership while node {follower} awaited repair"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for_repair_state(&cluster, follower, false).await;
+    let repaired = node_status(cluster.members[&follower])
+        .await
+        .expect("the follower's status");
+    assert!(
+        repaired.term > term_before,
+        "repaired in term {}, not after term {term_before}",
+        repaired.term
+    );
     for _ in 0..ADDS_BEFORE_KILL {
         last = add(&mut client).await;
     }
+    wait_for_counters(&cluster, last).await;
+
+    // With the leader down: no election without the follower's vote.
+    let leader = other;
+    cluster.kill(follower);
+    damage_last_write(&cluster.dirs[&follower].join("journal"));
     cluster.kill(leader);
+    cluster.spawn(follower, false);
+    wait_for_repair_state(&cluster, follower, true).await;
     let started = Instant::now();
     while started.elapsed() < NO_LEADER_WATCH {
         assert_eq!(

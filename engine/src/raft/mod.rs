@@ -138,12 +138,21 @@
 //!   an entry of its term here means this log matches it up to there.
 //!   Terms the node voted in are at most the one awaited below (votes are
 //!   never lost), so from then on it votes only in later terms.
-//! * The cost: a repair waits for a leader change. While the leader of the
-//!   term awaited below keeps leading, the node follows but cannot vote,
-//!   so in a cluster of three that leader's loss leaves no quorum that can
-//!   elect until it comes back (or an operator waives the repair). A term
-//!   of the same leader does not suffice: entries it committed past this
-//!   node's committed id may be among those the cut took.
+//! * A repair waits for a leader change: a term of the same leader does
+//!   not suffice, since entries it committed past this node's committed id
+//!   may be among those the cut took. While that leader keeps leading, the
+//!   node follows but cannot vote, so in a cluster of three that leader's
+//!   loss would leave no quorum that can elect. The cluster's nodes
+//!   therefore ask for the change: a node awaiting repair asks the leader
+//!   it follows, while that leader's term is not after the awaited one, to
+//!   hand its leadership to another voter (`cluster::node`, openraft's
+//!   `transfer_leader`, to a voter heard from within an election timeout
+//!   and at most `HANDOFF_LAG_ENTRIES_MAX` entries behind). That voter is
+//!   elected by a quorum without the node's vote, and its term's first
+//!   commit ends the repair. If the leader is lost before it hands off,
+//!   or the voter it hands to is lost during the handoff (the leader stops
+//!   taking commands and sending heartbeats for it), no leader is elected
+//!   until a node is back or an operator waives the repair.
 //! * openraft's leader meets the follower's shorter log as a log reversion,
 //!   which it refuses (panics) unless `Config::allow_log_reversion` is set.
 //!   The cluster sets it: the only reversion the journal makes is this one,

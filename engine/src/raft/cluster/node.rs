@@ -5,7 +5,8 @@ use super::machine::ClusterMachine;
 use super::pipeline::{pipelined_append, AppendReply, AppendResults};
 use super::reactor_net::{adopt_stream, read_frame_io, write_frame_io, ReactorLink};
 use super::wire::{
-    Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply, SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
+    Connection, Envelope, Message, NodeId, NodeStatus, ReadQuery, Reply, SnapshotChunk,
+    SNAPSHOT_CHUNK_BYTES,
 };
 use super::ClusterTypes;
 use crate::raft::{LogId, RaftLog, RaftMachine, RaftStoreError, SnapshotFile, Vote};
@@ -17,7 +18,8 @@ use openraft::error::{
 };
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Raft, ReadPolicy, SnapshotPolicy};
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,7 +29,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
@@ -40,6 +42,25 @@ const SHARD_CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// How often a node awaiting repair asks its shard whether the repair has
 /// ended (it votes and stands for election again at most this long after).
 const REPAIR_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// openraft's shortest election timeout, in heartbeat intervals.
+const ELECTION_TIMEOUT_MIN_HEARTBEATS: u64 = 4;
+
+/// How often a node awaiting repair asks the leader it follows to hand
+/// the leadership to another voter (while that leader's term is not after
+/// the one the repair waits for).
+const HANDOFF_ASK_EVERY: Duration = Duration::from_secs(1);
+
+/// Longest a node awaiting repair waits for the leader's answer to its
+/// request for a handoff.
+const HANDOFF_ASK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Most entries a voter may lack of the leader's log and still be handed
+/// the leadership. It must hold them all, flushed, within an election
+/// timeout of the handoff (the leader stops taking commands then), or it
+/// refuses and the leader, which stops its heartbeats for the handoff,
+/// waits for that voter's own election.
+const HANDOFF_LAG_ENTRIES_MAX: u64 = 1024;
 
 /// The answer to a vote request while the node awaits repair.
 const AWAITING_REPAIR_REFUSAL: &str =
@@ -175,6 +196,9 @@ struct Shared {
     awaiting_repair: AtomicBool,
     /// The term it awaited repair below when it started, if it did.
     awaiting_repair_below: Option<u64>,
+    /// A voter that has not answered this leader for longer is not handed
+    /// the leadership (openraft's shortest election timeout).
+    handoff_silence_max: Duration,
 }
 
 /// A snapshot arriving in pieces.
@@ -279,7 +303,7 @@ pub async fn run_node(
     let config = openraft::Config {
         cluster_name: settings.cluster.to_string(),
         heartbeat_interval: settings.heartbeat_ms,
-        election_timeout_min: settings.heartbeat_ms * 4,
+        election_timeout_min: settings.heartbeat_ms * ELECTION_TIMEOUT_MIN_HEARTBEATS,
         election_timeout_max: settings.heartbeat_ms * 8,
         install_snapshot_timeout: settings.heartbeat_ms * 20,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
@@ -337,6 +361,9 @@ pub async fn run_node(
         log: log.clone(),
         awaiting_repair: AtomicBool::new(awaiting_repair.is_some()),
         awaiting_repair_below: awaiting_repair,
+        handoff_silence_max: Duration::from_millis(
+            settings.heartbeat_ms * ELECTION_TIMEOUT_MIN_HEARTBEATS,
+        ),
     });
     let metrics = tokio::spawn(export_metrics(shared.clone()));
     let repair = awaiting_repair.map(|_| tokio::spawn(end_repair_when_done(shared.clone())));
@@ -452,12 +479,24 @@ async fn serve(shared: Arc<Shared>, mut stream: glommio::net::TcpStream) {
 }
 
 /// Lets the node vote and stand for election again once its shard no
-/// longer awaits repair.
+/// longer awaits repair. Meanwhile it asks the leader it follows, while
+/// that leader's term is not after the awaited one, to hand the leadership
+/// to another voter: the repair ends only with an entry of a later term,
+/// and a leader that keeps leading would never make one (and the cluster,
+/// short of this node's vote, could not elect another if it failed).
 async fn end_repair_when_done(shared: Arc<Shared>) {
+    let mut asked_at: Option<Instant> = None;
+    let mut to_leader = Connection::default();
     loop {
         tokio::time::sleep(REPAIR_CHECK_EVERY).await;
         match shared.log.awaiting_repair().await {
-            Ok(Some(_)) => {}
+            Ok(Some(below_term)) => {
+                if asked_at.is_none_or(|at| at.elapsed() >= HANDOFF_ASK_EVERY)
+                    && ask_for_handoff(&shared, below_term, &mut to_leader).await
+                {
+                    asked_at = Some(Instant::now());
+                }
+            }
             Ok(None) => {
                 shared.awaiting_repair.store(false, Ordering::Release);
                 shared.raft.runtime_config().elect(true);
@@ -475,6 +514,134 @@ async fn end_repair_when_done(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Asks the leader this node follows to hand its leadership to another
+/// voter, if there is a leader to ask and its term is not after
+/// `below_term`; false if nothing was sent.
+async fn ask_for_handoff(shared: &Shared, below_term: u64, to_leader: &mut Connection) -> bool {
+    let metrics = shared.raft.metrics().borrow_watched().clone();
+    let Some(leader) = metrics.current_leader.filter(|&l| l != shared.id) else {
+        return false;
+    };
+    if metrics.current_term > below_term || is_cut_off(&shared.blocked, leader) {
+        return false;
+    }
+    let Some(node) = metrics.membership_config.membership().get_node(&leader) else {
+        return false;
+    };
+    let request = Envelope {
+        from: Some(shared.id),
+        message: Message::HandOffLeadership { below_term },
+    };
+    metrics::counter!("ringstore_cluster_handoffs_asked_total").increment(1);
+    match to_leader
+        .request::<_, Reply>(node.addr.as_str(), &request, HANDOFF_ASK_TIMEOUT)
+        .await
+    {
+        Ok(Reply::Done) => tracing::info!(
+            node = shared.id,
+            leader,
+            below_term,
+            "asked the leader to hand its leadership to another voter, to end the repair"
+        ),
+        Ok(reply) => tracing::info!(
+            node = shared.id,
+            leader,
+            ?reply,
+            "the leader did not hand its leadership off; asking again"
+        ),
+        Err(e) => {
+            to_leader.reset();
+            tracing::debug!(node = shared.id, leader, error = %e,
+                "could not ask the leader for a handoff");
+        }
+    }
+    true
+}
+
+/// Hands this leader's leadership to another voter, for `from`, which
+/// awaits repair below `below_term` (see [`end_repair_when_done`]). The
+/// voter chosen is one that answered within `handoff_silence_max` and, of
+/// those, holds the most of the log; never `from`, which may not lead.
+async fn hand_off_leadership(shared: &Shared, from: Option<NodeId>, below_term: u64) -> Reply {
+    let metrics = shared.raft.metrics().borrow_watched().clone();
+    if metrics.current_leader != Some(shared.id) {
+        return Reply::NotLeader {
+            leader: metrics.current_leader,
+        };
+    }
+    let Some(from) = from else {
+        return Reply::Failed("only a member asks for a handoff".into());
+    };
+    if metrics.current_term > below_term {
+        // This leader's first commit already ends that repair.
+        return Reply::Done;
+    }
+    let voters = metrics.membership_config.membership().voter_ids();
+    let candidates = voters
+        .filter(|&id| id != shared.id && id != from)
+        .map(|id| {
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|log_id| log_id.index);
+            let silent_for = metrics
+                .heartbeat
+                .as_ref()
+                .and_then(|h| h.get(&id).cloned().flatten())
+                .map(|acked| openraft::Instant::elapsed(&*acked));
+            (id, matched, silent_for)
+        });
+    let Some(to) = handoff_target(
+        candidates,
+        metrics.last_log_index,
+        shared.handoff_silence_max,
+    ) else {
+        return Reply::Failed(format!(
+            "no voter other than {from} answered within {:?} holding all but at most {} \
+             entries of the log, to take the leadership",
+            shared.handoff_silence_max, HANDOFF_LAG_ENTRIES_MAX
+        ));
+    };
+    match shared.raft.trigger().transfer_leader(to).await {
+        Ok(()) => {
+            metrics::counter!("ringstore_cluster_handoffs_total").increment(1);
+            tracing::info!(
+                node = shared.id,
+                to,
+                awaiting = from,
+                below_term,
+                "handing the leadership off: a node awaits repair below this term"
+            );
+            Reply::Done
+        }
+        Err(e) => Reply::Failed(e.to_string()),
+    }
+}
+
+/// Of `(voter, last index it holds, time since it last answered)`, the
+/// voter that answered within `silence_max`, lacks at most
+/// `HANDOFF_LAG_ENTRIES_MAX` entries of a log ending at `last_index`, and
+/// holds the most of it (the lower id on a tie).
+fn handoff_target(
+    candidates: impl IntoIterator<Item = (NodeId, Option<u64>, Option<Duration>)>,
+    last_index: Option<u64>,
+    silence_max: Duration,
+) -> Option<NodeId> {
+    let lag = |matched: Option<u64>| match (last_index, matched) {
+        (None, _) => 0,
+        (Some(last), None) => last.saturating_add(1),
+        (Some(last), Some(matched)) => last.saturating_sub(matched),
+    };
+    candidates
+        .into_iter()
+        .filter(|&(_, matched, silent_for)| {
+            silent_for.is_some_and(|s| s <= silence_max) && lag(matched) <= HANDOFF_LAG_ENTRIES_MAX
+        })
+        .max_by_key(|&(id, matched, _)| (matched, std::cmp::Reverse(id)))
+        .map(|(id, _, _)| id)
 }
 
 async fn handle(shared: &Shared, from: Option<NodeId>, message: Message) -> Reply {
@@ -532,6 +699,16 @@ async fn handle(shared: &Shared, from: Option<NodeId>, message: Message) -> Repl
             }
         }
         Message::Status => status(shared).await,
+        Message::TransferLeader(request) => Reply::TransferLeader(
+            shared
+                .raft
+                .handle_transfer_leader(request)
+                .await
+                .map_err(|e| e.to_string()),
+        ),
+        Message::HandOffLeadership { below_term } => {
+            hand_off_leadership(shared, from, below_term).await
+        }
         Message::Partition { blocked } => {
             if let Ok(mut set) = shared.blocked.lock() {
                 *set = blocked.into_iter().collect();
@@ -552,6 +729,8 @@ fn kind(message: &Message) -> &'static str {
         Message::Read(_) => "read",
         Message::Status => "status",
         Message::Partition { .. } => "partition",
+        Message::TransferLeader(_) => "transfer_leader",
+        Message::HandOffLeadership { .. } => "hand_off_leadership",
     }
 }
 
@@ -838,6 +1017,14 @@ impl RaftNetworkV2<ClusterTypes> for Peer {
         self.ask_vote(Message::PreVote(rpc), option).await
     }
 
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<ClusterTypes>,
+        option: RPCOption,
+    ) -> RpcResult<TransferLeaderResponse<ClusterTypes>> {
+        self.ask_transfer(request, option).await
+    }
+
     /// Sends the snapshot file in pieces of `snapshot_chunk_bytes`, each
     /// within the RPC's time limit, until the last is answered with the
     /// follower's vote, or until openraft cancels the transfer.
@@ -883,6 +1070,24 @@ impl RaftNetworkV2<ClusterTypes> for Peer {
 }
 
 impl Peer {
+    async fn ask_transfer(
+        &mut self,
+        request: TransferLeaderRequest<ClusterTypes>,
+        option: RPCOption,
+    ) -> RpcResult<TransferLeaderResponse<ClusterTypes>> {
+        match self
+            .call(Message::TransferLeader(request), option.hard_ttl())
+            .await
+        {
+            Ok(Reply::TransferLeader(Ok(response))) => Ok(response),
+            Ok(Reply::TransferLeader(Err(message))) | Ok(Reply::Failed(message)) => {
+                Err(remote_failed(message))
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+
     async fn ask_vote(
         &mut self,
         message: Message,
@@ -906,6 +1111,67 @@ mod tests {
     fn settings(dir: &std::path::Path) -> NodeSettings {
         let members = BTreeMap::from([(1, SocketAddr::from(([127, 0, 0, 1], 0)))]);
         NodeSettings::new(1, dir.join("node-1"), Uuid::new_v4(), members)
+    }
+
+    #[test]
+    fn the_handoff_goes_to_the_voter_that_answered_and_holds_the_most_log() {
+        let silence_max = Duration::from_millis(200);
+        let heard = Some(Duration::from_millis(10));
+        let silent = Some(Duration::from_millis(201));
+        let last = Some(100);
+        // The longest log among those heard from; a tie goes to the lower id.
+        assert_eq!(
+            handoff_target(
+                [
+                    (2, Some(97), heard),
+                    (3, Some(99), heard),
+                    (4, Some(99), heard)
+                ],
+                last,
+                silence_max
+            ),
+            Some(3)
+        );
+        // A voter not heard from lately, or never, is passed over, however
+        // much it holds.
+        assert_eq!(
+            handoff_target(
+                [
+                    (2, Some(97), heard),
+                    (3, Some(100), silent),
+                    (4, Some(100), None)
+                ],
+                last,
+                silence_max
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            handoff_target([(3, Some(99), silent)], last, silence_max),
+            None
+        );
+        assert_eq!(handoff_target([], last, silence_max), None);
+        // One too far behind (or holding nothing of a long log) is passed
+        // over: it could not flush the rest within an election timeout.
+        let far = 5_000;
+        let behind = far - HANDOFF_LAG_ENTRIES_MAX - 1;
+        assert_eq!(
+            handoff_target(
+                [(2, Some(behind), heard), (3, None, heard)],
+                Some(far),
+                silence_max
+            ),
+            None
+        );
+        assert_eq!(
+            handoff_target([(2, Some(behind + 1), heard)], Some(far), silence_max),
+            Some(2)
+        );
+        // An empty log: any voter heard from holds all of it.
+        assert_eq!(
+            handoff_target([(2, None, heard)], None, silence_max),
+            Some(2)
+        );
     }
 
     #[tokio::test]

@@ -6,7 +6,8 @@ use super::machine::{ClusterCommand, ClusterReply};
 use super::ClusterTypes;
 use crate::raft::{Request, Response, SnapshotMeta, Vote};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io;
@@ -60,6 +61,18 @@ pub enum Message {
         /// Nodes cut off from this one (empty: heal).
         blocked: Vec<NodeId>,
     },
+    /// Raft: a leader hands its leadership to `to_node_id` (sent to every
+    /// voter; the others only stop honouring the old leader's lease).
+    TransferLeader(TransferLeaderRequest<ClusterTypes>),
+    /// From a node awaiting repair below `below_term`, to the leader it
+    /// follows: hand the leadership to another voter, so that a leader of a
+    /// later term commits an entry and ends the repair (see the raft
+    /// module's "Uncertain tail"). Added after the variants above, whose
+    /// encodings it leaves as they were.
+    HandOffLeadership {
+        /// The term the sender awaits repair below.
+        below_term: u64,
+    },
 }
 
 /// A piece of a snapshot file.
@@ -111,8 +124,11 @@ pub enum Reply {
     Partitioned,
     /// To `Status`.
     Status(NodeStatus),
-    /// To `Partition`.
+    /// To `Partition`, and to `HandOffLeadership` once the leader has
+    /// started the handoff (or has a term after `below_term` already).
     Done,
+    /// To `TransferLeader`.
+    TransferLeader(Result<TransferLeaderResponse<ClusterTypes>, String>),
 }
 
 /// A node's local view.
