@@ -210,18 +210,12 @@ fn ringstore_cli(dir: &Path, args: &[&str]) -> std::process::Output {
         .expect("the ringstore CLI runs")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_journal_is_refused_naming_the_file() {
-    let dir = temp_dir();
-    let cluster = Uuid::new_v4();
-    let node = start(dir.path(), cluster);
-    write_counter(&node, COMMANDS).await;
-    node.stop().await.expect("a clean stop");
-    // The segment holding the entries: damage a byte of the last entry
-    // written, which is above the watermark (damage to purged entries is
-    // no loss) and covered by the end the clean stop recorded (not a torn
-    // tail to cut).
-    let journal = dir.path().join("journal");
+/// Damages a byte of the last entry the journal of the node in `dir`
+/// wrote, which is above the watermark (damage to purged entries is no
+/// loss) and, after a clean stop, covered by the end it recorded (not a
+/// torn tail to cut): the node refuses to open. Returns the segment.
+fn damage_last_entry(dir: &Path) -> PathBuf {
+    let journal = dir.join("journal");
     let (segment, used) = files_in(&journal, ".wal")
         .into_iter()
         .filter_map(|p| {
@@ -231,6 +225,17 @@ async fn a_damaged_journal_is_refused_naming_the_file() {
         .next_back()
         .expect("a segment with data");
     flip(&segment, used - 16);
+    segment
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_is_refused_naming_the_file() {
+    let dir = temp_dir();
+    let cluster = Uuid::new_v4();
+    let node = start(dir.path(), cluster);
+    write_counter(&node, COMMANDS).await;
+    node.stop().await.expect("a clean stop");
+    let segment = damage_last_entry(dir.path());
     let refusal = start(dir.path(), cluster).refusal().await;
     let message = refusal.to_string();
     assert!(
@@ -254,6 +259,98 @@ async fn a_damaged_journal_is_refused_naming_the_file() {
         + &String::from_utf8_lossy(&verify.stderr);
     let segment_name = segment.file_name().unwrap().to_string_lossy().to_string();
     assert!(said.contains(&segment_name), "{said}");
+}
+
+/// `ringstore wal salvage` of a raft node's journal cuts entries the node
+/// acknowledged, as a cut tail does: the salvage marks the node awaiting
+/// repair (the journal's salvage runs the hook the node's open gives it),
+/// so the node, alone here, is never elected; `--waive-repair` with
+/// another term leaves the mark, with the term it names lifts it, and the
+/// node leads again with what the salvage kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_salvaged_journal_leaves_the_node_awaiting_repair_until_waived() {
+    let dir = temp_dir();
+    let cluster = Uuid::new_v4();
+    let addr = free_addr();
+    let members = BTreeMap::from([(1, addr)]);
+    let start_waiving = |waive: Option<u64>| {
+        let mut settings = NodeSettings::new(1, dir.path().to_path_buf(), cluster, members.clone());
+        settings.initialize = true;
+        settings.snapshot_every_entries = SNAPSHOT_EVERY;
+        settings.waive_repair_below_term = waive;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run_node(settings, async {
+            let _ = stopped.await;
+        }));
+        Node {
+            stop: Some(stop),
+            task,
+            addr,
+        }
+    };
+    let node = start_waiving(None);
+    write_counter(&node, COMMANDS).await;
+    node.stop().await.expect("a clean stop");
+    damage_last_entry(dir.path());
+    let salvaged = ringstore_cli(dir.path(), &["wal", "salvage", "--shard", "0", "--yes"]);
+    let said = String::from_utf8_lossy(&salvaged.stdout).to_string()
+        + &String::from_utf8_lossy(&salvaged.stderr);
+    assert!(salvaged.status.success(), "{said}");
+    assert!(
+        said.contains("hard state: marked awaiting repair"),
+        "{said}"
+    );
+    let awaiting = |node: &Node| {
+        let addr = node.addr;
+        async move {
+            // Until the node serves, then its status once it has had time
+            // to elect itself (a node not awaiting repair is elected in
+            // well under a second).
+            let started = std::time::Instant::now();
+            loop {
+                if node_status(addr).await.is_ok() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let status = node_status(addr).await.expect("the node's status");
+                    return (status.awaiting_repair, status.leader);
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the node never served"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let node = start_waiving(None);
+    let (below_term, leader) = awaiting(&node).await;
+    let below_term = below_term.expect("the salvaged node awaits repair");
+    assert_eq!(leader, None, "a node awaiting repair was elected");
+    node.stop().await.expect("a clean stop");
+    let node = start_waiving(Some(below_term + 1));
+    let (still, leader) = awaiting(&node).await;
+    assert_eq!(
+        still,
+        Some(below_term),
+        "a waiver of another term lifted the mark"
+    );
+    assert_eq!(leader, None);
+    node.stop().await.expect("a clean stop");
+    let node = start_waiving(Some(below_term));
+    let (lifted, leader) = awaiting(&node).await;
+    assert_eq!(lifted, None, "the waiver of its term did not lift the mark");
+    assert_eq!(leader, Some(1), "the waived node was not elected");
+    let counter = node
+        .client()
+        .read(ReadQuery::Counter, Duration::from_secs(10))
+        .await
+        .expect("a read");
+    // What the salvage kept (the damaged bytes may be a hard-state record
+    // after the last add, so all of them can be kept).
+    assert!(
+        counter > 0 && counter <= COMMANDS,
+        "the salvage kept {counter} of {COMMANDS} adds"
+    );
+    node.stop().await.expect("a clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -252,6 +252,9 @@ impl SegmentEnd {
     }
 }
 
+/// A hard-state record: its sequence and its bytes.
+pub type HardStateRecord = (u64, Vec<u8>);
+
 /// One segment file and what the scan found in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentReport {
@@ -281,6 +284,9 @@ pub struct SegmentReport {
     pub truncate_records: u64,
     /// Hard-state records that verified.
     pub hard_state_records: u64,
+    /// The last of them (a salvage keeps the newest hard state of the log
+    /// it leaves, see [`crate::salvage`]).
+    pub last_hard_state: Option<HardStateRecord>,
     /// Padding entries that verified.
     pub padding_entries: u64,
     /// Write indexes (one per write of this format).
@@ -318,6 +324,7 @@ impl SegmentReport {
             watermark_records: 0,
             truncate_records: 0,
             hard_state_records: 0,
+            last_hard_state: None,
             padding_entries: 0,
             write_indexes: 0,
             writes: 0,
@@ -754,6 +761,15 @@ pub fn read_superblock(dir: &Path) -> Result<Option<Vec<u8>>, InspectError> {
     let got = read_fully(&file, &mut bytes, 0).map_err(io_error("read", &path, Some(0)))?;
     bytes.truncate(got);
     Ok(Some(bytes))
+}
+
+/// The owner the superblock of the journal in `dir` records: `None` if
+/// there is no superblock, no copy verifies or it records none (a
+/// caller's choice made on it must also hold for such a journal).
+pub fn recorded_owner(dir: &Path) -> Result<Option<JournalOwner>, InspectError> {
+    Ok(read_superblock(dir)?
+        .and_then(|bytes| decode_superblock(&bytes))
+        .and_then(|(sb, _, _)| sb.owner))
 }
 
 /// The durability record in `dir`, or why an open would not take it.
@@ -1706,6 +1722,11 @@ impl Scan<'_> {
                         let payload = window
                             .get(offset + ENTRY_HEADER_BYTES as u64, payload_len)
                             .map_err(io_error("read", &path, Some(offset)))?;
+                        if kind == EntryKind::HardState
+                            && crc32fast::hash(payload) == info.payload_checksum
+                        {
+                            self.segment.last_hard_state = Some((info.op, payload.to_vec()));
+                        }
                         if self.observer.entry(&info, payload).is_break() {
                             self.segment.end = SegmentEnd::Stopped { offset };
                             self.transient_read_faults = scanner.transient_read_faults();

@@ -38,10 +38,16 @@
 //! old one's copy with its sequence, and of that and the last hard-state
 //! record in the kept segments the one with the greater sequence holds, so
 //! a salvage never brings back a hard state older than the superblock's.
-//! Records after the cut are quarantined with the rest; a consensus replica
+//! Records after the cut are quarantined with the rest. A consensus replica
 //! must treat a salvaged journal as it treats an uncertain tail (see
-//! `recovery`), and one whose superblock had no verifying copy as having no
-//! hard state at all.
+//! `recovery`): given the hook a replica gives its open
+//! ([`crate::JournalBuilder::hard_state_after_cut`]), [`salvage_as`] runs
+//! it when the salvage cuts damage out of the log, on the newest hard state
+//! it keeps and the last op it keeps, and writes what it returns into the
+//! new superblock, with a sequence above every record kept (so the mark,
+//! e.g. a raft node's "awaiting repair", is made in the same write as the
+//! cut: no crash leaves one without the other). One whose superblock had no
+//! verifying copy has no hard state at all.
 //!
 //! Before it changes anything, it checks the journal it is about to leave
 //! behind: the new superblock's bytes and the kept segments go through the
@@ -97,14 +103,15 @@
 //! again). After step 6 the journal is salvaged even if step 7 never
 //! happens (the report then still says *started*).
 
-use crate::config::ENTRY_BYTES_MAX_LIMIT;
+use crate::config::{HardStateAfterCut, ENTRY_BYTES_MAX_LIMIT};
 use crate::durability::record::DURABILITY_RECORD_FILE_NAME;
 use crate::format::{
-    check_entry_header, EntryKind, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC,
-    SEGMENT_DATA_OFFSET,
+    check_entry_header, EntryHeader, EntryKind, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, ENTRY_MAGIC,
+    HARD_STATE_BYTES_MAX, SEGMENT_DATA_OFFSET,
 };
 use crate::inspect::{
-    self, Damage, InspectError, JournalReport, OpSet, SegmentEnd, SegmentReport, Verdict, Window,
+    self, Damage, HardStateRecord, InspectError, JournalReport, OpSet, SegmentEnd, SegmentReport,
+    Verdict, Window,
 };
 use crate::segment::{segment_file_name, segment_generation};
 use crate::superblock::{
@@ -314,6 +321,9 @@ pub struct NewSuperblock {
     pub fresh: bool,
     /// Its contents.
     pub superblock: JournalSuperblock,
+    /// Its hard state is what the owner's hook made of the newest one kept
+    /// (the salvage cut damage out of the log; see [`salvage_as`]).
+    pub hard_state_marked: bool,
 }
 
 /// How far a salvage got.
@@ -449,6 +459,12 @@ impl SalvageReport {
             sb.superblock.watermark,
             sb.superblock.ends.len()
         ));
+        if sb.hard_state_marked {
+            line(format!(
+                "hard state: marked by the journal's owner's hook for the cut (sequence {})",
+                sb.superblock.hard_state_sequence
+            ));
+        }
         line(format!(
             "ops lost (above the watermark {}; entries whose header still verifies in the cut \
              bytes and the quarantined segments): {}",
@@ -569,6 +585,7 @@ impl SalvageReport {
                 Json::Obj(vec![
                     ("sequence", Json::Num(sb.sequence)),
                     ("fresh", Json::Bool(sb.fresh)),
+                    ("hard_state_marked", Json::Bool(sb.hard_state_marked)),
                     (
                         "journal_id",
                         Json::Str(uuid::Uuid::from_bytes(sb.superblock.journal_id).to_string()),
@@ -612,20 +629,25 @@ pub fn salvage(
     quarantine_root: &Path,
     confirm: bool,
 ) -> Result<SalvageReport, SalvageError> {
-    run(dir, None, quarantine_root, confirm, usize::MAX)
+    run(dir, None, None, quarantine_root, confirm, usize::MAX)
 }
 
 /// [`salvage`] of a journal expected to belong to `owner` (as its shard
 /// opens it): one that records another owner is refused
 /// ([`SalvageError::WrongOwner`]) — a journal directory in the wrong place
-/// is not damage, and cutting it would not help.
+/// is not damage, and cutting it would not help. `after_cut` is the hook
+/// the journal's owner gives its open
+/// ([`crate::JournalBuilder::hard_state_after_cut`]): a salvage that cuts
+/// damage out of the log writes what it returns as the new superblock's
+/// hard state (see the module docs).
 pub fn salvage_as(
     dir: &Path,
     owner: Option<JournalOwner>,
+    after_cut: Option<HardStateAfterCut>,
     quarantine_root: &Path,
     confirm: bool,
 ) -> Result<SalvageReport, SalvageError> {
-    run(dir, owner, quarantine_root, confirm, usize::MAX)
+    run(dir, owner, after_cut, quarantine_root, confirm, usize::MAX)
 }
 
 /// [`salvage`], confirmed, stopping after `changes` changes to the disk
@@ -638,18 +660,19 @@ pub fn salvage_interrupted(
     quarantine_root: &Path,
     changes: usize,
 ) -> Result<SalvageReport, SalvageError> {
-    run(dir, None, quarantine_root, true, changes)
+    run(dir, None, None, quarantine_root, true, changes)
 }
 
 fn run(
     dir: &Path,
     owner: Option<JournalOwner>,
+    after_cut: Option<HardStateAfterCut>,
     quarantine_root: &Path,
     confirm: bool,
     changes_max: usize,
 ) -> Result<SalvageReport, SalvageError> {
     let scan = inspect::scan_journal_as(dir, owner, &mut ())?;
-    let plan = plan(dir, quarantine_root, &scan)?;
+    let plan = plan(dir, quarantine_root, &scan, after_cut)?;
     if !confirm {
         return Err(SalvageError::NotConfirmed(Box::new(plan.report)));
     }
@@ -670,7 +693,12 @@ struct Plan {
     superblock_exists: bool,
 }
 
-fn plan(dir: &Path, quarantine_root: &Path, scan: &JournalReport) -> Result<Plan, SalvageError> {
+fn plan(
+    dir: &Path,
+    quarantine_root: &Path,
+    scan: &JournalReport,
+    after_cut: Option<HardStateAfterCut>,
+) -> Result<Plan, SalvageError> {
     match scan.verdict {
         // Damage a reopen leaves to the reads of its entries: cut at it
         // like any other, so that `ringstore wal verify` passes after.
@@ -829,6 +857,7 @@ fn plan(dir: &Path, quarantine_root: &Path, scan: &JournalReport) -> Result<Plan
 
     // The new superblock.
     let old = scan.superblock.as_ref();
+    let cut_generation = cut.as_ref().map(|c| c.generation);
     let journal_id = old
         .map(|sb| sb.journal_id)
         .or_else(|| {
@@ -844,6 +873,51 @@ fn plan(dir: &Path, quarantine_root: &Path, scan: &JournalReport) -> Result<Plan
         .map(|s| s.watermark)
         .max()
         .unwrap_or(0);
+    // The hard state: the superblock's copy, or a newer record in the kept
+    // segments (what an open of the salvaged journal would take), marked by
+    // the owner's hook when damage is cut out of the log.
+    let marked_hard_state = match (after_cut, &first_damage) {
+        (Some(mark), Some(_)) => {
+            // Segments kept whole as the scan saw them; of the cut one,
+            // only what is before the cut (the scan read past damage).
+            let mut op_max = None;
+            let mut newest = old.map(|sb| (sb.hard_state_sequence, sb.hard_state.clone()));
+            for k in &kept {
+                let Some(segment) = scan.segment(k.generation) else {
+                    continue;
+                };
+                let (ops, hard_state) = if stopped_inside && Some(k.generation) == cut_generation {
+                    kept_before_cut(&k.path, segment, k.end).map_err(|source| InspectError::Io {
+                        op: "read",
+                        path: k.path.clone(),
+                        offset: None,
+                        source,
+                    })?
+                } else {
+                    (segment.op_max, segment.last_hard_state.clone())
+                };
+                op_max = op_max.max(ops);
+                newest = newest
+                    .into_iter()
+                    .chain(hard_state)
+                    .max_by_key(|(seq, _)| *seq);
+            }
+            let (sequence, bytes) = newest.unwrap_or_default();
+            let marked = mark(&bytes, op_max.unwrap_or(0));
+            if marked.len() > HARD_STATE_BYTES_MAX {
+                return Err(SalvageError::Unverifiable {
+                    dir: dir.to_path_buf(),
+                    reason: format!(
+                        "the hard state the owner's hook returned is {} bytes, over \
+                         HARD_STATE_BYTES_MAX ({HARD_STATE_BYTES_MAX})",
+                        marked.len()
+                    ),
+                });
+            }
+            Some((sequence + 1, marked))
+        }
+        _ => None,
+    };
     let new_sb = NewSuperblock {
         sequence: old.map_or(1, |sb| sb.sequence + 1),
         fresh: old.is_none(),
@@ -855,10 +929,18 @@ fn plan(dir: &Path, quarantine_root: &Path, scan: &JournalReport) -> Result<Plan
             watermark: old.map_or(0, |sb| sb.watermark).max(kept_watermark),
             ends: kept.iter().map(|k| (k.generation, k.end)).collect(),
             // Hard-state records in quarantined segments are lost with them
-            // (see `salvage` in the module docs); the superblock's stays.
-            hard_state: old.map_or_else(Vec::new, |sb| sb.hard_state.clone()),
-            hard_state_sequence: old.map_or(0, |sb| sb.hard_state_sequence),
+            // (see `salvage` in the module docs); the superblock's stays,
+            // unless the hook marked the newest kept one.
+            hard_state: marked_hard_state.as_ref().map_or_else(
+                || old.map_or_else(Vec::new, |sb| sb.hard_state.clone()),
+                |(_, bytes)| bytes.clone(),
+            ),
+            hard_state_sequence: marked_hard_state.as_ref().map_or_else(
+                || old.map_or(0, |sb| sb.hard_state_sequence),
+                |(sequence, _)| *sequence,
+            ),
         },
+        hard_state_marked: marked_hard_state.is_some(),
     };
 
     // What moves: everything in the directory but the kept segments and a
@@ -1066,6 +1148,60 @@ fn tally_entries(
     lost: &mut (OpSet, u64),
     covered: &mut (OpSet, u64),
 ) -> io::Result<()> {
+    walk_entries(path, segment, from, to, |entry, _| {
+        if entry.entry_kind() == Some(EntryKind::Data) {
+            let op = entry.op.get();
+            let tally = if op <= watermark {
+                &mut *covered
+            } else {
+                &mut *lost
+            };
+            tally.0.insert(op);
+            tally.1 += 1;
+        }
+        Ok(())
+    })
+}
+
+/// Of the entries of `segment` before `cut` (the part of the cut segment
+/// salvage keeps): the largest data op, and the last hard-state record
+/// whose payload verifies (its sequence and bytes).
+fn kept_before_cut(
+    path: &Path,
+    segment: &SegmentReport,
+    cut: u64,
+) -> io::Result<(Option<u64>, Option<HardStateRecord>)> {
+    let (mut op_max, mut hard_state) = (None, None);
+    walk_entries(path, segment, SEGMENT_DATA_OFFSET, cut, |entry, window| {
+        match entry.entry_kind() {
+            Some(EntryKind::Data) => op_max = op_max.max(Some(entry.op.get())),
+            Some(EntryKind::HardState) => {
+                let pos = u64::from(entry.offset.get()) + ENTRY_HEADER_BYTES as u64;
+                let len = u64::from(entry.payload_len.get());
+                let bytes = window.get(pos, len)?;
+                if pos + len <= cut
+                    && bytes.len() as u64 == len
+                    && crc32fast::hash(bytes) == entry.payload_checksum.get()
+                {
+                    hard_state = Some((entry.op.get(), bytes.to_vec()));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok((op_max, hard_state))
+}
+
+/// Calls `visit` on every entry of `segment` between `from` and `to` whose
+/// header verifies, in order, stepping over bytes that are not one.
+fn walk_entries(
+    path: &Path,
+    segment: &SegmentReport,
+    from: u64,
+    to: u64,
+    mut visit: impl FnMut(&EntryHeader, &mut Window<'_>) -> io::Result<()>,
+) -> io::Result<()> {
     let Some(header) = segment.header else {
         return Ok(());
     };
@@ -1088,16 +1224,7 @@ fn tally_entries(
             ENTRY_BYTES_MAX_LIMIT,
         ) {
             Ok(entry) => {
-                if entry.entry_kind() == Some(EntryKind::Data) {
-                    let op = entry.op.get();
-                    let tally = if op <= watermark {
-                        &mut *covered
-                    } else {
-                        &mut *lost
-                    };
-                    tally.0.insert(op);
-                    tally.1 += 1;
-                }
+                visit(&entry, &mut window)?;
                 pos += entry.footprint();
             }
             Err(_) => pos += ENTRY_ALIGN_BYTES,

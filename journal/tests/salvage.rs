@@ -15,8 +15,8 @@ mod common;
 use common::*;
 use ringstore_journal::inspect::{scan_journal, Verdict};
 use ringstore_journal::salvage::{
-    salvage, salvage_interrupted, SalvageError, SalvageReport, SalvageState, REPORT_JSON_NAME,
-    REPORT_TEXT_NAME,
+    salvage, salvage_as, salvage_interrupted, SalvageError, SalvageReport, SalvageState,
+    REPORT_JSON_NAME, REPORT_TEXT_NAME,
 };
 use ringstore_journal::{Journal, JournalBuilder};
 use std::collections::BTreeMap;
@@ -549,4 +549,135 @@ fn without_a_superblock_kept_retired_segments_below_a_gap_are_not_the_log() {
         }
         journal.close().await.unwrap();
     });
+}
+
+/// The hook a replica gives its open for a cut tail, as a test sees it:
+/// what it was given, and the last op.
+fn mark(hard_state: &[u8], last_op: u64) -> Vec<u8> {
+    let mut marked = format!("marked:{last_op}:").into_bytes();
+    marked.extend_from_slice(hard_state);
+    marked
+}
+
+/// [`write_journal`], closed, with a hard state recorded after each
+/// session's ops (`hs-0` in segment 1, `hs-1` in 2, `hs-2` in 3; each
+/// close also writes the newest into the superblock).
+fn write_journal_with_hard_states(dir: &Path) {
+    let p = dir.to_path_buf();
+    run(move || async move {
+        for session in 0..3 {
+            let journal = builder(&p).open().await.unwrap();
+            for op in session * OPS + 1..=(session + 1) * OPS {
+                assert_eq!(journal.append(&payload(op, PAYLOAD)).await.unwrap(), op);
+            }
+            journal
+                .set_hard_state(format!("hs-{session}").as_bytes())
+                .await
+                .unwrap();
+            journal.close().await.unwrap();
+        }
+    });
+}
+
+/// The hard state an open of the journal in `dir` reads.
+fn hard_state_at_open(dir: &Path) -> Vec<u8> {
+    let p = dir.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    run(move || async move {
+        let journal = builder(&p).open().await.unwrap();
+        tx.send(journal.hard_state()).unwrap();
+        journal.close().await.unwrap();
+    });
+    rx.recv().unwrap()
+}
+
+/// A replica must treat a salvaged log as a cut tail: given the hook its
+/// open runs for one, a salvage that cuts damage out of the log runs it on
+/// the newest hard state it keeps and the last op it keeps, and writes the
+/// result into the new superblock, above every record kept, so the reopen
+/// reads it. A salvage whose damage is outside the log (a stray segment)
+/// cuts nothing from it and leaves the hard state as it was.
+#[test]
+fn a_salvage_that_cuts_the_log_marks_the_hard_state_with_the_owners_hook() {
+    // Damage in segment 2 at op 6: ops 6 to 12 and the records `hs-1`
+    // (segment 2, after op 8) and `hs-2` (segment 3) are cut; the
+    // superblock's copy of `hs-2`, the newest, stays. The scan reads on
+    // past the damage (op 8 verifies), but the hook is given op 5.
+    let root = temp_dir();
+    let dir = root.path().join("journal");
+    write_journal_with_hard_states(&dir);
+    assert_eq!(hard_state_at_open(&dir), b"hs-2");
+    flip_bit(&segment_path(&dir, 2), offset_of(6) + 56 + 9, 4);
+    let report = salvage_as(&dir, None, Some(mark), &root.path().join("q"), true)
+        .unwrap_or_else(|e| panic!("salvage failed: {e}"));
+    assert!(report.superblock.hard_state_marked, "{}", report.text());
+    assert!(
+        report.text().contains("hard state: marked"),
+        "{}",
+        report.text()
+    );
+    assert!(
+        report.json().contains("\"hard_state_marked\": true"),
+        "{}",
+        report.json()
+    );
+    assert_eq!(hard_state_at_open(&dir), mark(b"hs-2", 5));
+    // Without the hook the kept hard state is left as it was.
+    let root = temp_dir();
+    let dir = root.path().join("journal");
+    write_journal_with_hard_states(&dir);
+    flip_bit(&segment_path(&dir, 2), offset_of(6) + 56 + 9, 4);
+    let report = salvage_as(&dir, None, None, &root.path().join("q"), true).unwrap();
+    assert!(!report.superblock.hard_state_marked);
+    assert_eq!(hard_state_at_open(&dir), b"hs-2");
+    // Damage outside the log: nothing cut from it, nothing marked.
+    let root = temp_dir();
+    let dir = root.path().join("journal");
+    write_journal_with_hard_states(&dir);
+    std::fs::copy(segment_path(&dir, 3), segment_path(&dir, 7)).unwrap();
+    let report = salvage_as(&dir, None, Some(mark), &root.path().join("q"), true)
+        .unwrap_or_else(|e| panic!("salvage failed: {e}"));
+    assert!(!report.superblock.hard_state_marked, "{}", report.text());
+    assert_eq!(hard_state_at_open(&dir), b"hs-2");
+}
+
+/// Of the cut segment, salvage keeps only what is before the cut: the
+/// newest hard state it takes may be a record there (newer than the
+/// superblock's copy), never one after the cut, and the last op it hands
+/// the hook is the last before the cut.
+#[test]
+fn a_salvage_marks_the_newest_hard_state_before_the_cut() {
+    let root = temp_dir();
+    let dir = root.path().join("journal");
+    let p = dir.clone();
+    run(move || async move {
+        for session in 0..3 {
+            let journal = builder(&p).open().await.unwrap();
+            if session == 2 {
+                journal.set_hard_state(b"before").await.unwrap();
+            }
+            for op in session * OPS + 1..=(session + 1) * OPS {
+                assert_eq!(journal.append(&payload(op, PAYLOAD)).await.unwrap(), op);
+            }
+            if session < 2 {
+                journal.set_hard_state(b"closed").await.unwrap();
+                journal.close().await.unwrap();
+            } else {
+                // After the ops, then a crash: the superblock keeps
+                // "closed".
+                journal.set_hard_state(b"after").await.unwrap();
+                glommio::yield_if_needed().await;
+                drop(journal);
+            }
+        }
+    });
+    // Op 11's payload (segment 3, one block later for the record
+    // "before"), with op 12 and the record "after" behind it: salvage
+    // cuts at op 11.
+    flip_bit(&segment_path(&dir, 3), offset_of(11) + 4096 + 56 + 9, 4);
+    assert!(!scan_journal(&dir, &mut ()).unwrap().is_intact());
+    let report = salvage_as(&dir, None, Some(mark), &root.path().join("q"), true)
+        .unwrap_or_else(|e| panic!("salvage failed: {e}"));
+    assert!(report.superblock.hard_state_marked, "{}", report.text());
+    assert_eq!(hard_state_at_open(&dir), mark(b"before", 10));
 }

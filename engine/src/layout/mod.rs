@@ -48,6 +48,15 @@ pub const RESTORE_MARKER_NAME: &str = "restoring";
 /// directory (same filesystem as the snapshots).
 pub const RESTORE_STAGING_DIR_NAME: &str = "restore";
 
+/// The place a raft node's journal records in its superblock's owner: its
+/// node id as the shard, among this many "shards" (a value no engine data
+/// directory has). A journal of another node of the same cluster is then
+/// refused (`raft::RaftStoreError::OtherNode`); one written before node
+/// ids were recorded (no place) takes this node's at its next open. Here,
+/// not in `raft`, so that tools built without it still tell a raft node's
+/// journal apart (`ringstore wal salvage` refuses to cut one unmarked).
+pub const RAFT_NODE_SHARDS: u32 = u32::MAX;
+
 /// Whether the shard directory `dir` holds the restore marker (listed
 /// through `storage`, like everything else an open reads).
 pub(crate) fn restore_marker_present<S: Storage>(storage: &S, dir: &Path) -> Result<bool> {

@@ -208,7 +208,10 @@ pub use machine::RaftMachine;
 pub use machine::SnapshotFile;
 pub use reactor::{ReactorClosed, ReactorThread};
 pub use runtime::{ReactorJoinError, ReactorJoinHandle, ReactorRuntime};
-pub use shard::{JournalSetup, RaftShard, RAFT_NODE_SHARDS, RAFT_SECTION, SESSIONS_MAX};
+pub use shard::{
+    awaiting_repair_after_cut, JournalSetup, RaftShard, RAFT_NODE_SHARDS, RAFT_SECTION,
+    SESSIONS_MAX,
+};
 pub use types::{
     LeaderId, LogId, Payload, RaftTypes, Request, Response, SnapshotMeta, StoredMembership, Vote,
 };

@@ -31,12 +31,7 @@ use uuid::Uuid;
 /// The snapshot section holding what Raft keeps beside the machine.
 pub const RAFT_SECTION: &str = "raft";
 
-/// The place a raft node's journal records in its superblock's owner: its
-/// node id as the shard, among this many "shards" (a value no engine data
-/// directory has). A journal of another node of the same cluster is then
-/// refused ([`RaftStoreError::OtherNode`]); one written before node ids
-/// were recorded (no place) takes this node's at its next open.
-pub const RAFT_NODE_SHARDS: u32 = u32::MAX;
+pub use crate::layout::RAFT_NODE_SHARDS;
 /// Its format version.
 const RAFT_SECTION_VERSION: u32 = 1;
 
@@ -387,8 +382,10 @@ where
 /// later cut that takes the log's record of the mark is found and marked
 /// the same way, below the same term or a later one (the vote, in the
 /// superblock, is never lost). A hard state that does not decode is kept
-/// as it is (reading the vote reports it).
-pub(super) fn awaiting_repair_after_cut(bytes: &[u8], last_op: u64) -> Vec<u8> {
+/// as it is (reading the vote reports it). `ringstore wal salvage` gives
+/// it to the journal's salvage too, which runs it when it cuts damage out
+/// of a raft node's log.
+pub fn awaiting_repair_after_cut(bytes: &[u8], last_op: u64) -> Vec<u8> {
     let mut state = if bytes.is_empty() {
         super::log::HardState::default()
     } else {

@@ -23,6 +23,7 @@ use crate::output::{self, Out, Progress};
 use crate::{CliError, Context, Outcome};
 use ringstore::broker::Command;
 use ringstore::layout::identity::IdentityFault;
+use ringstore::layout::RAFT_NODE_SHARDS;
 use ringstore_journal::durability::{self, record::DurabilityRecord};
 use ringstore_journal::format::EntryKind;
 use ringstore_journal::inspect::{
@@ -1051,7 +1052,8 @@ fn salvage(context: &Context, args: &SalvageArgs) -> Result<Outcome, CliError> {
     let quarantine = shard.path.join(QUARANTINE_DIR_NAME);
     let mut out = Out::new();
     let owner = expected(context, shard).owner;
-    match salvage_as(&journal_dir, owner, &quarantine, args.yes) {
+    let after_cut = hook_after_cut(shard, &journal_dir)?;
+    match salvage_as(&journal_dir, owner, after_cut, &quarantine, args.yes) {
         Ok(report) => {
             print_salvage(context, &mut out, shard, &report, true)?;
             out.flush()?;
@@ -1072,6 +1074,30 @@ fn salvage(context: &Context, args: &SalvageArgs) -> Result<Outcome, CliError> {
         ))),
         Err(e) => Err(CliError(format!("{}: {e}", shard.label))),
     }
+}
+
+/// The hook the journal's owner gives its open for a cut tail, which a
+/// salvage that cuts damage out of the log must run too: a raft node's
+/// journal (its superblock records a raft node's place) marks the node
+/// awaiting repair, so that it does not vote on a log the salvage cut
+/// (the raft module's "Uncertain tail"). An engine shard's has none.
+fn hook_after_cut(
+    shard: &ShardDir,
+    journal_dir: &Path,
+) -> Result<Option<ringstore_journal::HardStateAfterCut>, CliError> {
+    let owner = ringstore_journal::inspect::recorded_owner(journal_dir)
+        .map_err(|e| CliError(format!("{}: {e}", shard.label)))?;
+    if owner.is_none_or(|o| o.shards != RAFT_NODE_SHARDS) {
+        return Ok(None);
+    }
+    #[cfg(feature = "openraft")]
+    return Ok(Some(ringstore::raft::awaiting_repair_after_cut));
+    #[cfg(not(feature = "openraft"))]
+    Err(CliError(format!(
+        "{}: the journal is a raft node's; salvage it with a build that has the `openraft` \
+         feature, which marks the node as awaiting repair (nothing was changed)",
+        shard.label
+    )))
 }
 
 fn print_salvage(
@@ -1134,6 +1160,12 @@ fn print_salvage(
             ""
         }
     ))?;
+    if sb.hard_state_marked {
+        out.line(
+            "  hard state: marked awaiting repair (a raft node's log was cut: it will not vote \
+             until a later term's entry is committed on it, or `--waive-repair <TERM>`)",
+        )?;
+    }
     out.line(format_args!(
         "  ops lost (above the watermark {}): {}",
         sb.superblock.watermark,
