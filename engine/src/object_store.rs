@@ -54,8 +54,9 @@
 //! failure, and not retried until a newer snapshot supersedes it. Size is
 //! what the store tells without a download; within a domain only its shard
 //! writes snapshot keys and each op's snapshot is written once (a cold
-//! restore numbers past every key it found), so a same-size object with
-//! other bytes needs two processes claiming one domain.
+//! restore, and a [`Shard::reset_to`] of a shard with an object store,
+//! number a ring past every key the domain has there), so a same-size
+//! object with other bytes needs two processes claiming one domain.
 //!
 //! # Upload modes
 //!
@@ -322,6 +323,35 @@ enum Upload {
 }
 
 impl<M: StateMachine, S: Storage> Shard<M, S> {
+    /// The op a reset into `domain` must number above besides what the
+    /// shard itself has seen: with an object store, one ring above the
+    /// largest snapshot key `domain` has there (damaged objects included),
+    /// as a cold restore numbers; 0 without one. A shard that resets to an
+    /// older generation of a domain, or joins one from a snapshot file,
+    /// would otherwise upload its snapshots under keys the domain's history
+    /// holds already: a same-size object there counts as this upload (see
+    /// the module docs), and retention, which keeps the highest ops, would
+    /// keep the old history's, which a cold restore would then bring back.
+    pub(crate) async fn remote_numbering_floor(&self, domain: Uuid) -> Result<u64> {
+        let Some(objects) = self.hook::<ShardObjects>() else {
+            return Ok(0);
+        };
+        let tiered = objects.tiered().ok_or(Error::Closed)?;
+        let prefix = format!("{domain}/{SNAPSHOT_KEY_PREFIX}");
+        let listed = tiered
+            .remote()
+            .list(&prefix)
+            .await
+            .map_err(|e| ObjectStoreError::new("list the domain's snapshots", e.into()))?;
+        let domain_prefix = format!("{domain}/");
+        let newest = listed
+            .iter()
+            .filter_map(|info| parse_snapshot_key(info.key.strip_prefix(&domain_prefix)?))
+            .max();
+        let ring = self.journal().config().slot_count;
+        Ok(newest.map_or(0, |op| op.saturating_add(ring)))
+    }
+
     /// Waits until the newest local snapshot is in object storage, at most
     /// `wait_max`. Returns whether it is (true at once without an object
     /// store or without a snapshot).

@@ -10,8 +10,10 @@
 //!    rewritten).
 //! 2. `B` = one above the largest op the shard has seen (the journal's
 //!    last op, the newest local snapshot, the applied op, the snapshot's own
-//!    watermark, and for a cold restore every snapshot key in object
-//!    storage); `E` = one above the largest epoch likewise.
+//!    watermark, and, with an object store, a ring above every snapshot key
+//!    the snapshot's domain has there, as a cold restore numbers: the
+//!    shard's uploads then never take a key of the domain's history);
+//!    `E` = one above the largest epoch likewise.
 //! 3. Persist the restored state as the local snapshot at op `B`, epoch `E`.
 //! 4. Raise the journal's epoch to `E` and its watermark to `B`.
 //! 5. The first op submitted afterwards is checked to be `B + 1` at epoch
@@ -138,6 +140,8 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     ) -> Result<ResetOutcome, ResetError> {
         let journal = self.journal();
         let snapshots = self.snapshots();
+        // A cold restore passes the store's keys in `seen_elsewhere`.
+        let from_file = matches!(source, Source::File(_));
         // 1. Load, verify, restore.
         let loaded = match source {
             Source::File(path) => snapshots.load(path, None).await.map_err(Error::from)?,
@@ -149,6 +153,13 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             source: Arc::new(e),
         })?;
         let source = loaded.meta;
+        // Before anything changes: a store that cannot be listed fails the
+        // reset with nothing done.
+        let remote_floor = if from_file {
+            self.remote_numbering_floor(source.domain).await?
+        } else {
+            0
+        };
         let generations = snapshots.generations()?;
         let applied = self.applied();
         if source.domain != self.domain() {
@@ -172,7 +183,8 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             .max(journal.next_op().saturating_sub(1))
             .max(applied.op)
             .max(newest_local)
-            .max(seen_elsewhere.op);
+            .max(seen_elsewhere.op)
+            .max(remote_floor);
         let epoch_seen = source
             .epoch
             .max(journal.epoch())

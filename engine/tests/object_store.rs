@@ -68,6 +68,7 @@ conformance!(
     damaged_newest_object_falls_back_to_the_previous_generation,
     retention_keeps_the_newest_generations,
     restore_refusals_are_typed_and_leave_nothing_behind,
+    a_reset_numbers_above_every_key_of_the_domain_in_the_store,
 );
 
 fn settings(remote: &Remote) -> ObjectStoreSettings {
@@ -133,6 +134,53 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(started.elapsed() < WAIT, "timed out waiting: {what}");
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A fresh shard with an object store that joins a domain by `reset_to`
+/// from an older snapshot of it (say, downloaded by hand) numbers a ring
+/// above every key the domain has in the store, as a cold restore does:
+/// its snapshots then never take a key of the domain's history (an object
+/// of the same size there would count as the upload, and retention would
+/// keep the old history's newer keys, which a cold restore would bring
+/// back).
+fn a_reset_numbers_above_every_key_of_the_domain_in_the_store(fixture: &Fixture, dir: &Path) {
+    let remote = fixture.remote();
+    let (first_dir, second_dir) = (dir.join("first"), dir.join("second"));
+    let downloads = dir.join("downloads");
+    run(move || async move {
+        let shard = builder(&first_dir, settings(&remote)).open().await.unwrap();
+        let domain = shard.domain();
+        create_streams(&shard, "a", 20).await;
+        let op = checkpoint_uploaded(&shard).await;
+        std::fs::create_dir(&downloads).unwrap();
+        let older = downloads.join(snapshot_file_name(op));
+        std::fs::copy(shard.snapshots().dir().join(snapshot_file_name(op)), &older).unwrap();
+        create_streams(&shard, "b", 20).await;
+        let newest = checkpoint_uploaded(&shard).await;
+        let ring = shard.journal().config().slot_count;
+        shard.close().await.unwrap();
+
+        let shard = builder(&second_dir, settings(&remote))
+            .open()
+            .await
+            .unwrap();
+        let reset = shard.reset_to(&older).await.unwrap();
+        assert_eq!(shard.domain(), domain);
+        assert_eq!(reset.source.watermark, op);
+        assert!(
+            reset.floor.op >= newest + ring,
+            "floor {:?}: not a ring above the domain's newest key {newest}",
+            reset.floor
+        );
+        // Its snapshot goes up under a key of its own.
+        assert!(shard.wait_for_upload(WAIT).await);
+        assert_eq!(shard.stats().snapshot_upload_failures, 0);
+        let ops = remote_ops(&remote, domain).await;
+        assert!(ops.contains(&reset.floor.op), "{ops:?}");
+        assert!(ops.contains(&newest), "{ops:?}");
+        shard.close().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
 }
 
 fn checkpoint_uploads_and_a_lost_shard_is_restored(fixture: &Fixture, dir: &Path) {
