@@ -144,6 +144,9 @@ use std::rc::Rc;
 
 /// Bytes read per call while scanning.
 const SCAN_READ_BYTES: u64 = 1 << 20;
+/// Most reads of the superblock file an open makes while a copy is found
+/// wanting and each read differs from the one before (transient faults).
+const SUPERBLOCK_READS_MAX: usize = 3;
 /// Segments scanned at once.
 const SEGMENT_SCANS_IN_FLIGHT: usize = 4;
 /// Scan reads kept in flight ahead of the one being parsed.
@@ -268,7 +271,8 @@ pub struct RecoveryReport {
     /// Superblock copies that did not verify or were older than the other
     /// (rewritten at open): "offset: reason".
     pub superblock_repaired: Vec<String>,
-    /// Entries that failed verification once but verified when read again.
+    /// Entries, and reads of the superblock, that failed verification once
+    /// but verified (or read otherwise) when read again.
     pub transient_read_faults: u64,
     /// Set when the journal was not closed cleanly: where the log ends,
     /// unrecorded (see [`UnrecordedEnd`]). `None` after a clean close (the
@@ -645,10 +649,10 @@ pub(crate) async fn recover<S: Storage>(
         .map_err(|e| Error::io("list directory", dir, None, e))?;
     let names = verify::classify_names(&listing);
     let sb_path = dir.join(SUPERBLOCK_FILE_NAME);
-    let sb_bytes = if names.superblock {
+    let (sb_bytes, sb_transient_faults) = if names.superblock {
         read_superblock_durably(storage, &sb_path).await?
     } else {
-        None
+        (None, 0)
     };
     let mut files = Vec::with_capacity(names.generations.len());
     let mut facts = Vec::with_capacity(names.generations.len());
@@ -668,7 +672,7 @@ pub(crate) async fn recover<S: Storage>(
         removed: Vec::new(),
         stray_files: plan.stray.clone(),
         superblock_repaired: Vec::new(),
-        transient_read_faults: 0,
+        transient_read_faults: sb_transient_faults,
         unrecorded_end: None,
     };
     for stray in &plan.stray {
@@ -1069,18 +1073,46 @@ fn record_entry(scan: &mut SegmentScan, header: &EntryHeader) {
 /// Reads the superblock file after an fdatasync, so what recovery acts on
 /// is what a crash keeps (the last run's update may have failed between its
 /// write and its sync).
-async fn read_superblock_durably<S: Storage>(storage: &S, path: &Path) -> Result<Option<Vec<u8>>> {
+async fn read_superblock_durably<S: Storage>(
+    storage: &S,
+    path: &Path,
+) -> Result<(Option<Vec<u8>>, u64)> {
     let file = match storage.open(path).await {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, 0)),
         Err(e) => return Err(Error::io("open superblock", path, None, e)),
     };
     let synced = file.sync().await;
-    let read = file
-        .read_at(0, superblock::SUPERBLOCK_FILE_BYTES as usize)
-        .await;
+    let read = read_superblock_settled(&file).await;
     let _ = file.close().await;
     synced.map_err(|e| Error::io("fdatasync superblock", path, None, e))?;
-    let bytes = read.map_err(|e| Error::io("read superblock", path, Some(0), e))?;
-    Ok(Some(bytes.to_vec()))
+    let (bytes, transient) = read.map_err(|e| Error::io("read superblock", path, Some(0), e))?;
+    Ok((Some(bytes), transient))
+}
+
+/// Reads of the superblock file while a copy does not verify or holds an
+/// older state and the read differs from the one before it, at most
+/// [`SUPERBLOCK_READS_MAX`]: the copy found wanting is rewritten from the
+/// other at once, so a transient read fault in the newer copy must not make
+/// the older state the chosen one (segment entries get a second read
+/// before they are judged damaged for the same reason). Returns the last
+/// read and how many reads differed from the one before.
+async fn read_superblock_settled<F: StorageFile>(file: &F) -> std::io::Result<(Vec<u8>, u64)> {
+    let read = || file.read_at(0, superblock::SUPERBLOCK_FILE_BYTES as usize);
+    let mut bytes = read().await?.to_vec();
+    let mut transient = 0;
+    for _ in 1..SUPERBLOCK_READS_MAX {
+        let settled = superblock::decode(&bytes, superblock::SuperblockKind::Journal)
+            .is_ok_and(|chosen| chosen.stale_or_damaged.is_empty());
+        if settled {
+            break;
+        }
+        let again = read().await?.to_vec();
+        if again == bytes {
+            break;
+        }
+        transient += 1;
+        bytes = again;
+    }
+    Ok((bytes, transient))
 }

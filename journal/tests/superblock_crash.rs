@@ -374,3 +374,58 @@ async fn appends_then_an_empty_segment(
     journal.close().await.unwrap();
     (builder(mem).open().await.unwrap(), acked)
 }
+
+/// A crash between the two copies of a superblock update leaves copy 0
+/// holding the newer state and copy 1 the older. If the open's read of the
+/// superblock then flips a bit of copy 0 (a transient fault: the bytes on
+/// disk are intact), the newer state must still be the one chosen: the
+/// open reads the file again before it rewrites a copy it found wanting,
+/// where taking the first read would write the older state over the newer
+/// one for good.
+#[test]
+fn a_transient_read_fault_in_the_newer_superblock_copy_does_not_bring_back_the_older() {
+    use ringstore_journal::superblock::{self, JournalSuperblock};
+    let (tx, rx) = std::sync::mpsc::channel();
+    run(move || async move {
+        let mem = MemStorage::new();
+        let path = Path::new("/mem/wal/superblock");
+        let journal = builder(&mem).open().await.unwrap();
+        journal.append(&payload(1, 100)).await.unwrap();
+        journal.set_hard_state(b"older").await.unwrap();
+        journal.copy_hard_state_to_superblock().await.unwrap();
+        journal.close().await.unwrap();
+        // Copy 0 of an update that a crash cut short before copy 1.
+        let bytes = mem.file_bytes(path).unwrap();
+        let chosen = superblock::decode(&bytes, SuperblockKind::Journal).unwrap();
+        let mut newer = JournalSuperblock::decode(&chosen.body).unwrap();
+        newer.hard_state = b"newer".to_vec();
+        newer.hard_state_sequence += 1;
+        let copy0 = superblock::encode_copy(
+            SuperblockKind::Journal,
+            chosen.sequence + 1,
+            0,
+            &newer.encode(),
+        );
+        let mut crafted = bytes.clone();
+        crafted[..copy0.len()].copy_from_slice(&copy0);
+        mem.set_file_bytes(path, crafted);
+        mem.flip_next_read(path, 100, 2);
+        let journal = builder(&mem).open().await.unwrap();
+        let first = (
+            journal.hard_state(),
+            journal.recovery_report().transient_read_faults,
+        );
+        journal.close().await.unwrap();
+        let journal = builder(&mem).open().await.unwrap();
+        let second = journal.hard_state();
+        journal.close().await.unwrap();
+        tx.send((first, second)).unwrap();
+    });
+    let ((first, transient), second) = rx.recv().unwrap();
+    assert_eq!(first, b"newer", "the open chose the older copy");
+    assert!(transient >= 1, "the second read was not counted");
+    assert_eq!(
+        second, b"newer",
+        "the older state was written over the newer"
+    );
+}

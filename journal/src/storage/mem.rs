@@ -355,6 +355,9 @@ struct Oneshots {
     fail_renames: Option<(u32, i32)>,
     fail_creates: Option<(u32, i32)>,
     fail_links: Option<(u32, i32)>,
+    /// The next read of this file that covers this offset returns this bit
+    /// flipped there (once).
+    flip_read: Option<(PathBuf, u64, u8)>,
 }
 
 fn take_oneshot(slot: &mut Option<(u32, i32)>) -> Option<io::Error> {
@@ -757,6 +760,13 @@ impl MemStorage {
     /// The next `count` links fail with `errno`.
     pub fn fail_next_links(&self, count: u32, errno: i32) {
         self.fs.borrow_mut().oneshots.fail_links = Some((count, errno));
+    }
+
+    /// The next read of `path` that covers byte `offset` returns bit `bit`
+    /// of that byte flipped, once: a transient read fault at a place a
+    /// test chooses (the file's bytes are left as they are).
+    pub fn flip_next_read(&self, path: &Path, offset: u64, bit: u8) {
+        self.fs.borrow_mut().oneshots.flip_read = Some((path.to_path_buf(), offset, bit));
     }
 
     /// Paths of every directory the disk made that exists now.
@@ -1409,6 +1419,14 @@ impl StorageFile for MemFile {
             data.live[start..end].to_vec()
         };
         fs.bytes_read += bytes.len() as u64;
+        if let Some((path, offset, bit)) = fs.oneshots.flip_read.take() {
+            if path == self.path && offset >= pos && offset < pos + bytes.len() as u64 {
+                fs.counts.read_flips += 1;
+                bytes[(offset - pos) as usize] ^= 1 << (bit % 8);
+            } else {
+                fs.oneshots.flip_read = Some((path, offset, bit));
+            }
+        }
         let flip = fs.faults.read_flip_rate;
         if !bytes.is_empty() && fs.chance(flip) {
             fs.counts.read_flips += 1;
