@@ -1295,7 +1295,13 @@ impl Executor {
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         // 2. The folder.
         self.change()?;
-        let created_root = !root.exists();
+        // The levels `create_dir_all` makes, deepest first: each one's
+        // entry is in its parent, which is synced below.
+        let created: Vec<PathBuf> = root
+            .ancestors()
+            .take_while(|dir| !dir.as_os_str().is_empty() && !dir.exists())
+            .map(Path::to_path_buf)
+            .collect();
         std::fs::create_dir_all(&root).map_err(self.io_error("create directory", &root, false))?;
         let folder = create_folder(&quarantine).map_err(self.io_error(
             "create directory",
@@ -1318,10 +1324,12 @@ impl Executor {
             }
         }
         sync_dir(&root).map_err(self.io_error("fsync directory", &root, false))?;
-        if created_root {
-            if let Some(parent) = root.parent() {
-                sync_dir(parent).map_err(self.io_error("fsync directory", parent, false))?;
-            }
+        for dir in &created {
+            let parent = match dir.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            sync_dir(parent).map_err(self.io_error("fsync directory", parent, false))?;
         }
         // 3. The report, marked started.
         self.change()?;

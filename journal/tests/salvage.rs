@@ -676,8 +676,12 @@ fn a_salvage_marks_the_newest_hard_state_before_the_cut() {
     // cuts at op 11.
     flip_bit(&segment_path(&dir, 3), offset_of(11) + 4096 + 56 + 9, 4);
     assert!(!scan_journal(&dir, &mut ()).unwrap().is_intact());
-    let report = salvage_as(&dir, None, Some(mark), &root.path().join("q"), true)
+    // A quarantine root several levels deep: each level made (and its
+    // parent synced).
+    let report = salvage_as(&dir, None, Some(mark), &root.path().join("q/a/b"), true)
         .unwrap_or_else(|e| panic!("salvage failed: {e}"));
     assert!(report.superblock.hard_state_marked, "{}", report.text());
     assert_eq!(hard_state_at_open(&dir), mark(b"before", 10));
+    assert!(report.quarantine.starts_with(root.path().join("q/a/b")));
+    assert!(report.quarantine.join(REPORT_TEXT_NAME).is_file());
 }
