@@ -75,6 +75,20 @@ pub enum ResetError {
         snapshot: Uuid,
     },
 
+    /// The new numbering would have to start above the last op number: the
+    /// snapshot, the shard or (with an object store) a key of the domain
+    /// there names an op at the end of the range.
+    #[error(
+        "{path}: no op number is left above op {seen}, the largest the snapshot, the shard or \
+         the domain's keys in object storage name"
+    )]
+    OpsExhausted {
+        /// The snapshot.
+        path: PathBuf,
+        /// The largest op seen.
+        seen: u64,
+    },
+
     /// The shard refused the reset ([`Error::Resetting`], [`Error::Closed`],
     /// [`Error::Poisoned`]) or a step failed: loading the snapshot, its
     /// sections, persisting it ([`Error::Persist`]), the journal, the
@@ -153,16 +167,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             source: Arc::new(e),
         })?;
         let source = loaded.meta;
-        // Before anything changes: a store that cannot be listed fails the
-        // reset with nothing done.
-        let remote_floor = if from_file {
-            self.remote_numbering_floor(source.domain).await?
-        } else {
-            0
-        };
         let generations = snapshots.generations()?;
         let applied = self.applied();
-        if source.domain != self.domain() {
+        let joins = source.domain != self.domain();
+        if joins {
             let fresh = applied.op == 0
                 && journal.next_op() == 1
                 && journal.watermark() == 0
@@ -174,6 +182,15 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     snapshot: source.domain,
                 });
             }
+        }
+        // Before anything changes: a store that cannot be listed fails the
+        // reset with nothing done.
+        let remote_floor = if from_file {
+            self.remote_numbering_floor(source.domain).await?
+        } else {
+            0
+        };
+        if joins {
             self.join_domain(source.domain).await?;
         }
         // 2. The new floor.
@@ -190,8 +207,14 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             .max(journal.epoch())
             .max(applied.epoch)
             .max(seen_elsewhere.epoch);
+        let Some(first_op) = op_seen.checked_add(1) else {
+            return Err(ResetError::OpsExhausted {
+                path: path.to_path_buf(),
+                seen: op_seen,
+            });
+        };
         let floor = OpId {
-            op: op_seen + 1,
+            op: first_op,
             epoch: epoch_seen + 1,
         };
         // 3. The local snapshot at the new numbering.

@@ -53,12 +53,23 @@ fn start_member(
     members: BTreeMap<u64, SocketAddr>,
     initialize: bool,
 ) -> Node {
+    start_configured(id, dir, cluster, members, |s| s.initialize = initialize)
+}
+
+/// [`start_member`] with the test's settings changed by `configure`.
+fn start_configured(
+    id: u64,
+    dir: &Path,
+    cluster: Uuid,
+    members: BTreeMap<u64, SocketAddr>,
+    configure: impl FnOnce(&mut NodeSettings),
+) -> Node {
     let addr = members[&id];
     let mut settings = NodeSettings::new(id, dir.to_path_buf(), cluster, members);
-    settings.initialize = initialize;
     settings.snapshot_every_entries = SNAPSHOT_EVERY;
     // A snapshot sent to a follower goes in many pieces.
     settings.snapshot_chunk_bytes = SNAPSHOT_PIECE_BYTES;
+    configure(&mut settings);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run_node(settings, async {
         let _ = stopped.await;
@@ -271,22 +282,12 @@ async fn a_damaged_journal_is_refused_naming_the_file() {
 async fn a_salvaged_journal_leaves_the_node_awaiting_repair_until_waived() {
     let dir = temp_dir();
     let cluster = Uuid::new_v4();
-    let addr = free_addr();
-    let members = BTreeMap::from([(1, addr)]);
+    let members = BTreeMap::from([(1, free_addr())]);
     let start_waiving = |waive: Option<u64>| {
-        let mut settings = NodeSettings::new(1, dir.path().to_path_buf(), cluster, members.clone());
-        settings.initialize = true;
-        settings.snapshot_every_entries = SNAPSHOT_EVERY;
-        settings.waive_repair_below_term = waive;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(run_node(settings, async {
-            let _ = stopped.await;
-        }));
-        Node {
-            stop: Some(stop),
-            task,
-            addr,
-        }
+        start_configured(1, dir.path(), cluster, members.clone(), |s| {
+            s.initialize = true;
+            s.waive_repair_below_term = waive;
+        })
     };
     let node = start_waiving(None);
     write_counter(&node, COMMANDS).await;
@@ -351,6 +352,28 @@ async fn a_salvaged_journal_leaves_the_node_awaiting_repair_until_waived() {
         "the salvage kept {counter} of {COMMANDS} adds"
     );
     node.stop().await.expect("a clean stop");
+}
+
+/// With no copy of the journal's superblock verifying, salvage cannot tell
+/// a raft node's journal from an engine shard's; a raft node's vote was in
+/// that superblock, so it refuses and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salvage_refuses_a_journal_whose_owner_it_cannot_tell() {
+    let dir = temp_dir();
+    let node = start(dir.path(), Uuid::new_v4());
+    write_counter(&node, 20).await;
+    node.stop().await.expect("a clean stop");
+    let superblock = dir.path().join("journal").join("superblock");
+    flip(&superblock, 40);
+    flip(&superblock, 4096 + 40);
+    let before = std::fs::read(&superblock).expect("read");
+    let salvaged = ringstore_cli(dir.path(), &["wal", "salvage", "--shard", "0", "--yes"]);
+    let said = String::from_utf8_lossy(&salvaged.stdout).to_string()
+        + &String::from_utf8_lossy(&salvaged.stderr);
+    assert!(!salvaged.status.success(), "{said}");
+    assert!(said.contains("cannot tell a raft node's journal"), "{said}");
+    assert_eq!(std::fs::read(&superblock).expect("read"), before);
+    assert!(!dir.path().join("quarantine").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

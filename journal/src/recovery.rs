@@ -1095,16 +1095,18 @@ async fn read_superblock_durably<S: Storage>(
 /// [`SUPERBLOCK_READS_MAX`]: the copy found wanting is rewritten from the
 /// other at once, so a transient read fault in the newer copy must not make
 /// the older state the chosen one (segment entries get a second read
-/// before they are judged damaged for the same reason). Returns the last
-/// read and how many reads differed from the one before.
+/// before they are judged damaged for the same reason). Of the reads, the
+/// one whose chosen copy has the highest sequence is kept (a flipped bit
+/// cannot make a copy verify with a higher one). Returns it and how many
+/// reads differed from the one before.
 async fn read_superblock_settled<F: StorageFile>(file: &F) -> std::io::Result<(Vec<u8>, u64)> {
     let read = || file.read_at(0, superblock::SUPERBLOCK_FILE_BYTES as usize);
+    let decode = |bytes: &[u8]| superblock::decode(bytes, superblock::SuperblockKind::Journal).ok();
     let mut bytes = read().await?.to_vec();
+    let mut best = (decode(&bytes).map(|chosen| chosen.sequence), bytes.clone());
     let mut transient = 0;
     for _ in 1..SUPERBLOCK_READS_MAX {
-        let settled = superblock::decode(&bytes, superblock::SuperblockKind::Journal)
-            .is_ok_and(|chosen| chosen.stale_or_damaged.is_empty());
-        if settled {
+        if decode(&bytes).is_some_and(|chosen| chosen.stale_or_damaged.is_empty()) {
             break;
         }
         let again = read().await?.to_vec();
@@ -1112,7 +1114,11 @@ async fn read_superblock_settled<F: StorageFile>(file: &F) -> std::io::Result<(V
             break;
         }
         transient += 1;
+        let sequence = decode(&again).map(|chosen| chosen.sequence);
+        if sequence > best.0 {
+            best = (sequence, again.clone());
+        }
         bytes = again;
     }
-    Ok((bytes, transient))
+    Ok((best.1, transient))
 }

@@ -878,25 +878,30 @@ fn plan(
     // the owner's hook when damage is cut out of the log.
     let marked_hard_state = match (after_cut, &first_damage) {
         (Some(mark), Some(_)) => {
-            // Segments kept whole as the scan saw them; of the cut one,
-            // only what is before the cut (the scan read past damage).
+            // In log order: segments kept whole as the scan saw them, unless
+            // they hold truncation records (which lower the last op where
+            // they stand); of the cut one, only what is before the cut (the
+            // scan read past damage).
             let mut op_max = None;
             let mut newest = old.map(|sb| (sb.hard_state_sequence, sb.hard_state.clone()));
             for k in &kept {
                 let Some(segment) = scan.segment(k.generation) else {
                     continue;
                 };
-                let (ops, hard_state) = if stopped_inside && Some(k.generation) == cut_generation {
-                    kept_before_cut(&k.path, segment, k.end).map_err(|source| InspectError::Io {
-                        op: "read",
-                        path: k.path.clone(),
-                        offset: None,
-                        source,
+                let cut_here = stopped_inside && Some(k.generation) == cut_generation;
+                let hard_state = if cut_here || segment.truncate_records > 0 {
+                    walk_kept(&k.path, segment, k.end, &mut op_max).map_err(|source| {
+                        InspectError::Io {
+                            op: "read",
+                            path: k.path.clone(),
+                            offset: None,
+                            source,
+                        }
                     })?
                 } else {
-                    (segment.op_max, segment.last_hard_state.clone())
+                    op_max = op_max.max(segment.op_max);
+                    segment.last_hard_state.clone()
                 };
-                op_max = op_max.max(ops);
                 newest = newest
                     .into_iter()
                     .chain(hard_state)
@@ -1163,23 +1168,26 @@ fn tally_entries(
     })
 }
 
-/// Of the entries of `segment` before `cut` (the part of the cut segment
-/// salvage keeps): the largest data op, and the last hard-state record
-/// whose payload verifies (its sequence and bytes).
-fn kept_before_cut(
+/// Walks the entries of `segment` before `end` (what salvage keeps of it)
+/// in order: `last_op`, the log's last op so far, rises with each data op
+/// and falls to a truncation record's op (as recovery reads the log).
+/// Returns the last hard-state record whose payload verifies.
+fn walk_kept(
     path: &Path,
     segment: &SegmentReport,
-    cut: u64,
-) -> io::Result<(Option<u64>, Option<HardStateRecord>)> {
-    let (mut op_max, mut hard_state) = (None, None);
-    walk_entries(path, segment, SEGMENT_DATA_OFFSET, cut, |entry, window| {
+    end: u64,
+    last_op: &mut Option<u64>,
+) -> io::Result<Option<HardStateRecord>> {
+    let mut hard_state = None;
+    walk_entries(path, segment, SEGMENT_DATA_OFFSET, end, |entry, window| {
         match entry.entry_kind() {
-            Some(EntryKind::Data) => op_max = op_max.max(Some(entry.op.get())),
+            Some(EntryKind::Data) => *last_op = (*last_op).max(Some(entry.op.get())),
+            Some(EntryKind::Truncate) => *last_op = (*last_op).min(Some(entry.op.get())),
             Some(EntryKind::HardState) => {
                 let pos = u64::from(entry.offset.get()) + ENTRY_HEADER_BYTES as u64;
                 let len = u64::from(entry.payload_len.get());
                 let bytes = window.get(pos, len)?;
-                if pos + len <= cut
+                if pos + len <= end
                     && bytes.len() as u64 == len
                     && crc32fast::hash(bytes) == entry.payload_checksum.get()
                 {
@@ -1190,7 +1198,7 @@ fn kept_before_cut(
         }
         Ok(())
     })?;
-    Ok((op_max, hard_state))
+    Ok(hard_state)
 }
 
 /// Calls `visit` on every entry of `segment` between `from` and `to` whose

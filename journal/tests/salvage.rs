@@ -38,12 +38,24 @@ fn builder(path: &Path) -> JournalBuilder {
 /// or the last ending in a crash unless `close`. Op `k` of a session is at
 /// byte 4096 * k of its segment.
 fn write_journal(dir: &Path, close: bool) {
+    write_sessions(dir, close, false);
+}
+
+/// [`write_journal`], with a hard state `hs-<session>` recorded after each
+/// session's ops if `hard_states`.
+fn write_sessions(dir: &Path, close: bool, hard_states: bool) {
     let p = dir.to_path_buf();
     run(move || async move {
         for session in 0..3 {
             let journal = builder(&p).open().await.unwrap();
             for op in session * OPS + 1..=(session + 1) * OPS {
                 assert_eq!(journal.append(&payload(op, PAYLOAD)).await.unwrap(), op);
+            }
+            if hard_states {
+                journal
+                    .set_hard_state(format!("hs-{session}").as_bytes())
+                    .await
+                    .unwrap();
             }
             if session < 2 || close {
                 journal.close().await.unwrap();
@@ -563,20 +575,7 @@ fn mark(hard_state: &[u8], last_op: u64) -> Vec<u8> {
 /// session's ops (`hs-0` in segment 1, `hs-1` in 2, `hs-2` in 3; each
 /// close also writes the newest into the superblock).
 fn write_journal_with_hard_states(dir: &Path) {
-    let p = dir.to_path_buf();
-    run(move || async move {
-        for session in 0..3 {
-            let journal = builder(&p).open().await.unwrap();
-            for op in session * OPS + 1..=(session + 1) * OPS {
-                assert_eq!(journal.append(&payload(op, PAYLOAD)).await.unwrap(), op);
-            }
-            journal
-                .set_hard_state(format!("hs-{session}").as_bytes())
-                .await
-                .unwrap();
-            journal.close().await.unwrap();
-        }
-    });
+    write_sessions(dir, true, true);
 }
 
 /// The hard state an open of the journal in `dir` reads.
@@ -684,4 +683,39 @@ fn a_salvage_marks_the_newest_hard_state_before_the_cut() {
     assert_eq!(hard_state_at_open(&dir), mark(b"before", 10));
     assert!(report.quarantine.starts_with(root.path().join("q/a/b")));
     assert!(report.quarantine.join(REPORT_TEXT_NAME).is_file());
+}
+
+/// A truncation record in the log the salvage keeps lowers the last op it
+/// hands the hook where it stands, as it does for recovery: ops a replica
+/// discarded after a leader change are not counted as kept.
+#[test]
+fn a_salvage_hands_the_hook_the_last_op_after_truncations() {
+    let root = temp_dir();
+    let dir = root.path().join("journal");
+    let p = dir.clone();
+    run(move || async move {
+        // Segment 1: ops 1..=6, then all above 3 discarded.
+        let journal = builder(&p).open().await.unwrap();
+        for op in 1..=6 {
+            assert_eq!(journal.append(&payload(op, PAYLOAD)).await.unwrap(), op);
+        }
+        journal.truncate_after(3).await.unwrap();
+        journal.set_hard_state(b"kept").await.unwrap();
+        journal.close().await.unwrap();
+        // Segment 2: ops 4..=7 again; segment 3: 8..=11.
+        for ops in [4..=7, 8..=11] {
+            let journal = builder(&p).open().await.unwrap();
+            for op in ops {
+                assert_eq!(journal.append(&payload(op, PAYLOAD)).await.unwrap(), op);
+            }
+            journal.close().await.unwrap();
+        }
+    });
+    // Op 6 of segment 2 (its third block): the salvage keeps ops 1..=3
+    // of segment 1 and 4..=5 of segment 2.
+    flip_bit(&segment_path(&dir, 2), 3 * 4096 + 56 + 9, 4);
+    let report = salvage_as(&dir, None, Some(mark), &root.path().join("q"), true)
+        .unwrap_or_else(|e| panic!("salvage failed: {e}"));
+    assert!(report.superblock.hard_state_marked, "{}", report.text());
+    assert_eq!(hard_state_at_open(&dir), mark(b"kept", 5));
 }

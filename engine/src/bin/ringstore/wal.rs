@@ -70,6 +70,11 @@ pub struct SalvageArgs {
     /// Carry it out (without: print what it would do, change nothing, exit 2).
     #[arg(long)]
     yes: bool,
+    /// The journal is an engine shard's, not a raft node's: needed only when
+    /// no copy of its superblock verifies and the shard is not in an engine
+    /// data directory, so salvage cannot tell.
+    #[arg(long)]
+    engine_shard: bool,
 }
 
 /// Where `wal salvage` quarantines, inside the shard directory.
@@ -1052,7 +1057,7 @@ fn salvage(context: &Context, args: &SalvageArgs) -> Result<Outcome, CliError> {
     let quarantine = shard.path.join(QUARANTINE_DIR_NAME);
     let mut out = Out::new();
     let owner = expected(context, shard).owner;
-    let after_cut = hook_after_cut(shard, &journal_dir)?;
+    let after_cut = hook_after_cut(shard, &journal_dir, owner, args.engine_shard)?;
     match salvage_as(&journal_dir, owner, after_cut, &quarantine, args.yes) {
         Ok(report) => {
             print_salvage(context, &mut out, shard, &report, true)?;
@@ -1081,14 +1086,34 @@ fn salvage(context: &Context, args: &SalvageArgs) -> Result<Outcome, CliError> {
 /// journal (its superblock records a raft node's place) marks the node
 /// awaiting repair, so that it does not vote on a log the salvage cut
 /// (the raft module's "Uncertain tail"). An engine shard's has none.
+/// Without a superblock copy that verifies the owner is unknown: a shard
+/// of an engine data directory (`expected`, from the data directory's own
+/// superblock) or one the operator names with `--engine-shard` is an
+/// engine shard's; anything else is refused, since a raft node's vote was
+/// in that superblock and no salvage brings it back.
 fn hook_after_cut(
     shard: &ShardDir,
     journal_dir: &Path,
+    expected: Option<JournalOwner>,
+    engine_shard: bool,
 ) -> Result<Option<ringstore_journal::HardStateAfterCut>, CliError> {
-    let owner = ringstore_journal::inspect::recorded_owner(journal_dir)
+    let recorded = ringstore_journal::inspect::recorded_owner(journal_dir)
         .map_err(|e| CliError(format!("{}: {e}", shard.label)))?;
-    if owner.is_none_or(|o| o.shards != RAFT_NODE_SHARDS) {
-        return Ok(None);
+    let in_engine_data_dir = expected.is_some_and(|o| o.shards != 0);
+    match recorded {
+        Some(owner) if owner.shards == RAFT_NODE_SHARDS => {}
+        Some(_) => return Ok(None),
+        None if in_engine_data_dir || engine_shard => return Ok(None),
+        None => {
+            return Err(CliError(format!(
+                "{}: no copy of the journal's superblock verifies, so salvage cannot tell a raft \
+                 node's journal from an engine shard's. A raft node's vote was in that \
+                 superblock and no salvage brings it back: such a node must rejoin its cluster \
+                 with an empty directory under a new node id. If this is an engine shard's \
+                 journal, pass --engine-shard (nothing was changed)",
+                shard.label
+            )))
+        }
     }
     #[cfg(feature = "openraft")]
     return Ok(Some(ringstore::raft::awaiting_repair_after_cut));

@@ -199,6 +199,9 @@ struct Shared {
     /// A voter that has not answered this leader for longer is not handed
     /// the leadership (openraft's shortest election timeout).
     handoff_silence_max: Duration,
+    /// Voters that asked this node for a handoff, and when last: they await
+    /// repair, so another voter is handed the leadership if there is one.
+    handoff_askers: Mutex<BTreeMap<NodeId, Instant>>,
 }
 
 /// A snapshot arriving in pieces.
@@ -364,6 +367,7 @@ pub async fn run_node(
         handoff_silence_max: Duration::from_millis(
             settings.heartbeat_ms * ELECTION_TIMEOUT_MIN_HEARTBEATS,
         ),
+        handoff_askers: Mutex::new(BTreeMap::new()),
     });
     let metrics = tokio::spawn(export_metrics(shared.clone()));
     let repair = awaiting_repair.map(|_| tokio::spawn(end_repair_when_done(shared.clone())));
@@ -486,7 +490,7 @@ async fn serve(shared: Arc<Shared>, mut stream: glommio::net::TcpStream) {
 /// short of this node's vote, could not elect another if it failed).
 async fn end_repair_when_done(shared: Arc<Shared>) {
     let mut asked_at: Option<Instant> = None;
-    let mut to_leader = Connection::default();
+    let mut to_leader = (None, Connection::default());
     loop {
         tokio::time::sleep(REPAIR_CHECK_EVERY).await;
         match shared.log.awaiting_repair().await {
@@ -518,8 +522,13 @@ async fn end_repair_when_done(shared: Arc<Shared>) {
 
 /// Asks the leader this node follows to hand its leadership to another
 /// voter, if there is a leader to ask and its term is not after
-/// `below_term`; false if nothing was sent.
-async fn ask_for_handoff(shared: &Shared, below_term: u64, to_leader: &mut Connection) -> bool {
+/// `below_term`; false if nothing was sent. `to_leader` is the connection
+/// to the node asked last (made anew for another).
+async fn ask_for_handoff(
+    shared: &Shared,
+    below_term: u64,
+    to_leader: &mut (Option<NodeId>, Connection),
+) -> bool {
     let metrics = shared.raft.metrics().borrow_watched().clone();
     let Some(leader) = metrics.current_leader.filter(|&l| l != shared.id) else {
         return false;
@@ -535,7 +544,11 @@ async fn ask_for_handoff(shared: &Shared, below_term: u64, to_leader: &mut Conne
         message: Message::HandOffLeadership { below_term },
     };
     metrics::counter!("ringstore_cluster_handoffs_asked_total").increment(1);
+    if to_leader.0 != Some(leader) {
+        *to_leader = (Some(leader), Connection::default());
+    }
     match to_leader
+        .1
         .request::<_, Reply>(node.addr.as_str(), &request, HANDOFF_ASK_TIMEOUT)
         .await
     {
@@ -552,7 +565,7 @@ async fn ask_for_handoff(shared: &Shared, below_term: u64, to_leader: &mut Conne
             "the leader did not hand its leadership off; asking again"
         ),
         Err(e) => {
-            to_leader.reset();
+            to_leader.1.reset();
             tracing::debug!(node = shared.id, leader, error = %e,
                 "could not ask the leader for a handoff");
         }
@@ -571,16 +584,27 @@ async fn hand_off_leadership(shared: &Shared, from: Option<NodeId>, below_term: 
             leader: metrics.current_leader,
         };
     }
-    let Some(from) = from else {
-        return Reply::Failed("only a member asks for a handoff".into());
+    let membership = metrics.membership_config.membership();
+    let Some(from) = from.filter(|from| membership.voter_ids().any(|v| v == *from)) else {
+        return Reply::Failed("only a voter awaiting repair asks for a handoff".into());
     };
     if metrics.current_term > below_term {
         // This leader's first commit already ends that repair.
         return Reply::Done;
     }
-    let voters = metrics.membership_config.membership().voter_ids();
-    let candidates = voters
-        .filter(|&id| id != shared.id && id != from)
+    // Voters that asked within a few of their asking intervals await repair
+    // too: passed over while another can take the leadership.
+    let awaiting: BTreeSet<NodeId> = match shared.handoff_askers.lock() {
+        Ok(mut askers) => {
+            askers.insert(from, Instant::now());
+            askers.retain(|_, asked| asked.elapsed() <= HANDOFF_ASK_EVERY * 3);
+            askers.keys().copied().collect()
+        }
+        Err(_) => BTreeSet::from([from]),
+    };
+    let candidates = membership
+        .voter_ids()
+        .filter(|&id| id != shared.id && !awaiting.contains(&id))
         .map(|id| {
             let matched = metrics
                 .replication
@@ -699,6 +723,11 @@ async fn handle(shared: &Shared, from: Option<NodeId>, message: Message) -> Repl
             }
         }
         Message::Status => status(shared).await,
+        // openraft elects the node a transfer names even while its own
+        // elections are off. For a node awaiting repair that is safe (the
+        // transfer waits until it has flushed the leader's whole log, so it
+        // holds every committed entry) and refusing would leave the leader,
+        // which stops its heartbeats for the transfer, with no successor.
         Message::TransferLeader(request) => Reply::TransferLeader(
             shared
                 .raft
