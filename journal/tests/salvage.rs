@@ -719,3 +719,25 @@ fn a_salvage_hands_the_hook_the_last_op_after_truncations() {
     assert!(report.superblock.hard_state_marked, "{}", report.text());
     assert_eq!(hard_state_at_open(&dir), mark(b"kept", 5));
 }
+
+/// A hook whose hard state is longer than a hard state may be fails the
+/// salvage before anything changes.
+#[test]
+fn a_mark_longer_than_a_hard_state_fails_the_salvage_with_nothing_changed() {
+    fn too_long(_: &[u8], _: u64) -> Vec<u8> {
+        vec![b'x'; ringstore_journal::format::HARD_STATE_BYTES_MAX + 1]
+    }
+    let root = temp_dir();
+    let dir = root.path().join("journal");
+    write_journal_with_hard_states(&dir);
+    flip_bit(&segment_path(&dir, 2), offset_of(6) + 56 + 9, 4);
+    let before = tree(&dir);
+    match salvage_as(&dir, None, Some(too_long), &root.path().join("q"), true) {
+        Err(SalvageError::Unverifiable { reason, .. }) => {
+            assert!(reason.contains("HARD_STATE_BYTES_MAX"), "{reason}")
+        }
+        other => panic!("expected Unverifiable, got {other:?}"),
+    }
+    assert_eq!(tree(&dir), before);
+    assert!(!root.path().join("q").exists());
+}

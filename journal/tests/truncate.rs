@@ -460,6 +460,34 @@ fn a_mark_of_a_cut_tail_is_durable_before_the_cut_is_recorded() {
     });
 }
 
+/// A hook whose hard state is longer than a hard state may be fails the
+/// open that cut the tail with a typed error, before anything records the
+/// cut: the next open with a sound hook finds the same cut and marks it.
+#[test]
+fn a_mark_longer_than_a_hard_state_fails_the_open_and_leaves_the_cut() {
+    fn too_long(_: &[u8], _: u64) -> Vec<u8> {
+        vec![b'x'; ringstore_journal::format::HARD_STATE_BYTES_MAX + 1]
+    }
+    run(|| async {
+        let mem = MemStorage::new();
+        a_tail_to_cut(&mem).await;
+        match builder(&mem).hard_state_after_cut(too_long).open().await {
+            Err(ringstore_journal::Error::EntryTooLarge { len, max }) => {
+                assert_eq!((len, max), (max + 1, 128));
+            }
+            other => panic!("expected EntryTooLarge, got {:?}", other.map(|_| ())),
+        }
+        let journal = builder(&mem)
+            .hard_state_after_cut(mark)
+            .open()
+            .await
+            .unwrap();
+        assert!(journal.recovery_report().tail_is_uncertain());
+        assert_eq!(journal.hard_state(), b"term 1 marked");
+        journal.close().await.unwrap();
+    });
+}
+
 /// A hard state copied into the superblock outlives a cut of the write
 /// that holds its record (a replica's vote must), while one that is not
 /// copied goes with that write; a later record wins over the copy.
