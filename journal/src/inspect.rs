@@ -757,9 +757,19 @@ pub fn read_superblock(dir: &Path) -> Result<Option<Vec<u8>>, InspectError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error("open", &path, None)(e)),
     };
-    let mut bytes = vec![0; SUPERBLOCK_FILE_BYTES as usize];
-    let got = read_fully(&file, &mut bytes, 0).map_err(io_error("read", &path, Some(0)))?;
-    bytes.truncate(got);
+    // As the open reads it (`superblock::settle_reads`), so the two agree
+    // under transient read faults.
+    let read = || {
+        let mut bytes = vec![0; SUPERBLOCK_FILE_BYTES as usize];
+        let got = read_fully(&file, &mut bytes, 0);
+        std::future::ready(got.map(|got| {
+            bytes.truncate(got);
+            bytes
+        }))
+    };
+    let settled =
+        futures_lite::future::block_on(superblock::settle_reads(SuperblockKind::Journal, read));
+    let (bytes, _) = settled.map_err(io_error("read", &path, Some(0)))?;
     Ok(Some(bytes))
 }
 

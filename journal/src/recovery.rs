@@ -144,9 +144,6 @@ use std::rc::Rc;
 
 /// Bytes read per call while scanning.
 const SCAN_READ_BYTES: u64 = 1 << 20;
-/// Most reads of the superblock file an open makes while a copy is found
-/// wanting and each read differs from the one before (transient faults).
-const SUPERBLOCK_READS_MAX: usize = 3;
 /// Segments scanned at once.
 const SEGMENT_SCANS_IN_FLIGHT: usize = 4;
 /// Scan reads kept in flight ahead of the one being parsed.
@@ -1083,42 +1080,16 @@ async fn read_superblock_durably<S: Storage>(
         Err(e) => return Err(Error::io("open superblock", path, None, e)),
     };
     let synced = file.sync().await;
-    let read = read_superblock_settled(&file).await;
+    let read = superblock::settle_reads(superblock::SuperblockKind::Journal, || async {
+        Ok::<_, std::io::Error>(
+            file.read_at(0, superblock::SUPERBLOCK_FILE_BYTES as usize)
+                .await?
+                .to_vec(),
+        )
+    })
+    .await;
     let _ = file.close().await;
     synced.map_err(|e| Error::io("fdatasync superblock", path, None, e))?;
     let (bytes, transient) = read.map_err(|e| Error::io("read superblock", path, Some(0), e))?;
     Ok((Some(bytes), transient))
-}
-
-/// Reads of the superblock file while a copy does not verify or holds an
-/// older state and the read differs from the one before it, at most
-/// [`SUPERBLOCK_READS_MAX`]: the copy found wanting is rewritten from the
-/// other at once, so a transient read fault in the newer copy must not make
-/// the older state the chosen one (segment entries get a second read
-/// before they are judged damaged for the same reason). Of the reads, the
-/// one whose chosen copy has the highest sequence is kept (a flipped bit
-/// cannot make a copy verify with a higher one). Returns it and how many
-/// reads differed from the one before.
-async fn read_superblock_settled<F: StorageFile>(file: &F) -> std::io::Result<(Vec<u8>, u64)> {
-    let read = || file.read_at(0, superblock::SUPERBLOCK_FILE_BYTES as usize);
-    let decode = |bytes: &[u8]| superblock::decode(bytes, superblock::SuperblockKind::Journal).ok();
-    let mut bytes = read().await?.to_vec();
-    let mut best = (decode(&bytes).map(|chosen| chosen.sequence), bytes.clone());
-    let mut transient = 0;
-    for _ in 1..SUPERBLOCK_READS_MAX {
-        if decode(&bytes).is_some_and(|chosen| chosen.stale_or_damaged.is_empty()) {
-            break;
-        }
-        let again = read().await?.to_vec();
-        if again == bytes {
-            break;
-        }
-        transient += 1;
-        let sequence = decode(&again).map(|chosen| chosen.sequence);
-        if sequence > best.0 {
-            best = (sequence, again.clone());
-        }
-        bytes = again;
-    }
-    Ok((best.1, transient))
 }

@@ -245,6 +245,47 @@ fn decode_copy(bytes: &[u8], copy: usize) -> Result<(SuperblockHeader, &[u8]), C
     ))
 }
 
+/// Most reads of a superblock file a reader makes while a copy is found
+/// wanting and each read differs from the one before (transient faults);
+/// see [`settle_reads`].
+pub const SUPERBLOCK_READS_MAX: usize = 3;
+
+/// Reads a superblock file again, through `read`, while a copy does not
+/// verify or holds an older state and the read differs from the one
+/// before it, at most [`SUPERBLOCK_READS_MAX`] reads: a copy found wanting
+/// is rewritten from the other at once (recovery), or reported (verify),
+/// so a transient read fault in the newer copy must not make the older
+/// state the chosen one. Of the reads, the one whose chosen copy has the
+/// highest sequence is kept (a flipped bit cannot make a copy verify with
+/// a higher one). Returns it and how many reads differed from the one
+/// before. One rule for the open and for `verify`, so they agree.
+pub async fn settle_reads<E, F: std::future::Future<Output = Result<Vec<u8>, E>>>(
+    kind: SuperblockKind,
+    mut read: impl FnMut() -> F,
+) -> Result<(Vec<u8>, u64), E> {
+    let sequence = |bytes: &[u8]| decode(bytes, kind).ok().map(|chosen| chosen.sequence);
+    let settled =
+        |bytes: &[u8]| decode(bytes, kind).is_ok_and(|chosen| chosen.stale_or_damaged.is_empty());
+    let mut bytes = read().await?;
+    let mut best = (sequence(&bytes), bytes.clone());
+    let mut transient = 0;
+    for _ in 1..SUPERBLOCK_READS_MAX {
+        if settled(&bytes) {
+            break;
+        }
+        let again = read().await?;
+        if again == bytes {
+            break;
+        }
+        transient += 1;
+        if sequence(&again) > best.0 {
+            best = (sequence(&again), again.clone());
+        }
+        bytes = again;
+    }
+    Ok((best.1, transient))
+}
+
 /// Chooses the superblock from a file's bytes (both copies, or fewer bytes
 /// if the file is short): the valid copy with the highest sequence.
 pub fn decode(file: &[u8], kind: SuperblockKind) -> Result<Chosen, SuperblockFault> {
@@ -707,6 +748,64 @@ impl JournalSuperblock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The superblock file after a crash between an update's two copies:
+    /// copy 0 at `sequence` holding `newer`, copy 1 one below holding
+    /// `older`.
+    fn between_copies(sequence: u64) -> Vec<u8> {
+        let kind = SuperblockKind::Journal;
+        let mut file = encode_copy(kind, sequence, 0, b"newer");
+        file.extend(encode_copy(kind, sequence - 1, 1, b"older"));
+        file
+    }
+
+    fn flipped(mut bytes: Vec<u8>, at: usize) -> Vec<u8> {
+        bytes[at] ^= 0x04;
+        bytes
+    }
+
+    /// Runs `settle_reads` over `reads`, returning the bytes it keeps, the
+    /// transient count and how many reads it made.
+    fn settle(reads: Vec<Vec<u8>>) -> (Vec<u8>, u64, usize) {
+        let mut reads = reads.into_iter();
+        let mut made = 0;
+        let (bytes, transient) =
+            futures_lite::future::block_on(settle_reads(SuperblockKind::Journal, || {
+                made += 1;
+                std::future::ready(Ok::<_, ()>(reads.next().expect("a read too many")))
+            }))
+            .unwrap();
+        (bytes, transient, made)
+    }
+
+    #[test]
+    fn a_superblock_read_is_repeated_while_a_copy_is_wanting_and_the_best_read_kept() {
+        let file = between_copies(9);
+        let body = |bytes: &[u8]| decode(bytes, SuperblockKind::Journal).unwrap().body;
+        // The newer copy flipped on the first read, clean on the second; the
+        // third matches the second (copy 1 is older on disk): stop there.
+        let (kept, transient, made) =
+            settle(vec![flipped(file.clone(), 100), file.clone(), file.clone()]);
+        assert_eq!((body(&kept), transient, made), (b"newer".to_vec(), 1, 3));
+        // Clean first, then two different flips of the newer copy: the
+        // first read is kept.
+        let (kept, transient, made) = settle(vec![
+            file.clone(),
+            flipped(file.clone(), 100),
+            flipped(file.clone(), 200),
+        ]);
+        assert_eq!((body(&kept), transient, made), (b"newer".to_vec(), 2, 3));
+        // Both copies sound and equal: one read.
+        let mut sound = encode_copy(SuperblockKind::Journal, 9, 0, b"newer");
+        sound.extend(encode_copy(SuperblockKind::Journal, 9, 1, b"newer"));
+        assert_eq!(settle(vec![sound.clone()]), (sound, 0, 1));
+        // Damage at rest reads the same twice: two reads, then the copy
+        // found damaged is left to the caller.
+        let damaged = flipped(file, 100);
+        let (kept, transient, made) = settle(vec![damaged.clone(), damaged.clone()]);
+        assert_eq!((kept, transient, made), (damaged.clone(), 0, 2));
+        assert_eq!(body(&damaged), b"older");
+    }
 
     #[test]
     fn a_hard_state_longer_than_its_limit_does_not_decode() {
