@@ -75,18 +75,21 @@ pub enum ResetError {
         snapshot: Uuid,
     },
 
-    /// The new numbering would have to start above the last op number: the
-    /// snapshot, the shard or (with an object store) a key of the domain
-    /// there names an op at the end of the range.
+    /// The new numbering would have to start past the last op or epoch
+    /// number: the snapshot, the shard or (with an object store) a key of
+    /// the domain there names one at the end of the range. Nothing changed.
     #[error(
-        "{path}: no op number is left above op {seen}, the largest the snapshot, the shard or \
-         the domain's keys in object storage name"
+        "{path}: no numbering is left above op {op_seen} and epoch {epoch_seen}, the largest \
+         the snapshot, the shard or the domain's keys in object storage name (nothing was \
+         changed)"
     )]
-    OpsExhausted {
+    NumberingExhausted {
         /// The snapshot.
         path: PathBuf,
         /// The largest op seen.
-        seen: u64,
+        op_seen: u64,
+        /// The largest epoch seen.
+        epoch_seen: u64,
     },
 
     /// The shard refused the reset ([`Error::Resetting`], [`Error::Closed`],
@@ -190,9 +193,6 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         } else {
             0
         };
-        if joins {
-            self.join_domain(source.domain).await?;
-        }
         // 2. The new floor.
         let newest_local = generations.last().map_or(0, |(op, _)| *op);
         let op_seen = source
@@ -207,16 +207,21 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             .max(journal.epoch())
             .max(applied.epoch)
             .max(seen_elsewhere.epoch);
-        let Some(first_op) = op_seen.checked_add(1) else {
-            return Err(ResetError::OpsExhausted {
+        // The floor, and the first op after it, must both exist.
+        let (Some(_), Some(epoch)) = (op_seen.checked_add(2), epoch_seen.checked_add(1)) else {
+            return Err(ResetError::NumberingExhausted {
                 path: path.to_path_buf(),
-                seen: op_seen,
+                op_seen,
+                epoch_seen,
             });
         };
         let floor = OpId {
-            op: first_op,
-            epoch: epoch_seen + 1,
+            op: op_seen + 1,
+            epoch,
         };
+        if joins {
+            self.join_domain(source.domain).await?;
+        }
         // 3. The local snapshot at the new numbering.
         let frozen = machine.freeze();
         let persisted = snapshots

@@ -26,6 +26,7 @@ use object_store_support::{flip_byte, Fixture, S3Server};
 use ringstore::broker::{Command, Metadata, StreamCommand};
 use ringstore::cold_restore::{self, ColdRestoreError, SkipReason, RESTORE_MARKER_NAME};
 use ringstore::object_store::{snapshot_key, ObjectStoreSettings, Remote, UploadMode};
+use ringstore::reset::ResetError;
 use ringstore::runtime::Engine;
 use ringstore::snapshot::snapshot_file_name;
 use ringstore::{CheckpointPolicy, Error, Shard, ShardBuilder};
@@ -178,6 +179,20 @@ fn a_reset_numbers_above_every_key_of_the_domain_in_the_store(fixture: &Fixture,
         let ops = remote_ops(&remote, domain).await;
         assert!(ops.contains(&reset.floor.op), "{ops:?}");
         assert!(ops.contains(&newest), "{ops:?}");
+        shard.close().await.unwrap();
+
+        // A key at the end of the op range: no numbering is left above it,
+        // and a fresh shard refuses the reset before it joins the domain.
+        let end_key = format!("{domain}/{}", snapshot_key(u64::MAX - 3));
+        remote.put(&end_key, vec![0u8; 16]).await.unwrap();
+        let third_dir = second_dir.with_file_name("third");
+        let shard = builder(&third_dir, settings(&remote)).open().await.unwrap();
+        let own = shard.domain();
+        match shard.reset_to(&older).await {
+            Err(ResetError::NumberingExhausted { op_seen, .. }) => assert_eq!(op_seen, u64::MAX),
+            other => panic!("expected NumberingExhausted, got {other:?}"),
+        }
+        assert_eq!(shard.domain(), own, "the shard joined the domain");
         shard.close().await.unwrap();
         remote.shutdown().await.unwrap();
     });

@@ -374,6 +374,13 @@ async fn salvage_refuses_a_journal_whose_owner_it_cannot_tell() {
     assert!(said.contains("cannot tell a raft node's journal"), "{said}");
     assert_eq!(std::fs::read(&superblock).expect("read"), before);
     assert!(!dir.path().join("quarantine").exists());
+    // The operator's word that it is an engine shard's lets it go on.
+    let args = ["wal", "salvage", "--shard", "0", "--engine-shard", "--yes"];
+    let salvaged = ringstore_cli(dir.path(), &args);
+    let said = String::from_utf8_lossy(&salvaged.stdout).to_string()
+        + &String::from_utf8_lossy(&salvaged.stderr);
+    assert!(salvaged.status.success(), "{said}");
+    assert!(dir.path().join("quarantine").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

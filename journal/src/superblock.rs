@@ -255,22 +255,31 @@ pub const SUPERBLOCK_READS_MAX: usize = 3;
 /// before it, at most [`SUPERBLOCK_READS_MAX`] reads: a copy found wanting
 /// is rewritten from the other at once (recovery), or reported (verify),
 /// so a transient read fault in the newer copy must not make the older
-/// state the chosen one. Of the reads, the one whose chosen copy has the
-/// highest sequence is kept (a flipped bit cannot make a copy verify with
-/// a higher one). Returns it and how many reads differed from the one
-/// before. One rule for the open and for `verify`, so they agree.
+/// state the chosen one. A read in which both copies verify and agree is
+/// taken at once; otherwise the read whose chosen copy has the highest
+/// sequence (a flipped bit cannot make a copy verify with a higher one)
+/// and, of those, the fewest copies found wanting (the later on a tie).
+/// Returns it and how many reads differed from the one before. One rule
+/// for the open and for `verify`, so they agree.
 pub async fn settle_reads<E, F: std::future::Future<Output = Result<Vec<u8>, E>>>(
     kind: SuperblockKind,
     mut read: impl FnMut() -> F,
 ) -> Result<(Vec<u8>, u64), E> {
-    let sequence = |bytes: &[u8]| decode(bytes, kind).ok().map(|chosen| chosen.sequence);
+    // (sequence, copies not wanting): higher is better; `None` for a read
+    // in which no copy verifies.
+    let rank = |bytes: &[u8]| {
+        decode(bytes, kind).ok().map(|chosen| {
+            let wanting = chosen.stale_or_damaged.len();
+            (chosen.sequence, SUPERBLOCK_COPIES.saturating_sub(wanting))
+        })
+    };
     let settled =
-        |bytes: &[u8]| decode(bytes, kind).is_ok_and(|chosen| chosen.stale_or_damaged.is_empty());
+        |rank: Option<(u64, usize)>| rank.is_some_and(|(_, sound)| sound == SUPERBLOCK_COPIES);
     let mut bytes = read().await?;
-    let mut best = (sequence(&bytes), bytes.clone());
+    let mut best = (rank(&bytes), bytes.clone());
     let mut transient = 0;
     for _ in 1..SUPERBLOCK_READS_MAX {
-        if settled(&bytes) {
+        if settled(best.0) {
             break;
         }
         let again = read().await?;
@@ -278,8 +287,8 @@ pub async fn settle_reads<E, F: std::future::Future<Output = Result<Vec<u8>, E>>
             break;
         }
         transient += 1;
-        if sequence(&again) > best.0 {
-            best = (sequence(&again), again.clone());
+        if rank(&again) >= best.0 {
+            best = (rank(&again), again.clone());
         }
         bytes = again;
     }
@@ -798,7 +807,12 @@ mod tests {
         // Both copies sound and equal: one read.
         let mut sound = encode_copy(SuperblockKind::Journal, 9, 0, b"newer");
         sound.extend(encode_copy(SuperblockKind::Journal, 9, 1, b"newer"));
-        assert_eq!(settle(vec![sound.clone()]), (sound, 0, 1));
+        assert_eq!(settle(vec![sound.clone()]), (sound.clone(), 0, 1));
+        // Both sound, copy 1 flipped on the first read: the clean second
+        // read is taken (same sequence, no copy wanting), and no more.
+        let copy1 = SUPERBLOCK_COPY_BYTES as usize + 100;
+        let (kept, transient, made) = settle(vec![flipped(sound.clone(), copy1), sound.clone()]);
+        assert_eq!((kept, transient, made), (sound, 1, 2));
         // Damage at rest reads the same twice: two reads, then the copy
         // found damaged is left to the caller.
         let damaged = flipped(file, 100);

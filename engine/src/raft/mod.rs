@@ -146,14 +146,15 @@
 //!   therefore ask for the change: a node awaiting repair asks the leader
 //!   it follows, while that leader's term is not after the awaited one, to
 //!   hand its leadership to another voter (`cluster::node`, openraft's
-//!   `transfer_leader`, to a voter heard from within an election timeout,
-//!   at most `HANDOFF_LAG_ENTRIES_MAX` entries behind, and not one that
-//!   asked for a handoff itself). That voter is elected by a quorum without
-//!   the node's vote, and its term's first commit ends the repair. A voter
-//!   awaiting repair that has not asked yet may still be named: openraft
-//!   elects the named node only once it has flushed the leader's whole log
-//!   (its elections being off does not stop that), so it holds every
-//!   committed entry, and leading is safe for it. If the leader is lost
+//!   `transfer_leader`, to a voter heard from within an election timeout
+//!   and at most `HANDOFF_LAG_ENTRIES_MAX` entries behind, preferring one
+//!   that did not ask for a handoff itself). That voter is elected by a
+//!   quorum without the node's vote, and its term's first commit ends the
+//!   repair. A voter awaiting repair may still be named (when no other can
+//!   be, or before it has asked): openraft elects the named node only once
+//!   it has flushed the leader's whole log (its elections being off does
+//!   not stop that), so it holds every committed entry, and leading is
+//!   safe for it. If the leader is lost
 //!   before it hands off, or the voter it hands to is lost during the
 //!   handoff (the leader stops taking commands and sending heartbeats from
 //!   the handoff on, and openraft has no way back), no leader is elected

@@ -70,9 +70,11 @@ pub struct SalvageArgs {
     /// Carry it out (without: print what it would do, change nothing, exit 2).
     #[arg(long)]
     yes: bool,
-    /// The journal is an engine shard's, not a raft node's: needed only when
-    /// no copy of its superblock verifies and the shard is not in an engine
-    /// data directory, so salvage cannot tell.
+    /// The journal is an engine shard's, not a raft node's: needed when its
+    /// superblock records no owner (no copy verifies, or there is none) and
+    /// the shard's place in an engine data directory cannot be read (the
+    /// data directory's superblock and the shard's identity), so salvage
+    /// cannot tell.
     #[arg(long)]
     engine_shard: bool,
 }
@@ -1086,11 +1088,13 @@ fn salvage(context: &Context, args: &SalvageArgs) -> Result<Outcome, CliError> {
 /// journal (its superblock records a raft node's place) marks the node
 /// awaiting repair, so that it does not vote on a log the salvage cut
 /// (the raft module's "Uncertain tail"). An engine shard's has none.
-/// Without a superblock copy that verifies the owner is unknown: a shard
-/// of an engine data directory (`expected`, from the data directory's own
-/// superblock) or one the operator names with `--engine-shard` is an
-/// engine shard's; anything else is refused, since a raft node's vote was
-/// in that superblock and no salvage brings it back.
+/// When the journal's superblock records no owner (no copy verifies, or
+/// there is none) the owner is unknown: a shard whose place in an engine
+/// data directory can be read (`expected`: the data directory's
+/// superblock and the shard's identity) or that the operator names with
+/// `--engine-shard` is an engine shard's; anything else is refused, since
+/// a raft node's vote was in that superblock and no salvage brings it
+/// back.
 fn hook_after_cut(
     shard: &ShardDir,
     journal_dir: &Path,
@@ -1106,11 +1110,12 @@ fn hook_after_cut(
         None if in_engine_data_dir || engine_shard => return Ok(None),
         None => {
             return Err(CliError(format!(
-                "{}: no copy of the journal's superblock verifies, so salvage cannot tell a raft \
-                 node's journal from an engine shard's. A raft node's vote was in that \
-                 superblock and no salvage brings it back: such a node must rejoin its cluster \
-                 with an empty directory under a new node id. If this is an engine shard's \
-                 journal, pass --engine-shard (nothing was changed)",
+                "{}: the journal's superblock records no owner (no copy verifies, or there is \
+                 none) and the shard's place in an engine data directory cannot be read, so \
+                 salvage cannot tell a raft node's journal from an engine shard's. A raft node's \
+                 vote was in that superblock and no salvage brings it back: such a node must \
+                 rejoin its cluster with an empty directory under a new node id. If this is an \
+                 engine shard's journal, pass --engine-shard (nothing was changed)",
                 shard.label
             )))
         }

@@ -593,7 +593,9 @@ async fn hand_off_leadership(shared: &Shared, from: Option<NodeId>, below_term: 
         return Reply::Done;
     }
     // Voters that asked within a few of their asking intervals await repair
-    // too: passed over while another can take the leadership.
+    // too: named only if no other voter can take the leadership (naming
+    // one is safe, see the `TransferLeader` handler; never naming one would
+    // leave two nodes awaiting repair beside a leader that never changes).
     let awaiting: BTreeSet<NodeId> = match shared.handoff_askers.lock() {
         Ok(mut askers) => {
             askers.insert(from, Instant::now());
@@ -604,7 +606,7 @@ async fn hand_off_leadership(shared: &Shared, from: Option<NodeId>, below_term: 
     };
     let candidates = membership
         .voter_ids()
-        .filter(|&id| id != shared.id && !awaiting.contains(&id))
+        .filter(|&id| id != shared.id && id != from)
         .map(|id| {
             let matched = metrics
                 .replication
@@ -616,7 +618,12 @@ async fn hand_off_leadership(shared: &Shared, from: Option<NodeId>, below_term: 
                 .as_ref()
                 .and_then(|h| h.get(&id).cloned().flatten())
                 .map(|acked| openraft::Instant::elapsed(&*acked));
-            (id, matched, silent_for)
+            Candidate {
+                id,
+                matched,
+                silent_for,
+                asked: awaiting.contains(&id),
+            }
         });
     let Some(to) = handoff_target(
         candidates,
@@ -645,12 +652,24 @@ async fn hand_off_leadership(shared: &Shared, from: Option<NodeId>, below_term: 
     }
 }
 
-/// Of `(voter, last index it holds, time since it last answered)`, the
-/// voter that answered within `silence_max`, lacks at most
-/// `HANDOFF_LAG_ENTRIES_MAX` entries of a log ending at `last_index`, and
-/// holds the most of it (the lower id on a tie).
+/// A voter the leadership could be handed to.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    id: NodeId,
+    /// The last log index it holds, as the leader knows.
+    matched: Option<u64>,
+    /// Since it last answered the leader (`None`: never).
+    silent_for: Option<Duration>,
+    /// It asked for a handoff itself (it awaits repair).
+    asked: bool,
+}
+
+/// Of `candidates`, the voter that answered within `silence_max`, lacks at
+/// most `HANDOFF_LAG_ENTRIES_MAX` entries of a log ending at `last_index`,
+/// did not ask for a handoff itself if any such voter did not, and holds
+/// the most of the log (the lower id on a tie).
 fn handoff_target(
-    candidates: impl IntoIterator<Item = (NodeId, Option<u64>, Option<Duration>)>,
+    candidates: impl IntoIterator<Item = Candidate>,
     last_index: Option<u64>,
     silence_max: Duration,
 ) -> Option<NodeId> {
@@ -661,11 +680,12 @@ fn handoff_target(
     };
     candidates
         .into_iter()
-        .filter(|&(_, matched, silent_for)| {
-            silent_for.is_some_and(|s| s <= silence_max) && lag(matched) <= HANDOFF_LAG_ENTRIES_MAX
+        .filter(|c| {
+            c.silent_for.is_some_and(|s| s <= silence_max)
+                && lag(c.matched) <= HANDOFF_LAG_ENTRIES_MAX
         })
-        .max_by_key(|&(id, matched, _)| (matched, std::cmp::Reverse(id)))
-        .map(|(id, _, _)| id)
+        .max_by_key(|c| (!c.asked, c.matched, std::cmp::Reverse(c.id)))
+        .map(|c| c.id)
 }
 
 async fn handle(shared: &Shared, from: Option<NodeId>, message: Message) -> Reply {
@@ -1148,57 +1168,54 @@ mod tests {
         let heard = Some(Duration::from_millis(10));
         let silent = Some(Duration::from_millis(201));
         let last = Some(100);
+        let voter = |id, matched, silent_for| Candidate {
+            id,
+            matched,
+            silent_for,
+            asked: false,
+        };
+        let asker = |id, matched, silent_for| Candidate {
+            asked: true,
+            ..voter(id, matched, silent_for)
+        };
         // The longest log among those heard from; a tie goes to the lower id.
-        assert_eq!(
-            handoff_target(
-                [
-                    (2, Some(97), heard),
-                    (3, Some(99), heard),
-                    (4, Some(99), heard)
-                ],
-                last,
-                silence_max
-            ),
-            Some(3)
-        );
+        let heard_three = [
+            voter(2, Some(97), heard),
+            voter(3, Some(99), heard),
+            voter(4, Some(99), heard),
+        ];
+        assert_eq!(handoff_target(heard_three, last, silence_max), Some(3));
         // A voter not heard from lately, or never, is passed over, however
         // much it holds.
+        let some_silent = [
+            voter(2, Some(97), heard),
+            voter(3, Some(100), silent),
+            voter(4, Some(100), None),
+        ];
+        assert_eq!(handoff_target(some_silent, last, silence_max), Some(2));
         assert_eq!(
-            handoff_target(
-                [
-                    (2, Some(97), heard),
-                    (3, Some(100), silent),
-                    (4, Some(100), None)
-                ],
-                last,
-                silence_max
-            ),
-            Some(2)
-        );
-        assert_eq!(
-            handoff_target([(3, Some(99), silent)], last, silence_max),
+            handoff_target([voter(3, Some(99), silent)], last, silence_max),
             None
         );
         assert_eq!(handoff_target([], last, silence_max), None);
+        // One that asked for a handoff itself (it awaits repair) goes only
+        // if no other can: never naming it would leave it and the asker
+        // awaiting repair beside a leader that never changes.
+        let one_asked = [asker(2, Some(100), heard), voter(3, Some(90), heard)];
+        assert_eq!(handoff_target(one_asked, last, silence_max), Some(3));
+        let only_askers = [asker(2, Some(100), heard), voter(3, Some(90), silent)];
+        assert_eq!(handoff_target(only_askers, last, silence_max), Some(2));
         // One too far behind (or holding nothing of a long log) is passed
         // over: it could not flush the rest within an election timeout.
         let far = 5_000;
         let behind = far - HANDOFF_LAG_ENTRIES_MAX - 1;
-        assert_eq!(
-            handoff_target(
-                [(2, Some(behind), heard), (3, None, heard)],
-                Some(far),
-                silence_max
-            ),
-            None
-        );
-        assert_eq!(
-            handoff_target([(2, Some(behind + 1), heard)], Some(far), silence_max),
-            Some(2)
-        );
+        let too_far = [voter(2, Some(behind), heard), voter(3, None, heard)];
+        assert_eq!(handoff_target(too_far, Some(far), silence_max), None);
+        let near = [voter(2, Some(behind + 1), heard)];
+        assert_eq!(handoff_target(near, Some(far), silence_max), Some(2));
         // An empty log: any voter heard from holds all of it.
         assert_eq!(
-            handoff_target([(2, None, heard)], None, silence_max),
+            handoff_target([voter(2, None, heard)], None, silence_max),
             Some(2)
         );
     }
