@@ -53,14 +53,18 @@ fn small_writes_are_inline_and_survive_a_reopen_on_a_real_disk() {
             }
             let small = journal.stats();
             // Back-to-back appends: a run of inline writes ends now and then
-            // with a write through io_uring, so that the reactor turns.
-            let (inline, writes) = (
+            // with a write through io_uring, so that the reactor turns. On
+            // a slow disk (its slow mode, or a loaded machine) inline
+            // writes pause after the first slow one: then only the pause
+            // explains a minority of inline writes.
+            let (inline, writes, paused) = (
                 small.inline_writes - before.inline_writes,
                 small.writes - before.writes,
+                small.inline_write_pauses - before.inline_write_pauses,
             );
             assert!(
-                inline * 2 > writes && writes >= 20,
-                "{durability:?}: {inline} of {writes} small writes inline"
+                (inline * 2 > writes || paused > 0) && inline >= 1 && writes >= 20,
+                "{durability:?}: {inline} of {writes} small writes inline, {paused} pauses"
             );
             ops.push((journal.append(&payload(99, LARGE)).await.unwrap(), LARGE));
             let large = journal.stats();
@@ -69,7 +73,7 @@ fn small_writes_are_inline_and_survive_a_reopen_on_a_real_disk() {
                 "a large write is not"
             );
             assert_eq!(large.writes, small.writes + 1);
-            assert_eq!(large.inline_write_pauses, 0);
+            assert_eq!(large.inline_write_pauses, small.inline_write_pauses);
             journal.close().await.unwrap();
 
             let journal = real_builder(&path, durability).open().await.unwrap();
