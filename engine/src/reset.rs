@@ -6,15 +6,16 @@
 //!
 //! 1. Load and verify the snapshot; restore its state (nothing changes if
 //!    either fails). A snapshot of another domain is refused unless the
-//!    shard is new and empty, which then joins that domain (`identity` is
-//!    rewritten).
+//!    shard holds no data, which then joins that domain (`identity` is
+//!    rewritten, after step 3).
 //! 2. `B` = one above the largest op the shard has seen (the journal's
 //!    last op, the newest local snapshot, the applied op, the snapshot's own
 //!    watermark, and, with an object store, a ring above every snapshot key
 //!    the snapshot's domain has there, as a cold restore numbers: the
 //!    shard's uploads then never take a key of the domain's history);
 //!    `E` = one above the largest epoch likewise.
-//! 3. Persist the restored state as the local snapshot at op `B`, epoch `E`.
+//! 3. Persist the restored state as the local snapshot at op `B`, epoch `E`;
+//!    a shard joining the snapshot's domain joins it now.
 //! 4. Raise the journal's epoch to `E` and its watermark to `B`.
 //! 5. The first op submitted afterwards is checked to be `B + 1` at epoch
 //!    `E` or later ([`Error::ResetCheck`] otherwise).
@@ -28,13 +29,19 @@
 //!
 //! A crash before step 3 completes leaves the shard as it was. A crash
 //! between 3 and 4 is finished by recovery, which raises the journal's
-//! watermark and epoch to the newest snapshot's.
+//! watermark and epoch to the newest snapshot's. A shard joining a domain
+//! writes the snapshot before it rewrites its identity, so a crash (or a
+//! failed write) in between leaves it in its own domain, as it was, with a
+//! snapshot of the other domain that its recovery skips (reported) and a
+//! reset run again passes over; joining first left an empty shard of the
+//! new domain numbering from op 1, whose ops would take numbers of that
+//! domain's history.
 //!
 //! With object storage the snapshot written in step 3 is uploaded like any
 //! checkpoint's, under the (new) domain: a later cold restore then numbers
 //! above this reset too.
 
-use crate::error::{Error, PersistStage};
+use crate::error::{Error, PersistStage, SnapshotDamage, SnapshotError, SnapshotFault};
 use crate::machine::{restore_state, OpId, StateMachine};
 use crate::shard::Shard;
 use crate::snapshot::{LoadedSnapshot, SnapshotMeta};
@@ -173,18 +180,12 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let generations = snapshots.generations()?;
         let applied = self.applied();
         let joins = source.domain != self.domain();
-        if joins {
-            let fresh = applied.op == 0
-                && journal.next_op() == 1
-                && journal.watermark() == 0
-                && generations.is_empty();
-            if !fresh {
-                return Err(ResetError::DomainMismatch {
-                    path: path.to_path_buf(),
-                    shard: self.domain(),
-                    snapshot: source.domain,
-                });
-            }
+        if joins && !self.holds_no_data(&generations, source.domain).await {
+            return Err(ResetError::DomainMismatch {
+                path: path.to_path_buf(),
+                shard: self.domain(),
+                snapshot: source.domain,
+            });
         }
         // Before anything changes: a store that cannot be listed fails the
         // reset with nothing done.
@@ -219,10 +220,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             op: op_seen + 1,
             epoch,
         };
-        if joins {
-            self.join_domain(source.domain).await?;
-        }
-        // 3. The local snapshot at the new numbering.
+        // 3. The local snapshot at the new numbering, in the snapshot's
+        // domain. A joining shard takes that domain only once the snapshot
+        // is in place (below).
         let frozen = machine.freeze();
         let persisted = snapshots
             .persist(frozen, floor.op, floor.epoch, source.domain)
@@ -241,6 +241,18 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             ) => return Err(self.poison(e).into()),
             Err(e) => return Err(e.into()),
         };
+        if joins {
+            // The snapshot of the new domain is in place: a reopen after a
+            // failure here is either the shard as it was (the identity not
+            // rewritten: recovery skips that snapshot, a reset run again
+            // passes over it) or the joined shard, numbered from the
+            // snapshot. Never an empty shard of the new domain numbering
+            // from op 1, which is what joining first left after a crash
+            // or a failed snapshot write.
+            if let Err(e) = self.join_domain(source.domain).await {
+                return Err(self.poison(e).into());
+            }
+        }
         // 4, 5. The journal, the state, the check of the next op.
         self.restart_numbering(machine, floor, &snapshot).await?;
         tracing::info!(
@@ -254,6 +266,31 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             snapshot,
             floor,
         })
+    }
+}
+
+impl<M: StateMachine, S: Storage> Shard<M, S> {
+    /// Whether the shard holds no data, so that a reset may make it join
+    /// `joining`: nothing applied, an empty journal, and no snapshot but
+    /// intact ones of `joining` (what a reset into that domain leaves when
+    /// it is cut short before the join; recovery skips them, and the new
+    /// reset numbers above them). Reads each such snapshot whole: only a
+    /// reset that joins a domain asks, and a fresh shard has none.
+    async fn holds_no_data(&self, generations: &[(u64, PathBuf)], joining: Uuid) -> bool {
+        let journal = self.journal();
+        if self.applied().op != 0 || journal.next_op() != 1 || journal.watermark() != 0 {
+            return false;
+        }
+        for (_, path) in generations {
+            match self.snapshots().load(path, Some(self.domain())).await {
+                Err(SnapshotError::Damaged(SnapshotDamage {
+                    fault: SnapshotFault::WrongDomain { found, .. },
+                    ..
+                })) if found == joining => {}
+                _ => return false,
+            }
+        }
+        true
     }
 }
 

@@ -565,6 +565,154 @@ fn a_power_cut_at_every_step_of_a_reset_keeps_numbers_increasing() {
     });
 }
 
+/// A fresh shard reset to another domain's snapshot (a cold restore's
+/// join), cut by a power loss after each of its storage operations in
+/// turn: after the crash the shard is either the fresh shard it was (its
+/// own domain, nothing applied) or the joined one (the snapshot's domain
+/// and state, numbered above the snapshot). Never an empty shard of the
+/// snapshot's domain numbering from op 1: its ops would take numbers of
+/// that domain's history, and a later cold restore would prefer the
+/// history's keys to them without a word.
+#[test]
+fn a_power_cut_at_every_step_of_a_reset_that_joins_a_domain_leaves_the_old_or_the_joined_shard() {
+    run(|| async {
+        let source_storage = MemStorage::new();
+        let source = mem_builder(&source_storage, "/source")
+            .open()
+            .await
+            .unwrap();
+        let joined_domain = source.domain();
+        let mut model = BTreeMap::new();
+        put_many(&source, &mut model, 0, 30).await;
+        let snapshot = source.checkpoint().await.unwrap().snapshot.unwrap();
+        let snapshot_bytes = source_storage.file_bytes(&snapshot.path).unwrap();
+        source.close().await.unwrap();
+        // Named as the store names it (the header's op is checked against it).
+        let incoming = &Path::new("/incoming").join(snapshot.path.file_name().unwrap());
+        let mut completed = false;
+        let (mut cuts_leaving_a_snapshot, mut cuts_joined) = (0u32, 0u32);
+        for cut in 1.. {
+            let storage = MemStorage::new();
+            storage.insert_file(incoming, snapshot_bytes.clone());
+            let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+            let own_domain = shard.domain();
+            storage.cut_power_after_ops(cut);
+            let result = shard.reset_to(incoming).await;
+            let cut_happened = storage.power_is_cut();
+            drop(shard);
+            storage.crash();
+            let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+            let recovered = shard.applied();
+            if shard.domain() == own_domain {
+                assert!(result.is_err(), "cut {cut}: an acknowledged reset was lost");
+                assert_eq!(recovered.op, 0, "cut {cut}");
+                let left = storage
+                    .paths()
+                    .iter()
+                    .any(|path| path.starts_with("/shard/snapshots"));
+                cuts_leaving_a_snapshot += u32::from(left);
+                assert!(shard.read(|kv| kv.values()).is_empty(), "cut {cut}");
+                // The reset can be run again: a snapshot of the domain
+                // left by the cut one does not make the shard hold data.
+                storage.insert_file(incoming, snapshot_bytes.clone());
+                let again = shard.reset_to(incoming).await.unwrap();
+                assert_eq!(shard.domain(), joined_domain, "cut {cut}");
+                assert!(again.floor.op > snapshot.watermark, "cut {cut}");
+            } else {
+                cuts_joined += 1;
+                assert_eq!(shard.domain(), joined_domain, "cut {cut}");
+                assert!(
+                    recovered.op > snapshot.watermark,
+                    "cut {cut}: joined {joined_domain} numbering from op {} (the snapshot is \
+                     at op {})",
+                    recovered.op,
+                    snapshot.watermark
+                );
+                assert_eq!(shard.read(|kv| kv.values()), model, "cut {cut}");
+            }
+            let floor = shard.applied();
+            let at = shard
+                .submit(KvCommand::Delete { key: 0 })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(at.op, floor.op + 1, "cut {cut}");
+            shard.close().await.unwrap();
+            if !cut_happened {
+                result.unwrap();
+                completed = true;
+                break;
+            }
+        }
+        assert!(completed);
+        // Both outcomes were reached, and a reset cut after its snapshot
+        // was written was run again over it.
+        assert!(cuts_leaving_a_snapshot > 0 && cuts_joined > 0);
+    });
+}
+
+/// A reset that joins a domain and fails to write its snapshot (a full
+/// disk) leaves the shard in its own domain, as it was, and the reset can
+/// be run again once there is room.
+#[test]
+fn a_reset_that_cannot_write_its_snapshot_does_not_join_the_domain() {
+    run(|| async {
+        let source_storage = MemStorage::new();
+        let source = mem_builder(&source_storage, "/source")
+            .open()
+            .await
+            .unwrap();
+        let joined_domain = source.domain();
+        let mut model = BTreeMap::new();
+        put_many(&source, &mut model, 0, 30).await;
+        // A state larger than the identity file's block.
+        for key in 100..120 {
+            let command = KvCommand::Put {
+                key,
+                value: vec![key as u8; 1000],
+            };
+            source.submit(command.clone()).await.unwrap().unwrap();
+            apply_model(&mut model, &command);
+        }
+        let snapshot = source.checkpoint().await.unwrap().snapshot.unwrap();
+        let snapshot_bytes = source_storage.file_bytes(&snapshot.path).unwrap();
+        source.close().await.unwrap();
+
+        let storage = MemStorage::new();
+        // Named as the store names it (the header's op is checked against it).
+        let incoming = &Path::new("/incoming").join(snapshot.path.file_name().unwrap());
+        storage.insert_file(incoming, snapshot_bytes.clone());
+        let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+        let own_domain = shard.domain();
+        // Room for the identity's rewrite (a few hundred bytes), not for
+        // the snapshot.
+        let used: u64 = storage
+            .paths()
+            .iter()
+            .filter_map(|path| storage.file_bytes(path))
+            .map(|bytes| bytes.len() as u64)
+            .sum();
+        assert!(snapshot_bytes.len() > 3 * 4096);
+        storage.set_capacity(Some(used + 2 * 4096));
+        let error = shard.reset_to(incoming).await.unwrap_err();
+        assert!(
+            matches!(&error, ResetError::Shard(Error::Persist { .. })),
+            "{error:?}"
+        );
+        assert_eq!(shard.domain(), own_domain);
+        assert_eq!(shard.applied().op, 0);
+        shard.close().await.unwrap();
+        storage.set_capacity(None);
+        let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+        assert_eq!(shard.domain(), own_domain);
+        let outcome = shard.reset_to(incoming).await.unwrap();
+        assert_eq!(shard.domain(), joined_domain);
+        assert!(outcome.floor.op > snapshot.watermark);
+        assert_eq!(shard.read(|kv| kv.values()), model);
+        shard.close().await.unwrap();
+    });
+}
+
 /// A follower's snapshot store on a fresh `MemStorage`, holding the
 /// snapshot `bytes` at `watermark`.
 async fn follower_holding(
