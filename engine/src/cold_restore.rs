@@ -29,7 +29,10 @@
 //!    [`ColdRestoreError::RemoteSnapshotsDamaged`], listing why.
 //! 4. **Reset** the shard to it ([`crate::reset`]): op numbers continue
 //!    above every key listed (so the shard's next snapshots never collide
-//!    with a damaged newer object) *plus one ring* (the journal's
+//!    with a damaged newer object) and every numbering claim of an earlier
+//!    reset or restore of the domain (`<domain>/numbering/`, written before
+//!    that reset numbered its shard; this restore writes its own), *plus
+//!    one ring* (the journal's
 //!    `slot_count`): the lost journal held the ops above its watermark, at
 //!    most a ring of them, and in [`UploadMode::BeforeCompaction`](crate::UploadMode::BeforeCompaction) the
 //!    watermark never passed the newest uploaded snapshot, so every op the
@@ -82,7 +85,8 @@ use crate::layout::identity::{write_identity, Identity};
 use crate::layout::{IDENTITY_FILE_NAME, IDENTITY_TEMP_NAME, JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::machine::{OpId, StateMachine};
 use crate::object_store::{
-    parse_snapshot_key, ObjectStoreError, ObjectStoreSettings, ShardObjects, SNAPSHOT_KEY_PREFIX,
+    numbering_claimed, parse_snapshot_key, ObjectStoreError, ObjectStoreSettings, ShardObjects,
+    SNAPSHOT_KEY_PREFIX,
 };
 use crate::reset::{ResetError, ResetOutcome};
 use crate::shard::Shard;
@@ -388,15 +392,20 @@ async fn restore_newest_intact<M: StateMachine>(
     // Numbering goes above every key listed, damaged ones included, and
     // a ring above that: the ops the lost journal held above its watermark
     // (see step 4 of the module docs).
+    // The claims of earlier resets and restores count as keys: until its
+    // snapshot was uploaded, a claim was all the store held of a restored
+    // shard's numbering.
     let ring = shard.journal().config().slot_count;
+    let claimed = numbering_claimed(tiered.remote(), domain).await?;
     let mut seen = OpId {
         op: listed
             .iter()
             .map(|g| g.op)
+            .chain([claimed.op])
             .max()
             .unwrap_or(0)
             .saturating_add(ring),
-        epoch: 0,
+        epoch: claimed.epoch,
     };
     let mut skipped = Vec::new();
     for generation in listed {

@@ -83,7 +83,7 @@
 //! [`ShardStats`]: crate::ShardStats
 
 use crate::error::{Error, Result};
-use crate::machine::StateMachine;
+use crate::machine::{OpId, StateMachine};
 use crate::shard::{Shard, ShardHooks, WeakShard};
 use crate::snapshot::scrub::verify_snapshot_file;
 use crate::snapshot::{parse_snapshot_file_name, snapshot_file_name, SnapshotMeta};
@@ -126,6 +126,52 @@ pub fn snapshot_key(op: u64) -> String {
 pub fn parse_snapshot_key(key: &str) -> Option<u64> {
     let name = key.strip_prefix(SNAPSHOT_KEY_PREFIX)?.strip_prefix('/')?;
     parse_snapshot_file_name(name)
+}
+
+/// Prefix of a domain's numbering claims: `numbering/<op>-<epoch>`.
+pub const NUMBERING_KEY_PREFIX: &str = "numbering";
+
+/// The key of the claim a reset writes before it numbers a shard above
+/// `floor`, relative to the domain: `numbering/<op>-<epoch>`, both 20
+/// digits. An empty object: its name is the claim.
+pub fn numbering_key(floor: OpId) -> String {
+    format!(
+        "{NUMBERING_KEY_PREFIX}/{:020}-{:020}",
+        floor.op, floor.epoch
+    )
+}
+
+/// The floor a numbering claim's key (relative to the domain) names, if it
+/// is one.
+pub fn parse_numbering_key(key: &str) -> Option<OpId> {
+    let name = key.strip_prefix(NUMBERING_KEY_PREFIX)?.strip_prefix('/')?;
+    let (op, epoch) = name.split_once('-')?;
+    let digits = |s: &str| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(op) || !digits(epoch) {
+        return None;
+    }
+    Some(OpId {
+        op: op.parse().ok()?,
+        epoch: epoch.parse().ok()?,
+    })
+}
+
+/// The largest op and the largest epoch the numbering claims of `domain`
+/// in the store name (`OpId { 0, 0 }` if it has none).
+pub(crate) async fn numbering_claimed(remote: &Remote, domain: Uuid) -> Result<OpId> {
+    let prefix = format!("{domain}/{NUMBERING_KEY_PREFIX}");
+    let listed = remote
+        .list(&prefix)
+        .await
+        .map_err(|e| ObjectStoreError::new("list the domain's numbering claims", e.into()))?;
+    let domain_prefix = format!("{domain}/");
+    Ok(listed
+        .iter()
+        .filter_map(|info| parse_numbering_key(info.key.strip_prefix(&domain_prefix)?))
+        .fold(OpId { op: 0, epoch: 0 }, |seen, claim| OpId {
+            op: seen.op.max(claim.op),
+            epoch: seen.epoch.max(claim.epoch),
+        }))
 }
 
 /// An object-storage or local-cache call failed. The source names the
@@ -332,9 +378,13 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// holds already: a same-size object there counts as this upload (see
     /// the module docs), and retention, which keeps the highest ops, would
     /// keep the old history's, which a cold restore would then bring back.
-    pub(crate) async fn remote_numbering_floor(&self, domain: Uuid) -> Result<u64> {
+    ///
+    /// The numbering claims of earlier resets count as keys here (see
+    /// [`Shard::claim_numbering`]); their largest epoch is the floor's
+    /// epoch.
+    pub(crate) async fn remote_numbering_floor(&self, domain: Uuid) -> Result<OpId> {
         let Some(objects) = self.hook::<ShardObjects>() else {
-            return Ok(0);
+            return Ok(OpId { op: 0, epoch: 0 });
         };
         let tiered = objects.tiered().ok_or(Error::Closed)?;
         let prefix = format!("{domain}/{SNAPSHOT_KEY_PREFIX}");
@@ -344,12 +394,44 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             .await
             .map_err(|e| ObjectStoreError::new("list the domain's snapshots", e.into()))?;
         let domain_prefix = format!("{domain}/");
+        let claimed = numbering_claimed(tiered.remote(), domain).await?;
         let newest = listed
             .iter()
             .filter_map(|info| parse_snapshot_key(info.key.strip_prefix(&domain_prefix)?))
+            .chain((claimed.op > 0).then_some(claimed.op))
             .max();
         let ring = self.journal().config().slot_count;
-        Ok(newest.map_or(0, |op| op.saturating_add(ring)))
+        Ok(OpId {
+            op: newest.map_or(0, |op| op.saturating_add(ring)),
+            epoch: claimed.epoch,
+        })
+    }
+
+    /// Before a reset numbers the shard above `floor` in `domain`, records
+    /// that numbering in the store (an empty object at
+    /// `<domain>/`[`numbering_key`]), where a later reset or cold restore
+    /// of the domain finds it and numbers a ring above it.
+    ///
+    /// Why: the numbering of a cold restore (and of a reset with an object
+    /// store) is a ring above the domain's newest key, because in
+    /// `BeforeCompaction` mode the watermark never passes the newest
+    /// uploaded snapshot. A reset moves the watermark to its floor before
+    /// its snapshot is uploaded, so until then the shard acknowledges ops
+    /// a ring above a floor no key in the store shows. Without the claim,
+    /// a shard whose disk is lost before that upload would be restored
+    /// again at the same floor and epoch, and give its acknowledged op
+    /// numbers to other commands. No-op without an object store; an object
+    /// already there (a reset run again) is the same claim.
+    pub(crate) async fn claim_numbering(&self, domain: Uuid, floor: OpId) -> Result<()> {
+        let Some(objects) = self.hook::<ShardObjects>() else {
+            return Ok(());
+        };
+        let tiered = objects.tiered().ok_or(Error::Closed)?;
+        let key = format!("{domain}/{}", numbering_key(floor));
+        match tiered.remote().put(&key, Vec::new()).await {
+            Ok(()) | Err(RemoteError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(ObjectStoreError::new("claim the reset's numbering", e.into()).into()),
+        }
     }
 
     /// Waits until the newest local snapshot is in object storage, at most

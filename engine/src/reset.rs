@@ -11,9 +11,13 @@
 //! 2. `B` = one above the largest op the shard has seen (the journal's
 //!    last op, the newest local snapshot, the applied op, the snapshot's own
 //!    watermark, and, with an object store, a ring above every snapshot key
-//!    the snapshot's domain has there, as a cold restore numbers: the
-//!    shard's uploads then never take a key of the domain's history);
-//!    `E` = one above the largest epoch likewise.
+//!    and numbering claim the snapshot's domain has there, as a cold
+//!    restore numbers: the shard's uploads then never take a key of the
+//!    domain's history); `E` = one above the largest epoch likewise. With
+//!    an object store, `B` and `E` are then claimed there (an empty object
+//!    under `<domain>/numbering/`) before anything changes: until the
+//!    reset's snapshot is uploaded, that claim is all that tells a later
+//!    restore the numbers this shard goes on to acknowledge.
 //! 3. Persist the restored state as the local snapshot at op `B`, epoch `E`;
 //!    a shard joining the snapshot's domain joins it now.
 //! 4. Raise the journal's epoch to `E` and its watermark to `B`.
@@ -192,7 +196,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let remote_floor = if from_file {
             self.remote_numbering_floor(source.domain).await?
         } else {
-            0
+            OpId { op: 0, epoch: 0 }
         };
         // 2. The new floor.
         let newest_local = generations.last().map_or(0, |(op, _)| *op);
@@ -202,12 +206,13 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             .max(applied.op)
             .max(newest_local)
             .max(seen_elsewhere.op)
-            .max(remote_floor);
+            .max(remote_floor.op);
         let epoch_seen = source
             .epoch
             .max(journal.epoch())
             .max(applied.epoch)
-            .max(seen_elsewhere.epoch);
+            .max(seen_elsewhere.epoch)
+            .max(remote_floor.epoch);
         // The floor, and the first op after it, must both exist.
         let (Some(_), Some(epoch)) = (op_seen.checked_add(2), epoch_seen.checked_add(1)) else {
             return Err(ResetError::NumberingExhausted {
@@ -220,6 +225,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             op: op_seen + 1,
             epoch,
         };
+        // With an object store, the floor is claimed there before anything
+        // here changes (see `Shard::claim_numbering`): a store that cannot
+        // take the claim fails the reset with nothing done.
+        self.claim_numbering(source.domain, floor).await?;
         // 3. The local snapshot at the new numbering, in the snapshot's
         // domain. A joining shard takes that domain only once the snapshot
         // is in place (below).

@@ -130,7 +130,9 @@ fn the_block_and_record_limits_are_the_constants() {
 #[test]
 fn the_object_store_layout_is_the_code() {
     use ringstore::cold_restore::{RESTORE_MARKER_NAME, RESTORE_STAGING_DIR_NAME};
-    use ringstore::object_store::{parse_snapshot_key, snapshot_key, CACHE_DIR_DEFAULT};
+    use ringstore::object_store::{
+        numbering_key, parse_numbering_key, parse_snapshot_key, snapshot_key, CACHE_DIR_DEFAULT,
+    };
     assert!(DOC.contains("<domain>/snapshots/snapshot-<20 decimal digits>.snap"));
     assert_eq!(
         snapshot_key(42),
@@ -138,6 +140,26 @@ fn the_object_store_layout_is_the_code() {
     );
     assert_eq!(parse_snapshot_key(&snapshot_key(u64::MAX)), Some(u64::MAX));
     assert_eq!(parse_snapshot_key("snapshots/snapshot-42.snap"), None);
+    assert!(DOC.contains("<domain>/numbering/<20 decimal digits>-<20 decimal digits>"));
+    let floor = ringstore::OpId { op: 42, epoch: 7 };
+    assert_eq!(
+        numbering_key(floor),
+        "numbering/00000000000000000042-00000000000000000007"
+    );
+    assert_eq!(parse_numbering_key(&numbering_key(floor)), Some(floor));
+    let top = ringstore::OpId {
+        op: u64::MAX,
+        epoch: u64::MAX,
+    };
+    assert_eq!(parse_numbering_key(&numbering_key(top)), Some(top));
+    for not_a_claim in [
+        "numbering/42-7",
+        "numbering/00000000000000000042-0000000000000000000x",
+        "numbering/00000000000000000042",
+        "snapshots/00000000000000000042-00000000000000000007",
+    ] {
+        assert_eq!(parse_numbering_key(not_a_claim), None, "{not_a_claim}");
+    }
     assert!(DOC.contains(&format!("| `{CACHE_DIR_DEFAULT}/` |")));
     assert!(DOC.contains(&format!("| `{RESTORE_MARKER_NAME}` |")));
     assert!(DOC.contains(&format!("| `{RESTORE_STAGING_DIR_NAME}/snapshot-")));

@@ -25,7 +25,9 @@ use common::*;
 use object_store_support::{flip_byte, Fixture, S3Server};
 use ringstore::broker::{Command, Metadata, StreamCommand};
 use ringstore::cold_restore::{self, ColdRestoreError, SkipReason, RESTORE_MARKER_NAME};
-use ringstore::object_store::{snapshot_key, ObjectStoreSettings, Remote, UploadMode};
+use ringstore::object_store::{
+    numbering_key, snapshot_key, ObjectStoreSettings, Remote, UploadMode,
+};
 use ringstore::reset::ResetError;
 use ringstore::runtime::Engine;
 use ringstore::snapshot::snapshot_file_name;
@@ -70,6 +72,7 @@ conformance!(
     retention_keeps_the_newest_generations,
     restore_refusals_are_typed_and_leave_nothing_behind,
     a_reset_numbers_above_every_key_of_the_domain_in_the_store,
+    a_restore_numbers_above_a_restored_shard_whose_snapshot_never_went_up,
 );
 
 fn settings(remote: &Remote) -> ObjectStoreSettings {
@@ -193,6 +196,68 @@ fn a_reset_numbers_above_every_key_of_the_domain_in_the_store(fixture: &Fixture,
             other => panic!("expected NumberingExhausted, got {other:?}"),
         }
         assert_eq!(shard.domain(), own, "the shard joined the domain");
+        shard.close().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
+
+/// A restored shard acknowledges ops above its reset's floor before the
+/// reset's snapshot is uploaded. Its disk lost before that upload, a second
+/// restore of the domain must still number above those ops: the first
+/// restore claimed its floor in the store (`<domain>/numbering/`) before it
+/// numbered the shard, and the second numbers a ring above that claim, in a
+/// later epoch. (Without the claim the store shows only the older keys, and
+/// the second restore took the first one's floor and epoch again.)
+fn a_restore_numbers_above_a_restored_shard_whose_snapshot_never_went_up(
+    fixture: &Fixture,
+    dir: &Path,
+) {
+    let remote = fixture.remote();
+    let shard_dir = dir.join("shard");
+    run(move || async move {
+        let shard = builder(&shard_dir, settings(&remote)).open().await.unwrap();
+        let domain = shard.domain();
+        create_streams(&shard, "a", 20).await;
+        checkpoint_uploaded(&shard).await;
+        shard.close().await.unwrap();
+        std::fs::remove_dir_all(&shard_dir).unwrap();
+
+        let (shard, report) = cold_restore::restore(builder(&shard_dir, settings(&remote)), domain)
+            .await
+            .unwrap();
+        let first_floor = report.reset.floor;
+        let claims: Vec<String> = remote
+            .list(&format!("{domain}/numbering"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|info| info.key)
+            .collect();
+        assert_eq!(
+            claims,
+            vec![format!("{domain}/{}", numbering_key(first_floor))]
+        );
+        create_streams(&shard, "acked", 5).await;
+        let acked = shard.applied();
+        assert_eq!(acked.op, first_floor.op + 5);
+        shard.close().await.unwrap();
+        // The disk is lost before the reset's snapshot went up: whether or
+        // not it did in this run, the store no longer holds it.
+        let reset_key = format!("{domain}/{}", snapshot_key(first_floor.op));
+        let _ = remote.delete(&reset_key).await;
+        std::fs::remove_dir_all(&shard_dir).unwrap();
+
+        let (shard, report) = cold_restore::restore(builder(&shard_dir, settings(&remote)), domain)
+            .await
+            .unwrap();
+        let floor = report.reset.floor;
+        assert!(
+            floor.op > acked.op && floor.epoch > acked.epoch,
+            "{floor:?} {acked:?}: the second restore reuses acknowledged numbers"
+        );
+        let (at, outcome) = shard.submit_at(create("after".into())).await.unwrap();
+        outcome.unwrap();
+        assert_eq!(at.op, floor.op + 1);
         shard.close().await.unwrap();
         remote.shutdown().await.unwrap();
     });
