@@ -97,7 +97,7 @@ pub use error::{Error, KeyRejection, Result};
 pub use key::{Key, KEY_BYTES_MAX, KEY_DEPTH_MAX, KEY_SEGMENT_BYTES_MAX, STAGING_SUFFIX};
 pub use metrics::CacheStats;
 pub use remote::{
-    Backend, CreateCheck, ObjectInfo, Remote, RemoteBuilder, RemoteError, RemoteReader,
+    Backend, CreateCheck, FileDigest, ObjectInfo, Remote, RemoteBuilder, RemoteError, RemoteReader,
     RemoteResult, RemoteStats, S3Config, LIST_ENTRIES_MAX, REQUESTS_QUEUED_MAX,
 };
 pub use reservation::{Reservation, FLOOR_RECHECK_INTERVAL, RESERVATION_WAITERS_MAX};

@@ -71,7 +71,7 @@ use crate::cache::{Cache, Object};
 use crate::disk::{CacheDisk, RootedDisk};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::remote::{ObjectInfo, Remote, RemoteError};
+use crate::remote::{FileDigest, ObjectInfo, Remote, RemoteError};
 use crate::staging::Staging;
 
 /// Counters of one [`Tiered`] (the cache and the remote keep their own).
@@ -323,9 +323,28 @@ impl<S: CacheDisk> Tiered<S> {
     /// change afterwards (the cached object shares its inode). An existing
     /// key is refused with [`RemoteError::AlreadyExists`].
     pub async fn put_file(&self, key: &str, file: impl AsRef<Path>) -> Result<()> {
-        let file = file.as_ref();
+        self.upload_file(key, file.as_ref(), None).await
+    }
+
+    /// [`Tiered::put_file`] of a file the caller has read and checked, as
+    /// `digest`: the store gets exactly those bytes or nothing
+    /// ([`Remote::put_file_checked`]; a mismatch is
+    /// [`RemoteError::SourceChanged`], and the file is not cached either).
+    pub async fn put_file_checked(
+        &self,
+        key: &str,
+        file: impl AsRef<Path>,
+        digest: FileDigest,
+    ) -> Result<()> {
+        self.upload_file(key, file.as_ref(), Some(digest)).await
+    }
+
+    async fn upload_file(&self, key: &str, file: &Path, digest: Option<FileDigest>) -> Result<()> {
         let full = self.object_key(key)?;
-        self.remote.put_file(&full, file).await?;
+        match digest {
+            Some(digest) => self.remote.put_file_checked(&full, file, digest).await?,
+            None => self.remote.put_file(&full, file).await?,
+        };
         add(&self.counters.puts, 1);
         let adopted = self.cache.adopt(&full, file).await;
         let adopted = match adopted {

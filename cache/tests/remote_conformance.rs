@@ -15,7 +15,7 @@ use std::rc::Rc;
 use common::{bytes, run, tempdir};
 use remote_support::{staging_files, Fixture};
 use ringstore_cache::remote::PART_BYTES_MIN;
-use ringstore_cache::{Cache, Error, RemoteError, Tiered};
+use ringstore_cache::{Cache, Error, FileDigest, RemoteError, Tiered};
 
 const DOMAIN_A: &str = "7d3c1c1e-2f0b-4e1a-9a53-000000000001";
 const DOMAIN_B: &str = "7d3c1c1e-2f0b-4e1a-9a53-000000000002";
@@ -58,6 +58,7 @@ conformance!(
     delete_removes_from_store_and_cache,
     domains_never_collide,
     keys_are_validated,
+    a_checked_upload_sends_the_checked_bytes_or_nothing,
 );
 
 fn write_file(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
@@ -136,6 +137,75 @@ fn round_trip_small_and_multipart(fixture: &Fixture, dir: &Path) {
         assert_eq!(std::fs::read(path).unwrap(), big);
         drop(cold_tiered);
         Rc::try_unwrap(cold).unwrap().shutdown().await.unwrap();
+        drop(tiered);
+        Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
+
+/// `put_file_checked`: a file whose bytes still match the digest its
+/// caller took goes up; one changed since (a flipped bit, below and above
+/// the multipart size) fails with `SourceChanged` naming both digests, and
+/// the store holds nothing at the key (the single `PUT` is not sent, the
+/// multipart upload is aborted before its complete), nor does the cache.
+fn a_checked_upload_sends_the_checked_bytes_or_nothing(fixture: &Fixture, dir: &Path) {
+    let remote = fixture.remote();
+    let cache_dir = dir.join("cache");
+    let small = bytes(1000, 3);
+    let big = bytes(BIG_BYTES, 7);
+    let files = [
+        ("small", write_file(dir, "small.bin", &small), small.clone()),
+        ("big", write_file(dir, "big.bin", &big), big.clone()),
+    ];
+    run(move || async move {
+        let cache = Rc::new(Cache::builder(&cache_dir).open().await.unwrap());
+        let tiered = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
+        for (name, file, data) in &files {
+            let digest = FileDigest::of(data);
+            // Checked as it is: it goes up.
+            let good = format!("{name}-good");
+            tiered.put_file_checked(&good, file, digest).await.unwrap();
+            let key = tiered.object_key(&good).unwrap();
+            assert_eq!(
+                &remote.get_bytes(&key, u64::MAX).await.unwrap()[..],
+                &data[..]
+            );
+            // Changed after the check (one bit, in the last part): nothing
+            // goes up.
+            let mut changed = data.clone();
+            let at = changed.len() - 10;
+            changed[at] ^= 0x10;
+            let changed_file = file.with_extension("changed");
+            std::fs::write(&changed_file, &changed).unwrap();
+            let bad = format!("{name}-bad");
+            match tiered.put_file_checked(&bad, &changed_file, digest).await {
+                Err(Error::Remote(RemoteError::SourceChanged {
+                    expected_crc32,
+                    read_crc32,
+                    read_bytes,
+                    path,
+                    ..
+                })) => {
+                    assert_eq!(expected_crc32, digest.crc32);
+                    assert_eq!(read_crc32, crc32fast::hash(&changed));
+                    assert_eq!(read_bytes, changed.len() as u64);
+                    assert_eq!(path, changed_file);
+                }
+                other => panic!("{name}: expected SourceChanged, got {other:?}"),
+            }
+            let key = tiered.object_key(&bad).unwrap();
+            assert!(
+                matches!(
+                    remote.get_bytes(&key, u64::MAX).await,
+                    Err(RemoteError::NotFound { .. })
+                ),
+                "{name}: the changed file was stored"
+            );
+            assert!(!cache.contains(&key).unwrap(), "{name}: cached");
+        }
+        // The good big file went up in parts; the changed one's upload was
+        // aborted, not completed.
+        assert_eq!(remote.stats().multipart_uploads, 1);
         drop(tiered);
         Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
         remote.shutdown().await.unwrap();

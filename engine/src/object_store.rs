@@ -491,9 +491,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let domain = self.domain();
         let storage = self.snapshots().storage();
         let checked = verify_snapshot_file(storage, &path, Some(domain)).await;
-        match checked {
-            Ok(None) => {}
-            Ok(Some(damage)) => {
+        let digest = match checked {
+            Ok(Ok(digest)) => digest,
+            Ok(Err(damage)) => {
                 tracing::error!(
                     path = %path.display(),
                     %damage,
@@ -509,12 +509,14 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 tracing::warn!(path = %path.display(), %error, "cannot read the snapshot to upload");
                 return Upload::Failed;
             }
-        }
+        };
         let closing = objects.closing.listen();
         if self.is_poisoned_or_closing() {
             return Upload::Closing;
         }
-        let put = async { Some(tiered.put_file(&key, &path).await) };
+        // Exactly the bytes checked above go up, or none: a file that
+        // reads back otherwise (damaged or changed since) is not stored.
+        let put = async { Some(tiered.put_file_checked(&key, &path, digest).await) };
         let abandoned = async {
             closing.await;
             None
@@ -531,6 +533,12 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     .await
             }
             Err(_) if !path.exists() => Upload::Superseded,
+            Err(ringstore_cache::Error::Remote(error @ RemoteError::SourceChanged { .. })) => {
+                // The next attempt checks the file again: a file damaged
+                // on the disk is then refused as any damaged one is.
+                tracing::error!(key, %error, "the snapshot read back other bytes than were checked; not stored, checking it again after a backoff");
+                Upload::Failed
+            }
             Err(error) => {
                 tracing::warn!(key, %error, "snapshot upload failed; retrying after a backoff");
                 Upload::Failed

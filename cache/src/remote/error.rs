@@ -140,6 +140,34 @@ pub enum RemoteError {
         bytes_max: u64,
     },
 
+    /// A file uploaded with [`crate::Remote::put_file_checked`] read back
+    /// other bytes than the digest its caller took of it (damaged on its
+    /// disk, or changed, since the caller read it): the upload was not
+    /// completed, so the store holds nothing at the key from this call.
+    /// Read and check the file again before another upload.
+    #[error(
+        "{op} {key:?}: {} read {read_bytes} bytes with CRC-32 {read_crc32:#010x}, not the \
+         {expected_bytes} bytes with CRC-32 {expected_crc32:#010x} it was checked as; nothing \
+         was stored",
+        path.display()
+    )]
+    SourceChanged {
+        /// The operation.
+        op: &'static str,
+        /// The key.
+        key: String,
+        /// The local file.
+        path: PathBuf,
+        /// The file's size when it was checked.
+        expected_bytes: u64,
+        /// Its CRC-32 then.
+        expected_crc32: u32,
+        /// The bytes the upload read.
+        read_bytes: u64,
+        /// Their CRC-32.
+        read_crc32: u32,
+    },
+
     /// A list returned more entries than [`crate::LIST_ENTRIES_MAX`]: list a
     /// narrower prefix.
     #[error("list {prefix:?}: more than {entries_max} entries; list a narrower prefix")]

@@ -128,6 +128,27 @@ use thread::{run_call, Ctx, Deadline, IoThread, Job};
 /// the download waits when the reader falls this far behind.
 pub const GET_CHUNKS_BUFFERED_MAX: usize = 16;
 
+/// What a caller read of a file it uploads with
+/// [`Remote::put_file_checked`]: its size and the CRC-32 (ISO-HDLC, the
+/// `crc32fast` crate's) of all of its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileDigest {
+    /// The file's size in bytes.
+    pub bytes: u64,
+    /// The CRC-32 of those bytes, in order.
+    pub crc32: u32,
+}
+
+impl FileDigest {
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> FileDigest {
+        FileDigest {
+            bytes: data.len() as u64,
+            crc32: crc32fast::hash(data),
+        }
+    }
+}
+
 /// A handle to an object store served by a dedicated I/O thread (see the
 /// module docs). `Send + Sync`; clones share the thread, the queue and the
 /// counters. The thread stops when [`Remote::shutdown`] is called or the
@@ -250,11 +271,42 @@ impl Remote {
     /// The file must not change while it uploads (a size change is
     /// detected and fails the call). Returns the bytes uploaded.
     pub async fn put_file(&self, key: &str, file: impl AsRef<Path>) -> RemoteResult<u64> {
+        self.upload_file(key, file.as_ref(), None).await
+    }
+
+    /// [`Remote::put_file`] of a file the caller has read and checked, as
+    /// `digest` (its size and CRC-32): every attempt's bytes are checked
+    /// against it before the object is completed (a single `PUT` is not
+    /// sent, a multipart upload is aborted), so the store never gets other
+    /// bytes than the checked ones, whatever happened to the file since
+    /// ([`RemoteError::SourceChanged`]).
+    pub async fn put_file_checked(
+        &self,
+        key: &str,
+        file: impl AsRef<Path>,
+        digest: FileDigest,
+    ) -> RemoteResult<u64> {
+        self.upload_file(key, file.as_ref(), Some(digest)).await
+    }
+
+    async fn upload_file(
+        &self,
+        key: &str,
+        file: &Path,
+        digest: Option<FileDigest>,
+    ) -> RemoteResult<u64> {
         let path = store_path("put_file", key)?;
-        let file = file.as_ref().to_path_buf();
+        let file = file.to_path_buf();
         let key = key.to_owned();
         self.call("put_file", key.clone(), move |ctx, deadline| {
-            ops::put(ctx, "put_file", key, path, Source::File(file), deadline)
+            ops::put(
+                ctx,
+                "put_file",
+                key,
+                path,
+                Source::File(file, digest),
+                deadline,
+            )
         })
         .await
     }

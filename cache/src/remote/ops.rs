@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::Backoff;
+use super::{Backoff, FileDigest};
 
 use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
@@ -78,7 +78,9 @@ impl ObjectInfo {
 /// What a write uploads.
 pub(crate) enum Source {
     Bytes(Bytes),
-    File(PathBuf),
+    /// A local file; with a digest, the bytes read must match it or the
+    /// upload is not completed.
+    File(PathBuf, Option<FileDigest>),
 }
 
 /// A failed attempt: a store error (classified by [`retrying`]) or a final
@@ -224,7 +226,7 @@ pub(crate) async fn put(
 ) -> RemoteResult<u64> {
     let bytes = match &source {
         Source::Bytes(data) => data.len() as u64,
-        Source::File(file) => file_size(file).await?,
+        Source::File(file, _) => file_size(file).await?,
     };
     deadline.extend_to(ctx.settings.allowance(bytes));
     let part_bytes = ctx.settings.part_bytes;
@@ -264,7 +266,17 @@ pub(crate) async fn put(
             } else {
                 let payload = match source_ref {
                     Source::Bytes(data) => PutPayload::from(data.clone()),
-                    Source::File(file) => PutPayload::from(read_small_file(file, bytes).await?),
+                    Source::File(file, expected) => {
+                        let data = read_small_file(file, bytes).await?;
+                        if let Some(expected) = expected {
+                            let read = FileDigest {
+                                bytes,
+                                crc32: crc32fast::hash(&data),
+                            };
+                            check_digest(op, key_ref, file, *expected, read)?;
+                        }
+                        PutPayload::from(data)
+                    }
                 };
                 let mode = match ctx_ref.settings.create_check {
                     CreateCheck::Conditional => PutMode::Create,
@@ -302,7 +314,7 @@ async fn put_multipart(
     let sent = async {
         let part_bytes = ctx.settings.part_bytes;
         let mut file = match source {
-            Source::File(file) => Some((
+            Source::File(file, _) => Some((
                 file,
                 tokio::fs::File::open(file)
                     .await
@@ -310,6 +322,8 @@ async fn put_multipart(
             )),
             Source::Bytes(_) => None,
         };
+        // The parts are read in order: their CRC is the file's.
+        let mut read_crc32 = crc32fast::Hasher::new();
         let mut offset = 0u64;
         let mut in_flight = futures_util::stream::FuturesUnordered::new();
         // Bounded: PARTS_MAX parts at most (checked by the caller).
@@ -317,8 +331,12 @@ async fn put_multipart(
             let len = part_bytes.min(bytes - offset);
             let part = match (source, file.as_mut()) {
                 (Source::Bytes(data), _) => data.slice(offset as usize..(offset + len) as usize),
-                (Source::File(_), Some((name, handle))) => read_part(name, handle, len).await?,
-                (Source::File(name), None) => {
+                (Source::File(_, _), Some((name, handle))) => {
+                    let part = read_part(name, handle, len).await?;
+                    read_crc32.update(&part);
+                    part
+                }
+                (Source::File(name, _), None) => {
                     return Err(Failure::Final(RemoteError::local_io(
                         "open",
                         name,
@@ -336,6 +354,14 @@ async fn put_multipart(
         }
         while let Some(sent) = in_flight.next().await {
             sent?;
+        }
+        if let Source::File(name, Some(expected)) = source {
+            let read = FileDigest {
+                bytes,
+                crc32: read_crc32.finalize(),
+            };
+            // Before the complete: a mismatch aborts the upload below.
+            check_digest(op, path.as_ref(), name, *expected, read)?;
         }
         upload.complete().await?;
         Ok(())
@@ -372,6 +398,30 @@ fn changed_size(file: &PathBuf, expected: u64) -> Failure {
             format!("the file changed size during the upload (expected {expected} bytes)"),
         ),
     ))
+}
+
+/// A file's bytes read for an upload against the digest its caller took:
+/// a mismatch is final (reading again would upload other bytes than the
+/// ones the caller checked).
+fn check_digest(
+    op: &'static str,
+    key: &str,
+    file: &std::path::Path,
+    expected: FileDigest,
+    read: FileDigest,
+) -> Result<(), Failure> {
+    if read == expected {
+        return Ok(());
+    }
+    Err(Failure::Final(RemoteError::SourceChanged {
+        op,
+        key: key.to_owned(),
+        path: file.to_path_buf(),
+        expected_bytes: expected.bytes,
+        expected_crc32: expected.crc32,
+        read_bytes: read.bytes,
+        read_crc32: read.crc32,
+    }))
 }
 
 async fn read_small_file(file: &PathBuf, bytes: u64) -> Result<Bytes, Failure> {

@@ -8,6 +8,7 @@
 
 use super::verify::{Check, SnapshotDamage, SnapshotVerifier};
 use crate::format::{BLOCK_BYTES, HEADER_BLOCK_BYTES};
+use ringstore_cache::FileDigest;
 use ringstore_journal::format::align_up;
 use ringstore_journal::pace::Pacer;
 use ringstore_journal::storage::{read_locating_unreadable, Storage, StorageFile};
@@ -34,24 +35,95 @@ pub(crate) async fn scrub_snapshot<S: Storage>(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let result = scrub_open_file(&file, path, domain, pacer, go_on).await;
+    let result = scrub_open_file(&file, path, domain, pacer, go_on, None).await;
     let _ = file.close().await;
     result
 }
 
 /// Reads and verifies the snapshot file at `path` at full speed, as a
-/// load would: its first damage, if any (the upload's check before it
-/// sends a file). A file that is gone is an error (`NotFound`).
+/// load would (the upload's check before it sends a file): its first
+/// damage, or the digest of every byte of the file as this check read it,
+/// which the upload then holds the bytes it sends to
+/// ([`ringstore_cache::Tiered::put_file_checked`]), so the store gets the
+/// bytes checked here or none. A file that is gone is an error
+/// (`NotFound`).
 pub(crate) async fn verify_snapshot_file<S: Storage>(
     storage: &S,
     path: &Path,
     domain: Option<Uuid>,
-) -> io::Result<Option<SnapshotDamage>> {
+) -> io::Result<Result<FileDigest, SnapshotDamage>> {
     let file = storage.open(path).await?;
     let mut pacer = Pacer::new(NonZeroU64::MAX);
-    let result = scrub_open_file(&file, path, domain, &mut pacer, &|| true).await;
+    let mut digest = FileHasher::default();
+    let result =
+        scrub_open_file(&file, path, domain, &mut pacer, &|| true, Some(&mut digest)).await;
+    let result = match result {
+        Ok(Some(damage)) => Ok(Err(damage)),
+        // The bytes after the body (the zero padding) go up too.
+        Ok(None) => match digest.finish(&file).await {
+            Ok(digest) => Ok(Ok(digest)),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
     let _ = file.close().await;
     result
+}
+
+/// The CRC-32 of a file's bytes, fed in order from offset 0 as they are
+/// read; [`FileHasher::finish`] reads and adds whatever was not fed.
+#[derive(Default)]
+struct FileHasher {
+    crc32: crc32fast::Hasher,
+    /// Bytes fed so far: the next byte fed must be at this offset.
+    fed: u64,
+}
+
+impl FileHasher {
+    /// Adds `bytes`, read at `at`, if they continue what was fed (a read
+    /// elsewhere is left for `finish`).
+    fn feed(&mut self, at: u64, bytes: &[u8]) {
+        if at == self.fed {
+            self.crc32.update(bytes);
+            self.fed += bytes.len() as u64;
+        }
+    }
+
+    /// Reads the rest of `file` from the last byte fed, and returns the
+    /// digest of all of it.
+    async fn finish<F: StorageFile>(mut self, file: &F) -> io::Result<FileDigest> {
+        let len = file.file_len().await?;
+        while self.fed < len {
+            let want = (len - self.fed).min(SCRUB_READ_BYTES);
+            // Whole blocks from a block boundary (O_DIRECT): start at the
+            // block holding the next byte, keep what follows it.
+            let start = self.fed - self.fed % BLOCK_BYTES;
+            let bytes = read_locating_unreadable(
+                file,
+                start,
+                align_up(want + (self.fed - start), BLOCK_BYTES) as usize,
+                &|| true,
+            )
+            .await?;
+            let skip = (self.fed - start) as usize;
+            if bytes.len() <= skip {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the file ended at byte {} of {len} while it was read",
+                        self.fed
+                    ),
+                ));
+            }
+            let end = bytes.len().min(skip + want as usize);
+            self.crc32.update(&bytes[skip..end]);
+            self.fed += (end - skip) as u64;
+        }
+        Ok(FileDigest {
+            bytes: self.fed,
+            crc32: self.crc32.finalize(),
+        })
+    }
 }
 
 async fn scrub_open_file<F: StorageFile>(
@@ -60,6 +132,7 @@ async fn scrub_open_file<F: StorageFile>(
     domain: Option<Uuid>,
     pacer: &mut Pacer,
     go_on: &dyn Fn() -> bool,
+    mut digest: Option<&mut FileHasher>,
 ) -> io::Result<Option<SnapshotDamage>> {
     let len = file.file_len().await?;
     let mut verifier = SnapshotVerifier::new(path, len, domain, Check::Full);
@@ -71,6 +144,9 @@ async fn scrub_open_file<F: StorageFile>(
     } else {
         let block = read_locating_unreadable(file, 0, HEADER_BLOCK_BYTES as usize, go_on).await?;
         pacer.note(block.len() as u64);
+        if let Some(digest) = digest.as_deref_mut() {
+            digest.feed(0, &block);
+        }
         verifier.header_block(&block);
     }
     if let Some(body) = verifier.body_range() {
@@ -91,8 +167,46 @@ async fn scrub_open_file<F: StorageFile>(
             }
             verifier.body(&bytes[..take]);
             pacer.note(take as u64);
+            if let Some(digest) = digest.as_deref_mut() {
+                digest.feed(pos, &bytes[..take]);
+            }
             pos += take as u64;
         }
     }
     Ok(verifier.finish().damage.into_iter().next())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringstore_journal::storage::MemStorage;
+
+    /// The digest covers every byte of the file once, in order, whatever
+    /// the check fed it (nothing, the first block, all but a tail that does
+    /// not start on a block, or all of it).
+    #[test]
+    fn the_upload_digest_is_the_crc_of_the_whole_file() {
+        futures_lite::future::block_on(async {
+            let storage = MemStorage::new();
+            let path = Path::new("/snapshot");
+            let bytes: Vec<u8> = (0..3 * BLOCK_BYTES + 1234)
+                .map(|i| (i * 7 % 251) as u8)
+                .collect();
+            storage.insert_file(path, bytes.clone());
+            let file = storage.open(path).await.unwrap();
+            let whole = FileDigest {
+                bytes: bytes.len() as u64,
+                crc32: crc32fast::hash(&bytes),
+            };
+            let fed_up_to = [0, BLOCK_BYTES, 2 * BLOCK_BYTES + 100, bytes.len() as u64];
+            for fed in fed_up_to {
+                let mut hasher = FileHasher::default();
+                hasher.feed(0, &bytes[..fed as usize]);
+                // A read elsewhere is not fed.
+                hasher.feed(fed + 1, &bytes[..1]);
+                assert_eq!(hasher.finish(&file).await.unwrap(), whole, "fed {fed}");
+            }
+            let _ = file.close().await;
+        });
+    }
 }
