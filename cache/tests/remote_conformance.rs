@@ -187,7 +187,7 @@ fn a_checked_upload_sends_the_checked_bytes_or_nothing(fixture: &Fixture, dir: &
                     ..
                 })) => {
                     assert_eq!(expected_crc32, digest.crc32);
-                    assert_eq!(read_crc32, crc32fast::hash(&changed));
+                    assert_eq!(read_crc32, Some(crc32fast::hash(&changed)));
                     assert_eq!(read_bytes, changed.len() as u64);
                     assert_eq!(path, changed_file);
                 }
@@ -202,6 +202,16 @@ fn a_checked_upload_sends_the_checked_bytes_or_nothing(fixture: &Fixture, dir: &
                 "{name}: the changed file was stored"
             );
             assert!(!cache.contains(&key).unwrap(), "{name}: cached");
+            // Another size than checked: refused before anything is read.
+            std::fs::write(&changed_file, &data[..data.len() - 1]).unwrap();
+            match tiered.put_file_checked(&bad, &changed_file, digest).await {
+                Err(Error::Remote(RemoteError::SourceChanged {
+                    read_bytes,
+                    read_crc32: None,
+                    ..
+                })) => assert_eq!(read_bytes, data.len() as u64 - 1),
+                other => panic!("{name}: expected SourceChanged, got {other:?}"),
+            }
         }
         // The good big file went up in parts; the changed one's upload was
         // aborted, not completed.

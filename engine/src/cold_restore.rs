@@ -31,8 +31,9 @@
 //!    above every key listed (so the shard's next snapshots never collide
 //!    with a damaged newer object) and every numbering claim of an earlier
 //!    reset or restore of the domain (`<domain>/numbering/`, written before
-//!    that reset numbered its shard; this restore writes its own), *plus
-//!    one ring* (the journal's
+//!    that reset numbered its shard; this restore writes its own, so a store
+//!    that refuses writes fails the restore here, after the download, with
+//!    everything it created removed), *plus one ring* (the journal's
 //!    `slot_count`): the lost journal held the ops above its watermark, at
 //!    most a ring of them, and in [`UploadMode::BeforeCompaction`](crate::UploadMode::BeforeCompaction) the
 //!    watermark never passed the newest uploaded snapshot, so every op the

@@ -25,17 +25,23 @@
 //!
 //! One task per shard, apart from the compaction task, so local progress
 //! never waits on a request. Whenever the newest local snapshot is newer
-//! than the newest uploaded one it uploads that file ([`Tiered::put_file`]:
-//! upload, then a hard link into the cache, no copy). Only the newest is
+//! than the newest uploaded one it uploads that file
+//! ([`Tiered::put_file_checked`]: upload, then a hard link into the cache,
+//! no copy). Only the newest is
 //! ever uploaded: one superseded before its turn (or pruned locally first)
 //! is skipped, since the newer snapshot covers its ops; a slow store costs
 //! staleness, never a queue.
 //!
-//! Before an upload the file is read back on a blocking thread and every
-//! checksum verified (the store's copy is what the watermark and a cold
-//! restore rely on); one that no longer verifies is logged, counted as a
-//! failure and not uploaded, and the next checkpoint's snapshot takes its
-//! place.
+//! Before an upload the file is read back through the shard's storage and
+//! every checksum verified (the store's copy is what the watermark and a
+//! cold restore rely on); one that no longer verifies is logged, counted as
+//! a failure and not uploaded, and the next checkpoint's snapshot takes its
+//! place. That read also takes the size and CRC-32 of the whole file, and
+//! the upload sends exactly those bytes: every attempt's own read of the
+//! file is compared with them before the object is completed, and a file
+//! that reads otherwise (damaged or changed since the check) is not stored
+//! (`RemoteError::SourceChanged`, logged and counted as a failure; the
+//! next attempt checks the file again).
 //!
 //! Every request carries the [`Remote`]'s deadline. A failed attempt is
 //! counted (`snapshot_upload_failures` in [`ShardStats`], the
@@ -420,8 +426,17 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// a ring above a floor no key in the store shows. Without the claim,
     /// a shard whose disk is lost before that upload would be restored
     /// again at the same floor and epoch, and give its acknowledged op
-    /// numbers to other commands. No-op without an object store; an object
-    /// already there (a reset run again) is the same claim.
+    /// numbers to other commands. No-op without an object store.
+    ///
+    /// The claim is written once: an object already at its key is another
+    /// reset or restore of the domain that listed the same keys at the same
+    /// time, and refuses this one (two shards numbering alike is what the
+    /// claim is there to prevent). Only when the store's answer to an
+    /// earlier attempt of this very put was lost is the object found this
+    /// reset's own. With a store that has no conditional put
+    /// (`CreateCheck::HeadFirst`), two claims racing between the check and
+    /// the put are not told apart. A store that refuses writes fails the
+    /// reset with nothing done.
     pub(crate) async fn claim_numbering(&self, domain: Uuid, floor: OpId) -> Result<()> {
         let Some(objects) = self.hook::<ShardObjects>() else {
             return Ok(());
@@ -429,7 +444,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let tiered = objects.tiered().ok_or(Error::Closed)?;
         let key = format!("{domain}/{}", numbering_key(floor));
         match tiered.remote().put(&key, Vec::new()).await {
-            Ok(()) | Err(RemoteError::AlreadyExists { .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(RemoteError::AlreadyExists {
+                after_retry: true, ..
+            }) => Ok(()),
             Err(e) => Err(ObjectStoreError::new("claim the reset's numbering", e.into()).into()),
         }
     }

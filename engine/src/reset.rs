@@ -39,7 +39,11 @@
 //! snapshot of the other domain that its recovery skips (reported) and a
 //! reset run again passes over; joining first left an empty shard of the
 //! new domain numbering from op 1, whose ops would take numbers of that
-//! domain's history.
+//! domain's history. Such a left-over snapshot stays until a reset is run
+//! again or it is removed by hand (`ringstore snapshot verify` names it);
+//! until then it counts as one of the generations the shard keeps. A reset
+//! dropped by its caller once its snapshot write began poisons the shard
+//! ([`ResetError::Abandoned`]): a reopen finishes or undoes it.
 //!
 //! With object storage the snapshot written in step 3 is uploaded like any
 //! checkpoint's, under the (new) domain: a later cold restore then numbers
@@ -102,6 +106,16 @@ pub enum ResetError {
         /// The largest epoch seen.
         epoch_seen: u64,
     },
+
+    /// The reset was dropped (its caller's future) while it wrote its
+    /// snapshot or restarted the numbering: whether it took is not known
+    /// in memory, so the shard is poisoned; reopening it finishes or
+    /// undoes the reset.
+    #[error(
+        "a reset was dropped while it wrote its snapshot or restarted the numbering; the shard \
+         is poisoned, reopen it (recovery finishes or undoes the reset)"
+    )]
+    Abandoned,
 
     /// The shard refused the reset ([`Error::Resetting`], [`Error::Closed`],
     /// [`Error::Poisoned`]) or a step failed: loading the snapshot, its
@@ -184,7 +198,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let generations = snapshots.generations()?;
         let applied = self.applied();
         let joins = source.domain != self.domain();
-        if joins && !self.holds_no_data(&generations, source.domain).await {
+        if joins && !self.holds_no_data(&generations, source.domain).await? {
             return Err(ResetError::DomainMismatch {
                 path: path.to_path_buf(),
                 shard: self.domain(),
@@ -229,6 +243,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         // here changes (see `Shard::claim_numbering`): a store that cannot
         // take the claim fails the reset with nothing done.
         self.claim_numbering(source.domain, floor).await?;
+        // From here until the numbering restarted, a reset dropped midway
+        // (its caller's future dropped) poisons the shard: the snapshot may
+        // be in place, or the identity half rewritten, while the shard
+        // would otherwise go on in its old history.
+        let unfinished = PoisonIfDropped { shard: self };
         // 3. The local snapshot at the new numbering, in the snapshot's
         // domain. A joining shard takes that domain only once the snapshot
         // is in place (below).
@@ -247,8 +266,15 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     stage: PersistStage::Rename | PersistStage::DirSync,
                     ..
                 },
-            ) => return Err(self.poison(e).into()),
-            Err(e) => return Err(e.into()),
+            ) => {
+                unfinished.disarm();
+                return Err(self.poison(e).into());
+            }
+            // Nothing under a snapshot's name: the shard is as it was.
+            Err(e) => {
+                unfinished.disarm();
+                return Err(e.into());
+            }
         };
         if joins {
             // The snapshot of the new domain is in place: a reopen after a
@@ -259,11 +285,18 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             // from op 1, which is what joining first left after a crash
             // or a failed snapshot write.
             if let Err(e) = self.join_domain(source.domain).await {
+                unfinished.disarm();
                 return Err(self.poison(e).into());
             }
         }
-        // 4, 5. The journal, the state, the check of the next op.
-        self.restart_numbering(machine, floor, &snapshot).await?;
+        // 4, 5. The journal, the state, the check of the next op. The
+        // snapshot is in place: a failure here leaves the shard to a
+        // reopen, which finishes the reset.
+        if let Err(e) = self.restart_numbering(machine, floor, &snapshot).await {
+            unfinished.disarm();
+            return Err(self.poison(e).into());
+        }
+        unfinished.disarm();
         tracing::info!(
             source = %source.path.display(),
             floor_op = floor.op,
@@ -281,14 +314,19 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
 impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// Whether the shard holds no data, so that a reset may make it join
     /// `joining`: nothing applied, an empty journal, and no snapshot but
-    /// intact ones of `joining` (what a reset into that domain leaves when
-    /// it is cut short before the join; recovery skips them, and the new
-    /// reset numbers above them). Reads each such snapshot whole: only a
-    /// reset that joins a domain asks, and a fresh shard has none.
-    async fn holds_no_data(&self, generations: &[(u64, PathBuf)], joining: Uuid) -> bool {
+    /// ones whose header names `joining` (what a reset into that domain
+    /// leaves when it is cut short before the join; recovery skips them,
+    /// and the new reset numbers above them). A snapshot that cannot be
+    /// read is an error, not data. Only a reset that joins a domain asks,
+    /// and a fresh shard has no snapshot to read.
+    async fn holds_no_data(
+        &self,
+        generations: &[(u64, PathBuf)],
+        joining: Uuid,
+    ) -> Result<bool, Error> {
         let journal = self.journal();
         if self.applied().op != 0 || journal.next_op() != 1 || journal.watermark() != 0 {
-            return false;
+            return Ok(false);
         }
         for (_, path) in generations {
             match self.snapshots().load(path, Some(self.domain())).await {
@@ -296,10 +334,33 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     fault: SnapshotFault::WrongDomain { found, .. },
                     ..
                 })) if found == joining => {}
-                _ => return false,
+                Err(e @ SnapshotError::Io { .. }) => return Err(e.into()),
+                _ => return Ok(false),
             }
         }
-        true
+        Ok(true)
+    }
+}
+
+/// Poisons the shard if dropped before [`PoisonIfDropped::disarm`]: a
+/// reset abandoned (its caller's future dropped) between the start of its
+/// snapshot write and the restart of the numbering, where the shard can no
+/// longer tell whether the reset took.
+struct PoisonIfDropped<'a, M: StateMachine, S: Storage> {
+    shard: &'a Shard<M, S>,
+}
+
+impl<M: StateMachine, S: Storage> PoisonIfDropped<'_, M, S> {
+    /// The reset decided (finished, or failed with the shard as it was or
+    /// poisoned already).
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl<M: StateMachine, S: Storage> Drop for PoisonIfDropped<'_, M, S> {
+    fn drop(&mut self) {
+        self.shard.poison(ResetError::Abandoned.into());
     }
 }
 

@@ -651,6 +651,85 @@ fn a_power_cut_at_every_step_of_a_reset_that_joins_a_domain_leaves_the_old_or_th
     });
 }
 
+/// A reset that joins a domain, dropped by its caller after each number of
+/// polls in turn (the disk yielding at random, so the drop lands between
+/// any two of its storage calls): the shard is then either untouched and
+/// still serving (whatever it acknowledges after is kept), or poisoned
+/// (`ResetError::Abandoned`); a reopen gives the shard as it was or the
+/// joined one, never a mix.
+#[test]
+fn a_reset_dropped_midway_leaves_the_shard_serving_as_it_was_or_poisoned() {
+    run(|| async {
+        let source_storage = MemStorage::new();
+        let source = mem_builder(&source_storage, "/source")
+            .open()
+            .await
+            .unwrap();
+        let joined_domain = source.domain();
+        let mut model = BTreeMap::new();
+        put_many(&source, &mut model, 0, 30).await;
+        let snapshot = source.checkpoint().await.unwrap().snapshot.unwrap();
+        let snapshot_bytes = source_storage.file_bytes(&snapshot.path).unwrap();
+        source.close().await.unwrap();
+        let incoming = &Path::new("/incoming").join(snapshot.path.file_name().unwrap());
+        let (mut untouched, mut poisoned, mut finished) = (0u32, 0u32, false);
+        for polls in 1..400u32 {
+            let faults = ringstore_journal::storage::FaultConfig {
+                yield_rate: 0.5,
+                ..ringstore_journal::storage::FaultConfig::none()
+            };
+            let storage = MemStorage::with_faults(u64::from(polls), faults);
+            storage.insert_file(incoming, snapshot_bytes.clone());
+            let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+            let own_domain = shard.domain();
+            let mut reset = Box::pin(shard.reset_to(incoming));
+            let mut outcome = None;
+            for _ in 0..polls {
+                outcome = futures_lite::future::poll_once(&mut reset).await;
+                if outcome.is_some() {
+                    break;
+                }
+                // Tasks the reset spawned run meanwhile.
+                glommio::yield_if_needed().await;
+                futures_lite::future::yield_now().await;
+            }
+            drop(reset);
+            if let Some(outcome) = outcome {
+                outcome.unwrap();
+                finished = true;
+                shard.close().await.unwrap();
+                break;
+            }
+            let mut acked = None;
+            match shard.submit(KvCommand::Delete { key: 0 }).await {
+                Err(Error::Poisoned { .. }) => poisoned += 1,
+                Ok(applied) => {
+                    untouched += 1;
+                    assert_eq!(shard.domain(), own_domain, "polls {polls}");
+                    acked = Some(applied);
+                }
+                Err(e) => panic!("polls {polls}: {e}"),
+            }
+            drop(shard);
+            storage.crash();
+            let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+            if shard.domain() == own_domain {
+                // Whatever the untouched shard acknowledged is there.
+                let expected = u64::from(acked.is_some());
+                assert_eq!(shard.applied().op, expected, "polls {polls}");
+            } else {
+                assert!(acked.is_none(), "polls {polls}: acknowledged, then joined");
+                assert_eq!(shard.domain(), joined_domain, "polls {polls}");
+                assert!(shard.applied().op > snapshot.watermark, "polls {polls}");
+                assert_eq!(shard.read(|kv| kv.values()), model, "polls {polls}");
+            }
+            shard.close().await.unwrap();
+        }
+        assert!(finished, "the reset never finished");
+        assert!(untouched > 0 && poisoned > 0, "{untouched} {poisoned}");
+    });
+}
+
 /// A reset that joins a domain and fails to write its snapshot (a full
 /// disk) leaves the shard in its own domain, as it was, and the reset can
 /// be run again once there is room.

@@ -146,10 +146,10 @@ pub enum RemoteError {
     /// completed, so the store holds nothing at the key from this call.
     /// Read and check the file again before another upload.
     #[error(
-        "{op} {key:?}: {} read {read_bytes} bytes with CRC-32 {read_crc32:#010x}, not the \
-         {expected_bytes} bytes with CRC-32 {expected_crc32:#010x} it was checked as; nothing \
-         was stored",
-        path.display()
+        "{op} {key:?}: {} read as {read_bytes} bytes{}, not the {expected_bytes} bytes with \
+         CRC-32 {expected_crc32:#010x} it was checked as; nothing was stored",
+        path.display(),
+        read_crc32.map(|crc| format!(" with CRC-32 {crc:#010x}")).unwrap_or_default()
     )]
     SourceChanged {
         /// The operation.
@@ -162,10 +162,11 @@ pub enum RemoteError {
         expected_bytes: u64,
         /// Its CRC-32 then.
         expected_crc32: u32,
-        /// The bytes the upload read.
+        /// The file's size when the upload read it.
         read_bytes: u64,
-        /// Their CRC-32.
-        read_crc32: u32,
+        /// The CRC-32 of the bytes the upload read (`None`: the size
+        /// differed, so they were not read).
+        read_crc32: Option<u32>,
     },
 
     /// A list returned more entries than [`crate::LIST_ENTRIES_MAX`]: list a

@@ -226,7 +226,22 @@ pub(crate) async fn put(
 ) -> RemoteResult<u64> {
     let bytes = match &source {
         Source::Bytes(data) => data.len() as u64,
-        Source::File(file, _) => file_size(file).await?,
+        Source::File(file, expected) => {
+            let bytes = file_size(file).await?;
+            // Another size than checked: nothing to read or send.
+            if let Some(expected) = expected.filter(|expected| expected.bytes != bytes) {
+                return Err(RemoteError::SourceChanged {
+                    op,
+                    key,
+                    path: file.clone(),
+                    expected_bytes: expected.bytes,
+                    expected_crc32: expected.crc32,
+                    read_bytes: bytes,
+                    read_crc32: None,
+                });
+            }
+            bytes
+        }
     };
     deadline.extend_to(ctx.settings.allowance(bytes));
     let part_bytes = ctx.settings.part_bytes;
@@ -420,7 +435,7 @@ fn check_digest(
         expected_bytes: expected.bytes,
         expected_crc32: expected.crc32,
         read_bytes: read.bytes,
-        read_crc32: read.crc32,
+        read_crc32: Some(read.crc32),
     }))
 }
 

@@ -77,6 +77,10 @@ struct FileHasher {
     crc32: crc32fast::Hasher,
     /// Bytes fed so far: the next byte fed must be at this offset.
     fed: u64,
+    /// The file's length when the check began (set by the check): the
+    /// digest covers that much, so bytes a growing file gained after it
+    /// are not counted as checked.
+    len: u64,
 }
 
 impl FileHasher {
@@ -89,10 +93,10 @@ impl FileHasher {
         }
     }
 
-    /// Reads the rest of `file` from the last byte fed, and returns the
-    /// digest of all of it.
+    /// Reads the rest of `file` from the last byte fed up to the length
+    /// the check began with, and returns the digest of all of it.
     async fn finish<F: StorageFile>(mut self, file: &F) -> io::Result<FileDigest> {
-        let len = file.file_len().await?;
+        let len = self.len;
         while self.fed < len {
             let want = (len - self.fed).min(SCRUB_READ_BYTES);
             // Whole blocks from a block boundary (O_DIRECT): start at the
@@ -135,6 +139,9 @@ async fn scrub_open_file<F: StorageFile>(
     mut digest: Option<&mut FileHasher>,
 ) -> io::Result<Option<SnapshotDamage>> {
     let len = file.file_len().await?;
+    if let Some(digest) = digest.as_deref_mut() {
+        digest.len = len;
+    }
     let mut verifier = SnapshotVerifier::new(path, len, domain, Check::Full);
     if !pacer.pace(go_on).await {
         return Ok(None);
@@ -200,7 +207,10 @@ mod tests {
             };
             let fed_up_to = [0, BLOCK_BYTES, 2 * BLOCK_BYTES + 100, bytes.len() as u64];
             for fed in fed_up_to {
-                let mut hasher = FileHasher::default();
+                let mut hasher = FileHasher {
+                    len: bytes.len() as u64,
+                    ..FileHasher::default()
+                };
                 hasher.feed(0, &bytes[..fed as usize]);
                 // A read elsewhere is not fed.
                 hasher.feed(fed + 1, &bytes[..1]);

@@ -6,10 +6,13 @@
 //! `EngineBuilder::restore_shard` and so `ringstore::cold_restore`: the
 //! shard directory must hold no shard (move a damaged one aside first), a
 //! damaged newest object is skipped in favour of the previous generation,
-//! and the restored shard's op numbers continue above every snapshot in the
-//! store plus one journal ring (above every op the lost shard acknowledged
-//! in the default `before-compaction` upload mode), its epochs above every
-//! epoch the snapshots show. The shard is opened, checked and closed again; start the
+//! and the restored shard's op numbers continue above every snapshot and
+//! every numbering claim of an earlier reset or restore in the store plus
+//! one journal ring (above every op the lost shard acknowledged in the
+//! default `before-compaction` upload mode), its epochs above every epoch
+//! the snapshots and claims show. The restore writes its own claim
+//! (`<domain>/numbering/<op>-<epoch>`, `engine/FORMAT.md`), so the store
+//! must take writes. The shard is opened, checked and closed again; start the
 //! engine afterwards. The data directory's manifest is written if the
 //! directory is new (shard count: `--shards`, else the config's), checked
 //! otherwise.
@@ -17,8 +20,8 @@
 //! Prints what it restored (generation, op and epoch before and after,
 //! skipped objects with the reason, bytes, time) as a table, or one JSON
 //! document with `--json`. A failure (no snapshot of the domain, every
-//! generation damaged, the store unreachable, the directory in use) exits
-//! with code 2 and the reason.
+//! generation damaged, the store unreachable or refusing the claim's
+//! write, the directory in use) exits with code 2 and the reason.
 
 use crate::output::{self, Out};
 use crate::{CliError, Context, Outcome};
