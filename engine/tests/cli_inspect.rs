@@ -646,6 +646,62 @@ fn a_journal_directory_of_another_shard_fails_wal_verify_like_the_open() {
     }
 }
 
+/// A first open cut after it wrote the identity (journal not recorded)
+/// and before it created the journal: the next open creates the journal,
+/// and both verifies pass the shard, `wal verify` saying there is no
+/// journal yet (it used to stop with an error, and leave the other shards
+/// unchecked).
+#[test]
+fn a_shard_whose_first_open_stopped_before_its_journal_passes_both_verifies_like_the_open() {
+    let (_tmp, data) = data_dir();
+    let shard = data.join("shard-000");
+    let domain = ringstore::snapshot::inspect::read_identity_file(&shard)
+        .unwrap()
+        .domain()
+        .unwrap();
+    std::fs::remove_dir_all(shard.join("journal")).unwrap();
+    // A first open makes `snapshots/` before the identity: empty, then.
+    std::fs::remove_dir_all(shard.join("snapshots")).unwrap();
+    std::fs::create_dir(shard.join("snapshots")).unwrap();
+    let identity_path = shard.join(ringstore::identity::IDENTITY_FILE_NAME);
+    let identity = ringstore::identity::Identity::new(domain);
+    std::fs::write(
+        &identity_path,
+        ringstore::identity::encode_identity(&identity),
+    )
+    .unwrap();
+    for command in [
+        &["snapshot", "verify"][..],
+        &["wal", "verify"],
+        &["wal", "verify", "--strict"],
+    ] {
+        let output = ringstore(&data, command);
+        expect_exit(&output, 0);
+        if command[0] == "wal" {
+            let out = text(&output);
+            assert!(out.contains("shard-000: ok: no journal yet"), "{out}");
+            assert!(out.contains("shard-001: ok"), "{out}");
+        }
+    }
+    let output = ringstore(&data, &["--json", "wal", "verify"]);
+    expect_exit(&output, 0);
+    let value = json(&output);
+    assert_eq!(value["shards"][0]["journal_not_created"], true, "{value}");
+    // The open agrees: it creates the journal.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opened_dir = shard.clone();
+    run(move || async move {
+        let opened = Shard::<Metadata>::builder(&opened_dir)
+            .journal(|j| small_journal(j, 4096))
+            .open()
+            .await;
+        tx.send(opened.map(|s| (s.domain(), s.applied().op)).ok())
+            .unwrap();
+    });
+    assert_eq!(rx.recv().unwrap(), Some((domain, 0)));
+    assert!(shard.join("journal").is_dir());
+}
+
 #[test]
 fn a_shard_whose_journal_is_gone_is_refused_by_the_open_and_both_verifies() {
     // Gone entirely, or emptied: either way an open would otherwise start

@@ -20,6 +20,7 @@
 //! the reasons, that `verify` reports.
 mod common;
 use common::*;
+use ringstore::cold_restore::RESTORE_MARKER_NAME;
 use ringstore::identity::IDENTITY_FILE_NAME;
 use ringstore::snapshot::format::{
     header_block_hasher, IdentityHeader, SnapshotHeader, BODY_OFFSET, HEADER_BLOCK_BYTES,
@@ -418,6 +419,17 @@ fn cases() -> Vec<Case> {
             compacted: Refuse,
         },
         Case {
+            // An unfinished cold restore's: its half work is not a shard.
+            name: "the marker of an unfinished cold restore",
+            apply: |f| {
+                let marker = f.dir.join(RESTORE_MARKER_NAME);
+                std::fs::write(&marker, b"").unwrap();
+                vec![(marker, None)]
+            },
+            fallback: Refuse,
+            compacted: Refuse,
+        },
+        Case {
             // The zeros after the header are not checked (FORMAT.md).
             name: "identity with garbage after its header",
             apply: |f| {
@@ -568,7 +580,9 @@ async fn check_agreement(fixture: &Fixture, root: &Path) {
                 assert!(
                     matches!(
                         error,
-                        Error::Identity(_) | Error::SnapshotBehindJournal { .. }
+                        Error::Identity(_)
+                            | Error::SnapshotBehindJournal { .. }
+                            | Error::RestoreIncomplete { .. }
                     ),
                     "{what}: {message}"
                 );

@@ -1081,6 +1081,18 @@ pub(crate) fn scan_view(
     if report.refusal.is_none() {
         report.refusal = first_damaged.map(Refusal::Damage);
     }
+    // What recovery refuses once every segment is read: an op or a
+    // watermark no op number can follow.
+    if report.refusal.is_none()
+        && report.complete
+        && report.op_max.unwrap_or(0).max(report.watermark) == u64::MAX
+    {
+        report.refusal = Some(Refusal::Damage(Damage {
+            path: dir.to_path_buf(),
+            offset: 0,
+            reason: verify::NO_OP_CAN_FOLLOW.to_owned(),
+        }));
+    }
     report.verdict = if report.refusal.is_some() {
         Verdict::Refuses
     } else if matches!(report.tail, Tail::Torn { .. }) {
@@ -2055,6 +2067,40 @@ mod tests {
         );
         assert!(report.describe_verdict().contains("fails"));
         recover(&path, Recovery::TruncateTornTail).unwrap();
+    }
+
+    /// A segment header naming a watermark of u64::MAX (forged: the API
+    /// refuses it, and the checksum is made to match): recovery refuses the
+    /// journal, since no op number can follow it, and the scan's verdict
+    /// says the same, in the same words.
+    #[test]
+    fn a_watermark_no_op_can_follow_is_refused_like_recovery() {
+        let (_dir, path) = write_session(1);
+        let file = segment(&path, 2);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let (header, _): (SegmentHeader, _) =
+            zerocopy::FromBytes::read_from_prefix(&bytes[..]).unwrap();
+        let mut header = header;
+        header.watermark = u64::MAX.into();
+        let header = header.seal();
+        bytes[..size_of::<SegmentHeader>()].copy_from_slice(zerocopy::IntoBytes::as_bytes(&header));
+        std::fs::write(&file, bytes).unwrap();
+        let report = scan_journal(&path, &mut ()).unwrap();
+        assert_eq!(report.verdict, Verdict::Refuses);
+        let refusal = report.refusal.as_ref().map(ToString::to_string).unwrap();
+        assert!(
+            refusal.contains(crate::verify::NO_OP_CAN_FOLLOW),
+            "{refusal}"
+        );
+        match recover(&path, Recovery::TruncateTornTail) {
+            Err(crate::Error::Corruption {
+                path: p, reason, ..
+            }) => {
+                assert_eq!(p, path);
+                assert_eq!(reason, crate::verify::NO_OP_CAN_FOLLOW);
+            }
+            other => panic!("recovery should refuse: {other:?}"),
+        }
     }
 
     #[test]

@@ -824,11 +824,7 @@ pub(crate) async fn recover<S: Storage>(
     report.watermark = watermark;
     if max_op.max(watermark) == u64::MAX {
         // No op can follow it: only forged bytes hold it.
-        return Err(Error::corruption(
-            dir,
-            0,
-            "an op or watermark of u64::MAX leaves no op number to follow it",
-        ));
+        return Err(Error::corruption(dir, 0, crate::verify::NO_OP_CAN_FOLLOW));
     }
     if truncated {
         // The largest op left after the truncations.

@@ -78,6 +78,11 @@ impl std::fmt::Display for Damage {
     }
 }
 
+/// Why a journal whose largest op or watermark is `u64::MAX` is refused
+/// (only forged bytes hold one), by recovery and by the scan alike.
+pub const NO_OP_CAN_FOLLOW: &str =
+    "an op or watermark of u64::MAX leaves no op number to follow it";
+
 /// Why a directory cannot be opened as a journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {

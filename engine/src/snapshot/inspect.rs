@@ -27,7 +27,7 @@ use crate::layout::identity::{
     data_files, identity_verdict, journal_listing, IdentityDamage, IdentityVerdict,
     IDENTITY_FILE_NAME,
 };
-use crate::layout::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
+use crate::layout::{JOURNAL_DIR_NAME, RESTORE_MARKER_NAME, SNAPSHOT_DIR_NAME};
 use serde::Serialize;
 use std::ffi::OsString;
 use std::fs::File;
@@ -397,9 +397,19 @@ pub fn inspect_shard(
         skipped,
         refusal: None,
     };
-    // The order of an open: the identity first (it gives the domain the
-    // snapshots are checked against), then the snapshots against the
+    // The order of an open: the marker of an unfinished cold restore (a
+    // restore's half work, not a shard), the identity (it gives the domain
+    // the snapshots are checked against), then the snapshots against the
     // journal's watermark.
+    let marker = shard_dir.join(RESTORE_MARKER_NAME);
+    match std::fs::symlink_metadata(&marker) {
+        Ok(_) => {
+            report.refusal = Some(Error::RestoreIncomplete { path: marker });
+            return Ok(report);
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error("stat", &marker, None)(e)),
+    }
     if let Some(damage) = report.identity.refusal() {
         report.refusal = Some(Error::Identity(damage.clone()));
         return Ok(report);

@@ -147,6 +147,11 @@ struct Expected {
     /// The identity records a journal that is not there: the open refuses
     /// (its message), and there is no journal to scan.
     journal_refusal: Option<String>,
+    /// An identity that verifies and does not record a journal, and no
+    /// journal directory: a first open cut short before it created the
+    /// journal. The next open creates it (as `snapshot verify` counts it:
+    /// watermark 0), so there is nothing to scan and nothing refused.
+    journal_not_created: bool,
 }
 
 fn expected(context: &Context, shard: &ShardDir) -> Expected {
@@ -170,6 +175,10 @@ fn expected(context: &Context, shard: &ShardDir) -> Expected {
         .and_then(|identity| identity.refusal())
         .filter(|damage| matches!(damage.fault, IdentityFault::JournalMissing { .. }))
         .map(|damage| damage.to_string());
+    let journal_not_created = identity
+        .as_ref()
+        .is_some_and(|identity| identity.domain().is_some() && identity.refusal().is_none())
+        && !shard.journal_dir().exists();
     let owner = domain.map(|domain| JournalOwner {
         domain: *domain.as_bytes(),
         shard: shards.map_or(0, |_| shard.index as u32),
@@ -179,6 +188,7 @@ fn expected(context: &Context, shard: &ShardDir) -> Expected {
         owner,
         data_dir_refusal,
         journal_refusal,
+        journal_not_created,
     }
 }
 
@@ -575,6 +585,32 @@ fn verify(context: &Context, args: &VerifyArgs) -> Result<Outcome, CliError> {
                 }));
             } else {
                 out.line(format_args!("{}: FAILED: {refusal}", shard.label))?;
+            }
+            continue;
+        }
+        if expected.journal_not_created {
+            let ok = expected.data_dir_refusal.is_none();
+            failed += usize::from(!ok);
+            if context.json {
+                reports.push(json!({
+                    "shard": shard.label,
+                    "ok": ok,
+                    "journal": null,
+                    "journal_not_created": true,
+                    "data_dir_refusal": expected.data_dir_refusal,
+                }));
+            } else {
+                let verdict = if ok { "ok" } else { "FAILED" };
+                out.line(format_args!(
+                    "{}: {verdict}: no journal yet (a first open stopped before it created \
+                     one; the next open creates it)",
+                    shard.label
+                ))?;
+                if let Some(refusal) = &expected.data_dir_refusal {
+                    out.line(format_args!(
+                        "  DAMAGE: {refusal} (the engine refuses the data directory)"
+                    ))?;
+                }
             }
             continue;
         }
