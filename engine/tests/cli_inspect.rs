@@ -646,6 +646,26 @@ fn a_journal_directory_of_another_shard_fails_wal_verify_like_the_open() {
     }
 }
 
+/// A damaged superblock copy, which the next open rewrites: `wal verify`
+/// passes the journal and still names the copy (file and offset).
+#[test]
+fn a_damaged_superblock_copy_passes_wal_verify_and_is_named() {
+    let (_tmp, data) = data_dir();
+    let superblock = data.join("shard-000/journal/superblock");
+    // The second copy's header.
+    flip_byte(&superblock, 4096 + 8);
+    let output = ringstore(&data, &["wal", "verify", "--shard", "0"]);
+    expect_exit(&output, 0);
+    let out = text(&output);
+    assert!(
+        out.contains(&format!(
+            "superblock copy: {} at byte offset 4096",
+            superblock.display()
+        )) && out.contains("the next open rewrites it"),
+        "{out}"
+    );
+}
+
 /// A first open cut after it wrote the identity (journal not recorded)
 /// and before it created the journal: the next open creates the journal,
 /// and both verifies pass the shard, `wal verify` saying there is no

@@ -493,6 +493,36 @@ fn file_name(path: &Path) -> String {
     )
 }
 
+/// What the next open repairs or removes, and what it ignores: printed
+/// whether or not the journal passes, so a verify that passes still names
+/// every damaged superblock copy and every file a crash left behind.
+fn print_repairs(out: &mut Out, report: &JournalReport) -> Result<(), CliError> {
+    if let Some(superblock) = &report.superblock {
+        for copy in &superblock.damaged_copies {
+            out.line(format_args!(
+                "  superblock copy: {} at byte offset {}: {}; the next open rewrites it",
+                superblock.path.display(),
+                copy.offset,
+                copy.reason
+            ))?;
+        }
+    }
+    for leftover in &report.leftovers {
+        out.line(format_args!(
+            "  leftover: {} ({}): the next open removes it",
+            leftover.path.display(),
+            leftover.reason
+        ))?;
+    }
+    for stray in &report.stray {
+        out.line(format_args!(
+            "  stray: {}: not a journal file, ignored",
+            stray.display()
+        ))?;
+    }
+    Ok(())
+}
+
 fn print_problems(out: &mut Out, shard: &ShardDir, report: &JournalReport) -> Result<(), CliError> {
     for damage in &report.damage {
         out.line(format_args!("  DAMAGE: {damage}"))?;
@@ -511,19 +541,7 @@ fn print_problems(out: &mut Out, shard: &ShardDir, report: &JournalReport) -> Re
             shard.index
         ))?;
     }
-    for leftover in &report.leftovers {
-        out.line(format_args!(
-            "  leftover: {} ({}): the next open removes it",
-            leftover.path.display(),
-            leftover.reason
-        ))?;
-    }
-    for stray in &report.stray {
-        out.line(format_args!(
-            "  stray: {}: not a journal file, ignored",
-            stray.display()
-        ))?;
-    }
+    print_repairs(out, report)?;
     if report.missing_op_count > 0 {
         let ranges: Vec<String> = report
             .missing_ops
@@ -631,6 +649,7 @@ fn verify(context: &Context, args: &VerifyArgs) -> Result<Outcome, CliError> {
         if ok {
             out.line(format_args!("{}: ok: {}", shard.label, summary(&report)))?;
             out.line(format_args!("  tail: {}", tail_text(&report.tail)))?;
+            print_repairs(&mut out, &report)?;
         } else {
             out.line(format_args!(
                 "{}: FAILED: {}",
