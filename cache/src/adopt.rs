@@ -7,8 +7,12 @@
 //! inode. [`crate::Cache::adopt`]:
 //!
 //! 1. opens the file through the cache's disk (never through a symlink,
-//!    only a regular file), `fdatasync`s it and takes its size and
-//!    identity (device and inode) from the open file;
+//!    only a regular file), takes its size and identity (device and inode)
+//!    from the open file, records the object's checksum (size and CRC-32,
+//!    read from the file unless the caller vouches for it) in the file's
+//!    `user.ringstore.object` extended attribute and `fsync`s it (data and
+//!    attribute durable; a file that cannot carry the attribute is
+//!    copied instead);
 //! 2. reserves its size and one object (waiting up to `reservation_wait`);
 //! 3. creates the key's parent directories, then links **the open file**
 //!    into place (`Storage::link_file`: on the real disk
@@ -39,7 +43,9 @@ use ringstore_journal::storage::{errno, parent_dir, BufferedFile, EntryKind};
 use crate::cache::{Shared, STAGING_CREATE_ATTEMPTS_MAX};
 use crate::disk::CacheDisk;
 use crate::error::{Error, Result};
+use crate::format::encode_object_checksum;
 use crate::key::Key;
+use crate::remote::FileDigest;
 use crate::reservation::Reservation;
 use crate::staging::Staging;
 
@@ -66,13 +72,14 @@ pub(crate) async fn adopt<S: CacheDisk>(
     shared: &Rc<Shared<S>>,
     key: &str,
     file: &Path,
+    digest: Option<FileDigest>,
 ) -> Result<Adopted> {
     shared.check_open()?;
     let key = Key::new(key)?;
-    let (src, meta) = open_and_sync(shared, file).await?;
+    let (src, meta) = open_regular(shared, file).await?;
     // Shared with the link task, which may outlive a dropped caller.
     let src = Rc::new(src);
-    let adopted = adopt_open(shared, &key, file, &src, meta).await;
+    let adopted = adopt_open(shared, &key, file, &src, meta, digest).await;
     if let Ok(src) = Rc::try_unwrap(src) {
         if let Err(error) = src.close().await {
             tracing::debug!(%error, file = %file.display(), "closing an adopted file");
@@ -95,6 +102,7 @@ async fn adopt_open<S: CacheDisk>(
     file: &Path,
     src: &Rc<S::Buffered>,
     meta: ringstore_journal::storage::FileMeta,
+    digest: Option<FileDigest>,
 ) -> Result<Adopted> {
     let bytes = meta.len;
     if bytes > shared.bytes_limit {
@@ -103,6 +111,26 @@ async fn adopt_open<S: CacheDisk>(
             bytes,
             bytes_limit: shared.bytes_limit,
         });
+    }
+    // The object's checksum on the file itself (the object is that
+    // inode), durable with the file's data before the link.
+    let digest = match digest.filter(|digest| digest.bytes == bytes) {
+        Some(digest) => digest,
+        None => read_digest(src.as_ref(), bytes, file).await?,
+    };
+    let checksum = encode_object_checksum(digest);
+    match shared.disk.seal_object(src, &checksum).await {
+        Ok(()) => {}
+        // The file cannot carry the attribute (not the process's to
+        // label, a filesystem without user attributes): a copy, whose
+        // staging file gets its own.
+        Err(e) if cannot_label(&e) => {
+            tracing::debug!(key = key.as_str(), file = %file.display(), error = %e,
+                "cannot record the checksum on the file; copying it");
+            copy(shared, key, src, file, bytes).await?;
+            return Ok(Adopted::Copied);
+        }
+        Err(e) => return Err(Error::io("fsetxattr and fsync", file, e)),
     }
     let deadline = Instant::now() + shared.cfg.reservation_wait;
     let reservation = shared.reserve(bytes, 1, deadline).await?;
@@ -128,8 +156,50 @@ async fn adopt_open<S: CacheDisk>(
     }
 }
 
-/// Step 1: open (a regular file, no symlink), fdatasync, size and identity.
-async fn open_and_sync<S: CacheDisk>(
+/// Whether recording the checksum attribute failed because this file
+/// cannot carry one here (rather than an I/O error).
+fn cannot_label(error: &std::io::Error) -> bool {
+    matches!(
+        errno(error),
+        Some(libc::EPERM | libc::EACCES | libc::EOPNOTSUPP | libc::EROFS)
+    )
+}
+
+/// The size and CRC-32 of the open file's first `bytes` bytes.
+async fn read_digest<F: BufferedFile>(src: &F, bytes: u64, file: &Path) -> Result<FileDigest> {
+    let mut crc32 = crc32fast::Hasher::new();
+    let mut offset = 0u64;
+    // Bounded by the file's size: every read returns at least one byte or
+    // ends the loop.
+    while offset < bytes {
+        let want = usize::try_from(bytes - offset)
+            .unwrap_or(COPY_STEP_BYTES)
+            .min(COPY_STEP_BYTES);
+        let read = src
+            .read_at(offset, want)
+            .await
+            .map_err(|e| Error::io("read", file, e))?;
+        if read.is_empty() {
+            return Err(Error::io(
+                "read",
+                file,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("file shrank to {offset} of {bytes} bytes while being read"),
+                ),
+            ));
+        }
+        crc32.update(&read);
+        offset += read.len() as u64;
+    }
+    Ok(FileDigest {
+        bytes,
+        crc32: crc32.finalize(),
+    })
+}
+
+/// Step 1: open (a regular file, no symlink), size and identity.
+async fn open_regular<S: CacheDisk>(
     shared: &Shared<S>,
     path: &Path,
 ) -> Result<(S::Buffered, ringstore_journal::storage::FileMeta)> {
@@ -139,9 +209,6 @@ async fn open_and_sync<S: CacheDisk>(
         .await
         .map_err(|e| Error::io("open", path, e))?;
     let synced = async {
-        file.sync()
-            .await
-            .map_err(|e| Error::io("fdatasync", path, e))?;
         let meta = file.meta().await.map_err(|e| Error::io("fstat", path, e))?;
         if meta.kind != EntryKind::File {
             return Err(Error::io(

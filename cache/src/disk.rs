@@ -30,6 +30,7 @@
 //! `O_NOFOLLOW`: a directory swapped for a symlink between the check and
 //! the open is not caught. The cache uses buffered files only.
 
+use crate::format::OBJECT_CHECKSUM_ATTRIBUTE;
 use crate::sys::{self, Uring};
 use ringstore_journal::storage::{
     DmaFileHandle, DmaStorage, EntryKind, FileLock, FileMeta, FsSpace, MemStorage, PageCacheFile,
@@ -411,6 +412,13 @@ pub trait CacheDisk: Storage {
     /// Blocks until no metadata call is in flight (bounded by the ring's
     /// size: each is one short call).
     fn wait_for_in_flight(&self);
+    /// Records `checksum` as `file`'s object checksum (the
+    /// [`OBJECT_CHECKSUM_ATTRIBUTE`] extended attribute) and makes the
+    /// file's data and that attribute durable (`fsync`, not `fdatasync`:
+    /// an attribute is metadata no data read needs).
+    async fn seal_object(&self, file: &Self::Buffered, checksum: &[u8]) -> io::Result<()>;
+    /// `file`'s object checksum attribute, `None` if it has none.
+    async fn object_checksum(&self, file: &Self::Buffered) -> io::Result<Option<Vec<u8>>>;
 }
 
 impl CacheDisk for RootedDisk {
@@ -444,6 +452,17 @@ impl CacheDisk for RootedDisk {
     fn wait_for_in_flight(&self) {
         self.inner.uring.wait_for_in_flight();
     }
+
+    async fn seal_object(&self, file: &PageCacheFile, checksum: &[u8]) -> io::Result<()> {
+        // Set before the fsync, which makes both durable.
+        sys::set_xattr(file.as_raw_fd(), OBJECT_CHECKSUM_ATTRIBUTE, checksum)?;
+        let fd = Rc::new(sys::dup_fd(file.as_raw_fd())?);
+        self.inner.uring.fsync(&fd).await
+    }
+
+    async fn object_checksum(&self, file: &PageCacheFile) -> io::Result<Option<Vec<u8>>> {
+        sys::get_xattr(file.as_raw_fd(), OBJECT_CHECKSUM_ATTRIBUTE)
+    }
 }
 
 /// The simulated disk, for the cache's model checker and tests: every call
@@ -465,4 +484,21 @@ impl CacheDisk for MemStorage {
     }
 
     fn wait_for_in_flight(&self) {}
+
+    async fn seal_object(
+        &self,
+        file: &ringstore_journal::storage::MemBufferedFile,
+        checksum: &[u8],
+    ) -> io::Result<()> {
+        file.set_attribute(OBJECT_CHECKSUM_ATTRIBUTE, checksum)
+            .await?;
+        ringstore_journal::storage::BufferedFile::sync(file).await
+    }
+
+    async fn object_checksum(
+        &self,
+        file: &ringstore_journal::storage::MemBufferedFile,
+    ) -> io::Result<Option<Vec<u8>>> {
+        file.attribute(OBJECT_CHECKSUM_ATTRIBUTE).await
+    }
 }

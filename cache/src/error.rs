@@ -70,6 +70,45 @@ pub enum Error {
         objects_limit: u64,
     },
 
+    /// A cached object's bytes do not match the checksum recorded when it
+    /// was written (damaged at rest): not served. Invalidate it (a
+    /// [`crate::Tiered`] view does, and downloads it again).
+    #[error(
+        "{}: cached object {key:?} is damaged: {found_bytes} bytes with CRC-32 \
+         {found_crc32:#010x}, written as {expected_bytes} bytes with CRC-32 \
+         {expected_crc32:#010x}; not served",
+        path.display()
+    )]
+    CorruptObject {
+        /// The key.
+        key: String,
+        /// The object file.
+        path: PathBuf,
+        /// Its size when written.
+        expected_bytes: u64,
+        /// Its CRC-32 when written.
+        expected_crc32: u32,
+        /// The size read.
+        found_bytes: u64,
+        /// The CRC-32 of the bytes read.
+        found_crc32: u32,
+    },
+
+    /// A cached object has no checksum this build reads (the file was put
+    /// there behind the cache's back or by a build before object
+    /// checksums, or its attribute is damaged): not served, since nothing
+    /// can tell its bytes are the ones written. Invalidate it (a
+    /// [`crate::Tiered`] view does, and downloads it again).
+    #[error("{}: cached object {key:?} has no checksum this build reads ({reason}); not served", path.display())]
+    UnverifiableObject {
+        /// The key.
+        key: String,
+        /// The object file.
+        path: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
+
     /// An object larger than the whole cache.
     #[error("object {key:?} of {bytes} bytes exceeds the cache limit of {bytes_limit} bytes")]
     Oversize {

@@ -20,6 +20,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::key::{Key, KEY_BYTES_MAX};
+use crate::remote::FileDigest;
 use crate::tracker::TrackedObject;
 
 /// Version of the directory layout (`layout` file).
@@ -36,6 +37,47 @@ pub const TRACKER_FILE: &str = "tracker";
 pub const TRACKER_TMP_FILE: &str = "tracker.tmp";
 /// File `flock`ed while a cache instance has the directory open.
 pub const LOCK_FILE: &str = "lock";
+
+/// Extended attribute of every object file the cache writes or adopts:
+/// the object's checksum (see [`encode_object_checksum`]).
+pub const OBJECT_CHECKSUM_ATTRIBUTE: &str = "user.ringstore.object";
+/// Version of that attribute's value.
+pub const OBJECT_CHECKSUM_VERSION: u32 = 1;
+/// Bytes of that attribute's value.
+pub const OBJECT_CHECKSUM_BYTES: usize = 16;
+
+/// The value of [`OBJECT_CHECKSUM_ATTRIBUTE`]: [`OBJECT_CHECKSUM_VERSION`],
+/// the CRC-32 (ISO-HDLC) of the object's bytes, and its size, all
+/// little-endian.
+pub fn encode_object_checksum(digest: FileDigest) -> [u8; OBJECT_CHECKSUM_BYTES] {
+    let mut value = [0u8; OBJECT_CHECKSUM_BYTES];
+    value[0..4].copy_from_slice(&OBJECT_CHECKSUM_VERSION.to_le_bytes());
+    value[4..8].copy_from_slice(&digest.crc32.to_le_bytes());
+    value[8..16].copy_from_slice(&digest.bytes.to_le_bytes());
+    value
+}
+
+/// The checksum an [`OBJECT_CHECKSUM_ATTRIBUTE`] value records, or why it
+/// records none this build reads.
+pub fn decode_object_checksum(value: &[u8]) -> std::result::Result<FileDigest, String> {
+    if value.len() != OBJECT_CHECKSUM_BYTES {
+        return Err(format!(
+            "{} bytes, not {OBJECT_CHECKSUM_BYTES}",
+            value.len()
+        ));
+    }
+    let word = |at: usize| u32::from_le_bytes(value[at..at + 4].try_into().expect("4 bytes"));
+    let version = word(0);
+    if version != OBJECT_CHECKSUM_VERSION {
+        return Err(format!(
+            "version {version}, this build reads version {OBJECT_CHECKSUM_VERSION}"
+        ));
+    }
+    Ok(FileDigest {
+        crc32: word(4),
+        bytes: u64::from_le_bytes(value[8..16].try_into().expect("8 bytes")),
+    })
+}
 
 /// First 8 bytes of a tracker file.
 pub const TRACKER_MAGIC: [u8; 8] = *b"RSCTRACK";

@@ -73,6 +73,9 @@ pub struct CacheStats {
     pub tracker_load_failures: u64,
     /// fsyncs of directories under `objects/` (including `objects/`).
     pub dir_syncs: u64,
+    /// Reads that found an object damaged or without a checksum
+    /// ([`crate::Error::CorruptObject`], [`crate::Error::UnverifiableObject`]).
+    pub damaged_objects: u64,
 }
 
 /// Live counters behind [`CacheStats`].
@@ -102,6 +105,7 @@ pub(crate) struct Metrics {
     pub(crate) tracker_persists: Counter,
     pub(crate) tracker_load_failures: Counter,
     pub(crate) dir_syncs: Counter,
+    pub(crate) damaged_objects: Counter,
 }
 
 /// A monotonically increasing counter.
@@ -149,5 +153,6 @@ impl Metrics {
         stats.tracker_persists = self.tracker_persists.get();
         stats.tracker_load_failures = self.tracker_load_failures.get();
         stats.dir_syncs = self.dir_syncs.get();
+        stats.damaged_objects = self.damaged_objects.get();
     }
 }

@@ -308,8 +308,8 @@ pub fn run_ops_in(
 /// and reorder unsynced writes and undo unsynced namespace changes, and
 /// operations that yield at random so tasks interleave differently per
 /// seed. No random EIO: the cache fails an operation on EIO like on a cut
-/// (tested apart), and read flips are beyond what a cache without object
-/// checksums can notice.
+/// (tested apart), and damage at rest is found by the object checksums'
+/// own tests (`tests/object_checksums.rs`).
 pub fn power_loss_faults() -> FaultConfig {
     FaultConfig {
         crash_drop_rate: 0.35,

@@ -21,7 +21,9 @@
 //!
 //! # Commit
 //!
-//! 1. flush, `fdatasync` the staging file (its data is durable);
+//! 1. flush, record the object's checksum (size and CRC-32 of every byte
+//!    appended) in the file's `user.ringstore.object` extended attribute,
+//!    `fsync` the staging file (its data and that attribute are durable);
 //! 2. `linkat(staging, key)` — EEXIST is [`Error::Conflict`]: a commit never
 //!    overwrites (`put` uses `renameat` instead, which replaces atomically);
 //! 3. account the object (reservation -> used) and track it;
@@ -59,7 +61,9 @@ use ringstore_journal::storage::{errno, parent_dir, BufferedFile};
 use crate::cache::{Shared, STAGING_CREATE_ATTEMPTS_MAX};
 use crate::disk::{CacheDisk, RootedDisk};
 use crate::error::{Error, KeyRejection, Result};
+use crate::format::encode_object_checksum;
 use crate::key::Key;
+use crate::remote::FileDigest;
 use crate::reservation::Reservation;
 use crate::trim::{self, Trigger};
 
@@ -86,6 +90,8 @@ pub struct Staging<S: CacheDisk = RootedDisk> {
     /// Bytes already written to the file.
     written: u64,
     buf: Vec<u8>,
+    /// CRC-32 of every byte appended, in order: the object's checksum.
+    crc32: crc32fast::Hasher,
     poisoned: bool,
     finished: bool,
 }
@@ -122,6 +128,7 @@ impl<S: CacheDisk> Staging<S> {
                         reservation,
                         written: 0,
                         buf: Vec::new(),
+                        crc32: crc32fast::Hasher::new(),
                         poisoned: false,
                         finished: false,
                     })
@@ -208,6 +215,7 @@ impl<S: CacheDisk> Staging<S> {
             self.reservation.merge(more)?;
         }
         self.buf.extend_from_slice(data);
+        self.crc32.update(data);
         if self.buf.len() >= WRITE_BUFFER_BYTES {
             self.flush().await?;
         }
@@ -403,19 +411,24 @@ impl<S: CacheDisk> Staging<S> {
         synced
     }
 
-    /// Flushes, fdatasyncs and closes the file.
+    /// Flushes, records the object's checksum on the file, fsyncs and
+    /// closes it.
     async fn seal(&mut self) -> Result<()> {
         self.flush().await?;
         let path = self.path();
         let Some(file) = self.file.take() else {
             return Err(Error::StagingPoisoned { path });
         };
-        if let Err(e) = file.sync().await {
+        let checksum = encode_object_checksum(FileDigest {
+            bytes: self.written,
+            crc32: self.crc32.clone().finalize(),
+        });
+        if let Err(e) = self.shared.disk.seal_object(&file, &checksum).await {
             self.poisoned = true;
             if Error::is_nospace(&e) {
-                return Err(nospace(&self.shared, "fdatasync", path, e, 0).await);
+                return Err(nospace(&self.shared, "fsync", path, e, 0).await);
             }
-            return Err(Error::io("fdatasync", path, e));
+            return Err(Error::io("fsetxattr and fsync", path, e));
         }
         file.close().await.map_err(|e| Error::io("close", path, e))
     }

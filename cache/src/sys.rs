@@ -39,7 +39,7 @@ use std::cell::{Cell, RefCell};
 use std::ffi::CString;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
@@ -701,6 +701,45 @@ fn submit_retrying(ring: &mut IoUring) -> io::Result<()> {
             Err(error) => return Err(error),
         }
     }
+}
+
+/// Longest extended-attribute value read ([`get_xattr`]): a larger one is
+/// not one the cache wrote.
+const XATTR_VALUE_BYTES_MAX: usize = 64;
+
+/// `fsetxattr(2)` of `name` on `fd` (create or replace). A short call on
+/// the reactor thread: the attribute lives in the inode (or one block
+/// beside it) and is written back with it.
+pub(crate) fn set_xattr(fd: RawFd, name: &str, value: &[u8]) -> io::Result<()> {
+    let name = cstring(name)?;
+    // SAFETY: `name` is a NUL-terminated string and `value` a live slice
+    // of `value.len()` bytes; the kernel reads both during the call only.
+    let res = unsafe { libc::fsetxattr(fd, name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if res < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fgetxattr(2)` of `name` on `fd`: `None` if the file has no such
+/// attribute. A value longer than [`XATTR_VALUE_BYTES_MAX`] comes back
+/// empty (it is none the cache wrote; the caller's decode refuses it).
+pub(crate) fn get_xattr(fd: RawFd, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let name = cstring(name)?;
+    let mut value = vec![0u8; XATTR_VALUE_BYTES_MAX];
+    // SAFETY: `name` is NUL-terminated and `value` a live buffer of
+    // `value.len()` bytes the kernel writes at most that many bytes into.
+    let res = unsafe { libc::fgetxattr(fd, name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+    if res < 0 {
+        let error = io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::ENODATA) => Ok(None),
+            Some(libc::ERANGE) => Ok(Some(Vec::new())),
+            _ => Err(error),
+        };
+    }
+    value.truncate(res as usize);
+    Ok(Some(value))
 }
 
 fn cstring(path: &str) -> io::Result<CString> {

@@ -99,6 +99,9 @@ pub struct TieredStats {
     pub stale_invalidations: u64,
     /// `delete` calls.
     pub deletes: u64,
+    /// Cached objects that failed their check (damaged, or without a
+    /// checksum), dropped from the cache and downloaded again.
+    pub damaged_replaced: u64,
 }
 
 #[derive(Default)]
@@ -113,6 +116,7 @@ struct Counters {
     uncached_writes: Cell<u64>,
     stale_invalidations: Cell<u64>,
     deletes: Cell<u64>,
+    damaged_replaced: Cell<u64>,
 }
 
 fn add(cell: &Cell<u64>, n: u64) {
@@ -196,6 +200,7 @@ impl<S: CacheDisk> Tiered<S> {
             uncached_writes: c.uncached_writes.get(),
             stale_invalidations: c.stale_invalidations.get(),
             deletes: c.deletes.get(),
+            damaged_replaced: c.damaged_replaced.get(),
         }
     }
 
@@ -203,7 +208,7 @@ impl<S: CacheDisk> Tiered<S> {
     /// if the store has no such object.
     pub async fn get(&self, key: &str) -> Result<Option<Object>> {
         let full = self.object_key(key)?;
-        if let Some(object) = self.cache.get(&full).await? {
+        if let Some(object) = self.cached(&full).await? {
             add(&self.counters.hits, 1);
             return Ok(Some(object));
         }
@@ -230,12 +235,30 @@ impl<S: CacheDisk> Tiered<S> {
     /// does not count as an access for the trim order.
     pub async fn get_path(&self, key: &str) -> Result<Option<PathBuf>> {
         let full = self.object_key(key)?;
-        if self.cache.contains(&full)? {
+        // Read and checked once here (the caller reads the file itself):
+        // a damaged copy is replaced before its path is handed out.
+        if self.cache.contains(&full)? && self.cached(&full).await?.is_some() {
             add(&self.counters.hits, 1);
         } else if !self.download(&full).await? {
             return Ok(None);
         }
         Ok(Some(self.cache.objects_dir().join(&full)))
+    }
+
+    /// The cached object at `full`, checked against its checksum. One
+    /// that fails the check (damaged, or without a checksum) is dropped
+    /// from the cache, logged and counted, and read as a miss: the store
+    /// holds the object, and the caller downloads it again.
+    async fn cached(&self, full: &str) -> Result<Option<Object>> {
+        match self.cache.get(full).await {
+            Err(error @ (Error::CorruptObject { .. } | Error::UnverifiableObject { .. })) => {
+                tracing::warn!(key = full, %error, "dropping the damaged cached copy; downloading the object again");
+                self.cache.invalidate(full).await?;
+                add(&self.counters.damaged_replaced, 1);
+                Ok(None)
+            }
+            other => other,
+        }
     }
 
     /// Downloads `full` into the cache through a staging file. False if the
@@ -339,6 +362,20 @@ impl<S: CacheDisk> Tiered<S> {
         self.upload_file(key, file.as_ref(), Some(digest)).await
     }
 
+    /// The uploaded file into the cache, with the digest its upload was
+    /// checked against when there is one (not read again).
+    async fn adopt(
+        &self,
+        full: &str,
+        file: &Path,
+        digest: Option<FileDigest>,
+    ) -> Result<crate::Adopted> {
+        match digest {
+            Some(digest) => self.cache.adopt_checked(full, file, digest).await,
+            None => self.cache.adopt(full, file).await,
+        }
+    }
+
     async fn upload_file(&self, key: &str, file: &Path, digest: Option<FileDigest>) -> Result<()> {
         let full = self.object_key(key)?;
         match digest {
@@ -346,11 +383,11 @@ impl<S: CacheDisk> Tiered<S> {
             None => self.remote.put_file(&full, file).await?,
         };
         add(&self.counters.puts, 1);
-        let adopted = self.cache.adopt(&full, file).await;
+        let adopted = self.adopt(&full, file, digest).await;
         let adopted = match adopted {
             Err(Error::Conflict { .. }) => {
                 self.invalidate_stale(&full).await;
-                self.cache.adopt(&full, file).await
+                self.adopt(&full, file, digest).await
             }
             other => other,
         };

@@ -4,7 +4,8 @@
 
 use ringstore_cache::format::{
     CHUNK_HEADER_BYTES, CHUNK_HEADER_OFFSETS, ENTRY_FIXED_BYTES, ENTRY_OFFSETS, LAYOUT_CONTENTS,
-    LAYOUT_FILE, LAYOUT_VERSION, LOCK_FILE, OBJECTS_DIR, TRACKER_CHUNK_ENTRIES_DEFAULT,
+    LAYOUT_FILE, LAYOUT_VERSION, LOCK_FILE, OBJECTS_DIR, OBJECT_CHECKSUM_ATTRIBUTE,
+    OBJECT_CHECKSUM_BYTES, OBJECT_CHECKSUM_VERSION, TRACKER_CHUNK_ENTRIES_DEFAULT,
     TRACKER_CHUNK_ENTRIES_MAX, TRACKER_FILE, TRACKER_HEADER_BYTES, TRACKER_HEADER_OFFSETS,
     TRACKER_MAGIC, TRACKER_TMP_FILE, TRACKER_VERSION,
 };
@@ -80,6 +81,8 @@ fn names_and_versions_match_the_code() {
         .map(|r| (r[0].as_str(), r[1].as_str()))
         .collect();
     let layout_version = LAYOUT_VERSION.to_string();
+    let object_checksum_version = OBJECT_CHECKSUM_VERSION.to_string();
+    let object_checksum_bytes = OBJECT_CHECKSUM_BYTES.to_string();
     let code = [
         ("LAYOUT_FILE", LAYOUT_FILE),
         ("LOCK_FILE", LOCK_FILE),
@@ -88,6 +91,9 @@ fn names_and_versions_match_the_code() {
         ("OBJECTS_DIR", OBJECTS_DIR),
         ("STAGING_SUFFIX", STAGING_SUFFIX),
         ("LAYOUT_VERSION", layout_version.as_str()),
+        ("OBJECT_CHECKSUM_ATTRIBUTE", OBJECT_CHECKSUM_ATTRIBUTE),
+        ("OBJECT_CHECKSUM_VERSION", object_checksum_version.as_str()),
+        ("OBJECT_CHECKSUM_BYTES", object_checksum_bytes.as_str()),
     ];
     assert_eq!(doc.len(), code.len());
     for (name, value) in code {

@@ -59,6 +59,7 @@ conformance!(
     domains_never_collide,
     keys_are_validated,
     a_checked_upload_sends_the_checked_bytes_or_nothing,
+    a_damaged_cached_copy_is_dropped_and_downloaded_again,
 );
 
 fn write_file(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
@@ -216,6 +217,52 @@ fn a_checked_upload_sends_the_checked_bytes_or_nothing(fixture: &Fixture, dir: &
         // The good big file went up in parts; the changed one's upload was
         // aborted, not completed.
         assert_eq!(remote.stats().multipart_uploads, 1);
+        drop(tiered);
+        Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
+
+/// A cached copy damaged at rest (a flipped bit, or no checksum) is never
+/// served by `get` or handed out by `get_path`: it is dropped, counted and
+/// downloaded again from the store, whose copy is good.
+fn a_damaged_cached_copy_is_dropped_and_downloaded_again(fixture: &Fixture, dir: &Path) {
+    let remote = fixture.remote();
+    let cache_dir = dir.join("cache");
+    let data = bytes(50_000, 11);
+    let file = write_file(dir, "uploaded.bin", &data);
+    run(move || async move {
+        let cache = Rc::new(Cache::builder(&cache_dir).open().await.unwrap());
+        let tiered = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
+        tiered.put("k", &data).await.unwrap();
+        tiered
+            .put_file_checked("f", &file, FileDigest::of(&data))
+            .await
+            .unwrap();
+        let flip = |path: &Path| {
+            let mut bytes = std::fs::read(path).unwrap();
+            bytes[1234] ^= 0x01;
+            // In place: the same inode, its checksum attribute kept.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+                .unwrap();
+        };
+        let cached = |key: &str| cache.objects_dir().join(tiered.object_key(key).unwrap());
+        flip(&cached("k"));
+        assert_eq!(&tiered.get("k").await.unwrap().unwrap()[..], &data[..]);
+        // The adopted upload shares the caller's inode: damage the file.
+        flip(&file);
+        let path = tiered.get_path("f").await.unwrap().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        let stats = tiered.stats();
+        assert_eq!(stats.damaged_replaced, 2, "{stats:?}");
+        assert_eq!(stats.downloads, 2, "{stats:?}");
+        assert_eq!(cache.stats().damaged_objects, 2);
+        // Good again: served from the cache.
+        assert_eq!(&tiered.get("k").await.unwrap().unwrap()[..], &data[..]);
+        assert_eq!(tiered.stats().downloads, 2);
         drop(tiered);
         Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
         remote.shutdown().await.unwrap();

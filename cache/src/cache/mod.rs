@@ -34,11 +34,15 @@ use ringstore_journal::storage::{errno, BufferedFile, EntryKind};
 use crate::config::{percent_of, BytesLimit, CacheBuilder, Config};
 use crate::disk::{CacheDisk, RootedDisk};
 use crate::error::{Error, KeyRejection, Result};
-use crate::format::{self, OBJECTS_DIR, TRACKER_FILE, TRACKER_TMP_FILE};
+use crate::format::{
+    self, decode_object_checksum, OBJECTS_DIR, OBJECT_CHECKSUM_ATTRIBUTE, TRACKER_FILE,
+    TRACKER_TMP_FILE,
+};
 use crate::fs;
 use crate::key::Key;
 use crate::locks::{AsyncLock, KeyLocks};
 use crate::metrics::{CacheStats, Metrics};
+use crate::remote::FileDigest;
 use crate::reservation::{Ledger, Reservation};
 use crate::staging::{FinishMode, Staging};
 use crate::sys;
@@ -237,7 +241,20 @@ impl<S: CacheDisk> Cache<S> {
     /// caller must not modify the file afterwards (the object shares its
     /// inode). See [`crate::adopt`] for the protocol.
     pub async fn adopt(&self, key: &str, file: impl AsRef<Path>) -> Result<crate::Adopted> {
-        crate::adopt::adopt(&self.shared, key, file.as_ref()).await
+        crate::adopt::adopt(&self.shared, key, file.as_ref(), None).await
+    }
+
+    /// [`Cache::adopt`] of a file whose size and CRC-32 the caller took as
+    /// it read the whole file (an upload's check), recorded as the
+    /// object's checksum without reading the file again. A file of another
+    /// size is read as by `adopt`.
+    pub async fn adopt_checked(
+        &self,
+        key: &str,
+        file: impl AsRef<Path>,
+        digest: FileDigest,
+    ) -> Result<crate::Adopted> {
+        crate::adopt::adopt(&self.shared, key, file.as_ref(), Some(digest)).await
     }
 
     /// Reads `key`, marking it accessed. `Ok(None)` if it is not cached.
@@ -574,13 +591,60 @@ impl<S: CacheDisk> Shared<S> {
             Err(e) => return Err(self.open_error(key, &path, e)),
         };
         let object = read_to_end(&file, bytes_hint, &path, self).await;
+        let checksum = match &object {
+            Ok(_) => self.disk.object_checksum(&file).await,
+            Err(_) => Ok(None),
+        };
         if let Err(error) = file.close().await {
             tracing::debug!(%error, path = %path.display(), "closing a read object");
         }
         let object = object?;
+        let checksum = checksum.map_err(|e| Error::io("fgetxattr", &path, e))?;
+        self.check_object(key, &path, &object, checksum)?;
         self.tracker.borrow_mut().touch(key.as_str());
         self.metrics.hits.inc();
         Ok(Some(object))
+    }
+
+    /// `object`, read at `key`, against the checksum its file records: a
+    /// mismatch or no checksum is an error (counted and logged), never
+    /// served.
+    fn check_object(
+        &self,
+        key: &Key,
+        path: &Path,
+        object: &[u8],
+        checksum: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let error = match checksum.as_deref().map(decode_object_checksum) {
+            Some(Ok(expected)) => {
+                let found = FileDigest::of(object);
+                if found == expected {
+                    return Ok(());
+                }
+                Error::CorruptObject {
+                    key: key.to_string(),
+                    path: path.to_path_buf(),
+                    expected_bytes: expected.bytes,
+                    expected_crc32: expected.crc32,
+                    found_bytes: found.bytes,
+                    found_crc32: found.crc32,
+                }
+            }
+            Some(Err(reason)) => Error::UnverifiableObject {
+                key: key.to_string(),
+                path: path.to_path_buf(),
+                reason: format!("its {OBJECT_CHECKSUM_ATTRIBUTE} attribute holds {reason}"),
+            },
+            None => Error::UnverifiableObject {
+                key: key.to_string(),
+                path: path.to_path_buf(),
+                reason: format!("no {OBJECT_CHECKSUM_ATTRIBUTE} attribute"),
+            },
+        };
+        self.metrics.damaged_objects.inc();
+        tracing::error!(%error, "a cached object failed its check; not served");
+        Err(error)
     }
 
     /// After an ENOENT on a tracked key: drop it from the tracker if it is

@@ -260,6 +260,11 @@ struct FileData {
     /// Sectors ([`SIM_SECTOR_BYTES`]) every read touching fails with EIO
     /// ([`MemStorage::set_unreadable`]).
     unreadable: BTreeSet<u64>,
+    /// Extended attributes as the process sees them
+    /// ([`MemBufferedFile::set_attribute`]).
+    attributes: BTreeMap<String, Vec<u8>>,
+    /// Those a crash keeps: the attributes at the file's last sync.
+    durable_attributes: BTreeMap<String, Vec<u8>>,
 }
 
 fn apply(target: &mut Vec<u8>, op: &FileOp) {
@@ -598,6 +603,7 @@ impl MemFs {
                 apply(&mut data.durable, op);
             }
             data.live = data.durable.clone();
+            data.attributes = data.durable_attributes.clone();
         }
         self.live = self.durable.clone();
     }
@@ -851,6 +857,28 @@ impl MemStorage {
         file.borrow_mut()
             .unreadable
             .insert(offset / SIM_SECTOR_BYTES);
+        true
+    }
+
+    /// Sets (`Some`) or removes (`None`) an extended attribute of a file,
+    /// live and durable alike, for tests that damage or strip files.
+    /// Returns whether the file exists.
+    pub fn set_file_attribute(&self, path: &Path, name: &str, value: Option<Vec<u8>>) -> bool {
+        let fs = self.fs.borrow();
+        let Some(file) = fs.live.files.get(path) else {
+            return false;
+        };
+        let mut data = file.borrow_mut();
+        match value {
+            Some(value) => {
+                data.attributes.insert(name.to_owned(), value.clone());
+                data.durable_attributes.insert(name.to_owned(), value);
+            }
+            None => {
+                data.attributes.remove(name);
+                data.durable_attributes.remove(name);
+            }
+        }
         true
     }
 
@@ -1259,6 +1287,28 @@ pub struct MemBufferedFile {
     writable: bool,
 }
 
+impl MemBufferedFile {
+    /// Sets the file's extended attribute `name` to `value`, as
+    /// `fsetxattr(2)`: seen at once; a crash keeps it once the file is
+    /// synced (the model of a file's metadata under `fsync(2)`).
+    pub async fn set_attribute(&self, name: &str, value: &[u8]) -> io::Result<()> {
+        self.file.begin().await?;
+        self.file
+            .data
+            .borrow_mut()
+            .attributes
+            .insert(name.to_owned(), value.to_vec());
+        Ok(())
+    }
+
+    /// The file's extended attribute `name`, `None` if it has none (as
+    /// `fgetxattr(2)`'s ENODATA).
+    pub async fn attribute(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        self.file.begin().await?;
+        Ok(self.file.data.borrow().attributes.get(name).cloned())
+    }
+}
+
 impl BufferedFile for MemBufferedFile {
     type ReadBuf = Vec<u8>;
 
@@ -1470,6 +1520,7 @@ impl StorageFile for MemFile {
         for op in &unsynced {
             apply(&mut data.durable, op);
         }
+        data.durable_attributes = data.attributes.clone();
         Ok(())
     }
 
