@@ -168,34 +168,66 @@ fn cannot_label(error: &std::io::Error) -> bool {
 /// The size and CRC-32 of the open file's first `bytes` bytes.
 async fn read_digest<F: BufferedFile>(src: &F, bytes: u64, file: &Path) -> Result<FileDigest> {
     let mut crc32 = crc32fast::Hasher::new();
-    let mut offset = 0u64;
-    // Bounded by the file's size: every read returns at least one byte or
-    // ends the loop.
-    while offset < bytes {
-        let want = usize::try_from(bytes - offset)
-            .unwrap_or(COPY_STEP_BYTES)
-            .min(COPY_STEP_BYTES);
-        let read = src
-            .read_at(offset, want)
-            .await
-            .map_err(|e| Error::io("read", file, e))?;
-        if read.is_empty() {
-            return Err(Error::io(
-                "read",
-                file,
-                std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("file shrank to {offset} of {bytes} bytes while being read"),
-                ),
-            ));
-        }
+    let mut steps = Steps::new(src, bytes, file);
+    while let Some(read) = steps.next().await? {
         crc32.update(&read);
-        offset += read.len() as u64;
     }
     Ok(FileDigest {
         bytes,
         crc32: crc32.finalize(),
     })
+}
+
+/// An open file's first `bytes` bytes, read in order, at most
+/// [`COPY_STEP_BYTES`] a read.
+struct Steps<'a, F> {
+    src: &'a F,
+    bytes: u64,
+    offset: u64,
+    /// The file's name, for errors.
+    file: &'a Path,
+}
+
+impl<'a, F: BufferedFile> Steps<'a, F> {
+    fn new(src: &'a F, bytes: u64, file: &'a Path) -> Steps<'a, F> {
+        Steps {
+            src,
+            bytes,
+            offset: 0,
+            file,
+        }
+    }
+
+    /// The next read, `None` after the last. Bounded by the size: every
+    /// read returns at least one byte or fails.
+    async fn next(&mut self) -> Result<Option<F::ReadBuf>> {
+        if self.offset >= self.bytes {
+            return Ok(None);
+        }
+        let want = usize::try_from(self.bytes - self.offset)
+            .unwrap_or(COPY_STEP_BYTES)
+            .min(COPY_STEP_BYTES);
+        let read = self
+            .src
+            .read_at(self.offset, want)
+            .await
+            .map_err(|e| Error::io("read", self.file, e))?;
+        if read.is_empty() {
+            return Err(Error::io(
+                "read",
+                self.file,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "file shrank to {} of {} bytes while being read",
+                        self.offset, self.bytes
+                    ),
+                ),
+            ));
+        }
+        self.offset += read.len() as u64;
+        Ok(Some(read))
+    }
 }
 
 /// Step 1: open (a regular file, no symlink), size and identity.
@@ -309,29 +341,9 @@ async fn copy<S: CacheDisk>(
             let more = shared.reserve(rest, 0, deadline).await?;
             staging.attach(more)?;
         }
-        let mut offset = 0u64;
-        // Bounded by the file's size: every read returns at least one byte
-        // or ends the loop.
-        while offset < bytes {
-            let want = usize::try_from(bytes - offset)
-                .unwrap_or(COPY_STEP_BYTES)
-                .min(COPY_STEP_BYTES);
-            let read = reader
-                .read_at(offset, want)
-                .await
-                .map_err(|e| Error::io("read", file, e))?;
-            if read.is_empty() {
-                return Err(Error::io(
-                    "read",
-                    file,
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("file shrank to {offset} of {bytes} bytes while being copied"),
-                    ),
-                ));
-            }
+        let mut steps = Steps::new(reader, bytes, file);
+        while let Some(read) = steps.next().await? {
             staging.append(&read).await?;
-            offset += read.len() as u64;
         }
         Ok(())
     }

@@ -565,6 +565,47 @@ fn a_power_cut_at_every_step_of_a_reset_keeps_numbers_increasing() {
     });
 }
 
+/// Another shard's snapshot, as a reset that joins its domain takes it.
+struct Foreign {
+    /// The other shard's domain.
+    domain: uuid::Uuid,
+    /// Its state.
+    model: BTreeMap<u64, Vec<u8>>,
+    /// The snapshot.
+    snapshot: ringstore::snapshot::SnapshotMeta,
+    /// The snapshot file's bytes.
+    bytes: Vec<u8>,
+}
+
+/// A snapshot of a shard of another domain after 30 puts; `large` adds
+/// 20 keys of 1,000 bytes (a state larger than the identity's block).
+async fn foreign_snapshot(large: bool) -> Foreign {
+    let storage = MemStorage::new();
+    let source = mem_builder(&storage, "/source").open().await.unwrap();
+    let mut model = BTreeMap::new();
+    put_many(&source, &mut model, 0, 30).await;
+    if large {
+        for key in 100..120 {
+            let command = KvCommand::Put {
+                key,
+                value: vec![key as u8; 1000],
+            };
+            source.submit(command.clone()).await.unwrap().unwrap();
+            apply_model(&mut model, &command);
+        }
+    }
+    let snapshot = source.checkpoint().await.unwrap().snapshot.unwrap();
+    let bytes = storage.file_bytes(&snapshot.path).unwrap();
+    let domain = source.domain();
+    source.close().await.unwrap();
+    Foreign {
+        domain,
+        model,
+        snapshot,
+        bytes,
+    }
+}
+
 /// A fresh shard reset to another domain's snapshot (a cold restore's
 /// join), cut by a power loss after each of its storage operations in
 /// turn: after the crash the shard is either the fresh shard it was (its
@@ -576,17 +617,12 @@ fn a_power_cut_at_every_step_of_a_reset_keeps_numbers_increasing() {
 #[test]
 fn a_power_cut_at_every_step_of_a_reset_that_joins_a_domain_leaves_the_old_or_the_joined_shard() {
     run(|| async {
-        let source_storage = MemStorage::new();
-        let source = mem_builder(&source_storage, "/source")
-            .open()
-            .await
-            .unwrap();
-        let joined_domain = source.domain();
-        let mut model = BTreeMap::new();
-        put_many(&source, &mut model, 0, 30).await;
-        let snapshot = source.checkpoint().await.unwrap().snapshot.unwrap();
-        let snapshot_bytes = source_storage.file_bytes(&snapshot.path).unwrap();
-        source.close().await.unwrap();
+        let Foreign {
+            domain: joined_domain,
+            model,
+            snapshot,
+            bytes: snapshot_bytes,
+        } = foreign_snapshot(false).await;
         // Named as the store names it (the header's op is checked against it).
         let incoming = &Path::new("/incoming").join(snapshot.path.file_name().unwrap());
         let mut completed = false;
@@ -660,17 +696,12 @@ fn a_power_cut_at_every_step_of_a_reset_that_joins_a_domain_leaves_the_old_or_th
 #[test]
 fn a_reset_dropped_midway_leaves_the_shard_serving_as_it_was_or_poisoned() {
     run(|| async {
-        let source_storage = MemStorage::new();
-        let source = mem_builder(&source_storage, "/source")
-            .open()
-            .await
-            .unwrap();
-        let joined_domain = source.domain();
-        let mut model = BTreeMap::new();
-        put_many(&source, &mut model, 0, 30).await;
-        let snapshot = source.checkpoint().await.unwrap().snapshot.unwrap();
-        let snapshot_bytes = source_storage.file_bytes(&snapshot.path).unwrap();
-        source.close().await.unwrap();
+        let Foreign {
+            domain: joined_domain,
+            model,
+            snapshot,
+            bytes: snapshot_bytes,
+        } = foreign_snapshot(false).await;
         let incoming = &Path::new("/incoming").join(snapshot.path.file_name().unwrap());
         let (mut untouched, mut poisoned, mut finished) = (0u32, 0u32, false);
         for polls in 1..400u32 {
@@ -736,26 +767,12 @@ fn a_reset_dropped_midway_leaves_the_shard_serving_as_it_was_or_poisoned() {
 #[test]
 fn a_reset_that_cannot_write_its_snapshot_does_not_join_the_domain() {
     run(|| async {
-        let source_storage = MemStorage::new();
-        let source = mem_builder(&source_storage, "/source")
-            .open()
-            .await
-            .unwrap();
-        let joined_domain = source.domain();
-        let mut model = BTreeMap::new();
-        put_many(&source, &mut model, 0, 30).await;
-        // A state larger than the identity file's block.
-        for key in 100..120 {
-            let command = KvCommand::Put {
-                key,
-                value: vec![key as u8; 1000],
-            };
-            source.submit(command.clone()).await.unwrap().unwrap();
-            apply_model(&mut model, &command);
-        }
-        let snapshot = source.checkpoint().await.unwrap().snapshot.unwrap();
-        let snapshot_bytes = source_storage.file_bytes(&snapshot.path).unwrap();
-        source.close().await.unwrap();
+        let Foreign {
+            domain: joined_domain,
+            model,
+            snapshot,
+            bytes: snapshot_bytes,
+        } = foreign_snapshot(true).await;
 
         let storage = MemStorage::new();
         // Named as the store names it (the header's op is checked against it).
