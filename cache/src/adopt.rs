@@ -30,9 +30,9 @@
 //! staging file instead ([`Adopted::Copied`]).
 //!
 //! The object shares its inode with the caller's file: the caller must not
-//! modify the file afterwards (renaming or unlinking its own name is fine).
-//! The size accounted is the one seen in step 1; a file that grew since is
-//! accounted right at the next startup walk.
+//! modify the file afterwards (renaming or unlinking its own name is fine):
+//! a read then finds other bytes than its checksum and refuses the object
+//! ([`Error::CorruptObject`]).
 
 use std::path::Path;
 use std::rc::Rc;
@@ -114,7 +114,22 @@ async fn adopt_open<S: CacheDisk>(
     }
     // The object's checksum on the file itself (the object is that
     // inode), durable with the file's data before the link.
-    let digest = match digest.filter(|digest| digest.bytes == bytes) {
+    let digest = match digest {
+        // The caller read other bytes than the file holds now: labelling
+        // the file's own bytes would cache what the caller did not check.
+        Some(digest) if digest.bytes != bytes => {
+            return Err(Error::io(
+                "adopt",
+                file,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the file is {bytes} bytes, the caller checked {} bytes",
+                        digest.bytes
+                    ),
+                ),
+            ))
+        }
         Some(digest) => digest,
         None => read_digest(src.as_ref(), bytes, file).await?,
     };
@@ -130,7 +145,7 @@ async fn adopt_open<S: CacheDisk>(
             copy(shared, key, src, file, bytes).await?;
             return Ok(Adopted::Copied);
         }
-        Err(e) => return Err(Error::io("fsetxattr and fsync", file, e)),
+        Err(e) => return Err(Error::io("set the checksum attribute and fsync", file, e)),
     }
     let deadline = Instant::now() + shared.cfg.reservation_wait;
     let reservation = shared.reserve(bytes, 1, deadline).await?;

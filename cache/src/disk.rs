@@ -492,7 +492,7 @@ impl CacheDisk for MemStorage {
     ) -> io::Result<()> {
         file.set_attribute(OBJECT_CHECKSUM_ATTRIBUTE, checksum)
             .await?;
-        ringstore_journal::storage::BufferedFile::sync(file).await
+        file.sync_all().await
     }
 
     async fn object_checksum(

@@ -162,6 +162,18 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The cache directory's filesystem has no user extended attributes,
+    /// where every object keeps its checksum (`cache/FORMAT.md`).
+    #[error(
+        "cache directory {}: its filesystem has no user extended attributes, which hold every \
+         object's checksum; put the cache on ext4, XFS or btrfs (or tmpfs from Linux 6.6)",
+        path.display()
+    )]
+    NoExtendedAttributes {
+        /// The cache directory.
+        path: PathBuf,
+    },
+
     /// The directory was written by an incompatible layout version.
     #[error("cache directory {} has layout {found:?}, this build reads version {expected}", path.display())]
     UnsupportedLayout {

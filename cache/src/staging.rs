@@ -16,8 +16,8 @@
 //! memory. (O_DIRECT on an empty file also trips a glommio 0.9 quirk that
 //! disables polled reads for the device.) So the data goes through the
 //! disk's buffered files (glommio's `BufferedFile` on the real disk), and
-//! durability comes from an explicit `fdatasync` before the commit links
-//! the file into place.
+//! durability comes from an explicit `fsync` (data and the checksum
+//! attribute) before the commit links the file into place.
 //!
 //! # Commit
 //!
@@ -428,7 +428,7 @@ impl<S: CacheDisk> Staging<S> {
             if Error::is_nospace(&e) {
                 return Err(nospace(&self.shared, "fsync", path, e, 0).await);
             }
-            return Err(Error::io("fsetxattr and fsync", path, e));
+            return Err(Error::io("set the checksum attribute and fsync", path, e));
         }
         file.close().await.map_err(|e| Error::io("close", path, e))
     }

@@ -34,6 +34,12 @@
 //! a blocking `openat2` for a directory listing, and `eventfd` itself have
 //! no io_uring opcode (or no caller that can await); each is a single
 //! short syscall. The instance lock is the storage layer's `flock`.
+//!
+//! `fsetxattr` and `fgetxattr` (an object's checksum attribute) are made
+//! directly too, although io_uring has opcodes for them: those need Linux
+//! 5.19, and each call here is one small attribute in the inode, set right
+//! before an `fsync` the caller waits for anyway, or read beside a read
+//! of the whole object.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
@@ -722,8 +728,8 @@ pub(crate) fn set_xattr(fd: RawFd, name: &str, value: &[u8]) -> io::Result<()> {
 }
 
 /// `fgetxattr(2)` of `name` on `fd`: `None` if the file has no such
-/// attribute. A value longer than [`XATTR_VALUE_BYTES_MAX`] comes back
-/// empty (it is none the cache wrote; the caller's decode refuses it).
+/// attribute. A value longer than [`XATTR_VALUE_BYTES_MAX`] is ERANGE (it
+/// is none the cache wrote).
 pub(crate) fn get_xattr(fd: RawFd, name: &str) -> io::Result<Option<Vec<u8>>> {
     let name = cstring(name)?;
     let mut value = vec![0u8; XATTR_VALUE_BYTES_MAX];
@@ -734,7 +740,6 @@ pub(crate) fn get_xattr(fd: RawFd, name: &str) -> io::Result<Option<Vec<u8>>> {
         let error = io::Error::last_os_error();
         return match error.raw_os_error() {
             Some(libc::ENODATA) => Ok(None),
-            Some(libc::ERANGE) => Ok(Some(Vec::new())),
             _ => Err(error),
         };
     }

@@ -67,6 +67,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use ringstore_journal::storage::errno;
+
 use crate::cache::{Cache, Object};
 use crate::disk::{CacheDisk, RootedDisk};
 use crate::error::{Error, Result};
@@ -215,10 +217,10 @@ impl<S: CacheDisk> Tiered<S> {
         if !self.download(&full).await? {
             return Ok(None);
         }
-        if let Some(object) = self.cache.get(&full).await? {
+        if let Some(object) = self.cached(&full).await? {
             return Ok(Some(object));
         }
-        // Trimmed between the commit and the read (a cache under heavy
+        // Trimmed (or found damaged) between the commit and the read (a cache under heavy
         // pressure): serve it from memory this once.
         let bytes_max = self.cache.stats().bytes_limit;
         match self.remote.get_bytes(&full, bytes_max).await {
@@ -232,12 +234,15 @@ impl<S: CacheDisk> Tiered<S> {
     /// the local path of its object, for callers that read it in place
     /// (mmap, sendfile). `Ok(None)` if the store has no such object. The
     /// path is valid until the object is trimmed or invalidated; this call
-    /// does not count as an access for the trim order.
+    /// does not count as an access for the trim order. The cached copy is
+    /// read whole in steps and checked first (`Cache::check`): a damaged
+    /// one is replaced by a new download before its path is handed out.
     pub async fn get_path(&self, key: &str) -> Result<Option<PathBuf>> {
         let full = self.object_key(key)?;
-        // Read and checked once here (the caller reads the file itself):
-        // a damaged copy is replaced before its path is handed out.
-        if self.cache.contains(&full)? && self.cached(&full).await?.is_some() {
+        // Read in steps and checked here (the caller reads the file
+        // itself): a damaged copy is replaced before its path is handed out.
+        let checked = self.cache.check(&full).await;
+        if self.replaced_if_damaged(&full, checked).await? == Some(true) {
             add(&self.counters.hits, 1);
         } else if !self.download(&full).await? {
             return Ok(None);
@@ -245,19 +250,33 @@ impl<S: CacheDisk> Tiered<S> {
         Ok(Some(self.cache.objects_dir().join(&full)))
     }
 
-    /// The cached object at `full`, checked against its checksum. One
-    /// that fails the check (damaged, or without a checksum) is dropped
-    /// from the cache, logged and counted, and read as a miss: the store
-    /// holds the object, and the caller downloads it again.
+    /// The cached object at `full`, checked against its checksum (see
+    /// [`Tiered::replaced_if_damaged`]).
     async fn cached(&self, full: &str) -> Result<Option<Object>> {
-        match self.cache.get(full).await {
-            Err(error @ (Error::CorruptObject { .. } | Error::UnverifiableObject { .. })) => {
+        let got = self.cache.get(full).await;
+        Ok(self.replaced_if_damaged(full, got).await?.flatten())
+    }
+
+    /// A read of the cached copy of `full`: one that failed its check
+    /// (damaged, or without a checksum) or could not be read (EIO) is
+    /// dropped from the cache, logged and counted, and read as a miss
+    /// (`Ok(None)`): the store holds the object, and the caller downloads it
+    /// again.
+    async fn replaced_if_damaged<T>(&self, full: &str, read: Result<T>) -> Result<Option<T>> {
+        match read {
+            Ok(value) => Ok(Some(value)),
+            Err(error)
+                if matches!(
+                    &error,
+                    Error::CorruptObject { .. } | Error::UnverifiableObject { .. }
+                ) || matches!(&error, Error::Io { source, .. } if errno(source) == Some(libc::EIO)) =>
+            {
                 tracing::warn!(key = full, %error, "dropping the damaged cached copy; downloading the object again");
                 self.cache.invalidate(full).await?;
                 add(&self.counters.damaged_replaced, 1);
                 Ok(None)
             }
-            other => other,
+            Err(error) => Err(error),
         }
     }
 

@@ -108,8 +108,8 @@ fn every_object_written_or_adopted_carries_its_checksum() {
             &cache.get("adopted").await.unwrap().unwrap()[..],
             &adopted[..]
         );
-        // With the caller's digest, not read again; a digest of another
-        // size is not taken.
+        // With the caller's digest, not read again; a file of another size
+        // than the caller checked is refused.
         let vouched = dir_file(&objects, "vouched.bin", &bytes(5_000, 3));
         cache
             .adopt_checked("vouched", &vouched, FileDigest::of(&bytes(5_000, 3)))
@@ -117,11 +117,17 @@ fn every_object_written_or_adopted_carries_its_checksum() {
             .unwrap();
         assert_checksum(&vouched, &bytes(5_000, 3));
         let other = dir_file(&objects, "other.bin", &bytes(5_000, 4));
-        cache
+        match cache
             .adopt_checked("other", &other, FileDigest::of(&bytes(4_999, 4)))
             .await
-            .unwrap();
-        assert_checksum(&other, &bytes(5_000, 4));
+        {
+            Err(Error::Io {
+                op: "adopt", path, ..
+            }) => assert_eq!(path, other),
+            result => panic!("expected the adopt refused, got {result:?}"),
+        }
+        assert!(!cache.contains("other").unwrap());
+        assert_eq!(attribute(&other), None);
         assert_eq!(cache.stats().damaged_objects, 0);
         cache.shutdown().await.unwrap();
     });
@@ -236,6 +242,52 @@ fn the_checksum_is_durable_with_the_commit_on_the_simulated_disk() {
             cache.get("b").await,
             Err(Error::UnverifiableObject { .. })
         ));
+        cache.shutdown().await.unwrap();
+    });
+}
+
+/// A cache on a filesystem without user extended attributes is refused at
+/// open with `Error::NoExtendedAttributes`, before anything is written.
+/// Runs where `RINGSTORE_CACHE_NO_XATTR_DIR` names a directory on such a
+/// filesystem (e.g. `mount -t ramfs none <dir>`, as root); skipped
+/// otherwise.
+#[test]
+fn a_filesystem_without_extended_attributes_is_refused_at_open() {
+    let Some(dir) = std::env::var_os("RINGSTORE_CACHE_NO_XATTR_DIR") else {
+        return;
+    };
+    let root = PathBuf::from(dir).join("cache");
+    run(move || async move {
+        match Cache::builder(&root).open().await {
+            Err(Error::NoExtendedAttributes { path }) => assert_eq!(path, root),
+            other => panic!("expected NoExtendedAttributes, got {:?}", other.err()),
+        }
+        let objects = root.join("objects");
+        assert!(std::fs::read_dir(&objects).map_or(true, |mut d| d.next().is_none()));
+    });
+}
+
+/// A file the cache cannot label (the attribute refused: not the
+/// process's file, or a filesystem without them) is adopted by a copy,
+/// whose staging file gets the checksum; on the simulated disk, where the
+/// refusal is injected.
+#[test]
+fn a_file_that_cannot_carry_the_checksum_is_adopted_by_a_copy() {
+    run(|| async {
+        let disk = MemStorage::new();
+        let root = Path::new("/cache");
+        let outside = Path::new("/elsewhere/snapshot.bin");
+        let data = bytes(30_000, 8);
+        disk.insert_file(outside, data.clone());
+        let cache = Cache::builder(root)
+            .disk(disk.clone())
+            .open()
+            .await
+            .unwrap();
+        disk.fail_next_attribute_sets(1, libc::EPERM);
+        assert_eq!(cache.adopt("a", outside).await.unwrap(), Adopted::Copied);
+        assert_eq!(&cache.get("a").await.unwrap().unwrap()[..], &data[..]);
+        assert_eq!(cache.stats().adopted_copied, 1);
         cache.shutdown().await.unwrap();
     });
 }

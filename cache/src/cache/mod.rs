@@ -247,7 +247,8 @@ impl<S: CacheDisk> Cache<S> {
     /// [`Cache::adopt`] of a file whose size and CRC-32 the caller took as
     /// it read the whole file (an upload's check), recorded as the
     /// object's checksum without reading the file again. A file of another
-    /// size is read as by `adopt`.
+    /// size than `digest` is refused (`Error::Io`, op `adopt`): it is not
+    /// the file the caller checked.
     pub async fn adopt_checked(
         &self,
         key: &str,
@@ -262,6 +263,17 @@ impl<S: CacheDisk> Cache<S> {
         self.shared.check_open()?;
         let key = Key::new(key)?;
         self.shared.get(&key).await
+    }
+
+    /// Reads the cached object at `key` whole, in steps (none of it kept),
+    /// and checks it against its checksum, as `get` does: `Ok(false)` if it
+    /// is not cached, [`Error::CorruptObject`] or
+    /// [`Error::UnverifiableObject`] if it fails. Does not count as an
+    /// access. For callers that then read the file in place.
+    pub async fn check(&self, key: &str) -> Result<bool> {
+        self.shared.check_open()?;
+        let key = Key::new(key)?;
+        self.shared.check_cached(&key).await
     }
 
     /// True if `key` is cached. Does not count as an access.
@@ -600,25 +612,75 @@ impl<S: CacheDisk> Shared<S> {
         }
         let object = object?;
         let checksum = checksum.map_err(|e| Error::io("fgetxattr", &path, e))?;
-        self.check_object(key, &path, &object, checksum)?;
+        self.check_object(key, &path, FileDigest::of(&object), checksum)?;
         self.tracker.borrow_mut().touch(key.as_str());
         self.metrics.hits.inc();
         Ok(Some(object))
     }
 
-    /// `object`, read at `key`, against the checksum its file records: a
-    /// mismatch or no checksum is an error (counted and logged), never
-    /// served.
+    /// Reads the object at `key` in steps of [`CHECK_STEP_BYTES`] and checks
+    /// it against its checksum, keeping none of it and counting no access:
+    /// `Ok(false)` if it is not cached.
+    async fn check_cached(self: &Rc<Self>, key: &Key) -> Result<bool> {
+        if !self.tracker.borrow().contains(key.as_str()) {
+            return Ok(false);
+        }
+        let path = self.object_path(key.as_str());
+        let file = match self.disk.open_buffered(&path).await {
+            Ok(file) => file,
+            Err(e) if errno(&e) == Some(libc::ENOENT) => {
+                self.forget_if_missing(key).await?;
+                return Ok(false);
+            }
+            Err(e) => return Err(self.open_error(key, &path, e)),
+        };
+        let read = async {
+            let mut crc32 = crc32fast::Hasher::new();
+            let mut bytes = 0u64;
+            // Bounded by the file's size: a read of 0 bytes is its end.
+            loop {
+                let piece = file
+                    .read_at(bytes, CHECK_STEP_BYTES)
+                    .await
+                    .map_err(|e| Error::io("read", &path, e))?;
+                if piece.is_empty() {
+                    break;
+                }
+                crc32.update(&piece);
+                bytes += piece.len() as u64;
+            }
+            let checksum = self
+                .disk
+                .object_checksum(&file)
+                .await
+                .map_err(|e| Error::io("fgetxattr", &path, e))?;
+            let found = FileDigest {
+                bytes,
+                crc32: crc32.finalize(),
+            };
+            Ok::<_, Error>((found, checksum))
+        }
+        .await;
+        if let Err(error) = file.close().await {
+            tracing::debug!(%error, path = %path.display(), "closing a checked object");
+        }
+        let (found, checksum) = read?;
+        self.check_object(key, &path, found, checksum)?;
+        Ok(true)
+    }
+
+    /// What was read at `key` (`found`) against the checksum its file
+    /// records: a mismatch or no checksum is an error (counted and
+    /// logged), never served.
     fn check_object(
         &self,
         key: &Key,
         path: &Path,
-        object: &[u8],
+        found: FileDigest,
         checksum: Option<Vec<u8>>,
     ) -> Result<()> {
         let error = match checksum.as_deref().map(decode_object_checksum) {
             Some(Ok(expected)) => {
-                let found = FileDigest::of(object);
                 if found == expected {
                     return Ok(());
                 }
@@ -687,6 +749,9 @@ impl<S: CacheDisk> Shared<S> {
         }
     }
 }
+
+/// Bytes per read when [`Cache::check`] reads an object.
+pub const CHECK_STEP_BYTES: usize = 1 << 20;
 
 /// Reads a whole file whose size is probably `hint`, until a read returns
 /// 0 bytes. A short read is *not* EOF: Linux caps one read at `MAX_RW_COUNT`

@@ -1,7 +1,8 @@
 //! Opening a cache.
 //!
 //! 1. Create the root if needed, take the instance `flock`, check the layout
-//!    version.
+//!    version and that the filesystem has user extended attributes (every
+//!    object's checksum is one).
 //! 2. Load the tracker file; a missing, wrong-version or corrupt one is
 //!    ignored with a warning (access times then come from the disk).
 //! 3. Remove `tracker.tmp` (an interrupted persist) and walk `objects/`:
@@ -12,6 +13,7 @@
 //! 4. If the rebuilt usage is above the trim threshold, ask for a trim.
 
 use super::*;
+use crate::format::LAYOUT_FILE;
 
 impl<S: CacheDisk> Cache<S> {
     pub(crate) async fn open(builder: CacheBuilder<S>) -> Result<Cache<S>> {
@@ -25,6 +27,7 @@ impl<S: CacheDisk> Cache<S> {
             .await
             .map_err(|e| Error::io("mkdir", &root, e))?;
         let lock = fs::prepare_root(&disk, &root).await?;
+        check_attributes_supported(&disk, &root).await?;
         let bytes_limit = match cfg.bytes_limit {
             BytesLimit::Bytes(bytes) => bytes,
             BytesLimit::PercentOfFilesystem(percent) => {
@@ -167,5 +170,30 @@ impl<S: CacheDisk> CacheBuilder<S> {
     /// executor.
     pub async fn open(self) -> Result<Cache<S>> {
         Cache::open(self).await
+    }
+}
+
+/// Every object carries its checksum in an extended attribute: a
+/// filesystem without user attributes (tmpfs before Linux 6.6, some
+/// network and FUSE filesystems) is refused at open, before anything is
+/// written, rather than at every write and read. Asks for the attribute on
+/// the layout file, which has none: "no such attribute" is the answer of a
+/// filesystem that has them.
+async fn check_attributes_supported<S: CacheDisk>(disk: &S, root: &Path) -> Result<()> {
+    let layout = root.join(LAYOUT_FILE);
+    let file = disk
+        .open_buffered(&layout)
+        .await
+        .map_err(|e| Error::io("open", &layout, e))?;
+    let asked = disk.object_checksum(&file).await;
+    if let Err(error) = file.close().await {
+        tracing::debug!(%error, path = %layout.display(), "closing the layout file");
+    }
+    match asked {
+        Ok(_) => Ok(()),
+        Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => Err(Error::NoExtendedAttributes {
+            path: root.to_path_buf(),
+        }),
+        Err(e) => Err(Error::io("fgetxattr", layout, e)),
     }
 }

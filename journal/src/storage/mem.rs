@@ -263,7 +263,8 @@ struct FileData {
     /// Extended attributes as the process sees them
     /// ([`MemBufferedFile::set_attribute`]).
     attributes: BTreeMap<String, Vec<u8>>,
-    /// Those a crash keeps: the attributes at the file's last sync.
+    /// Those a crash keeps: the attributes at the file's last
+    /// [`MemBufferedFile::sync_all`] (an `fsync`; `fdatasync` leaves them).
     durable_attributes: BTreeMap<String, Vec<u8>>,
 }
 
@@ -360,6 +361,7 @@ struct Oneshots {
     fail_renames: Option<(u32, i32)>,
     fail_creates: Option<(u32, i32)>,
     fail_links: Option<(u32, i32)>,
+    fail_attribute_sets: Option<(u32, i32)>,
     /// The next read of this file that covers this offset returns this bit
     /// flipped there (once).
     flip_read: Option<(PathBuf, u64, u8)>,
@@ -766,6 +768,13 @@ impl MemStorage {
     /// The next `count` links fail with `errno`.
     pub fn fail_next_links(&self, count: u32, errno: i32) {
         self.fs.borrow_mut().oneshots.fail_links = Some((count, errno));
+    }
+
+    /// Fails the next `count` extended-attribute sets
+    /// ([`MemBufferedFile::set_attribute`]) with `errno` (EPERM: not the
+    /// process's file to label; EOPNOTSUPP: a filesystem without them).
+    pub fn fail_next_attribute_sets(&self, count: u32, errno: i32) {
+        self.fs.borrow_mut().oneshots.fail_attribute_sets = Some((count, errno));
     }
 
     /// The next read of `path` that covers byte `offset` returns bit `bit`
@@ -1290,14 +1299,35 @@ pub struct MemBufferedFile {
 impl MemBufferedFile {
     /// Sets the file's extended attribute `name` to `value`, as
     /// `fsetxattr(2)`: seen at once; a crash keeps it once the file is
-    /// synced (the model of a file's metadata under `fsync(2)`).
+    /// [`MemBufferedFile::sync_all`]ed, not after a plain `sync`.
     pub async fn set_attribute(&self, name: &str, value: &[u8]) -> io::Result<()> {
         self.file.begin().await?;
+        if let Some(err) = take_oneshot(
+            &mut self
+                .file
+                .storage
+                .fs
+                .borrow_mut()
+                .oneshots
+                .fail_attribute_sets,
+        ) {
+            return Err(err);
+        }
         self.file
             .data
             .borrow_mut()
             .attributes
             .insert(name.to_owned(), value.to_vec());
+        Ok(())
+    }
+
+    /// `fsync(2)`: the file's data, as [`BufferedFile::sync`]
+    /// (`fdatasync`), and its extended attributes, which `sync` does not
+    /// make durable (no data read needs them).
+    pub async fn sync_all(&self) -> io::Result<()> {
+        StorageFile::sync(&self.file).await?;
+        let mut data = self.file.data.borrow_mut();
+        data.durable_attributes = data.attributes.clone();
         Ok(())
     }
 
@@ -1520,7 +1550,6 @@ impl StorageFile for MemFile {
         for op in &unsynced {
             apply(&mut data.durable, op);
         }
-        data.durable_attributes = data.attributes.clone();
         Ok(())
     }
 
