@@ -12,7 +12,9 @@
 //! - **Staging files** ([`Cache::create_staging`]): `*.part` files created
 //!   with O_EXCL that reserve space in chunks as they grow and are committed
 //!   with `linkat` + `unlinkat` (io_uring), never overwriting an object.
-//! - **`put` / `get` / `contains` / `invalidate`**.
+//! - **`put` / `get` / `contains` / `invalidate`**, every object checked
+//!   on read against the size and CRC-32 its file carries (an extended
+//!   attribute): a damaged object is an error, never served.
 //! - **Trim** by least-recent access down to a low watermark, in the
 //!   background above a threshold, after ENOSPC, or on request.
 //! - **An access tracker** persisted periodically and at shutdown.

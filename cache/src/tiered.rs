@@ -20,7 +20,10 @@
 //! ([`Cache::create_staging`], `append` chunk by chunk as they arrive, so a
 //! large object is never all in memory), commits it, and returns it; later
 //! reads hit locally. Two concurrent misses of one key both download; the
-//! second commit finds the first's object and is dropped.
+//! second commit finds the first's object and is dropped. A cached copy
+//! that fails its checksum (or reads with EIO) is dropped, counted
+//! (`damaged_replaced`) and downloaded again: the store's copy is the one
+//! kept.
 //!
 //! # Writes: stage, upload, commit
 //!
