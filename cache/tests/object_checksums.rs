@@ -291,3 +291,55 @@ fn a_file_that_cannot_carry_the_checksum_is_adopted_by_a_copy() {
         cache.shutdown().await.unwrap();
     });
 }
+
+/// A cached copy that reads with EIO (a latent media error) is, to a
+/// `Tiered` view, damage like a checksum mismatch: `get` and `get_path`
+/// drop it, count it and download the object again (the simulated disk's
+/// unreadable sector; the store on the real disk).
+#[test]
+fn a_cached_copy_that_reads_with_eio_is_replaced_from_the_store() {
+    let dir = tempdir();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    run(move || async move {
+        let remote = ringstore_cache::Remote::local(&store).open().unwrap();
+        let disk = MemStorage::new();
+        let root = Path::new("/cache");
+        let cache = std::rc::Rc::new(
+            Cache::builder(root)
+                .disk(disk.clone())
+                .open()
+                .await
+                .unwrap(),
+        );
+        let domain = "7d3c1c1e-2f0b-4e1a-9a53-000000000001";
+        let tiered =
+            ringstore_cache::Tiered::new(std::rc::Rc::clone(&cache), remote.clone(), domain)
+                .unwrap();
+        let data = bytes(40_000, 6);
+        tiered.put("k", &data).await.unwrap();
+        tiered.put("p", &data).await.unwrap();
+        let cached = |key: &str| root.join("objects").join(tiered.object_key(key).unwrap());
+        assert!(disk.set_unreadable(&cached("k"), 20_000));
+        assert!(disk.set_unreadable(&cached("p"), 100));
+        assert_eq!(&tiered.get("k").await.unwrap().unwrap()[..], &data[..]);
+        let path = tiered.get_path("p").await.unwrap().unwrap();
+        assert_eq!(disk.file_bytes(&path).unwrap(), data);
+        let stats = tiered.stats();
+        assert_eq!(
+            (stats.damaged_replaced, stats.downloads),
+            (2, 2),
+            "{stats:?}"
+        );
+        // The new copies read: served from the cache.
+        assert_eq!(&tiered.get("k").await.unwrap().unwrap()[..], &data[..]);
+        assert_eq!(tiered.stats().downloads, 2);
+        drop(tiered);
+        std::rc::Rc::try_unwrap(cache)
+            .unwrap()
+            .shutdown()
+            .await
+            .unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}

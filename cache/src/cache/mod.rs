@@ -589,18 +589,9 @@ impl<S: CacheDisk> Shared<S> {
             self.metrics.misses.inc();
             return Ok(None);
         };
-        let path = self.object_path(key.as_str());
-        // The disk refuses anything but a regular file at the key (a FIFO
-        // planted there cannot block the open).
-        let file = match self.disk.open_buffered(&path).await {
-            Ok(file) => file,
-            Err(e) if errno(&e) == Some(libc::ENOENT) => {
-                // Removed behind our back (or by a trim that raced us).
-                self.forget_if_missing(key).await?;
-                self.metrics.misses.inc();
-                return Ok(None);
-            }
-            Err(e) => return Err(self.open_error(key, &path, e)),
+        let Some((file, path)) = self.open_object(key).await? else {
+            self.metrics.misses.inc();
+            return Ok(None);
         };
         let object = read_to_end(&file, bytes_hint, &path, self).await;
         let checksum = match &object {
@@ -625,14 +616,8 @@ impl<S: CacheDisk> Shared<S> {
         if !self.tracker.borrow().contains(key.as_str()) {
             return Ok(false);
         }
-        let path = self.object_path(key.as_str());
-        let file = match self.disk.open_buffered(&path).await {
-            Ok(file) => file,
-            Err(e) if errno(&e) == Some(libc::ENOENT) => {
-                self.forget_if_missing(key).await?;
-                return Ok(false);
-            }
-            Err(e) => return Err(self.open_error(key, &path, e)),
+        let Some((file, path)) = self.open_object(key).await? else {
+            return Ok(false);
         };
         let read = async {
             let mut crc32 = crc32fast::Hasher::new();
@@ -667,6 +652,22 @@ impl<S: CacheDisk> Shared<S> {
         let (found, checksum) = read?;
         self.check_object(key, &path, found, checksum)?;
         Ok(true)
+    }
+
+    /// Opens the object file of a tracked `key`: `None` if it is gone
+    /// (removed behind the cache's back, or by a trim that raced the read;
+    /// then forgotten). The disk refuses anything but a regular file at the
+    /// key (a FIFO planted there cannot block the open).
+    async fn open_object(&self, key: &Key) -> Result<Option<(S::Buffered, PathBuf)>> {
+        let path = self.object_path(key.as_str());
+        match self.disk.open_buffered(&path).await {
+            Ok(file) => Ok(Some((file, path))),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => {
+                self.forget_if_missing(key).await?;
+                Ok(None)
+            }
+            Err(e) => Err(self.open_error(key, &path, e)),
+        }
     }
 
     /// What was read at `key` (`found`) against the checksum its file
