@@ -101,9 +101,20 @@ pub struct EngineArgs {
     /// times (no submit, checkpoint-latency or recovery phases).
     #[arg(long, conflicts_with = "submit_only")]
     pub load_only: bool,
-    /// Rounds of `--submit-only` or `--load-only`.
+    /// Only the checkpoint-latency workload: the big state is built once,
+    /// then the idle latency and the latency during a checkpoint are
+    /// measured `--rounds` times (with `--snapshot-generations 2`, every
+    /// measured checkpoint prunes a snapshot of the whole state).
+    #[arg(long, conflicts_with_all = ["submit_only", "load_only"])]
+    pub latency_only: bool,
+    /// Rounds of `--submit-only`, `--load-only` or `--latency-only`.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Runs the shard's scrubbers (its snapshot and journal scrubbers,
+    /// `ShardBuilder::scrub_rate`) at this many bytes per second in the
+    /// checkpoint-latency workload [default: no scrubber].
+    #[arg(long)]
+    pub scrub_rate: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -435,13 +446,20 @@ fn run_checkpoint_latency(
 ) -> Result<(LatencyRun, LatencyRun, Duration)> {
     let dir = dir.to_owned();
     let (busy_write_percent, generations) = (args.busy_write_percent, args.snapshot_generations);
+    let scrub_rate = args.scrub_rate;
     on_reactor("rsb-engine-latency", move || async move {
         let policy = CheckpointPolicy {
             automatic: false,
             busy_write_percent,
             ..CheckpointPolicy::default()
         };
-        let builder = || shard_builder(&dir, policy.clone()).snapshot_generations(generations);
+        let builder = || {
+            let builder = shard_builder(&dir, policy.clone()).snapshot_generations(generations);
+            match scrub_rate {
+                Some(rate) => builder.scrub_rate(rate),
+                None => builder,
+            }
+        };
         let shard = builder().open().await?;
         prepare_topic(&shard).await?;
         // An idle checkpoint first, so that the ring holds what a shard
@@ -558,6 +576,9 @@ pub fn run(args: &EngineArgs) -> Result<()> {
     let state_bytes = args.state_mib.unwrap_or(if quick { 128 } else { 1024 }) << 20;
     if args.load_only {
         return run_load_only(args, state_bytes);
+    }
+    if args.latency_only {
+        return run_latency_only(args, state_bytes, duration);
     }
     let recovery_ops = args
         .recovery_ops
@@ -765,6 +786,39 @@ fn run_load_only(args: &EngineArgs, state_bytes: u64) -> Result<()> {
         fmt_ratio(median(&mut ratios))
     );
     Ok(())
+}
+
+fn run_latency_only(args: &EngineArgs, state_bytes: u64, duration: Duration) -> Result<()> {
+    let rounds = args.rounds.max(1);
+    let mut harness = Harness::new(&args.common.dir, 1 + u64::from(rounds))?;
+    harness.step(format!("state: building {} MiB", state_bytes >> 20));
+    let state_dir = harness.path("engine-state");
+    run_big_state_build_and_snapshot(&state_dir, state_bytes)?;
+    harness.bracket()?;
+    for round in 1..=rounds {
+        harness.step(format!(
+            "round {round}: latency without and during a checkpoint"
+        ));
+        let (quiet, during, checkpoint_time) = run_checkpoint_latency(&state_dir, duration, args)?;
+        let probes = harness.bracket()?;
+        let [probe_cells, _, reliable] = probes.cells();
+        let (quiet, during) = (quiet.2.summary(), during.2.summary());
+        println!(
+            "round {round}: during a {:.1} s checkpoint p99 {} us ({} of idle {} us), \
+             p999 {} us (idle {} us), max {} us (idle {} us); \
+             probes {probe_cells}, reliable {reliable}",
+            checkpoint_time.as_secs_f64(),
+            fmt_num(during.p99_us.round()),
+            fmt_ratio(during.p99_us / quiet.p99_us.max(f64::MIN_POSITIVE)),
+            fmt_num(quiet.p99_us.round()),
+            fmt_num(during.p999_us.round()),
+            fmt_num(quiet.p999_us.round()),
+            fmt_num(during.max_us.round()),
+            fmt_num(quiet.max_us.round()),
+        );
+    }
+    crate::harness::remove_path(&state_dir)?;
+    harness.finish(args.common.keep)
 }
 
 /// The median of `values` (sorted in place); 0 for none.

@@ -374,6 +374,7 @@ impl Storage for RootedDisk {
             kind,
             len: info.bytes,
             id: (info.dev, info.ino),
+            links: info.links,
             accessed_ms: info.accessed_ms,
         })
     }

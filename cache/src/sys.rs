@@ -558,6 +558,7 @@ impl Uring {
                     libc::STATX_TYPE
                         | libc::STATX_SIZE
                         | libc::STATX_INO
+                        | libc::STATX_NLINK
                         | libc::STATX_ATIME
                         | libc::STATX_MTIME,
                 )
@@ -575,6 +576,7 @@ impl Uring {
             bytes: statx.stx_size,
             dev: libc::makedev(statx.stx_dev_major, statx.stx_dev_minor),
             ino: statx.stx_ino,
+            links: u64::from(statx.stx_nlink),
             accessed_ms: ms_of(&statx.stx_atime).max(ms_of(&statx.stx_mtime)),
         })
     }
@@ -602,6 +604,8 @@ pub(crate) struct StatInfo {
     /// Device and inode: one file's identity, whatever its names.
     pub(crate) dev: u64,
     pub(crate) ino: u64,
+    /// Names the file has (hard links).
+    pub(crate) links: u64,
     /// max(atime, mtime), ms since the epoch.
     pub(crate) accessed_ms: u64,
 }

@@ -59,8 +59,10 @@ fn hung_server_times_out_promptly_without_blocking_the_reactor() {
         let elapsed = started.elapsed();
         assert!(elapsed >= timeout, "{elapsed:?}");
         assert!(elapsed < timeout * 5, "not prompt: {elapsed:?}");
+        // A blocked reactor makes at most one tick; a loaded machine may
+        // make fewer than the wait allows.
         assert!(
-            ticks.get() >= 10,
+            ticks.get() >= 3,
             "the reactor stalled: {} ticks",
             ticks.get()
         );
@@ -100,7 +102,7 @@ fn hung_server_times_out_promptly_without_blocking_the_reactor() {
             quick.head("a/key").await,
             Err(RemoteError::Timeout { .. })
         ));
-        assert!(started.elapsed() < Duration::from_millis(300));
+        assert!(started.elapsed() < Duration::from_secs(1));
         ticker.cancel().await;
         drop(tiered);
         Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();

@@ -44,12 +44,9 @@ fn waiting_past_the_deadline_times_out_without_blocking_the_reactor() {
         );
         assert!(waited >= wait, "{waited:?}");
         assert!(waited < wait + Duration::from_secs(2), "{waited:?}");
-        // The reactor ran the other task the whole time.
-        assert!(
-            ticks.get() >= 10,
-            "only {} ticks while waiting",
-            ticks.get()
-        );
+        // The reactor ran the other task the whole time (about 30 ticks;
+        // a blocked reactor makes at most one, a loaded machine fewer).
+        assert!(ticks.get() >= 3, "only {} ticks while waiting", ticks.get());
         drop(ticker);
         let stats = cache.stats();
         assert_eq!(

@@ -858,13 +858,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let protect_from = inner.journal.watermark();
         let keep = inner.config.snapshot_generations;
         // Old snapshots give their space back as retired segments do (0:
-        // at once), unless something else may read or share them: uploads
-        // and the cache's hard links with an object store, the scrubber.
+        // at once). The scrubber and the upload may be reading one: they
+        // tell a shrunk file from damage by its name being gone.
         let step_bytes = inner.journal.config().reclaim_step_bytes;
-        let in_steps = step_bytes > 0
-            && inner.config.upload_mode.is_none()
-            && inner.config.scrub_bytes_per_second.is_none();
-        let pruned = if in_steps {
+        let pruned = if step_bytes > 0 {
             let serving = || self.usable().is_ok();
             inner
                 .snapshots

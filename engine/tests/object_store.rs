@@ -73,6 +73,7 @@ conformance!(
     restore_refusals_are_typed_and_leave_nothing_behind,
     a_reset_numbers_above_every_key_of_the_domain_in_the_store,
     a_restore_numbers_above_a_restored_shard_whose_snapshot_never_went_up,
+    a_pruned_snapshot_leaves_its_cached_copy_whole,
 );
 
 fn settings(remote: &Remote) -> ObjectStoreSettings {
@@ -395,6 +396,68 @@ fn damaged_newest_object_falls_back_to_the_previous_generation(fixture: &Fixture
             .join(domain.to_string())
             .join(snapshot_key(newer));
         assert!(!cached.exists());
+        shard.close().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
+
+/// The regular files under `dir`, at any depth, that are the file `inode`.
+fn names_of_inode(dir: &Path, inode: u64) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else if meta.ino() == inode {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// An uploaded snapshot has a second name, the cache's hard link. A prune
+/// that gives old snapshots back in steps removes such a file whole
+/// (removing its name frees nothing) instead of shrinking it: the cached
+/// copy keeps every byte.
+fn a_pruned_snapshot_leaves_its_cached_copy_whole(fixture: &Fixture, dir: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let remote = fixture.remote();
+    let shard_dir = dir.join("shard");
+    run(move || async move {
+        let settings = settings(&remote);
+        let cache_dir = settings.cache_dir_for(&shard_dir);
+        let shard = Shard::<Metadata>::builder(&shard_dir)
+            .journal(|j| small_journal(j, 4096).reclaim_step_bytes(4096))
+            .snapshot_generations(2)
+            .object_store(settings)
+            .open()
+            .await
+            .unwrap();
+        create_streams(&shard, "first", 20).await;
+        let first = checkpoint_uploaded(&shard).await;
+        let path = shard_dir.join("snapshots").join(snapshot_file_name(first));
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 4096, "larger than a step: {}", bytes.len());
+        let cached = names_of_inode(&cache_dir, std::fs::metadata(&path).unwrap().ino());
+        assert_eq!(cached.len(), 1, "the cache links the uploaded file");
+        for round in 0..2 {
+            create_streams(&shard, &format!("later-{round}"), 3).await;
+            checkpoint_uploaded(&shard).await;
+        }
+        assert!(!path.exists(), "the first snapshot was pruned");
+        assert_eq!(shard.stats().snapshots_pruned, 1);
+        let now = std::fs::read(&cached[0]).unwrap();
+        assert!(
+            now == bytes,
+            "the cached copy changed: {} bytes, {} before",
+            now.len(),
+            bytes.len()
+        );
         shard.close().await.unwrap();
         remote.shutdown().await.unwrap();
     });

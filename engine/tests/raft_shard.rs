@@ -337,8 +337,19 @@ async fn a_salvaged_journal_leaves_the_node_awaiting_repair_until_waived() {
     assert_eq!(leader, None);
     node.stop().await.expect("a clean stop");
     let node = start_waiving(Some(below_term));
-    let (lifted, leader) = awaiting(&node).await;
+    let (lifted, mut leader) = awaiting(&node).await;
     assert_eq!(lifted, None, "the waiver of its term did not lift the mark");
+    // Elected in well under a second on an idle machine; a loaded one (an
+    // election timeout of up to 800 ms, a vote's fdatasync in a slow
+    // spell) may take longer: wait for it.
+    let started = std::time::Instant::now();
+    while leader.is_none() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        leader = node_status(node.addr)
+            .await
+            .expect("the node's status")
+            .leader;
+    }
     assert_eq!(leader, Some(1), "the waived node was not elected");
     let counter = node
         .client()

@@ -1,12 +1,17 @@
 //! `ShardBuilder::scrub_rate` on real files: the snapshot scrubber reports
 //! damage in a snapshot generation no open reads (the older one) once, with
 //! its file, while the journal's scrubber, started by the same setting,
-//! reads the journal without a word; without the setting neither runs.
+//! reads the journal without a word; without the setting neither runs; a
+//! snapshot pruned in steps while the scrubber reads it is not damage.
 mod common;
 use common::*;
 use ringstore::Shard;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// The scrub rate of the test that prunes a snapshot under the scrubber:
+/// slow enough that it sits in the middle of a 3 MiB file for a while.
+const SLOW_SCRUB_BYTES_PER_SECOND: u64 = 512 << 10;
 
 /// How long the test waits for scrub passes before it fails.
 const PASS_WAIT_MAX: Duration = Duration::from_secs(20);
@@ -118,6 +123,82 @@ fn without_a_scrub_rate_nothing_is_scrubbed() {
             (stats.journal.scrub_passes, stats.journal.scrub_bytes),
             (0, 0)
         );
+        shard.close().await.unwrap();
+    });
+}
+
+/// What this process's descriptors name (`/proc/self/fd`): a file renamed
+/// since it was opened shows its new name, one removed ends in
+/// " (deleted)".
+fn open_files() -> Vec<PathBuf> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .collect()
+}
+
+/// A checkpoint prunes the older snapshot in steps (renamed, then shrunk)
+/// while the scrubber is in the middle of reading it: the scrubber reads a
+/// file that shrank under it, sees that its name is gone, and reports
+/// nothing: a pruned file is no snapshot, and no open would read it.
+#[test]
+fn a_snapshot_pruned_in_steps_while_the_scrubber_reads_it_is_not_damage() {
+    let dir = temp_dir();
+    let path = dir.path().canonicalize().unwrap();
+    run(move || async move {
+        let shard = Shard::<Kv>::builder(&path)
+            .journal(|j| small_journal(j, 4096).reclaim_step_bytes(64 << 10))
+            .snapshot_generations(2)
+            .scrub_rate(SLOW_SCRUB_BYTES_PER_SECOND)
+            .open()
+            .await
+            .unwrap();
+        // About 3 MiB of state, so the scrubber takes seconds over it.
+        for key in 0..256u64 {
+            let value = value(key, 1, 12 << 10);
+            let put = KvCommand::Put { key, value };
+            shard.submit(put).await.unwrap().unwrap();
+        }
+        shard.checkpoint().await.unwrap();
+        let files = snapshot_files(&path);
+        assert_eq!(files.len(), 1, "{files:?}");
+        let older = files[0].clone();
+        assert!(std::fs::metadata(&older).unwrap().len() > 3 << 20);
+        wait_for("the scrubber reading the snapshot", || {
+            open_files().contains(&older)
+        })
+        .await;
+        // Two newer generations (the fewest kept): the second prunes it.
+        for n in 2..4 {
+            let put = KvCommand::Put {
+                key: 1,
+                value: value(1, n, 100),
+            };
+            shard.submit(put).await.unwrap().unwrap();
+            shard.checkpoint().await.unwrap();
+        }
+        assert!(!older.exists(), "the older snapshot was pruned");
+        // The scrubber holds it still, under no snapshot's name.
+        let snapshots = path.join("snapshots");
+        let held: Vec<_> = open_files()
+            .into_iter()
+            .filter(|f| f.starts_with(&snapshots) && !snapshot_files(&path).contains(f))
+            .collect();
+        assert_eq!(held.len(), 1, "{held:?}");
+        let passes = shard.stats().snapshot_scrub_passes;
+        wait_for("the scrubber's pass over the pruned file", || {
+            shard.stats().snapshot_scrub_passes > passes
+        })
+        .await;
+        let stats = shard.stats();
+        assert_eq!(stats.snapshots_pruned, 1, "{stats:?}");
+        assert_eq!(
+            stats.snapshot_scrub_damage,
+            0,
+            "{:?}",
+            shard.snapshot_scrub_damage()
+        );
+        assert_eq!(stats.snapshot_scrub_read_errors, 0, "{stats:?}");
         shard.close().await.unwrap();
     });
 }

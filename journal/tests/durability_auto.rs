@@ -266,7 +266,12 @@ fn a_power_cut_at_every_step_of_a_probing_open_loses_nothing() {
     let total = operations_of_a_probing_life();
     assert!(total > 20, "a probing life makes {total} operations");
     let mut recorded = 0;
-    for n in 1..=total {
+    // The probe's rounds are cut by time, so a life may make more
+    // operations than the counted one: cut further until a life keeps
+    // the record (bounded).
+    let mut n = 0;
+    while n < total || (recorded == 0 && n < total * 4) {
+        n += 1;
         let (tx, rx) = std::sync::mpsc::channel();
         run(move || async move {
             let mem = MemStorage::with_faults(n, FaultConfig::benign());
@@ -309,9 +314,9 @@ fn a_power_cut_at_every_step_of_a_probing_open_loses_nothing() {
     }
     // The cuts after the record's rename reached the disk keep it.
     assert!(recorded > 0, "no cut kept the record");
-    assert!(recorded < total, "every cut kept the record");
+    assert!(recorded < n, "every cut kept the record");
     println!(
-        "durability probe crash test: {total} power cuts ({recorded} kept the record), 0 violations"
+        "durability probe crash test: {n} power cuts ({recorded} kept the record), 0 violations"
     );
 }
 

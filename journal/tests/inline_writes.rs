@@ -56,14 +56,17 @@ fn small_writes_are_inline_and_survive_a_reopen_on_a_real_disk() {
             // with a write through io_uring, so that the reactor turns. On
             // a slow disk (its slow mode, or a loaded machine) inline
             // writes pause after the first slow one: then only the pause
-            // explains a minority of inline writes.
+            // explains a minority of inline writes. The write after one
+            // through io_uring starts a new run inline, so at least every
+            // other write is inline (exactly half when each inline write
+            // outlasts the run's time on a loaded machine).
             let (inline, writes, paused) = (
                 small.inline_writes - before.inline_writes,
                 small.writes - before.writes,
                 small.inline_write_pauses - before.inline_write_pauses,
             );
             assert!(
-                (inline * 2 > writes || paused > 0) && inline >= 1 && writes >= 20,
+                (inline * 2 >= writes || paused > 0) && inline >= 1 && writes >= 20,
                 "{durability:?}: {inline} of {writes} small writes inline, {paused} pauses"
             );
             ops.push((journal.append(&payload(99, LARGE)).await.unwrap(), LARGE));
@@ -154,7 +157,9 @@ fn a_failed_inline_write_or_sync_poisons_and_loses_nothing_acknowledged() {
             // A fresh run of inline writes, so the next one is inline.
             ringstore_journal::glommio_quirks::reactor_turn().await;
             let inline_before = journal.stats().inline_writes;
-            assert!(inline_before >= 3);
+            // At least the first was inline (the others too unless the
+            // thread was descheduled past the run's time between them).
+            assert!(inline_before >= 1);
             if fail_sync {
                 mem.fail_next_syncs(1, libc::EIO);
             } else {

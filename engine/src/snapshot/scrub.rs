@@ -21,8 +21,9 @@ use uuid::Uuid;
 const SCRUB_READ_BYTES: u64 = 1 << 20;
 
 /// Reads and verifies the snapshot file at `path`: its first damage, if
-/// any. `None` too when the file is gone (pruned meanwhile) or when
-/// `go_on` turns false between two reads (the shard is closing).
+/// any. `None` too when the file is gone (pruned meanwhile, even while it
+/// was read: see [`pruned_while_read`]) or when `go_on` turns false
+/// between two reads (the shard is closing).
 pub(crate) async fn scrub_snapshot<S: Storage>(
     storage: &S,
     path: &Path,
@@ -30,14 +31,37 @@ pub(crate) async fn scrub_snapshot<S: Storage>(
     pacer: &mut Pacer,
     go_on: &dyn Fn() -> bool,
 ) -> io::Result<Option<SnapshotDamage>> {
-    let file = match storage.open(path).await {
-        Ok(file) => file,
+    let opened =
+        async { io::Result::Ok((storage.stat(path).await?.id, storage.open(path).await?)) };
+    let (id, file) = match opened.await {
+        Ok(opened) => opened,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let result = scrub_open_file(&file, path, domain, pacer, go_on, None).await;
+    let mut result = scrub_open_file(&file, path, domain, pacer, go_on, None).await;
+    if matches!(result, Ok(Some(_))) && pruned_while_read(storage, path, id).await? {
+        result = Ok(None);
+    }
     let _ = file.close().await;
     result
+}
+
+/// Whether the snapshot file whose identity was `read` (stat before it was
+/// opened) no longer has its name `path`: a prune renames a file before it
+/// shrinks it ([`super::SnapshotStore::prune_in_steps`]), so damage read in
+/// a file whose name is gone may be the prune's, and the file is no
+/// snapshot any more. One still named is what an open would load: its
+/// damage is real.
+async fn pruned_while_read<S: Storage>(
+    storage: &S,
+    path: &Path,
+    read: (u64, u64),
+) -> io::Result<bool> {
+    match storage.stat(path).await {
+        Ok(named) => Ok(named.id != read),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads and verifies the snapshot file at `path` at full speed, as a
@@ -45,19 +69,24 @@ pub(crate) async fn scrub_snapshot<S: Storage>(
 /// damage, or the digest of every byte of the file as this check read it,
 /// which the upload then holds the bytes it sends to
 /// ([`ringstore_cache::Tiered::put_file_checked`]), so the store gets the
-/// bytes checked here or none. A file that is gone is an error
-/// (`NotFound`).
+/// bytes checked here or none. A file that is gone, before or while it is
+/// read ([`pruned_while_read`]), is an error (`NotFound`).
 pub(crate) async fn verify_snapshot_file<S: Storage>(
     storage: &S,
     path: &Path,
     domain: Option<Uuid>,
 ) -> io::Result<Result<FileDigest, SnapshotDamage>> {
+    let id = storage.stat(path).await?.id;
     let file = storage.open(path).await?;
     let mut pacer = Pacer::new(NonZeroU64::MAX);
     let mut digest = FileHasher::default();
     let result =
         scrub_open_file(&file, path, domain, &mut pacer, &|| true, Some(&mut digest)).await;
     let result = match result {
+        Ok(Some(_)) if pruned_while_read(storage, path, id).await? => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the snapshot was pruned while it was checked",
+        )),
         Ok(Some(damage)) => Ok(Err(damage)),
         // The bytes after the body (the zero padding) go up too.
         Ok(None) => match digest.finish(&file).await {
@@ -186,7 +215,58 @@ async fn scrub_open_file<F: StorageFile>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringstore_journal::storage::MemStorage;
+    use crate::snapshot::verify::tests::snapshot_bytes;
+    use ringstore_journal::storage::{FaultConfig, MemStorage};
+
+    /// A prune renames a snapshot and shrinks it while a check reads it
+    /// (after its first read, of 8): the check is told the file is gone (the
+    /// upload then skips it as superseded) and the scrubber says nothing,
+    /// where a file that shrank under its own name is damage to both.
+    #[test]
+    fn a_file_pruned_while_it_is_checked_is_gone_not_damaged() {
+        for renamed in [true, false] {
+            futures_lite::future::block_on(async {
+                let faults = FaultConfig {
+                    yield_rate: 1.0,
+                    ..FaultConfig::none()
+                };
+                let storage = MemStorage::with_faults(7, faults);
+                let path = Path::new("/snapshot-00000000000000000042.snap");
+                let body = vec![7u8; 8 * SCRUB_READ_BYTES as usize];
+                let domain = Uuid::from_u128(9);
+                storage.insert_file(path, snapshot_bytes(42, domain, &[("kv", &body)]));
+                let doomed = Path::new("/snapshot-00000000000000000042.snap.tmp");
+                let prune = async {
+                    while storage.bytes_read() == 0 {
+                        futures_lite::future::yield_now().await;
+                    }
+                    let name = if renamed {
+                        storage.rename(path, doomed).await.unwrap();
+                        doomed
+                    } else {
+                        path
+                    };
+                    let file = storage.open(name).await.unwrap();
+                    file.truncate(HEADER_BLOCK_BYTES + SCRUB_READ_BYTES)
+                        .await
+                        .unwrap();
+                    file.close().await.unwrap();
+                };
+                let check = verify_snapshot_file(&storage, path, Some(domain));
+                let (checked, ()) = futures_lite::future::zip(check, prune).await;
+                match checked {
+                    Err(e) if renamed => assert_eq!(e.kind(), io::ErrorKind::NotFound),
+                    Ok(Err(damage)) if !renamed => {
+                        assert!(
+                            matches!(damage.fault, crate::error::SnapshotFault::EndsInBody { .. }),
+                            "{damage}"
+                        )
+                    }
+                    other => panic!("renamed {renamed}: {other:?}"),
+                }
+            });
+        }
+    }
 
     /// The digest covers every byte of the file once, in order, whatever
     /// the check fed it (nothing, the first block, all but a tail that does

@@ -472,11 +472,13 @@ impl<S: Storage> SnapshotStore<S> {
     /// is removed whole when free space is under its size (the next
     /// checkpoint needs about as much).
     ///
-    /// Only for files nothing else reads or shares: a reader that opened
-    /// one would read a shrinking file as damage, and a second name (a
-    /// cache's hard link) would be shrunk with it. The shard uses it only
-    /// without an object store and without a snapshot scrubber, with the
-    /// snapshot directory held.
+    /// A file with a second name (a cache's hard link) is removed whole:
+    /// that frees nothing, and shrinking would shrink the other name's
+    /// file too. A reader that opened a file before it was renamed reads
+    /// a shrinking file, so a reader that finds damage in a snapshot
+    /// looks whether its name is still there before reporting it (the
+    /// shard's snapshot scrubber and upload do).
+    /// The shard calls it with the snapshot directory held.
     pub async fn prune_in_steps(
         &self,
         keep: usize,
@@ -553,6 +555,15 @@ impl<S: Storage> SnapshotStore<S> {
             .sync_dir(&self.dir)
             .await
             .map_err(|e| Error::io("fsync snapshot directory", &self.dir, e))?;
+        // A second name (the cache's hard link of an uploaded snapshot)
+        // keeps the file whole: removing this name frees nothing then, so
+        // there is nothing to give back in steps. Looked at after the
+        // rename, when no new link can be made by the snapshot's name.
+        match self.storage.stat(&doomed).await {
+            Ok(meta) if meta.links <= 1 => {}
+            Ok(_) => return Ok(doomed),
+            Err(e) => return Err(Error::io("stat old snapshot", &doomed, e)),
+        }
         let shrunk = async {
             let file = self.storage.open(&doomed).await?;
             let shrunk = shrink_in_steps(&file, len, step_bytes, keep_shrinking).await;

@@ -484,6 +484,12 @@ impl MemFs {
                     .any(|p| p != path && p.starts_with(path)))
     }
 
+    /// Names `file` has in the live tree (its hard links).
+    fn names_of(&self, file: &FileRef) -> u64 {
+        let names = self.live.files.values();
+        names.filter(|named| Rc::ptr_eq(named, file)).count() as u64
+    }
+
     /// ENOENT if a directory above `path` is not there, ENOTDIR if a file
     /// stands in its place.
     fn check_parents(&self, path: &Path) -> io::Result<()> {
@@ -1172,6 +1178,7 @@ impl Storage for MemStorage {
                 kind: EntryKind::File,
                 len: file.borrow().live.len() as u64,
                 id: mem_file_id(file),
+                links: fs.names_of(file),
                 accessed_ms: 0,
             });
         }
@@ -1185,6 +1192,7 @@ impl Storage for MemStorage {
                 // Directories have no file to point at: their path names
                 // them (a rename of a directory is not modelled).
                 id: (1, hasher.finish()),
+                links: 1,
                 accessed_ms: 0,
             });
         }
@@ -1369,6 +1377,7 @@ impl BufferedFile for MemBufferedFile {
             kind: EntryKind::File,
             len: self.file.data.borrow().live.len() as u64,
             id: mem_file_id(&self.file.data),
+            links: self.file.storage.fs.borrow().names_of(&self.file.data),
             accessed_ms: 0,
         })
     }

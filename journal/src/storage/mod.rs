@@ -261,6 +261,9 @@ pub struct FileMeta {
     /// The same for every name of one file (hard links), different for two
     /// files that exist at once (on real disks: device and inode).
     pub id: (u64, u64),
+    /// Names the file has (hard links; 1 for a directory in the simulated
+    /// disk, what the filesystem says on real ones).
+    pub links: u64,
     /// The later of its last access and last change, in milliseconds since
     /// the Unix epoch (0 where the disk keeps no times: the simulated one).
     pub accessed_ms: u64,
@@ -287,6 +290,7 @@ impl From<&std::fs::Metadata> for FileMeta {
             kind,
             len: meta.len(),
             id: (meta.dev(), meta.ino()),
+            links: meta.nlink(),
             accessed_ms: ms(meta.accessed()).max(ms(meta.modified())),
         }
     }
