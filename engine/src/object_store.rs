@@ -28,9 +28,9 @@
 //! than the newest uploaded one it uploads that file
 //! ([`Tiered::put_file_checked`]: upload, then a hard link into the cache,
 //! no copy). Only the newest is
-//! ever uploaded: one superseded before its turn (or pruned locally first)
-//! is skipped, since the newer snapshot covers its ops; a slow store costs
-//! staleness, never a queue.
+//! ever uploaded: one superseded before its turn (or pruned locally first,
+//! or while it is checked or sent) is skipped, since the newer snapshot
+//! covers its ops; a slow store costs staleness, never a queue.
 //!
 //! Before an upload the file is read back through the shard's storage and
 //! every checksum verified (the store's copy is what the watermark and a

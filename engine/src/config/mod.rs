@@ -227,7 +227,9 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
     /// `ringstore_snapshot_scrub_damage_total`; the journal's in
     /// `ShardStats::journal`), never repaired: a read of a damaged entry
     /// fails, an open passes over a damaged snapshot, an upload refuses
-    /// it. Default 0: no scrubbing.
+    /// it. A snapshot pruned while the scrubber reads it (renamed, then
+    /// shrunk in steps) is no snapshot any more and not reported. Default
+    /// 0: no scrubbing.
     pub fn scrub_rate(mut self, bytes_per_second: u64) -> Self {
         self.scrub_bytes_per_second = std::num::NonZeroU64::new(bytes_per_second);
         self
