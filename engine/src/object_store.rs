@@ -41,7 +41,11 @@
 //! file is compared with them before the object is completed, and a file
 //! that reads otherwise (damaged or changed since the check) is not stored
 //! (`RemoteError::SourceChanged`, logged and counted as a failure; the
-//! next attempt checks the file again).
+//! next attempt checks the file again), unless its name is gone: then a
+//! prune took it while it was read, and it is skipped as superseded. A
+//! prune removes the file an upload reads whole rather than in steps
+//! (`ShardHooks::snapshot_in_use`): the cache may link it by the
+//! descriptor the upload opened.
 //!
 //! Every request carries the [`Remote`]'s deadline. A failed attempt is
 //! counted (`snapshot_upload_failures` in [`ShardStats`], the
@@ -218,6 +222,9 @@ pub(crate) struct ShardObjects {
     tiered: RefCell<Option<Rc<Tiered>>>,
     /// Newest snapshot op known to be in the store (0: none known).
     uploaded: Cell<u64>,
+    /// The snapshot an upload is reading (and the cache may link by its
+    /// descriptor): a prune removes it whole.
+    uploading: Cell<Option<u64>>,
     /// A snapshot op not to retry (its key holds another object, or its
     /// file is gone): the next snapshot is uploaded instead.
     not_retried: Cell<u64>,
@@ -256,6 +263,7 @@ impl ShardObjects {
             cache: RefCell::new(Some(cache)),
             tiered: RefCell::new(Some(Rc::new(tiered))),
             uploaded: Cell::new(0),
+            uploading: Cell::new(None),
             not_retried: Cell::new(0),
             pending_since: Cell::new(None),
             wanted: Event::new(),
@@ -324,6 +332,10 @@ impl<M: StateMachine, S: Storage> ShardHooks<M, S> for ShardObjects {
 
     fn watermark_limit(&self) -> Option<u64> {
         self.gate()
+    }
+
+    fn snapshot_in_use(&self) -> Option<u64> {
+        self.uploading.get()
     }
 
     /// The shard joined another domain (a reset): its keys go under that
@@ -717,6 +729,23 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
 
 /// The upload task (see the module docs): runs until the shard closes, is
 /// poisoned or goes away.
+/// Marks the snapshot an upload reads ([`ShardObjects::uploading`]) for as
+/// long as it lives, the upload's future dropped midway included.
+struct Uploading<'a>(&'a Cell<Option<u64>>);
+
+impl<'a> Uploading<'a> {
+    fn begin(uploading: &'a Cell<Option<u64>>, op: u64) -> Self {
+        uploading.set(Some(op));
+        Uploading(uploading)
+    }
+}
+
+impl Drop for Uploading<'_> {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
+}
+
 async fn run_uploads<M: StateMachine, S: Storage>(weak: WeakShard<M, S>) {
     // Built at the first failure: the settings live on the shard.
     let mut backoff: Option<Backoff> = None;
@@ -758,7 +787,11 @@ async fn run_uploads<M: StateMachine, S: Storage>(weak: WeakShard<M, S>) {
             objects.settings.upload_backoff_min,
             objects.settings.upload_backoff_max,
         );
-        match shard.upload_snapshot(objects, op).await {
+        let uploaded = {
+            let _reading = Uploading::begin(&objects.uploading, op);
+            shard.upload_snapshot(objects, op).await
+        };
+        match uploaded {
             Upload::Uploaded(bytes) => {
                 if let Some(backoff) = &mut backoff {
                     backoff.reset();

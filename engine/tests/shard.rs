@@ -638,3 +638,75 @@ fn a_cancelled_submit_or_checkpoint_does_not_stall_the_shard() {
         shard.close().await.unwrap();
     });
 }
+
+/// Submits that fill the ring while a checkpoint prunes an old snapshot in
+/// steps end the steps (the rest of the file goes at once) and move the
+/// watermark on to the new snapshot when the prune is done: they resolve,
+/// where they would otherwise wait for a checkpoint that nothing starts.
+#[test]
+fn submits_that_fill_the_ring_during_a_prune_in_steps_are_not_left_waiting() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let shard = Shard::<Kv>::builder(&path)
+            .journal(|j| small_journal(j, 4096).reclaim_step_bytes(64 << 10))
+            .snapshot_generations(2)
+            .checkpoint_policy(CheckpointPolicy {
+                automatic: false,
+                ring_full_wait_max: Duration::from_secs(5),
+                ..CheckpointPolicy::default()
+            })
+            .open()
+            .await
+            .unwrap();
+        let put = |key: u64, len: usize| KvCommand::Put {
+            key,
+            value: value(key, 1, len),
+        };
+        let submit_all = |keys: std::ops::Range<u64>, len: usize| {
+            let tasks: Vec<_> = keys
+                .map(|key| {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move { shard.submit(put(key, len)).await })
+                })
+                .collect();
+            async move {
+                for task in tasks {
+                    task.await.unwrap().unwrap();
+                }
+            }
+        };
+        // About 3 MiB of state: its snapshot takes 48 steps to give back.
+        submit_all(0..256, 12 << 10).await;
+        let oldest = shard
+            .checkpoint()
+            .await
+            .unwrap()
+            .snapshot
+            .unwrap()
+            .watermark;
+        shard.submit(put(256, 8)).await.unwrap().unwrap();
+        shard.checkpoint().await.unwrap();
+        // Half the ring above the newest snapshot: the next checkpoint
+        // keeps the previous snapshot's ops (the ring is not short).
+        submit_all(1000..3000, 8).await;
+        let checkpoint = {
+            let shard = shard.clone();
+            glommio::spawn_local(async move { shard.checkpoint().await })
+        };
+        let doomed = path
+            .join("snapshots")
+            .join(format!("snapshot-{oldest:020}.snap.tmp"));
+        until("the prune in steps of the oldest snapshot", || {
+            doomed.exists()
+        })
+        .await;
+        // Fill the ring while it runs.
+        let filling = submit_all(10_000..12_200, 8);
+        filling.await;
+        assert!(shard.stats().ring_full_waits >= 1, "{:?}", shard.stats());
+        checkpoint.await.unwrap();
+        assert_eq!(shard.stats().snapshots_pruned, 1);
+        shard.close().await.unwrap();
+    });
+}

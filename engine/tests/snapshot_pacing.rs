@@ -5,13 +5,14 @@
 //! arithmetic; a removal (`SnapshotStore::prune_in_steps`) that gives the
 //! space back a step at a time, never leaves a shrunk file under a
 //! snapshot's name whatever step a power cut hits, and removes whole when
-//! space is short, the shard stops serving or the file fits in a step.
+//! space is short, the shard stops serving, the file fits in a step, has
+//! a second name or is in use.
 mod common;
 use common::*;
 use ringstore::machine::{EncodeError, EncodeProgress, FrozenSection, SectionEncoder};
 use ringstore::snapshot::store::{PACING_PAUSE_MAX, WRITE_CHUNK_BUSY_BYTES, WRITE_CHUNK_BYTES};
-use ringstore::snapshot::{Pacing, SnapshotMeta, SnapshotStore};
-use ringstore_journal::storage::MemStorage;
+use ringstore::snapshot::{snapshot_file_name, Pacing, SnapshotMeta, SnapshotStore};
+use ringstore_journal::storage::{MemStorage, Storage};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -240,7 +241,7 @@ fn pruning_in_steps_shrinks_the_old_files_then_removes_them() {
         let running = Rc::new(Cell::new(true));
         let (seen, watcher) = watch_lengths(&storage, running.clone());
         let removed = store
-            .prune_in_steps(1, 30, PRUNE_STEP_BYTES, &|| true)
+            .prune_in_steps(1, 30, PRUNE_STEP_BYTES, &|| true, &|_| false)
             .await
             .unwrap();
         running.set(false);
@@ -262,11 +263,19 @@ fn pruning_in_steps_shrinks_the_old_files_then_removes_them() {
 }
 
 #[test]
-fn pruning_removes_whole_when_space_is_short_the_shard_stops_or_the_file_is_small() {
+fn pruning_removes_whole_when_space_is_short_the_shard_stops_the_file_is_small_linked_or_in_use() {
     run(|| async {
-        for case in ["space is short", "not serving", "file within a step"] {
+        let cases = [
+            "space is short",
+            "not serving",
+            "file within a step",
+            "linked",
+            "in use",
+        ];
+        for case in cases {
             let storage = MemStorage::new();
             let store = store_with_three(&storage).await;
+            let in_use = case == "in use";
             let (keep, step_bytes, serving) = match case {
                 // Less free space than one snapshot file holds (one is
                 // pruned: a second would find the first one's space free).
@@ -281,12 +290,23 @@ fn pruning_removes_whole_when_space_is_short_the_shard_stops_or_the_file_is_smal
                     (2, PRUNE_STEP_BYTES, true)
                 }
                 "not serving" => (1, PRUNE_STEP_BYTES, false),
-                _ => (1, 4 * BODY_BYTES as u64, true),
+                "file within a step" => (1, 4 * BODY_BYTES as u64, true),
+                // A second name for each old file, as the cache's hard
+                // link of an uploaded snapshot: the files stay whole.
+                "linked" => {
+                    for (op, _) in store.generations().unwrap().into_iter().take(2) {
+                        let path = store.dir().join(snapshot_file_name(op));
+                        let link = store.dir().join(format!("linked-{op}"));
+                        storage.link(&path, &link).await.unwrap();
+                    }
+                    (1, PRUNE_STEP_BYTES, true)
+                }
+                _ => (1, PRUNE_STEP_BYTES, true),
             };
             let running = Rc::new(Cell::new(true));
             let (seen, watcher) = watch_lengths(&storage, running.clone());
             let removed = store
-                .prune_in_steps(keep, 30, step_bytes, &|| serving)
+                .prune_in_steps(keep, 30, step_bytes, &|| serving, &|_| in_use)
                 .await
                 .unwrap();
             running.set(false);
@@ -308,7 +328,7 @@ fn a_power_cut_at_every_step_of_pruning_leaves_no_shrunk_snapshot() {
             let store = store_with_three(&storage).await;
             storage.cut_power_after_ops(cut_at);
             let pruned = store
-                .prune_in_steps(1, 30, PRUNE_STEP_BYTES, &|| true)
+                .prune_in_steps(1, 30, PRUNE_STEP_BYTES, &|| true, &|_| false)
                 .await;
             let finished = !storage.power_is_cut();
             storage.crash();

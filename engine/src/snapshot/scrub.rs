@@ -31,36 +31,58 @@ pub(crate) async fn scrub_snapshot<S: Storage>(
     pacer: &mut Pacer,
     go_on: &dyn Fn() -> bool,
 ) -> io::Result<Option<SnapshotDamage>> {
-    let opened =
-        async { io::Result::Ok((storage.stat(path).await?.id, storage.open(path).await?)) };
-    let (id, file) = match opened.await {
-        Ok(opened) => opened,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    let Some((id, file)) = open_named(storage, path).await? else {
+        return Ok(None);
     };
-    let mut result = scrub_open_file(&file, path, domain, pacer, go_on, None).await;
-    if matches!(result, Ok(Some(_))) && pruned_while_read(storage, path, id).await? {
-        result = Ok(None);
-    }
+    let result = match scrub_open_file(&file, path, domain, pacer, go_on, None).await {
+        Ok(None) => Ok(None),
+        _ if pruned_while_read(storage, path, id).await => Ok(None),
+        other => other,
+    };
     let _ = file.close().await;
     result
 }
 
-/// Whether the snapshot file whose identity was `read` (stat before it was
-/// opened) no longer has its name `path`: a prune renames a file before it
-/// shrinks it ([`super::SnapshotStore::prune_in_steps`]), so damage read in
-/// a file whose name is gone may be the prune's, and the file is no
-/// snapshot any more. One still named is what an open would load: its
-/// damage is real.
-async fn pruned_while_read<S: Storage>(
+/// Opens the snapshot at `path`, with the identity of the file opened
+/// (stat before and after the open agree on it): `None` when the name is
+/// gone, or named another file in between (a prune, or a newer file put
+/// there), so there is nothing of that name to check now.
+async fn open_named<S: Storage>(
     storage: &S,
     path: &Path,
-    read: (u64, u64),
-) -> io::Result<bool> {
-    match storage.stat(path).await {
-        Ok(named) => Ok(named.id != read),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+) -> io::Result<Option<((u64, u64), S::File)>> {
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    let before = match storage.stat(path).await {
+        Ok(meta) => meta.id,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let file = match storage.open(path).await {
+        Ok(file) => file,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let still = match storage.stat(path).await {
+        Ok(after) if after.id == before => return Ok(Some((before, file))),
+        Ok(_) => Ok(None),
+        Err(e) if gone(&e) => Ok(None),
         Err(e) => Err(e),
+    };
+    let _ = file.close().await;
+    still
+}
+
+/// Whether the snapshot file `read` (its identity when it was opened) no
+/// longer has its name `path`: a prune renames a file before it shrinks it
+/// ([`super::SnapshotStore::prune_in_steps`]), so what a read of a file
+/// whose name is gone found wrong (damage, a short read, an error) may be
+/// the prune's, and the file is no snapshot any more. One still named is
+/// what an open would load: what was found there stands, and so it does
+/// when the name cannot be looked up.
+async fn pruned_while_read<S: Storage>(storage: &S, path: &Path, read: (u64, u64)) -> bool {
+    match storage.stat(path).await {
+        Ok(named) => named.id != read,
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
     }
 }
 
@@ -76,24 +98,28 @@ pub(crate) async fn verify_snapshot_file<S: Storage>(
     path: &Path,
     domain: Option<Uuid>,
 ) -> io::Result<Result<FileDigest, SnapshotDamage>> {
-    let id = storage.stat(path).await?.id;
-    let file = storage.open(path).await?;
-    let mut pacer = Pacer::new(NonZeroU64::MAX);
-    let mut digest = FileHasher::default();
-    let result =
-        scrub_open_file(&file, path, domain, &mut pacer, &|| true, Some(&mut digest)).await;
-    let result = match result {
-        Ok(Some(_)) if pruned_while_read(storage, path, id).await? => Err(io::Error::new(
+    let pruned = || {
+        io::Error::new(
             io::ErrorKind::NotFound,
             "the snapshot was pruned while it was checked",
-        )),
-        Ok(Some(damage)) => Ok(Err(damage)),
-        // The bytes after the body (the zero padding) go up too.
-        Ok(None) => match digest.finish(&file).await {
-            Ok(digest) => Ok(Ok(digest)),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
+        )
+    };
+    let Some((id, file)) = open_named(storage, path).await? else {
+        return Err(pruned());
+    };
+    let mut pacer = Pacer::new(NonZeroU64::MAX);
+    let mut digest = FileHasher::default();
+    let checked = async {
+        match scrub_open_file(&file, path, domain, &mut pacer, &|| true, Some(&mut digest)).await? {
+            Some(damage) => Ok(Err(damage)),
+            // The bytes after the body (the zero padding) go up too.
+            None => Ok(Ok(digest.finish(&file).await?)),
+        }
+    };
+    let result = match checked.await {
+        Ok(Ok(digest)) => Ok(Ok(digest)),
+        _ if pruned_while_read(storage, path, id).await => Err(pruned()),
+        other => other,
     };
     let _ = file.close().await;
     result

@@ -468,13 +468,15 @@ impl<S: Storage> SnapshotStore<S> {
     /// name and the rename synced, so no snapshot's name ever holds a
     /// shrunk file (a crash leaves a temporary file, which
     /// [`SnapshotStore::open`] removes). The rest of a file is removed
-    /// whole once `keep_shrinking()` says so (a closing shard), and a file
+    /// whole once `keep_shrinking()` turns false (the shard's: when it
+    /// closes, and when submits wait for ring slots), and a file
     /// is removed whole when free space is under its size (the next
     /// checkpoint needs about as much).
     ///
     /// A file with a second name (a cache's hard link) is removed whole:
     /// that frees nothing, and shrinking would shrink the other name's
-    /// file too. A reader that opened a file before it was renamed reads
+    /// file too. So is one `in_use` names (the snapshot an upload reads,
+    /// which the cache may link by its descriptor after the rename). A reader that opened a file before it was renamed reads
     /// a shrinking file, so a reader that finds damage in a snapshot
     /// looks whether its name is still there before reporting it (the
     /// shard's snapshot scrubber and upload do).
@@ -485,16 +487,21 @@ impl<S: Storage> SnapshotStore<S> {
         protect_from: u64,
         step_bytes: u64,
         keep_shrinking: &dyn Fn() -> bool,
+        in_use: &dyn Fn(u64) -> bool,
     ) -> Result<usize> {
-        self.prune_with(keep, protect_from, Some((step_bytes, keep_shrinking)))
-            .await
+        let in_steps = InSteps {
+            step_bytes,
+            keep_shrinking,
+            in_use,
+        };
+        self.prune_with(keep, protect_from, Some(in_steps)).await
     }
 
     async fn prune_with(
         &self,
         keep: usize,
         protect_from: u64,
-        in_steps: Option<(u64, &dyn Fn() -> bool)>,
+        in_steps: Option<InSteps<'_>>,
     ) -> Result<usize> {
         let generations = self.generations()?;
         let excess = generations.len().saturating_sub(keep);
@@ -503,12 +510,11 @@ impl<S: Storage> SnapshotStore<S> {
             if op >= protect_from {
                 continue;
             }
-            let path = match in_steps {
-                Some((step_bytes, keep_shrinking)) => {
-                    self.shrink_doomed(op, &path, step_bytes, keep_shrinking)
-                        .await?
+            let path = match &in_steps {
+                Some(in_steps) if !(in_steps.in_use)(op) => {
+                    self.shrink_doomed(op, &path, in_steps).await?
                 }
-                None => path,
+                _ => path,
             };
             self.storage
                 .remove(&path)
@@ -528,13 +534,8 @@ impl<S: Storage> SnapshotStore<S> {
     /// Renames the snapshot at `path` to its temporary name, durably, and
     /// shrinks it step by step; returns the path to remove. A file of at
     /// most `step_bytes`, or larger than the free space, is left as it is.
-    async fn shrink_doomed(
-        &self,
-        op: u64,
-        path: &Path,
-        step_bytes: u64,
-        keep_shrinking: &dyn Fn() -> bool,
-    ) -> Result<PathBuf> {
+    async fn shrink_doomed(&self, op: u64, path: &Path, in_steps: &InSteps<'_>) -> Result<PathBuf> {
+        let (step_bytes, keep_shrinking) = (in_steps.step_bytes, in_steps.keep_shrinking);
         let len = match self.storage.stat(path).await {
             Ok(meta) => meta.len,
             Err(e) => return Err(Error::io("stat old snapshot", path, e)),
@@ -561,8 +562,8 @@ impl<S: Storage> SnapshotStore<S> {
         // rename, when no new link can be made by the snapshot's name.
         match self.storage.stat(&doomed).await {
             Ok(meta) if meta.links <= 1 => {}
-            Ok(_) => return Ok(doomed),
-            Err(e) => return Err(Error::io("stat old snapshot", &doomed, e)),
+            // Removed whole, as a file that cannot be looked at is.
+            _ => return Ok(doomed),
         }
         let shrunk = async {
             let file = self.storage.open(&doomed).await?;
@@ -576,6 +577,16 @@ impl<S: Storage> SnapshotStore<S> {
         }
         Ok(doomed)
     }
+}
+
+/// How [`SnapshotStore::prune_in_steps`] gives space back.
+struct InSteps<'a> {
+    step_bytes: u64,
+    /// False once the shard stops serving: the rest goes at once.
+    keep_shrinking: &'a dyn Fn() -> bool,
+    /// Whether a reader that may link the file holds the snapshot at an
+    /// op: that file is removed whole.
+    in_use: &'a dyn Fn(u64) -> bool,
 }
 
 /// A persist step failed on `path`.
