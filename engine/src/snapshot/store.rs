@@ -469,7 +469,8 @@ impl<S: Storage> SnapshotStore<S> {
     /// shrunk file (a crash leaves a temporary file, which
     /// [`SnapshotStore::open`] removes). The rest of a file is removed
     /// whole once `keep_shrinking()` turns false (the shard's: when it
-    /// closes, and when submits wait for ring slots), and a file
+    /// stops serving, and when submits wait for ring slots that moving
+    /// the watermark cannot free), and a file
     /// is removed whole when free space is under its size (the next
     /// checkpoint needs about as much).
     ///
