@@ -727,8 +727,6 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     }
 }
 
-/// The upload task (see the module docs): runs until the shard closes, is
-/// poisoned or goes away.
 /// Marks the snapshot an upload reads ([`ShardObjects::uploading`]) for as
 /// long as it lives, the upload's future dropped midway included.
 struct Uploading<'a>(&'a Cell<Option<u64>>);
@@ -746,6 +744,8 @@ impl Drop for Uploading<'_> {
     }
 }
 
+/// The upload task (see the module docs): runs until the shard closes, is
+/// poisoned or goes away.
 async fn run_uploads<M: StateMachine, S: Storage>(weak: WeakShard<M, S>) {
     // Built at the first failure: the settings live on the shard.
     let mut backoff: Option<Backoff> = None;

@@ -835,8 +835,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     }
 
     /// Moves the watermark as far as [`Inner::watermark_target`] allows,
-    /// then prunes old local snapshots. Returns the watermark before and
-    /// the target. Only with the snapshot directory held (a checkpoint
+    /// then prunes old local snapshots, then moves it again (the target
+    /// may have moved while a prune in steps ran). Returns the watermark
+    /// before and the larger target. Only with the snapshot directory held (a checkpoint
     /// running, or [`Shard::hold_snapshots`]). An extension that raised its
     /// [`ShardHooks::watermark_limit`] calls it to report that the
     /// watermark may now advance.
@@ -890,9 +891,17 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             // and a checkpoint (submits failed with `Backpressure` after
             // 10 s in the bench, which starts no checkpoint of its own).
             let done = Cell::new(false);
+            // Stuck: submits wait, the watermark is at its target, and what
+            // holds it there is the newest snapshot, not an extension's
+            // limit (an upload that has not landed: the next checkpoint
+            // would free nothing either, so the steps go on).
             let ring_stuck = || {
+                let newest = inner.progress.borrow().snapshot.map_or(0, |s| s.watermark);
                 inner.progress.borrow().ring_waiters > 0
                     && inner.watermark_target() <= inner.journal.watermark()
+                    && inner
+                        .hooks_watermark_limit()
+                        .is_none_or(|limit| limit >= newest)
             };
             let keep_shrinking = || self.usable().is_ok() && !ring_stuck();
             let in_use = |op| inner.snapshot_in_use(op);
@@ -907,8 +916,12 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             let relieve = async {
                 while !done.get() {
                     if inner.progress.borrow().ring_waiters > 0 {
-                        // A failure poisons the shard (and ends the steps).
-                        let _ = self.advance_watermark().await;
+                        if let Err(error) = self.advance_watermark().await {
+                            // Left to the advance after the prune, which
+                            // reports it.
+                            tracing::warn!(%error, "moving the watermark during a prune failed");
+                            break;
+                        }
                     }
                     glommio::timer::sleep(PRUNE_RING_WATCH_INTERVAL).await;
                 }
@@ -1303,9 +1316,6 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
             || (ring_pressure && frees_slots)
     }
 
-    /// The smallest [`ShardHooks::watermark_limit`] of the extensions
-    /// (with object storage in `BeforeCompaction` mode: the newest
-    /// uploaded snapshot), which the watermark may not pass.
     /// Whether an extension is reading the snapshot at `op`
     /// ([`ShardHooks::snapshot_in_use`]).
     fn snapshot_in_use(&self, op: u64) -> bool {
@@ -1314,6 +1324,9 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
             .any(|hook| hook.snapshot_in_use() == Some(op))
     }
 
+    /// The smallest [`ShardHooks::watermark_limit`] of the extensions
+    /// (with object storage in `BeforeCompaction` mode: the newest
+    /// uploaded snapshot), which the watermark may not pass.
     fn hooks_watermark_limit(&self) -> Option<u64> {
         self.hooks
             .iter()

@@ -512,10 +512,8 @@ impl<S: Storage> SnapshotStore<S> {
                 continue;
             }
             let path = match &in_steps {
-                Some(in_steps) if !(in_steps.in_use)(op) => {
-                    self.shrink_doomed(op, &path, in_steps).await?
-                }
-                _ => path,
+                Some(in_steps) => self.shrink_doomed(op, &path, in_steps).await?,
+                None => path,
             };
             self.storage
                 .remove(&path)
@@ -560,7 +558,12 @@ impl<S: Storage> SnapshotStore<S> {
         // A second name (the cache's hard link of an uploaded snapshot)
         // keeps the file whole: removing this name frees nothing then, so
         // there is nothing to give back in steps. Looked at after the
-        // rename, when no new link can be made by the snapshot's name.
+        // rename, when no new link can be made by the snapshot's name, nor
+        // can a reader open it by that name; one that opened it before
+        // and may link it is `in_use`.
+        if (in_steps.in_use)(op) {
+            return Ok(doomed);
+        }
         match self.storage.stat(&doomed).await {
             Ok(meta) if meta.links <= 1 => {}
             // Removed whole, as a file that cannot be looked at is.
@@ -583,7 +586,8 @@ impl<S: Storage> SnapshotStore<S> {
 /// How [`SnapshotStore::prune_in_steps`] gives space back.
 struct InSteps<'a> {
     step_bytes: u64,
-    /// False once the shard stops serving: the rest goes at once.
+    /// False once the rest should go at once (the shard's: it stops
+    /// serving, or submits wait for slots only a checkpoint can free).
     keep_shrinking: &'a dyn Fn() -> bool,
     /// Whether a reader that may link the file holds the snapshot at an
     /// op: that file is removed whole.
