@@ -678,13 +678,8 @@ fn submits_that_fill_the_ring_during_a_prune_in_steps_are_not_left_waiting() {
         };
         // About 3 MiB of state: its snapshot takes 48 steps to give back.
         submit_all(0..256, 12 << 10).await;
-        let oldest = shard
-            .checkpoint()
-            .await
-            .unwrap()
-            .snapshot
-            .unwrap()
-            .watermark;
+        shard.checkpoint().await.unwrap();
+        let oldest = shard.snapshot_watermark();
         shard.submit(put(256, 8)).await.unwrap().unwrap();
         shard.checkpoint().await.unwrap();
         // Half the ring above the newest snapshot: the next checkpoint
