@@ -240,6 +240,23 @@ pub async fn check<S: Storage>(storage: &S, dir: &Path) {
         b"hello, World",
         "the other name stays"
     );
+    // A file whose every name is gone cannot be named again.
+    let nameless = dir.join("nameless");
+    write_file(storage, &nameless, b"gone").await;
+    let opened = storage
+        .open_buffered(&nameless)
+        .await
+        .expect("storage call");
+    storage.remove(&nameless).await.expect("storage call");
+    assert_eq!(
+        storage
+            .link_file(&opened, &dir.join("revived"))
+            .await
+            .expect_err("a nameless file is not linked")
+            .kind(),
+        ErrorKind::NotFound
+    );
+    opened.close().await.expect("storage call");
 
     // remove_dir: only an empty directory.
     let sub = dir.join("sub");

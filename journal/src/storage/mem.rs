@@ -1159,6 +1159,11 @@ impl Storage for MemStorage {
         if fs.live.files.contains_key(to) || fs.live.dirs.contains(to) {
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
         }
+        // linkat(2) refuses a file whose last name is gone: a removed file
+        // lives on only in its open descriptors.
+        if fs.names_of(&file.file.data) == 0 {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
         if trace_io() {
             eprintln!("    link {} -> {}", file.file.path.display(), to.display());
         }
