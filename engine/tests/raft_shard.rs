@@ -396,6 +396,23 @@ async fn salvage_refuses_a_journal_whose_owner_it_cannot_tell() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_purged_log_installs_the_leaders_snapshot() {
+    follower_catches_up_from_a_snapshot(false).await;
+}
+
+/// The leader's snapshot file is damaged at rest before it is sent: the
+/// leader does not send it (every follower would refuse it, and the one
+/// behind would never catch up), builds a new one from its state, which
+/// replaces the damaged file, and the follower installs that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_rebuilds_a_damaged_snapshot_rather_than_send_it() {
+    follower_catches_up_from_a_snapshot(true).await;
+}
+
+/// A follower stops, the others go on until the leader's log starts past
+/// everything it holds, and it comes back: only a snapshot brings it up to
+/// date. With `damage_leaders_snapshot`, a byte of the leader's newest
+/// snapshot file is flipped before the follower comes back.
+async fn follower_catches_up_from_a_snapshot(damage_leaders_snapshot: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -480,20 +497,46 @@ async fn a_follower_behind_the_purged_log_installs_the_leaders_snapshot() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let leader_snapshots = dir(leader).join("snapshots");
+    if damage_leaders_snapshot {
+        let newest = files_in(&leader_snapshots, ".snap")
+            .into_iter()
+            .max()
+            .expect("the leader has a snapshot");
+        // A byte of the first section.
+        flip(&newest, 4096 + 10);
+    }
     nodes.insert(
         follower,
         start_member(follower, &dir(follower), cluster, members.clone(), false),
     );
     let started = std::time::Instant::now();
     loop {
-        let leader = node_status(members[&1]).await.ok();
+        let leading = node_status(members[&leader]).await.ok();
         let behind = node_status(members[&follower]).await.ok();
-        if let (Some(leader), Some(behind)) = (leader, behind) {
+        if let (Some(leading), Some(behind)) = (leading, behind) {
             if behind.applied_index >= Some(COMMANDS) && behind.counter == COMMANDS {
                 assert!(
                     behind.snapshots_installed >= 1,
-                    "node {follower} caught up without a snapshot: {behind:?} (leader {leader:?})"
+                    "node {follower} caught up without a snapshot: {behind:?} (leader {leading:?})"
                 );
+                if damage_leaders_snapshot {
+                    assert!(
+                        leading.snapshots_rebuilt >= 1,
+                        "the leader rebuilt no snapshot: {leading:?}"
+                    );
+                    // The damaged file was replaced.
+                    let found = ringstore::snapshot::inspect::inspect_snapshot_dir(
+                        &leader_snapshots,
+                        ringstore::snapshot::Check::Full,
+                        None,
+                        &mut |_| {},
+                    )
+                    .expect("inspect the leader's snapshots");
+                    assert!(found.snapshots.iter().all(|s| s.is_intact()), "{found:#?}");
+                } else {
+                    assert_eq!(leading.snapshots_rebuilt, 0);
+                }
                 let largest = std::fs::read_dir(dir(follower).join("snapshots"))
                     .expect("list the snapshots")
                     .filter_map(|e| e.ok()?.metadata().ok())

@@ -4,10 +4,8 @@
 use super::error::RaftStoreError;
 use super::log::io_error;
 use super::reactor::ReactorThread;
-use super::shard::{op_of, remember, repeat, restore, CurrentSnapshot, RaftShard};
+use super::shard::{op_of, remember, repeat, restore, RaftShard};
 use super::types::{LogId, RaftTypes, Request, Response, SnapshotMeta, StoredMembership};
-use crate::config::CHECKPOINT_BUSY_WRITE_PERCENT_DEFAULT;
-use crate::snapshot::Pacing;
 use crate::{OpId, StateMachine};
 use futures_lite::StreamExt;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
@@ -63,6 +61,15 @@ impl<C: RaftTypes, M: StateMachine> RaftMachine<C, M> {
             .call(|shard| Box::pin(async move { shard.snapshots_installed.get() }))
             .await?)
     }
+
+    /// Snapshots built again since the open because the current one was
+    /// found damaged when it was to be sent to a follower.
+    pub async fn snapshots_rebuilt(&self) -> Result<u64, RaftStoreError> {
+        Ok(self
+            .thread
+            .call(|shard| Box::pin(async move { shard.snapshots_rebuilt.get() }))
+            .await?)
+    }
 }
 
 /// The snapshot a leader sends and a follower installs: the engine's
@@ -92,49 +99,10 @@ where
                     let (sections, meta) = shard.freeze();
                     let (done, persisted) = futures_channel::oneshot::channel();
                     glommio::spawn_local(async move {
-                        let op = meta.last_log_id.as_ref().map_or(0, |id| op_of(id.index));
-                        let term = meta.last_log_id.as_ref().map_or(0, |id| id.leader_id.term);
-                        let busy = || shard.appends_in_flight.get() > 0;
-                        let result = match shard
-                            .snapshots
-                            .persist_paced(
-                                sections,
-                                op,
-                                term,
-                                shard.domain,
-                                Pacing::new(&busy, CHECKPOINT_BUSY_WRITE_PERCENT_DEFAULT),
-                            )
+                        let result = shard
+                            .persist_frozen(sections, &meta)
                             .await
-                        {
-                            Ok(persisted) => {
-                                let bytes = shard.snapshots.read_file(&persisted.path).await;
-                                if bytes.is_ok() {
-                                    // Unless a snapshot installed meanwhile
-                                    // (from a leader) is newer: openraft
-                                    // builds on a task of its own, so an
-                                    // install can finish first.
-                                    {
-                                        let mut current = shard.current.borrow_mut();
-                                        let newer = current.as_ref().is_none_or(|c| {
-                                            c.meta
-                                                .last_log_id
-                                                .as_ref()
-                                                .map_or(0, |id| op_of(id.index))
-                                                < op
-                                        });
-                                        if newer {
-                                            *current = Some(CurrentSnapshot {
-                                                meta: meta.clone(),
-                                                path: persisted.path,
-                                            });
-                                        }
-                                    }
-                                    shard.prune_snapshots().await;
-                                }
-                                bytes.map(|bytes| (meta, bytes))
-                            }
-                            Err(e) => Err(e),
-                        };
+                            .map(|bytes| (meta, bytes));
                         let _ = done.send(result.map_err(RaftStoreError::from));
                     })
                     .detach();
@@ -279,6 +247,7 @@ where
                         tracing::error!(op, error = %error,
                             "refusing a snapshot received from the leader");
                     };
+                    let _writing = shard.snapshot_writer.acquire_permit(1).await;
                     let (staged, loaded) = match shard
                         .snapshots
                         .stage_bytes(&bytes, op, shard.domain)
@@ -318,20 +287,7 @@ where
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotFile<C>>, std::io::Error> {
         let current = self
             .thread
-            .call(|shard| {
-                Box::pin(async move {
-                    let Some((meta, path)) = shard
-                        .current
-                        .borrow()
-                        .as_ref()
-                        .map(|c| (c.meta.clone(), c.path.clone()))
-                    else {
-                        return Ok(None);
-                    };
-                    let bytes = shard.snapshots.read_file(&path).await?;
-                    Ok(Some((meta, bytes)))
-                })
-            })
+            .call(|shard| Box::pin(async move { shard.current_snapshot_bytes().await }))
             .await;
         let current = current
             .map_err(RaftStoreError::from)

@@ -90,7 +90,13 @@
 //!   a leader sends a follower (the cluster sends it in pieces of
 //!   [`cluster::wire::SNAPSHOT_CHUNK_BYTES`]), which verifies it
 //!   (checksums, and that it is this cluster's) before installing it under
-//!   its op's name.
+//!   its op's name. A follower that refuses one returns an error, which
+//!   openraft treats as fatal for that node, so the leader verifies the
+//!   file before it sends it: one damaged at rest is never sent, but built
+//!   again from the leader's applied state (logged with file and offset,
+//!   counted), and the damaged file is replaced or removed. One snapshot
+//!   file is written at a time (a build, an install or such a rebuild):
+//!   two writers of the same op would share its temporary name.
 //! * Applying answers each waiting client through its responder once the
 //!   whole batch is applied on the reactor (one hop per batch).
 //!
@@ -181,7 +187,9 @@
 //! torn tail: the node awaits repair), `ringstore_raft_repairs_waived_total`
 //! (repairs an operator waived), `ringstore_raft_purges_finished_at_open_total` (purges a
 //! crash cut short between their two steps, finished by the open), `ringstore_raft_snapshot_install_refusals_total`
-//! (snapshots from a leader refused), `ringstore_raft_log_gap_refusals_total`
+//! (snapshots from a leader refused), `ringstore_raft_snapshot_rebuilds_total`
+//! (a leader's current snapshot found damaged when it was to be sent, and
+//! built again), `ringstore_raft_log_gap_refusals_total`
 //! (appends refused as [`RaftStoreError::LogGap`]),
 //! `ringstore_raft_gapped_requests_total` (a leader's AppendEntries
 //! requests with such a gap, not sent: [`cluster::pipeline`]) and

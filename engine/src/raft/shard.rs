@@ -8,6 +8,7 @@ use super::error::RaftStoreError;
 use super::reactor::{LocalBoxFuture, ReactorState, ReactorThread};
 use super::types::Response;
 use super::types::{LogId, RaftTypes, SnapshotMeta, StoredMembership};
+use crate::config::CHECKPOINT_BUSY_WRITE_PERCENT_DEFAULT;
 use crate::layout::identity::{
     data_files, identity_verdict, journal_listing, read_identity_bytes, record_journal_created,
     write_identity, Identity, IdentityVerdict, IDENTITY_FILE_NAME,
@@ -16,7 +17,7 @@ use crate::layout::lock::DirLock;
 use crate::layout::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::machine::{decode_records, restore_state, FrozenSection, RecordsEncoder, SectionSet};
 use crate::snapshot::verify::snapshot_covers_journal;
-use crate::snapshot::{LoadedSnapshot, SnapshotStore};
+use crate::snapshot::{LoadedSnapshot, Pacing, SnapshotStore};
 use crate::StateMachine;
 use ringstore_journal::storage::{DmaStorage, Storage};
 use ringstore_journal::{Journal, JournalBuilder, JournalOwner};
@@ -94,6 +95,14 @@ pub struct RaftShard<C: RaftTypes, M> {
     pub(super) appends_in_flight: Cell<usize>,
     /// Snapshots received from a leader and installed since the open.
     pub(super) snapshots_installed: Cell<u64>,
+    /// Snapshots rebuilt since the open because the current one was found
+    /// damaged when it was to be sent ([`RaftShard::current_snapshot_bytes`]).
+    pub(super) snapshots_rebuilt: Cell<u64>,
+    /// One snapshot file is written at a time: a build and an install (or
+    /// a rebuild) of the same op would share its temporary name. Never
+    /// closed, so acquiring it does not fail (the permit is held in the
+    /// `Ok`).
+    pub(super) snapshot_writer: glommio::sync::Semaphore,
     /// The newest hard state, queued or not, shared with the log's
     /// handles (the journal's own copy is the newest durable one).
     pub(super) hard_state: Arc<Mutex<HardStateCell>>,
@@ -368,6 +377,8 @@ where
         current: RefCell::new(current),
         appends_in_flight: Cell::new(0),
         snapshots_installed: Cell::new(0),
+        snapshots_rebuilt: Cell::new(0),
+        snapshot_writer: glommio::sync::Semaphore::new(1),
         _lock: lock,
     })
 }
@@ -521,6 +532,115 @@ where
             last_membership: applied.membership.clone(),
         };
         (sections, meta)
+    }
+
+    /// Persists a frozen state (paced: appends in flight go first) as the
+    /// snapshot at its op, makes it the current one unless a newer one was
+    /// installed meanwhile (openraft builds on a task of its own, so an
+    /// install can finish first), prunes the generations the journal no
+    /// longer needs, and returns the file's bytes.
+    pub(super) async fn persist_frozen(
+        &self,
+        sections: Vec<FrozenSection>,
+        meta: &SnapshotMeta<C>,
+    ) -> Result<Vec<u8>, crate::Error> {
+        let op = meta.last_log_id.as_ref().map_or(0, |id| op_of(id.index));
+        let term = meta.last_log_id.as_ref().map_or(0, |id| id.leader_id.term);
+        let busy = || self.appends_in_flight.get() > 0;
+        let persisted = {
+            let _writing = self.snapshot_writer.acquire_permit(1).await;
+            self.snapshots
+                .persist_paced(
+                    sections,
+                    op,
+                    term,
+                    self.domain,
+                    Pacing::new(&busy, CHECKPOINT_BUSY_WRITE_PERCENT_DEFAULT),
+                )
+                .await?
+        };
+        let bytes = self.snapshots.read_file(&persisted.path).await?;
+        {
+            let mut current = self.current.borrow_mut();
+            let newer = current
+                .as_ref()
+                .is_none_or(|c| c.meta.last_log_id.as_ref().map_or(0, |id| op_of(id.index)) < op);
+            if newer {
+                *current = Some(CurrentSnapshot {
+                    meta: meta.clone(),
+                    path: persisted.path,
+                });
+            }
+        }
+        self.prune_snapshots().await;
+        Ok(bytes)
+    }
+
+    /// The current snapshot and its file's bytes, verified, for a leader
+    /// to send (`None` before the first). A file that fails verification
+    /// (read twice: a transient read error is not damage) is never sent,
+    /// where every follower would refuse it and stay behind: the damage is
+    /// logged at error level with file and offset and counted
+    /// (`ringstore_raft_snapshot_rebuilds_total`), and a new snapshot is
+    /// built from the applied state in memory, which replaces it: under
+    /// the same name if nothing was applied since, or as a newer
+    /// generation, after which the damaged file is removed (the new one
+    /// covers everything it did).
+    pub(super) async fn current_snapshot_bytes(
+        &self,
+    ) -> Result<Option<(SnapshotMeta<C>, Vec<u8>)>, crate::Error> {
+        let Some((meta, path)) = self
+            .current
+            .borrow()
+            .as_ref()
+            .map(|c| (c.meta.clone(), c.path.clone()))
+        else {
+            return Ok(None);
+        };
+        let mut damage = None;
+        for _ in 0..2 {
+            let bytes = self.snapshots.read_file(&path).await?;
+            let report = crate::snapshot::verify::verify_snapshot_bytes(
+                &path,
+                &bytes,
+                Some(self.domain),
+                crate::snapshot::Check::Full,
+            );
+            match report.damage.into_iter().next() {
+                None => return Ok(Some((meta, bytes))),
+                Some(found) => damage = Some(found),
+            }
+        }
+        let damage = damage.expect("set by a failed verification");
+        metrics::counter!("ringstore_raft_snapshot_rebuilds_total").increment(1);
+        tracing::error!(
+            path = %damage.path.display(),
+            offset = damage.offset,
+            fault = %damage.fault,
+            "the current snapshot is damaged and is not sent: building a new one from the \
+             applied state"
+        );
+        let (sections, rebuilt) = self.freeze();
+        let bytes = self.persist_frozen(sections, &rebuilt).await?;
+        self.snapshots_rebuilt.set(self.snapshots_rebuilt.get() + 1);
+        // Not already pruned with the other old generations.
+        let replaced = self
+            .current
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.path != path)
+            && self
+                .snapshots
+                .generations()?
+                .iter()
+                .any(|(_, p)| *p == path);
+        if replaced {
+            if let Err(e) = self.snapshots.remove_generation(&path).await {
+                tracing::warn!(path = %path.display(), error = %e,
+                    "removing a damaged snapshot after rebuilding it failed");
+            }
+        }
+        Ok(Some((rebuilt, bytes)))
     }
 }
 

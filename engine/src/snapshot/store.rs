@@ -392,6 +392,21 @@ impl<S: Storage> SnapshotStore<S> {
         Ok(bytes.to_vec())
     }
 
+    /// Removes the snapshot file at `path` whole and syncs the directory:
+    /// one found damaged after a newer snapshot replaced it (nothing would
+    /// load it, and `ringstore snapshot verify --strict` would keep
+    /// failing on it).
+    pub async fn remove_generation(&self, path: &Path) -> Result<()> {
+        self.storage
+            .remove(path)
+            .await
+            .map_err(|e| Error::io("remove snapshot", path, e))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| Error::io("fsync snapshot directory", &self.dir, e))
+    }
+
     /// The temporary name of the snapshot at `watermark`: being written,
     /// or being removed.
     fn temp_path(&self, watermark: u64) -> PathBuf {

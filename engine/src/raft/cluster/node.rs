@@ -851,6 +851,7 @@ async fn status(shared: &Shared) -> Reply {
         .read(|m| (m.counter, m.metadata.streams().len() as u64, m.digest()))
         .await;
     let installed = shared.machine.snapshots_installed().await.unwrap_or(0);
+    let rebuilt = shared.machine.snapshots_rebuilt().await.unwrap_or(0);
     match state {
         Ok((counter, streams, Ok(digest))) => Reply::Status(NodeStatus {
             id: shared.id,
@@ -863,6 +864,7 @@ async fn status(shared: &Shared) -> Reply {
             streams,
             digest,
             snapshots_installed: installed,
+            snapshots_rebuilt: rebuilt,
             awaiting_repair: shared
                 .awaiting_repair_below
                 .filter(|_| shared.awaiting_repair.load(Ordering::Acquire)),

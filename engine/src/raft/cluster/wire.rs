@@ -154,6 +154,9 @@ pub struct NodeStatus {
     pub digest: u64,
     /// Snapshots it received from a leader and installed since it started.
     pub snapshots_installed: u64,
+    /// Snapshots it built again since it started because the current one
+    /// was damaged when it was to send it.
+    pub snapshots_rebuilt: u64,
     /// It awaits repair, below this term, after an open that cut its
     /// journal's tail: it neither votes nor stands for election (see the
     /// raft module's "Uncertain tail").
