@@ -412,6 +412,11 @@ async fn restore_newest_intact<M: StateMachine>(
     for generation in listed {
         let staged = staging.join(snapshot_file_name(generation.op));
         let mut reason = SkipReason::Vanished;
+        // The last attempt's read of the downloaded file failed here: the
+        // local disk's fault, not damage in the store, and no reason to
+        // fall back to an older generation (every op between the two would
+        // be lost): the restore fails, naming the file.
+        let mut local_error = None;
         for _ in 0..VERIFY_ATTEMPTS_MAX {
             remove_if_present(&staged).await?;
             match fetch(&tiered, &generation.key, &staged).await? {
@@ -429,8 +434,20 @@ async fn restore_newest_intact<M: StateMachine>(
                         tiered.stats().downloaded_bytes - downloaded_before + direct_bytes;
                     return Ok((generation.clone(), reset, skipped, downloaded));
                 }
+                Err(error @ SnapshotError::Io { .. }) => {
+                    tracing::warn!(key = generation.key, %error,
+                        "reading the downloaded snapshot failed; downloading it again");
+                    local_error = Some(error);
+                    let full = tiered
+                        .object_key(&generation.key)
+                        .map_err(|e| ObjectStoreError::new("name a snapshot object", e))?;
+                    tiered.cache().invalidate(&full).await.map_err(|e| {
+                        ObjectStoreError::new("drop an unreadable cached snapshot", e)
+                    })?;
+                }
                 Err(damage) => {
                     tracing::warn!(key = generation.key, %damage, "snapshot from object storage does not verify");
+                    local_error = None;
                     if let Some(epoch) = readable_epoch(&staged) {
                         seen.epoch = seen.epoch.max(epoch);
                     }
@@ -448,6 +465,15 @@ async fn restore_newest_intact<M: StateMachine>(
             }
         }
         remove_if_present(&staged).await?;
+        if let Some(error) = local_error {
+            return Err(ColdRestoreError::Shard(Error::Snapshot(error)));
+        }
+        // Loud: the restore goes on with an older generation, and the ops
+        // between the two are lost unless the store's journal-less history
+        // has them elsewhere.
+        metrics::counter!("ringstore_cold_restore_snapshots_skipped_total").increment(1);
+        tracing::error!(key = generation.key, %reason,
+            "skipping a snapshot generation in object storage; trying the one before it");
         skipped.push(SkippedRemoteSnapshot {
             snapshot: generation.clone(),
             reason,

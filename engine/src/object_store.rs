@@ -554,6 +554,18 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let Some(result) = futures_lite::future::or(put, abandoned).await else {
             return Upload::Closing;
         };
+        // A failure with the file gone is a prune's doing (the snapshot was
+        // superseded), found through the storage layer: only ENOENT says
+        // gone, another stat error leaves the upload's own error standing.
+        let gone = match &result {
+            Ok(()) | Err(ringstore_cache::Error::Remote(RemoteError::AlreadyExists { .. })) => {
+                false
+            }
+            Err(_) => matches!(
+                storage.stat(&path).await,
+                Err(e) if ringstore_journal::storage::errno(&e) == Some(libc::ENOENT)
+            ),
+        };
         match result {
             Ok(()) => Upload::Uploaded(local_bytes),
             Err(ringstore_cache::Error::Remote(RemoteError::AlreadyExists {
@@ -562,7 +574,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 self.existing_object(objects, &tiered, &key, local_bytes, after_retry)
                     .await
             }
-            Err(_) if !path.exists() => Upload::Superseded,
+            Err(_) if gone => Upload::Superseded,
             Err(ringstore_cache::Error::Remote(error @ RemoteError::SourceChanged { .. })) => {
                 // The next attempt checks the file again: a file damaged
                 // on the disk is then refused as any damaged one is.

@@ -38,8 +38,11 @@
 //!
 //! **Types.** The adapter works with any configuration whose term, node
 //! id, leader id, vote and entry are openraft's defaults ([`RaftTypes`]):
-//! the term becomes the journal's epoch and the node id goes into the
-//! journal's superblock.
+//! the node id goes into the journal's superblock. The journal's epoch is
+//! not the term: every entry carries its term inside its encoding, and an
+//! overwrite of a divergent suffix goes through `truncate_after` (recovery
+//! applies truncations in log order), so the epoch is never needed to tell
+//! two writes of one op apart.
 //!
 //! **Mapping.**
 //! * Log index `i` is journal op `i + 1` (op 0 is not an op); an entry is
