@@ -145,6 +145,9 @@ pub struct ShardStats {
     /// Snapshot files the scrubber found damaged (each logged with its file
     /// and offset; counted once per place).
     pub snapshot_scrub_damage: u64,
+    /// Newest snapshots the scrubber found damaged or unreadable that a
+    /// checkpoint then replaced from the state in memory.
+    pub damaged_snapshots_replaced: u64,
     /// Snapshot reads of the scrubber that failed (the file is tried again
     /// next pass). A block that fails every read is logged at error level
     /// with its offset, once per place; other failures as warnings.
@@ -240,6 +243,12 @@ struct Progress<M: StateMachine> {
     snapshot: Option<SnapshotPoint>,
     /// Watermark of the snapshot before `snapshot`, if any.
     previous_snapshot: Option<u64>,
+    /// `snapshot`'s op while the snapshot scrubber has found its file
+    /// damaged or unreadable: the one an open loads, and the journal may
+    /// be compacted up to it. The next checkpoint is due at once and
+    /// writes a snapshot even with nothing applied since (at the same op:
+    /// its rename replaces the damaged file), from the state in memory.
+    newest_snapshot_damaged: Option<u64>,
     /// Serving, checkpointing, resetting, closing or poisoned: every
     /// transition is a method of [`Lifecycle`].
     lifecycle: Lifecycle,
@@ -357,6 +366,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 command_bytes_total: recovered.report.replayed_bytes,
                 snapshot: recovered.snapshot,
                 previous_snapshot: recovered.previous_snapshot,
+                newest_snapshot_damaged: None,
                 lifecycle: Lifecycle::Serving,
                 ring_waiters: 0,
                 reset_floor: None,
@@ -768,16 +778,21 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
 
     async fn checkpoint_exclusive(&self) -> Result<CheckpointOutcome> {
         let inner = &*self.inner;
-        let (at, bytes_total, last) = {
+        let (at, bytes_total, last, last_damaged) = {
             let progress = inner.progress.borrow();
+            let last_damaged = progress
+                .snapshot
+                .is_some_and(|s| progress.newest_snapshot_damaged == Some(s.watermark));
             (
                 progress.applied,
                 progress.command_bytes_total,
                 progress.snapshot,
+                last_damaged,
             )
         };
         let mut written = None;
-        if at.op > last.map_or(0, |s| s.watermark) {
+        let last_op = last.map_or(0, |s| s.watermark);
+        if at.op > last_op || last_damaged {
             let epoch = inner.journal.epoch().max(at.epoch);
             let frozen = inner.machine.borrow().freeze();
             let started = Instant::now();
@@ -801,7 +816,19 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             {
                 let mut progress = inner.progress.borrow_mut();
                 progress.stats.checkpoint_time += started.elapsed();
-                progress.previous_snapshot = last.map(|s| s.watermark);
+                if last_damaged {
+                    // Rewritten at its op, the damaged file is gone; past
+                    // it, no fallback either way: the watermark stays
+                    // where it is (below the damaged one, if it was) until
+                    // the next checkpoint makes this one the previous.
+                    progress.newest_snapshot_damaged = None;
+                    progress.stats.damaged_snapshots_replaced += 1;
+                    if at.op > last_op {
+                        progress.previous_snapshot = None;
+                    }
+                } else {
+                    progress.previous_snapshot = last.map(|s| s.watermark);
+                }
                 progress.snapshot = Some(SnapshotPoint {
                     watermark: at.op,
                     epoch,
@@ -1314,6 +1341,7 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
         ops_since >= self.config.checkpoint_ops_max
             || bytes_since >= self.config.checkpoint_bytes_max
             || (ring_pressure && frees_slots)
+            || (last.is_some() && progress.newest_snapshot_damaged == Some(newest))
     }
 
     /// Whether an extension is reading the snapshot at `op`
@@ -1339,6 +1367,24 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
     /// journal) unless that leaves the ring short, then the newest; and,
     /// while uploads gate compaction, no further than the newest uploaded
     /// snapshot. Never below where it is.
+    /// The snapshot scrubber found the snapshot at `op` damaged or
+    /// unreadable: if it is the newest, the one an open loads (and the
+    /// journal may be compacted up to it), a checkpoint replaces it at
+    /// once from the state in memory ([`Progress::newest_snapshot_damaged`]).
+    fn replace_if_newest(&self, op: u64) {
+        let mut progress = self.progress.borrow_mut();
+        if progress.snapshot.map(|s| s.watermark) != Some(op) {
+            return;
+        }
+        progress.newest_snapshot_damaged = Some(op);
+        drop(progress);
+        tracing::error!(
+            op,
+            "the newest snapshot is damaged: a checkpoint replaces it now from the state in memory"
+        );
+        self.checkpoint_wanted.notify(1);
+    }
+
     fn watermark_target(&self) -> u64 {
         let progress = self.progress.borrow();
         let current = self.journal.watermark();
@@ -1552,7 +1598,7 @@ async fn scrub_snapshots<M: StateMachine, S: Storage>(
                 Vec::new()
             }
         };
-        for (_, path) in generations {
+        for (op, path) in generations {
             let scrubbed =
                 crate::snapshot::scrub_snapshot(&storage, &path, Some(domain), &mut pacer, &open)
                     .await;
@@ -1579,6 +1625,7 @@ async fn scrub_snapshots<M: StateMachine, S: Storage>(
                     keep_finding(&inner.snapshot_scrub_damage, damage);
                     inner.progress.borrow_mut().stats.snapshot_scrub_damage += 1;
                     inner.metrics.record_snapshot_scrub_damage();
+                    inner.replace_if_newest(op);
                 }
                 Err(error) => {
                     inner.progress.borrow_mut().stats.snapshot_scrub_read_errors += 1;
@@ -1603,6 +1650,7 @@ async fn scrub_snapshots<M: StateMachine, S: Storage>(
                                     &inner.snapshot_scrub_unreadable,
                                     (path.clone(), block.offset),
                                 );
+                                inner.replace_if_newest(op);
                             }
                         }
                         None => tracing::warn!(

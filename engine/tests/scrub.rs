@@ -108,6 +108,83 @@ fn the_scrubbers_report_damage_in_a_snapshot_no_open_reads() {
     });
 }
 
+/// The newest snapshot, the one an open loads, damaged under a running
+/// shard: the scrubber finds it and a checkpoint replaces it at once from
+/// the state in memory (at the same op: nothing was applied since), so a
+/// reopen loads it and skips nothing. Without the replacement the damaged
+/// file stays the newest until enough ops make a checkpoint due, and an
+/// open meanwhile passes over it.
+#[test]
+fn a_damaged_newest_snapshot_is_replaced_from_memory() {
+    const KEYS: u64 = 50;
+    let command = |key: u64| KvCommand::Put {
+        key,
+        value: value(key, 0, 200),
+    };
+    let mut expected = std::collections::BTreeMap::new();
+    for key in 0..KEYS {
+        apply_model(&mut expected, &command(key));
+    }
+    for journal_keeps_previous in [true, false] {
+        let dir = temp_dir();
+        let p = dir.path().to_path_buf();
+        let snapshot_op = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let written = snapshot_op.clone();
+        run(move || async move {
+            let shard = builder(&p)
+                .journal_keeps_previous_snapshot(journal_keeps_previous)
+                .scrub_rate(256 << 20)
+                .open()
+                .await
+                .unwrap();
+            for key in 0..KEYS {
+                shard.submit(command(key)).await.unwrap().unwrap();
+            }
+            let op = shard
+                .checkpoint()
+                .await
+                .unwrap()
+                .snapshot
+                .unwrap()
+                .watermark;
+            written.store(op, std::sync::atomic::Ordering::Relaxed);
+            let newest = p
+                .join("snapshots")
+                .join(ringstore::snapshot::snapshot_file_name(op));
+            let mut bytes = std::fs::read(&newest).unwrap();
+            bytes[4096 + 10] ^= 0x20;
+            std::fs::write(&newest, bytes).unwrap();
+            wait_for("the damaged snapshot replaced", || {
+                shard.stats().damaged_snapshots_replaced >= 1
+            })
+            .await;
+            let stats = shard.stats();
+            assert!(stats.snapshot_scrub_damage >= 1, "{stats:?}");
+            assert_eq!(shard.snapshot_watermark(), op, "rewritten at its op");
+            let report = ringstore::snapshot::inspect::inspect_snapshot(
+                &newest,
+                ringstore::snapshot::Check::Full,
+                Some(shard.domain()),
+                &mut |_| {},
+            )
+            .unwrap();
+            assert!(report.is_intact(), "{report:?}");
+            shard.close().await.unwrap();
+        });
+        let op = snapshot_op.load(std::sync::atomic::Ordering::Relaxed);
+        let p = dir.path().to_path_buf();
+        let expected = expected.clone();
+        run(move || async move {
+            let shard = builder(&p).open().await.unwrap();
+            let report = shard.recovery_report();
+            assert!(report.skipped_snapshots.is_empty(), "{report:?}");
+            assert_eq!(report.snapshot.as_ref().map(|s| s.watermark), Some(op));
+            assert_eq!(shard.read(|kv| kv.values()), expected);
+            shard.close().await.unwrap();
+        });
+    }
+}
+
 #[test]
 fn without_a_scrub_rate_nothing_is_scrubbed() {
     let dir = temp_dir();

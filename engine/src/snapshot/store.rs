@@ -459,7 +459,10 @@ impl<S: Storage> SnapshotStore<S> {
             match loaded {
                 Ok(loaded) => return Ok((Some(loaded), skipped)),
                 Err(reason) => {
-                    tracing::warn!(path = %path.display(), %reason, "skipping snapshot");
+                    // Damage on the disk (the open goes on from an older
+                    // generation only if the journal reaches back to it).
+                    tracing::error!(path = %path.display(), %reason,
+                        "skipping a snapshot that does not load; trying the one before it");
                     skipped.push(SkippedSnapshot { path, reason });
                 }
             }
