@@ -659,3 +659,57 @@ fn a_new_shard_directory_without_identity_or_data_is_accepted_by_both() {
         shard.close().await.unwrap();
     });
 }
+
+/// A snapshot that cannot be read (a directory stands under its name: the
+/// read fails, as on an unreadable disk): `verify` counts it as one an open
+/// passes over, as the open does, rather than failing with an I/O error.
+/// Both accept the shard when the journal reaches the older snapshot and
+/// refuse it when it was compacted up to the unreadable one, and both skip
+/// exactly that file.
+#[test]
+fn an_unreadable_snapshot_gets_the_same_verdict_from_verify_and_reopen() {
+    let tmp = temp_dir();
+    for keeps_previous in [true, false] {
+        let fixture = fixture(tmp.path(), keeps_previous);
+        let dir = tmp.path().join(format!("unreadable-{keeps_previous}"));
+        copy_dir(&fixture.dir, &dir);
+        let newer = dir
+            .join("snapshots")
+            .join(fixture.newer.file_name().unwrap());
+        std::fs::remove_file(&newer).unwrap();
+        std::fs::create_dir(&newer).unwrap();
+        let library = inspect_shard(&dir, Check::Full, &mut |_| {}).unwrap();
+        let unreadable = library
+            .snapshots
+            .snapshots
+            .iter()
+            .find(|s| s.path == newer)
+            .expect("listed");
+        assert!(!unreadable.is_intact(), "{unreadable:?}");
+        assert!(unreadable.read_failure.is_some(), "{unreadable:?}");
+        assert_eq!(library.open_refused(), !keeps_previous, "{library:?}");
+        if let Some((exit, _, strict_exit)) = cli_verdict(&dir) {
+            assert_eq!(exit, i32::from(!keeps_previous), "exit code");
+            assert_eq!(strict_exit, 1, "--strict fails on it");
+        }
+        let skipped_by_verify: Vec<PathBuf> =
+            library.skipped.iter().map(|s| s.path.clone()).collect();
+        assert_eq!(skipped_by_verify, vec![newer.clone()]);
+        let reopened = run_returning(move || async move {
+            reopen(&dir, keeps_previous)
+                .await
+                .map(|skipped| skipped.into_iter().map(|s| s.path).collect::<Vec<_>>())
+                .map_err(|e| e.to_string())
+        });
+        match reopened {
+            Ok(skipped) => {
+                assert!(keeps_previous, "opened a compacted shard: {skipped:?}");
+                assert_eq!(skipped, vec![newer]);
+            }
+            Err(message) => {
+                assert!(!keeps_previous, "refused: {message}");
+                assert!(message.contains(&newer.display().to_string()), "{message}");
+            }
+        }
+    }
+}

@@ -37,8 +37,8 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 pub use super::verify::{
-    snapshot_covers_journal, Check, HeaderInfo, SectionInfo, SnapshotDamage, SnapshotFault,
-    SnapshotReport, SnapshotVerifier,
+    snapshot_covers_journal, Check, HeaderInfo, ReadFailure, SectionInfo, SnapshotDamage,
+    SnapshotFault, SnapshotReport, SnapshotVerifier,
 };
 use crate::format::{BLOCK_BYTES, HEADER_BLOCK_BYTES};
 
@@ -178,7 +178,15 @@ pub fn inspect_snapshot_dir(
     let mut snapshots = Vec::with_capacity(files.len());
     let mut done = 0;
     for (_, path) in files {
-        let report = inspect_snapshot(&path, check, domain, &mut |n| progress(done + n))?;
+        let report = match inspect_snapshot(&path, check, domain, &mut |n| progress(done + n)) {
+            Ok(report) => report,
+            // Listed, then gone: removed meanwhile (a running shard's
+            // prune), so no open will see it either.
+            Err(InspectError::Io {
+                op: "open", source, ..
+            }) if source.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         done += report.file_bytes;
         progress(done);
         snapshots.push(report);
@@ -195,6 +203,11 @@ pub fn inspect_snapshot_dir(
 /// [`SnapshotVerifier`]; with `domain`, a snapshot of another domain counts
 /// as damage. `progress` is called with the bytes of this file checked so
 /// far.
+///
+/// Only a file that cannot be opened is an error. A read that fails is
+/// made once more (the loader reads a file twice before it skips it); if
+/// it fails again, the report carries it ([`SnapshotReport::read_failure`])
+/// and the file counts as not intact, as an open passes over it.
 pub fn inspect_snapshot(
     path: &Path,
     check: Check,
@@ -202,18 +215,29 @@ pub fn inspect_snapshot(
     progress: &mut dyn FnMut(u64),
 ) -> Result<SnapshotReport, InspectError> {
     let file = File::open(path).map_err(io_error("open", path, None))?;
-    let file_bytes = file.metadata().map_err(io_error("stat", path, None))?.len();
+    let file_bytes = match file.metadata() {
+        Ok(meta) => meta.len(),
+        Err(e) => {
+            let failure = ReadFailure::new("file length", 0, &e);
+            return Ok(SnapshotVerifier::new(path, 0, domain, check).abandon(failure));
+        }
+    };
     let mut verifier = SnapshotVerifier::new(path, file_bytes, domain, check);
     let mut block = vec![0; HEADER_BLOCK_BYTES as usize];
-    let got = read_fully(&file, &mut block, 0).map_err(io_error("read", path, Some(0)))?;
+    let got = match read_twice(&file, &mut block, 0) {
+        Ok(got) => got,
+        Err(failure) => return Ok(verifier.abandon(failure)),
+    };
     verifier.header_block(&block[..got]);
     if let Some(range) = verifier.body_range() {
         let mut buf = vec![0; VERIFY_READ_BYTES];
         let mut pos = range.start;
         while pos < range.end {
             let n = (range.end - pos).min(VERIFY_READ_BYTES as u64) as usize;
-            let got =
-                read_fully(&file, &mut buf[..n], pos).map_err(io_error("read", path, Some(pos)))?;
+            let got = match read_twice(&file, &mut buf[..n], pos) {
+                Ok(got) => got,
+                Err(failure) => return Ok(verifier.abandon(failure)),
+            };
             verifier.body(&buf[..got]);
             pos += got as u64;
             progress(pos);
@@ -226,6 +250,13 @@ pub fn inspect_snapshot(
     }
     progress(file_bytes);
     Ok(verifier.finish())
+}
+
+/// [`read_fully`], made once more if it fails.
+fn read_twice(file: &File, buf: &mut [u8], offset: u64) -> Result<usize, ReadFailure> {
+    read_fully(file, buf, offset)
+        .or_else(|_| read_fully(file, buf, offset))
+        .map_err(|e| ReadFailure::new("read", offset, &e))
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.

@@ -129,17 +129,59 @@ pub struct SnapshotReport {
     pub full_check: bool,
     /// Everything that failed verification, in the order of the checks.
     pub damage: Vec<SnapshotDamage>,
+    /// A read of the file that failed (twice: the loader reads a file
+    /// again before it skips it): nothing after it was checked, and the
+    /// file is not intact, as an open skips it.
+    pub read_failure: Option<ReadFailure>,
+}
+
+/// A read of a snapshot file that failed: the call, where, and the
+/// operating system's error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadFailure {
+    /// The call, e.g. `"read"`.
+    pub op: &'static str,
+    /// The byte offset read.
+    pub offset: u64,
+    /// The error number, if the system gave one.
+    pub os_error: Option<i32>,
+    /// The error as the system described it.
+    pub message: String,
+}
+
+impl ReadFailure {
+    /// The failure of `op` at `offset` with `error`.
+    pub fn new(op: &'static str, offset: u64, error: &std::io::Error) -> ReadFailure {
+        ReadFailure {
+            op,
+            offset,
+            os_error: error.raw_os_error(),
+            message: error.to_string(),
+        }
+    }
 }
 
 impl SnapshotReport {
-    /// True when every check made passed.
+    /// True when every check made passed and every read succeeded.
     pub fn is_intact(&self) -> bool {
-        self.damage.is_empty()
+        self.damage.is_empty() && self.read_failure.is_none()
     }
 
-    /// Why the loader refuses the file: its first damage.
+    /// Why the loader refuses the file: its first damage, or else the read
+    /// that failed.
     pub fn refusal(&self) -> Option<SnapshotError> {
-        self.damage.first().cloned().map(SnapshotError::Damaged)
+        if let Some(damage) = self.damage.first() {
+            return Some(SnapshotError::Damaged(damage.clone()));
+        }
+        self.read_failure.as_ref().map(|failure| SnapshotError::Io {
+            op: failure.op,
+            path: self.path.clone(),
+            offset: failure.offset,
+            source: std::sync::Arc::new(match failure.os_error {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::other(failure.message.clone()),
+            }),
+        })
     }
 
     fn add_damage(&mut self, offset: u64, fault: SnapshotFault) {
@@ -209,6 +251,7 @@ impl SnapshotVerifier {
                 file_checksum_ok: None,
                 full_check: check == Check::Full,
                 damage: Vec::new(),
+                read_failure: None,
             },
             domain,
             body: None,
@@ -455,6 +498,14 @@ impl SnapshotVerifier {
     /// The verdict. A body fed short of its end is a truncation at the
     /// offset where the bytes stopped; otherwise the whole-file checksum is
     /// checked.
+    /// The report so far, for a file whose next read failed: what was
+    /// checked, with the failure, and none of the checks at the body's end.
+    pub fn abandon(mut self, failure: ReadFailure) -> SnapshotReport {
+        self.report.read_failure = Some(failure);
+        self.report
+    }
+
+    /// The report, once every byte asked for was fed.
     pub fn finish(mut self) -> SnapshotReport {
         let Some(body) = self.body.take() else {
             return self.report;

@@ -12,7 +12,10 @@
 //! damaged identity or one of another version, or no usable snapshot at or
 //! above the journal's watermark. A damaged generation an open skips (an
 //! older one covers the journal) is reported but passes, as `wal verify`
-//! passes a torn tail; `--strict` fails on any damage found.
+//! passes a torn tail; `--strict` fails on any damage found. A file whose
+//! read fails twice counts as one an open skips (it reads twice too),
+//! not as an I/O error of the tool, and a file listed but gone when
+//! opened (a running shard pruned it) is left out, as an open would.
 
 use crate::datadir::{shards, ShardArg, ShardDir};
 use crate::output::{self, Out, Progress};
@@ -294,6 +297,12 @@ fn print_verify(
             ))?;
             for damage in &report.damage {
                 out.line(format_args!("    DAMAGE: {damage}"))?;
+            }
+            if let Some(failure) = &report.read_failure {
+                out.line(format_args!(
+                    "    UNREADABLE: {} failed at byte offset {}: {} (twice)",
+                    failure.op, failure.offset, failure.message
+                ))?;
             }
         }
     }
