@@ -765,9 +765,11 @@ fn run_submit_only(args: &EngineArgs, duration: Duration) -> Result<()> {
 }
 
 /// The raw sequential read of a file of `bytes` (rounded up to whole
-/// writes) at `raw`, written first and removed after.
+/// reads, which are whole writes too) at `raw`, written first and removed
+/// after.
 fn seq_read_of(raw: &Path, bytes: u64) -> Result<SeqResult> {
-    let seq_bytes = bytes.next_multiple_of(SEQ_WRITE_BLOCK_BYTES as u64);
+    const _: () = assert!(SEQ_READ_BLOCK_BYTES.is_multiple_of(SEQ_WRITE_BLOCK_BYTES));
+    let seq_bytes = bytes.next_multiple_of(SEQ_READ_BLOCK_BYTES as u64);
     device::seq_write(raw, seq_bytes, SEQ_WRITE_BLOCK_BYTES, SEQ_WRITE_QUEUE_DEPTH)?;
     let seq_read = device::seq_read(raw, seq_bytes, SEQ_READ_BLOCK_BYTES, SEQ_READ_QUEUE_DEPTH)?;
     crate::harness::remove_path(raw)?;
