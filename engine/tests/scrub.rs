@@ -140,13 +140,8 @@ fn a_damaged_newest_snapshot_is_replaced_from_memory() {
             for key in 0..KEYS {
                 shard.submit(command(key)).await.unwrap().unwrap();
             }
-            let op = shard
-                .checkpoint()
-                .await
-                .unwrap()
-                .snapshot
-                .unwrap()
-                .watermark;
+            shard.checkpoint().await.unwrap();
+            let op = shard.snapshot_watermark();
             written.store(op, std::sync::atomic::Ordering::Relaxed);
             let newest = p
                 .join("snapshots")
