@@ -57,16 +57,23 @@
 //! it); the next open uploads the newest snapshot again.
 //!
 //! Writes never overwrite: the store refuses a key that holds an object.
-//! When an upload finds its key taken it compares sizes: an object of the
-//! local file's size is this very upload (an attempt whose answer was lost,
-//! or an upload before a restart that the shard could not record) and
-//! counts as uploaded. A different size is a conflict: logged, counted as a
-//! failure, and not retried until a newer snapshot supersedes it. Size is
-//! what the store tells without a download; within a domain only its shard
-//! writes snapshot keys and each op's snapshot is written once (a cold
-//! restore, and a [`Shard::reset_to`] of a shard with an object store,
-//! number a ring past every key the domain has there), so a same-size
-//! object with other bytes needs two processes claiming one domain.
+//! When an upload finds its key taken it compares sizes, then reads the
+//! object's 4 KiB header block (a download abandoned once it has them):
+//! an object of the local file's size whose
+//! header verifies as this domain's snapshot at this op is this very
+//! upload (an attempt whose answer was lost, or an upload before a restart
+//! that the shard could not record) and counts as uploaded. Anything else
+//! is a conflict: logged, counted as a failure, and not retried until a
+//! newer snapshot supersedes it. The body is not downloaded: within a
+//! domain only its shard writes snapshot keys and each op's snapshot holds
+//! one state (a cold restore, and a [`Shard::reset_to`] of a shard with an
+//! object store, number a ring past every key the domain has there), so a
+//! same-size snapshot of the same op with other state needs two processes
+//! claiming one domain. Size alone counted as uploaded before; an object of
+//! that size with other bytes (another file, or one changed in the store)
+//! then let the watermark pass the op in `BeforeCompaction` mode
+//! (`engine/tests/object_store.rs`
+//! `an_object_of_the_snapshots_size_that_is_not_it_is_not_counted_as_uploaded`).
 //!
 //! # Upload modes
 //!
@@ -571,7 +578,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             Err(ringstore_cache::Error::Remote(RemoteError::AlreadyExists {
                 after_retry, ..
             })) => {
-                self.existing_object(objects, &tiered, &key, local_bytes, after_retry)
+                self.existing_object(objects, &tiered, op, local_bytes, after_retry)
                     .await
             }
             Err(_) if gone => Upload::Superseded,
@@ -588,17 +595,24 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         }
     }
 
-    /// The snapshot's key holds an object already: the same upload (same
-    /// size) or a conflict.
+    /// The snapshot's key holds an object already: the same upload (an
+    /// earlier attempt whose answer was lost, or the same snapshot written
+    /// again) or a conflict. Same size is not enough (in `BeforeCompaction`
+    /// mode the watermark then moves past the op on its strength): the
+    /// object's header block must verify as this domain's snapshot at this
+    /// op, with its size ([`Shard::existing_snapshot_header`]: a download
+    /// abandoned after its first 4 KiB). Its body is not checked: a
+    /// snapshot of one domain at one op holds one state.
     async fn existing_object(
         &self,
         objects: &ShardObjects,
         tiered: &Tiered,
-        key: &str,
+        op: u64,
         local_bytes: u64,
         after_retry: bool,
     ) -> Upload {
-        let full = match tiered.object_key(key) {
+        let key = snapshot_key(op);
+        let full = match tiered.object_key(&key) {
             Ok(full) => full,
             Err(error) => {
                 tracing::error!(key, %error, "snapshot key refused");
@@ -611,31 +625,93 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             closing.await;
             None
         };
-        match futures_lite::future::or(head, abandoned).await {
+        let info = match futures_lite::future::or(head, abandoned).await {
+            None => return Upload::Closing,
+            Some(Ok(info)) => info,
+            Some(Err(error)) => {
+                tracing::warn!(key = full, %error, "checking an existing snapshot object failed");
+                return Upload::Failed;
+            }
+        };
+        if info.bytes != local_bytes {
+            tracing::error!(
+                key = full,
+                object_bytes = info.bytes,
+                local_bytes,
+                "another object holds this snapshot's key (two shards claiming one \
+                 domain?); not uploading this snapshot"
+            );
+            return Upload::Conflict;
+        }
+        let closing = objects.closing.listen();
+        let header = async {
+            Some(
+                self.existing_snapshot_header(tiered, &full, op, info.bytes)
+                    .await,
+            )
+        };
+        let abandoned = async {
+            closing.await;
+            None
+        };
+        match futures_lite::future::or(header, abandoned).await {
             None => Upload::Closing,
-            Some(Ok(info)) if info.bytes == local_bytes => {
+            Some(Ok(None)) => {
                 tracing::info!(
                     key = full,
                     after_retry,
-                    "snapshot already in object storage with the local file's size; counted as uploaded"
+                    "snapshot already in object storage (its size, and a header of this \
+                     domain at this op); counted as uploaded"
                 );
                 Upload::Uploaded(if after_retry { local_bytes } else { 0 })
             }
-            Some(Ok(info)) => {
+            Some(Ok(Some(damage))) => {
                 tracing::error!(
                     key = full,
-                    object_bytes = info.bytes,
-                    local_bytes,
-                    "another object holds this snapshot's key (two shards claiming one \
-                     domain?); not uploading this snapshot"
+                    %damage,
+                    "an object of the snapshot's size holds its key, but its header is not \
+                     this domain's snapshot at this op; not counted as uploaded"
                 );
                 Upload::Conflict
             }
             Some(Err(error)) => {
-                tracing::warn!(key = full, %error, "checking an existing snapshot object failed");
+                tracing::warn!(key = full, %error, "reading an existing snapshot object's header failed");
                 Upload::Failed
             }
         }
+    }
+
+    /// The first damage the header checks find in the object at `full`
+    /// (`bytes` long) as this domain's snapshot at `op` (`None`: it
+    /// passes): its first [`HEADER_BLOCK_BYTES`] read, the rest of the
+    /// download abandoned.
+    async fn existing_snapshot_header(
+        &self,
+        tiered: &Tiered,
+        full: &str,
+        op: u64,
+        bytes: u64,
+    ) -> std::result::Result<Option<crate::snapshot::SnapshotDamage>, RemoteError> {
+        let header_bytes = crate::format::HEADER_BLOCK_BYTES as usize;
+        let mut reader = tiered.remote().get_stream(full).await?;
+        let mut head = Vec::with_capacity(header_bytes);
+        while head.len() < header_bytes {
+            match reader.next_chunk().await? {
+                Some(chunk) => head.extend_from_slice(&chunk),
+                None => break,
+            }
+        }
+        drop(reader);
+        head.truncate(header_bytes);
+        let name = snapshot_file_name(op);
+        let mut verifier = crate::snapshot::SnapshotVerifier::new(
+            Path::new(&name),
+            bytes,
+            Some(self.domain()),
+            crate::snapshot::Check::Header,
+        );
+        verifier.header_block(&head);
+        Ok(verifier.finish().damage.into_iter().next())
     }
 
     /// After the snapshot at `op` was uploaded: record it, let the
