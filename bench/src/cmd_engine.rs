@@ -629,9 +629,11 @@ pub fn run(args: &EngineArgs) -> Result<()> {
 
     // 5. Load, right after a raw read of the snapshot's size.
     harness.step("snapshot load: device: sequential read");
-    let snapshot_load_seq_read = seq_read_of(&harness.path("engine-raw.dat"), big.snapshot_bytes)?;
+    let raw = harness.path("engine-raw.dat");
+    let snapshot_load_seq_read = seq_read_of(&raw, big.snapshot_bytes)?;
     harness.step("snapshot load: reopen");
     let reopened = run_reopen(&state_dir)?;
+    crate::harness::remove_path(&raw)?;
     let snapshot_load_probes = harness.bracket()?;
     let snapshot_load_mb_per_s = mb_per_s(reopened.snapshot_bytes, reopened.snapshot_load);
     let snapshot_restore_mb_per_s = mb_per_s(reopened.snapshot_bytes, reopened.restore);
@@ -765,15 +767,14 @@ fn run_submit_only(args: &EngineArgs, duration: Duration) -> Result<()> {
 }
 
 /// The raw sequential read of a file of `bytes` (rounded up to whole
-/// reads, which are whole writes too) at `raw`, written first and removed
-/// after.
+/// reads, which are whole writes too) at `raw`, written first. The caller
+/// removes the file after the load it is compared with: removing 1 GiB
+/// right before it stalls the disk on a filesystem with online discard.
 fn seq_read_of(raw: &Path, bytes: u64) -> Result<SeqResult> {
     const _: () = assert!(SEQ_READ_BLOCK_BYTES.is_multiple_of(SEQ_WRITE_BLOCK_BYTES));
     let seq_bytes = bytes.next_multiple_of(SEQ_READ_BLOCK_BYTES as u64);
     device::seq_write(raw, seq_bytes, SEQ_WRITE_BLOCK_BYTES, SEQ_WRITE_QUEUE_DEPTH)?;
-    let seq_read = device::seq_read(raw, seq_bytes, SEQ_READ_BLOCK_BYTES, SEQ_READ_QUEUE_DEPTH)?;
-    crate::harness::remove_path(raw)?;
-    Ok(seq_read)
+    device::seq_read(raw, seq_bytes, SEQ_READ_BLOCK_BYTES, SEQ_READ_QUEUE_DEPTH)
 }
 
 /// `--load-only`: the snapshot load against the raw sequential read of a
@@ -789,9 +790,11 @@ fn run_load_only(args: &EngineArgs, state_bytes: u64) -> Result<()> {
     let mut ratios = Vec::new();
     for round in 1..=rounds {
         harness.step(format!("round {round}: device: sequential read"));
-        let seq_read = seq_read_of(&harness.path("engine-raw.dat"), big.snapshot_bytes)?;
+        let raw = harness.path("engine-raw.dat");
+        let seq_read = seq_read_of(&raw, big.snapshot_bytes)?;
         harness.step(format!("round {round}: snapshot load: reopen"));
         let reopened = run_reopen(&state_dir)?;
+        crate::harness::remove_path(&raw)?;
         let probes = harness.bracket()?;
         let load_mb_per_s = mb_per_s(reopened.snapshot_bytes, reopened.snapshot_load);
         let restore_mb_per_s = mb_per_s(reopened.snapshot_bytes, reopened.restore);

@@ -24,8 +24,12 @@
 //!    the same loader as recovery, so the object passed the pre-upload
 //!    check and a restore by the same rules. A generation that fails is downloaded and checked once
 //!    more (its cached copy dropped), then reported in
-//!    [`ColdRestoreReport::skipped`] with the reason, and the previous
-//!    generation is tried. All of them damaged is
+//!    [`ColdRestoreReport::skipped`] with the reason (and logged at error
+//!    level, and counted in `ringstore_cold_restore_snapshots_skipped_total`,
+//!    as one gone from the store when downloaded is), and the previous
+//!    generation is tried. A read of the downloaded file that fails on the
+//!    local disk (on the last attempt) is no reason to fall back: the
+//!    restore fails with it. All of them damaged is
 //!    [`ColdRestoreError::RemoteSnapshotsDamaged`], listing why.
 //! 4. **Reset** the shard to it ([`crate::reset`]): op numbers continue
 //!    above every key listed (so the shard's next snapshots never collide
@@ -422,6 +426,7 @@ async fn restore_newest_intact<M: StateMachine>(
             match fetch(&tiered, &generation.key, &staged).await? {
                 Fetched::Missing => {
                     reason = SkipReason::Vanished;
+                    local_error = None;
                     break;
                 }
                 Fetched::Cached => {}

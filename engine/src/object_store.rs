@@ -332,6 +332,11 @@ impl<M: StateMachine, S: Storage> ShardHooks<M, S> for ShardObjects {
 
     /// A snapshot was written: upload it.
     fn snapshot_persisted(&self, snapshot: &SnapshotMeta) {
+        // Written again at an op whose upload was refused (its file no
+        // longer verified, and the shard replaced it): upload it now.
+        if self.not_retried.get() == snapshot.watermark {
+            self.not_retried.set(0);
+        }
         self.pending_since
             .set(Some((snapshot.watermark, Instant::now())));
         self.wanted.notify(usize::MAX);
@@ -537,6 +542,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     "the snapshot to upload no longer verifies; not uploading it"
                 );
                 self.upload_refused();
+                self.snapshot_found_damaged(op);
                 return Upload::Conflict;
             }
             Err(e) if ringstore_journal::storage::errno(&e) == Some(libc::ENOENT) => {

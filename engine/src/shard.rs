@@ -816,6 +816,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             {
                 let mut progress = inner.progress.borrow_mut();
                 progress.stats.checkpoint_time += started.elapsed();
+                // Read again: the scrubber may have found the newest one
+                // damaged while this checkpoint wrote.
+                let last_damaged =
+                    last.is_some_and(|s| progress.newest_snapshot_damaged == Some(s.watermark));
                 if last_damaged {
                     // Rewritten at its op, the damaged file is gone; past
                     // it, no fallback either way: the watermark stays
@@ -964,6 +968,13 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 inner.progress.borrow_mut().stats.prune_failures += 1;
             }
         }
+    }
+
+    /// An extension found the snapshot at `op` damaged (the upload's
+    /// check): replaced at once if it is the newest, as the scrubber's
+    /// findings are ([`Inner::replace_if_newest`]).
+    pub(crate) fn snapshot_found_damaged(&self, op: u64) {
+        self.inner.replace_if_newest(op);
     }
 
     /// The shard's domain.
@@ -1362,16 +1373,11 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
             .min()
     }
 
-    /// Where the watermark may go after the newest snapshot: the previous
-    /// snapshot (so a damaged newest one can be replaced by it plus the
-    /// journal) unless that leaves the ring short, then the newest; and,
-    /// while uploads gate compaction, no further than the newest uploaded
-    /// snapshot. Never below where it is.
     /// The snapshot scrubber found the snapshot at `op` damaged or
     /// unreadable: if it is the newest, the one an open loads (and the
     /// journal may be compacted up to it), a checkpoint replaces it at
     /// once from the state in memory ([`Progress::newest_snapshot_damaged`]).
-    fn replace_if_newest(&self, op: u64) {
+    pub(crate) fn replace_if_newest(&self, op: u64) {
         let mut progress = self.progress.borrow_mut();
         if progress.snapshot.map(|s| s.watermark) != Some(op) {
             return;
@@ -1385,6 +1391,11 @@ impl<M: StateMachine, S: Storage> Inner<M, S> {
         self.checkpoint_wanted.notify(1);
     }
 
+    /// Where the watermark may go after the newest snapshot: the previous
+    /// snapshot (so a damaged newest one can be replaced by it plus the
+    /// journal) unless that leaves the ring short, then the newest; and,
+    /// while uploads gate compaction, no further than the newest uploaded
+    /// snapshot. Never below where it is.
     fn watermark_target(&self) -> u64 {
         let progress = self.progress.borrow();
         let current = self.journal.watermark();

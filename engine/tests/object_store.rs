@@ -840,6 +840,67 @@ fn s3_a_snapshot_damaged_before_its_upload_is_never_uploaded() {
     test.join().expect("test");
 }
 
+/// As above, with automatic checkpoints (the default): the upload that
+/// refuses the damaged snapshot has the shard write it again at its op
+/// from the state in memory, and that file, whole, is what goes up once
+/// the server is back.
+#[test]
+fn s3_a_snapshot_damaged_before_its_upload_is_written_again_and_uploaded() {
+    let dir = temp_dir();
+    let Some(mut server) = S3Server::start(&dir.path().join("s3s-root")) else {
+        return;
+    };
+    let remote = impatient_remote(&server);
+    let shard_dir = dir.path().join("shard");
+    let (to_main, from_shard) = std::sync::mpsc::channel::<()>();
+    let (to_shard, from_main) = std::sync::mpsc::channel::<()>();
+    let test = std::thread::spawn(move || {
+        run(move || async move {
+            let settings = settings(&remote).mode(UploadMode::BeforeCompaction);
+            let shard = builder(&shard_dir, settings).open().await.unwrap();
+            create_streams(&shard, "a", 3).await;
+            checkpoint_uploaded(&shard).await;
+
+            to_main.send(()).unwrap();
+            from_main.recv().unwrap(); // the server is down
+            create_streams(&shard, "b", 3).await;
+            shard.checkpoint().await.unwrap();
+            let damaged = shard.snapshot_watermark();
+            wait_until("an upload attempt failed", || {
+                shard.stats().snapshot_upload_failures > 0
+            })
+            .await;
+            let path = shard.snapshots().dir().join(snapshot_file_name(damaged));
+            let len = std::fs::metadata(&path).unwrap().len();
+            flip_byte(&path, len - 1 - (4096 + 10));
+            wait_until("the damaged snapshot refused and written again", || {
+                let stats = shard.stats();
+                stats.snapshot_uploads_refused >= 1 && stats.damaged_snapshots_replaced >= 1
+            })
+            .await;
+            assert_eq!(shard.snapshot_watermark(), damaged, "at its op");
+            to_main.send(()).unwrap();
+            from_main.recv().unwrap(); // the server is back
+            assert!(shard.wait_for_upload(WAIT).await, "uploaded");
+            assert_eq!(shard.uploaded_snapshot(), damaged);
+            let key = format!("{}/{}", shard.domain(), snapshot_key(damaged));
+            assert_eq!(
+                &remote.get_bytes(&key, u64::MAX).await.unwrap()[..],
+                &std::fs::read(&path).unwrap()[..],
+                "the file written again, whole"
+            );
+            shard.close().await.unwrap();
+        })
+    });
+    from_shard.recv().unwrap();
+    server.kill();
+    to_shard.send(()).unwrap();
+    from_shard.recv().unwrap();
+    server.restart();
+    to_shard.send(()).unwrap();
+    test.join().expect("test");
+}
+
 #[test]
 fn s3_server_killed_mid_upload_leaves_the_shard_serving_and_the_upload_resumes() {
     let dir = temp_dir();

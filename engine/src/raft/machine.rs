@@ -239,7 +239,7 @@ where
         let op = meta.last_log_id.as_ref().map_or(0, |id| op_of(id.index));
         let installed = self
             .thread
-            .call(move |shard| {
+            .call_detached(move |shard| {
                 Box::pin(async move {
                     let refused = |error: &dyn std::fmt::Display| {
                         metrics::counter!("ringstore_raft_snapshot_install_refusals_total")
@@ -287,7 +287,7 @@ where
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotFile<C>>, std::io::Error> {
         let current = self
             .thread
-            .call(|shard| Box::pin(async move { shard.current_snapshot_bytes().await }))
+            .call_detached(|shard| Box::pin(async move { shard.current_snapshot_bytes().await }))
             .await;
         let current = current
             .map_err(RaftStoreError::from)

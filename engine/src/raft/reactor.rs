@@ -210,6 +210,35 @@ impl<T: ReactorState> ReactorThread<T> {
         self.jobs.send(job).await.map_err(|_| ReactorClosed)?;
         rx.await.map_err(|_| ReactorClosed)
     }
+
+    /// [`ReactorThread::call`] for a job that may wait long (a snapshot
+    /// written, or a permit another task holds): it starts in the queue's
+    /// order, then runs as a task of its own, so the jobs behind it (the
+    /// log's appends among them) are not held up meanwhile.
+    // The job returns the task's receiver on purpose: awaiting it in the
+    // job would hold up the queue.
+    #[allow(clippy::async_yields_async)]
+    pub async fn call_detached<R, F>(&self, job: F) -> Result<R, ReactorClosed>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<T>) -> LocalBoxFuture<R> + Send + 'static,
+    {
+        let done = self
+            .call(move |state| {
+                Box::pin(async move {
+                    let (tx, rx) = futures_channel::oneshot::channel();
+                    // Detached: glommio cancels a task whose handle is
+                    // dropped.
+                    glommio::spawn_local(async move {
+                        let _ = tx.send(job(state).await);
+                    })
+                    .detach();
+                    rx
+                })
+            })
+            .await?;
+        done.await.map_err(|_| ReactorClosed)
+    }
 }
 
 impl<T: ReactorState> ReactorThread<T> {

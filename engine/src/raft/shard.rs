@@ -578,14 +578,16 @@ where
 
     /// The current snapshot and its file's bytes, verified, for a leader
     /// to send (`None` before the first). A file that fails verification
-    /// (read twice: a transient read error is not damage) is never sent,
-    /// where every follower would refuse it and stay behind: the damage is
-    /// logged at error level with file and offset and counted
-    /// (`ringstore_raft_snapshot_rebuilds_total`), and a new snapshot is
-    /// built from the applied state in memory, which replaces it: under
-    /// the same name if nothing was applied since, or as a newer
-    /// generation, after which the damaged file is removed (the new one
-    /// covers everything it did).
+    /// or cannot be read (twice each: a transient read error is not
+    /// damage) is never sent, where every follower would refuse it (an
+    /// install error stops a follower) and the one behind would never
+    /// catch up: it is logged at error level with file and offset, and a
+    /// new snapshot is built from the applied state in memory and sent
+    /// instead, once its own bytes verify (counted in
+    /// `ringstore_raft_snapshot_rebuilds_total`). It replaces the damaged
+    /// file under the same name if nothing was applied since, or as a
+    /// newer generation, after which the damaged file is removed (the new
+    /// one covers everything it did).
     pub(super) async fn current_snapshot_bytes(
         &self,
     ) -> Result<Option<(SnapshotMeta<C>, Vec<u8>)>, crate::Error> {
@@ -597,50 +599,70 @@ where
         else {
             return Ok(None);
         };
-        let mut damage = None;
+        let mut refusal = None;
         for _ in 0..2 {
-            let bytes = self.snapshots.read_file(&path).await?;
-            let report = crate::snapshot::verify::verify_snapshot_bytes(
-                &path,
-                &bytes,
-                Some(self.domain),
-                crate::snapshot::Check::Full,
-            );
-            match report.damage.into_iter().next() {
-                None => return Ok(Some((meta, bytes))),
-                Some(found) => damage = Some(found),
+            match self.verified_bytes(&path).await {
+                Ok(bytes) => return Ok(Some((meta, bytes))),
+                Err(error) => refusal = Some(error),
             }
         }
-        let damage = damage.expect("set by a failed verification");
-        metrics::counter!("ringstore_raft_snapshot_rebuilds_total").increment(1);
+        let refusal = refusal.expect("set by a failed read or verification");
         tracing::error!(
-            path = %damage.path.display(),
-            offset = damage.offset,
-            fault = %damage.fault,
-            "the current snapshot is damaged and is not sent: building a new one from the \
-             applied state"
+            path = %path.display(),
+            error = %refusal,
+            "the current snapshot cannot be read or is damaged, and is not sent: building a \
+             new one from the applied state"
         );
         let (sections, rebuilt) = self.freeze();
         let bytes = self.persist_frozen(sections, &rebuilt).await?;
-        self.snapshots_rebuilt.set(self.snapshots_rebuilt.get() + 1);
-        // Not already pruned with the other old generations.
-        let replaced = self
+        let rebuilt_path = self
             .current
             .borrow()
             .as_ref()
-            .is_some_and(|c| c.path != path)
-            && self
-                .snapshots
-                .generations()?
-                .iter()
-                .any(|(_, p)| *p == path);
-        if replaced {
+            .map(|c| c.path.clone())
+            .unwrap_or_else(|| path.clone());
+        let report = crate::snapshot::verify::verify_snapshot_bytes(
+            &rebuilt_path,
+            &bytes,
+            Some(self.domain),
+            crate::snapshot::Check::Full,
+        );
+        if let Some(refusal) = report.refusal() {
+            return Err(refusal.into());
+        }
+        metrics::counter!("ringstore_raft_snapshot_rebuilds_total").increment(1);
+        self.snapshots_rebuilt.set(self.snapshots_rebuilt.get() + 1);
+        // Not already pruned with the other old generations.
+        let listed = match self.snapshots.generations() {
+            Ok(generations) => generations.iter().any(|(_, p)| *p == path),
+            Err(error) => {
+                tracing::warn!(%error, "listing the snapshots after a rebuild failed");
+                false
+            }
+        };
+        if rebuilt_path != path && listed {
             if let Err(e) = self.snapshots.remove_generation(&path).await {
                 tracing::warn!(path = %path.display(), error = %e,
                     "removing a damaged snapshot after rebuilding it failed");
             }
         }
         Ok(Some((rebuilt, bytes)))
+    }
+
+    /// The snapshot file at `path`, read whole and verified against this
+    /// shard's domain; its first damage, or the read's error.
+    async fn verified_bytes(&self, path: &Path) -> Result<Vec<u8>, crate::Error> {
+        let bytes = self.snapshots.read_file(path).await?;
+        let report = crate::snapshot::verify::verify_snapshot_bytes(
+            path,
+            &bytes,
+            Some(self.domain),
+            crate::snapshot::Check::Full,
+        );
+        match report.refusal() {
+            None => Ok(bytes),
+            Some(refusal) => Err(refusal.into()),
+        }
     }
 }
 

@@ -495,9 +495,6 @@ impl SnapshotVerifier {
         self.report.damage.first()
     }
 
-    /// The verdict. A body fed short of its end is a truncation at the
-    /// offset where the bytes stopped; otherwise the whole-file checksum is
-    /// checked.
     /// The report so far, for a file whose next read failed: what was
     /// checked, with the failure, and none of the checks at the body's end.
     pub fn abandon(mut self, failure: ReadFailure) -> SnapshotReport {
@@ -505,7 +502,9 @@ impl SnapshotVerifier {
         self.report
     }
 
-    /// The report, once every byte asked for was fed.
+    /// The verdict. A body fed short of its end is a truncation at the
+    /// offset where the bytes stopped; otherwise the whole-file checksum is
+    /// checked.
     pub fn finish(mut self) -> SnapshotReport {
         let Some(body) = self.body.take() else {
             return self.report;
