@@ -459,10 +459,10 @@ impl<S: Storage> SnapshotStore<S> {
             match loaded {
                 Ok(loaded) => return Ok((Some(loaded), skipped)),
                 Err(reason) => {
-                    // Damage on the disk (the open goes on from an older
-                    // generation only if the journal reaches back to it).
-                    tracing::error!(path = %path.display(), %reason,
-                        "skipping a snapshot that does not load; trying the one before it");
+                    // A warning: the open goes on from an older generation
+                    // only if the journal reaches back to it, and refuses
+                    // otherwise (counted in `ringstore_snapshots_skipped_total`).
+                    tracing::warn!(path = %path.display(), %reason, "skipping snapshot");
                     skipped.push(SkippedSnapshot { path, reason });
                 }
             }
