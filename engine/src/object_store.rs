@@ -606,7 +606,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// again) or a conflict. Same size is not enough (in `BeforeCompaction`
     /// mode the watermark then moves past the op on its strength): the
     /// object's header block must verify as this domain's snapshot at this
-    /// op, with its size ([`Shard::existing_snapshot_header`]: a download
+    /// op, with its size ([`Shard::existing_snapshot`]: a download
     /// abandoned after its first 4 KiB). Its body is not checked: a
     /// snapshot of one domain at one op holds one state.
     async fn existing_object(
@@ -626,43 +626,28 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             }
         };
         let closing = objects.closing.listen();
-        let head = async { Some(tiered.remote().head(&full).await) };
+        let examined = async { Some(self.existing_snapshot(tiered, &full, op).await) };
         let abandoned = async {
             closing.await;
             None
         };
-        let info = match futures_lite::future::or(head, abandoned).await {
-            None => return Upload::Closing,
-            Some(Ok(info)) => info,
+        match futures_lite::future::or(examined, abandoned).await {
+            None => Upload::Closing,
             Some(Err(error)) => {
                 tracing::warn!(key = full, %error, "checking an existing snapshot object failed");
-                return Upload::Failed;
+                Upload::Failed
             }
-        };
-        if info.bytes != local_bytes {
-            tracing::error!(
-                key = full,
-                object_bytes = info.bytes,
-                local_bytes,
-                "another object holds this snapshot's key (two shards claiming one \
-                 domain?); not uploading this snapshot"
-            );
-            return Upload::Conflict;
-        }
-        let closing = objects.closing.listen();
-        let header = async {
-            Some(
-                self.existing_snapshot_header(tiered, &full, op, info.bytes)
-                    .await,
-            )
-        };
-        let abandoned = async {
-            closing.await;
-            None
-        };
-        match futures_lite::future::or(header, abandoned).await {
-            None => Upload::Closing,
-            Some(Ok(None)) => {
+            Some(Ok((object_bytes, _))) if object_bytes != local_bytes => {
+                tracing::error!(
+                    key = full,
+                    object_bytes,
+                    local_bytes,
+                    "another object holds this snapshot's key (two shards claiming one \
+                     domain?); not uploading this snapshot"
+                );
+                Upload::Conflict
+            }
+            Some(Ok((_, None))) => {
                 tracing::info!(
                     key = full,
                     after_retry,
@@ -671,7 +656,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 );
                 Upload::Uploaded(if after_retry { local_bytes } else { 0 })
             }
-            Some(Ok(Some(damage))) => {
+            Some(Ok((_, Some(damage)))) => {
                 tracing::error!(
                     key = full,
                     %damage,
@@ -680,26 +665,22 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 );
                 Upload::Conflict
             }
-            Some(Err(error)) => {
-                tracing::warn!(key = full, %error, "reading an existing snapshot object's header failed");
-                Upload::Failed
-            }
         }
     }
 
-    /// The first damage the header checks find in the object at `full`
-    /// (`bytes` long) as this domain's snapshot at `op` (`None`: it
-    /// passes): its first [`HEADER_BLOCK_BYTES`] read, the rest of the
-    /// download abandoned.
-    async fn existing_snapshot_header(
+    /// The object at `full`: its size, and the first damage the header
+    /// checks find in it as this domain's snapshot at `op` (`None`: it
+    /// passes). One download, abandoned after its first
+    /// [`HEADER_BLOCK_BYTES`](crate::format::HEADER_BLOCK_BYTES).
+    async fn existing_snapshot(
         &self,
         tiered: &Tiered,
         full: &str,
         op: u64,
-        bytes: u64,
-    ) -> std::result::Result<Option<crate::snapshot::SnapshotDamage>, RemoteError> {
+    ) -> std::result::Result<(u64, Option<crate::snapshot::SnapshotDamage>), RemoteError> {
         let header_bytes = crate::format::HEADER_BLOCK_BYTES as usize;
         let mut reader = tiered.remote().get_stream(full).await?;
+        let bytes = reader.len();
         let mut head = Vec::with_capacity(header_bytes);
         while head.len() < header_bytes {
             match reader.next_chunk().await? {
@@ -717,7 +698,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             crate::snapshot::Check::Header,
         );
         verifier.header_block(&head);
-        Ok(verifier.finish().damage.into_iter().next())
+        Ok((bytes, verifier.finish().damage.into_iter().next()))
     }
 
     /// After the snapshot at `op` was uploaded: record it, let the

@@ -757,8 +757,25 @@ fn s3_before_compaction_holds_the_watermark_while_the_store_is_down() {
     test.join().expect("test");
 }
 
+/// A snapshot damaged on the disk between its write and its upload, with
+/// the server down: the upload reads it again and refuses it. Without
+/// automatic checkpoints it is never uploaded, and the next checkpoint's
+/// snapshot takes its place.
 #[test]
 fn s3_a_snapshot_damaged_before_its_upload_is_never_uploaded() {
+    damaged_before_its_upload(false);
+}
+
+/// As above, with automatic checkpoints (the default): the upload that
+/// refuses the damaged snapshot has the shard write it again at its op
+/// from the state in memory, and that file, whole, is what goes up once
+/// the server is back.
+#[test]
+fn s3_a_snapshot_damaged_before_its_upload_is_written_again_and_uploaded() {
+    damaged_before_its_upload(true);
+}
+
+fn damaged_before_its_upload(automatic_checkpoints: bool) {
     let dir = temp_dir();
     let Some(mut server) = S3Server::start(&dir.path().join("s3s-root")) else {
         return;
@@ -772,7 +789,7 @@ fn s3_a_snapshot_damaged_before_its_upload_is_never_uploaded() {
             let settings = settings(&remote).mode(UploadMode::BeforeCompaction);
             let shard = builder(&shard_dir, settings)
                 .checkpoint_policy(CheckpointPolicy {
-                    automatic: false,
+                    automatic: automatic_checkpoints,
                     ..Default::default()
                 })
                 .open()
@@ -784,13 +801,8 @@ fn s3_a_snapshot_damaged_before_its_upload_is_never_uploaded() {
             to_main.send(()).unwrap();
             from_main.recv().unwrap(); // the server is down
             create_streams(&shard, "b", 3).await;
-            let damaged = shard
-                .checkpoint()
-                .await
-                .unwrap()
-                .snapshot
-                .unwrap()
-                .watermark;
+            shard.checkpoint().await.unwrap();
+            let damaged = shard.snapshot_watermark();
             wait_until("an upload attempt failed", || {
                 shard.stats().snapshot_upload_failures > 0
             })
@@ -803,92 +815,48 @@ fn s3_a_snapshot_damaged_before_its_upload_is_never_uploaded() {
             flip_byte(&path, len - 1 - (4096 + 10));
             // With the server still down: an attempt that read the file
             // before the damage fails on the server, and the next one reads
-            // it again and refuses it, for good (a newer snapshot takes its
-            // place). Counted once that decision is made.
+            // it again and refuses it. Counted once that decision is made.
             wait_until("the damaged snapshot is refused", || {
                 shard.stats().snapshot_uploads_refused == 1
             })
             .await;
-            to_main.send(()).unwrap();
-            from_main.recv().unwrap(); // the server is back
             let domain = shard.domain();
-            assert_eq!(
-                remote_ops(&remote, domain).await,
-                vec![first],
-                "never uploaded"
-            );
-            assert_eq!(shard.uploaded_snapshot(), first);
-            assert!(shard.journal().watermark() <= first, "the watermark stays");
+            if automatic_checkpoints {
+                wait_until("the damaged snapshot written again", || {
+                    shard.stats().damaged_snapshots_replaced >= 1
+                })
+                .await;
+                assert_eq!(shard.snapshot_watermark(), damaged, "at its op");
+                to_main.send(()).unwrap();
+                from_main.recv().unwrap(); // the server is back
+                assert!(shard.wait_for_upload(WAIT).await, "uploaded");
+                assert_eq!(shard.uploaded_snapshot(), damaged);
+                let key = format!("{domain}/{}", snapshot_key(damaged));
+                assert_eq!(
+                    &remote.get_bytes(&key, u64::MAX).await.unwrap()[..],
+                    &std::fs::read(&path).unwrap()[..],
+                    "the file written again, whole"
+                );
+            } else {
+                to_main.send(()).unwrap();
+                from_main.recv().unwrap(); // the server is back
+                assert_eq!(
+                    remote_ops(&remote, domain).await,
+                    vec![first],
+                    "never uploaded"
+                );
+                assert_eq!(shard.uploaded_snapshot(), first);
+                assert!(shard.journal().watermark() <= first, "the watermark stays");
 
-            // The next checkpoint's snapshot takes its place.
-            create_streams(&shard, "c", 3).await;
-            let next = checkpoint_uploaded(&shard).await;
-            // Uploads go in op order: with `next` there, the damaged one
-            // was passed over for good.
-            let uploaded = remote_ops(&remote, domain).await;
-            assert!(uploaded.contains(&next), "{uploaded:?}");
-            assert!(!uploaded.contains(&damaged), "{uploaded:?}");
-            shard.close().await.unwrap();
-        })
-    });
-    from_shard.recv().unwrap();
-    server.kill();
-    to_shard.send(()).unwrap();
-    from_shard.recv().unwrap();
-    server.restart();
-    to_shard.send(()).unwrap();
-    test.join().expect("test");
-}
-
-/// As above, with automatic checkpoints (the default): the upload that
-/// refuses the damaged snapshot has the shard write it again at its op
-/// from the state in memory, and that file, whole, is what goes up once
-/// the server is back.
-#[test]
-fn s3_a_snapshot_damaged_before_its_upload_is_written_again_and_uploaded() {
-    let dir = temp_dir();
-    let Some(mut server) = S3Server::start(&dir.path().join("s3s-root")) else {
-        return;
-    };
-    let remote = impatient_remote(&server);
-    let shard_dir = dir.path().join("shard");
-    let (to_main, from_shard) = std::sync::mpsc::channel::<()>();
-    let (to_shard, from_main) = std::sync::mpsc::channel::<()>();
-    let test = std::thread::spawn(move || {
-        run(move || async move {
-            let settings = settings(&remote).mode(UploadMode::BeforeCompaction);
-            let shard = builder(&shard_dir, settings).open().await.unwrap();
-            create_streams(&shard, "a", 3).await;
-            checkpoint_uploaded(&shard).await;
-
-            to_main.send(()).unwrap();
-            from_main.recv().unwrap(); // the server is down
-            create_streams(&shard, "b", 3).await;
-            shard.checkpoint().await.unwrap();
-            let damaged = shard.snapshot_watermark();
-            wait_until("an upload attempt failed", || {
-                shard.stats().snapshot_upload_failures > 0
-            })
-            .await;
-            let path = shard.snapshots().dir().join(snapshot_file_name(damaged));
-            let len = std::fs::metadata(&path).unwrap().len();
-            flip_byte(&path, len - 1 - (4096 + 10));
-            wait_until("the damaged snapshot refused and written again", || {
-                let stats = shard.stats();
-                stats.snapshot_uploads_refused >= 1 && stats.damaged_snapshots_replaced >= 1
-            })
-            .await;
-            assert_eq!(shard.snapshot_watermark(), damaged, "at its op");
-            to_main.send(()).unwrap();
-            from_main.recv().unwrap(); // the server is back
-            assert!(shard.wait_for_upload(WAIT).await, "uploaded");
-            assert_eq!(shard.uploaded_snapshot(), damaged);
-            let key = format!("{}/{}", shard.domain(), snapshot_key(damaged));
-            assert_eq!(
-                &remote.get_bytes(&key, u64::MAX).await.unwrap()[..],
-                &std::fs::read(&path).unwrap()[..],
-                "the file written again, whole"
-            );
+                // The next checkpoint's snapshot takes its place.
+                create_streams(&shard, "c", 3).await;
+                let next = checkpoint_uploaded(&shard).await;
+                // Uploads go in op order: with `next` there, the damaged one
+                // was passed over for good.
+                let uploaded = remote_ops(&remote, domain).await;
+                assert!(uploaded.contains(&next), "{uploaded:?}");
+                assert!(!uploaded.contains(&damaged), "{uploaded:?}");
+            }
             shard.close().await.unwrap();
         })
     });
