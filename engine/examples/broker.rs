@@ -133,6 +133,9 @@ fn run(
     // The same manifest as `ringstore::Engine`'s: the directory records its
     // shard count, since every key's state lives on the shard it routed to.
     startup::check_manifest(&args.data_dir, args.shards).map_err(|e| e.to_string())?;
+    // A shard the directory records as created but whose files are gone is
+    // refused, not started empty.
+    startup::check_created_shards(&args.data_dir, &[]).map_err(|e| e.to_string())?;
 
     // Dropping `listening` tells every reactor to stop.
     let (listening, stopping) = async_channel::bounded::<()>(1);
@@ -201,6 +204,11 @@ fn run(
                 failures.push("a reactor stopped before it listened".into());
                 break;
             }
+        }
+    }
+    if failures.is_empty() {
+        if let Err(e) = startup::record_created_shards(&args.data_dir) {
+            failures.push(e.to_string());
         }
     }
     if !failures.is_empty() {

@@ -373,6 +373,22 @@ pub enum Error {
         configured: usize,
     },
 
+    /// A shard the data directory's superblock records as created has lost
+    /// its directory or its identity file.
+    #[error(
+        "{path}: shard {shard} was created in this data directory (its superblock records \
+         it), but its directory or its identity file is gone; starting it empty would lose \
+         every command it acknowledged. Put the directory back, restore it from object \
+         storage (`ringstore restore --shard {shard} --domain <its domain>`), or give its \
+         data up with `EngineBuilder::abandon_missing_shard({shard})`"
+    )]
+    ShardMissing {
+        /// The shard.
+        shard: usize,
+        /// Its directory.
+        path: PathBuf,
+    },
+
     /// A shard's reactor thread could not start or died.
     #[error(
         "shard {shard}: its reactor{} failed: {reason}",

@@ -48,6 +48,7 @@
 //! | `ringstore_journal_write_through` | gauge | 1 if the journal makes appends durable with O_DSYNC writes (`Durability::WriteThrough`, configured or chosen by `Auto`'s probe), 0 if with write + fdatasync (or, under `NoSync`, not at all) |
 //! | `ringstore_snapshots_skipped_total` | counter | snapshot files an open passed over because they did not verify (each also logged with its reason) |
 //! | `ringstore_data_dir_superblock_repairs_total` | counter, no `shard` label | data directory superblock copies found damaged or stale at startup and rewritten from the good one |
+//! | `ringstore_shards_abandoned_total` | counter, no `shard` label | shards recorded as created but found without their directory or identity at a start told to give them up (`EngineBuilder::abandon_missing_shard`), started empty |
 //!
 //! The object store's own counters (calls, retries, timeouts, bytes) are
 //! the `ringstore_remote_*` metrics of `ringstore_cache::Remote`, shared by

@@ -1,12 +1,16 @@
 //! The data directory's superblock (the shard count routing depends on)
 //! under the power-cut model: a cut at every storage call of its first
 //! write, and of the repair of a damaged copy, then a power loss that
-//! drops, tears and reorders what was not synced and undoes unsynced names.
+//! drops, tears and reorders what was not synced and undoes unsynced names;
+//! and the record of which shards were created, updated under the same cuts.
 //! After each, the directory opens with the configured count or is still
 //! new: never a refusal, never another count.
 mod common;
 use common::run;
-use ringstore::runtime::startup::{check_manifest_on, read_manifest_on, MANIFEST_FILE_NAME};
+use ringstore::runtime::startup::{
+    check_created_shards_on, check_manifest_on, read_manifest_on, read_manifest_record_on,
+    record_created_shards_on, shard_dir, MANIFEST_FILE_NAME,
+};
 use ringstore_journal::storage::{FaultConfig, MemStorage};
 use std::path::Path;
 
@@ -99,5 +103,88 @@ fn another_shard_count_is_refused_on_the_simulated_disk_too() {
         check_manifest_on(&mem, data, SHARDS).await.unwrap();
         let refused = check_manifest_on(&mem, data, SHARDS + 1).await.unwrap_err();
         assert!(refused.to_string().contains("shard"), "{refused}");
+    });
+}
+
+/// Gives shard `index` of `data` a durable identity file (what its first
+/// open writes), through the storage layer.
+async fn create_identity(mem: &MemStorage, data: &Path, index: usize) {
+    use ringstore_journal::storage::{Storage, StorageFile};
+    let dir = shard_dir(data, index);
+    ringstore_journal::storage::create_dir_all_durably(mem, &dir)
+        .await
+        .unwrap();
+    let file = mem.create(&dir.join("identity"), false).await.unwrap();
+    file.sync().await.unwrap();
+    file.close().await.unwrap();
+    mem.sync_dir(&dir).await.unwrap();
+}
+
+#[test]
+fn a_power_cut_at_every_step_of_recording_a_created_shard_keeps_the_count_and_the_record() {
+    run(|| async {
+        let data = Path::new("/disk/data");
+        for cut in 1..=CUTS_MAX {
+            let mem = MemStorage::with_faults(cut, faults());
+            check_manifest_on(&mem, data, SHARDS).await.unwrap();
+            create_identity(&mem, data, 0).await;
+            record_created_shards_on(&mem, data).await.unwrap();
+            create_identity(&mem, data, 2).await;
+            mem.cut_power_after_ops(cut);
+            let recorded = record_created_shards_on(&mem, data).await;
+            let power_cut = mem.power_is_cut();
+            mem.crash();
+            let read = read_manifest_record_on(&mem, data)
+                .await
+                .unwrap_or_else(|e| panic!("cut {cut}: {e}"))
+                .unwrap();
+            assert_eq!(read.shards, SHARDS, "cut {cut}");
+            let created = read.created.unwrap();
+            // Shard 0's record, durable before, is never lost; shard 2's
+            // is there once the update returned.
+            assert!(created[0], "cut {cut}: shard 0's record lost");
+            assert!(!created[1] && !created[3], "cut {cut}: {created:?}");
+            if !power_cut {
+                recorded.unwrap();
+                assert!(created[2], "cut {cut}: shard 2 not recorded");
+                let cuts = cut - 1;
+                eprintln!("record: {cuts} cut points");
+                assert!(cuts >= 3, "only {cuts} cut points");
+                return;
+            }
+            record_created_shards_on(&mem, data).await.unwrap();
+            let created = read_manifest_record_on(&mem, data)
+                .await
+                .unwrap()
+                .unwrap()
+                .created
+                .unwrap();
+            assert_eq!(created, vec![true, false, true, false], "cut {cut}");
+        }
+        panic!("recording took more than {CUTS_MAX} storage calls");
+    });
+}
+
+#[test]
+fn a_recorded_shard_without_its_identity_is_refused_on_the_simulated_disk_too() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let data = Path::new("/disk/data");
+        check_manifest_on(&mem, data, SHARDS).await.unwrap();
+        // Nothing recorded yet: a new data directory starts.
+        check_created_shards_on(&mem, data, &[]).await.unwrap();
+        create_identity(&mem, data, 1).await;
+        record_created_shards_on(&mem, data).await.unwrap();
+        check_created_shards_on(&mem, data, &[]).await.unwrap();
+        use ringstore_journal::storage::Storage;
+        mem.remove(&shard_dir(data, 1).join("identity"))
+            .await
+            .unwrap();
+        let refused = check_created_shards_on(&mem, data, &[]).await.unwrap_err();
+        assert!(
+            matches!(refused, ringstore::Error::ShardMissing { shard: 1, .. }),
+            "{refused}"
+        );
+        check_created_shards_on(&mem, data, &[1]).await.unwrap();
     });
 }

@@ -444,6 +444,104 @@ fn startup_refuses_a_locked_dir_another_shard_count_and_a_missing_cpu() {
     );
 }
 
+/// The keys of `0..200` that route to `shard` of 2, each put with its
+/// own value; returns what was acknowledged.
+fn fill_shard(engine: &Engine<Kv>, shard: usize) -> BTreeMap<u64, Vec<u8>> {
+    let client = engine.client();
+    let mut acknowledged = BTreeMap::new();
+    for key in (0..200u64).filter(|k| shard_for_key(&k.to_le_bytes(), 2) == shard) {
+        client
+            .submit_blocking(key.to_le_bytes(), put(key, key))
+            .unwrap()
+            .unwrap();
+        acknowledged.insert(key, key.to_le_bytes().to_vec());
+    }
+    acknowledged
+}
+
+#[test]
+fn a_created_shard_whose_directory_is_gone_is_refused_not_started_empty() {
+    let dir = temp_dir();
+    let engine = builder(dir.path(), 2).start().unwrap();
+    let acknowledged = fill_shard(&engine, 1);
+    engine.shutdown(false).unwrap();
+    let shard_dir = dir.path().join("shard-001");
+    let aside = dir.path().join("shard-001.aside");
+
+    // Moved aside (or lost): the start refuses, naming the shard, and
+    // leaves nothing behind in its place.
+    std::fs::rename(&shard_dir, &aside).unwrap();
+    let err = builder(dir.path(), 2)
+        .start()
+        .err()
+        .expect("a missing shard refused");
+    assert!(
+        matches!(&err, Error::ShardMissing { shard: 1, path } if *path == shard_dir),
+        "{err}"
+    );
+    assert!(err.to_string().contains("restore"), "{err}");
+    assert!(!shard_dir.exists(), "nothing created in its place");
+    // The same for a directory that is there but emptied.
+    std::fs::create_dir(&shard_dir).unwrap();
+    let err = builder(dir.path(), 2).start().err().expect("refused");
+    assert!(matches!(err, Error::ShardMissing { shard: 1, .. }), "{err}");
+    std::fs::remove_dir(&shard_dir).unwrap();
+
+    // Put back: every acknowledged command is there.
+    std::fs::rename(&aside, &shard_dir).unwrap();
+    let (engine, _) = restart_holding(dir.path(), &acknowledged);
+    engine.shutdown(false).unwrap();
+
+    // Given up on purpose: the shard starts empty, and is recorded again.
+    std::fs::remove_dir_all(&shard_dir).unwrap();
+    let engine = builder(dir.path(), 2)
+        .abandon_missing_shard(1)
+        .start()
+        .unwrap();
+    assert!(shard_maps(&engine)[1].is_empty());
+    engine.shutdown(false).unwrap();
+    std::fs::remove_dir_all(&shard_dir).unwrap();
+    let err = builder(dir.path(), 2).start().err().expect("refused");
+    assert!(matches!(err, Error::ShardMissing { shard: 1, .. }), "{err}");
+}
+
+#[test]
+fn a_superblock_from_before_shards_were_recorded_records_them_at_the_next_start() {
+    use ringstore::runtime::startup::{read_manifest_record_on, MANIFEST_FILE_NAME};
+    use ringstore_journal::superblock::{write_file_blocking, SuperblockKind};
+    let dir = temp_dir();
+    let engine = builder(dir.path(), 2).start().unwrap();
+    let acknowledged = fill_shard(&engine, 0);
+    engine.shutdown(false).unwrap();
+    // The earlier body: the shard count and a zero word, nothing recorded.
+    let path = dir.path().join(MANIFEST_FILE_NAME);
+    let mut old_body = 2u32.to_le_bytes().to_vec();
+    old_body.extend_from_slice(&[0; 4]);
+    std::fs::remove_file(&path).unwrap();
+    write_file_blocking(&path, true, SuperblockKind::DataDir, 7, &old_body).unwrap();
+    let read = |dir: &Path| {
+        let dir = dir.to_path_buf();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                read_manifest_record_on(&ringstore_journal::storage::DmaStorage::new(), &dir)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    assert_eq!(read(dir.path()).created, None);
+
+    let (engine, _) = restart_holding(dir.path(), &acknowledged);
+    engine.shutdown(false).unwrap();
+    assert_eq!(read(dir.path()).created, Some(vec![true, true]));
+    std::fs::remove_dir_all(dir.path().join("shard-000")).unwrap();
+    let err = builder(dir.path(), 2).start().err().expect("refused");
+    assert!(matches!(err, Error::ShardMissing { shard: 0, .. }), "{err}");
+}
+
 #[test]
 fn a_shard_that_fails_to_open_names_itself_and_stops_the_others() {
     let dir = temp_dir();

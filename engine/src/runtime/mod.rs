@@ -81,6 +81,7 @@ pub struct EngineBuilder<M: EngineMachine> {
     io_memory_bytes: usize,
     configure: Configure<M>,
     object_store: Option<ObjectStoreSettings>,
+    abandoned: Vec<usize>,
 }
 
 /// Longest [`EngineBuilder::restore_shard`] waits for the restored shard's
@@ -128,6 +129,19 @@ impl<M: EngineMachine> EngineBuilder<M> {
     /// reactors suit shared test machines.
     pub fn pin(mut self, pin: bool) -> Self {
         self.pin = pin;
+        self
+    }
+
+    /// Starts shard `index` empty even though the data directory records it
+    /// as created and its directory (or its identity file) is gone: its
+    /// data, and every command it acknowledged, are given up. Without this
+    /// such a start is refused ([`Error::ShardMissing`]); restoring the
+    /// shard from object storage ([`EngineBuilder::restore_shard`]) is the
+    /// way to keep its data. Logged at error level and counted in
+    /// `ringstore_shards_abandoned_total`. A shard that is present is not
+    /// touched.
+    pub fn abandon_missing_shard(mut self, index: usize) -> Self {
+        self.abandoned.push(index);
         self
     }
 
@@ -231,6 +245,7 @@ impl<M: EngineMachine> EngineBuilder<M> {
                 reason: e.to_string(),
             })?;
         let (report, reset_snapshot_uploaded) = restored?;
+        startup::record_created_shards(&self.data_dir)?;
         Ok(ShardRestore {
             shard,
             dir,
@@ -263,6 +278,7 @@ impl<M: EngineMachine> EngineBuilder<M> {
             .map_err(|e| Error::io("create data directory", &self.data_dir, e))?;
         let lock = crate::layout::lock::acquire_blocking(&self.data_dir)?;
         startup::check_manifest(&self.data_dir, self.shards)?;
+        startup::check_created_shards(&self.data_dir, &self.abandoned)?;
 
         let mut queues = Vec::with_capacity(self.shards);
         let mut reactors = Vec::with_capacity(self.shards);
@@ -319,6 +335,13 @@ impl<M: EngineMachine> EngineBuilder<M> {
                 shard: index,
                 source: Box::new(error),
             });
+        }
+        // Every shard's identity is durable now: a start that finds one of
+        // them gone refuses rather than begin it empty.
+        if failure.is_none() {
+            if let Err(e) = startup::record_created_shards(&engine.data_dir) {
+                failure = Some(e);
+            }
         }
         match failure {
             None => Ok(engine),
@@ -444,6 +467,7 @@ impl<M: EngineMachine> Engine<M> {
             io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
             configure: Arc::new(|_, builder| builder),
             object_store: None,
+            abandoned: Vec::new(),
         }
     }
 

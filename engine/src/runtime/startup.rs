@@ -1,6 +1,8 @@
 //! Checks made before any reactor starts, so a misconfigured host fails with
 //! an error that says what to change instead of a reactor panic: CPUs,
-//! locked memory, and the data directory's superblock (shard count).
+//! locked memory, and the data directory's superblock (shard count, and
+//! which shards were created: a created shard whose directory is gone is
+//! refused, not started empty).
 //!
 //! The superblock goes through the storage layer like every durable byte
 //! ([`check_manifest_on`], [`read_manifest_on`]: the real disk or the
@@ -31,14 +33,57 @@ pub const SHARDS_MAX: u32 = 4096;
 /// [`read_manifest`] run on: two superblock copies at a time.
 const MANIFEST_IO_MEMORY_BYTES: usize = 256 << 10;
 
-/// The body of a data directory's superblock.
+/// The body of a data directory's superblock (after it, with
+/// [`DATA_DIR_FLAG_CREATED_RECORDED`], the created-shards bitmap).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct DataDirBody {
     /// Shards in the data directory.
     pub shards: U32,
-    /// Zero.
-    pub reserved: U32,
+    /// [`DATA_DIR_FLAG_CREATED_RECORDED`] or zero (a superblock written
+    /// before shards were recorded).
+    pub flags: U32,
+}
+
+/// [`DataDirBody::flags`]: a bitmap of `ceil(shards / 8)` bytes follows the
+/// body; bit `i % 8` of byte `i / 8` set means shard `i` was created (its
+/// identity written) in this data directory.
+pub const DATA_DIR_FLAG_CREATED_RECORDED: u32 = 1;
+
+/// What a data directory's superblock records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The shard count.
+    pub shards: usize,
+    /// Whether each shard was created, by index; `None` for a superblock
+    /// written before shards were recorded (the next start records them).
+    pub created: Option<Vec<bool>>,
+}
+
+impl Manifest {
+    /// Whether shard `index` is recorded as created.
+    pub fn is_created(&self, index: usize) -> bool {
+        self.created
+            .as_ref()
+            .is_some_and(|created| created.get(index).copied().unwrap_or(false))
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let shards = self.shards as u32;
+        let created = self.created.as_deref().unwrap_or(&[]);
+        let mut body = DataDirBody {
+            shards: shards.into(),
+            flags: DATA_DIR_FLAG_CREATED_RECORDED.into(),
+        }
+        .as_bytes()
+        .to_vec();
+        let mut bitmap = vec![0u8; self.shards.div_ceil(8)];
+        for (index, _) in created.iter().enumerate().filter(|(_, c)| **c) {
+            bitmap[index / 8] |= 1 << (index % 8);
+        }
+        body.extend_from_slice(&bitmap);
+        body
+    }
 }
 
 /// The CPUs this process may run on (its affinity mask), ascending.
@@ -178,9 +223,9 @@ pub async fn check_manifest_on<S: Storage>(
         .await
         .map_err(|e| Error::io("create data directory", data_dir, e))?;
     match read_manifest_chosen(storage, data_dir).await? {
-        Some((found, _)) if found != shards => Err(Error::ShardCountMismatch {
+        Some((found, _)) if found.shards != shards => Err(Error::ShardCountMismatch {
             path: data_dir.join(MANIFEST_FILE_NAME),
-            found,
+            found: found.shards,
             configured: shards,
         }),
         Some((_, chosen)) if !chosen.stale_or_damaged.is_empty() => {
@@ -221,9 +266,121 @@ pub fn read_manifest(data_dir: &Path) -> Result<Option<usize>> {
 
 /// [`read_manifest`] through `storage`, on the calling reactor.
 pub async fn read_manifest_on<S: Storage>(storage: &S, data_dir: &Path) -> Result<Option<usize>> {
+    Ok(read_manifest_record_on(storage, data_dir)
+        .await?
+        .map(|manifest| manifest.shards))
+}
+
+/// Everything `data_dir`'s superblock records (`None`: a new data
+/// directory), through `storage`, on the calling reactor.
+pub async fn read_manifest_record_on<S: Storage>(
+    storage: &S,
+    data_dir: &Path,
+) -> Result<Option<Manifest>> {
     Ok(read_manifest_chosen(storage, data_dir)
         .await?
-        .map(|(shards, _)| shards))
+        .map(|(manifest, _)| manifest))
+}
+
+/// Refuses to start when a shard the superblock records as created has lost
+/// its directory or its identity file: an open would make it a new, empty
+/// shard, and every command it acknowledged would be gone without a word
+/// ([`Error::ShardMissing`]). Shards in `abandoned` are let through (their
+/// data given up on purpose), logged at error level and counted in
+/// `ringstore_shards_abandoned_total`. On the real disk, for callers
+/// without a reactor: see [`check_created_shards_on`].
+pub fn check_created_shards(data_dir: &Path, abandoned: &[usize]) -> Result<()> {
+    let data_dir = data_dir.to_path_buf();
+    let abandoned = abandoned.to_vec();
+    on_short_reactor(move || async move {
+        check_created_shards_on(&DmaStorage::new(), &data_dir, &abandoned).await
+    })
+}
+
+/// [`check_created_shards`] through `storage`, on the calling reactor.
+pub async fn check_created_shards_on<S: Storage>(
+    storage: &S,
+    data_dir: &Path,
+    abandoned: &[usize],
+) -> Result<()> {
+    let Some(manifest) = read_manifest_record_on(storage, data_dir).await? else {
+        return Ok(());
+    };
+    for shard in (0..manifest.shards).filter(|&i| manifest.is_created(i)) {
+        if has_identity(storage, data_dir, shard).await? {
+            continue;
+        }
+        let path = shard_dir(data_dir, shard);
+        if !abandoned.contains(&shard) {
+            return Err(Error::ShardMissing { shard, path });
+        }
+        metrics::counter!("ringstore_shards_abandoned_total").increment(1);
+        tracing::error!(
+            shard,
+            path = %path.display(),
+            "shard recorded as created has no identity: starting it empty, as asked; \
+             the commands it acknowledged are given up"
+        );
+    }
+    Ok(())
+}
+
+/// Records in the superblock every shard of `data_dir` that now has an
+/// identity file (a shard's first open or a restore writes it), so that a
+/// later start refuses if its directory goes ([`check_created_shards`]).
+/// Writes nothing when nothing is new. On the real disk, for callers
+/// without a reactor: see [`record_created_shards_on`].
+pub fn record_created_shards(data_dir: &Path) -> Result<()> {
+    let data_dir = data_dir.to_path_buf();
+    on_short_reactor(move || async move {
+        record_created_shards_on(&DmaStorage::new(), &data_dir).await
+    })
+}
+
+/// [`record_created_shards`] through `storage`, on the calling reactor.
+pub async fn record_created_shards_on<S: Storage>(storage: &S, data_dir: &Path) -> Result<()> {
+    let path = data_dir.join(MANIFEST_FILE_NAME);
+    let Some((manifest, chosen)) = read_manifest_chosen(storage, data_dir).await? else {
+        return Err(Error::Manifest {
+            path,
+            reason: "missing: the shards cannot be recorded".into(),
+        });
+    };
+    let mut created = manifest
+        .created
+        .clone()
+        .unwrap_or_else(|| vec![false; manifest.shards]);
+    for (shard, created) in created.iter_mut().enumerate() {
+        *created = *created || has_identity(storage, data_dir, shard).await?;
+    }
+    if manifest.created.as_ref() == Some(&created) {
+        return Ok(());
+    }
+    let recorded = Manifest {
+        created: Some(created),
+        ..manifest
+    };
+    superblock::write_file(
+        storage,
+        &path,
+        false,
+        SuperblockKind::DataDir,
+        chosen.sequence + 1,
+        &recorded.encode(),
+        chosen.newest_copy,
+    )
+    .await
+    .map_err(|f| Error::io(f.op, &path, f.source))
+}
+
+/// Whether shard `index`'s directory holds its identity file.
+async fn has_identity<S: Storage>(storage: &S, data_dir: &Path, index: usize) -> Result<bool> {
+    let path = shard_dir(data_dir, index).join(crate::layout::identity::IDENTITY_FILE_NAME);
+    match storage.stat(&path).await {
+        Ok(_) => Ok(true),
+        Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(Error::io("stat", &path, e)),
+    }
 }
 
 /// Runs `task` on a reactor of its own and waits for it: the manifest's
@@ -255,7 +412,7 @@ where
 async fn read_manifest_chosen<S: Storage>(
     storage: &S,
     data_dir: &Path,
-) -> Result<Option<(usize, superblock::Chosen)>> {
+) -> Result<Option<(Manifest, superblock::Chosen)>> {
     let path = data_dir.join(MANIFEST_FILE_NAME);
     let bytes = match superblock::read_file(storage, &path).await {
         Ok(Some(bytes)) => bytes,
@@ -301,26 +458,45 @@ async fn read_manifest_chosen<S: Storage>(
             "data directory superblock copy damaged; the other copy is used"
         );
     }
-    let body = DataDirBody::read_from_bytes(&chosen.body).map_err(|_| Error::Manifest {
-        path: path.clone(),
-        reason: format!(
-            "at byte offset {}: a body of {} bytes, expected {}",
-            superblock::SUPERBLOCK_HEADER_BYTES,
-            chosen.body.len(),
+    let manifest = decode_manifest(&path, &chosen.body)?;
+    Ok(Some((manifest, chosen)))
+}
+
+/// A data directory superblock's body: the shard count and, when recorded,
+/// which shards were created.
+fn decode_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
+    let at = superblock::SUPERBLOCK_HEADER_BYTES;
+    let refused = |reason: String| Error::Manifest {
+        path: path.to_path_buf(),
+        reason: format!("at byte offset {at}: {reason}"),
+    };
+    let (body, rest) = DataDirBody::read_from_prefix(bytes).map_err(|_| {
+        refused(format!(
+            "a body of {} bytes, expected at least {}",
+            bytes.len(),
             size_of::<DataDirBody>()
-        ),
+        ))
     })?;
     let shards = body.shards.get();
-    if shards == 0 || shards > SHARDS_MAX || body.reserved.get() != 0 {
-        return Err(Error::Manifest {
-            path,
-            reason: format!(
-                "at byte offset {}: records {shards} shards",
-                superblock::SUPERBLOCK_HEADER_BYTES
-            ),
-        });
+    if shards == 0 || shards > SHARDS_MAX {
+        return Err(refused(format!("records {shards} shards")));
     }
-    Ok(Some((shards as usize, chosen)))
+    let shards = shards as usize;
+    let created = match body.flags.get() {
+        0 if rest.is_empty() => None,
+        DATA_DIR_FLAG_CREATED_RECORDED if rest.len() == shards.div_ceil(8) => Some(
+            (0..shards)
+                .map(|i| rest[i / 8] & (1 << (i % 8)) != 0)
+                .collect(),
+        ),
+        flags => {
+            return Err(refused(format!(
+                "flags {flags:#x} with {} bytes after the shard count of {shards}",
+                rest.len()
+            )))
+        }
+    };
+    Ok(Manifest { shards, created })
 }
 
 /// Shard directories (`shard-NNN`) in `data_dir`.
@@ -358,10 +534,11 @@ async fn write_manifest<S: Storage>(storage: &S, data_dir: &Path, shards: usize)
             path: path.clone(),
             reason: format!("{shards} shards is out of range (1..={SHARDS_MAX})"),
         })?;
-    let body = DataDirBody {
-        shards: count.into(),
-        reserved: 0.into(),
-    };
+    let body = Manifest {
+        shards: count as usize,
+        created: Some(vec![false; count as usize]),
+    }
+    .encode();
     match storage.remove(&tmp).await {
         Ok(()) => {}
         Err(e) if errno(&e) == Some(libc::ENOENT) => {}
@@ -373,7 +550,7 @@ async fn write_manifest<S: Storage>(storage: &S, data_dir: &Path, shards: usize)
         true,
         SuperblockKind::DataDir,
         1,
-        body.as_bytes(),
+        &body,
         superblock::SUPERBLOCK_COPIES - 1,
     )
     .await
