@@ -1110,7 +1110,10 @@ fn engine_restores_one_lost_shard() {
 
     std::fs::remove_dir_all(data.join("shard-001")).unwrap();
     // Until it is restored, the engine does not start it empty.
-    let err = engine_builder().start().err().expect("a lost shard refused");
+    let err = engine_builder()
+        .start()
+        .err()
+        .expect("a lost shard refused");
     assert!(matches!(err, Error::ShardMissing { shard: 1, .. }), "{err}");
     let restored = engine_builder().restore_shard(1, domains[1]).unwrap();
     assert_eq!(restored.shard, 1);

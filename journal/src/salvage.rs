@@ -1362,6 +1362,19 @@ impl Executor {
             let dir = self.dir().to_path_buf();
             sync_dir(&dir).map_err(self.io_error("fsync directory", &dir, false))?;
         }
+        // The superblock about to be written records where every kept
+        // segment's data ends, which says every byte before it is durable:
+        // make it so first (the last process may have died with writes
+        // finished but not synced).
+        for kept in self.plan.report.kept.clone() {
+            std::fs::File::open(&kept.path)
+                .and_then(|file| file.sync_data())
+                .map_err(self.io_error("fdatasync", &kept.path, false))?;
+        }
+        if !self.plan.report.kept.is_empty() {
+            let dir = self.dir().to_path_buf();
+            sync_dir(&dir).map_err(self.io_error("fsync directory", &dir, false))?;
+        }
         // 6. Commit: the superblock.
         self.change()?;
         let sb = &self.plan.report.superblock;
@@ -1369,12 +1382,22 @@ impl Executor {
         let dir = self.dir().to_path_buf();
         let path = dir.join(SUPERBLOCK_FILE_NAME);
         if self.plan.rewrite_in_place {
-            superblock::write_file_blocking(
+            // The copy holding the state in use is written last, as every
+            // update does: the other one may be the damaged copy, and a
+            // crash while writing the good one would leave none.
+            let newest_copy = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| superblock::decode(&bytes, SuperblockKind::Journal).ok())
+                .map_or(superblock::SUPERBLOCK_COPIES - 1, |chosen| {
+                    chosen.newest_copy
+                });
+            superblock::write_file_blocking_keeping(
                 &path,
                 false,
                 SuperblockKind::Journal,
                 sb.sequence,
                 &body,
+                newest_copy,
             )
             .map_err(|f| self.io_error(f.op, &path, false)(f.source))?;
         } else {
