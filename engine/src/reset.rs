@@ -166,6 +166,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         let _resetting = ResettingGuard::enter(self)?;
         self.drain_submits().await;
         let _held = self.hold_snapshots().await;
+        // A close that began meanwhile did not wait for this reset (it held
+        // nothing then) and may have handed the directory on: write nothing.
+        if self.is_closing() {
+            return Err(Error::Closed.into());
+        }
         self.reset_exclusive(source, seen_elsewhere).await
     }
 

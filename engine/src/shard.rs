@@ -1093,6 +1093,19 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         if let Some(task) = task {
             task.await;
         }
+        // A reset holding the snapshot directory finishes first: once the
+        // lock goes, another process may open the directory, and a reset
+        // still writing would put its snapshot under that one's history.
+        // A reset that takes the directory after this refuses (closing).
+        loop {
+            let ended = {
+                if !self.inner.progress.borrow().lifecycle.snapshots_held() {
+                    break;
+                }
+                self.inner.checkpoint_ended.listen()
+            };
+            ended.await;
+        }
         let mut hooks_closed = Ok(());
         for hook in &self.inner.hooks {
             let closed = hook.close().await;
@@ -1112,6 +1125,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
         // Another process may open the directory from here on.
         drop(self.inner.lock.borrow_mut().take());
         closed
+    }
+
+    /// Whether [`Shard::close`] has begun.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.inner.progress.borrow().lifecycle.is_closing()
     }
 
     pub(crate) fn usable(&self) -> Result<()> {

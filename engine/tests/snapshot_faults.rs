@@ -761,6 +761,122 @@ fn a_reset_dropped_midway_leaves_the_shard_serving_as_it_was_or_poisoned() {
     });
 }
 
+/// A close called while a reset runs, after each number of the reset's
+/// polls in turn (the disk yielding at random): the close returns only once
+/// the reset has ended, or the reset refuses without writing anything. So
+/// whoever opens the directory after the close (and acknowledges commands
+/// there) never has a reset's snapshot put under its history: a reopen
+/// gives the shard as it was, with what the next open acknowledged, or the
+/// joined one the reset finished before the close returned.
+#[test]
+fn a_close_during_a_reset_waits_for_it_or_the_reset_writes_nothing() {
+    run(|| async {
+        let Foreign {
+            domain: joined_domain,
+            model,
+            snapshot,
+            bytes: snapshot_bytes,
+        } = foreign_snapshot(false).await;
+        let incoming = &Path::new("/incoming").join(snapshot.path.file_name().unwrap());
+        let (mut refused, mut finished_first) = (0u32, 0u32);
+        for polls in 0..200u32 {
+            let faults = ringstore_journal::storage::FaultConfig {
+                yield_rate: 0.5,
+                ..ringstore_journal::storage::FaultConfig::none()
+            };
+            let storage = MemStorage::with_faults(u64::from(polls), faults);
+            storage.insert_file(incoming, snapshot_bytes.clone());
+            let shard = mem_builder(&storage, "/shard").open().await.unwrap();
+            let own_domain = shard.domain();
+            // In every other run a submit is in flight when the reset
+            // begins, so the reset waits for it before it takes the
+            // snapshot directory, and the close can begin in between.
+            let mut submit = Box::pin(shard.submit(KvCommand::Delete { key: 1 }));
+            if polls % 2 == 1 {
+                assert!(futures_lite::future::poll_once(&mut submit).await.is_none());
+            }
+            let reset_ended = std::cell::Cell::new(false);
+            let mut reset = Box::pin(async {
+                let outcome = shard.reset_to(incoming).await;
+                reset_ended.set(true);
+                outcome
+            });
+            let mut early = None;
+            for _ in 0..polls / 2 {
+                early = futures_lite::future::poll_once(&mut reset).await;
+                if early.is_some() {
+                    break;
+                }
+                glommio::yield_if_needed().await;
+                futures_lite::future::yield_now().await;
+            }
+            let close = async {
+                shard.close().await.unwrap();
+                reset_ended.get()
+            };
+            let submitted = async {
+                if polls % 2 == 1 {
+                    // Acknowledged before the close, or refused by it.
+                    let _ = submit.await;
+                }
+            };
+            let (outcome, reset_ended_before_close) = match early {
+                Some(outcome) => (outcome, close.await),
+                None => {
+                    let (_, both) = futures_lite::future::zip(
+                        submitted,
+                        futures_lite::future::zip(close, reset),
+                    )
+                    .await;
+                    (both.1, both.0)
+                }
+            };
+            // The next owner of the directory opens and acknowledges, as
+            // soon as the close returned.
+            let next = mem_builder(&storage, "/shard").open().await.unwrap();
+            let joined = next.domain() == joined_domain;
+            let acked = if joined {
+                None
+            } else {
+                let _ = next.submit(KvCommand::Delete { key: 0 }).await.unwrap();
+                Some(next.applied())
+            };
+            drop(next);
+            storage.crash();
+            let reopened = mem_builder(&storage, "/shard").open().await.unwrap();
+            match outcome {
+                Ok(_) => {
+                    assert!(
+                        reset_ended_before_close,
+                        "polls {polls}: close returned first"
+                    );
+                    assert!(joined, "polls {polls}: a finished reset not found");
+                    assert_eq!(reopened.domain(), joined_domain, "polls {polls}");
+                    assert_eq!(reopened.read(|kv| kv.values()), model, "polls {polls}");
+                    finished_first += 1;
+                }
+                Err(e) => {
+                    assert!(
+                        matches!(e, ResetError::Shard(Error::Closed)),
+                        "polls {polls}: {e}"
+                    );
+                    assert!(!joined, "polls {polls}: a refused reset joined");
+                    assert_eq!(reopened.domain(), own_domain, "polls {polls}");
+                    let acked = acked.expect("acknowledged");
+                    assert_eq!(reopened.applied(), acked, "polls {polls}");
+                    refused += 1;
+                }
+            }
+            reopened.close().await.unwrap();
+        }
+        eprintln!("reset refused: {refused}, finished before the close: {finished_first}");
+        assert!(
+            refused > 0 && finished_first > 0,
+            "{refused} {finished_first}"
+        );
+    });
+}
+
 /// A reset that joins a domain and fails to write its snapshot (a full
 /// disk) leaves the shard in its own domain, as it was, and the reset can
 /// be run again once there is room.
