@@ -25,9 +25,16 @@
 //! Steps 3 to 5 run in a detached task holding the key lock, as a staging
 //! commit does, so a dropped caller cannot leave the accounting behind the
 //! disk. When the link is impossible (EXDEV: another filesystem; EPERM:
-//! `protected_hardlinks` refuses a file the process does not own; ENOENT
-//! that persists), the bytes are copied from the open file through a
-//! staging file instead ([`Adopted::Copied`]).
+//! `protected_hardlinks` refuses a file the process does not own; EMLINK;
+//! ENOENT that persists), or the file cannot carry the attribute, the bytes
+//! are copied from the open file through a staging file instead
+//! ([`Adopted::Copied`]). The copy is checked against the checksum of step
+//! 1 (the caller's, for [`crate::Cache::adopt_checked`]) before its commit:
+//! a file that reads otherwise now (changed, or a bit flipped, since it was
+//! checked) is [`Error::AdoptedFileChanged`] and nothing is cached. Without
+//! that check the commit would label whatever the second read returned with
+//! a valid checksum of its own, and the cache would serve bytes the store
+//! does not hold.
 //!
 //! The object shares its inode with the caller's file: the caller must not
 //! modify the file afterwards (renaming or unlinking its own name is fine):
@@ -58,7 +65,7 @@ pub enum Adopted {
     /// Hard-linked: no bytes copied.
     Linked,
     /// Copied through a staging file (the file is on another filesystem,
-    /// or the kernel refused the link).
+    /// or the kernel refused the link or the checksum attribute).
     Copied,
 }
 
@@ -142,7 +149,7 @@ async fn adopt_open<S: CacheDisk>(
         Err(e) if cannot_label(&e) => {
             tracing::debug!(key = key.as_str(), file = %file.display(), error = %e,
                 "cannot record the checksum on the file; copying it");
-            copy(shared, key, src, file, bytes).await?;
+            copy(shared, key, src, file, digest).await?;
             return Ok(Adopted::Copied);
         }
         Err(e) => return Err(Error::io("set the checksum attribute and fsync", file, e)),
@@ -165,7 +172,7 @@ async fn adopt_open<S: CacheDisk>(
         LinkOutcome::NeedsCopy(why) => {
             tracing::debug!(key = key.as_str(), file = %file.display(), %why,
                 "cannot hard-link the file into the cache; copying it");
-            copy(shared, key, src, file, bytes).await?;
+            copy(shared, key, src, file, digest).await?;
             Ok(Adopted::Copied)
         }
     }
@@ -337,14 +344,18 @@ async fn link<S: CacheDisk>(
     Ok(LinkOutcome::Linked)
 }
 
-/// The fallback: the open file's bytes through a staging file and a commit.
+/// The fallback: the open file's bytes through a staging file and a
+/// commit, only if they are the bytes of `expected` (the checksum step 1
+/// recorded or was given): the commit labels what was copied, so a file
+/// changed since its check would otherwise be cached as valid.
 async fn copy<S: CacheDisk>(
     shared: &Rc<Shared<S>>,
     key: &Key,
     reader: &S::Buffered,
     file: &Path,
-    bytes: u64,
+    expected: FileDigest,
 ) -> Result<()> {
+    let bytes = expected.bytes;
     let deadline = Instant::now() + shared.cfg.reservation_wait;
     let chunk = shared.cfg.chunk_bytes.min(shared.bytes_limit);
     let first = shared.reserve(chunk, 1, deadline).await?;
@@ -360,9 +371,22 @@ async fn copy<S: CacheDisk>(
         while let Some(read) = steps.next().await? {
             staging.append(&read).await?;
         }
+        let found = staging.digest();
+        if found != expected {
+            return Err(Error::AdoptedFileChanged {
+                key: key.to_string(),
+                path: file.to_path_buf(),
+                expected_bytes: expected.bytes,
+                expected_crc32: expected.crc32,
+                found_bytes: found.bytes,
+                found_crc32: found.crc32,
+            });
+        }
         Ok(())
     }
     .await;
+    // A failed or mismatched copy: its staging file is removed, nothing
+    // is cached.
     if let Err(error) = copied {
         if let Err(close_error) = staging.close().await {
             tracing::warn!(%close_error, "closing a failed copy's staging file");

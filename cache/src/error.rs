@@ -109,6 +109,32 @@ pub enum Error {
         reason: String,
     },
 
+    /// A file being adopted read, as it was copied in, other bytes than
+    /// the checksum it was adopted with (the caller's for
+    /// [`crate::Cache::adopt_checked`], else the one read as the adopt
+    /// began): changed or damaged since. Nothing is cached; the staging
+    /// copy is removed.
+    #[error(
+        "{}: adopting it as {key:?}, the copy read {found_bytes} bytes with CRC-32 \
+         {found_crc32:#010x}, not the {expected_bytes} bytes with CRC-32 {expected_crc32:#010x} \
+         it was adopted as; not cached",
+        path.display()
+    )]
+    AdoptedFileChanged {
+        /// The key.
+        key: String,
+        /// The file being adopted.
+        path: PathBuf,
+        /// Its size when checked.
+        expected_bytes: u64,
+        /// Its CRC-32 when checked.
+        expected_crc32: u32,
+        /// The size copied.
+        found_bytes: u64,
+        /// The CRC-32 of the bytes copied.
+        found_crc32: u32,
+    },
+
     /// An object larger than the whole cache.
     #[error("object {key:?} of {bytes} bytes exceeds the cache limit of {bytes_limit} bytes")]
     Oversize {

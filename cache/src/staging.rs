@@ -175,6 +175,15 @@ impl<S: CacheDisk> Staging<S> {
         self.len() == 0
     }
 
+    /// The size and CRC-32 of every byte appended so far: the checksum a
+    /// commit records.
+    pub(crate) fn digest(&self) -> FileDigest {
+        FileDigest {
+            bytes: self.len(),
+            crc32: self.crc32.clone().finalize(),
+        }
+    }
+
     /// Bytes currently reserved for this file.
     pub fn reserved_bytes(&self) -> u64 {
         self.reservation.bytes()
@@ -419,10 +428,9 @@ impl<S: CacheDisk> Staging<S> {
         let Some(file) = self.file.take() else {
             return Err(Error::StagingPoisoned { path });
         };
-        let checksum = encode_object_checksum(FileDigest {
-            bytes: self.written,
-            crc32: self.crc32.clone().finalize(),
-        });
+        // Flushed: the digest's size is what the file holds.
+        debug_assert!(self.buf.is_empty());
+        let checksum = encode_object_checksum(self.digest());
         if let Err(e) = self.shared.disk.seal_object(&file, &checksum).await {
             self.poisoned = true;
             if Error::is_nospace(&e) {

@@ -375,6 +375,10 @@ impl<S: CacheDisk> Tiered<S> {
     /// `digest`: the store gets exactly those bytes or nothing
     /// ([`Remote::put_file_checked`]; a mismatch is
     /// [`RemoteError::SourceChanged`], and the file is not cached either).
+    /// The cache keeps only those bytes too: a file that changes after the
+    /// upload's check is not copied in ([`Error::AdoptedFileChanged`],
+    /// logged and counted as an uncached write), and a linked one fails its
+    /// check when read and is downloaded again.
     pub async fn put_file_checked(
         &self,
         key: &str,

@@ -3,14 +3,17 @@
 //! and durable across a reopen; nested keys get their directories; an
 //! existing key is a `Conflict`; symlinks, directories and missing files
 //! are refused with typed errors; oversize files are refused; a file on
-//! another filesystem (tmpfs) is copied in instead.
+//! another filesystem (tmpfs) is copied in instead; a copy (the link or the
+//! label refused) caches only the bytes of the digest it was adopted with.
 
 mod common;
 
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use common::{bytes, run, tempdir};
-use ringstore_cache::{Adopted, Cache, Error};
+use ringstore_cache::{Adopted, Cache, Error, FileDigest};
+use ringstore_journal::storage::MemStorage;
 
 #[test]
 fn adopt_links_the_file_and_accounts_it() {
@@ -148,4 +151,127 @@ fn adopt_copies_across_filesystems() {
         cache.shutdown().await.unwrap();
         drop(other);
     });
+}
+
+/// How a test makes the simulated disk turn an adopt into a copy.
+#[derive(Debug, Clone, Copy)]
+enum ForcedCopy {
+    /// The caller's file cannot carry the checksum (not the process's).
+    LabelRefused,
+    /// The hard link is refused (another filesystem), after the label.
+    LinkRefused,
+}
+
+const FORCED_COPIES: [ForcedCopy; 2] = [ForcedCopy::LabelRefused, ForcedCopy::LinkRefused];
+
+impl ForcedCopy {
+    fn arm(self, disk: &MemStorage) {
+        match self {
+            ForcedCopy::LabelRefused => disk.fail_next_attribute_sets(1, libc::EPERM),
+            ForcedCopy::LinkRefused => disk.fail_next_links(1, libc::EXDEV),
+        }
+    }
+}
+
+/// Bug: an adopt that fell back to a copy committed whatever the copy read,
+/// labelled with that read's own CRC, and never compared it with the digest
+/// `adopt_checked` was given: a file changed (here a bit flipped) after its
+/// upload's check was cached with a valid checksum and served, though the
+/// store holds other bytes. The copy is now checked against the digest: a
+/// mismatch is `Error::AdoptedFileChanged`, the staging copy is removed and
+/// nothing is cached.
+#[test]
+fn a_copied_adopt_refuses_bytes_other_than_the_checked_ones() {
+    for forced in FORCED_COPIES {
+        run(move || async move {
+            let disk = MemStorage::new();
+            let root = Path::new("/cache");
+            let file = Path::new("/elsewhere/snapshot.bin");
+            let data = bytes(300_000, 5);
+            let checked = FileDigest::of(&data);
+            disk.insert_file(file, data.clone());
+            let (flip_at, flip_bit) = (123_456, 2);
+            assert!(disk.flip_bit(file, flip_at, flip_bit));
+            let mut flipped = data;
+            flipped[flip_at as usize] ^= 1 << flip_bit;
+            let cache = Cache::builder(root)
+                .disk(disk.clone())
+                .open()
+                .await
+                .unwrap();
+            forced.arm(&disk);
+            match cache.adopt_checked("snap", file, checked).await {
+                Err(Error::AdoptedFileChanged {
+                    key,
+                    path,
+                    expected_bytes,
+                    expected_crc32,
+                    found_bytes,
+                    found_crc32,
+                }) => {
+                    assert_eq!((key.as_str(), path.as_path()), ("snap", file));
+                    assert_eq!(
+                        (expected_bytes, expected_crc32),
+                        (checked.bytes, checked.crc32)
+                    );
+                    assert_eq!(
+                        FileDigest {
+                            bytes: found_bytes,
+                            crc32: found_crc32
+                        },
+                        FileDigest::of(&flipped)
+                    );
+                }
+                other => panic!("{forced:?}: expected AdoptedFileChanged, got {other:?}"),
+            }
+            assert!(cache.get("snap").await.unwrap().is_none(), "{forced:?}");
+            let stats = cache.stats();
+            assert_eq!((stats.objects, stats.bytes), (0, 0), "{forced:?}");
+            assert_eq!((stats.reserved_bytes, stats.reserved_objects), (0, 0));
+            assert_eq!((stats.adopted_linked, stats.adopted_copied), (0, 0));
+            let objects = root.join("objects");
+            let left: Vec<_> = disk
+                .paths()
+                .into_iter()
+                .filter(|p| p.starts_with(&objects))
+                .collect();
+            assert!(left.is_empty(), "{forced:?}: left behind {left:?}");
+            cache.shutdown().await.unwrap();
+        });
+    }
+}
+
+/// The copy's check passes the checked bytes: with the link or the label
+/// refused, `adopt_checked` of an unchanged file still adopts it by a copy.
+#[test]
+fn a_copied_adopt_of_the_checked_bytes_caches_them() {
+    for forced in FORCED_COPIES {
+        run(move || async move {
+            let disk = MemStorage::new();
+            let root = Path::new("/cache");
+            let file = Path::new("/elsewhere/snapshot.bin");
+            let data = bytes(300_000, 6);
+            disk.insert_file(file, data.clone());
+            let cache = Cache::builder(root)
+                .disk(disk.clone())
+                .open()
+                .await
+                .unwrap();
+            forced.arm(&disk);
+            assert_eq!(
+                cache
+                    .adopt_checked("snap", file, FileDigest::of(&data))
+                    .await
+                    .unwrap(),
+                Adopted::Copied,
+                "{forced:?}"
+            );
+            assert_eq!(&cache.get("snap").await.unwrap().unwrap()[..], &data[..]);
+            let stats = cache.stats();
+            assert_eq!((stats.objects, stats.bytes), (1, data.len() as u64));
+            assert_eq!((stats.adopted_linked, stats.adopted_copied), (0, 1));
+            assert_eq!((stats.reserved_bytes, stats.reserved_objects), (0, 0));
+            cache.shutdown().await.unwrap();
+        });
+    }
 }
