@@ -36,7 +36,10 @@
 //! cached then. Once the upload succeeded the write has succeeded: if the
 //! cache cannot take the object (full, oversize, an I/O error) that is
 //! logged and counted (`uncached_writes`), and the next read downloads it.
-//! If the upload fails nothing is cached and the staging file is removed,
+//! Any copy the cache still holds at the key is invalidated then: the
+//! create-only upload found no object in the store, so that copy is stale
+//! (the object left the store other than by [`Tiered::delete`]) and must
+//! not be served in place of the new bytes. If the upload fails nothing is cached and the staging file is removed,
 //! so a retry of the same write starts clean.
 
 //!
@@ -347,9 +350,12 @@ impl<S: CacheDisk> Tiered<S> {
             return Err(error.into());
         }
         add(&self.counters.puts, 1);
-        if let Some(staging) = staging {
-            let committed = staging.commit().await;
-            self.after_upload(&full, committed).await;
+        match staging {
+            Some(staging) => {
+                let committed = staging.commit().await;
+                self.after_upload(&full, committed).await;
+            }
+            None => self.drop_stale_copy(&full).await,
         }
         Ok(())
     }
@@ -412,7 +418,7 @@ impl<S: CacheDisk> Tiered<S> {
         let adopted = self.adopt(&full, file, digest).await;
         let adopted = match adopted {
             Err(Error::Conflict { .. }) => {
-                self.invalidate_stale(&full).await;
+                self.drop_stale_copy(&full).await;
                 self.adopt(&full, file, digest).await
             }
             other => other,
@@ -423,6 +429,7 @@ impl<S: CacheDisk> Tiered<S> {
             Err(error) => {
                 tracing::warn!(key = full, %error, "uploaded, but the cache could not take the file");
                 add(&self.counters.uncached_writes, 1);
+                self.drop_stale_copy(&full).await;
             }
         }
         Ok(())
@@ -433,26 +440,47 @@ impl<S: CacheDisk> Tiered<S> {
     async fn after_upload(&self, full: &str, committed: Result<()>) {
         match committed {
             Ok(()) => {}
-            Err(Error::Conflict { .. }) => {
-                // The store had no object at this key (the create-only
-                // upload succeeded), so the cached one is stale.
-                self.invalidate_stale(full).await;
-            }
+            Err(Error::Conflict { .. }) => self.drop_stale_copy(full).await,
             Err(error) => {
                 tracing::warn!(key = full, %error, "uploaded, but committing it to the cache failed");
                 add(&self.counters.uncached_writes, 1);
+                self.drop_stale_copy(full).await;
             }
         }
     }
 
-    async fn invalidate_stale(&self, full: &str) {
-        tracing::warn!(
-            key = full,
-            "cached object was stale (not in the store); invalidating it"
-        );
-        add(&self.counters.stale_invalidations, 1);
-        if let Err(error) = self.cache.invalidate(full).await {
-            tracing::warn!(key = full, %error, "invalidating a stale cached object failed");
+    /// After a successful upload whose bytes the cache did not take (full,
+    /// oversize, a failed commit or adopt, a commit `Conflict`): the
+    /// create-only upload found no object at `full` in the store, so a copy
+    /// the cache holds there is stale (the object left the store other than
+    /// by [`Tiered::delete`]) and must not be served in place of the new
+    /// bytes. Runs even when nothing is cached: `invalidate` also makes an
+    /// earlier trim's unlink of the key durable, so a crash cannot bring an
+    /// old copy back.
+    async fn drop_stale_copy(&self, full: &str) {
+        match self.cache.invalidate(full).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::warn!(
+                    key = full,
+                    "cached object was stale (not in the store); invalidated it"
+                );
+                add(&self.counters.stale_invalidations, 1);
+            }
+            // The write succeeded (the store holds it): not reported as
+            // failed, like the uncached write itself. The copy is out of
+            // reach of `get` all the same: `invalidate` drops the key from
+            // the cache's accounting before it unlinks the file (or failed
+            // because the cache is shut down), so a read misses and
+            // downloads the new object. What may stay is the file, which
+            // the next open would find again: hence an error, with its path.
+            Err(error) => tracing::error!(
+                key = full,
+                path = %self.cache.objects_dir().join(full).display(),
+                %error,
+                "uploaded, but a stale cached copy could not be removed; remove the file \
+                 before the cache is opened again"
+            ),
         }
     }
 

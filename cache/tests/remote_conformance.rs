@@ -4,7 +4,9 @@
 //! put/get round trips below and above the multipart part size, a miss
 //! downloaded once then served from the cache, refusal of an existing key
 //! (single and multipart writes), `list`, `delete` (store and cache), key
-//! prefixing by domain (two domains never collide) and key validation.
+//! prefixing by domain (two domains never collide), key validation, and
+//! that a write the cache could not take never leaves an older cached copy
+//! to be served.
 
 mod common;
 mod remote_support;
@@ -16,6 +18,7 @@ use common::{bytes, run, tempdir};
 use remote_support::{staging_files, Fixture};
 use ringstore_cache::remote::PART_BYTES_MIN;
 use ringstore_cache::{Cache, Error, FileDigest, RemoteError, Tiered};
+use ringstore_journal::storage::MemStorage;
 
 const DOMAIN_A: &str = "7d3c1c1e-2f0b-4e1a-9a53-000000000001";
 const DOMAIN_B: &str = "7d3c1c1e-2f0b-4e1a-9a53-000000000002";
@@ -60,6 +63,8 @@ conformance!(
     keys_are_validated,
     a_checked_upload_sends_the_checked_bytes_or_nothing,
     a_damaged_cached_copy_is_dropped_and_downloaded_again,
+    an_uncached_write_leaves_no_stale_copy_to_serve,
+    a_write_whose_commit_fails_is_read_back_new,
 );
 
 fn write_file(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
@@ -263,6 +268,106 @@ fn a_damaged_cached_copy_is_dropped_and_downloaded_again(fixture: &Fixture, dir:
         // Good again: served from the cache.
         assert_eq!(&tiered.get("k").await.unwrap().unwrap()[..], &data[..]);
         assert_eq!(tiered.stats().downloads, 2);
+        drop(tiered);
+        Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
+
+/// The cache limit of the stale-copy tests: the old objects fit, the new
+/// ones do not.
+const SMALL_CACHE_BYTES: u64 = 64 << 10;
+
+/// Bug: a write the cache could not take (here: larger than the whole
+/// cache) was uploaded and reported done, but the cache kept the copy it
+/// held from before, when the store had since lost the object other than
+/// by `Tiered::delete`; `get` then served those old bytes. Only a commit
+/// `Conflict` invalidated it. Now every upload the cache did not take
+/// invalidates the key: the read goes to the store, which holds the new
+/// object (too large to cache, so `get` says so).
+fn an_uncached_write_leaves_no_stale_copy_to_serve(fixture: &Fixture, dir: &Path) {
+    let remote = fixture.remote();
+    let cache_dir = dir.join("cache");
+    let old = bytes(1_000, 1);
+    let new = bytes(SMALL_CACHE_BYTES as usize + 1, 2);
+    let file = write_file(dir, "new.bin", &new);
+    run(move || async move {
+        let cache = Rc::new(
+            Cache::builder(&cache_dir)
+                .bytes_limit(SMALL_CACHE_BYTES)
+                .chunk_bytes(4 << 10)
+                .open()
+                .await
+                .unwrap(),
+        );
+        let tiered = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
+        for key in ["put", "put-file"] {
+            tiered.put(key, &old).await.unwrap();
+            let full = tiered.object_key(key).unwrap();
+            assert!(cache.contains(&full).unwrap());
+            // Lost from the store behind this view's back.
+            remote.delete(&full).await.unwrap();
+            if key == "put" {
+                tiered.put(key, &new).await.unwrap();
+            } else {
+                tiered.put_file(key, &file).await.unwrap();
+            }
+            assert!(!cache.contains(&full).unwrap(), "{key}");
+            match tiered.get(key).await {
+                Err(Error::Oversize { bytes, .. }) => assert_eq!(bytes, new.len() as u64),
+                other => panic!("{key}: expected the new object's Oversize, got {other:?}"),
+            }
+            assert_eq!(
+                &remote.get_bytes(&full, u64::MAX).await.unwrap()[..],
+                &new[..]
+            );
+        }
+        let stats = tiered.stats();
+        assert_eq!(
+            (stats.uncached_writes, stats.stale_invalidations),
+            (2, 2),
+            "{stats:?}"
+        );
+        assert_eq!(cache.stats().objects, 0);
+        drop(tiered);
+        Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
+        remote.shutdown().await.unwrap();
+    });
+}
+
+/// The same bug through a commit that fails with an I/O error (the
+/// simulated disk's link refused with EIO) after the upload: the old copy
+/// is invalidated, and the next `get` downloads and returns the new bytes.
+fn a_write_whose_commit_fails_is_read_back_new(fixture: &Fixture, _dir: &Path) {
+    let remote = fixture.remote();
+    run(move || async move {
+        let disk = MemStorage::new();
+        let cache = Rc::new(
+            Cache::builder(Path::new("/cache"))
+                .disk(disk.clone())
+                .open()
+                .await
+                .unwrap(),
+        );
+        let tiered = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
+        let (old, new) = (bytes(20_000, 3), bytes(30_000, 4));
+        tiered.put("k", &old).await.unwrap();
+        let full = tiered.object_key("k").unwrap();
+        remote.delete(&full).await.unwrap();
+        disk.fail_next_links(1, libc::EIO);
+        tiered.put("k", &new).await.unwrap();
+        assert!(!cache.contains(&full).unwrap());
+        assert_eq!(&tiered.get("k").await.unwrap().unwrap()[..], &new[..]);
+        let stats = tiered.stats();
+        assert_eq!(
+            (
+                stats.uncached_writes,
+                stats.stale_invalidations,
+                stats.downloads
+            ),
+            (1, 1, 1),
+            "{stats:?}"
+        );
         drop(tiered);
         Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
         remote.shutdown().await.unwrap();
