@@ -108,7 +108,7 @@ fn restore_rebuilds_a_deleted_shard_from_the_local_store() {
     // An unknown domain: exit 2, a clear error, nothing touched.
     std::fs::remove_dir_all(data.join("shard-000")).unwrap();
     let unknown = Uuid::new_v4().to_string();
-    let output = ringstore(&data, &["restore", "--domain", &unknown]);
+    let output = ringstore(&data, &["restore", "--domain", &unknown, "--shard", "0"]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -131,8 +131,17 @@ fn restore_rebuilds_a_deleted_shard_from_the_local_store() {
     }
     assert_eq!(state(&data), before, "state equal to before");
 
-    // A directory holding a shard is refused.
+    // Which shard is never guessed.
     let output = ringstore(&data, &["restore", "--domain", &domain_arg]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--shard"),
+        "{}",
+        text(&output)
+    );
+
+    // A directory holding a shard is refused.
+    let output = ringstore(&data, &["restore", "--domain", &domain_arg, "--shard", "0"]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("already holds a shard"),
@@ -143,7 +152,10 @@ fn restore_rebuilds_a_deleted_shard_from_the_local_store() {
     // Lost again: the newest generation is now the first restore's own
     // snapshot, and numbering goes above it.
     std::fs::remove_dir_all(data.join("shard-000")).unwrap();
-    let output = ringstore(&data, &["restore", "--domain", &domain_arg, "--json"]);
+    let output = ringstore(
+        &data,
+        &["restore", "--domain", &domain_arg, "--shard", "0", "--json"],
+    );
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let report: Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&output)));

@@ -1,7 +1,7 @@
 //! Finding the shards of a data directory.
 //!
 //! A data directory holds `shard-NNN/` subdirectories (and the engine's
-//! manifest file `engine`, which is not read here). A shard directory given
+//! `superblock`, which is not read here). A shard directory given
 //! directly — one holding `identity` or `journal/` — is taken as the only
 //! shard, numbered 0.
 
@@ -43,13 +43,18 @@ impl ShardDir {
     }
 }
 
-/// The number in a shard directory name (`shard-` and decimal digits).
+/// The number in a shard directory name: `shard-` and the decimal digits
+/// the engine writes (at least three, zero-padded). A look-alike such as
+/// `shard-3` or `shard-0003` (a copy someone made) is not a shard: the
+/// engine never opens it, and `--shard 3` must not pick it over `shard-003`.
 fn shard_index(name: &str) -> Option<usize> {
     let digits = name.strip_prefix(SHARD_PREFIX)?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    let index = digits.parse().ok()?;
+    let canonical = ringstore::runtime::startup::shard_dir(Path::new(""), index);
+    (canonical.as_os_str() == name).then_some(index)
 }
 
 fn is_shard_dir(path: &Path) -> bool {
@@ -135,7 +140,16 @@ mod tests {
         assert_eq!(shard_index("shard-000"), Some(0));
         assert_eq!(shard_index("shard-012"), Some(12));
         assert_eq!(shard_index("shard-1234"), Some(1234));
-        for bad in ["shard-", "shard-x1", "shard--1", "shards-001", "engine"] {
+        for bad in [
+            "shard-",
+            "shard-x1",
+            "shard--1",
+            "shards-001",
+            "engine",
+            "shard-3",
+            "shard-0003",
+            "shard-01234",
+        ] {
             assert_eq!(shard_index(bad), None, "{bad}");
         }
     }

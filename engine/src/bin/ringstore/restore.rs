@@ -36,8 +36,10 @@ pub struct RestoreArgs {
     /// under (`ringstore snapshot inspect` shows a shard's domain).
     #[arg(long, value_name = "UUID")]
     pub domain: Uuid,
-    /// The shard to rebuild (the NNN of shard-NNN).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// The shard to rebuild (the NNN of shard-NNN). Required: a domain
+    /// restored into another shard's place would hold keys that route
+    /// elsewhere, and its own keys would read as missing.
+    #[arg(long, value_name = "N")]
     pub shard: usize,
     /// The engine's shard count (default: the data dir's manifest, else the
     /// config's `[engine] shards`).
