@@ -429,3 +429,83 @@ fn a_transient_read_fault_in_the_newer_superblock_copy_does_not_bring_back_the_o
         "the older state was written over the newer"
     );
 }
+
+/// Most storage operations of one superblock update (the loop below stops
+/// at the first cut the update does not reach).
+const UPDATE_CUTS_MAX: u64 = 32;
+
+/// Entries, and their size, that fill about 30 segments of the builder's.
+const ROTATED_ENTRIES: u64 = 240;
+const BIG_ENTRY: usize = 8000;
+
+/// Runs per cut point: each tears the unsynced copy another way.
+const SEEDS_PER_CUT: u64 = 8;
+
+/// The superblock copy an update writes last rots after the open, then the
+/// power is cut at every step of the next update (several seeds each), the
+/// unsynced copy torn: the update must write the rotten copy first, so that
+/// the one that verified is intact whenever the other is torn, and the
+/// journal reopens with every acknowledged op and its hard state. (Written
+/// first, a torn good copy left none that verifies: a refusal.)
+#[test]
+fn an_update_after_a_copy_rotted_never_leaves_both_copies_unreadable() {
+    let path = Path::new("/mem/wal/superblock");
+    let mut reached = 0;
+    'cuts: for n in 1..=UPDATE_CUTS_MAX {
+        for seed in 0..SEEDS_PER_CUT {
+            let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let finished_in = finished.clone();
+            run(move || async move {
+                // Every unsynced write torn (none dropped whole).
+                let faults = FaultConfig {
+                    crash_drop_rate: 0.0,
+                    crash_tear_rate: 1.0,
+                    ..FaultConfig::none()
+                };
+                let mem = MemStorage::with_faults(n * SEEDS_PER_CUT + seed, faults);
+                let journal = builder(&mem).open().await.unwrap();
+                // Enough segments that their recorded ends carry the copy
+                // past its first sector (a copy within one sector is
+                // replaced whole or not at all).
+                let mut acked = BTreeMap::new();
+                for seed in 1..=ROTATED_ENTRIES {
+                    let op = journal.append(&payload(seed, BIG_ENTRY)).await.unwrap();
+                    acked.insert(op, seed);
+                }
+                journal.set_hard_state(b"vote 3").await.unwrap();
+                // The second copy (the one an update writes last by
+                // default) rots at rest.
+                let mut bytes = mem.file_bytes(path).unwrap();
+                bytes[4096 + 100] ^= 0x10;
+                mem.set_file_bytes(path, bytes);
+                mem.cut_power_after_ops(n);
+                let updated = journal.copy_hard_state_to_superblock().await;
+                let cut = mem.power_is_cut();
+                if !cut {
+                    updated.unwrap();
+                }
+                mem.crash();
+                mem.set_faults(FaultConfig::none());
+                let journal = builder(&mem).open().await.unwrap_or_else(|e| {
+                    panic!("cut at op {n} of the update, seed {seed}: reopen failed: {e}")
+                });
+                for (&op, &seed) in &acked {
+                    let entry = journal.read(op).await.unwrap().map(|e| e.payload);
+                    assert_eq!(
+                        entry,
+                        Some(payload(seed, BIG_ENTRY)),
+                        "cut at op {n}: op {op}"
+                    );
+                }
+                assert_eq!(journal.hard_state(), b"vote 3", "cut at op {n}");
+                journal.close().await.unwrap();
+                finished_in.store(!cut, std::sync::atomic::Ordering::SeqCst);
+            });
+            if finished.load(std::sync::atomic::Ordering::SeqCst) {
+                reached = n - 1;
+                break 'cuts;
+            }
+        }
+    }
+    assert!(reached >= 4, "the update took {reached} storage operations");
+}

@@ -60,6 +60,30 @@ pub(super) async fn write_superblock<S: Storage>(
     sequence: u64,
     sb: &JournalSuperblock,
 ) -> Result<()> {
+    // Both copies held a state the journal had when it opened (recovery
+    // repairs them first; an update whose future was dropped mid-write may
+    // have left one copy with its state, under a sequence no later update
+    // reuses), so either may go first, unless one has rotten since: the
+    // copy written last must be one that verifies now, or a crash while the
+    // first is written leaves none. Both copies are read back (8 KiB) to
+    // pick it; a read that fails keeps the usual order.
+    let keep_last = match superblock::read_file(storage, path).await {
+        Ok(Some(bytes)) => match superblock::decode(&bytes, SuperblockKind::Journal) {
+            Ok(chosen) => {
+                for fault in &chosen.stale_or_damaged {
+                    tracing::warn!(
+                        path = %path.display(),
+                        offset = fault.offset,
+                        reason = %fault.reason,
+                        "superblock copy damaged or stale before an update; the update writes it first"
+                    );
+                }
+                chosen.newest_copy
+            }
+            Err(_) => superblock::SUPERBLOCK_COPIES - 1,
+        },
+        Ok(None) | Err(_) => superblock::SUPERBLOCK_COPIES - 1,
+    };
     superblock::write_file(
         storage,
         path,
@@ -67,11 +91,7 @@ pub(super) async fn write_superblock<S: Storage>(
         SuperblockKind::Journal,
         sequence,
         &sb.encode(),
-        // Both copies hold a state the journal had before every update
-        // (recovery repairs them first; an update whose future was dropped
-        // mid-write may have left one copy with its state, under a
-        // sequence no later update reuses), so either may go first.
-        superblock::SUPERBLOCK_COPIES - 1,
+        keep_last,
     )
     .await
     .map_err(|f| Error::io(f.op, path, f.offset, f.source))
