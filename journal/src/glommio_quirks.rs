@@ -86,6 +86,12 @@
 //!     (`bench/PERFORMANCE.md`, "raft: the leader's own write is the
 //!     1-client commit's last step"); making the requests wait a turn only
 //!     moved the cost to them.
+//! 11. **A directory's `sync` is an fdatasync.** `glommio::io::Directory::sync`
+//!     issues `IORING_OP_FSYNC` with the datasync flag. ext4 and XFS make a
+//!     directory's new entries durable either way, but POSIX promises it
+//!     only for fsync(2), which is what the design asks for after a create,
+//!     rename, link or unlink. `storage::dma`'s `sync_dir` calls a plain
+//!     fsync on glommio's blocking thread pool instead.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};

@@ -170,10 +170,15 @@ impl Storage for DmaStorage {
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let handle = glommio::io::Directory::open(dir).await?;
-        let synced = handle.sync().await;
-        let _ = handle.close().await;
-        synced.map_err(io::Error::from)
+        // A full fsync(2), not glommio's `Directory::sync` (an fdatasync:
+        // `glommio_quirks`, quirk 11), which is enough for ext4 and XFS but
+        // not promised by POSIX for a directory's entries. On glommio's
+        // blocking thread: directory syncs are rare (a segment created or
+        // retired, a snapshot or identity renamed into place).
+        let dir = dir.to_path_buf();
+        glommio::executor()
+            .spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+            .await
     }
 
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<OsString>> {
