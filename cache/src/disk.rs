@@ -33,8 +33,8 @@
 use crate::format::OBJECT_CHECKSUM_ATTRIBUTE;
 use crate::sys::{self, Uring};
 use ringstore_journal::storage::{
-    DmaFileHandle, DmaStorage, EntryKind, FileLock, FileMeta, FsSpace, MemStorage, PageCacheFile,
-    Storage,
+    BufferedFile as _, DmaFileHandle, DmaStorage, EntryKind, FileLock, FileMeta, FsSpace,
+    MemStorage, PageCacheFile, Storage,
 };
 use std::ffi::OsString;
 use std::io;
@@ -420,7 +420,41 @@ pub trait CacheDisk: Storage {
     async fn seal_object(&self, file: &Self::Buffered, checksum: &[u8]) -> io::Result<()>;
     /// `file`'s object checksum attribute, `None` if it has none.
     async fn object_checksum(&self, file: &Self::Buffered) -> io::Result<Option<Vec<u8>>>;
+    /// `dir`'s entries as [`Storage::list_dir_meta`] gives them, each
+    /// regular file's with its object checksum attribute: `None` if it has
+    /// none or it could not be read (the startup walk then knows the file's
+    /// size only). Here one open per file; the real disk reads the
+    /// attributes in the listing's own pass.
+    async fn list_dir_checksums(&self, dir: &Path) -> io::Result<Vec<ListedEntry>> {
+        let entries = self.list_dir_meta(dir).await?;
+        let mut listed = Vec::with_capacity(entries.len());
+        for (name, meta) in entries {
+            let checksum = match &meta {
+                Ok(meta) if meta.kind == EntryKind::File => {
+                    let path = dir.join(&name);
+                    let read = async {
+                        let file = self.open_buffered(&path).await?;
+                        let checksum = self.object_checksum(&file).await;
+                        let _ = file.close().await;
+                        checksum
+                    }
+                    .await;
+                    read.unwrap_or_else(|error| {
+                        tracing::debug!(%error, path = %path.display(), "reading a checksum attribute");
+                        None
+                    })
+                }
+                _ => None,
+            };
+            listed.push((name, meta, checksum));
+        }
+        Ok(listed)
+    }
 }
+
+/// One entry of [`CacheDisk::list_dir_checksums`]: its name, what an
+/// `lstat` of it says, and a regular file's object checksum attribute.
+pub type ListedEntry = (OsString, io::Result<FileMeta>, Option<Vec<u8>>);
 
 impl CacheDisk for RootedDisk {
     async fn for_root(given: Option<Self>, root: &Path) -> io::Result<Self> {
@@ -463,6 +497,39 @@ impl CacheDisk for RootedDisk {
 
     async fn object_checksum(&self, file: &PageCacheFile) -> io::Result<Option<Vec<u8>>> {
         sys::get_xattr(file.as_raw_fd(), OBJECT_CHECKSUM_ATTRIBUTE)
+    }
+
+    async fn list_dir_checksums(&self, dir: &Path) -> io::Result<Vec<ListedEntry>> {
+        let rel = self.relative(dir)?;
+        let fd = sys::open_beneath_blocking(&self.inner.root_fd, rel)?;
+        // As `list_dir_meta`, on the blocking pool, with one `lgetxattr`
+        // per regular file relative to the directory's descriptor: an open
+        // and a close per file through the ring would triple the walk.
+        glommio::executor()
+            .spawn_blocking(move || -> io::Result<Vec<ListedEntry>> {
+                let listing = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+                let mut entries = Vec::new();
+                for entry in listing {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    let meta = entry.metadata().map(|meta| FileMeta::from(&meta));
+                    let checksum = match &meta {
+                        Ok(meta) if meta.kind == EntryKind::File => {
+                            let fd = std::os::fd::AsFd::as_fd(&fd);
+                            sys::get_xattr_in(fd, &name, OBJECT_CHECKSUM_ATTRIBUTE).unwrap_or_else(
+                                |error| {
+                                    tracing::debug!(%error, ?name, "reading a checksum attribute");
+                                    None
+                                },
+                            )
+                        }
+                        _ => None,
+                    };
+                    entries.push((name, meta, checksum));
+                }
+                Ok(entries)
+            })
+            .await
     }
 }
 

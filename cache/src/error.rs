@@ -88,18 +88,23 @@ pub enum Error {
         expected_bytes: u64,
         /// Its CRC-32 when written.
         expected_crc32: u32,
-        /// The size read.
+        /// The size read (a read stops one byte past `expected_bytes`, so
+        /// a file that grew while it was read shows that many).
         found_bytes: u64,
         /// The CRC-32 of the bytes read.
         found_crc32: u32,
     },
 
-    /// A cached object has no checksum this build reads (the file was put
-    /// there behind the cache's back or by a build before object
-    /// checksums, or its attribute is damaged): not served, since nothing
-    /// can tell its bytes are the ones written. Invalidate it (a
-    /// [`crate::Tiered`] view does, and downloads it again).
-    #[error("{}: cached object {key:?} has no checksum this build reads ({reason}); not served", path.display())]
+    /// A cached object cannot be checked against its checksum: it has
+    /// none this build reads (the file was put there behind the cache's
+    /// back or by a build before object checksums, or its attribute is
+    /// damaged), or its file's size disagrees with the size the checksum
+    /// records or exceeds the cache's byte limit (a sparse or extended
+    /// file, a damaged inode: refused from its size, before any of it is
+    /// read). Not served, since nothing can tell its bytes are the ones
+    /// written. Invalidate it (a [`crate::Tiered`] view does, and
+    /// downloads it again).
+    #[error("{}: cached object {key:?} cannot be checked against its checksum ({reason}); not served", path.display())]
     UnverifiableObject {
         /// The key.
         key: String,

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::disk::CacheDisk;
 use crate::error::{Error, Result};
-use crate::format::{LAYOUT_CONTENTS, LAYOUT_FILE, LAYOUT_VERSION, LOCK_FILE, OBJECTS_DIR};
+use crate::format::{
+    decode_object_checksum, LAYOUT_CONTENTS, LAYOUT_FILE, LAYOUT_VERSION, LOCK_FILE, OBJECTS_DIR,
+    OBJECT_CHECKSUM_ATTRIBUTE,
+};
 use crate::key::{is_staging_name, Key, KEY_DEPTH_MAX};
 
 /// A regular file found by the walk whose name is a valid key.
@@ -18,6 +21,33 @@ pub(crate) struct WalkFile {
     pub(crate) bytes: u64,
     /// max(atime, mtime), ms since the epoch.
     pub(crate) atime_ms: u64,
+    /// The size its checksum attribute records, if the walk read it
+    /// (startup) and it holds one this build reads.
+    pub(crate) recorded_bytes: Option<u64>,
+}
+
+/// Why an object file of `bytes` bytes on disk may be neither accounted
+/// nor read, if it may not: a size other than the one its checksum
+/// records (`recorded_bytes`: changed or damaged since it was written,
+/// never to be served), or above the cache's byte limit (no object the
+/// cache takes is: a sparse file, a damaged inode, or an object from
+/// before the limit was lowered). The size is all it takes: nothing of
+/// the file is read or allocated.
+pub(crate) fn size_refusal(
+    bytes: u64,
+    recorded_bytes: Option<u64>,
+    bytes_limit: u64,
+) -> Option<String> {
+    match recorded_bytes {
+        Some(recorded) if recorded != bytes => Some(format!(
+            "the file is {bytes} bytes, but its {OBJECT_CHECKSUM_ATTRIBUTE} attribute records \
+             {recorded}"
+        )),
+        _ if bytes > bytes_limit => Some(format!(
+            "the file is {bytes} bytes, above the cache's byte limit of {bytes_limit}"
+        )),
+        _ => None,
+    }
 }
 
 /// What a walk of `objects/` found.
@@ -33,19 +63,32 @@ pub(crate) struct Walk {
     pub(crate) foreign: Vec<String>,
 }
 
-/// Walks `objects` without following symlinks.
-pub(crate) async fn walk<S: CacheDisk>(disk: &S, objects: &Path) -> Result<Walk> {
+/// Walks `objects` without following symlinks; `with_checksums` (startup)
+/// reads each object file's checksum attribute too, for the size it
+/// records.
+pub(crate) async fn walk<S: CacheDisk>(
+    disk: &S,
+    objects: &Path,
+    with_checksums: bool,
+) -> Result<Walk> {
     let mut walk = Walk::default();
     let mut dirs: Vec<(usize, String)> = Vec::new();
     // (relative dir, depth of its entries)
     let mut stack: Vec<(String, usize)> = vec![(String::new(), 1)];
     while let Some((rel_dir, depth)) = stack.pop() {
         let abs_dir = objects.join(&rel_dir);
-        let entries = disk
-            .list_dir_meta(&abs_dir)
-            .await
-            .map_err(|e| Error::io("readdir", &abs_dir, e))?;
-        for (name, meta) in entries {
+        let entries = if with_checksums {
+            disk.list_dir_checksums(&abs_dir).await
+        } else {
+            disk.list_dir_meta(&abs_dir).await.map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|(name, meta)| (name, meta, None))
+                    .collect()
+            })
+        }
+        .map_err(|e| Error::io("readdir", &abs_dir, e))?;
+        for (name, meta, checksum) in entries {
             let Some(name) = name.to_str() else {
                 walk.foreign
                     .push(format!("{rel_dir}/{}", name.to_string_lossy()));
@@ -73,6 +116,10 @@ pub(crate) async fn walk<S: CacheDisk>(disk: &S, objects: &Path) -> Result<Walk>
                     key: rel,
                     bytes: meta.len,
                     atime_ms: meta.accessed_ms,
+                    recorded_bytes: checksum
+                        .as_deref()
+                        .and_then(|value| decode_object_checksum(value).ok())
+                        .map(|digest| digest.bytes),
                 });
             } else {
                 walk.foreign.push(rel);

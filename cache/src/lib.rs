@@ -19,7 +19,8 @@
 //!   background above a threshold, after ENOSPC, or on request.
 //! - **An access tracker** persisted periodically and at shutdown.
 //! - **Startup recovery**: orphaned `.part` files removed, accounting rebuilt
-//!   from disk.
+//!   from disk (a file above the byte limit, or of another size than its
+//!   checksum records, is removed rather than accounted).
 //!
 //! In front of object storage:
 //!

@@ -73,9 +73,14 @@ pub struct CacheStats {
     pub tracker_load_failures: u64,
     /// fsyncs of directories under `objects/` (including `objects/`).
     pub dir_syncs: u64,
-    /// Reads that found an object damaged or without a checksum
+    /// Reads that found an object damaged or without a checksum, or
+    /// refused one by its size before reading it
     /// ([`crate::Error::CorruptObject`], [`crate::Error::UnverifiableObject`]).
     pub damaged_objects: u64,
+    /// Object files the startup walk removed instead of accounting for
+    /// them: larger than the byte limit, or of another size than their
+    /// checksum records (a sparse file, a damaged inode).
+    pub refused_at_startup: u64,
 }
 
 /// Live counters behind [`CacheStats`].
@@ -106,6 +111,7 @@ pub(crate) struct Metrics {
     pub(crate) tracker_load_failures: Counter,
     pub(crate) dir_syncs: Counter,
     pub(crate) damaged_objects: Counter,
+    pub(crate) refused_at_startup: Counter,
 }
 
 /// A monotonically increasing counter.
@@ -154,5 +160,6 @@ impl Metrics {
         stats.tracker_load_failures = self.tracker_load_failures.get();
         stats.dir_syncs = self.dir_syncs.get();
         stats.damaged_objects = self.damaged_objects.get();
+        stats.refused_at_startup = self.refused_at_startup.get();
     }
 }

@@ -5,8 +5,10 @@
 //! outstanding [`Reservation`]s (`reserved`). A reservation is granted only if
 //! `used + reserved + asked <= limit` for both bytes and objects (and the
 //! filesystem keeps its free-space floor), so `used + reserved` never exceeds
-//! the limits through this path. (An object found on disk at startup can put
-//! `used` above a lowered limit; the cache then trims.)
+//! the limits through this path. (Objects found on disk at startup, each
+//! within the byte limit, can together put `used` above a lowered limit;
+//! the cache then trims. Their sizes are added checked, never saturated, so
+//! trims can always take them apart again.)
 //!
 //! Waiting is FIFO: a request that must wait takes a ticket, and only the
 //! oldest ticket may be granted, so a stream of small requests cannot starve a
@@ -93,12 +95,23 @@ impl Ledger {
         *self.state.borrow()
     }
 
-    /// Adds a committed object's size to `used` (startup rebuild, commit).
-    pub(crate) fn add_used(&self, bytes: u64, objects: u64) {
+    /// Adds the size of files found on disk (startup, an exhaustive trim)
+    /// to `used`, unless the sum would pass `u64::MAX`: then nothing is
+    /// added and the answer is false (a saturated `used` could not be
+    /// taken apart again by [`Ledger::sub_used`]). Commits need no check:
+    /// their reservations kept `used + reserved` within the limit.
+    pub(crate) fn try_add_used(&self, bytes: u64, objects: u64) -> bool {
         let mut s = self.state.borrow_mut();
-        s.used_bytes = s.used_bytes.saturating_add(bytes);
-        s.used_objects = s.used_objects.saturating_add(objects);
+        let (Some(used_bytes), Some(used_objects)) = (
+            s.used_bytes.checked_add(bytes),
+            s.used_objects.checked_add(objects),
+        ) else {
+            return false;
+        };
+        s.used_bytes = used_bytes;
+        s.used_objects = used_objects;
         Self::note_peak(&mut s);
+        true
     }
 
     /// Removes a committed object's size from `used` (trim, invalidate,

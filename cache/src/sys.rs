@@ -38,8 +38,9 @@
 //! `fsetxattr` and `fgetxattr` (an object's checksum attribute) are made
 //! directly too, although io_uring has opcodes for them: those need Linux
 //! 5.19, and each call here is one small attribute in the inode, set right
-//! before an `fsync` the caller waits for anyway, or read beside a read
-//! of the whole object.
+//! before an `fsync` the caller waits for anyway, or read before a read
+//! of the whole object. The startup walk reads each object's attribute
+//! with `lgetxattr` on glommio's blocking pool, beside its `lstat`.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
@@ -740,6 +741,41 @@ pub(crate) fn get_xattr(fd: RawFd, name: &str) -> io::Result<Option<Vec<u8>>> {
     // SAFETY: `name` is NUL-terminated and `value` a live buffer of
     // `value.len()` bytes the kernel writes at most that many bytes into.
     let res = unsafe { libc::fgetxattr(fd, name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+    xattr_value(res, value)
+}
+
+/// `lgetxattr(2)` of `name` on the entry `leaf` of the directory open as
+/// `dir`, named through `/proc/self/fd` (the directory is not resolved
+/// again by name, and a symlink at `leaf` is not followed): as
+/// [`get_xattr`] otherwise.
+pub(crate) fn get_xattr_in(
+    dir: BorrowedFd<'_>,
+    leaf: &std::ffi::OsStr,
+    name: &str,
+) -> io::Result<Option<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    path.extend_from_slice(leaf.as_bytes());
+    let path = CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let name = cstring(name)?;
+    let mut value = vec![0u8; XATTR_VALUE_BYTES_MAX];
+    // SAFETY: `path` and `name` are NUL-terminated and `value` a live
+    // buffer of `value.len()` bytes the kernel writes at most that many
+    // bytes into.
+    let res = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    xattr_value(res, value)
+}
+
+/// The value a `getxattr` family call returned `res` for, read into `value`.
+fn xattr_value(res: isize, mut value: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
     if res < 0 {
         let error = io::Error::last_os_error();
         return match error.raw_os_error() {

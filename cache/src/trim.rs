@@ -15,7 +15,9 @@
 //!   blocking pool and reconciles — files on disk the tracker does not know
 //!   are adopted (as the oldest, so they go first), tracked objects missing
 //!   from disk are dropped, sizes are corrected — then evicts as above. Keys
-//!   that change while the walk runs are left as they are.
+//!   that change while the walk runs are left as they are, and so is a file
+//!   larger than the byte limit (it is not adopted, nor its size taken:
+//!   see [`WalkReport::refused`]).
 //!
 //! Trims never touch `*.part` files (a live staging file is not an object),
 //! remove directories left empty (never `objects/` or the cache root), run one
@@ -74,6 +76,11 @@ pub struct WalkReport {
     pub missing_dropped: u64,
     /// Tracked sizes corrected from disk.
     pub resized: u64,
+    /// Object files larger than the byte limit (or that would take the
+    /// total past `u64::MAX` bytes), neither adopted nor resized: a tracked
+    /// one keeps its tracked size (a read refuses it), an untracked one is
+    /// left to the next startup, which removes it.
+    pub refused: u64,
 }
 
 /// What a trim did.
@@ -249,7 +256,7 @@ fn targets<S: CacheDisk>(shared: &Shared<S>, trigger: Trigger) -> (u64, u64) {
 /// The exhaustive pass's walk and reconciliation (see the module docs).
 async fn reconcile<S: CacheDisk>(shared: &Rc<Shared<S>>) -> Result<WalkReport> {
     shared.tracker.borrow_mut().begin_walk();
-    let walk = shared.walk().await;
+    let walk = shared.walk(false).await;
     let changed = shared.tracker.borrow_mut().end_walk();
     let walk = walk?;
     let mut report = WalkReport {
@@ -264,19 +271,30 @@ async fn reconcile<S: CacheDisk>(shared: &Rc<Shared<S>>) -> Result<WalkReport> {
             if skip(&file.key) {
                 continue;
             }
+            // The limit only: this walk reads no checksum attributes (a
+            // read checks a file's size against its checksum first).
+            let refused = crate::fs::size_refusal(file.bytes, None, shared.bytes_limit).is_some();
             match tracker.bytes_of(&file.key) {
                 None => {
+                    if refused || !shared.ledger.try_add_used(file.bytes, 1) {
+                        report.refused += 1;
+                        continue;
+                    }
                     tracker.insert_oldest(&file.key, file.bytes, file.atime_ms);
-                    shared.ledger.add_used(file.bytes, 1);
                     report.untracked_added += 1;
                 }
                 Some(tracked) if tracked != file.bytes => {
-                    tracker.set_bytes(&file.key, file.bytes);
-                    if file.bytes > tracked {
-                        shared.ledger.add_used(file.bytes - tracked, 0);
+                    let accounted = if file.bytes > tracked {
+                        !refused && shared.ledger.try_add_used(file.bytes - tracked, 0)
                     } else {
                         shared.ledger.sub_used(tracked - file.bytes, 0);
+                        true
+                    };
+                    if !accounted {
+                        report.refused += 1;
+                        continue;
                     }
+                    tracker.set_bytes(&file.key, file.bytes);
                     report.resized += 1;
                 }
                 Some(_) => {}
@@ -296,7 +314,7 @@ async fn reconcile<S: CacheDisk>(shared: &Rc<Shared<S>>) -> Result<WalkReport> {
             }
         }
     }
-    if report.untracked_added + report.missing_dropped + report.resized > 0 {
+    if report.untracked_added + report.missing_dropped + report.resized + report.refused > 0 {
         tracing::warn!(?report, "exhaustive trim corrected the tracker from disk");
     }
     shared.remove_empty_dirs(&walk.dirs_deepest_first).await;

@@ -1,7 +1,8 @@
 //! Pins startup recovery: orphaned `.part` files and `tracker.tmp` are
 //! removed, empty directories are removed but `objects/` and the cache root
 //! are kept, sizes and counts are rebuilt from disk (not trusted from the
-//! tracker), a second instance on the same directory is refused, and an
+//! tracker; a file of another size than its checksum records is removed
+//! instead), a second instance on the same directory is refused, and an
 //! unknown layout version is a typed error.
 
 mod common;
@@ -68,14 +69,22 @@ fn sizes_come_from_disk_not_from_the_tracker() {
         let cache = Cache::builder(&root).open().await.unwrap();
         cache.put("a", &bytes(100, 0)).await.unwrap();
         cache.put("b", &bytes(200, 0)).await.unwrap();
+        cache.put("c", &bytes(300, 0)).await.unwrap();
         cache.shutdown().await.unwrap();
-        // Changed while the cache was down.
+        // Changed while the cache was down: replaced by a new file (no
+        // checksum: accounted by its size, not served), removed, and
+        // rewritten in place (its checksum records another size: removed).
+        std::fs::remove_file(root.join("objects/a")).unwrap();
         std::fs::write(root.join("objects/a"), bytes(150, 0)).unwrap();
         std::fs::remove_file(root.join("objects/b")).unwrap();
+        std::fs::write(root.join("objects/c"), bytes(350, 0)).unwrap();
         let cache = Cache::builder(&root).open().await.unwrap();
         let stats = cache.stats();
         assert_eq!((stats.objects, stats.bytes), (1, 150));
         assert!(!cache.contains("b").unwrap());
+        assert!(!cache.contains("c").unwrap());
+        assert_eq!(stats.refused_at_startup, 1);
+        assert!(!root.join("objects/c").exists());
         cache.shutdown().await.unwrap();
     });
 }

@@ -61,9 +61,6 @@ pub const TRIMMED_LOG_MAX: usize = 1 << 16;
 /// Largest tracker file the loader reads; a bigger one is ignored as corrupt.
 pub const TRACKER_FILE_BYTES_MAX: u64 = 1 << 30;
 
-/// Bytes per `read_at` when an object turns out larger than tracked.
-const READ_STEP_BYTES: usize = 1 << 20;
-
 /// Bytes per `write_at` of the tracker file.
 const TRACKER_WRITE_BYTES: usize = 1 << 20;
 
@@ -262,6 +259,11 @@ impl<S: CacheDisk> Cache<S> {
     }
 
     /// Reads `key`, marking it accessed. `Ok(None)` if it is not cached.
+    /// The object is checked against its checksum: [`Error::CorruptObject`]
+    /// if its bytes differ, [`Error::UnverifiableObject`] if it has no
+    /// checksum or its file's size disagrees with the recorded one or
+    /// exceeds the byte limit (refused before any read: the buffer a read
+    /// asks for is sized by the checked size).
     pub async fn get(&self, key: &str) -> Result<Option<Object>> {
         self.shared.check_open()?;
         let key = Key::new(key)?;
@@ -271,8 +273,10 @@ impl<S: CacheDisk> Cache<S> {
     /// Reads the cached object at `key` whole, in steps (none of it kept),
     /// and checks it against its checksum, as `get` does: `Ok(false)` if it
     /// is not cached, [`Error::CorruptObject`] or
-    /// [`Error::UnverifiableObject`] if it fails. Does not count as an
-    /// access. For callers that then read the file in place.
+    /// [`Error::UnverifiableObject`] if it fails (a file of another size
+    /// than its checksum records, or above the byte limit, before any
+    /// read). Does not count as an access. For callers that then read the
+    /// file in place.
     pub async fn check(&self, key: &str) -> Result<bool> {
         self.shared.check_open()?;
         let key = Key::new(key)?;
@@ -588,25 +592,25 @@ impl<S: CacheDisk> Shared<S> {
     }
 
     async fn get(self: &Rc<Self>, key: &Key) -> Result<Option<Object>> {
-        let Some(bytes_hint) = self.tracker.borrow().bytes_of(key.as_str()) else {
+        if !self.tracker.borrow().contains(key.as_str()) {
             self.metrics.misses.inc();
             return Ok(None);
-        };
+        }
         let Some((file, path)) = self.open_object(key).await? else {
             self.metrics.misses.inc();
             return Ok(None);
         };
-        let object = read_to_end(&file, bytes_hint, &path, self).await;
-        let checksum = match &object {
-            Ok(_) => self.disk.object_checksum(&file).await,
-            Err(_) => Ok(None),
-        };
+        let read = async {
+            let expected = self.recorded_checksum(key, &file, &path).await?;
+            let object = read_to_end(&file, expected.bytes, &path, self).await?;
+            Ok::<_, Error>((expected, object))
+        }
+        .await;
         if let Err(error) = file.close().await {
             tracing::debug!(%error, path = %path.display(), "closing a read object");
         }
-        let object = object?;
-        let checksum = checksum.map_err(|e| Error::io("fgetxattr", &path, e))?;
-        self.check_object(key, &path, FileDigest::of(&object), checksum)?;
+        let (expected, object) = read?;
+        self.check_read(key, &path, FileDigest::of(&object), expected)?;
         self.tracker.borrow_mut().touch(key.as_str());
         self.metrics.hits.inc();
         Ok(Some(object))
@@ -623,12 +627,18 @@ impl<S: CacheDisk> Shared<S> {
             return Ok(false);
         };
         let read = async {
+            let expected = self.recorded_checksum(key, &file, &path).await?;
             let mut crc32 = crc32fast::Hasher::new();
             let mut bytes = 0u64;
-            // Bounded by the file's size: a read of 0 bytes is its end.
-            loop {
+            // Bounded by the recorded size: every read but the last returns
+            // at least one byte, and one byte past that size is enough to
+            // tell the file is longer.
+            while bytes <= expected.bytes {
+                let step = usize::try_from(expected.bytes - bytes)
+                    .map_or(CHECK_STEP_BYTES, |left| left.saturating_add(1))
+                    .min(CHECK_STEP_BYTES);
                 let piece = file
-                    .read_at(bytes, CHECK_STEP_BYTES)
+                    .read_at(bytes, step)
                     .await
                     .map_err(|e| Error::io("read", &path, e))?;
                 if piece.is_empty() {
@@ -637,23 +647,18 @@ impl<S: CacheDisk> Shared<S> {
                 crc32.update(&piece);
                 bytes += piece.len() as u64;
             }
-            let checksum = self
-                .disk
-                .object_checksum(&file)
-                .await
-                .map_err(|e| Error::io("fgetxattr", &path, e))?;
             let found = FileDigest {
                 bytes,
                 crc32: crc32.finalize(),
             };
-            Ok::<_, Error>((found, checksum))
+            Ok::<_, Error>((expected, found))
         }
         .await;
         if let Err(error) = file.close().await {
             tracing::debug!(%error, path = %path.display(), "closing a checked object");
         }
-        let (found, checksum) = read?;
-        self.check_object(key, &path, found, checksum)?;
+        let (expected, found) = read?;
+        self.check_read(key, &path, found, expected)?;
         Ok(true)
     }
 
@@ -673,44 +678,80 @@ impl<S: CacheDisk> Shared<S> {
         }
     }
 
+    /// The checksum recorded for the object at `key`, open as `file`, once
+    /// the file's size is the recorded one and within the byte limit: a
+    /// read of it then asks for at most that size plus one byte. Refused
+    /// before any byte is read or any buffer sized ([`Error::UnverifiableObject`],
+    /// counted and logged as a failed check): a file with no checksum this
+    /// build reads, and one whose size disagrees (a sparse or extended
+    /// file, a damaged inode; see [`fs::size_refusal`]), whatever the
+    /// tracker says its size is.
+    async fn recorded_checksum(
+        &self,
+        key: &Key,
+        file: &S::Buffered,
+        path: &Path,
+    ) -> Result<FileDigest> {
+        let checksum = self
+            .disk
+            .object_checksum(file)
+            .await
+            .map_err(|e| Error::io("fgetxattr", path, e))?;
+        let unverifiable = |reason: String| Error::UnverifiableObject {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            reason,
+        };
+        let expected = match checksum.as_deref().map(decode_object_checksum) {
+            Some(Ok(expected)) => expected,
+            Some(Err(reason)) => {
+                return Err(self.refused(unverifiable(format!(
+                    "its {OBJECT_CHECKSUM_ATTRIBUTE} attribute holds {reason}"
+                ))))
+            }
+            None => {
+                return Err(self.refused(unverifiable(format!(
+                    "no {OBJECT_CHECKSUM_ATTRIBUTE} attribute"
+                ))))
+            }
+        };
+        let bytes = file
+            .file_len()
+            .await
+            .map_err(|e| Error::io("fstat", path, e))?;
+        match fs::size_refusal(bytes, Some(expected.bytes), self.bytes_limit) {
+            Some(reason) => Err(self.refused(unverifiable(reason))),
+            None => Ok(expected),
+        }
+    }
+
     /// What was read at `key` (`found`) against the checksum its file
-    /// records: a mismatch or no checksum is an error (counted and
-    /// logged), never served.
-    fn check_object(
+    /// records: a mismatch is an error (counted and logged), never served.
+    fn check_read(
         &self,
         key: &Key,
         path: &Path,
         found: FileDigest,
-        checksum: Option<Vec<u8>>,
+        expected: FileDigest,
     ) -> Result<()> {
-        let error = match checksum.as_deref().map(decode_object_checksum) {
-            Some(Ok(expected)) => {
-                if found == expected {
-                    return Ok(());
-                }
-                Error::CorruptObject {
-                    key: key.to_string(),
-                    path: path.to_path_buf(),
-                    expected_bytes: expected.bytes,
-                    expected_crc32: expected.crc32,
-                    found_bytes: found.bytes,
-                    found_crc32: found.crc32,
-                }
-            }
-            Some(Err(reason)) => Error::UnverifiableObject {
-                key: key.to_string(),
-                path: path.to_path_buf(),
-                reason: format!("its {OBJECT_CHECKSUM_ATTRIBUTE} attribute holds {reason}"),
-            },
-            None => Error::UnverifiableObject {
-                key: key.to_string(),
-                path: path.to_path_buf(),
-                reason: format!("no {OBJECT_CHECKSUM_ATTRIBUTE} attribute"),
-            },
-        };
+        if found == expected {
+            return Ok(());
+        }
+        Err(self.refused(Error::CorruptObject {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            expected_bytes: expected.bytes,
+            expected_crc32: expected.crc32,
+            found_bytes: found.bytes,
+            found_crc32: found.crc32,
+        }))
+    }
+
+    /// Counts and logs an object that failed its check; returns `error`.
+    fn refused(&self, error: Error) -> Error {
         self.metrics.damaged_objects.inc();
         tracing::error!(%error, "a cached object failed its check; not served");
-        Err(error)
+        error
     }
 
     /// After an ENOENT on a tracked key: drop it from the tracker if it is
@@ -757,45 +798,43 @@ impl<S: CacheDisk> Shared<S> {
 /// Bytes per read when [`Cache::check`] reads an object.
 pub const CHECK_STEP_BYTES: usize = 1 << 20;
 
-/// Reads a whole file whose size is probably `hint`, until a read returns
-/// 0 bytes. A short read is *not* EOF: Linux caps one read at `MAX_RW_COUNT`
-/// (0x7ffff000 bytes), so a larger object comes back in pieces. The common
-/// case (the file is `hint` bytes) is one read of `hint + 1` bytes, returned
-/// without a copy, plus one empty read confirming EOF.
+/// Reads a whole file whose size is known to be `bytes` (checked against
+/// its recorded checksum or a size bound first: this sizes the buffers),
+/// until a read returns 0 bytes or one byte past `bytes` is read (a file
+/// that grew since is then longer than `bytes`, which the caller's check
+/// sees: no more of it is read). A short read is *not* EOF: Linux caps one
+/// read at `MAX_RW_COUNT` (0x7ffff000 bytes), so a larger object comes back
+/// in pieces. The common case (the file is `bytes` bytes) is one read of
+/// `bytes + 1` bytes, returned without a copy, plus one empty read
+/// confirming EOF.
 pub(crate) async fn read_to_end<S: CacheDisk>(
     file: &S::Buffered,
-    hint: u64,
+    bytes: u64,
     path: &Path,
     shared: &Shared<S>,
 ) -> Result<Object> {
-    let ask = usize::try_from(hint)
-        .unwrap_or(usize::MAX - 1)
-        .saturating_add(1);
-    let first = read_some::<S>(file, 0, ask, path, shared).await?;
-    let mut bytes: Option<Vec<u8>> = None;
+    let bytes_max = bytes.saturating_add(1);
+    // What is left to ask for at `offset`: at most one byte past `bytes`.
+    let ask = |offset: u64| usize::try_from(bytes_max - offset).unwrap_or(usize::MAX);
+    let first = read_some::<S>(file, 0, ask(0), path, shared).await?;
+    let mut owned: Option<Vec<u8>> = None;
     let mut offset = first.len() as u64;
-    if first.is_empty() {
-        return Ok(Object(ObjectBytes::Read(Box::new(first))));
-    }
-    // Bounded by the file's size: every iteration but the last reads at
-    // least one byte.
-    loop {
-        let step = if offset < hint.saturating_add(1) {
-            usize::try_from(hint.saturating_add(1) - offset).unwrap_or(READ_STEP_BYTES)
-        } else {
-            READ_STEP_BYTES
-        };
-        let next = read_some::<S>(file, offset, step, path, shared).await?;
+    // Bounded by `bytes_max`: every read but the last returns at least one
+    // byte.
+    while offset < bytes_max && offset > 0 {
+        let next = read_some::<S>(file, offset, ask(offset), path, shared).await?;
         if next.is_empty() {
-            return Ok(Object(match bytes {
-                None => ObjectBytes::Read(Box::new(first)),
-                Some(bytes) => ObjectBytes::Owned(bytes),
-            }));
+            break;
         }
-        let owned = bytes.get_or_insert_with(|| first.to_vec());
-        owned.extend_from_slice(&next);
+        owned
+            .get_or_insert_with(|| first.to_vec())
+            .extend_from_slice(&next);
         offset += next.len() as u64;
     }
+    Ok(Object(match owned {
+        None => ObjectBytes::Read(Box::new(first)),
+        Some(owned) => ObjectBytes::Owned(owned),
+    }))
 }
 
 /// One `read_at` (shortened by the `sim` fault hook when it is armed).

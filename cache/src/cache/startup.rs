@@ -5,11 +5,17 @@
 //!    object's checksum is one).
 //! 2. Load the tracker file; a missing, wrong-version or corrupt one is
 //!    ignored with a warning (access times then come from the disk).
-//! 3. Remove `tracker.tmp` (an interrupted persist) and walk `objects/`:
-//!    remove every `*.part` (staging files cannot outlive their process),
-//!    remove empty directories (never `objects/` or the root), and rebuild
-//!    sizes and counts from what is on disk — the tracker only contributes
-//!    access order.
+//! 3. Remove `tracker.tmp` (an interrupted persist) and walk `objects/`,
+//!    reading each object file's size and checksum attribute: rebuild sizes
+//!    and counts from what is on disk — the tracker only contributes access
+//!    order — except for a file larger than the byte limit or of another
+//!    size than its checksum records (a sparse file, a damaged inode, one
+//!    changed since it was written), which is removed, logged and counted
+//!    (`refused_at_startup`) instead: a size read from the disk is trusted
+//!    only once checked, so the totals stay within what trims can take
+//!    apart and no read is ever sized by such a file. Remove every `*.part`
+//!    (staging files cannot outlive their process) and then empty
+//!    directories (never `objects/` or the root).
 //! 4. If the rebuilt usage is above the trim threshold, ask for a trim.
 
 use super::*;
@@ -108,22 +114,7 @@ impl<S: CacheDisk> Shared<S> {
             Err(e) if errno(&e) == Some(libc::ENOENT) => {}
             Err(e) => return Err(Error::io("unlinkat", tracker_tmp, e)),
         }
-        let walk = self.walk().await?;
-        for rel in &walk.staging {
-            match self.unlink_rel(rel, false).await {
-                Ok(()) => self.metrics.orphans_removed.inc(),
-                Err(e) if errno(&e) == Some(libc::ENOENT) => {}
-                Err(e) => return Err(Error::io("unlinkat", self.object_path(rel), e)),
-            }
-        }
-        self.remove_empty_dirs(&walk.dirs_deepest_first).await;
-        if !walk.foreign.is_empty() {
-            tracing::warn!(
-                count = walk.foreign.len(),
-                first = walk.foreign.first().map(String::as_str),
-                "entries in the cache directory that are not cache objects were left alone"
-            );
-        }
+        let walk = self.walk(true).await?;
         // Access order: the tracker's where it knows the key, the disk's
         // otherwise; ties keep the tracker file's order.
         let order: HashMap<&str, (u64, usize)> = loaded
@@ -140,27 +131,75 @@ impl<S: CacheDisk> Shared<S> {
             })
             .collect();
         files.sort_by_key(|&(atime, index, _)| (atime, index));
-        let mut total = 0u64;
+        // A size is trusted only once checked (see `fs::size_refusal`);
+        // the totals are summed checked, so a trim can take them apart.
+        let mut refused: Vec<(&str, String)> = Vec::new();
         {
             let mut tracker = self.tracker.borrow_mut();
             for (atime, _, file) in &files {
-                tracker.insert_at(&file.key, file.bytes, *atime);
-                total = total.saturating_add(file.bytes);
+                let refusal = fs::size_refusal(file.bytes, file.recorded_bytes, self.bytes_limit)
+                    .or_else(|| {
+                        (!self.ledger.try_add_used(file.bytes, 1)).then(|| {
+                            format!(
+                                "the file is {} bytes, which would take the cache's \
+                                     total past u64::MAX",
+                                file.bytes
+                            )
+                        })
+                    });
+                match refusal {
+                    Some(reason) => refused.push((&file.key, reason)),
+                    None => {
+                        tracker.insert_at(&file.key, file.bytes, *atime);
+                    }
+                }
             }
         }
-        self.ledger.add_used(total, files.len() as u64);
+        for rel in &walk.staging {
+            match self.unlink_rel(rel, false).await {
+                Ok(()) => self.metrics.orphans_removed.inc(),
+                Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+                Err(e) => return Err(Error::io("unlinkat", self.object_path(rel), e)),
+            }
+        }
+        // Damaged (or never to be served): removed rather than left at a
+        // key, where it would make every commit to the key a conflict. Not
+        // made durable: one a crash brings back is removed again.
+        for (key, reason) in &refused {
+            let path = self.object_path(key);
+            tracing::warn!(key, path = %path.display(), reason, "object file not accounted; removing it");
+            match self.unlink_rel(key, false).await {
+                Ok(()) => self.metrics.refused_at_startup.inc(),
+                Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+                // Untracked all the same; the next startup tries again.
+                Err(error) => {
+                    tracing::warn!(key, %error, "could not remove an object file not accounted");
+                }
+            }
+        }
+        self.remove_empty_dirs(&walk.dirs_deepest_first).await;
+        if !walk.foreign.is_empty() {
+            tracing::warn!(
+                count = walk.foreign.len(),
+                first = walk.foreign.first().map(String::as_str),
+                "entries in the cache directory that are not cache objects were left alone"
+            );
+        }
+        let used = self.ledger.state();
         tracing::info!(
-            objects = files.len(),
-            bytes = total,
+            objects = used.used_objects,
+            bytes = used.used_bytes,
             orphans = walk.staging.len(),
+            refused = refused.len(),
             "cache recovered"
         );
         Ok(())
     }
 
-    /// Walks `objects/` through the disk.
-    pub(crate) async fn walk(&self) -> Result<fs::Walk> {
-        fs::walk(&self.disk, &self.objects_path).await
+    /// Walks `objects/` through the disk (reading each object file's
+    /// checksum attribute `with_checksums`).
+    pub(crate) async fn walk(&self, with_checksums: bool) -> Result<fs::Walk> {
+        fs::walk(&self.disk, &self.objects_path, with_checksums).await
     }
 }
 
