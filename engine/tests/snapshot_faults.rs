@@ -687,6 +687,34 @@ fn a_power_cut_at_every_step_of_a_reset_that_joins_a_domain_leaves_the_old_or_th
     });
 }
 
+/// A simulated disk whose calls yield at random (seeded), holding the
+/// snapshot a reset is given at `incoming`.
+fn yielding_disk(seed: u64, incoming: &Path, snapshot: &[u8]) -> MemStorage {
+    let faults = ringstore_journal::storage::FaultConfig {
+        yield_rate: 0.5,
+        ..ringstore_journal::storage::FaultConfig::none()
+    };
+    let storage = MemStorage::with_faults(seed, faults);
+    storage.insert_file(incoming, snapshot.to_vec());
+    storage
+}
+
+/// Polls `future` up to `polls` times, letting the tasks it spawned run in
+/// between; its output if it finished.
+async fn poll_up_to<F: std::future::Future + Unpin>(
+    future: &mut F,
+    polls: u32,
+) -> Option<F::Output> {
+    for _ in 0..polls {
+        if let Some(output) = futures_lite::future::poll_once(&mut *future).await {
+            return Some(output);
+        }
+        glommio::yield_if_needed().await;
+        futures_lite::future::yield_now().await;
+    }
+    None
+}
+
 /// A reset that joins a domain, dropped by its caller after each number of
 /// polls in turn (the disk yielding at random, so the drop lands between
 /// any two of its storage calls): the shard is then either untouched and
@@ -705,25 +733,11 @@ fn a_reset_dropped_midway_leaves_the_shard_serving_as_it_was_or_poisoned() {
         let incoming = &Path::new("/incoming").join(snapshot.path.file_name().unwrap());
         let (mut untouched, mut poisoned, mut finished) = (0u32, 0u32, false);
         for polls in 1..400u32 {
-            let faults = ringstore_journal::storage::FaultConfig {
-                yield_rate: 0.5,
-                ..ringstore_journal::storage::FaultConfig::none()
-            };
-            let storage = MemStorage::with_faults(u64::from(polls), faults);
-            storage.insert_file(incoming, snapshot_bytes.clone());
+            let storage = yielding_disk(u64::from(polls), incoming, &snapshot_bytes);
             let shard = mem_builder(&storage, "/shard").open().await.unwrap();
             let own_domain = shard.domain();
             let mut reset = Box::pin(shard.reset_to(incoming));
-            let mut outcome = None;
-            for _ in 0..polls {
-                outcome = futures_lite::future::poll_once(&mut reset).await;
-                if outcome.is_some() {
-                    break;
-                }
-                // Tasks the reset spawned run meanwhile.
-                glommio::yield_if_needed().await;
-                futures_lite::future::yield_now().await;
-            }
+            let outcome = poll_up_to(&mut reset, polls).await;
             drop(reset);
             if let Some(outcome) = outcome {
                 outcome.unwrap();
@@ -780,12 +794,7 @@ fn a_close_during_a_reset_waits_for_it_or_the_reset_writes_nothing() {
         let incoming = &Path::new("/incoming").join(snapshot.path.file_name().unwrap());
         let (mut refused, mut finished_first) = (0u32, 0u32);
         for polls in 0..200u32 {
-            let faults = ringstore_journal::storage::FaultConfig {
-                yield_rate: 0.5,
-                ..ringstore_journal::storage::FaultConfig::none()
-            };
-            let storage = MemStorage::with_faults(u64::from(polls), faults);
-            storage.insert_file(incoming, snapshot_bytes.clone());
+            let storage = yielding_disk(u64::from(polls), incoming, &snapshot_bytes);
             let shard = mem_builder(&storage, "/shard").open().await.unwrap();
             let own_domain = shard.domain();
             // In every other run a submit is in flight when the reset
@@ -801,15 +810,7 @@ fn a_close_during_a_reset_waits_for_it_or_the_reset_writes_nothing() {
                 reset_ended.set(true);
                 outcome
             });
-            let mut early = None;
-            for _ in 0..polls / 2 {
-                early = futures_lite::future::poll_once(&mut reset).await;
-                if early.is_some() {
-                    break;
-                }
-                glommio::yield_if_needed().await;
-                futures_lite::future::yield_now().await;
-            }
+            let early = poll_up_to(&mut reset, polls / 2).await;
             let close = async {
                 shard.close().await.unwrap();
                 reset_ended.get()
