@@ -114,6 +114,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// A download of `key` found a file at the key that is not the object
+    /// the store holds (a stale copy an unlink failed to remove, or one put
+    /// there behind the cache's back), and found one there again after it
+    /// was removed and the object downloaded once more: neither its path
+    /// nor its bytes are handed out.
+    #[error(
+        "{}: the file at key {key:?} is not the object the store holds and could not be \
+         replaced; not served",
+        path.display()
+    )]
+    StaleObjectFile {
+        /// The key.
+        key: String,
+        /// The file at the key.
+        path: PathBuf,
+    },
+
     /// A file being adopted read, as it was copied in, other bytes than
     /// the checksum it was adopted with (the caller's for
     /// [`crate::Cache::adopt_checked`], else the one read as the adopt

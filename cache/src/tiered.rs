@@ -20,7 +20,11 @@
 //! ([`Cache::create_staging`], `append` chunk by chunk as they arrive, so a
 //! large object is never all in memory), commits it, and returns it; later
 //! reads hit locally. Two concurrent misses of one key both download; the
-//! second commit finds the first's object and is dropped. A cached copy
+//! second commit finds the first's object, checks it is the object it
+//! downloaded, and is dropped. Any other file a commit finds at the key
+//! (a stale copy an unlink failed to remove) is removed and the object
+//! downloaded once more; what still holds the key then (a symlink, a
+//! directory) is [`Error::StaleObjectFile`], never served. A cached copy
 //! that fails its checksum (or reads with EIO) is dropped, counted
 //! (`damaged_replaced`) and downloaded again: the store's copy is the one
 //! kept.
@@ -102,8 +106,8 @@ pub struct TieredStats {
     pub adopted_copied: u64,
     /// Uploaded objects the cache could not take (full, oversize, I/O).
     pub uncached_writes: u64,
-    /// Cached objects found stale (the store had no object at their key)
-    /// and invalidated.
+    /// Cached copies found stale (the store had no object at their key, or
+    /// a download found another file there) and invalidated.
     pub stale_invalidations: u64,
     /// `delete` calls.
     pub deletes: u64,
@@ -125,6 +129,21 @@ struct Counters {
     stale_invalidations: Cell<u64>,
     deletes: Cell<u64>,
     damaged_replaced: Cell<u64>,
+}
+
+/// Downloads of one key a `get` or `get_path` makes: a commit that finds
+/// a file at the key that is not the object removes it and downloads once
+/// more.
+const DOWNLOAD_ATTEMPTS_MAX: u32 = 2;
+
+/// What one download did.
+enum Downloaded {
+    /// The store has no such object.
+    NotFound,
+    /// Committed to the cache.
+    Committed,
+    /// A file was at the key already; the downloaded object's checksum.
+    Conflict(FileDigest),
 }
 
 fn add(cell: &Cell<u64>, n: u64) {
@@ -242,7 +261,10 @@ impl<S: CacheDisk> Tiered<S> {
     /// path is valid until the object is trimmed or invalidated; this call
     /// does not count as an access for the trim order. The cached copy is
     /// read whole in steps and checked first (`Cache::check`): a damaged
-    /// one is replaced by a new download before its path is handed out.
+    /// one is replaced by a new download before its path is handed out,
+    /// and so is a file at the key the cache does not track (see the
+    /// module docs): the path handed out is always of a file that was
+    /// checked or just committed from the store's bytes.
     pub async fn get_path(&self, key: &str) -> Result<Option<PathBuf>> {
         let full = self.object_key(key)?;
         // Read in steps and checked here (the caller reads the file
@@ -287,13 +309,57 @@ impl<S: CacheDisk> Tiered<S> {
     }
 
     /// Downloads `full` into the cache through a staging file. False if the
-    /// store has no such object.
+    /// store has no such object. A commit that finds a file at the key
+    /// keeps it only if it reads whole as the downloaded object (a
+    /// concurrent download of the key committed first). Any other file
+    /// there (a stale copy an unlink failed to remove, one put there
+    /// behind the cache's back) is removed and the object downloaded once
+    /// more; then [`Error::StaleObjectFile`]. So no caller is handed a file
+    /// that did not verify.
     async fn download(&self, full: &str) -> Result<bool> {
+        let mut attempts = 0;
+        // Bounded by DOWNLOAD_ATTEMPTS_MAX.
+        loop {
+            attempts += 1;
+            let downloaded = match self.download_once(full).await? {
+                Downloaded::NotFound => return Ok(false),
+                Downloaded::Committed => return Ok(true),
+                Downloaded::Conflict(downloaded) => downloaded,
+            };
+            if self.holds(full, downloaded).await? {
+                return Ok(true);
+            }
+            let path = self.cache.objects_dir().join(full);
+            if attempts >= DOWNLOAD_ATTEMPTS_MAX {
+                return Err(Error::StaleObjectFile {
+                    key: full.to_owned(),
+                    path,
+                });
+            }
+            tracing::warn!(key = full, path = %path.display(),
+                "the file at the key is not the downloaded object; replacing it");
+            if self.cache.invalidate(full).await? {
+                add(&self.counters.stale_invalidations, 1);
+            }
+        }
+    }
+
+    /// Whether the cache holds the object of `digest` at `full`: a tracked
+    /// copy, read whole, that matches its recorded checksum, which is
+    /// `digest`. A damaged copy is dropped and counted as on a read.
+    async fn holds(&self, full: &str, digest: FileDigest) -> Result<bool> {
+        let checked = self.cache.checked_digest(full).await;
+        let found = self.replaced_if_damaged(full, checked).await?.flatten();
+        Ok(found == Some(digest))
+    }
+
+    /// One download of `full` into a staging file and its commit.
+    async fn download_once(&self, full: &str) -> Result<Downloaded> {
         let mut reader = match self.remote.get_stream(full).await {
             Ok(reader) => reader,
             Err(RemoteError::NotFound { .. }) => {
                 add(&self.counters.not_found, 1);
-                return Ok(false);
+                return Ok(Downloaded::NotFound);
             }
             Err(error) => return Err(error.into()),
         };
@@ -318,16 +384,16 @@ impl<S: CacheDisk> Tiered<S> {
             close_quietly(staging).await;
             return Err(error);
         }
-        match staging.commit().await {
-            Ok(()) => {}
-            // A concurrent download of the same key committed first: same
-            // object (keys are written once).
-            Err(Error::Conflict { .. }) => {}
+        let digest = staging.digest();
+        let downloaded = match staging.commit().await {
+            Ok(()) => Downloaded::Committed,
+            // Something is at the key already: the caller checks what.
+            Err(Error::Conflict { .. }) => Downloaded::Conflict(digest),
             Err(error) => return Err(error),
-        }
+        };
         add(&self.counters.downloads, 1);
         add(&self.counters.downloaded_bytes, reader.len());
-        Ok(true)
+        Ok(downloaded)
     }
 
     /// Writes `data` at `key` (stage, upload, commit; see the module docs).

@@ -239,6 +239,14 @@ impl Tracker {
         self.walk_dirty.take().unwrap_or_default()
     }
 
+    /// Records `key` as changed for an exhaustive walk in flight, for a
+    /// change the tracker does not see itself (an untracked file removed).
+    pub(crate) fn note_walk_change(&mut self, key: &str) {
+        if let Some(dirty) = self.walk_dirty.as_mut() {
+            dirty.insert(Rc::from(key));
+        }
+    }
+
     fn note_changed(&mut self, key: &Rc<str>) {
         if let Some(dirty) = self.walk_dirty.as_mut() {
             dirty.insert(Rc::clone(key));

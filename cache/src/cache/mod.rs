@@ -278,6 +278,12 @@ impl<S: CacheDisk> Cache<S> {
     /// read). Does not count as an access. For callers that then read the
     /// file in place.
     pub async fn check(&self, key: &str) -> Result<bool> {
+        Ok(self.checked_digest(key).await?.is_some())
+    }
+
+    /// [`Cache::check`], returning the checksum the object's file records
+    /// (which its bytes were just found to match): `None` if not cached.
+    pub(crate) async fn checked_digest(&self, key: &str) -> Result<Option<FileDigest>> {
         self.shared.check_open()?;
         let key = Key::new(key)?;
         self.shared.check_cached(&key).await
@@ -290,11 +296,12 @@ impl<S: CacheDisk> Cache<S> {
     }
 
     /// Removes `key` (durably: the directory is fsync'd, so a crash cannot
-    /// bring a stale object back). Returns whether it was there. Only keys
-    /// the cache tracks are unlinked; the directory holding `key` (or its
-    /// nearest existing ancestor) is fsync'd in every case, so an earlier
-    /// removal of `key` that was not yet durable (a trim's) is durable when
-    /// this returns.
+    /// bring a stale object back). Returns whether it was there. A regular
+    /// file at `key` that the cache does not track (left by an unlink that
+    /// failed) is removed too; nothing else is (a directory, a symlink).
+    /// The directory holding `key` (or its nearest existing ancestor) is
+    /// fsync'd in every case, so an earlier removal of `key` that was not
+    /// yet durable (a trim's) is durable when this returns.
     pub async fn invalidate(&self, key: &str) -> Result<bool> {
         self.shared.check_open()?;
         let key = Key::new(key)?;
@@ -618,13 +625,13 @@ impl<S: CacheDisk> Shared<S> {
 
     /// Reads the object at `key` in steps of [`CHECK_STEP_BYTES`] and checks
     /// it against its checksum, keeping none of it and counting no access:
-    /// `Ok(false)` if it is not cached.
-    async fn check_cached(self: &Rc<Self>, key: &Key) -> Result<bool> {
+    /// the checksum it matched, `Ok(None)` if it is not cached.
+    async fn check_cached(self: &Rc<Self>, key: &Key) -> Result<Option<FileDigest>> {
         if !self.tracker.borrow().contains(key.as_str()) {
-            return Ok(false);
+            return Ok(None);
         }
         let Some((file, path)) = self.open_object(key).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         let read = async {
             let expected = self.recorded_checksum(key, &file, &path).await?;
@@ -659,7 +666,7 @@ impl<S: CacheDisk> Shared<S> {
         }
         let (expected, found) = read?;
         self.check_read(key, &path, found, expected)?;
-        Ok(true)
+        Ok(Some(expected))
     }
 
     /// Opens the object file of a tracked `key`: `None` if it is gone

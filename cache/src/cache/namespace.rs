@@ -19,12 +19,13 @@ impl<S: CacheDisk> Shared<S> {
         }
     }
 
-    /// Unlinks `key` and drops it from the accounting, if the cache tracks
-    /// it (an untracked name is never unlinked: it is not a cache object).
-    /// Caller holds the key lock. Returns whether anything was removed.
+    /// Unlinks `key` and drops it from the accounting if the cache tracks
+    /// it; an untracked regular file at `key` is unlinked too (see
+    /// [`Shared::remove_untracked`]). Caller holds the key lock. Returns
+    /// whether anything was removed.
     pub(crate) async fn remove_object(&self, key: &str, why: &'static str) -> Result<bool> {
         if !self.tracker.borrow().contains(key) {
-            return Ok(false);
+            return self.remove_untracked(key, why).await;
         }
         let tracked = self.tracker.borrow_mut().remove(key);
         if let Some(bytes) = tracked {
@@ -44,6 +45,35 @@ impl<S: CacheDisk> Shared<S> {
                 tracing::warn!(key, why, error = %e, "unlink failed; file left untracked");
                 Err(Error::io("unlinkat", self.object_path(key), e))
             }
+        }
+    }
+
+    /// Unlinks a regular file at `key` the cache does not track: one left
+    /// by an unlink that failed (an invalidate's, a trim's, a startup
+    /// refusal's) or put there behind the cache's back. Left in place it
+    /// would make every commit to the key a conflict, and the next startup
+    /// would account it as an object, stale or not. Anything else at the
+    /// key (a directory, a symlink, a symlink on the way) is not the
+    /// cache's and is left alone. Caller holds the key lock.
+    async fn remove_untracked(&self, key: &str, why: &'static str) -> Result<bool> {
+        let path = self.object_path(key);
+        match self.disk.stat(&path).await {
+            Ok(meta) if meta.kind == EntryKind::File => {}
+            Ok(_) => return Ok(false),
+            Err(e) if is_not_ours(&e) => return Ok(false),
+            Err(e) => return Err(Error::io("statx", path, e)),
+        }
+        match self.unlink_rel(key, false).await {
+            Ok(()) => {
+                // An exhaustive walk in flight may have listed it: it must
+                // not adopt the key from that listing.
+                self.tracker.borrow_mut().note_walk_change(key);
+                tracing::warn!(key, why, path = %path.display(), "removed a file at the key that the cache did not track");
+                Ok(true)
+            }
+            // Swapped for something else since the stat: not ours either.
+            Err(e) if is_not_ours(&e) || errno(&e) == Some(libc::EISDIR) => Ok(false),
+            Err(e) => Err(Error::io("unlinkat", path, e)),
         }
     }
 
@@ -67,15 +97,7 @@ impl<S: CacheDisk> Shared<S> {
         let mut dir = dir;
         while let Some(rel) = dir {
             match self.sync_dir_rel(rel).await {
-                Err(Error::Io { source, .. })
-                    if matches!(
-                        errno(&source),
-                        Some(libc::ENOENT)
-                            | Some(libc::ENOTDIR)
-                            | Some(libc::ELOOP)
-                            | Some(libc::EXDEV)
-                    ) =>
-                {
+                Err(Error::Io { source, .. }) if is_not_ours(&source) => {
                     dir = rel.rsplit_once('/').map(|(parent, _)| parent);
                 }
                 other => return other,
@@ -202,14 +224,7 @@ impl<S: CacheDisk> Shared<S> {
                 Ok(()) => self.metrics.orphans_removed.inc(),
                 // Gone, or its directory is no longer a real one inside the
                 // cache: nothing of ours to remove.
-                Err(e)
-                    if matches!(
-                        errno(&e),
-                        Some(libc::ENOENT)
-                            | Some(libc::ENOTDIR)
-                            | Some(libc::ELOOP)
-                            | Some(libc::EXDEV)
-                    ) => {}
+                Err(e) if is_not_ours(&e) => {}
                 Err(error) => {
                     tracing::warn!(rel, %error, "retrying a staging unlink failed");
                     self.defer_unlink(rel);
@@ -227,4 +242,13 @@ impl<S: CacheDisk> Shared<S> {
             }
         }
     }
+}
+
+/// Nothing of the cache's at a name: it is gone, or a component on the way
+/// is not a real directory inside the cache (a file, a symlink).
+fn is_not_ours(error: &std::io::Error) -> bool {
+    matches!(
+        errno(error),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP) | Some(libc::EXDEV)
+    )
 }
