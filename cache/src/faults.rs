@@ -15,6 +15,7 @@ pub struct Faults {
     short_writes: Cell<u32>,
     pauses_after_place: Cell<u32>,
     dir_sync_failures: Cell<u32>,
+    refused_unlinks: Cell<u32>,
 }
 
 impl Faults {
@@ -58,6 +59,16 @@ impl Faults {
     /// `objects/` itself) fail with EIO.
     pub fn fail_next_dir_syncs(&self, n: u32) {
         self.dir_sync_failures.set(n);
+    }
+
+    /// The next `n` unlinks of an object file the startup walk refused
+    /// (not accounted) fail with EIO.
+    pub fn fail_next_refused_unlinks(&self, n: u32) {
+        self.refused_unlinks.set(n);
+    }
+
+    pub(crate) fn take_refused_unlink(&self) -> bool {
+        take(&self.refused_unlinks)
     }
 
     pub(crate) fn take_dir_sync_failure(&self) -> bool {

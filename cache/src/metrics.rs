@@ -77,9 +77,10 @@ pub struct CacheStats {
     /// refused one by its size before reading it
     /// ([`crate::Error::CorruptObject`], [`crate::Error::UnverifiableObject`]).
     pub damaged_objects: u64,
-    /// Object files the startup walk removed instead of accounting for
-    /// them: larger than the byte limit, or of another size than their
-    /// checksum records (a sparse file, a damaged inode).
+    /// Object files the startup walk refused to account for: larger than
+    /// the byte limit, or of another size than their checksum records (a
+    /// sparse file, a damaged inode). Each is removed; one whose unlink
+    /// fails is counted too, logged as an error, and left untracked.
     pub refused_at_startup: u64,
 }
 

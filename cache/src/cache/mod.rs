@@ -501,6 +501,19 @@ impl<S: CacheDisk> Shared<S> {
         }
     }
 
+    /// Fault hook: should this unlink of a file the startup walk refused
+    /// fail?
+    pub(crate) fn inject_refused_unlink_failure(&self) -> bool {
+        #[cfg(feature = "sim")]
+        {
+            self.faults.take_refused_unlink()
+        }
+        #[cfg(not(feature = "sim"))]
+        {
+            false
+        }
+    }
+
     /// Records a trimmed key for the model checker (feature `sim`; bounded
     /// by `TRIMMED_LOG_MAX`, far above what a sequence of `SIM_OPS_MAX`
     /// operations can trim).

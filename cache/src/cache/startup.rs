@@ -8,13 +8,14 @@
 //! 3. Remove `tracker.tmp` (an interrupted persist) and walk `objects/`,
 //!    reading each object file's size and checksum attribute: rebuild sizes
 //!    and counts from what is on disk — the tracker only contributes access
-//!    order — except for a file larger than the byte limit or of another
-//!    size than its checksum records (a sparse file, a damaged inode, one
-//!    changed since it was written), which is removed, logged and counted
-//!    (`refused_at_startup`) instead: a size read from the disk is trusted
-//!    only once checked, so the totals stay within what trims can take
-//!    apart and no read is ever sized by such a file. Remove every `*.part`
-//!    (staging files cannot outlive their process) and then empty
+//!    order — except for a file larger than the byte limit or of another size
+//!    than its checksum records (a sparse file, a damaged inode, one changed
+//!    since it was written), which is removed, logged and counted
+//!    (`refused_at_startup`; one whose unlink fails is counted too, logged as
+//!    an error and left untracked) instead: a size read from the disk is
+//!    trusted only once checked, so the totals stay within what trims can
+//!    take apart and no read is ever sized by such a file. Remove every
+//!    `*.part` (staging files cannot outlive their process) and then empty
 //!    directories (never `objects/` or the root).
 //! 4. If the rebuilt usage is above the trim threshold, ask for a trim.
 
@@ -168,12 +169,21 @@ impl<S: CacheDisk> Shared<S> {
         for (key, reason) in &refused {
             let path = self.object_path(key);
             tracing::warn!(key, path = %path.display(), reason, "object file not accounted; removing it");
-            match self.unlink_rel(key, false).await {
+            let unlinked = if self.inject_refused_unlink_failure() {
+                Err(std::io::Error::from_raw_os_error(libc::EIO))
+            } else {
+                self.unlink_rel(key, false).await
+            };
+            match unlinked {
                 Ok(()) => self.metrics.refused_at_startup.inc(),
                 Err(e) if errno(&e) == Some(libc::ENOENT) => {}
-                // Untracked all the same; the next startup tries again.
+                // Untracked, so never served (a read misses; `invalidate`
+                // or a `Tiered` download to the key removes it), but it
+                // stays on disk and the next startup refuses it again.
                 Err(error) => {
-                    tracing::warn!(key, %error, "could not remove an object file not accounted");
+                    self.metrics.refused_at_startup.inc();
+                    tracing::error!(key, path = %path.display(), %error,
+                        "could not remove an object file not accounted; it stays at its key, untracked");
                 }
             }
         }
