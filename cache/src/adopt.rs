@@ -30,8 +30,9 @@
 //! are copied from the open file through a staging file instead
 //! ([`Adopted::Copied`]). The copy is checked against the checksum of step
 //! 1 (the caller's, for [`crate::Cache::adopt_checked`]) before its commit:
-//! a file that reads otherwise now (changed, or a bit flipped, since it was
-//! checked) is [`Error::AdoptedFileChanged`] and nothing is cached. Without
+//! a file that reads otherwise now (changed, shrunk, or a bit flipped,
+//! since it was checked) is [`Error::AdoptedFileChanged`] and nothing is
+//! cached, as is a file whose size at step 1 is not the caller's. Without
 //! that check the commit would label whatever the second read returned with
 //! a valid checksum of its own, and the cache would serve bytes the store
 //! does not hold.
@@ -92,6 +93,9 @@ pub(crate) async fn adopt<S: CacheDisk>(
             tracing::debug!(%error, file = %file.display(), "closing an adopted file");
         }
     }
+    if let Err(Error::AdoptedFileChanged { .. }) = &adopted {
+        shared.metrics.adopted_files_changed.inc();
+    }
     let adopted = adopted?;
     match adopted {
         Adopted::Linked => shared.metrics.adopted_linked.inc(),
@@ -124,18 +128,9 @@ async fn adopt_open<S: CacheDisk>(
     let digest = match digest {
         // The caller read other bytes than the file holds now: labelling
         // the file's own bytes would cache what the caller did not check.
+        // Its size says so before any of it is read.
         Some(digest) if digest.bytes != bytes => {
-            return Err(Error::io(
-                "adopt",
-                file,
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "the file is {bytes} bytes, the caller checked {} bytes",
-                        digest.bytes
-                    ),
-                ),
-            ))
+            return Err(changed(key, file, digest, bytes, None));
         }
         Some(digest) => digest,
         None => read_digest(src.as_ref(), bytes, file).await?,
@@ -187,12 +182,46 @@ fn cannot_label(error: &std::io::Error) -> bool {
     )
 }
 
+/// [`Error::AdoptedFileChanged`]: the file adopted as `key` is not the
+/// one of `expected`, as found (`found_bytes`, and the CRC-32 of what was
+/// copied, if it was).
+fn changed(
+    key: &Key,
+    file: &Path,
+    expected: FileDigest,
+    found_bytes: u64,
+    found_crc32: Option<u32>,
+) -> Error {
+    Error::AdoptedFileChanged {
+        key: key.to_string(),
+        path: file.to_path_buf(),
+        expected_bytes: expected.bytes,
+        expected_crc32: expected.crc32,
+        found_bytes,
+        found_crc32,
+    }
+}
+
 /// The size and CRC-32 of the open file's first `bytes` bytes.
 async fn read_digest<F: BufferedFile>(src: &F, bytes: u64, file: &Path) -> Result<FileDigest> {
     let mut crc32 = crc32fast::Hasher::new();
-    let mut steps = Steps::new(src, bytes, file);
-    while let Some(read) = steps.next().await? {
+    let mut steps = Steps::new(src, bytes);
+    while let Some(read) = steps.next(file).await? {
         crc32.update(&read);
+    }
+    // No checksum to hold the file to yet: what it holds now is unknown.
+    if steps.offset != bytes {
+        return Err(Error::io(
+            "read",
+            file,
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "file shrank to {} of {bytes} bytes while being read",
+                    steps.offset
+                ),
+            ),
+        ));
     }
     Ok(FileDigest {
         bytes,
@@ -201,28 +230,26 @@ async fn read_digest<F: BufferedFile>(src: &F, bytes: u64, file: &Path) -> Resul
 }
 
 /// An open file's first `bytes` bytes, read in order, at most
-/// [`COPY_STEP_BYTES`] a read.
+/// [`COPY_STEP_BYTES`] a read; fewer if the file is shorter now (`offset`
+/// then says how many were read).
 struct Steps<'a, F> {
     src: &'a F,
     bytes: u64,
     offset: u64,
-    /// The file's name, for errors.
-    file: &'a Path,
 }
 
 impl<'a, F: BufferedFile> Steps<'a, F> {
-    fn new(src: &'a F, bytes: u64, file: &'a Path) -> Steps<'a, F> {
+    fn new(src: &'a F, bytes: u64) -> Steps<'a, F> {
         Steps {
             src,
             bytes,
             offset: 0,
-            file,
         }
     }
 
-    /// The next read, `None` after the last. Bounded by the size: every
-    /// read returns at least one byte or fails.
-    async fn next(&mut self) -> Result<Option<F::ReadBuf>> {
+    /// The next read, `None` after the last or at the file's end. Bounded
+    /// by the size: every read but the last returns at least one byte.
+    async fn next(&mut self, file: &Path) -> Result<Option<F::ReadBuf>> {
         if self.offset >= self.bytes {
             return Ok(None);
         }
@@ -233,19 +260,9 @@ impl<'a, F: BufferedFile> Steps<'a, F> {
             .src
             .read_at(self.offset, want)
             .await
-            .map_err(|e| Error::io("read", self.file, e))?;
+            .map_err(|e| Error::io("read", file, e))?;
         if read.is_empty() {
-            return Err(Error::io(
-                "read",
-                self.file,
-                std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "file shrank to {} of {} bytes while being read",
-                        self.offset, self.bytes
-                    ),
-                ),
-            ));
+            return Ok(None);
         }
         self.offset += read.len() as u64;
         Ok(Some(read))
@@ -367,20 +384,14 @@ async fn copy<S: CacheDisk>(
             let more = shared.reserve(rest, 0, deadline).await?;
             staging.attach(more)?;
         }
-        let mut steps = Steps::new(reader, bytes, file);
-        while let Some(read) = steps.next().await? {
+        let mut steps = Steps::new(reader, bytes);
+        while let Some(read) = steps.next(file).await? {
             staging.append(&read).await?;
         }
+        // Shrunk, or other bytes: either way not the file checked.
         let found = staging.digest();
         if found != expected {
-            return Err(Error::AdoptedFileChanged {
-                key: key.to_string(),
-                path: file.to_path_buf(),
-                expected_bytes: expected.bytes,
-                expected_crc32: expected.crc32,
-                found_bytes: found.bytes,
-                found_crc32: found.crc32,
-            });
+            return Err(changed(key, file, expected, found.bytes, Some(found.crc32)));
         }
         Ok(())
     }

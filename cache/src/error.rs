@@ -131,16 +131,18 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// A file being adopted read, as it was copied in, other bytes than
-    /// the checksum it was adopted with (the caller's for
-    /// [`crate::Cache::adopt_checked`], else the one read as the adopt
-    /// began): changed or damaged since. Nothing is cached; the staging
-    /// copy is removed.
+    /// A file being adopted is not the one it was adopted as (the
+    /// caller's checksum for [`crate::Cache::adopt_checked`], else the one
+    /// read as the adopt began): it changed or was damaged since. Either
+    /// its size at open already differs (`found_crc32` is `None`: nothing
+    /// of it was read), or its copy read other bytes or fewer of them.
+    /// Nothing is cached; the staging copy is removed. Counted in
+    /// [`crate::CacheStats::adopted_files_changed`].
     #[error(
-        "{}: adopting it as {key:?}, the copy read {found_bytes} bytes with CRC-32 \
-         {found_crc32:#010x}, not the {expected_bytes} bytes with CRC-32 {expected_crc32:#010x} \
-         it was adopted as; not cached",
-        path.display()
+        "{}: adopting it as {key:?}, found {}, not the {expected_bytes} bytes with CRC-32 \
+         {expected_crc32:#010x} it was adopted as; not cached",
+        path.display(),
+        found_digest(*.found_bytes, *.found_crc32)
     )]
     AdoptedFileChanged {
         /// The key.
@@ -151,10 +153,11 @@ pub enum Error {
         expected_bytes: u64,
         /// Its CRC-32 when checked.
         expected_crc32: u32,
-        /// The size copied.
+        /// Its size at open, or the bytes its copy read.
         found_bytes: u64,
-        /// The CRC-32 of the bytes copied.
-        found_crc32: u32,
+        /// The CRC-32 of the bytes copied; `None` if it was refused by its
+        /// size, unread.
+        found_crc32: Option<u32>,
     },
 
     /// An object larger than the whole cache.
@@ -251,6 +254,14 @@ pub enum Error {
         /// The staging file.
         path: PathBuf,
     },
+}
+
+/// What an adopt found, for [`Error::AdoptedFileChanged`].
+fn found_digest(bytes: u64, crc32: Option<u32>) -> String {
+    match crc32 {
+        Some(crc32) => format!("{bytes} bytes with CRC-32 {crc32:#010x}"),
+        None => format!("a file of {bytes} bytes (not read)"),
+    }
 }
 
 /// Why a key was refused.

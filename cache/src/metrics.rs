@@ -38,6 +38,9 @@ pub struct CacheStats {
     pub adopted_linked: u64,
     /// Files adopted as objects by a copy (another filesystem).
     pub adopted_copied: u64,
+    /// Adopts refused because the file was not the one they were given
+    /// or began with ([`crate::Error::AdoptedFileChanged`]).
+    pub adopted_files_changed: u64,
     /// Objects removed by `invalidate`.
     pub invalidations: u64,
     /// Trims that used only the in-memory access order.
@@ -94,6 +97,7 @@ pub(crate) struct Metrics {
     pub(crate) commit_conflicts: Counter,
     pub(crate) adopted_linked: Counter,
     pub(crate) adopted_copied: Counter,
+    pub(crate) adopted_files_changed: Counter,
     pub(crate) invalidations: Counter,
     pub(crate) trims_fast: Counter,
     pub(crate) trims_exhaustive: Counter,
@@ -143,6 +147,7 @@ impl Metrics {
         stats.commit_conflicts = self.commit_conflicts.get();
         stats.adopted_linked = self.adopted_linked.get();
         stats.adopted_copied = self.adopted_copied.get();
+        stats.adopted_files_changed = self.adopted_files_changed.get();
         stats.invalidations = self.invalidations.get();
         stats.trims_fast = self.trims_fast.get();
         stats.trims_exhaustive = self.trims_exhaustive.get();

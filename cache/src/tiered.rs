@@ -104,7 +104,8 @@ pub struct TieredStats {
     pub adopted_linked: u64,
     /// Files copied into the cache after their upload.
     pub adopted_copied: u64,
-    /// Uploaded objects the cache could not take (full, oversize, I/O).
+    /// Uploaded objects the cache could not take (full, oversize, I/O, a
+    /// file changed after its upload's check).
     pub uncached_writes: u64,
     /// Cached copies found stale (the store had no object at their key, or
     /// a download found another file there) and invalidated.
@@ -448,9 +449,10 @@ impl<S: CacheDisk> Tiered<S> {
     /// ([`Remote::put_file_checked`]; a mismatch is
     /// [`RemoteError::SourceChanged`], and the file is not cached either).
     /// The cache keeps only those bytes too: a file that changes after the
-    /// upload's check is not copied in ([`Error::AdoptedFileChanged`],
-    /// logged and counted as an uncached write), and a linked one fails its
-    /// check when read and is downloaded again.
+    /// upload's check is not adopted ([`Error::AdoptedFileChanged`], logged
+    /// as an error, counted in `CacheStats::adopted_files_changed` and as an
+    /// uncached write), and a linked one that changes later fails its check
+    /// when read and is downloaded again.
     pub async fn put_file_checked(
         &self,
         key: &str,
@@ -492,6 +494,14 @@ impl<S: CacheDisk> Tiered<S> {
         match adopted {
             Ok(crate::Adopted::Linked) => add(&self.counters.adopted_linked, 1),
             Ok(crate::Adopted::Copied) => add(&self.counters.adopted_copied, 1),
+            // The caller changed the file it handed over (counted by the
+            // cache, `adopted_files_changed`): a bug to fix, not a full cache.
+            Err(error @ Error::AdoptedFileChanged { .. }) => {
+                tracing::error!(key = full, %error,
+                    "uploaded, but the file changed after its upload's check; not cached");
+                add(&self.counters.uncached_writes, 1);
+                self.drop_stale_copy(&full).await;
+            }
             Err(error) => {
                 tracing::warn!(key = full, %error, "uploaded, but the cache could not take the file");
                 add(&self.counters.uncached_writes, 1);

@@ -4,14 +4,17 @@
 //! existing key is a `Conflict`; symlinks, directories and missing files
 //! are refused with typed errors; oversize files are refused; a file on
 //! another filesystem (tmpfs) is copied in instead; a copy (the link or the
-//! label refused) caches only the bytes of the digest it was adopted with.
+//! label refused) caches only the bytes of the digest it was adopted with,
+//! and a file that shrinks while it is copied is `AdoptedFileChanged`.
 
 mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use common::{bytes, run, tempdir};
+use common::{bytes, run, tempdir, until};
 use ringstore_cache::{Adopted, Cache, Error, FileDigest};
 use ringstore_journal::storage::MemStorage;
 
@@ -214,13 +217,8 @@ fn a_copied_adopt_refuses_bytes_other_than_the_checked_ones() {
                         (expected_bytes, expected_crc32),
                         (checked.bytes, checked.crc32)
                     );
-                    assert_eq!(
-                        FileDigest {
-                            bytes: found_bytes,
-                            crc32: found_crc32
-                        },
-                        FileDigest::of(&flipped)
-                    );
+                    let found = FileDigest::of(&flipped);
+                    assert_eq!((found_bytes, found_crc32), (found.bytes, Some(found.crc32)));
                 }
                 other => panic!("{forced:?}: expected AdoptedFileChanged, got {other:?}"),
             }
@@ -229,6 +227,7 @@ fn a_copied_adopt_refuses_bytes_other_than_the_checked_ones() {
             assert_eq!((stats.objects, stats.bytes), (0, 0), "{forced:?}");
             assert_eq!((stats.reserved_bytes, stats.reserved_objects), (0, 0));
             assert_eq!((stats.adopted_linked, stats.adopted_copied), (0, 0));
+            assert_eq!(stats.adopted_files_changed, 1, "{forced:?}");
             let objects = root.join("objects");
             let left: Vec<_> = disk
                 .paths()
@@ -239,6 +238,69 @@ fn a_copied_adopt_refuses_bytes_other_than_the_checked_ones() {
             cache.shutdown().await.unwrap();
         });
     }
+}
+
+/// Bug: a file that shrank while it was copied in failed with
+/// `Error::Io` (op `read`, an unexpected EOF), where a file changed in
+/// place was `AdoptedFileChanged`. Both are the same fault of the caller:
+/// now it is `AdoptedFileChanged` too, naming the bytes the copy read, and
+/// counted. The file shrinks while the copy waits for its reservation.
+#[test]
+fn a_file_that_shrinks_while_it_is_copied_in_is_a_changed_file() {
+    run(|| async {
+        let disk = MemStorage::new();
+        let root = Path::new("/cache");
+        let file = Path::new("/elsewhere/snapshot.bin");
+        let data = bytes(300_000, 7);
+        let checked = FileDigest::of(&data);
+        disk.insert_file(file, data.clone());
+        let cache = Rc::new(
+            Cache::builder(root)
+                .disk(disk.clone())
+                .bytes_limit(1u64 << 20)
+                .chunk_bytes(64 << 10)
+                .reservation_wait(Duration::from_secs(10))
+                .open()
+                .await
+                .unwrap(),
+        );
+        // Room for the copy's first chunk, not for the rest of it.
+        let held = cache
+            .reserve((1 << 20) - (100 << 10), 0, Instant::now())
+            .await
+            .unwrap();
+        disk.fail_next_attribute_sets(1, libc::EPERM);
+        let adopting = glommio::spawn_local({
+            let cache = Rc::clone(&cache);
+            async move { cache.adopt_checked("snap", file, checked).await }
+        });
+        until("the copy waits for its reservation", || {
+            cache.stats().reservation_waits == 1
+        })
+        .await;
+        let kept = 100_000;
+        disk.set_file_bytes(file, data[..kept].to_vec());
+        drop(held);
+        match adopting.await {
+            Err(Error::AdoptedFileChanged {
+                key,
+                expected_bytes,
+                found_bytes,
+                found_crc32,
+                ..
+            }) => {
+                assert_eq!((key.as_str(), expected_bytes), ("snap", checked.bytes));
+                let found = FileDigest::of(&data[..kept]);
+                assert_eq!((found_bytes, found_crc32), (found.bytes, Some(found.crc32)));
+            }
+            other => panic!("expected AdoptedFileChanged, got {other:?}"),
+        }
+        let stats = cache.stats();
+        assert_eq!(stats.adopted_files_changed, 1);
+        assert_eq!((stats.objects, stats.reserved_bytes), (0, 0));
+        assert!(!cache.contains("snap").unwrap());
+        Rc::try_unwrap(cache).unwrap().shutdown().await.unwrap();
+    });
 }
 
 /// The copy's check passes the checked bytes: with the link or the label

@@ -109,7 +109,7 @@ fn every_object_written_or_adopted_carries_its_checksum() {
             &adopted[..]
         );
         // With the caller's digest, not read again; a file of another size
-        // than the caller checked is refused.
+        // than the caller checked is refused unread, as a changed file.
         let vouched = dir_file(&objects, "vouched.bin", &bytes(5_000, 3));
         cache
             .adopt_checked("vouched", &vouched, FileDigest::of(&bytes(5_000, 3)))
@@ -117,15 +117,22 @@ fn every_object_written_or_adopted_carries_its_checksum() {
             .unwrap();
         assert_checksum(&vouched, &bytes(5_000, 3));
         let other = dir_file(&objects, "other.bin", &bytes(5_000, 4));
-        match cache
-            .adopt_checked("other", &other, FileDigest::of(&bytes(4_999, 4)))
-            .await
-        {
-            Err(Error::Io {
-                op: "adopt", path, ..
-            }) => assert_eq!(path, other),
+        let checked = FileDigest::of(&bytes(4_999, 4));
+        match cache.adopt_checked("other", &other, checked).await {
+            Err(Error::AdoptedFileChanged {
+                path,
+                expected_bytes,
+                found_bytes,
+                found_crc32,
+                ..
+            }) => {
+                assert_eq!(path, other);
+                assert_eq!((expected_bytes, found_bytes), (checked.bytes, 5_000));
+                assert_eq!(found_crc32, None);
+            }
             result => panic!("expected the adopt refused, got {result:?}"),
         }
+        assert_eq!(cache.stats().adopted_files_changed, 1);
         assert!(!cache.contains("other").unwrap());
         assert_eq!(attribute(&other), None);
         assert_eq!(cache.stats().damaged_objects, 0);

@@ -244,11 +244,12 @@ impl<S: CacheDisk> Cache<S> {
     /// [`Cache::adopt`] of a file whose size and CRC-32 the caller took as
     /// it read the whole file (an upload's check), recorded as the
     /// object's checksum without reading the file again. A file of another
-    /// size than `digest` is refused (`Error::Io`, op `adopt`): it is not
-    /// the file the caller checked. When the file is copied in instead of
-    /// linked, the copy is checked against `digest` and other bytes are
-    /// [`Error::AdoptedFileChanged`], with nothing cached (a linked file
-    /// that differs fails its check when read: [`Error::CorruptObject`]).
+    /// size than `digest` is refused unread ([`Error::AdoptedFileChanged`]):
+    /// it is not the file the caller checked. When the file is copied in
+    /// instead of linked, the copy is checked against `digest` and other
+    /// bytes (or fewer) are [`Error::AdoptedFileChanged`] too, with nothing
+    /// cached (a linked file that differs fails its check when read:
+    /// [`Error::CorruptObject`]).
     pub async fn adopt_checked(
         &self,
         key: &str,
