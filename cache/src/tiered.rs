@@ -137,6 +137,15 @@ struct Counters {
 /// more.
 const DOWNLOAD_ATTEMPTS_MAX: u32 = 2;
 
+/// What the cache may hold at a key an upload's bytes did not reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CachedCopy {
+    /// Nothing of this write: a copy there is stale.
+    Stale,
+    /// This write's, committed, but its directory fsync failed.
+    Unsynced,
+}
+
 /// What one download did.
 enum Downloaded {
     /// The store has no such object.
@@ -517,6 +526,16 @@ impl<S: CacheDisk> Tiered<S> {
         match committed {
             Ok(()) => {}
             Err(Error::Conflict { .. }) => self.drop_stale_copy(full).await,
+            // Placed and accounted, then a directory fsync failed (see
+            // `Staging::commit`): the copy at the key is this write's, its
+            // link perhaps not durable. Dropped all the same, so no copy
+            // whose durability is unknown stays (and the fsync retried).
+            Err(error @ Error::Io { op: "fsync", .. }) => {
+                tracing::warn!(key = full, %error,
+                    "uploaded, but the commit's directory fsync failed; dropping the new cached copy");
+                add(&self.counters.uncached_writes, 1);
+                self.drop_copy(full, CachedCopy::Unsynced).await;
+            }
             Err(error) => {
                 tracing::warn!(key = full, %error, "uploaded, but committing it to the cache failed");
                 add(&self.counters.uncached_writes, 1);
@@ -534,28 +553,62 @@ impl<S: CacheDisk> Tiered<S> {
     /// earlier trim's unlink of the key durable, so a crash cannot bring an
     /// old copy back.
     async fn drop_stale_copy(&self, full: &str) {
-        match self.cache.invalidate(full).await {
-            Ok(false) => {}
+        self.drop_copy(full, CachedCopy::Stale).await;
+    }
+
+    /// Invalidates `full` after an upload, logging and counting by what
+    /// `copy` says the cache held there. The write succeeded (the store
+    /// holds it) whatever happens here: nothing is returned.
+    async fn drop_copy(&self, full: &str, copy: CachedCopy) {
+        let error = match self.cache.invalidate(full).await {
+            Ok(false) => return,
             Ok(true) => {
-                tracing::warn!(
-                    key = full,
-                    "cached object was stale (not in the store); invalidated it"
-                );
-                add(&self.counters.stale_invalidations, 1);
+                match copy {
+                    CachedCopy::Stale => {
+                        tracing::warn!(
+                            key = full,
+                            "cached object was stale (not in the store); invalidated it"
+                        );
+                        add(&self.counters.stale_invalidations, 1);
+                    }
+                    CachedCopy::Unsynced => {
+                        tracing::debug!(key = full, "dropped the new cached copy")
+                    }
+                }
+                return;
             }
-            // The write succeeded (the store holds it): not reported as
-            // failed, like the uncached write itself. The copy is out of
-            // reach of `get` all the same: `invalidate` drops the key from
-            // the cache's accounting before it unlinks the file (or failed
-            // because the cache is shut down), so a read misses and
-            // downloads the new object. What may stay is the file, which
-            // the next open would find again: hence an error, with its path.
-            Err(error) => tracing::error!(
+            Err(error) => error,
+        };
+        let path = self.cache.objects_dir().join(full);
+        // `invalidate` drops the key from the accounting before it unlinks
+        // the file, so `get` misses and downloads unless the cache still
+        // tracks it (it was shut down first). A file whose unlink failed
+        // stays, untracked: a `Tiered` read replaces it, but the next open
+        // would account it, stale, as an object.
+        let tracked = self.cache.contains(full).unwrap_or(false);
+        let file_left = matches!(&error, Error::Io { op: "unlinkat", .. });
+        match copy {
+            CachedCopy::Stale if tracked => tracing::error!(
                 key = full,
-                path = %self.cache.objects_dir().join(full).display(),
+                path = %path.display(),
                 %error,
-                "uploaded, but a stale cached copy could not be removed; remove the file \
-                 before the cache is opened again"
+                "uploaded, but the cache still holds a stale copy it could not invalidate; \
+                 remove the file before the cache is opened again"
+            ),
+            CachedCopy::Stale if file_left => tracing::error!(
+                key = full,
+                path = %path.display(),
+                %error,
+                "uploaded, but the stale cached copy could not be unlinked and stays, untracked; \
+                 remove the file before the cache is opened again"
+            ),
+            // Nothing stale is cached or known to be left (the copy was
+            // unlinked, or there was none), or the copy is this write's.
+            _ => tracing::warn!(
+                key = full,
+                path = %path.display(),
+                %error,
+                "uploaded; invalidating the key's cached copy failed, but no stale copy is known to remain"
             ),
         }
     }
