@@ -395,3 +395,33 @@ impl Drop for Reservation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes from the disk go through `try_add_used` before the tracker
+    /// sees them: one that would take the total past `u64::MAX` is refused
+    /// and the total left as it was, so the tracker's `u64` sum (which
+    /// equals it) cannot overflow and every size can be taken off again.
+    #[test]
+    fn a_size_taking_the_total_past_u64_max_is_refused_and_changes_nothing() {
+        let space: SpaceProbe = Box::new(|| {
+            Ok(FsSpace {
+                total_bytes: u64::MAX,
+                avail_bytes: u64::MAX,
+            })
+        });
+        let ledger = Ledger::new(1 << 30, 1_000, 0, space);
+        assert!(ledger.try_add_used(u64::MAX - 7, 1));
+        assert!(!ledger.try_add_used(8, 1));
+        assert!(!ledger.try_add_used(u64::MAX, 1));
+        let s = ledger.state();
+        assert_eq!((s.used_bytes, s.used_objects), (u64::MAX - 7, 1));
+        assert!(ledger.try_add_used(7, 1));
+        ledger.sub_used(u64::MAX - 7, 1);
+        ledger.sub_used(7, 1);
+        let s = ledger.state();
+        assert_eq!((s.used_bytes, s.used_objects), (0, 0));
+    }
+}

@@ -41,11 +41,11 @@ pub(crate) struct Tracker {
     head: Option<u32>,
     /// Most recently accessed.
     tail: Option<u32>,
-    /// The sum of every node's `bytes`, exact: at most `u32::MAX` nodes of
-    /// at most `u64::MAX` bytes cannot overflow a `u128`, so a removal
-    /// subtracts exactly what its insertion added (sizes come from the
-    /// disk, and a saturated `u64` sum would underflow later).
-    bytes: u128,
+    /// The sum of every node's `bytes`. It fits: every size tracked was
+    /// first added to the ledger's `u64` total (`Ledger::try_add_used` for
+    /// sizes from the disk, a reservation for commits), so an overflow here
+    /// is a bug.
+    bytes: u64,
     last_atime_ms: u64,
     /// Keys changed while an exhaustive walk is in flight; its results for
     /// them are stale and must not be applied.
@@ -63,9 +63,9 @@ impl Tracker {
         self.nodes.len() as u64
     }
 
-    /// Bytes of every tracked object (`u64::MAX` if the sum is larger).
+    /// Bytes of every tracked object.
     pub(crate) fn bytes(&self) -> u64 {
-        u64::try_from(self.bytes).unwrap_or(u64::MAX)
+        self.bytes
     }
 
     pub(crate) fn is_dirty(&self) -> bool {
@@ -139,7 +139,10 @@ impl Tracker {
         };
         self.push_back(slot);
         self.last_atime_ms = self.last_atime_ms.max(atime_ms);
-        self.bytes += u128::from(bytes);
+        self.bytes = self
+            .bytes
+            .checked_add(bytes)
+            .expect("tracked bytes past u64::MAX: the ledger admits every size first");
         self.note_changed(&key);
         self.index.insert(key, slot);
         self.dirty = true;
@@ -184,7 +187,11 @@ impl Tracker {
             return;
         };
         if let Some(node) = self.nodes.get_mut(slot as usize) {
-            self.bytes = self.bytes - u128::from(node.bytes) + u128::from(bytes);
+            self.bytes = self
+                .bytes
+                .checked_sub(node.bytes)
+                .and_then(|rest| rest.checked_add(bytes))
+                .expect("tracked bytes out of u64: the ledger admits every size first");
             node.bytes = bytes;
         }
         self.dirty = true;
@@ -195,7 +202,10 @@ impl Tracker {
         let slot = self.index.remove(key)?;
         self.unlink_node(slot);
         let node = self.nodes.remove(slot as usize);
-        self.bytes -= u128::from(node.bytes);
+        self.bytes = self
+            .bytes
+            .checked_sub(node.bytes)
+            .expect("tracked bytes below an object's size: the sum is off");
         self.note_changed(&node.key);
         self.dirty = true;
         Some(node.bytes)
@@ -359,24 +369,6 @@ mod tests {
         assert_eq!(order(&empty), ["only"]);
         empty.insert_now("next", 1);
         assert_eq!(order(&empty), ["only", "next"]);
-    }
-
-    /// Sizes come from the disk: a sum past `u64::MAX` used to saturate,
-    /// and removing the objects again underflowed.
-    #[test]
-    fn sizes_summing_past_u64_max_are_removed_without_underflow() {
-        let mut t = Tracker::new();
-        t.insert_now("a", u64::MAX);
-        t.insert_now("b", u64::MAX);
-        t.insert_now("c", 7);
-        assert_eq!(t.bytes(), u64::MAX);
-        t.set_bytes("b", 1);
-        assert_eq!(t.bytes(), u64::MAX);
-        assert_eq!(t.remove("a"), Some(u64::MAX));
-        assert_eq!(t.bytes(), 8);
-        assert_eq!(t.remove("b"), Some(1));
-        assert_eq!(t.remove("c"), Some(7));
-        assert_eq!(t.bytes(), 0);
     }
 
     #[test]
