@@ -249,27 +249,11 @@ impl Storage for RootedDisk {
     }
 
     async fn list_dir_meta(&self, dir: &Path) -> io::Result<Vec<(OsString, io::Result<FileMeta>)>> {
-        let rel = self.relative(dir)?;
-        let fd = sys::open_beneath_blocking(&self.inner.root_fd, rel)?;
-        // One pass on glommio's blocking pool: readdir, then an lstat of
-        // each entry relative to the directory's descriptor (fstatat,
-        // AT_SYMLINK_NOFOLLOW). A ring round trip per name would take three
-        // times as long for 100,000 objects, and the reactor must not wait
-        // on a walk (an exhaustive trim walks while the shard serves).
-        glommio::executor()
-            .spawn_blocking(
-                move || -> io::Result<Vec<(OsString, io::Result<FileMeta>)>> {
-                    let listing = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
-                    let mut entries = Vec::new();
-                    for entry in listing {
-                        let entry = entry?;
-                        let meta = entry.metadata().map(|meta| FileMeta::from(&meta));
-                        entries.push((entry.file_name(), meta));
-                    }
-                    Ok(entries)
-                },
-            )
-            .await
+        let entries = self.list_entries(dir, false).await?;
+        Ok(entries
+            .into_iter()
+            .map(|(name, meta, _)| (name, meta))
+            .collect())
     }
 
     fn latency_device(&self, dir: &Path) -> io::Result<Option<u64>> {
@@ -500,13 +484,26 @@ impl CacheDisk for RootedDisk {
     }
 
     async fn list_dir_checksums(&self, dir: &Path) -> io::Result<Vec<ListedEntry>> {
+        self.list_entries(dir, true).await
+    }
+}
+
+impl RootedDisk {
+    /// `dir`'s entries, each with an lstat of it and, `with_checksums`, a
+    /// regular file's object checksum attribute (`None` otherwise, or if it
+    /// could not be read). One pass on glommio's blocking pool: readdir, then
+    /// per entry an lstat (fstatat, AT_SYMLINK_NOFOLLOW) and the attribute's
+    /// `lgetxattr`, relative to the directory's descriptor. A ring round trip
+    /// per name (an open and a close per file for the attribute) would take
+    /// three times as long for 100,000 objects, and the reactor must not wait
+    /// on a walk (an exhaustive trim walks while the shard serves).
+    async fn list_entries(&self, dir: &Path, with_checksums: bool) -> io::Result<Vec<ListedEntry>> {
         let rel = self.relative(dir)?;
         let fd = sys::open_beneath_blocking(&self.inner.root_fd, rel)?;
-        // As `list_dir_meta`, on the blocking pool, with one `lgetxattr`
-        // per regular file relative to the directory's descriptor: an open
-        // and a close per file through the ring would triple the walk.
         glommio::executor()
             .spawn_blocking(move || -> io::Result<Vec<ListedEntry>> {
+                // The open descriptor, named through /proc: nothing is
+                // resolved again by name.
                 let listing = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
                 let mut entries = Vec::new();
                 for entry in listing {
@@ -514,7 +511,7 @@ impl CacheDisk for RootedDisk {
                     let name = entry.file_name();
                     let meta = entry.metadata().map(|meta| FileMeta::from(&meta));
                     let checksum = match &meta {
-                        Ok(meta) if meta.kind == EntryKind::File => {
+                        Ok(meta) if with_checksums && meta.kind == EntryKind::File => {
                             let fd = std::os::fd::AsFd::as_fd(&fd);
                             sys::get_xattr_in(fd, &name, OBJECT_CHECKSUM_ATTRIBUTE).unwrap_or_else(
                                 |error| {

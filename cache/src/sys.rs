@@ -736,12 +736,12 @@ pub(crate) fn set_xattr(fd: RawFd, name: &str, value: &[u8]) -> io::Result<()> {
 /// attribute. A value longer than [`XATTR_VALUE_BYTES_MAX`] is ERANGE (it
 /// is none the cache wrote).
 pub(crate) fn get_xattr(fd: RawFd, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let name = cstring(name)?;
-    let mut value = vec![0u8; XATTR_VALUE_BYTES_MAX];
-    // SAFETY: `name` is NUL-terminated and `value` a live buffer of
-    // `value.len()` bytes the kernel writes at most that many bytes into.
-    let res = unsafe { libc::fgetxattr(fd, name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-    xattr_value(res, value)
+    read_xattr(name, |name, value, len| {
+        // SAFETY: `read_xattr` passes a NUL-terminated `name` and a live
+        // buffer `value` of `len` bytes the kernel writes at most that
+        // many bytes into.
+        unsafe { libc::fgetxattr(fd, name, value, len) }
+    })
 }
 
 /// `lgetxattr(2)` of `name` on the entry `leaf` of the directory open as
@@ -758,19 +758,25 @@ pub(crate) fn get_xattr_in(
     path.extend_from_slice(leaf.as_bytes());
     let path = CString::new(path)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    read_xattr(name, |name, value, len| {
+        // SAFETY: `path` is NUL-terminated and lives across the call;
+        // `read_xattr` passes a NUL-terminated `name` and a live buffer
+        // `value` of `len` bytes the kernel writes at most that many
+        // bytes into.
+        unsafe { libc::lgetxattr(path.as_ptr(), name, value, len) }
+    })
+}
+
+/// A `getxattr` family call (`call(name, value, len)`, returning what the
+/// syscall returns) of `name` into a buffer of [`XATTR_VALUE_BYTES_MAX`]
+/// bytes: `name` NUL-terminated, `value` live for `len` bytes.
+fn read_xattr(
+    name: &str,
+    call: impl FnOnce(*const libc::c_char, *mut libc::c_void, usize) -> isize,
+) -> io::Result<Option<Vec<u8>>> {
     let name = cstring(name)?;
     let mut value = vec![0u8; XATTR_VALUE_BYTES_MAX];
-    // SAFETY: `path` and `name` are NUL-terminated and `value` a live
-    // buffer of `value.len()` bytes the kernel writes at most that many
-    // bytes into.
-    let res = unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_mut_ptr().cast(),
-            value.len(),
-        )
-    };
+    let res = call(name.as_ptr(), value.as_mut_ptr().cast(), value.len());
     xattr_value(res, value)
 }
 
