@@ -26,26 +26,53 @@ pub(crate) struct WalkFile {
     pub(crate) recorded_bytes: Option<u64>,
 }
 
+/// Why an object file's size on disk bars it from being accounted or
+/// read. The size is all it takes: nothing of the file is read or
+/// allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SizeRefusal {
+    /// Not the size its checksum records: changed or damaged since it was
+    /// written, never to be served.
+    NotAsRecorded { bytes: u64, recorded: u64 },
+    /// Above the cache's byte limit, which no object the cache takes is: a
+    /// sparse file, a damaged inode, or an object from before the limit
+    /// was lowered.
+    AboveLimit { bytes: u64, bytes_limit: u64 },
+    /// It would take the cache's total past `u64::MAX` (startup).
+    TotalPastMax { bytes: u64 },
+}
+
+impl std::fmt::Display for SizeRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            SizeRefusal::NotAsRecorded { bytes, recorded } => write!(
+                f,
+                "the file is {bytes} bytes, but its {OBJECT_CHECKSUM_ATTRIBUTE} attribute \
+                 records {recorded}"
+            ),
+            SizeRefusal::AboveLimit { bytes, bytes_limit } => write!(
+                f,
+                "the file is {bytes} bytes, above the cache's byte limit of {bytes_limit}"
+            ),
+            SizeRefusal::TotalPastMax { bytes } => write!(
+                f,
+                "the file is {bytes} bytes, which would take the cache's total past u64::MAX"
+            ),
+        }
+    }
+}
+
 /// Why an object file of `bytes` bytes on disk may be neither accounted
 /// nor read, if it may not: a size other than the one its checksum
-/// records (`recorded_bytes`: changed or damaged since it was written,
-/// never to be served), or above the cache's byte limit (no object the
-/// cache takes is: a sparse file, a damaged inode, or an object from
-/// before the limit was lowered). The size is all it takes: nothing of
-/// the file is read or allocated.
+/// records (`recorded_bytes`), or above the cache's byte limit.
 pub(crate) fn size_refusal(
     bytes: u64,
     recorded_bytes: Option<u64>,
     bytes_limit: u64,
-) -> Option<String> {
+) -> Option<SizeRefusal> {
     match recorded_bytes {
-        Some(recorded) if recorded != bytes => Some(format!(
-            "the file is {bytes} bytes, but its {OBJECT_CHECKSUM_ATTRIBUTE} attribute records \
-             {recorded}"
-        )),
-        _ if bytes > bytes_limit => Some(format!(
-            "the file is {bytes} bytes, above the cache's byte limit of {bytes_limit}"
-        )),
+        Some(recorded) if recorded != bytes => Some(SizeRefusal::NotAsRecorded { bytes, recorded }),
+        _ if bytes > bytes_limit => Some(SizeRefusal::AboveLimit { bytes, bytes_limit }),
         _ => None,
     }
 }

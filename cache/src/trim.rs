@@ -273,7 +273,7 @@ async fn reconcile<S: CacheDisk>(shared: &Rc<Shared<S>>) -> Result<WalkReport> {
             }
             // The limit only: this walk reads no checksum attributes (a
             // read checks a file's size against its checksum first).
-            let refused = crate::fs::size_refusal(file.bytes, None, shared.bytes_limit).is_some();
+            let refused = file.bytes > shared.bytes_limit;
             match tracker.bytes_of(&file.key) {
                 None => {
                     if refused || !shared.ledger.try_add_used(file.bytes, 1) {

@@ -741,7 +741,7 @@ impl<S: CacheDisk> Shared<S> {
             .await
             .map_err(|e| Error::io("fstat", path, e))?;
         match fs::size_refusal(bytes, Some(expected.bytes), self.bytes_limit) {
-            Some(reason) => Err(self.refused(unverifiable(reason))),
+            Some(refusal) => Err(self.refused(unverifiable(refusal.to_string()))),
             None => Ok(expected),
         }
     }

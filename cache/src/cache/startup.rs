@@ -134,19 +134,14 @@ impl<S: CacheDisk> Shared<S> {
         files.sort_by_key(|&(atime, index, _)| (atime, index));
         // A size is trusted only once checked (see `fs::size_refusal`);
         // the totals are summed checked, so a trim can take them apart.
-        let mut refused: Vec<(&str, String)> = Vec::new();
+        let mut refused: Vec<(&str, fs::SizeRefusal)> = Vec::new();
         {
             let mut tracker = self.tracker.borrow_mut();
             for (atime, _, file) in &files {
                 let refusal = fs::size_refusal(file.bytes, file.recorded_bytes, self.bytes_limit)
                     .or_else(|| {
-                        (!self.ledger.try_add_used(file.bytes, 1)).then(|| {
-                            format!(
-                                "the file is {} bytes, which would take the cache's \
-                                     total past u64::MAX",
-                                file.bytes
-                            )
-                        })
+                        (!self.ledger.try_add_used(file.bytes, 1))
+                            .then_some(fs::SizeRefusal::TotalPastMax { bytes: file.bytes })
                     });
                 match refusal {
                     Some(reason) => refused.push((&file.key, reason)),
@@ -168,7 +163,7 @@ impl<S: CacheDisk> Shared<S> {
         // made durable: one a crash brings back is removed again.
         for (key, reason) in &refused {
             let path = self.object_path(key);
-            tracing::warn!(key, path = %path.display(), reason, "object file not accounted; removing it");
+            tracing::warn!(key, path = %path.display(), %reason, "object file not accounted; removing it");
             let unlinked = if self.inject_refused_unlink_failure() {
                 Err(std::io::Error::from_raw_os_error(libc::EIO))
             } else {
