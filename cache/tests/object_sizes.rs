@@ -4,7 +4,7 @@
 //! being accounted, and a file that grows after startup is refused by
 //! `get` and `check` before a byte of it is read or a buffer of its size is
 //! allocated (`Error::UnverifiableObject`), with the accounting left below
-//! the byte limit. Before, startup accounted 16 TiB, `get` asked glommio for
+//! the byte limit, even when its checksum records that size. Before, startup accounted 16 TiB, `get` asked glommio for
 //! a 16 TiB buffer (a panic on the shard's thread), and `check` read the
 //! file in 1 MiB steps for hours.
 
@@ -210,6 +210,49 @@ fn a_file_of_another_size_than_its_checksum_is_refused_unread_on_the_simulated_d
         assert_eq!(stats.refused_at_startup, 1);
         assert!(disk.file_bytes(&path).is_none());
         assert!(cache.get("a").await.unwrap().is_none());
+        cache.shutdown().await.unwrap();
+    });
+}
+
+/// On the simulated disk: a tracked object replaced, while the cache runs,
+/// by a file above the byte limit whose checksum records its new size (so
+/// only the limit can tell) is refused by `get` and `check` from its size,
+/// without a byte of it read, rather than read whole and served.
+#[test]
+fn a_file_above_the_byte_limit_with_a_matching_checksum_is_refused_unread() {
+    run(|| async {
+        let disk = MemStorage::new();
+        let root = Path::new("/cache");
+        let bytes_limit = 64 << 10;
+        let cache = Cache::builder(root)
+            .disk(disk.clone())
+            .bytes_limit(bytes_limit)
+            .chunk_bytes(4 << 10)
+            .open()
+            .await
+            .unwrap();
+        cache.put("a", &bytes(1_000, 4)).await.unwrap();
+        let path = root.join("objects/a");
+        let big = bytes(bytes_limit as usize + 1, 4);
+        disk.set_file_bytes(&path, big.clone());
+        let label = encode_object_checksum(FileDigest::of(&big)).to_vec();
+        assert!(disk.set_file_attribute(&path, OBJECT_CHECKSUM_ATTRIBUTE, Some(label)));
+        let read_before = disk.bytes_read();
+        for result in [
+            cache.get("a").await.map(|_| ()),
+            cache.check("a").await.map(|_| ()),
+        ] {
+            assert_refused(result, "a", &path);
+        }
+        match cache.check("a").await {
+            Err(Error::UnverifiableObject { reason, .. }) => {
+                assert!(reason.contains("byte limit"), "{reason}")
+            }
+            other => panic!("expected the byte limit's refusal, got {other:?}"),
+        }
+        assert_eq!(disk.bytes_read(), read_before);
+        let stats = cache.stats();
+        assert_eq!((stats.bytes, stats.damaged_objects), (1_000, 3));
         cache.shutdown().await.unwrap();
     });
 }
