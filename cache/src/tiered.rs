@@ -43,9 +43,9 @@
 //! Any copy the cache still holds at the key is invalidated then: the
 //! create-only upload found no object in the store, so that copy is stale
 //! (the object left the store other than by [`Tiered::delete`]) and must
-//! not be served in place of the new bytes. If the upload fails nothing is cached and the staging file is removed,
-//! so a retry of the same write starts clean.
-
+//! not be served in place of the new bytes. If the upload fails nothing is
+//! cached and the staging file is removed, so a retry of the same write
+//! starts clean.
 //!
 //! ```no_run
 //! use std::rc::Rc;
