@@ -722,6 +722,26 @@ fn a_shard_whose_first_open_stopped_before_its_journal_passes_both_verifies_like
     assert!(shard.join("journal").is_dir());
 }
 
+/// A shard the data directory's superblock records as created, whose
+/// directory is gone: the engine refuses to start, and `wal verify` fails
+/// the shards that are there with the same message.
+#[test]
+fn a_recorded_shard_whose_directory_is_gone_fails_wal_verify_like_the_start() {
+    let (_tmp, data) = data_dir();
+    ringstore::runtime::startup::record_created_shards(&data).unwrap();
+    expect_exit(&ringstore(&data, &["wal", "verify"]), 0);
+    std::fs::rename(
+        data.join("shard-001"),
+        data.with_file_name("shard-001.aside"),
+    )
+    .unwrap();
+    let output = ringstore(&data, &["wal", "verify"]);
+    expect_exit(&output, 1);
+    let out = text(&output);
+    assert!(out.contains("shard 1 was created"), "{out}");
+    assert!(out.contains("refuses the data directory"), "{out}");
+}
+
 #[test]
 fn a_shard_whose_journal_is_gone_is_refused_by_the_open_and_both_verifies() {
     // Gone entirely, or emptied: either way an open would otherwise start

@@ -80,9 +80,18 @@ pub(super) async fn write_superblock<S: Storage>(
                 }
                 chosen.newest_copy
             }
-            Err(_) => superblock::SUPERBLOCK_COPIES - 1,
+            Err(fault) => {
+                tracing::warn!(path = %path.display(), %fault,
+                    "no superblock copy verifies before an update; writing copy 0 first");
+                superblock::SUPERBLOCK_COPIES - 1
+            }
         },
-        Ok(None) | Err(_) => superblock::SUPERBLOCK_COPIES - 1,
+        Ok(None) => superblock::SUPERBLOCK_COPIES - 1,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e,
+                "superblock read back before an update failed; writing copy 0 first");
+            superblock::SUPERBLOCK_COPIES - 1
+        }
     };
     superblock::write_file(
         storage,

@@ -161,7 +161,14 @@ fn expected(context: &Context, shard: &ShardDir) -> Expected {
         None
     } else {
         match ringstore::runtime::startup::read_manifest(&context.data_dir) {
-            Ok(shards) => shards,
+            Ok(shards) => {
+                // A shard the superblock records but whose directory is
+                // gone: the engine refuses to start (`Error::ShardMissing`).
+                let missing =
+                    ringstore::runtime::startup::check_created_shards(&context.data_dir, &[]);
+                data_dir_refusal = missing.err().map(|e| e.to_string());
+                shards
+            }
             Err(e) => {
                 data_dir_refusal = Some(e.to_string());
                 None
