@@ -68,6 +68,10 @@ struct Args {
     /// Take a checkpoint of every shard before closing it.
     #[arg(long)]
     final_checkpoint: bool,
+    /// Start shard N empty although the data directory records it and its
+    /// directory is gone: its data is given up (repeatable).
+    #[arg(long, value_name = "N")]
+    abandon_missing_shard: Vec<usize>,
 }
 
 fn default_shards() -> usize {
@@ -135,10 +139,15 @@ fn run(
     startup::check_manifest(&args.data_dir, args.shards).map_err(|e| e.to_string())?;
     // A shard the directory records as created but whose files are gone is
     // refused, not started empty.
-    startup::check_created_shards(&args.data_dir, &[]).map_err(|e| e.to_string())?;
+    startup::check_created_shards(&args.data_dir, &args.abandon_missing_shard)
+        .map_err(|e| e.to_string())?;
 
-    // Dropping `listening` tells every reactor to stop.
+    // Dropping `listening` tells every reactor to stop. Dropping `serving`
+    // lets the reactors serve: only once every shard has opened and the
+    // data directory records them all, so no shard acknowledges a command
+    // before a lost directory of it would be refused.
     let (listening, stopping) = async_channel::bounded::<()>(1);
+    let (serving, may_serve) = async_channel::bounded::<()>(1);
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
     let mut reactors = Vec::with_capacity(args.shards);
     for (index, (&cpu, &addr)) in cpus.iter().zip(&addrs).enumerate() {
@@ -154,6 +163,7 @@ fn run(
         };
         let (stopping, ready, final_checkpoint) =
             (stopping.clone(), ready_tx.clone(), args.final_checkpoint);
+        let may_serve = may_serve.clone();
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("broker-shard-{index}"))
             .io_memory(IO_MEMORY_BYTES_DEFAULT)
@@ -172,6 +182,11 @@ fn run(
                 match TcpListener::bind(addr) {
                     Ok(listener) => {
                         let _ = ready.send((index, Ok(addr)));
+                        let _ = may_serve.recv().await;
+                        if stopping.is_closed() {
+                            close(index, &shard, final_checkpoint).await;
+                            return;
+                        }
                         let stop = async move {
                             let _ = stopping.recv().await;
                         };
@@ -187,6 +202,7 @@ fn run(
             Ok(handle) => reactors.push(handle),
             Err(e) => {
                 drop(listening);
+                drop(serving);
                 join(reactors);
                 return Err(format!("start shard {index}'s reactor: {e}"));
             }
@@ -213,9 +229,11 @@ fn run(
     }
     if !failures.is_empty() {
         drop(listening);
+        drop(serving);
         join(reactors);
         return Err(failures.join("; "));
     }
+    drop(serving);
     for (shard, addr) in listening_on.iter().enumerate() {
         let addr = addr.map_or_else(String::new, |a| a.to_string());
         let dir = startup::shard_dir(&args.data_dir, shard);
