@@ -73,6 +73,18 @@ conformance!(
     a_new_copy_dropped_after_a_failed_directory_fsync_is_not_counted_stale,
 );
 
+/// A cache on a fresh simulated disk (whose faults the test arms), and
+/// the disk.
+async fn simulated_cache() -> (MemStorage, Rc<Cache<MemStorage>>) {
+    let disk = MemStorage::new();
+    let cache = Cache::builder(Path::new("/cache"))
+        .disk(disk.clone())
+        .open()
+        .await
+        .unwrap();
+    (disk, Rc::new(cache))
+}
+
 fn write_file(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, data).unwrap();
@@ -347,14 +359,7 @@ fn an_uncached_write_leaves_no_stale_copy_to_serve(fixture: &Fixture, dir: &Path
 fn a_write_whose_commit_fails_is_read_back_new(fixture: &Fixture, _dir: &Path) {
     let remote = fixture.remote();
     run(move || async move {
-        let disk = MemStorage::new();
-        let cache = Rc::new(
-            Cache::builder(Path::new("/cache"))
-                .disk(disk.clone())
-                .open()
-                .await
-                .unwrap(),
-        );
+        let (disk, cache) = simulated_cache().await;
         let tiered = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
         let (old, new) = (bytes(20_000, 3), bytes(30_000, 4));
         tiered.put("k", &old).await.unwrap();
@@ -390,14 +395,7 @@ fn a_write_whose_commit_fails_is_read_back_new(fixture: &Fixture, _dir: &Path) {
 fn a_stale_file_left_at_its_key_is_never_handed_out(fixture: &Fixture, _dir: &Path) {
     let remote = fixture.remote();
     run(move || async move {
-        let disk = MemStorage::new();
-        let cache = Rc::new(
-            Cache::builder(Path::new("/cache"))
-                .disk(disk.clone())
-                .open()
-                .await
-                .unwrap(),
-        );
+        let (disk, cache) = simulated_cache().await;
         let tiered = Tiered::new(Rc::clone(&cache), remote.clone(), DOMAIN_A).unwrap();
         let (old, new) = (bytes(20_000, 5), bytes(30_000, 6));
         tiered.put("k", &old).await.unwrap();
