@@ -184,6 +184,7 @@ fn run_ringstore(
                 dir.join(format!("node-{id}")),
                 domain,
                 id,
+                ringstore::raft::Creation::IfMissing,
                 Box::new(move |b| {
                     let b = b.preallocation(preallocation.into());
                     match inline_write_bytes_max {

@@ -389,6 +389,20 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// An open told not to create a shard (`ShardBuilder::create_if_missing
+    /// (false)`) found no shard in the directory: no directory, or one with
+    /// no identity file and no data.
+    #[error(
+        "{path}: no shard here (no identity file and no data), and the open was told not to \
+         create one (`create_if_missing(false)`); starting it empty would lose every command \
+         the shard acknowledged. If its directory was lost, put it back or restore it from \
+         object storage; if the shard is new, open it with `create_if_missing(true)`"
+    )]
+    NoShard {
+        /// The shard directory.
+        path: PathBuf,
+    },
+
     /// A shard's reactor thread could not start or died.
     #[error(
         "shard {shard}: its reactor{} failed: {reason}",

@@ -119,6 +119,16 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
             |n| n.to_string_lossy().into_owned(),
         )
     });
+    // A directory that is gone is refused before anything would create it.
+    if !builder.create_if_missing {
+        match storage.list_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoShard { path: dir });
+            }
+            Err(e) => return Err(Error::io("list shard directory", &dir, e)),
+            Ok(_) => {}
+        }
+    }
     ringstore_journal::storage::prepare_dir(&storage, &dir)
         .await
         .map_err(|e| Error::io("prepare shard directory", &dir, e))?;
@@ -158,9 +168,18 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
     let (identity, domain_created) =
         match identity_verdict(&identity_path, identity_bytes.as_deref(), &data)? {
             IdentityVerdict::Found(identity) => (identity, false),
+            IdentityVerdict::Create if !builder.create_if_missing => {
+                return Err(Error::NoShard { path: dir });
+            }
             IdentityVerdict::Create => {
                 let identity = Identity::new(Uuid::new_v4());
                 write_identity(&storage, &dir, &identity).await?;
+                metrics::counter!("ringstore_shards_created_total").increment(1);
+                tracing::info!(
+                    dir = %dir.display(),
+                    domain = %identity.domain,
+                    "created a new, empty shard: the directory held none"
+                );
                 (identity, true)
             }
         };

@@ -86,6 +86,10 @@ impl Cluster {
         for (member, addr) in &self.members {
             command.arg("--member").arg(format!("{member}={addr}"));
         }
+        // Its first start, as an operator gives `--new`.
+        if !self.dirs[&id].join("identity").exists() {
+            command.arg("--new");
+        }
         if init {
             command.arg("--init");
         }

@@ -87,6 +87,7 @@ fn open_node(
         dir,
         CLUSTER,
         node,
+        ringstore::raft::Creation::IfMissing,
         Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
     )
     .map(|stores| (stores.log, stores.machine))
@@ -103,6 +104,7 @@ impl StoreBuilder<TypeConfig, Log, Machine, tempfile::TempDir> for Builder {
             dir.path().join("node"),
             CLUSTER,
             1,
+            ringstore::raft::Creation::IfMissing,
             Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 12)),
         )
         .expect("open the raft shard");
@@ -155,6 +157,7 @@ mod truncation {
             dir,
             CLUSTER,
             1,
+            ringstore::raft::Creation::IfMissing,
             Box::new(|b| b.segment_bytes(SEGMENT_BYTES).slot_count(1 << 10)),
         )
         .expect("open the raft shard");
@@ -314,6 +317,7 @@ mod received_snapshots {
                     &dir,
                     CLUSTER,
                     1,
+                    ringstore::raft::Creation::IfMissing,
                     Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
                 )
             };

@@ -69,6 +69,8 @@ fn start_configured(
     settings.snapshot_every_entries = SNAPSHOT_EVERY;
     // A snapshot sent to a follower goes in many pieces.
     settings.snapshot_chunk_bytes = SNAPSHOT_PIECE_BYTES;
+    // Its first start, as an operator gives `--new`.
+    settings.new_node = !dir.join("identity").exists();
     configure(&mut settings);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run_node(settings, async {
@@ -169,6 +171,58 @@ async fn another_clusters_directory_is_refused() {
             assert!(path.ends_with("identity"), "{}", path.display());
         }
         e => panic!("expected ForeignData, got {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_directory_is_refused_not_started_empty() {
+    let dir = temp_dir();
+    let node_dir = dir.path().join("node-1");
+    let cluster = Uuid::new_v4();
+    let addr = free_addr();
+    let members = BTreeMap::from([(1, addr)]);
+    // Not its first start, and no directory: refused, nothing created.
+    let refused = start_configured(1, &node_dir, cluster, members.clone(), |s| {
+        s.initialize = true;
+        s.new_node = false;
+    });
+    match refused.refusal().await {
+        NodeError::Storage {
+            source: RaftStoreError::NoShard { path },
+            ..
+        } => assert_eq!(path, node_dir),
+        e => panic!("expected NoShard, got {e}"),
+    }
+    assert!(!node_dir.exists(), "a refused open creates nothing");
+
+    let node = start_member(1, &node_dir, cluster, members.clone(), true);
+    write_counter(&node, 10).await;
+    node.stop().await.expect("a clean stop");
+    // Its first-start setting left in place: refused, the shard untouched.
+    let again = start_configured(1, &node_dir, cluster, members.clone(), |s| {
+        s.initialize = true;
+        s.new_node = true;
+    });
+    match again.refusal().await {
+        NodeError::Storage {
+            source: RaftStoreError::AlreadyCreated { path },
+            ..
+        } => assert!(path.ends_with("identity"), "{}", path.display()),
+        e => panic!("expected AlreadyCreated, got {e}"),
+    }
+    // Its directory emptied (a wiped host): refused, not an empty voter.
+    std::fs::remove_dir_all(&node_dir).unwrap();
+    std::fs::create_dir(&node_dir).unwrap();
+    let wiped = start_configured(1, &node_dir, cluster, members.clone(), |s| {
+        s.initialize = true;
+        s.new_node = false;
+    });
+    match wiped.refusal().await {
+        NodeError::Storage {
+            source: RaftStoreError::NoShard { path },
+            ..
+        } => assert_eq!(path, node_dir),
+        e => panic!("expected NoShard, got {e}"),
     }
 }
 
@@ -644,6 +698,7 @@ async fn openraft_runs_on_the_shards_reactor() {
         dir.path().join("node-1"),
         domain,
         1,
+        ringstore::raft::Creation::IfMissing,
         Box::new(|b| b),
     )
     .expect("the shard opens");
@@ -683,6 +738,7 @@ async fn openraft_runs_on_the_shards_reactor() {
         dir.path().join("node-1"),
         domain,
         1,
+        ringstore::raft::Creation::IfMissing,
         Box::new(|b| b),
     )
     .expect("the directory opens again");
@@ -708,6 +764,7 @@ async fn a_task_that_panics_on_the_reactor_leaves_the_shard_serving() {
         dir.path().join("node-1"),
         Uuid::new_v4(),
         1,
+        ringstore::raft::Creation::IfMissing,
         Box::new(|b| b),
     )
     .expect("the shard opens");

@@ -75,6 +75,61 @@ fn submits_apply_in_op_order_and_survive_reopen() {
 }
 
 #[test]
+fn an_open_told_not_to_create_refuses_a_directory_that_lost_its_shard() {
+    let dir = temp_dir();
+    let path = dir.path().join("shard");
+    run(move || async move {
+        // No directory at all (a volume not mounted): refused, nothing made.
+        let refused = builder(&path).create_if_missing(false).open().await;
+        assert!(
+            matches!(&refused, Err(Error::NoShard { path: p }) if *p == path),
+            "{:?}",
+            refused.err()
+        );
+        assert!(!path.exists(), "a refused open creates nothing");
+
+        // The first open creates the shard; later ones find it.
+        let shard = builder(&path).open().await.unwrap();
+        let at = shard
+            .submit(KvCommand::Put {
+                key: 1,
+                value: value(1, 1, 100),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        shard.close().await.unwrap();
+        let shard = builder(&path)
+            .create_if_missing(false)
+            .open()
+            .await
+            .unwrap();
+        assert!(!shard.recovery_report().domain_created);
+        assert_eq!(shard.applied().op, at.op);
+        shard.close().await.unwrap();
+
+        // The directory emptied (a wiped host): refused, not started empty.
+        std::fs::remove_dir_all(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let refused = builder(&path).create_if_missing(false).open().await;
+        let message = refused
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            matches!(&refused, Err(Error::NoShard { .. })) && message.contains("create_if_missing"),
+            "{message}"
+        );
+        // Told it is new, it creates a shard again.
+        let shard = builder(&path).open().await.unwrap();
+        assert!(shard.recovery_report().domain_created);
+        assert_eq!(shard.applied().op, 0);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
 fn checkpoint_during_a_stream_of_submits_loses_nothing() {
     let dir = temp_dir();
     let path = dir.path().to_path_buf();

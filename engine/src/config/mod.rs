@@ -145,6 +145,8 @@ pub struct ShardBuilder<M: StateMachine, S: Storage = DmaStorage> {
     /// superblock next to the domain).
     pub(crate) placement: Option<(u32, u32)>,
     pub(crate) scrub_bytes_per_second: Option<std::num::NonZeroU64>,
+    /// Whether a directory holding no shard becomes a new one.
+    pub(crate) create_if_missing: bool,
     pub(crate) machine: PhantomData<M>,
 }
 
@@ -163,6 +165,7 @@ impl<M: StateMachine> ShardBuilder<M, DmaStorage> {
             prepare_dir: None,
             placement: None,
             scrub_bytes_per_second: None,
+            create_if_missing: true,
             machine: PhantomData,
         }
     }
@@ -203,6 +206,7 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
             prepare_dir: None,
             placement: self.placement,
             scrub_bytes_per_second: self.scrub_bytes_per_second,
+            create_if_missing: self.create_if_missing,
             machine: PhantomData,
         }
     }
@@ -258,6 +262,22 @@ impl<M: StateMachine, S: Storage> ShardBuilder<M, S> {
     /// watermark advances to the newest snapshot regardless.
     pub fn journal_keeps_previous_snapshot(mut self, keep: bool) -> Self {
         self.journal_keeps_previous_snapshot = keep;
+        self
+    }
+
+    /// Whether an open of a directory that holds no shard (no identity
+    /// file and no data, or no directory at all) creates a new, empty
+    /// shard there. `false` refuses it with [`crate::Error::NoShard`]: give
+    /// it on every open after the first, so that a directory that is gone
+    /// (a volume not mounted, a wiped host, an operator's `rm`) is refused
+    /// rather than started empty, which would lose every command the shard
+    /// acknowledged without a word. A shard created is logged (info, with
+    /// its directory and new domain) and counted in
+    /// `ringstore_shards_created_total`. [`crate::runtime::Engine`] does
+    /// this for its shards through the data directory's superblock
+    /// (`runtime::startup::check_created_shards`). Default: `true`.
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
         self
     }
 

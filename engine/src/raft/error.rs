@@ -47,6 +47,34 @@ pub enum RaftStoreError {
         recorded: u64,
     },
 
+    /// The open was told the node has been started before
+    /// ([`super::Creation::Existing`]) but the directory holds no raft
+    /// shard. Nothing was created.
+    #[error(
+        "{path}: no raft shard here (no directory, or no identity and no data), but the node \
+         has been started before: a node that lost its directory must not rejoin empty (its \
+         vote and the entries it acknowledged are gone, and its vote could elect a leader \
+         without an entry the cluster committed). Put the directory back, or, if the node is \
+         new, start it as new (`--new`) this once"
+    )]
+    NoShard {
+        /// The directory.
+        path: PathBuf,
+    },
+
+    /// The open was told this is the node's first start
+    /// ([`super::Creation::New`]) but the directory's shard already has a
+    /// journal. Nothing was changed.
+    #[error(
+        "{path}: this node's raft shard already exists, but the open was told the node is new \
+         (`--new`): give that only on the node's first start, so that a lost directory is \
+         refused later rather than replaced by an empty node"
+    )]
+    AlreadyCreated {
+        /// The identity file.
+        path: PathBuf,
+    },
+
     /// The node id does not fit the journal's record of its owner.
     #[error("node id {node} is above {max}, the largest a raft shard's journal records", max = u32::MAX)]
     NodeId {
@@ -128,6 +156,8 @@ impl RaftStoreError {
             RaftStoreError::Engine(_) => "engine",
             RaftStoreError::ForeignData { .. } => "foreign_data",
             RaftStoreError::OtherNode { .. } => "other_node",
+            RaftStoreError::NoShard { .. } => "no_shard",
+            RaftStoreError::AlreadyCreated { .. } => "already_created",
             RaftStoreError::NodeId { .. } => "node_id",
             RaftStoreError::RaftSection { .. } => "raft_section",
             RaftStoreError::ReceivedSnapshot { .. } => "received_snapshot",

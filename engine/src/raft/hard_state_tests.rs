@@ -35,6 +35,7 @@ fn open(dir: &std::path::Path) -> (Log, super::RaftMachine<ClusterTypes, Cluster
         dir,
         CLUSTER,
         1,
+        super::Creation::IfMissing,
         Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
     )
     .expect("open the raft shard");
@@ -270,6 +271,7 @@ fn an_interrupted_purge_is_not_finished_past_the_snapshot_that_loads() {
             &dir,
             CLUSTER,
             1,
+            super::Creation::IfMissing,
             Box::new(|b| b.segment_bytes(4 << 20).slot_count(1 << 10)),
         );
         assert!(

@@ -226,7 +226,7 @@ pub use machine::SnapshotFile;
 pub use reactor::{ReactorClosed, ReactorThread};
 pub use runtime::{ReactorJoinError, ReactorJoinHandle, ReactorRuntime};
 pub use shard::{
-    awaiting_repair_after_cut, JournalSetup, RaftShard, RAFT_NODE_SHARDS, RAFT_SECTION,
+    awaiting_repair_after_cut, Creation, JournalSetup, RaftShard, RAFT_NODE_SHARDS, RAFT_SECTION,
     SESSIONS_MAX,
 };
 pub use types::{
@@ -288,16 +288,16 @@ where
     }
 }
 
-/// Opens (creating if empty) the raft shard in `dir`, which belongs to node
-/// `node` of the cluster `domain`, on a reactor thread of its own (a
-/// directory of another cluster or another node is refused).
-/// `journal_setup`
-/// adjusts the journal's settings (segment size, slots). The thread stops
-/// when the last handle is dropped.
+/// Opens the raft shard in `dir`, which belongs to node `node` of the
+/// cluster `domain`, on a reactor thread of its own (a directory of
+/// another cluster or another node is refused), creating it as `creation`
+/// says. `journal_setup` adjusts the journal's settings (segment size,
+/// slots). The thread stops when the last handle is dropped.
 pub fn open<C, M>(
     dir: impl Into<PathBuf>,
     domain: Uuid,
     node: u64,
+    creation: Creation,
     journal_setup: JournalSetup,
 ) -> Result<RaftStores<C, M>, RaftStoreError>
 where
@@ -309,6 +309,7 @@ where
         dir.into(),
         domain,
         node,
+        creation,
         journal_setup,
         hard_state.clone(),
     )?);

@@ -161,12 +161,33 @@ pub(super) fn index_of(op: u64) -> u64 {
     op - 1
 }
 
-/// Opens (creating if empty) the raft shard in `dir` for cluster `domain`
-/// on a reactor thread of its own.
+/// What [`super::open`] does about whether the directory already holds a raft
+/// shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// Creates one if the directory holds none (no directory, or one with
+    /// no identity and no data): a store made for a test or a benchmark.
+    IfMissing,
+    /// Refuses a directory that holds none ([`RaftStoreError::NoShard`],
+    /// creating nothing): every start of a node but its first. A node that
+    /// lost its directory and came back empty would have forgotten its
+    /// vote and the entries it acknowledged, and its vote could then elect
+    /// a leader without an entry the cluster committed.
+    Existing,
+    /// A node's first start: creates the shard, and refuses a directory
+    /// whose shard already has a journal ([`RaftStoreError::AlreadyCreated`]),
+    /// so that a first-start setting left in place cannot later create an
+    /// empty node in a lost directory's place.
+    New,
+}
+
+/// Opens the raft shard in `dir` for cluster `domain` on a reactor thread
+/// of its own, creating it as `creation` says.
 pub(super) fn open<C, M>(
     dir: PathBuf,
     domain: Uuid,
     node: u64,
+    creation: Creation,
     journal_setup: JournalSetup,
     hard_state: Arc<Mutex<HardStateCell>>,
 ) -> Result<ReactorThread<RaftShard<C, M>>, RaftStoreError>
@@ -182,8 +203,15 @@ where
     );
     ReactorThread::open(&name, move || {
         Box::pin(async move {
-            let recovered =
-                recover::<C, M>(dir.clone(), domain, node, journal_setup, hard_state).await;
+            let recovered = recover::<C, M>(
+                dir.clone(),
+                domain,
+                node,
+                creation,
+                journal_setup,
+                hard_state,
+            )
+            .await;
             if let Err(e) = &recovered {
                 metrics::counter!("ringstore_raft_open_refusals_total", "kind" => e.kind())
                     .increment(1);
@@ -199,6 +227,7 @@ async fn recover<C, M>(
     dir: PathBuf,
     domain: Uuid,
     node: u64,
+    creation: Creation,
     journal_setup: JournalSetup,
     hard_state: Arc<Mutex<HardStateCell>>,
 ) -> Result<RaftShard<C, M>, RaftStoreError>
@@ -207,6 +236,16 @@ where
     M: StateMachine,
 {
     let storage = DmaStorage::new();
+    // A directory that is gone is refused before anything would create it.
+    if creation == Creation::Existing {
+        match storage.list_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RaftStoreError::NoShard { path: dir });
+            }
+            Err(e) => return Err(crate::Error::io("list raft shard directory", &dir, e).into()),
+            Ok(_) => {}
+        }
+    }
     ringstore_journal::storage::prepare_dir(&storage, &dir)
         .await
         .map_err(|e| crate::Error::io("prepare raft shard directory", &dir, e))?;
@@ -233,10 +272,22 @@ where
                 found: identity.domain,
             });
         }
+        IdentityVerdict::Found(identity)
+            if creation == Creation::New && identity.journal_created =>
+        {
+            return Err(RaftStoreError::AlreadyCreated {
+                path: identity_path,
+            });
+        }
         IdentityVerdict::Found(identity) => identity,
+        IdentityVerdict::Create if creation == Creation::Existing => {
+            return Err(RaftStoreError::NoShard { path: dir });
+        }
         IdentityVerdict::Create => {
             let identity = Identity::new(domain);
             write_identity(&storage, &dir, &identity).await?;
+            metrics::counter!("ringstore_raft_shards_created_total").increment(1);
+            tracing::info!(dir = %dir.display(), node, "created a new, empty raft shard");
             identity
         }
     };

@@ -287,8 +287,12 @@ pub async fn read_manifest_record_on<S: Storage>(
 /// shard, and every command it acknowledged would be gone without a word
 /// ([`Error::ShardMissing`]). Shards in `abandoned` are let through (their
 /// data given up on purpose), logged at error level and counted in
-/// `ringstore_shards_abandoned_total`. On the real disk, for callers
-/// without a reactor: see [`check_created_shards_on`].
+/// `ringstore_shards_abandoned_total`. [`crate::runtime::Engine`] calls it;
+/// an embedder that opens its own shards under a data directory calls it
+/// before they open (after [`check_manifest`]) and
+/// [`record_created_shards`] once they have opened, before they take
+/// commands (as `engine/examples/broker.rs` does). On the real disk, for
+/// callers without a reactor: see [`check_created_shards_on`].
 pub fn check_created_shards(data_dir: &Path, abandoned: &[usize]) -> Result<()> {
     let data_dir = data_dir.to_path_buf();
     let abandoned = abandoned.to_vec();
@@ -328,7 +332,9 @@ pub async fn check_created_shards_on<S: Storage>(
 /// Records in the superblock every shard of `data_dir` that now has an
 /// identity file (a shard's first open or a restore writes it), so that a
 /// later start refuses if its directory goes ([`check_created_shards`]).
-/// Writes nothing when nothing is new. On the real disk, for callers
+/// Call it once the shards have opened and before they take commands: a
+/// shard that acknowledged a command before it was recorded could later
+/// lose its directory unrefused. Writes nothing when nothing is new. On the real disk, for callers
 /// without a reactor: see [`record_created_shards_on`].
 pub fn record_created_shards(data_dir: &Path) -> Result<()> {
     let data_dir = data_dir.to_path_buf();

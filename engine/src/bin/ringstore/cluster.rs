@@ -47,6 +47,12 @@ pub struct NodeArgs {
     /// A member as ID=ADDR (this node included); repeat per member.
     #[arg(long = "member", value_name = "ID=ADDR", value_parser = parse_member, required = true)]
     pub members: Vec<(NodeId, SocketAddr)>,
+    /// This node's first start: create its raft shard in --data-dir. Every
+    /// later start refuses a directory without it rather than start empty
+    /// (an empty node has forgotten its vote and what it acknowledged), and
+    /// refuses --new once the shard exists.
+    #[arg(long)]
+    pub new: bool,
     /// Form the cluster if this node has never been part of one.
     #[arg(long)]
     pub init: bool,
@@ -116,6 +122,7 @@ async fn node(context: &Context, args: NodeArgs) -> Result<Outcome, CliError> {
         args.cluster,
         args.members.into_iter().collect(),
     );
+    settings.new_node = args.new;
     settings.initialize = args.init;
     settings.waive_repair_below_term = args.waive_repair;
     settings.snapshot_every_entries = args.snapshot_every;
@@ -194,6 +201,8 @@ async fn run_cluster(context: &Context, args: RunArgs) -> Result<Outcome, CliErr
         for (member, addr) in &members {
             command.arg("--member").arg(format!("{member}={addr}"));
         }
+        // Each run forms a new cluster (a new id): every node starts new.
+        command.arg("--new");
         if id == 1 {
             command.arg("--init");
         }

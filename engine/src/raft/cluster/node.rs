@@ -9,7 +9,7 @@ use super::wire::{
     SNAPSHOT_CHUNK_BYTES,
 };
 use super::ClusterTypes;
-use crate::raft::{LogId, RaftLog, RaftMachine, RaftStoreError, SnapshotFile, Vote};
+use crate::raft::{Creation, LogId, RaftLog, RaftMachine, RaftStoreError, SnapshotFile, Vote};
 use openraft::async_runtime::WatchReceiver;
 use openraft::base::BoxFuture;
 use openraft::error::{
@@ -81,6 +81,18 @@ pub struct NodeSettings {
     pub cluster: Uuid,
     /// Every member (this node included) and its address.
     pub members: BTreeMap<NodeId, SocketAddr>,
+    /// Whether this is the node's first start: its directory may hold no
+    /// raft shard yet, and one is created. On every later start a
+    /// directory without the node's shard is refused
+    /// ([`crate::raft::RaftStoreError::NoShard`]) rather than started
+    /// empty: an empty node has forgotten its vote and the entries it
+    /// acknowledged, and its vote could elect a leader without an entry
+    /// the cluster committed. Given again once the shard exists, it is
+    /// refused too ([`crate::raft::RaftStoreError::AlreadyCreated`]).
+    /// Starting a node that lost its directory as new under its old id is
+    /// the operator's decision and carries that risk until the node has
+    /// caught up with a leader.
+    pub new_node: bool,
     /// Whether this node forms the cluster when it has never been part of
     /// one (give it to one node, the first start only needs it).
     pub initialize: bool,
@@ -116,6 +128,7 @@ impl NodeSettings {
             dir,
             cluster,
             members,
+            new_node: false,
             initialize: false,
             snapshot_every_entries: 5_000,
             heartbeat_ms: 100,
@@ -257,6 +270,11 @@ pub async fn run_node(
         &settings.dir,
         settings.cluster,
         id,
+        if settings.new_node {
+            Creation::New
+        } else {
+            Creation::Existing
+        },
         Box::new(|b| b),
     )
     .map_err(|source| NodeError::Storage { id, source })?;
