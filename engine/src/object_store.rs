@@ -734,6 +734,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             return;
         }
         let _held = self.hold_snapshots().await;
+        // A close begun while this waited may have handed the directory on.
+        if self.is_poisoned_or_closing() {
+            return;
+        }
         if let Err(error) = self.advance_watermark_and_prune().await {
             tracing::warn!(%error, "advancing the watermark after an upload failed");
         }

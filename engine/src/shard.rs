@@ -727,7 +727,8 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
 
     /// Takes a checkpoint now: a snapshot of the applied state (unless one
     /// at this op exists), then the watermark advance it allows. Waits for a
-    /// running checkpoint first. Submits go on meanwhile.
+    /// running checkpoint first. Submits go on meanwhile. Once a close has
+    /// begun it fails with [`Error::Closed`], writing nothing.
     pub async fn checkpoint(&self) -> Result<CheckpointOutcome> {
         loop {
             let listener = {
@@ -736,6 +737,13 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                     return Err(Error::Poisoned {
                         cause: Box::new(cause.clone()),
                     });
+                }
+                if progress.lifecycle.is_closing() {
+                    // The close may have passed its wait for the snapshot
+                    // directory and be about to hand the directory on: a
+                    // snapshot written now could land under the next
+                    // owner's (as a reset refuses, see `reset`).
+                    return Err(Error::Closed);
                 }
                 if progress.lifecycle.hold_snapshots() {
                     break;

@@ -130,6 +130,44 @@ fn an_open_told_not_to_create_refuses_a_directory_that_lost_its_shard() {
 }
 
 #[test]
+fn a_checkpoint_asked_for_once_a_close_began_writes_nothing() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let snapshots = |path: &std::path::Path| {
+            std::fs::read_dir(path.join("snapshots"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        for polls in 0..2 {
+            let shard = builder(&path).open().await.unwrap();
+            let _ = shard
+                .submit(KvCommand::Put {
+                    key: polls,
+                    value: value(polls, 1, 100),
+                })
+                .await
+                .unwrap();
+            let before = snapshots(&path);
+            // The close begun (and, the second time, ended): the directory
+            // may be handed on at any moment, so no snapshot may be written.
+            let mut close = Box::pin(shard.close());
+            let closed = if polls == 0 {
+                futures_lite::future::poll_once(&mut close).await
+            } else {
+                Some((&mut close).await)
+            };
+            let checkpoint = shard.checkpoint().await;
+            assert!(matches!(checkpoint, Err(Error::Closed)), "{checkpoint:?}");
+            if closed.is_none() {
+                close.await.unwrap();
+            }
+            assert_eq!(snapshots(&path), before, "no snapshot written after the close began");
+        }
+    });
+}
+
+#[test]
 fn checkpoint_during_a_stream_of_submits_loses_nothing() {
     let dir = temp_dir();
     let path = dir.path().to_path_buf();
