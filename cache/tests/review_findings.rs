@@ -218,6 +218,38 @@ fn a_commit_under_a_new_directory_makes_the_directory_durable() {
     });
 }
 
+/// Bug: which directories were not yet durable lived only in the instance
+/// that created them, so a directory an earlier instance made and never
+/// synced (its fsync failed, or it crashed first) was taken as durable by
+/// the next: a put under it synced only the directory itself, and a power
+/// loss could take the directory's entry, and the acknowledged object with
+/// it. Each instance now makes every level durable once before a commit
+/// under it returns.
+#[test]
+fn a_put_into_a_directory_an_earlier_instance_never_synced_makes_it_durable() {
+    let dir = tempdir();
+    let root = dir.path().join("cache");
+    run(move || async move {
+        // An earlier instance left `d` holding an object. Whether it synced
+        // `d`'s entry, the next instance cannot tell from the disk (a crash
+        // or a failed fsync leaves the same files as a success).
+        let cache = Cache::builder(&root).open().await.unwrap();
+        cache.put("d/a", b"first").await.unwrap();
+        drop(cache);
+        let cache = Cache::builder(&root).open().await.unwrap();
+        assert!(cache.contains("d/a").unwrap());
+        // `d` is in place, so the put creates no directory; it must still
+        // sync `objects/` (for `d`) as well as `d` (for its own object).
+        let before = cache.stats().dir_syncs;
+        cache.put("d/b", b"second").await.unwrap();
+        assert_eq!(cache.stats().dir_syncs - before, 2);
+        let before = cache.stats().dir_syncs;
+        cache.put("d/c", b"third").await.unwrap();
+        assert_eq!(cache.stats().dir_syncs - before, 1);
+        cache.shutdown().await.unwrap();
+    });
+}
+
 /// Bug: the reservation queue added waiting bytes with `saturating_add` but
 /// took them back with a plain `-=`: two waiters whose sizes together pass
 /// `u64::MAX` made the second one's departure underflow (a panic in debug

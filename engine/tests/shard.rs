@@ -162,7 +162,11 @@ fn a_checkpoint_asked_for_once_a_close_began_writes_nothing() {
             if closed.is_none() {
                 close.await.unwrap();
             }
-            assert_eq!(snapshots(&path), before, "no snapshot written after the close began");
+            assert_eq!(
+                snapshots(&path),
+                before,
+                "no snapshot written after the close began"
+            );
         }
     });
 }

@@ -96,9 +96,13 @@ pub(crate) struct Shared<S: CacheDisk> {
     /// from an earlier instance can never name this instance's files.
     staging_instance: u32,
     pending_unlinks: RefCell<Vec<String>>,
-    /// Directories created by this process whose parent was not fsync'd yet
-    /// (see `sync_new_ancestors`). Entries leave once synced.
-    unsynced_dirs: RefCell<HashSet<String>>,
+    /// Directories whose entry in their parent this instance has made
+    /// durable (see `sync_new_ancestors`). Anything else may not be: made
+    /// by a task that was dropped before its fsync, or by an earlier
+    /// instance that crashed (or whose fsync failed) before it, and kept
+    /// by the startup walk because it holds an object. A level leaves when
+    /// this instance creates or removes it.
+    durable_dirs: RefCell<HashSet<String>>,
     pub(crate) closed: Cell<bool>,
     #[cfg(feature = "sim")]
     pub(crate) faults: Rc<crate::faults::Faults>,

@@ -167,25 +167,27 @@ impl<S: CacheDisk> Shared<S> {
             // dropped) or a crashed instance made and never synced from an
             // old one. An extra fsync, only when a key's directory was
             // missing.
-            self.unsynced_dirs.borrow_mut().insert(level.to_owned());
+            self.durable_dirs.borrow_mut().remove(level);
         }
         self.sync_new_ancestors(key).await
     }
 
-    /// fsyncs the parent of every directory above `key` that this process
-    /// created (or found just created) and has not yet made durable, so a
-    /// commit under it never returns before the directory chain survives a
-    /// crash, whichever task created the directory.
+    /// fsyncs the parent of every directory above `key` that this instance
+    /// has not made durable itself, so a commit under it never returns
+    /// before the directory chain survives a crash, whoever created the
+    /// directory: a task of this instance, or an earlier instance that
+    /// never synced it (a put into such a directory finds it in place and
+    /// creates nothing). One fsync per level per instance.
     pub(crate) async fn sync_new_ancestors(&self, key: &Key) -> Result<()> {
         for level in key.ancestors() {
-            if !self.unsynced_dirs.borrow().contains(level) {
+            if self.durable_dirs.borrow().contains(level) {
                 continue;
             }
             match level.rsplit_once('/') {
                 None => self.sync_objects_dir().await?,
                 Some((parent, _)) => self.sync_dir_rel(parent).await?,
             }
-            self.unsynced_dirs.borrow_mut().remove(level);
+            self.durable_dirs.borrow_mut().insert(level.to_owned());
         }
         Ok(())
     }
@@ -196,7 +198,10 @@ impl<S: CacheDisk> Shared<S> {
         let mut rel = key;
         while let Some((parent, _)) = rel.rsplit_once('/') {
             match self.unlink_rel(parent, true).await {
-                Ok(()) => self.metrics.empty_dirs_removed.inc(),
+                Ok(()) => {
+                    self.durable_dirs.borrow_mut().remove(parent);
+                    self.metrics.empty_dirs_removed.inc()
+                }
                 Err(_) => return,
             }
             rel = parent;
@@ -238,6 +243,7 @@ impl<S: CacheDisk> Shared<S> {
         for rel in dirs_deepest_first {
             // ENOTEMPTY (or already gone): leave it.
             if self.unlink_rel(rel, true).await.is_ok() {
+                self.durable_dirs.borrow_mut().remove(rel.as_str());
                 self.metrics.empty_dirs_removed.inc();
             }
         }

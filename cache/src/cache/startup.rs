@@ -80,7 +80,7 @@ impl<S: CacheDisk> Cache<S> {
             staging_seq: Cell::new(0),
             staging_instance: sys::random_u64() as u32,
             pending_unlinks: RefCell::new(Vec::new()),
-            unsynced_dirs: RefCell::new(HashSet::new()),
+            durable_dirs: RefCell::new(HashSet::new()),
             closed: Cell::new(false),
             #[cfg(feature = "sim")]
             faults: builder.faults.unwrap_or_default(),
