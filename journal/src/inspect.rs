@@ -1093,6 +1093,21 @@ pub(crate) fn scan_view(
             reason: verify::NO_OP_CAN_FOLLOW.to_owned(),
         }));
     }
+    if report.refusal.is_none()
+        && report.complete
+        && report
+            .segments
+            .iter()
+            .rev()
+            .find_map(|segment| segment.last_hard_state.as_ref())
+            .is_some_and(|(sequence, _)| *sequence == u64::MAX)
+    {
+        report.refusal = Some(Refusal::Damage(Damage {
+            path: dir.to_path_buf(),
+            offset: 0,
+            reason: verify::NO_SEQUENCE_CAN_FOLLOW.to_owned(),
+        }));
+    }
     report.verdict = if report.refusal.is_some() {
         Verdict::Refuses
     } else if matches!(report.tail, Tail::Torn { .. }) {
@@ -1479,8 +1494,7 @@ impl OpSet {
             }
             if op == end + 1 {
                 let mut new_end = op;
-                if let Some(&next_end) = self.ranges.get(&(op + 1)) {
-                    self.ranges.remove(&(op + 1));
+                if let Some(next_end) = op.checked_add(1).and_then(|n| self.ranges.remove(&n)) {
                     new_end = next_end;
                 }
                 self.ranges.insert(start, new_end);
@@ -1811,6 +1825,11 @@ mod tests {
         }
         assert_eq!(ops.duplicates, 1);
         assert_eq!(ops.ranges().collect::<Vec<_>>(), [(1, 7), (10, 10)]);
+        // The largest ops (forged bytes only) extend a range, no overflow.
+        let mut top = OpSet::default();
+        top.insert(u64::MAX - 1);
+        top.insert(u64::MAX);
+        assert_eq!(top.ranges().collect::<Vec<_>>(), [(u64::MAX - 1, u64::MAX)]);
         assert_eq!(ops.count(), 8);
         let gaps = |leading, interior: &[(u64, u64)], interior_count| Gaps {
             leading,
@@ -2067,6 +2086,86 @@ mod tests {
         );
         assert!(report.describe_verdict().contains("fails"));
         recover(&path, Recovery::TruncateTornTail).unwrap();
+    }
+
+    /// A hard-state record whose sequence is u64::MAX (forged: sequences
+    /// count up from 1, and every checksum is made to match): the next
+    /// update would have no sequence to take (it overflowed), so recovery
+    /// refuses the journal and the scan's verdict says the same.
+    #[test]
+    fn a_hard_state_sequence_none_can_follow_is_refused_like_recovery() {
+        use crate::format::{EntryHeader, IndexRecord, ENTRY_HEADER_BYTES, INDEX_RECORD_BYTES};
+        use zerocopy::{FromBytes, IntoBytes};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("journal");
+        let p = path.clone();
+        run(move || async move {
+            let journal = builder(&p).open().await.unwrap();
+            journal.append(&payload(1)).await.unwrap();
+            journal.set_hard_state(b"vote").await.unwrap();
+            crash(journal).await;
+        });
+        let mut entries = Collect::default();
+        scan_journal(&path, &mut entries).unwrap();
+        let record = entries
+            .0
+            .iter()
+            .map(|(info, _)| *info)
+            .find(|info| info.kind == EntryKind::HardState)
+            .expect("a hard-state record");
+        let first = entries
+            .0
+            .iter()
+            .map(|(info, _)| *info)
+            .filter(|info| info.generation == record.generation && info.first_in_write)
+            .filter(|info| info.offset <= record.offset)
+            .last()
+            .expect("its write's first entry");
+        let file = segment(&path, record.generation);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let journal_id: [u8; 16] = {
+            let (header, _) = SegmentHeader::read_from_prefix(&bytes[..]).unwrap();
+            header.journal_id
+        };
+        let header_at = |offset: u64| offset as usize..offset as usize + ENTRY_HEADER_BYTES;
+        let (mut header, _) =
+            EntryHeader::read_from_prefix(&bytes[header_at(record.offset)]).unwrap();
+        header.op = u64::MAX.into();
+        bytes[header_at(record.offset)].copy_from_slice(header.seal(&journal_id).as_bytes());
+        // The write's index lists the record's op too.
+        let (first_header, _) =
+            EntryHeader::read_from_prefix(&bytes[header_at(first.offset)]).unwrap();
+        let index_at = u64::from(first_header.index_at.get());
+        let (mut index, _) = EntryHeader::read_from_prefix(&bytes[header_at(index_at)]).unwrap();
+        let payload_at = index_at as usize + ENTRY_HEADER_BYTES;
+        let payload = payload_at..payload_at + index.payload_len.get() as usize;
+        for at in payload.clone().step_by(INDEX_RECORD_BYTES) {
+            let (mut listed, _) = IndexRecord::read_from_prefix(&bytes[at..]).unwrap();
+            if listed.kind == EntryKind::HardState as u8 {
+                listed.op = u64::MAX.into();
+                bytes[at..at + INDEX_RECORD_BYTES].copy_from_slice(listed.as_bytes());
+            }
+        }
+        index.payload_checksum = crc32fast::hash(&bytes[payload]).into();
+        bytes[header_at(index_at)].copy_from_slice(index.seal(&journal_id).as_bytes());
+        std::fs::write(&file, bytes).unwrap();
+
+        let report = scan_journal(&path, &mut ()).unwrap();
+        assert_eq!(report.verdict, Verdict::Refuses, "{:?}", report.damage);
+        let refusal = report.refusal.as_ref().map(ToString::to_string).unwrap();
+        assert!(
+            refusal.contains(crate::verify::NO_SEQUENCE_CAN_FOLLOW),
+            "{refusal}"
+        );
+        match recover(&path, Recovery::TruncateTornTail) {
+            Err(crate::Error::Corruption {
+                path: p, reason, ..
+            }) => {
+                assert_eq!(p, path);
+                assert_eq!(reason, crate::verify::NO_SEQUENCE_CAN_FOLLOW);
+            }
+            other => panic!("recovery should refuse: {other:?}"),
+        }
     }
 
     /// A segment header naming a watermark of u64::MAX (forged: the API

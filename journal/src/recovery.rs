@@ -826,6 +826,16 @@ pub(crate) async fn recover<S: Storage>(
         // No op can follow it: only forged bytes hold it.
         return Err(Error::corruption(dir, 0, crate::verify::NO_OP_CAN_FOLLOW));
     }
+    if hard_state
+        .as_ref()
+        .is_some_and(|(sequence, _)| *sequence == u64::MAX)
+    {
+        return Err(Error::corruption(
+            dir,
+            0,
+            crate::verify::NO_SEQUENCE_CAN_FOLLOW,
+        ));
+    }
     if truncated {
         // The largest op left after the truncations.
         max_op = index.max_op();

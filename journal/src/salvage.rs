@@ -919,7 +919,14 @@ fn plan(
                     ),
                 });
             }
-            Some((sequence + 1, marked))
+            // u64::MAX only in forged bytes (an open refuses such a record).
+            let Some(sequence) = sequence.checked_add(1) else {
+                return Err(SalvageError::Unverifiable {
+                    dir: dir.to_path_buf(),
+                    reason: crate::verify::NO_SEQUENCE_CAN_FOLLOW.to_owned(),
+                });
+            };
+            Some((sequence, marked))
         }
         _ => None,
     };

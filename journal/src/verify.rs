@@ -83,6 +83,12 @@ impl std::fmt::Display for Damage {
 pub const NO_OP_CAN_FOLLOW: &str =
     "an op or watermark of u64::MAX leaves no op number to follow it";
 
+/// Why a journal whose newest hard-state record carries the sequence
+/// `u64::MAX` is refused (only forged bytes hold one: the next update would
+/// have no sequence to take), by recovery and by the scan alike.
+pub const NO_SEQUENCE_CAN_FOLLOW: &str =
+    "a hard-state record's sequence of u64::MAX leaves no sequence to follow it";
+
 /// Why a directory cannot be opened as a journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
