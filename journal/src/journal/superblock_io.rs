@@ -5,7 +5,8 @@ use super::*;
 
 impl<S: Storage> Shared<S> {
     /// Writes the superblock with `change` applied (and the current durable
-    /// watermark), after any update already running. A failure poisons: the
+    /// watermark, or the compacted floor above it), after any update
+    /// already running. A failure poisons: the
     /// superblock's state on disk is unknown.
     pub(super) async fn update_superblock(
         &self,
@@ -23,7 +24,14 @@ impl<S: Storage> Shared<S> {
             let mut next = current.clone();
             change(&mut next);
             let state = self.state.borrow();
-            next.watermark = next.watermark.max(state.durable_watermark);
+            // The compacted floor too: a full disk's advance retires the
+            // segments under it before its watermark record is written
+            // (the caller's snapshot covers them), and a crash between the
+            // two must not leave their ops below no watermark.
+            next.watermark = next
+                .watermark
+                .max(state.durable_watermark)
+                .max(state.compacted_floor);
             // Carried here so that retiring the segment holding its record
             // does not lose it.
             next.hard_state_sequence = state.hard_state.0;
