@@ -47,7 +47,13 @@
 //!    snapshot's and above those of damaged generations whose header still
 //!    verifies; an epoch the lost journal used after its last uploaded
 //!    snapshot is not known here (the broker that set it is). The reset's
-//!    snapshot is uploaded like a checkpoint's.
+//!    snapshot is uploaded like a checkpoint's. A claim above every
+//!    snapshot listed is a reset whose snapshot never reached the store
+//!    (a `reset_to` moves the watermark without waiting for its upload):
+//!    the state it set is not the one restored, unless it was the same
+//!    (a restore's), so it is reported
+//!    ([`ColdRestoreReport::unuploaded_reset`], at error level, counted
+//!    in `ringstore_cold_restore_unuploaded_resets_total`).
 //! 5. **Finish**: remove `<dir>/restore/` and the marker (then fsync the
 //!    directory).
 //!
@@ -265,6 +271,14 @@ pub struct ColdRestoreReport {
     pub skipped: Vec<SkippedRemoteSnapshot>,
     /// Bytes downloaded (verification retries included; cache hits not).
     pub downloaded_bytes: u64,
+    /// The numbering an earlier reset or restore of the domain claimed in
+    /// the store, when it is above every snapshot listed: that reset's
+    /// snapshot never reached the store (the disk was lost first), so the
+    /// state it set is not what was restored unless it was this state
+    /// (a restore's is; a `reset_to` another snapshot's is not). Logged at
+    /// error level and counted in
+    /// `ringstore_cold_restore_unuploaded_resets_total`.
+    pub unuploaded_reset: Option<OpId>,
     /// The whole restore, listing to finish.
     pub elapsed: Duration,
 }
@@ -307,7 +321,21 @@ pub async fn restore<M: StateMachine>(
         Err(e) => Err(e),
     };
     match restored {
-        Ok((restored, reset, skipped, downloaded_bytes)) => {
+        Ok((restored, reset, skipped, downloaded_bytes, unuploaded_reset)) => {
+            if let Some(claim) = unuploaded_reset {
+                metrics::counter!("ringstore_cold_restore_unuploaded_resets_total").increment(1);
+                tracing::error!(
+                    dir = %dir.display(),
+                    %domain,
+                    claimed_op = claim.op,
+                    restored_op = restored.op,
+                    "a reset or restore of this domain at op {} never uploaded its snapshot: \
+                     restored the store's newest intact snapshot (op {}) instead; whatever \
+                     state that reset set, and every op acknowledged after it, is not restored",
+                    claim.op,
+                    restored.op
+                );
+            }
             let report = ColdRestoreReport {
                 domain,
                 store: settings.remote().describe().to_string(),
@@ -316,6 +344,7 @@ pub async fn restore<M: StateMachine>(
                 reset,
                 skipped,
                 downloaded_bytes,
+                unuploaded_reset,
                 elapsed: started.elapsed(),
             };
             tracing::info!(
@@ -376,6 +405,7 @@ type Restored = (
     ResetOutcome,
     Vec<SkippedRemoteSnapshot>,
     u64,
+    Option<OpId>,
 );
 
 /// Steps 3 and 4: the newest generation that verifies, reset to.
@@ -402,6 +432,10 @@ async fn restore_newest_intact<M: StateMachine>(
     // shard's numbering.
     let ring = shard.journal().config().slot_count;
     let claimed = numbering_claimed(tiered.remote(), domain).await?;
+    // A claim is written before its reset's snapshot at the same op: one
+    // above every snapshot listed is a reset whose snapshot never arrived.
+    let newest_listed = listed.iter().map(|g| g.op).max().unwrap_or(0);
+    let unuploaded_reset = (claimed.op > newest_listed).then_some(claimed);
     let mut seen = OpId {
         op: listed
             .iter()
@@ -437,7 +471,13 @@ async fn restore_newest_intact<M: StateMachine>(
                     let reset = shard.reset_to_loaded(loaded, seen).await?;
                     let downloaded =
                         tiered.stats().downloaded_bytes - downloaded_before + direct_bytes;
-                    return Ok((generation.clone(), reset, skipped, downloaded));
+                    return Ok((
+                        generation.clone(),
+                        reset,
+                        skipped,
+                        downloaded,
+                        unuploaded_reset,
+                    ));
                 }
                 Err(error @ SnapshotError::Io { .. }) => {
                     tracing::warn!(key = generation.key, %error,

@@ -281,6 +281,7 @@ fn a_restore_numbers_above_a_restored_shard_whose_snapshot_never_went_up(
             .await
             .unwrap();
         let first_floor = report.reset.floor;
+        assert_eq!(report.unuploaded_reset, None, "no reset before this one");
         let claims: Vec<String> = remote
             .list(&format!("{domain}/numbering"))
             .await
@@ -306,6 +307,12 @@ fn a_restore_numbers_above_a_restored_shard_whose_snapshot_never_went_up(
             .await
             .unwrap();
         let floor = report.reset.floor;
+        // The first restore's state, and the ops after it, are not in
+        // the store: reported, not passed over in silence.
+        assert_eq!(
+            report.unuploaded_reset.map(|claim| claim.op),
+            Some(first_floor.op)
+        );
         assert!(
             floor.op > acked.op && floor.epoch > acked.epoch,
             "{floor:?} {acked:?}: the second restore reuses acknowledged numbers"

@@ -2117,9 +2117,11 @@ mod tests {
             .0
             .iter()
             .map(|(info, _)| *info)
-            .filter(|info| info.generation == record.generation && info.first_in_write)
-            .filter(|info| info.offset <= record.offset)
-            .last()
+            .rfind(|info| {
+                info.generation == record.generation
+                    && info.first_in_write
+                    && info.offset <= record.offset
+            })
             .expect("its write's first entry");
         let file = segment(&path, record.generation);
         let mut bytes = std::fs::read(&file).unwrap();

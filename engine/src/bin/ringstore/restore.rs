@@ -116,6 +116,7 @@ fn print(context: &Context, restored: &ShardRestore) -> Result<(), CliError> {
             "next_op": floor.op + 1,
             "skipped": skipped,
             "downloaded_bytes": report.downloaded_bytes,
+            "unuploaded_reset_op": report.unuploaded_reset.map(|claim| claim.op),
             "reset_snapshot_uploaded": restored.reset_snapshot_uploaded,
             "seconds": report.elapsed.as_secs_f64(),
         }))?;
@@ -160,6 +161,16 @@ fn print(context: &Context, restored: &ShardRestore) -> Result<(), CliError> {
         row(
             "skipped",
             format!("{}: {}", skipped.snapshot.key, skipped.reason),
+        );
+    }
+    if let Some(claim) = report.unuploaded_reset {
+        row(
+            "NOT RESTORED",
+            format!(
+                "a reset at op {} whose snapshot never reached the store: its state, and \
+                 every op acknowledged after it, are not in what was restored",
+                claim.op
+            ),
         );
     }
     row("downloaded", output::bytes(report.downloaded_bytes));
