@@ -446,7 +446,10 @@ const SEEDS_PER_CUT: u64 = 8;
 /// unsynced copy torn: the update must write the rotten copy first, so that
 /// the one that verified is intact whenever the other is torn, and the
 /// journal reopens with every acknowledged op and its hard state. (Written
-/// first, a torn good copy left none that verifies: a refusal.)
+/// first, a torn good copy left none that verifies: a refusal.) In every
+/// other run a transient read fault also flips a bit of the good copy
+/// when the update reads both back, so that neither verifies in that one
+/// read: the update reads again rather than take the fault for rot.
 #[test]
 fn an_update_after_a_copy_rotted_never_leaves_both_copies_unreadable() {
     let path = Path::new("/mem/wal/superblock");
@@ -478,6 +481,9 @@ fn an_update_after_a_copy_rotted_never_leaves_both_copies_unreadable() {
                 let mut bytes = mem.file_bytes(path).unwrap();
                 bytes[4096 + 100] ^= 0x10;
                 mem.set_file_bytes(path, bytes);
+                if seed % 2 == 1 {
+                    mem.flip_next_read(path, 100, 2);
+                }
                 mem.cut_power_after_ops(n);
                 let updated = journal.copy_hard_state_to_superblock().await;
                 let cut = mem.power_is_cut();

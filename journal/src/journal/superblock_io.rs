@@ -74,9 +74,17 @@ pub(super) async fn write_superblock<S: Storage>(
     // reuses), so either may go first, unless one has rotten since: the
     // copy written last must be one that verifies now, or a crash while the
     // first is written leaves none. Both copies are read back (8 KiB) to
-    // pick it; a read that fails keeps the usual order.
-    let keep_last = match superblock::read_file(storage, path).await {
-        Ok(Some(bytes)) => match superblock::decode(&bytes, SuperblockKind::Journal) {
+    // pick it, and read again while they disagree between reads (as
+    // recovery does: a transient fault must not make the good copy look
+    // bad); a read that fails keeps the usual order.
+    let read = superblock::settle_reads(SuperblockKind::Journal, || async {
+        superblock::read_file(storage, path)
+            .await?
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    })
+    .await;
+    let keep_last = match read.map(|(bytes, _)| bytes) {
+        Ok(bytes) => match superblock::decode(&bytes, SuperblockKind::Journal) {
             Ok(chosen) => {
                 for fault in &chosen.stale_or_damaged {
                     tracing::warn!(
@@ -94,7 +102,7 @@ pub(super) async fn write_superblock<S: Storage>(
                 superblock::SUPERBLOCK_COPIES - 1
             }
         },
-        Ok(None) => superblock::SUPERBLOCK_COPIES - 1,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => superblock::SUPERBLOCK_COPIES - 1,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e,
                 "superblock read back before an update failed; writing copy 0 first");
