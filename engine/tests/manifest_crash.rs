@@ -106,6 +106,24 @@ fn another_shard_count_is_refused_on_the_simulated_disk_too() {
     });
 }
 
+/// A transient read fault in one copy while the other has rotted at rest:
+/// one read finds no copy that verifies, the next finds the good one. The
+/// read is taken again, so the directory opens with its count rather than
+/// being refused as damaged.
+#[test]
+fn a_transient_read_fault_beside_a_rotten_copy_is_read_again_not_refused() {
+    run(|| async {
+        let mem = MemStorage::new();
+        let data = Path::new("/disk/data");
+        check_manifest_on(&mem, data, SHARDS).await.unwrap();
+        let path = data.join(MANIFEST_FILE_NAME);
+        assert!(mem.flip_bit(&path, 4096 + 40, 3), "copy 1 rots");
+        mem.flip_next_read(&path, 40, 3);
+        assert_eq!(read_manifest_on(&mem, data).await.unwrap(), Some(SHARDS));
+        check_manifest_on(&mem, data, SHARDS).await.unwrap();
+    });
+}
+
 /// Gives shard `index` of `data` a durable identity file (what its first
 /// open writes), through the storage layer.
 async fn create_identity(mem: &MemStorage, data: &Path, index: usize) {

@@ -420,9 +420,18 @@ async fn read_manifest_chosen<S: Storage>(
     data_dir: &Path,
 ) -> Result<Option<(Manifest, superblock::Chosen)>> {
     let path = data_dir.join(MANIFEST_FILE_NAME);
-    let bytes = match superblock::read_file(storage, &path).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => {
+    // Read again while two reads disagree, as the journal's superblock is:
+    // a transient fault must neither refuse the directory nor make an
+    // update take the good copy for the damaged one.
+    let read = superblock::settle_reads(SuperblockKind::DataDir, || async {
+        superblock::read_file(storage, &path)
+            .await?
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    })
+    .await;
+    let bytes = match read {
+        Ok((bytes, _)) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let has_legacy = match storage.list_dir(data_dir) {
                 Ok(names) => names.iter().any(|name| name == LEGACY_MANIFEST_NAME),
                 Err(e) if errno(&e) == Some(libc::ENOENT) => false,
