@@ -125,8 +125,12 @@ pub(crate) struct PreparedFile<F> {
 /// superblock (salvage), and once renamed it is a spare to recovery.
 pub(crate) const RECYCLE_ZEROED_BYTES: u64 = SEGMENT_DATA_OFFSET + BLOCK_BYTES;
 
-/// Zeroes the first [`RECYCLE_ZEROED_BYTES`] of a retired segment's file
-/// and syncs them: the step before it is kept for recycling.
+/// Zeroes the first [`RECYCLE_ZEROED_BYTES`] of a retired segment's file,
+/// syncs them and reads them back: the step before it is kept for
+/// recycling. A write that reported success but left other bytes there (a
+/// misdirected write) would leave a spare whose old header names another
+/// generation, which an open after a crash refuses as data the superblock
+/// does not record: it is an error, and the caller removes the file.
 pub(crate) async fn zero_for_recycling<F: StorageFile>(
     file: &F,
     path: &std::path::Path,
@@ -138,7 +142,19 @@ pub(crate) async fn zero_for_recycling<F: StorageFile>(
         .map_err(|e| Error::io("zero retired segment", path, Some(0), e))?;
     file.sync()
         .await
-        .map_err(|e| Error::io("fdatasync", path, None, e))
+        .map_err(|e| Error::io("fdatasync", path, None, e))?;
+    let read = file
+        .read_at(0, RECYCLE_ZEROED_BYTES as usize)
+        .await
+        .map_err(|e| Error::io("read back zeroed segment", path, Some(0), e))?;
+    match read.iter().position(|&byte| byte != 0) {
+        None => Ok(()),
+        Some(offset) => Err(Error::corruption(
+            path,
+            offset as u64,
+            "the zeroed front of a retired segment reads back non-zero",
+        )),
+    }
 }
 
 /// How a zero-fill ([`Preallocation::ZeroFill`]) gives way to appends.

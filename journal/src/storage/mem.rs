@@ -365,6 +365,9 @@ struct Oneshots {
     /// The next read of this file that covers this offset returns this bit
     /// flipped there (once).
     flip_read: Option<(PathBuf, u64, u8)>,
+    /// The next write of this many bytes at this offset lands this many
+    /// bytes later and reports success (once).
+    misdirect_write: Option<(u64, usize, u64)>,
 }
 
 fn take_oneshot(slot: &mut Option<(u32, i32)>) -> Option<io::Error> {
@@ -788,6 +791,13 @@ impl MemStorage {
     /// test chooses (the file's bytes are left as they are).
     pub fn flip_next_read(&self, path: &Path, offset: u64, bit: u8) {
         self.fs.borrow_mut().oneshots.flip_read = Some((path.to_path_buf(), offset, bit));
+    }
+
+    /// The next write of `len` bytes at byte `pos` (of any file) lands
+    /// `shift` bytes later and reports success, once: a misdirected write
+    /// at a place a test chooses.
+    pub fn misdirect_next_write(&self, pos: u64, len: usize, shift: u64) {
+        self.fs.borrow_mut().oneshots.misdirect_write = Some((pos, len, shift));
     }
 
     /// Paths of every directory the disk made that exists now.
@@ -1459,6 +1469,15 @@ impl StorageFile for MemFile {
             return Err(err);
         }
         let mut pos = pos;
+        if fs
+            .oneshots
+            .misdirect_write
+            .is_some_and(|(at, len, _)| at == pos && len == buf.0.len())
+        {
+            let (_, _, shift) = fs.oneshots.misdirect_write.take().expect("checked");
+            fs.counts.writes_misdirected += 1;
+            pos += shift;
+        }
         let misdirect = fs.faults.write_misdirect_rate;
         if fs.chance(misdirect) {
             fs.counts.writes_misdirected += 1;
