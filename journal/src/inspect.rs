@@ -1425,7 +1425,8 @@ fn majority_journal_id(facts: &[SegmentFacts]) -> Option<[u8; 16]> {
 
 /// Reads what [`verify::plan`] needs of a segment, as recovery does: its
 /// header block (a second time if it does not verify, so a transient read
-/// error does not count) and the first entry's bytes.
+/// error does not count) and the first entry's bytes (again while reads of
+/// them disagree, when they hold neither zeros nor a header that verifies).
 fn read_facts(
     file: &File,
     path: &Path,
@@ -1446,13 +1447,24 @@ fn read_facts(
     ) {
         header_block = read(0, BLOCK_BYTES)?;
     }
-    let first_entry = read(SEGMENT_DATA_OFFSET, ENTRY_HEADER_BYTES as u64)?;
-    Ok(SegmentFacts {
+    let mut facts = SegmentFacts {
         generation,
         len,
         header_block,
-        first_entry,
-    })
+        first_entry: read(SEGMENT_DATA_OFFSET, ENTRY_HEADER_BYTES as u64)?,
+    };
+    // As recovery does (see `SegmentFacts::first_entry_needs_reread`).
+    for _ in 1..verify::FIRST_ENTRY_READS_MAX {
+        if !facts.first_entry_needs_reread() {
+            break;
+        }
+        let again = read(SEGMENT_DATA_OFFSET, ENTRY_HEADER_BYTES as u64)?;
+        if again == facts.first_entry {
+            break;
+        }
+        facts.first_entry = again;
+    }
+    Ok(facts)
 }
 
 fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {

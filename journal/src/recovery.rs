@@ -896,7 +896,8 @@ async fn open_segment<S: Storage>(
 
 /// Reads what [`verify::plan`] needs of a segment: its header block (twice
 /// if it does not verify, so a transient read error does not count) and
-/// the first entry position.
+/// the first entry position (again while reads of it disagree, when it
+/// holds neither zeros nor a header that verifies).
 async fn read_facts<F: StorageFile>(
     file: &F,
     path: &Path,
@@ -921,13 +922,23 @@ async fn read_facts<F: StorageFile>(
     ) {
         header_block = read(0, BLOCK_BYTES).await?;
     }
-    let first_entry = read(SEGMENT_DATA_OFFSET, ENTRY_HEADER_BYTES as u64).await?;
-    Ok(SegmentFacts {
+    let mut facts = SegmentFacts {
         generation,
         len,
         header_block,
-        first_entry,
-    })
+        first_entry: read(SEGMENT_DATA_OFFSET, ENTRY_HEADER_BYTES as u64).await?,
+    };
+    for _ in 1..crate::verify::FIRST_ENTRY_READS_MAX {
+        if !facts.first_entry_needs_reread() {
+            break;
+        }
+        let again = read(SEGMENT_DATA_OFFSET, ENTRY_HEADER_BYTES as u64).await?;
+        if again == facts.first_entry {
+            break;
+        }
+        facts.first_entry = again;
+    }
+    Ok(facts)
 }
 
 /// Drives the verifier over one segment, recording every entry (in

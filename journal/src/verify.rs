@@ -326,7 +326,40 @@ pub struct SegmentFacts {
     pub first_entry: Vec<u8>,
 }
 
+/// Most reads of a segment's first entry position that disagree before
+/// the last is taken ([`SegmentFacts::first_entry_needs_reread`]).
+pub const FIRST_ENTRY_READS_MAX: usize = 3;
+
 impl SegmentFacts {
+    /// True if the first entry position holds neither zeros nor a header
+    /// that verifies: what a transient read fault makes of zeros, and what
+    /// [`SegmentFacts::holds_data`] takes for damaged data. Recovery and
+    /// the scan then read it again (up to [`FIRST_ENTRY_READS_MAX`] times,
+    /// until two reads agree), so one flipped bit in one read does not
+    /// refuse an open that a retry would let through.
+    pub fn first_entry_needs_reread(&self) -> bool {
+        !self.first_entry.iter().all(|b| *b == 0)
+            && check_entry_header(
+                &self.first_entry,
+                &self.raw_journal_id(),
+                self.generation,
+                SEGMENT_DATA_OFFSET,
+                self.len.max(SEGMENT_DATA_OFFSET + BLOCK_BYTES),
+                ENTRY_BYTES_MAX_LIMIT,
+            )
+            .is_err()
+    }
+
+    /// The segment header's journal id, read raw: the header itself may
+    /// not verify.
+    fn raw_journal_id(&self) -> [u8; 16] {
+        let mut journal_id = [0u8; 16];
+        if let Some(raw) = self.header_block.get(72..88) {
+            journal_id.copy_from_slice(raw);
+        }
+        journal_id
+    }
+
     /// True if the first entry position holds a verifying write start, or
     /// anything but zeros (data whose header was damaged).
     pub fn holds_data(&self) -> bool {
@@ -336,16 +369,11 @@ impl SegmentFacts {
         // Anything non-zero at the first entry's place is data (a write
         // start, or one damaged) unless it is a stale header of another
         // generation, which a recycled file could hold.
-        // The key is the segment header's journal id, read raw: the header
-        // itself may not verify.
-        let mut journal_id = [0u8; 16];
-        if let Some(raw) = self.header_block.get(72..88) {
-            journal_id.copy_from_slice(raw);
-        }
+        // The key is the segment header's journal id, read raw.
         !matches!(
             check_entry_header(
                 &self.first_entry,
-                &journal_id,
+                &self.raw_journal_id(),
                 self.generation,
                 SEGMENT_DATA_OFFSET,
                 self.len.max(SEGMENT_DATA_OFFSET + BLOCK_BYTES),

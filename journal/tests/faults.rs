@@ -554,6 +554,70 @@ fn a_full_disk_advance_cut_at_every_step_leaves_its_ops_below_the_watermark() {
     });
 }
 
+/// After a crash the file past the last segment recorded is a spare (or
+/// a segment that never got data): zeros at its first entry position. A
+/// transient read fault that flips a bit there while an open reads it
+/// must not make it data the superblock does not record (a refusal that a
+/// retry lets through): the open, and the scan `wal verify` runs, read it
+/// again.
+#[test]
+fn a_transient_flip_at_an_empty_segments_first_entry_does_not_refuse_the_open() {
+    use ringstore_journal::format::{BLOCK_BYTES, SEGMENT_DATA_OFFSET};
+    use ringstore_journal::storage::Storage;
+    run(|| async {
+        let mem = MemStorage::new();
+        let journal = mem_builder(&mem).open().await.unwrap();
+        for i in 1..=3u64 {
+            journal.append(&payload(i, 100)).await.unwrap();
+        }
+        // The spare is prepared in the background.
+        let segment_files = |mem: &MemStorage| {
+            mem.list_dir(Path::new("/mem/wal"))
+                .unwrap()
+                .iter()
+                .filter(|n| n.to_string_lossy().ends_with(".wal"))
+                .count()
+        };
+        for _ in 0..200 {
+            if segment_files(&mem) >= 2 {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(journal);
+        mem.crash();
+        let dir = Path::new("/mem/wal");
+        let mut names: Vec<_> = mem
+            .list_dir(dir)
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.to_string_lossy().ends_with(".wal"))
+            .collect();
+        names.sort();
+        let empty = dir.join(names.last().expect("segment files"));
+        let bytes = mem.file_bytes(&empty).unwrap();
+        let first_entry =
+            SEGMENT_DATA_OFFSET as usize..(SEGMENT_DATA_OFFSET + BLOCK_BYTES) as usize;
+        assert!(
+            bytes.len() as u64 > SEGMENT_DATA_OFFSET && bytes[first_entry].iter().all(|b| *b == 0),
+            "{} holds data",
+            empty.display()
+        );
+        mem.flip_next_read(&empty, SEGMENT_DATA_OFFSET + 9, 1);
+        let journal = mem_builder(&mem)
+            .open()
+            .await
+            .unwrap_or_else(|e| panic!("one flipped read refused the open: {e}"));
+        for i in 1..=3u64 {
+            assert_eq!(
+                journal.read(i).await.unwrap().map(|e| e.payload),
+                Some(payload(i, 100))
+            );
+        }
+        journal.close().await.unwrap();
+    });
+}
+
 fn mem_used(mem: &MemStorage) -> u64 {
     use ringstore_journal::storage::Storage;
     mem.list_dir(Path::new("/mem/wal"))
