@@ -886,6 +886,8 @@ pub struct SegmentScanner {
     write: Option<OpenWrite>,
     phase: Phase,
     search: Option<EvidenceSearch>,
+    /// The search as it began, for its second pass (see `on_evidence`).
+    search_restart: Option<EvidenceSearch>,
     transient_read_faults: u64,
     pending: std::collections::VecDeque<IndexedWrite>,
     ready: std::collections::VecDeque<EntryHeader>,
@@ -906,6 +908,7 @@ impl SegmentScanner {
             write: None,
             phase: Phase::Header { again: false },
             search: None,
+            search_restart: None,
             transient_read_faults: 0,
             pending: std::collections::VecDeque::new(),
             ready: std::collections::VecDeque::new(),
@@ -1407,6 +1410,7 @@ impl SegmentScanner {
         if !fault.unwritten {
             search.saw_data = true;
         }
+        self.search_restart = Some(search.clone());
         self.search = Some(search);
         self.on_evidence(fault, None)
     }
@@ -1434,6 +1438,24 @@ impl SegmentScanner {
                 again: false,
                 sparse: false,
             };
+        }
+        // No evidence within reach: before a cut (or a clean end) is
+        // decided on it, the search runs once more on bytes read afresh,
+        // since one transient fault in the one header that vouches for the
+        // damage would otherwise turn a refusal into a cut. What either
+        // pass saw of data counts.
+        if let Some(mut restart) = self.search_restart.take() {
+            restart.saw_data |= search.saw_data;
+            *search = restart;
+            if let Some(candidate) = search.next_candidate() {
+                self.phase = Phase::Evidence { fault };
+                return Step::Read {
+                    pos: candidate,
+                    len: ENTRY_HEADER_BYTES as u64,
+                    again: true,
+                    sparse: false,
+                };
+            }
         }
         let no_sync = self.header.flags.get() & SEGMENT_FLAG_NO_SYNC != 0;
         let outcome = if fault.unwritten && !search.saw_data {

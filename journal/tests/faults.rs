@@ -618,6 +618,46 @@ fn a_transient_flip_at_an_empty_segments_first_entry_does_not_refuse_the_open() 
     });
 }
 
+/// A write's first header rots at rest, and the next write, which records
+/// it as durable (so the damage is not a torn tail: a refusal), is misread
+/// once by a transient fault while the open searches for that evidence.
+/// Taken from that one read, no evidence is in reach and the open cuts
+/// both writes, acknowledged, as a torn tail; the search is run once more
+/// on bytes read afresh, finds the evidence and refuses, naming the
+/// damage.
+#[test]
+fn a_transient_fault_in_the_write_that_vouches_for_damage_does_not_turn_the_refusal_into_a_cut() {
+    // The fault lands on each of the first reads of that header in turn.
+    for nth in 1..=4 {
+        a_transient_fault_in_the_vouching_write(nth);
+    }
+}
+
+fn a_transient_fault_in_the_vouching_write(nth: u32) {
+    run(move || async move {
+        let mem = MemStorage::new();
+        let journal = mem_builder(&mem).open().await.unwrap();
+        // One write per op: op k's header at byte 4096 * k.
+        for op in 1..=6u64 {
+            assert_eq!(journal.append(&payload(op, 100)).await.unwrap(), op);
+        }
+        // A crash: the segment's end is recorded nowhere.
+        drop(journal);
+        mem.crash();
+        let segment = Path::new("/mem/wal/segment-0000000000000001.wal");
+        assert!(mem.flip_bit(segment, 4096 * 5 + 9, 3), "op 5's header rots");
+        mem.flip_nth_read(segment, 4096 * 6 + 9, 3, nth);
+        match mem_builder(&mem).open().await {
+            Err(Error::Corruption { offset, .. }) => assert_eq!(offset, 4096 * 5),
+            Err(other) => panic!("read {nth} flipped: refused for another reason: {other}"),
+            Ok(journal) => panic!(
+                "read {nth} flipped: opened with tail {:?}: ops 5 and 6 were acknowledged",
+                journal.recovery_report().tail
+            ),
+        }
+    });
+}
+
 fn mem_used(mem: &MemStorage) -> u64 {
     use ringstore_journal::storage::Storage;
     mem.list_dir(Path::new("/mem/wal"))

@@ -362,9 +362,9 @@ struct Oneshots {
     fail_creates: Option<(u32, i32)>,
     fail_links: Option<(u32, i32)>,
     fail_attribute_sets: Option<(u32, i32)>,
-    /// The next read of this file that covers this offset returns this bit
-    /// flipped there (once).
-    flip_read: Option<(PathBuf, u64, u8)>,
+    /// The read of this file that covers this offset, after this many
+    /// more such reads, returns this bit flipped there (once).
+    flip_read: Option<(PathBuf, u64, u8, u32)>,
     /// The next write of this many bytes at this offset lands this many
     /// bytes later and reports success (once).
     misdirect_write: Option<(u64, usize, u64)>,
@@ -790,7 +790,15 @@ impl MemStorage {
     /// of that byte flipped, once: a transient read fault at a place a
     /// test chooses (the file's bytes are left as they are).
     pub fn flip_next_read(&self, path: &Path, offset: u64, bit: u8) {
-        self.fs.borrow_mut().oneshots.flip_read = Some((path.to_path_buf(), offset, bit));
+        self.flip_nth_read(path, offset, bit, 1);
+    }
+
+    /// Like [`MemStorage::flip_next_read`], for the `nth` (from 1) read of
+    /// `path` from now that covers byte `offset`: a transient fault that
+    /// spares the reads before it.
+    pub fn flip_nth_read(&self, path: &Path, offset: u64, bit: u8, nth: u32) {
+        self.fs.borrow_mut().oneshots.flip_read =
+            Some((path.to_path_buf(), offset, bit, nth.max(1) - 1));
     }
 
     /// The next write of `len` bytes at byte `pos` (of any file) lands
@@ -1532,12 +1540,14 @@ impl StorageFile for MemFile {
             data.live[start..end].to_vec()
         };
         fs.bytes_read += bytes.len() as u64;
-        if let Some((path, offset, bit)) = fs.oneshots.flip_read.take() {
-            if path == self.path && offset >= pos && offset < pos + bytes.len() as u64 {
+        if let Some((path, offset, bit, spared)) = fs.oneshots.flip_read.take() {
+            let covers = path == self.path && offset >= pos && offset < pos + bytes.len() as u64;
+            if covers && spared == 0 {
                 fs.counts.read_flips += 1;
                 bytes[(offset - pos) as usize] ^= 1 << (bit % 8);
             } else {
-                fs.oneshots.flip_read = Some((path, offset, bit));
+                let spared = if covers { spared - 1 } else { spared };
+                fs.oneshots.flip_read = Some((path, offset, bit, spared));
             }
         }
         let flip = fs.faults.read_flip_rate;
