@@ -412,7 +412,10 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
     /// entry, all before the command reaches the journal (it is not
     /// applied). A journal failure after the command got its op poisons the
     /// shard; the command's fate is then unknown until the shard is
-    /// reopened (it is applied then if its entry was durable).
+    /// reopened (it is applied then if its entry was durable). So is the
+    /// fate of every command still waiting to be applied when the shard is
+    /// poisoned for another reason ([`Error::Poisoned`]): its entry may be
+    /// durable, and then the reopen applies it.
     ///
     /// Cancel-safe: dropping the future once the command has its op does not
     /// stop it from being applied in order (a background task finishes it),
@@ -557,6 +560,9 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
                 }
                 // Refused before it got an op: nothing to undo.
                 Err(e @ ringstore_journal::Error::EntryTooLarge { .. }) => return Err(e.into()),
+                // The journal is closing (a close while this waited for
+                // room): refused before it got an op, not a failure.
+                Err(ringstore_journal::Error::Closed) => return Err(Error::Closed),
                 // Anything else may have come after an op was handed out
                 // (a batch failed at rollover on a full disk): a gap the
                 // shard cannot apply past.
@@ -597,11 +603,11 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             return Err(Error::Backpressure { waited });
         }
         let listener = inner.slots_freed.listen();
-        {
-            let mut progress = inner.progress.borrow_mut();
-            progress.stats.ring_full_waits += 1;
-            progress.ring_waiters += 1;
-        }
+        inner.progress.borrow_mut().stats.ring_full_waits += 1;
+        // Counted for as long as it waits, however the wait ends (a caller
+        // may drop the submit meanwhile): the count steers checkpoints and
+        // the watermark while it is not zero.
+        let _waiting = RingWaiter::enter(inner);
         inner.checkpoint_wanted.notify(usize::MAX);
         // Slots may have been freed between the append and the listen; then
         // retry after a short pause rather than at once (a slot can read as
@@ -616,7 +622,7 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             timer.await;
         })
         .await;
-        inner.progress.borrow_mut().ring_waiters -= 1;
+        drop(_waiting);
         self.usable()
     }
 
@@ -650,6 +656,12 @@ impl<M: StateMachine, S: Storage> Shard<M, S> {
             assert!(op > progress.applied.op, "op {op} applied twice");
             if op == progress.applied.op + 1 {
                 None
+            } else if progress.lifecycle.poisoned().is_some() {
+                // A poison dropped what was parked, so an op below this one
+                // may never be applied: waiting could last for ever. Its
+                // fate is unknown until the reopen, as the poison says.
+                drop(progress);
+                return Err(self.poisoned_error());
             } else {
                 let (reply, receiver) = oneshot::channel();
                 progress.parked.insert(
@@ -1506,6 +1518,25 @@ async fn run_compaction<M: StateMachine, S: Storage>(inner: Weak<Inner<M, S>>) {
                 backoff = (backoff * 2).min(crate::config::CHECKPOINT_RETRY_MAX);
             }
         }
+    }
+}
+
+/// Counts a submit waiting for ring slots in `ring_waiters` for as long as
+/// it waits, however the wait ends.
+struct RingWaiter<'a, M: StateMachine, S: Storage> {
+    inner: &'a Inner<M, S>,
+}
+
+impl<'a, M: StateMachine, S: Storage> RingWaiter<'a, M, S> {
+    fn enter(inner: &'a Inner<M, S>) -> Self {
+        inner.progress.borrow_mut().ring_waiters += 1;
+        RingWaiter { inner }
+    }
+}
+
+impl<M: StateMachine, S: Storage> Drop for RingWaiter<'_, M, S> {
+    fn drop(&mut self) {
+        self.inner.progress.borrow_mut().ring_waiters -= 1;
     }
 }
 
