@@ -49,6 +49,7 @@
 //! | `ringstore_snapshots_skipped_total` | counter | snapshot files an open passed over because they did not verify (each also logged with its reason) |
 //! | `ringstore_data_dir_superblock_repairs_total` | counter, no `shard` label | data directory superblock copies found damaged or stale at startup and rewritten from the good one |
 //! | `ringstore_shards_abandoned_total` | counter, no `shard` label | shards recorded as created but found without their directory or identity at a start told to give them up (`EngineBuilder::abandon_missing_shard`), started empty |
+//! | `ringstore_snapshots_set_aside_total` | counter, no `shard` label | snapshots an open passed over above the state it rebuilt and renamed `*.passed-over` (see `recovery`, step 4b) |
 //! | `ringstore_shards_created_total` | counter, no `shard` label | new, empty shards an open created in a directory that held none (see `ShardBuilder::create_if_missing`) |
 //!
 //! The object store's own counters (calls, retries, timeouts, bytes) are

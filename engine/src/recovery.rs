@@ -32,6 +32,15 @@
 //!    machine. A missing op below the journal's last op is
 //!    [`Error::ReplayGap`]: skipping it would apply later commands to the
 //!    wrong state.
+//! 4b. **Set aside** every snapshot passed over in step 2 whose op is above
+//!    the state rebuilt (the journal ends below it: a `NoSync` journal
+//!    after a power loss, a tail cut, a reset a crash interrupted): it is
+//!    renamed with [`PASSED_OVER_SUFFIX`] (logged at error level, counted
+//!    in `ringstore_snapshots_set_aside_total`). The shard goes on in the
+//!    history rebuilt here and numbers new ops from the journal's end, at
+//!    ops that snapshot also holds; a later open that could read it (the
+//!    fault was transient) would otherwise load it and drop those new
+//!    commands without a word.
 //! 5. **Catch up.** If the journal holds nothing above the snapshot (after
 //!    a reset), its watermark and epoch are raised to the snapshot's so new
 //!    ops number above it.
@@ -47,10 +56,11 @@ use crate::layout::lock::DirLock;
 use crate::layout::{JOURNAL_DIR_NAME, SNAPSHOT_DIR_NAME};
 use crate::machine::{decode, restore_state, OpId, StateMachine};
 use crate::snapshot::verify::snapshot_covers_journal;
-use crate::snapshot::{SnapshotMeta, SnapshotStore};
+use crate::snapshot::{parse_snapshot_file_name, SnapshotMeta, SnapshotStore};
 use ringstore_journal::storage::Storage;
 use ringstore_journal::{Journal, JournalOwner, LogItem, RecoveryReport};
 use std::{
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -292,6 +302,12 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
     }
     let replay_time = started.elapsed();
 
+    // 4b. Set aside what was passed over above the state rebuilt.
+    if let Err(e) = set_aside_passed_over(&storage, snapshots.dir(), &skipped, applied.op).await {
+        let _ = journal.close().await;
+        return Err(e);
+    }
+
     // 5. Catch up after a reset.
     if journal.next_op() <= snapshot_op {
         journal.advance_watermark(snapshot_op).await?;
@@ -379,4 +395,59 @@ async fn replay<M: StateMachine, S: Storage>(
         }
     }
     Ok((applied, ops, bytes))
+}
+
+/// Suffix of a snapshot set aside because an open passed over it above the
+/// state it rebuilt (step 4b of the module docs). No open loads it again;
+/// it stays for an operator to inspect.
+pub const PASSED_OVER_SUFFIX: &str = ".passed-over";
+
+/// Step 4b: renames every snapshot in `skipped` above `applied` with
+/// [`PASSED_OVER_SUFFIX`], then makes the renames durable.
+async fn set_aside_passed_over<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    skipped: &[SkippedSnapshot],
+    applied: u64,
+) -> Result<()> {
+    let mut renamed = false;
+    for passed in skipped {
+        let Some(name) = passed.path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(op) = parse_snapshot_file_name(name) else {
+            continue;
+        };
+        if op <= applied {
+            // The journal reaches past it: a later open that loads it
+            // replays the same history.
+            continue;
+        }
+        let aside = passed
+            .path
+            .with_file_name(format!("{name}{PASSED_OVER_SUFFIX}"));
+        storage
+            .rename(&passed.path, &aside)
+            .await
+            .map_err(|e| Error::io("set aside a snapshot passed over", &passed.path, e))?;
+        renamed = true;
+        metrics::counter!("ringstore_snapshots_set_aside_total").increment(1);
+        tracing::error!(
+            snapshot = %passed.path.display(),
+            set_aside_as = %aside.display(),
+            reason = %passed.reason,
+            applied,
+            "a snapshot passed over holds ops {}..={op} that this open could not rebuild (the \
+             journal ends at {applied}); the shard goes on from op {applied} and the snapshot \
+             is set aside so that no later open brings its history back",
+            applied + 1
+        );
+    }
+    if renamed {
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(|e| Error::io("fsync snapshot directory", dir, e))?;
+    }
+    Ok(())
 }
