@@ -510,7 +510,7 @@ fn a_waived_repair_stays_waived() {
 /// snapshot's purged id covers it. A hard state that does not decode is
 /// kept as it is.
 #[test]
-fn the_open_after_a_cut_marks_the_node_and_keeps_the_committed_id_within_the_log() {
+fn the_open_after_a_cut_marks_the_node_and_lowers_the_committed_id_to_the_purged_one() {
     let mark = super::shard::awaiting_repair_after_cut;
     let state = HardState {
         vote: Some(Vote::new(5, 2)),
@@ -519,10 +519,13 @@ fn the_open_after_a_cut_marks_the_node_and_keeps_the_committed_id_within_the_log
         awaiting_repair: None,
     };
     let bytes = state.encode().expect("encode");
-    // The log still holds index 9 (op 10): the committed id stays.
+    // The log still holds index 9 (op 10), but perhaps not the committed
+    // entry: a cut that took a truncation record brings back the entries
+    // it discarded, of an older term, at the same indexes, and openraft
+    // re-applies up to the committed id by index. Down to the purged id.
     let kept = HardState::decode(&mark(&bytes, op_of(9))).expect("decode");
     assert_eq!(kept.awaiting_repair, Some(5));
-    assert_eq!(kept.committed, Some(log_id(4, 9)));
+    assert_eq!(kept.committed, Some(log_id(3, 4)));
     // The cut took index 9: down to the purged id.
     let cut = HardState::decode(&mark(&bytes, op_of(8))).expect("decode");
     assert_eq!(cut.awaiting_repair, Some(5));

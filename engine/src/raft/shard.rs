@@ -438,16 +438,20 @@ where
 /// (`JournalBuilder::hard_state_after_cut`: durable before the cut is
 /// recorded, so no crash loses both): the node awaits repair below the
 /// highest term its hard state names (see "Uncertain tail" in the module
-/// docs), and the committed id stays within the log the cut left (the
-/// superblock's copy of the hard state, a vote's, can outlive entries the
-/// cut took; openraft raises it to the last applied id at startup). A
+/// docs), and the committed id goes down to the purged one (openraft
+/// raises it to the last applied id at startup, and the leader sends the
+/// rest again): a cut can take a truncation record too and bring back the
+/// entries it had discarded, of an older term, at the indexes of committed
+/// ones, and openraft re-applies up to the committed id by index alone
+/// (the superblock's copy of the hard state, a vote's, outlives the cut).
+/// A
 /// later cut that takes the log's record of the mark is found and marked
 /// the same way, below the same term or a later one (the vote, in the
 /// superblock, is never lost). A hard state that does not decode is kept
 /// as it is (reading the vote reports it). `ringstore wal salvage` gives
 /// it to the journal's salvage too, which runs it when it cuts damage out
 /// of a raft node's log.
-pub fn awaiting_repair_after_cut(bytes: &[u8], last_op: u64) -> Vec<u8> {
+pub fn awaiting_repair_after_cut(bytes: &[u8], _last_op: u64) -> Vec<u8> {
     let mut state = if bytes.is_empty() {
         super::log::HardState::default()
     } else {
@@ -466,9 +470,11 @@ pub fn awaiting_repair_after_cut(bytes: &[u8], last_op: u64) -> Vec<u8> {
     .max()
     .unwrap_or(0);
     state.awaiting_repair = Some(state.awaiting_repair.unwrap_or(0).max(known_term));
+    // Not decided by the log's last op (the hook's second argument): the
+    // log the cut left may hold the committed index under another term.
     if let Some(committed) = state.committed {
         let covered = state.purged.is_some_and(|p| p.index >= committed.index);
-        if op_of(committed.index) > last_op && !covered {
+        if !covered {
             state.committed = state.purged;
         }
     }
