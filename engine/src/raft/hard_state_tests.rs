@@ -279,6 +279,21 @@ fn an_interrupted_purge_is_not_finished_past_the_snapshot_that_loads() {
             "opened without the snapshot that covers the purge"
         );
     });
+    // `ringstore snapshot verify` refuses it too, by the same rule.
+    let verified = crate::snapshot::inspect::inspect_shard(
+        &dir,
+        crate::snapshot::inspect::Check::Full,
+        &mut |_| {},
+    )
+    .expect("inspect");
+    assert!(
+        matches!(
+            verified.refusal,
+            Some(crate::Error::SnapshotBehindJournal { .. })
+        ),
+        "verify passed a node its open refuses: {:?}",
+        verified.refusal
+    );
     // The journal still holds the entries, below a watermark left as it was.
     let journal_dir = dir.join("journal");
     let (watermark, present) = glommio::LocalExecutorBuilder::default()

@@ -288,6 +288,15 @@ where
     }
 }
 
+/// The journal op of the purged log id an encoded raft hard state records
+/// (`None`: none, or bytes that do not decode). A raft shard's open checks
+/// its snapshots against it as well as against the journal's watermark (a
+/// purge a crash cut short between its two steps), and so does `ringstore
+/// snapshot verify`.
+pub fn purged_op_of(hard_state: &[u8]) -> Option<u64> {
+    log::purged_of(hard_state).map(|id| shard::op_of(id.index))
+}
+
 /// Opens the raft shard in `dir`, which belongs to node `node` of the
 /// cluster `domain`, on a reactor thread of its own (a directory of
 /// another cluster or another node is refused), creating it as `creation`

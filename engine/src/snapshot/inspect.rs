@@ -451,7 +451,11 @@ pub fn inspect_shard(
     let journal_dir = shard_dir.join(JOURNAL_DIR_NAME);
     let (watermark, intact) = match ringstore_journal::inspect::scan_journal(&journal_dir, &mut ())
     {
-        Ok(journal) => (journal.watermark, journal.is_intact()),
+        // A raft node's open checks against its purged id too.
+        Ok(journal) => (
+            journal.watermark.max(raft_purged_op(&journal).unwrap_or(0)),
+            journal.is_intact(),
+        ),
         // An open creates it.
         Err(InspectError::NotFound { .. }) => (0, true),
         Err(e) => return Err(e),
@@ -474,6 +478,40 @@ pub fn inspect_shard(
     )
     .err();
     Ok(report)
+}
+
+/// A raft node's journal (its owner records
+/// [`crate::raft::RAFT_NODE_SHARDS`]): the op of the purged id its newest
+/// hard state records, the newer of the superblock's and the log's last
+/// record by sequence, as the journal's open chooses it. A raft shard's
+/// open checks the snapshots against it as well as the watermark (a purge
+/// a crash cut short between its two steps).
+#[cfg(feature = "openraft")]
+fn raft_purged_op(journal: &ringstore_journal::inspect::JournalReport) -> Option<u64> {
+    let superblock = journal.superblock.as_ref()?;
+    if superblock.owner?.shards != crate::raft::RAFT_NODE_SHARDS {
+        return None;
+    }
+    let kept = (
+        superblock.hard_state_sequence,
+        superblock.hard_state.as_slice(),
+    );
+    let newest = match journal
+        .segments
+        .iter()
+        .rev()
+        .find_map(|segment| segment.last_hard_state.as_ref())
+    {
+        Some((sequence, bytes)) if *sequence > kept.0 => bytes.as_slice(),
+        _ => kept.1,
+    };
+    crate::raft::purged_op_of(newest)
+}
+
+/// Without the `openraft` feature no raft node's directory is opened.
+#[cfg(not(feature = "openraft"))]
+fn raft_purged_op(_journal: &ringstore_journal::inspect::JournalReport) -> Option<u64> {
+    None
 }
 
 #[cfg(test)]
