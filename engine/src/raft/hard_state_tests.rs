@@ -519,11 +519,11 @@ fn a_waived_repair_stays_waived() {
 }
 
 /// What the open keeps after a cut: the mark below the highest term the
-/// hard state names, and a committed id within the log the cut left (the
-/// superblock's copy, a vote's, can outlive the entries it covered;
-/// openraft could not start from a committed id past its log), unless a
-/// snapshot's purged id covers it. A hard state that does not decode is
-/// kept as it is.
+/// hard state names, and a committed id no higher than the purged one (the
+/// superblock's copy, a vote's, can outlive the entries it covered, and
+/// the entries at its index may be of another term after the cut), unless
+/// the purged id covers it. A hard state that does not decode is kept as
+/// it is.
 #[test]
 fn the_open_after_a_cut_marks_the_node_and_lowers_the_committed_id_to_the_purged_one() {
     let mark = super::shard::awaiting_repair_after_cut;

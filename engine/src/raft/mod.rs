@@ -127,8 +127,11 @@
 //!   where no cut reaches, and the open takes the newer of the two. A vote
 //!   lost to a cut would let the node vote twice in a term.
 //! * The open marks the node as awaiting repair below the highest term its
-//!   hard state names ([`RaftLog::awaiting_repair`]), and keeps the
-//!   committed id within the log the cut left. The mark is in the hard
+//!   hard state names ([`RaftLog::awaiting_repair`]), and lowers the
+//!   committed id to the purged one: the cut may have taken a truncation
+//!   record too and brought back, at the indexes of committed entries,
+//!   entries of an older term it had discarded, which openraft, applying
+//!   up to the committed id by index, would apply. The mark is in the hard
 //!   state, written into the journal's superblock by the journal's open
 //!   before it records the cut
 //!   ([`ringstore_journal::JournalBuilder::hard_state_after_cut`]): a crash
