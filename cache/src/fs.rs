@@ -185,13 +185,16 @@ pub(crate) async fn prepare_root<S: CacheDisk>(disk: &S, dir: &Path) -> Result<S
     }
     let objects = dir.join(OBJECTS_DIR);
     match disk.create_dir(&objects).await {
-        Ok(()) => disk
-            .sync_dir(dir)
-            .await
-            .map_err(|e| Error::io("fsync", dir, e))?,
+        Ok(()) => {}
         Err(e) if errno(&e) == Some(libc::EEXIST) => {}
         Err(e) => return Err(Error::io("mkdir", &objects, e)),
     }
+    // Synced whether this instance made `objects/` or found it: an earlier
+    // one may have made it and died (or failed) before its fsync, and every
+    // object below goes with its entry. One fsync per open.
+    disk.sync_dir(dir)
+        .await
+        .map_err(|e| Error::io("fsync", dir, e))?;
     let objects_meta = disk
         .stat(&objects)
         .await

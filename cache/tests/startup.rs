@@ -119,3 +119,46 @@ fn one_instance_per_directory_and_layout_is_checked() {
         );
     });
 }
+
+/// An earlier instance made `objects/` and died (or its fsync failed)
+/// before the root's entry for it was synced; the next open finds it in
+/// place. A put that open acknowledges must survive a power loss that
+/// undoes every unsynced directory operation: the open syncs the root
+/// whether it made `objects/` or found it. (It took a found `objects/` for
+/// durable, and the loss took the directory with the object.)
+#[test]
+fn an_object_put_into_an_objects_dir_an_earlier_instance_never_synced_survives_a_power_loss() {
+    use ringstore_journal::storage::{MemStorage, Storage};
+    run(|| async {
+        let root = std::path::Path::new("/disk/cache");
+        let objects = root.join("objects");
+        // Every unsynced directory operation is undone by a crash.
+        let disk = MemStorage::new();
+        let cache = Cache::builder(root)
+            .disk(disk.clone())
+            .open()
+            .await
+            .unwrap();
+        cache.shutdown().await.unwrap();
+        // What a dead instance leaves: `objects/` made, its entry unsynced.
+        disk.remove_dir(&objects).await.unwrap();
+        disk.sync_dir(root).await.unwrap();
+        disk.create_dir(&objects).await.unwrap();
+        let cache = Cache::builder(root)
+            .disk(disk.clone())
+            .open()
+            .await
+            .unwrap();
+        cache.put("k", b"acknowledged").await.unwrap();
+        drop(cache);
+        disk.crash();
+        let cache = Cache::builder(root)
+            .disk(disk.clone())
+            .open()
+            .await
+            .unwrap();
+        let got = cache.get("k").await.unwrap().map(|o| o.to_vec());
+        assert_eq!(got.as_deref(), Some(&b"acknowledged"[..]));
+        cache.shutdown().await.unwrap();
+    });
+}
