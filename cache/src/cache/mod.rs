@@ -103,6 +103,9 @@ pub(crate) struct Shared<S: CacheDisk> {
     /// by the startup walk because it holds an object. A level leaves when
     /// this instance creates or removes it.
     durable_dirs: RefCell<HashSet<String>>,
+    /// Directories made or removed under `objects/` so far: a level is
+    /// recorded durable only if none was while its fsync ran.
+    dir_changes: Cell<u64>,
     pub(crate) closed: Cell<bool>,
     #[cfg(feature = "sim")]
     pub(crate) faults: Rc<crate::faults::Faults>,

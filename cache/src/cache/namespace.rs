@@ -13,7 +13,13 @@ impl<S: CacheDisk> Shared<S> {
     pub(crate) async fn unlink_rel(&self, rel: &str, is_dir: bool) -> std::io::Result<()> {
         let path = self.object_path(rel);
         if is_dir {
-            self.disk.remove_dir(&path).await
+            let removed = self.disk.remove_dir(&path).await;
+            if removed.is_ok() {
+                // Made again, it is a new directory: not durable.
+                self.durable_dirs.borrow_mut().remove(rel);
+                self.dir_changes.set(self.dir_changes.get() + 1);
+            }
+            removed
         } else {
             self.disk.remove(&path).await
         }
@@ -133,7 +139,7 @@ impl<S: CacheDisk> Shared<S> {
             let path = self.object_path(level);
             let made = self.disk.create_dir(&path).await;
             match made.as_ref().map_err(errno) {
-                Ok(()) => {}
+                Ok(()) => self.dir_changes.set(self.dir_changes.get() + 1),
                 // Created concurrently, by a task that may not have fsync'd
                 // its parent yet (and may never: it can be dropped), or by
                 // an earlier instance that crashed before it did: ours
@@ -183,11 +189,18 @@ impl<S: CacheDisk> Shared<S> {
             if self.durable_dirs.borrow().contains(level) {
                 continue;
             }
+            // A directory removed and made again while the fsync is in
+            // flight is not the one it covered: recorded only if no
+            // directory was made or removed meanwhile (another commit
+            // under it then syncs again).
+            let changes = self.dir_changes.get();
             match level.rsplit_once('/') {
                 None => self.sync_objects_dir().await?,
                 Some((parent, _)) => self.sync_dir_rel(parent).await?,
             }
-            self.durable_dirs.borrow_mut().insert(level.to_owned());
+            if self.dir_changes.get() == changes {
+                self.durable_dirs.borrow_mut().insert(level.to_owned());
+            }
         }
         Ok(())
     }
@@ -198,10 +211,7 @@ impl<S: CacheDisk> Shared<S> {
         let mut rel = key;
         while let Some((parent, _)) = rel.rsplit_once('/') {
             match self.unlink_rel(parent, true).await {
-                Ok(()) => {
-                    self.durable_dirs.borrow_mut().remove(parent);
-                    self.metrics.empty_dirs_removed.inc()
-                }
+                Ok(()) => self.metrics.empty_dirs_removed.inc(),
                 Err(_) => return,
             }
             rel = parent;
@@ -243,7 +253,6 @@ impl<S: CacheDisk> Shared<S> {
         for rel in dirs_deepest_first {
             // ENOTEMPTY (or already gone): leave it.
             if self.unlink_rel(rel, true).await.is_ok() {
-                self.durable_dirs.borrow_mut().remove(rel.as_str());
                 self.metrics.empty_dirs_removed.inc();
             }
         }

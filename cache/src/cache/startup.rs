@@ -81,6 +81,7 @@ impl<S: CacheDisk> Cache<S> {
             staging_instance: sys::random_u64() as u32,
             pending_unlinks: RefCell::new(Vec::new()),
             durable_dirs: RefCell::new(HashSet::new()),
+            dir_changes: Cell::new(0),
             closed: Cell::new(false),
             #[cfg(feature = "sim")]
             faults: builder.faults.unwrap_or_default(),
