@@ -788,3 +788,33 @@ fn a_shard_whose_journal_is_gone_is_refused_by_the_open_and_both_verifies() {
         expect_exit(&output, 0);
     }
 }
+
+/// `demo --fresh` deletes only an engine data directory: not a shard's
+/// journal directory (it has a `superblock` file too), not a data
+/// directory whose shard salvage left a quarantine in; an emptied one goes.
+#[test]
+fn demo_fresh_deletes_nothing_but_an_engine_data_directory() {
+    let (_tmp, data) = data_dir();
+    let journal = data.join("shard-000").join("journal");
+    let before = std::fs::read_dir(&journal).unwrap().count();
+    let refused = ringstore(&journal, &["demo", "--fresh", "--commands", "10"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("not an engine data directory"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), before);
+    let quarantine = data.join("shard-001").join("quarantine");
+    std::fs::create_dir(&quarantine).unwrap();
+    let refused = ringstore(&data, &["demo", "--fresh", "--commands", "10"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(text(&refused).contains("quarantine"), "{}", text(&refused));
+    assert!(journal.exists());
+    std::fs::remove_dir(&quarantine).unwrap();
+    let fresh = ringstore(
+        &data,
+        &["demo", "--fresh", "--shards", "2", "--commands", "10"],
+    );
+    assert!(fresh.status.success(), "{}", text(&fresh));
+}

@@ -463,28 +463,59 @@ pub fn run(context: &Context, args: DemoArgs) -> Result<Outcome, CliError> {
     }
 }
 
-/// Removes an engine data directory (one with a data-dir `superblock`); refuses
-/// any other non-empty directory.
+/// Removes an engine data directory: one whose data-dir superblock
+/// decodes, no shard of which is open, and which holds nothing an operator
+/// keeps (the local object store's snapshots, salvage's quarantine).
+/// Refuses anything else, saying why.
 fn remove_engine_dir(dir: &std::path::Path) -> Result<(), CliError> {
     if !dir.exists() {
         return Ok(());
     }
-    let manifest = dir.join(ringstore::runtime::startup::MANIFEST_FILE_NAME);
     let empty = std::fs::read_dir(dir)
         .map_err(|e| CliError(format!("{}: {e}", dir.display())))?
         .next()
         .is_none();
-    if ringstore::is_locked(dir)? {
-        return Err(CliError(format!(
-            "--fresh: {} is in use by a running engine; stop it first",
-            dir.display()
-        )));
+    if empty {
+        return Ok(());
     }
-    if !manifest.exists() && !empty {
-        return Err(CliError(format!(
-            "--fresh: {} is not an engine data directory (no `engine` manifest); not deleting it",
+    let refuse = |why: String| {
+        Err(CliError(format!(
+            "--fresh: not deleting {}: {why}",
             dir.display()
-        )));
+        )))
+    };
+    // A journal directory has a `superblock` too: only a data directory's
+    // decodes as one.
+    let shards = match ringstore::runtime::startup::read_manifest(dir) {
+        Ok(Some(shards)) => shards,
+        Ok(None) => {
+            return refuse("it is not an engine data directory (no data-dir superblock)".into())
+        }
+        Err(e) => return refuse(format!("it is not an engine data directory ({e})")),
+    };
+    if ringstore::is_locked(dir)? {
+        return refuse("a running engine holds it; stop it first".into());
+    }
+    for shard in 0..shards {
+        let shard_dir = ringstore::runtime::startup::shard_dir(dir, shard);
+        if ringstore::is_locked(&shard_dir)? {
+            return refuse(format!("{} is open; stop it first", shard_dir.display()));
+        }
+        let quarantine = shard_dir.join(crate::wal::QUARANTINE_DIR_NAME);
+        if quarantine.exists() {
+            return refuse(format!(
+                "{} holds what `wal salvage` set aside; move or delete it yourself",
+                quarantine.display()
+            ));
+        }
+    }
+    let store = dir.join(crate::config::LOCAL_ROOT_DEFAULT);
+    if std::fs::read_dir(&store).is_ok_and(|mut entries| entries.next().is_some()) {
+        return refuse(format!(
+            "{} holds the local object store's snapshots (the shards' backups); move or \
+             delete it yourself",
+            store.display()
+        ));
     }
     std::fs::remove_dir_all(dir).map_err(|e| CliError(format!("removing {}: {e}", dir.display())))
 }

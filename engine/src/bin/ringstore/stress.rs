@@ -56,8 +56,8 @@ pub struct StressArgs {
     #[arg(long, default_value_t = CLIENTS_DEFAULT)]
     pub clients: usize,
     /// Stop after this many seconds (default: run until killed).
-    #[arg(long, value_name = "SECONDS")]
-    pub duration: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 }
 
 /// `ringstore check`.
@@ -66,6 +66,22 @@ pub struct CheckArgs {
     /// The ack log `stress` wrote.
     #[arg(long, value_name = "FILE")]
     pub ack_log: PathBuf,
+}
+
+/// Longest `--duration`: a year.
+const DURATION_SECS_MAX: f64 = 365.0 * 24.0 * 3600.0;
+
+/// `--duration`: seconds, above 0 and at most [`DURATION_SECS_MAX`].
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|e| format!("{text:?}: not a number of seconds: {e}"))?;
+    if !(seconds > 0.0 && seconds <= DURATION_SECS_MAX) {
+        return Err(format!(
+            "{text:?}: seconds above 0 and at most {DURATION_SECS_MAX} (a year)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn stream_of(block: u64) -> String {
@@ -197,7 +213,7 @@ pub fn run_stress(context: &Context, args: StressArgs) -> Result<Outcome, CliErr
             std::thread::spawn(move || submitter(&client, &shared))
         })
         .collect();
-    let deadline = args.duration.map(Duration::from_secs_f64);
+    let deadline = args.duration;
     let progress = crate::output::spinner("acknowledged", context.json);
     while deadline.is_none_or(|d| started.elapsed() < d) && !shared.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
