@@ -371,6 +371,10 @@ pub struct SalvageReport {
     pub lost: OpTally,
     /// Such entries at or below the watermark (in a snapshot already).
     pub covered: OpTally,
+    /// Quarantined segments whose header is damaged and in which no entry
+    /// could be counted (no journal id known to check their entries with,
+    /// or none verified): what they held is lost too, and not in `lost`.
+    pub uncounted: Vec<PathBuf>,
     /// The superblock written.
     pub superblock: NewSuperblock,
 }
@@ -393,7 +397,25 @@ impl SalvageReport {
             self.moved.len(),
             self.quarantine.display(),
             self.superblock.sequence,
-            self.lost.describe()
+            self.lost_description()
+        )
+    }
+
+    /// `lost`, and the segments whose ops could not be counted.
+    pub fn lost_description(&self) -> String {
+        if self.uncounted.is_empty() {
+            return self.lost.describe();
+        }
+        format!(
+            "{}, and whatever {} quarantined segment(s) with a damaged header held (not \
+             counted: {})",
+            self.lost.describe(),
+            self.uncounted.len(),
+            self.uncounted
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     }
 
@@ -469,7 +491,7 @@ impl SalvageReport {
             "ops lost (above the watermark {}; entries whose header still verifies in the cut \
              bytes and the quarantined segments): {}",
             sb.superblock.watermark,
-            self.lost.describe()
+            self.lost_description()
         ));
         line(format!(
             "ops at or below the watermark there (in a snapshot): {}",
@@ -609,6 +631,15 @@ impl SalvageReport {
                 ]),
             ),
             ("lost", tally(&self.lost)),
+            (
+                "uncounted",
+                Json::Arr(
+                    self.uncounted
+                        .iter()
+                        .map(|p| Json::Str(p.display().to_string()))
+                        .collect(),
+                ),
+            ),
             ("covered", tally(&self.covered)),
             ("moved", Json::Arr(self.moved.iter().map(file).collect())),
             ("copied", Json::Arr(self.copied.iter().map(file).collect())),
@@ -858,15 +889,13 @@ fn plan(
     // The new superblock.
     let old = scan.superblock.as_ref();
     let cut_generation = cut.as_ref().map(|c| c.generation);
-    let journal_id = old
-        .map(|sb| sb.journal_id)
-        .or_else(|| {
-            kept.first()
-                .and_then(|k| scan.segment(k.generation))
-                .and_then(|s| s.header)
-                .map(|h| h.journal_id)
-        })
-        .unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes());
+    let known_journal_id = old.map(|sb| sb.journal_id).or_else(|| {
+        kept.first()
+            .and_then(|k| scan.segment(k.generation))
+            .and_then(|s| s.header)
+            .map(|h| h.journal_id)
+    });
+    let journal_id = known_journal_id.unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes());
     let kept_watermark = kept
         .iter()
         .filter_map(|k| scan.segment(k.generation))
@@ -1046,15 +1075,27 @@ fn plan(
     let watermark = new_sb.superblock.watermark;
     let mut lost = (OpSet::default(), 0u64);
     let mut covered = (OpSet::default(), 0u64);
+    let mut uncounted = Vec::new();
+    // Returns how many entries it counted.
     let mut count = |path: &Path, segment: &SegmentReport, from: u64, to: u64| {
-        tally_entries(path, segment, from, to, watermark, &mut lost, &mut covered).map_err(
-            |source| InspectError::Io {
-                op: "read",
-                path: path.to_path_buf(),
-                offset: Some(from),
-                source,
-            },
+        let before = lost.1 + covered.1;
+        tally_entries(
+            path,
+            segment,
+            from,
+            to,
+            known_journal_id,
+            watermark,
+            &mut lost,
+            &mut covered,
         )
+        .map_err(|source| InspectError::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            offset: Some(from),
+            source,
+        })?;
+        Ok::<u64, InspectError>(lost.1 + covered.1 - before)
     };
     if let (Some(cut), true) = (&cut, stopped_inside) {
         if let Some(segment) = scan.segment(cut.generation) {
@@ -1072,7 +1113,9 @@ fn plan(
         let Some(segment) = scan.segment(generation) else {
             continue;
         };
-        let ours = segment.header.is_some_and(|h| h.journal_id == journal_id);
+        // A damaged header may be ours: its entries are counted if they
+        // verify under this journal's id.
+        let ours = segment.header.is_none_or(|h| h.journal_id == journal_id);
         let leftover = scan.leftovers.iter().any(|l| l.path == segment.path);
         if !ours || leftover {
             continue;
@@ -1081,7 +1124,14 @@ fn plan(
             .sealed_end
             .or(segment.header.map(|h| h.segment_bytes))
             .unwrap_or(segment.file_bytes);
-        count(&f.from, segment, SEGMENT_DATA_OFFSET, limit)?;
+        let counted = count(&f.from, segment, SEGMENT_DATA_OFFSET, limit)?;
+        // Part of the log as the superblock records it (a stray file past
+        // it, a copy of another, held nothing acknowledged).
+        let recorded =
+            old.is_none_or(|sb| (sb.first_generation..=sb.last_generation).contains(&generation));
+        if segment.header.is_none() && counted == 0 && recorded {
+            uncounted.push(f.from.clone());
+        }
     }
 
     let report = SalvageReport {
@@ -1098,6 +1148,7 @@ fn plan(
         copied,
         lost: OpTally::from_set(&lost.0, lost.1),
         covered: OpTally::from_set(&covered.0, covered.1),
+        uncounted,
         superblock: new_sb,
     };
     check_result(dir, &report)?;
@@ -1151,16 +1202,18 @@ fn superblock_bytes(sb: &NewSuperblock) -> Vec<u8> {
 
 /// Counts the data entries whose headers verify in `[from, to)` of a
 /// segment, split at `watermark` into `lost` and `covered`.
+#[allow(clippy::too_many_arguments)]
 fn tally_entries(
     path: &Path,
     segment: &SegmentReport,
     from: u64,
     to: u64,
+    journal_id: Option<[u8; 16]>,
     watermark: u64,
     lost: &mut (OpSet, u64),
     covered: &mut (OpSet, u64),
 ) -> io::Result<()> {
-    walk_entries(path, segment, from, to, |entry, _| {
+    walk_entries(path, segment, from, to, journal_id, |entry, _| {
         if entry.entry_kind() == Some(EntryKind::Data) {
             let op = entry.op.get();
             let tally = if op <= watermark {
@@ -1186,39 +1239,52 @@ fn walk_kept(
     last_op: &mut Option<u64>,
 ) -> io::Result<Option<HardStateRecord>> {
     let mut hard_state = None;
-    walk_entries(path, segment, SEGMENT_DATA_OFFSET, end, |entry, window| {
-        match entry.entry_kind() {
-            Some(EntryKind::Data) => *last_op = (*last_op).max(Some(entry.op.get())),
-            Some(EntryKind::Truncate) => *last_op = (*last_op).min(Some(entry.op.get())),
-            Some(EntryKind::HardState) => {
-                let pos = u64::from(entry.offset.get()) + ENTRY_HEADER_BYTES as u64;
-                let len = u64::from(entry.payload_len.get());
-                let bytes = window.get(pos, len)?;
-                if pos + len <= end
-                    && bytes.len() as u64 == len
-                    && crc32fast::hash(bytes) == entry.payload_checksum.get()
-                {
-                    hard_state = Some((entry.op.get(), bytes.to_vec()));
+    walk_entries(
+        path,
+        segment,
+        SEGMENT_DATA_OFFSET,
+        end,
+        None,
+        |entry, window| {
+            match entry.entry_kind() {
+                Some(EntryKind::Data) => *last_op = (*last_op).max(Some(entry.op.get())),
+                Some(EntryKind::Truncate) => *last_op = (*last_op).min(Some(entry.op.get())),
+                Some(EntryKind::HardState) => {
+                    let pos = u64::from(entry.offset.get()) + ENTRY_HEADER_BYTES as u64;
+                    let len = u64::from(entry.payload_len.get());
+                    let bytes = window.get(pos, len)?;
+                    if pos + len <= end
+                        && bytes.len() as u64 == len
+                        && crc32fast::hash(bytes) == entry.payload_checksum.get()
+                    {
+                        hard_state = Some((entry.op.get(), bytes.to_vec()));
+                    }
                 }
+                _ => {}
             }
-            _ => {}
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     Ok(hard_state)
 }
 
 /// Calls `visit` on every entry of `segment` between `from` and `to` whose
-/// header verifies, in order, stepping over bytes that are not one.
+/// header verifies, in order, stepping over bytes that are not one. A
+/// segment whose own header is damaged is walked with `journal_id` (the
+/// journal's, when known; every entry names its generation and offset
+/// too), or not at all.
 fn walk_entries(
     path: &Path,
     segment: &SegmentReport,
     from: u64,
     to: u64,
+    journal_id: Option<[u8; 16]>,
     mut visit: impl FnMut(&EntryHeader, &mut Window<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
-    let Some(header) = segment.header else {
-        return Ok(());
+    let (journal_id, segment_bytes) = match (segment.header, journal_id) {
+        (Some(header), _) => (header.journal_id, header.segment_bytes),
+        (None, Some(journal_id)) => (journal_id, segment.file_bytes),
+        (None, None) => return Ok(()),
     };
     let file = File::open(path)?;
     let to = to.min(segment.file_bytes);
@@ -1232,10 +1298,10 @@ fn walk_entries(
         }
         match check_entry_header(
             bytes,
-            &header.journal_id,
+            &journal_id,
             segment.generation,
             pos,
-            header.segment_bytes,
+            segment_bytes,
             ENTRY_BYTES_MAX_LIMIT,
         ) {
             Ok(entry) => {

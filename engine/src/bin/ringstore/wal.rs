@@ -1261,7 +1261,7 @@ fn print_salvage(
     out.line(format_args!(
         "  ops lost (above the watermark {}): {}",
         sb.superblock.watermark,
-        report.lost.describe()
+        report.lost_description()
     ))?;
     if report.covered.entries > 0 {
         out.line(format_args!(
