@@ -131,6 +131,18 @@ fn restore_rebuilds_a_deleted_shard_from_the_local_store() {
     }
     assert_eq!(state(&data), before, "state equal to before");
 
+    // Nor the shard count of a data directory that records none (its
+    // superblock lost with the disk).
+    let lost = tmp.path().join("lost");
+    let output = ringstore(&lost, &["restore", "--domain", &domain_arg, "--shard", "0"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--shards"),
+        "{}",
+        text(&output)
+    );
+    assert!(!lost.join("shard-000").exists());
+
     // Which shard is never guessed.
     let output = ringstore(&data, &["restore", "--domain", &domain_arg]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));

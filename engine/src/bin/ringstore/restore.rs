@@ -41,8 +41,10 @@ pub struct RestoreArgs {
     /// elsewhere, and its own keys would read as missing.
     #[arg(long, value_name = "N")]
     pub shard: usize,
-    /// The engine's shard count (default: the data dir's manifest, else the
-    /// config's `[engine] shards`).
+    /// The engine's shard count. Default: what the data dir's superblock
+    /// records; required for a data dir that records none (a lost disk):
+    /// keys route by the count, so a guess would put the shard's keys where
+    /// no request looks for them.
     #[arg(long)]
     pub shards: Option<usize>,
 }
@@ -53,10 +55,14 @@ pub fn run(context: &Context, args: RestoreArgs) -> Result<Outcome, CliError> {
     let settings = section.settings(&context.data_dir)?;
     let store = settings.remote().describe().to_string();
     let recorded = ringstore::runtime::startup::read_manifest(&context.data_dir)?;
-    let shards = args
-        .shards
-        .or(recorded)
-        .unwrap_or(context.config.engine.shards);
+    let Some(shards) = args.shards.or(recorded) else {
+        return Err(CliError(format!(
+            "{} records no shard count (a new or lost data directory): give --shards N, the \
+             count of the engine shard {} belonged to (keys route by it)",
+            context.data_dir.display(),
+            args.shard
+        )));
+    };
     let checkpoint = context.config.checkpoint.clone();
     let restored = Engine::<Metadata>::builder()
         .data_dir(&context.data_dir)
