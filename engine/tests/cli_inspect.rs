@@ -818,3 +818,45 @@ fn demo_fresh_deletes_nothing_but_an_engine_data_directory() {
     );
     assert!(fresh.status.success(), "{}", text(&fresh));
 }
+
+/// A FIFO planted at a segment's or a snapshot's name: the verifiers
+/// answer (naming it, "not a regular file") rather than block for ever in
+/// its open.
+#[test]
+fn a_fifo_at_a_journal_or_snapshot_name_does_not_hang_the_verifiers() {
+    for (planted, command) in [
+        ("journal/segment-0000000000000009.wal", "wal"),
+        ("snapshots/snapshot-00000000000000099999.snap", "snapshot"),
+    ] {
+        let (_tmp, data) = data_dir();
+        let fifo = data.join("shard-000").join(planted);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success());
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringstore"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args([command, "verify"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ringstore");
+        let started = std::time::Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("`{command} verify` hung on a FIFO at {planted}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("output");
+        assert!(!output.status.success(), "{}", text(&output));
+        assert!(
+            text(&output).contains("not a regular file"),
+            "{command}: {}",
+            text(&output)
+        );
+    }
+}

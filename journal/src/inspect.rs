@@ -748,11 +748,30 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, InspectErro
     Ok(found)
 }
 
+/// Opens `path` for reading without blocking on a FIFO (or another special
+/// file) planted at a journal or snapshot file's name, and refuses anything
+/// but a regular file (`InvalidData`, "not a regular file"): the read-only
+/// tools must answer, never hang.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
 /// Reads the superblock file of `dir` as recovery does: `None` if there is
 /// none, else up to [`SUPERBLOCK_FILE_BYTES`] of it.
 pub fn read_superblock(dir: &Path) -> Result<Option<Vec<u8>>, InspectError> {
     let path = dir.join(SUPERBLOCK_FILE_NAME);
-    let file = match File::open(&path) {
+    let file = match open_regular(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error("open", &path, None)(e)),
@@ -872,7 +891,7 @@ pub(crate) fn scan_view(
     let mut facts = Vec::with_capacity(names.generations.len());
     for &generation in &names.generations {
         let path = dir.join(segment_file_name(generation));
-        let file = File::open(&path).map_err(io_error("open", &path, None))?;
+        let file = open_regular(&path).map_err(io_error("open", &path, None))?;
         let len = file
             .metadata()
             .map_err(io_error("stat", &path, None))?

@@ -1286,7 +1286,7 @@ fn walk_entries(
         (None, Some(journal_id)) => (journal_id, segment.file_bytes),
         (None, None) => return Ok(()),
     };
-    let file = File::open(path)?;
+    let file = crate::inspect::open_regular(path)?;
     let to = to.min(segment.file_bytes);
     let mut window = Window::new(&file, segment.file_bytes);
     let mut pos = from.next_multiple_of(ENTRY_ALIGN_BYTES);

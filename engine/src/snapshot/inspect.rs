@@ -214,7 +214,8 @@ pub fn inspect_snapshot(
     domain: Option<Uuid>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<SnapshotReport, InspectError> {
-    let file = File::open(path).map_err(io_error("open", path, None))?;
+    let file =
+        ringstore_journal::inspect::open_regular(path).map_err(io_error("open", path, None))?;
     let file_bytes = match file.metadata() {
         Ok(meta) => meta.len(),
         Err(e) => {
@@ -320,7 +321,7 @@ impl IdentityReport {
 /// what an open would make of it, given what else the directory holds.
 pub fn read_identity_file(shard_dir: &Path) -> Result<IdentityReport, InspectError> {
     let path = shard_dir.join(IDENTITY_FILE_NAME);
-    let bytes = match File::open(&path) {
+    let bytes = match ringstore_journal::inspect::open_regular(&path) {
         Ok(file) => {
             let mut bytes = vec![0; BLOCK_BYTES as usize];
             let got = read_fully(&file, &mut bytes, 0).map_err(io_error("read", &path, Some(0)))?;
