@@ -154,7 +154,25 @@ struct Expected {
     journal_not_created: bool,
 }
 
-fn expected(context: &Context, shard: &ShardDir) -> Expected {
+/// What the engine's start would refuse in the data directory (its
+/// superblock, a recorded shard gone): damage. Anything else (the host's
+/// locked-memory limit, a reactor that does not start, a permission) is
+/// the tool's own failure, not the directory's, and ends the run (exit 2).
+fn data_dir_verdict(result: ringstore::Result<()>) -> Result<Option<String>, CliError> {
+    match result {
+        Ok(()) => Ok(None),
+        Err(
+            e @ (ringstore::Error::Manifest { .. }
+            | ringstore::Error::ShardCountMismatch { .. }
+            | ringstore::Error::ShardMissing { .. }),
+        ) => Ok(Some(e.to_string())),
+        Err(e) => Err(CliError(format!(
+            "reading the data directory's superblock: {e}"
+        ))),
+    }
+}
+
+fn expected(context: &Context, shard: &ShardDir) -> Result<Expected, CliError> {
     let mut data_dir_refusal = None;
     let shards = if shard.path == context.data_dir {
         // A shard directory given on its own: opened without a place.
@@ -164,17 +182,23 @@ fn expected(context: &Context, shard: &ShardDir) -> Expected {
             Ok(shards) => {
                 // A shard the superblock records but whose directory is
                 // gone: the engine refuses to start (`Error::ShardMissing`).
-                let missing =
-                    ringstore::runtime::startup::check_created_shards(&context.data_dir, &[]);
-                data_dir_refusal = missing.err().map(|e| e.to_string());
+                data_dir_refusal = data_dir_verdict(
+                    ringstore::runtime::startup::check_created_shards(&context.data_dir, &[]),
+                )?;
                 shards
             }
             Err(e) => {
-                data_dir_refusal = Some(e.to_string());
+                data_dir_refusal = data_dir_verdict(Err(e))?;
                 None
             }
         }
     };
+    // An unfinished cold restore's marker: the open refuses the directory
+    // (`Error::RestoreIncomplete`), as `snapshot verify` says too.
+    let marker = shard.path.join(ringstore::layout::RESTORE_MARKER_NAME);
+    if data_dir_refusal.is_none() && std::fs::symlink_metadata(&marker).is_ok() {
+        data_dir_refusal = Some(ringstore::Error::RestoreIncomplete { path: marker }.to_string());
+    }
     let identity = ringstore::snapshot::inspect::read_identity_file(&shard.path).ok();
     let domain = identity.as_ref().and_then(|identity| identity.domain());
     let journal_refusal = identity
@@ -191,12 +215,12 @@ fn expected(context: &Context, shard: &ShardDir) -> Expected {
         shard: shards.map_or(0, |_| shard.index as u32),
         shards: shards.map_or(0, |n| n as u32),
     });
-    Expected {
+    Ok(Expected {
         owner,
         data_dir_refusal,
         journal_refusal,
         journal_not_created,
-    }
+    })
 }
 
 fn scan(
@@ -232,7 +256,7 @@ fn inspect(context: &Context, shard_arg: &ShardArg) -> Result<Outcome, CliError>
     let mut reports = Vec::new();
     let mut damaged = false;
     for shard in &shards {
-        let expected = expected(context, shard);
+        let expected = expected(context, shard)?;
         if let Some(refusal) = &expected.journal_refusal {
             damaged = true;
             if context.json {
@@ -599,7 +623,7 @@ fn verify(context: &Context, args: &VerifyArgs) -> Result<Outcome, CliError> {
     let mut reports = Vec::new();
     let mut failed = 0;
     for shard in &shards {
-        let expected = expected(context, shard);
+        let expected = expected(context, shard)?;
         if let Some(refusal) = &expected.journal_refusal {
             failed += 1;
             if context.json {
@@ -837,7 +861,7 @@ fn dump(context: &Context, args: &DumpArgs) -> Result<Outcome, CliError> {
             bar: Progress::new(&shard.label, context.json),
             error: None,
         };
-        let report = scan(shard, expected(context, shard).owner, &mut dumper);
+        let report = scan(shard, expected(context, shard)?.owner, &mut dumper);
         dumper.bar.finish();
         if let Some(e) = dumper.error.take() {
             return Err(e);
@@ -1120,7 +1144,7 @@ fn salvage(context: &Context, args: &SalvageArgs) -> Result<Outcome, CliError> {
     let journal_dir = shard.journal_dir();
     let quarantine = shard.path.join(QUARANTINE_DIR_NAME);
     let mut out = Out::new();
-    let owner = expected(context, shard).owner;
+    let owner = expected(context, shard)?.owner;
     let after_cut = hook_after_cut(shard, &journal_dir, owner, args.engine_shard)?;
     match salvage_as(&journal_dir, owner, after_cut, &quarantine, args.yes) {
         Ok(report) => {
