@@ -85,7 +85,15 @@ pub fn run(context: &Context, args: RestoreArgs) -> Result<Outcome, CliError> {
             ))
         })?;
     print(context, &restored)?;
-    Ok(Outcome::Ok)
+    // Restored, but from less than the newest state the store should have
+    // held (damaged generations passed over, a reset never uploaded): exit
+    // 1, as the tools do when they find damage, so a script can tell.
+    let report = &restored.report;
+    if report.skipped.is_empty() && report.unuploaded_reset.is_none() {
+        Ok(Outcome::Ok)
+    } else {
+        Ok(Outcome::Damaged)
+    }
 }
 
 fn print(context: &Context, restored: &ShardRestore) -> Result<(), CliError> {
