@@ -270,6 +270,9 @@ fn inspect(context: &Context, shard_arg: &ShardArg) -> Result<Outcome, CliError>
         damaged |= !report.is_intact() || expected.data_dir_refusal.is_some();
         if context.json {
             let mut value = shard_json(shard, &report);
+            // The shard's verdict counts the data directory's refusal too,
+            // as the top level's does.
+            value["ok"] = json!(report.is_intact() && expected.data_dir_refusal.is_none());
             value["data_dir_refusal"] = json!(expected.data_dir_refusal);
             reports.push(value);
         } else {
