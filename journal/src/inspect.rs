@@ -2183,19 +2183,22 @@ mod tests {
         bytes[header_at(index_at)].copy_from_slice(index.seal(&journal_id).as_bytes());
         std::fs::write(&file, bytes).unwrap();
 
-        let report = scan_journal(&path, &mut ()).unwrap();
+        refused_by_scan_and_recovery_alike(&path, crate::verify::NO_SEQUENCE_CAN_FOLLOW);
+    }
+
+    /// The scan's verdict refuses the journal at `path` for `reason`, and
+    /// recovery refuses it with the same words.
+    fn refused_by_scan_and_recovery_alike(path: &Path, reason: &str) {
+        let report = scan_journal(path, &mut ()).unwrap();
         assert_eq!(report.verdict, Verdict::Refuses, "{:?}", report.damage);
         let refusal = report.refusal.as_ref().map(ToString::to_string).unwrap();
-        assert!(
-            refusal.contains(crate::verify::NO_SEQUENCE_CAN_FOLLOW),
-            "{refusal}"
-        );
-        match recover(&path, Recovery::TruncateTornTail) {
+        assert!(refusal.contains(reason), "{refusal}");
+        match recover(path, Recovery::TruncateTornTail) {
             Err(crate::Error::Corruption {
-                path: p, reason, ..
+                path: p, reason: r, ..
             }) => {
                 assert_eq!(p, path);
-                assert_eq!(reason, crate::verify::NO_SEQUENCE_CAN_FOLLOW);
+                assert_eq!(r, reason);
             }
             other => panic!("recovery should refuse: {other:?}"),
         }
@@ -2217,22 +2220,7 @@ mod tests {
         let header = header.seal();
         bytes[..size_of::<SegmentHeader>()].copy_from_slice(zerocopy::IntoBytes::as_bytes(&header));
         std::fs::write(&file, bytes).unwrap();
-        let report = scan_journal(&path, &mut ()).unwrap();
-        assert_eq!(report.verdict, Verdict::Refuses);
-        let refusal = report.refusal.as_ref().map(ToString::to_string).unwrap();
-        assert!(
-            refusal.contains(crate::verify::NO_OP_CAN_FOLLOW),
-            "{refusal}"
-        );
-        match recover(&path, Recovery::TruncateTornTail) {
-            Err(crate::Error::Corruption {
-                path: p, reason, ..
-            }) => {
-                assert_eq!(p, path);
-                assert_eq!(reason, crate::verify::NO_OP_CAN_FOLLOW);
-            }
-            other => panic!("recovery should refuse: {other:?}"),
-        }
+        refused_by_scan_and_recovery_alike(&path, crate::verify::NO_OP_CAN_FOLLOW);
     }
 
     #[test]

@@ -1431,13 +1431,7 @@ impl SegmentScanner {
             }
         }
         if let Some(candidate) = search.next_candidate() {
-            self.phase = Phase::Evidence { fault };
-            return Step::Read {
-                pos: candidate,
-                len: ENTRY_HEADER_BYTES as u64,
-                again: false,
-                sparse: false,
-            };
+            return self.read_evidence(fault, candidate, false);
         }
         // No evidence within reach: before a cut (or a clean end) is
         // decided on it, the search runs once more on bytes read afresh,
@@ -1448,13 +1442,7 @@ impl SegmentScanner {
             restart.saw_data |= search.saw_data;
             *search = restart;
             if let Some(candidate) = search.next_candidate() {
-                self.phase = Phase::Evidence { fault };
-                return Step::Read {
-                    pos: candidate,
-                    len: ENTRY_HEADER_BYTES as u64,
-                    again: true,
-                    sparse: false,
-                };
+                return self.read_evidence(fault, candidate, true);
             }
         }
         let no_sync = self.header.flags.get() & SEGMENT_FLAG_NO_SYNC != 0;
@@ -1473,6 +1461,18 @@ impl SegmentScanner {
         };
         self.pos = fault.offset;
         self.finish(outcome)
+    }
+
+    /// Asks for the header-sized bytes at `candidate` of the search for
+    /// evidence about `fault` (`again`: read afresh, not from the window).
+    fn read_evidence(&mut self, fault: Fault, candidate: u64, again: bool) -> Step {
+        self.phase = Phase::Evidence { fault };
+        Step::Read {
+            pos: candidate,
+            len: ENTRY_HEADER_BYTES as u64,
+            again,
+            sparse: false,
+        }
     }
 
     fn finish(&mut self, outcome: SegmentOutcome) -> Step {
