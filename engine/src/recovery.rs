@@ -40,7 +40,8 @@
 //!    history rebuilt here and numbers new ops from the journal's end, at
 //!    ops that snapshot also holds; a later open that could read it (the
 //!    fault was transient) would otherwise load it and drop those new
-//!    commands without a word.
+//!    commands without a word. Done last, once nothing else of the open
+//!    can fail: an open that fails leaves it for the retry to load.
 //! 5. **Catch up.** If the journal holds nothing above the snapshot (after
 //!    a reset), its watermark and epoch are raised to the snapshot's so new
 //!    ops number above it.
@@ -302,18 +303,26 @@ pub(crate) async fn recover<M: StateMachine, S: Storage>(
     }
     let replay_time = started.elapsed();
 
-    // 4b. Set aside what was passed over above the state rebuilt.
-    if let Err(e) = set_aside_passed_over(&storage, snapshots.dir(), &skipped, applied.op).await {
+    // 5. Catch up after a reset.
+    let caught_up = async {
+        if journal.next_op() <= snapshot_op {
+            journal.advance_watermark(snapshot_op).await?;
+        }
+        if journal.epoch() < snapshot_epoch {
+            journal.set_epoch(snapshot_epoch)?;
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    // 4b, done last: only an open that goes on sets a snapshot aside (a
+    // retry after a failure here may still read and load it).
+    let opened = match caught_up {
+        Ok(()) => set_aside_passed_over(&storage, snapshots.dir(), &skipped, applied.op).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = opened {
         let _ = journal.close().await;
         return Err(e);
-    }
-
-    // 5. Catch up after a reset.
-    if journal.next_op() <= snapshot_op {
-        journal.advance_watermark(snapshot_op).await?;
-    }
-    if journal.epoch() < snapshot_epoch {
-        journal.set_epoch(snapshot_epoch)?;
     }
 
     let report = ShardRecoveryReport {
