@@ -338,26 +338,25 @@ impl SegmentFacts {
     /// until two reads agree), so one flipped bit in one read does not
     /// refuse an open that a retry would let through.
     pub fn first_entry_needs_reread(&self) -> bool {
-        !self.first_entry.iter().all(|b| *b == 0)
-            && check_entry_header(
-                &self.first_entry,
-                &self.raw_journal_id(),
-                self.generation,
-                SEGMENT_DATA_OFFSET,
-                self.len.max(SEGMENT_DATA_OFFSET + BLOCK_BYTES),
-                ENTRY_BYTES_MAX_LIMIT,
-            )
-            .is_err()
+        !self.first_entry.iter().all(|b| *b == 0) && self.check_first_entry().is_err()
     }
 
-    /// The segment header's journal id, read raw: the header itself may
-    /// not verify.
-    fn raw_journal_id(&self) -> [u8; 16] {
+    /// The first entry position checked as a write's first header, keyed
+    /// by the segment header's journal id read raw (the header itself may
+    /// not verify).
+    fn check_first_entry(&self) -> Result<EntryHeader, HeaderFault> {
         let mut journal_id = [0u8; 16];
         if let Some(raw) = self.header_block.get(72..88) {
             journal_id.copy_from_slice(raw);
         }
-        journal_id
+        check_entry_header(
+            &self.first_entry,
+            &journal_id,
+            self.generation,
+            SEGMENT_DATA_OFFSET,
+            self.len.max(SEGMENT_DATA_OFFSET + BLOCK_BYTES),
+            ENTRY_BYTES_MAX_LIMIT,
+        )
     }
 
     /// True if the first entry position holds a verifying write start, or
@@ -369,18 +368,7 @@ impl SegmentFacts {
         // Anything non-zero at the first entry's place is data (a write
         // start, or one damaged) unless it is a stale header of another
         // generation, which a recycled file could hold.
-        // The key is the segment header's journal id, read raw.
-        !matches!(
-            check_entry_header(
-                &self.first_entry,
-                &self.raw_journal_id(),
-                self.generation,
-                SEGMENT_DATA_OFFSET,
-                self.len.max(SEGMENT_DATA_OFFSET + BLOCK_BYTES),
-                ENTRY_BYTES_MAX_LIMIT,
-            ),
-            Err(HeaderFault::StaleGeneration)
-        )
+        !matches!(self.check_first_entry(), Err(HeaderFault::StaleGeneration))
     }
 }
 
