@@ -35,6 +35,27 @@
 //! with it. The other entry-less requests openraft makes end their stream
 //! in the same poll (a heartbeat, a probe), so they are not held.
 //!
+//! **No reply is credited with a later request's time.** openraft stamps
+//! each request with the time it takes it from the stream and, on a reply
+//! acknowledging up to log id `m`, drains every request whose last log id
+//! is at most `m` and credits the follower with the latest stamp drained
+//! (`InflightAppendQueue::drain_acked`). That stamp is what a ReadIndex
+//! read and the leader lease trust: the follower was still this leader's
+//! at or after it. Pipelined, an entry-less request (a commit notice) can
+//! be taken while an earlier request with the same last log id is still
+//! in flight; that earlier request's reply would drain the notice and
+//! credit its later stamp, though the follower answered before the notice
+//! was even made (sequentially this cannot happen: nothing is taken before
+//! the reply). So a reply acknowledging up to `m` is passed on only when
+//! no request taken after it that covers no more than `m` is still
+//! unanswered (held, or carried by a later request still in flight);
+//! otherwise it waits for that request's reply (counted in
+//! `ringstore_raft_acks_held_back_total`). A reply still waiting when the
+//! stream ends is dropped, as a lost reply would be, and openraft resends
+//! from what was acknowledged. Only a notice causes the wait, and it is
+//! made after a commit: when the notice's commit covers the entries, the
+//! wait delays no commit.
+//!
 //! **A request with a gap is not sent.** openraft 0.10 builds a request
 //! from whatever a log read returns and can retry one from before a purge;
 //! a follower refuses an append that would leave a gap in its log and
@@ -88,7 +109,17 @@ struct Held<C: RaftTypeConfig> {
 struct InFlight<C: RaftTypeConfig> {
     prev: Option<LogIdOf<C>>,
     last: Option<LogIdOf<C>>,
+    /// The lowest last log id among the requests openraft made that this
+    /// one answers for: its own, or a commit notice's it carries.
+    floor: Option<LogIdOf<C>>,
     reply: AppendReply<C>,
+}
+
+/// A reply's result, waiting until no unanswered request could be
+/// drained by it with a later stamp (see the module doc).
+struct Answered<C: RaftTypeConfig> {
+    matching: Option<LogIdOf<C>>,
+    result: Result<StreamAppendResult<C>, RPCError<C>>,
 }
 
 /// The replies to `input`'s requests, in order; `send` puts a request on
@@ -119,6 +150,8 @@ where
         input: Some(input),
         send,
         in_flight: VecDeque::with_capacity(APPEND_PIPELINE_DEPTH),
+        answered: VecDeque::with_capacity(APPEND_PIPELINE_DEPTH),
+        stopped: None,
         ended: false,
         hold,
         held: None,
@@ -130,6 +163,11 @@ struct Pipelined<C: RaftTypeConfig, S, F> {
     input: Option<S>,
     send: F,
     in_flight: VecDeque<InFlight<C>>,
+    /// Successful replies not yet passed on, in request order.
+    answered: VecDeque<Answered<C>>,
+    /// The reply that ended the stream, passed on after `answered`.
+    stopped: Option<Result<StreamAppendResult<C>, RPCError<C>>>,
+    /// No more requests are sent or replies awaited.
     ended: bool,
     hold: Duration,
     held: Option<Held<C>>,
@@ -150,6 +188,7 @@ where
             .last()
             .map(|entry| entry.log_id())
             .or_else(|| prev.clone());
+        let floor = last.clone();
         let reply = match first_gap(&request) {
             None => (self.send)(request),
             Some((index, expected)) => {
@@ -158,7 +197,12 @@ where
                 refuse_gap::<C>(index, expected)
             }
         };
-        self.in_flight.push_back(InFlight { prev, last, reply });
+        self.in_flight.push_back(InFlight {
+            prev,
+            last,
+            floor,
+            reply,
+        });
     }
 
     /// Takes `request` from openraft: a commit notice is held, anything
@@ -169,18 +213,80 @@ where
     /// hold of the first.
     fn take(&mut self, request: AppendEntriesRequest<C>) {
         let mut deadline = None;
+        let mut carried = None;
         if let Some(held) = self.held.take() {
             if carries(&request, &held.request) {
                 deadline = Some(held.until);
+                carried = Some(held.request.prev_log_id);
             } else {
                 self.send_now(held.request);
             }
         }
         if request.entries.is_empty() && !self.hold.is_zero() {
+            // A notice carrying a held one covers the same log ids (the
+            // same prev_log_id, no entries): its own floor is theirs.
             let until = deadline.unwrap_or_else(|| Box::pin(AsyncRuntimeOf::<C>::sleep(self.hold)));
             self.held = Some(Held { request, until });
         } else {
             self.send_now(request);
+            if let Some(notice_last) = carried {
+                let sent = self.in_flight.back_mut().expect("just sent");
+                sent.floor = notice_last.min(sent.floor.take());
+            }
+        }
+    }
+
+    /// Whether a request taken after the replies already in, and not yet
+    /// answered, covers no more than `matching`: a reply acknowledging
+    /// `matching` would then be credited with that request's later stamp.
+    /// Every unanswered request was taken after every answered one
+    /// (replies come in request order; a held notice is the newest).
+    fn unanswered_within(&self, matching: &Option<LogIdOf<C>>) -> bool {
+        let held = self
+            .held
+            .as_ref()
+            .is_some_and(|held| held.request.prev_log_id <= *matching);
+        held || self.in_flight.iter().any(|sent| sent.floor <= *matching)
+    }
+
+    /// Ends the stream with `failure`: the replies still waiting wait for
+    /// the failed request or one after it, which will not be answered now,
+    /// so they are dropped, as lost replies would be.
+    fn fail(&mut self, failure: Result<StreamAppendResult<C>, RPCError<C>>) {
+        self.answered.clear();
+        self.ended = true;
+        self.stopped = Some(failure);
+    }
+
+    /// Sends what openraft has ready, up to the depth, and a held notice
+    /// whose time is up.
+    fn send_ready(&mut self, cx: &mut Context<'_>)
+    where
+        S: futures_lite::Stream<Item = AppendEntriesRequest<C>> + Unpin,
+    {
+        // A held notice takes a place: it may still go out.
+        while self.in_flight.len() + usize::from(self.held.is_some()) < APPEND_PIPELINE_DEPTH {
+            let Some(input) = self.input.as_mut() else {
+                break;
+            };
+            match Pin::new(input).poll_next(cx) {
+                Poll::Ready(Some(request)) => self.take(request),
+                Poll::Ready(None) => {
+                    self.input = None;
+                    if let Some(held) = self.held.take() {
+                        self.send_now(held.request);
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        // A notice nothing came to carry goes out when its time is up (it
+        // holds a place in the pipeline meanwhile, so there is room).
+        if let Some(held) = self.held.as_mut() {
+            if held.until.as_mut().poll(cx).is_ready() {
+                let held = self.held.take().expect("the held notice was just polled");
+                self.send_now(held.request);
+            }
         }
     }
 }
@@ -245,69 +351,70 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        // Send what openraft has ready, up to the depth.
-        // A held notice takes a place: it may still go out.
-        while this.in_flight.len() + usize::from(this.held.is_some()) < APPEND_PIPELINE_DEPTH {
-            let Some(input) = this.input.as_mut() else {
-                break;
-            };
-            match Pin::new(input).poll_next(cx) {
-                Poll::Ready(Some(request)) => this.take(request),
-                Poll::Ready(None) => {
-                    this.input = None;
-                    if let Some(held) = this.held.take() {
-                        this.send_now(held.request);
-                    }
+        loop {
+            // The oldest reply in, unless a request still unanswered would
+            // be credited with it.
+            if let Some(oldest) = this.answered.front() {
+                if !this.unanswered_within(&oldest.matching) {
+                    let oldest = this.answered.pop_front().expect("just looked at");
+                    return Poll::Ready(Some(oldest.result));
                 }
-                Poll::Pending => break,
+                if this.ended {
+                    // Nothing more is answered: what waits is dropped, as a
+                    // lost reply would be (each later one waits on the same
+                    // request, its acknowledgement being no lower).
+                    this.answered.clear();
+                }
             }
-        }
-        // A notice nothing came to carry goes out when its time is up (it
-        // holds a place in the pipeline meanwhile, so there is room).
-        if let Some(held) = this.held.as_mut() {
-            if held.until.as_mut().poll(cx).is_ready() {
-                let held = this.held.take().expect("the held notice was just polled");
-                this.send_now(held.request);
+            if this.ended {
+                return Poll::Ready(this.stopped.take());
             }
-        }
-        // The oldest reply first: replies are in request order.
-        let Some(oldest) = this.in_flight.front_mut() else {
-            return if this.input.is_none() {
-                Poll::Ready(None)
-            } else {
-                // The input's waker is registered (it was just polled).
-                Poll::Pending
-            };
-        };
-        let replied = match oldest.reply.as_mut().poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(replied) => replied,
-        };
-        let InFlight { prev, last, .. } = this
-            .in_flight
-            .pop_front()
-            .expect("the oldest request was just looked at");
-        let item = match replied {
-            Ok(response) => {
-                let short = matches!(
-                    &response,
-                    AppendEntriesResponse::PartialSuccess(acked) if *acked != last
-                );
-                let result = response.into_stream_result(prev, last);
-                if short || result.is_err() {
+            this.send_ready(cx);
+            // The oldest reply first: replies are in request order.
+            let Some(oldest) = this.in_flight.front_mut() else {
+                if this.input.is_none() && this.held.is_none() {
                     this.ended = true;
+                    continue;
                 }
-                Ok(result)
+                // The input's waker is registered (it was just polled), and
+                // a held notice's timer.
+                return Poll::Pending;
+            };
+            let replied = match oldest.reply.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(replied) => replied,
+            };
+            let InFlight { prev, last, .. } = this
+                .in_flight
+                .pop_front()
+                .expect("the oldest request was just looked at");
+            match replied {
+                Ok(response) => {
+                    let short = matches!(
+                        &response,
+                        AppendEntriesResponse::PartialSuccess(acked) if *acked != last
+                    );
+                    match response.into_stream_result(prev, last) {
+                        Ok(matching) => {
+                            if this.unanswered_within(&matching) {
+                                metrics::counter!("ringstore_raft_acks_held_back_total")
+                                    .increment(1);
+                            }
+                            this.answered.push_back(Answered {
+                                matching: matching.clone(),
+                                result: Ok(Ok(matching)),
+                            });
+                        }
+                        Err(refused) => {
+                            this.fail(Ok(Err(refused)));
+                        }
+                    }
+                    // A partial success ends the stream, as openraft's own.
+                    this.ended |= short;
+                }
+                Err(e) => this.fail(Err(e)),
             }
-            Err(e) => {
-                this.ended = true;
-                Err(e)
-            }
-        };
-        Poll::Ready(Some(item))
+        }
     }
 }
 
@@ -734,6 +841,96 @@ mod tests {
             answer(&sent, 0, AppendEntriesResponse::Success);
             assert_eq!(reply.await.unwrap(), Some(log_id(3)));
         });
+    }
+
+    /// openraft credits a reply acknowledging up to `m` with the time it
+    /// took the newest request covering no more than `m`. A commit notice
+    /// taken while the request before it is in flight covers the same log
+    /// id, so that request's reply waits until the notice is answered
+    /// (here by the request that carries it, or itself once its hold is
+    /// up): passed on at once, it would credit the follower with the
+    /// notice's later time, which a ReadIndex read trusts.
+    #[test]
+    fn a_reply_waits_while_a_notice_it_would_be_credited_with_is_unanswered() {
+        on_paused_tokio(async {
+            let hold = Duration::from_millis(20);
+            let (input_tx, sent, mut replies) = started_holding(1, hold);
+            assert!(poll_once(replies.next()).await.is_none());
+            // Entry 1 is committed (another follower answered) while this
+            // follower's request for it is in flight.
+            input_tx.unbounded_send(notice(1)).unwrap();
+            assert!(poll_once(replies.next()).await.is_none());
+            answer(&sent, 0, AppendEntriesResponse::Success);
+            assert!(
+                poll_once(replies.next()).await.is_none(),
+                "passed on before the notice taken after it was answered"
+            );
+            // The next command's request carries the notice; its reply
+            // answers for both.
+            input_tx.unbounded_send(request(2)).unwrap();
+            assert!(poll_once(replies.next()).await.is_none());
+            assert_eq!(indexes(&sent), [1, 2], "the notice rides with 2");
+            answer(&sent, 1, AppendEntriesResponse::Success);
+            for index in 1..=2 {
+                let reply = replies.next().await.unwrap().unwrap();
+                assert_eq!(reply.unwrap(), Some(log_id(index)));
+            }
+
+            // A notice covering more than the reply does not hold it back.
+            input_tx.unbounded_send(request(3)).unwrap();
+            input_tx.unbounded_send(notice(3)).unwrap();
+            assert!(poll_once(replies.next()).await.is_none());
+            assert_eq!(indexes(&sent), [1, 2, 3]);
+            // The notice nothing carries goes out when its hold is up.
+            let held_from = tokio::time::Instant::now();
+            while indexes(&sent).len() < 4 {
+                assert!(poll_once(replies.next()).await.is_none());
+                assert!(held_from.elapsed() < hold * 2, "the notice never went out");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            answer(&sent, 2, AppendEntriesResponse::Success);
+            assert!(
+                poll_once(replies.next()).await.is_none(),
+                "passed on before the notice sent after it was answered"
+            );
+            answer(&sent, 3, AppendEntriesResponse::Success);
+            for _ in 0..2 {
+                let reply = replies.next().await.unwrap().unwrap();
+                assert_eq!(reply.unwrap(), Some(log_id(3)));
+            }
+        });
+    }
+
+    /// A reply waiting for a notice that is never answered (the request
+    /// carrying it fails) is dropped, as a lost reply: the stream ends with
+    /// the failure alone, and openraft resends from what was acknowledged.
+    #[test]
+    fn a_reply_still_waiting_when_the_stream_fails_is_dropped() {
+        for (failure, what) in [
+            (None, "network error"),
+            (Some(AppendEntriesResponse::Conflict), "conflict"),
+        ] {
+            on_tokio(async {
+                let (input_tx, sent, mut replies) = started(1);
+                assert!(poll_once(replies.next()).await.is_none());
+                input_tx.unbounded_send(notice(1)).unwrap();
+                input_tx.unbounded_send(request(2)).unwrap();
+                assert!(poll_once(replies.next()).await.is_none());
+                answer(&sent, 0, AppendEntriesResponse::Success);
+                assert!(poll_once(replies.next()).await.is_none(), "{what}");
+                match failure.clone() {
+                    Some(response) => answer(&sent, 1, response),
+                    None => drop(sent.lock().unwrap()[1].1.take()),
+                }
+                let first = replies.next().await.unwrap();
+                match (&failure, first) {
+                    (None, Err(RPCError::Network(_))) => {}
+                    (Some(_), Ok(Err(StreamAppendError::Conflict(_)))) => {}
+                    (_, other) => panic!("{what}: {other:?}"),
+                }
+                assert!(replies.next().await.is_none(), "{what}: ended");
+            });
+        }
     }
 
     /// A held notice holds a place in the pipeline: with the rest taken,
