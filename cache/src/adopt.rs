@@ -51,11 +51,12 @@ use ringstore_journal::storage::{errno, parent_dir, BufferedFile, EntryKind};
 use crate::cache::{Shared, STAGING_CREATE_ATTEMPTS_MAX};
 use crate::disk::CacheDisk;
 use crate::error::{Error, Result};
+use crate::fence::Fence;
 use crate::format::encode_object_checksum;
 use crate::key::Key;
 use crate::remote::FileDigest;
 use crate::reservation::Reservation;
-use crate::staging::Staging;
+use crate::staging::{check_fence_key, Staging};
 
 /// Bytes per read when a file is copied in.
 const COPY_STEP_BYTES: usize = 1 << 20;
@@ -81,13 +82,17 @@ pub(crate) async fn adopt<S: CacheDisk>(
     key: &str,
     file: &Path,
     digest: Option<FileDigest>,
+    fence: Option<Fence>,
 ) -> Result<Adopted> {
     shared.check_open()?;
     let key = Key::new(key)?;
+    if let Some(fence) = &fence {
+        check_fence_key(fence, &key)?;
+    }
     let (src, meta) = open_regular(shared, file).await?;
     // Shared with the link task, which may outlive a dropped caller.
     let src = Rc::new(src);
-    let adopted = adopt_open(shared, &key, file, &src, meta, digest).await;
+    let adopted = adopt_open(shared, &key, file, &src, meta, digest, fence).await;
     if let Ok(src) = Rc::try_unwrap(src) {
         if let Err(error) = src.close().await {
             tracing::debug!(%error, file = %file.display(), "closing an adopted file");
@@ -114,6 +119,7 @@ async fn adopt_open<S: CacheDisk>(
     src: &Rc<S::Buffered>,
     meta: ringstore_journal::storage::FileMeta,
     digest: Option<FileDigest>,
+    fence: Option<Fence>,
 ) -> Result<Adopted> {
     let bytes = meta.len;
     if bytes > shared.bytes_limit {
@@ -144,7 +150,7 @@ async fn adopt_open<S: CacheDisk>(
         Err(e) if cannot_label(&e) => {
             tracing::debug!(key = key.as_str(), file = %file.display(), error = %e,
                 "cannot record the checksum on the file; copying it");
-            copy(shared, key, src, file, digest).await?;
+            copy(shared, key, src, file, digest, fence).await?;
             return Ok(Adopted::Copied);
         }
         Err(e) => return Err(Error::io("set the checksum attribute and fsync", file, e)),
@@ -157,6 +163,7 @@ async fn adopt_open<S: CacheDisk>(
         Rc::clone(src),
         meta,
         reservation,
+        fence.clone(),
     ));
     let outcome = match task.detach().await {
         Some(outcome) => outcome?,
@@ -167,7 +174,7 @@ async fn adopt_open<S: CacheDisk>(
         LinkOutcome::NeedsCopy(why) => {
             tracing::debug!(key = key.as_str(), file = %file.display(), %why,
                 "cannot hard-link the file into the cache; copying it");
-            copy(shared, key, src, file, digest).await?;
+            copy(shared, key, src, file, digest, fence).await?;
             Ok(Adopted::Copied)
         }
     }
@@ -307,10 +314,18 @@ async fn link<S: CacheDisk>(
     src: Rc<S::Buffered>,
     meta: ringstore_journal::storage::FileMeta,
     mut reservation: Reservation,
+    fence: Option<Fence>,
 ) -> Result<LinkOutcome> {
     let bytes = meta.len;
     let _guard = shared.locks.lock(key.as_str()).await;
     shared.check_open()?;
+    // Under the key lock, as `invalidate` bumps the generation.
+    if fence.as_ref().is_some_and(|fence| !fence.holds()) {
+        shared.metrics.fenced_placements_refused.inc();
+        return Err(Error::Invalidated {
+            key: key.to_string(),
+        });
+    }
     let key_path = shared.object_path(key.as_str());
     let mut attempts = 0;
     // Bounded by STAGING_CREATE_ATTEMPTS_MAX.
@@ -371,6 +386,7 @@ async fn copy<S: CacheDisk>(
     reader: &S::Buffered,
     file: &Path,
     expected: FileDigest,
+    fence: Option<Fence>,
 ) -> Result<()> {
     let bytes = expected.bytes;
     let deadline = Instant::now() + shared.cfg.reservation_wait;
@@ -378,6 +394,9 @@ async fn copy<S: CacheDisk>(
     let first = shared.reserve(chunk, 1, deadline).await?;
     let mut staging = Staging::create(Rc::clone(shared), key.clone(), first).await?;
     let copied = async {
+        if let Some(fence) = fence {
+            staging.fence(fence)?;
+        }
         // The whole size up front, so appends never wait.
         let rest = bytes.saturating_sub(staging.reserved_bytes());
         if rest > 0 {

@@ -43,6 +43,17 @@ pub enum Error {
         key: String,
     },
 
+    /// A fenced placement ([`crate::Fence`]) found its key invalidated since
+    /// the fence was taken: the bytes may be of an object the store no
+    /// longer holds, so nothing was placed.
+    #[error(
+        "key {key:?} was invalidated while its object was being fetched or written; not cached"
+    )]
+    Invalidated {
+        /// The key.
+        key: String,
+    },
+
     /// A reservation could not be granted before its deadline.
     #[error("reservation of {bytes} bytes / {objects} objects not granted within {waited:?}")]
     ReservationTimeout {

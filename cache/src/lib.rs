@@ -71,6 +71,7 @@ pub mod disk;
 mod error;
 #[cfg(feature = "sim")]
 pub mod faults;
+mod fence;
 pub mod format;
 mod fs;
 mod key;
@@ -97,6 +98,7 @@ pub use config::{
     TRIM_INTERVAL_MIN_RANGE, TRIM_THRESHOLD_PERCENT_DEFAULT,
 };
 pub use error::{Error, KeyRejection, Result};
+pub use fence::Fence;
 pub use key::{Key, KEY_BYTES_MAX, KEY_DEPTH_MAX, KEY_SEGMENT_BYTES_MAX, STAGING_SUFFIX};
 pub use metrics::CacheStats;
 pub use remote::{

@@ -34,6 +34,9 @@ pub struct CacheStats {
     pub commits: u64,
     /// Commits refused because the key existed.
     pub commit_conflicts: u64,
+    /// Fenced commits and adopts refused because their key was invalidated
+    /// after the fence was taken ([`crate::Error::Invalidated`]).
+    pub fenced_placements_refused: u64,
     /// Files adopted as objects by a hard link (`Cache::adopt`).
     pub adopted_linked: u64,
     /// Files adopted as objects by a copy (another filesystem).
@@ -95,6 +98,7 @@ pub(crate) struct Metrics {
     pub(crate) puts: Counter,
     pub(crate) commits: Counter,
     pub(crate) commit_conflicts: Counter,
+    pub(crate) fenced_placements_refused: Counter,
     pub(crate) adopted_linked: Counter,
     pub(crate) adopted_copied: Counter,
     pub(crate) adopted_files_changed: Counter,
@@ -145,6 +149,7 @@ impl Metrics {
         stats.puts = self.puts.get();
         stats.commits = self.commits.get();
         stats.commit_conflicts = self.commit_conflicts.get();
+        stats.fenced_placements_refused = self.fenced_placements_refused.get();
         stats.adopted_linked = self.adopted_linked.get();
         stats.adopted_copied = self.adopted_copied.get();
         stats.adopted_files_changed = self.adopted_files_changed.get();

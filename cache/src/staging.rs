@@ -61,6 +61,7 @@ use ringstore_journal::storage::{errno, parent_dir, BufferedFile};
 use crate::cache::{Shared, STAGING_CREATE_ATTEMPTS_MAX};
 use crate::disk::{CacheDisk, RootedDisk};
 use crate::error::{Error, KeyRejection, Result};
+use crate::fence::Fence;
 use crate::format::encode_object_checksum;
 use crate::key::Key;
 use crate::remote::FileDigest;
@@ -94,6 +95,9 @@ pub struct Staging<S: CacheDisk = RootedDisk> {
     crc32: crc32fast::Hasher,
     poisoned: bool,
     finished: bool,
+    /// Set by [`Staging::fence`]: the commit places nothing once the key
+    /// was invalidated since it was taken.
+    fence: Option<Fence>,
 }
 
 impl<S: CacheDisk> std::fmt::Debug for Staging<S> {
@@ -131,6 +135,7 @@ impl<S: CacheDisk> Staging<S> {
                         crc32: crc32fast::Hasher::new(),
                         poisoned: false,
                         finished: false,
+                        fence: None,
                     })
                 }
                 Err(error) => error,
@@ -299,6 +304,17 @@ impl<S: CacheDisk> Staging<S> {
         Ok(())
     }
 
+    /// Fences the commit on `fence` (over this staging file's key, taken
+    /// before the store object these bytes stand for was read or written):
+    /// the commit then places nothing, and returns [`Error::Invalidated`],
+    /// if the key was invalidated since (see [`Fence`]). A fence over
+    /// another key is refused ([`Error::Config`]).
+    pub fn fence(&mut self, fence: Fence) -> Result<()> {
+        check_fence_key(&fence, &self.key)?;
+        self.fence = Some(fence);
+        Ok(())
+    }
+
     /// Commits the file to its key (see the module docs). On
     /// [`Error::Conflict`] (the key exists) the staging file is removed and
     /// its reservation released. An `Io` error from the final directory fsync
@@ -344,6 +360,15 @@ impl<S: CacheDisk> Staging<S> {
             drop(_guard);
             self.abandon().await;
             return Err(error);
+        }
+        // Under the key lock, as `invalidate` bumps the generation: an
+        // invalidation either finds this object placed or is seen here.
+        if self.fence.as_ref().is_some_and(|fence| !fence.holds()) {
+            drop(_guard);
+            shared.metrics.fenced_placements_refused.inc();
+            let key = self.key.to_string();
+            self.abandon().await;
+            return Err(Error::Invalidated { key });
         }
         let key = self.key.as_str();
         let key_path = shared.object_path(key);
@@ -525,4 +550,19 @@ async fn nospace<S: CacheDisk>(
         trimmed_bytes,
         source,
     }
+}
+
+/// A fence must be over the key of the placement it is given to.
+pub(crate) fn check_fence_key(fence: &Fence, key: &Key) -> Result<()> {
+    if fence.key() == key.as_str() {
+        return Ok(());
+    }
+    Err(Error::Config {
+        field: "fence",
+        reason: format!(
+            "a fence over key {:?} given to a placement at {:?}",
+            fence.key(),
+            key.as_str()
+        ),
+    })
 }

@@ -29,6 +29,20 @@
 //! (`damaged_replaced`) and downloaded again: the store's copy is the one
 //! kept.
 //!
+//! # Deletes and writes racing a download or a write
+//!
+//! A download, `put` and `put_file` take a [`crate::Fence`] on the key
+//! before they touch the store, and their commit or adopt places nothing
+//! ([`Error::Invalidated`], counted in `CacheStats::fenced_placements_refused`)
+//! if the key was invalidated since: by [`Tiered::delete`], a write's
+//! dropping of a stale copy, or a damaged copy's replacement. Without it a
+//! download that streamed an object while a `delete` ran committed the
+//! deleted object afterwards, and every later `get` served it. A download
+//! so refused downloads again (finding nothing, or the new object); after
+//! `DOWNLOAD_ATTEMPTS_MAX` (2) attempts the `get` returns the error. A write
+//! so refused has still succeeded (the store took it before the delete);
+//! it is counted as an uncached write.
+//!
 //! # Writes: stage, upload, commit
 //!
 //! [`Tiered::put`] stages the bytes in the cache first (its space is
@@ -82,6 +96,7 @@ use ringstore_journal::storage::errno;
 use crate::cache::{Cache, Object};
 use crate::disk::{CacheDisk, RootedDisk};
 use crate::error::{Error, Result};
+use crate::fence::Fence;
 use crate::key::Key;
 use crate::remote::{FileDigest, ObjectInfo, Remote, RemoteError};
 use crate::staging::Staging;
@@ -152,6 +167,9 @@ enum Downloaded {
     NotFound,
     /// Committed to the cache.
     Committed,
+    /// The key was invalidated (a delete, a write) while it downloaded:
+    /// nothing committed, the bytes may be of an object gone from the store.
+    Invalidated,
     /// A file was at the key already; the downloaded object's checksum.
     Conflict(FileDigest),
 }
@@ -334,6 +352,18 @@ impl<S: CacheDisk> Tiered<S> {
             let downloaded = match self.download_once(full).await? {
                 Downloaded::NotFound => return Ok(false),
                 Downloaded::Committed => return Ok(true),
+                Downloaded::Invalidated if attempts >= DOWNLOAD_ATTEMPTS_MAX => {
+                    return Err(Error::Invalidated {
+                        key: full.to_owned(),
+                    })
+                }
+                Downloaded::Invalidated => {
+                    tracing::debug!(
+                        key = full,
+                        "the key was invalidated while it downloaded; downloading it again"
+                    );
+                    continue;
+                }
                 Downloaded::Conflict(downloaded) => downloaded,
             };
             if self.holds(full, downloaded).await? {
@@ -363,8 +393,11 @@ impl<S: CacheDisk> Tiered<S> {
         Ok(found == Some(digest))
     }
 
-    /// One download of `full` into a staging file and its commit.
+    /// One download of `full` into a staging file and its commit, fenced
+    /// from before the store is asked (see [`crate::Fence`]): a delete or a
+    /// write of the key while it runs leaves nothing of it cached.
     async fn download_once(&self, full: &str) -> Result<Downloaded> {
+        let fence = self.cache.fence(full)?;
         let mut reader = match self.remote.get_stream(full).await {
             Ok(reader) => reader,
             Err(RemoteError::NotFound { .. }) => {
@@ -383,6 +416,7 @@ impl<S: CacheDisk> Tiered<S> {
         }
         let mut staging = self.cache.create_staging(full).await?;
         let streamed = async {
+            staging.fence(fence)?;
             // Bounded by the object's size (the reader checks it).
             while let Some(chunk) = reader.next_chunk().await? {
                 staging.append(&chunk).await?;
@@ -399,6 +433,7 @@ impl<S: CacheDisk> Tiered<S> {
             Ok(()) => Downloaded::Committed,
             // Something is at the key already: the caller checks what.
             Err(Error::Conflict { .. }) => Downloaded::Conflict(digest),
+            Err(Error::Invalidated { .. }) => return Ok(Downloaded::Invalidated),
             Err(error) => return Err(error),
         };
         add(&self.counters.downloads, 1);
@@ -410,7 +445,10 @@ impl<S: CacheDisk> Tiered<S> {
     /// An existing key is refused with [`RemoteError::AlreadyExists`].
     pub async fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let full = self.object_key(key)?;
-        let staging = match self.stage(&full, data).await {
+        // Before the upload: a delete after it must not find the commit
+        // still to come (see `crate::Fence`).
+        let fence = self.cache.fence(&full)?;
+        let staging = match self.stage(&full, data, fence).await {
             Ok(staging) => Some(staging),
             Err(error) if is_capacity(&error) => {
                 tracing::warn!(key = full, %error, "the cache cannot take this object; uploading it uncached");
@@ -436,9 +474,13 @@ impl<S: CacheDisk> Tiered<S> {
         Ok(())
     }
 
-    async fn stage(&self, full: &str, data: &[u8]) -> Result<Staging<S>> {
+    async fn stage(&self, full: &str, data: &[u8], fence: Fence) -> Result<Staging<S>> {
         let mut staging = self.cache.create_staging(full).await?;
-        if let Err(error) = staging.append(data).await {
+        let staged = match staging.fence(fence) {
+            Ok(()) => staging.append(data).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = staged {
             close_quietly(staging).await;
             return Err(error);
         }
@@ -478,31 +520,45 @@ impl<S: CacheDisk> Tiered<S> {
         full: &str,
         file: &Path,
         digest: Option<FileDigest>,
+        fence: &Fence,
     ) -> Result<crate::Adopted> {
-        match digest {
-            Some(digest) => self.cache.adopt_checked(full, file, digest).await,
-            None => self.cache.adopt(full, file).await,
-        }
+        self.cache
+            .adopt_fenced(full, file, digest, fence.clone())
+            .await
     }
 
     async fn upload_file(&self, key: &str, file: &Path, digest: Option<FileDigest>) -> Result<()> {
         let full = self.object_key(key)?;
+        // Before the upload (see `Tiered::put`).
+        let fence = self.cache.fence(&full)?;
         match digest {
             Some(digest) => self.remote.put_file_checked(&full, file, digest).await?,
             None => self.remote.put_file(&full, file).await?,
         };
         add(&self.counters.puts, 1);
-        let adopted = self.adopt(&full, file, digest).await;
+        let adopted = self.adopt(&full, file, digest, &fence).await;
         let adopted = match adopted {
             Err(Error::Conflict { .. }) => {
                 self.drop_stale_copy(&full).await;
-                self.adopt(&full, file, digest).await
+                // The fence still holds only if that was the key's one
+                // invalidation since the upload began.
+                if fence.own_invalidation() {
+                    self.adopt(&full, file, digest, &fence).await
+                } else {
+                    Err(Error::Invalidated { key: full.clone() })
+                }
             }
             other => other,
         };
         match adopted {
             Ok(crate::Adopted::Linked) => add(&self.counters.adopted_linked, 1),
             Ok(crate::Adopted::Copied) => add(&self.counters.adopted_copied, 1),
+            // Deleted or written again since the upload began: whoever did
+            // that invalidated the key, and nothing of this write is cached.
+            Err(error @ Error::Invalidated { .. }) => {
+                tracing::debug!(key = full, %error, "uploaded, but not cached");
+                add(&self.counters.uncached_writes, 1);
+            }
             // The caller changed the file it handed over (counted by the
             // cache, `adopted_files_changed`): a bug to fix, not a full cache.
             Err(error @ Error::AdoptedFileChanged { .. }) => {
@@ -526,6 +582,12 @@ impl<S: CacheDisk> Tiered<S> {
         match committed {
             Ok(()) => {}
             Err(Error::Conflict { .. }) => self.drop_stale_copy(full).await,
+            // Deleted or written again since the upload began (see
+            // `upload_file`): nothing of this write is cached.
+            Err(error @ Error::Invalidated { .. }) => {
+                tracing::debug!(key = full, %error, "uploaded, but not cached");
+                add(&self.counters.uncached_writes, 1);
+            }
             // Placed and accounted, then a directory fsync failed (see
             // `Staging::commit`): the copy at the key is this write's, its
             // link perhaps not durable. Dropped all the same, so no copy

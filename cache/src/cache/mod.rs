@@ -34,6 +34,7 @@ use ringstore_journal::storage::{errno, BufferedFile, EntryKind};
 use crate::config::{percent_of, BytesLimit, CacheBuilder, Config};
 use crate::disk::{CacheDisk, RootedDisk};
 use crate::error::{Error, KeyRejection, Result};
+use crate::fence::{Fence, FenceTable};
 use crate::format::{
     self, decode_object_checksum, OBJECTS_DIR, OBJECT_CHECKSUM_ATTRIBUTE, TRACKER_FILE,
     TRACKER_TMP_FILE,
@@ -86,6 +87,8 @@ pub(crate) struct Shared<S: CacheDisk> {
     pub(crate) ledger: Rc<Ledger>,
     pub(crate) tracker: RefCell<Tracker>,
     pub(crate) locks: Rc<KeyLocks>,
+    /// Invalidation generations of the keys a placement is fenced on.
+    pub(crate) fences: Rc<FenceTable>,
     pub(crate) metrics: Metrics,
     pub(crate) trim_lock: Rc<AsyncLock>,
     pub(crate) trim_last_end: Cell<Option<Instant>>,
@@ -245,7 +248,7 @@ impl<S: CacheDisk> Cache<S> {
     /// caller must not modify the file afterwards (the object shares its
     /// inode). See [`crate::adopt`] for the protocol.
     pub async fn adopt(&self, key: &str, file: impl AsRef<Path>) -> Result<crate::Adopted> {
-        crate::adopt::adopt(&self.shared, key, file.as_ref(), None).await
+        crate::adopt::adopt(&self.shared, key, file.as_ref(), None, None).await
     }
 
     /// [`Cache::adopt`] of a file whose size and CRC-32 the caller took as
@@ -263,7 +266,22 @@ impl<S: CacheDisk> Cache<S> {
         file: impl AsRef<Path>,
         digest: FileDigest,
     ) -> Result<crate::Adopted> {
-        crate::adopt::adopt(&self.shared, key, file.as_ref(), Some(digest)).await
+        crate::adopt::adopt(&self.shared, key, file.as_ref(), Some(digest), None).await
+    }
+
+    /// [`Cache::adopt`] (or, with `digest`, [`Cache::adopt_checked`])
+    /// fenced on `fence`, taken over `key` before the file was uploaded:
+    /// nothing is placed, and [`Error::Invalidated`] returned, if `key`
+    /// was invalidated since (see [`Fence`]). A fence over another key is
+    /// [`Error::Config`].
+    pub async fn adopt_fenced(
+        &self,
+        key: &str,
+        file: impl AsRef<Path>,
+        digest: Option<FileDigest>,
+        fence: Fence,
+    ) -> Result<crate::Adopted> {
+        crate::adopt::adopt(&self.shared, key, file.as_ref(), digest, Some(fence)).await
     }
 
     /// Reads `key`, marking it accessed. `Ok(None)` if it is not cached.
@@ -297,6 +315,16 @@ impl<S: CacheDisk> Cache<S> {
         self.shared.check_cached(&key).await
     }
 
+    /// A fence over `key` (see [`Fence`]): taken before reading or writing
+    /// the store object whose bytes are to be placed at `key`, and given to
+    /// the placement ([`Staging::fence`], [`Cache::adopt_fenced`]), which
+    /// then refuses with [`Error::Invalidated`] if `key` was invalidated
+    /// since.
+    pub fn fence(&self, key: &str) -> Result<Fence> {
+        let key = Key::new(key)?;
+        Ok(self.shared.fences.fence(key.as_str()))
+    }
+
     /// True if `key` is cached. Does not count as an access.
     pub fn contains(&self, key: &str) -> Result<bool> {
         let key = Key::new(key)?;
@@ -314,6 +342,9 @@ impl<S: CacheDisk> Cache<S> {
         self.shared.check_open()?;
         let key = Key::new(key)?;
         let _guard = self.shared.locks.lock(key.as_str()).await;
+        // First: a fenced placement waiting for this lock must not place
+        // the object this call removes, even if the removal fails.
+        self.shared.fences.invalidated(key.as_str());
         let removed = self
             .shared
             .remove_object(key.as_str(), "invalidate")

@@ -72,6 +72,7 @@ impl<S: CacheDisk> Cache<S> {
             ledger,
             tracker: RefCell::new(Tracker::new()),
             locks: Rc::new(KeyLocks::default()),
+            fences: Rc::new(FenceTable::default()),
             metrics: Metrics::default(),
             trim_lock: Rc::new(AsyncLock::default()),
             trim_last_end: Cell::new(None),
