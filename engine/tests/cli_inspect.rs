@@ -821,16 +821,38 @@ fn demo_fresh_deletes_nothing_but_an_engine_data_directory() {
 
 /// A FIFO planted at a segment's or a snapshot's name: the verifiers
 /// answer (naming it, "not a regular file") rather than block for ever in
-/// its open. (A snapshot that cannot be read is passed over, as the open
-/// does; a segment the tool cannot read ends its run with an error.)
+/// its open, and the open reaches the same verdict. (A snapshot that
+/// cannot be read is passed over by both; a segment the tool cannot read
+/// ends its run with an error, and the open refuses it, leaving it in
+/// place, where it used to remove it as a crash's leftover; a snapshot
+/// passed over is set aside, renamed.)
 #[test]
 fn a_fifo_at_a_journal_or_snapshot_name_does_not_hang_the_verifiers() {
     for (planted, command) in [
-        ("journal/segment-0000000000000009.wal", "wal"),
+        // The generation after the last, where a crashed rollover leaves
+        // an empty file, and a generation the superblock cannot record.
+        ("next segment", "wal"),
+        ("journal/segment-0000000000000099.wal", "wal"),
         ("snapshots/snapshot-00000000000000099999.snap", "snapshot"),
     ] {
         let (_tmp, data) = data_dir();
-        let fifo = data.join("shard-000").join(planted);
+        let planted = match planted {
+            "next segment" => {
+                let journal = data.join("shard-000").join("journal");
+                let last = std::fs::read_dir(&journal)
+                    .unwrap()
+                    .filter_map(|entry| {
+                        let name = entry.unwrap().file_name().into_string().unwrap();
+                        let digits = name.strip_prefix("segment-")?.strip_suffix(".wal")?;
+                        digits.parse::<u64>().ok()
+                    })
+                    .max()
+                    .expect("a segment");
+                format!("journal/segment-{:016}.wal", last + 1)
+            }
+            other => other.to_owned(),
+        };
+        let fifo = data.join("shard-000").join(&planted);
         let made = std::process::Command::new("mkfifo")
             .arg(&fifo)
             .status()
@@ -860,6 +882,37 @@ fn a_fifo_at_a_journal_or_snapshot_name_does_not_hang_the_verifiers() {
             text(&output).contains("not a regular file"),
             "{command}: {}",
             text(&output)
+        );
+        // The open: the same verdict, and the FIFO left where it was.
+        let ack_log = data.join("no-acks");
+        std::fs::write(&ack_log, b"").unwrap();
+        let opened = ringstore(&data, &["check", "--ack-log", ack_log.to_str().unwrap()]);
+        assert_eq!(
+            opened.status.success(),
+            command == "snapshot",
+            "{planted}: {}",
+            text(&opened)
+        );
+        if command == "wal" {
+            assert!(
+                text(&opened).contains("not a regular file"),
+                "{}",
+                text(&opened)
+            );
+        }
+        // A snapshot the open passed over is set aside under a new name.
+        let kept = match command {
+            "wal" => fifo.clone(),
+            _ => {
+                let mut name = fifo.file_name().unwrap().to_os_string();
+                name.push(ringstore::recovery::PASSED_OVER_SUFFIX);
+                fifo.with_file_name(name)
+            }
+        };
+        let kind = std::fs::symlink_metadata(&kept).expect("the FIFO is still there");
+        assert!(
+            std::os::unix::fs::FileTypeExt::is_fifo(&kind.file_type()),
+            "{planted}"
         );
     }
 }

@@ -158,6 +158,30 @@ impl Storage for DmaStorage {
             .dma_open(path)
             .await
             .map_err(|err| map_open_error(err.into(), path))?;
+        // A FIFO or a device at a segment's name opens (read-write does
+        // not block) but is no segment: refused here, as `open_buffered`
+        // and the read-only tools refuse it, rather than read as an empty
+        // file (which recovery would take for a crash's leftover).
+        // The descriptor's own inode, through its /proc name (no unsafe
+        // borrow of the descriptor, no second lookup of `path`).
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let regular =
+            std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|meta| meta.file_type().is_file());
+        match regular {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = file.close().await;
+                // The caller's error names the path.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                ));
+            }
+            Err(error) => {
+                let _ = file.close().await;
+                return Err(error);
+            }
+        }
         Ok(DmaFileHandle::new(file, path, write_through))
     }
 
