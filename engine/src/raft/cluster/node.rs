@@ -222,6 +222,9 @@ struct Receiving {
     from: Option<NodeId>,
     vote: Vote,
     last_log_id: Option<LogId>,
+    /// The attempt and the whole file's CRC-32 (`None` from a leader of an
+    /// older build, which sends neither).
+    checked: Option<(u64, u32)>,
     bytes: Vec<u8>,
 }
 
@@ -727,8 +730,15 @@ async fn handle(shared: &Shared, from: Option<NodeId>, message: Message) -> Repl
             Reply::Vote(shared.raft.pre_vote(rpc).await.map_err(|e| e.to_string()))
         }
         Message::SnapshotChunk(chunk) => {
-            Reply::SnapshotChunk(receive_snapshot_chunk(shared, from, chunk).await)
+            Reply::SnapshotChunk(receive_snapshot_chunk(shared, from, chunk, None).await)
         }
+        Message::SnapshotPiece {
+            chunk,
+            transfer,
+            file_crc32,
+        } => Reply::SnapshotChunk(
+            receive_snapshot_chunk(shared, from, chunk, Some((transfer, file_crc32))).await,
+        ),
         Message::Write(request) => match shared.raft.client_write(request).await {
             Ok(written) => Reply::Written(written.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => Reply::NotLeader {
@@ -792,6 +802,7 @@ fn kind(message: &Message) -> &'static str {
         Message::Vote(_) => "vote",
         Message::PreVote(_) => "pre_vote",
         Message::SnapshotChunk(_) => "snapshot_chunk",
+        Message::SnapshotPiece { .. } => "snapshot_piece",
         Message::Write(_) => "write",
         Message::Read(_) => "read",
         Message::Status => "status",
@@ -801,51 +812,105 @@ fn kind(message: &Message) -> &'static str {
     }
 }
 
-/// Takes one piece of a leader's snapshot; after the last, installs the
-/// snapshot and answers with this node's vote. A piece at offset 0 starts a
-/// new transfer. A piece that does not continue the transfer under way is
+/// Adds one piece to the transfer under way in `receiving`; returns the
+/// whole file after its last piece. A piece at offset 0 starts a new
+/// transfer. A piece that does not continue the transfer under way (another
+/// sender, vote, snapshot, attempt or file checksum, or another offset) is
 /// refused; if it came from the same sender, what was gathered is
-/// discarded too (the leader starts again from offset 0). At most one
+/// discarded too (the leader starts again from offset 0). A whole file
+/// whose CRC-32 is not the one its pieces carried is refused the same way,
+/// counted in `ringstore_raft_snapshot_transfers_refused_total`, before
+/// openraft sees it: installing it would fail its verification, which
+/// openraft takes as a storage failure and stops the node. At most one
 /// snapshot is held in memory.
+fn gather_piece(
+    receiving: &mut Option<Receiving>,
+    from: Option<NodeId>,
+    chunk: &SnapshotChunk,
+    checked: Option<(u64, u32)>,
+) -> Result<Option<Vec<u8>>, String> {
+    if chunk.offset == 0 {
+        *receiving = Some(Receiving {
+            from,
+            vote: chunk.vote,
+            last_log_id: chunk.meta.last_log_id,
+            checked,
+            bytes: Vec::new(),
+        });
+    }
+    let Some(current) = receiving.as_mut().filter(|r| {
+        r.from == from
+            && r.vote == chunk.vote
+            && r.last_log_id == chunk.meta.last_log_id
+            && r.checked == checked
+            && r.bytes.len() as u64 == chunk.offset
+    }) else {
+        // The sender's own transfer went wrong: it starts again from 0.
+        // Another sender's stray piece, or a late one of an attempt the
+        // sender abandoned, leaves the transfer under way.
+        if receiving
+            .as_ref()
+            .is_some_and(|r| r.from == from && same_attempt(r.checked, checked))
+        {
+            *receiving = None;
+        }
+        return Err(format!(
+            "snapshot piece at offset {} does not continue a transfer from {from:?}",
+            chunk.offset
+        ));
+    };
+    current.bytes.extend_from_slice(&chunk.data);
+    if !chunk.last {
+        return Ok(None);
+    }
+    let Some(whole) = receiving.take() else {
+        return Ok(None);
+    };
+    if let Some((transfer, expected)) = whole.checked {
+        let found = crc32fast::hash(&whole.bytes);
+        if found != expected {
+            metrics::counter!("ringstore_raft_snapshot_transfers_refused_total").increment(1);
+            tracing::warn!(
+                ?from,
+                transfer,
+                bytes = whole.bytes.len(),
+                expected,
+                found,
+                "refusing a received snapshot whose pieces do not make the file sent"
+            );
+            return Err(format!(
+                "snapshot of {} bytes from {from:?} has CRC-32 {found:#010x}, not the \
+                 {expected:#010x} sent: refused, send it again",
+                whole.bytes.len()
+            ));
+        }
+    }
+    Ok(Some(whole.bytes))
+}
+
+/// Whether two pieces' attempts may be the same one (pieces from a leader
+/// of an older build carry none and are taken to be).
+fn same_attempt(a: Option<(u64, u32)>, b: Option<(u64, u32)>) -> bool {
+    match (a, b) {
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => true,
+    }
+}
+
+/// Takes one piece of a leader's snapshot; after the last, installs the
+/// snapshot and answers with this node's vote (see [`gather_piece`]).
 async fn receive_snapshot_chunk(
     shared: &Shared,
     from: Option<NodeId>,
     chunk: SnapshotChunk,
+    checked: Option<(u64, u32)>,
 ) -> Result<Option<SnapshotResponse<ClusterTypes>>, String> {
     let complete = {
         let mut receiving = shared
             .receiving
             .lock()
             .map_err(|_| "the snapshot receiver's lock is poisoned".to_string())?;
-        if chunk.offset == 0 {
-            *receiving = Some(Receiving {
-                from,
-                vote: chunk.vote,
-                last_log_id: chunk.meta.last_log_id,
-                bytes: Vec::new(),
-            });
-        }
-        let Some(current) = receiving.as_mut().filter(|r| {
-            r.from == from
-                && r.vote == chunk.vote
-                && r.last_log_id == chunk.meta.last_log_id
-                && r.bytes.len() as u64 == chunk.offset
-        }) else {
-            // The sender's own transfer went wrong: it starts again from 0.
-            // Another sender's stray piece leaves the transfer under way.
-            if receiving.as_ref().is_some_and(|r| r.from == from) {
-                *receiving = None;
-            }
-            return Err(format!(
-                "snapshot piece at offset {} does not continue a transfer from {from:?}",
-                chunk.offset
-            ));
-        };
-        current.bytes.extend_from_slice(&chunk.data);
-        if !chunk.last {
-            return Ok(None);
-        }
-        receiving.take().map(|r| r.bytes)
+        gather_piece(&mut receiving, from, &chunk, checked)?
     };
     let Some(bytes) = complete else {
         return Ok(None);
@@ -1105,6 +1170,8 @@ impl RaftNetworkV2<ClusterTypes> for Peer {
         option: RPCOption,
     ) -> Result<SnapshotResponse<ClusterTypes>, StreamingError<ClusterTypes>> {
         let bytes = snapshot.snapshot.into_inner();
+        let transfer = Uuid::new_v4().as_u64_pair().0;
+        let file_crc32 = crc32fast::hash(&bytes);
         let send = async {
             let mut offset = 0;
             loop {
@@ -1117,10 +1184,12 @@ impl RaftNetworkV2<ClusterTypes> for Peer {
                     data: bytes[offset..end].to_vec(),
                     last,
                 };
-                match self
-                    .call(Message::SnapshotChunk(chunk), option.hard_ttl())
-                    .await
-                {
+                let piece = Message::SnapshotPiece {
+                    chunk,
+                    transfer,
+                    file_crc32,
+                };
+                match self.call(piece, option.hard_ttl()).await {
                     Ok(Reply::SnapshotChunk(Ok(Some(response)))) if last => return Ok(response),
                     Ok(Reply::SnapshotChunk(Ok(None))) if !last => offset = end,
                     Ok(Reply::SnapshotChunk(Err(message))) | Ok(Reply::Failed(message)) => {
@@ -1176,6 +1245,98 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pieces of `file` as a leader of term 1 sends them, in pieces of
+    /// `size`, in attempt `transfer` (`None`: a leader of an older build).
+    fn pieces(
+        file: &[u8],
+        size: usize,
+        checked: Option<(u64, u32)>,
+    ) -> Vec<(SnapshotChunk, Option<(u64, u32)>)> {
+        let meta = openraft::SnapshotMeta {
+            last_log_id: Some(LogId::new(
+                crate::raft::LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                7,
+            )),
+            last_membership: Default::default(),
+        };
+        let mut offset = 0;
+        let mut out = Vec::new();
+        loop {
+            let end = (offset + size).min(file.len());
+            let chunk = SnapshotChunk {
+                vote: Vote::new_committed(1, 1),
+                meta: meta.clone(),
+                offset: offset as u64,
+                data: file[offset..end].to_vec(),
+                last: end == file.len(),
+            };
+            out.push((chunk, checked));
+            if end == file.len() {
+                return out;
+            }
+            offset = end;
+        }
+    }
+
+    fn gather_all(
+        receiving: &mut Option<Receiving>,
+        pieces: &[(SnapshotChunk, Option<(u64, u32)>)],
+    ) -> Result<Option<Vec<u8>>, String> {
+        let mut whole = None;
+        for (chunk, checked) in pieces {
+            whole = gather_piece(receiving, Some(1), chunk, *checked)?;
+        }
+        Ok(whole)
+    }
+
+    /// A late piece of an attempt the leader abandoned, arriving at an
+    /// offset that fits the attempt under way, used to be appended to it:
+    /// a file of two attempts, which fails the install's verification and
+    /// stops the follower. It is refused now, and the attempt under way
+    /// goes on; a file whose pieces do not make the one the leader sent is
+    /// refused before openraft sees it.
+    #[test]
+    fn a_snapshot_transfer_takes_no_piece_of_another_attempt() {
+        let old_file = vec![1u8; 100];
+        let new_file = vec![2u8; 100];
+        let old = pieces(&old_file, 40, Some((11, crc32fast::hash(&old_file))));
+        let new = pieces(&new_file, 40, Some((12, crc32fast::hash(&new_file))));
+        let mut receiving = None;
+        // The new attempt's first piece, then the old one's second (at
+        // offset 40, which fits), then the rest of the new one.
+        assert_eq!(
+            gather_piece(&mut receiving, Some(1), &new[0].0, new[0].1),
+            Ok(None)
+        );
+        let late = gather_piece(&mut receiving, Some(1), &old[1].0, old[1].1);
+        assert!(late.is_err(), "{late:?}");
+        assert_eq!(
+            gather_all(&mut receiving, &new[1..]),
+            Ok(Some(new_file.clone()))
+        );
+
+        // The same file from a leader of an older build (no attempt, no
+        // checksum) is still taken.
+        let unchecked = pieces(&new_file, 40, None);
+        assert_eq!(
+            gather_all(&mut receiving, &unchecked),
+            Ok(Some(new_file.clone()))
+        );
+
+        // Pieces that do not make the file the leader sent.
+        let mut damaged = pieces(&new_file, 40, Some((13, crc32fast::hash(&new_file))));
+        damaged[1].0.data[3] ^= 1;
+        let refused = gather_all(&mut receiving, &damaged);
+        assert!(
+            matches!(&refused, Err(message) if message.contains("CRC-32")),
+            "{refused:?}"
+        );
+        assert!(receiving.is_none(), "nothing kept of a refused file");
+    }
 
     fn settings(dir: &std::path::Path) -> NodeSettings {
         let members = BTreeMap::from([(1, SocketAddr::from(([127, 0, 0, 1], 0)))]);

@@ -73,6 +73,23 @@ pub enum Message {
         /// The term the sender awaits repair below.
         below_term: u64,
     },
+    /// Raft: a piece of a snapshot file within one transfer attempt, with
+    /// the whole file's checksum (what leaders of this build send; a
+    /// `SnapshotChunk` from an older leader is still taken, unchecked).
+    /// Answered like `SnapshotChunk`. Added last, leaving the encodings
+    /// above as they were.
+    SnapshotPiece {
+        /// The piece.
+        chunk: SnapshotChunk,
+        /// The transfer attempt, random per attempt: a piece of an
+        /// abandoned attempt is refused even at an offset that fits.
+        transfer: u64,
+        /// CRC-32 of the whole file, checked once the last piece is in and
+        /// before openraft is given the file: a mixed or damaged file is
+        /// refused (the leader sends it again) rather than failing the
+        /// install, which stops the follower.
+        file_crc32: u32,
+    },
 }
 
 /// A piece of a snapshot file.
