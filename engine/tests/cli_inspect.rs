@@ -940,4 +940,26 @@ fn a_restore_marker_is_refused_by_both_verifiers_as_by_the_open() {
             text(&output)
         );
     }
+    // `wal inspect --json`: the shard's own `ok` is false too, as the top
+    // level's, with the refusal named; the other shard stays ok.
+    let output = ringstore(&data, &["--json", "wal", "inspect"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&output)));
+    assert_eq!(report["ok"], false, "{report}");
+    let shards = report["shards"].as_array().expect("shards");
+    let shard = |name: &str| {
+        shards
+            .iter()
+            .find(|s| s["shard"].as_str().is_some_and(|n| n.contains(name)))
+            .unwrap_or_else(|| panic!("{name} in {report}"))
+    };
+    assert_eq!(shard("shard-001")["ok"], false, "{report}");
+    assert!(
+        shard("shard-001")["data_dir_refusal"]
+            .as_str()
+            .is_some_and(|r| r.contains("restore")),
+        "{report}"
+    );
+    assert_eq!(shard("shard-000")["ok"], true, "{report}");
 }

@@ -3,9 +3,10 @@
 //! directory was deleted is rebuilt from its uploaded snapshot (exit 0, a
 //! table naming the generation and the op and epoch before and after), its
 //! state equal to before; a second loss and restore with `--json` restores
-//! the first restore's own snapshot and numbers above it; an unknown domain
-//! exits 2 with a clear error and touches nothing; a directory holding a
-//! shard is refused.
+//! the first restore's own snapshot and numbers above it; one from behind
+//! a damaged newest generation exits 1 naming it; an unknown domain exits 2
+//! with a clear error and touches nothing; a directory holding a shard is
+//! refused.
 #![cfg(feature = "cli")]
 
 mod common;
@@ -180,5 +181,37 @@ fn restore_rebuilds_a_deleted_shard_from_the_local_store() {
     assert_eq!(report["skipped"].as_array().unwrap().len(), 0);
     assert_eq!(report["domain"], domain_arg.as_str());
     assert_eq!(report["reset_snapshot_uploaded"], true);
+    assert_eq!(state(&data), before);
+
+    // Lost a third time, with the store's newest generation damaged: the
+    // restore passes it over for the one before, and exits 1 (restored,
+    // but from less than the newest state the store should have held), so
+    // a script can tell; the report names what it passed over.
+    std::fs::remove_dir_all(data.join("shard-000")).unwrap();
+    let uploaded = data
+        .join("object-store")
+        .join(&domain_arg)
+        .join("snapshots");
+    let newest = std::fs::read_dir(&uploaded)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "snap"))
+        .max()
+        .expect("an uploaded snapshot");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&newest, &bytes).unwrap();
+    let output = ringstore(
+        &data,
+        &["restore", "--domain", &domain_arg, "--shard", "0", "--json"],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&output)));
+    let skipped = report["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{report}");
+    let newest_name = newest.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(skipped[0].to_string().contains(&newest_name), "{report}");
     assert_eq!(state(&data), before);
 }
