@@ -38,6 +38,10 @@ impl<S: CacheDisk> Shared<S> {
             self.ledger.sub_used(bytes, 1);
         }
         let unlinked = self.unlink_rel(key, false).await;
+        // An exhaustive walk that began after the tracker removal above may
+        // have listed the file before this unlink: its listing of the key is
+        // stale, so the walk must not add the file back (phantom bytes).
+        self.tracker.borrow_mut().note_walk_change(key);
         match unlinked.as_ref().map_err(errno) {
             Ok(()) => Ok(true),
             Err(Some(libc::ENOENT)) => Ok(tracked.is_some()),
