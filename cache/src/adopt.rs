@@ -6,6 +6,10 @@
 //! file would write every byte twice; a hard link adds a name for the same
 //! inode. [`crate::Cache::adopt`]:
 //!
+//! 0. refuses a file inside the cache's own object directory (by its
+//!    path, with `..` resolved, or through a symlink): an object or a
+//!    staging file given a second key would be counted twice and change
+//!    under it ([`Error::AdoptedFileInCache`]);
 //! 1. opens the file through the cache's disk (never through a symlink,
 //!    only a regular file), takes its size and identity (device and inode)
 //!    from the open file, records the object's checksum (size and CRC-32,
@@ -89,6 +93,12 @@ pub(crate) async fn adopt<S: CacheDisk>(
     if let Some(fence) = &fence {
         check_fence_key(fence, &key)?;
     }
+    if inside(&shared.objects_path, file) {
+        return Err(Error::AdoptedFileInCache {
+            key: key.to_string(),
+            path: file.to_path_buf(),
+        });
+    }
     let (src, meta) = open_regular(shared, file).await?;
     // Shared with the link task, which may outlive a dropped caller.
     let src = Rc::new(src);
@@ -108,6 +118,43 @@ pub(crate) async fn adopt<S: CacheDisk>(
     }
     shared.maybe_request_trim();
     Ok(adopted)
+}
+
+/// Whether `file` lies under `dir`: compared as absolute paths with `.`
+/// and `..` resolved by name, and, where both resolve on the real
+/// filesystem, through their symlinks too (a simulated disk's paths do not
+/// resolve, and are compared by name only).
+fn inside(dir: &Path, file: &Path) -> bool {
+    let absolute = |path: &Path| match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => normalize(&cwd.join(path)),
+        _ => normalize(path),
+    };
+    if absolute(file).starts_with(absolute(dir)) {
+        return true;
+    }
+    let real_dir = std::fs::canonicalize(dir);
+    let real_parent = file.parent().map(std::fs::canonicalize);
+    match (real_dir, real_parent, file.file_name()) {
+        (Ok(dir), Some(Ok(parent)), Some(name)) => parent.join(name).starts_with(dir),
+        _ => false,
+    }
+}
+
+/// `path` with `.` dropped and each `..` taking away the component before
+/// it, by name only.
+fn normalize(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Steps 2 to 5 for the file open as `src`, or the copy when the link is

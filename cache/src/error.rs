@@ -142,6 +142,17 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The file handed to an adopt lies in the cache's own object
+    /// directory (an object, a staging file): adopting it would give the
+    /// cache's own file a second key. Nothing is cached.
+    #[error("{}: adopting it as {key:?}: the file is inside the cache's object directory; adopt takes files from outside it", path.display())]
+    AdoptedFileInCache {
+        /// The key.
+        key: String,
+        /// The file handed over.
+        path: PathBuf,
+    },
+
     /// A file being adopted is not the one it was adopted as (the
     /// caller's checksum for [`crate::Cache::adopt_checked`], else the one
     /// read as the adopt began): it changed or was damaged since. Either

@@ -337,3 +337,37 @@ fn a_copied_adopt_of_the_checked_bytes_caches_them() {
         });
     }
 }
+
+/// A file inside the cache's own object directory (an object, reached by
+/// its path, by `..`, or through a symlink to the directory) is refused:
+/// adopting it would give the cache's own file a second key. The object
+/// stays as it was, counted once.
+#[test]
+fn adopt_refuses_a_file_inside_the_cache() {
+    let dir = tempdir();
+    let root = dir.path().join("cache");
+    let file = dir.path().join("upload");
+    let data = bytes(10_000, 5);
+    std::fs::write(&file, &data).unwrap();
+    let link = dir.path().join("link-to-objects");
+    run(move || async move {
+        let cache = Cache::builder(&root).open().await.unwrap();
+        cache.adopt("d/first", &file).await.unwrap();
+        let object = cache.objects_dir().join("d/first");
+        std::os::unix::fs::symlink(cache.objects_dir(), &link).unwrap();
+        let dotted = cache.objects_dir().join("d/../d/first");
+        for inside in [object.clone(), dotted, link.join("d/first")] {
+            let refused = cache.adopt("d/second", &inside).await;
+            assert!(
+                matches!(&refused, Err(Error::AdoptedFileInCache { key, .. }) if key == "d/second"),
+                "{}: {refused:?}",
+                inside.display()
+            );
+        }
+        assert!(!cache.contains("d/second").unwrap());
+        let stats = cache.stats();
+        assert_eq!((stats.objects, stats.bytes), (1, data.len() as u64));
+        assert_eq!(&cache.get("d/first").await.unwrap().unwrap()[..], &data[..]);
+        cache.shutdown().await.unwrap();
+    });
+}
