@@ -432,6 +432,16 @@ pub(crate) fn validate(config: &JournalConfig) -> Result<()> {
             ),
         ));
     }
+    // Recorded in every segment header and checked there by recovery: a
+    // value outside the range would be written, acknowledged, and then
+    // refuse the next open; 0 would leave every append waiting for a slot.
+    if config.writes_in_flight == 0 || config.writes_in_flight > WRITES_IN_FLIGHT_MAX {
+        return Err(invalid(
+            "writes_in_flight",
+            u64::from(config.writes_in_flight),
+            format!("must be in 1..={WRITES_IN_FLIGHT_MAX}"),
+        ));
+    }
     let segment_min =
         SEGMENT_DATA_OFFSET + config.batch_bytes_max + crate::journal::WATERMARK_RESERVE_BYTES;
     if !config.segment_bytes.is_multiple_of(BLOCK_BYTES)

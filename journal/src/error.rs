@@ -55,13 +55,16 @@ pub enum Error {
     /// needed the space failed and may be retried once space is freed
     /// (e.g. after advancing the watermark retires segments).
     #[error(
-        "no space left on device: {op} on {path}; free space (advance the watermark) and retry"
+        "no space left on device: {op} on {path}{}; free space (advance the watermark) and retry",
+        offset_suffix(*offset)
     )]
     NoSpace {
         /// The step that needed space.
         op: &'static str,
         /// The file that was being grown or created.
         path: PathBuf,
+        /// Where in the file, for a write.
+        offset: Option<u64>,
     },
 
     /// An earlier write or fsync failed. The page cache and the file's state
@@ -206,7 +209,7 @@ impl Error {
     ) -> Error {
         let path = path.into();
         if crate::storage::is_errno(&source, libc::ENOSPC) {
-            return Error::NoSpace { op, path };
+            return Error::NoSpace { op, path, offset };
         }
         Error::Io {
             op,

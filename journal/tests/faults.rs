@@ -52,10 +52,13 @@ fn a_failed_fsync_poisons_until_reopen() {
         };
         mem.fail_next_syncs(1, libc::EIO);
         match journal.append(&payload(6, 100)).await {
+            // Naming where the bytes that may not be durable begin.
             Err(Error::Io {
-                op: "fdatasync", ..
+                op: "fdatasync",
+                offset: Some(_),
+                ..
             }) => {}
-            other => panic!("expected the fdatasync error, got {other:?}"),
+            other => panic!("expected the fdatasync error with its offset, got {other:?}"),
         }
         assert!(journal.is_poisoned());
         // Every later call fails, even ones that would not touch the disk.
@@ -76,6 +79,16 @@ fn a_failed_fsync_poisons_until_reopen() {
         let journal = mem_builder(&mem).open().await.unwrap();
         assert_ops_present(&journal, &acked, 100).await;
         assert!(journal.append(b"again").await.is_ok());
+        // A data write that finds the disk full names its file and offset.
+        mem.fail_next_writes(1, libc::ENOSPC);
+        match journal.append(b"full").await {
+            Err(Error::NoSpace {
+                op: "write",
+                offset: Some(_),
+                ..
+            }) => {}
+            other => panic!("expected NoSpace naming the write's offset, got {other:?}"),
+        }
         journal.close().await.unwrap();
     });
 }
@@ -169,7 +182,7 @@ fn enospc_is_a_clear_error_and_advancing_the_watermark_recovers() {
             }
         };
         match &error {
-            Error::NoSpace { op, path } => {
+            Error::NoSpace { op, path, .. } => {
                 assert!(["create segment", "fallocate"].contains(op), "{op}");
                 assert!(path.starts_with("/mem/wal"), "{path:?}");
             }

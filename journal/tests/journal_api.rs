@@ -338,6 +338,19 @@ fn bad_settings_are_typed_errors() {
             (builder(&path).batch_bytes_max(4096), "batch_bytes_max"),
             (builder(&path).entry_bytes_max(0), "entry_bytes_max"),
             (builder(&path).entry_bytes_max(1 << 40), "entry_bytes_max"),
+            // 0 left every append waiting for a write slot; 9 was written
+            // into each segment header, acknowledged, and then refused by
+            // the next open; u32::MAX made as many write slots at open.
+            (builder(&path).writes_in_flight(0), "writes_in_flight"),
+            (
+                builder(&path)
+                    .writes_in_flight(ringstore_journal::config::WRITES_IN_FLIGHT_MAX + 1),
+                "writes_in_flight",
+            ),
+            (
+                builder(&path).writes_in_flight(u32::MAX),
+                "writes_in_flight",
+            ),
         ];
         for (builder, setting) in cases {
             match builder.open().await {

@@ -541,7 +541,8 @@ impl<S: Storage> Shared<S> {
             };
             if let Err(e) = synced {
                 let path = self.segment_path(place.generation);
-                return Err(self.poison(Error::io("fdatasync", &path, None, e)));
+                // The range that may not be durable starts at this write.
+                return Err(self.poison(Error::io("fdatasync", &path, Some(place.pos), e)));
             }
         }
         if inline {
