@@ -30,7 +30,7 @@ use openraft::raft::{
 };
 use openraft::storage::{RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
-use openraft::{BasicNode, Raft, RaftTypeConfig, SnapshotPolicy};
+use openraft::{BasicNode, Raft, RaftTypeConfig, ReadPolicy, SnapshotPolicy};
 use ringstore::raft::cluster::pipeline::{pipelined_append, AppendReply, AppendResults};
 use ringstore::raft::cluster::reactor_net::{self, ReactorLink};
 use ringstore::raft::cluster::wire::{read_frame, write_frame};
@@ -206,14 +206,36 @@ where
             hosts.insert(id, host);
         }
         rafts[&1].initialize(members).await?;
+        // Every node names the same leader, and that leader confirms a
+        // quorum still follows it (a ReadIndex round): a leader seen by
+        // node 1 alone could be deposed by an election already under way,
+        // and the workload's first command would fail (seen once with the
+        // RocksDB store, `has to forward request to: None`).
         let started = Instant::now();
         loop {
-            let leader = rafts[&1].metrics().borrow_watched().current_leader;
-            if leader.is_some_and(|id| rafts.contains_key(&id)) {
-                break;
+            let views: Vec<Option<u64>> = rafts
+                .values()
+                .map(|raft| raft.metrics().borrow_watched().current_leader)
+                .collect();
+            let agreed = match views.first() {
+                Some(Some(leader)) if views.iter().all(|view| *view == Some(*leader)) => {
+                    rafts.get(leader)
+                }
+                _ => None,
+            };
+            if let Some(leader) = agreed {
+                if leader
+                    .ensure_linearizable(ReadPolicy::ReadIndex)
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
             }
             if started.elapsed() > ELECTION_TIMEOUT {
-                return Err(anyhow!("no leader within {ELECTION_TIMEOUT:?}"));
+                return Err(anyhow!(
+                    "no leader every node follows within {ELECTION_TIMEOUT:?} (their views: {views:?})"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
