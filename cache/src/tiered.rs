@@ -39,7 +39,9 @@
 //! download that streamed an object while a `delete` ran committed the
 //! deleted object afterwards, and every later `get` served it. A download
 //! so refused downloads again (finding nothing, or the new object); after
-//! `DOWNLOAD_ATTEMPTS_MAX` (2) attempts the `get` returns the error. A write
+//! `DOWNLOAD_ATTEMPTS_MAX` (2) attempts `get` reads the store's object into
+//! memory, uncached, and `get_path` returns the error (the engine's cold
+//! restore then downloads straight to its file). A write
 //! so refused has still succeeded (the store took it before the delete);
 //! it is counted as an uncached write.
 //!
@@ -267,14 +269,20 @@ impl<S: CacheDisk> Tiered<S> {
             add(&self.counters.hits, 1);
             return Ok(Some(object));
         }
-        if !self.download(&full).await? {
-            return Ok(None);
-        }
-        if let Some(object) = self.cached(&full).await? {
-            return Ok(Some(object));
+        match self.download(&full).await {
+            Ok(false) => return Ok(None),
+            Ok(true) => {
+                if let Some(object) = self.cached(&full).await? {
+                    return Ok(Some(object));
+                }
+            }
+            // Invalidated under every download (writes or deletes of the key
+            // racing them): the store's object as it is now, uncached.
+            Err(Error::Invalidated { .. }) => {}
+            Err(error) => return Err(error),
         }
         // Trimmed (or found damaged) between the commit and the read (a cache under heavy
-        // pressure): serve it from memory this once.
+        // pressure), or invalidated under every download: serve it from memory this once.
         let bytes_max = self.cache.stats().bytes_limit;
         match self.remote.get_bytes(&full, bytes_max).await {
             Ok(bytes) => Ok(Some(Object::from_vec(bytes.to_vec()))),

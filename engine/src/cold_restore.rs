@@ -554,7 +554,10 @@ async fn fetch(tiered: &Tiered, key: &str, staged: &Path) -> Result<Fetched> {
             | CacheError::ReservationTooLarge { .. }
             | CacheError::ReservationTimeout { .. }
             | CacheError::NoSpace { .. }
-            | CacheError::TooManyWaiters { .. },
+            | CacheError::TooManyWaiters { .. }
+            // Invalidated under every download (writes or deletes of the
+            // key racing them): the store's object as it is now, uncached.
+            | CacheError::Invalidated { .. },
         ) => {
             let full = tiered
                 .object_key(key)

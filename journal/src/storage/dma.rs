@@ -151,6 +151,21 @@ impl Storage for DmaStorage {
     }
 
     async fn open_for_writes(&self, path: &Path, write_through: bool) -> io::Result<DmaFileHandle> {
+        // A FIFO, a device or a symlink at a segment's (or snapshot's) name
+        // is no such file: refused before it is opened (opening a device
+        // can have effects; a FIFO opens read-write without blocking and
+        // would read as an empty file, which recovery takes for a crash's
+        // leftover), as `open_buffered` and the read-only tools refuse it.
+        // A missing file, or one that cannot be looked at, is left to the
+        // open to report.
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_file() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: not a regular file", path.display()),
+                ));
+            }
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -158,30 +173,6 @@ impl Storage for DmaStorage {
             .dma_open(path)
             .await
             .map_err(|err| map_open_error(err.into(), path))?;
-        // A FIFO or a device at a segment's name opens (read-write does
-        // not block) but is no segment: refused here, as `open_buffered`
-        // and the read-only tools refuse it, rather than read as an empty
-        // file (which recovery would take for a crash's leftover).
-        // The descriptor's own inode, through its /proc name (no unsafe
-        // borrow of the descriptor, no second lookup of `path`).
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        let regular =
-            std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|meta| meta.file_type().is_file());
-        match regular {
-            Ok(true) => {}
-            Ok(false) => {
-                let _ = file.close().await;
-                // The caller's error names the path.
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "not a regular file",
-                ));
-            }
-            Err(error) => {
-                let _ = file.close().await;
-                return Err(error);
-            }
-        }
         Ok(DmaFileHandle::new(file, path, write_through))
     }
 

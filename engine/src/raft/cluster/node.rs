@@ -814,7 +814,10 @@ fn kind(message: &Message) -> &'static str {
 
 /// Adds one piece to the transfer under way in `receiving`; returns the
 /// whole file after its last piece. A piece at offset 0 starts a new
-/// transfer. A piece that does not continue the transfer under way (another
+/// transfer (a late first piece of an abandoned attempt does too: the live
+/// attempt's next piece is then refused and the leader starts it over,
+/// since random attempt ids do not tell older from newer). A piece that
+/// does not continue the transfer under way (another
 /// sender, vote, snapshot, attempt or file checksum, or another offset) is
 /// refused; if it came from the same sender, what was gathered is
 /// discarded too (the leader starts again from offset 0). A whole file

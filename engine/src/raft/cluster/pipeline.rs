@@ -52,9 +52,14 @@
 //! otherwise it waits for that request's reply (counted in
 //! `ringstore_raft_acks_held_back_total`). A reply still waiting when the
 //! stream ends is dropped, as a lost reply would be, and openraft resends
-//! from what was acknowledged. Only a notice causes the wait, and it is
-//! made after a commit: when the notice's commit covers the entries, the
-//! wait delays no commit.
+//! from what was acknowledged. So that the wait is short, such a notice is
+//! not held: it goes out at once, behind the request on the same
+//! connection, and the follower answers it without a write right after
+//! that request's reply (held, or carried by the next request, it kept a
+//! reply waiting up to the hold, or for the next request's write, and with
+//! it a commit the reply was needed for). A notice is held only when no
+//! request in flight ends at or after its log id; then no reply waits on
+//! it, nor on the request that carries it.
 //!
 //! **A request with a gap is not sent.** openraft 0.10 builds a request
 //! from whatever a log read returns and can retry one from before a purge;
@@ -205,12 +210,12 @@ where
         });
     }
 
-    /// Takes `request` from openraft: a commit notice is held, anything
-    /// else goes out, after the notice held before it unless this request
-    /// carries that notice's commit. A notice that carries the one held
-    /// before it takes its place but keeps its deadline, so a run of
-    /// commits with no new entries still reaches the follower within the
-    /// hold of the first.
+    /// Takes `request` from openraft: a commit notice is held (unless a
+    /// request in flight ends at or after its log id), anything else goes
+    /// out, after the notice held before it unless this request carries
+    /// that notice's commit. A notice that carries the one held before it
+    /// takes its place but keeps its deadline, so a run of commits with no
+    /// new entries still reaches the follower within the hold of the first.
     fn take(&mut self, request: AppendEntriesRequest<C>) {
         let mut deadline = None;
         let mut carried = None;
@@ -222,7 +227,16 @@ where
                 self.send_now(held.request);
             }
         }
-        if request.entries.is_empty() && !self.hold.is_zero() {
+        // A notice behind a request in flight that ends at or after its
+        // log id goes out at once: held (or carried by a later request),
+        // it would keep that request's reply waiting (see the module doc);
+        // sent, it follows on the same connection and the follower answers
+        // it without a write, right after that reply.
+        let behind_in_flight = self
+            .in_flight
+            .iter()
+            .any(|sent| sent.last >= request.prev_log_id);
+        if request.entries.is_empty() && !self.hold.is_zero() && !behind_in_flight {
             // A notice carrying a held one covers the same log ids (the
             // same prev_log_id, no entries): its own floor is theirs.
             let until = deadline.unwrap_or_else(|| Box::pin(AsyncRuntimeOf::<C>::sleep(self.hold)));
@@ -845,59 +859,51 @@ mod tests {
 
     /// openraft credits a reply acknowledging up to `m` with the time it
     /// took the newest request covering no more than `m`. A commit notice
-    /// taken while the request before it is in flight covers the same log
-    /// id, so that request's reply waits until the notice is answered
-    /// (here by the request that carries it, or itself once its hold is
-    /// up): passed on at once, it would credit the follower with the
-    /// notice's later time, which a ReadIndex read trusts.
+    /// taken while a request ending at its log id is in flight covers the
+    /// same log id, so that request's reply waits until the notice is
+    /// answered: passed on at once, it would credit the follower with the
+    /// notice's later time, which a ReadIndex read trusts. Such a notice is
+    /// not held but goes out at once, so the wait is one notice's answer,
+    /// and a reply for an earlier entry does not wait at all.
     #[test]
     fn a_reply_waits_while_a_notice_it_would_be_credited_with_is_unanswered() {
-        on_paused_tokio(async {
-            let hold = Duration::from_millis(20);
-            let (input_tx, sent, mut replies) = started_holding(1, hold);
+        on_tokio(async {
+            let (input_tx, sent, mut replies) = started(2);
             assert!(poll_once(replies.next()).await.is_none());
             // Entry 1 is committed (another follower answered) while this
-            // follower's request for it is in flight.
-            input_tx.unbounded_send(notice(1)).unwrap();
+            // follower's requests for entries 1 and 2 are in flight: the
+            // notice, after entry 2, goes out at once behind them.
+            let mut after_2 = notice(2);
+            after_2.leader_commit = Some(log_id(1));
+            input_tx.unbounded_send(after_2).unwrap();
             assert!(poll_once(replies.next()).await.is_none());
+            assert_eq!(indexes(&sent), [1, 2, 2], "not held");
+            // Entry 1's reply: nothing after it covers no more than 1.
             answer(&sent, 0, AppendEntriesResponse::Success);
+            let reply = replies.next().await.unwrap().unwrap();
+            assert_eq!(reply.unwrap(), Some(log_id(1)));
+            // Entry 2's reply waits for the notice's.
+            answer(&sent, 1, AppendEntriesResponse::Success);
             assert!(
                 poll_once(replies.next()).await.is_none(),
                 "passed on before the notice taken after it was answered"
             );
-            // The next command's request carries the notice; its reply
-            // answers for both.
-            input_tx.unbounded_send(request(2)).unwrap();
-            assert!(poll_once(replies.next()).await.is_none());
-            assert_eq!(indexes(&sent), [1, 2], "the notice rides with 2");
-            answer(&sent, 1, AppendEntriesResponse::Success);
-            for index in 1..=2 {
-                let reply = replies.next().await.unwrap().unwrap();
-                assert_eq!(reply.unwrap(), Some(log_id(index)));
-            }
-
-            // A notice covering more than the reply does not hold it back.
-            input_tx.unbounded_send(request(3)).unwrap();
-            input_tx.unbounded_send(notice(3)).unwrap();
-            assert!(poll_once(replies.next()).await.is_none());
-            assert_eq!(indexes(&sent), [1, 2, 3]);
-            // The notice nothing carries goes out when its hold is up.
-            let held_from = tokio::time::Instant::now();
-            while indexes(&sent).len() < 4 {
-                assert!(poll_once(replies.next()).await.is_none());
-                assert!(held_from.elapsed() < hold * 2, "the notice never went out");
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
             answer(&sent, 2, AppendEntriesResponse::Success);
-            assert!(
-                poll_once(replies.next()).await.is_none(),
-                "passed on before the notice sent after it was answered"
-            );
-            answer(&sent, 3, AppendEntriesResponse::Success);
             for _ in 0..2 {
                 let reply = replies.next().await.unwrap().unwrap();
-                assert_eq!(reply.unwrap(), Some(log_id(3)));
+                assert_eq!(reply.unwrap(), Some(log_id(2)));
             }
+            // With nothing in flight a notice is held, and the request
+            // that carries it keeps no reply waiting.
+            input_tx.unbounded_send(notice(2)).unwrap();
+            assert!(poll_once(replies.next()).await.is_none());
+            assert_eq!(indexes(&sent), [1, 2, 2], "held");
+            input_tx.unbounded_send(request(3)).unwrap();
+            assert!(poll_once(replies.next()).await.is_none());
+            assert_eq!(indexes(&sent), [1, 2, 2, 3], "carried by 3");
+            answer(&sent, 3, AppendEntriesResponse::Success);
+            let reply = replies.next().await.unwrap().unwrap();
+            assert_eq!(reply.unwrap(), Some(log_id(3)));
         });
     }
 
@@ -940,9 +946,11 @@ mod tests {
     fn a_held_notice_takes_a_place_in_the_pipeline() {
         let depth = APPEND_PIPELINE_DEPTH as u64;
         on_tokio(async {
+            // A notice past every request in flight (one behind them
+            // would go out at once), held in the last place.
             let (input_tx, sent, mut replies) = started(depth - 1);
-            input_tx.unbounded_send(notice(depth - 1)).unwrap();
-            input_tx.unbounded_send(request(depth)).unwrap();
+            input_tx.unbounded_send(notice(depth)).unwrap();
+            input_tx.unbounded_send(request(depth + 1)).unwrap();
             assert!(poll_once(replies.next()).await.is_none());
             assert_eq!(
                 indexes(&sent),
@@ -954,7 +962,7 @@ mod tests {
             assert!(poll_once(replies.next()).await.is_none());
             assert_eq!(
                 indexes(&sent),
-                (1..=depth).collect::<Vec<_>>(),
+                (1..depth).chain([depth + 1]).collect::<Vec<_>>(),
                 "then it goes out, carrying the notice"
             );
         });

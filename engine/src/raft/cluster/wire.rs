@@ -77,7 +77,8 @@ pub enum Message {
     /// the whole file's checksum (what leaders of this build send; a
     /// `SnapshotChunk` from an older leader is still taken, unchecked).
     /// Answered like `SnapshotChunk`. Added last, leaving the encodings
-    /// above as they were.
+    /// above as they were. A follower of an older build cannot decode it:
+    /// in a rolling upgrade, upgrade the followers before the leader.
     SnapshotPiece {
         /// The piece.
         chunk: SnapshotChunk,
