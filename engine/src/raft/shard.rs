@@ -786,12 +786,22 @@ pub(super) fn remember<R>(
 ) {
     sessions.insert(client, Session { seq, op, response });
     if sessions.len() > SESSIONS_MAX {
-        if let Some(oldest) = sessions
+        if let Some((oldest, last_op)) = sessions
             .iter()
             .min_by_key(|(_, s)| s.op)
-            .map(|(client, _)| *client)
+            .map(|(client, s)| (*client, s.op))
         {
             sessions.remove(&oldest);
+            // A retry from that client is applied again from now on: said
+            // and counted, on every replica alike.
+            metrics::counter!("ringstore_raft_sessions_evicted_total").increment(1);
+            tracing::warn!(
+                client = oldest,
+                last_op,
+                sessions_max = SESSIONS_MAX,
+                "forgot the least recently used client session; a retry from that client \
+                 would be applied again"
+            );
         }
     }
 }

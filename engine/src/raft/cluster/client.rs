@@ -50,7 +50,11 @@ pub struct ClusterClient {
 
 impl ClusterClient {
     /// A client of the cluster whose members are `nodes`, identified as
-    /// `client` (unique among the cluster's clients).
+    /// `client`, which no other client, and no later run of this one, may
+    /// use: the cluster answers a command from the session of its client
+    /// id and sequence number, so a reused id gets another client's answers
+    /// and its commands are not applied. [`ClusterClient::random_id`] draws
+    /// one.
     pub fn new(nodes: BTreeMap<NodeId, SocketAddr>, client: u64) -> ClusterClient {
         ClusterClient {
             nodes,
@@ -60,6 +64,11 @@ impl ClusterClient {
             seq: 0,
             connection: (None, Connection::default()),
         }
+    }
+
+    /// A client id no other client is expected to hold (64 random bits).
+    pub fn random_id() -> u64 {
+        uuid::Uuid::new_v4().as_u64_pair().0
     }
 
     /// Submits `command`; the reply once it is applied. Retries reuse the
@@ -133,7 +142,13 @@ impl ClusterClient {
                         self.leader = Some(node);
                         return Ok(value);
                     }
-                    None => last = format!("node {node} answered something else"),
+                    None => {
+                        // Not a spin against one node: pause, then try the
+                        // members in turn.
+                        self.leader = None;
+                        last = format!("node {node} answered something else");
+                        tokio::time::sleep(Duration::from_millis(NO_LEADER_PAUSE_MS)).await;
+                    }
                 },
                 Err(e) => {
                     self.connection.1.reset();
