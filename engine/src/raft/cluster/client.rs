@@ -66,9 +66,12 @@ impl ClusterClient {
         }
     }
 
-    /// A client id no other client is expected to hold (64 random bits).
+    /// A client id no other client is expected to hold (64 random bits:
+    /// the two halves of a v4 UUID, whose fixed version and variant bits
+    /// lie in different places, combined).
     pub fn random_id() -> u64 {
-        uuid::Uuid::new_v4().as_u64_pair().0
+        let (high, low) = uuid::Uuid::new_v4().as_u64_pair();
+        high ^ low
     }
 
     /// Submits `command`; the reply once it is applied. Retries reuse the

@@ -21,7 +21,9 @@
 //! same log id, and the follower does everything for it the notice would
 //! have done. The follower then writes those entries at once instead of
 //! first answering the notice: one message and one answer fewer per
-//! command each way. Dropping a request is always safe in Raft (a network
+//! command each way, to a follower whose answer the commit came after (a
+//! notice made while the request before it is still in flight goes out at
+//! once: see below). Dropping a request is always safe in Raft (a network
 //! may lose any message); what the hold costs is that a follower whose
 //! leader goes quiet learns the last commit up to [`COMMIT_NOTICE_HOLD`]
 //! later, plus the timer's rounding (tokio's timers tick in whole
@@ -48,18 +50,20 @@
 //! was even made (sequentially this cannot happen: nothing is taken before
 //! the reply). So a reply acknowledging up to `m` is passed on only when
 //! no request taken after it that covers no more than `m` is still
-//! unanswered (held, or carried by a later request still in flight);
-//! otherwise it waits for that request's reply (counted in
+//! unanswered; otherwise it waits for that request's reply (counted in
 //! `ringstore_raft_acks_held_back_total`). A reply still waiting when the
 //! stream ends is dropped, as a lost reply would be, and openraft resends
 //! from what was acknowledged. So that the wait is short, such a notice is
 //! not held: it goes out at once, behind the request on the same
 //! connection, and the follower answers it without a write right after
-//! that request's reply (held, or carried by the next request, it kept a
-//! reply waiting up to the hold, or for the next request's write, and with
-//! it a commit the reply was needed for). A notice is held only when no
-//! request in flight ends at or after its log id; then no reply waits on
-//! it, nor on the request that carries it.
+//! that request's reply (held, or carried by the next request, it would
+//! keep a reply waiting up to the hold, or for the next request's write,
+//! and with it a commit the reply was needed for). A notice is held only
+//! when no request in flight ends at or after its log id; then no reply
+//! waits on it, nor on the request that carries it. This rests on what
+//! openraft 0.10 makes within one stream: each request starts where the
+//! one before it ended (its `prev_log_id` is that one's last log id), so a
+//! notice is held only with nothing in flight.
 //!
 //! **A request with a gap is not sent.** openraft 0.10 builds a request
 //! from whatever a log read returns and can retry one from before a purge;
@@ -907,9 +911,10 @@ mod tests {
         });
     }
 
-    /// A reply waiting for a notice that is never answered (the request
-    /// carrying it fails) is dropped, as a lost reply: the stream ends with
-    /// the failure alone, and openraft resends from what was acknowledged.
+    /// A reply waiting for a notice that is never answered (the notice,
+    /// sent at once behind it, fails) is dropped, as a lost reply: the
+    /// stream ends with the failure alone, and openraft resends from what
+    /// was acknowledged.
     #[test]
     fn a_reply_still_waiting_when_the_stream_fails_is_dropped() {
         for (failure, what) in [
@@ -947,7 +952,10 @@ mod tests {
         let depth = APPEND_PIPELINE_DEPTH as u64;
         on_tokio(async {
             // A notice past every request in flight (one behind them
-            // would go out at once), held in the last place.
+            // would go out at once), held in the last place: a synthetic
+            // stream (openraft starts each request where the last ended,
+            // so it holds a notice only with nothing in flight), for the
+            // place accounting alone.
             let (input_tx, sent, mut replies) = started(depth - 1);
             input_tx.unbounded_send(notice(depth)).unwrap();
             input_tx.unbounded_send(request(depth + 1)).unwrap();
