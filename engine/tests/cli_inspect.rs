@@ -819,6 +819,68 @@ fn demo_fresh_deletes_nothing_but_an_engine_data_directory() {
     assert!(fresh.status.success(), "{}", text(&fresh));
 }
 
+/// The name (under the shard directory) of the segment after the last:
+/// where a crashed rollover leaves an empty file.
+fn next_segment_name(shard: &Path) -> String {
+    let last = std::fs::read_dir(shard.join("journal"))
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let digits = name.strip_prefix("segment-")?.strip_suffix(".wal")?;
+            digits.parse::<u64>().ok()
+        })
+        .max()
+        .expect("a segment");
+    format!("journal/segment-{:016}.wal", last + 1)
+}
+
+/// A symlink at the next segment's name: followed by the open and by
+/// `wal verify` alike, so one verdict on what it names. To an empty file
+/// (a crashed rollover's leftover, which the open removes: the link, not
+/// its target) both go on; to a FIFO both refuse ("not a regular file").
+#[test]
+fn a_symlink_at_a_segment_name_gets_one_verdict_from_the_open_and_wal_verify() {
+    for target_kind in ["empty file", "fifo"] {
+        let (tmp, data) = data_dir();
+        let target = tmp.path().join("elsewhere.wal");
+        match target_kind {
+            "empty file" => std::fs::write(&target, b"").unwrap(),
+            _ => assert!(std::process::Command::new("mkfifo")
+                .arg(&target)
+                .status()
+                .expect("run mkfifo")
+                .success()),
+        }
+        let link = data
+            .join("shard-000")
+            .join(next_segment_name(&data.join("shard-000")));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let verified = ringstore(&data, &["wal", "verify"]);
+        let ack_log = data.join("no-acks");
+        std::fs::write(&ack_log, b"").unwrap();
+        let opened = ringstore(&data, &["check", "--ack-log", ack_log.to_str().unwrap()]);
+        assert_eq!(
+            verified.status.success(),
+            opened.status.success(),
+            "{target_kind}: verify {}\nopen {}",
+            text(&verified),
+            text(&opened)
+        );
+        assert_eq!(opened.status.success(), target_kind == "empty file");
+        if target_kind == "fifo" {
+            assert!(
+                text(&opened).contains("not a regular file"),
+                "{}",
+                text(&opened)
+            );
+        }
+        assert!(
+            std::fs::symlink_metadata(&target).is_ok(),
+            "{target_kind}: the link's target is never removed"
+        );
+    }
+}
+
 /// A FIFO planted at a segment's or a snapshot's name: the verifiers
 /// answer (naming it, "not a regular file") rather than block for ever in
 /// its open, and the open reaches the same verdict. (A snapshot that
@@ -837,19 +899,7 @@ fn a_fifo_at_a_journal_or_snapshot_name_does_not_hang_the_verifiers() {
     ] {
         let (_tmp, data) = data_dir();
         let planted = match planted {
-            "next segment" => {
-                let journal = data.join("shard-000").join("journal");
-                let last = std::fs::read_dir(&journal)
-                    .unwrap()
-                    .filter_map(|entry| {
-                        let name = entry.unwrap().file_name().into_string().unwrap();
-                        let digits = name.strip_prefix("segment-")?.strip_suffix(".wal")?;
-                        digits.parse::<u64>().ok()
-                    })
-                    .max()
-                    .expect("a segment");
-                format!("journal/segment-{:016}.wal", last + 1)
-            }
+            "next segment" => next_segment_name(&data.join("shard-000")),
             other => other.to_owned(),
         };
         let fifo = data.join("shard-000").join(&planted);

@@ -151,14 +151,15 @@ impl Storage for DmaStorage {
     }
 
     async fn open_for_writes(&self, path: &Path, write_through: bool) -> io::Result<DmaFileHandle> {
-        // A FIFO, a device or a symlink at a segment's (or snapshot's) name
-        // is no such file: refused before it is opened (opening a device
-        // can have effects; a FIFO opens read-write without blocking and
-        // would read as an empty file, which recovery takes for a crash's
-        // leftover), as `open_buffered` and the read-only tools refuse it.
-        // A missing file, or one that cannot be looked at, is left to the
-        // open to report.
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // A FIFO or a device at a segment's (or snapshot's) name is no such
+        // file: refused before it is opened (opening a device can have
+        // effects; a FIFO opens read-write without blocking and would read
+        // as an empty file, which recovery takes for a crash's leftover),
+        // as the read-only tools refuse it. A symlink is followed, as the
+        // read-only tools follow it, so both reach one verdict on what it
+        // names. A missing file, or one that cannot be looked at, is left
+        // to the open to report.
+        if let Ok(meta) = std::fs::metadata(path) {
             if !meta.file_type().is_file() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,

@@ -77,9 +77,10 @@ pub trait Storage: Clone + 'static {
     /// `write_through` every write is durable when it completes (O_DSYNC), as
     /// if followed by an fdatasync.
     async fn create(&self, path: &Path, write_through: bool) -> io::Result<Self::File>;
-    /// Opens an existing regular file for reading and writing. Anything
-    /// else at `path` (a FIFO, a device, a directory, a symlink) is refused
-    /// with `InvalidInput` (or the open's own error), never read as a file.
+    /// Opens an existing regular file (or a symlink to one) for reading
+    /// and writing. Anything else at `path` (a FIFO, a device, a
+    /// directory) is refused with `InvalidInput` (or the open's own
+    /// error), never read as a file.
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
     /// Opens an existing file for reading and writing as
     /// [`Storage::create`] makes one (with `write_through`, O_DSYNC): a
