@@ -72,6 +72,18 @@ fn state(data: &Path) -> Metadata {
         .unwrap()
 }
 
+/// `ringstore restore --json` of shard 0 of `domain` into `data`, which
+/// must exit with `code`; its report.
+fn restore_json(data: &Path, domain: &str, code: i32) -> Value {
+    let output = ringstore(
+        data,
+        &["restore", "--domain", domain, "--shard", "0", "--json"],
+    );
+    assert_eq!(output.status.code(), Some(code), "{}", text(&output));
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&output)))
+}
+
 #[test]
 fn restore_rebuilds_a_deleted_shard_from_the_local_store() {
     let tmp = temp_dir();
@@ -165,13 +177,7 @@ fn restore_rebuilds_a_deleted_shard_from_the_local_store() {
     // Lost again: the newest generation is now the first restore's own
     // snapshot, and numbering goes above it.
     std::fs::remove_dir_all(data.join("shard-000")).unwrap();
-    let output = ringstore(
-        &data,
-        &["restore", "--domain", &domain_arg, "--shard", "0", "--json"],
-    );
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    let report: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&output)));
+    let report = restore_json(&data, &domain_arg, 0);
     let restored_op = report["restored"]["op"].as_u64().unwrap();
     assert!(restored_op > op, "{report}");
     assert!(report["floor"]["op"].as_u64().unwrap() > restored_op);
@@ -202,13 +208,7 @@ fn restore_rebuilds_a_deleted_shard_from_the_local_store() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&newest, &bytes).unwrap();
-    let output = ringstore(
-        &data,
-        &["restore", "--domain", &domain_arg, "--shard", "0", "--json"],
-    );
-    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
-    let report: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&output)));
+    let report = restore_json(&data, &domain_arg, 1);
     let skipped = report["skipped"].as_array().unwrap();
     assert_eq!(skipped.len(), 1, "{report}");
     let newest_name = newest.file_name().unwrap().to_string_lossy().into_owned();
